@@ -1,0 +1,162 @@
+"""The one exception hierarchy of taskpipe. Every error taskpipe raises is a ``TaskpipeError``."""
+
+from __future__ import annotations
+
+__all__ = [
+    "TaskpipeError",
+    "ConfigError",
+    "BrokerURLError",
+    "BrokerUnavailable",
+    "DurationError",
+    "CronError",
+    "ThoonkError",
+    "FeedExists",
+    "FeedDoesNotExist",
+    "WrongFeedType",
+    "ItemNotFound",
+    "JobNotFound",
+    "WrongJobState",
+    "LeaseLost",
+    "InvalidPosition",
+    "SerializationError",
+    "PayloadTooLarge",
+    "UnknownTask",
+    "ResultTimeout",
+    "ResultExpired",
+    "ResultUnknown",
+    "TaskFailed",
+    "JobTimeout",
+    "Retry",
+]
+
+
+class TaskpipeError(Exception):
+    """Root of every error taskpipe raises."""
+
+
+class ConfigError(TaskpipeError):
+    """A setting or option has a value taskpipe cannot use."""
+
+
+class BrokerURLError(ConfigError):
+    """A broker URL is malformed or names a scheme taskpipe does not support."""
+
+
+class BrokerUnavailable(TaskpipeError):
+    """The broker could not be reached (connection refused, timed out, or out of memory)."""
+
+
+class DurationError(ConfigError, ValueError):
+    """A duration (``'10s'``, ``'2h'``, a number or a timedelta) could not be understood."""
+
+
+class CronError(ConfigError, ValueError):
+    """A cron expression or time zone is invalid."""
+
+
+class ThoonkError(TaskpipeError):
+    """An error from the Thoonk object layer (feeds, sorted feeds, queues, job channels)."""
+
+
+class FeedExists(ThoonkError):
+    """A Thoonk object with that name already exists."""
+
+
+class FeedDoesNotExist(ThoonkError):
+    """No Thoonk object with that name exists."""
+
+
+class WrongFeedType(ThoonkError):
+    """The Thoonk object exists but has another type (e.g. a feed used as a job channel)."""
+
+
+class ItemNotFound(ThoonkError, KeyError):
+    """The item id is not in the feed."""
+
+
+class InvalidPosition(ThoonkError, ValueError):
+    """A sorted-feed relative position is malformed or refers to the item itself."""
+
+
+class JobNotFound(ThoonkError, KeyError):
+    """No job with that id exists in the channel (in any state)."""
+
+
+class WrongJobState(ThoonkError):
+    """The job exists but is not in the state the operation needs (e.g. finishing an unclaimed job).
+
+    Attributes: ``job_id``, ``expected`` (the state the operation needed) and ``actual``.
+    """
+
+    def __init__(self, job_id: str, expected: str, actual: str) -> None:
+        super().__init__(f"job {job_id!r} is {actual}, expected {expected}")
+        self.job_id = job_id
+        self.expected = expected
+        self.actual = actual
+
+
+class LeaseLost(WrongJobState):
+    """The caller's claim on the job expired or was taken over; its outcome was refused (fencing)."""
+
+    def __init__(self, job_id: str, actual: str = "claimed by another owner") -> None:
+        super().__init__(job_id, "claimed with this lease token", actual)
+
+
+class SerializationError(TaskpipeError, TypeError):
+    """Arguments, a result or a payload could not be encoded or decoded."""
+
+
+class PayloadTooLarge(SerializationError, ValueError):
+    """An encoded payload or result is larger than the configured limit; nothing was written."""
+
+
+class UnknownTask(TaskpipeError, LookupError):
+    """No task is registered under that name."""
+
+
+class ResultTimeout(TaskpipeError, TimeoutError):
+    """``AsyncResult.get(timeout=)`` ran out of time before the job finished."""
+
+
+class ResultExpired(TaskpipeError, LookupError):
+    """The job finished but its result is gone (its result TTL passed, or it was stored with TTL 0)."""
+
+
+class ResultUnknown(TaskpipeError, LookupError):
+    """No job with that id was ever seen in the channel (or it was retracted)."""
+
+
+class TaskFailed(TaskpipeError):
+    """The task raised; carries the remote exception's type name, message and traceback.
+
+    Attributes: ``job_id``, ``exc_type``, ``exc_message``, ``remote_traceback``.
+    """
+
+    def __init__(self, job_id: str, exc_type: str, exc_message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{exc_type}: {exc_message}")
+        self.job_id = job_id
+        self.exc_type = exc_type
+        self.exc_message = exc_message
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        text = f"{self.exc_type}: {self.exc_message}"
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback
+        return text
+
+
+class JobTimeout(TaskpipeError, TimeoutError):
+    """The task ran past its time limit."""
+
+
+class Retry(TaskpipeError):
+    """Raise inside a task to run it again later: ``raise Retry(delay='30s')``.
+
+    A ``Retry`` counts as an attempt; once the task's retries are used up the job fails.
+    """
+
+    def __init__(self, delay: object = None, reason: str = "") -> None:
+        super().__init__(reason or "retry requested")
+        self.delay = delay
+        self.reason = reason

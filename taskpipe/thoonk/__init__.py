@@ -1,0 +1,1 @@
+"""The Thoonk object layer."""

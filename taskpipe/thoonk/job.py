@@ -1,0 +1,461 @@
+"""Thoonk job channels: put, claim, finish, cancel, stall, retry, retract, with leases and results.
+
+The v1 keys and list directions are kept exactly (see ``docs/contract.md``); every mutating
+operation is one Lua script. taskpipe adds delayed puts, leases with fencing tokens, a reaper,
+durable results with a TTL and per-job progress and logs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from taskpipe.errors import JobNotFound, LeaseLost, WrongJobState
+from taskpipe.thoonk.keys import JobKeys
+
+if TYPE_CHECKING:
+    from taskpipe.thoonk.thoonk import Thoonk
+
+__all__ = ["JobChannel", "Claim", "JobInfo", "FinishRequest", "PutRequest", "new_id",
+           "DEFAULT_LEASE_MS", "FINISHED_INDEX_MS"]
+
+DEFAULT_LEASE_MS = 30_000
+FINISHED_INDEX_MS = 7 * 24 * 3600 * 1000  # how long the finished-id index remembers a job
+
+
+def new_id() -> str:
+    """A fresh job id (uuid4 hex, as thoonk.py makes them)."""
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+def _b(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise TypeError(f"job items and results must be bytes or str, not {type(value).__name__}")
+
+
+def _s(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claimed job: what a worker needs to run it and to finish it under its lease."""
+
+    channel: str
+    id: str
+    item: bytes
+    cancel_count: int
+    token: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class PutRequest:
+    """One job to publish with ``put_many``."""
+
+    item: bytes
+    id: str | None = None
+    priority: bool = False
+    delay_ms: int = 0
+    eta_ms: int = 0
+
+
+@dataclass(frozen=True)
+class FinishRequest:
+    """One job to finish with ``finish_many``."""
+
+    id: str
+    token: str = ""
+    result: bytes = b""
+    result_ttl_ms: int = 0
+    failed: bool = False
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A job's state and bookkeeping, read atomically by ``JobChannel.info``."""
+
+    id: str
+    state: str
+    cancel_count: int
+    attempts: int
+    reason: str
+    worker: str
+    progress: str
+    lease_deadline_ms: int | None
+    due_ms: int | None
+    finished_ms: int | None
+    published_ms: int | None
+    result_ttl_ms: int | None
+
+
+def _opt_int(value: Any) -> int | None:
+    text = _s(value)
+    return int(float(text)) if text not in ("", "-2", "-1") else None
+
+
+class JobChannel:
+    """A Thoonk job channel. Open one with ``Thoonk.job(name)``."""
+
+    def __init__(self, thoonk: Thoonk, name: str) -> None:
+        self.thoonk = thoonk
+        self.name = name
+        self.keys: JobKeys = thoonk.keys.job(name)
+        self.client: Any = thoonk.client
+        self.scripts = thoonk.scripts
+        k = self.keys
+        self.claim_keys = [k.ids, k.items, k.claimed, k.leases, k.delayed, k.urgent,
+                           k.cancelled, k.config, k.tokens, k.workers, k.fence, k.attempts]
+        self._put_keys = [k.ids, k.items, k.published, k.publishes, k.delayed, k.urgent, k.wake]
+        self._owner_keys = [k.claimed, k.leases, k.tokens, k.workers]
+        self._finish_keys = [*self._owner_keys, k.items, k.cancelled, k.attempts, k.published,
+                             k.finishes, k.finished, k.failures, k.progress, k.reasons]
+
+    def __repr__(self) -> str:
+        return f"<JobChannel {self.name!r}>"
+
+    # publishing -----------------------------------------------------------------------------
+    def put(self, item: bytes | str, priority: bool = False, id: str | None = None,
+            delay_ms: int = 0, eta_ms: int = 0) -> str:
+        """Publish a job; returns its id. An id that already exists is not published twice."""
+        return self.put_new(item, priority=priority, id=id, delay_ms=delay_ms, eta_ms=eta_ms)[0]
+
+    def put_new(self, item: bytes | str, priority: bool = False, id: str | None = None,
+                delay_ms: int = 0, eta_ms: int = 0) -> tuple[str, bool]:
+        """Publish a job; returns ``(id, created)`` where ``created`` is False for an existing id."""
+        req = PutRequest(_b(item), id, priority, int(delay_ms), int(eta_ms))
+        job_id = req.id or new_id()
+        flags = self.scripts["job_put"](self.client, self._put_keys,
+                                        [1, *self._put_args(job_id, req)])
+        return job_id, bool(int(flags[0]))
+
+    def _put_args(self, job_id: str, req: PutRequest) -> list[Any]:
+        return [job_id, req.item, "1" if req.priority else "0", max(0, req.delay_ms),
+                max(0, req.eta_ms)]
+
+    def put_many(self, requests: Iterable[PutRequest], batch: int = 500) -> list[tuple[str, bool]]:
+        """Publish many jobs, ``batch`` per script call, all calls in one pipeline."""
+        out: list[tuple[str, bool]] = []
+        pending: list[tuple[list[str], list[Any]]] = []
+        chunk_ids: list[str] = []
+        chunk_args: list[Any] = []
+        batch = max(1, min(batch, 1000))
+        for req in requests:
+            req = PutRequest(_b(req.item), req.id, req.priority, req.delay_ms, req.eta_ms)
+            job_id = req.id or new_id()
+            chunk_ids.append(job_id)
+            chunk_args += self._put_args(job_id, req)
+            if len(chunk_ids) >= batch:
+                pending.append((chunk_ids, chunk_args))
+                chunk_ids, chunk_args = [], []
+        if chunk_ids:
+            pending.append((chunk_ids, chunk_args))
+        if not pending:
+            return out
+        self.scripts.ensure_loaded(self.client, "job_put")
+        pipe = self.client.pipeline(transaction=False)
+        for ids, args in pending:
+            self.scripts["job_put"].queue(pipe, self._put_keys, [len(ids), *args])
+        for (ids, _), flags in zip(pending, pipe.execute()):
+            out += [(i, bool(int(f))) for i, f in zip(ids, flags)]
+        return out
+
+    # claiming -------------------------------------------------------------------------------
+    def claim(self, count: int = 1, lease_ms: int = DEFAULT_LEASE_MS, worker: str = "",
+              promote_limit: int = 100) -> list[Claim]:
+        """Claim up to ``count`` available jobs now (never blocks)."""
+        return claim_from(self.thoonk, [self], count, lease_ms, worker, promote_limit)[0]
+
+    def get(self, timeout: float | None = 0, lease_ms: int = DEFAULT_LEASE_MS,
+            worker: str = "") -> tuple[str, bytes, int] | None:
+        """Thoonk get: wait up to ``timeout`` seconds (0 = forever, None = don't wait) for a job.
+
+        Returns ``(id, item, cancel_count)`` or None on timeout. The claim is atomic and leased.
+        """
+        claim = self.get_claim(timeout, lease_ms, worker)
+        return (claim.id, claim.item, claim.cancel_count) if claim else None
+
+    def get_claim(self, timeout: float | None = 0, lease_ms: int = DEFAULT_LEASE_MS,
+                  worker: str = "") -> Claim | None:
+        """Like ``get`` but returns the whole ``Claim`` (with its fencing token)."""
+        claims = wait_and_claim(self.thoonk, [self], 1, lease_ms, worker, timeout)
+        return claims[0] if claims else None
+
+    # outcomes -------------------------------------------------------------------------------
+    def finish(self, id: str, result: bytes | str | None = None, result_ttl_ms: int = 0,
+               token: str = "", failed: bool = False) -> None:
+        """Finish a claimed job; store ``result`` for ``result_ttl_ms`` and publish job.finish."""
+        req = FinishRequest(id, token, _b(result) if result is not None else b"",
+                            int(result_ttl_ms), failed)
+        code = self.finish_many([req])[0]
+        self._raise_for(code, id, "claimed")
+
+    def finish_many(self, requests: Sequence[FinishRequest],
+                    followup: tuple[JobChannel, str, bytes] | None = None) -> list[int]:
+        """Finish several claimed jobs in one script call; returns a code per job.
+
+        Codes: 1 finished, 0 not claimed, -1 lease lost. ``followup`` = ``(channel, id, item)``
+        publishes one more job in the same atomic step (only with one request).
+        """
+        if not requests:
+            return []
+        if followup is not None and len(requests) != 1:
+            raise ValueError("a follow-up job can only ride on a single finish")
+        keys = [*self._finish_keys, *(self.keys.result(r.id) for r in requests)]
+        args: list[Any] = [self.keys.ch_finish, FINISHED_INDEX_MS, len(requests)]
+        for r in requests:
+            args += [r.id, r.token, r.result, max(0, r.result_ttl_ms), "1" if r.failed else "0"]
+        if followup is not None:
+            target, fid, fitem = followup
+            t = target.keys
+            keys += [t.ids, t.items, t.published, t.publishes, t.wake]
+            args += [fid, fitem]
+        codes = self.scripts["job_finish"](self.client, keys, args)
+        return [int(c) for c in codes]
+
+    def cancel(self, id: str, token: str = "") -> int:
+        """Send a claimed job back to the queue; returns its new cancel count."""
+        k = self.keys
+        code, count = self.scripts["job_cancel"](
+            self.client, [*self._owner_keys, k.cancelled, k.ids, k.wake], [id, token])
+        self._raise_for(int(code), id, "claimed")
+        return int(count)
+
+    def stall(self, id: str, reason: str = "", token: str = "") -> None:
+        """Park a claimed job with a reason; it is not dispatched until ``retry``."""
+        k = self.keys
+        code = self.scripts["job_stall"](
+            self.client, [*self._owner_keys, k.stalled, k.reasons, k.published],
+            [id, token, reason])
+        self._raise_for(int(code), id, "claimed")
+
+    def retry(self, id: str, reset_counts: bool = True) -> None:
+        """Make a stalled job available again (``reset_counts`` gives it a fresh budget)."""
+        k = self.keys
+        code = self.scripts["job_retry"](
+            self.client, [k.stalled, k.reasons, k.ids, k.published, k.wake, k.cancelled,
+                          k.attempts, k.items], [id, "1" if reset_counts else "0"])
+        self._raise_for(int(code), id, "stalled")
+
+    def defer(self, id: str, token: str = "", delay_ms: int = 0, count_attempt: bool = True,
+              item: bytes | None = None) -> int:
+        """Release a claimed job to run again after ``delay_ms``; returns its attempt count."""
+        k = self.keys
+        code, attempts = self.scripts["job_defer"](
+            self.client, [*self._owner_keys, k.attempts, k.delayed, k.ids, k.wake, k.items],
+            [id, token, max(0, int(delay_ms)), "1" if count_attempt else "0", item or b""])
+        self._raise_for(int(code), id, "claimed")
+        return int(attempts)
+
+    def retract(self, id: str) -> None:
+        """Remove a job from every state, its stored result and log included."""
+        k = self.keys
+        keys = [k.items, k.ids, *self._owner_keys, k.stalled, k.reasons, k.cancelled, k.attempts,
+                k.published, k.delayed, k.urgent, k.progress, k.finished, k.result(id), k.log(id)]
+        # keys[2:6] are claimed, leases, tokens, workers, in that order, as the script expects
+        if not self.scripts["job_retract"](self.client, keys,
+                                           [id, self.thoonk.keys.feed(self.name).ch_retract]):
+            raise JobNotFound(f"no job {id!r} in channel {self.name!r}")
+
+    def _raise_for(self, code: int, id: str, expected: str) -> None:
+        if code == 1:
+            return
+        if code == -1:
+            raise LeaseLost(id)
+        actual = self.info(id).state
+        if actual == "unknown":
+            raise JobNotFound(f"no job {id!r} in channel {self.name!r}")
+        raise WrongJobState(id, expected, actual)
+
+    # leases ---------------------------------------------------------------------------------
+    def extend(self, claims: Iterable[tuple[str, str]], lease_ms: int = DEFAULT_LEASE_MS) -> list[str]:
+        """Renew leases for ``(id, token)`` pairs; returns the ids whose lease was lost."""
+        args: list[Any] = [int(lease_ms)]
+        for job_id, token in claims:
+            args += [job_id, token]
+        if len(args) == 1:
+            return []
+        k = self.keys
+        lost = self.scripts["job_extend"](self.client, [k.claimed, k.leases, k.tokens], args)
+        return [_s(x) for x in lost]
+
+    def reap(self, max_cancels: int = 0, limit: int = 1000) -> tuple[list[str], list[str]]:
+        """Requeue (or stall, past ``max_cancels``) claims whose lease expired.
+
+        Returns ``(requeued_ids, stalled_ids)``.
+        """
+        k = self.keys
+        requeued, stalled = self.scripts["job_reap"](
+            self.client, [*self._owner_keys, k.cancelled, k.ids, k.wake, k.stalled, k.reasons,
+                          k.published], [limit, max_cancels])
+        return [_s(x) for x in requeued], [_s(x) for x in stalled]
+
+    def promote(self, limit: int = 1000) -> tuple[int, int | None]:
+        """Move due delayed jobs to available; returns ``(moved, next_due_ms or None)``."""
+        k = self.keys
+        moved, nxt = self.scripts["job_promote"](
+            self.client, [k.delayed, k.urgent, k.items, k.ids, k.wake], [limit])
+        return int(moved), (int(nxt) if int(nxt) >= 0 else None)
+
+    # results --------------------------------------------------------------------------------
+    def get_result(self, id: str, timeout: float | None = None) -> bytes | None:
+        """The stored result of a finished job, waiting up to ``timeout`` seconds for it.
+
+        Waits on the ``job.finish`` channel (no polling). Returns None on timeout or when the
+        job finished without a stored result.
+        """
+        key = self.keys.result(id)
+        value = self.client.get(key)
+        if value is not None or not timeout:
+            return value  # type: ignore[no-any-return]
+        pubsub = self.thoonk.connection.new_client().pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.keys.ch_finish)
+            value = self.client.get(key)  # it may have landed before we subscribed
+            deadline = time.monotonic() + timeout
+            prefix = id.encode() + b"\0"
+            while value is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                msg = pubsub.get_message(timeout=min(remaining, 1.0))
+                if msg and isinstance(msg.get("data"), bytes) and msg["data"].startswith(prefix):
+                    return msg["data"][len(prefix):]  # type: ignore[no-any-return]
+                if msg is None and self.info(id).state == "finished":
+                    return self.client.get(key)  # type: ignore[no-any-return]
+            return value
+        finally:
+            pubsub.close()
+
+    # progress and logs ----------------------------------------------------------------------
+    def set_progress(self, id: str, progress: str, token: str = "") -> None:
+        """Record a claimed job's progress (free text, e.g. ``"3/10"``) and publish it."""
+        k = self.keys
+        code = self.scripts["job_progress"](self.client, [k.claimed, k.tokens, k.progress],
+                                            [id, token, progress, k.ch_events])
+        self._raise_for(int(code), id, "claimed")
+
+    def log(self, id: str, lines: Sequence[str | bytes], max_lines: int = 1000,
+            ttl_ms: int = 7 * 24 * 3600 * 1000) -> int:
+        """Append lines to a job's log (capped at ``max_lines``, expiring after ``ttl_ms``)."""
+        if not lines:
+            return 0
+        k = self.keys
+        n = self.scripts["job_log"](self.client, [k.log(id)],
+                                    [id, max_lines, ttl_ms, k.ch_events, *lines[:1000]])
+        return int(n)
+
+    def logs(self, id: str, start: int = 0, end: int = -1) -> list[bytes]:
+        """A job's log lines, oldest first."""
+        return list(self.client.lrange(self.keys.log(id), start, end))
+
+    # reads ----------------------------------------------------------------------------------
+    def info(self, id: str) -> JobInfo:
+        """A job's state and bookkeeping, read in one atomic step."""
+        k = self.keys
+        r = self.scripts["job_state"](
+            self.client, [k.items, k.claimed, k.stalled, k.delayed, k.finished, k.result(id),
+                          k.cancelled, k.attempts, k.reasons, k.workers, k.progress, k.leases,
+                          k.published], [id])
+        return JobInfo(id=id, state=_s(r[0]), cancel_count=int(_s(r[1]) or 0),
+                       attempts=int(_s(r[2]) or 0), reason=_s(r[3]), worker=_s(r[4]),
+                       progress=_s(r[5]), lease_deadline_ms=_opt_int(r[6]), due_ms=_opt_int(r[7]),
+                       finished_ms=_opt_int(r[8]), published_ms=_opt_int(r[9]),
+                       result_ttl_ms=_opt_int(r[10]))
+
+    def get_item(self, id: str) -> bytes | None:
+        """A job's payload (None once finished or retracted)."""
+        return self.client.hget(self.keys.items, id)  # type: ignore[no-any-return]
+
+    def get_ids(self) -> list[str]:
+        """Ids of every unfinished job (available, delayed, claimed, stalled): ``HKEYS items``."""
+        return [_s(x) for x in self.client.hkeys(self.keys.items)]
+
+    def get_failure_count(self, id: str) -> int:
+        """How many times the job was cancelled (sent back to the queue)."""
+        return int(self.client.hget(self.keys.cancelled, id) or 0)
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state, plus lifetime counters."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.llen(k.ids).zcard(k.delayed).zcard(k.claimed).scard(k.stalled).zcard(k.finished)
+        pipe.get(k.publishes).get(k.finishes).get(k.failures)
+        r = pipe.execute()
+        return {"available": int(r[0]), "delayed": int(r[1]), "claimed": int(r[2]),
+                "stalled": int(r[3]), "finished": int(r[4]), "published_total": int(r[5] or 0),
+                "finished_total": int(r[6] or 0), "failed_total": int(r[7] or 0)}
+
+    def stalled_ids(self) -> list[str]:
+        """Ids of stalled jobs."""
+        return sorted(_s(x) for x in self.client.smembers(self.keys.stalled))
+
+    def stall_reason(self, id: str) -> str:
+        """Why a job was stalled ('' if none recorded)."""
+        return _s(self.client.hget(self.keys.reasons, id) or b"")
+
+    # pause ----------------------------------------------------------------------------------
+    def pause(self) -> None:
+        """Stop workers from claiming from this channel (persistent, cluster-wide)."""
+        self.thoonk.set_config(self.name, paused="1")
+
+    def resume(self) -> None:
+        """Let workers claim from this channel again."""
+        self.thoonk.set_config(self.name, paused=None)
+
+    @property
+    def paused(self) -> bool:
+        """True while the channel is paused."""
+        return _s(self.client.hget(self.keys.config, "paused") or b"") == "1"
+
+
+def claim_from(thoonk: Thoonk, channels: Sequence[JobChannel], count: int, lease_ms: int,
+               worker: str, promote_limit: int = 100) -> tuple[list[Claim], int | None, int]:
+    """Claim up to ``count`` jobs from ``channels`` in strict order, in one script call.
+
+    Returns ``(claims, next_due_ms or None, server_now_ms)``.
+    """
+    keys: list[str] = []
+    for ch in channels:
+        keys += ch.claim_keys
+    r = thoonk.scripts["job_claim"](thoonk.client, keys, [count, int(lease_ms), worker, promote_limit])
+    now, nxt = int(r[0]), int(r[1])
+    claims = [Claim(channels[int(c[0]) - 1].name, _s(c[1]), bytes(c[2]), int(c[3]), _s(c[4]), int(c[5]))
+              for c in r[2:]]
+    return claims, (nxt if nxt >= 0 else None), now
+
+
+def wait_and_claim(thoonk: Thoonk, channels: Sequence[JobChannel], count: int, lease_ms: int,
+                   worker: str, timeout: float | None, block_client: Any = None,
+                   max_block: float = 1.0) -> list[Claim]:
+    """Claim jobs, blocking up to ``timeout`` seconds (0 = forever, None = no wait) while empty.
+
+    Blocks on the channels' wake-up lists (``BLPOP``), never busy-polls. A wake-up marker that
+    was lost costs at most ``max_block`` seconds; a delayed job is claimed when due.
+    """
+    deadline = None if not timeout else time.monotonic() + timeout
+    client = block_client
+    while True:
+        claims, next_due, now = claim_from(thoonk, channels, count, lease_ms, worker)
+        if claims or timeout is None:
+            return claims
+        wait = max_block
+        if next_due is not None:
+            wait = min(wait, max(0.001, (next_due - now) / 1000.0))
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            wait = min(wait, remaining)
+        if client is None:
+            client = thoonk.connection.new_client()
+        client.blpop([ch.keys.wake for ch in channels], timeout=max(wait, 0.001))

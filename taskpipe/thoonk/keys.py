@@ -1,0 +1,187 @@
+"""Every Redis key and pub/sub channel name taskpipe uses, built in this one module.
+
+The Thoonk v1 names (``feeds``, ``feed.<x>:<f>``, ``job.finish:<f>``...) are kept exactly so the
+original thoonk.py / thoonk.js clients can share the data. taskpipe's own extensions follow the
+same ``feed.<x>:<f>`` pattern (legacy clients ignore them); see ``docs/contract.md``.
+
+A ``prefix`` (default empty, which is what legacy clients expect) namespaces everything so two
+apps, or two tests, can share one Redis. A channel name that carries a hash tag (``{emails}``)
+keeps every per-channel key in one Redis Cluster slot without changing the key patterns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Keyspace", "FeedKeys", "JobKeys", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class FeedKeys:
+    """Keys shared by every Thoonk object type (feed, sorted feed, queue, job)."""
+
+    name: str
+    config: str
+    ids: str
+    items: str
+    publishes: str
+    idincr: str
+    # pub/sub channels
+    ch_publish: str
+    ch_edit: str
+    ch_retract: str
+    ch_position: str
+    ch_finish: str
+
+
+@dataclass(frozen=True)
+class JobKeys:
+    """Keys of one job channel: the Thoonk v1 job keys plus taskpipe's extensions."""
+
+    name: str
+    config: str
+    ids: str          # LIST  available ids (LPUSH normal, RPUSH priority, pop right)
+    items: str        # HASH  id -> payload (source of truth that a job exists)
+    publishes: str    # counter
+    finishes: str     # counter
+    published: str    # ZSET  id -> publish ms
+    claimed: str      # ZSET  id -> claim ms
+    stalled: str      # SET   parked ids
+    cancelled: str    # HASH  id -> times sent back to the queue
+    # taskpipe extensions
+    delayed: str      # ZSET  id -> due ms (server time)
+    urgent: str       # SET   delayed ids that go to the head (priority) when due
+    leases: str       # ZSET  id -> lease deadline ms (server time)
+    tokens: str       # HASH  id -> fencing token of the current claim
+    workers: str      # HASH  id -> name of the worker holding the claim
+    fence: str        # counter: source of fencing tokens
+    attempts: str     # HASH  id -> failed runs (task raised), apart from cancels
+    reasons: str      # HASH  id -> why a job was stalled
+    progress: str     # HASH  id -> progress "current/total"
+    finished: str     # ZSET  id -> finish ms (index of finished jobs, trimmed by age)
+    failures: str     # counter: jobs finished as failed
+    wake: str         # LIST  wake-up markers for blocked workers
+    ch_finish: str    # pub/sub: job.finish:<f>  id\0result
+    ch_events: str    # pub/sub: feed.jobevent:<f>  (taskpipe: progress/log/state events)
+    result_prefix: str  # STRING per job: <result_prefix><id>, with TTL
+    log_prefix: str     # LIST per job: <log_prefix><id>, capped, with TTL
+
+    def result(self, job_id: str) -> str:
+        """The key holding one job's stored result."""
+        return self.result_prefix + job_id
+
+    def log(self, job_id: str) -> str:
+        """The key holding one job's log lines."""
+        return self.log_prefix + job_id
+
+
+class Keyspace:
+    """Builds key names under an optional prefix (namespace)."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def k(self, name: str) -> str:
+        """Prefix one key or channel name."""
+        return self.prefix + name
+
+    # global keys and channels -------------------------------------------------------------
+    @property
+    def feeds(self) -> str:
+        """SET of every object name."""
+        return self.k("feeds")
+
+    @property
+    def ch_newfeed(self) -> str:
+        """Channel announcing a created object (``<f>\\0<instance>``)."""
+        return self.k("newfeed")
+
+    @property
+    def ch_delfeed(self) -> str:
+        """Channel announcing a deleted object."""
+        return self.k("delfeed")
+
+    @property
+    def ch_conffeed(self) -> str:
+        """Channel announcing a config change."""
+        return self.k("conffeed")
+
+    def workers_registry(self) -> str:
+        """ZSET worker name -> heartbeat deadline ms."""
+        return self.k("taskpipe.workers")
+
+    def worker_info(self, worker: str) -> str:
+        """HASH describing one live worker (expires when it stops heartbeating)."""
+        return self.k("taskpipe.worker:" + worker)
+
+    def cron_state(self, entry: str) -> str:
+        """HASH of one cron entry's bookkeeping (last fire, next fire, last outcome)."""
+        return self.k("taskpipe.cron:" + entry)
+
+    def cron_entries(self) -> str:
+        """SET of cron entry names known to schedulers."""
+        return self.k("taskpipe.crons")
+
+    # per object ---------------------------------------------------------------------------
+    def feed(self, name: str) -> FeedKeys:
+        """Keys of a feed, sorted feed or queue."""
+        k = self.k
+        return FeedKeys(
+            name=name,
+            config=k("feed.config:" + name),
+            ids=k("feed.ids:" + name),
+            items=k("feed.items:" + name),
+            publishes=k("feed.publishes:" + name),
+            idincr=k("feed.idincr:" + name),
+            ch_publish=k("feed.publish:" + name),
+            ch_edit=k("feed.edit:" + name),
+            ch_retract=k("feed.retract:" + name),
+            ch_position=k("feed.position:" + name),
+            ch_finish=k("job.finish:" + name),
+        )
+
+    def job(self, name: str) -> JobKeys:
+        """Keys of a job channel."""
+        k = self.k
+        return JobKeys(
+            name=name,
+            config=k("feed.config:" + name),
+            ids=k("feed.ids:" + name),
+            items=k("feed.items:" + name),
+            publishes=k("feed.publishes:" + name),
+            finishes=k("feed.finishes:" + name),
+            published=k("feed.published:" + name),
+            claimed=k("feed.claimed:" + name),
+            stalled=k("feed.stalled:" + name),
+            cancelled=k("feed.cancelled:" + name),
+            delayed=k("feed.delayed:" + name),
+            urgent=k("feed.urgent:" + name),
+            leases=k("feed.leases:" + name),
+            tokens=k("feed.tokens:" + name),
+            workers=k("feed.workers:" + name),
+            fence=k("feed.fence:" + name),
+            attempts=k("feed.attempts:" + name),
+            reasons=k("feed.reasons:" + name),
+            progress=k("feed.progress:" + name),
+            finished=k("feed.finished:" + name),
+            failures=k("feed.failures:" + name),
+            wake=k("feed.wake:" + name),
+            ch_finish=k("job.finish:" + name),
+            ch_events=k("feed.jobevent:" + name),
+            result_prefix=k("feed.result:" + name + ":"),
+            log_prefix=k("feed.log:" + name + ":"),
+        )
+
+    def job_object_keys(self, name: str) -> list[str]:
+        """Every per-channel key of a job channel (for delete); per-job keys expire on their own."""
+        j = self.job(name)
+        return [j.config, j.ids, j.items, j.publishes, j.finishes, j.published, j.claimed,
+                j.stalled, j.cancelled, j.delayed, j.urgent, j.leases, j.tokens, j.workers,
+                j.fence, j.attempts, j.reasons, j.progress, j.finished, j.failures, j.wake]
+
+    def feed_object_keys(self, name: str) -> list[str]:
+        """Every key of a feed, sorted feed or queue (for delete)."""
+        f = self.feed(name)
+        return [f.config, f.ids, f.items, f.publishes, f.idincr]

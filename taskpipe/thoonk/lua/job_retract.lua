@@ -1,0 +1,25 @@
+-- job_retract: remove a job from every state (available, delayed, claimed, stalled, finished).
+-- KEYS[1] feed.items:<f>  KEYS[2] feed.ids:<f>  KEYS[3] feed.claimed:<f>  KEYS[4] feed.leases:<f>
+-- KEYS[5] feed.tokens:<f>  KEYS[6] feed.workers:<f>  KEYS[7] feed.stalled:<f>  KEYS[8] feed.reasons:<f>
+-- KEYS[9] feed.cancelled:<f>  KEYS[10] feed.attempts:<f>  KEYS[11] feed.published:<f>
+-- KEYS[12] feed.delayed:<f>  KEYS[13] feed.urgent:<f>  KEYS[14] feed.progress:<f>
+-- KEYS[15] feed.finished:<f>  KEYS[16] feed.result:<f>:<id>  KEYS[17] feed.log:<f>:<id>
+-- ARGV[1] id  ARGV[2] feed.retract:<f> channel
+-- Returns: 1 retracted, 0 no such job (nothing changed).
+-- Events: feed.retract:<f> "<id>".
+--@include _owner.lua
+local id = ARGV[1]
+local existed = redis.call('HDEL', KEYS[1], id)
+existed = existed + redis.call('ZREM', KEYS[15], id) + redis.call('DEL', KEYS[16])
+if existed == 0 then return 0 end
+redis.call('LREM', KEYS[2], 0, id)
+unclaim(KEYS[3], KEYS[4], KEYS[5], KEYS[6], id)
+redis.call('SREM', KEYS[7], id)
+for k = 8, 10 do redis.call('HDEL', KEYS[k], id) end
+redis.call('ZREM', KEYS[11], id)
+redis.call('ZREM', KEYS[12], id)
+redis.call('SREM', KEYS[13], id)
+redis.call('HDEL', KEYS[14], id)
+redis.call('DEL', KEYS[17])
+redis.call('PUBLISH', ARGV[2], id)
+return 1

@@ -1,0 +1,75 @@
+"""Loads the Lua scripts (one file per atomic operation) and runs them with EVALSHA.
+
+Scripts are read lazily from ``taskpipe/thoonk/lua/<name>.lua``. A line ``--@include other.lua``
+is replaced by that file's text (shared helpers, never pasted twice). A ``NOSCRIPT`` reply (Redis
+restarted, failed over, or ``SCRIPT FLUSH``) is answered by loading the script and trying again,
+so callers never see it. The registry is owned by whoever creates it (a ``Thoonk`` object).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from importlib import resources
+from typing import Any, Sequence
+
+import redis
+
+__all__ = ["Script", "ScriptRegistry"]
+
+_INCLUDE = re.compile(r"^--@include\s+(\S+)\s*$", re.MULTILINE)
+
+
+def _read(name: str) -> str:
+    return resources.files("taskpipe.thoonk").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+def _expand(name: str, depth: int = 0) -> str:
+    if depth > 4:
+        raise RuntimeError(f"Lua include nesting too deep at {name}")
+    return _INCLUDE.sub(lambda m: _expand(m.group(1), depth + 1), _read(name))
+
+
+class Script:
+    """One Lua operation: its text, its SHA1, and a NOSCRIPT-safe ``__call__``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = _expand(name + ".lua")
+        self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
+
+    def __call__(self, client: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Run the script on ``client``; load it first if the server does not know it."""
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            client.script_load(self.source)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
+    def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
+        """Add a call to a pipeline (the caller loads scripts first with ``ScriptRegistry.load_all``)."""
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+
+class ScriptRegistry:
+    """The scripts of one Thoonk instance, created on first use."""
+
+    def __init__(self) -> None:
+        self._scripts: dict[str, Script] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, name: str) -> Script:
+        script = self._scripts.get(name)
+        if script is None:
+            with self._lock:
+                script = self._scripts.get(name)
+                if script is None:
+                    script = Script(name)
+                    self._scripts[name] = script
+        return script
+
+    def ensure_loaded(self, client: Any, *names: str) -> None:
+        """Load the named scripts on the server (before pipelining EVALSHA calls)."""
+        for name in names:
+            client.script_load(self[name].source)

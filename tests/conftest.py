@@ -1,0 +1,54 @@
+"""Shared fixtures: a real redis-server on a free loopback port, and memory:// twins.
+
+Every test gets a unique key prefix, so tests never see each other's keys and nothing is flushed.
+The ``broker_url`` / ``conn`` fixtures are parametrized over real Redis and ``memory://`` so the
+same conformance tests run on both.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from redis_server import RedisServer  # noqa: E402
+
+from taskpipe.connection import Connection  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture(params=["redis", "memory"])
+def broker_url(request: pytest.FixtureRequest, redis_server: RedisServer) -> str:
+    if request.param == "redis":
+        return redis_server.url
+    return f"memory://{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def conn(broker_url: str) -> Iterator[Connection]:
+    c = Connection(broker_url)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def real_conn(redis_server: RedisServer) -> Iterator[Connection]:
+    c = Connection(redis_server.url)
+    yield c
+    c.close()
