@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime, timedelta, timezone
-from typing import Union
 
 from .errors import DurationError
 
@@ -33,7 +32,7 @@ __all__ = [
 ]
 
 #: What callers may pass wherever taskpipe takes a duration.
-DurationLike = Union[int, float, str, timedelta]
+DurationLike = int | float | str | timedelta
 
 # Unit -> (seconds, rank). Rank enforces largest-to-smallest order in compounds.
 _UNITS: dict[str, tuple[float, int]] = {

@@ -1,0 +1,254 @@
+"""The app object: owns the broker connection, the task registry and every default."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any, TypeVar, overload
+
+from taskpipe.connection import DEFAULT_URL, Connection
+from taskpipe.durations import eta_to_delay, parse_duration, parse_optional_duration, to_ms
+from taskpipe.errors import ConfigError, UnknownTask
+from taskpipe.serialization import DEFAULT_MAX_PAYLOAD, encode_envelope, get_serializer
+from taskpipe.task import Signature, Task, TaskOptions
+from taskpipe.thoonk.job import JobChannel, PutRequest, new_id
+from taskpipe.thoonk.thoonk import Thoonk
+
+__all__ = ["TaskPipe"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SEND_OPTIONS = {"channel", "priority", "delay", "eta", "id", "on_finish", "result_ttl",
+                 "retries", "timeout", "hard_timeout", "retry_backoff"}
+
+
+class TaskPipe:
+    """A taskpipe application.
+
+    ``TaskPipe(broker="redis://127.0.0.1:6379/0")``. The broker URL comes from the argument, else
+    ``TASKPIPE_BROKER_URL``, else ``redis://127.0.0.1:6379/0``; ``memory://`` runs an embedded
+    broker in this process. ``prefix`` namespaces every key, so two apps can share one Redis.
+    Nothing is global: two apps in one process never interfere.
+    """
+
+    def __init__(self, name: str | None = None, broker: str | None = None, *, prefix: str = "",
+                 serializer: str = "msgpack", result_ttl: Any = "1d", default_channel: str = "default",
+                 retries: int = 0, retry_backoff: Any = "1s", retry_backoff_max: Any = "10m",
+                 timeout: Any = None, lease: Any = "30s", max_cancels: int = 3,
+                 max_payload: int = DEFAULT_MAX_PAYLOAD, connection: Connection | None = None,
+                 client: Any = None) -> None:
+        self.name = name or "taskpipe"
+        if connection is None:
+            if client is not None:
+                connection = Connection(client=client)
+            else:
+                connection = Connection(broker or os.environ.get("TASKPIPE_BROKER_URL") or DEFAULT_URL)
+        self.connection = connection
+        self.broker_url = connection.url
+        self.thoonk = Thoonk(connection=connection, prefix=prefix)
+        self.prefix = prefix
+        self.serializer = get_serializer(serializer)
+        self.result_ttl = parse_duration(result_ttl)
+        self.default_channel = default_channel
+        if not isinstance(retries, int) or retries < 0:
+            raise ConfigError(f"retries must be a non-negative int, got {retries!r}")
+        self.retries = retries
+        self.retry_backoff = parse_duration(retry_backoff)
+        self.retry_backoff_max = parse_duration(retry_backoff_max)
+        self.timeout = parse_optional_duration(timeout)
+        self.lease = parse_duration(lease)
+        if self.lease < 0.05:
+            raise ConfigError("lease must be at least 50ms")
+        self.max_cancels = max_cancels
+        self.max_payload = max_payload
+        self.tasks: dict[str, Task[Any]] = {}
+        self._channels: dict[str, JobChannel] = {}
+        self._lock = threading.Lock()
+        self._watcher: Any = None
+        self.crons: list[Any] = []
+
+    def __repr__(self) -> str:
+        return f"<TaskPipe {self.name} broker={self.broker_url}>"
+
+    # tasks ----------------------------------------------------------------------------------
+    @overload
+    def task(self, fn: F) -> Task[Any]: ...
+
+    @overload
+    def task(self, fn: None = None, **options: Any) -> Callable[[F], Task[Any]]: ...
+
+    def task(self, fn: Any = None, *, name: str | None = None, **options: Any) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(channel='high', retries=3)``.
+
+        Options: ``name``, ``channel``, ``priority``, ``timeout``, ``hard_timeout``, ``retries``,
+        ``retry_backoff``, ``retry_backoff_max``, ``result_ttl``, ``max_cancels``,
+        ``stall_on_failure``.
+        """
+        def register(func: Callable[..., Any]) -> Task[Any]:
+            try:
+                opts = TaskOptions(**options)
+            except TypeError as exc:
+                raise ConfigError(f"bad task option: {exc}") from None
+            for key in ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl"):
+                parse_optional_duration(getattr(opts, key))
+            task_name = name or f"{func.__module__}.{func.__qualname__}"
+            if task_name in self.tasks and self.tasks[task_name].fn is not func:
+                raise ConfigError(f"a different task is already registered as {task_name!r}")
+            task: Task[Any] = Task(self, func, task_name, opts)
+            self.tasks[task_name] = task
+            return task
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def get_task(self, name: str) -> Task[Any]:
+        """The registered task of that name; ``UnknownTask`` if none."""
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise UnknownTask(f"no task registered as {name!r} in app {self.name!r}") from None
+
+    def signature(self, name: str, *args: Any, **kwargs: Any) -> Signature:
+        """A signature by task name (no code of the task needed)."""
+        return Signature(name, tuple(args), dict(kwargs), {}, self)
+
+    # channels -------------------------------------------------------------------------------
+    def channel(self, name: str | None = None) -> JobChannel:
+        """The Thoonk job channel of that name (created on first use)."""
+        name = name or self.default_channel
+        ch = self._channels.get(name)
+        if ch is None:
+            with self._lock:
+                ch = self._channels.get(name)
+                if ch is None:
+                    ch = self.thoonk.job(name)
+                    self._channels[name] = ch
+        return ch
+
+    # publishing -----------------------------------------------------------------------------
+    def _build(self, name: str, args: Iterable[Any], kwargs: dict[str, Any] | None,
+               task: Task[Any] | None, options: dict[str, Any]) -> tuple[JobChannel, PutRequest, Any]:
+        unknown = set(options) - _SEND_OPTIONS
+        if unknown:
+            raise ConfigError(f"unknown publishing option(s): {', '.join(sorted(unknown))}")
+        topts = task.options if task is not None else (
+            self.tasks[name].options if name in self.tasks else TaskOptions())
+        channel = self.channel(options.get("channel") or topts.channel)
+        env_opts: dict[str, Any] = {}
+        for key in ("retries", "timeout", "hard_timeout", "retry_backoff", "result_ttl"):
+            value = options.get(key)
+            if value is not None:
+                env_opts[key] = value if key == "retries" else parse_duration(value)
+        if "retries" in env_opts and (not isinstance(env_opts["retries"], int) or env_opts["retries"] < 0):
+            raise ConfigError(f"retries must be a non-negative int, got {env_opts['retries']!r}")
+        on_finish = options.get("on_finish")
+        callback = None
+        if isinstance(on_finish, Signature):
+            env_opts["on_finish"] = on_finish.to_dict()
+        elif on_finish is not None:
+            if not callable(on_finish):
+                raise ConfigError("on_finish must be a callable or a task signature")
+            callback = on_finish
+        payload = encode_envelope(name, tuple(args), dict(kwargs or {}), env_opts,
+                                  serializer=self.serializer, max_size=self.max_payload)
+        delay_ms, eta_ms = 0, 0
+        if options.get("delay") is not None:
+            delay_ms = to_ms(options["delay"])
+        if options.get("eta") is not None:
+            eta = options["eta"]
+            delay_ms = to_ms(eta_to_delay(eta, time.time())) if isinstance(eta, (datetime, int, float)) \
+                else to_ms(eta)
+        priority = bool(options["priority"]) if options.get("priority") is not None else topts.priority
+        job_id = options.get("id") or new_id()
+        if not isinstance(job_id, str) or not job_id or "\0" in job_id:
+            raise ConfigError(f"a job id must be a non-empty string without NUL, got {job_id!r}")
+        return channel, PutRequest(payload, job_id, priority, delay_ms, eta_ms), callback
+
+    def send(self, name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
+             *, _task: Task[Any] | None = None, **options: Any) -> Any:
+        """Publish a call of task ``name`` (registered here or not) and return its ``AsyncResult``.
+
+        Options as for ``Task.apply_async``. Publishing an ``id`` that is already waiting,
+        delayed, running or stalled adds nothing and returns a handle on the existing job.
+        """
+        from taskpipe.results import AsyncResult
+
+        channel, req, callback = self._build(name, args, kwargs, _task, options)
+        assert req.id is not None
+        channel.put_new(req.item, priority=req.priority, id=req.id, delay_ms=req.delay_ms)
+        result = AsyncResult(self, req.id, channel.name)
+        if callback is not None:
+            self.finish_watcher.add(result, callback)
+        return result
+
+    def publish_many(self, signatures: Iterable[Signature], batch: int = 500) -> list[Any]:
+        """Publish many signatures, pipelined in bounded batches; returns their results in order."""
+        from taskpipe.results import AsyncResult
+
+        by_channel: dict[str, tuple[JobChannel, list[PutRequest]]] = {}
+        order: list[tuple[str, str]] = []
+        for sig in signatures:
+            channel, req, callback = self._build(sig.task, sig.args, sig.kwargs,
+                                                 self.tasks.get(sig.task), dict(sig.options))
+            if callback is not None:
+                raise ConfigError("publish_many takes task signatures for on_finish, not callables")
+            by_channel.setdefault(channel.name, (channel, []))[1].append(req)
+            order.append((channel.name, req.id or ""))
+        for channel, reqs in by_channel.values():
+            channel.put_many(reqs, batch=batch)
+        return [AsyncResult(self, job_id, ch) for ch, job_id in order]
+
+    def AsyncResult(self, id: str, channel: str | None = None) -> Any:  # noqa: N802
+        """A handle on a job published elsewhere (by id and channel)."""
+        from taskpipe.results import AsyncResult
+
+        return AsyncResult(self, id, channel or self.default_channel)
+
+    @property
+    def finish_watcher(self) -> Any:
+        """The app's watcher that runs ``on_finish`` callables in this process."""
+        from taskpipe.callbacks import FinishWatcher
+
+        with self._lock:
+            if self._watcher is None:
+                self._watcher = FinishWatcher(self)
+        return self._watcher
+
+    # cron (filled in by taskpipe.scheduler) ---------------------------------------------------
+    def cron(self, expr: str, **options: Any) -> Callable[[F], F]:
+        """Run the decorated task on a cron schedule: ``@app.cron('*/5 * * * *')`` over ``@app.task``."""
+        from taskpipe.scheduler import CronEntry
+
+        def deco(task: F) -> F:
+            if not isinstance(task, Task):
+                raise ConfigError("@app.cron goes above @app.task (it needs a task)")
+            self.add_cron(task, expr, **options)
+            return task
+
+        CronEntry.validate(expr, options.get("tz"))
+        return deco
+
+    def add_cron(self, task: Task[Any] | str, expr: str, **options: Any) -> Any:
+        """Add a cron entry for a task (or task name); returns the entry."""
+        from taskpipe.scheduler import CronEntry
+
+        entry = CronEntry.create(self, task if isinstance(task, str) else task.name, expr, **options)
+        self.crons.append(entry)
+        return entry
+
+    # lifecycle ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop background helpers and close connections."""
+        if self._watcher is not None:
+            self._watcher.stop()
+        self.connection.close()
+
+    def __enter__(self) -> TaskPipe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,113 @@
+"""Runs ``on_finish=`` callables in the publishing process when their jobs finish (Thoonk onFinish).
+
+One background thread per app listens on the ``job.finish:<f>`` channels that have pending
+callbacks. A message lost while the connection was down is covered by a check of every pending
+job once a second, so a callback still runs, late, rather than never.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from taskpipe.errors import TaskpipeError
+
+if TYPE_CHECKING:
+    from taskpipe.app import TaskPipe
+    from taskpipe.results import AsyncResult
+
+__all__ = ["FinishWatcher"]
+
+log = logging.getLogger("taskpipe.callbacks")
+
+
+class FinishWatcher:
+    """Calls ``callback(result_or_error, async_result)`` once each watched job finishes."""
+
+    def __init__(self, app: TaskPipe) -> None:
+        self.app = app
+        self._pending: dict[tuple[str, str], tuple[AsyncResult, list[Callable[..., Any]]]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._changed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, result: AsyncResult, callback: Callable[..., Any]) -> None:
+        """Watch ``result``; call ``callback`` with its value (or ``TaskFailed``) when it finishes."""
+        with self._lock:
+            entry = self._pending.setdefault((result.channel, result.id), (result, []))
+            entry[1].append(callback)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="taskpipe-on-finish",
+                                                daemon=True)
+                self._thread.start()
+        self._changed.set()
+
+    def pending(self) -> int:
+        """How many jobs still wait for their callbacks."""
+        with self._lock:
+            return len(self._pending)
+
+    def stop(self) -> None:
+        """Stop the thread (pending callbacks are not run)."""
+        self._stop.set()
+        self._changed.set()
+
+    def _fire_if_done(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            entry = self._pending.get(key)
+        if entry is None:
+            return
+        result, callbacks = entry
+        if not result.ready():
+            return
+        with self._lock:
+            if self._pending.pop(key, None) is None:
+                return
+        try:
+            value = result.get(timeout=0, propagate=False)
+        except TaskpipeError as exc:  # result expired or stored with ttl 0
+            value = exc
+        for cb in callbacks:
+            try:
+                cb(value, result)
+            except Exception:  # noqa: BLE001 - a user callback must not kill the watcher
+                log.exception("on_finish callback for job %s raised", result.id)
+
+    def _run(self) -> None:
+        client = self.app.connection.new_client()
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        subscribed: set[str] = set()
+        prefix_len = len(self.app.prefix + "job.finish:")
+        try:
+            while not self._stop.is_set():
+                with self._lock:
+                    keys = list(self._pending)
+                if not keys and self._changed.wait(1.0) is False:
+                    continue
+                self._changed.clear()
+                wanted = {self.app.channel(ch).keys.ch_finish for ch, _ in keys}
+                if wanted - subscribed:
+                    pubsub.subscribe(*(wanted - subscribed))
+                    subscribed |= wanted
+                for key in keys:  # jobs that finished before we subscribed, or while we were away
+                    self._fire_if_done(key)
+                deadline_msgs = 200
+                while deadline_msgs > 0 and not self._stop.is_set():
+                    deadline_msgs -= 1
+                    try:
+                        msg = pubsub.get_message(timeout=1.0)
+                    except Exception:  # noqa: BLE001 - reconnect on the next round
+                        log.warning("finish watcher lost its connection; resubscribing")
+                        pubsub = client.pubsub(ignore_subscribe_messages=True)
+                        subscribed = set()
+                        break
+                    if msg is None:
+                        break
+                    channel = msg["channel"].decode()[prefix_len:]
+                    job_id = msg["data"].split(b"\0", 1)[0].decode()
+                    self._fire_if_done((channel, job_id))
+        finally:
+            pubsub.close()

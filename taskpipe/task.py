@@ -1,0 +1,121 @@
+"""Tasks and signatures: what ``@app.task`` makes, and how a call is published."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from taskpipe.app import TaskPipe
+    from taskpipe.results import AsyncResult
+
+__all__ = ["Task", "TaskOptions", "Signature"]
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Per-task defaults; ``None`` means "use the app's default"."""
+
+    channel: str | None = None
+    priority: bool = False
+    timeout: Any = None          # soft time limit (duration); raises JobTimeout inside the task
+    hard_timeout: Any = None     # hard limit: the process-pool child is killed
+    retries: int | None = None
+    retry_backoff: Any = None    # base delay of the exponential backoff (duration)
+    retry_backoff_max: Any = None
+    result_ttl: Any = None
+    max_cancels: int | None = None
+    stall_on_failure: bool = False  # after the last retry, stall instead of finishing as failed
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A task call kept for later: ``add.s(2, 3)``. Used for ``on_finish=`` and bulk publishing."""
+
+    task: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    app: TaskPipe | None = field(default=None, compare=False, repr=False)
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Publish the signature (extra args are appended, kwargs merged)."""
+        return self.apply_async(args=args, kwargs=kwargs)
+
+    def apply_async(self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
+                    **options: Any) -> AsyncResult:
+        """Publish the signature with extra arguments and options."""
+        if self.app is None:
+            raise RuntimeError("this signature is not bound to an app")
+        return self.app.send(self.task, args=(*self.args, *args),
+                             kwargs={**self.kwargs, **(kwargs or {})}, **{**self.options, **options})
+
+    def set(self, **options: Any) -> Signature:
+        """A copy with more publishing options (channel, priority, delay, ...)."""
+        return replace(self, options={**self.options, **options})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain-data form stored inside a job envelope."""
+        return {"task": self.task, "args": list(self.args), "kwargs": dict(self.kwargs),
+                "options": {k: v for k, v in self.options.items() if k != "on_finish"}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], app: TaskPipe | None = None) -> Signature:
+        """Rebuild a signature from ``to_dict`` data."""
+        return cls(str(data["task"]), tuple(data.get("args") or ()), dict(data.get("kwargs") or {}),
+                   dict(data.get("options") or {}), app)
+
+
+class Task(Generic[R]):
+    """A function registered as a job type. Calling it runs it here; ``delay`` publishes it."""
+
+    def __init__(self, app: TaskPipe, fn: Callable[..., R], name: str, options: TaskOptions) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.options = options
+        self.is_async = inspect.iscoroutinefunction(fn)
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
+        """Run the function in this process, now (``async def`` tasks return a coroutine)."""
+        return self.fn(*args, **kwargs)
+
+    @property
+    def channel(self) -> str:
+        """The channel this task publishes to by default."""
+        return self.options.channel or self.app.default_channel
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Publish a call with the task's default options; returns its ``AsyncResult``."""
+        return self.app.send(self.name, args=args, kwargs=kwargs, _task=self)
+
+    def apply_async(self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
+                    **options: Any) -> AsyncResult:
+        """Publish a call with options.
+
+        Options: ``channel``, ``priority``, ``delay``, ``eta``, ``id``, ``on_finish``,
+        ``result_ttl``, ``retries``, ``timeout``.
+        """
+        return self.app.send(self.name, args=tuple(args), kwargs=kwargs or {}, _task=self, **options)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this task with these arguments."""
+        return Signature(self.name, tuple(args), dict(kwargs), {}, self.app)
+
+    def map(self, iterable: Iterable[Any], **options: Any) -> list[AsyncResult]:
+        """Publish one job per item (a tuple is spread as arguments), pipelined in batches."""
+        sigs = (self.s(*(a if isinstance(a, tuple) else (a,))).set(**options) for a in iterable)
+        return self.app.publish_many(sigs)
+
+    def AsyncResult(self, id: str) -> AsyncResult:  # noqa: N802 - mirrors Celery's API
+        """A handle on a job of this task published elsewhere."""
+        return self.app.AsyncResult(id, channel=self.channel)

@@ -1,0 +1,5 @@
+"""The worker: claims jobs, runs them in a pool, keeps their leases, writes their outcomes."""
+
+from taskpipe.worker.worker import Worker
+
+__all__ = ["Worker"]

@@ -1,0 +1,122 @@
+"""Execution pools: threads (default, I/O-bound), an asyncio loop (``async def`` tasks), processes.
+
+Every pool takes ``submit(prepared, done)`` and calls ``done(outcome)`` from one of its threads.
+Pool threads are daemons, so a worker that must stop at once is never held up by a stuck task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from taskpipe.context import JobContext, _set_current
+from taskpipe.errors import JobTimeout
+from taskpipe.worker.runner import Outcome, Prepared, decide_failure, run_prepared, timeout_of
+
+if TYPE_CHECKING:
+    from taskpipe.app import TaskPipe
+
+__all__ = ["ThreadPool", "AsyncPool", "make_pool"]
+
+log = logging.getLogger("taskpipe.worker")
+Done = Callable[[Outcome], None]
+
+
+class ThreadPool:
+    """N daemon threads running jobs; ``async def`` tasks get a private event loop per call."""
+
+    kind = "thread"
+
+    def __init__(self, app: TaskPipe, size: int) -> None:
+        self.app = app
+        self.size = size
+        self._queue: queue.Queue[tuple[Prepared, Done] | None] = queue.Queue()
+        self._threads = [threading.Thread(target=self._loop, name=f"taskpipe-job-{i}", daemon=True)
+                         for i in range(size)]
+        for t in self._threads:
+            t.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            prepared, done = item
+            channel = self.app.channel(prepared.claim.channel)
+            try:
+                outcome = run_prepared(self.app, prepared, channel)
+            except BaseException as exc:  # noqa: BLE001 - never lose an outcome
+                outcome = Outcome("cancel", prepared.claim, reason=f"worker error: {exc!r}")
+            done(outcome)
+
+    def submit(self, prepared: Prepared, done: Done) -> None:
+        """Queue a job to run on the next free thread."""
+        self._queue.put((prepared, done))
+
+    def shutdown(self) -> None:
+        """Let the threads end after their current job."""
+        for _ in self._threads:
+            self._queue.put(None)
+
+
+class AsyncPool:
+    """One event loop thread running ``async def`` tasks concurrently; plain tasks go to threads."""
+
+    kind = "async"
+
+    def __init__(self, app: TaskPipe, size: int) -> None:
+        self.app = app
+        self.size = size
+        self.loop = asyncio.new_event_loop()
+        self._threads = ThreadPool(app, max(1, min(size, 8)))
+        self._thread = threading.Thread(target=self.loop.run_forever, name="taskpipe-async", daemon=True)
+        self._thread.start()
+
+    def submit(self, prepared: Prepared, done: Done) -> None:
+        """Run an async task on the loop, a sync one on a thread."""
+        if prepared.early is not None or prepared.task is None or not prepared.task.is_async:
+            self._threads.submit(prepared, done)
+            return
+        asyncio.run_coroutine_threadsafe(self._run(prepared, done), self.loop)
+
+    async def _run(self, prepared: Prepared, done: Done) -> None:
+        env, task, claim = prepared.envelope, prepared.task, prepared.claim
+        assert env is not None and task is not None
+        channel = self.app.channel(claim.channel)
+        _set_current(JobContext(channel, claim, task.name))
+        seconds = timeout_of(env, task, self.app)
+        try:
+            coro = task.fn(*env.args, **env.kwargs)
+            value = await (asyncio.wait_for(coro, seconds) if seconds else coro)
+            outcome = Outcome("success", claim, value=value, envelope=env, task=task)
+        except asyncio.TimeoutError:
+            exc = JobTimeout(f"task {task.name} ran past its time limit of {seconds} s")
+            outcome = decide_failure(self.app, prepared, exc, "")
+        except Exception as exc:  # noqa: BLE001 - the task's error is the job's outcome
+            outcome = decide_failure(self.app, prepared, exc, traceback.format_exc())
+        done(outcome)
+
+    def shutdown(self) -> None:
+        """Stop the thread helpers; the loop thread is a daemon."""
+        self._threads.shutdown()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def make_pool(kind: str, app: TaskPipe, size: int, app_path: str | None = None) -> Any:
+    """Build the pool named ``thread``, ``async`` or ``process``."""
+    if kind == "thread":
+        return ThreadPool(app, size)
+    if kind == "async":
+        return AsyncPool(app, size)
+    if kind == "process":
+        from taskpipe.worker.procpool import ProcessPool
+
+        return ProcessPool(app, size, app_path)
+    from taskpipe.errors import ConfigError
+
+    raise ConfigError(f"unknown pool {kind!r}; expected thread, async or process")

@@ -1,0 +1,183 @@
+"""Runs one claimed job and turns what happened into an ``Outcome`` (no Redis writes here)."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import random
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from taskpipe.context import JobContext, _reset_current, _set_current
+from taskpipe.durations import parse_duration
+from taskpipe.errors import JobTimeout, Retry, SerializationError, UnknownTask
+from taskpipe.serialization import Envelope, decode_envelope
+
+if TYPE_CHECKING:
+    from taskpipe.app import TaskPipe
+    from taskpipe.task import Task
+    from taskpipe.thoonk.job import Claim
+
+__all__ = ["Outcome", "prepare", "run_prepared", "backoff_delay", "decide_failure"]
+
+
+@dataclass
+class Outcome:
+    """What to do with a claimed job after running it.
+
+    ``kind``: ``success`` (finish with ``value``), ``failure`` (finish as failed), ``retry``
+    (run again after ``delay`` seconds), ``stall`` (park with ``reason``), ``cancel`` (send back).
+    """
+
+    kind: str
+    claim: Claim
+    value: Any = None
+    exc_type: str = ""
+    exc_message: str = ""
+    traceback: str = ""
+    delay: float = 0.0
+    reason: str = ""
+    envelope: Envelope | None = None
+    task: Task[Any] | None = None
+
+
+@dataclass
+class Prepared:
+    """A decoded job ready to run, or an outcome that says it cannot run."""
+
+    claim: Claim
+    envelope: Envelope | None = None
+    task: Task[Any] | None = None
+    early: Outcome | None = None
+
+
+def prepare(app: TaskPipe, claim: Claim) -> Prepared:
+    """Decode the payload and find the task; a bad payload or unknown task becomes a stall."""
+    try:
+        env = decode_envelope(claim.item)
+    except SerializationError as exc:
+        return Prepared(claim, early=Outcome("stall", claim, reason=f"bad_payload: {exc}"))
+    try:
+        task = app.get_task(env.task)
+    except UnknownTask:
+        return Prepared(claim, env, early=Outcome("stall", claim, reason=f"unknown_task: {env.task}",
+                                                  envelope=env))
+    return Prepared(claim, env, task)
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random; ``attempt`` counts from 1."""
+    rng = rng or random.Random()
+    full = min(cap, base * (2 ** max(0, attempt - 1)))
+    return full / 2 + rng.uniform(0, full / 2)
+
+
+def _opt(env: Envelope, task: Task[Any], app: TaskPipe, key: str) -> Any:
+    if key in env.options and env.options[key] is not None:
+        return env.options[key]
+    value = getattr(task.options, key, None)
+    if value is not None:
+        return value
+    return getattr(app, key, None)
+
+
+def timeout_of(env: Envelope, task: Task[Any], app: TaskPipe) -> float | None:
+    """The soft time limit for this call (call option, else task option, else app default)."""
+    value = _opt(env, task, app, "timeout")
+    return parse_duration(value) if value is not None else None
+
+
+def decide_failure(app: TaskPipe, prepared: Prepared, exc: BaseException, tb: str) -> Outcome:
+    """Retry with backoff if attempts remain, else fail (or stall if the task asks for it)."""
+    claim, env, task = prepared.claim, prepared.envelope, prepared.task
+    assert env is not None and task is not None
+    retries = int(_opt(env, task, app, "retries") or 0)
+    attempt = claim.attempts + 1
+    name = type(exc).__name__
+    if attempt <= retries:
+        if isinstance(exc, Retry) and exc.delay is not None:
+            delay = parse_duration(exc.delay)
+        else:
+            base = parse_duration(_opt(env, task, app, "retry_backoff") or 0)
+            cap = parse_duration(_opt(env, task, app, "retry_backoff_max") or base)
+            delay = backoff_delay(attempt, base, max(cap, base))
+        return Outcome("retry", claim, exc_type=name, exc_message=str(exc), traceback=tb,
+                       delay=delay, envelope=env, task=task)
+    if isinstance(exc, Retry):
+        name, message = "MaxRetriesExceeded", f"gave up after {attempt} attempts: {exc}"
+    else:
+        message = str(exc)
+    if task.options.stall_on_failure:
+        return Outcome("stall", claim, reason=f"failed: {name}: {message}", envelope=env, task=task)
+    return Outcome("failure", claim, exc_type=name, exc_message=message, traceback=tb,
+                   envelope=env, task=task)
+
+
+class _SoftTimer:
+    """Raises ``JobTimeout`` inside a running thread when its soft time limit passes."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.fired = False
+        self._timer: threading.Timer | None = None
+        self._ident = threading.get_ident()
+
+    def __enter__(self) -> _SoftTimer:
+        if self.seconds:
+            self._timer = threading.Timer(self.seconds, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def _fire(self) -> None:
+        self.fired = True
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._ident), ctypes.py_object(JobTimeout))
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def run_prepared(app: TaskPipe, prepared: Prepared, channel: Any,
+                 loop: asyncio.AbstractEventLoop | None = None) -> Outcome:
+    """Run a prepared job in this thread (async tasks on ``loop`` or a private loop)."""
+    if prepared.early is not None:
+        return prepared.early
+    env, task, claim = prepared.envelope, prepared.task, prepared.claim
+    assert env is not None and task is not None
+    ctx = JobContext(channel, claim, task.name)
+    seconds = timeout_of(env, task, app)
+    token = _set_current(ctx)
+    try:
+        if task.is_async:
+            value = _run_async(task, env, ctx, seconds, loop)
+        else:
+            with _SoftTimer(seconds):
+                value = task.fn(*env.args, **env.kwargs)
+        return Outcome("success", claim, value=value, envelope=env, task=task)
+    except JobTimeout:
+        exc = JobTimeout(f"task {task.name} ran past its time limit of {seconds} s")
+        return decide_failure(app, prepared, exc, traceback.format_exc())
+    except BaseException as exc:  # noqa: BLE001 - the task's error is the job's outcome
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        return decide_failure(app, prepared, exc, traceback.format_exc())
+    finally:
+        _reset_current(token)
+
+
+def _run_async(task: Task[Any], env: Envelope, ctx: JobContext, seconds: float | None,
+               loop: asyncio.AbstractEventLoop | None) -> Any:
+    async def call() -> Any:
+        _set_current(ctx)
+        coro = task.fn(*env.args, **env.kwargs)
+        try:
+            return await asyncio.wait_for(coro, timeout=seconds) if seconds else await coro
+        except asyncio.TimeoutError:
+            raise JobTimeout() from None
+
+    if loop is not None:
+        return asyncio.run_coroutine_threadsafe(call(), loop).result()
+    return asyncio.run(call())

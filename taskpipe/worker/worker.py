@@ -1,0 +1,290 @@
+"""The worker: claims jobs in strict channel order, runs them in a pool, writes outcomes in batches.
+
+Threads of one worker process:
+
+- the main loop claims up to the free slots in one script call, or blocks on the channels'
+  wake-up lists (never busy-polls) while they are empty;
+- the finisher writes outcomes as they complete, many per script call (``OutcomeWriter``);
+- the keeper renews leases of running jobs (every lease/3), reaps expired leases of every
+  worker on the same channels, and refreshes this worker's entry in the worker registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from taskpipe.context import JobLogHandler
+from taskpipe.durations import parse_duration
+from taskpipe.errors import ConfigError
+from taskpipe.thoonk.job import Claim, JobChannel, claim_from
+from taskpipe.worker.outcomes import OutcomeWriter
+from taskpipe.worker.pools import make_pool
+from taskpipe.worker.registry import WorkerRegistry
+from taskpipe.worker.runner import Outcome, prepare
+
+if TYPE_CHECKING:
+    from taskpipe.app import TaskPipe
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("taskpipe.worker")
+
+
+class Worker:
+    """Consumes channels in strict order (``['high', 'default']``: nothing from default while high
+    has an available job). ``run()`` returns when stopped, or when empty in ``burst`` mode.
+    """
+
+    def __init__(self, app: TaskPipe, channels: Sequence[str] | None = None, *,
+                 concurrency: int | None = None, pool: str = "thread", burst: bool = False,
+                 max_jobs: int | None = None, name: str | None = None, lease: Any = None,
+                 grace: Any = "30s", reaper_interval: Any = None, weighted: bool = False,
+                 weights: Sequence[float] | None = None, beat: bool = False,
+                 app_path: str | None = None, batch: int = 100, max_block: float = 1.0,
+                 heartbeat_interval: float = 2.0, capture_logs: bool = True) -> None:
+        self.app = app
+        self.channel_names = list(channels or [app.default_channel])
+        if not self.channel_names or any(not c for c in self.channel_names):
+            raise ConfigError(f"bad channel list {channels!r}")
+        self.concurrency = concurrency or (os.cpu_count() or 2) * (1 if pool == "process" else 4)
+        if self.concurrency < 1:
+            raise ConfigError("concurrency must be at least 1")
+        self.pool_kind = pool
+        self.app_path = app_path
+        self.burst = burst
+        self.max_jobs = max_jobs
+        self.name = name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+        self.lease_s = parse_duration(lease) if lease is not None else app.lease
+        self.grace = parse_duration(grace)
+        self.reaper_interval = (parse_duration(reaper_interval) if reaper_interval is not None
+                                else min(5.0, max(0.05, self.lease_s / 2)))
+        self.weighted = weighted
+        self.weights = list(weights or [])
+        self.beat = beat
+        self.batch = max(1, min(batch, 1000))
+        self.max_block = max_block
+        self.heartbeat_interval = heartbeat_interval
+        self.capture_logs = capture_logs
+        self.channels: list[JobChannel] = [app.channel(c) for c in self.channel_names]
+        self.writer = OutcomeWriter(app)
+        self.registry = WorkerRegistry(app)
+        self.claimed_total = 0
+        self.started_at = time.time()
+        self._running: dict[tuple[str, str], Claim] = {}
+        self._running_lock = threading.Lock()
+        self._slot = threading.Condition(self._running_lock)
+        self._done: queue.Queue[Outcome] = queue.Queue()
+        self._stopping = threading.Event()
+        self._stop_now = threading.Event()
+        self._block_client: Any = None
+        self._pool: Any = None
+        self._threads: list[threading.Thread] = []
+        self._scheduler: Any = None
+
+    # control --------------------------------------------------------------------------------
+    def stop(self, graceful: bool = True) -> None:
+        """Stop claiming; running jobs get ``grace`` seconds (or none if not ``graceful``)."""
+        if not graceful or self._stopping.is_set():
+            self._stop_now.set()
+        self._stopping.set()
+        with self._slot:
+            self._slot.notify_all()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stopping.is_set():
+            log.warning("second signal: stopping at once")
+            self.stop(graceful=False)
+        else:
+            log.info("signal %s: finishing running jobs (grace %.1fs), claiming no more", signum, self.grace)
+            self.stop(graceful=True)
+
+    @property
+    def running(self) -> list[Claim]:
+        """Claims currently held by this worker."""
+        with self._running_lock:
+            return list(self._running.values())
+
+    # main loop ------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run until stopped (or empty, in burst mode); returns the exit code (0)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        handler = JobLogHandler() if self.capture_logs else None
+        if handler is not None:
+            logging.getLogger().addHandler(handler)
+        self._pool = make_pool(self.pool_kind, self.app, self.concurrency, self.app_path)
+        self._block_client = self.app.connection.new_client()
+        for target, tname in ((self._finisher, "taskpipe-finisher"), (self._keeper, "taskpipe-keeper")):
+            t = threading.Thread(target=target, name=tname, daemon=True)
+            t.start()
+            self._threads.append(t)
+        if self.beat:
+            from taskpipe.scheduler import Scheduler
+
+            self._scheduler = Scheduler(self.app)
+            self._scheduler.start()
+        log.info("worker %s consuming %s (%s pool, concurrency %d)", self.name,
+                 ",".join(self.channel_names), self.pool_kind, self.concurrency)
+        try:
+            self._loop()
+            self._drain()
+        finally:
+            if self._scheduler is not None:
+                self._scheduler.stop()
+            self._stopping.set()
+            self._pool.shutdown()
+            for t in self._threads:
+                t.join(timeout=5)
+            self.registry.remove(self.name)
+            if handler is not None:
+                logging.getLogger().removeHandler(handler)
+        log.info("worker %s stopped: %s", self.name, dict(self.writer.stats))
+        return 0
+
+    def _ordered_channels(self) -> list[JobChannel]:
+        if not self.weighted:
+            return self.channels
+        weights = self.weights or [float(len(self.channels) - i) for i in range(len(self.channels))]
+        order: list[JobChannel] = []
+        pool = list(zip(self.channels, weights))
+        while pool:
+            pick = random.choices(range(len(pool)), [w for _, w in pool])[0]
+            order.append(pool.pop(pick)[0])
+        return order
+
+    def _loop(self) -> None:
+        lease_ms = int(self.lease_s * 1000)
+        while not self._stopping.is_set():
+            with self._slot:
+                free = self.concurrency - len(self._running)
+                if free <= 0:
+                    self._slot.wait(0.5)
+                    continue
+            if self.max_jobs is not None:
+                free = min(free, self.max_jobs - self.claimed_total)
+                if free <= 0:
+                    self._wait_idle()
+                    return
+            claims, next_due, now = claim_from(self.app.thoonk, self._ordered_channels(),
+                                               min(free, self.batch), lease_ms, self.name)
+            if claims:
+                self._start(claims)
+                continue
+            if self.burst:
+                with self._running_lock:
+                    idle = not self._running
+                due_soon = next_due is not None and next_due - now <= self.max_block * 1000
+                if idle and self._done.empty() and not due_soon:
+                    return
+            wait = self.max_block
+            if next_due is not None:
+                wait = min(wait, max(0.001, (next_due - now) / 1000.0))
+            self._block_client.blpop([c.keys.wake for c in self.channels], timeout=wait)
+
+    def _wait_idle(self) -> None:
+        with self._slot:
+            while self._running and not self._stop_now.is_set():
+                self._slot.wait(0.2)
+
+    def _start(self, claims: list[Claim]) -> None:
+        self.claimed_total += len(claims)
+        with self._running_lock:
+            for c in claims:
+                self._running[(c.channel, c.id)] = c
+        for c in claims:
+            prepared = prepare(self.app, c)
+            self._pool.submit(prepared, self._done.put)
+
+    def _drain(self) -> None:
+        """After the loop: wait up to ``grace`` for running jobs, then send the rest back."""
+        deadline = time.monotonic() + self.grace
+        with self._slot:
+            while self._running and not self._stop_now.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._slot.wait(min(remaining, 0.2))
+        leftovers = self.running
+        for claim in leftovers:
+            try:
+                self.app.channel(claim.channel).cancel(claim.id, token=claim.token)
+                log.warning("job %s/%s still running at shutdown: sent back to the queue",
+                            claim.channel, claim.id)
+            except Exception as exc:  # noqa: BLE001 - lease may be gone already
+                log.warning("could not send job %s back: %s", claim.id, exc)
+        with self._running_lock:
+            for claim in leftovers:
+                self._running.pop((claim.channel, claim.id), None)
+
+    # background threads ---------------------------------------------------------------------
+    def _finisher(self) -> None:
+        while True:
+            try:
+                first = self._done.get(timeout=0.2)
+            except queue.Empty:
+                if self._stopping.is_set():
+                    with self._running_lock:
+                        if not self._running:
+                            return
+                continue
+            batch = [first]
+            while len(batch) < 1000:
+                try:
+                    batch.append(self._done.get_nowait())
+                except queue.Empty:
+                    break
+            with self._running_lock:
+                live = [o for o in batch if (o.claim.channel, o.claim.id) in self._running]
+            try:
+                self.writer.write(live)
+            except Exception:  # noqa: BLE001 - Redis down: the leases will expire and be reaped
+                log.exception("could not write %d outcomes; their leases will expire", len(live))
+            with self._slot:
+                for o in batch:
+                    self._running.pop((o.claim.channel, o.claim.id), None)
+                self._slot.notify_all()
+
+    def _keeper(self) -> None:
+        lease_ms = int(self.lease_s * 1000)
+        renew_every = max(0.02, self.lease_s / 3)
+        next_renew = next_reap = next_beat = 0.0
+        while not (self._stopping.is_set() and not self.running):
+            now = time.monotonic()
+            try:
+                if now >= next_renew:
+                    self._renew(lease_ms)
+                    next_renew = now + renew_every
+                if now >= next_reap:
+                    for ch in self.channels:
+                        requeued, stalled = ch.reap(self.app.max_cancels)
+                        for job_id in requeued:
+                            log.warning("lease of job %s/%s expired: back to the queue", ch.name, job_id)
+                        for job_id in stalled:
+                            log.error("job %s/%s stalled: worker_lost too many times", ch.name, job_id)
+                    next_reap = now + self.reaper_interval
+                if now >= next_beat:
+                    self.registry.beat(self)
+                    next_beat = now + self.heartbeat_interval
+            except Exception as exc:  # noqa: BLE001 - keep renewing; Redis may come back
+                log.warning("keeper: %s", exc)
+            time.sleep(min(renew_every, self.reaper_interval, 0.25))
+
+    def _renew(self, lease_ms: int) -> None:
+        by_channel: dict[str, list[tuple[str, str]]] = {}
+        for claim in self.running:
+            by_channel.setdefault(claim.channel, []).append((claim.id, claim.token))
+        for name, pairs in by_channel.items():
+            for job_id in self.app.channel(name).extend(pairs, lease_ms):
+                log.warning("lease of job %s/%s lost while running; its outcome will be refused",
+                            name, job_id)
