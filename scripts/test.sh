@@ -1,7 +1,22 @@
 #!/usr/bin/env bash
-# Install taskpipe with its test extra and run the whole suite (lint, types, tests).
+# Install everything taskpipe's tests need, then run lint, type checks and the whole test suite.
+# Uses the active virtualenv, or makes .venv. The tests start their own redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+need=""
+command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
+{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || need="$need chromium chromium-driver"
+if [ -n "$need" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $need
+  else
+    echo "missing system packages:$need (install them with apt-get)" >&2
+  fi
+fi
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  [ -d .venv ] || python3 -m venv .venv
+  . .venv/bin/activate
+fi
 python -m pip install -q --upgrade pip
 python -m pip install -q -e '.[test]'
 python -m ruff check taskpipe tests examples benchmarks

@@ -1,1 +1,51 @@
-"""taskpipe."""
+"""taskpipe: a Python task queue on Thoonk job channels in Redis.
+
+    from taskpipe import TaskPipe
+
+    app = TaskPipe(broker="redis://127.0.0.1:6379/0")
+
+    @app.task
+    def add(a, b):
+        return a + b
+
+    result = add.delay(2, 3)      # run `taskpipe worker -A mymodule:app`
+    result.get(timeout=10)        # -> 5
+"""
+
+from taskpipe.app import TaskPipe
+from taskpipe.context import JobContext, current_job
+from taskpipe.errors import (
+    BrokerURLError,
+    ConfigError,
+    CronError,
+    DurationError,
+    JobNotFound,
+    JobTimeout,
+    LeaseLost,
+    PayloadTooLarge,
+    ResultExpired,
+    ResultTimeout,
+    ResultUnknown,
+    Retry,
+    SerializationError,
+    TaskFailed,
+    TaskpipeError,
+    UnknownTask,
+    WrongJobState,
+)
+from taskpipe.results import AsyncResult
+from taskpipe.task import Signature, Task
+from taskpipe.worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # the app and its tasks
+    "TaskPipe", "Task", "Signature", "AsyncResult", "Worker", "current_job", "JobContext",
+    # errors
+    "TaskpipeError", "ConfigError", "BrokerURLError", "DurationError", "CronError",
+    "SerializationError", "PayloadTooLarge", "UnknownTask", "JobNotFound", "WrongJobState",
+    "LeaseLost", "ResultTimeout", "ResultExpired", "ResultUnknown", "TaskFailed", "JobTimeout",
+    "Retry",
+    "__version__",
+]

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from taskpipe.connection import DEFAULT_URL, Connection
 from taskpipe.durations import eta_to_delay, parse_duration, parse_optional_duration, to_ms
@@ -16,6 +16,9 @@ from taskpipe.serialization import DEFAULT_MAX_PAYLOAD, encode_envelope, get_ser
 from taskpipe.task import Signature, Task, TaskOptions
 from taskpipe.thoonk.job import JobChannel, PutRequest, new_id
 from taskpipe.thoonk.thoonk import Thoonk
+
+if TYPE_CHECKING:
+    from taskpipe.results import AsyncResult
 
 __all__ = ["TaskPipe"]
 
@@ -65,6 +68,7 @@ class TaskPipe:
         self.max_cancels = max_cancels
         self.max_payload = max_payload
         self.tasks: dict[str, Task[Any]] = {}
+        self.raw_channels: dict[str, Task[Any]] = {}
         self._channels: dict[str, JobChannel] = {}
         self._lock = threading.Lock()
         self._watcher: Any = None
@@ -85,7 +89,11 @@ class TaskPipe:
 
         Options: ``name``, ``channel``, ``priority``, ``timeout``, ``hard_timeout``, ``retries``,
         ``retry_backoff``, ``retry_backoff_max``, ``result_ttl``, ``max_cancels``,
-        ``stall_on_failure``.
+        ``stall_on_failure``, ``raw``.
+
+        ``raw=True`` (with ``channel=``) makes a Thoonk-native handler: it receives every job of
+        that channel as the opaque bytes a thoonk.py / thoonk.js producer put, and the bytes it
+        returns are what their ``job.finish`` listeners receive.
         """
         def register(func: Callable[..., Any]) -> Task[Any]:
             try:
@@ -98,6 +106,12 @@ class TaskPipe:
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ConfigError(f"a different task is already registered as {task_name!r}")
             task: Task[Any] = Task(self, func, task_name, opts)
+            if opts.raw:
+                if not opts.channel:
+                    raise ConfigError("a raw (Thoonk-native) task needs channel=")
+                if opts.channel in self.raw_channels and self.raw_channels[opts.channel].fn is not func:
+                    raise ConfigError(f"channel {opts.channel!r} already has a raw handler")
+                self.raw_channels[opts.channel] = task
             self.tasks[task_name] = task
             return task
 
@@ -169,7 +183,7 @@ class TaskPipe:
         return channel, PutRequest(payload, job_id, priority, delay_ms, eta_ms), callback
 
     def send(self, name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
-             *, _task: Task[Any] | None = None, **options: Any) -> Any:
+             *, _task: Task[Any] | None = None, **options: Any) -> AsyncResult:
         """Publish a call of task ``name`` (registered here or not) and return its ``AsyncResult``.
 
         Options as for ``Task.apply_async``. Publishing an ``id`` that is already waiting,
@@ -185,7 +199,7 @@ class TaskPipe:
             self.finish_watcher.add(result, callback)
         return result
 
-    def publish_many(self, signatures: Iterable[Signature], batch: int = 500) -> list[Any]:
+    def publish_many(self, signatures: Iterable[Signature], batch: int = 500) -> list[AsyncResult]:
         """Publish many signatures, pipelined in bounded batches; returns their results in order."""
         from taskpipe.results import AsyncResult
 
@@ -202,7 +216,7 @@ class TaskPipe:
             channel.put_many(reqs, batch=batch)
         return [AsyncResult(self, job_id, ch) for ch, job_id in order]
 
-    def AsyncResult(self, id: str, channel: str | None = None) -> Any:  # noqa: N802
+    def AsyncResult(self, id: str, channel: str | None = None) -> AsyncResult:  # noqa: N802
         """A handle on a job published elsewhere (by id and channel)."""
         from taskpipe.results import AsyncResult
 

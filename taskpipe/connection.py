@@ -93,16 +93,17 @@ class Connection:
     def new_client(self) -> Any:
         """A new client on the same broker (its own connection pool)."""
         if self.scheme == "client":
-            pool_kwargs = dict(self.client.connection_pool.connection_kwargs)
             if self.is_memory:
                 return self.client  # fakeredis clients share state; no sockets to separate
-            return redis.Redis(**pool_kwargs)
+            pool = self.client.connection_pool
+            return redis.Redis(connection_pool=pool.__class__(
+                connection_class=pool.connection_class, **pool.connection_kwargs))
         if self.scheme == "memory":
             import fakeredis
 
             with self._lock:
                 if self._fake_server is None:
-                    self._fake_server = fakeredis.FakeServer(version=7)
+                    self._fake_server = fakeredis.FakeServer(version=(7,))
             return fakeredis.FakeRedis(server=self._fake_server)
         return redis.Redis.from_url(self.url, socket_timeout=self._socket_timeout,
                                     socket_connect_timeout=5, health_check_interval=30)

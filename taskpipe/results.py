@@ -106,7 +106,8 @@ class AsyncResult:
             raise ResultTimeout(f"job {self.id!r} is still {state} after {timeout} s")
         if record.ok:
             return record.value
-        error = TaskFailed(self.id, record.exc_type, record.exc_message, record.traceback)
+        error = TaskFailed(self.id, record.exc_type or "", record.exc_message or "",
+                           record.traceback or "")
         if propagate:
             raise error
         return error

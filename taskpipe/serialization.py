@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import reprlib
 import struct
 import uuid
 from collections.abc import Callable
@@ -45,17 +46,21 @@ FORMAT_VERSION = 1
 #: Serializer name -> the id byte written in the header.
 SERIALIZER_IDS: dict[str, int] = {"msgpack": 1, "json": 2}
 
-_MAX_DEPTH = 500  # containers nested deeper than this are refused
+_JSON_MAX_DEPTH = 200  # JSON refuses deeper nesting (msgpack's own limit is 1024)
+_MSGPACK_MAX_DEPTH = 1024
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # msgpack's native int range
 _FAILURE_TEXT_LIMIT = 32 * 1024  # chars kept of a failure's message and of its traceback
 _TAG = "__tp__"
 _CONTAINERS = frozenset({list, tuple, set, frozenset, dict})
 _COLLECTIONS: dict[str, Callable[[Any], Any]] = {"tuple": tuple, "set": set, "frozenset": frozenset}
 _TIMEDELTA = struct.Struct(">iii")  # days, seconds, microseconds
-# msgpack extension type codes (application range 0..127); never renumber.
+# msgpack extension type codes (application range 0..127); never renumber. "tuple", "set"
+# and "frozenset" are empty markers written as the first item of an array: [marker, *items].
 _EXT_CODES = {"datetime": 1, "date": 2, "time": 3, "timedelta": 4, "uuid": 5, "decimal": 6,
               "tuple": 7, "set": 8, "frozenset": 9, "int": 10}
 _EXT_TAGS = {code: tag for tag, code in _EXT_CODES.items()}
+_MARKS = {tag: msgpack.ExtType(_EXT_CODES[tag], b"") for tag in _COLLECTIONS}
+_MARKERS = {_EXT_CODES[tag]: make for tag, make in _COLLECTIONS.items()}  # decoded marker
 
 
 def _iso(obj: Any) -> str:
@@ -95,53 +100,67 @@ def _type_name(obj: object) -> str:
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 40
+_REPR.maxlevel = 3
+
+
 def _short(obj: object) -> str:
-    text = repr(obj)
-    return text if len(text) <= 40 else text[:37] + "..."
+    """A short, safe repr for messages (bounded depth and length; never raises)."""
+    try:
+        return _REPR.repr(obj)
+    except Exception:
+        return f"<{_type_name(obj)} object>"
 
 
-def _find_problem(obj: Any, path: str, depth: int = 0, active: set[int] | None = None) -> str | None:
+def _find_problem(obj: Any, root: str, max_depth: int) -> str | None:
     """Describe the first thing under ``obj`` that cannot be serialized (or return None).
 
     Only run after an encoding failed, to name the culprit and where it is (``args[1]['x']``).
+    Iterative, so it works at any depth.
     """
-    t = type(obj)
-    if t in _LEAVES:
-        try:
-            if t is str:
-                obj.encode("utf-8")
-            elif t is datetime or t is time:
-                _iso(obj)
-        except UnicodeEncodeError:
-            return f"a str that is not valid UTF-8 (lone surrogate) at {path}"
-        except TypeError:
-            return f"a {t.__name__} whose tzinfo has no fixed UTC offset at {path}"
-        return None
-    if t not in _CONTAINERS:
-        return f"an object of type {_type_name(obj)!r} at {path}"
-    if depth >= _MAX_DEPTH:
-        return f"containers nested deeper than {_MAX_DEPTH} levels at {path}"
-    active = set() if active is None else active
-    if id(obj) in active:
-        return f"a circular reference at {path}"
-    active.add(id(obj))
-    if t is dict:
-        items = [(f"{path}[{_short(k)}] (the key)", k) for k in obj]
-        items += [(f"{path}[{_short(k)}]", v) for k, v in obj.items()]
-    elif t is list or t is tuple:
-        items = [(f"{path}[{i}]", item) for i, item in enumerate(obj)]
-    else:
-        items = [(f"{path}{{{_short(item)}}}", item) for item in obj]
-    for sub, item in items:
-        problem = _find_problem(item, sub, depth + 1, active)
-        if problem is not None:
-            return problem
-    active.discard(id(obj))
+    stack: list[tuple[Any, str | None, int]] = [(obj, root, 0)]
+    active: set[int] = set()
+    while stack:
+        obj, path, depth = stack.pop()
+        if path is None:  # left the container whose id is obj
+            active.discard(obj)
+            continue
+        t = type(obj)
+        if t in _LEAVES:
+            try:
+                if t is str:
+                    obj.encode("utf-8")
+                elif t is datetime or t is time:
+                    _iso(obj)
+            except UnicodeEncodeError:
+                return f"a str that is not valid UTF-8 (lone surrogate) at {path}"
+            except TypeError:
+                return f"a {t.__name__} whose tzinfo has no fixed UTC offset at {path}"
+            continue
+        if t not in _CONTAINERS:
+            return f"an object of type {_type_name(obj)!r} at {path}"
+        if depth >= max_depth:
+            return f"containers nested deeper than {max_depth} levels at {path[:60]}..."
+        if id(obj) in active:
+            return f"a circular reference at {path}"
+        active.add(id(obj))
+        if t is dict:
+            items = []
+            for key, value in obj.items():
+                sub = f"{path}[{_short(key)}]"
+                items += [(key, f"{sub} (the key)"), (value, sub)]
+        elif t is list or t is tuple:
+            items = [(item, f"{path}[{i}]") for i, item in enumerate(obj)]
+        else:
+            items = [(item, f"{path}{{{_short(item)}}}") for item in obj]
+        stack.append((id(obj), None, depth))
+        stack.extend((item, sub, depth + 1) for item, sub in reversed(items))
     return None
 
 
-def _encode_error(obj: Any, root: str, exc: BaseException) -> SerializationError:
-    problem = _find_problem(obj, root)
+def _encode_error(obj: Any, root: str, exc: BaseException, max_depth: int) -> SerializationError:
+    problem = _find_problem(obj, root, max_depth)
     return SerializationError(f"cannot serialize {problem or f'{root}: {exc}'}")
 
 
@@ -152,13 +171,14 @@ class _Codec:
     """Shared error handling: subclasses implement ``_encode`` and ``_decode``."""
 
     name = ""
+    max_depth = 0  # how deep containers may nest
 
     def dumps(self, obj: Any) -> bytes:
         """Encode ``obj``; raise :class:`SerializationError` naming the value that cannot be."""
         try:
             return self._encode(obj)
         except _ENCODE_ERRORS as exc:
-            raise _encode_error(obj, "value", exc) from exc
+            raise _encode_error(obj, "value", exc, self.max_depth) from exc
 
     def loads(self, data: bytes) -> Any:
         """Decode ``data``; raise :class:`SerializationError` if it is malformed."""
@@ -182,13 +202,15 @@ class MsgpackSerializer(_Codec):
     """The default serializer: msgpack, with extension types for the non-native types."""
 
     name = "msgpack"
+    max_depth = _MSGPACK_MAX_DEPTH
 
     def _encode(self, obj: Any) -> bytes:
         data: bytes = msgpack.packb(obj, default=self._default, use_bin_type=True, strict_types=True)
         return data
 
     def _decode(self, data: bytes) -> Any:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=self._ext_hook)
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=self._ext_hook,
+                               list_hook=self._list_hook)
 
     def _default(self, obj: Any) -> Any:
         t = type(obj)
@@ -201,8 +223,8 @@ class MsgpackSerializer(_Codec):
         if t is int:  # only reached for ints outside msgpack's 64-bit range
             data = obj.to_bytes(obj.bit_length() // 8 + 1, "big", signed=True)
             return msgpack.ExtType(_EXT_CODES["int"], data)
-        if t is tuple or t is set or t is frozenset:
-            return msgpack.ExtType(_EXT_CODES[t.__name__], self._encode(list(obj)))
+        if t is tuple or t is set or t is frozenset:  # packed in the same pass: no recursion
+            return [_MARKS[t.__name__], *obj]
         raise TypeError(f"unsupported type {_type_name(obj)!r}")
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
@@ -214,9 +236,13 @@ class MsgpackSerializer(_Codec):
             return timedelta(days=days, seconds=seconds, microseconds=micros)
         if tag == "int":
             return int.from_bytes(data, "big", signed=True)
-        if tag in _COLLECTIONS:
-            return _COLLECTIONS[tag](self._decode(data))
-        raise SerializationError(f"unknown msgpack extension type {code}")
+        if code in _MARKERS and not data:
+            return _MARKERS[code]
+        raise SerializationError(f"unknown msgpack extension type {code} ({len(data)} bytes)")
+
+    def _list_hook(self, items: list[Any]) -> Any:
+        # a decoded marker is the type object itself; no other value decodes to a type
+        return items[0](items[1:]) if items and type(items[0]) is type else items
 
 
 def _to_json(obj: Any, depth: int) -> Any:
@@ -236,8 +262,8 @@ def _to_json(obj: Any, depth: int) -> Any:
         return {_TAG: "timedelta", "v": [obj.days, obj.seconds, obj.microseconds]}
     if t not in _CONTAINERS:
         raise TypeError(f"unsupported type {_type_name(obj)!r}")
-    if depth >= _MAX_DEPTH:
-        raise ValueError(f"nested deeper than {_MAX_DEPTH} levels")
+    if depth >= _JSON_MAX_DEPTH:
+        raise ValueError(f"nested deeper than {_JSON_MAX_DEPTH} levels")
     depth += 1
     if t is list:
         return [_to_json(item, depth) for item in obj]
@@ -249,17 +275,11 @@ def _to_json(obj: Any, depth: int) -> Any:
     return {_TAG: t.__name__, "v": [_to_json(item, depth) for item in obj]}  # tuple/set/frozenset
 
 
-def _special_float(text: str) -> float:
-    if text not in ("nan", "inf", "-inf"):
-        raise ValueError(f"bad float tag {text!r}")
-    return float(text)
-
-
 _JSON_DECODERS: dict[str, Callable[[Any], Any]] = {
     **_FROM_TEXT,
     **_COLLECTIONS,
     "int": lambda v: int(v, 16),
-    "float": _special_float,
+    "float": {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}.__getitem__,
     "bytes": lambda v: base64.b64decode(v, validate=True),
     "timedelta": lambda v: timedelta(days=v[0], seconds=v[1], microseconds=v[2]),
     "dict": lambda v: {key: value for key, value in v},
@@ -279,6 +299,7 @@ class JsonSerializer(_Codec):
     """JSON (UTF-8, strict: no NaN literals) with ``{"__tp__": tag, "v": ...}`` tagged objects."""
 
     name = "json"
+    max_depth = _JSON_MAX_DEPTH
 
     def _encode(self, obj: Any) -> bytes:
         text = json.dumps(_to_json(obj, 0), ensure_ascii=False, allow_nan=False,
@@ -355,12 +376,15 @@ def _str_keyed(value: Any) -> bool:
 
 
 def _job_problems(task: Any, args: Any, kwargs: Any, options: Any) -> str:
-    checks = [(type(task) is str and bool(task), f"task name must be a non-empty str, "
-                                                 f"got {_short(task)}"),
-              (type(args) in (list, tuple), f"args must be a list/tuple, got {_type_name(args)}"),
-              (_str_keyed(kwargs), f"kwargs must be a dict with str keys, got {_short(kwargs)}"),
-              (_str_keyed(options), f"options must be a dict with str keys, got {_short(options)}")]
-    return "; ".join(why for ok, why in checks if not ok)
+    problems = []
+    if type(task) is not str or not task:
+        problems.append(f"task name must be a non-empty str, got {_short(task)}")
+    if type(args) is not list and type(args) is not tuple:
+        problems.append(f"args must be a list/tuple, got {_type_name(args)}")
+    for label, value in (("kwargs", kwargs), ("options", options)):
+        if not _str_keyed(value):
+            problems.append(f"{label} must be a dict with str keys, got {_short(value)}")
+    return "; ".join(problems)
 
 
 @dataclass(frozen=True)
@@ -392,8 +416,9 @@ def encode_envelope(task: str, args: tuple[Any, ...] | list[Any], kwargs: dict[s
     try:
         body = ser.dumps({"t": task, "a": list(args), "k": kwargs, "o": options})
     except _ENCODE_ERRORS as exc:
+        depth = getattr(ser, "max_depth", _JSON_MAX_DEPTH)
         for root, part in (("args", args), ("kwargs", kwargs), ("options", options)):
-            problem = _find_problem(part, root)
+            problem = _find_problem(part, root, depth)
             if problem is not None:
                 raise SerializationError(f"task {task!r}: cannot serialize {problem}") from exc
         raise SerializationError(f"task {task!r}: {exc}") from exc
@@ -440,7 +465,8 @@ def encode_result(value: Any, *, serializer: Serializer | str = "msgpack",
     try:
         body = ser.dumps({"ok": True, "v": value})
     except _ENCODE_ERRORS as exc:
-        raise _encode_error(value, "result", exc) from exc
+        depth = getattr(ser, "max_depth", _JSON_MAX_DEPTH)
+        raise _encode_error(value, "result", exc, depth) from exc
     return _frame(RESULT_MAGIC, sid, body, max_size, "task result")
 
 

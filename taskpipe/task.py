@@ -31,6 +31,7 @@ class TaskOptions:
     result_ttl: Any = None
     max_cancels: int | None = None
     stall_on_failure: bool = False  # after the last retry, stall instead of finishing as failed
+    raw: bool = False  # a Thoonk-native handler: gets the channel's opaque bytes, returns bytes
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,11 @@ class Task(Generic[R]):
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
+
+    @property
+    def raw(self) -> bool:
+        """True for a Thoonk-native handler (``@app.task(raw=True, channel=...)``)."""
+        return self.options.raw
 
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         """Run the function in this process, now (``async def`` tasks return a coroutine)."""

@@ -314,9 +314,9 @@ class JobChannel:
         job finished without a stored result.
         """
         key = self.keys.result(id)
-        value = self.client.get(key)
+        value: bytes | None = self.client.get(key)
         if value is not None or not timeout:
-            return value  # type: ignore[no-any-return]
+            return value
         pubsub = self.thoonk.connection.new_client().pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(self.keys.ch_finish)
@@ -329,9 +329,11 @@ class JobChannel:
                     return None
                 msg = pubsub.get_message(timeout=min(remaining, 1.0))
                 if msg and isinstance(msg.get("data"), bytes) and msg["data"].startswith(prefix):
-                    return msg["data"][len(prefix):]  # type: ignore[no-any-return]
+                    found: bytes = msg["data"][len(prefix):]
+                    return found
                 if msg is None and self.info(id).state == "finished":
-                    return self.client.get(key)  # type: ignore[no-any-return]
+                    late: bytes | None = self.client.get(key)
+                    return late
             return value
         finally:
             pubsub.close()

@@ -28,6 +28,7 @@ class FeedKeys:
     items: str
     publishes: str
     idincr: str
+    wake: str         # LIST  wake-up markers for blocked queue consumers (taskpipe extension)
     # pub/sub channels
     ch_publish: str
     ch_edit: str
@@ -135,6 +136,7 @@ class Keyspace:
             items=k("feed.items:" + name),
             publishes=k("feed.publishes:" + name),
             idincr=k("feed.idincr:" + name),
+            wake=k("feed.wake:" + name),
             ch_publish=k("feed.publish:" + name),
             ch_edit=k("feed.edit:" + name),
             ch_retract=k("feed.retract:" + name),
@@ -184,4 +186,4 @@ class Keyspace:
     def feed_object_keys(self, name: str) -> list[str]:
         """Every key of a feed, sorted feed or queue (for delete)."""
         f = self.feed(name)
-        return [f.config, f.ids, f.items, f.publishes, f.idincr]
+        return [f.config, f.ids, f.items, f.publishes, f.idincr, f.wake]

@@ -20,6 +20,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import redis
+
 from taskpipe.errors import FeedDoesNotExist
 from taskpipe.thoonk.feed import encode_item, to_str
 
@@ -49,7 +51,7 @@ class Queue:
         self.thoonk = thoonk
         self.name = name
         self.keys = thoonk.keys.feed(name)
-        self.wake_key = thoonk.keys.k("feed.wake:" + name)
+        self.wake_key = thoonk.keys.feed(name).wake
         self._blocking: Any = None
         self._lock = threading.Lock()
 
@@ -99,7 +101,10 @@ class Queue:
                     return None
                 chunk = min(remaining, WAKE_CHUNK)
             # a marker wakes us at once; otherwise the chunk ends and we look again
-            self._blocking_client().blpop([self.wake_key], max(chunk, 0.01))
+            try:
+                self._blocking_client().blpop([self.wake_key], max(chunk, 0.01))
+            except redis.exceptions.TimeoutError:
+                pass  # a socket timeout shorter than the chunk: just look again
 
     def _take(self) -> tuple[str, bytes] | None:
         script = self.thoonk.scripts["queue_get"]

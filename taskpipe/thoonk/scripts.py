@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+from collections.abc import Sequence
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any
 
 import redis
 
@@ -22,7 +23,7 @@ _INCLUDE = re.compile(r"^--@include\s+(\S+)\s*$", re.MULTILINE)
 
 
 def _read(name: str) -> str:
-    return resources.files("taskpipe.thoonk").joinpath("lua", name).read_text(encoding="utf-8")
+    return resources.files("taskpipe.thoonk").joinpath("lua").joinpath(name).read_text(encoding="utf-8")
 
 
 def _expand(name: str, depth: int = 0) -> str:

@@ -110,7 +110,12 @@ class Thoonk:
         actual = self.get_type(name)
         if actual is None:
             self._create(name, type, config)
-            actual = self.get_type(name) or type
+            actual = self.get_type(name)
+            if actual is None:
+                # registered by a client that crashed before writing its config: repair it
+                self.client.hsetnx(self.keys.feed(name).config, "type", type)
+                self.client.hsetnx(self.keys.feed(name).config, "schema", SCHEMA_VERSION)
+                actual = self.get_type(name) or type
         if actual != type:
             raise WrongFeedType(f"Thoonk object {name!r} is a {actual}, not a {type}")
 

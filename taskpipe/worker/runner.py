@@ -55,6 +55,9 @@ class Prepared:
 
 def prepare(app: TaskPipe, claim: Claim) -> Prepared:
     """Decode the payload and find the task; a bad payload or unknown task becomes a stall."""
+    raw_task = app.raw_channels.get(claim.channel)
+    if raw_task is not None:
+        return Prepared(claim, Envelope(1, raw_task.name, (claim.item,), {}, {}, "raw"), raw_task)
     try:
         env = decode_envelope(claim.item)
     except SerializationError as exc:
@@ -70,8 +73,8 @@ def prepare(app: TaskPipe, claim: Claim) -> Prepared:
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
     """Exponential backoff with "equal jitter": half fixed, half random; ``attempt`` counts from 1."""
     rng = rng or random.Random()
-    full = min(cap, base * (2 ** max(0, attempt - 1)))
-    return full / 2 + rng.uniform(0, full / 2)
+    full = min(cap, base * (2.0 ** max(0, attempt - 1)))
+    return float(full / 2 + rng.uniform(0, full / 2))
 
 
 def _opt(env: Envelope, task: Task[Any], app: TaskPipe, key: str) -> Any:

@@ -117,9 +117,10 @@ class Worker:
     # main loop ------------------------------------------------------------------------------
     def run(self) -> int:
         """Run until stopped (or empty, in burst mode); returns the exit code (0)."""
+        previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_signal)
-            signal.signal(signal.SIGINT, self._on_signal)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, self._on_signal)
         handler = JobLogHandler() if self.capture_logs else None
         if handler is not None:
             logging.getLogger().addHandler(handler)
@@ -149,6 +150,8 @@ class Worker:
             self.registry.remove(self.name)
             if handler is not None:
                 logging.getLogger().removeHandler(handler)
+            for sig, old in previous.items():
+                signal.signal(sig, old)
         log.info("worker %s stopped: %s", self.name, dict(self.writer.stats))
         return 0
 

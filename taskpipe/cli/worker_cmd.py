@@ -1,0 +1,62 @@
+"""``taskpipe worker``: run a worker process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from taskpipe.cli.main import app_option, cli, load_app
+
+__all__ = ["worker"]
+
+
+def channels_from_env() -> list[str] | None:
+    """Channels from ``TASKPIPE_QUEUES`` or Kinetik's ``QUEUE`` (comma-separated), if set."""
+    value = os.environ.get("TASKPIPE_QUEUES") or os.environ.get("QUEUE")
+    return [c.strip() for c in value.split(",") if c.strip()] if value else None
+
+
+@cli.command()
+@app_option()
+@click.option("-Q", "--queues", "queues", metavar="HIGH,DEFAULT,...",
+              help="Channels in strict priority order (env TASKPIPE_QUEUES or QUEUE). "
+                   "Default: the app's default channel.")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), default=None,
+              help="Jobs run at once (default: 4 x CPUs for threads, CPUs for processes).")
+@click.option("--pool", type=click.Choice(["thread", "process", "async"]), default="thread",
+              show_default=True, help="thread: I/O-bound; process: CPU-bound, hard timeouts; "
+                                      "async: async def tasks on one event loop.")
+@click.option("--burst", is_flag=True, help="Exit once the channels are empty.")
+@click.option("--max-jobs", type=click.IntRange(min=1), default=None,
+              help="Exit after claiming this many jobs.")
+@click.option("--loglevel", "-l", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--name", "-n", default=None, help="Worker name (default host.pid.random).")
+@click.option("--lease", default=None, help="Lease of a claimed job, e.g. 30s (default: the app's).")
+@click.option("--grace", default="30s", show_default=True,
+              help="On SIGTERM/SIGINT, how long running jobs may take before they go back to the queue.")
+@click.option("--weighted", is_flag=True,
+              help="Weighted channel order instead of strict priority, so low channels can't starve.")
+@click.option("--beat", is_flag=True, help="Also run the cron scheduler in this process.")
+@click.option("--metrics-port", type=int, default=None,
+              help="Serve Prometheus metrics on 127.0.0.1:PORT.")
+def worker(app_path: str, queues: str | None, concurrency: int | None, pool: str, burst: bool,
+           max_jobs: int | None, loglevel: str, name: str | None, lease: str | None, grace: str,
+           weighted: bool, beat: bool, metrics_port: int | None) -> None:
+    """Run a worker: claim jobs from the channels in strict order and run them."""
+    from taskpipe.worker import Worker
+
+    logging.basicConfig(level=loglevel.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = load_app(app_path)
+    channels = [c.strip() for c in queues.split(",") if c.strip()] if queues else channels_from_env()
+    w = Worker(app, channels, concurrency=concurrency, pool=pool, burst=burst, max_jobs=max_jobs,
+               name=name, lease=lease, grace=grace, weighted=weighted, beat=beat, app_path=app_path)
+    if metrics_port is not None:
+        from taskpipe.contrib.metrics import serve_metrics
+
+        serve_metrics(app, metrics_port, worker=w)
+    sys.exit(w.run())
