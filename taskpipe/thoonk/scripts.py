@@ -17,6 +17,8 @@ from typing import Any
 
 import redis
 
+from taskpipe.errors import BrokerUnavailable
+
 __all__ = ["Script", "ScriptRegistry"]
 
 _INCLUDE = re.compile(r"^--@include\s+(\S+)\s*$", re.MULTILINE)
@@ -41,12 +43,24 @@ class Script:
         self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
 
     def __call__(self, client: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """Run the script on ``client``; load it first if the server does not know it."""
+        """Run the script on ``client``; load it first if the server does not know it.
+
+        Connection failures and Redis refusing writes (out of memory, read-only replica,
+        still loading) raise ``BrokerUnavailable``; the script's effects are all or nothing.
+        """
         try:
-            return client.evalsha(self.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            client.script_load(self.source)
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+            try:
+                return client.evalsha(self.sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                client.script_load(self.source)
+                return client.evalsha(self.sha, len(keys), *keys, *args)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                redis.exceptions.BusyLoadingError, redis.exceptions.ReadOnlyError) as exc:
+            raise BrokerUnavailable(f"{self.name}: broker unavailable: {exc}") from exc
+        except redis.exceptions.ResponseError as exc:
+            if str(exc).startswith(("OOM", "MISCONF")):
+                raise BrokerUnavailable(f"{self.name}: broker refused the write: {exc}") from exc
+            raise
 
     def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
         """Add a call to a pipeline (the caller loads scripts first with ``ScriptRegistry.load_all``)."""

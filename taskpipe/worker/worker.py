@@ -23,9 +23,11 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import redis
+
 from taskpipe.context import JobLogHandler
 from taskpipe.durations import parse_duration
-from taskpipe.errors import ConfigError
+from taskpipe.errors import BrokerUnavailable, ConfigError
 from taskpipe.thoonk.job import Claim, JobChannel, claim_from
 from taskpipe.worker.outcomes import OutcomeWriter
 from taskpipe.worker.pools import make_pool
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
 __all__ = ["Worker"]
 
 log = logging.getLogger("taskpipe.worker")
+
+_BROKER_ERRORS = (BrokerUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                  redis.exceptions.BusyLoadingError)
 
 
 class Worker:
@@ -90,6 +95,8 @@ class Worker:
         self._pool: Any = None
         self._threads: list[threading.Thread] = []
         self._scheduler: Any = None
+        self._broker_failures = 0
+        self._last_broker_log = 0.0
 
     # control --------------------------------------------------------------------------------
     def stop(self, graceful: bool = True) -> None:
@@ -179,8 +186,13 @@ class Worker:
                 if free <= 0:
                     self._wait_idle()
                     return
-            claims, next_due, now = claim_from(self.app.thoonk, self._ordered_channels(),
-                                               min(free, self.batch), lease_ms, self.name)
+            try:
+                claims, next_due, now = claim_from(self.app.thoonk, self._ordered_channels(),
+                                                   min(free, self.batch), lease_ms, self.name)
+            except _BROKER_ERRORS as exc:
+                self._broker_down(exc)
+                continue
+            self._broker_failures = 0
             if claims:
                 self._start(claims)
                 continue
@@ -193,7 +205,19 @@ class Worker:
             wait = self.max_block
             if next_due is not None:
                 wait = min(wait, max(0.001, (next_due - now) / 1000.0))
-            self._block_client.blpop([c.keys.wake for c in self.channels], timeout=wait)
+            try:
+                self._block_client.blpop([c.keys.wake for c in self.channels], timeout=wait)
+            except _BROKER_ERRORS as exc:
+                self._broker_down(exc)
+
+    def _broker_down(self, exc: BaseException) -> None:
+        """Back off (capped at 5 s) while Redis is unreachable; log rarely, not once per try."""
+        self._broker_failures += 1
+        now = time.monotonic()
+        if self._broker_failures == 1 or now - self._last_broker_log >= 30:
+            log.warning("broker unavailable (%s); retrying with backoff", exc)
+            self._last_broker_log = now
+        self._stopping.wait(min(5.0, 0.1 * 2 ** min(self._broker_failures, 6)))
 
     def _wait_idle(self) -> None:
         with self._slot:
@@ -249,19 +273,39 @@ class Worker:
                     break
             with self._running_lock:
                 live = [o for o in batch if (o.claim.channel, o.claim.id) in self._running]
-            try:
-                self.writer.write(live)
-            except Exception:  # noqa: BLE001 - Redis down: the leases will expire and be reaped
-                log.exception("could not write %d outcomes; their leases will expire", len(live))
+            self._write_with_retry(live)
             with self._slot:
                 for o in batch:
                     self._running.pop((o.claim.channel, o.claim.id), None)
                 self._slot.notify_all()
 
+    def _write_with_retry(self, outcomes: list[Outcome]) -> None:
+        """Write outcomes; while Redis is down keep trying for up to two leases (the jobs stay
+        'running', so their leases keep being renewed once Redis is back), then give up: the
+        leases expire and the jobs run again elsewhere (at least once)."""
+        give_up = time.monotonic() + 2 * self.lease_s
+        delay = 0.05
+        while True:
+            try:
+                self.writer.write(outcomes)
+                return
+            except _BROKER_ERRORS as exc:
+                if time.monotonic() >= give_up or self._stop_now.is_set():
+                    log.error("could not write %d outcomes (%s); their leases will expire and "
+                              "the jobs will run again", len(outcomes), exc)
+                    return
+                log.warning("writing outcomes failed (%s); retrying", exc)
+                self._stop_now.wait(delay)
+                delay = min(delay * 2, 2.0)
+            except Exception:  # noqa: BLE001 - never let the finisher die
+                log.exception("could not write %d outcomes; their leases will expire", len(outcomes))
+                return
+
     def _keeper(self) -> None:
         lease_ms = int(self.lease_s * 1000)
         renew_every = max(0.02, self.lease_s / 3)
         next_renew = next_reap = next_beat = 0.0
+        last_log = -1e9
         while not (self._stopping.is_set() and not self.running):
             now = time.monotonic()
             try:
@@ -280,7 +324,9 @@ class Worker:
                     self.registry.beat(self)
                     next_beat = now + self.heartbeat_interval
             except Exception as exc:  # noqa: BLE001 - keep renewing; Redis may come back
-                log.warning("keeper: %s", exc)
+                if now - last_log >= 30:
+                    log.warning("keeper: %s (retrying; logged at most every 30 s)", exc)
+                    last_log = now
             time.sleep(min(renew_every, self.reaper_interval, 0.25))
 
     def _renew(self, lease_ms: int) -> None:
