@@ -4,6 +4,10 @@ Supported schemes:
 
 - ``redis://[user:password@]host[:port][/db]`` and ``rediss://`` (TLS)
 - ``unix:///path/to/redis.sock[?db=N]`` (``password=`` in the query for AUTH)
+- ``redis+sentinel://[:password@]host:port[,host:port...]/master-name[/db]``: the master that
+  the sentinels name (followed across failovers)
+- ``redis+cluster://[:password@]host:port[,host:port...]``: Redis Cluster (channel names get a
+  hash tag so every key of a channel lives in one slot)
 - ``memory://[name]``: an embedded in-process Redis (fakeredis with Lua). It runs the very
   same Lua scripts; every client made by one ``Connection`` shares one in-memory server.
 
@@ -23,7 +27,7 @@ from taskpipe.errors import BrokerURLError
 __all__ = ["Connection", "parse_url", "DEFAULT_URL"]
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
-SUPPORTED_SCHEMES = ("redis", "rediss", "unix", "memory")
+SUPPORTED_SCHEMES = ("redis", "rediss", "unix", "memory", "redis+sentinel", "redis+cluster")
 
 
 def parse_url(url: str) -> dict[str, Any]:
@@ -43,6 +47,31 @@ def parse_url(url: str) -> dict[str, Any]:
         info["name"] = (parts.netloc + parts.path).strip("/") or "default"
         return info
     query = parse_qs(parts.query)
+    if scheme in ("redis+sentinel", "redis+cluster"):
+        hosts = []
+        for hostport in parts.netloc.rpartition("@")[2].split(","):
+            host, _, port = hostport.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise BrokerURLError(f"bad host:port {hostport!r} in broker URL {url!r}")
+            hosts.append((host.strip("[]"), int(port)))
+        info["hosts"] = hosts
+        info["password"] = parts.password or None
+        info["username"] = parts.username or None
+        path = [p for p in parts.path.split("/") if p]
+        if scheme == "redis+sentinel":
+            if not path:
+                raise BrokerURLError(f"sentinel broker URL {url!r} needs a master name: "
+                                     "redis+sentinel://host:port/mymaster[/db]")
+            info["master"] = path[0]
+            db = path[1] if len(path) > 1 else "0"
+        else:
+            db = "0"
+            if path and path != ["0"]:
+                raise BrokerURLError(f"Redis Cluster has only database 0, got {url!r}")
+        if not str(db).isdigit():
+            raise BrokerURLError(f"database in broker URL {url!r} must be a number, got {db!r}")
+        info["db"] = int(db)
+        return info
     if scheme == "unix":
         if not parts.path:
             raise BrokerURLError(f"unix broker URL {url!r} needs a socket path")
@@ -85,6 +114,12 @@ class Connection:
         self.client = self.new_client()
 
     @property
+    def is_cluster(self) -> bool:
+        """True for ``redis+cluster://`` (keys of one channel must share a hash tag)."""
+        return self.scheme == "redis+cluster" or (
+            self.scheme == "client" and type(self.client).__name__ == "RedisCluster")
+
+    @property
     def is_memory(self) -> bool:
         """True for the embedded ``memory://`` broker."""
         return self.scheme == "memory" or (
@@ -105,6 +140,21 @@ class Connection:
                 if self._fake_server is None:
                     self._fake_server = fakeredis.FakeServer(version=(7,))
             return fakeredis.FakeRedis(server=self._fake_server)
+        if self.scheme == "redis+sentinel":
+            from redis.sentinel import Sentinel
+
+            auth = {"password": self.info["password"], "username": self.info["username"]}
+            sentinel = Sentinel(self.info["hosts"], socket_timeout=self._socket_timeout or 5,
+                                sentinel_kwargs={"socket_timeout": 5})
+            return sentinel.master_for(self.info["master"], db=self.info["db"],
+                                       socket_timeout=self._socket_timeout,
+                                       socket_connect_timeout=5, **auth)
+        if self.scheme == "redis+cluster":
+            from redis.cluster import ClusterNode, RedisCluster
+
+            return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in self.info["hosts"]],
+                                password=self.info["password"], username=self.info["username"],
+                                socket_timeout=self._socket_timeout, socket_connect_timeout=5)
         return redis.Redis.from_url(self.url, socket_timeout=self._socket_timeout,
                                     socket_connect_timeout=5, health_check_interval=30)
 

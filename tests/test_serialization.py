@@ -196,6 +196,19 @@ def test_tzinfo_is_kept_as_a_fixed_offset(ser: Serializer) -> None:
     assert out.tzinfo == timezone(timedelta(hours=2))
 
 
+def test_zoneinfo_becomes_a_fixed_offset(ser: Serializer) -> None:
+    zoneinfo = pytest.importorskip("zoneinfo")
+    try:
+        paris = zoneinfo.ZoneInfo("Europe/Paris")
+    except zoneinfo.ZoneInfoNotFoundError:
+        pytest.skip("no tz database")
+    value = datetime(2024, 7, 1, 12, tzinfo=paris)
+    out = ser.loads(ser.dumps(value))
+    assert out == value
+    assert out.tzinfo == timezone(timedelta(hours=2))
+    assert out.isoformat() == "2024-07-01T12:00:00+02:00"
+
+
 def test_tuples_come_back_as_tuples_at_any_depth(ser: Serializer) -> None:
     value = {"a": [(1, (2, [3, (4,)]))], (5, 6): ((),)}
     out = ser.loads(ser.dumps(value))
