@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from taskpipe.connection import DEFAULT_URL, Connection
+from taskpipe.connection import DEFAULT_URL, Connection, parse_url
 from taskpipe.durations import eta_to_delay, parse_duration, parse_optional_duration, to_ms
 from taskpipe.errors import ConfigError, UnknownTask
 from taskpipe.serialization import DEFAULT_MAX_PAYLOAD, encode_envelope, get_serializer
@@ -48,7 +48,10 @@ class TaskPipe:
             if client is not None:
                 connection = Connection(client=client)
             else:
-                connection = Connection(broker or os.environ.get("TASKPIPE_BROKER_URL") or DEFAULT_URL)
+                url = broker if broker is not None else (
+                    os.environ.get("TASKPIPE_BROKER_URL") or DEFAULT_URL)
+                parse_url(url)  # an explicit "" is an error, not "use the default"
+                connection = Connection(url)
         self.connection = connection
         self.broker_url = connection.url
         self.thoonk = Thoonk(connection=connection, prefix=prefix)

@@ -309,6 +309,28 @@ def test_promote(thoonk: Thoonk, job: JobChannel) -> None:
     assert job.counts()["available"] == 1
 
 
+def test_blocking_get_picks_up_a_delayed_job_when_due(job: JobChannel) -> None:
+    jid = job.put(b"later", delay_ms=200)
+    got = job.get(timeout=10)
+    assert got is not None and got[0] == jid
+    info = job.info(jid)
+    assert info.state == "claimed" and info.due_ms is None
+
+
+def test_promote_moves_due_jobs_in_due_order_up_to_the_limit(thoonk: Thoonk,
+                                                             job: JobChannel) -> None:
+    now = server_ms(thoonk.client)
+    third = job.put(b"3", eta_ms=now + 300)
+    first = job.put(b"1", eta_ms=now + 100)
+    second = job.put(b"2", eta_ms=now + 200)
+    later = job.put(b"later", eta_ms=now + 60_000)
+    wait_server_past(thoonk.client, now + 300)
+    assert job.promote(limit=2) == (2, now + 300)
+    assert job.promote(limit=2) == (1, now + 60_000)
+    assert [c.id for c in job.claim(5)] == [first, second, third]
+    assert job.info(later).state == "delayed"
+
+
 # strict channel order and pause -----------------------------------------------------------------
 def test_strict_channel_order(thoonk: Thoonk) -> None:
     high, low = thoonk.job("high"), thoonk.job("low")
@@ -641,9 +663,6 @@ def test_stale_token_after_reap_is_refused_before_reclaim(thoonk: Thoonk, job: J
     assert snapshot(thoonk.client, prefix) == before
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a token-carrying call on a job whose lease was reaped "
-                   "(not yet re-claimed) raises plain WrongJobState, not LeaseLost: check_owner "
-                   "returns 0 ('not claimed') even though the caller's lease is what was lost")
 def test_stale_token_after_reap_raises_lease_lost(job: JobChannel) -> None:
     jid = job.put(b"x")
     old = claim_one(job, lease_ms=30)
@@ -710,9 +729,6 @@ def test_results_expire_but_the_job_stays_finished(job: JobChannel) -> None:
     assert job.info("never-seen").state == "unknown"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: job_put re-creates a finished custom id but leaves "
-                   "its old result key and finished-index entry: get_result returns the previous "
-                   "run's result for the new, unfinished job and counts() shows it finished too")
 def test_reput_of_a_finished_id_forgets_the_old_result(job: JobChannel) -> None:
     job.put(b"one", id="x")
     c = claim_one(job)
@@ -801,8 +817,6 @@ def test_non_bytes_items_raise_before_anything_is_written(thoonk: Thoonk, job: J
     assert job.info(jid).state == "claimed"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: finish_many does not check result types; an int "
-                   "result is written as its decimal text (finish() checks, finish_many not)")
 def test_finish_many_rejects_non_bytes_results(thoonk: Thoonk, job: JobChannel,
                                                prefix: str) -> None:
     jid = job.put(b"x")
@@ -813,8 +827,6 @@ def test_finish_many_rejects_non_bytes_results(thoonk: Thoonk, job: JobChannel,
     assert snapshot(thoonk.client, prefix) == before
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: finish_many does not check the follow-up item "
-                   "type; an int item is written as its decimal text")
 def test_finish_many_rejects_a_non_bytes_follow_up_item(thoonk: Thoonk, job: JobChannel,
                                                         prefix: str) -> None:
     nxt = thoonk.job("next")

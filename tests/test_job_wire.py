@@ -451,3 +451,23 @@ def test_legacy_finish_refuses_unclaimed_taskpipe_jobs(job: JobChannel, r: redis
     job.stall(jid, token=job.claim(1)[0].token)
     assert not legacy_finish(r, k, jid, b"r")
     assert job.info(jid).state == "stalled"
+
+
+def test_legacy_orphan_sweep_would_see_delayed_jobs_as_orphans(job: JobChannel, r: redis.Redis,
+                                                               k: JobKeys) -> None:
+    """Why legacy maintenance must not run beside taskpipe: its snapshot (items minus ids,
+    claimed and stalled) counts delayed jobs as orphans and would LPUSH them before they are due.
+    Claimed, stalled and available taskpipe jobs are all visible to it."""
+    avail = job.put(b"a")
+    claimed = job.put(b"c")
+    stalled = job.put(b"s")
+    delayed = job.put(b"d", delay_ms=60_000)
+    claims = {c.id: c for c in job.claim(3)}
+    job.cancel(avail, token=claims[avail].token)
+    job.stall(stalled, token=claims[stalled].token)
+    pipe = r.pipeline(transaction=True)
+    pipe.hkeys(k.items).lrange(k.ids, 0, -1).zrange(k.claimed, 0, -1).smembers(k.stalled)
+    items, ids, in_claimed, in_stalled = pipe.execute()
+    orphans = set(items) - set(ids) - set(in_claimed) - set(in_stalled)
+    assert orphans == {delayed.encode()}
+    assert {avail, claimed, stalled} <= {x.decode() for x in items}

@@ -42,6 +42,12 @@ def _b(value: Any) -> bytes:
     raise TypeError(f"job items and results must be bytes or str, not {type(value).__name__}")
 
 
+def _check_id(value: Any) -> Any:
+    if value is not None and (not isinstance(value, str) or not value or "\0" in value):
+        raise TypeError(f"a job id must be a non-empty str without NUL, got {value!r}")
+    return value
+
+
 def _s(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -132,11 +138,14 @@ class JobChannel:
     def put_new(self, item: bytes | str, priority: bool = False, id: str | None = None,
                 delay_ms: int = 0, eta_ms: int = 0) -> tuple[str, bool]:
         """Publish a job; returns ``(id, created)`` where ``created`` is False for an existing id."""
-        req = PutRequest(_b(item), id, priority, int(delay_ms), int(eta_ms))
+        req = PutRequest(_b(item), _check_id(id), priority, int(delay_ms), int(eta_ms))
         job_id = req.id or new_id()
-        flags = self.scripts["job_put"](self.client, self._put_keys,
+        flags = self.scripts["job_put"](self.client, self._put_keys_for([job_id]),
                                         [1, *self._put_args(job_id, req)])
         return job_id, bool(int(flags[0]))
+
+    def _put_keys_for(self, ids: list[str]) -> list[str]:
+        return [*self._put_keys, self.keys.finished, *(self.keys.result(i) for i in ids)]
 
     def _put_args(self, job_id: str, req: PutRequest) -> list[Any]:
         return [job_id, req.item, "1" if req.priority else "0", max(0, req.delay_ms),
@@ -150,7 +159,7 @@ class JobChannel:
         chunk_args: list[Any] = []
         batch = max(1, min(batch, 1000))
         for req in requests:
-            req = PutRequest(_b(req.item), req.id, req.priority, req.delay_ms, req.eta_ms)
+            req = PutRequest(_b(req.item), _check_id(req.id), req.priority, req.delay_ms, req.eta_ms)
             job_id = req.id or new_id()
             chunk_ids.append(job_id)
             chunk_args += self._put_args(job_id, req)
@@ -164,7 +173,7 @@ class JobChannel:
         self.scripts.ensure_loaded(self.client, "job_put")
         pipe = self.client.pipeline(transaction=False)
         for ids, args in pending:
-            self.scripts["job_put"].queue(pipe, self._put_keys, [len(ids), *args])
+            self.scripts["job_put"].queue(pipe, self._put_keys_for(ids), [len(ids), *args])
         for (ids, _), flags in zip(pending, pipe.execute()):
             out += [(i, bool(int(f))) for i, f in zip(ids, flags)]
         return out
@@ -197,7 +206,7 @@ class JobChannel:
         req = FinishRequest(id, token, _b(result) if result is not None else b"",
                             int(result_ttl_ms), failed)
         code = self.finish_many([req])[0]
-        self._raise_for(code, id, "claimed")
+        self._raise_for(code, id, "claimed", token)
 
     def finish_many(self, requests: Sequence[FinishRequest],
                     followup: tuple[JobChannel, str, bytes] | None = None) -> list[int]:
@@ -210,15 +219,18 @@ class JobChannel:
             return []
         if followup is not None and len(requests) != 1:
             raise ValueError("a follow-up job can only ride on a single finish")
+        if len(requests) > 1000:
+            raise ValueError("finish_many takes at most 1000 jobs per call")
         keys = [*self._finish_keys, *(self.keys.result(r.id) for r in requests)]
         args: list[Any] = [self.keys.ch_finish, FINISHED_INDEX_MS, len(requests)]
         for r in requests:
-            args += [r.id, r.token, r.result, max(0, r.result_ttl_ms), "1" if r.failed else "0"]
+            args += [r.id, r.token, _b(r.result), max(0, r.result_ttl_ms), "1" if r.failed else "0"]
         if followup is not None:
             target, fid, fitem = followup
+            fitem = _b(fitem)
             t = target.keys
-            keys += [t.ids, t.items, t.published, t.publishes, t.wake]
-            args += [fid, fitem]
+            keys += [t.ids, t.items, t.published, t.publishes, t.wake, t.finished, t.result(fid)]
+            args += [_check_id(fid), fitem]
         codes = self.scripts["job_finish"](self.client, keys, args)
         return [int(c) for c in codes]
 
@@ -227,7 +239,7 @@ class JobChannel:
         k = self.keys
         code, count = self.scripts["job_cancel"](
             self.client, [*self._owner_keys, k.cancelled, k.ids, k.wake], [id, token])
-        self._raise_for(int(code), id, "claimed")
+        self._raise_for(int(code), id, "claimed", token)
         return int(count)
 
     def stall(self, id: str, reason: str = "", token: str = "") -> None:
@@ -236,7 +248,7 @@ class JobChannel:
         code = self.scripts["job_stall"](
             self.client, [*self._owner_keys, k.stalled, k.reasons, k.published],
             [id, token, reason])
-        self._raise_for(int(code), id, "claimed")
+        self._raise_for(int(code), id, "claimed", token)
 
     def retry(self, id: str, reset_counts: bool = True) -> None:
         """Make a stalled job available again (``reset_counts`` gives it a fresh budget)."""
@@ -253,7 +265,7 @@ class JobChannel:
         code, attempts = self.scripts["job_defer"](
             self.client, [*self._owner_keys, k.attempts, k.delayed, k.ids, k.wake, k.items],
             [id, token, max(0, int(delay_ms)), "1" if count_attempt else "0", item or b""])
-        self._raise_for(int(code), id, "claimed")
+        self._raise_for(int(code), id, "claimed", token)
         return int(attempts)
 
     def retract(self, id: str) -> None:
@@ -266,7 +278,7 @@ class JobChannel:
                                            [id, self.thoonk.keys.feed(self.name).ch_retract]):
             raise JobNotFound(f"no job {id!r} in channel {self.name!r}")
 
-    def _raise_for(self, code: int, id: str, expected: str) -> None:
+    def _raise_for(self, code: int, id: str, expected: str, token: str = "") -> None:
         if code == 1:
             return
         if code == -1:
@@ -274,6 +286,8 @@ class JobChannel:
         actual = self.info(id).state
         if actual == "unknown":
             raise JobNotFound(f"no job {id!r} in channel {self.name!r}")
+        if token and expected == "claimed":
+            raise LeaseLost(id, actual)  # the caller's claim was reaped: its lease is gone
         raise WrongJobState(id, expected, actual)
 
     # leases ---------------------------------------------------------------------------------
@@ -344,7 +358,7 @@ class JobChannel:
         k = self.keys
         code = self.scripts["job_progress"](self.client, [k.claimed, k.tokens, k.progress],
                                             [id, token, progress, k.ch_events])
-        self._raise_for(int(code), id, "claimed")
+        self._raise_for(int(code), id, "claimed", token)
 
     def log(self, id: str, lines: Sequence[str | bytes], max_lines: int = 1000,
             ttl_ms: int = 7 * 24 * 3600 * 1000) -> int:

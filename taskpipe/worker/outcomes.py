@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.durations import parse_duration
@@ -20,17 +21,39 @@ from taskpipe.worker.runner import Outcome
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
 
-__all__ = ["OutcomeWriter"]
+__all__ = ["OutcomeWriter", "OutcomeListener"]
 
 log = logging.getLogger("taskpipe.worker")
 
+#: ``listener(channel, event, outcome, n)``: called (on the finisher or keeper thread) each time
+#: a counter in ``OutcomeWriter.stats`` moves by ``n``; ``event`` is the counter's name,
+#: ``outcome`` the job's outcome (None for ``lease_expired`` / ``lease_expired_stalled``, which
+#: the reaper counts).
+OutcomeListener = Callable[[str, str, "Outcome | None", int], None]
+
 
 class OutcomeWriter:
-    """Applies outcomes for one worker; counts what it did."""
+    """Applies outcomes for one worker; counts what it did (``stats``) and tells ``listeners``."""
 
     def __init__(self, app: TaskPipe) -> None:
         self.app = app
         self.stats: dict[str, int] = defaultdict(int)
+        self.listeners: list[OutcomeListener] = []
+
+    def _bump(self, channel: str, event: str, outcome: Outcome | None, n: int = 1) -> None:
+        self.stats[event] += n
+        for listener in list(self.listeners):
+            try:
+                listener(channel, event, outcome, n)
+            except Exception:  # noqa: BLE001 - a metrics hook must never break the worker
+                log.exception("outcome listener %r failed", listener)
+
+    def reaped(self, channel: str, requeued: int, stalled: int) -> None:
+        """Count jobs whose lease expired, as the reaper requeued or stalled them."""
+        if requeued:
+            self._bump(channel, "lease_expired", None, requeued)
+        if stalled:
+            self._bump(channel, "lease_expired_stalled", None, stalled)
 
     def _ttl_ms(self, outcome: Outcome) -> int:
         env, task = outcome.envelope, outcome.task
@@ -73,7 +96,7 @@ class OutcomeWriter:
                 else:
                     self._apply_other(outcome)
             except (LeaseLost, WrongJobState) as exc:
-                self.stats["lease_lost"] += 1
+                self._bump(outcome.claim.channel, "lease_lost", outcome)
                 log.warning("outcome of job %s/%s refused: %s", outcome.claim.channel,
                             outcome.claim.id, exc)
         for channel_name, items in batches.items():
@@ -86,9 +109,9 @@ class OutcomeWriter:
 
     def _count(self, outcome: Outcome, req: FinishRequest, code: int) -> None:
         if code == 1:
-            self.stats["failed" if req.failed else "finished"] += 1
+            self._bump(outcome.claim.channel, "failed" if req.failed else "finished", outcome)
         else:
-            self.stats["lease_lost"] += 1
+            self._bump(outcome.claim.channel, "lease_lost", outcome)
             log.warning("finish of job %s/%s refused (%s): the lease was lost; the new owner's "
                         "outcome stands", outcome.claim.channel, outcome.claim.id,
                         "not claimed" if code == 0 else "claimed under another token")
@@ -117,15 +140,15 @@ class OutcomeWriter:
         channel = self.app.channel(claim.channel)
         if outcome.kind == "retry":
             channel.defer(claim.id, claim.token, int(outcome.delay * 1000), count_attempt=True)
-            self.stats["retried"] += 1
+            self._bump(claim.channel, "retried", outcome)
             log.info("job %s/%s raised %s; retry in %.2fs", claim.channel, claim.id,
                      outcome.exc_type, outcome.delay)
         elif outcome.kind == "stall":
             channel.stall(claim.id, outcome.reason, token=claim.token)
-            self.stats["stalled"] += 1
+            self._bump(claim.channel, "stalled", outcome)
             log.warning("job %s/%s stalled: %s", claim.channel, claim.id, outcome.reason)
         elif outcome.kind == "cancel":
             channel.cancel(claim.id, token=claim.token)
-            self.stats["cancelled"] += 1
+            self._bump(claim.channel, "cancelled", outcome)
         else:
             raise ValueError(f"unknown outcome kind {outcome.kind!r}")

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -90,6 +91,7 @@ class AsyncPool:
         channel = self.app.channel(claim.channel)
         _set_current(JobContext(channel, claim, task.name))
         seconds = timeout_of(env, task, self.app)
+        started = time.perf_counter()
         try:
             coro = task.fn(*env.args, **env.kwargs)
             value = await (asyncio.wait_for(coro, seconds) if seconds else coro)
@@ -99,6 +101,7 @@ class AsyncPool:
             outcome = decide_failure(self.app, prepared, exc, "")
         except Exception as exc:  # noqa: BLE001 - the task's error is the job's outcome
             outcome = decide_failure(self.app, prepared, exc, traceback.format_exc())
+        outcome.duration = time.perf_counter() - started
         done(outcome)
 
     def shutdown(self) -> None:

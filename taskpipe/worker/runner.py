@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import random
+import signal
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,7 @@ class Outcome:
 
     ``kind``: ``success`` (finish with ``value``), ``failure`` (finish as failed), ``retry``
     (run again after ``delay`` seconds), ``stall`` (park with ``reason``), ``cancel`` (send back).
+    ``duration`` is how long the task ran, in seconds (None when it never started).
     """
 
     kind: str
@@ -41,6 +44,7 @@ class Outcome:
     reason: str = ""
     envelope: Envelope | None = None
     task: Task[Any] | None = None
+    duration: float | None = None
 
 
 @dataclass
@@ -119,26 +123,55 @@ def decide_failure(app: TaskPipe, prepared: Prepared, exc: BaseException, tb: st
 
 
 class _SoftTimer:
-    """Raises ``JobTimeout`` inside a running thread when its soft time limit passes."""
+    """Raises ``JobTimeout`` inside a running thread when its soft time limit passes.
+
+    In the main thread (a process-pool child) it uses ``SIGALRM``, which also interrupts a
+    blocking call such as ``time.sleep``; in other threads an asynchronous exception, which is
+    raised at the thread's next Python instruction.
+    """
 
     def __init__(self, seconds: float | None) -> None:
         self.seconds = seconds
         self.fired = False
         self._timer: threading.Timer | None = None
         self._ident = threading.get_ident()
+        self._old_handler: Any = None
+        self._old_timer: tuple[float, float] = (0.0, 0.0)
+        self._armed_at = 0.0
+        self._alarm = bool(seconds) and hasattr(signal, "setitimer") and (
+            threading.current_thread() is threading.main_thread())
 
     def __enter__(self) -> _SoftTimer:
-        if self.seconds:
+        if self._alarm and self.seconds:
+            pending = signal.getitimer(signal.ITIMER_REAL)[0]
+            if pending and pending <= self.seconds:  # someone's alarm comes first: leave it be
+                self._alarm = False
+            else:
+                self._old_handler = signal.signal(signal.SIGALRM, self._on_alarm)
+                self._old_timer = signal.setitimer(signal.ITIMER_REAL, self.seconds)
+                self._armed_at = time.monotonic()
+        if not self._alarm and self.seconds:
             self._timer = threading.Timer(self.seconds, self._fire)
             self._timer.daemon = True
             self._timer.start()
         return self
+
+    def _on_alarm(self, signum: int, frame: Any) -> None:
+        self.fired = True
+        raise JobTimeout()
 
     def _fire(self) -> None:
         self.fired = True
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._ident), ctypes.py_object(JobTimeout))
 
     def __exit__(self, *exc: object) -> None:
+        if self._alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._old_handler or signal.SIG_DFL)
+            delay, interval = self._old_timer
+            if delay:  # re-arm an alarm that was pending before (e.g. a test watchdog)
+                left = delay - (time.monotonic() - self._armed_at)
+                signal.setitimer(signal.ITIMER_REAL, max(left, 0.001), interval)
         if self._timer is not None:
             self._timer.cancel()
 
@@ -148,6 +181,14 @@ def run_prepared(app: TaskPipe, prepared: Prepared, channel: Any,
     """Run a prepared job in this thread (async tasks on ``loop`` or a private loop)."""
     if prepared.early is not None:
         return prepared.early
+    started = time.perf_counter()
+    outcome = _run_prepared(app, prepared, channel, loop)
+    outcome.duration = time.perf_counter() - started
+    return outcome
+
+
+def _run_prepared(app: TaskPipe, prepared: Prepared, channel: Any,
+                  loop: asyncio.AbstractEventLoop | None) -> Outcome:
     env, task, claim = prepared.envelope, prepared.task, prepared.claim
     assert env is not None and task is not None
     ctx = JobContext(channel, claim, task.name)

@@ -272,11 +272,16 @@ class Worker:
                 except queue.Empty:
                     break
             with self._running_lock:
-                live = [o for o in batch if (o.claim.channel, o.claim.id) in self._running]
+                # match the claim itself (token included): the same job id may already be
+                # claimed again by this worker (a retry due at once) under a new token
+                live = [o for o in batch
+                        if self._running.get((o.claim.channel, o.claim.id)) == o.claim]
             self._write_with_retry(live)
             with self._slot:
                 for o in batch:
-                    self._running.pop((o.claim.channel, o.claim.id), None)
+                    key = (o.claim.channel, o.claim.id)
+                    if self._running.get(key) == o.claim:
+                        del self._running[key]
                 self._slot.notify_all()
 
     def _write_with_retry(self, outcomes: list[Outcome]) -> None:
@@ -315,6 +320,7 @@ class Worker:
                 if now >= next_reap:
                     for ch in self.channels:
                         requeued, stalled = ch.reap(self.app.max_cancels)
+                        self.writer.reaped(ch.name, len(requeued), len(stalled))
                         for job_id in requeued:
                             log.warning("lease of job %s/%s expired: back to the queue", ch.name, job_id)
                         for job_id in stalled:

@@ -6,7 +6,8 @@
 -- KEYS[13+i] feed.result:<f>:<id_i> for each of the n jobs
 -- Optional follow-up job (only with n = 1), put on another channel by this same step:
 -- KEYS[15] target feed.ids  KEYS[16] target feed.items  KEYS[17] target feed.published
--- KEYS[18] target feed.publishes  KEYS[19] target feed.wake
+-- KEYS[18] target feed.publishes  KEYS[19] target feed.wake  KEYS[20] target feed.finished
+-- KEYS[21] target feed.result:<t>:<follow-up id>
 -- ARGV[1] job.finish:<f> channel  ARGV[2] keep finished-index entries this many ms
 -- ARGV[3] n (<= 1000)
 -- ARGV[4 + 5*(i-1) ...] per job: id, token ('' = no fencing check), result ('' = none),
@@ -57,6 +58,8 @@ if #KEYS >= 14 + n and n == 1 and out[1] == 1 then
   local f = 14 + n
   local fid, fitem = ARGV[4 + 5 * n], ARGV[5 + 5 * n]
   if redis.call('HSETNX', KEYS[f + 1], fid, fitem) == 1 then
+    redis.call('ZREM', KEYS[f + 5], fid)
+    redis.call('DEL', KEYS[f + 6])
     redis.call('LPUSH', KEYS[f], fid)
     redis.call('ZADD', KEYS[f + 2], now, fid)
     redis.call('INCR', KEYS[f + 3])

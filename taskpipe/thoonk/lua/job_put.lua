@@ -6,10 +6,14 @@
 -- KEYS[5] feed.delayed:<f>    ZSET  id -> due ms
 -- KEYS[6] feed.urgent:<f>     SET   delayed ids that go to the head when due
 -- KEYS[7] feed.wake:<f>       LIST  wake-up markers for blocked workers
+-- KEYS[8] feed.finished:<f>   ZSET  index of finished ids
+-- KEYS[8+i] feed.result:<f>:<id_i>  the stored result of job i
 -- ARGV[1] n (number of jobs, at most 1000)
 -- ARGV[2 + 5*(i-1) ...] per job: id, item, priority ('1'/'0'), delay_ms, eta_ms (absolute, '0' = none)
 -- Returns: a list of n flags: 1 = published, 0 = an item with that id already exists (nothing
 --          written for it: a waiting, delayed, claimed or stalled job is never doubled).
+--          Publishing the id of a FINISHED job starts a new run: the old result and the
+--          finished-index entry are removed so they are not mistaken for the new run's.
 -- Events: none (the v1 contract publishes no event on job put).
 --@include _now.lua
 local n = tonumber(ARGV[1])
@@ -24,6 +28,8 @@ for i = 1, n do
   if redis.call('HSETNX', KEYS[2], id, item) == 0 then
     out[i] = 0
   else
+    redis.call('ZREM', KEYS[8], id)
+    redis.call('DEL', KEYS[8 + i])
     redis.call('ZADD', KEYS[3], now, id)
     redis.call('INCR', KEYS[4])
     local due = 0

@@ -1,0 +1,342 @@
+"""``Inspector``: the read layer over job channels used by the CLI and dashboards."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from taskpipe.errors import (
+    ConfigError,
+    FeedDoesNotExist,
+    JobNotFound,
+    SerializationError,
+    WrongFeedType,
+)
+from taskpipe.inspect.clean import clean_finished, clean_stalled
+from taskpipe.inspect.follow import follow
+from taskpipe.inspect.views import (
+    CleanReport,
+    JobDetail,
+    JobEvent,
+    JobRow,
+    Page,
+    _int,
+    _opt,
+    _s,
+    outcome_of,
+    raw_view,
+    record_view,
+    safe_text,
+    task_name_of,
+)
+from taskpipe.serialization import decode_envelope
+from taskpipe.thoonk.job import JobChannel
+
+if TYPE_CHECKING:
+    from taskpipe.app import TaskPipe
+
+__all__ = ["Inspector", "LIST_STATES", "MAX_PAGE"]
+
+#: States ``list_jobs`` pages through (``failed`` = finished jobs whose result is an error).
+LIST_STATES = ("available", "delayed", "claimed", "stalled", "finished", "failed")
+#: The largest page ``list_jobs`` returns.
+MAX_PAGE = 1000
+
+
+class Inspector:
+    """Read (and clean) the job channels of one app. Safe to share between threads."""
+
+    def __init__(self, app: TaskPipe) -> None:
+        self.app = app
+        self.client: Any = app.connection.client
+        self.keys = app.thoonk.keys
+
+    # channels -------------------------------------------------------------------------------
+    def channels(self) -> list[str]:
+        """Names of every job channel (``feeds`` members of type ``job``), sorted; SSCAN-paged."""
+        names: list[str] = []
+        cursor = 0
+        while True:
+            cursor, batch = self.client.sscan(self.keys.feeds, cursor, count=500)
+            if batch:
+                batch = [_s(n) for n in batch]
+                pipe = self.client.pipeline(transaction=False)
+                for name in batch:
+                    pipe.hget(self.keys.feed(name).config, "type")
+                names += [n for n, t in zip(batch, pipe.execute()) if t is not None and _s(t) == "job"]
+            if int(cursor) == 0:
+                return sorted(set(names))
+
+    def channel(self, name: str) -> JobChannel:
+        """The existing job channel ``name`` (never creates one)."""
+        kind = self.app.thoonk.get_type(name)
+        if kind is None:
+            raise FeedDoesNotExist(f"no job channel named {name!r}")
+        if kind != "job":
+            raise WrongFeedType(f"{name!r} is a {kind}, not a job channel")
+        return JobChannel(self.app.thoonk, name)
+
+    def channel_counts(self, name: str) -> dict[str, Any]:
+        """Jobs per state of one channel, lifetime counters, and whether it is paused.
+
+        ``finished`` counts the finished-job index (jobs finished within its retention, 7 days by
+        default, or until cleaned); their results may have expired earlier.
+        """
+        ch = self.channel(name)
+        counts: dict[str, Any] = dict(ch.counts())
+        counts["paused"] = ch.paused
+        return {"channel": name, **counts}
+
+    def overview(self) -> list[dict[str, Any]]:
+        """``channel_counts`` of every job channel."""
+        out = []
+        for name in self.channels():
+            try:
+                out.append(self.channel_counts(name))
+            except (FeedDoesNotExist, WrongFeedType):
+                continue  # deleted meanwhile
+        return out
+
+    def pause(self, name: str) -> None:
+        """Pause an existing channel (workers stop claiming from it)."""
+        self.channel(name).pause()
+
+    def resume(self, name: str) -> None:
+        """Resume an existing paused channel."""
+        self.channel(name).resume()
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Live workers: name, host, pid, channels, pool, concurrency, jobs ("channel/id"), stats."""
+        from taskpipe.worker.registry import WorkerRegistry
+
+        return sorted(WorkerRegistry(self.app).live(), key=lambda w: str(w.get("name")))
+
+    def server_time_ms(self) -> int:
+        """Redis server time in ms (what every stored timestamp is measured in)."""
+        sec, usec = self.client.time()
+        return int(sec) * 1000 + int(usec) // 1000
+
+    # listing --------------------------------------------------------------------------------
+    def list_jobs(self, channel: str, state: str, cursor: str | int | None = None,
+                  limit: int = 50) -> Page:
+        """One page of the jobs in ``state`` (one of ``LIST_STATES``).
+
+        Order: available = next to run first; delayed = soonest due first; claimed = oldest claim
+        first; finished/failed = newest first; stalled = set order. ``cursor`` is the
+        ``next_cursor`` of the previous page (an opaque string; a position, so a page may skip or
+        repeat jobs that changed state meanwhile). ``limit`` is 1..1000.
+        """
+        ch = self.channel(channel)
+        if state not in LIST_STATES:
+            raise ConfigError(f"unknown state {state!r}; expected one of {', '.join(LIST_STATES)}")
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
+            raise ConfigError(f"limit must be an int from 1 to {MAX_PAGE}, got {limit!r}")
+        if state == "stalled":
+            return self._list_stalled(ch, cursor, limit)
+        off = _offset(cursor, state)
+        if state == "failed":
+            return self._list_failed(ch, off, limit)
+        k = ch.keys
+        if state == "available":
+            total = int(self.client.llen(k.ids))
+            ids = [_s(i) for i in self.client.lrange(k.ids, -(off + limit), -(off + 1))][::-1] \
+                if off < total else []
+            pipe = self.client.pipeline(transaction=False)
+            for i in ids:
+                pipe.zscore(k.published, i)
+            scored = list(zip(ids, pipe.execute()))
+        else:
+            key = {"delayed": k.delayed, "claimed": k.claimed, "finished": k.finished}[state]
+            total = int(self.client.zcard(key))
+            fetch = self.client.zrevrange if state == "finished" else self.client.zrange
+            scored = [(_s(i), sc) for i, sc in fetch(key, off, off + limit - 1, withscores=True)]
+        rows = self._rows(ch, state, [(i, _opt(sc)) for i, sc in scored])
+        nxt = off + len(rows)
+        return Page(rows, str(nxt) if rows and nxt < total else None, total)
+
+    def _list_stalled(self, ch: JobChannel, cursor: str | int | None, limit: int) -> Page:
+        scan, skip = 0, 0
+        if cursor not in (None, ""):
+            try:
+                a, _, b = str(cursor).partition(".")
+                scan, skip = int(a), int(b or 0)
+            except ValueError:
+                raise ConfigError(f"bad cursor {cursor!r} for stalled jobs") from None
+        ids: list[str] = []
+        nxt: str | None = None
+        while True:
+            new_scan, batch = self.client.sscan(ch.keys.stalled, scan, count=max(limit, 100))
+            batch = [_s(i) for i in batch][skip:]
+            room = limit - len(ids)
+            if len(batch) > room:  # resume inside this scan step next time
+                ids += batch[:room]
+                nxt = f"{scan}.{skip + room}"
+                break
+            ids += batch
+            scan, skip = int(new_scan), 0
+            if scan == 0:
+                break
+            if len(ids) == limit:
+                nxt = f"{scan}.0"
+                break
+        rows = self._rows(ch, "stalled", [(i, None) for i in ids])
+        return Page(rows, nxt, int(self.client.scard(ch.keys.stalled)))
+
+    def _list_failed(self, ch: JobChannel, off: int, limit: int) -> Page:
+        rows: list[JobRow] = []
+        pos, budget, chunk = off, max(limit * 10, 1000), 200
+        total = int(self.client.zcard(ch.keys.finished))
+        while len(rows) < limit and pos < total and pos - off < budget:
+            scored = self.client.zrevrange(ch.keys.finished, pos, pos + chunk - 1, withscores=True)
+            if not scored:
+                break
+            for row in self._rows(ch, "finished", [(_s(i), _opt(sc)) for i, sc in scored]):
+                pos += 1
+                if row.outcome == "failed":
+                    rows.append(replace(row, state="failed"))
+                    if len(rows) == limit:
+                        break
+        return Page(rows, str(pos) if pos < total else None, None)
+
+    def _rows(self, ch: JobChannel, state: str, scored: list[tuple[str, int | None]]) -> list[JobRow]:
+        if not scored:
+            return []
+        k, ids = ch.keys, [i for i, _ in scored]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(k.cancelled, ids).hmget(k.attempts, ids).hmget(k.items, ids)
+        if state == "claimed":
+            pipe.hmget(k.workers, ids).hmget(k.progress, ids)
+            for i in ids:
+                pipe.zscore(k.leases, i)
+        elif state == "stalled":
+            pipe.hmget(k.reasons, ids)
+        elif state == "finished":
+            for i in ids:
+                pipe.get(k.result(i))
+        r = pipe.execute()
+        rows = []
+        for n, (job_id, when) in enumerate(scored):
+            extra: dict[str, Any] = {}
+            if state == "claimed":
+                extra = {"worker": _s(r[3][n] or b""), "progress": _s(r[4][n] or b""),
+                         "lease_deadline_ms": _opt(r[5 + n])}
+            elif state == "stalled":
+                extra = {"reason": safe_text(_s(r[3][n] or b""), 500)}
+            elif state == "finished":
+                outcome, error = outcome_of(r[3 + n])
+                extra = {"outcome": outcome, "error": error}
+            task = task_name_of(r[2][n]) if state != "finished" else None  # payload gone at finish
+            rows.append(JobRow(job_id, ch.name, state, task, when, _int(r[0][n]), _int(r[1][n]), **extra))
+        return rows
+
+    # one job --------------------------------------------------------------------------------
+    def find_job(self, job_id: str) -> list[str]:
+        """Channels that know a job with this id (in any state, finished included)."""
+        return [name for name in self.channels()
+                if JobChannel(self.app.thoonk, name).info(job_id).state != "unknown"]
+
+    def job_detail(self, channel: str, job_id: str, log_lines: int = 200) -> JobDetail:
+        """Everything about one job; ``JobNotFound`` if the channel has no such job."""
+        ch = self.channel(channel)
+        info = ch.info(job_id)
+        k = ch.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(k.items, job_id).zscore(k.claimed, job_id).get(k.result(job_id))
+        pipe.llen(k.log(job_id)).lrange(k.log(job_id), -max(1, log_lines), -1)
+        item, claimed_ms, result_raw, log_total, logs = pipe.execute()
+        if info.state == "unknown" and not log_total:
+            raise JobNotFound(f"no job {job_id!r} in channel {channel!r}")
+        payload, raw_payload, payload_error, task = None, None, "", None
+        if item is not None:
+            try:
+                env = decode_envelope(item)
+                task = env.task
+                payload = {"task": env.task, "args": list(env.args), "kwargs": env.kwargs,
+                           "options": env.options, "serializer": env.serializer}
+            except SerializationError as exc:
+                payload_error, raw_payload = str(exc), raw_view(item)
+        state = info.state
+        result = record_view(result_raw) if result_raw is not None else None
+        if state == "finished" and result is not None and not result["ok"]:
+            state = "failed"
+        ts = {"published_ms": info.published_ms, "due_ms": info.due_ms, "claimed_ms": _opt(claimed_ms),
+              "lease_deadline_ms": info.lease_deadline_ms, "finished_ms": info.finished_ms}
+        return JobDetail(
+            id=job_id, channel=channel, state=state, task=task, payload=payload,
+            raw_payload=raw_payload, payload_error=payload_error, cancels=info.cancel_count,
+            attempts=info.attempts, worker=info.worker, progress=info.progress,
+            reason=safe_text(info.reason), timestamps=ts,
+            result_ttl_ms=info.result_ttl_ms if result_raw is not None else None, result=result,
+            logs=[safe_text(_s(x)) for x in (logs if log_lines > 0 else [])], log_total=int(log_total),
+            server_time_ms=self.server_time_ms())
+
+    def logs(self, channel: str, job_id: str, tail: int | None = None,
+             chunk: int = 1000) -> Iterator[str]:
+        """A job's log lines, oldest first (the last ``tail`` only), read in bounded chunks."""
+        key = self.channel(channel).keys.log(job_id)
+        total = int(self.client.llen(key))
+        start = max(0, total - tail) if tail is not None else 0
+        while start < total:
+            lines = self.client.lrange(key, start, min(total, start + chunk) - 1)
+            if not lines:
+                return
+            yield from (safe_text(_s(x)) for x in lines)
+            start += len(lines)
+
+    def follow(self, channel: str, job_id: str, timeout: float | None = None,
+               backlog: int = 1000, poll: float = 1.0) -> Iterator[JobEvent]:
+        """Yield a job's log (the last ``backlog`` lines), then its live log and progress events
+        until it ends (an ``end`` event) or ``timeout`` seconds pass (a ``timeout`` event).
+        See ``taskpipe.inspect.follow``."""
+        return follow(self.app, self.channel(channel), job_id, timeout, backlog, poll)
+
+    # cleaning -------------------------------------------------------------------------------
+    def clean(self, channel: str, state: str, older_than_s: float, *, batch: int = 500,
+              now_ms: int | None = None, dry_run: bool = False,
+              on_progress: Callable[[int], None] | None = None) -> CleanReport:
+        """Remove old ``finished`` jobs (index entry, stored result and log) or ``stalled`` jobs
+        (retracted), ``batch`` (1..1000) at a time. ``now_ms`` defaults to the server clock;
+        ``on_progress(n)`` is called after each batch with the number of ids examined.
+
+        ``finished``: entries of the finished index older than ``older_than_s``.
+        ``stalled``: the schema records no stall time, so only ``older_than_s=0`` (every job
+        stalled now) is accepted; a job is retracted only if it is still stalled.
+        """
+        ch = self.channel(channel)
+        if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 1000:
+            raise ConfigError(f"batch must be an int from 1 to 1000, got {batch!r}")
+        if not math.isfinite(older_than_s) or older_than_s < 0:
+            raise ConfigError(f"older_than must be a finite duration >= 0, got {older_than_s!r}")
+        if state not in ("finished", "stalled"):
+            raise ConfigError(f"can only clean 'finished' or 'stalled' jobs, not {state!r}")
+        if state == "stalled" and older_than_s > 0:
+            raise ConfigError(
+                "stalled jobs carry no stall time in this schema, so the age must be 0 "
+                "(--older-than 0: retract every job stalled now); see docs/cli.md")
+        now = self.server_time_ms() if now_ms is None else now_ms
+        report = CleanReport(channel, state, now - int(older_than_s * 1000), dry_run=dry_run)
+        (clean_finished if state == "finished" else clean_stalled)(ch, report, batch, on_progress)
+        return report
+
+    def count_cleanable(self, channel: str, state: str, older_than_s: float,
+                        now_ms: int | None = None) -> int:
+        """How many jobs ``clean`` would examine (for a progress bar), in O(log n)."""
+        ch = self.channel(channel)
+        if state == "stalled":
+            return int(self.client.scard(ch.keys.stalled))
+        now = self.server_time_ms() if now_ms is None else now_ms
+        return int(self.client.zcount(ch.keys.finished, "-inf", now - int(older_than_s * 1000)))
+
+
+def _offset(cursor: str | int | None, state: str) -> int:
+    if cursor in (None, ""):
+        return 0
+    try:
+        value = int(str(cursor))
+    except ValueError:
+        raise ConfigError(f"bad cursor {cursor!r} for {state} jobs") from None
+    if value < 0:
+        raise ConfigError(f"bad cursor {cursor!r} for {state} jobs")
+    return value

@@ -1,0 +1,386 @@
+"""Task and publishing options: durations, priority, delay/eta, timeouts, retries and backoff.
+
+Runs on real Redis and ``memory://``. Due times are checked against the job's own bookkeeping
+(publish and due times both come from the Redis server clock), so no test depends on how fast
+this machine is, except the one delay-accuracy check the issue asks for.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from taskpipe import ConfigError, DurationError, Retry, TaskFailed, TaskPipe, Worker, current_job
+from taskpipe.worker.runner import backoff_delay
+
+HOUR_MS = 3_600_000
+
+
+# helpers ---------------------------------------------------------------------------------------
+@pytest.fixture
+def app(broker_url: str, prefix: str) -> Iterator[TaskPipe]:
+    a = TaskPipe(broker=broker_url, prefix=prefix)
+    yield a
+    a.close()
+
+
+def burst(app: TaskPipe, channels: list[str] | None = None, **options: Any) -> dict[str, int]:
+    """Run a worker in this thread until the channels are empty; return its counts."""
+    options.setdefault("concurrency", 4)
+    options.setdefault("max_block", 0.1)
+    w = Worker(app, channels, burst=True, heartbeat_interval=60.0, **options)
+    w.run()
+    return dict(w.writer.stats)
+
+
+@contextmanager
+def worker_running(app: TaskPipe, channels: list[str] | None = None,
+                   **options: Any) -> Iterator[Worker]:
+    w = Worker(app, channels, heartbeat_interval=60.0, **options)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        yield w
+    finally:
+        w.stop()
+        t.join(15)
+        assert not t.is_alive(), "worker did not stop"
+
+
+def server_ms(app: TaskPipe) -> int:
+    sec, usec = app.connection.client.time()
+    return int(sec) * 1000 + int(usec) // 1000
+
+
+def delay_ms_of(app: TaskPipe, result: Any) -> int:
+    """How long after its publication a job is due (both stamps from the server clock)."""
+    info = result.info()
+    assert info.state == "delayed", info
+    return int(info.due_ms - info.published_ms)
+
+
+# durations -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("value", "ms"), [
+    ("10ms", 10), ("30s", 30_000), ("45m", 2_700_000), ("2h", 7_200_000), ("6d", 518_400_000),
+    ("1h30m", 5_400_000), (timedelta(minutes=5), 300_000), (timedelta(milliseconds=1500), 1500),
+    (90, 90_000), (0.25, 250), ("2.5", 2500),
+])
+def test_duration_forms_as_delay(app: TaskPipe, value: Any, ms: int) -> None:
+    @app.task(name="dur.noop")
+    def noop() -> None: ...
+
+    r = noop.apply_async(delay=value)
+    assert delay_ms_of(app, r) == ms
+
+
+@pytest.mark.parametrize("bad", ["soon", "10 parsecs", "-5s", "1m1m", "30m1h", "", True, [1]])
+def test_bad_durations_name_the_value(app: TaskPipe, bad: Any) -> None:
+    @app.task(name="dur.noop")
+    def noop() -> None: ...
+
+    for option in ("delay", "result_ttl", "timeout", "retry_backoff"):
+        with pytest.raises(DurationError, match="invalid duration " + repr(bad).replace("[", r"\[")):
+            noop.apply_async(**{option: bad})
+    for option in ("timeout", "retry_backoff", "retry_backoff_max", "result_ttl", "hard_timeout"):
+        with pytest.raises(DurationError) as info:
+            app.task(name=f"dur.bad_{option}", **{option: bad})(lambda: None)
+        assert repr(bad) in str(info.value)
+        assert f"dur.bad_{option}" not in app.tasks
+    for option in ("result_ttl", "retry_backoff", "lease", "timeout"):
+        with pytest.raises(DurationError):
+            TaskPipe(broker="memory://", **{option: bad})
+    assert isinstance(DurationError("x"), ValueError)
+    counts = app.channel().counts()
+    assert counts["published_total"] == 0 and counts["delayed"] == 0  # nothing was written
+
+
+# priority --------------------------------------------------------------------------------------
+def test_priority_jobs_go_to_the_head(app: TaskPipe) -> None:
+    order: list[str] = []
+
+    @app.task(name="prio.work")
+    def work(label: str) -> None:
+        order.append(label)
+
+    @app.task(name="prio.urgent", priority=True)
+    def urgent(label: str) -> None:
+        order.append(label)
+
+    work.delay("n1")
+    work.delay("n2")
+    work.apply_async(["p1"], priority=True)
+    urgent.delay("p2")                            # task-level priority
+    urgent.apply_async(["n3"], priority=False)    # a call option overrides the task's
+    work.delay("n4")
+    burst(app, concurrency=1)
+    # priority jobs jump the queue; among themselves the newest runs first (Thoonk v1: RPUSH)
+    assert order == ["p2", "p1", "n1", "n2", "n3", "n4"]
+
+
+def test_strict_channel_order(app: TaskPipe) -> None:
+    order: list[str] = []
+
+    @app.task(name="prio.any")
+    def any_(label: str) -> None:
+        order.append(label)
+
+    any_.apply_async(["low-1"], channel="low")
+    any_.delay("default-1")
+    any_.apply_async(["high-1"], channel="high")
+    any_.apply_async(["low-2"], channel="low")
+    any_.apply_async(["high-2"], channel="high")
+    burst(app, ["high", "default", "low"], concurrency=1)
+    assert order == ["high-1", "high-2", "default-1", "low-1", "low-2"]
+
+
+# delay and eta ---------------------------------------------------------------------------------
+@pytest.mark.timeout(30)
+def test_delay_accuracy(app: TaskPipe) -> None:
+    """A 1 s delay starts no sooner than 1 s after publishing (and, on real Redis, by 1.2 s)."""
+    started: list[float] = []
+    ran = threading.Event()
+
+    @app.task(name="delay.stamp")
+    def stamp() -> None:
+        started.append(time.time())
+        ran.set()
+
+    with worker_running(app, concurrency=2):
+        time.sleep(0.2)  # the worker is idle and blocked before we publish
+        t0 = time.time()
+        r = stamp.apply_async(delay=1)
+        assert r.state == "delayed"
+        assert ran.wait(10)
+    elapsed = started[0] - t0
+    # the lower bound is strict, less the 1 ms the server's ms-truncated clock may lag
+    assert elapsed >= 0.999, elapsed
+    if not app.connection.is_memory:
+        assert elapsed < 1.2, elapsed
+
+
+@pytest.mark.parametrize("kind", ["aware", "aware-offset", "naive-utc", "timestamp"])
+def test_eta_forms(app: TaskPipe, kind: str) -> None:
+    @app.task(name="eta.noop")
+    def noop() -> None: ...
+
+    when = datetime.now(timezone.utc) + timedelta(hours=1)
+    eta: Any = {
+        "aware": when,
+        "aware-offset": when.astimezone(timezone(timedelta(hours=-5))),
+        "naive-utc": when.replace(tzinfo=None),
+        "timestamp": when.timestamp(),
+    }[kind]
+    r = noop.apply_async(eta=eta)
+    info = r.info()
+    assert info.state == "delayed"
+    assert abs(int(info.due_ms or 0) - when.timestamp() * 1000) < 1000
+
+
+def test_eta_in_the_past_runs_now(app: TaskPipe) -> None:
+    @app.task(name="eta.now")
+    def now() -> str:
+        return "ran"
+
+    r = now.apply_async(eta=datetime.now(timezone.utc) - timedelta(days=1))
+    assert r.state == "available"
+    burst(app)
+    assert r.get(timeout=5) == "ran"
+
+
+def test_delayed_priority_job_goes_to_the_head_when_due(app: TaskPipe) -> None:
+    order: list[str] = []
+
+    @app.task(name="eta.order")
+    def rec(label: str) -> None:
+        order.append(label)
+
+    r = rec.apply_async(["urgent-later"], delay="50ms", priority=True)
+    rec.delay("plain")
+    time.sleep(0.1)
+    app.channel().promote()
+    assert r.state == "available"
+    burst(app, concurrency=1)
+    assert order == ["urgent-later", "plain"]
+
+
+# timeouts --------------------------------------------------------------------------------------
+def test_soft_timeouts(app: TaskPipe) -> None:
+    @app.task(name="to.busy", timeout="100ms")
+    def busy(steps: int) -> int:
+        for _ in range(steps):
+            time.sleep(0.01)
+        return steps
+
+    slow = busy.delay(3000)
+    fast = busy.delay(1)
+    override = busy.apply_async([20], timeout="5s")  # a call option beats the task's
+    burst(app)
+    with pytest.raises(TaskFailed) as info:
+        slow.get(timeout=5)
+    assert info.value.exc_type == "JobTimeout" and "time limit" in info.value.exc_message
+    assert fast.get(timeout=5) == 1
+    assert override.get(timeout=5) == 20
+
+
+def test_app_default_timeout(broker_url: str, prefix: str) -> None:
+    app = TaskPipe(broker=broker_url, prefix=prefix, timeout="100ms")
+
+    @app.task(name="to.app")
+    def loop() -> None:
+        while True:
+            time.sleep(0.01)
+
+    r = loop.delay()
+    burst(app)
+    assert r.get(timeout=5, propagate=False).exc_type == "JobTimeout"
+    app.close()
+
+
+# retries ---------------------------------------------------------------------------------------
+def test_retries_until_success(app: TaskPipe) -> None:
+    seen: list[tuple[int, int]] = []
+
+    @app.task(name="retry.flaky", retries=3, retry_backoff="20ms")
+    def flaky() -> int:
+        job = current_job()
+        assert job is not None
+        seen.append((job.attempts, job.cancel_count))
+        if len(seen) < 3:
+            raise ConnectionError("try again")
+        return len(seen)
+
+    r = flaky.delay()
+    stats = burst(app, max_block=1.0)  # waits for retries due within max_block
+    assert stats == {"retried": 2, "finished": 1}
+    assert r.get(timeout=5) == 3
+    assert seen == [(0, 0), (1, 0), (2, 0)]
+
+
+def test_retry_waits_delayed_with_backoff_and_jitter(app: TaskPipe) -> None:
+    @app.task(name="retry.backoff", retries=2, retry_backoff="1h")
+    def fail() -> None:
+        raise ValueError("down")
+
+    r = fail.delay()
+    before = server_ms(app)
+    assert burst(app) == {"retried": 1}
+    info = r.info()
+    assert r.state == "delayed" and info.attempts == 1 and info.cancel_count == 0
+    wait = int(info.due_ms or 0) - before
+    # attempt 1: the base backoff, half fixed and half random ("equal jitter")
+    assert HOUR_MS // 2 - 1000 <= wait <= HOUR_MS + 1000
+    with pytest.raises(TimeoutError):
+        r.get(timeout=0.05)
+
+
+def test_retry_backoff_max_caps_the_wait(app: TaskPipe) -> None:
+    @app.task(name="retry.capped", retries=1, retry_backoff="1h", retry_backoff_max="10s")
+    def fail() -> None:
+        raise ValueError("down")
+
+    r = fail.delay()
+    before = server_ms(app)
+    burst(app)
+    wait = int(r.info().due_ms or 0) - before
+    assert 5_000 - 1000 <= wait <= 10_000 + 1000
+
+
+def test_backoff_is_exponential_with_jitter() -> None:
+    rng = random.Random(7)
+    for attempt, full in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (8, 60.0), (30, 60.0)]:
+        values = [backoff_delay(attempt, 1.0, 60.0, rng) for _ in range(200)]
+        assert all(full / 2 <= v <= full for v in values)
+        assert max(values) - min(values) > full / 4  # jitter spreads the retries out
+
+
+def test_raise_retry_with_a_delay(app: TaskPipe) -> None:
+    @app.task(name="retry.explicit", retries=1)
+    def later() -> None:
+        raise Retry(delay="1h", reason="rate limited")
+
+    r = later.delay()
+    before = server_ms(app)
+    assert burst(app) == {"retried": 1}
+    info = r.info()
+    assert info.state == "delayed" and info.attempts == 1
+    assert HOUR_MS - 1000 <= int(info.due_ms or 0) - before <= HOUR_MS + 1000
+
+
+def test_retry_budget_used_up_fails(app: TaskPipe) -> None:
+    @app.task(name="retry.forever", retries=2, retry_backoff="1ms")
+    def again() -> None:
+        raise Retry()
+
+    @app.task(name="retry.broken", retries=1, retry_backoff="1ms")
+    def broken() -> None:
+        raise KeyError("missing")
+
+    r1, r2 = again.delay(), broken.delay()
+    assert burst(app, max_block=1.0) == {"retried": 3, "failed": 2}
+    with pytest.raises(TaskFailed) as info:
+        r1.get(timeout=5)
+    assert info.value.exc_type == "MaxRetriesExceeded" and "3 attempts" in info.value.exc_message
+    with pytest.raises(TaskFailed) as info:
+        r2.get(timeout=5)
+    assert info.value.exc_type == "KeyError"
+    assert r2.state == "failed" and r2.info().attempts == 0  # bookkeeping is cleared on finish
+
+
+def test_retries_call_option_and_app_default(broker_url: str, prefix: str) -> None:
+    app = TaskPipe(broker=broker_url, prefix=prefix, retries=1, retry_backoff="1ms")
+    runs: list[str] = []
+
+    @app.task(name="retry.count")
+    def count(label: str) -> None:
+        runs.append(label)
+        raise OSError(label)
+
+    count.delay("app-default")                   # 1 retry: 2 runs
+    count.apply_async(["none"], retries=0)       # 1 run
+    count.apply_async(["three"], retries=3)      # 4 runs
+    burst(app, max_block=1.0)
+    assert sorted(runs) == sorted(["app-default"] * 2 + ["none"] + ["three"] * 4)
+    app.close()
+
+
+def test_attempts_are_counted_apart_from_cancels(app: TaskPipe) -> None:
+    seen: list[tuple[int, int]] = []
+
+    @app.task(name="retry.cancels", retries=1, retry_backoff="1ms")
+    def job() -> None:
+        ctx = current_job()
+        assert ctx is not None
+        seen.append((ctx.attempts, ctx.cancel_count))
+        raise RuntimeError("boom")
+
+    r = job.delay()
+    ch = app.channel()
+    for _ in range(2):  # two claims lost (e.g. worker shut down): cancels, not attempts
+        claim = ch.claim(1, 30_000, "test")[0]
+        ch.cancel(claim.id, token=claim.token)
+    assert r.info().cancel_count == 2 and r.info().attempts == 0
+    burst(app, max_block=1.0)
+    assert seen == [(0, 2), (1, 2)]
+    assert r.state == "failed"
+
+
+def test_stall_on_failure(app: TaskPipe) -> None:
+    @app.task(name="retry.park", retries=1, retry_backoff="1ms", stall_on_failure=True)
+    def park(x: int) -> None:
+        raise ValueError(f"bad {x}")
+
+    r = park.delay(7)
+    assert burst(app, max_block=1.0) == {"retried": 1, "stalled": 1}
+    assert r.state == "stalled"
+    assert app.channel().stall_reason(r.id) == "failed: ValueError: bad 7"
+    with pytest.raises(TimeoutError):
+        r.get(timeout=0.05)
+    with pytest.raises(ConfigError):
+        park.apply_async([1], retries="2")
