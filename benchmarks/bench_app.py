@@ -69,10 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(app, [opts.channel], concurrency=opts.concurrency, burst=opts.burst)
     print("ready", flush=True)
     sys.stdin.readline()
-    started = time.time()
+    started, cpu0 = time.time(), os.times()
     worker.run()
-    ended = time.time()
+    ended, cpu1 = time.time(), os.times()
     print(json.dumps({"started": started, "ended": ended, "claimed": worker.claimed_total,
+                      "cpu_user": cpu1.user - cpu0.user, "cpu_system": cpu1.system - cpu0.system,
                       "stats": dict(worker.writer.stats)}), flush=True)
     app.close()
     return 0

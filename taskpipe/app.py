@@ -15,6 +15,7 @@ from taskpipe.errors import ConfigError, UnknownTask
 from taskpipe.serialization import DEFAULT_MAX_PAYLOAD, encode_envelope, get_serializer
 from taskpipe.task import Signature, Task, TaskOptions
 from taskpipe.thoonk.job import JobChannel, PutRequest, new_id
+from taskpipe.thoonk.keys import cluster_name, has_hash_tag
 from taskpipe.thoonk.thoonk import Thoonk
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _SEND_OPTIONS = {"channel", "priority", "delay", "eta", "id", "on_finish", "result_ttl",
                  "retries", "timeout", "hard_timeout", "retry_backoff"}
+_NO_OPTIONS = TaskOptions()  # frozen: the options of a task name this app does not know
 
 
 class TaskPipe:
@@ -135,20 +137,38 @@ class TaskPipe:
 
     # channels -------------------------------------------------------------------------------
     def channel(self, name: str | None = None) -> JobChannel:
-        """The Thoonk job channel of that name (created on first use)."""
+        """The Thoonk job channel of that name (created on first use).
+
+        On a Redis Cluster the name gets a hash tag (``emails`` -> channel ``{emails}``, a name
+        that already has one is kept) so every key of the channel lives in one slot; both
+        spellings then return the same channel.
+        """
         name = name or self.default_channel
         ch = self._channels.get(name)
         if ch is None:
             with self._lock:
                 ch = self._channels.get(name)
                 if ch is None:
-                    ch = self.thoonk.job(name)
-                    self._channels[name] = ch
+                    real = name
+                    if self.connection.is_cluster:
+                        if "{" in self.prefix and not has_hash_tag(self.prefix):
+                            raise ConfigError(f"prefix {self.prefix!r} has a '{{' but no complete "
+                                              "hash tag: channel keys would span cluster slots")
+                        real = cluster_name(name)
+                    ch = self._channels.get(real) or self.thoonk.job(real)
+                    self._channels[name] = self._channels[real] = ch
         return ch
 
     # publishing -----------------------------------------------------------------------------
     def _build(self, name: str, args: Iterable[Any], kwargs: dict[str, Any] | None,
                task: Task[Any] | None, options: dict[str, Any]) -> tuple[JobChannel, PutRequest, Any]:
+        if not options:  # the common case (``delay()``, ``map()``): no option to check or convert
+            topts = task.options if task is not None else (
+                self.tasks[name].options if name in self.tasks else _NO_OPTIONS)
+            channel = self.channel(topts.channel)
+            payload = encode_envelope(name, tuple(args), dict(kwargs or {}), {},
+                                      serializer=self.serializer, max_size=self.max_payload)
+            return channel, PutRequest(payload, new_id(), topts.priority), None
         unknown = set(options) - _SEND_OPTIONS
         if unknown:
             raise ConfigError(f"unknown publishing option(s): {', '.join(sorted(unknown))}")

@@ -55,12 +55,16 @@ class FinishWatcher:
         self._stop.set()
         self._changed.set()
 
-    def _fire_if_done(self, key: tuple[str, str]) -> None:
+    def _fire_if_done(self, key: tuple[str, str], published: bytes | None = None) -> None:
         with self._lock:
             entry = self._pending.get(key)
         if entry is None:
             return
         result, callbacks = entry
+        if published is not None:
+            # the job.finish message carries the result: use it, so a job stored with
+            # result_ttl=0 (or expired before we read it) still hands its value to the callback
+            result._accept(published)
         if not result.ready():
             return
         with self._lock:
@@ -107,7 +111,7 @@ class FinishWatcher:
                     if msg is None:
                         break
                     channel = msg["channel"].decode()[prefix_len:]
-                    job_id = msg["data"].split(b"\0", 1)[0].decode()
-                    self._fire_if_done((channel, job_id))
+                    job_id, sep, published = msg["data"].partition(b"\0")
+                    self._fire_if_done((channel, job_id.decode()), published if sep else None)
         finally:
             pubsub.close()

@@ -17,17 +17,26 @@ A ``Connection`` is owned by its app (or ``Thoonk`` object); nothing here is glo
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import redis
+from redis.crc import key_slot as _crc_key_slot
 
 from taskpipe.errors import BrokerURLError
 
-__all__ = ["Connection", "parse_url", "DEFAULT_URL"]
+__all__ = ["Connection", "ListWaiter", "parse_url", "key_slot", "DEFAULT_URL"]
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 SUPPORTED_SCHEMES = ("redis", "rediss", "unix", "memory", "redis+sentinel", "redis+cluster")
+WAITER_IDLE_EXIT = 5.0  # seconds a cluster wake-up thread lingers with nobody waiting
+
+
+def key_slot(key: str | bytes) -> int:
+    """The Redis Cluster hash slot of a key (CRC16 of its hash tag, or of the whole key)."""
+    return int(_crc_key_slot(key.encode("utf-8") if isinstance(key, str) else key))
 
 
 def parse_url(url: str) -> dict[str, Any]:
@@ -78,12 +87,12 @@ def parse_url(url: str) -> dict[str, Any]:
         db = query.get("db", ["0"])[0]
     else:
         try:
-            host, port = parts.hostname, parts.port
+            hostname, port_number = parts.hostname, parts.port
         except ValueError as exc:
             raise BrokerURLError(f"bad port in broker URL {url!r}: {exc}") from None
-        if not host:
+        if not hostname:
             raise BrokerURLError(f"broker URL {url!r} has no host")
-        info["host"], info["port"] = host, port or 6379
+        info["host"], info["port"] = hostname, port_number or 6379
         db = parts.path.strip("/") or query.get("db", ["0"])[0]
     if not str(db).isdigit():
         raise BrokerURLError(f"database in broker URL {url!r} must be a number, got {db!r}")
@@ -144,19 +153,26 @@ class Connection:
             from redis.sentinel import Sentinel
 
             auth = {"password": self.info["password"], "username": self.info["username"]}
-            sentinel = Sentinel(self.info["hosts"], socket_timeout=self._socket_timeout or 5,
-                                sentinel_kwargs={"socket_timeout": 5})
-            return sentinel.master_for(self.info["master"], db=self.info["db"],
-                                       socket_timeout=self._socket_timeout,
-                                       socket_connect_timeout=5, **auth)
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                self.info["hosts"], socket_timeout=self._socket_timeout or 5,
+                sentinel_kwargs={"socket_timeout": 5})
+            return sentinel.master_for(  # type: ignore[no-untyped-call]
+                self.info["master"], db=self.info["db"], socket_timeout=self._socket_timeout,
+                socket_connect_timeout=5, **auth)
         if self.scheme == "redis+cluster":
             from redis.cluster import ClusterNode, RedisCluster
 
-            return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in self.info["hosts"]],
+            return RedisCluster(startup_nodes=[ClusterNode(h, p)  # type: ignore[no-untyped-call]
+                                               for h, p in self.info["hosts"]],
                                 password=self.info["password"], username=self.info["username"],
                                 socket_timeout=self._socket_timeout, socket_connect_timeout=5)
         return redis.Redis.from_url(self.url, socket_timeout=self._socket_timeout,
                                     socket_connect_timeout=5, health_check_interval=30)
+
+    def list_waiter(self, keys: Sequence[str], *, client: Any = None,
+                    max_block: float = 1.0) -> ListWaiter:
+        """A ``ListWaiter`` over ``keys`` (blocks on ``client``, or on a client of its own)."""
+        return ListWaiter(self, keys, client=client, max_block=max_block)
 
     def close(self) -> None:
         """Close the shared client's connections."""
@@ -164,3 +180,98 @@ class Connection:
             self.client.close()
         except Exception:  # noqa: BLE001 - closing is best effort
             pass
+
+
+class ListWaiter:
+    """Blocks until one of several lists (wake-up markers) gets an element, or a timeout passes.
+
+    One Redis, Sentinel, ``memory://``, or a cluster where every key shares one slot: ``wait``
+    is exactly one ``BLPOP`` over every key on the blocking client, as it always was.
+
+    Redis Cluster with keys in several slots: one ``BLPOP`` may only name keys of one slot, so
+    the keys are grouped by slot and each group is watched by a daemon thread that ``BLPOP``s it
+    (``max_block`` at a time, on the shared blocking client: one connection per thread) while a
+    ``wait`` is in progress, and wakes the waiter when it pops a marker. So a job put into any
+    slot wakes the worker at once, as on one Redis. Chosen over "block on the first slot only"
+    or rotating, which make every wake-up of the other slots cost a full block timeout.
+    A marker a thread pops just after ``wait`` returned (its BLPOP was still running) is not
+    lost: it makes the next ``wait`` return at once, which costs one extra claim call. It is
+    lost to the *other* workers, who then find the job at their next timeout (``max_block``,
+    1 s by default): that is the bound on a lost wake-up. Threads exit after
+    ``WAITER_IDLE_EXIT`` seconds with nobody waiting (or on ``close``) and restart on demand.
+    """
+
+    def __init__(self, connection: Connection, keys: Sequence[str], *, client: Any = None,
+                 max_block: float = 1.0) -> None:
+        self.connection = connection
+        self.keys = list(keys)
+        self.max_block = max(0.01, max_block)
+        self._client = client
+        self._own_client = client is None
+        groups: dict[int, list[str]] = {}
+        if connection.is_cluster:
+            for key in keys:
+                groups.setdefault(key_slot(key), []).append(key)
+        self.groups: list[list[str]] = list(groups.values()) if len(groups) > 1 else [list(keys)]
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread | None] = [None] * len(self.groups)
+        self._wanted = threading.Event()   # a wait() is in progress
+        self._woke = threading.Event()     # a thread popped a marker
+        self._closed = threading.Event()
+
+    @property
+    def client(self) -> Any:
+        """The client the BLPOPs run on (made on first use when none was given)."""
+        if self._client is None:
+            self._client = self.connection.new_client()
+        return self._client
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds; True if a marker was popped (a job may be available)."""
+        timeout = max(timeout, 0.001)
+        if len(self.groups) == 1:
+            return self.client.blpop(self.groups[0], timeout=timeout) is not None
+        with self._lock:
+            client = self.client
+            for i, thread in enumerate(self._threads):
+                if thread is None:
+                    thread = threading.Thread(target=self._watch, args=(i, client), daemon=True,
+                                              name=f"taskpipe-wake-{i}")
+                    self._threads[i] = thread
+                    thread.start()
+            self._wanted.set()
+        try:
+            woke = self._woke.wait(timeout)
+        finally:
+            self._wanted.clear()
+        self._woke.clear()  # the caller claims next: whatever woke us is seen by that claim
+        return woke
+
+    def _watch(self, index: int, client: Any) -> None:
+        keys = self.groups[index]
+        idle_since = time.monotonic()
+        while not self._closed.is_set():
+            if not self._wanted.wait(self.max_block):
+                with self._lock:  # decide to exit under the lock wait() starts threads with
+                    if (self._closed.is_set() or (not self._wanted.is_set() and
+                                                  time.monotonic() - idle_since >= WAITER_IDLE_EXIT)):
+                        self._threads[index] = None
+                        return
+                continue
+            idle_since = time.monotonic()
+            try:
+                if client.blpop(keys, timeout=self.max_block) is not None:
+                    self._woke.set()
+            except Exception:  # noqa: BLE001 - broker down: the caller's claim reports it
+                self._closed.wait(self.max_block)
+        with self._lock:
+            self._threads[index] = None
+
+    def close(self) -> None:
+        """Stop the wake-up threads (within ``max_block``); close the client if it is our own."""
+        self._closed.set()
+        if self._own_client and self._client is not None and not self.connection.is_memory:
+            try:
+                self._client.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass

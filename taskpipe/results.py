@@ -55,12 +55,18 @@ class AsyncResult:
         raw = self._ch.get_result(self.id, timeout=timeout)
         if raw is None:
             return None
+        self._accept(raw)
+        return self._record
+
+    def _accept(self, raw: bytes) -> None:
+        """Take the job's result as published on ``job.finish`` (kept even when not stored)."""
+        if self._record is not None:
+            return
         try:
             self._record = decode_result(raw)
         except SerializationError:
             # a raw (Thoonk-native) result: bytes as the legacy clients published them
             self._record = ResultRecord(ok=True, value=raw, exc_type="", exc_message="", traceback="")
-        return self._record
 
     @property
     def state(self) -> str:

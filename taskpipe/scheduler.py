@@ -389,12 +389,13 @@ class Scheduler:
         sec, usec = self.app.thoonk.client.time()
         return int(sec) * 1000 + int(usec) // 1000
 
-    def tick(self) -> float:
-        """Handle every entry once at the server's now; returns seconds until the next pass."""
+    def tick(self, now_ms: int | None = None) -> float:
+        """Handle every entry once at ``now_ms`` (default: the Redis server's clock, which is
+        the authority at run time; tests inject it); returns seconds until the next pass."""
         if not self.entries:
             return self.max_sleep
         client = self.app.thoonk.client
-        now = self.server_ms()
+        now = self.server_ms() if now_ms is None else int(now_ms)
         pipe = client.pipeline(transaction=False)
         for e in self.entries:
             pipe.hget(self._keys.cron_state(e.name), "cursor")

@@ -372,10 +372,13 @@ def _open(data: bytes, magic: bytes, kind: str) -> tuple[str, dict[Any, Any]]:
 
 
 def _str_keyed(value: Any) -> bool:
-    return type(value) is dict and all(type(key) is str for key in value)
+    return type(value) is dict and (not value or all(type(key) is str for key in value))
 
 
 def _job_problems(task: Any, args: Any, kwargs: Any, options: Any) -> str:
+    if (type(task) is str and task and (type(args) is list or type(args) is tuple)
+            and _str_keyed(kwargs) and _str_keyed(options)):
+        return ""  # the common case, checked without building anything
     problems = []
     if type(task) is not str or not task:
         problems.append(f"task name must be a non-empty str, got {_short(task)}")

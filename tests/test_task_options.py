@@ -257,14 +257,14 @@ def test_retries_until_success(app: TaskPipe) -> None:
         return len(seen)
 
     r = flaky.delay()
-    stats = burst(app, max_block=1.0)  # waits for retries due within max_block
+    stats = burst(app, max_block=0.5)  # a burst worker waits for retries due within max_block
     assert stats == {"retried": 2, "finished": 1}
     assert r.get(timeout=5) == 3
     assert seen == [(0, 0), (1, 0), (2, 0)]
 
 
 def test_retry_waits_delayed_with_backoff_and_jitter(app: TaskPipe) -> None:
-    @app.task(name="retry.backoff", retries=2, retry_backoff="1h")
+    @app.task(name="retry.backoff", retries=2, retry_backoff="1m")
     def fail() -> None:
         raise ValueError("down")
 
@@ -275,7 +275,7 @@ def test_retry_waits_delayed_with_backoff_and_jitter(app: TaskPipe) -> None:
     assert r.state == "delayed" and info.attempts == 1 and info.cancel_count == 0
     wait = int(info.due_ms or 0) - before
     # attempt 1: the base backoff, half fixed and half random ("equal jitter")
-    assert HOUR_MS // 2 - 1000 <= wait <= HOUR_MS + 1000
+    assert 30_000 - 1000 <= wait <= 60_000 + 1000
     with pytest.raises(TimeoutError):
         r.get(timeout=0.05)
 
@@ -285,11 +285,17 @@ def test_retry_backoff_max_caps_the_wait(app: TaskPipe) -> None:
     def fail() -> None:
         raise ValueError("down")
 
-    r = fail.delay()
+    @app.task(name="retry.app_cap", retries=1, retry_backoff="1h")
+    def fail_too() -> None:
+        raise ValueError("down")
+
+    r, r_app = fail.delay(), fail_too.delay()
     before = server_ms(app)
-    burst(app)
+    assert burst(app) == {"retried": 2}
     wait = int(r.info().due_ms or 0) - before
     assert 5_000 - 1000 <= wait <= 10_000 + 1000
+    wait = int(r_app.info().due_ms or 0) - before  # the app's retry_backoff_max: 10m
+    assert 300_000 - 1000 <= wait <= 600_000 + 1000
 
 
 def test_backoff_is_exponential_with_jitter() -> None:
@@ -323,7 +329,7 @@ def test_retry_budget_used_up_fails(app: TaskPipe) -> None:
         raise KeyError("missing")
 
     r1, r2 = again.delay(), broken.delay()
-    assert burst(app, max_block=1.0) == {"retried": 3, "failed": 2}
+    assert burst(app) == {"retried": 3, "failed": 2}
     with pytest.raises(TaskFailed) as info:
         r1.get(timeout=5)
     assert info.value.exc_type == "MaxRetriesExceeded" and "3 attempts" in info.value.exc_message
@@ -345,7 +351,7 @@ def test_retries_call_option_and_app_default(broker_url: str, prefix: str) -> No
     count.delay("app-default")                   # 1 retry: 2 runs
     count.apply_async(["none"], retries=0)       # 1 run
     count.apply_async(["three"], retries=3)      # 4 runs
-    burst(app, max_block=1.0)
+    burst(app)
     assert sorted(runs) == sorted(["app-default"] * 2 + ["none"] + ["three"] * 4)
     app.close()
 
@@ -366,7 +372,7 @@ def test_attempts_are_counted_apart_from_cancels(app: TaskPipe) -> None:
         claim = ch.claim(1, 30_000, "test")[0]
         ch.cancel(claim.id, token=claim.token)
     assert r.info().cancel_count == 2 and r.info().attempts == 0
-    burst(app, max_block=1.0)
+    burst(app)
     assert seen == [(0, 2), (1, 2)]
     assert r.state == "failed"
 
@@ -377,7 +383,7 @@ def test_stall_on_failure(app: TaskPipe) -> None:
         raise ValueError(f"bad {x}")
 
     r = park.delay(7)
-    assert burst(app, max_block=1.0) == {"retried": 1, "stalled": 1}
+    assert burst(app) == {"retried": 1, "stalled": 1}
     assert r.state == "stalled"
     assert app.channel().stall_reason(r.id) == "failed: ValueError: bad 7"
     with pytest.raises(TimeoutError):

@@ -152,7 +152,7 @@ def test_task_decorator_bare_and_local_call(app: TaskPipe) -> None:
 
     assert isinstance(add, Task)
     assert add.name == f"{__name__}.test_task_decorator_bare_and_local_call.<locals>.add"
-    assert add.__name__ == "add"
+    assert add.__name__ == "add"  # type: ignore[attr-defined]  # set by functools.update_wrapper
     assert add.channel == "default" and add.options.priority is False
     assert app.get_task(add.name) is add
     assert add(2, 3) == 5  # runs here and now: nothing published
@@ -364,6 +364,8 @@ def test_custom_id_after_finish_runs_again(app: TaskPipe) -> None:
     assert runs == [1] and first.get(timeout=5) == 10
     second = again.apply_async([3], id="nightly")  # finished: the id is free again
     assert second.state == "available"
+    with pytest.raises(TimeoutError):  # the earlier run's result is not mistaken for this one's
+        second.get(timeout=0.05)
     assert app.channel().counts()["published_total"] == 2
     burst(app)
     assert runs == [1, 3]
@@ -395,6 +397,22 @@ def test_on_finish_callable(app: TaskPipe) -> None:
     assert isinstance(err, TaskFailed) and err.exc_type == "ZeroDivisionError"
     assert thread == "taskpipe-on-finish"
     assert app.finish_watcher.pending() == 0
+
+
+def test_on_finish_callable_gets_an_unstored_result(app: TaskPipe) -> None:
+    """With result_ttl=0 nothing is stored, but the finish message carries the value."""
+
+    @app.task(name="cb.unstored", result_ttl=0)
+    def unstored(x: int) -> int:
+        return x + 1
+
+    got: list[Any] = []
+    fired = threading.Event()
+    r = unstored.apply_async([41], on_finish=lambda value, _: (got.append(value), fired.set()))
+    burst(app)
+    assert fired.wait(10)
+    assert got == [42]
+    assert app.AsyncResult(r.id).state == "finished"
 
 
 def test_on_finish_signature(app: TaskPipe) -> None:

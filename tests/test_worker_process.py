@@ -250,7 +250,8 @@ class Harness:
         return int(self.r.get(f"{self.prefix}ledger:{job_id}") or 0)
 
     def starts(self) -> list[str]:
-        return [x.decode() for x in self.r.lrange(f"{self.prefix}starts", 0, -1)]
+        raw: list[bytes] = self.r.lrange(f"{self.prefix}starts", 0, -1)  # type: ignore[assignment]
+        return [x.decode() for x in raw]
 
     def flag(self, name: str, job_id: str) -> int | None:
         value = self.r.get(f"{self.prefix}{name}:{job_id}")
@@ -492,7 +493,7 @@ def test_channels_from_the_environment(harness: Harness, var: str) -> None:
     a = harness.send("record", "on-a", channel="env-a")
     b = harness.send("record", "on-b", channel="env-b")
     other = harness.app.send("record", ("not-mine",))  # default channel: not consumed
-    w = harness.worker("--burst", **{var: "env-a,env-b"})
+    w = harness.worker("--burst", env=harness.env(**{var: "env-a,env-b"}))
     assert w.wait() == 0, w.output()
     assert (a.get(timeout=1), b.get(timeout=1)) == ("on-a", "on-b")
     assert harness.runs(other.id) == 0 and other.info().state == "available"

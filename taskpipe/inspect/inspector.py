@@ -305,6 +305,15 @@ class Inspector:
         stalled now) is accepted; a job is retracted only if it is still stalled.
         """
         ch = self.channel(channel)
+        self.check_clean(state, older_than_s, batch)
+        now = self.server_time_ms() if now_ms is None else now_ms
+        report = CleanReport(channel, state, now - int(older_than_s * 1000), dry_run=dry_run)
+        (clean_finished if state == "finished" else clean_stalled)(ch, report, batch, on_progress)
+        return report
+
+    @staticmethod
+    def check_clean(state: str, older_than_s: float, batch: int = 500) -> None:
+        """Raise ``ConfigError`` if ``clean`` would refuse these arguments (nothing is read)."""
         if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 1000:
             raise ConfigError(f"batch must be an int from 1 to 1000, got {batch!r}")
         if not math.isfinite(older_than_s) or older_than_s < 0:
@@ -315,10 +324,6 @@ class Inspector:
             raise ConfigError(
                 "stalled jobs carry no stall time in this schema, so the age must be 0 "
                 "(--older-than 0: retract every job stalled now); see docs/cli.md")
-        now = self.server_time_ms() if now_ms is None else now_ms
-        report = CleanReport(channel, state, now - int(older_than_s * 1000), dry_run=dry_run)
-        (clean_finished if state == "finished" else clean_stalled)(ch, report, batch, on_progress)
-        return report
 
     def count_cleanable(self, channel: str, state: str, older_than_s: float,
                         now_ms: int | None = None) -> int:

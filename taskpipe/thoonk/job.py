@@ -7,11 +7,13 @@ durable results with a TTL and per-job progress and logs.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from taskpipe.connection import key_slot
 from taskpipe.errors import JobNotFound, LeaseLost, WrongJobState
 from taskpipe.thoonk.keys import JobKeys
 
@@ -27,9 +29,11 @@ FINISHED_INDEX_MS = 7 * 24 * 3600 * 1000  # how long the finished-id index remem
 
 def new_id() -> str:
     """A fresh job id (uuid4 hex, as thoonk.py makes them)."""
-    import uuid
-
-    return uuid.uuid4().hex
+    # the bits of uuid.uuid4().hex (random, version 4, RFC 4122 variant), without building a UUID
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return raw.hex()
 
 
 def _b(value: Any) -> bytes:
@@ -159,8 +163,9 @@ class JobChannel:
         chunk_args: list[Any] = []
         batch = max(1, min(batch, 1000))
         for req in requests:
-            req = PutRequest(_b(req.item), _check_id(req.id), req.priority, req.delay_ms, req.eta_ms)
-            job_id = req.id or new_id()
+            if type(req.item) is not bytes:
+                req = PutRequest(_b(req.item), req.id, req.priority, req.delay_ms, req.eta_ms)
+            job_id = _check_id(req.id) or new_id()
             chunk_ids.append(job_id)
             chunk_args += self._put_args(job_id, req)
             if len(chunk_ids) >= batch:
@@ -438,8 +443,13 @@ def claim_from(thoonk: Thoonk, channels: Sequence[JobChannel], count: int, lease
                worker: str, promote_limit: int = 100) -> tuple[list[Claim], int | None, int]:
     """Claim up to ``count`` jobs from ``channels`` in strict order, in one script call.
 
-    Returns ``(claims, next_due_ms or None, server_now_ms)``.
+    Returns ``(claims, next_due_ms or None, server_now_ms)``. On a Redis Cluster, channels in
+    different slots cannot share a script call: see ``_claim_by_slot``.
     """
+    if thoonk.connection.is_cluster and len(channels) > 1:
+        runs = _slot_runs(channels)
+        if len(runs) > 1:
+            return _claim_by_slot(thoonk, runs, count, lease_ms, worker, promote_limit)
     keys: list[str] = []
     for ch in channels:
         keys += ch.claim_keys
@@ -450,28 +460,74 @@ def claim_from(thoonk: Thoonk, channels: Sequence[JobChannel], count: int, lease
     return claims, (nxt if nxt >= 0 else None), now
 
 
+def _slot_runs(channels: Sequence[JobChannel]) -> list[list[JobChannel]]:
+    """Split the ordered channel list into runs of consecutive channels sharing one cluster slot.
+
+    Only *consecutive* channels are merged: merging ``a`` and ``c`` of ``[a, b, c]`` would look
+    at ``c`` before ``b`` and break strict order.
+    """
+    runs: list[list[JobChannel]] = []
+    last = -1
+    for ch in channels:
+        slot = key_slot(ch.keys.ids)
+        if runs and slot == last:
+            runs[-1].append(ch)
+        else:
+            runs.append([ch])
+            last = slot
+    return runs
+
+
+def _claim_by_slot(thoonk: Thoonk, runs: list[list[JobChannel]], count: int, lease_ms: int,
+                   worker: str, promote_limit: int) -> tuple[list[Claim], int | None, int]:
+    """Redis Cluster: one claim script call per slot run, in order, until ``count`` jobs are held.
+
+    Each call is atomic and strict within its run; across runs, order is strict as of the moment
+    each run was looked at (a job put into an earlier slot after its call is claimed next time).
+    Every node has its own clock, so the returned ``(next_due, now)`` pair comes from the one
+    node whose next due job is nearest (callers only use the difference).
+    """
+    claims: list[Claim] = []
+    best: tuple[int, int, int] | None = None  # (due - now, due, now)
+    now = 0
+    for run in runs:
+        got, nxt, now = claim_from(thoonk, run, count - len(claims), lease_ms, worker, promote_limit)
+        claims += got
+        if nxt is not None and (best is None or nxt - now < best[0]):
+            best = (nxt - now, nxt, now)
+        if len(claims) >= count:
+            break
+    return (claims, best[1], best[2]) if best is not None else (claims, None, now)
+
+
 def wait_and_claim(thoonk: Thoonk, channels: Sequence[JobChannel], count: int, lease_ms: int,
                    worker: str, timeout: float | None, block_client: Any = None,
                    max_block: float = 1.0) -> list[Claim]:
     """Claim jobs, blocking up to ``timeout`` seconds (0 = forever, None = no wait) while empty.
 
-    Blocks on the channels' wake-up lists (``BLPOP``), never busy-polls. A wake-up marker that
-    was lost costs at most ``max_block`` seconds; a delayed job is claimed when due.
+    Blocks on the channels' wake-up lists (one ``BLPOP``; per slot on a Redis Cluster, see
+    ``taskpipe.connection.ListWaiter``), never busy-polls. A wake-up marker that was lost costs
+    at most ``max_block`` seconds; a delayed job is claimed when due.
     """
     deadline = None if not timeout else time.monotonic() + timeout
-    client = block_client
-    while True:
-        claims, next_due, now = claim_from(thoonk, channels, count, lease_ms, worker)
-        if claims or timeout is None:
-            return claims
-        wait = max_block
-        if next_due is not None:
-            wait = min(wait, max(0.001, (next_due - now) / 1000.0))
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return []
-            wait = min(wait, remaining)
-        if client is None:
-            client = thoonk.connection.new_client()
-        client.blpop([ch.keys.wake for ch in channels], timeout=max(wait, 0.001))
+    waiter = None
+    try:
+        while True:
+            claims, next_due, now = claim_from(thoonk, channels, count, lease_ms, worker)
+            if claims or timeout is None:
+                return claims
+            wait = max_block
+            if next_due is not None:
+                wait = min(wait, max(0.001, (next_due - now) / 1000.0))
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                wait = min(wait, remaining)
+            if waiter is None:
+                waiter = thoonk.connection.list_waiter([ch.keys.wake for ch in channels],
+                                                       client=block_client, max_block=max_block)
+            waiter.wait(wait)
+    finally:
+        if waiter is not None:
+            waiter.close()

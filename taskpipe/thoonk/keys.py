@@ -13,9 +13,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Keyspace", "FeedKeys", "JobKeys", "SCHEMA_VERSION"]
+__all__ = ["Keyspace", "FeedKeys", "JobKeys", "SCHEMA_VERSION", "has_hash_tag", "cluster_name"]
 
 SCHEMA_VERSION = "1"
+
+
+def has_hash_tag(text: str) -> bool:
+    """True if ``text`` carries a Redis Cluster hash tag, read the way Redis reads it: the first
+    ``{`` and the first ``}`` after it, with at least one character between (``{}`` is no tag)."""
+    start = text.find("{")
+    return start >= 0 and text.find("}", start + 1) > start + 1
+
+
+def cluster_name(name: str) -> str:
+    """A channel name whose keys all land in one Redis Cluster slot: ``emails`` -> ``{emails}``.
+
+    Every per-channel key is ``<prefix>feed.<x>:<name>[:<id>]`` and the fixed parts hold no
+    brace, so the name's tag decides the slot. A name that already has a tag is kept as is.
+    """
+    return name if has_hash_tag(name) else "{" + name + "}"
 
 
 @dataclass(frozen=True)

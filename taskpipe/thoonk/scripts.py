@@ -64,7 +64,9 @@ class Script:
 
     def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
         """Add a call to a pipeline (the caller loads scripts first with ``ScriptRegistry.load_all``)."""
-        pipe.evalsha(self.sha, len(keys), *keys, *args)
+        # execute_command, not pipe.evalsha: redis-py's ClusterPipeline blocks the evalsha method
+        # but routes a queued EVALSHA by its keys' slot like any keyed command
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 class ScriptRegistry:

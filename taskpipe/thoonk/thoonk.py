@@ -64,8 +64,25 @@ class Thoonk:
         args: list[Any] = [name, self.instance, self.keys.ch_newfeed, self.keys.ch_conffeed]
         for key, value in fields.items():
             args += [key, str(value)]
+        if self.connection.is_cluster:
+            return self._cluster_create(name, args)
         created = self.scripts["create"](self.client, [self.keys.feeds, self.keys.feed(name).config], args)
         return bool(created)
+
+    # Redis Cluster: the global `feeds` SET and `feed.config:<f>` live in different slots and a
+    # script may only touch one slot, so the registry is updated in its own idempotent step:
+    # create = config first, then SADD feeds + newfeed/conffeed; delete = the reverse. The
+    # config (its `type` field) is the record that an object exists; `feeds` is the index. A
+    # crash between the steps leaves a config without registration, which the next open (or
+    # create, or delete) completes. See docs/topologies.md.
+    def _cluster_create(self, name: str, args: list[Any]) -> bool:
+        created = self.scripts["config_create"](self.client, [self.keys.feed(name).config], args[4:])
+        self._register(name)
+        return bool(created)
+
+    def _register(self, name: str) -> None:
+        self.scripts["registry_add"](self.client, [self.keys.feeds],
+                                     [name, self.instance, self.keys.ch_newfeed, self.keys.ch_conffeed])
 
     def exists(self, name: str) -> bool:
         """True if an object with that name is registered."""
@@ -92,7 +109,10 @@ class Thoonk:
         args: list[Any] = [name, self.instance, self.keys.ch_conffeed]
         for key, value in fields.items():
             args += [key, "" if value is None else str(value)]
-        ok = self.scripts["set_config"](self.client, [self.keys.feeds, self.keys.feed(name).config], args)
+        if self.connection.is_cluster:  # one slot: existence = the config has a type
+            ok = self.scripts["config_set"](self.client, [self.keys.feed(name).config], args)
+        else:
+            ok = self.scripts["set_config"](self.client, [self.keys.feeds, self.keys.feed(name).config], args)
         if not ok:
             raise FeedDoesNotExist(f"no Thoonk object named {name!r}")
 
@@ -101,8 +121,13 @@ class Thoonk:
         type_ = self.get_type(name)
         keys = (self.keys.job_object_keys(name) if type_ == "job"
                 else self.keys.feed_object_keys(name))
-        ok = self.scripts["delete"](self.client, [self.keys.feeds, *keys],
-                                    [name, self.instance, self.keys.ch_delfeed])
+        if self.connection.is_cluster:  # unregister first, then DEL every key (one slot)
+            removed = self.scripts["registry_remove"](self.client, [self.keys.feeds],
+                                                      [name, self.instance, self.keys.ch_delfeed])
+            ok = self.client.delete(*keys) > 0 or bool(removed)
+        else:
+            ok = self.scripts["delete"](self.client, [self.keys.feeds, *keys],
+                                        [name, self.instance, self.keys.ch_delfeed])
         if not ok:
             raise FeedDoesNotExist(f"no Thoonk object named {name!r}")
 
@@ -116,6 +141,8 @@ class Thoonk:
                 self.client.hsetnx(self.keys.feed(name).config, "type", type)
                 self.client.hsetnx(self.keys.feed(name).config, "schema", SCHEMA_VERSION)
                 actual = self.get_type(name) or type
+        elif self.connection.is_cluster:
+            self._register(name)  # idempotent: completes a create that crashed between its steps
         if actual != type:
             raise WrongFeedType(f"Thoonk object {name!r} is a {actual}, not a {type}")
 

@@ -36,7 +36,7 @@ class ThreadPool:
     def __init__(self, app: TaskPipe, size: int) -> None:
         self.app = app
         self.size = size
-        self._queue: queue.Queue[tuple[Prepared, Done] | None] = queue.Queue()
+        self._queue: queue.SimpleQueue[tuple[Prepared, Done] | None] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._loop, name=f"taskpipe-job-{i}", daemon=True)
                          for i in range(size)]
         for t in self._threads:

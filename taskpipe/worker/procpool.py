@@ -93,8 +93,9 @@ def _child_main(fd: int) -> None:
     _die_with_parent()
     conn = Pipe(fd)
     try:
-        path, app_path = conn.recv()
+        path, app_path, level = conn.recv()
         sys.path[:] = path
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from taskpipe.cli.main import load_app
         from taskpipe.context import JobLogHandler
 
@@ -134,7 +135,7 @@ class _Child:
         self.pid = self.proc.pid
         self.ready = False
         self._send_lock = threading.Lock()
-        self.send((list(sys.path), app_path))
+        self.send((list(sys.path), app_path, logging.getLogger().getEffectiveLevel()))
 
     def send(self, message: Any) -> bool:
         """Send a message to the child; False if its pipe is closed."""
@@ -204,7 +205,7 @@ class ProcessPool:
             raise ConfigError("the process pool needs the app as 'module:app' (taskpipe worker "
                               "-A module:app, or Worker(..., app_path='module:app')) so its "
                               "child processes can import it")
-        if getattr(app.connection, "scheme", "") in ("memory", "client"):
+        if getattr(app.connection, "scheme", "") == "memory":
             raise ConfigError("the process pool needs a broker its child processes can reach; "
                               f"{app.broker_url!r} lives inside this process (use the thread pool)")
         if size < 1:

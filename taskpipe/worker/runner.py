@@ -109,7 +109,7 @@ def decide_failure(app: TaskPipe, prepared: Prepared, exc: BaseException, tb: st
         else:
             base = parse_duration(_opt(env, task, app, "retry_backoff") or 0)
             cap = parse_duration(_opt(env, task, app, "retry_backoff_max") or base)
-            delay = backoff_delay(attempt, base, max(cap, base))
+            delay = backoff_delay(attempt, base, cap)  # retry_backoff_max may be below the base
         return Outcome("retry", claim, exc_type=name, exc_message=str(exc), traceback=tb,
                        delay=delay, envelope=env, task=task)
     if isinstance(exc, Retry):

@@ -80,15 +80,24 @@ class Worker:
         self.max_block = max_block
         self.heartbeat_interval = heartbeat_interval
         self.capture_logs = capture_logs
-        self.channels: list[JobChannel] = [app.channel(c) for c in self.channel_names]
+        self.channels: list[JobChannel] = []
+        try:
+            self.channels = [app.channel(c) for c in self.channel_names]
+        except _BROKER_ERRORS:
+            pass  # Redis is down at start: run() opens them once it is reachable
         self.writer = OutcomeWriter(app)
         self.registry = WorkerRegistry(app)
         self.claimed_total = 0
         self.started_at = time.time()
-        self._running: dict[tuple[str, str], Claim] = {}
+        self._running: dict[tuple[str, str], Claim] = {}  # every claim held, outcome written or not
+        self._executing = 0  # claims handed to the pool whose task has not returned yet
+        # claims whose outcome is still being written do not take an execution slot, so the next
+        # claim overlaps the previous finish; this bounds how many such claims can pile up
+        self._max_held = 2 * self.concurrency
+        self._settled = 0  # outcomes written so far (burst mode: did one land during a claim?)
         self._running_lock = threading.Lock()
         self._slot = threading.Condition(self._running_lock)
-        self._done: queue.Queue[Outcome] = queue.Queue()
+        self._done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._stop_now = threading.Event()
         self._block_client: Any = None
@@ -97,6 +106,7 @@ class Worker:
         self._scheduler: Any = None
         self._broker_failures = 0
         self._last_broker_log = 0.0
+        self._policy_checked = False
 
     # control --------------------------------------------------------------------------------
     def stop(self, graceful: bool = True) -> None:
@@ -104,6 +114,8 @@ class Worker:
         if not graceful or self._stopping.is_set():
             self._stop_now.set()
         self._stopping.set()
+        if self._scheduler is not None:
+            self._scheduler.stop(timeout=0)
         with self._slot:
             self._slot.notify_all()
 
@@ -175,9 +187,12 @@ class Worker:
 
     def _loop(self) -> None:
         lease_ms = int(self.lease_s * 1000)
+        waiter: Any = None  # blocks on the wake keys: one BLPOP (one per slot on a Redis Cluster)
         while not self._stopping.is_set():
+            if not self.channels and not self._open_channels():
+                continue
             with self._slot:
-                free = self.concurrency - len(self._running)
+                free = min(self.concurrency - self._executing, self._max_held - len(self._running))
                 if free <= 0:
                     self._slot.wait(0.5)
                     continue
@@ -186,19 +201,25 @@ class Worker:
                 if free <= 0:
                     self._wait_idle()
                     return
+            settled = self._settled
             try:
                 claims, next_due, now = claim_from(self.app.thoonk, self._ordered_channels(),
                                                    min(free, self.batch), lease_ms, self.name)
             except _BROKER_ERRORS as exc:
                 self._broker_down(exc)
                 continue
+            if self._broker_failures:
+                log.info("broker reachable again (after %d failed tries)", self._broker_failures)
             self._broker_failures = 0
+            if not self._policy_checked:
+                self._check_eviction_policy()
             if claims:
                 self._start(claims)
                 continue
             if self.burst:
                 with self._running_lock:
-                    idle = not self._running
+                    # an outcome written while we claimed (e.g. a cancel) may have put a job back
+                    idle = not self._running and self._settled == settled
                 due_soon = next_due is not None and next_due - now <= self.max_block * 1000
                 if idle and self._done.empty() and not due_soon:
                     return
@@ -206,9 +227,45 @@ class Worker:
             if next_due is not None:
                 wait = min(wait, max(0.001, (next_due - now) / 1000.0))
             try:
-                self._block_client.blpop([c.keys.wake for c in self.channels], timeout=wait)
+                wake = [c.keys.wake for c in self.channels]
+                if waiter is None or waiter.keys != wake:
+                    waiter = self.app.connection.list_waiter(wake, client=self._block_client,
+                                                             max_block=self.max_block)
+                waiter.wait(wait)
             except _BROKER_ERRORS as exc:
                 self._broker_down(exc)
+
+    def _open_channels(self) -> bool:
+        """Open (create if needed) the channels; False (after a backoff) while Redis is down."""
+        try:
+            self.channels = [self.app.channel(c) for c in self.channel_names]
+        except _BROKER_ERRORS as exc:
+            self._broker_down(exc)
+            return False
+        return True
+
+    def _check_eviction_policy(self) -> None:
+        """Warn once if Redis may evict keys: any ``maxmemory-policy`` but ``noeviction`` can
+        silently drop jobs, leases or results under memory pressure. A server where ``CONFIG``
+        is disabled or renamed (managed Redis) is tolerated: nothing is logged but a debug line."""
+        try:
+            reply = self.app.connection.client.config_get("maxmemory-policy")
+        except _BROKER_ERRORS:
+            return  # checked again after the next successful claim
+        except Exception as exc:  # noqa: BLE001 - CONFIG disabled, renamed, or not supported
+            self._policy_checked = True
+            log.debug("cannot read maxmemory-policy (%s); eviction policy not checked", exc)
+            return
+        self._policy_checked = True
+        policy: Any = None
+        if isinstance(reply, dict):
+            for key, value in reply.items():
+                if (key.decode() if isinstance(key, bytes) else str(key)) == "maxmemory-policy":
+                    policy = value.decode() if isinstance(value, bytes) else str(value)
+        if policy is not None and policy != "noeviction":
+            log.warning("Redis maxmemory-policy is %r, not 'noeviction': under memory pressure "
+                        "Redis may evict jobs, leases and results. Set maxmemory-policy "
+                        "noeviction on the broker.", policy)
 
     def _broker_down(self, exc: BaseException) -> None:
         """Back off (capped at 5 s) while Redis is unreachable; log rarely, not once per try."""
@@ -229,9 +286,17 @@ class Worker:
         with self._running_lock:
             for c in claims:
                 self._running[(c.channel, c.id)] = c
+            self._executing += len(claims)
         for c in claims:
             prepared = prepare(self.app, c)
-            self._pool.submit(prepared, self._done.put)
+            self._pool.submit(prepared, self._job_done)
+
+    def _job_done(self, outcome: Outcome) -> None:
+        """Called by the pool when a task returned: free its execution slot, queue its outcome."""
+        self._done.put(outcome)
+        with self._slot:
+            self._executing -= 1
+            self._slot.notify_all()
 
     def _drain(self) -> None:
         """After the loop: wait up to ``grace`` for running jobs, then send the rest back."""
@@ -282,6 +347,7 @@ class Worker:
                     key = (o.claim.channel, o.claim.id)
                     if self._running.get(key) == o.claim:
                         del self._running[key]
+                self._settled += len(batch)
                 self._slot.notify_all()
 
     def _write_with_retry(self, outcomes: list[Outcome]) -> None:

@@ -218,7 +218,7 @@ def _describe(entry: Any) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - fall back to attributes
             pass
     out: dict[str, Any] = {}
-    for attr in ("name", "task", "expr", "tz", "channel", "args", "kwargs", "enabled"):
+    for attr in ("name", "task", "expr", "tz", "channel", "args", "kwargs", "misfire"):
         if hasattr(entry, attr):
             out[attr] = jsonable(getattr(entry, attr))
     return out or {"name": repr(entry)}

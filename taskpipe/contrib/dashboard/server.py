@@ -8,7 +8,8 @@ Security model:
   ``basic``: HTTP basic auth ``(user, password)``; with both, either is accepted;
 - actions are ``POST`` requests that must carry the ``X-Taskpipe: 1`` header (a cross-site form
   can't send it), so a logged-in browser can't be made to retry or retract by another site;
-- static assets hold no data and are served without auth; every page is built with
+- static assets and the page shell hold no data and are served without auth (the shell only
+  with token auth: with basic auth it is protected so the browser asks); every page is built with
   ``textContent`` (no HTML from job data) under a strict Content-Security-Policy.
 """
 
@@ -112,7 +113,7 @@ class Dashboard:
         """The bytes of a packaged static file, or None."""
         if name not in _STATIC:
             return None
-        return resources.files("taskpipe.contrib.dashboard").joinpath("static", name).read_bytes()
+        return resources.files("taskpipe.contrib.dashboard").joinpath("static").joinpath(name).read_bytes()
 
     def serve(self, host: str = "127.0.0.1", port: int = 8000) -> DashboardServer:
         """Start serving on a daemon thread; ``port=0`` picks a free port."""
@@ -219,6 +220,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if parts == ["healthz"]:
             self._json(200, {"ok": True})
+            return
+        if method in ("GET", "HEAD") and parts in ([""], ["index.html"]) \
+                and self.dashboard.basic is None:
+            # the page shell holds no data: with token auth it loads and asks for the token;
+            # with basic auth it is protected so the browser prompts for credentials
+            self._send(200, self.dashboard.static("index.html") or b"", _STATIC["index.html"])
             return
         if not self.dashboard.check_auth(self.headers, query):
             extra = {"WWW-Authenticate": 'Basic realm="taskpipe", charset="UTF-8"'} \

@@ -1,0 +1,483 @@
+"""The fault harness: a task module, real worker/scheduler subprocesses, an execution ledger
+kept in a second redis-server, and the end-of-test invariant check.
+
+- ``FAULT_APP`` is written to a temp dir as the task module; worker subprocesses run
+  ``python -m taskpipe worker -A <module>:app`` and read their broker URL, key prefix and
+  ledger URL from env vars. Each execution of a task INCRs ``<prefix>ledger:<job id>`` and
+  RPUSHes ``<pid>:<fencing token>`` to ``<prefix>runs:<job id>`` in the **ledger** Redis, which
+  the fault tests never restart, freeze or fill up, so the ledger survives every broker fault.
+- ``run_worker_subprocess`` starts one worker (or ``scheduler``) process, output in a log file.
+- ``Fault.check_invariants`` runs at the end of every test: each published job is in exactly
+  one terminal state (finished, failed-finished or stalled), ran no more often than allowed,
+  nothing is left available/claimed/delayed, and every taskpipe key outside the channel
+  structures has a TTL (per-job result and log keys included).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from taskpipe.app import TaskPipe
+from taskpipe.cli.main import load_app
+from taskpipe.results import AsyncResult
+
+__all__ = ["FAULT_APP", "SITECUSTOMIZE", "WorkerProc", "Fault", "run_worker_subprocess", "wait_for",
+           "LEASE_LOST_PATTERNS"]
+
+FAULT_APP = '''
+"""Task module of the fault tests (written by the harness to a temp dir)."""
+import os
+import time
+
+import redis
+
+from taskpipe import TaskPipe, current_job
+
+BROKER = os.environ["TP_FAULT_BROKER"]
+PREFIX = os.environ["TP_FAULT_PREFIX"]
+if os.environ.get("TP_FAULT_NAMED"):
+    # name this process's broker connections so a test can CLIENT KILL exactly them
+    BROKER += ("&" if "?" in BROKER else "?") + f"client_name=tp-worker-{os.getpid()}"
+app = TaskPipe("fault", broker=BROKER, prefix=PREFIX,
+               lease=os.environ.get("TP_FAULT_LEASE", "1s"),
+               max_cancels=int(os.environ.get("TP_FAULT_MAX_CANCELS", "3")))
+L = redis.Redis.from_url(os.environ["TP_FAULT_LEDGER"])  # the ledger lives in its own Redis
+B = redis.Redis.from_url(os.environ["TP_FAULT_BROKER"])  # for TIME only
+
+
+def _mark():
+    """Ledger: INCR per execution, plus who ran it under which fencing token."""
+    job = current_job()
+    pipe = L.pipeline(transaction=False)
+    pipe.incr(PREFIX + "ledger:" + job.id)
+    pipe.rpush(PREFIX + "runs:" + job.id, f"{os.getpid()}:{job.claim.token}")
+    return job, int(pipe.execute()[0])
+
+
+@app.task(name="record")
+def record(tag):
+    _mark()
+    return tag
+
+
+@app.task(name="noop")
+def noop():
+    L.incr(PREFIX + "ledger:" + current_job().id)
+
+
+@app.task(name="nap")
+def nap(seconds, tag=None):
+    """Sleeps on every run (a job that takes time)."""
+    _mark()
+    time.sleep(seconds)
+    return tag
+
+
+@app.task(name="slow")
+def slow(seconds):
+    """Sleeps on its first run only (a rerun after a crash finishes at once); returns the pid."""
+    _job, n = _mark()
+    if n == 1:
+        time.sleep(seconds)
+    return os.getpid()
+
+
+@app.task(name="gated")
+def gated():
+    """Blocks until the test opens gate:<id>:<run number>; returns the pid."""
+    job, n = _mark()
+    L.set(PREFIX + f"started:{job.id}:{n}", os.getpid())
+    L.blpop([PREFIX + f"gate:{job.id}:{n}"], timeout=60)
+    return os.getpid()
+
+
+@app.task(name="stamp")
+def stamp():
+    """Records the broker's clock (Redis TIME, ms) when the run starts."""
+    job, _n = _mark()
+    sec, usec = B.time()
+    L.set(PREFIX + "stamp:" + job.id, int(sec) * 1000 + int(usec) // 1000)
+    return os.getpid()
+
+
+@app.task(name="poison")
+def poison():
+    _mark()
+    os.kill(os.getpid(), 9)
+
+
+@app.task(name="big_result")
+def big_result(n):
+    _mark()
+    return "x" * n
+
+
+@app.task(name="bad_result")
+def bad_result():
+    _mark()
+    return object()
+
+
+if os.environ.get("TP_FAULT_V2"):
+    # the new release of a rolling deploy: one more task
+    @app.task(name="fault.v2")
+    def v2(x):
+        _mark()
+        return x * 2
+
+
+if os.environ.get("TP_FAULT_CRON"):
+    @app.task(name="tick")
+    def tick():
+        _mark()
+
+    app.add_cron("tick", "* * * * * *", name="tick")
+
+
+# --- test-only hooks (never in taskpipe): hold a job in a window of the worker -----------------
+if os.environ.get("TP_FAULT_HOLD_RUN"):
+    # claimed and handed to the pool, but the task function has not started
+    import taskpipe.worker.pools as _pools
+
+    _orig_run = _pools.run_prepared
+
+    def _held_run(app_, prepared, channel, *a, **kw):
+        L.set(PREFIX + "claimed:" + prepared.claim.id, os.getpid())
+        L.blpop([PREFIX + "gate:run:" + prepared.claim.id], timeout=60)
+        return _orig_run(app_, prepared, channel, *a, **kw)
+
+    _pools.run_prepared = _held_run
+
+if os.environ.get("TP_FAULT_HOLD_FINISH"):
+    # the task returned; its outcome is not written yet
+    from taskpipe.worker.outcomes import OutcomeWriter
+
+    _orig_write = OutcomeWriter.write
+
+    def _held_write(self, outcomes):
+        if outcomes:
+            for o in outcomes:
+                L.set(PREFIX + "returned:" + o.claim.id, os.getpid())
+            L.blpop([PREFIX + "gate:finish"], timeout=60)
+        return _orig_write(self, outcomes)
+
+    OutcomeWriter.write = _held_write
+'''
+
+SITECUSTOMIZE = '''
+"""Skews this process's wall clock by TP_FAULT_CLOCK_OFFSET seconds (fault tests only)."""
+import os
+import time
+
+_offset = float(os.environ.get("TP_FAULT_CLOCK_OFFSET") or 0)
+if _offset:
+    _time, _time_ns = time.time, time.time_ns
+    time.time = lambda: _time() + _offset
+    time.time_ns = lambda: _time_ns() + int(_offset * 1e9)
+'''
+
+#: Worker log lines that name a job whose lease was lost (reaped, refused, or lost while running).
+LEASE_LOST_PATTERNS = (
+    re.compile(r"lease of job (\S+?)/(\S+) expired"),
+    re.compile(r"lease of job (\S+?)/(\S+) lost while running"),
+    re.compile(r"finish of job (\S+?)/(\S+) refused"),
+    re.compile(r"outcome of job (\S+?)/(\S+) refused"),
+    re.compile(r"job (\S+?)/(\S+) stalled: worker_lost"),
+)
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 30.0, what: str = "condition",
+             interval: float = 0.02) -> Any:
+    """Poll ``pred`` until truthy; a watchdog, never a timing assertion."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class WorkerProc:
+    """A real ``python -m taskpipe <command>`` subprocess; its output goes to a log file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.args = [sys.executable, "-m", "taskpipe", *args]
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()/kill()
+        self.proc = subprocess.Popen(self.args, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+
+    def send(self, sig: int) -> None:
+        """Send a signal (SIGKILL, SIGTERM, SIGSTOP, SIGCONT...)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.proc.poll() is None
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the exit code."""
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.returncode is not None:
+                self._log.close()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then wait for the exit code."""
+        self.send(signal.SIGCONT)
+        self.send(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL (if still running) and reap."""
+        if self.alive():
+            self.proc.kill()
+        self.proc.wait(10)
+        self._log.close()
+
+    def output(self) -> str:
+        """Everything the process wrote so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def lines(self, *needles: str) -> list[str]:
+        """Output lines containing every one of ``needles``."""
+        return [line for line in self.output().splitlines() if all(n in line for n in needles)]
+
+
+def run_worker_subprocess(app_path: str, env: dict[str, str], log_path: Path, *args: str,
+                          command: str = "worker") -> WorkerProc:
+    """Start ``python -m taskpipe <command> -A <app_path> <args>`` (worker or scheduler)."""
+    return WorkerProc([command, "-A", app_path, *args], env, log_path)
+
+
+class Fault:
+    """One fault test: its task module, the app (also loaded here), broker, ledger and processes.
+
+    ``broker_url`` is the Redis under test (a test may own it and restart, freeze or fill it);
+    ``ledger_url`` is a second Redis holding the execution ledger.
+    """
+
+    def __init__(self, tmp: Path, broker_url: str, ledger_url: str, prefix: str,
+                 **base_env: str) -> None:
+        self.tmp = tmp
+        self.broker_url = broker_url
+        self.prefix = prefix
+        self.module = f"tpfault_{uuid.uuid4().hex[:10]}"
+        (tmp / f"{self.module}.py").write_text(FAULT_APP)
+        (tmp / "skew").mkdir(exist_ok=True)
+        (tmp / "skew" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        self.app_path = f"{self.module}:app"
+        self.base_env = {"TP_FAULT_BROKER": broker_url, "TP_FAULT_PREFIX": prefix,
+                         "TP_FAULT_LEDGER": ledger_url, "TP_FAULT_LEASE": "1s",
+                         "TP_FAULT_MAX_CANCELS": "3", **base_env}
+        saved = {k: os.environ.get(k) for k in self.base_env}
+        os.environ.update(self.base_env)
+        sys.path.insert(0, str(tmp))
+        try:
+            self.app: TaskPipe = load_app(self.app_path)
+        finally:
+            sys.path.remove(str(tmp))
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        self.r = redis.Redis.from_url(broker_url)        # plain client on the broker
+        self.ledger = redis.Redis.from_url(ledger_url)   # plain client on the ledger Redis
+        self.procs: list[WorkerProc] = []
+        self.jobs: dict[str, tuple[str, int, int]] = {}  # id -> (channel, min runs, max runs)
+
+    # processes ---------------------------------------------------------------------------------
+    def env(self, *, skew: float = 0.0, **extra: str) -> dict[str, str]:
+        """The environment of a subprocess (``skew``: its wall clock offset in seconds)."""
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("QUEUE", "TASKPIPE_QUEUES", "TASKPIPE_APP", "PYTEST_CURRENT_TEST")}
+        env.update(self.base_env)
+        paths = [str(self.tmp)]
+        if skew:
+            paths.insert(0, str(self.tmp / "skew"))
+            env["TP_FAULT_CLOCK_OFFSET"] = str(skew)
+        env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env.update(extra)
+        return env
+
+    def worker(self, *args: str, skew: float = 0.0, command: str = "worker",
+               **extra_env: str) -> WorkerProc:
+        """Start a worker (or another taskpipe command) subprocess on this test's app."""
+        log_path = self.tmp / f"{command}{len(self.procs)}.log"
+        p = run_worker_subprocess(self.app_path, self.env(skew=skew, **extra_env), log_path, *args,
+                                  command=command)
+        self.procs.append(p)
+        return p
+
+    def wait_registered(self, name: str, timeout: float = 30.0) -> None:
+        """Wait until a worker of that name is in the registry (it is up and connected)."""
+        from taskpipe.worker.registry import WorkerRegistry
+
+        reg = WorkerRegistry(self.app)
+        wait_for(lambda: name in {w["name"] for w in reg.live()}, timeout, f"worker {name} to register")
+
+    def lease_lost_ids(self) -> set[str]:
+        """Ids of jobs whose lease some worker reported lost (reaped, refused, lost while running)."""
+        ids: set[str] = set()
+        for p in self.procs:
+            text = p.output()
+            for pattern in LEASE_LOST_PATTERNS:
+                ids.update(m.group(2) for m in pattern.finditer(text))
+        return ids
+
+    # publishing and the ledger --------------------------------------------------------------------
+    def send(self, task: str, *args: Any, max_runs: int = 1, min_runs: int = 1,
+             **options: Any) -> AsyncResult:
+        """Publish a job and remember how often it may run."""
+        result = self.app.send(task, args, **options)
+        self.jobs[result.id] = (result.channel, min_runs, max_runs)
+        return result
+
+    def expect(self, results: Iterable[AsyncResult], max_runs: int = 1, min_runs: int = 1) -> None:
+        """Remember jobs published another way (``publish_many``, schedulers, raw writes)."""
+        for r in results:
+            self.jobs[r.id] = (r.channel, min_runs, max_runs)
+
+    def runs(self, job_id: str) -> int:
+        """How many times the job started (ledger)."""
+        return int(self.ledger.get(f"{self.prefix}ledger:{job_id}") or 0)
+
+    def runs_many(self, ids: list[str]) -> dict[str, int]:
+        """The ledger count of many jobs (MGET in chunks)."""
+        out: dict[str, int] = {}
+        for i in range(0, len(ids), 5000):
+            chunk = ids[i:i + 5000]
+            values = self.ledger.mget([f"{self.prefix}ledger:{j}" for j in chunk])
+            out.update({j: int(v or 0) for j, v in zip(chunk, values)})
+        return out
+
+    def who_ran(self, job_id: str) -> list[tuple[int, str]]:
+        """``(pid, fencing token)`` of every run of the job, in order."""
+        out = []
+        for raw in self.ledger.lrange(f"{self.prefix}runs:{job_id}", 0, -1):
+            pid, _, token = raw.decode().partition(":")
+            out.append((int(pid), token))
+        return out
+
+    def flag(self, name: str) -> int | None:
+        """A test flag the task module set in the ledger (e.g. ``claimed:<id>``): a pid."""
+        value = self.ledger.get(f"{self.prefix}{name}")
+        return int(value) if value is not None else None
+
+    def open_gate(self, name: str) -> None:
+        """Release a task or hook blocked on ``gate:<name>``."""
+        self.ledger.rpush(f"{self.prefix}gate:{name}", "1")
+
+    def server_ms(self) -> int:
+        """The broker's clock (Redis TIME) in ms."""
+        sec, usec = self.r.time()
+        return int(sec) * 1000 + int(usec) // 1000
+
+    # invariants -----------------------------------------------------------------------------------
+    def states(self, channel: str, ids: list[str]) -> list[str]:
+        """Each job's state from the ``job_state`` script (what ``JobChannel.info`` runs), pipelined."""
+        ch = self.app.channel(channel)
+        k = ch.keys
+        script = ch.scripts["job_state"]
+        ch.scripts.ensure_loaded(self.r, "job_state")
+        out: list[str] = []
+        for i in range(0, len(ids), 1000):
+            pipe = self.r.pipeline(transaction=False)
+            for job_id in ids[i:i + 1000]:
+                script.queue(pipe, [k.items, k.claimed, k.stalled, k.delayed, k.finished,
+                                    k.result(job_id), k.cancelled, k.attempts, k.reasons, k.workers,
+                                    k.progress, k.leases, k.published], [job_id])
+            out += [(r[0].decode() if isinstance(r[0], bytes) else str(r[0])) for r in pipe.execute()]
+        return out
+
+    def places(self, channel: str, ids: list[str]) -> list[list[str]]:
+        """Every state structure that holds each job (exactly one is expected)."""
+        k = self.app.channel(channel).keys
+        out: list[list[str]] = []
+        for i in range(0, len(ids), 1000):
+            chunk = ids[i:i + 1000]
+            pipe = self.r.pipeline(transaction=False)
+            for job_id in chunk:
+                pipe.zscore(k.finished, job_id).sismember(k.stalled, job_id)
+                pipe.zscore(k.claimed, job_id).zscore(k.delayed, job_id).lpos(k.ids, job_id)
+                pipe.hexists(k.items, job_id)
+            r = pipe.execute()
+            for j in range(len(chunk)):
+                fin, stl, clm, dly, pos, item = r[6 * j:6 * j + 6]
+                where = [name for name, hit in (("finished", fin is not None), ("stalled", bool(stl)),
+                                                ("claimed", clm is not None),
+                                                ("delayed", dly is not None),
+                                                ("available", pos is not None)) if hit]
+                if where == ["finished"] and item:
+                    where.append("item-left")  # a finished job must have no payload left
+                out.append(where)
+        return out
+
+    def check_invariants(self, expect: dict[str, str] | None = None) -> dict[str, int]:
+        """Every published job in exactly one terminal state, runs within bounds, TTLs on keys.
+
+        ``expect`` maps job ids to ``finished``, ``failed`` (finished with an error record) or
+        ``stalled``. Returns the ledger counts.
+        """
+        by_channel: dict[str, list[str]] = {}
+        for job_id, (channel, _lo, _hi) in self.jobs.items():
+            by_channel.setdefault(channel, []).append(job_id)
+        runs = self.runs_many(list(self.jobs))
+        for channel, ids in by_channel.items():
+            states = self.states(channel, ids)
+            places = self.places(channel, ids)
+            for job_id, state, where in zip(ids, states, places):
+                assert state in ("finished", "stalled"), f"job {job_id} is {state}, not terminal"
+                assert where == [state], f"job {job_id} ({state}) is held by {where}"
+            counts = self.app.channel(channel).counts()
+            assert counts["available"] == counts["claimed"] == counts["delayed"] == 0, counts
+        for job_id, (_channel, lo, hi) in self.jobs.items():
+            assert lo <= runs[job_id] <= hi, f"job {job_id} ran {runs[job_id]} times (allowed {lo}..{hi})"
+        for job_id, label in (expect or {}).items():
+            state = AsyncResult(self.app, job_id, self.jobs[job_id][0]).state
+            assert state == label, f"job {job_id} is {state}, expected {label}"
+        self.check_ttls()
+        return runs
+
+    def check_ttls(self) -> None:
+        """No taskpipe key without a TTL outside the channel structures (SCAN this prefix)."""
+        keys = self.app.thoonk.keys
+        allowed = {keys.feeds, keys.workers_registry(), keys.cron_entries()}
+        channels = {c.decode() for c in self.r.smembers(keys.feeds)} | {c for c, _, _ in self.jobs.values()}
+        for name in channels:
+            allowed.update(keys.job_object_keys(name))
+        cron_prefix = keys.cron_state("")
+        offenders = []
+        for raw in self.r.scan_iter(match=self.prefix.replace("*", r"\*") + "*", count=1000):
+            key = raw.decode()
+            if key in allowed or key.startswith(cron_prefix):
+                continue
+            if self.r.pttl(key) == -1:  # -2: expired meanwhile
+                offenders.append(key)
+        assert not offenders, f"keys without a TTL: {offenders[:10]} ({len(offenders)} in all)"
+
+    def close(self) -> None:
+        """Stop every process this test started (SIGCONT first: one may be frozen)."""
+        for p in self.procs:
+            p.send(signal.SIGCONT)
+            p.kill()
+        self.app.close()
+        self.r.close()
+        self.ledger.close()

@@ -1,0 +1,105 @@
+"""Every ``examples/*.py`` runs as a script (on the embedded ``memory://`` broker) and prints what
+its docstring promises. The examples run in parallel subprocesses to keep this file fast.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+
+# example name -> lines (regular expressions) its output must contain, in this order
+EXPECTED: dict[str, list[str]] = {
+    "quickstart": [
+        r"^add\(2, 3\) = 5$",
+        r"^resize -> \{'image_count': 3\} \| log: \[.*resized cat\.png to 64px \{\"size\": 64\}.*"
+        r"resized cat\.png to 256px.*'WARNING resize: done with cat\.png'\]$",
+        r"^divide\(1, 0\) failed: TaskFailed - ZeroDivisionError: division by zero$",
+        r"^states: finished finished failed$",
+    ],
+    "results": [
+        r"^no worker yet: get\(timeout=0\.1\) raised ResultTimeout$",
+        r"^square\(7\) = 49 state: finished$",
+        r"^fail\(\) -> ValueError bad input \| traceback lines: [1-9]\d*$",
+        r"^square\(8\): result expired after its 100ms TTL$",
+        r"^no-such-id: unknown$",
+    ],
+    "callbacks": [
+        r"^on_finish callable got: 20$",
+        r"^follow-up task returned: stored 21 bytes in bucket-1$",
+    ],
+    "delays": [
+        r"^delayed job state: delayed$",
+        r"^'500ms' ran after (\d+\.\d\d)s$",
+        r"^eta \+1s ran after (\d+\.\d\d)s$",
+    ],
+    "priorities": [
+        r"^ran in order: high-1, default-priority, default-1, default-2$",
+    ],
+    "cron": [
+        r"^heartbeat from cron: job cron:heartbeat:\d+$",
+        r"^heartbeat from cron: job cron:heartbeat:\d+$",
+        r"^heartbeat\s+\* \* \* \* \* \*\s+next \S+\s+last \S+",
+        r"^weekday-report\s+0 9 \* \* 1-5\s+next \S+\s+last -\s+\(never\)$",
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def outputs() -> Iterator[dict[str, subprocess.CompletedProcess[str]]]:
+    env = {k: v for k, v in os.environ.items() if k != "TASKPIPE_BROKER_URL"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    procs = {path.stem: subprocess.Popen([sys.executable, str(path)], cwd=ROOT, env=env,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True) for path in EXAMPLES}
+    done: dict[str, subprocess.CompletedProcess[str]] = {}
+    try:
+        for name, proc in procs.items():
+            out, err = proc.communicate(timeout=90)
+            done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        yield done
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def test_examples_exist() -> None:
+    names = {p.stem for p in EXAMPLES}
+    assert {"quickstart", "results", "callbacks", "delays", "priorities"} <= names
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", [p.stem for p in EXAMPLES])
+def test_example_runs(name: str, outputs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    proc = outputs[name]
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
+    lines = proc.stdout.splitlines()
+    assert lines, f"{name} printed nothing"
+    position = 0
+    for pattern in EXPECTED.get(name, []):
+        for index in range(position, len(lines)):
+            if re.search(pattern, lines[index]):
+                position = index + 1
+                break
+        else:
+            pytest.fail(f"{name}: no line after line {position} matches {pattern!r}:\n"
+                        + proc.stdout)
+
+
+def test_delays_example_waits(outputs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    out = outputs["delays"].stdout
+    later = re.search(r"'500ms' ran after (\d+\.\d\d)s", out)
+    eta = re.search(r"eta \+1s ran after (\d+\.\d\d)s", out)
+    assert later and eta, out
+    assert float(later.group(1)) >= 0.49  # never early (printed rounded to 10 ms)
+    assert float(eta.group(1)) >= 0.99

@@ -1,0 +1,306 @@
+"""Scheduling on real Redis: cron with several scheduler processes (one SIGKILLed), misfire after
+real downtime, ``worker --beat`` and ``cron list``, the example, and 10,000 delayed jobs due at
+once promoted by running workers with no Redis call over 50 ms (SLOWLOG).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis_server import RedisServer
+
+from taskpipe import TaskPipe, Worker, current_job
+from taskpipe.scheduler import Scheduler
+from taskpipe.serialization import encode_envelope
+from taskpipe.thoonk.job import PutRequest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+APP_MODULE = textwrap.dedent("""
+    import os
+
+    import redis
+
+    from taskpipe import TaskPipe, current_job
+
+    URL = os.environ["TASKPIPE_BROKER_URL"]
+    PREFIX = os.environ["TP_PREFIX"]
+    app = TaskPipe("cronproc", broker=URL, prefix=PREFIX)
+    r = redis.Redis.from_url(URL)
+
+
+    @app.cron("* * * * * *", name="every", misfire="all")
+    @app.task(name="beat.every")
+    def every():
+        r.rpush(PREFIX + "ran", current_job().id)
+
+
+    @app.cron("* * * * * *", name="every_once")
+    @app.task(name="beat.every_once")
+    def every_once():
+        r.rpush(PREFIX + "ran", current_job().id)
+
+
+    @app.cron("0 0 1 1 *", tz="Europe/Paris", name="new_year")
+    @app.task(name="beat.new_year")
+    def new_year():
+        pass
+""")
+
+
+@pytest.fixture
+def appdir(tmp_path: Path, redis_server: RedisServer, prefix: str) -> Iterator[dict[str, str]]:
+    (tmp_path / "cronmod.py").write_text(APP_MODULE)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]),
+               TASKPIPE_BROKER_URL=redis_server.url, TP_PREFIX=prefix, PYTHONUNBUFFERED="1")
+    yield env
+
+
+def spawn(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[bytes]:
+    out = open(log, "wb")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen([sys.executable, "-m", "taskpipe", *args], env=env, stdout=out,
+                            stderr=subprocess.STDOUT, cwd=str(log.parent))
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(10)
+
+
+def fire_seconds(ids: list[str], entry: str) -> list[int]:
+    return sorted(int(i.rsplit(":", 1)[1]) for i in ids if i.startswith(f"cron:{entry}:"))
+
+
+def server_now(client: redis.Redis) -> float:
+    sec, usec = client.time()
+    return sec + usec / 1e6
+
+
+def wait_for(cond: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_three_schedulers_fire_exactly_once_and_survive_sigkill(
+        appdir: dict[str, str], redis_server: RedisServer, prefix: str, tmp_path: Path) -> None:
+    client = redis_server.client()
+    worker = spawn(appdir, "worker", "-A", "cronmod:app", "-c", "4", "--grace", "5s",
+                   log=tmp_path / "worker.log")
+    scheds = [spawn(appdir, "scheduler", "-A", "cronmod:app", log=tmp_path / f"sched{i}.log")
+              for i in range(3)]
+    ran_key = prefix + "ran"
+    try:
+        time.sleep(5.5)
+        scheds[1].send_signal(signal.SIGKILL)
+        killed_at = server_now(client)
+        time.sleep(5.0)
+        codes = [stop(p) for p in scheds]
+    finally:
+        for p in scheds:
+            stop(p, signal.SIGKILL)
+    try:
+        app = TaskPipe("check", broker=redis_server.url, prefix=prefix)
+        wait_for(lambda: app.channel().counts()["available"] == 0
+                 and app.channel().counts()["claimed"] == 0, 30, "the worker to drain")
+    finally:
+        assert stop(worker) == 0
+    assert codes[1] == -signal.SIGKILL and codes[0] == 0 and codes[2] == 0
+    ran = [x.decode() for x in client.lrange(ran_key, 0, -1)]
+    assert len(ran) == len(set(ran)), "a fire ran twice"
+    # the channel only ever created each id once: no fire was enqueued twice
+    assert app.channel().counts()["published_total"] == len(set(ran))
+    every = fire_seconds(ran, "every")
+    once = fire_seconds(ran, "every_once")
+    assert len(every) >= 7 and len(once) >= 7
+    assert every == list(range(every[0], every[-1] + 1)), "misfire=all: no gaps at all"
+    assert every[0] < killed_at and every[-1] > killed_at + 2
+    assert any(f > killed_at + 1 for f in once), "the survivors kept firing"
+    gaps = [b - a for a, b in zip(once, once[1:])]
+    assert max(gaps) <= 2, f"largest gap {max(gaps)}s > one interval plus a second: {once}"
+    before_kill = [f for f in once if f < killed_at - 1]
+    assert before_kill == list(range(before_kill[0], before_kill[-1] + 1))
+
+
+def _sleep_until_fraction(client: redis.Redis, fraction: float) -> float:
+    now = server_now(client)
+    target = int(now) + 1 + fraction
+    time.sleep(target - now)
+    return server_now(client)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_misfire_policies_after_real_downtime(redis_server: RedisServer, prefix: str) -> None:
+    app = TaskPipe("misfire", broker=redis_server.url, prefix=prefix)
+    for policy in ("skip", "once", "all"):
+        app.add_cron("misfire.tick", "* * * * * *", name=policy, misfire=policy, channel=policy,
+                     grace="500ms")
+    client = redis_server.client()
+    first = Scheduler(app)
+    first.start()
+    wait_for(lambda: len(app.channel("all").get_ids()) >= 2, 10, "two fires")
+    first.stop()
+    down_from = server_now(client)
+    time.sleep(3.0)
+    restart = _sleep_until_fraction(client, 0.75)  # the latest missed fire is ~0.75 s late
+    second = Scheduler(app)
+    second.start()
+    wait_for(lambda: any(f >= int(restart) + 2 for f in
+                         fire_seconds(app.channel("all").get_ids(), "all")), 10, "later fires")
+    second.stop()
+    fires = {p: fire_seconds(app.channel(p).get_ids(), p) for p in ("skip", "once", "all")}
+    missed = [s for s in range(int(down_from) + 1, int(restart) + 1)]
+    assert len(missed) >= 3
+    assert fires["all"] == list(range(fires["all"][0], fires["all"][-1] + 1))
+    assert set(missed) <= set(fires["all"])
+    assert [f for f in fires["once"] if f in missed] == [int(restart)]
+    assert [f for f in fires["skip"] if f in missed] == []
+    assert int(restart) + 1 in fires["skip"] and int(restart) + 1 in fires["once"]
+
+
+@pytest.mark.timeout(60)
+def test_worker_beat_and_cron_list(appdir: dict[str, str], redis_server: RedisServer,
+                                   prefix: str, tmp_path: Path) -> None:
+    worker = spawn(appdir, "worker", "-A", "cronmod:app", "--beat", log=tmp_path / "beat.log")
+    app = TaskPipe("check", broker=redis_server.url, prefix=prefix)
+    try:
+        wait_for(lambda: app.channel().counts()["finished"] >= 2, 20, "two cron jobs to run")
+    finally:
+        assert stop(worker) == 0
+    out = subprocess.run([sys.executable, "-m", "taskpipe", "cron", "list", "-A", "cronmod:app",
+                          "--json"], env=appdir, capture_output=True, timeout=30, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    assert set(rows) == {"every", "every_once", "new_year"}
+    assert rows["every"]["expr"] == "* * * * * *" and rows["every"]["misfire"] == "all"
+    assert rows["every"]["last_fire"] < rows["every"]["next_fire"]
+    assert rows["every"]["last_job"].startswith("cron:every:")
+    assert rows["every"]["last_outcome"] in ("finished", "available", "claimed")
+    assert rows["new_year"]["last_fire"] is None and rows["new_year"]["last_outcome"] == "never"
+    assert rows["new_year"]["next_fire"].endswith("+01:00")  # Europe/Paris in January
+    assert rows["new_year"]["next_fire"][5:19] == "01-01T00:00:00"
+    table = subprocess.run([sys.executable, "-m", "taskpipe", "cron", "list", "-A",
+                            "cronmod:app"], env=appdir, capture_output=True, text=True,
+                           timeout=30, cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "TASK", "SCHEDULE", "NEXT", "FIRE", "LAST", "FIRE",
+                                "LAST", "OUTCOME"]
+    assert any(line.startswith("new_year") and "(Europe/Paris)" in line and "never" in line
+               for line in lines)
+
+
+def test_bad_cron_expression_fails_at_load(tmp_path: Path, redis_server: RedisServer,
+                                           prefix: str) -> None:
+    (tmp_path / "badcron.py").write_text(textwrap.dedent("""
+        from taskpipe import TaskPipe
+        app = TaskPipe("bad", broker="memory://")
+
+        @app.cron("*/5 * * *")
+        @app.task
+        def t(): pass
+    """))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "taskpipe", "scheduler", "-A", "badcron:app"],
+                         env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "bad cron expression" in out.stderr
+
+
+@pytest.mark.timeout(60)
+def test_example_runs(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TASKPIPE_BROKER_URL"}
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "cron.py")], env=env,
+                         capture_output=True, text=True, timeout=45, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    beats = [line.rsplit(":", 1)[1] for line in out.stdout.splitlines()
+             if line.startswith("heartbeat from cron: job cron:heartbeat:")]
+    assert len(beats) >= 2 and len(beats) == len(set(beats))
+    seconds = sorted(int(b) for b in beats)
+    assert seconds == list(range(seconds[0], seconds[-1] + 1))
+    assert any(line.startswith("weekday-report") and "(never)" in line
+               for line in out.stdout.splitlines())
+
+
+# delayed jobs --------------------------------------------------------------------------------
+@pytest.fixture
+def slow_redis() -> Iterator[RedisServer]:
+    server = RedisServer(extra=["--slowlog-log-slower-than", "50000", "--slowlog-max-len", "1024"])
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_ten_thousand_delayed_jobs_due_at_once(slow_redis: RedisServer, prefix: str) -> None:
+    n = 10_000
+    app = TaskPipe("delayed", broker=slow_redis.url, prefix=prefix)
+    client = slow_redis.client()
+    runs_key = prefix + "runs"
+
+    @app.task(name="delayed.mark")
+    def mark(i: int) -> None:
+        job = current_job()
+        assert job is not None
+        client.hincrby(runs_key, job.id, 1)
+
+    ch = app.channel()
+    assert client.config_get("slowlog-log-slower-than")["slowlog-log-slower-than"] == "50000"
+    client.slowlog_reset()
+    due_ms = int(server_now(client) * 1000) + 3000
+    item = encode_envelope("delayed.mark", (0,), {}, {}, serializer=app.serializer)
+    created = ch.put_many(PutRequest(item, f"d{i}", False, 0, due_ms) for i in range(n))
+    assert sum(c for _, c in created) == n
+    assert ch.counts()["delayed"] == n and ch.counts()["available"] == 0
+    time.sleep(max(0.0, due_ms / 1000 - server_now(client)) + 0.05)
+    started = time.monotonic()
+    workers = [Worker(app, concurrency=8, burst=True, heartbeat_interval=60, capture_logs=False)
+               for _ in range(2)]
+    promoted: list[int] = []
+
+    def promoter() -> None:  # the explicit promote op races the workers' claim-time promotion
+        while True:
+            moved, _ = ch.promote()
+            promoted.append(moved)
+            if moved == 0:
+                return
+
+    threads = [threading.Thread(target=w.run) for w in workers]
+    threads.append(threading.Thread(target=promoter))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(100)
+    elapsed = time.monotonic() - started
+    runs = {k.decode(): int(v) for k, v in client.hgetall(runs_key).items()}
+    assert len(runs) == n and set(runs.values()) == {1}, "every job ran exactly once"
+    counts = ch.counts()
+    assert counts["finished"] == n and counts["delayed"] == counts["available"] == 0
+    assert sum(w.claimed_total for w in workers) == n
+    assert max(promoted) <= 1000  # bounded batches
+    slow = client.slowlog_get(1024)
+    assert slow == [], [(e["duration"], e["command"][:80]) for e in slow]
+    print(f"\n10,000 delayed jobs due at once: all ran in {elapsed:.2f}s with 2 workers "
+          f"(+{sum(promoted)} promoted by JobChannel.promote); no Redis call over 50 ms")
