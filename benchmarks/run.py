@@ -1,18 +1,24 @@
 """taskpipe benchmark: one command, its own redis-server, figures as ratios to the raw ceiling.
 
-    python benchmarks/run.py [--jobs N] [--quick] [--concurrency C] [--json FILE]
+    python benchmarks/run.py [--jobs N] [--quick] [--rounds R] [--concurrency C] [--json FILE]
 
 Starts ``redis-server`` on a free loopback port (never 6379) and measures, for a no-op task:
 
 - the raw ceiling in the same run: redis-py single ``INCR`` round trips/s and pipelined INCR/s;
 - ``.delay()`` one at a time, and bulk publishing (``task.map``, i.e. ``app.publish_many``);
-- draining N queued jobs with one and with two worker processes (thread pool, burst mode);
-- latency from publish to task start with an idle worker, and the ``delay().get()`` round trip;
+- draining N queued jobs with one and with two worker processes (``Worker(app, burst=True)``,
+  thread pool, each process its own GIL);
+- latency from publish to task start with an idle worker (the task stores ``time.time()`` at its
+  start in Redis; the publisher notes ``time.time()`` just before ``delay()``), and the
+  ``delay().get()`` round trip;
 - memory in Redis per queued job and per finished job with its stored result.
 
-Every rate is also printed as a ratio to the raw single round-trip rate (machines differ; ratios
-travel), every latency in round-trip times (RTT = 1 / raw single rate), and the targets of
-``docs/performance.md`` as PASS/MISS. Nothing here asserts; it prints.
+Ratios, not absolute numbers, are what travel between machines, and a shared machine is noisy:
+so every figure is measured in ``R`` rounds, each round right next to its own raw-ceiling
+measurement, and the reported ratio is the median of the per-round ratios (min-max shown).
+Latencies are given in round-trip times (RTT = 1 / raw single round trips per second, measured
+around the latency phase). The targets of ``docs/performance.md`` are printed as PASS/MISS.
+Nothing here asserts; it prints.
 """
 
 from __future__ import annotations
@@ -39,25 +45,25 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 import redis  # noqa: E402
-
 from bench_app import CHANNEL, NOOP, STAMP, build_app  # noqa: E402
 
-__all__ = ["main", "FIGURES", "TARGETS"]
+__all__ = ["main", "FIGURES", "TARGETS", "Bench"]
 
 #: Every figure this script prints, by key (the smoke test checks they are all there).
 FIGURES = (
     "raw_single", "raw_pipelined", "delay", "bulk", "drain_1proc", "drain_2proc",
-    "publish_start_p50", "publish_start_p99", "get_p50", "get_p99",
-    "mem_queued", "mem_result",
+    "publish_start_p50", "publish_start_p99", "get_p50", "get_p99", "mem_queued", "mem_result",
 )
-#: (name, figure, comparison, threshold, unit) of each target.
-TARGETS = (
+#: (label, figure, comparison, threshold, unit) of each target; the value compared is the ratio.
+TARGETS: tuple[tuple[str, str, str, float, str], ...] = (
     ("delay() >= 0.7x raw single round trips/s", "delay", ">=", 0.7, "x single"),
     ("bulk >= 0.5x raw pipelined/s", "bulk", ">=", 0.5, "x pipelined"),
     ("drain, 1 worker process >= 1.5x raw single round trips/s", "drain_1proc", ">=", 1.5, "x single"),
     ("publish->start p99 <= 5 RTT", "publish_start_p99", "<=", 5.0, "RTT"),
     ("memory per small queued job <= 400 bytes", "mem_queued", "<=", 400.0, "bytes"),
 )
+#: figure -> the raw ceiling its ratio is taken against
+REFERENCE = {"delay": "single", "bulk": "pipelined", "drain_1proc": "single", "drain_2proc": "single"}
 
 
 def _load_redis_server() -> Any:
@@ -75,33 +81,76 @@ def _pct(values: list[float], q: float) -> float:
 
 
 class Bench:
-    """One benchmark run against one redis-server."""
+    """One benchmark run against one redis-server; results land in ``figures`` / ``ratios``."""
 
-    def __init__(self, url: str, jobs: int, samples: int, raw_seconds: float,
-                 concurrency: int | None, out: Callable[[str], None]) -> None:
+    def __init__(self, url: str, jobs: int, samples: int, rounds: int, raw_seconds: float,
+                 concurrency: int | None, log: Callable[[str], None]) -> None:
         self.url = url
         self.jobs = jobs
         self.samples = samples
+        self.rounds = rounds
         self.raw_seconds = raw_seconds
         self.concurrency = concurrency
-        self.out = out
+        self.log = log
         self.prefix = f"bench{uuid.uuid4().hex[:6]}:"
         self.app = build_app(url, self.prefix)
         self.r = redis.Redis.from_url(url)
-        self.figures: dict[str, float] = {}
-        self.extra: dict[str, Any] = {}
         self.channel = self.app.channel(CHANNEL)
+        self.raw_key = self.prefix + "raw"
+        self.figures: dict[str, float] = {}
+        self.ratios: dict[str, float] = {}
+        self.spread: dict[str, tuple[float, float]] = {}
+        self.extra: dict[str, Any] = {}
+        self._per_round: dict[str, list[tuple[float, float]]] = {}  # figure -> (value, reference)
 
-    # helpers ----------------------------------------------------------------------------------
-    def used_memory(self) -> int:
-        """Redis ``used_memory`` (after letting lazy frees settle)."""
-        time.sleep(0.05)
-        return int(self.r.info("memory")["used_memory"])
+    # raw ceiling ------------------------------------------------------------------------------
+    def raw_single(self, seconds: float | None = None) -> float:
+        """redis-py ``INCR`` one at a time for ``seconds``: round trips per second."""
+        incr, key, clock = self.r.incr, self.raw_key, time.perf_counter
+        n, t0 = 0, clock()
+        end = t0 + (seconds or self.raw_seconds)
+        while clock() < end:
+            for _ in range(50):
+                incr(key)
+            n += 50
+        rate = n / (clock() - t0)
+        self._per_round.setdefault("raw_single", []).append((rate, rate))
+        return rate
 
+    def raw_pipelined(self, seconds: float | None = None) -> float:
+        """redis-py ``INCR`` pipelined 1000 per batch for ``seconds``: commands per second."""
+        key, clock = self.raw_key, time.perf_counter
+        n, t0 = 0, clock()
+        end = t0 + (seconds or self.raw_seconds)
+        while clock() < end:
+            pipe = self.r.pipeline(transaction=False)
+            for _ in range(1000):
+                pipe.incr(key)
+            pipe.execute()
+            n += 1000
+        rate = n / (clock() - t0)
+        self._per_round.setdefault("raw_pipelined", []).append((rate, rate))
+        return rate
+
+    def rtt_percentiles(self, count: int = 2000) -> tuple[float, float]:
+        """Per-call INCR round trip p50 and p99, in seconds."""
+        clock, incr, key = time.perf_counter, self.r.incr, self.raw_key
+        durations = []
+        for _ in range(count):
+            t0 = clock()
+            incr(key)
+            durations.append(clock() - t0)
+        return _pct(durations, 0.5), _pct(durations, 0.99)
+
+    def _record(self, figure: str, value: float, reference: float) -> None:
+        self._per_round.setdefault(figure, []).append((value, reference))
+
+    # worker processes -------------------------------------------------------------------------
     def finished_total(self) -> int:
         return int(self.r.get(self.channel.keys.finishes) or 0)
 
     def spawn_worker(self, burst: bool) -> subprocess.Popen[str]:
+        """A worker process, imported and connected, waiting for ``go`` on stdin."""
         env = dict(os.environ, TASKPIPE_BROKER_URL=self.url, TASKPIPE_BENCH_PREFIX=self.prefix,
                    PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
         args = [sys.executable, str(HERE / "bench_app.py"), CHANNEL]
@@ -133,101 +182,71 @@ class Bench:
             reports.append(json.loads(lines[-1]) if lines else {})
         return reports
 
-    # measurements -----------------------------------------------------------------------------
-    def raw(self) -> None:
-        key = self.prefix + "raw"
-        r = self.r
-        for _ in range(200):
-            r.incr(key)
-        clock = time.perf_counter
-        durations: list[float] = []
-        end = clock() + self.raw_seconds
-        while clock() < end:
-            t0 = clock()
-            r.incr(key)
-            durations.append(clock() - t0)
-        single = len(durations) / sum(durations)
-        # the rate of a plain loop (no per-call timing), the ceiling .delay() is compared to
-        n, t0 = 0, clock()
-        end = t0 + self.raw_seconds
-        while clock() < end:
-            for _ in range(100):
-                r.incr(key)
-            n += 100
-        single = max(single, n / (clock() - t0))
-        batch, total = 1000, 0
-        t0 = clock()
-        end = t0 + self.raw_seconds
-        while clock() < end:
-            pipe = r.pipeline(transaction=False)
-            for _ in range(batch):
-                pipe.incr(key)
-            pipe.execute()
-            total += batch
-        pipelined = total / (clock() - t0)
-        r.delete(key)
-        self.figures["raw_single"] = single
-        self.figures["raw_pipelined"] = pipelined
-        self.extra["rtt_us"] = 1e6 / single
-        self.extra["rtt_p50_us"] = _pct(durations, 0.5) * 1e6
-        self.extra["rtt_p99_us"] = _pct(durations, 0.99) * 1e6
-
-    def bulk_and_drain_one(self) -> None:
-        task = self.app.tasks[NOOP]
-        task.map([()] * 10)  # warm up: scripts loaded, every per-channel key exists
-        self.channel.claim(10)
-        self._finish_claimed()
-        base = self.used_memory()
-        t0 = time.perf_counter()
-        results = task.map([()] * self.jobs)
-        elapsed = time.perf_counter() - t0
-        assert len(results) == self.jobs
-        self.figures["bulk"] = self.jobs / elapsed
-        queued = self.used_memory()
-        self.figures["mem_queued"] = (queued - base) / self.jobs
-        k = self.channel.keys
-        self.extra["mem_queued_by_key"] = {
-            name: int(self.r.memory_usage(key, samples=0) or 0) / self.jobs
-            for name, key in (("ids (LIST)", k.ids), ("items (HASH)", k.items),
-                              ("published (ZSET)", k.published))}
-        self.extra["payload_bytes"] = len(self.channel.get_item(results[0].id) or b"")
-        self.figures["drain_1proc"] = self._drain(1)
-        done = self.used_memory()
-        self.figures["mem_result"] = (done - base) / self.jobs
-        self.extra["mem_result_by_key"] = {
-            "result (STRING with TTL)": int(self.r.memory_usage(k.result(results[0].id), samples=0) or 0),
-            "finished index (ZSET)": int(self.r.memory_usage(k.finished, samples=0) or 0) / (self.jobs + 10),
-        }
-
-    def _finish_claimed(self) -> None:
-        ch = self.channel
-        for job_id in [x.decode() for x in self.r.zrange(ch.keys.claimed, 0, -1)]:
-            ch.finish(job_id, b"x", result_ttl_ms=60_000)
-
-    def _drain(self, nprocs: int) -> float:
-        target = self.finished_total() + self.jobs
+    def drain(self, nprocs: int, n: int) -> float:
+        """Start ``nprocs`` burst workers on ``n`` queued jobs; jobs per second until all finished."""
+        target = self.finished_total() + n
         procs = [self.spawn_worker(burst=True) for _ in range(nprocs)]
         t0 = time.perf_counter()
         self.go(procs)
         while self.finished_total() < target:
-            time.sleep(0.005)
+            time.sleep(0.002)
             if all(p.poll() is not None for p in procs) and self.finished_total() < target:
                 raise RuntimeError("worker processes exited before the channel was drained")
-        elapsed = time.perf_counter() - t0
+        rate = n / (time.perf_counter() - t0)
         reports = self.collect(procs)
-        self.extra[f"drain_{nprocs}proc_claims"] = [rep.get("claimed") for rep in reports]
-        return self.jobs / elapsed
+        cpu = sum(rep.get("cpu_user", 0) + rep.get("cpu_system", 0) for rep in reports)
+        self.extra.setdefault(f"worker_cpu_us_per_job_{nprocs}proc", []).append(cpu / n * 1e6)
+        return rate
 
-    def delay_and_drain_two(self) -> None:
-        task = self.app.tasks[NOOP]
-        delay = task.delay
+    # phases -----------------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Scripts loaded, every per-channel key created, a worker process run once."""
+        self.raw_single(0.1)
+        self._per_round.clear()
+        self.app.tasks[NOOP].map([()] * 20)
+        self.app.tasks[NOOP].delay()
+        self.drain(1, 21)
+        self.extra.clear()
+
+    def publish_and_drain_one(self, rnd: int, n: int) -> None:
+        """One round: ``delay()`` n jobs, bulk-publish n jobs, drain the 2n with one process."""
+        noop = self.app.tasks[NOOP]
+        delay = noop.delay
+        base = self.used_memory()
+        s1 = self.raw_single()
         t0 = time.perf_counter()
-        for _ in range(self.jobs):
+        for _ in range(n):
             delay()
-        self.figures["delay"] = self.jobs / (time.perf_counter() - t0)
-        self.figures["drain_2proc"] = self._drain(2)
+        rate = n / (time.perf_counter() - t0)
+        self._record("delay", rate, statistics.fmean([s1, self.raw_single()]))
+        p1 = self.raw_pipelined()
+        before = self.used_memory()
+        t0 = time.perf_counter()
+        results = noop.map([()] * n)
+        rate = n / (time.perf_counter() - t0)
+        after = self.used_memory()
+        self._record("bulk", rate, statistics.fmean([p1, self.raw_pipelined()]))
+        self._record("mem_queued", (after - before) / n, 0.0)
+        if rnd == 0:
+            self.memory_breakdown_queued(n, results[0].id)
+        s1 = self.raw_single()
+        rate = self.drain(1, 2 * n)
+        self._record("drain_1proc", rate, statistics.fmean([s1, self.raw_single()]))
+        done = self.used_memory()
+        self._record("mem_result", (done - base) / (2 * n), 0.0)
+        if rnd == 0:
+            self.memory_breakdown_finished(results[0].id)
+
+    def drain_two(self, n: int) -> None:
+        """One round: bulk-publish 2n jobs (not timed), drain them with two processes."""
+        self.app.tasks[NOOP].map([()] * (2 * n))
+        s1 = self.raw_single()
+        rate = self.drain(2, 2 * n)
+        self._record("drain_2proc", rate, statistics.fmean([s1, self.raw_single()]))
 
     def latency(self) -> None:
+        """Publish -> start and ``delay().get()`` with one idle worker process."""
+        s1 = self.raw_single()
         proc = self.spawn_worker(burst=False)
         try:
             self.go([proc])
@@ -237,7 +256,7 @@ class Bench:
             key = self.prefix + "stamps"
             published: list[float] = []
             for i in range(self.samples):
-                time.sleep(0.002)  # the worker is idle (blocked) when the job arrives
+                time.sleep(0.003)  # the worker is idle (blocked on its wake-up list) when it lands
                 published.append(time.time())
                 stamp.delay(i, key)
             deadline = time.monotonic() + 30
@@ -247,27 +266,76 @@ class Bench:
             lat = [started[i] - published[i] for i in range(self.samples) if i in started]
             rtts: list[float] = []
             for _ in range(self.samples):
-                time.sleep(0.002)
+                time.sleep(0.003)
                 t0 = time.perf_counter()
                 noop.delay().get(timeout=30)
                 rtts.append(time.perf_counter() - t0)
         finally:
             proc.terminate()
             self.collect([proc])
-        self.figures["publish_start_p50"] = _pct(lat, 0.5) * 1e6
-        self.figures["publish_start_p99"] = _pct(lat, 0.99) * 1e6
-        self.figures["get_p50"] = _pct(rtts, 0.5) * 1e6
-        self.figures["get_p99"] = _pct(rtts, 0.99) * 1e6
-        self.extra["publish_start_mean_us"] = statistics.fmean(lat) * 1e6
+        rtt = 1.0 / statistics.fmean([s1, self.raw_single()])
+        p50, p99 = self.rtt_percentiles()
+        self.extra.update(rtt_us=rtt * 1e6, rtt_p50_us=p50 * 1e6, rtt_p99_us=p99 * 1e6,
+                          publish_start_mean_us=statistics.fmean(lat) * 1e6,
+                          latency_samples=len(lat))
+        for name, values in (("publish_start", lat), ("get", rtts)):
+            for q in (50, 99):
+                value = _pct(values, q / 100)
+                self.figures[f"{name}_p{q}"] = value * 1e6
+                self.ratios[f"{name}_p{q}"] = value / rtt
 
+    # memory -----------------------------------------------------------------------------------
+    def used_memory(self) -> int:
+        """Redis ``used_memory`` in bytes."""
+        return int(self.r.info("memory")["used_memory"])
+
+    def memory_breakdown_queued(self, n: int, job_id: str) -> None:
+        k = self.channel.keys
+        total = self.channel.counts()["available"]
+        self.extra["payload_bytes"] = len(self.channel.get_item(job_id) or b"")
+        self.extra["mem_queued_by_key"] = {
+            name: int(self.r.memory_usage(key, samples=0) or 0) / total
+            for name, key in (("ids LIST", k.ids), ("items HASH", k.items),
+                              ("published ZSET", k.published))}
+
+    def memory_breakdown_finished(self, job_id: str) -> None:
+        k = self.channel.keys
+        finished = int(self.r.zcard(k.finished)) or 1
+        self.extra["mem_result_by_key"] = {
+            "result STRING+TTL": int(self.r.memory_usage(k.result(job_id), samples=0) or 0),
+            "finished-index ZSET": int(self.r.memory_usage(k.finished, samples=0) or 0) / finished}
+
+    # the whole run ----------------------------------------------------------------------------
     def run(self) -> None:
-        steps = [("raw ceiling", self.raw), ("bulk publish + drain (1 process)", self.bulk_and_drain_one),
-                 (".delay() + drain (2 processes)", self.delay_and_drain_two),
-                 ("latency", self.latency)]
-        for label, step in steps:
-            t0 = time.perf_counter()
-            step()
-            print(f"  [{label}: {time.perf_counter() - t0:.1f} s]", file=sys.stderr, flush=True)
+        """Every phase, then the medians."""
+        n = max(50, self.jobs // (2 * self.rounds))  # each round queues 2n jobs
+        started = time.perf_counter()
+        self.warm_up()
+        for rnd in range(self.rounds):
+            self.publish_and_drain_one(rnd, n)
+        for _ in range(self.rounds):
+            self.drain_two(n)
+        self.latency()
+        self.extra["jobs_per_drain"] = 2 * n
+        self.extra["seconds"] = time.perf_counter() - started
+        self._summarize()
+
+    def _summarize(self) -> None:
+        for figure, pairs in self._per_round.items():
+            values = [v for v, _ in pairs]
+            self.figures[figure] = statistics.median(values)
+            if figure.startswith("mem_"):
+                self.ratios[figure] = self.figures[figure]
+                continue
+            if figure.startswith("raw_"):
+                ratios = [v / statistics.median(values) for v in values]
+            else:
+                ratios = [v / ref for v, ref in pairs]
+            self.ratios[figure] = statistics.median(ratios)
+            self.spread[figure] = (min(ratios), max(ratios))
+        for figure in ("worker_cpu_us_per_job_1proc", "worker_cpu_us_per_job_2proc"):
+            if figure in self.extra:
+                self.extra[figure] = statistics.median(self.extra[figure])
 
 
 # report ---------------------------------------------------------------------------------------
@@ -293,86 +361,100 @@ def machine() -> dict[str, str]:
     return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "nproc": str(os.cpu_count()), "cpu": cpu, "python": platform.python_version(),
             "redis-server": version, "redis-py": f"{redis.__version__} ({parser})",
-            "platform": platform.platform()}
+            "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+
+
+LABELS = {
+    "raw_single": "raw INCR, one at a time",
+    "raw_pipelined": "raw INCR, pipelined 1000 per batch",
+    "delay": ".delay(), one at a time",
+    "bulk": "bulk publish (task.map / publish_many)",
+    "drain_1proc": "drain, 1 worker process",
+    "drain_2proc": "drain, 2 worker processes",
+    "publish_start_p50": "publish -> task start, p50",
+    "publish_start_p99": "publish -> task start, p99",
+    "get_p50": "delay().get() round trip, p50",
+    "get_p99": "delay().get() round trip, p99",
+    "mem_queued": "memory per queued job",
+    "mem_result": "memory per finished job + stored result",
+}
 
 
 def report(bench: Bench, out: Callable[[str], None]) -> list[tuple[str, bool, float]]:
-    """Print the figures table and the targets; returns ``(target, passed, value)``."""
-    f, x = bench.figures, bench.extra
-    single, piped, rtt = f["raw_single"], f["raw_pipelined"], x["rtt_us"]
-    ratios = {"raw_single": 1.0, "raw_pipelined": piped / single, "delay": f["delay"] / single,
-              "bulk": f["bulk"] / piped, "drain_1proc": f["drain_1proc"] / single,
-              "drain_2proc": f["drain_2proc"] / single}
-    out(f"{'figure':<44}{'value':>16}  ratio")
-    rows = [
-        ("raw_single", "raw INCR, one at a time", f"{single:,.0f} /s", "1.00x single"),
-        ("raw_pipelined", "raw INCR, pipelined (1000 per batch)", f"{piped:,.0f} /s",
-         f"{ratios['raw_pipelined']:.2f}x single"),
-        ("delay", ".delay(), one at a time", f"{f['delay']:,.0f} /s", f"{ratios['delay']:.2f}x single"),
-        ("bulk", "bulk publish (task.map / publish_many)", f"{f['bulk']:,.0f} /s",
-         f"{ratios['bulk']:.2f}x pipelined, {f['bulk'] / single:.2f}x single"),
-        ("drain_1proc", "drain, 1 worker process", f"{f['drain_1proc']:,.0f} /s",
-         f"{ratios['drain_1proc']:.2f}x single"),
-        ("drain_2proc", "drain, 2 worker processes", f"{f['drain_2proc']:,.0f} /s",
-         f"{ratios['drain_2proc']:.2f}x single"),
-    ]
-    for key in ("publish_start_p50", "publish_start_p99", "get_p50", "get_p99"):
-        label = {"publish_start_p50": "publish -> task start, p50", "publish_start_p99":
-                 "publish -> task start, p99", "get_p50": "delay().get() round trip, p50",
-                 "get_p99": "delay().get() round trip, p99"}[key]
-        ratios[key] = f[key] / rtt
-        rows.append((key, label, f"{f[key]:,.0f} us", f"{ratios[key]:.1f} RTT"))
-    ratios["mem_queued"] = f["mem_queued"]
-    rows.append(("mem_queued", "memory per queued job", f"{f['mem_queued']:,.0f} B",
-                 f"payload {x['payload_bytes']} B"))
-    rows.append(("mem_result", "memory per finished job + stored result", f"{f['mem_result']:,.0f} B",
-                 ""))
-    for key, label, value, ratio in rows:
-        out(f"{label:<44}{value:>16}  {ratio}   [{key}]")
-    out(f"RTT = 1/raw single = {rtt:.1f} us (per-call p50 {x['rtt_p50_us']:.1f} us, "
-        f"p99 {x['rtt_p99_us']:.1f} us)")
-    out("memory per queued job by key: " + ", ".join(
+    """Print the figures and the targets; returns ``(target, passed, ratio)`` per target."""
+    f, ratio, x = bench.figures, bench.ratios, bench.extra
+    out(f"{'figure':<42}{'value':>14}   {'ratio':<26}{'rounds min-max':<16}key")
+    for key in FIGURES:
+        if key.startswith("mem_"):
+            value, rtext = f"{f[key]:,.0f} B", ""
+        elif key in ("publish_start_p50", "publish_start_p99", "get_p50", "get_p99"):
+            value, rtext = f"{f[key]:,.0f} us", f"{ratio[key]:.1f} RTT"
+        else:
+            ref = REFERENCE.get(key, key.removeprefix("raw_"))
+            value, rtext = f"{f[key]:,.0f} /s", f"{ratio[key]:.2f}x {ref}"
+        lo, hi = bench.spread.get(key, (None, None))
+        spread = f"{lo:.2f}-{hi:.2f}" if lo is not None and not key.startswith("raw_") else ""
+        out(f"{LABELS[key]:<42}{value:>14}   {rtext:<26}{spread:<16}[{key}]")
+    out(f"raw pipelined = {ratio['raw_pipelined'] * f['raw_pipelined'] / f['raw_single']:.1f}x raw "
+        f"single; bulk = {f['bulk'] / f['raw_single']:.2f}x raw single")
+    out(f"RTT = 1/raw single = {x['rtt_us']:.0f} us around the latency phase (per-call INCR p50 "
+        f"{x['rtt_p50_us']:.0f} us, p99 {x['rtt_p99_us']:.0f} us); publish->start mean "
+        f"{x['publish_start_mean_us']:,.0f} us")
+    cpu1, cpu2 = x.get("worker_cpu_us_per_job_1proc"), x.get("worker_cpu_us_per_job_2proc")
+    if cpu1 is not None and cpu2 is not None:
+        out(f"worker CPU (user+sys) per job: {cpu1:.0f} us with 1 process, {cpu2:.0f} us with 2")
+    out(f"queued job payload {x['payload_bytes']} B; per queued job by key: " + ", ".join(
         f"{k} {v:.0f} B" for k, v in x["mem_queued_by_key"].items()))
-    out("memory per finished job by key: " + ", ".join(
-        f"{k} {v:.0f} B" for k, v in x["mem_result_by_key"].items()))
+    out("per finished job by key: " + ", ".join(f"{k} {v:.0f} B" for k, v in x["mem_result_by_key"].items()))
     out("")
     out("targets")
     results = []
-    for name, key, op, threshold, unit in TARGETS:
-        value = ratios[key]
-        passed = value >= threshold if op == ">=" else value <= threshold
-        results.append((name, passed, value))
-        out(f"  {'PASS' if passed else 'MISS'}  {name:<60} {value:,.2f} {unit}")
+    for label, key, op, threshold, unit in TARGETS:
+        measured = ratio[key]
+        passed = measured >= threshold if op == ">=" else measured <= threshold
+        results.append((label, passed, measured))
+        out(f"  {'PASS' if passed else 'MISS'}  {label:<58} {measured:,.2f} {unit}")
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, start redis-server, run every measurement, print the report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=None, help="queued jobs per drain (default 20000, quick 4000)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="jobs published and drained in all per phase (default 24000, quick 4000)")
     parser.add_argument("--samples", type=int, default=None, help="latency samples (default 1000, quick 200)")
-    parser.add_argument("--quick", action="store_true", help="smaller run (well under a minute)")
-    parser.add_argument("--concurrency", type=int, default=None, help="threads per worker process")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per figure (default 3, quick 2)")
+    parser.add_argument("--quick", action="store_true", help="a smaller run (well under a minute)")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="threads per worker process (default: the Worker default)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     opts = parser.parse_args(argv)
-    jobs = opts.jobs or (4000 if opts.quick else 20000)
+    jobs = opts.jobs or (4000 if opts.quick else 24000)
     samples = opts.samples or (200 if opts.quick else 1000)
-    if jobs < 100 or samples < 10:
-        parser.error("--jobs must be >= 100 and --samples >= 10")
+    rounds = opts.rounds or (2 if opts.quick else 3)
+    if jobs < 200 or samples < 10 or rounds < 1:
+        parser.error("--jobs must be >= 200, --samples >= 10, --rounds >= 1")
     server = _load_redis_server()().start()
     try:
         info = machine()
-        print("taskpipe benchmark  " + "  ".join(f"{k}: {v}" for k, v in info.items()))
-        print(f"jobs {jobs}, latency samples {samples}, redis-server on 127.0.0.1:{server.port}", flush=True)
-        bench = Bench(server.url, jobs, samples, 0.5 if opts.quick else 2.0, opts.concurrency, print)
+        print("taskpipe benchmark")
+        print("  " + "  ".join(f"{k}: {v}" for k, v in info.items()))
+        print(f"  jobs {jobs} per phase in {rounds} rounds, {samples} latency samples, "
+              f"redis-server on 127.0.0.1:{server.port}", flush=True)
+        bench = Bench(server.url, jobs, samples, rounds, 0.25 if opts.quick else 0.5,
+                      opts.concurrency, print)
         bench.run()
+        info["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"  ran {bench.extra['seconds']:.1f} s; loadavg after: {info['loadavg_after']}")
         print()
         targets = report(bench, print)
+        sys.stdout.flush()
         if opts.json is not None:
-            opts.json.write_text(json.dumps({"machine": info, "jobs": jobs, "samples": samples,
-                                             "figures": bench.figures, "extra": bench.extra,
-                                             "targets": [{"target": n, "pass": p, "value": v}
-                                                         for n, p, v in targets]}, indent=2))
+            opts.json.write_text(json.dumps(
+                {"machine": info, "jobs": jobs, "samples": samples, "rounds": rounds,
+                 "figures": bench.figures, "ratios": bench.ratios, "spread": bench.spread,
+                 "extra": bench.extra,
+                 "targets": [{"target": t, "pass": p, "ratio": v} for t, p, v in targets]}, indent=2))
         bench.app.close()
     finally:
         server.cleanup()

@@ -282,6 +282,8 @@ class TaskPipe:
         """Stop background helpers and close connections."""
         if self._watcher is not None:
             self._watcher.stop()
+        for channel in list(self._channels.values()):
+            channel.close()
         self.connection.close()
 
     def __enter__(self) -> TaskPipe:

@@ -194,11 +194,12 @@ class ListWaiter:
     ``wait`` is in progress, and wakes the waiter when it pops a marker. So a job put into any
     slot wakes the worker at once, as on one Redis. Chosen over "block on the first slot only"
     or rotating, which make every wake-up of the other slots cost a full block timeout.
-    A marker a thread pops just after ``wait`` returned (its BLPOP was still running) is not
-    lost: it makes the next ``wait`` return at once, which costs one extra claim call. It is
-    lost to the *other* workers, who then find the job at their next timeout (``max_block``,
-    1 s by default): that is the bound on a lost wake-up. Threads exit after
-    ``WAITER_IDLE_EXIT`` seconds with nobody waiting (or on ``close``) and restart on demand.
+    A thread's BLPOP may still be running after ``wait`` returned (or after ``close``); a marker
+    it pops then is pushed back to its list for other waiters. Should a marker still be lost
+    (a crash between the pop and the push), the job is found at the next claim, at most
+    ``max_block`` (1 s by default) later: callers never block longer than that. Threads exit
+    after ``WAITER_IDLE_EXIT`` seconds with nobody waiting (or on ``close``) and restart on
+    demand.
     """
 
     def __init__(self, connection: Connection, keys: Sequence[str], *, client: Any = None,
@@ -253,23 +254,35 @@ class ListWaiter:
         while not self._closed.is_set():
             if not self._wanted.wait(self.max_block):
                 with self._lock:  # decide to exit under the lock wait() starts threads with
-                    if (self._closed.is_set() or (not self._wanted.is_set() and
-                                                  time.monotonic() - idle_since >= WAITER_IDLE_EXIT)):
+                    if not self._wanted.is_set() and time.monotonic() - idle_since >= WAITER_IDLE_EXIT:
                         self._threads[index] = None
                         return
                 continue
             idle_since = time.monotonic()
             try:
-                if client.blpop(keys, timeout=self.max_block) is not None:
-                    self._woke.set()
+                popped = client.blpop(keys, timeout=self.max_block)
+                if popped is not None:
+                    if self._wanted.is_set() and not self._closed.is_set():
+                        self._woke.set()
+                    else:  # nobody waits on us any more: give the marker back to other workers
+                        client.lpush(popped[0], popped[1])
             except Exception:  # noqa: BLE001 - broker down: the caller's claim reports it
                 self._closed.wait(self.max_block)
         with self._lock:
             self._threads[index] = None
+            last = not any(self._threads)
+        if last:
+            self._close_client()  # closed: the last thread out closes our own client
 
     def close(self) -> None:
         """Stop the wake-up threads (within ``max_block``); close the client if it is our own."""
         self._closed.set()
+        with self._lock:
+            idle = not any(self._threads)
+        if idle:
+            self._close_client()
+
+    def _close_client(self) -> None:
         if self._own_client and self._client is not None and not self.connection.is_memory:
             try:
                 self._client.close()

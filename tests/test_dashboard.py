@@ -244,8 +244,17 @@ def css(driver: Any, selector: str) -> Any:
     return driver.find_element("css selector", selector)
 
 
+def click(driver: Any, selector: str) -> None:
+    """Click what ``selector`` finds, again if the live page re-rendered it meanwhile."""
+    wait(driver, lambda d: css(d, selector).click() or True)
+
+
+def text_of(driver: Any, selector: str) -> str:
+    return str(wait(driver, lambda d: css(d, selector).text or " ")).strip()
+
+
 def cell(driver: Any, channel: str, col: str) -> str:
-    return str(css(driver, f'tr[data-channel="{channel}"] td[data-col="{col}"]').text)
+    return text_of(driver, f'tr[data-channel="{channel}"] td[data-col="{col}"]')
 
 
 def shot(driver: Any, name: str) -> None:
@@ -258,7 +267,7 @@ def test_overview_shows_published_jobs_live(browser: Any, app: TaskPipe, board: 
     browser.get(board.url)
     wait(browser, lambda d: cell(d, "emails", "available") == "1")
     assert cell(browser, "emails", "published_total") == "1"
-    assert css(browser, 'tr[data-channel="emails"] td[data-col="status"]').text == "active"
+    assert cell(browser, "emails", "status") == "active"
     browser.execute_script("window.__notReloaded = 42")
     app.send("report", channel="emails")  # shows up by polling, without a reload
     wait(browser, lambda d: cell(d, "emails", "available") == "2")
@@ -270,16 +279,14 @@ def test_stalled_job_page_shows_reason_and_retry_makes_it_available(
         browser: Any, app: TaskPipe, board: DashboardServer) -> None:
     job_id = stall_one(app)
     browser.get(board.url + "#/channel/default?state=stalled")
-    row = wait(browser, lambda d: css(d, f'tr[data-job="{job_id}"]'))
-    assert "unknown_task: no.such.task" in row.text
+    assert "unknown_task: no.such.task" in text_of(browser, f'tr[data-job="{job_id}"]')
     shot(browser, "channel-stalled")
-    row.find_element("link text", job_id).click()
-    reason = wait(browser, lambda d: css(d, "#job-reason"))
-    assert reason.text == "unknown_task: no.such.task"
-    assert css(browser, "#job-state").text == "stalled"
-    assert '"task": "no.such.task"' in css(browser, "#job-payload").text
+    click(browser, f'tr[data-job="{job_id}"] a')
+    assert text_of(browser, "#job-reason") == "unknown_task: no.such.task"
+    assert text_of(browser, "#job-state") == "stalled"
+    assert '"task": "no.such.task"' in text_of(browser, "#job-payload")
     shot(browser, "job-stalled")
-    css(browser, "#retry-btn").click()
+    click(browser, "#retry-btn")
     wait(browser, lambda d: css(d, "#job-state").text == "available")
     assert app.channel().info(job_id).state == "available"
     assert not browser.find_elements("css selector", "#retry-btn")
@@ -290,14 +297,14 @@ def test_pause_shows_as_paused(browser: Any, app: TaskPipe, board: DashboardServ
     app.send("report", channel="emails")
     browser.get(board.url + "#/channel/emails")
     wait(browser, lambda d: css(d, "#paused-badge").text == "active")
-    css(browser, '#channel-actions button[data-action="pause"]').click()
+    click(browser, '#channel-actions button[data-action="pause"]')
     wait(browser, lambda d: css(d, "#paused-badge").text == "paused")
     assert app.channel("emails").paused
     shot(browser, "channel-paused")
     browser.get(board.url + "#/")
     wait(browser, lambda d: cell(d, "emails", "status") == "paused")
     shot(browser, "overview-paused")
-    css(browser, 'tr[data-channel="emails"] button[data-action="resume"]').click()
+    click(browser, 'tr[data-channel="emails"] button[data-action="resume"]')
     wait(browser, lambda d: cell(d, "emails", "status") == "active")
     assert not app.channel("emails").paused
 
@@ -311,13 +318,11 @@ def test_failed_job_shows_error_and_traceback_as_text(browser: Any, app: TaskPip
     job_id = boom.delay().id
     Worker(app, ["default"], concurrency=1, burst=True, heartbeat_interval=60).run()
     browser.get(board.url)  # search by id from the header
-    box = wait(browser, lambda d: css(d, "#find-input"))
-    box.send_keys(job_id)
-    css(browser, "#find-form button").click()
-    error = wait(browser, lambda d: css(d, "#job-error"))
-    assert error.text == 'ValueError: <img src=x onerror="window.__xss=1">'
-    assert "Traceback (most recent call last)" in css(browser, "#job-traceback").text
-    assert css(browser, "#job-state").text == "failed"
+    wait(browser, lambda d: css(d, "#find-input")).send_keys(job_id)  # the header is static
+    click(browser, "#find-form button")
+    assert text_of(browser, "#job-error") == 'ValueError: <img src=x onerror="window.__xss=1">'
+    assert "Traceback (most recent call last)" in text_of(browser, "#job-traceback")
+    assert text_of(browser, "#job-state") == "failed"
     assert browser.find_elements("css selector", "#job img") == []
     assert browser.execute_script("return window.__xss") is None
     shot(browser, "job-failed")
@@ -335,16 +340,16 @@ def test_workers_and_cron_pages(browser: Any, app: TaskPipe, board: DashboardSer
     t.start()
     try:
         browser.get(board.url + "#/workers")
-        row = wait(browser, lambda d: css(d, f'tr[data-worker="{w.name}"]'))
-        assert "default" in row.text and "emails" in row.text
+        row = text_of(browser, f'tr[data-worker="{w.name}"]')
+        assert "default" in row and "emails" in row
         shot(browser, "workers")
     finally:
         w.stop()
         t.join(20)
     browser.get(board.url + "#/crons")
-    row = wait(browser, lambda d: css(d, 'tr[data-cron="daily-report"]'))
-    assert "reports.daily" in row.text and "0 6 * * * (Europe/Paris)" in row.text
-    next_fire = row.find_elements("css selector", "td")[4].text
+    row = text_of(browser, 'tr[data-cron="daily-report"]')
+    assert "reports.daily" in row and "0 6 * * * (Europe/Paris)" in row
+    next_fire = text_of(browser, 'tr[data-cron="daily-report"] td:nth-child(5)')
     assert re.fullmatch(r"in \d+[smhd]", next_fire), next_fire
     shot(browser, "crons")
 

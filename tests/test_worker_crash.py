@@ -148,6 +148,20 @@ def test_sigterm_long_grace_lets_the_job_finish(harness: Harness) -> None:
     h.check_ledger()
 
 
+def test_sigterm_to_the_process_group_lets_process_pool_jobs_finish(harness: Harness) -> None:
+    """systemd's default stop signals every process of the unit: children must not die of it."""
+    h = harness
+    job = h.send("slow", 1.0)
+    a = h.worker("--pool", "process", "-c", "1", "--grace", "30s", new_session=True)
+    child = wait_for(lambda: h.flag("started", job.id), what="the job to start in a child")
+    assert child != a.pid
+    os.killpg(a.pid, signal.SIGTERM)
+    assert a.wait() == 0, a.output()
+    assert job.get(timeout=1) == child
+    assert not _pid_alive(child)
+    h.check_ledger()
+
+
 def test_second_sigterm_stops_at_once(harness: Harness) -> None:
     h = harness
     job = h.send("slow", 60.0, max_runs=2)

@@ -172,12 +172,13 @@ def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condit
 class WorkerProcess:
     """A real ``python -m taskpipe worker`` subprocess, its output in a log file."""
 
-    def __init__(self, env: dict[str, str], args: list[str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], args: list[str], log_path: Path,
+                 new_session: bool = False) -> None:
         self.args = [sys.executable, "-m", "taskpipe", "worker", *args]
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()/kill()
         self.proc = subprocess.Popen(self.args, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, start_new_session=new_session)
         self.pid = self.proc.pid
 
     def send(self, sig: int) -> None:
@@ -232,11 +233,12 @@ class Harness:
         env.update(extra)
         return env
 
-    def worker(self, *args: str, env: dict[str, str] | None = None, **extra_env: str) -> WorkerProcess:
+    def worker(self, *args: str, env: dict[str, str] | None = None, new_session: bool = False,
+               **extra_env: str) -> WorkerProcess:
         """Start ``taskpipe worker -A <module>:app <args>``."""
         n = len(self.workers)
         w = WorkerProcess(env if env is not None else self.env(**extra_env),
-                          ["-A", self.app_path, *args], self.tmp / f"worker{n}.log")
+                          ["-A", self.app_path, *args], self.tmp / f"worker{n}.log", new_session)
         self.workers.append(w)
         return w
 

@@ -316,7 +316,8 @@ def _action(name: str, doc: str, act: Callable[[Any, str, dict[str, Any]], None]
         if as_json:
             _emit_json({"ok": True, "action": name, "id": job_id, "channel": ch_name, "state": state})
         else:
-            click.echo(f"{name}: job {job_id} in {ch_name!r} is now {state}")
+            click.echo(f"{name}: job {job_id} in {ch_name!r} is now "
+                       f"{'gone' if state == 'unknown' else state}")
 
     command.__doc__ = doc
     fn: Any = command

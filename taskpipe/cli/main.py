@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``taskpipe`` script and ``python -m taskpipe``."""
     _register()
     try:
-        cli.main(args=argv, prog_name="taskpipe", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="taskpipe", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:
@@ -72,4 +73,3 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         click.echo(f"Error: {exc}", err=True)
         return 2
-    return 0

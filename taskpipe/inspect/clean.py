@@ -5,15 +5,14 @@
 stored results and logs. An id that was published again since (it is in ``feed.items:<f>``)
 keeps its result and log; only its stale index entry goes.
 
-``stalled``: ids come from ``SSCAN`` of ``feed.stalled:<f>``; each batch is retracted with the
-``job_retract`` script inside ``WATCH feed.stalled`` / ``MULTI``, only for ids still stalled, so a
+``stalled``: ids come from ``feed.stalledat:<f>`` (id -> stall ms), oldest first; each is
+retracted by ``job_retract`` with a guard "still stalled, stalled at or before the cutoff", so a
 job retried meanwhile is never removed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import redis
 
@@ -59,37 +58,58 @@ def clean_finished(ch: JobChannel, report: CleanReport, batch: int, progress: Pr
 
 
 def clean_stalled(ch: JobChannel, report: CleanReport, batch: int, progress: Progress) -> None:
-    """Retract every job stalled now (only those still stalled when their batch commits)."""
-    k, client, cursor = ch.keys, ch.client, 0
-    if not report.dry_run:
-        ch.scripts.ensure_loaded(client, "job_retract")
+    """Retract jobs stalled at or before ``report.cutoff_ms`` (server time), ``batch`` at a time.
+
+    Candidates come from ``feed.stalledat:<f>`` (id -> stall ms) read oldest first; each is
+    retracted by ``job_retract`` with its stall-time guard, so a job retried (or stalled again
+    later) meanwhile is never removed. Jobs stalled by a legacy client have no stall time: they
+    are cleaned only with ``older_than 0`` (found by ``SSCAN`` of ``feed.stalled:<f>``).
+    """
+    k, client, offset = ch.keys, ch.client, 0
     while True:
+        ids = [_s(i) for i in client.zrangebyscore(k.stalled_at, "-inf", report.cutoff_ms,
+                                                   start=offset, num=batch)]
+        if not ids:
+            break
+        report.examined += len(ids)
+        if report.dry_run:
+            offset += len(ids)
+            gone = ids
+        else:
+            gone = ch.retract_stalled_before(ids, report.cutoff_ms)
+            offset += len(ids) - len(gone)
+        report.removed += len(gone)
+        report.skipped += len(ids) - len(gone)
+        _note(report, gone, progress, len(ids))
+    if report.cutoff_ms < _server_ms(ch):
+        return
+    cursor = 0
+    while True:  # older_than 0: also jobs with no stall time (stalled by a legacy client)
         cursor, found = client.sscan(k.stalled, cursor, count=batch)
         cursor = int(cursor)
         ids = [_s(i) for i in found]
-        for start in range(0, len(ids), batch):
-            part = ids[start:start + batch]
-            report.examined += len(part)
-            gone = part if report.dry_run else _retract_if_stalled(ch, part)
+        stamped = client.zmscore(k.stalled_at, ids) if ids else []
+        legacy = [job_id for job_id, at in zip(ids, stamped) if at is None]
+        if legacy:
+            report.examined += len(legacy)
+            gone = legacy if report.dry_run else _retract_legacy_stalled(ch, legacy)
             report.removed += len(gone)
-            report.skipped += len(part) - len(gone)
-            _note(report, gone, progress, len(part))
+            report.skipped += len(legacy) - len(gone)
+            _note(report, gone, progress, len(legacy))
         if cursor == 0:
             return
 
 
-def _retract_keys(ch: JobChannel, job_id: str) -> list[Any]:
-    """KEYS of job_retract.lua for one job, in the order of its header (as ``JobChannel.retract``)."""
-    k = ch.keys
-    return [k.items, k.ids, k.claimed, k.leases, k.tokens, k.workers, k.stalled, k.reasons,
-            k.cancelled, k.attempts, k.published, k.delayed, k.urgent, k.progress, k.finished,
-            k.result(job_id), k.log(job_id)]
+def _server_ms(ch: JobChannel) -> int:
+    seconds, micros = ch.client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
-def _retract_if_stalled(ch: JobChannel, ids: list[str]) -> list[str]:
-    """Retract those of ``ids`` that are still stalled, atomically; returns the retracted ids."""
+def _retract_legacy_stalled(ch: JobChannel, ids: list[str]) -> list[str]:
+    """Retract legacy-stalled ids (no stall time) still stalled, inside WATCH/MULTI."""
     k, script = ch.keys, ch.scripts["job_retract"]
     retract_channel = ch.thoonk.keys.feed(ch.name).ch_retract
+    ch.scripts.ensure_loaded(ch.client, "job_retract")
     with ch.client.pipeline(transaction=True) as pipe:
         for _ in range(50):
             try:
@@ -101,10 +121,10 @@ def _retract_if_stalled(ch: JobChannel, ids: list[str]) -> list[str]:
                     return []
                 pipe.multi()
                 for job_id in still:
-                    script.queue(pipe, _retract_keys(ch, job_id), [job_id, retract_channel])
+                    script.queue(pipe, ch.retract_keys(job_id), [job_id, retract_channel, ""])
                 results = pipe.execute()
                 return [job_id for job_id, ok in zip(still, results) if int(ok)]
             except redis.WatchError:
                 continue
     raise ThoonkError(f"the stalled set of {ch.name!r} kept changing during the clean; "
-                            "nothing more was removed, run it again")
+                      "nothing more was removed, run it again")

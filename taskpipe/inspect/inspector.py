@@ -301,8 +301,8 @@ class Inspector:
         ``on_progress(n)`` is called after each batch with the number of ids examined.
 
         ``finished``: entries of the finished index older than ``older_than_s``.
-        ``stalled``: the schema records no stall time, so only ``older_than_s=0`` (every job
-        stalled now) is accepted; a job is retracted only if it is still stalled.
+        ``stalled``: jobs stalled longer ago than ``older_than_s`` (by their stall time); a job is
+        retracted only if it is still stalled.
         """
         ch = self.channel(channel)
         self.check_clean(state, older_than_s, batch)
@@ -320,19 +320,14 @@ class Inspector:
             raise ConfigError(f"older_than must be a finite duration >= 0, got {older_than_s!r}")
         if state not in ("finished", "stalled"):
             raise ConfigError(f"can only clean 'finished' or 'stalled' jobs, not {state!r}")
-        if state == "stalled" and older_than_s > 0:
-            raise ConfigError(
-                "stalled jobs carry no stall time in this schema, so the age must be 0 "
-                "(--older-than 0: retract every job stalled now); see docs/cli.md")
 
     def count_cleanable(self, channel: str, state: str, older_than_s: float,
                         now_ms: int | None = None) -> int:
         """How many jobs ``clean`` would examine (for a progress bar), in O(log n)."""
         ch = self.channel(channel)
-        if state == "stalled":
-            return int(self.client.scard(ch.keys.stalled))
         now = self.server_time_ms() if now_ms is None else now_ms
-        return int(self.client.zcount(ch.keys.finished, "-inf", now - int(older_than_s * 1000)))
+        key = ch.keys.stalled_at if state == "stalled" else ch.keys.finished
+        return int(self.client.zcount(key, "-inf", now - int(older_than_s * 1000)))
 
 
 def _offset(cursor: str | int | None, state: str) -> int:

@@ -8,6 +8,7 @@ durable results with a TTL and per-job progress and logs.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,13 @@ def _check_id(value: Any) -> Any:
     if value is not None and (not isinstance(value, str) or not value or "\0" in value):
         raise TypeError(f"a job id must be a non-empty str without NUL, got {value!r}")
     return value
+
+
+def _close_quietly(pubsub: Any) -> None:
+    try:
+        pubsub.close()
+    except Exception:  # noqa: BLE001 - closing is best effort
+        pass
 
 
 def _s(value: Any) -> str:
@@ -129,6 +137,17 @@ class JobChannel:
         self._owner_keys = [k.claimed, k.leases, k.tokens, k.workers]
         self._finish_keys = [*self._owner_keys, k.items, k.cancelled, k.attempts, k.published,
                              k.finishes, k.finished, k.failures, k.progress, k.reasons]
+        # one pub/sub connection kept open between result waits (opening one per wait costs
+        # more than the wait itself); a wait that finds it in use opens its own, as before
+        self._pubsub: Any = None
+        self._pubsub_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the pub/sub connection kept for result waits (the channel stays usable; a wait
+        in progress keeps its connection until it ends)."""
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            _close_quietly(pubsub)
 
     def __repr__(self) -> str:
         return f"<JobChannel {self.name!r}>"
@@ -251,7 +270,7 @@ class JobChannel:
         """Park a claimed job with a reason; it is not dispatched until ``retry``."""
         k = self.keys
         code = self.scripts["job_stall"](
-            self.client, [*self._owner_keys, k.stalled, k.reasons, k.published],
+            self.client, [*self._owner_keys, k.stalled, k.reasons, k.published, k.stalled_at],
             [id, token, reason])
         self._raise_for(int(code), id, "claimed", token)
 
@@ -260,7 +279,7 @@ class JobChannel:
         k = self.keys
         code = self.scripts["job_retry"](
             self.client, [k.stalled, k.reasons, k.ids, k.published, k.wake, k.cancelled,
-                          k.attempts, k.items], [id, "1" if reset_counts else "0"])
+                          k.attempts, k.items, k.stalled_at], [id, "1" if reset_counts else "0"])
         self._raise_for(int(code), id, "stalled")
 
     def defer(self, id: str, token: str = "", delay_ms: int = 0, count_attempt: bool = True,
@@ -273,15 +292,32 @@ class JobChannel:
         self._raise_for(int(code), id, "claimed", token)
         return int(attempts)
 
+    def retract_keys(self, id: str) -> list[str]:
+        """KEYS of the ``job_retract`` script for one job, in the order of its header."""
+        k = self.keys
+        # claimed, leases, tokens, workers come 3rd to 6th, as the script expects
+        return [k.items, k.ids, *self._owner_keys, k.stalled, k.reasons, k.cancelled, k.attempts,
+                k.published, k.delayed, k.urgent, k.progress, k.finished, k.result(id), k.log(id),
+                k.stalled_at]
+
     def retract(self, id: str) -> None:
         """Remove a job from every state, its stored result and log included."""
-        k = self.keys
-        keys = [k.items, k.ids, *self._owner_keys, k.stalled, k.reasons, k.cancelled, k.attempts,
-                k.published, k.delayed, k.urgent, k.progress, k.finished, k.result(id), k.log(id)]
-        # keys[2:6] are claimed, leases, tokens, workers, in that order, as the script expects
-        if not self.scripts["job_retract"](self.client, keys,
-                                           [id, self.thoonk.keys.feed(self.name).ch_retract]):
+        if not self.scripts["job_retract"](self.client, self.retract_keys(id),
+                                           [id, self.thoonk.keys.feed(self.name).ch_retract, ""]):
             raise JobNotFound(f"no job {id!r} in channel {self.name!r}")
+
+    def retract_stalled_before(self, ids: Sequence[str], stalled_before_ms: int) -> list[str]:
+        """Retract those of ``ids`` still stalled since at or before ``stalled_before_ms``
+        (server time), each atomically; returns the ids retracted."""
+        if not ids:
+            return []
+        channel = self.thoonk.keys.feed(self.name).ch_retract
+        self.scripts.ensure_loaded(self.client, "job_retract")
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            self.scripts["job_retract"].queue(pipe, self.retract_keys(job_id),
+                                              [job_id, channel, int(stalled_before_ms)])
+        return [job_id for job_id, ok in zip(ids, pipe.execute()) if int(ok)]
 
     def _raise_for(self, code: int, id: str, expected: str, token: str = "") -> None:
         if code == 1:
@@ -315,7 +351,7 @@ class JobChannel:
         k = self.keys
         requeued, stalled = self.scripts["job_reap"](
             self.client, [*self._owner_keys, k.cancelled, k.ids, k.wake, k.stalled, k.reasons,
-                          k.published], [limit, max_cancels])
+                          k.published, k.stalled_at], [limit, max_cancels])
         return [_s(x) for x in requeued], [_s(x) for x in stalled]
 
     def promote(self, limit: int = 1000) -> tuple[int, int | None]:
@@ -336,7 +372,8 @@ class JobChannel:
         value: bytes | None = self.client.get(key)
         if value is not None or not timeout:
             return value
-        pubsub = self.thoonk.connection.new_client().pubsub(ignore_subscribe_messages=True)
+        pubsub, shared = self._borrow_pubsub()
+        keep = True
         try:
             pubsub.subscribe(self.keys.ch_finish)
             value = self.client.get(key)  # it may have landed before we subscribed
@@ -354,8 +391,54 @@ class JobChannel:
                     late: bytes | None = self.client.get(key)
                     return late
             return value
+        except BaseException:
+            keep = False  # the connection's state is unknown: do not keep it
+            raise
         finally:
+            self._return_pubsub(pubsub, shared, keep)
+
+    def _borrow_pubsub(self) -> tuple[Any, bool]:
+        """A pub/sub connection for one result wait: ``(pubsub, shared)``.
+
+        The shared one is free unless another thread waits on this channel right now; it comes
+        back unsubscribed, and is only lent again once its unsubscribe is confirmed (every
+        message of the earlier wait is read and dropped by then).
+        """
+        if not self._pubsub_lock.acquire(blocking=False):
+            return self.thoonk.connection.new_client().pubsub(ignore_subscribe_messages=True), False
+        try:
+            pubsub, self._pubsub = self._pubsub, None
+            if pubsub is not None:
+                try:
+                    deadline = time.monotonic() + 1.0
+                    while pubsub.subscribed:
+                        if time.monotonic() >= deadline:
+                            raise TimeoutError("no unsubscribe confirmation")
+                        pubsub.get_message(timeout=0.05)
+                except Exception:  # noqa: BLE001 - a broken idle connection: open a new one
+                    _close_quietly(pubsub)
+                    pubsub = None
+            if pubsub is None:
+                pubsub = self.thoonk.connection.new_client().pubsub(ignore_subscribe_messages=True)
+            return pubsub, True
+        except BaseException:
+            self._pubsub_lock.release()
+            raise
+
+    def _return_pubsub(self, pubsub: Any, shared: bool, keep: bool) -> None:
+        if not shared:
             pubsub.close()
+            return
+        try:
+            if keep:
+                pubsub.unsubscribe()  # confirmed (and its messages dropped) at the next borrow
+                self._pubsub = pubsub
+            else:
+                pubsub.close()
+        except Exception:  # noqa: BLE001 - keep nothing broken; the next wait opens a new one
+            _close_quietly(pubsub)
+        finally:
+            self._pubsub_lock.release()
 
     # progress and logs ----------------------------------------------------------------------
     def set_progress(self, id: str, progress: str, token: str = "") -> None:

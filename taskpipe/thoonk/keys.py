@@ -76,6 +76,7 @@ class JobKeys:
     fence: str        # counter: source of fencing tokens
     attempts: str     # HASH  id -> failed runs (task raised), apart from cancels
     reasons: str      # HASH  id -> why a job was stalled
+    stalled_at: str   # ZSET  id -> stall ms (server time), for age-based cleaning
     progress: str     # HASH  id -> progress "current/total"
     finished: str     # ZSET  id -> finish ms (index of finished jobs, trimmed by age)
     failures: str     # counter: jobs finished as failed
@@ -182,6 +183,7 @@ class Keyspace:
             fence=k("feed.fence:" + name),
             attempts=k("feed.attempts:" + name),
             reasons=k("feed.reasons:" + name),
+            stalled_at=k("feed.stalledat:" + name),
             progress=k("feed.progress:" + name),
             finished=k("feed.finished:" + name),
             failures=k("feed.failures:" + name),
@@ -197,7 +199,8 @@ class Keyspace:
         j = self.job(name)
         return [j.config, j.ids, j.items, j.publishes, j.finishes, j.published, j.claimed,
                 j.stalled, j.cancelled, j.delayed, j.urgent, j.leases, j.tokens, j.workers,
-                j.fence, j.attempts, j.reasons, j.progress, j.finished, j.failures, j.wake]
+                j.fence, j.attempts, j.reasons, j.stalled_at, j.progress, j.finished, j.failures,
+                j.wake]
 
     def feed_object_keys(self, name: str) -> list[str]:
         """Every key of a feed, sorted feed or queue (for delete)."""

@@ -58,8 +58,11 @@ class Script:
                 redis.exceptions.BusyLoadingError, redis.exceptions.ReadOnlyError) as exc:
             raise BrokerUnavailable(f"{self.name}: broker unavailable: {exc}") from exc
         except redis.exceptions.ResponseError as exc:
-            if str(exc).startswith(("OOM", "MISCONF")):
-                raise BrokerUnavailable(f"{self.name}: broker refused the write: {exc}") from exc
+            # redis-py turns an "OOM ..." reply into OutOfMemoryError and drops the "OOM" prefix
+            if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith(
+                    ("OOM", "MISCONF")):
+                raise BrokerUnavailable(f"{self.name}: broker refused the write "
+                                        f"(out of memory or persistence error): {exc}") from exc
             raise
 
     def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:

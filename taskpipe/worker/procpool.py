@@ -1,11 +1,12 @@
 """The process pool: N child processes run jobs, so CPU-bound tasks run in parallel and a task
 can be killed at its hard time limit.
 
-Each child is a fresh interpreter (multiprocessing ``spawn``) that imports the app from the
-worker's ``-A module:app`` and gets claims over a pipe. It runs a job with ``run_prepared`` (so
-the soft timeout, ``current_job()``, progress and logs work as in the thread pool, through the
-child's own broker connection) and sends back a slim, picklable outcome. Leases are renewed and
-outcomes written by the parent worker, never by the child.
+Each child is a fresh interpreter (``python -c``, started with ``subprocess``: no fork of a
+threaded worker, and no re-import of the caller's ``__main__``) that imports the app from the
+worker's ``-A module:app`` and gets claims over a socket pair (pickled messages). It runs a job
+with ``run_prepared`` (so the soft timeout, ``current_job()``, progress and logs work as in the
+thread pool, through the child's own broker connection) and sends back a slim, picklable
+outcome. Leases are renewed and outcomes written by the parent worker, never by the child.
 
 For every child, one parent thread (a *slot*) hands it jobs and watches it:
 
@@ -15,9 +16,10 @@ For every child, one parent thread (a *slot*) hands it jobs and watches it:
   cancel count +1), or is stalled with reason ``worker_lost: ...`` once its cancel count would pass
   ``max_cancels``; a new child takes the slot.
 
-Children are daemonic (they can't start ``multiprocessing`` children of their own; use
-``subprocess``), ignore SIGINT (Ctrl-C reaches the worker, which shuts them down) and, on Linux,
-die with the worker (``PR_SET_PDEATHSIG``).
+Children ignore SIGINT and SIGTERM (a signal to the whole process group is for the worker, which
+drains, then stops them with SIGKILL) and, on Linux, die with the worker
+(``PR_SET_PDEATHSIG``); elsewhere a child exits when its pipe to the worker closes. They are
+ordinary processes, so a task may start processes of its own.
 """
 
 from __future__ import annotations
@@ -89,7 +91,10 @@ def _slim(outcome: Outcome) -> dict[str, Any]:
 
 def _child_main(fd: int) -> None:
     """Entry point of a pool child: load the app, then run claims from the pipe until EOF."""
+    # Ctrl-C (SIGINT to the process group) and a SIGTERM sent to the whole group (systemd's
+    # default KillMode) are for the worker: it drains, then stops its children itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
     conn = Pipe(fd)
     try:

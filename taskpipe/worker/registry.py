@@ -2,8 +2,9 @@
 
 Each worker refreshes ``taskpipe.worker:<name>`` (a hash with a TTL of three heartbeats) and its
 score in ``taskpipe.workers`` (a sorted set of name -> expiry ms). A worker that dies stops
-refreshing and drops out once its entry expires. Heartbeats use the worker's clock; they are for
-display only, never for job safety (leases use Redis server time).
+refreshing and drops out once its entry expires. Heartbeat deadlines use the Redis server clock
+(``TIME``), like leases, so a worker whose clock is off neither hides the others (a fast clock
+used to expire every other entry) nor looks dead itself; they are for display, never job safety.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ def _s(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def _server_ms(client: Any) -> int:
+    """The Redis server clock in ms (the local clock if the server's cannot be read as one pair)."""
+    reply = client.time()
+    if isinstance(reply, (list, tuple)) and len(reply) == 2:
+        return int(reply[0]) * 1000 + int(reply[1]) // 1000
+    return int(time.time() * 1000)  # e.g. a cluster client answering per node
+
+
 class WorkerRegistry:
     """Reads and writes the worker registry of one app."""
 
@@ -34,7 +43,7 @@ class WorkerRegistry:
     def beat(self, worker: Any) -> None:
         """Refresh one worker's entry (called by the worker's keeper thread)."""
         ttl_ms = int(max(worker.heartbeat_interval * 3, 1.0) * 1000)
-        now_ms = int(time.time() * 1000)
+        now_ms = _server_ms(self.app.connection.client)
         info = {
             "name": worker.name, "host": socket.gethostname(), "pid": str(os.getpid()),
             "channels": ",".join(worker.channel_names), "pool": worker.pool_kind,
@@ -65,7 +74,7 @@ class WorkerRegistry:
     def live(self) -> list[dict[str, Any]]:
         """Every live worker's info (expired entries are skipped)."""
         client = self.app.connection.client
-        now_ms = int(time.time() * 1000)
+        now_ms = _server_ms(client)
         names = [_s(n) for n in client.zrangebyscore(self.keys.workers_registry(), now_ms, "+inf")]
         out = []
         for name in names:

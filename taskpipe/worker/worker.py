@@ -107,6 +107,7 @@ class Worker:
         self._broker_failures = 0
         self._last_broker_log = 0.0
         self._policy_checked = False
+        self._lost_logged: set[tuple[str, str, str]] = set()  # claims reported lost (keeper)
 
     # control --------------------------------------------------------------------------------
     def stop(self, graceful: bool = True) -> None:
@@ -210,6 +211,7 @@ class Worker:
                 continue
             if self._broker_failures:
                 log.info("broker reachable again (after %d failed tries)", self._broker_failures)
+                self._reregister_channels()
             self._broker_failures = 0
             if not self._policy_checked:
                 self._check_eviction_policy()
@@ -243,6 +245,15 @@ class Worker:
             self._broker_down(exc)
             return False
         return True
+
+    def _reregister_channels(self) -> None:
+        """After an outage, re-create the channels' registration (``feeds``, config) in case
+        Redis came back empty (restarted without persistence), so tools still list them."""
+        for name in self.channel_names:
+            try:
+                self.app.thoonk.job(name)
+            except Exception as exc:  # noqa: BLE001 - best effort; claiming works without it
+                log.warning("could not re-register channel %s: %s", name, exc)
 
     def _check_eviction_policy(self) -> None:
         """Warn once if Redis may evict keys: any ``maxmemory-policy`` but ``noeviction`` can
@@ -365,7 +376,9 @@ class Worker:
                     log.error("could not write %d outcomes (%s); their leases will expire and "
                               "the jobs will run again", len(outcomes), exc)
                     return
-                log.warning("writing outcomes failed (%s); retrying", exc)
+                # the first failure of a batch is a warning; its retries are quiet (no flood)
+                (log.warning if delay == 0.05 else log.debug)(
+                    "writing outcomes failed (%s); retrying", exc)
                 self._stop_now.wait(delay)
                 delay = min(delay * 2, 2.0)
             except Exception:  # noqa: BLE001 - never let the finisher die
@@ -405,7 +418,13 @@ class Worker:
         by_channel: dict[str, list[tuple[str, str]]] = {}
         for claim in self.running:
             by_channel.setdefault(claim.channel, []).append((claim.id, claim.token))
+        lost: set[tuple[str, str, str]] = set()
         for name, pairs in by_channel.items():
+            tokens = dict(pairs)
             for job_id in self.app.channel(name).extend(pairs, lease_ms):
-                log.warning("lease of job %s/%s lost while running; its outcome will be refused",
-                            name, job_id)
+                key = (name, job_id, tokens.get(job_id, ""))
+                lost.add(key)
+                if key not in self._lost_logged:  # once per claim, not on every renewal
+                    log.warning("lease of job %s/%s lost while running; its outcome will be refused",
+                                name, job_id)
+        self._lost_logged = lost

@@ -166,9 +166,12 @@ if os.environ.get("TP_FAULT_HOLD_FINISH"):
     _orig_write = OutcomeWriter.write
 
     def _held_write(self, outcomes):
-        if outcomes:
-            for o in outcomes:
-                L.set(PREFIX + "returned:" + o.claim.id, os.getpid())
+        # hold the first write of each claim only (a retried write goes straight through)
+        fresh = [o for o in outcomes
+                 if L.set(PREFIX + "returned:" + o.claim.id + ":" + o.claim.token, os.getpid(), nx=True)]
+        for o in fresh:
+            L.set(PREFIX + "returned:" + o.claim.id, os.getpid())
+        if fresh:
             L.blpop([PREFIX + "gate:finish"], timeout=60)
         return _orig_write(self, outcomes)
 
@@ -464,13 +467,23 @@ class Fault:
         for name in channels:
             allowed.update(keys.job_object_keys(name))
         cron_prefix = keys.cron_state("")
-        offenders = []
+        offenders: list[str] = []
+        batch: list[str] = []
+
+        def flush() -> None:
+            pipe = self.r.pipeline(transaction=False)
+            for key in batch:
+                pipe.pttl(key)
+            offenders.extend(k for k, ttl in zip(batch, pipe.execute()) if ttl == -1)  # -2: gone
+            batch.clear()
+
         for raw in self.r.scan_iter(match=self.prefix.replace("*", r"\*") + "*", count=1000):
             key = raw.decode()
-            if key in allowed or key.startswith(cron_prefix):
-                continue
-            if self.r.pttl(key) == -1:  # -2: expired meanwhile
-                offenders.append(key)
+            if key not in allowed and not key.startswith(cron_prefix):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    flush()
+        flush()
         assert not offenders, f"keys without a TTL: {offenders[:10]} ({len(offenders)} in all)"
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 -- KEYS[1] feed.claimed:<f>  KEYS[2] feed.leases:<f>  KEYS[3] feed.tokens:<f>  KEYS[4] feed.workers:<f>
 -- KEYS[5] feed.cancelled:<f>  KEYS[6] feed.ids:<f>  KEYS[7] feed.wake:<f>
 -- KEYS[8] feed.stalled:<f>  KEYS[9] feed.reasons:<f>  KEYS[10] feed.published:<f>
+-- KEYS[11] feed.stalledat:<f>
 -- ARGV[1] limit (<= 1000 per call)  ARGV[2] max cancels (a job cancelled more than this many
 --         times is stalled with reason 'worker_lost'; '0' = never stall)
 -- Only leases whose deadline (server time) has passed are touched; a valid lease never is.
@@ -20,6 +21,7 @@ for _, id in ipairs(expired) do
     local count = redis.call('HINCRBY', KEYS[5], id, 1)
     if max_cancels > 0 and count > max_cancels then
       redis.call('SADD', KEYS[8], id)
+      redis.call('ZADD', KEYS[11], now, id)
       redis.call('HSET', KEYS[9], id, 'worker_lost: lease expired ' .. count .. ' times')
       redis.call('ZREM', KEYS[10], id)
       stalled[#stalled + 1] = id

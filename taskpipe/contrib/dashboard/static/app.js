@@ -38,6 +38,16 @@
     node.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
   }
   const enc = encodeURIComponent;
+  // Re-render a part only when its data changed, so rows and buttons are not replaced under the
+  // pointer every second (relative times refresh at least every 5 s through the tick key).
+  const rendered = new WeakMap();
+  function same(node, data) {
+    const key = JSON.stringify(data);
+    if (rendered.get(node) === key) return true;
+    rendered.set(node, key);
+    return false;
+  }
+  const tick5 = () => Math.floor(Date.now() / 5000);
   function toast(message, error) {
     const t = document.getElementById("toast");
     t.textContent = message;
@@ -153,13 +163,18 @@
         const data = await api("overview?history=120");
         replace(summary, `${data.channels.length} channel(s) · ${data.workers} live worker(s) · server time ${fmtTime(data.server_time_ms)}`);
         replace(chartBox, chart(sumHistory(data.history)));
+        const lastRates = {};
+        for (const c of data.channels) {
+          const r = rates(data.history[c.channel] || []);
+          lastRates[c.channel] = r.length ? r[r.length - 1][2] : 0;
+        }
+        if (same(body, [data.channels, lastRates])) return;
         if (!data.channels.length) {
           replace(body, el("tr", {}, el("td", { colspan: 12, className: "empty", text: "No job channels yet." })));
           return;
         }
         replace(body, data.channels.map((c) => {
-          const r = rates(data.history[c.channel] || []);
-          const rate = r.length ? r[r.length - 1][2] : 0;
+          const rate = lastRates[c.channel];
           return el("tr", { "data-channel": c.channel },
             el("td", {}, chanLink(c.channel)),
             cols.map((k) => el("td", { className: "num", "data-col": k, text: c[k] })),
@@ -218,15 +233,20 @@
           api("overview?history=120"),
         ]);
         const c = data.counts;
-        replace(status, c.paused ? badge("paused") : badge("active"));
-        status.firstChild.id = "paused-badge";
-        replace(actions, pauseButton(channel, c.paused));
-        replace(tabs, STATES.map((s) => el("a", {
-          href: `#/channel/${enc(channel)}?state=${s}`, "data-state": s, className: s === state ? "active" : "",
-          text: s === "failed" ? "failed" : `${s} (${c[s]})`,
-        })));
+        if (!same(status, c.paused)) {
+          replace(status, c.paused ? badge("paused") : badge("active"));
+          status.firstChild.id = "paused-badge";
+          replace(actions, pauseButton(channel, c.paused));
+        }
+        if (!same(tabs, c)) {
+          replace(tabs, STATES.map((s) => el("a", {
+            href: `#/channel/${enc(channel)}?state=${s}`, "data-state": s, className: s === state ? "active" : "",
+            text: s === "failed" ? "failed" : `${s} (${c[s]})`,
+          })));
+        }
         replace(chartBox, chart(ov.history[channel] || []));
         const now = ov.server_time_ms;
+        if (same(body, [data.rows, data.next_cursor, page, tick5()])) return;
         if (!data.rows.length) {
           replace(body, el("tr", {}, el("td", { colspan: 8, className: "empty", text: `No ${state} jobs.` })));
         } else {
@@ -260,10 +280,14 @@
         try {
           j = await api(`channels/${enc(channel)}/jobs/${enc(id)}`);
         } catch (e) {
-          if (e.status === 404) { replace(box, el("p", { className: "empty", id: "job-missing", text: e.message })); return; }
+          if (e.status === 404) {
+            if (!same(box, e.message)) replace(box, el("p", { className: "empty", id: "job-missing", text: e.message }));
+            return;
+          }
           throw e;
         }
         const now = j.server_time_ms;
+        if (same(box, [{ ...j, server_time_ms: 0 }, tick5()])) return;
         const rows = [["channel", chanLink(channel)], ["state", badge(j.state)]];
         if (j.task) rows.push(["task", j.task]);
         rows.push(["attempts", j.attempts], ["cancels", j.cancels]);
