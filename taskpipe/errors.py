@@ -70,7 +70,14 @@ class WrongFeedType(ThoonkError):
     """The Thoonk object exists but has another type (e.g. a feed used as a job channel)."""
 
 
-class ItemNotFound(ThoonkError, KeyError):
+class _PlainKeyError(KeyError):
+    """A KeyError whose message prints without the quotes KeyError adds."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ItemNotFound(ThoonkError, _PlainKeyError):
     """The item id is not in the feed."""
 
 
@@ -78,7 +85,7 @@ class InvalidPosition(ThoonkError, ValueError):
     """A sorted-feed relative position is malformed or refers to the item itself."""
 
 
-class JobNotFound(ThoonkError, KeyError):
+class JobNotFound(ThoonkError, _PlainKeyError):
     """No job with that id exists in the channel (in any state)."""
 
 

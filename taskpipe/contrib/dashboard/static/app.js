@@ -85,6 +85,7 @@
     if (ms === null || ms === undefined) return "";
     const s = Math.round((ms - now) / 1000);
     const a = Math.abs(s);
+    if (a === 0) return "now";
     const txt = a < 60 ? `${a}s` : a < 3600 ? `${Math.round(a / 60)}m` : a < 86400 ?
       `${Math.round(a / 3600)}h` : `${Math.round(a / 86400)}d`;
     return s >= 0 ? `in ${txt}` : `${txt} ago`;
@@ -141,7 +142,7 @@
     const legend = el("div", { className: "legend" },
       ["published", "finished", "failed"].map((n, k) =>
         el("span", {}, el("span", { className: "k " + n }), `${n} ${fmtRate(last[k + 1])}/s`)),
-      el("span", { text: `scale ${fmtRate(peak)}/s · last ${samples.length} samples` }));
+      el("span", { text: `scale ${fmtRate(peak)}/s · ${samples.length} sample(s)` }));
     return el("div", { className: "card" }, box, legend);
   }
 
