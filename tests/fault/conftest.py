@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Fault
-from redis_server import RedisServer
+from harness import Fault, RedisServer
 
 
 @pytest.fixture(scope="session")

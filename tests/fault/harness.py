@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -32,7 +32,12 @@ from taskpipe.app import TaskPipe
 from taskpipe.cli.main import load_app
 from taskpipe.results import AsyncResult
 
-__all__ = ["FAULT_APP", "SITECUSTOMIZE", "WorkerProc", "Fault", "run_worker_subprocess", "wait_for",
+if TYPE_CHECKING:
+    from tests.redis_server import RedisServer, free_port
+else:  # tests/ is on sys.path (tests/conftest.py puts it there)
+    from redis_server import RedisServer, free_port
+
+__all__ = ["RedisServer", "free_port", "FAULT_APP", "SITECUSTOMIZE", "WorkerProc", "Fault", "run_worker_subprocess", "wait_for",
            "LEASE_LOST_PATTERNS"]
 
 FAULT_APP = '''
@@ -301,8 +306,8 @@ class Fault:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        self.r = redis.Redis.from_url(broker_url)        # plain client on the broker
-        self.ledger = redis.Redis.from_url(ledger_url)   # plain client on the ledger Redis
+        self.r: Any = redis.Redis.from_url(broker_url)       # plain client on the broker
+        self.ledger: Any = redis.Redis.from_url(ledger_url)  # plain client on the ledger Redis
         self.procs: list[WorkerProc] = []
         self.jobs: dict[str, tuple[str, int, int]] = {}  # id -> (channel, min runs, max runs)
 

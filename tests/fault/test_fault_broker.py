@@ -12,12 +12,12 @@ import re
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
 import redis
-from harness import Fault, WorkerProc, wait_for
-from redis_server import RedisServer
+from harness import Fault, RedisServer, WorkerProc, wait_for
 
 from taskpipe.errors import BrokerUnavailable
 
@@ -104,9 +104,11 @@ def test_redis_restarted_empty(own_redis: Callable[..., RedisServer],
     fresh = [h.send("record", f"new{i}") for i in range(20)]
     assert [r.get(timeout=30) for r in fresh] == [f"new{i}" for i in range(20)]
     served = time.monotonic() - restarted
+    def refused(job_id: str) -> bool:
+        return any(w.lines("refused", job_id) for w in workers)
+
     for r in lost:
-        wait_for(lambda r=r: any(w.lines("refused", r.id) for w in workers),
-                 what=f"the lost job {r.id}'s finish to be refused")
+        wait_for(partial(refused, r.id), what=f"the lost job {r.id}'s finish to be refused")
         assert r.info().state == "unknown"
     assert all(w.alive() for w in workers)
     wait_for(lambda: h.r.sismember(h.app.thoonk.keys.feeds, "default"),
@@ -136,15 +138,16 @@ def test_redis_frozen_for_three_leases(own_redis: Callable[..., RedisServer],
     workers = [h.worker("-c", "4") for _ in range(2)]
     wait_for(lambda: _finished(h) >= n // 5, what="20 % of the jobs to finish")
     assert server.proc is not None
+    admin: Any = server.client()
     if how == "sigstop":
         os.kill(server.proc.pid, signal.SIGSTOP)
         time.sleep(3.0)
         os.kill(server.proc.pid, signal.SIGCONT)
     elif how == "client_pause":
-        server.client().execute_command("CLIENT", "PAUSE", "3000", "ALL")
+        admin.execute_command("CLIENT", "PAUSE", "3000", "ALL")
         time.sleep(3.0)
     else:
-        server.client().execute_command("DEBUG", "SLEEP", "3")
+        admin.execute_command("DEBUG", "SLEEP", "3")
     thawed = time.monotonic()
     wait_for(lambda: _finished(h) == n, timeout=60, what="all jobs to finish")
     drained = time.monotonic() - thawed
@@ -202,9 +205,9 @@ def test_out_of_memory_on_publish(own_redis: Callable[..., RedisServer],
             refused = (f"big{i}", exc)
             break
     assert refused is not None, "publishing never hit maxmemory"
-    job_id, exc = refused
+    job_id, oom = refused
     accepted = int(job_id[3:])
-    assert "out of memory" in str(exc)
+    assert "out of memory" in str(oom)
     assert h.r.dbsize() == before and h.app.AsyncResult(job_id).info().state == "unknown"
     w = h.worker("-c", "2")
     assert [r.get(timeout=30) for r in queued] == [f"q{i}" for i in range(20)]

@@ -12,10 +12,10 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
-from harness import Fault, wait_for
-from redis_server import RedisServer, free_port
+from harness import Fault, RedisServer, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -186,7 +186,7 @@ def test_connection_killed_at_finish_time(own_redis: Callable[..., RedisServer],
     job = h.send("record", "kept", max_runs=2)
     w = h.worker("-c", "1", TP_FAULT_NAMED="1", TP_FAULT_HOLD_FINISH="1")
     wait_for(lambda: h.flag(f"returned:{job.id}"), what="the task to return")
-    admin = server.client()
+    admin: Any = server.client()
     killed = 0
     if when == "before_the_finish":
         for cid in _worker_client_ids(server, w.pid):
