@@ -26,6 +26,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -61,7 +62,92 @@ def area(location: str) -> str:
     return "other (Python builtins, bench code)"
 
 
+class _NullPipe:
+    """A pipeline that answers every ``job_put`` with "published" at once."""
+
+    def __init__(self) -> None:
+        self.counts: list[int] = []
+
+    def evalsha(self, sha: str, numkeys: int, *args: Any) -> _NullPipe:
+        self.counts.append(int(args[numkeys]))
+        return self
+
+    def execute_command(self, name: str, sha: str, numkeys: int, *args: Any) -> _NullPipe:
+        return self.evalsha(sha, numkeys, *args)
+
+    def execute(self) -> list[list[int]]:
+        return [[1] * n for n in self.counts]
+
+
+class _NullClient:
+    """No network: what is left of ``delay()`` / ``map()`` is taskpipe's own Python."""
+
+    def evalsha(self, sha: str, numkeys: int, *args: Any) -> list[int]:
+        return [1] * int(args[numkeys])
+
+    def execute_command(self, name: str, *args: Any, **options: Any) -> Any:
+        return self.evalsha(*args) if name == "EVALSHA" else None
+
+    def pipeline(self, transaction: bool = False) -> _NullPipe:
+        return _NullPipe()
+
+    def hget(self, *args: Any) -> bytes:
+        return b"job"  # every channel exists
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def time_budget(url: str, what: str, jobs: int) -> None:
+    """Wall time per job, next to the raw INCR round trip, the script's server time (from
+    ``INFO commandstats``) and taskpipe's own Python time (against a client with no network)."""
+    from taskpipe import TaskPipe
+
+    app = build_app(url, f"prof{uuid.uuid4().hex[:6]}:")
+    noop, r = app.tasks[NOOP], app.connection.client
+    def publish() -> None:
+        if what == "delay":
+            for _ in range(jobs):
+                noop.delay()
+        else:
+            noop.map([()] * jobs)
+
+    noop.map([()] * 100)
+    incr_n = 5000 if what == "delay" else 0
+    t0 = time.perf_counter()
+    for _ in range(incr_n):
+        r.incr("prof:incr")
+    incr_us = (time.perf_counter() - t0) / max(incr_n, 1) * 1e6
+    r.config_resetstat()
+    t0 = time.perf_counter()
+    publish()
+    wall = (time.perf_counter() - t0) / jobs * 1e6
+    server = float(r.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0)) / jobs
+    app.close()
+    null = TaskPipe("null", client=_NullClient(), default_channel=CHANNEL)
+    null_noop = null.task(name=NOOP)(lambda: None)
+
+    def publish_null() -> None:
+        if what == "delay":
+            for _ in range(jobs):
+                null_noop.delay()
+        else:
+            null_noop.map([()] * jobs)
+
+    publish_null()
+    t0 = time.perf_counter()
+    publish_null()
+    python = (time.perf_counter() - t0) / jobs * 1e6
+    print(f"{what}: {wall:.1f} us/job wall, no profiler")
+    if incr_n:
+        print(f"  raw redis-py INCR round trip:           {incr_us:6.1f} us")
+    print(f"  job_put script time on the server:       {server:6.1f} us/job (INFO commandstats)")
+    print(f"  taskpipe Python (client with no network): {python:6.1f} us/job")
+    print()
+
+
 def profile_publish(url: str, what: str, jobs: int) -> None:
+    time_budget(url, what, jobs)
     app = build_app(url, f"prof{uuid.uuid4().hex[:6]}:")
     noop = app.tasks[NOOP]
     for _ in range(200):
@@ -78,7 +164,8 @@ def profile_publish(url: str, what: str, jobs: int) -> None:
         noop.map([()] * jobs)
         prof.disable()
     elapsed = time.perf_counter() - t0
-    print(f"{what}: {jobs} jobs, {jobs / elapsed:,.0f}/s under cProfile ({elapsed / jobs * 1e6:.1f} us/job)")
+    print(f"{what}: {jobs} jobs, {jobs / elapsed:,.0f}/s under cProfile ({elapsed / jobs * 1e6:.1f} us/job; "
+          "cProfile inflates many small Python calls, so read the shares, not the totals)")
     stats = pstats.Stats(prof)
     by_area: dict[str, float] = collections.defaultdict(float)
     total = 0.0

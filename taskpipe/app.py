@@ -107,6 +107,10 @@ class TaskPipe:
                 raise ConfigError(f"bad task option: {exc}") from None
             for key in ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl"):
                 parse_optional_duration(getattr(opts, key))
+            for key in ("retries", "max_cancels"):
+                value = getattr(opts, key)
+                if value is not None and (type(value) is not int or value < 0):
+                    raise ConfigError(f"{key} must be a non-negative int, got {value!r}")
             task_name = name or f"{func.__module__}.{func.__qualname__}"
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ConfigError(f"a different task is already registered as {task_name!r}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -25,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 import redis
 from redis.crc import key_slot as _crc_key_slot
 
-from taskpipe.errors import BrokerURLError
+from taskpipe.errors import BrokerUnavailable, BrokerURLError
 
 __all__ = ["Connection", "ListWaiter", "parse_url", "key_slot", "DEFAULT_URL"]
 
@@ -112,6 +113,9 @@ class Connection:
         self._lock = threading.Lock()
         self._fake_server: Any = None
         self._socket_timeout = socket_timeout
+        self._closed = threading.Event()
+        self._sentinel_pools: weakref.WeakSet[Any] = weakref.WeakSet()  # see _follow_switches
+        self._switch_follower: threading.Thread | None = None
         if client is not None:
             self.url = url or "client://"
             self.scheme = "client"
@@ -156,9 +160,11 @@ class Connection:
             sentinel = Sentinel(  # type: ignore[no-untyped-call]
                 self.info["hosts"], socket_timeout=self._socket_timeout or 5,
                 sentinel_kwargs={"socket_timeout": 5})
-            return sentinel.master_for(  # type: ignore[no-untyped-call]
+            client = sentinel.master_for(  # type: ignore[no-untyped-call]
                 self.info["master"], db=self.info["db"], socket_timeout=self._socket_timeout,
                 socket_connect_timeout=5, **auth)
+            self._follow(client.connection_pool)
+            return client
         if self.scheme == "redis+cluster":
             from redis.cluster import ClusterNode, RedisCluster
 
@@ -169,13 +175,64 @@ class Connection:
         return redis.Redis.from_url(self.url, socket_timeout=self._socket_timeout,
                                     socket_connect_timeout=5, health_check_interval=30)
 
+    # Sentinel: follow a switch at once ------------------------------------------------------
+    # redis-py's Sentinel pools ask the sentinels for the master only when they open a
+    # connection. Pooled connections to the old master stay in use while it is alive: after a
+    # SENTINEL FAILOVER (or a partition) the old master keeps taking writes until sentinel
+    # demotes it (its next INFO check, ~10 s later), and everything written there in between
+    # is discarded when it resyncs. So one daemon thread per Connection listens on the
+    # sentinels' ``+switch-master`` channel and makes every pool it made ask again: idle
+    # connections to the old master are dropped at once, busy ones when they are released.
+    def _follow(self, pool: Any) -> None:
+        with self._lock:
+            self._sentinel_pools.add(pool)
+            if self._switch_follower is None or not self._switch_follower.is_alive():
+                self._switch_follower = threading.Thread(
+                    target=self._follow_switches, name="taskpipe-sentinel-follow", daemon=True)
+                self._switch_follower.start()
+
+    def _refresh_masters(self) -> None:
+        for pool in list(self._sentinel_pools):
+            try:
+                pool.get_master_address()  # disconnects idle connections when it changed
+            except redis.exceptions.RedisError:
+                pass  # no sentinel answers now: the pool asks again when it reconnects
+
+    def _follow_switches(self) -> None:
+        master = self.info["master"]
+        while not self._closed.is_set():
+            for host, port in self.info["hosts"]:
+                pubsub: Any = None
+                try:
+                    pubsub = redis.Redis(host=host, port=port, socket_timeout=5,
+                                         socket_connect_timeout=2).pubsub()  # type: ignore[no-untyped-call]
+                    pubsub.subscribe("+switch-master")
+                    self._refresh_masters()  # a switch missed while we were not subscribed
+                    while not self._closed.is_set():
+                        msg = pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                        # payload: "<master name> <old ip> <old port> <new ip> <new port>"
+                        if msg and bytes(msg["data"]).split(b" ", 1)[0] == master.encode():
+                            self._refresh_masters()
+                except redis.exceptions.RedisError:
+                    pass  # try the next sentinel
+                finally:
+                    if pubsub is not None:
+                        try:
+                            pubsub.close()
+                        except Exception:  # noqa: BLE001 - closing is best effort
+                            pass
+                if self._closed.is_set():
+                    return
+            self._closed.wait(1.0)
+
     def list_waiter(self, keys: Sequence[str], *, client: Any = None,
                     max_block: float = 1.0) -> ListWaiter:
         """A ``ListWaiter`` over ``keys`` (blocks on ``client``, or on a client of its own)."""
         return ListWaiter(self, keys, client=client, max_block=max_block)
 
     def close(self) -> None:
-        """Close the shared client's connections."""
+        """Close the shared client's connections (and stop following Sentinel switches)."""
+        self._closed.set()
         try:
             self.client.close()
         except Exception:  # noqa: BLE001 - closing is best effort
@@ -231,7 +288,20 @@ class ListWaiter:
         """Block up to ``timeout`` seconds; True if a marker was popped (a job may be available)."""
         timeout = max(timeout, 0.001)
         if len(self.groups) == 1:
-            return self.client.blpop(self.groups[0], timeout=timeout) is not None
+            try:
+                return self.client.blpop(self.groups[0], timeout=timeout) is not None
+            except redis.exceptions.ResponseError as exc:
+                # a master demoted to replica (Sentinel failover) answers blocked clients with
+                # "UNBLOCKED ... instance state changed": not an error of ours; the caller's
+                # next claim meets the failover (ConnectionError) and follows the new master
+                if str(exc).startswith("UNBLOCKED"):
+                    return True
+                # BLPOP is a write: a server refusing writes (no good replica under
+                # min-replicas-to-write, a read-only replica, a failed save) is unavailable
+                if isinstance(exc, redis.exceptions.ReadOnlyError) or str(exc).startswith(
+                        ("NOREPLICAS", "READONLY", "MISCONF")):
+                    raise BrokerUnavailable(f"blocking wait: broker refused it: {exc}") from exc
+                raise
         with self._lock:
             client = self.client
             for i, thread in enumerate(self._threads):

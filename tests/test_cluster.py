@@ -75,7 +75,7 @@ class RedisCluster:
     def url(self) -> str:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
 
-    def node(self, port: int) -> redis.Redis:
+    def node(self, port: int) -> Any:  # redis.Redis (execute_command is untyped)
         return redis.Redis(port=port, socket_timeout=5)
 
     def start(self) -> RedisCluster:

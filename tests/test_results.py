@@ -278,7 +278,7 @@ def test_result_ttl_zero_keeps_nothing(broker_url: str, prefix: str) -> None:
 
 
 def test_expired_vs_unknown(app: TaskPipe) -> None:
-    @app.task(name="ttl.short", result_ttl="300ms")
+    @app.task(name="ttl.short", result_ttl="1s")
     def short() -> int:
         return 8
 

@@ -198,6 +198,9 @@ def test_task_registration_errors(app: TaskPipe) -> None:
         app.task(colour="red")(two)
     with pytest.raises(ConfigError, match="channel="):
         app.task(raw=True)(two)
+    for bad in (-1, "3", 1.5, True):
+        with pytest.raises(ConfigError, match="retries must be a non-negative int"):
+            app.task(retries=bad)(two)
     with pytest.raises(ConfigError):
         TaskPipe(broker="memory://", retries=-1)
     with pytest.raises(ConfigError):
@@ -408,7 +411,12 @@ def test_on_finish_callable_gets_an_unstored_result(app: TaskPipe) -> None:
 
     got: list[Any] = []
     fired = threading.Event()
-    r = unstored.apply_async([41], on_finish=lambda value, _: (got.append(value), fired.set()))
+
+    def callback(value: Any, result: AsyncResult) -> None:
+        got.append(value)
+        fired.set()
+
+    r = unstored.apply_async([41], on_finish=callback)
     burst(app)
     assert fired.wait(10)
     assert got == [42]

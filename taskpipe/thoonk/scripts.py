@@ -59,10 +59,11 @@ class Script:
             raise BrokerUnavailable(f"{self.name}: broker unavailable: {exc}") from exc
         except redis.exceptions.ResponseError as exc:
             # redis-py turns an "OOM ..." reply into OutOfMemoryError and drops the "OOM" prefix
+            # NOREPLICAS: min-replicas-to-write not met (e.g. a master cut off by a failover)
             if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith(
-                    ("OOM", "MISCONF")):
+                    ("OOM", "MISCONF", "NOREPLICAS")):
                 raise BrokerUnavailable(f"{self.name}: broker refused the write "
-                                        f"(out of memory or persistence error): {exc}") from exc
+                                        f"(out of memory, persistence or replica error): {exc}") from exc
             raise
 
     def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:

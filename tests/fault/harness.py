@@ -145,9 +145,12 @@ if os.environ.get("TP_FAULT_V2"):
 if os.environ.get("TP_FAULT_CRON"):
     @app.task(name="tick")
     def tick():
-        _mark()
+        job, _n = _mark()
+        sec, usec = B.time()
+        L.set(PREFIX + "stamp:" + job.id, int(sec) * 1000 + int(usec) // 1000)
 
-    app.add_cron("tick", "* * * * * *", name="tick")
+    # misfire="all": a fire held by a scheduler that died is sent by the next one, none skipped
+    app.add_cron("tick", "* * * * * *", name="tick", misfire="all")
 
 
 # --- test-only hooks (never in taskpipe): hold a job in a window of the worker -----------------
