@@ -169,16 +169,15 @@ class TaskPipe:
         if not options:  # the common case (``delay()``, ``map()``): no option to check or convert
             topts = task.options if task is not None else (
                 self.tasks[name].options if name in self.tasks else _NO_OPTIONS)
-            channel = self.channel(topts.channel)
             payload = encode_envelope(name, tuple(args), dict(kwargs or {}), {},
                                       serializer=self.serializer, max_size=self.max_payload)
+            channel = self.channel(topts.channel)
             return channel, PutRequest(payload, new_id(), topts.priority), None
         unknown = set(options) - _SEND_OPTIONS
         if unknown:
             raise ConfigError(f"unknown publishing option(s): {', '.join(sorted(unknown))}")
         topts = task.options if task is not None else (
             self.tasks[name].options if name in self.tasks else TaskOptions())
-        channel = self.channel(options.get("channel") or topts.channel)
         env_opts: dict[str, Any] = {}
         for key in ("retries", "timeout", "hard_timeout", "retry_backoff", "result_ttl"):
             value = options.get(key)
@@ -207,6 +206,7 @@ class TaskPipe:
         job_id = options.get("id") or new_id()
         if not isinstance(job_id, str) or not job_id or "\0" in job_id:
             raise ConfigError(f"a job id must be a non-empty string without NUL, got {job_id!r}")
+        channel = self.channel(options.get("channel") or topts.channel)  # after every check
         return channel, PutRequest(payload, job_id, priority, delay_ms, eta_ms), callback
 
     def send(self, name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
@@ -220,10 +220,10 @@ class TaskPipe:
 
         channel, req, callback = self._build(name, args, kwargs, _task, options)
         assert req.id is not None
-        channel.put_new(req.item, priority=req.priority, id=req.id, delay_ms=req.delay_ms)
         result = AsyncResult(self, req.id, channel.name)
-        if callback is not None:
+        if callback is not None:  # watch first, so even an instant finish is heard
             self.finish_watcher.add(result, callback)
+        channel.put_new(req.item, priority=req.priority, id=req.id, delay_ms=req.delay_ms)
         return result
 
     def publish_many(self, signatures: Iterable[Signature], batch: int = 500) -> list[AsyncResult]:

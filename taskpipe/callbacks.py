@@ -33,6 +33,8 @@ class FinishWatcher:
         self._stop = threading.Event()
         self._changed = threading.Event()
         self._thread: threading.Thread | None = None
+        self._confirmed: set[str] = set()  # finish channels the server confirmed subscribing
+        self._subscribed = threading.Condition(self._lock)
 
     def add(self, result: AsyncResult, callback: Callable[..., Any]) -> None:
         """Watch ``result``; call ``callback`` with its value (or ``TaskFailed``) when it finishes."""
@@ -44,6 +46,10 @@ class FinishWatcher:
                                                 daemon=True)
                 self._thread.start()
         self._changed.set()
+        channel = self.app.channel(result.channel).keys.ch_finish
+        with self._subscribed:  # so a job published after add() returns can't be missed
+            self._subscribed.wait_for(lambda: channel in self._confirmed or self._stop.is_set(),
+                                      timeout=5.0)
 
     def pending(self) -> int:
         """How many jobs still wait for their callbacks."""
@@ -82,7 +88,7 @@ class FinishWatcher:
 
     def _run(self) -> None:
         client = self.app.connection.new_client()
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub = client.pubsub()
         subscribed: set[str] = set()
         prefix_len = len(self.app.prefix + "job.finish:")
         try:
@@ -105,11 +111,20 @@ class FinishWatcher:
                         msg = pubsub.get_message(timeout=1.0)
                     except Exception:  # noqa: BLE001 - reconnect on the next round
                         log.warning("finish watcher lost its connection; resubscribing")
-                        pubsub = client.pubsub(ignore_subscribe_messages=True)
+                        pubsub = client.pubsub()
                         subscribed = set()
+                        with self._subscribed:
+                            self._confirmed.clear()
                         break
                     if msg is None:
                         break
+                    if msg["type"] == "subscribe":
+                        with self._subscribed:
+                            self._confirmed.add(msg["channel"].decode())
+                            self._subscribed.notify_all()
+                        continue
+                    if msg["type"] != "message":
+                        continue
                     channel = msg["channel"].decode()[prefix_len:]
                     job_id, sep, published = msg["data"].partition(b"\0")
                     self._fire_if_done((channel, job_id.decode()), published if sep else None)

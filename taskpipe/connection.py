@@ -106,10 +106,12 @@ class Connection:
 
     ``client`` is the shared, thread-safe client for ordinary commands. ``new_client()`` makes
     a separate client for blocking calls and pub/sub so they never hold up other work.
+    ``socket_timeout`` (default 30 s) bounds every call, so a frozen Redis turns into a
+    ``BrokerUnavailable`` instead of a hang; taskpipe's own blocking waits are at most ~1 s.
     """
 
     def __init__(self, url: str | None = None, *, client: Any = None,
-                 socket_timeout: float | None = None) -> None:
+                 socket_timeout: float | None = 30.0) -> None:
         self._lock = threading.Lock()
         self._fake_server: Any = None
         self._socket_timeout = socket_timeout

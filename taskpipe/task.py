@@ -119,7 +119,9 @@ class Task(Generic[R]):
 
     def map(self, iterable: Iterable[Any], **options: Any) -> list[AsyncResult]:
         """Publish one job per item (a tuple is spread as arguments), pipelined in batches."""
-        sigs = (self.s(*(a if isinstance(a, tuple) else (a,))).set(**options) for a in iterable)
+        sigs = (self.s(*(a if isinstance(a, tuple) else (a,))) for a in iterable)
+        if options:
+            sigs = (sig.set(**options) for sig in sigs)
         return self.app.publish_many(sigs)
 
     def AsyncResult(self, id: str) -> AsyncResult:  # noqa: N802 - mirrors Celery's API

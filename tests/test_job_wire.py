@@ -217,7 +217,9 @@ def test_claim_layout(job: JobChannel, r: redis.Redis, k: JobKeys) -> None:
     assert_ms(claimed_at)
     assert r.zscore(k.leases, jid) == float(claimed_at) + LONG  # same server clock reading
     assert r.hget(k.tokens, jid) == c.token.encode()
-    assert r.get(k.fence) == c.token.encode()
+    counter, _, second = c.token.partition(":")
+    assert r.get(k.fence) == counter.encode()  # token = <fence counter>:<server second>
+    assert abs(int(second) - int(float(claimed_at)) // 1000) <= 1
     assert r.hget(k.workers, jid) == b"host-1"
     assert r.hget(k.items, jid) == b"x"  # items hold the job for its whole life
     assert_ms(r.zscore(k.published, jid))

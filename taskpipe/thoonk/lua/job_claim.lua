@@ -18,6 +18,7 @@ local lease = tonumber(ARGV[2])
 local worker = ARGV[3]
 local plimit = tonumber(ARGV[4])
 local now = now_ms()
+local now_s = math.floor(now / 1000)
 local out = {now, -1}
 local got = 0
 local pops_left = want * 4 + 64
@@ -36,7 +37,8 @@ for c = 1, nch do
       if redis.call('HEXISTS', k_items, id) == 1 and not redis.call('ZSCORE', k_claimed, id) then
         redis.call('ZADD', k_claimed, now, id)
         redis.call('ZADD', k_leases, now + lease, id)
-        local token = redis.call('INCR', KEYS[b + 11])
+        -- the server second makes tokens unique even if Redis lost the counter (restart empty)
+        local token = redis.call('INCR', KEYS[b + 11]) .. ':' .. now_s
         redis.call('HSET', KEYS[b + 9], id, token)
         redis.call('HSET', KEYS[b + 10], id, worker)
         local item = redis.call('HGET', k_items, id)

@@ -18,6 +18,7 @@ if ARGV[5] ~= '' then redis.call('HSET', KEYS[9], id, ARGV[5]) end
 local delay = tonumber(ARGV[3])
 if delay > 0 then
   redis.call('ZADD', KEYS[6], now_ms() + delay, id)
+  wake(KEYS[8], 1)  -- a blocked worker re-times its wait to the new due time
 else
   redis.call('LPUSH', KEYS[7], id)
   wake(KEYS[8], 1)

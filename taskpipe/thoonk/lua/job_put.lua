@@ -37,6 +37,7 @@ for i = 1, n do
     if due > now then
       redis.call('ZADD', KEYS[5], due, id)
       if prio == '1' then redis.call('SADD', KEYS[6], id) end
+      woken = woken + 1  -- a blocked worker wakes and re-times its wait to the new due time
     else
       if prio == '1' then redis.call('RPUSH', KEYS[1], id) else redis.call('LPUSH', KEYS[1], id) end
       woken = woken + 1
