@@ -11,12 +11,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from worker_helpers import burst, worker_running
 
 from taskpipe import (
     PayloadTooLarge,
@@ -27,7 +27,6 @@ from taskpipe import (
     TaskFailed,
     TaskPipe,
     TaskpipeError,
-    Worker,
     current_job,
 )
 from taskpipe.results import STATES
@@ -44,28 +43,8 @@ def app(broker_url: str, prefix: str) -> Iterator[TaskPipe]:
     a.close()
 
 
-def burst(app: TaskPipe, channels: list[str] | None = None, **options: Any) -> dict[str, int]:
-    """Run a worker in this thread until the channels are empty; return its counts."""
-    options.setdefault("concurrency", 4)
-    options.setdefault("max_block", 0.1)
-    w = Worker(app, channels, burst=True, heartbeat_interval=60.0, **options)
-    w.run()
-    return dict(w.writer.stats)
 
 
-@contextmanager
-def worker_running(app: TaskPipe, channels: list[str] | None = None,
-                   **options: Any) -> Iterator[Worker]:
-    options.setdefault("max_block", 0.2)
-    w = Worker(app, channels, heartbeat_interval=60.0, **options)
-    t = threading.Thread(target=w.run, daemon=True)
-    t.start()
-    try:
-        yield w
-    finally:
-        w.stop()
-        t.join(15)
-        assert not t.is_alive(), "worker did not stop"
 
 
 def wait_for(predicate: Any, timeout: float = 10.0) -> None:

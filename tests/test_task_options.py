@@ -11,13 +11,13 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from worker_helpers import burst, worker_running
 
-from taskpipe import ConfigError, DurationError, Retry, TaskFailed, TaskPipe, Worker, current_job
+from taskpipe import ConfigError, DurationError, Retry, TaskFailed, TaskPipe, current_job
 from taskpipe.worker.runner import backoff_delay
 
 HOUR_MS = 3_600_000
@@ -31,27 +31,8 @@ def app(broker_url: str, prefix: str) -> Iterator[TaskPipe]:
     a.close()
 
 
-def burst(app: TaskPipe, channels: list[str] | None = None, **options: Any) -> dict[str, int]:
-    """Run a worker in this thread until the channels are empty; return its counts."""
-    options.setdefault("concurrency", 4)
-    options.setdefault("max_block", 0.1)
-    w = Worker(app, channels, burst=True, heartbeat_interval=60.0, **options)
-    w.run()
-    return dict(w.writer.stats)
 
 
-@contextmanager
-def worker_running(app: TaskPipe, channels: list[str] | None = None,
-                   **options: Any) -> Iterator[Worker]:
-    w = Worker(app, channels, heartbeat_interval=60.0, **options)
-    t = threading.Thread(target=w.run, daemon=True)
-    t.start()
-    try:
-        yield w
-    finally:
-        w.stop()
-        t.join(15)
-        assert not t.is_alive(), "worker did not stop"
 
 
 def server_ms(app: TaskPipe) -> int:

@@ -14,11 +14,11 @@ import sys
 import textwrap
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from worker_helpers import burst
 
 from taskpipe import (
     AsyncResult,
@@ -28,7 +28,6 @@ from taskpipe import (
     Task,
     TaskFailed,
     TaskPipe,
-    Worker,
     current_job,
 )
 from taskpipe.serialization import decode_envelope
@@ -53,29 +52,8 @@ def twin(app: TaskPipe, prefix: str) -> TaskPipe:
     return TaskPipe(broker=app.broker_url, prefix=prefix)
 
 
-@contextmanager
-def worker_running(app: TaskPipe, channels: list[str] | None = None,
-                   **options: Any) -> Iterator[Worker]:
-    """A worker consuming in a background thread for the duration of the block."""
-    options.setdefault("concurrency", 4)
-    w = Worker(app, channels, heartbeat_interval=60.0, **options)
-    t = threading.Thread(target=w.run, daemon=True)
-    t.start()
-    try:
-        yield w
-    finally:
-        w.stop()
-        t.join(15)
-        assert not t.is_alive(), "worker did not stop"
 
 
-def burst(app: TaskPipe, channels: list[str] | None = None, **options: Any) -> dict[str, int]:
-    """Run a worker in this thread until the channels are empty; return its counts."""
-    options.setdefault("concurrency", 4)
-    options.setdefault("max_block", 0.1)
-    w = Worker(app, channels, burst=True, heartbeat_interval=60.0, **options)
-    w.run()
-    return dict(w.writer.stats)
 
 
 # the app and its broker ------------------------------------------------------------------------

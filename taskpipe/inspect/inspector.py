@@ -71,6 +71,10 @@ class Inspector:
 
     def channel(self, name: str) -> JobChannel:
         """The existing job channel ``name`` (never creates one)."""
+        if self.app.connection.is_cluster:
+            from taskpipe.thoonk.keys import cluster_name
+
+            name = cluster_name(name)
         kind = self.app.thoonk.get_type(name)
         if kind is None:
             raise FeedDoesNotExist(f"no job channel named {name!r}")

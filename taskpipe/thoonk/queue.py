@@ -102,7 +102,7 @@ class Queue:
                 chunk = min(remaining, WAKE_CHUNK)
             # a marker wakes us at once; otherwise the chunk ends and we look again
             try:
-                self._blocking_client().blpop([self.wake_key], max(chunk, 0.01))
+                self._waiter().wait(max(chunk, 0.01))
             except redis.exceptions.TimeoutError:
                 pass  # a socket timeout shorter than the chunk: just look again
 
@@ -117,11 +117,12 @@ class Queue:
                 return None
         return None
 
-    def _blocking_client(self) -> Any:
+    def _waiter(self) -> Any:
+        """Blocks on the wake-up list; survives a failover (``ListWaiter``)."""
         if self._blocking is None:
             with self._lock:
                 if self._blocking is None:
-                    self._blocking = self.thoonk.connection.new_client()
+                    self._blocking = self.thoonk.connection.list_waiter([self.wake_key])
         return self._blocking
 
     def get_ids(self) -> list[str]:

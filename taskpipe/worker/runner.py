@@ -60,6 +60,10 @@ class Prepared:
 def prepare(app: TaskPipe, claim: Claim) -> Prepared:
     """Decode the payload and find the task; a bad payload or unknown task becomes a stall."""
     raw_task = app.raw_channels.get(claim.channel)
+    if raw_task is None and app.raw_channels and app.connection.is_cluster:
+        # on a cluster the wire name carries a hash tag: "{legacy}" for "legacy"
+        raw_task = next((t for n, t in app.raw_channels.items()
+                         if app.channel(n).name == claim.channel), None)
     if raw_task is not None:
         return Prepared(claim, Envelope(1, raw_task.name, (claim.item,), {}, {}, "raw"), raw_task)
     try:
