@@ -28,7 +28,8 @@ import redis
 from taskpipe.context import JobLogHandler
 from taskpipe.durations import parse_duration
 from taskpipe.errors import BrokerUnavailable, ConfigError
-from taskpipe.thoonk.job import Claim, JobChannel, claim_from
+from taskpipe.thoonk.claiming import claim_from
+from taskpipe.thoonk.job import Claim, JobChannel
 from taskpipe.worker.outcomes import OutcomeWriter
 from taskpipe.worker.pools import make_pool
 from taskpipe.worker.registry import WorkerRegistry

@@ -1,0 +1,114 @@
+"""Claiming across channels in strict order, and waiting for work without busy polling.
+
+One Redis (or Sentinel, or memory://): ONE ``job_claim`` script call walks every channel in
+order. Redis Cluster: one call per run of consecutive channels that share a slot, in order,
+until the batch is full. Waiting blocks on the channels' wake-up lists (``ListWaiter``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from taskpipe.connection import key_slot
+from taskpipe.thoonk.job import Claim, JobChannel, _s
+
+if TYPE_CHECKING:
+    from taskpipe.thoonk.thoonk import Thoonk
+
+__all__ = ["claim_from", "wait_and_claim"]
+
+
+def claim_from(thoonk: Thoonk, channels: Sequence[JobChannel], count: int, lease_ms: int,
+               worker: str, promote_limit: int = 100) -> tuple[list[Claim], int | None, int]:
+    """Claim up to ``count`` jobs from ``channels`` in strict order, in one script call.
+
+    Returns ``(claims, next_due_ms or None, server_now_ms)``. On a Redis Cluster, channels in
+    different slots cannot share a script call: see ``_claim_by_slot``.
+    """
+    if thoonk.connection.is_cluster and len(channels) > 1:
+        runs = _slot_runs(channels)
+        if len(runs) > 1:
+            return _claim_by_slot(thoonk, runs, count, lease_ms, worker, promote_limit)
+    keys: list[str] = []
+    for ch in channels:
+        keys += ch.claim_keys
+    r = thoonk.scripts["job_claim"](thoonk.client, keys, [count, int(lease_ms), worker, promote_limit])
+    now, nxt = int(r[0]), int(r[1])
+    claims = [Claim(channels[int(c[0]) - 1].name, _s(c[1]), bytes(c[2]), int(c[3]), _s(c[4]), int(c[5]))
+              for c in r[2:]]
+    return claims, (nxt if nxt >= 0 else None), now
+
+
+def _slot_runs(channels: Sequence[JobChannel]) -> list[list[JobChannel]]:
+    """Split the ordered channel list into runs of consecutive channels sharing one cluster slot.
+
+    Only *consecutive* channels are merged: merging ``a`` and ``c`` of ``[a, b, c]`` would look
+    at ``c`` before ``b`` and break strict order.
+    """
+    runs: list[list[JobChannel]] = []
+    last = -1
+    for ch in channels:
+        slot = key_slot(ch.keys.ids)
+        if runs and slot == last:
+            runs[-1].append(ch)
+        else:
+            runs.append([ch])
+            last = slot
+    return runs
+
+
+def _claim_by_slot(thoonk: Thoonk, runs: list[list[JobChannel]], count: int, lease_ms: int,
+                   worker: str, promote_limit: int) -> tuple[list[Claim], int | None, int]:
+    """Redis Cluster: one claim script call per slot run, in order, until ``count`` jobs are held.
+
+    Each call is atomic and strict within its run; across runs, order is strict as of the moment
+    each run was looked at (a job put into an earlier slot after its call is claimed next time).
+    Every node has its own clock, so the returned ``(next_due, now)`` pair comes from the one
+    node whose next due job is nearest (callers only use the difference).
+    """
+    claims: list[Claim] = []
+    best: tuple[int, int, int] | None = None  # (due - now, due, now)
+    now = 0
+    for run in runs:
+        got, nxt, now = claim_from(thoonk, run, count - len(claims), lease_ms, worker, promote_limit)
+        claims += got
+        if nxt is not None and (best is None or nxt - now < best[0]):
+            best = (nxt - now, nxt, now)
+        if len(claims) >= count:
+            break
+    return (claims, best[1], best[2]) if best is not None else (claims, None, now)
+
+
+def wait_and_claim(thoonk: Thoonk, channels: Sequence[JobChannel], count: int, lease_ms: int,
+                   worker: str, timeout: float | None, block_client: Any = None,
+                   max_block: float = 1.0) -> list[Claim]:
+    """Claim jobs, blocking up to ``timeout`` seconds (0 = forever, None = no wait) while empty.
+
+    Blocks on the channels' wake-up lists (one ``BLPOP``; per slot on a Redis Cluster, see
+    ``taskpipe.connection.ListWaiter``), never busy-polls. A wake-up marker that was lost costs
+    at most ``max_block`` seconds; a delayed job is claimed when due.
+    """
+    deadline = None if not timeout else time.monotonic() + timeout
+    waiter = None
+    try:
+        while True:
+            claims, next_due, now = claim_from(thoonk, channels, count, lease_ms, worker)
+            if claims or timeout is None:
+                return claims
+            wait = max_block
+            if next_due is not None:
+                wait = min(wait, max(0.001, (next_due - now) / 1000.0))
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                wait = min(wait, remaining)
+            if waiter is None:
+                waiter = thoonk.connection.list_waiter([ch.keys.wake for ch in channels],
+                                                       client=block_client, max_block=max_block)
+            waiter.wait(wait)
+    finally:
+        if waiter is not None:
+            waiter.close()
