@@ -16,7 +16,7 @@ from taskpipe.durations import parse_duration
 from taskpipe.errors import LeaseLost, SerializationError, WrongJobState
 from taskpipe.serialization import encode_envelope, encode_failure, encode_result
 from taskpipe.thoonk.job import FinishRequest
-from taskpipe.worker.runner import Outcome
+from taskpipe.worker.runner import Outcome, option_of
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -56,14 +56,7 @@ class OutcomeWriter:
             self._bump(channel, "lease_expired_stalled", None, stalled)
 
     def _ttl_ms(self, outcome: Outcome) -> int:
-        env, task = outcome.envelope, outcome.task
-        value: Any = None
-        if env is not None and env.options.get("result_ttl") is not None:
-            value = env.options["result_ttl"]
-        elif task is not None and task.options.result_ttl is not None:
-            value = task.options.result_ttl
-        else:
-            value = self.app.result_ttl
+        value = option_of(outcome.envelope, outcome.task, self.app, "result_ttl")
         return int(parse_duration(value) * 1000)
 
     def _result_bytes(self, outcome: Outcome) -> tuple[bytes, bool]:

@@ -40,7 +40,14 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.durations import parse_duration
 from taskpipe.errors import ConfigError, JobTimeout
-from taskpipe.worker.runner import Outcome, Prepared, decide_failure, prepare, run_prepared
+from taskpipe.worker.runner import (
+    Outcome,
+    Prepared,
+    decide_failure,
+    option_of,
+    prepare,
+    run_prepared,
+)
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -58,14 +65,7 @@ _SLIM_FIELDS = ("kind", "value", "exc_type", "exc_message", "traceback", "delay"
 
 def hard_timeout_of(prepared: Prepared, app: TaskPipe) -> float | None:
     """The hard time limit of a prepared job (call option, else task option), in seconds."""
-    env, task = prepared.envelope, prepared.task
-    value: Any = None
-    if env is not None and env.options.get("hard_timeout") is not None:
-        value = env.options["hard_timeout"]
-    elif task is not None and task.options.hard_timeout is not None:
-        value = task.options.hard_timeout
-    if value is None:
-        value = getattr(app, "hard_timeout", None)
+    value = option_of(prepared.envelope, prepared.task, app, "hard_timeout")
     seconds = parse_duration(value) if value is not None else 0.0
     return seconds or None
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from taskpipe.task import Task
     from taskpipe.thoonk.job import Claim
 
-__all__ = ["Outcome", "prepare", "run_prepared", "backoff_delay", "decide_failure"]
+__all__ = ["Outcome", "prepare", "run_prepared", "backoff_delay", "decide_failure", "option_of"]
 
 
 @dataclass
@@ -85,10 +85,11 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | No
     return float(full / 2 + rng.uniform(0, full / 2))
 
 
-def _opt(env: Envelope, task: Task[Any], app: TaskPipe, key: str) -> Any:
-    if key in env.options and env.options[key] is not None:
+def option_of(env: Envelope | None, task: Task[Any] | None, app: TaskPipe, key: str) -> Any:
+    """An option for one call: the call's own value, else the task's, else the app's default."""
+    if env is not None and env.options.get(key) is not None:
         return env.options[key]
-    value = getattr(task.options, key, None)
+    value = getattr(task.options, key, None) if task is not None else None
     if value is not None:
         return value
     return getattr(app, key, None)
@@ -96,7 +97,7 @@ def _opt(env: Envelope, task: Task[Any], app: TaskPipe, key: str) -> Any:
 
 def timeout_of(env: Envelope, task: Task[Any], app: TaskPipe) -> float | None:
     """The soft time limit for this call (call option, else task option, else app default)."""
-    value = _opt(env, task, app, "timeout")
+    value = option_of(env, task, app, "timeout")
     return parse_duration(value) if value is not None else None
 
 
@@ -104,15 +105,15 @@ def decide_failure(app: TaskPipe, prepared: Prepared, exc: BaseException, tb: st
     """Retry with backoff if attempts remain, else fail (or stall if the task asks for it)."""
     claim, env, task = prepared.claim, prepared.envelope, prepared.task
     assert env is not None and task is not None
-    retries = int(_opt(env, task, app, "retries") or 0)
+    retries = int(option_of(env, task, app, "retries") or 0)
     attempt = claim.attempts + 1
     name = type(exc).__name__
     if attempt <= retries:
         if isinstance(exc, Retry) and exc.delay is not None:
             delay = parse_duration(exc.delay)
         else:
-            base = parse_duration(_opt(env, task, app, "retry_backoff") or 0)
-            cap = parse_duration(_opt(env, task, app, "retry_backoff_max") or base)
+            base = parse_duration(option_of(env, task, app, "retry_backoff") or 0)
+            cap = parse_duration(option_of(env, task, app, "retry_backoff_max") or base)
             delay = backoff_delay(attempt, base, cap)  # retry_backoff_max may be below the base
         return Outcome("retry", claim, exc_type=name, exc_message=str(exc), traceback=tb,
                        delay=delay, envelope=env, task=task)
