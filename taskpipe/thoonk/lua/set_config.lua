@@ -4,17 +4,10 @@
 -- ARGV[4..] field, value pairs; an empty value deletes the field (type cannot be changed here)
 -- Returns: 1, or 0 if the object does not exist (nothing written).
 -- Events: conffeed "<f>\0<instance>".
+--@include _config_fields.lua
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
-for i = 4, #ARGV, 2 do
-  if ARGV[i] ~= 'type' then
-    if ARGV[i + 1] == '' then
-      redis.call('HDEL', KEYS[2], ARGV[i])
-    else
-      redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-    end
-  end
-end
+apply_config_fields(KEYS[2], 4)
 redis.call('PUBLISH', ARGV[3], ARGV[1] .. '\0' .. ARGV[2])
 return 1
