@@ -101,6 +101,16 @@ def parse_url(url: str) -> dict[str, Any]:
     return info
 
 
+def close_quietly(closable: Any) -> None:
+    """Close a client, pub/sub or waiter if there is one; closing is best effort."""
+    if closable is None:
+        return
+    try:
+        closable.close()
+    except Exception:  # noqa: BLE001 - closing is best effort
+        pass
+
+
 class Connection:
     """Makes Redis clients for one broker URL.
 
@@ -218,11 +228,7 @@ class Connection:
                 except redis.exceptions.RedisError:
                     pass  # try the next sentinel
                 finally:
-                    if pubsub is not None:
-                        try:
-                            pubsub.close()
-                        except Exception:  # noqa: BLE001 - closing is best effort
-                            pass
+                    close_quietly(pubsub)
                 if self._closed.is_set():
                     return
             self._closed.wait(1.0)
@@ -235,10 +241,7 @@ class Connection:
     def close(self) -> None:
         """Close the shared client's connections (and stop following Sentinel switches)."""
         self._closed.set()
-        try:
-            self.client.close()
-        except Exception:  # noqa: BLE001 - closing is best effort
-            pass
+        close_quietly(self.client)
 
 
 class ListWaiter:
@@ -355,8 +358,5 @@ class ListWaiter:
             self._close_client()
 
     def _close_client(self) -> None:
-        if self._own_client and self._client is not None and not self.connection.is_memory:
-            try:
-                self._client.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass
+        if self._own_client and not self.connection.is_memory:
+            close_quietly(self._client)

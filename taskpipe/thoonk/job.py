@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from taskpipe.connection import close_quietly
 from taskpipe.errors import JobNotFound, LeaseLost, WrongJobState
 from taskpipe.thoonk.keys import JobKeys
 
@@ -50,13 +51,6 @@ def _check_id(value: Any) -> Any:
     if value is not None and (not isinstance(value, str) or not value or "\0" in value):
         raise TypeError(f"a job id must be a non-empty str without NUL, got {value!r}")
     return value
-
-
-def _close_quietly(pubsub: Any) -> None:
-    try:
-        pubsub.close()
-    except Exception:  # noqa: BLE001 - closing is best effort
-        pass
 
 
 def _s(value: Any) -> str:
@@ -146,7 +140,7 @@ class JobChannel:
         in progress keeps its connection until it ends)."""
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
-            _close_quietly(pubsub)
+            close_quietly(pubsub)
 
     def __repr__(self) -> str:
         return f"<JobChannel {self.name!r}>"
@@ -415,7 +409,7 @@ class JobChannel:
                             raise TimeoutError("no unsubscribe confirmation")
                         pubsub.get_message(timeout=0.05)
                 except Exception:  # noqa: BLE001 - a broken idle connection: open a new one
-                    _close_quietly(pubsub)
+                    close_quietly(pubsub)
                     pubsub = None
             if pubsub is None:
                 pubsub = self.thoonk.connection.new_client().pubsub(ignore_subscribe_messages=True)
@@ -435,7 +429,7 @@ class JobChannel:
             else:
                 pubsub.close()
         except Exception:  # noqa: BLE001 - keep nothing broken; the next wait opens a new one
-            _close_quietly(pubsub)
+            close_quietly(pubsub)
         finally:
             self._pubsub_lock.release()
 

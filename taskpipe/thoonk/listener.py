@@ -33,6 +33,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from taskpipe.connection import close_quietly
 from taskpipe.errors import BrokerUnavailable
 
 if TYPE_CHECKING:
@@ -141,11 +142,8 @@ class Listener:
             thread.join(timeout)
         self._ready.clear()
         client, self._client = self._client, None
-        if client is not None and client is not self.thoonk.client:
-            try:
-                client.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass
+        if client is not self.thoonk.client:
+            close_quietly(client)
 
     def __enter__(self) -> Listener:
         return self.start()
@@ -185,11 +183,7 @@ class Listener:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
             finally:
-                if pubsub is not None:
-                    try:
-                        pubsub.close()
-                    except Exception:  # noqa: BLE001 - closing is best effort
-                        pass
+                close_quietly(pubsub)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         channel = bytes(message["channel"])

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from taskpipe.connection import close_quietly
 from taskpipe.errors import FeedDoesNotExist
 from taskpipe.thoonk.feed import encode_item, to_str
 
@@ -136,8 +137,5 @@ class Queue:
         """Release the connection used for blocking waits (made again if ``get`` waits later)."""
         with self._lock:
             client, self._blocking = self._blocking, None
-        if client is not None and client is not self.thoonk.client:
-            try:
-                client.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass
+        if client is not self.thoonk.client:
+            close_quietly(client)
