@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from taskpipe.connection import DEFAULT_URL, Connection, parse_url
 from taskpipe.durations import eta_to_delay, parse_duration, parse_optional_duration, to_ms
 from taskpipe.errors import ConfigError, UnknownTask
-from taskpipe.serialization import DEFAULT_MAX_PAYLOAD, encode_envelope, get_serializer
+from taskpipe.serialization import (
+    DEFAULT_MAX_PAYLOAD,
+    args_encoder,
+    encode_envelope,
+    get_serializer,
+)
 from taskpipe.task import Signature, Task, TaskOptions
 from taskpipe.thoonk.job import JobChannel, PutRequest, new_id
 from taskpipe.thoonk.keys import cluster_name, has_hash_tag
@@ -172,7 +177,7 @@ class TaskPipe:
             payload = encode_envelope(name, tuple(args), dict(kwargs or {}), {},
                                       serializer=self.serializer, max_size=self.max_payload)
             channel = self.channel(topts.channel)
-            return channel, PutRequest(payload, new_id(), topts.priority), None
+            return channel, PutRequest(payload, new_id(), topts.priority, fresh=True), None
         unknown = set(options) - _SEND_OPTIONS
         if unknown:
             raise ConfigError(f"unknown publishing option(s): {', '.join(sorted(unknown))}")
@@ -203,11 +208,12 @@ class TaskPipe:
             delay_ms = to_ms(eta_to_delay(eta, time.time())) if isinstance(eta, (datetime, int, float)) \
                 else to_ms(eta)
         priority = bool(options["priority"]) if options.get("priority") is not None else topts.priority
+        fresh = not options.get("id")
         job_id = options.get("id") or new_id()
         if not isinstance(job_id, str) or not job_id or "\0" in job_id:
             raise ConfigError(f"a job id must be a non-empty string without NUL, got {job_id!r}")
         channel = self.channel(options.get("channel") or topts.channel)  # after every check
-        return channel, PutRequest(payload, job_id, priority, delay_ms, eta_ms), callback
+        return channel, PutRequest(payload, job_id, priority, delay_ms, eta_ms, fresh), callback
 
     def send(self, name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
              *, _task: Task[Any] | None = None, **options: Any) -> AsyncResult:
@@ -223,7 +229,7 @@ class TaskPipe:
         result = AsyncResult(self, req.id, channel.name)
         if callback is not None:  # watch first, so even an instant finish is heard
             self.finish_watcher.add(result, callback)
-        channel.put_new(req.item, priority=req.priority, id=req.id, delay_ms=req.delay_ms)
+        channel.put_request(req)
         return result
 
     def publish_many(self, signatures: Iterable[Signature], batch: int = 500) -> list[AsyncResult]:
@@ -242,6 +248,21 @@ class TaskPipe:
         for channel, reqs in by_channel.values():
             channel.put_many(reqs, batch=batch)
         return [AsyncResult(self, job_id, ch) for ch, job_id in order]
+
+    def publish_calls(self, task: Task[Any], calls: Iterable[Any], batch: int = 500) -> list[AsyncResult]:
+        """Publish one job of ``task`` per item of ``calls`` (a tuple is spread as arguments),
+        with the task's own options; pipelined in bounded batches (``Task.map`` without options).
+
+        Every call is encoded (and checked) before anything is written.
+        """
+        from taskpipe.results import AsyncResult
+
+        encode = args_encoder(task.name, serializer=self.serializer, max_size=self.max_payload)
+        items = [encode(c if isinstance(c, tuple) else (c,)) for c in calls]
+        channel = self.channel(task.options.channel)
+        name = channel.name
+        return [AsyncResult(self, job_id, name)
+                for job_id in channel.put_fresh_many(items, task.options.priority, batch)]
 
     def AsyncResult(self, id: str, channel: str | None = None) -> AsyncResult:  # noqa: N802
         """A handle on a job published elsewhere (by id and channel)."""

@@ -16,6 +16,7 @@ A ``Connection`` is owned by its app (or ``Thoonk`` object); nothing here is glo
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -28,7 +29,7 @@ from redis.crc import key_slot as _crc_key_slot
 
 from taskpipe.errors import BrokerUnavailable, BrokerURLError
 
-__all__ = ["Connection", "ListWaiter", "parse_url", "key_slot", "DEFAULT_URL"]
+__all__ = ["Connection", "CommandLane", "ListWaiter", "parse_url", "key_slot", "DEFAULT_URL"]
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 SUPPORTED_SCHEMES = ("redis", "rediss", "unix", "memory", "redis+sentinel", "redis+cluster")
@@ -128,6 +129,8 @@ class Connection:
         self._closed = threading.Event()
         self._sentinel_pools: weakref.WeakSet[Any] = weakref.WeakSet()  # see _follow_switches
         self._switch_follower: threading.Thread | None = None
+        #: the lean path for the hot script calls on ``client`` (one Redis only; see CommandLane)
+        self.lane: CommandLane | None = None
         if client is not None:
             self.url = url or "client://"
             self.scheme = "client"
@@ -137,6 +140,8 @@ class Connection:
         self.info = parse_url(self.url)
         self.scheme = self.info["scheme"]
         self.client = self.new_client()
+        if self.scheme in ("redis", "rediss", "unix"):
+            self.lane = CommandLane(self.client)
 
     @property
     def is_cluster(self) -> bool:
@@ -241,7 +246,86 @@ class Connection:
     def close(self) -> None:
         """Close the shared client's connections (and stop following Sentinel switches)."""
         self._closed.set()
+        close_quietly(self.lane)
         close_quietly(self.client)
+
+
+class CommandLane:
+    """A lean path for the hot calls (publish, claim, finish scripts) on one plain Redis.
+
+    redis-py's ``execute_command`` takes a connection from its pool and gives it back around
+    every call, under a lock, with observability hooks: about 50 us per call on a 2-vCPU VM,
+    a quarter of a loopback round trip. A lane keeps its own stack of idle connections (made
+    by the client's pool, with the same settings: timeouts, TLS, auth, health checks) and runs
+    a command on one of them with the same checks and retry policy as the pool (a closed or
+    out-of-step idle socket is replaced before use), so a call costs little more than its
+    round trip. Thread-safe: a connection is used by one thread at a time
+    (``list.pop``/``append`` are atomic). After ``fork`` the child drops the parent's
+    connections and makes its own. Replies are the raw replies ``client.evalsha`` gives (the
+    client must not decode responses; ``Connection`` never asks it to).
+
+    Only for ``redis://``, ``rediss://`` and ``unix://``: Sentinel (its pool follows failovers),
+    Cluster (routing) and ``memory://`` keep the ordinary client path.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._pool = client.connection_pool
+        self._idle: list[Any] = []
+        self._pid = os.getpid()
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        """``EVALSHA`` on a lane connection (raises what ``client.evalsha`` raises)."""
+        return self.execute("EVALSHA", sha, numkeys, *keys_and_args)
+
+    def script_load(self, source: str) -> Any:
+        """``SCRIPT LOAD`` through the ordinary client."""
+        return self.client.script_load(source)
+
+    def execute(self, *args: Any) -> Any:
+        """Send one command and read its reply."""
+        if self._pid != os.getpid():  # forked: the parent's sockets are not ours to use
+            self._idle, self._pid = [], os.getpid()
+        try:
+            conn = self._idle.pop()
+        except IndexError:
+            conn = self._pool.make_connection()
+        try:  # as the pool does on checkout: a closed or out-of-step socket is replaced first
+            conn.connect()
+            if conn.can_read():
+                raise redis.exceptions.ConnectionError("connection has unread data")
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            conn.disconnect()
+            try:
+                conn.connect()
+            except BaseException:
+                self._idle.append(conn)
+                raise
+
+        def call() -> Any:
+            conn.send_command(*args)
+            return conn.read_response()
+
+        try:
+            reply = conn.retry.call_with_retry(call, lambda _: conn.disconnect())
+        except redis.exceptions.ResponseError:
+            self._idle.append(conn)  # an error reply: the connection is in step
+            raise
+        except BaseException:
+            conn.disconnect()  # mid-command: never reuse a connection out of step
+            self._idle.append(conn)
+            raise
+        self._idle.append(conn)
+        return reply
+
+    def close(self) -> None:
+        """Disconnect the idle connections (a later call reconnects)."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            try:
+                conn.disconnect()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
 
 
 class ListWaiter:

@@ -31,7 +31,7 @@ from .errors import ConfigError, PayloadTooLarge, SerializationError
 __all__ = [
     "DEFAULT_MAX_PAYLOAD", "ENVELOPE_MAGIC", "RESULT_MAGIC", "FORMAT_VERSION", "SERIALIZER_IDS",
     "Serializer", "MsgpackSerializer", "JsonSerializer", "get_serializer",
-    "Envelope", "encode_envelope", "decode_envelope",
+    "Envelope", "encode_envelope", "args_encoder", "decode_envelope",
     "ResultRecord", "encode_result", "encode_failure", "decode_result",
 ]
 
@@ -426,6 +426,39 @@ def encode_envelope(task: str, args: tuple[Any, ...] | list[Any], kwargs: dict[s
                 raise SerializationError(f"task {task!r}: cannot serialize {problem}") from exc
         raise SerializationError(f"task {task!r}: {exc}") from exc
     return _frame(ENVELOPE_MAGIC, sid, body, max_size, f"job payload for task {task!r}")
+
+
+def args_encoder(task: str, *, serializer: Serializer | str = "msgpack",
+                 max_size: int | None = DEFAULT_MAX_PAYLOAD) -> Callable[[tuple[Any, ...]], bytes]:
+    """A function ``encode(args)`` that gives exactly ``encode_envelope(task, args, {}, {})``.
+
+    For publishing many calls of one task with positional arguments only (``Task.map``): with
+    msgpack the parts that do not change (the task name, empty kwargs and options) are encoded
+    once and only the arguments per call; other serializers use ``encode_envelope`` each time.
+    Raises what ``encode_envelope`` raises.
+    """
+    ser, sid = _resolve(serializer)
+    if not isinstance(ser, MsgpackSerializer) or _job_problems(task, (), {}, {}):
+        return lambda args: encode_envelope(task, args, {}, {}, serializer=ser, max_size=max_size)
+    _frame(ENVELOPE_MAGIC, sid, b"", max_size, "")  # checks max_size once
+    # a 4-entry map in insertion order: "t" task, "a" args, "k" {}, "o" {} = head + args + tail
+    whole = ser.dumps({"t": task, "a": [], "k": {}, "o": {}})
+    tail = ser.dumps("k") + ser.dumps({}) + ser.dumps("o") + ser.dumps({})
+    cut = len(whole) - len(tail) - len(ser.dumps([]))
+    head = ENVELOPE_MAGIC + bytes((FORMAT_VERSION, sid)) + whole[:cut]
+    limit = None if max_size is None else max_size - len(head) - len(tail)
+    packb, default = msgpack.packb, ser._default
+
+    def encode(args: tuple[Any, ...]) -> bytes:
+        try:
+            body: bytes = packb(list(args), default=default, use_bin_type=True, strict_types=True)
+        except _ENCODE_ERRORS:
+            return encode_envelope(task, args, {}, {}, serializer=ser, max_size=max_size)
+        if limit is not None and len(body) > limit:
+            return encode_envelope(task, args, {}, {}, serializer=ser, max_size=max_size)
+        return head + body + tail
+
+    return encode
 
 
 def decode_envelope(data: bytes) -> Envelope:

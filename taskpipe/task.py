@@ -119,6 +119,8 @@ class Task(Generic[R]):
 
     def map(self, iterable: Iterable[Any], **options: Any) -> list[AsyncResult]:
         """Publish one job per item (a tuple is spread as arguments), pipelined in batches."""
+        if not options:  # the common case: one task, positional arguments, its own options
+            return self.app.publish_calls(self, iterable)
         sigs = (self.s(*(a if isinstance(a, tuple) else (a,))) for a in iterable)
         if options:
             sigs = (sig.set(**options) for sig in sigs)

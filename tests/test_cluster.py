@@ -285,7 +285,7 @@ def test_noscript_is_handled_on_every_node(app: TaskPipe, cluster: RedisCluster,
     for ch in channels:  # EVALSHA hits NOSCRIPT on each owner; SCRIPT LOAD reaches every master
         ch.put(b"again")
         ch.put_many([PutRequest(b"p1"), PutRequest(b"p2")])  # pipelined EVALSHA per slot
-    sha = app.thoonk.scripts["job_put"].sha
+    sha = app.thoonk.scripts["job_put_fresh"].sha  # what put() and put_many() of fresh ids run
     for port in cluster.ports:
         assert cluster.node(port).script_exists(sha) == [True]
     assert [ch.counts()["available"] for ch in channels] == [4, 4, 4]

@@ -205,6 +205,44 @@ def test_put_many(job: JobChannel) -> None:
     assert len(generated) == 1 and generated[0][1] is True and len(generated[0][0]) == 32
 
 
+def test_put_many_fresh_batches_keep_order_and_priority(thoonk: Thoonk, job: JobChannel) -> None:
+    # runs of fresh ids go through job_put_fresh, the rest through job_put: order is kept across
+    reqs = [PutRequest(b"f1"), PutRequest(b"f2"), PutRequest(b"c1", id="c1"),
+            PutRequest(b"f3", fresh=True, id="0" * 32), PutRequest(b"h1", priority=True),
+            PutRequest(b"h2", priority=True), PutRequest(b"late", delay_ms=60_000)]
+    out = job.put_many(reqs, batch=2)
+    assert all(created for _, created in out) and out[2][0] == "c1" and out[3][0] == "0" * 32
+    ids = [i for i, _ in out]
+    assert claimed_ids(job, 6) == [ids[5], ids[4], ids[0], ids[1], "c1", "0" * 32]
+    assert job.claim(1) == []
+    assert job.info(ids[6]).state == "delayed"
+    k = job.keys
+    assert int(thoonk.client.get(k.publishes)) == 7
+    assert thoonk.client.zcard(k.published) == 7
+    assert 1 <= thoonk.client.llen(k.wake) <= 64
+
+
+def test_fresh_put_never_overwrites_an_existing_item(thoonk: Thoonk, job: JobChannel) -> None:
+    job.put(b"orig", id="taken")
+    req = PutRequest(b"other", id="taken", fresh=True)
+    assert job.put_request(req) is False
+    assert job.put_many([req, PutRequest(b"new", id="n1", fresh=True)]) == [
+        ("taken", False), ("n1", True)]
+    assert job.get_item("taken") == b"orig"
+    assert claimed_ids(job, 2) == ["taken", "n1"]
+    assert job.claim(1) == []
+
+
+def test_fresh_put_wake_list_stays_bounded(thoonk: Thoonk, job: JobChannel) -> None:
+    for _ in range(3):
+        job.put_many([PutRequest(b"x")] * 1000, batch=1000)
+    for _ in range(80):
+        job.put(b"y")
+    assert thoonk.client.llen(job.keys.wake) == 64
+    counts = job.counts()
+    assert counts["available"] == 3080 and counts["published_total"] == 3080
+
+
 # custom ids are never doubled ------------------------------------------------------------------
 def _into_state(job: JobChannel, state: str, jid: str) -> None:
     if state == "delayed":
@@ -398,6 +436,20 @@ def test_cancel_sends_the_job_to_the_back(job: JobChannel) -> None:
     assert again.id == a and again.cancel_count == 1
     assert job.cancel(a) == 2  # no token: no fencing check
     assert job.get_failure_count(a) == 2
+
+
+def test_release_gives_unstarted_claims_back_to_the_head_in_order(job: JobChannel) -> None:
+    ids = [job.put(x) for x in (b"a", b"b", b"c", b"d")]
+    first = job.claim(3, lease_ms=LONG)
+    assert [c.id for c in first] == ids[:3]
+    other = job.put(b"e")
+    assert job.release([(c.id, c.token) for c in first[:2]] + [(first[2].id, "9:9"), ("nope", "")]) \
+        == [1, 1, -1, 0]
+    info = job.info(ids[0])
+    assert info.state == "available" and info.cancel_count == 0 and info.worker == ""
+    assert job.info(ids[2]).state == "claimed"  # wrong token: left alone
+    assert claimed_ids(job, 4) == [ids[0], ids[1], ids[3], other]
+    assert job.release([]) == []
 
 
 def test_stall_and_retry(job: JobChannel) -> None:

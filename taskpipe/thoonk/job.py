@@ -78,6 +78,9 @@ class PutRequest:
     priority: bool = False
     delay_ms: int = 0
     eta_ms: int = 0
+    #: True when ``id`` was just made by ``new_id()`` (so no earlier run can own it): lets a
+    #: job to run now take the batched ``job_put_fresh`` path.
+    fresh: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ class JobChannel:
         self.claim_keys = [k.ids, k.items, k.claimed, k.leases, k.delayed, k.urgent,
                            k.cancelled, k.config, k.tokens, k.workers, k.fence, k.attempts]
         self._put_keys = [k.ids, k.items, k.published, k.publishes, k.delayed, k.urgent, k.wake]
+        self._fresh_keys = [k.ids, k.items, k.published, k.publishes, k.wake]
         self._owner_keys = [k.claimed, k.leases, k.tokens, k.workers]
         self._finish_keys = [*self._owner_keys, k.items, k.cancelled, k.attempts, k.published,
                              k.finishes, k.finished, k.failures, k.progress, k.reasons]
@@ -154,11 +158,21 @@ class JobChannel:
     def put_new(self, item: bytes | str, priority: bool = False, id: str | None = None,
                 delay_ms: int = 0, eta_ms: int = 0) -> tuple[str, bool]:
         """Publish a job; returns ``(id, created)`` where ``created`` is False for an existing id."""
-        req = PutRequest(_b(item), _check_id(id), priority, int(delay_ms), int(eta_ms))
-        job_id = req.id or new_id()
-        flags = self.scripts["job_put"](self.client, self._put_keys_for([job_id]),
-                                        [1, *self._put_args(job_id, req)])
-        return job_id, bool(int(flags[0]))
+        fresh = id is None
+        req = PutRequest(_b(item), _check_id(id) or new_id(), priority, int(delay_ms), int(eta_ms),
+                         fresh)
+        return req.id or "", self.put_request(req)
+
+    def put_request(self, req: PutRequest) -> bool:
+        """Publish one prepared request (its ``id`` set); True if it was created."""
+        assert req.id is not None
+        if req.fresh and req.delay_ms <= 0 and req.eta_ms <= 0:
+            flags = self.scripts["job_put_fresh"](self.client, self._fresh_keys,
+                                                  ["1" if req.priority else "0", req.id, req.item])
+        else:
+            flags = self.scripts["job_put"](self.client, self._put_keys_for([req.id]),
+                                            [1, *self._put_args(req.id, req)])
+        return bool(int(flags[0]))
 
     def _put_keys_for(self, ids: list[str]) -> list[str]:
         return [*self._put_keys, self.keys.finished, *(self.keys.result(i) for i in ids)]
@@ -168,32 +182,76 @@ class JobChannel:
                 max(0, req.eta_ms)]
 
     def put_many(self, requests: Iterable[PutRequest], batch: int = 500) -> list[tuple[str, bool]]:
-        """Publish many jobs, ``batch`` per script call, all calls in one pipeline."""
+        """Publish many jobs, ``batch`` per script call, all calls in one pipeline.
+
+        Runs of requests with fresh ids to run now go through ``job_put_fresh`` (one command of
+        each kind per batch); the others through ``job_put``. Publish order is kept.
+        """
         out: list[tuple[str, bool]] = []
-        pending: list[tuple[list[str], list[Any]]] = []
-        chunk_ids: list[str] = []
-        chunk_args: list[Any] = []
+        # each call: (kind: "P" job_put, "F0"/"F1" job_put_fresh at the tail/head, ids, args)
+        pending: list[tuple[str, list[str], list[Any]]] = []
+        ids: list[str] = []
+        args: list[Any] = []
+        kind = ""
         batch = max(1, min(batch, 1000))
         for req in requests:
-            if type(req.item) is not bytes:
-                req = PutRequest(_b(req.item), req.id, req.priority, req.delay_ms, req.eta_ms)
+            item = req.item if type(req.item) is bytes else _b(req.item)
             job_id = _check_id(req.id) or new_id()
-            chunk_ids.append(job_id)
-            chunk_args += self._put_args(job_id, req)
-            if len(chunk_ids) >= batch:
-                pending.append((chunk_ids, chunk_args))
-                chunk_ids, chunk_args = [], []
-        if chunk_ids:
-            pending.append((chunk_ids, chunk_args))
+            fresh = (req.fresh or req.id is None) and req.delay_ms <= 0 and req.eta_ms <= 0
+            this = ("F1" if req.priority else "F0") if fresh else "P"
+            if this != kind or len(ids) >= batch:
+                if ids:
+                    pending.append((kind, ids, args))
+                ids, args, kind = [], ([this[1]] if fresh else []), this
+            ids.append(job_id)
+            if fresh:
+                args += (job_id, item)
+            else:
+                args += (job_id, item, "1" if req.priority else "0", max(0, req.delay_ms),
+                         max(0, req.eta_ms))
+        if ids:
+            pending.append((kind, ids, args))
         if not pending:
             return out
-        self.scripts.ensure_loaded(self.client, "job_put")
+        self.scripts.ensure_loaded(self.client, *sorted(
+            {"job_put" if kind == "P" else "job_put_fresh" for kind, _, _ in pending}))
         pipe = self.client.pipeline(transaction=False)
-        for ids, args in pending:
-            self.scripts["job_put"].queue(pipe, self._put_keys_for(ids), [len(ids), *args])
-        for (ids, _), flags in zip(pending, pipe.execute()):
+        put, put_fresh = self.scripts["job_put"], self.scripts["job_put_fresh"]
+        for kind, ids, args in pending:
+            if kind == "P":
+                put.queue(pipe, self._put_keys_for(ids), [len(ids), *args])
+            else:
+                put_fresh.queue(pipe, self._fresh_keys, args)
+        for (_, ids, _), flags in zip(pending, pipe.execute()):
             out += [(i, bool(int(f))) for i, f in zip(ids, flags)]
         return out
+
+    def put_fresh_many(self, items: Sequence[bytes], priority: bool = False,
+                       batch: int = 500) -> list[str]:
+        """Publish ``items`` as new jobs to run now, with new ids; returns the ids in order.
+
+        The bulk fast path (``Task.map``): ``batch`` jobs per ``job_put_fresh`` call (one
+        command of each kind per batch), all calls in one pipeline.
+        """
+        batch = max(1, min(batch, 1000))
+        ids = [new_id() for _ in items]
+        if not ids:
+            return ids
+        flag = "1" if priority else "0"
+        calls: list[list[Any]] = []
+        for start in range(0, len(ids), batch):
+            part_ids, part_items = ids[start:start + batch], items[start:start + batch]
+            args: list[Any] = [flag] + [b""] * (2 * len(part_ids))
+            args[1::2] = part_ids
+            args[2::2] = [_b(i) for i in part_items] if any(type(i) is not bytes for i in part_items) \
+                else part_items
+            calls.append(args)
+        self.scripts.ensure_loaded(self.client, "job_put_fresh")
+        script, pipe = self.scripts["job_put_fresh"], self.client.pipeline(transaction=False)
+        for args in calls:
+            script.queue(pipe, self._fresh_keys, args)
+        pipe.execute()
+        return ids
 
     # claiming -------------------------------------------------------------------------------
     def claim(self, count: int = 1, lease_ms: int = DEFAULT_LEASE_MS, worker: str = "",
@@ -258,6 +316,19 @@ class JobChannel:
             self.client, [*self._owner_keys, k.cancelled, k.ids, k.wake], [id, token])
         self._raise_for(int(code), id, "claimed", token)
         return int(count)
+
+    def release(self, claims: Sequence[tuple[str, str]]) -> list[int]:
+        """Give back claimed jobs that never started, ``(id, token)`` in claim order: they go
+        to the head of the queue in that order, their cancel counts unchanged (a worker's
+        prefetched jobs at shutdown). Returns a code per job: 1 released, 0 not claimed,
+        -1 claimed under another token (left alone)."""
+        k = self.keys
+        codes: list[int] = []
+        for start in range(0, len(claims), 1000):
+            args = [x for pair in claims[start:start + 1000] for x in pair]
+            codes += [int(c) for c in self.scripts["job_release"](
+                self.client, [*self._owner_keys, k.ids, k.wake], args)]
+        return codes
 
     def stall(self, id: str, reason: str = "", token: str = "") -> None:
         """Park a claimed job with a reason; it is not dispatched until ``retry``."""

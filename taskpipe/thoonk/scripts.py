@@ -37,8 +37,9 @@ def _expand(name: str, depth: int = 0) -> str:
 class Script:
     """One Lua operation: its text, its SHA1, and a NOSCRIPT-safe ``__call__``."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, lane: Any = None) -> None:
         self.name = name
+        self.lane = lane
         self.source = _expand(name + ".lua")
         self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
 
@@ -48,6 +49,8 @@ class Script:
         Connection failures and Redis refusing writes (out of memory, read-only replica,
         still loading) raise ``BrokerUnavailable``; the script's effects are all or nothing.
         """
+        if self.lane is not None and client is self.lane.client:
+            client = self.lane  # the lean path for the connection's shared client
         try:
             try:
                 return client.evalsha(self.sha, len(keys), *keys, *args)
@@ -76,7 +79,9 @@ class Script:
 class ScriptRegistry:
     """The scripts of one Thoonk instance, created on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, lane: Any = None) -> None:
+        """``lane``: a ``CommandLane`` that calls on its client go through (optional)."""
+        self.lane = lane
         self._scripts: dict[str, Script] = {}
         self._lock = threading.Lock()
 
@@ -86,7 +91,7 @@ class ScriptRegistry:
             with self._lock:
                 script = self._scripts.get(name)
                 if script is None:
-                    script = Script(name)
+                    script = Script(name, self.lane)
                     self._scripts[name] = script
         return script
 

@@ -45,7 +45,7 @@ class Thoonk:
             self.connection = Connection(client=url_or_client)
         self.client: Any = self.connection.client
         self.keys = Keyspace(prefix)
-        self.scripts = ScriptRegistry()
+        self.scripts = ScriptRegistry(self.connection.lane)
         self.instance = uuid.uuid4().hex
 
     # registry -------------------------------------------------------------------------------

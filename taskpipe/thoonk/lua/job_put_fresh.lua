@@ -1,0 +1,48 @@
+-- job_put_fresh: publish jobs whose ids the client has just generated (uuid4), to run now.
+-- The fast path of job_put for the common case (delay(), map()): no delay, no eta, no id that
+-- could belong to an earlier run, so no result or finished-index entry to clear. Each Redis
+-- command runs once for the whole batch instead of once per job.
+-- KEYS[1] feed.ids:<f>        LIST  (LPUSH normal, RPUSH priority; consumers pop the right)
+-- KEYS[2] feed.items:<f>      HASH  id -> payload
+-- KEYS[3] feed.published:<f>  ZSET  id -> publish ms
+-- KEYS[4] feed.publishes:<f>  counter
+-- KEYS[5] feed.wake:<f>       LIST  wake-up markers for blocked workers
+-- ARGV[1] priority: '1' = all to the head (RPUSH), '0' = all to the tail (LPUSH)
+-- ARGV[2 .. 2n+1] per job: id, item (n at most 1000)
+-- Returns: a list of n flags: 1 = published, 0 = an item with that id already exists (nothing
+--          written for it; only a caller that reused an id can see this).
+-- Events: none (the v1 contract publishes no event on job put).
+--@include _now.lua
+local n = (#ARGV - 1) / 2
+if n > 1000 or n ~= math.floor(n) then
+  return redis.error_reply('ERR job_put_fresh: 1 to 1000 (id, item) pairs')
+end
+local ids = {}
+for i = 1, n do ids[i] = ARGV[2 * i] end
+local existing = redis.call('HMGET', KEYS[2], unpack(ids))
+local now = now_ms()
+local out, fields, scored, fresh = {}, {}, {}, {}
+for i = 1, n do
+  if existing[i] then
+    out[i] = 0
+  else
+    out[i] = 1
+    local id = ids[i]
+    fields[#fields + 1] = id
+    fields[#fields + 1] = ARGV[2 * i + 1]
+    scored[#scored + 1] = now
+    scored[#scored + 1] = id
+    fresh[#fresh + 1] = id
+  end
+end
+local k = #fresh
+if k == 0 then return out end
+redis.call('HSET', KEYS[2], unpack(fields))
+redis.call('ZADD', KEYS[3], unpack(scored))
+redis.call('INCRBY', KEYS[4], k)
+if ARGV[1] == '1' then redis.call('RPUSH', KEYS[1], unpack(fresh))
+else redis.call('LPUSH', KEYS[1], unpack(fresh)) end
+local markers = {}
+for i = 1, math.min(k, 16) do markers[i] = '1' end
+if redis.call('LPUSH', KEYS[5], unpack(markers)) > 64 then redis.call('LTRIM', KEYS[5], 0, 63) end
+return out
