@@ -6,7 +6,7 @@
 - ``bench.stamp(i, key)``: records ``time.time()`` at its very start in the hash ``key``
   (field ``i``), to measure latency from publish to task start.
 
-Run as a script (``python benchmarks/bench_app.py [--burst] [--concurrency N] CHANNEL``) it is one
+Run as a script (``python benchmarks/bench_app.py [--burst] [--concurrency N] [--prefetch N] CHANNEL``) it is one
 worker process: it reads the broker URL and key prefix from ``TASKPIPE_BROKER_URL`` /
 ``TASKPIPE_BENCH_PREFIX``, prints ``ready``, waits for a line on stdin, then runs
 ``Worker(app, [CHANNEL], burst=...)`` and prints one JSON line with its stats when it ends.
@@ -62,11 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("channel", nargs="?", default=CHANNEL)
     parser.add_argument("--burst", action="store_true", help="exit when the channel is empty")
     parser.add_argument("--concurrency", type=int, default=None)
+    parser.add_argument("--prefetch", type=int, default=None)
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     app = build_app(os.environ["TASKPIPE_BROKER_URL"], os.environ["TASKPIPE_BENCH_PREFIX"])
     app.connection.client.ping()
-    worker = Worker(app, [opts.channel], concurrency=opts.concurrency, burst=opts.burst)
+    worker = Worker(app, [opts.channel], concurrency=opts.concurrency, burst=opts.burst,
+                    prefetch=opts.prefetch)
     print("ready", flush=True)
     sys.stdin.readline()
     started, cpu0 = time.time(), os.times()

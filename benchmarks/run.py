@@ -1,6 +1,6 @@
 """taskpipe benchmark: one command, its own redis-server, figures as ratios to the raw ceiling.
 
-    python benchmarks/run.py [--jobs N] [--quick] [--rounds R] [--concurrency C] [--json FILE]
+    python benchmarks/run.py [--jobs N] [--quick] [--rounds R] [--concurrency C] [--prefetch P] [--json FILE]
 
 Starts ``redis-server`` on a free loopback port (never 6379) and measures, for a no-op task:
 
@@ -84,13 +84,15 @@ class Bench:
     """One benchmark run against one redis-server; results land in ``figures`` / ``ratios``."""
 
     def __init__(self, url: str, jobs: int, samples: int, rounds: int, raw_seconds: float,
-                 concurrency: int | None, log: Callable[[str], None]) -> None:
+                 concurrency: int | None, log: Callable[[str], None],
+                 prefetch: int | None = None) -> None:
         self.url = url
         self.jobs = jobs
         self.samples = samples
         self.rounds = rounds
         self.raw_seconds = raw_seconds
         self.concurrency = concurrency
+        self.prefetch = prefetch
         self.log = log
         self.prefix = f"bench{uuid.uuid4().hex[:6]}:"
         self.app = build_app(url, self.prefix)
@@ -158,6 +160,8 @@ class Bench:
             args.append("--burst")
         if self.concurrency:
             args += ["--concurrency", str(self.concurrency)]
+        if self.prefetch is not None:
+            args += ["--prefetch", str(self.prefetch)]
         proc = subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
@@ -440,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smaller run (well under a minute)")
     parser.add_argument("--concurrency", type=int, default=None,
                         help="threads per worker process (default: the Worker default)")
+    parser.add_argument("--prefetch", type=int, default=None,
+                        help="jobs a worker claims ahead of free slots (default: the Worker default)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     opts = parser.parse_args(argv)
     jobs = opts.jobs or (4000 if opts.quick else 24000)
@@ -455,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  jobs {jobs} per phase in {rounds} rounds, {samples} latency samples, "
               f"redis-server on 127.0.0.1:{server.port}", flush=True)
         bench = Bench(server.url, jobs, samples, rounds, 0.25 if opts.quick else 0.5,
-                      opts.concurrency, print)
+                      opts.concurrency, print, opts.prefetch)
         bench.run()
         info["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         print(f"  ran {bench.extra['seconds']:.1f} s; loadavg after: {info['loadavg_after']}")

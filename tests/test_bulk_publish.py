@@ -139,3 +139,28 @@ def test_map_on_a_json_app(broker_url: str, prefix: str) -> None:
         assert [r.get(timeout=5) for r in results] == [{"a": 1}, [1, 2], "s"]
     finally:
         app.close()
+
+
+def test_map_on_a_full_redis_is_broker_unavailable(prefix: str) -> None:
+    from redis_server import RedisServer
+
+    from taskpipe.errors import BrokerUnavailable
+
+    server = RedisServer().start()
+    app = TaskPipe(broker=server.url, prefix=prefix)
+    try:
+        @app.task(channel="full")
+        def t(x: int) -> int:
+            return x
+
+        t.map([1])  # channel created, scripts loaded
+        server.client().config_set("maxmemory", 1)  # noeviction: every write is refused (OOM)
+        with pytest.raises(BrokerUnavailable, match="out of memory"):
+            t.map(range(10))
+        with pytest.raises(BrokerUnavailable):
+            app.publish_many([t.s(1).set(id="x1")])
+        server.client().config_set("maxmemory", 0)
+        assert app.channel("full").counts()["published_total"] == 1
+    finally:
+        app.close()
+        server.cleanup()

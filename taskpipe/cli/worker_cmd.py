@@ -26,6 +26,10 @@ def channels_from_env() -> list[str] | None:
                    "Default: the app's default channel.")
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), default=None,
               help="Jobs run at once (default: 4 x CPUs for threads, CPUs for processes).")
+@click.option("--prefetch", type=click.IntRange(min=0), default=None,
+              help="Jobs claimed ahead of free slots, so a finished slot starts the next job "
+                   "without a round trip (default: 2 x concurrency; 0 for long jobs shared "
+                   "fairly between workers).")
 @click.option("--pool", type=click.Choice(["thread", "process", "async"]), default="thread",
               show_default=True, help="thread: I/O-bound; process: CPU-bound, hard timeouts; "
                                       "async: async def tasks on one event loop.")
@@ -43,7 +47,8 @@ def channels_from_env() -> list[str] | None:
 @click.option("--beat", is_flag=True, help="Also run the cron scheduler in this process.")
 @click.option("--metrics-port", type=int, default=None,
               help="Serve Prometheus metrics on 127.0.0.1:PORT.")
-def worker(app_path: str, queues: str | None, concurrency: int | None, pool: str, burst: bool,
+def worker(app_path: str, queues: str | None, concurrency: int | None, prefetch: int | None,
+           pool: str, burst: bool,
            max_jobs: int | None, loglevel: str, name: str | None, lease: str | None, grace: str,
            weighted: bool, beat: bool, metrics_port: int | None) -> None:
     """Run a worker: claim jobs from the channels in strict order and run them."""
@@ -53,8 +58,9 @@ def worker(app_path: str, queues: str | None, concurrency: int | None, pool: str
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = load_app(app_path)
     channels = [c.strip() for c in queues.split(",") if c.strip()] if queues else channels_from_env()
-    w = Worker(app, channels, concurrency=concurrency, pool=pool, burst=burst, max_jobs=max_jobs,
-               name=name, lease=lease, grace=grace, weighted=weighted, beat=beat, app_path=app_path)
+    w = Worker(app, channels, concurrency=concurrency, prefetch=prefetch, pool=pool, burst=burst,
+               max_jobs=max_jobs, name=name, lease=lease, grace=grace, weighted=weighted,
+               beat=beat, app_path=app_path)
     if metrics_port is not None:
         from taskpipe.contrib.metrics import serve_metrics
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from taskpipe.connection import close_quietly
 from taskpipe.errors import JobNotFound, LeaseLost, WrongJobState
 from taskpipe.thoonk.keys import JobKeys
+from taskpipe.thoonk.scripts import broker_errors
 
 if TYPE_CHECKING:
     from taskpipe.thoonk.thoonk import Thoonk
@@ -213,8 +214,6 @@ class JobChannel:
             pending.append((kind, ids, args))
         if not pending:
             return out
-        self.scripts.ensure_loaded(self.client, *sorted(
-            {"job_put" if kind == "P" else "job_put_fresh" for kind, _, _ in pending}))
         pipe = self.client.pipeline(transaction=False)
         put, put_fresh = self.scripts["job_put"], self.scripts["job_put_fresh"]
         for kind, ids, args in pending:
@@ -222,7 +221,11 @@ class JobChannel:
                 put.queue(pipe, self._put_keys_for(ids), [len(ids), *args])
             else:
                 put_fresh.queue(pipe, self._fresh_keys, args)
-        for (_, ids, _), flags in zip(pending, pipe.execute()):
+        with broker_errors("put_many"):
+            self.scripts.ensure_loaded(self.client, *sorted(
+                {"job_put" if kind == "P" else "job_put_fresh" for kind, _, _ in pending}))
+            replies = pipe.execute()
+        for (_, ids, _), flags in zip(pending, replies):
             out += [(i, bool(int(f))) for i, f in zip(ids, flags)]
         return out
 
@@ -246,11 +249,12 @@ class JobChannel:
             args[2::2] = [_b(i) for i in part_items] if any(type(i) is not bytes for i in part_items) \
                 else part_items
             calls.append(args)
-        self.scripts.ensure_loaded(self.client, "job_put_fresh")
         script, pipe = self.scripts["job_put_fresh"], self.client.pipeline(transaction=False)
         for args in calls:
             script.queue(pipe, self._fresh_keys, args)
-        pipe.execute()
+        with broker_errors("job_put_fresh"):
+            self.scripts.ensure_loaded(self.client, "job_put_fresh")
+            pipe.execute()
         return ids
 
     # claiming -------------------------------------------------------------------------------

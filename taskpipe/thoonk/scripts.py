@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 
@@ -19,7 +20,7 @@ import redis
 
 from taskpipe.errors import BrokerUnavailable
 
-__all__ = ["Script", "ScriptRegistry"]
+__all__ = ["Script", "ScriptRegistry", "broker_errors"]
 
 _INCLUDE = re.compile(r"^--@include\s+(\S+)\s*$", re.MULTILINE)
 
@@ -32,6 +33,25 @@ def _expand(name: str, depth: int = 0) -> str:
     if depth > 4:
         raise RuntimeError(f"Lua include nesting too deep at {name}")
     return _INCLUDE.sub(lambda m: _expand(m.group(1), depth + 1), _read(name))
+
+
+@contextmanager
+def broker_errors(what: str) -> Iterator[None]:
+    """Turn connection failures and Redis refusing writes (out of memory, read-only replica,
+    still loading, persistence or replica errors) into ``BrokerUnavailable``."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+            redis.exceptions.BusyLoadingError, redis.exceptions.ReadOnlyError) as exc:
+        raise BrokerUnavailable(f"{what}: broker unavailable: {exc}") from exc
+    except redis.exceptions.ResponseError as exc:
+        # redis-py turns an "OOM ..." reply into OutOfMemoryError and drops the "OOM" prefix
+        # NOREPLICAS: min-replicas-to-write not met (e.g. a master cut off by a failover)
+        if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith(
+                ("OOM", "MISCONF", "NOREPLICAS")):
+            raise BrokerUnavailable(f"{what}: broker refused the write "
+                                    f"(out of memory, persistence or replica error): {exc}") from exc
+        raise
 
 
 class Script:
@@ -51,23 +71,12 @@ class Script:
         """
         if self.lane is not None and client is self.lane.client:
             client = self.lane  # the lean path for the connection's shared client
-        try:
+        with broker_errors(self.name):
             try:
                 return client.evalsha(self.sha, len(keys), *keys, *args)
             except redis.exceptions.NoScriptError:
                 client.script_load(self.source)
                 return client.evalsha(self.sha, len(keys), *keys, *args)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                redis.exceptions.BusyLoadingError, redis.exceptions.ReadOnlyError) as exc:
-            raise BrokerUnavailable(f"{self.name}: broker unavailable: {exc}") from exc
-        except redis.exceptions.ResponseError as exc:
-            # redis-py turns an "OOM ..." reply into OutOfMemoryError and drops the "OOM" prefix
-            # NOREPLICAS: min-replicas-to-write not met (e.g. a master cut off by a failover)
-            if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith(
-                    ("OOM", "MISCONF", "NOREPLICAS")):
-                raise BrokerUnavailable(f"{self.name}: broker refused the write "
-                                        f"(out of memory, persistence or replica error): {exc}") from exc
-            raise
 
     def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
         """Add a call to a pipeline (the caller loads scripts first with ``ScriptRegistry.load_all``)."""

@@ -2,8 +2,9 @@
 
 Threads of one worker process:
 
-- the main loop claims up to the free slots in one script call, or blocks on the channels'
-  wake-up lists (never busy-polls) while they are empty;
+- the main loop claims up to the free slots plus ``prefetch`` in one script call, or blocks on
+  the channels' wake-up lists (never busy-polls) while they are empty; prefetched jobs wait in
+  a local buffer, and a pool thread that finishes a job starts the next one from it at once;
 - the finisher writes outcomes as they complete, many per script call (``OutcomeWriter``);
 - the keeper renews leases of running jobs (every lease/3), reaps expired leases of every
   worker on the same channels, and refreshes this worker's entry in the worker registry.
@@ -11,6 +12,7 @@ Threads of one worker process:
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
@@ -33,7 +35,7 @@ from taskpipe.thoonk.job import Claim, JobChannel
 from taskpipe.worker.outcomes import OutcomeWriter
 from taskpipe.worker.pools import make_pool
 from taskpipe.worker.registry import WorkerRegistry
-from taskpipe.worker.runner import Outcome, prepare
+from taskpipe.worker.runner import Outcome, Prepared, prepare
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -57,7 +59,8 @@ class Worker:
                  grace: Any = "30s", reaper_interval: Any = None, weighted: bool = False,
                  weights: Sequence[float] | None = None, beat: bool = False,
                  app_path: str | None = None, batch: int = 100, max_block: float = 1.0,
-                 heartbeat_interval: float = 2.0, capture_logs: bool = True) -> None:
+                 heartbeat_interval: float = 2.0, capture_logs: bool = True,
+                 prefetch: int | None = None) -> None:
         self.app = app
         self.channel_names = list(channels or [app.default_channel])
         if not self.channel_names or any(not c for c in self.channel_names):
@@ -65,6 +68,10 @@ class Worker:
         self.concurrency = concurrency or (os.cpu_count() or 2) * (1 if pool == "process" else 4)
         if self.concurrency < 1:
             raise ConfigError("concurrency must be at least 1")
+        # prefetch: jobs claimed ahead of free slots (default: two more rounds of concurrency)
+        self.prefetch = 2 * self.concurrency if prefetch is None else prefetch
+        if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0:
+            raise ConfigError(f"prefetch must be an int >= 0, got {prefetch!r}")
         self.pool_kind = pool
         self.app_path = app_path
         self.burst = burst
@@ -92,9 +99,12 @@ class Worker:
         self.started_at = time.time()
         self._running: dict[tuple[str, str], Claim] = {}  # every claim held, outcome written or not
         self._executing = 0  # claims handed to the pool whose task has not returned yet
+        self._buffer: collections.deque[Prepared] = collections.deque()  # prefetched, not started
+        # claim again once the buffer is down to this (prefetch 0: whenever a slot is free)
+        self._low_water = self.prefetch // 2
         # claims whose outcome is still being written do not take an execution slot, so the next
         # claim overlaps the previous finish; this bounds how many such claims can pile up
-        self._max_held = 2 * self.concurrency
+        self._max_held = 2 * self.concurrency + self.prefetch
         self._settled = 0  # outcomes written so far (burst mode: did one land during a claim?)
         self._running_lock = threading.Lock()
         self._slot = threading.Condition(self._running_lock)
@@ -194,8 +204,9 @@ class Worker:
             if not self.channels and not self._open_channels():
                 continue
             with self._slot:
-                free = min(self.concurrency - self._executing, self._max_held - len(self._running))
-                if free <= 0:
+                free = min(self.concurrency + self.prefetch - self._executing - len(self._buffer),
+                           self._max_held - len(self._running))
+                if free <= 0 or len(self._buffer) > self._low_water:
                     self._slot.wait(0.5)
                     continue
             if self.max_jobs is not None:
@@ -294,24 +305,37 @@ class Worker:
                 self._slot.wait(0.2)
 
     def _start(self, claims: list[Claim]) -> None:
+        """Hand claims to the pool up to the free execution slots; buffer the rest (prefetch)."""
         self.claimed_total += len(claims)
+        prepared = [prepare(self.app, c) for c in claims]
         with self._running_lock:
             for c in claims:
                 self._running[(c.channel, c.id)] = c
-            self._executing += len(claims)
-        for c in claims:
-            prepared = prepare(self.app, c)
-            self._pool.submit(prepared, self._job_done)
+            now = max(0, min(len(prepared), self.concurrency - self._executing))
+            self._executing += now
+            self._buffer.extend(prepared[now:])
+        for p in prepared[:now]:
+            self._pool.submit(p, self._job_done)
 
     def _job_done(self, outcome: Outcome) -> None:
-        """Called by the pool when a task returned: free its execution slot, queue its outcome."""
+        """Called by the pool when a task returned: queue its outcome, start the next prefetched
+        job in the freed slot, and wake the main loop when the buffer needs refilling."""
         self._done.put(outcome)
+        nxt: Prepared | None = None
         with self._slot:
             self._executing -= 1
-            self._slot.notify_all()
+            if self._buffer and not self._stopping.is_set():
+                nxt = self._buffer.popleft()
+                self._executing += 1
+            if len(self._buffer) <= self._low_water:
+                self._slot.notify_all()
+        if nxt is not None:
+            self._pool.submit(nxt, self._job_done)
 
     def _drain(self) -> None:
-        """After the loop: wait up to ``grace`` for running jobs, then send the rest back."""
+        """After the loop: give prefetched jobs back, wait up to ``grace`` for running jobs,
+        then send the rest back."""
+        self._release_buffer()
         deadline = time.monotonic() + self.grace
         with self._slot:
             while self._running and not self._stop_now.is_set():
@@ -330,6 +354,25 @@ class Worker:
         with self._running_lock:
             for claim in leftovers:
                 self._running.pop((claim.channel, claim.id), None)
+
+    def _release_buffer(self) -> None:
+        """Prefetched jobs that never started go back to the head of their queues, in order,
+        their cancel counts unchanged (``JobChannel.release``)."""
+        with self._slot:
+            buffered, self._buffer = list(self._buffer), collections.deque()
+        by_channel: dict[str, list[Claim]] = {}
+        for p in buffered:
+            by_channel.setdefault(p.claim.channel, []).append(p.claim)
+        for name, claims in by_channel.items():
+            try:
+                self.app.channel(name).release([(c.id, c.token) for c in claims])
+                log.info("%d prefetched job(s) of %s given back unstarted", len(claims), name)
+            except Exception as exc:  # noqa: BLE001 - their leases expire: the reaper requeues them
+                log.warning("could not give back %d prefetched job(s) of %s: %s", len(claims), name, exc)
+        with self._slot:
+            for p in buffered:
+                self._running.pop((p.claim.channel, p.claim.id), None)
+            self._slot.notify_all()
 
     # background threads ---------------------------------------------------------------------
     def _finisher(self) -> None:

@@ -1,0 +1,127 @@
+"""Worker prefetch: jobs claimed ahead of free slots wait in a local buffer.
+
+A pool thread that finishes a job starts the next buffered one at once; never more than
+``concurrency`` tasks run at a time; at shutdown the buffered (never started) jobs go back to the
+head of their queue in claim order with their cancel counts unchanged; ``prefetch=0`` claims
+only for free slots. Runs on real Redis and ``memory://``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from worker_helpers import burst
+
+from taskpipe import ConfigError, TaskPipe, Worker
+
+
+@pytest.fixture
+def app(broker_url: str, prefix: str) -> Iterator[TaskPipe]:
+    a = TaskPipe(broker=broker_url, prefix=prefix)
+    yield a
+    a.close()
+
+
+def _wait_for(cond: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_prefetch_never_runs_more_than_concurrency_at_once(app: TaskPipe) -> None:
+    lock = threading.Lock()
+    state = {"now": 0, "max": 0}
+
+    @app.task(channel="pf")
+    def work(i: int) -> int:
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(0.002)
+        with lock:
+            state["now"] -= 1
+        return i
+
+    results = work.map(range(200))
+    stats = burst(app, ["pf"], concurrency=3, prefetch=9)
+    assert stats["finished"] == 200
+    assert state["max"] <= 3
+    assert [r.get(timeout=5) for r in results[:5]] == [0, 1, 2, 3, 4]
+
+
+def test_claims_run_in_claim_order_with_one_thread(app: TaskPipe) -> None:
+    seen: list[int] = []
+
+    @app.task(channel="order")
+    def rec(i: int) -> None:
+        seen.append(i)
+
+    rec.map(range(50))
+    burst(app, ["order"], concurrency=1, prefetch=7)
+    assert seen == list(range(50))
+
+
+def test_shutdown_gives_prefetched_jobs_back_to_the_head_unstarted(app: TaskPipe) -> None:
+    gate = threading.Event()
+    started: list[int] = []
+
+    @app.task(channel="held")
+    def hold(i: int) -> int:
+        started.append(i)
+        gate.wait(10)
+        return i
+
+    results = hold.map(range(6))
+    w = Worker(app, ["held"], concurrency=1, prefetch=3, heartbeat_interval=60, max_block=0.1)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    ch = app.channel("held")
+    _wait_for(lambda: started == [0] and len(w.running) == 4, "one running job and 3 prefetched")
+    assert ch.counts()["claimed"] == 4 and ch.counts()["available"] == 2
+    w.stop()
+    _wait_for(lambda: ch.counts()["available"] == 5, "the prefetched jobs to be given back")
+    gate.set()
+    t.join(10)
+    assert not t.is_alive()
+    assert started == [0] and results[0].get(timeout=5) == 0
+    for r in results[1:4]:
+        info = r.info()
+        assert info.state == "available" and info.cancel_count == 0 and info.worker == ""
+    # back at the head, in their claim order, ahead of the two never claimed
+    assert [c.id for c in ch.claim(5)] == [r.id for r in results[1:]]
+
+
+def test_prefetch_zero_claims_only_for_free_slots(app: TaskPipe) -> None:
+    gate = threading.Event()
+
+    @app.task(channel="fair")
+    def hold(i: int) -> int:
+        gate.wait(10)
+        return i
+
+    hold.map(range(4))
+    w = Worker(app, ["fair"], concurrency=1, prefetch=0, heartbeat_interval=60, max_block=0.1)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    ch = app.channel("fair")
+    try:
+        _wait_for(lambda: ch.counts()["claimed"] == 1, "one claim")
+        time.sleep(0.3)  # the loop has had time to claim more if it were going to
+        assert ch.counts()["claimed"] == 1 and ch.counts()["available"] == 3
+    finally:
+        gate.set()
+        w.stop()
+        t.join(10)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_bad_prefetch_is_a_config_error(app: TaskPipe, bad: Any) -> None:
+    with pytest.raises(ConfigError, match="prefetch"):
+        Worker(app, ["x"], prefetch=bad)
+    assert Worker(app, ["x"], concurrency=3).prefetch == 6
