@@ -62,14 +62,21 @@ def area(location: str) -> str:
     return "other (Python builtins, bench code)"
 
 
+def _jobs_in(numkeys: int, args: tuple[Any, ...]) -> int:
+    """How many jobs a ``job_put`` (n, then 5 per job) or ``job_put_fresh`` (flag, then 2 per
+    job) call carries."""
+    argv = args[numkeys:]
+    return int(argv[0]) if len(argv) == 1 + 5 * int(argv[0]) else (len(argv) - 1) // 2
+
+
 class _NullPipe:
-    """A pipeline that answers every ``job_put`` with "published" at once."""
+    """A pipeline that answers every ``job_put`` / ``job_put_fresh`` with "published" at once."""
 
     def __init__(self) -> None:
         self.counts: list[int] = []
 
     def evalsha(self, sha: str, numkeys: int, *args: Any) -> _NullPipe:
-        self.counts.append(int(args[numkeys]))
+        self.counts.append(_jobs_in(numkeys, args))
         return self
 
     def execute_command(self, name: str, sha: str, numkeys: int, *args: Any) -> _NullPipe:
@@ -83,7 +90,7 @@ class _NullClient:
     """No network: what is left of ``delay()`` / ``map()`` is taskpipe's own Python."""
 
     def evalsha(self, sha: str, numkeys: int, *args: Any) -> list[int]:
-        return [1] * int(args[numkeys])
+        return [1] * _jobs_in(numkeys, args)
 
     def execute_command(self, name: str, *args: Any, **options: Any) -> Any:
         return self.evalsha(*args) if name == "EVALSHA" else None

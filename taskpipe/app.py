@@ -174,8 +174,10 @@ class TaskPipe:
         if not options:  # the common case (``delay()``, ``map()``): no option to check or convert
             topts = task.options if task is not None else (
                 self.tasks[name].options if name in self.tasks else _NO_OPTIONS)
-            payload = encode_envelope(name, tuple(args), dict(kwargs or {}), {},
-                                      serializer=self.serializer, max_size=self.max_payload)
+            payload = (self._encoder_for(task)(args if type(args) is tuple else tuple(args))
+                       if task is not None and not kwargs else
+                       encode_envelope(name, tuple(args), dict(kwargs or {}), {},
+                                       serializer=self.serializer, max_size=self.max_payload))
             channel = self.channel(topts.channel)
             return channel, PutRequest(payload, new_id(), topts.priority, fresh=True), None
         unknown = set(options) - _SEND_OPTIONS
@@ -214,6 +216,15 @@ class TaskPipe:
             raise ConfigError(f"a job id must be a non-empty string without NUL, got {job_id!r}")
         channel = self.channel(options.get("channel") or topts.channel)  # after every check
         return channel, PutRequest(payload, job_id, priority, delay_ms, eta_ms, fresh), callback
+
+    def _encoder_for(self, task: Task[Any]) -> Callable[[tuple[Any, ...]], bytes]:
+        """The task's envelope encoder for positional-only calls (made once per payload limit)."""
+        cached = task._encoder
+        if cached is None or cached[0] != self.max_payload or cached[1] is not self.serializer:
+            cached = (self.max_payload, self.serializer,
+                      args_encoder(task.name, serializer=self.serializer, max_size=self.max_payload))
+            task._encoder = cached
+        return cached[2]
 
     def send(self, name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
              *, _task: Task[Any] | None = None, **options: Any) -> AsyncResult:
@@ -257,7 +268,7 @@ class TaskPipe:
         """
         from taskpipe.results import AsyncResult
 
-        encode = args_encoder(task.name, serializer=self.serializer, max_size=self.max_payload)
+        encode = self._encoder_for(task)
         items = [encode(c if isinstance(c, tuple) else (c,)) for c in calls]
         channel = self.channel(task.options.channel)
         name = channel.name

@@ -273,6 +273,15 @@ class CommandLane:
         self._pool = client.connection_pool
         self._idle: list[Any] = []
         self._pid = os.getpid()
+        # hiredis packs a command in C, as redis-py's hiredis packer does after its own checks
+        self._pack: Any = None
+        if client.connection_pool.connection_kwargs.get("encoding", "utf-8") == "utf-8":
+            try:
+                import hiredis
+
+                self._pack = hiredis.pack_command
+            except ImportError:  # pragma: no cover - hiredis is a dependency
+                pass
 
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
         """``EVALSHA`` on a lane connection (raises what ``client.evalsha`` raises)."""
@@ -302,8 +311,18 @@ class CommandLane:
                 self._idle.append(conn)
                 raise
 
+        packed: bytes | None = None
+        if self._pack is not None:
+            try:
+                packed = self._pack(args)
+            except TypeError:  # a type hiredis does not take: redis-py's packer decides
+                packed = None
+
         def call() -> Any:
-            conn.send_command(*args)
+            if packed is None:
+                conn.send_command(*args)
+            else:
+                conn.send_packed_command([packed])
             return conn.read_response()
 
         try:

@@ -81,6 +81,8 @@ class Task(Generic[R]):
         self.name = name
         self.options = options
         self.is_async = inspect.iscoroutinefunction(fn)
+        # (max_payload, serializer, encoder) cached by the app for positional-only calls
+        self._encoder: tuple[Any, Any, Callable[[tuple[Any, ...]], bytes]] | None = None
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:

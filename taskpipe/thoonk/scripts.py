@@ -20,7 +20,7 @@ import redis
 
 from taskpipe.errors import BrokerUnavailable
 
-__all__ = ["Script", "ScriptRegistry", "broker_errors"]
+__all__ = ["Script", "ScriptRegistry", "as_broker_error", "broker_errors"]
 
 _INCLUDE = re.compile(r"^--@include\s+(\S+)\s*$", re.MULTILINE)
 
@@ -35,23 +35,34 @@ def _expand(name: str, depth: int = 0) -> str:
     return _INCLUDE.sub(lambda m: _expand(m.group(1), depth + 1), _read(name))
 
 
+_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                redis.exceptions.BusyLoadingError, redis.exceptions.ReadOnlyError)
+
+
+def as_broker_error(what: str, exc: redis.exceptions.RedisError) -> Exception:
+    """``BrokerUnavailable`` for a connection failure or Redis refusing writes (out of memory,
+    read-only replica, still loading, persistence or replica errors); else ``exc`` itself."""
+    if isinstance(exc, _UNAVAILABLE):
+        return BrokerUnavailable(f"{what}: broker unavailable: {exc}")
+    # redis-py turns an "OOM ..." reply into OutOfMemoryError and drops the "OOM" prefix
+    # NOREPLICAS: min-replicas-to-write not met (e.g. a master cut off by a failover)
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith(
+            ("OOM", "MISCONF", "NOREPLICAS")):
+        return BrokerUnavailable(f"{what}: broker refused the write "
+                                 f"(out of memory, persistence or replica error): {exc}")
+    return exc
+
+
 @contextmanager
 def broker_errors(what: str) -> Iterator[None]:
-    """Turn connection failures and Redis refusing writes (out of memory, read-only replica,
-    still loading, persistence or replica errors) into ``BrokerUnavailable``."""
+    """Raise ``as_broker_error`` of any Redis error in the block (for pipelines)."""
     try:
         yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-            redis.exceptions.BusyLoadingError, redis.exceptions.ReadOnlyError) as exc:
-        raise BrokerUnavailable(f"{what}: broker unavailable: {exc}") from exc
-    except redis.exceptions.ResponseError as exc:
-        # redis-py turns an "OOM ..." reply into OutOfMemoryError and drops the "OOM" prefix
-        # NOREPLICAS: min-replicas-to-write not met (e.g. a master cut off by a failover)
-        if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith(
-                ("OOM", "MISCONF", "NOREPLICAS")):
-            raise BrokerUnavailable(f"{what}: broker refused the write "
-                                    f"(out of memory, persistence or replica error): {exc}") from exc
-        raise
+    except redis.exceptions.RedisError as exc:
+        mapped = as_broker_error(what, exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
 
 
 class Script:
@@ -71,12 +82,17 @@ class Script:
         """
         if self.lane is not None and client is self.lane.client:
             client = self.lane  # the lean path for the connection's shared client
-        with broker_errors(self.name):
+        try:
             try:
                 return client.evalsha(self.sha, len(keys), *keys, *args)
             except redis.exceptions.NoScriptError:
                 client.script_load(self.source)
                 return client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.RedisError as exc:
+            mapped = as_broker_error(self.name, exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
 
     def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
         """Add a call to a pipeline (the caller loads scripts first with ``ScriptRegistry.load_all``)."""
