@@ -52,7 +52,8 @@ __all__ = ["main", "FIGURES", "TARGETS", "Bench"]
 #: Every figure this script prints, by key (the smoke test checks they are all there).
 FIGURES = (
     "raw_single", "raw_pipelined", "delay", "bulk", "drain_1proc", "drain_2proc",
-    "publish_start_p50", "publish_start_p99", "get_p50", "get_p99", "mem_queued", "mem_result",
+    "publish_start_p50", "publish_start_p99", "raw_wake_p50", "raw_wake_p99", "get_p50", "get_p99",
+    "mem_queued", "mem_result",
 )
 #: (label, figure, comparison, threshold, unit) of each target; the value compared is the ratio.
 TARGETS: tuple[tuple[str, str, str, float, str], ...] = (
@@ -254,6 +255,7 @@ class Bench:
         One timed ``INCR`` goes before each sample, so the RTT they are divided by (the median
         INCR round trip) is measured under the very same conditions.
         """
+        raw_wake = self.raw_wake_latency()
         proc = self.spawn_worker(burst=False)
         clock, incr, raw_key = time.perf_counter, self.r.incr, self.raw_key
         incr_times: list[float] = []
@@ -295,11 +297,42 @@ class Bench:
                           rtt_mean_us=statistics.fmean(incr_times) * 1e6,
                           publish_start_mean_us=statistics.fmean(lat) * 1e6,
                           latency_samples=len(lat))
-        for name, values in (("publish_start", lat), ("get", rtts)):
+        for name, values in (("publish_start", lat), ("get", rtts), ("raw_wake", raw_wake)):
             for q in (50, 99):
                 value = _pct(values, q / 100)
                 self.figures[f"{name}_p{q}"] = value * 1e6
                 self.ratios[f"{name}_p{q}"] = value / rtt
+
+    def raw_wake_latency(self) -> list[float]:
+        """The floor under publish -> start: another process blocked in a redis-py ``BLPOP``
+        notes ``time.time()`` as soon as this process's ``LPUSH`` wakes it; same pacing as the
+        publish -> start samples. Returns the latencies in seconds."""
+        key, woke = self.prefix + "rawwake", self.prefix + "rawwoke"
+        child = ("import redis, sys, time\n"
+                 "r = redis.Redis.from_url(sys.argv[1])\n"
+                 "print('ready', flush=True)\n"
+                 "while r.blpop([sys.argv[2]], timeout=0)[1] != b'stop':\n"
+                 "    r.rpush(sys.argv[3], repr(time.time()))\n")
+        proc = subprocess.Popen([sys.executable, "-c", child, self.url, key, woke],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        try:
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError("the raw wake-up process did not start")
+            time.sleep(0.2)
+            published: list[float] = []
+            for _ in range(self.samples):
+                self.r.incr(self.raw_key)
+                time.sleep(0.003)
+                published.append(time.time())
+                self.r.lpush(key, "1")
+            self.r.lpush(key, "stop")
+            proc.wait(30)
+        finally:
+            proc.kill()
+        woken = [float(v) for v in self.r.lrange(woke, 0, -1)]
+        self.r.delete(key, woke)
+        return [w - p for w, p in zip(woken, published)]
 
     # memory -----------------------------------------------------------------------------------
     def used_memory(self) -> int:
@@ -390,6 +423,8 @@ LABELS = {
     "drain_2proc": "drain, 2 worker processes",
     "publish_start_p50": "publish -> task start, p50",
     "publish_start_p99": "publish -> task start, p99",
+    "raw_wake_p50": "raw LPUSH -> BLPOP wakes a process, p50",
+    "raw_wake_p99": "raw LPUSH -> BLPOP wakes a process, p99",
     "get_p50": "delay().get() round trip, p50",
     "get_p99": "delay().get() round trip, p99",
     "mem_queued": "memory per queued job",
@@ -404,7 +439,8 @@ def report(bench: Bench, out: Callable[[str], None]) -> list[tuple[str, bool, fl
     for key in FIGURES:
         if key.startswith("mem_"):
             value, rtext = f"{f[key]:,.0f} B", ""
-        elif key in ("publish_start_p50", "publish_start_p99", "get_p50", "get_p99"):
+        elif key in ("publish_start_p50", "publish_start_p99", "raw_wake_p50", "raw_wake_p99",
+                     "get_p50", "get_p99"):
             value, rtext = f"{f[key]:,.0f} us", f"{ratio[key]:.1f} RTT"
         else:
             ref = REFERENCE.get(key, key.removeprefix("raw_"))

@@ -20,7 +20,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 FIGURES = ("raw_single", "raw_pipelined", "delay", "bulk", "drain_1proc", "drain_2proc",
-           "publish_start_p50", "publish_start_p99", "get_p50", "get_p99", "mem_queued", "mem_result")
+           "publish_start_p50", "publish_start_p99", "raw_wake_p50", "raw_wake_p99", "get_p50",
+           "get_p99", "mem_queued", "mem_result")
 TARGETS = ("delay() >= 0.7x raw single round trips/s", "bulk >= 0.5x raw pipelined/s",
            "drain, 1 worker process >= 1.5x raw single round trips/s", "publish->start p99 <= 5 RTT",
            "memory per small queued job <= 400 bytes")
@@ -52,7 +53,8 @@ def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:
         assert re.search(r"\d+\.\d\dx single", line), line
     assert re.search(r"\d+\.\d\dx pipelined", next(ln for ln in out.splitlines()
                                                    if ln.rstrip().endswith("[bulk]")))
-    for key in ("publish_start_p50", "publish_start_p99", "get_p50", "get_p99"):
+    for key in ("publish_start_p50", "publish_start_p99", "raw_wake_p50", "raw_wake_p99",
+                "get_p50", "get_p99"):
         line = next(ln for ln in out.splitlines() if ln.rstrip().endswith(f"[{key}]"))
         assert re.search(r"\d+\.\d RTT", line), line
 

@@ -438,6 +438,29 @@ def test_cancel_sends_the_job_to_the_back(job: JobChannel) -> None:
     assert job.get_failure_count(a) == 2
 
 
+def test_batched_claim_drops_stale_and_doubled_ids(thoonk: Thoonk, job: JobChannel) -> None:
+    a, b, c = job.put(b"a"), job.put(b"b"), job.put(b"c")
+    k = job.keys
+    thoonk.client.lpush(k.ids, a)          # a second copy of a waiting id (a legacy requeue)
+    thoonk.client.lpush(k.ids, "ghost")    # an id with no item (retracted by a legacy client)
+    claims = job.claim(10, lease_ms=LONG)
+    assert [x.id for x in claims] == [a, b, c]
+    tokens = [x.token for x in claims]
+    counters = sorted(int(t.split(":")[0]) for t in tokens)
+    assert counters == list(range(counters[0], counters[0] + 3))  # one fence number each
+    assert thoonk.client.llen(k.ids) == 0 and job.claim(1) == []
+    thoonk.client.lpush(k.ids, b)          # an id that is claimed already is not claimed twice
+    assert job.claim(5) == [] and job.info(b).state == "claimed"
+
+
+def test_finish_many_takes_an_id_once(job: JobChannel) -> None:
+    jid = job.put(b"x")
+    c = claim_one(job)
+    req = FinishRequest(jid, c.token, b"r", 60_000)
+    assert job.finish_many([req, req]) == [1, 0]
+    assert job.counts()["finished_total"] == 1 and job.get_result(jid, timeout=0) == b"r"
+
+
 def test_release_gives_unstarted_claims_back_to_the_head_in_order(job: JobChannel) -> None:
     ids = [job.put(x) for x in (b"a", b"b", b"c", b"d")]
     first = job.claim(3, lease_ms=LONG)

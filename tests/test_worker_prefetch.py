@@ -124,4 +124,4 @@ def test_prefetch_zero_claims_only_for_free_slots(app: TaskPipe) -> None:
 def test_bad_prefetch_is_a_config_error(app: TaskPipe, bad: Any) -> None:
     with pytest.raises(ConfigError, match="prefetch"):
         Worker(app, ["x"], prefetch=bad)
-    assert Worker(app, ["x"], concurrency=3).prefetch == 6
+    assert Worker(app, ["x"], concurrency=3).prefetch == 0  # off unless asked for

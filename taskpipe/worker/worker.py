@@ -68,8 +68,8 @@ class Worker:
         self.concurrency = concurrency or (os.cpu_count() or 2) * (1 if pool == "process" else 4)
         if self.concurrency < 1:
             raise ConfigError("concurrency must be at least 1")
-        # prefetch: jobs claimed ahead of free slots (default: two more rounds of concurrency)
-        self.prefetch = 2 * self.concurrency if prefetch is None else prefetch
+        # prefetch: jobs claimed ahead of free slots (off by default: see docs/worker.md)
+        self.prefetch = 0 if prefetch is None else prefetch
         if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0:
             raise ConfigError(f"prefetch must be an int >= 0, got {prefetch!r}")
         self.pool_kind = pool

@@ -7,8 +7,9 @@
 -- ARGV[4] promote limit per channel (due delayed jobs moved to available first)
 -- Semantics: a paused channel (config paused=1) is skipped. Nothing is taken from channel c+1
 --   while channel c still has an available job. Each claim, atomically: RPOP the id, ZADD claimed
---   (claim ms), ZADD leases (deadline), a new fencing token (INCR fence) in tokens, the worker
---   name in workers. Ids with no item (retracted) or already claimed are dropped.
+--   (claim ms), ZADD leases (deadline), a new fencing token (fence counter) in tokens, the worker
+--   name in workers. Ids with no item (retracted) or already claimed are dropped. The commands
+--   run once per channel batch (RPOP count, HMGET, ZMSCORE, multi-member ZADD/HSET): Redis >= 6.2.
 -- Returns: {now_ms, next_due_ms or -1, {channel_index, id, item, cancel_count, token, attempts}...}
 -- Events: none.
 --@include _now.lua
@@ -30,22 +31,47 @@ for c = 1, nch do
   local k_delayed, k_urgent = KEYS[b + 5], KEYS[b + 6]
   if redis.call('HGET', KEYS[b + 8], 'paused') ~= '1' then
     if plimit > 0 then promote(k_delayed, k_urgent, k_items, k_ids, now, plimit) end
-    while got < want and pops_left > 0 do
-      local id = redis.call('RPOP', k_ids)
-      if not id then break end
-      pops_left = pops_left - 1
-      if redis.call('HEXISTS', k_items, id) == 1 and not redis.call('ZSCORE', k_claimed, id) then
-        redis.call('ZADD', k_claimed, now, id)
-        redis.call('ZADD', k_leases, now + lease, id)
-        -- the server second makes tokens unique even if Redis lost the counter (restart empty)
-        local token = redis.call('INCR', KEYS[b + 11]) .. ':' .. now_s
-        redis.call('HSET', KEYS[b + 9], id, token)
-        redis.call('HSET', KEYS[b + 10], id, worker)
-        local item = redis.call('HGET', k_items, id)
-        local cc = tonumber(redis.call('HGET', KEYS[b + 7], id) or '0')
-        local att = tonumber(redis.call('HGET', KEYS[b + 12], id) or '0')
+    -- pop in bulk (RPOP count), keep ids that have an item and are not claimed yet
+    local ids, items = {}, {}
+    local seen = {}
+    while got + #ids < want and pops_left > 0 do
+      local popped = redis.call('RPOP', k_ids, math.min(want - got - #ids, pops_left))
+      if not popped then break end
+      pops_left = pops_left - #popped
+      local its = redis.call('HMGET', k_items, unpack(popped))
+      local claimed = redis.call('ZMSCORE', k_claimed, unpack(popped))
+      for j, id in ipairs(popped) do
+        if its[j] and not claimed[j] and not seen[id] then
+          seen[id] = true
+          ids[#ids + 1] = id
+          items[#items + 1] = its[j]
+        end
+      end
+    end
+    local k = #ids
+    if k > 0 then
+      -- each claim, one command per key for the batch: claimed (claim ms), leases (deadline),
+      -- a new fencing token (the fence counter, + the server second: unique even if Redis lost
+      -- the counter), the worker name
+      local last = redis.call('INCRBY', KEYS[b + 11], k)
+      local claimed_at, deadlines, tokens, workers = {}, {}, {}, {}
+      local toks = {}
+      for j, id in ipairs(ids) do
+        claimed_at[2 * j - 1], claimed_at[2 * j] = now, id
+        deadlines[2 * j - 1], deadlines[2 * j] = now + lease, id
+        toks[j] = (last - k + j) .. ':' .. now_s
+        tokens[2 * j - 1], tokens[2 * j] = id, toks[j]
+        workers[2 * j - 1], workers[2 * j] = id, worker
+      end
+      redis.call('ZADD', k_claimed, unpack(claimed_at))
+      redis.call('ZADD', k_leases, unpack(deadlines))
+      redis.call('HSET', KEYS[b + 9], unpack(tokens))
+      redis.call('HSET', KEYS[b + 10], unpack(workers))
+      local ccs = redis.call('HMGET', KEYS[b + 7], unpack(ids))
+      local atts = redis.call('HMGET', KEYS[b + 12], unpack(ids))
+      for j, id in ipairs(ids) do
         got = got + 1
-        out[got + 2] = {c, id, item, cc, token, att}
+        out[got + 2] = {c, id, items[j], tonumber(ccs[j] or '0'), toks[j], tonumber(atts[j] or '0')}
       end
     end
     local first = redis.call('ZRANGE', k_delayed, 0, 0, 'WITHSCORES')

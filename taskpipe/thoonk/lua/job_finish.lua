@@ -17,42 +17,62 @@
 --          (claimed under another token: refused, nothing changed); then the follow-up flag
 --          (1 put, 0 an item with that id existed, absent when no follow-up).
 -- Events: job.finish:<f> "<id>\0<result>" for each finished job that has a result.
+-- Owner checks first; then the bookkeeping of all finished jobs (unclaim, HDEL of their
+-- fields, counters, finished index) with one command per key for the whole batch; then each
+-- finished job's result and event, in order (all inside this one atomic call).
 --@include _now.lua
 --@include _owner.lua
 local n = tonumber(ARGV[3])
 if n > 1000 then return redis.error_reply('ERR job_finish: at most 1000 jobs per call') end
 local now = now_ms()
 local out = {}
-local finished_any = false
+local done, seen, scored, finished = {}, {}, {}, {}
+local failures = 0
 for i = 1, n do
   local b = 4 + 5 * (i - 1)
-  local id, token, result = ARGV[b], ARGV[b + 1], ARGV[b + 2]
-  local ttl, failed = tonumber(ARGV[b + 3]), ARGV[b + 4]
-  local code = check_owner(KEYS[1], KEYS[3], id, token)
+  local id, token = ARGV[b], ARGV[b + 1]
+  local code = 0  -- an id twice in one call: the second is "not claimed", as if run in turn
+  if not seen[id] then code = check_owner(KEYS[1], KEYS[3], id, token) end
   if code == 1 then
-    unclaim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], id)
-    redis.call('HDEL', KEYS[5], id)
-    redis.call('HDEL', KEYS[6], id)
-    redis.call('HDEL', KEYS[7], id)
-    redis.call('ZREM', KEYS[8], id)
-    redis.call('HDEL', KEYS[12], id)
-    redis.call('HDEL', KEYS[13], id)
-    redis.call('INCR', KEYS[9])
-    if failed == '1' then redis.call('INCR', KEYS[11]) end
-    redis.call('ZADD', KEYS[10], now, id)
+    seen[id] = true
+    done[#done + 1] = id
+    finished[#finished + 1] = i
+    scored[#scored + 1] = now
+    scored[#scored + 1] = id
+    if ARGV[b + 4] == '1' then failures = failures + 1 end
+  end
+  out[i] = code
+end
+if #done > 0 then
+  -- the bookkeeping of every finished job, one command per key for the whole batch. The
+  -- deletes come first: over maxmemory (noeviction) Redis refuses a script whose first write
+  -- may grow memory, and a worker must still be able to finish jobs then.
+  redis.call('ZREM', KEYS[1], unpack(done))   -- claimed
+  redis.call('ZREM', KEYS[2], unpack(done))   -- leases
+  redis.call('HDEL', KEYS[3], unpack(done))   -- tokens
+  redis.call('HDEL', KEYS[4], unpack(done))   -- workers
+  redis.call('HDEL', KEYS[5], unpack(done))   -- items
+  redis.call('HDEL', KEYS[6], unpack(done))   -- cancelled
+  redis.call('HDEL', KEYS[7], unpack(done))   -- attempts
+  redis.call('ZREM', KEYS[8], unpack(done))   -- published
+  redis.call('HDEL', KEYS[12], unpack(done))  -- progress
+  redis.call('HDEL', KEYS[13], unpack(done))  -- reasons
+  redis.call('INCRBY', KEYS[9], #done)
+  if failures > 0 then redis.call('INCRBY', KEYS[11], failures) end
+  redis.call('ZADD', KEYS[10], unpack(scored))
+  local old = redis.call('ZRANGEBYSCORE', KEYS[10], '-inf', now - tonumber(ARGV[2]), 'LIMIT', 0, 100)
+  if #old > 0 then redis.call('ZREM', KEYS[10], unpack(old)) end
+  -- then each finished job's result and event, in order
+  for _, i in ipairs(finished) do
+    local b = 4 + 5 * (i - 1)
+    local id, result, ttl = ARGV[b], ARGV[b + 2], tonumber(ARGV[b + 3])
     if ttl > 0 and result ~= '' then
       redis.call('SET', KEYS[13 + i], result, 'PX', ttl)
     end
     if result ~= '' then
       redis.call('PUBLISH', ARGV[1], id .. '\0' .. result)
     end
-    finished_any = true
   end
-  out[i] = code
-end
-if finished_any then
-  local old = redis.call('ZRANGEBYSCORE', KEYS[10], '-inf', now - tonumber(ARGV[2]), 'LIMIT', 0, 100)
-  for _, id in ipairs(old) do redis.call('ZREM', KEYS[10], id) end
 end
 if #KEYS >= 14 + n and n == 1 and out[1] == 1 then
   local f = 14 + n
