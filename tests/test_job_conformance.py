@@ -17,11 +17,20 @@ import pytest
 
 from taskpipe.connection import Connection
 from taskpipe.errors import JobNotFound, LeaseLost, WrongJobState
+from taskpipe.thoonk.claiming import HELD_BACK
 from taskpipe.thoonk.job import Claim, FinishRequest, JobChannel, PutRequest, claim_from
 from taskpipe.thoonk.thoonk import Thoonk
 
 T = TypeVar("T")
 LONG = 30_000  # a lease that never expires during a test
+
+
+class _AnyInt:
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, int)
+
+
+ANY_INT = _AnyInt()
 
 
 # helpers ---------------------------------------------------------------------------------------
@@ -451,6 +460,21 @@ def test_batched_claim_drops_stale_and_doubled_ids(thoonk: Thoonk, job: JobChann
     assert thoonk.client.llen(k.ids) == 0 and job.claim(1) == []
     thoonk.client.lpush(k.ids, b)          # an id that is claimed already is not claimed twice
     assert job.claim(5) == [] and job.info(b).state == "claimed"
+
+
+def test_a_job_with_cancels_is_never_prefetched(thoonk: Thoonk, job: JobChannel) -> None:
+    a, b, c, d = (job.put(x) for x in (b"a", b"b", b"c", b"d"))
+    first = claim_one(job)
+    job.cancel(first.id, token=first.token)  # a: cancel count 1, now at the back
+    # 1 free slot: b runs now, c and d are prefetched; a (count 1) at a prefetch position is
+    # held back at the head and the claim stops there
+    claims, nxt, _ = claim_from(thoonk, [job], 10, LONG, "w", run_now=1)
+    assert [x.id for x in claims] == [b, c, d] and nxt == HELD_BACK
+    e = job.put(b"e")
+    assert claim_from(thoonk, [job], 5, LONG, "w", run_now=0) == ([], HELD_BACK, ANY_INT)
+    assert job.info(a).state == "available" and job.info(e).state == "available"
+    claims, nxt, _ = claim_from(thoonk, [job], 5, LONG, "w", run_now=1)  # a free slot: a runs
+    assert [x.id for x in claims] == [a, e] and claims[0].cancel_count == 1
 
 
 def test_finish_many_takes_an_id_once(job: JobChannel) -> None:

@@ -124,4 +124,37 @@ def test_prefetch_zero_claims_only_for_free_slots(app: TaskPipe) -> None:
 def test_bad_prefetch_is_a_config_error(app: TaskPipe, bad: Any) -> None:
     with pytest.raises(ConfigError, match="prefetch"):
         Worker(app, ["x"], prefetch=bad)
-    assert Worker(app, ["x"], concurrency=3).prefetch == 0  # off unless asked for
+    assert Worker(app, ["x"], concurrency=3).prefetch == 6
+
+
+def test_a_job_with_a_cancel_count_waits_for_a_free_slot(app: TaskPipe) -> None:
+    gate = threading.Event()
+    ran: list[str] = []
+
+    @app.task(channel="cc")
+    def step(tag: str) -> str:
+        ran.append(tag)
+        if tag == "slow":
+            gate.wait(10)
+        return tag
+
+    ch = app.channel("cc")
+    again = step.delay("again")
+    claim = ch.claim(1)[0]
+    ch.cancel(claim.id, token=claim.token)  # "again" now has cancel count 1
+    slow = step.apply_async(args=("slow",), priority=True)  # runs first
+    w = Worker(app, ["cc"], concurrency=1, prefetch=4, heartbeat_interval=60, max_block=1.0)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        _wait_for(lambda: ran == ["slow"], "the slow job to start")
+        time.sleep(0.3)
+        # not prefetched (a worker crash now would not count against it): still available
+        assert again.info().state == "available" and len(w.running) == 1
+        gate.set()
+        assert again.get(timeout=10) == "again" and slow.get(timeout=10) == "slow"
+        assert again.info().cancel_count == 0  # finished: its bookkeeping is gone
+    finally:
+        gate.set()
+        w.stop()
+        t.join(10)

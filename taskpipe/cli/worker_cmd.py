@@ -28,8 +28,8 @@ def channels_from_env() -> list[str] | None:
               help="Jobs run at once (default: 4 x CPUs for threads, CPUs for processes).")
 @click.option("--prefetch", type=click.IntRange(min=0), default=None,
               help="Jobs claimed ahead of free slots, so a finished slot starts the next job "
-                   "without a round trip (default 0; prefetched jobs count a worker crash "
-                   "like running ones: see docs/worker.md).")
+                   "without a round trip (default: 2 x concurrency; 0 for long jobs shared "
+                   "fairly between workers).")
 @click.option("--pool", type=click.Choice(["thread", "process", "async"]), default="thread",
               show_default=True, help="thread: I/O-bound; process: CPU-bound, hard timeouts; "
                                       "async: async def tasks on one event loop.")

@@ -17,28 +17,38 @@ from taskpipe.thoonk.job import Claim, JobChannel, _s
 if TYPE_CHECKING:
     from taskpipe.thoonk.thoonk import Thoonk
 
-__all__ = ["claim_from", "wait_and_claim"]
+__all__ = ["claim_from", "wait_and_claim", "HELD_BACK"]
+
+#: ``next_due`` returned by ``claim_from`` when the claim stopped at a job that may only run in a
+#: free slot (cancel count > 0 at a prefetch position): work is waiting for a slot, not for Redis.
+HELD_BACK = -2
 
 
 def claim_from(thoonk: Thoonk, channels: Sequence[JobChannel], count: int, lease_ms: int,
-               worker: str, promote_limit: int = 100) -> tuple[list[Claim], int | None, int]:
+               worker: str, promote_limit: int = 100,
+               run_now: int | None = None) -> tuple[list[Claim], int | None, int]:
     """Claim up to ``count`` jobs from ``channels`` in strict order, in one script call.
 
-    Returns ``(claims, next_due_ms or None, server_now_ms)``. On a Redis Cluster, channels in
+    ``run_now`` (default: all): how many of them go to free slots at once; the others are
+    prefetched. A job with a cancel count above 0 is never prefetched: the claim stops before
+    it and ``next_due`` is ``HELD_BACK`` (see ``job_claim.lua``).
+    Returns ``(claims, next_due_ms or None or HELD_BACK, server_now_ms)``. On a Redis Cluster, channels in
     different slots cannot share a script call: see ``_claim_by_slot``.
     """
+    run_now = count if run_now is None else max(0, run_now)
     if thoonk.connection.is_cluster and len(channels) > 1:
         runs = _slot_runs(channels)
         if len(runs) > 1:
-            return _claim_by_slot(thoonk, runs, count, lease_ms, worker, promote_limit)
+            return _claim_by_slot(thoonk, runs, count, lease_ms, worker, promote_limit, run_now)
     keys: list[str] = []
     for ch in channels:
         keys += ch.claim_keys
-    r = thoonk.scripts["job_claim"](thoonk.client, keys, [count, int(lease_ms), worker, promote_limit])
+    r = thoonk.scripts["job_claim"](thoonk.client, keys,
+                                    [count, int(lease_ms), worker, promote_limit, run_now])
     now, nxt = int(r[0]), int(r[1])
     claims = [Claim(channels[int(c[0]) - 1].name, _s(c[1]), bytes(c[2]), int(c[3]), _s(c[4]), int(c[5]))
               for c in r[2:]]
-    return claims, (nxt if nxt >= 0 else None), now
+    return claims, (nxt if nxt >= 0 or nxt == HELD_BACK else None), now
 
 
 def _slot_runs(channels: Sequence[JobChannel]) -> list[list[JobChannel]]:
@@ -60,7 +70,8 @@ def _slot_runs(channels: Sequence[JobChannel]) -> list[list[JobChannel]]:
 
 
 def _claim_by_slot(thoonk: Thoonk, runs: list[list[JobChannel]], count: int, lease_ms: int,
-                   worker: str, promote_limit: int) -> tuple[list[Claim], int | None, int]:
+                   worker: str, promote_limit: int,
+                   run_now: int) -> tuple[list[Claim], int | None, int]:
     """Redis Cluster: one claim script call per slot run, in order, until ``count`` jobs are held.
 
     Each call is atomic and strict within its run; across runs, order is strict as of the moment
@@ -72,8 +83,11 @@ def _claim_by_slot(thoonk: Thoonk, runs: list[list[JobChannel]], count: int, lea
     best: tuple[int, int, int] | None = None  # (due - now, due, now)
     now = 0
     for run in runs:
-        got, nxt, now = claim_from(thoonk, run, count - len(claims), lease_ms, worker, promote_limit)
+        got, nxt, now = claim_from(thoonk, run, count - len(claims), lease_ms, worker, promote_limit,
+                                   run_now - len(claims))
         claims += got
+        if nxt == HELD_BACK:  # strict order: nothing from later slots past a held-back job
+            return claims, HELD_BACK, now
         if nxt is not None and (best is None or nxt - now < best[0]):
             best = (nxt - now, nxt, now)
         if len(claims) >= count:

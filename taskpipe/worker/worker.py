@@ -30,7 +30,7 @@ import redis
 from taskpipe.context import JobLogHandler
 from taskpipe.durations import parse_duration
 from taskpipe.errors import BrokerUnavailable, ConfigError
-from taskpipe.thoonk.claiming import claim_from
+from taskpipe.thoonk.claiming import HELD_BACK, claim_from
 from taskpipe.thoonk.job import Claim, JobChannel
 from taskpipe.worker.outcomes import OutcomeWriter
 from taskpipe.worker.pools import make_pool
@@ -68,8 +68,8 @@ class Worker:
         self.concurrency = concurrency or (os.cpu_count() or 2) * (1 if pool == "process" else 4)
         if self.concurrency < 1:
             raise ConfigError("concurrency must be at least 1")
-        # prefetch: jobs claimed ahead of free slots (off by default: see docs/worker.md)
-        self.prefetch = 0 if prefetch is None else prefetch
+        # prefetch: jobs claimed ahead of free slots (default: two more rounds of concurrency)
+        self.prefetch = 2 * self.concurrency if prefetch is None else prefetch
         if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0:
             raise ConfigError(f"prefetch must be an int >= 0, got {prefetch!r}")
         self.pool_kind = pool
@@ -216,8 +216,9 @@ class Worker:
                     return
             settled = self._settled
             try:
-                claims, next_due, now = claim_from(self.app.thoonk, self._ordered_channels(),
-                                                   min(free, self.batch), lease_ms, self.name)
+                claims, next_due, now = claim_from(
+                    self.app.thoonk, self._ordered_channels(), min(free, self.batch), lease_ms,
+                    self.name, run_now=self.concurrency - self._executing)
             except _BROKER_ERRORS as exc:
                 self._broker_down(exc)
                 continue
@@ -229,6 +230,11 @@ class Worker:
                 self._check_eviction_policy()
             if claims:
                 self._start(claims)
+                continue
+            if next_due == HELD_BACK:  # the next job waits for a free slot, not for Redis
+                with self._slot:
+                    if self._executing >= self.concurrency and not self._stopping.is_set():
+                        self._slot.wait(self.max_block)
                 continue
             if self.burst:
                 with self._running_lock:

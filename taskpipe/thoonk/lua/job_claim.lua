@@ -5,12 +5,18 @@
 --   +9 feed.tokens:<f>  +10 feed.workers:<f>  +11 feed.fence:<f>  +12 feed.attempts:<f>
 -- ARGV[1] max jobs to claim (<= 1000)  ARGV[2] lease ms  ARGV[3] worker name
 -- ARGV[4] promote limit per channel (due delayed jobs moved to available first)
+-- ARGV[5] run now (optional, default all): the first this-many claims go to free slots; later
+--   ones are prefetched (they wait in the worker's buffer). A job whose cancel count is not 0
+--   is never prefetched: at a prefetch position it is put back at the head, with every job
+--   popped after it, and the claim ends there (so prefetching adds at most one to any job's
+--   cancel count: a job lost while buffered has count 0 until then, 1 after).
 -- Semantics: a paused channel (config paused=1) is skipped. Nothing is taken from channel c+1
 --   while channel c still has an available job. Each claim, atomically: RPOP the id, ZADD claimed
 --   (claim ms), ZADD leases (deadline), a new fencing token (fence counter) in tokens, the worker
 --   name in workers. Ids with no item (retracted) or already claimed are dropped. The commands
 --   run once per channel batch (RPOP count, HMGET, ZMSCORE, multi-member ZADD/HSET): Redis >= 6.2.
--- Returns: {now_ms, next_due_ms or -1, {channel_index, id, item, cancel_count, token, attempts}...}
+-- Returns: {now_ms, next_due_ms or -1 (-2: a job was held back for a free slot, see ARGV[5]),
+--          {channel_index, id, item, cancel_count, token, attempts}...}
 -- Events: none.
 --@include _now.lua
 --@include _promote.lua
@@ -18,6 +24,7 @@ local want = math.min(tonumber(ARGV[1]), 1000)
 local lease = tonumber(ARGV[2])
 local worker = ARGV[3]
 local plimit = tonumber(ARGV[4])
+local run_now = tonumber(ARGV[5] or ARGV[1])
 local now = now_ms()
 local now_s = math.floor(now / 1000)
 local out = {now, -1}
@@ -25,6 +32,7 @@ local got = 0
 local pops_left = want * 4 + 64
 local nch = #KEYS / 12
 local next_due = -1
+local stop = false  -- a job that may not be prefetched ended this claim
 for c = 1, nch do
   local b = 12 * (c - 1)
   local k_ids, k_items, k_claimed, k_leases = KEYS[b + 1], KEYS[b + 2], KEYS[b + 3], KEYS[b + 4]
@@ -49,6 +57,18 @@ for c = 1, nch do
       end
     end
     local k = #ids
+    local ccs = {}
+    if k > 0 then
+      ccs = redis.call('HMGET', KEYS[b + 7], unpack(ids))
+      for j = 1, k do  -- bounded: k <= want
+        if got + j > run_now and tonumber(ccs[j] or '0') > 0 then  -- never prefetched: back
+          for back = k, j, -1 do redis.call('RPUSH', k_ids, ids[back]) end
+          k = j - 1
+          stop = true
+          break
+        end
+      end
+    end
     if k > 0 then
       -- each claim, one command per key for the batch: claimed (claim ms), leases (deadline),
       -- a new fencing token (the fence counter, + the server second: unique even if Redis lost
@@ -56,7 +76,8 @@ for c = 1, nch do
       local last = redis.call('INCRBY', KEYS[b + 11], k)
       local claimed_at, deadlines, tokens, workers = {}, {}, {}, {}
       local toks = {}
-      for j, id in ipairs(ids) do
+      for j = 1, k do
+        local id = ids[j]
         claimed_at[2 * j - 1], claimed_at[2 * j] = now, id
         deadlines[2 * j - 1], deadlines[2 * j] = now + lease, id
         toks[j] = (last - k + j) .. ':' .. now_s
@@ -67,11 +88,10 @@ for c = 1, nch do
       redis.call('ZADD', k_leases, unpack(deadlines))
       redis.call('HSET', KEYS[b + 9], unpack(tokens))
       redis.call('HSET', KEYS[b + 10], unpack(workers))
-      local ccs = redis.call('HMGET', KEYS[b + 7], unpack(ids))
-      local atts = redis.call('HMGET', KEYS[b + 12], unpack(ids))
-      for j, id in ipairs(ids) do
+      local atts = redis.call('HMGET', KEYS[b + 12], unpack(ids, 1, k))
+      for j = 1, k do
         got = got + 1
-        out[got + 2] = {c, id, items[j], tonumber(ccs[j] or '0'), toks[j], tonumber(atts[j] or '0')}
+        out[got + 2] = {c, ids[j], items[j], tonumber(ccs[j] or '0'), toks[j], tonumber(atts[j] or '0')}
       end
     end
     local first = redis.call('ZRANGE', k_delayed, 0, 0, 'WITHSCORES')
@@ -80,6 +100,8 @@ for c = 1, nch do
       if next_due < 0 or due < next_due then next_due = due end
     end
   end
+  if stop then break end
 end
 out[2] = next_due
+if stop then out[2] = -2 end
 return out
