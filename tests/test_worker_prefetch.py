@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from worker_helpers import burst
+from worker_helpers import burst, worker_running
 
 from taskpipe import ConfigError, TaskPipe, Worker
 
@@ -106,18 +106,15 @@ def test_prefetch_zero_claims_only_for_free_slots(app: TaskPipe) -> None:
         return i
 
     hold.map(range(4))
-    w = Worker(app, ["fair"], concurrency=1, prefetch=0, heartbeat_interval=60, max_block=0.1)
-    t = threading.Thread(target=w.run, daemon=True)
-    t.start()
     ch = app.channel("fair")
     try:
-        _wait_for(lambda: ch.counts()["claimed"] == 1, "one claim")
-        time.sleep(0.3)  # the loop has had time to claim more if it were going to
-        assert ch.counts()["claimed"] == 1 and ch.counts()["available"] == 3
+        with worker_running(app, ["fair"], concurrency=1, prefetch=0, max_block=0.1):
+            _wait_for(lambda: ch.counts()["claimed"] == 1, "one claim")
+            time.sleep(0.3)  # the loop has had time to claim more if it were going to
+            assert ch.counts()["claimed"] == 1 and ch.counts()["available"] == 3
+            gate.set()
     finally:
         gate.set()
-        w.stop()
-        t.join(10)
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
@@ -143,18 +140,14 @@ def test_a_job_with_a_cancel_count_waits_for_a_free_slot(app: TaskPipe) -> None:
     claim = ch.claim(1)[0]
     ch.cancel(claim.id, token=claim.token)  # "again" now has cancel count 1
     slow = step.apply_async(args=("slow",), priority=True)  # runs first
-    w = Worker(app, ["cc"], concurrency=1, prefetch=4, heartbeat_interval=60, max_block=1.0)
-    t = threading.Thread(target=w.run, daemon=True)
-    t.start()
     try:
-        _wait_for(lambda: ran == ["slow"], "the slow job to start")
-        time.sleep(0.3)
-        # not prefetched (a worker crash now would not count against it): still available
-        assert again.info().state == "available" and len(w.running) == 1
-        gate.set()
-        assert again.get(timeout=10) == "again" and slow.get(timeout=10) == "slow"
-        assert again.info().cancel_count == 0  # finished: its bookkeeping is gone
+        with worker_running(app, ["cc"], concurrency=1, prefetch=4, max_block=1.0) as w:
+            _wait_for(lambda: ran == ["slow"], "the slow job to start")
+            time.sleep(0.3)
+            # not prefetched (a worker crash now would not count against it): still available
+            assert again.info().state == "available" and len(w.running) == 1
+            gate.set()
+            assert again.get(timeout=10) == "again" and slow.get(timeout=10) == "slow"
+            assert again.info().cancel_count == 0  # finished: its bookkeeping is gone
     finally:
         gate.set()
-        w.stop()
-        t.join(10)
