@@ -5,7 +5,8 @@ Supported schemes:
 - ``redis://[user:password@]host[:port][/db]`` and ``rediss://`` (TLS)
 - ``unix:///path/to/redis.sock[?db=N]`` (``password=`` in the query for AUTH)
 - ``redis+sentinel://[:password@]host:port[,host:port...]/master-name[/db]``: the master that
-  the sentinels name (followed across failovers)
+  the sentinels name (followed across failovers); ``?sentinel_password=...`` (and
+  ``sentinel_username=``) when the sentinels themselves require AUTH
 - ``redis+cluster://[:password@]host:port[,host:port...]``: Redis Cluster (channel names get a
   hash tag so every key of a channel lives in one slot)
 - ``memory://[name]``: an embedded in-process Redis (fakeredis with Lua). It runs the very
@@ -22,7 +23,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 from redis.crc import key_slot as _crc_key_slot
@@ -66,14 +67,22 @@ def parse_url(url: str) -> dict[str, Any]:
                 raise BrokerURLError(f"bad host:port {hostport!r} in broker URL {url!r}")
             hosts.append((host.strip("[]"), int(port)))
         info["hosts"] = hosts
-        info["password"] = parts.password or None
-        info["username"] = parts.username or None
+        info["password"] = unquote(parts.password) if parts.password else None
+        info["username"] = unquote(parts.username) if parts.username else None
         path = [p for p in parts.path.split("/") if p]
+        allowed = {"sentinel_password", "sentinel_username"} if scheme == "redis+sentinel" else set()
+        unknown = sorted(set(query) - allowed)
+        if unknown:
+            raise BrokerURLError(f"unknown option(s) {', '.join(unknown)} in broker URL {url!r}"
+                                 + (f"; expected {', '.join(sorted(allowed))}" if allowed else ""))
         if scheme == "redis+sentinel":
             if not path:
                 raise BrokerURLError(f"sentinel broker URL {url!r} needs a master name: "
                                      "redis+sentinel://host:port/mymaster[/db]")
             info["master"] = path[0]
+            # AUTH for the sentinels themselves (sentinel requirepass / ACL), apart from the master's
+            info["sentinel_auth"] = {k.removeprefix("sentinel_"): v[-1]
+                                     for k, v in query.items() if k in allowed}
             db = path[1] if len(path) > 1 else "0"
         else:
             db = "0"
@@ -176,7 +185,7 @@ class Connection:
             auth = {"password": self.info["password"], "username": self.info["username"]}
             sentinel = Sentinel(  # type: ignore[no-untyped-call]
                 self.info["hosts"], socket_timeout=self._socket_timeout or 5,
-                sentinel_kwargs={"socket_timeout": 5})
+                sentinel_kwargs={"socket_timeout": 5, **self.info["sentinel_auth"]})
             client = sentinel.master_for(  # type: ignore[no-untyped-call]
                 self.info["master"], db=self.info["db"], socket_timeout=self._socket_timeout,
                 socket_connect_timeout=5, **auth)
@@ -221,8 +230,9 @@ class Connection:
             for host, port in self.info["hosts"]:
                 pubsub: Any = None
                 try:
-                    pubsub = redis.Redis(host=host, port=port, socket_timeout=5,
-                                         socket_connect_timeout=2).pubsub()  # type: ignore[no-untyped-call]
+                    pubsub = redis.Redis(host=host, port=port, socket_timeout=5,  # type: ignore[no-untyped-call]
+                                         socket_connect_timeout=2,
+                                         **self.info["sentinel_auth"]).pubsub()
                     pubsub.subscribe("+switch-master")
                     self._refresh_masters()  # a switch missed while we were not subscribed
                     while not self._closed.is_set():

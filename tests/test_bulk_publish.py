@@ -164,3 +164,24 @@ def test_map_on_a_full_redis_is_broker_unavailable(prefix: str) -> None:
     finally:
         app.close()
         server.cleanup()
+
+
+def test_publishing_to_a_broker_that_is_down_is_broker_unavailable(prefix: str) -> None:
+    from redis_server import free_port
+
+    from taskpipe.errors import BrokerUnavailable
+
+    app = TaskPipe(broker=f"redis://127.0.0.1:{free_port()}/0", prefix=prefix)
+    try:
+        @app.task(channel="down")
+        def t(x: int) -> int:
+            return x
+
+        with pytest.raises(BrokerUnavailable, match="broker unavailable"):
+            t.delay(1)  # the channel is opened (and created) first: that is where it fails
+        with pytest.raises(BrokerUnavailable):
+            t.map([1, 2])
+        with pytest.raises(BrokerUnavailable):
+            app.send("t", [1], id="fixed")
+    finally:
+        app.close()

@@ -24,10 +24,11 @@ from typing import Any
 import pytest
 import redis
 from redis_server import RedisServer, free_port
+from worker_helpers import burst
 
 from taskpipe import TaskPipe
-from taskpipe.connection import Connection
-from taskpipe.errors import BrokerUnavailable
+from taskpipe.connection import Connection, parse_url
+from taskpipe.errors import BrokerUnavailable, BrokerURLError
 from taskpipe.worker.worker import Worker
 
 
@@ -62,7 +63,9 @@ def _wait(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
 class SentinelSetup:
     """A master, a replica and a sentinel on 127.0.0.1, each with a config file in ``dir``."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None, sentinel_password: str | None = None) -> None:
+        self.password = password  # requirepass of the master and replica
+        self.sentinel_password = sentinel_password  # requirepass of the sentinel itself
         self.dir = tempfile.mkdtemp(prefix="taskpipe-sentinel-")
         self.ports = {"a": free_port(), "b": free_port()}
         self.sentinel_port = free_port()
@@ -73,7 +76,7 @@ class SentinelSetup:
         return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{MASTER}"
 
     def client(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, socket_timeout=5)
+        return redis.Redis(port=port, socket_timeout=5, password=self.password)
 
     def _conf(self, name: str, lines: list[str]) -> str:
         path = os.path.join(self.dir, f"{name}.conf")
@@ -85,7 +88,9 @@ class SentinelSetup:
         port = self.ports[name]
         conf = self._conf(name, [f"port {port}", "bind 127.0.0.1", f"dir {self.dir}",
                                  f"dbfilename {name}.rdb", 'save ""', "appendonly no",
-                                 "protected-mode no", *extra])
+                                 "protected-mode no", *extra,
+                                 *([f'requirepass "{self.password}"', f'masterauth "{self.password}"']
+                                   if self.password else [])])
         self.procs.append(subprocess.Popen(["redis-server", conf], stdout=subprocess.DEVNULL,
                                            stderr=subprocess.DEVNULL))
         _wait(lambda: self.client(port).ping(), f"redis-server {name} on {port}")
@@ -100,7 +105,9 @@ class SentinelSetup:
             "protected-mode no",
             f"sentinel monitor {MASTER} 127.0.0.1 {self.ports['a']} 1",
             f"sentinel down-after-milliseconds {MASTER} 1000",
-            f"sentinel failover-timeout {MASTER} 3000"])
+            f"sentinel failover-timeout {MASTER} 3000",
+            *([f'sentinel auth-pass {MASTER} "{self.password}"'] if self.password else []),
+            *([f'requirepass "{self.sentinel_password}"'] if self.sentinel_password else [])])
         cmd = _sentinel_command()
         assert cmd is not None
         args = [*cmd, conf] + (["--sentinel"] if cmd == ["redis-server"] else [])
@@ -111,7 +118,8 @@ class SentinelSetup:
 
     @property
     def sentinel(self) -> Any:  # redis.Redis (execute_command is untyped)
-        return redis.Redis(port=self.sentinel_port, socket_timeout=5, decode_responses=True)
+        return redis.Redis(port=self.sentinel_port, socket_timeout=5, decode_responses=True,
+                           password=self.sentinel_password)
 
     def master_port(self) -> int:
         return int(self.sentinel.sentinel_get_master_addr_by_name(MASTER)[1])
@@ -177,6 +185,43 @@ def test_jobs_and_results_through_sentinel(sentinel_setup: SentinelSetup, prefix
             runner.join(30)
         direct = sentinel_setup.client(sentinel_setup.master_port())
         assert int(direct.get(app.channel().keys.finishes) or 0) == 5  # on the master sentinel names
+
+
+def test_password_protected_master_and_sentinel(prefix: str) -> None:
+    """``redis+sentinel://:pw@host:port/master?sentinel_password=spw``: the master's password in
+    the URL's user part, the sentinels' own in the query; the +switch-master follower logs in
+    to the sentinel too. Without the sentinel password the broker is unavailable, with a clear
+    error."""
+    setup = SentinelSetup(password="m p/w", sentinel_password="s&pw").start()
+    try:
+        base = f"redis+sentinel://:m%20p%2Fw@127.0.0.1:{setup.sentinel_port}/{MASTER}"
+        with TaskPipe(broker=base + "?sentinel_password=s%26pw", prefix=prefix) as app:
+            @app.task(name="add1")
+            def add1(x: int) -> int:
+                return x + 1
+
+            results = add1.map(range(3))
+            burst(app, ["default"])
+            assert [r.get(timeout=10) for r in results] == [1, 2, 3]
+            _wait(lambda: any(c.get("cmd") == "subscribe" for c in setup.sentinel.client_list()),
+                  "the switch follower to subscribe (logged in to the sentinel)")
+        with TaskPipe(broker=base, prefix=prefix) as bad:
+            with pytest.raises(BrokerUnavailable):
+                bad.send("add1", [1])
+    finally:
+        setup.stop()
+
+
+def test_sentinel_url_options() -> None:
+    info = parse_url("redis+sentinel://u:p%40ss@h1:26379,h2:26380/mymaster/2"
+                     "?sentinel_password=x&sentinel_username=y")
+    assert info["password"] == "p@ss" and info["username"] == "u" and info["db"] == 2
+    assert info["sentinel_auth"] == {"password": "x", "username": "y"}
+    assert parse_url("redis+sentinel://h:1/m")["sentinel_auth"] == {}
+    with pytest.raises(BrokerURLError, match="unknown option"):
+        parse_url("redis+sentinel://h:1/m?sentinel_pasword=x")
+    with pytest.raises(BrokerURLError, match="unknown option"):
+        parse_url("redis+cluster://h:1?foo=1")
 
 
 _PUT_ERRORS = (BrokerUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,

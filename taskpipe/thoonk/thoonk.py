@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from taskpipe.connection import Connection
 from taskpipe.errors import FeedDoesNotExist, FeedExists, WrongFeedType
 from taskpipe.thoonk.keys import SCHEMA_VERSION, Keyspace
-from taskpipe.thoonk.scripts import ScriptRegistry
+from taskpipe.thoonk.scripts import ScriptRegistry, broker_errors
 
 if TYPE_CHECKING:
     from taskpipe.thoonk.feed import Feed
@@ -132,6 +132,10 @@ class Thoonk:
             raise FeedDoesNotExist(f"no Thoonk object named {name!r}")
 
     def _open(self, name: str, type: str, config: dict[str, Any] | None = None) -> None:
+        with broker_errors(f"open {name!r}"):  # a broker that is down: BrokerUnavailable
+            self._open_or_create(name, type, config)
+
+    def _open_or_create(self, name: str, type: str, config: dict[str, Any] | None) -> None:
         actual = self.get_type(name)
         if actual is None:
             self._create(name, type, config)
