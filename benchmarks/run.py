@@ -439,8 +439,7 @@ def report(bench: Bench, out: Callable[[str], None]) -> list[tuple[str, bool, fl
     for key in FIGURES:
         if key.startswith("mem_"):
             value, rtext = f"{f[key]:,.0f} B", ""
-        elif key in ("publish_start_p50", "publish_start_p99", "raw_wake_p50", "raw_wake_p99",
-                     "get_p50", "get_p99"):
+        elif key.endswith(("_p50", "_p99")):  # latencies
             value, rtext = f"{f[key]:,.0f} us", f"{ratio[key]:.1f} RTT"
         else:
             ref = REFERENCE.get(key, key.removeprefix("raw_"))

@@ -285,7 +285,7 @@ class CommandLane:
         self._pid = os.getpid()
         # hiredis packs a command in C, as redis-py's hiredis packer does after its own checks
         self._pack: Any = None
-        if client.connection_pool.connection_kwargs.get("encoding", "utf-8") == "utf-8":
+        if self._pool.connection_kwargs.get("encoding", "utf-8") == "utf-8":
             try:
                 import hiredis
 

@@ -123,10 +123,8 @@ class Task(Generic[R]):
         """Publish one job per item (a tuple is spread as arguments), pipelined in batches."""
         if not options:  # the common case: one task, positional arguments, its own options
             return self.app.publish_calls(self, iterable)
-        sigs = (self.s(*(a if isinstance(a, tuple) else (a,))) for a in iterable)
-        if options:
-            sigs = (sig.set(**options) for sig in sigs)
-        return self.app.publish_many(sigs)
+        return self.app.publish_many(self.s(*(a if isinstance(a, tuple) else (a,))).set(**options)
+                                     for a in iterable)
 
     def AsyncResult(self, id: str) -> AsyncResult:  # noqa: N802 - mirrors Celery's API
         """A handle on a job of this task published elsewhere."""

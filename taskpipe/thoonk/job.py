@@ -48,6 +48,10 @@ def _b(value: Any) -> bytes:
     raise TypeError(f"job items and results must be bytes or str, not {type(value).__name__}")
 
 
+def _runs_now(req: PutRequest) -> bool:
+    return req.delay_ms <= 0 and req.eta_ms <= 0
+
+
 def _check_id(value: Any) -> Any:
     if value is not None and (not isinstance(value, str) or not value or "\0" in value):
         raise TypeError(f"a job id must be a non-empty str without NUL, got {value!r}")
@@ -167,7 +171,7 @@ class JobChannel:
     def put_request(self, req: PutRequest) -> bool:
         """Publish one prepared request (its ``id`` set); True if it was created."""
         assert req.id is not None
-        if req.fresh and req.delay_ms <= 0 and req.eta_ms <= 0:
+        if req.fresh and _runs_now(req):
             flags = self.scripts["job_put_fresh"](self.client, self._fresh_keys,
                                                   ["1" if req.priority else "0", req.id, req.item])
         else:
@@ -198,7 +202,7 @@ class JobChannel:
         for req in requests:
             item = req.item if type(req.item) is bytes else _b(req.item)
             job_id = _check_id(req.id) or new_id()
-            fresh = (req.fresh or req.id is None) and req.delay_ms <= 0 and req.eta_ms <= 0
+            fresh = (req.fresh or req.id is None) and _runs_now(req)
             this = ("F1" if req.priority else "F0") if fresh else "P"
             if this != kind or len(ids) >= batch:
                 if ids:
@@ -212,8 +216,15 @@ class JobChannel:
                          max(0, req.eta_ms))
         if ids:
             pending.append((kind, ids, args))
+        for (_, ids, _), flags in zip(pending, self._run_puts(pending)):
+            out += [(i, bool(int(f))) for i, f in zip(ids, flags)]
+        return out
+
+    def _run_puts(self, pending: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """Run put calls ``(kind, ids, args)`` (kind "P": ``job_put``, else ``job_put_fresh``)
+        in one pipeline, in order; returns their replies."""
         if not pending:
-            return out
+            return []
         pipe = self.client.pipeline(transaction=False)
         put, put_fresh = self.scripts["job_put"], self.scripts["job_put_fresh"]
         for kind, ids, args in pending:
@@ -224,10 +235,7 @@ class JobChannel:
         with broker_errors("put_many"):
             self.scripts.ensure_loaded(self.client, *sorted(
                 {"job_put" if kind == "P" else "job_put_fresh" for kind, _, _ in pending}))
-            replies = pipe.execute()
-        for (_, ids, _), flags in zip(pending, replies):
-            out += [(i, bool(int(f))) for i, f in zip(ids, flags)]
-        return out
+            return list(pipe.execute())
 
     def put_fresh_many(self, items: Sequence[bytes], priority: bool = False,
                        batch: int = 500) -> list[str]:
@@ -238,23 +246,16 @@ class JobChannel:
         """
         batch = max(1, min(batch, 1000))
         ids = [new_id() for _ in items]
-        if not ids:
-            return ids
         flag = "1" if priority else "0"
-        calls: list[list[Any]] = []
+        pending: list[tuple[str, list[str], list[Any]]] = []
         for start in range(0, len(ids), batch):
             part_ids, part_items = ids[start:start + batch], items[start:start + batch]
             args: list[Any] = [flag] + [b""] * (2 * len(part_ids))
             args[1::2] = part_ids
             args[2::2] = [_b(i) for i in part_items] if any(type(i) is not bytes for i in part_items) \
                 else part_items
-            calls.append(args)
-        script, pipe = self.scripts["job_put_fresh"], self.client.pipeline(transaction=False)
-        for args in calls:
-            script.queue(pipe, self._fresh_keys, args)
-        with broker_errors("job_put_fresh"):
-            self.scripts.ensure_loaded(self.client, "job_put_fresh")
-            pipe.execute()
+            pending.append(("F" + flag, part_ids, args))
+        self._run_puts(pending)
         return ids
 
     # claiming -------------------------------------------------------------------------------

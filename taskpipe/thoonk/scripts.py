@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 
@@ -53,16 +53,21 @@ def as_broker_error(what: str, exc: redis.exceptions.RedisError) -> Exception:
     return exc
 
 
+def raise_as_broker_error(what: str, exc: redis.exceptions.RedisError) -> NoReturn:
+    """Raise ``as_broker_error(what, exc)`` (from ``exc``), or ``exc`` itself if it is not one."""
+    mapped = as_broker_error(what, exc)
+    if mapped is exc:
+        raise exc
+    raise mapped from exc
+
+
 @contextmanager
 def broker_errors(what: str) -> Iterator[None]:
     """Raise ``as_broker_error`` of any Redis error in the block (for pipelines)."""
     try:
         yield
     except redis.exceptions.RedisError as exc:
-        mapped = as_broker_error(what, exc)
-        if mapped is exc:
-            raise
-        raise mapped from exc
+        raise_as_broker_error(what, exc)
 
 
 class Script:
@@ -88,11 +93,8 @@ class Script:
             except redis.exceptions.NoScriptError:
                 client.script_load(self.source)
                 return client.evalsha(self.sha, len(keys), *keys, *args)
-        except redis.exceptions.RedisError as exc:
-            mapped = as_broker_error(self.name, exc)
-            if mapped is exc:
-                raise
-            raise mapped from exc
+        except redis.exceptions.RedisError as exc:  # inline, not broker_errors: the hot path
+            raise_as_broker_error(self.name, exc)
 
     def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any]) -> None:
         """Add a call to a pipeline (the caller loads scripts first with ``ScriptRegistry.load_all``)."""
