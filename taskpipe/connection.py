@@ -357,6 +357,21 @@ class CommandLane:
                 pass
 
 
+def _blpop_refused(exc: redis.exceptions.ResponseError) -> bool:
+    """A ``BLPOP`` answered with an error: True (treat as woken) or raise."""
+    # a master demoted to replica (Sentinel failover) answers blocked clients with
+    # "UNBLOCKED ... instance state changed": not an error of ours; the caller's
+    # next claim meets the failover (ConnectionError) and follows the new master
+    if str(exc).startswith("UNBLOCKED"):
+        return True
+    # BLPOP is a write: a server refusing writes (no good replica under
+    # min-replicas-to-write, a read-only replica, a failed save) is unavailable
+    if isinstance(exc, redis.exceptions.ReadOnlyError) or str(exc).startswith(
+            ("NOREPLICAS", "READONLY", "MISCONF")):
+        raise BrokerUnavailable(f"blocking wait: broker refused it: {exc}") from exc
+    raise exc
+
+
 class ListWaiter:
     """Blocks until one of several lists (wake-up markers) gets an element, or a timeout passes.
 
@@ -409,17 +424,7 @@ class ListWaiter:
             try:
                 return self.client.blpop(self.groups[0], timeout=timeout) is not None
             except redis.exceptions.ResponseError as exc:
-                # a master demoted to replica (Sentinel failover) answers blocked clients with
-                # "UNBLOCKED ... instance state changed": not an error of ours; the caller's
-                # next claim meets the failover (ConnectionError) and follows the new master
-                if str(exc).startswith("UNBLOCKED"):
-                    return True
-                # BLPOP is a write: a server refusing writes (no good replica under
-                # min-replicas-to-write, a read-only replica, a failed save) is unavailable
-                if isinstance(exc, redis.exceptions.ReadOnlyError) or str(exc).startswith(
-                        ("NOREPLICAS", "READONLY", "MISCONF")):
-                    raise BrokerUnavailable(f"blocking wait: broker refused it: {exc}") from exc
-                raise
+                return _blpop_refused(exc)
         with self._lock:
             client = self.client
             for i, thread in enumerate(self._threads):
@@ -435,6 +440,42 @@ class ListWaiter:
             self._wanted.clear()
         self._woke.clear()  # the caller claims next: whatever woke us is seen by that claim
         return woke
+
+    @property
+    def pipelines(self) -> bool:
+        """True if ``wait_then`` works here: one Redis or Sentinel (not a cluster, not memory://)."""
+        return not self.connection.is_cluster and not self.connection.is_memory
+
+    def wait_then(self, timeout: float, *commands: Sequence[Any]) -> tuple[bool, list[Any]]:
+        """``wait``, with ``commands`` (argument tuples) sent in the same write behind the
+        ``BLPOP``: Redis keeps a blocked client's next commands in its buffer and runs them the
+        moment the ``BLPOP`` returns, so they cost no round trip of their own. Only where
+        ``pipelines`` is True. Returns ``(woke, raw replies of the commands)``; a reply Redis
+        refused is its ``ResponseError`` (the caller decides).
+
+        Runs on one connection of the client's pool, without redis-py's pipeline machinery
+        (its cost would sit between the wake-up and the caller seeing the replies).
+        """
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(conn.pack_commands(
+                [("BLPOP", *self.keys, max(timeout, 0.001)), *commands]))
+            replies: list[Any] = []
+            for _ in range(1 + len(commands)):
+                try:
+                    replies.append(conn.read_response())
+                except redis.exceptions.ResponseError as exc:  # the connection is in step
+                    replies.append(exc)
+        except BaseException:
+            conn.disconnect()  # mid-exchange: never reuse a connection out of step
+            raise
+        finally:
+            pool.release(conn)
+        popped = replies[0]
+        if isinstance(popped, redis.exceptions.ResponseError):
+            return _blpop_refused(popped), replies[1:]
+        return popped is not None, replies[1:]
 
     def _watch(self, index: int, client: Any) -> None:
         keys = self.groups[index]

@@ -2,7 +2,8 @@
 
 One Redis (or Sentinel, or memory://): ONE ``job_claim`` script call walks every channel in
 order. Redis Cluster: one call per run of consecutive channels that share a slot, in order,
-until the batch is full. Waiting blocks on the channels' wake-up lists (``ListWaiter``).
+until the batch is full. Waiting blocks on the channels' wake-up lists (``ListWaiter``); on one
+Redis the claim is sent behind the ``BLPOP`` and runs the moment it returns (``wait_then_claim``).
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from taskpipe.connection import key_slot
+from taskpipe.connection import ListWaiter, key_slot
 from taskpipe.thoonk.job import Claim, JobChannel, _s
 
 if TYPE_CHECKING:
     from taskpipe.thoonk.thoonk import Thoonk
 
-__all__ = ["claim_from", "wait_and_claim", "HELD_BACK"]
+__all__ = ["claim_from", "wait_then_claim", "wait_and_claim", "HELD_BACK"]
 
 #: ``next_due`` returned by ``claim_from`` when the claim stopped at a job that may only run in a
 #: free slot (cancel count > 0 at a prefetch position): work is waiting for a slot, not for Redis.
@@ -40,11 +41,44 @@ def claim_from(thoonk: Thoonk, channels: Sequence[JobChannel], count: int, lease
         runs = _slot_runs(channels)
         if len(runs) > 1:
             return _claim_by_slot(thoonk, runs, count, lease_ms, worker, promote_limit, run_now)
+    r = thoonk.scripts["job_claim"](thoonk.client, _claim_keys(channels),
+                                    [count, int(lease_ms), worker, promote_limit, run_now])
+    return _claimed(channels, r)
+
+
+def wait_then_claim(thoonk: Thoonk, waiter: ListWaiter, channels: Sequence[JobChannel],
+                    timeout: float, count: int, lease_ms: int, worker: str,
+                    promote_limit: int = 100,
+                    run_now: int | None = None) -> tuple[list[Claim], int | None, int] | None:
+    """Block on the wake-up lists up to ``timeout`` seconds, then claim as ``claim_from`` does,
+    both in one pipeline: Redis runs the claim the moment the ``BLPOP`` returns (a wake-up or
+    the timeout), so a job published to an idle worker is claimed without another round trip.
+
+    For one Redis or Sentinel (``waiter.pipelines``; all channels in one script call).
+    Returns ``claim_from``'s triple, or None when the claim was refused (script not loaded,
+    a failover's read-only replica): the caller then claims as usual, which reloads the script
+    or meets the failover. A worker killed while blocked never claims: Redis drops a closed
+    connection's queued commands. Killed after the claim, its jobs' leases expire as always.
+    """
+    run_now = count if run_now is None else max(0, run_now)
+    script = thoonk.scripts["job_claim"]
+    keys = _claim_keys(channels)
+    args = [count, int(lease_ms), worker, promote_limit, run_now]
+    _, (reply,) = waiter.wait_then(timeout, ("EVALSHA", script.sha, len(keys), *keys, *args))
+    if isinstance(reply, Exception):
+        return None
+    return _claimed(channels, reply)
+
+
+def _claim_keys(channels: Sequence[JobChannel]) -> list[str]:
     keys: list[str] = []
     for ch in channels:
         keys += ch.claim_keys
-    r = thoonk.scripts["job_claim"](thoonk.client, keys,
-                                    [count, int(lease_ms), worker, promote_limit, run_now])
+    return keys
+
+
+def _claimed(channels: Sequence[JobChannel], r: Any) -> tuple[list[Claim], int | None, int]:
+    """``job_claim``'s reply as ``(claims, next_due or None or HELD_BACK, now)``."""
     now, nxt = int(r[0]), int(r[1])
     claims = [Claim(channels[int(c[0]) - 1].name, _s(c[1]), bytes(c[2]), int(c[3]), _s(c[4]), int(c[5]))
               for c in r[2:]]
@@ -100,15 +134,20 @@ def wait_and_claim(thoonk: Thoonk, channels: Sequence[JobChannel], count: int, l
                    max_block: float = 1.0) -> list[Claim]:
     """Claim jobs, blocking up to ``timeout`` seconds (0 = forever, None = no wait) while empty.
 
-    Blocks on the channels' wake-up lists (one ``BLPOP``; per slot on a Redis Cluster, see
-    ``taskpipe.connection.ListWaiter``), never busy-polls. A wake-up marker that was lost costs
+    Blocks on the channels' wake-up lists (one ``BLPOP`` with the claim behind it, see
+    ``wait_then_claim``; per slot on a Redis Cluster, see ``taskpipe.connection.ListWaiter``),
+    never busy-polls. A wake-up marker that was lost costs
     at most ``max_block`` seconds; a delayed job is claimed when due.
     """
     deadline = None if not timeout else time.monotonic() + timeout
     waiter = None
+    woken: tuple[list[Claim], int | None, int] | None = None  # claimed as the wait ended
     try:
         while True:
-            claims, next_due, now = claim_from(thoonk, channels, count, lease_ms, worker)
+            if woken is not None:
+                (claims, next_due, now), woken = woken, None
+            else:
+                claims, next_due, now = claim_from(thoonk, channels, count, lease_ms, worker)
             if claims or timeout is None:
                 return claims
             wait = max_block
@@ -122,7 +161,10 @@ def wait_and_claim(thoonk: Thoonk, channels: Sequence[JobChannel], count: int, l
             if waiter is None:
                 waiter = thoonk.connection.list_waiter([ch.keys.wake for ch in channels],
                                                        client=block_client, max_block=max_block)
-            waiter.wait(wait)
+            if waiter.pipelines:
+                woken = wait_then_claim(thoonk, waiter, channels, wait, count, lease_ms, worker)
+            else:
+                waiter.wait(wait)
     finally:
         if waiter is not None:
             waiter.close()

@@ -26,6 +26,8 @@ __all__ = ["ThreadPool", "AsyncPool", "make_pool"]
 
 log = logging.getLogger("taskpipe.worker")
 Done = Callable[[Outcome], None]
+#: A wait for work run on a pool thread: returns a job for that thread to run next, or None.
+Wait = Callable[[], "tuple[Prepared, Done] | None"]
 
 
 class ThreadPool:
@@ -36,7 +38,7 @@ class ThreadPool:
     def __init__(self, app: TaskPipe, size: int) -> None:
         self.app = app
         self.size = size
-        self._queue: queue.SimpleQueue[tuple[Prepared, Done] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Prepared, Done] | Wait | None] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._loop, name=f"taskpipe-job-{i}", daemon=True)
                          for i in range(size)]
         for t in self._threads:
@@ -47,6 +49,10 @@ class ThreadPool:
             item = self._queue.get()
             if item is None:
                 return
+            if callable(item):  # a wait for work: it may hand back a job for this thread to run
+                item = item()
+                if item is None:
+                    continue
             prepared, done = item
             channel = self.app.channel(prepared.claim.channel)
             try:
@@ -58,6 +64,13 @@ class ThreadPool:
     def submit(self, prepared: Prepared, done: Done) -> None:
         """Queue a job to run on the next free thread."""
         self._queue.put((prepared, done))
+
+    def submit_wait(self, wait: Wait) -> None:
+        """Run ``wait()`` on the next free thread, then the job it returns (if any) on that same
+        thread: a job that arrives while the worker is idle starts on the thread that received
+        its claim, with no hand-over between threads (a thread wake-up costs about 0.1 ms on a
+        virtual machine whose other core sleeps)."""
+        self._queue.put(wait)
 
     def shutdown(self) -> None:
         """Let the threads end after their current job."""

@@ -30,7 +30,7 @@ import redis
 from taskpipe.context import JobLogHandler
 from taskpipe.durations import parse_duration
 from taskpipe.errors import BrokerUnavailable, ConfigError
-from taskpipe.thoonk.claiming import HELD_BACK, claim_from
+from taskpipe.thoonk.claiming import HELD_BACK, claim_from, wait_then_claim
 from taskpipe.thoonk.job import Claim, JobChannel
 from taskpipe.worker.outcomes import OutcomeWriter
 from taskpipe.worker.pools import make_pool
@@ -200,6 +200,10 @@ class Worker:
     def _loop(self) -> None:
         lease_ms = int(self.lease_s * 1000)
         waiter: Any = None  # blocks on the wake keys: one BLPOP (one per slot on a Redis Cluster)
+        # (next_due, now) of a claim made on waking up that left the channels empty: what an
+        # immediate claim would find, so the loop goes straight back to waiting (a job put since
+        # left a wake-up marker)
+        drained: tuple[int | None, int] | None = None
         while not self._stopping.is_set():
             if not self.channels and not self._open_channels():
                 continue
@@ -207,6 +211,7 @@ class Worker:
                 free = min(self.concurrency + self.prefetch - self._executing - len(self._buffer),
                            self._max_held - len(self._running))
                 if free <= 0 or len(self._buffer) > self._low_water:
+                    drained = None
                     self._slot.wait(0.5)
                     continue
             if self.max_jobs is not None:
@@ -214,20 +219,25 @@ class Worker:
                 if free <= 0:
                     self._wait_idle()
                     return
+            count = min(free, self.batch)
             settled = self._settled
-            try:
-                claims, next_due, now = claim_from(
-                    self.app.thoonk, self._ordered_channels(), min(free, self.batch), lease_ms,
-                    self.name, run_now=self.concurrency - self._executing)
-            except _BROKER_ERRORS as exc:
-                self._broker_down(exc)
-                continue
-            if self._broker_failures:
-                log.info("broker reachable again (after %d failed tries)", self._broker_failures)
-                self._reregister_channels()
-            self._broker_failures = 0
-            if not self._policy_checked:
-                self._check_eviction_policy()
+            claims: list[Claim] = []
+            if drained is not None:
+                (next_due, now), drained = drained, None
+            else:
+                try:
+                    claims, next_due, now = claim_from(
+                        self.app.thoonk, self._ordered_channels(), count, lease_ms,
+                        self.name, run_now=self.concurrency - self._executing)
+                except _BROKER_ERRORS as exc:
+                    self._broker_down(exc)
+                    continue
+                if self._broker_failures:
+                    log.info("broker reachable again (after %d failed tries)", self._broker_failures)
+                    self._reregister_channels()
+                self._broker_failures = 0
+                if not self._policy_checked:
+                    self._check_eviction_policy()
             if claims:
                 self._start(claims)
                 continue
@@ -251,9 +261,55 @@ class Worker:
                 if waiter is None or waiter.keys != wake:
                     waiter = self.app.connection.list_waiter(wake, client=self._block_client,
                                                              max_block=self.max_block)
-                waiter.wait(wait)
+                if not waiter.pipelines:
+                    waiter.wait(wait)
+                    continue
+                # one Redis: the claim rides behind the BLPOP and runs the moment it returns
+                got = self._wait_then_claim(waiter, wait, count, lease_ms)
             except _BROKER_ERRORS as exc:
                 self._broker_down(exc)
+                continue
+            if got is not None and got[0] and len(got[0]) < count and got[1] != HELD_BACK:
+                drained = (got[1], got[2])
+
+    def _wait_then_claim(self, waiter: Any, wait: float, count: int,
+                         lease_ms: int) -> tuple[list[Claim], int | None, int] | None:
+        """Block for work and claim on waking (``wait_then_claim``), and start what was claimed.
+
+        With a free thread in a thread pool, the wait runs on that pool thread, which then runs
+        the first job it claimed itself (``ThreadPool.submit_wait``); this thread waits for it.
+        """
+        channels = self._ordered_channels()
+        if self.pool_kind != "thread" or self._executing >= self.concurrency:
+            got = wait_then_claim(self.app.thoonk, waiter, channels, wait, count, lease_ms,
+                                  self.name, run_now=self.concurrency - self._executing)
+            if got is not None and got[0]:
+                self._start(got[0])
+            return got
+        box: dict[str, Any] = {}
+        ready = threading.Event()
+
+        def wait_on_pool_thread() -> tuple[Prepared, Any] | None:
+            first = None
+            try:
+                got = box["got"] = wait_then_claim(
+                    self.app.thoonk, waiter, channels, wait, count, lease_ms, self.name,
+                    run_now=self.concurrency - self._executing)
+                if got is not None and got[0]:
+                    first = self._start(got[0], keep_first=True)
+            except BaseException as exc:  # noqa: BLE001 - raised again in the worker's thread
+                box["error"] = exc
+            finally:
+                ready.set()
+            return None if first is None else (first, self._job_done)
+
+        self._pool.submit_wait(wait_on_pool_thread)
+        while not ready.wait(0.2):
+            if self._stop_now.is_set():
+                return None
+        if "error" in box:
+            raise box["error"]
+        return box.get("got")
 
     def _open_channels(self) -> bool:
         """Open (create if needed) the channels; False (after a backoff) while Redis is down."""
@@ -310,8 +366,11 @@ class Worker:
             while self._running and not self._stop_now.is_set():
                 self._slot.wait(0.2)
 
-    def _start(self, claims: list[Claim]) -> None:
-        """Hand claims to the pool up to the free execution slots; buffer the rest (prefetch)."""
+    def _start(self, claims: list[Claim], keep_first: bool = False) -> Prepared | None:
+        """Hand claims to the pool up to the free execution slots; buffer the rest (prefetch).
+
+        ``keep_first`` (called on a free pool thread): the first job to run is returned for the
+        calling thread to run, not submitted."""
         self.claimed_total += len(claims)
         prepared = [prepare(self.app, c) for c in claims]
         with self._running_lock:
@@ -320,8 +379,10 @@ class Worker:
             now = max(0, min(len(prepared), self.concurrency - self._executing))
             self._executing += now
             self._buffer.extend(prepared[now:])
-        for p in prepared[:now]:
+        first = prepared[0] if keep_first and now else None
+        for p in prepared[1 if first is not None else 0:now]:
             self._pool.submit(p, self._job_done)
+        return first
 
     def _job_done(self, outcome: Outcome) -> None:
         """Called by the pool when a task returned: queue its outcome, start the next prefetched
