@@ -38,13 +38,21 @@ for c = 1, nch do
   local k_ids, k_items, k_claimed, k_leases = KEYS[b + 1], KEYS[b + 2], KEYS[b + 3], KEYS[b + 4]
   local k_delayed, k_urgent = KEYS[b + 5], KEYS[b + 6]
   if redis.call('HGET', KEYS[b + 8], 'paused') ~= '1' then
-    if plimit > 0 then promote(k_delayed, k_urgent, k_items, k_ids, now, plimit) end
+    -- the first delayed job: promote only when it is due, and it gives next_due at the end
+    local first = redis.call('ZRANGE', k_delayed, 0, 0, 'WITHSCORES')
+    if plimit > 0 and first[2] and tonumber(first[2]) <= now then
+      promote(k_delayed, k_urgent, k_items, k_ids, now, plimit)
+      first = redis.call('ZRANGE', k_delayed, 0, 0, 'WITHSCORES')
+    end
     -- pop in bulk (RPOP count), keep ids that have an item and are not claimed yet
     local ids, items = {}, {}
     local seen = {}
-    while got + #ids < want and pops_left > 0 do
-      local popped = redis.call('RPOP', k_ids, math.min(want - got - #ids, pops_left))
+    local more = true
+    while more and got + #ids < want and pops_left > 0 do
+      local asked = math.min(want - got - #ids, pops_left)
+      local popped = redis.call('RPOP', k_ids, asked)
       if not popped then break end
+      more = #popped == asked  -- fewer than asked: the list is empty now
       pops_left = pops_left - #popped
       local its = redis.call('HMGET', k_items, unpack(popped))
       local claimed = redis.call('ZMSCORE', k_claimed, unpack(popped))
@@ -94,7 +102,6 @@ for c = 1, nch do
         out[got + 2] = {c, ids[j], items[j], tonumber(ccs[j] or '0'), toks[j], tonumber(atts[j] or '0')}
       end
     end
-    local first = redis.call('ZRANGE', k_delayed, 0, 0, 'WITHSCORES')
     if first[2] then
       local due = tonumber(first[2])
       if next_due < 0 or due < next_due then next_due = due end

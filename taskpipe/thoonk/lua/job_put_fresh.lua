@@ -1,7 +1,8 @@
 -- job_put_fresh: publish jobs whose ids the client has just generated (uuid4), to run now.
 -- The fast path of job_put for the common case (delay(), map()): no delay, no eta, no id that
 -- could belong to an earlier run, so no result or finished-index entry to clear. Each Redis
--- command runs once for the whole batch instead of once per job.
+-- command runs once for the whole batch instead of once per job; one job (delay()) takes the
+-- shortest path: HSETNX is its guard and its write.
 -- KEYS[1] feed.ids:<f>        LIST  (LPUSH normal, RPUSH priority; consumers pop the right)
 -- KEYS[2] feed.items:<f>      HASH  id -> payload
 -- KEYS[3] feed.published:<f>  ZSET  id -> publish ms
@@ -17,10 +18,20 @@ local n = (#ARGV - 1) / 2
 if n > 1000 or n ~= math.floor(n) then
   return redis.error_reply('ERR job_put_fresh: 1 to 1000 (id, item) pairs')
 end
+local now = now_ms()
+local push = ARGV[1] == '1' and 'RPUSH' or 'LPUSH'
+if n == 1 then  -- one job (delay()): HSETNX is the guard and the write in one command
+  local id = ARGV[2]
+  if redis.call('HSETNX', KEYS[2], id, ARGV[3]) == 0 then return {0} end
+  redis.call('ZADD', KEYS[3], now, id)
+  redis.call('INCR', KEYS[4])
+  redis.call(push, KEYS[1], id)
+  if redis.call('LPUSH', KEYS[5], '1') > 64 then redis.call('LTRIM', KEYS[5], 0, 63) end
+  return {1}
+end
 local ids = {}
 for i = 1, n do ids[i] = ARGV[2 * i] end
 local existing = redis.call('HMGET', KEYS[2], unpack(ids))
-local now = now_ms()
 local out, fields, scored, fresh = {}, {}, {}, {}
 for i = 1, n do
   if existing[i] then
@@ -40,8 +51,7 @@ if k == 0 then return out end
 redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('ZADD', KEYS[3], unpack(scored))
 redis.call('INCRBY', KEYS[4], k)
-if ARGV[1] == '1' then redis.call('RPUSH', KEYS[1], unpack(fresh))
-else redis.call('LPUSH', KEYS[1], unpack(fresh)) end
+redis.call(push, KEYS[1], unpack(fresh))
 local markers = {}
 for i = 1, math.min(k, 16) do markers[i] = '1' end
 if redis.call('LPUSH', KEYS[5], unpack(markers)) > 64 then redis.call('LTRIM', KEYS[5], 0, 63) end
