@@ -148,7 +148,7 @@ def time_budget(url: str, what: str, jobs: int) -> None:
     print(f"{what}: {wall:.1f} us/job wall, no profiler")
     if incr_n:
         print(f"  raw redis-py INCR round trip:           {incr_us:6.1f} us")
-    print(f"  job_put script time on the server:       {server:6.1f} us/job (INFO commandstats)")
+    print(f"  job_put_fresh script on the server:      {server:6.1f} us/job (INFO commandstats)")
     print(f"  taskpipe Python (client with no network): {python:6.1f} us/job")
     print()
 
