@@ -381,3 +381,74 @@ def test_stall_on_failure(app: TaskPipe) -> None:
         r.get(timeout=0.05)
     with pytest.raises(ConfigError):
         park.apply_async([1], retries="2")
+
+
+def _send_back(app: TaskPipe, times: int, jobs: int = 1) -> None:
+    """Claim the next ``jobs`` jobs and give them back, ``times`` times (as a worker stopping)."""
+    ch = app.channel()
+    for _ in range(times):
+        claims = ch.claim(jobs, 30_000, "lost")
+        assert len(claims) == jobs
+        for claim in claims:
+            ch.cancel(claim.id, token=claim.token)
+
+
+def test_a_task_max_cancels_below_the_apps_stalls_on_the_next_claim(app: TaskPipe) -> None:
+    ran: list[str] = []
+
+    @app.task(name="cancels.strict", max_cancels=1)
+    def strict() -> None:
+        ran.append("strict")
+
+    @app.task(name="cancels.default")
+    def default() -> None:
+        ran.append("default")
+
+    s, d = strict.delay(), default.delay()
+    _send_back(app, 2, jobs=2)  # count 2: over the strict task's 1, within the app's 3
+    assert s.info().cancel_count == 2 and d.info().cancel_count == 2
+    burst(app)
+    assert ran == ["default"]  # the strict one is stalled, never run
+    assert s.state == "stalled" and d.state == "finished"
+    reason = app.channel().stall_reason(s.id)
+    assert reason.startswith("worker_lost: sent back 2 times") and "max_cancels=1" in reason
+
+
+def test_the_reaper_spares_a_task_whose_max_cancels_is_above_the_apps(
+        broker_url: str, prefix: str) -> None:
+    app = TaskPipe(broker=broker_url, prefix=prefix, max_cancels=1)
+    try:
+        ran: list[int] = []
+
+        @app.task(name="cancels.patient", max_cancels=5)
+        def patient() -> None:
+            ctx = current_job()
+            assert ctx is not None
+            ran.append(ctx.cancel_count)
+
+        r = patient.delay()
+        _send_back(app, 1)
+        claim = app.channel().claim(1, 50, "dies")[0]  # then its worker dies: the lease runs out
+        assert claim.id == r.id
+        time.sleep(0.1)
+        with worker_running(app, concurrency=1, reaper_interval="20ms"):
+            r.get(timeout=10)  # requeued with count 2 (over the app's 1, within the task's 5)
+        assert ran == [2]
+    finally:
+        app.close()
+
+
+def test_reap_limit_is_the_highest_limit_or_none(broker_url: str, prefix: str) -> None:
+    from taskpipe.worker.runner import reap_limit
+
+    app = TaskPipe(broker=broker_url, prefix=prefix, max_cancels=3)
+    try:
+        assert reap_limit(app) == 3
+        app.task(name="lim.low", max_cancels=1)(lambda: None)
+        assert reap_limit(app) == 3
+        app.task(name="lim.high", max_cancels=7)(lambda: None)
+        assert reap_limit(app) == 7
+        app.task(name="lim.none", max_cancels=0)(lambda: None)
+        assert reap_limit(app) == 0  # some task never stalls: the reaper leaves it to the claim
+    finally:
+        app.close()

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from taskpipe.task import Task
     from taskpipe.thoonk.job import Claim
 
-__all__ = ["Outcome", "prepare", "run_prepared", "backoff_delay", "decide_failure", "option_of"]
+__all__ = ["Outcome", "prepare", "run_prepared", "backoff_delay", "decide_failure", "option_of",
+           "reap_limit"]
 
 
 @dataclass
@@ -65,7 +66,8 @@ def prepare(app: TaskPipe, claim: Claim) -> Prepared:
         raw_task = next((t for n, t in app.raw_channels.items()
                          if app.channel(n).name == claim.channel), None)
     if raw_task is not None:
-        return Prepared(claim, Envelope(1, raw_task.name, (claim.item,), {}, {}, "raw"), raw_task)
+        return _within_max_cancels(app, Prepared(
+            claim, Envelope(1, raw_task.name, (claim.item,), {}, {}, "raw"), raw_task))
     try:
         env = decode_envelope(claim.item)
     except SerializationError as exc:
@@ -75,7 +77,33 @@ def prepare(app: TaskPipe, claim: Claim) -> Prepared:
     except UnknownTask:
         return Prepared(claim, env, early=Outcome("stall", claim, reason=f"unknown_task: {env.task}",
                                                   envelope=env))
-    return Prepared(claim, env, task)
+    return _within_max_cancels(app, Prepared(claim, env, task))
+
+
+def _within_max_cancels(app: TaskPipe, prepared: Prepared) -> Prepared:
+    """A job sent back more often than its task's ``max_cancels`` (else the app's; 0 = no limit)
+    is stalled ``worker_lost`` instead of run. The reaper stalls only past the highest limit any
+    task may have (``reap_limit``), so a task with a lower one is held to it here, on claim."""
+    claim = prepared.claim
+    if claim.cancel_count == 0:
+        return prepared
+    limit = option_of(prepared.envelope, prepared.task, app, "max_cancels")
+    if not limit or claim.cancel_count <= int(limit):
+        return prepared
+    prepared.early = Outcome(
+        "stall", claim, envelope=prepared.envelope, task=prepared.task,
+        reason=f"worker_lost: sent back {claim.cancel_count} times (lease expired or worker "
+               f"stopped), more than max_cancels={limit}")
+    return prepared
+
+
+def reap_limit(app: TaskPipe) -> int:
+    """The ``max_cancels`` the reaper applies: the highest limit of the app and its tasks, or 0
+    (no limit) if any of them has none. A job past its own task's lower limit is stalled when it
+    is next claimed (``prepare``)."""
+    limits = [app.max_cancels] + [t.options.max_cancels for t in list(app.tasks.values())
+                                  if t.options.max_cancels is not None]
+    return 0 if 0 in limits else max(limits)
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:

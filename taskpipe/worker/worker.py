@@ -35,7 +35,7 @@ from taskpipe.thoonk.job import Claim, JobChannel
 from taskpipe.worker.outcomes import OutcomeWriter
 from taskpipe.worker.pools import make_pool
 from taskpipe.worker.registry import WorkerRegistry
-from taskpipe.worker.runner import Outcome, Prepared, prepare
+from taskpipe.worker.runner import Outcome, Prepared, prepare, reap_limit
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -508,8 +508,9 @@ class Worker:
                     self._renew(lease_ms)
                     next_renew = now + renew_every
                 if now >= next_reap:
+                    limit = reap_limit(self.app)
                     for ch in self.channels:
-                        requeued, stalled = ch.reap(self.app.max_cancels)
+                        requeued, stalled = ch.reap(limit)
                         self.writer.reaped(ch.name, len(requeued), len(stalled))
                         for job_id in requeued:
                             log.warning("lease of job %s/%s expired: back to the queue", ch.name, job_id)
