@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import redis
 from redis_server import RedisServer
-from worker_helpers import worker_running
+from worker_helpers import wait_for, worker_running
 
 from taskpipe import TaskPipe
 from taskpipe.connection import Connection
@@ -57,21 +57,13 @@ def _blocked_clients(client: Any) -> int:
     return int(client.info("clients")["blocked_clients"])
 
 
-def _wait_for(cond: Any, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 def test_commands_behind_the_blpop_run_only_when_it_returns(plain: Connection, prefix: str) -> None:
     r = plain.client
     wake, log = prefix + "wake", prefix + "log"
     waiter = plain.list_waiter([wake])
     assert waiter.pipelines
     t, box = _in_thread(lambda: waiter.wait_then(5.0, ("RPUSH", log, "ran")))
-    _wait_for(lambda: _blocked_clients(r) >= 1, "the BLPOP to block")
+    wait_for(lambda: _blocked_clients(r) >= 1, "the BLPOP to block")
     time.sleep(0.1)
     assert r.llen(log) == 0  # held in the blocked client's buffer
     r.lpush(wake, "1")
@@ -118,7 +110,7 @@ def test_a_job_put_while_blocked_is_claimed_by_the_same_call(plain: Connection, 
     job.claim(1)  # loads the claim script
     waiter = plain.list_waiter([job.keys.wake])
     t, box = _in_thread(lambda: wait_then_claim(th, waiter, [job], 5.0, 4, 30_000, "w1"))
-    _wait_for(lambda: _blocked_clients(plain.client) >= 1, "the BLPOP to block")
+    wait_for(lambda: _blocked_clients(plain.client) >= 1, "the BLPOP to block")
     jid = job.put(b"payload")
     t.join(5)
     claims, next_due, now = box["value"]
@@ -144,7 +136,7 @@ def test_a_missing_script_falls_back_to_the_ordinary_claim(plain: Connection, pr
 def test_get_waits_and_claims_on_wake_up(plain: Connection, prefix: str) -> None:
     job = Thoonk(connection=plain, prefix=prefix).job("get")
     t, box = _in_thread(lambda: job.get(timeout=5))
-    _wait_for(lambda: _blocked_clients(plain.client) >= 1, "get to block")
+    wait_for(lambda: _blocked_clients(plain.client) >= 1, "get to block")
     jid = job.put(b"late")
     t.join(5)
     assert box["value"] is not None and box["value"][:2] == (jid, b"late")
@@ -174,10 +166,10 @@ def test_a_process_killed_while_blocked_never_claims(redis_server: RedisServer, 
                             stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "blocking"
-        _wait_for(lambda: _blocked_clients(r) >= 1, "the child's BLPOP to block")
+        wait_for(lambda: _blocked_clients(r) >= 1, "the child's BLPOP to block")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        _wait_for(lambda: _blocked_clients(r) == 0, "Redis to drop the killed client")
+        wait_for(lambda: _blocked_clients(r) == 0, "Redis to drop the killed client")
         conn = Connection(redis_server.url)
         try:
             job = Thoonk(connection=conn, prefix=prefix).job("killed")
@@ -217,49 +209,36 @@ def test_idle_worker_runs_the_job_on_the_pool_thread_that_claimed_it(
         return threading.current_thread().name
 
     with worker_running(app, ["idle"], concurrency=2, max_block=1.0) as w:
-        _wait_for(lambda: _blocked_clients(app.connection.client) >= 1, "the worker to go idle")
+        wait_for(lambda: _blocked_clients(app.connection.client) >= 1, "the worker to go idle")
         name = where.delay().get(timeout=10)
         assert name.startswith("taskpipe-job-")
         assert (name, 1) in claimed_on  # claimed on the thread it ran on: no hand-over
         assert w.claimed_total == 1
 
 
-def test_worker_keeps_claiming_for_its_other_threads_while_a_job_runs(app: TaskPipe) -> None:
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_a_job_published_while_another_runs(app: TaskPipe, concurrency: int) -> None:
+    """Two threads: the other thread waits and takes the second job at once (the worker goes on
+    claiming while the first job runs on the thread that claimed it). One thread: the second job
+    waits for the slot (the main loop waits and claims itself)."""
     release = threading.Event()
-    running: list[int] = []
+    started: list[int] = []
 
-    @app.task(channel="two")
+    @app.task(channel="hold")
     def hold(i: int) -> int:
-        running.append(i)
+        started.append(i)
         if i == 0:
             assert release.wait(20)
         return i
 
-    with worker_running(app, ["two"], concurrency=2, max_block=1.0):
+    with worker_running(app, ["hold"], concurrency=concurrency, prefetch=0, max_block=1.0):
         first = hold.delay(0)
-        _wait_for(lambda: running == [0], "the first job to start")
-        second = hold.delay(1)  # the other thread is free: it must start now, not after job 0
-        assert second.get(timeout=10) == 1
-        release.set()
-        assert first.get(timeout=10) == 0
-
-
-def test_a_full_worker_waits_on_its_own_thread_and_picks_up_later_jobs(app: TaskPipe) -> None:
-    release = threading.Event()
-    order: list[int] = []
-
-    @app.task(channel="one")
-    def step(i: int) -> int:
-        order.append(i)
-        if i == 0:
-            assert release.wait(20)
-        return i
-
-    with worker_running(app, ["one"], concurrency=1, prefetch=0, max_block=1.0):
-        first = step.delay(0)
-        _wait_for(lambda: order == [0], "the first job to start")
-        second = step.delay(1)
-        time.sleep(0.2)
-        assert order == [0]  # one slot, busy
+        wait_for(lambda: started == [0], "the first job to start")
+        second = hold.delay(1)
+        if concurrency == 2:
+            assert second.get(timeout=10) == 1  # while job 0 still runs
+        else:
+            time.sleep(0.2)
+            assert started == [0]  # one slot, busy
         release.set()
         assert [first.get(timeout=10), second.get(timeout=10)] == [0, 1]
