@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import redis
+from polling import wait_for
 
 from taskpipe import TaskPipe
 from taskpipe.connection import Connection, key_slot
@@ -99,15 +100,7 @@ class RedisCluster:
 
     @staticmethod
     def _wait(check: Any, what: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if check():
-                    return
-            except redis.exceptions.RedisError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"timed out waiting for {what}")
+        wait_for(check, timeout, what, interval=0.05, ignore=(redis.exceptions.RedisError,))
 
     def owner(self, slot: int) -> int:
         """The port of the master that serves ``slot``."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+from pubsub_probe import Sub
 
 from taskpipe.connection import Connection
 from taskpipe.errors import LeaseLost
@@ -59,33 +60,6 @@ def assert_ms(score: Any) -> None:
 
 def ktype(r: redis.Redis, key: str) -> str:
     return r.type(key).decode()
-
-
-class Sub:
-    """A raw pub/sub subscriber, to see exactly what goes over the wire."""
-
-    def __init__(self, r: redis.Redis, *channels: str) -> None:
-        self.pubsub = r.pubsub()
-        self.pubsub.subscribe(*channels)
-        confirmed = 0
-        deadline = time.monotonic() + 5
-        while confirmed < len(channels) and time.monotonic() < deadline:
-            msg = self.pubsub.get_message(timeout=0.5)
-            if msg and msg["type"] == "subscribe":
-                confirmed += 1
-        assert confirmed == len(channels)
-
-    def take(self, n: int, timeout: float = 5.0) -> list[tuple[str, bytes]]:
-        out: list[tuple[str, bytes]] = []
-        deadline = time.monotonic() + timeout
-        while len(out) < n and time.monotonic() < deadline:
-            msg = self.pubsub.get_message(timeout=0.2)
-            if msg and msg["type"] == "message":
-                out.append((msg["channel"].decode(), msg["data"]))
-        return out
-
-    def close(self) -> None:
-        self.pubsub.close()
 
 
 # legacy client steps (thoonk.py 1.0 / thoonk.js 0.5, v1 contract) -------------------------------

@@ -10,13 +10,14 @@ import textwrap
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("prometheus_client")
 
+from polling import wait_for
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from redis_server import RedisServer, free_port  # noqa: E402
 
@@ -41,14 +42,6 @@ def scrape(url: str) -> Samples:
 
 def val(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from polling import wait_for
 from worker_helpers import burst, worker_running
 
 from taskpipe import (
@@ -45,13 +46,6 @@ def app(broker_url: str, prefix: str) -> Iterator[TaskPipe]:
 
 
 
-
-
-def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def counts_and_ids(app: TaskPipe, channel: str = "default") -> tuple[dict[str, int], list[str]]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from polling import wait_for
 from redis_server import RedisServer
 
 from taskpipe import TaskPipe, Worker, current_job
@@ -90,14 +91,6 @@ def fire_seconds(ids: list[str], entry: str) -> list[int]:
 def server_now(client: redis.Redis) -> float:
     sec, usec = client.time()
     return sec + usec / 1e6
-
-
-def wait_for(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import redis
+from polling import wait_for
 from redis_server import RedisServer, free_port
 from worker_helpers import burst
 
@@ -48,16 +49,7 @@ MASTER = "mymaster"
 
 
 def _wait(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except redis.exceptions.RedisError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out waiting for {what}")
+    return wait_for(check, timeout, what, interval=0.05, ignore=(redis.exceptions.RedisError,))
 
 
 class SentinelSetup:

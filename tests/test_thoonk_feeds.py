@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pubsub_probe import Sub
 
 from taskpipe.connection import Connection
 from taskpipe.errors import (
@@ -29,40 +30,12 @@ def feed(thoonk: Thoonk) -> Feed:
     return thoonk.feed("news")
 
 
-class Sub:
-    """A raw pub/sub subscriber (plain redis-py), to see exactly what goes over the wire."""
-
-    def __init__(self, conn: Connection, *channels: str) -> None:
-        self.client = conn.new_client()
-        self.pubsub = self.client.pubsub()
-        self.pubsub.subscribe(*channels)
-        confirmed = 0
-        deadline = time.monotonic() + 5
-        while confirmed < len(channels) and time.monotonic() < deadline:
-            msg = self.pubsub.get_message(timeout=0.5)
-            if msg and msg["type"] == "subscribe":
-                confirmed += 1
-        assert confirmed == len(channels)
-
-    def take(self, n: int, timeout: float = 5.0) -> list[tuple[str, bytes]]:
-        out: list[tuple[str, bytes]] = []
-        deadline = time.monotonic() + timeout
-        while len(out) < n and time.monotonic() < deadline:
-            msg = self.pubsub.get_message(timeout=0.2)
-            if msg and msg["type"] == "message":
-                out.append((msg["channel"].decode(), msg["data"]))
-        return out
-
-    def close(self) -> None:
-        self.pubsub.close()
-
-
 @pytest.fixture
 def sub(conn: Connection) -> Iterator[Any]:
     subs: list[Sub] = []
 
     def make(*channels: str) -> Sub:
-        s = Sub(conn, *channels)
+        s = Sub(conn.new_client(), *channels)
         subs.append(s)
         return s
 

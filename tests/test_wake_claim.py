@@ -24,8 +24,9 @@ from typing import Any
 
 import pytest
 import redis
+from polling import wait_for
 from redis_server import RedisServer
-from worker_helpers import wait_for, worker_running
+from worker_helpers import worker_running
 
 from taskpipe import TaskPipe
 from taskpipe.connection import Connection
@@ -63,7 +64,7 @@ def test_commands_behind_the_blpop_run_only_when_it_returns(plain: Connection, p
     waiter = plain.list_waiter([wake])
     assert waiter.pipelines
     t, box = _in_thread(lambda: waiter.wait_then(5.0, ("RPUSH", log, "ran")))
-    wait_for(lambda: _blocked_clients(r) >= 1, "the BLPOP to block")
+    wait_for(lambda: _blocked_clients(r) >= 1, what="the BLPOP to block")
     time.sleep(0.1)
     assert r.llen(log) == 0  # held in the blocked client's buffer
     r.lpush(wake, "1")
@@ -110,7 +111,7 @@ def test_a_job_put_while_blocked_is_claimed_by_the_same_call(plain: Connection, 
     job.claim(1)  # loads the claim script
     waiter = plain.list_waiter([job.keys.wake])
     t, box = _in_thread(lambda: wait_then_claim(th, waiter, [job], 5.0, 4, 30_000, "w1"))
-    wait_for(lambda: _blocked_clients(plain.client) >= 1, "the BLPOP to block")
+    wait_for(lambda: _blocked_clients(plain.client) >= 1, what="the BLPOP to block")
     jid = job.put(b"payload")
     t.join(5)
     claims, next_due, now = box["value"]
@@ -136,7 +137,7 @@ def test_a_missing_script_falls_back_to_the_ordinary_claim(plain: Connection, pr
 def test_get_waits_and_claims_on_wake_up(plain: Connection, prefix: str) -> None:
     job = Thoonk(connection=plain, prefix=prefix).job("get")
     t, box = _in_thread(lambda: job.get(timeout=5))
-    wait_for(lambda: _blocked_clients(plain.client) >= 1, "get to block")
+    wait_for(lambda: _blocked_clients(plain.client) >= 1, what="get to block")
     jid = job.put(b"late")
     t.join(5)
     assert box["value"] is not None and box["value"][:2] == (jid, b"late")
@@ -166,10 +167,10 @@ def test_a_process_killed_while_blocked_never_claims(redis_server: RedisServer, 
                             stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "blocking"
-        wait_for(lambda: _blocked_clients(r) >= 1, "the child's BLPOP to block")
+        wait_for(lambda: _blocked_clients(r) >= 1, what="the child's BLPOP to block")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        wait_for(lambda: _blocked_clients(r) == 0, "Redis to drop the killed client")
+        wait_for(lambda: _blocked_clients(r) == 0, what="Redis to drop the killed client")
         conn = Connection(redis_server.url)
         try:
             job = Thoonk(connection=conn, prefix=prefix).job("killed")
@@ -209,7 +210,7 @@ def test_idle_worker_runs_the_job_on_the_pool_thread_that_claimed_it(
         return threading.current_thread().name
 
     with worker_running(app, ["idle"], concurrency=2, max_block=1.0) as w:
-        wait_for(lambda: _blocked_clients(app.connection.client) >= 1, "the worker to go idle")
+        wait_for(lambda: _blocked_clients(app.connection.client) >= 1, what="the worker to go idle")
         name = where.delay().get(timeout=10)
         assert name.startswith("taskpipe-job-")
         assert (name, 1) in claimed_on  # claimed on the thread it ran on: no hand-over
@@ -233,7 +234,7 @@ def test_a_job_published_while_another_runs(app: TaskPipe, concurrency: int) -> 
 
     with worker_running(app, ["hold"], concurrency=concurrency, prefetch=0, max_block=1.0):
         first = hold.delay(0)
-        wait_for(lambda: started == [0], "the first job to start")
+        wait_for(lambda: started == [0], what="the first job to start")
         second = hold.delay(1)
         if concurrency == 2:
             assert second.get(timeout=10) == 1  # while job 0 still runs

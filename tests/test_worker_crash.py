@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_worker_process import Harness, WorkerProcess, wait_for
+from polling import wait_for
+from test_worker_process import Harness, WorkerProcess
 
 from taskpipe import TaskFailed
 

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from worker_helpers import burst, wait_for, worker_running
+from polling import wait_for
+from worker_helpers import burst, worker_running
 
 from taskpipe import ConfigError, TaskPipe, Worker
 
@@ -74,10 +75,10 @@ def test_shutdown_gives_prefetched_jobs_back_to_the_head_unstarted(app: TaskPipe
     t = threading.Thread(target=w.run, daemon=True)
     t.start()
     ch = app.channel("held")
-    wait_for(lambda: started == [0] and len(w.running) == 4, "one running job and 3 prefetched")
+    wait_for(lambda: started == [0] and len(w.running) == 4, what="one running job and 3 prefetched")
     assert ch.counts()["claimed"] == 4 and ch.counts()["available"] == 2
     w.stop()
-    wait_for(lambda: ch.counts()["available"] == 5, "the prefetched jobs to be given back")
+    wait_for(lambda: ch.counts()["available"] == 5, what="the prefetched jobs to be given back")
     gate.set()
     t.join(10)
     assert not t.is_alive()
@@ -101,7 +102,7 @@ def test_prefetch_zero_claims_only_for_free_slots(app: TaskPipe) -> None:
     ch = app.channel("fair")
     try:
         with worker_running(app, ["fair"], concurrency=1, prefetch=0, max_block=0.1):
-            wait_for(lambda: ch.counts()["claimed"] == 1, "one claim")
+            wait_for(lambda: ch.counts()["claimed"] == 1, what="one claim")
             time.sleep(0.3)  # the loop has had time to claim more if it were going to
             assert ch.counts()["claimed"] == 1 and ch.counts()["available"] == 3
             gate.set()
@@ -134,7 +135,7 @@ def test_a_job_with_a_cancel_count_waits_for_a_free_slot(app: TaskPipe) -> None:
     slow = step.apply_async(args=("slow",), priority=True)  # runs first
     try:
         with worker_running(app, ["cc"], concurrency=1, prefetch=4, max_block=1.0) as w:
-            wait_for(lambda: ran == ["slow"], "the slow job to start")
+            wait_for(lambda: ran == ["slow"], what="the slow job to start")
             time.sleep(0.3)
             # not prefetched (a worker crash now would not count against it): still available
             assert again.info().state == "available" and len(w.running) == 1

@@ -17,12 +17,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from polling import wait_for
 
 from taskpipe import TaskFailed, Worker
 from taskpipe.app import TaskPipe
@@ -154,19 +155,6 @@ if os.environ.get("TP_TEST_HOLD_FINISH"):
 
     OutcomeWriter.write = _held_write
 '''
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condition",
-             interval: float = 0.02) -> Any:
-    """Poll ``pred`` until truthy (a watchdog, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 class WorkerProcess:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -35,12 +34,3 @@ def worker_running(app: TaskPipe, channels: list[str] | None = None,
         w.stop()
         t.join(15)
         assert not t.is_alive(), "worker did not stop"
-
-
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = 10.0) -> None:
-    """Poll ``cond`` until it is true; AssertionError naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)

@@ -20,13 +20,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
+from polling import wait_for
 
 from taskpipe.app import TaskPipe
 from taskpipe.cli.main import load_app
@@ -206,19 +206,6 @@ LEASE_LOST_PATTERNS = (
     re.compile(r"outcome of job (\S+?)/(\S+) refused"),
     re.compile(r"job (\S+?)/(\S+) stalled: worker_lost"),
 )
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = 30.0, what: str = "condition",
-             interval: float = 0.02) -> Any:
-    """Poll ``pred`` until truthy; a watchdog, never a timing assertion."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 class WorkerProc:

@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import msgpack
 import pytest
-from harness import Fault, wait_for
+from harness import Fault
+from polling import wait_for
 
 from taskpipe.errors import (
     PayloadTooLarge,
