@@ -36,14 +36,13 @@ def claim_from(thoonk: Thoonk, channels: Sequence[JobChannel], count: int, lease
     Returns ``(claims, next_due_ms or None or HELD_BACK, server_now_ms)``. On a Redis Cluster, channels in
     different slots cannot share a script call: see ``_claim_by_slot``.
     """
-    run_now = count if run_now is None else max(0, run_now)
     if thoonk.connection.is_cluster and len(channels) > 1:
         runs = _slot_runs(channels)
         if len(runs) > 1:
+            run_now = count if run_now is None else max(0, run_now)
             return _claim_by_slot(thoonk, runs, count, lease_ms, worker, promote_limit, run_now)
-    r = thoonk.scripts["job_claim"](thoonk.client, _claim_keys(channels),
-                                    [count, int(lease_ms), worker, promote_limit, run_now])
-    return _claimed(channels, r)
+    keys, args = _claim_call(channels, count, lease_ms, worker, promote_limit, run_now)
+    return _claimed(channels, thoonk.scripts["job_claim"](thoonk.client, keys, args))
 
 
 def wait_then_claim(thoonk: Thoonk, waiter: ListWaiter, channels: Sequence[JobChannel],
@@ -60,21 +59,22 @@ def wait_then_claim(thoonk: Thoonk, waiter: ListWaiter, channels: Sequence[JobCh
     or meets the failover. A worker killed while blocked never claims: Redis drops a closed
     connection's queued commands. Killed after the claim, its jobs' leases expire as always.
     """
-    run_now = count if run_now is None else max(0, run_now)
-    script = thoonk.scripts["job_claim"]
-    keys = _claim_keys(channels)
-    args = [count, int(lease_ms), worker, promote_limit, run_now]
-    _, (reply,) = waiter.wait_then(timeout, ("EVALSHA", script.sha, len(keys), *keys, *args))
+    keys, args = _claim_call(channels, count, lease_ms, worker, promote_limit, run_now)
+    sha = thoonk.scripts["job_claim"].sha
+    _, (reply,) = waiter.wait_then(timeout, ("EVALSHA", sha, len(keys), *keys, *args))
     if isinstance(reply, Exception):
         return None
     return _claimed(channels, reply)
 
 
-def _claim_keys(channels: Sequence[JobChannel]) -> list[str]:
+def _claim_call(channels: Sequence[JobChannel], count: int, lease_ms: int, worker: str,
+                promote_limit: int, run_now: int | None) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of one ``job_claim`` call over ``channels`` (``run_now`` None: all)."""
     keys: list[str] = []
     for ch in channels:
         keys += ch.claim_keys
-    return keys
+    run_now = count if run_now is None else max(0, run_now)
+    return keys, [count, int(lease_ms), worker, promote_limit, run_now]
 
 
 def _claimed(channels: Sequence[JobChannel], r: Any) -> tuple[list[Claim], int | None, int]:

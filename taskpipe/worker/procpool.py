@@ -357,8 +357,7 @@ class ProcessPool:
         """The child died while running the job: send it back, or stall it past max_cancels."""
         claim: Claim = prepared.claim
         code = child.exit_code()
-        task_max = prepared.task.options.max_cancels if prepared.task is not None else None
-        max_cancels = task_max if task_max is not None else self.app.max_cancels
+        max_cancels = option_of(prepared.envelope, prepared.task, self.app, "max_cancels")
         count = claim.cancel_count + 1
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         log.error("child %s died (%s) running job %s/%s", child.pid, how, claim.channel, claim.id)

@@ -280,9 +280,13 @@ class Worker:
         the first job it claimed itself (``ThreadPool.submit_wait``); this thread waits for it.
         """
         channels = self._ordered_channels()
+
+        def wait_and_claim() -> tuple[list[Claim], int | None, int] | None:
+            return wait_then_claim(self.app.thoonk, waiter, channels, wait, count, lease_ms,
+                                   self.name, run_now=self.concurrency - self._executing)
+
         if self.pool_kind != "thread" or self._executing >= self.concurrency:
-            got = wait_then_claim(self.app.thoonk, waiter, channels, wait, count, lease_ms,
-                                  self.name, run_now=self.concurrency - self._executing)
+            got = wait_and_claim()
             if got is not None and got[0]:
                 self._start(got[0])
             return got
@@ -292,9 +296,7 @@ class Worker:
         def wait_on_pool_thread() -> tuple[Prepared, Any] | None:
             first = None
             try:
-                got = box["got"] = wait_then_claim(
-                    self.app.thoonk, waiter, channels, wait, count, lease_ms, self.name,
-                    run_now=self.concurrency - self._executing)
+                got = box["got"] = wait_and_claim()
                 if got is not None and got[0]:
                     first = self._start(got[0], keep_first=True)
             except BaseException as exc:  # noqa: BLE001 - raised again in the worker's thread
