@@ -1,8 +1,8 @@
 """Shared fixtures: a real redis-server on a free loopback port, and memory:// twins.
 
 Every test gets a unique key prefix, so tests never see each other's keys and nothing is flushed.
-The ``broker_url`` / ``conn`` fixtures are parametrized over real Redis and ``memory://`` so the
-same conformance tests run on both.
+The ``broker_url`` / ``conn`` / ``app`` fixtures are parametrized over real Redis and ``memory://``
+so the same conformance tests run on both (a test module may define its own ``app``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from redis_server import RedisServer  # noqa: E402
 
+from taskpipe import TaskPipe  # noqa: E402
 from taskpipe.connection import Connection  # noqa: E402
 
 
@@ -45,6 +46,13 @@ def conn(broker_url: str) -> Iterator[Connection]:
     c = Connection(broker_url)
     yield c
     c.close()
+
+
+@pytest.fixture
+def app(broker_url: str, prefix: str) -> Iterator[TaskPipe]:
+    a = TaskPipe(broker=broker_url, prefix=prefix)
+    yield a
+    a.close()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import decimal
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,13 +18,6 @@ from worker_helpers import burst
 
 from taskpipe import PayloadTooLarge, SerializationError, TaskPipe
 from taskpipe.serialization import args_encoder, decode_envelope, encode_envelope
-
-
-@pytest.fixture
-def app(broker_url: str, prefix: str) -> Iterator[TaskPipe]:
-    a = TaskPipe(broker=broker_url, prefix=prefix)
-    yield a
-    a.close()
 
 
 def _random_args(rng: random.Random) -> tuple[Any, ...]:

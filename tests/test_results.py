@@ -10,7 +10,6 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -37,15 +36,6 @@ DAY_MS = 86_400_000
 
 
 # helpers ---------------------------------------------------------------------------------------
-@pytest.fixture
-def app(broker_url: str, prefix: str) -> Iterator[TaskPipe]:
-    a = TaskPipe(broker=broker_url, prefix=prefix)
-    yield a
-    a.close()
-
-
-
-
 
 
 def counts_and_ids(app: TaskPipe, channel: str = "default") -> tuple[dict[str, int], list[str]]:

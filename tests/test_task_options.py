@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -24,15 +23,6 @@ HOUR_MS = 3_600_000
 
 
 # helpers ---------------------------------------------------------------------------------------
-@pytest.fixture
-def app(broker_url: str, prefix: str) -> Iterator[TaskPipe]:
-    a = TaskPipe(broker=broker_url, prefix=prefix)
-    yield a
-    a.close()
-
-
-
-
 
 
 def server_ms(app: TaskPipe) -> int:

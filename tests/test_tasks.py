@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +37,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # helpers ---------------------------------------------------------------------------------------
-@pytest.fixture
-def app(broker_url: str, prefix: str) -> Iterator[TaskPipe]:
-    a = TaskPipe(broker=broker_url, prefix=prefix)
-    yield a
-    a.close()
 
 
 def twin(app: TaskPipe, prefix: str) -> TaskPipe:
@@ -50,10 +44,6 @@ def twin(app: TaskPipe, prefix: str) -> TaskPipe:
     if app.connection.is_memory:
         return TaskPipe(connection=app.connection, prefix=prefix)
     return TaskPipe(broker=app.broker_url, prefix=prefix)
-
-
-
-
 
 
 # the app and its broker ------------------------------------------------------------------------

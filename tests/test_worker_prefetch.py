@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,13 +17,6 @@ from polling import wait_for
 from worker_helpers import burst, worker_running
 
 from taskpipe import ConfigError, TaskPipe, Worker
-
-
-@pytest.fixture
-def app(broker_url: str, prefix: str) -> Iterator[TaskPipe]:
-    a = TaskPipe(broker=broker_url, prefix=prefix)
-    yield a
-    a.close()
 
 
 def test_prefetch_never_runs_more_than_concurrency_at_once(app: TaskPipe) -> None:
