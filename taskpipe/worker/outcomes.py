@@ -143,5 +143,8 @@ class OutcomeWriter:
         elif outcome.kind == "cancel":
             channel.cancel(claim.id, token=claim.token)
             self._bump(claim.channel, "cancelled", outcome)
+        elif outcome.kind == "release":  # never started (process pool at shutdown)
+            channel.release([(claim.id, claim.token)])
+            self._bump(claim.channel, "released", outcome)
         else:
             raise ValueError(f"unknown outcome kind {outcome.kind!r}")

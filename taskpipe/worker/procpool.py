@@ -8,13 +8,29 @@ with ``run_prepared`` (so the soft timeout, ``current_job()``, progress and logs
 thread pool, through the child's own broker connection) and sends back a slim, picklable
 outcome. Leases are renewed and outcomes written by the parent worker, never by the child.
 
-For every child, one parent thread (a *slot*) hands it jobs and watches it:
+**Batched hand-off.** The pool takes more jobs than it has children (``capacity``: up to
+``DEPTH`` per child), so a child always has its next jobs at hand: its parent thread (a *slot*)
+sends it many claims in one message, and the child sends back the outcomes of short jobs
+together (at least every 2 ms, and whenever it runs out of work), each message with the
+``time.monotonic()`` at which it started the job it now runs (the clock is system-wide). A job
+that takes longer than ``SLOW`` (measured per child) turns the hand-off back to one job at a
+time for that child, so long jobs never queue behind each other while another child is idle.
 
-- past a job's ``hard_timeout`` the slot kills the child (SIGKILL), starts a new one, and the job
-  fails with ``JobTimeout`` (retried by the task's policy);
-- if the child dies (segfault, ``os._exit``, killed), the job goes back to the queue (a cancel,
-  cancel count +1), or is stalled with reason ``worker_lost: ...`` once its cancel count would pass
-  ``max_cancels``; a new child takes the slot.
+For every child, the slot watches it:
+
+- past a job's ``hard_timeout`` (counted from when the child started it) the slot kills the
+  child (SIGKILL), starts a new one, and the job fails with ``JobTimeout`` (retried by the task's
+  policy); the jobs the child had not started go back to the pool, unchanged;
+- if the child dies (segfault, ``os._exit``, killed), the job it was running goes back to the
+  queue (a cancel, cancel count +1), or is stalled with reason ``worker_lost: ...`` once its
+  cancel count would pass ``max_cancels``; a new child takes the slot and the jobs not started.
+
+**Shutdown.** ``unstarted(grace)`` (the worker's drain) stops hand-offs, returns the jobs no
+child has received, and asks every child to give back the jobs it holds but has not started
+(they are answered with a ``release`` outcome: back to the head of the queue, cancel count
+unchanged). A child still running a job when ``grace`` is nearly over is killed (its job is sent
+back, cancel count +1) *before* the worker sends leftovers back, so a job never starts elsewhere
+while a child may still run it.
 
 Children ignore SIGINT and SIGTERM (a signal to the whole process group is for the worker, which
 drains, then stops them with SIGKILL) and, on Linux, die with the worker
@@ -24,10 +40,10 @@ ordinary processes, so a task may start processes of its own.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import logging
 import pickle
-import queue
 import signal
 import socket
 import subprocess
@@ -35,6 +51,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from typing import TYPE_CHECKING, Any
 
@@ -53,12 +70,18 @@ if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
     from taskpipe.thoonk.job import Claim
 
-__all__ = ["ProcessPool", "hard_timeout_of"]
+__all__ = ["ProcessPool", "hard_timeout_of", "DEPTH", "SLOW"]
 
 log = logging.getLogger("taskpipe.worker")
 Done = Callable[[Outcome], None]
 
+#: Jobs a child may hold at once (running + waiting in the child) while its jobs are short.
+DEPTH = 16
+#: A child whose jobs take longer than this (seconds, moving average) gets one job at a time.
+SLOW = 0.005
+_FLUSH = 0.002  # seconds a child may keep finished outcomes before sending them
 _START_TIMEOUT = 60.0  # seconds a new child may take to import the app
+_KILL_MARGIN = 0.25  # seconds before the grace ends at which still-running children are killed
 _SLIM_FIELDS = ("kind", "value", "exc_type", "exc_message", "traceback", "delay", "reason",
                 "duration")
 
@@ -79,18 +102,26 @@ def _die_with_parent() -> None:
         pass
 
 
-def _slim(outcome: Outcome) -> dict[str, Any]:
-    data = {name: getattr(outcome, name) for name in _SLIM_FIELDS}
+def _slim(outcome: Outcome) -> tuple[Any, ...]:
+    data = tuple(getattr(outcome, name) for name in _SLIM_FIELDS)
+    if data[1] is None or type(data[1]) in (int, float, str, bytes, bool):
+        return data
     try:
-        pickle.dumps(data["value"])
+        pickle.dumps(data[1])
     except Exception as exc:  # noqa: BLE001 - any unpicklable value becomes a failure
-        data.update(kind="failure", value=None, exc_type="SerializationError",
-                    exc_message=f"the result of the task cannot leave the child process: {exc}")
+        return ("failure", None, "SerializationError",
+                f"the result of the task cannot leave the child process: {exc}", "", 0.0, "",
+                outcome.duration)
     return data
 
 
 def _child_main(fd: int) -> None:
-    """Entry point of a pool child: load the app, then run claims from the pipe until EOF."""
+    """Entry point of a pool child: load the app, then run the claims it is sent until EOF.
+
+    Messages in: a list of claims (run them in order), ``"stop"`` (give back the claims not
+    started), ``None`` (exit). Messages out: ``("done", [slim outcome, ...], started)`` where
+    ``started`` is the ``time.monotonic()`` at which it started its next job (None when it has
+    none), and ``("returned", n)``: the last ``n`` claims it was sent were not started."""
     # Ctrl-C (SIGINT to the process group) and a SIGTERM sent to the whole group (systemd's
     # default KillMode) are for the worker: it drains, then stops its children itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -110,16 +141,45 @@ def _child_main(fd: int) -> None:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready", None))
+    _child_loop(app, conn)
+
+
+def _child_loop(app: TaskPipe, conn: Pipe) -> None:
+    pending: collections.deque[Claim] = collections.deque()
+    finished: list[tuple[Any, ...]] = []
+    channels: dict[str, Any] = {}
+    monotonic = time.monotonic
+    last_sent = monotonic()
     while True:
-        try:
-            claim = conn.recv()
-        except (EOFError, OSError):
-            return
-        if claim is None:
-            return
-        prepared = prepare(app, claim)
-        outcome = run_prepared(app, prepared, app.channel(claim.channel))
-        conn.send(("outcome", _slim(outcome)))
+        # messages are read before each job starts: a "stop" is answered before any more start
+        while not pending or conn.poll(0):
+            if finished and not pending:
+                conn.send(("done", finished, None))
+                finished = []
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                return
+            if message is None:
+                return
+            if message == "stop":
+                if finished:
+                    conn.send(("done", finished, None))
+                    finished = []
+                conn.send(("returned", len(pending)))
+                pending.clear()
+            else:
+                pending.extend(message)
+        claim = pending.popleft()
+        channel = channels.get(claim.channel)
+        if channel is None:
+            channel = channels[claim.channel] = app.channel(claim.channel)
+        finished.append(_slim(run_prepared(app, prepare(app, claim), channel)))
+        now = monotonic()
+        if not pending or now - last_sent >= _FLUSH or len(finished) >= DEPTH:
+            conn.send(("done", finished, now if pending else None))
+            finished = []
+            last_sent = now
 
 
 _CHILD_CODE = "import sys; from taskpipe.worker.procpool import _child_main; _child_main(int(sys.argv[1]))"
@@ -139,6 +199,7 @@ class _Child:
         self.conn = Pipe(mine.detach())
         self.pid = self.proc.pid
         self.ready = False
+        self.stopped = False  # sent "stop": hand it nothing more
         self._send_lock = threading.Lock()
         self.send((list(sys.path), app_path, logging.getLogger().getEffectiveLevel()))
 
@@ -150,6 +211,27 @@ class _Child:
         except (OSError, ValueError):
             return False
         return True
+
+    def hand(self, claims: list[Claim]) -> str:
+        """Send claims to run: ``sent``, ``stopped`` (asked to stop: not sent) or ``dead``."""
+        try:
+            with self._send_lock:
+                if self.stopped:
+                    return "stopped"
+                self.conn.send(claims)
+        except (OSError, ValueError):
+            return "dead"
+        return "sent"
+
+    def stop(self) -> None:
+        """Ask the child to give back the claims it has not started; it is handed no more."""
+        try:
+            with self._send_lock:
+                if not self.stopped:
+                    self.stopped = True
+                    self.conn.send("stop")
+        except (OSError, ValueError):
+            pass
 
     def wait_ready(self, timeout: float) -> None:
         """Wait for the child's hello; ``ConfigError`` if it could not load the app."""
@@ -196,16 +278,28 @@ class _Child:
         return self.proc.returncode
 
 
+@dataclass
+class _Held:
+    """A job handed to a child: its outcome callback, hard limit, and when it was sent."""
+
+    prepared: Prepared
+    done: Done
+    limit: float | None
+    sent: float = 0.0
+
+
 class ProcessPool:
     """N child processes running jobs, with hard timeouts and replacement of dead children.
 
-    Same interface as ``ThreadPool``: ``submit(prepared, done)`` and ``shutdown()``.
-    ``app_path`` is the ``module:app`` the children import (the worker's ``-A``).
+    Same interface as ``ThreadPool`` (``submit(prepared, done)``, ``shutdown()``), plus
+    ``capacity`` (how many jobs the worker may hand it at once: ``depth`` per child) and
+    ``unstarted(grace)`` for the worker's drain. ``app_path`` is the ``module:app`` the children
+    import (the worker's ``-A``).
     """
 
     kind = "process"
 
-    def __init__(self, app: TaskPipe, size: int, app_path: str | None) -> None:
+    def __init__(self, app: TaskPipe, size: int, app_path: str | None, depth: int = DEPTH) -> None:
         if not app_path:
             raise ConfigError("the process pool needs the app as 'module:app' (taskpipe worker "
                               "-A module:app, or Worker(..., app_path='module:app')) so its "
@@ -218,9 +312,14 @@ class ProcessPool:
         self.app = app
         self.size = size
         self.app_path = app_path
-        self._queue: queue.Queue[tuple[Prepared, Done] | None] = queue.Queue()
-        self._closing = threading.Event()
-        self._lock = threading.Lock()
+        self.depth = max(1, depth)
+        #: jobs the worker may hand the pool at once (``depth`` per child)
+        self.capacity = size * self.depth
+        self._queue: collections.deque[_Held] = collections.deque()  # not yet sent to a child
+        self._cond = threading.Condition()
+        self._closing = False
+        self._draining = False
+        self._kill_at: float | None = None  # drain: kill children still running a job then
         self.restarts = 0
         self._children: list[_Child | None] = [None] * size
         children = [_Child(app_path) for _ in range(size)]
@@ -240,7 +339,7 @@ class ProcessPool:
     @property
     def pids(self) -> list[int]:
         """Process ids of the live children."""
-        with self._lock:
+        with self._cond:
             return [c.pid for c in self._children if c is not None]
 
     def submit(self, prepared: Prepared, done: Done) -> None:
@@ -248,15 +347,36 @@ class ProcessPool:
         if prepared.early is not None:
             done(prepared.early)
             return
-        self._queue.put((prepared, done))
+        held = _Held(prepared, done, hard_timeout_of(prepared, self.app))
+        with self._cond:
+            if not self._draining:
+                self._queue.append(held)
+                self._cond.notify()
+                return
+        done(_release(held))
+
+    def unstarted(self, grace: float) -> list[Prepared]:
+        """The worker drains: hand no more jobs to children, return the jobs none received,
+        and ask every child to give back those it has not started (answered with ``release``
+        outcomes). Children still running a job ``grace`` seconds from now (less a margin) are
+        killed, their jobs sent back (cancel), before the worker sends its leftovers back."""
+        with self._cond:
+            self._draining = True
+            self._kill_at = time.monotonic() + max(0.0, grace - _KILL_MARGIN)
+            items = list(self._queue)
+            self._queue.clear()
+            children = [c for c in self._children if c is not None]
+            self._cond.notify_all()
+        for child in children:
+            child.stop()
+        return [h.prepared for h in items]
 
     def shutdown(self) -> None:
         """Stop the children: idle ones exit at once, any still running a job are killed."""
-        self._closing.set()
-        for _ in self._threads:
-            self._queue.put(None)
-        with self._lock:
+        with self._cond:
+            self._closing = True
             children = [c for c in self._children if c is not None]
+            self._cond.notify_all()
         for child in children:
             child.send(None)
         deadline = time.monotonic() + 1.0
@@ -269,39 +389,107 @@ class ProcessPool:
 
     # slots ----------------------------------------------------------------------------------
     def _slot(self, index: int) -> None:
-        while not self._closing.is_set():
-            item = self._queue.get()
-            if item is None:
-                return
-            prepared, done = item
-            try:
-                outcome, healthy = self._run(index, prepared)
-            except BaseException as exc:  # noqa: BLE001 - never lose an outcome
-                log.exception("process pool slot %d failed", index)
-                outcome, healthy = Outcome("cancel", prepared.claim,
-                                           reason=f"worker error: {exc!r}"), False
-            done(outcome)
-            if not healthy and not self._closing.is_set():
-                self._replace(index)
+        try:
+            self._serve(index)
+        except BaseException:  # noqa: BLE001 - logged; the worker's drain sends leftovers back
+            log.exception("process pool slot %d failed", index)
 
-    def _child(self, index: int) -> _Child:
-        with self._lock:
+    def _serve(self, index: int) -> None:
+        inflight: collections.deque[_Held] = collections.deque()  # sent to the child, in order
+        started: float | None = None  # when the child started inflight[0] (monotonic)
+        slow = 0.0  # moving average of this child's job durations
+        while True:
+            child = self._child(index)
+            if child is None:  # closing
+                self._give_back(inflight, closing=True)
+                return
+            room = (self.depth if slow < SLOW else 1) - len(inflight)
+            batch: list[_Held] = []
+            with self._cond:
+                while not inflight and not self._queue and not self._closing:
+                    self._cond.wait(0.5)
+                if self._closing and not inflight:
+                    return
+                if room > 0 and self._queue and not self._draining:
+                    share = -(-len(self._queue) // self.size)  # a fair share for each child
+                    for _ in range(min(room, share)):
+                        batch.append(self._queue.popleft())
+            if batch:
+                now = time.monotonic()
+                for held in batch:
+                    held.sent = now
+                sent = child.hand([h.prepared.claim for h in batch])
+                if sent == "stopped":
+                    self._give_back(collections.deque(batch), closing=True)
+                    batch = []
+                else:
+                    if not inflight:
+                        started = now
+                    inflight.extend(batch)
+                    if sent == "dead":
+                        self._on_lost(index, child, inflight)
+                        started = None
+                        continue
+            if not inflight:
+                continue
+            head = inflight[0]
+            now = time.monotonic()
+            wait = 0.5
+            if head.limit is not None and started is not None:
+                wait = min(wait, started + head.limit - now)
+            if self._kill_at is not None:
+                wait = min(wait, self._kill_at - now)
+            try:
+                message = child.conn.recv() if child.conn.poll(max(0.0, wait)) else None
+            except (EOFError, OSError):  # the pipe closed: the child is gone
+                self._on_lost(index, child, inflight)
+                started = None
+                continue
+            if message is None:
+                now = time.monotonic()
+                if not child.alive():
+                    self._on_lost(index, child, inflight)
+                    started = None
+                elif (head.limit is not None and started is not None
+                      and now >= started + head.limit):
+                    self._on_hard_timeout(index, child, inflight)
+                    started = None
+                elif self._kill_at is not None and now >= self._kill_at:
+                    self._on_grace_over(index, child, inflight)
+                    started = None
+                continue
+            if message[0] == "done":
+                for data in message[1]:
+                    held = inflight.popleft()
+                    outcome = self._rebuild(held.prepared, data)
+                    if outcome.duration is not None:
+                        slow = 0.7 * slow + 0.3 * outcome.duration
+                    held.done(outcome)
+                started = message[2] if message[2] is not None else (
+                    time.monotonic() if inflight else None)
+            elif message[0] == "returned":
+                back = [inflight.pop() for _ in range(min(message[1], len(inflight)))]
+                self._give_back(collections.deque(reversed(back)), closing=True)
+
+    def _child(self, index: int) -> _Child | None:
+        with self._cond:
             child = self._children[index]
+            if self._closing:
+                return child if child is not None and child.alive() else None
         if child is None:
             self._replace(index)
-            with self._lock:
+            with self._cond:
                 child = self._children[index]
-            assert child is not None
         return child
 
     def _replace(self, index: int) -> None:
         """Kill the slot's child (if any) and start a new one, retrying until it comes up."""
-        with self._lock:
+        with self._cond:
             old, self._children[index] = self._children[index], None
         if old is not None:
             old.kill()
         delay = 0.5
-        while not self._closing.is_set():
+        while not self._closing and not self._draining:
             try:
                 child = _Child(self.app_path)
                 child.wait_ready(_START_TIMEOUT)
@@ -310,48 +498,79 @@ class ProcessPool:
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 continue
-            with self._lock:
-                if self._closing.is_set():
+            with self._cond:
+                if self._closing or self._draining:
                     child.kill()
                     return
                 self._children[index] = child
                 self.restarts += 1
             return
 
-    def _run(self, index: int, prepared: Prepared) -> tuple[Outcome, bool]:
-        """Run one job on the slot's child; returns the outcome and whether the child is healthy."""
-        child = self._child(index)
-        claim = prepared.claim
-        limit = hard_timeout_of(prepared, self.app)
-        deadline = time.monotonic() + limit if limit else None
-        if not child.send(claim):
-            return self._lost(prepared, child), False
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                child.kill()
-                log.warning("job %s/%s ran past its hard time limit of %s s: child %s killed",
-                            claim.channel, claim.id, limit, child.pid)
-                exc = JobTimeout(f"task {prepared.envelope.task if prepared.envelope else '?'} "
-                                 f"ran past its hard time limit of {limit} s (process killed)")
-                outcome = decide_failure(self.app, prepared, exc, "")
-                outcome.duration = limit
-                return outcome, False
-            try:
-                readable = child.conn.poll(0.5 if remaining is None else min(remaining, 0.5))
-                message = child.conn.recv() if readable else None
-            except (EOFError, OSError):  # the pipe closed: the child is gone
-                return self._lost(prepared, child), False
-            if message is not None and message[0] == "outcome":
-                return self._rebuild(prepared, message[1]), True
-            if not child.alive():
-                return self._lost(prepared, child), False
+    def _give_back(self, held: collections.deque[_Held], closing: bool = False) -> None:
+        """Jobs a child never started: to the front of the pool's queue for another child, or,
+        once the worker drains, back to their channels (``release``: cancel count unchanged)."""
+        if not held:
+            return
+        with self._cond:
+            if not (closing or self._draining or self._closing):
+                self._queue.extendleft(reversed(held))
+                self._cond.notify_all()
+                held = collections.deque()
+        while held:
+            item = held.popleft()
+            item.done(_release(item))
 
-    def _rebuild(self, prepared: Prepared, data: dict[str, Any]) -> Outcome:
-        return Outcome(data["kind"], prepared.claim, value=data["value"],
-                       exc_type=data["exc_type"], exc_message=data["exc_message"],
-                       traceback=data["traceback"], delay=data["delay"], reason=data["reason"],
-                       envelope=prepared.envelope, task=prepared.task, duration=data["duration"])
+    def _on_lost(self, index: int, child: _Child, inflight: collections.deque[_Held]) -> None:
+        """The child died: its running job is lost (cancel or stall), the others go back."""
+        head = inflight.popleft()
+        outcome = self._lost(head.prepared, child)
+        rest = collections.deque(inflight)
+        inflight.clear()
+        head.done(outcome)
+        self._give_back(rest)
+        self._replace(index)
+
+    def _on_hard_timeout(self, index: int, child: _Child,
+                         inflight: collections.deque[_Held]) -> None:
+        head = inflight.popleft()
+        claim = head.prepared.claim
+        child.kill()
+        log.warning("job %s/%s ran past its hard time limit of %s s: child %s killed",
+                    claim.channel, claim.id, head.limit, child.pid)
+        env = head.prepared.envelope
+        exc = JobTimeout(f"task {env.task if env else '?'} ran past its hard time limit of "
+                         f"{head.limit} s (process killed)")
+        outcome = decide_failure(self.app, head.prepared, exc, "")
+        outcome.duration = head.limit
+        rest = collections.deque(inflight)
+        inflight.clear()
+        head.done(outcome)
+        self._give_back(rest)
+        self._replace(index)
+
+    def _on_grace_over(self, index: int, child: _Child,
+                       inflight: collections.deque[_Held]) -> None:
+        """Shutdown: the grace is nearly over and the child still runs a job. Kill it first, so
+        the job (sent back to the queue: cancel) cannot start elsewhere while it still runs."""
+        head = inflight.popleft()
+        claim = head.prepared.claim
+        child.kill()
+        with self._cond:
+            if self._children[index] is child:
+                self._children[index] = None
+        log.warning("job %s/%s still running at shutdown: child %s killed, job sent back to "
+                    "the queue", claim.channel, claim.id, child.pid)
+        rest = collections.deque(inflight)
+        inflight.clear()
+        head.done(Outcome("cancel", claim, reason="still running at shutdown",
+                          envelope=head.prepared.envelope, task=head.prepared.task))
+        self._give_back(rest, closing=True)
+
+    def _rebuild(self, prepared: Prepared, data: tuple[Any, ...]) -> Outcome:
+        kind, value, exc_type, exc_message, tb, delay, reason, duration = data
+        return Outcome(kind, prepared.claim, value=value, exc_type=exc_type,
+                       exc_message=exc_message, traceback=tb, delay=delay, reason=reason,
+                       envelope=prepared.envelope, task=prepared.task, duration=duration)
 
     def _lost(self, prepared: Prepared, child: _Child) -> Outcome:
         """The child died while running the job: send it back, or stall it past max_cancels."""
@@ -367,3 +586,8 @@ class ProcessPool:
         return Outcome("cancel", claim, reason=f"worker_lost: the child process died ({how})",
                        envelope=prepared.envelope, task=prepared.task)
 
+
+def _release(held: _Held) -> Outcome:
+    """The outcome of a job that never started: back to the head of its queue, count unchanged."""
+    p = held.prepared
+    return Outcome("release", p.claim, reason="not started", envelope=p.envelope, task=p.task)

@@ -31,7 +31,8 @@ class Outcome:
     """What to do with a claimed job after running it.
 
     ``kind``: ``success`` (finish with ``value``), ``failure`` (finish as failed), ``retry``
-    (run again after ``delay`` seconds), ``stall`` (park with ``reason``), ``cancel`` (send back).
+    (run again after ``delay`` seconds), ``stall`` (park with ``reason``), ``cancel`` (send back),
+    ``release`` (never started: back to the head of the queue, cancel count unchanged).
     ``duration`` is how long the task ran, in seconds (None when it never started).
     """
 

@@ -105,6 +105,10 @@ class Worker:
         # claims whose outcome is still being written do not take an execution slot, so the next
         # claim overlaps the previous finish; this bounds how many such claims can pile up
         self._max_held = 2 * self.concurrency + self.prefetch
+        # jobs the pool takes at once (a process pool holds several per child) and the smallest
+        # claim worth a round trip while no slot is idle; both set again once the pool exists
+        self._capacity = self.concurrency
+        self._min_claim = 1
         self._settled = 0  # outcomes written so far (burst mode: did one land during a claim?)
         self._running_lock = threading.Lock()
         self._slot = threading.Condition(self._running_lock)
@@ -156,6 +160,9 @@ class Worker:
         if handler is not None:
             logging.getLogger().addHandler(handler)
         self._pool = make_pool(self.pool_kind, self.app, self.concurrency, self.app_path)
+        self._capacity = getattr(self._pool, "capacity", self.concurrency)
+        self._max_held = 2 * self._capacity + self.prefetch
+        self._min_claim = max(1, (self._capacity + self.prefetch) // 4)
         self._block_client = self.app.connection.new_client()
         for target, tname in ((self._finisher, "taskpipe-finisher"), (self._keeper, "taskpipe-keeper")):
             t = threading.Thread(target=target, name=tname, daemon=True)
@@ -208,9 +215,8 @@ class Worker:
             if not self.channels and not self._open_channels():
                 continue
             with self._slot:
-                free = min(self.concurrency + self.prefetch - self._executing - len(self._buffer),
-                           self._max_held - len(self._running))
-                if free <= 0 or len(self._buffer) > self._low_water:
+                free = self._claim_room()
+                if free <= 0:
                     drained = None
                     self._slot.wait(0.5)
                     continue
@@ -228,7 +234,7 @@ class Worker:
                 try:
                     claims, next_due, now = claim_from(
                         self.app.thoonk, self._ordered_channels(), count, lease_ms,
-                        self.name, run_now=self.concurrency - self._executing)
+                        self.name, run_now=self._capacity - self._executing)
                 except _BROKER_ERRORS as exc:
                     self._broker_down(exc)
                     continue
@@ -243,7 +249,7 @@ class Worker:
                 continue
             if next_due == HELD_BACK:  # the next job waits for a free slot, not for Redis
                 with self._slot:
-                    if self._executing >= self.concurrency and not self._stopping.is_set():
+                    if self._executing >= self._capacity and not self._stopping.is_set():
                         self._slot.wait(self.max_block)
                 continue
             if self.burst:
@@ -283,9 +289,9 @@ class Worker:
 
         def wait_and_claim() -> tuple[list[Claim], int | None, int] | None:
             return wait_then_claim(self.app.thoonk, waiter, channels, wait, count, lease_ms,
-                                   self.name, run_now=self.concurrency - self._executing)
+                                   self.name, run_now=self._capacity - self._executing)
 
-        if self.pool_kind != "thread" or self._executing >= self.concurrency:
+        if self.pool_kind != "thread" or self._executing >= self._capacity:
             got = wait_and_claim()
             if got is not None and got[0]:
                 self._start(got[0])
@@ -378,7 +384,7 @@ class Worker:
         with self._running_lock:
             for c in claims:
                 self._running[(c.channel, c.id)] = c
-            now = max(0, min(len(prepared), self.concurrency - self._executing))
+            now = max(0, min(len(prepared), self._capacity - self._executing))
             self._executing += now
             self._buffer.extend(prepared[now:])
         first = prepared[0] if keep_first and now else None
@@ -396,10 +402,21 @@ class Worker:
             if self._buffer and not self._stopping.is_set():
                 nxt = self._buffer.popleft()
                 self._executing += 1
-            if len(self._buffer) <= self._low_water:
+            if self._claim_room() > 0:
                 self._slot.notify_all()
         if nxt is not None:
             self._pool.submit(nxt, self._job_done)
+
+    def _claim_room(self) -> int:
+        """(``_slot`` held) How many jobs the main loop should claim now; 0: not yet. It claims
+        once the prefetch buffer is down to its low water mark, and, while no slot is idle, only
+        a batch of at least ``_min_claim`` (so a busy pool is not fed one job per round trip)."""
+        if len(self._buffer) > self._low_water:
+            return 0
+        free = min(self._capacity + self.prefetch - self._executing - len(self._buffer),
+                   self._max_held - len(self._running))
+        want = 1 if self._executing < self.concurrency else self._min_claim
+        return free if free >= want else 0
 
     def _drain(self) -> None:
         """After the loop: give prefetched jobs back, wait up to ``grace`` for running jobs,
@@ -429,6 +446,9 @@ class Worker:
         their cancel counts unchanged (``JobChannel.release``)."""
         with self._slot:
             buffered, self._buffer = list(self._buffer), collections.deque()
+        unstarted = getattr(self._pool, "unstarted", None)  # a process pool's jobs not started
+        if unstarted is not None:
+            buffered += unstarted(self.grace)
         by_channel: dict[str, list[Claim]] = {}
         for p in buffered:
             by_channel.setdefault(p.claim.channel, []).append(p.claim)
