@@ -39,9 +39,13 @@ class OutcomeWriter:
         self.app = app
         self.stats: dict[str, int] = defaultdict(int)
         self.listeners: list[OutcomeListener] = []
+        self._ttl_ms_of: dict[Any, int] = {}  # result_ttl option value -> milliseconds
+        self._none_result: tuple[Any, bytes] | None = None  # (serializer, encoded None result)
 
     def _bump(self, channel: str, event: str, outcome: Outcome | None, n: int = 1) -> None:
         self.stats[event] += n
+        if not self.listeners:
+            return
         for listener in list(self.listeners):
             try:
                 listener(channel, event, outcome, n)
@@ -57,7 +61,15 @@ class OutcomeWriter:
 
     def _ttl_ms(self, outcome: Outcome) -> int:
         value = option_of(outcome.envelope, outcome.task, self.app, "result_ttl")
-        return int(parse_duration(value) * 1000)
+        try:
+            return self._ttl_ms_of[value]
+        except (KeyError, TypeError):  # not seen yet (or unhashable: parsed each time)
+            ms = int(parse_duration(value) * 1000)
+        try:
+            self._ttl_ms_of[value] = ms
+        except TypeError:
+            pass
+        return ms
 
     def _result_bytes(self, outcome: Outcome) -> tuple[bytes, bool]:
         ser = self.app.serializer
@@ -65,6 +77,11 @@ class OutcomeWriter:
             if outcome.task is not None and getattr(outcome.task, "raw", False):
                 value = outcome.value
                 return (value if isinstance(value, bytes) else str(value).encode()), False
+            if outcome.value is None:  # the most common result: encoded once per serializer
+                cached = self._none_result
+                if cached is None or cached[0] is not ser:
+                    cached = self._none_result = (ser, encode_result(None, serializer=ser))
+                return cached[1], False
             try:
                 return encode_result(outcome.value, serializer=ser, max_size=self.app.max_payload), False
             except SerializationError as exc:

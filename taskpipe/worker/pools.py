@@ -26,8 +26,10 @@ __all__ = ["ThreadPool", "AsyncPool", "make_pool"]
 
 log = logging.getLogger("taskpipe.worker")
 Done = Callable[[Outcome], None]
+#: What a thread pool calls when a task returned; it may hand back the next job for the same thread.
+DoneNext = Callable[[Outcome], "Prepared | None"]
 #: A wait for work run on a pool thread: returns a job for that thread to run next, or None.
-Wait = Callable[[], "tuple[Prepared, Done] | None"]
+Wait = Callable[[], "tuple[Prepared, DoneNext] | None"]
 
 
 class ThreadPool:
@@ -38,7 +40,7 @@ class ThreadPool:
     def __init__(self, app: TaskPipe, size: int) -> None:
         self.app = app
         self.size = size
-        self._queue: queue.SimpleQueue[tuple[Prepared, Done] | Wait | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Prepared, DoneNext] | Wait | None] = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._loop, name=f"taskpipe-job-{i}", daemon=True)
                          for i in range(size)]
         for t in self._threads:
@@ -54,15 +56,18 @@ class ThreadPool:
                 if item is None:
                     continue
             prepared, done = item
-            channel = self.app.channel(prepared.claim.channel)
-            try:
-                outcome = run_prepared(self.app, prepared, channel)
-            except BaseException as exc:  # noqa: BLE001 - never lose an outcome
-                outcome = Outcome("cancel", prepared.claim, reason=f"worker error: {exc!r}")
-            done(outcome)
+            nxt: Prepared | None = prepared
+            while nxt is not None:  # ``done`` may hand back the next job for this thread
+                channel = self.app.channel(nxt.claim.channel)
+                try:
+                    outcome = run_prepared(self.app, nxt, channel)
+                except BaseException as exc:  # noqa: BLE001 - never lose an outcome
+                    outcome = Outcome("cancel", nxt.claim, reason=f"worker error: {exc!r}")
+                nxt = done(outcome)
 
-    def submit(self, prepared: Prepared, done: Done) -> None:
-        """Queue a job to run on the next free thread."""
+    def submit(self, prepared: Prepared, done: DoneNext) -> None:
+        """Queue a job to run on the next free thread. ``done(outcome)`` may return another
+        prepared job: this thread runs it next (with the same ``done``)."""
         self._queue.put((prepared, done))
 
     def submit_wait(self, wait: Wait) -> None:

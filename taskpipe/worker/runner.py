@@ -231,9 +231,11 @@ def _run_prepared(app: TaskPipe, prepared: Prepared, channel: Any,
     try:
         if task.is_async:
             value = _run_async(task, env, ctx, seconds, loop)
-        else:
+        elif seconds:
             with _SoftTimer(seconds):
                 value = task.fn(*env.args, **env.kwargs)
+        else:  # no soft time limit: no timer to set up
+            value = task.fn(*env.args, **env.kwargs)
         return Outcome("success", claim, value=value, envelope=env, task=task)
     except JobTimeout:
         exc = JobTimeout(f"task {task.name} ran past its time limit of {seconds} s")

@@ -44,6 +44,10 @@ __all__ = ["Worker"]
 
 log = logging.getLogger("taskpipe.worker")
 
+#: Default prefetch while jobs are short (see ``Worker._claim_room``), and what "short" is.
+SHORT_PREFETCH = 32
+SHORT_JOB = 0.002
+
 _BROKER_ERRORS = (BrokerUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                   redis.exceptions.BusyLoadingError)
 
@@ -102,6 +106,12 @@ class Worker:
         self._buffer: collections.deque[Prepared] = collections.deque()  # prefetched, not started
         # claim again once the buffer is down to this (prefetch 0: whenever a slot is free)
         self._low_water = self.prefetch // 2
+        # the default prefetch grows to SHORT_PREFETCH while jobs are short (moving average under
+        # SHORT_JOB seconds) and the worker has one channel (no priority order to keep), so that
+        # low concurrency still claims in batches; an explicit prefetch is kept as given
+        self._prefetch_short = (max(self.prefetch, SHORT_PREFETCH)
+                                if prefetch is None and len(self.channel_names) == 1 else self.prefetch)
+        self._avg_duration = 1.0  # moving average of task durations (s): starts "long"
         # claims whose outcome is still being written do not take an execution slot, so the next
         # claim overlaps the previous finish; this bounds how many such claims can pile up
         self._max_held = 2 * self.concurrency + self.prefetch
@@ -109,6 +119,7 @@ class Worker:
         # claim worth a round trip while no slot is idle; both set again once the pool exists
         self._capacity = self.concurrency
         self._min_claim = 1
+        self._done_callback: Any = self._job_done
         self._settled = 0  # outcomes written so far (burst mode: did one land during a claim?)
         self._running_lock = threading.Lock()
         self._slot = threading.Condition(self._running_lock)
@@ -161,7 +172,8 @@ class Worker:
             logging.getLogger().addHandler(handler)
         self._pool = make_pool(self.pool_kind, self.app, self.concurrency, self.app_path)
         self._capacity = getattr(self._pool, "capacity", self.concurrency)
-        self._max_held = 2 * self._capacity + self.prefetch
+        self._done_callback = self._job_finished if self.pool_kind == "thread" else self._job_done
+        self._max_held = 2 * self._capacity + self._prefetch_short
         self._min_claim = max(1, (self._capacity + self.prefetch) // 4)
         self._block_client = self.app.connection.new_client()
         for target, tname in ((self._finisher, "taskpipe-finisher"), (self._keeper, "taskpipe-keeper")):
@@ -309,7 +321,7 @@ class Worker:
                 box["error"] = exc
             finally:
                 ready.set()
-            return None if first is None else (first, self._job_done)
+            return None if first is None else (first, self._job_finished)
 
         self._pool.submit_wait(wait_on_pool_thread)
         while not ready.wait(0.2):
@@ -389,31 +401,43 @@ class Worker:
             self._buffer.extend(prepared[now:])
         first = prepared[0] if keep_first and now else None
         for p in prepared[1 if first is not None else 0:now]:
-            self._pool.submit(p, self._job_done)
+            self._pool.submit(p, self._done_callback)
         return first
 
     def _job_done(self, outcome: Outcome) -> None:
         """Called by the pool when a task returned: queue its outcome, start the next prefetched
         job in the freed slot, and wake the main loop when the buffer needs refilling."""
+        nxt = self._job_finished(outcome)
+        if nxt is not None:
+            self._pool.submit(nxt, self._job_done)
+
+    def _job_finished(self, outcome: Outcome) -> Prepared | None:
+        """``_job_done`` for a thread pool: the next prefetched job is returned for the calling
+        pool thread to run itself (no queue put that wakes another thread)."""
         self._done.put(outcome)
         nxt: Prepared | None = None
         with self._slot:
+            if outcome.duration is not None:
+                self._avg_duration += 0.2 * (outcome.duration - self._avg_duration)
             self._executing -= 1
             if self._buffer and not self._stopping.is_set():
                 nxt = self._buffer.popleft()
                 self._executing += 1
             if self._claim_room() > 0:
                 self._slot.notify_all()
-        if nxt is not None:
-            self._pool.submit(nxt, self._job_done)
+        return nxt
 
     def _claim_room(self) -> int:
         """(``_slot`` held) How many jobs the main loop should claim now; 0: not yet. It claims
         once the prefetch buffer is down to its low water mark, and, while no slot is idle, only
         a batch of at least ``_min_claim`` (so a busy pool is not fed one job per round trip)."""
-        if len(self._buffer) > self._low_water:
+        prefetch, low_water = self.prefetch, self._low_water
+        if self._avg_duration < SHORT_JOB:
+            prefetch = self._prefetch_short
+            low_water = prefetch // 2
+        if len(self._buffer) > low_water:
             return 0
-        free = min(self._capacity + self.prefetch - self._executing - len(self._buffer),
+        free = min(self._capacity + prefetch - self._executing - len(self._buffer),
                    self._max_held - len(self._running))
         want = 1 if self._executing < self.concurrency else self._min_claim
         return free if free >= want else 0
