@@ -47,6 +47,10 @@ log = logging.getLogger("taskpipe.worker")
 #: Default prefetch while jobs are short (see ``Worker._claim_room``), and what "short" is.
 SHORT_PREFETCH = 32
 SHORT_JOB = 0.002
+#: A thread pool whose jobs take under TRIVIAL_JOB seconds (moving average) runs them on at most
+#: TRIVIAL_THREADS threads at a time (waking a thread costs more than such a job).
+TRIVIAL_JOB = 0.00005
+TRIVIAL_THREADS = 2
 
 _BROKER_ERRORS = (BrokerUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                   redis.exceptions.BusyLoadingError)
@@ -246,7 +250,7 @@ class Worker:
                 try:
                     claims, next_due, now = claim_from(
                         self.app.thoonk, self._ordered_channels(), count, lease_ms,
-                        self.name, run_now=self._capacity - self._executing)
+                        self.name, run_now=self.concurrency - self._executing)
                 except _BROKER_ERRORS as exc:
                     self._broker_down(exc)
                     continue
@@ -261,7 +265,7 @@ class Worker:
                 continue
             if next_due == HELD_BACK:  # the next job waits for a free slot, not for Redis
                 with self._slot:
-                    if self._executing >= self._capacity and not self._stopping.is_set():
+                    if self._executing >= self.concurrency and not self._stopping.is_set():
                         self._slot.wait(self.max_block)
                 continue
             if self.burst:
@@ -301,7 +305,7 @@ class Worker:
 
         def wait_and_claim() -> tuple[list[Claim], int | None, int] | None:
             return wait_then_claim(self.app.thoonk, waiter, channels, wait, count, lease_ms,
-                                   self.name, run_now=self._capacity - self._executing)
+                                   self.name, run_now=self.concurrency - self._executing)
 
         if self.pool_kind != "thread" or self._executing >= self._capacity:
             got = wait_and_claim()
@@ -396,13 +400,22 @@ class Worker:
         with self._running_lock:
             for c in claims:
                 self._running[(c.channel, c.id)] = c
-            now = max(0, min(len(prepared), self._capacity - self._executing))
-            self._executing += now
-            self._buffer.extend(prepared[now:])
-        first = prepared[0] if keep_first and now else None
-        for p in prepared[1 if first is not None else 0:now]:
+            self._buffer.extend(prepared)  # behind any still buffered: they start first
+            start = self._take_startable()
+        first = start[0] if keep_first and start else None
+        for p in start[1 if first is not None else 0:]:
             self._pool.submit(p, self._done_callback)
         return first
+
+    def _take_startable(self) -> list[Prepared]:
+        """(lock held) Take buffered jobs for the free execution slots, counted as executing."""
+        now = max(0, min(len(self._buffer), self._capacity - self._executing))
+        if self._avg_duration < TRIVIAL_JOB and self.pool_kind == "thread":
+            # jobs this short gain nothing from more threads: the running ones take the
+            # buffered jobs one after another, and no other thread is woken for them
+            now = min(now, max(0, TRIVIAL_THREADS - self._executing))
+        self._executing += now
+        return [self._buffer.popleft() for _ in range(now)]
 
     def _job_done(self, outcome: Outcome) -> None:
         """Called by the pool when a task returned: queue its outcome, start the next prefetched
@@ -416,6 +429,7 @@ class Worker:
         pool thread to run itself (no queue put that wakes another thread)."""
         self._done.put(outcome)
         nxt: Prepared | None = None
+        more: list[Prepared] = []
         with self._slot:
             if outcome.duration is not None:
                 self._avg_duration += 0.2 * (outcome.duration - self._avg_duration)
@@ -423,8 +437,12 @@ class Worker:
             if self._buffer and not self._stopping.is_set():
                 nxt = self._buffer.popleft()
                 self._executing += 1
+                if self._buffer and self._executing < self._capacity:
+                    more = self._take_startable()  # jobs no longer trivial: use more threads
             if self._claim_room() > 0:
                 self._slot.notify_all()
+        for p in more:
+            self._pool.submit(p, self._done_callback)
         return nxt
 
     def _claim_room(self) -> int:
