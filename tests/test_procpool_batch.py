@@ -34,6 +34,11 @@ def gate(tag="gate"):
     _mark(tag)
     r.blpop(PREFIX + "gate", 60)
     return os.getpid()
+
+
+@app.task(name="nop")
+def nop(i):
+    return i
 '''
 
 
@@ -181,3 +186,56 @@ def test_child_still_running_when_the_grace_ends_is_killed_before_the_job_goes_b
     assert w2.run() == 0
     assert job.get(timeout=5) == os.getpid()  # the rerun finishes at once (cancel count 1)
     harness.check_ledger()
+
+
+def _pool_run(harness: Harness, jobs: list[Any], until: Any) -> tuple[ProcessPool, list[Outcome]]:
+    """Claim ``jobs`` and hand them to a one-child pool in one message; wait for ``until``."""
+    channel = harness.app.channel()
+    claims, _, _ = claim_from(harness.app.thoonk, [channel], len(jobs), 30_000, "pool-test")
+    assert [c.id for c in claims] == [j.id for j in jobs]
+    outcomes: list[Outcome] = []
+    got = threading.Condition()
+
+    def done(outcome: Outcome) -> None:
+        with got:
+            outcomes.append(outcome)
+            got.notify_all()
+
+    pool = ProcessPool(harness.app, 1, harness.app_path)
+    with pool._cond:  # (re-entrant) all are queued before the slot takes any
+        for c in claims:
+            pool.submit(prepare(harness.app, c), done)
+    with got:
+        assert got.wait_for(lambda: until(outcomes), timeout=30), outcomes
+    return pool, outcomes
+
+
+def test_an_outcome_does_not_wait_behind_a_long_job_in_the_same_child(harness: Harness) -> None:
+    fast = [harness.send("nop", i) for i in range(4)]  # well under 2 ms in all: sent together
+    gate = harness.send("gate", "gate")
+    pool, outcomes = _pool_run(harness, [*fast, gate], lambda out: len(out) == 4)
+    try:
+        # the gate job is still running (its gate is closed): the fast jobs' outcomes came anyway
+        assert [(o.claim.id, o.kind, o.value) for o in outcomes] == [
+            (f.id, "success", i) for i, f in enumerate(fast)]
+        assert harness.flag("started", gate.id) is not None
+        _open_gate(harness)
+        wait_for(lambda: len(outcomes) == 5, what="the gate job's outcome")
+    finally:
+        pool.shutdown()
+    assert outcomes[4].claim.id == gate.id and outcomes[4].kind == "success"
+    assert harness.runs(gate.id) == 1
+
+
+def test_a_hard_time_limit_counts_for_the_job_running_from_its_own_start(harness: Harness) -> None:
+    fast = [harness.send("record", f"f{i}") for i in range(3)]
+    spin = harness.send("spin")  # hard_timeout 1 s, CPU-bound: the child is killed
+    after = harness.send("record", "after")
+    pool, outcomes = _pool_run(harness, [*fast, spin, after], lambda out: len(out) == 5)
+    pool.shutdown()
+    by_id = {o.claim.id: o for o in outcomes}
+    assert [by_id[f.id].kind for f in fast] == ["success"] * 3  # not blamed, not run again
+    assert by_id[spin.id].kind == "failure" and by_id[spin.id].exc_type == "JobTimeout"
+    assert by_id[after.id].kind == "success" and by_id[after.id].value == "after"  # new child
+    assert pool.restarts == 1
+    assert all(harness.runs(j.id) == 1 for j in [*fast, spin, after])

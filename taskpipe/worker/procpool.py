@@ -11,8 +11,10 @@ outcome. Leases are renewed and outcomes written by the parent worker, never by 
 **Batched hand-off.** The pool takes more jobs than it has children (``capacity``: up to
 ``DEPTH`` per child), so a child always has its next jobs at hand: its parent thread (a *slot*)
 sends it many claims in one message, and the child sends back the outcomes of short jobs
-together (at least every 2 ms, and whenever it runs out of work), each message with the
-``time.monotonic()`` at which it started the job it now runs (the clock is system-wide). A job
+together (at least every 2 ms, and whenever it runs out of work; a flusher thread in the child
+sends those that would wait behind a job running longer than 2 ms), each message with the
+``time.monotonic()`` at which it started the job it now runs (the clock is system-wide), so
+that a hard time limit is counted for the right job from its real start. A job
 that takes longer than ``SLOW`` (measured per child) turns the hand-off back to one job at a
 time for that child, so long jobs never queue behind each other while another child is idle.
 
@@ -29,8 +31,10 @@ For every child, the slot watches it:
 child has received, and asks every child to give back the jobs it holds but has not started
 (they are answered with a ``release`` outcome: back to the head of the queue, cancel count
 unchanged). A child still running a job when ``grace`` is nearly over is killed (its job is sent
-back, cancel count +1) *before* the worker sends leftovers back, so a job never starts elsewhere
-while a child may still run it.
+back, cancel count +1) *before* the worker sends leftovers back, and the worker calls
+``kill_children()`` before it sends back whatever is still running (a second signal, or a
+child that did not get there in time), so a job never starts elsewhere while a child may still
+run it.
 
 Children ignore SIGINT and SIGTERM (a signal to the whole process group is for the worker, which
 drains, then stops them with SIGKILL) and, on Linux, die with the worker
@@ -144,18 +148,54 @@ def _child_main(fd: int) -> None:
     _child_loop(app, conn)
 
 
+class _Outbox:
+    """A child's finished outcomes not yet sent, and the job it runs now (shared with its
+    flusher thread, which sends outcomes that would otherwise wait behind a long job)."""
+
+    def __init__(self, conn: Pipe) -> None:
+        self.conn = conn
+        self.cond = threading.Condition()
+        self.finished: list[tuple[Any, ...]] = []
+        self.running_since: float | None = None  # monotonic start of the job running now
+        self.started = 0  # jobs started so far
+        self.last_sent = time.monotonic()
+
+    def send(self, message: Any) -> None:
+        """(cond held) Send a message to the worker."""
+        self.conn.send(message)
+
+    def flush(self, started: float | None) -> None:
+        """(cond held) Send the finished outcomes, with when the job now running started."""
+        if self.finished:
+            self.conn.send(("done", self.finished, started))
+            self.finished = []
+            self.last_sent = time.monotonic()
+
+    def flusher(self) -> None:
+        """Thread: outcomes still unsent ``_FLUSH`` seconds into a job are sent without it."""
+        while True:
+            with self.cond:
+                while not self.finished:
+                    self.cond.wait()
+                seen = self.started
+            time.sleep(_FLUSH)
+            with self.cond:
+                if self.finished and self.started == seen and self.running_since is not None:
+                    self.flush(self.running_since)
+
+
 def _child_loop(app: TaskPipe, conn: Pipe) -> None:
     pending: collections.deque[Claim] = collections.deque()
-    finished: list[tuple[Any, ...]] = []
     channels: dict[str, Any] = {}
     monotonic = time.monotonic
-    last_sent = monotonic()
+    out = _Outbox(conn)
+    threading.Thread(target=out.flusher, name="taskpipe-child-flusher", daemon=True).start()
     while True:
         # messages are read before each job starts: a "stop" is answered before any more start
         while not pending or conn.poll(0):
-            if finished and not pending:
-                conn.send(("done", finished, None))
-                finished = []
+            if not pending:
+                with out.cond:
+                    out.flush(None)
             try:
                 message = conn.recv()
             except (EOFError, OSError):
@@ -163,10 +203,9 @@ def _child_loop(app: TaskPipe, conn: Pipe) -> None:
             if message is None:
                 return
             if message == "stop":
-                if finished:
-                    conn.send(("done", finished, None))
-                    finished = []
-                conn.send(("returned", len(pending)))
+                with out.cond:
+                    out.flush(None)
+                    out.send(("returned", len(pending)))
                 pending.clear()
             else:
                 pending.extend(message)
@@ -174,12 +213,18 @@ def _child_loop(app: TaskPipe, conn: Pipe) -> None:
         channel = channels.get(claim.channel)
         if channel is None:
             channel = channels[claim.channel] = app.channel(claim.channel)
-        finished.append(_slim(run_prepared(app, prepare(app, claim), channel)))
-        now = monotonic()
-        if not pending or now - last_sent >= _FLUSH or len(finished) >= DEPTH:
-            conn.send(("done", finished, now if pending else None))
-            finished = []
-            last_sent = now
+        with out.cond:
+            out.running_since = monotonic()
+            out.started += 1
+        slim = _slim(run_prepared(app, prepare(app, claim), channel))
+        with out.cond:
+            out.running_since = None
+            out.finished.append(slim)
+            now = monotonic()
+            if not pending or now - out.last_sent >= _FLUSH or len(out.finished) >= DEPTH:
+                out.flush(now if pending else None)  # the next job starts now
+            elif len(out.finished) == 1:
+                out.cond.notify()  # the flusher watches that these do not wait behind a long job
 
 
 _CHILD_CODE = "import sys; from taskpipe.worker.procpool import _child_main; _child_main(int(sys.argv[1]))"
@@ -370,6 +415,15 @@ class ProcessPool:
         for child in children:
             child.stop()
         return [h.prepared for h in items]
+
+    def kill_children(self) -> None:
+        """Shutdown, once the grace is over (or on a second signal): kill every child now, so
+        that no job the worker is about to send back can still be running in one of them."""
+        with self._cond:
+            self._draining = True
+            children = [c for c in self._children if c is not None]
+        for child in children:
+            child.kill()
 
     def shutdown(self) -> None:
         """Stop the children: idle ones exit at once, any still running a job are killed."""

@@ -472,6 +472,9 @@ class Worker:
                     break
                 self._slot.wait(min(remaining, 0.2))
         leftovers = self.running
+        kill = getattr(self._pool, "kill_children", None)  # a process pool: stop its tasks first
+        if leftovers and kill is not None:
+            kill()
         for claim in leftovers:
             try:
                 self.app.channel(claim.channel).cancel(claim.id, token=claim.token)
