@@ -218,7 +218,8 @@ def test_an_outcome_does_not_wait_behind_a_long_job_in_the_same_child(harness: H
         # the gate job is still running (its gate is closed): the fast jobs' outcomes came anyway
         assert [(o.claim.id, o.kind, o.value) for o in outcomes] == [
             (f.id, "success", i) for i, f in enumerate(fast)]
-        assert harness.flag("started", gate.id) is not None
+        wait_for(lambda: harness.flag("started", gate.id), what="the gate job to start")
+        assert len(outcomes) == 4  # its gate is still closed
         _open_gate(harness)
         wait_for(lambda: len(outcomes) == 5, what="the gate job's outcome")
     finally:
