@@ -476,11 +476,15 @@ class ProcessPool:
                 if sent == "stopped":
                     self._give_back(collections.deque(batch), closing=True)
                     batch = []
+                elif sent == "dead" and not inflight:  # died idle: none of these started
+                    self._give_back(collections.deque(batch))
+                    self._replace(index)
+                    continue
                 else:
                     if not inflight:
                         started = now
                     inflight.extend(batch)
-                    if sent == "dead":
+                    if sent == "dead":  # died running inflight[0]
                         self._on_lost(index, child, inflight)
                         started = None
                         continue
