@@ -107,7 +107,9 @@ def test_poison_job_kills_its_worker_every_time(fault: Fault, figure: Figure) ->
     h = fault
     max_cancels = 2
     poison = h.send("poison", max_runs=max_cancels + 1)
-    others = [h.send("record", f"ok{i}") for i in range(8)]
+    # an outcome may still be unwritten when the poison kills the worker (it is written after the
+    # next claim may have started): such a job runs again, at least once, never lost
+    others = [h.send("record", f"ok{i}", max_runs=2) for i in range(8)]
     deaths: list[int] = []
     stop = threading.Event()
 
