@@ -244,7 +244,8 @@ def test_100k_queued_jobs(own_redis: Callable[..., RedisServer], make_fault: Cal
     per_job = (int(h.r.info("memory")["used_memory"]) - base) / n
     h.expect(results)
     t1 = time.monotonic()
-    workers = [h.worker("-c", "16") for _ in range(4)]
+    # no crash here: a lease no loaded machine outlives keeps "each job exactly once" timing-free
+    workers = [h.worker("-c", "16", "--lease", "120s") for _ in range(4)]
     wait_for(lambda: _finished(h) == n, timeout=180, interval=0.2, what="100k jobs to drain")
     drain_s = time.monotonic() - t1
     slow: list[Any] = h.r.slowlog_get(128)
