@@ -39,6 +39,35 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         node.add_marker(pytest.mark.parametrize("broker_url", ["memory"], indirect=True))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, every worker starts with its share of the ``slow`` tests.
+
+    ``--dist worksteal`` hands each of the n workers a contiguous share of the collection and
+    idle workers then steal from the end of the others' queues. The slow tests (10-40 s each)
+    are put at the head of each share, one in n per worker, so they start at once instead of
+    queueing behind each other at the end of one worker's share. Deterministic, so every worker
+    collects the same order; without xdist nothing changes.
+    """
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
+        return
+    n = int(workerinput.get("workercount", 1))
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if n < 2 or not slow:
+        return
+    rest = iter([item for item in items if not item.get_closest_marker("slow")])
+    ordered: list[pytest.Item] = []
+    remaining = len(items)
+    for w in range(n):
+        share = remaining // (n - w)  # what worksteal sends worker w first
+        remaining -= share
+        head = slow[w::n]
+        ordered += head + [item for _, item in zip(range(share - len(head)), rest)]
+    ordered += list(rest)
+    assert len(ordered) == len(items)
+    items[:] = ordered
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
