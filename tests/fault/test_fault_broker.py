@@ -95,7 +95,9 @@ def test_redis_restarted_empty(own_redis: Callable[..., RedisServer],
     server = own_redis()
     h = make_fault(server.url)
     lost = [h.send("gated") for _ in range(4)]
-    workers = [h.worker("-c", "4") for _ in range(2)]
+    workers = [h.worker("-c", "4", "--name", f"restart-empty-{i}") for i in range(2)]
+    for i in range(2):  # both up (signal handlers in place) before the broker goes away
+        h.wait_registered(f"restart-empty-{i}")
     wait_for(lambda: all(h.flag(f"started:{r.id}:1") for r in lost), what="the jobs to start")
     server.restart(empty=True)
     restarted = time.monotonic()
