@@ -1,7 +1,7 @@
 """Scheduling on real Redis: cron with several scheduler processes (one SIGKILLed), misfire after
 downtime (driven by ``tick(now_ms=)``), ``worker --beat`` and ``cron list``, and 10,000 delayed
-jobs due at once promoted by running workers in bounded batches (how long the Redis calls took is a figure
-of ``benchmarks/slowlog.py``, not an assertion).
+jobs due at once promoted by running workers in bounded batches (how long the Redis calls took
+is a figure of ``benchmarks/slowlog.py``, not an assertion).
 """
 
 from __future__ import annotations
