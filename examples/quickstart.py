@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 
-from taskpipe import TaskPipe, Worker, current_job
+from taskpipe import TaskFailed, TaskPipe, Worker, current_job
 
 app = TaskPipe("quickstart", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"),
                prefix="quickstart:")
@@ -50,7 +50,7 @@ def main() -> None:
     print("resize ->", thumbs.get(timeout=10), "| log:", thumbs.logs())
     try:
         broken.get(timeout=10)
-    except Exception as exc:  # TaskFailed carries the remote type, message and traceback
+    except TaskFailed as exc:  # carries the remote type, message and traceback
         print("divide(1, 0) failed:", type(exc).__name__, "-", str(exc).splitlines()[0])
     print("states:", total.state, thumbs.state, broken.state)
 

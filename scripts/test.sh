@@ -21,4 +21,6 @@ python -m pip install -q --upgrade pip
 python -m pip install -q -e '.[test]'
 python -m ruff check taskpipe tests examples benchmarks
 python -m mypy
-python -m pytest -q
+# in parallel: pytest-xdist, each xdist worker with its own redis-server (docs/development.md).
+# The suite mostly waits (subprocesses, leases, signals), so 4 workers beat 2 on 2 cores.
+python -m pytest -q -n "${TASKPIPE_TEST_WORKERS:-4}" --dist worksteal

@@ -15,6 +15,7 @@
 from taskpipe.app import TaskPipe
 from taskpipe.context import JobContext, current_job
 from taskpipe.errors import (
+    BrokerUnavailable,
     BrokerURLError,
     ConfigError,
     CronError,
@@ -37,13 +38,14 @@ from taskpipe.results import AsyncResult
 from taskpipe.task import Signature, Task
 from taskpipe.worker import Worker
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
 
 __all__ = [
     # the app and its tasks
     "TaskPipe", "Task", "Signature", "AsyncResult", "Worker", "current_job", "JobContext",
     # errors
-    "TaskpipeError", "ConfigError", "BrokerURLError", "DurationError", "CronError",
+    "TaskpipeError", "ConfigError", "BrokerURLError", "BrokerUnavailable", "DurationError",
+    "CronError",
     "SerializationError", "PayloadTooLarge", "UnknownTask", "JobNotFound", "WrongJobState",
     "LeaseLost", "ResultTimeout", "ResultExpired", "ResultUnknown", "TaskFailed", "JobTimeout",
     "Retry",

@@ -109,7 +109,7 @@ def _short(obj: object) -> str:
     """A short, safe repr for messages (bounded depth and length; never raises)."""
     try:
         return _REPR.repr(obj)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a repr may raise anything; this must never raise
         return f"<{_type_name(obj)} object>"
 
 

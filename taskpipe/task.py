@@ -83,7 +83,7 @@ class Task(Generic[R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         # (max_payload, serializer, encoder) cached by the app for positional-only calls
         self._encoder: tuple[Any, Any, Callable[[tuple[Any, ...]], bytes]] | None = None
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"

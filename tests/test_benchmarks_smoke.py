@@ -32,7 +32,9 @@ TARGETS = ("delay() >= 0.7x raw single round trips/s", "bulk >= 0.5x raw pipelin
 def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:
     out_json = tmp_path / "figures.json"
     env = {k: v for k, v in os.environ.items() if k != "TASKPIPE_BROKER_URL"}
+    # the smallest run that still measures every figure: this checks the script, not the speed
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick",
+                           "--jobs", "200", "--samples", "10", "--rounds", "1",
                            "--json", str(out_json)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=220)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -77,8 +77,13 @@ def env(redis_server: Any, prefix: str, tmp_path: Path,
     mod = importlib.import_module(modname)
     proc_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()]),
                 "TASKPIPE_BROKER_URL": redis_server.url, "TASKPIPE_PREFIX": prefix}
+    procs: list[subprocess.Popen[str]] = []  # started by cli_proc; reaped and closed here
     yield {"mod": mod, "app": mod.app, "modname": modname, "url": redis_server.url,
-           "prefix": prefix, "proc_env": proc_env, "path": f"{modname}:app"}
+           "prefix": prefix, "proc_env": proc_env, "path": f"{modname}:app", "procs": procs}
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)  # reaps it and closes its pipes
     mod.gate.set()
     mod.app.close()
     sys.modules.pop(modname, None)
@@ -96,8 +101,10 @@ def run_json(env: dict[str, Any], *args: str) -> Any:
 
 
 def cli_proc(env: dict[str, Any], *args: str, **kw: Any) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "taskpipe", *args], env=env["proc_env"],
+    proc = subprocess.Popen([sys.executable, "-m", "taskpipe", *args], env=env["proc_env"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    env["procs"].append(proc)
+    return proc
 
 
 @pytest.fixture

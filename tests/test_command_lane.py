@@ -96,7 +96,7 @@ def test_forked_child_makes_its_own_connections(redis_server: RedisServer, prefi
             job.put(b"child")
             ok = conn.lane is not None and parent_conn not in conn.lane._idle
             os._exit(0 if ok else 3)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - the forked child must always reach os._exit
             os._exit(4)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0

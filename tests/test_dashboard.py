@@ -195,7 +195,8 @@ def test_cli_dashboard_with_broker_and_token(redis_server: RedisServer, prefix: 
         assert status == 200 and [c["channel"] for c in ov["channels"]] == ["emails"]
     finally:
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(20)
+        proc.communicate(timeout=20)  # waits, and closes its pipes
+        code = proc.returncode
         app.close()
     assert code == 0
     bad = subprocess.run([sys.executable, "-m", "taskpipe", "dashboard", "-A", "x:app", "--broker",

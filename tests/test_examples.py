@@ -103,3 +103,17 @@ def test_delays_example_waits(outputs: dict[str, subprocess.CompletedProcess[str
     assert later and eta, out
     assert float(later.group(1)) >= 0.49  # never early (printed rounded to 10 ms)
     assert float(eta.group(1)) >= 0.99
+
+
+def test_cron_example_fires_every_second_once(
+        outputs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    """The cron example's heartbeat: one job per second, no second twice, no gap (this check
+    was a second run of the example in test_scheduler.py)."""
+    out = outputs["cron"].stdout
+    beats = [line.rsplit(":", 1)[1] for line in out.splitlines()
+             if line.startswith("heartbeat from cron: job cron:heartbeat:")]
+    assert len(beats) >= 2 and len(beats) == len(set(beats)), out
+    seconds = sorted(int(b) for b in beats)
+    assert seconds == list(range(seconds[0], seconds[-1] + 1)), out
+    assert any(line.startswith("weekday-report") and "(never)" in line
+               for line in out.splitlines()), out

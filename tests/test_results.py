@@ -1,7 +1,8 @@
 """Results: states over a job's life, get/aget, remote errors, TTLs (app, task, call, 0),
 expired vs unknown, handles rebuilt by id, progress and logs, and serialization end to end.
 
-Runs on real Redis and ``memory://``.
+Runs on ``memory://``; the tests marked ``redis_smoke`` also on real Redis (where Redis
+semantics matter: server clock, TTLs, pub/sub wake-ups, concurrency).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from taskpipe import (
 from taskpipe.results import STATES
 from taskpipe.serialization import SERIALIZER_IDS, decode_envelope
 
+# the task layer on memory://; the redis_smoke tests also on real Redis (tests/conftest.py)
+pytestmark = pytest.mark.task_layer
+
 DAY_MS = 86_400_000
 
 
@@ -44,6 +48,7 @@ def counts_and_ids(app: TaskPipe, channel: str = "default") -> tuple[dict[str, i
 
 
 # states ----------------------------------------------------------------------------------------
+@pytest.mark.redis_smoke
 def test_states_over_a_jobs_life(app: TaskPipe) -> None:
     release = threading.Event()
 
@@ -58,8 +63,7 @@ def test_states_over_a_jobs_life(app: TaskPipe) -> None:
                            "unknown"}
     r = step.apply_async([False], delay="100ms")
     assert r.state == "delayed" and not r.ready()
-    time.sleep(0.15)
-    app.channel().promote()
+    wait_for(lambda: app.channel().promote()[0] or r.state == "available", what="the job due")
     assert r.state == "available"
     with worker_running(app, concurrency=2):
         wait_for(lambda: r.state == "claimed")
@@ -75,6 +79,7 @@ def test_states_over_a_jobs_life(app: TaskPipe) -> None:
     assert app.AsyncResult(uuid.uuid4().hex).state == "unknown"
 
 
+@pytest.mark.redis_smoke
 def test_failed_state_and_remote_error(app: TaskPipe) -> None:
     @app.task(name="err.parse")
     def parse(text: str) -> int:
@@ -117,6 +122,7 @@ def test_result_property_and_rebuilt_handles(app: TaskPipe) -> None:
         app.AsyncResult(r.id).get(timeout=0.1)
 
 
+@pytest.mark.redis_smoke
 def test_get_wakes_when_the_result_lands(app: TaskPipe) -> None:
     @app.task(name="wake.echo")
     def echo(x: Any) -> Any:
@@ -185,6 +191,7 @@ def test_aget_from_asyncio(app: TaskPipe) -> None:
 
 
 # TTLs: app, task, call; 0; expired vs unknown --------------------------------------------------
+@pytest.mark.redis_smoke
 def test_result_ttl_per_app_task_and_call(broker_url: str, prefix: str) -> None:
     app = TaskPipe(broker=broker_url, prefix=prefix, result_ttl="2h")
 
@@ -218,6 +225,7 @@ def test_default_result_ttl_is_one_day(app: TaskPipe) -> None:
     assert DAY_MS - 10_000 < (r.info().result_ttl_ms or 0) <= DAY_MS
 
 
+@pytest.mark.redis_smoke
 def test_result_ttl_zero_keeps_nothing(broker_url: str, prefix: str) -> None:
     app = TaskPipe(broker=broker_url, prefix=prefix, result_ttl=0)
 
@@ -240,6 +248,7 @@ def test_result_ttl_zero_keeps_nothing(broker_url: str, prefix: str) -> None:
     app.close()
 
 
+@pytest.mark.redis_smoke
 def test_expired_vs_unknown(app: TaskPipe) -> None:
     @app.task(name="ttl.short", result_ttl="1s")
     def short() -> int:
@@ -265,6 +274,7 @@ def test_expired_vs_unknown(app: TaskPipe) -> None:
 
 
 # progress and logs -----------------------------------------------------------------------------
+@pytest.mark.redis_smoke
 def test_progress_and_logs(app: TaskPipe) -> None:
     import logging
 

@@ -1,8 +1,8 @@
 """The task layer end to end: the app, ``@app.task``, publishing, custom ids, on_finish, async
 tasks, Thoonk-native (raw) channels, bad input to the worker and the testing helpers.
 
-Every test that touches the broker runs on real Redis and on ``memory://`` (the ``broker_url``
-fixture); tests that need a second process run on real Redis only.
+Tests that touch the broker run on ``memory://``, those marked ``redis_smoke`` also on real
+Redis (the ``broker_url`` fixture); tests that need a second process run on real Redis only.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ from taskpipe import (
 from taskpipe.serialization import decode_envelope
 from taskpipe.testing import memory_app, run_until_idle
 from taskpipe.thoonk.thoonk import Thoonk
+
+# the task layer on memory://; the redis_smoke tests also on real Redis (tests/conftest.py)
+pytestmark = pytest.mark.task_layer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,6 +90,7 @@ def test_bad_broker_url(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
             TaskPipe()
 
 
+@pytest.mark.redis_smoke
 def test_prefix_isolation(app: TaskPipe, prefix: str) -> None:
     other = twin(app, prefix + "other:")
     ran: list[str] = []
@@ -292,6 +296,7 @@ def test_send_to_a_worker_process(redis_server: Any, prefix: str, tmp_path: Path
 
 # custom ids ------------------------------------------------------------------------------------
 @pytest.mark.timeout(60)
+@pytest.mark.redis_smoke
 def test_custom_id_is_idempotent_under_50_publishers(app: TaskPipe) -> None:
     @app.task(name="ids.once")
     def once(n: int) -> int:
@@ -321,6 +326,7 @@ def test_custom_id_is_idempotent_under_50_publishers(app: TaskPipe) -> None:
     assert len({h.get(timeout=5) for h in handles}) == 1  # every handle sees the one result
 
 
+@pytest.mark.redis_smoke
 def test_custom_id_after_finish_runs_again(app: TaskPipe) -> None:
     runs: list[int] = []
 
@@ -391,6 +397,7 @@ def test_on_finish_callable_gets_an_unstored_result(app: TaskPipe) -> None:
     assert app.AsyncResult(r.id).state == "finished"
 
 
+@pytest.mark.redis_smoke
 def test_on_finish_signature(app: TaskPipe) -> None:
     @app.task(name="cb.size")
     def size(text: str) -> int:
@@ -452,6 +459,7 @@ def test_async_tasks(app: TaskPipe, pool: str) -> None:
 
 
 # raw (Thoonk-native) channels ------------------------------------------------------------------
+@pytest.mark.redis_smoke
 def test_raw_channel_interoperates_with_plain_thoonk(app: TaskPipe, prefix: str) -> None:
     seen: list[bytes] = []
 
@@ -483,6 +491,7 @@ def test_raw_channel_interoperates_with_plain_thoonk(app: TaskPipe, prefix: str)
 
 
 # bad input to the worker -----------------------------------------------------------------------
+@pytest.mark.redis_smoke
 def test_bad_payload_and_unknown_task_are_stalled(app: TaskPipe) -> None:
     @app.task(name="good.one")
     def good() -> str:

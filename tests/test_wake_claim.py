@@ -182,7 +182,7 @@ def test_a_process_killed_while_blocked_never_claims(redis_server: RedisServer, 
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait(10)
+        proc.communicate(timeout=10)  # reaps it and closes its pipe
 
 
 @pytest.fixture

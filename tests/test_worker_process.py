@@ -24,11 +24,12 @@ from typing import Any
 import pytest
 import redis
 from polling import wait_for
+from worker_proc import WorkerProcess
 
 from taskpipe import TaskFailed, Worker
 from taskpipe.app import TaskPipe
-from taskpipe.cli.main import load_app
 from taskpipe.errors import ConfigError
+from taskpipe.loading import load_app
 from taskpipe.worker.procpool import ProcessPool
 
 APP_SOURCE = '''
@@ -157,41 +158,6 @@ if os.environ.get("TP_TEST_HOLD_FINISH"):
 '''
 
 
-class WorkerProcess:
-    """A real ``python -m taskpipe worker`` subprocess, its output in a log file."""
-
-    def __init__(self, env: dict[str, str], args: list[str], log_path: Path,
-                 new_session: bool = False) -> None:
-        self.args = [sys.executable, "-m", "taskpipe", "worker", *args]
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()/kill()
-        self.proc = subprocess.Popen(self.args, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=new_session)
-        self.pid = self.proc.pid
-
-    def send(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def wait(self, timeout: float = 30.0) -> int:
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.returncode is not None:
-                self._log.close()
-
-    def kill(self) -> None:
-        if self.alive():
-            self.proc.kill()
-        self.proc.wait(10)
-        self._log.close()
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 class Harness:
     """One test's task module, its app (loaded in the test process too), Redis and workers."""
 
@@ -225,8 +191,9 @@ class Harness:
                **extra_env: str) -> WorkerProcess:
         """Start ``taskpipe worker -A <module>:app <args>``."""
         n = len(self.workers)
-        w = WorkerProcess(env if env is not None else self.env(**extra_env),
-                          ["-A", self.app_path, *args], self.tmp / f"worker{n}.log", new_session)
+        w = WorkerProcess(["worker", "-A", self.app_path, *args],
+                          env if env is not None else self.env(**extra_env),
+                          self.tmp / f"worker{n}.log", new_session=new_session)
         self.workers.append(w)
         return w
 

@@ -48,7 +48,7 @@ def dashboard(app_path: str | None, broker: str | None, prefix: str | None, host
     """Serve the web dashboard: channels, jobs, workers, cron; retry, retract, pause."""
     from taskpipe.app import TaskPipe
     from taskpipe.contrib.dashboard import Dashboard, parse_basic
-    from taskpipe.contrib.dashboard.server import _is_loopback
+    from taskpipe.contrib.dashboard.server import is_loopback
 
     logging.basicConfig(level=loglevel.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -58,7 +58,7 @@ def dashboard(app_path: str | None, broker: str | None, prefix: str | None, host
     creds = parse_basic(basic) if basic else None
     board = Dashboard(app, token=token or None, basic=creds)
     server = board.serve(host, port)
-    if not board.auth_required and not _is_loopback(host):
+    if not board.auth_required and not is_loopback(host):
         click.echo(f"warning: the dashboard on {host} has no --token or --basic: anyone who can "
                    "reach it can retry, retract and pause", err=True)
     url = server.url

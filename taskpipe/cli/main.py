@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 from typing import Any
 
 import click
 
 from taskpipe.errors import ConfigError
+from taskpipe.loading import load_app
 
 __all__ = ["cli", "main", "load_app", "app_option"]
-
-
-def load_app(path: str) -> Any:
-    """Import ``module:attribute`` (or ``module``, taking its ``app``) and return the TaskPipe app."""
-    from taskpipe.app import TaskPipe
-
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import {module_name!r} for -A {path!r}: {exc}") from None
-    obj = getattr(module, attr or "app", None)
-    if callable(obj) and not isinstance(obj, TaskPipe):
-        obj = obj()
-    if not isinstance(obj, TaskPipe):
-        raise ConfigError(f"-A {path!r} does not name a TaskPipe app")
-    return obj
 
 
 def app_option(required: bool = True) -> Any:

@@ -198,7 +198,7 @@ def build_registry(app: TaskPipe, worker: Any = None) -> tuple[CollectorRegistry
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(TaskpipeCollector(app, worker))  # type: ignore[arg-type]
+    registry.register(TaskpipeCollector(app, worker))
     wm = None
     if worker is not None:
         wm = WorkerMetrics(registry, worker)

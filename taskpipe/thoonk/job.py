@@ -262,6 +262,8 @@ class JobChannel:
     def claim(self, count: int = 1, lease_ms: int = DEFAULT_LEASE_MS, worker: str = "",
               promote_limit: int = 100) -> list[Claim]:
         """Claim up to ``count`` available jobs now (never blocks)."""
+        from taskpipe.thoonk.claiming import claim_from  # claiming imports this module
+
         return claim_from(self.thoonk, [self], count, lease_ms, worker, promote_limit)[0]
 
     def get(self, timeout: float | None = 0, lease_ms: int = DEFAULT_LEASE_MS,
@@ -276,6 +278,8 @@ class JobChannel:
     def get_claim(self, timeout: float | None = 0, lease_ms: int = DEFAULT_LEASE_MS,
                   worker: str = "") -> Claim | None:
         """Like ``get`` but returns the whole ``Claim`` (with its fencing token)."""
+        from taskpipe.thoonk.claiming import wait_and_claim  # claiming imports this module
+
         claims = wait_and_claim(self.thoonk, [self], 1, lease_ms, worker, timeout)
         return claims[0] if claims else None
 
@@ -591,6 +595,11 @@ class JobChannel:
         return _s(self.client.hget(self.keys.config, "paused") or b"") == "1"
 
 
-# claiming across channels lives in its own module; re-exported here for compatibility
-from taskpipe.thoonk.claiming import claim_from as claim_from  # noqa: E402
-from taskpipe.thoonk.claiming import wait_and_claim as wait_and_claim  # noqa: E402
+def __getattr__(name: str) -> Any:
+    """``claim_from`` / ``wait_and_claim`` live in ``taskpipe.thoonk.claiming`` (which imports
+    this module); they stay importable from here, resolved on first use so there is no cycle."""
+    if name in ("claim_from", "wait_and_claim"):
+        from taskpipe.thoonk import claiming
+
+        return getattr(claiming, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -93,8 +93,14 @@ class AsyncPool:
         self.size = size
         self.loop = asyncio.new_event_loop()
         self._threads = ThreadPool(app, max(1, min(size, 8)))
-        self._thread = threading.Thread(target=self.loop.run_forever, name="taskpipe-async", daemon=True)
+        self._thread = threading.Thread(target=self._run_loop, name="taskpipe-async", daemon=True)
         self._thread.start()
+
+    def _run_loop(self) -> None:
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()  # once stopped (shutdown): no leaked loop or self-pipe sockets
 
     def submit(self, prepared: Prepared, done: Done) -> None:
         """Run an async task on the loop, a sync one on a thread."""

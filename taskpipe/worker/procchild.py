@@ -71,8 +71,8 @@ def _child_main(fd: int) -> None:
         path, app_path, level = conn.recv()
         sys.path[:] = path
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        from taskpipe.cli.main import load_app
         from taskpipe.context import JobLogHandler
+        from taskpipe.loading import load_app
 
         app = load_app(app_path)
         logging.getLogger().addHandler(JobLogHandler())

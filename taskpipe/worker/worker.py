@@ -242,7 +242,8 @@ class Worker:
                     self._wait_idle()
                     return
             count = min(free, self.batch)
-            settled = self._settled
+            if drained is None:  # a drained result keeps the snapshot from before its claim
+                settled = self._settled
             claims: list[Claim] = []
             if drained is not None:
                 (next_due, now), drained = drained, None

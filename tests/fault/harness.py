@@ -6,7 +6,8 @@ kept in a second redis-server, and the end-of-test invariant check.
   ledger URL from env vars. Each execution of a task INCRs ``<prefix>ledger:<job id>`` and
   RPUSHes ``<pid>:<fencing token>`` to ``<prefix>runs:<job id>`` in the **ledger** Redis, which
   the fault tests never restart, freeze or fill up, so the ledger survives every broker fault.
-- ``run_worker_subprocess`` starts one worker (or ``scheduler``) process, output in a log file.
+- ``run_worker_subprocess`` starts one worker (or ``scheduler``) process, output in a log file
+  (``WorkerProc`` is ``tests/worker_proc.py``'s ``WorkerProcess``, shared with the crash tests).
 - ``Fault.check_invariants`` runs at the end of every test: each published job is in exactly
   one terminal state (finished, failed-finished or stalled), ran no more often than allowed,
   nothing is left available/claimed/delayed, and every taskpipe key outside the channel
@@ -18,7 +19,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterable
@@ -29,13 +29,15 @@ import redis
 from polling import wait_for
 
 from taskpipe.app import TaskPipe
-from taskpipe.cli.main import load_app
+from taskpipe.loading import load_app
 from taskpipe.results import AsyncResult
 
 if TYPE_CHECKING:
     from tests.redis_server import RedisServer, free_port
+    from tests.worker_proc import WorkerProcess as WorkerProc
 else:  # tests/ is on sys.path (tests/conftest.py puts it there)
     from redis_server import RedisServer, free_port
+    from worker_proc import WorkerProcess as WorkerProc  # the suite's one subprocess helper
 
 __all__ = ["RedisServer", "free_port", "FAULT_APP", "SITECUSTOMIZE", "WorkerProc", "Fault", "run_worker_subprocess", "wait_for",
            "LEASE_LOST_PATTERNS"]
@@ -206,56 +208,6 @@ LEASE_LOST_PATTERNS = (
     re.compile(r"outcome of job (\S+?)/(\S+) refused"),
     re.compile(r"job (\S+?)/(\S+) stalled: worker_lost"),
 )
-
-
-class WorkerProc:
-    """A real ``python -m taskpipe <command>`` subprocess; its output goes to a log file."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.args = [sys.executable, "-m", "taskpipe", *args]
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()/kill()
-        self.proc = subprocess.Popen(self.args, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        self.pid = self.proc.pid
-
-    def send(self, sig: int) -> None:
-        """Send a signal (SIGKILL, SIGTERM, SIGSTOP, SIGCONT...)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-
-    def alive(self) -> bool:
-        """True while the process runs."""
-        return self.proc.poll() is None
-
-    def wait(self, timeout: float = 30.0) -> int:
-        """Wait for the exit code."""
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.returncode is not None:
-                self._log.close()
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, then wait for the exit code."""
-        self.send(signal.SIGCONT)
-        self.send(signal.SIGTERM)
-        return self.wait(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL (if still running) and reap."""
-        if self.alive():
-            self.proc.kill()
-        self.proc.wait(10)
-        self._log.close()
-
-    def output(self) -> str:
-        """Everything the process wrote so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def lines(self, *needles: str) -> list[str]:
-        """Output lines containing every one of ``needles``."""
-        return [line for line in self.output().splitlines() if all(n in line for n in needles)]
 
 
 def run_worker_subprocess(app_path: str, env: dict[str, str], log_path: Path, *args: str,

@@ -215,18 +215,20 @@ def test_several_schedulers_at_once(fault: Fault, figure: Figure) -> None:
     worker = h.worker("-c", "4", TP_FAULT_CRON="1")
     scheds = [h.worker("--takeover", "1s", command="scheduler", TP_FAULT_CRON="1") for _ in range(3)]
     state_key = h.app.thoonk.keys.cron_state("tick")
-    wait_for(lambda: h.r.hget(state_key, "last_by"), what="a first fire")
-    time.sleep(3.0)
+    ch = h.app.channel()
+    # three fires with all three schedulers up, then SIGKILL the one that fired last, then two
+    # seconds of fires from the survivors (waits on the fires themselves, no fixed sleeps)
+    wait_for(lambda: int(h.r.get(ch.keys.publishes) or 0) >= 3, what="three fires")
     leader = h.r.hget(state_key, "last_by").decode()
     victim = next(s for s in scheds if f".{s.pid}." in leader)
     victim.send(signal.SIGKILL)
     killed_ms = h.server_ms()
-    time.sleep(3.5)
+    wait_for(lambda: int(h.r.hget(state_key, "last_fire") or 0) >= killed_ms + 2000,
+             what="the survivors' fires two seconds after the SIGKILL")
     for s in scheds:
         if s is not victim:
             assert s.stop() == 0, s.output()
     victim.wait()
-    ch = h.app.channel()
     wait_for(lambda: ch.counts()["available"] == ch.counts()["claimed"] == 0, what="the fires to run")
     assert worker.stop() == 0, worker.output()
     ids = sorted({*(x.decode() for x in h.r.zrange(ch.keys.finished, 0, -1)),

@@ -32,7 +32,7 @@ from taskpipe.errors import ConfigError
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
 
-__all__ = ["Dashboard", "DashboardServer", "parse_basic"]
+__all__ = ["Dashboard", "DashboardServer", "parse_basic", "is_loopback"]
 
 log = logging.getLogger("taskpipe.dashboard")
 
@@ -56,7 +56,8 @@ def parse_basic(value: str) -> tuple[str, str]:
     return user, password
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses (where an unauthenticated dashboard is safe)."""
     if host == "localhost":
         return True
     try:
@@ -200,7 +201,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _host_ok(self) -> bool:
         srv: DashboardServer | None = getattr(self.server, "taskpipe_server", None)
-        if self.dashboard.auth_required or srv is None or not _is_loopback(srv.host):
+        if self.dashboard.auth_required or srv is None or not is_loopback(srv.host):
             return True
         return (self.headers.get("Host") or "") in srv.allowed_hosts
 

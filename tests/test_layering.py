@@ -1,0 +1,269 @@
+"""Import hygiene: every module imports on its own, no runtime import cycle, imports point down.
+
+The layer order is DESIGN §1 (docs/architecture.md), read from the source with ``ast``:
+
+    0 errors, durations                   (no taskpipe imports)
+    1 connection
+    2 thoonk/
+    3 app, task, results, serialization, context, callbacks, loading
+    4 worker/, scheduler
+    5 inspect/                            (the operators' read layer over channels and workers)
+    6 cli/, contrib/, testing, __main__, the ``taskpipe`` facade
+
+A module may import its own layer or any layer below it, at module level or inside a function.
+Imports under ``if TYPE_CHECKING:`` are annotations only and are not checked.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import taskpipe
+
+PKG = Path(taskpipe.__file__).parent
+
+LAYERS: list[tuple[int, str]] = [  # (layer, module prefix); the longest matching prefix wins
+    (0, "taskpipe.errors"), (0, "taskpipe.durations"),
+    (1, "taskpipe.connection"),
+    (2, "taskpipe.thoonk"),
+    (3, "taskpipe.app"), (3, "taskpipe.task"), (3, "taskpipe.results"),
+    (3, "taskpipe.serialization"), (3, "taskpipe.context"), (3, "taskpipe.callbacks"),
+    (3, "taskpipe.loading"),
+    (4, "taskpipe.worker"), (4, "taskpipe.scheduler"),
+    (5, "taskpipe.inspect"),
+    (6, "taskpipe.cli"), (6, "taskpipe.contrib"), (6, "taskpipe.testing"),
+    (6, "taskpipe.__main__"), (6, "taskpipe"),
+]
+
+# Upward imports that remain, each with the issue that removes it. Keep this list shrinking.
+ALLOWED_UPWARD: dict[tuple[str, str], str] = {
+    ("taskpipe.app", "taskpipe.scheduler"):
+        "app.cron()/add_cron() build a scheduler.CronEntry; issue 19 item 1 (a cron store) moves it",
+}
+
+
+def _modules() -> list[str]:
+    out = []
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out.append(".".join(parts))
+    return out
+
+
+MODULES = _modules()
+
+
+def _layer(module: str) -> int | None:
+    best: tuple[int, int] | None = None
+    for layer, prefix in LAYERS:
+        if module == prefix or module.startswith(prefix + "."):
+            if best is None or len(prefix) > best[0]:
+                best = (len(prefix), layer)
+    return None if best is None else best[1]
+
+
+def _path_of(module: str) -> Path:
+    rel = Path(*module.split("."))
+    pkg = PKG.parent / rel / "__init__.py"
+    return pkg if pkg.exists() else (PKG.parent / rel).with_suffix(".py")
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _runtime_imports(module: str, *, module_level_only: bool) -> set[str]:
+    """taskpipe modules ``module`` imports when it runs (``from a import b`` -> ``a.b`` if a module)."""
+    path = _path_of(module)
+    tree = ast.parse(path.read_text(), str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                for sub in child.orelse:
+                    visit_stmt(sub)
+                continue
+            if module_level_only and isinstance(
+                    child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            visit_stmt(child)
+
+    def visit_stmt(child: ast.AST) -> None:
+        if isinstance(child, ast.Import):
+            found.update(a.name for a in child.names)
+        elif isinstance(child, ast.ImportFrom):
+            base = child.module or ""
+            if child.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (child.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in child.names:
+                sub = f"{base}.{alias.name}"
+                found.add(sub if sub in MODULES else base)
+        visit(child)
+
+    visit(tree)
+    return {m for m in found if m == "taskpipe" or m.startswith("taskpipe.")}
+
+
+def test_every_module_has_a_layer() -> None:
+    assert [m for m in MODULES if _layer(m) is None] == []
+    assert len(MODULES) > 40  # the walk found the package
+
+
+def test_imports_point_down() -> None:
+    upward = []
+    for module in MODULES:
+        for target in _runtime_imports(module, module_level_only=False):
+            if target == module or target not in MODULES:
+                continue
+            if module.startswith(target + "."):  # a package's own __init__ (runs first anyway)
+                continue
+            src, dst = _layer(module), _layer(target)
+            assert src is not None and dst is not None
+            if dst > src and (module, target) not in ALLOWED_UPWARD:
+                upward.append(f"{module} (layer {src}) imports {target} (layer {dst})")
+    assert upward == []
+
+
+def test_allowed_upward_imports_still_exist() -> None:
+    # an exception that is no longer needed must leave the list
+    for module, target in ALLOWED_UPWARD:
+        assert target in _runtime_imports(module, module_level_only=False), (module, target)
+
+
+# private names another package may import, and why
+ALLOWED_PRIVATE = {
+    ("taskpipe.context", "_set_current"): "the worker sets current_job; users only read it",
+    ("taskpipe.context", "_reset_current"): "the worker sets current_job; users only read it",
+}
+
+
+def test_no_private_names_imported_across_packages() -> None:
+    crossing = []
+    for module in MODULES:
+        tree = ast.parse(_path_of(module).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("taskpipe"):
+                src_pkg = module.split(".")[:2]
+                dst_pkg = (node.module or "").split(".")[:2]
+                for alias in node.names:
+                    if alias.name.startswith("_") and src_pkg != dst_pkg and (
+                            node.module, alias.name) not in ALLOWED_PRIVATE:
+                        crossing.append(f"{module} imports {node.module}.{alias.name}")
+    assert crossing == []
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found: list[list[str]] = []
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def dfs(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                found.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                dfs(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            dfs(node)
+    return found
+
+
+def test_no_module_level_import_cycle() -> None:
+    graph = {}
+    for module in MODULES:
+        # edges into a package's own __init__ are how Python imports submodules, not a cycle
+        graph[module] = {t for t in _runtime_imports(module, module_level_only=True)
+                         if t in MODULES and t != module and not module.startswith(t + ".")
+                         and not t.startswith(module + ".")}
+    assert _cycles(graph) == []
+
+
+def test_cycle_detector_finds_a_cycle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+_IMPORT_EACH = """
+import importlib, sys, traceback
+
+def loaded():
+    return {m for m in sys.modules if m == "taskpipe" or m.startswith("taskpipe.")}
+
+import taskpipe  # every "import taskpipe.x" runs the package's __init__ first, and only then x
+base = loaded()
+failed = []
+for name in sys.argv[1:]:
+    for extra in loaded() - base:
+        del sys.modules[extra]
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] != "taskpipe":
+            print("skipped", name, "- optional dependency missing:", exc.name, file=sys.stderr)
+            continue  # an extra that is not installed (pip install -e '.[test]' has them all)
+        failed.append(name + ": " + traceback.format_exc(limit=-2))
+    except Exception:
+        failed.append(name + ": " + traceback.format_exc(limit=-2))
+print("\\n".join(failed))
+sys.exit(1 if failed else 0)
+"""
+
+
+def test_every_module_imports_on_its_own() -> None:
+    """Each module imported first, as in a fresh interpreter, with no other taskpipe module loaded.
+
+    In a fresh interpreter ``import taskpipe.x`` first runs ``taskpipe/__init__.py`` (which loads
+    a fixed set of modules, always in the same order) and only then ``x``. So one interpreter
+    imports ``taskpipe`` once and, before each module, drops every taskpipe module loaded since:
+    the same state a fresh interpreter would be in, for one interpreter start instead of fifty.
+    """
+    modules = [m for m in MODULES if m != "taskpipe.__main__"]  # that one runs the CLI
+    proc = subprocess.run([sys.executable, "-c", _IMPORT_EACH, *modules],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_import_check_sees_a_broken_module(tmp_path: Path) -> None:
+    (tmp_path / "tp_broken_probe.py").write_text("import taskpipe\nraise ImportError('boom')\n")
+    proc = subprocess.run([sys.executable, "-c", _IMPORT_EACH, "taskpipe.loading",
+                           "tp_broken_probe"], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 1 and "tp_broken_probe: " in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", ["claim_from", "wait_and_claim"])
+def test_claiming_names_still_importable_from_job(name: str) -> None:
+    from taskpipe.thoonk import claiming, job
+
+    assert getattr(job, name) is getattr(claiming, name)
+    with pytest.raises(AttributeError):
+        job.no_such_name  # noqa: B018
+
+
+def test_load_app_lives_in_the_app_layer() -> None:
+    import importlib
+
+    from taskpipe.loading import load_app
+
+    assert importlib.import_module("taskpipe.cli.main").load_app is load_app
