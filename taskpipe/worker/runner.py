@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.context import JobContext, _reset_current, _set_current
 from taskpipe.durations import parse_duration
-from taskpipe.errors import JobTimeout, Retry, SerializationError, UnknownTask
+from taskpipe.errors import JobTimeout, Retry, SerializationError, TaskpipeError, UnknownTask
 from taskpipe.serialization import Envelope, decode_envelope
 
 if TYPE_CHECKING:
@@ -23,7 +23,11 @@ if TYPE_CHECKING:
     from taskpipe.thoonk.job import Claim
 
 __all__ = ["Outcome", "prepare", "run_prepared", "backoff_delay", "decide_failure", "option_of",
-           "reap_limit"]
+           "reap_limit", "option_problem"]
+
+#: call options holding a duration, and those holding a count, as a producer may write them
+_DURATION_OPTIONS = ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl")
+_COUNT_OPTIONS = ("retries", "max_cancels")
 
 
 @dataclass
@@ -77,7 +81,44 @@ def prepare(app: TaskPipe, claim: Claim) -> Prepared:
     except UnknownTask:
         return Prepared(claim, env, early=Outcome("stall", claim, reason=f"unknown_task: {env.task}",
                                                   envelope=env))
+    problem = option_problem(env.options)
+    if problem is not None:  # fails the job once, before it runs: never a silent cancel
+        return Prepared(claim, env, task, early=Outcome(
+            "failure", claim, exc_type="ConfigError", envelope=env, task=task,
+            exc_message=f"job {claim.id} has a bad call option and was not run: {problem}"))
     return _within_max_cancels(app, Prepared(claim, env, task))
+
+
+def option_problem(options: dict[str, Any]) -> str | None:
+    """What is wrong with a job's call options (as written by any producer), or None.
+
+    Checked when a job is claimed, before it runs, so that a malformed ``retries``, ``timeout``,
+    ``result_ttl`` or ``on_finish`` fails that one job with the reason instead of breaking its
+    run or its outcome write."""
+    for key in _DURATION_OPTIONS:
+        value = options.get(key)
+        if value is not None:
+            try:
+                parse_duration(value)
+            except (TaskpipeError, TypeError, ValueError) as exc:
+                return f"{key}={value!r}: {exc}"
+    for key in _COUNT_OPTIONS:
+        value = options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            return f"{key}={value!r}: not an int >= 0"
+    sig = options.get("on_finish")
+    if sig is not None:
+        if not isinstance(sig, dict) or not isinstance(sig.get("task"), str) or not sig["task"]:
+            return f"on_finish={sig!r}: not a task signature (a map with a task name)"
+        for key, kind in (("args", (list, tuple)), ("kwargs", dict), ("options", dict)):
+            if sig.get(key) is not None and not isinstance(sig[key], kind):
+                return f"on_finish {key}={sig[key]!r}: wrong type"
+        if sig.get("kwargs") and not all(isinstance(k, str) for k in sig["kwargs"]):
+            return "on_finish kwargs: keys must be strings"
+        channel = (sig.get("options") or {}).get("channel")
+        if channel is not None and (not isinstance(channel, str) or not channel):
+            return f"on_finish channel={channel!r}: not a channel name"
+    return None
 
 
 def _within_max_cancels(app: TaskPipe, prepared: Prepared) -> Prepared:
