@@ -26,6 +26,7 @@ from taskpipe.errors import (
 )
 from taskpipe.serialization import encode_envelope, encode_failure, encode_result
 from taskpipe.thoonk.job import FinishRequest
+from taskpipe.worker.eviction import EvictionWatch
 from taskpipe.worker.runner import Outcome, option_of
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class OutcomeWriter:
         self.app = app
         self.stats: dict[str, int] = defaultdict(int)
         self.listeners: list[OutcomeListener] = []
+        self.eviction = EvictionWatch(app)
 
     def _bump(self, channel: str, event: str, outcome: Outcome | None, n: int = 1) -> None:
         self.stats[event] += n
@@ -203,6 +205,8 @@ class OutcomeWriter:
     def _count(self, outcome: Outcome, req: FinishRequest, code: int) -> None:
         if code == 1:
             self._bump(outcome.claim.channel, "failed" if req.failed else "finished", outcome)
+        elif code == 0 and self.eviction.finish_missed(outcome.claim.channel, outcome.claim.id):
+            self._bump(outcome.claim.channel, "evicted", outcome)
         else:
             self._bump(outcome.claim.channel, "lease_lost", outcome)
             log.warning("finish of job %s/%s refused (%s): the lease was lost; the new owner's "

@@ -28,6 +28,9 @@ __all__ = ["Outcome", "prepare", "run_prepared", "backoff_delay", "decide_failur
 #: call options holding a duration, and those holding a count, as a producer may write them
 _DURATION_OPTIONS = ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl")
 _COUNT_OPTIONS = ("retries", "max_cancels")
+#: bytes over ``max_payload`` still decoded (the producer's limit counts the whole envelope;
+#: this only keeps a producer with a slightly different framing from being stalled)
+_ENVELOPE_SLACK = 1024
 
 
 @dataclass
@@ -72,6 +75,12 @@ def prepare(app: TaskPipe, claim: Claim) -> Prepared:
     if raw_task is not None:
         return _within_max_cancels(app, Prepared(
             claim, Envelope(1, raw_task.name, (claim.item,), {}, {}, "raw"), raw_task))
+    limit = app.max_payload
+    if limit is not None and len(claim.item) > limit + _ENVELOPE_SLACK:
+        # never decode a payload no producer of this app could have written (a 50 MB entry
+        # written raw): park it with the reason; raise max_payload and retry it if it is wanted
+        return Prepared(claim, early=Outcome("stall", claim, reason=(
+            f"payload_too_large: {len(claim.item)} bytes, over max_payload={limit}; not decoded")))
     try:
         env = decode_envelope(claim.item)
     except SerializationError as exc:

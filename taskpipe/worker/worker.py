@@ -122,7 +122,6 @@ class Worker:
         self._scheduler: Any = None
         self._broker_failures = 0
         self._last_broker_log = 0.0
-        self._policy_checked = False
         self._lost_logged: set[tuple[str, str, str]] = set()  # claims reported lost (keeper)
 
     # control --------------------------------------------------------------------------------
@@ -253,8 +252,8 @@ class Worker:
                     log.info("broker reachable again (after %d failed tries)", self._broker_failures)
                     self._reregister_channels()
                 self._broker_failures = 0
-                if not self._policy_checked:
-                    self._check_eviction_policy()
+                if not self.writer.eviction.checked:
+                    self.writer.eviction.check_policy(_BROKER_ERRORS)
             if claims:
                 self._start(claims)
                 continue
@@ -347,29 +346,6 @@ class Worker:
                 self.app.thoonk.job(name)
             except Exception as exc:  # noqa: BLE001 - best effort; claiming works without it
                 log.warning("could not re-register channel %s: %s", name, exc)
-
-    def _check_eviction_policy(self) -> None:
-        """Warn once if Redis may evict keys: any ``maxmemory-policy`` but ``noeviction`` can
-        silently drop jobs, leases or results under memory pressure. A server where ``CONFIG``
-        is disabled or renamed (managed Redis) is tolerated: nothing is logged but a debug line."""
-        try:
-            reply = self.app.connection.client.config_get("maxmemory-policy")
-        except _BROKER_ERRORS:
-            return  # checked again after the next successful claim
-        except Exception as exc:  # noqa: BLE001 - CONFIG disabled, renamed, or not supported
-            self._policy_checked = True
-            log.debug("cannot read maxmemory-policy (%s); eviction policy not checked", exc)
-            return
-        self._policy_checked = True
-        policy: Any = None
-        if isinstance(reply, dict):
-            for key, value in reply.items():
-                if (key.decode() if isinstance(key, bytes) else str(key)) == "maxmemory-policy":
-                    policy = value.decode() if isinstance(value, bytes) else str(value)
-        if policy is not None and policy != "noeviction":
-            log.warning("Redis maxmemory-policy is %r, not 'noeviction': under memory pressure "
-                        "Redis may evict jobs, leases and results. Set maxmemory-policy "
-                        "noeviction on the broker.", policy)
 
     def _broker_down(self, exc: BaseException) -> None:
         """Back off (capped at 5 s) while Redis is unreachable; log rarely, not once per try."""
@@ -603,8 +579,14 @@ class Worker:
             tokens = dict(pairs)
             for job_id in self.app.channel(name).extend(pairs, lease_ms):
                 key = (name, job_id, tokens.get(job_id, ""))
+                with self._running_lock:
+                    held = self._running.get((name, job_id))
+                if held is None or held.token != key[2]:
+                    continue  # its outcome was written meanwhile (by this worker): not lost
                 lost.add(key)
                 if key not in self._lost_logged:  # once per claim, not on every renewal
-                    log.warning("lease of job %s/%s lost while running; its outcome will be refused",
-                                name, job_id)
+                    # said by what is known: the finish decides (and logs) whether it is refused
+                    log.warning("lease renewal of job %s/%s failed: it is no longer claimed "
+                                "under this worker's token (its lease expired and it was "
+                                "reaped, or it was retracted)", name, job_id)
         self._lost_logged = lost
