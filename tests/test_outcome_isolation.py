@@ -18,8 +18,11 @@ import redis
 from worker_helpers import burst
 
 from taskpipe import TaskFailed, TaskPipe
+from taskpipe.errors import BrokerUnavailable
 from taskpipe.serialization import encode_envelope
 from taskpipe.thoonk.job import JobChannel
+from taskpipe.worker.outcomes import OutcomeWriter
+from taskpipe.worker.runner import Outcome
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -177,3 +180,30 @@ def test_a_batched_finish_refused_is_written_job_by_job(app: TaskPipe, tasks: di
     assert ledger.runs["n2"] == ledger.runs["n3"] == 1
     assert stats["outcome_errors"] == 1 and stats.get("lease_lost", 0) == 0, stats
     _nothing_claimed(app)
+
+
+def test_a_write_retried_after_a_broker_error_applies_each_outcome_once(
+        app: TaskPipe, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The finisher retries a batch after a broker error: what was applied before the error
+    (here a stall) is not applied again (which would be refused and miscounted as lease_lost)."""
+    ch = app.channel(app.default_channel)
+    for i in range(3):
+        ch.put(encode_envelope("record", (f"n{i}",), {}, {}, serializer=app.serializer), id=f"j{i}")
+    claims = ch.claim(3, 60_000, "w")
+    outcomes = [Outcome("stall", claims[0], reason="by test"),
+                Outcome("success", claims[1], value=1), Outcome("success", claims[2], value=2)]
+    writer = OutcomeWriter(app)
+    real = JobChannel.finish_many
+    blips = [BrokerUnavailable("blip")]
+
+    def flaky(self: JobChannel, requests: Any, followup: Any = None) -> list[int]:
+        if blips:
+            raise blips.pop()
+        return real(self, requests, followup)
+
+    monkeypatch.setattr(JobChannel, "finish_many", flaky)
+    with pytest.raises(BrokerUnavailable):
+        writer.write(outcomes)
+    writer.write(outcomes)
+    assert dict(writer.stats) == {"stalled": 1, "finished": 2}
+    assert ch.stalled_ids() == ["j0"] and app.AsyncResult("j2").get(timeout=5) == 2

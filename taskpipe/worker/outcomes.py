@@ -67,6 +67,8 @@ class OutcomeWriter:
 
     def _bump(self, channel: str, event: str, outcome: Outcome | None, n: int = 1) -> None:
         self.stats[event] += n
+        if outcome is not None and event != "outcome_errors":  # every other event is final
+            outcome.written = True
         for listener in list(self.listeners):
             try:
                 listener(channel, event, outcome, n)
@@ -114,6 +116,8 @@ class OutcomeWriter:
         """
         batches: dict[str, list[tuple[Outcome, FinishRequest]]] = defaultdict(list)
         for outcome in outcomes:
+            if outcome.written:  # applied before a broker error interrupted this batch
+                continue
             try:
                 if outcome.kind in ("success", "failure"):
                     result, failed = self._result_bytes(outcome)

@@ -53,6 +53,8 @@ class Outcome:
     envelope: Envelope | None = None
     task: Task[Any] | None = None
     duration: float | None = None
+    #: set by ``OutcomeWriter`` once applied (a write retried after a broker error skips it)
+    written: bool = False
 
 
 @dataclass

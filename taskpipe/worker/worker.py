@@ -422,7 +422,7 @@ class Worker:
 
         - process pool: the pool is shut down first (its children are killed and reaped), then
           the jobs go back at once (their outcomes, mostly, already say so);
-        - a job whose task has returned (its outcome not yet written): back at once;
+        - a job whose task has returned is not sent back: the finisher writes its outcome;
         - a job still running in a thread (thread or async pool; a thread cannot be killed): back
           with a not-before delay of ``fence`` seconds, time for this process to exit and take
           the thread with it.
@@ -435,13 +435,14 @@ class Worker:
                 while self._running and not self._stop_now.is_set() and time.monotonic() < settle:
                     self._slot.wait(0.1)
         with self._running_lock:
-            leftovers = list(self._running.values())
-            running = set(self._in_task) if self.pool_kind != "process" else set()
+            # a job whose task has returned is left to the finisher (its outcome is written,
+            # not thrown away); run() joins the finisher before it returns
+            leftovers = [c for c in self._running.values() if c in self._in_task]
             for claim in leftovers:
                 self._running.pop((claim.channel, claim.id), None)
-        fence_ms = int(self.fence * 1000)
+        fence_ms = int(self.fence * 1000) if self.pool_kind != "process" else 0
         for claim in leftovers:
-            delay = fence_ms if claim in running else 0
+            delay = fence_ms
             try:
                 self.app.channel(claim.channel).cancel(claim.id, token=claim.token,
                                                        not_before_ms=delay)
