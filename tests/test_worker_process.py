@@ -149,6 +149,19 @@ def guarded(seconds):
     return os.getpid()
 
 
+@app.task(name="aguarded")
+async def aguarded(seconds):
+    """``guarded`` as a coroutine (the async pool runs it on its event loop)."""
+    job = _mark("aguarded")
+    prev = r.getset(PREFIX + "runner:" + job.id, os.getpid())
+    if prev is not None and int(prev) != os.getpid() and _alive(int(prev)):
+        r.incr(PREFIX + "overlap:" + job.id)
+    r.set(PREFIX + "cancels:" + job.id, job.cancel_count)
+    if job.cancel_count == 0 and job.attempts == 0:
+        await asyncio.sleep(seconds)
+    return os.getpid()
+
+
 # --- test-only hooks (never in taskpipe itself): hold a job in a window of the worker -------
 if os.environ.get("TP_TEST_HOLD_RUN"):
     # claimed, handed to the pool, but the task function has not started yet

@@ -25,11 +25,14 @@ def harness(tmp_path: Path, redis_server: Any, prefix: str,
     h.close()
 
 
-@pytest.mark.parametrize("pool", ["thread", "process"])
-def test_a_job_published_after_the_signal_runs_elsewhere_at_once(harness: Harness,
-                                                                 pool: str) -> None:
+POOLS = [("thread", "guarded"), ("process", "guarded"), ("async", "aguarded")]
+
+
+@pytest.mark.parametrize("pool, task", POOLS)
+def test_a_job_published_after_the_signal_runs_elsewhere_at_once(harness: Harness, pool: str,
+                                                                 task: str) -> None:
     h = harness
-    long = h.send("guarded", 60.0, max_runs=2)
+    long = h.send(task, 60.0, max_runs=2)
     # -c 2: one slot runs the long job, the other waits for work (the wait-then-claim path)
     a = h.worker("-c", "2", "--grace", "60s", "--pool", pool, "--name", "stopping")
     wait_for(lambda: h.flag("started", long.id), what="the long job to start")
@@ -49,14 +52,14 @@ def test_a_job_published_after_the_signal_runs_elsewhere_at_once(harness: Harnes
     h.check_ledger()
 
 
-@pytest.mark.parametrize("pool", ["thread", "process"])
-def test_a_job_sent_back_after_a_short_grace_never_runs_twice_at_once(harness: Harness,
-                                                                       pool: str) -> None:
+@pytest.mark.parametrize("pool, task", POOLS)
+def test_a_job_sent_back_after_a_short_grace_never_runs_twice_at_once(harness: Harness, pool: str,
+                                                                       task: str) -> None:
     h = harness
-    job = h.send("guarded", 60.0, max_runs=2)
+    job = h.send(task, 60.0, max_runs=2)
     a = h.worker("-c", "1", "--grace", "0.3s", "--pool", pool, "--name", "old")
     first = wait_for(lambda: h.flag("started", job.id), what="the job to start")
-    assert h.runs(job.id) == 1 and (first == a.pid) == (pool == "thread")
+    assert h.runs(job.id) == 1 and (first == a.pid) == (pool != "process")
     b = h.worker("-c", "2", "--name", "rescuer")
     wait_for(lambda: "rescuer" in h.registered(), what="the rescuer to register")
     a.send(signal.SIGTERM)
