@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import random
+import reprlib
 import signal
 import threading
 import time
@@ -112,24 +113,29 @@ def option_problem(options: dict[str, Any]) -> str | None:
             try:
                 parse_duration(value)
             except (TaskpipeError, TypeError, ValueError) as exc:
-                return f"{key}={value!r}: {exc}"
+                return f"{key}={_short(value)}: {str(exc)[:200]}"
     for key in _COUNT_OPTIONS:
         value = options.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            return f"{key}={value!r}: not an int >= 0"
+            return f"{key}={_short(value)}: not an int >= 0"
     sig = options.get("on_finish")
     if sig is not None:
         if not isinstance(sig, dict) or not isinstance(sig.get("task"), str) or not sig["task"]:
-            return f"on_finish={sig!r}: not a task signature (a map with a task name)"
+            return f"on_finish={_short(sig)}: not a task signature (a map with a task name)"
         for key, kind in (("args", (list, tuple)), ("kwargs", dict), ("options", dict)):
             if sig.get(key) is not None and not isinstance(sig[key], kind):
-                return f"on_finish {key}={sig[key]!r}: wrong type"
+                return f"on_finish {key}={_short(sig[key])}: wrong type"
         if sig.get("kwargs") and not all(isinstance(k, str) for k in sig["kwargs"]):
             return "on_finish kwargs: keys must be strings"
         channel = (sig.get("options") or {}).get("channel")
         if channel is not None and (not isinstance(channel, str) or not channel):
-            return f"on_finish channel={channel!r}: not a channel name"
+            return f"on_finish channel={_short(channel)}: not a channel name"
     return None
+
+
+def _short(value: Any) -> str:
+    """A repr cut to a readable length (a malformed option may be megabytes long)."""
+    return reprlib.repr(value)
 
 
 def _within_max_cancels(app: TaskPipe, prepared: Prepared) -> Prepared:

@@ -440,9 +440,8 @@ class Worker:
             leftovers = [c for c in self._running.values() if c in self._in_task]
             for claim in leftovers:
                 self._running.pop((claim.channel, claim.id), None)
-        fence_ms = int(self.fence * 1000) if self.pool_kind != "process" else 0
+        delay = int(self.fence * 1000) if self.pool_kind != "process" else 0
         for claim in leftovers:
-            delay = fence_ms
             try:
                 self.app.channel(claim.channel).cancel(claim.id, token=claim.token,
                                                        not_before_ms=delay)
