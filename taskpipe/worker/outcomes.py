@@ -67,7 +67,7 @@ class OutcomeWriter:
 
     def _bump(self, channel: str, event: str, outcome: Outcome | None, n: int = 1) -> None:
         self.stats[event] += n
-        if outcome is not None and event != "outcome_errors":  # every other event is final
+        if outcome is not None:  # every event with an outcome is final for it
             outcome.written = True
         for listener in list(self.listeners):
             try:
@@ -188,7 +188,7 @@ class OutcomeWriter:
         else:
             message = f"the job's {outcome.kind} outcome could not be written: {cause}"
         log.error("job %s/%s: %s: %s; finishing it as failed", claim.channel, claim.id, name, message)
-        self._bump(claim.channel, "outcome_errors", outcome)
+        self.stats["outcome_errors"] += 1  # not an outcome of its own: listeners see "failed"
         try:
             data = encode_failure(name, message, outcome.traceback, serializer=self.app.serializer)
             req = FinishRequest(claim.id, claim.token, data, self._ttl_ms(outcome, True), True)
