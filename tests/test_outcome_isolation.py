@@ -8,6 +8,7 @@ naming the real reason; every neighbour ran exactly once and succeeded; nothing 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -133,13 +134,15 @@ def _put_raw(app: TaskPipe, job_id: str, options: dict[str, Any], task: str = "r
 ])
 def test_raw_envelope_with_a_bad_option_fails_before_running(
         app: TaskPipe, tasks: dict[str, Any], ledger: Ledger, options: dict[str, Any],
-        named: str) -> None:
+        named: str, caplog: pytest.LogCaptureFixture) -> None:
     before = _neighbours(tasks, 3)
     _put_raw(app, "poison-1", options)
     after = _neighbours(tasks, 3, first=3)
-    stats = burst(app, concurrency=8)
+    with caplog.at_level(logging.ERROR, logger="taskpipe.worker"):
+        stats = burst(app, concurrency=8)
     exc = _failure(app.AsyncResult("poison-1"))
     assert exc.exc_type == "ConfigError" and named in str(exc), str(exc)
+    assert any("poison-1" in r.getMessage() and named in r.getMessage() for r in caplog.records)
     assert ledger.runs["poison"] == 0  # validated on claim: it never ran
     _check_neighbours(before + after, ledger)
     assert stats.get("cancelled", 0) == 0 and stats.get("lease_lost", 0) == 0, stats

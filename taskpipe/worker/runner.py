@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import random
 import reprlib
 import signal
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Outcome", "prepare", "run_prepared", "backoff_delay", "decide_failure", "option_of",
            "reap_limit", "option_problem"]
+
+log = logging.getLogger("taskpipe.worker")
 
 #: call options holding a duration, and those holding a count, as a producer may write them
 _DURATION_OPTIONS = ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl")
@@ -95,6 +98,8 @@ def prepare(app: TaskPipe, claim: Claim) -> Prepared:
                                                   envelope=env))
     problem = option_problem(env.options)
     if problem is not None:  # fails the job once, before it runs: never a silent cancel
+        log.error("job %s/%s has a bad call option (%s): failing it without running it",
+                  claim.channel, claim.id, problem)
         return Prepared(claim, env, task, early=Outcome(
             "failure", claim, exc_type="ConfigError", envelope=env, task=task,
             exc_message=f"job {claim.id} has a bad call option and was not run: {problem}"))
