@@ -14,6 +14,8 @@ import pytest
 from polling import wait_for
 from test_worker_process import Harness
 
+from taskpipe import TaskPipe
+
 pytestmark = pytest.mark.timeout(90)
 
 
@@ -70,3 +72,18 @@ def test_a_job_sent_back_after_a_short_grace_never_runs_twice_at_once(harness: H
     b.send(signal.SIGTERM)
     assert b.wait() == 0, b.output()
     h.check_ledger()
+
+
+def test_cancel_with_a_not_before_delay(app: TaskPipe) -> None:
+    """The fence's wire op (real Redis and memory://): the job goes back to the delayed set,
+    cancel count +1, and is not claimable before its time; without a delay it is available."""
+    ch = app.channel(app.default_channel)
+    ch.put(b"a", id="fenced")
+    ch.put(b"b", id="plain")
+    first, second = ch.claim(2, 60_000, "w")
+    assert ch.cancel(first.id, token=first.token, not_before_ms=3_600_000) == 1
+    assert ch.cancel(second.id, token=second.token) == 1
+    fenced, plain = ch.info("fenced"), ch.info("plain")
+    assert (fenced.state, fenced.cancel_count) == ("delayed", 1), fenced
+    assert (plain.state, plain.cancel_count) == ("available", 1), plain
+    assert [c.id for c in ch.claim(5, 60_000, "w")] == ["plain"]
