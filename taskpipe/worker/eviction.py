@@ -82,7 +82,7 @@ class EvictionWatch:
             evicted = _text(self.app.connection.client.info("stats").get("evicted_keys", "?"))
         except Exception:  # noqa: BLE001 - only for the message
             pass
-        log.warning("%d finish(es) found the job no longer claimed (latest: %s/%s) under "
+        log.warning("%d outcome write(s) found the job no longer claimed (latest: %s/%s) under "
                     "maxmemory-policy %r (evicted_keys=%s): Redis most likely evicted the "
                     "channel's keys and these outcomes are lost. Set maxmemory-policy "
                     "noeviction.", missed, channel, job_id, self.policy, evicted)

@@ -19,6 +19,7 @@ import redis
 from taskpipe.durations import parse_duration
 from taskpipe.errors import (
     BrokerUnavailable,
+    JobNotFound,
     LeaseLost,
     SerializationError,
     TaskpipeError,
@@ -137,7 +138,7 @@ class OutcomeWriter:
                     self._apply_other(outcome)
             except BROKER_ERRORS:
                 raise
-            except (LeaseLost, WrongJobState) as exc:
+            except (LeaseLost, WrongJobState, JobNotFound) as exc:
                 self._refused(outcome, exc)
             except Exception as exc:  # noqa: BLE001 - this job's outcome only, never the batch
                 self._unwritable(outcome, exc)
@@ -172,6 +173,10 @@ class OutcomeWriter:
         self._count(outcome, req, codes[0])
 
     def _refused(self, outcome: Outcome, exc: Exception) -> None:
+        claim = outcome.claim
+        if isinstance(exc, JobNotFound) and self.eviction.finish_missed(claim.channel, claim.id):
+            self._bump(claim.channel, "evicted", outcome)
+            return
         self._bump(outcome.claim.channel, "lease_lost", outcome)
         log.warning("outcome of job %s/%s refused: %s", outcome.claim.channel, outcome.claim.id, exc)
 
@@ -201,7 +206,7 @@ class OutcomeWriter:
             try:
                 channel.stall(claim.id, f"outcome_error: {name}: {cause}"[:2000], token=claim.token)
                 self._bump(claim.channel, "stalled", outcome)
-            except (LeaseLost, WrongJobState) as exc3:
+            except (LeaseLost, WrongJobState, JobNotFound) as exc3:
                 self._refused(outcome, exc3)
             return
         self._count(outcome, req, code)
