@@ -210,3 +210,28 @@ def test_a_write_retried_after_a_broker_error_applies_each_outcome_once(
     writer.write(outcomes)
     assert dict(writer.stats) == {"stalled": 1, "finished": 2}
     assert ch.stalled_ids() == ["j0"] and app.AsyncResult("j2").get(timeout=5) == 2
+
+
+def test_a_job_whose_failure_cannot_be_stored_either_is_stalled(
+        app: TaskPipe, tasks: dict[str, Any], ledger: Ledger,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Last resort: every finish of the poison job is refused (injected), so it is stalled with
+    the reason; never left to its lease, never re-run; its neighbours finish."""
+    results = [tasks["record"].delay(t) for t in ("n0", "poison", "n1")]
+    poison_id = results[1].id
+    real = JobChannel.finish_many
+
+    def refusing(self: JobChannel, requests: Any, followup: Any = None) -> list[int]:
+        if any(r.id == poison_id for r in requests):
+            raise redis.exceptions.ResponseError("ERR injected: refused")
+        return real(self, requests, followup)
+
+    monkeypatch.setattr(JobChannel, "finish_many", refusing)
+    stats = burst(app, concurrency=8)
+    ch = app.channel(app.default_channel)
+    assert ch.stalled_ids() == [poison_id]
+    assert ch.stall_reason(poison_id).startswith("outcome_error: ResponseError: ERR injected")
+    assert ledger.runs["poison"] == 1
+    assert [results[i].get(timeout=10) for i in (0, 2)] == ["n0", "n1"]
+    assert ledger.runs["n0"] == ledger.runs["n1"] == 1
+    assert stats["stalled"] == 1 and stats["finished"] == 2 and stats.get("lease_lost", 0) == 0

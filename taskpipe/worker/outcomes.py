@@ -206,8 +206,13 @@ class OutcomeWriter:
             try:
                 channel.stall(claim.id, f"outcome_error: {name}: {cause}"[:2000], token=claim.token)
                 self._bump(claim.channel, "stalled", outcome)
+            except BROKER_ERRORS:
+                raise
             except (LeaseLost, WrongJobState, JobNotFound) as exc3:
                 self._refused(outcome, exc3)
+            except Exception as exc3:  # noqa: BLE001 - never let one job sink the batch
+                log.error("job %s/%s: could not stall it either (%s); its lease will expire",
+                          claim.channel, claim.id, exc3)
             return
         self._count(outcome, req, code)
 
