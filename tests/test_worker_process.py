@@ -127,6 +127,42 @@ async def async_stuck():
     await asyncio.sleep(30)
 
 
+def _alive(pid):
+    """True while process ``pid`` exists and has not exited (a zombie has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@app.task(name="guarded")
+def guarded(seconds):
+    """Counts an overlap if the process of the job's previous run is still alive when this run
+    starts; records the cancel count it was claimed with; sleeps on its first run only."""
+    job = _mark("guarded")
+    prev = r.getset(PREFIX + "runner:" + job.id, os.getpid())
+    if prev is not None and int(prev) != os.getpid() and _alive(int(prev)):
+        r.incr(PREFIX + "overlap:" + job.id)
+    r.set(PREFIX + "cancels:" + job.id, job.cancel_count)
+    if job.cancel_count == 0 and job.attempts == 0:
+        time.sleep(seconds)
+    return os.getpid()
+
+
+@app.task(name="aguarded")
+async def aguarded(seconds):
+    """``guarded`` as a coroutine (the async pool runs it on its event loop)."""
+    job = _mark("aguarded")
+    prev = r.getset(PREFIX + "runner:" + job.id, os.getpid())
+    if prev is not None and int(prev) != os.getpid() and _alive(int(prev)):
+        r.incr(PREFIX + "overlap:" + job.id)
+    r.set(PREFIX + "cancels:" + job.id, job.cancel_count)
+    if job.cancel_count == 0 and job.attempts == 0:
+        await asyncio.sleep(seconds)
+    return os.getpid()
+
+
 # --- test-only hooks (never in taskpipe itself): hold a job in a window of the worker -------
 if os.environ.get("TP_TEST_HOLD_RUN"):
     # claimed, handed to the pool, but the task function has not started yet

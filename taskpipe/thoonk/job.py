@@ -318,11 +318,18 @@ class JobChannel:
         codes = self.scripts["job_finish"](self.client, keys, args)
         return [int(c) for c in codes]
 
-    def cancel(self, id: str, token: str = "") -> int:
-        """Send a claimed job back to the queue; returns its new cancel count."""
+    def cancel(self, id: str, token: str = "", not_before_ms: int = 0) -> int:
+        """Send a claimed job back to the queue; returns its new cancel count.
+
+        ``not_before_ms`` > 0: it becomes available only after that delay (a job sent back at
+        shutdown while its old thread may still run it)."""
         k = self.keys
-        code, count = self.scripts["job_cancel"](
-            self.client, [*self._owner_keys, k.cancelled, k.ids, k.wake], [id, token])
+        keys = [*self._owner_keys, k.cancelled, k.ids, k.wake]
+        args: list[Any] = [id, token]
+        if not_before_ms > 0:
+            keys.append(k.delayed)
+            args.append(int(not_before_ms))
+        code, count = self.scripts["job_cancel"](self.client, keys, args)
         self._raise_for(int(code), id, "claimed", token)
         return int(count)
 

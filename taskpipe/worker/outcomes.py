@@ -3,6 +3,8 @@
 Successes and failures of one channel that complete together are finished in one script call
 (``finish_many``), which is what makes thousands of jobs per second possible. A finish refused
 because the lease was lost is logged and dropped: the new owner's outcome stands (fencing).
+An outcome that cannot be written at all (too large, a bad option, a follow-up that cannot be
+published) finishes that one job as failed with the reason; the rest of its batch is written.
 """
 
 from __future__ import annotations
@@ -12,18 +14,41 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import redis
+
 from taskpipe.durations import parse_duration
-from taskpipe.errors import LeaseLost, SerializationError, WrongJobState
+from taskpipe.errors import (
+    BrokerUnavailable,
+    JobNotFound,
+    LeaseLost,
+    SerializationError,
+    TaskpipeError,
+    WrongJobState,
+)
 from taskpipe.serialization import encode_envelope, encode_failure, encode_result
 from taskpipe.thoonk.job import FinishRequest
+from taskpipe.worker.eviction import EvictionWatch
 from taskpipe.worker.runner import Outcome, option_of
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
 
-__all__ = ["OutcomeWriter", "OutcomeListener"]
+__all__ = ["OutcomeWriter", "OutcomeListener", "BROKER_ERRORS"]
 
 log = logging.getLogger("taskpipe.worker")
+
+#: transient broker failures: an outcome write that meets one is retried as a whole (the jobs
+#: stay claimed, their leases renewed); any other error is the job's own (``_unwritable``)
+BROKER_ERRORS = (BrokerUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                 redis.exceptions.BusyLoadingError)
+
+
+#: the longest result TTL stored (100 years; Redis refuses expiries that overflow its clock)
+_MAX_TTL_MS = 100 * 365 * 86_400_000
+
+
+class _FollowupError(Exception):
+    """Wraps an error met while building or publishing a job's ``on_finish`` follow-up."""
 
 #: ``listener(channel, event, outcome, n)``: called (on the finisher or keeper thread) each time
 #: a counter in ``OutcomeWriter.stats`` moves by ``n``; ``event`` is the counter's name,
@@ -41,9 +66,12 @@ class OutcomeWriter:
         self.listeners: list[OutcomeListener] = []
         self._ttl_ms_of: dict[Any, int] = {}  # result_ttl option value -> milliseconds
         self._none_result: tuple[Any, bytes] | None = None  # (serializer, encoded None result)
+        self.eviction = EvictionWatch(app)
 
     def _bump(self, channel: str, event: str, outcome: Outcome | None, n: int = 1) -> None:
         self.stats[event] += n
+        if outcome is not None:  # every event with an outcome is final for it
+            outcome.written = True
         if not self.listeners:
             return
         for listener in list(self.listeners):
@@ -59,12 +87,20 @@ class OutcomeWriter:
         if stalled:
             self._bump(channel, "lease_expired_stalled", None, stalled)
 
-    def _ttl_ms(self, outcome: Outcome) -> int:
-        value = option_of(outcome.envelope, outcome.task, self.app, "result_ttl")
+    def _ttl_ms(self, outcome: Outcome, failed: bool = False) -> int:
         try:
-            return self._ttl_ms_of[value]
-        except (KeyError, TypeError):  # not seen yet (or unhashable: parsed each time)
-            ms = int(parse_duration(value) * 1000)
+            value = option_of(outcome.envelope, outcome.task, self.app, "result_ttl")
+            try:
+                return self._ttl_ms_of[value]
+            except (KeyError, TypeError):  # not seen yet (or unhashable: parsed each time)
+                pass
+            # capped: Redis refuses an expiry past its clock's range (and the script would fail
+            # half-way through a batch)
+            ms = int(min(parse_duration(value) * 1000, _MAX_TTL_MS))
+        except (TaskpipeError, TypeError, ValueError):
+            if not failed:
+                raise
+            return int(self.app.result_ttl * 1000)  # a failure is stored even so (its reason)
         try:
             self._ttl_ms_of[value] = ms
         except TypeError:
@@ -90,36 +126,119 @@ class OutcomeWriter:
                               serializer=ser), True
 
     def write(self, outcomes: list[Outcome]) -> None:
-        """Apply a batch of outcomes, finishing plain successes/failures per channel in one call."""
+        """Apply a batch of outcomes, finishing plain successes/failures per channel in one call.
+
+        Each job is isolated: an outcome that cannot be written (a result or follow-up over
+        ``max_payload``, a bad option, a write Redis refuses) finishes that job as failed with
+        the reason (``_unwritable``); a batched finish that fails is written again job by job.
+        Only a transient broker error (``BROKER_ERRORS``) propagates, for the caller to retry.
+        """
         batches: dict[str, list[tuple[Outcome, FinishRequest]]] = defaultdict(list)
         for outcome in outcomes:
+            if outcome.written:  # applied before a broker error interrupted this batch
+                continue
             try:
                 if outcome.kind in ("success", "failure"):
                     result, failed = self._result_bytes(outcome)
                     req = FinishRequest(outcome.claim.id, outcome.claim.token, result,
-                                        self._ttl_ms(outcome), failed)
-                    followup = self._followup(outcome, failed)
+                                        self._ttl_ms(outcome, failed), failed)
+                    try:
+                        followup = self._followup(outcome, failed)
+                    except BROKER_ERRORS:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - surfaces on the parent's result
+                        raise _FollowupError(exc) from exc
                     if followup is not None:
-                        self._finish_with_followup(outcome, req, followup)
+                        self._finish_one(outcome, req, followup)
                     else:
                         batches[outcome.claim.channel].append((outcome, req))
                 else:
                     self._apply_other(outcome)
-            except (LeaseLost, WrongJobState) as exc:
-                self._bump(outcome.claim.channel, "lease_lost", outcome)
-                log.warning("outcome of job %s/%s refused: %s", outcome.claim.channel,
-                            outcome.claim.id, exc)
+            except BROKER_ERRORS:
+                raise
+            except (LeaseLost, WrongJobState, JobNotFound) as exc:
+                self._refused(outcome, exc)
+            except Exception as exc:  # noqa: BLE001 - this job's outcome only, never the batch
+                self._unwritable(outcome, exc)
         for channel_name, items in batches.items():
             channel = self.app.channel(channel_name)
             for start in range(0, len(items), 500):
                 chunk = items[start:start + 500]
-                codes = channel.finish_many([req for _, req in chunk])
+                try:
+                    codes = channel.finish_many([req for _, req in chunk])
+                except BROKER_ERRORS:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one poison finish must not sink the rest
+                    log.warning("batched finish of %d job(s) of %s failed (%s: %s); writing them "
+                                "one by one", len(chunk), channel_name, type(exc).__name__, exc)
+                    for outcome, req in chunk:
+                        self._finish_one(outcome, req)
+                    continue
                 for (outcome, req), code in zip(chunk, codes):
                     self._count(outcome, req, code)
+
+    def _finish_one(self, outcome: Outcome, req: FinishRequest,
+                    followup: tuple[Any, str, bytes] | None = None) -> None:
+        """Finish one job (with its follow-up, if any); a write that fails for any reason but a
+        transient broker error finishes it as failed with that reason instead."""
+        try:
+            codes = self.app.channel(outcome.claim.channel).finish_many([req], followup=followup)
+        except BROKER_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this job only
+            self._unwritable(outcome, _FollowupError(exc) if followup is not None else exc)
+            return
+        self._count(outcome, req, codes[0])
+
+    def _refused(self, outcome: Outcome, exc: Exception) -> None:
+        claim = outcome.claim
+        if isinstance(exc, JobNotFound) and self.eviction.finish_missed(claim.channel, claim.id):
+            self._bump(claim.channel, "evicted", outcome)
+            return
+        self._bump(outcome.claim.channel, "lease_lost", outcome)
+        log.warning("outcome of job %s/%s refused: %s", outcome.claim.channel, outcome.claim.id, exc)
+
+    def _unwritable(self, outcome: Outcome, exc: Exception) -> None:
+        """The job's outcome cannot be written: finish the job once, as failed, with the reason
+        (``get()`` raises ``TaskFailed`` naming it); if even that is refused, stall it with the
+        reason. Never leaves the job to its lease (which would run it again)."""
+        claim = outcome.claim
+        channel = self.app.channel(claim.channel)
+        cause = exc.__cause__ if isinstance(exc, _FollowupError) and exc.__cause__ else exc
+        name = type(cause).__name__
+        if isinstance(exc, _FollowupError):
+            message = f"the task returned, but its on_finish follow-up could not be published: {cause}"
+        else:
+            message = f"the job's {outcome.kind} outcome could not be written: {cause}"
+        log.error("job %s/%s: %s: %s; finishing it as failed", claim.channel, claim.id, name, message)
+        self.stats["outcome_errors"] += 1  # not an outcome of its own: listeners see "failed"
+        try:
+            data = encode_failure(name, message, outcome.traceback, serializer=self.app.serializer)
+            req = FinishRequest(claim.id, claim.token, data, self._ttl_ms(outcome, True), True)
+            code = channel.finish_many([req])[0]
+        except BROKER_ERRORS:
+            raise
+        except Exception as exc2:  # noqa: BLE001 - last resort: park it with the reason
+            log.error("job %s/%s: could not store its failure either (%s); stalling it",
+                      claim.channel, claim.id, exc2)
+            try:
+                channel.stall(claim.id, f"outcome_error: {name}: {cause}"[:2000], token=claim.token)
+                self._bump(claim.channel, "stalled", outcome)
+            except BROKER_ERRORS:
+                raise
+            except (LeaseLost, WrongJobState, JobNotFound) as exc3:
+                self._refused(outcome, exc3)
+            except Exception as exc3:  # noqa: BLE001 - never let one job sink the batch
+                log.error("job %s/%s: could not stall it either (%s); its lease will expire",
+                          claim.channel, claim.id, exc3)
+            return
+        self._count(outcome, req, code)
 
     def _count(self, outcome: Outcome, req: FinishRequest, code: int) -> None:
         if code == 1:
             self._bump(outcome.claim.channel, "failed" if req.failed else "finished", outcome)
+        elif code == 0 and self.eviction.finish_missed(outcome.claim.channel, outcome.claim.id):
+            self._bump(outcome.claim.channel, "evicted", outcome)
         else:
             self._bump(outcome.claim.channel, "lease_lost", outcome)
             log.warning("finish of job %s/%s refused (%s): the lease was lost; the new owner's "
@@ -138,12 +257,6 @@ class OutcomeWriter:
         item = encode_envelope(sig.task, (outcome.value, *sig.args), sig.kwargs, {},
                                serializer=self.app.serializer, max_size=self.app.max_payload)
         return target, f"{outcome.claim.id}.on_finish", item
-
-    def _finish_with_followup(self, outcome: Outcome, req: FinishRequest,
-                              followup: tuple[Any, str, bytes]) -> None:
-        channel = self.app.channel(outcome.claim.channel)
-        codes = channel.finish_many([req], followup=followup)
-        self._count(outcome, req, codes[0])
 
     def _apply_other(self, outcome: Outcome) -> None:
         claim = outcome.claim

@@ -32,6 +32,14 @@ DoneNext = Callable[[Outcome], "Prepared | None"]
 Wait = Callable[[], "tuple[Prepared, DoneNext] | None"]
 
 
+def _worker_error(prepared: Prepared, exc: Exception) -> Outcome:
+    """The outcome of a job that could not be run for a reason outside its task: a failure
+    naming the error (stored once), never a cancel that would run it again and again."""
+    return Outcome("failure", prepared.claim, exc_type=type(exc).__name__,
+                   exc_message=f"worker error before or after the task ran: {exc}",
+                   traceback=traceback.format_exc(), envelope=prepared.envelope, task=prepared.task)
+
+
 class ThreadPool:
     """N daemon threads running jobs; ``async def`` tasks get a private event loop per call."""
 
@@ -61,6 +69,8 @@ class ThreadPool:
                 channel = self.app.channel(nxt.claim.channel)
                 try:
                     outcome = run_prepared(self.app, nxt, channel)
+                except Exception as exc:  # noqa: BLE001 - an error outside the task: fail this job once
+                    outcome = _worker_error(nxt, exc)
                 except BaseException as exc:  # noqa: BLE001 - never lose an outcome
                     outcome = Outcome("cancel", nxt.claim, reason=f"worker error: {exc!r}")
                 nxt = done(outcome)
@@ -114,8 +124,12 @@ class AsyncPool:
         assert env is not None and task is not None
         channel = self.app.channel(claim.channel)
         _set_current(JobContext(channel, claim, task.name))
-        seconds = timeout_of(env, task, self.app)
         started = time.perf_counter()
+        try:
+            seconds = timeout_of(env, task, self.app)
+        except Exception as bad:  # noqa: BLE001 - checked on claim (``prepare``); never a cancel
+            done(_worker_error(prepared, bad))
+            return
         try:
             coro = task.fn(*env.args, **env.kwargs)
             value = await (asyncio.wait_for(coro, seconds) if seconds else coro)

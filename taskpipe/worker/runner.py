@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import random
+import reprlib
 import signal
 import threading
 import time
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.context import JobContext, _reset_current, _set_current
 from taskpipe.durations import parse_duration
-from taskpipe.errors import JobTimeout, Retry, SerializationError, UnknownTask
+from taskpipe.errors import JobTimeout, Retry, SerializationError, TaskpipeError, UnknownTask
 from taskpipe.serialization import Envelope, decode_envelope
 
 if TYPE_CHECKING:
@@ -23,7 +25,16 @@ if TYPE_CHECKING:
     from taskpipe.thoonk.job import Claim
 
 __all__ = ["Outcome", "prepare", "run_prepared", "backoff_delay", "decide_failure", "option_of",
-           "reap_limit"]
+           "reap_limit", "option_problem"]
+
+log = logging.getLogger("taskpipe.worker")
+
+#: call options holding a duration, and those holding a count, as a producer may write them
+_DURATION_OPTIONS = ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl")
+_COUNT_OPTIONS = ("retries", "max_cancels")
+#: bytes over ``max_payload`` still decoded (the producer's limit counts the whole envelope;
+#: this only keeps a producer with a slightly different framing from being stalled)
+_ENVELOPE_SLACK = 1024
 
 
 @dataclass
@@ -47,6 +58,8 @@ class Outcome:
     envelope: Envelope | None = None
     task: Task[Any] | None = None
     duration: float | None = None
+    #: set by ``OutcomeWriter`` once applied (a write retried after a broker error skips it)
+    written: bool = False
 
 
 @dataclass
@@ -69,6 +82,12 @@ def prepare(app: TaskPipe, claim: Claim) -> Prepared:
     if raw_task is not None:
         return _within_max_cancels(app, Prepared(
             claim, Envelope(1, raw_task.name, (claim.item,), {}, {}, "raw"), raw_task))
+    limit = app.max_payload
+    if limit is not None and len(claim.item) > limit + _ENVELOPE_SLACK:
+        # never decode a payload no producer of this app could have written (a 50 MB entry
+        # written raw): park it with the reason; raise max_payload and retry it if it is wanted
+        return Prepared(claim, early=Outcome("stall", claim, reason=(
+            f"payload_too_large: {len(claim.item)} bytes, over max_payload={limit}; not decoded")))
     try:
         env = decode_envelope(claim.item)
     except SerializationError as exc:
@@ -78,7 +97,51 @@ def prepare(app: TaskPipe, claim: Claim) -> Prepared:
     except UnknownTask:
         return Prepared(claim, env, early=Outcome("stall", claim, reason=f"unknown_task: {env.task}",
                                                   envelope=env))
+    problem = option_problem(env.options)
+    if problem is not None:  # fails the job once, before it runs: never a silent cancel
+        log.error("job %s/%s has a bad call option (%s): failing it without running it",
+                  claim.channel, claim.id, problem)
+        return Prepared(claim, env, task, early=Outcome(
+            "failure", claim, exc_type="ConfigError", envelope=env, task=task,
+            exc_message=f"job {claim.id} has a bad call option and was not run: {problem}"))
     return _within_max_cancels(app, Prepared(claim, env, task))
+
+
+def option_problem(options: dict[str, Any]) -> str | None:
+    """What is wrong with a job's call options (as written by any producer), or None.
+
+    Checked when a job is claimed, before it runs, so that a malformed ``retries``, ``timeout``,
+    ``result_ttl`` or ``on_finish`` fails that one job with the reason instead of breaking its
+    run or its outcome write."""
+    for key in _DURATION_OPTIONS:
+        value = options.get(key)
+        if value is not None:
+            try:
+                parse_duration(value)
+            except (TaskpipeError, TypeError, ValueError) as exc:
+                return f"{key}={_short(value)}: {str(exc)[:200]}"
+    for key in _COUNT_OPTIONS:
+        value = options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            return f"{key}={_short(value)}: not an int >= 0"
+    sig = options.get("on_finish")
+    if sig is not None:
+        if not isinstance(sig, dict) or not isinstance(sig.get("task"), str) or not sig["task"]:
+            return f"on_finish={_short(sig)}: not a task signature (a map with a task name)"
+        for key, kind in (("args", (list, tuple)), ("kwargs", dict), ("options", dict)):
+            if sig.get(key) is not None and not isinstance(sig[key], kind):
+                return f"on_finish {key}={_short(sig[key])}: wrong type"
+        if sig.get("kwargs") and not all(isinstance(k, str) for k in sig["kwargs"]):
+            return "on_finish kwargs: keys must be strings"
+        channel = (sig.get("options") or {}).get("channel")
+        if channel is not None and (not isinstance(channel, str) or not channel):
+            return f"on_finish channel={_short(channel)}: not a channel name"
+    return None
+
+
+def _short(value: Any) -> str:
+    """A repr cut to a readable length (a malformed option may be megabytes long)."""
+    return reprlib.repr(value)
 
 
 def _within_max_cancels(app: TaskPipe, prepared: Prepared) -> Prepared:

@@ -68,7 +68,7 @@ class Worker:
                  weights: Sequence[float] | None = None, beat: bool = False,
                  app_path: str | None = None, batch: int = 100, max_block: float = 1.0,
                  heartbeat_interval: float = 2.0, capture_logs: bool = True,
-                 prefetch: int | None = None) -> None:
+                 prefetch: int | None = None, fence: Any = "2s") -> None:
         self.app = app
         self.channel_names = list(channels or [app.default_channel])
         if not self.channel_names or any(not c for c in self.channel_names):
@@ -87,6 +87,9 @@ class Worker:
         self.name = name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         self.lease_s = parse_duration(lease) if lease is not None else app.lease
         self.grace = parse_duration(grace)
+        # a job still running in a thread when the grace ends is sent back not before this delay:
+        # time for this process to exit (and take the thread with it) before it can start again
+        self.fence = parse_duration(fence)
         self.reaper_interval = (parse_duration(reaper_interval) if reaper_interval is not None
                                 else min(5.0, max(0.05, self.lease_s / 2)))
         self.weighted = weighted
@@ -107,6 +110,8 @@ class Worker:
         self.started_at = time.time()
         self._running: dict[tuple[str, str], Claim] = {}  # every claim held, outcome written or not
         self._executing = 0  # claims handed to the pool whose task has not returned yet
+        self._in_task: set[Claim] = set()  # those claims (the job may still be running)
+        self._pool_down = False
         self._buffer: collections.deque[Prepared] = collections.deque()  # prefetched, not started
         # claim again once the buffer is down to this (prefetch 0: whenever a slot is free)
         self._low_water = self.prefetch // 2
@@ -136,27 +141,38 @@ class Worker:
         self._scheduler: Any = None
         self._broker_failures = 0
         self._last_broker_log = 0.0
-        self._policy_checked = False
         self._lost_logged: set[tuple[str, str, str]] = set()  # claims reported lost (keeper)
 
     # control --------------------------------------------------------------------------------
     def stop(self, graceful: bool = True) -> None:
-        """Stop claiming; running jobs get ``grace`` seconds (or none if not ``graceful``)."""
+        """Stop claiming; running jobs get ``grace`` seconds (or none if not ``graceful``).
+
+        Calling it again (or with ``graceful=False``) stops at once."""
         if not graceful or self._stopping.is_set():
             self._stop_now.set()
         self._stopping.set()
+        self._wake_all()
+
+    def _wake_all(self) -> None:
         if self._scheduler is not None:
             self._scheduler.stop(timeout=0)
         with self._slot:
             self._slot.notify_all()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._stopping.is_set():
-            log.warning("second signal: stopping at once")
-            self.stop(graceful=False)
+        # the handler runs in the main thread, which may hold ``_slot``: it only sets events
+        # (claiming stops at once: a claim still in flight is released by ``_start``) and leaves
+        # the waking of waiters and the scheduler to a helper thread
+        graceful = not self._stopping.is_set()
+        if not graceful:
+            self._stop_now.set()
+        self._stopping.set()
+        if graceful:
+            log.info("signal %s: claiming no more; finishing running jobs (grace %.1fs)",
+                     signum, self.grace)
         else:
-            log.info("signal %s: finishing running jobs (grace %.1fs), claiming no more", signum, self.grace)
-            self.stop(graceful=True)
+            log.warning("second signal: stopping at once")
+        threading.Thread(target=self._wake_all, name="taskpipe-stop", daemon=True).start()
 
     @property
     def running(self) -> list[Claim]:
@@ -198,7 +214,7 @@ class Worker:
             if self._scheduler is not None:
                 self._scheduler.stop()
             self._stopping.set()
-            self._pool.shutdown()
+            self._shutdown_pool()
             for t in self._threads:
                 t.join(timeout=5)
             self.registry.remove(self.name)
@@ -259,8 +275,8 @@ class Worker:
                     log.info("broker reachable again (after %d failed tries)", self._broker_failures)
                     self._reregister_channels()
                 self._broker_failures = 0
-                if not self._policy_checked:
-                    self._check_eviction_policy()
+                if not self.writer.eviction.checked:
+                    self.writer.eviction.check_policy(_BROKER_ERRORS)
             if claims:
                 self._start(claims)
                 continue
@@ -354,29 +370,6 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - best effort; claiming works without it
                 log.warning("could not re-register channel %s: %s", name, exc)
 
-    def _check_eviction_policy(self) -> None:
-        """Warn once if Redis may evict keys: any ``maxmemory-policy`` but ``noeviction`` can
-        silently drop jobs, leases or results under memory pressure. A server where ``CONFIG``
-        is disabled or renamed (managed Redis) is tolerated: nothing is logged but a debug line."""
-        try:
-            reply = self.app.connection.client.config_get("maxmemory-policy")
-        except _BROKER_ERRORS:
-            return  # checked again after the next successful claim
-        except Exception as exc:  # noqa: BLE001 - CONFIG disabled, renamed, or not supported
-            self._policy_checked = True
-            log.debug("cannot read maxmemory-policy (%s); eviction policy not checked", exc)
-            return
-        self._policy_checked = True
-        policy: Any = None
-        if isinstance(reply, dict):
-            for key, value in reply.items():
-                if (key.decode() if isinstance(key, bytes) else str(key)) == "maxmemory-policy":
-                    policy = value.decode() if isinstance(value, bytes) else str(value)
-        if policy is not None and policy != "noeviction":
-            log.warning("Redis maxmemory-policy is %r, not 'noeviction': under memory pressure "
-                        "Redis may evict jobs, leases and results. Set maxmemory-policy "
-                        "noeviction on the broker.", policy)
-
     def _broker_down(self, exc: BaseException) -> None:
         """Back off (capped at 5 s) while Redis is unreachable; log rarely, not once per try."""
         self._broker_failures += 1
@@ -396,6 +389,11 @@ class Worker:
 
         ``keep_first`` (called on a free pool thread): the first job to run is returned for the
         calling thread to run, not submitted."""
+        if self._stopping.is_set():
+            # claimed after the stop decision (a claim riding behind a wait, a prefetch): give
+            # them back at once, to the head of their queues, cancel counts unchanged
+            self._release(claims, "claimed after the stop signal")
+            return None
         self.claimed_total += len(claims)
         prepared = [prepare(self.app, c) for c in claims]
         with self._running_lock:
@@ -416,7 +414,9 @@ class Worker:
             # buffered jobs one after another, and no other thread is woken for them
             now = min(now, max(0, TRIVIAL_THREADS - self._executing))
         self._executing += now
-        return [self._buffer.popleft() for _ in range(now)]
+        start = [self._buffer.popleft() for _ in range(now)]
+        self._in_task.update(p.claim for p in start)
+        return start
 
     def _job_done(self, outcome: Outcome) -> None:
         """Called by the pool when a task returned: queue its outcome, start the next prefetched
@@ -435,9 +435,11 @@ class Worker:
             if outcome.duration is not None:
                 self._avg_duration += 0.2 * (outcome.duration - self._avg_duration)
             self._executing -= 1
+            self._in_task.discard(outcome.claim)
             if self._buffer and not self._stopping.is_set():
                 nxt = self._buffer.popleft()
                 self._executing += 1
+                self._in_task.add(nxt.claim)
                 if self._buffer and self._executing < self._capacity:
                     more = self._take_startable()  # jobs no longer trivial: use more threads
             if self._claim_room() > 0:
@@ -463,7 +465,7 @@ class Worker:
 
     def _drain(self) -> None:
         """After the loop: give prefetched jobs back, wait up to ``grace`` for running jobs,
-        then send the rest back."""
+        then send the rest back (``_send_back``)."""
         self._release_buffer()
         deadline = time.monotonic() + self.grace
         with self._slot:
@@ -472,20 +474,55 @@ class Worker:
                 if remaining <= 0:
                     break
                 self._slot.wait(min(remaining, 0.2))
-        leftovers = self.running
-        kill = getattr(self._pool, "kill_children", None)  # a process pool: stop its tasks first
-        if leftovers and kill is not None:
-            kill()
-        for claim in leftovers:
-            try:
-                self.app.channel(claim.channel).cancel(claim.id, token=claim.token)
-                log.warning("job %s/%s still running at shutdown: sent back to the queue",
-                            claim.channel, claim.id)
-            except Exception as exc:  # noqa: BLE001 - lease may be gone already
-                log.warning("could not send job %s back: %s", claim.id, exc)
+        if self._running:
+            self._send_back()
+
+    def _send_back(self) -> None:
+        """Send back the jobs still held when the grace ran out, so that none can start
+        elsewhere while this process may still run it:
+
+        - process pool: the children are killed first and the pool shut down, then the jobs go
+          back at once (their outcomes, mostly, already say so);
+        - a job whose task has returned is not sent back: the finisher writes its outcome;
+        - a job still running in a thread (thread or async pool; a thread cannot be killed): back
+          with a not-before delay of ``fence`` seconds, time for this process to exit and take
+          the thread with it.
+
+        Each goes back with its cancel count +1 (it started and did not finish)."""
+        if self.pool_kind == "process":
+            kill = getattr(self._pool, "kill_children", None)
+            if kill is not None:
+                kill()
+            self._shutdown_pool()
+            with self._slot:  # let the finisher write what the killed children reported
+                settle = time.monotonic() + 2.0
+                while self._running and not self._stop_now.is_set() and time.monotonic() < settle:
+                    self._slot.wait(0.1)
         with self._running_lock:
+            # a job whose task has returned is left to the finisher (its outcome is written,
+            # not thrown away); run() joins the finisher before it returns
+            leftovers = [c for c in self._running.values() if c in self._in_task]
             for claim in leftovers:
                 self._running.pop((claim.channel, claim.id), None)
+        delay = int(self.fence * 1000) if self.pool_kind != "process" else 0
+        for claim in leftovers:
+            try:
+                self.app.channel(claim.channel).cancel(claim.id, token=claim.token,
+                                                       not_before_ms=delay)
+                if delay:
+                    log.warning("job %s/%s still running at shutdown: sent back to the queue, "
+                                "available again in %.1fs (its thread may run until this "
+                                "process exits)", claim.channel, claim.id, self.fence)
+                else:
+                    log.warning("job %s/%s unfinished at shutdown: sent back to the queue",
+                                claim.channel, claim.id)
+            except Exception as exc:  # noqa: BLE001 - lease may be gone already
+                log.warning("could not send job %s back: %s", claim.id, exc)
+
+    def _shutdown_pool(self) -> None:
+        if not self._pool_down and self._pool is not None:
+            self._pool_down = True
+            self._pool.shutdown()
 
     def _release_buffer(self) -> None:
         """Prefetched jobs that never started go back to the head of their queues, in order,
@@ -495,19 +532,25 @@ class Worker:
         unstarted = getattr(self._pool, "unstarted", None)  # a process pool's jobs not started
         if unstarted is not None:
             buffered += unstarted(self.grace)
-        by_channel: dict[str, list[Claim]] = {}
-        for p in buffered:
-            by_channel.setdefault(p.claim.channel, []).append(p.claim)
-        for name, claims in by_channel.items():
-            try:
-                self.app.channel(name).release([(c.id, c.token) for c in claims])
-                log.info("%d prefetched job(s) of %s given back unstarted", len(claims), name)
-            except Exception as exc:  # noqa: BLE001 - their leases expire: the reaper requeues them
-                log.warning("could not give back %d prefetched job(s) of %s: %s", len(claims), name, exc)
+        self._release([p.claim for p in buffered], "prefetched, never started")
         with self._slot:
             for p in buffered:
                 self._running.pop((p.claim.channel, p.claim.id), None)
             self._slot.notify_all()
+
+    def _release(self, claims: list[Claim], why: str) -> None:
+        """Give claims back unstarted: to the head of their queues in claim order, cancel
+        counts unchanged (``JobChannel.release``)."""
+        by_channel: dict[str, list[Claim]] = {}
+        for c in claims:
+            by_channel.setdefault(c.channel, []).append(c)
+        for name, group in by_channel.items():
+            try:
+                self.app.channel(name).release([(c.id, c.token) for c in group])
+                log.info("%d job(s) of %s given back unstarted (%s)", len(group), name, why)
+            except Exception as exc:  # noqa: BLE001 - their leases expire: the reaper requeues them
+                log.warning("could not give back %d job(s) of %s (%s): %s", len(group), name,
+                            why, exc)
 
     # background threads ---------------------------------------------------------------------
     def _finisher(self) -> None:
@@ -603,8 +646,14 @@ class Worker:
             tokens = dict(pairs)
             for job_id in self.app.channel(name).extend(pairs, lease_ms):
                 key = (name, job_id, tokens.get(job_id, ""))
+                with self._running_lock:
+                    held = self._running.get((name, job_id))
+                if held is None or held.token != key[2]:
+                    continue  # its outcome was written meanwhile (by this worker): not lost
                 lost.add(key)
                 if key not in self._lost_logged:  # once per claim, not on every renewal
-                    log.warning("lease of job %s/%s lost while running; its outcome will be refused",
-                                name, job_id)
+                    # said by what is known: the finish decides (and logs) whether it is refused
+                    log.warning("lease renewal of job %s/%s failed: it is no longer claimed "
+                                "under this worker's token (its lease expired and it was "
+                                "reaped, or it was retracted)", name, job_id)
         self._lost_logged = lost

@@ -203,7 +203,7 @@ if _offset:
 #: Worker log lines that name a job whose lease was lost (reaped, refused, or lost while running).
 LEASE_LOST_PATTERNS = (
     re.compile(r"lease of job (\S+?)/(\S+) expired"),
-    re.compile(r"lease of job (\S+?)/(\S+) lost while running"),
+    re.compile(r"lease renewal of job (\S+?)/(\S+) failed"),
     re.compile(r"finish of job (\S+?)/(\S+) refused"),
     re.compile(r"outcome of job (\S+?)/(\S+) refused"),
     re.compile(r"job (\S+?)/(\S+) stalled: worker_lost"),

@@ -93,15 +93,18 @@ def test_sigterm_with_short_and_long_grace(fault: Fault, figure: Figure, grace: 
         assert a.wait() == 0, a.output()
         released = time.monotonic() - signalled
         info = job.info()
-        assert info.state == "available" and info.cancel_count == 1, info
+        # still running in its thread: sent back behind the shutdown fence (docs/worker.md)
+        assert info.state == "delayed" and info.cancel_count == 1, info
         figure("SIGTERM short grace", f"60 s job sent back {released:.2f} s after SIGTERM "
-               "(grace 0.3 s; no lease wait)")
-    b = h.worker("--burst")
-    assert b.wait() == 0, b.output()
+               "(grace 0.3 s; available again after the 2 s fence; no lease wait)")
+    b = h.worker("--burst") if queued is not None else h.worker("-c", "1")
     if queued is not None:
+        assert b.wait() == 0, b.output()
         assert queued.get(timeout=5) == "queued"
     else:
-        assert job.get(timeout=5) == b.pid
+        assert job.get(timeout=20) == b.pid
+        b.send(signal.SIGTERM)
+        assert b.wait() == 0, b.output()
     h.check_invariants()
 
 
@@ -163,9 +166,9 @@ def test_lease_lost_while_the_task_still_runs(fault: Fault, figure: Figure) -> N
     first, second = h.who_ran(job.id)
     assert first[1] != second[1]  # a new fencing token
     a.send(signal.SIGCONT)
-    wait_for(lambda: a.lines("lost while running", job.id), what="A to notice its lease is gone")
+    wait_for(lambda: a.lines("lease renewal of job", job.id, "failed"), what="A to notice its lease is gone")
     time.sleep(1.0)  # A's task still runs: about three more renewals
-    assert len(a.lines("lost while running", job.id)) == 1, a.output()  # logged once, no flood
+    assert len(a.lines("lease renewal of job", job.id, "failed")) == 1, a.output()  # logged once, no flood
     h.open_gate(f"{job.id}:1")  # A's task returns now, while B still runs the job
     wait_for(lambda: a.lines("finish of job", job.id, "refused"), what="A's refused finish in its log")
     assert a.lines("claimed under another token")

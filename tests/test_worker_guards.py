@@ -1,0 +1,129 @@
+"""Worker-side guards (issue 17, item 6): an oversized envelope is stalled without being decoded,
+the lease-renewal log line says only what is known, and outcomes lost to an evicting
+``maxmemory-policy`` are reported when a finish finds its job gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from polling import wait_for
+from redis_server import RedisServer
+from worker_helpers import burst, worker_running
+
+import taskpipe.worker.runner as runner
+from taskpipe import TaskPipe, Worker
+from taskpipe.serialization import encode_envelope
+from taskpipe.thoonk.job import JobChannel
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_an_envelope_over_max_payload_is_stalled_undecoded(app: TaskPipe,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[str] = []
+
+    @app.task(name="record")
+    def record(tag: str) -> str:
+        runs.append(tag)
+        return tag
+
+    app.max_payload = 16_384
+    huge = encode_envelope("record", ("x" * 200_000,), {}, {}, serializer=app.serializer,
+                           max_size=None)
+    app.channel(app.default_channel).put(huge, id="huge")
+    neighbours = [record.delay(f"n{i}") for i in range(4)]
+    decoded: list[int] = []
+    real_decode = runner.decode_envelope
+
+    def spy(data: bytes) -> Any:
+        decoded.append(len(data))
+        return real_decode(data)
+
+    monkeypatch.setattr(runner, "decode_envelope", spy)
+    stats = burst(app)
+    assert [r.get(timeout=10) for r in neighbours] == [f"n{i}" for i in range(4)]
+    ch = app.channel(app.default_channel)
+    assert ch.stalled_ids() == ["huge"]
+    assert ch.stall_reason("huge").startswith("payload_too_large: ")
+    assert "max_payload=16384" in ch.stall_reason("huge")
+    assert len(huge) not in decoded and sorted(runs) == [f"n{i}" for i in range(4)]
+    assert stats["stalled"] == 1 and stats["finished"] == 4
+
+
+def _held_claim(app: TaskPipe, worker: Worker) -> Any:
+    ch = app.channel(app.default_channel)
+    ch.put(encode_envelope("t", (), {}, {}, serializer=app.serializer), id="j1")
+    claim = ch.claim(1, 60_000, worker.name)[0]
+    worker._running[(claim.channel, claim.id)] = claim
+    return claim
+
+
+def test_lease_renewal_failure_is_logged_as_what_is_known(app: TaskPipe,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    w = Worker(app, heartbeat_interval=60.0)
+    claim = _held_claim(app, w)
+    app.channel(app.default_channel).retract(claim.id)  # gone while this worker still holds it
+    with caplog.at_level(logging.WARNING, logger="taskpipe.worker"):
+        w._renew(60_000)
+        w._renew(60_000)  # once per claim, not per renewal
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "lease renewal of job default/j1 failed" in lines[0], lines
+    assert "refused" not in lines[0]
+
+
+def test_no_lease_warning_for_a_job_this_worker_just_finished(
+        app: TaskPipe, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The finisher wrote the outcome between the keeper's snapshot and its renewal."""
+    w = Worker(app, heartbeat_interval=60.0)
+    claim = _held_claim(app, w)
+    real_extend = JobChannel.extend
+
+    def finished_meanwhile(self: JobChannel, claims: Any, lease_ms: int = 0) -> list[str]:
+        self.finish(claim.id, b"done", 60_000, token=claim.token)
+        del w._running[(claim.channel, claim.id)]
+        return real_extend(self, claims, lease_ms)
+
+    monkeypatch.setattr(JobChannel, "extend", finished_meanwhile)
+    with caplog.at_level(logging.WARNING, logger="taskpipe.worker"):
+        w._renew(60_000)
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+@pytest.fixture
+def lru_redis() -> Iterator[RedisServer]:
+    server = RedisServer(extra=["--maxmemory-policy", "allkeys-lru"]).start()
+    yield server
+    server.cleanup()
+
+
+def test_a_finish_that_finds_its_job_evicted_is_a_warning(lru_redis: RedisServer, prefix: str,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Redis evicts whole keys; deleting the channel's ``claimed`` set stands in for that."""
+    app = TaskPipe(broker=lru_redis.url, prefix=prefix)
+    release = threading.Event()
+
+    @app.task(name="hold")
+    def hold() -> str:
+        release.wait(30)
+        return "done"
+
+    try:
+        job = hold.delay()
+        with caplog.at_level(logging.WARNING, logger="taskpipe.worker"), \
+                worker_running(app, concurrency=1) as w:
+            ch = app.channel(app.default_channel)
+            wait_for(lambda: ch.info(job.id).state == "claimed", what="the claim")
+            lru_redis.client().delete(ch.keys.claimed)  # evicted under memory pressure
+            release.set()
+            wait_for(lambda: w.writer.stats.get("evicted"), what="the finish to find it gone")
+        text = "\n".join(r.getMessage() for r in caplog.records)
+        assert "maxmemory-policy is 'allkeys-lru'" in text  # at start-up
+        assert "these outcomes are lost" in text and job.id in text
+        assert w.writer.stats.get("lease_lost", 0) == 0
+    finally:
+        app.close()
