@@ -15,6 +15,8 @@
 from taskpipe.app import TaskPipe
 from taskpipe.context import JobContext, current_job
 from taskpipe.errors import (
+    BrokerError,
+    BrokerUnavailable,
     BrokerURLError,
     ConfigError,
     CronError,
@@ -24,6 +26,7 @@ from taskpipe.errors import (
     LeaseLost,
     PayloadTooLarge,
     ResultExpired,
+    ResultStalled,
     ResultTimeout,
     ResultUnknown,
     Retry,
@@ -46,6 +49,6 @@ __all__ = [
     "TaskpipeError", "ConfigError", "BrokerURLError", "DurationError", "CronError",
     "SerializationError", "PayloadTooLarge", "UnknownTask", "JobNotFound", "WrongJobState",
     "LeaseLost", "ResultTimeout", "ResultExpired", "ResultUnknown", "TaskFailed", "JobTimeout",
-    "Retry",
+    "Retry", "BrokerUnavailable", "BrokerError", "ResultStalled",
     "__version__",
 ]

@@ -238,14 +238,15 @@ class JobChannel:
             return list(pipe.execute())
 
     def put_fresh_many(self, items: Sequence[bytes], priority: bool = False,
-                       batch: int = 500) -> list[str]:
+                       batch: int = 500, ids: Sequence[str] | None = None) -> list[str]:
         """Publish ``items`` as new jobs to run now, with new ids; returns the ids in order.
 
         The bulk fast path (``Task.map``): ``batch`` jobs per ``job_put_fresh`` call (one
-        command of each kind per batch), all calls in one pipeline.
+        command of each kind per batch), all calls in one pipeline. ``ids``: fresh ids made
+        by the caller with ``new_id()`` (to retry a publish with the same ids).
         """
         batch = max(1, min(batch, 1000))
-        ids = [new_id() for _ in items]
+        ids = list(ids) if ids is not None else [new_id() for _ in items]
         flag = "1" if priority else "0"
         pending: list[tuple[str, list[str], list[Any]]] = []
         for start in range(0, len(ids), batch):
@@ -544,6 +545,24 @@ class JobChannel:
                        progress=_s(r[5]), lease_deadline_ms=_opt_int(r[6]), due_ms=_opt_int(r[7]),
                        finished_ms=_opt_int(r[8]), published_ms=_opt_int(r[9]),
                        result_ttl_ms=_opt_int(r[10]))
+
+    def landed(self, requests: Sequence[PutRequest], since_ms: int) -> set[str]:
+        """Ids of ``requests`` that a publish which failed may have written after all: the job
+        exists unfinished, or (a fresh id) finished at any time, or (an id of the caller's
+        choosing) finished at or after ``since_ms`` (wall clock, less 2 s for clock skew).
+        Used before a publish is retried, so a retry never creates a second job."""
+        if not requests:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        for req in requests:
+            pipe.hexists(self.keys.items, req.id or "").zscore(self.keys.finished, req.id or "")
+        replies = pipe.execute()
+        done: set[str] = set()
+        for i, req in enumerate(requests):
+            exists, finished = replies[2 * i], replies[2 * i + 1]
+            if exists or (finished is not None and (req.fresh or finished >= since_ms - 2000)):
+                done.add(req.id or "")
+        return done
 
     def get_item(self, id: str) -> bytes | None:
         """A job's payload (None once finished or retracted)."""
