@@ -19,18 +19,21 @@ default 5 s), ``AsyncResult.get`` (its own timeout), ``current_job().log()`` / `
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 
 from taskpipe.errors import BrokerError, BrokerUnavailable, TaskpipeError
 
-__all__ = ["BrokerRetry", "is_transient", "as_taskpipe_error", "DEFAULT_PUBLISH_RETRY"]
+__all__ = ["BrokerRetry", "is_transient", "as_taskpipe_error", "maps_broker_errors",
+           "DEFAULT_PUBLISH_RETRY"]
 
 T = TypeVar("T")
+C = TypeVar("C", bound=type)
 
 DEFAULT_PUBLISH_RETRY = 5.0  # seconds a publish keeps trying through a broker outage
 
@@ -137,3 +140,32 @@ class BrokerRetry:
                     raise BrokerUnavailable(
                         f"{what}: broker unavailable for {time.monotonic() - start:.1f} s "
                         f"({attempt} tries): {exc}") from exc
+
+
+def _mapped(what: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except redis.exceptions.RedisError as exc:
+            raise as_taskpipe_error(what, exc) from exc
+
+    return call
+
+
+def maps_broker_errors(cls: C) -> C:
+    """Class decorator: every public method (and property) of ``cls`` raises
+    ``as_taskpipe_error`` of a redis-py error instead of the error itself (no retry: the
+    Thoonk objects are one call each; retrying is the caller's policy)."""
+    for name, value in list(vars(cls).items()):
+        if name.startswith("_"):
+            continue
+        what = f"{cls.__name__}.{name}"
+        if isinstance(value, property):
+            setattr(cls, name, property(
+                _mapped(what, value.fget) if value.fget else None,
+                _mapped(what, value.fset) if value.fset else None,
+                value.fdel, value.__doc__))
+        elif callable(value) and not isinstance(value, (staticmethod, classmethod, type)):
+            setattr(cls, name, _mapped(what, value))
+    return cls

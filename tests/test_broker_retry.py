@@ -29,6 +29,10 @@ from taskpipe.errors import (
     TaskpipeError,
 )
 from taskpipe.results import AsyncResult
+from taskpipe.thoonk.feed import Feed
+from taskpipe.thoonk.job import JobChannel
+from taskpipe.thoonk.queue import Queue
+from taskpipe.thoonk.sorted_feed import SortedFeed
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -408,8 +412,36 @@ def _public_calls(app: TaskPipe) -> dict[str, Callable[[], Any]]:
     }
 
 
+def _thoonk_calls(app: TaskPipe) -> dict[str, Callable[[], Any]]:
+    """The Thoonk object layer's public calls (objects built without touching the broker)."""
+    t = app.thoonk
+    feed, sfeed, q, job = Feed(t, "f"), SortedFeed(t, "s"), Queue(t, "q"), JobChannel(t, "j")
+    return {
+        "Thoonk.create": lambda: t.create("x", "feed"), "Thoonk.exists": lambda: t.exists("x"),
+        "Thoonk.names": t.names, "Thoonk.get_config": lambda: t.get_config("x"),
+        "Thoonk.set_config": lambda: t.set_config("x", a="1"), "Thoonk.delete": lambda: t.delete("x"),
+        "Thoonk.feed": lambda: t.feed("f"), "Thoonk.queue": lambda: t.queue("q"),
+        "Thoonk.job": lambda: t.job("j"), "Thoonk.sorted_feed": lambda: t.sorted_feed("s"),
+        "Feed.publish": lambda: feed.publish(b"x"), "Feed.get_ids": feed.get_ids,
+        "Feed.get_item": lambda: feed.get_item("1"), "Feed.get_all": feed.get_all,
+        "Feed.retract": lambda: feed.retract("1"), "Feed.max_length": lambda: feed.max_length,
+        "SortedFeed.append": lambda: sfeed.append(b"x"), "SortedFeed.get_ids": sfeed.get_ids,
+        "SortedFeed.move_first": lambda: sfeed.move_first("1"),
+        "Queue.put": lambda: q.put(b"x"), "Queue.get": lambda: q.get(timeout=None),
+        "Queue.get_ids": q.get_ids,
+        "JobChannel.put": lambda: job.put(b"x"), "JobChannel.claim": job.claim,
+        "JobChannel.get": lambda: job.get(timeout=None),
+        "JobChannel.finish": lambda: job.finish("1", b"r", token="t"),
+        "JobChannel.get_result": lambda: job.get_result("1", timeout=0.1),
+        "JobChannel.info": lambda: job.info("1"), "JobChannel.counts": job.counts,
+        "JobChannel.logs": lambda: job.logs("1"), "JobChannel.stalled_ids": job.stalled_ids,
+        "JobChannel.get_ids": job.get_ids, "JobChannel.paused": lambda: job.paused,
+        "JobChannel.reap": job.reap, "JobChannel.promote": job.promote,
+    }
+
+
 def _assert_no_raw_errors(app: TaskPipe) -> None:
-    for name, call in _public_calls(app).items():
+    for name, call in {**_public_calls(app), **_thoonk_calls(app)}.items():
         try:
             call()
         except TaskpipeError:

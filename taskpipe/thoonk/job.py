@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from taskpipe.broker_retry import maps_broker_errors
 from taskpipe.connection import close_quietly
 from taskpipe.errors import JobNotFound, LeaseLost, WrongJobState
 from taskpipe.thoonk.keys import JobKeys
@@ -122,6 +123,7 @@ def _opt_int(value: Any) -> int | None:
     return int(float(text)) if text not in ("", "-2", "-1") else None
 
 
+@maps_broker_errors  # no redis-py exception type leaves a public method
 class JobChannel:
     """A Thoonk job channel. Open one with ``Thoonk.job(name)``."""
 
