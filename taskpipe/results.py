@@ -176,11 +176,11 @@ class AsyncResult:
             self._accept(raw)
             assert self._record is not None
             return self._record
-        info = ch.info(self.id)
-        record = self._check(info)
-        if record is not None:
-            return record
-        if deadline <= time.monotonic():
+        if deadline <= time.monotonic():  # timeout=0: one look, no subscription
+            info = ch.info(self.id)
+            record = self._check(info)
+            if record is not None:
+                return record
             raise ResultTimeout(f"job {self.id!r} is still {info.state} after {timeout} s")
         retract_channel = ch.thoonk.keys.feed(ch.name).ch_retract
         finish_channel = ch.keys.ch_finish
@@ -190,7 +190,9 @@ class AsyncResult:
             pubsub.subscribe(finish_channel, retract_channel)
             prefix, own_id = self.id.encode() + b"\0", self.id.encode()
             retract_name = retract_channel.encode()
-            checked = 0.0  # the state is read right after subscribing: it may have changed
+            # the state is read right after subscribing: it fails fast for an unknown or
+            # stalled job, and finds a result that landed before the subscription
+            checked = 0.0
             while True:
                 now = time.monotonic()
                 if now - checked >= STATE_CHECK_EVERY:
