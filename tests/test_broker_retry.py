@@ -7,6 +7,7 @@ LOADING).
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ import pytest
 import redis
 from polling import wait_for
 from redis_server import RedisServer, free_port
+from worker_helpers import burst
 
 from taskpipe import TaskPipe
 from taskpipe.broker_retry import BrokerRetry, as_taskpipe_error, is_transient
@@ -477,3 +479,24 @@ def test_no_redis_exception_escapes_a_public_call_on_a_refusing_broker(reply: by
         assert broker.commands > 0
     finally:
         broker.close()
+
+
+# --- on_finish callables through a restart -------------------------------------------------------
+def test_on_finish_callable_runs_after_a_redis_outage(own_server: RedisServer, prefix: str,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """The watcher thread meets the outage (its pub/sub and its subscribe fail) and keeps going."""
+    with TaskPipe("watch", broker=own_server.url, prefix=prefix) as app:
+        @app.task(name="inc")
+        def inc(a: int) -> int:
+            return a + 1
+
+        got: list[Any] = []
+        done = threading.Event()
+        inc.apply_async((1,), on_finish=lambda value, _r: (got.append(value), done.set()))
+        with caplog.at_level(logging.WARNING, logger="taskpipe.callbacks"):
+            own_server.stop()
+            wait_for(lambda: "finish watcher" in caplog.text, what="the watcher to meet the outage")
+            own_server.start()
+        burst(app)
+        assert done.wait(30), "the on_finish callable never ran"
+        assert got == [2]
