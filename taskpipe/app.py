@@ -296,15 +296,16 @@ class TaskPipe:
         channel = self.channel(task.options.channel)
         name = channel.name
         ids = [new_id() for _ in items]
-        todo = [PutRequest(item, job_id, fresh=True) for job_id, item in zip(ids, items)]
+        todo_ids, todo_items = ids, items
         since_ms = int(time.time() * 1000)
 
         def put(attempt: int) -> None:
+            nonlocal todo_ids, todo_items
             if attempt:  # a batch that failed may have landed in part: publish the rest
-                done = channel.landed(todo, since_ms)
-                todo[:] = [r for r in todo if r.id not in done]
-            channel.put_fresh_many([r.item for r in todo], task.options.priority, batch,
-                                   ids=[r.id or "" for r in todo])
+                done = channel.landed([PutRequest(b"", i, fresh=True) for i in todo_ids], since_ms)
+                rest = [(i, item) for i, item in zip(todo_ids, todo_items) if i not in done]
+                todo_ids, todo_items = [i for i, _ in rest], [item for _, item in rest]
+            channel.put_fresh_many(todo_items, task.options.priority, batch, ids=todo_ids)
 
         self.broker_retry.call(f"publish to channel {name!r}", put)
         return [AsyncResult(self, job_id, name) for job_id in ids]
