@@ -281,6 +281,35 @@ def test_get_waits_through_a_redis_restart_and_resubscribes(own_server: RedisSer
         assert out == [b"raw-41"], out
 
 
+def test_delay_rides_out_a_real_restart_and_publishes_once(own_server: RedisServer, prefix: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    with TaskPipe("pub", broker=own_server.url, prefix=prefix, publish_retry="60s") as app:
+        @app.task(name="add")
+        def add(a: int) -> int:
+            return a
+
+        ch = app.channel()
+        tries: list[int] = []
+        real = ch.landed  # each retry asks first whether the failed try landed
+
+        def spy(reqs: Any, since_ms: int) -> set[str]:
+            tries.append(1)
+            return real(reqs, since_ms)
+
+        monkeypatch.setattr(ch, "landed", spy)
+        own_server.stop()
+        out: list[Any] = []
+        thread = threading.Thread(target=lambda: out.append(add.delay(5)), daemon=True)
+        thread.start()
+        wait_for(lambda: len(tries) >= 2, what="delay() to retry while Redis is down")
+        own_server.start()
+        thread.join(30)
+        assert len(out) == 1 and isinstance(out[0], AsyncResult)
+        counts = ch.counts()
+        assert counts["available"] == 1 and counts["published_total"] == 1
+        assert ch.info(out[0].id).state == "available"
+
+
 # --- log() and progress() through an outage ------------------------------------------------------
 def test_log_and_progress_buffer_through_an_outage_and_flush_in_order(
         add_app: TaskPipe, monkeypatch: pytest.MonkeyPatch) -> None:
