@@ -87,9 +87,14 @@ class JobContext:
         if not force and self._next_try > time.monotonic():
             return  # the broker was away a moment ago: don't make every call wait for it
         try:
-            if self._progress is not None:
-                self.channel.set_progress(self.id, self._progress, token=self.claim.token)
-                self._progress = None
+            progress, self._progress = self._progress, None
+            if progress is not None:
+                try:
+                    self.channel.set_progress(self.id, progress, token=self.claim.token)
+                except BrokerUnavailable as exc:
+                    if is_transient(exc) and self._progress is None:
+                        self._progress = progress  # kept for a later try
+                    raise
             while self._lines:
                 note = [f"{time.strftime('%Y-%m-%dT%H:%M:%S')} taskpipe: {self._dropped} log "
                         "lines dropped during a broker outage"] if self._dropped else []
@@ -111,7 +116,14 @@ class JobContext:
         deadline = time.monotonic() + timeout
         with self._lock:
             while self.pending:
-                self._write(force=True)
+                try:
+                    self._write(force=True)
+                except Exception as exc:  # noqa: BLE001 - not an outage (e.g. the lease was lost)
+                    log.warning("job %s/%s: %d log lines and progress not written: %s",
+                                self.channel.name, self.id, len(self._lines), exc)
+                    self._lines.clear()
+                    self._progress = None
+                    return False
                 if not self.pending:
                     break
                 left = deadline - time.monotonic()

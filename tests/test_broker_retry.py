@@ -7,6 +7,7 @@ LOADING).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import threading
@@ -25,6 +26,7 @@ from taskpipe.context import LOG_BUFFER_LINES, JobContext
 from taskpipe.errors import (
     BrokerError,
     BrokerUnavailable,
+    LeaseLost,
     ResultStalled,
     ResultTimeout,
     ResultUnknown,
@@ -529,3 +531,14 @@ def test_on_finish_callable_runs_after_a_redis_outage(own_server: RedisServer, p
         burst(app)
         assert done.wait(30), "the on_finish callable never ran"
         assert got == [2]
+
+
+def test_progress_after_a_lost_lease_raises_and_leaves_nothing_pending(add_app: TaskPipe) -> None:
+    add_app.tasks["add"].delay(1)
+    ch = add_app.channel()
+    claim = ch.get_claim(timeout=None)
+    assert claim is not None
+    ctx = JobContext(ch, dataclasses.replace(claim, token="not-the-owner"), "add")
+    with pytest.raises(LeaseLost):
+        ctx.progress(1, 2)  # not an outage: raised, not buffered
+    assert ctx.pending == 0 and ctx.flush(timeout=1)
