@@ -542,3 +542,22 @@ def test_progress_after_a_lost_lease_raises_and_leaves_nothing_pending(add_app: 
     with pytest.raises(LeaseLost):
         ctx.progress(1, 2)  # not an outage: raised, not buffered
     assert ctx.pending == 0 and ctx.flush(timeout=1)
+
+
+def test_get_raises_broker_unavailable_when_the_broker_is_still_away_at_its_timeout(prefix: str) -> None:
+    with TaskPipe("down", broker=f"redis://127.0.0.1:{free_port()}/0", prefix=prefix) as app:
+        with pytest.raises(BrokerUnavailable, match="until the timeout") as info:
+            app.AsyncResult("some-job", channel="ch").get(timeout=0.2)
+        assert isinstance(info.value.__cause__, (redis.exceptions.RedisError, BrokerUnavailable))
+
+
+def test_publish_retry_zero_tries_once(monkeypatch: pytest.MonkeyPatch, prefix: str,
+                                       broker_url: str) -> None:
+    with TaskPipe("once", broker=broker_url, prefix=prefix, publish_retry=0) as app:
+        app.task(name="add")(lambda a: a)
+        ch = app.channel()
+        wrapper = _LostReply(ch.put_request, land=False)
+        monkeypatch.setattr(ch, "put_request", wrapper)
+        with pytest.raises(BrokerUnavailable):
+            app.tasks["add"].delay(1)
+        assert wrapper.calls == 1 and ch.counts()["published_total"] == 0
