@@ -549,22 +549,15 @@ class JobChannel:
                        result_ttl_ms=_opt_int(r[10]))
 
     def landed(self, requests: Sequence[PutRequest], since_ms: int) -> set[str]:
-        """Ids of ``requests`` that a publish which failed may have written after all: the job
-        exists unfinished, or (a fresh id) finished at any time, or (an id of the caller's
-        choosing) finished at or after ``since_ms`` (wall clock, less 2 s for clock skew).
-        Used before a publish is retried, so a retry never creates a second job."""
-        if not requests:
-            return set()
+        """Ids of ``requests`` a failed publish may have written after all (a retry skips them):
+        unfinished, or finished (a fresh id: ever; an id the caller chose: at or after
+        ``since_ms``, client clock, less 2 s for skew)."""
         pipe = self.client.pipeline(transaction=False)
         for req in requests:
             pipe.hexists(self.keys.items, req.id or "").zscore(self.keys.finished, req.id or "")
-        replies = pipe.execute()
-        done: set[str] = set()
-        for i, req in enumerate(requests):
-            exists, finished = replies[2 * i], replies[2 * i + 1]
-            if exists or (finished is not None and (req.fresh or finished >= since_ms - 2000)):
-                done.add(req.id or "")
-        return done
+        r = pipe.execute() if requests else []
+        return {req.id or "" for req, exists, fin in zip(requests, r[::2], r[1::2])
+                if exists or (fin is not None and (req.fresh or fin >= since_ms - 2000))}
 
     def get_item(self, id: str) -> bytes | None:
         """A job's payload (None once finished or retracted)."""
