@@ -117,6 +117,8 @@ class Run:
         assert not self.errors, f"client errors: {[repr(e) for e in self.errors[:5]]}"
         assert not self.wrong, f"get() returned the wrong value: {self.wrong[:5]}"
         assert len(self.results) == N and self.got == N
+        tracebacks = [p.args for p in self.h.procs if "Traceback" in p.output()]
+        assert not tracebacks, f"a worker logged a traceback: {tracebacks}"
         self.h.expect(self.results, max_runs=2)
         runs = self.h.check_invariants()  # 0 lost: every job finished, none left anywhere
         doubled = {j for j in (r.id for r in self.results) if runs[j] > 1}
