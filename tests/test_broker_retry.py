@@ -20,7 +20,7 @@ from polling import wait_for
 from redis_server import RedisServer, free_port
 from worker_helpers import burst
 
-from taskpipe import TaskPipe
+from taskpipe import TaskPipe, current_job
 from taskpipe.broker_retry import BrokerRetry, as_taskpipe_error, is_transient
 from taskpipe.context import LOG_BUFFER_LINES, JobContext
 from taskpipe.errors import (
@@ -561,3 +561,49 @@ def test_publish_retry_zero_tries_once(monkeypatch: pytest.MonkeyPatch, prefix: 
         with pytest.raises(BrokerUnavailable):
             app.tasks["add"].delay(1)
         assert wrapper.calls == 1 and ch.counts()["published_total"] == 0
+
+
+@pytest.mark.parametrize("pool", ["thread", "async"])
+def test_a_task_whose_logs_meet_an_outage_finishes_with_every_line(app: TaskPipe, pool: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a real worker (thread pool, asyncio pool): the broker refuses the task's log writes
+    while it runs; the task succeeds and the worker writes the lines when it returns."""
+    if pool == "async":
+        @app.task(name="chat")
+        async def chat(n: int) -> int:
+            for i in range(n):
+                current_job().log(f"line {i}")  # type: ignore[union-attr]
+            return n
+    else:
+        @app.task(name="chat")
+        def chat(n: int) -> int:
+            for i in range(n):
+                current_job().log(f"line {i}")  # type: ignore[union-attr]
+            return n
+
+    ch = app.channel()
+    real_log = ch.log
+    outage = threading.Event()
+    outage.set()
+
+    def log(*args: Any, **kwargs: Any) -> Any:
+        if outage.is_set():
+            raise BrokerUnavailable("job_log: broker unavailable") from \
+                redis.exceptions.ConnectionError("Connection refused")
+        return real_log(*args, **kwargs)
+
+    real_flush = JobContext.flush
+    flushed: list[int] = []
+
+    def flush(self: JobContext, timeout: float = 10.0) -> bool:
+        flushed.append(self.pending)  # what the outage held back when the task returned
+        outage.clear()  # the broker is back
+        return real_flush(self, timeout)
+
+    monkeypatch.setattr(ch, "log", log)
+    monkeypatch.setattr(JobContext, "flush", flush)
+    r = app.tasks["chat"].delay(5)
+    burst(app, pool=pool)
+    assert flushed == [5]
+    assert r.get(timeout=10) == 5
+    assert [line.split(" ", 1)[1] for line in r.logs()] == [f"line {i}" for i in range(5)]
