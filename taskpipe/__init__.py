@@ -15,6 +15,7 @@
 from taskpipe.app import TaskPipe
 from taskpipe.context import JobContext, current_job
 from taskpipe.errors import (
+    BrokerError,
     BrokerUnavailable,
     BrokerURLError,
     ConfigError,
@@ -25,6 +26,7 @@ from taskpipe.errors import (
     LeaseLost,
     PayloadTooLarge,
     ResultExpired,
+    ResultStalled,
     ResultTimeout,
     ResultUnknown,
     Retry,
@@ -48,6 +50,6 @@ __all__ = [
     "CronError",
     "SerializationError", "PayloadTooLarge", "UnknownTask", "JobNotFound", "WrongJobState",
     "LeaseLost", "ResultTimeout", "ResultExpired", "ResultUnknown", "TaskFailed", "JobTimeout",
-    "Retry",
+    "Retry", "BrokerError", "ResultStalled",
     "__version__",
 ]

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from taskpipe.broker_retry import BrokerRetry
 from taskpipe.connection import DEFAULT_URL, Connection, parse_url
 from taskpipe.durations import eta_to_delay, parse_duration, parse_optional_duration, to_ms
 from taskpipe.errors import ConfigError, UnknownTask
@@ -42,6 +43,11 @@ class TaskPipe:
     ``TASKPIPE_BROKER_URL``, else ``redis://127.0.0.1:6379/0``; ``memory://`` runs an embedded
     broker in this process. ``prefix`` namespaces every key, so two apps can share one Redis.
     Nothing is global: two apps in one process never interfere.
+
+    ``publish_retry`` (a duration, default 5 s; 0 = one try) is how long ``delay()``,
+    ``apply_async``, ``send``, ``map`` and ``publish_many`` keep trying through a broker outage
+    (connection refused or reset, LOADING, READONLY, TRYAGAIN, MASTERDOWN, timeouts) before
+    they raise ``BrokerUnavailable``; a retried publish never creates a second job.
     """
 
     def __init__(self, name: str | None = None, broker: str | None = None, *, prefix: str = "",
@@ -49,7 +55,7 @@ class TaskPipe:
                  retries: int = 0, retry_backoff: Any = "1s", retry_backoff_max: Any = "10m",
                  timeout: Any = None, lease: Any = "30s", max_cancels: int = 3,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, connection: Connection | None = None,
-                 client: Any = None) -> None:
+                 client: Any = None, publish_retry: Any = "5s") -> None:
         self.name = name or "taskpipe"
         if connection is None:
             if client is not None:
@@ -77,6 +83,8 @@ class TaskPipe:
             raise ConfigError("lease must be at least 50ms")
         self.max_cancels = max_cancels
         self.max_payload = max_payload
+        #: the retry policy for transient broker errors of publishes and reads (``publish_retry``)
+        self.broker_retry = BrokerRetry(parse_duration(publish_retry))
         self.tasks: dict[str, Task[Any]] = {}
         self.raw_channels: dict[str, Task[Any]] = {}
         self._channels: dict[str, JobChannel] = {}
@@ -164,7 +172,8 @@ class TaskPipe:
                             raise ConfigError(f"prefix {self.prefix!r} has a '{{' but no complete "
                                               "hash tag: channel keys would span cluster slots")
                         real = cluster_name(name)
-                    ch = self._channels.get(real) or self.thoonk.job(real)
+                    ch = self._channels.get(real) or self.broker_retry.call(
+                        f"open channel {real!r}", lambda _attempt: self.thoonk.job(real))
                     self._channels[name] = self._channels[real] = ch
         return ch
 
@@ -240,7 +249,14 @@ class TaskPipe:
         result = AsyncResult(self, req.id, channel.name)
         if callback is not None:  # watch first, so even an instant finish is heard
             self.finish_watcher.add(result, callback)
-        channel.put_request(req)
+        since_ms = int(time.time() * 1000)
+
+        def put(attempt: int) -> None:
+            # a try that failed may still have landed: never publish the same job twice
+            if not attempt or not channel.landed([req], since_ms):
+                channel.put_request(req)
+
+        self.broker_retry.call(f"publish to channel {channel.name!r}", put)
         return result
 
     def publish_many(self, signatures: Iterable[Signature], batch: int = 500) -> list[AsyncResult]:
@@ -256,8 +272,15 @@ class TaskPipe:
                 raise ConfigError("publish_many takes task signatures for on_finish, not callables")
             by_channel.setdefault(channel.name, (channel, []))[1].append(req)
             order.append((channel.name, req.id or ""))
+        since_ms = int(time.time() * 1000)
         for channel, reqs in by_channel.values():
-            channel.put_many(reqs, batch=batch)
+            def put(attempt: int, channel: JobChannel = channel, reqs: list[PutRequest] = reqs) -> None:
+                if attempt:  # a batch that failed may have landed in part: publish the rest
+                    done = channel.landed(reqs, since_ms)
+                    reqs[:] = [r for r in reqs if r.id not in done]
+                channel.put_many(reqs, batch=batch)
+
+            self.broker_retry.call(f"publish to channel {channel.name!r}", put)
         return [AsyncResult(self, job_id, ch) for ch, job_id in order]
 
     def publish_calls(self, task: Task[Any], calls: Iterable[Any], batch: int = 500) -> list[AsyncResult]:
@@ -272,8 +295,20 @@ class TaskPipe:
         items = [encode(c if isinstance(c, tuple) else (c,)) for c in calls]
         channel = self.channel(task.options.channel)
         name = channel.name
-        return [AsyncResult(self, job_id, name)
-                for job_id in channel.put_fresh_many(items, task.options.priority, batch)]
+        ids = [new_id() for _ in items]
+        todo_ids, todo_items = ids, items
+        since_ms = int(time.time() * 1000)
+
+        def put(attempt: int) -> None:
+            nonlocal todo_ids, todo_items
+            if attempt:  # a batch that failed may have landed in part: publish the rest
+                done = channel.landed([PutRequest(b"", i, fresh=True) for i in todo_ids], since_ms)
+                rest = [(i, item) for i, item in zip(todo_ids, todo_items) if i not in done]
+                todo_ids, todo_items = [i for i, _ in rest], [item for _, item in rest]
+            channel.put_fresh_many(todo_items, task.options.priority, batch, ids=todo_ids)
+
+        self.broker_retry.call(f"publish to channel {name!r}", put)
+        return [AsyncResult(self, job_id, name) for job_id in ids]
 
     def AsyncResult(self, id: str, channel: str | None = None) -> AsyncResult:  # noqa: N802
         """A handle on a job published elsewhere (by id and channel)."""

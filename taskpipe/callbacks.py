@@ -12,6 +12,9 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import redis
+
+from taskpipe.connection import close_quietly
 from taskpipe.errors import TaskpipeError
 
 if TYPE_CHECKING:
@@ -90,43 +93,62 @@ class FinishWatcher:
         client = self.app.connection.new_client()
         pubsub = client.pubsub()
         subscribed: set[str] = set()
-        prefix_len = len(self.app.prefix + "job.finish:")
+        failures = 0
         try:
             while not self._stop.is_set():
-                with self._lock:
-                    keys = list(self._pending)
-                if not keys and self._changed.wait(1.0) is False:
-                    continue
-                self._changed.clear()
-                wanted = {self.app.channel(ch).keys.ch_finish for ch, _ in keys}
-                if wanted - subscribed:
-                    pubsub.subscribe(*(wanted - subscribed))
-                    subscribed |= wanted
-                for key in keys:  # jobs that finished before we subscribed, or while we were away
-                    self._fire_if_done(key)
-                deadline_msgs = 200
-                while deadline_msgs > 0 and not self._stop.is_set():
-                    deadline_msgs -= 1
-                    try:
-                        msg = pubsub.get_message(timeout=1.0)
-                    except Exception:  # noqa: BLE001 - reconnect on the next round
-                        log.warning("finish watcher lost its connection; resubscribing")
-                        pubsub = client.pubsub()
-                        subscribed = set()
-                        with self._subscribed:
-                            self._confirmed.clear()
-                        break
-                    if msg is None:
-                        break
-                    if msg["type"] == "subscribe":
-                        with self._subscribed:
-                            self._confirmed.add(msg["channel"].decode())
-                            self._subscribed.notify_all()
-                        continue
-                    if msg["type"] != "message":
-                        continue
-                    channel = msg["channel"].decode()[prefix_len:]
-                    job_id, sep, published = msg["data"].partition(b"\0")
-                    self._fire_if_done((channel, job_id.decode()), published if sep else None)
+                try:
+                    pubsub, subscribed = self._round(client, pubsub, subscribed)
+                    failures = 0
+                except (TaskpipeError, redis.exceptions.RedisError, OSError) as exc:
+                    # the broker is away (restart, LOADING, failover): keep watching; the
+                    # check of every pending job on the next round covers what was missed
+                    if not failures:
+                        log.warning("finish watcher: broker unavailable (%s); retrying", exc)
+                    failures += 1
+                    close_quietly(pubsub)
+                    pubsub, subscribed = client.pubsub(), set()
+                    with self._subscribed:
+                        self._confirmed.clear()
+                    self.app.broker_retry.pause(failures, None)
         finally:
             pubsub.close()
+
+    def _round(self, client: Any, pubsub: Any, subscribed: set[str]) -> tuple[Any, set[str]]:
+        """Subscribe to what is pending, fire what finished, read messages for up to ~1 s."""
+        prefix_len = len(self.app.prefix + "job.finish:")
+        with self._lock:
+            keys = list(self._pending)
+        if not keys and self._changed.wait(1.0) is False:
+            return pubsub, subscribed
+        self._changed.clear()
+        wanted = {self.app.channel(ch).keys.ch_finish for ch, _ in keys}
+        if wanted - subscribed:
+            pubsub.subscribe(*(wanted - subscribed))
+            subscribed |= wanted
+        for key in keys:  # jobs that finished before we subscribed, or while we were away
+            self._fire_if_done(key)
+        deadline_msgs = 200
+        while deadline_msgs > 0 and not self._stop.is_set():
+            deadline_msgs -= 1
+            try:
+                msg = pubsub.get_message(timeout=1.0)
+            except Exception:  # noqa: BLE001 - reconnect on the next round
+                log.warning("finish watcher lost its connection; resubscribing")
+                pubsub = client.pubsub()
+                subscribed = set()
+                with self._subscribed:
+                    self._confirmed.clear()
+                break
+            if msg is None:
+                break
+            if msg["type"] == "subscribe":
+                with self._subscribed:
+                    self._confirmed.add(msg["channel"].decode())
+                    self._subscribed.notify_all()
+                continue
+            if msg["type"] != "message":
+                continue
+            channel = msg["channel"].decode()[prefix_len:]
+            job_id, sep, published = msg["data"].partition(b"\0")
+            self._fire_if_done((channel, job_id.decode()), published if sep else None)
+        return pubsub, subscribed

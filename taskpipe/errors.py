@@ -7,6 +7,7 @@ __all__ = [
     "ConfigError",
     "BrokerURLError",
     "BrokerUnavailable",
+    "BrokerError",
     "DurationError",
     "CronError",
     "ThoonkError",
@@ -24,6 +25,7 @@ __all__ = [
     "ResultTimeout",
     "ResultExpired",
     "ResultUnknown",
+    "ResultStalled",
     "TaskFailed",
     "JobTimeout",
     "Retry",
@@ -44,6 +46,11 @@ class BrokerURLError(ConfigError):
 
 class BrokerUnavailable(TaskpipeError):
     """The broker could not be reached (connection refused, timed out, or out of memory)."""
+
+
+class BrokerError(TaskpipeError):
+    """The broker answered a command with an error taskpipe does not expect (e.g. a key of the
+    wrong type, a refused password); the redis-py error is its ``__cause__``."""
 
 
 class DurationError(ConfigError, ValueError):
@@ -131,6 +138,19 @@ class ResultExpired(TaskpipeError, LookupError):
 
 class ResultUnknown(TaskpipeError, LookupError):
     """No job with that id was ever seen in the channel (or it was retracted)."""
+
+
+class ResultStalled(TaskpipeError, LookupError):
+    """The job is stalled (parked until an operator retries it), so no result will come.
+
+    Attributes: ``job_id`` and ``reason`` (why it was stalled).
+    """
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(f"job {job_id!r} is stalled ({reason or 'no reason recorded'}); "
+                         "retry it (taskpipe retry) and call get() again")
+        self.job_id = job_id
+        self.reason = reason
 
 
 class TaskFailed(TaskpipeError):

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import redis
+
+from taskpipe.broker_retry import as_taskpipe_error, is_transient
 from taskpipe.errors import (
+    BrokerUnavailable,
+    JobNotFound,
     ResultExpired,
+    ResultStalled,
     ResultTimeout,
     ResultUnknown,
     SerializationError,
@@ -21,6 +29,10 @@ if TYPE_CHECKING:
 __all__ = ["AsyncResult", "STATES"]
 
 STATES = ("delayed", "available", "claimed", "stalled", "finished", "failed", "unknown")
+STATE_CHECK_EVERY = 1.0  # seconds between state checks of a result wait (stalled is not an event)
+_FOREVER = 365 * 24 * 3600.0
+T = TypeVar("T")
+_BROKER_FAULTS = (redis.exceptions.RedisError, OSError, BrokerUnavailable)
 
 
 class AsyncResult:
@@ -45,17 +57,22 @@ class AsyncResult:
     def _ch(self) -> Any:
         return self.app.channel(self.channel)
 
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """A read through the app's retry policy (transient broker errors are retried for
+        ``publish_retry``; nothing but a ``TaskpipeError`` comes out)."""
+        return self.app.broker_retry.call(f"{what} of job {self.id!r}", lambda _attempt: fn())
+
     def info(self) -> JobInfo:
         """The job's raw Thoonk state and bookkeeping."""
-        return self._ch.info(self.id)  # type: ignore[no-any-return]
+        info: JobInfo = self._call("state", lambda: self._ch.info(self.id))
+        return info
 
-    def _fetch(self, timeout: float | None = None) -> ResultRecord | None:
-        if self._record is not None:
-            return self._record
-        raw = self._ch.get_result(self.id, timeout=timeout)
-        if raw is None:
-            return None
-        self._accept(raw)
+    def _fetch(self) -> ResultRecord | None:
+        """The stored result, without waiting (None if there is none)."""
+        if self._record is None:
+            raw = self._call("result", lambda: self._ch.client.get(self._ch.keys.result(self.id)))
+            if raw is not None:
+                self._accept(raw)
         return self._record
 
     def _accept(self, raw: bytes) -> None:
@@ -97,19 +114,34 @@ class AsyncResult:
 
         Raises ``ResultTimeout`` (a ``TimeoutError``) on time, ``TaskFailed`` carrying the remote
         error when the task failed (unless ``propagate=False``, which returns the ``TaskFailed``),
-        ``ResultExpired`` when the job finished but its result is gone, and ``ResultUnknown``
-        when no such job exists.
+        ``ResultExpired`` when the job finished but its result is gone.
+
+        Fails fast instead of waiting out ``timeout``: ``ResultUnknown`` when no such job exists
+        (never published, or retracted, also while waiting), ``ResultStalled`` (with the reason)
+        when the job is or becomes stalled (seen within ``STATE_CHECK_EVERY`` seconds).
+
+        Rides out broker outages (restart, LOADING, failover) within ``timeout``: the wait
+        reconnects and subscribes again; ``BrokerUnavailable`` only if the broker is still
+        away when the time is up.
         """
-        wait = 365 * 24 * 3600.0 if timeout is None else float(timeout)
-        record = self._fetch(timeout=wait if wait > 0 else None)
-        if record is None:
-            state = self.info().state
-            if state == "finished":
-                raise ResultExpired(f"job {self.id!r} finished but its result is not stored "
-                                    "(expired, or result_ttl=0)")
-            if state == "unknown":
-                raise ResultUnknown(f"no job {self.id!r} in channel {self.channel!r}")
-            raise ResultTimeout(f"job {self.id!r} is still {state} after {timeout} s")
+        wait = _FOREVER if timeout is None else max(0.0, float(timeout))
+        deadline = time.monotonic() + wait
+        failures = 0
+        while True:
+            try:
+                record = self._wait(deadline, timeout)
+                break
+            except _BROKER_FAULTS as exc:
+                if not is_transient(exc):
+                    mapped = as_taskpipe_error(f"result of job {self.id!r}", exc)
+                    if mapped is exc:
+                        raise
+                    raise mapped from exc
+                failures += 1
+                if not self.app.broker_retry.pause(failures, deadline):
+                    raise BrokerUnavailable(
+                        f"result of job {self.id!r}: broker unavailable until the timeout "
+                        f"({timeout} s) passed: {exc}") from exc
         if record.ok:
             return record.value
         error = TaskFailed(self.id, record.exc_type or "", record.exc_message or "",
@@ -117,6 +149,79 @@ class AsyncResult:
         if propagate:
             raise error
         return error
+
+    def _check(self, info: JobInfo) -> ResultRecord | None:
+        """Fail fast for a job that will never have a result; its record if it finished."""
+        if info.state == "finished":
+            record = self._fetch()
+            if record is None:
+                raise ResultExpired(f"job {self.id!r} finished but its result is not stored "
+                                    "(expired, or result_ttl=0)")
+            return record
+        if info.state == "unknown":
+            raise ResultUnknown(f"no job {self.id!r} in channel {self.channel!r} "
+                                "(never published, or retracted)")
+        if info.state == "stalled":
+            raise ResultStalled(self.id, info.reason)
+        return None
+
+    def _wait(self, deadline: float, timeout: float | None) -> ResultRecord:
+        """One try at waiting for the result (broker errors propagate; ``get`` retries)."""
+        if self._record is not None:
+            return self._record
+        ch = self._ch
+        key = ch.keys.result(self.id)
+        raw = ch.client.get(key)
+        if raw is not None:
+            self._accept(raw)
+            assert self._record is not None
+            return self._record
+        if deadline <= time.monotonic():  # timeout=0: one look, no subscription
+            info = ch.info(self.id)
+            record = self._check(info)
+            if record is not None:
+                return record
+            raise ResultTimeout(f"job {self.id!r} is still {info.state} after {timeout} s")
+        retract_channel = ch.thoonk.keys.feed(ch.name).ch_retract
+        finish_channel = ch.keys.ch_finish
+        pubsub, shared = ch._borrow_pubsub()
+        keep = True
+        try:
+            pubsub.subscribe(finish_channel, retract_channel)
+            prefix, own_id = self.id.encode() + b"\0", self.id.encode()
+            retract_name = retract_channel.encode()
+            # the state is read right after subscribing: it fails fast for an unknown or
+            # stalled job, and finds a result that landed before the subscription
+            checked = 0.0
+            while True:
+                now = time.monotonic()
+                if now - checked >= STATE_CHECK_EVERY:
+                    checked = now
+                    info = ch.info(self.id)
+                    record = self._check(info)
+                    if record is not None:
+                        return record
+                remaining = deadline - now
+                if remaining <= 0:
+                    raise ResultTimeout(f"job {self.id!r} is still {info.state} after {timeout} s")
+                msg = pubsub.get_message(timeout=min(remaining, STATE_CHECK_EVERY))
+                data = msg.get("data") if msg else None
+                if not isinstance(data, bytes):
+                    continue
+                if data.startswith(prefix):
+                    self._accept(data[len(prefix):])
+                    assert self._record is not None
+                    return self._record
+                if data == own_id and msg is not None and msg.get("channel") == retract_name:
+                    raise ResultUnknown(f"job {self.id!r} in channel {self.channel!r} was "
+                                        "retracted while waiting for its result")
+        except BaseException as exc:
+            # a broken connection is not kept; after an answer we gave (timeout, unknown,
+            # stalled) it is still in step
+            keep = isinstance(exc, (ResultTimeout, ResultUnknown, ResultStalled, ResultExpired))
+            raise
+        finally:
+            ch._return_pubsub(pubsub, shared, keep)
 
     async def aget(self, timeout: float | None = None, propagate: bool = True) -> Any:
         """``await result.aget(timeout=)``: ``get`` for async callers (does not block the loop)."""
@@ -143,11 +248,19 @@ class AsyncResult:
 
     def logs(self) -> list[str]:
         """The job's log lines (captured logging records and ``current_job().log`` calls)."""
-        return [line.decode("utf-8", "replace") for line in self._ch.logs(self.id)]
+        lines = self._call("logs", lambda: self._ch.logs(self.id))
+        return [line.decode("utf-8", "replace") for line in lines]
 
     def retract(self) -> None:
         """Remove the job from its channel, whatever its state."""
-        self._ch.retract(self.id)
+        def retract(attempt: int) -> None:
+            try:
+                self._ch.retract(self.id)
+            except JobNotFound:
+                if not attempt:  # a retry finds it gone: the try that failed had retracted it
+                    raise
+
+        self.app.broker_retry.call(f"retract of job {self.id!r}", retract)
 
     def forget(self) -> None:
         """Alias of ``retract`` (Celery's name)."""

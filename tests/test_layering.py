@@ -30,7 +30,7 @@ PKG = Path(taskpipe.__file__).parent
 
 LAYERS: list[tuple[int, str]] = [  # (layer, module prefix); the longest matching prefix wins
     (0, "taskpipe.errors"), (0, "taskpipe.durations"),
-    (1, "taskpipe.connection"),
+    (1, "taskpipe.connection"), (1, "taskpipe.broker_retry"),
     (2, "taskpipe.thoonk"),
     (3, "taskpipe.app"), (3, "taskpipe.task"), (3, "taskpipe.results"),
     (3, "taskpipe.serialization"), (3, "taskpipe.context"), (3, "taskpipe.callbacks"),

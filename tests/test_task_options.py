@@ -20,6 +20,7 @@ from polling import wait_for
 from worker_helpers import burst, worker_running
 
 from taskpipe import ConfigError, DurationError, Retry, TaskFailed, TaskPipe, current_job
+from taskpipe.errors import ResultStalled
 from taskpipe.worker.runner import backoff_delay
 
 # the task layer on memory://; the redis_smoke tests also on real Redis (tests/conftest.py)
@@ -380,8 +381,8 @@ def test_stall_on_failure(app: TaskPipe) -> None:
     assert burst(app) == {"retried": 1, "stalled": 1}
     assert r.state == "stalled"
     assert app.channel().stall_reason(r.id) == "failed: ValueError: bad 7"
-    with pytest.raises(TimeoutError):
-        r.get(timeout=0.05)
+    with pytest.raises(ResultStalled, match="bad 7"):  # fails fast: no result will come
+        r.get(timeout=60)
     with pytest.raises(ConfigError):
         park.apply_async([1], retries="2")
 

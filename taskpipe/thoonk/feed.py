@@ -22,6 +22,7 @@ import math
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from taskpipe.broker_retry import maps_broker_errors
 from taskpipe.errors import FeedDoesNotExist, ItemNotFound, SerializationError
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ def parse_max_length(value: Any) -> int | None:
     return int(number)
 
 
+@maps_broker_errors  # no redis-py exception type leaves a public method
 class Feed:
     """A Thoonk feed: ``publish`` (new or edit), ``retract``, ordered reads, optional cap.
 

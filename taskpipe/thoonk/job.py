@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from taskpipe.broker_retry import maps_broker_errors
 from taskpipe.connection import close_quietly
 from taskpipe.errors import JobNotFound, LeaseLost, WrongJobState
 from taskpipe.thoonk.keys import JobKeys
@@ -122,6 +123,7 @@ def _opt_int(value: Any) -> int | None:
     return int(float(text)) if text not in ("", "-2", "-1") else None
 
 
+@maps_broker_errors  # no redis-py exception type leaves a public method
 class JobChannel:
     """A Thoonk job channel. Open one with ``Thoonk.job(name)``."""
 
@@ -238,14 +240,15 @@ class JobChannel:
             return list(pipe.execute())
 
     def put_fresh_many(self, items: Sequence[bytes], priority: bool = False,
-                       batch: int = 500) -> list[str]:
+                       batch: int = 500, ids: Sequence[str] | None = None) -> list[str]:
         """Publish ``items`` as new jobs to run now, with new ids; returns the ids in order.
 
         The bulk fast path (``Task.map``): ``batch`` jobs per ``job_put_fresh`` call (one
-        command of each kind per batch), all calls in one pipeline.
+        command of each kind per batch), all calls in one pipeline. ``ids``: fresh ids made
+        by the caller with ``new_id()`` (to retry a publish with the same ids).
         """
         batch = max(1, min(batch, 1000))
-        ids = [new_id() for _ in items]
+        ids = list(ids) if ids is not None else [new_id() for _ in items]
         flag = "1" if priority else "0"
         pending: list[tuple[str, list[str], list[Any]]] = []
         for start in range(0, len(ids), batch):
@@ -555,6 +558,17 @@ class JobChannel:
                        progress=_s(r[5]), lease_deadline_ms=_opt_int(r[6]), due_ms=_opt_int(r[7]),
                        finished_ms=_opt_int(r[8]), published_ms=_opt_int(r[9]),
                        result_ttl_ms=_opt_int(r[10]))
+
+    def landed(self, requests: Sequence[PutRequest], since_ms: int) -> set[str]:
+        """Ids of ``requests`` a failed publish may have written after all (a retry skips them):
+        unfinished, or finished (a fresh id: ever; an id the caller chose: at or after
+        ``since_ms``, client clock, less 2 s for skew)."""
+        pipe = self.client.pipeline(transaction=False)
+        for req in requests:
+            pipe.hexists(self.keys.items, req.id or "").zscore(self.keys.finished, req.id or "")
+        r = pipe.execute() if requests else []
+        return {req.id or "" for req, exists, fin in zip(requests, r[::2], r[1::2])
+                if exists or (fin is not None and (req.fresh or fin >= since_ms - 2000))}
 
     def get_item(self, id: str) -> bytes | None:
         """A job's payload (None once finished or retracted)."""

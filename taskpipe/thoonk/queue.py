@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from taskpipe.broker_retry import maps_broker_errors
 from taskpipe.connection import close_quietly
 from taskpipe.errors import FeedDoesNotExist
 from taskpipe.thoonk.feed import encode_item, to_str
@@ -39,6 +40,7 @@ WAKE_CHUNK = 1.0
 WAKE_TTL = 300
 
 
+@maps_broker_errors  # no redis-py exception type leaves a public method
 class Queue:
     """A Thoonk queue: ``put(item, priority=False)`` and ``get(timeout=0)``.
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from taskpipe.broker_retry import maps_broker_errors
 from taskpipe.errors import FeedDoesNotExist, InvalidPosition, ItemNotFound
 from taskpipe.thoonk.feed import check_id, encode_item, to_str
 
@@ -50,6 +51,7 @@ def parse_relpos(relpos: str) -> tuple[str, str]:
     return where, pivot
 
 
+@maps_broker_errors  # no redis-py exception type leaves a public method
 class SortedFeed:
     """A Thoonk sorted feed: append, prepend, insert next to an item, move, edit, retract.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from taskpipe.broker_retry import maps_broker_errors
 from taskpipe.connection import Connection
 from taskpipe.errors import FeedDoesNotExist, FeedExists, WrongFeedType
 from taskpipe.thoonk.keys import SCHEMA_VERSION, Keyspace
@@ -26,6 +27,7 @@ def _s(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+@maps_broker_errors  # no redis-py exception type leaves a public method
 class Thoonk:
     """Entry point of the Thoonk layer.
 

@@ -123,7 +123,8 @@ class AsyncPool:
         env, task, claim = prepared.envelope, prepared.task, prepared.claim
         assert env is not None and task is not None
         channel = self.app.channel(claim.channel)
-        _set_current(JobContext(channel, claim, task.name))
+        ctx = JobContext(channel, claim, task.name)
+        _set_current(ctx)
         started = time.perf_counter()
         try:
             seconds = timeout_of(env, task, self.app)
@@ -139,6 +140,8 @@ class AsyncPool:
             outcome = decide_failure(self.app, prepared, exc, "")
         except Exception as exc:  # noqa: BLE001 - the task's error is the job's outcome
             outcome = decide_failure(self.app, prepared, exc, traceback.format_exc())
+        if ctx.pending:  # log lines / progress a broker outage held back
+            await asyncio.to_thread(ctx.flush)
         outcome.duration = time.perf_counter() - started
         done(outcome)
 

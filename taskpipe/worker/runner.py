@@ -308,6 +308,8 @@ def _run_prepared(app: TaskPipe, prepared: Prepared, channel: Any,
             raise
         return decide_failure(app, prepared, exc, traceback.format_exc())
     finally:
+        if ctx.pending:  # log lines / progress a broker outage held back
+            ctx.flush()
         _reset_current(token)
 
 

@@ -118,6 +118,20 @@ def stamp():
     return os.getpid()
 
 
+@app.task(name="chatty")
+def chatty(tag):
+    """Logs a line and reports progress every 50 ms (the count in logged:<id>) until the test
+    opens gate:<id>; returns tag."""
+    job, _n = _mark()
+    i = 0
+    while not L.blpop([PREFIX + f"gate:{job.id}"], timeout=0.05):
+        job.log(f"line {i}")
+        job.progress(i, 100000)
+        i += 1
+        L.set(PREFIX + f"logged:{job.id}", i)
+    return tag
+
+
 @app.task(name="poison")
 def poison():
     _mark()
