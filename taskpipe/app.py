@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from taskpipe.connection import DEFAULT_URL, Connection, parse_url
+from taskpipe.connection import DEFAULT_URL, Connection, parse_url, redact_url
 from taskpipe.durations import eta_to_delay, parse_duration, parse_optional_duration, to_ms
 from taskpipe.errors import ConfigError, UnknownTask
 from taskpipe.serialization import (
@@ -85,7 +85,7 @@ class TaskPipe:
         self.crons: list[Any] = []
 
     def __repr__(self) -> str:
-        return f"<TaskPipe {self.name} broker={self.broker_url}>"
+        return f"<TaskPipe {self.name} broker={redact_url(self.broker_url)}>"
 
     # tasks ----------------------------------------------------------------------------------
     @overload

@@ -18,6 +18,7 @@ A ``Connection`` is owned by its app (or ``Thoonk`` object); nothing here is glo
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 import weakref
@@ -30,7 +31,8 @@ from redis.crc import key_slot as _crc_key_slot
 
 from taskpipe.errors import BrokerUnavailable, BrokerURLError
 
-__all__ = ["Connection", "CommandLane", "ListWaiter", "parse_url", "key_slot", "DEFAULT_URL"]
+__all__ = ["Connection", "CommandLane", "ListWaiter", "parse_url", "key_slot", "redact_url",
+           "DEFAULT_URL"]
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 SUPPORTED_SCHEMES = ("redis", "rediss", "unix", "memory", "redis+sentinel", "redis+cluster")
@@ -42,8 +44,68 @@ def key_slot(key: str | bytes) -> int:
     return int(_crc_key_slot(key.encode("utf-8") if isinstance(key, str) else key))
 
 
+# a query option whose value is a secret: password=, sentinel_password=, any *password / *token
+_SECRET_OPTION = re.compile(r"([?&;](?:[^=&;#]*password|[^=&;#]*token|[^=&;#]*secret)=)[^&;#]*",
+                            re.IGNORECASE)
+
+
+def redact_url(url: Any) -> str:
+    """A broker URL fit to show: the password of its userinfo and the values of its
+    ``password=`` / ``sentinel_password=`` (any ``*password``, ``*token``, ``*secret``) query
+    options replaced by ``***``. Never raises, whatever the input (a malformed URL is redacted
+    from ``://`` to its last ``@`` before the path). Used wherever taskpipe shows a URL:
+    errors, ``repr(app)``, the CLI, the dashboard, logs."""
+    text = url if isinstance(url, str) else str(url)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    # userinfo: everything up to the last "@" before the query/fragment (a password may hold
+    # "/", "@" or ":" unescaped, which would fool urlsplit)
+    head = re.split(r"[?#]", rest, maxsplit=1)[0]
+    at = head.rfind("@")
+    if at >= 0:
+        user, colon, _password = head[:at].partition(":")
+        userinfo = f"{user}:***" if colon or not user else "***"
+        if colon and not user:
+            userinfo = ":***"
+        rest = userinfo + rest[at:]
+    rest = _SECRET_OPTION.sub(r"\1***", rest)
+    return f"{scheme}{sep}{rest}"
+
+
 def parse_url(url: str) -> dict[str, Any]:
-    """Check a broker URL and return its parts; raise ``BrokerURLError`` naming the problem."""
+    """Check a broker URL and return its parts; raise ``BrokerURLError`` naming the problem.
+    Error messages show the URL with its secrets redacted (``redact_url``)."""
+    try:
+        return _parse_url(url)
+    except BrokerURLError as exc:
+        if isinstance(url, str) and url != redact_url(url):
+            exc.args = tuple(_redact_text(a, url) if isinstance(a, str) else a for a in exc.args)
+        raise
+
+
+def _secrets_of(url: str) -> list[str]:
+    """The secret strings in a URL (and the pieces of them a parser may have split off)."""
+    rest = url.partition("://")[2] or url
+    head = re.split(r"[?#]", rest, maxsplit=1)[0]
+    found = []
+    if "@" in head:
+        found.append(head[:head.rfind("@")].partition(":")[2] or head[:head.rfind("@")])
+    found += [m.group(0).partition("=")[2] for m in _SECRET_OPTION.finditer(rest)]
+    pieces = [p for s in found for sep in (r"/", r"[/@:?#&]") for p in re.split(sep, s)
+              if len(p) >= 3]
+    return sorted({s for s in found + pieces if s}, key=len, reverse=True)
+
+
+def _redact_text(text: str, url: str) -> str:
+    """``text`` with ``url`` (and any secret of it) redacted."""
+    text = text.replace(url, redact_url(url))
+    for secret in _secrets_of(url):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _parse_url(url: str) -> dict[str, Any]:
     if not isinstance(url, str) or not url.strip():
         raise BrokerURLError(f"broker URL must be a non-empty string, got {url!r}")
     if "://" not in url:

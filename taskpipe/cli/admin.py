@@ -14,13 +14,13 @@ import sys
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 import redis
 from click.core import ParameterSource
 
 from taskpipe.cli.main import app_option, cli, load_app
+from taskpipe.connection import redact_url as _redact
 from taskpipe.durations import format_duration, parse_duration
 from taskpipe.errors import JobNotFound, TaskpipeError
 from taskpipe.inspect import LIST_STATES, MAX_PAGE, Inspector, JobDetail, Page, jsonable, safe_text
@@ -82,15 +82,6 @@ def _table(headers: list[str], rows: Iterable[Iterable[Any]], width: int = 60) -
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     return "\n".join(lines)
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        host = parts.netloc.rpartition("@")[2]
-        user = f"{parts.username}:" if parts.username else ":"
-        return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
-    return url
 
 
 def _ago(ms: int | None, now_ms: int) -> str:
