@@ -47,7 +47,7 @@ class TaskPipe:
     def __init__(self, name: str | None = None, broker: str | None = None, *, prefix: str = "",
                  serializer: str = "msgpack", result_ttl: Any = "1d", default_channel: str = "default",
                  retries: int = 0, retry_backoff: Any = "1s", retry_backoff_max: Any = "10m",
-                 timeout: Any = None, lease: Any = "30s", max_cancels: int = 3,
+                 timeout: Any = None, lease: Any = "20s", max_cancels: int = 3,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, connection: Connection | None = None,
                  client: Any = None) -> None:
         self.name = name or "taskpipe"
@@ -210,8 +210,8 @@ class TaskPipe:
             delay_ms = to_ms(eta_to_delay(eta, time.time())) if isinstance(eta, (datetime, int, float)) \
                 else to_ms(eta)
         priority = bool(options["priority"]) if options.get("priority") is not None else topts.priority
-        fresh = not options.get("id")
-        job_id = options.get("id") or new_id()
+        fresh = options.get("id") is None
+        job_id = new_id() if fresh else options["id"]  # id="" is an error, not "make one"
         if not isinstance(job_id, str) or not job_id or "\0" in job_id:
             raise ConfigError(f"a job id must be a non-empty string without NUL, got {job_id!r}")
         channel = self.channel(options.get("channel") or topts.channel)  # after every check
