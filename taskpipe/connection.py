@@ -173,6 +173,22 @@ def _parse_url(url: str) -> dict[str, Any]:
     return info
 
 
+def _on_connect(conn: Any) -> None:
+    """redis-py's handshake (AUTH, HELLO, SELECT, CLIENT SETINFO), with a database number the
+    server does not have (``redis://host/99`` beyond its ``databases``) turned into a
+    ``BrokerURLError`` on the first command instead of a raw ``ResponseError``."""
+    try:
+        conn.on_connect()
+    except redis.exceptions.ResponseError as exc:
+        if "DB index is out of range" not in str(exc):
+            raise
+        conn.disconnect()
+        raise BrokerURLError(
+            f"database {conn.db} in the broker URL does not exist on the Redis server at "
+            f"{conn.host if hasattr(conn, 'host') else 'its socket'} (it has fewer 'databases'; "
+            "the default is 16: 0-15)") from None
+
+
 def close_quietly(closable: Any) -> None:
     """Close a client, pub/sub or waiter if there is one; closing is best effort."""
     if closable is None:
@@ -250,7 +266,7 @@ class Connection:
                 sentinel_kwargs={"socket_timeout": 5, **self.info["sentinel_auth"]})
             client = sentinel.master_for(  # type: ignore[no-untyped-call]
                 self.info["master"], db=self.info["db"], socket_timeout=self._socket_timeout,
-                socket_connect_timeout=5, **auth)
+                socket_connect_timeout=5, redis_connect_func=_on_connect, **auth)
             self._follow(client.connection_pool)
             return client
         if self.scheme == "redis+cluster":
@@ -261,7 +277,8 @@ class Connection:
                                 password=self.info["password"], username=self.info["username"],
                                 socket_timeout=self._socket_timeout, socket_connect_timeout=5)
         return redis.Redis.from_url(self.url, socket_timeout=self._socket_timeout,
-                                    socket_connect_timeout=5, health_check_interval=30)
+                                    socket_connect_timeout=5, health_check_interval=30,
+                                    redis_connect_func=_on_connect)
 
     # Sentinel: follow a switch at once ------------------------------------------------------
     # redis-py's Sentinel pools ask the sentinels for the master only when they open a

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 import click
 
 from taskpipe.cli.main import app_option, cli, load_app
+from taskpipe.thoonk.keys import cluster_name
 
 __all__ = ["worker"]
 
@@ -17,6 +19,23 @@ def channels_from_env() -> list[str] | None:
     """Channels from ``TASKPIPE_QUEUES`` or Kinetik's ``QUEUE`` (comma-separated), if set."""
     value = os.environ.get("TASKPIPE_QUEUES") or os.environ.get("QUEUE")
     return [c.strip() for c in value.split(",") if c.strip()] if value else None
+
+
+def unknown_channels(app: Any, channels: list[str]) -> list[str]:
+    """The channels of ``-Q`` that no task or cron entry of the app uses and that do not exist
+    in Redis yet: most likely typos (``-Q hihg``). Empty if Redis cannot be asked now."""
+    known = {app.default_channel, *app.raw_channels}
+    known |= {t.channel for t in app.tasks.values()}
+    known |= {e.channel for e in app.crons if getattr(e, "channel", None)}
+    suspects = [c for c in channels if c not in known]
+    if not suspects:
+        return []
+    try:
+        existing = {m.decode() if isinstance(m, bytes) else str(m)
+                    for m in app.thoonk.client.smembers(app.thoonk.keys.feeds)}
+    except Exception:  # noqa: BLE001 - Redis down: the worker reports it; no check now
+        return []
+    return [c for c in suspects if c not in existing and cluster_name(c) not in existing]
 
 
 @cli.command()
@@ -58,6 +77,11 @@ def worker(app_path: str, queues: str | None, concurrency: int | None, prefetch:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = load_app(app_path)
     channels = [c.strip() for c in queues.split(",") if c.strip()] if queues else channels_from_env()
+    for typo in unknown_channels(app, channels or []):
+        logging.getLogger("taskpipe.worker").warning(
+            "channel %r is used by no task of this app and does not exist yet (a typo?); "
+            "consuming it anyway. The app's channels: %s", typo,
+            ", ".join(sorted({app.default_channel, *(t.channel for t in app.tasks.values())})))
     w = Worker(app, channels, concurrency=concurrency, prefetch=prefetch, pool=pool, burst=burst,
                max_jobs=max_jobs, name=name, lease=lease, grace=grace, weighted=weighted,
                beat=beat, app_path=app_path)
