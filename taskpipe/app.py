@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -9,6 +10,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from taskpipe.brokercheck import eviction_policy, eviction_warning
 from taskpipe.connection import DEFAULT_URL, Connection, parse_url, redact_url
 from taskpipe.durations import eta_to_delay, parse_duration, parse_optional_duration, to_ms
 from taskpipe.errors import ConfigError, UnknownTask
@@ -83,6 +85,7 @@ class TaskPipe:
         self._lock = threading.Lock()
         self._watcher: Any = None
         self.crons: list[Any] = []
+        self._eviction_checked = False
 
     def __repr__(self) -> str:
         return f"<TaskPipe {self.name} broker={redact_url(self.broker_url)}>"
@@ -155,6 +158,7 @@ class TaskPipe:
         name = name or self.default_channel
         ch = self._channels.get(name)
         if ch is None:
+            self.check_eviction_policy()  # once per app: a producer's first publish, a worker's start
             with self._lock:
                 ch = self._channels.get(name)
                 if ch is None:
@@ -167,6 +171,26 @@ class TaskPipe:
                     ch = self._channels.get(real) or self.thoonk.job(real)
                     self._channels[name] = self._channels[real] = ch
         return ch
+
+    def check_eviction_policy(self) -> bool:
+        """Warn once (logger ``taskpipe``) if the broker may evict keys: a ``maxmemory-policy``
+        other than ``noeviction`` silently deletes jobs under memory pressure. Run on the first
+        channel this app opens (a producer's first publish, a worker's start); ``taskpipe
+        doctor`` checks every setting. Returns False if the broker could not be asked now."""
+        if self._eviction_checked:
+            return True
+        if self.connection.is_memory or self.connection.is_cluster:  # cluster: see doctor
+            self._eviction_checked = True
+            return True
+        try:
+            policy = eviction_policy(self.connection.client)
+        except Exception:  # noqa: BLE001 - broker down: the caller's own command reports it
+            return False
+        self._eviction_checked = True
+        warning = eviction_warning(policy)
+        if warning:
+            logging.getLogger("taskpipe").warning(warning)
+        return True
 
     # publishing -----------------------------------------------------------------------------
     def _build(self, name: str, args: Iterable[Any], kwargs: dict[str, Any] | None,

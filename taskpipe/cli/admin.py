@@ -19,6 +19,7 @@ import click
 import redis
 from click.core import ParameterSource
 
+from taskpipe.brokercheck import eviction_policy, eviction_warning
 from taskpipe.cli.main import app_option, cli, load_app
 from taskpipe.connection import redact_url as _redact
 from taskpipe.durations import format_duration, parse_duration
@@ -125,11 +126,16 @@ def status(app_path: str | None, broker: str | None, prefix: str | None, as_json
     """Channels with jobs per state, paused flags, and live workers with their current jobs."""
     insp = _inspector(app_path, broker, prefix)
     channels, workers, now = insp.overview(), insp.workers(), insp.server_time_ms()
+    warning = None if insp.app.connection.is_memory or insp.app.connection.is_cluster else (
+        eviction_warning(eviction_policy(insp.app.connection.client)))
     if as_json:
         _emit_json({"broker": _redact(insp.app.broker_url), "prefix": insp.app.prefix,
-                    "server_time_ms": now, "channels": channels, "workers": workers})
+                    "server_time_ms": now, "channels": channels, "workers": workers,
+                    "warnings": [warning] if warning else []})
         return
     click.echo(f"broker {_redact(insp.app.broker_url)}  prefix {insp.app.prefix!r}")
+    if warning:
+        click.echo(f"WARNING: {warning}", err=True)
     if channels:
         click.echo(_table(
             ["CHANNEL", "AVAILABLE", "DELAYED", "CLAIMED", "STALLED", "FINISHED", "FAILED(total)",

@@ -342,27 +342,9 @@ class Worker:
                 log.warning("could not re-register channel %s: %s", name, exc)
 
     def _check_eviction_policy(self) -> None:
-        """Warn once if Redis may evict keys: any ``maxmemory-policy`` but ``noeviction`` can
-        silently drop jobs, leases or results under memory pressure. A server where ``CONFIG``
-        is disabled or renamed (managed Redis) is tolerated: nothing is logged but a debug line."""
-        try:
-            reply = self.app.connection.client.config_get("maxmemory-policy")
-        except _BROKER_ERRORS:
-            return  # checked again after the next successful claim
-        except Exception as exc:  # noqa: BLE001 - CONFIG disabled, renamed, or not supported
-            self._policy_checked = True
-            log.debug("cannot read maxmemory-policy (%s); eviction policy not checked", exc)
-            return
-        self._policy_checked = True
-        policy: Any = None
-        if isinstance(reply, dict):
-            for key, value in reply.items():
-                if (key.decode() if isinstance(key, bytes) else str(key)) == "maxmemory-policy":
-                    policy = value.decode() if isinstance(value, bytes) else str(value)
-        if policy is not None and policy != "noeviction":
-            log.warning("Redis maxmemory-policy is %r, not 'noeviction': under memory pressure "
-                        "Redis may evict jobs, leases and results. Set maxmemory-policy "
-                        "noeviction on the broker.", policy)
+        """Warn once if Redis may evict keys (the app's check, shared with producers; a server
+        where ``CONFIG`` is disabled or renamed is tolerated); again later if Redis was down."""
+        self._policy_checked = self.app.check_eviction_policy()
 
     def _broker_down(self, exc: BaseException) -> None:
         """Back off (capped at 5 s) while Redis is unreachable; log rarely, not once per try."""
