@@ -61,6 +61,10 @@ def unknown_channels(app: Any, channels: list[str]) -> list[str]:
 @click.option("--lease", default=None, help="Lease of a claimed job, e.g. 30s (default: the app's).")
 @click.option("--grace", default="30s", show_default=True,
               help="On SIGTERM/SIGINT, how long running jobs may take before they go back to the queue.")
+@click.option("--dead-after", default="1s", show_default=True,
+              help="A worker whose connections to Redis all closed (its process died) is dead "
+                   "after this long: its jobs go back to the queue then, not after their lease. "
+                   "0 turns this off.")
 @click.option("--weighted", is_flag=True,
               help="Weighted channel order instead of strict priority, so low channels can't starve.")
 @click.option("--beat", is_flag=True, help="Also run the cron scheduler in this process.")
@@ -69,7 +73,7 @@ def unknown_channels(app: Any, channels: list[str]) -> list[str]:
 def worker(app_path: str, queues: str | None, concurrency: int | None, prefetch: int | None,
            pool: str, burst: bool,
            max_jobs: int | None, loglevel: str, name: str | None, lease: str | None, grace: str,
-           weighted: bool, beat: bool, metrics_port: int | None) -> None:
+           dead_after: str, weighted: bool, beat: bool, metrics_port: int | None) -> None:
     """Run a worker: claim jobs from the channels in strict order and run them."""
     from taskpipe.worker import Worker
 
@@ -84,7 +88,7 @@ def worker(app_path: str, queues: str | None, concurrency: int | None, prefetch:
             ", ".join(sorted({app.default_channel, *(t.channel for t in app.tasks.values())})))
     w = Worker(app, channels, concurrency=concurrency, prefetch=prefetch, pool=pool, burst=burst,
                max_jobs=max_jobs, name=name, lease=lease, grace=grace, weighted=weighted,
-               beat=beat, app_path=app_path)
+               beat=beat, app_path=app_path, dead_after=dead_after)
     if metrics_port is not None:
         from taskpipe.contrib.metrics import serve_metrics
 
