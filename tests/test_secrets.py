@@ -105,11 +105,13 @@ def test_every_command_hides_the_password(locked: RedisServer, app_module: Path,
                     ["tasks", "-A", "secretapp:app"], ["cron", "list", "-A", "secretapp:app"],
                     ["worker", "-A", "secretapp:app", "--burst", "-l", "debug"],
                     ["status", "--broker", f"redis://:{SECRET}@127.0.0.1:1/0"],  # unreachable
+                    ["status", "--broker", f"redis://:{SECRET}x@127.0.0.1:{locked.port}/0"],  # wrong
+                    ["doctor", "--broker", url], ["doctor", "--json", "--broker", url],
                     ["status", "--broker", f"redis://:{SECRET}@127.0.0.1:x/0"],  # malformed
                     ]
             for args in runs:
                 result = CliRunner().invoke(cli, args, env=env)
-                if "--broker" not in args and args[-1] != "nope":
+                if "--broker" not in args and args[-1] != "nope":  # (doctor: 1 = unsafe settings)
                     assert result.exit_code == 0, (args, result.output)
                 out = result.output + (repr(result.exception) if result.exception else "")
                 assert SECRET not in out, (args, out)
