@@ -107,6 +107,9 @@ def test_every_command_hides_the_password(locked: RedisServer, app_module: Path,
                     ["status", "--broker", f"redis://:{SECRET}@127.0.0.1:1/0"],  # unreachable
                     ["status", "--broker", f"redis://:{SECRET}x@127.0.0.1:{locked.port}/0"],  # wrong
                     ["doctor", "--broker", url], ["doctor", "--json", "--broker", url],
+                    ["jobs", "logs", "nope"], ["jobs", "retry", "nope"], ["jobs", "retract", "nope"],
+                    ["jobs", "cancel", "nope"], ["jobs", "stall", "nope"],
+                    ["jobs", "clean", "-s", "finished", "--older-than", "1d", "--dry-run"],
                     ["status", "--broker", f"redis://:{SECRET}@127.0.0.1:x/0"],  # malformed
                     ]
             for args in runs:
@@ -125,7 +128,7 @@ def test_every_command_hides_the_password(locked: RedisServer, app_module: Path,
 
 
 def test_processes_hide_the_password(locked: RedisServer, app_module: Path, prefix: str) -> None:
-    """The dashboard's start-up line and a worker's whole log, as real processes."""
+    """The dashboard's start-up line, a worker's and a scheduler's whole log, as real processes."""
     url = f"redis://127.0.0.1:{locked.port}/0?password={SECRET}"
     env = {**os.environ, "SECRET_BROKER": url, "SECRET_PREFIX": prefix,
            "PYTHONPATH": os.pathsep.join([str(app_module), *sys.path])}
@@ -135,6 +138,17 @@ def test_processes_hide_the_password(locked: RedisServer, app_module: Path, pref
     assert worker.returncode == 0, worker.stderr
     assert "consuming" in worker.stderr + worker.stdout
     assert SECRET not in worker.stdout + worker.stderr
+    scheduler = subprocess.Popen(
+        [sys.executable, "-m", "taskpipe", "scheduler", "-A", "secretapp:app", "-l", "debug"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert scheduler.stdout is not None
+        first = scheduler.stdout.readline()  # its start-up line: it runs
+        assert first
+    finally:
+        scheduler.terminate()
+        rest = scheduler.communicate(timeout=30)[0]
+    assert SECRET not in first + rest
     board = subprocess.Popen(
         [sys.executable, "-m", "taskpipe", "dashboard", "--broker", url, "--prefix", prefix,
          "--port", "0", "-l", "DEBUG"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
