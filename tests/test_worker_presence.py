@@ -79,3 +79,38 @@ def test_sigstop_is_reaped_only_after_the_lease(harness: Harness) -> None:
     rescuer.send(signal.SIGTERM)
     assert rescuer.wait() == 0, rescuer.output()
     h.check_ledger()
+
+
+def test_a_redis_restart_is_not_taken_for_a_death(tmp_path: Path, prefix: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis restarts (AOF): every subscription is gone at once, the presence set is not. The
+    running worker subscribes again within the grace, so the other worker's reaper never takes
+    its job: it finishes once, in the worker that had it, with no cancel."""
+    from redis_server import RedisServer
+
+    server = RedisServer(appendonly=True).start()
+    h = Harness(tmp_path, server.url, prefix, monkeypatch)
+    try:
+        job = h.send("slow", 4.0)
+        runner = h.worker("-c", "1", "--name", "runner", TP_TEST_LEASE="60s")
+        wait_for(lambda: h.flag("started", job.id), what="the job to start")
+        other = h.worker("-c", "1", "--name", "other", TP_TEST_LEASE="60s")
+        wait_for(lambda: "other" in h.registered(), what="the other worker to register")
+        server.restart()
+        wait_for(lambda: "presence subscription re-made" in runner.output(),
+                 what="the runner to subscribe again")
+        # two heartbeats of the other worker after that: its reaper (every 0.5 s) ran since
+        key = h.app.thoonk.keys.worker_info("other")
+        beat0 = int(h.r.hget(key, "heartbeat") or 0)
+        wait_for(lambda: int(h.r.hget(key, "heartbeat") or 0) >= beat0 + 3, timeout=30,
+                 what="the other worker's keeper to run on")
+        assert job.get(timeout=30) == runner.pid
+        assert h.runs(job.id) == 1
+        assert "is gone" not in other.output() and "expired" not in other.output(), other.output()
+        for w in (runner, other):
+            w.send(signal.SIGTERM)
+            assert w.wait() == 0, w.output()
+        h.check_ledger()
+    finally:
+        h.close()
+        server.cleanup()
