@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from taskpipe.connection import Connection
+from taskpipe.errors import BrokerUnavailable
 
 __all__ = ["Finding", "diagnose", "eviction_policy", "eviction_warning", "MIN_VERSION"]
 
@@ -166,8 +167,15 @@ def _check_sentinels(connection: Connection) -> list[Finding]:
 
 
 def diagnose(connection: Connection) -> list[Finding]:
-    """Every data-safety check for the broker of ``connection``. Raises ``redis`` connection
-    errors if the broker cannot be reached (the caller reports them)."""
+    """Every data-safety check for the broker of ``connection``. Raises ``BrokerUnavailable``
+    if the broker cannot be reached."""
+    try:
+        return _diagnose(connection)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise BrokerUnavailable(f"doctor: cannot reach the broker: {exc}") from exc
+
+
+def _diagnose(connection: Connection) -> list[Finding]:
     if connection.is_memory:
         return [Finding("warn", "broker", "memory:// is an embedded broker inside this process: "
                         "nothing persists and no other process can reach it (tests and demos)")]
