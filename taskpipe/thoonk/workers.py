@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from taskpipe.connection import close_quietly
+from taskpipe.thoonk.scripts import broker_errors
 
 if TYPE_CHECKING:
     from taskpipe.thoonk.thoonk import Thoonk
@@ -61,10 +62,11 @@ class WorkerRegistry:
         now_ms = int(self.thoonk.scripts["worker_beat"](
             self.thoonk.client, [self.keys.workers_registry()], [name, ttl_ms]))
         key = self.keys.worker_info(name)
-        pipe = self.thoonk.client.pipeline(transaction=False)
-        pipe.hset(key, mapping={**fields, "heartbeat": str(now_ms // 1000)})
-        pipe.pexpire(key, ttl_ms)
-        pipe.execute()
+        with broker_errors("worker registry beat"):
+            pipe = self.thoonk.client.pipeline(transaction=False)
+            pipe.hset(key, mapping={**fields, "heartbeat": str(now_ms // 1000)})
+            pipe.pexpire(key, ttl_ms)
+            pipe.execute()
         return now_ms
 
     def remove(self, name: str) -> None:
@@ -82,10 +84,11 @@ class WorkerRegistry:
         client = self.thoonk.client
         _now, names = self.thoonk.scripts["worker_live"](client, [self.keys.workers_registry()], [])
         out = []
-        for name in names:
-            raw = client.hgetall(self.keys.worker_info(_s(name)))
-            if raw:
-                out.append({_s(k): _s(v) for k, v in raw.items()})
+        with broker_errors("worker registry"):
+            for name in names:
+                raw = client.hgetall(self.keys.worker_info(_s(name)))
+                if raw:
+                    out.append({_s(k): _s(v) for k, v in raw.items()})
         return out
 
 
