@@ -13,7 +13,7 @@ without cleanup) the kernel closes its sockets, Redis drops the subscription at 
 ``PUBSUB NUMSUB`` of that channel turns 0. The reaper (``job_reap.lua``, run by every worker)
 checks it inside the script: a joined worker seen without a subscriber for ``grace`` ms has its
 claims returned to the queue (cancel count +1, fenced: its tokens are dropped) as an expired
-lease would be. Why a subscription rather than ``CLIENT LIST``: ``CLIENT`` cannot run inside a
+lease would be, during the 5 s after its grace (then it leaves the set; leftovers: lease). Why a subscription rather than ``CLIENT LIST``: ``CLIENT`` cannot run inside a
 script (the check and the requeue would not be one atomic step), costs O(all clients) per call,
 and is often disabled on managed Redis; ``PUBSUB NUMSUB`` is O(1), allowed in scripts and
 available on every Redis the project supports and on ``memory://``.

@@ -12,8 +12,13 @@
 --         (PUBSUB NUMSUB = 0: every connection of its process is closed) for this long is dead
 -- Leases whose deadline (server time) has passed are reaped; a valid lease only when its
 -- worker joined the presence set and has been gone for the grace. Workers that never joined
--- (other clients, other versions) are reaped by lease only.
--- Returns: {{requeued ids...}, {stalled ids...}, {dead workers...}, {ids of theirs sent back}}
+-- (other clients, other versions) are reaped by lease only. A dead worker's claims are looked
+-- for (HGETALL of KEYS[4]) during DEAD_WINDOW_MS (5 s) after its grace, by every reaper pass
+-- of every channel; then it leaves the presence set and any claim of it left is reaped by lease.
+-- Cost per pass: one PUBSUB NUMSUB per joined worker; O(claims) only inside a dead window, and
+-- at most DEAD_CAP (100) claims of dead workers sent back per call (the next pass does more).
+-- Returns: {{requeued ids...}, {stalled ids...}, {dead workers whose claims were sent back},
+--          {those ids}}
 -- Events: none.
 --@include _now.lua
 --@include _owner.lua
@@ -21,6 +26,8 @@ local now = now_ms()
 local limit = math.min(tonumber(ARGV[1]), 1000)
 local max_cancels = tonumber(ARGV[2])
 local requeued, stalled, dead_workers, dead_ids = {}, {}, {}, {}
+local DEAD_WINDOW_MS = 5000
+local DEAD_CAP = math.min(limit, 100)  -- claims of dead workers sent back per call
 
 local function send_back(id, why)
   unclaim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], id)
@@ -47,32 +54,37 @@ for _, id in ipairs(expired) do
 end
 
 if KEYS[12] and #requeued + #stalled < limit then
+  -- O(joined workers) per pass; the claim owners are read only while some worker is dead
   local grace = tonumber(ARGV[4])
-  local verdict = {}
-  local owners = redis.call('HGETALL', KEYS[4])
-  for i = 1, #owners, 2 do
-    local id, worker = owners[i], owners[i + 1]
-    local gone = verdict[worker]
-    if gone == nil then
-      gone = false
-      local since = redis.call('ZSCORE', KEYS[12], worker)
-      if since then
-        since = tonumber(since)
-        local subscribers = redis.call('PUBSUB', 'NUMSUB', ARGV[3] .. worker)[2]
-        if tonumber(subscribers) > 0 then
-          if since ~= 0 then redis.call('ZADD', KEYS[12], 0, worker) end
-        elseif since == 0 then
-          redis.call('ZADD', KEYS[12], now, worker)  -- first seen gone: wait out the grace
-        elseif now - since >= grace then
-          gone = true
+  local dead, any = {}, false
+  local joined = redis.call('ZRANGE', KEYS[12], 0, -1, 'WITHSCORES')
+  for i = 1, #joined, 2 do
+    local worker, since = joined[i], tonumber(joined[i + 1])
+    local subscribers = tonumber(redis.call('PUBSUB', 'NUMSUB', ARGV[3] .. worker)[2])
+    if subscribers > 0 then
+      if since ~= 0 then redis.call('ZADD', KEYS[12], 0, worker) end
+    elseif since == 0 then
+      redis.call('ZADD', KEYS[12], now, worker)  -- first seen gone: wait out the grace
+    elseif now - since >= grace + DEAD_WINDOW_MS then
+      redis.call('ZREM', KEYS[12], worker)  -- every channel had its window: lease from now on
+    elseif now - since >= grace then
+      dead[worker], any = true, true
+    end
+  end
+  if any then
+    local owners = redis.call('HGETALL', KEYS[4])
+    local named = {}
+    for i = 1, #owners, 2 do
+      local id, worker = owners[i], owners[i + 1]
+      if dead[worker] and #dead_ids < DEAD_CAP and #requeued + #stalled < limit
+          and redis.call('ZSCORE', KEYS[1], id) then
+        send_back(id, 'worker died')
+        dead_ids[#dead_ids + 1] = id
+        if not named[worker] then
+          named[worker] = true
           dead_workers[#dead_workers + 1] = worker
         end
       end
-      verdict[worker] = gone
-    end
-    if gone and #requeued + #stalled < limit and redis.call('ZSCORE', KEYS[1], id) then
-      send_back(id, 'worker died')
-      dead_ids[#dead_ids + 1] = id
     end
   end
 end
