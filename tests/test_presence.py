@@ -113,3 +113,15 @@ def test_registry_uses_server_time(thoonk: Thoonk) -> None:
     assert [w["name"] for w in reg.live()] == ["w5"]
     reg.remove("w5")
     assert reg.live() == []
+
+
+def test_the_presence_connection_is_named(thoonk: Thoonk) -> None:
+    if thoonk.connection.is_memory:
+        pytest.skip("memory:// has no connections to name")
+    me = Presence(thoonk, "web 1.42")
+    me.hold(rejoin=True)
+    try:
+        names = [c.get("name") for c in thoonk.client.client_list()]
+        assert "taskpipe-worker:web_1.42" in names
+    finally:
+        me.leave()

@@ -134,7 +134,7 @@ class Presence:
             if self._pubsub is None or self.subscribers() == 0:
                 self._drop()
                 if self._client is None:
-                    self._client = self.thoonk.connection.new_client()
+                    self._client = self._named_client()
                 pubsub = self._client.pubsub()
                 try:
                     pubsub.subscribe(self.channel)
@@ -148,6 +148,16 @@ class Presence:
                 self.thoonk.scripts["presence_join"](
                     self.thoonk.client, [self.thoonk.keys.presence()], [self.name, PRESENCE_TTL_MS])
             return resubscribed
+
+    def _named_client(self) -> Any:
+        """A client of its own whose connections are named ``taskpipe-worker:<name>`` (``CLIENT
+        SETNAME``, so ``CLIENT LIST`` shows whose they are; spaces and controls become ``_``)."""
+        client = self.thoonk.connection.new_client()
+        pool = getattr(client, "connection_pool", None)
+        if pool is not None and not self.thoonk.connection.is_memory:
+            safe = "".join(c if c.isprintable() and not c.isspace() else "_" for c in self.name)
+            pool.connection_kwargs["client_name"] = f"taskpipe-worker:{safe}"
+        return client
 
     def leave(self) -> None:
         """Leave the presence set and drop the subscription (clean stop); best effort."""
