@@ -83,10 +83,10 @@ class Worker:
         self.grace = parse_duration(grace)
         # dead_after: a worker whose every connection closed is dead after this long (None or 0:
         # off, its claims wait for their leases); checked by the reaper, every 0.5 s by default
-        grace = parse_duration(dead_after) if dead_after is not None else 0.0
-        self.dead_after_ms = int(grace * 1000)
+        dead_after_s = parse_duration(dead_after) if dead_after is not None else 0.0
+        self.dead_after_ms = int(dead_after_s * 1000)
         self.reaper_interval = (parse_duration(reaper_interval) if reaper_interval is not None
-                                else min(0.5 if grace else 5.0, max(0.05, self.lease_s / 2)))
+                                else min(0.5 if dead_after_s else 5.0, max(0.05, self.lease_s / 2)))
         self.weighted = weighted
         self.weights = list(weights or [])
         self.beat = beat
