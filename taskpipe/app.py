@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -10,7 +11,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from taskpipe.broker_retry import BrokerRetry
-from taskpipe.connection import DEFAULT_URL, Connection, parse_url
+from taskpipe.brokercheck import eviction_policy, eviction_warning
+from taskpipe.connection import DEFAULT_URL, Connection, parse_url, redact_url
 from taskpipe.durations import eta_to_delay, parse_duration, parse_optional_duration, to_ms
 from taskpipe.errors import ConfigError, UnknownTask
 from taskpipe.serialization import (
@@ -53,7 +55,7 @@ class TaskPipe:
     def __init__(self, name: str | None = None, broker: str | None = None, *, prefix: str = "",
                  serializer: str = "msgpack", result_ttl: Any = "1d", default_channel: str = "default",
                  retries: int = 0, retry_backoff: Any = "1s", retry_backoff_max: Any = "10m",
-                 timeout: Any = None, lease: Any = "30s", max_cancels: int = 3,
+                 timeout: Any = None, lease: Any = "20s", max_cancels: int = 3,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, connection: Connection | None = None,
                  client: Any = None, publish_retry: Any = "5s") -> None:
         self.name = name or "taskpipe"
@@ -91,9 +93,10 @@ class TaskPipe:
         self._lock = threading.Lock()
         self._watcher: Any = None
         self.crons: list[Any] = []
+        self._eviction_checked = False
 
     def __repr__(self) -> str:
-        return f"<TaskPipe {self.name} broker={self.broker_url}>"
+        return f"<TaskPipe {self.name} broker={redact_url(self.broker_url)}>"
 
     # tasks ----------------------------------------------------------------------------------
     @overload
@@ -163,6 +166,7 @@ class TaskPipe:
         name = name or self.default_channel
         ch = self._channels.get(name)
         if ch is None:
+            self.check_eviction_policy()  # once per app: a producer's first publish, a worker's start
             with self._lock:
                 ch = self._channels.get(name)
                 if ch is None:
@@ -176,6 +180,26 @@ class TaskPipe:
                         f"open channel {real!r}", lambda _attempt: self.thoonk.job(real))
                     self._channels[name] = self._channels[real] = ch
         return ch
+
+    def check_eviction_policy(self) -> bool:
+        """Warn once (logger ``taskpipe``) if the broker may evict keys: a ``maxmemory-policy``
+        other than ``noeviction`` silently deletes jobs under memory pressure. Run on the first
+        channel this app opens (a producer's first publish, a worker's start); ``taskpipe
+        doctor`` checks every setting. Returns False if the broker could not be asked now."""
+        if self._eviction_checked:
+            return True
+        if self.connection.is_memory or self.connection.is_cluster:  # cluster: see doctor
+            self._eviction_checked = True
+            return True
+        try:
+            policy = eviction_policy(self.connection.client)
+        except Exception:  # noqa: BLE001 - broker down: the caller's own command reports it
+            return False
+        self._eviction_checked = True
+        warning = eviction_warning(policy)
+        if warning:
+            logging.getLogger("taskpipe").warning(warning)
+        return True
 
     # publishing -----------------------------------------------------------------------------
     def _build(self, name: str, args: Iterable[Any], kwargs: dict[str, Any] | None,
@@ -219,8 +243,8 @@ class TaskPipe:
             delay_ms = to_ms(eta_to_delay(eta, time.time())) if isinstance(eta, (datetime, int, float)) \
                 else to_ms(eta)
         priority = bool(options["priority"]) if options.get("priority") is not None else topts.priority
-        fresh = not options.get("id")
-        job_id = options.get("id") or new_id()
+        fresh = options.get("id") is None
+        job_id = new_id() if fresh else options["id"]  # id="" is an error, not "make one"
         if not isinstance(job_id, str) or not job_id or "\0" in job_id:
             raise ConfigError(f"a job id must be a non-empty string without NUL, got {job_id!r}")
         channel = self.channel(options.get("channel") or topts.channel)  # after every check

@@ -18,6 +18,7 @@ A ``Connection`` is owned by its app (or ``Thoonk`` object); nothing here is glo
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 import weakref
@@ -30,7 +31,8 @@ from redis.crc import key_slot as _crc_key_slot
 
 from taskpipe.errors import BrokerUnavailable, BrokerURLError
 
-__all__ = ["Connection", "CommandLane", "ListWaiter", "parse_url", "key_slot", "DEFAULT_URL"]
+__all__ = ["Connection", "CommandLane", "ListWaiter", "parse_url", "key_slot", "redact_url",
+           "DEFAULT_URL"]
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 SUPPORTED_SCHEMES = ("redis", "rediss", "unix", "memory", "redis+sentinel", "redis+cluster")
@@ -42,8 +44,68 @@ def key_slot(key: str | bytes) -> int:
     return int(_crc_key_slot(key.encode("utf-8") if isinstance(key, str) else key))
 
 
+# a query option whose value is a secret: password=, sentinel_password=, any *password / *token
+_SECRET_OPTION = re.compile(r"([?&;](?:[^=&;#]*password|[^=&;#]*token|[^=&;#]*secret)=)[^&;#]*",
+                            re.IGNORECASE)
+
+
+def redact_url(url: Any) -> str:
+    """A broker URL fit to show: the password of its userinfo and the values of its
+    ``password=`` / ``sentinel_password=`` (any ``*password``, ``*token``, ``*secret``) query
+    options replaced by ``***``. Never raises, whatever the input (a malformed URL is redacted
+    from ``://`` to its last ``@`` before the path). Used wherever taskpipe shows a URL:
+    errors, ``repr(app)``, the CLI, the dashboard, logs."""
+    text = url if isinstance(url, str) else str(url)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    # userinfo: everything up to the last "@" before the query/fragment (a password may hold
+    # "/", "@" or ":" unescaped, which would fool urlsplit)
+    head = re.split(r"[?#]", rest, maxsplit=1)[0]
+    at = head.rfind("@")
+    if at >= 0:
+        user, colon, _password = head[:at].partition(":")
+        userinfo = f"{user}:***" if colon or not user else "***"
+        if colon and not user:
+            userinfo = ":***"
+        rest = userinfo + rest[at:]
+    rest = _SECRET_OPTION.sub(r"\1***", rest)
+    return f"{scheme}{sep}{rest}"
+
+
 def parse_url(url: str) -> dict[str, Any]:
-    """Check a broker URL and return its parts; raise ``BrokerURLError`` naming the problem."""
+    """Check a broker URL and return its parts; raise ``BrokerURLError`` naming the problem.
+    Error messages show the URL with its secrets redacted (``redact_url``)."""
+    try:
+        return _parse_url(url)
+    except BrokerURLError as exc:
+        if isinstance(url, str) and url != redact_url(url):
+            exc.args = tuple(_redact_text(a, url) if isinstance(a, str) else a for a in exc.args)
+        raise
+
+
+def _secrets_of(url: str) -> list[str]:
+    """The secret strings in a URL (and the pieces of them a parser may have split off)."""
+    rest = url.partition("://")[2] or url
+    head = re.split(r"[?#]", rest, maxsplit=1)[0]
+    found = []
+    if "@" in head:
+        found.append(head[:head.rfind("@")].partition(":")[2] or head[:head.rfind("@")])
+    found += [m.group(0).partition("=")[2] for m in _SECRET_OPTION.finditer(rest)]
+    pieces = [p for s in found for sep in (r"/", r"[/@:?#&]") for p in re.split(sep, s)
+              if len(p) >= 3]
+    return sorted({s for s in found + pieces if s}, key=len, reverse=True)
+
+
+def _redact_text(text: str, url: str) -> str:
+    """``text`` with ``url`` (and any secret of it) redacted."""
+    text = text.replace(url, redact_url(url))
+    for secret in _secrets_of(url):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _parse_url(url: str) -> dict[str, Any]:
     if not isinstance(url, str) or not url.strip():
         raise BrokerURLError(f"broker URL must be a non-empty string, got {url!r}")
     if "://" not in url:
@@ -109,6 +171,22 @@ def parse_url(url: str) -> dict[str, Any]:
         raise BrokerURLError(f"database in broker URL {url!r} must be a number, got {db!r}")
     info["db"] = int(db)
     return info
+
+
+def _on_connect(conn: Any) -> None:
+    """redis-py's handshake (AUTH, HELLO, SELECT, CLIENT SETINFO), with a database number the
+    server does not have (``redis://host/99`` beyond its ``databases``) turned into a
+    ``BrokerURLError`` on the first command instead of a raw ``ResponseError``."""
+    try:
+        conn.on_connect()
+    except redis.exceptions.ResponseError as exc:
+        if "DB index is out of range" not in str(exc):
+            raise
+        conn.disconnect()
+        raise BrokerURLError(
+            f"database {conn.db} in the broker URL does not exist on the Redis server at "
+            f"{conn.host if hasattr(conn, 'host') else 'its socket'} (it has fewer 'databases'; "
+            "the default is 16: 0-15)") from None
 
 
 def close_quietly(closable: Any) -> None:
@@ -188,7 +266,7 @@ class Connection:
                 sentinel_kwargs={"socket_timeout": 5, **self.info["sentinel_auth"]})
             client = sentinel.master_for(  # type: ignore[no-untyped-call]
                 self.info["master"], db=self.info["db"], socket_timeout=self._socket_timeout,
-                socket_connect_timeout=5, **auth)
+                socket_connect_timeout=5, redis_connect_func=_on_connect, **auth)
             self._follow(client.connection_pool)
             return client
         if self.scheme == "redis+cluster":
@@ -199,7 +277,8 @@ class Connection:
                                 password=self.info["password"], username=self.info["username"],
                                 socket_timeout=self._socket_timeout, socket_connect_timeout=5)
         return redis.Redis.from_url(self.url, socket_timeout=self._socket_timeout,
-                                    socket_connect_timeout=5, health_check_interval=30)
+                                    socket_connect_timeout=5, health_check_interval=30,
+                                    redis_connect_func=_on_connect)
 
     # Sentinel: follow a switch at once ------------------------------------------------------
     # redis-py's Sentinel pools ask the sentinels for the master only when they open a

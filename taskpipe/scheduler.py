@@ -73,7 +73,26 @@ def _normalize(expr: Any) -> str:
     if len(text.split()) not in (5, 6):
         raise CronError(f"bad cron expression {expr!r}: expected 5 fields (minute hour day month "
                         "weekday) or 6 with seconds first (second minute hour day month weekday)")
+    _check_steps(expr, text)
     return text
+
+
+# (field name, lowest, highest) in the five-field order; six fields put seconds first
+_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day-of-month", 1, 31), ("month", 1, 12),
+           ("weekday", 0, 6))
+
+
+def _check_steps(expr: Any, text: str) -> None:
+    """A step larger than its field's range (``*/61`` minutes, ``*/24`` hours) would fire only
+    at the start of the range (hourly, daily): croniter accepts it, cron users do not mean it."""
+    fields = text.split()
+    bounds = ((("second", 0, 59),) if len(fields) == 6 else ()) + _FIELDS
+    for value, (name, low, high) in zip(fields, bounds):
+        for part in value.split(","):
+            _, slash, step = part.partition("/")
+            if slash and step.isdigit() and not 1 <= int(step) <= high - low:
+                raise CronError(f"bad cron expression {expr!r}: step {step} in the {name} field is "
+                                f"outside 1-{high - low} (the field runs {low}-{high})")
 
 
 @dataclass(frozen=True)

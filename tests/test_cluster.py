@@ -448,3 +448,18 @@ def test_worker_end_to_end(app: TaskPipe, three_names: list[str]) -> None:
         worker.stop()
         runner.join(30)
     assert not runner.is_alive()
+
+
+def test_doctor_checks_every_primary_and_the_cluster_state(cluster: RedisCluster) -> None:
+    from taskpipe.brokercheck import diagnose
+
+    conn = Connection(cluster.url)
+    try:
+        findings = diagnose(conn)
+    finally:
+        conn.close()
+    assert [f.level for f in findings if f.check == "cluster"] == ["ok"]
+    nodes = {f.node for f in findings if f.check == "version"}
+    assert len(nodes) == 3 and all(":" in n for n in nodes)  # one per primary
+    # the test cluster runs without persistence: every primary says so
+    assert {f.node for f in findings if f.check == "persistence" and f.level == "unsafe"} == nodes

@@ -416,3 +416,24 @@ def test_a_waiter_on_a_master_refusing_writes_raises_broker_unavailable() -> Non
         conn.close()
     finally:
         server.cleanup()
+
+
+def test_doctor_checks_the_master_and_the_sentinel_quorum(sentinel_setup: SentinelSetup) -> None:
+    from taskpipe.brokercheck import diagnose
+    from taskpipe.connection import Connection
+
+    conn = Connection(sentinel_setup.url)
+    try:
+        findings = {f.check: f for f in diagnose(conn)}
+    finally:
+        conn.close()
+    assert findings["sentinel"].level == "ok" and "quorum" in findings["sentinel"].message
+    assert findings["version"].level == "ok" and "role" not in findings  # it found the master
+    broken = Connection(sentinel_setup.url.replace(f"/{MASTER}", "/nosuchmaster"))
+    try:
+        from taskpipe.brokercheck import _check_sentinels
+
+        verdict = _check_sentinels(broken)
+    finally:
+        broken.close()
+    assert verdict[0].level == "unsafe" and "nosuchmaster" in verdict[0].message

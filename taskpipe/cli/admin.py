@@ -14,13 +14,14 @@ import sys
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 import redis
 from click.core import ParameterSource
 
+from taskpipe.brokercheck import eviction_policy, eviction_warning
 from taskpipe.cli.main import app_option, cli, load_app
+from taskpipe.connection import redact_url as _redact
 from taskpipe.durations import format_duration, parse_duration
 from taskpipe.errors import JobNotFound, TaskpipeError
 from taskpipe.inspect import LIST_STATES, MAX_PAGE, Inspector, JobDetail, Page, jsonable, safe_text
@@ -84,15 +85,6 @@ def _table(headers: list[str], rows: Iterable[Iterable[Any]], width: int = 60) -
     return "\n".join(lines)
 
 
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        host = parts.netloc.rpartition("@")[2]
-        user = f"{parts.username}:" if parts.username else ":"
-        return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
-    return url
-
-
 def _ago(ms: int | None, now_ms: int) -> str:
     if ms is None:
         return "-"
@@ -134,11 +126,16 @@ def status(app_path: str | None, broker: str | None, prefix: str | None, as_json
     """Channels with jobs per state, paused flags, and live workers with their current jobs."""
     insp = _inspector(app_path, broker, prefix)
     channels, workers, now = insp.overview(), insp.workers(), insp.server_time_ms()
+    warning = None if insp.app.connection.is_memory or insp.app.connection.is_cluster else (
+        eviction_warning(eviction_policy(insp.app.connection.client)))
     if as_json:
         _emit_json({"broker": _redact(insp.app.broker_url), "prefix": insp.app.prefix,
-                    "server_time_ms": now, "channels": channels, "workers": workers})
+                    "server_time_ms": now, "channels": channels, "workers": workers,
+                    "warnings": [warning] if warning else []})
         return
     click.echo(f"broker {_redact(insp.app.broker_url)}  prefix {insp.app.prefix!r}")
+    if warning:
+        click.echo(f"WARNING: {warning}", err=True)
     if channels:
         click.echo(_table(
             ["CHANNEL", "AVAILABLE", "DELAYED", "CLAIMED", "STALLED", "FINISHED", "FAILED(total)",

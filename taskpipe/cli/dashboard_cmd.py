@@ -7,24 +7,14 @@ import signal
 import sys
 import threading
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 
 from taskpipe.cli.main import app_option, cli, load_app
+from taskpipe.connection import redact_url as _redact
 from taskpipe.errors import ConfigError
 
 __all__ = ["dashboard"]
-
-
-def _redact(url: str) -> str:
-    """The URL with its password (if any) replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = f"{parts.username}:" if parts.username else ":"
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
 @cli.command()

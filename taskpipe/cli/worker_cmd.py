@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 import click
 
 from taskpipe.cli.main import app_option, cli, load_app
+from taskpipe.thoonk.keys import cluster_name
 
 __all__ = ["worker"]
 
@@ -17,6 +19,23 @@ def channels_from_env() -> list[str] | None:
     """Channels from ``TASKPIPE_QUEUES`` or Kinetik's ``QUEUE`` (comma-separated), if set."""
     value = os.environ.get("TASKPIPE_QUEUES") or os.environ.get("QUEUE")
     return [c.strip() for c in value.split(",") if c.strip()] if value else None
+
+
+def unknown_channels(app: Any, channels: list[str]) -> list[str]:
+    """The channels of ``-Q`` that no task or cron entry of the app uses and that do not exist
+    in Redis yet: most likely typos (``-Q hihg``). Empty if Redis cannot be asked now."""
+    known = {app.default_channel, *app.raw_channels}
+    known |= {t.channel for t in app.tasks.values()}
+    known |= {e.channel for e in app.crons if getattr(e, "channel", None)}
+    suspects = [c for c in channels if c not in known]
+    if not suspects:
+        return []
+    try:
+        existing = {m.decode() if isinstance(m, bytes) else str(m)
+                    for m in app.thoonk.client.smembers(app.thoonk.keys.feeds)}
+    except Exception:  # noqa: BLE001 - Redis down: the worker reports it; no check now
+        return []
+    return [c for c in suspects if c not in existing and cluster_name(c) not in existing]
 
 
 @cli.command()
@@ -42,6 +61,10 @@ def channels_from_env() -> list[str] | None:
 @click.option("--lease", default=None, help="Lease of a claimed job, e.g. 30s (default: the app's).")
 @click.option("--grace", default="30s", show_default=True,
               help="On SIGTERM/SIGINT, how long running jobs may take before they go back to the queue.")
+@click.option("--dead-after", default="1s", show_default=True,
+              help="A worker whose connections to Redis all closed (its process died) is dead "
+                   "after this long: its jobs go back to the queue then, not after their lease. "
+                   "0 turns this off.")
 @click.option("--weighted", is_flag=True,
               help="Weighted channel order instead of strict priority, so low channels can't starve.")
 @click.option("--beat", is_flag=True, help="Also run the cron scheduler in this process.")
@@ -50,7 +73,7 @@ def channels_from_env() -> list[str] | None:
 def worker(app_path: str, queues: str | None, concurrency: int | None, prefetch: int | None,
            pool: str, burst: bool,
            max_jobs: int | None, loglevel: str, name: str | None, lease: str | None, grace: str,
-           weighted: bool, beat: bool, metrics_port: int | None) -> None:
+           dead_after: str, weighted: bool, beat: bool, metrics_port: int | None) -> None:
     """Run a worker: claim jobs from the channels in strict order and run them."""
     from taskpipe.worker import Worker
 
@@ -58,9 +81,14 @@ def worker(app_path: str, queues: str | None, concurrency: int | None, prefetch:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = load_app(app_path)
     channels = [c.strip() for c in queues.split(",") if c.strip()] if queues else channels_from_env()
+    for typo in unknown_channels(app, channels or []):
+        logging.getLogger("taskpipe.worker").warning(
+            "channel %r is used by no task of this app and does not exist yet (a typo?); "
+            "consuming it anyway. The app's channels: %s", typo,
+            ", ".join(sorted({app.default_channel, *(t.channel for t in app.tasks.values())})))
     w = Worker(app, channels, concurrency=concurrency, prefetch=prefetch, pool=pool, burst=burst,
                max_jobs=max_jobs, name=name, lease=lease, grace=grace, weighted=weighted,
-               beat=beat, app_path=app_path)
+               beat=beat, app_path=app_path, dead_after=dead_after)
     if metrics_port is not None:
         from taskpipe.contrib.metrics import serve_metrics
 

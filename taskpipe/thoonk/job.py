@@ -23,7 +23,7 @@ from taskpipe.thoonk.scripts import broker_errors
 if TYPE_CHECKING:
     from taskpipe.thoonk.thoonk import Thoonk
 
-__all__ = ["JobChannel", "Claim", "JobInfo", "FinishRequest", "PutRequest", "new_id",
+__all__ = ["JobChannel", "Claim", "JobInfo", "FinishRequest", "PutRequest", "Reaped", "new_id",
            "DEFAULT_LEASE_MS", "FINISHED_INDEX_MS"]
 
 DEFAULT_LEASE_MS = 30_000
@@ -98,6 +98,17 @@ class FinishRequest:
     result: bytes = b""
     result_ttl_ms: int = 0
     failed: bool = False
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """What one reaper pass did: ids requeued and stalled (either cause), the workers found dead
+    (their alive channel empty past the grace) and which of the ids were theirs."""
+
+    requeued: list[str]
+    stalled: list[str]
+    dead_workers: list[str]
+    dead_ids: list[str]
 
 
 @dataclass(frozen=True)
@@ -426,16 +437,29 @@ class JobChannel:
         lost = self.scripts["job_extend"](self.client, [k.claimed, k.leases, k.tokens], args)
         return [_s(x) for x in lost]
 
-    def reap(self, max_cancels: int = 0, limit: int = 1000) -> tuple[list[str], list[str]]:
-        """Requeue (or stall, past ``max_cancels``) claims whose lease expired.
-
-        Returns ``(requeued_ids, stalled_ids)``.
+    def reap(self, max_cancels: int = 0, limit: int = 1000, *,
+             presence: tuple[str, str, int] | None = None) -> tuple[list[str], list[str]]:
+        """Requeue (or stall, past ``max_cancels``) claims whose lease expired, and with
+        ``presence`` = ``(presence set key, alive channel prefix, grace ms)`` also the claims of
+        joined workers whose alive channel has had no subscriber for the grace (their process
+        died: see ``thoonk/workers.py``). Returns ``(requeued_ids, stalled_ids)``.
         """
+        reaped = self.reap_detail(max_cancels, limit, presence=presence)
+        return reaped.requeued, reaped.stalled
+
+    def reap_detail(self, max_cancels: int = 0, limit: int = 1000, *,
+                    presence: tuple[str, str, int] | None = None) -> Reaped:
+        """``reap``, saying which workers were found dead and which of the ids were theirs."""
         k = self.keys
-        requeued, stalled = self.scripts["job_reap"](
-            self.client, [*self._owner_keys, k.cancelled, k.ids, k.wake, k.stalled, k.reasons,
-                          k.published, k.stalled_at], [limit, max_cancels])
-        return [_s(x) for x in requeued], [_s(x) for x in stalled]
+        keys = [*self._owner_keys, k.cancelled, k.ids, k.wake, k.stalled, k.reasons,
+                k.published, k.stalled_at]
+        args: list[Any] = [limit, max_cancels]
+        if presence is not None:
+            keys.append(presence[0])
+            args += [presence[1], presence[2]]
+        reply = self.scripts["job_reap"](self.client, keys, args)
+        lists = [[_s(x) for x in part] for part in reply] + [[], []]
+        return Reaped(lists[0], lists[1], lists[2], lists[3])
 
     def promote(self, limit: int = 1000) -> tuple[int, int | None]:
         """Move due delayed jobs to available; returns ``(moved, next_due_ms or None)``."""

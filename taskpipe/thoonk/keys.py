@@ -134,6 +134,15 @@ class Keyspace:
         """HASH describing one live worker (expires when it stops heartbeating)."""
         return self.k("taskpipe.worker:" + worker)
 
+    def presence(self) -> str:
+        """ZSET worker name -> 0 while its alive channel has a subscriber, else ms it was first
+        seen without one (the reaper's fast path; see ``thoonk/workers.py``)."""
+        return self.k("taskpipe.presence")
+
+    def ch_alive(self, worker: str) -> str:
+        """Channel a worker stays subscribed to while its process lives (``""``: the prefix)."""
+        return self.k("taskpipe.alive:" + worker)
+
     def cron_state(self, entry: str) -> str:
         """HASH of one cron entry's bookkeeping (last fire, next fire, last outcome)."""
         return self.k("taskpipe.cron:" + entry)

@@ -61,10 +61,7 @@ class EvictionWatch:
             for key, value in reply.items():
                 if _text(key) == "maxmemory-policy":
                     self.policy = _text(value)
-        if self.evicting:
-            log.warning("Redis maxmemory-policy is %r, not 'noeviction': under memory pressure "
-                        "Redis may evict jobs, leases and results, and their outcomes are then "
-                        "lost. Set maxmemory-policy noeviction on the broker.", self.policy)
+        self.app.check_eviction_policy()  # the warning producers give too, once per app
 
     def finish_missed(self, channel: str, job_id: str) -> bool:
         """A finish found its job no longer claimed. Under an evicting policy, count it and log

@@ -6,8 +6,9 @@ Threads of one worker process:
   the channels' wake-up lists (never busy-polls) while they are empty; prefetched jobs wait in
   a local buffer, and a pool thread that finishes a job starts the next one from it at once;
 - the finisher writes outcomes as they complete, many per script call (``OutcomeWriter``);
-- the keeper renews leases of running jobs (every lease/3), reaps expired leases of every
-  worker on the same channels, and refreshes this worker's entry in the worker registry.
+- the keeper renews leases of running jobs (every lease/3), holds this worker's presence (a
+  subscription Redis drops when the process dies), reaps the claims of dead workers and expired
+  leases on the same channels, and refreshes this worker's entry in the worker registry.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from taskpipe.durations import parse_duration
 from taskpipe.errors import BrokerUnavailable, ConfigError
 from taskpipe.thoonk.claiming import HELD_BACK, claim_from, wait_then_claim
 from taskpipe.thoonk.job import Claim, JobChannel
+from taskpipe.thoonk.workers import Presence
 from taskpipe.worker.outcomes import OutcomeWriter
 from taskpipe.worker.pools import make_pool
 from taskpipe.worker.registry import WorkerRegistry
@@ -68,7 +70,7 @@ class Worker:
                  weights: Sequence[float] | None = None, beat: bool = False,
                  app_path: str | None = None, batch: int = 100, max_block: float = 1.0,
                  heartbeat_interval: float = 2.0, capture_logs: bool = True,
-                 prefetch: int | None = None, fence: Any = "2s") -> None:
+                 prefetch: int | None = None, fence: Any = "2s", dead_after: Any = "1s") -> None:
         self.app = app
         self.channel_names = list(channels or [app.default_channel])
         if not self.channel_names or any(not c for c in self.channel_names):
@@ -90,8 +92,12 @@ class Worker:
         # a job still running in a thread when the grace ends is sent back not before this delay:
         # time for this process to exit (and take the thread with it) before it can start again
         self.fence = parse_duration(fence)
+        # dead_after: a worker whose every connection closed is dead after this long (None or 0:
+        # off, its claims wait for their leases); checked by the reaper, every 0.5 s by default
+        dead_after_s = parse_duration(dead_after) if dead_after is not None else 0.0
+        self.dead_after_ms = int(dead_after_s * 1000)
         self.reaper_interval = (parse_duration(reaper_interval) if reaper_interval is not None
-                                else min(5.0, max(0.05, self.lease_s / 2)))
+                                else min(0.5 if dead_after_s else 5.0, max(0.05, self.lease_s / 2)))
         self.weighted = weighted
         self.weights = list(weights or [])
         self.beat = beat
@@ -106,6 +112,8 @@ class Worker:
             pass  # Redis is down at start: run() opens them once it is reachable
         self.writer = OutcomeWriter(app)
         self.registry = WorkerRegistry(app)
+        self.presence = Presence(app.thoonk, self.name)
+        self.presence.enabled = self.presence.enabled and self.dead_after_ms > 0
         self.claimed_total = 0
         self.started_at = time.time()
         self._running: dict[tuple[str, str], Claim] = {}  # every claim held, outcome written or not
@@ -196,6 +204,7 @@ class Worker:
         self._max_held = 2 * self._capacity + self._prefetch_short
         self._min_claim = max(1, (self._capacity + self.prefetch) // 4)
         self._block_client = self.app.connection.new_client()
+        self._hold_presence(rejoin=True)  # before the first claim (the keeper retries on failure)
         for target, tname in ((self._finisher, "taskpipe-finisher"), (self._keeper, "taskpipe-keeper")):
             t = threading.Thread(target=target, name=tname, daemon=True)
             t.start()
@@ -218,6 +227,7 @@ class Worker:
             for t in self._threads:
                 t.join(timeout=5)
             self.registry.remove(self.name)
+            self.presence.leave()
             if handler is not None:
                 logging.getLogger().removeHandler(handler)
             for sig, old in previous.items():
@@ -619,23 +629,47 @@ class Worker:
                     self._renew(lease_ms)
                     next_renew = now + renew_every
                 if now >= next_reap:
-                    limit = reap_limit(self.app)
-                    for ch in self.channels:
-                        requeued, stalled = ch.reap(limit)
-                        self.writer.reaped(ch.name, len(requeued), len(stalled))
-                        for job_id in requeued:
-                            log.warning("lease of job %s/%s expired: back to the queue", ch.name, job_id)
-                        for job_id in stalled:
-                            log.error("job %s/%s stalled: worker_lost too many times", ch.name, job_id)
+                    self._hold_presence()  # first: never judge others while our own is down
+                    self._reap()
                     next_reap = now + self.reaper_interval
                 if now >= next_beat:
                     self.registry.beat(self)
+                    self._hold_presence(rejoin=True)
                     next_beat = now + self.heartbeat_interval
             except Exception as exc:  # noqa: BLE001 - keep renewing; Redis may come back
                 if now - last_log >= 30:
                     log.warning("keeper: %s (retrying; logged at most every 30 s)", exc)
                     last_log = now
             time.sleep(min(renew_every, self.reaper_interval, 0.25))
+
+    def _hold_presence(self, rejoin: bool = False) -> None:
+        try:
+            if self.presence.hold(rejoin=rejoin) and not rejoin:
+                log.info("presence subscription re-made (broker restarted or failed over?)")
+        except _BROKER_ERRORS as exc:
+            log.debug("presence: broker unavailable (%s); retrying", exc)
+        except Exception as exc:  # noqa: BLE001 - e.g. PUBSUB refused by an ACL: lease only
+            log.warning("presence: %s; this worker's jobs are recovered by lease only if it dies",
+                        exc)
+            self.presence.enabled = False
+
+    def _reap(self) -> None:
+        limit = reap_limit(self.app)
+        presence = self.presence.reap_args(self.dead_after_ms)
+        for ch in self.channels:
+            reaped = ch.reap_detail(limit, presence=presence)
+            self.writer.reaped(ch.name, len(reaped.requeued), len(reaped.stalled))
+            for worker in reaped.dead_workers:
+                log.warning("worker %s is gone (its connections to Redis closed): its jobs on %s "
+                            "go back to the queue", worker, ch.name)
+            dead = set(reaped.dead_ids)
+            for job_id in reaped.requeued:
+                if job_id in dead:
+                    log.warning("job %s/%s of a dead worker: back to the queue", ch.name, job_id)
+                else:
+                    log.warning("lease of job %s/%s expired: back to the queue", ch.name, job_id)
+            for job_id in reaped.stalled:
+                log.error("job %s/%s stalled: worker_lost too many times", ch.name, job_id)
 
     def _renew(self, lease_ms: int) -> None:
         by_channel: dict[str, list[tuple[str, str]]] = {}

@@ -4,7 +4,10 @@ Routes (``<ch>`` and ``<id>`` are URL-encoded path segments):
 
 - ``GET  /api/overview``: every channel's counts, live worker count and recent throughput samples
 - ``GET  /api/channels/<ch>/jobs?state=&cursor=&limit=``: one page of jobs in a state
-- ``GET  /api/channels/<ch>/jobs/<id>``: one job in full (payload, result, logs...)
+- ``GET  /api/channels/<ch>/jobs/<id>``: one job (payload, result, logs...); a payload or
+  result over ``MAX_FIELD_BYTES`` of JSON is replaced by a marker ``{"truncated": true, "bytes":
+  N, "preview": "...", "full": "<url>"}`` so a page that refreshes a big job every second does
+  not resend it; ``?full=1`` returns it whole
 - ``GET  /api/find?id=``: channels that know a job id
 - ``GET  /api/workers``, ``GET /api/crons``
 - ``POST /api/channels/<ch>/pause`` / ``resume``
@@ -13,6 +16,7 @@ Routes (``<ch>`` and ``<id>`` are URL-encoded path segments):
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -25,7 +29,11 @@ from taskpipe.inspect import LIST_STATES, Inspector, jsonable
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
 
-__all__ = ["DashboardAPI", "ApiError", "ThroughputSampler"]
+__all__ = ["DashboardAPI", "ApiError", "ThroughputSampler", "MAX_FIELD_BYTES"]
+
+#: a job's payload or result bigger than this (as JSON) is sent as a marker unless ?full=1
+MAX_FIELD_BYTES = 64 * 1024
+PREVIEW_CHARS = 2000
 
 log = logging.getLogger("taskpipe.dashboard")
 
@@ -144,7 +152,8 @@ class DashboardAPI:
             if n == 3 and parts[0] == "channels" and parts[2] == "jobs":
                 return self.jobs(parts[1], query)
             if n == 4 and parts[0] == "channels" and parts[2] == "jobs":
-                return self.inspector.job_detail(parts[1], parts[3]).to_dict()
+                detail = self.inspector.job_detail(parts[1], parts[3]).to_dict()
+                return detail if query.get("full") == "1" else _capped(detail, parts)
             if n == 2 and parts[0] == "channels":
                 return self.inspector.channel_counts(parts[1])
         elif method == "POST":
@@ -202,6 +211,22 @@ class DashboardAPI:
             info = entries.setdefault(name, {"name": name})
             info["state"] = {_text(k): _text(v) for k, v in raw.items()}
         return [entries[name] for name in sorted(entries)]
+
+
+def _capped(detail: dict[str, Any], parts: list[str]) -> dict[str, Any]:
+    """``detail`` with each big payload/result replaced by a marker saying how to get it whole."""
+    from urllib.parse import quote
+
+    for key in ("payload", "raw_payload", "result"):
+        value = detail.get(key)
+        if value is None:
+            continue
+        text = json.dumps(value, default=str)
+        if len(text) > MAX_FIELD_BYTES:
+            detail[key] = {"truncated": True, "bytes": len(text), "preview": text[:PREVIEW_CHARS],
+                           "full": f"/api/channels/{quote(parts[1], safe='')}/jobs/"
+                                   f"{quote(parts[3], safe='')}?full=1"}
+    return detail
 
 
 def _text(value: Any) -> str:

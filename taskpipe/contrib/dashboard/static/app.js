@@ -319,10 +319,27 @@
         const parts = [actions,
           el("div", { className: "card" }, el("dl", { className: "kv" }, rows.map(([k, v]) => [el("dt", { text: k }), el("dd", { "data-field": k }, v)])))];
         parts[1].querySelector('[data-field="state"] .badge').id = "job-state";
-        if (j.payload) parts.push(el("h2", { text: "Payload" }), el("pre", { id: "job-payload", text: JSON.stringify(j.payload, null, 2) }));
-        if (j.raw_payload) parts.push(el("h2", { text: "Raw payload" }), el("pre", { id: "job-payload", text: j.raw_payload.text !== null ? j.raw_payload.text : "base64: " + j.raw_payload.base64 }));
+        // a body over the API's cap comes as {truncated, bytes, preview}: loaded whole on demand only
+        const big = (key, title, preId) => {
+          const pre = el("pre", { id: preId, text: j[key].preview + " ..." });
+          const load = async () => {
+            try {
+              const full = await api(`channels/${enc(channel)}/jobs/${enc(id)}?full=1`);
+              pre.textContent = JSON.stringify(full[key], null, 2);
+            } catch (e) { toast(e.message, true); }
+          };
+          return [el("h2", { text: title }),
+            el("p", { className: "muted", text: `${j[key].bytes} bytes: only the start is shown (refreshes skip the rest) ` },
+              el("button", { text: "load it whole", onclick: load })), pre];
+        };
+        const titles = { payload: "Payload", raw_payload: "Raw payload", result: "Result" };
+        for (const k of Object.keys(titles)) {
+          if (j[k] && j[k].truncated) parts.push(big(k, titles[k], k === "result" ? "job-result" : "job-payload"));
+        }
+        if (j.payload && !j.payload.truncated) parts.push(el("h2", { text: "Payload" }), el("pre", { id: "job-payload", text: JSON.stringify(j.payload, null, 2) }));
+        if (j.raw_payload && !j.raw_payload.truncated) parts.push(el("h2", { text: "Raw payload" }), el("pre", { id: "job-payload", text: j.raw_payload.text !== null ? j.raw_payload.text : "base64: " + j.raw_payload.base64 }));
         if (j.payload_error) parts.push(el("p", { className: "reason", text: j.payload_error }));
-        if (j.result) {
+        if (j.result && !j.result.truncated) {
           if (j.result.ok) {
             parts.push(el("h2", { text: "Result" }), el("pre", { id: "job-result", text: JSON.stringify(j.result.raw || j.result.value, null, 2) }));
           } else {
