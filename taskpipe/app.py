@@ -164,7 +164,7 @@ class TaskPipe:
                             raise ConfigError(f"prefix {self.prefix!r} has a '{{' but no complete "
                                               "hash tag: channel keys would span cluster slots")
                         real = cluster_name(name)
-                    ch = self._channels.get(real) or self.thoonk.job(real)
+                    ch = self._channels.get(real) or self.thoonk.job_channel(real)
                     self._channels[name] = self._channels[real] = ch
         return ch
 

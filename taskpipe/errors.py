@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+
 __all__ = [
     "TaskpipeError",
     "ConfigError",
@@ -18,6 +20,7 @@ __all__ = [
     "WrongJobState",
     "LeaseLost",
     "InvalidPosition",
+    "Empty",
     "SerializationError",
     "PayloadTooLarge",
     "UnknownTask",
@@ -85,6 +88,10 @@ class InvalidPosition(ThoonkError, ValueError):
     """A sorted-feed relative position is malformed or refers to the item itself."""
 
 
+class Empty(ThoonkError, queue.Empty):
+    """A Thoonk queue or job ``get(timeout=...)`` found nothing in time (thoonk.py's ``Empty``)."""
+
+
 class JobNotFound(ThoonkError, _PlainKeyError):
     """No job with that id exists in the channel (in any state)."""
 
@@ -122,7 +129,8 @@ class UnknownTask(TaskpipeError, LookupError):
 
 
 class ResultTimeout(TaskpipeError, TimeoutError):
-    """``AsyncResult.get(timeout=)`` ran out of time before the job finished."""
+    """``AsyncResult.get(timeout=)`` (or a Thoonk job's ``get_result``) ran out of time before
+    the job finished."""
 
 
 class ResultExpired(TaskpipeError, LookupError):

@@ -80,7 +80,8 @@ class OutcomeWriter:
                 if outcome.kind in ("success", "failure"):
                     result, failed = self._result_bytes(outcome)
                     req = FinishRequest(outcome.claim.id, outcome.claim.token, result,
-                                        self._ttl_ms(outcome), failed)
+                                        self._ttl_ms(outcome), failed,
+                                        keep_query=bool(outcome.task and outcome.task.raw))
                     followup = self._followup(outcome, failed)
                     if followup is not None:
                         self._finish_with_followup(outcome, req, followup)
