@@ -94,13 +94,10 @@ class FinishRequest:
 
     id: str
     token: str = ""
-    #: ``None``: a plain acknowledgement (nothing published); bytes, even ``b""``: a result,
-    #: published as ``<id>\0<result>`` on ``job.finish:<f>`` and stored for ``result_ttl_ms``
-    result: bytes | None = None
+    result: bytes | None = None  # None: plain acknowledgement; bytes (even b""): a result
     result_ttl_ms: int = 0
     failed: bool = False
-    #: keep the job's item beside a stored result (``feed.query:<f>:<id>``, same TTL)
-    keep_query: bool = False
+    keep_query: bool = False  # keep the item beside a stored result (feed.query:<f>:<id>)
 
 
 @dataclass(frozen=True)
@@ -286,10 +283,8 @@ class JobChannel:
     # outcomes -------------------------------------------------------------------------------
     def finish(self, id: str, result: bytes | str | None = None, result_ttl_ms: int = 0,
                token: str = "", failed: bool = False) -> None:
-        """Finish a claimed job; store ``result`` for ``result_ttl_ms`` and publish job.finish.
-
-        ``result=None`` is a plain acknowledgement; any bytes, ``b""`` included, are a result.
-        """
+        """Finish a claimed job; store ``result`` for ``result_ttl_ms`` and publish job.finish
+        (``result=None`` is a plain acknowledgement; any bytes, ``b""`` too, are a result)."""
         req = FinishRequest(id, token, _b(result) if result is not None else None,
                             int(result_ttl_ms), failed)
         code = self.finish_many([req])[0]
