@@ -28,6 +28,7 @@ from taskpipe.errors import (
     ItemNotFound,
     JobNotFound,
     ResultTimeout,
+    SerializationError,
     TaskpipeError,
     WrongFeedType,
     WrongJobState,
@@ -472,3 +473,33 @@ def test_thoonk_jobs_publish_with_on_finish(thoonk: Thoonk) -> None:
     assert finished.empty()
     with pytest.raises(TypeError):
         job_publisher.publish(b"x", on_finish="nope")  # type: ignore[arg-type]
+
+
+# bad input keeps its typed errors ------------------------------------------------------------
+def test_bad_input_to_the_documented_calls(thoonk: Thoonk) -> None:
+    thoonk.create_feed("a_feed")
+    with pytest.raises(WrongFeedType):
+        thoonk.job("a_feed")                       # wrong object type
+    with pytest.raises(WrongFeedType):
+        thoonk.create_feed("x", {"type": "list"})
+    with pytest.raises(ConfigError):
+        thoonk.create_feed("y", "not json")
+    job = thoonk.job("job_feed")
+    jid = job.put("q")
+    job.get(timeout=5)
+    with pytest.raises(TypeError):
+        job.finish(jid, 5, result=True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        job.finish(jid, "r", result=True, timeout=-1)
+    with pytest.raises(ValueError):
+        job.get(timeout=-1)
+    with pytest.raises(JobNotFound):
+        job.finish("missing id", "r", result=True)
+    assert job.info(jid).state == "claimed"        # none of the refused calls changed it
+    queue = thoonk.queue("q")
+    with pytest.raises(SerializationError):
+        queue.put(None)  # type: ignore[arg-type]
+    with pytest.raises(FeedDoesNotExist):
+        thoonk.set_config("nope", '{"max_length": 1}')
+    with pytest.raises(ItemNotFound):
+        thoonk.feed("a_feed").retract("missing id")

@@ -187,6 +187,8 @@ class Job(JobChannel):
         else:
             contents = None if item is None else _b(item)
         if timeout is not None:
+            if timeout < 0:
+                raise ValueError("timeout (how long the result is kept) must be >= 0")
             ttl = int(float(timeout) * 1000)
         else:
             ttl = RESULT_TTL_MS if result_ttl_ms is None else int(result_ttl_ms)
