@@ -304,7 +304,7 @@ class JobChannel:
         if len(requests) > 1000:
             raise ValueError("finish_many takes at most 1000 jobs per call")
         keys = [*self._finish_keys, *(self.keys.result(r.id) for r in requests),
-                *(self.keys.query(r.id) for r in requests)]
+                *(self.keys.query(r.id) for r in requests if r.keep_query and r.result is not None)]
         args: list[Any] = [self.keys.ch_finish, FINISHED_INDEX_MS, len(requests)]
         for r in requests:
             args += [r.id, r.token, b"" if r.result is None else _b(r.result),

@@ -4,11 +4,11 @@
 -- KEYS[8] feed.published:<f>  KEYS[9] feed.finishes:<f>  KEYS[10] feed.finished:<f>
 -- KEYS[11] feed.failures:<f>  KEYS[12] feed.progress:<f>  KEYS[13] feed.reasons:<f>
 -- KEYS[13+i] feed.result:<f>:<id_i> for each of the n jobs
--- KEYS[13+n+i] feed.query:<f>:<id_i> for each of the n jobs
--- Optional follow-up job (only with n = 1), put on another channel by this same step:
--- KEYS[16] target feed.ids  KEYS[17] target feed.items  KEYS[18] target feed.published
--- KEYS[19] target feed.publishes  KEYS[20] target feed.wake  KEYS[21] target feed.finished
--- KEYS[22] target feed.result:<t>:<follow-up id>
+-- KEYS[13+n+k] feed.query:<f>:<id> for the k-th job (of q) whose result mode is '2'
+-- Optional follow-up job (only with n = 1), put on another channel by this same step, at
+-- f = 14+n+q: KEYS[f] target feed.ids  KEYS[f+1] target feed.items  KEYS[f+2] target
+-- feed.published  KEYS[f+3] target feed.publishes  KEYS[f+4] target feed.wake
+-- KEYS[f+5] target feed.finished  KEYS[f+6] target feed.result:<t>:<follow-up id>
 -- ARGV[1] job.finish:<f> channel  ARGV[2] keep finished-index entries this many ms
 -- ARGV[3] n (<= 1000)
 -- ARGV[4 + 6*(i-1) ...] per job: id, token ('' = no fencing check), result,
@@ -33,6 +33,13 @@ local now = now_ms()
 local out = {}
 local done, seen, scored, finished = {}, {}, {}, {}
 local failures = 0
+local qkey, q = {}, 0  -- job index -> KEYS index of its feed.query key (mode '2' jobs only)
+for i = 1, n do
+  if ARGV[4 + 6 * (i - 1) + 5] == '2' then
+    q = q + 1
+    qkey[i] = 13 + n + q
+  end
+end
 for i = 1, n do
   local b = 4 + 6 * (i - 1)
   local id, token = ARGV[b], ARGV[b + 1]
@@ -59,7 +66,7 @@ if #done > 0 then
   local queries = {}  -- the items to keep beside their results (mode '2'), read before the HDEL
   for _, i in ipairs(finished) do
     local b = 4 + 6 * (i - 1)
-    if ARGV[b + 5] == '2' and tonumber(ARGV[b + 3]) > 0 then
+    if qkey[i] and tonumber(ARGV[b + 3]) > 0 then
       queries[i] = redis.call('HGET', KEYS[5], ARGV[b])
     end
   end
@@ -82,17 +89,15 @@ if #done > 0 then
       if ttl > 0 then
         redis.call('SET', KEYS[13 + i], result, 'PX', ttl)
         if queries[i] then
-          redis.call('SET', KEYS[13 + n + i], queries[i], 'PX', ttl)
-        else
-          redis.call('DEL', KEYS[13 + n + i])
+          redis.call('SET', KEYS[qkey[i]], queries[i], 'PX', ttl)
         end
       end
       redis.call('PUBLISH', ARGV[1], id .. '\0' .. result)
     end
   end
 end
-if #KEYS >= 14 + 2 * n and n == 1 and out[1] == 1 then
-  local f = 14 + 2 * n
+if #KEYS >= 14 + n + q and n == 1 and out[1] == 1 then
+  local f = 14 + n + q
   local fid, fitem = ARGV[4 + 6 * n], ARGV[5 + 6 * n]
   if redis.call('HSETNX', KEYS[f + 1], fid, fitem) == 1 then
     redis.call('ZREM', KEYS[f + 5], fid)
