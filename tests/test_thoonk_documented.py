@@ -20,6 +20,7 @@ from redis_server import RedisServer
 
 from taskpipe.connection import Connection
 from taskpipe.errors import (
+    BrokerUnavailable,
     ConfigError,
     Empty,
     FeedDoesNotExist,
@@ -503,3 +504,20 @@ def test_bad_input_to_the_documented_calls(thoonk: Thoonk) -> None:
         thoonk.set_config("nope", '{"max_length": 1}')
     with pytest.raises(ItemNotFound):
         thoonk.feed("a_feed").retract("missing id")
+
+
+def test_documented_calls_raise_broker_unavailable_when_redis_is_down() -> None:
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = Thoonk("127.0.0.1", port, 0)
+    try:
+        for call in (lambda: down.feed_exists("f"), down.get_feed_names,
+                     lambda: down.create_feed("f"), lambda: down.delete_feed("f"),
+                     lambda: down.feed("f"), lambda: down.job("j")):
+            with pytest.raises(BrokerUnavailable):
+                call()
+    finally:
+        down.close()

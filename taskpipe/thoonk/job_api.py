@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.errors import Empty, ResultTimeout
 from taskpipe.thoonk.job import DEFAULT_LEASE_MS, Claim, FinishRequest, JobChannel, _b, new_id
+from taskpipe.thoonk.scripts import broker_errors
 
 if TYPE_CHECKING:
     from taskpipe.thoonk.thoonk import Thoonk
@@ -210,5 +211,6 @@ class Job(JobChannel):
         if result is None:
             raise ResultTimeout(f"no result for job {id!r} in channel {self.name!r}"
                                 + (f" within {timeout} s" if timeout else ""))
-        query: bytes | None = self.client.get(self.keys.query(id))
+        with broker_errors(f"get_result {id!r}"):
+            query: bytes | None = self.client.get(self.keys.query(id))
         return query, result

@@ -192,19 +192,23 @@ class Thoonk:
         """Create an object (a feed unless ``config`` has another ``type``); ``FeedExists`` if
         the name is taken. ``config`` is a dict or a JSON string."""
         fields = _config_dict(config)
-        self.create(name, str(fields.get("type") or "feed"), fields)
+        with broker_errors("create_feed"):
+            self.create(name, str(fields.get("type") or "feed"), fields)
 
     def delete_feed(self, name: str) -> None:
         """Delete an object (``delete``)."""
-        self.delete(name)
+        with broker_errors("delete_feed"):
+            self.delete(name)
 
     def feed_exists(self, name: str) -> bool:
         """True if an object with that name exists (``exists``)."""
-        return self.exists(name)
+        with broker_errors("feed_exists"):
+            return self.exists(name)
 
     def get_feed_names(self) -> set[str]:
         """The names of every object, as a set (thoonk.py returns the ``feeds`` SET)."""
-        return set(self.names())
+        with broker_errors("get_feed_names"):
+            return set(self.names())
 
     # handlers (thoonk.py) ----------------------------------------------------------------------
     def register_handler(self, name: str, handler: Callable[..., Any]) -> None:
