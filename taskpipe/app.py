@@ -177,7 +177,7 @@ class TaskPipe:
                                               "hash tag: channel keys would span cluster slots")
                         real = cluster_name(name)
                     ch = self._channels.get(real) or self.broker_retry.call(
-                        f"open channel {real!r}", lambda _attempt: self.thoonk.job(real))
+                        f"open channel {real!r}", lambda _attempt: self.thoonk.job_channel(real))
                     self._channels[name] = self._channels[real] = ch
         return ch
 

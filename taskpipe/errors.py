@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+
 __all__ = [
     "TaskpipeError",
     "ConfigError",
@@ -19,6 +21,7 @@ __all__ = [
     "WrongJobState",
     "LeaseLost",
     "InvalidPosition",
+    "Empty",
     "SerializationError",
     "PayloadTooLarge",
     "UnknownTask",
@@ -92,6 +95,10 @@ class InvalidPosition(ThoonkError, ValueError):
     """A sorted-feed relative position is malformed or refers to the item itself."""
 
 
+class Empty(ThoonkError, queue.Empty):
+    """A Thoonk queue or job ``get(timeout=...)`` found nothing in time (thoonk.py's ``Empty``)."""
+
+
 class JobNotFound(ThoonkError, _PlainKeyError):
     """No job with that id exists in the channel (in any state)."""
 
@@ -129,7 +136,8 @@ class UnknownTask(TaskpipeError, LookupError):
 
 
 class ResultTimeout(TaskpipeError, TimeoutError):
-    """``AsyncResult.get(timeout=)`` ran out of time before the job finished."""
+    """``AsyncResult.get(timeout=)`` (or a Thoonk job's ``get_result``) ran out of time before
+    the job finished."""
 
 
 class ResultExpired(TaskpipeError, LookupError):

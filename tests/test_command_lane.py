@@ -31,7 +31,7 @@ def test_plain_redis_gets_a_lane_and_scripts_use_it(redis_server: RedisServer, p
         claim = job.claim(1)[0]
         assert claim.id == jid and claim.item == b"x"
         job.finish(jid, b"r", result_ttl_ms=60_000, token=claim.token)
-        assert job.get_result(jid, timeout=1) == b"r"
+        assert job.get_result(jid, timeout=1) == (b"x", b"r")  # (query, result)
         assert len(conn.lane._idle) == 1  # one thread, one connection, reused
     finally:
         conn.close()

@@ -41,7 +41,7 @@ def thoonk(conn: Connection, prefix: str) -> Thoonk:
 
 @pytest.fixture
 def job(thoonk: Thoonk) -> JobChannel:
-    return thoonk.job("jobs")
+    return thoonk.job_channel("jobs")
 
 
 def snapshot(client: Any, prefix: str) -> dict[bytes, tuple[str, Any, bool]]:
@@ -380,7 +380,7 @@ def test_promote_moves_due_jobs_in_due_order_up_to_the_limit(thoonk: Thoonk,
 
 # strict channel order and pause -----------------------------------------------------------------
 def test_strict_channel_order(thoonk: Thoonk) -> None:
-    high, low = thoonk.job("high"), thoonk.job("low")
+    high, low = thoonk.job_channel("high"), thoonk.job_channel("low")
     l1 = low.put(b"l1")
     h1 = high.put(b"h1")
     l2 = low.put(b"l2")
@@ -399,7 +399,7 @@ def test_strict_channel_order(thoonk: Thoonk) -> None:
 
 
 def test_strict_order_promotes_due_jobs_of_the_first_channel(thoonk: Thoonk) -> None:
-    high, low = thoonk.job("high"), thoonk.job("low")
+    high, low = thoonk.job_channel("high"), thoonk.job_channel("low")
     low.put(b"l1")
     h = high.put(b"h", delay_ms=200)
     due = high.info(h).due_ms
@@ -410,7 +410,7 @@ def test_strict_order_promotes_due_jobs_of_the_first_channel(thoonk: Thoonk) -> 
 
 
 def test_paused_channel_is_skipped(thoonk: Thoonk) -> None:
-    high, low = thoonk.job("high"), thoonk.job("low")
+    high, low = thoonk.job_channel("high"), thoonk.job_channel("low")
     h = high.put(b"h")
     lo = low.put(b"l")
     assert high.paused is False
@@ -422,7 +422,7 @@ def test_paused_channel_is_skipped(thoonk: Thoonk) -> None:
     assert [(c.channel, c.id) for c in claims] == [("low", lo)]
     assert high.info(h).state == "available"
     # another Thoonk instance on the same Redis sees the pause (it lives in Redis)
-    other = Thoonk(connection=thoonk.connection, prefix=thoonk.keys.prefix).job("high")
+    other = Thoonk(connection=thoonk.connection, prefix=thoonk.keys.prefix).job_channel("high")
     assert other.paused is True and other.claim(1) == []
     high.resume()
     assert high.paused is False
@@ -863,7 +863,7 @@ def test_finish_many_codes(job: JobChannel) -> None:
 
 
 def test_finish_many_with_a_follow_up_job(thoonk: Thoonk, job: JobChannel, prefix: str) -> None:
-    nxt = thoonk.job("next")
+    nxt = thoonk.job_channel("next")
     jid = job.put(b"x")
     c = claim_one(job)
     codes = job.finish_many([FinishRequest(jid, c.token, b"r", 60_000)],
@@ -928,7 +928,7 @@ def test_finish_many_rejects_non_bytes_results(thoonk: Thoonk, job: JobChannel,
 
 def test_finish_many_rejects_a_non_bytes_follow_up_item(thoonk: Thoonk, job: JobChannel,
                                                         prefix: str) -> None:
-    nxt = thoonk.job("next")
+    nxt = thoonk.job_channel("next")
     jid = job.put(b"x")
     c = claim_one(job)
     before = snapshot(thoonk.client, prefix)

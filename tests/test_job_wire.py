@@ -40,7 +40,7 @@ def r(real_conn: Connection) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def job(thoonk: Thoonk) -> JobChannel:
-    return thoonk.job("wire")
+    return thoonk.job_channel("wire")
 
 
 @pytest.fixture
@@ -344,7 +344,7 @@ def test_progress_and_log_events(job: JobChannel, r: redis.Redis, k: JobKeys,
 # interoperability --------------------------------------------------------------------------------
 def test_legacy_producer_taskpipe_consumer(thoonk: Thoonk, r: redis.Redis, prefix: str) -> None:
     legacy_create(r, prefix, "legacy")
-    job = thoonk.job("legacy")  # opens the legacy-created channel (type job, no schema field)
+    job = thoonk.job_channel("legacy")  # opens the legacy-created channel (type job, no schema field)
     k = job.keys
     a = legacy_put(r, k, b"first")
     b = legacy_put(r, k, b"second")

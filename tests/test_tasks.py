@@ -486,7 +486,7 @@ def test_raw_channel_interoperates_with_plain_thoonk(app: TaskPipe, prefix: str)
     finally:
         sub.close()
     assert seen == [b"resize:cat.png"]
-    assert plain.get_result(job_id) == b"RESIZE:CAT.PNG\0tail"
+    assert plain.get_result(job_id) == (b"resize:cat.png", b"RESIZE:CAT.PNG\0tail")
     assert app.AsyncResult(job_id, channel="legacy").get(timeout=1) == b"RESIZE:CAT.PNG\0tail"
 
 

@@ -72,22 +72,25 @@ def test_publish_and_read_back(feed: Feed) -> None:
     assert feed.get_item(first) == b"one"
     assert feed.get_item(second) == b"two"
     assert feed.get_item("nope") is None
-    assert feed.get_all() == [(first, b"one"), (second, b"two")]
+    assert feed.get_all() == {first: b"one", second: b"two"}
+    assert list(feed.get_all()) == [first, second]  # a dict in feed order
     assert len(feed) == 2
     assert feed.has(first) and not feed.has("nope")
     assert first in feed and "nope" not in feed and 3 not in feed
 
 
-def test_publish_with_own_id_and_edit_keeps_position(feed: Feed, thoonk: Thoonk) -> None:
+def test_publish_with_own_id_and_edit_moves_to_the_end(feed: Feed, thoonk: Thoonk) -> None:
     a = feed.publish(b"a", id="a")
     b = feed.publish(b"b", id="b")
     assert (a, b) == ("a", "b")
     score_before = thoonk.client.zscore(feed.keys.ids, "a")
     assert feed.publish(b"a2", id="a") == "a"
-    assert feed.get_ids() == ["a", "b"]
+    assert feed.get_ids() == ["b", "a"]  # as the thoonk.py document and both clients do
     assert feed.get_item("a") == b"a2"
-    assert thoonk.client.zscore(feed.keys.ids, "a") == score_before
+    assert thoonk.client.zscore(feed.keys.ids, "a") > score_before
     assert thoonk.client.get(feed.keys.publishes) == b"3"
+    assert feed.publish(b"a3", id="a") == "a"  # editing the newest keeps it last
+    assert feed.get_ids() == ["b", "a"]
 
 
 def test_ids_in_publish_order_even_within_one_ms(feed: Feed, thoonk: Thoonk) -> None:
@@ -111,7 +114,7 @@ def test_items_are_opaque_bytes(feed: Feed) -> None:
     payload = bytes(range(256)) + b"\0\0tail"
     item_id = feed.publish(payload)
     assert feed.get_item(item_id) == payload
-    assert feed.get_all() == [(item_id, payload)]
+    assert feed.get_all() == {item_id: payload}
 
 
 # wire contract -----------------------------------------------------------------------------
@@ -147,7 +150,7 @@ def test_legacy_written_items_are_readable(feed: Feed, thoonk: Thoonk) -> None:
     c.zadd(feed.keys.ids, {"old": 1_300_000_000_000})
     c.hset(feed.keys.items, "old", b"legacy")
     new = feed.publish(b"new")
-    assert feed.get_all() == [("old", b"legacy"), (new, b"new")]
+    assert list(feed.get_all().items()) == [("old", b"legacy"), (new, b"new")]
     feed.retract("old")
     assert feed.get_ids() == [new]
 
@@ -167,7 +170,7 @@ def test_edit_at_cap_neither_shrinks_nor_evicts_itself(thoonk: Thoonk) -> None:
     feed = thoonk.feed("capped", config={"max_length": 3})
     ids = [feed.publish(str(i)) for i in range(3)]
     feed.publish(b"edited", id=ids[0])
-    assert feed.get_ids() == ids
+    assert feed.get_ids() == [*ids[1:], ids[0]]  # moved to the end, nothing evicted
     assert feed.get_item(ids[0]) == b"edited"
 
 
@@ -178,7 +181,7 @@ def test_lowered_cap_trims_on_next_publish_and_keeps_written_id(thoonk: Thoonk) 
     assert thoonk.get_config("capped")["max_length"] == "2"
     # editing the OLDEST item: it must survive the trim
     feed.publish(b"edited", id=ids[0])
-    assert feed.get_ids() == [ids[0], ids[5]]
+    assert feed.get_ids() == [ids[5], ids[0]]  # the edit moved it to the end
     assert feed.get_item(ids[0]) == b"edited"
     feed.max_length = None
     assert feed.max_length is None

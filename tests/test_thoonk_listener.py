@@ -82,7 +82,7 @@ def test_sorted_feed_and_registry_events(thoonk: Thoonk, listening: Any) -> None
     sf.append(b"x")
     _, seen = listening()
     sf.prepend(b"y")
-    sf.move("1", "2:")
+    sf.move("2:", "1")
     thoonk.set_config("deck", color="blue")
     thoonk.delete("deck")
     assert take(seen, 5) == [

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from taskpipe.connection import Connection
-from taskpipe.errors import FeedDoesNotExist, SerializationError, WrongFeedType
+from taskpipe.errors import Empty, FeedDoesNotExist, SerializationError, WrongFeedType
 from taskpipe.thoonk.queue import MAX_SKIPS, Queue
 from taskpipe.thoonk.thoonk import Thoonk
 
@@ -29,13 +29,14 @@ def test_fifo_and_priority_lane(q: Queue) -> None:
     q.put(b"1")
     q.put("2")
     q.put(b"p1", priority=True)
-    q.put(b"p2", priority=True)
+    q.put(b"p2", priority=q.HIGH)
     q.put(b"3")
     assert len(q) == 5
     got = [q.get(timeout=None) for _ in range(5)]
     # priority items come first, LIFO among themselves (Thoonk v1 RPUSH semantics)
     assert got == [b"p2", b"p1", b"1", b"2", b"3"]
-    assert q.get(timeout=None) is None
+    with pytest.raises(Empty):
+        q.get(timeout=None)
     assert len(q) == 0
 
 
@@ -74,9 +75,12 @@ def test_empty_item_is_not_none(q: Queue) -> None:
     assert q.get(timeout=None) == b""
 
 
-def test_get_timeout_returns_none(q: Queue) -> None:
-    assert q.get(timeout=None) is None
-    assert q.get(timeout=0.2) is None
+def test_get_timeout_raises_empty(q: Queue) -> None:
+    with pytest.raises(Empty):
+        q.get(timeout=None)
+    with pytest.raises(Empty):
+        q.get(timeout=0.2)
+    assert q.get_with_id(timeout=None) is None
     with pytest.raises(ValueError):
         q.get(timeout=-1)
 
@@ -114,7 +118,8 @@ def test_concurrent_consumers_get_each_item_once(q: Queue, thoonk: Thoonk) -> No
     def consume() -> None:
         mine = thoonk.queue("work")
         while True:
-            item = mine.get(timeout=2)
+            got_one = mine.get_with_id(timeout=2)
+            item = got_one[1] if got_one is not None else None
             if item is None or item == b"stop":
                 mine.close()
                 return
@@ -170,7 +175,7 @@ def test_ids_without_item_are_dropped(q: Queue, thoonk: Thoonk) -> None:
         c.rpush(q.keys.ids, f"orphan-{i}")  # popped before the real one
     assert q.get_with_id(timeout=None) == (real, b"real")
     assert c.llen(q.keys.ids) == 0
-    assert q.get(timeout=None) is None
+    assert q.get_with_id(timeout=None) is None
 
 
 # refused calls -----------------------------------------------------------------------------
@@ -209,6 +214,7 @@ def test_waiting_get_blocks_instead_of_polling(q: Queue, monkeypatch: pytest.Mon
         return take()
 
     monkeypatch.setattr(q, "_take", counting_take)
-    assert q.get(timeout=0.5) is None
+    with pytest.raises(Empty):
+        q.get(timeout=0.5)
     # one look, one BLPOP on the wake list for the whole timeout, one last look
     assert len(calls) <= 3

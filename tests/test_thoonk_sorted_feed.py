@@ -79,7 +79,7 @@ def test_inserts_and_order(sf: SortedFeed) -> None:
     n = sf.publish_after(b, "n")
     assert [a, b, z, m, n] == ["1", "2", "3", "4", "5"]
     assert sf.get_ids() == [z, a, m, b, n]
-    assert sf.get_all() == [(z, b"z"), (a, b"a"), (m, b"m"), (b, b"b"), (n, b"n")]
+    assert list(sf.get_all().items()) == [(z, b"z"), (a, b"a"), (m, b"m"), (b, b"b"), (n, b"n")]
     assert sf.get_item(m) == b"m" and sf.get_item("99") is None
     assert len(sf) == 5 and sf.has(a) and not sf.has("99")
     assert a in sf and "99" not in sf
@@ -133,7 +133,7 @@ def test_edit(sf: SortedFeed, thoonk: Thoonk, events: Any) -> None:
 def test_move(sf: SortedFeed, events: Any, relpos: str, expected: list[str]) -> None:
     for item in "abcd":
         sf.append(item)
-    sf.move("3", relpos)
+    sf.move(relpos, "3")
     assert sf.get_ids() == expected
     assert sf.get_item("3") == b"c"
     assert events(9)[8] == ("position", b"3\0" + relpos.encode())
@@ -146,9 +146,9 @@ def test_move_helpers(sf: SortedFeed) -> None:
     assert sf.get_ids() == ["4", "1", "2", "3"]
     sf.move_last("4")
     assert sf.get_ids() == ["1", "2", "3", "4"]
-    sf.move_before("4", "2")
+    sf.move_before("2", "4")  # thoonk.py order: (existing, item)
     assert sf.get_ids() == ["1", "4", "2", "3"]
-    sf.move_after("1", "3")
+    sf.move_after("3", "1")
     assert sf.get_ids() == ["4", "2", "3", "1"]
 
 
@@ -180,8 +180,8 @@ def test_legacy_written_sorted_feed(sf: SortedFeed, thoonk: Thoonk) -> None:
         c.hset(sf.keys.items, n, item)
     new = sf.prepend(b"w")
     assert new == "3"
-    sf.move("1", ":end")
-    assert sf.get_all() == [("3", b"w"), ("2", b"y"), ("1", b"x")]
+    sf.move(":end", "1")
+    assert list(sf.get_all().items()) == [("3", b"w"), ("2", b"y"), ("1", b"x")]
 
 
 def test_taken_ids_are_skipped(sf: SortedFeed, thoonk: Thoonk) -> None:
@@ -196,27 +196,27 @@ def test_move_puts_back_an_item_dropped_from_the_ordering(sf: SortedFeed, thoonk
     sf.append(b"a")
     sf.append(b"b")
     thoonk.client.lrem(sf.keys.ids, 0, "1")
-    sf.move("1", ":end")
+    sf.move(":end", "1")
     assert sf.get_ids() == ["2", "1"]
 
 
 # refused calls -----------------------------------------------------------------------------
 @pytest.mark.parametrize("call,error", [
-    (lambda sf: sf.move("2", ":2"), InvalidPosition),
-    (lambda sf: sf.move("2", "2:"), InvalidPosition),
+    (lambda sf: sf.move(":2", "2"), InvalidPosition),
+    (lambda sf: sf.move("2:", "2"), InvalidPosition),
     (lambda sf: sf.move_before("2", "2"), InvalidPosition),
-    (lambda sf: sf.move("2", "1:2"), InvalidPosition),
-    (lambda sf: sf.move("2", "middle"), InvalidPosition),
-    (lambda sf: sf.move("2", ":"), InvalidPosition),
-    (lambda sf: sf.move("2", ":99"), ItemNotFound),
-    (lambda sf: sf.move("2", "99:"), ItemNotFound),
-    (lambda sf: sf.move("99", ":end"), ItemNotFound),
-    (lambda sf: sf.move("99", "begin:"), ItemNotFound),
+    (lambda sf: sf.move("1:2", "2"), InvalidPosition),
+    (lambda sf: sf.move("middle", "2"), InvalidPosition),
+    (lambda sf: sf.move(":", "2"), InvalidPosition),
+    (lambda sf: sf.move(":99", "2"), ItemNotFound),
+    (lambda sf: sf.move("99:", "2"), ItemNotFound),
+    (lambda sf: sf.move(":end", "99"), ItemNotFound),
+    (lambda sf: sf.move("begin:", "99"), ItemNotFound),
     (lambda sf: sf.publish_before("99", b"x"), ItemNotFound),
     (lambda sf: sf.publish_after("99", b"x"), ItemNotFound),
     (lambda sf: sf.edit("99", b"x"), ItemNotFound),
     (lambda sf: sf.retract("99"), ItemNotFound),
-    (lambda sf: sf.move("2", 5), InvalidPosition),
+    (lambda sf: sf.move(5, "2"), InvalidPosition),
 ])
 def test_refused_calls_change_nothing(sf: SortedFeed, thoonk: Thoonk, prefix: str,
                                       events: Any, call: Any, error: type[Exception]) -> None:
@@ -241,7 +241,7 @@ def test_pivot_in_items_but_not_in_ordering_is_missing(sf: SortedFeed, thoonk: T
     with pytest.raises(ItemNotFound):
         sf.publish_after("1", b"x")
     with pytest.raises(ItemNotFound):
-        sf.move("2", ":1")
+        sf.move(":1", "2")
     assert snapshot(thoonk.client, prefix) == before
 
 

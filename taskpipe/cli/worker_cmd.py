@@ -70,10 +70,16 @@ def unknown_channels(app: Any, channels: list[str]) -> list[str]:
 @click.option("--beat", is_flag=True, help="Also run the cron scheduler in this process.")
 @click.option("--metrics-port", type=int, default=None,
               help="Serve Prometheus metrics on 127.0.0.1:PORT.")
+@click.option("--poll-interval", type=click.FloatRange(min=0.01, max=60), default=1.0,
+              show_default=True, metavar="SECONDS",
+              help="Longest idle block before looking at the channels again. taskpipe puts wake "
+                   "a worker at once; jobs put by legacy Thoonk clients (which write no wake-up "
+                   "marker) are seen within this interval.")
 def worker(app_path: str, queues: str | None, concurrency: int | None, prefetch: int | None,
            pool: str, burst: bool,
            max_jobs: int | None, loglevel: str, name: str | None, lease: str | None, grace: str,
-           dead_after: str, weighted: bool, beat: bool, metrics_port: int | None) -> None:
+           dead_after: str, weighted: bool, beat: bool, metrics_port: int | None,
+           poll_interval: float) -> None:
     """Run a worker: claim jobs from the channels in strict order and run them."""
     from taskpipe.worker import Worker
 
@@ -88,7 +94,7 @@ def worker(app_path: str, queues: str | None, concurrency: int | None, prefetch:
             ", ".join(sorted({app.default_channel, *(t.channel for t in app.tasks.values())})))
     w = Worker(app, channels, concurrency=concurrency, prefetch=prefetch, pool=pool, burst=burst,
                max_jobs=max_jobs, name=name, lease=lease, grace=grace, weighted=weighted,
-               beat=beat, app_path=app_path, dead_after=dead_after)
+               beat=beat, app_path=app_path, dead_after=dead_after, max_block=poll_interval)
     if metrics_port is not None:
         from taskpipe.contrib.metrics import serve_metrics
 

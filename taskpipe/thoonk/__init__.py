@@ -5,6 +5,8 @@ This layer knows nothing about tasks: it moves opaque bytes between states, atom
 """
 
 from taskpipe.thoonk.job import Claim, FinishRequest, JobChannel, JobInfo, PutRequest
+from taskpipe.thoonk.job_api import Job, JobClaim
 from taskpipe.thoonk.thoonk import Thoonk
 
-__all__ = ["Thoonk", "JobChannel", "Claim", "JobInfo", "PutRequest", "FinishRequest"]
+__all__ = ["Thoonk", "JobChannel", "Job", "JobClaim", "Claim", "JobInfo", "PutRequest",
+           "FinishRequest"]

@@ -7,7 +7,8 @@ published by the same Lua script that writes the data.
 
 Decisions (see ``lua/feed_publish.lua``):
 
-- An edit keeps the item's original score, so it keeps its position.
+- An edit moves the item to the end (a new score), as the thoonk.py document says and both
+  original clients do.
 - ``max_length`` <= 0, unset or non-numeric means unbounded; the id just written is never
   evicted; evictions are announced on ``feed.retract:<f>``.
 - Scores carry a microsecond fraction and are strictly increasing, so ``get_ids()`` is in
@@ -99,7 +100,7 @@ class Feed:
         """Publish ``item`` and return its id.
 
         Without ``id`` a new id (``uuid4().hex``) is made. With the id of an existing item this
-        is an edit: the item is replaced, keeps its position, and the event goes out on
+        is an edit: the item is replaced and moves to the end, and the event goes out on
         ``feed.edit:<f>`` instead of ``feed.publish:<f>``. When the feed has a ``max_length``,
         the oldest items are evicted (each announced on ``feed.retract:<f>``), never this one.
         """
@@ -131,13 +132,13 @@ class Feed:
         value = self.thoonk.client.hget(self.keys.items, check_id(id))
         return bytes(value) if value is not None else None
 
-    def get_all(self) -> list[tuple[str, bytes]]:
-        """Every ``(id, item)`` pair, oldest first (one consistent snapshot)."""
+    def get_all(self) -> dict[str, bytes]:
+        """Every item keyed by id, in feed order, oldest first (one consistent snapshot)."""
         pipe = self.thoonk.client.pipeline(transaction=True)
         pipe.zrange(self.keys.ids, 0, -1)
         pipe.hgetall(self.keys.items)
         ids, items = pipe.execute()
-        return [(to_str(i), bytes(items[i])) for i in ids if i in items]
+        return {to_str(i): bytes(items[i]) for i in ids if i in items}
 
     def has(self, id: str) -> bool:
         """True if the feed holds an item with that id."""

@@ -95,9 +95,10 @@ class FinishRequest:
 
     id: str
     token: str = ""
-    result: bytes = b""
+    result: bytes | None = None  # None: plain acknowledgement; bytes (even b""): a result
     result_ttl_ms: int = 0
     failed: bool = False
+    keep_query: bool = False  # keep the item beside a stored result (feed.query:<f>:<id>)
 
 
 @dataclass(frozen=True)
@@ -300,8 +301,9 @@ class JobChannel:
     # outcomes -------------------------------------------------------------------------------
     def finish(self, id: str, result: bytes | str | None = None, result_ttl_ms: int = 0,
                token: str = "", failed: bool = False) -> None:
-        """Finish a claimed job; store ``result`` for ``result_ttl_ms`` and publish job.finish."""
-        req = FinishRequest(id, token, _b(result) if result is not None else b"",
+        """Finish a claimed job; store ``result`` for ``result_ttl_ms`` and publish job.finish
+        (``result=None`` is a plain acknowledgement; any bytes, ``b""`` too, are a result)."""
+        req = FinishRequest(id, token, _b(result) if result is not None else None,
                             int(result_ttl_ms), failed)
         code = self.finish_many([req])[0]
         self._raise_for(code, id, "claimed", token)
@@ -319,10 +321,13 @@ class JobChannel:
             raise ValueError("a follow-up job can only ride on a single finish")
         if len(requests) > 1000:
             raise ValueError("finish_many takes at most 1000 jobs per call")
-        keys = [*self._finish_keys, *(self.keys.result(r.id) for r in requests)]
+        keys = [*self._finish_keys, *(self.keys.result(r.id) for r in requests),
+                *(self.keys.query(r.id) for r in requests if r.keep_query and r.result is not None)]
         args: list[Any] = [self.keys.ch_finish, FINISHED_INDEX_MS, len(requests)]
         for r in requests:
-            args += [r.id, r.token, _b(r.result), max(0, r.result_ttl_ms), "1" if r.failed else "0"]
+            args += [r.id, r.token, b"" if r.result is None else _b(r.result),
+                     max(0, r.result_ttl_ms), "1" if r.failed else "0",
+                     "0" if r.result is None else "2" if r.keep_query else "1"]
         if followup is not None:
             target, fid, fitem = followup
             fitem = _b(fitem)

@@ -85,6 +85,8 @@ class JobKeys:
     ch_events: str    # pub/sub: feed.jobevent:<f>  (taskpipe: progress/log/state events)
     result_prefix: str  # STRING per job: <result_prefix><id>, with TTL
     log_prefix: str     # LIST per job: <log_prefix><id>, capped, with TTL
+    query_prefix: str   # STRING per job: <query_prefix><id>, the job's item kept with its
+                        # result (thoonk.py ``get_result`` returns both), same TTL as the result
 
     def result(self, job_id: str) -> str:
         """The key holding one job's stored result."""
@@ -93,6 +95,10 @@ class JobKeys:
     def log(self, job_id: str) -> str:
         """The key holding one job's log lines."""
         return self.log_prefix + job_id
+
+    def query(self, job_id: str) -> str:
+        """The key holding one finished job's item beside its stored result."""
+        return self.query_prefix + job_id
 
 
 class Keyspace:
@@ -201,6 +207,7 @@ class Keyspace:
             ch_events=k("feed.jobevent:" + name),
             result_prefix=k("feed.result:" + name + ":"),
             log_prefix=k("feed.log:" + name + ":"),
+            query_prefix=k("feed.query:" + name + ":"),
         )
 
     def job_object_keys(self, name: str) -> list[str]:

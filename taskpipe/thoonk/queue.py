@@ -24,7 +24,7 @@ import redis
 
 from taskpipe.broker_retry import maps_broker_errors
 from taskpipe.connection import close_quietly
-from taskpipe.errors import FeedDoesNotExist
+from taskpipe.errors import Empty, FeedDoesNotExist
 from taskpipe.thoonk.feed import encode_item, to_str
 
 if TYPE_CHECKING:
@@ -49,6 +49,10 @@ class Queue:
     """
 
     TYPE = "queue"
+    #: ``put(item, priority=queue.HIGH)``: served next (thoonk.py's constants)
+    HIGH = True
+    #: ``put(item, priority=queue.NORMAL)``: waits behind the others (the default)
+    NORMAL = False
 
     def __init__(self, thoonk: Thoonk, name: str) -> None:
         self.thoonk = thoonk
@@ -76,17 +80,20 @@ class Queue:
             raise FeedDoesNotExist(f"queue {self.name!r} does not exist (deleted, or another type)")
         return item_id
 
-    def get(self, timeout: float | None = 0) -> bytes | None:
+    def get(self, timeout: float | None = 0) -> bytes:
         """Take the next item off the queue and return it.
 
         ``timeout`` is how long to wait for one, in seconds: ``0`` (the default, as in Thoonk)
-        waits forever, ``None`` does not wait. Return ``None`` when no item came in time.
+        waits forever, ``None`` does not wait. Raise ``Empty`` (a ``queue.Empty``, as thoonk.py
+        raises) when no item came in time.
         """
         got = self.get_with_id(timeout)
-        return got[1] if got is not None else None
+        if got is None:
+            raise Empty(f"no item in queue {self.name!r} within {timeout} s")
+        return got[1]
 
     def get_with_id(self, timeout: float | None = 0) -> tuple[str, bytes] | None:
-        """Like ``get`` but return ``(id, item)``."""
+        """Like ``get`` but return ``(id, item)``, or ``None`` when no item came in time."""
         if timeout is not None and timeout < 0:
             raise ValueError("timeout must be >= 0 or None")
         deadline = None if not timeout else time.monotonic() + timeout

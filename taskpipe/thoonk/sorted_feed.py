@@ -15,6 +15,7 @@ An edit is announced on ``feed.publish:<f>``, as thoonk.py 1.0 does (thoonk.js 0
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.broker_retry import maps_broker_errors
@@ -49,6 +50,14 @@ def parse_relpos(relpos: str) -> tuple[str, str]:
     if not pivot or ":" in pivot or "\0" in pivot:
         raise InvalidPosition(f"malformed relative position {relpos!r}")
     return where, pivot
+
+
+def _is_relpos(value: Any) -> bool:
+    try:
+        parse_relpos(value)
+    except InvalidPosition:
+        return False
+    return True
 
 
 @maps_broker_errors  # no redis-py exception type leaves a public method
@@ -113,13 +122,22 @@ class SortedFeed:
         if int(reply[0]) != 1:
             raise ItemNotFound(item_id)
 
-    def move(self, id: str, relpos: str) -> None:
-        """Move an item to ``relpos`` (``:X``, ``X:``, ``begin:`` or ``:end``).
+    def move(self, relpos: str, id: str) -> None:
+        """Move item ``id`` to ``relpos`` (``:X``, ``X:``, ``begin:`` or ``:end``), the argument
+        order of the thoonk.py document: ``move(':42', 'item id')``.
 
         Raise ``InvalidPosition`` for a malformed relpos or one relative to the item itself, and
         ``ItemNotFound`` when the item or the item named in relpos is not in the feed. Nothing
-        changes when it raises.
+        changes when it raises. The old taskpipe order ``move(id, relpos)`` still works (ids are
+        integers, never a relpos) but is deprecated and warns.
         """
+        if _is_relpos(id) and not _is_relpos(relpos):
+            warnings.warn("SortedFeed.move(id, relpos) is deprecated: use move(relpos, id), the "
+                          "thoonk.py order", DeprecationWarning, stacklevel=2)
+            relpos, id = id, relpos
+        self._move(id, relpos)
+
+    def _move(self, id: str, relpos: str) -> None:
         item_id = check_id(id)
         where, pivot = parse_relpos(relpos)
         if pivot == item_id:
@@ -134,21 +152,23 @@ class SortedFeed:
             raise InvalidPosition(f"cannot move item {item_id!r} relative to itself")
         raise ItemNotFound(pivot if reason == "missing_pivot" else item_id)
 
-    def move_before(self, id: str, before_id: str) -> None:
-        """Move an item just before ``before_id``."""
-        self.move(id, ":" + check_id(before_id))
+    def move_before(self, existing_id: str, id: str) -> None:
+        """Move item ``id`` just before ``existing_id`` (thoonk.py order:
+        ``move_before('existing id', 'item id')``)."""
+        self._move(id, ":" + check_id(existing_id))
 
-    def move_after(self, id: str, after_id: str) -> None:
-        """Move an item just after ``after_id``."""
-        self.move(id, check_id(after_id) + ":")
+    def move_after(self, existing_id: str, id: str) -> None:
+        """Move item ``id`` just after ``existing_id`` (thoonk.py order:
+        ``move_after('existing id', 'item id')``)."""
+        self._move(id, check_id(existing_id) + ":")
 
     def move_first(self, id: str) -> None:
         """Move an item to the beginning."""
-        self.move(id, "begin:")
+        self._move(id, "begin:")
 
     def move_last(self, id: str) -> None:
         """Move an item to the end."""
-        self.move(id, ":end")
+        self._move(id, ":end")
 
     def retract(self, id: str) -> None:
         """Remove an item; raise ``ItemNotFound`` if the feed has no such id."""
@@ -168,13 +188,13 @@ class SortedFeed:
         value = self.thoonk.client.hget(self.keys.items, check_id(id))
         return bytes(value) if value is not None else None
 
-    def get_all(self) -> list[tuple[str, bytes]]:
-        """Every ``(id, item)`` pair in feed order (one consistent snapshot)."""
+    def get_all(self) -> dict[str, bytes]:
+        """Every item keyed by id, in feed order (one consistent snapshot)."""
         pipe = self.thoonk.client.pipeline(transaction=True)
         pipe.lrange(self.keys.ids, 0, -1)
         pipe.hgetall(self.keys.items)
         ids, items = pipe.execute()
-        return [(to_str(i), bytes(items[i])) for i in ids if i in items]
+        return {to_str(i): bytes(items[i]) for i in ids if i in items}
 
     def has(self, id: str) -> bool:
         """True if the feed holds an item with that id."""

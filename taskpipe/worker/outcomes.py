@@ -141,7 +141,8 @@ class OutcomeWriter:
                 if outcome.kind in ("success", "failure"):
                     result, failed = self._result_bytes(outcome)
                     req = FinishRequest(outcome.claim.id, outcome.claim.token, result,
-                                        self._ttl_ms(outcome, failed), failed)
+                                        self._ttl_ms(outcome, failed), failed,
+                                        keep_query=bool(outcome.task and outcome.task.raw))
                     try:
                         followup = self._followup(outcome, failed)
                     except BROKER_ERRORS:

@@ -213,7 +213,9 @@ def decide_failure(app: TaskPipe, prepared: Prepared, exc: BaseException, tb: st
         name, message = "MaxRetriesExceeded", f"gave up after {attempt} attempts: {exc}"
     else:
         message = str(exc)
-    if task.options.stall_on_failure:
+    if task.options.stall_on_failure or task.options.raw:
+        # a raw (Thoonk-native) job's result goes to legacy listeners as is: an error envelope
+        # there would read as success, so a raw task out of retries is stalled, never failed
         return Outcome("stall", claim, reason=f"failed: {name}: {message}", envelope=env, task=task)
     return Outcome("failure", claim, exc_type=name, exc_message=message, traceback=tb,
                    envelope=env, task=task)

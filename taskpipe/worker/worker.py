@@ -376,7 +376,7 @@ class Worker:
         Redis came back empty (restarted without persistence), so tools still list them."""
         for name in self.channel_names:
             try:
-                self.app.thoonk.job(name)
+                self.app.thoonk.job_channel(name)
             except Exception as exc:  # noqa: BLE001 - best effort; claiming works without it
                 log.warning("could not re-register channel %s: %s", name, exc)
 

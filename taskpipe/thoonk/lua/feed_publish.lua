@@ -13,9 +13,9 @@
 --
 -- Score: server TIME as ms with a microsecond fraction ("1718000000123.456"), bumped to 1 us past
 --   the newest score when needed, so ZRANGE order is publish order even within one millisecond.
--- Edits keep the item's original score, i.e. its position (the documented intent of thoonk.py
---   and thoonk.js, whose ZADD actually moved an edited item to the top). Only the item and the
---   publishes counter change on an edit.
+-- An edit gets a new score, so the edited item moves to the end of the feed, as the thoonk.py
+--   documentation says and both original clients do (their ZADD rewrites the score): a mixed
+--   fleet orders a feed the same way.
 -- max_length: a value <= 0, unset or non-numeric means unbounded (fractions are floored). After
 --   writing, the oldest ids are evicted until N remain, never the id just written; at most ARGV[7]
 --   per call, so a later publish continues a trim after max_length was cut sharply.
@@ -26,16 +26,16 @@ local id = ARGV[1]
 local created = 2
 if not redis.call('ZSCORE', KEYS[2], id) then
   created = 1
-  local t = redis.call('TIME')
-  local sec, usec = tonumber(t[1]), tonumber(t[2])
-  local score = sec * 1000 + math.floor(usec / 1000) + (usec % 1000) / 1000
-  local text = string.format('%d.%03d', sec * 1000 + math.floor(usec / 1000), usec % 1000)
-  local newest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-  if newest[2] and tonumber(newest[2]) >= score then
-    text = string.format('%.3f', tonumber(newest[2]) + 0.001)
-  end
-  redis.call('ZADD', KEYS[2], text, id)
 end
+local t = redis.call('TIME')
+local sec, usec = tonumber(t[1]), tonumber(t[2])
+local score = sec * 1000 + math.floor(usec / 1000) + (usec % 1000) / 1000
+local text = string.format('%d.%03d', sec * 1000 + math.floor(usec / 1000), usec % 1000)
+local newest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if newest[2] and tonumber(newest[2]) >= score then
+  text = string.format('%.3f', tonumber(newest[2]) + 0.001)
+end
+redis.call('ZADD', KEYS[2], text, id)
 redis.call('HSET', KEYS[3], id, ARGV[2])
 redis.call('INCR', KEYS[4])
 if created == 1 then

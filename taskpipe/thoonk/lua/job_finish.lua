@@ -4,19 +4,24 @@
 -- KEYS[8] feed.published:<f>  KEYS[9] feed.finishes:<f>  KEYS[10] feed.finished:<f>
 -- KEYS[11] feed.failures:<f>  KEYS[12] feed.progress:<f>  KEYS[13] feed.reasons:<f>
 -- KEYS[13+i] feed.result:<f>:<id_i> for each of the n jobs
--- Optional follow-up job (only with n = 1), put on another channel by this same step:
--- KEYS[15] target feed.ids  KEYS[16] target feed.items  KEYS[17] target feed.published
--- KEYS[18] target feed.publishes  KEYS[19] target feed.wake  KEYS[20] target feed.finished
--- KEYS[21] target feed.result:<t>:<follow-up id>
+-- KEYS[13+n+k] feed.query:<f>:<id> for the k-th job (of q) whose result mode is '2'
+-- Optional follow-up job (only with n = 1), put on another channel by this same step, at
+-- f = 14+n+q: KEYS[f] target feed.ids  KEYS[f+1] target feed.items  KEYS[f+2] target
+-- feed.published  KEYS[f+3] target feed.publishes  KEYS[f+4] target feed.wake
+-- KEYS[f+5] target feed.finished  KEYS[f+6] target feed.result:<t>:<follow-up id>
 -- ARGV[1] job.finish:<f> channel  ARGV[2] keep finished-index entries this many ms
 -- ARGV[3] n (<= 1000)
--- ARGV[4 + 5*(i-1) ...] per job: id, token ('' = no fencing check), result ('' = none),
---                       result ttl ms ('0' = do not store), failed ('1'/'0')
--- ARGV[4 + 5n], ARGV[5 + 5n]: follow-up id, follow-up item (when follow-up keys are given)
+-- ARGV[4 + 6*(i-1) ...] per job: id, token ('' = no fencing check), result,
+--                       result ttl ms ('0' = do not store), failed ('1'/'0'),
+--                       result mode: '0' a plain acknowledgement (no result, nothing published),
+--                       '1' a result (even an empty one), '2' a result, and keep the job's item
+--                       beside it in feed.query:<f>:<id> for the same ttl (thoonk.py get_result)
+-- ARGV[4 + 6n], ARGV[5 + 6n]: follow-up id, follow-up item (when follow-up keys are given)
 -- Returns: a list of n codes: 1 finished, 0 not claimed (nothing changed), -1 lease lost
 --          (claimed under another token: refused, nothing changed); then the follow-up flag
 --          (1 put, 0 an item with that id existed, absent when no follow-up).
--- Events: job.finish:<f> "<id>\0<result>" for each finished job that has a result.
+-- Events: job.finish:<f> "<id>\0<result>" for each finished job that has a result, an empty
+--   one included ("<id>\0", as thoonk.py and thoonk.js publish whenever a result is given).
 -- Owner checks first; then the bookkeeping of all finished jobs (unclaim, HDEL of their
 -- fields, counters, finished index) with one command per key for the whole batch; then each
 -- finished job's result and event, in order (all inside this one atomic call).
@@ -28,8 +33,15 @@ local now = now_ms()
 local out = {}
 local done, seen, scored, finished = {}, {}, {}, {}
 local failures = 0
+local qkey, q = {}, 0  -- job index -> KEYS index of its feed.query key (mode '2' jobs only)
 for i = 1, n do
-  local b = 4 + 5 * (i - 1)
+  if ARGV[4 + 6 * (i - 1) + 5] == '2' then
+    q = q + 1
+    qkey[i] = 13 + n + q
+  end
+end
+for i = 1, n do
+  local b = 4 + 6 * (i - 1)
   local id, token = ARGV[b], ARGV[b + 1]
   local code = 0  -- an id twice in one call: the second is "not claimed", as if run in turn
   if not seen[id] then code = check_owner(KEYS[1], KEYS[3], id, token) end
@@ -51,6 +63,13 @@ if #done > 0 then
   redis.call('ZREM', KEYS[2], unpack(done))   -- leases
   redis.call('HDEL', KEYS[3], unpack(done))   -- tokens
   redis.call('HDEL', KEYS[4], unpack(done))   -- workers
+  local queries = {}  -- the items to keep beside their results (mode '2'), read before the HDEL
+  for _, i in ipairs(finished) do
+    local b = 4 + 6 * (i - 1)
+    if qkey[i] and tonumber(ARGV[b + 3]) > 0 then
+      queries[i] = redis.call('HGET', KEYS[5], ARGV[b])
+    end
+  end
   redis.call('HDEL', KEYS[5], unpack(done))   -- items
   redis.call('HDEL', KEYS[6], unpack(done))   -- cancelled
   redis.call('HDEL', KEYS[7], unpack(done))   -- attempts
@@ -64,19 +83,22 @@ if #done > 0 then
   if #old > 0 then redis.call('ZREM', KEYS[10], unpack(old)) end
   -- then each finished job's result and event, in order
   for _, i in ipairs(finished) do
-    local b = 4 + 5 * (i - 1)
-    local id, result, ttl = ARGV[b], ARGV[b + 2], tonumber(ARGV[b + 3])
-    if ttl > 0 and result ~= '' then
-      redis.call('SET', KEYS[13 + i], result, 'PX', ttl)
-    end
-    if result ~= '' then
+    local b = 4 + 6 * (i - 1)
+    local id, result, ttl, mode = ARGV[b], ARGV[b + 2], tonumber(ARGV[b + 3]), ARGV[b + 5]
+    if mode ~= '0' then
+      if ttl > 0 then
+        redis.call('SET', KEYS[13 + i], result, 'PX', ttl)
+        if queries[i] then
+          redis.call('SET', KEYS[qkey[i]], queries[i], 'PX', ttl)
+        end
+      end
       redis.call('PUBLISH', ARGV[1], id .. '\0' .. result)
     end
   end
 end
-if #KEYS >= 14 + n and n == 1 and out[1] == 1 then
-  local f = 14 + n
-  local fid, fitem = ARGV[4 + 5 * n], ARGV[5 + 5 * n]
+if #KEYS >= 14 + n + q and n == 1 and out[1] == 1 then
+  local f = 14 + n + q
+  local fid, fitem = ARGV[4 + 6 * n], ARGV[5 + 6 * n]
   if redis.call('HSETNX', KEYS[f + 1], fid, fitem) == 1 then
     redis.call('ZREM', KEYS[f + 5], fid)
     redis.call('DEL', KEYS[f + 6])
