@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -18,17 +20,22 @@ from taskpipe.serialization import (
     encode_envelope,
     get_serializer,
 )
-from taskpipe.task import Signature, Task, TaskOptions
+from taskpipe.task import AsyncTask, Signature, Task, TaskDecorator, TaskOptions
 from taskpipe.thoonk.job import JobChannel, PutRequest, new_id
 from taskpipe.thoonk.keys import cluster_name, has_hash_tag
 from taskpipe.thoonk.thoonk import Thoonk
 
 if TYPE_CHECKING:
+    from typing_extensions import ParamSpec
+
     from taskpipe.results import AsyncResult
+
+    P = ParamSpec("P")
 
 __all__ = ["TaskPipe"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 _SEND_OPTIONS = {"channel", "priority", "delay", "eta", "id", "on_finish", "result_ttl",
                  "retries", "timeout", "hard_timeout", "retry_backoff"}
@@ -83,16 +90,21 @@ class TaskPipe:
         self._lock = threading.Lock()
         self._watcher: Any = None
         self.crons: list[Any] = []
+        #: redis.asyncio clients by event loop (taskpipe.aio), dropped with their loop
+        self._async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"<TaskPipe {self.name} broker={self.broker_url}>"
 
     # tasks ----------------------------------------------------------------------------------
     @overload
-    def task(self, fn: F) -> Task[Any]: ...
+    def task(self, fn: Callable[P, Coroutine[Any, Any, T]]) -> AsyncTask[T, P]: ...
 
     @overload
-    def task(self, fn: None = None, **options: Any) -> Callable[[F], Task[Any]]: ...
+    def task(self, fn: Callable[P, T]) -> Task[T, P]: ...
+
+    @overload
+    def task(self, fn: None = None, *, name: str | None = None, **options: Any) -> TaskDecorator: ...
 
     def task(self, fn: Any = None, *, name: str | None = None, **options: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(channel='high', retries=3)``.
@@ -119,7 +131,8 @@ class TaskPipe:
             task_name = name or f"{func.__module__}.{func.__qualname__}"
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ConfigError(f"a different task is already registered as {task_name!r}")
-            task: Task[Any] = Task(self, func, task_name, opts)
+            task: Task[Any] = (AsyncTask if inspect.iscoroutinefunction(func) else Task)(
+                self, func, task_name, opts)
             if opts.raw:
                 if not opts.channel:
                     raise ConfigError("a raw (Thoonk-native) task needs channel=")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 from taskpipe.errors import (
     ResultExpired,
@@ -20,11 +21,22 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncResult", "STATES"]
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeVar as DefaultTypeVar
+
+    R = DefaultTypeVar("R", default=Any)  # a bare ``AsyncResult`` is ``AsyncResult[Any]``
+else:
+    R = TypeVar("R")
+
 STATES = ("delayed", "available", "claimed", "stalled", "finished", "failed", "unknown")
 
 
-class AsyncResult:
-    """A published job: ``state``, ``ready()``, ``successful()``, ``get(timeout=)``, progress, logs."""
+class AsyncResult(Generic[R]):
+    """A published job: ``state``, ``ready()``, ``successful()``, ``get(timeout=)``, progress, logs.
+
+    ``AsyncResult[int]`` (what ``add.delay()`` returns for ``add(...) -> int``): ``get()`` is an
+    ``int``. ``await result`` (or ``await result.aget(timeout=)``) waits on ``redis.asyncio``.
+    """
 
     def __init__(self, app: TaskPipe, id: str, channel: str) -> None:
         self.app = app
@@ -92,7 +104,7 @@ class AsyncResult:
         """True if the job finished with an error."""
         return self.state == "failed"
 
-    def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
+    def get(self, timeout: float | None = None, propagate: bool = True) -> R:
         """Wait for the result (``timeout`` seconds; None = forever) and return it.
 
         Raises ``ResultTimeout`` (a ``TimeoutError``) on time, ``TaskFailed`` carrying the remote
@@ -103,24 +115,49 @@ class AsyncResult:
         wait = 365 * 24 * 3600.0 if timeout is None else float(timeout)
         record = self._fetch(timeout=wait if wait > 0 else None)
         if record is None:
-            state = self.info().state
-            if state == "finished":
-                raise ResultExpired(f"job {self.id!r} finished but its result is not stored "
-                                    "(expired, or result_ttl=0)")
-            if state == "unknown":
-                raise ResultUnknown(f"no job {self.id!r} in channel {self.channel!r}")
-            raise ResultTimeout(f"job {self.id!r} is still {state} after {timeout} s")
+            self._raise_missing(self.info().state, timeout)
+        return self._outcome(record, propagate)
+
+    def _raise_missing(self, state: str, timeout: float | None) -> NoReturn:
+        if state == "finished":
+            raise ResultExpired(f"job {self.id!r} finished but its result is not stored "
+                                "(expired, or result_ttl=0)")
+        if state == "unknown":
+            raise ResultUnknown(f"no job {self.id!r} in channel {self.channel!r}")
+        raise ResultTimeout(f"job {self.id!r} is still {state} after {timeout} s")
+
+    def _outcome(self, record: ResultRecord, propagate: bool) -> R:
         if record.ok:
-            return record.value
+            return record.value  # type: ignore[no-any-return]
         error = TaskFailed(self.id, record.exc_type or "", record.exc_message or "",
                            record.traceback or "")
         if propagate:
             raise error
-        return error
+        return error  # type: ignore[return-value]  # propagate=False: the failure is the value
 
-    async def aget(self, timeout: float | None = None, propagate: bool = True) -> Any:
-        """``await result.aget(timeout=)``: ``get`` for async callers (does not block the loop)."""
-        return await asyncio.to_thread(self.get, timeout, propagate)
+    async def aget(self, timeout: float | None = None, propagate: bool = True) -> R:
+        """``await result.aget(timeout=)``: ``get`` for async callers, on ``redis.asyncio``.
+
+        Waits on the ``job.finish`` channel with the app's asyncio client of the running event
+        loop (no thread per call); same errors as ``get``. Brokers redis.asyncio cannot reach
+        (an app built on a ready-made ``client=``) fall back to a thread.
+        """
+        from taskpipe.aio import async_client, job_state, wait_result
+
+        if self._record is None:
+            found = await wait_result(self, timeout)
+            if found is not None:
+                self._accept(found)
+        if self._record is None:  # timed out or no stored result: name why, as get() does
+            client = async_client(self.app)
+            state = await job_state(client, self) if client is not None else \
+                await asyncio.to_thread(lambda: self.info().state)
+            self._raise_missing(state, timeout)
+        return self._outcome(self._record, propagate)
+
+    def __await__(self) -> Generator[Any, None, R]:
+        """``await result``: ``await result.aget()`` (waits as long as it takes)."""
+        return self.aget().__await__()
 
     @property
     def result(self) -> Any:
