@@ -56,7 +56,7 @@ class TaskPipe:
                  retries: int = 0, retry_backoff: Any = "1s", retry_backoff_max: Any = "10m",
                  timeout: Any = None, lease: Any = "30s", max_cancels: int = 3,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, connection: Connection | None = None,
-                 client: Any = None) -> None:
+                 client: Any = None, eager: bool = False) -> None:
         self.name = name or "taskpipe"
         if connection is None:
             if client is not None:
@@ -90,6 +90,9 @@ class TaskPipe:
         self._lock = threading.Lock()
         self._watcher: Any = None
         self.crons: list[Any] = []
+        #: eager (test) mode: every call runs inline, nothing is published (taskpipe.eager)
+        self.eager = eager
+        self._eager: Any = None
         #: redis.asyncio clients by event loop (taskpipe.aio), dropped with their loop
         self._async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
@@ -248,6 +251,8 @@ class TaskPipe:
         """
         from taskpipe.results import AsyncResult
 
+        if self.eager:
+            return self.eager_runner.send(name, args, kwargs, options)  # type: ignore[no-any-return]
         channel, req, callback = self._build(name, args, kwargs, _task, options)
         assert req.id is not None
         result = AsyncResult(self, req.id, channel.name)
@@ -260,6 +265,8 @@ class TaskPipe:
         """Publish many signatures, pipelined in bounded batches; returns their results in order."""
         from taskpipe.results import AsyncResult
 
+        if self.eager:
+            return [self.send(sig.task, sig.args, sig.kwargs, **sig.options) for sig in signatures]
         by_channel: dict[str, tuple[JobChannel, list[PutRequest]]] = {}
         order: list[tuple[str, str]] = []
         for sig in signatures:
@@ -281,6 +288,8 @@ class TaskPipe:
         """
         from taskpipe.results import AsyncResult
 
+        if self.eager:
+            return [self.send(task.name, c if isinstance(c, tuple) else (c,)) for c in calls]
         encode = self._encoder_for(task)
         items = [encode(c if isinstance(c, tuple) else (c,)) for c in calls]
         channel = self.channel(task.options.channel)
@@ -293,6 +302,23 @@ class TaskPipe:
         from taskpipe.results import AsyncResult
 
         return AsyncResult(self, id, channel or self.default_channel)
+
+    @property
+    def eager_runner(self) -> Any:
+        """The inline runner of an eager app (``taskpipe.eager.EagerRunner``)."""
+        from taskpipe.eager import EagerRunner
+
+        with self._lock:
+            if self._eager is None:
+                self._eager = EagerRunner(self)
+        return self._eager
+
+    @property
+    def clock(self) -> Any:
+        """An eager app's test clock: ``app.clock.advance("10m")`` runs what became due."""
+        if not self.eager:
+            raise ConfigError("the test clock exists only in eager mode (TaskPipe(eager=True))")
+        return self.eager_runner.clock
 
     @property
     def finish_watcher(self) -> Any:
