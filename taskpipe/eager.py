@@ -83,7 +83,9 @@ class EagerResult(AsyncResult[Any]):
 
     def retract(self) -> None:
         """Drop a call still waiting for the test clock."""
-        self.app.eager_runner.drop(self.id)
+        if self._record is None:
+            self.app.eager_runner.drop(self.id)
+            self._eager_state = "unknown"
 
 
 @dataclass(order=True)

@@ -132,16 +132,14 @@ def test_clock_runs_delays_and_cron_in_order(eapp: TaskPipe) -> None:
         later.get(timeout=10)
     ran = clock.advance("10m")
     assert later.get() == "later" and eta.get() == "eta"
-    assert gone.state == "delayed" and "gone" not in str(order)
+    assert gone.state == "unknown" and "gone" not in str(order)
     names = [o.split("@")[0] for o in order]
     assert names.count("cron") == 2 and ran == 4
     times = [int(o.split("@")[1]) for o in order]
     assert times == sorted(times)  # everything ran at its own due time, in order
     assert list(zip(names, times)) == [("eta", 120), ("cron", 270), ("later", 420), ("cron", 570)]
     with pytest.raises(ConfigError):
-        clock.set(start)  # fires the cron entry's hh:m5:00 on the way
-    assert [o.split("@")[0] for o in order] == ["cron"]
-    order.clear()
+        clock.set(start)  # never backwards
 
 
 def test_eager_context_switches_an_existing_app() -> None:
