@@ -51,6 +51,10 @@ class TaskPipe:
     Nothing is global: two apps in one process never interfere.
     """
 
+    #: the classes ``@app.task`` makes (framework integrations add methods in subclasses)
+    task_class: type[Task[Any]] = Task
+    async_task_class: type[Task[Any]] = AsyncTask
+
     def __init__(self, name: str | None = None, broker: str | None = None, *, prefix: str = "",
                  serializer: str = "msgpack", result_ttl: Any = "1d", default_channel: str = "default",
                  retries: int = 0, retry_backoff: Any = "1s", retry_backoff_max: Any = "10m",
@@ -134,8 +138,8 @@ class TaskPipe:
             task_name = name or f"{func.__module__}.{func.__qualname__}"
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ConfigError(f"a different task is already registered as {task_name!r}")
-            task: Task[Any] = (AsyncTask if inspect.iscoroutinefunction(func) else Task)(
-                self, func, task_name, opts)
+            cls = self.async_task_class if inspect.iscoroutinefunction(func) else self.task_class
+            task: Task[Any] = cls(self, func, task_name, opts)
             if opts.raw:
                 if not opts.channel:
                     raise ConfigError("a raw (Thoonk-native) task needs channel=")

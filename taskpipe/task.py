@@ -17,9 +17,14 @@ if TYPE_CHECKING:
     # ``Task[int]`` (any arguments) stays valid: the parameters default to ``...`` (PEP 696)
     P = ParamSpec("P", default=...)
 else:
-    from typing import ParamSpec
+    try:  # where typing_extensions is installed, ``Task[int]`` works at run time too
+        from typing_extensions import ParamSpec
 
-    P = ParamSpec("P")
+        P = ParamSpec("P", default=...)
+    except ImportError:  # (write ``Task[int, ...]`` in run-time expressions to be safe)
+        from typing import ParamSpec
+
+        P = ParamSpec("P")
 Q = ParamSpec("Q")
 
 __all__ = ["Task", "AsyncTask", "TaskOptions", "Signature", "TaskDecorator"]

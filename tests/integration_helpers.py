@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,13 +34,22 @@ class Procs:
         self.dir = tempfile.mkdtemp(prefix="taskpipe-it-")
         self.procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
 
-    def start(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: Sequence[str],
+              env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = Path(self.dir) / f"{name}.log"
         with open(log, "wb") as out:
-            proc = subprocess.Popen([sys.executable, *argv], cwd=self.cwd, env=self.env,
+            proc = subprocess.Popen([sys.executable, *argv], cwd=self.cwd,
+                                    env={**self.env, **(env or {})},
                                     stdout=out, stderr=subprocess.STDOUT)
         self.procs[name] = (proc, log)
         return proc
+
+    def run(self, argv: Sequence[str], timeout: float = 120) -> str:
+        """Run a command to the end (it must succeed); returns its output."""
+        done = subprocess.run([sys.executable, *argv], cwd=self.cwd, env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+        assert done.returncode == 0, f"{argv} failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
 
     def output(self) -> str:
         return "\n".join(f"--- {name} (exit {proc.poll()}) ---\n"
@@ -70,17 +80,24 @@ def processes(env: Mapping[str, str], cwd: Path) -> Iterator[Procs]:
     procs.stop()
 
 
-def http(method: str, url: str, body: Any = None,
-         headers: Mapping[str, str] | None = None) -> tuple[int, Any, Mapping[str, str]]:
-    """One request; returns (status, decoded JSON or text, headers). Never raises for a status."""
-    data = json.dumps(body).encode() if body is not None else None
+def http(method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None,
+         opener: urllib.request.OpenerDirector | None = None,
+         form: Mapping[str, str] | None = None) -> tuple[int, Any, Any]:
+    """One request; returns (status, decoded JSON or text, the response). Never raises for a
+    status. ``form`` sends a urlencoded body; ``opener`` keeps cookies between requests."""
+    if form is not None:
+        data: bytes | None = urllib.parse.urlencode(form).encode()
+        ctype = "application/x-www-form-urlencoded"
+    else:
+        data = json.dumps(body).encode() if body is not None else None
+        ctype = "application/json"
     req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+                                 headers={"Content-Type": ctype, **(headers or {})})
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            status, raw, head = resp.status, resp.read(), resp.headers
+        with (opener or urllib.request.build_opener()).open(req, timeout=30) as resp:
+            status, raw, head = resp.status, resp.read(), resp
     except urllib.error.HTTPError as exc:
-        status, raw, head = exc.code, exc.read(), exc.headers
+        status, raw, head = exc.code, exc.read(), exc
     text = raw.decode("utf-8", "replace")
     try:
         return status, json.loads(text), head
