@@ -15,7 +15,7 @@ from taskpipe.errors import ConfigError
 
 __all__ = ["FrameworkTaskPipe"]
 
-_KEEP = ("tasks", "raw_channels", "crons", "name")
+_KEEP = ("name", "tasks", "raw_channels", "crons")  # name: unless the options give one
 
 
 class FrameworkTaskPipe(TaskPipe):
@@ -36,9 +36,9 @@ class FrameworkTaskPipe(TaskPipe):
             raise ConfigError(f"unknown taskpipe setting(s): {', '.join(sorted(unknown))}")
         kept = {key: getattr(self, key) for key in _KEEP}
         self.close()
-        TaskPipe.__init__(self, **{"name": kept["name"], **options})
-        for key in _KEEP:
-            setattr(self, key, kept[key])
+        TaskPipe.__init__(self, **{"name": kept.pop("name"), **options})
+        for key, value in kept.items():
+            setattr(self, key, value)
 
     if not TYPE_CHECKING:  # type checkers see TaskPipe.task's typed overloads
         def task(self, fn=None, *, name=None, **options):

@@ -95,7 +95,7 @@ def route(dashboard: Dashboard, method: str, path: str, headers: Any,
 class _Headers(dict[str, str]):
     """Case-insensitive ``get`` over request headers (what ``Dashboard.check_auth`` reads)."""
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         return super().get(key.lower(), default)
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from django.conf import settings
 from django.db import close_old_connections, reset_queries, transaction
@@ -12,7 +13,13 @@ from django.db import close_old_connections, reset_queries, transaction
 from taskpipe.contrib._framework import FrameworkTaskPipe
 from taskpipe.errors import ConfigError
 from taskpipe.results import AsyncResult
-from taskpipe.task import AsyncTask, Task
+from taskpipe.task import P, AsyncTask, R, Task
+
+if TYPE_CHECKING:
+    from typing_extensions import ParamSpec
+
+    Q = ParamSpec("Q")
+T = TypeVar("T")
 from taskpipe.thoonk.job import new_id
 
 __all__ = ["DjangoTaskPipe", "DjangoTask", "get_app", "SETTINGS_ONLY"]
@@ -21,10 +28,10 @@ __all__ = ["DjangoTaskPipe", "DjangoTask", "get_app", "SETTINGS_ONLY"]
 SETTINGS_ONLY = {"dashboard_url", "dashboard_token", "autodiscover"}
 
 
-class DjangoTask(Task[Any, ...]):
-    """A task of a Django project: adds ``delay_on_commit``."""
+class DjangoTask(Task[R, P]):
+    """A task of a Django project: adds ``delay_on_commit`` (typed like ``delay``)."""
 
-    def delay_on_commit(self, *args: Any, **kwargs: Any) -> AsyncResult[Any]:
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Publish the call once the current transaction commits (at once outside one).
 
         Returns the handle now (its id is fixed before publishing); if the transaction rolls
@@ -32,8 +39,18 @@ class DjangoTask(Task[Any, ...]):
         return self.app.send(self.name, args=args, kwargs=kwargs, on_commit=True)
 
 
-class DjangoAsyncTask(AsyncTask[Any, ...], DjangoTask):
+class DjangoAsyncTask(AsyncTask[R, P], DjangoTask[R, P]):
     """An ``async def`` task of a Django project."""
+
+
+class DjangoTaskDecorator(Protocol):
+    """What ``@app.task(...)`` with options returns in a Django project."""
+
+    @overload
+    def __call__(self, fn: Callable[Q, Coroutine[Any, Any, T]]) -> DjangoAsyncTask[T, Q]: ...
+
+    @overload
+    def __call__(self, fn: Callable[Q, T]) -> DjangoTask[T, Q]: ...
 
 
 class DjangoTaskPipe(FrameworkTaskPipe):
@@ -45,6 +62,19 @@ class DjangoTaskPipe(FrameworkTaskPipe):
 
     task_class = DjangoTask
     async_task_class = DjangoAsyncTask
+
+    if TYPE_CHECKING:  # what @app.task makes here: tasks with delay_on_commit, still typed
+        @overload
+        def task(self, fn: Callable[Q, Coroutine[Any, Any, T]]) -> DjangoAsyncTask[T, Q]: ...
+
+        @overload
+        def task(self, fn: Callable[Q, T]) -> DjangoTask[T, Q]: ...
+
+        @overload
+        def task(self, fn: None = None, *, name: str | None = None,
+                 **options: Any) -> DjangoTaskDecorator: ...
+
+        def task(self, fn: Any = None, *, name: str | None = None, **options: Any) -> Any: ...
 
     def __init__(self, **options: Any) -> None:
         conf = dict(getattr(settings, "TASKPIPE", None) or {})
