@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +55,7 @@ def route(dashboard: Dashboard, method: str, path: str, headers: Any,
           query_string: str = "") -> Reply:
     """Answer one request for ``path`` (relative to the mount point, starting with ``/``);
     ``headers`` has a case-insensitive ``get``."""
-    dashboard.api.sampler.start()  # idempotent: throughput history once the dashboard is used
+    _start_sampler(dashboard)
     parts = [unquote(p) for p in path.split("/")[1:]] if path.startswith("/") else [""]
     query = dict(parse_qsl(query_string, keep_blank_values=True))
     method = method.upper()
@@ -90,6 +91,14 @@ def route(dashboard: Dashboard, method: str, path: str, headers: Any,
     if parts in ([""], ["index.html"]):
         return Reply.make(200, dashboard.static("index.html") or b"", _STATIC["index.html"])
     return Reply.json(404, {"error": "not found"})
+
+
+def _start_sampler(dashboard: Dashboard) -> None:
+    """Start sampling throughput on the first request (not at mount: a web app with many
+    processes would otherwise sample Redis from each of them whether anyone looks or not)."""
+    lock = dashboard.__dict__.setdefault("_mount_lock", threading.Lock())  # atomic setdefault
+    with lock:
+        dashboard.api.sampler.start()
 
 
 class _Headers(dict[str, str]):

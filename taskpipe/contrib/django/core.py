@@ -13,7 +13,7 @@ from django.db import close_old_connections, reset_queries, transaction
 from taskpipe.contrib._framework import FrameworkTaskPipe
 from taskpipe.errors import ConfigError
 from taskpipe.results import AsyncResult
-from taskpipe.task import P, AsyncTask, R, Task
+from taskpipe.task import AsyncTask, P, R, Task
 
 if TYPE_CHECKING:
     from typing_extensions import ParamSpec
