@@ -14,13 +14,13 @@ from taskpipe.contrib._framework import FrameworkTaskPipe
 from taskpipe.errors import ConfigError
 from taskpipe.results import AsyncResult
 from taskpipe.task import AsyncTask, P, R, Task
+from taskpipe.thoonk.job import new_id
 
 if TYPE_CHECKING:
     from typing_extensions import ParamSpec
 
     Q = ParamSpec("Q")
 T = TypeVar("T")
-from taskpipe.thoonk.job import new_id
 
 __all__ = ["DjangoTaskPipe", "DjangoTask", "get_app", "SETTINGS_ONLY"]
 
