@@ -48,7 +48,8 @@ class TaskPipe:
     ``TaskPipe(broker="redis://127.0.0.1:6379/0")``. The broker URL comes from the argument, else
     ``TASKPIPE_BROKER_URL``, else ``redis://127.0.0.1:6379/0``; ``memory://`` runs an embedded
     broker in this process. ``prefix`` namespaces every key, so two apps can share one Redis.
-    Nothing is global: two apps in one process never interfere.
+    Nothing is global: two apps in one process never interfere. ``eager=True`` (tests) runs
+    every call inline instead of publishing it (``docs/testing.md``).
     """
 
     #: the classes ``@app.task`` makes (framework integrations add methods in subclasses)
@@ -305,6 +306,8 @@ class TaskPipe:
         """A handle on a job published elsewhere (by id and channel)."""
         from taskpipe.results import AsyncResult
 
+        if self.eager:
+            return self.eager_runner.lookup(id)  # type: ignore[no-any-return]
         return AsyncResult(self, id, channel or self.default_channel)
 
     @property

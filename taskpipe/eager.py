@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.durations import eta_to_delay, parse_duration
-from taskpipe.errors import ConfigError, ResultTimeout, UnknownTask
+from taskpipe.errors import ConfigError, ResultTimeout, ResultUnknown, UnknownTask
 from taskpipe.results import AsyncResult
 from taskpipe.serialization import (
     ResultRecord,
@@ -67,7 +67,10 @@ class EagerResult(AsyncResult[Any]):
         return self._eager_state
 
     def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
-        """The outcome, at once: a call still waiting for the test clock raises ``ResultTimeout``."""
+        """The outcome, at once: a call still waiting for the test clock raises ``ResultTimeout``,
+        an id no eager call had ``ResultUnknown``."""
+        if self._record is None and self._eager_state == "unknown":
+            raise ResultUnknown(f"no eager call with id {self.id!r}")
         if self._record is None:
             raise ResultTimeout(f"job {self.id!r} is still {self._eager_state} (eager mode: "
                                 "advance the app's test clock to run it)")
@@ -136,6 +139,7 @@ class EagerRunner:
         self._seq = itertools.count()
         self._lock = threading.RLock()
         self._cron_last: dict[str, float] = {}
+        self._results: dict[str, EagerResult] = {}  # by id, for app.AsyncResult(id)
 
     # publishing ----------------------------------------------------------------------------
     def send(self, name: str, args: Any, kwargs: dict[str, Any] | None,
@@ -165,6 +169,8 @@ class EagerRunner:
         if not isinstance(job_id, str) or "\0" in job_id:
             raise ConfigError(f"a job id must be a non-empty string without NUL, got {job_id!r}")
         result = EagerResult(self.app, job_id, options.get("channel") or task.channel)
+        with self._lock:
+            self._results[job_id] = result
         delay = 0.0
         if options.get("delay") is not None:
             delay = parse_duration(options["delay"])
@@ -179,6 +185,15 @@ class EagerRunner:
         else:
             self._run(pending)
         return result
+
+    def lookup(self, job_id: str) -> EagerResult:
+        """The handle of an eager call by id (one in state ``unknown`` if there was none)."""
+        with self._lock:
+            found = self._results.get(job_id)
+        if found is None:
+            found = EagerResult(self.app, job_id, self.app.default_channel)
+            found._eager_state = "unknown"
+        return found
 
     def drop(self, job_id: str) -> None:
         """Forget a call still waiting for the clock."""

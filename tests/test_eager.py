@@ -13,6 +13,7 @@ from taskpipe import (
     ConfigError,
     PayloadTooLarge,
     ResultTimeout,
+    ResultUnknown,
     SerializationError,
     TaskFailed,
     TaskPipe,
@@ -38,6 +39,9 @@ def test_runs_inline_with_real_serialization(eapp: TaskPipe) -> None:
     r = record.delay(when, Decimal("1.50"), ("a", "b"))
     assert r.state == "finished" and r.successful()
     assert r.get() == {"n": 2}
+    assert eapp.AsyncResult(r.id).get() == {"n": 2}  # found by id, as a view would
+    with pytest.raises(ResultUnknown):
+        eapp.AsyncResult("no-such-call").get()
     # the task got what a worker gets: decoded from the envelope (equal, but new objects)
     assert seen == [(when, Decimal("1.50"), ("a", "b"))] and seen[0][0] is not when
     with pytest.raises(SerializationError, match="args\\[0\\]"):
