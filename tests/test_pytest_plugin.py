@@ -6,6 +6,15 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
+
+def _use_plugin(pytester: pytest.Pytester) -> None:
+    """The plugin loads through its ``pytest11`` entry point once taskpipe is installed; in a
+    checkout whose install predates the entry point, load it the explicit way."""
+    from importlib.metadata import entry_points
+
+    if not any(ep.value == "taskpipe.pytest_plugin" for ep in entry_points(group="pytest11")):
+        pytester.makeconftest('pytest_plugins = ["taskpipe.pytest_plugin"]\n')
+
 USER_TESTS = '''
 from taskpipe import TaskPipe
 
@@ -48,12 +57,14 @@ def hello(name: str) -> str:
 
 
 def test_fixtures_in_a_user_suite(pytester: pytest.Pytester) -> None:
+    _use_plugin(pytester)
     pytester.makepyfile(test_user=USER_TESTS)
     result = pytester.runpytest_inprocess("-p", "no:randomly", "-q")
     result.assert_outcomes(passed=3)
 
 
 def test_the_app_named_in_the_ini_file(pytester: pytest.Pytester) -> None:
+    _use_plugin(pytester)
     pytester.makepyfile(userapp=USER_APP, test_named='''
 def test_named(taskpipe_app, taskpipe_worker):
     assert taskpipe_app.name == "mine"
