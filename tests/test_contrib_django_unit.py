@@ -4,6 +4,7 @@ The end-to-end project run is tests/test_contrib_django.py."""
 
 from __future__ import annotations
 
+import re
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -99,3 +100,21 @@ def test_connections_reset_around_each_task(dj: Any) -> None:
     run_until_idle(dj, concurrency=1)  # one thread: the second task inherits its connection
     assert first.get(timeout=5) == "broken"
     assert second.get(timeout=5) >= 1
+
+
+def test_management_command(dj: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    from django.core.management import call_command
+
+    @dj.task(name="unit.listed", channel="reports")
+    def listed() -> None:
+        pass
+
+    call_command("taskpipe", "tasks")
+    out = capsys.readouterr().out
+    assert re.search(r"^unit\.listed\s+reports", out, re.M), out
+    assert "TASKPIPE_APP" not in os.environ  # set for the command only
+    with pytest.raises(SystemExit) as info:
+        call_command("taskpipe", "worker", "--no-such-option")
+    assert info.value.code != 0
