@@ -4,7 +4,8 @@ The app keeps one ``redis.asyncio`` client per running event loop (made on first
 with the loop). A wait reads the stored result, subscribes to the channel's ``job.finish``,
 reads again (it may have landed in between) and then waits for the message, exactly like the
 blocking ``get()``. Brokers that ``redis.asyncio`` cannot reach the same way (an app built on a
-ready-made ``client=``, Sentinel and Cluster URLs) fall back to the blocking wait in a thread.
+ready-made ``client=``, Cluster URLs) fall back to the blocking wait in a thread. Sentinel
+URLs get an asyncio client on the master that the sentinels name.
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ def async_client(app: TaskPipe) -> Any:
     if conn.scheme in ("redis", "rediss", "unix"):
         client = redis.asyncio.Redis.from_url(conn.url, socket_connect_timeout=5,
                                               socket_timeout=30)
+    elif conn.scheme == "redis+sentinel":
+        from redis.asyncio.sentinel import Sentinel
+
+        info = conn.info
+        sentinel = Sentinel(info["hosts"], socket_timeout=5,  # type: ignore[no-untyped-call]
+                            sentinel_kwargs={"socket_timeout": 5, **info["sentinel_auth"]})
+        client = sentinel.master_for(info["master"], db=info["db"], password=info["password"],
+                                     username=info["username"], socket_timeout=30,
+                                     socket_connect_timeout=5)
     elif conn.scheme == "memory":
         import fakeredis
 
