@@ -118,3 +118,17 @@ def test_management_command(dj: Any, capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit) as info:
         call_command("taskpipe", "worker", "--no-such-option")
     assert info.value.code != 0
+
+
+def test_override_settings_rebuilds_the_app(dj: Any) -> None:
+    from django.conf import settings
+    from django.test import override_settings
+
+    @dj.task(name="unit.triple")
+    def triple(x: int) -> int:
+        return 3 * x
+
+    before = dj.broker_url
+    with override_settings(TASKPIPE={**settings.TASKPIPE, "eager": True}):
+        assert dj.eager and triple.delay(2).get() == 6  # ran inline, no worker
+    assert not dj.eager and dj.broker_url == before and "unit.triple" in dj.tasks

@@ -15,7 +15,11 @@ class TaskpipeConfig(AppConfig):  # type: ignore[misc]
     default_auto_field = "django.db.models.AutoField"
 
     def ready(self) -> None:
+        from django.test.signals import setting_changed
         from django.utils.module_loading import autodiscover_modules
 
+        from taskpipe.contrib.django.core import settings_changed
+
+        setting_changed.connect(settings_changed, dispatch_uid="taskpipe-settings")
         if (getattr(settings, "TASKPIPE", None) or {}).get("autodiscover", True):
             autodiscover_modules("tasks")

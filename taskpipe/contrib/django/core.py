@@ -77,10 +77,15 @@ class DjangoTaskPipe(FrameworkTaskPipe):
         def task(self, fn: Any = None, *, name: str | None = None, **options: Any) -> Any: ...
 
     def __init__(self, **options: Any) -> None:
+        super().__init__()
+        self.from_settings(**options)
+
+    def from_settings(self, **options: Any) -> None:
+        """(Re)build the app from ``settings.TASKPIPE`` (and ``options``), keeping its tasks;
+        runs again when a test changes the setting (``override_settings``)."""
         conf = dict(getattr(settings, "TASKPIPE", None) or {})
         self.django_settings = {k: conf.pop(k) for k in list(conf) if k in SETTINGS_ONLY}
         conf.setdefault("name", "django")
-        super().__init__()
         self.reconfigure(**{**conf, **options})
 
     def send(self, name: str, args: Any = (), kwargs: dict[str, Any] | None = None,
@@ -121,3 +126,9 @@ def _db_cycle() -> Any:
 def get_app() -> DjangoTaskPipe:
     """The process's app (see ``taskpipe.contrib.django``)."""
     return DjangoTaskPipe()
+
+
+def settings_changed(*, setting: str, **kwargs: Any) -> None:
+    """``setting_changed`` receiver: a changed ``TASKPIPE`` rebuilds the app (if built)."""
+    if setting == "TASKPIPE" and get_app.cache_info().currsize:
+        get_app().from_settings()
