@@ -23,8 +23,7 @@ from taskpipe.testing import run_until_idle  # noqa: E402
 
 
 def test_lifespan_dependency_and_dashboard() -> None:
-    from starlette.testclient import TestClient
-
+    httpx = pytest.importorskip("httpx")
     tasks = TaskPipe(broker=f"memory://{uuid.uuid4().hex}")
 
     @tasks.task
@@ -43,14 +42,21 @@ def test_lifespan_dependency_and_dashboard() -> None:
     async def get(job_id: str, tp: TaskPipeDep) -> dict[str, int]:
         return {"value": await tp.AsyncResult(job_id).aget(timeout=5)}
 
-    with TestClient(api) as client:
-        job = client.get("/publish").json()["id"]
-        run_until_idle(tasks)
-        assert client.get(f"/get/{job}").json() == {"value": 3}
-        assert client.get("/ops", follow_redirects=False).status_code in (307, 308)
-        assert b"static/app.js" in client.get("/ops/").content
-        assert client.get("/ops/api/overview").status_code == 401
-        assert client.get("/ops/api/overview?token=tok").json()["channels"]
+    async def main() -> None:
+        async with api.router.lifespan_context(api) as state:
+            assert state["taskpipe"] is tasks
+            transport = httpx.ASGITransport(app=api)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                job = (await client.get("/publish")).json()["id"]
+                await asyncio.to_thread(run_until_idle, tasks)
+                assert (await client.get(f"/get/{job}")).json() == {"value": 3}
+                assert (await client.get("/ops")).status_code in (307, 308)
+                assert b"static/app.js" in (await client.get("/ops/")).content
+                assert (await client.get("/ops/api/overview")).status_code == 401
+                ok = await client.get("/ops/api/overview?token=tok")
+                assert ok.status_code == 200 and ok.json()["channels"]
+
+    asyncio.run(main())
 
 
 def test_startup_fails_on_an_unreachable_broker() -> None:
