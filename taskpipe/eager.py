@@ -163,6 +163,9 @@ class EagerRunner:
         for key in ("retries", "timeout", "hard_timeout", "retry_backoff", "result_ttl"):
             if options.get(key) is not None:
                 env_opts[key] = options[key] if key == "retries" else parse_duration(options[key])
+        retries = env_opts.get("retries", 0)
+        if type(retries) is not int or retries < 0:
+            raise ConfigError(f"retries must be a non-negative int, got {retries!r}")
         payload = encode_envelope(name, tuple(args), dict(kwargs or {}), env_opts,
                                   serializer=self.app.serializer, max_size=self.app.max_payload)
         job_id = options.get("id") or new_id()

@@ -91,6 +91,8 @@ def test_failures_retries_and_unknown_names(eapp: TaskPipe) -> None:
         eapp.send("nobody.knows")
     with pytest.raises(ConfigError):
         boom.apply_async(colour="red")
+    with pytest.raises(ConfigError, match="retries"):
+        boom.apply_async(retries=-1)
 
 
 def test_async_tasks_and_await(eapp: TaskPipe) -> None:
