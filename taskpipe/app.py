@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -21,17 +23,22 @@ from taskpipe.serialization import (
     encode_envelope,
     get_serializer,
 )
-from taskpipe.task import Signature, Task, TaskOptions
+from taskpipe.task import AsyncTask, Signature, Task, TaskDecorator, TaskOptions
 from taskpipe.thoonk.job import JobChannel, PutRequest, new_id
 from taskpipe.thoonk.keys import cluster_name, has_hash_tag
 from taskpipe.thoonk.thoonk import Thoonk
 
 if TYPE_CHECKING:
+    from typing_extensions import ParamSpec
+
     from taskpipe.results import AsyncResult
+
+    P = ParamSpec("P")
 
 __all__ = ["TaskPipe"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 _SEND_OPTIONS = {"channel", "priority", "delay", "eta", "id", "on_finish", "result_ttl",
                  "retries", "timeout", "hard_timeout", "retry_backoff"}
@@ -50,14 +57,19 @@ class TaskPipe:
     ``apply_async``, ``send``, ``map`` and ``publish_many`` keep trying through a broker outage
     (connection refused or reset, LOADING, READONLY, TRYAGAIN, MASTERDOWN, timeouts) before
     they raise ``BrokerUnavailable``; a retried publish never creates a second job.
+    ``eager=True`` (tests) runs every call inline instead of publishing it (``docs/testing.md``).
     """
+
+    #: the classes ``@app.task`` makes (framework integrations add methods in subclasses)
+    task_class: type[Task[Any]] = Task
+    async_task_class: type[Task[Any]] = AsyncTask
 
     def __init__(self, name: str | None = None, broker: str | None = None, *, prefix: str = "",
                  serializer: str = "msgpack", result_ttl: Any = "1d", default_channel: str = "default",
                  retries: int = 0, retry_backoff: Any = "1s", retry_backoff_max: Any = "10m",
                  timeout: Any = None, lease: Any = "20s", max_cancels: int = 3,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, connection: Connection | None = None,
-                 client: Any = None, publish_retry: Any = "5s") -> None:
+                 client: Any = None, publish_retry: Any = "5s", eager: bool = False) -> None:
         self.name = name or "taskpipe"
         if connection is None:
             if client is not None:
@@ -94,16 +106,24 @@ class TaskPipe:
         self._watcher: Any = None
         self.crons: list[Any] = []
         self._eviction_checked = False
+        #: eager (test) mode: every call runs inline, nothing is published (taskpipe.eager)
+        self.eager = eager
+        self._eager: Any = None
+        #: redis.asyncio clients by event loop (taskpipe.aio), dropped with their loop
+        self._async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"<TaskPipe {self.name} broker={redact_url(self.broker_url)}>"
 
     # tasks ----------------------------------------------------------------------------------
     @overload
-    def task(self, fn: F) -> Task[Any]: ...
+    def task(self, fn: Callable[P, Coroutine[Any, Any, T]]) -> AsyncTask[T, P]: ...
 
     @overload
-    def task(self, fn: None = None, **options: Any) -> Callable[[F], Task[Any]]: ...
+    def task(self, fn: Callable[P, T]) -> Task[T, P]: ...
+
+    @overload
+    def task(self, fn: None = None, *, name: str | None = None, **options: Any) -> TaskDecorator: ...
 
     def task(self, fn: Any = None, *, name: str | None = None, **options: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(channel='high', retries=3)``.
@@ -130,7 +150,8 @@ class TaskPipe:
             task_name = name or f"{func.__module__}.{func.__qualname__}"
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ConfigError(f"a different task is already registered as {task_name!r}")
-            task: Task[Any] = Task(self, func, task_name, opts)
+            cls = self.async_task_class if inspect.iscoroutinefunction(func) else self.task_class
+            task: Task[Any] = cls(self, func, task_name, opts)
             if opts.raw:
                 if not opts.channel:
                     raise ConfigError("a raw (Thoonk-native) task needs channel=")
@@ -268,6 +289,8 @@ class TaskPipe:
         """
         from taskpipe.results import AsyncResult
 
+        if self.eager:
+            return self.eager_runner.send(name, args, kwargs, options)  # type: ignore[no-any-return]
         channel, req, callback = self._build(name, args, kwargs, _task, options)
         assert req.id is not None
         result = AsyncResult(self, req.id, channel.name)
@@ -287,6 +310,8 @@ class TaskPipe:
         """Publish many signatures, pipelined in bounded batches; returns their results in order."""
         from taskpipe.results import AsyncResult
 
+        if self.eager:
+            return [self.send(sig.task, sig.args, sig.kwargs, **sig.options) for sig in signatures]
         by_channel: dict[str, tuple[JobChannel, list[PutRequest]]] = {}
         order: list[tuple[str, str]] = []
         for sig in signatures:
@@ -315,6 +340,8 @@ class TaskPipe:
         """
         from taskpipe.results import AsyncResult
 
+        if self.eager:
+            return [self.send(task.name, c if isinstance(c, tuple) else (c,)) for c in calls]
         encode = self._encoder_for(task)
         items = [encode(c if isinstance(c, tuple) else (c,)) for c in calls]
         channel = self.channel(task.options.channel)
@@ -338,7 +365,26 @@ class TaskPipe:
         """A handle on a job published elsewhere (by id and channel)."""
         from taskpipe.results import AsyncResult
 
+        if self.eager:
+            return self.eager_runner.lookup(id)  # type: ignore[no-any-return]
         return AsyncResult(self, id, channel or self.default_channel)
+
+    @property
+    def eager_runner(self) -> Any:
+        """The inline runner of an eager app (``taskpipe.eager.EagerRunner``)."""
+        from taskpipe.eager import EagerRunner
+
+        with self._lock:
+            if self._eager is None:
+                self._eager = EagerRunner(self)
+        return self._eager
+
+    @property
+    def clock(self) -> Any:
+        """An eager app's test clock: ``app.clock.advance("10m")`` runs what became due."""
+        if not self.eager:
+            raise ConfigError("the test clock exists only in eager mode (TaskPipe(eager=True))")
+        return self.eager_runner.clock
 
     @property
     def finish_watcher(self) -> Any:
@@ -380,6 +426,16 @@ class TaskPipe:
         for channel in list(self._channels.values()):
             channel.close()
         self.connection.close()
+
+    async def aclose(self) -> None:
+        """Close the ``redis.asyncio`` client that ``await result`` made for the running event
+        loop (call it before the loop ends, e.g. at the end of ``asyncio.run``'s coroutine or in
+        an ASGI lifespan's shutdown; the FastAPI integration does)."""
+        import asyncio
+
+        client = self._async_clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
 
     def __enter__(self) -> TaskPipe:
         return self

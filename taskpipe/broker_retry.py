@@ -102,15 +102,22 @@ class BrokerRetry:
     def __repr__(self) -> str:
         return f"<BrokerRetry budget={self.budget:g}s>"
 
-    def pause(self, failures: int, deadline: float | None) -> bool:
-        """Sleep before try ``failures + 1``; False (no sleep) if that would pass ``deadline``
+    def delay_of(self, failures: int, deadline: float | None) -> float | None:
+        """How long to wait before try ``failures + 1``; None if that would pass ``deadline``
         (a ``time.monotonic()`` value; None = no deadline)."""
-        delay = self._backoff.compute(failures)
+        delay = float(self._backoff.compute(failures))
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
-                return False
+                return None
             delay = min(delay, left)
+        return delay
+
+    def pause(self, failures: int, deadline: float | None) -> bool:
+        """Sleep before try ``failures + 1``; False (no sleep) if that would pass ``deadline``."""
+        delay = self.delay_of(failures, deadline)
+        if delay is None:
+            return False
         time.sleep(delay)
         return True
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import redis
 
@@ -28,6 +28,13 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncResult", "STATES"]
 
+if TYPE_CHECKING:
+    from typing_extensions import TypeVar as DefaultTypeVar
+
+    R = DefaultTypeVar("R", default=Any)  # a bare ``AsyncResult`` is ``AsyncResult[Any]``
+else:
+    R = TypeVar("R")
+
 STATES = ("delayed", "available", "claimed", "stalled", "finished", "failed", "unknown")
 STATE_CHECK_EVERY = 1.0  # seconds between state checks of a result wait (stalled is not an event)
 _FOREVER = 365 * 24 * 3600.0
@@ -35,8 +42,12 @@ T = TypeVar("T")
 _BROKER_FAULTS = (redis.exceptions.RedisError, OSError, BrokerUnavailable)
 
 
-class AsyncResult:
-    """A published job: ``state``, ``ready()``, ``successful()``, ``get(timeout=)``, progress, logs."""
+class AsyncResult(Generic[R]):
+    """A published job: ``state``, ``ready()``, ``successful()``, ``get(timeout=)``, progress, logs.
+
+    ``AsyncResult[int]`` (what ``add.delay()`` returns for ``add(...) -> int``): ``get()`` is an
+    ``int``. ``await result`` (or ``await result.aget(timeout=)``) waits on ``redis.asyncio``.
+    """
 
     def __init__(self, app: TaskPipe, id: str, channel: str) -> None:
         self.app = app
@@ -109,7 +120,7 @@ class AsyncResult:
         """True if the job finished with an error."""
         return self.state == "failed"
 
-    def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
+    def get(self, timeout: float | None = None, propagate: bool = True) -> R:
         """Wait for the result (``timeout`` seconds; None = forever) and return it.
 
         Raises ``ResultTimeout`` (a ``TimeoutError``) on time, ``TaskFailed`` carrying the remote
@@ -142,13 +153,16 @@ class AsyncResult:
                     raise BrokerUnavailable(
                         f"result of job {self.id!r}: broker unavailable until the timeout "
                         f"({timeout} s) passed: {exc}") from exc
+        return self._outcome(record, propagate)
+
+    def _outcome(self, record: ResultRecord, propagate: bool) -> R:
         if record.ok:
-            return record.value
+            return record.value  # type: ignore[no-any-return]
         error = TaskFailed(self.id, record.exc_type or "", record.exc_message or "",
                            record.traceback or "")
         if propagate:
             raise error
-        return error
+        return error  # type: ignore[return-value]  # propagate=False: the failure is the value
 
     def _check(self, info: JobInfo) -> ResultRecord | None:
         """Fail fast for a job that will never have a result; its record if it finished."""
@@ -158,12 +172,16 @@ class AsyncResult:
                 raise ResultExpired(f"job {self.id!r} finished but its result is not stored "
                                     "(expired, or result_ttl=0)")
             return record
-        if info.state == "unknown":
+        self._fail_fast(info.state, info.reason)
+        return None
+
+    def _fail_fast(self, state: str, reason: str) -> None:
+        """Raise for a job that will never have a result (unknown or stalled)."""
+        if state == "unknown":
             raise ResultUnknown(f"no job {self.id!r} in channel {self.channel!r} "
                                 "(never published, or retracted)")
-        if info.state == "stalled":
-            raise ResultStalled(self.id, info.reason)
-        return None
+        if state == "stalled":
+            raise ResultStalled(self.id, reason)
 
     def _wait(self, deadline: float, timeout: float | None) -> ResultRecord:
         """One try at waiting for the result (broker errors propagate; ``get`` retries)."""
@@ -223,9 +241,54 @@ class AsyncResult:
         finally:
             ch._return_pubsub(pubsub, shared, keep)
 
-    async def aget(self, timeout: float | None = None, propagate: bool = True) -> Any:
-        """``await result.aget(timeout=)``: ``get`` for async callers (does not block the loop)."""
-        return await asyncio.to_thread(self.get, timeout, propagate)
+    async def aget(self, timeout: float | None = None, propagate: bool = True) -> R:
+        """``await result.aget(timeout=)``: ``get`` for async callers, on ``redis.asyncio``.
+
+        Waits on the ``job.finish`` channel with the app's asyncio client of the running event
+        loop (no thread per wait); same errors as ``get``: fails fast for an unknown, retracted
+        or stalled job (checked every ``STATE_CHECK_EVERY`` seconds) and rides out broker
+        outages within ``timeout``. Brokers redis.asyncio cannot reach (an app built on a
+        ready-made ``client=``, Cluster) fall back to a thread.
+        """
+        from taskpipe.aio import job_state, wait_result
+
+        wait = _FOREVER if timeout is None else max(0.0, float(timeout))
+        deadline = time.monotonic() + wait
+        failures = 0
+        while self._record is None:
+            try:
+                found = await wait_result(self, max(0.0, deadline - time.monotonic()))
+                if found is not None:
+                    self._accept(found)
+                    break
+                # no result: finished without one, unknown, stalled, or still waiting at the
+                # deadline (the state read is on the failure path only)
+                state, reason = await job_state(self)
+                if state == "finished":  # wait_result found no stored result
+                    raise ResultExpired(f"job {self.id!r} finished but its result is not stored "
+                                        "(expired, or result_ttl=0)")
+                self._fail_fast(state, reason)
+                if deadline <= time.monotonic():
+                    raise ResultTimeout(f"job {self.id!r} is still {state} after {timeout} s")
+            except _BROKER_FAULTS as exc:
+                if not is_transient(exc):
+                    mapped = as_taskpipe_error(f"result of job {self.id!r}", exc)
+                    if mapped is exc:
+                        raise
+                    raise mapped from exc
+                failures += 1
+                delay = self.app.broker_retry.delay_of(failures, deadline)
+                if delay is None:
+                    raise BrokerUnavailable(
+                        f"result of job {self.id!r}: broker unavailable until the timeout "
+                        f"({timeout} s) passed: {exc}") from exc
+                await asyncio.sleep(delay)
+        assert self._record is not None
+        return self._outcome(self._record, propagate)
+
+    def __await__(self) -> Generator[Any, None, R]:
+        """``await result``: ``await result.aget()`` (waits as long as it takes)."""
+        return self.aget().__await__()
 
     @property
     def result(self) -> Any:

@@ -4,17 +4,33 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
 
 if TYPE_CHECKING:
+    from typing_extensions import ParamSpec
+
     from taskpipe.app import TaskPipe
     from taskpipe.results import AsyncResult
 
-__all__ = ["Task", "TaskOptions", "Signature"]
+    # ``Task[int]`` (any arguments) stays valid: the parameters default to ``...`` (PEP 696)
+    P = ParamSpec("P", default=...)
+else:
+    try:  # where typing_extensions is installed, ``Task[int]`` works at run time too
+        from typing_extensions import ParamSpec
+
+        P = ParamSpec("P", default=...)
+    except ImportError:  # (write ``Task[int, ...]`` in run-time expressions to be safe)
+        from typing import ParamSpec
+
+        P = ParamSpec("P")
+Q = ParamSpec("Q")
+
+__all__ = ["Task", "AsyncTask", "TaskOptions", "Signature", "TaskDecorator"]
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -72,10 +88,15 @@ class Signature:
                    dict(data.get("options") or {}), app)
 
 
-class Task(Generic[R]):
-    """A function registered as a job type. Calling it runs it here; ``delay`` publishes it."""
+class Task(Generic[R, P]):
+    """A function registered as a job type. Calling it runs it here; ``delay`` publishes it.
 
-    def __init__(self, app: TaskPipe, fn: Callable[..., R], name: str, options: TaskOptions) -> None:
+    Typed: ``Task[R, P]`` keeps the function's parameters ``P`` and its result type ``R`` (the
+    awaited value for an ``async def``), so ``add.delay(1, "x")`` is a type error where
+    ``add(a: int, b: int) -> int``, and ``add.delay(1, 2).get()`` is an ``int``.
+    """
+
+    def __init__(self, app: TaskPipe, fn: Callable[P, Any], name: str, options: TaskOptions) -> None:
         self.app = app
         self.fn = fn
         self.name = name
@@ -93,21 +114,21 @@ class Task(Generic[R]):
         """True for a Thoonk-native handler (``@app.task(raw=True, channel=...)``)."""
         return self.options.raw
 
-    def __call__(self, *args: Any, **kwargs: Any) -> R:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function in this process, now (``async def`` tasks return a coroutine)."""
-        return self.fn(*args, **kwargs)
+        return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
 
     @property
     def channel(self) -> str:
         """The channel this task publishes to by default."""
         return self.options.channel or self.app.default_channel
 
-    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Publish a call with the task's default options; returns its ``AsyncResult``."""
         return self.app.send(self.name, args=args, kwargs=kwargs, _task=self)
 
     def apply_async(self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
-                    **options: Any) -> AsyncResult:
+                    **options: Any) -> AsyncResult[R]:
         """Publish a call with options.
 
         Options: ``channel``, ``priority``, ``delay``, ``eta``, ``id``, ``on_finish``,
@@ -119,13 +140,33 @@ class Task(Generic[R]):
         """A signature of this task with these arguments."""
         return Signature(self.name, tuple(args), dict(kwargs), {}, self.app)
 
-    def map(self, iterable: Iterable[Any], **options: Any) -> list[AsyncResult]:
+    def map(self, iterable: Iterable[Any], **options: Any) -> list[AsyncResult[R]]:
         """Publish one job per item (a tuple is spread as arguments), pipelined in batches."""
         if not options:  # the common case: one task, positional arguments, its own options
             return self.app.publish_calls(self, iterable)
         return self.app.publish_many(self.s(*(a if isinstance(a, tuple) else (a,))).set(**options)
                                      for a in iterable)
 
-    def AsyncResult(self, id: str) -> AsyncResult:  # noqa: N802 - mirrors Celery's API
+    def AsyncResult(self, id: str) -> AsyncResult[R]:  # noqa: N802 - mirrors Celery's API
         """A handle on a job of this task published elsewhere."""
         return self.app.AsyncResult(id, channel=self.channel)
+
+
+class AsyncTask(Task[R, P]):
+    """The task of an ``async def`` function: calling it returns the coroutine; ``R`` is the
+    awaited value, so ``delay(...).get()`` is typed as what the coroutine returns."""
+
+    def __call__(  # type: ignore[override]
+            self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        """Make the coroutine of one run, here (await it to run it)."""
+        return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
+
+
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` with options returns: a decorator that keeps the signature."""
+
+    @overload
+    def __call__(self, fn: Callable[Q, Coroutine[Any, Any, T]]) -> AsyncTask[T, Q]: ...
+
+    @overload
+    def __call__(self, fn: Callable[Q, T]) -> Task[T, Q]: ...

@@ -183,6 +183,7 @@ def test_aget_from_asyncio(app: TaskPipe) -> None:
         await work
         tick.cancel()
         assert ticks > 1
+        await app.aclose()
         return list(values), err
 
     values, err = asyncio.run(main())

@@ -11,6 +11,7 @@ failover is finished; jobs acknowledged by the old master during the switch may 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -172,11 +173,21 @@ def test_jobs_and_results_through_sentinel(sentinel_setup: SentinelSetup, prefix
         runner.start()
         try:
             assert [mul.delay(i, 2).get(timeout=30) for i in range(5)] == [0, 2, 4, 6, 8]
+            with pytest.MonkeyPatch.context() as mp:  # waits on redis.asyncio's sentinel client
+                mp.setattr(asyncio, "to_thread", None)  # (no fallback to a thread)
+
+                async def read() -> int:
+                    try:
+                        return await mul.delay(3, 3).aget(timeout=30)
+                    finally:
+                        await app.aclose()
+
+                assert asyncio.run(read()) == 9
         finally:
             worker.stop()
             runner.join(30)
         direct = sentinel_setup.client(sentinel_setup.master_port())
-        assert int(direct.get(app.channel().keys.finishes) or 0) == 5  # on the master sentinel names
+        assert int(direct.get(app.channel().keys.finishes) or 0) == 6  # on the master sentinel names
 
 
 def test_password_protected_master_and_sentinel(prefix: str) -> None:

@@ -1,0 +1,134 @@
+"""Native asyncio result waits: ``await result`` on ``redis.asyncio``, no thread per call.
+
+The app keeps one ``redis.asyncio`` client per running event loop (made on first use, dropped
+with the loop). A wait reads the stored result, subscribes to the channel's ``job.finish``,
+reads again (it may have landed in between) and then waits for the message, exactly like the
+blocking ``get()``. Brokers that ``redis.asyncio`` cannot reach the same way (an app built on a
+ready-made ``client=``, Cluster URLs) fall back to the blocking wait in a thread. Sentinel
+URLs get an asyncio client on the master that the sentinels name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import redis
+import redis.asyncio
+
+from taskpipe.thoonk.scripts import raise_as_broker_error
+
+if TYPE_CHECKING:
+    from taskpipe.app import TaskPipe
+    from taskpipe.results import AsyncResult
+
+__all__ = ["async_client", "wait_result", "job_state"]
+
+_FOREVER = 365 * 24 * 3600.0
+
+
+def async_client(app: TaskPipe) -> Any:
+    """The app's ``redis.asyncio`` client for the running loop, or None where there is none."""
+    conn = app.connection
+    loop = asyncio.get_running_loop()
+    clients = app._async_clients
+    client = clients.get(loop)
+    if client is not None:
+        return client
+    if conn.scheme in ("redis", "rediss", "unix"):
+        client = redis.asyncio.Redis.from_url(conn.url, socket_connect_timeout=5,
+                                              socket_timeout=30)
+    elif conn.scheme == "redis+sentinel":
+        from redis.asyncio.sentinel import Sentinel
+
+        info = conn.info
+        sentinel = Sentinel(info["hosts"], socket_timeout=5,  # type: ignore[no-untyped-call]
+                            sentinel_kwargs={"socket_timeout": 5, **info["sentinel_auth"]})
+        client = sentinel.master_for(info["master"], db=info["db"], password=info["password"],
+                                     username=info["username"], socket_timeout=30,
+                                     socket_connect_timeout=5)
+    elif conn.scheme == "memory":
+        import fakeredis
+
+        conn.new_client()  # makes the embedded server if nothing did yet
+        client = fakeredis.FakeAsyncRedis(server=conn._fake_server)
+    else:
+        return None
+    clients[loop] = client
+    return client
+
+
+async def _state_reason(client: Any, result: AsyncResult[Any]) -> tuple[str, str]:
+    ch = result._ch
+    k = ch.keys
+    script = ch.scripts["job_state"]
+    keys = [k.items, k.claimed, k.stalled, k.delayed, k.finished, k.result(result.id),
+            k.cancelled, k.attempts, k.reasons, k.workers, k.progress, k.leases, k.published]
+    try:
+        try:
+            reply = await client.evalsha(script.sha, len(keys), *keys, result.id)
+        except redis.exceptions.NoScriptError:
+            await client.script_load(script.source)
+            reply = await client.evalsha(script.sha, len(keys), *keys, result.id)
+    except redis.exceptions.RedisError as exc:
+        raise_as_broker_error("job_state", exc)
+
+    def text(value: Any) -> str:
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
+
+    return text(reply[0]), text(reply[3])
+
+
+async def job_state(result: AsyncResult[Any]) -> tuple[str, str]:
+    """The job's state and stall reason, read with the ``job_state`` script on the asyncio
+    client (on a thread where the app has no asyncio client)."""
+    client = async_client(result.app)
+    if client is None:
+        info = await asyncio.to_thread(result.info)
+        return info.state, info.reason
+    return await _state_reason(client, result)
+
+
+async def wait_result(result: AsyncResult[Any], timeout: float | None) -> bytes | None:
+    """The job's raw result, waiting up to ``timeout`` seconds (None: as long as it takes).
+
+    Returns None on timeout or when the job finished without a stored result.
+    """
+    client = async_client(result.app)
+    wait = _FOREVER if timeout is None else float(timeout)
+    if client is None:
+        return await asyncio.to_thread(result._ch.get_result, result.id, wait)
+    keys = result._ch.keys
+    key = keys.result(result.id)
+    try:
+        value: bytes | None = await client.get(key)
+        if value is not None or wait <= 0:
+            return value
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(keys.ch_finish)
+            value = await client.get(key)  # it may have landed before we subscribed
+            deadline = time.monotonic() + wait
+            prefix = result.id.encode() + b"\0"
+            while value is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                msg = await pubsub.get_message(ignore_subscribe_messages=True,
+                                               timeout=min(remaining, 1.0))
+                data = msg.get("data") if msg else None
+                if isinstance(data, bytes) and data.startswith(prefix):
+                    return data[len(prefix):]
+                if msg is None:
+                    state, _ = await _state_reason(client, result)
+                    if state == "finished":
+                        late: bytes | None = await client.get(key)
+                        return late
+                    if state in ("stalled", "unknown"):  # no result will come: fail fast
+                        return None
+            return value
+        finally:
+            await pubsub.aclose()
+    except redis.exceptions.RedisError as exc:
+        raise_as_broker_error("get_result", exc)
