@@ -48,6 +48,7 @@ def async_client(app: TaskPipe) -> Any:
         client = sentinel.master_for(info["master"], db=info["db"], password=info["password"],
                                      username=info["username"], socket_timeout=30,
                                      socket_connect_timeout=5)
+        client.taskpipe_sentinels = list(sentinel.sentinels)  # closed by app.aclose()
     elif conn.scheme == "memory":
         import fakeredis
 

@@ -435,7 +435,9 @@ class TaskPipe:
 
         client = self._async_clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
-            await client.aclose()
+            await client.aclose(close_connection_pool=True)  # a Sentinel master's pool too
+            for sentinel_client in getattr(client, "taskpipe_sentinels", ()):
+                await sentinel_client.aclose()
 
     def __enter__(self) -> TaskPipe:
         return self
