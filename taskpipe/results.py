@@ -143,17 +143,25 @@ class AsyncResult(Generic[R]):
                 record = self._wait(deadline, timeout)
                 break
             except _BROKER_FAULTS as exc:
-                if not is_transient(exc):
-                    mapped = as_taskpipe_error(f"result of job {self.id!r}", exc)
-                    if mapped is exc:
-                        raise
-                    raise mapped from exc
                 failures += 1
-                if not self.app.broker_retry.pause(failures, deadline):
-                    raise BrokerUnavailable(
-                        f"result of job {self.id!r}: broker unavailable until the timeout "
-                        f"({timeout} s) passed: {exc}") from exc
+                time.sleep(self._retry_delay(exc, failures, deadline, timeout))
         return self._outcome(record, propagate)
+
+    def _retry_delay(self, exc: BaseException, failures: int, deadline: float,
+                     timeout: float | None) -> float:
+        """How long a result wait sleeps after a broker error before it tries again; raises
+        the error (as a ``TaskpipeError``) if it is not transient or the time is up."""
+        if not is_transient(exc):
+            mapped = as_taskpipe_error(f"result of job {self.id!r}", exc)
+            if mapped is exc:
+                raise exc
+            raise mapped from exc
+        delay = self.app.broker_retry.delay_of(failures, deadline)
+        if delay is None:
+            raise BrokerUnavailable(
+                f"result of job {self.id!r}: broker unavailable until the timeout "
+                f"({timeout} s) passed: {exc}") from exc
+        return delay
 
     def _outcome(self, record: ResultRecord, propagate: bool) -> R:
         if record.ok:
@@ -271,18 +279,8 @@ class AsyncResult(Generic[R]):
                 if deadline <= time.monotonic():
                     raise ResultTimeout(f"job {self.id!r} is still {state} after {timeout} s")
             except _BROKER_FAULTS as exc:
-                if not is_transient(exc):
-                    mapped = as_taskpipe_error(f"result of job {self.id!r}", exc)
-                    if mapped is exc:
-                        raise
-                    raise mapped from exc
                 failures += 1
-                delay = self.app.broker_retry.delay_of(failures, deadline)
-                if delay is None:
-                    raise BrokerUnavailable(
-                        f"result of job {self.id!r}: broker unavailable until the timeout "
-                        f"({timeout} s) passed: {exc}") from exc
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self._retry_delay(exc, failures, deadline, timeout))
         assert self._record is not None
         return self._outcome(self._record, propagate)
 

@@ -18,6 +18,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,3 +107,15 @@ def real_conn(redis_server: RedisServer) -> Iterator[Connection]:
     c = Connection(redis_server.url)
     yield c
     c.close()
+
+
+@pytest.fixture
+def harness(tmp_path: Path, redis_server: RedisServer, prefix: str,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Real ``taskpipe worker`` processes on the real Redis (``test_worker_process.Harness``);
+    a module may define its own ``harness``."""
+    from test_worker_process import Harness
+
+    h = Harness(tmp_path, redis_server.url, prefix, monkeypatch)
+    yield h
+    h.close()

@@ -11,9 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from polling import wait_for
@@ -23,14 +20,6 @@ from worker_proc import WorkerProcess
 from taskpipe import TaskFailed
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-def harness(tmp_path: Path, redis_server: Any, prefix: str,
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
-    h = Harness(tmp_path, redis_server.url, prefix, monkeypatch)
-    yield h
-    h.close()
 
 
 def _start_rescuer(h: Harness, name: str, *args: str) -> WorkerProcess:

@@ -10,23 +10,13 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from polling import wait_for
 from test_worker_process import Harness
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-def harness(tmp_path: Path, redis_server: Any, prefix: str,
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
-    h = Harness(tmp_path, redis_server.url, prefix, monkeypatch)
-    yield h
-    h.close()
 
 
 def _alive_subscribers(h: Harness, name: str) -> int:

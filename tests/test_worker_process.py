@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -292,14 +291,6 @@ class Harness:
             w.kill()
         self.app.close()
         self.r.close()
-
-
-@pytest.fixture
-def harness(tmp_path: Path, redis_server: Any, prefix: str,
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
-    h = Harness(tmp_path, redis_server.url, prefix, monkeypatch)
-    yield h
-    h.close()
 
 
 def run_worker_in_thread(worker: Worker) -> Any:

@@ -6,9 +6,6 @@ elsewhere while its own process may still run it. Real worker processes and sign
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from polling import wait_for
@@ -17,14 +14,6 @@ from test_worker_process import Harness
 from taskpipe import TaskPipe
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-def harness(tmp_path: Path, redis_server: Any, prefix: str,
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
-    h = Harness(tmp_path, redis_server.url, prefix, monkeypatch)
-    yield h
-    h.close()
 
 
 POOLS = [("thread", "guarded"), ("process", "guarded"), ("async", "aguarded")]
