@@ -127,3 +127,41 @@ def test_a_finish_that_finds_its_job_evicted_is_a_warning(lru_redis: RedisServer
         assert w.writer.stats.get("lease_lost", 0) == 0
     finally:
         app.close()
+
+
+def test_a_job_sent_back_before_starts_only_once_held_outcomes_are_written(
+        app: TaskPipe, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job with a cancel count may be what killed a worker: before it starts, the worker
+    writes the outcomes it holds, so a crash it causes cannot take a finished job's outcome
+    with it (the innocent job would run again, and be stalled after ``max_cancels``)."""
+    seen: dict[str, str] = {}
+
+    @app.task(name="first")
+    def first() -> str:
+        return "done"
+
+    @app.task(name="suspect")
+    def suspect(first_id: str) -> str:
+        seen["first"] = app.AsyncResult(first_id).state
+        return "ok"
+
+    ch = app.channel(app.default_channel)
+    s = suspect.delay("first-job")
+    claim = ch.get_claim(timeout=5)
+    assert claim is not None and claim.id == s.id
+    ch.cancel(claim.id, token=claim.token)  # sent back once: cancel count 1
+    first.apply_async(id="first-job", priority=True)  # at the head: runs before the suspect
+
+    from taskpipe.worker.outcomes import OutcomeWriter
+
+    real_write = OutcomeWriter.write
+    never = threading.Event()
+
+    def slow_write(self: OutcomeWriter, outcomes: list[Any]) -> Any:
+        never.wait(0.5)  # a finisher that is behind (a loaded machine) widens the window
+        return real_write(self, outcomes)
+
+    monkeypatch.setattr(OutcomeWriter, "write", slow_write)
+    burst(app, concurrency=1)
+    assert s.get(timeout=5) == "ok"
+    assert seen["first"] == "finished"

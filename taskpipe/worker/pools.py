@@ -49,6 +49,10 @@ class ThreadPool:
         self.app = app
         self.size = size
         self._queue: queue.SimpleQueue[tuple[Prepared, DoneNext] | Wait | None] = queue.SimpleQueue()
+        #: called before a job that was sent back before (cancel count > 0) starts: the worker
+        #: writes the outcomes it holds first, so that a job which kills its process takes no
+        #: finished neighbour's outcome with it
+        self.before_suspect: Callable[[], None] | None = None
         self._threads = [threading.Thread(target=self._loop, name=f"taskpipe-job-{i}", daemon=True)
                          for i in range(size)]
         for t in self._threads:
@@ -66,6 +70,8 @@ class ThreadPool:
             prepared, done = item
             nxt: Prepared | None = prepared
             while nxt is not None:  # ``done`` may hand back the next job for this thread
+                if nxt.claim.cancel_count and self.before_suspect is not None:
+                    self.before_suspect()
                 channel = self.app.channel(nxt.claim.channel)
                 try:
                     outcome = run_prepared(self.app, nxt, channel)

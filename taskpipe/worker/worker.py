@@ -138,6 +138,7 @@ class Worker:
         self._min_claim = 1
         self._done_callback: Any = self._job_done
         self._settled = 0  # outcomes written so far (burst mode: did one land during a claim?)
+        self._queued = 0  # outcomes handed to the finisher so far
         self._running_lock = threading.Lock()
         self._slot = threading.Condition(self._running_lock)
         self._done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
@@ -200,6 +201,10 @@ class Worker:
             logging.getLogger().addHandler(handler)
         self._pool = make_pool(self.pool_kind, self.app, self.concurrency, self.app_path)
         self._capacity = getattr(self._pool, "capacity", self.concurrency)
+        # the thread pool, and the async pool's threads for plain tasks
+        for target_pool in (self._pool, getattr(self._pool, "_threads", None)):
+            if target_pool is not None and hasattr(target_pool, "before_suspect"):
+                target_pool.before_suspect = self._settle_outcomes
         self._done_callback = self._job_finished if self.pool_kind == "thread" else self._job_done
         self._max_held = 2 * self._capacity + self._prefetch_short
         self._min_claim = max(1, (self._capacity + self.prefetch) // 4)
@@ -438,10 +443,11 @@ class Worker:
     def _job_finished(self, outcome: Outcome) -> Prepared | None:
         """``_job_done`` for a thread pool: the next prefetched job is returned for the calling
         pool thread to run itself (no queue put that wakes another thread)."""
-        self._done.put(outcome)
         nxt: Prepared | None = None
         more: list[Prepared] = []
         with self._slot:
+            self._queued += 1
+            self._done.put(outcome)
             if outcome.duration is not None:
                 self._avg_duration += 0.2 * (outcome.duration - self._avg_duration)
             self._executing -= 1
@@ -457,6 +463,19 @@ class Worker:
         for p in more:
             self._pool.submit(p, self._done_callback)
         return nxt
+
+    def _settle_outcomes(self, timeout: float = 5.0) -> None:
+        """Wait (bounded) until the finisher has written every outcome handed to it so far.
+        Run before a job that was sent back before starts (it may be what killed a worker):
+        a finished job's outcome is then never lost with the process it kills."""
+        deadline = time.monotonic() + timeout
+        with self._slot:
+            target = self._queued
+            while self._settled < target and not self._stop_now.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._slot.wait(min(remaining, 0.2))
 
     def _claim_room(self) -> int:
         """(``_slot`` held) How many jobs the main loop should claim now; 0: not yet. It claims
