@@ -163,8 +163,16 @@ def _mapped(what: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 def maps_broker_errors(cls: C) -> C:
     """Class decorator: every public method (and property) of ``cls`` raises
     ``as_taskpipe_error`` of a redis-py error instead of the error itself (no retry: the
-    Thoonk objects are one call each; retrying is the caller's policy)."""
-    for name, value in list(vars(cls).items()):
+    Thoonk objects are one call each; retrying is the caller's policy).
+
+    A direct base class that sets ``_broker_errors_mapped_by_subclass`` (a mixin holding part of
+    ``cls``'s methods, e.g. ``JobReads``) has its public methods mapped too, as ``cls``'s own."""
+    members = dict(vars(cls))
+    for base in cls.__bases__:
+        if vars(base).get("_broker_errors_mapped_by_subclass"):
+            for name, value in vars(base).items():
+                members.setdefault(name, value)
+    for name, value in list(members.items()):
         if name.startswith("_"):
             continue
         what = f"{cls.__name__}.{name}"

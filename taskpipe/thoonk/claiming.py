@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.connection import ListWaiter, key_slot
-from taskpipe.thoonk.job import Claim, JobChannel, _s
+from taskpipe.thoonk.job import Claim, JobChannel
+from taskpipe.thoonk.job_reads import _s
 
 if TYPE_CHECKING:
     from taskpipe.thoonk.thoonk import Thoonk

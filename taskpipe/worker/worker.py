@@ -8,7 +8,11 @@ Threads of one worker process:
 - the finisher writes outcomes as they complete, many per script call (``OutcomeWriter``);
 - the keeper renews leases of running jobs (every lease/3), holds this worker's presence (a
   subscription Redis drops when the process dies), reaps the claims of dead workers and expired
-  leases on the same channels, and refreshes this worker's entry in the worker registry.
+  leases on the same channels, and refreshes this worker's entry in the worker registry
+  (``KeeperMixin``, in ``worker/keeper.py``).
+
+Shutdown (prefetched jobs given back, the grace, sending back what is still held) is
+``ShutdownMixin``, in ``worker/shutdown.py``.
 """
 
 from __future__ import annotations
@@ -26,18 +30,19 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import redis
-
 from taskpipe.context import JobLogHandler
 from taskpipe.durations import parse_duration
-from taskpipe.errors import BrokerUnavailable, ConfigError
+from taskpipe.errors import ConfigError
 from taskpipe.thoonk.claiming import HELD_BACK, claim_from, wait_then_claim
 from taskpipe.thoonk.job import Claim, JobChannel
 from taskpipe.thoonk.workers import Presence
+from taskpipe.worker.keeper import BROKER_ERRORS as _BROKER_ERRORS
+from taskpipe.worker.keeper import KeeperMixin
 from taskpipe.worker.outcomes import OutcomeWriter
 from taskpipe.worker.pools import make_pool
 from taskpipe.worker.registry import WorkerRegistry
-from taskpipe.worker.runner import Outcome, Prepared, prepare, reap_limit
+from taskpipe.worker.runner import Outcome, Prepared, prepare
+from taskpipe.worker.shutdown import ShutdownMixin
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -54,11 +59,8 @@ SHORT_JOB = 0.002
 TRIVIAL_JOB = 0.00005
 TRIVIAL_THREADS = 2
 
-_BROKER_ERRORS = (BrokerUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                  redis.exceptions.BusyLoadingError)
 
-
-class Worker:
+class Worker(KeeperMixin, ShutdownMixin):
     """Consumes channels in strict order (``['high', 'default']``: nothing from default while high
     has an available job). ``run()`` returns when stopped, or when empty in ``burst`` mode.
     """
@@ -492,95 +494,6 @@ class Worker:
         want = 1 if self._executing < self.concurrency else self._min_claim
         return free if free >= want else 0
 
-    def _drain(self) -> None:
-        """After the loop: give prefetched jobs back, wait up to ``grace`` for running jobs,
-        then send the rest back (``_send_back``)."""
-        self._release_buffer()
-        deadline = time.monotonic() + self.grace
-        with self._slot:
-            while self._running and not self._stop_now.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._slot.wait(min(remaining, 0.2))
-        if self._running:
-            self._send_back()
-
-    def _send_back(self) -> None:
-        """Send back the jobs still held when the grace ran out, so that none can start
-        elsewhere while this process may still run it:
-
-        - process pool: the children are killed first and the pool shut down, then the jobs go
-          back at once (their outcomes, mostly, already say so);
-        - a job whose task has returned is not sent back: the finisher writes its outcome;
-        - a job still running in a thread (thread or async pool; a thread cannot be killed): back
-          with a not-before delay of ``fence`` seconds, time for this process to exit and take
-          the thread with it.
-
-        Each goes back with its cancel count +1 (it started and did not finish)."""
-        if self.pool_kind == "process":
-            kill = getattr(self._pool, "kill_children", None)
-            if kill is not None:
-                kill()
-            self._shutdown_pool()
-            with self._slot:  # let the finisher write what the killed children reported
-                settle = time.monotonic() + 2.0
-                while self._running and not self._stop_now.is_set() and time.monotonic() < settle:
-                    self._slot.wait(0.1)
-        with self._running_lock:
-            # a job whose task has returned is left to the finisher (its outcome is written,
-            # not thrown away); run() joins the finisher before it returns
-            leftovers = [c for c in self._running.values() if c in self._in_task]
-            for claim in leftovers:
-                self._running.pop((claim.channel, claim.id), None)
-        delay = int(self.fence * 1000) if self.pool_kind != "process" else 0
-        for claim in leftovers:
-            try:
-                self.app.channel(claim.channel).cancel(claim.id, token=claim.token,
-                                                       not_before_ms=delay)
-                if delay:
-                    log.warning("job %s/%s still running at shutdown: sent back to the queue, "
-                                "available again in %.1fs (its thread may run until this "
-                                "process exits)", claim.channel, claim.id, self.fence)
-                else:
-                    log.warning("job %s/%s unfinished at shutdown: sent back to the queue",
-                                claim.channel, claim.id)
-            except Exception as exc:  # noqa: BLE001 - lease may be gone already
-                log.warning("could not send job %s back: %s", claim.id, exc)
-
-    def _shutdown_pool(self) -> None:
-        if not self._pool_down and self._pool is not None:
-            self._pool_down = True
-            self._pool.shutdown()
-
-    def _release_buffer(self) -> None:
-        """Prefetched jobs that never started go back to the head of their queues, in order,
-        their cancel counts unchanged (``JobChannel.release``)."""
-        with self._slot:
-            buffered, self._buffer = list(self._buffer), collections.deque()
-        unstarted = getattr(self._pool, "unstarted", None)  # a process pool's jobs not started
-        if unstarted is not None:
-            buffered += unstarted(self.grace)
-        self._release([p.claim for p in buffered], "prefetched, never started")
-        with self._slot:
-            for p in buffered:
-                self._running.pop((p.claim.channel, p.claim.id), None)
-            self._slot.notify_all()
-
-    def _release(self, claims: list[Claim], why: str) -> None:
-        """Give claims back unstarted: to the head of their queues in claim order, cancel
-        counts unchanged (``JobChannel.release``)."""
-        by_channel: dict[str, list[Claim]] = {}
-        for c in claims:
-            by_channel.setdefault(c.channel, []).append(c)
-        for name, group in by_channel.items():
-            try:
-                self.app.channel(name).release([(c.id, c.token) for c in group])
-                log.info("%d job(s) of %s given back unstarted (%s)", len(group), name, why)
-            except Exception as exc:  # noqa: BLE001 - their leases expire: the reaper requeues them
-                log.warning("could not give back %d job(s) of %s (%s): %s", len(group), name,
-                            why, exc)
-
     # background threads ---------------------------------------------------------------------
     def _finisher(self) -> None:
         while True:
@@ -635,78 +548,3 @@ class Worker:
             except Exception:  # noqa: BLE001 - never let the finisher die
                 log.exception("could not write %d outcomes; their leases will expire", len(outcomes))
                 return
-
-    def _keeper(self) -> None:
-        lease_ms = int(self.lease_s * 1000)
-        renew_every = max(0.02, self.lease_s / 3)
-        next_renew = next_reap = next_beat = 0.0
-        last_log = -1e9
-        while not (self._stopping.is_set() and not self.running):
-            now = time.monotonic()
-            try:
-                if now >= next_renew:
-                    self._renew(lease_ms)
-                    next_renew = now + renew_every
-                if now >= next_reap:
-                    self._hold_presence()  # first: never judge others while our own is down
-                    self._reap()
-                    next_reap = now + self.reaper_interval
-                if now >= next_beat:
-                    self.registry.beat(self)
-                    self._hold_presence(rejoin=True)
-                    next_beat = now + self.heartbeat_interval
-            except Exception as exc:  # noqa: BLE001 - keep renewing; Redis may come back
-                if now - last_log >= 30:
-                    log.warning("keeper: %s (retrying; logged at most every 30 s)", exc)
-                    last_log = now
-            time.sleep(min(renew_every, self.reaper_interval, 0.25))
-
-    def _hold_presence(self, rejoin: bool = False) -> None:
-        try:
-            if self.presence.hold(rejoin=rejoin) and not rejoin:
-                log.info("presence subscription re-made (broker restarted or failed over?)")
-        except _BROKER_ERRORS as exc:
-            log.debug("presence: broker unavailable (%s); retrying", exc)
-        except Exception as exc:  # noqa: BLE001 - e.g. PUBSUB refused by an ACL: lease only
-            log.warning("presence: %s; this worker's jobs are recovered by lease only if it dies",
-                        exc)
-            self.presence.enabled = False
-
-    def _reap(self) -> None:
-        limit = reap_limit(self.app)
-        presence = self.presence.reap_args(self.dead_after_ms)
-        for ch in self.channels:
-            reaped = ch.reap_detail(limit, presence=presence)
-            self.writer.reaped(ch.name, len(reaped.requeued), len(reaped.stalled))
-            for worker in reaped.dead_workers:
-                log.warning("worker %s is gone (its connections to Redis closed): its jobs on %s "
-                            "go back to the queue", worker, ch.name)
-            dead = set(reaped.dead_ids)
-            for job_id in reaped.requeued:
-                if job_id in dead:
-                    log.warning("job %s/%s of a dead worker: back to the queue", ch.name, job_id)
-                else:
-                    log.warning("lease of job %s/%s expired: back to the queue", ch.name, job_id)
-            for job_id in reaped.stalled:
-                log.error("job %s/%s stalled: worker_lost too many times", ch.name, job_id)
-
-    def _renew(self, lease_ms: int) -> None:
-        by_channel: dict[str, list[tuple[str, str]]] = {}
-        for claim in self.running:
-            by_channel.setdefault(claim.channel, []).append((claim.id, claim.token))
-        lost: set[tuple[str, str, str]] = set()
-        for name, pairs in by_channel.items():
-            tokens = dict(pairs)
-            for job_id in self.app.channel(name).extend(pairs, lease_ms):
-                key = (name, job_id, tokens.get(job_id, ""))
-                with self._running_lock:
-                    held = self._running.get((name, job_id))
-                if held is None or held.token != key[2]:
-                    continue  # its outcome was written meanwhile (by this worker): not lost
-                lost.add(key)
-                if key not in self._lost_logged:  # once per claim, not on every renewal
-                    # said by what is known: the finish decides (and logs) whether it is refused
-                    log.warning("lease renewal of job %s/%s failed: it is no longer claimed "
-                                "under this worker's token (its lease expired and it was "
-                                "reaped, or it was retracted)", name, job_id)
-        self._lost_logged = lost

@@ -1,0 +1,131 @@
+"""The worker's keeper thread: renews the leases of running jobs, holds the worker's presence,
+reaps the claims of dead workers and expired leases on its channels, and refreshes the worker's
+entry in the worker registry.
+
+``KeeperMixin`` holds this upkeep; ``Worker`` inherits it (it uses the worker's own state).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import redis
+
+from taskpipe.errors import BrokerUnavailable
+from taskpipe.worker.runner import reap_limit
+
+if TYPE_CHECKING:
+    from taskpipe.app import TaskPipe
+    from taskpipe.thoonk.job import Claim, JobChannel
+    from taskpipe.thoonk.workers import Presence
+    from taskpipe.worker.outcomes import OutcomeWriter
+    from taskpipe.worker.registry import WorkerRegistry
+
+__all__ = ["KeeperMixin", "BROKER_ERRORS"]
+
+log = logging.getLogger("taskpipe.worker")
+
+#: The errors that mean "Redis is unreachable right now" (retried, not fatal).
+BROKER_ERRORS = (BrokerUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                 redis.exceptions.BusyLoadingError)
+
+
+class KeeperMixin:
+    """Lease renewal, presence, reaping and registry upkeep: the keeper thread (see ``Worker``)."""
+
+    # set by Worker.__init__
+    app: TaskPipe
+    channels: list[JobChannel]
+    lease_s: float
+    reaper_interval: float
+    heartbeat_interval: float
+    dead_after_ms: int
+    presence: Presence
+    registry: WorkerRegistry
+    writer: OutcomeWriter
+    _running: dict[tuple[str, str], Claim]
+    _running_lock: threading.Lock
+    _stopping: threading.Event
+    _lost_logged: set[tuple[str, str, str]]
+
+    if TYPE_CHECKING:
+        @property
+        def running(self) -> list[Claim]: ...
+
+    def _keeper(self) -> None:
+        lease_ms = int(self.lease_s * 1000)
+        renew_every = max(0.02, self.lease_s / 3)
+        next_renew = next_reap = next_beat = 0.0
+        last_log = -1e9
+        while not (self._stopping.is_set() and not self.running):
+            now = time.monotonic()
+            try:
+                if now >= next_renew:
+                    self._renew(lease_ms)
+                    next_renew = now + renew_every
+                if now >= next_reap:
+                    self._hold_presence()  # first: never judge others while our own is down
+                    self._reap()
+                    next_reap = now + self.reaper_interval
+                if now >= next_beat:
+                    self.registry.beat(self)
+                    self._hold_presence(rejoin=True)
+                    next_beat = now + self.heartbeat_interval
+            except Exception as exc:  # noqa: BLE001 - keep renewing; Redis may come back
+                if now - last_log >= 30:
+                    log.warning("keeper: %s (retrying; logged at most every 30 s)", exc)
+                    last_log = now
+            time.sleep(min(renew_every, self.reaper_interval, 0.25))
+
+    def _hold_presence(self, rejoin: bool = False) -> None:
+        try:
+            if self.presence.hold(rejoin=rejoin) and not rejoin:
+                log.info("presence subscription re-made (broker restarted or failed over?)")
+        except BROKER_ERRORS as exc:
+            log.debug("presence: broker unavailable (%s); retrying", exc)
+        except Exception as exc:  # noqa: BLE001 - e.g. PUBSUB refused by an ACL: lease only
+            log.warning("presence: %s; this worker's jobs are recovered by lease only if it dies",
+                        exc)
+            self.presence.enabled = False
+
+    def _reap(self) -> None:
+        limit = reap_limit(self.app)
+        presence = self.presence.reap_args(self.dead_after_ms)
+        for ch in self.channels:
+            reaped = ch.reap_detail(limit, presence=presence)
+            self.writer.reaped(ch.name, len(reaped.requeued), len(reaped.stalled))
+            for worker in reaped.dead_workers:
+                log.warning("worker %s is gone (its connections to Redis closed): its jobs on %s "
+                            "go back to the queue", worker, ch.name)
+            dead = set(reaped.dead_ids)
+            for job_id in reaped.requeued:
+                if job_id in dead:
+                    log.warning("job %s/%s of a dead worker: back to the queue", ch.name, job_id)
+                else:
+                    log.warning("lease of job %s/%s expired: back to the queue", ch.name, job_id)
+            for job_id in reaped.stalled:
+                log.error("job %s/%s stalled: worker_lost too many times", ch.name, job_id)
+
+    def _renew(self, lease_ms: int) -> None:
+        by_channel: dict[str, list[tuple[str, str]]] = {}
+        for claim in self.running:
+            by_channel.setdefault(claim.channel, []).append((claim.id, claim.token))
+        lost: set[tuple[str, str, str]] = set()
+        for name, pairs in by_channel.items():
+            tokens = dict(pairs)
+            for job_id in self.app.channel(name).extend(pairs, lease_ms):
+                key = (name, job_id, tokens.get(job_id, ""))
+                with self._running_lock:
+                    held = self._running.get((name, job_id))
+                if held is None or held.token != key[2]:
+                    continue  # its outcome was written meanwhile (by this worker): not lost
+                lost.add(key)
+                if key not in self._lost_logged:  # once per claim, not on every renewal
+                    # said by what is known: the finish decides (and logs) whether it is refused
+                    log.warning("lease renewal of job %s/%s failed: it is no longer claimed "
+                                "under this worker's token (its lease expired and it was "
+                                "reaped, or it was retracted)", name, job_id)
+        self._lost_logged = lost
