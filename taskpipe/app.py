@@ -23,7 +23,14 @@ from taskpipe.serialization import (
     encode_envelope,
     get_serializer,
 )
-from taskpipe.task import AsyncTask, Signature, Task, TaskDecorator, TaskOptions
+from taskpipe.task import (
+    AsyncTask,
+    Signature,
+    Task,
+    TaskDecorator,
+    TaskOptions,
+    check_send_options,
+)
 from taskpipe.thoonk.job import JobChannel, PutRequest, new_id
 from taskpipe.thoonk.keys import cluster_name, has_hash_tag
 from taskpipe.thoonk.thoonk import Thoonk
@@ -40,8 +47,6 @@ __all__ = ["TaskPipe"]
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
-_SEND_OPTIONS = {"channel", "priority", "delay", "eta", "id", "on_finish", "result_ttl",
-                 "retries", "timeout", "hard_timeout", "retry_backoff"}
 _NO_OPTIONS = TaskOptions()  # frozen: the options of a task name this app does not know
 
 
@@ -234,9 +239,7 @@ class TaskPipe:
                                        serializer=self.serializer, max_size=self.max_payload))
             channel = self.channel(topts.channel)
             return channel, PutRequest(payload, new_id(), topts.priority, fresh=True), None
-        unknown = set(options) - _SEND_OPTIONS
-        if unknown:
-            raise ConfigError(f"unknown publishing option(s): {', '.join(sorted(unknown))}")
+        check_send_options(options)
         topts = task.options if task is not None else (
             self.tasks[name].options if name in self.tasks else TaskOptions())
         env_opts: dict[str, Any] = {}

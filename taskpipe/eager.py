@@ -31,7 +31,7 @@ from taskpipe.serialization import (
     encode_failure,
     encode_result,
 )
-from taskpipe.task import Signature
+from taskpipe.task import Signature, check_send_options
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -41,8 +41,6 @@ __all__ = ["EagerClock", "EagerResult", "EagerRunner"]
 
 log = logging.getLogger("taskpipe.eager")
 
-_SEND_OPTIONS = {"channel", "priority", "delay", "eta", "id", "on_finish", "result_ttl",
-                 "retries", "timeout", "hard_timeout", "retry_backoff"}
 
 
 class EagerResult(AsyncResult[Any]):
@@ -147,9 +145,7 @@ class EagerRunner:
         """Encode the call as production would, then run it now (or when the clock says)."""
         from taskpipe.thoonk.job import new_id
 
-        unknown = set(options) - _SEND_OPTIONS
-        if unknown:
-            raise ConfigError(f"unknown publishing option(s): {', '.join(sorted(unknown))}")
+        check_send_options(options)
         if name not in self.app.tasks:
             raise UnknownTask(f"no task registered as {name!r} in app {self.app.name!r} "
                               "(eager mode runs only this app's tasks)")

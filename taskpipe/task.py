@@ -8,6 +8,8 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
 
+from taskpipe.errors import ConfigError
+
 if TYPE_CHECKING:
     from typing_extensions import ParamSpec
 
@@ -31,6 +33,17 @@ __all__ = ["Task", "AsyncTask", "TaskOptions", "Signature", "TaskDecorator"]
 
 R = TypeVar("R")
 T = TypeVar("T")
+
+#: the publishing options ``apply_async`` / ``app.send`` accept (eager mode checks the same set)
+SEND_OPTIONS = frozenset({"channel", "priority", "delay", "eta", "id", "on_finish", "result_ttl",
+                          "retries", "timeout", "hard_timeout", "retry_backoff"})
+
+
+def check_send_options(options: Any) -> None:
+    """Raise ``ConfigError`` naming any publishing option that is not in ``SEND_OPTIONS``."""
+    unknown = set(options) - SEND_OPTIONS
+    if unknown:
+        raise ConfigError(f"unknown publishing option(s): {', '.join(sorted(unknown))}")
 
 
 @dataclass(frozen=True)
