@@ -27,7 +27,6 @@ machine's speed drifts between rounds.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import signal
@@ -122,11 +121,11 @@ RATIOS = (
 
 
 def _load_redis_server() -> Any:
-    spec = importlib.util.spec_from_file_location("_bench_redis_server", ROOT / "tests" / "redis_server.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.RedisServer
+    """``tests/redis_server.py``'s RedisServer (``run.py`` loads it by path)."""
+    sys.path.insert(0, str(HERE))
+    from run import _load_redis_server as load
+
+    return load()
 
 
 def default_venv() -> Path:

@@ -13,7 +13,6 @@ With ``--sigstop`` the victim is frozen instead (SIGSTOP): recovery then takes t
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import signal
 import statistics
@@ -49,11 +48,11 @@ APP = textwrap.dedent('''
 
 
 def _redis_server() -> Any:
-    spec = importlib.util.spec_from_file_location("_rec_redis_server", ROOT / "tests" / "redis_server.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.RedisServer
+    """``tests/redis_server.py``'s RedisServer (``run.py`` loads it by path)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from run import _load_redis_server
+
+    return _load_redis_server()
 
 
 def _worker(env: dict[str, str], name: str, log: Path) -> subprocess.Popen[bytes]:
