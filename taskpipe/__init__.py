@@ -36,6 +36,9 @@ from taskpipe.errors import (
     UnknownTask,
     WrongJobState,
 )
+from taskpipe.events import JobEvent
+from taskpipe.lifecycle import LifecycleLog
+from taskpipe.middleware import Message, Middleware, RunningJob
 from taskpipe.results import AsyncResult
 from taskpipe.task import Signature, Task
 from taskpipe.worker import Worker
@@ -51,5 +54,7 @@ __all__ = [
     "SerializationError", "PayloadTooLarge", "UnknownTask", "JobNotFound", "WrongJobState",
     "LeaseLost", "ResultTimeout", "ResultExpired", "ResultUnknown", "TaskFailed", "JobTimeout",
     "Retry", "BrokerError", "ResultStalled",
+    # extending: middleware, events, automatic job log lines (docs/extending.md)
+    "Middleware", "Message", "RunningJob", "JobEvent", "LifecycleLog",
     "__version__",
 ]

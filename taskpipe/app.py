@@ -17,6 +17,9 @@ from taskpipe.brokercheck import eviction_policy, eviction_warning
 from taskpipe.connection import DEFAULT_URL, Connection, parse_url, redact_url
 from taskpipe.durations import eta_to_delay, parse_duration, parse_optional_duration, to_ms
 from taskpipe.errors import ConfigError, UnknownTask
+from taskpipe.events import AppEvents
+from taskpipe.extensions import ExtensionsMixin
+from taskpipe.middleware import Message, MiddlewareChain, before_publish, publish_options
 from taskpipe.serialization import (
     DEFAULT_MAX_PAYLOAD,
     args_encoder,
@@ -50,7 +53,7 @@ T = TypeVar("T")
 _NO_OPTIONS = TaskOptions()  # frozen: the options of a task name this app does not know
 
 
-class TaskPipe:
+class TaskPipe(ExtensionsMixin):
     """A taskpipe application.
 
     ``TaskPipe(broker="redis://127.0.0.1:6379/0")``. The broker URL comes from the argument, else
@@ -114,6 +117,11 @@ class TaskPipe:
         #: eager (test) mode: every call runs inline, nothing is published (taskpipe.eager)
         self.eager = eager
         self._eager: Any = None
+        #: middlewares (``app.use``) and in-process events (``app.on``, ``task.on``)
+        self.middleware = MiddlewareChain()
+        self.events = AppEvents(self)
+        #: workers announce written outcomes on the job event stream (``docs/events.md``)
+        self.job_events = True
         #: redis.asyncio clients by event loop (taskpipe.aio), dropped with their loop
         self._async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
@@ -247,6 +255,11 @@ class TaskPipe:
             value = options.get(key)
             if value is not None:
                 env_opts[key] = value if key == "retries" else parse_duration(value)
+        headers = options.get("headers")
+        if headers:  # middleware headers (trace context...): str -> str, carried in the envelope
+            if not isinstance(headers, dict):
+                raise ConfigError(f"headers must be a dict of str to str, got {headers!r}")
+            env_opts["headers"] = {str(k): str(v) for k, v in headers.items()}
         if "retries" in env_opts and (not isinstance(env_opts["retries"], int) or env_opts["retries"] < 0):
             raise ConfigError(f"retries must be a non-negative int, got {env_opts['retries']!r}")
         on_finish = options.get("on_finish")
@@ -294,6 +307,10 @@ class TaskPipe:
 
         if self.eager:
             return self.eager_runner.send(name, args, kwargs, options)  # type: ignore[no-any-return]
+        message = None
+        if self.middleware:  # before_publish may add headers (carried in the envelope)
+            message = before_publish(self, name, args, kwargs, options)
+            args, kwargs, options = message.args, message.kwargs, publish_options(message)
         channel, req, callback = self._build(name, args, kwargs, _task, options)
         assert req.id is not None
         result = AsyncResult(self, req.id, channel.name)
@@ -307,6 +324,9 @@ class TaskPipe:
                 channel.put_request(req)
 
         self.broker_retry.call(f"publish to channel {channel.name!r}", put)
+        if message is not None:
+            message.id, message.channel = result.id, result.channel
+            self.middleware.call("after_publish", message, result)
         return result
 
     def publish_many(self, signatures: Iterable[Signature], batch: int = 500) -> list[AsyncResult]:
@@ -317,9 +337,15 @@ class TaskPipe:
             return [self.send(sig.task, sig.args, sig.kwargs, **sig.options) for sig in signatures]
         by_channel: dict[str, tuple[JobChannel, list[PutRequest]]] = {}
         order: list[tuple[str, str]] = []
+        messages: list[Message] = []
         for sig in signatures:
-            channel, req, callback = self._build(sig.task, sig.args, sig.kwargs,
-                                                 self.tasks.get(sig.task), dict(sig.options))
+            args, kwargs, options = sig.args, sig.kwargs, dict(sig.options)
+            if self.middleware:
+                message = before_publish(self, sig.task, args, kwargs, options)
+                args, kwargs, options = message.args, message.kwargs, publish_options(message)
+                messages.append(message)
+            channel, req, callback = self._build(sig.task, args, kwargs,
+                                                 self.tasks.get(sig.task), options)
             if callback is not None:
                 raise ConfigError("publish_many takes task signatures for on_finish, not callables")
             by_channel.setdefault(channel.name, (channel, []))[1].append(req)
@@ -333,7 +359,11 @@ class TaskPipe:
                 channel.put_many(reqs, batch=batch)
 
             self.broker_retry.call(f"publish to channel {channel.name!r}", put)
-        return [AsyncResult(self, job_id, ch) for ch, job_id in order]
+        results = [AsyncResult(self, job_id, ch) for ch, job_id in order]
+        for message, result in zip(messages, results):
+            message.id, message.channel = result.id, result.channel
+            self.middleware.call("after_publish", message, result)
+        return results
 
     def publish_calls(self, task: Task[Any], calls: Iterable[Any], batch: int = 500) -> list[AsyncResult]:
         """Publish one job of ``task`` per item of ``calls`` (a tuple is spread as arguments),
@@ -345,6 +375,8 @@ class TaskPipe:
 
         if self.eager:
             return [self.send(task.name, c if isinstance(c, tuple) else (c,)) for c in calls]
+        if self.middleware:  # each call through the publish hooks
+            return self.publish_many(task.s(*(c if isinstance(c, tuple) else (c,))) for c in calls)
         encode = self._encoder_for(task)
         items = [encode(c if isinstance(c, tuple) else (c,)) for c in calls]
         channel = self.channel(task.options.channel)

@@ -36,7 +36,8 @@ T = TypeVar("T")
 
 #: the publishing options ``apply_async`` / ``app.send`` accept (eager mode checks the same set)
 SEND_OPTIONS = frozenset({"channel", "priority", "delay", "eta", "id", "on_finish", "result_ttl",
-                          "retries", "timeout", "hard_timeout", "retry_backoff"})
+                          "retries", "timeout", "hard_timeout", "retry_backoff",
+                          "headers"})  # headers: str -> str carried to the worker (middleware)
 
 
 def check_send_options(options: Any) -> None:
@@ -119,8 +120,25 @@ class Task(Generic[R, P]):
         self._encoder: tuple[Any, Any, Callable[[tuple[Any, ...]], bytes]] | None = None
         functools.update_wrapper(self, fn)
 
+    #: a short description (``app.define(...).desc(...)``); empty by default
+    description: str = ""
+
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
+
+    def on(self, event: str, fn: Callable[..., Any] | None = None) -> Any:
+        """Call ``fn`` on an event of this task's jobs: ``complete(job)``, ``fail(err, job)``,
+        ``timeout(job)``, ``retry(err, job)``, ``stall(job)``, ``log(job, line)``,
+        ``progress(job, current, total)``; also a decorator. Events arrive while
+        ``app.listen()`` runs (``docs/events.md``)."""
+        emitter = self.app.events.task(self.name)
+        if fn is None:
+            return lambda f: emitter.on(event, f)
+        return emitter.on(event, fn)
+
+    def off(self, event: str, fn: Callable[..., Any]) -> None:
+        """Stop calling ``fn`` on ``event``."""
+        self.app.events.task(self.name).off(event, fn)
 
     @property
     def raw(self) -> bool:

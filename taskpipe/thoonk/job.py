@@ -465,6 +465,17 @@ class JobChannel(JobReads):
                                     [id, max_lines, ttl_ms, k.ch_events, *lines[:1000]])
         return int(n)
 
+    def announce(self, events: Sequence[tuple[str, str, bytes]]) -> None:
+        """Publish job events on ``feed.jobevent:<f>`` as ``kind\\0id\\0data``, pipelined
+        (the worker announces outcomes this way once they are written; see taskpipe.events)."""
+        if not events:
+            return
+        channel = self.keys.ch_events
+        pipe = self.client.pipeline(transaction=False)
+        for kind, job_id, data in events:
+            pipe.publish(channel, b"%s\0%s\0%s" % (kind.encode(), job_id.encode(), data))
+        pipe.execute()
+
     # pause ----------------------------------------------------------------------------------
     def pause(self) -> None:
         """Stop workers from claiming from this channel (persistent, cluster-wide)."""

@@ -14,6 +14,7 @@ event          channel                     arguments
 ``retract``    ``feed.retract:<f>``        ``(f, id, None)``
 ``position``   ``feed.position:<f>``       ``(f, id, relpos)`` (e.g. ``b':end'``)
 ``finish``     ``job.finish:<f>``          ``(f, id, result)`` (``None`` if no result)
+``jobevent``   ``feed.jobevent:<f>``       ``(f, kind, id\\0data)`` (taskpipe's job events)
 ``create``     ``newfeed``                 ``(f, instance_id, None)``
 ``delete``     ``delfeed``                 ``(f, instance_id, None)``
 ``config``     ``conffeed``                ``(f, instance_id, None)``
@@ -46,10 +47,11 @@ log = logging.getLogger(__name__)
 #: A listener callback: ``(feed_name, id_or_instance, payload)``.
 Callback = Callable[[str, str, bytes | None], Any]
 
-EVENTS = ("publish", "edit", "retract", "position", "finish", "create", "delete", "config")
+EVENTS = ("publish", "edit", "retract", "position", "finish", "create", "delete", "config",
+          "jobevent")
 _PATTERN_EVENTS = (("feed.publish:", "publish"), ("feed.edit:", "edit"),
                    ("feed.retract:", "retract"), ("feed.position:", "position"),
-                   ("job.finish:", "finish"))
+                   ("job.finish:", "finish"), ("feed.jobevent:", "jobevent"))
 _CHANNEL_EVENTS = (("newfeed", "create"), ("delfeed", "delete"), ("conffeed", "config"))
 _GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
 

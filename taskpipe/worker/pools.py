@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.context import JobContext, _set_current
 from taskpipe.errors import JobTimeout
+from taskpipe.worker.hooks import after_run, before_run
 from taskpipe.worker.runner import Outcome, Prepared, decide_failure, run_prepared, timeout_of
 
 if TYPE_CHECKING:
@@ -137,18 +138,23 @@ class AsyncPool:
         except Exception as bad:  # noqa: BLE001 - checked on claim (``prepare``); never a cancel
             done(_worker_error(prepared, bad))
             return
+        job = before_run(self.app, prepared, ctx) if self.app.middleware else None
+        error: BaseException | None = None
         try:
             coro = task.fn(*env.args, **env.kwargs)
             value = await (asyncio.wait_for(coro, seconds) if seconds else coro)
             outcome = Outcome("success", claim, value=value, envelope=env, task=task)
         except asyncio.TimeoutError:
-            exc = JobTimeout(f"task {task.name} ran past its time limit of {seconds} s")
-            outcome = decide_failure(self.app, prepared, exc, "")
+            error = JobTimeout(f"task {task.name} ran past its time limit of {seconds} s")
+            outcome = decide_failure(self.app, prepared, error, "")
         except Exception as exc:  # noqa: BLE001 - the task's error is the job's outcome
+            error = exc
             outcome = decide_failure(self.app, prepared, exc, traceback.format_exc())
+        outcome.duration = time.perf_counter() - started
+        if job is not None:
+            after_run(self.app, job, outcome, error)
         if ctx.pending:  # log lines / progress a broker outage held back
             await asyncio.to_thread(ctx.flush)
-        outcome.duration = time.perf_counter() - started
         done(outcome)
 
     def shutdown(self) -> None:

@@ -36,6 +36,7 @@ from taskpipe.errors import ConfigError
 from taskpipe.thoonk.claiming import HELD_BACK, claim_from, wait_then_claim
 from taskpipe.thoonk.job import Claim, JobChannel
 from taskpipe.thoonk.workers import Presence
+from taskpipe.worker.announce import Announcer
 from taskpipe.worker.keeper import BROKER_ERRORS as _BROKER_ERRORS
 from taskpipe.worker.keeper import KeeperMixin
 from taskpipe.worker.outcomes import OutcomeWriter
@@ -113,6 +114,8 @@ class Worker(KeeperMixin, ShutdownMixin):
         except _BROKER_ERRORS:
             pass  # Redis is down at start: run() opens them once it is reachable
         self.writer = OutcomeWriter(app)
+        self.announcer = Announcer(app)  # job events of written outcomes (taskpipe.events)
+        self.writer.listeners.append(self.announcer)
         self.registry = WorkerRegistry(app)
         self.presence = Presence(app.thoonk, self.name)
         self.presence.enabled = self.presence.enabled and self.dead_after_ms > 0
@@ -223,6 +226,7 @@ class Worker(KeeperMixin, ShutdownMixin):
             self._scheduler.start()
         log.info("worker %s consuming %s (%s pool, concurrency %d)", self.name,
                  ",".join(self.channel_names), self.pool_kind, self.concurrency)
+        self.app.middleware.call("worker_start", self)
         try:
             self._loop()
             self._drain()
@@ -235,6 +239,7 @@ class Worker(KeeperMixin, ShutdownMixin):
                 t.join(timeout=5)
             self.registry.remove(self.name)
             self.presence.leave()
+            self.app.middleware.call("worker_stop", self)
             if handler is not None:
                 logging.getLogger().removeHandler(handler)
             for sig, old in previous.items():
@@ -517,6 +522,7 @@ class Worker(KeeperMixin, ShutdownMixin):
                 live = [o for o in batch
                         if self._running.get((o.claim.channel, o.claim.id)) == o.claim]
             self._write_with_retry(live)
+            self.announcer.flush()
             with self._slot:
                 for o in batch:
                     key = (o.claim.channel, o.claim.id)
