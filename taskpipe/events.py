@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ TASK_EVENTS = (*OUTCOME_EVENTS, "log", "progress")
 APP_EVENTS = (*TASK_EVENTS, "empty", "drain")
 #: how many job ids -> task names the stream remembers (for log and progress events)
 _TASK_CACHE = 10_000
+#: seconds a log/progress event of a job whose task is unknown waits for the job's outcome
+ORPHAN_WAIT = 2.0
 #: seconds between reads of the counts of channels that had events (empty / drain)
 CHECK_INTERVAL = 0.1
 
@@ -181,6 +184,8 @@ class AppEvents:
         self._listener: Listener | None = None
         self._channels: set[str] | None = None
         self._task_of: OrderedDict[tuple[str, str], str | None] = OrderedDict()
+        #: log/progress events of jobs whose task is not known yet (see ``dispatch``)
+        self._orphans: OrderedDict[tuple[str, str], list[tuple[float, JobEvent]]] = OrderedDict()
         self._dirty: dict[str, bool] = {}  # channels with events since the last count check
         self._reported: dict[str, tuple[bool, bool]] = {}  # channel -> (empty, drain) emitted
         self._wake = threading.Condition()
@@ -206,12 +211,36 @@ class AppEvents:
 
     # dispatch --------------------------------------------------------------------------------
     def dispatch(self, ev: JobEvent) -> None:
-        """Emit one job event on its task's emitter, then on the app's."""
+        """Emit one job event on its task's emitter, then on the app's.
+
+        A log or progress event names only the job: its task is read from the job's envelope.
+        A short job may be gone by then; its events wait (up to ``ORPHAN_WAIT`` seconds) for
+        the job's outcome event, which names the task, and are emitted first."""
         ev.app = self.app
+        key = (ev.channel, ev.id)
+        held: list[tuple[float, JobEvent]] | None = None
         if ev.task is None and ev.kind in ("log", "progress"):
             ev.task = self._learn_task(ev.channel, ev.id)
+            if ev.task is None:
+                with self._lock:
+                    self._orphans.setdefault(key, []).append((time.monotonic(), ev))
+                    while len(self._orphans) > _TASK_CACHE:
+                        self._orphans.popitem(last=False)
+                return
         elif ev.task is not None:
             self._remember(ev.channel, ev.id, ev.task)
+            with self._lock:
+                held = self._orphans.pop(key, None)
+        for _, orphan in held or ():
+            orphan.task = ev.task
+            self._emit(orphan)
+        self._emit(ev)
+        if ev.kind in OUTCOME_EVENTS and (self.emitter.has("empty") or self.emitter.has("drain")):
+            with self._wake:
+                self._dirty[ev.channel] = True
+                self._wake.notify()
+
+    def _emit(self, ev: JobEvent) -> None:
         args = _arguments(ev)
         if ev.task is not None:
             with self._lock:
@@ -219,10 +248,16 @@ class AppEvents:
             if emitter is not None:
                 emitter.emit(ev.kind, *args)
         self.emitter.emit(ev.kind, *args)
-        if ev.kind in OUTCOME_EVENTS and (self.emitter.has("empty") or self.emitter.has("drain")):
-            with self._wake:
-                self._dirty[ev.channel] = True
-                self._wake.notify()
+
+    def _expire_orphans(self) -> None:
+        """Emit (on the app only) log/progress events whose task never became known."""
+        limit = time.monotonic() - ORPHAN_WAIT
+        expired: list[JobEvent] = []
+        with self._lock:
+            for key in [k for k, v in self._orphans.items() if v[0][0] < limit]:
+                expired.extend(ev for _, ev in self._orphans.pop(key))
+        for ev in expired:
+            self._emit(ev)
 
     def _remember(self, channel: str, job_id: str, task: str | None) -> None:
         with self._lock:
@@ -236,12 +271,15 @@ class AppEvents:
         with self._lock:
             if (channel, job_id) in self._task_of:
                 return self._task_of[(channel, job_id)]
-        task: str | None = None
         try:
             item = self.app.channel(channel).get_item(job_id)
-            if item is not None:
-                task = decode_envelope(item).task
-        except Exception:  # noqa: BLE001 - a raw job, or the broker away: no task name
+        except Exception:  # noqa: BLE001 - the broker away: the outcome event may name it
+            return None
+        if item is None:  # finished already: the outcome event names the task
+            return None
+        try:
+            task: str | None = decode_envelope(item).task
+        except Exception:  # noqa: BLE001 - a raw (Thoonk-native) job: no task name
             task = None
         self._remember(channel, job_id, task)
         return task
@@ -262,6 +300,8 @@ class AppEvents:
                 dirty, self._dirty = list(self._dirty), {}
             for channel in dirty:
                 self._check(channel)
+            if self._orphans:
+                self._expire_orphans()
             self._stopping.wait(CHECK_INTERVAL)
 
     def _check(self, channel: str) -> None:

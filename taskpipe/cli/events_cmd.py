@@ -36,18 +36,25 @@ def _text(ev: JobEvent) -> str:
 @_common()
 @click.option("-Q", "--queues", default=None, metavar="A,B",
               help="Only these channels (comma-separated). Default: every channel.")
+@click.option("-e", "--events", "only", default=None, metavar="KIND,KIND",
+              help="Only these kinds of event (e.g. fail,timeout). Default: all.")
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="Exit after printing this many events.")
 @click.option("--timeout", default=None, help="Exit after this long (e.g. 30s).")
 def events(app_path: str | None, broker: str | None, prefix: str | None, as_json: bool,
-           queues: str | None, count: int | None, timeout: str | None) -> None:
+           queues: str | None, only: str | None, count: int | None, timeout: str | None) -> None:
     """Print job events live: complete, fail, timeout, retry, stall, log, progress, and
     empty / drain of a channel; one line each (JSON lines with --json), until Ctrl-C."""
     app = _app(app_path, broker, prefix)
     channels = [c.strip() for c in queues.split(",") if c.strip()] if queues else None
     deadline = None if timeout is None else time.monotonic() + parse_duration(timeout)
+    kinds = [k.strip() for k in only.split(",") if k.strip()] if only else list(APP_EVENTS)
+    unknown = set(kinds) - set(APP_EVENTS)
+    if unknown:
+        raise click.UsageError(f"unknown event kind(s) {', '.join(sorted(unknown))}; "
+                               f"expected {', '.join(APP_EVENTS)}")
     inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-    for name in APP_EVENTS:
+    for name in kinds:
         if name in ("empty", "drain"):
             app.on(name, lambda channel, _n=name: inbox.put((_n, channel)))
         else:
