@@ -1,0 +1,99 @@
+"""The OpenTelemetry middleware: a span per publish and per run, the run parented on and linked
+to the publish span through the job's envelope (SDK in-memory exporter)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+    InMemorySpanExporter,
+)
+from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
+
+from taskpipe import TaskFailed, TaskPipe  # noqa: E402
+from taskpipe.contrib.otel import OpenTelemetryMiddleware  # noqa: E402
+from taskpipe.testing import run_until_idle  # noqa: E402
+
+
+@pytest.fixture
+def traced(app: TaskPipe) -> Iterator[tuple[TaskPipe, InMemorySpanExporter, TracerProvider]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app.use(OpenTelemetryMiddleware(tracer_provider=provider))
+    yield app, exporter, provider
+    provider.shutdown()
+
+
+def _by_name(exporter: InMemorySpanExporter) -> dict[str, Any]:
+    return {span.name: span for span in exporter.get_finished_spans()}
+
+
+def test_publish_and_run_spans_are_linked(traced: Any) -> None:
+    app, exporter, provider = traced
+
+    @app.task(name="add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    with provider.get_tracer("test").start_as_current_span("request") as request:
+        r = add.delay(2, 3)
+    run_until_idle(app)
+    assert r.get(timeout=5) == 5
+    spans = _by_name(exporter)
+    assert set(spans) == {"request", "publish add", "run add"}
+    publish, run = spans["publish add"], spans["run add"]
+    assert publish.kind == SpanKind.PRODUCER and run.kind == SpanKind.CONSUMER
+    # one trace: request -> publish -> run, and the run also links to the publish span
+    trace_id = request.get_span_context().trace_id
+    assert publish.context.trace_id == run.context.trace_id == trace_id
+    assert publish.parent.span_id == request.get_span_context().span_id
+    assert run.parent.span_id == publish.context.span_id
+    assert [link.context.span_id for link in run.links] == [publish.context.span_id]
+    assert publish.attributes["taskpipe.job_id"] == r.id == run.attributes["taskpipe.job_id"]
+    assert run.attributes["taskpipe.outcome"] == "success"
+    assert run.status.status_code == StatusCode.OK
+
+
+def test_failed_runs_record_the_error(traced: Any) -> None:
+    app, exporter, _ = traced
+
+    @app.task(name="boom", retries=1, retry_backoff=0)
+    def boom() -> None:
+        raise KeyError("missing")
+
+    r = boom.delay()
+    run_until_idle(app)
+    with pytest.raises(TaskFailed):
+        r.get(timeout=5)
+    runs = [s for s in exporter.get_finished_spans() if s.name == "run boom"]
+    assert [s.attributes["taskpipe.outcome"] for s in runs] == ["retry", "failure"]
+    assert [s.attributes["taskpipe.attempt"] for s in runs] == [1, 2]
+    publish = _by_name(exporter)["publish boom"]
+    for span in runs:
+        assert span.status.status_code == StatusCode.ERROR
+        assert [e.name for e in span.events] == ["exception"]
+        assert span.parent.span_id == publish.context.span_id
+
+
+def test_a_job_published_without_the_middleware_gets_a_root_run_span(traced: Any) -> None:
+    app, exporter, _ = traced
+
+    @app.task(name="plain")
+    def plain() -> int:
+        return 1
+
+    app.middleware.remove(next(iter(app.middleware)))
+    r = plain.delay()
+    app.use(OpenTelemetryMiddleware(tracer_provider=traced[2]))
+    run_until_idle(app)
+    assert r.get(timeout=5) == 1
+    (run,) = exporter.get_finished_spans()
+    assert run.name == "run plain" and run.parent is None and not run.links
