@@ -218,3 +218,23 @@ def test_taskpipe_events_rejects_unknown_kinds(redis_server: Any, prefix: str) -
     from taskpipe.cli import main
 
     assert main(["events", "--broker", redis_server.url, "-e", "finished", "--count", "1"]) == 2
+
+
+def test_outcomes_are_announced_only_while_someone_follows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from taskpipe.worker import announce
+
+    monkeypatch.setattr(announce, "RECHECK", 0.0)
+    app = TaskPipe(broker="memory://announce-followers")  # its own server: no other subscriber
+    try:
+        announcer = announce.Announcer(app)
+        assert not announcer.followed("default")
+        pubsub = app.connection.new_client().pubsub()
+        pubsub.subscribe(app.channel("default").keys.ch_events)
+        assert announcer.followed("default")
+        pubsub.close()
+        assert not announcer.followed("other")
+        listener = app.thoonk.listener().start()  # a pattern subscription counts too
+        assert announcer.followed("other")
+        listener.stop()
+    finally:
+        app.close()

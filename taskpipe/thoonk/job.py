@@ -476,6 +476,16 @@ class JobChannel(JobReads):
             pipe.publish(channel, b"%s\0%s\0%s" % (kind.encode(), job_id.encode(), data))
         pipe.execute()
 
+    def event_followers(self) -> int:
+        """How many subscriptions may receive this channel's job events: direct subscribers of
+        ``feed.jobevent:<f>`` plus every pattern subscription of the server (``PUBSUB NUMPAT``
+        cannot tell patterns apart, so any pattern counts)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.pubsub_numsub(self.keys.ch_events)
+        pipe.pubsub_numpat()
+        numsub, numpat = pipe.execute()
+        return sum(int(n) for _, n in numsub) + int(numpat)
+
     # pause ----------------------------------------------------------------------------------
     def pause(self) -> None:
         """Stop workers from claiming from this channel (persistent, cluster-wide)."""

@@ -5,6 +5,11 @@ stalled) becomes one ``feed.jobevent:<f>`` message, ``<kind>\\0<id>\\0<json>``; 
 of a batch are published in one pipelined round trip after the batch is written (the
 finisher thread calls ``flush``), so an event never runs ahead of the state it reports.
 Best effort: an announcement that fails is logged and dropped; the jobs are not affected.
+
+Nobody following, nothing published: whether a channel's stream has subscribers (a direct one,
+or any pattern subscription) is asked at most once per ``RECHECK`` seconds per channel, and
+events are dropped while it has none, so a listener that starts misses at most that long of
+outcome events (on a Redis Cluster, where subscriptions are per node, events are always sent).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +55,10 @@ def event_of(event: str, outcome: Outcome) -> tuple[str, bytes] | None:
     return kind, json.dumps(data, default=str).encode()
 
 
+#: seconds between two checks of whether a channel's event stream has subscribers
+RECHECK = 1.0
+
+
 class Announcer:
     """Collects the events of applied outcomes (as a writer listener) and publishes them."""
 
@@ -56,10 +66,29 @@ class Announcer:
         self.app = app
         self._lock = threading.Lock()
         self._pending: dict[str, list[tuple[str, str, bytes]]] = defaultdict(list)
+        self._followed: dict[str, tuple[float, bool]] = {}  # channel -> (checked at, followed)
+
+    def followed(self, channel: str) -> bool:
+        """Whether someone may follow the channel's events (asked at most every ``RECHECK`` s)."""
+        if self.app.connection.is_cluster:
+            return True
+        now = time.monotonic()
+        checked = self._followed.get(channel)
+        if checked is not None and now - checked[0] < RECHECK:
+            return checked[1]
+        try:
+            followed = self.app.channel(channel).event_followers() > 0
+        except Exception:  # noqa: BLE001 - cannot tell: announce (the publish may fail too)
+            followed = True
+        self._followed[channel] = (now, followed)
+        return followed
 
     def __call__(self, channel: str, event: str, outcome: Outcome | None, n: int) -> None:
         if outcome is None or not getattr(self.app, "job_events", True):
             return
+        checked = self._followed.get(channel)
+        if checked is not None and not checked[1] and time.monotonic() - checked[0] < RECHECK:
+            return  # nobody follows (checked a moment ago): build nothing
         found = event_of(event, outcome)
         if found is not None:
             with self._lock:
@@ -70,6 +99,8 @@ class Announcer:
         with self._lock:
             pending, self._pending = self._pending, defaultdict(list)
         for channel, events in pending.items():
+            if not self.followed(channel):
+                continue
             try:
                 self.app.channel(channel).announce(events)
             except Exception as exc:  # noqa: BLE001 - events are best effort, jobs are not

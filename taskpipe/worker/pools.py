@@ -138,7 +138,10 @@ class AsyncPool:
         except Exception as bad:  # noqa: BLE001 - checked on claim (``prepare``); never a cancel
             done(_worker_error(prepared, bad))
             return
-        job = before_run(self.app, prepared, ctx) if self.app.middleware else None
+        job = None
+        if self.app.middleware:
+            job = before_run(self.app, prepared, ctx)
+            started = time.perf_counter()  # the run time is the task's, not its hooks'
         error: BaseException | None = None
         try:
             coro = task.fn(*env.args, **env.kwargs)

@@ -294,7 +294,10 @@ def _run_prepared(app: TaskPipe, prepared: Prepared, channel: Any,
     seconds = timeout_of(env, task, app)
     token = _set_current(ctx)
     try:
-        job = before_run(app, prepared, ctx) if app.middleware else None
+        job = None
+        if app.middleware:
+            job = before_run(app, prepared, ctx)
+            started = time.perf_counter()  # the run time is the task's, not its hooks'
         outcome, error = _call(app, prepared, ctx, seconds, loop)
         outcome.duration = time.perf_counter() - started
         if job is not None:
