@@ -456,6 +456,7 @@ class TaskPipe(ExtensionsMixin):
     # lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
         """Stop background helpers and close connections."""
+        self.events.stop()
         if self._watcher is not None:
             self._watcher.stop()
         for channel in list(self._channels.values()):
