@@ -104,7 +104,7 @@ class TaskPipe(ExtensionsMixin):
         #: middlewares (``app.use``) and in-process events (``app.on``, ``task.on``)
         self.middleware = MiddlewareChain()
         self.events = AppEvents(self)
-        #: workers announce written outcomes on the job event stream (``docs/events.md``)
+        #: workers announce written outcomes on the job event stream (``docs/extending.md``)
         self.job_events = True
         #: redis.asyncio clients by event loop (taskpipe.aio), dropped with their loop
         self._async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()

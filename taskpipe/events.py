@@ -4,7 +4,7 @@
 (or ``app.listen()``) starts a Thoonk listener thread that turns the pub/sub messages of the
 job channels into calls of those callbacks, in this process, whichever process ran the jobs.
 
-The stream (documented in ``docs/events.md``) is the ``feed.jobevent:<f>`` pub/sub channel of
+The stream (documented in ``docs/extending.md``) is the ``feed.jobevent:<f>`` pub/sub channel of
 each job channel, one message per event, ``<kind>\\0<job id>\\0<data>``:
 
 - ``log`` / ``progress`` (data: the line / ``current/total``), published by the scripts that

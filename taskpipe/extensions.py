@@ -52,7 +52,7 @@ class ExtensionsMixin:
     def on(self, event: str, fn: Callable[..., Any] | None = None) -> Any:
         """Call ``fn`` on an app event (``complete``, ``fail``, ``timeout``, ``retry``,
         ``stall``, ``log``, ``progress``, ``empty``, ``drain``); also a decorator
-        (``@app.on("fail")``). Events arrive once ``app.listen()`` runs (``docs/events.md``)."""
+        (``@app.on("fail")``). Events arrive once ``app.listen()`` runs (``docs/extending.md``)."""
         if fn is None:
             return lambda f: self.events.on(event, f)
         return self.events.on(event, fn)

@@ -115,7 +115,7 @@ class Task(Generic[R, P]):
         """Call ``fn`` on an event of this task's jobs: ``complete(job)``, ``fail(err, job)``,
         ``timeout(job)``, ``retry(err, job)``, ``stall(job)``, ``log(job, line)``,
         ``progress(job, current, total)``; also a decorator. Events arrive while
-        ``app.listen()`` runs (``docs/events.md``)."""
+        ``app.listen()`` runs (``docs/extending.md``)."""
         emitter = self._events().task(self.name)
         if fn is None:
             return lambda f: emitter.on(event, f)

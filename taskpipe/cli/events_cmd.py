@@ -1,4 +1,4 @@
-"""``taskpipe events``: print the job events of the channels live (``docs/events.md``)."""
+"""``taskpipe events``: print the job events of the channels live (``docs/extending.md``)."""
 
 from __future__ import annotations
 
