@@ -238,3 +238,14 @@ def test_outcomes_are_announced_only_while_someone_follows(monkeypatch: pytest.M
         listener.stop()
     finally:
         app.close()
+
+
+def test_taskpipe_events_text_lines() -> None:
+    from taskpipe.cli.events_cmd import _text
+
+    line = _text(JobEvent("complete", "mail", "j1", "send email", {"task": "send email",
+                                                                   "attempt": 1, "duration": 0.5}))
+    assert line.split(" ", 1)[1].split() == ["complete", "mail/j1", "send", "email", "attempt=1",
+                                             "duration=0.5"]
+    log = _text(JobEvent("log", "mail", "j2", None, "2026-12-03T10:00:00 hello"))
+    assert log.endswith(" log      mail/j2 - 2026-12-03T10:00:00 hello")
