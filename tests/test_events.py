@@ -83,7 +83,7 @@ def test_task_and_app_events_follow_the_jobs(listening: TaskPipe) -> None:
     assert [g for g in got if g[0] == "log" and g[1] == again.id] == [
         ("log", again.id, "working on -1")] * 2  # one per run
     assert every == [work.name, work.name]
-    assert drained == ["ev"]
+    assert drained and set(drained) == {"ev"}  # (drained between two of the calls, too)
 
 
 def test_empty_and_drain_fire_once_per_burst_and_channels_are_filtered(listening: TaskPipe) -> None:
