@@ -21,9 +21,11 @@ from taskpipe import TaskFailed, TaskPipe  # noqa: E402
 from taskpipe.contrib.otel import OpenTelemetryMiddleware  # noqa: E402
 from taskpipe.testing import run_until_idle  # noqa: E402
 
+Traced = tuple[TaskPipe, InMemorySpanExporter, TracerProvider]
+
 
 @pytest.fixture
-def traced(app: TaskPipe) -> Iterator[tuple[TaskPipe, InMemorySpanExporter, TracerProvider]]:
+def traced(app: TaskPipe) -> Iterator[Traced]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -36,7 +38,7 @@ def _by_name(exporter: InMemorySpanExporter) -> dict[str, Any]:
     return {span.name: span for span in exporter.get_finished_spans()}
 
 
-def test_publish_and_run_spans_are_linked(traced: Any) -> None:
+def test_publish_and_run_spans_are_linked(traced: Traced) -> None:
     app, exporter, provider = traced
 
     @app.task(name="add")
@@ -62,7 +64,7 @@ def test_publish_and_run_spans_are_linked(traced: Any) -> None:
     assert run.status.status_code == StatusCode.OK
 
 
-def test_failed_runs_record_the_error(traced: Any) -> None:
+def test_failed_runs_record_the_error(traced: Traced) -> None:
     app, exporter, _ = traced
 
     @app.task(name="boom", retries=1, retry_backoff=0)
@@ -74,16 +76,16 @@ def test_failed_runs_record_the_error(traced: Any) -> None:
     with pytest.raises(TaskFailed):
         r.get(timeout=5)
     runs = [s for s in exporter.get_finished_spans() if s.name == "run boom"]
-    assert [s.attributes["taskpipe.outcome"] for s in runs] == ["retry", "failure"]
-    assert [s.attributes["taskpipe.attempt"] for s in runs] == [1, 2]
+    assert [(s.attributes or {})["taskpipe.outcome"] for s in runs] == ["retry", "failure"]
+    assert [(s.attributes or {})["taskpipe.attempt"] for s in runs] == [1, 2]
     publish = _by_name(exporter)["publish boom"]
     for span in runs:
         assert span.status.status_code == StatusCode.ERROR
         assert [e.name for e in span.events] == ["exception"]
-        assert span.parent.span_id == publish.context.span_id
+        assert span.parent is not None and span.parent.span_id == publish.context.span_id
 
 
-def test_a_job_published_without_the_middleware_gets_a_root_run_span(traced: Any) -> None:
+def test_a_job_published_without_the_middleware_gets_a_root_run_span(traced: Traced) -> None:
     app, exporter, _ = traced
 
     @app.task(name="plain")

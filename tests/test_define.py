@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -140,7 +141,10 @@ def test_configure_runs_only_in_its_environment(app: TaskPipe,
     app.configure("development", lambda: ran.append("dev"))
     app.configure(lambda: ran.append("always"))
 
-    @app.configure("production")
+    only_in_production: Callable[[Callable[[TaskPipe], None]], Callable[[TaskPipe], None]] = (
+        app.configure("production"))
+
+    @only_in_production
     def setup(a: TaskPipe) -> None:
         ran.append("decorated")
 
@@ -149,4 +153,4 @@ def test_configure_runs_only_in_its_environment(app: TaskPipe,
     app.configure("production", lambda: ran.append("not now"))
     assert ran[-1] == "decorated"
     with pytest.raises(ConfigError):
-        app.configure(3, lambda: None)  # type: ignore[arg-type]
+        app.configure(3, lambda: None)

@@ -135,7 +135,7 @@ class HookApp:
         return w
 
     def hooks(self, hook: str) -> dict[str, int]:
-        raw = self.r.hgetall(f"{self.prefix}hooks:{hook}")
+        raw: dict[bytes, bytes] = self.r.hgetall(f"{self.prefix}hooks:{hook}")  # type: ignore[assignment]
         return {k.decode(): int(v) for k, v in raw.items()}
 
     def close(self) -> None:
