@@ -8,7 +8,7 @@ queues N no-op jobs and drains them with one burst worker (thread pool) in this 
 
 - ``plain``: no listener anywhere, so the worker announces nothing (it asks once a second);
 - ``followed_elsewhere``: another process follows the stream (a pattern subscription that
-  reads and drops every message), so every outcome is announced (one pipelined PUBLISH per
+  reads and drops every message), so every outcome is announced (one script call per
   batch of outcomes);
 - ``followed_here``: an ``app.listen()`` thread in the worker's own process follows it with a
   ``complete`` callback (the events are also parsed and dispatched under the worker's GIL);

@@ -453,15 +453,14 @@ class JobChannel(JobReads):
         return int(n)
 
     def announce(self, events: Sequence[tuple[str, str, bytes]]) -> None:
-        """Publish job events on ``feed.jobevent:<f>`` as ``kind\\0id\\0data``, pipelined
-        (the worker announces outcomes this way once they are written; see taskpipe.events)."""
-        if not events:
-            return
-        channel = self.keys.ch_events
-        pipe = self.client.pipeline(transaction=False)
-        for kind, job_id, data in events:
-            pipe.publish(channel, b"%s\0%s\0%s" % (kind.encode(), job_id.encode(), data))
-        pipe.execute()
+        """Publish job events on ``feed.jobevent:<f>`` as ``kind\\0id\\0data``, 1000 per script
+        call (the worker announces outcomes this way once they are written; taskpipe.events)."""
+        messages = [b"%s\0%s\0%s" % (kind.encode(), job_id.encode(), data)
+                    for kind, job_id, data in events]
+        keys = contract("job_announce").build(self.keys)
+        for start in range(0, len(messages), 1000):
+            self.scripts["job_announce"](self.client, keys,
+                                        [self.keys.ch_events, *messages[start:start + 1000]])
 
     def event_followers(self) -> int:
         """How many subscriptions may receive this channel's job events: direct subscribers of

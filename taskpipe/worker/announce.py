@@ -2,7 +2,7 @@
 
 An ``OutcomeWriter`` listener: each outcome the writer applied (finished, failed, retried,
 stalled) becomes one ``feed.jobevent:<f>`` message, ``<kind>\\0<id>\\0<json>``; the messages
-of a batch are published in one pipelined round trip after the batch is written (the
+of a batch are published in one script call (``job_announce.lua``) after the batch is written (the
 finisher thread calls ``flush``), so an event never runs ahead of the state it reports.
 Best effort: an announcement that fails is logged and dropped; the jobs are not affected.
 
@@ -95,7 +95,7 @@ class Announcer:
                 self._pending[channel].append((found[0], outcome.claim.id, found[1]))
 
     def flush(self) -> None:
-        """Publish what was collected (one pipeline per channel); errors are logged."""
+        """Publish what was collected (one script call per channel); errors are logged."""
         with self._lock:
             pending, self._pending = self._pending, defaultdict(list)
         for channel, events in pending.items():
