@@ -402,7 +402,7 @@ class TaskPipe:
     # cron (filled in by taskpipe.scheduler) ---------------------------------------------------
     def cron(self, expr: str, **options: Any) -> Callable[[F], F]:
         """Run the decorated task on a cron schedule: ``@app.cron('*/5 * * * *')`` over ``@app.task``."""
-        from taskpipe.scheduler import CronEntry
+        from taskpipe.cron import CronEntry
 
         def deco(task: F) -> F:
             if not isinstance(task, Task):
@@ -415,7 +415,7 @@ class TaskPipe:
 
     def add_cron(self, task: Task[Any] | str, expr: str, **options: Any) -> Any:
         """Add a cron entry for a task (or task name); returns the entry."""
-        from taskpipe.scheduler import CronEntry
+        from taskpipe.cron import CronEntry
 
         entry = CronEntry.create(self, task if isinstance(task, str) else task.name, expr, **options)
         self.crons.append(entry)

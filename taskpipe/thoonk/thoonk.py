@@ -139,6 +139,13 @@ class Thoonk:
         """True if an object with that name is registered."""
         return bool(self.client.sismember(self.keys.feeds, name))
 
+    def server_ms(self) -> int:
+        """The Redis server's clock in ms (``TIME``): the one clock every stored timestamp,
+        deadline and cron decision is measured in (never a local clock)."""
+        with broker_errors("server time"):
+            seconds, micros = self.client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
     def names(self) -> list[str]:
         """Names of every registered object."""
         return sorted(_s(n) for n in self.client.smembers(self.keys.feeds))
