@@ -115,7 +115,6 @@ class FinishWatcher:
 
     def _round(self, client: Any, pubsub: Any, subscribed: set[str]) -> tuple[Any, set[str]]:
         """Subscribe to what is pending, fire what finished, read messages for up to ~1 s."""
-        prefix_len = len(self.app.prefix + "job.finish:")
         with self._lock:
             keys = list(self._pending)
         if not keys and self._changed.wait(1.0) is False:
@@ -148,7 +147,9 @@ class FinishWatcher:
                 continue
             if msg["type"] != "message":
                 continue
-            channel = msg["channel"].decode()[prefix_len:]
+            channel = self.app.thoonk.keys.object_of("finish", msg["channel"])
+            if channel is None:
+                continue
             job_id, sep, published = msg["data"].partition(b"\0")
             self._fire_if_done((channel, job_id.decode()), published if sep else None)
         return pubsub, subscribed

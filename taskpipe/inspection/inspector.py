@@ -30,9 +30,11 @@ from taskpipe.inspection.views import (
     record_view,
     safe_text,
     task_name_of,
+    worker_view,
 )
 from taskpipe.serialization import decode_envelope
 from taskpipe.thoonk.job import JobChannel
+from taskpipe.thoonk.workers import WorkerRegistry
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -113,14 +115,12 @@ class Inspector:
 
     def workers(self) -> list[dict[str, Any]]:
         """Live workers: name, host, pid, channels, pool, concurrency, jobs ("channel/id"), stats."""
-        from taskpipe.worker.registry import WorkerRegistry
-
-        return sorted(WorkerRegistry(self.app).live(), key=lambda w: str(w.get("name")))
+        rows = [worker_view(fields) for fields in WorkerRegistry(self.app.thoonk).live()]
+        return sorted(rows, key=lambda w: str(w.get("name")))
 
     def server_time_ms(self) -> int:
         """Redis server time in ms (what every stored timestamp is measured in)."""
-        sec, usec = self.client.time()
-        return int(sec) * 1000 + int(usec) // 1000
+        return self.app.thoonk.server_ms()
 
     # listing --------------------------------------------------------------------------------
     def list_jobs(self, channel: str, state: str, cursor: str | int | None = None,
