@@ -4,7 +4,8 @@ The task layer (``taskpipe/aio.py``) owns the asyncio clients (one per running e
 passes one in; the commands, the scripts and the pub/sub subscription are sent from here. The
 wait is the blocking ``JobChannel.get_result`` in asyncio form: read the stored result, subscribe
 to ``job.finish:<f>``, read again (it may have landed in between), then wait for the message,
-reading the job's state (``job_state.lua``) whenever a second passes without one.
+reading the job's state (``job_state.lua``) whenever a second passes without one. ``ping``
+checks that the broker answers on such a client (the FastAPI integration's start-up check).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from taskpipe.thoonk.scripts import raise_as_broker_error
 if TYPE_CHECKING:
     from taskpipe.thoonk.job_reads import JobReads
 
-__all__ = ["state_and_reason", "wait_result"]
+__all__ = ["state_and_reason", "wait_result", "ping"]
 
 
 def _text(value: Any) -> str:
@@ -84,3 +85,8 @@ async def wait_result(client: Any, ch: JobReads, id: str, wait: float) -> bytes 
             await pubsub.aclose()
     except redis.exceptions.RedisError as exc:
         raise_as_broker_error("get_result", exc)
+
+
+async def ping(client: Any) -> None:
+    """``PING`` on ``client`` (a ``redis.asyncio`` client); raises what the client raises."""
+    await client.ping()
