@@ -3,8 +3,9 @@
 The v1 keys and list directions are kept exactly (see ``docs/contract.md``); every mutating
 operation is one Lua script. taskpipe adds delayed puts, leases with fencing tokens, a reaper,
 durable results with a TTL and per-job progress and logs. The read-side calls (results, info,
-counts, ids, logs) are in ``job_reads.py`` (``JobReads``) and the cleaning calls in
-``job_clean.py`` (``JobCleaning``); ``JobChannel`` inherits both.
+counts, ids, logs) are in ``job_reads.py`` (``JobReads``), the cleaning calls in
+``job_clean.py`` (``JobCleaning``) and the operators' paged reads in ``job_browse.py``
+(``JobBrowsing``); ``JobChannel`` inherits all three.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from taskpipe.broker_retry import maps_broker_errors
 from taskpipe.connection import close_quietly
 from taskpipe.errors import JobNotFound, LeaseLost, WrongJobState
+from taskpipe.thoonk.job_browse import JobBrowsing
 from taskpipe.thoonk.job_clean import JobCleaning
 from taskpipe.thoonk.job_reads import JobInfo, JobReads, _s
 from taskpipe.thoonk.keys import JobKeys
@@ -112,7 +114,7 @@ class Reaped:
 
 
 @maps_broker_errors  # no redis-py exception type leaves a public method
-class JobChannel(JobReads, JobCleaning):
+class JobChannel(JobReads, JobCleaning, JobBrowsing):
     """A Thoonk job channel. Open one with ``Thoonk.job(name)``."""
 
     def __init__(self, thoonk: Thoonk, name: str) -> None:
