@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import pytest
+from polling import wait_for
 
 from taskpipe.connection import Connection
 from taskpipe.errors import BrokerUnavailable
@@ -17,8 +18,6 @@ from taskpipe.thoonk.job import JobChannel
 from taskpipe.thoonk.keys import EVENT_STEMS, Keyspace
 from taskpipe.thoonk.thoonk import Thoonk
 from taskpipe.thoonk.workers import WorkerRegistry
-
-from polling import wait_for
 
 LONG_LEASE = 600_000
 
