@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from taskpipe.thoonk.script_keys import contract
 from taskpipe.thoonk.scripts import broker_errors
 
 if TYPE_CHECKING:
@@ -77,8 +78,8 @@ class CronStore:
         if len(extra) > 2 * MAX_EXTRA_FIELDS:
             raise ValueError(f"at most {MAX_EXTRA_FIELDS} extra fields per cursor advance")
         script = self.thoonk.scripts["cron_claim_fire"]
-        return int(script(self.thoonk.client, [self.keys.cron_state(name)],
-                          ["cursor", expected, new, *extra])) == 1
+        keys = contract("cron_claim_fire").build(cursor_hash=self.keys.cron_state(name))
+        return int(script(self.thoonk.client, keys, ["cursor", expected, new, *extra])) == 1
 
     def state(self, name: str) -> dict[str, str]:
         """Every field of one entry's hash (empty if the entry was never scheduled)."""

@@ -28,10 +28,8 @@ def _text(value: Any) -> str:
 
 
 async def _state_reason(client: Any, ch: JobReads, id: str) -> tuple[str, str]:
-    k = ch.keys
     script = ch.scripts["job_state"]
-    keys = [k.items, k.claimed, k.stalled, k.delayed, k.finished, k.result(id),
-            k.cancelled, k.attempts, k.reasons, k.workers, k.progress, k.leases, k.published]
+    keys = ch.state_keys(id)
     try:
         reply = await client.evalsha(script.sha, len(keys), *keys, id)
     except redis.exceptions.NoScriptError:

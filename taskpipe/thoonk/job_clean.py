@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from taskpipe.thoonk.script_keys import contract
+
 if TYPE_CHECKING:
     from taskpipe.thoonk.keys import JobKeys
     from taskpipe.thoonk.scripts import ScriptRegistry
@@ -67,9 +69,8 @@ class JobCleaning:
         if not ids:
             return []
         k = self.keys
-        keys = [k.finished, k.items]
-        for job_id in ids:
-            keys += [k.result(job_id), k.log(job_id)]
+        per_id = [key for job_id in ids for key in (k.result(job_id), k.log(job_id))]
+        keys = contract("job_clean_finished").build(k, *per_id)
         return [_s(i) for i in self.scripts["job_clean_finished"](self.client, keys, ids)]
 
     # stalled ----------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from taskpipe.connection import close_quietly
+from taskpipe.thoonk.script_keys import contract
 from taskpipe.thoonk.scripts import broker_errors
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class WorkerRegistry:
         The store adds two fields in server seconds: ``heartbeat`` (this beat) and ``started``
         (the first beat of this entry; kept by later beats)."""
         now_ms = int(self.thoonk.scripts["worker_beat"](
-            self.thoonk.client, [self.keys.workers_registry()], [name, ttl_ms]))
+            self.thoonk.client, contract("worker_beat").build(self.keys), [name, ttl_ms]))
         key = self.keys.worker_info(name)
         fields = {k: v for k, v in fields.items() if k not in ("heartbeat", "started")}
         with broker_errors("worker registry beat"):
@@ -87,7 +88,8 @@ class WorkerRegistry:
     def live(self) -> list[dict[str, str]]:
         """The fields of every live worker (entries past their deadline are skipped)."""
         client = self.thoonk.client
-        _now, names = self.thoonk.scripts["worker_live"](client, [self.keys.workers_registry()], [])
+        _now, names = self.thoonk.scripts["worker_live"](
+            client, contract("worker_live").build(self.keys), [])
         out = []
         with broker_errors("worker registry"):
             for name in names:
@@ -151,7 +153,8 @@ class Presence:
                 resubscribed = True
             if resubscribed or rejoin:
                 self.thoonk.scripts["presence_join"](
-                    self.thoonk.client, [self.thoonk.keys.presence()], [self.name, PRESENCE_TTL_MS])
+                    self.thoonk.client, contract("presence_join").build(self.thoonk.keys),
+                    [self.name, PRESENCE_TTL_MS])
             return resubscribed
 
     def _named_client(self) -> Any:

@@ -1,7 +1,7 @@
 -- job_clean_finished: forget a batch of finished jobs: their entries in the finished index and,
 -- for each id not published again since (absent from feed.items:<f>), its stored result and log.
 -- KEYS[1] feed.finished:<f>  KEYS[2] feed.items:<f>
--- KEYS[2 + 2i - 1] feed.result:<f>:<id i>  KEYS[2 + 2i] feed.log:<f>:<id i>   (i = 1..#ARGV)
+-- KEYS[1+2i] feed.result:<f>:<id_i>  KEYS[2+2i] feed.log:<f>:<id_i>   (i = 1..#ARGV)
 -- ARGV[1..n] the ids (at most 1000)
 -- Returns: {ids whose result and log were removed} (an id published again keeps them; only its
 --          stale index entry goes).
