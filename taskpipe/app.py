@@ -11,13 +11,13 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from taskpipe.broker_retry import BrokerRetry
-from taskpipe.brokercheck import eviction_policy, eviction_warning
 from taskpipe.connection import DEFAULT_URL, Connection, parse_url, redact_url
 from taskpipe.durations import parse_duration, parse_optional_duration
 from taskpipe.errors import ConfigError, UnknownTask
 from taskpipe.publishing import Publishing
 from taskpipe.serialization import DEFAULT_MAX_PAYLOAD, get_serializer
 from taskpipe.task import AsyncTask, Signature, Task, TaskDecorator, TaskOptions
+from taskpipe.thoonk.broker_check import eviction_policy, eviction_warning
 from taskpipe.thoonk.job import JobChannel
 from taskpipe.thoonk.keys import cluster_name, has_hash_tag
 from taskpipe.thoonk.thoonk import Thoonk

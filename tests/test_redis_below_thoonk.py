@@ -25,9 +25,9 @@ import taskpipe
 
 PKG = Path(taskpipe.__file__).parent
 
-#: modules allowed to talk to Redis directly, besides taskpipe/thoonk/ (layer 1: connecting,
-#: retrying, and diagnosing the server, with no key names)
-LAYER_ONE = {"connection.py", "broker_retry.py", "brokercheck.py"}
+#: modules allowed to talk to Redis directly, besides taskpipe/thoonk/ (layer 1: connecting and
+#: retrying, with no key names)
+LAYER_ONE = {"connection.py", "broker_retry.py"}
 
 _CLASSES = (redis.Redis, redis.client.Pipeline, redis.client.PubSub, redis.asyncio.Redis,
             redis.asyncio.client.Pipeline, redis.asyncio.client.PubSub, redis.cluster.RedisCluster,

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from taskpipe.brokercheck import evicted_keys, eviction_policy
+from taskpipe.thoonk.broker_check import evicted_keys, eviction_policy
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
