@@ -39,10 +39,13 @@ class ExtensionsMixin:
 
     def use(self, plugin: Any) -> Any:
         """Add a middleware (an object with any of the hooks of ``taskpipe.middleware``), or
-        run a plugin function with the app (``app.use(lambda app: app.on("fail", alert))``).
-        Returns what it was given."""
+        run a plugin with the app: a function (``app.use(lambda app: app.on("fail", alert))``)
+        or, as in Kinetik, an object with a ``handle(app)`` method. Returns what it was given."""
         if not isinstance(plugin, type) and any(callable(getattr(plugin, h, None)) for h in HOOKS):
             return self.middleware.add(plugin)
+        if not isinstance(plugin, type) and callable(getattr(plugin, "handle", None)):
+            plugin.handle(self)  # Kinetik's plugin object
+            return plugin
         if callable(plugin) and not isinstance(plugin, type):
             plugin(self)
             return plugin

@@ -325,6 +325,12 @@ def test_use_takes_middleware_or_a_plugin_function(app: TaskPipe) -> None:
     got: list[Any] = []
     assert app.use(lambda a: got.append(a)) is not None
     assert got == [app]
+    class Plugin:  # Kinetik's plugin object: handle(app)
+        def handle(self, a: TaskPipe) -> None:
+            got.append(("handled", a))
+
+    plugin = Plugin()
+    assert app.use(plugin) is plugin and got[-1] == ("handled", app)
     mw = Middleware()
     assert app.use(mw) is mw and list(app.middleware) == [mw]
     with pytest.raises(ConfigError):
