@@ -99,3 +99,83 @@ def test_a_job_published_without_the_middleware_gets_a_root_run_span(traced: Tra
     assert r.get(timeout=5) == 1
     (run,) = exporter.get_finished_spans()
     assert run.name == "run plain" and run.parent is None and not run.links
+
+
+OTEL_APP = '''
+import json, os
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from taskpipe import TaskPipe
+from taskpipe.contrib.otel import OpenTelemetryMiddleware
+
+
+class FileExporter(SpanExporter):
+    """One JSON line per span, in a file per process."""
+
+    def export(self, spans):
+        path = os.path.join(os.environ["TP_SPANS_DIR"], f"{os.getpid()}.jsonl")
+        with open(path, "a") as f:
+            for s in spans:
+                f.write(json.dumps({
+                    "name": s.name, "trace": s.context.trace_id, "span": s.context.span_id,
+                    "parent": s.parent.span_id if s.parent else None,
+                    "links": [link.context.span_id for link in s.links],
+                    "job": (s.attributes or {}).get("taskpipe.job_id"), "pid": os.getpid()}) + "\\n")
+        return SpanExportResult.SUCCESS
+
+
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(FileExporter()))
+app = TaskPipe(broker=os.environ["TP_TEST_BROKER"], prefix=os.environ["TP_TEST_PREFIX"])
+app.use(OpenTelemetryMiddleware(tracer_provider=provider))
+
+
+@app.task(name="traced")
+def traced(x):
+    return x + 1
+'''
+
+
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_spans_link_across_real_worker_processes(tmp_path: Any, redis_server: Any, prefix: str,
+                                                 monkeypatch: pytest.MonkeyPatch, pool: str) -> None:
+    import json
+    import os
+    import uuid
+
+    from worker_proc import WorkerProcess
+
+    from taskpipe.loading import load_app
+
+    module = f"tpotel_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(OTEL_APP)
+    spans_dir = tmp_path / "spans"
+    spans_dir.mkdir()
+    extra = {"TP_TEST_BROKER": redis_server.url, "TP_TEST_PREFIX": prefix,
+             "TP_SPANS_DIR": str(spans_dir)}
+    for k, v in extra.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app: TaskPipe = load_app(f"{module}:app")
+    env = {**os.environ, **extra}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.pop("TASKPIPE_APP", None)
+    worker = WorkerProcess(["worker", "-A", f"{module}:app", "--pool", pool, "-c", "2"], env,
+                           tmp_path / "worker.log")
+    try:
+        results = [app.send("traced", (i,)) for i in range(3)]
+        assert [r.get(timeout=60) for r in results] == [1, 2, 3]
+        assert worker.stop() == 0
+    finally:
+        worker.kill()
+        app.close()
+    spans = [json.loads(line) for path in spans_dir.iterdir()
+             for line in path.read_text().splitlines()]
+    publishes = {s["job"]: s for s in spans if s["name"] == "publish traced"}
+    runs = {s["job"]: s for s in spans if s["name"] == "run traced"}
+    assert set(publishes) == set(runs) == {r.id for r in results}
+    for job_id, run in runs.items():
+        publish = publishes[job_id]
+        assert publish["pid"] == os.getpid() and run["pid"] != os.getpid()
+        assert run["trace"] == publish["trace"] and run["parent"] == publish["span"]
+        assert run["links"] == [publish["span"]]
