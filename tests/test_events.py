@@ -249,3 +249,29 @@ def test_taskpipe_events_text_lines() -> None:
                                              "duration=0.5"]
     log = _text(JobEvent("log", "mail", "j2", None, "2026-12-03T10:00:00 hello"))
     assert log.endswith(" log      mail/j2 - 2026-12-03T10:00:00 hello")
+
+
+def test_announcing_through_an_outage_is_quiet(monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    from taskpipe.errors import BrokerUnavailable
+    from taskpipe.worker import announce
+
+    app = TaskPipe(broker="memory://announce-outage")
+    try:
+        announcer = announce.Announcer(app)
+        channel = app.channel("default")
+
+        def down(*_: Any) -> Any:
+            raise BrokerUnavailable("connection refused")
+
+        monkeypatch.setattr(type(channel), "event_followers", down)
+        assert not announcer.followed("default")  # cannot ask: nothing is published
+        monkeypatch.setattr(announcer, "followed", lambda _name: True)
+        monkeypatch.setattr(type(channel), "announce", down)
+        with caplog.at_level(logging.WARNING, logger="taskpipe.worker"):
+            for _ in range(5):
+                announcer._pending["default"].append(("complete", "j", b"{}"))
+                announcer.flush()
+        assert len([r for r in caplog.records if "could not announce" in r.message]) == 1
+    finally:
+        app.close()

@@ -57,6 +57,8 @@ def event_of(event: str, outcome: Outcome) -> tuple[str, bytes] | None:
 
 #: seconds between two checks of whether a channel's event stream has subscribers
 RECHECK = 1.0
+#: seconds between two warnings about announcements that failed
+WARN_EVERY = 30
 
 
 class Announcer:
@@ -67,6 +69,7 @@ class Announcer:
         self._lock = threading.Lock()
         self._pending: dict[str, list[tuple[str, str, bytes]]] = defaultdict(list)
         self._followed: dict[str, tuple[float, bool]] = {}  # channel -> (checked at, followed)
+        self._last_warning = -float(WARN_EVERY)
 
     def followed(self, channel: str) -> bool:
         """Whether someone may follow the channel's events (asked at most every ``RECHECK`` s)."""
@@ -78,8 +81,8 @@ class Announcer:
             return checked[1]
         try:
             followed = self.app.channel(channel).event_followers() > 0
-        except Exception:  # noqa: BLE001 - cannot tell: announce (the publish may fail too)
-            followed = True
+        except Exception:  # noqa: BLE001 - the broker is away: a publish would fail too
+            followed = False
         self._followed[channel] = (now, followed)
         return followed
 
@@ -104,4 +107,8 @@ class Announcer:
             try:
                 self.app.channel(channel).announce(events)
             except Exception as exc:  # noqa: BLE001 - events are best effort, jobs are not
-                log.warning("could not announce %d job event(s) of %s: %s", len(events), channel, exc)
+                now = time.monotonic()
+                if now - self._last_warning >= WARN_EVERY:  # not one line per batch in an outage
+                    self._last_warning = now
+                    log.warning("could not announce %d job event(s) of %s: %s (logged at most "
+                                "every %d s)", len(events), channel, exc, WARN_EVERY)
