@@ -81,7 +81,10 @@ def test_no_redis_command_above_the_thoonk_layer() -> None:
     offenders = [f"{path.relative_to(PKG.parent)}:{line}: {call}"
                  for path in _outside_thoonk()
                  for line, call in redis_calls(path.read_text())]
-    assert offenders == []
+    assert offenders == [], (
+        "Redis commands above the Thoonk layer: give each a home in taskpipe/thoonk/ (a method "
+        "on JobChannel / Thoonk, or a store like CronStore; see docs/architecture.md) and call "
+        "that instead:\n" + "\n".join(offenders))
 
 
 def test_the_scan_finds_direct_calls() -> None:
