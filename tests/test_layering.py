@@ -283,9 +283,11 @@ DESIGN_ORDER: list[tuple[str, ...]] = [
 
 
 def test_layers_keep_the_order_of_design_section_1() -> None:
-    layers = [{_layer(m) for m in group} for group in DESIGN_ORDER]
-    for lower, upper in zip(layers, layers[1:]):
-        assert max(lower) < min(upper), (lower, upper)  # type: ignore[type-var]
+    layers = [[_layer(m) for m in group] for group in DESIGN_ORDER]
+    assert all(n is not None for group in layers for n in group), layers
+    bounds = [(min(n or 0 for n in group), max(n or 0 for n in group)) for group in layers]
+    for (_, lower_max), (upper_min, _) in zip(bounds, bounds[1:]):
+        assert lower_max < upper_min, bounds
     assert _layer("taskpipe.errors") == 0 and _layer("taskpipe.durations") == 0
 
 
