@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import redis
 
@@ -120,7 +120,16 @@ class AsyncResult(Generic[R]):
         """True if the job finished with an error."""
         return self.state == "failed"
 
-    def get(self, timeout: float | None = None, propagate: bool = True) -> R:
+    @overload
+    def get(self, timeout: float | None = None, propagate: Literal[True] = True) -> R: ...
+
+    @overload
+    def get(self, timeout: float | None = None, *, propagate: bool) -> R | TaskFailed: ...
+
+    @overload
+    def get(self, timeout: float | None, propagate: bool) -> R | TaskFailed: ...
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> R | TaskFailed:
         """Wait for the result (``timeout`` seconds; None = forever) and return it.
 
         Raises ``ResultTimeout`` (a ``TimeoutError``) on time, ``TaskFailed`` carrying the remote
@@ -163,14 +172,14 @@ class AsyncResult(Generic[R]):
                 f"({timeout} s) passed: {exc}") from exc
         return delay
 
-    def _outcome(self, record: ResultRecord, propagate: bool) -> R:
+    def _outcome(self, record: ResultRecord, propagate: bool) -> R | TaskFailed:
         if record.ok:
             return record.value  # type: ignore[no-any-return]
         error = TaskFailed(self.id, record.exc_type or "", record.exc_message or "",
                            record.traceback or "")
         if propagate:
             raise error
-        return error  # type: ignore[return-value]  # propagate=False: the failure is the value
+        return error  # propagate=False: the failure is the value
 
     def _check(self, info: JobInfo) -> ResultRecord | None:
         """Fail fast for a job that will never have a result; its record if it finished."""
@@ -249,7 +258,16 @@ class AsyncResult(Generic[R]):
         finally:
             ch._return_pubsub(pubsub, shared, keep)
 
-    async def aget(self, timeout: float | None = None, propagate: bool = True) -> R:
+    @overload
+    async def aget(self, timeout: float | None = None, propagate: Literal[True] = True) -> R: ...
+
+    @overload
+    async def aget(self, timeout: float | None = None, *, propagate: bool) -> R | TaskFailed: ...
+
+    @overload
+    async def aget(self, timeout: float | None, propagate: bool) -> R | TaskFailed: ...
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True) -> R | TaskFailed:
         """``await result.aget(timeout=)``: ``get`` for async callers, on ``redis.asyncio``.
 
         Waits on the ``job.finish`` channel with the app's asyncio client of the running event

@@ -108,7 +108,9 @@ def test_example_project(database: dict[str, str], redis_server: RedisServer) ->
         assert "/admin/login/" in resp.geturl()  # anonymous: sent to the login page
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
         _, page, _ = http("GET", base + "/admin/login/", opener=opener)
-        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+        found = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+        assert found is not None, "no CSRF token on the login page"
+        token = found.group(1)
         status, _, resp = http("POST", base + "/admin/login/?next=/admin/", opener=opener,
                                form={"username": "admin", "password": "s3cret-pass",
                                      "csrfmiddlewaretoken": token, "next": "/admin/"})
