@@ -15,6 +15,7 @@ from taskpipe.brokercheck import eviction_policy, eviction_warning
 from taskpipe.connection import DEFAULT_URL, Connection, parse_url, redact_url
 from taskpipe.durations import parse_duration, parse_optional_duration
 from taskpipe.errors import ConfigError, UnknownTask
+from taskpipe.limits import COUNT_OPTIONS, check_count
 from taskpipe.publishing import Publishing
 from taskpipe.serialization import DEFAULT_MAX_PAYLOAD, get_serializer
 from taskpipe.task import AsyncTask, Signature, Task, TaskDecorator, TaskOptions
@@ -75,16 +76,14 @@ class TaskPipe:
         self.serializer = get_serializer(serializer)
         self.result_ttl = parse_duration(result_ttl)
         self.default_channel = default_channel
-        if not isinstance(retries, int) or retries < 0:
-            raise ConfigError(f"retries must be a non-negative int, got {retries!r}")
-        self.retries = retries
+        self.retries = check_count("retries", retries)
         self.retry_backoff = parse_duration(retry_backoff)
         self.retry_backoff_max = parse_duration(retry_backoff_max)
         self.timeout = parse_optional_duration(timeout)
         self.lease = parse_duration(lease)
         if self.lease < 0.05:
             raise ConfigError("lease must be at least 50ms")
-        self.max_cancels = max_cancels
+        self.max_cancels = check_count("max_cancels", max_cancels)
         self.max_payload = max_payload
         #: the retry policy for transient broker errors of publishes and reads (``publish_retry``)
         self.broker_retry = BrokerRetry(parse_duration(publish_retry))
@@ -134,10 +133,9 @@ class TaskPipe:
                 raise ConfigError(f"bad task option: {exc}") from None
             for key in ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl"):
                 parse_optional_duration(getattr(opts, key))
-            for key in ("retries", "max_cancels"):
-                value = getattr(opts, key)
-                if value is not None and (type(value) is not int or value < 0):
-                    raise ConfigError(f"{key} must be a non-negative int, got {value!r}")
+            for key in COUNT_OPTIONS:
+                if getattr(opts, key) is not None:
+                    check_count(key, getattr(opts, key))
             task_name = name or f"{func.__module__}.{func.__qualname__}"
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ConfigError(f"a different task is already registered as {task_name!r}")

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from taskpipe.durations import eta_to_delay, parse_duration
+from taskpipe.durations import parse_duration
 from taskpipe.errors import ConfigError, ResultTimeout, ResultUnknown, UnknownTask
-from taskpipe.publishing import check_send_options
+from taskpipe.publishing import plan_send
 from taskpipe.results import AsyncResult
 from taskpipe.serialization import (
     ResultRecord,
@@ -146,38 +146,18 @@ class EagerRunner:
         """Encode the call as production would, then run it now (or when the clock says)."""
         from taskpipe.thoonk.job import new_id
 
-        check_send_options(options)
+        plan = plan_send(options, now=self.clock.now())  # the checks production makes
         if name not in self.app.tasks:
             raise UnknownTask(f"no task registered as {name!r} in app {self.app.name!r} "
                               "(eager mode runs only this app's tasks)")
         task = self.app.tasks[name]
-        on_finish = options.get("on_finish")
-        env_opts: dict[str, Any] = {}
-        if isinstance(on_finish, Signature):
-            env_opts["on_finish"] = on_finish.to_dict()
-        elif on_finish is not None and not callable(on_finish):
-            raise ConfigError("on_finish must be a callable or a task signature")
-        for key in ("retries", "timeout", "hard_timeout", "retry_backoff", "result_ttl"):
-            if options.get(key) is not None:
-                env_opts[key] = options[key] if key == "retries" else parse_duration(options[key])
-        retries = env_opts.get("retries", 0)
-        if type(retries) is not int or retries < 0:
-            raise ConfigError(f"retries must be a non-negative int, got {retries!r}")
-        payload = encode_envelope(name, tuple(args), dict(kwargs or {}), env_opts,
+        payload = encode_envelope(name, tuple(args), dict(kwargs or {}), plan.envelope,
                                   serializer=self.app.serializer, max_size=self.app.max_payload)
-        job_id = options.get("id") or new_id()
-        if not isinstance(job_id, str) or "\0" in job_id:
-            raise ConfigError(f"a job id must be a non-empty string without NUL, got {job_id!r}")
-        result = EagerResult(self.app, job_id, options.get("channel") or task.channel)
+        job_id = plan.job_id or new_id()
+        result = EagerResult(self.app, job_id, plan.channel or task.channel)
         with self._lock:
             self._results[job_id] = result
-        delay = 0.0
-        if options.get("delay") is not None:
-            delay = parse_duration(options["delay"])
-        if options.get("eta") is not None:
-            eta = options["eta"]
-            delay = eta_to_delay(eta, self.clock.now()) if isinstance(eta, (datetime, int, float)) \
-                else parse_duration(eta)
+        delay = plan.delay_ms / 1000
         pending = _Pending(self.clock.now() + delay, next(self._seq), result, payload, options)
         if delay > 0:
             with self._lock:
