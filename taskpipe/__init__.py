@@ -37,6 +37,7 @@ from taskpipe.errors import (
     WrongJobState,
 )
 from taskpipe.results import AsyncResult
+from taskpipe.states import JobState
 from taskpipe.task import Signature, Task
 from taskpipe.worker import Worker
 
@@ -45,6 +46,7 @@ __version__ = "0.1.0"  # the one place the version is written (pyproject reads i
 __all__ = [
     # the app and its tasks
     "TaskPipe", "Task", "Signature", "AsyncResult", "Worker", "current_job", "JobContext",
+    "JobState",
     # errors
     "TaskpipeError", "ConfigError", "BrokerURLError", "BrokerUnavailable", "DurationError",
     "CronError",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 import redis.asyncio
 
+from taskpipe.states import JobState
 from taskpipe.thoonk.scripts import raise_as_broker_error
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def async_client(app: TaskPipe) -> Any:
     return client
 
 
-async def _state_reason(client: Any, result: AsyncResult[Any]) -> tuple[str, str]:
+async def _state_reason(client: Any, result: AsyncResult[Any]) -> tuple[JobState, str]:
     ch = result._ch
     k = ch.keys
     script = ch.scripts["job_state"]
@@ -78,10 +79,10 @@ async def _state_reason(client: Any, result: AsyncResult[Any]) -> tuple[str, str
     def text(value: Any) -> str:
         return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
 
-    return text(reply[0]), text(reply[3])
+    return JobState(text(reply[0])), text(reply[3])
 
 
-async def job_state(result: AsyncResult[Any]) -> tuple[str, str]:
+async def job_state(result: AsyncResult[Any]) -> tuple[JobState, str]:
     """The job's state and stall reason, read with the ``job_state`` script on the asyncio
     client (on a thread where the app has no asyncio client)."""
     client = async_client(result.app)
@@ -123,10 +124,10 @@ async def wait_result(result: AsyncResult[Any], timeout: float | None) -> bytes 
                     return data[len(prefix):]
                 if msg is None:
                     state, _ = await _state_reason(client, result)
-                    if state == "finished":
+                    if state == JobState.FINISHED:
                         late: bytes | None = await client.get(key)
                         return late
-                    if state in ("stalled", "unknown"):  # no result will come: fail fast
+                    if state in (JobState.STALLED, JobState.UNKNOWN):  # no result will come
                         return None
             return value
         finally:

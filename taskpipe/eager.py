@@ -32,6 +32,7 @@ from taskpipe.serialization import (
     encode_failure,
     encode_result,
 )
+from taskpipe.states import JobState
 from taskpipe.task import Signature
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class EagerResult(AsyncResult[Any]):
 
     def __init__(self, app: TaskPipe, id: str, channel: str) -> None:
         super().__init__(app, id, channel)
-        self._eager_state = "delayed"
+        self._eager_state = JobState.DELAYED
 
     def info(self) -> JobInfo:
         from taskpipe.thoonk.job import JobInfo
@@ -59,16 +60,16 @@ class EagerResult(AsyncResult[Any]):
                        finished_ms=None, published_ms=None, result_ttl_ms=None)
 
     @property
-    def state(self) -> str:
+    def state(self) -> JobState:
         """delayed (waiting for the test clock), finished or failed."""
         if self._record is not None:
-            return "finished" if self._record.ok else "failed"
+            return JobState.FINISHED if self._record.ok else JobState.FAILED
         return self._eager_state
 
     def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
         """The outcome, at once: a call still waiting for the test clock raises ``ResultTimeout``,
         an id no eager call had ``ResultUnknown``."""
-        if self._record is None and self._eager_state == "unknown":
+        if self._record is None and self._eager_state == JobState.UNKNOWN:
             raise ResultUnknown(f"no eager call with id {self.id!r}")
         if self._record is None:
             raise ResultTimeout(f"job {self.id!r} is still {self._eager_state} (eager mode: "
@@ -87,7 +88,7 @@ class EagerResult(AsyncResult[Any]):
         """Drop a call still waiting for the test clock."""
         if self._record is None:
             self.app.eager_runner.drop(self.id)
-            self._eager_state = "unknown"
+            self._eager_state = JobState.UNKNOWN
 
 
 @dataclass(order=True)
@@ -172,7 +173,7 @@ class EagerRunner:
             found = self._results.get(job_id)
         if found is None:
             found = EagerResult(self.app, job_id, self.app.default_channel)
-            found._eager_state = "unknown"
+            found._eager_state = JobState.UNKNOWN
         return found
 
     def drop(self, job_id: str) -> None:
@@ -203,7 +204,7 @@ class EagerRunner:
                                      serializer=ser)
         record: ResultRecord = decode_result(raw)
         pending.result._record = record
-        pending.result._eager_state = "finished" if record.ok else "failed"
+        pending.result._eager_state = JobState.FINISHED if record.ok else JobState.FAILED
         on_finish = pending.options.get("on_finish")
         if isinstance(on_finish, Signature):
             if record.ok:  # as the worker does: the follow-up gets the value first

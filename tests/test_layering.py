@@ -2,7 +2,7 @@
 
 The layer order is DESIGN §1 (docs/architecture.md), read from the source with ``ast``:
 
-    0 errors, durations, limits           (no taskpipe imports but errors)
+    0 errors, durations, limits, states   (no taskpipe imports but errors)
     1 connection
     2 thoonk/
     3 app, task, publishing, results, serialization, context, callbacks, loading
@@ -29,7 +29,7 @@ import taskpipe
 PKG = Path(taskpipe.__file__).parent
 
 LAYERS: list[tuple[int, str]] = [  # (layer, module prefix); the longest matching prefix wins
-    (0, "taskpipe.errors"), (0, "taskpipe.durations"), (0, "taskpipe.limits"),
+    (0, "taskpipe.errors"), (0, "taskpipe.durations"), (0, "taskpipe.limits"), (0, "taskpipe.states"),
     (1, "taskpipe.connection"), (1, "taskpipe.broker_retry"),
     (2, "taskpipe.thoonk"),
     (3, "taskpipe.app"), (3, "taskpipe.task"), (3, "taskpipe.results"),

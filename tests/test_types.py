@@ -6,13 +6,26 @@ Task layer, on ``memory://``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, get_args
 
 import pytest
+from worker_helpers import burst
 
-from taskpipe import ConfigError, TaskPipe
+from taskpipe import ConfigError, JobState, TaskPipe
+from taskpipe.inspect import LIST_STATES, Inspector
 from taskpipe.limits import check_count, count_problem
+from taskpipe.results import STATES
+from taskpipe.states import (
+    CHANNEL_STATES,
+    DONE_STATES,
+    LISTABLE_STATES,
+    QUEUED_STATES,
+    OutcomeKind,
+    ResultOutcome,
+    WorkerEvent,
+)
 from taskpipe.worker.runner import option_problem
 
 pytestmark = pytest.mark.task_layer
@@ -76,3 +89,77 @@ def test_worker_refuses_a_bool_count_from_any_producer() -> None:
     assert option_problem({"retries": 2, "max_cancels": 0}) is None
     assert option_problem({"retries": True}) == "retries=True: not an int >= 0 (got bool)"
     assert option_problem({"max_cancels": -2}) == "max_cancels=-2: not an int >= 0"
+
+
+# JobState and the outcome kinds ----------------------------------------------------------------
+def test_job_state_is_its_wire_string() -> None:
+    assert [s.value for s in JobState] == ["delayed", "available", "claimed", "stalled",
+                                           "finished", "failed", "unknown"]
+    wire: str = "finished"  # (a str typed as str: mypy rejects comparing two literals)
+    assert JobState.FINISHED == wire and isinstance(JobState.FINISHED, str)
+    assert JobState("stalled") is JobState.STALLED
+    assert f"{JobState.CLAIMED}" == str(JobState.CLAIMED) == "claimed"
+    assert json.dumps({"state": JobState.FAILED}) == '{"state": "failed"}'
+    assert {"delayed": 1}[JobState.DELAYED] == 1  # hashes as its string
+    assert STATES == tuple(JobState)
+    assert set(CHANNEL_STATES) == set(JobState) - {JobState.FAILED}
+    assert set(LISTABLE_STATES) == set(QUEUED_STATES) | set(DONE_STATES)
+    assert LIST_STATES == LISTABLE_STATES
+
+
+def test_a_job_reports_each_state_as_a_job_state(mem: TaskPipe) -> None:
+    @mem.task(name="t.ok")
+    def ok() -> int:
+        return 1
+
+    @mem.task(name="t.bad")
+    def bad() -> None:
+        raise ValueError("no")
+
+    seen: list[JobState] = []
+    later = ok.apply_async(delay="1h")
+    good, failing = ok.delay(), bad.delay()
+    seen += [later.state, good.state, later.info().state]
+    assert seen == [JobState.DELAYED, JobState.AVAILABLE, JobState.DELAYED]
+    claim = mem.channel().claim(1)[0]
+    assert mem.channel().info(claim.id).state is JobState.CLAIMED
+    mem.channel().stall(claim.id, token=claim.token, reason="parked")
+    assert mem.channel().info(claim.id).state is JobState.STALLED
+    mem.channel().retry(claim.id)
+    burst(mem)
+    assert good.state is JobState.FINISHED and good.ready() and good.successful()
+    assert failing.state is JobState.FAILED and failing.ready() and failing.failed()
+    assert mem.AsyncResult("no-such-job").state is JobState.UNKNOWN
+    assert all(type(s) is JobState for s in seen)
+
+
+def test_inspection_rows_and_outcomes_are_typed(mem: TaskPipe) -> None:
+    @mem.task(name="t.ok")
+    def ok() -> int:
+        return 1
+
+    @mem.task(name="t.bad")
+    def bad() -> None:
+        raise ValueError("no")
+
+    ok.delay(), bad.delay()
+    burst(mem)
+    insp = Inspector(mem)
+    finished = insp.list_jobs("default", "finished").rows
+    failed = insp.list_jobs("default", JobState.FAILED).rows
+    assert {r.state for r in finished} == {JobState.FINISHED}
+    assert [r.state for r in failed] == [JobState.FAILED]
+    assert sorted(r.outcome for r in finished) == ["failed", "ok"]
+    assert all(r.outcome in get_args(ResultOutcome) for r in finished)
+    assert insp.job_detail("default", failed[0].id).state is JobState.FAILED
+    with pytest.raises(ConfigError, match="unknown state 'done'"):
+        insp.list_jobs("default", "done")
+    with pytest.raises(ConfigError, match="unknown state 'unknown'"):
+        insp.list_jobs("default", JobState.UNKNOWN)
+
+
+def test_worker_outcome_kinds_and_events() -> None:
+    kinds = set(get_args(OutcomeKind))
+    assert kinds == {"success", "failure", "retry", "stall", "cancel", "release"}
+    events = set(get_args(WorkerEvent))
+    assert {"finished", "failed", "retried", "stalled", "cancelled", "lease_lost"} <= events

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.errors import JobNotFound
 from taskpipe.inspect.views import JobEvent, _s, outcome_of, safe_text
+from taskpipe.states import JobState
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["follow"]
 
-_TERMINAL = ("finished", "stalled", "unknown")
+_TERMINAL = (JobState.FINISHED, JobState.STALLED, JobState.UNKNOWN)
 
 
 class _Overlap:

@@ -32,6 +32,7 @@ from taskpipe.inspect.views import (
     task_name_of,
 )
 from taskpipe.serialization import decode_envelope
+from taskpipe.states import LISTABLE_STATES, JobState
 from taskpipe.thoonk.job import JobChannel
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["Inspector", "LIST_STATES", "MAX_PAGE"]
 
 #: States ``list_jobs`` pages through (``failed`` = finished jobs whose result is an error).
-LIST_STATES = ("available", "delayed", "claimed", "stalled", "finished", "failed")
+LIST_STATES = LISTABLE_STATES
 #: The largest page ``list_jobs`` returns.
 MAX_PAGE = 1000
 
@@ -123,7 +124,7 @@ class Inspector:
         return int(sec) * 1000 + int(usec) // 1000
 
     # listing --------------------------------------------------------------------------------
-    def list_jobs(self, channel: str, state: str, cursor: str | int | None = None,
+    def list_jobs(self, channel: str, state: JobState | str, cursor: str | int | None = None,
                   limit: int = 50) -> Page:
         """One page of the jobs in ``state`` (one of ``LIST_STATES``).
 
@@ -134,7 +135,9 @@ class Inspector:
         """
         ch = self.channel(channel)
         if state not in LIST_STATES:
-            raise ConfigError(f"unknown state {state!r}; expected one of {', '.join(LIST_STATES)}")
+            raise ConfigError(f"unknown state {str(state)!r}; expected one of "
+                              f"{', '.join(LIST_STATES)}")
+        state = JobState(state)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
             raise ConfigError(f"limit must be an int from 1 to {MAX_PAGE}, got {limit!r}")
         if state == "stalled":
@@ -185,7 +188,7 @@ class Inspector:
             if len(ids) == limit:
                 nxt = f"{scan}.0"
                 break
-        rows = self._rows(ch, "stalled", [(i, None) for i in ids])
+        rows = self._rows(ch, JobState.STALLED, [(i, None) for i in ids])
         return Page(rows, nxt, int(self.client.scard(ch.keys.stalled)))
 
     def _list_failed(self, ch: JobChannel, off: int, limit: int) -> Page:
@@ -196,15 +199,15 @@ class Inspector:
             scored = self.client.zrevrange(ch.keys.finished, pos, pos + chunk - 1, withscores=True)
             if not scored:
                 break
-            for row in self._rows(ch, "finished", [(_s(i), _opt(sc)) for i, sc in scored]):
+            for row in self._rows(ch, JobState.FINISHED, [(_s(i), _opt(sc)) for i, sc in scored]):
                 pos += 1
                 if row.outcome == "failed":
-                    rows.append(replace(row, state="failed"))
+                    rows.append(replace(row, state=JobState.FAILED))
                     if len(rows) == limit:
                         break
         return Page(rows, str(pos) if pos < total else None, None)
 
-    def _rows(self, ch: JobChannel, state: str, scored: list[tuple[str, int | None]]) -> list[JobRow]:
+    def _rows(self, ch: JobChannel, state: JobState, scored: list[tuple[str, int | None]]) -> list[JobRow]:
         if not scored:
             return []
         k, ids = ch.keys, [i for i, _ in scored]
@@ -263,8 +266,8 @@ class Inspector:
                 payload_error, raw_payload = str(exc), raw_view(item)
         state = info.state
         result = record_view(result_raw) if result_raw is not None else None
-        if state == "finished" and result is not None and not result["ok"]:
-            state = "failed"
+        if state == JobState.FINISHED and result is not None and not result["ok"]:
+            state = JobState.FAILED
         ts = {"published_ms": info.published_ms, "due_ms": info.due_ms, "claimed_ms": _opt(claimed_ms),
               "lease_deadline_ms": info.lease_deadline_ms, "finished_ms": info.finished_ms}
         return JobDetail(

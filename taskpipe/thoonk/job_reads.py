@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from taskpipe.connection import close_quietly
+from taskpipe.states import JobState
 
 if TYPE_CHECKING:
     from taskpipe.thoonk.job import PutRequest
@@ -33,7 +34,7 @@ class JobInfo:
     """A job's state and bookkeeping, read atomically by ``JobChannel.info``."""
 
     id: str
-    state: str
+    state: JobState
     cancel_count: int
     attempts: int
     reason: str
@@ -91,7 +92,7 @@ class JobReads:
                 if msg and isinstance(msg.get("data"), bytes) and msg["data"].startswith(prefix):
                     found: bytes = msg["data"][len(prefix):]
                     return found
-                if msg is None and self.info(id).state == "finished":
+                if msg is None and self.info(id).state == JobState.FINISHED:
                     late: bytes | None = self.client.get(key)
                     return late
             return value
@@ -152,7 +153,7 @@ class JobReads:
             self.client, [k.items, k.claimed, k.stalled, k.delayed, k.finished, k.result(id),
                           k.cancelled, k.attempts, k.reasons, k.workers, k.progress, k.leases,
                           k.published], [id])
-        return JobInfo(id=id, state=_s(r[0]), cancel_count=int(_s(r[1]) or 0),
+        return JobInfo(id=id, state=JobState(_s(r[0])), cancel_count=int(_s(r[1]) or 0),
                        attempts=int(_s(r[2]) or 0), reason=_s(r[3]), worker=_s(r[4]),
                        progress=_s(r[5]), lease_deadline_ms=_opt_int(r[6]), due_ms=_opt_int(r[7]),
                        finished_ms=_opt_int(r[8]), published_ms=_opt_int(r[9]),

@@ -26,6 +26,7 @@ from taskpipe.errors import (
     WrongJobState,
 )
 from taskpipe.serialization import encode_envelope, encode_failure, encode_result
+from taskpipe.states import WorkerEvent
 from taskpipe.thoonk.job import FinishRequest
 from taskpipe.worker.eviction import EvictionWatch
 from taskpipe.worker.runner import Outcome, option_of
@@ -54,7 +55,7 @@ class _FollowupError(Exception):
 #: a counter in ``OutcomeWriter.stats`` moves by ``n``; ``event`` is the counter's name,
 #: ``outcome`` the job's outcome (None for ``lease_expired`` / ``lease_expired_stalled``, which
 #: the reaper counts).
-OutcomeListener = Callable[[str, str, "Outcome | None", int], None]
+OutcomeListener = Callable[[str, WorkerEvent, "Outcome | None", int], None]
 
 
 class OutcomeWriter:
@@ -68,7 +69,7 @@ class OutcomeWriter:
         self._none_result: tuple[Any, bytes] | None = None  # (serializer, encoded None result)
         self.eviction = EvictionWatch(app)
 
-    def _bump(self, channel: str, event: str, outcome: Outcome | None, n: int = 1) -> None:
+    def _bump(self, channel: str, event: WorkerEvent, outcome: Outcome | None, n: int = 1) -> None:
         self.stats[event] += n
         if outcome is not None:  # every event with an outcome is final for it
             outcome.written = True

@@ -19,6 +19,7 @@ from taskpipe.durations import parse_duration
 from taskpipe.errors import JobTimeout, Retry, SerializationError, TaskpipeError, UnknownTask
 from taskpipe.limits import COUNT_OPTIONS, count_problem
 from taskpipe.serialization import Envelope, decode_envelope
+from taskpipe.states import OutcomeKind
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -47,7 +48,7 @@ class Outcome:
     ``duration`` is how long the task ran, in seconds (None when it never started).
     """
 
-    kind: str
+    kind: OutcomeKind
     claim: Claim
     value: Any = None
     exc_type: str = ""
