@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from taskpipe.broker_retry import BrokerRetry
 from taskpipe.brokercheck import eviction_policy, eviction_warning
 from taskpipe.connection import DEFAULT_URL, Connection, parse_url, redact_url
-from taskpipe.durations import parse_duration, parse_optional_duration
+from taskpipe.durations import DurationLike, parse_duration, parse_optional_duration
 from taskpipe.errors import ConfigError, UnknownTask
 from taskpipe.limits import COUNT_OPTIONS, check_count
 from taskpipe.publishing import Publishing
@@ -55,11 +55,12 @@ class TaskPipe:
     async_task_class: type[Task[Any]] = AsyncTask
 
     def __init__(self, name: str | None = None, broker: str | None = None, *, prefix: str = "",
-                 serializer: str = "msgpack", result_ttl: Any = "1d", default_channel: str = "default",
-                 retries: int = 0, retry_backoff: Any = "1s", retry_backoff_max: Any = "10m",
-                 timeout: Any = None, lease: Any = "20s", max_cancels: int = 3,
+                 serializer: str = "msgpack", result_ttl: DurationLike = "1d",
+                 default_channel: str = "default", retries: int = 0,
+                 retry_backoff: DurationLike = "1s", retry_backoff_max: DurationLike = "10m",
+                 timeout: DurationLike | None = None, lease: DurationLike = "20s", max_cancels: int = 3,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, connection: Connection | None = None,
-                 client: Any = None, publish_retry: Any = "5s", eager: bool = False) -> None:
+                 client: Any = None, publish_retry: DurationLike = "5s", eager: bool = False) -> None:
         self.name = name or "taskpipe"
         if connection is None:
             if client is not None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from taskpipe.durations import parse_duration
+from taskpipe.durations import DurationLike, parse_duration
 from taskpipe.errors import ConfigError, ResultTimeout, ResultUnknown, UnknownTask
 from taskpipe.publishing import plan_send
 from taskpipe.results import AsyncResult
@@ -116,7 +116,7 @@ class EagerClock:
         """The clock's time as an aware UTC datetime."""
         return datetime.fromtimestamp(self._now, timezone.utc)
 
-    def advance(self, duration: Any) -> int:
+    def advance(self, duration: DurationLike) -> int:
         """Move the clock forward by ``duration`` (``"10m"``, seconds, a timedelta); returns how
         many calls ran (delayed calls and cron fires, each at its own due time)."""
         return self.set(self._now + parse_duration(duration))
