@@ -39,14 +39,14 @@ from taskpipe.errors import (
 from taskpipe.results import AsyncResult
 from taskpipe.states import JobState
 from taskpipe.task import Signature, Task
-from taskpipe.worker import Worker
+from taskpipe.worker import Worker, WorkerSettings
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
 
 __all__ = [
     # the app and its tasks
     "TaskPipe", "Task", "Signature", "AsyncResult", "Worker", "current_job", "JobContext",
-    "JobState",
+    "JobState", "WorkerSettings",
     # errors
     "TaskpipeError", "ConfigError", "BrokerURLError", "BrokerUnavailable", "DurationError",
     "CronError",

@@ -6,6 +6,7 @@ Task layer, on ``memory://``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from typing import Any, get_args
@@ -13,7 +14,7 @@ from typing import Any, get_args
 import pytest
 from worker_helpers import burst
 
-from taskpipe import ConfigError, JobState, TaskPipe
+from taskpipe import ConfigError, DurationError, JobState, TaskPipe, Worker, WorkerSettings
 from taskpipe.inspect import LIST_STATES, Inspector
 from taskpipe.limits import check_count, count_problem
 from taskpipe.results import STATES
@@ -27,6 +28,7 @@ from taskpipe.states import (
     WorkerEvent,
 )
 from taskpipe.worker.runner import option_problem
+from taskpipe.worker.settings import WorkerOptions
 
 pytestmark = pytest.mark.task_layer
 
@@ -163,3 +165,64 @@ def test_worker_outcome_kinds_and_events() -> None:
     assert kinds == {"success", "failure", "retry", "stall", "cancel", "release"}
     events = set(get_args(WorkerEvent))
     assert {"finished", "failed", "retried", "stalled", "cancelled", "lease_lost"} <= events
+
+
+# WorkerSettings --------------------------------------------------------------------------------
+def test_worker_settings_and_keywords_are_the_same(mem: TaskPipe) -> None:
+    by_settings = Worker(mem, ["a"], settings=WorkerSettings(concurrency=3, lease="40s",
+                                                             grace=5, prefetch=0, name="w1"))
+    by_keywords = Worker(mem, ["a"], concurrency=3, lease="40s", grace=5, prefetch=0, name="w1")
+    for w in (by_settings, by_keywords):
+        assert (w.concurrency, w.lease_s, w.grace, w.prefetch, w.name) == (3, 40.0, 5.0, 0, "w1")
+    assert by_settings.settings == by_keywords.settings
+    # keywords win over settings=
+    both = Worker(mem, settings=WorkerSettings(concurrency=3, burst=True), concurrency=5)
+    assert (both.concurrency, both.burst) == (5, True)
+    assert both.settings == WorkerSettings(concurrency=5, burst=True)
+    # the defaults are derived as before
+    plain = Worker(mem)
+    assert plain.settings == WorkerSettings()
+    assert plain.lease_s == mem.lease and plain.prefetch == 2 * plain.concurrency
+    assert plain.channel_names == [mem.default_channel]
+
+
+def test_worker_settings_fields_match_the_keywords() -> None:
+    fields = {f.name for f in dataclasses.fields(WorkerSettings)}
+    assert fields == set(WorkerOptions.__annotations__)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        WorkerSettings().concurrency = 2  # type: ignore[misc]
+
+
+def test_worker_refuses_an_unknown_keyword_by_name(mem: TaskPipe) -> None:
+    options: dict[str, Any] = {"concurency": 4}
+    with pytest.raises(TypeError, match="unexpected keyword argument.*concurency"):
+        Worker(mem, **options)
+
+
+@pytest.mark.parametrize(("options", "error", "match"), [
+    ({"concurrency": -1}, ConfigError, "concurrency"),
+    ({"concurrency": True}, ConfigError, "concurrency"),
+    ({"prefetch": -1}, ConfigError, "prefetch"),
+    ({"prefetch": 1.5}, ConfigError, "prefetch"),
+    ({"pool": "fork"}, ConfigError, "unknown pool 'fork'"),
+    ({"lease": "soon"}, DurationError, "invalid duration 'soon'"),
+    ({"grace": -1}, DurationError, "negative"),
+    ({"dead_after": "1m1m"}, DurationError, "1m1m"),
+])
+def test_bad_settings_are_refused_when_made(mem: TaskPipe, options: dict[str, Any],
+                                            error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        WorkerSettings(**options)
+    with pytest.raises(error, match=match):
+        Worker(mem, **options)
+
+
+def test_a_worker_runs_with_settings(mem: TaskPipe) -> None:
+    @mem.task(name="t.double")
+    def double(x: int) -> int:
+        return 2 * x
+
+    results = [double.delay(i) for i in range(5)]
+    worker = Worker(mem, settings=WorkerSettings(burst=True, concurrency=2, heartbeat_interval=60))
+    assert worker.run() == 0
+    assert [r.get(timeout=5) for r in results] == [0, 2, 4, 6, 8]
