@@ -214,7 +214,7 @@ class EagerRunner:
             value = pending.result.get(propagate=False)
             try:
                 on_finish(value, pending.result)
-            except Exception:  # noqa: BLE001 - as in production: logged, never the job's fate
+            except Exception:  # as in production: logged, never the job's fate
                 log.exception("on_finish callback for job %s raised", pending.result.id)
 
     def run_due(self, target: float) -> int:

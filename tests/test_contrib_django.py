@@ -21,9 +21,9 @@ import pytest
 
 pytest.importorskip("django")
 
-from integration_helpers import ROOT, http, processes, wait_http  # noqa: E402
-from polling import wait_for  # noqa: E402
-from redis_server import RedisServer, free_port  # noqa: E402
+from integration_helpers import ROOT, http, processes, wait_http
+from polling import wait_for
+from redis_server import RedisServer, free_port
 
 PROJECT = ROOT / "examples" / "django_project"
 PG = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"

@@ -13,14 +13,14 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from fastapi import FastAPI  # noqa: E402
-from integration_helpers import ROOT, http, processes, wait_http  # noqa: E402
-from redis_server import RedisServer, free_port  # noqa: E402
+from fastapi import FastAPI
+from integration_helpers import ROOT, http, processes, wait_http
+from redis_server import RedisServer, free_port
 
-from taskpipe import TaskPipe  # noqa: E402
-from taskpipe.contrib.fastapi import TaskPipeDep, dashboard_app, lifespan  # noqa: E402
-from taskpipe.errors import BrokerUnavailable  # noqa: E402
-from taskpipe.testing import run_until_idle  # noqa: E402
+from taskpipe import TaskPipe
+from taskpipe.contrib.fastapi import TaskPipeDep, dashboard_app, lifespan
+from taskpipe.errors import BrokerUnavailable
+from taskpipe.testing import run_until_idle
 
 
 def test_lifespan_dependency_and_dashboard() -> None:

@@ -78,7 +78,7 @@ class OutcomeWriter:
         for listener in list(self.listeners):
             try:
                 listener(channel, event, outcome, n)
-            except Exception:  # noqa: BLE001 - a metrics hook must never break the worker
+            except Exception:  # a metrics hook must never break the worker
                 log.exception("outcome listener %r failed", listener)
 
     def reaped(self, channel: str, requeued: int, stalled: int) -> None:
@@ -148,7 +148,7 @@ class OutcomeWriter:
                         followup = self._followup(outcome, failed)
                     except BROKER_ERRORS:
                         raise
-                    except Exception as exc:  # noqa: BLE001 - surfaces on the parent's result
+                    except Exception as exc:  # surfaces on the parent's result
                         raise _FollowupError(exc) from exc
                     if followup is not None:
                         self._finish_one(outcome, req, followup)

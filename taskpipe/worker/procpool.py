@@ -298,7 +298,7 @@ class ProcessPool:
     def _slot(self, index: int) -> None:
         try:
             self._serve(index)
-        except BaseException:  # noqa: BLE001 - logged; the worker's drain sends leftovers back
+        except BaseException:  # logged; the worker's drain sends leftovers back
             log.exception("process pool slot %d failed", index)
 
     def _serve(self, index: int) -> None:

@@ -307,7 +307,7 @@ def _run_prepared(app: TaskPipe, prepared: Prepared, channel: Any,
     except JobTimeout:
         exc = JobTimeout(f"task {task.name} ran past its time limit of {seconds} s")
         return decide_failure(app, prepared, exc, traceback.format_exc())
-    except BaseException as exc:  # noqa: BLE001 - the task's error is the job's outcome
+    except BaseException as exc:  # the task's error is the job's outcome
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         return decide_failure(app, prepared, exc, traceback.format_exc())

@@ -542,6 +542,6 @@ class Worker(KeeperMixin, ShutdownMixin):
                     "writing outcomes failed (%s); retrying", exc)
                 self._stop_now.wait(delay)
                 delay = min(delay * 2, 2.0)
-            except Exception:  # noqa: BLE001 - never let the finisher die
+            except Exception:  # never let the finisher die
                 log.exception("could not write %d outcomes; their leases will expire", len(outcomes))
                 return
