@@ -57,7 +57,7 @@ DONE_STATES = (JobState.FINISHED, JobState.FAILED)
 #: or give it back unstarted (count unchanged)
 OutcomeKind = Literal["success", "failure", "retry", "stall", "cancel", "release"]
 
-#: a stored result as the operators' views read it (``taskpipe.inspect.views.outcome_of``):
+#: a stored result as the operators' views read it (``taskpipe.inspection.views.outcome_of``):
 #: a value, a failure, a Thoonk-native (raw) result, or none left (expired / ``result_ttl=0``)
 ResultOutcome = Literal["ok", "failed", "raw", "expired"]
 

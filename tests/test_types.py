@@ -15,7 +15,7 @@ import pytest
 from worker_helpers import burst
 
 from taskpipe import ConfigError, DurationError, JobState, TaskPipe, Worker, WorkerSettings
-from taskpipe.inspect import LIST_STATES, Inspector
+from taskpipe.inspection import LIST_STATES, Inspector
 from taskpipe.limits import check_count, count_problem
 from taskpipe.results import STATES
 from taskpipe.states import (
