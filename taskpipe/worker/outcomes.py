@@ -122,7 +122,7 @@ class OutcomeWriter:
         return encode_failure(outcome.exc_type, outcome.exc_message, outcome.traceback,
                               serializer=ser), True
 
-    def write(self, outcomes: list[Outcome]) -> None:
+    def write(self, outcomes: list[Outcome]) -> None:  # noqa: C901 - hot spot: split once issue 15/16 land
         """Apply a batch of outcomes, finishing plain successes/failures per channel in one call.
 
         Each job is isolated: an outcome that cannot be written (a result or follow-up over

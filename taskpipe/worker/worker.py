@@ -250,7 +250,7 @@ class Worker(KeeperMixin, ShutdownMixin):
             order.append(pool.pop(pick)[0])
         return order
 
-    def _loop(self) -> None:
+    def _loop(self) -> None:  # noqa: C901 - hot spot: split once issue 15/16 land
         lease_ms = int(self.lease_s * 1000)
         waiter: Any = None  # blocks on the wake keys: one BLPOP (one per slot on a Redis Cluster)
         # (next_due, now) of a claim made on waking up that left the channels empty: what an
