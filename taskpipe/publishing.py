@@ -86,7 +86,7 @@ def check_send_options(options: Iterable[str]) -> None:
         raise ConfigError(f"unknown publishing option(s): {', '.join(sorted(unknown))}")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: made on every publish with options, kept cheap
 class SendPlan:
     """Publishing options, checked and converted: what ``plan_send`` returns."""
 
