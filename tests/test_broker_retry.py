@@ -523,7 +523,11 @@ def test_on_finish_callable_runs_after_a_redis_outage(own_server: RedisServer, p
 
         got: list[Any] = []
         done = threading.Event()
-        inc.apply_async((1,), on_finish=lambda value, _r: (got.append(value), done.set()))
+        def on_finish(value: Any, _result: Any) -> None:
+            got.append(value)
+            done.set()
+
+        inc.apply_async((1,), on_finish=on_finish)
         with caplog.at_level(logging.WARNING, logger="taskpipe.callbacks"):
             own_server.stop()
             wait_for(lambda: "finish watcher" in caplog.text, what="the watcher to meet the outage")

@@ -23,21 +23,18 @@ import sys
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 from polling import wait_for
 
+# tests/ is on sys.path (tests/conftest.py puts it there); this module is ``fault.harness``
+from redis_server import RedisServer, free_port
+from worker_proc import WorkerProcess as WorkerProc  # the suite's one subprocess helper
+
 from taskpipe.app import TaskPipe
 from taskpipe.loading import load_app
 from taskpipe.results import AsyncResult
-
-if TYPE_CHECKING:
-    from tests.redis_server import RedisServer, free_port
-    from tests.worker_proc import WorkerProcess as WorkerProc
-else:  # tests/ is on sys.path (tests/conftest.py puts it there)
-    from redis_server import RedisServer, free_port
-    from worker_proc import WorkerProcess as WorkerProc  # the suite's one subprocess helper
 
 __all__ = ["RedisServer", "free_port", "FAULT_APP", "SITECUSTOMIZE", "WorkerProc", "Fault", "run_worker_subprocess", "wait_for",
            "LEASE_LOST_PATTERNS"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import redis
-from harness import Fault, RedisServer, WorkerProc
+from fault.harness import Fault, RedisServer, WorkerProc
 from polling import wait_for
 
 from taskpipe.errors import BrokerUnavailable

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import redis
-from harness import Fault, RedisServer
+from fault.harness import Fault, RedisServer
 from polling import wait_for
 
 from taskpipe import TaskPipe
