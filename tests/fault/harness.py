@@ -91,6 +91,17 @@ def nap(seconds, tag=None):
     return tag
 
 
+@app.task(name="nap_after")
+def nap_after(seconds, tag, gate):
+    """``nap``, but first (when ``gate`` is not empty) takes one token from gate:<gate>, waiting
+    up to 60 s for the test to open it (``Fault.open_gate(gate, tokens)``)."""
+    _mark()
+    if gate and not L.blpop([PREFIX + f"gate:{gate}"], timeout=60):
+        raise RuntimeError(f"gate {gate} was never opened")
+    time.sleep(seconds)
+    return tag
+
+
 @app.task(name="slow")
 def slow(seconds):
     """Sleeps on its first run only (a rerun after a crash finishes at once); returns the pid."""
@@ -345,9 +356,9 @@ class Fault:
         value = self.ledger.get(f"{self.prefix}{name}")
         return int(value) if value is not None else None
 
-    def open_gate(self, name: str) -> None:
-        """Release a task or hook blocked on ``gate:<name>``."""
-        self.ledger.rpush(f"{self.prefix}gate:{name}", "1")
+    def open_gate(self, name: str, tokens: int = 1) -> None:
+        """Release ``tokens`` tasks or hooks blocked (or about to block) on ``gate:<name>``."""
+        self.ledger.rpush(f"{self.prefix}gate:{name}", *["1"] * tokens)
 
     def server_ms(self) -> int:
         """The broker's clock (Redis TIME) in ms."""
