@@ -59,7 +59,8 @@ if os.environ.get("TP_FAULT_NAMED"):
 app = TaskPipe("fault", broker=BROKER, prefix=PREFIX,
                lease=os.environ.get("TP_FAULT_LEASE", "1s"),
                max_cancels=int(os.environ.get("TP_FAULT_MAX_CANCELS", "3")))
-L = redis.Redis.from_url(os.environ["TP_FAULT_LEDGER"])  # the ledger lives in its own Redis
+# the ledger lives in its own Redis; no socket timeout: gates block in BLPOP for up to 60 s
+L = redis.Redis.from_url(os.environ["TP_FAULT_LEDGER"], socket_timeout=None)
 B = redis.Redis.from_url(os.environ["TP_FAULT_BROKER"])  # for TIME only
 
 
@@ -93,10 +94,12 @@ def nap(seconds, tag=None):
 
 @app.task(name="nap_after")
 def nap_after(seconds, tag, gate):
-    """``nap``, but first (when ``gate`` is not empty) takes one token from gate:<gate>, waiting
-    up to 60 s for the test to open it (``Fault.open_gate(gate, tokens)``)."""
+    """``nap``, but first (when ``gate`` is not empty) waits up to 60 s for the test to open
+    gate:<gate> (``Fault.open_gate(gate)``). The gate is a latch: once open it stays open (BLMOVE
+    takes the token and puts it back), so a second run of the job passes too."""
     _mark()
-    if gate and not L.blpop([PREFIX + f"gate:{gate}"], timeout=60):
+    key = PREFIX + f"gate:{gate}"
+    if gate and L.blmove(key, key, 60, "RIGHT", "LEFT") is None:
         raise RuntimeError(f"gate {gate} was never opened")
     time.sleep(seconds)
     return tag
@@ -356,9 +359,9 @@ class Fault:
         value = self.ledger.get(f"{self.prefix}{name}")
         return int(value) if value is not None else None
 
-    def open_gate(self, name: str, tokens: int = 1) -> None:
-        """Release ``tokens`` tasks or hooks blocked (or about to block) on ``gate:<name>``."""
-        self.ledger.rpush(f"{self.prefix}gate:{name}", *["1"] * tokens)
+    def open_gate(self, name: str) -> None:
+        """Release a task or hook blocked on ``gate:<name>`` (or every one, for a latch)."""
+        self.ledger.rpush(f"{self.prefix}gate:{name}", "1")
 
     def server_ms(self) -> int:
         """The broker's clock (Redis TIME) in ms."""
