@@ -30,7 +30,7 @@ import peers  # noqa: E402  (benchmarks/peers.py)
 def test_peer_benchmark_prints_every_figure(tmp_path: Path) -> None:
     out_json = tmp_path / "peers.json"
     env = {k: v for k, v in os.environ.items() if k != "TASKPIPE_BROKER_URL"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--jobs", "200",
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--jobs", "400",
                            "--rounds", "2", "--json", str(out_json)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=580)
     if proc.returncode == 3 and "cannot install the peers" in proc.stderr:
