@@ -8,6 +8,7 @@ the alert rules is one our exporter serves, and ``systemd-analyze verify`` accep
 from __future__ import annotations
 
 import configparser
+import importlib
 import json
 import re
 import shlex
@@ -113,8 +114,7 @@ def test_dockerfile_copies_paths_that_exist_and_runs_a_valid_command() -> None:
 def test_the_demo_task_module_loads_and_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TASKPIPE_BROKER_URL", "memory://")
     monkeypatch.syspath_prepend(str(CONTRIB / "docker"))
-    import demo_tasks
-
+    demo_tasks: Any = importlib.import_module("demo_tasks")  # contrib/docker/demo_tasks.py
     try:
         app: TaskPipe = demo_tasks.app
         from taskpipe.testing import run_until_idle
