@@ -549,7 +549,8 @@ def test_progress_after_a_lost_lease_raises_and_leaves_nothing_pending(add_app: 
 
 
 def test_get_raises_broker_unavailable_when_the_broker_is_still_away_at_its_timeout(prefix: str) -> None:
-    with TaskPipe("down", broker=f"redis://127.0.0.1:{free_port()}/0", prefix=prefix) as app:
+    with TaskPipe("down", broker=f"redis://127.0.0.1:{free_port()}/0", prefix=prefix,
+                  publish_retry="0.3s") as app:
         with pytest.raises(BrokerUnavailable, match="until the timeout") as info:
             app.AsyncResult("some-job", channel="ch").get(timeout=0.2)
         assert isinstance(info.value.__cause__, (redis.exceptions.RedisError, BrokerUnavailable))

@@ -208,7 +208,7 @@ def test_password_protected_master_and_sentinel(prefix: str) -> None:
             assert [r.get(timeout=10) for r in results] == [1, 2, 3]
             _wait(lambda: any(c.get("cmd") == "subscribe" for c in setup.sentinel.client_list()),
                   "the switch follower to subscribe (logged in to the sentinel)")
-        with TaskPipe(broker=base, prefix=prefix) as bad:
+        with TaskPipe(broker=base, prefix=prefix, publish_retry="0.3s") as bad:  # fail fast
             with pytest.raises(BrokerUnavailable):
                 bad.send("add1", [1])
     finally:
