@@ -177,7 +177,7 @@ class MiddlewareChain:
         for middleware in list(self._by_hook[hook]):
             try:
                 getattr(middleware, hook)(*args)
-            except Exception:  # noqa: BLE001 - a hook never changes a job's fate
+            except Exception:
                 log.exception("middleware %r failed in %s", middleware, hook)
 
 

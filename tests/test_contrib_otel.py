@@ -10,16 +10,16 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
-from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
+from opentelemetry.trace import SpanKind, StatusCode
 
-from taskpipe import TaskFailed, TaskPipe  # noqa: E402
-from taskpipe.contrib.otel import OpenTelemetryMiddleware  # noqa: E402
-from taskpipe.testing import run_until_idle  # noqa: E402
+from taskpipe import TaskFailed, TaskPipe
+from taskpipe.contrib.otel import OpenTelemetryMiddleware
+from taskpipe.testing import run_until_idle
 
 Traced = tuple[TaskPipe, InMemorySpanExporter, TracerProvider]
 
