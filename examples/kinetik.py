@@ -33,10 +33,15 @@ send = (queue.define("send email").tag("notifications").desc("Sends one transact
 
 
 def main() -> None:
-    finished = threading.Event()
+    completed, finished = threading.Event(), threading.Event()
     seen = []
     send.on("progress", lambda job, current, total: seen.append(f"progress {current:g}/{total:g}"))
-    send.on("complete", lambda job: seen.append("complete"))
+
+    def on_complete(job: object) -> None:
+        seen.append("complete")
+        completed.set()
+
+    send.on("complete", on_complete)
     send.on("fail", lambda err, job: seen.append(f"fail: {err.exc_type}"))
     queue.on("fail", lambda err, job: finished.set())  # app-wide: every task's failures
     queue.listen(["notifications"])
@@ -44,6 +49,7 @@ def main() -> None:
     with running_worker(queue, ["notifications"], concurrency=1):
         ok = queue.create("send email", {"email": "ford@example.com", "subject": "Hello Universe"})
         print(ok.get(timeout=10))
+        completed.wait(10)  # events arrive just after the result: keep the two jobs' apart
         bad = queue.create("send email", {"email": "nobody", "subject": "Hi"})
         bad.get(timeout=10, propagate=False)
         finished.wait(10)
