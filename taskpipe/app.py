@@ -31,6 +31,8 @@ from taskpipe.task import (
     TaskOptions,
     check_send_options,
 )
+from taskpipe.flow import build_flow, check_task_flow
+from taskpipe.thoonk.flow import DEBOUNCED, DEDUPLICATED, put_flow
 from taskpipe.thoonk.job import JobChannel, PutRequest, new_id
 from taskpipe.thoonk.keys import cluster_name, has_hash_tag
 from taskpipe.thoonk.thoonk import Thoonk
@@ -152,6 +154,7 @@ class TaskPipe:
                 value = getattr(opts, key)
                 if value is not None and (type(value) is not int or value < 0):
                     raise ConfigError(f"{key} must be a non-negative int, got {value!r}")
+            check_task_flow(opts)
             task_name = name or f"{func.__module__}.{func.__qualname__}"
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ConfigError(f"a different task is already registered as {task_name!r}")
@@ -207,6 +210,24 @@ class TaskPipe:
                     self._channels[name] = self._channels[real] = ch
         return ch
 
+    def set_limits(self, channel: str | None = None, *, rate_limit: str | None = None,
+                   concurrency: int | None = None) -> None:
+        """Set a channel's own flow limits, shared by every worker (None clears one).
+
+        ``rate_limit="100/s"`` (``"10/m"``, ``"1000/h"``): jobs of the channel start at most
+        that fast; ``concurrency=N``: at most N of its jobs claimed at once. See
+        ``docs/flow-control.md``. Per-task limits are task options (``@app.task(rate_limit=)``).
+        """
+        from taskpipe.flow import parse_rate_limit
+        from taskpipe.thoonk.flow import set_channel_limits
+
+        rate = parse_rate_limit(rate_limit) if rate_limit is not None else None
+        if concurrency is not None and (type(concurrency) is not int or concurrency < 1):
+            raise ConfigError(f"concurrency must be a positive int, got {concurrency!r}")
+        ch = self.channel(channel)
+        self.broker_retry.call(f"set limits of channel {ch.name!r}",
+                               lambda _attempt: set_channel_limits(ch, rate, concurrency))
+
     def check_eviction_policy(self) -> bool:
         """Warn once (logger ``taskpipe``) if the broker may evict keys: a ``maxmemory-policy``
         other than ``noeviction`` silently deletes jobs under memory pressure. Run on the first
@@ -233,15 +254,17 @@ class TaskPipe:
         if not options:  # the common case (``delay()``, ``map()``): no option to check or convert
             topts = task.options if task is not None else (
                 self.tasks[name].options if name in self.tasks else _NO_OPTIONS)
+        if not options and not topts.flowing:
             payload = (self._encoder_for(task)(args if type(args) is tuple else tuple(args))
                        if task is not None and not kwargs else
                        encode_envelope(name, tuple(args), dict(kwargs or {}), {},
                                        serializer=self.serializer, max_size=self.max_payload))
             channel = self.channel(topts.channel)
-            return channel, PutRequest(payload, new_id(), topts.priority, fresh=True), None
+            return channel, PutRequest(payload, new_id(), topts.priority is True, fresh=True), None
         check_send_options(options)
         topts = task.options if task is not None else (
             self.tasks[name].options if name in self.tasks else TaskOptions())
+        priority, flow = build_flow(name, topts, tuple(args), kwargs or {}, options)
         env_opts: dict[str, Any] = {}
         for key in ("retries", "timeout", "hard_timeout", "retry_backoff", "result_ttl"):
             value = options.get(key)
@@ -266,13 +289,12 @@ class TaskPipe:
             eta = options["eta"]
             delay_ms = to_ms(eta_to_delay(eta, time.time())) if isinstance(eta, (datetime, int, float)) \
                 else to_ms(eta)
-        priority = bool(options["priority"]) if options.get("priority") is not None else topts.priority
         fresh = options.get("id") is None
         job_id = new_id() if fresh else options["id"]  # id="" is an error, not "make one"
         if not isinstance(job_id, str) or not job_id or "\0" in job_id:
             raise ConfigError(f"a job id must be a non-empty string without NUL, got {job_id!r}")
         channel = self.channel(options.get("channel") or topts.channel)  # after every check
-        return channel, PutRequest(payload, job_id, priority, delay_ms, eta_ms, fresh), callback
+        return channel, PutRequest(payload, job_id, priority, delay_ms, eta_ms, fresh, flow), callback
 
     def _encoder_for(self, task: Task[Any]) -> Callable[[tuple[Any, ...]], bytes]:
         """The task's envelope encoder for positional-only calls (made once per payload limit)."""
@@ -304,7 +326,13 @@ class TaskPipe:
         def put(attempt: int) -> None:
             # a try that failed may still have landed: never publish the same job twice
             if not attempt or not channel.landed([req], since_ms):
-                channel.put_request(req)
+                if req.flow is None:
+                    channel.put_request(req)
+                    return
+                outcome = put_flow(channel, req)  # dedup: the result points at the holder
+                if outcome.code in (DEDUPLICATED, DEBOUNCED):
+                    result.id = outcome.id
+                    result.dedup = "deduplicated" if outcome.code == DEDUPLICATED else "debounced"
 
         self.broker_retry.call(f"publish to channel {channel.name!r}", put)
         return result
@@ -317,7 +345,13 @@ class TaskPipe:
             return [self.send(sig.task, sig.args, sig.kwargs, **sig.options) for sig in signatures]
         by_channel: dict[str, tuple[JobChannel, list[PutRequest]]] = {}
         order: list[tuple[str, str]] = []
+        singles: list[tuple[int, Signature]] = []
         for sig in signatures:
+            if any(k in sig.options for k in ("unique", "unique_for", "debounce")) or getattr(
+                    self.tasks.get(sig.task), "options", _NO_OPTIONS).flowing:
+                singles.append((len(order), sig))  # flow control: one publish each, in order
+                order.append(("", ""))
+                continue
             channel, req, callback = self._build(sig.task, sig.args, sig.kwargs,
                                                  self.tasks.get(sig.task), dict(sig.options))
             if callback is not None:
@@ -333,7 +367,10 @@ class TaskPipe:
                 channel.put_many(reqs, batch=batch)
 
             self.broker_retry.call(f"publish to channel {channel.name!r}", put)
-        return [AsyncResult(self, job_id, ch) for ch, job_id in order]
+        results = [AsyncResult(self, job_id, ch) for ch, job_id in order]
+        for index, sig in singles:
+            results[index] = self.send(sig.task, sig.args, sig.kwargs, **sig.options)
+        return results
 
     def publish_calls(self, task: Task[Any], calls: Iterable[Any], batch: int = 500) -> list[AsyncResult]:
         """Publish one job of ``task`` per item of ``calls`` (a tuple is spread as arguments),
@@ -343,7 +380,7 @@ class TaskPipe:
         """
         from taskpipe.results import AsyncResult
 
-        if self.eager:
+        if self.eager or task.options.flowing:
             return [self.send(task.name, c if isinstance(c, tuple) else (c,)) for c in calls]
         encode = self._encoder_for(task)
         items = [encode(c if isinstance(c, tuple) else (c,)) for c in calls]
@@ -359,7 +396,7 @@ class TaskPipe:
                 done = channel.landed([PutRequest(b"", i, fresh=True) for i in todo_ids], since_ms)
                 rest = [(i, item) for i, item in zip(todo_ids, todo_items) if i not in done]
                 todo_ids, todo_items = [i for i, _ in rest], [item for _, item in rest]
-            channel.put_fresh_many(todo_items, task.options.priority, batch, ids=todo_ids)
+            channel.put_fresh_many(todo_items, task.options.priority is True, batch, ids=todo_ids)
 
         self.broker_retry.call(f"publish to channel {name!r}", put)
         return [AsyncResult(self, job_id, name) for job_id in ids]

@@ -54,9 +54,19 @@ class AsyncResult(Generic[R]):
         self.id = id
         self.channel = channel
         self._record: ResultRecord | None = None
+        #: flow control: ``"deduplicated"`` (an unfinished job with the same ``unique`` key, or
+        #: one inside its ``unique_for`` window, already stood for this publish: ``id`` is that
+        #: job's) or ``"debounced"`` (the waiting job ``id`` took this publish's arguments and
+        #: due time); None for a job this publish created.
+        self.dedup: str | None = None
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.channel}/{self.id}>"
+
+    @property
+    def deduplicated(self) -> bool:
+        """True when this publish created no job of its own (``dedup`` is set)."""
+        return self.dedup is not None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, AsyncResult) and (self.id, self.channel) == (other.id, other.channel)

@@ -36,7 +36,9 @@ T = TypeVar("T")
 
 #: the publishing options ``apply_async`` / ``app.send`` accept (eager mode checks the same set)
 SEND_OPTIONS = frozenset({"channel", "priority", "delay", "eta", "id", "on_finish", "result_ttl",
-                          "retries", "timeout", "hard_timeout", "retry_backoff"})
+                          "retries", "timeout", "hard_timeout", "retry_backoff",
+                          # flow control (taskpipe.flow): deduplication per call
+                          "unique", "unique_for", "unique_key", "debounce"})
 
 
 def check_send_options(options: Any) -> None:
@@ -51,7 +53,7 @@ class TaskOptions:
     """Per-task defaults; ``None`` means "use the app's default"."""
 
     channel: str | None = None
-    priority: bool = False
+    priority: bool | int | None = False  # True: head of the queue; 0 (first) .. 9 (last)
     timeout: Any = None          # soft time limit (duration); raises JobTimeout inside the task
     hard_timeout: Any = None     # hard limit: the process-pool child is killed
     retries: int | None = None
@@ -61,6 +63,21 @@ class TaskOptions:
     max_cancels: int | None = None
     stall_on_failure: bool = False  # after the last retry, stall instead of finishing as failed
     raw: bool = False  # a Thoonk-native handler: gets the channel's opaque bytes, returns bytes
+    # flow control (docs/flow-control.md)
+    rate_limit: str | None = None    # "100/s", "10/m", "1000/h": across all workers
+    concurrency: int | None = None   # at most this many running at once (per key with the next)
+    concurrency_key: Callable[..., Any] | None = None  # the task's arguments -> a key
+    unique: bool = False             # no second job while one with the same key is unfinished
+    unique_for: Any = None           # ... or for this long after the first publish (duration)
+    unique_key: Any = None           # the dedup key (default: task name + arguments)
+    debounce: Any = None             # the latest publish within this window wins (duration)
+
+    @property
+    def flowing(self) -> bool:
+        """True when a publish of this task needs the flow-control put (``taskpipe.flow``)."""
+        return (self.rate_limit is not None or self.concurrency is not None or self.unique
+                or self.unique_for is not None or self.debounce is not None
+                or (type(self.priority) is int))
 
 
 @dataclass(frozen=True)

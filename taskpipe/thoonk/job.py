@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.broker_retry import maps_broker_errors
 from taskpipe.connection import close_quietly
 from taskpipe.errors import JobNotFound, LeaseLost, WrongJobState
+from taskpipe.thoonk.flow import PutFlow, put_flow, put_flow_args
 from taskpipe.thoonk.job_reads import JobInfo, JobReads, _s
 from taskpipe.thoonk.keys import JobKeys
 from taskpipe.thoonk.scripts import broker_errors
@@ -84,6 +85,8 @@ class PutRequest:
     #: True when ``id`` was just made by ``new_id()`` (so no earlier run can own it): lets a
     #: job to run now take the batched ``job_put_fresh`` path.
     fresh: bool = False
+    #: flow control (numeric priority, rate/concurrency groups, dedup): ``job_put_flow``
+    flow: PutFlow | None = None
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,8 @@ class JobChannel(JobReads):
         self.scripts = thoonk.scripts
         k = self.keys
         self.claim_keys = [k.ids, k.items, k.claimed, k.leases, k.delayed, k.urgent,
-                           k.cancelled, k.config, k.tokens, k.workers, k.fence, k.attempts]
+                           k.cancelled, k.config, k.tokens, k.workers, k.fence, k.attempts,
+                           k.prio, k.flow, k.rate, k.slots]
         self._put_keys = [k.ids, k.items, k.published, k.publishes, k.delayed, k.urgent, k.wake]
         self._fresh_keys = [k.ids, k.items, k.published, k.publishes, k.wake]
         self._owner_keys = [k.claimed, k.leases, k.tokens, k.workers]
@@ -159,6 +163,8 @@ class JobChannel(JobReads):
     def put_request(self, req: PutRequest) -> bool:
         """Publish one prepared request (its ``id`` set); True if it was created."""
         assert req.id is not None
+        if req.flow is not None:
+            return put_flow(self, req).code == 1
         if req.fresh and _runs_now(req):
             flags = self.scripts["job_put_fresh"](self.client, self._fresh_keys,
                                                   ["1" if req.priority else "0", req.id, req.item])
@@ -190,6 +196,13 @@ class JobChannel(JobReads):
         for req in requests:
             item = req.item if type(req.item) is bytes else _b(req.item)
             job_id = _check_id(req.id) or new_id()
+            if req.flow is not None:  # one job_put_flow call each, in order
+                if ids:
+                    pending.append((kind, ids, args))
+                ids, kind = [], ""
+                pending.append(("X", [job_id], list(put_flow_args(self, replace(
+                    req, item=item, id=job_id)))))
+                continue
             fresh = (req.fresh or req.id is None) and _runs_now(req)
             this = ("F1" if req.priority else "F0") if fresh else "P"
             if this != kind or len(ids) >= batch:
@@ -204,7 +217,10 @@ class JobChannel(JobReads):
                          max(0, req.eta_ms))
         if ids:
             pending.append((kind, ids, args))
-        for (_, ids, _), flags in zip(pending, self._run_puts(pending)):
+        for (kind, ids, _), flags in zip(pending, self._run_puts(pending)):
+            if kind == "X":  # job_put_flow: {code, id}
+                out.append((ids[0], int(flags[0]) == 1))
+                continue
             out += [(i, bool(int(f))) for i, f in zip(ids, flags)]
         return out
 
@@ -216,13 +232,16 @@ class JobChannel(JobReads):
         pipe = self.client.pipeline(transaction=False)
         put, put_fresh = self.scripts["job_put"], self.scripts["job_put_fresh"]
         for kind, ids, args in pending:
-            if kind == "P":
+            if kind == "X":
+                self.scripts["job_put_flow"].queue(pipe, args[0], args[1])
+            elif kind == "P":
                 put.queue(pipe, self._put_keys_for(ids), [len(ids), *args])
             else:
                 put_fresh.queue(pipe, self._fresh_keys, args)
         with broker_errors("put_many"):
             self.scripts.ensure_loaded(self.client, *sorted(
-                {"job_put" if kind == "P" else "job_put_fresh" for kind, _, _ in pending}))
+                {{"P": "job_put", "X": "job_put_flow"}.get(kind, "job_put_fresh")
+                 for kind, _, _ in pending}))
             return list(pipe.execute())
 
     def put_fresh_many(self, items: Sequence[bytes], priority: bool = False,

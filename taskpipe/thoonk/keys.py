@@ -87,6 +87,16 @@ class JobKeys:
     log_prefix: str     # LIST per job: <log_prefix><id>, capped, with TTL
     query_prefix: str   # STRING per job: <query_prefix><id>, the job's item kept with its
                         # result (thoonk.py ``get_result`` returns both), same TTL as the result
+    # flow control (taskpipe extensions, docs/flow-control.md)
+    prio: str         # ZSET  available ids with a numeric priority, score prio*2^48 + seq
+    flow: str         # HASH  id -> the job's flow spec (priority score, rate and cap groups)
+    rate: str         # HASH  rate bucket -> theoretical arrival time ms (GCRA state)
+    slots: str        # HASH  id -> concurrency group of a claimed, capped job
+    unique_prefix: str  # STRING per dedup key: <unique_prefix><key> -> id of the job holding it
+
+    def unique(self, key: str) -> str:
+        """The key holding which job owns one deduplication key (``unique=`` / ``debounce=``)."""
+        return self.unique_prefix + key
 
     def result(self, job_id: str) -> str:
         """The key holding one job's stored result."""
@@ -208,6 +218,11 @@ class Keyspace:
             result_prefix=k("feed.result:" + name + ":"),
             log_prefix=k("feed.log:" + name + ":"),
             query_prefix=k("feed.query:" + name + ":"),
+            prio=k("feed.prio:" + name),
+            flow=k("feed.flow:" + name),
+            rate=k("feed.rate:" + name),
+            slots=k("feed.slots:" + name),
+            unique_prefix=k("feed.unique:" + name + ":"),
         )
 
     def job_object_keys(self, name: str) -> list[str]:
@@ -216,7 +231,7 @@ class Keyspace:
         return [j.config, j.ids, j.items, j.publishes, j.finishes, j.published, j.claimed,
                 j.stalled, j.cancelled, j.delayed, j.urgent, j.leases, j.tokens, j.workers,
                 j.fence, j.attempts, j.reasons, j.stalled_at, j.progress, j.finished, j.failures,
-                j.wake]
+                j.wake, j.prio, j.flow, j.rate, j.slots]
 
     def feed_object_keys(self, name: str) -> list[str]:
         """Every key of a feed, sorted feed or queue (for delete)."""
