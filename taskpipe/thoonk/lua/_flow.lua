@@ -143,14 +143,15 @@ local function flow_claim(st, want, first_pos, run_now, pops_left, now)
       local cc = redis.call('HMGET', st.k_cancelled, unpack(popped))
       for j, id in ipairs(popped) do
         if its[j] and not cl[j] and not seen[id] then
-          seen[id] = true
           local spec = flow_parse(fl[j])
           local hold = blocked or stop
-          if not hold and scores == nil and spec and spec.score then
-            -- a numbered job that came back through the list (sent back, promoted when due)
+          if scores == nil and spec and spec.score then
+            -- a numbered job that came back through the list (sent back, promoted when due):
+            -- back to its place among the numbered jobs (not seen: it may be popped from there)
             redis.call('ZADD', st.k_prio, spec.score, id)
-            if source == nil then source = 'prio' end
+            hold = false
           elseif not hold then
+            seen[id] = true
             if first_pos + #ids + 1 > run_now and tonumber(cc[j] or '0') > 0 then
               stop = true  -- never prefetched: back, with every job after it
               hold = true
@@ -169,6 +170,7 @@ local function flow_claim(st, want, first_pos, run_now, pops_left, now)
             end
           end
           if hold then
+            seen[id] = true
             if scores then held_prio[#held_prio + 1] = scores[j]; held_prio[#held_prio + 1] = id
             else held_list[#held_list + 1] = id end
           end
@@ -182,7 +184,7 @@ local function flow_claim(st, want, first_pos, run_now, pops_left, now)
   if #st.newslots > 0 then redis.call('HSET', st.k_slots, unpack(st.newslots)) end
   -- forget the flow specs of a few jobs that are gone (finished or retracted): bounded, lazy
   local sample = redis.call('HRANDFIELD', st.k_flow, 4)
-  if #sample > 0 then
+  if type(sample) == 'table' and #sample > 0 then
     local alive = redis.call('HMGET', st.k_items, unpack(sample))
     for j, id in ipairs(sample) do
       if not alive[j] then redis.call('HDEL', st.k_flow, id) end
