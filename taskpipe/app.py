@@ -17,6 +17,7 @@ from taskpipe.brokercheck import eviction_policy, eviction_warning
 from taskpipe.connection import DEFAULT_URL, Connection, parse_url, redact_url
 from taskpipe.durations import eta_to_delay, parse_duration, parse_optional_duration, to_ms
 from taskpipe.errors import ConfigError, UnknownTask
+from taskpipe.flow import build_flow, check_task_flow
 from taskpipe.serialization import (
     DEFAULT_MAX_PAYLOAD,
     args_encoder,
@@ -31,7 +32,6 @@ from taskpipe.task import (
     TaskOptions,
     check_send_options,
 )
-from taskpipe.flow import build_flow, check_task_flow
 from taskpipe.thoonk.flow import DEBOUNCED, DEDUPLICATED, put_flow
 from taskpipe.thoonk.job import JobChannel, PutRequest, new_id
 from taskpipe.thoonk.keys import cluster_name, has_hash_tag

@@ -47,7 +47,7 @@ def parse_rate_limit(value: object) -> tuple[float, int, str]:
     if per <= 0:
         raise ConfigError(f"rate_limit period must be positive, got {value!r}")
     period_ms = per * _UNITS[m.group(3)]
-    return period_ms / n, max(1, n // 10), value.strip()
+    return period_ms / n, max(1, n // 10), m.group(0).strip()
 
 
 def check_priority(value: object) -> bool | int | None:

@@ -44,6 +44,12 @@ EXPECTED: dict[str, list[str]] = {
     "priorities": [
         r"^ran in order: high-1, default-priority, default-1, default-2$",
     ],
+    "flow_control": [
+        r"^priorities ran in order: urgent, normal, nightly$",
+        r"^peak concurrent syncs per user: \{'ann': 2, 'bob': 2\}$",
+        r"^last of 5 rate-limited calls started >= 150 ms after publishing: True$",
+        r"^second publish deduplicated: True, same job: True$",
+    ],
     "cron": [
         r"^heartbeat from cron: job cron:heartbeat:\d+$",
         r"^heartbeat from cron: job cron:heartbeat:\d+$",
