@@ -150,6 +150,10 @@ def status(app_path: str | None, broker: str | None, prefix: str | None, as_json
              "PAUSED"],
             [[c["channel"], c["available"], c["delayed"], c["claimed"], c["stalled"], c["finished"],
               c["failed_total"], "yes" if c["paused"] else ""] for c in channels]))
+        limited = [(c["channel"], c["limits"]) for c in channels if c.get("limits")]
+        if limited:  # flow control (docs/flow-control.md)
+            click.echo("\nflow control")
+            click.echo(_table(["CHANNEL", "LIMITS"], [list(x) for x in limited], width=120))
     else:
         click.echo("no job channels")
     click.echo(f"\n{len(workers)} live worker(s)")

@@ -32,6 +32,7 @@ from taskpipe.inspection.views import (
     task_name_of,
 )
 from taskpipe.serialization import decode_envelope
+from taskpipe.thoonk.flow import flow_state, limits_summary, numbered_ids
 from taskpipe.thoonk.job import JobChannel
 
 if TYPE_CHECKING:
@@ -91,6 +92,10 @@ class Inspector:
         ch = self.channel(name)
         counts: dict[str, Any] = dict(ch.counts())
         counts["paused"] = ch.paused
+        # flow control (docs/flow-control.md): the channel's limits and the live limiter state
+        flow = flow_state(ch, self.server_time_ms())
+        counts["flow"] = flow
+        counts["limits"] = limits_summary(flow)
         return {"channel": name, **counts}
 
     def overview(self) -> list[dict[str, Any]]:
@@ -144,9 +149,12 @@ class Inspector:
             return self._list_failed(ch, off, limit)
         k = ch.keys
         if state == "available":
-            total = int(self.client.llen(k.ids))
+            in_list = int(self.client.llen(k.ids))
             ids = [_s(i) for i in self.client.lrange(k.ids, -(off + limit), -(off + 1))][::-1] \
-                if off < total else []
+                if off < in_list else []
+            # then the numbered jobs (priority=0..9), claimed after the list
+            ids += numbered_ids(ch, max(0, off - in_list), limit - len(ids))
+            total = in_list + int(self.client.zcard(k.prio))
             pipe = self.client.pipeline(transaction=False)
             for i in ids:
                 pipe.zscore(k.published, i)

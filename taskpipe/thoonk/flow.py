@@ -17,9 +17,11 @@ if TYPE_CHECKING:
     from taskpipe.thoonk.job import JobChannel, PutRequest
 
 __all__ = ["PutFlow", "PutOutcome", "put_flow_args", "put_flow", "set_channel_limits",
-           "channel_limits", "flow_state", "PUBLISHED", "EXISTS", "DEDUPLICATED", "DEBOUNCED"]
+           "channel_limits", "flow_state", "limits_summary", "numbered_ids", "PUBLISHED", "EXISTS", "DEDUPLICATED", "DEBOUNCED"]
 
 PUBLISHED, EXISTS, DEDUPLICATED, DEBOUNCED = 1, 0, 2, 3
+#: at most this many rate buckets and capped claims are read by ``flow_state``
+STATE_SAMPLE = 1000
 
 
 @dataclass(frozen=True)
@@ -98,12 +100,18 @@ def flow_state(channel: JobChannel, now_ms: int) -> dict[str, Any]:
     """Live limiter state: channel limits, rate buckets still waiting for their next slot
     (``{group: ms until it opens}``), claimed jobs per concurrency group, numbered jobs waiting.
 
-    Slot counts are read as the claim counts them (entries whose job is still claimed).
+    Slot counts are read as the claim counts them (entries whose job is still claimed); past
+    ``STATE_SAMPLE`` claimed capped jobs they are counted on a sample.
     """
     k = channel.keys
     pipe = channel.client.pipeline(transaction=False)
-    pipe.hgetall(k.rate).hgetall(k.slots).zcard(k.prio)
-    rates, slots, numbered = pipe.execute()
+    # bounded reads (a status page never reads a structure whole): HRANDFIELD with a positive
+    # count returns every field of a smaller hash, a sample of a bigger one
+    pipe.hrandfield(k.rate, STATE_SAMPLE, withvalues=True)
+    pipe.hrandfield(k.slots, STATE_SAMPLE, withvalues=True).zcard(k.prio)
+    rate_flat, slot_flat, numbered = pipe.execute()
+    rates = dict(zip((rate_flat or [])[::2], (rate_flat or [])[1::2]))
+    slots = dict(zip((slot_flat or [])[::2], (slot_flat or [])[1::2]))
     limits = channel_limits(channel)
     waiting = {_s(g): max(0, int(float(t) - now_ms)) for g, t in rates.items()
                if float(t) > now_ms}
@@ -117,3 +125,33 @@ def flow_state(channel: JobChannel, now_ms: int) -> dict[str, Any]:
                 groups[group] = groups.get(group, 0) + 1
     return {**limits, "rate_waiting_ms": waiting, "running_by_group": groups,
             "numbered_waiting": int(numbered)}
+
+
+def limits_summary(state: dict[str, Any]) -> str:
+    """One line for ``taskpipe status`` and the dashboard from ``flow_state``: the channel's
+    limits, the rate buckets waiting for a slot, the busiest concurrency groups ('' if none)."""
+    parts = []
+    if state.get("rate_limit"):
+        parts.append(f"rate {state['rate_limit']}")
+    if state.get("concurrency"):
+        parts.append(f"cap {state['concurrency']}")
+    waiting = state.get("rate_waiting_ms") or {}
+    if waiting:
+        shown = sorted(waiting.items(), key=lambda kv: -kv[1])[:3]
+        parts.append("rate-limited: " + ", ".join(
+            f"{'channel' if g == '#channel' else g.split(':', 1)[-1]} {ms}ms" for g, ms in shown))
+    running = state.get("running_by_group") or {}
+    if running:
+        shown_r = sorted(running.items(), key=lambda kv: -kv[1])[:3]
+        parts.append("capped running: " + ", ".join(
+            f"{g.split(':', 1)[-1]}={n}" for g, n in shown_r))
+    if state.get("numbered_waiting"):
+        parts.append(f"numbered waiting {state['numbered_waiting']}")
+    return " · ".join(parts)
+
+
+def numbered_ids(channel: JobChannel, start: int, count: int) -> list[str]:
+    """Numbered (``priority=0..9``) available ids in claim order, from position ``start``."""
+    if count <= 0:
+        return []
+    return [_s(i) for i in channel.client.zrange(channel.keys.prio, start, start + count - 1)]

@@ -181,7 +181,8 @@
             cols.map((k) => el("td", { className: "num", "data-col": k, text: c[k] })),
             totals.map(([k]) => el("td", { className: "num", "data-col": k, text: c[k] })),
             el("td", { className: "num", text: fmtRate(rate) }),
-            el("td", { "data-col": "status" }, c.paused ? badge("paused") : badge("active")),
+            el("td", { "data-col": "status" }, c.paused ? badge("paused") : badge("active"),
+              c.limits ? el("div", { className: "limits", "data-col": "limits", text: c.limits }) : null),
             el("td", {}, pauseButton(c.channel, c.paused)));
         }));
       },
