@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.durations import eta_to_delay, parse_duration
 from taskpipe.errors import ConfigError, ResultTimeout, ResultUnknown, UnknownTask
+from taskpipe.flow import check_priority
 from taskpipe.publishing import check_send_options
 from taskpipe.results import AsyncResult
 from taskpipe.serialization import (
@@ -147,6 +148,7 @@ class EagerRunner:
         from taskpipe.thoonk.job import new_id
 
         check_send_options(options)
+        check_priority(options.get("priority"))  # a bad priority fails here as in production
         if name not in self.app.tasks:
             raise UnknownTask(f"no task registered as {name!r} in app {self.app.name!r} "
                               "(eager mode runs only this app's tasks)")

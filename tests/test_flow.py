@@ -82,6 +82,33 @@ def test_numbered_job_sent_back_keeps_its_place(app: TaskPipe) -> None:
     assert _claim_ids(app) == [c, a, b, d]
 
 
+def test_retract_removes_a_numbered_job(app: TaskPipe) -> None:
+    @app.task(name="p")
+    def p(x: Any) -> Any:
+        return x
+
+    a = p.apply_async((1,), priority=3).id
+    b = p.apply_async((2,), priority=3).id
+    ch = app.channel()
+    ch.retract(a)
+    assert ch.counts()["available"] == 1
+    assert not app.connection.client.hexists(ch.keys.flow, a)
+    assert _claim_ids(app) == [b]
+
+
+def test_eager_mode_checks_priority() -> None:
+    eager = TaskPipe("eager", broker="memory://", eager=True)
+
+    @eager.task(name="e", priority=2, unique=True)
+    def e(x: int) -> int:
+        return x * 2
+
+    assert e.delay(2).get() == 4
+    with pytest.raises(ConfigError, match="priority"):
+        e.apply_async((1,), priority=11)
+    eager.close()
+
+
 def test_priority_jobs_run_through_a_worker(app: TaskPipe) -> None:
     seen: list[int] = []
 

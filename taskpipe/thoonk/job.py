@@ -390,7 +390,7 @@ class JobChannel(JobReads):
         # claimed, leases, tokens, workers come 3rd to 6th, as the script expects
         return [k.items, k.ids, *self._owner_keys, k.stalled, k.reasons, k.cancelled, k.attempts,
                 k.published, k.delayed, k.urgent, k.progress, k.finished, k.result(id), k.log(id),
-                k.stalled_at]
+                k.stalled_at, k.prio, k.flow]
 
     def retract(self, id: str) -> None:
         """Remove a job from every state, its stored result and log included."""
