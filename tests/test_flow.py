@@ -326,3 +326,25 @@ def test_legacy_client_claims_beside_numbered_jobs(app: TaskPipe) -> None:
     r.lpush(k.ids, legacy_normal)
     r.rpush(k.ids, legacy_head)
     assert _claim_ids(app) == [legacy_head, head, normal, legacy_normal, numbered]
+
+
+@pytest.mark.parametrize("broker_url", ["redis"], indirect=True)
+def test_rate_limited_worker_sleeps_instead_of_polling(app: TaskPipe) -> None:
+    starts: list[int] = []
+
+    @app.task(name="slowly", rate_limit="20/s")  # one per 50 ms, burst 2
+    def slowly(i: int) -> None:
+        sec, usec = app.connection.client.time()
+        starts.append(sec * 1000 + usec // 1000)
+
+    slowly.map(range(12))
+    client: redis.Redis = app.connection.client
+    before = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    burst(app, concurrency=4)
+    calls = client.info("commandstats")["cmdstat_evalsha"]["calls"] - before
+    assert len(starts) == 12
+    # 12 jobs at 20/s with a burst of 2 take at least 10 intervals by the server clock
+    assert max(starts) - min(starts) >= 300  # (500 ms of slots; a start may lag its claim)
+    # a claim per slot, a finish per job, and a few wake-ups: a busy-polling worker would make
+    # thousands of script calls in that half second
+    assert calls < 12 * 8, calls
