@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.thoonk.job_reads import _s
+from taskpipe.thoonk.script_keys import contract
 
 if TYPE_CHECKING:
     from taskpipe.thoonk.job import JobChannel, PutRequest
@@ -62,10 +63,8 @@ def put_flow_args(channel: JobChannel, req: PutRequest) -> tuple[list[str], list
     flow = req.flow
     assert flow is not None and req.id is not None
     k = channel.keys
-    keys = [k.ids, k.items, k.published, k.publishes, k.delayed, k.urgent, k.wake, k.finished,
-            k.result(req.id), k.prio, k.flow]
-    if flow.dedup:
-        keys.append(k.unique(flow.dedup_key))
+    given = {"unique": k.unique(flow.dedup_key)} if flow.dedup else {}
+    keys = contract("job_put_flow").build(k, result=k.result(req.id), **given)
     args: list[Any] = [req.id, req.item, "1" if req.priority else "0", max(0, req.delay_ms),
                        max(0, req.eta_ms), "" if flow.priority is None else str(flow.priority),
                        flow.spec_rest(), flow.dedup, int(flow.dedup_ms)]

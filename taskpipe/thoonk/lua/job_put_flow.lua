@@ -5,7 +5,8 @@
 -- KEYS[7] feed.wake:<f>  KEYS[8] feed.finished:<f>  KEYS[9] feed.result:<f>:<id>
 -- KEYS[10] feed.prio:<f>  ZSET numbered available ids, score priority * 2^48 + publish sequence
 -- KEYS[11] feed.flow:<f>  HASH id -> flow spec (see _flow.lua)
--- KEYS[12] feed.unique:<f>:<key>  STRING id of the job holding a dedup key (only with ARGV[8])
+-- KEYS[12] feed.unique:<f>:<id> (optional: only with ARGV[8]; <id> here is the dedup key)
+--   STRING, the id of the job holding the dedup key
 -- ARGV[1] id  ARGV[2] item  ARGV[3] Thoonk priority ('1' head of the list, '0')
 -- ARGV[4] delay ms  ARGV[5] eta ms (absolute, '0' = none)
 -- ARGV[6] numeric priority 0..9 ('' = none: the job goes to the list like job_put)
@@ -21,6 +22,8 @@
 --          3 debounced (the holding job's item and due time replaced; id = the holding job).
 -- Events: none (the v1 contract publishes no event on job put).
 --@include _now.lua
+--@include _put.lua
+--@include _wake.lua
 local id, item, prio = ARGV[1], ARGV[2], ARGV[3]
 local delay, eta = tonumber(ARGV[4]), tonumber(ARGV[5])
 local nprio, rest = ARGV[6], ARGV[7]
@@ -46,11 +49,10 @@ if mode ~= '' then
     end
   end
 end
-if redis.call('HSETNX', KEYS[2], id, item) == 0 then return {0, id} end
-redis.call('ZREM', KEYS[8], id)
-redis.call('DEL', KEYS[9])
-redis.call('ZADD', KEYS[3], now, id)
-local seq = redis.call('INCR', KEYS[4])
+if not put_job_record(KEYS[2], KEYS[3], KEYS[4], KEYS[8], KEYS[9], now, id, item) then
+  return {0, id}
+end
+local seq = tonumber(redis.call('GET', KEYS[4]))  -- this publish's sequence (INCRed just now)
 if mode == 'debounce' and delay < window then delay = window end
 local due = 0
 if eta > 0 then due = eta elseif delay > 0 then due = now + delay end
@@ -76,6 +78,5 @@ if mode == 'unique' or mode == 'window' then
 elseif mode == 'debounce' then
   redis.call('SET', KEYS[12], id, 'PX', window + 60000)
 end
-redis.call('LPUSH', KEYS[7], '1')
-redis.call('LTRIM', KEYS[7], 0, 63)
+push_wake_markers(KEYS[7], 1)
 return {1, id}

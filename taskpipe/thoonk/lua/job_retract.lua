@@ -5,8 +5,8 @@
 -- KEYS[12] feed.delayed:<f>  KEYS[13] feed.urgent:<f>  KEYS[14] feed.progress:<f>
 -- KEYS[15] feed.finished:<f>  KEYS[16] feed.result:<f>:<id>  KEYS[17] feed.log:<f>:<id>
 -- KEYS[18] feed.stalledat:<f>
--- KEYS[19] feed.prio:<f>  KEYS[20] feed.flow:<f>  (optional, flow control: a numbered job's
---   place and any job's flow spec)
+-- KEYS[19] feed.prio:<f> (optional, flow control: a numbered job's place)
+-- KEYS[20] feed.flow:<f> (optional, flow control: the job's flow spec)
 -- ARGV[1] id  ARGV[2] feed.retract:<f> channel
 -- ARGV[3] optional guard: '' = any state; a number = only if the job is stalled and was stalled
 --         at or before that server time in ms (used to clean old stalled jobs without races)
@@ -35,7 +35,9 @@ if KEYS[20] then  -- flow control (docs/flow-control.md)
 end
 unclaim(KEYS[3], KEYS[4], KEYS[5], KEYS[6], id)
 redis.call('SREM', KEYS[7], id)
-for k = 8, 10 do redis.call('HDEL', KEYS[k], id) end
+redis.call('HDEL', KEYS[8], id)
+redis.call('HDEL', KEYS[9], id)
+redis.call('HDEL', KEYS[10], id)
 redis.call('ZREM', KEYS[11], id)
 redis.call('ZREM', KEYS[12], id)
 redis.call('SREM', KEYS[13], id)
