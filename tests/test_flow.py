@@ -96,6 +96,30 @@ def test_retract_removes_a_numbered_job(app: TaskPipe) -> None:
     assert _claim_ids(app) == [b]
 
 
+def test_flow_specs_of_finished_jobs_are_dropped(app: TaskPipe) -> None:
+    @app.task(name="p", concurrency=5)
+    def p(x: Any) -> Any:
+        return x
+
+    for i in range(40):
+        p.apply_async((i,), priority=i % 10)
+    burst(app)
+    ch = app.channel()
+    client = app.connection.client
+    assert ch.counts()["finished"] == 40
+    # each claim sweeps a sample of feed.slots (at least 8): a few empty claims forget all 40
+    for _ in range(10):
+        if not client.exists(ch.keys.flow):
+            break
+        assert ch.claim(1) == []
+    assert client.hlen(ch.keys.flow) == 0 and client.hlen(ch.keys.slots) == 0
+    # a requeued numbered job keeps its spec (its place among numbered jobs)
+    keep = p.apply_async(("k",), priority=1).id
+    got = ch.claim(1)[0]
+    ch.cancel(keep, token=got.token)
+    assert ch.claim(1)[0].id == keep and client.hexists(ch.keys.flow, keep)
+
+
 def test_eager_mode_checks_priority() -> None:
     eager = TaskPipe("eager", broker="memory://", eager=True)
 

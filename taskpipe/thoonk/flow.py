@@ -119,8 +119,8 @@ def flow_state(channel: JobChannel, now_ms: int) -> dict[str, Any]:
         ids = list(slots)
         scores = channel.client.zmscore(k.claimed, ids)
         for job_id, score in zip(ids, scores):
-            if score is not None:
-                group = _s(slots[job_id])
+            group = _s(slots[job_id])
+            if score is not None and group:  # '' = a claimed flow job with no cap
                 groups[group] = groups.get(group, 0) + 1
     return {**limits, "rate_waiting_ms": waiting, "running_by_group": groups,
             "numbered_waiting": int(numbered)}

@@ -5,12 +5,32 @@
 -- rate group, rate interval ms, rate burst, concurrency group, concurrency cap ('' = none).
 -- Rate limits are GCRA (one number per bucket in feed.rate:<f>: the theoretical arrival time
 -- ms); a job is admitted when tat - (burst - 1) * interval <= now, and tat moves on by interval.
--- Concurrency: feed.slots:<f> maps a claimed capped job to its group; entries whose job is no
--- longer claimed (finished, reaped, aborted, cancelled) are dropped when counting, so a slot
--- lives exactly as long as the claim (its lease): a SIGKILLed worker's slot is freed when the
--- reaper takes its job back.
+-- Concurrency: feed.slots:<f> maps every claimed job that has a flow spec to its concurrency
+-- group ('' = none); entries whose job is no longer claimed (finished, reaped, aborted,
+-- cancelled) are dropped when counting, so a slot lives exactly as long as the claim (its
+-- lease): a SIGKILLed worker's slot is freed when the reaper takes its job back.
+-- Cleanup: the flow spec must outlive a claim (a requeued job keeps its priority and groups),
+-- so it is dropped once the job is gone: each claim sweeps a sample of feed.slots (claimed or
+-- recently finished jobs, 2 per job claimed + 8) and drops the specs of jobs whose item is
+-- gone, keeping feed.slots near the number of claimed flow jobs; retract drops its own.
 local FLOW_CAP_RECHECK_MS = 100  -- a job held by a full cap is looked at again this soon
 local FLOW_SCAN_CHUNK = 1000     -- unpack() bound for the slots reconcile
+local FLOW_SWEEP_MAX = 500       -- at most this many feed.slots entries swept per claim
+
+-- of `ids` (claimed no longer): drop their slots, and the flow specs of those that are gone
+local function flow_forget(st, ids)
+  if #ids == 0 then return end
+  for base = 1, #ids, FLOW_SCAN_CHUNK do
+    local part = {unpack(ids, base, math.min(#ids, base + FLOW_SCAN_CHUNK - 1))}
+    redis.call('HDEL', st.k_slots, unpack(part))
+    local alive = redis.call('HMGET', st.k_items, unpack(part))
+    local gone = {}
+    for j, id in ipairs(part) do
+      if not alive[j] then gone[#gone + 1] = id end
+    end
+    if #gone > 0 then redis.call('HDEL', st.k_flow, unpack(gone)) end
+  end
+end
 
 local function flow_parse(spec)
   if not spec then return nil end
@@ -58,13 +78,12 @@ local function flow_counts(st)
     end
     local sc = redis.call('ZMSCORE', st.k_claimed, unpack(ids))
     for j, id in ipairs(ids) do
-      if sc[j] then counts[groups[j]] = (counts[groups[j]] or 0) + 1
-      else stale[#stale + 1] = id end
+      if not sc[j] then stale[#stale + 1] = id
+      elseif groups[j] ~= '' then counts[groups[j]] = (counts[groups[j]] or 0) + 1 end
     end
   end
-  for base = 1, #stale, FLOW_SCAN_CHUNK do
-    redis.call('HDEL', st.k_slots, unpack(stale, base, math.min(#stale, base + FLOW_SCAN_CHUNK - 1)))
-  end
+  flow_forget(st, stale)
+  st.swept = true
   st.counts = counts
   return counts
 end
@@ -101,10 +120,10 @@ local function flow_admit(st, id, spec, now)
   end
   if ctat then st.tat['#channel'] = ctat; st.dirty['#channel'] = true end
   if gtat then st.tat[spec.rg] = gtat; st.dirty[spec.rg] = true end
-  if counts then
-    counts[spec.cg] = (counts[spec.cg] or 0) + 1
+  if counts then counts[spec.cg] = (counts[spec.cg] or 0) + 1 end
+  if spec then  -- every claimed flow job: its slot (group or '') and the sweep of its spec
     st.newslots[#st.newslots + 1] = id
-    st.newslots[#st.newslots + 1] = spec.cg
+    st.newslots[#st.newslots + 1] = spec.cg or ''
   end
   if st.ccap then st.claimed_n = st.claimed_n + 1 end
   return 'take', nil
@@ -181,12 +200,25 @@ local function flow_claim(st, want, first_pos, run_now, pops_left, now)
   for i = #held_list, 1, -1 do redis.call('RPUSH', st.k_ids, held_list[i]) end
   if #held_prio > 0 then redis.call('ZADD', st.k_prio, unpack(held_prio)) end
   for group in pairs(st.dirty) do redis.call('HSET', st.k_rate, group, st.tat[group]) end
+  -- sweep: slots of jobs claimed no longer, flow specs of jobs gone (bounded, see the top)
+  if not st.swept then
+    local sample = redis.call('HRANDFIELD', st.k_slots, math.min(2 * #ids + 8, FLOW_SWEEP_MAX))
+    if type(sample) == 'table' and #sample > 0 then
+      local sc = redis.call('ZMSCORE', st.k_claimed, unpack(sample))
+      local stale = {}
+      for j, id in ipairs(sample) do
+        if not sc[j] then stale[#stale + 1] = id end
+      end
+      flow_forget(st, stale)
+    end
+  end
+  -- (after the sweep: this call's claims are not in feed.claimed yet)
   if #st.newslots > 0 then redis.call('HSET', st.k_slots, unpack(st.newslots)) end
-  -- forget the flow specs of a few jobs that are gone (finished or retracted): bounded, lazy
-  local sample = redis.call('HRANDFIELD', st.k_flow, 4)
-  if type(sample) == 'table' and #sample > 0 then
-    local alive = redis.call('HMGET', st.k_items, unpack(sample))
-    for j, id in ipairs(sample) do
+  -- and a few specs of jobs never claimed through here (a legacy client took them)
+  local strays = redis.call('HRANDFIELD', st.k_flow, 2)
+  if type(strays) == 'table' and #strays > 0 then
+    local alive = redis.call('HMGET', st.k_items, unpack(strays))
+    for j, id in ipairs(strays) do
       if not alive[j] then redis.call('HDEL', st.k_flow, id) end
     end
   end
