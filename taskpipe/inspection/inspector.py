@@ -32,7 +32,7 @@ from taskpipe.inspection.views import (
     task_name_of,
 )
 from taskpipe.serialization import decode_envelope
-from taskpipe.thoonk.flow import flow_state, limits_summary, numbered_ids
+from taskpipe.thoonk.flow import flow_state, limits_summary, numbered_count, numbered_ids
 from taskpipe.thoonk.job import JobChannel
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ class Inspector:
                 if off < in_list else []
             # then the numbered jobs (priority=0..9), claimed after the list
             ids += numbered_ids(ch, max(0, off - in_list), limit - len(ids))
-            total = in_list + int(self.client.zcard(k.prio))
+            total = in_list + numbered_count(ch)
             pipe = self.client.pipeline(transaction=False)
             for i in ids:
                 pipe.zscore(k.published, i)
