@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from taskpipe.thoonk.job import JobChannel, PutRequest
 
 __all__ = ["PutFlow", "PutOutcome", "put_flow_args", "put_flow", "set_channel_limits",
-           "channel_limits", "flow_state", "limits_summary", "numbered_ids", "numbered_count", "PUBLISHED", "EXISTS", "DEDUPLICATED", "DEBOUNCED"]
+           "channel_limits", "flow_state", "limits_summary", "PUBLISHED", "EXISTS",
+           "DEDUPLICATED", "DEBOUNCED", "STATE_SAMPLE"]
 
 PUBLISHED, EXISTS, DEDUPLICATED, DEBOUNCED = 1, 0, 2, 3
 #: at most this many rate buckets and capped claims are read by ``flow_state``
@@ -148,14 +149,3 @@ def limits_summary(state: dict[str, Any]) -> str:
         parts.append(f"numbered waiting {state['numbered_waiting']}")
     return " · ".join(parts)
 
-
-def numbered_count(channel: JobChannel) -> int:
-    """How many numbered (``priority=0..9``) jobs wait in the channel."""
-    return int(channel.client.zcard(channel.keys.prio))
-
-
-def numbered_ids(channel: JobChannel, start: int, count: int) -> list[str]:
-    """Numbered (``priority=0..9``) available ids in claim order, from position ``start``."""
-    if count <= 0:
-        return []
-    return [_s(i) for i in channel.client.zrange(channel.keys.prio, start, start + count - 1)]
