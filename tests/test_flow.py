@@ -314,6 +314,23 @@ def test_debounce_latest_wins(app: TaskPipe) -> None:
     assert list(decode_envelope(item).args) == [3]
 
 
+def test_debounce_runs_once_with_the_latest_arguments(app: TaskPipe) -> None:
+    runs: list[int] = []
+
+    @app.task(name="d2", debounce="50ms")
+    def d2(x: int) -> int:
+        runs.append(x)
+        return x
+
+    results = [d2.delay(i) for i in range(4)]  # no worker yet: the holder stays delayed
+    assert {r.id for r in results} == {results[0].id}
+    assert [r.dedup for r in results] == [None, "debounced", "debounced", "debounced"]
+    burst(app)  # waits for the due job (within its block timeout), runs it once
+    assert runs == [3] and results[0].get(timeout=5) == 3
+    after = d2.delay(9)  # the holder ran: a new debounced job
+    assert after.dedup is None and after.id != results[0].id
+
+
 def test_dedup_in_publish_many(app: TaskPipe) -> None:
     @app.task(name="m")
     def m(x: Any) -> Any:
