@@ -357,8 +357,8 @@ def test_legacy_client_claims_beside_numbered_jobs(app: TaskPipe) -> None:
     normal = n.delay("normal").id
     head = n.apply_async(("head",), priority=True).id
     # a legacy consumer pops feed.ids from the right: Thoonk's priority job, then the normal one
-    assert r.rpop(k.ids).decode() == head
-    assert r.rpop(k.ids).decode() == normal
+    assert r.rpop(k.ids) == head.encode()
+    assert r.rpop(k.ids) == normal.encode()
     assert r.rpop(k.ids) is None  # numbered jobs live in feed.prio, which it does not read
     r.rpush(k.ids, normal, head)  # hand them back (head at the right end again)
     # a legacy producer's jobs (LPUSH normal, RPUSH priority) are claimed by taskpipe first

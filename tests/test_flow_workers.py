@@ -101,7 +101,7 @@ def test_rate_limit_holds_across_three_workers(flow: Flow) -> None:
         flow.worker("-c", "4")
     key = flow.prefix + "rated"
     wait_for(lambda: flow.r.llen(key) >= 560, timeout=60, what="11 s of rated jobs")
-    stamps = sorted(int(x) for x in flow.r.lrange(key, 0, -1))  # type: ignore[union-attr]
+    stamps = sorted(int(x) for x in flow.r.lrange(key, 0, -1))
     start = stamps[0] + 500  # past the first burst
     in_window = sum(1 for t in stamps if start <= t < start + 10_000)
     assert 450 <= in_window <= 550, f"{in_window} jobs started in 10 s at a 50/s limit"
@@ -111,8 +111,11 @@ def test_rate_limit_holds_across_three_workers(flow: Flow) -> None:
 
 def _running_on(flow: Flow, worker: str) -> list[str]:
     k = flow.app.channel().keys
-    return [j.decode() for j, w in flow.r.hgetall(k.workers).items()  # type: ignore[union-attr]
-            if w.decode() == worker]
+    return [_text(j) for j, w in flow.r.hgetall(k.workers).items() if _text(w) == worker]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def test_per_key_cap_holds_and_survives_sigkill(flow: Flow) -> None:
@@ -137,13 +140,13 @@ def test_per_key_cap_holds_and_survives_sigkill(flow: Flow) -> None:
     for job_id in held:
         user = flow.r.get(flow.prefix + "user:" + job_id)
         if user is not None and not flow.r.sismember(flow.prefix + "done", job_id):
-            flow.r.decr(flow.prefix + "running:" + user.decode())
+            flow.r.decr(flow.prefix + "running:" + _text(user))
     flow.worker("-c", "6")
     # the killed long jobs run again (quickly) once the reaper frees their slots: all finish
     wait_for(lambda: flow.r.scard(done_key) == len(jobs), timeout=90, what="every job to finish")
     assert int(flow.r.get(flow.prefix + "violations") or 0) == 0
     for u in users:
-        seen = [int(x) for x in flow.r.lrange(flow.prefix + "seen:" + u, 0, -1)]  # type: ignore[union-attr]
+        seen = [int(x) for x in flow.r.lrange(flow.prefix + "seen:" + u, 0, -1)]
         assert seen and max(seen) <= 2, (u, seen)
         assert max(seen) == 2  # the cap is reached, not just never approached
     # nothing lost, nothing doubled: every job finished once (the killed ones on a rerun)
