@@ -72,8 +72,10 @@ class Inspector:
             raise WrongFeedType(f"{name!r} is a {kind}, not a job channel")
         return JobChannel(self.app.thoonk, name)
 
-    def channel_counts(self, name: str) -> dict[str, Any]:
-        """Jobs per state of one channel, lifetime counters, and whether it is paused.
+    def channel_counts(self, name: str, now_ms: int | None = None) -> dict[str, Any]:
+        """Jobs per state of one channel, lifetime counters, whether it is paused, and its flow
+        control (``flow``: limits and live limiter state at server time ``now_ms``, default
+        asked now; ``limits``: the same as one line).
 
         ``finished`` counts the finished-job index (jobs finished within its retention, 7 days by
         default, or until cleaned); their results may have expired earlier.
@@ -82,7 +84,7 @@ class Inspector:
         counts: dict[str, Any] = dict(ch.counts())
         counts["paused"] = ch.paused
         # flow control (docs/flow-control.md): the channel's limits and the live limiter state
-        flow = flow_state(ch, self.server_time_ms())
+        flow = flow_state(ch, self.server_time_ms() if now_ms is None else now_ms)
         counts["flow"] = flow
         counts["limits"] = limits_summary(flow)
         return {"channel": name, **counts}
@@ -90,9 +92,10 @@ class Inspector:
     def overview(self) -> list[dict[str, Any]]:
         """``channel_counts`` of every job channel."""
         out = []
+        now = self.server_time_ms()  # one clock read for every channel's limiter state
         for name in self.channels():
             try:
-                out.append(self.channel_counts(name))
+                out.append(self.channel_counts(name, now))
             except (FeedDoesNotExist, WrongFeedType):
                 continue  # deleted meanwhile
         return out
