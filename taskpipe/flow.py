@@ -138,7 +138,7 @@ def build_flow(task_name: str, topts: Any, args: tuple[Any, ...], kwargs: Mappin
                 cap_group = "k:" + task_name + ":" + _group_key(keyfn(*args, **kwargs))
             except ConfigError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - the user's key function, reported typed
+            except Exception as exc:  # the user's key function: reported as a ConfigError
                 raise ConfigError(f"concurrency_key of {task_name!r} failed: {exc!r}") from exc
     dedup_key = ""
     if mode:
