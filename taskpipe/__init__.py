@@ -20,7 +20,9 @@ from taskpipe.errors import (
     BrokerURLError,
     ConfigError,
     CronError,
+    DependencyCycle,
     DurationError,
+    EmptyChord,
     JobNotFound,
     JobTimeout,
     LeaseLost,
@@ -33,12 +35,15 @@ from taskpipe.errors import (
     SerializationError,
     TaskFailed,
     TaskpipeError,
+    UnknownParent,
     UnknownTask,
+    WorkflowError,
     WrongJobState,
 )
 from taskpipe.results import AsyncResult
 from taskpipe.task import Signature, Task
 from taskpipe.worker import Worker
+from taskpipe.workflows import GroupResult, chain, chord, group
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
 
@@ -51,5 +56,8 @@ __all__ = [
     "SerializationError", "PayloadTooLarge", "UnknownTask", "JobNotFound", "WrongJobState",
     "LeaseLost", "ResultTimeout", "ResultExpired", "ResultUnknown", "TaskFailed", "JobTimeout",
     "Retry", "BrokerError", "ResultStalled",
+    # workflows
+    "chain", "group", "chord", "GroupResult", "WorkflowError", "UnknownParent", "DependencyCycle",
+    "EmptyChord",
     "__version__",
 ]

@@ -34,6 +34,7 @@ from taskpipe.task import (
 from taskpipe.thoonk.job import JobChannel, PutRequest, new_id
 from taskpipe.thoonk.keys import cluster_name, has_hash_tag
 from taskpipe.thoonk.thoonk import Thoonk
+from taskpipe.workflows import dependency_options, publish_waiting
 
 if TYPE_CHECKING:
     from typing_extensions import ParamSpec
@@ -249,6 +250,7 @@ class TaskPipe:
                 env_opts[key] = value if key == "retries" else parse_duration(value)
         if "retries" in env_opts and (not isinstance(env_opts["retries"], int) or env_opts["retries"] < 0):
             raise ConfigError(f"retries must be a non-negative int, got {env_opts['retries']!r}")
+        env_opts.update(dependency_options(self, options))  # depends_on (taskpipe.workflows)
         on_finish = options.get("on_finish")
         callback = None
         if isinstance(on_finish, Signature):
@@ -300,11 +302,15 @@ class TaskPipe:
         if callback is not None:  # watch first, so even an instant finish is heard
             self.finish_watcher.add(result, callback)
         since_ms = int(time.time() * 1000)
+        parents = dependency_options(self, options).get("parents") if options else None
 
         def put(attempt: int) -> None:
             # a try that failed may still have landed: never publish the same job twice
             if not attempt or not channel.landed([req], since_ms):
-                channel.put_request(req)
+                if parents:  # waits for its parents (taskpipe.workflows)
+                    publish_waiting(channel, req, parents)
+                else:
+                    channel.put_request(req)
 
         self.broker_retry.call(f"publish to channel {channel.name!r}", put)
         return result
@@ -322,6 +328,8 @@ class TaskPipe:
                                                  self.tasks.get(sig.task), dict(sig.options))
             if callback is not None:
                 raise ConfigError("publish_many takes task signatures for on_finish, not callables")
+            if sig.options.get("depends_on") is not None:
+                raise ConfigError("publish_many cannot publish depends_on jobs: use apply_async")
             by_channel.setdefault(channel.name, (channel, []))[1].append(req)
             order.append((channel.name, req.id or ""))
         since_ms = int(time.time() * 1000)

@@ -36,7 +36,9 @@ T = TypeVar("T")
 
 #: the publishing options ``apply_async`` / ``app.send`` accept (eager mode checks the same set)
 SEND_OPTIONS = frozenset({"channel", "priority", "delay", "eta", "id", "on_finish", "result_ttl",
-                          "retries", "timeout", "hard_timeout", "retry_backoff"})
+                          "retries", "timeout", "hard_timeout", "retry_backoff",
+                          # workflows (taskpipe.workflows)
+                          "depends_on", "allow_failure", "pass_results"})
 
 
 def check_send_options(options: Any) -> None:
@@ -65,13 +67,22 @@ class TaskOptions:
 
 @dataclass(frozen=True)
 class Signature:
-    """A task call kept for later: ``add.s(2, 3)``. Used for ``on_finish=`` and bulk publishing."""
+    """A task call kept for later: ``add.s(2, 3)``. Used for ``on_finish=``, bulk publishing and
+    workflows (``a.s(1) | b.s()``). ``immutable`` (``add.si(...)``): in a chain or chord it is
+    not given the previous step's result."""
 
     task: str
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     app: TaskPipe | None = field(default=None, compare=False, repr=False)
+    immutable: bool = False
+
+    def __or__(self, other: Any) -> Any:
+        """``a.s() | b.s()``: a chain (``taskpipe.workflows.chain``)."""
+        from taskpipe.workflows import chain
+
+        return chain(self, other)
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
         """Publish the signature (extra args are appended, kwargs merged)."""
@@ -152,6 +163,15 @@ class Task(Generic[R, P]):
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature of this task with these arguments."""
         return Signature(self.name, tuple(args), dict(kwargs), {}, self.app)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: in a chain or chord it ignores the previous result."""
+        return Signature(self.name, tuple(args), dict(kwargs), {}, self.app, immutable=True)
+
+    def starmap(self, iterable: Iterable[Iterable[Any]], **options: Any) -> list[AsyncResult[R]]:
+        """Publish one job per item, each item spread as the arguments (``add.starmap([(1, 2),
+        (3, 4)])``), pipelined in batches; ``map`` spreads only tuples."""
+        return self.map((tuple(a) for a in iterable), **options)
 
     def map(self, iterable: Iterable[Any], **options: Any) -> list[AsyncResult[R]]:
         """Publish one job per item (a tuple is spread as arguments), pipelined in batches."""

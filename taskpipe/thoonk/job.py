@@ -20,6 +20,7 @@ from taskpipe.errors import JobNotFound, LeaseLost, WrongJobState
 from taskpipe.thoonk.job_reads import JobInfo, JobReads, _s
 from taskpipe.thoonk.keys import JobKeys
 from taskpipe.thoonk.scripts import broker_errors
+from taskpipe.thoonk.workflow import WorkflowOps
 
 if TYPE_CHECKING:
     from taskpipe.thoonk.thoonk import Thoonk
@@ -110,7 +111,7 @@ class Reaped:
 
 
 @maps_broker_errors  # no redis-py exception type leaves a public method
-class JobChannel(JobReads):
+class JobChannel(JobReads, WorkflowOps):
     """A Thoonk job channel. Open one with ``Thoonk.job(name)``."""
 
     def __init__(self, thoonk: Thoonk, name: str) -> None:
@@ -287,7 +288,9 @@ class JobChannel(JobReads):
         """Finish several claimed jobs in one script call; returns a code per job.
 
         Codes: 1 finished, 0 not claimed, -1 lease lost. ``followup`` = ``(channel, id, item)``
-        publishes one more job in the same atomic step (only with one request).
+        publishes one more job in the same atomic step (only with one request). A job that
+        other jobs wait for (``depends_on``) is finished on its own, with its dependants
+        released in the same step (``taskpipe.thoonk.workflow``).
         """
         if not requests:
             return []
@@ -308,8 +311,19 @@ class JobChannel(JobReads):
             t = target.keys
             keys += [t.ids, t.items, t.published, t.publishes, t.wake, t.finished, t.result(fid)]
             args += [_check_id(fid), fitem]
-        codes = self.scripts["job_finish"](self.client, keys, args)
-        return [int(c) for c in codes]
+        codes = [int(c) for c in self._finish_call(keys, args, None)]
+        for _ in range(100):  # -2: it has dependants (or more than were read): pass them
+            if len(requests) != 1 or codes[0] != -2:
+                break
+            codes = [int(c) for c in self._finish_call(keys, args, requests[0].id)]
+        for i in range(len(requests) if len(requests) > 1 else 0):
+            if codes[i] == -2:  # in a batch: finished on its own, with its dependants
+                codes[i] = self.finish_many([requests[i]])[0]
+        return codes
+
+    def _finish_call(self, keys: list[str], args: list[Any], deps_of: str | None) -> list[Any]:
+        wf_keys, wf_args = self.workflow_section(deps_of)
+        return list(self.scripts["job_finish"](self.client, [*keys, *wf_keys], [*args, *wf_args]))
 
     def cancel(self, id: str, token: str = "", not_before_ms: int = 0) -> int:
         """Send a claimed job back to the queue; returns its new cancel count.

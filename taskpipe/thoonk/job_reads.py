@@ -151,7 +151,7 @@ class JobReads:
         r = self.scripts["job_state"](
             self.client, [k.items, k.claimed, k.stalled, k.delayed, k.finished, k.result(id),
                           k.cancelled, k.attempts, k.reasons, k.workers, k.progress, k.leases,
-                          k.published], [id])
+                          k.published, k.waiting], [id])
         return JobInfo(id=id, state=_s(r[0]), cancel_count=int(_s(r[1]) or 0),
                        attempts=int(_s(r[2]) or 0), reason=_s(r[3]), worker=_s(r[4]),
                        progress=_s(r[5]), lease_deadline_ms=_opt_int(r[6]), due_ms=_opt_int(r[7]),
@@ -186,9 +186,9 @@ class JobReads:
         k = self.keys
         pipe = self.client.pipeline(transaction=False)
         pipe.llen(k.ids).zcard(k.delayed).zcard(k.claimed).scard(k.stalled).zcard(k.finished)
-        pipe.get(k.publishes).get(k.finishes).get(k.failures)
+        pipe.get(k.publishes).get(k.finishes).get(k.failures).hlen(k.waiting)
         r = pipe.execute()
-        return {"available": int(r[0]), "delayed": int(r[1]), "claimed": int(r[2]),
+        return {"available": int(r[0]), "delayed": int(r[1]), "waiting": int(r[8]), "claimed": int(r[2]),
                 "stalled": int(r[3]), "finished": int(r[4]), "published_total": int(r[5] or 0),
                 "finished_total": int(r[6] or 0), "failed_total": int(r[7] or 0)}
 

@@ -81,6 +81,8 @@ class JobKeys:
     finished: str     # ZSET  id -> finish ms (index of finished jobs, trimmed by age)
     failures: str     # counter: jobs finished as failed
     wake: str         # LIST  wake-up markers for blocked workers
+    waiting: str      # HASH  id -> parents not yet finished (a dependant in state 'waiting')
+    dependents: str   # HASH  parent id -> n dependants; "<parent id>\0<k>" -> "<channel>\0<id>"
     ch_finish: str    # pub/sub: job.finish:<f>  id\0result
     ch_events: str    # pub/sub: feed.jobevent:<f>  (taskpipe: progress/log/state events)
     result_prefix: str  # STRING per job: <result_prefix><id>, with TTL
@@ -203,6 +205,8 @@ class Keyspace:
             finished=k("feed.finished:" + name),
             failures=k("feed.failures:" + name),
             wake=k("feed.wake:" + name),
+            waiting=k("feed.waiting:" + name),
+            dependents=k("feed.dependents:" + name),
             ch_finish=k("job.finish:" + name),
             ch_events=k("feed.jobevent:" + name),
             result_prefix=k("feed.result:" + name + ":"),
@@ -216,7 +220,7 @@ class Keyspace:
         return [j.config, j.ids, j.items, j.publishes, j.finishes, j.published, j.claimed,
                 j.stalled, j.cancelled, j.delayed, j.urgent, j.leases, j.tokens, j.workers,
                 j.fence, j.attempts, j.reasons, j.stalled_at, j.progress, j.finished, j.failures,
-                j.wake]
+                j.wake, j.waiting, j.dependents]
 
     def feed_object_keys(self, name: str) -> list[str]:
         """Every key of a feed, sorted feed or queue (for delete)."""

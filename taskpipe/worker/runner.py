@@ -104,7 +104,12 @@ def prepare(app: TaskPipe, claim: Claim) -> Prepared:
         return Prepared(claim, env, task, early=Outcome(
             "failure", claim, exc_type="ConfigError", envelope=env, task=task,
             exc_message=f"job {claim.id} has a bad call option and was not run: {problem}"))
-    return _within_max_cancels(app, Prepared(claim, env, task))
+    prepared = _within_max_cancels(app, Prepared(claim, env, task))
+    if "parents" in env.options:  # a dependant: its parents' results (depends_on, chain, chord)
+        from taskpipe.worker.dependencies import with_parents
+
+        prepared = with_parents(app, prepared)
+    return prepared
 
 
 def option_problem(options: dict[str, Any]) -> str | None:
