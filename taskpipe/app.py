@@ -12,8 +12,10 @@ from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from taskpipe.aliases import translate_options
 from taskpipe.broker_retry import BrokerRetry
 from taskpipe.brokercheck import eviction_policy, eviction_warning
+from taskpipe.callbacks import callbacks_of
 from taskpipe.connection import DEFAULT_URL, Connection, parse_url, redact_url
 from taskpipe.durations import eta_to_delay, parse_duration, parse_optional_duration, to_ms
 from taskpipe.errors import ConfigError, UnknownTask
@@ -251,14 +253,7 @@ class TaskPipe:
         if "retries" in env_opts and (not isinstance(env_opts["retries"], int) or env_opts["retries"] < 0):
             raise ConfigError(f"retries must be a non-negative int, got {env_opts['retries']!r}")
         env_opts.update(dependency_options(self, options))  # depends_on (taskpipe.workflows)
-        on_finish = options.get("on_finish")
-        callback = None
-        if isinstance(on_finish, Signature):
-            env_opts["on_finish"] = on_finish.to_dict()
-        elif on_finish is not None:
-            if not callable(on_finish):
-                raise ConfigError("on_finish must be a callable or a task signature")
-            callback = on_finish
+        callback = callbacks_of(options, env_opts)  # on_finish / on_failure (taskpipe.callbacks)
         payload = encode_envelope(name, tuple(args), dict(kwargs or {}), env_opts,
                                   serializer=self.serializer, max_size=self.max_payload)
         delay_ms, eta_ms = 0, 0
@@ -294,6 +289,7 @@ class TaskPipe:
         """
         from taskpipe.results import AsyncResult
 
+        options = translate_options(options)  # Celery's option names (taskpipe.aliases)
         if self.eager:
             return self.eager_runner.send(name, args, kwargs, options)  # type: ignore[no-any-return]
         channel, req, callback = self._build(name, args, kwargs, _task, options)
@@ -325,7 +321,8 @@ class TaskPipe:
         order: list[tuple[str, str]] = []
         for sig in signatures:
             channel, req, callback = self._build(sig.task, sig.args, sig.kwargs,
-                                                 self.tasks.get(sig.task), dict(sig.options))
+                                                 self.tasks.get(sig.task),
+                                                 translate_options(dict(sig.options)))
             if callback is not None:
                 raise ConfigError("publish_many takes task signatures for on_finish, not callables")
             if sig.options.get("depends_on") is not None:

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from taskpipe.callbacks import callbacks_of, failure_info
 from taskpipe.durations import eta_to_delay, parse_duration
-from taskpipe.errors import ConfigError, ResultTimeout, ResultUnknown, UnknownTask
+from taskpipe.errors import ConfigError, ResultExpired, ResultTimeout, ResultUnknown, UnknownTask
 from taskpipe.results import AsyncResult
 from taskpipe.serialization import (
     ResultRecord,
@@ -69,6 +70,8 @@ class EagerResult(AsyncResult[Any]):
         an id no eager call had ``ResultUnknown``."""
         if self._record is None and self._eager_state == "unknown":
             raise ResultUnknown(f"no eager call with id {self.id!r}")
+        if self._record is None and self._eager_state == "forgotten":
+            raise ResultExpired(f"job {self.id!r} finished but its result was forgotten")
         if self._record is None:
             raise ResultTimeout(f"job {self.id!r} is still {self._eager_state} (eager mode: "
                                 "advance the app's test clock to run it)")
@@ -81,6 +84,12 @@ class EagerResult(AsyncResult[Any]):
     def logs(self) -> list[str]:
         """Eager runs keep no log."""
         return []
+
+    def forget(self) -> None:
+        """Drop the outcome of a call that ran (``get()`` then raises ``ResultExpired``)."""
+        if self._record is not None:
+            self._record = None
+            self._eager_state = "forgotten"
 
     def retract(self) -> None:
         """Drop a call still waiting for the test clock."""
@@ -150,12 +159,12 @@ class EagerRunner:
             raise UnknownTask(f"no task registered as {name!r} in app {self.app.name!r} "
                               "(eager mode runs only this app's tasks)")
         task = self.app.tasks[name]
-        on_finish = options.get("on_finish")
         env_opts: dict[str, Any] = {}
-        if isinstance(on_finish, Signature):
-            env_opts["on_finish"] = on_finish.to_dict()
-        elif on_finish is not None and not callable(on_finish):
-            raise ConfigError("on_finish must be a callable or a task signature")
+        callbacks_of(options, env_opts)  # checks on_finish / on_failure
+        if options.get("depends_on") is not None:
+            raise ConfigError("eager mode runs every call at once, so it cannot wait for "
+                              "parents (depends_on, chain, chord): test workflows on "
+                              "TaskPipe(broker='memory://') with a worker")
         for key in ("retries", "timeout", "hard_timeout", "retry_backoff", "result_ttl"):
             if options.get(key) is not None:
                 env_opts[key] = options[key] if key == "retries" else parse_duration(options[key])
@@ -234,6 +243,18 @@ class EagerRunner:
                 on_finish(value, pending.result)
             except Exception:  # noqa: BLE001 - as in production: logged, never the job's fate
                 log.exception("on_finish callback for job %s raised", pending.result.id)
+        on_failure = pending.options.get("on_failure")
+        if on_failure is not None and not record.ok:
+            if isinstance(on_failure, Signature):  # as the worker does: the failure info first
+                info = failure_info(pending.result.id, pending.result.channel, env.task,
+                                    record.exc_type or "", record.exc_message or "")
+                self.app.send(on_failure.task, args=(info, *on_failure.args),
+                              kwargs=on_failure.kwargs)
+            else:
+                try:
+                    on_failure(pending.result.get(propagate=False), pending.result)
+                except Exception:  # noqa: BLE001 - logged, never the job's fate
+                    log.exception("on_failure callback for job %s raised", pending.result.id)
 
     def run_due(self, target: float) -> int:
         """Run delayed calls and cron fires due up to ``target``, in time order."""

@@ -324,5 +324,8 @@ class AsyncResult(Generic[R]):
         self.app.broker_retry.call(f"retract of job {self.id!r}", retract)
 
     def forget(self) -> None:
-        """Alias of ``retract`` (Celery's name)."""
-        self.retract()
+        """Drop the job's stored result (Celery's meaning); the job itself is not touched: a
+        pending job still runs (and stores its result), a finished one then reads as
+        ``ResultExpired``. Use ``retract()`` to remove a job."""
+        self._call("forget", lambda: self._ch.drop_result(self.id))
+        self._record = None

@@ -36,7 +36,7 @@ T = TypeVar("T")
 
 #: the publishing options ``apply_async`` / ``app.send`` accept (eager mode checks the same set)
 SEND_OPTIONS = frozenset({"channel", "priority", "delay", "eta", "id", "on_finish", "result_ttl",
-                          "retries", "timeout", "hard_timeout", "retry_backoff",
+                          "retries", "timeout", "hard_timeout", "retry_backoff", "on_failure",
                           # workflows (taskpipe.workflows)
                           "depends_on", "allow_failure", "pass_results"})
 
@@ -103,7 +103,8 @@ class Signature:
     def to_dict(self) -> dict[str, Any]:
         """The plain-data form stored inside a job envelope."""
         return {"task": self.task, "args": list(self.args), "kwargs": dict(self.kwargs),
-                "options": {k: v for k, v in self.options.items() if k != "on_finish"}}
+                "options": {k: v for k, v in self.options.items()
+                            if k not in ("on_finish", "on_failure")}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], app: TaskPipe | None = None) -> Signature:

@@ -379,6 +379,11 @@ class JobChannel(JobReads, WorkflowOps):
         self._raise_for(int(code), id, "claimed", token)
         return int(attempts)
 
+    def drop_result(self, id: str) -> bool:
+        """Delete a finished job's stored result (and the item kept beside it); True if there
+        was one. One DEL: the job's state and indexes are not touched."""
+        return bool(self.client.delete(self.keys.result(id), self.keys.query(id)))
+
     def retract_keys(self, id: str) -> list[str]:
         """KEYS of the ``job_retract`` script for one job, in the order of its header."""
         k = self.keys

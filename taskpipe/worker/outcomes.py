@@ -248,16 +248,20 @@ class OutcomeWriter:
 
     def _followup(self, outcome: Outcome, failed: bool) -> tuple[Any, str, bytes] | None:
         env = outcome.envelope
-        if failed or env is None or not env.options.get("on_finish"):
+        key = "on_failure" if failed else "on_finish"
+        if env is None or not env.options.get(key):
             return None
+        from taskpipe.callbacks import failure_info
         from taskpipe.task import Signature
 
-        sig = Signature.from_dict(env.options["on_finish"], self.app)
+        sig = Signature.from_dict(env.options[key], self.app)
         target = self.app.channel(sig.options.get("channel") or (
             self.app.tasks[sig.task].channel if sig.task in self.app.tasks else None))
-        item = encode_envelope(sig.task, (outcome.value, *sig.args), sig.kwargs, {},
+        first = failure_info(outcome.claim.id, outcome.claim.channel, env.task, outcome.exc_type,
+                             outcome.exc_message) if failed else outcome.value
+        item = encode_envelope(sig.task, (first, *sig.args), sig.kwargs, {},
                                serializer=self.app.serializer, max_size=self.app.max_payload)
-        return target, f"{outcome.claim.id}.on_finish", item
+        return target, f"{outcome.claim.id}.{key}", item
 
     def _apply_other(self, outcome: Outcome) -> None:
         claim = outcome.claim

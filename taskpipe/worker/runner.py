@@ -129,18 +129,26 @@ def option_problem(options: dict[str, Any]) -> str | None:
         value = options.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             return f"{key}={_short(value)}: not an int >= 0"
-    sig = options.get("on_finish")
+    for name in ("on_finish", "on_failure"):
+        problem = _signature_problem(name, options.get(name))
+        if problem is not None:
+            return problem
+    return None
+
+
+def _signature_problem(name: str, sig: Any) -> str | None:
+    """What is wrong with a durable callback signature's data (``on_finish``/``on_failure``)."""
     if sig is not None:
         if not isinstance(sig, dict) or not isinstance(sig.get("task"), str) or not sig["task"]:
-            return f"on_finish={_short(sig)}: not a task signature (a map with a task name)"
+            return f"{name}={_short(sig)}: not a task signature (a map with a task name)"
         for key, kind in (("args", (list, tuple)), ("kwargs", dict), ("options", dict)):
             if sig.get(key) is not None and not isinstance(sig[key], kind):
-                return f"on_finish {key}={_short(sig[key])}: wrong type"
+                return f"{name} {key}={_short(sig[key])}: wrong type"
         if sig.get("kwargs") and not all(isinstance(k, str) for k in sig["kwargs"]):
-            return "on_finish kwargs: keys must be strings"
+            return f"{name} kwargs: keys must be strings"
         channel = (sig.get("options") or {}).get("channel")
         if channel is not None and (not isinstance(channel, str) or not channel):
-            return f"on_finish channel={_short(channel)}: not a channel name"
+            return f"{name} channel={_short(channel)}: not a channel name"
     return None
 
 
