@@ -36,6 +36,7 @@ __all__ = [
     "UnknownParent",
     "DependencyCycle",
     "EmptyChord",
+    "JobAborted",
 ]
 
 
@@ -218,3 +219,8 @@ class DependencyCycle(WorkflowError):
 class EmptyChord(WorkflowError):
     """A chord (or a group used as a chord's header) has no member: its callback would never
     run."""
+
+
+class JobAborted(TaskpipeError):
+    """Raised inside a task by ``current_job().check_abort()`` once the job was aborted
+    (``AsyncResult.abort()``, ``taskpipe jobs abort``); the job already ended ``aborted``."""

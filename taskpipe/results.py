@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -19,8 +21,9 @@ from taskpipe.errors import (
     ResultUnknown,
     SerializationError,
     TaskFailed,
+    WrongJobState,
 )
-from taskpipe.serialization import ResultRecord, decode_result
+from taskpipe.serialization import ResultRecord, decode_result, encode_failure
 from taskpipe.thoonk.job import JobInfo
 
 if TYPE_CHECKING:
@@ -35,11 +38,20 @@ if TYPE_CHECKING:
 else:
     R = TypeVar("R")
 
-STATES = ("delayed", "available", "claimed", "stalled", "finished", "failed", "unknown")
+STATES = ("delayed", "waiting", "available", "claimed", "stalled", "finished", "failed", "aborted",
+          "expired", "unknown")
+#: the ``exc_type`` of the result record of a job that ended ``aborted`` / ``expired``
+OUTCOME_STATES = {"JobAborted": "aborted", "JobExpired": "expired"}
 STATE_CHECK_EVERY = 1.0  # seconds between state checks of a result wait (stalled is not an event)
 _FOREVER = 365 * 24 * 3600.0
 T = TypeVar("T")
 _BROKER_FAULTS = (redis.exceptions.RedisError, OSError, BrokerUnavailable)
+
+
+def _final_state(record: ResultRecord) -> str:
+    if record.ok:
+        return "finished"
+    return OUTCOME_STATES.get(record.exc_type or "", "failed")
 
 
 class AsyncResult(Generic[R]):
@@ -98,27 +110,54 @@ class AsyncResult(Generic[R]):
 
     @property
     def state(self) -> str:
-        """One of delayed, available, claimed, stalled, finished, failed, unknown."""
+        """One of ``STATES``: delayed, waiting (for parents: ``depends_on``), available,
+        claimed, stalled, finished, failed, aborted, expired, unknown."""
         if self._record is not None:
-            return "finished" if self._record.ok else "failed"
+            return _final_state(self._record)
         state = self.info().state
         if state == "finished":
             record = self._fetch()
-            if record is not None and not record.ok:
-                return "failed"
+            if record is not None:
+                return _final_state(record)
         return str(state)
+
+    def abort(self, by: str | None = None) -> None:
+        """Abort the job while it runs: it ends ``aborted`` at once (result: a ``TaskFailed``
+        of type ``JobAborted`` naming ``by`` and when), its lease is released, it never runs
+        again by itself, and the worker running it stops the task (``docs/workflows.md``).
+
+        Raises ``WrongJobState`` if the job is not running (finished, or not started yet:
+        use ``retract()``), ``JobNotFound`` if there is no such job."""
+        who = by or f"{socket.gethostname()}:{os.getpid()}"
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        record = encode_failure("JobAborted", f"aborted by {who} at {when}", "",
+                                serializer=self.app.serializer)
+        ttl_ms = int(self.app.result_ttl * 1000)
+        code = self._call("abort", lambda: self._ch.abort(self.id, record, ttl_ms, who))
+        if code == 1:
+            self._record = None
+            return
+        state = self.state
+        if state == "unknown":
+            raise JobNotFound(f"no job {self.id!r} in channel {self.channel!r}")
+        raise WrongJobState(self.id, "claimed (running)", state)
+
+    def aborted_by(self) -> tuple[str, float] | None:
+        """``(who, unix time)`` of an abort of this job, or None."""
+        info = self._call("abort record", lambda: self._ch.abort_info(self.id))
+        return None if info is None else (info[0], info[1] / 1000.0)
 
     def ready(self) -> bool:
         """True once the job finished (successfully or not)."""
-        return self.state in ("finished", "failed")
+        return self.state in ("finished", "failed", "aborted", "expired")
 
     def successful(self) -> bool:
         """True if the job finished without error."""
         return self.state == "finished"
 
     def failed(self) -> bool:
-        """True if the job finished with an error."""
-        return self.state == "failed"
+        """True if the job finished with an error (aborted and expired jobs too)."""
+        return self.state in ("failed", "aborted", "expired")
 
     def get(self, timeout: float | None = None, propagate: bool = True) -> R:
         """Wait for the result (``timeout`` seconds; None = forever) and return it.

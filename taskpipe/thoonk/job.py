@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from taskpipe.broker_retry import maps_broker_errors
 from taskpipe.connection import close_quietly
 from taskpipe.errors import JobNotFound, LeaseLost, WrongJobState
+from taskpipe.thoonk.abort import AbortOps
 from taskpipe.thoonk.job_reads import JobInfo, JobReads, _s
 from taskpipe.thoonk.keys import JobKeys
 from taskpipe.thoonk.scripts import broker_errors
@@ -111,7 +112,7 @@ class Reaped:
 
 
 @maps_broker_errors  # no redis-py exception type leaves a public method
-class JobChannel(JobReads, WorkflowOps):
+class JobChannel(JobReads, WorkflowOps, AbortOps):
     """A Thoonk job channel. Open one with ``Thoonk.job(name)``."""
 
     def __init__(self, thoonk: Thoonk, name: str) -> None:

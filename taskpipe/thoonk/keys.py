@@ -89,6 +89,7 @@ class JobKeys:
     log_prefix: str     # LIST per job: <log_prefix><id>, capped, with TTL
     query_prefix: str   # STRING per job: <query_prefix><id>, the job's item kept with its
                         # result (thoonk.py ``get_result`` returns both), same TTL as the result
+    aborted_prefix: str  # STRING per job: "<who>\0<ms>" of a job aborted while it ran (7 d TTL)
 
     def result(self, job_id: str) -> str:
         """The key holding one job's stored result."""
@@ -101,6 +102,10 @@ class JobKeys:
     def query(self, job_id: str) -> str:
         """The key holding one finished job's item beside its stored result."""
         return self.query_prefix + job_id
+
+    def aborted(self, job_id: str) -> str:
+        """The key recording who aborted one job, and when."""
+        return self.aborted_prefix + job_id
 
 
 class Keyspace:
@@ -212,6 +217,7 @@ class Keyspace:
             result_prefix=k("feed.result:" + name + ":"),
             log_prefix=k("feed.log:" + name + ":"),
             query_prefix=k("feed.query:" + name + ":"),
+            aborted_prefix=k("feed.aborted:" + name + ":"),
         )
 
     def job_object_keys(self, name: str) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 __all__ = ["KeeperMixin", "BROKER_ERRORS"]
 
 log = logging.getLogger("taskpipe.worker")
+
+#: seconds between the keeper's checks for aborted jobs of a process pool
+ABORT_CHECK_EVERY = 0.25
 
 #: The errors that mean "Redis is unreachable right now" (retried, not fatal).
 BROKER_ERRORS = (BrokerUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
@@ -50,6 +53,7 @@ class KeeperMixin:
     _running_lock: threading.Lock
     _stopping: threading.Event
     _lost_logged: set[tuple[str, str, str]]
+    _pool: Any
 
     if TYPE_CHECKING:
         @property
@@ -58,7 +62,7 @@ class KeeperMixin:
     def _keeper(self) -> None:
         lease_ms = int(self.lease_s * 1000)
         renew_every = max(0.02, self.lease_s / 3)
-        next_renew = next_reap = next_beat = 0.0
+        next_renew = next_reap = next_beat = next_abort_check = 0.0
         last_log = -1e9
         while not (self._stopping.is_set() and not self.running):
             now = time.monotonic()
@@ -70,6 +74,9 @@ class KeeperMixin:
                     self._hold_presence()  # first: never judge others while our own is down
                     self._reap()
                     next_reap = now + self.reaper_interval
+                if now >= next_abort_check:  # process pool: terminate aborted jobs' children
+                    self._check_aborts()
+                    next_abort_check = now + ABORT_CHECK_EVERY
                 if now >= next_beat:
                     self.registry.beat(self)
                     self._hold_presence(rejoin=True)
@@ -79,6 +86,19 @@ class KeeperMixin:
                     log.warning("keeper: %s (retrying; logged at most every 30 s)", exc)
                     last_log = now
             time.sleep(min(renew_every, self.reaper_interval, 0.25))
+
+    def _check_aborts(self) -> None:
+        """Tell a process pool which of its running jobs were aborted (a thread or async task
+        sees it itself through ``current_job().aborted``)."""
+        abort = getattr(self._pool, "abort", None)
+        if abort is None:
+            return
+        by_channel: dict[str, list[str]] = {}
+        for claim in self.running:
+            by_channel.setdefault(claim.channel, []).append(claim.id)
+        for name, ids in by_channel.items():
+            for job_id in self.app.channel(name).aborted_among(ids):
+                abort(name, job_id)
 
     def _hold_presence(self, rejoin: bool = False) -> None:
         try:

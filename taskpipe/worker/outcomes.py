@@ -278,6 +278,9 @@ class OutcomeWriter:
         elif outcome.kind == "cancel":
             channel.cancel(claim.id, token=claim.token)
             self._bump(claim.channel, "cancelled", outcome)
+        elif outcome.kind == "aborted":  # the abort already ended the job (job_abort.lua)
+            self._bump(claim.channel, "aborted", outcome)
+            log.info("job %s/%s was aborted; its task stopped", claim.channel, claim.id)
         elif outcome.kind == "release":  # never started (process pool at shutdown)
             channel.release([(claim.id, claim.token)])
             self._bump(claim.channel, "released", outcome)

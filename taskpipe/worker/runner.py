@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.context import JobContext, _reset_current, _set_current
 from taskpipe.durations import parse_duration
-from taskpipe.errors import JobTimeout, Retry, SerializationError, TaskpipeError, UnknownTask
+from taskpipe.errors import (
+    JobAborted,
+    JobTimeout,
+    Retry,
+    SerializationError,
+    TaskpipeError,
+    UnknownTask,
+)
 from taskpipe.serialization import Envelope, decode_envelope
 
 if TYPE_CHECKING:
@@ -43,7 +50,8 @@ class Outcome:
 
     ``kind``: ``success`` (finish with ``value``), ``failure`` (finish as failed), ``retry``
     (run again after ``delay`` seconds), ``stall`` (park with ``reason``), ``cancel`` (send back),
-    ``release`` (never started: back to the head of the queue, cancel count unchanged).
+    ``release`` (never started: back to the head of the queue, cancel count unchanged),
+    ``aborted`` (the task stopped after an abort, which already ended the job: nothing to write).
     ``duration`` is how long the task ran, in seconds (None when it never started).
     """
 
@@ -315,6 +323,9 @@ def _run_prepared(app: TaskPipe, prepared: Prepared, channel: Any,
         else:  # no soft time limit: no timer to set up
             value = task.fn(*env.args, **env.kwargs)
         return Outcome("success", claim, value=value, envelope=env, task=task)
+    except JobAborted as aborted:
+        return Outcome("aborted", claim, exc_type="JobAborted", exc_message=str(aborted),
+                       envelope=env, task=task)
     except JobTimeout:
         exc = JobTimeout(f"task {task.name} ran past its time limit of {seconds} s")
         return decide_failure(app, prepared, exc, traceback.format_exc())
@@ -332,12 +343,32 @@ def _run_async(task: Task[Any], env: Envelope, ctx: JobContext, seconds: float |
                loop: asyncio.AbstractEventLoop | None) -> Any:
     async def call() -> Any:
         _set_current(ctx)
-        coro = task.fn(*env.args, **env.kwargs)
+        main = asyncio.ensure_future(task.fn(*env.args, **env.kwargs))
+        watch = asyncio.ensure_future(_cancel_on_abort(ctx, main))
         try:
-            return await asyncio.wait_for(coro, timeout=seconds) if seconds else await coro
+            return await asyncio.wait_for(main, timeout=seconds) if seconds else await main
         except asyncio.TimeoutError:
             raise JobTimeout() from None
+        except asyncio.CancelledError:
+            if main.cancelled() and ctx.aborted:
+                raise JobAborted(f"job {ctx.id} was aborted (its coroutine was cancelled)") from None
+            raise
+        finally:
+            watch.cancel()
 
     if loop is not None:
         return asyncio.run_coroutine_threadsafe(call(), loop).result()
     return asyncio.run(call())
+
+
+#: seconds between an async task's checks for an abort (its coroutine is then cancelled)
+ASYNC_ABORT_POLL = 0.25
+
+
+async def _cancel_on_abort(ctx: JobContext, main: asyncio.Future[Any]) -> None:
+    """Cancel ``main`` (an async task's coroutine) once its job is aborted."""
+    while not main.done():
+        await asyncio.sleep(ASYNC_ABORT_POLL)
+        if ctx.aborted:
+            main.cancel()
+            return

@@ -309,6 +309,13 @@
             await tick(true);
           } }));
         }
+        if (j.state === "claimed") {
+          actions.append(el("button", { id: "abort-btn", className: "danger", text: "Abort", onclick: async () => {
+            if (!window.confirm(`Abort running job ${id} in ${channel}? Its task is stopped.`)) return;
+            try { await api(`channels/${enc(channel)}/jobs/${enc(id)}/abort`, "POST"); toast("job aborted"); } catch (e) { toast(e.message, true); }
+            await tick(true);
+          } }));
+        }
         if (!["finished", "failed", "unknown"].includes(j.state)) {
           actions.append(el("button", { id: "retract-btn", className: "danger", text: "Retract", onclick: async () => {
             if (!window.confirm(`Remove job ${id} from ${channel}? This cannot be undone.`)) return;
