@@ -23,6 +23,7 @@ from taskpipe.errors import (
     DependencyCycle,
     DurationError,
     EmptyChord,
+    JobAborted,
     JobNotFound,
     JobTimeout,
     LeaseLost,
@@ -58,6 +59,6 @@ __all__ = [
     "Retry", "BrokerError", "ResultStalled",
     # workflows
     "chain", "group", "chord", "GroupResult", "WorkflowError", "UnknownParent", "DependencyCycle",
-    "EmptyChord",
+    "EmptyChord", "JobAborted",
     "__version__",
 ]

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from taskpipe.thoonk.job import Claim
 
 __all__ = ["Outcome", "prepare", "run_prepared", "backoff_delay", "decide_failure", "option_of",
-           "reap_limit", "option_problem"]
+           "reap_limit", "option_problem", "cancel_on_abort"]
 
 log = logging.getLogger("taskpipe.worker")
 
@@ -344,7 +344,7 @@ def _run_async(task: Task[Any], env: Envelope, ctx: JobContext, seconds: float |
     async def call() -> Any:
         _set_current(ctx)
         main = asyncio.ensure_future(task.fn(*env.args, **env.kwargs))
-        watch = asyncio.ensure_future(_cancel_on_abort(ctx, main))
+        watch = asyncio.ensure_future(cancel_on_abort(ctx, main))
         try:
             return await asyncio.wait_for(main, timeout=seconds) if seconds else await main
         except asyncio.TimeoutError:
@@ -365,7 +365,7 @@ def _run_async(task: Task[Any], env: Envelope, ctx: JobContext, seconds: float |
 ASYNC_ABORT_POLL = 0.25
 
 
-async def _cancel_on_abort(ctx: JobContext, main: asyncio.Future[Any]) -> None:
+async def cancel_on_abort(ctx: JobContext, main: asyncio.Future[Any]) -> None:
     """Cancel ``main`` (an async task's coroutine) once its job is aborted."""
     while not main.done():
         await asyncio.sleep(ASYNC_ABORT_POLL)
