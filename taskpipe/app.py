@@ -17,7 +17,13 @@ from taskpipe.broker_retry import BrokerRetry
 from taskpipe.brokercheck import eviction_policy, eviction_warning
 from taskpipe.callbacks import callbacks_of
 from taskpipe.connection import DEFAULT_URL, Connection, parse_url, redact_url
-from taskpipe.durations import eta_to_delay, parse_duration, parse_optional_duration, to_ms
+from taskpipe.durations import (
+    eta_to_delay,
+    expires_at,
+    parse_duration,
+    parse_optional_duration,
+    to_ms,
+)
 from taskpipe.errors import ConfigError, UnknownTask
 from taskpipe.serialization import (
     DEFAULT_MAX_PAYLOAD,
@@ -253,6 +259,8 @@ class TaskPipe:
         if "retries" in env_opts and (not isinstance(env_opts["retries"], int) or env_opts["retries"] < 0):
             raise ConfigError(f"retries must be a non-negative int, got {env_opts['retries']!r}")
         env_opts.update(dependency_options(self, options))  # depends_on (taskpipe.workflows)
+        if options.get("expires") is not None:  # checked by the worker that claims it
+            env_opts["expires_ms"] = int(expires_at(options["expires"], time.time()) * 1000)
         callback = callbacks_of(options, env_opts)  # on_finish / on_failure (taskpipe.callbacks)
         payload = encode_envelope(name, tuple(args), dict(kwargs or {}), env_opts,
                                   serializer=self.serializer, max_size=self.max_payload)

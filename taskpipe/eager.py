@@ -21,9 +21,9 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.callbacks import callbacks_of, failure_info
-from taskpipe.durations import eta_to_delay, parse_duration
+from taskpipe.durations import eta_to_delay, expires_at, parse_duration
 from taskpipe.errors import ConfigError, ResultExpired, ResultTimeout, ResultUnknown, UnknownTask
-from taskpipe.results import AsyncResult
+from taskpipe.results import AsyncResult, final_state
 from taskpipe.serialization import (
     ResultRecord,
     decode_envelope,
@@ -62,7 +62,7 @@ class EagerResult(AsyncResult[Any]):
     def state(self) -> str:
         """delayed (waiting for the test clock), finished or failed."""
         if self._record is not None:
-            return "finished" if self._record.ok else "failed"
+            return final_state(self._record)
         return self._eager_state
 
     def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
@@ -168,6 +168,8 @@ class EagerRunner:
         for key in ("retries", "timeout", "hard_timeout", "retry_backoff", "result_ttl"):
             if options.get(key) is not None:
                 env_opts[key] = options[key] if key == "retries" else parse_duration(options[key])
+        if options.get("expires") is not None:  # against the test clock
+            env_opts["expires_ms"] = int(expires_at(options["expires"], self.clock.now()) * 1000)
         retries = env_opts.get("retries", 0)
         if type(retries) is not int or retries < 0:
             raise ConfigError(f"retries must be a non-negative int, got {retries!r}")
@@ -217,7 +219,12 @@ class EagerRunner:
         if retries is None:
             retries = task.options.retries if task.options.retries is not None else self.app.retries
         ser = self.app.serializer
-        for attempt in range(int(retries) + 1):
+        expires = env.options.get("expires_ms")
+        expired = expires is not None and self.clock.now() * 1000 > expires
+        if expired:  # as a worker does: not run, finished as JobExpired
+            raw = encode_failure("JobExpired", f"job {pending.result.id} expired before it could "
+                                 "start (expires=); it was not run", "", serializer=ser)
+        for attempt in range(0 if expired else int(retries) + 1):
             try:
                 value = task.fn(*env.args, **env.kwargs)
                 if asyncio.iscoroutine(value):
@@ -231,7 +238,7 @@ class EagerRunner:
                                      serializer=ser)
         record: ResultRecord = decode_result(raw)
         pending.result._record = record
-        pending.result._eager_state = "finished" if record.ok else "failed"
+        pending.result._eager_state = final_state(record)
         on_finish = pending.options.get("on_finish")
         if isinstance(on_finish, Signature):
             if record.ok:  # as the worker does: the follow-up gets the value first

@@ -29,7 +29,7 @@ from taskpipe.thoonk.job import JobInfo
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
 
-__all__ = ["AsyncResult", "STATES"]
+__all__ = ["AsyncResult", "STATES", "OUTCOME_STATES", "final_state"]
 
 if TYPE_CHECKING:
     from typing_extensions import TypeVar as DefaultTypeVar
@@ -48,7 +48,8 @@ T = TypeVar("T")
 _BROKER_FAULTS = (redis.exceptions.RedisError, OSError, BrokerUnavailable)
 
 
-def _final_state(record: ResultRecord) -> str:
+def final_state(record: ResultRecord) -> str:
+    """The state a finished job's result record means: finished, failed, aborted or expired."""
     if record.ok:
         return "finished"
     return OUTCOME_STATES.get(record.exc_type or "", "failed")
@@ -113,12 +114,12 @@ class AsyncResult(Generic[R]):
         """One of ``STATES``: delayed, waiting (for parents: ``depends_on``), available,
         claimed, stalled, finished, failed, aborted, expired, unknown."""
         if self._record is not None:
-            return _final_state(self._record)
+            return final_state(self._record)
         state = self.info().state
         if state == "finished":
             record = self._fetch()
             if record is not None:
-                return _final_state(record)
+                return final_state(record)
         return str(state)
 
     def abort(self, by: str | None = None) -> None:

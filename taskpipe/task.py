@@ -37,6 +37,7 @@ T = TypeVar("T")
 #: the publishing options ``apply_async`` / ``app.send`` accept (eager mode checks the same set)
 SEND_OPTIONS = frozenset({"channel", "priority", "delay", "eta", "id", "on_finish", "result_ttl",
                           "retries", "timeout", "hard_timeout", "retry_backoff", "on_failure",
+                          "expires",
                           # workflows (taskpipe.workflows)
                           "depends_on", "allow_failure", "pass_results"})
 

@@ -129,3 +129,21 @@ def test_ten_step_chain_over_worker_processes(procs: Procs) -> None:
     for w in (w1, w2):
         w.send(signal.SIGTERM)
         assert w.wait() == 0, w.output()
+
+
+def test_expiry_at_claim_time_with_a_worker_process(procs: Procs) -> None:
+    """Published with a deadline while no worker runs; the worker that claims it later does
+    not run it: it ends ``expired``."""
+    app = procs.app
+    step: Any = app.tasks["step"]
+    late = step.apply_async((1,), expires=0.2)
+    fresh_deadline = time.time() + 0.2
+    wait_for(lambda: time.time() > fresh_deadline + 0.05, what="the deadline to pass")
+    on_time = step.apply_async((2,), expires="1h")
+    w = procs.worker("-c", "1")
+    assert on_time.get(timeout=30) == 3
+    wait_for(lambda: late.ready(), what="the late job to end")
+    assert late.state == "expired"
+    assert int(procs.r.get(procs.prefix + "steps") or 0) == 1  # only the job on time ran
+    w.send(signal.SIGTERM)
+    assert w.wait() == 0, w.output()

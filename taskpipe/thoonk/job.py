@@ -72,6 +72,8 @@ class Claim:
     cancel_count: int
     token: str
     attempts: int
+    #: the broker's clock (ms) when it was claimed (0 where unknown)
+    claimed_ms: int = 0
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,7 @@ class OutcomeWriter:
             if outcome.written:  # applied before a broker error interrupted this batch
                 continue
             try:
-                if outcome.kind in ("success", "failure"):
+                if outcome.kind in ("success", "failure", "expired"):
                     result, failed = self._result_bytes(outcome)
                     req = FinishRequest(outcome.claim.id, outcome.claim.token, result,
                                         self._ttl_ms(outcome, failed), failed,
@@ -237,7 +237,8 @@ class OutcomeWriter:
 
     def _count(self, outcome: Outcome, req: FinishRequest, code: int) -> None:
         if code == 1:
-            self._bump(outcome.claim.channel, "failed" if req.failed else "finished", outcome)
+            event = "expired" if outcome.kind == "expired" else "failed" if req.failed else "finished"
+            self._bump(outcome.claim.channel, event, outcome)
         elif code == 0 and self.eviction.finish_missed(outcome.claim.channel, outcome.claim.id):
             self._bump(outcome.claim.channel, "evicted", outcome)
         else:

@@ -51,7 +51,8 @@ class Outcome:
     ``kind``: ``success`` (finish with ``value``), ``failure`` (finish as failed), ``retry``
     (run again after ``delay`` seconds), ``stall`` (park with ``reason``), ``cancel`` (send back),
     ``release`` (never started: back to the head of the queue, cancel count unchanged),
-    ``aborted`` (the task stopped after an abort, which already ended the job: nothing to write).
+    ``aborted`` (the task stopped after an abort, which already ended the job: nothing to write),
+    ``expired`` (claimed after its ``expires`` deadline: finished as failed ``JobExpired``, not run).
     ``duration`` is how long the task ran, in seconds (None when it never started).
     """
 
@@ -113,11 +114,26 @@ def prepare(app: TaskPipe, claim: Claim) -> Prepared:
             "failure", claim, exc_type="ConfigError", envelope=env, task=task,
             exc_message=f"job {claim.id} has a bad call option and was not run: {problem}"))
     prepared = _within_max_cancels(app, Prepared(claim, env, task))
+    if "expires_ms" in env.options and prepared.early is None:
+        prepared.early = _expired(claim, env, task)
     if "parents" in env.options:  # a dependant: its parents' results (depends_on, chain, chord)
         from taskpipe.worker.dependencies import with_parents
 
         prepared = with_parents(app, prepared)
     return prepared
+
+
+def _expired(claim: Claim, env: Envelope, task: Task[Any]) -> Outcome | None:
+    """An ``expired`` outcome for a job claimed (broker clock) or about to start (this host's
+    clock) after its ``expires`` deadline; None while it may still run."""
+    deadline = env.options["expires_ms"]
+    now = max(claim.claimed_ms, int(time.time() * 1000))
+    if now <= deadline:
+        return None
+    late = (now - deadline) / 1000.0
+    return Outcome("expired", claim, exc_type="JobExpired", envelope=env, task=task,
+                   exc_message=f"job {claim.id} expired {late:.3f} s before it could start "
+                               "(expires=); it was not run")
 
 
 def option_problem(options: dict[str, Any]) -> str | None:
@@ -133,6 +149,9 @@ def option_problem(options: dict[str, Any]) -> str | None:
                 parse_duration(value)
             except (TaskpipeError, TypeError, ValueError) as exc:
                 return f"{key}={_short(value)}: {str(exc)[:200]}"
+    expires = options.get("expires_ms")
+    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float))):
+        return f"expires_ms={_short(expires)}: not a unix time in ms"
     for key in _COUNT_OPTIONS:
         value = options.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
