@@ -241,3 +241,19 @@ def test_existing_id_is_not_published_twice(app: TaskPipe, tasks: dict[str, Any]
     assert len(app.channel().dependants(parent.id)) == 1
     burst(app)
     assert first.get(timeout=10) == 2
+
+
+def test_waiting_jobs_are_listed_and_finished_outcomes_named(app: TaskPipe,
+                                                           tasks: dict[str, Any]) -> None:
+    from taskpipe.inspect import Inspector
+
+    parent = tasks["add"].delay(1)
+    kids = [tasks["add"].apply_async((i,), depends_on=[parent]) for i in range(3)]
+    insp = Inspector(app)
+    page = insp.list_jobs(app.channel().name, "waiting", limit=10)
+    assert page.total == 3
+    assert sorted(r.id for r in page.rows) == sorted(k.id for k in kids)
+    assert {(r.state, r.task, r.parents_left) for r in page.rows} == {("waiting", "add", 1)}
+    assert insp.channel_counts(app.channel().name)["waiting"] == 3
+    burst(app)
+    assert insp.list_jobs(app.channel().name, "waiting").total == 0

@@ -9,7 +9,7 @@ when several workers expose them):
 
 - ``taskpipe_jobs_published_total{channel}``, ``taskpipe_jobs_finished_total{channel}``,
   ``taskpipe_jobs_failed_total{channel}``: the channel's lifetime counters;
-- ``taskpipe_queue_depth{channel,state}``: jobs ``available``, ``delayed``, ``claimed``, ``stalled``;
+- ``taskpipe_queue_depth{channel,state}``: jobs ``available``, ``delayed``, ``waiting``, ``claimed``, ``stalled``;
 - ``taskpipe_channel_paused{channel}``: 1 while paused;
 - ``taskpipe_workers``: live workers; ``taskpipe_channel_workers{channel}``: those consuming it;
 - ``taskpipe_broker_up``: 0 when the last scrape could not read Redis.
@@ -49,9 +49,10 @@ log = logging.getLogger("taskpipe.metrics")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                     120.0, 300.0, 600.0, float("inf"))
 #: The states ``taskpipe_queue_depth`` reports.
-DEPTH_STATES = ("available", "delayed", "claimed", "stalled")
+DEPTH_STATES = ("available", "delayed", "waiting", "claimed", "stalled")
 
-_JOB_EVENTS = ("finished", "failed", "retried", "stalled", "cancelled", "lease_lost")
+_JOB_EVENTS = ("finished", "failed", "retried", "stalled", "cancelled", "lease_lost", "aborted",
+               "expired")
 _REAP_EVENTS = {"lease_expired": "requeued", "lease_expired_stalled": "stalled"}
 
 

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["Inspector", "LIST_STATES", "MAX_PAGE"]
 
 #: States ``list_jobs`` pages through (``failed`` = finished jobs whose result is an error).
-LIST_STATES = ("available", "delayed", "claimed", "stalled", "finished", "failed")
+LIST_STATES = ("available", "delayed", "waiting", "claimed", "stalled", "finished", "failed")
 #: The largest page ``list_jobs`` returns.
 MAX_PAGE = 1000
 
@@ -139,6 +139,8 @@ class Inspector:
             raise ConfigError(f"limit must be an int from 1 to {MAX_PAGE}, got {limit!r}")
         if state == "stalled":
             return self._list_stalled(ch, cursor, limit)
+        if state == "waiting":
+            return self._list_waiting(ch, cursor, limit)
         off = _offset(cursor, state)
         if state == "failed":
             return self._list_failed(ch, off, limit)
@@ -187,6 +189,23 @@ class Inspector:
                 break
         rows = self._rows(ch, "stalled", [(i, None) for i in ids])
         return Page(rows, nxt, int(self.client.scard(ch.keys.stalled)))
+
+    def _list_waiting(self, ch: JobChannel, cursor: str | int | None, limit: int) -> Page:
+        """Jobs waiting for parents (``depends_on``): HSCAN order, with parents left."""
+        try:
+            scan = int(cursor) if cursor not in (None, "") else 0
+        except ValueError:
+            raise ConfigError(f"bad cursor {cursor!r} for waiting jobs") from None
+        left: dict[str, int] = {}
+        while len(left) < limit:
+            scan, batch = self.client.hscan(ch.keys.waiting, scan, count=limit)
+            left.update({_s(i): int(n) for i, n in batch.items()})
+            if int(scan) == 0:
+                break
+        rows = [replace(row, parents_left=left[row.id])
+                for row in self._rows(ch, "waiting", [(i, None) for i in left])]
+        nxt = str(scan) if int(scan) != 0 else None
+        return Page(rows, nxt, int(self.client.hlen(ch.keys.waiting)))
 
     def _list_failed(self, ch: JobChannel, off: int, limit: int) -> Page:
         rows: list[JobRow] = []

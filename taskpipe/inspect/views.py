@@ -82,7 +82,8 @@ def raw_view(data: bytes, limit: int = 2048) -> dict[str, Any]:
 @dataclass(frozen=True)
 class JobRow:
     """One line of a job listing. ``when_ms`` depends on the state: publish time (available),
-    due time (delayed), claim time (claimed), finish time (finished/failed), None (stalled)."""
+    due time (delayed), claim time (claimed), finish time (finished/failed), None (stalled,
+    waiting)."""
 
     id: str
     channel: str
@@ -97,6 +98,7 @@ class JobRow:
     reason: str = ""
     outcome: str = ""   # finished rows: ok, failed, expired (result gone) or raw (not a record)
     error: str = ""     # failed rows: "ExcType: message" (first line)
+    parents_left: int | None = None  # waiting rows: parents not finished yet (depends_on)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
@@ -195,8 +197,8 @@ def record_view(raw: bytes) -> dict[str, Any]:
 
 
 def outcome_of(raw: bytes | None) -> tuple[str, str]:
-    """``(outcome, error)`` of stored result bytes: ok, failed (with "Type: message"), raw,
-    or expired (None: no stored result)."""
+    """``(outcome, error)`` of stored result bytes: ok, failed / aborted / expired job (with
+    "Type: message"), raw, or expired (None: no stored result)."""
     if raw is None:
         return "expired", ""
     view = record_view(raw)
@@ -205,7 +207,8 @@ def outcome_of(raw: bytes | None) -> tuple[str, str]:
     if view["ok"]:
         return "ok", ""
     first = (view["exc_message"] or "").splitlines()[0] if view["exc_message"] else ""
-    return "failed", safe_text(f"{view['exc_type']}: {first}", 200)
+    outcome = {"JobAborted": "aborted", "JobExpired": "expired job"}.get(view["exc_type"], "failed")
+    return outcome, safe_text(f"{view['exc_type']}: {first}", 200)
 
 
 def task_name_of(item: bytes | None) -> str | None:
