@@ -48,7 +48,7 @@ def main() -> None:
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
 
-    pipeline = (add.s(1, 2) | add.s(10) | add.s(100)).apply_async()
+    pipeline = chain(add.s(1, 2), add.s(10) | add.s(100)).apply_async()  # chain() and | mix
     print("chain (1 + 2) + 10 + 100 =", pipeline.get(timeout=10))
 
     squares = group(add.s(i, i) for i in range(5)).apply_async()

@@ -23,9 +23,9 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from taskpipe.errors import ConfigError, DependencyCycle, EmptyChord, UnknownParent
+from taskpipe.errors import ConfigError, DependencyCycle, EmptyChord, UnknownParent, WorkflowError
 from taskpipe.task import Signature
-from taskpipe.thoonk.workflow import MAX_PARENTS
+from taskpipe.thoonk.workflow import MAX_DEPENDANTS, MAX_PARENTS
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -111,6 +111,10 @@ def publish_waiting(channel: JobChannel, req: PutRequest, parents: Sequence[Sequ
         raise UnknownParent(f"depends_on: no job {pid!r} in channel {ch!r} (never published, "
                             "retracted, or finished so long ago that it is forgotten); nothing "
                             "was published")
+    if code == -3:
+        ch, pid = refs[detail - 1]
+        raise WorkflowError(f"depends_on: job {ch}/{pid} has {MAX_DEPENDANTS} dependants already "
+                            "(the most one parent may have); nothing was published")
     return code == 1
 
 

@@ -257,3 +257,19 @@ def test_waiting_jobs_are_listed_and_finished_outcomes_named(app: TaskPipe,
     assert insp.channel_counts(app.channel().name)["waiting"] == 3
     burst(app)
     assert insp.list_jobs(app.channel().name, "waiting").total == 0
+
+
+def test_a_parent_with_too_many_dependants(app: TaskPipe, tasks: dict[str, Any],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import taskpipe.thoonk.workflow as wf
+    from taskpipe import WorkflowError
+
+    monkeypatch.setattr(wf, "MAX_DEPENDANTS", 2)
+    parent = tasks["add"].delay(1)
+    kids = [tasks["add"].apply_async((i,), depends_on=[parent]) for i in range(2)]
+    before = _snapshot(app)
+    with pytest.raises(WorkflowError, match="dependants already"):
+        tasks["add"].apply_async((9,), depends_on=[parent])
+    assert _snapshot(app) == before
+    burst(app)
+    assert [k.get(timeout=10) for k in kids] == [0, 1]

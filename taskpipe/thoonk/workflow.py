@@ -21,10 +21,12 @@ if TYPE_CHECKING:
     from taskpipe.thoonk.scripts import ScriptRegistry
     from taskpipe.thoonk.thoonk import Thoonk
 
-__all__ = ["WorkflowOps", "MAX_PARENTS"]
+__all__ = ["WorkflowOps", "MAX_PARENTS", "MAX_DEPENDANTS"]
 
 #: the most parents one job may wait for (one ``job_put_waiting`` call)
 MAX_PARENTS = 1000
+#: the most jobs that may wait for one parent (its finish releases them all in one script)
+MAX_DEPENDANTS = 10_000
 
 
 def _text(value: Any) -> str:
@@ -45,7 +47,8 @@ class WorkflowOps:
 
         Returns ``(code, unfinished)``: code 1 published (``unfinished`` parents left; 0 means
         it was queued at once), 0 an item with that id exists (nothing written), -1 parent
-        number ``unfinished`` (1-based) is unknown (nothing written).
+        number ``unfinished`` (1-based) is unknown, -3 it has ``MAX_DEPENDANTS`` already
+        (nothing written).
         """
         if not 1 <= len(parents) <= MAX_PARENTS:
             raise ValueError(f"a job waits for 1 to {MAX_PARENTS} parents")
@@ -54,7 +57,8 @@ class WorkflowOps:
         for channel, pid in parents:
             pk = self.thoonk.keys.job(channel)
             keys += [pk.items, pk.finished, pk.result(pid), pk.dependents]
-        args: list[Any] = [id, item, f"{self.name}\0{id}", len(parents), *(p for _, p in parents)]
+        args: list[Any] = [id, item, f"{self.name}\0{id}", len(parents), *(p for _, p in parents),
+                           MAX_DEPENDANTS]
         r = self.scripts["job_put_waiting"](self.client, keys, args)
         return int(r[0]), int(r[1]) if len(r) > 1 else 0
 

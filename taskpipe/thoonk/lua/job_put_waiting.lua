@@ -11,8 +11,10 @@
 --   feed.result:<p>:<parent id>, feed.dependents
 -- ARGV[1] id  ARGV[2] item  ARGV[3] "<c>\0<id>" (the dependant entry parents keep)
 -- ARGV[4] m parents (1..1000)  ARGV[4 + j] parent j's id
+-- ARGV[5 + m] the most dependants one parent may have (bounds job_finish's release loop)
 -- Returns: {1, unfinished parents} published (0 = queued now); {0} an item with that id
---          exists (nothing written); {-1, j} parent j is unknown (nothing written).
+--          exists (nothing written); {-1, j} parent j is unknown (nothing written); {-3, j}
+--          parent j has the most dependants allowed already (nothing written).
 -- Events: none (as job_put).
 --@include _now.lua
 --@include _owner.lua
@@ -23,6 +25,9 @@ local pending = {}
 for j = 1, m do
   local b, pid = 6 + 4 * (j - 1), ARGV[4 + j]
   if redis.call('HEXISTS', KEYS[b + 1], pid) == 1 then
+    if tonumber(redis.call('HGET', KEYS[b + 4], pid) or '0') >= tonumber(ARGV[5 + m]) then
+      return {-3, j}
+    end
     pending[#pending + 1] = j
   elseif redis.call('EXISTS', KEYS[b + 3]) == 0 and not redis.call('ZSCORE', KEYS[b + 2], pid) then
     return {-1, j}
