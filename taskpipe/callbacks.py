@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -26,7 +26,7 @@ __all__ = ["FinishWatcher", "callbacks_of", "failure_info"]
 log = logging.getLogger("taskpipe.callbacks")
 
 
-def callbacks_of(options: dict[str, Any], env_opts: dict[str, Any]) -> Callable[..., Any] | None:
+def callbacks_of(options: Mapping[str, Any], env_opts: dict[str, Any]) -> Callable[..., Any] | None:
     """Read a call's ``on_finish`` / ``on_failure``: a task signature goes into the envelope
     (``env_opts``, run durably by the worker that finishes the job); callables are combined
     into the one callback the app's ``FinishWatcher`` runs here (``on_finish`` on any outcome,

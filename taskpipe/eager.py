@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from taskpipe.callbacks import callbacks_of, failure_info
 from taskpipe.durations import eta_to_delay, expires_at, parse_duration
 from taskpipe.errors import ConfigError, ResultExpired, ResultTimeout, ResultUnknown, UnknownTask
+from taskpipe.publishing import check_send_options
 from taskpipe.results import AsyncResult, final_state
 from taskpipe.serialization import (
     ResultRecord,
@@ -32,7 +33,7 @@ from taskpipe.serialization import (
     encode_failure,
     encode_result,
 )
-from taskpipe.task import Signature, check_send_options
+from taskpipe.task import Signature
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe

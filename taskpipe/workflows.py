@@ -20,7 +20,7 @@ the member runs again) but never loses or doubles it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.errors import ConfigError, DependencyCycle, EmptyChord, UnknownParent, WorkflowError
@@ -29,6 +29,7 @@ from taskpipe.thoonk.workflow import MAX_DEPENDANTS, MAX_PARENTS
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
+    from taskpipe.publishing import Publisher
     from taskpipe.results import AsyncResult
     from taskpipe.thoonk.job import JobChannel, PutRequest
 
@@ -71,7 +72,7 @@ def _parent_refs(app: TaskPipe, depends_on: Any) -> list[tuple[str, str]]:
     return unique
 
 
-def dependency_options(app: TaskPipe, options: dict[str, Any]) -> dict[str, Any]:
+def dependency_options(app: TaskPipe, options: Mapping[str, Any]) -> dict[str, Any]:
     """The envelope options of a call's ``depends_on`` / ``allow_failure`` / ``pass_results``
     (empty when it has no ``depends_on``); raises ``ConfigError`` for a bad value."""
     depends_on = options.get("depends_on")
@@ -121,7 +122,7 @@ def publish_waiting(channel: JobChannel, req: PutRequest, parents: Sequence[Sequ
 class GroupResult:
     """The results of a group's members: ``get(timeout=)``, ``completed_count()``, ``results``."""
 
-    def __init__(self, app: TaskPipe, results: Sequence[AsyncResult]) -> None:
+    def __init__(self, app: Publisher, results: Sequence[AsyncResult]) -> None:
         self.app = app
         #: the members' ``AsyncResult`` objects, in the group's order
         self.results: list[AsyncResult] = list(results)
@@ -182,7 +183,7 @@ class GroupResult:
             r.forget()
 
 
-def _app_of(steps: Iterable[Any]) -> TaskPipe:
+def _app_of(steps: Iterable[Any]) -> Publisher:
     for step in steps:
         app = step.app if isinstance(step, Signature) else _app_of(_members(step))
         if app is not None:

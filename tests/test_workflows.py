@@ -245,7 +245,7 @@ def test_existing_id_is_not_published_twice(app: TaskPipe, tasks: dict[str, Any]
 
 def test_waiting_jobs_are_listed_and_finished_outcomes_named(app: TaskPipe,
                                                            tasks: dict[str, Any]) -> None:
-    from taskpipe.inspect import Inspector
+    from taskpipe.inspection import Inspector
 
     parent = tasks["add"].delay(1)
     kids = [tasks["add"].apply_async((i,), depends_on=[parent]) for i in range(3)]

@@ -34,11 +34,10 @@ class AbortOps:
         """End claimed job ``id`` as aborted by ``who`` with result ``record``; returns 1, or 0
         when it is not claimed (nothing changed)."""
         from taskpipe.thoonk.job import FINISHED_INDEX_MS
+        from taskpipe.thoonk.script_keys import contract
 
         k = self.keys
-        keys = [k.claimed, k.leases, k.tokens, k.workers, k.items, k.cancelled, k.attempts,
-                k.published, k.finishes, k.finished, k.failures, k.progress, k.reasons, k.aborted(id),
-                k.result(id)]
+        keys = contract("job_abort").build(k, aborted=k.aborted(id), result=k.result(id))
         args: list[Any] = [id, record, max(0, int(result_ttl_ms)), k.ch_finish, who,
                            FINISHED_INDEX_MS]
         code = -2

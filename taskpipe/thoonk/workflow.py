@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from taskpipe.thoonk.script_keys import WORKFLOW_PARENT_ROLES, WORKFLOW_RELEASE_ROLES, contract
+
 if TYPE_CHECKING:
     from taskpipe.thoonk.keys import JobKeys
     from taskpipe.thoonk.scripts import ScriptRegistry
@@ -52,11 +54,12 @@ class WorkflowOps:
         """
         if not 1 <= len(parents) <= MAX_PARENTS:
             raise ValueError(f"a job waits for 1 to {MAX_PARENTS} parents")
-        k = self.keys
-        keys = [k.items, k.waiting, k.ids, k.published, k.publishes, k.wake]
+        tail: list[str] = []
         for channel, pid in parents:
             pk = self.thoonk.keys.job(channel)
-            keys += [pk.items, pk.finished, pk.result(pid), pk.dependents]
+            tail += [pk.result(pid) if role == "result" else getattr(pk, role)
+                     for role in WORKFLOW_PARENT_ROLES]
+        keys = contract("job_put_waiting").build(self.keys, *tail)
         args: list[Any] = [id, item, f"{self.name}\0{id}", len(parents), *(p for _, p in parents),
                            MAX_DEPENDANTS]
         r = self.scripts["job_put_waiting"](self.client, keys, args)
@@ -90,7 +93,7 @@ class WorkflowOps:
         keys = [self.keys.dependents]
         for channel, _ in deps:
             dk = self.thoonk.keys.job(channel)
-            keys += [dk.waiting, dk.items, dk.ids, dk.wake]
+            keys += [getattr(dk, role) for role in WORKFLOW_RELEASE_ROLES]
         return keys, [*(d for _, d in deps), len(deps)]
 
     def stored_results(self, ids: Sequence[str]) -> list[bytes | None]:

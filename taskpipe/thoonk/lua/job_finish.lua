@@ -5,10 +5,10 @@
 -- KEYS[11] feed.failures:<f>  KEYS[12] feed.progress:<f>  KEYS[13] feed.reasons:<f>
 -- KEYS[13+i] feed.result:<f>:<id_i> for each of the n jobs
 -- KEYS[13+n+k] feed.query:<f>:<id> for the k-th job (of q) whose result mode is '2'
--- Optional follow-up job (only with n = 1), put on another channel by this same step, at
--- f = 14+n+q: KEYS[f] target feed.ids  KEYS[f+1] target feed.items  KEYS[f+2] target
--- feed.published  KEYS[f+3] target feed.publishes  KEYS[f+4] target feed.wake
--- KEYS[f+5] target feed.finished  KEYS[f+6] target feed.result:<t>:<follow-up id>
+-- Optional follow-up job (only with n = 1), put on another channel <t> by this same step, at
+-- f = 14+n+q: KEYS[f] feed.ids:<t>  KEYS[f+1] feed.items:<t>  KEYS[f+2] feed.published:<t>
+-- KEYS[f+3] feed.publishes:<t>  KEYS[f+4] feed.wake:<t>  KEYS[f+5] feed.finished:<t>
+-- KEYS[f+6] feed.result:<t>:<follow-up id>
 -- Then, always, the workflow section (_workflow.lua): the last 1 + 4w KEYS and last 1 + w ARGV.
 -- ARGV[1] job.finish:<f> channel  ARGV[2] keep finished-index entries this many ms
 -- ARGV[3] n (<= 1000)
@@ -29,10 +29,13 @@
 -- finished job's result and event, in order (all inside this one atomic call).
 --@include _now.lua
 --@include _owner.lua
+--@include _wake.lua
+--@include _put.lua
 --@include _workflow.lua
 local n = tonumber(ARGV[3])
 if n > 1000 then return redis.error_reply('ERR job_finish: at most 1000 jobs per call') end
 local now = now_ms()
+local wf = wf_section(KEYS, ARGV)  -- the workflow section (_workflow.lua)
 local out = {}
 local done, seen, scored, finished = {}, {}, {}, {}
 local failures = 0
@@ -48,7 +51,7 @@ for i = 1, n do
   local id, token = ARGV[b], ARGV[b + 1]
   local code = 0  -- an id twice in one call: the second is "not claimed", as if run in turn
   if not seen[id] then code = check_owner(KEYS[1], KEYS[3], id, token) end
-  if code == 1 then code = wf_check(id, n) end  -- workflow: dependants passed? (_workflow.lua)
+  if code == 1 then code = wf_check(wf, KEYS, id, n) end  -- workflow: dependants passed?
   if code == 1 then
     seen[id] = true
     done[#done + 1] = id
@@ -100,17 +103,14 @@ if #done > 0 then
     end
   end
 end
-if n == 1 and out[1] == 1 then wf_release(ARGV[4]) end  -- workflow: queue ready dependants
-if wf_base - 1 >= 14 + n + q and n == 1 and out[1] == 1 then
+if n == 1 and out[1] == 1 then wf_release(wf, KEYS, ARGV[4]) end  -- workflow: queue dependants
+if wf.base - 1 >= 14 + n + q and n == 1 and out[1] == 1 then
   local f = 14 + n + q
   local fid, fitem = ARGV[4 + 6 * n], ARGV[5 + 6 * n]
-  if redis.call('HSETNX', KEYS[f + 1], fid, fitem) == 1 then
-    redis.call('ZREM', KEYS[f + 5], fid)
-    redis.call('DEL', KEYS[f + 6])
+  if put_job_record(KEYS[f + 1], KEYS[f + 2], KEYS[f + 3], KEYS[f + 5], KEYS[f + 6], now, fid,
+                    fitem) then
     redis.call('LPUSH', KEYS[f], fid)
-    redis.call('ZADD', KEYS[f + 2], now, fid)
-    redis.call('INCR', KEYS[f + 3])
-    wake(KEYS[f + 4], 1)
+    push_wake_markers(KEYS[f + 4], 1)
     out[n + 1] = 1
   else
     out[n + 1] = 0

@@ -5,11 +5,11 @@
 -- (state 'waiting'), and each unfinished parent records it as a dependant; job_finish of a
 -- parent decrements the counter and the finish that brings it to zero queues the job
 -- (_workflow.lua). A job whose parents have all finished already is queued at once.
--- KEYS[1] feed.items:<c>    KEYS[2] feed.waiting:<c>   KEYS[3] feed.ids:<c>
--- KEYS[4] feed.published:<c>  KEYS[5] feed.publishes:<c>  KEYS[6] feed.wake:<c>
+-- KEYS[1] feed.items:<f>    KEYS[2] feed.waiting:<f>   KEYS[3] feed.ids:<f>
+-- KEYS[4] feed.published:<f>  KEYS[5] feed.publishes:<f>  KEYS[6] feed.wake:<f>
 -- KEYS[6 + 4*(j-1) + 1 .. 4] per parent j: its channel's feed.items, feed.finished,
 --   feed.result:<p>:<parent id>, feed.dependents
--- ARGV[1] id  ARGV[2] item  ARGV[3] "<c>\0<id>" (the dependant entry parents keep)
+-- ARGV[1] id  ARGV[2] item  ARGV[3] "<f>\0<id>" (the dependant entry parents keep)
 -- ARGV[4] m parents (1..1000)  ARGV[4 + j] parent j's id
 -- ARGV[5 + m] the most dependants one parent may have (bounds job_finish's release loop)
 -- Returns: {1, unfinished parents} published (0 = queued now); {0} an item with that id
@@ -17,7 +17,7 @@
 --          parent j has the most dependants allowed already (nothing written).
 -- Events: none (as job_put).
 --@include _now.lua
---@include _owner.lua
+--@include _wake.lua
 local id, item, entry, m = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 if m < 1 or m > 1000 then return redis.error_reply('ERR job_put_waiting: 1 to 1000 parents') end
 if redis.call('HEXISTS', KEYS[1], id) == 1 then return {0} end
@@ -39,7 +39,7 @@ redis.call('ZADD', KEYS[4], now, id)
 redis.call('INCR', KEYS[5])
 if #pending == 0 then
   redis.call('LPUSH', KEYS[3], id)
-  wake(KEYS[6], 1)
+  push_wake_markers(KEYS[6], 1)
   return {1, 0}
 end
 redis.call('HSET', KEYS[2], id, #pending)
