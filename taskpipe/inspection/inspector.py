@@ -31,6 +31,7 @@ from taskpipe.inspection.views import (
     safe_text,
     task_name_of,
 )
+from taskpipe.results import OUTCOME_STATES
 from taskpipe.serialization import decode_envelope
 from taskpipe.thoonk.job import JobChannel
 
@@ -283,7 +284,7 @@ class Inspector:
         state = info.state
         result = record_view(result_raw) if result_raw is not None else None
         if state == "finished" and result is not None and not result["ok"]:
-            state = "failed"
+            state = OUTCOME_STATES.get(result["exc_type"] or "", "failed")  # aborted, expired
         ts = {"published_ms": info.published_ms, "due_ms": info.due_ms, "claimed_ms": _opt(claimed_ms),
               "lease_deadline_ms": info.lease_deadline_ms, "finished_ms": info.finished_ms}
         return JobDetail(
