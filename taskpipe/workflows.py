@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from taskpipe.connection import key_slot
 from taskpipe.errors import ConfigError, DependencyCycle, EmptyChord, UnknownParent, WorkflowError
 from taskpipe.task import Signature
 from taskpipe.thoonk.workflow import MAX_DEPENDANTS, MAX_PARENTS
@@ -106,6 +107,14 @@ def publish_waiting(channel: JobChannel, req: PutRequest, parents: Sequence[Sequ
     refs = [(str(c), str(i)) for c, i in parents]
     if (channel.name, req.id) in refs:
         raise DependencyCycle(f"job {req.id!r} cannot depend on itself")
+    if channel.thoonk.connection.is_cluster:  # one script touches both channels' keys
+        slot = key_slot(channel.keys.ids)
+        for ch, pid in refs:
+            if key_slot(channel.thoonk.keys.job(ch).ids) != slot:
+                raise WorkflowError(f"depends_on: on a Redis Cluster a job and its parents must be "
+                                    f"on channels in one hash slot; {ch!r} (parent {pid!r}) and "
+                                    f"{channel.name!r} are not (give them one hash tag, e.g. "
+                                    "'{jobs}.a' and '{jobs}.b'); nothing was published")
     code, detail = channel.put_waiting(req.id, req.item, refs)
     if code == -1:
         ch, pid = refs[detail - 1]
