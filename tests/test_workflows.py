@@ -273,3 +273,13 @@ def test_a_parent_with_too_many_dependants(app: TaskPipe, tasks: dict[str, Any],
     assert _snapshot(app) == before
     burst(app)
     assert [k.get(timeout=10) for k in kids] == [0, 1]
+
+
+def test_retracting_a_waiting_job(app: TaskPipe, tasks: dict[str, Any]) -> None:
+    parent = tasks["add"].delay(1)
+    kid = tasks["add"].apply_async((2,), depends_on=[parent])
+    kid.retract()
+    assert kid.state == "unknown" and app.channel().counts()["waiting"] == 0
+    burst(app)
+    assert parent.get(timeout=10) == 1
+    assert kid.state == "unknown" and app.channel().counts()["available"] == 0

@@ -383,7 +383,8 @@ class JobChannel(JobReads, WorkflowOps, AbortOps):
     def retract_keys(self, id: str) -> list[str]:
         """KEYS of the ``job_retract`` script for one job, in the order of its header."""
         k = self.keys
-        return contract("job_retract").build(k, result=k.result(id), log=k.log(id))
+        return contract("job_retract").build(k, result=k.result(id), log=k.log(id),
+                                             waiting=k.waiting)
 
     def retract(self, id: str) -> None:
         """Remove a job from every state, its stored result and log included."""
