@@ -22,7 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.callbacks import callbacks_of, failure_info
 from taskpipe.durations import eta_to_delay, expires_at, parse_duration
-from taskpipe.errors import ConfigError, ResultExpired, ResultTimeout, ResultUnknown, UnknownTask
+from taskpipe.errors import (
+    ConfigError,
+    ResultExpired,
+    ResultTimeout,
+    ResultUnknown,
+    TaskFailed,
+    UnknownParent,
+    UnknownTask,
+    WorkflowError,
+)
 from taskpipe.publishing import check_send_options
 from taskpipe.results import AsyncResult, final_state
 from taskpipe.serialization import (
@@ -162,10 +171,12 @@ class EagerRunner:
         task = self.app.tasks[name]
         env_opts: dict[str, Any] = {}
         callbacks_of(options, env_opts)  # checks on_finish / on_failure
-        if options.get("depends_on") is not None:
-            raise ConfigError("eager mode runs every call at once, so it cannot wait for "
-                              "parents (depends_on, chain, chord): test workflows on "
-                              "TaskPipe(broker='memory://') with a worker")
+        if options.get("depends_on") is not None:  # parents ran already: their outcomes
+            args, failure = self._after_parents(options, tuple(args))
+            if failure:
+                options = {**options, "_eager_failure": failure}
+        elif options.get("allow_failure") is not None or options.get("pass_results") is not None:
+            raise ConfigError("allow_failure / pass_results are only meaningful with depends_on=")
         for key in ("retries", "timeout", "hard_timeout", "retry_backoff", "result_ttl"):
             if options.get(key) is not None:
                 env_opts[key] = options[key] if key == "retries" else parse_duration(options[key])
@@ -197,6 +208,61 @@ class EagerRunner:
             self._run(pending)
         return result
 
+    def _after_parents(self, options: dict[str, Any], args: tuple[Any, ...]
+                       ) -> tuple[tuple[Any, ...], str]:
+        """``depends_on`` in eager mode: the parents ran already (or wait for the test clock:
+        ``WorkflowError``). Returns the call's arguments with the parents' values in front
+        (``pass_results``) and, if a parent failed (without ``allow_failure``), the reason the
+        call fails without running."""
+        deps = options["depends_on"]
+        if isinstance(deps, (AsyncResult, str)) or hasattr(deps, "results"):
+            deps = [deps]
+        parents: list[AsyncResult[Any]] = []
+        for dep in deps:
+            if hasattr(dep, "results"):
+                parents += list(dep.results)
+            elif isinstance(dep, AsyncResult):
+                parents.append(self.lookup(dep.id))
+            elif isinstance(dep, str):
+                parents.append(self.lookup(dep))
+            elif isinstance(dep, tuple) and len(dep) == 2:
+                parents.append(self.lookup(str(dep[1])))
+            else:
+                raise ConfigError(f"depends_on: {dep!r} is not an AsyncResult or a job id")
+        if not parents:
+            raise ConfigError("depends_on is empty: give at least one parent (or leave it out)")
+        mode, allow = options.get("pass_results"), bool(options.get("allow_failure"))
+        if mode not in (None, "one", "all") or (mode == "one" and len(parents) != 1):
+            raise ConfigError(f"pass_results={mode!r}: 'one' (one parent), 'all' or None")
+        values: list[Any] = []
+        for parent in parents:
+            state = parent.state
+            if state == "unknown":
+                raise UnknownParent(f"depends_on: no eager call with id {parent.id!r}")
+            if state == "forgotten":  # ran, its result dropped (as an expired stored result)
+                if mode is not None and not allow:
+                    return args, (f"the result of parent job {parent.channel}/{parent.id} is not "
+                                  "stored (forgotten), so it cannot be passed on; not run")
+                values.append(None)
+                continue
+            if state not in ("finished", "failed", "aborted", "expired"):
+                raise WorkflowError(f"depends_on: parent {parent.id!r} is still {state} (eager "
+                                    "mode: advance the test clock to run it first)")
+            outcome = parent.get(propagate=False)
+            if isinstance(outcome, TaskFailed):
+                if not allow:
+                    message = outcome.exc_message if outcome.exc_type == "DependencyFailed" else (
+                        f"parent job {parent.channel}/{parent.id} failed: {outcome.exc_type}: "
+                        f"{outcome.exc_message}")
+                    return args, message
+                outcome = None
+            values.append(outcome)
+        if mode == "one":
+            return (values[0], *args), ""
+        if mode == "all":
+            return (values, *args), ""
+        return args, ""
+
     def lookup(self, job_id: str) -> EagerResult:
         """The handle of an eager call by id (one in state ``unknown`` if there was none)."""
         with self._lock:
@@ -221,11 +287,15 @@ class EagerRunner:
             retries = task.options.retries if task.options.retries is not None else self.app.retries
         ser = self.app.serializer
         expires = env.options.get("expires_ms")
-        expired = expires is not None and self.clock.now() * 1000 > expires
-        if expired:  # as a worker does: not run, finished as JobExpired
+        not_run = expires is not None and self.clock.now() * 1000 > expires
+        if not_run:  # as a worker does: not run, finished as JobExpired
             raw = encode_failure("JobExpired", f"job {pending.result.id} expired before it could "
                                  "start (expires=); it was not run", "", serializer=ser)
-        for attempt in range(0 if expired else int(retries) + 1):
+        elif pending.options.get("_eager_failure"):  # a parent failed: not run
+            not_run = True
+            raw = encode_failure("DependencyFailed", pending.options["_eager_failure"], "",
+                                 serializer=ser)
+        for attempt in range(0 if not_run else int(retries) + 1):
             try:
                 value = task.fn(*env.args, **env.kwargs)
                 if asyncio.iscoroutine(value):

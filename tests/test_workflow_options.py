@@ -168,5 +168,33 @@ def test_eager_mode_on_failure_and_forget() -> None:
     bad.forget()
     with pytest.raises(ResultExpired):
         bad.get()
-    with pytest.raises(ConfigError, match="memory://"):
-        note.apply_async((1,), depends_on=[bad])
+    assert note.apply_async(("after",), depends_on=[bad]).get() == "after"  # forgotten: no value
+    with pytest.raises(TaskFailed, match="not stored"):
+        note.apply_async(depends_on=[bad], pass_results="one").get()
+    other = boom.apply_async()
+    with pytest.raises(TaskFailed, match="DependencyFailed"):
+        note.apply_async(("x",), depends_on=[other]).get()
+
+
+def test_eager_mode_runs_chains_and_chords() -> None:
+    from taskpipe import UnknownParent, WorkflowError, chain, chord, group
+
+    app = TaskPipe(eager=True)
+
+    @app.task(name="add")
+    def add(a: int, b: int = 0) -> int:
+        return a + b
+
+    @app.task(name="total")
+    def total(xs: list[int]) -> int:
+        return sum(xs)
+
+    assert chain(add.s(1, 2), add.s(10), add.si(5, 5)).apply_async().get() == 10
+    assert (add.s(1) | add.s(2)).apply_async().get() == 3
+    assert chord(group(add.s(i) for i in range(5)), total.s()).apply_async().get() == 10
+    assert group(add.s(i, i) for i in range(3)).apply_async().get() == [0, 2, 4]
+    later = add.apply_async((1,), delay="1m")
+    with pytest.raises(WorkflowError, match="test clock"):
+        add.apply_async(depends_on=[later], pass_results="one")
+    with pytest.raises(UnknownParent):
+        add.apply_async((1,), depends_on=["nope"])
