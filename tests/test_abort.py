@@ -250,3 +250,39 @@ def test_abort_in_thread_worker_releases_dependants(app: TaskPipe) -> None:
         assert tolerant.get(timeout=10) == "ran"
         wait_for(lambda: w.writer.stats.get("aborted") == 1, what="the worker to count it")
     assert parent.state == "aborted"
+
+
+@pytest.mark.parametrize("broker_url", ["redis", "memory"], indirect=True)
+def test_aborted_prefetched_job_never_starts(app: TaskPipe) -> None:
+    import threading
+
+    from worker_helpers import worker_running
+
+    from taskpipe import current_job
+
+    started: list[str] = []
+    first_running = threading.Event()
+
+    @app.task(name="loop2")
+    def loop2(tag: str) -> None:
+        job = current_job()
+        assert job is not None
+        started.append(tag)
+        first_running.set()
+        for _ in range(3000):
+            job.check_abort()
+            threading.Event().wait(0.01)
+
+    a = loop2.delay("a")
+    b = loop2.delay("b")
+    with worker_running(app, concurrency=1, prefetch=2) as w:
+        assert first_running.wait(10)
+        wait_for(lambda: b.state == "claimed", what="b to be prefetched")
+        b.abort()
+        # the keeper (every 0.25 s) marks the buffered job; only then let the slot free up
+        wait_for(lambda: any(p.early is not None for p in list(w._buffer)),
+                 what="the keeper to see the abort of the buffered job")
+        a.abort()
+        wait_for(lambda: w.writer.stats.get("aborted") == 2, what="both counted aborted")
+    assert started == ["a"]  # b was aborted while buffered: it never started
+    assert a.state == b.state == "aborted"

@@ -7,6 +7,7 @@ entry in the worker registry.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from taskpipe.errors import BrokerUnavailable
-from taskpipe.worker.runner import reap_limit
+from taskpipe.worker.runner import Outcome, reap_limit
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from taskpipe.thoonk.workers import Presence
     from taskpipe.worker.outcomes import OutcomeWriter
     from taskpipe.worker.registry import WorkerRegistry
+    from taskpipe.worker.runner import Prepared
 
 __all__ = ["KeeperMixin", "BROKER_ERRORS"]
 
@@ -57,6 +59,7 @@ class KeeperMixin:
     _stopping: threading.Event
     _lost_logged: set[tuple[str, str, str]]
     _pool: Any
+    _buffer: collections.deque[Prepared]
 
     if TYPE_CHECKING:
         @property
@@ -91,16 +94,27 @@ class KeeperMixin:
             time.sleep(min(renew_every, self.reaper_interval, 0.25))
 
     def _check_aborts(self) -> None:
-        """Tell a process pool which of its running jobs were aborted (a thread or async task
-        sees it itself through ``current_job().aborted``)."""
-        abort = getattr(self._pool, "abort", None)
-        if abort is None:
-            return
+        """Act on aborted jobs this worker holds: a prefetched one that has not started is not
+        started (its outcome is ``aborted``); a process pool is told, to terminate a child that
+        does not stop by itself. (A running thread or async task sees the abort itself through
+        ``current_job().aborted``.)"""
         by_channel: dict[str, list[str]] = {}
         for claim in self.running:
             by_channel.setdefault(claim.channel, []).append(claim.id)
+        aborted: set[tuple[str, str]] = set()
         for name, ids in by_channel.items():
-            for job_id in self.app.channel(name).aborted_among(ids):
+            aborted.update((name, i) for i in self.app.channel(name).aborted_among(ids))
+        if not aborted:
+            return
+        for prepared in list(self._buffer):  # not started yet: never start them
+            claim = prepared.claim
+            if (claim.channel, claim.id) in aborted and prepared.early is None:
+                prepared.early = Outcome("aborted", claim, exc_type="JobAborted",
+                                         exc_message="aborted before it started",
+                                         envelope=prepared.envelope, task=prepared.task)
+        abort = getattr(self._pool, "abort", None)
+        if abort is not None:
+            for name, job_id in aborted:
                 abort(name, job_id)
 
     def _hold_presence(self, rejoin: bool = False) -> None:
