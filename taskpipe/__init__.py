@@ -49,15 +49,18 @@ from taskpipe.workflows import GroupResult, chain, chord, group
 __version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
 
 __all__ = [
-    # the app and its tasks
+    # the app, its tasks and their results
     "TaskPipe", "Task", "Signature", "AsyncResult", "Worker", "current_job", "JobContext",
-    # errors
-    "TaskpipeError", "ConfigError", "BrokerURLError", "BrokerUnavailable", "DurationError",
-    "CronError",
-    "SerializationError", "PayloadTooLarge", "UnknownTask", "JobNotFound", "WrongJobState",
-    "LeaseLost", "ResultTimeout", "ResultExpired", "ResultUnknown", "TaskFailed", "JobTimeout",
-    "Retry", "BrokerError", "ResultStalled",
-    # workflows
+    # errors: the root, then configuration
+    "TaskpipeError", "ConfigError", "BrokerURLError", "DurationError", "CronError",
+    # errors: the broker
+    "BrokerUnavailable", "BrokerError",
+    # errors: payloads and tasks
+    "SerializationError", "PayloadTooLarge", "UnknownTask", "TaskFailed", "JobTimeout", "Retry",
+    # errors: jobs and results
+    "JobNotFound", "WrongJobState", "LeaseLost", "ResultTimeout", "ResultExpired",
+    "ResultUnknown", "ResultStalled",
+    # workflows and control (docs/workflows.md)
     "chain", "group", "chord", "GroupResult", "WorkflowError", "UnknownParent", "DependencyCycle",
     "EmptyChord", "JobAborted",
     "__version__",

@@ -113,6 +113,8 @@ _ALL = (
                                "attempts", "published", "delayed", "urgent", "progress",
                                "finished", "result", "log", "stalled_at"),
                optional=("waiting",)),
+    ScriptKeys("job_clean_finished", ("finished", "items"),
+               tail="feed.result:<f>:<id> and feed.log:<f>:<id> per id"),
     ScriptKeys("job_extend", ("claimed", "leases", "tokens")),
     ScriptKeys("job_reap", (*_OWNER, "cancelled", "ids", "wake", "stalled", "reasons",
                             "published", "stalled_at"), optional=("presence",)),

@@ -70,6 +70,11 @@ class WorkflowOps:
         value = self.client.hget(self.keys.waiting, id)
         return None if value is None else int(value)
 
+    def scan_waiting(self, cursor: int, count: int) -> tuple[int, dict[str, int]]:
+        """One ``HSCAN`` step over the waiting jobs: ``(next cursor, {id: parents left})``."""
+        nxt, batch = self.client.hscan(self.keys.waiting, cursor, count=count)
+        return int(nxt), {_text(i): int(n) for i, n in batch.items()}
+
     def waiting_count(self) -> int:
         """How many jobs of this channel wait for parents."""
         return int(self.client.hlen(self.keys.waiting))
