@@ -304,6 +304,27 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, WorkflowOps, AbortOps):
             raise ValueError("a follow-up job can only ride on a single finish")
         if len(requests) > 1000:
             raise ValueError("finish_many takes at most 1000 jobs per call")
+        keys, args = self._finish_parts(requests, followup)
+        codes = [int(c) for c in self._finish_call(keys, args, self.workflow_section(None))]
+        if len(requests) == 1:
+            for _ in range(100):  # -2: it has dependants (or more than were read): pass them
+                if codes[0] != -2:
+                    break
+                section = self.workflow_section(requests[0].id)
+                codes = [int(c) for c in self._finish_call(keys, args, section)]
+            return codes
+        todo = [i for i in range(len(requests)) if codes[i] == -2]
+        if todo:  # in a batch: finished one by one, their dependants read in one round trip
+            sections = self.workflow_sections([requests[i].id for i in todo])
+            for i, section in zip(todo, sections):
+                one_keys, one_args = self._finish_parts([requests[i]], None)
+                code = int(self._finish_call(one_keys, one_args, section)[0])
+                codes[i] = code if code != -2 else self.finish_many([requests[i]])[0]
+        return codes
+
+    def _finish_parts(self, requests: Sequence[FinishRequest],
+                      followup: tuple[JobChannel, str, bytes] | None) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of one ``job_finish`` call, before its workflow section."""
         keys = [*self._finish_keys, *(self.keys.result(r.id) for r in requests),
                 *(self.keys.query(r.id) for r in requests if r.keep_query and r.result is not None)]
         args: list[Any] = [self.keys.ch_finish, FINISHED_INDEX_MS, len(requests)]
@@ -317,18 +338,11 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, WorkflowOps, AbortOps):
             t = target.keys
             keys += [*(getattr(t, role) for role in FINISH_FOLLOWUP_ROLES), t.result(fid)]
             args += [_check_id(fid), fitem]
-        codes = [int(c) for c in self._finish_call(keys, args, None)]
-        for _ in range(100):  # -2: it has dependants (or more than were read): pass them
-            if len(requests) != 1 or codes[0] != -2:
-                break
-            codes = [int(c) for c in self._finish_call(keys, args, requests[0].id)]
-        for i in range(len(requests) if len(requests) > 1 else 0):
-            if codes[i] == -2:  # in a batch: finished on its own, with its dependants
-                codes[i] = self.finish_many([requests[i]])[0]
-        return codes
+        return keys, args
 
-    def _finish_call(self, keys: list[str], args: list[Any], deps_of: str | None) -> list[Any]:
-        wf_keys, wf_args = self.workflow_section(deps_of)
+    def _finish_call(self, keys: list[str], args: list[Any],
+                     section: tuple[list[str], list[Any]]) -> list[Any]:
+        wf_keys, wf_args = section
         return list(self.scripts["job_finish"](self.client, [*keys, *wf_keys], [*args, *wf_args]))
 
     def cancel(self, id: str, token: str = "", not_before_ms: int = 0) -> int:
