@@ -87,6 +87,7 @@ def test_link_and_link_error_are_aliases(app: TaskPipe, tasks: dict[str, Any]) -
 
 def _options(app: TaskPipe, result: Any) -> dict[str, Any]:
     item = app.channel(result.channel).get_item(result.id)
+    assert item is not None
     return decode_envelope(item).options
 
 

@@ -103,7 +103,10 @@ def test_chord_of_1000_callback_once_with_a_worker_killed(procs: Procs) -> None:
     assert result.state == "waiting"
     victim = procs.worker("-c", "4", "--name", "victim")
     survivor = procs.worker("-c", "4", "--name", "survivor")
-    finished = lambda: app.channel().counts()["finished_total"]  # noqa: E731
+
+    def finished() -> int:
+        return app.channel().counts()["finished_total"]
+
     wait_for(lambda: finished() >= 200, timeout=60, interval=0.005, what="200 members to finish")
     victim.send(signal.SIGKILL)
     killed_at, at_kill = time.monotonic(), finished()
