@@ -42,8 +42,9 @@ from taskpipe.errors import (
     WrongJobState,
 )
 from taskpipe.results import AsyncResult
+from taskpipe.states import JobState
 from taskpipe.task import Signature, Task
-from taskpipe.worker import Worker
+from taskpipe.worker import Worker, WorkerSettings
 from taskpipe.workflows import GroupResult, chain, chord, group
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
@@ -51,6 +52,7 @@ __version__ = "0.1.0"  # the one place the version is written (pyproject reads i
 __all__ = [
     # the app, its tasks and their results
     "TaskPipe", "Task", "Signature", "AsyncResult", "Worker", "current_job", "JobContext",
+    "JobState", "WorkerSettings",
     # errors: the root, then configuration
     "TaskpipeError", "ConfigError", "BrokerURLError", "DurationError", "CronError",
     # errors: the broker

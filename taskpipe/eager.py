@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from taskpipe.callbacks import callbacks_of, failure_info
-from taskpipe.durations import eta_to_delay, expires_at, parse_duration
+from taskpipe.callbacks import failure_info
+from taskpipe.durations import DurationLike, parse_duration
 from taskpipe.errors import (
     ConfigError,
     ResultExpired,
@@ -32,7 +32,7 @@ from taskpipe.errors import (
     UnknownTask,
     WorkflowError,
 )
-from taskpipe.publishing import check_send_options
+from taskpipe.publishing import plan_send
 from taskpipe.results import AsyncResult, final_state
 from taskpipe.serialization import (
     ResultRecord,
@@ -42,6 +42,7 @@ from taskpipe.serialization import (
     encode_failure,
     encode_result,
 )
+from taskpipe.states import DONE_STATES, JobState
 from taskpipe.task import Signature
 
 if TYPE_CHECKING:
@@ -59,7 +60,8 @@ class EagerResult(AsyncResult[Any]):
 
     def __init__(self, app: TaskPipe, id: str, channel: str) -> None:
         super().__init__(app, id, channel)
-        self._eager_state = "delayed"
+        self._eager_state = JobState.DELAYED
+        self._forgotten = False  # forget() dropped the outcome of a call that ran
 
     def info(self) -> JobInfo:
         from taskpipe.thoonk.job import JobInfo
@@ -69,7 +71,7 @@ class EagerResult(AsyncResult[Any]):
                        finished_ms=None, published_ms=None, result_ttl_ms=None)
 
     @property
-    def state(self) -> str:
+    def state(self) -> JobState:
         """delayed (waiting for the test clock), finished or failed."""
         if self._record is not None:
             return final_state(self._record)
@@ -78,9 +80,9 @@ class EagerResult(AsyncResult[Any]):
     def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
         """The outcome, at once: a call still waiting for the test clock raises ``ResultTimeout``,
         an id no eager call had ``ResultUnknown``."""
-        if self._record is None and self._eager_state == "unknown":
+        if self._record is None and self._eager_state == JobState.UNKNOWN:
             raise ResultUnknown(f"no eager call with id {self.id!r}")
-        if self._record is None and self._eager_state == "forgotten":
+        if self._record is None and self._forgotten:
             raise ResultExpired(f"job {self.id!r} finished but its result was forgotten")
         if self._record is None:
             raise ResultTimeout(f"job {self.id!r} is still {self._eager_state} (eager mode: "
@@ -99,13 +101,14 @@ class EagerResult(AsyncResult[Any]):
         """Drop the outcome of a call that ran (``get()`` then raises ``ResultExpired``)."""
         if self._record is not None:
             self._record = None
-            self._eager_state = "forgotten"
+            self._eager_state = JobState.FINISHED
+            self._forgotten = True
 
     def retract(self) -> None:
         """Drop a call still waiting for the test clock."""
         if self._record is None:
             self.app.eager_runner.drop(self.id)
-            self._eager_state = "unknown"
+            self._eager_state = JobState.UNKNOWN
 
 
 @dataclass(order=True)
@@ -133,7 +136,7 @@ class EagerClock:
         """The clock's time as an aware UTC datetime."""
         return datetime.fromtimestamp(self._now, timezone.utc)
 
-    def advance(self, duration: Any) -> int:
+    def advance(self, duration: DurationLike) -> int:
         """Move the clock forward by ``duration`` (``"10m"``, seconds, a timedelta); returns how
         many calls ran (delayed calls and cron fires, each at its own due time)."""
         return self.set(self._now + parse_duration(duration))
@@ -164,42 +167,24 @@ class EagerRunner:
         """Encode the call as production would, then run it now (or when the clock says)."""
         from taskpipe.thoonk.job import new_id
 
-        check_send_options(options)
+        plan = plan_send(options, now=self.clock.now())  # the checks production makes
         if name not in self.app.tasks:
             raise UnknownTask(f"no task registered as {name!r} in app {self.app.name!r} "
                               "(eager mode runs only this app's tasks)")
         task = self.app.tasks[name]
-        env_opts: dict[str, Any] = {}
-        callbacks_of(options, env_opts)  # checks on_finish / on_failure
         if options.get("depends_on") is not None:  # parents ran already: their outcomes
             args, failure = self._after_parents(options, tuple(args))
             if failure:
                 options = {**options, "_eager_failure": failure}
         elif options.get("allow_failure") is not None or options.get("pass_results") is not None:
             raise ConfigError("allow_failure / pass_results are only meaningful with depends_on=")
-        for key in ("retries", "timeout", "hard_timeout", "retry_backoff", "result_ttl"):
-            if options.get(key) is not None:
-                env_opts[key] = options[key] if key == "retries" else parse_duration(options[key])
-        if options.get("expires") is not None:  # against the test clock
-            env_opts["expires_ms"] = int(expires_at(options["expires"], self.clock.now()) * 1000)
-        retries = env_opts.get("retries", 0)
-        if type(retries) is not int or retries < 0:
-            raise ConfigError(f"retries must be a non-negative int, got {retries!r}")
-        payload = encode_envelope(name, tuple(args), dict(kwargs or {}), env_opts,
+        payload = encode_envelope(name, tuple(args), dict(kwargs or {}), plan.envelope,
                                   serializer=self.app.serializer, max_size=self.app.max_payload)
-        job_id = options.get("id") or new_id()
-        if not isinstance(job_id, str) or "\0" in job_id:
-            raise ConfigError(f"a job id must be a non-empty string without NUL, got {job_id!r}")
-        result = EagerResult(self.app, job_id, options.get("channel") or task.channel)
+        job_id = plan.job_id or new_id()
+        result = EagerResult(self.app, job_id, plan.channel or task.channel)
         with self._lock:
             self._results[job_id] = result
-        delay = 0.0
-        if options.get("delay") is not None:
-            delay = parse_duration(options["delay"])
-        if options.get("eta") is not None:
-            eta = options["eta"]
-            delay = eta_to_delay(eta, self.clock.now()) if isinstance(eta, (datetime, int, float)) \
-                else parse_duration(eta)
+        delay = plan.delay_ms / 1000
         pending = _Pending(self.clock.now() + delay, next(self._seq), result, payload, options)
         if delay > 0:
             with self._lock:
@@ -208,55 +193,40 @@ class EagerRunner:
             self._run(pending)
         return result
 
-    def _after_parents(self, options: dict[str, Any], args: tuple[Any, ...]
-                       ) -> tuple[tuple[Any, ...], str]:
-        """``depends_on`` in eager mode: the parents ran already (or wait for the test clock:
-        ``WorkflowError``). Returns the call's arguments with the parents' values in front
-        (``pass_results``) and, if a parent failed (without ``allow_failure``), the reason the
-        call fails without running."""
-        deps = options["depends_on"]
+    def _parents_of(self, deps: Any) -> list[EagerResult]:
+        """The eager results ``depends_on`` names (results, group results, ids, pairs)."""
         if isinstance(deps, (AsyncResult, str)) or hasattr(deps, "results"):
             deps = [deps]
-        parents: list[AsyncResult[Any]] = []
+        parents: list[EagerResult] = []
         for dep in deps:
             if hasattr(dep, "results"):
-                parents += list(dep.results)
-            elif isinstance(dep, AsyncResult):
-                parents.append(self.lookup(dep.id))
-            elif isinstance(dep, str):
-                parents.append(self.lookup(dep))
+                parents += [self.lookup(r.id) for r in dep.results]
+            elif isinstance(dep, (AsyncResult, str)):
+                parents.append(self.lookup(dep if isinstance(dep, str) else dep.id))
             elif isinstance(dep, tuple) and len(dep) == 2:
                 parents.append(self.lookup(str(dep[1])))
             else:
                 raise ConfigError(f"depends_on: {dep!r} is not an AsyncResult or a job id")
         if not parents:
             raise ConfigError("depends_on is empty: give at least one parent (or leave it out)")
+        return parents
+
+    def _after_parents(self, options: dict[str, Any], args: tuple[Any, ...]
+                       ) -> tuple[tuple[Any, ...], str]:
+        """``depends_on`` in eager mode: the parents ran already (or wait for the test clock:
+        ``WorkflowError``). Returns the call's arguments with the parents' values in front
+        (``pass_results``) and, if a parent failed (without ``allow_failure``), the reason the
+        call fails without running."""
+        parents = self._parents_of(options["depends_on"])
         mode, allow = options.get("pass_results"), bool(options.get("allow_failure"))
         if mode not in (None, "one", "all") or (mode == "one" and len(parents) != 1):
             raise ConfigError(f"pass_results={mode!r}: 'one' (one parent), 'all' or None")
         values: list[Any] = []
         for parent in parents:
-            state = parent.state
-            if state == "unknown":
-                raise UnknownParent(f"depends_on: no eager call with id {parent.id!r}")
-            if state == "forgotten":  # ran, its result dropped (as an expired stored result)
-                if mode is not None and not allow:
-                    return args, (f"the result of parent job {parent.channel}/{parent.id} is not "
-                                  "stored (forgotten), so it cannot be passed on; not run")
-                values.append(None)
-                continue
-            if state not in ("finished", "failed", "aborted", "expired"):
-                raise WorkflowError(f"depends_on: parent {parent.id!r} is still {state} (eager "
-                                    "mode: advance the test clock to run it first)")
-            outcome = parent.get(propagate=False)
-            if isinstance(outcome, TaskFailed):
-                if not allow:
-                    message = outcome.exc_message if outcome.exc_type == "DependencyFailed" else (
-                        f"parent job {parent.channel}/{parent.id} failed: {outcome.exc_type}: "
-                        f"{outcome.exc_message}")
-                    return args, message
-                outcome = None
-            values.append(outcome)
+            value, failure = _parent_value(parent, needs_value=mode is not None and not allow)
+            if failure and not allow:
+                return args, failure
+            values.append(value)
         if mode == "one":
             return (values[0], *args), ""
         if mode == "all":
@@ -269,7 +239,7 @@ class EagerRunner:
             found = self._results.get(job_id)
         if found is None:
             found = EagerResult(self.app, job_id, self.app.default_channel)
-            found._eager_state = "unknown"
+            found._eager_state = JobState.UNKNOWN
         return found
 
     def drop(self, job_id: str) -> None:
@@ -319,7 +289,7 @@ class EagerRunner:
             value = pending.result.get(propagate=False)
             try:
                 on_finish(value, pending.result)
-            except Exception:  # noqa: BLE001 - as in production: logged, never the job's fate
+            except Exception:  # as in production: logged, never the job's fate
                 log.exception("on_finish callback for job %s raised", pending.result.id)
         on_failure = pending.options.get("on_failure")
         if on_failure is not None and not record.ok:
@@ -331,7 +301,7 @@ class EagerRunner:
             else:
                 try:
                     on_failure(pending.result.get(propagate=False), pending.result)
-                except Exception:  # noqa: BLE001 - logged, never the job's fate
+                except Exception:
                     log.exception("on_failure callback for job %s raised", pending.result.id)
 
     def run_due(self, target: float) -> int:
@@ -372,6 +342,26 @@ class EagerRunner:
             if fire <= target and (best is None or fire < best[0]):
                 best = (fire, entry)
         return best
+
+
+def _parent_value(parent: EagerResult, needs_value: bool) -> tuple[Any, str]:
+    """``(value, failure reason)`` of an eager parent; raises for one that has not run."""
+    state = parent.state
+    if state == JobState.UNKNOWN:
+        raise UnknownParent(f"depends_on: no eager call with id {parent.id!r}")
+    if parent._forgotten:  # ran, its result dropped (as an expired stored result)
+        return None, (f"the result of parent job {parent.channel}/{parent.id} is not stored "
+                      "(forgotten), so it cannot be passed on; not run") if needs_value else ""
+    if state not in DONE_STATES:
+        raise WorkflowError(f"depends_on: parent {parent.id!r} is still {state} (eager mode: "
+                            "advance the test clock to run it first)")
+    outcome = parent.get(propagate=False)
+    if not isinstance(outcome, TaskFailed):
+        return outcome, ""
+    if outcome.exc_type == "DependencyFailed":  # keep the first failure's story
+        return None, outcome.exc_message
+    return None, (f"parent job {parent.channel}/{parent.id} failed: {outcome.exc_type}: "
+                  f"{outcome.exc_message}")
 
 
 def _run_coroutine(coro: Any) -> Any:

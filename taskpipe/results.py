@@ -7,7 +7,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import redis
 
@@ -24,12 +24,13 @@ from taskpipe.errors import (
     WrongJobState,
 )
 from taskpipe.serialization import ResultRecord, decode_result, encode_failure
+from taskpipe.states import DONE_STATES, FAILED_STATES, OUTCOME_STATES, JobState
 from taskpipe.thoonk.job import JobInfo
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
 
-__all__ = ["AsyncResult", "STATES", "OUTCOME_STATES", "final_state"]
+__all__ = ["AsyncResult", "STATES", "final_state"]
 
 if TYPE_CHECKING:
     from typing_extensions import TypeVar as DefaultTypeVar
@@ -38,21 +39,18 @@ if TYPE_CHECKING:
 else:
     R = TypeVar("R")
 
-STATES = ("delayed", "waiting", "available", "claimed", "stalled", "finished", "failed", "aborted",
-          "expired", "unknown")
-#: the ``exc_type`` of the result record of a job that ended ``aborted`` / ``expired``
-OUTCOME_STATES = {"JobAborted": "aborted", "JobExpired": "expired"}
+STATES = tuple(JobState)  # every state a job can be in (taskpipe.states)
 STATE_CHECK_EVERY = 1.0  # seconds between state checks of a result wait (stalled is not an event)
 _FOREVER = 365 * 24 * 3600.0
 T = TypeVar("T")
 _BROKER_FAULTS = (redis.exceptions.RedisError, OSError, BrokerUnavailable)
 
 
-def final_state(record: ResultRecord) -> str:
+def final_state(record: ResultRecord) -> JobState:
     """The state a finished job's result record means: finished, failed, aborted or expired."""
     if record.ok:
-        return "finished"
-    return OUTCOME_STATES.get(record.exc_type or "", "failed")
+        return JobState.FINISHED
+    return OUTCOME_STATES.get(record.exc_type or "", JobState.FAILED)
 
 
 class AsyncResult(Generic[R]):
@@ -110,17 +108,17 @@ class AsyncResult(Generic[R]):
             self._record = ResultRecord(ok=True, value=raw, exc_type="", exc_message="", traceback="")
 
     @property
-    def state(self) -> str:
-        """One of ``STATES``: delayed, waiting (for parents: ``depends_on``), available,
-        claimed, stalled, finished, failed, aborted, expired, unknown."""
+    def state(self) -> JobState:
+        """A ``JobState`` (a ``str``): delayed, waiting (for parents: ``depends_on``),
+        available, claimed, stalled, finished, failed, aborted, expired, unknown."""
         if self._record is not None:
             return final_state(self._record)
         state = self.info().state
-        if state == "finished":
+        if state == JobState.FINISHED:
             record = self._fetch()
             if record is not None:
                 return final_state(record)
-        return str(state)
+        return state
 
     def abort(self, by: str | None = None) -> None:
         """Abort the job while it runs: it ends ``aborted`` at once (result: a ``TaskFailed``
@@ -139,7 +137,7 @@ class AsyncResult(Generic[R]):
             self._record = None
             return
         state = self.state
-        if state == "unknown":
+        if state == JobState.UNKNOWN:
             raise JobNotFound(f"no job {self.id!r} in channel {self.channel!r}")
         raise WrongJobState(self.id, "claimed (running)", state)
 
@@ -150,17 +148,26 @@ class AsyncResult(Generic[R]):
 
     def ready(self) -> bool:
         """True once the job finished (successfully or not)."""
-        return self.state in ("finished", "failed", "aborted", "expired")
+        return self.state in DONE_STATES
 
     def successful(self) -> bool:
         """True if the job finished without error."""
-        return self.state == "finished"
+        return self.state == JobState.FINISHED
 
     def failed(self) -> bool:
         """True if the job finished with an error (aborted and expired jobs too)."""
-        return self.state in ("failed", "aborted", "expired")
+        return self.state in FAILED_STATES
 
-    def get(self, timeout: float | None = None, propagate: bool = True) -> R:
+    @overload
+    def get(self, timeout: float | None = None, propagate: Literal[True] = True) -> R: ...
+
+    @overload
+    def get(self, timeout: float | None = None, *, propagate: bool) -> R | TaskFailed: ...
+
+    @overload
+    def get(self, timeout: float | None, propagate: bool) -> R | TaskFailed: ...
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> R | TaskFailed:
         """Wait for the result (``timeout`` seconds; None = forever) and return it.
 
         Raises ``ResultTimeout`` (a ``TimeoutError``) on time, ``TaskFailed`` carrying the remote
@@ -203,18 +210,18 @@ class AsyncResult(Generic[R]):
                 f"({timeout} s) passed: {exc}") from exc
         return delay
 
-    def _outcome(self, record: ResultRecord, propagate: bool) -> R:
+    def _outcome(self, record: ResultRecord, propagate: bool) -> R | TaskFailed:
         if record.ok:
             return record.value  # type: ignore[no-any-return]
         error = TaskFailed(self.id, record.exc_type or "", record.exc_message or "",
                            record.traceback or "")
         if propagate:
             raise error
-        return error  # type: ignore[return-value]  # propagate=False: the failure is the value
+        return error  # propagate=False: the failure is the value
 
     def _check(self, info: JobInfo) -> ResultRecord | None:
         """Fail fast for a job that will never have a result; its record if it finished."""
-        if info.state == "finished":
+        if info.state == JobState.FINISHED:
             record = self._fetch()
             if record is None:
                 raise ResultExpired(f"job {self.id!r} finished but its result is not stored "
@@ -223,12 +230,12 @@ class AsyncResult(Generic[R]):
         self._fail_fast(info.state, info.reason)
         return None
 
-    def _fail_fast(self, state: str, reason: str) -> None:
+    def _fail_fast(self, state: JobState, reason: str) -> None:
         """Raise for a job that will never have a result (unknown or stalled)."""
-        if state == "unknown":
+        if state == JobState.UNKNOWN:
             raise ResultUnknown(f"no job {self.id!r} in channel {self.channel!r} "
                                 "(never published, or retracted)")
-        if state == "stalled":
+        if state == JobState.STALLED:
             raise ResultStalled(self.id, reason)
 
     def _wait(self, deadline: float, timeout: float | None) -> ResultRecord:
@@ -278,7 +285,16 @@ class AsyncResult(Generic[R]):
                     raise ResultUnknown(f"job {self.id!r} in channel {self.channel!r} was "
                                         "retracted while waiting for its result")
 
-    async def aget(self, timeout: float | None = None, propagate: bool = True) -> R:
+    @overload
+    async def aget(self, timeout: float | None = None, propagate: Literal[True] = True) -> R: ...
+
+    @overload
+    async def aget(self, timeout: float | None = None, *, propagate: bool) -> R | TaskFailed: ...
+
+    @overload
+    async def aget(self, timeout: float | None, propagate: bool) -> R | TaskFailed: ...
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True) -> R | TaskFailed:
         """``await result.aget(timeout=)``: ``get`` for async callers, on ``redis.asyncio``.
 
         Waits on the ``job.finish`` channel with the app's asyncio client of the running event
@@ -301,7 +317,7 @@ class AsyncResult(Generic[R]):
                 # no result: finished without one, unknown, stalled, or still waiting at the
                 # deadline (the state read is on the failure path only)
                 state, reason = await job_state(self)
-                if state == "finished":  # wait_result found no stored result
+                if state == JobState.FINISHED:  # wait_result found no stored result
                     raise ResultExpired(f"job {self.id!r} finished but its result is not stored "
                                         "(expired, or result_ttl=0)")
                 self._fail_fast(state, reason)

@@ -28,7 +28,7 @@ def ran(app: TaskPipe) -> list[Any]:
 def test_expired_job_is_not_run(app: TaskPipe, ran: list[Any]) -> None:
     past = datetime.now(timezone.utc) - timedelta(seconds=1)
     gone = app.send("work", ("late",), expires=past)
-    naive = app.send("work", ("naive",), expires=datetime.utcnow() - timedelta(seconds=1))  # noqa: DTZ003
+    naive = app.send("work", ("naive",), expires=datetime.utcnow() - timedelta(seconds=1))
     fine = app.send("work", ("on time",), expires="1h")
     later = app.send("work", ("datetime",), expires=datetime.now(timezone.utc) + timedelta(hours=1))
     stats = burst(app)

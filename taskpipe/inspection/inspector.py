@@ -32,8 +32,8 @@ from taskpipe.inspection.views import (
     task_name_of,
     worker_view,
 )
-from taskpipe.results import OUTCOME_STATES
 from taskpipe.serialization import decode_envelope
+from taskpipe.states import LISTABLE_STATES, OUTCOME_STATES, JobState
 from taskpipe.thoonk.job import JobChannel
 from taskpipe.thoonk.workers import WorkerRegistry
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["Inspector", "LIST_STATES", "MAX_PAGE"]
 
 #: States ``list_jobs`` pages through (``failed`` = finished jobs whose result is an error).
-LIST_STATES = ("available", "delayed", "waiting", "claimed", "stalled", "finished", "failed")
+LIST_STATES = LISTABLE_STATES
 #: The largest page ``list_jobs`` returns.
 MAX_PAGE = 1000
 
@@ -111,7 +111,7 @@ class Inspector:
         return self.app.thoonk.server_ms()
 
     # listing --------------------------------------------------------------------------------
-    def list_jobs(self, channel: str, state: str, cursor: str | int | None = None,
+    def list_jobs(self, channel: str, state: JobState | str, cursor: str | int | None = None,
                   limit: int = 50) -> Page:
         """One page of the jobs in ``state`` (one of ``LIST_STATES``).
 
@@ -122,7 +122,9 @@ class Inspector:
         """
         ch = self.channel(channel)
         if state not in LIST_STATES:
-            raise ConfigError(f"unknown state {state!r}; expected one of {', '.join(LIST_STATES)}")
+            raise ConfigError(f"unknown state {str(state)!r}; expected one of "
+                              f"{', '.join(LIST_STATES)}")
+        state = JobState(state)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
             raise ConfigError(f"limit must be an int from 1 to {MAX_PAGE}, got {limit!r}")
         if state == "stalled":
@@ -165,7 +167,7 @@ class Inspector:
             if len(ids) == limit:
                 nxt = f"{scan}.0"
                 break
-        rows = self._rows(ch, "stalled", [(i, None) for i in ids])
+        rows = self._rows(ch, JobState.STALLED, [(i, None) for i in ids])
         return Page(rows, nxt, ch.count_stalled())
 
     def _list_waiting(self, ch: JobChannel, cursor: str | int | None, limit: int) -> Page:
@@ -181,7 +183,7 @@ class Inspector:
             if scan == 0:
                 break
         rows = [replace(row, parents_left=left[row.id])
-                for row in self._rows(ch, "waiting", [(i, None) for i in left])]
+                for row in self._rows(ch, JobState.WAITING, [(i, None) for i in left])]
         return Page(rows, str(scan) if scan != 0 else None, ch.waiting_count())
 
     def _list_failed(self, ch: JobChannel, off: int, limit: int) -> Page:
@@ -191,17 +193,17 @@ class Inspector:
         while len(rows) < limit and pos < total and pos - off < budget:
             if not scored:
                 break
-            for row in self._rows(ch, "finished", [(i, _opt(sc)) for i, sc in scored]):
+            for row in self._rows(ch, JobState.FINISHED, [(i, _opt(sc)) for i, sc in scored]):
                 pos += 1
-                if row.outcome in ("failed", "aborted", "expired job"):
-                    rows.append(replace(row, state="failed"))
+                if row.outcome in ("failed", "aborted", "job_expired"):
+                    rows.append(replace(row, state=JobState.FAILED))
                     if len(rows) == limit:
                         break
             if len(rows) < limit and pos < total and pos - off < budget:
                 total, scored = ch.page_sorted("finished", pos, chunk)
         return Page(rows, str(pos) if pos < total else None, None)
 
-    def _rows(self, ch: JobChannel, state: str, scored: list[tuple[str, int | None]]) -> list[JobRow]:
+    def _rows(self, ch: JobChannel, state: JobState, scored: list[tuple[str, int | None]]) -> list[JobRow]:
         if not scored:
             return []
         f = ch.row_fields(state, [i for i, _ in scored])
@@ -246,8 +248,8 @@ class Inspector:
                 payload_error, raw_payload = str(exc), raw_view(item)
         state = info.state
         result = record_view(result_raw) if result_raw is not None else None
-        if state == "finished" and result is not None and not result["ok"]:
-            state = OUTCOME_STATES.get(result["exc_type"] or "", "failed")  # aborted, expired
+        if state == JobState.FINISHED and result is not None and not result["ok"]:
+            state = OUTCOME_STATES.get(result["exc_type"] or "", JobState.FAILED)  # or aborted...
         ts = {"published_ms": info.published_ms, "due_ms": info.due_ms, "claimed_ms": _opt(claimed_ms),
               "lease_deadline_ms": info.lease_deadline_ms, "finished_ms": info.finished_ms}
         return JobDetail(

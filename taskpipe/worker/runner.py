@@ -24,7 +24,9 @@ from taskpipe.errors import (
     TaskpipeError,
     UnknownTask,
 )
+from taskpipe.limits import COUNT_OPTIONS, count_problem
 from taskpipe.serialization import Envelope, decode_envelope
+from taskpipe.states import OutcomeKind
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -38,7 +40,6 @@ log = logging.getLogger("taskpipe.worker")
 
 #: call options holding a duration, and those holding a count, as a producer may write them
 _DURATION_OPTIONS = ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl")
-_COUNT_OPTIONS = ("retries", "max_cancels")
 #: bytes over ``max_payload`` still decoded (the producer's limit counts the whole envelope;
 #: this only keeps a producer with a slightly different framing from being stalled)
 _ENVELOPE_SLACK = 1024
@@ -56,7 +57,7 @@ class Outcome:
     ``duration`` is how long the task ran, in seconds (None when it never started).
     """
 
-    kind: str
+    kind: OutcomeKind
     claim: Claim
     value: Any = None
     exc_type: str = ""
@@ -152,10 +153,11 @@ def option_problem(options: dict[str, Any]) -> str | None:
     expires = options.get("expires_ms")
     if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float))):
         return f"expires_ms={_short(expires)}: not a unix time in ms"
-    for key in _COUNT_OPTIONS:
+    for key in COUNT_OPTIONS:
         value = options.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            return f"{key}={_short(value)}: not an int >= 0"
+        problem = None if value is None else count_problem(value)
+        if problem is not None:
+            return f"{key}={_short(value)}: {problem}"
     for name in ("on_finish", "on_failure"):
         problem = _signature_problem(name, options.get(name))
         if problem is not None:
@@ -348,7 +350,7 @@ def _run_prepared(app: TaskPipe, prepared: Prepared, channel: Any,
     except JobTimeout:
         exc = JobTimeout(f"task {task.name} ran past its time limit of {seconds} s")
         return decide_failure(app, prepared, exc, traceback.format_exc())
-    except BaseException as exc:  # noqa: BLE001 - the task's error is the job's outcome
+    except BaseException as exc:  # the task's error is the job's outcome
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         return decide_failure(app, prepared, exc, traceback.format_exc())

@@ -259,7 +259,7 @@
               el("td", { text: r.progress }), timeCell(r.lease_deadline_ms, now));
             if (state === "stalled") cells.push(el("td", { className: "reason", text: r.reason }));
             if (state === "waiting") cells.push(el("td", { className: "num", text: r.parents_left }));
-            if (state === "finished") cells.push(timeCell(r.when_ms, now), el("td", {}, badge(r.outcome, ["failed", "aborted", "expired job"].includes(r.outcome) ? "failed" : "finished")), el("td", { text: r.error }));
+            if (state === "finished") cells.push(timeCell(r.when_ms, now), el("td", {}, badge(r.outcome, ["failed", "aborted", "job_expired"].includes(r.outcome) ? "failed" : "finished")), el("td", { text: r.error }));
             if (state === "failed") cells.push(timeCell(r.when_ms, now), el("td", { text: r.error }));
             return el("tr", { "data-job": r.id }, cells);
           }));
