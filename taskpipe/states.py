@@ -56,7 +56,8 @@ CHANNEL_STATES = (JobState.DELAYED, JobState.WAITING, JobState.AVAILABLE, JobSta
 QUEUED_STATES = (JobState.AVAILABLE, JobState.DELAYED, JobState.WAITING, JobState.CLAIMED,
                  JobState.STALLED)
 #: the states ``taskpipe jobs list`` and the dashboard list jobs by
-LISTABLE_STATES = (*QUEUED_STATES, JobState.FINISHED, JobState.FAILED)
+LISTABLE_STATES = (*QUEUED_STATES, JobState.FINISHED, JobState.FAILED, JobState.ABORTED,
+                   JobState.EXPIRED)
 #: the states a job's result will not change from (``ready()``): aborted and expired jobs are
 #: finished jobs whose stored failure says so
 DONE_STATES = (JobState.FINISHED, JobState.FAILED, JobState.ABORTED, JobState.EXPIRED)

@@ -79,3 +79,19 @@ def test_eager_expiry_follows_the_test_clock() -> None:
     assert late.state == "expired"
     with pytest.raises(TaskFailed, match="JobExpired"):
         late.get()
+
+
+def test_expired_jobs_are_listed(app: TaskPipe, ran: list[Any]) -> None:
+    from taskpipe.inspection import Inspector
+
+    past = datetime.now(timezone.utc) - timedelta(seconds=1)
+    gone = app.send("work", ("late",), expires=past)
+    ok = app.send("work", ("fine",))
+    burst(app)
+    insp = Inspector(app)
+    name = app.channel().name
+    assert [r.id for r in insp.list_jobs(name, "expired").rows] == [gone.id]
+    assert [(r.id, r.state, r.outcome) for r in insp.list_jobs(name, "failed").rows] == \
+        [(gone.id, "failed", "job_expired")]
+    assert insp.list_jobs(name, "aborted").rows == []
+    assert ok.get(timeout=5) == "fine"

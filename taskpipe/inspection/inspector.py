@@ -44,6 +44,13 @@ __all__ = ["Inspector", "LIST_STATES", "MAX_PAGE"]
 
 #: States ``list_jobs`` pages through (``failed`` = finished jobs whose result is an error).
 LIST_STATES = LISTABLE_STATES
+#: The states listed from the finished index by outcome: ``failed`` takes every failure
+#: (aborted and expired jobs too), ``aborted`` / ``expired`` only theirs.
+_FAILED_OUTCOMES: dict[str, tuple[str, ...]] = {
+    JobState.FAILED: ("failed", "aborted", "job_expired"),
+    JobState.ABORTED: ("aborted",),
+    JobState.EXPIRED: ("job_expired",),
+}
 #: The largest page ``list_jobs`` returns.
 MAX_PAGE = 1000
 
@@ -132,8 +139,8 @@ class Inspector:
         if state == "waiting":
             return self._list_waiting(ch, cursor, limit)
         off = _offset(cursor, state)
-        if state == "failed":
-            return self._list_failed(ch, off, limit)
+        if state in _FAILED_OUTCOMES:  # finished jobs whose stored result says so
+            return self._list_failed(ch, off, limit, JobState(state))
         if state == "available":
             total, scored = ch.page_available(off, limit)
         else:
@@ -186,7 +193,8 @@ class Inspector:
                 for row in self._rows(ch, JobState.WAITING, [(i, None) for i in left])]
         return Page(rows, str(scan) if scan != 0 else None, ch.waiting_count())
 
-    def _list_failed(self, ch: JobChannel, off: int, limit: int) -> Page:
+    def _list_failed(self, ch: JobChannel, off: int, limit: int,
+                     state: JobState = JobState.FAILED) -> Page:
         rows: list[JobRow] = []
         pos, budget, chunk = off, max(limit * 10, 1000), 200
         total, scored = ch.page_sorted("finished", pos, chunk)
@@ -195,8 +203,8 @@ class Inspector:
                 break
             for row in self._rows(ch, JobState.FINISHED, [(i, _opt(sc)) for i, sc in scored]):
                 pos += 1
-                if row.outcome in ("failed", "aborted", "job_expired"):
-                    rows.append(replace(row, state=JobState.FAILED))
+                if row.outcome in _FAILED_OUTCOMES[state]:
+                    rows.append(replace(row, state=state))
                     if len(rows) == limit:
                         break
             if len(rows) < limit and pos < total and pos - off < budget:
