@@ -20,7 +20,9 @@ from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from taskpipe.durations import eta_to_delay, parse_duration, to_ms
+from taskpipe.aliases import translate_options
+from taskpipe.callbacks import callbacks_of
+from taskpipe.durations import eta_to_delay, expires_at, parse_duration, to_ms
 from taskpipe.errors import ConfigError
 from taskpipe.flow import FLOW_SEND_OPTIONS, build_flow, check_priority
 from taskpipe.limits import check_count
@@ -28,6 +30,7 @@ from taskpipe.serialization import args_encoder, encode_envelope
 from taskpipe.task import Signature, TaskOptions
 from taskpipe.thoonk.flow import DEBOUNCED, DEDUPLICATED, put_flow
 from taskpipe.thoonk.job import JobChannel, PutRequest, new_id
+from taskpipe.workflows import dependency_options, publish_waiting
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -74,8 +77,12 @@ ENVELOPE_OPTIONS: Mapping[str, Callable[[Any], Any]] = MappingProxyType({
     "result_ttl": parse_duration,
 })
 
-#: publishing options that shape the put itself (where, when, which id, what runs after)
-PUT_OPTIONS = frozenset({"channel", "priority", "delay", "eta", "id", "on_finish"}) \
+#: publishing options that shape the put itself (where, when, which id, what runs after), or
+#: that ``plan_send`` / ``Publishing.build`` turn into envelope fields themselves
+PUT_OPTIONS = frozenset({"channel", "priority", "delay", "eta", "id", "on_finish", "on_failure",
+                         "expires",  # -> envelope expires_ms (checked at claim)
+                         # workflows (taskpipe.workflows): wait for parents
+                         "depends_on", "allow_failure", "pass_results"}) \
     | FLOW_SEND_OPTIONS  # flow control: unique, unique_for, unique_key, debounce (taskpipe.flow)
 
 #: every publishing option ``apply_async`` / ``app.send`` accept (eager mode checks the same set)
@@ -95,7 +102,8 @@ class SendPlan:
 
     #: the envelope's ``options`` (what the worker reads: retries, time limits, on_finish, ...)
     envelope: dict[str, Any] = field(default_factory=dict)
-    #: an ``on_finish`` callable (run in this process by the app's finish watcher)
+    #: the ``on_finish`` / ``on_failure`` callables, combined (run in this process by the app's
+    #: finish watcher)
     callback: Callable[..., Any] | None = None
     channel: str | None = None
     priority: bool | int | None = None  # True: head of the queue; 0 (first) .. 9 (last)
@@ -117,14 +125,10 @@ def plan_send(options: Mapping[str, Any], now: float | None = None) -> SendPlan:
         value = options.get(key)
         if value is not None:
             envelope[key] = convert(value)
-    on_finish = options.get("on_finish")
-    callback = None
-    if isinstance(on_finish, Signature):
-        envelope["on_finish"] = on_finish.to_dict()
-    elif on_finish is not None:
-        if not callable(on_finish):
-            raise ConfigError("on_finish must be a callable or a task signature")
-        callback = on_finish
+    callback = callbacks_of(options, envelope)  # on_finish / on_failure (taskpipe.callbacks)
+    if options.get("expires") is not None:  # checked by the worker that claims it
+        envelope["expires_ms"] = int(expires_at(options["expires"],
+                                                time.time() if now is None else now) * 1000)
     delay_ms = 0
     if options.get("delay") is not None:
         delay_ms = to_ms(options["delay"])
@@ -197,6 +201,11 @@ class Publishing:
             return channel, PutRequest(payload, new_id(), topts.priority is True, fresh=True), None
         plan = plan_send(options)
         head, flow = build_flow(name, topts, tuple(args), kwargs or {}, options)
+        plan.envelope.update(dependency_options(app, options))  # depends_on (taskpipe.workflows)
+        if flow is not None and plan.envelope.get("parents"):
+            raise ConfigError(f"task {name!r}: depends_on cannot be combined with flow control "
+                              "(numeric priority, rate_limit, concurrency, unique, debounce) yet: "
+                              "a dependant is released straight to its channel's queue")
         payload = encode_envelope(name, tuple(args), dict(kwargs or {}), plan.envelope,
                                   serializer=app.serializer, max_size=app.max_payload)
         fresh = plan.job_id is None
@@ -211,6 +220,7 @@ class Publishing:
         from taskpipe.results import AsyncResult
 
         app = self.app
+        options = translate_options(options)  # Celery's option names (taskpipe.aliases)
         if app.eager:
             return app.eager_runner.send(name, args, kwargs, options)  # type: ignore[no-any-return]
         channel, req, callback = self.build(name, args, kwargs, task, options)
@@ -219,10 +229,14 @@ class Publishing:
         if callback is not None:  # watch first, so even an instant finish is heard
             app.finish_watcher.add(result, callback)
         since_ms = int(time.time() * 1000)
+        parents = dependency_options(app, options).get("parents") if options else None
 
         def put(attempt: int) -> None:
             # a try that failed may still have landed: never publish the same job twice
             if not attempt or not channel.landed([req], since_ms):
+                if parents:  # waits for its parents (taskpipe.workflows)
+                    publish_waiting(channel, req, parents)
+                    return
                 if req.flow is None:
                     channel.put_request(req)
                     return
@@ -245,14 +259,17 @@ class Publishing:
         order: list[tuple[str, str]] = []
         singles: list[tuple[int, Signature]] = []  # dedup: one publish each, to see the outcome
         for sig in signatures:
-            if _dedups(sig.options, self.task_options(sig.task, app.tasks.get(sig.task))):
+            options = translate_options(dict(sig.options))
+            if _dedups(options, self.task_options(sig.task, app.tasks.get(sig.task))):
                 singles.append((len(order), sig))
                 order.append(("", ""))
                 continue
             channel, req, callback = self.build(sig.task, sig.args, sig.kwargs,
-                                                app.tasks.get(sig.task), sig.options)
+                                                app.tasks.get(sig.task), options)
             if callback is not None:
                 raise ConfigError("publish_many takes task signatures for on_finish, not callables")
+            if options.get("depends_on") is not None:
+                raise ConfigError("publish_many cannot publish depends_on jobs: use apply_async")
             by_channel.setdefault(channel.name, (channel, []))[1].append(req)
             order.append((channel.name, req.id or ""))
         since_ms = int(time.time() * 1000)

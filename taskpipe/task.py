@@ -68,13 +68,22 @@ class TaskOptions:
 
 @dataclass(frozen=True)
 class Signature:
-    """A task call kept for later: ``add.s(2, 3)``. Used for ``on_finish=`` and bulk publishing."""
+    """A task call kept for later: ``add.s(2, 3)``. Used for ``on_finish=``, bulk publishing and
+    workflows (``a.s(1) | b.s()``). ``immutable`` (``add.si(...)``): in a chain or chord it is
+    not given the previous step's result."""
 
     task: str
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     app: Publisher | None = field(default=None, compare=False, repr=False)
+    immutable: bool = False
+
+    def __or__(self, other: Any) -> Any:
+        """``a.s() | b.s()``: a chain (``taskpipe.workflows.chain``)."""
+        from taskpipe.workflows import chain
+
+        return chain(self, other)
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
         """Publish the signature (extra args are appended, kwargs merged)."""
@@ -95,7 +104,8 @@ class Signature:
     def to_dict(self) -> dict[str, Any]:
         """The plain-data form stored inside a job envelope."""
         return {"task": self.task, "args": list(self.args), "kwargs": dict(self.kwargs),
-                "options": {k: v for k, v in self.options.items() if k != "on_finish"}}
+                "options": {k: v for k, v in self.options.items()
+                            if k not in ("on_finish", "on_failure")}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], app: Publisher | None = None) -> Signature:
@@ -153,6 +163,15 @@ class Task(Generic[R, P]):
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature of this task with these arguments."""
         return Signature(self.name, tuple(args), dict(kwargs), {}, self.app)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: in a chain or chord it ignores the previous result."""
+        return Signature(self.name, tuple(args), dict(kwargs), {}, self.app, immutable=True)
+
+    def starmap(self, iterable: Iterable[Iterable[Any]], **options: Any) -> list[AsyncResult[R]]:
+        """Publish one job per item, each item spread as the arguments (``add.starmap([(1, 2),
+        (3, 4)])``), pipelined in batches; ``map`` spreads only tuples."""
+        return self.map((tuple(a) for a in iterable), **options)
 
     def map(self, iterable: Iterable[Any], **options: Any) -> list[AsyncResult[R]]:
         """Publish one job per item (a tuple is spread as arguments), pipelined in batches."""

@@ -41,6 +41,15 @@ EXPECTED: dict[str, list[str]] = {
         r"^'500ms' ran after (\d+\.\d\d)s$",
         r"^eta \+1s ran after (\d+\.\d\d)s$",
     ],
+    "workflows": [
+        r"^chain \(1 \+ 2\) \+ 10 \+ 100 = 113$",
+        r"^group: \[0, 2, 4, 6, 8\] completed: 5$",
+        r"^chord total of 0\.\.9 = 45$",
+        r"^allow_failure ran with: 0$",
+        r"^dependant of a failed parent: DependencyFailed$",
+        r"^on_failure task: __main__\.fail failed with ValueError$",
+        r"^aborted job state: aborted$",
+    ],
     "priorities": [
         r"^ran in order: high-1, default-priority, default-1, default-2$",
     ],

@@ -93,6 +93,8 @@ class JobKeys:
     finished: str     # ZSET  id -> finish ms (index of finished jobs, trimmed by age)
     failures: str     # counter: jobs finished as failed
     wake: str         # LIST  wake-up markers for blocked workers
+    waiting: str      # HASH  id -> parents not yet finished (a dependant in state 'waiting')
+    dependents: str   # HASH  parent id -> n dependants; "<parent id>\0<k>" -> "<channel>\0<id>"
     ch_finish: str    # pub/sub: job.finish:<f>  id\0result
     ch_events: str    # pub/sub: feed.jobevent:<f>  (taskpipe: progress/log/state events)
     result_prefix: str  # STRING per job: <result_prefix><id>, with TTL
@@ -109,6 +111,7 @@ class JobKeys:
     def unique(self, key: str) -> str:
         """The key holding which job owns one deduplication key (``unique=`` / ``debounce=``)."""
         return self.unique_prefix + key
+    aborted_prefix: str  # STRING per job: "<who>\0<ms>" of a job aborted while it ran (7 d TTL)
 
     def result(self, job_id: str) -> str:
         """The key holding one job's stored result."""
@@ -121,6 +124,10 @@ class JobKeys:
     def query(self, job_id: str) -> str:
         """The key holding one finished job's item beside its stored result."""
         return self.query_prefix + job_id
+
+    def aborted(self, job_id: str) -> str:
+        """The key recording who aborted one job, and when."""
+        return self.aborted_prefix + job_id
 
 
 class Keyspace:
@@ -240,6 +247,8 @@ class Keyspace:
             finished=k("feed.finished:" + name),
             failures=k("feed.failures:" + name),
             wake=k("feed.wake:" + name),
+            waiting=k("feed.waiting:" + name),
+            dependents=k("feed.dependents:" + name),
             ch_finish=self.ch_event("finish", name),
             ch_events=k("feed.jobevent:" + name),
             result_prefix=k("feed.result:" + name + ":"),
@@ -250,6 +259,7 @@ class Keyspace:
             rate=k("feed.rate:" + name),
             slots=k("feed.slots:" + name),
             unique_prefix=k("feed.unique:" + name + ":"),
+            aborted_prefix=k("feed.aborted:" + name + ":"),
         )
 
     def job_object_keys(self, name: str) -> list[str]:
@@ -258,7 +268,7 @@ class Keyspace:
         return [j.config, j.ids, j.items, j.publishes, j.finishes, j.published, j.claimed,
                 j.stalled, j.cancelled, j.delayed, j.urgent, j.leases, j.tokens, j.workers,
                 j.fence, j.attempts, j.reasons, j.stalled_at, j.progress, j.finished, j.failures,
-                j.wake, j.prio, j.flow, j.rate, j.slots]
+                j.wake, j.prio, j.flow, j.rate, j.slots, j.waiting, j.dependents]
 
     def feed_object_keys(self, name: str) -> list[str]:
         """Every key of a feed, sorted feed or queue (for delete)."""
