@@ -20,7 +20,10 @@ from taskpipe.errors import (
     BrokerURLError,
     ConfigError,
     CronError,
+    DependencyCycle,
     DurationError,
+    EmptyChord,
+    JobAborted,
     JobNotFound,
     JobTimeout,
     LeaseLost,
@@ -33,7 +36,9 @@ from taskpipe.errors import (
     SerializationError,
     TaskFailed,
     TaskpipeError,
+    UnknownParent,
     UnknownTask,
+    WorkflowError,
     WrongJobState,
 )
 from taskpipe.events import JobEvent
@@ -43,6 +48,7 @@ from taskpipe.results import AsyncResult
 from taskpipe.states import JobState
 from taskpipe.task import Signature, Task
 from taskpipe.worker import Worker, WorkerSettings
+from taskpipe.workflows import GroupResult, chain, chord, group
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
 
@@ -59,6 +65,9 @@ __all__ = [
     # errors: jobs and results
     "JobNotFound", "WrongJobState", "LeaseLost", "ResultTimeout", "ResultExpired",
     "ResultUnknown", "ResultStalled",
+    # workflows and control (docs/workflows.md)
+    "chain", "group", "chord", "GroupResult", "WorkflowError", "UnknownParent", "DependencyCycle",
+    "EmptyChord", "JobAborted",
     # extending: middleware, events, automatic job log lines (docs/extending.md)
     "Middleware", "Message", "RunningJob", "JobEvent", "LifecycleLog",
     "__version__",

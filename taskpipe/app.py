@@ -16,6 +16,7 @@ from taskpipe.durations import DurationLike, parse_duration, parse_optional_dura
 from taskpipe.errors import ConfigError, UnknownTask
 from taskpipe.events import AppEvents
 from taskpipe.extensions import ExtensionsMixin
+from taskpipe.flow import check_task_flow
 from taskpipe.limits import COUNT_OPTIONS, check_count
 from taskpipe.middleware import MiddlewareChain
 from taskpipe.publishing import Publishing
@@ -145,6 +146,7 @@ class TaskPipe(ExtensionsMixin):
             for key in COUNT_OPTIONS:
                 if getattr(opts, key) is not None:
                     check_count(key, getattr(opts, key))
+            check_task_flow(opts)
             task_name = name or f"{func.__module__}.{func.__qualname__}"
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ConfigError(f"a different task is already registered as {task_name!r}")
@@ -199,6 +201,24 @@ class TaskPipe(ExtensionsMixin):
                         f"open channel {real!r}", lambda _attempt: self.thoonk.job_channel(real))
                     self._channels[name] = self._channels[real] = ch
         return ch
+
+    def set_limits(self, channel: str | None = None, *, rate_limit: str | None = None,
+                   concurrency: int | None = None) -> None:
+        """Set a channel's own flow limits, shared by every worker (None clears one).
+
+        ``rate_limit="100/s"`` (``"10/m"``, ``"1000/h"``): jobs of the channel start at most
+        that fast; ``concurrency=N``: at most N of its jobs claimed at once. See
+        ``docs/flow-control.md``. Per-task limits are task options (``@app.task(rate_limit=)``).
+        """
+        from taskpipe.flow import parse_rate_limit
+        from taskpipe.thoonk.flow import set_channel_limits
+
+        rate = parse_rate_limit(rate_limit) if rate_limit is not None else None
+        if concurrency is not None and (type(concurrency) is not int or concurrency < 1):
+            raise ConfigError(f"concurrency must be a positive int, got {concurrency!r}")
+        ch = self.channel(channel)
+        self.broker_retry.call(f"set limits of channel {ch.name!r}",
+                               lambda _attempt: set_channel_limits(ch, rate, concurrency))
 
     def check_eviction_policy(self) -> bool:
         """Warn once (logger ``taskpipe``) if the broker may evict keys: a ``maxmemory-policy``

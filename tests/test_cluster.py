@@ -493,3 +493,26 @@ def test_job_events_reach_a_listener(app: TaskPipe, three_names: list[str]) -> N
         app.events.stop()
     channels = {app.channel(n).name for n in three_names}
     assert {c for k, c in got if k == "complete"} == channels
+
+
+def test_flow_control_on_a_cluster(app: TaskPipe, cluster: RedisCluster) -> None:
+    """Numbered priorities, a dedup key and a rate limit: every flow key of a channel (the dedup
+    key included) lands in the channel's slot, so the put and claim scripts run there."""
+    @app.task(name="flow.c", channel="emails", rate_limit="1/h")
+    def limited(x: int) -> int:
+        return x
+
+    @app.task(name="flow.p", channel="emails")
+    def plain(x: int) -> int:
+        return x
+
+    low = plain.apply_async((1,), priority=8).id
+    high = plain.apply_async((2,), priority=1).id
+    first = plain.apply_async((3,), unique=True)
+    again = plain.apply_async((3,), unique=True)
+    assert again.deduplicated and again.id == first.id
+    ch = app.channel("emails")
+    assert cluster.keyslot(ch.keys.unique("flow.p:x")) == cluster.keyslot(ch.keys.ids)
+    rated = [limited.delay(i).id for i in range(2)]
+    assert [c.id for c in ch.claim(10)] == [first.id, rated[0], high, low]
+    assert ch.counts()["available"] == 1  # the second rated job waits for its slot

@@ -58,8 +58,23 @@ EXPECTED: dict[str, list[str]] = {
         r"^1/0 failed: ZeroDivisionError$",
         r"^reported to the error tracker: ZeroDivisionError in task divide$",
     ],
+    "workflows": [
+        r"^chain \(1 \+ 2\) \+ 10 \+ 100 = 113$",
+        r"^group: \[0, 2, 4, 6, 8\] completed: 5$",
+        r"^chord total of 0\.\.9 = 45$",
+        r"^allow_failure ran with: 0$",
+        r"^dependant of a failed parent: DependencyFailed$",
+        r"^on_failure task: __main__\.fail failed with ValueError$",
+        r"^aborted job state: aborted$",
+    ],
     "priorities": [
         r"^ran in order: high-1, default-priority, default-1, default-2$",
+    ],
+    "flow_control": [
+        r"^priorities ran in order: urgent, normal, nightly$",
+        r"^peak concurrent syncs per user: \{'ann': 2, 'bob': 2\}$",
+        r"^last of 5 rate-limited calls started >= 150 ms after publishing: True$",
+        r"^second publish deduplicated: True, same job: True$",
     ],
     "cron": [
         r"^heartbeat from cron: job cron:heartbeat:\d+$",

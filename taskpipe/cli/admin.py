@@ -151,6 +151,10 @@ def status(app_path: str | None, broker: str | None, prefix: str | None, as_json
              "PAUSED"],
             [[c["channel"], c["available"], c["delayed"], c["claimed"], c["stalled"], c["finished"],
               c["failed_total"], "yes" if c["paused"] else ""] for c in channels]))
+        limited = [(c["channel"], c["limits"]) for c in channels if c.get("limits")]
+        if limited:  # flow control (docs/flow-control.md)
+            click.echo("\nflow control")
+            click.echo(_table(["CHANNEL", "LIMITS"], [list(x) for x in limited], width=120))
     else:
         click.echo("no job channels")
     click.echo(f"\n{len(workers)} live worker(s)")
@@ -319,8 +323,10 @@ def _action(name: str, doc: str, act: Callable[[Any, str, dict[str, Any]], None]
         insp = _inspector(app_path, broker, prefix)
         ch_name = _resolve(insp, job_id, channel)
         ch = insp.channel(ch_name)
-        act(ch, job_id, extra)
+        act(ch, job_id, {**extra, "inspector": insp})
         state = ch.info(job_id).state
+        if state == JobState.FINISHED and name == "abort":
+            state = JobState.ABORTED
         if as_json:
             _emit_json({"ok": True, "action": name, "id": job_id, "channel": ch_name, "state": state})
         else:
@@ -344,6 +350,18 @@ _action("stall", "Park a claimed job (with --reason); it is not run again until 
         [click.option("--reason", default="stalled by operator", show_default=True)])
 _action("retract", "Remove a job from every state, its result and log included.",
         lambda ch, i, x: ch.retract(i))
+_action("abort", "Abort a running job: it ends 'aborted' at once (lease released, never run "
+        "again by itself) and its worker stops the task (docs/workflows.md).",
+        lambda ch, i, x: _abort(x["inspector"], ch, i, x["by"]),
+        [click.option("--by", default="cli", show_default=True, help="Who aborts (recorded).")])
+
+
+def _abort(insp: Any, ch: Any, job_id: str, by: str) -> None:
+    from taskpipe.results import AsyncResult
+
+    AsyncResult(insp.app, job_id, ch.name).abort(by=by)
+
+
 _action("retry", "Make a stalled job available again (fresh attempt and cancel counts).",
         lambda ch, i, x: ch.retry(i, reset_counts=not x["keep_counts"]),
         [click.option("--keep-counts", is_flag=True, help="Keep the attempt and cancel counts.")])

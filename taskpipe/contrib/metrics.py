@@ -9,7 +9,7 @@ when several workers expose them):
 
 - ``taskpipe_jobs_published_total{channel}``, ``taskpipe_jobs_finished_total{channel}``,
   ``taskpipe_jobs_failed_total{channel}``: the channel's lifetime counters;
-- ``taskpipe_queue_depth{channel,state}``: jobs ``available``, ``delayed``, ``claimed``, ``stalled``;
+- ``taskpipe_queue_depth{channel,state}``: jobs ``available``, ``delayed``, ``waiting``, ``claimed``, ``stalled``;
 - ``taskpipe_channel_paused{channel}``: 1 while paused;
 - ``taskpipe_workers``: live workers; ``taskpipe_channel_workers{channel}``: those consuming it;
 - ``taskpipe_broker_up``: 0 when the last scrape could not read Redis.
@@ -53,7 +53,7 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 DEPTH_STATES = QUEUED_STATES
 
 _JOB_EVENTS: tuple[WorkerEvent, ...] = ("finished", "failed", "retried", "stalled", "cancelled",
-                                        "lease_lost")
+                                        "lease_lost", "aborted", "expired")
 _REAP_EVENTS: dict[WorkerEvent, str] = {"lease_expired": "requeued", "lease_expired_stalled": "stalled"}
 
 

@@ -33,7 +33,8 @@ from taskpipe.inspection.views import (
     worker_view,
 )
 from taskpipe.serialization import decode_envelope
-from taskpipe.states import LISTABLE_STATES, JobState
+from taskpipe.states import LISTABLE_STATES, OUTCOME_STATES, JobState
+from taskpipe.thoonk.flow import flow_state, limits_summary
 from taskpipe.thoonk.job import JobChannel
 from taskpipe.thoonk.workers import WorkerRegistry
 
@@ -44,6 +45,13 @@ __all__ = ["Inspector", "LIST_STATES", "MAX_PAGE"]
 
 #: States ``list_jobs`` pages through (``failed`` = finished jobs whose result is an error).
 LIST_STATES = LISTABLE_STATES
+#: The states listed from the finished index by outcome: ``failed`` takes every failure
+#: (aborted and expired jobs too), ``aborted`` / ``expired`` only theirs.
+_FAILED_OUTCOMES: dict[str, tuple[str, ...]] = {
+    JobState.FAILED: ("failed", "aborted", "job_expired"),
+    JobState.ABORTED: ("aborted",),
+    JobState.EXPIRED: ("job_expired",),
+}
 #: The largest page ``list_jobs`` returns.
 MAX_PAGE = 1000
 
@@ -72,8 +80,10 @@ class Inspector:
             raise WrongFeedType(f"{name!r} is a {kind}, not a job channel")
         return JobChannel(self.app.thoonk, name)
 
-    def channel_counts(self, name: str) -> dict[str, Any]:
-        """Jobs per state of one channel, lifetime counters, and whether it is paused.
+    def channel_counts(self, name: str, now_ms: int | None = None) -> dict[str, Any]:
+        """Jobs per state of one channel, lifetime counters, whether it is paused, and its flow
+        control (``flow``: limits and live limiter state at server time ``now_ms``, default
+        asked now; ``limits``: the same as one line).
 
         ``finished`` counts the finished-job index (jobs finished within its retention, 7 days by
         default, or until cleaned); their results may have expired earlier.
@@ -81,14 +91,19 @@ class Inspector:
         ch = self.channel(name)
         counts: dict[str, Any] = dict(ch.counts())
         counts["paused"] = ch.paused
+        # flow control (docs/flow-control.md): the channel's limits and the live limiter state
+        flow = flow_state(ch, self.server_time_ms() if now_ms is None else now_ms)
+        counts["flow"] = flow
+        counts["limits"] = limits_summary(flow)
         return {"channel": name, **counts}
 
     def overview(self) -> list[dict[str, Any]]:
         """``channel_counts`` of every job channel."""
         out = []
+        now = self.server_time_ms()  # one clock read for every channel's limiter state
         for name in self.channels():
             try:
-                out.append(self.channel_counts(name))
+                out.append(self.channel_counts(name, now))
             except (FeedDoesNotExist, WrongFeedType):
                 continue  # deleted meanwhile
         return out
@@ -129,9 +144,11 @@ class Inspector:
             raise ConfigError(f"limit must be an int from 1 to {MAX_PAGE}, got {limit!r}")
         if state == "stalled":
             return self._list_stalled(ch, cursor, limit)
+        if state == "waiting":
+            return self._list_waiting(ch, cursor, limit)
         off = _offset(cursor, state)
-        if state == "failed":
-            return self._list_failed(ch, off, limit)
+        if state in _FAILED_OUTCOMES:  # finished jobs whose stored result says so
+            return self._list_failed(ch, off, limit, JobState(state))
         if state == "available":
             total, scored = ch.page_available(off, limit)
         else:
@@ -168,7 +185,24 @@ class Inspector:
         rows = self._rows(ch, JobState.STALLED, [(i, None) for i in ids])
         return Page(rows, nxt, ch.count_stalled())
 
-    def _list_failed(self, ch: JobChannel, off: int, limit: int) -> Page:
+    def _list_waiting(self, ch: JobChannel, cursor: str | int | None, limit: int) -> Page:
+        """Jobs waiting for parents (``depends_on``): HSCAN order, with parents left."""
+        try:
+            scan = int(cursor) if cursor not in (None, "") else 0
+        except ValueError:
+            raise ConfigError(f"bad cursor {cursor!r} for waiting jobs") from None
+        left: dict[str, int] = {}
+        while len(left) < limit:
+            scan, batch = ch.scan_waiting(scan, limit)
+            left.update(batch)
+            if scan == 0:
+                break
+        rows = [replace(row, parents_left=left[row.id])
+                for row in self._rows(ch, JobState.WAITING, [(i, None) for i in left])]
+        return Page(rows, str(scan) if scan != 0 else None, ch.waiting_count())
+
+    def _list_failed(self, ch: JobChannel, off: int, limit: int,
+                     state: JobState = JobState.FAILED) -> Page:
         rows: list[JobRow] = []
         pos, budget, chunk = off, max(limit * 10, 1000), 200
         total, scored = ch.page_sorted("finished", pos, chunk)
@@ -177,8 +211,8 @@ class Inspector:
                 break
             for row in self._rows(ch, JobState.FINISHED, [(i, _opt(sc)) for i, sc in scored]):
                 pos += 1
-                if row.outcome == "failed":
-                    rows.append(replace(row, state=JobState.FAILED))
+                if row.outcome in _FAILED_OUTCOMES[state]:
+                    rows.append(replace(row, state=state))
                     if len(rows) == limit:
                         break
             if len(rows) < limit and pos < total and pos - off < budget:
@@ -231,7 +265,7 @@ class Inspector:
         state = info.state
         result = record_view(result_raw) if result_raw is not None else None
         if state == JobState.FINISHED and result is not None and not result["ok"]:
-            state = JobState.FAILED
+            state = OUTCOME_STATES.get(result["exc_type"] or "", JobState.FAILED)  # or aborted...
         ts = {"published_ms": info.published_ms, "due_ms": info.due_ms, "claimed_ms": _opt(claimed_ms),
               "lease_deadline_ms": info.lease_deadline_ms, "finished_ms": info.finished_ms}
         return JobDetail(

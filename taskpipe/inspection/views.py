@@ -84,7 +84,8 @@ def raw_view(data: bytes, limit: int = 2048) -> dict[str, Any]:
 @dataclass(frozen=True)
 class JobRow:
     """One line of a job listing. ``when_ms`` depends on the state: publish time (available),
-    due time (delayed), claim time (claimed), finish time (finished/failed), None (stalled)."""
+    due time (delayed), claim time (claimed), finish time (finished/failed), None (stalled,
+    waiting)."""
 
     id: str
     channel: str
@@ -99,6 +100,7 @@ class JobRow:
     reason: str = ""
     outcome: ResultOutcome | Literal[""] = ""  # finished rows: ok, failed, expired, raw
     error: str = ""     # failed rows: "ExcType: message" (first line)
+    parents_left: int | None = None  # waiting rows: parents not finished yet (depends_on)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
@@ -197,8 +199,8 @@ def record_view(raw: bytes) -> dict[str, Any]:
 
 
 def outcome_of(raw: bytes | None) -> tuple[ResultOutcome, str]:
-    """``(outcome, error)`` of stored result bytes: ok, failed (with "Type: message"), raw,
-    or expired (None: no stored result)."""
+    """``(outcome, error)`` of stored result bytes: ok, failed / aborted / job_expired (with
+    "Type: message"), raw, or expired (None: no stored result)."""
     if raw is None:
         return "expired", ""
     view = record_view(raw)
@@ -207,7 +209,12 @@ def outcome_of(raw: bytes | None) -> tuple[ResultOutcome, str]:
     if view["ok"]:
         return "ok", ""
     first = (view["exc_message"] or "").splitlines()[0] if view["exc_message"] else ""
-    return "failed", safe_text(f"{view['exc_type']}: {first}", 200)
+    outcome: ResultOutcome = "failed"
+    if view["exc_type"] == "JobAborted":
+        outcome = "aborted"
+    elif view["exc_type"] == "JobExpired":
+        outcome = "job_expired"
+    return outcome, safe_text(f"{view['exc_type']}: {first}", 200)
 
 
 def worker_view(fields: dict[str, str]) -> dict[str, Any]:

@@ -38,12 +38,20 @@ class JobBrowsing:
 
     def page_available(self, offset: int, limit: int) -> tuple[int, list[tuple[str, Any]]]:
         """``(total, [(id, publish ms or None)])``: available jobs, next to run first, from
-        position ``offset``."""
+        position ``offset``: the list (``feed.ids``), then numbered jobs (``feed.prio``) by
+        priority and publish order (docs/flow-control.md)."""
         k = self.keys
-        total = int(self.client.llen(k.ids))
-        if offset >= total:
+        in_list = int(self.client.llen(k.ids))
+        ids = [_s(i) for i in self.client.lrange(k.ids, -(offset + limit), -(offset + 1))][::-1] \
+            if offset < in_list else []
+        # then the numbered jobs (priority=0..9, feed.prio), claimed after the list
+        numbered = int(self.client.zcard(k.prio))
+        start = max(0, offset - in_list)
+        if len(ids) < limit and start < numbered:
+            ids += [_s(i) for i in self.client.zrange(k.prio, start, start + limit - len(ids) - 1)]
+        total = in_list + numbered
+        if not ids:
             return total, []
-        ids = [_s(i) for i in self.client.lrange(k.ids, -(offset + limit), -(offset + 1))][::-1]
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
             pipe.zscore(k.published, job_id)

@@ -161,7 +161,8 @@ class JobReads:
     # reads ----------------------------------------------------------------------------------
     def state_keys(self, id: str) -> list[str]:
         """KEYS of the ``job_state`` script for one job (also run by ``thoonk/job_async.py``)."""
-        return contract("job_state").build(self.keys, result=self.keys.result(id))
+        return contract("job_state").build(self.keys, result=self.keys.result(id),
+                                           waiting=self.keys.waiting)
 
     def info(self, id: str) -> JobInfo:
         """A job's state and bookkeeping, read in one atomic step."""
@@ -200,9 +201,10 @@ class JobReads:
         k = self.keys
         pipe = self.client.pipeline(transaction=False)
         pipe.llen(k.ids).zcard(k.delayed).zcard(k.claimed).scard(k.stalled).zcard(k.finished)
-        pipe.get(k.publishes).get(k.finishes).get(k.failures)
+        pipe.get(k.publishes).get(k.finishes).get(k.failures).zcard(k.prio).hlen(k.waiting)
         r = pipe.execute()
-        return {"available": int(r[0]), "delayed": int(r[1]), "claimed": int(r[2]),
+        return {"available": int(r[0]) + int(r[8]), "delayed": int(r[1]), "waiting": int(r[9]),
+                "claimed": int(r[2]),
                 "stalled": int(r[3]), "finished": int(r[4]), "published_total": int(r[5] or 0),
                 "finished_total": int(r[6] or 0), "failed_total": int(r[7] or 0)}
 

@@ -98,12 +98,25 @@ class JobKeys:
     finished: str     # ZSET  id -> finish ms (index of finished jobs, trimmed by age)
     failures: str     # counter: jobs finished as failed
     wake: str         # LIST  wake-up markers for blocked workers
+    waiting: str      # HASH  id -> parents not yet finished (a dependant in state 'waiting')
+    dependents: str   # HASH  parent id -> n dependants; "<parent id>\0<k>" -> "<channel>\0<id>"
     ch_finish: str    # pub/sub: job.finish:<f>  id\0result
     ch_events: str    # pub/sub: feed.jobevent:<f>  (taskpipe: progress/log/state events)
     result_prefix: str  # STRING per job: <result_prefix><id>, with TTL
     log_prefix: str     # LIST per job: <log_prefix><id>, capped, with TTL
     query_prefix: str   # STRING per job: <query_prefix><id>, the job's item kept with its
                         # result (thoonk.py ``get_result`` returns both), same TTL as the result
+    # flow control (taskpipe extensions, docs/flow-control.md)
+    prio: str         # ZSET  available ids with a numeric priority, score prio*2^48 + seq
+    flow: str         # HASH  id -> the job's flow spec (priority score, rate and cap groups)
+    rate: str         # HASH  rate bucket -> theoretical arrival time ms (GCRA state)
+    slots: str        # HASH  id -> concurrency group of a claimed, capped job
+    unique_prefix: str  # STRING per dedup key: <unique_prefix><key> -> id of the job holding it
+
+    def unique(self, key: str) -> str:
+        """The key holding which job owns one deduplication key (``unique=`` / ``debounce=``)."""
+        return self.unique_prefix + key
+    aborted_prefix: str  # STRING per job: "<who>\0<ms>" of a job aborted while it ran (7 d TTL)
 
     def result(self, job_id: str) -> str:
         """The key holding one job's stored result."""
@@ -116,6 +129,10 @@ class JobKeys:
     def query(self, job_id: str) -> str:
         """The key holding one finished job's item beside its stored result."""
         return self.query_prefix + job_id
+
+    def aborted(self, job_id: str) -> str:
+        """The key recording who aborted one job, and when."""
+        return self.aborted_prefix + job_id
 
 
 class Keyspace:
@@ -235,11 +252,19 @@ class Keyspace:
             finished=k("feed.finished:" + name),
             failures=k("feed.failures:" + name),
             wake=k("feed.wake:" + name),
+            waiting=k("feed.waiting:" + name),
+            dependents=k("feed.dependents:" + name),
             ch_finish=self.ch_event("finish", name),
             ch_events=self.ch_event("jobevent", name),
             result_prefix=k("feed.result:" + name + ":"),
             log_prefix=k("feed.log:" + name + ":"),
             query_prefix=k("feed.query:" + name + ":"),
+            prio=k("feed.prio:" + name),
+            flow=k("feed.flow:" + name),
+            rate=k("feed.rate:" + name),
+            slots=k("feed.slots:" + name),
+            unique_prefix=k("feed.unique:" + name + ":"),
+            aborted_prefix=k("feed.aborted:" + name + ":"),
         )
 
     def job_object_keys(self, name: str) -> list[str]:
@@ -248,7 +273,7 @@ class Keyspace:
         return [j.config, j.ids, j.items, j.publishes, j.finishes, j.published, j.claimed,
                 j.stalled, j.cancelled, j.delayed, j.urgent, j.leases, j.tokens, j.workers,
                 j.fence, j.attempts, j.reasons, j.stalled_at, j.progress, j.finished, j.failures,
-                j.wake]
+                j.wake, j.prio, j.flow, j.rate, j.slots, j.waiting, j.dependents]
 
     def feed_object_keys(self, name: str) -> list[str]:
         """Every key of a feed, sorted feed or queue (for delete)."""

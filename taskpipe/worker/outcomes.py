@@ -135,7 +135,7 @@ class OutcomeWriter:
             if outcome.written:  # applied before a broker error interrupted this batch
                 continue
             try:
-                if outcome.kind in ("success", "failure"):
+                if outcome.kind in ("success", "failure", "expired"):
                     result, failed = self._result_bytes(outcome)
                     req = FinishRequest(outcome.claim.id, outcome.claim.token, result,
                                         self._ttl_ms(outcome, failed), failed,
@@ -234,7 +234,9 @@ class OutcomeWriter:
 
     def _count(self, outcome: Outcome, req: FinishRequest, code: int) -> None:
         if code == 1:
-            self._bump(outcome.claim.channel, "failed" if req.failed else "finished", outcome)
+            event: WorkerEvent = ("expired" if outcome.kind == "expired"
+                                  else "failed" if req.failed else "finished")
+            self._bump(outcome.claim.channel, event, outcome)
         elif code == 0 and self.eviction.finish_missed(outcome.claim.channel, outcome.claim.id):
             self._bump(outcome.claim.channel, "evicted", outcome)
         else:
@@ -245,16 +247,20 @@ class OutcomeWriter:
 
     def _followup(self, outcome: Outcome, failed: bool) -> tuple[Any, str, bytes] | None:
         env = outcome.envelope
-        if failed or env is None or not env.options.get("on_finish"):
+        key = "on_failure" if failed else "on_finish"
+        if env is None or not env.options.get(key):
             return None
+        from taskpipe.callbacks import failure_info
         from taskpipe.task import Signature
 
-        sig = Signature.from_dict(env.options["on_finish"], self.app)
+        sig = Signature.from_dict(env.options[key], self.app)
         target = self.app.channel(sig.options.get("channel") or (
             self.app.tasks[sig.task].channel if sig.task in self.app.tasks else None))
-        item = encode_envelope(sig.task, (outcome.value, *sig.args), sig.kwargs, {},
+        first = failure_info(outcome.claim.id, outcome.claim.channel, env.task, outcome.exc_type,
+                             outcome.exc_message) if failed else outcome.value
+        item = encode_envelope(sig.task, (first, *sig.args), sig.kwargs, {},
                                serializer=self.app.serializer, max_size=self.app.max_payload)
-        return target, f"{outcome.claim.id}.on_finish", item
+        return target, f"{outcome.claim.id}.{key}", item
 
     def _apply_other(self, outcome: Outcome) -> None:
         claim = outcome.claim
@@ -271,6 +277,9 @@ class OutcomeWriter:
         elif outcome.kind == "cancel":
             channel.cancel(claim.id, token=claim.token)
             self._bump(claim.channel, "cancelled", outcome)
+        elif outcome.kind == "aborted":  # the abort already ended the job (job_abort.lua)
+            self._bump(claim.channel, "aborted", outcome)
+            log.info("job %s/%s was aborted; its task stopped", claim.channel, claim.id)
         elif outcome.kind == "release":  # never started (process pool at shutdown)
             channel.release([(claim.id, claim.token)])
             self._bump(claim.channel, "released", outcome)

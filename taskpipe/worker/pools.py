@@ -16,9 +16,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.context import JobContext, _set_current
-from taskpipe.errors import JobTimeout
+from taskpipe.errors import JobAborted, JobTimeout
 from taskpipe.worker.hooks import after_run, before_run
-from taskpipe.worker.runner import Outcome, Prepared, decide_failure, run_prepared, timeout_of
+from taskpipe.worker.runner import (
+    Outcome,
+    Prepared,
+    cancel_on_abort,
+    decide_failure,
+    run_prepared,
+    timeout_of,
+)
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -143,16 +150,27 @@ class AsyncPool:
             job = before_run(self.app, prepared, ctx)
             started = time.perf_counter()  # the run time is the task's, not its hooks'
         error: BaseException | None = None
+        main = asyncio.ensure_future(task.fn(*env.args, **env.kwargs))
+        watch = asyncio.ensure_future(cancel_on_abort(ctx, main))  # an abort cancels it
         try:
-            coro = task.fn(*env.args, **env.kwargs)
-            value = await (asyncio.wait_for(coro, seconds) if seconds else coro)
+            value = await (asyncio.wait_for(main, seconds) if seconds else main)
             outcome = Outcome("success", claim, value=value, envelope=env, task=task)
+        except asyncio.CancelledError:
+            if not (main.cancelled() and ctx.aborted):
+                raise
+            outcome = Outcome("aborted", claim, exc_type="JobAborted", envelope=env, task=task,
+                              exc_message=f"job {claim.id} was aborted (its coroutine was cancelled)")
+        except JobAborted as aborted:  # check_abort() inside the coroutine
+            outcome = Outcome("aborted", claim, exc_type="JobAborted", exc_message=str(aborted),
+                              envelope=env, task=task)
         except asyncio.TimeoutError:
             error = JobTimeout(f"task {task.name} ran past its time limit of {seconds} s")
             outcome = decide_failure(self.app, prepared, error, "")
         except Exception as exc:  # noqa: BLE001 - the task's error is the job's outcome
             error = exc
             outcome = decide_failure(self.app, prepared, exc, traceback.format_exc())
+        finally:
+            watch.cancel()
         outcome.duration = time.perf_counter() - started
         if job is not None:
             after_run(self.app, job, outcome, error)

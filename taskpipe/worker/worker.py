@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from taskpipe.context import JobLogHandler
 from taskpipe.durations import parse_duration
 from taskpipe.errors import ConfigError
-from taskpipe.thoonk.claiming import HELD_BACK, claim_from, wait_then_claim
+from taskpipe.thoonk.claiming import HELD_BACK, PRECISE_WAIT, claim_from, wait_then_claim
 from taskpipe.thoonk.job import Claim, JobChannel
 from taskpipe.thoonk.workers import Presence
 from taskpipe.worker.announce import Announcer
@@ -314,6 +314,12 @@ class Worker(KeeperMixin, ShutdownMixin):
             wait = self.max_block
             if next_due is not None:
                 wait = min(wait, max(0.001, (next_due - now) / 1000.0))
+                if wait < PRECISE_WAIT:
+                    # a due job or a rate-limit slot this close: Redis times a BLPOP out on its
+                    # own clock tick (100 ms steps at hz 10), so wait here instead, then claim
+                    drained = None
+                    self._stopping.wait(wait)
+                    continue
             try:
                 wake = [c.keys.wake for c in self.channels]
                 if waiter is None or waiter.keys != wake:

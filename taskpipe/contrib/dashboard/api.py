@@ -11,7 +11,7 @@ Routes (``<ch>`` and ``<id>`` are URL-encoded path segments):
 - ``GET  /api/find?id=``: channels that know a job id
 - ``GET  /api/workers``, ``GET /api/crons``
 - ``POST /api/channels/<ch>/pause`` / ``resume``
-- ``POST /api/channels/<ch>/jobs/<id>/retry`` / ``retract``
+- ``POST /api/channels/<ch>/jobs/<id>/retry`` / ``retract`` / ``abort`` (a running job)
 """
 
 from __future__ import annotations
@@ -163,10 +163,16 @@ class DashboardAPI:
                 getattr(self.inspector, parts[2])(parts[1])
                 return self.inspector.channel_counts(parts[1])
             if n == 5 and parts[0] == "channels" and parts[2] == "jobs" \
-                    and parts[4] in ("retry", "retract"):
+                    and parts[4] in ("retry", "retract", "abort"):
                 channel = self.inspector.channel(parts[1])
                 if parts[4] == "retry":
                     channel.retry(parts[3])
+                elif parts[4] == "abort":  # ends 'aborted'; its worker stops the task
+                    from taskpipe.results import AsyncResult
+
+                    job = AsyncResult(self.inspector.app, parts[3], channel.name)
+                    job.abort(by="dashboard")
+                    return {"ok": True, "id": parts[3], "state": job.state}
                 else:
                     channel.retract(parts[3])
                 return {"ok": True, "id": parts[3], "state": channel.info(parts[3]).state}

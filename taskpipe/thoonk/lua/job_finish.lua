@@ -9,6 +9,7 @@
 -- f = 14+n+q: KEYS[f] feed.ids:<t>  KEYS[f+1] feed.items:<t>  KEYS[f+2] feed.published:<t>
 -- KEYS[f+3] feed.publishes:<t>  KEYS[f+4] feed.wake:<t>  KEYS[f+5] feed.finished:<t>
 -- KEYS[f+6] feed.result:<t>:<follow-up id>
+-- Then, always, the workflow section (_workflow.lua): the last 1 + 4w KEYS and last 1 + w ARGV.
 -- ARGV[1] job.finish:<f> channel  ARGV[2] keep finished-index entries this many ms
 -- ARGV[3] n (<= 1000)
 -- ARGV[4 + 6*(i-1) ...] per job: id, token ('' = no fencing check), result,
@@ -18,7 +19,8 @@
 --                       beside it in feed.query:<f>:<id> for the same ttl (thoonk.py get_result)
 -- ARGV[4 + 6n], ARGV[5 + 6n]: follow-up id, follow-up item (when follow-up keys are given)
 -- Returns: a list of n codes: 1 finished, 0 not claimed (nothing changed), -1 lease lost
---          (claimed under another token: refused, nothing changed); then the follow-up flag
+--          (claimed under another token: refused, nothing changed), -2 the job has
+--          dependants not passed in the workflow section (nothing changed: retry with them); then the follow-up flag
 --          (1 put, 0 an item with that id existed, absent when no follow-up).
 -- Events: job.finish:<f> "<id>\0<result>" for each finished job that has a result, an empty
 --   one included ("<id>\0", as thoonk.py and thoonk.js publish whenever a result is given).
@@ -29,9 +31,11 @@
 --@include _owner.lua
 --@include _wake.lua
 --@include _put.lua
+--@include _workflow.lua
 local n = tonumber(ARGV[3])
 if n > 1000 then return redis.error_reply('ERR job_finish: at most 1000 jobs per call') end
 local now = now_ms()
+local wf = wf_section(KEYS, ARGV)  -- the workflow section (_workflow.lua)
 local out = {}
 local done, seen, scored, finished = {}, {}, {}, {}
 local failures = 0
@@ -47,6 +51,7 @@ for i = 1, n do
   local id, token = ARGV[b], ARGV[b + 1]
   local code = 0  -- an id twice in one call: the second is "not claimed", as if run in turn
   if not seen[id] then code = check_owner(KEYS[1], KEYS[3], id, token) end
+  if code == 1 then code = wf_check(wf, KEYS, id, n) end  -- workflow: dependants passed?
   if code == 1 then
     seen[id] = true
     done[#done + 1] = id
@@ -98,7 +103,8 @@ if #done > 0 then
     end
   end
 end
-if #KEYS >= 14 + n + q and n == 1 and out[1] == 1 then
+if n == 1 and out[1] == 1 then wf_release(wf, KEYS, ARGV[4]) end  -- workflow: queue dependants
+if wf.base - 1 >= 14 + n + q and n == 1 and out[1] == 1 then
   local f = 14 + n + q
   local fid, fitem = ARGV[4 + 6 * n], ARGV[5 + 6 * n]
   if put_job_record(KEYS[f + 1], KEYS[f + 2], KEYS[f + 3], KEYS[f + 5], KEYS[f + 6], now, fid,

@@ -5,6 +5,9 @@
 -- KEYS[12] feed.delayed:<f>  KEYS[13] feed.urgent:<f>  KEYS[14] feed.progress:<f>
 -- KEYS[15] feed.finished:<f>  KEYS[16] feed.result:<f>:<id>  KEYS[17] feed.log:<f>:<id>
 -- KEYS[18] feed.stalledat:<f>
+-- KEYS[19] feed.prio:<f> (optional, flow control: a numbered job's place)
+-- KEYS[20] feed.flow:<f> (optional, flow control: the job's flow spec)
+-- KEYS[21] feed.waiting:<f> (optional: a job waiting for parents leaves the waiting state too)
 -- ARGV[1] id  ARGV[2] feed.retract:<f> channel
 -- ARGV[3] optional guard: '' = any state; a number = only if the job is stalled and was stalled
 --         at or before that server time in ms (used to clean old stalled jobs without races);
@@ -30,6 +33,11 @@ if not redis.call('ZSCORE', KEYS[3], id) and redis.call('SISMEMBER', KEYS[7], id
   redis.call('LREM', KEYS[2], 0, id)
 end
 redis.call('ZREM', KEYS[18], id)
+if KEYS[20] then  -- flow control (docs/flow-control.md)
+  redis.call('ZREM', KEYS[19], id)
+  redis.call('HDEL', KEYS[20], id)
+end
+if KEYS[21] then redis.call('HDEL', KEYS[21], id) end
 unclaim(KEYS[3], KEYS[4], KEYS[5], KEYS[6], id)
 redis.call('SREM', KEYS[7], id)
 redis.call('HDEL', KEYS[8], id)

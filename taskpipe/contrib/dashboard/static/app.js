@@ -4,7 +4,7 @@
 
 (function () {
   const POLL_MS = 1000;
-  const STATES = ["available", "delayed", "claimed", "stalled", "finished", "failed"];
+  const STATES = ["available", "delayed", "waiting", "claimed", "stalled", "finished", "failed"];
   const params = new URLSearchParams(window.location.search);
   if (params.get("token")) sessionStorage.setItem("taskpipe-token", params.get("token"));
   const token = sessionStorage.getItem("taskpipe-token") || "";
@@ -181,7 +181,8 @@
             cols.map((k) => el("td", { className: "num", "data-col": k, text: c[k] })),
             totals.map(([k]) => el("td", { className: "num", "data-col": k, text: c[k] })),
             el("td", { className: "num", text: fmtRate(rate) }),
-            el("td", { "data-col": "status" }, c.paused ? badge("paused") : badge("active")),
+            el("td", { "data-col": "status" }, c.paused ? badge("paused") : badge("active"),
+              c.limits ? el("div", { className: "limits", "data-col": "limits", text: c.limits }) : null),
             el("td", {}, pauseButton(c.channel, c.paused)));
         }));
       },
@@ -223,7 +224,7 @@
     const body = el("tbody", { id: "job-rows" });
     const pager = el("div", { className: "pager" });
     replace(main, title, chartBox, tabs, search, el("table", { id: "jobs" }, head, body), pager);
-    const extraCols = { available: ["published"], delayed: ["due"], claimed: ["claimed", "worker", "progress", "lease ends"],
+    const extraCols = { available: ["published"], delayed: ["due"], waiting: ["parents left"], claimed: ["claimed", "worker", "progress", "lease ends"],
                         stalled: ["reason"], finished: ["finished", "outcome", "error"], failed: ["finished", "error"] };
     replace(head, el("tr", {}, ["id", "task", "attempts", "cancels", ...extraCols[state]].map((c) => el("th", { text: c }))));
     const go = (delta) => { page += delta; tick(true); };
@@ -258,7 +259,8 @@
             if (state === "claimed") cells.push(timeCell(r.when_ms, now), el("td", { text: r.worker }),
               el("td", { text: r.progress }), timeCell(r.lease_deadline_ms, now));
             if (state === "stalled") cells.push(el("td", { className: "reason", text: r.reason }));
-            if (state === "finished") cells.push(timeCell(r.when_ms, now), el("td", {}, badge(r.outcome, r.outcome === "failed" ? "failed" : "finished")), el("td", { text: r.error }));
+            if (state === "waiting") cells.push(el("td", { className: "num", text: r.parents_left }));
+            if (state === "finished") cells.push(timeCell(r.when_ms, now), el("td", {}, badge(r.outcome, ["failed", "aborted", "job_expired"].includes(r.outcome) ? "failed" : "finished")), el("td", { text: r.error }));
             if (state === "failed") cells.push(timeCell(r.when_ms, now), el("td", { text: r.error }));
             return el("tr", { "data-job": r.id }, cells);
           }));
@@ -309,7 +311,14 @@
             await tick(true);
           } }));
         }
-        if (!["finished", "failed", "unknown"].includes(j.state)) {
+        if (j.state === "claimed") {
+          actions.append(el("button", { id: "abort-btn", className: "danger", text: "Abort", onclick: async () => {
+            if (!window.confirm(`Abort running job ${id} in ${channel}? Its task is stopped.`)) return;
+            try { await api(`channels/${enc(channel)}/jobs/${enc(id)}/abort`, "POST"); toast("job aborted"); } catch (e) { toast(e.message, true); }
+            await tick(true);
+          } }));
+        }
+        if (!["finished", "failed", "aborted", "expired", "unknown"].includes(j.state)) {
           actions.append(el("button", { id: "retract-btn", className: "danger", text: "Retract", onclick: async () => {
             if (!window.confirm(`Remove job ${id} from ${channel}? This cannot be undone.`)) return;
             try { await api(`channels/${enc(channel)}/jobs/${enc(id)}/retract`, "POST"); toast("job retracted"); } catch (e) { toast(e.message, true); }
