@@ -8,8 +8,9 @@ import os
 import time
 from typing import Any
 
-from taskpipe import Message, Middleware, RunningJob, TaskFailed, TaskPipe
+from taskpipe import Middleware, TaskFailed, TaskPipe
 from taskpipe.contrib.errors_reporting import ErrorReporter
+from taskpipe.middleware import Message, RunningJob
 from taskpipe.testing import run_until_idle
 
 app = TaskPipe("middleware", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"),

@@ -41,9 +41,7 @@ from taskpipe.errors import (
     WorkflowError,
     WrongJobState,
 )
-from taskpipe.events import JobEvent
-from taskpipe.lifecycle import LifecycleLog
-from taskpipe.middleware import Message, Middleware, RunningJob
+from taskpipe.middleware import Middleware
 from taskpipe.results import AsyncResult
 from taskpipe.states import JobState
 from taskpipe.task import Signature, Task
@@ -68,7 +66,8 @@ __all__ = [
     # workflows and control (docs/workflows.md)
     "chain", "group", "chord", "GroupResult", "WorkflowError", "UnknownParent", "DependencyCycle",
     "EmptyChord", "JobAborted",
-    # extending: middleware, events, automatic job log lines (docs/extending.md)
-    "Middleware", "Message", "RunningJob", "JobEvent", "LifecycleLog",
+    # extending (docs/extending.md; Message, RunningJob in taskpipe.middleware, JobEvent in
+    # taskpipe.events, LifecycleLog in taskpipe.lifecycle)
+    "Middleware",
     "__version__",
 ]

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from taskpipe import LifecycleLog, TaskFailed, TaskPipe
+from taskpipe import TaskFailed, TaskPipe
 from taskpipe.errors import ConfigError, DurationError
+from taskpipe.lifecycle import LifecycleLog
 from taskpipe.task import Task
 from taskpipe.testing import run_until_idle
 

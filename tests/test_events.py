@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from polling import wait_for
 
-from taskpipe import JobEvent, TaskFailed, TaskPipe, current_job
+from taskpipe import TaskFailed, TaskPipe, current_job
 from taskpipe.errors import ConfigError
-from taskpipe.events import Emitter, parse_event
+from taskpipe.events import Emitter, JobEvent, parse_event
 from taskpipe.testing import running_worker
 
 
