@@ -70,7 +70,8 @@ class TaskPipe:
     async_task_class: type[Task[Any]] = AsyncTask
 
     def __init__(self, name: str | None = None, broker: str | None = None, *, prefix: str = "",
-                 serializer: str = "msgpack", result_ttl: Any = "1d", default_channel: str = "default",
+                 serializer: str = "msgpack", result_ttl: Any = "1d", failure_ttl: Any = "7d",
+                 default_channel: str = "default",
                  retries: int = 0, retry_backoff: Any = "1s", retry_backoff_max: Any = "10m",
                  timeout: Any = None, lease: Any = "20s", max_cancels: int = 3,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, connection: Connection | None = None,
@@ -90,6 +91,8 @@ class TaskPipe:
         self.prefix = prefix
         self.serializer = get_serializer(serializer)
         self.result_ttl = parse_duration(result_ttl)
+        #: how long failed and timed-out jobs (record, error) are kept (docs/history.md)
+        self.failure_ttl = parse_duration(failure_ttl)
         self.default_channel = default_channel
         if not isinstance(retries, int) or retries < 0:
             raise ConfigError(f"retries must be a non-negative int, got {retries!r}")
@@ -146,7 +149,8 @@ class TaskPipe:
                 opts = TaskOptions(**options)
             except TypeError as exc:
                 raise ConfigError(f"bad task option: {exc}") from None
-            for key in ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl"):
+            for key in ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl",
+                        "failure_ttl"):
                 parse_optional_duration(getattr(opts, key))
             for key in ("retries", "max_cancels"):
                 value = getattr(opts, key)
@@ -243,7 +247,7 @@ class TaskPipe:
         topts = task.options if task is not None else (
             self.tasks[name].options if name in self.tasks else TaskOptions())
         env_opts: dict[str, Any] = {}
-        for key in ("retries", "timeout", "hard_timeout", "retry_backoff", "result_ttl"):
+        for key in ("retries", "timeout", "hard_timeout", "retry_backoff", "result_ttl", "failure_ttl"):
             value = options.get(key)
             if value is not None:
                 env_opts[key] = value if key == "retries" else parse_duration(value)
@@ -363,6 +367,18 @@ class TaskPipe:
 
         self.broker_retry.call(f"publish to channel {name!r}", put)
         return [AsyncResult(self, job_id, name) for job_id in ids]
+
+    def jobs(self, channel: str | None = None, *, state: str | None = None, task: str | None = None,
+             since: Any = None, until: Any = None, error: str | None = None,
+             limit: int = 50) -> list[Any]:
+        """Ended jobs (their ``JobRecord``), newest first, filtered by ``state`` (succeeded,
+        failed, timeout), ``task``, finish time (``since`` / ``until``: epoch seconds or
+        datetimes) and ``error`` text. Reads indexes kept by the finish script, not a scan.
+        See ``taskpipe.history.find_jobs`` and ``docs/history.md``."""
+        from taskpipe.history import find_jobs
+
+        return find_jobs(self, channel, state=state, task=task, since=since, until=until,
+                         error=error, limit=limit)
 
     def AsyncResult(self, id: str, channel: str | None = None) -> AsyncResult:  # noqa: N802
         """A handle on a job published elsewhere (by id and channel)."""

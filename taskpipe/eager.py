@@ -156,7 +156,7 @@ class EagerRunner:
             env_opts["on_finish"] = on_finish.to_dict()
         elif on_finish is not None and not callable(on_finish):
             raise ConfigError("on_finish must be a callable or a task signature")
-        for key in ("retries", "timeout", "hard_timeout", "retry_backoff", "result_ttl"):
+        for key in ("retries", "timeout", "hard_timeout", "retry_backoff", "result_ttl", "failure_ttl"):
             if options.get(key) is not None:
                 env_opts[key] = options[key] if key == "retries" else parse_duration(options[key])
         retries = env_opts.get("retries", 0)

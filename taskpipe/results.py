@@ -35,11 +35,19 @@ if TYPE_CHECKING:
 else:
     R = TypeVar("R")
 
-STATES = ("delayed", "available", "claimed", "stalled", "finished", "failed", "unknown")
+#: every state a job can be in; ``timeout``: finished as failed because it ran past its time limit
+STATES = ("delayed", "available", "claimed", "stalled", "finished", "failed", "timeout", "unknown")
 STATE_CHECK_EVERY = 1.0  # seconds between state checks of a result wait (stalled is not an event)
 _FOREVER = 365 * 24 * 3600.0
 T = TypeVar("T")
 _BROKER_FAULTS = (redis.exceptions.RedisError, OSError, BrokerUnavailable)
+
+
+def _final_state(record: ResultRecord) -> str:
+    """finished, failed, or timeout (failed because it ran past its time limit)."""
+    if record.ok:
+        return "finished"
+    return "timeout" if record.exc_type == "JobTimeout" else "failed"
 
 
 class AsyncResult(Generic[R]):
@@ -98,27 +106,27 @@ class AsyncResult(Generic[R]):
 
     @property
     def state(self) -> str:
-        """One of delayed, available, claimed, stalled, finished, failed, unknown."""
+        """One of delayed, available, claimed, stalled, finished, failed, timeout, unknown."""
         if self._record is not None:
-            return "finished" if self._record.ok else "failed"
+            return _final_state(self._record)
         state = self.info().state
         if state == "finished":
             record = self._fetch()
-            if record is not None and not record.ok:
-                return "failed"
+            if record is not None:
+                return _final_state(record)
         return str(state)
 
     def ready(self) -> bool:
         """True once the job finished (successfully or not)."""
-        return self.state in ("finished", "failed")
+        return self.state in ("finished", "failed", "timeout")
 
     def successful(self) -> bool:
         """True if the job finished without error."""
         return self.state == "finished"
 
     def failed(self) -> bool:
-        """True if the job finished with an error."""
-        return self.state == "failed"
+        """True if the job finished with an error (a timeout included)."""
+        return self.state in ("failed", "timeout")
 
     def get(self, timeout: float | None = None, propagate: bool = True) -> R:
         """Wait for the result (``timeout`` seconds; None = forever) and return it.
@@ -326,3 +334,27 @@ class AsyncResult(Generic[R]):
     def forget(self) -> None:
         """Alias of ``retract`` (Celery's name)."""
         self.retract()
+
+    # history (docs/history.md) --------------------------------------------------------------
+    def record(self) -> Any:
+        """The job's ``JobRecord`` once it ended (task, args, attempts, worker, times, error),
+        or None (not ended yet, or the record expired)."""
+        from taskpipe.history import read_record
+
+        return self._call("record", lambda: read_record(self.app, self.channel, self.id))
+
+    def requeue(self, states: Any = ("failed", "timeout")) -> None:
+        """Run a failed or timed-out job again with its original arguments: same id, attempts
+        reset, its record kept. ``WrongJobState`` if it did not end in one of ``states``,
+        ``JobNotFound`` if it has no record; nothing changes then."""
+        from taskpipe.history import requeue
+
+        requeue(self.app, self.channel, self.id, states)
+        self._record = None
+
+    def edit(self, args: Any = None, kwargs: Any = None) -> None:
+        """Replace the arguments of this job while it is still waiting (available, delayed or
+        stalled), atomically; ``WrongJobState`` once a worker holds it or it ended."""
+        from taskpipe.history import edit_args
+
+        edit_args(self.app, self.channel, self.id, args, kwargs)

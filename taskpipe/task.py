@@ -36,7 +36,7 @@ T = TypeVar("T")
 
 #: the publishing options ``apply_async`` / ``app.send`` accept (eager mode checks the same set)
 SEND_OPTIONS = frozenset({"channel", "priority", "delay", "eta", "id", "on_finish", "result_ttl",
-                          "retries", "timeout", "hard_timeout", "retry_backoff"})
+                          "retries", "timeout", "hard_timeout", "retry_backoff", "failure_ttl"})
 
 
 def check_send_options(options: Any) -> None:
@@ -58,6 +58,7 @@ class TaskOptions:
     retry_backoff: Any = None    # base delay of the exponential backoff (duration)
     retry_backoff_max: Any = None
     result_ttl: Any = None
+    failure_ttl: Any = None      # how long a failed or timed-out job's record and error are kept
     max_cancels: int | None = None
     stall_on_failure: bool = False  # after the last retry, stall instead of finishing as failed
     raw: bool = False  # a Thoonk-native handler: gets the channel's opaque bytes, returns bytes

@@ -51,7 +51,9 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 #: The states ``taskpipe_queue_depth`` reports.
 DEPTH_STATES = ("available", "delayed", "claimed", "stalled")
 
-_JOB_EVENTS = ("finished", "failed", "retried", "stalled", "cancelled", "lease_lost")
+_JOB_EVENTS = ("finished", "failed", "timeout", "retried", "stalled", "cancelled", "lease_lost")
+#: final outcomes counted per task by ``taskpipe_task_outcomes``
+_TASK_OUTCOMES = {"finished": "succeeded", "failed": "failed", "timeout": "timeout"}
 _REAP_EVENTS = {"lease_expired": "requeued", "lease_expired_stalled": "stalled"}
 
 
@@ -153,6 +155,9 @@ class WorkerMetrics:
                             ["channel", "outcome"], registry=registry)
         self.expired = Counter("taskpipe_lease_expired", "Expired leases this worker's reaper "
                                "requeued or stalled.", ["channel", "action"], registry=registry)
+        self.task_outcomes = Counter("taskpipe_task_outcomes", "Final job outcomes per task "
+                                     "(succeeded, failed, timeout).", ["task", "outcome"],
+                                     registry=registry)
         self.duration = Histogram("taskpipe_task_duration_seconds", "How long tasks ran.",
                                   ["task"], buckets=DURATION_BUCKETS, registry=registry)
         for name in worker.channel_names:  # show zeros before the first job
@@ -168,9 +173,13 @@ class WorkerMetrics:
             self.expired.labels(channel, _REAP_EVENTS[event]).inc(n)
             return
         self.jobs.labels(channel, event).inc(n)
-        if outcome is not None and outcome.duration is not None:
-            name = outcome.task.name if outcome.task is not None else (
-                outcome.envelope.task if outcome.envelope is not None else "")
+        if outcome is None:
+            return
+        name = outcome.task.name if outcome.task is not None else (
+            outcome.envelope.task if outcome.envelope is not None else "")
+        if event in _TASK_OUTCOMES:
+            self.task_outcomes.labels(name, _TASK_OUTCOMES[event]).inc(n)
+        if outcome.duration is not None:
             self.duration.labels(name).observe(outcome.duration)
 
     def attach(self) -> None:

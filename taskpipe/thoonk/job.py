@@ -25,10 +25,11 @@ if TYPE_CHECKING:
     from taskpipe.thoonk.thoonk import Thoonk
 
 __all__ = ["JobChannel", "Claim", "JobInfo", "FinishRequest", "PutRequest", "Reaped", "new_id",
-           "DEFAULT_LEASE_MS", "FINISHED_INDEX_MS"]
+           "DEFAULT_LEASE_MS", "FINISHED_INDEX_MS", "RECORD_ITEM_MAX"]
 
 DEFAULT_LEASE_MS = 30_000
 FINISHED_INDEX_MS = 7 * 24 * 3600 * 1000  # how long the finished-id index remembers a job
+RECORD_ITEM_MAX = 64 * 1024  # a record keeps the payload up to this size (else its size only)
 
 
 def new_id() -> str:
@@ -96,6 +97,12 @@ class FinishRequest:
     result_ttl_ms: int = 0
     failed: bool = False
     keep_query: bool = False  # keep the item beside a stored result (feed.query:<f>:<id>)
+    #: job record (docs/history.md): '' keeps none; 'succeeded', 'failed' or 'timeout' keeps one with
+    #: the job's payload, counts, worker and times, for ``result_ttl_ms``
+    outcome: str = ""
+    label: str = ""        # what the record is indexed by (the task name)
+    code: str = ""         # an error code kept in the record
+    runtime_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -308,8 +315,22 @@ class JobChannel(JobReads):
             t = target.keys
             keys += [t.ids, t.items, t.published, t.publishes, t.wake, t.finished, t.result(fid)]
             args += [_check_id(fid), fitem]
+        if any(r.outcome for r in requests):
+            self._record_section(requests, keys, args)
         codes = self.scripts["job_finish"](self.client, keys, args)
         return [int(c) for c in codes]
+
+    def _record_section(self, requests: Sequence[FinishRequest], keys: list[str],
+                        args: list[Any]) -> None:
+        """Append the record section of ``job_finish`` (see ``lua/_record.lua``)."""
+        k = self.keys
+        keys += [k.failed_index, k.label_stats]
+        args += [RECORD_ITEM_MAX, FINISHED_INDEX_MS]
+        for r in requests:
+            keys += [k.record(r.id), k.label_index(r.label)]
+            args += [r.outcome, r.label, r.code,
+                     "" if r.runtime_ms is None else int(r.runtime_ms)]
+        args.append("\0record")
 
     def cancel(self, id: str, token: str = "", not_before_ms: int = 0) -> int:
         """Send a claimed job back to the queue; returns its new cancel count.
@@ -391,6 +412,55 @@ class JobChannel(JobReads):
             self.scripts["job_retract"].queue(pipe, self.retract_keys(job_id),
                                               [job_id, channel, int(stalled_before_ms)])
         return [job_id for job_id, ok in zip(ids, pipe.execute()) if int(ok)]
+
+    # records: requeue and edit (docs/history.md) ----------------------------------------------
+    def requeue(self, id: str, outcomes: Sequence[str] = ("failed", "timeout")) -> str:
+        """Publish an ended job again from its record: same id, its payload as published,
+        attempts and cancels reset, the record kept (``requeues`` + 1). Only a job whose
+        recorded outcome is one of ``outcomes``; returns that outcome.
+
+        Raises ``JobNotFound`` (no record: never ended here, or it expired), ``WrongJobState``
+        (the job is not ended, or its outcome is not allowed; nothing changed) or
+        ``ThoonkError`` (the record kept no payload: it was over ``RECORD_ITEM_MAX``).
+        """
+        from taskpipe.errors import ThoonkError
+
+        k = self.keys
+        for _ in range(5):
+            label = _s(self.client.hget(k.record(id), "label") or b"")
+            code, outcome = self.scripts["job_requeue"](
+                self.client, [k.items, k.ids, k.published, k.publishes, k.wake, k.finished,
+                              k.result(id), k.record(id), k.failed_index, k.attempts, k.cancelled,
+                              k.label_index(label)], [id, ",".join(outcomes), label])
+            code, outcome = int(code), _s(outcome)
+            if code == 1:
+                return outcome
+            if code == 0:
+                raise JobNotFound(f"no record of job {id!r} in channel {self.name!r} (it never "
+                                  "ended here, or its record expired)")
+            if code == -1:
+                raise WrongJobState(id, "/".join(outcomes), self.info(id).state)
+            if code == -2:
+                raise WrongJobState(id, "/".join(outcomes), outcome)
+            if code == -3:
+                raise ThoonkError(f"job {id!r} cannot be requeued: its payload was over "
+                                  f"{RECORD_ITEM_MAX} bytes and was not kept in its record")
+        raise ThoonkError(f"the record of job {id!r} kept changing; nothing was requeued")
+
+    def edit(self, id: str, item: bytes | str) -> None:
+        """Replace the payload of a job still waiting (available, delayed or stalled),
+        atomically. ``WrongJobState`` if a worker holds it, ``JobNotFound`` if it is not
+        waiting (finished, retracted, unknown); nothing changes then."""
+        code = int(self.scripts["job_edit"](self.client, [self.keys.items, self.keys.claimed],
+                                            [id, _b(item)]))
+        if code == 1:
+            return
+        if code == -1:
+            raise WrongJobState(id, "available, delayed or stalled", "claimed")
+        state = self.info(id).state
+        if state == "unknown":
+            raise JobNotFound(f"no job {id!r} in channel {self.name!r}")
+        raise WrongJobState(id, "available, delayed or stalled", state)
 
     def _raise_for(self, code: int, id: str, expected: str, token: str = "") -> None:
         if code == 1:

@@ -200,6 +200,11 @@ class JobReads:
         """Why a job was stalled ('' if none recorded)."""
         return _s(self.client.hget(self.keys.reasons, id) or b"")
 
+    def record(self, id: str) -> dict[str, bytes] | None:
+        """An ended job's record (``lua/_record.lua``): field -> bytes, or None if it has none."""
+        raw = self.client.hgetall(self.keys.record(id))
+        return {_s(f): v for f, v in raw.items()} if raw else None
+
     # logs -----------------------------------------------------------------------------------
     def logs(self, id: str, start: int = 0, end: int = -1) -> list[bytes]:
         """A job's log lines, oldest first."""

@@ -87,6 +87,19 @@ class JobKeys:
     log_prefix: str     # LIST per job: <log_prefix><id>, capped, with TTL
     query_prefix: str   # STRING per job: <query_prefix><id>, the job's item kept with its
                         # result (thoonk.py ``get_result`` returns both), same TTL as the result
+    # job records (docs/history.md): kept when a job ends, with the TTL of its result
+    record_prefix: str = ""      # HASH per job: <record_prefix><id> (outcome, label, item, ...)
+    failed_index: str = ""       # ZSET  id -> finish ms of failed and timed-out jobs
+    label_stats: str = ""        # HASH  "<label>\0<outcome>" -> jobs finished so (lifetime)
+    label_index_prefix: str = ""  # ZSET per label (task name): id -> finish ms
+
+    def record(self, job_id: str) -> str:
+        """The key holding one ended job's record."""
+        return self.record_prefix + job_id
+
+    def label_index(self, label: str) -> str:
+        """The index of the records of one label (task name): id -> finish ms."""
+        return self.label_index_prefix + label
 
     def result(self, job_id: str) -> str:
         """The key holding one job's stored result."""
@@ -208,6 +221,10 @@ class Keyspace:
             result_prefix=k("feed.result:" + name + ":"),
             log_prefix=k("feed.log:" + name + ":"),
             query_prefix=k("feed.query:" + name + ":"),
+            record_prefix=k("feed.record:" + name + ":"),
+            failed_index=k("feed.failedidx:" + name),
+            label_stats=k("feed.labelstats:" + name),
+            label_index_prefix=k("feed.labelidx:" + name + ":"),
         )
 
     def job_object_keys(self, name: str) -> list[str]:
@@ -216,7 +233,7 @@ class Keyspace:
         return [j.config, j.ids, j.items, j.publishes, j.finishes, j.published, j.claimed,
                 j.stalled, j.cancelled, j.delayed, j.urgent, j.leases, j.tokens, j.workers,
                 j.fence, j.attempts, j.reasons, j.stalled_at, j.progress, j.finished, j.failures,
-                j.wake]
+                j.wake, j.failed_index, j.label_stats]
 
     def feed_object_keys(self, name: str) -> list[str]:
         """Every key of a feed, sorted feed or queue (for delete)."""

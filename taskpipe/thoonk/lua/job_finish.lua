@@ -25,10 +25,14 @@
 -- Owner checks first; then the bookkeeping of all finished jobs (unclaim, HDEL of their
 -- fields, counters, finished index) with one command per key for the whole batch; then each
 -- finished job's result and event, in order (all inside this one atomic call).
+-- Optional record section (job records and their indexes, after everything above): see
+-- _record.lua; the record of a job expires with its result.
 --@include _now.lua
 --@include _owner.lua
+--@include _record.lua
 local n = tonumber(ARGV[3])
 if n > 1000 then return redis.error_reply('ERR job_finish: at most 1000 jobs per call') end
+local rec = record_section(n)  -- job records (b-history)
 local now = now_ms()
 local out = {}
 local done, seen, scored, finished = {}, {}, {}, {}
@@ -59,6 +63,8 @@ if #done > 0 then
   -- the bookkeeping of every finished job, one command per key for the whole batch. The
   -- deletes come first: over maxmemory (noeviction) Redis refuses a script whose first write
   -- may grow memory, and a worker must still be able to finish jobs then.
+  local snaps = {}  -- job records: what each job is about to lose (b-history)
+  if rec then for _, i in ipairs(finished) do snaps[i] = record_read(KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[1], KEYS[4], ARGV[4 + 6 * (i - 1)]) end end
   redis.call('ZREM', KEYS[1], unpack(done))   -- claimed
   redis.call('ZREM', KEYS[2], unpack(done))   -- leases
   redis.call('HDEL', KEYS[3], unpack(done))   -- tokens
@@ -94,9 +100,11 @@ if #done > 0 then
       end
       redis.call('PUBLISH', ARGV[1], id .. '\0' .. result)
     end
+    if rec then record_write(rec, i, n, id, snaps[i], now, ttl) end  -- job records (b-history)
   end
+  if rec then record_trim(rec, now) end
 end
-if #KEYS >= 14 + n + q and n == 1 and out[1] == 1 then
+if #KEYS - (rec and rec.nkeys or 0) >= 14 + n + q and n == 1 and out[1] == 1 then
   local f = 14 + n + q
   local fid, fitem = ARGV[4 + 6 * n], ARGV[5 + 6 * n]
   if redis.call('HSETNX', KEYS[f + 1], fid, fitem) == 1 then
