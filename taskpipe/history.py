@@ -24,6 +24,7 @@ from taskpipe.errors import (
     WrongJobState,
 )
 from taskpipe.serialization import decode_envelope, decode_result, encode_envelope
+from taskpipe.thoonk.job_reads import RECORD_FIELDS, record_fields
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -145,11 +146,12 @@ def read_record(app: TaskPipe, channel: str, job_id: str) -> JobRecord | None:
     """The record of an ended job, or None (it has not ended, or its record expired)."""
     ch = app.channel(channel)
     pipe = ch.client.pipeline(transaction=False)
-    pipe.hgetall(ch.keys.record(job_id)).get(ch.keys.result(job_id))
+    pipe.hmget(ch.keys.record(job_id), RECORD_FIELDS).get(ch.keys.result(job_id))
     raw, result = pipe.execute()
-    if not raw:
+    fields = record_fields(raw)
+    if not fields:
         return None
-    return _record_of(ch.name, job_id, {_s(k): v for k, v in raw.items()}, result)
+    return _record_of(ch.name, job_id, fields, result)
 
 
 def _ms(value: Any, what: str) -> int | None:
@@ -202,16 +204,16 @@ def find_jobs(app: TaskPipe, channel: str | None = None, *, state: str | None = 
         examined += len(ids)
         pipe = ch.client.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hgetall(k.record(job_id))
+            pipe.hmget(k.record(job_id), RECORD_FIELDS)
             pipe.get(k.result(job_id))
         replies = pipe.execute()
         gone: list[str] = []
         for n, job_id in enumerate(ids):
-            raw, result = replies[2 * n], replies[2 * n + 1]
+            raw, result = record_fields(replies[2 * n]), replies[2 * n + 1]
             if not raw:
                 gone.append(job_id)
                 continue
-            rec = _record_of(ch.name, job_id, {_s(f): v for f, v in raw.items()}, result)
+            rec = _record_of(ch.name, job_id, raw, result)
             if state is not None and rec.outcome != state:
                 continue
             if task and rec.task != task:
@@ -233,7 +235,7 @@ def task_breakdown(app: TaskPipe, channel: str | None = None) -> dict[str, dict[
     script): ``{task: {"succeeded": n, "failed": n, "timeout": n}}``."""
     ch = app.channel(channel)
     out: dict[str, dict[str, int]] = {}
-    for field, count in ch.client.hgetall(ch.keys.label_stats).items():
+    for field, count in ch.client.hscan_iter(ch.keys.label_stats, count=500):
         task, _, outcome = _s(field).partition("\0")
         out.setdefault(task, dict.fromkeys(ENDED_STATES, 0))[outcome] = int(count)
     return dict(sorted(out.items()))

@@ -41,7 +41,9 @@ def _tasks(app: TaskPipe) -> dict[str, Any]:
 
     @app.task(name="h.slow", timeout=0.05)
     def slow() -> None:
-        time.sleep(5)
+        end = time.monotonic() + 5
+        while time.monotonic() < end:  # busy: the soft time limit interrupts it at once
+            pass
 
     return {"ok": ok, "flaky": flaky, "coded": coded, "slow": slow}
 
@@ -278,3 +280,28 @@ def test_worker_logs_each_outcome(app: TaskPipe, caplog: pytest.LogCaptureFixtur
                and "Traceback" not in m for lvl, m in lines)
     assert any(lvl == logging.WARNING and slow.id in m and "timed out" in m and "JobTimeout" in m
                for lvl, m in lines)
+
+
+def test_clean_finished_keeps_failed_and_timeout_until_asked(app: TaskPipe) -> None:
+    from taskpipe.inspect import Inspector
+
+    t = _tasks(app)
+    ok, bad, slow = t["ok"].delay(1), t["flaky"].apply_async([1], retries=0), t["slow"].delay()
+    burst(app)
+    insp = Inspector(app)
+    ch = app.channel()
+    rep = insp.clean("default", "finished", 0)
+    assert (rep.removed, rep.kept) == (1, 2)
+    state = lambda r: app.AsyncResult(r.id).state  # noqa: E731 - a fresh handle: no cache
+    assert state(ok) == "unknown" and ch.client.exists(ch.keys.record(ok.id)) == 0
+    assert state(bad) == "failed" and state(slow) == "timeout"
+    dry = insp.clean("default", "failed", 0, dry_run=True)
+    assert dry.removed == 1 and state(bad) == "failed"
+    rep = insp.clean("default", "failed", 0)
+    assert rep.removed == 1 and rep.kept == 1 and state(bad) == "unknown"
+    assert ch.client.exists(ch.keys.record(bad.id)) == 0
+    assert ch.client.zscore(ch.keys.failed_index, bad.id) is None
+    assert ch.client.zscore(ch.keys.label_index("h.flaky"), bad.id) is None
+    assert insp.clean("default", "timeout", 0).removed == 1 and state(slow) == "unknown"
+    with pytest.raises(ConfigError):
+        insp.clean("default", "succeeded", 0)

@@ -341,7 +341,9 @@ _action("retry", "Make a stalled job available again (fresh attempt and cancel c
 @jobs.command("clean")
 @_common()
 @_channel_option(by_id=False)
-@click.option("-s", "--state", type=click.Choice(["finished", "stalled"]), required=True)
+@click.option("-s", "--state", type=click.Choice(["finished", "failed", "timeout", "stalled"]),
+              required=True, help="finished = succeeded jobs; failed and timed-out jobs stay "
+                                  "unless cleaned by name (-s failed / -s timeout).")
 @click.option("--older-than", "older_than", required=True, metavar="DURATION",
               help="e.g. 7d. Stalled jobs carry no stall time: use 0 (every job stalled now).")
 @click.option("--batch", type=click.IntRange(1, 1000), default=500, show_default=True)
@@ -368,6 +370,9 @@ def clean_jobs(app_path: str | None, broker: str | None, prefix: str | None, as_
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {report.removed} {state} job(s) from {name!r} "
                f"({report.examined} examined, {report.skipped} skipped: changed state meanwhile)")
+    if report.kept:
+        click.echo(f"kept {report.kept} job(s) of another outcome (failed or timed-out jobs stay "
+                   "until cleaned with -s failed / -s timeout)")
 
 
 # channels ---------------------------------------------------------------------------------------

@@ -1,9 +1,14 @@
-"""Cleaning old jobs in bounded batches: finished jobs (index entry, result, log) and stalled jobs.
+"""Cleaning old jobs in bounded batches: ended jobs (index entries, result, record, log) and stalled
+jobs.
 
-``finished``: the ``feed.finished:<f>`` index (ZSET id -> finish ms) is read oldest first with
-``ZRANGEBYSCORE ... LIMIT``; each batch removes the index entries and, in the same MULTI, the
-stored results and logs. An id that was published again since (it is in ``feed.items:<f>``)
-keeps its result and log; only its stale index entry goes.
+``finished`` / ``failed`` / ``timeout``: the ``feed.finished:<f>`` index (ZSET id -> finish ms)
+is read oldest first with ``ZRANGEBYSCORE ... LIMIT``; each job is classified by its record (or,
+without one, by its stored result) and only the asked outcome is removed: ``finished`` removes
+succeeded jobs and leaves failed and timed-out ones (as Kinetik's ``clean`` does), which go only
+when asked for with ``failed`` / ``timeout``. Each batch removes the index entries (finished,
+failed, per task) and, in the same MULTI, the stored results, records and logs. An id that was
+published again since (it is in ``feed.items:<f>``) keeps its result and log; only its stale
+index entry goes.
 
 ``stalled``: ids come from ``feed.stalledat:<f>`` (id -> stall ms), oldest first; each is
 retracted by ``job_retract`` with a guard "still stalled, stalled at or before the cutoff", so a
@@ -17,7 +22,7 @@ from collections.abc import Callable
 import redis
 
 from taskpipe.errors import ThoonkError
-from taskpipe.inspect.views import CleanReport, _s
+from taskpipe.inspect.views import CleanReport, _s, outcome_of
 from taskpipe.thoonk.job import JobChannel
 
 __all__ = ["clean_finished", "clean_stalled"]
@@ -31,8 +36,27 @@ def _note(report: CleanReport, removed: list[str], progress: Progress, examined:
         progress(examined)
 
 
-def clean_finished(ch: JobChannel, report: CleanReport, batch: int, progress: Progress) -> None:
-    """Remove finished jobs older than ``report.cutoff_ms``, ``batch`` at a time."""
+def _outcomes(ch: JobChannel, ids: list[str]) -> list[tuple[str, str]]:
+    """``(outcome, label)`` of ended jobs: succeeded, failed or timeout, from each record, else
+    from the stored result (an expired or non-taskpipe result counts as succeeded)."""
+    pipe = ch.client.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hmget(ch.keys.record(job_id), "outcome", "label")
+        pipe.get(ch.keys.result(job_id))
+    r = pipe.execute()
+    out = []
+    for n in range(len(ids)):
+        (outcome, label), result = r[2 * n], r[2 * n + 1]
+        if outcome is None:
+            outcome = "failed" if outcome_of(result)[0] == "failed" else "succeeded"
+        out.append((_s(outcome), _s(label or b"")))
+    return out
+
+
+def clean_finished(ch: JobChannel, report: CleanReport, batch: int, progress: Progress,
+                   outcomes: tuple[str, ...] = ("succeeded",)) -> None:
+    """Remove ended jobs older than ``report.cutoff_ms`` whose outcome is in ``outcomes``,
+    ``batch`` at a time; the others are kept (counted in ``report.kept``)."""
     k, client, offset = ch.keys, ch.client, 0
     while True:
         ids = [_s(i) for i in client.zrangebyscore(k.finished, "-inf", report.cutoff_ms,
@@ -40,21 +64,32 @@ def clean_finished(ch: JobChannel, report: CleanReport, batch: int, progress: Pr
         if not ids:
             return
         report.examined += len(ids)
+        kinds = _outcomes(ch, ids)
+        chosen = [(i, label) for i, (o, label) in zip(ids, kinds) if o in outcomes]
+        report.kept += len(ids) - len(chosen)
+        offset += len(ids) - len(chosen)  # kept entries stay in the index: page past them
         if report.dry_run:
-            offset += len(ids)  # nothing is removed, so page on
-            report.removed += len(ids)
-            _note(report, ids, progress, len(ids))
+            offset += len(chosen)  # nothing is removed, so page on
+            report.removed += len(chosen)
+            _note(report, [i for i, _ in chosen], progress, len(ids))
             continue
-        live = client.hmget(k.items, ids)
+        if not chosen:
+            _note(report, [], progress, len(ids))
+            continue
+        cids = [i for i, _ in chosen]
+        live = client.hmget(k.items, cids)
         pipe = client.pipeline(transaction=True)
-        pipe.zrem(k.finished, *ids)
-        gone = [job_id for job_id, item in zip(ids, live) if item is None]
-        for job_id in gone:
-            pipe.delete(k.result(job_id), k.log(job_id))
+        pipe.zrem(k.finished, *cids)
+        pipe.zrem(k.failed_index, *cids)
+        gone = [(job_id, label) for (job_id, label), item in zip(chosen, live) if item is None]
+        for job_id, label in gone:
+            pipe.delete(k.result(job_id), k.log(job_id), k.record(job_id))
+            if label:
+                pipe.zrem(k.label_index(label), job_id)
         pipe.execute()
         report.removed += len(gone)
-        report.skipped += len(ids) - len(gone)
-        _note(report, gone, progress, len(ids))
+        report.skipped += len(cids) - len(gone)
+        _note(report, [i for i, _ in gone], progress, len(ids))
 
 
 def clean_stalled(ch: JobChannel, report: CleanReport, batch: int, progress: Progress) -> None:

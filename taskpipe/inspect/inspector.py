@@ -33,14 +33,20 @@ from taskpipe.inspect.views import (
 )
 from taskpipe.serialization import decode_envelope
 from taskpipe.thoonk.job import JobChannel
+from taskpipe.thoonk.job_reads import RECORD_FIELDS, record_fields
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
 
-__all__ = ["Inspector", "LIST_STATES", "MAX_PAGE"]
+__all__ = ["Inspector", "LIST_STATES", "MAX_PAGE", "CLEAN_STATES"]
 
-#: States ``list_jobs`` pages through (``failed`` = finished jobs whose result is an error).
-LIST_STATES = ("available", "delayed", "claimed", "stalled", "finished", "failed")
+#: What ``clean`` removes: ``finished`` = succeeded jobs (failed and timed-out ones are kept
+#: unless asked for by name), ``failed``, ``timeout``, ``stalled``.
+CLEAN_STATES = ("finished", "failed", "timeout", "stalled")
+
+#: States ``list_jobs`` pages through (``failed`` = finished jobs whose result is an error,
+#: ``timeout`` = those that failed by running past their time limit).
+LIST_STATES = ("available", "delayed", "claimed", "stalled", "finished", "failed", "timeout")
 #: The largest page ``list_jobs`` returns.
 MAX_PAGE = 1000
 
@@ -140,8 +146,8 @@ class Inspector:
         if state == "stalled":
             return self._list_stalled(ch, cursor, limit)
         off = _offset(cursor, state)
-        if state == "failed":
-            return self._list_failed(ch, off, limit)
+        if state in ("failed", "timeout"):
+            return self._list_failed(ch, off, limit, state)
         k = ch.keys
         if state == "available":
             total = int(self.client.llen(k.ids))
@@ -188,7 +194,7 @@ class Inspector:
         rows = self._rows(ch, "stalled", [(i, None) for i in ids])
         return Page(rows, nxt, int(self.client.scard(ch.keys.stalled)))
 
-    def _list_failed(self, ch: JobChannel, off: int, limit: int) -> Page:
+    def _list_failed(self, ch: JobChannel, off: int, limit: int, state: str = "failed") -> Page:
         rows: list[JobRow] = []
         pos, budget, chunk = off, max(limit * 10, 1000), 200
         total = int(self.client.zcard(ch.keys.finished))
@@ -198,8 +204,8 @@ class Inspector:
                 break
             for row in self._rows(ch, "finished", [(_s(i), _opt(sc)) for i, sc in scored]):
                 pos += 1
-                if row.outcome == "failed":
-                    rows.append(replace(row, state="failed"))
+                if row.outcome == state:
+                    rows.append(replace(row, state=state))
                     if len(rows) == limit:
                         break
         return Page(rows, str(pos) if pos < total else None, None)
@@ -219,6 +225,8 @@ class Inspector:
         elif state == "finished":
             for i in ids:
                 pipe.get(k.result(i))
+            for i in ids:  # the record (docs/history.md): task, runs, cancels, worker, outcome
+                pipe.hmget(k.record(i), "label", "attempts", "cancels", "worker", "outcome")
         r = pipe.execute()
         rows = []
         for n, (job_id, when) in enumerate(scored):
@@ -228,11 +236,19 @@ class Inspector:
                          "lease_deadline_ms": _opt(r[5 + n])}
             elif state == "stalled":
                 extra = {"reason": safe_text(_s(r[3][n] or b""), 500)}
-            elif state == "finished":
+            counts = (_int(r[0][n]), _int(r[1][n]))
+            if state == "finished":
                 outcome, error = outcome_of(r[3 + n])
-                extra = {"outcome": outcome, "error": error}
-            task = task_name_of(r[2][n]) if state != "finished" else None  # payload gone at finish
-            rows.append(JobRow(job_id, ch.name, state, task, when, _int(r[0][n]), _int(r[1][n]), **extra))
+                label, runs, cancels, worker, kept = r[3 + len(ids) + n]
+                if kept is not None and _s(kept) == "timeout" and outcome == "failed":
+                    outcome = "timeout"
+                extra = {"outcome": outcome, "error": error, "worker": _s(worker or b"")}
+                task = _s(label) if label else None  # the payload is gone: the record names it
+                if runs is not None:
+                    counts = (_int(cancels), _int(runs))
+            else:
+                task = task_name_of(r[2][n])
+            rows.append(JobRow(job_id, ch.name, state, task, when, *counts, **extra))
         return rows
 
     # one job --------------------------------------------------------------------------------
@@ -249,8 +265,12 @@ class Inspector:
         pipe = self.client.pipeline(transaction=False)
         pipe.hget(k.items, job_id).zscore(k.claimed, job_id).get(k.result(job_id))
         pipe.llen(k.log(job_id)).lrange(k.log(job_id), -max(1, log_lines), -1)
-        item, claimed_ms, result_raw, log_total, logs = pipe.execute()
-        if info.state == "unknown" and not log_total:
+        pipe.hmget(k.record(job_id), RECORD_FIELDS)
+        item, claimed_ms, result_raw, log_total, logs, rec = pipe.execute()
+        rec = record_fields(rec)
+        if item is None and rec.get("item") is not None:
+            item = rec["item"]  # ended: the payload as published, kept in its record
+        if info.state == "unknown" and not log_total and not rec:
             raise JobNotFound(f"no job {job_id!r} in channel {channel!r}")
         payload, raw_payload, payload_error, task = None, None, "", None
         if item is not None:
@@ -264,17 +284,29 @@ class Inspector:
         state = info.state
         result = record_view(result_raw) if result_raw is not None else None
         if state == "finished" and result is not None and not result["ok"]:
-            state = "failed"
+            state = "timeout" if _s(rec.get("outcome", b"")) == "timeout" else "failed"
+        ended = bool(rec) and state in ("finished", "failed", "timeout", "unknown")
+        if state == "unknown" and rec:
+            state = "finished" if _s(rec.get("outcome", b"")) == "succeeded" else _s(rec["outcome"])
         ts = {"published_ms": info.published_ms, "due_ms": info.due_ms, "claimed_ms": _opt(claimed_ms),
               "lease_deadline_ms": info.lease_deadline_ms, "finished_ms": info.finished_ms}
+        cancels, attempts, worker = info.cancel_count, info.attempts, info.worker
+        if ended:  # the bookkeeping went at finish: the record kept it
+            ts.update(published_ms=_opt(rec.get("published")), claimed_ms=_opt(rec.get("started")),
+                      finished_ms=_opt(rec.get("finished")) or info.finished_ms)
+            cancels, attempts = _int(rec.get("cancels")), _int(rec.get("attempts"))
+            worker = _s(rec.get("worker", b""))
         return JobDetail(
             id=job_id, channel=channel, state=state, task=task, payload=payload,
-            raw_payload=raw_payload, payload_error=payload_error, cancels=info.cancel_count,
-            attempts=info.attempts, worker=info.worker, progress=info.progress,
+            raw_payload=raw_payload, payload_error=payload_error, cancels=cancels,
+            attempts=attempts, worker=worker, progress=info.progress,
             reason=safe_text(info.reason), timestamps=ts,
             result_ttl_ms=info.result_ttl_ms if result_raw is not None else None, result=result,
             logs=[safe_text(_s(x)) for x in (logs if log_lines > 0 else [])], log_total=int(log_total),
-            server_time_ms=self.server_time_ms())
+            server_time_ms=self.server_time_ms(),
+            runtime_ms=_opt(rec.get("runtime_ms")) if ended else None,
+            code=_s(rec.get("code", b"")) if ended else "",
+            requeues=_int(rec.get("requeues")), previous=_s(rec.get("previous", b"")))
 
     def logs(self, channel: str, job_id: str, tail: int | None = None,
              chunk: int = 1000) -> Iterator[str]:
@@ -304,7 +336,8 @@ class Inspector:
         (retracted), ``batch`` (1..1000) at a time. ``now_ms`` defaults to the server clock;
         ``on_progress(n)`` is called after each batch with the number of ids examined.
 
-        ``finished``: entries of the finished index older than ``older_than_s``.
+        ``finished``: succeeded jobs of the finished index older than ``older_than_s`` (failed
+        and timed-out ones are kept: clean them with ``failed`` / ``timeout``).
         ``stalled``: jobs stalled longer ago than ``older_than_s`` (by their stall time); a job is
         retracted only if it is still stalled.
         """
@@ -312,7 +345,11 @@ class Inspector:
         self.check_clean(state, older_than_s, batch)
         now = self.server_time_ms() if now_ms is None else now_ms
         report = CleanReport(channel, state, now - int(older_than_s * 1000), dry_run=dry_run)
-        (clean_finished if state == "finished" else clean_stalled)(ch, report, batch, on_progress)
+        if state == "stalled":
+            clean_stalled(ch, report, batch, on_progress)
+        else:
+            clean_finished(ch, report, batch, on_progress,
+                           ("succeeded",) if state == "finished" else (state,))
         return report
 
     @staticmethod
@@ -322,8 +359,8 @@ class Inspector:
             raise ConfigError(f"batch must be an int from 1 to 1000, got {batch!r}")
         if not math.isfinite(older_than_s) or older_than_s < 0:
             raise ConfigError(f"older_than must be a finite duration >= 0, got {older_than_s!r}")
-        if state not in ("finished", "stalled"):
-            raise ConfigError(f"can only clean 'finished' or 'stalled' jobs, not {state!r}")
+        if state not in CLEAN_STATES:
+            raise ConfigError(f"can only clean {', '.join(CLEAN_STATES)} jobs, not {state!r}")
 
     def count_cleanable(self, channel: str, state: str, older_than_s: float,
                         now_ms: int | None = None) -> int:

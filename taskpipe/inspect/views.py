@@ -143,6 +143,11 @@ class JobDetail:
     logs: list[str]
     log_total: int
     server_time_ms: int = 0
+    # from the job's record, once it ended (docs/history.md)
+    runtime_ms: int | None = None
+    code: str = ""
+    requeues: int = 0
+    previous: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output (payload and result values made JSON-safe)."""
@@ -163,6 +168,7 @@ class CleanReport:
     removed: int = 0
     skipped: int = 0
     dry_run: bool = False
+    kept: int = 0  # ended jobs of another outcome, left alone (failed/timeout by default)
     ids: list[str] = field(default_factory=list)  # the first 100 removed ids, for reports
 
     def to_dict(self) -> dict[str, Any]:

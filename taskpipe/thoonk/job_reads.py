@@ -21,7 +21,18 @@ if TYPE_CHECKING:
     from taskpipe.thoonk.scripts import ScriptRegistry
     from taskpipe.thoonk.thoonk import Thoonk
 
-__all__ = ["JobReads", "JobInfo"]
+__all__ = ["JobReads", "JobInfo", "RECORD_FIELDS", "record_fields"]
+
+#: the fields of a job record (``lua/_record.lua``, ``job_requeue.lua``)
+RECORD_FIELDS = ("outcome", "label", "item", "item_size", "attempts", "cancels", "worker",
+                 "published", "started", "finished", "runtime_ms", "code", "requeues", "previous",
+                 "requeued")
+
+
+def record_fields(values: Sequence[Any]) -> dict[str, bytes]:
+    """An ``HMGET record *RECORD_FIELDS`` reply as field -> value (absent fields left out; an
+    empty dict when there is no record)."""
+    return {f: v for f, v in zip(RECORD_FIELDS, values) if v is not None}
 
 
 def _s(value: Any) -> str:
@@ -202,8 +213,8 @@ class JobReads:
 
     def record(self, id: str) -> dict[str, bytes] | None:
         """An ended job's record (``lua/_record.lua``): field -> bytes, or None if it has none."""
-        raw = self.client.hgetall(self.keys.record(id))
-        return {_s(f): v for f, v in raw.items()} if raw else None
+        raw = record_fields(self.client.hmget(self.keys.record(id), RECORD_FIELDS))
+        return raw or None
 
     # logs -----------------------------------------------------------------------------------
     def logs(self, id: str, start: int = 0, end: int = -1) -> list[bytes]:
