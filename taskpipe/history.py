@@ -5,8 +5,9 @@ as published, attempts (runs), cancels, worker, published / started / finished t
 outcome (``succeeded``, ``failed``, ``timeout``) and an optional error ``code``; the result or
 error itself is the job's stored result. A record lives as long as its result: ``result_ttl``
 for a success, ``failure_ttl`` for a failure or timeout. Indexes kept by the same script
-(``feed.failedidx:<f>`` and one ``feed.labelidx:<f>:<task>`` per task, id -> finish ms) let
-``find_jobs`` list and filter without scanning every job. See ``docs/history.md``.
+(``feed.failedidx:<f>`` and one ``feed.labelidx:<f>:<task>`` per task for the jobs that failed
+or timed out, id -> finish ms; ``feed.finished:<f>`` for all) let ``find_jobs`` list and filter
+without scanning every job. See ``docs/history.md``.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def _record_of(channel: str, job_id: str, raw: dict[str, bytes], result: bytes |
     item = raw.get("item")
     args: list[Any] | None = None
     kwargs: dict[str, Any] | None = None
-    size = _opt_int(raw.get("item_size")) or 0
+    size = _opt_int(raw.get("item_size")) or (len(item) if item is not None else 0)
     display = f"<payload not kept: {size} bytes>"
     if item is not None:
         try:
@@ -174,9 +175,10 @@ def find_jobs(app: TaskPipe, channel: str | None = None, *, state: str | None = 
 
     ``state``: succeeded, failed, timeout (None: all); ``task``: a task name; ``since`` /
     ``until``: finish time bounds (epoch seconds or datetimes); ``error``: text the error type or
-    message contains (case-insensitive). Reads an index kept by the finish script (the task's,
-    else the failed jobs', else the finished jobs') newest first, in pages, so the cost is the
-    jobs examined, not the jobs stored; at most ``SCAN_BUDGET`` entries are examined.
+    message contains (case-insensitive). Reads an index kept by the finish script newest first,
+    in pages (failed / timeout: the task's failures, else every failure; otherwise every
+    finished job, records filtered), so the cost is the jobs examined, not the jobs stored; at
+    most ``SCAN_BUDGET`` entries are examined.
     """
     if state is not None and state not in ENDED_STATES:
         raise ConfigError(f"unknown state {state!r}; expected one of {', '.join(ENDED_STATES)}")
@@ -185,12 +187,11 @@ def find_jobs(app: TaskPipe, channel: str | None = None, *, state: str | None = 
     lo, hi = _ms(since, "since"), _ms(until, "until")
     ch = app.channel(channel)
     k = ch.keys
-    if task:
-        index = k.label_index(task)
-    elif state in ("failed", "timeout"):
-        index = k.failed_index
+    if state in ("failed", "timeout"):
+        # the task's failures, else every failure
+        index = k.label_index(task) if task else k.failed_index
     else:
-        index = k.finished
+        index = k.finished  # successes by task: the finished index, records filtered
     needle = error.lower() if error else None
     out: list[JobRecord] = []
     start, examined, page = 0, 0, max(100, min(limit * 4, 1000))

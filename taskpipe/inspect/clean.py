@@ -41,7 +41,7 @@ def _outcomes(ch: JobChannel, ids: list[str]) -> list[tuple[str, str]]:
     from the stored result (an expired or non-taskpipe result counts as succeeded)."""
     pipe = ch.client.pipeline(transaction=False)
     for job_id in ids:
-        pipe.hmget(ch.keys.record(job_id), "outcome", "label")
+        pipe.hmget(ch.keys.record(job_id), "o", "l")  # outcome, label (lua/_record.lua)
         pipe.get(ch.keys.result(job_id))
     r = pipe.execute()
     out = []

@@ -226,7 +226,7 @@ class Inspector:
             for i in ids:
                 pipe.get(k.result(i))
             for i in ids:  # the record (docs/history.md): task, runs, cancels, worker, outcome
-                pipe.hmget(k.record(i), "label", "attempts", "cancels", "worker", "outcome")
+                pipe.hmget(k.record(i), "l", "a", "c", "w", "o")  # see lua/_record.lua
         r = pipe.execute()
         rows = []
         for n, (job_id, when) in enumerate(scored):

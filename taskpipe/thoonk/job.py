@@ -427,7 +427,7 @@ class JobChannel(JobReads):
 
         k = self.keys
         for _ in range(5):
-            label = _s(self.client.hget(k.record(id), "label") or b"")
+            label = _s(self.client.hget(k.record(id), "l") or b"")
             code, outcome = self.scripts["job_requeue"](
                 self.client, [k.items, k.ids, k.published, k.publishes, k.wake, k.finished,
                               k.result(id), k.record(id), k.failed_index, k.attempts, k.cancelled,

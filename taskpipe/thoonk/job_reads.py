@@ -23,16 +23,18 @@ if TYPE_CHECKING:
 
 __all__ = ["JobReads", "JobInfo", "RECORD_FIELDS", "record_fields"]
 
-#: the fields of a job record (``lua/_record.lua``, ``job_requeue.lua``)
-RECORD_FIELDS = ("outcome", "label", "item", "item_size", "attempts", "cancels", "worker",
-                 "published", "started", "finished", "runtime_ms", "code", "requeues", "previous",
-                 "requeued")
+#: the fields of a job record as stored (one letter each: see ``lua/_record.lua``)...
+RECORD_FIELDS = ("o", "l", "i", "n", "a", "c", "w", "p", "s", "f", "r", "x", "q", "v", "u")
+#: ... and their names
+RECORD_NAMES = ("outcome", "label", "item", "item_size", "attempts", "cancels", "worker",
+                "published", "started", "finished", "runtime_ms", "code", "requeues", "previous",
+                "requeued")
 
 
 def record_fields(values: Sequence[Any]) -> dict[str, bytes]:
-    """An ``HMGET record *RECORD_FIELDS`` reply as field -> value (absent fields left out; an
+    """An ``HMGET record *RECORD_FIELDS`` reply as name -> value (absent fields left out; an
     empty dict when there is no record)."""
-    return {f: v for f, v in zip(RECORD_FIELDS, values) if v is not None}
+    return {f: v for f, v in zip(RECORD_NAMES, values) if v is not None}
 
 
 def _s(value: Any) -> str:

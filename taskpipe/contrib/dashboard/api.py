@@ -12,6 +12,7 @@ Routes (``<ch>`` and ``<id>`` are URL-encoded path segments):
 - ``GET  /api/workers``, ``GET /api/crons``
 - ``POST /api/channels/<ch>/pause`` / ``resume``
 - ``POST /api/channels/<ch>/jobs/<id>/retry`` / ``retract``
+- job history (records, filters, requeue, edit): see ``history_api.py``
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from taskpipe.errors import ConfigError, FeedDoesNotExist, JobNotFound, WrongFeedType, WrongJobState
+from taskpipe.contrib.dashboard.history_api import route_history
+from taskpipe.errors import (
+    ConfigError,
+    FeedDoesNotExist,
+    JobNotFound,
+    TaskpipeError,
+    WrongFeedType,
+    WrongJobState,
+)
 from taskpipe.inspect import LIST_STATES, Inspector, jsonable
 
 if TYPE_CHECKING:
@@ -131,12 +140,17 @@ class DashboardAPI:
             return 409, {"error": str(exc)}
         except ConfigError as exc:
             return 400, {"error": str(exc)}
+        except TaskpipeError as exc:  # e.g. a requeue whose payload was not kept
+            return 409, {"error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - Redis down or a bug: say so, keep serving
             log.warning("dashboard API %s /%s: %r", method, "/".join(parts), exc)
             return 503, {"error": f"{type(exc).__name__}: {exc}"}
 
     def _route(self, method: str, parts: list[str], query: dict[str, str]) -> Any:
         n = len(parts)
+        history = route_history(self.app, self.inspector, method, parts, query)  # history_api.py
+        if history is not NotImplemented:
+            return history
         if method == "GET":
             if parts == ["overview"]:
                 return self.overview(_int_param(query, "history", 120, 0, self.sampler.size))

@@ -5,10 +5,15 @@
 --              run time ms ('' = unknown); then the marker '\0record' as the very last ARGV.
 --   KEYS tail: feed.failedidx:<f> (ZSET id -> finish ms of failed and timed-out jobs),
 --              feed.labelstats:<f> (HASH "<label>\0<outcome>" -> count), then per job i:
---              feed.record:<f>:<id_i> (HASH) and feed.labelidx:<f>:<label_i> (ZSET id -> finish ms).
--- A record HASH: outcome, label, item (the payload as published, cut at the cap), item_size,
--- attempts (runs, this one included), cancels, worker, published, started, finished (server ms),
--- runtime_ms, code (and requeues, previous: kept across a requeue). It expires with the job's result (its TTL is the result's).
+--              feed.record:<f>:<id_i> (HASH) and feed.labelidx:<f>:<label_i> (ZSET id -> finish
+--              ms of the label's jobs that failed or timed out).
+-- A record HASH, one-letter field names (memory: the record costs what its values need):
+--   o outcome  l label  i item (the payload as published; absent when over the cap)
+--   n item size (only when the item was not kept)  a attempts (runs, this one included)
+--   c cancels (absent: 0)  w worker  p published  s started  f finished (server ms)
+--   r run time ms (absent: unknown)  x error code (absent: none)
+--   q requeues, v previous outcome, u requeued at ms (set by job_requeue, kept across finishes)
+-- Empty values are not stored. It expires with the job's result (its TTL is the result's).
 local function record_section(n)
   if ARGV[#ARGV] ~= '\0record' then return nil end
   return {a = #ARGV - 2 - 4 * n, k = #KEYS - 2 * n - 1, nkeys = 2 * n + 2}
@@ -29,26 +34,34 @@ local function record_write(rec, i, n, id, snap, now, ttl)
   local cap = tonumber(ARGV[rec.a])
   local key, lidx = KEYS[rec.k + 2 + 2 * (i - 1)], KEYS[rec.k + 3 + 2 * (i - 1)]
   local item = snap[1] or ''
-  local fields = {'outcome', outcome, 'label', label, 'item_size', #item,
-                  'attempts', tonumber(snap[3] or '0') + 1, 'cancels', snap[2] or '0',
-                  'worker', snap[6] or '', 'published', snap[4] or '', 'started', snap[5] or '',
-                  'finished', now, 'runtime_ms', runtime, 'code', code}
-  if #item <= cap then
-    fields[#fields + 1] = 'item'
-    fields[#fields + 1] = item
+  local fields = {'o', outcome, 'a', tonumber(snap[3] or '0') + 1, 'f', now}
+  local function put(name, value)
+    if value and value ~= '' then
+      fields[#fields + 1] = name
+      fields[#fields + 1] = value
+    end
   end
-  local kept = redis.call('HMGET', key, 'requeues', 'previous')  -- history of a requeued job
-  if kept[1] then
-    fields[#fields + 1], fields[#fields + 2] = 'requeues', kept[1]
-    fields[#fields + 1], fields[#fields + 2] = 'previous', kept[2] or ''
-  end
+  put('l', label)
+  if #item <= cap then put('i', item) else put('n', tostring(#item)) end
+  if snap[2] ~= '0' then put('c', snap[2]) end
+  put('w', snap[6])
+  put('p', snap[4])
+  put('s', snap[5])
+  put('r', runtime)
+  put('x', code)
+  local kept = redis.call('HMGET', key, 'q', 'v', 'u')  -- history of a requeued job
+  put('q', kept[1])
+  put('v', kept[2])
+  put('u', kept[3])
   redis.call('DEL', key)
   redis.call('HSET', key, unpack(fields))
   redis.call('PEXPIRE', key, ttl)
   if outcome ~= 'succeeded' then redis.call('ZADD', KEYS[rec.k], now, id) end
   if label ~= '' then
-    redis.call('ZADD', lidx, now, id)
     redis.call('HINCRBY', KEYS[rec.k + 1], label .. '\0' .. outcome, 1)
+    -- the per-label index holds the jobs that did not succeed (what an operator looks for and
+    -- requeues by task); successes are found through feed.finished (memory: docs/history.md)
+    if outcome ~= 'succeeded' then redis.call('ZADD', lidx, now, id) end
     local old = redis.call('ZRANGEBYSCORE', lidx, '-inf', now - tonumber(ARGV[rec.a + 1]), 'LIMIT', 0, 100)
     if #old > 0 then redis.call('ZREM', lidx, unpack(old)) end
   end

@@ -1,5 +1,5 @@
 -- job_requeue: publish an ended job again from its record (same id, its payload as published,
--- attempts and cancels reset); the record is kept (history), with requeues + 1.
+-- attempts and cancels reset); the record is kept (history), with requeues (q) + 1.
 -- KEYS[1] feed.items:<f>  KEYS[2] feed.ids:<f>  KEYS[3] feed.published:<f>  KEYS[4] feed.publishes:<f>
 -- KEYS[5] feed.wake:<f>  KEYS[6] feed.finished:<f>  KEYS[7] feed.result:<f>:<id>
 -- KEYS[8] feed.record:<f>:<id>  KEYS[9] feed.failedidx:<f>  KEYS[10] feed.attempts:<f>
@@ -14,7 +14,7 @@
 --@include _owner.lua
 local id = ARGV[1]
 if redis.call('HEXISTS', KEYS[1], id) == 1 then return {-1, ''} end
-local r = redis.call('HMGET', KEYS[8], 'outcome', 'item', 'label')
+local r = redis.call('HMGET', KEYS[8], 'o', 'i', 'l')  -- fields: see _record.lua
 local outcome, item, label = r[1], r[2], r[3]
 if not outcome then return {0, ''} end
 if not string.find(',' .. ARGV[2] .. ',', ',' .. outcome .. ',', 1, true) then return {-2, outcome} end
@@ -31,7 +31,7 @@ redis.call('ZREM', KEYS[9], id)
 redis.call('HDEL', KEYS[10], id)
 redis.call('HDEL', KEYS[11], id)
 if ARGV[3] ~= '' then redis.call('ZREM', KEYS[12], id) end
-redis.call('HINCRBY', KEYS[8], 'requeues', 1)
-redis.call('HSET', KEYS[8], 'requeued', now, 'previous', outcome)
+redis.call('HINCRBY', KEYS[8], 'q', 1)  -- requeues
+redis.call('HSET', KEYS[8], 'u', now, 'v', outcome)  -- requeued at, previous outcome
 wake(KEYS[5], 1)
 return {1, outcome}
