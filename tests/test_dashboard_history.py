@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the fixtures come from test_dashboard (imported by name)
 """The dashboard's job history (issue 14) in a real headless Chromium against a real Redis: a
 failed job's page with its whole record, requeue from the page, editing a waiting job's
 arguments, bulk requeue, filtering by task and error text, the log view keeping its scroll
@@ -40,7 +41,7 @@ def _failing(app: TaskPipe) -> Any:
 
 
 def test_failed_job_page_shows_the_record_and_requeue_runs_it_again(
-        browser: Any, app: TaskPipe, board: DashboardServer) -> None:  # noqa: F811
+        browser: Any, app: TaskPipe, board: DashboardServer) -> None:
     charge = _failing(app)
     r = charge.delay(42, card="amex")
     run_burst(app)
@@ -64,7 +65,7 @@ def test_failed_job_page_shows_the_record_and_requeue_runs_it_again(
 
 
 def test_edit_a_waiting_jobs_arguments_from_its_page(
-        browser: Any, app: TaskPipe, board: DashboardServer) -> None:  # noqa: F811
+        browser: Any, app: TaskPipe, board: DashboardServer) -> None:
     r = app.send("pay.charge", (1,), {"card": "visa"}, delay="1h")
     browser.get(board.url + f"#/job/default/{r.id}")
     assert text_of(browser, "#job-state") == "delayed"
@@ -92,7 +93,7 @@ def test_edit_a_waiting_jobs_arguments_from_its_page(
 
 
 def test_history_filters_by_task_and_error_and_bulk_requeue(
-        browser: Any, app: TaskPipe, board: DashboardServer) -> None:  # noqa: F811
+        browser: Any, app: TaskPipe, board: DashboardServer) -> None:
     charge = _failing(app)
 
     @app.task(name="mail.send")
@@ -135,7 +136,7 @@ def test_history_filters_by_task_and_error_and_bulk_requeue(
 
 
 def test_log_view_keeps_its_scroll_position(browser: Any, app: TaskPipe,
-                                            board: DashboardServer) -> None:  # noqa: F811
+                                            board: DashboardServer) -> None:
     r = app.send("long.job", (), delay="1h")
     ch = app.channel()
     ch.log(r.id, [f"line {i}" for i in range(300)])
@@ -156,7 +157,7 @@ def test_log_view_keeps_its_scroll_position(browser: Any, app: TaskPipe,
 
 
 def test_pause_live_updates_and_offline_banner(browser: Any, app: TaskPipe,
-                                               board: DashboardServer) -> None:  # noqa: F811
+                                               board: DashboardServer) -> None:
     app.send("report", channel="emails")
     browser.get(board.url)
     wait(browser, lambda d: css(d, 'tr[data-channel="emails"] td[data-col="available"]').text == "1")
@@ -170,7 +171,7 @@ def test_pause_live_updates_and_offline_banner(browser: Any, app: TaskPipe,
     assert not browser.find_elements("css selector", "#offline-banner:not([hidden])")
 
 
-def test_offline_banner_when_the_broker_is_down(browser: Any) -> None:  # noqa: F811
+def test_offline_banner_when_the_broker_is_down(browser: Any) -> None:
     import socket
 
     from taskpipe.contrib.dashboard import Dashboard
@@ -190,7 +191,7 @@ def test_offline_banner_when_the_broker_is_down(browser: Any) -> None:  # noqa: 
         server.close()
         down.close()
 
-def test_history_routes_answer_clear_errors(app: TaskPipe, board: DashboardServer) -> None:  # noqa: F811
+def test_history_routes_answer_clear_errors(app: TaskPipe, board: DashboardServer) -> None:
     @app.task(name="t.ok")
     def ok() -> int:
         return 1
