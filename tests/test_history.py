@@ -305,3 +305,39 @@ def test_clean_finished_keeps_failed_and_timeout_until_asked(app: TaskPipe) -> N
     assert insp.clean("default", "timeout", 0).removed == 1 and state(slow) == "unknown"
     with pytest.raises(ConfigError):
         insp.clean("default", "succeeded", 0)
+
+
+def test_retract_and_delete_remove_records_and_indexes(app: TaskPipe) -> None:
+    t = _tasks(app)
+    bad = t["flaky"].apply_async([1], retries=0)
+    burst(app)
+    ch = app.channel()
+    assert ch.client.exists(ch.keys.record(bad.id)) == 1
+    bad.retract()
+    assert ch.client.exists(ch.keys.record(bad.id)) == 0
+    assert ch.client.zscore(ch.keys.failed_index, bad.id) is None
+    assert app.AsyncResult(bad.id).state == "unknown" and app.jobs() == []
+    with pytest.raises(JobNotFound):
+        bad.retract()
+    again = t["flaky"].apply_async([2], retries=0)
+    burst(app)
+    assert ch.client.exists(ch.keys.label_index("h.flaky")) == 1
+    app.thoonk.delete(ch.name)
+    assert ch.client.exists(ch.keys.label_index("h.flaky"), ch.keys.failed_index,
+                            ch.keys.label_stats) == 0
+    assert again.id
+
+
+def test_a_stalled_job_keeps_who_ran_it(app: TaskPipe) -> None:
+    from taskpipe.inspect import Inspector
+
+    @app.task(name="h.parked", stall_on_failure=True)
+    def parked() -> None:
+        raise ValueError("needs a human")
+
+    r = parked.delay()
+    burst(app)
+    assert r.state == "stalled"
+    detail = Inspector(app).job_detail("default", r.id)
+    assert detail.worker and detail.timestamps["claimed_ms"]
+    assert detail.reason == "failed: ValueError: needs a human" and detail.task == "h.parked"

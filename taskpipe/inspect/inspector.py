@@ -296,6 +296,9 @@ class Inspector:
                       finished_ms=_opt(rec.get("finished")) or info.finished_ms)
             cancels, attempts = _int(rec.get("cancels")), _int(rec.get("attempts"))
             worker = _s(rec.get("worker", b""))
+        elif state == "stalled" and rec:  # the stall kept who ran it last, and when
+            worker = worker or _s(rec.get("worker", b""))
+            ts["claimed_ms"] = ts["claimed_ms"] or _opt(rec.get("started"))
         return JobDetail(
             id=job_id, channel=channel, state=state, task=task, payload=payload,
             raw_payload=raw_payload, payload_error=payload_error, cancels=cancels,

@@ -360,12 +360,17 @@ class JobChannel(JobReads):
                 self.client, [*self._owner_keys, k.ids, k.wake], args)]
         return codes
 
-    def stall(self, id: str, reason: str = "", token: str = "") -> None:
-        """Park a claimed job with a reason; it is not dispatched until ``retry``."""
+    def stall(self, id: str, reason: str = "", token: str = "",
+              record: tuple[str, int] | None = None) -> None:
+        """Park a claimed job with a reason; it is not dispatched until ``retry``.
+        ``record`` = ``(label, ttl_ms)`` keeps its record (worker, claim time: docs/history.md)."""
         k = self.keys
-        code = self.scripts["job_stall"](
-            self.client, [*self._owner_keys, k.stalled, k.reasons, k.published, k.stalled_at],
-            [id, token, reason])
+        keys = [*self._owner_keys, k.stalled, k.reasons, k.published, k.stalled_at]
+        args: list[Any] = [id, token, reason]
+        if record is not None:
+            keys.append(k.record(id))
+            args += [int(record[1]), record[0]]
+        code = self.scripts["job_stall"](self.client, keys, args)
         self._raise_for(int(code), id, "claimed", token)
 
     def retry(self, id: str, reset_counts: bool = True) -> None:
@@ -392,7 +397,7 @@ class JobChannel(JobReads):
         # claimed, leases, tokens, workers come 3rd to 6th, as the script expects
         return [k.items, k.ids, *self._owner_keys, k.stalled, k.reasons, k.cancelled, k.attempts,
                 k.published, k.delayed, k.urgent, k.progress, k.finished, k.result(id), k.log(id),
-                k.stalled_at]
+                k.stalled_at, k.record(id), k.failed_index]
 
     def retract(self, id: str) -> None:
         """Remove a job from every state, its stored result and log included."""

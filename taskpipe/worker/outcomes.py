@@ -311,7 +311,9 @@ class OutcomeWriter:
             log.info("job %s/%s raised %s; retry in %.2fs", claim.channel, claim.id,
                      outcome.exc_type, outcome.delay)
         elif outcome.kind == "stall":
-            channel.stall(claim.id, outcome.reason, token=claim.token)
+            label = self._record_fields(outcome, True)["label"]
+            channel.stall(claim.id, outcome.reason, token=claim.token,
+                          record=(label, int(self.app.failure_ttl * 1000)))
             self._bump(claim.channel, "stalled", outcome)
             log.warning("job %s/%s stalled: %s", claim.channel, claim.id, outcome.reason)
         elif outcome.kind == "cancel":

@@ -5,6 +5,8 @@
 -- KEYS[12] feed.delayed:<f>  KEYS[13] feed.urgent:<f>  KEYS[14] feed.progress:<f>
 -- KEYS[15] feed.finished:<f>  KEYS[16] feed.result:<f>:<id>  KEYS[17] feed.log:<f>:<id>
 -- KEYS[18] feed.stalledat:<f>
+-- KEYS[19] feed.record:<f>:<id>  KEYS[20] feed.failedidx:<f>  (optional: the job's record and its
+--          entry in the failed index go too; per-task index entries are dropped when read)
 -- ARGV[1] id  ARGV[2] feed.retract:<f> channel
 -- ARGV[3] optional guard: '' = any state; a number = only if the job is stalled and was stalled
 --         at or before that server time in ms (used to clean old stalled jobs without races)
@@ -20,6 +22,10 @@ if ARGV[3] and ARGV[3] ~= '' then
 end
 local existed = redis.call('HDEL', KEYS[1], id)
 existed = existed + redis.call('ZREM', KEYS[15], id) + redis.call('DEL', KEYS[16])
+if KEYS[20] then  -- the job's record (b-history)
+  existed = existed + redis.call('DEL', KEYS[19])
+  redis.call('ZREM', KEYS[20], id)
+end
 if existed == 0 then return 0 end
 -- only an available job can be in the ids list: skip the O(n) LREM for the other states
 if not redis.call('ZSCORE', KEYS[3], id) and redis.call('SISMEMBER', KEYS[7], id) == 0
