@@ -163,7 +163,7 @@ def _oldest_waiting_s(inspector: Any, name: str) -> float:
     published = ch.client.zscore(ch.keys.published, oldest)
     if published is None:
         return 0.0
-    return max(0.0, (inspector.server_time_ms() - float(published)) / 1000.0)
+    return max(0.0, (int(inspector.server_time_ms()) - float(published)) / 1000.0)
 
 
 class WorkerMetrics:
