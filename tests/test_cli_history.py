@@ -123,3 +123,9 @@ def test_empty_and_clean_by_outcome(env: dict[str, Any], ended: dict[str, Any]) 
     assert all(app.AsyncResult(b.id).state == "failed" for b in ended["bads"])
     res = run(env, "jobs", "clean", "-s", "failed", "--older-than", "0")
     assert "removed 4 failed" in res.stdout
+
+
+def test_status_watch_redraws(env: dict[str, Any], ended: dict[str, Any]) -> None:
+    out = run(env, "status", "--watch", "0.2", "--iterations", "2").stdout
+    assert out.count("CHANNEL") == 2 and "default" in out
+    run(env, "status", "--watch", "0", code=2)

@@ -122,9 +122,32 @@ def _channel_option(by_id: bool = True) -> Callable[[Callable[..., Any]], Callab
 # status -----------------------------------------------------------------------------------------
 @cli.command()
 @_common()
-def status(app_path: str | None, broker: str | None, prefix: str | None, as_json: bool) -> None:
+@click.option("--watch", "watch", type=click.FloatRange(min=0.2), default=None, metavar="SECONDS",
+              help="Redraw every SECONDS until Ctrl-C.")
+@click.option("--iterations", type=click.IntRange(min=1), default=None, hidden=True)
+def status(app_path: str | None, broker: str | None, prefix: str | None, as_json: bool,
+           watch: float | None = None, iterations: int | None = None) -> None:
     """Channels with jobs per state, paused flags, and live workers with their current jobs."""
     insp = _inspector(app_path, broker, prefix)
+    if watch is None:
+        _status_once(insp, as_json)
+        return
+    import time
+
+    n = 0
+    try:
+        while iterations is None or n < iterations:
+            if n:
+                time.sleep(watch)  # the redraw interval the user asked for
+            click.clear()
+            click.echo(f"every {watch:g}s (Ctrl-C to stop)", err=True)
+            _status_once(insp, as_json)
+            n += 1
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _status_once(insp: Inspector, as_json: bool) -> None:
     channels, workers, now = insp.overview(), insp.workers(), insp.server_time_ms()
     warning = None if insp.app.connection.is_memory or insp.app.connection.is_cluster else (
         eviction_warning(eviction_policy(insp.app.connection.client)))
