@@ -150,7 +150,7 @@ def read_record(app: TaskPipe, channel: str, job_id: str) -> JobRecord | None:
     pipe.hmget(ch.keys.record(job_id), RECORD_FIELDS).get(ch.keys.result(job_id))
     raw, result = pipe.execute()
     fields = record_fields(raw)
-    if not fields:
+    if "outcome" not in fields:  # none, or only the last error of a run that will be retried
         return None
     return _record_of(ch.name, job_id, fields, result)
 

@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the env fixture comes from test_cli_admin (imported by name)
 """The job-history CLI (issue 14): ``jobs requeue`` (one, --all, by task), ``jobs edit``,
 ``jobs find`` filters, ``jobs tasks`` (per-task breakdown), ``jobs empty``, ``jobs clean`` by
 outcome, and their clear errors (nothing changed). CliRunner against a real Redis."""
@@ -18,19 +19,19 @@ from taskpipe.serialization import decode_envelope
 from taskpipe.worker import Worker
 
 
-def run(env: dict[str, Any], *args: str, code: int = 0, input: str | None = None) -> Result:  # noqa: F811
+def run(env: dict[str, Any], *args: str, code: int = 0, input: str | None = None) -> Result:
     result = CliRunner().invoke(cli, list(args), catch_exceptions=False, input=input, env={
         "TASKPIPE_BROKER_URL": env["url"], "TASKPIPE_PREFIX": env["prefix"]})
     assert result.exit_code == code, (args, result.output)
     return result
 
 
-def run_json(env: dict[str, Any], *args: str) -> Any:  # noqa: F811
+def run_json(env: dict[str, Any], *args: str) -> Any:
     return json.loads(run(env, *args, "--json").stdout)
 
 
 @pytest.fixture
-def ended(env: dict[str, Any]) -> dict[str, Any]:  # noqa: F811
+def ended(env: dict[str, Any]) -> dict[str, Any]:
     mod, app = env["mod"], env["app"]
     oks = [mod.add.delay(i, 1) for i in range(3)]
     bads = [mod.fail.delay(f"kaput {i}") for i in range(4)]
@@ -39,7 +40,7 @@ def ended(env: dict[str, Any]) -> dict[str, Any]:  # noqa: F811
     return {"oks": oks, "bads": bads}
 
 
-def test_find_filters_and_breakdown(env: dict[str, Any], ended: dict[str, Any]) -> None:  # noqa: F811
+def test_find_filters_and_breakdown(env: dict[str, Any], ended: dict[str, Any]) -> None:
     out = run_json(env, "jobs", "find", "-s", "failed")
     assert {j["id"] for j in out["jobs"]} == {b.id for b in ended["bads"]}
     row = next(j for j in out["jobs"] if j["id"] == ended["bads"][2].id)
@@ -61,7 +62,7 @@ def test_find_filters_and_breakdown(env: dict[str, Any], ended: dict[str, Any]) 
     assert "TASK" in text and "SUCCEEDED" in text and "t.fail" in text
 
 
-def test_requeue_one_and_all(env: dict[str, Any], ended: dict[str, Any]) -> None:  # noqa: F811
+def test_requeue_one_and_all(env: dict[str, Any], ended: dict[str, Any]) -> None:
     app = env["app"]
     one = ended["bads"][0]
     out = run_json(env, "jobs", "requeue", one.id)
@@ -77,7 +78,7 @@ def test_requeue_one_and_all(env: dict[str, Any], ended: dict[str, Any]) -> None
     assert all(app.AsyncResult(b.id).state == "available" for b in ended["bads"])
 
 
-def test_requeue_and_edit_refuse_bad_input(env: dict[str, Any], ended: dict[str, Any]) -> None:  # noqa: F811
+def test_requeue_and_edit_refuse_bad_input(env: dict[str, Any], ended: dict[str, Any]) -> None:
     app, mod = env["app"], env["mod"]
     ok = ended["oks"][0]
     res = run(env, "jobs", "requeue", ok.id, code=1)
@@ -108,7 +109,7 @@ def test_requeue_and_edit_refuse_bad_input(env: dict[str, Any], ended: dict[str,
     assert "expected available, delayed or stalled" in res.output
 
 
-def test_empty_and_clean_by_outcome(env: dict[str, Any], ended: dict[str, Any]) -> None:  # noqa: F811
+def test_empty_and_clean_by_outcome(env: dict[str, Any], ended: dict[str, Any]) -> None:
     app, mod = env["app"], env["mod"]
     claimed = mod.add.delay(9, 9)
     assert app.channel().get_claim(timeout=None, worker="w").id == claimed.id

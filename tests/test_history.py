@@ -341,3 +341,17 @@ def test_a_stalled_job_keeps_who_ran_it(app: TaskPipe) -> None:
     detail = Inspector(app).job_detail("default", r.id)
     assert detail.worker and detail.timestamps["claimed_ms"]
     assert detail.reason == "failed: ValueError: needs a human" and detail.task == "h.parked"
+
+
+def test_a_job_waiting_out_its_retry_backoff_shows_its_last_error(app: TaskPipe) -> None:
+    from taskpipe.inspect import Inspector
+
+    @app.task(name="h.later", retries=3, retry_backoff=3600)
+    def later() -> None:
+        raise ConnectionError("upstream down")
+
+    r = later.delay()
+    burst(app)
+    assert r.state == "delayed" and r.record() is None  # not ended: no record yet
+    detail = Inspector(app).job_detail("default", r.id)
+    assert detail.last_error == "ConnectionError: upstream down" and detail.attempts == 1

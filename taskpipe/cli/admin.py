@@ -236,6 +236,14 @@ def _show_text(d: JobDetail) -> None:
             repr(raw["text"]) if raw["text"] is not None else f"base64 {raw['base64']}")))
     fields += [("attempts", d.attempts), ("cancels", d.cancels), ("worker", d.worker or "-"),
                ("progress", d.progress or "-"), ("reason", d.reason or "-")]
+    if d.last_error:
+        fields.append(("last error", f"{d.last_error} (will retry)"))
+    if d.runtime_ms is not None:
+        fields.append(("run time", f"{d.runtime_ms / 1000:.3f}s"))
+    if d.code:
+        fields.append(("error code", d.code))
+    if d.requeues:
+        fields.append(("requeued", f"{d.requeues} time(s), last ended {d.previous or '?'}"))
     for key, ms in d.timestamps.items():
         if ms is not None:
             fields.append((key.removesuffix("_ms").replace("_", " "), _stamp(ms, now)))

@@ -285,8 +285,8 @@ class Inspector:
         result = record_view(result_raw) if result_raw is not None else None
         if state == "finished" and result is not None and not result["ok"]:
             state = "timeout" if _s(rec.get("outcome", b"")) == "timeout" else "failed"
-        ended = bool(rec) and state in ("finished", "failed", "timeout", "unknown")
-        if state == "unknown" and rec:
+        ended = "outcome" in rec and state in ("finished", "failed", "timeout", "unknown")
+        if state == "unknown" and ended:
             state = "finished" if _s(rec.get("outcome", b"")) == "succeeded" else _s(rec["outcome"])
         ts = {"published_ms": info.published_ms, "due_ms": info.due_ms, "claimed_ms": _opt(claimed_ms),
               "lease_deadline_ms": info.lease_deadline_ms, "finished_ms": info.finished_ms}
@@ -309,7 +309,8 @@ class Inspector:
             server_time_ms=self.server_time_ms(),
             runtime_ms=_opt(rec.get("runtime_ms")) if ended else None,
             code=_s(rec.get("code", b"")) if ended else "",
-            requeues=_int(rec.get("requeues")), previous=_s(rec.get("previous", b"")))
+            requeues=_int(rec.get("requeues")), previous=_s(rec.get("previous", b"")),
+            last_error=safe_text(_s(rec.get("last_error", b"")), 2000) if not ended else "")
 
     def logs(self, channel: str, job_id: str, tail: int | None = None,
              chunk: int = 1000) -> Iterator[str]:

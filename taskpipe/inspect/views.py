@@ -148,6 +148,7 @@ class JobDetail:
     code: str = ""
     requeues: int = 0
     previous: str = ""
+    last_error: str = ""  # the error of the last run, while the job waits out its retry backoff
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output (payload and result values made JSON-safe)."""

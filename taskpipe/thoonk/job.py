@@ -452,6 +452,14 @@ class JobChannel(JobReads):
                                   f"{RECORD_ITEM_MAX} bytes and was not kept in its record")
         raise ThoonkError(f"the record of job {id!r} kept changing; nothing was requeued")
 
+    def note_error(self, id: str, text: str, ttl_ms: int) -> None:
+        """Keep the error of a run that will be retried in the job's record (field ``e``), so
+        a job waiting out its retry backoff shows why (the next finish rewrites the record)."""
+        key = self.keys.record(id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(key, "e", text[:2000]).pexpire(key, max(1, int(ttl_ms)))
+        pipe.execute()
+
     def edit(self, id: str, item: bytes | str) -> None:
         """Replace the payload of a job still waiting (available, delayed or stalled),
         atomically. ``WrongJobState`` if a worker holds it, ``JobNotFound`` if it is not

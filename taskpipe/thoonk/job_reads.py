@@ -24,11 +24,11 @@ if TYPE_CHECKING:
 __all__ = ["JobReads", "JobInfo", "RECORD_FIELDS", "record_fields"]
 
 #: the fields of a job record as stored (one letter each: see ``lua/_record.lua``)...
-RECORD_FIELDS = ("o", "l", "i", "n", "a", "c", "w", "p", "s", "f", "r", "x", "q", "v", "u")
+RECORD_FIELDS = ("o", "l", "i", "n", "a", "c", "w", "p", "s", "f", "r", "x", "q", "v", "u", "e")
 #: ... and their names
 RECORD_NAMES = ("outcome", "label", "item", "item_size", "attempts", "cancels", "worker",
                 "published", "started", "finished", "runtime_ms", "code", "requeues", "previous",
-                "requeued")
+                "requeued", "last_error")
 
 
 def record_fields(values: Sequence[Any]) -> dict[str, bytes]:

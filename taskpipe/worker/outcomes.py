@@ -308,6 +308,14 @@ class OutcomeWriter:
         if outcome.kind == "retry":
             channel.defer(claim.id, claim.token, int(outcome.delay * 1000), count_attempt=True)
             self._bump(claim.channel, "retried", outcome)
+            first = (outcome.exc_message or "").splitlines()[0] if outcome.exc_message else ""
+            try:  # shown while it waits out its backoff (docs/history.md); informational only
+                channel.note_error(claim.id, f"{outcome.exc_type}: {first}",
+                                   int(self.app.failure_ttl * 1000))
+            except BROKER_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - never fail a retry over its note
+                log.debug("could not note the error of %s/%s: %s", claim.channel, claim.id, exc)
             log.info("job %s/%s raised %s; retry in %.2fs", claim.channel, claim.id,
                      outcome.exc_type, outcome.delay)
         elif outcome.kind == "stall":

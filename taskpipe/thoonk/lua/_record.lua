@@ -13,6 +13,8 @@
 --   c cancels (absent: 0)  w worker  p published  s started  f finished (server ms)
 --   r run time ms (absent: unknown)  x error code (absent: none)
 --   q requeues, v previous outcome, u requeued at ms (set by job_requeue, kept across finishes)
+--   e the error of the last run while the job waits out a retry backoff (JobChannel.note_error;
+--     dropped at finish: the error is then the result)
 -- Empty values are not stored. It expires with the job's result (its TTL is the result's).
 local function record_section(n)
   if ARGV[#ARGV] ~= '\0record' then return nil end

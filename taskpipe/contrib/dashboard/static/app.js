@@ -314,6 +314,7 @@
           rows.push(["progress", el("span", {}, el("progress", { max: tot || 100, value: cur || 0 }), " " + j.progress)]);
         }
         if (j.reason) rows.push(["reason", el("span", { className: "reason", id: "job-reason", text: j.reason })]);
+        if (j.last_error) rows.push(["last error", el("span", { className: "reason", id: "job-last-error", text: j.last_error + " (will retry)" })]);
         for (const [k, v] of Object.entries(j.timestamps)) {
           if (v) rows.push([k.replace(/_ms$/, "").replace("_", " "), el("span", { title: fmtTime(v), text: `${fmtTime(v)} (${fmtRel(v, now)})` })]);
         }
