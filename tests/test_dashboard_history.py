@@ -211,3 +211,40 @@ def test_history_routes_answer_clear_errors(app: TaskPipe, board: DashboardServe
     assert status == 200 and [j["id"] for j in hist["jobs"]] == [done.id]
     assert hist["tasks"]["t.ok"]["succeeded"] == 1
     assert call(base + "requeue?state=failed")[2]["count"] == 0
+
+
+def test_overview_oldest_waiting_chart_axes_and_worker_running_vs_prefetched(
+        browser: Any, app: TaskPipe, board: DashboardServer) -> None:
+    import threading
+
+    gate = threading.Event()
+
+    @app.task(name="hold")
+    def hold() -> None:
+        gate.wait(20)
+
+    app.send("report", channel="emails")
+    status, _, ov = call(board.url + "api/overview")
+    emails = next(c for c in ov["channels"] if c["channel"] == "emails")
+    assert emails["oldest_waiting_ms"] is not None
+    browser.get(board.url)
+    wait(browser, lambda d: css(d, 'tr[data-channel="emails"] td[data-col="oldest_waiting"]').text
+         not in ("", "-"))
+    wait(browser, lambda d: len(d.find_elements("css selector", "#chart-times span")) == 3)
+    assert all(":" in e.text for e in browser.find_elements("css selector", "#chart-times span"))
+    assert browser.find_elements("css selector", ".y-axis span")[0].text.endswith("/s")
+    shot(browser, "overview-axes")
+    for _ in range(4):
+        hold.delay()
+    w = Worker(app, ["default"], concurrency=1, prefetch=2, heartbeat_interval=0.2)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        browser.get(board.url + "#/workers")
+        wait(browser, lambda d: css(d, f'tr[data-worker="{w.name}"] td[data-col="running"]').text == "1"
+             and css(d, f'tr[data-worker="{w.name}"] td[data-col="prefetched"]').text == "2")
+        shot(browser, "workers-running-prefetched")
+    finally:
+        gate.set()
+        w.stop()
+        t.join(20)

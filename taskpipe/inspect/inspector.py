@@ -97,6 +97,10 @@ class Inspector:
         ch = self.channel(name)
         counts: dict[str, Any] = dict(ch.counts())
         counts["paused"] = ch.paused
+        # when the oldest available job (the next to run: the right end of ids) was published
+        oldest = self.client.lindex(ch.keys.ids, -1)
+        score = self.client.zscore(ch.keys.published, oldest) if oldest is not None else None
+        counts["oldest_waiting_ms"] = int(score) if score is not None else None
         return {"channel": name, **counts}
 
     def overview(self) -> list[dict[str, Any]]:

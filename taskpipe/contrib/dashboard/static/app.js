@@ -149,11 +149,17 @@
       box.appendChild(svg("polyline", { points: pts.join(" "), class: name }));
     });
     const last = r.length ? r[r.length - 1] : [0, 0, 0, 0];
+    const clock = (ms) => { const d = new Date(ms); const p = (n) => String(n).padStart(2, "0"); return `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`; };
+    const yAxis = el("div", { className: "y-axis", "aria-label": "jobs per second" },
+      [peak, peak / 2, 0].map((v) => el("span", { text: `${fmtRate(v)}/s` })));
+    const xAxis = el("div", { className: "x-axis", id: "chart-times" },
+      r.length >= 2 ? [r[0][0], r[Math.floor((r.length - 1) / 2)][0], r[r.length - 1][0]].map((t) => el("span", { text: clock(t) })) : el("span", { text: "" }));
+    const plot = el("div", { className: "plot" }, yAxis, el("div", { className: "plot-area" }, box, xAxis));
     const legend = el("div", { className: "legend" },
       ["published", "finished", "failed"].map((n, k) =>
         el("span", {}, el("span", { className: "k " + n }), `${n} ${fmtRate(last[k + 1])}/s`)),
       el("span", { text: `scale ${fmtRate(peak)}/s · ${samples.length} sample(s)` }));
-    return el("div", { className: "card" }, box, legend);
+    return el("div", { className: "card" }, plot, legend);
   }
 
   // --- views ---------------------------------------------------------------------------------
@@ -167,7 +173,7 @@
       el("table", { id: "channels" },
         el("thead", {}, el("tr", {}, el("th", { text: "channel" }), cols.map((c) => el("th", { className: "num", text: c })),
           totals.map(([, label]) => el("th", { className: "num", text: label })),
-          el("th", { className: "num", text: "finished/s" }), el("th", { text: "status" }), el("th", {}))),
+          el("th", { className: "num", text: "finished/s" }), el("th", { text: "oldest waiting" }), el("th", { text: "status" }), el("th", {}))),
         body));
     return {
       async refresh() {
@@ -179,9 +185,9 @@
           const r = rates(data.history[c.channel] || []);
           lastRates[c.channel] = r.length ? r[r.length - 1][2] : 0;
         }
-        if (same(body, [data.channels, lastRates])) return;
+        if (same(body, [data.channels, lastRates, tick5()])) return;
         if (!data.channels.length) {
-          replace(body, el("tr", {}, el("td", { colspan: 12, className: "empty", text: "No job channels yet." })));
+          replace(body, el("tr", {}, el("td", { colspan: 13, className: "empty", text: "No job channels yet." })));
           return;
         }
         replace(body, data.channels.map((c) => {
@@ -191,6 +197,8 @@
             cols.map((k) => el("td", { className: "num", "data-col": k, text: c[k] })),
             totals.map(([k]) => el("td", { className: "num", "data-col": k, text: c[k] })),
             el("td", { className: "num", text: fmtRate(rate) }),
+            el("td", { "data-col": "oldest_waiting", title: c.oldest_waiting_ms ? fmtTime(c.oldest_waiting_ms) : "",
+                       text: c.oldest_waiting_ms ? fmtRel(c.oldest_waiting_ms, data.server_time_ms).replace(" ago", "") : "-" }),
             el("td", { "data-col": "status" }, c.paused ? badge("paused") : badge("active")),
             el("td", {}, pauseButton(c.channel, c.paused)));
         }));
@@ -483,15 +491,17 @@
   function workersView() {
     const body = el("tbody", { id: "worker-rows" });
     replace(main, el("h1", { text: "Workers" }), el("table", { id: "workers" }, el("thead", {}, el("tr", {},
-      ["name", "host", "pid", "channels", "pool", "concurrency", "running", "stats", "heartbeat", "status"].map((c) => el("th", { text: c })))), body));
+      ["name", "host", "pid", "channels", "pool", "concurrency", "running", "prefetched", "jobs held", "stats", "heartbeat", "status"].map((c) => el("th", { text: c })))), body));
     return {
       async refresh() {
         const data = await api("workers");
-        if (!data.workers.length) { replace(body, el("tr", {}, el("td", { colspan: 10, className: "empty", text: "No live workers." }))); return; }
+        if (!data.workers.length) { replace(body, el("tr", {}, el("td", { colspan: 12, className: "empty", text: "No live workers." }))); return; }
         replace(body, data.workers.map((w) => el("tr", { "data-worker": w.name },
           el("td", { className: "id", text: w.name }), el("td", { text: w.host }), el("td", { text: w.pid }),
           el("td", {}, (w.channels || "").split(",").filter((c) => c).map((c) => [chanLink(c), " "])),
           el("td", { text: w.pool }), el("td", { className: "num", text: w.concurrency }),
+          el("td", { className: "num", "data-col": "running", text: w.running ?? "" }),
+          el("td", { className: "num", "data-col": "prefetched", text: w.prefetched ?? "" }),
           el("td", {}, (w.jobs || []).slice(0, 10).map((j) => { const i = j.indexOf("/"); return [jobLink(j.slice(0, i), j.slice(i + 1)), " "]; })),
           el("td", { text: Object.entries(w.stats || {}).map(([k, v]) => `${k} ${v}`).join(", ") }),
           el("td", { title: fmtTime(Number(w.heartbeat) * 1000), text: fmtRel(Number(w.heartbeat) * 1000, Date.now()) }),
