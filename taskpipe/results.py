@@ -324,7 +324,7 @@ class AsyncResult(Generic[R]):
         """Remove the job from its channel, whatever its state."""
         def retract(attempt: int) -> None:
             try:
-                self._ch.retract(self.id)
+                self._ch.retract(self.id, int(self.app.failure_ttl * 1000))
             except JobNotFound:
                 if not attempt:  # a retry finds it gone: the try that failed had retracted it
                     raise

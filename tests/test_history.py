@@ -355,3 +355,21 @@ def test_a_job_waiting_out_its_retry_backoff_shows_its_last_error(app: TaskPipe)
     assert r.state == "delayed" and r.record() is None  # not ended: no record yet
     detail = Inspector(app).job_detail("default", r.id)
     assert detail.last_error == "ConnectionError: upstream down" and detail.attempts == 1
+
+
+def test_a_job_retracted_before_it_ended_keeps_a_retracted_record(app: TaskPipe) -> None:
+    from taskpipe.inspect import Inspector
+
+    t = _tasks(app)
+    r = t["ok"].apply_async([3], delay=3600)
+    r.retract()
+    assert app.AsyncResult(r.id).state == "unknown"
+    rec = r.record()
+    assert rec is not None and rec.outcome == "retracted" and rec.args == [3] and rec.task == ""
+    insp = Inspector(app)
+    assert insp.find_job(r.id) == ["default"]
+    detail = insp.job_detail("default", r.id)
+    assert detail.state == "retracted" and detail.payload is not None
+    assert detail.payload["args"] == [3] and detail.task == "h.ok"
+    ch = app.channel()
+    assert 0 < ch.client.pttl(ch.keys.record(r.id)) <= 7 * 86_400_000

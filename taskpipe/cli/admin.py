@@ -362,8 +362,9 @@ _action("cancel", "Send a claimed job back to the queue (Thoonk cancel; its canc
 _action("stall", "Park a claimed job (with --reason); it is not run again until retried.",
         lambda ch, i, x: ch.stall(i, reason=x["reason"]),
         [click.option("--reason", default="stalled by operator", show_default=True)])
-_action("retract", "Remove a job from every state, its result and log included.",
-        lambda ch, i, x: ch.retract(i))
+_action("retract", "Remove a job from every state, its result and log included (a job that had "
+        "not ended keeps a 'retracted' record with its payload for 7 days: docs/history.md).",
+        lambda ch, i, x: ch.retract(i, 7 * 86_400_000))
 _action("retry", "Make a stalled job available again (fresh attempt and cancel counts).",
         lambda ch, i, x: ch.retry(i, reset_counts=not x["keep_counts"]),
         [click.option("--keep-counts", is_flag=True, help="Keep the attempt and cancel counts.")])

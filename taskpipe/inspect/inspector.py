@@ -258,8 +258,12 @@ class Inspector:
     # one job --------------------------------------------------------------------------------
     def find_job(self, job_id: str) -> list[str]:
         """Channels that know a job with this id (in any state, finished included)."""
-        return [name for name in self.channels()
-                if JobChannel(self.app.thoonk, name).info(job_id).state != "unknown"]
+        out = []
+        for name in self.channels():
+            ch = JobChannel(self.app.thoonk, name)
+            if ch.info(job_id).state != "unknown" or self.client.exists(ch.keys.record(job_id)):
+                out.append(name)  # a record: a job retracted before it ended, and the like
+        return out
 
     def job_detail(self, channel: str, job_id: str, log_lines: int = 200) -> JobDetail:
         """Everything about one job; ``JobNotFound`` if the channel has no such job."""

@@ -399,10 +399,13 @@ class JobChannel(JobReads):
                 k.published, k.delayed, k.urgent, k.progress, k.finished, k.result(id), k.log(id),
                 k.stalled_at, k.record(id), k.failed_index]
 
-    def retract(self, id: str) -> None:
-        """Remove a job from every state, its stored result and log included."""
+    def retract(self, id: str, record_ttl_ms: int = 0) -> None:
+        """Remove a job from every state, its stored result, record and log included.
+        ``record_ttl_ms`` > 0: a job retracted before it ended keeps a record (outcome
+        ``retracted``, its payload) that long (docs/history.md)."""
         if not self.scripts["job_retract"](self.client, self.retract_keys(id),
-                                           [id, self.thoonk.keys.feed(self.name).ch_retract, ""]):
+                                           [id, self.thoonk.keys.feed(self.name).ch_retract, "",
+                                            max(0, int(record_ttl_ms))]):
             raise JobNotFound(f"no job {id!r} in channel {self.name!r}")
 
     def retract_stalled_before(self, ids: Sequence[str], stalled_before_ms: int) -> list[str]:

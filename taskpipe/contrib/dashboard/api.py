@@ -180,7 +180,7 @@ class DashboardAPI:
                 if parts[4] == "retry":
                     channel.retry(parts[3])
                 else:
-                    channel.retract(parts[3])
+                    channel.retract(parts[3], int(self.app.failure_ttl * 1000))
                 return {"ok": True, "id": parts[3], "state": channel.info(parts[3]).state}
         else:
             raise ApiError(405, f"method {method} not allowed")

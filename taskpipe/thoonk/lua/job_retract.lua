@@ -7,11 +7,15 @@
 -- KEYS[18] feed.stalledat:<f>
 -- KEYS[19] feed.record:<f>:<id>  KEYS[20] feed.failedidx:<f>  (optional: the job's record and its
 --          entry in the failed index go too; per-task index entries are dropped when read)
+-- ARGV[4] optional, with KEYS[19]: record ttl ms. > 0: a job retracted before it ended keeps a
+--         record (outcome 'retracted', its payload, runs, cancels, publish and retract times;
+--         fields as in _record.lua) for that long; an ended job's record is removed either way
 -- ARGV[1] id  ARGV[2] feed.retract:<f> channel
 -- ARGV[3] optional guard: '' = any state; a number = only if the job is stalled and was stalled
 --         at or before that server time in ms (used to clean old stalled jobs without races)
 -- Returns: 1 retracted, 0 no such job, or the guard did not hold (nothing changed).
 -- Events: feed.retract:<f> "<id>".
+--@include _now.lua
 --@include _owner.lua
 local id = ARGV[1]
 if ARGV[3] and ARGV[3] ~= '' then
@@ -20,13 +24,17 @@ if ARGV[3] and ARGV[3] ~= '' then
     return 0
   end
 end
+local item = redis.call('HGET', KEYS[1], id)  -- kept in its record when asked (b-history)
+local keep = item and KEYS[19] and tonumber(ARGV[4] or '0') > 0
+local snap = keep and {redis.call('HGET', KEYS[10], id), redis.call('HGET', KEYS[9], id),
+                       redis.call('ZSCORE', KEYS[11], id)} or nil
 local existed = redis.call('HDEL', KEYS[1], id)
 existed = existed + redis.call('ZREM', KEYS[15], id) + redis.call('DEL', KEYS[16])
-if KEYS[20] then  -- the job's record (b-history)
-  existed = existed + redis.call('DEL', KEYS[19])
+if existed == 0 then return 0 end
+if KEYS[20] then  -- the job's record (b-history); a retracted job's record outlives its retract
+  redis.call('DEL', KEYS[19])
   redis.call('ZREM', KEYS[20], id)
 end
-if existed == 0 then return 0 end
 -- only an available job can be in the ids list: skip the O(n) LREM for the other states
 if not redis.call('ZSCORE', KEYS[3], id) and redis.call('SISMEMBER', KEYS[7], id) == 0
     and not redis.call('ZSCORE', KEYS[12], id) then
@@ -40,6 +48,13 @@ redis.call('ZREM', KEYS[11], id)
 redis.call('ZREM', KEYS[12], id)
 redis.call('SREM', KEYS[13], id)
 redis.call('HDEL', KEYS[14], id)
+if keep then  -- the record of a job retracted before it ended
+  local fields = {'o', 'retracted', 'i', item, 'a', tonumber(snap[1] or '0'), 'f', now_ms()}
+  if snap[3] then fields[#fields + 1] = 'p'; fields[#fields + 1] = snap[3] end
+  if snap[2] then fields[#fields + 1] = 'c'; fields[#fields + 1] = snap[2] end
+  redis.call('HSET', KEYS[19], unpack(fields))
+  redis.call('PEXPIRE', KEYS[19], tonumber(ARGV[4]))
+end
 redis.call('DEL', KEYS[17])
 redis.call('PUBLISH', ARGV[2], id)
 return 1

@@ -363,7 +363,7 @@
             kwargsIn.value = JSON.stringify(j.payload.kwargs);
           } }));
         }
-        if (!["finished", "failed", "timeout", "unknown"].includes(j.state)) {
+        if (!["finished", "failed", "timeout", "retracted", "unknown"].includes(j.state)) {
           actions.append(el("button", { id: "retract-btn", className: "danger", text: "Retract", onclick: async () => {
             if (!window.confirm(`Remove job ${id} from ${channel}? This cannot be undone.`)) return;
             try { await api(`channels/${enc(channel)}/jobs/${enc(id)}/retract`, "POST"); toast("job retracted"); } catch (e) { toast(e.message, true); }
