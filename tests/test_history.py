@@ -283,7 +283,7 @@ def test_worker_logs_each_outcome(app: TaskPipe, caplog: pytest.LogCaptureFixtur
 
 
 def test_clean_finished_keeps_failed_and_timeout_until_asked(app: TaskPipe) -> None:
-    from taskpipe.inspect import Inspector
+    from taskpipe.inspection import Inspector
 
     t = _tasks(app)
     ok, bad, slow = t["ok"].delay(1), t["flaky"].apply_async([1], retries=0), t["slow"].delay()
@@ -329,7 +329,7 @@ def test_retract_and_delete_remove_records_and_indexes(app: TaskPipe) -> None:
 
 
 def test_a_stalled_job_keeps_who_ran_it(app: TaskPipe) -> None:
-    from taskpipe.inspect import Inspector
+    from taskpipe.inspection import Inspector
 
     @app.task(name="h.parked", stall_on_failure=True)
     def parked() -> None:
@@ -344,7 +344,7 @@ def test_a_stalled_job_keeps_who_ran_it(app: TaskPipe) -> None:
 
 
 def test_a_job_waiting_out_its_retry_backoff_shows_its_last_error(app: TaskPipe) -> None:
-    from taskpipe.inspect import Inspector
+    from taskpipe.inspection import Inspector
 
     @app.task(name="h.later", retries=3, retry_backoff=3600)
     def later() -> None:
@@ -358,7 +358,7 @@ def test_a_job_waiting_out_its_retry_backoff_shows_its_last_error(app: TaskPipe)
 
 
 def test_a_job_retracted_before_it_ended_keeps_a_retracted_record(app: TaskPipe) -> None:
-    from taskpipe.inspect import Inspector
+    from taskpipe.inspection import Inspector
 
     t = _tasks(app)
     r = t["ok"].apply_async([3], delay=3600)

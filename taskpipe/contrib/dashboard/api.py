@@ -1,4 +1,4 @@
-"""The dashboard's JSON API: reads through ``taskpipe.inspect.Inspector``, plus a few actions.
+"""The dashboard's JSON API: reads through ``taskpipe.inspection.Inspector``, plus a few actions.
 
 Routes (``<ch>`` and ``<id>`` are URL-encoded path segments):
 
@@ -33,7 +33,7 @@ from taskpipe.errors import (
     WrongFeedType,
     WrongJobState,
 )
-from taskpipe.inspect import LIST_STATES, Inspector, jsonable
+from taskpipe.inspection import LIST_STATES, Inspector, jsonable
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe

@@ -26,11 +26,11 @@ from taskpipe.history import (
     requeue_many,
     task_breakdown,
 )
-from taskpipe.inspect import jsonable
+from taskpipe.inspection import jsonable
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
-    from taskpipe.inspect import Inspector
+    from taskpipe.inspection import Inspector
 
 __all__ = ["route_history"]
 

@@ -5,8 +5,9 @@
 -- KEYS[12] feed.delayed:<f>  KEYS[13] feed.urgent:<f>  KEYS[14] feed.progress:<f>
 -- KEYS[15] feed.finished:<f>  KEYS[16] feed.result:<f>:<id>  KEYS[17] feed.log:<f>:<id>
 -- KEYS[18] feed.stalledat:<f>
--- KEYS[19] feed.record:<f>:<id>  KEYS[20] feed.failedidx:<f>  (optional: the job's record and its
---          entry in the failed index go too; per-task index entries are dropped when read)
+-- KEYS[19] feed.record:<f>:<id> (optional, with KEYS[20]: the job's record and its entry in
+--          the failed index go too; per-task index entries are dropped when read)
+-- KEYS[20] feed.failedidx:<f> (optional)
 -- ARGV[4] optional, with KEYS[19]: record ttl ms. > 0: a job retracted before it ended keeps a
 --         record (outcome 'retracted', its payload, runs, cancels, publish and retract times;
 --         fields as in _record.lua) for that long; an ended job's record is removed either way
@@ -43,7 +44,9 @@ end
 redis.call('ZREM', KEYS[18], id)
 unclaim(KEYS[3], KEYS[4], KEYS[5], KEYS[6], id)
 redis.call('SREM', KEYS[7], id)
-for k = 8, 10 do redis.call('HDEL', KEYS[k], id) end
+redis.call('HDEL', KEYS[8], id)
+redis.call('HDEL', KEYS[9], id)
+redis.call('HDEL', KEYS[10], id)
 redis.call('ZREM', KEYS[11], id)
 redis.call('ZREM', KEYS[12], id)
 redis.call('SREM', KEYS[13], id)

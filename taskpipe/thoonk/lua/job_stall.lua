@@ -3,9 +3,9 @@
 -- KEYS[5] feed.stalled:<f>  KEYS[6] feed.reasons:<f>  KEYS[7] feed.published:<f>
 -- KEYS[8] feed.stalledat:<f>  ZSET id -> stall ms
 -- ARGV[1] id  ARGV[2] token ('' = no fencing check)  ARGV[3] reason (kept until retry)
--- Optional job record (b-history, fields as in _record.lua): KEYS[9] feed.record:<f>:<id>,
---   ARGV[4] record ttl ms, ARGV[5] label (task name): keeps outcome 'stalled', the worker, the
---   claim (started) and publish times, runs and cancels, the stall time (f)
+-- KEYS[9] feed.record:<f>:<id> (optional: the job record, fields as in _record.lua; with
+--   ARGV[4] record ttl ms and ARGV[5] label (task name) it keeps outcome 'stalled', the worker,
+--   the claim (started) and publish times and the stall time (f))
 -- Returns: 1 stalled, 0 not claimed, -1 lease lost (nothing changed).
 -- Unlike the original clients, the cancel count is kept (history survives a stall).
 -- Events: none.

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import redis
 
 from taskpipe.errors import ThoonkError
-from taskpipe.inspect.views import CleanReport, _s, outcome_of
+from taskpipe.inspection.views import CleanReport, _s, outcome_of
 from taskpipe.thoonk.job import JobChannel
 
 __all__ = ["clean_finished", "clean_stalled"]
