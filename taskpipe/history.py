@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from taskpipe.thoonk.job import JobChannel
 
 __all__ = ["JobRecord", "find_jobs", "read_record", "requeue", "requeue_many", "edit_args",
-           "task_breakdown", "ENDED_STATES", "REQUEUE_STATES", "ARGS_DISPLAY_MAX"]
+           "task_breakdown", "count_matching", "count_waiting", "empty_channel", "display_args",
+           "ENDED_STATES", "REQUEUE_STATES", "ARGS_DISPLAY_MAX", "SCAN_BUDGET"]
 
 #: the outcomes a record can have (``app.jobs(state=...)`` takes these, or None for all)
 ENDED_STATES = ("succeeded", "failed", "timeout")
@@ -296,6 +297,29 @@ def count_matching(app: TaskPipe, channel: str | None, states: Iterable[str],
     for state in _check_states(states):
         total += len(find_jobs(app, channel, state=state, task=task, limit=10_000))
     return total
+
+
+def count_waiting(app: TaskPipe, channel: str | None) -> int:
+    """Jobs ``empty_channel`` would retract: available, delayed and stalled."""
+    counts = app.channel(channel).counts()
+    return int(counts["available"] + counts["delayed"] + counts["stalled"])
+
+
+def empty_channel(app: TaskPipe, channel: str | None,
+                  on_progress: Callable[[int], None] | None = None) -> int:
+    """Retract every waiting job of ``channel`` (available, delayed, stalled), each atomically
+    and only if still unclaimed: claimed jobs run on. No record is kept (this is cleaning).
+    Pages through ``feed.items`` with ``HSCAN``; returns how many were retracted."""
+    ch = app.channel(channel)
+    done, cursor = 0, 0
+    while True:
+        cursor, found = ch.client.hscan(ch.keys.items, cursor, count=500)
+        ids = [_s(i) for i in found]
+        done += len(ch.retract_waiting(ids))
+        if on_progress is not None:
+            on_progress(len(ids))
+        if int(cursor) == 0:
+            return done
 
 
 def edit_args(app: TaskPipe, channel: str | None, job_id: str, args: Sequence[Any] | None = None,

@@ -248,3 +248,36 @@ def test_overview_oldest_waiting_chart_axes_and_worker_running_vs_prefetched(
         gate.set()
         w.stop()
         t.join(20)
+
+
+def test_bulk_clean_and_empty_from_the_history_tab(browser: Any, app: TaskPipe,
+                                                   board: DashboardServer) -> None:
+    @app.task(name="t.ok")
+    def ok() -> int:
+        return 1
+
+    @app.task(name="t.bad")
+    def bad() -> None:
+        raise ValueError("no")
+
+    done = [ok.delay() for _ in range(3)]
+    failed = bad.delay()
+    run_burst(app)
+    waiting = [app.send("t.ok", (), delay="1h") for _ in range(2)]
+    base = board.url + "api/channels/default/"
+    assert call(base + "empty")[2]["count"] == 2
+    assert call(base + "clean?state=finished&older_than=0")[2]["count"] == 4
+    assert call(base + "clean?state=bogus")[0] == 400
+    browser.get(board.url + "#/history/default")
+    wait(browser, lambda d: len(d.find_elements("css selector", "#hist-rows tr[data-job]")) == 4)
+    browser.execute_script("window.__asked = []; window.confirm = (m) => { window.__asked.push(m); return true; }")
+    css(browser, "#clean-age").send_keys("all")
+    click(browser, "#clean-btn")
+    wait(browser, lambda d: "removed 3 job(s), kept 1" in css(d, "#toast").text)
+    assert all(app.AsyncResult(r.id).state == "unknown" for r in done)
+    assert app.AsyncResult(failed.id).state == "failed"
+    click(browser, "#empty-btn")
+    wait(browser, lambda d: "retracted 2 job(s)" in css(d, "#toast").text)
+    asked = browser.execute_script("return window.__asked")
+    assert "Clean up to 4 finished" in asked[0] and "Retract all 2 waiting" in asked[1]
+    assert all(app.AsyncResult(w.id).state == "unknown" for w in waiting)

@@ -373,3 +373,19 @@ def test_a_job_retracted_before_it_ended_keeps_a_retracted_record(app: TaskPipe)
     assert detail.payload["args"] == [3] and detail.task == "h.ok"
     ch = app.channel()
     assert 0 < ch.client.pttl(ch.keys.record(r.id)) <= 7 * 86_400_000
+
+
+def test_empty_channel_leaves_claimed_jobs_alone(app: TaskPipe) -> None:
+    from taskpipe.history import count_waiting, empty_channel
+
+    t = _tasks(app)
+    held = t["ok"].delay(0)
+    claim = app.channel().claim(1, worker="w")
+    assert claim[0].id == held.id
+    others = [t["ok"].delay(i) for i in range(3)] + [t["ok"].apply_async([9], delay=3600)]
+    assert count_waiting(app, None) == 4
+    seen: list[int] = []
+    assert empty_channel(app, None, on_progress=seen.append) == 4 and sum(seen) == 5
+    assert all(app.AsyncResult(r.id).state == "unknown" for r in others)
+    assert held.state == "claimed"
+    assert app.channel().retract_waiting([held.id]) == []  # the guard: claimed stays

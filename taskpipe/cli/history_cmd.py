@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 import time
 from datetime import datetime
-from typing import Any
 
 import click
 
@@ -27,12 +26,14 @@ from taskpipe.cli.admin import (
     jobs,
 )
 from taskpipe.durations import parse_duration
-from taskpipe.errors import ConfigError, DurationError, TaskpipeError
+from taskpipe.errors import ConfigError, DurationError
 from taskpipe.history import (
     ENDED_STATES,
     REQUEUE_STATES,
     count_matching,
+    count_waiting,
     edit_args,
+    empty_channel,
     find_jobs,
     requeue,
     requeue_many,
@@ -208,41 +209,19 @@ def empty_cmd(app_path: str | None, broker: str | None, prefix: str | None, as_j
               channel: str, yes: bool) -> None:
     """Retract every waiting job of CHANNEL (available, delayed, stalled); claimed jobs run on."""
     insp = _inspector(app_path, broker, prefix)
-    ch = insp.channel(channel)
-    counts = ch.counts()
-    total = counts["available"] + counts["delayed"] + counts["stalled"]
+    insp.channel(channel)  # it must exist
+    total = count_waiting(insp.app, channel)
     if not _confirm(f"retract every waiting job of {channel!r}", total, yes, as_json):
         if as_json:
             _emit_json({"ok": True, "action": "empty", "channel": channel, "retracted": 0})
         else:
             click.echo(f"nothing retracted ({total} waiting job(s))")
         return
-    done = 0
-
-    def run(progress: Any) -> int:
-        n, cursor = 0, 0
-        while True:
-            cursor, found = ch.client.hscan(ch.keys.items, cursor, count=500)
-            ids = [i.decode() if isinstance(i, bytes) else str(i) for i in found]
-            claimed = ch.client.zmscore(ch.keys.claimed, ids) if ids else []
-            for job_id, held in zip(ids, claimed):
-                if held is None:
-                    try:
-                        ch.retract(job_id)
-                        n += 1
-                    except TaskpipeError:
-                        pass  # gone meanwhile
-            if progress is not None:
-                progress(len(ids))
-            if int(cursor) == 0:
-                return n
-
     if as_json or total <= 500:
-        done = run(None)
+        done = empty_channel(insp.app, channel)
     else:
-        with click.progressbar(length=total + counts["claimed"], label=f"emptying {channel!r}",
-                               file=sys.stderr) as bar:
-            done = run(bar.update)
+        with click.progressbar(length=total, label=f"emptying {channel!r}", file=sys.stderr) as bar:
+            done = empty_channel(insp.app, channel, on_progress=bar.update)
     if as_json:
         _emit_json({"ok": True, "action": "empty", "channel": channel, "retracted": done})
     else:

@@ -414,6 +414,19 @@ class JobChannel(JobReads):
                                               [job_id, channel, int(stalled_before_ms)])
         return [job_id for job_id, ok in zip(ids, pipe.execute()) if int(ok)]
 
+    def retract_waiting(self, ids: Sequence[str]) -> list[str]:
+        """Retract those of ``ids`` that are still waiting (available, delayed or stalled: not
+        claimed), each atomically; returns the ids retracted. Claimed jobs run on."""
+        if not ids:
+            return []
+        channel = self.thoonk.keys.feed(self.name).ch_retract
+        self.scripts.ensure_loaded(self.client, "job_retract")
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            self.scripts["job_retract"].queue(pipe, self.retract_keys(job_id),
+                                              [job_id, channel, "waiting", 0])
+        return [job_id for job_id, ok in zip(ids, pipe.execute()) if int(ok)]
+
     # records: requeue and edit (docs/history.md) ----------------------------------------------
     def requeue(self, id: str, outcomes: Sequence[str] = ("failed", "timeout")) -> str:
         """Publish an ended job again from its record: same id, its payload as published,

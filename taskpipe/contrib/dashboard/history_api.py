@@ -9,6 +9,10 @@
 - ``POST /api/channels/<ch>/jobs/<id>/requeue``: requeue one failed or timed-out job
 - ``POST /api/channels/<ch>/jobs/<id>/edit?args=<JSON array>&kwargs=<JSON object>``: new
   arguments for a job still waiting (409 once claimed or ended, 400 for malformed JSON)
+- ``GET  /api/channels/<ch>/empty``: how many waiting jobs an empty would retract;
+  ``POST``: retract them (claimed jobs run on)
+- ``GET  /api/channels/<ch>/clean?state=finished|failed|timeout|stalled&older_than=7d``: how many
+  jobs a clean would examine; ``POST``: clean them (the ``jobs clean`` report)
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from taskpipe.durations import parse_duration
 from taskpipe.errors import ConfigError
 from taskpipe.history import (
     REQUEUE_STATES,
     count_matching,
+    count_waiting,
     edit_args,
+    empty_channel,
     find_jobs,
     requeue,
     requeue_many,
@@ -87,6 +94,19 @@ def route_history(app: TaskPipe, inspector: Inspector, method: str, parts: list[
         if method == "POST":
             done, skipped = requeue_many(app, channel, _states(query), task)
             return {"ok": True, "channel": channel, "requeued": done, "skipped": skipped}
+    if n == 3 and parts[2] == "empty" and method in ("GET", "POST"):
+        inspector.channel(channel)
+        if method == "GET":
+            return {"channel": channel, "count": count_waiting(app, channel)}
+        return {"ok": True, "channel": channel, "retracted": empty_channel(app, channel)}
+    if n == 3 and parts[2] == "clean" and method in ("GET", "POST"):
+        state = query.get("state") or "finished"
+        age = parse_duration(query.get("older_than") or "0")
+        inspector.check_clean(state, age)
+        if method == "GET":
+            return {"channel": channel, "state": state,
+                    "count": inspector.count_cleanable(channel, state, age)}
+        return {"ok": True, **inspector.clean(channel, state, age).to_dict()}
     if n == 5 and parts[2] == "jobs" and method == "POST" and parts[4] in ("requeue", "edit"):
         inspector.channel(channel)
         job_id = parts[3]

@@ -455,7 +455,42 @@
       } });
     const breakdown = el("tbody", { id: "task-rows" });
     const body = el("tbody", { id: "hist-rows" });
-    replace(main, el("h1", {}, "History of ", chanLink(channel)), form, el("div", { className: "toolbar" }, bulk),
+    const bulkAction = (id, label, cls, path, ask, done) => el("button", { id, className: cls, text: label, onclick: async (ev) => {
+      const btn = ev.target;
+      try {
+        const preview = await api(path);
+        if (!preview.count) { toast("nothing to do: 0 job(s)"); return; }
+        if (!window.confirm(ask(preview.count))) return;
+        btn.disabled = true;
+        btn.textContent = `${label}: ${preview.count} job(s)…`;
+        toast(done(await api(path, "POST")));
+      } catch (e) { toast(e.message, true); }
+      btn.disabled = false;
+      btn.textContent = label;
+      await tick(true);
+    } });
+    const cleanAge = el("select", { id: "clean-age" }, [["7d", "older than 7 days"], ["1d", "older than 1 day"], ["1h", "older than 1 hour"], ["0", "all"]]
+      .map(([v, t]) => el("option", { value: v, text: t })));
+    const cleanState = el("select", { id: "clean-state" }, ["finished", "failed", "timeout", "stalled"].map((s) => el("option", { value: s, text: s === "finished" ? "succeeded" : s })));
+    const cleanBtn = el("button", { id: "clean-btn", text: "Clean", onclick: async (ev) => {
+      const path = `channels/${enc(channel)}/clean?state=${cleanState.value}&older_than=${cleanAge.value}`;
+      const btn = ev.target;
+      try {
+        const preview = await api(path);
+        if (!preview.count) { toast("nothing to clean"); return; }
+        if (!window.confirm(`Clean up to ${preview.count} ${cleanState.value} job(s) of ${channel} (${cleanAge.selectedOptions[0].text})?`)) return;
+        btn.disabled = true;
+        const out = await api(path, "POST");
+        toast(`removed ${out.removed} job(s)` + (out.kept ? `, kept ${out.kept} of another outcome` : ""));
+      } catch (e) { toast(e.message, true); }
+      btn.disabled = false;
+      await tick(true);
+    } });
+    const empty = bulkAction("empty-btn", "Empty channel", "danger", `channels/${enc(channel)}/empty`,
+      (n) => `Retract all ${n} waiting job(s) of ${channel}? Claimed jobs run on. This cannot be undone.`,
+      (out) => `retracted ${out.retracted} job(s)`);
+    replace(main, el("h1", {}, "History of ", chanLink(channel)), form,
+      el("div", { className: "toolbar" }, bulk, " ", cleanState, cleanAge, cleanBtn, " ", empty),
       el("h2", { text: "Per task" }),
       el("table", { id: "task-breakdown" }, el("thead", {}, el("tr", {}, ["task", "succeeded", "failed", "timeout"].map((c) => el("th", { text: c })))), breakdown),
       el("h2", { text: "Ended jobs (newest first)" }),
