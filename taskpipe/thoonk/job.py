@@ -18,6 +18,7 @@ from taskpipe.broker_retry import maps_broker_errors
 from taskpipe.connection import close_quietly
 from taskpipe.errors import JobNotFound, LeaseLost, WrongJobState
 from taskpipe.thoonk.job_reads import JobInfo, JobReads, _s
+from taskpipe.thoonk.job_records import RECORD_ITEM_MAX, JobRecords
 from taskpipe.thoonk.keys import JobKeys
 from taskpipe.thoonk.script_keys import FINISH_FOLLOWUP_ROLES, contract
 from taskpipe.thoonk.scripts import broker_errors
@@ -30,7 +31,6 @@ __all__ = ["JobChannel", "Claim", "JobInfo", "FinishRequest", "PutRequest", "Rea
 
 DEFAULT_LEASE_MS = 30_000
 FINISHED_INDEX_MS = 7 * 24 * 3600 * 1000  # how long the finished-id index remembers a job
-RECORD_ITEM_MAX = 64 * 1024  # a record keeps the payload up to this size (else its size only)
 
 
 def new_id() -> str:
@@ -118,7 +118,7 @@ class Reaped:
 
 
 @maps_broker_errors  # no redis-py exception type leaves a public method
-class JobChannel(JobReads):
+class JobChannel(JobReads, JobRecords):
     """A Thoonk job channel. Open one with ``Thoonk.job(name)``."""
 
     def __init__(self, thoonk: Thoonk, name: str) -> None:
@@ -413,76 +413,6 @@ class JobChannel(JobReads):
             self.scripts["job_retract"].queue(pipe, self.retract_keys(job_id),
                                               [job_id, channel, int(stalled_before_ms)])
         return [job_id for job_id, ok in zip(ids, pipe.execute()) if int(ok)]
-
-    def retract_waiting(self, ids: Sequence[str]) -> list[str]:
-        """Retract those of ``ids`` that are still waiting (available, delayed or stalled: not
-        claimed), each atomically; returns the ids retracted. Claimed jobs run on."""
-        if not ids:
-            return []
-        channel = self.thoonk.keys.feed(self.name).ch_retract
-        self.scripts.ensure_loaded(self.client, "job_retract")
-        pipe = self.client.pipeline(transaction=False)
-        for job_id in ids:
-            self.scripts["job_retract"].queue(pipe, self.retract_keys(job_id),
-                                              [job_id, channel, "waiting", 0])
-        return [job_id for job_id, ok in zip(ids, pipe.execute()) if int(ok)]
-
-    # records: requeue and edit (docs/history.md) ----------------------------------------------
-    def requeue(self, id: str, outcomes: Sequence[str] = ("failed", "timeout")) -> str:
-        """Publish an ended job again from its record: same id, its payload as published,
-        attempts and cancels reset, the record kept (``requeues`` + 1). Only a job whose
-        recorded outcome is one of ``outcomes``; returns that outcome.
-
-        Raises ``JobNotFound`` (no record: never ended here, or it expired), ``WrongJobState``
-        (the job is not ended, or its outcome is not allowed; nothing changed) or
-        ``ThoonkError`` (the record kept no payload: it was over ``RECORD_ITEM_MAX``).
-        """
-        from taskpipe.errors import ThoonkError
-
-        k = self.keys
-        for _ in range(5):
-            label = _s(self.client.hget(k.record(id), "l") or b"")
-            keys = contract("job_requeue").build(k, k.label_index(label), result=k.result(id),
-                                                 record=k.record(id))
-            code, outcome = self.scripts["job_requeue"](self.client, keys,
-                                                        [id, ",".join(outcomes), label])
-            code, outcome = int(code), _s(outcome)
-            if code == 1:
-                return outcome
-            if code == 0:
-                raise JobNotFound(f"no record of job {id!r} in channel {self.name!r} (it never "
-                                  "ended here, or its record expired)")
-            if code == -1:
-                raise WrongJobState(id, "/".join(outcomes), self.info(id).state)
-            if code == -2:
-                raise WrongJobState(id, "/".join(outcomes), outcome)
-            if code == -3:
-                raise ThoonkError(f"job {id!r} cannot be requeued: its payload was over "
-                                  f"{RECORD_ITEM_MAX} bytes and was not kept in its record")
-        raise ThoonkError(f"the record of job {id!r} kept changing; nothing was requeued")
-
-    def note_error(self, id: str, text: str, ttl_ms: int) -> None:
-        """Keep the error of a run that will be retried in the job's record (field ``e``), so
-        a job waiting out its retry backoff shows why (the next finish rewrites the record)."""
-        key = self.keys.record(id)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(key, "e", text[:2000]).pexpire(key, max(1, int(ttl_ms)))
-        pipe.execute()
-
-    def edit(self, id: str, item: bytes | str) -> None:
-        """Replace the payload of a job still waiting (available, delayed or stalled),
-        atomically. ``WrongJobState`` if a worker holds it, ``JobNotFound`` if it is not
-        waiting (finished, retracted, unknown); nothing changes then."""
-        code = int(self.scripts["job_edit"](self.client, contract("job_edit").build(self.keys),
-                                            [id, _b(item)]))
-        if code == 1:
-            return
-        if code == -1:
-            raise WrongJobState(id, "available, delayed or stalled", "claimed")
-        state = self.info(id).state
-        if state == "unknown":
-            raise JobNotFound(f"no job {id!r} in channel {self.name!r}")
-        raise WrongJobState(id, "available, delayed or stalled", state)
 
     def _raise_for(self, code: int, id: str, expected: str, token: str = "") -> None:
         if code == 1:
