@@ -389,3 +389,12 @@ def test_empty_channel_leaves_claimed_jobs_alone(app: TaskPipe) -> None:
     assert all(app.AsyncResult(r.id).state == "unknown" for r in others)
     assert held.state == "claimed"
     assert app.channel().retract_waiting([held.id]) == []  # the guard: claimed stays
+
+
+def test_a_tasks_failure_index_expires_after_its_last_failure(app: TaskPipe) -> None:
+    t = _tasks(app)
+    t["flaky"].apply_async([1], retries=0)
+    burst(app)
+    ch = app.channel()
+    ttl = ch.client.pttl(ch.keys.label_index("h.flaky"))
+    assert 7 * 86_400_000 - 60_000 < ttl <= 7 * 86_400_000

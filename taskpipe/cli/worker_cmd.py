@@ -97,7 +97,8 @@ def worker(app_path: str, queues: str | None, concurrency: int | None, prefetch:
     w = Worker(app, channels, concurrency=concurrency, prefetch=prefetch, pool=pool, burst=burst,
                max_jobs=max_jobs, name=name, lease=lease, grace=grace, weighted=weighted,
                beat=beat, app_path=app_path, dead_after=dead_after, max_block=poll_interval)
-    w.writer.log_tracebacks = log_tracebacks
+    if log_tracebacks:
+        w.writer.log_tracebacks = True
     if metrics_port is not None:
         from taskpipe.contrib.metrics import serve_metrics
 

@@ -63,7 +63,11 @@ local function record_write(rec, i, n, id, snap, now, ttl)
     redis.call('HINCRBY', KEYS[rec.k + 1], label .. '\0' .. outcome, 1)
     -- the per-label index holds the jobs that did not succeed (what an operator looks for and
     -- requeues by task); successes are found through feed.finished (memory: docs/history.md)
-    if outcome ~= 'succeeded' then redis.call('ZADD', lidx, now, id) end
+    if outcome ~= 'succeeded' then
+      redis.call('ZADD', lidx, now, id)
+      -- the index lives while its task keeps failing: it expires one retention after the last
+      redis.call('PEXPIRE', lidx, tonumber(ARGV[rec.a + 1]))
+    end
     local old = redis.call('ZRANGEBYSCORE', lidx, '-inf', now - tonumber(ARGV[rec.a + 1]), 'LIMIT', 0, 100)
     if #old > 0 then redis.call('ZREM', lidx, unpack(old)) end
   end
