@@ -59,7 +59,8 @@ class TaskPipe:
                  retries: int = 0, retry_backoff: Any = "1s", retry_backoff_max: Any = "10m",
                  timeout: Any = None, lease: Any = "20s", max_cancels: int = 3,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, connection: Connection | None = None,
-                 client: Any = None, publish_retry: Any = "5s", eager: bool = False) -> None:
+                 client: Any = None, publish_retry: Any = "5s", eager: bool = False,
+                 record_successes: bool = True) -> None:
         self.name = name or "taskpipe"
         if connection is None:
             if client is not None:
@@ -100,6 +101,9 @@ class TaskPipe:
         self._eviction_checked = False
         #: eager (test) mode: every call runs inline, nothing is published (taskpipe.eager)
         self.eager = eager
+        #: keep a record of succeeded jobs too (docs/history.md); False: failures only (a
+        #: finish then costs what it did before records, for high-throughput channels)
+        self.record_successes = bool(record_successes)
         self._eager: Any = None
         #: redis.asyncio clients by event loop (taskpipe.aio), dropped with their loop
         self._async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()

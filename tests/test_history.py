@@ -398,3 +398,16 @@ def test_a_tasks_failure_index_expires_after_its_last_failure(app: TaskPipe) -> 
     ch = app.channel()
     ttl = ch.client.pttl(ch.keys.label_index("h.flaky"))
     assert 7 * 86_400_000 - 60_000 < ttl <= 7 * 86_400_000
+
+
+def test_record_successes_off_keeps_failure_records_only(broker_url: str, prefix: str) -> None:
+    app = TaskPipe("t", broker=broker_url, prefix=prefix, record_successes=False)
+    try:
+        t = _tasks(app)
+        ok, bad = t["ok"].delay(1), t["flaky"].apply_async([1], retries=0)
+        burst(app)
+        assert ok.get(timeout=5) == 2 and ok.record() is None
+        rec = bad.record()
+        assert rec is not None and rec.outcome == "failed"
+    finally:
+        app.close()

@@ -133,10 +133,12 @@ class OutcomeWriter:
             pass
         return ms
 
-    @staticmethod
-    def _record_fields(outcome: Outcome, failed: bool) -> dict[str, Any]:
-        """The job-record fields of a ``FinishRequest`` (docs/history.md)."""
+    def _record_fields(self, outcome: Outcome, failed: bool) -> dict[str, Any]:
+        """The job-record fields of a ``FinishRequest`` (docs/history.md); a success keeps no
+        record with ``app.record_successes`` off."""
         kind = "succeeded" if not failed else ("timeout" if outcome.exc_type == "JobTimeout" else "failed")
+        if not failed and not getattr(self.app, "record_successes", True):
+            kind = ""
         task = outcome.task.name if outcome.task is not None else (
             outcome.envelope.task if outcome.envelope is not None else "")
         runtime = None if outcome.duration is None else int(outcome.duration * 1000)

@@ -18,18 +18,29 @@
 -- Empty values are not stored. It expires with the job's result (its TTL is the result's).
 local function record_section(n)
   if ARGV[#ARGV] ~= '\0record' then return nil end
-  return {a = #ARGV - 2 - 4 * n, k = #KEYS - 2 * n - 1, nkeys = 2 * n + 2}
+  return {a = #ARGV - 2 - 4 * n, k = #KEYS - 2 * n - 1, nkeys = 2 * n + 2, stats = {}}
 end
 
--- read what a finishing job is about to lose (call before its bookkeeping is deleted)
-local function record_read(k_items, k_cancelled, k_attempts, k_published, k_claimed, k_workers, id)
-  return {redis.call('HGET', k_items, id), redis.call('HGET', k_cancelled, id),
-          redis.call('HGET', k_attempts, id), redis.call('ZSCORE', k_published, id),
-          redis.call('ZSCORE', k_claimed, id), redis.call('HGET', k_workers, id)}
+-- read what the finishing jobs are about to lose (call before their bookkeeping is deleted):
+-- one command per key for the whole batch. done[j] is the id of job finished[j]; returns the
+-- snapshots by job index: {item, cancels, attempts, published, started, worker}
+local function record_read_all(done, finished, k_items, k_cancelled, k_attempts, k_published,
+                               k_claimed, k_workers)
+  local items = redis.call('HMGET', k_items, unpack(done))
+  local cancels = redis.call('HMGET', k_cancelled, unpack(done))
+  local attempts = redis.call('HMGET', k_attempts, unpack(done))
+  local published = redis.call('ZMSCORE', k_published, unpack(done))
+  local started = redis.call('ZMSCORE', k_claimed, unpack(done))
+  local workers = redis.call('HMGET', k_workers, unpack(done))
+  local snaps = {}
+  for j, i in ipairs(finished) do
+    snaps[i] = {items[j], cancels[j], attempts[j], published[j], started[j], workers[j]}
+  end
+  return snaps
 end
 
--- keep the record of job i (its snapshot from record_read) for ttl ms; index it.
-local function record_write(rec, i, n, id, snap, now, ttl)
+-- keep the record of job i (its snapshot from record_read_all) for ttl ms; index it.
+local function record_write(rec, i, id, snap, now, ttl)
   local b = rec.a + 2 + 4 * (i - 1)
   local outcome, label, code, runtime = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   if outcome == '' or ttl <= 0 then return end
@@ -51,30 +62,37 @@ local function record_write(rec, i, n, id, snap, now, ttl)
   put('s', snap[5])
   put('r', runtime)
   put('x', code)
-  local kept = redis.call('HMGET', key, 'q', 'v', 'u')  -- history of a requeued job
-  put('q', kept[1])
-  put('v', kept[2])
-  put('u', kept[3])
-  redis.call('DEL', key)
+  if redis.call('EXISTS', key) == 1 then  -- a requeued job: keep its history, drop the rest
+    local kept = redis.call('HMGET', key, 'q', 'v', 'u')
+    put('q', kept[1])
+    put('v', kept[2])
+    put('u', kept[3])
+    redis.call('DEL', key)
+  end
   redis.call('HSET', key, unpack(fields))
   redis.call('PEXPIRE', key, ttl)
-  if outcome ~= 'succeeded' then redis.call('ZADD', KEYS[rec.k], now, id) end
-  if label ~= '' then
-    redis.call('HINCRBY', KEYS[rec.k + 1], label .. '\0' .. outcome, 1)
-    -- the per-label index holds the jobs that did not succeed (what an operator looks for and
-    -- requeues by task); successes are found through feed.finished (memory: docs/history.md)
-    if outcome ~= 'succeeded' then
+  if label ~= '' then  -- lifetime counters, one HINCRBY per label and outcome (record_trim)
+    local stat = label .. '\0' .. outcome
+    rec.stats[stat] = (rec.stats[stat] or 0) + 1
+  end
+  if outcome ~= 'succeeded' then
+    redis.call('ZADD', KEYS[rec.k], now, id)
+    if label ~= '' then
+      -- the per-label index holds the jobs that did not succeed (what an operator looks for and
+      -- requeues by task); successes are found through feed.finished (memory: docs/history.md).
+      -- It lives while its task keeps failing: it expires one retention after the last failure.
+      local keep = tonumber(ARGV[rec.a + 1])
       redis.call('ZADD', lidx, now, id)
-      -- the index lives while its task keeps failing: it expires one retention after the last
-      redis.call('PEXPIRE', lidx, tonumber(ARGV[rec.a + 1]))
+      redis.call('PEXPIRE', lidx, keep)
+      local old = redis.call('ZRANGEBYSCORE', lidx, '-inf', now - keep, 'LIMIT', 0, 100)
+      if #old > 0 then redis.call('ZREM', lidx, unpack(old)) end
     end
-    local old = redis.call('ZRANGEBYSCORE', lidx, '-inf', now - tonumber(ARGV[rec.a + 1]), 'LIMIT', 0, 100)
-    if #old > 0 then redis.call('ZREM', lidx, unpack(old)) end
   end
 end
 
--- trim the failed index by age (bounded), once per call
+-- once per call, after the records: the per-label counters, and the failed index trimmed by age
 local function record_trim(rec, now)
+  for stat, count in pairs(rec.stats) do redis.call('HINCRBY', KEYS[rec.k + 1], stat, count) end
   local old = redis.call('ZRANGEBYSCORE', KEYS[rec.k], '-inf', now - tonumber(ARGV[rec.a + 1]), 'LIMIT', 0, 100)
   if #old > 0 then redis.call('ZREM', KEYS[rec.k], unpack(old)) end
 end

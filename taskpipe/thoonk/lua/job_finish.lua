@@ -66,7 +66,7 @@ if #done > 0 then
   -- deletes come first: over maxmemory (noeviction) Redis refuses a script whose first write
   -- may grow memory, and a worker must still be able to finish jobs then.
   local snaps = {}  -- job records: what each job is about to lose (b-history)
-  if rec then for _, i in ipairs(finished) do snaps[i] = record_read(KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[1], KEYS[4], ARGV[4 + 6 * (i - 1)]) end end
+  if rec then snaps = record_read_all(done, finished, KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[1], KEYS[4]) end
   redis.call('ZREM', KEYS[1], unpack(done))   -- claimed
   redis.call('ZREM', KEYS[2], unpack(done))   -- leases
   redis.call('HDEL', KEYS[3], unpack(done))   -- tokens
@@ -102,7 +102,7 @@ if #done > 0 then
       end
       redis.call('PUBLISH', ARGV[1], id .. '\0' .. result)
     end
-    if rec then record_write(rec, i, n, id, snaps[i], now, ttl) end  -- job records (b-history)
+    if rec then record_write(rec, i, id, snaps[i], now, ttl) end  -- job records (b-history)
   end
   if rec then record_trim(rec, now) end
 end
