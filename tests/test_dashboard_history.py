@@ -281,3 +281,18 @@ def test_bulk_clean_and_empty_from_the_history_tab(browser: Any, app: TaskPipe,
     asked = browser.execute_script("return window.__asked")
     assert "Clean up to 4 finished" in asked[0] and "Retract all 2 waiting" in asked[1]
     assert all(app.AsyncResult(w.id).state == "unknown" for w in waiting)
+
+
+def test_every_list_shows_task_and_args(browser: Any, app: TaskPipe, board: DashboardServer) -> None:
+    charge = _failing(app)
+    failed = charge.apply_async((5,), {"card": "amex"}, retries=0)
+    run_burst(app)
+    waiting = app.send("pay.charge", (6,), delay="1h")
+    status, _, page = call(board.url + "api/channels/default/jobs?state=finished")
+    row = page["rows"][0]
+    assert (row["task"], row["args"], row["attempts"]) == ("pay.charge", "5, card='amex'", 1)
+    browser.get(board.url + "#/channel/default?state=failed")
+    assert text_of(browser, f'tr[data-job="{failed.id}"] td[data-col="args"]') == "5, card='amex'"
+    assert "pay.charge" in text_of(browser, f'tr[data-job="{failed.id}"]')
+    browser.get(board.url + "#/channel/default?state=delayed")
+    assert text_of(browser, f'tr[data-job="{waiting.id}"] td[data-col="args"]') == "6"

@@ -14,6 +14,7 @@ from taskpipe.errors import (
     SerializationError,
     WrongFeedType,
 )
+from taskpipe.history import display_args
 from taskpipe.inspection.clean import clean_finished, clean_stalled
 from taskpipe.inspection.follow import follow
 from taskpipe.inspection.views import (
@@ -230,7 +231,7 @@ class Inspector:
             for i in ids:
                 pipe.get(k.result(i))
             for i in ids:  # the record (docs/history.md): task, runs, cancels, worker, outcome
-                pipe.hmget(k.record(i), "l", "a", "c", "w", "o")  # see lua/_record.lua
+                pipe.hmget(k.record(i), "l", "a", "c", "w", "o", "i")  # see lua/_record.lua
         r = pipe.execute()
         rows = []
         for n, (job_id, when) in enumerate(scored):
@@ -243,7 +244,7 @@ class Inspector:
             counts = (_int(r[0][n]), _int(r[1][n]))
             if state == "finished":
                 outcome, error = outcome_of(r[3 + n])
-                label, runs, cancels, worker, kept = r[3 + len(ids) + n]
+                label, runs, cancels, worker, kept, item = r[3 + len(ids) + n]
                 if kept is not None and _s(kept) == "timeout" and outcome == "failed":
                     outcome = "timeout"
                 extra = {"outcome": outcome, "error": error, "worker": _s(worker or b"")}
@@ -251,7 +252,9 @@ class Inspector:
                 if runs is not None:
                     counts = (_int(cancels), _int(runs))
             else:
-                task = task_name_of(r[2][n])
+                item = r[2][n]
+                task = task_name_of(item)
+            extra["args"] = _args_of(item)
             rows.append(JobRow(job_id, ch.name, state, task, when, *counts, **extra))
         return rows
 
@@ -381,6 +384,17 @@ class Inspector:
         now = self.server_time_ms() if now_ms is None else now_ms
         key = ch.keys.stalled_at if state == "stalled" else ch.keys.finished
         return int(self.client.zcount(key, "-inf", now - int(older_than_s * 1000)))
+
+
+def _args_of(item: bytes | None) -> str:
+    """A job payload's args and kwargs for a list row (cut with a marker), '' if not an envelope."""
+    if item is None:
+        return ""
+    try:
+        env = decode_envelope(item)
+    except SerializationError:
+        return ""
+    return safe_text(display_args(env.args, env.kwargs, 200))
 
 
 def _offset(cursor: str | int | None, state: str) -> int:

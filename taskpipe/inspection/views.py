@@ -97,6 +97,7 @@ class JobRow:
     reason: str = ""
     outcome: str = ""   # finished rows: ok, failed, expired (result gone) or raw (not a record)
     error: str = ""     # failed rows: "ExcType: message" (first line)
+    args: str = ""      # the call's args and kwargs for display, cut with a marker (any state)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""

@@ -245,7 +245,7 @@
     const extraCols = { available: ["published"], delayed: ["due"], claimed: ["claimed", "worker", "progress", "lease ends"],
                         stalled: ["reason"], finished: ["finished", "outcome", "error"], failed: ["finished", "error"],
                         timeout: ["finished", "error"] };
-    replace(head, el("tr", {}, ["id", "task", "attempts", "cancels", ...extraCols[state]].map((c) => el("th", { text: c }))));
+    replace(head, el("tr", {}, ["id", "task", "args", "attempts", "cancels", ...extraCols[state]].map((c) => el("th", { text: c }))));
     const go = (delta) => { page += delta; tick(true); };
     return {
       async refresh() {
@@ -269,10 +269,11 @@
         const now = ov.server_time_ms;
         if (same(body, [data.rows, data.next_cursor, page, tick5()])) return;
         if (!data.rows.length) {
-          replace(body, el("tr", {}, el("td", { colspan: 8, className: "empty", text: `No ${state} jobs.` })));
+          replace(body, el("tr", {}, el("td", { colspan: 9, className: "empty", text: `No ${state} jobs.` })));
         } else {
           replace(body, data.rows.map((r) => {
             const cells = [el("td", { className: "id" }, jobLink(channel, r.id)), el("td", { text: r.task || "" }),
+              el("td", { className: "args", "data-col": "args", text: r.args || "" }),
               el("td", { className: "num", text: r.attempts }), el("td", { className: "num", text: r.cancels })];
             if (state === "available" || state === "delayed") cells.push(timeCell(r.when_ms, now));
             if (state === "claimed") cells.push(timeCell(r.when_ms, now), el("td", { text: r.worker }),
