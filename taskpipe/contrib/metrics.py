@@ -156,11 +156,7 @@ class TaskpipeCollector:
 def _oldest_waiting_s(inspector: Any, name: str) -> float:
     """Seconds since the oldest available job of ``name`` was published (the next one to run
     is at the right end of ``feed.ids``), by the server clock; 0 when none waits."""
-    ch = inspector.channel(name)
-    oldest = ch.client.lindex(ch.keys.ids, -1)
-    if oldest is None:
-        return 0.0
-    published = ch.client.zscore(ch.keys.published, oldest)
+    published = inspector.channel(name).oldest_waiting_ms()
     if published is None:
         return 0.0
     return max(0.0, (int(inspector.server_time_ms()) - float(published)) / 1000.0)

@@ -1,14 +1,16 @@
 """Cleaning old jobs in bounded batches: ended jobs (index entries, result, record, log) and stalled
 jobs.
 
+The Redis side is ``JobChannel``'s cleaning calls (``taskpipe/thoonk/job_clean.py``); this module
+pages through them and fills the ``CleanReport``.
+
 ``finished`` / ``failed`` / ``timeout``: the ``feed.finished:<f>`` index (ZSET id -> finish ms)
-is read oldest first with ``ZRANGEBYSCORE ... LIMIT``; each job is classified by its record (or,
-without one, by its stored result) and only the asked outcome is removed: ``finished`` removes
-succeeded jobs and leaves failed and timed-out ones (as Kinetik's ``clean`` does), which go only
-when asked for with ``failed`` / ``timeout``. Each batch removes the index entries (finished,
-failed, per task) and, in the same MULTI, the stored results, records and logs. An id that was
-published again since (it is in ``feed.items:<f>``) keeps its result and log; only its stale
-index entry goes.
+is read oldest first; each job is classified by its record (or, without one, by its stored
+result) and only the asked outcome is removed: ``finished`` removes succeeded jobs and leaves
+failed and timed-out ones (as Kinetik's ``clean`` does), which go only when asked for with
+``failed`` / ``timeout``. Each batch is forgotten atomically by ``JobChannel.forget_finished``
+(the index entries and, for ids not published again since, the stored results and logs), then
+their records and record-index entries go (``JobChannel.forget_records``).
 
 ``stalled``: ids come from ``feed.stalledat:<f>`` (id -> stall ms), oldest first; each is
 retracted by ``job_retract`` with a guard "still stalled, stalled at or before the cutoff", so a
@@ -19,10 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import redis
-
-from taskpipe.errors import ThoonkError
-from taskpipe.inspection.views import CleanReport, _s, outcome_of
+from taskpipe.inspection.views import CleanReport, outcome_of
 from taskpipe.thoonk.job import JobChannel
 
 __all__ = ["clean_finished", "clean_stalled"]
@@ -39,17 +38,11 @@ def _note(report: CleanReport, removed: list[str], progress: Progress, examined:
 def _outcomes(ch: JobChannel, ids: list[str]) -> list[tuple[str, str]]:
     """``(outcome, label)`` of ended jobs: succeeded, failed or timeout, from each record, else
     from the stored result (an expired or non-taskpipe result counts as succeeded)."""
-    pipe = ch.client.pipeline(transaction=False)
-    for job_id in ids:
-        pipe.hmget(ch.keys.record(job_id), "o", "l")  # outcome, label (lua/_record.lua)
-        pipe.get(ch.keys.result(job_id))
-    r = pipe.execute()
     out = []
-    for n in range(len(ids)):
-        (outcome, label), result = r[2 * n], r[2 * n + 1]
+    for outcome, label, result in ch.record_outcomes(ids):
         if outcome is None:
             outcome = "failed" if outcome_of(result)[0] == "failed" else "succeeded"
-        out.append((_s(outcome), _s(label or b"")))
+        out.append((outcome, label))
     return out
 
 
@@ -57,39 +50,26 @@ def clean_finished(ch: JobChannel, report: CleanReport, batch: int, progress: Pr
                    outcomes: tuple[str, ...] = ("succeeded",)) -> None:
     """Remove ended jobs older than ``report.cutoff_ms`` whose outcome is in ``outcomes``,
     ``batch`` at a time; the others are kept (counted in ``report.kept``)."""
-    k, client, offset = ch.keys, ch.client, 0
+    offset = 0
     while True:
-        ids = [_s(i) for i in client.zrangebyscore(k.finished, "-inf", report.cutoff_ms,
-                                                   start=offset, num=batch)]
+        ids = ch.finished_before(report.cutoff_ms, offset, batch)
         if not ids:
             return
         report.examined += len(ids)
-        kinds = _outcomes(ch, ids)
-        chosen = [(i, label) for i, (o, label) in zip(ids, kinds) if o in outcomes]
+        chosen = [(i, label) for i, (o, label) in zip(ids, _outcomes(ch, ids)) if o in outcomes]
         report.kept += len(ids) - len(chosen)
         offset += len(ids) - len(chosen)  # kept entries stay in the index: page past them
-        if report.dry_run:
-            offset += len(chosen)  # nothing is removed, so page on
-            report.removed += len(chosen)
-            _note(report, [i for i, _ in chosen], progress, len(ids))
-            continue
-        if not chosen:
-            _note(report, [], progress, len(ids))
-            continue
         cids = [i for i, _ in chosen]
-        live = client.hmget(k.items, cids)
-        pipe = client.pipeline(transaction=True)
-        pipe.zrem(k.finished, *cids)
-        pipe.zrem(k.failed_index, *cids)
-        gone = [(job_id, label) for (job_id, label), item in zip(chosen, live) if item is None]
-        for job_id, label in gone:
-            pipe.delete(k.result(job_id), k.log(job_id), k.record(job_id))
-            if label:
-                pipe.zrem(k.label_index(label), job_id)
-        pipe.execute()
+        if report.dry_run:
+            offset += len(cids)  # nothing is removed, so page on
+            report.removed += len(cids)
+            _note(report, cids, progress, len(ids))
+            continue
+        gone = set(ch.forget_finished(cids)) if cids else set()
+        ch.forget_records([(i, label) for i, label in chosen if i in gone])
         report.removed += len(gone)
         report.skipped += len(cids) - len(gone)
-        _note(report, [i for i, _ in gone], progress, len(ids))
+        _note(report, [i for i in cids if i in gone], progress, len(ids))
 
 
 def clean_stalled(ch: JobChannel, report: CleanReport, batch: int, progress: Progress) -> None:
@@ -100,10 +80,9 @@ def clean_stalled(ch: JobChannel, report: CleanReport, batch: int, progress: Pro
     later) meanwhile is never removed. Jobs stalled by a legacy client have no stall time: they
     are cleaned only with ``older_than 0`` (found by ``SSCAN`` of ``feed.stalled:<f>``).
     """
-    k, client, offset = ch.keys, ch.client, 0
+    offset = 0
     while True:
-        ids = [_s(i) for i in client.zrangebyscore(k.stalled_at, "-inf", report.cutoff_ms,
-                                                   start=offset, num=batch)]
+        ids = ch.stalled_before(report.cutoff_ms, offset, batch)
         if not ids:
             break
         report.examined += len(ids)
@@ -116,50 +95,17 @@ def clean_stalled(ch: JobChannel, report: CleanReport, batch: int, progress: Pro
         report.removed += len(gone)
         report.skipped += len(ids) - len(gone)
         _note(report, gone, progress, len(ids))
-    if report.cutoff_ms < _server_ms(ch):
+    if report.cutoff_ms < ch.thoonk.server_ms():
         return
     cursor = 0
     while True:  # older_than 0: also jobs with no stall time (stalled by a legacy client)
-        cursor, found = client.sscan(k.stalled, cursor, count=batch)
-        cursor = int(cursor)
-        ids = [_s(i) for i in found]
-        stamped = client.zmscore(k.stalled_at, ids) if ids else []
-        legacy = [job_id for job_id, at in zip(ids, stamped) if at is None]
+        cursor, found = ch.scan_stalled(cursor, batch)
+        legacy = ch.unstamped(found)
         if legacy:
             report.examined += len(legacy)
-            gone = legacy if report.dry_run else _retract_legacy_stalled(ch, legacy)
+            gone = legacy if report.dry_run else ch.retract_stalled(legacy)
             report.removed += len(gone)
             report.skipped += len(legacy) - len(gone)
             _note(report, gone, progress, len(legacy))
         if cursor == 0:
             return
-
-
-def _server_ms(ch: JobChannel) -> int:
-    seconds, micros = ch.client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
-def _retract_legacy_stalled(ch: JobChannel, ids: list[str]) -> list[str]:
-    """Retract legacy-stalled ids (no stall time) still stalled, inside WATCH/MULTI."""
-    k, script = ch.keys, ch.scripts["job_retract"]
-    retract_channel = ch.thoonk.keys.feed(ch.name).ch_retract
-    ch.scripts.ensure_loaded(ch.client, "job_retract")
-    with ch.client.pipeline(transaction=True) as pipe:
-        for _ in range(50):
-            try:
-                pipe.watch(k.stalled)
-                flags = pipe.smismember(k.stalled, ids)
-                still = [job_id for job_id, flag in zip(ids, flags) if int(flag)]
-                if not still:
-                    pipe.unwatch()
-                    return []
-                pipe.multi()
-                for job_id in still:
-                    script.queue(pipe, ch.retract_keys(job_id), [job_id, retract_channel, ""])
-                results = pipe.execute()
-                return [job_id for job_id, ok in zip(still, results) if int(ok)]
-            except redis.WatchError:
-                continue
-    raise ThoonkError(f"the stalled set of {ch.name!r} kept changing during the clean; "
-                      "nothing more was removed, run it again")

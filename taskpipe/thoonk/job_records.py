@@ -115,3 +115,40 @@ class JobRecords:
             self.scripts["job_retract"].queue(pipe, self.retract_keys(job_id),
                                               [job_id, channel, "waiting", 0])
         return [job_id for job_id, ok in zip(ids, pipe.execute()) if int(ok)]
+
+    def has_record(self, id: str) -> bool:
+        """True if the job has a record (it ended, was stalled, or was retracted before it ended)."""
+        return bool(self.client.exists(self.keys.record(id)))
+
+    def oldest_waiting_ms(self) -> int | None:
+        """When the oldest available job (the next to run: the right end of ``ids``) was
+        published (server ms), or None when none waits."""
+        oldest = self.client.lindex(self.keys.ids, -1)
+        score = self.client.zscore(self.keys.published, oldest) if oldest is not None else None
+        return int(score) if score is not None else None
+
+    def record_outcomes(self, ids: Sequence[str]) -> list[tuple[str | None, str, bytes | None]]:
+        """For each of ``ids``: ``(record outcome or None, label, stored result or None)``."""
+        if not ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self.keys.record(job_id), "o", "l")  # outcome, label (lua/_record.lua)
+            pipe.get(self.keys.result(job_id))
+        r = pipe.execute()
+        return [(_s(r[2 * n][0]) if r[2 * n][0] is not None else None, _s(r[2 * n][1] or b""),
+                 r[2 * n + 1]) for n in range(len(ids))]
+
+    def forget_records(self, jobs: Sequence[tuple[str, str]]) -> None:
+        """Remove the records of cleaned jobs ``(id, label)`` and their failed-index and
+        task-index entries, in one MULTI."""
+        if not jobs:
+            return
+        k = self.keys
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zrem(k.failed_index, *[i for i, _ in jobs])
+        pipe.delete(*[k.record(i) for i, _ in jobs])
+        for job_id, label in jobs:
+            if label:
+                pipe.zrem(k.label_index(label), job_id)
+        pipe.execute()

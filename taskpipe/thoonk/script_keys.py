@@ -109,6 +109,8 @@ _ALL = (
                                "attempts", "published", "delayed", "urgent", "progress",
                                "finished", "result", "log", "stalled_at"),
                optional=("record", "failed_index")),
+    ScriptKeys("job_clean_finished", ("finished", "items"),
+               tail="feed.result:<f>:<id> and feed.log:<f>:<id> per id"),
     ScriptKeys("job_requeue", ("items", "ids", "published", "publishes", "wake", "finished",
                                "result", "record", "failed_index", "attempts", "cancelled"),
                tail="feed.labelidx:<f>:<label> of the record's label"),

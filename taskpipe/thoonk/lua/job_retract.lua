@@ -14,6 +14,7 @@
 -- ARGV[1] id  ARGV[2] feed.retract:<f> channel
 -- ARGV[3] optional guard: '' = any state; a number = only if the job is stalled and was stalled
 --         at or before that server time in ms (used to clean old stalled jobs without races);
+--         'stalled' = only if the job is stalled, whatever its stall time (legacy stalls have none);
 --         'waiting' = only if it exists and is not claimed (emptying a channel: running jobs stay)
 -- Returns: 1 retracted, 0 no such job, or the guard did not hold (nothing changed).
 -- Events: feed.retract:<f> "<id>".
@@ -22,6 +23,8 @@
 local id = ARGV[1]
 if ARGV[3] == 'waiting' then
   if redis.call('HEXISTS', KEYS[1], id) == 0 or redis.call('ZSCORE', KEYS[3], id) then return 0 end
+elseif ARGV[3] == 'stalled' then
+  if redis.call('SISMEMBER', KEYS[7], id) == 0 then return 0 end
 elseif ARGV[3] and ARGV[3] ~= '' then
   local at = redis.call('ZSCORE', KEYS[18], id)
   if redis.call('SISMEMBER', KEYS[7], id) == 0 or not at or tonumber(at) > tonumber(ARGV[3]) then
