@@ -25,7 +25,6 @@ from taskpipe.errors import (
     WrongJobState,
 )
 from taskpipe.serialization import decode_envelope, decode_result, encode_envelope
-from taskpipe.thoonk.job_reads import RECORD_FIELDS, record_fields
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -147,10 +146,7 @@ def _record_of(channel: str, job_id: str, raw: dict[str, bytes], result: bytes |
 def read_record(app: TaskPipe, channel: str, job_id: str) -> JobRecord | None:
     """The record of an ended job, or None (it has not ended, or its record expired)."""
     ch = app.channel(channel)
-    pipe = ch.client.pipeline(transaction=False)
-    pipe.hmget(ch.keys.record(job_id), RECORD_FIELDS).get(ch.keys.result(job_id))
-    raw, result = pipe.execute()
-    fields = record_fields(raw)
+    fields, result = ch.records_with_results([job_id])[0]
     if "outcome" not in fields:  # none, or only the last error of a run that will be retried
         return None
     return _record_of(ch.name, job_id, fields, result)
@@ -187,31 +183,19 @@ def find_jobs(app: TaskPipe, channel: str | None = None, *, state: str | None = 
         raise ConfigError(f"limit must be an int from 1 to 10000, got {limit!r}")
     lo, hi = _ms(since, "since"), _ms(until, "until")
     ch = app.channel(channel)
-    k = ch.keys
-    if state in ("failed", "timeout"):
-        # the task's failures, else every failure
-        index = k.label_index(task) if task else k.failed_index
-    else:
-        index = k.finished  # successes by task: the finished index, records filtered
+    # the task's failures, else every failure; otherwise every finished job (records filtered)
+    index = ch.record_index(state in ("failed", "timeout"), task)
     needle = error.lower() if error else None
     out: list[JobRecord] = []
     start, examined, page = 0, 0, max(100, min(limit * 4, 1000))
     while len(out) < limit and examined < SCAN_BUDGET:
-        ids = [_s(i) for i in ch.client.zrevrangebyscore(
-            index, "+inf" if hi is None else hi, "-inf" if lo is None else lo,
-            start=start, num=page)]
+        ids = ch.record_index_page(index, hi, lo, start, page)
         if not ids:
             break
         start += len(ids)
         examined += len(ids)
-        pipe = ch.client.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hmget(k.record(job_id), RECORD_FIELDS)
-            pipe.get(k.result(job_id))
-        replies = pipe.execute()
         gone: list[str] = []
-        for n, job_id in enumerate(ids):
-            raw, result = record_fields(replies[2 * n]), replies[2 * n + 1]
+        for job_id, (raw, result) in zip(ids, ch.records_with_results(ids)):
             if not raw:
                 gone.append(job_id)
                 continue
@@ -225,9 +209,9 @@ def find_jobs(app: TaskPipe, channel: str | None = None, *, state: str | None = 
             out.append(rec)
             if len(out) == limit:
                 break
-        if gone and index != k.finished:
+        if gone and index != ch.keys.finished:
             # records that expired: drop their stale entries from this index (repair on read)
-            ch.client.zrem(index, *gone)
+            ch.drop_from_record_index(index, gone)
             start -= len(gone)
     return out
 
@@ -237,8 +221,8 @@ def task_breakdown(app: TaskPipe, channel: str | None = None) -> dict[str, dict[
     script): ``{task: {"succeeded": n, "failed": n, "timeout": n}}``."""
     ch = app.channel(channel)
     out: dict[str, dict[str, int]] = {}
-    for field, count in ch.client.hscan_iter(ch.keys.label_stats, count=500):
-        task, _, outcome = _s(field).partition("\0")
+    for field, count in ch.label_counts().items():
+        task, _, outcome = field.partition("\0")
         out.setdefault(task, dict.fromkeys(ENDED_STATES, 0))[outcome] = int(count)
     return dict(sorted(out.items()))
 
@@ -313,8 +297,7 @@ def empty_channel(app: TaskPipe, channel: str | None,
     ch = app.channel(channel)
     done, cursor = 0, 0
     while True:
-        cursor, found = ch.client.hscan(ch.keys.items, cursor, count=500)
-        ids = [_s(i) for i in found]
+        cursor, ids = ch.scan_items(cursor, 500)
         done += len(ch.retract_waiting(ids))
         if on_progress is not None:
             on_progress(len(ids))

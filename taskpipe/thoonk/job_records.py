@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from taskpipe.errors import JobNotFound, ThoonkError, WrongJobState
-from taskpipe.thoonk.job_reads import _s
+from taskpipe.thoonk.job_reads import RECORD_FIELDS, _s, record_fields
 from taskpipe.thoonk.script_keys import contract
 
 if TYPE_CHECKING:
@@ -115,6 +115,47 @@ class JobRecords:
             self.scripts["job_retract"].queue(pipe, self.retract_keys(job_id),
                                               [job_id, channel, "waiting", 0])
         return [job_id for job_id, ok in zip(ids, pipe.execute()) if int(ok)]
+
+    # reading records (find_jobs, read_record) -------------------------------------------------
+    def records_with_results(self, ids: Sequence[str]) -> list[tuple[dict[str, bytes], bytes | None]]:
+        """For each of ``ids``, in one round trip: its record (name -> value, ``record_fields``;
+        empty when it has none) and its stored result (None when there is none)."""
+        if not ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self.keys.record(job_id), RECORD_FIELDS)
+            pipe.get(self.keys.result(job_id))
+        r = pipe.execute()
+        return [(record_fields(r[2 * n]), r[2 * n + 1]) for n in range(len(ids))]
+
+    def record_index(self, failures: bool, label: str | None = None) -> str:
+        """The index to read records from: a label's failures, every failure, or every
+        finished job (``feed.finished``)."""
+        if failures:
+            return self.keys.label_index(label) if label else self.keys.failed_index
+        return self.keys.finished
+
+    def record_index_page(self, index: str, until_ms: int | None, since_ms: int | None,
+                          start: int, count: int) -> list[str]:
+        """Ids of ``index`` (``record_index``) finished within the bounds, newest first."""
+        return [_s(i) for i in self.client.zrevrangebyscore(
+            index, "+inf" if until_ms is None else until_ms, "-inf" if since_ms is None else since_ms,
+            start=start, num=count)]
+
+    def drop_from_record_index(self, index: str, ids: Sequence[str]) -> None:
+        """Remove ``ids`` (whose records expired) from a record index (never the finished one)."""
+        if ids and index != self.keys.finished:
+            self.client.zrem(index, *ids)
+
+    def label_counts(self) -> dict[str, int]:
+        """The lifetime counters ``"<label>\0<outcome>" -> jobs`` (``HSCAN``-paged)."""
+        return {_s(f): int(c) for f, c in self.client.hscan_iter(self.keys.label_stats, count=500)}
+
+    def scan_items(self, cursor: int = 0, count: int = 500) -> tuple[int, list[str]]:
+        """One ``HSCAN`` step over the unfinished jobs: ``(next cursor, ids)``; cursor 0 = done."""
+        nxt, found = self.client.hscan(self.keys.items, int(cursor), count=int(count))
+        return int(nxt), [_s(i) for i in found]
 
     def has_record(self, id: str) -> bool:
         """True if the job has a record (it ended, was stalled, or was retracted before it ended)."""
