@@ -16,9 +16,12 @@
 --   e the error of the last run while the job waits out a retry backoff (JobChannel.note_error;
 --     dropped at finish: the error is then the result)
 -- Empty values are not stored. It expires with the job's result (its TTL is the result's).
-local function record_section(n)
-  if ARGV[#ARGV] ~= '\0record' then return nil end
-  return {a = #ARGV - 2 - 4 * n, k = #KEYS - 2 * n - 1, nkeys = 2 * n + 2, stats = {}}
+-- record_section(n, KEYS, ARGV): the calling script's keys and arguments are passed in (a helper
+-- reads no KEYS of its own); nil when the call has no record section.
+local function record_section(n, keys, argv)
+  if argv[#argv] ~= '\0record' then return nil end
+  return {keys = keys, argv = argv, a = #argv - 2 - 4 * n, k = #keys - 2 * n - 1,
+          nkeys = 2 * n + 2, stats = {}}
 end
 
 -- read what the finishing jobs are about to lose (call before their bookkeeping is deleted):
@@ -42,10 +45,10 @@ end
 -- keep the record of job i (its snapshot from record_read_all) for ttl ms; index it.
 local function record_write(rec, i, id, snap, now, ttl)
   local b = rec.a + 2 + 4 * (i - 1)
-  local outcome, label, code, runtime = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local outcome, label, code, runtime = rec.argv[b], rec.argv[b + 1], rec.argv[b + 2], rec.argv[b + 3]
   if outcome == '' or ttl <= 0 then return end
-  local cap = tonumber(ARGV[rec.a])
-  local key, lidx = KEYS[rec.k + 2 + 2 * (i - 1)], KEYS[rec.k + 3 + 2 * (i - 1)]
+  local cap = tonumber(rec.argv[rec.a])
+  local key, lidx = rec.keys[rec.k + 2 + 2 * (i - 1)], rec.keys[rec.k + 3 + 2 * (i - 1)]
   local item = snap[1] or ''
   local fields = {'o', outcome, 'a', tonumber(snap[3] or '0') + 1, 'f', now}
   local function put(name, value)
@@ -76,12 +79,12 @@ local function record_write(rec, i, id, snap, now, ttl)
     rec.stats[stat] = (rec.stats[stat] or 0) + 1
   end
   if outcome ~= 'succeeded' then
-    redis.call('ZADD', KEYS[rec.k], now, id)
+    redis.call('ZADD', rec.keys[rec.k], now, id)
     if label ~= '' then
       -- the per-label index holds the jobs that did not succeed (what an operator looks for and
       -- requeues by task); successes are found through feed.finished (memory: docs/history.md).
       -- It lives while its task keeps failing: it expires one retention after the last failure.
-      local keep = tonumber(ARGV[rec.a + 1])
+      local keep = tonumber(rec.argv[rec.a + 1])
       redis.call('ZADD', lidx, now, id)
       redis.call('PEXPIRE', lidx, keep)
       local old = redis.call('ZRANGEBYSCORE', lidx, '-inf', now - keep, 'LIMIT', 0, 100)
@@ -92,7 +95,7 @@ end
 
 -- once per call, after the records: the per-label counters, and the failed index trimmed by age
 local function record_trim(rec, now)
-  for stat, count in pairs(rec.stats) do redis.call('HINCRBY', KEYS[rec.k + 1], stat, count) end
-  local old = redis.call('ZRANGEBYSCORE', KEYS[rec.k], '-inf', now - tonumber(ARGV[rec.a + 1]), 'LIMIT', 0, 100)
-  if #old > 0 then redis.call('ZREM', KEYS[rec.k], unpack(old)) end
+  for stat, count in pairs(rec.stats) do redis.call('HINCRBY', rec.keys[rec.k + 1], stat, count) end
+  local old = redis.call('ZRANGEBYSCORE', rec.keys[rec.k], '-inf', now - tonumber(rec.argv[rec.a + 1]), 'LIMIT', 0, 100)
+  if #old > 0 then redis.call('ZREM', rec.keys[rec.k], unpack(old)) end
 end

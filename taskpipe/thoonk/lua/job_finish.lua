@@ -34,7 +34,7 @@
 --@include _record.lua
 local n = tonumber(ARGV[3])
 if n > 1000 then return redis.error_reply('ERR job_finish: at most 1000 jobs per call') end
-local rec = record_section(n)  -- job records (b-history)
+local rec = record_section(n, KEYS, ARGV)  -- job records (b-history)
 local now = now_ms()
 local out = {}
 local done, seen, scored, finished = {}, {}, {}, {}
