@@ -130,3 +130,25 @@ def test_status_watch_redraws(env: dict[str, Any], ended: dict[str, Any]) -> Non
     out = run(env, "status", "--watch", "0.2", "--iterations", "2").stdout
     assert out.count("CHANNEL") == 2 and "default" in out
     run(env, "status", "--watch", "0", code=2)
+
+
+def test_list_show_and_find_a_timed_out_job(env: dict[str, Any]) -> None:
+    app = env["app"]
+
+    @app.task(name="t.slow", timeout=0.05)
+    def slow() -> None:
+        import time as _time
+        end = _time.monotonic() + 5
+        while _time.monotonic() < end:  # busy: the soft time limit interrupts it
+            pass
+
+    r = slow.delay()
+    Worker(app, ["default"], concurrency=1, burst=True).run()
+    assert r.state == "timeout"
+    out = run_json(env, "jobs", "list", "-s", "timeout")
+    assert [row["id"] for row in out["rows"]] == [r.id] and out["rows"][0]["task"] == "t.slow"
+    text = run(env, "jobs", "list", "-s", "timeout").stdout
+    assert r.id in text and "JobTimeout" in text
+    shown = run_json(env, "jobs", "show", r.id)
+    assert shown["state"] == "timeout" and shown["task"] == "t.slow" and shown["attempts"] == 1
+    assert [j["id"] for j in run_json(env, "jobs", "find", "-s", "timeout")["jobs"]] == [r.id]

@@ -192,7 +192,8 @@ def jobs() -> None:
 
 def _row_cells(state: str, page: Page, now: int) -> tuple[list[str], list[list[Any]]]:
     when = {"available": "PUBLISHED", "delayed": "DUE", "claimed": "CLAIMED",
-            "stalled": "STALLED", "finished": "FINISHED", "failed": "FINISHED"}[state]
+            "stalled": "STALLED", "finished": "FINISHED", "failed": "FINISHED",
+            "timeout": "FINISHED"}[state]
     headers = ["ID", "TASK", when, "CANCELS", "ATTEMPTS"]
     extra: dict[str, tuple[list[str], Callable[[Any], list[Any]]]] = {
         "claimed": (["WORKER", "PROGRESS", "LEASE"],
@@ -200,9 +201,10 @@ def _row_cells(state: str, page: Page, now: int) -> tuple[list[str], list[list[A
         "stalled": (["REASON"], lambda r: [r.reason or "-"]),
         "finished": (["OUTCOME", "ERROR"], lambda r: [r.outcome, r.error or "-"]),
         "failed": (["ERROR"], lambda r: [r.error]),
+        "timeout": (["ERROR"], lambda r: [r.error]),
     }
     more_h, more = extra.get(state, ([], lambda r: []))
-    rows = [[r.id, r.task or ("-" if state in ("finished", "failed") else "(not an envelope)"),
+    rows = [[r.id, r.task or ("-" if state in ("finished", "failed", "timeout") else "(not an envelope)"),
              _ago(r.when_ms, now), r.cancels, r.attempts, *more(r)] for r in page.rows]
     return headers + more_h, rows
 
