@@ -12,15 +12,16 @@ import pytest
 from click.testing import CliRunner, Result
 from test_cli_admin import env  # noqa: F401 - the app-module fixture
 
-import taskpipe.cli.admin  # noqa: F401  (registers the commands)
+import taskpipe.cli.admin
 import taskpipe.cli.history_cmd  # noqa: F401
+from taskpipe import TaskPipe
 from taskpipe.cli import cli
 from taskpipe.serialization import decode_envelope
 from taskpipe.worker import Worker
 
 
-def run(env: dict[str, Any], *args: str, code: int = 0, input: str | None = None) -> Result:
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False, input=input, env={
+def run(env: dict[str, Any], *args: str, code: int = 0, stdin: str | None = None) -> Result:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False, input=stdin, env={
         "TASKPIPE_BROKER_URL": env["url"], "TASKPIPE_PREFIX": env["prefix"]})
     assert result.exit_code == code, (args, result.output)
     return result
@@ -68,7 +69,7 @@ def test_requeue_one_and_all(env: dict[str, Any], ended: dict[str, Any]) -> None
     out = run_json(env, "jobs", "requeue", one.id)
     assert out["was"] == "failed" and out["state"] == "available"
     # bulk: preview and a "no" changes nothing
-    res = run(env, "jobs", "requeue", "--all", input="n\n")
+    res = run(env, "jobs", "requeue", "--all", stdin="n\n")
     assert "3 job(s)" in res.output and "nothing requeued" in res.output
     assert all(app.AsyncResult(b.id).state == "failed" for b in ended["bads"][1:])
     res = run(env, "jobs", "requeue", "--all", "--task", "t.add", "--yes")
@@ -114,7 +115,7 @@ def test_empty_and_clean_by_outcome(env: dict[str, Any], ended: dict[str, Any]) 
     claimed = mod.add.delay(9, 9)
     assert app.channel().get_claim(timeout=None, worker="w").id == claimed.id
     waiting = [mod.add.delay(i, i) for i in range(3)] + [mod.add.apply_async((0, 0), delay="1h")]
-    res = run(env, "jobs", "empty", "default", input="n\n")
+    res = run(env, "jobs", "empty", "default", stdin="n\n")
     assert "4 job(s)" in res.output and all(app.AsyncResult(w.id).state != "unknown" for w in waiting)
     assert run_json(env, "jobs", "empty", "default", "--yes")["retracted"] == 4
     assert all(app.AsyncResult(w.id).state == "unknown" for w in waiting)
@@ -133,7 +134,7 @@ def test_status_watch_redraws(env: dict[str, Any], ended: dict[str, Any]) -> Non
 
 
 def test_list_show_and_find_a_timed_out_job(env: dict[str, Any]) -> None:
-    app = env["app"]
+    app: TaskPipe = env["app"]
 
     @app.task(name="t.slow", timeout=0.05)
     def slow() -> None:

@@ -292,7 +292,9 @@ def test_clean_finished_keeps_failed_and_timeout_until_asked(app: TaskPipe) -> N
     ch = app.channel()
     rep = insp.clean("default", "finished", 0)
     assert (rep.removed, rep.kept) == (1, 2)
-    state = lambda r: app.AsyncResult(r.id).state  # noqa: E731 - a fresh handle: no cache
+    def state(r: Any) -> str:  # a fresh handle: no cached result
+        return str(app.AsyncResult(r.id).state)
+
     assert state(ok) == "unknown" and ch.client.exists(ch.keys.record(ok.id)) == 0
     assert state(bad) == "failed" and state(slow) == "timeout"
     dry = insp.clean("default", "failed", 0, dry_run=True)

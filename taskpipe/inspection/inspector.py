@@ -34,6 +34,7 @@ from taskpipe.inspection.views import (
     worker_view,
 )
 from taskpipe.serialization import decode_envelope
+from taskpipe.states import DONE_STATES, LISTABLE_STATES, JobState
 from taskpipe.thoonk.job import JobChannel
 from taskpipe.thoonk.workers import WorkerRegistry
 
@@ -48,7 +49,7 @@ CLEAN_STATES = ("finished", "failed", "timeout", "stalled")
 
 #: States ``list_jobs`` pages through (``failed`` = finished jobs whose result is an error,
 #: ``timeout`` = those that failed by running past their time limit).
-LIST_STATES = ("available", "delayed", "claimed", "stalled", "finished", "failed", "timeout")
+LIST_STATES = LISTABLE_STATES
 #: The largest page ``list_jobs`` returns.
 MAX_PAGE = 1000
 
@@ -118,7 +119,7 @@ class Inspector:
         return self.app.thoonk.server_ms()
 
     # listing --------------------------------------------------------------------------------
-    def list_jobs(self, channel: str, state: str, cursor: str | int | None = None,
+    def list_jobs(self, channel: str, state: JobState | str, cursor: str | int | None = None,
                   limit: int = 50) -> Page:
         """One page of the jobs in ``state`` (one of ``LIST_STATES``).
 
@@ -129,7 +130,9 @@ class Inspector:
         """
         ch = self.channel(channel)
         if state not in LIST_STATES:
-            raise ConfigError(f"unknown state {state!r}; expected one of {', '.join(LIST_STATES)}")
+            raise ConfigError(f"unknown state {str(state)!r}; expected one of "
+                              f"{', '.join(LIST_STATES)}")
+        state = JobState(state)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
             raise ConfigError(f"limit must be an int from 1 to {MAX_PAGE}, got {limit!r}")
         if state == "stalled":
@@ -170,7 +173,7 @@ class Inspector:
             if len(ids) == limit:
                 nxt = f"{scan}.0"
                 break
-        rows = self._rows(ch, "stalled", [(i, None) for i in ids])
+        rows = self._rows(ch, JobState.STALLED, [(i, None) for i in ids])
         return Page(rows, nxt, ch.count_stalled())
 
     def _list_failed(self, ch: JobChannel, off: int, limit: int, state: str = "failed") -> Page:
@@ -180,17 +183,17 @@ class Inspector:
         while len(rows) < limit and pos < total and pos - off < budget:
             if not scored:
                 break
-            for row in self._rows(ch, "finished", [(i, _opt(sc)) for i, sc in scored]):
+            for row in self._rows(ch, JobState.FINISHED, [(i, _opt(sc)) for i, sc in scored]):
                 pos += 1
                 if row.outcome == state:
-                    rows.append(replace(row, state=state))
+                    rows.append(replace(row, state=JobState(state)))
                     if len(rows) == limit:
                         break
             if len(rows) < limit and pos < total and pos - off < budget:
                 total, scored = ch.page_sorted("finished", pos, chunk)
         return Page(rows, str(pos) if pos < total else None, None)
 
-    def _rows(self, ch: JobChannel, state: str, scored: list[tuple[str, int | None]]) -> list[JobRow]:
+    def _rows(self, ch: JobChannel, state: JobState, scored: list[tuple[str, int | None]]) -> list[JobRow]:
         if not scored:
             return []
         f = ch.row_fields(state, [i for i, _ in scored])
@@ -250,11 +253,12 @@ class Inspector:
                 payload_error, raw_payload = str(exc), raw_view(item)
         state = info.state
         result = record_view(result_raw) if result_raw is not None else None
-        if state == "finished" and result is not None and not result["ok"]:
-            state = "timeout" if _s(rec.get("outcome", b"")) == "timeout" else "failed"
-        ended = "outcome" in rec and state in ("finished", "failed", "timeout", "unknown")
-        if state == "unknown" and ended:
-            state = "finished" if _s(rec.get("outcome", b"")) == "succeeded" else _s(rec["outcome"])
+        if state == JobState.FINISHED and result is not None and not result["ok"]:
+            state = JobState.TIMEOUT if _s(rec.get("outcome", b"")) == "timeout" else JobState.FAILED
+        ended = "outcome" in rec and state in (*DONE_STATES, JobState.UNKNOWN)
+        if state == JobState.UNKNOWN and ended:
+            kept = _s(rec.get("outcome", b""))
+            state = JobState.FINISHED if kept == "succeeded" else JobState(kept)
         ts = {"published_ms": info.published_ms, "due_ms": info.due_ms, "claimed_ms": _opt(claimed_ms),
               "lease_deadline_ms": info.lease_deadline_ms, "finished_ms": info.finished_ms}
         cancels, attempts, worker = info.cancel_count, info.attempts, info.worker

@@ -23,6 +23,7 @@ from taskpipe.errors import (
     WrongJobState,
 )
 from taskpipe.serialization import encode_envelope, encode_failure, encode_result
+from taskpipe.states import WorkerEvent
 from taskpipe.thoonk.job import FinishRequest
 from taskpipe.worker.eviction import EvictionWatch
 from taskpipe.worker.keeper import BROKER_ERRORS
@@ -50,7 +51,7 @@ class _FollowupError(Exception):
 #: a counter in ``OutcomeWriter.stats`` moves by ``n``; ``event`` is the counter's name,
 #: ``outcome`` the job's outcome (None for ``lease_expired`` / ``lease_expired_stalled``, which
 #: the reaper counts).
-OutcomeListener = Callable[[str, str, "Outcome | None", int], None]
+OutcomeListener = Callable[[str, WorkerEvent, "Outcome | None", int], None]
 
 
 def log_outcome(outcome: Outcome, req: FinishRequest, tracebacks: bool = False) -> None:
@@ -91,7 +92,7 @@ class OutcomeWriter:
         #: log a final failure's traceback at ERROR (``--log-tracebacks``); else at DEBUG
         self.log_tracebacks = False
 
-    def _bump(self, channel: str, event: str, outcome: Outcome | None, n: int = 1) -> None:
+    def _bump(self, channel: str, event: WorkerEvent, outcome: Outcome | None, n: int = 1) -> None:
         self.stats[event] += n
         if outcome is not None:  # every event with an outcome is final for it
             outcome.written = True
@@ -100,7 +101,7 @@ class OutcomeWriter:
         for listener in list(self.listeners):
             try:
                 listener(channel, event, outcome, n)
-            except Exception:  # noqa: BLE001 - a metrics hook must never break the worker
+            except Exception:  # a metrics hook must never break the worker
                 log.exception("outcome listener %r failed", listener)
 
     def reaped(self, channel: str, requeued: int, stalled: int) -> None:
@@ -162,7 +163,7 @@ class OutcomeWriter:
         return encode_failure(outcome.exc_type, outcome.exc_message, outcome.traceback,
                               serializer=ser), True
 
-    def write(self, outcomes: list[Outcome]) -> None:
+    def write(self, outcomes: list[Outcome]) -> None:  # noqa: C901 - hot spot: split once issue 15/16 land
         """Apply a batch of outcomes, finishing plain successes/failures per channel in one call.
 
         Each job is isolated: an outcome that cannot be written (a result or follow-up over
@@ -185,7 +186,7 @@ class OutcomeWriter:
                         followup = self._followup(outcome, failed)
                     except BROKER_ERRORS:
                         raise
-                    except Exception as exc:  # noqa: BLE001 - surfaces on the parent's result
+                    except Exception as exc:  # surfaces on the parent's result
                         raise _FollowupError(exc) from exc
                     if followup is not None:
                         self._finish_one(outcome, req, followup)
@@ -276,7 +277,8 @@ class OutcomeWriter:
 
     def _count(self, outcome: Outcome, req: FinishRequest, code: int) -> None:
         if code == 1:
-            event = ("timeout" if req.outcome == "timeout" else "failed") if req.failed else "finished"
+            event: WorkerEvent = ("timeout" if req.outcome == "timeout" else "failed") \
+                if req.failed else "finished"
             self._bump(outcome.claim.channel, event, outcome)
             log_outcome(outcome, req, self.log_tracebacks)
         elif code == 0 and self.eviction.finish_missed(outcome.claim.channel, outcome.claim.id):
