@@ -46,8 +46,8 @@ class JobState(str, Enum):
         return self.value
 
 
-#: the states the Thoonk layer reports for a job (``JobChannel.info``); ``FAILED`` is read
-#: from the stored result by the task layer
+#: the states the Thoonk layer reports for a job (``JobChannel.info``); ``FAILED`` and
+#: ``TIMEOUT`` are read from the stored result by the task layer, ``RETRACTED`` from a record
 CHANNEL_STATES = (JobState.DELAYED, JobState.AVAILABLE, JobState.CLAIMED, JobState.STALLED,
                   JobState.FINISHED, JobState.UNKNOWN)
 #: the states of a job still on its channel (its depth: metrics, ``taskpipe status``)
