@@ -38,6 +38,7 @@ LAYERS: list[tuple[int, str]] = [  # (layer, module prefix); the longest matchin
     (3, "taskpipe.loading"), (3, "taskpipe.aio"), (3, "taskpipe.eager"),
     (3, "taskpipe.cron"), (3, "taskpipe.publishing"), (3, "taskpipe.flow"),
     (3, "taskpipe.workflows"), (3, "taskpipe.aliases"),
+    (3, "taskpipe.history"),
     (4, "taskpipe.worker"), (4, "taskpipe.scheduler"),
     (5, "taskpipe.inspection"),
     (6, "taskpipe.cli"), (6, "taskpipe.contrib"), (6, "taskpipe.testing"),
