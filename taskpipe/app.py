@@ -60,11 +60,13 @@ class TaskPipe(ExtensionsMixin):
 
     def __init__(self, name: str | None = None, broker: str | None = None, *, prefix: str = "",
                  serializer: str = "msgpack", result_ttl: DurationLike = "1d",
+                 failure_ttl: DurationLike = "7d",
                  default_channel: str = "default", retries: int = 0,
                  retry_backoff: DurationLike = "1s", retry_backoff_max: DurationLike = "10m",
                  timeout: DurationLike | None = None, lease: DurationLike = "20s", max_cancels: int = 3,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, connection: Connection | None = None,
-                 client: Any = None, publish_retry: DurationLike = "5s", eager: bool = False) -> None:
+                 client: Any = None, publish_retry: DurationLike = "5s", eager: bool = False,
+                 record_successes: bool = True) -> None:
         self.name = name or "taskpipe"
         if connection is None:
             if client is not None:
@@ -80,6 +82,8 @@ class TaskPipe(ExtensionsMixin):
         self.prefix = prefix
         self.serializer = get_serializer(serializer)
         self.result_ttl = parse_duration(result_ttl)
+        #: how long failed and timed-out jobs (record, error) are kept (docs/history.md)
+        self.failure_ttl = parse_duration(failure_ttl)
         self.default_channel = default_channel
         self.retries = check_count("retries", retries)
         self.retry_backoff = parse_duration(retry_backoff)
@@ -101,6 +105,9 @@ class TaskPipe(ExtensionsMixin):
         self._eviction_checked = False
         #: eager (test) mode: every call runs inline, nothing is published (taskpipe.eager)
         self.eager = eager
+        #: keep a record of succeeded jobs too (docs/history.md); False: failures only (a
+        #: finish then costs what it did before records, for high-throughput channels)
+        self.record_successes = bool(record_successes)
         self._eager: Any = None
         #: middlewares (``app.use``) and in-process events (``app.on``, ``task.on``)
         self.middleware = MiddlewareChain()
@@ -141,7 +148,8 @@ class TaskPipe(ExtensionsMixin):
                 opts = TaskOptions(**options)
             except TypeError as exc:
                 raise ConfigError(f"bad task option: {exc}") from None
-            for key in ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl"):
+            for key in ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl",
+                        "failure_ttl"):
                 parse_optional_duration(getattr(opts, key))
             for key in COUNT_OPTIONS:
                 if getattr(opts, key) is not None:
@@ -177,8 +185,11 @@ class TaskPipe(ExtensionsMixin):
         return Signature(name, tuple(args), dict(kwargs), {}, self)
 
     # channels -------------------------------------------------------------------------------
-    def channel(self, name: str | None = None) -> JobChannel:
+    def channel(self, name: str | None = None, *, deadline: float | None = None) -> JobChannel:
         """The Thoonk job channel of that name (created on first use).
+
+        Opening it retries a broker outage for ``publish_retry``, or until ``deadline`` (a
+        ``time.monotonic()`` value: a caller's own timeout) if that comes first.
 
         On a Redis Cluster the name gets a hash tag (``emails`` -> channel ``{emails}``, a name
         that already has one is kept) so every key of the channel lives in one slot; both
@@ -198,7 +209,8 @@ class TaskPipe(ExtensionsMixin):
                                               "hash tag: channel keys would span cluster slots")
                         real = cluster_name(name)
                     ch = self._channels.get(real) or self.broker_retry.call(
-                        f"open channel {real!r}", lambda _attempt: self.thoonk.job_channel(real))
+                        f"open channel {real!r}", lambda _attempt: self.thoonk.job_channel(real),
+                        deadline=deadline)
                     self._channels[name] = self._channels[real] = ch
         return ch
 
@@ -261,6 +273,18 @@ class TaskPipe(ExtensionsMixin):
         Every call is encoded (and checked) before anything is written.
         """
         return self.publishing.publish_calls(task, calls, batch)
+
+    def jobs(self, channel: str | None = None, *, state: str | None = None, task: str | None = None,
+             since: Any = None, until: Any = None, error: str | None = None,
+             limit: int = 50) -> list[Any]:
+        """Ended jobs (their ``JobRecord``), newest first, filtered by ``state`` (succeeded,
+        failed, timeout), ``task``, finish time (``since`` / ``until``: epoch seconds or
+        datetimes) and ``error`` text. Reads indexes kept by the finish script, not a scan.
+        See ``taskpipe.history.find_jobs`` and ``docs/history.md``."""
+        from taskpipe.history import find_jobs
+
+        return find_jobs(self, channel, state=state, task=task, since=since, until=until,
+                         error=error, limit=limit)
 
     def AsyncResult(self, id: str, channel: str | None = None) -> AsyncResult:  # noqa: N802
         """A handle on a job published elsewhere (by id and channel)."""

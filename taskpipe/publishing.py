@@ -83,6 +83,7 @@ ENVELOPE_OPTIONS: Mapping[str, Callable[[Any], Any]] = MappingProxyType({
     "hard_timeout": parse_duration,
     "retry_backoff": parse_duration,
     "result_ttl": parse_duration,
+    "failure_ttl": parse_duration,  # how long a failed / timed-out job's record is kept
     HEADERS_OPTION: _headers,  # read by the run-side middleware hooks (``RunningJob.headers``)
 })
 

@@ -47,7 +47,8 @@ _BROKER_FAULTS = (redis.exceptions.RedisError, OSError, BrokerUnavailable)
 
 
 def final_state(record: ResultRecord) -> JobState:
-    """The state a finished job's result record means: finished, failed, aborted or expired."""
+    """The state a finished job's result record means: finished, failed, timeout, aborted or
+    expired."""
     if record.ok:
         return JobState.FINISHED
     return OUTCOME_STATES.get(record.exc_type or "", JobState.FAILED)
@@ -120,7 +121,7 @@ class AsyncResult(Generic[R]):
     @property
     def state(self) -> JobState:
         """A ``JobState`` (a ``str``): delayed, waiting (for parents: ``depends_on``),
-        available, claimed, stalled, finished, failed, aborted, expired, unknown."""
+        available, claimed, stalled, finished, failed, timeout, aborted, expired, unknown."""
         if self._record is not None:
             return final_state(self._record)
         state = self.info().state
@@ -165,7 +166,7 @@ class AsyncResult(Generic[R]):
         return self.state == JobState.FINISHED
 
     def failed(self) -> bool:
-        """True if the job finished with an error (aborted and expired jobs too)."""
+        """True if the job finished with an error (timed-out, aborted and expired jobs too)."""
         return self.state in FAILED_STATES
 
     @overload
@@ -252,7 +253,7 @@ class AsyncResult(Generic[R]):
         """One try at waiting for the result (broker errors propagate; ``get`` retries)."""
         if self._record is not None:
             return self._record
-        ch = self._ch
+        ch = self.app.channel(self.channel, deadline=deadline)  # within get()'s timeout
         raw = ch.stored_result(self.id)
         if raw is not None:
             self._accept(raw)
@@ -371,7 +372,7 @@ class AsyncResult(Generic[R]):
         """Remove the job from its channel, whatever its state."""
         def retract(attempt: int) -> None:
             try:
-                self._ch.retract(self.id)
+                self._ch.retract(self.id, int(self.app.failure_ttl * 1000))
             except JobNotFound:
                 if not attempt:  # a retry finds it gone: the try that failed had retracted it
                     raise
@@ -384,3 +385,27 @@ class AsyncResult(Generic[R]):
         ``ResultExpired``. Use ``retract()`` to remove a job."""
         self._call("forget", lambda: self._ch.drop_result(self.id))
         self._record = None
+
+    # history (docs/history.md) --------------------------------------------------------------
+    def record(self) -> Any:
+        """The job's ``JobRecord`` once it ended (task, args, attempts, worker, times, error),
+        or None (not ended yet, or the record expired)."""
+        from taskpipe.history import read_record
+
+        return self._call("record", lambda: read_record(self.app, self.channel, self.id))
+
+    def requeue(self, states: Any = ("failed", "timeout")) -> None:
+        """Run a failed or timed-out job again with its original arguments: same id, attempts
+        reset, its record kept. ``WrongJobState`` if it did not end in one of ``states``,
+        ``JobNotFound`` if it has no record; nothing changes then."""
+        from taskpipe.history import requeue
+
+        requeue(self.app, self.channel, self.id, states)
+        self._record = None
+
+    def edit(self, args: Any = None, kwargs: Any = None) -> None:
+        """Replace the arguments of this job while it is still waiting (available, delayed or
+        stalled), atomically; ``WrongJobState`` once a worker holds it or it ended."""
+        from taskpipe.history import edit_args
+
+        edit_args(self.app, self.channel, self.id, args, kwargs)

@@ -47,6 +47,7 @@ class TaskOptions:
     retry_backoff: DurationLike | None = None  # base delay of the exponential backoff
     retry_backoff_max: DurationLike | None = None
     result_ttl: DurationLike | None = None
+    failure_ttl: DurationLike | None = None  # how long a failed or timed-out job's record and error are kept
     max_cancels: int | None = None
     stall_on_failure: bool = False  # after the last retry, stall instead of finishing as failed
     raw: bool = False  # a Thoonk-native handler: gets the channel's opaque bytes, returns bytes

@@ -298,6 +298,7 @@ def test_pause_shows_as_paused(browser: Any, app: TaskPipe, board: DashboardServ
     app.send("report", channel="emails")
     browser.get(board.url + "#/channel/emails")
     wait(browser, lambda d: css(d, "#paused-badge").text == "active")
+    browser.execute_script("window.confirm = () => true")  # pausing asks first (issue 14 item 8)
     click(browser, '#channel-actions button[data-action="pause"]')
     wait(browser, lambda d: css(d, "#paused-badge").text == "paused")
     assert app.channel("emails").paused

@@ -38,6 +38,7 @@ LAYERS: list[tuple[int, str]] = [  # (layer, module prefix); the longest matchin
     (3, "taskpipe.loading"), (3, "taskpipe.aio"), (3, "taskpipe.eager"),
     (3, "taskpipe.cron"), (3, "taskpipe.publishing"), (3, "taskpipe.flow"),
     (3, "taskpipe.workflows"), (3, "taskpipe.aliases"),
+    (3, "taskpipe.history"),
     (3, "taskpipe.middleware"), (3, "taskpipe.events"), (3, "taskpipe.extensions"),
     (3, "taskpipe.definition"), (3, "taskpipe.lifecycle"),
     (4, "taskpipe.worker"), (4, "taskpipe.scheduler"),

@@ -96,7 +96,8 @@ def test_worker_refuses_a_bool_count_from_any_producer() -> None:
 # JobState and the outcome kinds ----------------------------------------------------------------
 def test_job_state_is_its_wire_string() -> None:
     assert [s.value for s in JobState] == ["delayed", "waiting", "available", "claimed", "stalled",
-                                           "finished", "failed", "aborted", "expired", "unknown"]
+                                           "finished", "failed", "aborted", "expired", "timeout",
+                                           "retracted", "unknown"]
     wire: str = "finished"  # (a str typed as str: mypy rejects comparing two literals)
     assert JobState.FINISHED == wire and isinstance(JobState.FINISHED, str)
     assert JobState("stalled") is JobState.STALLED
@@ -104,9 +105,11 @@ def test_job_state_is_its_wire_string() -> None:
     assert json.dumps({"state": JobState.FAILED}) == '{"state": "failed"}'
     assert {"delayed": 1}[JobState.DELAYED] == 1  # hashes as its string
     assert STATES == tuple(JobState)
-    # failed, aborted and expired are read from a finished job's stored result (task layer)
-    assert set(CHANNEL_STATES) == set(JobState) - {JobState.FAILED, JobState.ABORTED,
-                                                   JobState.EXPIRED}
+    # failed, timeout, aborted and expired are read from a finished job's stored result,
+    # retracted from a record (task layer)
+    assert set(CHANNEL_STATES) == set(JobState) - {JobState.FAILED, JobState.TIMEOUT,
+                                                   JobState.ABORTED, JobState.EXPIRED,
+                                                   JobState.RETRACTED}
     assert set(LISTABLE_STATES) == set(QUEUED_STATES) | set(DONE_STATES)
     assert LIST_STATES == LISTABLE_STATES
 

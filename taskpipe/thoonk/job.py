@@ -24,6 +24,7 @@ from taskpipe.thoonk.flow import PutFlow, put_flow, put_flow_args
 from taskpipe.thoonk.job_browse import JobBrowsing
 from taskpipe.thoonk.job_clean import JobCleaning
 from taskpipe.thoonk.job_reads import JobInfo, JobReads, _s
+from taskpipe.thoonk.job_records import RECORD_ITEM_MAX, JobRecords
 from taskpipe.thoonk.keys import JobKeys
 from taskpipe.thoonk.script_keys import FINISH_FOLLOWUP_ROLES, contract
 from taskpipe.thoonk.scripts import broker_errors
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from taskpipe.thoonk.thoonk import Thoonk
 
 __all__ = ["JobChannel", "Claim", "JobInfo", "FinishRequest", "PutRequest", "Reaped", "new_id",
-           "DEFAULT_LEASE_MS", "FINISHED_INDEX_MS"]
+           "DEFAULT_LEASE_MS", "FINISHED_INDEX_MS", "RECORD_ITEM_MAX"]
 
 DEFAULT_LEASE_MS = 30_000
 FINISHED_INDEX_MS = 7 * 24 * 3600 * 1000  # how long the finished-id index remembers a job
@@ -108,6 +109,12 @@ class FinishRequest:
     result_ttl_ms: int = 0
     failed: bool = False
     keep_query: bool = False  # keep the item beside a stored result (feed.query:<f>:<id>)
+    #: job record (docs/history.md): '' keeps none; 'succeeded', 'failed' or 'timeout' keeps one with
+    #: the job's payload, counts, worker and times, for ``result_ttl_ms``
+    outcome: str = ""
+    label: str = ""        # what the record is indexed by (the task name)
+    code: str = ""         # an error code kept in the record
+    runtime_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,7 @@ class Reaped:
 
 
 @maps_broker_errors  # no redis-py exception type leaves a public method
-class JobChannel(JobReads, JobCleaning, JobBrowsing, WorkflowOps, AbortOps):
+class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, AbortOps):
     """A Thoonk job channel. Open one with ``Thoonk.job(name)``."""
 
     def __init__(self, thoonk: Thoonk, name: str) -> None:
@@ -323,20 +330,21 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, WorkflowOps, AbortOps):
         if len(requests) > 1000:
             raise ValueError("finish_many takes at most 1000 jobs per call")
         keys, args = self._finish_parts(requests, followup)
-        codes = [int(c) for c in self._finish_call(keys, args, self.workflow_section(None))]
+        codes = [int(c) for c in self._finish_call(requests, keys, args,
+                                                   self.workflow_section(None))]
         if len(requests) == 1:
             for _ in range(100):  # -2: it has dependants (or more than were read): pass them
                 if codes[0] != -2:
                     break
                 section = self.workflow_section(requests[0].id)
-                codes = [int(c) for c in self._finish_call(keys, args, section)]
+                codes = [int(c) for c in self._finish_call(requests, keys, args, section)]
             return codes
         todo = [i for i in range(len(requests)) if codes[i] == -2]
         if todo:  # in a batch: finished one by one, their dependants read in one round trip
             sections = self.workflow_sections([requests[i].id for i in todo])
             for i, section in zip(todo, sections):
                 one_keys, one_args = self._finish_parts([requests[i]], None)
-                code = int(self._finish_call(one_keys, one_args, section)[0])
+                code = int(self._finish_call([requests[i]], one_keys, one_args, section)[0])
                 codes[i] = code if code != -2 else self.finish_many([requests[i]])[0]
         return codes
 
@@ -358,10 +366,27 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, WorkflowOps, AbortOps):
             args += [_check_id(fid), fitem]
         return keys, args
 
-    def _finish_call(self, keys: list[str], args: list[Any],
+    def _finish_call(self, requests: Sequence[FinishRequest], keys: list[str], args: list[Any],
                      section: tuple[list[str], list[Any]]) -> list[Any]:
+        """One ``job_finish`` call: its main part, then the workflow section, then (when a
+        request carries an outcome to record) the record section."""
         wf_keys, wf_args = section
-        return list(self.scripts["job_finish"](self.client, [*keys, *wf_keys], [*args, *wf_args]))
+        keys, args = [*keys, *wf_keys], [*args, *wf_args]
+        if any(r.outcome for r in requests):
+            self._record_section(requests, keys, args)
+        return list(self.scripts["job_finish"](self.client, keys, args))
+
+    def _record_section(self, requests: Sequence[FinishRequest], keys: list[str],
+                        args: list[Any]) -> None:
+        """Append the record section of ``job_finish`` (see ``lua/_record.lua``)."""
+        k = self.keys
+        keys += [k.failed_index, k.label_stats]
+        args += [RECORD_ITEM_MAX, FINISHED_INDEX_MS]
+        for r in requests:
+            keys += [k.record(r.id), k.label_index(r.label)]
+            args += [r.outcome, r.label, r.code,
+                     "" if r.runtime_ms is None else int(r.runtime_ms)]
+        args.append("\0record")
 
     def cancel(self, id: str, token: str = "", not_before_ms: int = 0) -> int:
         """Send a claimed job back to the queue; returns its new cancel count.
@@ -390,10 +415,17 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, WorkflowOps, AbortOps):
             codes += [int(c) for c in self.scripts["job_release"](self.client, keys, args)]
         return codes
 
-    def stall(self, id: str, reason: str = "", token: str = "") -> None:
-        """Park a claimed job with a reason; it is not dispatched until ``retry``."""
-        code = self.scripts["job_stall"](self.client, contract("job_stall").build(self.keys),
-                                         [id, token, reason])
+    def stall(self, id: str, reason: str = "", token: str = "",
+              record: tuple[str, int] | None = None) -> None:
+        """Park a claimed job with a reason; it is not dispatched until ``retry``.
+        ``record`` = ``(label, ttl_ms)`` keeps its record (worker, claim time: docs/history.md)."""
+        args: list[Any] = [id, token, reason]
+        given: dict[str, str] = {}
+        if record is not None:
+            given["record"] = self.keys.record(id)
+            args += [int(record[1]), record[0]]
+        code = self.scripts["job_stall"](self.client, contract("job_stall").build(self.keys, **given),
+                                         args)
         self._raise_for(int(code), id, "claimed", token)
 
     def retry(self, id: str, reset_counts: bool = True) -> None:
@@ -420,12 +452,16 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, WorkflowOps, AbortOps):
         """KEYS of the ``job_retract`` script for one job, in the order of its header."""
         k = self.keys
         return contract("job_retract").build(k, result=k.result(id), log=k.log(id),
-                                             prio=k.prio, flow=k.flow, waiting=k.waiting)
+                                             prio=k.prio, flow=k.flow, waiting=k.waiting,
+                                             record=k.record(id), failed_index=k.failed_index)
 
-    def retract(self, id: str) -> None:
-        """Remove a job from every state, its stored result and log included."""
+    def retract(self, id: str, record_ttl_ms: int = 0) -> None:
+        """Remove a job from every state, its stored result, record and log included.
+        ``record_ttl_ms`` > 0: a job retracted before it ended keeps a record (outcome
+        ``retracted``, its payload) that long (docs/history.md)."""
         if not self.scripts["job_retract"](self.client, self.retract_keys(id),
-                                           [id, self.thoonk.keys.feed(self.name).ch_retract, ""]):
+                                           [id, self.thoonk.keys.feed(self.name).ch_retract, "",
+                                            max(0, int(record_ttl_ms))]):
             raise JobNotFound(f"no job {id!r} in channel {self.name!r}")
 
     def retract_stalled_before(self, ids: Sequence[str], stalled_before_ms: int) -> list[str]:

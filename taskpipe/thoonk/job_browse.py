@@ -76,7 +76,8 @@ class JobBrowsing:
     def row_fields(self, state: str, ids: Sequence[str]) -> dict[str, list[Any]]:
         """Per-job fields of a page, in one round trip, each a list in the order of ``ids``:
         ``cancelled``, ``attempts``, ``items``; for ``claimed`` also ``workers``, ``progress``,
-        ``leases`` (deadline ms); for ``stalled`` ``reasons``; for ``finished`` ``results``."""
+        ``leases`` (deadline ms); for ``stalled`` ``reasons``; for ``finished`` ``results`` and
+        ``records`` (label, runs, cancels, worker, outcome, item of each job's record)."""
         if not ids:
             return {}
         k, ids = self.keys, list(ids)
@@ -91,6 +92,8 @@ class JobBrowsing:
         elif state == "finished":
             for job_id in ids:
                 pipe.get(k.result(job_id))
+            for job_id in ids:  # the record (docs/history.md): label, runs, cancels, worker,
+                pipe.hmget(k.record(job_id), "l", "a", "c", "w", "o", "i")  # outcome, item
         r = pipe.execute()
         out = {"cancelled": r[0], "attempts": r[1], "items": r[2]}
         if state == "claimed":
@@ -98,7 +101,8 @@ class JobBrowsing:
         elif state == "stalled":
             out["reasons"] = r[3]
         elif state == "finished":
-            out["results"] = r[3:]
+            out["results"] = r[3:3 + len(ids)]
+            out["records"] = r[3 + len(ids):]
         return out
 
     def detail_fields(self, id: str, log_lines: int) -> tuple[Any, Any, Any, int, list[bytes]]:

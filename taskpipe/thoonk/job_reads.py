@@ -24,7 +24,20 @@ if TYPE_CHECKING:
     from taskpipe.thoonk.scripts import ScriptRegistry
     from taskpipe.thoonk.thoonk import Thoonk
 
-__all__ = ["JobReads", "JobInfo"]
+__all__ = ["JobReads", "JobInfo", "RECORD_FIELDS", "record_fields"]
+
+#: the fields of a job record as stored (one letter each: see ``lua/_record.lua``)...
+RECORD_FIELDS = ("o", "l", "i", "n", "a", "c", "w", "p", "s", "f", "r", "x", "q", "v", "u", "e")
+#: ... and their names
+RECORD_NAMES = ("outcome", "label", "item", "item_size", "attempts", "cancels", "worker",
+                "published", "started", "finished", "runtime_ms", "code", "requeues", "previous",
+                "requeued", "last_error")
+
+
+def record_fields(values: Sequence[Any]) -> dict[str, bytes]:
+    """An ``HMGET record *RECORD_FIELDS`` reply as name -> value (absent fields left out; an
+    empty dict when there is no record)."""
+    return {f: v for f, v in zip(RECORD_NAMES, values) if v is not None}
 
 
 def _s(value: Any) -> str:
@@ -215,6 +228,11 @@ class JobReads:
     def stall_reason(self, id: str) -> str:
         """Why a job was stalled ('' if none recorded)."""
         return _s(self.client.hget(self.keys.reasons, id) or b"")
+
+    def record(self, id: str) -> dict[str, bytes] | None:
+        """An ended job's record (``lua/_record.lua``): field -> bytes, or None if it has none."""
+        raw = record_fields(self.client.hmget(self.keys.record(id), RECORD_FIELDS))
+        return raw or None
 
     # logs -----------------------------------------------------------------------------------
     def logs(self, id: str, start: int = 0, end: int = -1) -> list[bytes]:

@@ -112,11 +112,25 @@ class JobKeys:
     rate: str         # HASH  rate bucket -> theoretical arrival time ms (GCRA state)
     slots: str        # HASH  id -> concurrency group of a claimed, capped job
     unique_prefix: str  # STRING per dedup key: <unique_prefix><key> -> id of the job holding it
+    # workflows (docs/workflows.md)
+    aborted_prefix: str  # STRING per job: "<who>\0<ms>" of a job aborted while it ran (7 d TTL)
+    # job records (docs/history.md): kept when a job ends, with the TTL of its result
+    record_prefix: str = ""      # HASH per job: <record_prefix><id> (outcome, label, item, ...)
+    failed_index: str = ""       # ZSET  id -> finish ms of failed and timed-out jobs
+    label_stats: str = ""        # HASH  "<label>\0<outcome>" -> jobs finished so (lifetime)
+    label_index_prefix: str = ""  # ZSET per label (task name): id -> finish ms
 
     def unique(self, key: str) -> str:
         """The key holding which job owns one deduplication key (``unique=`` / ``debounce=``)."""
         return self.unique_prefix + key
-    aborted_prefix: str  # STRING per job: "<who>\0<ms>" of a job aborted while it ran (7 d TTL)
+
+    def record(self, job_id: str) -> str:
+        """The key holding one ended job's record."""
+        return self.record_prefix + job_id
+
+    def label_index(self, label: str) -> str:
+        """The index of the records of one label (task name): id -> finish ms."""
+        return self.label_index_prefix + label
 
     def result(self, job_id: str) -> str:
         """The key holding one job's stored result."""
@@ -265,6 +279,10 @@ class Keyspace:
             slots=k("feed.slots:" + name),
             unique_prefix=k("feed.unique:" + name + ":"),
             aborted_prefix=k("feed.aborted:" + name + ":"),
+            record_prefix=k("feed.record:" + name + ":"),
+            failed_index=k("feed.failedidx:" + name),
+            label_stats=k("feed.labelstats:" + name),
+            label_index_prefix=k("feed.labelidx:" + name + ":"),
         )
 
     def job_object_keys(self, name: str) -> list[str]:
@@ -273,7 +291,8 @@ class Keyspace:
         return [j.config, j.ids, j.items, j.publishes, j.finishes, j.published, j.claimed,
                 j.stalled, j.cancelled, j.delayed, j.urgent, j.leases, j.tokens, j.workers,
                 j.fence, j.attempts, j.reasons, j.stalled_at, j.progress, j.finished, j.failures,
-                j.wake, j.prio, j.flow, j.rate, j.slots, j.waiting, j.dependents]
+                j.wake, j.prio, j.flow, j.rate, j.slots, j.waiting, j.dependents,
+                j.failed_index, j.label_stats]
 
     def feed_object_keys(self, name: str) -> list[str]:
         """Every key of a feed, sorted feed or queue (for delete)."""

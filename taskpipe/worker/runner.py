@@ -40,7 +40,8 @@ __all__ = ["Outcome", "prepare", "run_prepared", "backoff_delay", "decide_failur
 log = logging.getLogger("taskpipe.worker")
 
 #: call options holding a duration, and those holding a count, as a producer may write them
-_DURATION_OPTIONS = ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl")
+_DURATION_OPTIONS = ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl",
+                     "failure_ttl")
 #: bytes over ``max_payload`` still decoded (the producer's limit counts the whole envelope;
 #: this only keeps a producer with a slightly different framing from being stalled)
 _ENVELOPE_SLACK = 1024
@@ -71,6 +72,8 @@ class Outcome:
     duration: float | None = None
     #: set by ``OutcomeWriter`` once applied (a write retried after a broker error skips it)
     written: bool = False
+    #: an error code the task's exception carried (its ``code`` attribute), kept in the record
+    code: str = ""
 
 
 @dataclass
@@ -261,7 +264,16 @@ def decide_failure(app: TaskPipe, prepared: Prepared, exc: BaseException, tb: st
         # there would read as success, so a raw task out of retries is stalled, never failed
         return Outcome("stall", claim, reason=f"failed: {name}: {message}", envelope=env, task=task)
     return Outcome("failure", claim, exc_type=name, exc_message=message, traceback=tb,
-                   envelope=env, task=task)
+                   envelope=env, task=task, code=error_code(exc))
+
+
+def error_code(exc: BaseException) -> str:
+    """The ``code`` attribute of a task's exception (a str or int, as Kinetik's ``done(err)``
+    carries ``err.code``), as text cut to 200 characters; '' if it has none."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, bool) or not isinstance(code, (str, int)):
+        return ""
+    return str(code)[:200]
 
 
 class _SoftTimer:

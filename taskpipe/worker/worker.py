@@ -187,9 +187,19 @@ class Worker(KeeperMixin, ShutdownMixin):
 
     @property
     def running(self) -> list[Claim]:
-        """Claims currently held by this worker."""
+        """Claims currently held by this worker (running and prefetched)."""
         with self._running_lock:
             return list(self._running.values())
+
+    @property
+    def executing_count(self) -> int:
+        """Jobs whose task is running now (handed to the pool, not returned yet)."""
+        return self._executing
+
+    @property
+    def prefetched_count(self) -> int:
+        """Jobs claimed ahead of free slots, waiting in this worker's buffer."""
+        return len(self._buffer)
 
     # main loop ------------------------------------------------------------------------------
     def run(self) -> int:

@@ -5,18 +5,21 @@
 --   keys[base] feed.dependents:<f>, then per dependant k (w of them, only with n = 1): its
 --   channel's feed.waiting, feed.items, feed.ids, feed.wake (keys[base + 4*(k-1) + 1 .. 4])
 --   argv[#argv] w, the dependants' ids just before it
--- wf_section(keys, argv): {base, w, ids} of that section.
+-- wf_section(keys, argv, kend, aend): {base, w, ids} of that section, which ends at keys[kend]
+--   and argv[aend] (default: the last ones; job_finish passes the ends before its record
+--   section, which comes after this one).
 -- wf_check(wf, keys, id, count): 1 if the job may finish now; -2 if it has dependants the
 --   caller did not pass (or passed in a batch of count > 1): nothing is changed for it, the
 --   caller reads them and retries.
 -- wf_release(wf, keys, id): decrement each dependant's counter of unfinished parents; the one
 --   that reaches zero is queued (an item retracted meanwhile is dropped from waiting, not
 --   queued). Bounded: w <= the most dependants a parent may have (job_put_waiting).
-local function wf_section(keys, argv)
-  local w = tonumber(argv[#argv])
+local function wf_section(keys, argv, kend, aend)
+  kend, aend = kend or #keys, aend or #argv
+  local w = tonumber(argv[aend])
   local ids = {}
-  for k = 1, w do ids[k] = argv[#argv - w - 1 + k] end
-  return {base = #keys - 4 * w, w = w, ids = ids}
+  for k = 1, w do ids[k] = argv[aend - w - 1 + k] end
+  return {base = kend - 4 * w, w = w, ids = ids}
 end
 local function wf_check(wf, keys, id, count)
   local c = redis.call('HGET', keys[wf.base], id)
