@@ -30,7 +30,8 @@ __all__ = ["Announcer"]
 log = logging.getLogger("taskpipe.worker")
 
 #: writer counter -> event kind (``failed`` by a soft time limit is ``timeout``)
-_KINDS = {"finished": "complete", "failed": "fail", "retried": "retry", "stalled": "stall"}
+_KINDS = {"finished": "complete", "failed": "fail", "timeout": "timeout", "retried": "retry",
+          "stalled": "stall"}
 
 
 def event_of(event: str, outcome: Outcome) -> tuple[str, bytes] | None:
