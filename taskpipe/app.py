@@ -23,6 +23,7 @@ from taskpipe.serialization import (
     encode_envelope,
     get_serializer,
 )
+from taskpipe.sharding import Sharding
 from taskpipe.task import (
     AsyncTask,
     Signature,
@@ -63,6 +64,8 @@ class TaskPipe:
     (connection refused or reset, LOADING, READONLY, TRYAGAIN, MASTERDOWN, timeouts) before
     they raise ``BrokerUnavailable``; a retried publish never creates a second job.
     ``eager=True`` (tests) runs every call inline instead of publishing it (``docs/testing.md``).
+    ``shards={"emails": 8}`` spreads a channel over 8 physical channels, on different Redis
+    Cluster masters (``docs/sharding.md``); every other channel keeps one (the Thoonk layout).
     """
 
     #: the classes ``@app.task`` makes (framework integrations add methods in subclasses)
@@ -74,7 +77,8 @@ class TaskPipe:
                  retries: int = 0, retry_backoff: Any = "1s", retry_backoff_max: Any = "10m",
                  timeout: Any = None, lease: Any = "20s", max_cancels: int = 3,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, connection: Connection | None = None,
-                 client: Any = None, publish_retry: Any = "5s", eager: bool = False) -> None:
+                 client: Any = None, publish_retry: Any = "5s", eager: bool = False,
+                 shards: dict[str, int] | None = None) -> None:
         self.name = name or "taskpipe"
         if connection is None:
             if client is not None:
@@ -116,6 +120,8 @@ class TaskPipe:
         self._eager: Any = None
         #: redis.asyncio clients by event loop (taskpipe.aio), dropped with their loop
         self._async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        #: the shard layout of the channels (taskpipe.sharding)
+        self.sharding = Sharding(self, shards)
 
     def __repr__(self) -> str:
         return f"<TaskPipe {self.name} broker={redact_url(self.broker_url)}>"
@@ -207,6 +213,11 @@ class TaskPipe:
                     self._channels[name] = self._channels[real] = ch
         return ch
 
+    def channel_name(self, name: str | None = None) -> str:
+        """The physical name ``channel(name)`` opens (``{emails}`` on a cluster), opening nothing."""
+        name = name or self.default_channel
+        return cluster_name(name) if self.connection.is_cluster else name
+
     def check_eviction_policy(self) -> bool:
         """Warn once (logger ``taskpipe``) if the broker may evict keys: a ``maxmemory-policy``
         other than ``noeviction`` silently deletes jobs under memory pressure. Run on the first
@@ -237,7 +248,7 @@ class TaskPipe:
                        if task is not None and not kwargs else
                        encode_envelope(name, tuple(args), dict(kwargs or {}), {},
                                        serializer=self.serializer, max_size=self.max_payload))
-            channel = self.channel(topts.channel)
+            channel = self.sharding.pick(topts.channel or self.default_channel, None)
             return channel, PutRequest(payload, new_id(), topts.priority, fresh=True), None
         check_send_options(options)
         topts = task.options if task is not None else (
@@ -271,7 +282,9 @@ class TaskPipe:
         job_id = new_id() if fresh else options["id"]  # id="" is an error, not "make one"
         if not isinstance(job_id, str) or not job_id or "\0" in job_id:
             raise ConfigError(f"a job id must be a non-empty string without NUL, got {job_id!r}")
-        channel = self.channel(options.get("channel") or topts.channel)  # after every check
+        channel = self.sharding.pick(  # after every check
+            options.get("channel") or topts.channel or self.default_channel,
+            None if fresh else job_id, options.get("shard_key"))
         return channel, PutRequest(payload, job_id, priority, delay_ms, eta_ms, fresh), callback
 
     def _encoder_for(self, task: Task[Any]) -> Callable[[tuple[Any, ...]], bytes]:
@@ -347,22 +360,29 @@ class TaskPipe:
             return [self.send(task.name, c if isinstance(c, tuple) else (c,)) for c in calls]
         encode = self._encoder_for(task)
         items = [encode(c if isinstance(c, tuple) else (c,)) for c in calls]
-        channel = self.channel(task.options.channel)
-        name = channel.name
+        logical = task.options.channel or self.default_channel
         ids = [new_id() for _ in items]
-        todo_ids, todo_items = ids, items
+        picked = [self.sharding.pick(logical, None) for _ in ids]  # one channel unless sharded
+        by_shard: dict[str, tuple[JobChannel, list[str], list[bytes]]] = {}
+        for channel, job_id, item in zip(picked, ids, items):
+            entry = by_shard.setdefault(channel.name, (channel, [], []))
+            entry[1].append(job_id)
+            entry[2].append(item)
         since_ms = int(time.time() * 1000)
+        for channel, shard_ids, shard_items in by_shard.values():
+            todo_ids, todo_items = shard_ids, shard_items
 
-        def put(attempt: int) -> None:
-            nonlocal todo_ids, todo_items
-            if attempt:  # a batch that failed may have landed in part: publish the rest
-                done = channel.landed([PutRequest(b"", i, fresh=True) for i in todo_ids], since_ms)
-                rest = [(i, item) for i, item in zip(todo_ids, todo_items) if i not in done]
-                todo_ids, todo_items = [i for i, _ in rest], [item for _, item in rest]
-            channel.put_fresh_many(todo_items, task.options.priority, batch, ids=todo_ids)
+            def put(attempt: int, channel: JobChannel = channel) -> None:
+                nonlocal todo_ids, todo_items
+                if attempt:  # a batch that failed may have landed in part: publish the rest
+                    done = channel.landed([PutRequest(b"", i, fresh=True) for i in todo_ids],
+                                          since_ms)
+                    rest = [(i, item) for i, item in zip(todo_ids, todo_items) if i not in done]
+                    todo_ids, todo_items = [i for i, _ in rest], [item for _, item in rest]
+                channel.put_fresh_many(todo_items, task.options.priority, batch, ids=todo_ids)
 
-        self.broker_retry.call(f"publish to channel {name!r}", put)
-        return [AsyncResult(self, job_id, name) for job_id in ids]
+            self.broker_retry.call(f"publish to channel {channel.name!r}", put)
+        return [AsyncResult(self, job_id, channel.name) for job_id, channel in zip(ids, picked)]
 
     def AsyncResult(self, id: str, channel: str | None = None) -> AsyncResult:  # noqa: N802
         """A handle on a job published elsewhere (by id and channel)."""
@@ -370,7 +390,7 @@ class TaskPipe:
 
         if self.eager:
             return self.eager_runner.lookup(id)  # type: ignore[no-any-return]
-        return AsyncResult(self, id, channel or self.default_channel)
+        return AsyncResult(self, id, self.sharding.result_channel(channel or self.default_channel, id))
 
     @property
     def eager_runner(self) -> Any:

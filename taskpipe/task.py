@@ -36,7 +36,8 @@ T = TypeVar("T")
 
 #: the publishing options ``apply_async`` / ``app.send`` accept (eager mode checks the same set)
 SEND_OPTIONS = frozenset({"channel", "priority", "delay", "eta", "id", "on_finish", "result_ttl",
-                          "retries", "timeout", "hard_timeout", "retry_backoff"})
+                          "retries", "timeout", "hard_timeout", "retry_backoff",
+                          "shard_key"})
 
 
 def check_send_options(options: Any) -> None:

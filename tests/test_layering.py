@@ -34,7 +34,7 @@ LAYERS: list[tuple[int, str]] = [  # (layer, module prefix); the longest matchin
     (2, "taskpipe.thoonk"),
     (3, "taskpipe.app"), (3, "taskpipe.task"), (3, "taskpipe.results"),
     (3, "taskpipe.serialization"), (3, "taskpipe.context"), (3, "taskpipe.callbacks"),
-    (3, "taskpipe.loading"), (1, "taskpipe.brokercheck"), (3, "taskpipe.aio"), (3, "taskpipe.eager"),
+    (3, "taskpipe.loading"), (3, "taskpipe.sharding"), (1, "taskpipe.brokercheck"), (3, "taskpipe.aio"), (3, "taskpipe.eager"),
     (4, "taskpipe.worker"), (4, "taskpipe.scheduler"),
     (5, "taskpipe.inspect"),
     (6, "taskpipe.cli"), (6, "taskpipe.contrib"), (6, "taskpipe.testing"),

@@ -116,6 +116,9 @@ class TaskpipeCollector:
                       labels=["channel", "state"])
         paused = gauge("taskpipe_channel_paused", "1 while the channel is paused.",
                        labels=["channel"])
+        shard_depth = gauge("taskpipe_shard_depth",
+                            "Jobs by state in each shard of a sharded channel.",
+                            labels=["channel", "shard", "state"])
         for name in sorted(names):
             try:
                 counts = inspector.channel_counts(name)
@@ -127,6 +130,9 @@ class TaskpipeCollector:
             for state in DEPTH_STATES:
                 depth.add_metric([name, state], counts[state])
             paused.add_metric([name], 1 if counts["paused"] else 0)
+            for shard in counts.get("shards", []):
+                for state in DEPTH_STATES:
+                    shard_depth.add_metric([name, shard["channel"], state], shard[state])
         live = inspector.workers()
         workers = gauge("taskpipe_workers", "Live workers (heartbeating).")
         workers.add_metric([], len(live))
@@ -139,7 +145,7 @@ class TaskpipeCollector:
                     consumers[name] = consumers.get(name, 0) + 1
         for name, n in sorted(consumers.items()):
             per_channel.add_metric([name], n)
-        yield from (published, finished, failed, depth, paused, workers, per_channel)
+        yield from (published, finished, failed, depth, paused, shard_depth, workers, per_channel)
 
 
 class WorkerMetrics:

@@ -32,7 +32,9 @@ from taskpipe.inspect.views import (
     task_name_of,
 )
 from taskpipe.serialization import decode_envelope
+from taskpipe.sharding import shard_index
 from taskpipe.thoonk.job import JobChannel
+from taskpipe.thoonk.shards import parse_shard, shard_names, stored_count
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -55,6 +57,20 @@ class Inspector:
 
     # channels -------------------------------------------------------------------------------
     def channels(self) -> list[str]:
+        """Names of every job channel, sorted: a sharded channel once, by its logical name (its
+        shards: ``shards(name)``)."""
+        return sorted({sharded[0] if (sharded := parse_shard(n)) else n
+                       for n in self.physical_channels()})
+
+    def shards(self, name: str) -> list[str]:
+        """The physical channels of ``name``: its shards if it is sharded (by the shard count
+        recorded in Redis), else ``[name]``."""
+        if parse_shard(name) is not None or "{" in name or "}" in name:
+            return [name]
+        count = stored_count(self.app.thoonk, name)
+        return shard_names(name, count) if count > 1 else [name]
+
+    def physical_channels(self) -> list[str]:
         """Names of every job channel (``feeds`` members of type ``job``), sorted; SSCAN-paged."""
         names: list[str] = []
         cursor = 0
@@ -70,7 +86,12 @@ class Inspector:
                 return sorted(set(names))
 
     def channel(self, name: str) -> JobChannel:
-        """The existing job channel ``name`` (never creates one)."""
+        """The existing job channel ``name`` (never creates one). A sharded channel's logical
+        name is refused (``ConfigError`` naming its shards): name one shard."""
+        shards = self.shards(name)
+        if len(shards) > 1:
+            raise ConfigError(f"channel {name!r} is sharded over {len(shards)} channels; name one "
+                              f"of them: {', '.join(shards)}")
         if self.app.connection.is_cluster:
             from taskpipe.thoonk.keys import cluster_name
 
@@ -88,6 +109,16 @@ class Inspector:
         ``finished`` counts the finished-job index (jobs finished within its retention, 7 days by
         default, or until cleaned); their results may have expired earlier.
         """
+        shards = self.shards(name)
+        if len(shards) > 1:  # the sum, paused if any shard is, and each shard's own counts
+            rows = [self.channel_counts(s) for s in shards]
+            total: dict[str, Any] = {"channel": name}
+            for key, value in rows[0].items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    total[key] = sum(int(r[key]) for r in rows)
+            total["paused"] = any(r["paused"] for r in rows)
+            total["shards"] = rows
+            return total
         ch = self.channel(name)
         counts: dict[str, Any] = dict(ch.counts())
         counts["paused"] = ch.paused
@@ -104,12 +135,14 @@ class Inspector:
         return out
 
     def pause(self, name: str) -> None:
-        """Pause an existing channel (workers stop claiming from it)."""
-        self.channel(name).pause()
+        """Pause an existing channel (workers stop claiming from it); every shard of a sharded one."""
+        for shard in self.shards(name):
+            self.channel(shard).pause()
 
     def resume(self, name: str) -> None:
-        """Resume an existing paused channel."""
-        self.channel(name).resume()
+        """Resume an existing paused channel (every shard of a sharded one)."""
+        for shard in self.shards(name):
+            self.channel(shard).resume()
 
     def workers(self) -> list[dict[str, Any]]:
         """Live workers: name, host, pid, channels, pool, concurrency, jobs ("channel/id"), stats."""
@@ -130,8 +163,12 @@ class Inspector:
         Order: available = next to run first; delayed = soonest due first; claimed = oldest claim
         first; finished/failed = newest first; stalled = set order. ``cursor`` is the
         ``next_cursor`` of the previous page (an opaque string; a position, so a page may skip or
-        repeat jobs that changed state meanwhile). ``limit`` is 1..1000.
+        repeat jobs that changed state meanwhile). ``limit`` is 1..1000. A sharded channel is
+        listed shard after shard (cursor ``<shard>:<cursor in it>``; ``total`` is the sum).
         """
+        shards = self.shards(channel)
+        if len(shards) > 1:
+            return self._list_sharded(shards, state, cursor, limit)
         ch = self.channel(channel)
         if state not in LIST_STATES:
             raise ConfigError(f"unknown state {state!r}; expected one of {', '.join(LIST_STATES)}")
@@ -159,6 +196,22 @@ class Inspector:
         rows = self._rows(ch, state, [(i, _opt(sc)) for i, sc in scored])
         nxt = off + len(rows)
         return Page(rows, str(nxt) if rows and nxt < total else None, total)
+
+    def _list_sharded(self, shards: list[str], state: str, cursor: str | int | None,
+                      limit: int) -> Page:
+        index, inner = 0, ""
+        if cursor not in (None, ""):
+            head, _, inner = str(cursor).partition(":")
+            if not head.isdigit() or int(head) >= len(shards):
+                raise ConfigError(f"bad cursor {cursor!r} for a sharded channel")
+            index = int(head)
+        page = self.list_jobs(shards[index], state, inner or None, limit)
+        nxt = (f"{index}:{page.next_cursor}" if page.next_cursor is not None else
+               f"{index + 1}:" if index + 1 < len(shards) else None)
+        totals = [page.total if i == index else self.list_jobs(s, state, None, 1).total
+                  for i, s in enumerate(shards)] if page.total is not None else [None]
+        total = None if any(t is None for t in totals) else sum(int(t or 0) for t in totals)
+        return Page(page.rows, nxt, total)
 
     def _list_stalled(self, ch: JobChannel, cursor: str | int | None, limit: int) -> Page:
         scan, skip = 0, 0
@@ -238,11 +291,13 @@ class Inspector:
     # one job --------------------------------------------------------------------------------
     def find_job(self, job_id: str) -> list[str]:
         """Channels that know a job with this id (in any state, finished included)."""
-        return [name for name in self.channels()
+        return [name for name in self.physical_channels()
                 if JobChannel(self.app.thoonk, name).info(job_id).state != "unknown"]
 
     def job_detail(self, channel: str, job_id: str, log_lines: int = 200) -> JobDetail:
-        """Everything about one job; ``JobNotFound`` if the channel has no such job."""
+        """Everything about one job; ``JobNotFound`` if the channel has no such job (a sharded
+        channel's logical name finds the shard that has it)."""
+        channel = self.shard_of(channel, job_id)
         ch = self.channel(channel)
         info = ch.info(job_id)
         k = ch.keys
@@ -279,7 +334,7 @@ class Inspector:
     def logs(self, channel: str, job_id: str, tail: int | None = None,
              chunk: int = 1000) -> Iterator[str]:
         """A job's log lines, oldest first (the last ``tail`` only), read in bounded chunks."""
-        key = self.channel(channel).keys.log(job_id)
+        key = self.channel(self.shard_of(channel, job_id)).keys.log(job_id)
         total = int(self.client.llen(key))
         start = max(0, total - tail) if tail is not None else 0
         while start < total:
@@ -294,7 +349,19 @@ class Inspector:
         """Yield a job's log (the last ``backlog`` lines), then its live log and progress events
         until it ends (an ``end`` event) or ``timeout`` seconds pass (a ``timeout`` event).
         See ``taskpipe.inspect.follow``."""
-        return follow(self.app, self.channel(channel), job_id, timeout, backlog, poll)
+        return follow(self.app, self.channel(self.shard_of(channel, job_id)), job_id, timeout,
+                      backlog, poll)
+
+    def shard_of(self, channel: str, job_id: str) -> str:
+        """``channel``, or for a sharded channel the shard that knows ``job_id`` (else the shard
+        a custom id maps to)."""
+        shards = self.shards(channel)
+        if len(shards) == 1:
+            return channel
+        for shard in shards:
+            if JobChannel(self.app.thoonk, shard).info(job_id).state != "unknown":
+                return shard
+        return shards[shard_index(job_id, len(shards))]
 
     # cleaning -------------------------------------------------------------------------------
     def clean(self, channel: str, state: str, older_than_s: float, *, batch: int = 500,

@@ -253,11 +253,13 @@ class OutcomeWriter:
         from taskpipe.task import Signature
 
         sig = Signature.from_dict(env.options["on_finish"], self.app)
-        target = self.app.channel(sig.options.get("channel") or (
-            self.app.tasks[sig.task].channel if sig.task in self.app.tasks else None))
+        followup_id = f"{outcome.claim.id}.on_finish"
+        target = self.app.sharding.pick(sig.options.get("channel") or (
+            self.app.tasks[sig.task].channel if sig.task in self.app.tasks else None)
+            or self.app.default_channel, followup_id)  # a custom id: always the same shard
         item = encode_envelope(sig.task, (outcome.value, *sig.args), sig.kwargs, {},
                                serializer=self.app.serializer, max_size=self.app.max_payload)
-        return target, f"{outcome.claim.id}.on_finish", item
+        return target, followup_id, item
 
     def _apply_other(self, outcome: Outcome) -> None:
         claim = outcome.claim

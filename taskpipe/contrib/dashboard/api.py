@@ -162,7 +162,7 @@ class DashboardAPI:
                 return self.inspector.channel_counts(parts[1])
             if n == 5 and parts[0] == "channels" and parts[2] == "jobs" \
                     and parts[4] in ("retry", "retract"):
-                channel = self.inspector.channel(parts[1])
+                channel = self.inspector.channel(self.inspector.shard_of(parts[1], parts[3]))
                 if parts[4] == "retry":
                     channel.retry(parts[3])
                 else:
