@@ -8,9 +8,10 @@ channels (names and slots: ``taskpipe.thoonk.shards``). Publishing picks one sha
 - else round robin, from a random start (so many producers do not all begin on shard 0).
 
 Channels not in ``shards`` have one shard: the plain channel, exactly as before. The first time
-an app uses a channel for publishing or claiming, it checks the shard count recorded in Redis:
-a different count is refused (``ShardCountChanged``) while the channel holds jobs, else the new
-count is recorded.
+an app publishes to a sharded channel, and the first time a worker opens any channel, the shard
+count recorded in Redis is checked: a different count is refused (``ShardCountChanged``) while
+the channel holds jobs, else the new count is recorded. (Publishing to an unsharded channel
+costs no extra round trip: the workers' check covers it.)
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class Sharding:
             if n > 1:
                 check_shardable(name)
             self.counts[name] = n
-        self._checked: dict[str, list[JobChannel]] = {}
+        self._checked: dict[str, list[JobChannel]] = {}  # opened, shard count checked
+        self._plain: dict[str, list[JobChannel]] = {}  # opened unchecked (one shard, publishing)
         self._next: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -70,14 +72,19 @@ class Sharding:
         """The physical channel names of ``name`` (``[name]`` when it has one shard)."""
         return shard_names(name, self.count(name))
 
-    def channels(self, name: str) -> list[JobChannel]:
+    def channels(self, name: str, check: bool = True) -> list[JobChannel]:
         """Every shard of logical channel ``name``, opened (created if needed), after checking
         the recorded shard count once per app (``ShardCountChanged`` if it differs and the
-        channel holds jobs)."""
+        channel holds jobs). ``check=False``: no check for a channel of one shard."""
         got = self._checked.get(name)
         if got is not None:
             return got
         count = self.count(name)
+        if count == 1 and not check:
+            plain = self._plain.get(name)
+            if plain is None:
+                plain = self._plain[name] = [self.app.channel(name)]
+            return plain
         if count > 1 and name in self.app.raw_channels:
             raise ConfigError(f"channel {name!r} has a raw (Thoonk-native) task: legacy Thoonk "
                               "clients know one channel per name, so it cannot be sharded")
@@ -109,7 +116,7 @@ class Sharding:
         for a generated id), else round robin."""
         if shard_key is not None and not isinstance(shard_key, (str, bytes)):
             raise ConfigError(f"shard_key must be a str or bytes, got {type(shard_key).__name__}")
-        shards = self.channels(name)
+        shards = self.channels(name, check=False)
         if len(shards) == 1:
             return shards[0]
         if shard_key is not None:

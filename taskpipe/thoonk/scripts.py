@@ -118,7 +118,8 @@ class Script:
         """Add a call to a pipeline (the caller loads scripts first with ``ScriptRegistry.load_all``)."""
         # execute_command, not pipe.evalsha: redis-py's ClusterPipeline blocks the evalsha method
         # but routes a queued EVALSHA by its keys' slot like any keyed command
-        if isinstance(pipe, ClusterPipeline):
+        on_cluster = isinstance(pipe, ClusterPipeline)  # (a flag: pipe stays Any for mypy)
+        if on_cluster:
             # on a cluster, the script's text: a replica promoted since the scripts were loaded
             # (SCRIPT LOAD is not replicated) would refuse EVALSHA, and a pipeline cannot load
             # and retry one call; a batch's text costs little beside its jobs
