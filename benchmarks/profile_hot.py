@@ -41,7 +41,7 @@ _AREAS = (
     ("taskpipe/worker", "taskpipe worker (loop, runner, outcomes, pools)"),
     ("taskpipe/thoonk", "taskpipe thoonk (job.py: put/claim/finish args)"),
     ("taskpipe/serialization", "taskpipe serialization"),
-    ("taskpipe/app", "taskpipe app (send/_build/publish_many)"),
+    ("taskpipe/publishing", "taskpipe publishing (send/build/publish_many)"),
     ("taskpipe/", "taskpipe, other modules"),
     ("redis/", "redis-py (command plumbing, packing, parsing)"),
     ("hiredis", "redis-py (command plumbing, packing, parsing)"),

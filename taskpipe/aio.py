@@ -62,10 +62,8 @@ def async_client(app: TaskPipe) -> Any:
 
 async def _state_reason(client: Any, result: AsyncResult[Any]) -> tuple[str, str]:
     ch = result._ch
-    k = ch.keys
     script = ch.scripts["job_state"]
-    keys = [k.items, k.claimed, k.stalled, k.delayed, k.finished, k.result(result.id),
-            k.cancelled, k.attempts, k.reasons, k.workers, k.progress, k.leases, k.published]
+    keys = ch.state_keys(result.id)
     try:
         try:
             reply = await client.evalsha(script.sha, len(keys), *keys, result.id)

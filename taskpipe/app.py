@@ -6,33 +6,20 @@ import inspect
 import logging
 import os
 import threading
-import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterable
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from taskpipe.broker_retry import BrokerRetry
 from taskpipe.brokercheck import eviction_policy, eviction_warning
 from taskpipe.connection import DEFAULT_URL, Connection, parse_url, redact_url
-from taskpipe.durations import eta_to_delay, parse_duration, parse_optional_duration, to_ms
+from taskpipe.durations import parse_duration, parse_optional_duration
 from taskpipe.errors import ConfigError, UnknownTask
-from taskpipe.serialization import (
-    DEFAULT_MAX_PAYLOAD,
-    args_encoder,
-    encode_envelope,
-    get_serializer,
-)
+from taskpipe.publishing import Publishing
+from taskpipe.serialization import DEFAULT_MAX_PAYLOAD, get_serializer
 from taskpipe.sharding import Sharding
-from taskpipe.task import (
-    AsyncTask,
-    Signature,
-    Task,
-    TaskDecorator,
-    TaskOptions,
-    check_send_options,
-)
-from taskpipe.thoonk.job import JobChannel, PutRequest, new_id
+from taskpipe.task import AsyncTask, Signature, Task, TaskDecorator, TaskOptions
+from taskpipe.thoonk.job import JobChannel
 from taskpipe.thoonk.keys import cluster_name, has_hash_tag
 from taskpipe.thoonk.thoonk import Thoonk
 
@@ -47,9 +34,6 @@ __all__ = ["TaskPipe"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
-
-_NO_OPTIONS = TaskOptions()  # frozen: the options of a task name this app does not know
-
 
 class TaskPipe:
     """A taskpipe application.
@@ -122,6 +106,8 @@ class TaskPipe:
         self._async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         #: the shard layout of the channels (taskpipe.sharding)
         self.sharding = Sharding(self, shards)
+        #: envelope building, send, publish_many and the encoder cache (taskpipe.publishing)
+        self.publishing = Publishing(self)
 
     def __repr__(self) -> str:
         return f"<TaskPipe {self.name} broker={redact_url(self.broker_url)}>"
@@ -238,64 +224,7 @@ class TaskPipe:
             logging.getLogger("taskpipe").warning(warning)
         return True
 
-    # publishing -----------------------------------------------------------------------------
-    def _build(self, name: str, args: Iterable[Any], kwargs: dict[str, Any] | None,
-               task: Task[Any] | None, options: dict[str, Any]) -> tuple[JobChannel, PutRequest, Any]:
-        if not options:  # the common case (``delay()``, ``map()``): no option to check or convert
-            topts = task.options if task is not None else (
-                self.tasks[name].options if name in self.tasks else _NO_OPTIONS)
-            payload = (self._encoder_for(task)(args if type(args) is tuple else tuple(args))
-                       if task is not None and not kwargs else
-                       encode_envelope(name, tuple(args), dict(kwargs or {}), {},
-                                       serializer=self.serializer, max_size=self.max_payload))
-            channel = self.sharding.pick(topts.channel or self.default_channel, None)
-            return channel, PutRequest(payload, new_id(), topts.priority, fresh=True), None
-        check_send_options(options)
-        topts = task.options if task is not None else (
-            self.tasks[name].options if name in self.tasks else TaskOptions())
-        env_opts: dict[str, Any] = {}
-        for key in ("retries", "timeout", "hard_timeout", "retry_backoff", "result_ttl"):
-            value = options.get(key)
-            if value is not None:
-                env_opts[key] = value if key == "retries" else parse_duration(value)
-        if "retries" in env_opts and (not isinstance(env_opts["retries"], int) or env_opts["retries"] < 0):
-            raise ConfigError(f"retries must be a non-negative int, got {env_opts['retries']!r}")
-        on_finish = options.get("on_finish")
-        callback = None
-        if isinstance(on_finish, Signature):
-            env_opts["on_finish"] = on_finish.to_dict()
-        elif on_finish is not None:
-            if not callable(on_finish):
-                raise ConfigError("on_finish must be a callable or a task signature")
-            callback = on_finish
-        payload = encode_envelope(name, tuple(args), dict(kwargs or {}), env_opts,
-                                  serializer=self.serializer, max_size=self.max_payload)
-        delay_ms, eta_ms = 0, 0
-        if options.get("delay") is not None:
-            delay_ms = to_ms(options["delay"])
-        if options.get("eta") is not None:
-            eta = options["eta"]
-            delay_ms = to_ms(eta_to_delay(eta, time.time())) if isinstance(eta, (datetime, int, float)) \
-                else to_ms(eta)
-        priority = bool(options["priority"]) if options.get("priority") is not None else topts.priority
-        fresh = options.get("id") is None
-        job_id = new_id() if fresh else options["id"]  # id="" is an error, not "make one"
-        if not isinstance(job_id, str) or not job_id or "\0" in job_id:
-            raise ConfigError(f"a job id must be a non-empty string without NUL, got {job_id!r}")
-        channel = self.sharding.pick(  # after every check
-            options.get("channel") or topts.channel or self.default_channel,
-            None if fresh else job_id, options.get("shard_key"))
-        return channel, PutRequest(payload, job_id, priority, delay_ms, eta_ms, fresh), callback
-
-    def _encoder_for(self, task: Task[Any]) -> Callable[[tuple[Any, ...]], bytes]:
-        """The task's envelope encoder for positional-only calls (made once per payload limit)."""
-        cached = task._encoder
-        if cached is None or cached[0] != self.max_payload or cached[1] is not self.serializer:
-            cached = (self.max_payload, self.serializer,
-                      args_encoder(task.name, serializer=self.serializer, max_size=self.max_payload))
-            task._encoder = cached
-        return cached[2]
-
+    # publishing (taskpipe.publishing) --------------------------------------------------------
     def send(self, name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
              *, _task: Task[Any] | None = None, **options: Any) -> AsyncResult:
         """Publish a call of task ``name`` (registered here or not) and return its ``AsyncResult``.
@@ -303,50 +232,11 @@ class TaskPipe:
         Options as for ``Task.apply_async``. Publishing an ``id`` that is already waiting,
         delayed, running or stalled adds nothing and returns a handle on the existing job.
         """
-        from taskpipe.results import AsyncResult
-
-        if self.eager:
-            return self.eager_runner.send(name, args, kwargs, options)  # type: ignore[no-any-return]
-        channel, req, callback = self._build(name, args, kwargs, _task, options)
-        assert req.id is not None
-        result = AsyncResult(self, req.id, channel.name)
-        if callback is not None:  # watch first, so even an instant finish is heard
-            self.finish_watcher.add(result, callback)
-        since_ms = int(time.time() * 1000)
-
-        def put(attempt: int) -> None:
-            # a try that failed may still have landed: never publish the same job twice
-            if not attempt or not channel.landed([req], since_ms):
-                channel.put_request(req)
-
-        self.broker_retry.call(f"publish to channel {channel.name!r}", put)
-        return result
+        return self.publishing.send(name, args, kwargs, _task, options)
 
     def publish_many(self, signatures: Iterable[Signature], batch: int = 500) -> list[AsyncResult]:
         """Publish many signatures, pipelined in bounded batches; returns their results in order."""
-        from taskpipe.results import AsyncResult
-
-        if self.eager:
-            return [self.send(sig.task, sig.args, sig.kwargs, **sig.options) for sig in signatures]
-        by_channel: dict[str, tuple[JobChannel, list[PutRequest]]] = {}
-        order: list[tuple[str, str]] = []
-        for sig in signatures:
-            channel, req, callback = self._build(sig.task, sig.args, sig.kwargs,
-                                                 self.tasks.get(sig.task), dict(sig.options))
-            if callback is not None:
-                raise ConfigError("publish_many takes task signatures for on_finish, not callables")
-            by_channel.setdefault(channel.name, (channel, []))[1].append(req)
-            order.append((channel.name, req.id or ""))
-        since_ms = int(time.time() * 1000)
-        for channel, reqs in by_channel.values():
-            def put(attempt: int, channel: JobChannel = channel, reqs: list[PutRequest] = reqs) -> None:
-                if attempt:  # a batch that failed may have landed in part: publish the rest
-                    done = channel.landed(reqs, since_ms)
-                    reqs[:] = [r for r in reqs if r.id not in done]
-                channel.put_many(reqs, batch=batch)
-
-            self.broker_retry.call(f"publish to channel {channel.name!r}", put)
-        return [AsyncResult(self, job_id, ch) for ch, job_id in order]
+        return self.publishing.publish_many(signatures, batch)
 
     def publish_calls(self, task: Task[Any], calls: Iterable[Any], batch: int = 500) -> list[AsyncResult]:
         """Publish one job of ``task`` per item of ``calls`` (a tuple is spread as arguments),
@@ -354,35 +244,7 @@ class TaskPipe:
 
         Every call is encoded (and checked) before anything is written.
         """
-        from taskpipe.results import AsyncResult
-
-        if self.eager:
-            return [self.send(task.name, c if isinstance(c, tuple) else (c,)) for c in calls]
-        encode = self._encoder_for(task)
-        items = [encode(c if isinstance(c, tuple) else (c,)) for c in calls]
-        logical = task.options.channel or self.default_channel
-        ids = [new_id() for _ in items]
-        picked = [self.sharding.pick(logical, None) for _ in ids]  # one channel unless sharded
-        by_shard: dict[str, tuple[JobChannel, list[str], list[bytes]]] = {}
-        for channel, job_id, item in zip(picked, ids, items):
-            entry = by_shard.setdefault(channel.name, (channel, [], []))
-            entry[1].append(job_id)
-            entry[2].append(item)
-        since_ms = int(time.time() * 1000)
-        for channel, shard_ids, shard_items in by_shard.values():
-            todo_ids, todo_items = shard_ids, shard_items
-
-            def put(attempt: int, channel: JobChannel = channel) -> None:
-                nonlocal todo_ids, todo_items
-                if attempt:  # a batch that failed may have landed in part: publish the rest
-                    done = channel.landed([PutRequest(b"", i, fresh=True) for i in todo_ids],
-                                          since_ms)
-                    rest = [(i, item) for i, item in zip(todo_ids, todo_items) if i not in done]
-                    todo_ids, todo_items = [i for i, _ in rest], [item for _, item in rest]
-                channel.put_fresh_many(todo_items, task.options.priority, batch, ids=todo_ids)
-
-            self.broker_retry.call(f"publish to channel {channel.name!r}", put)
-        return [AsyncResult(self, job_id, channel.name) for job_id, channel in zip(ids, picked)]
+        return self.publishing.publish_calls(task, calls, batch)
 
     def AsyncResult(self, id: str, channel: str | None = None) -> AsyncResult:  # noqa: N802
         """A handle on a job published elsewhere (by id and channel)."""

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.durations import eta_to_delay, parse_duration
 from taskpipe.errors import ConfigError, ResultTimeout, ResultUnknown, UnknownTask
+from taskpipe.publishing import check_send_options
 from taskpipe.results import AsyncResult
 from taskpipe.serialization import (
     ResultRecord,
@@ -31,7 +32,7 @@ from taskpipe.serialization import (
     encode_failure,
     encode_result,
 )
-from taskpipe.task import Signature, check_send_options
+from taskpipe.task import Signature
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe

@@ -8,12 +8,10 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
 
-from taskpipe.errors import ConfigError
-
 if TYPE_CHECKING:
     from typing_extensions import ParamSpec
 
-    from taskpipe.app import TaskPipe
+    from taskpipe.publishing import Publisher
     from taskpipe.results import AsyncResult
 
     # ``Task[int]`` (any arguments) stays valid: the parameters default to ``...`` (PEP 696)
@@ -33,19 +31,6 @@ __all__ = ["Task", "AsyncTask", "TaskOptions", "Signature", "TaskDecorator"]
 
 R = TypeVar("R")
 T = TypeVar("T")
-
-#: the publishing options ``apply_async`` / ``app.send`` accept (eager mode checks the same set)
-SEND_OPTIONS = frozenset({"channel", "priority", "delay", "eta", "id", "on_finish", "result_ttl",
-                          "retries", "timeout", "hard_timeout", "retry_backoff",
-                          "shard_key"})
-
-
-def check_send_options(options: Any) -> None:
-    """Raise ``ConfigError`` naming any publishing option that is not in ``SEND_OPTIONS``."""
-    unknown = set(options) - SEND_OPTIONS
-    if unknown:
-        raise ConfigError(f"unknown publishing option(s): {', '.join(sorted(unknown))}")
-
 
 @dataclass(frozen=True)
 class TaskOptions:
@@ -72,7 +57,7 @@ class Signature:
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
-    app: TaskPipe | None = field(default=None, compare=False, repr=False)
+    app: Publisher | None = field(default=None, compare=False, repr=False)
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
         """Publish the signature (extra args are appended, kwargs merged)."""
@@ -96,7 +81,7 @@ class Signature:
                 "options": {k: v for k, v in self.options.items() if k != "on_finish"}}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], app: TaskPipe | None = None) -> Signature:
+    def from_dict(cls, data: dict[str, Any], app: Publisher | None = None) -> Signature:
         """Rebuild a signature from ``to_dict`` data."""
         return cls(str(data["task"]), tuple(data.get("args") or ()), dict(data.get("kwargs") or {}),
                    dict(data.get("options") or {}), app)
@@ -110,14 +95,12 @@ class Task(Generic[R, P]):
     ``add(a: int, b: int) -> int``, and ``add.delay(1, 2).get()`` is an ``int``.
     """
 
-    def __init__(self, app: TaskPipe, fn: Callable[P, Any], name: str, options: TaskOptions) -> None:
+    def __init__(self, app: Publisher, fn: Callable[P, Any], name: str, options: TaskOptions) -> None:
         self.app = app
         self.fn = fn
         self.name = name
         self.options = options
         self.is_async = inspect.iscoroutinefunction(fn)
-        # (max_payload, serializer, encoder) cached by the app for positional-only calls
-        self._encoder: tuple[Any, Any, Callable[[tuple[Any, ...]], bytes]] | None = None
         functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from taskpipe.app import TaskPipe
 from taskpipe.connection import Connection
-from taskpipe.inspect import Inspector
+from taskpipe.inspection import Inspector
 
 
 def test_clean_stalled_by_age_keeps_recent_and_retried(conn: Connection, prefix: str) -> None:

@@ -24,8 +24,8 @@ from click.testing import CliRunner, Result
 import taskpipe.cli.admin  # noqa: F401  (registers the commands)
 from taskpipe.cli import cli
 from taskpipe.errors import FeedDoesNotExist
-from taskpipe.inspect import Inspector
-from taskpipe.inspect.follow import _Overlap
+from taskpipe.inspection import Inspector
+from taskpipe.inspection.follow import _Overlap
 from taskpipe.serialization import encode_envelope
 from taskpipe.thoonk.job import FinishRequest, PutRequest
 from taskpipe.worker import Worker

@@ -31,7 +31,7 @@ from worker_proc import WorkerProcess
 
 from taskpipe import TaskPipe
 from taskpipe.connection import key_slot
-from taskpipe.inspect import Inspector
+from taskpipe.inspection import Inspector
 from taskpipe.loading import load_app
 from taskpipe.task import Signature
 

@@ -378,6 +378,17 @@ def test_promote_moves_due_jobs_in_due_order_up_to_the_limit(thoonk: Thoonk,
     assert job.info(later).state == "delayed"
 
 
+def test_claim_caps_its_promote_limit_at_1000_like_promote(thoonk: Thoonk,
+                                                           job: JobChannel) -> None:
+    now = server_ms(thoonk.client)
+    ids = [i for i, _ in job.put_many([PutRequest(b"x", eta_ms=now + 60_000) for _ in range(1005)])]
+    thoonk.client.zadd(job.keys.delayed, dict.fromkeys(ids, now - 1), xx=True)  # all due now
+    # a huge promote limit moves at most 1000 due jobs per claim call, as job_promote does
+    assert len(job.claim(1, promote_limit=1_000_000)) == 1
+    assert thoonk.client.zcard(job.keys.delayed) == 5
+    assert job.promote(limit=1_000_000) == (5, None)
+
+
 # strict channel order and pause -----------------------------------------------------------------
 def test_strict_channel_order(thoonk: Thoonk) -> None:
     high, low = thoonk.job_channel("high"), thoonk.job_channel("low")

@@ -5,9 +5,9 @@ The layer order is DESIGN §1 (docs/architecture.md), read from the source with 
     0 errors, durations                   (no taskpipe imports)
     1 connection
     2 thoonk/
-    3 app, task, results, serialization, context, callbacks, loading
+    3 app, task, publishing, results, serialization, context, callbacks, loading
     4 worker/, scheduler
-    5 inspect/                            (the operators' read layer over channels and workers)
+    5 inspection/                         (the operators' read layer over channels and workers)
     6 cli/, contrib/, testing, __main__, the ``taskpipe`` facade
 
 A module may import its own layer or any layer below it, at module level or inside a function.
@@ -35,8 +35,9 @@ LAYERS: list[tuple[int, str]] = [  # (layer, module prefix); the longest matchin
     (3, "taskpipe.app"), (3, "taskpipe.task"), (3, "taskpipe.results"),
     (3, "taskpipe.serialization"), (3, "taskpipe.context"), (3, "taskpipe.callbacks"),
     (3, "taskpipe.loading"), (3, "taskpipe.sharding"), (1, "taskpipe.brokercheck"), (3, "taskpipe.aio"), (3, "taskpipe.eager"),
+    (3, "taskpipe.publishing"),
     (4, "taskpipe.worker"), (4, "taskpipe.scheduler"),
-    (5, "taskpipe.inspect"),
+    (5, "taskpipe.inspection"),
     (6, "taskpipe.cli"), (6, "taskpipe.contrib"), (6, "taskpipe.testing"),
     (6, "taskpipe.__main__"), (6, "taskpipe"),
 ]

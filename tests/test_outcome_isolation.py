@@ -235,3 +235,29 @@ def test_a_job_whose_failure_cannot_be_stored_either_is_stalled(
     assert [results[i].get(timeout=10) for i in (0, 2)] == ["n0", "n1"]
     assert ledger.runs["n0"] == ledger.runs["n1"] == 1
     assert stats["stalled"] == 1 and stats["finished"] == 2 and stats.get("lease_lost", 0) == 0
+
+
+def test_a_socket_fault_while_sending_a_job_back_is_retried_not_a_failure(
+        app: TaskPipe, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A raw ``OSError`` from the socket (redis-py leaves e.g. EBADF on a closed descriptor
+    unwrapped) is a connection fault, not the outcome's: the write is retried and the job is
+    sent back, never failed with "outcome could not be written" (seen in CI at shutdown)."""
+    ch = app.channel(app.default_channel)
+    ch.put(encode_envelope("record", ("n",), {}, {}, serializer=app.serializer), id="j0")
+    claim = ch.claim(1, 60_000, "w")[0]
+    writer = OutcomeWriter(app)
+    real = JobChannel.cancel
+    faults = [OSError(9, "Bad file descriptor")]
+
+    def flaky(self: JobChannel, *args: Any, **kwargs: Any) -> Any:
+        if faults:
+            raise faults.pop()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(JobChannel, "cancel", flaky)
+    outcome = [Outcome("cancel", claim, reason="still running at shutdown")]
+    with pytest.raises(OSError):
+        writer.write(outcome)
+    writer.write(outcome)
+    assert dict(writer.stats) == {"cancelled": 1}
+    assert ch.get_ids() == ["j0"] and ch.get_failure_count("j0") == 1

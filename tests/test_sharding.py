@@ -21,7 +21,7 @@ from taskpipe import TaskPipe
 from taskpipe.cli import cli
 from taskpipe.connection import key_slot
 from taskpipe.errors import ConfigError, ShardCountChanged
-from taskpipe.inspect import Inspector
+from taskpipe.inspection import Inspector
 from taskpipe.sharding import shard_index
 from taskpipe.testing import run_until_idle
 from taskpipe.thoonk.shards import MAX_SHARDS, SLOTS, parse_shard, shard_names

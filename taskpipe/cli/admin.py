@@ -2,7 +2,7 @@
 
 Every command takes ``-A module:app`` or, to inspect without the workers' code, ``--broker URL``
 (env ``TASKPIPE_BROKER_URL``) and ``--prefix P`` (env ``TASKPIPE_PREFIX``); and ``--json`` for
-scripts. Reads go through ``taskpipe.inspect.Inspector`` (paged, never ``KEYS``). A wrong-state
+scripts. Reads go through ``taskpipe.inspection.Inspector`` (paged, never ``KEYS``). A wrong-state
 action or an unknown id prints an error, changes nothing and exits with status 1.
 """
 
@@ -24,7 +24,15 @@ from taskpipe.cli.main import app_option, cli, load_app
 from taskpipe.connection import redact_url as _redact
 from taskpipe.durations import format_duration, parse_duration
 from taskpipe.errors import JobNotFound, TaskpipeError
-from taskpipe.inspect import LIST_STATES, MAX_PAGE, Inspector, JobDetail, Page, jsonable, safe_text
+from taskpipe.inspection import (
+    LIST_STATES,
+    MAX_PAGE,
+    Inspector,
+    JobDetail,
+    Page,
+    jsonable,
+    safe_text,
+)
 
 __all__ = ["status", "jobs", "pause", "resume", "tasks", "publish"]
 

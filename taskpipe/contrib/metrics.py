@@ -101,7 +101,7 @@ class TaskpipeCollector:
 
     def _from_redis(self, counter: Any, gauge: Any) -> Iterator[Metric]:
         from taskpipe.errors import FeedDoesNotExist, WrongFeedType
-        from taskpipe.inspect import Inspector
+        from taskpipe.inspection import Inspector
 
         inspector = Inspector(self.app)
         names = set(inspector.channels())

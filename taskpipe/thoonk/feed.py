@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.broker_retry import maps_broker_errors
 from taskpipe.errors import FeedDoesNotExist, ItemNotFound, SerializationError
+from taskpipe.thoonk.script_keys import contract
 
 if TYPE_CHECKING:
     from taskpipe.thoonk.thoonk import Thoonk
@@ -108,7 +109,7 @@ class Feed:
         item_id = uuid.uuid4().hex if id is None else check_id(id)
         k = self.keys
         reply = self.thoonk.scripts["feed_publish"](
-            self.thoonk.client, [k.config, k.ids, k.items, k.publishes],
+            self.thoonk.client, contract("feed_publish").build(k),
             [item_id, data, k.ch_publish, k.ch_edit, k.ch_retract, self.TYPE, MAX_EVICTIONS])
         if int(reply[0]) == 0:
             raise FeedDoesNotExist(f"feed {self.name!r} does not exist (deleted, or another type)")
@@ -118,7 +119,8 @@ class Feed:
         """Remove an item; raise ``ItemNotFound`` if the feed has no such id."""
         item_id = check_id(id)
         reply = self.thoonk.scripts["feed_retract"](
-            self.thoonk.client, [self.keys.ids, self.keys.items], [item_id, self.keys.ch_retract])
+            self.thoonk.client, contract("feed_retract").build(self.keys),
+            [item_id, self.keys.ch_retract])
         if int(reply[0]) != 1:
             raise ItemNotFound(item_id)
 

@@ -19,6 +19,7 @@ from taskpipe.connection import close_quietly
 from taskpipe.errors import JobNotFound, LeaseLost, WrongJobState
 from taskpipe.thoonk.job_reads import JobInfo, JobReads, _s
 from taskpipe.thoonk.keys import JobKeys
+from taskpipe.thoonk.script_keys import FINISH_FOLLOWUP_ROLES, contract
 from taskpipe.thoonk.scripts import broker_errors
 
 if TYPE_CHECKING:
@@ -120,13 +121,11 @@ class JobChannel(JobReads):
         self.client: Any = thoonk.client
         self.scripts = thoonk.scripts
         k = self.keys
-        self.claim_keys = [k.ids, k.items, k.claimed, k.leases, k.delayed, k.urgent,
-                           k.cancelled, k.config, k.tokens, k.workers, k.fence, k.attempts]
-        self._put_keys = [k.ids, k.items, k.published, k.publishes, k.delayed, k.urgent, k.wake]
-        self._fresh_keys = [k.ids, k.items, k.published, k.publishes, k.wake]
-        self._owner_keys = [k.claimed, k.leases, k.tokens, k.workers]
-        self._finish_keys = [*self._owner_keys, k.items, k.cancelled, k.attempts, k.published,
-                             k.finishes, k.finished, k.failures, k.progress, k.reasons]
+        # KEYS built once for the hot paths; the order is each script's contract (script_keys)
+        self.claim_keys = contract("job_claim").build(k)
+        self._put_keys = contract("job_put").build(k)
+        self._fresh_keys = contract("job_put_fresh").build(k)
+        self._finish_keys = contract("job_finish").build(k)
         # one pub/sub connection kept open between result waits (opening one per wait costs
         # more than the wait itself); a wait that finds it in use opens its own, as before
         self._pubsub: Any = None
@@ -168,7 +167,7 @@ class JobChannel(JobReads):
         return bool(int(flags[0]))
 
     def _put_keys_for(self, ids: list[str]) -> list[str]:
-        return [*self._put_keys, self.keys.finished, *(self.keys.result(i) for i in ids)]
+        return [*self._put_keys, *(self.keys.result(i) for i in ids)]
 
     def _put_args(self, job_id: str, req: PutRequest) -> list[Any]:
         return [job_id, req.item, "1" if req.priority else "0", max(0, req.delay_ms),
@@ -306,7 +305,7 @@ class JobChannel(JobReads):
             target, fid, fitem = followup
             fitem = _b(fitem)
             t = target.keys
-            keys += [t.ids, t.items, t.published, t.publishes, t.wake, t.finished, t.result(fid)]
+            keys += [*(getattr(t, role) for role in FINISH_FOLLOWUP_ROLES), t.result(fid)]
             args += [_check_id(fid), fitem]
         codes = self.scripts["job_finish"](self.client, keys, args)
         return [int(c) for c in codes]
@@ -316,12 +315,12 @@ class JobChannel(JobReads):
 
         ``not_before_ms`` > 0: it becomes available only after that delay (a job sent back at
         shutdown while its old thread may still run it)."""
-        k = self.keys
-        keys = [*self._owner_keys, k.cancelled, k.ids, k.wake]
         args: list[Any] = [id, token]
         if not_before_ms > 0:
-            keys.append(k.delayed)
+            keys = contract("job_cancel").build(self.keys, delayed=self.keys.delayed)
             args.append(int(not_before_ms))
+        else:
+            keys = contract("job_cancel").build(self.keys)
         code, count = self.scripts["job_cancel"](self.client, keys, args)
         self._raise_for(int(code), id, "claimed", token)
         return int(count)
@@ -331,36 +330,30 @@ class JobChannel(JobReads):
         to the head of the queue in that order, their cancel counts unchanged (a worker's
         prefetched jobs at shutdown). Returns a code per job: 1 released, 0 not claimed,
         -1 claimed under another token (left alone)."""
-        k = self.keys
+        keys = contract("job_release").build(self.keys)
         codes: list[int] = []
         for start in range(0, len(claims), 1000):
             args = [x for pair in claims[start:start + 1000] for x in pair]
-            codes += [int(c) for c in self.scripts["job_release"](
-                self.client, [*self._owner_keys, k.ids, k.wake], args)]
+            codes += [int(c) for c in self.scripts["job_release"](self.client, keys, args)]
         return codes
 
     def stall(self, id: str, reason: str = "", token: str = "") -> None:
         """Park a claimed job with a reason; it is not dispatched until ``retry``."""
-        k = self.keys
-        code = self.scripts["job_stall"](
-            self.client, [*self._owner_keys, k.stalled, k.reasons, k.published, k.stalled_at],
-            [id, token, reason])
+        code = self.scripts["job_stall"](self.client, contract("job_stall").build(self.keys),
+                                         [id, token, reason])
         self._raise_for(int(code), id, "claimed", token)
 
     def retry(self, id: str, reset_counts: bool = True) -> None:
         """Make a stalled job available again (``reset_counts`` gives it a fresh budget)."""
-        k = self.keys
-        code = self.scripts["job_retry"](
-            self.client, [k.stalled, k.reasons, k.ids, k.published, k.wake, k.cancelled,
-                          k.attempts, k.items, k.stalled_at], [id, "1" if reset_counts else "0"])
+        code = self.scripts["job_retry"](self.client, contract("job_retry").build(self.keys),
+                                         [id, "1" if reset_counts else "0"])
         self._raise_for(int(code), id, "stalled")
 
     def defer(self, id: str, token: str = "", delay_ms: int = 0, count_attempt: bool = True,
               item: bytes | None = None) -> int:
         """Release a claimed job to run again after ``delay_ms``; returns its attempt count."""
-        k = self.keys
         code, attempts = self.scripts["job_defer"](
-            self.client, [*self._owner_keys, k.attempts, k.delayed, k.ids, k.wake, k.items],
+            self.client, contract("job_defer").build(self.keys),
             [id, token, max(0, int(delay_ms)), "1" if count_attempt else "0", item or b""])
         self._raise_for(int(code), id, "claimed", token)
         return int(attempts)
@@ -368,10 +361,7 @@ class JobChannel(JobReads):
     def retract_keys(self, id: str) -> list[str]:
         """KEYS of the ``job_retract`` script for one job, in the order of its header."""
         k = self.keys
-        # claimed, leases, tokens, workers come 3rd to 6th, as the script expects
-        return [k.items, k.ids, *self._owner_keys, k.stalled, k.reasons, k.cancelled, k.attempts,
-                k.published, k.delayed, k.urgent, k.progress, k.finished, k.result(id), k.log(id),
-                k.stalled_at]
+        return contract("job_retract").build(k, result=k.result(id), log=k.log(id))
 
     def retract(self, id: str) -> None:
         """Remove a job from every state, its stored result and log included."""
@@ -412,8 +402,7 @@ class JobChannel(JobReads):
             args += [job_id, token]
         if len(args) == 1:
             return []
-        k = self.keys
-        lost = self.scripts["job_extend"](self.client, [k.claimed, k.leases, k.tokens], args)
+        lost = self.scripts["job_extend"](self.client, contract("job_extend").build(self.keys), args)
         return [_s(x) for x in lost]
 
     def reap(self, max_cancels: int = 0, limit: int = 1000, *,
@@ -429,29 +418,27 @@ class JobChannel(JobReads):
     def reap_detail(self, max_cancels: int = 0, limit: int = 1000, *,
                     presence: tuple[str, str, int] | None = None) -> Reaped:
         """``reap``, saying which workers were found dead and which of the ids were theirs."""
-        k = self.keys
-        keys = [*self._owner_keys, k.cancelled, k.ids, k.wake, k.stalled, k.reasons,
-                k.published, k.stalled_at]
         args: list[Any] = [limit, max_cancels]
         if presence is not None:
-            keys.append(presence[0])
+            keys = contract("job_reap").build(self.keys, presence=presence[0])
             args += [presence[1], presence[2]]
+        else:
+            keys = contract("job_reap").build(self.keys)
         reply = self.scripts["job_reap"](self.client, keys, args)
         lists = [[_s(x) for x in part] for part in reply] + [[], []]
         return Reaped(lists[0], lists[1], lists[2], lists[3])
 
     def promote(self, limit: int = 1000) -> tuple[int, int | None]:
         """Move due delayed jobs to available; returns ``(moved, next_due_ms or None)``."""
-        k = self.keys
         moved, nxt = self.scripts["job_promote"](
-            self.client, [k.delayed, k.urgent, k.items, k.ids, k.wake], [limit])
+            self.client, contract("job_promote").build(self.keys), [limit])
         return int(moved), (int(nxt) if int(nxt) >= 0 else None)
 
     # progress and logs ----------------------------------------------------------------------
     def set_progress(self, id: str, progress: str, token: str = "") -> None:
         """Record a claimed job's progress (free text, e.g. ``"3/10"``) and publish it."""
         k = self.keys
-        code = self.scripts["job_progress"](self.client, [k.claimed, k.tokens, k.progress],
+        code = self.scripts["job_progress"](self.client, contract("job_progress").build(k),
                                             [id, token, progress, k.ch_events])
         self._raise_for(int(code), id, "claimed", token)
 
@@ -461,7 +448,7 @@ class JobChannel(JobReads):
         if not lines:
             return 0
         k = self.keys
-        n = self.scripts["job_log"](self.client, [k.log(id)],
+        n = self.scripts["job_log"](self.client, contract("job_log").build(k, log=k.log(id)),
                                     [id, max_lines, ttl_ms, k.ch_events, *lines[:1000]])
         return int(n)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from taskpipe.connection import close_quietly
+from taskpipe.thoonk.script_keys import contract
 
 if TYPE_CHECKING:
     from taskpipe.thoonk.job import PutRequest
@@ -145,13 +146,13 @@ class JobReads:
             self._pubsub_lock.release()
 
     # reads ----------------------------------------------------------------------------------
+    def state_keys(self, id: str) -> list[str]:
+        """KEYS of the ``job_state`` script for one job (also run by ``taskpipe.aio``)."""
+        return contract("job_state").build(self.keys, result=self.keys.result(id))
+
     def info(self, id: str) -> JobInfo:
         """A job's state and bookkeeping, read in one atomic step."""
-        k = self.keys
-        r = self.scripts["job_state"](
-            self.client, [k.items, k.claimed, k.stalled, k.delayed, k.finished, k.result(id),
-                          k.cancelled, k.attempts, k.reasons, k.workers, k.progress, k.leases,
-                          k.published], [id])
+        r = self.scripts["job_state"](self.client, self.state_keys(id), [id])
         return JobInfo(id=id, state=_s(r[0]), cancel_count=int(_s(r[1]) or 0),
                        attempts=int(_s(r[2]) or 0), reason=_s(r[3]), worker=_s(r[4]),
                        progress=_s(r[5]), lease_deadline_ms=_opt_int(r[6]), due_ms=_opt_int(r[7]),

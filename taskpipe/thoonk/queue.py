@@ -26,6 +26,7 @@ from taskpipe.broker_retry import maps_broker_errors
 from taskpipe.connection import close_quietly
 from taskpipe.errors import Empty, FeedDoesNotExist
 from taskpipe.thoonk.feed import encode_item, to_str
+from taskpipe.thoonk.script_keys import contract
 
 if TYPE_CHECKING:
     from taskpipe.thoonk.thoonk import Thoonk
@@ -74,7 +75,7 @@ class Queue:
         item_id = uuid.uuid4().hex
         k = self.keys
         reply = self.thoonk.scripts["queue_put"](
-            self.thoonk.client, [k.config, k.ids, k.items, k.publishes, self.wake_key],
+            self.thoonk.client, contract("queue_put").build(k),
             [item_id, data, "1" if priority else "0", self.TYPE, WAKE_TTL])
         if int(reply[0]) != 1:
             raise FeedDoesNotExist(f"queue {self.name!r} does not exist (deleted, or another type)")
@@ -118,8 +119,9 @@ class Queue:
 
     def _take(self) -> tuple[str, bytes] | None:
         script = self.thoonk.scripts["queue_get"]
+        keys = contract("queue_get").build(self.keys)
         for _ in range(1000):
-            reply = script(self.thoonk.client, [self.keys.ids, self.keys.items], [MAX_SKIPS])
+            reply = script(self.thoonk.client, keys, [MAX_SKIPS])
             status = int(reply[0])
             if status == 1:
                 return to_str(reply[1]), bytes(reply[2])

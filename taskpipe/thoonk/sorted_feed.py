@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from taskpipe.broker_retry import maps_broker_errors
 from taskpipe.errors import FeedDoesNotExist, InvalidPosition, ItemNotFound
 from taskpipe.thoonk.feed import check_id, encode_item, to_str
+from taskpipe.thoonk.script_keys import contract
 
 if TYPE_CHECKING:
     from taskpipe.thoonk.thoonk import Thoonk
@@ -82,7 +83,7 @@ class SortedFeed:
         data = encode_item(item)
         k = self.keys
         reply = self.thoonk.scripts["sorted_feed_insert"](
-            self.thoonk.client, [k.config, k.ids, k.items, k.idincr, k.publishes],
+            self.thoonk.client, contract("sorted_feed_insert").build(k),
             [where, pivot, data, k.ch_publish, k.ch_position, self.TYPE])
         if int(reply[0]) == 1:
             return to_str(reply[1])
@@ -117,7 +118,7 @@ class SortedFeed:
         item_id = check_id(id)
         data = encode_item(item)
         reply = self.thoonk.scripts["sorted_feed_edit"](
-            self.thoonk.client, [self.keys.items, self.keys.publishes],
+            self.thoonk.client, contract("sorted_feed_edit").build(self.keys),
             [item_id, data, self.keys.ch_publish])
         if int(reply[0]) != 1:
             raise ItemNotFound(item_id)
@@ -143,7 +144,7 @@ class SortedFeed:
         if pivot == item_id:
             raise InvalidPosition(f"cannot move item {item_id!r} relative to itself")
         reply = self.thoonk.scripts["sorted_feed_move"](
-            self.thoonk.client, [self.keys.ids, self.keys.items],
+            self.thoonk.client, contract("sorted_feed_move").build(self.keys),
             [item_id, where, pivot, relpos, self.keys.ch_position])
         if int(reply[0]) == 1:
             return
@@ -174,7 +175,8 @@ class SortedFeed:
         """Remove an item; raise ``ItemNotFound`` if the feed has no such id."""
         item_id = check_id(id)
         reply = self.thoonk.scripts["sorted_feed_retract"](
-            self.thoonk.client, [self.keys.ids, self.keys.items], [item_id, self.keys.ch_retract])
+            self.thoonk.client, contract("sorted_feed_retract").build(self.keys),
+            [item_id, self.keys.ch_retract])
         if int(reply[0]) != 1:
             raise ItemNotFound(item_id)
 

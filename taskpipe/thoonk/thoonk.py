@@ -12,6 +12,7 @@ from taskpipe.broker_retry import maps_broker_errors
 from taskpipe.connection import Connection
 from taskpipe.errors import ConfigError, FeedDoesNotExist, FeedExists, WrongFeedType
 from taskpipe.thoonk.keys import SCHEMA_VERSION, Keyspace
+from taskpipe.thoonk.script_keys import contract
 from taskpipe.thoonk.scripts import ScriptRegistry, broker_errors
 
 if TYPE_CHECKING:
@@ -117,7 +118,8 @@ class Thoonk:
             args += [key, str(value)]
         if self.connection.is_cluster:
             return self._cluster_create(name, args)
-        created = self.scripts["create"](self.client, [self.keys.feeds, self.keys.feed(name).config], args)
+        created = self.scripts["create"](
+            self.client, contract("create").build(self.keys.feed(name), feeds=self.keys.feeds), args)
         return bool(created)
 
     # Redis Cluster: the global `feeds` SET and `feed.config:<f>` live in different slots and a
@@ -127,12 +129,13 @@ class Thoonk:
     # crash between the steps leaves a config without registration, which the next open (or
     # create, or delete) completes. See docs/topologies.md.
     def _cluster_create(self, name: str, args: list[Any]) -> bool:
-        created = self.scripts["config_create"](self.client, [self.keys.feed(name).config], args[4:])
+        created = self.scripts["config_create"](
+            self.client, contract("config_create").build(self.keys.feed(name)), args[4:])
         self._register(name)
         return bool(created)
 
     def _register(self, name: str) -> None:
-        self.scripts["registry_add"](self.client, [self.keys.feeds],
+        self.scripts["registry_add"](self.client, contract("registry_add").build(self.keys),
                                      [name, self.instance, self.keys.ch_newfeed, self.keys.ch_conffeed])
 
     def exists(self, name: str) -> bool:
@@ -167,10 +170,13 @@ class Thoonk:
         args: list[Any] = [name, self.instance, self.keys.ch_conffeed]
         for key, value in fields.items():
             args += [key, "" if value is None else str(value)]
+        fk = self.keys.feed(name)
         if self.connection.is_cluster:  # one slot: existence = the config has a type
-            ok = self.scripts["config_set"](self.client, [self.keys.feed(name).config], args)
+            ok = self.scripts["config_update_cluster"](
+                self.client, contract("config_update_cluster").build(fk), args)
         else:
-            ok = self.scripts["set_config"](self.client, [self.keys.feeds, self.keys.feed(name).config], args)
+            ok = self.scripts["config_update"](
+                self.client, contract("config_update").build(fk, feeds=self.keys.feeds), args)
         if not ok:
             raise FeedDoesNotExist(f"no Thoonk object named {name!r}")
 
@@ -180,11 +186,12 @@ class Thoonk:
         keys = (self.keys.job_object_keys(name) if type_ == "job"
                 else self.keys.feed_object_keys(name))
         if self.connection.is_cluster:  # unregister first, then DEL every key (one slot)
-            removed = self.scripts["registry_remove"](self.client, [self.keys.feeds],
+            removed = self.scripts["registry_remove"](self.client,
+                                                      contract("registry_remove").build(self.keys),
                                                       [name, self.instance, self.keys.ch_delfeed])
             ok = self.client.delete(*keys) > 0 or bool(removed)
         else:
-            ok = self.scripts["delete"](self.client, [self.keys.feeds, *keys],
+            ok = self.scripts["delete"](self.client, contract("delete").build(self.keys, *keys),
                                         [name, self.instance, self.keys.ch_delfeed])
         if not ok:
             raise FeedDoesNotExist(f"no Thoonk object named {name!r}")

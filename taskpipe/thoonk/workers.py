@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from taskpipe.connection import close_quietly
+from taskpipe.thoonk.script_keys import contract
 from taskpipe.thoonk.scripts import broker_errors
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ class WorkerRegistry:
     def beat(self, name: str, fields: dict[str, str], ttl_ms: int) -> int:
         """Refresh one worker's entry for ``ttl_ms``; returns the server time in ms."""
         now_ms = int(self.thoonk.scripts["worker_beat"](
-            self.thoonk.client, [self.keys.workers_registry()], [name, ttl_ms]))
+            self.thoonk.client, contract("worker_beat").build(self.keys), [name, ttl_ms]))
         key = self.keys.worker_info(name)
         with broker_errors("worker registry beat"):
             pipe = self.thoonk.client.pipeline(transaction=False)
@@ -82,7 +83,8 @@ class WorkerRegistry:
     def live(self) -> list[dict[str, str]]:
         """The fields of every live worker (entries past their deadline are skipped)."""
         client = self.thoonk.client
-        _now, names = self.thoonk.scripts["worker_live"](client, [self.keys.workers_registry()], [])
+        _now, names = self.thoonk.scripts["worker_live"](
+            client, contract("worker_live").build(self.keys), [])
         out = []
         with broker_errors("worker registry"):
             for name in names:
@@ -146,7 +148,8 @@ class Presence:
                 resubscribed = True
             if resubscribed or rejoin:
                 self.thoonk.scripts["presence_join"](
-                    self.thoonk.client, [self.thoonk.keys.presence()], [self.name, PRESENCE_TTL_MS])
+                    self.thoonk.client, contract("presence_join").build(self.thoonk.keys),
+                    [self.name, PRESENCE_TTL_MS])
             return resubscribed
 
     def _named_client(self) -> Any:

@@ -29,8 +29,11 @@ __all__ = ["KeeperMixin", "BROKER_ERRORS"]
 log = logging.getLogger("taskpipe.worker")
 
 #: The errors that mean "Redis is unreachable right now" (retried, not fatal).
+#: transient errors: the worker waits and tries again. A raw ``OSError`` is a socket-level
+#: fault that redis-py did not wrap (a closed descriptor, say): never a property of a job or
+#: an outcome, so it must not fail one.
 BROKER_ERRORS = (BrokerUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                 redis.exceptions.BusyLoadingError)
+                 redis.exceptions.BusyLoadingError, OSError)
 
 
 class KeeperMixin:

@@ -14,11 +14,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import redis
-
 from taskpipe.durations import parse_duration
 from taskpipe.errors import (
-    BrokerUnavailable,
     JobNotFound,
     LeaseLost,
     SerializationError,
@@ -28,6 +25,7 @@ from taskpipe.errors import (
 from taskpipe.serialization import encode_envelope, encode_failure, encode_result
 from taskpipe.thoonk.job import FinishRequest
 from taskpipe.worker.eviction import EvictionWatch
+from taskpipe.worker.keeper import BROKER_ERRORS
 from taskpipe.worker.runner import Outcome, option_of
 
 if TYPE_CHECKING:
@@ -37,11 +35,9 @@ __all__ = ["OutcomeWriter", "OutcomeListener", "BROKER_ERRORS"]
 
 log = logging.getLogger("taskpipe.worker")
 
-#: transient broker failures: an outcome write that meets one is retried as a whole (the jobs
-#: stay claimed, their leases renewed); any other error is the job's own (``_unwritable``)
-BROKER_ERRORS = (BrokerUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                 redis.exceptions.BusyLoadingError)
-
+# BROKER_ERRORS (transient broker failures): an outcome write that meets one is retried as a
+# whole (the jobs stay claimed, their leases renewed); any other error is the job's own
+# (``_unwritable``).
 
 #: the longest result TTL stored (100 years; Redis refuses expiries that overflow its clock)
 _MAX_TTL_MS = 100 * 365 * 86_400_000

@@ -98,7 +98,7 @@ class _Child:
         self.pid = self.proc.pid
         self.ready = False
         self.stopped = False  # sent "stop": hand it nothing more
-        self._send_lock = threading.Lock()
+        self._send_lock = threading.Lock()  # serialises writes to the pipe and its close
         self.send((list(sys.path), app_path, logging.getLogger().getEffectiveLevel()))
 
     def send(self, message: Any) -> bool:
@@ -160,15 +160,24 @@ class _Child:
         except subprocess.TimeoutExpired:
             pass
 
-    def kill(self) -> None:
-        """Kill the child at once and reap it."""
+    def terminate(self) -> None:
+        """Kill the child process at once, leaving its pipe open. Safe from any thread: the
+        slot thread reading the pipe sees end-of-file and closes it itself (``kill``)."""
         if self.alive():
             try:
                 self.proc.kill()
             except OSError:
                 pass
+
+    def kill(self) -> None:
+        """Kill the child at once, reap it and close the parent's end of its pipe. Only the
+        slot thread that reads the pipe (or anyone once that thread has ended) may call this:
+        closing a descriptor another thread still polls would let that thread read from
+        whatever socket reuses the number next (a Redis connection, say)."""
+        self.terminate()
         self.join(5)
-        self.conn.close()
+        with self._send_lock:  # one close, never in the middle of another thread's write
+            self.conn.close()
 
     def exit_code(self) -> int | None:
         """The child's exit code once it has ended (negative = killed by that signal)."""
@@ -276,7 +285,7 @@ class ProcessPool:
             self._draining = True
             children = [c for c in self._children if c is not None]
         for child in children:
-            child.kill()
+            child.terminate()  # the slot threads see end-of-file and close the pipes
 
     def shutdown(self) -> None:
         """Stop the children: idle ones exit at once, any still running a job are killed."""
@@ -289,10 +298,13 @@ class ProcessPool:
         deadline = time.monotonic() + 1.0
         for child in children:
             child.join(max(0.0, deadline - time.monotonic()))
-            child.kill()
+            child.terminate()
         deadline = time.monotonic() + 2.0
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        if not any(t.is_alive() for t in self._threads):
+            for child in children:  # no thread reads the pipes any more: close them
+                child.kill()
 
     # slots ----------------------------------------------------------------------------------
     def _slot(self, index: int) -> None:

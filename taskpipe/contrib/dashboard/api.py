@@ -1,4 +1,4 @@
-"""The dashboard's JSON API: reads through ``taskpipe.inspect.Inspector``, plus a few actions.
+"""The dashboard's JSON API: reads through ``taskpipe.inspection.Inspector``, plus a few actions.
 
 Routes (``<ch>`` and ``<id>`` are URL-encoded path segments):
 
@@ -24,7 +24,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.errors import ConfigError, FeedDoesNotExist, JobNotFound, WrongFeedType, WrongJobState
-from taskpipe.inspect import LIST_STATES, Inspector, jsonable
+from taskpipe.inspection import LIST_STATES, Inspector, jsonable
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe

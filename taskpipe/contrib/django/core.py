@@ -99,7 +99,7 @@ class DjangoTaskPipe(FrameworkTaskPipe):
         options.setdefault("id", new_id())
         if not isinstance(options["id"], str) or not options["id"]:
             raise ConfigError(f"a job id must be a non-empty string, got {options['id']!r}")
-        self._build(name, args, kwargs, _task, dict(options))  # every check now, not at commit
+        self.publishing.build(name, args, kwargs, _task, options)  # every check now, not at commit
         publish = functools.partial(super().send, name, tuple(args), dict(kwargs or {}),
                                     _task=_task, **options)
         transaction.on_commit(publish, using=using)

@@ -12,10 +12,3 @@ local function unclaim(k_claimed, k_leases, k_tokens, k_workers, id)
   redis.call('HDEL', k_tokens, id)
   redis.call('HDEL', k_workers, id)
 end
--- helper: push wake-up markers (at most 16) for blocked workers.
-local function wake(k_wake, count)
-  if count > 0 then
-    for _ = 1, math.min(count, 16) do redis.call('LPUSH', k_wake, '1') end
-    redis.call('LTRIM', k_wake, 0, 63)
-  end
-end

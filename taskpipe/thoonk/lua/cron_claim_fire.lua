@@ -2,7 +2,7 @@
 -- value only if it holds the expected value, so of many callers racing to advance the same
 -- cursor from X exactly one wins. Generic: this layer gives the cursor no meaning (the cron
 -- scheduler uses it as "the last fire time handled", see docs/scheduling.md).
--- KEYS[1] the hash holding the cursor (e.g. taskpipe.cron:<entry>)
+-- KEYS[1] <cursor-hash>  the hash holding the cursor (e.g. taskpipe.cron:<entry>)
 -- ARGV[1] field name of the cursor
 -- ARGV[2] expected current value ('' = the field is absent or empty)
 -- ARGV[3] new value

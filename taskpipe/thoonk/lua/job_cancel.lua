@@ -1,7 +1,7 @@
 -- job_cancel: send a claimed job back to the queue (Thoonk cancel), its cancel count +1.
 -- KEYS[1] feed.claimed:<f>  KEYS[2] feed.leases:<f>  KEYS[3] feed.tokens:<f>  KEYS[4] feed.workers:<f>
 -- KEYS[5] feed.cancelled:<f>  KEYS[6] feed.ids:<f>  KEYS[7] feed.wake:<f>
--- KEYS[8] feed.delayed:<f> (only with a not-before delay)
+-- KEYS[8] feed.delayed:<f> (optional: only with a not-before delay)
 -- ARGV[1] id  ARGV[2] token ('' = no fencing check)
 -- ARGV[3] not-before delay ms (optional; > 0 with KEYS[8]: the job waits in the delayed set that
 --         long, e.g. sent back at shutdown while its old thread may still run it)
@@ -10,6 +10,7 @@
 -- Events: none.
 --@include _now.lua
 --@include _owner.lua
+--@include _wake.lua
 local id = ARGV[1]
 local code = check_owner(KEYS[1], KEYS[3], id, ARGV[2])
 if code ~= 1 then return {code, 0} end
@@ -21,5 +22,5 @@ if delay > 0 and KEYS[8] then
 else
   redis.call('LPUSH', KEYS[6], id)
 end
-wake(KEYS[7], 1)  -- a blocked worker claims it, or re-times its wait to the due time
+push_wake_markers(KEYS[7], 1)  -- a blocked worker claims it, or re-times its wait to the due time
 return {1, count}

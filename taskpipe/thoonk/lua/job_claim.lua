@@ -1,10 +1,11 @@
 -- job_claim: claim up to N available jobs, walking channels in strict order.
--- For each channel (12 keys each, channel c at KEYS[12*(c-1)+1 ..]):
+-- For each channel c, 12 keys: the key +n below is KEYS[12*(c-1) + n]:
 --   +1 feed.ids:<f>  +2 feed.items:<f>  +3 feed.claimed:<f>  +4 feed.leases:<f>
 --   +5 feed.delayed:<f>  +6 feed.urgent:<f>  +7 feed.cancelled:<f>  +8 feed.config:<f>
 --   +9 feed.tokens:<f>  +10 feed.workers:<f>  +11 feed.fence:<f>  +12 feed.attempts:<f>
 -- ARGV[1] max jobs to claim (<= 1000)  ARGV[2] lease ms  ARGV[3] worker name
--- ARGV[4] promote limit per channel (due delayed jobs moved to available first)
+-- ARGV[4] promote limit per channel (due delayed jobs moved to available first; capped at 1000
+--         as in job_promote, so one claim stays well under a few ms)
 -- ARGV[5] run now (optional, default all): the first this-many claims go to free slots; later
 --   ones are prefetched (they wait in the worker's buffer). A job whose cancel count is not 0
 --   is never prefetched: at a prefetch position it is put back at the head, with every job
@@ -23,7 +24,7 @@
 local want = math.min(tonumber(ARGV[1]), 1000)
 local lease = tonumber(ARGV[2])
 local worker = ARGV[3]
-local plimit = tonumber(ARGV[4])
+local plimit = math.min(tonumber(ARGV[4]), 1000)
 local run_now = tonumber(ARGV[5] or ARGV[1])
 local now = now_ms()
 local now_s = math.floor(now / 1000)

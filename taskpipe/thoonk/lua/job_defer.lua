@@ -8,6 +8,7 @@
 -- Events: none.
 --@include _now.lua
 --@include _owner.lua
+--@include _wake.lua
 local id = ARGV[1]
 local code = check_owner(KEYS[1], KEYS[3], id, ARGV[2])
 if code ~= 1 then return {code, 0} end
@@ -18,9 +19,9 @@ if ARGV[5] ~= '' then redis.call('HSET', KEYS[9], id, ARGV[5]) end
 local delay = tonumber(ARGV[3])
 if delay > 0 then
   redis.call('ZADD', KEYS[6], now_ms() + delay, id)
-  wake(KEYS[8], 1)  -- a blocked worker re-times its wait to the new due time
+  push_wake_markers(KEYS[8], 1)  -- a blocked worker re-times its wait to the new due time
 else
   redis.call('LPUSH', KEYS[7], id)
-  wake(KEYS[8], 1)
+  push_wake_markers(KEYS[8], 1)
 end
 return {1, attempts}

@@ -5,10 +5,10 @@
 -- KEYS[11] feed.failures:<f>  KEYS[12] feed.progress:<f>  KEYS[13] feed.reasons:<f>
 -- KEYS[13+i] feed.result:<f>:<id_i> for each of the n jobs
 -- KEYS[13+n+k] feed.query:<f>:<id> for the k-th job (of q) whose result mode is '2'
--- Optional follow-up job (only with n = 1), put on another channel by this same step, at
--- f = 14+n+q: KEYS[f] target feed.ids  KEYS[f+1] target feed.items  KEYS[f+2] target
--- feed.published  KEYS[f+3] target feed.publishes  KEYS[f+4] target feed.wake
--- KEYS[f+5] target feed.finished  KEYS[f+6] target feed.result:<t>:<follow-up id>
+-- Optional follow-up job (only with n = 1), put on another channel <t> by this same step, at
+-- f = 14+n+q: KEYS[f] feed.ids:<t>  KEYS[f+1] feed.items:<t>  KEYS[f+2] feed.published:<t>
+-- KEYS[f+3] feed.publishes:<t>  KEYS[f+4] feed.wake:<t>  KEYS[f+5] feed.finished:<t>
+-- KEYS[f+6] feed.result:<t>:<follow-up id>
 -- ARGV[1] job.finish:<f> channel  ARGV[2] keep finished-index entries this many ms
 -- ARGV[3] n (<= 1000)
 -- ARGV[4 + 6*(i-1) ...] per job: id, token ('' = no fencing check), result,
@@ -27,6 +27,8 @@
 -- finished job's result and event, in order (all inside this one atomic call).
 --@include _now.lua
 --@include _owner.lua
+--@include _wake.lua
+--@include _put.lua
 local n = tonumber(ARGV[3])
 if n > 1000 then return redis.error_reply('ERR job_finish: at most 1000 jobs per call') end
 local now = now_ms()
@@ -99,13 +101,10 @@ end
 if #KEYS >= 14 + n + q and n == 1 and out[1] == 1 then
   local f = 14 + n + q
   local fid, fitem = ARGV[4 + 6 * n], ARGV[5 + 6 * n]
-  if redis.call('HSETNX', KEYS[f + 1], fid, fitem) == 1 then
-    redis.call('ZREM', KEYS[f + 5], fid)
-    redis.call('DEL', KEYS[f + 6])
+  if put_job_record(KEYS[f + 1], KEYS[f + 2], KEYS[f + 3], KEYS[f + 5], KEYS[f + 6], now, fid,
+                    fitem) then
     redis.call('LPUSH', KEYS[f], fid)
-    redis.call('ZADD', KEYS[f + 2], now, fid)
-    redis.call('INCR', KEYS[f + 3])
-    wake(KEYS[f + 4], 1)
+    push_wake_markers(KEYS[f + 4], 1)
     out[n + 1] = 1
   else
     out[n + 1] = 0

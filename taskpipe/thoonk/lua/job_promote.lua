@@ -7,12 +7,10 @@
 -- Events: none.
 --@include _now.lua
 --@include _promote.lua
+--@include _wake.lua
 local limit = math.min(tonumber(ARGV[1]), 1000)
 local moved = promote(KEYS[1], KEYS[2], KEYS[3], KEYS[4], now_ms(), limit)
-if moved > 0 then
-  for _ = 1, math.min(moved, 16) do redis.call('LPUSH', KEYS[5], '1') end
-  redis.call('LTRIM', KEYS[5], 0, 63)
-end
+push_wake_markers(KEYS[5], moved)
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local nxt = -1
 if first[2] then nxt = tonumber(first[2]) end

@@ -16,6 +16,8 @@
 --          finished-index entry are removed so they are not mistaken for the new run's.
 -- Events: none (the v1 contract publishes no event on job put).
 --@include _now.lua
+--@include _put.lua
+--@include _wake.lua
 local n = tonumber(ARGV[1])
 if n > 1000 then return redis.error_reply('ERR job_put: at most 1000 jobs per call') end
 local now = now_ms()
@@ -25,13 +27,9 @@ for i = 1, n do
   local b = 2 + 5 * (i - 1)
   local id, item, prio = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local delay, eta = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
-  if redis.call('HSETNX', KEYS[2], id, item) == 0 then
+  if not put_job_record(KEYS[2], KEYS[3], KEYS[4], KEYS[8], KEYS[8 + i], now, id, item) then
     out[i] = 0
   else
-    redis.call('ZREM', KEYS[8], id)
-    redis.call('DEL', KEYS[8 + i])
-    redis.call('ZADD', KEYS[3], now, id)
-    redis.call('INCR', KEYS[4])
     local due = 0
     if eta > 0 then due = eta elseif delay > 0 then due = now + delay end
     if due > now then
@@ -45,8 +43,5 @@ for i = 1, n do
     out[i] = 1
   end
 end
-if woken > 0 then
-  for _ = 1, math.min(woken, 16) do redis.call('LPUSH', KEYS[7], '1') end
-  redis.call('LTRIM', KEYS[7], 0, 63)
-end
+push_wake_markers(KEYS[7], woken)
 return out

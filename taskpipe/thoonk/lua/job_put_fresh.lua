@@ -14,6 +14,7 @@
 --          written for it; only a caller that reused an id can see this).
 -- Events: none (the v1 contract publishes no event on job put).
 --@include _now.lua
+--@include _wake.lua
 local n = (#ARGV - 1) / 2
 if n > 1000 or n ~= math.floor(n) then
   return redis.error_reply('ERR job_put_fresh: 1 to 1000 (id, item) pairs')
@@ -26,7 +27,7 @@ if n == 1 then  -- one job (delay()): HSETNX is the guard and the write in one c
   redis.call('ZADD', KEYS[3], now, id)
   redis.call('INCR', KEYS[4])
   redis.call(push, KEYS[1], id)
-  if redis.call('LPUSH', KEYS[5], '1') > 64 then redis.call('LTRIM', KEYS[5], 0, 63) end
+  push_wake_markers(KEYS[5], 1)
   return {1}
 end
 local ids = {}
@@ -52,7 +53,5 @@ redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('ZADD', KEYS[3], unpack(scored))
 redis.call('INCRBY', KEYS[4], k)
 redis.call(push, KEYS[1], unpack(fresh))
-local markers = {}
-for i = 1, math.min(k, 16) do markers[i] = '1' end
-if redis.call('LPUSH', KEYS[5], unpack(markers)) > 64 then redis.call('LTRIM', KEYS[5], 0, 63) end
+push_wake_markers(KEYS[5], k)
 return out

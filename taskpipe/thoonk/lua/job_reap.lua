@@ -4,7 +4,7 @@
 -- KEYS[5] feed.cancelled:<f>  KEYS[6] feed.ids:<f>  KEYS[7] feed.wake:<f>
 -- KEYS[8] feed.stalled:<f>  KEYS[9] feed.reasons:<f>  KEYS[10] feed.published:<f>
 -- KEYS[11] feed.stalledat:<f>
--- KEYS[12] (optional) taskpipe.presence  ZSET worker -> 0 while seen alive, else ms first seen gone
+-- KEYS[12] taskpipe.presence (optional)  ZSET worker -> 0 while seen alive, else ms first seen gone
 -- ARGV[1] limit (<= 1000 per call)  ARGV[2] max cancels (a job cancelled more than this many
 --         times is stalled with reason 'worker_lost'; '0' = never stall)
 -- ARGV[3] (with KEYS[12]) prefix of the workers' alive channels ('<prefix>taskpipe.alive:')
@@ -22,6 +22,7 @@
 -- Events: none.
 --@include _now.lua
 --@include _owner.lua
+--@include _wake.lua
 local now = now_ms()
 local limit = math.min(tonumber(ARGV[1]), 1000)
 local max_cancels = tonumber(ARGV[2])
@@ -88,5 +89,5 @@ if KEYS[12] and #requeued + #stalled < limit then
     end
   end
 end
-wake(KEYS[7], #requeued)
+push_wake_markers(KEYS[7], #requeued)
 return {requeued, stalled, dead_workers, dead_ids}

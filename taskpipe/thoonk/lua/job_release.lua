@@ -8,6 +8,7 @@
 -- Returns: a list of codes, one per job: 1 released, 0 not claimed, -1 lease lost (untouched).
 -- Events: none.
 --@include _owner.lua
+--@include _wake.lua
 local n = #ARGV / 2
 if n > 1000 or n ~= math.floor(n) then
   return redis.error_reply('ERR job_release: 1 to 1000 (id, token) pairs')
@@ -25,5 +26,5 @@ for i = n, 1, -1 do
     released = released + 1
   end
 end
-wake(KEYS[6], released)
+push_wake_markers(KEYS[6], released)
 return out

@@ -29,7 +29,9 @@ end
 redis.call('ZREM', KEYS[18], id)
 unclaim(KEYS[3], KEYS[4], KEYS[5], KEYS[6], id)
 redis.call('SREM', KEYS[7], id)
-for k = 8, 10 do redis.call('HDEL', KEYS[k], id) end
+redis.call('HDEL', KEYS[8], id)
+redis.call('HDEL', KEYS[9], id)
+redis.call('HDEL', KEYS[10], id)
 redis.call('ZREM', KEYS[11], id)
 redis.call('ZREM', KEYS[12], id)
 redis.call('SREM', KEYS[13], id)

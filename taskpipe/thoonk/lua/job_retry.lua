@@ -7,6 +7,7 @@
 -- Events: none.
 --@include _now.lua
 --@include _owner.lua
+--@include _wake.lua
 local id = ARGV[1]
 if redis.call('SREM', KEYS[1], id) == 0 then return 0 end
 redis.call('HDEL', KEYS[2], id)
@@ -18,6 +19,6 @@ end
 if redis.call('HEXISTS', KEYS[8], id) == 1 then
   redis.call('LPUSH', KEYS[3], id)
   redis.call('ZADD', KEYS[4], now_ms(), id)
-  wake(KEYS[5], 1)
+  push_wake_markers(KEYS[5], 1)
 end
 return 1

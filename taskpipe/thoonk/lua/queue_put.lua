@@ -9,6 +9,7 @@
 -- Returns: {1}, or {0, 'nofeed'} when the config is gone or has another type (nothing written).
 -- Events: none on pub/sub (Thoonk v1 queues publish nothing). One marker is pushed on the wake
 --   list (capped at 64, with a TTL so a deleted queue leaves nothing behind for long).
+--@include _wake.lua
 if redis.call('HGET', KEYS[1], 'type') ~= ARGV[4] then
   return {0, 'nofeed'}
 end
@@ -19,7 +20,6 @@ else
 end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('INCR', KEYS[4])
-redis.call('LPUSH', KEYS[5], '1')
-redis.call('LTRIM', KEYS[5], 0, 63)
+push_wake_markers(KEYS[5], 1)
 redis.call('EXPIRE', KEYS[5], ARGV[5])
 return {1}

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import redis
 
 from taskpipe.errors import ThoonkError
-from taskpipe.inspect.views import CleanReport, _s
+from taskpipe.inspection.views import CleanReport, _s
 from taskpipe.thoonk.job import JobChannel
 
 __all__ = ["clean_finished", "clean_stalled"]

@@ -14,9 +14,9 @@ from taskpipe.errors import (
     SerializationError,
     WrongFeedType,
 )
-from taskpipe.inspect.clean import clean_finished, clean_stalled
-from taskpipe.inspect.follow import follow
-from taskpipe.inspect.views import (
+from taskpipe.inspection.clean import clean_finished, clean_stalled
+from taskpipe.inspection.follow import follow
+from taskpipe.inspection.views import (
     CleanReport,
     JobDetail,
     JobEvent,
@@ -348,7 +348,7 @@ class Inspector:
                backlog: int = 1000, poll: float = 1.0) -> Iterator[JobEvent]:
         """Yield a job's log (the last ``backlog`` lines), then its live log and progress events
         until it ends (an ``end`` event) or ``timeout`` seconds pass (a ``timeout`` event).
-        See ``taskpipe.inspect.follow``."""
+        See ``taskpipe.inspection.follow``."""
         return follow(self.app, self.channel(self.shard_of(channel, job_id)), job_id, timeout,
                       backlog, poll)
 

@@ -1,4 +1,5 @@
--- config_set: Redis Cluster form of set_config: change fields of an existing object's config.
+-- config_update_cluster: the Redis Cluster form of config_update: change fields of an existing
+-- object's config.
 -- The object exists when its config has a type (the `feeds` SET is in another slot; see
 -- config_create.lua). One slot, so it runs as one atomic step on a cluster.
 -- KEYS[1] feed.config:<f>  HASH config

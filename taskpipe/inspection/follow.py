@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.errors import JobNotFound
-from taskpipe.inspect.views import JobEvent, _s, outcome_of, safe_text
+from taskpipe.inspection.views import JobEvent, _s, outcome_of, safe_text
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe

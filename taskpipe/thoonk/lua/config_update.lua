@@ -1,4 +1,4 @@
--- set_config: change fields of an existing object's config.
+-- config_update: change fields of an existing object's config.
 -- KEYS[1] feeds  KEYS[2] feed.config:<f>
 -- ARGV[1] name  ARGV[2] instance id  ARGV[3] conffeed channel
 -- ARGV[4..] field, value pairs; an empty value deletes the field (type cannot be changed here)

@@ -13,8 +13,8 @@ Results are plain dataclasses (``JobRow``, ``Page``, ``JobDetail``, ``CleanRepor
 with ``to_dict()`` for JSON; ``jsonable`` and ``safe_text`` make payloads safe to print or serve.
 """
 
-from taskpipe.inspect.inspector import LIST_STATES, MAX_PAGE, Inspector
-from taskpipe.inspect.views import (
+from taskpipe.inspection.inspector import LIST_STATES, MAX_PAGE, Inspector
+from taskpipe.inspection.views import (
     CleanReport,
     JobDetail,
     JobEvent,
