@@ -259,3 +259,25 @@ def test_inspector_cli_and_metrics_show_one_channel_with_shards(sharded: TaskPip
     assert 'taskpipe_queue_depth{channel="emails",state="available"} 7.0' in text
     for shard in shards:
         assert f'taskpipe_shard_depth{{channel="emails",shard="{shard}",state="available"}}' in text
+
+
+def test_dashboard_api_shows_one_channel_and_acts_on_its_shards(sharded: TaskPipe) -> None:
+    from taskpipe.contrib.dashboard.api import DashboardAPI
+
+    seen: list[Any] = []
+    note = _register(sharded, seen)
+    results = [note.delay("d", i) for i in range(5)]
+    api = DashboardAPI(sharded)
+    status, data = api.handle("GET", ["overview"], {})
+    assert status == 200
+    (row,) = [c for c in data["channels"] if c["channel"] == "emails"]
+    assert row["available"] == 5 and len(row["shards"]) == 3
+    status, page = api.handle("GET", ["channels", "emails", "jobs"], {"limit": "10"})
+    assert status == 200 and sorted(r["id"] for r in page["rows"]) == sorted(r.id for r in results)
+    assert page["counts"]["available"] == 5
+    status, detail = api.handle("GET", ["channels", "emails", "jobs", results[1].id], {})
+    assert status == 200 and detail["channel"] == results[1].channel
+    status, done = api.handle("POST", ["channels", "emails", "jobs", results[1].id, "retract"], {})
+    assert status == 200 and done["state"] == "unknown"
+    status, _ = api.handle("POST", ["channels", "emails", "pause"], {})
+    assert status == 200 and all(sharded.channel(s).paused for s in sharded.sharding.names("emails"))

@@ -205,13 +205,24 @@ class Inspector:
             if not head.isdigit() or int(head) >= len(shards):
                 raise ConfigError(f"bad cursor {cursor!r} for a sharded channel")
             index = int(head)
-        page = self.list_jobs(shards[index], state, inner or None, limit)
-        nxt = (f"{index}:{page.next_cursor}" if page.next_cursor is not None else
-               f"{index + 1}:" if index + 1 < len(shards) else None)
-        totals = [page.total if i == index else self.list_jobs(s, state, None, 1).total
-                  for i, s in enumerate(shards)] if page.total is not None else [None]
+        rows: list[JobRow] = []
+        nxt: str | None = None
+        inner_cursor: str | None = inner or None
+        while True:  # fill the page from this shard on, shard after shard
+            page = self.list_jobs(shards[index], state, inner_cursor, limit - len(rows))
+            rows += page.rows
+            if page.next_cursor is not None:
+                nxt = f"{index}:{page.next_cursor}"
+                break
+            index, inner_cursor = index + 1, None
+            if index >= len(shards):
+                break
+            if len(rows) >= limit:
+                nxt = f"{index}:"
+                break
+        totals = [self.list_jobs(s, state, None, 1).total for s in shards]
         total = None if any(t is None for t in totals) else sum(int(t or 0) for t in totals)
-        return Page(page.rows, nxt, total)
+        return Page(rows, nxt, total)
 
     def _list_stalled(self, ch: JobChannel, cursor: str | int | None, limit: int) -> Page:
         scan, skip = 0, 0
