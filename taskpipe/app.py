@@ -179,11 +179,15 @@ class TaskPipe:
 
         On a Redis Cluster the name gets a hash tag (``emails`` -> channel ``{emails}``, a name
         that already has one is kept) so every key of the channel lives in one slot; both
-        spellings then return the same channel.
+        spellings then return the same channel. A sharded channel's logical name is refused
+        (``ConfigError``): its shards are ``app.sharding.channels(name)``.
         """
         name = name or self.default_channel
         ch = self._channels.get(name)
         if ch is None:
+            if self.sharding.count(name) > 1:
+                raise ConfigError(f"channel {name!r} is sharded: its shards are "
+                                  f"app.sharding.channels({name!r})")
             self.check_eviction_policy()  # once per app: a producer's first publish, a worker's start
             with self._lock:
                 ch = self._channels.get(name)

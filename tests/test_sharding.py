@@ -281,3 +281,16 @@ def test_dashboard_api_shows_one_channel_and_acts_on_its_shards(sharded: TaskPip
     assert status == 200 and done["state"] == "unknown"
     status, _ = api.handle("POST", ["channels", "emails", "pause"], {})
     assert status == 200 and all(sharded.channel(s).paused for s in sharded.sharding.names("emails"))
+
+
+def test_an_idle_worker_wakes_on_a_publish_to_any_shard(sharded: TaskPipe) -> None:
+    from taskpipe.testing import running_worker
+
+    seen: list[Any] = []
+    note = _register(sharded, seen)
+    with pytest.raises(ConfigError, match="sharded"):
+        sharded.channel("emails")  # the logical name is not one channel
+    with running_worker(sharded, ["emails"], concurrency=1):
+        for key in ("k1", "k2", "k3", "g", "b", "a"):  # keys spread over every shard
+            assert note.apply_async((key, 1), shard_key=key).get(timeout=30) == 1
+    assert {shard_index(k, 3) for k in ("k1", "k2", "k3")} == {0, 1, 2}
