@@ -31,6 +31,7 @@ from taskpipe.errors import (
     ResultUnknown,
     Retry,
     SerializationError,
+    ShardCountChanged,
     TaskFailed,
     TaskpipeError,
     UnknownTask,
@@ -50,6 +51,6 @@ __all__ = [
     "CronError",
     "SerializationError", "PayloadTooLarge", "UnknownTask", "JobNotFound", "WrongJobState",
     "LeaseLost", "ResultTimeout", "ResultExpired", "ResultUnknown", "TaskFailed", "JobTimeout",
-    "Retry", "BrokerError", "ResultStalled",
+    "Retry", "BrokerError", "ResultStalled", "ShardCountChanged",
     "__version__",
 ]

@@ -17,10 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 import taskpipe.cli.admin  # noqa: F401  (registers the commands)
-from taskpipe import TaskPipe
+from taskpipe import ShardCountChanged, TaskPipe
 from taskpipe.cli import cli
 from taskpipe.connection import key_slot
-from taskpipe.errors import ConfigError, ShardCountChanged
+from taskpipe.errors import ConfigError
 from taskpipe.inspection import Inspector
 from taskpipe.sharding import shard_index
 from taskpipe.testing import run_until_idle
