@@ -294,3 +294,9 @@ def test_an_idle_worker_wakes_on_a_publish_to_any_shard(sharded: TaskPipe) -> No
         for key in ("k1", "k2", "k3", "g", "b", "a"):  # keys spread over every shard
             assert note.apply_async((key, 1), shard_key=key).get(timeout=30) == 1
     assert {shard_index(k, 3) for k in ("k1", "k2", "k3")} == {0, 1, 2}
+
+
+def test_worker_cli_does_not_take_a_sharded_name_for_a_typo(sharded: TaskPipe) -> None:
+    from taskpipe.cli.worker_cmd import unknown_channels
+
+    assert unknown_channels(sharded, ["emails", "emials"]) == ["emials"]
