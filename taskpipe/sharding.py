@@ -16,6 +16,8 @@ costs no extra round trip: the workers' check covers it.)
 
 from __future__ import annotations
 
+import collections
+import logging
 import random
 import threading
 import zlib
@@ -27,6 +29,7 @@ from taskpipe.thoonk.shards import (
     check_shard_count,
     check_shardable,
     holds_jobs,
+    masters_of,
     record_count,
     shard_names,
     stored_count,
@@ -91,10 +94,26 @@ class Sharding:
         self.app.broker_retry.call(f"check the shards of {name!r}",
                                    lambda _attempt: self._check_record(name, count))
         opened = [self.app.channel(n) for n in shard_names(name, count)]
+        if count > 1:
+            self._check_spread(name, opened)
         with self._lock:
             self._checked.setdefault(name, opened)
             self._next.setdefault(name, random.randrange(count))
         return self._checked[name]
+
+    def _check_spread(self, name: str, opened: list[JobChannel]) -> None:
+        """Warn (logger ``taskpipe``) when a cluster's masters carry unequal numbers of shards:
+        a count that is not a multiple of the master count loads some masters more."""
+        try:
+            masters = masters_of(self.app.thoonk, [ch.name for ch in opened])
+        except Exception:  # noqa: BLE001 - advice only: never fail opening a channel for it
+            return
+        per_master = collections.Counter(masters)
+        if per_master and len(set(per_master.values())) > 1:
+            logging.getLogger("taskpipe").warning(
+                "channel %r: %d shards are spread unevenly over %d masters (%s); use a multiple "
+                "of the master count", name, len(opened), len(per_master),
+                ", ".join(f"{m}: {n}" for m, n in sorted(per_master.items())))
 
     def _check_record(self, name: str, count: int) -> None:
         thoonk = self.app.thoonk

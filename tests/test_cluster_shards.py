@@ -259,3 +259,17 @@ def test_six_shards_three_workers_sigkill_and_failover(cluster: ReplicatedCluste
         assert ordered == sorted(ordered), key
     print(f"\n{len(runs)} runs of {JOBS} jobs, {redelivered} redelivered, {duplicates} ran twice",
           file=sys.stderr)
+
+
+def test_shards_not_a_multiple_of_the_masters_warn(cluster: ReplicatedCluster,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    prefix = f"sw{uuid.uuid4().hex[:6]}:"
+    with TaskPipe(broker=cluster.url, prefix=prefix, shards={"even": 3, "uneven": 4}) as app:
+        with caplog.at_level("WARNING", logger="taskpipe"):
+            even = app.sharding.channels("even")
+        assert not [r for r in caplog.records if "unevenly" in r.getMessage()]
+        assert len({cluster.owner(key_slot(ch.keys.ids)) for ch in even}) == 3
+        with caplog.at_level("WARNING", logger="taskpipe"):
+            app.sharding.channels("uneven")
+        (warning,) = [r for r in caplog.records if "unevenly" in r.getMessage()]
+        assert "4 shards" in warning.getMessage() and "3 masters" in warning.getMessage()

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from taskpipe.thoonk.thoonk import Thoonk
 
 __all__ = ["MAX_SHARDS", "SLOTS", "check_shard_count", "check_shardable", "shard_names",
-           "parse_shard", "stored_count", "record_count", "holds_jobs"]
+           "parse_shard", "stored_count", "record_count", "holds_jobs", "masters_of"]
 
 #: Redis Cluster hash slots.
 SLOTS = 16384
@@ -94,6 +94,15 @@ def record_count(thoonk: Thoonk, name: str, count: int) -> None:
         thoonk.client.hdel(thoonk.keys.shard_counts(), name)
     else:
         thoonk.client.hset(thoonk.keys.shard_counts(), name, str(count))
+
+
+def masters_of(thoonk: Thoonk, physical: list[str]) -> list[str]:
+    """The master (``host:port``) serving each channel of ``physical`` on a Redis Cluster, by
+    the client's slot map (``[]`` when not on a cluster)."""
+    client = thoonk.client
+    if not thoonk.connection.is_cluster or not hasattr(client, "get_node_from_key"):
+        return []
+    return [str(client.get_node_from_key(thoonk.keys.job(name).ids).name) for name in physical]
 
 
 def holds_jobs(thoonk: Thoonk, physical: list[str]) -> int:
