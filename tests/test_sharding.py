@@ -300,3 +300,15 @@ def test_worker_cli_does_not_take_a_sharded_name_for_a_typo(sharded: TaskPipe) -
     from taskpipe.cli.worker_cmd import unknown_channels
 
     assert unknown_channels(sharded, ["emails", "emials"]) == ["emials"]
+
+
+def test_clean_a_sharded_channel(sharded: TaskPipe) -> None:
+    seen: list[Any] = []
+    note = _register(sharded, seen)
+    for i in range(7):
+        note.delay("c", i)
+    run_until_idle(sharded, ["emails"])
+    inspector = Inspector(sharded)
+    assert inspector.count_cleanable("emails", "finished", 0, now_ms=2**62) == 7
+    report = inspector.clean("emails", "finished", 0, now_ms=2**62)  # every shard, one report
+    assert report.removed == 7 and inspector.channel_counts("emails")["finished"] == 0

@@ -384,13 +384,16 @@ class Inspector:
 
         ``finished``: entries of the finished index older than ``older_than_s``.
         ``stalled``: jobs stalled longer ago than ``older_than_s`` (by their stall time); a job is
-        retracted only if it is still stalled.
+        retracted only if it is still stalled. A sharded channel is cleaned shard after shard
+        (one report).
         """
-        ch = self.channel(channel)
+        chans = [self.channel(s) for s in self.shards(channel)]
         self.check_clean(state, older_than_s, batch)
         now = self.server_time_ms() if now_ms is None else now_ms
         report = CleanReport(channel, state, now - int(older_than_s * 1000), dry_run=dry_run)
-        (clean_finished if state == "finished" else clean_stalled)(ch, report, batch, on_progress)
+        for ch in chans:
+            (clean_finished if state == "finished" else clean_stalled)(ch, report, batch,
+                                                                       on_progress)
         return report
 
     @staticmethod
@@ -406,10 +409,11 @@ class Inspector:
     def count_cleanable(self, channel: str, state: str, older_than_s: float,
                         now_ms: int | None = None) -> int:
         """How many jobs ``clean`` would examine (for a progress bar), in O(log n)."""
-        ch = self.channel(channel)
+        chans = [self.channel(s) for s in self.shards(channel)]
         now = self.server_time_ms() if now_ms is None else now_ms
-        key = ch.keys.stalled_at if state == "stalled" else ch.keys.finished
-        return int(self.client.zcount(key, "-inf", now - int(older_than_s * 1000)))
+        return sum(int(self.client.zcount(ch.keys.stalled_at if state == "stalled" else
+                                          ch.keys.finished, "-inf", now - int(older_than_s * 1000)))
+                   for ch in chans)
 
 
 def _offset(cursor: str | int | None, state: str) -> int:
