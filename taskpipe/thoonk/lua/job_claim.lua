@@ -16,6 +16,8 @@
 --   (claim ms), ZADD leases (deadline), a new fencing token (fence counter) in tokens, the worker
 --   name in workers. Ids with no item (retracted) or already claimed are dropped. The commands
 --   run once per channel batch (RPOP count, HMGET, ZMSCORE, multi-member ZADD/HSET): Redis >= 6.2.
+-- Once the batch is full the walk stops (later channels are not looked at, their due delayed jobs
+--   wait for a claim that reaches them; next_due then covers the channels looked at only).
 -- Returns: {now_ms, next_due_ms or -1 (-2: a job was held back for a free slot, see ARGV[5]),
 --          {channel_index, id, item, cancel_count, token, attempts}...}
 -- Events: none.
@@ -108,7 +110,9 @@ for c = 1, nch do
       if next_due < 0 or due < next_due then next_due = due end
     end
   end
-  if stop then break end
+  -- a full batch ends the walk: later channels (a sharded channel's other shards) cost nothing
+  -- then, and next_due is only read when a claim came back short
+  if stop or got >= want then break end
 end
 out[2] = next_due
 if stop then out[2] = -2 end
