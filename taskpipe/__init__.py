@@ -44,13 +44,17 @@ from taskpipe.worker import Worker
 __version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
 
 __all__ = [
-    # the app and its tasks
+    # the app, its tasks and their results
     "TaskPipe", "Task", "Signature", "AsyncResult", "Worker", "current_job", "JobContext",
-    # errors
-    "TaskpipeError", "ConfigError", "BrokerURLError", "BrokerUnavailable", "DurationError",
-    "CronError",
-    "SerializationError", "PayloadTooLarge", "UnknownTask", "JobNotFound", "WrongJobState",
-    "LeaseLost", "ResultTimeout", "ResultExpired", "ResultUnknown", "TaskFailed", "JobTimeout",
-    "Retry", "BrokerError", "ResultStalled", "ShardCountChanged",
+    # errors: the root, then configuration
+    "TaskpipeError", "ConfigError", "BrokerURLError", "DurationError", "CronError",
+    "ShardCountChanged",
+    # errors: the broker
+    "BrokerUnavailable", "BrokerError",
+    # errors: payloads and tasks
+    "SerializationError", "PayloadTooLarge", "UnknownTask", "TaskFailed", "JobTimeout", "Retry",
+    # errors: jobs and results
+    "JobNotFound", "WrongJobState", "LeaseLost", "ResultTimeout", "ResultExpired",
+    "ResultUnknown", "ResultStalled",
     "__version__",
 ]

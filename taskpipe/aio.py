@@ -1,7 +1,8 @@
 """Native asyncio result waits: ``await result`` on ``redis.asyncio``, no thread per call.
 
 The app keeps one ``redis.asyncio`` client per running event loop (made on first use, dropped
-with the loop). A wait reads the stored result, subscribes to the channel's ``job.finish``,
+with the loop); the commands are sent by the Thoonk layer (``taskpipe/thoonk/job_async.py``).
+A wait reads the stored result, subscribes to the channel's ``job.finish``,
 reads again (it may have landed in between) and then waits for the message, exactly like the
 blocking ``get()``. Brokers that ``redis.asyncio`` cannot reach the same way (an app built on a
 ready-made ``client=``, Cluster URLs) fall back to the blocking wait in a thread. Sentinel
@@ -11,13 +12,12 @@ URLs get an asyncio client on the master that the sentinels name.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING, Any
 
-import redis
 import redis.asyncio
 
-from taskpipe.thoonk.scripts import raise_as_broker_error
+from taskpipe.thoonk.job_async import state_and_reason
+from taskpipe.thoonk.job_async import wait_result as _wait_result
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -60,25 +60,6 @@ def async_client(app: TaskPipe) -> Any:
     return client
 
 
-async def _state_reason(client: Any, result: AsyncResult[Any]) -> tuple[str, str]:
-    ch = result._ch
-    script = ch.scripts["job_state"]
-    keys = ch.state_keys(result.id)
-    try:
-        try:
-            reply = await client.evalsha(script.sha, len(keys), *keys, result.id)
-        except redis.exceptions.NoScriptError:
-            await client.script_load(script.source)
-            reply = await client.evalsha(script.sha, len(keys), *keys, result.id)
-    except redis.exceptions.RedisError as exc:
-        raise_as_broker_error("job_state", exc)
-
-    def text(value: Any) -> str:
-        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
-
-    return text(reply[0]), text(reply[3])
-
-
 async def job_state(result: AsyncResult[Any]) -> tuple[str, str]:
     """The job's state and stall reason, read with the ``job_state`` script on the asyncio
     client (on a thread where the app has no asyncio client)."""
@@ -86,7 +67,7 @@ async def job_state(result: AsyncResult[Any]) -> tuple[str, str]:
     if client is None:
         info = await asyncio.to_thread(result.info)
         return info.state, info.reason
-    return await _state_reason(client, result)
+    return await state_and_reason(client, result._ch, result.id)
 
 
 async def wait_result(result: AsyncResult[Any], timeout: float | None) -> bytes | None:
@@ -98,36 +79,4 @@ async def wait_result(result: AsyncResult[Any], timeout: float | None) -> bytes 
     wait = _FOREVER if timeout is None else float(timeout)
     if client is None:
         return await asyncio.to_thread(result._ch.get_result, result.id, wait)
-    keys = result._ch.keys
-    key = keys.result(result.id)
-    try:
-        value: bytes | None = await client.get(key)
-        if value is not None or wait <= 0:
-            return value
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(keys.ch_finish)
-            value = await client.get(key)  # it may have landed before we subscribed
-            deadline = time.monotonic() + wait
-            prefix = result.id.encode() + b"\0"
-            while value is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                msg = await pubsub.get_message(ignore_subscribe_messages=True,
-                                               timeout=min(remaining, 1.0))
-                data = msg.get("data") if msg else None
-                if isinstance(data, bytes) and data.startswith(prefix):
-                    return data[len(prefix):]
-                if msg is None:
-                    state, _ = await _state_reason(client, result)
-                    if state == "finished":
-                        late: bytes | None = await client.get(key)
-                        return late
-                    if state in ("stalled", "unknown"):  # no result will come: fail fast
-                        return None
-            return value
-        finally:
-            await pubsub.aclose()
-    except redis.exceptions.RedisError as exc:
-        raise_as_broker_error("get_result", exc)
+    return await _wait_result(client, result._ch, result.id, wait)

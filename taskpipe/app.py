@@ -11,7 +11,6 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from taskpipe.broker_retry import BrokerRetry
-from taskpipe.brokercheck import eviction_policy, eviction_warning
 from taskpipe.connection import DEFAULT_URL, Connection, parse_url, redact_url
 from taskpipe.durations import parse_duration, parse_optional_duration
 from taskpipe.errors import ConfigError, UnknownTask
@@ -19,6 +18,7 @@ from taskpipe.publishing import Publishing
 from taskpipe.serialization import DEFAULT_MAX_PAYLOAD, get_serializer
 from taskpipe.sharding import Sharding
 from taskpipe.task import AsyncTask, Signature, Task, TaskDecorator, TaskOptions
+from taskpipe.thoonk.broker_check import eviction_policy, eviction_warning
 from taskpipe.thoonk.job import JobChannel
 from taskpipe.thoonk.keys import cluster_name, has_hash_tag
 from taskpipe.thoonk.thoonk import Thoonk
@@ -288,7 +288,7 @@ class TaskPipe:
     # cron (filled in by taskpipe.scheduler) ---------------------------------------------------
     def cron(self, expr: str, **options: Any) -> Callable[[F], F]:
         """Run the decorated task on a cron schedule: ``@app.cron('*/5 * * * *')`` over ``@app.task``."""
-        from taskpipe.scheduler import CronEntry
+        from taskpipe.cron import CronEntry
 
         def deco(task: F) -> F:
             if not isinstance(task, Task):
@@ -301,7 +301,7 @@ class TaskPipe:
 
     def add_cron(self, task: Task[Any] | str, expr: str, **options: Any) -> Any:
         """Add a cron entry for a task (or task name); returns the entry."""
-        from taskpipe.scheduler import CronEntry
+        from taskpipe.cron import CronEntry
 
         entry = CronEntry.create(self, task if isinstance(task, str) else task.name, expr, **options)
         self.crons.append(entry)

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from taskpipe.connection import close_quietly
 from taskpipe.errors import TaskpipeError
+from taskpipe.thoonk.finish_watch import FinishSubscription
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -36,7 +36,7 @@ class FinishWatcher:
         self._stop = threading.Event()
         self._changed = threading.Event()
         self._thread: threading.Thread | None = None
-        self._confirmed: set[str] = set()  # finish channels the server confirmed subscribing
+        self._confirmed: set[str] = set()  # channels whose finish subscription is confirmed
         self._subscribed = threading.Condition(self._lock)
 
     def add(self, result: AsyncResult, callback: Callable[..., Any]) -> None:
@@ -49,7 +49,7 @@ class FinishWatcher:
                                                 daemon=True)
                 self._thread.start()
         self._changed.set()
-        channel = self.app.channel(result.channel).keys.ch_finish
+        channel = self.app.channel(result.channel).name  # the real name (hash-tagged on Cluster)
         with self._subscribed:  # so a job published after add() returns can't be missed
             self._subscribed.wait_for(lambda: channel in self._confirmed or self._stop.is_set(),
                                       timeout=5.0)
@@ -90,14 +90,12 @@ class FinishWatcher:
                 log.exception("on_finish callback for job %s raised", result.id)
 
     def _run(self) -> None:
-        client = self.app.connection.new_client()
-        pubsub = client.pubsub()
-        subscribed: set[str] = set()
+        sub = FinishSubscription(self.app.thoonk)
         failures = 0
         try:
             while not self._stop.is_set():
                 try:
-                    pubsub, subscribed = self._round(client, pubsub, subscribed)
+                    self._round(sub)
                     failures = 0
                 except (TaskpipeError, redis.exceptions.RedisError, OSError) as exc:
                     # the broker is away (restart, LOADING, failover): keep watching; the
@@ -105,50 +103,40 @@ class FinishWatcher:
                     if not failures:
                         log.warning("finish watcher: broker unavailable (%s); retrying", exc)
                     failures += 1
-                    close_quietly(pubsub)
-                    pubsub, subscribed = client.pubsub(), set()
-                    with self._subscribed:
-                        self._confirmed.clear()
+                    self._lost(sub)
                     self.app.broker_retry.pause(failures, None)
         finally:
-            pubsub.close()
+            sub.close()
 
-    def _round(self, client: Any, pubsub: Any, subscribed: set[str]) -> tuple[Any, set[str]]:
+    def _lost(self, sub: FinishSubscription) -> None:
+        sub.reset()
+        with self._subscribed:
+            self._confirmed.clear()
+
+    def _round(self, sub: FinishSubscription) -> None:
         """Subscribe to what is pending, fire what finished, read messages for up to ~1 s."""
-        prefix_len = len(self.app.prefix + "job.finish:")
         with self._lock:
             keys = list(self._pending)
         if not keys and self._changed.wait(1.0) is False:
-            return pubsub, subscribed
+            return
         self._changed.clear()
-        wanted = {self.app.channel(ch).keys.ch_finish for ch, _ in keys}
-        if wanted - subscribed:
-            pubsub.subscribe(*(wanted - subscribed))
-            subscribed |= wanted
+        sub.add({self.app.channel(ch).name for ch, _ in keys})
         for key in keys:  # jobs that finished before we subscribed, or while we were away
             self._fire_if_done(key)
         deadline_msgs = 200
         while deadline_msgs > 0 and not self._stop.is_set():
             deadline_msgs -= 1
             try:
-                msg = pubsub.get_message(timeout=1.0)
+                notice = sub.next(timeout=1.0)
             except Exception:  # noqa: BLE001 - reconnect on the next round
                 log.warning("finish watcher lost its connection; resubscribing")
-                pubsub = client.pubsub()
-                subscribed = set()
-                with self._subscribed:
-                    self._confirmed.clear()
+                self._lost(sub)
                 break
-            if msg is None:
+            if notice is None:
                 break
-            if msg["type"] == "subscribe":
+            if notice.kind == "subscribed":
                 with self._subscribed:
-                    self._confirmed.add(msg["channel"].decode())
+                    self._confirmed.add(notice.channel)
                     self._subscribed.notify_all()
                 continue
-            if msg["type"] != "message":
-                continue
-            channel = msg["channel"].decode()[prefix_len:]
-            job_id, sep, published = msg["data"].partition(b"\0")
-            self._fire_if_done((channel, job_id.decode()), published if sep else None)
-        return pubsub, subscribed
+            self._fire_if_done((notice.channel, notice.job_id), notice.result)

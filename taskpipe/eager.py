@@ -265,7 +265,7 @@ class EagerRunner:
             ran += 1
 
     def _next_cron(self, target: float) -> tuple[float, Any] | None:
-        from taskpipe.scheduler import next_fire
+        from taskpipe.cron import next_fire
 
         best: tuple[float, Any] | None = None
         for entry in self.app.crons:

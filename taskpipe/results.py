@@ -81,7 +81,7 @@ class AsyncResult(Generic[R]):
     def _fetch(self) -> ResultRecord | None:
         """The stored result, without waiting (None if there is none)."""
         if self._record is None:
-            raw = self._call("result", lambda: self._ch.client.get(self._ch.keys.result(self.id)))
+            raw = self._call("result", lambda: self._ch.stored_result(self.id))
             if raw is not None:
                 self._accept(raw)
         return self._record
@@ -196,8 +196,7 @@ class AsyncResult(Generic[R]):
         if self._record is not None:
             return self._record
         ch = self._ch
-        key = ch.keys.result(self.id)
-        raw = ch.client.get(key)
+        raw = ch.stored_result(self.id)
         if raw is not None:
             self._accept(raw)
             assert self._record is not None
@@ -208,14 +207,11 @@ class AsyncResult(Generic[R]):
             if record is not None:
                 return record
             raise ResultTimeout(f"job {self.id!r} is still {info.state} after {timeout} s")
-        retract_channel = ch.thoonk.keys.feed(ch.name).ch_retract
-        finish_channel = ch.keys.ch_finish
-        pubsub, shared = ch._borrow_pubsub()
-        keep = True
-        try:
-            pubsub.subscribe(finish_channel, retract_channel)
+        # a broken connection is not kept; after an answer we gave (timeout, unknown, stalled)
+        # it is still in step
+        answers = (ResultTimeout, ResultUnknown, ResultStalled, ResultExpired)
+        with ch.watch(("finish", "retract"), keep_on=answers) as watch:
             prefix, own_id = self.id.encode() + b"\0", self.id.encode()
-            retract_name = retract_channel.encode()
             # the state is read right after subscribing: it fails fast for an unknown or
             # stalled job, and finds a result that landed before the subscription
             checked = 0.0
@@ -230,24 +226,17 @@ class AsyncResult(Generic[R]):
                 remaining = deadline - now
                 if remaining <= 0:
                     raise ResultTimeout(f"job {self.id!r} is still {info.state} after {timeout} s")
-                msg = pubsub.get_message(timeout=min(remaining, STATE_CHECK_EVERY))
-                data = msg.get("data") if msg else None
-                if not isinstance(data, bytes):
+                event = watch.next(min(remaining, STATE_CHECK_EVERY))
+                if event is None:
                     continue
-                if data.startswith(prefix):
+                kind, data = event
+                if kind == "finish" and data.startswith(prefix):
                     self._accept(data[len(prefix):])
                     assert self._record is not None
                     return self._record
-                if data == own_id and msg is not None and msg.get("channel") == retract_name:
+                if kind == "retract" and data == own_id:
                     raise ResultUnknown(f"job {self.id!r} in channel {self.channel!r} was "
                                         "retracted while waiting for its result")
-        except BaseException as exc:
-            # a broken connection is not kept; after an answer we gave (timeout, unknown,
-            # stalled) it is still in step
-            keep = isinstance(exc, (ResultTimeout, ResultUnknown, ResultStalled, ResultExpired))
-            raise
-        finally:
-            ch._return_pubsub(pubsub, shared, keep)
 
     async def aget(self, timeout: float | None = None, propagate: bool = True) -> R:
         """``await result.aget(timeout=)``: ``get`` for async callers, on ``redis.asyncio``.

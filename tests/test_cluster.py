@@ -451,7 +451,7 @@ def test_worker_end_to_end(app: TaskPipe, three_names: list[str]) -> None:
 
 
 def test_doctor_checks_every_primary_and_the_cluster_state(cluster: RedisCluster) -> None:
-    from taskpipe.brokercheck import diagnose
+    from taskpipe.thoonk.broker_check import diagnose
 
     conn = Connection(cluster.url)
     try:

@@ -5,7 +5,7 @@ The layer order is DESIGN §1 (docs/architecture.md), read from the source with 
     0 errors, durations                   (no taskpipe imports)
     1 connection
     2 thoonk/
-    3 app, task, publishing, results, serialization, context, callbacks, loading
+    3 app, task, publishing, results, serialization, context, callbacks, loading, cron
     4 worker/, scheduler
     5 inspection/                         (the operators' read layer over channels and workers)
     6 cli/, contrib/, testing, __main__, the ``taskpipe`` facade
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,8 +35,8 @@ LAYERS: list[tuple[int, str]] = [  # (layer, module prefix); the longest matchin
     (2, "taskpipe.thoonk"),
     (3, "taskpipe.app"), (3, "taskpipe.task"), (3, "taskpipe.results"),
     (3, "taskpipe.serialization"), (3, "taskpipe.context"), (3, "taskpipe.callbacks"),
-    (3, "taskpipe.loading"), (3, "taskpipe.sharding"), (1, "taskpipe.brokercheck"), (3, "taskpipe.aio"), (3, "taskpipe.eager"),
-    (3, "taskpipe.publishing"),
+    (3, "taskpipe.loading"), (3, "taskpipe.sharding"), (3, "taskpipe.aio"), (3, "taskpipe.eager"),
+    (3, "taskpipe.cron"), (3, "taskpipe.publishing"),
     (4, "taskpipe.worker"), (4, "taskpipe.scheduler"),
     (5, "taskpipe.inspection"),
     (6, "taskpipe.cli"), (6, "taskpipe.contrib"), (6, "taskpipe.testing"),
@@ -43,13 +44,7 @@ LAYERS: list[tuple[int, str]] = [  # (layer, module prefix); the longest matchin
 ]
 
 # Upward imports that remain, each with the issue that removes it. Keep this list shrinking.
-ALLOWED_UPWARD: dict[tuple[str, str], str] = {
-    ("taskpipe.app", "taskpipe.scheduler"):
-        "app.cron()/add_cron() build a scheduler.CronEntry; issue 19 item 1 (a cron store) moves it",
-    ("taskpipe.eager", "taskpipe.scheduler"):
-        "the test clock fires cron entries with scheduler.next_fire (pure cron logic); issue 19 "
-        "item 1 (a cron store) moves it",
-}
+ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
 
 
 def _modules() -> list[str]:
@@ -275,3 +270,96 @@ def test_load_app_lives_in_the_app_layer() -> None:
     from taskpipe.loading import load_app
 
     assert importlib.import_module("taskpipe.cli.main").load_app is load_app
+
+
+# DESIGN §1, top to bottom reversed: each group's modules sit in a higher layer than the last's
+DESIGN_ORDER: list[tuple[str, ...]] = [
+    ("taskpipe.connection",),
+    ("taskpipe.thoonk",),
+    ("taskpipe.app", "taskpipe.task", "taskpipe.results", "taskpipe.serialization"),
+    ("taskpipe.worker", "taskpipe.scheduler"),
+    ("taskpipe.cli", "taskpipe.contrib"),
+]
+
+
+def test_layers_keep_the_order_of_design_section_1() -> None:
+    layers = [{_layer(m) for m in group} for group in DESIGN_ORDER]
+    for lower, upper in zip(layers, layers[1:]):
+        assert max(lower) < min(upper), (lower, upper)  # type: ignore[type-var]
+    assert _layer("taskpipe.errors") == 0 and _layer("taskpipe.durations") == 0
+
+
+def test_architecture_page_lists_the_same_layers() -> None:
+    """docs/architecture.md's table and LAYERS agree for every module the page names."""
+    page = (PKG.parent / "docs" / "architecture.md").read_text()
+    named = 0
+    for row in page.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if len(cells) != 2 or not cells[0].isdigit():
+            continue
+        for module in re.findall(r"`(taskpipe(?:\.\w+)*)`", cells[1]):
+            named += 1
+            assert _layer(module) == int(cells[0]), (module, cells[0])
+    assert named >= 10
+
+
+_FORK_EACH = """
+import importlib, os, sys, traceback
+
+# third-party dependencies only, never taskpipe: every child starts from this state, which is a
+# fresh interpreter's as far as taskpipe is concerned (nothing of it loaded, no attribute set)
+for dep in ("redis", "redis.asyncio", "msgpack", "croniter", "click", "fakeredis"):
+    try:
+        importlib.import_module(dep)
+    except ImportError:
+        pass
+assert not [m for m in sys.modules if m == "taskpipe" or m.startswith("taskpipe.")]
+failed = []
+for name in sys.argv[1:]:
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if not exc.name or exc.name.split(".")[0] == "taskpipe":
+                print(name + ": " + traceback.format_exc(limit=-3))
+                code = 1
+        except Exception as exc:
+            # a Django app's models/admin module: Django imports it after django.setup()
+            if type(exc).__name__ not in ("ImproperlyConfigured", "AppRegistryNotReady"):
+                print(name + ": " + traceback.format_exc(limit=-3))
+                code = 1
+        sys.stdout.flush()
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        failed.append(name)
+print("failed:", " ".join(failed))
+sys.exit(1 if failed else 0)
+"""
+
+
+@pytest.mark.slow  # ~8 s of CPU: a process per module (the fast lane has the one-process check)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_every_module_imports_in_a_fresh_interpreter() -> None:
+    """What a user's ``python -c 'import taskpipe.x'`` does, for every module: each is imported in
+    a process of its own, forked from an interpreter that has loaded no taskpipe module (only the
+    third-party dependencies, to save their import time). Catches a runtime import cycle that
+    only shows when a module is imported first, and a module that needs another imported
+    before it."""
+    modules = [m for m in MODULES if m != "taskpipe.__main__"]  # that one runs the CLI
+    proc = subprocess.run([sys.executable, "-c", _FORK_EACH, *modules],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("failed:")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_the_fresh_import_check_sees_a_broken_module(tmp_path: Path) -> None:
+    (tmp_path / "tp_broken_probe.py").write_text("import taskpipe\nraise ImportError('boom')\n")
+    proc = subprocess.run([sys.executable, "-c", _FORK_EACH, "taskpipe.loading",
+                           "tp_broken_probe"], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 1 and "failed: tp_broken_probe" in proc.stdout, proc.stdout

@@ -43,3 +43,21 @@ def test_the_version_is_written_once() -> None:
 
 def test_changelog_names_the_current_version() -> None:
     assert f"## {taskpipe.__version__}" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def test_names_the_docs_import_from_taskpipe_are_exported() -> None:
+    import re
+
+    texts = [p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md"),
+                                     *(ROOT / "examples").rglob("*.py")]]
+    names = {n.strip() for text in texts
+             for group in re.findall(r"from taskpipe import ([A-Za-z_, ]+)", text)
+             for n in group.split(",") if n.strip()}
+    assert names and names <= set(taskpipe.__all__), names - set(taskpipe.__all__)
+
+
+def test_all_is_small_and_grouped() -> None:
+    source = (ROOT / "taskpipe" / "__init__.py").read_text()
+    block = source[source.index("__all__ = ["):]
+    assert block.count("    # ") >= 4  # comment groups
+    assert len(taskpipe.__all__) <= 40

@@ -430,8 +430,8 @@ def test_a_waiter_on_a_master_refusing_writes_raises_broker_unavailable() -> Non
 
 
 def test_doctor_checks_the_master_and_the_sentinel_quorum(sentinel_setup: SentinelSetup) -> None:
-    from taskpipe.brokercheck import diagnose
     from taskpipe.connection import Connection
+    from taskpipe.thoonk.broker_check import diagnose
 
     conn = Connection(sentinel_setup.url)
     try:
@@ -442,7 +442,7 @@ def test_doctor_checks_the_master_and_the_sentinel_quorum(sentinel_setup: Sentin
     assert findings["version"].level == "ok" and "role" not in findings  # it found the master
     broken = Connection(sentinel_setup.url.replace(f"/{MASTER}", "/nosuchmaster"))
     try:
-        from taskpipe.brokercheck import _check_sentinels
+        from taskpipe.thoonk.broker_check import _check_sentinels
 
         verdict = _check_sentinels(broken)
     finally:

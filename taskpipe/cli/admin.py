@@ -19,7 +19,6 @@ import click
 import redis
 from click.core import ParameterSource
 
-from taskpipe.brokercheck import eviction_policy, eviction_warning
 from taskpipe.cli.main import app_option, cli, load_app
 from taskpipe.connection import redact_url as _redact
 from taskpipe.durations import format_duration, parse_duration
@@ -33,6 +32,7 @@ from taskpipe.inspection import (
     jsonable,
     safe_text,
 )
+from taskpipe.thoonk.broker_check import eviction_policy, eviction_warning
 
 __all__ = ["status", "jobs", "pause", "resume", "tasks", "publish"]
 

@@ -44,10 +44,6 @@ class EntryStatus:
                 "last_job": self.last_job or None, "last_outcome": self.last_outcome}
 
 
-def _s(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def entry_status(app: TaskPipe, now: datetime | None = None) -> list[EntryStatus]:
     """Each cron entry of ``app``: next fire (after ``now``, default Redis server time), last fire,
     and last outcome (``never``, the last job's state — available, claimed, finished, failed... —
@@ -60,8 +56,7 @@ def entry_status(app: TaskPipe, now: datetime | None = None) -> list[EntryStatus
         now = datetime.fromtimestamp(sched.server_ms() / 1000.0).astimezone()
     out = []
     for e in app.crons:
-        raw = app.thoonk.client.hgetall(app.thoonk.keys.cron_state(e.name))
-        state = {_s(k): _s(v) for k, v in raw.items()}
+        state = sched.store.state(e.name)
         channel = sched.channel_for(e)
         last = None
         if state.get("last_fire"):

@@ -7,10 +7,10 @@ import json
 import click
 import redis
 
-from taskpipe.brokercheck import diagnose
 from taskpipe.cli.main import app_option, cli, load_app
 from taskpipe.connection import redact_url
 from taskpipe.errors import TaskpipeError
+from taskpipe.thoonk.broker_check import diagnose
 
 __all__ = ["doctor"]
 

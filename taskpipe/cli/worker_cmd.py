@@ -32,8 +32,7 @@ def unknown_channels(app: Any, channels: list[str]) -> list[str]:
     if not suspects:
         return []
     try:
-        existing = {m.decode() if isinstance(m, bytes) else str(m)
-                    for m in app.thoonk.client.smembers(app.thoonk.keys.feeds)}
+        existing = set(app.thoonk.names())
     except Exception:  # noqa: BLE001 - Redis down: the worker reports it; no check now
         return []
     return [c for c in suspects if c not in existing and cluster_name(c) not in existing]

@@ -31,6 +31,7 @@ from taskpipe.app import TaskPipe
 from taskpipe.contrib.dashboard import Dashboard
 from taskpipe.contrib.dashboard.mount import asgi_app
 from taskpipe.errors import BrokerUnavailable, ConfigError
+from taskpipe.thoonk.job_async import ping as broker_ping
 
 __all__ = ["lifespan", "get_taskpipe", "TaskPipeDep", "dashboard_app"]
 
@@ -72,7 +73,7 @@ async def _ping(app: TaskPipe) -> None:
     if client is None:
         return
     try:
-        await client.ping()
+        await broker_ping(client)
     except Exception as exc:  # noqa: BLE001 - any connection failure means the same thing here
         raise BrokerUnavailable(f"taskpipe broker {app.broker_url} is not reachable: {exc}") from exc
 

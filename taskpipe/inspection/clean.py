@@ -1,9 +1,11 @@
 """Cleaning old jobs in bounded batches: finished jobs (index entry, result, log) and stalled jobs.
 
-``finished``: the ``feed.finished:<f>`` index (ZSET id -> finish ms) is read oldest first with
-``ZRANGEBYSCORE ... LIMIT``; each batch removes the index entries and, in the same MULTI, the
-stored results and logs. An id that was published again since (it is in ``feed.items:<f>``)
-keeps its result and log; only its stale index entry goes.
+The Redis side is ``JobChannel``'s cleaning calls (``taskpipe/thoonk/job_clean.py``); this module
+pages through them and fills the ``CleanReport``.
+
+``finished``: the ``feed.finished:<f>`` index (ZSET id -> finish ms) is read oldest first; each
+batch is forgotten atomically by ``JobChannel.forget_finished`` (the index entries and, for ids not
+published again since, the stored results and logs).
 
 ``stalled``: ids come from ``feed.stalledat:<f>`` (id -> stall ms), oldest first; each is
 retracted by ``job_retract`` with a guard "still stalled, stalled at or before the cutoff", so a
@@ -14,10 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import redis
-
-from taskpipe.errors import ThoonkError
-from taskpipe.inspection.views import CleanReport, _s
+from taskpipe.inspection.views import CleanReport
 from taskpipe.thoonk.job import JobChannel
 
 __all__ = ["clean_finished", "clean_stalled"]
@@ -33,10 +32,9 @@ def _note(report: CleanReport, removed: list[str], progress: Progress, examined:
 
 def clean_finished(ch: JobChannel, report: CleanReport, batch: int, progress: Progress) -> None:
     """Remove finished jobs older than ``report.cutoff_ms``, ``batch`` at a time."""
-    k, client, offset = ch.keys, ch.client, 0
+    offset = 0
     while True:
-        ids = [_s(i) for i in client.zrangebyscore(k.finished, "-inf", report.cutoff_ms,
-                                                   start=offset, num=batch)]
+        ids = ch.finished_before(report.cutoff_ms, offset, batch)
         if not ids:
             return
         report.examined += len(ids)
@@ -45,13 +43,7 @@ def clean_finished(ch: JobChannel, report: CleanReport, batch: int, progress: Pr
             report.removed += len(ids)
             _note(report, ids, progress, len(ids))
             continue
-        live = client.hmget(k.items, ids)
-        pipe = client.pipeline(transaction=True)
-        pipe.zrem(k.finished, *ids)
-        gone = [job_id for job_id, item in zip(ids, live) if item is None]
-        for job_id in gone:
-            pipe.delete(k.result(job_id), k.log(job_id))
-        pipe.execute()
+        gone = ch.forget_finished(ids)
         report.removed += len(gone)
         report.skipped += len(ids) - len(gone)
         _note(report, gone, progress, len(ids))
@@ -65,10 +57,9 @@ def clean_stalled(ch: JobChannel, report: CleanReport, batch: int, progress: Pro
     later) meanwhile is never removed. Jobs stalled by a legacy client have no stall time: they
     are cleaned only with ``older_than 0`` (found by ``SSCAN`` of ``feed.stalled:<f>``).
     """
-    k, client, offset = ch.keys, ch.client, 0
+    offset = 0
     while True:
-        ids = [_s(i) for i in client.zrangebyscore(k.stalled_at, "-inf", report.cutoff_ms,
-                                                   start=offset, num=batch)]
+        ids = ch.stalled_before(report.cutoff_ms, offset, batch)
         if not ids:
             break
         report.examined += len(ids)
@@ -81,50 +72,17 @@ def clean_stalled(ch: JobChannel, report: CleanReport, batch: int, progress: Pro
         report.removed += len(gone)
         report.skipped += len(ids) - len(gone)
         _note(report, gone, progress, len(ids))
-    if report.cutoff_ms < _server_ms(ch):
+    if report.cutoff_ms < ch.thoonk.server_ms():
         return
     cursor = 0
     while True:  # older_than 0: also jobs with no stall time (stalled by a legacy client)
-        cursor, found = client.sscan(k.stalled, cursor, count=batch)
-        cursor = int(cursor)
-        ids = [_s(i) for i in found]
-        stamped = client.zmscore(k.stalled_at, ids) if ids else []
-        legacy = [job_id for job_id, at in zip(ids, stamped) if at is None]
+        cursor, found = ch.scan_stalled(cursor, batch)
+        legacy = ch.unstamped(found)
         if legacy:
             report.examined += len(legacy)
-            gone = legacy if report.dry_run else _retract_legacy_stalled(ch, legacy)
+            gone = legacy if report.dry_run else ch.retract_stalled(legacy)
             report.removed += len(gone)
             report.skipped += len(legacy) - len(gone)
             _note(report, gone, progress, len(legacy))
         if cursor == 0:
             return
-
-
-def _server_ms(ch: JobChannel) -> int:
-    seconds, micros = ch.client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
-def _retract_legacy_stalled(ch: JobChannel, ids: list[str]) -> list[str]:
-    """Retract legacy-stalled ids (no stall time) still stalled, inside WATCH/MULTI."""
-    k, script = ch.keys, ch.scripts["job_retract"]
-    retract_channel = ch.thoonk.keys.feed(ch.name).ch_retract
-    ch.scripts.ensure_loaded(ch.client, "job_retract")
-    with ch.client.pipeline(transaction=True) as pipe:
-        for _ in range(50):
-            try:
-                pipe.watch(k.stalled)
-                flags = pipe.smismember(k.stalled, ids)
-                still = [job_id for job_id, flag in zip(ids, flags) if int(flag)]
-                if not still:
-                    pipe.unwatch()
-                    return []
-                pipe.multi()
-                for job_id in still:
-                    script.queue(pipe, ch.retract_keys(job_id), [job_id, retract_channel, ""])
-                results = pipe.execute()
-                return [job_id for job_id, ok in zip(still, results) if int(ok)]
-            except redis.WatchError:
-                continue
-    raise ThoonkError(f"the stalled set of {ch.name!r} kept changing during the clean; "
-                      "nothing more was removed, run it again")

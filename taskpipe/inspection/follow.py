@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from taskpipe.errors import JobNotFound
 from taskpipe.inspection.views import JobEvent, _s, outcome_of, safe_text
@@ -18,6 +18,7 @@ from taskpipe.inspection.views import JobEvent, _s, outcome_of, safe_text
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
     from taskpipe.thoonk.job import JobChannel
+    from taskpipe.thoonk.job_watch import JobWatch
 
 __all__ = ["follow"]
 
@@ -61,23 +62,14 @@ def follow(app: TaskPipe, ch: JobChannel, job_id: str, timeout: float | None = N
     ``timeout`` seconds pass (one ``timeout`` event carrying the state it is still in)."""
     if ch.info(job_id).state == "unknown":
         raise JobNotFound(f"no job {job_id!r} in channel {ch.name!r}")
-    k = ch.keys
-    pubsub = app.connection.new_client().pubsub()
-    try:
-        pubsub.subscribe(k.ch_events, k.ch_finish)
-        confirmed, wait_until = 0, time.monotonic() + 10
-        while confirmed < 2 and time.monotonic() < wait_until:  # subscribed before the backlog read
-            msg = pubsub.get_message(timeout=0.5)
-            confirmed += bool(msg and msg.get("type") == "subscribe")
-        lines = [_s(x) for x in ch.client.lrange(k.log(job_id), -backlog, -1)] if backlog > 0 else []
+    with ch.watch(("events", "finish"), shared=False) as watch:  # subscribed before the backlog
+        lines = [_s(x) for x in ch.logs(job_id, -backlog, -1)] if backlog > 0 else []
         for line in lines:
             yield JobEvent("log", job_id, safe_text(line))
-        yield from _live(ch, job_id, pubsub, _Overlap(lines), timeout, poll)
-    finally:
-        pubsub.close()
+        yield from _live(ch, job_id, watch, _Overlap(lines), timeout, poll)
 
 
-def _live(ch: JobChannel, job_id: str, pubsub: Any, overlap: _Overlap,
+def _live(ch: JobChannel, job_id: str, watch: JobWatch, overlap: _Overlap,
           timeout: float | None, poll: float) -> Iterator[JobEvent]:
     deadline = None if timeout is None else time.monotonic() + timeout
     next_check, end = 0.0, ""
@@ -93,18 +85,18 @@ def _live(ch: JobChannel, job_id: str, pubsub: Any, overlap: _Overlap,
             yield from _flushed(job_id, overlap)
             yield JobEvent("timeout", job_id, ch.info(job_id).state)
             return
-        msg = pubsub.get_message(timeout=0.25)
-        if msg is None:
+        event = watch.next(0.25)
+        if event is None:
             yield from _flushed(job_id, overlap)
             continue
-        for ev in _parse(ch, job_id, msg, overlap):
+        for ev in _parse(job_id, event, overlap):
             if ev.kind == "end":
                 end = ev.data
                 break
             yield ev
     # events published before the ending may still be in flight: drain them
-    while (msg := pubsub.get_message(timeout=0.1)) is not None:
-        yield from (ev for ev in _parse(ch, job_id, msg, overlap) if ev.kind != "end")
+    while (event := watch.next(0.1)) is not None:
+        yield from (ev for ev in _parse(job_id, event, overlap) if ev.kind != "end")
     yield from _flushed(job_id, overlap)
     yield JobEvent("end", job_id, end)
 
@@ -113,11 +105,9 @@ def _flushed(job_id: str, overlap: _Overlap) -> Iterator[JobEvent]:
     return (JobEvent("log", job_id, line) for line in overlap.flush())
 
 
-def _parse(ch: JobChannel, job_id: str, msg: dict[str, Any], overlap: _Overlap) -> list[JobEvent]:
-    if msg.get("type") != "message" or not isinstance(msg.get("data"), bytes):
-        return []
-    data: bytes = msg["data"]
-    if _s(msg.get("channel")) == ch.keys.ch_finish:
+def _parse(job_id: str, event: tuple[str, bytes], overlap: _Overlap) -> list[JobEvent]:
+    channel, data = event
+    if channel == "finish":
         fid, _, result = data.partition(b"\0")
         if _s(fid) != job_id:
             return []
@@ -132,6 +122,6 @@ def _parse(ch: JobChannel, job_id: str, msg: dict[str, Any], overlap: _Overlap) 
 
 
 def _final(ch: JobChannel, job_id: str, state: str) -> str:
-    if state == "finished" and outcome_of(ch.client.get(ch.keys.result(job_id)))[0] == "failed":
+    if state == "finished" and outcome_of(ch.stored_result(job_id))[0] == "failed":
         return "failed"
     return state

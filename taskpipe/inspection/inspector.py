@@ -30,11 +30,13 @@ from taskpipe.inspection.views import (
     record_view,
     safe_text,
     task_name_of,
+    worker_view,
 )
 from taskpipe.serialization import decode_envelope
 from taskpipe.sharding import shard_index
 from taskpipe.thoonk.job import JobChannel
 from taskpipe.thoonk.shards import parse_shard, shard_names, stored_count
+from taskpipe.thoonk.workers import WorkerRegistry
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -52,8 +54,6 @@ class Inspector:
 
     def __init__(self, app: TaskPipe) -> None:
         self.app = app
-        self.client: Any = app.connection.client
-        self.keys = app.thoonk.keys
 
     # channels -------------------------------------------------------------------------------
     def channels(self) -> list[str]:
@@ -72,18 +72,7 @@ class Inspector:
 
     def physical_channels(self) -> list[str]:
         """Names of every job channel (``feeds`` members of type ``job``), sorted; SSCAN-paged."""
-        names: list[str] = []
-        cursor = 0
-        while True:
-            cursor, batch = self.client.sscan(self.keys.feeds, cursor, count=500)
-            if batch:
-                batch = [_s(n) for n in batch]
-                pipe = self.client.pipeline(transaction=False)
-                for name in batch:
-                    pipe.hget(self.keys.feed(name).config, "type")
-                names += [n for n, t in zip(batch, pipe.execute()) if t is not None and _s(t) == "job"]
-            if int(cursor) == 0:
-                return sorted(set(names))
+        return self.app.thoonk.scan_names("job")
 
     def channel(self, name: str) -> JobChannel:
         """The existing job channel ``name`` (never creates one). A sharded channel's logical
@@ -146,14 +135,12 @@ class Inspector:
 
     def workers(self) -> list[dict[str, Any]]:
         """Live workers: name, host, pid, channels, pool, concurrency, jobs ("channel/id"), stats."""
-        from taskpipe.worker.registry import WorkerRegistry
-
-        return sorted(WorkerRegistry(self.app).live(), key=lambda w: str(w.get("name")))
+        rows = [worker_view(fields) for fields in WorkerRegistry(self.app.thoonk).live()]
+        return sorted(rows, key=lambda w: str(w.get("name")))
 
     def server_time_ms(self) -> int:
         """Redis server time in ms (what every stored timestamp is measured in)."""
-        sec, usec = self.client.time()
-        return int(sec) * 1000 + int(usec) // 1000
+        return self.app.thoonk.server_ms()
 
     # listing --------------------------------------------------------------------------------
     def list_jobs(self, channel: str, state: str, cursor: str | int | None = None,
@@ -179,20 +166,10 @@ class Inspector:
         off = _offset(cursor, state)
         if state == "failed":
             return self._list_failed(ch, off, limit)
-        k = ch.keys
         if state == "available":
-            total = int(self.client.llen(k.ids))
-            ids = [_s(i) for i in self.client.lrange(k.ids, -(off + limit), -(off + 1))][::-1] \
-                if off < total else []
-            pipe = self.client.pipeline(transaction=False)
-            for i in ids:
-                pipe.zscore(k.published, i)
-            scored = list(zip(ids, pipe.execute()))
+            total, scored = ch.page_available(off, limit)
         else:
-            key = {"delayed": k.delayed, "claimed": k.claimed, "finished": k.finished}[state]
-            total = int(self.client.zcard(key))
-            fetch = self.client.zrevrange if state == "finished" else self.client.zrange
-            scored = [(_s(i), sc) for i, sc in fetch(key, off, off + limit - 1, withscores=True)]
+            total, scored = ch.page_sorted(state, off, limit)
         rows = self._rows(ch, state, [(i, _opt(sc)) for i, sc in scored])
         nxt = off + len(rows)
         return Page(rows, str(nxt) if rows and nxt < total else None, total)
@@ -235,8 +212,8 @@ class Inspector:
         ids: list[str] = []
         nxt: str | None = None
         while True:
-            new_scan, batch = self.client.sscan(ch.keys.stalled, scan, count=max(limit, 100))
-            batch = [_s(i) for i in batch][skip:]
+            new_scan, batch = ch.scan_stalled(scan, max(limit, 100))
+            batch = batch[skip:]
             room = limit - len(ids)
             if len(batch) > room:  # resume inside this scan step next time
                 ids += batch[:room]
@@ -250,53 +227,44 @@ class Inspector:
                 nxt = f"{scan}.0"
                 break
         rows = self._rows(ch, "stalled", [(i, None) for i in ids])
-        return Page(rows, nxt, int(self.client.scard(ch.keys.stalled)))
+        return Page(rows, nxt, ch.count_stalled())
 
     def _list_failed(self, ch: JobChannel, off: int, limit: int) -> Page:
         rows: list[JobRow] = []
         pos, budget, chunk = off, max(limit * 10, 1000), 200
-        total = int(self.client.zcard(ch.keys.finished))
+        total, scored = ch.page_sorted("finished", pos, chunk)
         while len(rows) < limit and pos < total and pos - off < budget:
-            scored = self.client.zrevrange(ch.keys.finished, pos, pos + chunk - 1, withscores=True)
             if not scored:
                 break
-            for row in self._rows(ch, "finished", [(_s(i), _opt(sc)) for i, sc in scored]):
+            for row in self._rows(ch, "finished", [(i, _opt(sc)) for i, sc in scored]):
                 pos += 1
                 if row.outcome == "failed":
                     rows.append(replace(row, state="failed"))
                     if len(rows) == limit:
                         break
+            if len(rows) < limit and pos < total and pos - off < budget:
+                total, scored = ch.page_sorted("finished", pos, chunk)
         return Page(rows, str(pos) if pos < total else None, None)
 
     def _rows(self, ch: JobChannel, state: str, scored: list[tuple[str, int | None]]) -> list[JobRow]:
         if not scored:
             return []
-        k, ids = ch.keys, [i for i, _ in scored]
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(k.cancelled, ids).hmget(k.attempts, ids).hmget(k.items, ids)
-        if state == "claimed":
-            pipe.hmget(k.workers, ids).hmget(k.progress, ids)
-            for i in ids:
-                pipe.zscore(k.leases, i)
-        elif state == "stalled":
-            pipe.hmget(k.reasons, ids)
-        elif state == "finished":
-            for i in ids:
-                pipe.get(k.result(i))
-        r = pipe.execute()
+        f = ch.row_fields(state, [i for i, _ in scored])
         rows = []
         for n, (job_id, when) in enumerate(scored):
             extra: dict[str, Any] = {}
             if state == "claimed":
-                extra = {"worker": _s(r[3][n] or b""), "progress": _s(r[4][n] or b""),
-                         "lease_deadline_ms": _opt(r[5 + n])}
+                extra = {"worker": _s(f["workers"][n] or b""), "progress": _s(f["progress"][n] or b""),
+                         "lease_deadline_ms": _opt(f["leases"][n])}
             elif state == "stalled":
-                extra = {"reason": safe_text(_s(r[3][n] or b""), 500)}
+                extra = {"reason": safe_text(_s(f["reasons"][n] or b""), 500)}
             elif state == "finished":
-                outcome, error = outcome_of(r[3 + n])
+                outcome, error = outcome_of(f["results"][n])
                 extra = {"outcome": outcome, "error": error}
-            task = task_name_of(r[2][n]) if state != "finished" else None  # payload gone at finish
-            rows.append(JobRow(job_id, ch.name, state, task, when, _int(r[0][n]), _int(r[1][n]), **extra))
+            # the payload is gone at finish
+            task = task_name_of(f["items"][n]) if state != "finished" else None
+            rows.append(JobRow(job_id, ch.name, state, task, when, _int(f["cancelled"][n]),
+                               _int(f["attempts"][n]), **extra))
         return rows
 
     # one job --------------------------------------------------------------------------------
@@ -311,11 +279,7 @@ class Inspector:
         channel = self.shard_of(channel, job_id)
         ch = self.channel(channel)
         info = ch.info(job_id)
-        k = ch.keys
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hget(k.items, job_id).zscore(k.claimed, job_id).get(k.result(job_id))
-        pipe.llen(k.log(job_id)).lrange(k.log(job_id), -max(1, log_lines), -1)
-        item, claimed_ms, result_raw, log_total, logs = pipe.execute()
+        item, claimed_ms, result_raw, log_total, logs = ch.detail_fields(job_id, log_lines)
         if info.state == "unknown" and not log_total:
             raise JobNotFound(f"no job {job_id!r} in channel {channel!r}")
         payload, raw_payload, payload_error, task = None, None, "", None
@@ -345,11 +309,11 @@ class Inspector:
     def logs(self, channel: str, job_id: str, tail: int | None = None,
              chunk: int = 1000) -> Iterator[str]:
         """A job's log lines, oldest first (the last ``tail`` only), read in bounded chunks."""
-        key = self.channel(self.shard_of(channel, job_id)).keys.log(job_id)
-        total = int(self.client.llen(key))
+        ch = self.channel(self.shard_of(channel, job_id))
+        total = ch.log_length(job_id)
         start = max(0, total - tail) if tail is not None else 0
         while start < total:
-            lines = self.client.lrange(key, start, min(total, start + chunk) - 1)
+            lines = ch.logs(job_id, start, min(total, start + chunk) - 1)
             if not lines:
                 return
             yield from (safe_text(_s(x)) for x in lines)
@@ -411,9 +375,9 @@ class Inspector:
         """How many jobs ``clean`` would examine (for a progress bar), in O(log n)."""
         chans = [self.channel(s) for s in self.shards(channel)]
         now = self.server_time_ms() if now_ms is None else now_ms
-        return sum(int(self.client.zcount(ch.keys.stalled_at if state == "stalled" else
-                                          ch.keys.finished, "-inf", now - int(older_than_s * 1000)))
-                   for ch in chans)
+        cutoff = now - int(older_than_s * 1000)
+        return sum(ch.count_stalled_before(cutoff) if state == "stalled" else
+                   ch.count_finished_before(cutoff) for ch in chans)
 
 
 def _offset(cursor: str | int | None, state: str) -> int:

@@ -7,6 +7,7 @@ nothing talks to Redis.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import unicodedata
 import uuid
@@ -20,7 +21,7 @@ from taskpipe.errors import SerializationError
 from taskpipe.serialization import ResultRecord, decode_envelope, decode_result
 
 __all__ = ["JobRow", "Page", "JobDetail", "CleanReport", "JobEvent", "jsonable", "safe_text",
-           "raw_view", "record_view", "outcome_of", "task_name_of"]
+           "raw_view", "record_view", "outcome_of", "task_name_of", "worker_view"]
 
 
 def _s(value: Any) -> str:
@@ -206,6 +207,18 @@ def outcome_of(raw: bytes | None) -> tuple[str, str]:
         return "ok", ""
     first = (view["exc_message"] or "").splitlines()[0] if view["exc_message"] else ""
     return "failed", safe_text(f"{view['exc_type']}: {first}", 200)
+
+
+def worker_view(fields: dict[str, str]) -> dict[str, Any]:
+    """One registry entry for display: its text fields, with ``jobs`` (list of "channel/id") and
+    ``stats`` (dict of counts) decoded from the JSON the worker wrote; bad JSON reads as empty."""
+    info: dict[str, Any] = dict(fields)
+    for name, empty in (("jobs", "[]"), ("stats", "{}")):
+        try:
+            info[name] = json.loads(info.get(name) or empty)
+        except ValueError:
+            info[name] = json.loads(empty)
+    return info
 
 
 def task_name_of(item: bytes | None) -> str | None:

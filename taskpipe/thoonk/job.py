@@ -3,7 +3,9 @@
 The v1 keys and list directions are kept exactly (see ``docs/contract.md``); every mutating
 operation is one Lua script. taskpipe adds delayed puts, leases with fencing tokens, a reaper,
 durable results with a TTL and per-job progress and logs. The read-side calls (results, info,
-counts, ids, logs) are in ``job_reads.py`` (``JobReads``, which ``JobChannel`` inherits).
+counts, ids, logs) are in ``job_reads.py`` (``JobReads``), the cleaning calls in
+``job_clean.py`` (``JobCleaning``) and the operators' paged reads in ``job_browse.py``
+(``JobBrowsing``); ``JobChannel`` inherits all three.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from taskpipe.broker_retry import maps_broker_errors
 from taskpipe.connection import close_quietly
 from taskpipe.errors import JobNotFound, LeaseLost, WrongJobState
+from taskpipe.thoonk.job_browse import JobBrowsing
+from taskpipe.thoonk.job_clean import JobCleaning
 from taskpipe.thoonk.job_reads import JobInfo, JobReads, _s
 from taskpipe.thoonk.keys import JobKeys
 from taskpipe.thoonk.script_keys import FINISH_FOLLOWUP_ROLES, contract
@@ -111,7 +115,7 @@ class Reaped:
 
 
 @maps_broker_errors  # no redis-py exception type leaves a public method
-class JobChannel(JobReads):
+class JobChannel(JobReads, JobCleaning, JobBrowsing):
     """A Thoonk job channel. Open one with ``Thoonk.job(name)``."""
 
     def __init__(self, thoonk: Thoonk, name: str) -> None:
@@ -380,6 +384,19 @@ class JobChannel(JobReads):
         for job_id in ids:
             self.scripts["job_retract"].queue(pipe, self.retract_keys(job_id),
                                               [job_id, channel, int(stalled_before_ms)])
+        return [job_id for job_id, ok in zip(ids, pipe.execute()) if int(ok)]
+
+    def retract_stalled(self, ids: Sequence[str]) -> list[str]:
+        """Retract those of ``ids`` still stalled (whatever their stall time), each atomically;
+        returns the ids retracted. A job retried meanwhile is left alone."""
+        if not ids:
+            return []
+        channel = self.thoonk.keys.feed(self.name).ch_retract
+        self.scripts.ensure_loaded(self.client, "job_retract")
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            self.scripts["job_retract"].queue(pipe, self.retract_keys(job_id),
+                                              [job_id, channel, "stalled"])
         return [job_id for job_id, ok in zip(ids, pipe.execute()) if int(ok)]
 
     def _raise_for(self, code: int, id: str, expected: str, token: str = "") -> None:

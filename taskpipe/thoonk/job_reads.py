@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from taskpipe.connection import close_quietly
+from taskpipe.thoonk.job_watch import JobWatch
 from taskpipe.thoonk.script_keys import contract
 
 if TYPE_CHECKING:
@@ -102,6 +103,17 @@ class JobReads:
         finally:
             self._return_pubsub(pubsub, shared, keep)
 
+    def stored_result(self, id: str) -> bytes | None:
+        """The job's stored result as written at finish, without waiting (None if none)."""
+        value: bytes | None = self.client.get(self.keys.result(id))
+        return value
+
+    def watch(self, events: Sequence[str] = ("finish",), *, shared: bool = True,
+              keep_on: tuple[type[BaseException], ...] = ()) -> JobWatch:
+        """A subscription to this channel's ``finish`` / ``retract`` / ``events`` pub/sub
+        channels, as a context manager (see ``taskpipe.thoonk.job_watch``)."""
+        return JobWatch(self, events, shared=shared, keep_on=keep_on)
+
     def _borrow_pubsub(self) -> tuple[Any, bool]:
         """A pub/sub connection for one result wait: ``(pubsub, shared)``.
 
@@ -147,7 +159,7 @@ class JobReads:
 
     # reads ----------------------------------------------------------------------------------
     def state_keys(self, id: str) -> list[str]:
-        """KEYS of the ``job_state`` script for one job (also run by ``taskpipe.aio``)."""
+        """KEYS of the ``job_state`` script for one job (also run by ``thoonk/job_async.py``)."""
         return contract("job_state").build(self.keys, result=self.keys.result(id))
 
     def info(self, id: str) -> JobInfo:

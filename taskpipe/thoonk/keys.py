@@ -11,11 +11,23 @@ keeps every per-channel key in one Redis Cluster slot without changing the key p
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-__all__ = ["Keyspace", "FeedKeys", "JobKeys", "SCHEMA_VERSION", "has_hash_tag", "cluster_name"]
+__all__ = ["Keyspace", "FeedKeys", "JobKeys", "SCHEMA_VERSION", "EVENT_STEMS", "NOTICE_CHANNELS",
+           "has_hash_tag", "cluster_name"]
 
 SCHEMA_VERSION = "1"
+
+#: Pub/sub channels of per-object events: event -> the stem before the object name ``<f>``
+#: (Thoonk v1 names; the payloads are in ``docs/contract.md``).
+EVENT_STEMS: dict[str, str] = {"publish": "feed.publish:", "edit": "feed.edit:",
+                               "retract": "feed.retract:", "position": "feed.position:",
+                               "finish": "job.finish:"}
+#: Pub/sub channels of registry notices (``<f>\0<instance>``): event -> channel name.
+NOTICE_CHANNELS: dict[str, str] = {"create": "newfeed", "delete": "delfeed", "config": "conffeed"}
+
+_GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
 
 
 def has_hash_tag(text: str) -> bool:
@@ -120,17 +132,32 @@ class Keyspace:
     @property
     def ch_newfeed(self) -> str:
         """Channel announcing a created object (``<f>\\0<instance>``)."""
-        return self.k("newfeed")
+        return self.k(NOTICE_CHANNELS["create"])
 
     @property
     def ch_delfeed(self) -> str:
         """Channel announcing a deleted object."""
-        return self.k("delfeed")
+        return self.k(NOTICE_CHANNELS["delete"])
 
     @property
     def ch_conffeed(self) -> str:
         """Channel announcing a config change."""
-        return self.k("conffeed")
+        return self.k(NOTICE_CHANNELS["config"])
+
+    def ch_event(self, event: str, name: str) -> str:
+        """The pub/sub channel of one object's ``event`` (a key of ``EVENT_STEMS``)."""
+        return self.k(EVENT_STEMS[event] + name)
+
+    def ch_event_pattern(self, event: str) -> str:
+        """A ``PSUBSCRIBE`` pattern matching ``event``'s channel of every object under this prefix
+        (glob characters in the prefix are escaped)."""
+        return _GLOB_SPECIAL.sub(r"\\\1", self.prefix) + EVENT_STEMS[event] + "*"
+
+    def object_of(self, event: str, channel: str | bytes) -> str | None:
+        """The object name in ``event``'s channel ``channel`` (None if it is not one)."""
+        text = channel.decode("utf-8", "replace") if isinstance(channel, bytes) else channel
+        start = self.k(EVENT_STEMS[event])
+        return text[len(start):] if text.startswith(start) else None
 
     def workers_registry(self) -> str:
         """ZSET worker name -> heartbeat deadline ms."""
@@ -174,11 +201,11 @@ class Keyspace:
             publishes=k("feed.publishes:" + name),
             idincr=k("feed.idincr:" + name),
             wake=k("feed.wake:" + name),
-            ch_publish=k("feed.publish:" + name),
-            ch_edit=k("feed.edit:" + name),
-            ch_retract=k("feed.retract:" + name),
-            ch_position=k("feed.position:" + name),
-            ch_finish=k("job.finish:" + name),
+            ch_publish=self.ch_event("publish", name),
+            ch_edit=self.ch_event("edit", name),
+            ch_retract=self.ch_event("retract", name),
+            ch_position=self.ch_event("position", name),
+            ch_finish=self.ch_event("finish", name),
         )
 
     def job(self, name: str) -> JobKeys:
@@ -208,7 +235,7 @@ class Keyspace:
             finished=k("feed.finished:" + name),
             failures=k("feed.failures:" + name),
             wake=k("feed.wake:" + name),
-            ch_finish=k("job.finish:" + name),
+            ch_finish=self.ch_event("finish", name),
             ch_events=k("feed.jobevent:" + name),
             result_prefix=k("feed.result:" + name + ":"),
             log_prefix=k("feed.log:" + name + ":"),

@@ -28,13 +28,13 @@ A callback that raises is logged and never stops the thread.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.connection import close_quietly
 from taskpipe.errors import BrokerUnavailable
+from taskpipe.thoonk.keys import EVENT_STEMS, NOTICE_CHANNELS
 
 if TYPE_CHECKING:
     from taskpipe.thoonk.thoonk import Thoonk
@@ -47,11 +47,6 @@ log = logging.getLogger(__name__)
 Callback = Callable[[str, str, bytes | None], Any]
 
 EVENTS = ("publish", "edit", "retract", "position", "finish", "create", "delete", "config")
-_PATTERN_EVENTS = (("feed.publish:", "publish"), ("feed.edit:", "edit"),
-                   ("feed.retract:", "retract"), ("feed.position:", "position"),
-                   ("job.finish:", "finish"))
-_CHANNEL_EVENTS = (("newfeed", "create"), ("delfeed", "delete"), ("conffeed", "config"))
-_GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
 
 #: Seconds ``get_message`` waits before looking at the stop flag again.
 POLL_INTERVAL = 0.2
@@ -81,12 +76,12 @@ class Listener:
         #: How many times the subscriptions were (re)established.
         self.connects = 0
         keys = thoonk.keys
-        glob_prefix = _GLOB_SPECIAL.sub(r"\\\1", keys.prefix)
         self._channels: dict[bytes, str] = {
-            keys.k(name).encode("utf-8"): event for name, event in _CHANNEL_EVENTS}
+            keys.k(name).encode("utf-8"): event for event, name in NOTICE_CHANNELS.items()}
         self._patterns: dict[bytes, tuple[str, int]] = {
-            (glob_prefix + start + "*").encode("utf-8"): (event, len(keys.k(start).encode("utf-8")))
-            for start, event in _PATTERN_EVENTS}
+            keys.ch_event_pattern(event).encode("utf-8"):
+                (event, len(keys.ch_event(event, "").encode("utf-8")))
+            for event in EVENT_STEMS}
 
     # callbacks ------------------------------------------------------------------------------
     def on(self, event: str, callback: Callback) -> Callback:

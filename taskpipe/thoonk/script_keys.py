@@ -105,6 +105,8 @@ _ALL = (
     ScriptKeys("job_retract", ("items", "ids", *_OWNER, "stalled", "reasons", "cancelled",
                                "attempts", "published", "delayed", "urgent", "progress",
                                "finished", "result", "log", "stalled_at")),
+    ScriptKeys("job_clean_finished", ("finished", "items"),
+               tail="feed.result:<f>:<id> and feed.log:<f>:<id> per id"),
     ScriptKeys("job_extend", ("claimed", "leases", "tokens")),
     ScriptKeys("job_reap", (*_OWNER, "cancelled", "ids", "wake", "stalled", "reasons",
                             "published", "stalled_at"), optional=("presence",)),

@@ -142,9 +142,33 @@ class Thoonk:
         """True if an object with that name is registered."""
         return bool(self.client.sismember(self.keys.feeds, name))
 
+    def server_ms(self) -> int:
+        """The Redis server's clock in ms (``TIME``): the one clock every stored timestamp,
+        deadline and cron decision is measured in (never a local clock)."""
+        with broker_errors("server time"):
+            seconds, micros = self.client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
     def names(self) -> list[str]:
         """Names of every registered object."""
         return sorted(_s(n) for n in self.client.smembers(self.keys.feeds))
+
+    def scan_names(self, type: str | None = None, count: int = 500) -> list[str]:
+        """Names of every registered object (of ``type`` only, if given), sorted; read with
+        ``SSCAN`` in steps of about ``count`` (never the whole set in one reply)."""
+        names: set[str] = set()
+        cursor = 0
+        while True:
+            cursor, batch = self.client.sscan(self.keys.feeds, cursor, count=count)
+            found = [_s(n) for n in batch]
+            if found and type is not None:
+                pipe = self.client.pipeline(transaction=False)
+                for name in found:
+                    pipe.hget(self.keys.feed(name).config, "type")
+                found = [n for n, t in zip(found, pipe.execute()) if t is not None and _s(t) == type]
+            names.update(found)
+            if int(cursor) == 0:
+                return sorted(names)
 
     def get_type(self, name: str) -> str | None:
         """The object's type, or None if it does not exist."""

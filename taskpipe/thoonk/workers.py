@@ -59,13 +59,18 @@ class WorkerRegistry:
         self.keys = thoonk.keys
 
     def beat(self, name: str, fields: dict[str, str], ttl_ms: int) -> int:
-        """Refresh one worker's entry for ``ttl_ms``; returns the server time in ms."""
+        """Refresh one worker's entry for ``ttl_ms``; returns the server time in ms.
+
+        The store adds two fields in server seconds: ``heartbeat`` (this beat) and ``started``
+        (the first beat of this entry; kept by later beats)."""
         now_ms = int(self.thoonk.scripts["worker_beat"](
             self.thoonk.client, contract("worker_beat").build(self.keys), [name, ttl_ms]))
         key = self.keys.worker_info(name)
+        fields = {k: v for k, v in fields.items() if k not in ("heartbeat", "started")}
         with broker_errors("worker registry beat"):
             pipe = self.thoonk.client.pipeline(transaction=False)
             pipe.hset(key, mapping={**fields, "heartbeat": str(now_ms // 1000)})
+            pipe.hsetnx(key, "started", str(now_ms // 1000))
             pipe.pexpire(key, ttl_ms)
             pipe.execute()
         return now_ms

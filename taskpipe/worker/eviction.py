@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from taskpipe.thoonk.broker_check import evicted_keys, eviction_policy
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -21,10 +23,6 @@ if TYPE_CHECKING:
 __all__ = ["EvictionWatch"]
 
 log = logging.getLogger("taskpipe.worker")
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class EvictionWatch:
@@ -49,18 +47,17 @@ class EvictionWatch:
         ``CONFIG`` is disabled or renamed (managed Redis) is tolerated: only a debug line. A
         broker error leaves it unchecked (checked again after the next successful claim)."""
         try:
-            reply = self.app.connection.client.config_get("maxmemory-policy")
+            policy = eviction_policy(self.app.connection.client)
         except broker_errors:
             return
-        except Exception as exc:  # noqa: BLE001 - CONFIG disabled, renamed, or not supported
+        except Exception as exc:  # noqa: BLE001 - CONFIG renamed, or not supported
             self.checked = True
             log.debug("cannot read maxmemory-policy (%s); eviction policy not checked", exc)
             return
         self.checked = True
-        if isinstance(reply, dict):
-            for key, value in reply.items():
-                if _text(key) == "maxmemory-policy":
-                    self.policy = _text(value)
+        if policy is None:  # CONFIG disabled (managed Redis)
+            log.debug("the broker does not say its maxmemory-policy; eviction policy not checked")
+        self.policy = policy
         self.app.check_eviction_policy()  # the warning producers give too, once per app
 
     def finish_missed(self, channel: str, job_id: str) -> bool:
@@ -76,7 +73,7 @@ class EvictionWatch:
             missed, self._missed, self._last_log = self._missed, 0, now
         evicted = "unknown"
         try:
-            evicted = _text(self.app.connection.client.info("stats").get("evicted_keys", "?"))
+            evicted = evicted_keys(self.app.connection.client)
         except Exception:  # noqa: BLE001 - only for the message
             pass
         log.warning("%d outcome write(s) found the job no longer claimed (latest: %s/%s) under "

@@ -1,6 +1,7 @@
 """The live-worker registry as the worker layer fills it: name, host, pid, channels, current jobs
 and counts, expiring on death. Storage, server-time deadlines and presence live in the Thoonk
-layer (``taskpipe/thoonk/workers.py``); this module only says what a worker puts there."""
+layer (``taskpipe/thoonk/workers.py``, which also stamps ``heartbeat`` and ``started`` with the
+Redis server clock); this module only says what a worker puts there."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ class WorkerRegistry:
 
     def __init__(self, app: TaskPipe) -> None:
         self.app = app
-        self.keys = app.thoonk.keys
         self.store = _Store(app.thoonk)
 
     def beat(self, worker: Any) -> None:
@@ -31,7 +31,7 @@ class WorkerRegistry:
         self.store.beat(worker.name, {
             "name": worker.name, "host": socket.gethostname(), "pid": str(os.getpid()),
             "channels": ",".join(worker.channel_names), "pool": worker.pool_kind,
-            "concurrency": str(worker.concurrency), "started": str(int(worker.started_at)),
+            "concurrency": str(worker.concurrency),
             "jobs": json.dumps([f"{c.channel}/{c.id}" for c in worker.running][:100]),
             "stats": json.dumps(dict(worker.writer.stats)),
             "stopping": "1" if worker._stopping.is_set() else "0",

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.errors import ConfigError, FeedDoesNotExist, JobNotFound, WrongFeedType, WrongJobState
 from taskpipe.inspection import LIST_STATES, Inspector, jsonable
+from taskpipe.thoonk.cron_store import CronStore
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -198,18 +199,15 @@ class DashboardAPI:
             have_scheduler = False
         else:
             have_scheduler = True
-        client = self.app.connection.client
-        keys = self.app.thoonk.keys
+        store = CronStore(self.app.thoonk)
         entries: dict[str, dict[str, Any]] = {}
         if have_scheduler:
             for entry in list(getattr(self.app, "crons", [])):
                 info = _describe(entry)
                 entries[str(info.get("name") or info.get("task") or repr(entry))] = info
-        names = {_text(n) for n in client.smembers(keys.cron_entries())} | set(entries)
-        for name in sorted(names):
-            raw = client.hgetall(keys.cron_state(name))
-            info = entries.setdefault(name, {"name": name})
-            info["state"] = {_text(k): _text(v) for k, v in raw.items()}
+        names = sorted(store.names() | set(entries))
+        for name, state in store.states(names).items():
+            entries.setdefault(name, {"name": name})["state"] = state
         return [entries[name] for name in sorted(entries)]
 
 
@@ -227,10 +225,6 @@ def _capped(detail: dict[str, Any], parts: list[str]) -> dict[str, Any]:
                            "full": f"/api/channels/{quote(parts[1], safe='')}/jobs/"
                                    f"{quote(parts[3], safe='')}?full=1"}
     return detail
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _describe(entry: Any) -> dict[str, Any]:

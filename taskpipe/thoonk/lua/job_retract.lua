@@ -7,12 +7,15 @@
 -- KEYS[18] feed.stalledat:<f>
 -- ARGV[1] id  ARGV[2] feed.retract:<f> channel
 -- ARGV[3] optional guard: '' = any state; a number = only if the job is stalled and was stalled
---         at or before that server time in ms (used to clean old stalled jobs without races)
+--         at or before that server time in ms (used to clean old stalled jobs without races);
+--         'stalled' = only if the job is stalled, whatever its stall time (legacy stalls have none)
 -- Returns: 1 retracted, 0 no such job, or the guard did not hold (nothing changed).
 -- Events: feed.retract:<f> "<id>".
 --@include _owner.lua
 local id = ARGV[1]
-if ARGV[3] and ARGV[3] ~= '' then
+if ARGV[3] == 'stalled' then
+  if redis.call('SISMEMBER', KEYS[7], id) == 0 then return 0 end
+elseif ARGV[3] and ARGV[3] ~= '' then
   local at = redis.call('ZSCORE', KEYS[18], id)
   if redis.call('SISMEMBER', KEYS[7], id) == 0 or not at or tonumber(at) > tonumber(ARGV[3]) then
     return 0

@@ -18,7 +18,8 @@ import redis
 from taskpipe.connection import Connection
 from taskpipe.errors import BrokerUnavailable
 
-__all__ = ["Finding", "diagnose", "eviction_policy", "eviction_warning", "MIN_VERSION"]
+__all__ = ["Finding", "diagnose", "eviction_policy", "eviction_warning", "evicted_keys",
+           "MIN_VERSION"]
 
 MIN_VERSION = (6, 2)  # RPOP with a count and ZMSCORE in the claim script
 log = logging.getLogger("taskpipe")
@@ -58,6 +59,11 @@ def _config(client: Any, name: str, **kw: Any) -> str | None:
 def eviction_policy(client: Any) -> str | None:
     """The server's ``maxmemory-policy`` (None if ``CONFIG`` is disabled or refused)."""
     return _config(client, "maxmemory-policy")
+
+
+def evicted_keys(client: Any) -> str:
+    """``INFO stats`` ``evicted_keys`` as text (``"?"`` if the server does not report it)."""
+    return _s(client.info("stats").get("evicted_keys", "?"))
 
 
 def eviction_warning(policy: str | None) -> str | None:
