@@ -25,7 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script from any directory: use this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from taskpipe import TaskPipe  # noqa: E402
+from taskpipe import TaskPipe
 
 __all__ = ["build_app", "CHANNEL", "NOOP", "STAMP", "main"]
 

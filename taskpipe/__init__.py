@@ -38,14 +38,16 @@ from taskpipe.errors import (
     WrongJobState,
 )
 from taskpipe.results import AsyncResult
+from taskpipe.states import JobState
 from taskpipe.task import Signature, Task
-from taskpipe.worker import Worker
+from taskpipe.worker import Worker, WorkerSettings
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
 
 __all__ = [
     # the app, its tasks and their results
     "TaskPipe", "Task", "Signature", "AsyncResult", "Worker", "current_job", "JobContext",
+    "JobState", "WorkerSettings",
     # errors: the root, then configuration
     "TaskpipeError", "ConfigError", "BrokerURLError", "DurationError", "CronError",
     "ShardCountChanged",

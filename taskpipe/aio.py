@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio
 
+from taskpipe.states import JobState
 from taskpipe.thoonk.job_async import state_and_reason
 from taskpipe.thoonk.job_async import wait_result as _wait_result
 
@@ -60,7 +61,7 @@ def async_client(app: TaskPipe) -> Any:
     return client
 
 
-async def job_state(result: AsyncResult[Any]) -> tuple[str, str]:
+async def job_state(result: AsyncResult[Any]) -> tuple[JobState, str]:
     """The job's state and stall reason, read with the ``job_state`` script on the asyncio
     client (on a thread where the app has no asyncio client)."""
     client = async_client(result.app)

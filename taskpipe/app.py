@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from taskpipe.broker_retry import BrokerRetry
 from taskpipe.connection import DEFAULT_URL, Connection, parse_url, redact_url
-from taskpipe.durations import parse_duration, parse_optional_duration
+from taskpipe.durations import DurationLike, parse_duration, parse_optional_duration
 from taskpipe.errors import ConfigError, UnknownTask
+from taskpipe.limits import COUNT_OPTIONS, check_count
 from taskpipe.publishing import Publishing
 from taskpipe.serialization import DEFAULT_MAX_PAYLOAD, get_serializer
 from taskpipe.sharding import Sharding
@@ -57,11 +58,12 @@ class TaskPipe:
     async_task_class: type[Task[Any]] = AsyncTask
 
     def __init__(self, name: str | None = None, broker: str | None = None, *, prefix: str = "",
-                 serializer: str = "msgpack", result_ttl: Any = "1d", default_channel: str = "default",
-                 retries: int = 0, retry_backoff: Any = "1s", retry_backoff_max: Any = "10m",
-                 timeout: Any = None, lease: Any = "20s", max_cancels: int = 3,
+                 serializer: str = "msgpack", result_ttl: DurationLike = "1d",
+                 default_channel: str = "default", retries: int = 0,
+                 retry_backoff: DurationLike = "1s", retry_backoff_max: DurationLike = "10m",
+                 timeout: DurationLike | None = None, lease: DurationLike = "20s", max_cancels: int = 3,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, connection: Connection | None = None,
-                 client: Any = None, publish_retry: Any = "5s", eager: bool = False,
+                 client: Any = None, publish_retry: DurationLike = "5s", eager: bool = False,
                  shards: dict[str, int] | None = None) -> None:
         self.name = name or "taskpipe"
         if connection is None:
@@ -79,16 +81,14 @@ class TaskPipe:
         self.serializer = get_serializer(serializer)
         self.result_ttl = parse_duration(result_ttl)
         self.default_channel = default_channel
-        if not isinstance(retries, int) or retries < 0:
-            raise ConfigError(f"retries must be a non-negative int, got {retries!r}")
-        self.retries = retries
+        self.retries = check_count("retries", retries)
         self.retry_backoff = parse_duration(retry_backoff)
         self.retry_backoff_max = parse_duration(retry_backoff_max)
         self.timeout = parse_optional_duration(timeout)
         self.lease = parse_duration(lease)
         if self.lease < 0.05:
             raise ConfigError("lease must be at least 50ms")
-        self.max_cancels = max_cancels
+        self.max_cancels = check_count("max_cancels", max_cancels)
         self.max_payload = max_payload
         #: the retry policy for transient broker errors of publishes and reads (``publish_retry``)
         self.broker_retry = BrokerRetry(parse_duration(publish_retry))
@@ -140,10 +140,9 @@ class TaskPipe:
                 raise ConfigError(f"bad task option: {exc}") from None
             for key in ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl"):
                 parse_optional_duration(getattr(opts, key))
-            for key in ("retries", "max_cancels"):
-                value = getattr(opts, key)
-                if value is not None and (type(value) is not int or value < 0):
-                    raise ConfigError(f"{key} must be a non-negative int, got {value!r}")
+            for key in COUNT_OPTIONS:
+                if getattr(opts, key) is not None:
+                    check_count(key, getattr(opts, key))
             task_name = name or f"{func.__module__}.{func.__qualname__}"
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ConfigError(f"a different task is already registered as {task_name!r}")

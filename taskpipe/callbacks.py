@@ -86,7 +86,7 @@ class FinishWatcher:
         for cb in callbacks:
             try:
                 cb(value, result)
-            except Exception:  # noqa: BLE001 - a user callback must not kill the watcher
+            except Exception:  # a user callback must not kill the watcher
                 log.exception("on_finish callback for job %s raised", result.id)
 
     def _run(self) -> None:

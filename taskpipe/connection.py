@@ -24,7 +24,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 import redis
 from redis.crc import key_slot as _crc_key_slot
@@ -122,39 +122,8 @@ def _parse_url(url: str) -> dict[str, Any]:
         return info
     query = parse_qs(parts.query)
     if scheme in ("redis+sentinel", "redis+cluster"):
-        hosts = []
-        for hostport in parts.netloc.rpartition("@")[2].split(","):
-            host, _, port = hostport.strip().rpartition(":")
-            if not host or not port.isdigit():
-                raise BrokerURLError(f"bad host:port {hostport!r} in broker URL {url!r}")
-            hosts.append((host.strip("[]"), int(port)))
-        info["hosts"] = hosts
-        info["password"] = unquote(parts.password) if parts.password else None
-        info["username"] = unquote(parts.username) if parts.username else None
-        path = [p for p in parts.path.split("/") if p]
-        allowed = {"sentinel_password", "sentinel_username"} if scheme == "redis+sentinel" else set()
-        unknown = sorted(set(query) - allowed)
-        if unknown:
-            raise BrokerURLError(f"unknown option(s) {', '.join(unknown)} in broker URL {url!r}"
-                                 + (f"; expected {', '.join(sorted(allowed))}" if allowed else ""))
-        if scheme == "redis+sentinel":
-            if not path:
-                raise BrokerURLError(f"sentinel broker URL {url!r} needs a master name: "
-                                     "redis+sentinel://host:port/mymaster[/db]")
-            info["master"] = path[0]
-            # AUTH for the sentinels themselves (sentinel requirepass / ACL), apart from the master's
-            info["sentinel_auth"] = {k.removeprefix("sentinel_"): v[-1]
-                                     for k, v in query.items() if k in allowed}
-            db = path[1] if len(path) > 1 else "0"
-        else:
-            db = "0"
-            if path and path != ["0"]:
-                raise BrokerURLError(f"Redis Cluster has only database 0, got {url!r}")
-        if not str(db).isdigit():
-            raise BrokerURLError(f"database in broker URL {url!r} must be a number, got {db!r}")
-        info["db"] = int(db)
-        return info
-    if scheme == "unix":
+        db = _parse_multi_host(url, parts, scheme, query, info)
+    elif scheme == "unix":
         if not parts.path:
             raise BrokerURLError(f"unix broker URL {url!r} needs a socket path")
         db = query.get("db", ["0"])[0]
@@ -171,6 +140,39 @@ def _parse_url(url: str) -> dict[str, Any]:
         raise BrokerURLError(f"database in broker URL {url!r} must be a number, got {db!r}")
     info["db"] = int(db)
     return info
+
+
+def _parse_multi_host(url: str, parts: SplitResult, scheme: str, query: dict[str, list[str]],
+                      info: dict[str, Any]) -> str:
+    """The hosts, credentials and options of a ``redis+sentinel://`` or ``redis+cluster://`` URL
+    (into ``info``); returns the database as written."""
+    hosts = []
+    for hostport in parts.netloc.rpartition("@")[2].split(","):
+        host, _, port = hostport.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise BrokerURLError(f"bad host:port {hostport!r} in broker URL {url!r}")
+        hosts.append((host.strip("[]"), int(port)))
+    info["hosts"] = hosts
+    info["password"] = unquote(parts.password) if parts.password else None
+    info["username"] = unquote(parts.username) if parts.username else None
+    path = [p for p in parts.path.split("/") if p]
+    allowed = {"sentinel_password", "sentinel_username"} if scheme == "redis+sentinel" else set()
+    unknown = sorted(set(query) - allowed)
+    if unknown:
+        raise BrokerURLError(f"unknown option(s) {', '.join(unknown)} in broker URL {url!r}"
+                             + (f"; expected {', '.join(sorted(allowed))}" if allowed else ""))
+    if scheme == "redis+cluster":
+        if path and path != ["0"]:
+            raise BrokerURLError(f"Redis Cluster has only database 0, got {url!r}")
+        return "0"
+    if not path:
+        raise BrokerURLError(f"sentinel broker URL {url!r} needs a master name: "
+                             "redis+sentinel://host:port/mymaster[/db]")
+    info["master"] = path[0]
+    # AUTH for the sentinels themselves (sentinel requirepass / ACL), apart from the master's
+    info["sentinel_auth"] = {k.removeprefix("sentinel_"): v[-1]
+                             for k, v in query.items() if k in allowed}
+    return path[1] if len(path) > 1 else "0"
 
 
 def _on_connect(conn: Any) -> None:

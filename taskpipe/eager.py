@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from taskpipe.durations import eta_to_delay, parse_duration
+from taskpipe.durations import DurationLike, parse_duration
 from taskpipe.errors import ConfigError, ResultTimeout, ResultUnknown, UnknownTask
-from taskpipe.publishing import check_send_options
+from taskpipe.publishing import plan_send
 from taskpipe.results import AsyncResult
 from taskpipe.serialization import (
     ResultRecord,
@@ -32,6 +32,7 @@ from taskpipe.serialization import (
     encode_failure,
     encode_result,
 )
+from taskpipe.states import JobState
 from taskpipe.task import Signature
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class EagerResult(AsyncResult[Any]):
 
     def __init__(self, app: TaskPipe, id: str, channel: str) -> None:
         super().__init__(app, id, channel)
-        self._eager_state = "delayed"
+        self._eager_state = JobState.DELAYED
 
     def info(self) -> JobInfo:
         from taskpipe.thoonk.job import JobInfo
@@ -59,16 +60,16 @@ class EagerResult(AsyncResult[Any]):
                        finished_ms=None, published_ms=None, result_ttl_ms=None)
 
     @property
-    def state(self) -> str:
+    def state(self) -> JobState:
         """delayed (waiting for the test clock), finished or failed."""
         if self._record is not None:
-            return "finished" if self._record.ok else "failed"
+            return JobState.FINISHED if self._record.ok else JobState.FAILED
         return self._eager_state
 
     def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
         """The outcome, at once: a call still waiting for the test clock raises ``ResultTimeout``,
         an id no eager call had ``ResultUnknown``."""
-        if self._record is None and self._eager_state == "unknown":
+        if self._record is None and self._eager_state == JobState.UNKNOWN:
             raise ResultUnknown(f"no eager call with id {self.id!r}")
         if self._record is None:
             raise ResultTimeout(f"job {self.id!r} is still {self._eager_state} (eager mode: "
@@ -87,7 +88,7 @@ class EagerResult(AsyncResult[Any]):
         """Drop a call still waiting for the test clock."""
         if self._record is None:
             self.app.eager_runner.drop(self.id)
-            self._eager_state = "unknown"
+            self._eager_state = JobState.UNKNOWN
 
 
 @dataclass(order=True)
@@ -115,7 +116,7 @@ class EagerClock:
         """The clock's time as an aware UTC datetime."""
         return datetime.fromtimestamp(self._now, timezone.utc)
 
-    def advance(self, duration: Any) -> int:
+    def advance(self, duration: DurationLike) -> int:
         """Move the clock forward by ``duration`` (``"10m"``, seconds, a timedelta); returns how
         many calls ran (delayed calls and cron fires, each at its own due time)."""
         return self.set(self._now + parse_duration(duration))
@@ -146,38 +147,18 @@ class EagerRunner:
         """Encode the call as production would, then run it now (or when the clock says)."""
         from taskpipe.thoonk.job import new_id
 
-        check_send_options(options)
+        plan = plan_send(options, now=self.clock.now())  # the checks production makes
         if name not in self.app.tasks:
             raise UnknownTask(f"no task registered as {name!r} in app {self.app.name!r} "
                               "(eager mode runs only this app's tasks)")
         task = self.app.tasks[name]
-        on_finish = options.get("on_finish")
-        env_opts: dict[str, Any] = {}
-        if isinstance(on_finish, Signature):
-            env_opts["on_finish"] = on_finish.to_dict()
-        elif on_finish is not None and not callable(on_finish):
-            raise ConfigError("on_finish must be a callable or a task signature")
-        for key in ("retries", "timeout", "hard_timeout", "retry_backoff", "result_ttl"):
-            if options.get(key) is not None:
-                env_opts[key] = options[key] if key == "retries" else parse_duration(options[key])
-        retries = env_opts.get("retries", 0)
-        if type(retries) is not int or retries < 0:
-            raise ConfigError(f"retries must be a non-negative int, got {retries!r}")
-        payload = encode_envelope(name, tuple(args), dict(kwargs or {}), env_opts,
+        payload = encode_envelope(name, tuple(args), dict(kwargs or {}), plan.envelope,
                                   serializer=self.app.serializer, max_size=self.app.max_payload)
-        job_id = options.get("id") or new_id()
-        if not isinstance(job_id, str) or "\0" in job_id:
-            raise ConfigError(f"a job id must be a non-empty string without NUL, got {job_id!r}")
-        result = EagerResult(self.app, job_id, options.get("channel") or task.channel)
+        job_id = plan.job_id or new_id()
+        result = EagerResult(self.app, job_id, plan.channel or task.channel)
         with self._lock:
             self._results[job_id] = result
-        delay = 0.0
-        if options.get("delay") is not None:
-            delay = parse_duration(options["delay"])
-        if options.get("eta") is not None:
-            eta = options["eta"]
-            delay = eta_to_delay(eta, self.clock.now()) if isinstance(eta, (datetime, int, float)) \
-                else parse_duration(eta)
+        delay = plan.delay_ms / 1000
         pending = _Pending(self.clock.now() + delay, next(self._seq), result, payload, options)
         if delay > 0:
             with self._lock:
@@ -192,7 +173,7 @@ class EagerRunner:
             found = self._results.get(job_id)
         if found is None:
             found = EagerResult(self.app, job_id, self.app.default_channel)
-            found._eager_state = "unknown"
+            found._eager_state = JobState.UNKNOWN
         return found
 
     def drop(self, job_id: str) -> None:
@@ -223,7 +204,7 @@ class EagerRunner:
                                      serializer=ser)
         record: ResultRecord = decode_result(raw)
         pending.result._record = record
-        pending.result._eager_state = "finished" if record.ok else "failed"
+        pending.result._eager_state = JobState.FINISHED if record.ok else JobState.FAILED
         on_finish = pending.options.get("on_finish")
         if isinstance(on_finish, Signature):
             if record.ok:  # as the worker does: the follow-up gets the value first
@@ -233,7 +214,7 @@ class EagerRunner:
             value = pending.result.get(propagate=False)
             try:
                 on_finish(value, pending.result)
-            except Exception:  # noqa: BLE001 - as in production: logged, never the job's fate
+            except Exception:  # as in production: logged, never the job's fate
                 log.exception("on_finish callback for job %s raised", pending.result.id)
 
     def run_due(self, target: float) -> int:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import queue
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from taskpipe.durations import DurationLike
 
 __all__ = [
     "TaskpipeError",
@@ -197,7 +201,7 @@ class Retry(TaskpipeError):
     A ``Retry`` counts as an attempt; once the task's retries are used up the job fails.
     """
 
-    def __init__(self, delay: object = None, reason: str = "") -> None:
+    def __init__(self, delay: DurationLike | None = None, reason: str = "") -> None:
         super().__init__(reason or "retry requested")
         self.delay = delay
         self.reason = reason

@@ -16,11 +16,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from taskpipe.durations import eta_to_delay, parse_duration, to_ms
 from taskpipe.errors import ConfigError
+from taskpipe.limits import check_count
 from taskpipe.serialization import args_encoder, encode_envelope
 from taskpipe.task import Signature, TaskOptions
 from taskpipe.thoonk.job import JobChannel, PutRequest, new_id
@@ -60,18 +62,10 @@ class Publisher(Protocol):
         ...
 
 
-def _count(name: str) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        if not isinstance(value, int) or value < 0:
-            raise ConfigError(f"{name} must be a non-negative int, got {value!r}")
-        return value
-    return check
-
-
 #: publishing options written into the envelope's ``options`` (read by the worker): name -> the
 #: converter from what the caller passed to the wire value (raises ``ConfigError`` on bad input)
 ENVELOPE_OPTIONS: Mapping[str, Callable[[Any], Any]] = MappingProxyType({
-    "retries": _count("retries"),
+    "retries": partial(check_count, "retries"),
     "timeout": parse_duration,
     "hard_timeout": parse_duration,
     "retry_backoff": parse_duration,
@@ -93,7 +87,7 @@ def check_send_options(options: Iterable[str]) -> None:
         raise ConfigError(f"unknown publishing option(s): {', '.join(sorted(unknown))}")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: made on every publish with options, kept cheap
 class SendPlan:
     """Publishing options, checked and converted: what ``plan_send`` returns."""
 

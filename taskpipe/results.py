@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import redis
 
@@ -21,6 +21,7 @@ from taskpipe.errors import (
     TaskFailed,
 )
 from taskpipe.serialization import ResultRecord, decode_result
+from taskpipe.states import DONE_STATES, JobState
 from taskpipe.thoonk.job import JobInfo
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 else:
     R = TypeVar("R")
 
-STATES = ("delayed", "available", "claimed", "stalled", "finished", "failed", "unknown")
+STATES = tuple(JobState)  # every state a job can be in (taskpipe.states)
 STATE_CHECK_EVERY = 1.0  # seconds between state checks of a result wait (stalled is not an event)
 _FOREVER = 365 * 24 * 3600.0
 T = TypeVar("T")
@@ -97,30 +98,40 @@ class AsyncResult(Generic[R]):
             self._record = ResultRecord(ok=True, value=raw, exc_type="", exc_message="", traceback="")
 
     @property
-    def state(self) -> str:
-        """One of delayed, available, claimed, stalled, finished, failed, unknown."""
+    def state(self) -> JobState:
+        """A ``JobState`` (a ``str``): delayed, available, claimed, stalled, finished, failed,
+        unknown."""
         if self._record is not None:
-            return "finished" if self._record.ok else "failed"
+            return JobState.FINISHED if self._record.ok else JobState.FAILED
         state = self.info().state
-        if state == "finished":
+        if state == JobState.FINISHED:
             record = self._fetch()
             if record is not None and not record.ok:
-                return "failed"
-        return str(state)
+                return JobState.FAILED
+        return state
 
     def ready(self) -> bool:
         """True once the job finished (successfully or not)."""
-        return self.state in ("finished", "failed")
+        return self.state in DONE_STATES
 
     def successful(self) -> bool:
         """True if the job finished without error."""
-        return self.state == "finished"
+        return self.state == JobState.FINISHED
 
     def failed(self) -> bool:
         """True if the job finished with an error."""
-        return self.state == "failed"
+        return self.state == JobState.FAILED
 
-    def get(self, timeout: float | None = None, propagate: bool = True) -> R:
+    @overload
+    def get(self, timeout: float | None = None, propagate: Literal[True] = True) -> R: ...
+
+    @overload
+    def get(self, timeout: float | None = None, *, propagate: bool) -> R | TaskFailed: ...
+
+    @overload
+    def get(self, timeout: float | None, propagate: bool) -> R | TaskFailed: ...
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> R | TaskFailed:
         """Wait for the result (``timeout`` seconds; None = forever) and return it.
 
         Raises ``ResultTimeout`` (a ``TimeoutError``) on time, ``TaskFailed`` carrying the remote
@@ -163,18 +174,18 @@ class AsyncResult(Generic[R]):
                 f"({timeout} s) passed: {exc}") from exc
         return delay
 
-    def _outcome(self, record: ResultRecord, propagate: bool) -> R:
+    def _outcome(self, record: ResultRecord, propagate: bool) -> R | TaskFailed:
         if record.ok:
             return record.value  # type: ignore[no-any-return]
         error = TaskFailed(self.id, record.exc_type or "", record.exc_message or "",
                            record.traceback or "")
         if propagate:
             raise error
-        return error  # type: ignore[return-value]  # propagate=False: the failure is the value
+        return error  # propagate=False: the failure is the value
 
     def _check(self, info: JobInfo) -> ResultRecord | None:
         """Fail fast for a job that will never have a result; its record if it finished."""
-        if info.state == "finished":
+        if info.state == JobState.FINISHED:
             record = self._fetch()
             if record is None:
                 raise ResultExpired(f"job {self.id!r} finished but its result is not stored "
@@ -183,12 +194,12 @@ class AsyncResult(Generic[R]):
         self._fail_fast(info.state, info.reason)
         return None
 
-    def _fail_fast(self, state: str, reason: str) -> None:
+    def _fail_fast(self, state: JobState, reason: str) -> None:
         """Raise for a job that will never have a result (unknown or stalled)."""
-        if state == "unknown":
+        if state == JobState.UNKNOWN:
             raise ResultUnknown(f"no job {self.id!r} in channel {self.channel!r} "
                                 "(never published, or retracted)")
-        if state == "stalled":
+        if state == JobState.STALLED:
             raise ResultStalled(self.id, reason)
 
     def _wait(self, deadline: float, timeout: float | None) -> ResultRecord:
@@ -238,7 +249,16 @@ class AsyncResult(Generic[R]):
                     raise ResultUnknown(f"job {self.id!r} in channel {self.channel!r} was "
                                         "retracted while waiting for its result")
 
-    async def aget(self, timeout: float | None = None, propagate: bool = True) -> R:
+    @overload
+    async def aget(self, timeout: float | None = None, propagate: Literal[True] = True) -> R: ...
+
+    @overload
+    async def aget(self, timeout: float | None = None, *, propagate: bool) -> R | TaskFailed: ...
+
+    @overload
+    async def aget(self, timeout: float | None, propagate: bool) -> R | TaskFailed: ...
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True) -> R | TaskFailed:
         """``await result.aget(timeout=)``: ``get`` for async callers, on ``redis.asyncio``.
 
         Waits on the ``job.finish`` channel with the app's asyncio client of the running event
@@ -261,7 +281,7 @@ class AsyncResult(Generic[R]):
                 # no result: finished without one, unknown, stalled, or still waiting at the
                 # deadline (the state read is on the failure path only)
                 state, reason = await job_state(self)
-                if state == "finished":  # wait_result found no stored result
+                if state == JobState.FINISHED:  # wait_result found no stored result
                     raise ResultExpired(f"job {self.id!r} finished but its result is not stored "
                                         "(expired, or result_ttl=0)")
                 self._fail_fast(state, reason)

@@ -343,7 +343,7 @@ def _frame(magic: bytes, sid: int, body: bytes, max_size: int | None, what: str)
     return magic + bytes((FORMAT_VERSION, sid)) + body
 
 
-def _open(data: bytes, magic: bytes, kind: str) -> tuple[str, dict[Any, Any]]:
+def _open(data: bytes | bytearray | memoryview, magic: bytes, kind: str) -> tuple[str, dict[Any, Any]]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SerializationError(f"a {kind} must be bytes, got {_type_name(data)}")
     data = bytes(data)
@@ -461,7 +461,7 @@ def args_encoder(task: str, *, serializer: Serializer | str = "msgpack",
     return encode
 
 
-def decode_envelope(data: bytes) -> Envelope:
+def decode_envelope(data: bytes | bytearray | memoryview) -> Envelope:
     """Decode bytes written by :func:`encode_envelope`.
 
     Raises :class:`SerializationError` saying why: missing magic (e.g. raw bytes from a legacy

@@ -8,6 +8,8 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
 
+from taskpipe.durations import DurationLike
+
 if TYPE_CHECKING:
     from typing_extensions import ParamSpec
 
@@ -38,12 +40,12 @@ class TaskOptions:
 
     channel: str | None = None
     priority: bool = False
-    timeout: Any = None          # soft time limit (duration); raises JobTimeout inside the task
-    hard_timeout: Any = None     # hard limit: the process-pool child is killed
+    timeout: DurationLike | None = None       # soft time limit; raises JobTimeout inside the task
+    hard_timeout: DurationLike | None = None  # hard limit: the process-pool child is killed
     retries: int | None = None
-    retry_backoff: Any = None    # base delay of the exponential backoff (duration)
-    retry_backoff_max: Any = None
-    result_ttl: Any = None
+    retry_backoff: DurationLike | None = None  # base delay of the exponential backoff
+    retry_backoff_max: DurationLike | None = None
+    result_ttl: DurationLike | None = None
     max_cancels: int | None = None
     stall_on_failure: bool = False  # after the last retry, stall instead of finishing as failed
     raw: bool = False  # a Thoonk-native handler: gets the channel's opaque bytes, returns bytes

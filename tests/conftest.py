@@ -24,10 +24,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from redis_server import RedisServer  # noqa: E402
+from redis_server import RedisServer
 
-from taskpipe import TaskPipe  # noqa: E402
-from taskpipe.connection import Connection  # noqa: E402
+from taskpipe import TaskPipe
+from taskpipe.connection import Connection
 
 
 @pytest.hookimpl(tryfirst=True)  # before the fixture params are applied

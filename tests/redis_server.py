@@ -11,6 +11,8 @@ import time
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 def free_port() -> int:
@@ -45,7 +47,9 @@ class RedisServer:
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
-                if redis.Redis(port=self.port, socket_connect_timeout=0.2).ping():
+                # one try per loop: redis-py's own retries back off up to 1 s per try
+                if redis.Redis(port=self.port, socket_connect_timeout=0.2,
+                               retry=Retry(NoBackoff(), 0)).ping():
                     return self
             except redis.exceptions.ConnectionError:
                 time.sleep(0.05)

@@ -523,7 +523,11 @@ def test_on_finish_callable_runs_after_a_redis_outage(own_server: RedisServer, p
 
         got: list[Any] = []
         done = threading.Event()
-        inc.apply_async((1,), on_finish=lambda value, _r: (got.append(value), done.set()))
+        def on_finish(value: Any, _result: Any) -> None:
+            got.append(value)
+            done.set()
+
+        inc.apply_async((1,), on_finish=on_finish)
         with caplog.at_level(logging.WARNING, logger="taskpipe.callbacks"):
             own_server.stop()
             wait_for(lambda: "finish watcher" in caplog.text, what="the watcher to meet the outage")
@@ -545,7 +549,8 @@ def test_progress_after_a_lost_lease_raises_and_leaves_nothing_pending(add_app: 
 
 
 def test_get_raises_broker_unavailable_when_the_broker_is_still_away_at_its_timeout(prefix: str) -> None:
-    with TaskPipe("down", broker=f"redis://127.0.0.1:{free_port()}/0", prefix=prefix) as app:
+    with TaskPipe("down", broker=f"redis://127.0.0.1:{free_port()}/0", prefix=prefix,
+                  publish_retry="0.3s") as app:
         with pytest.raises(BrokerUnavailable, match="until the timeout") as info:
             app.AsyncResult("some-job", channel="ch").get(timeout=0.2)
         assert isinstance(info.value.__cause__, (redis.exceptions.RedisError, BrokerUnavailable))

@@ -163,7 +163,8 @@ def test_publishing_to_a_broker_that_is_down_is_broker_unavailable(prefix: str) 
 
     from taskpipe.errors import BrokerUnavailable
 
-    app = TaskPipe(broker=f"redis://127.0.0.1:{free_port()}/0", prefix=prefix)
+    app = TaskPipe(broker=f"redis://127.0.0.1:{free_port()}/0", prefix=prefix,
+                  publish_retry="0.3s")  # retries briefly, then refuses
     try:
         @app.task(channel="down")
         def t(x: int) -> int:

@@ -12,6 +12,8 @@ import os
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis_server import RedisServer
 
 from taskpipe.connection import CommandLane, Connection
@@ -58,7 +60,8 @@ def test_error_reply_keeps_the_connection_and_raises_as_redis_py(redis_server: R
 
 
 def test_interrupted_call_drops_the_connection(redis_server: RedisServer) -> None:
-    client = redis.Redis(port=redis_server.port, socket_timeout=0.2)
+    # no retries: one timed-out try is the case (redis-py's default retries it ten times)
+    client = redis.Redis(port=redis_server.port, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
     lane = CommandLane(client)
     client.delete("lane:list")
     with pytest.raises(redis.exceptions.TimeoutError):

@@ -21,9 +21,9 @@ import pytest
 
 pytest.importorskip("django")
 
-from integration_helpers import ROOT, http, processes, wait_http  # noqa: E402
-from polling import wait_for  # noqa: E402
-from redis_server import RedisServer, free_port  # noqa: E402
+from integration_helpers import ROOT, http, processes, wait_http
+from polling import wait_for
+from redis_server import RedisServer, free_port
 
 PROJECT = ROOT / "examples" / "django_project"
 PG = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
@@ -108,7 +108,9 @@ def test_example_project(database: dict[str, str], redis_server: RedisServer) ->
         assert "/admin/login/" in resp.geturl()  # anonymous: sent to the login page
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
         _, page, _ = http("GET", base + "/admin/login/", opener=opener)
-        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+        found = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+        assert found is not None, "no CSRF token on the login page"
+        token = found.group(1)
         status, _, resp = http("POST", base + "/admin/login/?next=/admin/", opener=opener,
                                form={"username": "admin", "password": "s3cret-pass",
                                      "csrfmiddlewaretoken": token, "next": "/admin/"})

@@ -9,7 +9,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -18,9 +18,12 @@ django = pytest.importorskip("django")
 from taskpipe import ConfigError, SerializationError  # noqa: E402
 from taskpipe.testing import run_until_idle  # noqa: E402
 
+if TYPE_CHECKING:
+    from taskpipe.contrib.django import DjangoTaskPipe
+
 
 @pytest.fixture(scope="module")
-def dj() -> Iterator[Any]:
+def dj() -> Iterator[DjangoTaskPipe]:
     from django.conf import settings
 
     if not settings.configured:
@@ -42,7 +45,7 @@ def dj() -> Iterator[Any]:
     yield get_app()
 
 
-def test_settings_make_the_app(dj: Any) -> None:
+def test_settings_make_the_app(dj: DjangoTaskPipe) -> None:
     from taskpipe.contrib.django import DjangoTaskPipe, app
 
     assert app is dj and isinstance(dj, DjangoTaskPipe)
@@ -51,7 +54,7 @@ def test_settings_make_the_app(dj: Any) -> None:
         DjangoTaskPipe(brokr="x")
 
 
-def test_publish_on_commit_only(dj: Any) -> None:
+def test_publish_on_commit_only(dj: DjangoTaskPipe) -> None:
     from django.db import transaction
 
     @dj.task(name="unit.add")
@@ -63,7 +66,7 @@ def test_publish_on_commit_only(dj: Any) -> None:
         later = add.apply_async((3, 4), on_commit=True)
         assert pending.state == "unknown" and later.state == "unknown"
         with pytest.raises(SerializationError):  # checked at the call, not at commit
-            add.delay_on_commit(object(), 1)
+            add.delay_on_commit(object(), 1)  # type: ignore[arg-type]
     assert pending.state == "available" and later.state == "available"
     try:
         with transaction.atomic():
@@ -80,7 +83,7 @@ def test_publish_on_commit_only(dj: Any) -> None:
     assert outside.get(timeout=5) == 4
 
 
-def test_connections_reset_around_each_task(dj: Any) -> None:
+def test_connections_reset_around_each_task(dj: DjangoTaskPipe) -> None:
     from django.db import connection
 
     @dj.task(name="unit.break_connection")
@@ -102,7 +105,7 @@ def test_connections_reset_around_each_task(dj: Any) -> None:
     assert second.get(timeout=5) >= 1
 
 
-def test_management_command(dj: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_management_command(dj: DjangoTaskPipe, capsys: pytest.CaptureFixture[str]) -> None:
     import os
 
     from django.core.management import call_command
@@ -120,7 +123,7 @@ def test_management_command(dj: Any, capsys: pytest.CaptureFixture[str]) -> None
     assert info.value.code != 0
 
 
-def test_override_settings_rebuilds_the_app(dj: Any) -> None:
+def test_override_settings_rebuilds_the_app(dj: DjangoTaskPipe) -> None:
     from django.conf import settings
     from django.test import override_settings
 

@@ -10,16 +10,17 @@ import uuid
 
 import pytest
 
-fastapi = pytest.importorskip("fastapi")
+pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from integration_helpers import ROOT, http, processes, wait_http  # noqa: E402
-from redis_server import RedisServer, free_port  # noqa: E402
+from fastapi import FastAPI
+from integration_helpers import ROOT, http, processes, wait_http
+from redis_server import RedisServer, free_port
 
-from taskpipe import TaskPipe  # noqa: E402
-from taskpipe.contrib.fastapi import TaskPipeDep, dashboard_app, lifespan  # noqa: E402
-from taskpipe.errors import BrokerUnavailable  # noqa: E402
-from taskpipe.testing import run_until_idle  # noqa: E402
+from taskpipe import TaskPipe
+from taskpipe.contrib.fastapi import TaskPipeDep, dashboard_app, lifespan
+from taskpipe.errors import BrokerUnavailable
+from taskpipe.testing import run_until_idle
 
 
 def test_lifespan_dependency_and_dashboard() -> None:
@@ -30,7 +31,7 @@ def test_lifespan_dependency_and_dashboard() -> None:
     def add(a: int, b: int) -> int:
         return a + b
 
-    api = fastapi.FastAPI(lifespan=lifespan(tasks))
+    api = FastAPI(lifespan=lifespan(tasks))
     api.mount("/ops", dashboard_app(tasks, token="tok"))
 
     @api.get("/publish")
@@ -44,7 +45,7 @@ def test_lifespan_dependency_and_dashboard() -> None:
 
     async def main() -> None:
         async with api.router.lifespan_context(api) as state:
-            assert state["taskpipe"] is tasks
+            assert state is not None and state["taskpipe"] is tasks
             transport = httpx.ASGITransport(app=api)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
                 job = (await client.get("/publish")).json()["id"]
@@ -61,7 +62,7 @@ def test_lifespan_dependency_and_dashboard() -> None:
 
 def test_startup_fails_on_an_unreachable_broker() -> None:
     tasks = TaskPipe(broker=f"redis://127.0.0.1:{free_port()}/0")
-    api = fastapi.FastAPI(lifespan=lifespan(tasks))
+    api = FastAPI(lifespan=lifespan(tasks))
 
     async def start() -> None:
         async with api.router.lifespan_context(api):

@@ -9,6 +9,8 @@ import textwrap
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from typing import cast
 
 import pytest
 
@@ -53,7 +55,7 @@ PROCESS_MAIN = WORKER + textwrap.dedent("""
 
 _ns: dict[str, object] = {}
 exec(WORKER, _ns)  # noqa: S102 - the same loop the subprocesses run
-work = _ns["work"]
+work = cast(Callable[..., list[str]], _ns["work"])
 
 
 @pytest.fixture

@@ -58,8 +58,12 @@ def assert_ms(score: Any) -> None:
     assert abs(float(score) - now_ms()) < 60_000, score
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def ktype(r: redis.Redis, key: str) -> str:
-    return r.type(key).decode()
+    return _text(r.type(key))
 
 
 # legacy client steps (thoonk.py 1.0 / thoonk.js 0.5, v1 contract) -------------------------------
@@ -83,7 +87,7 @@ def legacy_get(r: redis.Redis, k: JobKeys, timeout: int = 2) -> tuple[str, bytes
     popped = r.brpop([k.ids], timeout=timeout)
     if popped is None:
         return None
-    jid = popped[1].decode()
+    jid = _text(popped[1])
     pipe = r.pipeline(transaction=True)
     pipe.zadd(k.claimed, {jid: int(now_ms())})
     pipe.hget(k.items, jid)
@@ -97,7 +101,7 @@ def _watched(r: redis.Redis, k: JobKeys, jid: str, queue: Any) -> bool:
     with r.pipeline(transaction=True) as pipe:
         while True:
             try:
-                pipe.watch(k.claimed)
+                pipe.watch(k.claimed)  # type: ignore[no-untyped-call]
                 if pipe.zrank(k.claimed, jid) is None:
                     pipe.unwatch()
                     return False
@@ -176,7 +180,8 @@ def test_delayed_put_layout(job: JobChannel, r: redis.Redis, k: JobKeys) -> None
     assert ktype(r, k.delayed) == "zset"
     published = r.zscore(k.published, d)
     assert_ms(published)
-    assert r.zscore(k.delayed, d) == pytest.approx(float(published) + 60_000, abs=1000)
+    assert published is not None
+    assert r.zscore(k.delayed, d) == pytest.approx(published + 60_000, abs=1000)
     assert ktype(r, k.urgent) == "set"
     assert r.smembers(k.urgent) == {u.encode()}
     assert r.hget(k.items, d) == b"d"
@@ -189,11 +194,12 @@ def test_claim_layout(job: JobChannel, r: redis.Redis, k: JobKeys) -> None:
     assert ktype(r, k.claimed) == "zset"
     claimed_at = r.zscore(k.claimed, jid)
     assert_ms(claimed_at)
-    assert r.zscore(k.leases, jid) == float(claimed_at) + LONG  # same server clock reading
+    assert claimed_at is not None
+    assert r.zscore(k.leases, jid) == claimed_at + LONG  # same server clock reading
     assert r.hget(k.tokens, jid) == c.token.encode()
     counter, _, second = c.token.partition(":")
     assert r.get(k.fence) == counter.encode()  # token = <fence counter>:<server second>
-    assert abs(int(second) - int(float(claimed_at)) // 1000) <= 1
+    assert abs(int(second) - int(claimed_at) // 1000) <= 1
     assert r.hget(k.workers, jid) == b"host-1"
     assert r.hget(k.items, jid) == b"x"  # items hold the job for its whole life
     assert_ms(r.zscore(k.published, jid))
@@ -442,7 +448,10 @@ def test_legacy_orphan_sweep_would_see_delayed_jobs_as_orphans(job: JobChannel, 
     job.cancel(avail, token=claims[avail].token)
     job.stall(stalled, token=claims[stalled].token)
     pipe = r.pipeline(transaction=True)
-    pipe.hkeys(k.items).lrange(k.ids, 0, -1).zrange(k.claimed, 0, -1).smembers(k.stalled)
+    pipe.hkeys(k.items)
+    pipe.lrange(k.ids, 0, -1)
+    pipe.zrange(k.claimed, 0, -1)
+    pipe.smembers(k.stalled)
     items, ids, in_claimed, in_stalled = pipe.execute()
     orphans = set(items) - set(ids) - set(in_claimed) - set(in_stalled)
     assert orphans == {delayed.encode()}

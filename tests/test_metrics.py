@@ -18,12 +18,12 @@ import pytest
 pytest.importorskip("prometheus_client")
 
 from polling import wait_for
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from redis_server import RedisServer, free_port  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families
+from redis_server import RedisServer, free_port
 
-from taskpipe import TaskPipe, Worker  # noqa: E402
-from taskpipe.contrib.metrics import MetricsServer, serve_metrics  # noqa: E402
-from taskpipe.errors import ConfigError  # noqa: E402
+from taskpipe import TaskPipe, Worker
+from taskpipe.contrib.metrics import MetricsServer, serve_metrics
+from taskpipe.errors import ConfigError
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

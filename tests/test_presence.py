@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from polling import wait_for
 
 from taskpipe.errors import LeaseLost
 from taskpipe.thoonk import Thoonk
@@ -21,6 +22,14 @@ def thoonk(broker_url: str, prefix: str) -> Iterator[Thoonk]:
     t = Thoonk(broker_url, prefix=prefix)
     yield t
     t.connection.close()
+
+
+def dropped(me: Presence) -> None:
+    """The worker's subscription goes, as when its process dies; wait until Redis has taken the
+    UNSUBSCRIBE and the close (they travel on the subscriber's own connection, so a reaper call
+    on another one can otherwise overtake them on a loaded machine)."""
+    me._drop()
+    wait_for(lambda: me.subscribers() == 0, what="the subscription to be gone")
 
 
 def test_dead_worker_claims_go_back_after_the_grace(thoonk: Thoonk) -> None:
@@ -37,8 +46,7 @@ def test_dead_worker_claims_go_back_after_the_grace(thoonk: Thoonk) -> None:
     for _ in range(3):
         assert ch.reap(3, presence=args) == ([], [])
     # the process "dies": its subscription goes (Redis drops it when the socket closes)
-    me._drop()
-    assert me.subscribers() == 0
+    dropped(me)
     first = ch.reap_detail(3, presence=args)  # first seen gone: the grace starts
     assert (first.requeued, first.dead_workers) == ([], [])
     second = ch.reap_detail(3, presence=args)
@@ -61,7 +69,7 @@ def test_a_resubscribed_worker_is_not_reaped(thoonk: Thoonk) -> None:
     me.hold(rejoin=True)
     claim = ch.claim(1, lease_ms=LONG_LEASE, worker="w2")[0]
     args = me.reap_args(0)
-    me._drop()
+    dropped(me)
     assert ch.reap(1, presence=args) == ([], [])  # seen gone once
     assert me.hold() is True  # the keeper notices and subscribes again
     assert ch.reap(1, presence=args) == ([], [])  # seen alive: the clock is reset
@@ -78,7 +86,7 @@ def test_a_grace_longer_than_the_gap_keeps_the_claim(thoonk: Thoonk) -> None:
     me = Presence(thoonk, "w3")
     me.hold(rejoin=True)
     claim = ch.claim(1, lease_ms=LONG_LEASE, worker="w3")[0]
-    me._drop()
+    dropped(me)
     args = me.reap_args(3_600_000)
     for _ in range(3):
         assert ch.reap(1, presence=args) == ([], [])
@@ -93,7 +101,7 @@ def test_past_max_cancels_a_dead_workers_job_is_stalled(thoonk: Thoonk) -> None:
     for round_ in range(2):
         me.hold(rejoin=True)
         assert ch.claim(1, lease_ms=LONG_LEASE, worker="w4")[0].id == job_id
-        me._drop()
+        dropped(me)
         ch.reap(1, presence=me.reap_args(0))
         requeued, stalled = ch.reap(1, presence=me.reap_args(0))
         assert (requeued, stalled) == (([job_id], []) if round_ == 0 else ([], [job_id]))

@@ -138,7 +138,10 @@ class FakePublisher:
 def test_task_and_signature_need_only_the_protocol() -> None:
     pub = FakePublisher()
     publisher: Publisher = pub
-    task: Task[Any] = Task(publisher, lambda x: x, "f.t", TaskOptions())
+    def ident(x: Any) -> Any:
+        return x
+
+    task: Task[Any] = Task(publisher, ident, "f.t", TaskOptions())
     assert task.channel == "fake"
     task.delay(1)
     task.apply_async((2,), priority=True)

@@ -411,5 +411,6 @@ def test_bad_results_fail_the_job(broker_url: str, prefix: str) -> None:
     assert a.state == "failed" and isinstance(err_a, TaskFailed)
     assert err_a.exc_type == "SerializationError" and "object" in err_a.exc_message
     err_b = b.get(timeout=5, propagate=False)
-    assert b.state == "failed" and err_b.exc_type == "PayloadTooLarge"
+    assert b.state == "failed" and isinstance(err_b, TaskFailed)
+    assert err_b.exc_type == "PayloadTooLarge"
     app.close()

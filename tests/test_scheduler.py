@@ -29,6 +29,11 @@ from taskpipe.thoonk.job import PutRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 APP_MODULE = textwrap.dedent("""
     import os
 
@@ -106,7 +111,7 @@ def test_three_schedulers_fire_exactly_once_and_survive_sigkill(
     ran_key = prefix + "ran"
 
     def fired(entry: str) -> list[int]:
-        return fire_seconds([x.decode() for x in client.lrange(ran_key, 0, -1)], entry)
+        return fire_seconds([_text(x) for x in client.lrange(ran_key, 0, -1)], entry)
 
     try:
         # three contiguous fires of each entry while all three schedulers run (no fixed sleeps)
@@ -129,7 +134,7 @@ def test_three_schedulers_fire_exactly_once_and_survive_sigkill(
     finally:
         assert stop(worker) == 0
     assert codes[1] == -signal.SIGKILL and codes[0] == 0 and codes[2] == 0
-    ran = [x.decode() for x in client.lrange(ran_key, 0, -1)]
+    ran = [_text(x) for x in client.lrange(ran_key, 0, -1)]
     assert len(ran) == len(set(ran)), "a fire ran twice"
     # the channel only ever created each id once: no fire was enqueued twice
     assert app.channel().counts()["published_total"] == len(set(ran))
@@ -278,7 +283,7 @@ def test_ten_thousand_delayed_jobs_due_at_once(slow_redis: RedisServer, prefix: 
     for t in threads:
         t.join(100)
     elapsed = time.monotonic() - started
-    runs = {k.decode(): int(v) for k, v in client.hgetall(runs_key).items()}
+    runs = {_text(k): int(v) for k, v in client.hgetall(runs_key).items()}
     assert len(runs) == n and set(runs.values()) == {1}, "every job ran exactly once"
     counts = ch.counts()
     assert counts["finished"] == n and counts["delayed"] == counts["available"] == 0

@@ -208,7 +208,7 @@ def test_password_protected_master_and_sentinel(prefix: str) -> None:
             assert [r.get(timeout=10) for r in results] == [1, 2, 3]
             _wait(lambda: any(c.get("cmd") == "subscribe" for c in setup.sentinel.client_list()),
                   "the switch follower to subscribe (logged in to the sentinel)")
-        with TaskPipe(broker=base, prefix=prefix) as bad:
+        with TaskPipe(broker=base, prefix=prefix, publish_retry="0.3s") as bad:  # fail fast
             with pytest.raises(BrokerUnavailable):
                 bad.send("add1", [1])
     finally:
@@ -229,6 +229,51 @@ def test_sentinel_url_options() -> None:
 
 _PUT_ERRORS = (BrokerUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                redis.exceptions.ReadOnlyError)
+
+
+def _switch_probe(app: TaskPipe, sentinel_setup: SentinelSetup, min_replicas: int,
+                  roles: list[str]) -> Callable[[int, int], None]:
+    """What the failover runs once sentinel switched: the old master still takes writes here;
+    ours must already go to the new one (Connection follows +switch-master instead of waiting
+    for the demotion). Appends the old master's role then to ``roles``."""
+    def probe_lands_on_new_master(old: int, new: int) -> None:
+        if min_replicas:
+            return  # the new master refuses writes until it has a replica again
+        ch = app.channel()
+
+        def landed() -> bool:
+            try:
+                app.send("work", [-2], id="switch-probe")  # idempotent: same id each try
+            except _PUT_ERRORS:
+                return False
+            direct = sentinel_setup.client(new)
+            return bool(direct.hexists(ch.keys.items, "switch-probe")
+                        or direct.zscore(ch.keys.finished, "switch-probe") is not None)
+
+        _wait(landed, "a put to land on the new master")
+        roles.append(sentinel_setup.client(old).info("replication")["role"])
+
+    return probe_lands_on_new_master
+
+
+def _check_early_pubsub_follows(app: TaskPipe, early_pubsub: Any, new_client: Any) -> None:
+    """A pub/sub connection made before the failover resubscribes on the new master and gets
+    a job.finish published there."""
+    ch_finish = app.channel().keys.ch_finish
+
+    def early_pubsub_follows() -> bool:
+        while early_pubsub.get_message(timeout=0.05) is not None:
+            pass  # drain; a read on the killed connection reconnects and resubscribes
+        return int(new_client.pubsub_numsub(ch_finish)[0][1]) >= 1
+
+    _wait(early_pubsub_follows, "the early pub/sub connection to resubscribe on the new master")
+    assert app.send("work", [10**6], id="probe").get(timeout=30) == 10**6
+
+    def probe_message() -> bool:
+        msg = early_pubsub.get_message(timeout=0.2)
+        return bool(msg and msg["data"].startswith(b"probe\0"))
+
+    _wait(probe_message, "the probe's job.finish on the pub/sub made before the failover")
 
 
 @pytest.mark.slow
@@ -294,27 +339,8 @@ def test_worker_follows_a_failover(sentinel_setup: SentinelSetup, prefix: str,
         old_client.set(prefix + "replication-mark", 1)  # WAIT counts this client's writes:
         assert old_client.wait(1, 10_000) == 1  # every put acked "before" is on the replica
         switch_probe: list[str] = []
-
-        def probe_lands_on_new_master(old: int, new: int) -> None:
-            """The old master still takes writes here; ours must already go to the new one
-            (Connection follows +switch-master instead of waiting for the demotion)."""
-            if min_replicas:
-                return  # the new master refuses writes until it has a replica again
-            ch = app.channel()
-
-            def landed() -> bool:
-                try:
-                    app.send("work", [-2], id="switch-probe")  # idempotent: same id each try
-                except _PUT_ERRORS:
-                    return False
-                direct = sentinel_setup.client(new)
-                return bool(direct.hexists(ch.keys.items, "switch-probe")
-                            or direct.zscore(ch.keys.finished, "switch-probe") is not None)
-
-            _wait(landed, "a put to land on the new master")
-            switch_probe.append(sentinel_setup.client(old).info("replication")["role"])
-
-        old, new = sentinel_setup.failover(probe_lands_on_new_master)
+        old, new = sentinel_setup.failover(
+            _switch_probe(app, sentinel_setup, min_replicas, switch_probe))
         assert switch_probe == ([] if min_replicas else ["master"])
         phase[0] = "after"
         first_after = len(acked)
@@ -344,21 +370,7 @@ def test_worker_follows_a_failover(sentinel_setup: SentinelSetup, prefix: str,
               "a worker to block on the new master")
         assert not any(c.get("cmd") == "blpop" for c in sentinel_setup.client(old).client_list())
         assert app.send("work", [-1], channel="idle").get(timeout=30) == -1
-        ch_finish = app.channel().keys.ch_finish
-
-        def early_pubsub_follows() -> bool:
-            while early_pubsub.get_message(timeout=0.05) is not None:
-                pass  # drain; a read on the killed connection reconnects and resubscribes
-            return int(new_client.pubsub_numsub(ch_finish)[0][1]) >= 1
-
-        _wait(early_pubsub_follows, "the early pub/sub connection to resubscribe on the new master")
-        assert app.send("work", [10**6], id="probe").get(timeout=30) == 10**6
-
-        def probe_message() -> bool:
-            msg = early_pubsub.get_message(timeout=0.2)
-            return bool(msg and msg["data"].startswith(b"probe\0"))
-
-        _wait(probe_message, "the probe's job.finish on the pub/sub made before the failover")
+        _check_early_pubsub_follows(app, early_pubsub, new_client)
         # acked by the old master but not on the new one: the write never reached the replica
         # before the switch (it may still have run, on the old master, before its demotion)
         lost = [i for i in during if app.AsyncResult(f"job-{i}").info().state == "unknown"]

@@ -230,7 +230,8 @@ def test_app_default_timeout(broker_url: str, prefix: str) -> None:
 
     r = loop.delay()
     burst(app)
-    assert r.get(timeout=5, propagate=False).exc_type == "JobTimeout"
+    failure = r.get(timeout=5, propagate=False)
+    assert isinstance(failure, TaskFailed) and failure.exc_type == "JobTimeout"
     app.close()
 
 

@@ -428,7 +428,7 @@ def test_finish_result_false_and_old_keyword(thoonk: Thoonk) -> None:
     job.finish(a, "dropped", result=False)         # thoonk.py: no result without result=True
     assert thoonk.client.get(job.keys.result(a)) is None
     with pytest.warns(DeprecationWarning, match="result=True"):
-        job.finish(b, result=b"old form")  # type: ignore[arg-type]
+        job.finish(b, result=b"old form")
     assert job.get_result(b) == (b"qb", b"old form")
 
 

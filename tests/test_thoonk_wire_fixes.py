@@ -208,7 +208,7 @@ def test_feed_edit_order_agrees_with_a_v1_client(thoonk: Thoonk, r: Any) -> None
         feed.publish(name.encode(), id=name)
 
     def after_newest() -> bool:  # the v1 client scores with its own ms clock: let it pass ours
-        newest = r.zrange(k.ids, -1, -1, withscores=True)[0][1]
+        newest = float(r.zrange(k.ids, -1, -1, withscores=True)[0][1])
         return time.time() * 1000 > newest + 1
 
     wait_for(after_newest, what="the client clock to pass the newest score")

@@ -17,7 +17,7 @@ from worker_helpers import burst, worker_running
 
 import taskpipe.worker.runner as runner
 from taskpipe import TaskPipe, Worker
-from taskpipe.serialization import encode_envelope
+from taskpipe.serialization import decode_envelope, encode_envelope
 from taskpipe.thoonk.job import JobChannel
 
 pytestmark = pytest.mark.timeout(60)
@@ -38,7 +38,7 @@ def test_an_envelope_over_max_payload_is_stalled_undecoded(app: TaskPipe,
     app.channel(app.default_channel).put(huge, id="huge")
     neighbours = [record.delay(f"n{i}") for i in range(4)]
     decoded: list[int] = []
-    real_decode = runner.decode_envelope
+    real_decode = decode_envelope
 
     def spy(data: bytes) -> Any:
         decoded.append(len(data))

@@ -45,7 +45,7 @@ BROKER = os.environ["TP_TEST_BROKER"]
 PREFIX = os.environ["TP_TEST_PREFIX"]
 app = TaskPipe("wtest", broker=BROKER, prefix=PREFIX, lease=os.environ.get("TP_TEST_LEASE", "1s"),
                max_cancels=int(os.environ.get("TP_TEST_MAX_CANCELS", "3")))
-r = redis.Redis.from_url(BROKER)
+r = redis.Redis.from_url(BROKER, socket_timeout=None)  # gates block in BLPOP up to 60 s
 
 
 def _mark(tag):

@@ -32,6 +32,7 @@ from taskpipe.inspection import (
     jsonable,
     safe_text,
 )
+from taskpipe.states import DONE_STATES, JobState
 from taskpipe.thoonk.broker_check import eviction_policy, eviction_warning
 
 __all__ = ["status", "jobs", "pause", "resume", "tasks", "publish"]
@@ -168,19 +169,20 @@ def jobs() -> None:
     """List, show, follow and act on jobs."""
 
 
-def _row_cells(state: str, page: Page, now: int) -> tuple[list[str], list[list[Any]]]:
-    when = {"available": "PUBLISHED", "delayed": "DUE", "claimed": "CLAIMED",
-            "stalled": "STALLED", "finished": "FINISHED", "failed": "FINISHED"}[state]
+def _row_cells(state: JobState, page: Page, now: int) -> tuple[list[str], list[list[Any]]]:
+    when = {JobState.AVAILABLE: "PUBLISHED", JobState.DELAYED: "DUE", JobState.CLAIMED: "CLAIMED",
+            JobState.STALLED: "STALLED", JobState.FINISHED: "FINISHED",
+            JobState.FAILED: "FINISHED"}[state]
     headers = ["ID", "TASK", when, "CANCELS", "ATTEMPTS"]
-    extra: dict[str, tuple[list[str], Callable[[Any], list[Any]]]] = {
-        "claimed": (["WORKER", "PROGRESS", "LEASE"],
-                    lambda r: [r.worker, r.progress or "-", _ago(r.lease_deadline_ms, now)]),
-        "stalled": (["REASON"], lambda r: [r.reason or "-"]),
-        "finished": (["OUTCOME", "ERROR"], lambda r: [r.outcome, r.error or "-"]),
-        "failed": (["ERROR"], lambda r: [r.error]),
+    extra: dict[JobState, tuple[list[str], Callable[[Any], list[Any]]]] = {
+        JobState.CLAIMED: (["WORKER", "PROGRESS", "LEASE"],
+                           lambda r: [r.worker, r.progress or "-", _ago(r.lease_deadline_ms, now)]),
+        JobState.STALLED: (["REASON"], lambda r: [r.reason or "-"]),
+        JobState.FINISHED: (["OUTCOME", "ERROR"], lambda r: [r.outcome, r.error or "-"]),
+        JobState.FAILED: (["ERROR"], lambda r: [r.error]),
     }
     more_h, more = extra.get(state, ([], lambda r: []))
-    rows = [[r.id, r.task or ("-" if state in ("finished", "failed") else "(not an envelope)"),
+    rows = [[r.id, r.task or ("-" if state in DONE_STATES else "(not an envelope)"),
              _ago(r.when_ms, now), r.cancels, r.attempts, *more(r)] for r in page.rows]
     return headers + more_h, rows
 
@@ -188,7 +190,8 @@ def _row_cells(state: str, page: Page, now: int) -> tuple[list[str], list[list[A
 @jobs.command("list")
 @_common()
 @_channel_option(by_id=False)
-@click.option("-s", "--state", type=click.Choice(LIST_STATES), default="available", show_default=True)
+@click.option("-s", "--state", type=click.Choice([s.value for s in LIST_STATES]),
+              default=JobState.AVAILABLE.value, show_default=True)
 @click.option("--limit", type=click.IntRange(1, MAX_PAGE), default=50, show_default=True)
 @click.option("--cursor", default=None, help="The next-page cursor printed by the previous page.")
 def list_jobs(app_path: str | None, broker: str | None, prefix: str | None, as_json: bool,
@@ -200,7 +203,7 @@ def list_jobs(app_path: str | None, broker: str | None, prefix: str | None, as_j
     if as_json:
         _emit_json({"channel": name, "state": state, **page.to_dict()})
         return
-    headers, rows = _row_cells(state, page, insp.server_time_ms())
+    headers, rows = _row_cells(JobState(state), page, insp.server_time_ms())
     click.echo(_table(headers, rows) if rows else f"no {state} jobs in {name!r}")
     total = f" of {page.total}" if page.total is not None else ""
     click.echo(f"-- {len(rows)}{total} {state} job(s) in {name!r}", err=True)
@@ -233,7 +236,7 @@ def _show_text(d: JobDetail) -> None:
             fields.append(("error", f"{d.result['exc_type']}: {d.result['exc_message']}"))
         if d.result_ttl_ms is not None:
             fields.append(("result ttl", format_duration(round(d.result_ttl_ms / 1000))))
-    elif d.state in ("finished", "failed"):
+    elif d.state in DONE_STATES:
         fields.append(("result", "not stored (expired, or result_ttl=0)"))
     for key, value in fields:
         click.echo(f"  {key:<18} {safe_text(str(value), 2000)}")
@@ -280,7 +283,7 @@ def job_logs(app_path: str | None, broker: str | None, prefix: str | None, as_js
     name = _resolve(insp, job_id, channel)
     if not follow:
         lines = list(insp.logs(name, job_id, tail=tail))
-        if not lines and insp.channel(name).info(job_id).state == "unknown":
+        if not lines and insp.channel(name).info(job_id).state == JobState.UNKNOWN:
             raise JobNotFound(f"no job {job_id!r} in channel {name!r}")
         if as_json:
             _emit_json({"id": job_id, "channel": name, "lines": lines})
@@ -323,7 +326,7 @@ def _action(name: str, doc: str, act: Callable[[Any, str, dict[str, Any]], None]
             _emit_json({"ok": True, "action": name, "id": job_id, "channel": ch_name, "state": state})
         else:
             click.echo(f"{name}: job {job_id} in {ch_name!r} is now "
-                       f"{'gone' if state == 'unknown' else state}")
+                       f"{'gone' if state == JobState.UNKNOWN else state}")
 
     command.__doc__ = doc
     fn: Any = command
@@ -350,7 +353,8 @@ _action("retry", "Make a stalled job available again (fresh attempt and cancel c
 @jobs.command("clean")
 @_common()
 @_channel_option(by_id=False)
-@click.option("-s", "--state", type=click.Choice(["finished", "stalled"]), required=True)
+@click.option("-s", "--state", type=click.Choice([JobState.FINISHED.value, JobState.STALLED.value]),
+              required=True)
 @click.option("--older-than", "older_than", required=True, metavar="DURATION",
               help="e.g. 7d. Stalled jobs carry no stall time: use 0 (every job stalled now).")
 @click.option("--batch", type=click.IntRange(1, 1000), default=500, show_default=True)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
 from taskpipe.cli.main import app_option, cli, load_app
 from taskpipe.thoonk.keys import cluster_name
+
+if TYPE_CHECKING:
+    from taskpipe.worker.settings import PoolKind
 
 __all__ = ["worker"]
 
@@ -92,7 +95,8 @@ def worker(app_path: str, queues: str | None, concurrency: int | None, prefetch:
             "channel %r is used by no task of this app and does not exist yet (a typo?); "
             "consuming it anyway. The app's channels: %s", typo,
             ", ".join(sorted({app.default_channel, *(t.channel for t in app.tasks.values())})))
-    w = Worker(app, channels, concurrency=concurrency, prefetch=prefetch, pool=pool, burst=burst,
+    w = Worker(app, channels, concurrency=concurrency, prefetch=prefetch,
+               pool=cast("PoolKind", pool), burst=burst,
                max_jobs=max_jobs, name=name, lease=lease, grace=grace, weighted=weighted,
                beat=beat, app_path=app_path, dead_after=dead_after, max_block=poll_interval)
     if metrics_port is not None:

@@ -74,7 +74,7 @@ async def _ping(app: TaskPipe) -> None:
         return
     try:
         await broker_ping(client)
-    except Exception as exc:  # noqa: BLE001 - any connection failure means the same thing here
+    except Exception as exc:  # any connection failure means the same thing here
         raise BrokerUnavailable(f"taskpipe broker {app.broker_url} is not reachable: {exc}") from exc
 
 

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.errors import ConfigError
+from taskpipe.states import QUEUED_STATES, WorkerEvent
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -49,10 +50,11 @@ log = logging.getLogger("taskpipe.metrics")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                     120.0, 300.0, 600.0, float("inf"))
 #: The states ``taskpipe_queue_depth`` reports.
-DEPTH_STATES = ("available", "delayed", "claimed", "stalled")
+DEPTH_STATES = QUEUED_STATES
 
-_JOB_EVENTS = ("finished", "failed", "retried", "stalled", "cancelled", "lease_lost")
-_REAP_EVENTS = {"lease_expired": "requeued", "lease_expired_stalled": "stalled"}
+_JOB_EVENTS: tuple[WorkerEvent, ...] = ("finished", "failed", "retried", "stalled", "cancelled",
+                                        "lease_lost")
+_REAP_EVENTS: dict[WorkerEvent, str] = {"lease_expired": "requeued", "lease_expired_stalled": "stalled"}
 
 
 def _require_prometheus() -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from taskpipe.errors import JobNotFound
 from taskpipe.inspection.views import JobEvent, _s, outcome_of, safe_text
+from taskpipe.states import JobState
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["follow"]
 
-_TERMINAL = ("finished", "stalled", "unknown")
+_TERMINAL = (JobState.FINISHED, JobState.STALLED, JobState.UNKNOWN)
 
 
 class _Overlap:

@@ -34,6 +34,7 @@ from taskpipe.inspection.views import (
 )
 from taskpipe.serialization import decode_envelope
 from taskpipe.sharding import shard_index
+from taskpipe.states import LISTABLE_STATES, JobState
 from taskpipe.thoonk.job import JobChannel
 from taskpipe.thoonk.shards import parse_shard, shard_names, stored_count
 from taskpipe.thoonk.workers import WorkerRegistry
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["Inspector", "LIST_STATES", "MAX_PAGE"]
 
 #: States ``list_jobs`` pages through (``failed`` = finished jobs whose result is an error).
-LIST_STATES = ("available", "delayed", "claimed", "stalled", "finished", "failed")
+LIST_STATES = LISTABLE_STATES
 #: The largest page ``list_jobs`` returns.
 MAX_PAGE = 1000
 
@@ -143,7 +144,7 @@ class Inspector:
         return self.app.thoonk.server_ms()
 
     # listing --------------------------------------------------------------------------------
-    def list_jobs(self, channel: str, state: str, cursor: str | int | None = None,
+    def list_jobs(self, channel: str, state: JobState | str, cursor: str | int | None = None,
                   limit: int = 50) -> Page:
         """One page of the jobs in ``state`` (one of ``LIST_STATES``).
 
@@ -158,7 +159,9 @@ class Inspector:
             return self._list_sharded(shards, state, cursor, limit)
         ch = self.channel(channel)
         if state not in LIST_STATES:
-            raise ConfigError(f"unknown state {state!r}; expected one of {', '.join(LIST_STATES)}")
+            raise ConfigError(f"unknown state {str(state)!r}; expected one of "
+                              f"{', '.join(LIST_STATES)}")
+        state = JobState(state)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
             raise ConfigError(f"limit must be an int from 1 to {MAX_PAGE}, got {limit!r}")
         if state == "stalled":
@@ -226,7 +229,7 @@ class Inspector:
             if len(ids) == limit:
                 nxt = f"{scan}.0"
                 break
-        rows = self._rows(ch, "stalled", [(i, None) for i in ids])
+        rows = self._rows(ch, JobState.STALLED, [(i, None) for i in ids])
         return Page(rows, nxt, ch.count_stalled())
 
     def _list_failed(self, ch: JobChannel, off: int, limit: int) -> Page:
@@ -236,17 +239,17 @@ class Inspector:
         while len(rows) < limit and pos < total and pos - off < budget:
             if not scored:
                 break
-            for row in self._rows(ch, "finished", [(i, _opt(sc)) for i, sc in scored]):
+            for row in self._rows(ch, JobState.FINISHED, [(i, _opt(sc)) for i, sc in scored]):
                 pos += 1
                 if row.outcome == "failed":
-                    rows.append(replace(row, state="failed"))
+                    rows.append(replace(row, state=JobState.FAILED))
                     if len(rows) == limit:
                         break
             if len(rows) < limit and pos < total and pos - off < budget:
                 total, scored = ch.page_sorted("finished", pos, chunk)
         return Page(rows, str(pos) if pos < total else None, None)
 
-    def _rows(self, ch: JobChannel, state: str, scored: list[tuple[str, int | None]]) -> list[JobRow]:
+    def _rows(self, ch: JobChannel, state: JobState, scored: list[tuple[str, int | None]]) -> list[JobRow]:
         if not scored:
             return []
         f = ch.row_fields(state, [i for i, _ in scored])
@@ -293,8 +296,8 @@ class Inspector:
                 payload_error, raw_payload = str(exc), raw_view(item)
         state = info.state
         result = record_view(result_raw) if result_raw is not None else None
-        if state == "finished" and result is not None and not result["ok"]:
-            state = "failed"
+        if state == JobState.FINISHED and result is not None and not result["ok"]:
+            state = JobState.FAILED
         ts = {"published_ms": info.published_ms, "due_ms": info.due_ms, "claimed_ms": _opt(claimed_ms),
               "lease_deadline_ms": info.lease_deadline_ms, "finished_ms": info.finished_ms}
         return JobDetail(

@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from taskpipe.errors import SerializationError
 from taskpipe.serialization import ResultRecord, decode_envelope, decode_result
+from taskpipe.states import JobState, ResultOutcome
 
 __all__ = ["JobRow", "Page", "JobDetail", "CleanReport", "JobEvent", "jsonable", "safe_text",
            "raw_view", "record_view", "outcome_of", "task_name_of", "worker_view"]
@@ -87,7 +88,7 @@ class JobRow:
 
     id: str
     channel: str
-    state: str
+    state: JobState
     task: str | None = None
     when_ms: int | None = None
     cancels: int = 0
@@ -96,7 +97,7 @@ class JobRow:
     progress: str = ""
     lease_deadline_ms: int | None = None
     reason: str = ""
-    outcome: str = ""   # finished rows: ok, failed, expired (result gone) or raw (not a record)
+    outcome: ResultOutcome | Literal[""] = ""  # finished rows: ok, failed, expired, raw
     error: str = ""     # failed rows: "ExcType: message" (first line)
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,7 +129,7 @@ class JobDetail:
 
     id: str
     channel: str
-    state: str
+    state: JobState
     task: str | None
     payload: dict[str, Any] | None
     raw_payload: dict[str, Any] | None
@@ -195,7 +196,7 @@ def record_view(raw: bytes) -> dict[str, Any]:
             "traceback": rec.traceback}
 
 
-def outcome_of(raw: bytes | None) -> tuple[str, str]:
+def outcome_of(raw: bytes | None) -> tuple[ResultOutcome, str]:
     """``(outcome, error)`` of stored result bytes: ok, failed (with "Type: message"), raw,
     or expired (None: no stored result)."""
     if raw is None:

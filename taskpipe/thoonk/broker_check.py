@@ -4,7 +4,8 @@ the eviction-policy warning that producers, workers and ``taskpipe status`` give
 Each check returns ``Finding``s of level ``ok``, ``warn`` (works, but know this) or ``unsafe``
 (jobs or results can be lost, or writes refused). A setting that cannot be read (``CONFIG`` or
 ``INFO`` disabled or renamed, as on some managed services) is a ``warn`` saying so, never a guess.
-Connection layer only: it reads the server, it knows nothing of tasks.
+Thoonk layer (it was ``taskpipe.brokercheck``): it reads the server's settings, no key and nothing of
+tasks.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from taskpipe.states import JobState
 from taskpipe.thoonk.scripts import raise_as_broker_error
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
 
 
-async def _state_reason(client: Any, ch: JobReads, id: str) -> tuple[str, str]:
+async def _state_reason(client: Any, ch: JobReads, id: str) -> tuple[JobState, str]:
     script = ch.scripts["job_state"]
     keys = ch.state_keys(id)
     try:
@@ -35,10 +36,10 @@ async def _state_reason(client: Any, ch: JobReads, id: str) -> tuple[str, str]:
     except redis.exceptions.NoScriptError:
         await client.script_load(script.source)
         reply = await client.evalsha(script.sha, len(keys), *keys, id)
-    return _text(reply[0]), _text(reply[3])
+    return JobState(_text(reply[0])), _text(reply[3])
 
 
-async def state_and_reason(client: Any, ch: JobReads, id: str) -> tuple[str, str]:
+async def state_and_reason(client: Any, ch: JobReads, id: str) -> tuple[JobState, str]:
     """The job's state and stall reason, read atomically with ``job_state.lua`` on ``client``
     (a ``redis.asyncio`` client). Broker failures raise ``BrokerUnavailable``."""
     try:
@@ -73,10 +74,10 @@ async def wait_result(client: Any, ch: JobReads, id: str, wait: float) -> bytes 
                     return data[len(prefix):]
                 if msg is None:
                     state, _ = await _state_reason(client, ch, id)
-                    if state == "finished":
+                    if state == JobState.FINISHED:
                         late: bytes | None = await client.get(key)
                         return late
-                    if state in ("stalled", "unknown"):  # no result will come: fail fast
+                    if state in (JobState.STALLED, JobState.UNKNOWN):  # no result will come
                         return None
             return value
         finally:

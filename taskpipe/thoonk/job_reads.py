@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from taskpipe.connection import close_quietly
+from taskpipe.states import JobState
 from taskpipe.thoonk.job_watch import JobWatch
 from taskpipe.thoonk.script_keys import contract
 
@@ -35,7 +36,7 @@ class JobInfo:
     """A job's state and bookkeeping, read atomically by ``JobChannel.info``."""
 
     id: str
-    state: str
+    state: JobState
     cancel_count: int
     attempts: int
     reason: str
@@ -93,7 +94,7 @@ class JobReads:
                 if msg and isinstance(msg.get("data"), bytes) and msg["data"].startswith(prefix):
                     found: bytes = msg["data"][len(prefix):]
                     return found
-                if msg is None and self.info(id).state == "finished":
+                if msg is None and self.info(id).state == JobState.FINISHED:
                     late: bytes | None = self.client.get(key)
                     return late
             return value
@@ -165,7 +166,7 @@ class JobReads:
     def info(self, id: str) -> JobInfo:
         """A job's state and bookkeeping, read in one atomic step."""
         r = self.scripts["job_state"](self.client, self.state_keys(id), [id])
-        return JobInfo(id=id, state=_s(r[0]), cancel_count=int(_s(r[1]) or 0),
+        return JobInfo(id=id, state=JobState(_s(r[0])), cancel_count=int(_s(r[1]) or 0),
                        attempts=int(_s(r[2]) or 0), reason=_s(r[3]), worker=_s(r[4]),
                        progress=_s(r[5]), lease_deadline_ms=_opt_int(r[6]), due_ms=_opt_int(r[7]),
                        finished_ms=_opt_int(r[8]), published_ms=_opt_int(r[9]),

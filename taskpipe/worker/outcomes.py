@@ -23,6 +23,7 @@ from taskpipe.errors import (
     WrongJobState,
 )
 from taskpipe.serialization import encode_envelope, encode_failure, encode_result
+from taskpipe.states import WorkerEvent
 from taskpipe.thoonk.job import FinishRequest
 from taskpipe.worker.eviction import EvictionWatch
 from taskpipe.worker.keeper import BROKER_ERRORS
@@ -50,7 +51,7 @@ class _FollowupError(Exception):
 #: a counter in ``OutcomeWriter.stats`` moves by ``n``; ``event`` is the counter's name,
 #: ``outcome`` the job's outcome (None for ``lease_expired`` / ``lease_expired_stalled``, which
 #: the reaper counts).
-OutcomeListener = Callable[[str, str, "Outcome | None", int], None]
+OutcomeListener = Callable[[str, WorkerEvent, "Outcome | None", int], None]
 
 
 class OutcomeWriter:
@@ -64,7 +65,7 @@ class OutcomeWriter:
         self._none_result: tuple[Any, bytes] | None = None  # (serializer, encoded None result)
         self.eviction = EvictionWatch(app)
 
-    def _bump(self, channel: str, event: str, outcome: Outcome | None, n: int = 1) -> None:
+    def _bump(self, channel: str, event: WorkerEvent, outcome: Outcome | None, n: int = 1) -> None:
         self.stats[event] += n
         if outcome is not None:  # every event with an outcome is final for it
             outcome.written = True
@@ -73,7 +74,7 @@ class OutcomeWriter:
         for listener in list(self.listeners):
             try:
                 listener(channel, event, outcome, n)
-            except Exception:  # noqa: BLE001 - a metrics hook must never break the worker
+            except Exception:  # a metrics hook must never break the worker
                 log.exception("outcome listener %r failed", listener)
 
     def reaped(self, channel: str, requeued: int, stalled: int) -> None:
@@ -121,7 +122,7 @@ class OutcomeWriter:
         return encode_failure(outcome.exc_type, outcome.exc_message, outcome.traceback,
                               serializer=ser), True
 
-    def write(self, outcomes: list[Outcome]) -> None:
+    def write(self, outcomes: list[Outcome]) -> None:  # noqa: C901 - hot spot: split once issue 15/16 land
         """Apply a batch of outcomes, finishing plain successes/failures per channel in one call.
 
         Each job is isolated: an outcome that cannot be written (a result or follow-up over
@@ -143,7 +144,7 @@ class OutcomeWriter:
                         followup = self._followup(outcome, failed)
                     except BROKER_ERRORS:
                         raise
-                    except Exception as exc:  # noqa: BLE001 - surfaces on the parent's result
+                    except Exception as exc:  # surfaces on the parent's result
                         raise _FollowupError(exc) from exc
                     if followup is not None:
                         self._finish_one(outcome, req, followup)

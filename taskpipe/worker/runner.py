@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 from taskpipe.context import JobContext, _reset_current, _set_current
 from taskpipe.durations import parse_duration
 from taskpipe.errors import JobTimeout, Retry, SerializationError, TaskpipeError, UnknownTask
+from taskpipe.limits import COUNT_OPTIONS, count_problem
 from taskpipe.serialization import Envelope, decode_envelope
+from taskpipe.states import OutcomeKind
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -31,7 +33,6 @@ log = logging.getLogger("taskpipe.worker")
 
 #: call options holding a duration, and those holding a count, as a producer may write them
 _DURATION_OPTIONS = ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl")
-_COUNT_OPTIONS = ("retries", "max_cancels")
 #: bytes over ``max_payload`` still decoded (the producer's limit counts the whole envelope;
 #: this only keeps a producer with a slightly different framing from being stalled)
 _ENVELOPE_SLACK = 1024
@@ -47,7 +48,7 @@ class Outcome:
     ``duration`` is how long the task ran, in seconds (None when it never started).
     """
 
-    kind: str
+    kind: OutcomeKind
     claim: Claim
     value: Any = None
     exc_type: str = ""
@@ -120,10 +121,11 @@ def option_problem(options: dict[str, Any]) -> str | None:
                 parse_duration(value)
             except (TaskpipeError, TypeError, ValueError) as exc:
                 return f"{key}={_short(value)}: {str(exc)[:200]}"
-    for key in _COUNT_OPTIONS:
+    for key in COUNT_OPTIONS:
         value = options.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            return f"{key}={_short(value)}: not an int >= 0"
+        problem = None if value is None else count_problem(value)
+        if problem is not None:
+            return f"{key}={_short(value)}: {problem}"
     sig = options.get("on_finish")
     if sig is not None:
         if not isinstance(sig, dict) or not isinstance(sig.get("task"), str) or not sig["task"]:
@@ -305,7 +307,7 @@ def _run_prepared(app: TaskPipe, prepared: Prepared, channel: Any,
     except JobTimeout:
         exc = JobTimeout(f"task {task.name} ran past its time limit of {seconds} s")
         return decide_failure(app, prepared, exc, traceback.format_exc())
-    except BaseException as exc:  # noqa: BLE001 - the task's error is the job's outcome
+    except BaseException as exc:  # the task's error is the job's outcome
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         return decide_failure(app, prepared, exc, traceback.format_exc())

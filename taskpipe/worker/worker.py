@@ -42,9 +42,12 @@ from taskpipe.worker.outcomes import OutcomeWriter
 from taskpipe.worker.pools import make_pool
 from taskpipe.worker.registry import WorkerRegistry
 from taskpipe.worker.runner import Outcome, Prepared, prepare
+from taskpipe.worker.settings import WorkerOptions, WorkerSettings
 from taskpipe.worker.shutdown import ShutdownMixin
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from taskpipe.app import TaskPipe
 
 __all__ = ["Worker"]
@@ -66,47 +69,40 @@ class Worker(KeeperMixin, ShutdownMixin):
     """
 
     def __init__(self, app: TaskPipe, channels: Sequence[str] | None = None, *,
-                 concurrency: int | None = None, pool: str = "thread", burst: bool = False,
-                 max_jobs: int | None = None, name: str | None = None, lease: Any = None,
-                 grace: Any = "30s", reaper_interval: Any = None, weighted: bool = False,
-                 weights: Sequence[float] | None = None, beat: bool = False,
-                 app_path: str | None = None, batch: int = 100, max_block: float = 1.0,
-                 heartbeat_interval: float = 2.0, capture_logs: bool = True,
-                 prefetch: int | None = None, fence: Any = "2s", dead_after: Any = "1s") -> None:
+                 settings: WorkerSettings | None = None, **options: Unpack[WorkerOptions]) -> None:
+        """``settings`` (a ``WorkerSettings``) and/or its fields as keyword arguments (which win
+        over ``settings``); ``TypeError`` naming a keyword that is not a setting."""
         self.app = app
+        self.settings = s = WorkerSettings.merge(settings, options)
         self.channel_names = list(channels or [app.default_channel])
         if not self.channel_names or any(not c for c in self.channel_names):
             raise ConfigError(f"bad channel list {channels!r}")
-        self.concurrency = concurrency or (os.cpu_count() or 2) * (1 if pool == "process" else 4)
-        if self.concurrency < 1:
-            raise ConfigError("concurrency must be at least 1")
+        self.concurrency = s.concurrency or (os.cpu_count() or 2) * (1 if s.pool == "process" else 4)
         # prefetch: jobs claimed ahead of free slots (default: two more rounds of concurrency)
-        self.prefetch = 2 * self.concurrency if prefetch is None else prefetch
-        if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or self.prefetch < 0:
-            raise ConfigError(f"prefetch must be an int >= 0, got {prefetch!r}")
-        self.pool_kind = pool
-        self.app_path = app_path
-        self.burst = burst
-        self.max_jobs = max_jobs
-        self.name = name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
-        self.lease_s = parse_duration(lease) if lease is not None else app.lease
-        self.grace = parse_duration(grace)
+        self.prefetch = 2 * self.concurrency if s.prefetch is None else s.prefetch
+        self.pool_kind = s.pool
+        self.app_path = s.app_path
+        self.burst = s.burst
+        self.max_jobs = s.max_jobs
+        self.name = s.name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+        self.lease_s = parse_duration(s.lease) if s.lease is not None else app.lease
+        self.grace = parse_duration(s.grace)
         # a job still running in a thread when the grace ends is sent back not before this delay:
         # time for this process to exit (and take the thread with it) before it can start again
-        self.fence = parse_duration(fence)
+        self.fence = parse_duration(s.fence)
         # dead_after: a worker whose every connection closed is dead after this long (None or 0:
         # off, its claims wait for their leases); checked by the reaper, every 0.5 s by default
-        dead_after_s = parse_duration(dead_after) if dead_after is not None else 0.0
+        dead_after_s = parse_duration(s.dead_after) if s.dead_after is not None else 0.0
         self.dead_after_ms = int(dead_after_s * 1000)
-        self.reaper_interval = (parse_duration(reaper_interval) if reaper_interval is not None
+        self.reaper_interval = (parse_duration(s.reaper_interval) if s.reaper_interval is not None
                                 else min(0.5 if dead_after_s else 5.0, max(0.05, self.lease_s / 2)))
-        self.weighted = weighted
-        self.weights = list(weights or [])
-        self.beat = beat
-        self.batch = max(1, min(batch, 1000))
-        self.max_block = max_block
-        self.heartbeat_interval = heartbeat_interval
-        self.capture_logs = capture_logs
+        self.weighted = s.weighted
+        self.weights = list(s.weights or [])
+        self.beat = s.beat
+        self.batch = max(1, min(s.batch, 1000))
+        self.max_block = s.max_block
+        self.heartbeat_interval = s.heartbeat_interval
+        self.capture_logs = s.capture_logs
         self.channels: list[JobChannel] = []  # every physical channel (a sharded one's shards)
         self._groups: list[list[JobChannel]] = []  # the shards of each channel, in -Q order
         self._rotation = 0  # the shard each sharded channel's claim starts at (rotates)
@@ -131,7 +127,8 @@ class Worker(KeeperMixin, ShutdownMixin):
         # SHORT_JOB seconds) and the worker has one channel (no priority order to keep), so that
         # low concurrency still claims in batches; an explicit prefetch is kept as given
         self._prefetch_short = (max(self.prefetch, SHORT_PREFETCH)
-                                if prefetch is None and len(self.channel_names) == 1 else self.prefetch)
+                                if s.prefetch is None and len(self.channel_names) == 1
+                                else self.prefetch)
         self._avg_duration = 1.0  # moving average of task durations (s): starts "long"
         # claims whose outcome is still being written do not take an execution slot, so the next
         # claim overlaps the previous finish; this bounds how many such claims can pile up
@@ -266,7 +263,7 @@ class Worker(KeeperMixin, ShutdownMixin):
             order.extend(pool.pop(pick)[0])
         return order
 
-    def _loop(self) -> None:
+    def _loop(self) -> None:  # noqa: C901 - hot spot: split once issue 15/16 land
         lease_ms = int(self.lease_s * 1000)
         waiter: Any = None  # blocks on the wake keys: one BLPOP (one per slot on a Redis Cluster)
         # (next_due, now) of a claim made on waking up that left the channels empty: what an
@@ -558,6 +555,6 @@ class Worker(KeeperMixin, ShutdownMixin):
                     "writing outcomes failed (%s); retrying", exc)
                 self._stop_now.wait(delay)
                 delay = min(delay * 2, 2.0)
-            except Exception:  # noqa: BLE001 - never let the finisher die
+            except Exception:  # never let the finisher die
                 log.exception("could not write %d outcomes; their leases will expire", len(outcomes))
                 return

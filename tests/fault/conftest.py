@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Fault, RedisServer
+from fault.harness import Fault, RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -23,21 +23,18 @@ import sys
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 from polling import wait_for
 
+# tests/ is on sys.path (tests/conftest.py puts it there); this module is ``fault.harness``
+from redis_server import RedisServer, free_port
+from worker_proc import WorkerProcess as WorkerProc  # the suite's one subprocess helper
+
 from taskpipe.app import TaskPipe
 from taskpipe.loading import load_app
 from taskpipe.results import AsyncResult
-
-if TYPE_CHECKING:
-    from tests.redis_server import RedisServer, free_port
-    from tests.worker_proc import WorkerProcess as WorkerProc
-else:  # tests/ is on sys.path (tests/conftest.py puts it there)
-    from redis_server import RedisServer, free_port
-    from worker_proc import WorkerProcess as WorkerProc  # the suite's one subprocess helper
 
 __all__ = ["RedisServer", "free_port", "FAULT_APP", "SITECUSTOMIZE", "WorkerProc", "Fault", "run_worker_subprocess", "wait_for",
            "LEASE_LOST_PATTERNS"]
@@ -59,7 +56,8 @@ if os.environ.get("TP_FAULT_NAMED"):
 app = TaskPipe("fault", broker=BROKER, prefix=PREFIX,
                lease=os.environ.get("TP_FAULT_LEASE", "1s"),
                max_cancels=int(os.environ.get("TP_FAULT_MAX_CANCELS", "3")))
-L = redis.Redis.from_url(os.environ["TP_FAULT_LEDGER"])  # the ledger lives in its own Redis
+# the ledger lives in its own Redis; no socket timeout: gates block in BLPOP for up to 60 s
+L = redis.Redis.from_url(os.environ["TP_FAULT_LEDGER"], socket_timeout=None)
 B = redis.Redis.from_url(os.environ["TP_FAULT_BROKER"])  # for TIME only
 
 
@@ -87,6 +85,19 @@ def noop():
 def nap(seconds, tag=None):
     """Sleeps on every run (a job that takes time)."""
     _mark()
+    time.sleep(seconds)
+    return tag
+
+
+@app.task(name="nap_after")
+def nap_after(seconds, tag, gate):
+    """``nap``, but first (when ``gate`` is not empty) waits up to 60 s for the test to open
+    gate:<gate> (``Fault.open_gate(gate)``). The gate is a latch: once open it stays open (BLMOVE
+    takes the token and puts it back), so a second run of the job passes too."""
+    _mark()
+    key = PREFIX + f"gate:{gate}"
+    if gate and L.blmove(key, key, 60, "RIGHT", "LEFT") is None:
+        raise RuntimeError(f"gate {gate} was never opened")
     time.sleep(seconds)
     return tag
 
@@ -346,7 +357,7 @@ class Fault:
         return int(value) if value is not None else None
 
     def open_gate(self, name: str) -> None:
-        """Release a task or hook blocked on ``gate:<name>``."""
+        """Release a task or hook blocked on ``gate:<name>`` (or every one, for a latch)."""
         self.ledger.rpush(f"{self.prefix}gate:{name}", "1")
 
     def server_ms(self) -> int:

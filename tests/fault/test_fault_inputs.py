@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import msgpack
 import pytest
-from harness import Fault
+from fault.harness import Fault
 from polling import wait_for
 
 from taskpipe.errors import (

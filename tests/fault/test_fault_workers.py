@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from harness import Fault, RedisServer, free_port
+from fault.harness import Fault, RedisServer, free_port
 from polling import wait_for
 
 pytestmark = pytest.mark.timeout(90)

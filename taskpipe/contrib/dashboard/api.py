@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.errors import ConfigError, FeedDoesNotExist, JobNotFound, WrongFeedType, WrongJobState
 from taskpipe.inspection import LIST_STATES, Inspector, jsonable
+from taskpipe.states import JobState
 from taskpipe.thoonk.cron_store import CronStore
 
 if TYPE_CHECKING:
@@ -183,7 +184,7 @@ class DashboardAPI:
 
     def jobs(self, channel: str, query: dict[str, str]) -> dict[str, Any]:
         """One page of jobs of ``channel`` in ``state`` (default available)."""
-        state = query.get("state") or "available"
+        state = query.get("state") or JobState.AVAILABLE.value
         if state not in LIST_STATES:
             raise ApiError(400, f"unknown state {state!r}; expected one of {', '.join(LIST_STATES)}")
         limit = _int_param(query, "limit", 25, 1, 500)

@@ -270,24 +270,24 @@ class _Handler(BaseHTTPRequestHandler):
         elif length:
             self.close_connection = True  # can't trust what follows on this connection
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:  # stdlib naming
         """Serve a page, a static file or a read API."""
         self._dispatch("GET")
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         """Like GET without the body."""
         self._dispatch("HEAD")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         """Run an action."""
         self._drain_body()
         self._dispatch("POST")
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         """Not allowed."""
         self._drain_body()
         self._dispatch("PUT")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         """Not allowed."""
         self._dispatch("DELETE")
