@@ -120,8 +120,8 @@ class Inspector:
         if len(shards) > 1:  # the sum, paused if any shard is, and each shard's own counts
             rows = [self.channel_counts(s) for s in shards]
             total: dict[str, Any] = {"channel": name}
-            for key, value in rows[0].items():
-                if isinstance(value, int) and not isinstance(value, bool):
+            for key in rows[0]:  # counters: summed; the rest (flow, limits...) is per shard
+                if all(type(r.get(key)) is int for r in rows):
                     total[key] = sum(int(r[key]) for r in rows)
             total["paused"] = any(r["paused"] for r in rows)
             total["shards"] = rows
