@@ -182,8 +182,11 @@ class TaskPipe:
         return Signature(name, tuple(args), dict(kwargs), {}, self)
 
     # channels -------------------------------------------------------------------------------
-    def channel(self, name: str | None = None) -> JobChannel:
+    def channel(self, name: str | None = None, *, deadline: float | None = None) -> JobChannel:
         """The Thoonk job channel of that name (created on first use).
+
+        Opening it retries a broker outage for ``publish_retry``, or until ``deadline`` (a
+        ``time.monotonic()`` value: a caller's own timeout) if that comes first.
 
         On a Redis Cluster the name gets a hash tag (``emails`` -> channel ``{emails}``, a name
         that already has one is kept) so every key of the channel lives in one slot; both
@@ -207,7 +210,8 @@ class TaskPipe:
                                               "hash tag: channel keys would span cluster slots")
                         real = cluster_name(name)
                     ch = self._channels.get(real) or self.broker_retry.call(
-                        f"open channel {real!r}", lambda _attempt: self.thoonk.job_channel(real))
+                        f"open channel {real!r}", lambda _attempt: self.thoonk.job_channel(real),
+                        deadline=deadline)
                     self._channels[name] = self._channels[real] = ch
         return ch
 
