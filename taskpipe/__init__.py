@@ -34,6 +34,7 @@ from taskpipe.errors import (
     ResultUnknown,
     Retry,
     SerializationError,
+    ShardCountChanged,
     TaskFailed,
     TaskpipeError,
     UnknownParent,
@@ -56,6 +57,7 @@ __all__ = [
     "JobState", "WorkerSettings",
     # errors: the root, then configuration
     "TaskpipeError", "ConfigError", "BrokerURLError", "DurationError", "CronError",
+    "ShardCountChanged",
     # errors: the broker
     "BrokerUnavailable", "BrokerError",
     # errors: payloads and tasks

@@ -21,6 +21,7 @@ from taskpipe.limits import COUNT_OPTIONS, check_count
 from taskpipe.middleware import MiddlewareChain
 from taskpipe.publishing import Publishing
 from taskpipe.serialization import DEFAULT_MAX_PAYLOAD, get_serializer
+from taskpipe.sharding import Sharding
 from taskpipe.task import AsyncTask, Signature, Task, TaskDecorator, TaskOptions
 from taskpipe.thoonk.broker_check import eviction_policy, eviction_warning
 from taskpipe.thoonk.job import JobChannel
@@ -52,6 +53,8 @@ class TaskPipe(ExtensionsMixin):
     (connection refused or reset, LOADING, READONLY, TRYAGAIN, MASTERDOWN, timeouts) before
     they raise ``BrokerUnavailable``; a retried publish never creates a second job.
     ``eager=True`` (tests) runs every call inline instead of publishing it (``docs/testing.md``).
+    ``shards={"emails": 8}`` spreads a channel over 8 physical channels, on different Redis
+    Cluster masters (``docs/sharding.md``); every other channel keeps one (the Thoonk layout).
     """
 
     #: the classes ``@app.task`` makes (framework integrations add methods in subclasses)
@@ -66,7 +69,7 @@ class TaskPipe(ExtensionsMixin):
                  timeout: DurationLike | None = None, lease: DurationLike = "20s", max_cancels: int = 3,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, connection: Connection | None = None,
                  client: Any = None, publish_retry: DurationLike = "5s", eager: bool = False,
-                 record_successes: bool = True) -> None:
+                 record_successes: bool = True, shards: dict[str, int] | None = None) -> None:
         self.name = name or "taskpipe"
         if connection is None:
             if client is not None:
@@ -116,6 +119,8 @@ class TaskPipe(ExtensionsMixin):
         self.job_events = True
         #: redis.asyncio clients by event loop (taskpipe.aio), dropped with their loop
         self._async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        #: the shard layout of the channels (taskpipe.sharding)
+        self.sharding = Sharding(self, shards)
         #: envelope building, send, publish_many and the encoder cache (taskpipe.publishing)
         self.publishing = Publishing(self)
 
@@ -193,11 +198,15 @@ class TaskPipe(ExtensionsMixin):
 
         On a Redis Cluster the name gets a hash tag (``emails`` -> channel ``{emails}``, a name
         that already has one is kept) so every key of the channel lives in one slot; both
-        spellings then return the same channel.
+        spellings then return the same channel. A sharded channel's logical name is refused
+        (``ConfigError``): its shards are ``app.sharding.channels(name)``.
         """
         name = name or self.default_channel
         ch = self._channels.get(name)
         if ch is None:
+            if self.sharding.count(name) > 1:
+                raise ConfigError(f"channel {name!r} is sharded: its shards are "
+                                  f"app.sharding.channels({name!r})")
             self.check_eviction_policy()  # once per app: a producer's first publish, a worker's start
             with self._lock:
                 ch = self._channels.get(name)
@@ -213,6 +222,11 @@ class TaskPipe(ExtensionsMixin):
                         deadline=deadline)
                     self._channels[name] = self._channels[real] = ch
         return ch
+
+    def channel_name(self, name: str | None = None) -> str:
+        """The physical name ``channel(name)`` opens (``{emails}`` on a cluster), opening nothing."""
+        name = name or self.default_channel
+        return cluster_name(name) if self.connection.is_cluster else name
 
     def set_limits(self, channel: str | None = None, *, rate_limit: str | None = None,
                    concurrency: int | None = None) -> None:
@@ -292,7 +306,7 @@ class TaskPipe(ExtensionsMixin):
 
         if self.eager:
             return self.eager_runner.lookup(id)  # type: ignore[no-any-return]
-        return AsyncResult(self, id, channel or self.default_channel)
+        return AsyncResult(self, id, self.sharding.result_channel(channel or self.default_channel, id))
 
     @property
     def eager_runner(self) -> Any:

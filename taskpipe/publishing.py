@@ -92,7 +92,8 @@ ENVELOPE_OPTIONS: Mapping[str, Callable[[Any], Any]] = MappingProxyType({
 PUT_OPTIONS = frozenset({"channel", "priority", "delay", "eta", "id", "on_finish", "on_failure",
                          "expires",  # -> envelope expires_ms (checked at claim)
                          # workflows (taskpipe.workflows): wait for parents
-                         "depends_on", "allow_failure", "pass_results"}) \
+                         "depends_on", "allow_failure", "pass_results",
+                         "shard_key"}) \
     | FLOW_SEND_OPTIONS  # flow control: unique, unique_for, unique_key, debounce (taskpipe.flow)
 
 #: every publishing option ``apply_async`` / ``app.send`` accept (eager mode checks the same set)
@@ -121,6 +122,8 @@ class SendPlan:
     eta_ms: int = 0
     #: the caller's job id (``None``: make a fresh one)
     job_id: str | None = None
+    #: a sharded channel's shard key (``None``: by the custom id, else round robin)
+    shard_key: str | bytes | None = None
 
 
 def plan_send(options: Mapping[str, Any], now: float | None = None) -> SendPlan:
@@ -151,8 +154,11 @@ def plan_send(options: Mapping[str, Any], now: float | None = None) -> SendPlan:
     if job_id is not None and (not isinstance(job_id, str) or not job_id or "\0" in job_id):
         # id="" is an error, not "make one"
         raise ConfigError(f"a job id must be a non-empty string without NUL, got {job_id!r}")
+    shard_key = options.get("shard_key")
+    if shard_key is not None and not isinstance(shard_key, (str, bytes)):
+        raise ConfigError(f"shard_key must be a str or bytes, got {type(shard_key).__name__}")
     return SendPlan(envelope, callback, options.get("channel") or None, priority, delay_ms, 0,
-                    job_id)
+                    job_id, shard_key)
 
 
 def _dedups(options: Mapping[str, Any], topts: TaskOptions) -> bool:
@@ -207,7 +213,7 @@ class Publishing:
                        if task is not None and not kwargs else
                        encode_envelope(name, tuple(args), dict(kwargs or {}), {},
                                        serializer=app.serializer, max_size=app.max_payload))
-            channel = app.channel(topts.channel)
+            channel = app.sharding.pick(topts.channel or app.default_channel, None)
             return channel, PutRequest(payload, new_id(), topts.priority is True, fresh=True), None
         plan = plan_send(options)
         head, flow = build_flow(name, topts, tuple(args), kwargs or {}, options)
@@ -220,7 +226,8 @@ class Publishing:
                                   serializer=app.serializer, max_size=app.max_payload)
         fresh = plan.job_id is None
         job_id = new_id() if plan.job_id is None else plan.job_id
-        channel = app.channel(plan.channel or topts.channel)  # after every check
+        channel = app.sharding.pick(  # after every check; a custom id maps to one shard
+            plan.channel or topts.channel or app.default_channel, plan.job_id, plan.shard_key)
         return (channel, PutRequest(payload, job_id, head, plan.delay_ms, plan.eta_ms, fresh, flow),
                 plan.callback)
 
@@ -329,19 +336,26 @@ class Publishing:
             return self.publish_many(task.s(*(c if isinstance(c, tuple) else (c,))) for c in calls)
         encode = self.encoder_for(task)
         items = [encode(c if isinstance(c, tuple) else (c,)) for c in calls]
-        channel = app.channel(task.options.channel)
-        name = channel.name
+        logical = task.options.channel or app.default_channel
         ids = [new_id() for _ in items]
-        todo_ids, todo_items = ids, items
+        picked = [app.sharding.pick(logical, None) for _ in ids]  # one channel unless sharded
+        by_shard: dict[str, tuple[JobChannel, list[str], list[bytes]]] = {}
+        for channel, job_id, item in zip(picked, ids, items):
+            entry = by_shard.setdefault(channel.name, (channel, [], []))
+            entry[1].append(job_id)
+            entry[2].append(item)
         since_ms = int(time.time() * 1000)
+        for channel, shard_ids, shard_items in by_shard.values():
+            todo_ids, todo_items = shard_ids, shard_items
 
-        def put(attempt: int) -> None:
-            nonlocal todo_ids, todo_items
-            if attempt:  # a batch that failed may have landed in part: publish the rest
-                done = channel.landed([PutRequest(b"", i, fresh=True) for i in todo_ids], since_ms)
-                rest = [(i, item) for i, item in zip(todo_ids, todo_items) if i not in done]
-                todo_ids, todo_items = [i for i, _ in rest], [item for _, item in rest]
-            channel.put_fresh_many(todo_items, task.options.priority is True, batch, ids=todo_ids)
+            def put(attempt: int, channel: JobChannel = channel) -> None:
+                nonlocal todo_ids, todo_items
+                if attempt:  # a batch that failed may have landed in part: publish the rest
+                    done = channel.landed([PutRequest(b"", i, fresh=True) for i in todo_ids],
+                                          since_ms)
+                    rest = [(i, item) for i, item in zip(todo_ids, todo_items) if i not in done]
+                    todo_ids, todo_items = [i for i, _ in rest], [item for _, item in rest]
+                channel.put_fresh_many(todo_items, task.options.priority is True, batch, ids=todo_ids)
 
-        app.broker_retry.call(f"publish to channel {name!r}", put)
-        return [AsyncResult(app, job_id, name) for job_id in ids]
+            app.broker_retry.call(f"publish to channel {channel.name!r}", put)
+        return [AsyncResult(app, job_id, channel.name) for job_id, channel in zip(ids, picked)]

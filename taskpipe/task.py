@@ -182,7 +182,8 @@ class Task(Generic[R, P]):
         """Publish a call with options.
 
         Options: ``channel``, ``priority``, ``delay``, ``eta``, ``id``, ``on_finish``,
-        ``result_ttl``, ``retries``, ``timeout``.
+        ``result_ttl``, ``retries``, ``timeout``, ``shard_key`` (a sharded channel: jobs of one
+        key go to one shard, in order; ``docs/sharding.md``).
         """
         return self.app.send(self.name, args=tuple(args), kwargs=kwargs or {}, _task=self, **options)
 

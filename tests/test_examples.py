@@ -78,6 +78,14 @@ EXPECTED: dict[str, list[str]] = {
     "priorities": [
         r"^ran in order: high-1, default-priority, default-1, default-2$",
     ],
+    "sharding": [
+        r"^events has 4 shards; round robin used 4$",
+        r"^status: events available=23 over 4 shards$",
+        r"^ann: ran in order \[0, 1, 2, 3, 4\]$",
+        r"^bob: ran in order \[0, 1, 2, 3, 4\]$",
+        r"^cyd: ran in order \[0, 1, 2, 3, 4\]$",
+        r"^keyed jobs used 3 shard\(s\)$",
+    ],
     "flow_control": [
         r"^priorities ran in order: urgent, normal, nightly$",
         r"^peak concurrent syncs per user: \{'ann': 2, 'bob': 2\}$",

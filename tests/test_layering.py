@@ -35,7 +35,7 @@ LAYERS: list[tuple[int, str]] = [  # (layer, module prefix); the longest matchin
     (2, "taskpipe.thoonk"),
     (3, "taskpipe.app"), (3, "taskpipe.task"), (3, "taskpipe.results"),
     (3, "taskpipe.serialization"), (3, "taskpipe.context"), (3, "taskpipe.callbacks"),
-    (3, "taskpipe.loading"), (3, "taskpipe.aio"), (3, "taskpipe.eager"),
+    (3, "taskpipe.loading"), (3, "taskpipe.sharding"), (3, "taskpipe.aio"), (3, "taskpipe.eager"),
     (3, "taskpipe.cron"), (3, "taskpipe.publishing"), (3, "taskpipe.flow"),
     (3, "taskpipe.workflows"), (3, "taskpipe.aliases"),
     (3, "taskpipe.history"),

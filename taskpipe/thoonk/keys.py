@@ -220,6 +220,11 @@ class Keyspace:
         """SET of cron entry names known to schedulers."""
         return self.k("taskpipe.crons")
 
+    def shard_counts(self) -> str:
+        """HASH logical channel name -> shard count, for sharded channels only (a channel absent
+        from it has one shard: the plain Thoonk layout; see ``thoonk/shards.py``)."""
+        return self.k("taskpipe.shards")
+
     # per object ---------------------------------------------------------------------------
     def feed(self, name: str) -> FeedKeys:
         """Keys of a feed, sorted feed or queue."""
