@@ -163,7 +163,7 @@ class OutcomeWriter:
         return encode_failure(outcome.exc_type, outcome.exc_message, outcome.traceback,
                               serializer=ser), True
 
-    def write(self, outcomes: list[Outcome]) -> None:  # noqa: C901 - hot spot: split once issue 15/16 land
+    def write(self, outcomes: list[Outcome]) -> None:
         """Apply a batch of outcomes, finishing plain successes/failures per channel in one call.
 
         Each job is isolated: an outcome that cannot be written (a result or follow-up over
@@ -176,24 +176,7 @@ class OutcomeWriter:
             if outcome.written:  # applied before a broker error interrupted this batch
                 continue
             try:
-                if outcome.kind in ("success", "failure", "expired"):
-                    result, failed = self._result_bytes(outcome)
-                    req = FinishRequest(outcome.claim.id, outcome.claim.token, result,
-                                        self._ttl_ms(outcome, failed), failed,
-                                        keep_query=bool(outcome.task and outcome.task.raw),
-                                        **self._record_fields(outcome, failed))
-                    try:
-                        followup = self._followup(outcome, failed)
-                    except BROKER_ERRORS:
-                        raise
-                    except Exception as exc:  # surfaces on the parent's result
-                        raise _FollowupError(exc) from exc
-                    if followup is not None:
-                        self._finish_one(outcome, req, followup)
-                    else:
-                        batches[outcome.claim.channel].append((outcome, req))
-                else:
-                    self._apply_other(outcome)
+                self._route(outcome, batches)
             except BROKER_ERRORS:
                 raise
             except (LeaseLost, WrongJobState, JobNotFound) as exc:
@@ -201,21 +184,53 @@ class OutcomeWriter:
             except Exception as exc:  # noqa: BLE001 - this job's outcome only, never the batch
                 self._unwritable(outcome, exc)
         for channel_name, items in batches.items():
-            channel = self.app.channel(channel_name)
-            for start in range(0, len(items), 500):
-                chunk = items[start:start + 500]
-                try:
-                    codes = channel.finish_many([req for _, req in chunk])
-                except BROKER_ERRORS:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - one poison finish must not sink the rest
-                    log.warning("batched finish of %d job(s) of %s failed (%s: %s); writing them "
-                                "one by one", len(chunk), channel_name, type(exc).__name__, exc)
-                    for outcome, req in chunk:
-                        self._finish_one(outcome, req)
-                    continue
-                for (outcome, req), code in zip(chunk, codes):
-                    self._count(outcome, req, code)
+            self._finish_batched(channel_name, items)
+
+    def _route(self, outcome: Outcome,
+               batches: dict[str, list[tuple[Outcome, FinishRequest]]]) -> None:
+        """Apply one outcome, or queue it in ``batches`` for its channel's batched finish.
+
+        A success/failure/expiry with a follow-up (``on_finish``/``on_failure``) is finished at
+        once with it (``_finish_one``); the other kinds go to ``_apply_other``. Raises for the
+        caller to isolate: a follow-up that cannot be built surfaces as ``_FollowupError``."""
+        if outcome.kind not in ("success", "failure", "expired"):
+            self._apply_other(outcome)
+            return
+        result, failed = self._result_bytes(outcome)
+        req = FinishRequest(outcome.claim.id, outcome.claim.token, result,
+                            self._ttl_ms(outcome, failed), failed,
+                            keep_query=bool(outcome.task and outcome.task.raw),
+                            **self._record_fields(outcome, failed))
+        try:
+            followup = self._followup(outcome, failed)
+        except BROKER_ERRORS:
+            raise
+        except Exception as exc:  # surfaces on the parent's result
+            raise _FollowupError(exc) from exc
+        if followup is not None:
+            self._finish_one(outcome, req, followup)
+        else:
+            batches[outcome.claim.channel].append((outcome, req))
+
+    def _finish_batched(self, channel_name: str,
+                        items: list[tuple[Outcome, FinishRequest]]) -> None:
+        """Finish one channel's queued outcomes, 500 per call; a call that fails for any reason
+        but a transient broker error is written again job by job (``_finish_one``)."""
+        channel = self.app.channel(channel_name)
+        for start in range(0, len(items), 500):
+            chunk = items[start:start + 500]
+            try:
+                codes = channel.finish_many([req for _, req in chunk])
+            except BROKER_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one poison finish must not sink the rest
+                log.warning("batched finish of %d job(s) of %s failed (%s: %s); writing them "
+                            "one by one", len(chunk), channel_name, type(exc).__name__, exc)
+                for outcome, req in chunk:
+                    self._finish_one(outcome, req)
+                continue
+            for (outcome, req), code in zip(chunk, codes):
+                self._count(outcome, req, code)
 
     def _finish_one(self, outcome: Outcome, req: FinishRequest,
                     followup: tuple[Any, str, bytes] | None = None) -> None:

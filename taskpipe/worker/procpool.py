@@ -322,7 +322,10 @@ class ProcessPool:
         except BaseException:  # logged; the worker's drain sends leftovers back
             log.exception("process pool slot %d failed", index)
 
-    def _serve(self, index: int) -> None:  # noqa: C901 - hot spot: split once issue 15/16 land
+    def _serve(self, index: int) -> None:
+        """Run slot ``index``: hand its child batches of queued jobs (up to ``depth`` in flight,
+        one at a time once its jobs are slow), read their outcomes back in order, and act when
+        the child dies, a hard time limit or the shutdown grace runs out, or a job is aborted."""
         inflight: collections.deque[_Held] = collections.deque()  # sent to the child, in order
         started: float | None = None  # when the child started inflight[0] (monotonic)
         slow = 0.0  # moving average of this child's job durations
@@ -331,37 +334,11 @@ class ProcessPool:
             if child is None:  # closing
                 self._give_back(inflight, closing=True)
                 return
-            room = (self.depth if slow < SLOW else 1) - len(inflight)
-            batch: list[_Held] = []
-            with self._cond:
-                while not inflight and not self._queue and not self._closing:
-                    self._cond.wait(0.5)
-                if self._closing and not inflight:
-                    return
-                if room > 0 and self._queue and not self._draining:
-                    share = -(-len(self._queue) // self.size)  # a fair share for each child
-                    for _ in range(min(room, share)):
-                        batch.append(self._queue.popleft())
+            batch = self._take_batch(inflight, (self.depth if slow < SLOW else 1) - len(inflight))
+            if batch is None:  # closing, nothing in flight
+                return
             if batch:
-                now = time.monotonic()
-                for held in batch:
-                    held.sent = now
-                sent = child.hand([h.prepared.claim for h in batch])
-                if sent == "stopped":
-                    self._give_back(collections.deque(batch), closing=True)
-                    batch = []
-                elif sent == "dead" and not inflight:  # died idle: none of these started
-                    self._give_back(collections.deque(batch))
-                    self._replace(index)
-                    continue
-                else:
-                    if not inflight:
-                        started = now
-                    inflight.extend(batch)
-                    if sent == "dead":  # died running inflight[0]
-                        self._on_lost(index, child, inflight)
-                        started = None
-                        continue
+                started = self._hand(index, child, batch, inflight, started)
             if not inflight:
                 continue
             head = inflight[0]
@@ -381,34 +358,85 @@ class ProcessPool:
                 started = None
                 continue
             if message is None:
-                now = time.monotonic()
-                if not child.alive():
-                    self._on_lost(index, child, inflight)
-                    started = None
-                elif (head.limit is not None and started is not None
-                      and now >= started + head.limit):
-                    self._on_hard_timeout(index, child, inflight)
-                    started = None
-                elif self._kill_at is not None and now >= self._kill_at:
-                    self._on_grace_over(index, child, inflight)
-                    started = None
-                elif abort_at is not None and now >= abort_at:
-                    self._on_aborted(index, child, inflight)
-                    started = None
-                continue
-            if message[0] == "done":
-                for data in message[1]:
-                    held = inflight.popleft()
-                    self._abort_at.pop((held.prepared.claim.channel, held.prepared.claim.id), None)
-                    outcome = self._rebuild(held.prepared, data)
-                    if outcome.duration is not None:
-                        slow = 0.7 * slow + 0.3 * outcome.duration
-                    held.done(outcome)
+                started = self._on_silence(index, child, inflight, started, abort_at)
+            elif message[0] == "done":
+                slow = self._on_done(message[1], inflight, slow)
                 started = message[2] if message[2] is not None else (
                     time.monotonic() if inflight else None)
             elif message[0] == "returned":
                 back = [inflight.pop() for _ in range(min(message[1], len(inflight)))]
                 self._give_back(collections.deque(reversed(back)), closing=True)
+
+    def _take_batch(self, inflight: collections.deque[_Held], room: int) -> list[_Held] | None:
+        """Wait until there is work (or jobs in flight); take up to ``room`` queued jobs, this
+        child's fair share, unless the worker drains. None: the pool closes, nothing in flight."""
+        batch: list[_Held] = []
+        with self._cond:
+            while not inflight and not self._queue and not self._closing:
+                self._cond.wait(0.5)
+            if self._closing and not inflight:
+                return None
+            if room > 0 and self._queue and not self._draining:
+                share = -(-len(self._queue) // self.size)  # a fair share for each child
+                for _ in range(min(room, share)):
+                    batch.append(self._queue.popleft())
+        return batch
+
+    def _hand(self, index: int, child: _Child, batch: list[_Held],
+              inflight: collections.deque[_Held], started: float | None) -> float | None:
+        """Send ``batch`` to the child, behind ``inflight``; returns when the child started
+        ``inflight[0]`` (``started``). Jobs a stopped or dead child never started go back (a
+        child that died running ``inflight[0]`` loses that job: ``_on_lost``)."""
+        now = time.monotonic()
+        for held in batch:
+            held.sent = now
+        sent = child.hand([h.prepared.claim for h in batch])
+        if sent == "stopped":
+            self._give_back(collections.deque(batch), closing=True)
+            return started
+        if sent == "dead" and not inflight:  # died idle: none of these started
+            self._give_back(collections.deque(batch))
+            self._replace(index)
+            return started
+        if not inflight:
+            started = now
+        inflight.extend(batch)
+        if sent == "dead":  # died running inflight[0]
+            self._on_lost(index, child, inflight)
+            return None
+        return started
+
+    def _on_silence(self, index: int, child: _Child, inflight: collections.deque[_Held],
+                    started: float | None, abort_at: float | None) -> float | None:
+        """No message from the child within the wait: act if it died, ran ``inflight[0]`` past
+        its hard time limit, outlived the shutdown grace or the job's abort grace. Returns
+        ``started`` (None once acted: the child's jobs are settled)."""
+        head = inflight[0]
+        now = time.monotonic()
+        if not child.alive():
+            self._on_lost(index, child, inflight)
+        elif head.limit is not None and started is not None and now >= started + head.limit:
+            self._on_hard_timeout(index, child, inflight)
+        elif self._kill_at is not None and now >= self._kill_at:
+            self._on_grace_over(index, child, inflight)
+        elif abort_at is not None and now >= abort_at:
+            self._on_aborted(index, child, inflight)
+        else:
+            return started
+        return None
+
+    def _on_done(self, results: list[tuple[Any, ...]], inflight: collections.deque[_Held],
+                 slow: float) -> float:
+        """The child finished the first ``len(results)`` in-flight jobs: hand on their outcomes;
+        returns the moving average of the child's job durations (``slow``), updated."""
+        for data in results:
+            held = inflight.popleft()
+            self._abort_at.pop((held.prepared.claim.channel, held.prepared.claim.id), None)
+            outcome = self._rebuild(held.prepared, data)
+            if outcome.duration is not None:
+                slow = 0.7 * slow + 0.3 * outcome.duration
+            held.done(outcome)
+        return slow
 
     def _child(self, index: int) -> _Child | None:
         with self._cond:

@@ -153,6 +153,7 @@ class Worker(KeeperMixin, ShutdownMixin):
         self._threads: list[threading.Thread] = []
         self._scheduler: Any = None
         self._broker_failures = 0
+        self._waiter: Any = None  # the claim loop's blocking wait on the wake keys (``_block``)
         self._last_broker_log = 0.0
         self._lost_logged: set[tuple[str, str, str]] = set()  # claims reported lost (keeper)
 
@@ -278,9 +279,11 @@ class Worker(KeeperMixin, ShutdownMixin):
             order.extend(pool.pop(pick)[0])
         return order
 
-    def _loop(self) -> None:  # noqa: C901 - hot spot: split once issue 15/16 land
+    def _loop(self) -> None:
+        """Claim up to the free slots and start the claims; with none, wait for work (or a due
+        job) and claim on waking. Returns on stop, at ``max_jobs`` or (``burst``) once idle."""
         lease_ms = int(self.lease_s * 1000)
-        waiter: Any = None  # blocks on the wake keys: one BLPOP (one per slot on a Redis Cluster)
+        self._waiter = None
         # (next_due, now) of a claim made on waking up that left the channels empty: what an
         # immediate claim would find, so the loop goes straight back to waiting (a job put since
         # left a wake-up marker)
@@ -300,64 +303,82 @@ class Worker(KeeperMixin, ShutdownMixin):
                     self._wait_idle()
                     return
             count = min(free, self.batch)
-            if drained is None:  # a drained result keeps the snapshot from before its claim
-                settled = self._settled
-            claims: list[Claim] = []
-            if drained is not None:
-                (next_due, now), drained = drained, None
+            claims: list[Claim]
+            if drained is not None:  # a drained result keeps the snapshot from before its claim
+                claims, (next_due, now), drained = [], drained, None
             else:
-                try:
-                    claims, next_due, now = claim_from(
-                        self.app.thoonk, self._ordered_channels(), count, lease_ms,
-                        self.name, run_now=self.concurrency - self._executing)
-                except _BROKER_ERRORS as exc:
-                    self._broker_down(exc)
+                settled = self._settled
+                got = self._claim_now(count, lease_ms)
+                if got is None:  # Redis is down (backed off)
                     continue
-                if self._broker_failures:
-                    log.info("broker reachable again (after %d failed tries)", self._broker_failures)
-                    self._reregister_channels()
-                self._broker_failures = 0
-                if not self.writer.eviction.checked:
-                    self.writer.eviction.check_policy(_BROKER_ERRORS)
+                claims, next_due, now = got
             if claims:
                 self._start(claims)
                 continue
             if next_due == HELD_BACK:  # the next job waits for a free slot, not for Redis
-                with self._slot:
-                    if self._executing >= self.concurrency and not self._stopping.is_set():
-                        self._slot.wait(self.max_block)
+                self._wait_for_slot()
                 continue
-            if self.burst:
-                with self._running_lock:
-                    # an outcome written while we claimed (e.g. a cancel) may have put a job back
-                    idle = not self._running and self._settled == settled
-                due_soon = next_due is not None and next_due - now <= self.max_block * 1000
-                if idle and self._done.empty() and not due_soon:
-                    return
+            if self.burst and self._burst_done(settled, next_due, now):
+                return
             wait = self.max_block
             if next_due is not None:
                 wait = min(wait, max(0.001, (next_due - now) / 1000.0))
                 if wait < PRECISE_WAIT:
                     # a due job or a rate-limit slot this close: Redis times a BLPOP out on its
                     # own clock tick (100 ms steps at hz 10), so wait here instead, then claim
-                    drained = None
                     self._stopping.wait(wait)
                     continue
-            try:
-                wake = [c.keys.wake for c in self.channels]
-                if waiter is None or waiter.keys != wake:
-                    waiter = self.app.connection.list_waiter(wake, client=self._block_client,
-                                                             max_block=self.max_block)
-                if not waiter.pipelines:
-                    waiter.wait(wait)
-                    continue
-                # one Redis: the claim rides behind the BLPOP and runs the moment it returns
-                got = self._wait_then_claim(waiter, wait, count, lease_ms)
-            except _BROKER_ERRORS as exc:
-                self._broker_down(exc)
-                continue
-            if got is not None and got[0] and len(got[0]) < count and got[1] != HELD_BACK:
-                drained = (got[1], got[2])
+            drained = self._block(wait, count, lease_ms)
+
+    def _claim_now(self, count: int, lease_ms: int) -> tuple[list[Claim], int | None, int] | None:
+        """Claim up to ``count`` jobs now: ``(claims, next_due, now)``; None if Redis is down."""
+        try:
+            got = claim_from(self.app.thoonk, self._ordered_channels(), count, lease_ms,
+                             self.name, run_now=self.concurrency - self._executing)
+        except _BROKER_ERRORS as exc:
+            self._broker_down(exc)
+            return None
+        if self._broker_failures:
+            log.info("broker reachable again (after %d failed tries)", self._broker_failures)
+            self._reregister_channels()
+        self._broker_failures = 0
+        if not self.writer.eviction.checked:
+            self.writer.eviction.check_policy(_BROKER_ERRORS)
+        return got
+
+    def _wait_for_slot(self) -> None:
+        """The next job is held back for a free execution slot: wait for one to free up."""
+        with self._slot:
+            if self._executing >= self.concurrency and not self._stopping.is_set():
+                self._slot.wait(self.max_block)
+
+    def _burst_done(self, settled: int, next_due: int | None, now: int) -> bool:
+        """Burst mode: nothing runs or waits to be written, no job is due within ``max_block``."""
+        with self._running_lock:
+            # an outcome written while we claimed (e.g. a cancel) may have put a job back
+            idle = not self._running and self._settled == settled
+        due_soon = next_due is not None and next_due - now <= self.max_block * 1000
+        return idle and self._done.empty() and not due_soon
+
+    def _block(self, wait: float, count: int, lease_ms: int) -> tuple[int | None, int] | None:
+        """Wait up to ``wait`` s on the wake keys, claiming on waking (behind the BLPOP); returns
+        the ``(next_due, now)`` of a claim on waking that left the channels drained, else None."""
+        try:
+            wake = [c.keys.wake for c in self.channels]
+            waiter = self._waiter  # one BLPOP (one per slot on a Redis Cluster), kept
+            if waiter is None or waiter.keys != wake:
+                waiter = self._waiter = self.app.connection.list_waiter(
+                    wake, client=self._block_client, max_block=self.max_block)
+            if not waiter.pipelines:
+                waiter.wait(wait)
+                return None
+            got = self._wait_then_claim(waiter, wait, count, lease_ms)
+        except _BROKER_ERRORS as exc:
+            self._broker_down(exc)
+            return None
+        if got is not None and got[0] and len(got[0]) < count and got[1] != HELD_BACK:
+            return (got[1], got[2])
+        return None
 
     def _wait_then_claim(self, waiter: Any, wait: float, count: int,
                          lease_ms: int) -> tuple[list[Claim], int | None, int] | None:
