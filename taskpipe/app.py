@@ -14,7 +14,7 @@ from taskpipe.broker_retry import BrokerRetry
 from taskpipe.connection import DEFAULT_URL, Connection, parse_url, redact_url
 from taskpipe.durations import DurationLike, parse_duration, parse_optional_duration
 from taskpipe.errors import ConfigError, UnknownTask
-from taskpipe.limits import COUNT_OPTIONS, check_count
+from taskpipe.limits import COUNT_OPTIONS, check_count, check_lease
 from taskpipe.publishing import Publishing
 from taskpipe.serialization import DEFAULT_MAX_PAYLOAD, get_serializer
 from taskpipe.task import AsyncTask, Signature, Task, TaskDecorator, TaskOptions
@@ -81,9 +81,7 @@ class TaskPipe:
         self.retry_backoff = parse_duration(retry_backoff)
         self.retry_backoff_max = parse_duration(retry_backoff_max)
         self.timeout = parse_optional_duration(timeout)
-        self.lease = parse_duration(lease)
-        if self.lease < 0.05:
-            raise ConfigError("lease must be at least 50ms")
+        self.lease = check_lease(parse_duration(lease))
         self.max_cancels = check_count("max_cancels", max_cancels)
         self.max_payload = max_payload
         #: the retry policy for transient broker errors of publishes and reads (``publish_retry``)
