@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import textwrap
 import urllib.request
@@ -87,6 +88,34 @@ def test_database_beyond_the_server_is_a_typed_error(redis_server: RedisServer, 
     assert _main("worker", "-A", path, "--burst") == 2
     err = capsys.readouterr().err
     assert "database 99" in err and "Traceback" not in err and len(err.splitlines()) <= 3
+
+
+@pytest.mark.parametrize(("query", "match"), [
+    ("foo=bar", "unknown option.*'foo'"),                     # was a TypeError at the first command
+    ("socket_timeout=abc", "socket_timeout"),                 # was redis-py's ValueError
+    ("ssl_cert_reqs=required", "unknown option.*'ssl_cert_reqs'"),  # TLS option on redis://
+    ("password=s3cretpw&sockettimeout=5", "unknown option.*'sockettimeout'"),
+])
+def test_bad_broker_url_options_are_a_typed_error(redis_server: RedisServer, query: str,
+                                                 match: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"redis://127.0.0.1:{redis_server.port}/0?{query}"
+    with pytest.raises(BrokerURLError, match=match) as caught:
+        TaskPipe(broker=url)
+    assert "s3cretpw" not in str(caught.value)
+    assert _main("status", "--broker", url) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and re.search(match, err) and "s3cretpw" not in err
+
+
+def test_known_broker_url_options_still_work(redis_server: RedisServer) -> None:
+    url = (f"redis://127.0.0.1:{redis_server.port}/0?socket_timeout=5&health_check_interval=10"
+           "&client_name=probe&db=0&max_connections=20&protocol=2")
+    app = TaskPipe(broker=url)
+    try:
+        assert app.thoonk.client.ping()
+    finally:
+        app.close()
 
 
 def test_worker_warns_about_a_channel_nobody_uses(redis_server: RedisServer, prefix: str,
