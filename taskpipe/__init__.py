@@ -20,7 +20,10 @@ from taskpipe.errors import (
     BrokerURLError,
     ConfigError,
     CronError,
+    DependencyCycle,
     DurationError,
+    EmptyChord,
+    JobAborted,
     JobNotFound,
     JobTimeout,
     LeaseLost,
@@ -33,13 +36,16 @@ from taskpipe.errors import (
     SerializationError,
     TaskFailed,
     TaskpipeError,
+    UnknownParent,
     UnknownTask,
+    WorkflowError,
     WrongJobState,
 )
 from taskpipe.results import AsyncResult
 from taskpipe.states import JobState
 from taskpipe.task import Signature, Task
 from taskpipe.worker import Worker, WorkerSettings
+from taskpipe.workflows import GroupResult, chain, chord, group
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject reads it)
 
@@ -56,5 +62,8 @@ __all__ = [
     # errors: jobs and results
     "JobNotFound", "WrongJobState", "LeaseLost", "ResultTimeout", "ResultExpired",
     "ResultUnknown", "ResultStalled",
+    # workflows and control (docs/workflows.md)
+    "chain", "group", "chord", "GroupResult", "WorkflowError", "UnknownParent", "DependencyCycle",
+    "EmptyChord", "JobAborted",
     "__version__",
 ]

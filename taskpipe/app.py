@@ -14,6 +14,7 @@ from taskpipe.broker_retry import BrokerRetry
 from taskpipe.connection import DEFAULT_URL, Connection, parse_url, redact_url
 from taskpipe.durations import DurationLike, parse_duration, parse_optional_duration
 from taskpipe.errors import ConfigError, UnknownTask
+from taskpipe.flow import check_task_flow
 from taskpipe.limits import COUNT_OPTIONS, check_count, check_lease
 from taskpipe.publishing import Publishing
 from taskpipe.serialization import DEFAULT_MAX_PAYLOAD, get_serializer
@@ -56,11 +57,13 @@ class TaskPipe:
 
     def __init__(self, name: str | None = None, broker: str | None = None, *, prefix: str = "",
                  serializer: str = "msgpack", result_ttl: DurationLike = "1d",
+                 failure_ttl: DurationLike = "7d",
                  default_channel: str = "default", retries: int = 0,
                  retry_backoff: DurationLike = "1s", retry_backoff_max: DurationLike = "10m",
                  timeout: DurationLike | None = None, lease: DurationLike = "20s", max_cancels: int = 3,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, connection: Connection | None = None,
-                 client: Any = None, publish_retry: DurationLike = "5s", eager: bool = False) -> None:
+                 client: Any = None, publish_retry: DurationLike = "5s", eager: bool = False,
+                 record_successes: bool = True) -> None:
         self.name = name or "taskpipe"
         if connection is None:
             if client is not None:
@@ -76,6 +79,8 @@ class TaskPipe:
         self.prefix = prefix
         self.serializer = get_serializer(serializer)
         self.result_ttl = parse_duration(result_ttl)
+        #: how long failed and timed-out jobs (record, error) are kept (docs/history.md)
+        self.failure_ttl = parse_duration(failure_ttl)
         self.default_channel = default_channel
         self.retries = check_count("retries", retries)
         self.retry_backoff = parse_duration(retry_backoff)
@@ -95,6 +100,9 @@ class TaskPipe:
         self._eviction_checked = False
         #: eager (test) mode: every call runs inline, nothing is published (taskpipe.eager)
         self.eager = eager
+        #: keep a record of succeeded jobs too (docs/history.md); False: failures only (a
+        #: finish then costs what it did before records, for high-throughput channels)
+        self.record_successes = bool(record_successes)
         self._eager: Any = None
         #: redis.asyncio clients by event loop (taskpipe.aio), dropped with their loop
         self._async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
@@ -130,11 +138,13 @@ class TaskPipe:
                 opts = TaskOptions(**options)
             except TypeError as exc:
                 raise ConfigError(f"bad task option: {exc}") from None
-            for key in ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl"):
+            for key in ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl",
+                        "failure_ttl"):
                 parse_optional_duration(getattr(opts, key))
             for key in COUNT_OPTIONS:
                 if getattr(opts, key) is not None:
                     check_count(key, getattr(opts, key))
+            check_task_flow(opts)
             task_name = name or f"{func.__module__}.{func.__qualname__}"
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ConfigError(f"a different task is already registered as {task_name!r}")
@@ -190,6 +200,24 @@ class TaskPipe:
                     self._channels[name] = self._channels[real] = ch
         return ch
 
+    def set_limits(self, channel: str | None = None, *, rate_limit: str | None = None,
+                   concurrency: int | None = None) -> None:
+        """Set a channel's own flow limits, shared by every worker (None clears one).
+
+        ``rate_limit="100/s"`` (``"10/m"``, ``"1000/h"``): jobs of the channel start at most
+        that fast; ``concurrency=N``: at most N of its jobs claimed at once. See
+        ``docs/flow-control.md``. Per-task limits are task options (``@app.task(rate_limit=)``).
+        """
+        from taskpipe.flow import parse_rate_limit
+        from taskpipe.thoonk.flow import set_channel_limits
+
+        rate = parse_rate_limit(rate_limit) if rate_limit is not None else None
+        if concurrency is not None and (type(concurrency) is not int or concurrency < 1):
+            raise ConfigError(f"concurrency must be a positive int, got {concurrency!r}")
+        ch = self.channel(channel)
+        self.broker_retry.call(f"set limits of channel {ch.name!r}",
+                               lambda _attempt: set_channel_limits(ch, rate, concurrency))
+
     def check_eviction_policy(self) -> bool:
         """Warn once (logger ``taskpipe``) if the broker may evict keys: a ``maxmemory-policy``
         other than ``noeviction`` silently deletes jobs under memory pressure. Run on the first
@@ -231,6 +259,18 @@ class TaskPipe:
         Every call is encoded (and checked) before anything is written.
         """
         return self.publishing.publish_calls(task, calls, batch)
+
+    def jobs(self, channel: str | None = None, *, state: str | None = None, task: str | None = None,
+             since: Any = None, until: Any = None, error: str | None = None,
+             limit: int = 50) -> list[Any]:
+        """Ended jobs (their ``JobRecord``), newest first, filtered by ``state`` (succeeded,
+        failed, timeout), ``task``, finish time (``since`` / ``until``: epoch seconds or
+        datetimes) and ``error`` text. Reads indexes kept by the finish script, not a scan.
+        See ``taskpipe.history.find_jobs`` and ``docs/history.md``."""
+        from taskpipe.history import find_jobs
+
+        return find_jobs(self, channel, state=state, task=task, since=since, until=until,
+                         error=error, limit=limit)
 
     def AsyncResult(self, id: str, channel: str | None = None) -> AsyncResult:  # noqa: N802
         """A handle on a job published elsewhere (by id and channel)."""

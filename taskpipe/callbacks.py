@@ -9,21 +9,57 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import redis
 
-from taskpipe.errors import TaskpipeError
+from taskpipe.errors import ConfigError, TaskFailed, TaskpipeError
 from taskpipe.thoonk.finish_watch import FinishSubscription
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
     from taskpipe.results import AsyncResult
 
-__all__ = ["FinishWatcher"]
+__all__ = ["FinishWatcher", "callbacks_of", "failure_info"]
 
 log = logging.getLogger("taskpipe.callbacks")
+
+
+def callbacks_of(options: Mapping[str, Any], env_opts: dict[str, Any]) -> Callable[..., Any] | None:
+    """Read a call's ``on_finish`` / ``on_failure``: a task signature goes into the envelope
+    (``env_opts``, run durably by the worker that finishes the job); callables are combined
+    into the one callback the app's ``FinishWatcher`` runs here (``on_finish`` on any outcome,
+    ``on_failure`` only with the ``TaskFailed``). Raises ``ConfigError`` for anything else."""
+    from taskpipe.task import Signature
+
+    local: dict[str, Callable[..., Any]] = {}
+    for key in ("on_finish", "on_failure"):
+        value = options.get(key)
+        if isinstance(value, Signature):
+            env_opts[key] = value.to_dict()
+        elif value is not None:
+            if not callable(value):
+                raise ConfigError(f"{key} must be a callable or a task signature")
+            local[key] = value
+    if not local:
+        return None
+    if set(local) == {"on_finish"}:
+        return local["on_finish"]
+
+    def callback(value: Any, result: AsyncResult) -> None:
+        if "on_finish" in local:
+            local["on_finish"](value, result)
+        if isinstance(value, TaskFailed):
+            local["on_failure"](value, result)
+
+    return callback
+
+
+def failure_info(job_id: str, channel: str, task: str, exc_type: str, exc_message: str) -> dict[str, str]:
+    """What a durable ``on_failure`` signature receives as its first argument."""
+    return {"id": job_id, "channel": channel, "task": task, "exc_type": exc_type,
+            "exc_message": exc_message}
 
 
 class FinishWatcher:

@@ -11,7 +11,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.broker_retry import is_transient
-from taskpipe.errors import BrokerUnavailable
+from taskpipe.errors import BrokerUnavailable, JobAborted
 
 if TYPE_CHECKING:
     from taskpipe.thoonk.job import Claim, JobChannel
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["JobContext", "current_job", "JobLogHandler", "LOG_BUFFER_LINES"]
 
 LOG_BUFFER_LINES = 1000  # log lines a task keeps through a broker outage (the oldest go first)
+ABORT_CHECK_EVERY = 0.1  # seconds: ``aborted`` asks the broker at most this often
 FLUSH_RETRY_EVERY = 0.5  # seconds between tries to write what an outage held back
 log = logging.getLogger("taskpipe.context")
 
@@ -49,6 +50,8 @@ class JobContext:
         self._dropped = 0
         self._progress: str | None = None  # the last progress an outage held back
         self._next_try = 0.0
+        self._aborted = False
+        self._abort_next = 0.0
 
     def __repr__(self) -> str:
         return f"<JobContext {self.task} {self.channel.name}/{self.id}>"
@@ -76,6 +79,28 @@ class JobContext:
                 self._dropped += 1
             self._lines.append(line)
             self._write()
+
+    @property
+    def aborted(self) -> bool:
+        """True once the job was aborted (``AsyncResult.abort()``, ``taskpipe jobs abort``):
+        the task should stop. Asks the broker at most every ``ABORT_CHECK_EVERY`` seconds (a
+        broker outage reads as "not aborted")."""
+        if self._aborted:
+            return True
+        now = time.monotonic()
+        if now < self._abort_next:
+            return False
+        self._abort_next = now + ABORT_CHECK_EVERY
+        try:
+            self._aborted = bool(self.channel.aborted_among([self.id]))
+        except BrokerUnavailable:
+            return False
+        return self._aborted
+
+    def check_abort(self) -> None:
+        """Raise ``JobAborted`` if the job was aborted (call it in a long task's loop)."""
+        if self.aborted:
+            raise JobAborted(f"job {self.id} was aborted")
 
     @property
     def pending(self) -> int:

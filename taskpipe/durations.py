@@ -24,6 +24,7 @@ from .errors import DurationError
 
 __all__ = [
     "DurationLike",
+    "expires_at",
     "parse_duration",
     "parse_optional_duration",
     "to_ms",
@@ -187,3 +188,16 @@ def eta_to_delay(eta: datetime | float, now: float) -> float:
     else:
         when = _timestamp(eta, "eta")
     return max(0.0, when - _timestamp(now, "now"))
+
+
+def expires_at(expires: object, now: float) -> float:
+    """The unix time at which a job published at ``now`` with ``expires=`` expires.
+
+    ``expires`` is a duration from ``now`` (``'10m'``, seconds, a timedelta) or a datetime (an
+    aware one, or a naive one taken as UTC). Invalid inputs raise
+    :class:`~taskpipe.errors.DurationError`.
+    """
+    if isinstance(expires, datetime):
+        aware = expires if expires.utcoffset() is not None else expires.replace(tzinfo=timezone.utc)
+        return aware.timestamp()
+    return _timestamp(now, "now") + parse_duration(expires)

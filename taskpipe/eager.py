@@ -20,10 +20,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from taskpipe.callbacks import failure_info
 from taskpipe.durations import DurationLike, parse_duration
-from taskpipe.errors import ConfigError, ResultTimeout, ResultUnknown, UnknownTask
+from taskpipe.errors import (
+    ConfigError,
+    ResultExpired,
+    ResultTimeout,
+    ResultUnknown,
+    TaskFailed,
+    UnknownParent,
+    UnknownTask,
+    WorkflowError,
+)
 from taskpipe.publishing import plan_send
-from taskpipe.results import AsyncResult
+from taskpipe.results import AsyncResult, final_state
 from taskpipe.serialization import (
     ResultRecord,
     decode_envelope,
@@ -32,7 +42,7 @@ from taskpipe.serialization import (
     encode_failure,
     encode_result,
 )
-from taskpipe.states import JobState
+from taskpipe.states import DONE_STATES, JobState
 from taskpipe.task import Signature
 
 if TYPE_CHECKING:
@@ -51,6 +61,7 @@ class EagerResult(AsyncResult[Any]):
     def __init__(self, app: TaskPipe, id: str, channel: str) -> None:
         super().__init__(app, id, channel)
         self._eager_state = JobState.DELAYED
+        self._forgotten = False  # forget() dropped the outcome of a call that ran
 
     def info(self) -> JobInfo:
         from taskpipe.thoonk.job import JobInfo
@@ -63,7 +74,7 @@ class EagerResult(AsyncResult[Any]):
     def state(self) -> JobState:
         """delayed (waiting for the test clock), finished or failed."""
         if self._record is not None:
-            return JobState.FINISHED if self._record.ok else JobState.FAILED
+            return final_state(self._record)
         return self._eager_state
 
     def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
@@ -71,6 +82,8 @@ class EagerResult(AsyncResult[Any]):
         an id no eager call had ``ResultUnknown``."""
         if self._record is None and self._eager_state == JobState.UNKNOWN:
             raise ResultUnknown(f"no eager call with id {self.id!r}")
+        if self._record is None and self._forgotten:
+            raise ResultExpired(f"job {self.id!r} finished but its result was forgotten")
         if self._record is None:
             raise ResultTimeout(f"job {self.id!r} is still {self._eager_state} (eager mode: "
                                 "advance the app's test clock to run it)")
@@ -83,6 +96,13 @@ class EagerResult(AsyncResult[Any]):
     def logs(self) -> list[str]:
         """Eager runs keep no log."""
         return []
+
+    def forget(self) -> None:
+        """Drop the outcome of a call that ran (``get()`` then raises ``ResultExpired``)."""
+        if self._record is not None:
+            self._record = None
+            self._eager_state = JobState.FINISHED
+            self._forgotten = True
 
     def retract(self) -> None:
         """Drop a call still waiting for the test clock."""
@@ -152,6 +172,12 @@ class EagerRunner:
             raise UnknownTask(f"no task registered as {name!r} in app {self.app.name!r} "
                               "(eager mode runs only this app's tasks)")
         task = self.app.tasks[name]
+        if options.get("depends_on") is not None:  # parents ran already: their outcomes
+            args, failure = self._after_parents(options, tuple(args))
+            if failure:
+                options = {**options, "_eager_failure": failure}
+        elif options.get("allow_failure") is not None or options.get("pass_results") is not None:
+            raise ConfigError("allow_failure / pass_results are only meaningful with depends_on=")
         payload = encode_envelope(name, tuple(args), dict(kwargs or {}), plan.envelope,
                                   serializer=self.app.serializer, max_size=self.app.max_payload)
         job_id = plan.job_id or new_id()
@@ -166,6 +192,46 @@ class EagerRunner:
         else:
             self._run(pending)
         return result
+
+    def _parents_of(self, deps: Any) -> list[EagerResult]:
+        """The eager results ``depends_on`` names (results, group results, ids, pairs)."""
+        if isinstance(deps, (AsyncResult, str)) or hasattr(deps, "results"):
+            deps = [deps]
+        parents: list[EagerResult] = []
+        for dep in deps:
+            if hasattr(dep, "results"):
+                parents += [self.lookup(r.id) for r in dep.results]
+            elif isinstance(dep, (AsyncResult, str)):
+                parents.append(self.lookup(dep if isinstance(dep, str) else dep.id))
+            elif isinstance(dep, tuple) and len(dep) == 2:
+                parents.append(self.lookup(str(dep[1])))
+            else:
+                raise ConfigError(f"depends_on: {dep!r} is not an AsyncResult or a job id")
+        if not parents:
+            raise ConfigError("depends_on is empty: give at least one parent (or leave it out)")
+        return parents
+
+    def _after_parents(self, options: dict[str, Any], args: tuple[Any, ...]
+                       ) -> tuple[tuple[Any, ...], str]:
+        """``depends_on`` in eager mode: the parents ran already (or wait for the test clock:
+        ``WorkflowError``). Returns the call's arguments with the parents' values in front
+        (``pass_results``) and, if a parent failed (without ``allow_failure``), the reason the
+        call fails without running."""
+        parents = self._parents_of(options["depends_on"])
+        mode, allow = options.get("pass_results"), bool(options.get("allow_failure"))
+        if mode not in (None, "one", "all") or (mode == "one" and len(parents) != 1):
+            raise ConfigError(f"pass_results={mode!r}: 'one' (one parent), 'all' or None")
+        values: list[Any] = []
+        for parent in parents:
+            value, failure = _parent_value(parent, needs_value=mode is not None and not allow)
+            if failure and not allow:
+                return args, failure
+            values.append(value)
+        if mode == "one":
+            return (values[0], *args), ""
+        if mode == "all":
+            return (values, *args), ""
+        return args, ""
 
     def lookup(self, job_id: str) -> EagerResult:
         """The handle of an eager call by id (one in state ``unknown`` if there was none)."""
@@ -190,7 +256,16 @@ class EagerRunner:
         if retries is None:
             retries = task.options.retries if task.options.retries is not None else self.app.retries
         ser = self.app.serializer
-        for attempt in range(int(retries) + 1):
+        expires = env.options.get("expires_ms")
+        not_run = expires is not None and self.clock.now() * 1000 > expires
+        if not_run:  # as a worker does: not run, finished as JobExpired
+            raw = encode_failure("JobExpired", f"job {pending.result.id} expired before it could "
+                                 "start (expires=); it was not run", "", serializer=ser)
+        elif pending.options.get("_eager_failure"):  # a parent failed: not run
+            not_run = True
+            raw = encode_failure("DependencyFailed", pending.options["_eager_failure"], "",
+                                 serializer=ser)
+        for attempt in range(0 if not_run else int(retries) + 1):
             try:
                 value = task.fn(*env.args, **env.kwargs)
                 if asyncio.iscoroutine(value):
@@ -204,7 +279,7 @@ class EagerRunner:
                                      serializer=ser)
         record: ResultRecord = decode_result(raw)
         pending.result._record = record
-        pending.result._eager_state = JobState.FINISHED if record.ok else JobState.FAILED
+        pending.result._eager_state = final_state(record)
         on_finish = pending.options.get("on_finish")
         if isinstance(on_finish, Signature):
             if record.ok:  # as the worker does: the follow-up gets the value first
@@ -216,6 +291,18 @@ class EagerRunner:
                 on_finish(value, pending.result)
             except Exception:  # as in production: logged, never the job's fate
                 log.exception("on_finish callback for job %s raised", pending.result.id)
+        on_failure = pending.options.get("on_failure")
+        if on_failure is not None and not record.ok:
+            if isinstance(on_failure, Signature):  # as the worker does: the failure info first
+                info = failure_info(pending.result.id, pending.result.channel, env.task,
+                                    record.exc_type or "", record.exc_message or "")
+                self.app.send(on_failure.task, args=(info, *on_failure.args),
+                              kwargs=on_failure.kwargs)
+            else:
+                try:
+                    on_failure(pending.result.get(propagate=False), pending.result)
+                except Exception:
+                    log.exception("on_failure callback for job %s raised", pending.result.id)
 
     def run_due(self, target: float) -> int:
         """Run delayed calls and cron fires due up to ``target``, in time order."""
@@ -255,6 +342,26 @@ class EagerRunner:
             if fire <= target and (best is None or fire < best[0]):
                 best = (fire, entry)
         return best
+
+
+def _parent_value(parent: EagerResult, needs_value: bool) -> tuple[Any, str]:
+    """``(value, failure reason)`` of an eager parent; raises for one that has not run."""
+    state = parent.state
+    if state == JobState.UNKNOWN:
+        raise UnknownParent(f"depends_on: no eager call with id {parent.id!r}")
+    if parent._forgotten:  # ran, its result dropped (as an expired stored result)
+        return None, (f"the result of parent job {parent.channel}/{parent.id} is not stored "
+                      "(forgotten), so it cannot be passed on; not run") if needs_value else ""
+    if state not in DONE_STATES:
+        raise WorkflowError(f"depends_on: parent {parent.id!r} is still {state} (eager mode: "
+                            "advance the test clock to run it first)")
+    outcome = parent.get(propagate=False)
+    if not isinstance(outcome, TaskFailed):
+        return outcome, ""
+    if outcome.exc_type == "DependencyFailed":  # keep the first failure's story
+        return None, outcome.exc_message
+    return None, (f"parent job {parent.channel}/{parent.id} failed: {outcome.exc_type}: "
+                  f"{outcome.exc_message}")
 
 
 def _run_coroutine(coro: Any) -> Any:

@@ -36,6 +36,11 @@ __all__ = [
     "TaskFailed",
     "JobTimeout",
     "Retry",
+    "WorkflowError",
+    "UnknownParent",
+    "DependencyCycle",
+    "EmptyChord",
+    "JobAborted",
 ]
 
 
@@ -199,3 +204,27 @@ class Retry(TaskpipeError):
         super().__init__(reason or "retry requested")
         self.delay = delay
         self.reason = reason
+
+
+class WorkflowError(ConfigError):
+    """A chain, group, chord or ``depends_on`` cannot be published as given (nothing was
+    written for the job that raised it)."""
+
+
+class UnknownParent(WorkflowError):
+    """A ``depends_on`` parent is not a job of its channel: never published, retracted, or
+    finished so long ago that neither its result nor its finished-index entry remains."""
+
+
+class DependencyCycle(WorkflowError):
+    """``depends_on`` would make a job wait for itself (directly or through its parents)."""
+
+
+class EmptyChord(WorkflowError):
+    """A chord (or a group used as a chord's header) has no member: its callback would never
+    run."""
+
+
+class JobAborted(TaskpipeError):
+    """Raised inside a task by ``current_job().check_abort()`` once the job was aborted
+    (``AsyncResult.abort()``, ``taskpipe jobs abort``); the job already ended ``aborted``."""

@@ -20,12 +20,17 @@ from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from taskpipe.durations import eta_to_delay, parse_duration, to_ms
+from taskpipe.aliases import translate_options
+from taskpipe.callbacks import callbacks_of
+from taskpipe.durations import eta_to_delay, expires_at, parse_duration, to_ms
 from taskpipe.errors import ConfigError
+from taskpipe.flow import FLOW_SEND_OPTIONS, build_flow, check_priority
 from taskpipe.limits import check_count
 from taskpipe.serialization import args_encoder, encode_envelope
 from taskpipe.task import Signature, TaskOptions
+from taskpipe.thoonk.flow import DEBOUNCED, DEDUPLICATED, put_flow
 from taskpipe.thoonk.job import JobChannel, PutRequest, new_id
+from taskpipe.workflows import dependency_options, publish_waiting
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -70,10 +75,16 @@ ENVELOPE_OPTIONS: Mapping[str, Callable[[Any], Any]] = MappingProxyType({
     "hard_timeout": parse_duration,
     "retry_backoff": parse_duration,
     "result_ttl": parse_duration,
+    "failure_ttl": parse_duration,  # how long a failed / timed-out job's record is kept
 })
 
-#: publishing options that shape the put itself (where, when, which id, what runs after)
-PUT_OPTIONS = frozenset({"channel", "priority", "delay", "eta", "id", "on_finish"})
+#: publishing options that shape the put itself (where, when, which id, what runs after), or
+#: that ``plan_send`` / ``Publishing.build`` turn into envelope fields themselves
+PUT_OPTIONS = frozenset({"channel", "priority", "delay", "eta", "id", "on_finish", "on_failure",
+                         "expires",  # -> envelope expires_ms (checked at claim)
+                         # workflows (taskpipe.workflows): wait for parents
+                         "depends_on", "allow_failure", "pass_results"}) \
+    | FLOW_SEND_OPTIONS  # flow control: unique, unique_for, unique_key, debounce (taskpipe.flow)
 
 #: every publishing option ``apply_async`` / ``app.send`` accept (eager mode checks the same set)
 SEND_OPTIONS = frozenset(ENVELOPE_OPTIONS) | PUT_OPTIONS
@@ -92,10 +103,11 @@ class SendPlan:
 
     #: the envelope's ``options`` (what the worker reads: retries, time limits, on_finish, ...)
     envelope: dict[str, Any] = field(default_factory=dict)
-    #: an ``on_finish`` callable (run in this process by the app's finish watcher)
+    #: the ``on_finish`` / ``on_failure`` callables, combined (run in this process by the app's
+    #: finish watcher)
     callback: Callable[..., Any] | None = None
     channel: str | None = None
-    priority: bool | None = None
+    priority: bool | int | None = None  # True: head of the queue; 0 (first) .. 9 (last)
     delay_ms: int = 0
     eta_ms: int = 0
     #: the caller's job id (``None``: make a fresh one)
@@ -114,14 +126,10 @@ def plan_send(options: Mapping[str, Any], now: float | None = None) -> SendPlan:
         value = options.get(key)
         if value is not None:
             envelope[key] = convert(value)
-    on_finish = options.get("on_finish")
-    callback = None
-    if isinstance(on_finish, Signature):
-        envelope["on_finish"] = on_finish.to_dict()
-    elif on_finish is not None:
-        if not callable(on_finish):
-            raise ConfigError("on_finish must be a callable or a task signature")
-        callback = on_finish
+    callback = callbacks_of(options, envelope)  # on_finish / on_failure (taskpipe.callbacks)
+    if options.get("expires") is not None:  # checked by the worker that claims it
+        envelope["expires_ms"] = int(expires_at(options["expires"],
+                                                time.time() if now is None else now) * 1000)
     delay_ms = 0
     if options.get("delay") is not None:
         delay_ms = to_ms(options["delay"])
@@ -129,13 +137,19 @@ def plan_send(options: Mapping[str, Any], now: float | None = None) -> SendPlan:
         eta = options["eta"]
         delay_ms = to_ms(eta_to_delay(eta, time.time() if now is None else now)) \
             if isinstance(eta, (datetime, int, float)) else to_ms(eta)
-    priority = bool(options["priority"]) if options.get("priority") is not None else None
+    priority = check_priority(options.get("priority"))  # never coerced (taskpipe.flow)
     job_id = options.get("id")
     if job_id is not None and (not isinstance(job_id, str) or not job_id or "\0" in job_id):
         # id="" is an error, not "make one"
         raise ConfigError(f"a job id must be a non-empty string without NUL, got {job_id!r}")
     return SendPlan(envelope, callback, options.get("channel") or None, priority, delay_ms, 0,
                     job_id)
+
+
+def _dedups(options: Mapping[str, Any], topts: TaskOptions) -> bool:
+    """True when a publish with these options may be deduplicated (its outcome needs a reply)."""
+    return any(options.get(k, getattr(topts, k)) not in (None, False)
+               for k in ("unique", "unique_for", "debounce"))
 
 
 _NO_OPTIONS = TaskOptions()  # frozen: the options of a task name this app does not know
@@ -179,21 +193,26 @@ class Publishing:
         """Check and encode one call: its channel, its put, and its ``on_finish`` callable."""
         app = self.app
         topts = self.task_options(name, task)
-        if not options:  # the common case (``delay()``, ``map()``): no option to check or convert
+        if not options and not topts.flowing:  # the common case (``delay()``, ``map()``)
             payload = (self.encoder_for(task)(args if type(args) is tuple else tuple(args))
                        if task is not None and not kwargs else
                        encode_envelope(name, tuple(args), dict(kwargs or {}), {},
                                        serializer=app.serializer, max_size=app.max_payload))
             channel = app.channel(topts.channel)
-            return channel, PutRequest(payload, new_id(), topts.priority, fresh=True), None
+            return channel, PutRequest(payload, new_id(), topts.priority is True, fresh=True), None
         plan = plan_send(options)
+        head, flow = build_flow(name, topts, tuple(args), kwargs or {}, options)
+        plan.envelope.update(dependency_options(app, options))  # depends_on (taskpipe.workflows)
+        if flow is not None and plan.envelope.get("parents"):
+            raise ConfigError(f"task {name!r}: depends_on cannot be combined with flow control "
+                              "(numeric priority, rate_limit, concurrency, unique, debounce) yet: "
+                              "a dependant is released straight to its channel's queue")
         payload = encode_envelope(name, tuple(args), dict(kwargs or {}), plan.envelope,
                                   serializer=app.serializer, max_size=app.max_payload)
-        priority = plan.priority if plan.priority is not None else topts.priority
         fresh = plan.job_id is None
         job_id = new_id() if plan.job_id is None else plan.job_id
         channel = app.channel(plan.channel or topts.channel)  # after every check
-        return (channel, PutRequest(payload, job_id, priority, plan.delay_ms, plan.eta_ms, fresh),
+        return (channel, PutRequest(payload, job_id, head, plan.delay_ms, plan.eta_ms, fresh, flow),
                 plan.callback)
 
     def send(self, name: str, args: Iterable[Any], kwargs: dict[str, Any] | None,
@@ -202,6 +221,7 @@ class Publishing:
         from taskpipe.results import AsyncResult
 
         app = self.app
+        options = translate_options(options)  # Celery's option names (taskpipe.aliases)
         if app.eager:
             return app.eager_runner.send(name, args, kwargs, options)  # type: ignore[no-any-return]
         channel, req, callback = self.build(name, args, kwargs, task, options)
@@ -210,11 +230,21 @@ class Publishing:
         if callback is not None:  # watch first, so even an instant finish is heard
             app.finish_watcher.add(result, callback)
         since_ms = int(time.time() * 1000)
+        parents = dependency_options(app, options).get("parents") if options else None
 
         def put(attempt: int) -> None:
             # a try that failed may still have landed: never publish the same job twice
             if not attempt or not channel.landed([req], since_ms):
-                channel.put_request(req)
+                if parents:  # waits for its parents (taskpipe.workflows)
+                    publish_waiting(channel, req, parents)
+                    return
+                if req.flow is None:
+                    channel.put_request(req)
+                    return
+                outcome = put_flow(channel, req)  # dedup: the result points at the holder
+                if outcome.code in (DEDUPLICATED, DEBOUNCED):
+                    result.id = outcome.id
+                    result.dedup = "deduplicated" if outcome.code == DEDUPLICATED else "debounced"
 
         app.broker_retry.call(f"publish to channel {channel.name!r}", put)
         return result
@@ -228,11 +258,19 @@ class Publishing:
             return [app.send(sig.task, sig.args, sig.kwargs, **sig.options) for sig in signatures]
         by_channel: dict[str, tuple[JobChannel, list[PutRequest]]] = {}
         order: list[tuple[str, str]] = []
+        singles: list[tuple[int, Signature]] = []  # dedup: one publish each, to see the outcome
         for sig in signatures:
+            options = translate_options(dict(sig.options))
+            if _dedups(options, self.task_options(sig.task, app.tasks.get(sig.task))):
+                singles.append((len(order), sig))
+                order.append(("", ""))
+                continue
             channel, req, callback = self.build(sig.task, sig.args, sig.kwargs,
-                                                app.tasks.get(sig.task), sig.options)
+                                                app.tasks.get(sig.task), options)
             if callback is not None:
                 raise ConfigError("publish_many takes task signatures for on_finish, not callables")
+            if options.get("depends_on") is not None:
+                raise ConfigError("publish_many cannot publish depends_on jobs: use apply_async")
             by_channel.setdefault(channel.name, (channel, []))[1].append(req)
             order.append((channel.name, req.id or ""))
         since_ms = int(time.time() * 1000)
@@ -244,7 +282,10 @@ class Publishing:
                 channel.put_many(reqs, batch=batch)
 
             app.broker_retry.call(f"publish to channel {channel.name!r}", put)
-        return [AsyncResult(app, job_id, ch) for ch, job_id in order]
+        results: list[AsyncResult[Any]] = [AsyncResult(app, job_id, ch) for ch, job_id in order]
+        for index, sig in singles:
+            results[index] = app.send(sig.task, sig.args, sig.kwargs, **sig.options)
+        return results
 
     def publish_calls(self, task: Task[Any], calls: Iterable[Any],
                       batch: int = 500) -> list[AsyncResult[Any]]:
@@ -257,6 +298,8 @@ class Publishing:
         app = self.app
         if app.eager:
             return [app.send(task.name, c if isinstance(c, tuple) else (c,)) for c in calls]
+        if task.options.flowing:  # flow control: each job through build (job_put_flow)
+            return self.publish_many(task.s(*(c if isinstance(c, tuple) else (c,))) for c in calls)
         encode = self.encoder_for(task)
         items = [encode(c if isinstance(c, tuple) else (c,)) for c in calls]
         channel = app.channel(task.options.channel)
@@ -271,7 +314,7 @@ class Publishing:
                 done = channel.landed([PutRequest(b"", i, fresh=True) for i in todo_ids], since_ms)
                 rest = [(i, item) for i, item in zip(todo_ids, todo_items) if i not in done]
                 todo_ids, todo_items = [i for i, _ in rest], [item for _, item in rest]
-            channel.put_fresh_many(todo_items, task.options.priority, batch, ids=todo_ids)
+            channel.put_fresh_many(todo_items, task.options.priority is True, batch, ids=todo_ids)
 
         app.broker_retry.call(f"publish to channel {name!r}", put)
         return [AsyncResult(app, job_id, name) for job_id in ids]

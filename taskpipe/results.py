@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
@@ -19,15 +21,16 @@ from taskpipe.errors import (
     ResultUnknown,
     SerializationError,
     TaskFailed,
+    WrongJobState,
 )
-from taskpipe.serialization import ResultRecord, decode_result
-from taskpipe.states import DONE_STATES, JobState
+from taskpipe.serialization import ResultRecord, decode_result, encode_failure
+from taskpipe.states import DONE_STATES, FAILED_STATES, OUTCOME_STATES, JobState
 from taskpipe.thoonk.job import JobInfo
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
 
-__all__ = ["AsyncResult", "STATES"]
+__all__ = ["AsyncResult", "STATES", "final_state"]
 
 if TYPE_CHECKING:
     from typing_extensions import TypeVar as DefaultTypeVar
@@ -43,6 +46,14 @@ T = TypeVar("T")
 _BROKER_FAULTS = (redis.exceptions.RedisError, OSError, BrokerUnavailable)
 
 
+def final_state(record: ResultRecord) -> JobState:
+    """The state a finished job's result record means: finished, failed, timeout, aborted or
+    expired."""
+    if record.ok:
+        return JobState.FINISHED
+    return OUTCOME_STATES.get(record.exc_type or "", JobState.FAILED)
+
+
 class AsyncResult(Generic[R]):
     """A published job: ``state``, ``ready()``, ``successful()``, ``get(timeout=)``, progress, logs.
 
@@ -55,9 +66,19 @@ class AsyncResult(Generic[R]):
         self.id = id
         self.channel = channel
         self._record: ResultRecord | None = None
+        #: flow control: ``"deduplicated"`` (an unfinished job with the same ``unique`` key, or
+        #: one inside its ``unique_for`` window, already stood for this publish: ``id`` is that
+        #: job's) or ``"debounced"`` (the waiting job ``id`` took this publish's arguments and
+        #: due time); None for a job this publish created.
+        self.dedup: str | None = None
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.channel}/{self.id}>"
+
+    @property
+    def deduplicated(self) -> bool:
+        """True when this publish created no job of its own (``dedup`` is set)."""
+        return self.dedup is not None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, AsyncResult) and (self.id, self.channel) == (other.id, other.channel)
@@ -99,16 +120,42 @@ class AsyncResult(Generic[R]):
 
     @property
     def state(self) -> JobState:
-        """A ``JobState`` (a ``str``): delayed, available, claimed, stalled, finished, failed,
-        unknown."""
+        """A ``JobState`` (a ``str``): delayed, waiting (for parents: ``depends_on``),
+        available, claimed, stalled, finished, failed, timeout, aborted, expired, unknown."""
         if self._record is not None:
-            return JobState.FINISHED if self._record.ok else JobState.FAILED
+            return final_state(self._record)
         state = self.info().state
         if state == JobState.FINISHED:
             record = self._fetch()
-            if record is not None and not record.ok:
-                return JobState.FAILED
+            if record is not None:
+                return final_state(record)
         return state
+
+    def abort(self, by: str | None = None) -> None:
+        """Abort the job while it runs: it ends ``aborted`` at once (result: a ``TaskFailed``
+        of type ``JobAborted`` naming ``by`` and when), its lease is released, it never runs
+        again by itself, and the worker running it stops the task (``docs/workflows.md``).
+
+        Raises ``WrongJobState`` if the job is not running (finished, or not started yet:
+        use ``retract()``), ``JobNotFound`` if there is no such job."""
+        who = by or f"{socket.gethostname()}:{os.getpid()}"
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        record = encode_failure("JobAborted", f"aborted by {who} at {when}", "",
+                                serializer=self.app.serializer)
+        ttl_ms = int(self.app.result_ttl * 1000)
+        code = self._call("abort", lambda: self._ch.abort(self.id, record, ttl_ms, who))
+        if code == 1:
+            self._record = None
+            return
+        state = self.state
+        if state == JobState.UNKNOWN:
+            raise JobNotFound(f"no job {self.id!r} in channel {self.channel!r}")
+        raise WrongJobState(self.id, "claimed (running)", state)
+
+    def aborted_by(self) -> tuple[str, float] | None:
+        """``(who, unix time)`` of an abort of this job, or None."""
+        info = self._call("abort record", lambda: self._ch.abort_info(self.id))
+        return None if info is None else (info[0], info[1] / 1000.0)
 
     def ready(self) -> bool:
         """True once the job finished (successfully or not)."""
@@ -119,8 +166,8 @@ class AsyncResult(Generic[R]):
         return self.state == JobState.FINISHED
 
     def failed(self) -> bool:
-        """True if the job finished with an error."""
-        return self.state == JobState.FAILED
+        """True if the job finished with an error (timed-out, aborted and expired jobs too)."""
+        return self.state in FAILED_STATES
 
     @overload
     def get(self, timeout: float | None = None, propagate: Literal[True] = True) -> R: ...
@@ -325,7 +372,7 @@ class AsyncResult(Generic[R]):
         """Remove the job from its channel, whatever its state."""
         def retract(attempt: int) -> None:
             try:
-                self._ch.retract(self.id)
+                self._ch.retract(self.id, int(self.app.failure_ttl * 1000))
             except JobNotFound:
                 if not attempt:  # a retry finds it gone: the try that failed had retracted it
                     raise
@@ -333,5 +380,32 @@ class AsyncResult(Generic[R]):
         self.app.broker_retry.call(f"retract of job {self.id!r}", retract)
 
     def forget(self) -> None:
-        """Alias of ``retract`` (Celery's name)."""
-        self.retract()
+        """Drop the job's stored result (Celery's meaning); the job itself is not touched: a
+        pending job still runs (and stores its result), a finished one then reads as
+        ``ResultExpired``. Use ``retract()`` to remove a job."""
+        self._call("forget", lambda: self._ch.drop_result(self.id))
+        self._record = None
+
+    # history (docs/history.md) --------------------------------------------------------------
+    def record(self) -> Any:
+        """The job's ``JobRecord`` once it ended (task, args, attempts, worker, times, error),
+        or None (not ended yet, or the record expired)."""
+        from taskpipe.history import read_record
+
+        return self._call("record", lambda: read_record(self.app, self.channel, self.id))
+
+    def requeue(self, states: Any = ("failed", "timeout")) -> None:
+        """Run a failed or timed-out job again with its original arguments: same id, attempts
+        reset, its record kept. ``WrongJobState`` if it did not end in one of ``states``,
+        ``JobNotFound`` if it has no record; nothing changes then."""
+        from taskpipe.history import requeue
+
+        requeue(self.app, self.channel, self.id, states)
+        self._record = None
+
+    def edit(self, args: Any = None, kwargs: Any = None) -> None:
+        """Replace the arguments of this job while it is still waiting (available, delayed or
+        stalled), atomically; ``WrongJobState`` once a worker holds it or it ended."""
+        from taskpipe.history import edit_args
+
+        edit_args(self.app, self.channel, self.id, args, kwargs)

@@ -39,27 +39,52 @@ class TaskOptions:
     """Per-task defaults; ``None`` means "use the app's default"."""
 
     channel: str | None = None
-    priority: bool = False
+    priority: bool | int | None = False  # True: head of the queue; 0 (first) .. 9 (last)
     timeout: DurationLike | None = None       # soft time limit; raises JobTimeout inside the task
     hard_timeout: DurationLike | None = None  # hard limit: the process-pool child is killed
     retries: int | None = None
     retry_backoff: DurationLike | None = None  # base delay of the exponential backoff
     retry_backoff_max: DurationLike | None = None
     result_ttl: DurationLike | None = None
+    failure_ttl: DurationLike | None = None  # how long a failed or timed-out job's record and error are kept
     max_cancels: int | None = None
     stall_on_failure: bool = False  # after the last retry, stall instead of finishing as failed
     raw: bool = False  # a Thoonk-native handler: gets the channel's opaque bytes, returns bytes
+    # flow control (docs/flow-control.md)
+    rate_limit: str | None = None    # "100/s", "10/m", "1000/h": across all workers
+    concurrency: int | None = None   # at most this many running at once (per key with the next)
+    concurrency_key: Callable[..., Any] | None = None  # the task's arguments -> a key
+    unique: bool = False             # no second job while one with the same key is unfinished
+    unique_for: Any = None           # ... or for this long after the first publish (duration)
+    unique_key: Any = None           # the dedup key (default: task name + arguments)
+    debounce: Any = None             # the latest publish within this window wins (duration)
+
+    @property
+    def flowing(self) -> bool:
+        """True when a publish of this task needs the flow-control put (``taskpipe.flow``)."""
+        return (self.rate_limit is not None or self.concurrency is not None or self.unique
+                or self.unique_for is not None or self.debounce is not None
+                or (type(self.priority) is int))
 
 
 @dataclass(frozen=True)
 class Signature:
-    """A task call kept for later: ``add.s(2, 3)``. Used for ``on_finish=`` and bulk publishing."""
+    """A task call kept for later: ``add.s(2, 3)``. Used for ``on_finish=``, bulk publishing and
+    workflows (``a.s(1) | b.s()``). ``immutable`` (``add.si(...)``): in a chain or chord it is
+    not given the previous step's result."""
 
     task: str
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     app: Publisher | None = field(default=None, compare=False, repr=False)
+    immutable: bool = False
+
+    def __or__(self, other: Any) -> Any:
+        """``a.s() | b.s()``: a chain (``taskpipe.workflows.chain``)."""
+        from taskpipe.workflows import chain
+
+        return chain(self, other)
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
         """Publish the signature (extra args are appended, kwargs merged)."""
@@ -80,7 +105,8 @@ class Signature:
     def to_dict(self) -> dict[str, Any]:
         """The plain-data form stored inside a job envelope."""
         return {"task": self.task, "args": list(self.args), "kwargs": dict(self.kwargs),
-                "options": {k: v for k, v in self.options.items() if k != "on_finish"}}
+                "options": {k: v for k, v in self.options.items()
+                            if k not in ("on_finish", "on_failure")}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], app: Publisher | None = None) -> Signature:
@@ -138,6 +164,15 @@ class Task(Generic[R, P]):
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature of this task with these arguments."""
         return Signature(self.name, tuple(args), dict(kwargs), {}, self.app)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: in a chain or chord it ignores the previous result."""
+        return Signature(self.name, tuple(args), dict(kwargs), {}, self.app, immutable=True)
+
+    def starmap(self, iterable: Iterable[Iterable[Any]], **options: Any) -> list[AsyncResult[R]]:
+        """Publish one job per item, each item spread as the arguments (``add.starmap([(1, 2),
+        (3, 4)])``), pipelined in batches; ``map`` spreads only tuples."""
+        return self.map((tuple(a) for a in iterable), **options)
 
     def map(self, iterable: Iterable[Any], **options: Any) -> list[AsyncResult[R]]:
         """Publish one job per item (a tuple is spread as arguments), pipelined in batches."""

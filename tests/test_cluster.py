@@ -463,3 +463,26 @@ def test_doctor_checks_every_primary_and_the_cluster_state(cluster: RedisCluster
     assert len(nodes) == 3 and all(":" in n for n in nodes)  # one per primary
     # the test cluster runs without persistence: every primary says so
     assert {f.node for f in findings if f.check == "persistence" and f.level == "unsafe"} == nodes
+
+
+def test_flow_control_on_a_cluster(app: TaskPipe, cluster: RedisCluster) -> None:
+    """Numbered priorities, a dedup key and a rate limit: every flow key of a channel (the dedup
+    key included) lands in the channel's slot, so the put and claim scripts run there."""
+    @app.task(name="flow.c", channel="emails", rate_limit="1/h")
+    def limited(x: int) -> int:
+        return x
+
+    @app.task(name="flow.p", channel="emails")
+    def plain(x: int) -> int:
+        return x
+
+    low = plain.apply_async((1,), priority=8).id
+    high = plain.apply_async((2,), priority=1).id
+    first = plain.apply_async((3,), unique=True)
+    again = plain.apply_async((3,), unique=True)
+    assert again.deduplicated and again.id == first.id
+    ch = app.channel("emails")
+    assert cluster.keyslot(ch.keys.unique("flow.p:x")) == cluster.keyslot(ch.keys.ids)
+    rated = [limited.delay(i).id for i in range(2)]
+    assert [c.id for c in ch.claim(10)] == [first.id, rated[0], high, low]
+    assert ch.counts()["available"] == 1  # the second rated job waits for its slot

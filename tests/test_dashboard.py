@@ -298,6 +298,7 @@ def test_pause_shows_as_paused(browser: Any, app: TaskPipe, board: DashboardServ
     app.send("report", channel="emails")
     browser.get(board.url + "#/channel/emails")
     wait(browser, lambda d: css(d, "#paused-badge").text == "active")
+    browser.execute_script("window.confirm = () => true")  # pausing asks first (issue 14 item 8)
     click(browser, '#channel-actions button[data-action="pause"]')
     wait(browser, lambda d: css(d, "#paused-badge").text == "paused")
     assert app.channel("emails").paused
@@ -365,3 +366,24 @@ def test_token_auth_in_the_browser(browser: Any, app: TaskPipe) -> None:
         wait(browser, lambda d: cell(d, "emails", "available") == "1")
         browser.get(srv.url + "#/channel/emails")  # the token is kept for the session
         wait(browser, lambda d: css(d, "#paused-badge").text == "active")
+
+
+def test_abort_button_and_waiting_tab(browser: Any, app: TaskPipe, board: DashboardServer) -> None:
+    """A claimed job has an Abort button (issue 15): it ends the job 'aborted'; a job waiting
+    for a parent is listed under the 'waiting' tab."""
+    running = app.send("report", channel="jobs")
+    kid = app.send("report", channel="jobs", depends_on=[running])
+    [claim] = app.channel("jobs").claim(1, lease_ms=60_000, worker="test")  # held, never run
+    assert claim.id == running.id
+    browser.get(board.url + "#/channel/jobs?state=waiting")
+    assert "1" in text_of(browser, f'tr[data-job="{kid.id}"]')  # parents left
+    shot(browser, "channel-waiting")
+    browser.get(board.url + f"#/job/jobs/{running.id}")
+    assert text_of(browser, "#job-state") == "claimed"
+    browser.execute_script("window.confirm = () => true")
+    click(browser, "#abort-btn")
+    wait(browser, lambda d: css(d, "#job-state").text == "aborted")
+    assert running.state == "aborted" and running.aborted_by()[0] == "dashboard"  # type: ignore[index]
+    assert not browser.find_elements("css selector", "#abort-btn")
+    assert kid.state == "available"  # released (and failed when run: its parent was aborted)
+    shot(browser, "job-aborted")

@@ -41,8 +41,31 @@ EXPECTED: dict[str, list[str]] = {
         r"^'500ms' ran after (\d+\.\d\d)s$",
         r"^eta \+1s ran after (\d+\.\d\d)s$",
     ],
+    "workflows": [
+        r"^chain \(1 \+ 2\) \+ 10 \+ 100 = 113$",
+        r"^group: \[0, 2, 4, 6, 8\] completed: 5$",
+        r"^chord total of 0\.\.9 = 45$",
+        r"^allow_failure ran with: 0$",
+        r"^dependant of a failed parent: DependencyFailed$",
+        r"^on_failure task: __main__\.fail failed with ValueError$",
+        r"^aborted job state: aborted$",
+    ],
+    "history": [
+        r"^state: failed \| task __main__\.charge \| args 1, card='4242' \| attempts 3 \| code E_DECLINED$",
+        r"^error: CardDeclined: card 4242 declined$",
+        r"^found by task and error: \[True\]$",
+        r"^breakdown: \{'succeeded': 1, 'failed': 1, 'timeout': 0\}$",
+        r"^after requeue: order 1 charged \| requeues: 1$",
+        r"^edited waiting job: \(3,\) \{'card': '5555'\} state: delayed$",
+    ],
     "priorities": [
         r"^ran in order: high-1, default-priority, default-1, default-2$",
+    ],
+    "flow_control": [
+        r"^priorities ran in order: urgent, normal, nightly$",
+        r"^peak concurrent syncs per user: \{'ann': 2, 'bob': 2\}$",
+        r"^last of 5 rate-limited calls started >= 150 ms after publishing: True$",
+        r"^second publish deduplicated: True, same job: True$",
     ],
     "cron": [
         r"^heartbeat from cron: job cron:heartbeat:\d+$",

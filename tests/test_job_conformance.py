@@ -130,8 +130,8 @@ def test_put_claim_finish_round_trip(thoonk: Thoonk, job: JobChannel) -> None:
     assert job.get_item(jid) is None
     assert job.get_ids() == []
     counts = job.counts()
-    assert counts == {"available": 0, "delayed": 0, "claimed": 0, "stalled": 0, "finished": 1,
-                      "published_total": 1, "finished_total": 1, "failed_total": 0}
+    assert counts == {"available": 0, "delayed": 0, "waiting": 0, "claimed": 0, "stalled": 0,
+                      "finished": 1, "published_total": 1, "finished_total": 1, "failed_total": 0}
 
 
 def test_get_returns_the_thoonk_triple(job: JobChannel) -> None:

@@ -456,3 +456,26 @@ def test_legacy_orphan_sweep_would_see_delayed_jobs_as_orphans(job: JobChannel, 
     orphans = set(items) - set(ids) - set(in_claimed) - set(in_stalled)
     assert orphans == {delayed.encode()}
     assert {avail, claimed, stalled} <= {x.decode() for x in items}
+
+
+# flow control beside legacy clients (docs/flow-control.md) -------------------------------------
+def test_legacy_client_beside_numbered_priorities(job: JobChannel, r: redis.Redis,
+                                                  k: JobKeys) -> None:
+    from taskpipe.thoonk.flow import PutFlow
+    from taskpipe.thoonk.job import PutRequest
+
+    numbered = [job.put_request(PutRequest(b"n%d" % p, f"num{p}", flow=PutFlow(priority=p)))
+                for p in (7, 2)]
+    assert numbered == [True, True]
+    mine_normal = job.put(b"mine-normal")
+    mine_head = job.put(b"mine-head", priority=True)
+    legacy_normal = legacy_put(r, k, b"legacy-normal")
+    legacy_head = legacy_put(r, k, b"legacy-head", priority=True)
+    # the legacy consumer sees the list as always: priority jobs (newest first), then FIFO
+    got = [legacy_get(r, k) for _ in range(2)]
+    assert [g[0] for g in got if g] == [legacy_head, mine_head]
+    for jid, _, _ in (g for g in got if g):
+        assert legacy_finish(r, k, jid, b"done")
+    # numbered jobs are not in feed.ids: taskpipe claims the rest, numbered ones last, 2 then 7
+    assert [c.id for c in job.claim(10)] == [mine_normal, legacy_normal, "num2", "num7"]
+    assert r.llen(k.ids) == 0 and r.zcard(k.prio) == 0

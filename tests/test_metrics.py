@@ -226,3 +226,56 @@ def test_worker_cli_metrics_port(redis_server: RedisServer, prefix: str, tmp_pat
         code = proc.wait(30)
         app.close()
     assert code == 0
+
+
+def test_running_prefetched_oldest_waiting_task_outcomes_and_no_created(app: TaskPipe) -> None:
+    gate = threading.Event()
+
+    @app.task(name="hold")
+    def hold() -> None:
+        gate.wait(20)
+
+    @app.task(name="bad")
+    def bad() -> None:
+        raise ValueError("x")
+
+    @app.task(name="slowpoke", timeout=0.05)
+    def slowpoke() -> None:
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            pass
+
+    for _ in range(4):
+        hold.delay()
+    w = Worker(app, ["default"], concurrency=1, prefetch=2, heartbeat_interval=60)
+    with serve_metrics(app, 0, worker=w) as m:
+        wait_for(lambda: (val(scrape(m.url), "taskpipe_oldest_waiting_seconds",
+                              channel="default") or 0) > 0, what="the oldest job's age")
+        waiting = scrape(m.url)
+        assert val(waiting, "taskpipe_worker_running_jobs") == 0
+        thread = threading.Thread(target=w.run, daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: w.executing_count == 1 and w.prefetched_count == 2,
+                     what="one job running, two prefetched")
+            busy = scrape(m.url)
+            assert val(busy, "taskpipe_worker_running_jobs") == 1
+            assert val(busy, "taskpipe_worker_prefetched_jobs") == 2
+            bad.delay()
+            slowpoke.delay()
+            gate.set()
+            wait_for(lambda: w.writer.stats["failed"] == 1 and w.writer.stats["timeout"] == 1,
+                     what="the failure and the timeout written")
+            after = scrape(m.url)
+            with urllib.request.urlopen(m.url, timeout=10) as resp:
+                text = resp.read().decode()
+        finally:
+            gate.set()
+            w.stop()
+            thread.join(20)
+    assert val(after, "taskpipe_task_outcomes_total", task="hold", outcome="succeeded") == 4
+    assert val(after, "taskpipe_task_outcomes_total", task="bad", outcome="failed") == 1
+    assert val(after, "taskpipe_task_outcomes_total", task="slowpoke", outcome="timeout") == 1
+    assert val(after, "taskpipe_worker_jobs_total", channel="default", outcome="timeout") == 1
+    assert val(after, "taskpipe_oldest_waiting_seconds", channel="default") == 0
+    assert "_created" not in text

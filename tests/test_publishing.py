@@ -97,7 +97,11 @@ def test_plan_send_checks_every_option() -> None:
     now = 1_000_000.0
     eta = datetime.fromtimestamp(now + 5, tz=timezone.utc)
     assert plan_send({"eta": eta}, now=now).delay_ms == 5000
-    assert plan_send({"priority": 1}).priority is True
+    # issue 16: an int is a numbered priority (0 first .. 9 last), never coerced to bool
+    assert plan_send({"priority": 1}).priority == 1
+    assert plan_send({"priority": True}).priority is True
+    with pytest.raises(ConfigError, match="priority"):
+        plan_send({"priority": 10})
     cb = plan_send({"on_finish": print})
     assert cb.callback is print and cb.envelope == {}
     with pytest.raises(ConfigError, match="unknown publishing option.*bogus"):

@@ -243,3 +243,34 @@ def test_original_listener_reads_taskpipe_events(redis_server: RedisServer, name
         original.done()
     finally:
         thoonk.close()
+
+
+def test_original_worker_beside_numbered_priorities(app: TaskPipe, redis_server: RedisServer,
+                                                    name: str) -> None:
+    """thoonk.py claims taskpipe's normal and True-priority jobs as ever; numbered jobs
+    (``priority=0..9``, in ``feed.prio``) are left to taskpipe, which claims them in order."""
+    @app.task(name="flow.job", channel=name)
+    def job(x: str) -> str:
+        return x
+
+    low = job.apply_async(("low",), priority=9).id
+    high = job.apply_async(("high",), priority=0).id
+    normal = job.delay("normal").id
+    head = job.apply_async(("head",), priority=True).id
+    original = Original(redis_server, name, """
+        j = t.job(name)
+        for _ in range(2):
+            id, item, cancelled = j.get(timeout=20)
+            say(id)
+            j.finish(id, 'ok')
+        try:
+            j.get(timeout=1)
+            say('got one')
+        except thoonk.exceptions.Empty:
+            say('empty')
+    """)
+    assert original.line() == repr(head)
+    assert original.line() == repr(normal)
+    assert original.line() == repr("empty")  # the numbered jobs wait for taskpipe
+    original.done()
+    assert [c.id for c in app.channel(name).claim(10)] == [high, low]

@@ -95,8 +95,9 @@ def test_worker_refuses_a_bool_count_from_any_producer() -> None:
 
 # JobState and the outcome kinds ----------------------------------------------------------------
 def test_job_state_is_its_wire_string() -> None:
-    assert [s.value for s in JobState] == ["delayed", "available", "claimed", "stalled",
-                                           "finished", "failed", "unknown"]
+    assert [s.value for s in JobState] == ["delayed", "waiting", "available", "claimed", "stalled",
+                                           "finished", "failed", "aborted", "expired", "timeout",
+                                           "retracted", "unknown"]
     wire: str = "finished"  # (a str typed as str: mypy rejects comparing two literals)
     assert JobState.FINISHED == wire and isinstance(JobState.FINISHED, str)
     assert JobState("stalled") is JobState.STALLED
@@ -104,7 +105,11 @@ def test_job_state_is_its_wire_string() -> None:
     assert json.dumps({"state": JobState.FAILED}) == '{"state": "failed"}'
     assert {"delayed": 1}[JobState.DELAYED] == 1  # hashes as its string
     assert STATES == tuple(JobState)
-    assert set(CHANNEL_STATES) == set(JobState) - {JobState.FAILED}
+    # failed, timeout, aborted and expired are read from a finished job's stored result,
+    # retracted from a record (task layer)
+    assert set(CHANNEL_STATES) == set(JobState) - {JobState.FAILED, JobState.TIMEOUT,
+                                                   JobState.ABORTED, JobState.EXPIRED,
+                                                   JobState.RETRACTED}
     assert set(LISTABLE_STATES) == set(QUEUED_STATES) | set(DONE_STATES)
     assert LIST_STATES == LISTABLE_STATES
 
@@ -162,7 +167,8 @@ def test_inspection_rows_and_outcomes_are_typed(mem: TaskPipe) -> None:
 
 def test_worker_outcome_kinds_and_events() -> None:
     kinds = set(get_args(OutcomeKind))
-    assert kinds == {"success", "failure", "retry", "stall", "cancel", "release"}
+    assert kinds == {"success", "failure", "retry", "stall", "cancel", "release", "aborted",
+                     "expired"}
     events = set(get_args(WorkerEvent))
     assert {"finished", "failed", "retried", "stalled", "cancelled", "lease_lost"} <= events
 

@@ -131,9 +131,32 @@ def _channel_option(by_id: bool = True) -> Callable[[Callable[..., Any]], Callab
 # status -----------------------------------------------------------------------------------------
 @cli.command()
 @_common()
-def status(app_path: str | None, broker: str | None, prefix: str | None, as_json: bool) -> None:
+@click.option("--watch", "watch", type=click.FloatRange(min=0.2), default=None, metavar="SECONDS",
+              help="Redraw every SECONDS until Ctrl-C.")
+@click.option("--iterations", type=click.IntRange(min=1), default=None, hidden=True)
+def status(app_path: str | None, broker: str | None, prefix: str | None, as_json: bool,
+           watch: float | None = None, iterations: int | None = None) -> None:
     """Channels with jobs per state, paused flags, and live workers with their current jobs."""
     insp = _inspector(app_path, broker, prefix)
+    if watch is None:
+        _status_once(insp, as_json)
+        return
+    import time
+
+    n = 0
+    try:
+        while iterations is None or n < iterations:
+            if n:
+                time.sleep(watch)  # the redraw interval the user asked for
+            click.clear()
+            click.echo(f"every {watch:g}s (Ctrl-C to stop)", err=True)
+            _status_once(insp, as_json)
+            n += 1
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _status_once(insp: Inspector, as_json: bool) -> None:
     channels, workers, now = insp.overview(), insp.workers(), insp.server_time_ms()
     warning = None if insp.app.connection.is_memory or insp.app.connection.is_cluster else (
         eviction_warning(eviction_policy(insp.app.connection.client)))
@@ -151,6 +174,10 @@ def status(app_path: str | None, broker: str | None, prefix: str | None, as_json
              "PAUSED"],
             [[c["channel"], c["available"], c["delayed"], c["claimed"], c["stalled"], c["finished"],
               c["failed_total"], "yes" if c["paused"] else ""] for c in channels]))
+        limited = [(c["channel"], c["limits"]) for c in channels if c.get("limits")]
+        if limited:  # flow control (docs/flow-control.md)
+            click.echo("\nflow control")
+            click.echo(_table(["CHANNEL", "LIMITS"], [list(x) for x in limited], width=120))
     else:
         click.echo("no job channels")
     click.echo(f"\n{len(workers)} live worker(s)")
@@ -171,7 +198,7 @@ def jobs() -> None:
 def _row_cells(state: JobState, page: Page, now: int) -> tuple[list[str], list[list[Any]]]:
     when = {JobState.AVAILABLE: "PUBLISHED", JobState.DELAYED: "DUE", JobState.CLAIMED: "CLAIMED",
             JobState.STALLED: "STALLED", JobState.FINISHED: "FINISHED",
-            JobState.FAILED: "FINISHED"}[state]
+            JobState.FAILED: "FINISHED", JobState.TIMEOUT: "FINISHED"}[state]
     headers = ["ID", "TASK", when, "CANCELS", "ATTEMPTS"]
     extra: dict[JobState, tuple[list[str], Callable[[Any], list[Any]]]] = {
         JobState.CLAIMED: (["WORKER", "PROGRESS", "LEASE"],
@@ -179,6 +206,7 @@ def _row_cells(state: JobState, page: Page, now: int) -> tuple[list[str], list[l
         JobState.STALLED: (["REASON"], lambda r: [r.reason or "-"]),
         JobState.FINISHED: (["OUTCOME", "ERROR"], lambda r: [r.outcome, r.error or "-"]),
         JobState.FAILED: (["ERROR"], lambda r: [r.error]),
+        JobState.TIMEOUT: (["ERROR"], lambda r: [r.error]),
     }
     more_h, more = extra.get(state, ([], lambda r: []))
     rows = [[r.id, r.task or ("-" if state in DONE_STATES else "(not an envelope)"),
@@ -210,6 +238,20 @@ def list_jobs(app_path: str | None, broker: str | None, prefix: str | None, as_j
         click.echo(f"-- next page: --cursor {page.next_cursor}", err=True)
 
 
+def _record_lines(d: JobDetail) -> list[tuple[str, Any]]:
+    """The job-record lines of ``jobs show`` (docs/history.md), those that have a value."""
+    lines: list[tuple[str, Any]] = []
+    if d.last_error:
+        lines.append(("last error", f"{d.last_error} (will retry)"))
+    if d.runtime_ms is not None:
+        lines.append(("run time", f"{d.runtime_ms / 1000:.3f}s"))
+    if d.code:
+        lines.append(("error code", d.code))
+    if d.requeues:
+        lines.append(("requeued", f"{d.requeues} time(s), last ended {d.previous or '?'}"))
+    return lines
+
+
 def _show_text(d: JobDetail) -> None:
     now = d.server_time_ms
     click.echo(f"job {d.id} in channel {d.channel!r}")
@@ -223,7 +265,7 @@ def _show_text(d: JobDetail) -> None:
         fields.append(("raw", f"{raw['size']} bytes: " + (
             repr(raw["text"]) if raw["text"] is not None else f"base64 {raw['base64']}")))
     fields += [("attempts", d.attempts), ("cancels", d.cancels), ("worker", d.worker or "-"),
-               ("progress", d.progress or "-"), ("reason", d.reason or "-")]
+               ("progress", d.progress or "-"), ("reason", d.reason or "-"), *_record_lines(d)]
     for key, ms in d.timestamps.items():
         if ms is not None:
             fields.append((key.removesuffix("_ms").replace("_", " "), _stamp(ms, now)))
@@ -319,8 +361,10 @@ def _action(name: str, doc: str, act: Callable[[Any, str, dict[str, Any]], None]
         insp = _inspector(app_path, broker, prefix)
         ch_name = _resolve(insp, job_id, channel)
         ch = insp.channel(ch_name)
-        act(ch, job_id, extra)
+        act(ch, job_id, {**extra, "inspector": insp})
         state = ch.info(job_id).state
+        if state == JobState.FINISHED and name == "abort":
+            state = JobState.ABORTED
         if as_json:
             _emit_json({"ok": True, "action": name, "id": job_id, "channel": ch_name, "state": state})
         else:
@@ -342,8 +386,21 @@ _action("cancel", "Send a claimed job back to the queue (Thoonk cancel; its canc
 _action("stall", "Park a claimed job (with --reason); it is not run again until retried.",
         lambda ch, i, x: ch.stall(i, reason=x["reason"]),
         [click.option("--reason", default="stalled by operator", show_default=True)])
-_action("retract", "Remove a job from every state, its result and log included.",
-        lambda ch, i, x: ch.retract(i))
+_action("retract", "Remove a job from every state, its result and log included (a job that had "
+        "not ended keeps a 'retracted' record with its payload for 7 days: docs/history.md).",
+        lambda ch, i, x: ch.retract(i, 7 * 86_400_000))
+_action("abort", "Abort a running job: it ends 'aborted' at once (lease released, never run "
+        "again by itself) and its worker stops the task (docs/workflows.md).",
+        lambda ch, i, x: _abort(x["inspector"], ch, i, x["by"]),
+        [click.option("--by", default="cli", show_default=True, help="Who aborts (recorded).")])
+
+
+def _abort(insp: Any, ch: Any, job_id: str, by: str) -> None:
+    from taskpipe.results import AsyncResult
+
+    AsyncResult(insp.app, job_id, ch.name).abort(by=by)
+
+
 _action("retry", "Make a stalled job available again (fresh attempt and cancel counts).",
         lambda ch, i, x: ch.retry(i, reset_counts=not x["keep_counts"]),
         [click.option("--keep-counts", is_flag=True, help="Keep the attempt and cancel counts.")])
@@ -352,8 +409,10 @@ _action("retry", "Make a stalled job available again (fresh attempt and cancel c
 @jobs.command("clean")
 @_common()
 @_channel_option(by_id=False)
-@click.option("-s", "--state", type=click.Choice([JobState.FINISHED.value, JobState.STALLED.value]),
-              required=True)
+@click.option("-s", "--state", type=click.Choice([JobState.FINISHED.value, JobState.FAILED.value,
+                                                   JobState.TIMEOUT.value, JobState.STALLED.value]),
+              required=True, help="finished = succeeded jobs; failed and timed-out jobs stay "
+                                  "unless cleaned by name (-s failed / -s timeout).")
 @click.option("--older-than", "older_than", required=True, metavar="DURATION",
               help="e.g. 7d. Stalled jobs carry no stall time: use 0 (every job stalled now).")
 @click.option("--batch", type=click.IntRange(1, 1000), default=500, show_default=True)
@@ -380,6 +439,9 @@ def clean_jobs(app_path: str | None, broker: str | None, prefix: str | None, as_
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {report.removed} {state} job(s) from {name!r} "
                f"({report.examined} examined, {report.skipped} skipped: changed state meanwhile)")
+    if report.kept:
+        click.echo(f"kept {report.kept} job(s) of another outcome (failed or timed-out jobs stay "
+                   "until cleaned with -s failed / -s timeout)")
 
 
 # channels ---------------------------------------------------------------------------------------

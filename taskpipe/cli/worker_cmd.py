@@ -59,6 +59,8 @@ def unknown_channels(app: Any, channels: list[str]) -> list[str]:
               help="Exit after claiming this many jobs.")
 @click.option("--loglevel", "-l", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-tracebacks", is_flag=True,
+              help="Log a failed job's traceback with its ERROR line (else at DEBUG).")
 @click.option("--name", "-n", default=None, help="Worker name (default host.pid.random).")
 @click.option("--lease", default=None, help="Lease of a claimed job, e.g. 30s (default: the app's).")
 @click.option("--grace", default="30s", show_default=True,
@@ -81,7 +83,7 @@ def worker(app_path: str, queues: str | None, concurrency: int | None, prefetch:
            pool: str, burst: bool,
            max_jobs: int | None, loglevel: str, name: str | None, lease: str | None, grace: str,
            dead_after: str, weighted: bool, beat: bool, metrics_port: int | None,
-           poll_interval: float) -> None:
+           poll_interval: float, log_tracebacks: bool = False) -> None:
     """Run a worker: claim jobs from the channels in strict order and run them."""
     from taskpipe.worker import Worker
 
@@ -98,6 +100,8 @@ def worker(app_path: str, queues: str | None, concurrency: int | None, prefetch:
                pool=cast("PoolKind", pool), burst=burst,
                max_jobs=max_jobs, name=name, lease=lease, grace=grace, weighted=weighted,
                beat=beat, app_path=app_path, dead_after=dead_after, max_block=poll_interval)
+    if log_tracebacks:
+        w.writer.log_tracebacks = True
     if metrics_port is not None:
         from taskpipe.contrib.metrics import serve_metrics
 

@@ -9,7 +9,7 @@ when several workers expose them):
 
 - ``taskpipe_jobs_published_total{channel}``, ``taskpipe_jobs_finished_total{channel}``,
   ``taskpipe_jobs_failed_total{channel}``: the channel's lifetime counters;
-- ``taskpipe_queue_depth{channel,state}``: jobs ``available``, ``delayed``, ``claimed``, ``stalled``;
+- ``taskpipe_queue_depth{channel,state}``: jobs ``available``, ``delayed``, ``waiting``, ``claimed``, ``stalled``;
 - ``taskpipe_channel_paused{channel}``: 1 while paused;
 - ``taskpipe_workers``: live workers; ``taskpipe_channel_workers{channel}``: those consuming it;
 - ``taskpipe_broker_up``: 0 when the last scrape could not read Redis.
@@ -52,8 +52,11 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 #: The states ``taskpipe_queue_depth`` reports.
 DEPTH_STATES = QUEUED_STATES
 
-_JOB_EVENTS: tuple[WorkerEvent, ...] = ("finished", "failed", "retried", "stalled", "cancelled",
-                                        "lease_lost")
+_JOB_EVENTS: tuple[WorkerEvent, ...] = ("finished", "failed", "timeout", "retried", "stalled",
+                                        "cancelled", "lease_lost", "aborted", "expired")
+#: final outcomes counted per task by ``taskpipe_task_outcomes``
+_TASK_OUTCOMES = {"finished": "succeeded", "failed": "failed", "timeout": "timeout",
+                  "aborted": "aborted", "expired": "expired"}
 _REAP_EVENTS: dict[WorkerEvent, str] = {"lease_expired": "requeued", "lease_expired_stalled": "stalled"}
 
 
@@ -93,8 +96,14 @@ class TaskpipeCollector:
         yield from families
         if self.worker is not None:
             running = GaugeMetricFamily("taskpipe_worker_running_jobs",
-                                        "Jobs this worker is running now.")
-            running.add_metric([], len(self.worker.running))
+                                        "Jobs this worker is running now (prefetched ones not "
+                                        "included).")
+            held = len(self.worker.running)
+            running.add_metric([], getattr(self.worker, "executing_count", held))
+            prefetched = GaugeMetricFamily("taskpipe_worker_prefetched_jobs",
+                                           "Jobs this worker claimed ahead, waiting to start.")
+            prefetched.add_metric([], getattr(self.worker, "prefetched_count", 0))
+            yield prefetched
             conc = GaugeMetricFamily("taskpipe_worker_concurrency",
                                      "How many jobs this worker runs at once.")
             conc.add_metric([], self.worker.concurrency)
@@ -118,6 +127,8 @@ class TaskpipeCollector:
                       labels=["channel", "state"])
         paused = gauge("taskpipe_channel_paused", "1 while the channel is paused.",
                        labels=["channel"])
+        oldest = gauge("taskpipe_oldest_waiting_seconds", "Age of the oldest available job "
+                       "(since it was published; 0 when none waits).", labels=["channel"])
         for name in sorted(names):
             try:
                 counts = inspector.channel_counts(name)
@@ -129,6 +140,7 @@ class TaskpipeCollector:
             for state in DEPTH_STATES:
                 depth.add_metric([name, state], counts[state])
             paused.add_metric([name], 1 if counts["paused"] else 0)
+            oldest.add_metric([name], _oldest_waiting_s(inspector, name))
         live = inspector.workers()
         workers = gauge("taskpipe_workers", "Live workers (heartbeating).")
         workers.add_metric([], len(live))
@@ -141,7 +153,16 @@ class TaskpipeCollector:
                     consumers[name] = consumers.get(name, 0) + 1
         for name, n in sorted(consumers.items()):
             per_channel.add_metric([name], n)
-        yield from (published, finished, failed, depth, paused, workers, per_channel)
+        yield from (published, finished, failed, depth, paused, oldest, workers, per_channel)
+
+
+def _oldest_waiting_s(inspector: Any, name: str) -> float:
+    """Seconds since the oldest available job of ``name`` was published (the next one to run
+    is at the right end of ``feed.ids``), by the server clock; 0 when none waits."""
+    published = inspector.channel(name).oldest_waiting_ms()
+    if published is None:
+        return 0.0
+    return max(0.0, (int(inspector.server_time_ms()) - float(published)) / 1000.0)
 
 
 class WorkerMetrics:
@@ -155,6 +176,9 @@ class WorkerMetrics:
                             ["channel", "outcome"], registry=registry)
         self.expired = Counter("taskpipe_lease_expired", "Expired leases this worker's reaper "
                                "requeued or stalled.", ["channel", "action"], registry=registry)
+        self.task_outcomes = Counter("taskpipe_task_outcomes", "Final job outcomes per task "
+                                     "(succeeded, failed, timeout).", ["task", "outcome"],
+                                     registry=registry)
         self.duration = Histogram("taskpipe_task_duration_seconds", "How long tasks ran.",
                                   ["task"], buckets=DURATION_BUCKETS, registry=registry)
         for name in worker.channel_names:  # show zeros before the first job
@@ -170,9 +194,13 @@ class WorkerMetrics:
             self.expired.labels(channel, _REAP_EVENTS[event]).inc(n)
             return
         self.jobs.labels(channel, event).inc(n)
-        if outcome is not None and outcome.duration is not None:
-            name = outcome.task.name if outcome.task is not None else (
-                outcome.envelope.task if outcome.envelope is not None else "")
+        if outcome is None:
+            return
+        name = outcome.task.name if outcome.task is not None else (
+            outcome.envelope.task if outcome.envelope is not None else "")
+        if event in _TASK_OUTCOMES:
+            self.task_outcomes.labels(name, _TASK_OUTCOMES[event]).inc(n)
+        if outcome.duration is not None:
             self.duration.labels(name).observe(outcome.duration)
 
     def attach(self) -> None:
@@ -203,9 +231,32 @@ def build_registry(app: TaskPipe, worker: Any = None) -> tuple[CollectorRegistry
     registry.register(TaskpipeCollector(app, worker))
     wm = None
     if worker is not None:
-        wm = WorkerMetrics(registry, worker)
+        inner = CollectorRegistry(auto_describe=False)  # its counters, without _created series
+        wm = WorkerMetrics(inner, worker)
+        registry.register(_WithoutCreated(inner))
         wm.attach()
     return registry, wm
+
+
+class _WithoutCreated:
+    """Re-exports a registry's metric families without their ``*_created`` samples (a counter's
+    creation time: noise for dashboards, and one more series per label set)."""
+
+    def __init__(self, inner: CollectorRegistry) -> None:
+        self.inner = inner
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front (``auto_describe`` is off)."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """The inner families, ``_created`` samples left out."""
+        from prometheus_client.metrics_core import Metric as MetricFamily
+
+        for family in self.inner.collect():
+            copy = MetricFamily(family.name, family.documentation, family.type, family.unit)
+            copy.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield copy
 
 
 def render(registry: CollectorRegistry) -> tuple[bytes, str]:

@@ -1,11 +1,16 @@
-"""Cleaning old jobs in bounded batches: finished jobs (index entry, result, log) and stalled jobs.
+"""Cleaning old jobs in bounded batches: ended jobs (index entries, result, record, log) and stalled
+jobs.
 
 The Redis side is ``JobChannel``'s cleaning calls (``taskpipe/thoonk/job_clean.py``); this module
 pages through them and fills the ``CleanReport``.
 
-``finished``: the ``feed.finished:<f>`` index (ZSET id -> finish ms) is read oldest first; each
-batch is forgotten atomically by ``JobChannel.forget_finished`` (the index entries and, for ids not
-published again since, the stored results and logs).
+``finished`` / ``failed`` / ``timeout``: the ``feed.finished:<f>`` index (ZSET id -> finish ms)
+is read oldest first; each job is classified by its record (or, without one, by its stored
+result) and only the asked outcome is removed: ``finished`` removes succeeded jobs and leaves
+failed and timed-out ones (as Kinetik's ``clean`` does), which go only when asked for with
+``failed`` / ``timeout``. Each batch is forgotten atomically by ``JobChannel.forget_finished``
+(the index entries and, for ids not published again since, the stored results and logs), then
+their records and record-index entries go (``JobChannel.forget_records``).
 
 ``stalled``: ids come from ``feed.stalledat:<f>`` (id -> stall ms), oldest first; each is
 retracted by ``job_retract`` with a guard "still stalled, stalled at or before the cutoff", so a
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from taskpipe.inspection.views import CleanReport
+from taskpipe.inspection.views import CleanReport, outcome_of
 from taskpipe.thoonk.job import JobChannel
 
 __all__ = ["clean_finished", "clean_stalled"]
@@ -30,23 +35,41 @@ def _note(report: CleanReport, removed: list[str], progress: Progress, examined:
         progress(examined)
 
 
-def clean_finished(ch: JobChannel, report: CleanReport, batch: int, progress: Progress) -> None:
-    """Remove finished jobs older than ``report.cutoff_ms``, ``batch`` at a time."""
+def _outcomes(ch: JobChannel, ids: list[str]) -> list[tuple[str, str]]:
+    """``(outcome, label)`` of ended jobs: succeeded, failed or timeout, from each record, else
+    from the stored result (an expired or non-taskpipe result counts as succeeded)."""
+    out = []
+    for outcome, label, result in ch.record_outcomes(ids):
+        if outcome is None:
+            outcome = "failed" if outcome_of(result)[0] == "failed" else "succeeded"
+        out.append((outcome, label))
+    return out
+
+
+def clean_finished(ch: JobChannel, report: CleanReport, batch: int, progress: Progress,
+                   outcomes: tuple[str, ...] = ("succeeded",)) -> None:
+    """Remove ended jobs older than ``report.cutoff_ms`` whose outcome is in ``outcomes``,
+    ``batch`` at a time; the others are kept (counted in ``report.kept``)."""
     offset = 0
     while True:
         ids = ch.finished_before(report.cutoff_ms, offset, batch)
         if not ids:
             return
         report.examined += len(ids)
+        chosen = [(i, label) for i, (o, label) in zip(ids, _outcomes(ch, ids)) if o in outcomes]
+        report.kept += len(ids) - len(chosen)
+        offset += len(ids) - len(chosen)  # kept entries stay in the index: page past them
+        cids = [i for i, _ in chosen]
         if report.dry_run:
-            offset += len(ids)  # nothing is removed, so page on
-            report.removed += len(ids)
-            _note(report, ids, progress, len(ids))
+            offset += len(cids)  # nothing is removed, so page on
+            report.removed += len(cids)
+            _note(report, cids, progress, len(ids))
             continue
-        gone = ch.forget_finished(ids)
+        gone = set(ch.forget_finished(cids)) if cids else set()
+        ch.forget_records([(i, label) for i, label in chosen if i in gone])
         report.removed += len(gone)
-        report.skipped += len(ids) - len(gone)
-        _note(report, gone, progress, len(ids))
+        report.skipped += len(cids) - len(gone)
+        _note(report, [i for i in cids if i in gone], progress, len(ids))
 
 
 def clean_stalled(ch: JobChannel, report: CleanReport, batch: int, progress: Progress) -> None:

@@ -14,6 +14,7 @@ from taskpipe.errors import (
     SerializationError,
     WrongFeedType,
 )
+from taskpipe.history import display_args
 from taskpipe.inspection.clean import clean_finished, clean_stalled
 from taskpipe.inspection.follow import follow
 from taskpipe.inspection.views import (
@@ -33,17 +34,31 @@ from taskpipe.inspection.views import (
     worker_view,
 )
 from taskpipe.serialization import decode_envelope
-from taskpipe.states import LISTABLE_STATES, JobState
+from taskpipe.states import DONE_STATES, LISTABLE_STATES, OUTCOME_STATES, JobState
+from taskpipe.thoonk.flow import flow_state, limits_summary
 from taskpipe.thoonk.job import JobChannel
 from taskpipe.thoonk.workers import WorkerRegistry
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
 
-__all__ = ["Inspector", "LIST_STATES", "MAX_PAGE"]
+__all__ = ["Inspector", "LIST_STATES", "MAX_PAGE", "CLEAN_STATES"]
 
-#: States ``list_jobs`` pages through (``failed`` = finished jobs whose result is an error).
+#: What ``clean`` removes: ``finished`` = succeeded jobs (failed and timed-out ones are kept
+#: unless asked for by name), ``failed``, ``timeout``, ``stalled``.
+CLEAN_STATES = ("finished", "failed", "timeout", "stalled")
+
+#: States ``list_jobs`` pages through (``failed`` = finished jobs whose result is an error,
+#: ``timeout`` = those that failed by running past their time limit).
 LIST_STATES = LISTABLE_STATES
+#: The states listed from the finished index by outcome: ``failed`` takes every failure
+#: (timed-out, aborted and expired jobs too), ``timeout`` / ``aborted`` / ``expired`` only theirs.
+_FAILED_OUTCOMES: dict[str, tuple[str, ...]] = {
+    JobState.FAILED: ("failed", "timeout", "aborted", "job_expired"),
+    JobState.TIMEOUT: ("timeout",),
+    JobState.ABORTED: ("aborted",),
+    JobState.EXPIRED: ("job_expired",),
+}
 #: The largest page ``list_jobs`` returns.
 MAX_PAGE = 1000
 
@@ -72,8 +87,10 @@ class Inspector:
             raise WrongFeedType(f"{name!r} is a {kind}, not a job channel")
         return JobChannel(self.app.thoonk, name)
 
-    def channel_counts(self, name: str) -> dict[str, Any]:
-        """Jobs per state of one channel, lifetime counters, and whether it is paused.
+    def channel_counts(self, name: str, now_ms: int | None = None) -> dict[str, Any]:
+        """Jobs per state of one channel, lifetime counters, whether it is paused, and its flow
+        control (``flow``: limits and live limiter state at server time ``now_ms``, default
+        asked now; ``limits``: the same as one line).
 
         ``finished`` counts the finished-job index (jobs finished within its retention, 7 days by
         default, or until cleaned); their results may have expired earlier.
@@ -81,14 +98,21 @@ class Inspector:
         ch = self.channel(name)
         counts: dict[str, Any] = dict(ch.counts())
         counts["paused"] = ch.paused
+        # flow control (docs/flow-control.md): the channel's limits and the live limiter state
+        flow = flow_state(ch, self.server_time_ms() if now_ms is None else now_ms)
+        counts["flow"] = flow
+        counts["limits"] = limits_summary(flow)
+        # when the oldest available job (the next to run: the right end of ids) was published
+        counts["oldest_waiting_ms"] = ch.oldest_waiting_ms()
         return {"channel": name, **counts}
 
     def overview(self) -> list[dict[str, Any]]:
         """``channel_counts`` of every job channel."""
         out = []
+        now = self.server_time_ms()  # one clock read for every channel's limiter state
         for name in self.channels():
             try:
-                out.append(self.channel_counts(name))
+                out.append(self.channel_counts(name, now))
             except (FeedDoesNotExist, WrongFeedType):
                 continue  # deleted meanwhile
         return out
@@ -129,9 +153,11 @@ class Inspector:
             raise ConfigError(f"limit must be an int from 1 to {MAX_PAGE}, got {limit!r}")
         if state == "stalled":
             return self._list_stalled(ch, cursor, limit)
+        if state == "waiting":
+            return self._list_waiting(ch, cursor, limit)
         off = _offset(cursor, state)
-        if state == "failed":
-            return self._list_failed(ch, off, limit)
+        if state in _FAILED_OUTCOMES:  # finished jobs whose stored result says so
+            return self._list_failed(ch, off, limit, JobState(state))
         if state == "available":
             total, scored = ch.page_available(off, limit)
         else:
@@ -168,7 +194,24 @@ class Inspector:
         rows = self._rows(ch, JobState.STALLED, [(i, None) for i in ids])
         return Page(rows, nxt, ch.count_stalled())
 
-    def _list_failed(self, ch: JobChannel, off: int, limit: int) -> Page:
+    def _list_waiting(self, ch: JobChannel, cursor: str | int | None, limit: int) -> Page:
+        """Jobs waiting for parents (``depends_on``): HSCAN order, with parents left."""
+        try:
+            scan = int(cursor) if cursor not in (None, "") else 0
+        except ValueError:
+            raise ConfigError(f"bad cursor {cursor!r} for waiting jobs") from None
+        left: dict[str, int] = {}
+        while len(left) < limit:
+            scan, batch = ch.scan_waiting(scan, limit)
+            left.update(batch)
+            if scan == 0:
+                break
+        rows = [replace(row, parents_left=left[row.id])
+                for row in self._rows(ch, JobState.WAITING, [(i, None) for i in left])]
+        return Page(rows, str(scan) if scan != 0 else None, ch.waiting_count())
+
+    def _list_failed(self, ch: JobChannel, off: int, limit: int,
+                     state: JobState = JobState.FAILED) -> Page:
         rows: list[JobRow] = []
         pos, budget, chunk = off, max(limit * 10, 1000), 200
         total, scored = ch.page_sorted("finished", pos, chunk)
@@ -177,8 +220,8 @@ class Inspector:
                 break
             for row in self._rows(ch, JobState.FINISHED, [(i, _opt(sc)) for i, sc in scored]):
                 pos += 1
-                if row.outcome == "failed":
-                    rows.append(replace(row, state=JobState.FAILED))
+                if row.outcome in _FAILED_OUTCOMES[state]:
+                    rows.append(replace(row, state=state))
                     if len(rows) == limit:
                         break
             if len(rows) < limit and pos < total and pos - off < budget:
@@ -197,27 +240,42 @@ class Inspector:
                          "lease_deadline_ms": _opt(f["leases"][n])}
             elif state == "stalled":
                 extra = {"reason": safe_text(_s(f["reasons"][n] or b""), 500)}
-            elif state == "finished":
+            counts = (_int(f["cancelled"][n]), _int(f["attempts"][n]))
+            if state == "finished":
                 outcome, error = outcome_of(f["results"][n])
-                extra = {"outcome": outcome, "error": error}
-            # the payload is gone at finish
-            task = task_name_of(f["items"][n]) if state != "finished" else None
-            rows.append(JobRow(job_id, ch.name, state, task, when, _int(f["cancelled"][n]),
-                               _int(f["attempts"][n]), **extra))
+                label, runs, cancels, worker, kept, item = f["records"][n]
+                if kept is not None and _s(kept) == "timeout" and outcome == "failed":
+                    outcome = "timeout"
+                extra = {"outcome": outcome, "error": error, "worker": _s(worker or b"")}
+                task = _s(label) if label else None  # the payload is gone: the record names it
+                if runs is not None:
+                    counts = (_int(cancels), _int(runs))
+            else:
+                item = f["items"][n]
+                task = task_name_of(item)
+            extra["args"] = _args_of(item)
+            rows.append(JobRow(job_id, ch.name, state, task, when, *counts, **extra))
         return rows
 
     # one job --------------------------------------------------------------------------------
     def find_job(self, job_id: str) -> list[str]:
         """Channels that know a job with this id (in any state, finished included)."""
-        return [name for name in self.channels()
-                if JobChannel(self.app.thoonk, name).info(job_id).state != "unknown"]
+        out = []
+        for name in self.channels():
+            ch = JobChannel(self.app.thoonk, name)
+            if ch.info(job_id).state != "unknown" or ch.has_record(job_id):
+                out.append(name)  # a record: a job retracted before it ended, and the like
+        return out
 
     def job_detail(self, channel: str, job_id: str, log_lines: int = 200) -> JobDetail:
         """Everything about one job; ``JobNotFound`` if the channel has no such job."""
         ch = self.channel(channel)
         info = ch.info(job_id)
         item, claimed_ms, result_raw, log_total, logs = ch.detail_fields(job_id, log_lines)
-        if info.state == "unknown" and not log_total:
+        rec = ch.record(job_id) or {}
+        if item is None and rec.get("item") is not None:
+            item = rec["item"]  # ended: the payload as published, kept in its record
+        if info.state == "unknown" and not log_total and not rec:
             raise JobNotFound(f"no job {job_id!r} in channel {channel!r}")
         payload, raw_payload, payload_error, task = None, None, "", None
         if item is not None:
@@ -231,17 +289,34 @@ class Inspector:
         state = info.state
         result = record_view(result_raw) if result_raw is not None else None
         if state == JobState.FINISHED and result is not None and not result["ok"]:
-            state = JobState.FAILED
+            state = OUTCOME_STATES.get(result["exc_type"] or "", JobState.FAILED)  # or timeout...
+        ended = "outcome" in rec and state in (*DONE_STATES, JobState.UNKNOWN)
+        if state == JobState.UNKNOWN and ended:
+            kept = _s(rec.get("outcome", b""))
+            state = JobState.FINISHED if kept == "succeeded" else JobState(kept)
         ts = {"published_ms": info.published_ms, "due_ms": info.due_ms, "claimed_ms": _opt(claimed_ms),
               "lease_deadline_ms": info.lease_deadline_ms, "finished_ms": info.finished_ms}
+        cancels, attempts, worker = info.cancel_count, info.attempts, info.worker
+        if ended:  # the bookkeeping went at finish: the record kept it
+            ts.update(published_ms=_opt(rec.get("published")), claimed_ms=_opt(rec.get("started")),
+                      finished_ms=_opt(rec.get("finished")) or info.finished_ms)
+            cancels, attempts = _int(rec.get("cancels")), _int(rec.get("attempts"))
+            worker = _s(rec.get("worker", b""))
+        elif state == "stalled" and rec:  # the stall kept who ran it last, and when
+            worker = worker or _s(rec.get("worker", b""))
+            ts["claimed_ms"] = ts["claimed_ms"] or _opt(rec.get("started"))
         return JobDetail(
             id=job_id, channel=channel, state=state, task=task, payload=payload,
-            raw_payload=raw_payload, payload_error=payload_error, cancels=info.cancel_count,
-            attempts=info.attempts, worker=info.worker, progress=info.progress,
+            raw_payload=raw_payload, payload_error=payload_error, cancels=cancels,
+            attempts=attempts, worker=worker, progress=info.progress,
             reason=safe_text(info.reason), timestamps=ts,
             result_ttl_ms=info.result_ttl_ms if result_raw is not None else None, result=result,
             logs=[safe_text(_s(x)) for x in (logs if log_lines > 0 else [])], log_total=int(log_total),
-            server_time_ms=self.server_time_ms())
+            server_time_ms=self.server_time_ms(),
+            runtime_ms=_opt(rec.get("runtime_ms")) if ended else None,
+            code=_s(rec.get("code", b"")) if ended else "",
+            requeues=_int(rec.get("requeues")), previous=_s(rec.get("previous", b"")),
+            last_error=safe_text(_s(rec.get("last_error", b"")), 2000) if not ended else "")
 
     def logs(self, channel: str, job_id: str, tail: int | None = None,
              chunk: int = 1000) -> Iterator[str]:
@@ -271,7 +346,8 @@ class Inspector:
         (retracted), ``batch`` (1..1000) at a time. ``now_ms`` defaults to the server clock;
         ``on_progress(n)`` is called after each batch with the number of ids examined.
 
-        ``finished``: entries of the finished index older than ``older_than_s``.
+        ``finished``: succeeded jobs of the finished index older than ``older_than_s`` (failed
+        and timed-out ones are kept: clean them with ``failed`` / ``timeout``).
         ``stalled``: jobs stalled longer ago than ``older_than_s`` (by their stall time); a job is
         retracted only if it is still stalled.
         """
@@ -279,7 +355,11 @@ class Inspector:
         self.check_clean(state, older_than_s, batch)
         now = self.server_time_ms() if now_ms is None else now_ms
         report = CleanReport(channel, state, now - int(older_than_s * 1000), dry_run=dry_run)
-        (clean_finished if state == "finished" else clean_stalled)(ch, report, batch, on_progress)
+        if state == "stalled":
+            clean_stalled(ch, report, batch, on_progress)
+        else:
+            clean_finished(ch, report, batch, on_progress,
+                           ("succeeded",) if state == "finished" else (state,))
         return report
 
     @staticmethod
@@ -289,8 +369,8 @@ class Inspector:
             raise ConfigError(f"batch must be an int from 1 to 1000, got {batch!r}")
         if not math.isfinite(older_than_s) or older_than_s < 0:
             raise ConfigError(f"older_than must be a finite duration >= 0, got {older_than_s!r}")
-        if state not in ("finished", "stalled"):
-            raise ConfigError(f"can only clean 'finished' or 'stalled' jobs, not {state!r}")
+        if state not in CLEAN_STATES:
+            raise ConfigError(f"can only clean {', '.join(CLEAN_STATES)} jobs, not {state!r}")
 
     def count_cleanable(self, channel: str, state: str, older_than_s: float,
                         now_ms: int | None = None) -> int:
@@ -301,6 +381,17 @@ class Inspector:
         if state == "stalled":
             return ch.count_stalled_before(cutoff)
         return ch.count_finished_before(cutoff)
+
+
+def _args_of(item: bytes | None) -> str:
+    """A job payload's args and kwargs for a list row (cut with a marker), '' if not an envelope."""
+    if item is None:
+        return ""
+    try:
+        env = decode_envelope(item)
+    except SerializationError:
+        return ""
+    return safe_text(display_args(env.args, env.kwargs, 200))
 
 
 def _offset(cursor: str | int | None, state: str) -> int:

@@ -84,7 +84,8 @@ def raw_view(data: bytes, limit: int = 2048) -> dict[str, Any]:
 @dataclass(frozen=True)
 class JobRow:
     """One line of a job listing. ``when_ms`` depends on the state: publish time (available),
-    due time (delayed), claim time (claimed), finish time (finished/failed), None (stalled)."""
+    due time (delayed), claim time (claimed), finish time (finished/failed), None (stalled,
+    waiting)."""
 
     id: str
     channel: str
@@ -99,6 +100,8 @@ class JobRow:
     reason: str = ""
     outcome: ResultOutcome | Literal[""] = ""  # finished rows: ok, failed, expired, raw
     error: str = ""     # failed rows: "ExcType: message" (first line)
+    parents_left: int | None = None  # waiting rows: parents not finished yet (depends_on)
+    args: str = ""      # the call's args and kwargs for display, cut with a marker (any state)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
@@ -145,6 +148,12 @@ class JobDetail:
     logs: list[str]
     log_total: int
     server_time_ms: int = 0
+    # from the job's record, once it ended (docs/history.md)
+    runtime_ms: int | None = None
+    code: str = ""
+    requeues: int = 0
+    previous: str = ""
+    last_error: str = ""  # the error of the last run, while the job waits out its retry backoff
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output (payload and result values made JSON-safe)."""
@@ -165,6 +174,7 @@ class CleanReport:
     removed: int = 0
     skipped: int = 0
     dry_run: bool = False
+    kept: int = 0  # ended jobs of another outcome, left alone (failed/timeout by default)
     ids: list[str] = field(default_factory=list)  # the first 100 removed ids, for reports
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,8 +207,8 @@ def record_view(raw: bytes) -> dict[str, Any]:
 
 
 def outcome_of(raw: bytes | None) -> tuple[ResultOutcome, str]:
-    """``(outcome, error)`` of stored result bytes: ok, failed (with "Type: message"), raw,
-    or expired (None: no stored result)."""
+    """``(outcome, error)`` of stored result bytes: ok, failed / timeout / aborted / job_expired (with
+    "Type: message"), raw, or expired (None: no stored result)."""
     if raw is None:
         return "expired", ""
     view = record_view(raw)
@@ -207,7 +217,14 @@ def outcome_of(raw: bytes | None) -> tuple[ResultOutcome, str]:
     if view["ok"]:
         return "ok", ""
     first = (view["exc_message"] or "").splitlines()[0] if view["exc_message"] else ""
-    return "failed", safe_text(f"{view['exc_type']}: {first}", 200)
+    outcome: ResultOutcome = "failed"
+    if view["exc_type"] == "JobTimeout":
+        outcome = "timeout"
+    elif view["exc_type"] == "JobAborted":
+        outcome = "aborted"
+    elif view["exc_type"] == "JobExpired":
+        outcome = "job_expired"
+    return outcome, safe_text(f"{view['exc_type']}: {first}", 200)
 
 
 def worker_view(fields: dict[str, str]) -> dict[str, Any]:

@@ -19,11 +19,14 @@ from taskpipe.thoonk.job_reads import _s
 if TYPE_CHECKING:
     from taskpipe.thoonk.thoonk import Thoonk
 
-__all__ = ["claim_from", "wait_then_claim", "wait_and_claim", "HELD_BACK"]
+__all__ = ["claim_from", "wait_then_claim", "wait_and_claim", "HELD_BACK", "PRECISE_WAIT"]
 
 #: ``next_due`` returned by ``claim_from`` when the claim stopped at a job that may only run in a
 #: free slot (cancel count > 0 at a prefetch position): work is waiting for a slot, not for Redis.
 HELD_BACK = -2
+#: waits shorter than this for a known time (a due job, a rate-limit slot) are slept here, not
+#: in a BLPOP (whose timeout Redis rounds up to its server tick)
+PRECISE_WAIT = 0.2
 
 
 def claim_from(thoonk: Thoonk, channels: Sequence[JobChannel], count: int, lease_ms: int,
@@ -81,8 +84,8 @@ def _claim_call(channels: Sequence[JobChannel], count: int, lease_ms: int, worke
 def _claimed(channels: Sequence[JobChannel], r: Any) -> tuple[list[Claim], int | None, int]:
     """``job_claim``'s reply as ``(claims, next_due or None or HELD_BACK, now)``."""
     now, nxt = int(r[0]), int(r[1])
-    claims = [Claim(channels[int(c[0]) - 1].name, _s(c[1]), bytes(c[2]), int(c[3]), _s(c[4]), int(c[5]))
-              for c in r[2:]]
+    claims = [Claim(channels[int(c[0]) - 1].name, _s(c[1]), bytes(c[2]), int(c[3]), _s(c[4]),
+                    int(c[5]), now) for c in r[2:]]
     return claims, (nxt if nxt >= 0 or nxt == HELD_BACK else None), now
 
 
@@ -159,6 +162,11 @@ def wait_and_claim(thoonk: Thoonk, channels: Sequence[JobChannel], count: int, l
                 if remaining <= 0:
                     return []
                 wait = min(wait, remaining)
+            if next_due is not None and wait < PRECISE_WAIT:
+                # Redis rounds a BLPOP timeout up to its server tick (100 ms at hz 10): a due
+                # job or a rate-limit slot this close is waited for here
+                time.sleep(wait)
+                continue
             if waiter is None:
                 waiter = thoonk.connection.list_waiter([ch.keys.wake for ch in channels],
                                                        client=block_client, max_block=max_block)

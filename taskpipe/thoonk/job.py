@@ -13,24 +13,28 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.broker_retry import maps_broker_errors
 from taskpipe.connection import close_quietly
 from taskpipe.errors import JobNotFound, LeaseLost, WrongJobState
+from taskpipe.thoonk.abort import AbortOps
+from taskpipe.thoonk.flow import PutFlow, put_flow, put_flow_args
 from taskpipe.thoonk.job_browse import JobBrowsing
 from taskpipe.thoonk.job_clean import JobCleaning
 from taskpipe.thoonk.job_reads import JobInfo, JobReads, _s
+from taskpipe.thoonk.job_records import RECORD_ITEM_MAX, JobRecords
 from taskpipe.thoonk.keys import JobKeys
 from taskpipe.thoonk.script_keys import FINISH_FOLLOWUP_ROLES, contract
 from taskpipe.thoonk.scripts import broker_errors
+from taskpipe.thoonk.workflow import WorkflowOps
 
 if TYPE_CHECKING:
     from taskpipe.thoonk.thoonk import Thoonk
 
 __all__ = ["JobChannel", "Claim", "JobInfo", "FinishRequest", "PutRequest", "Reaped", "new_id",
-           "DEFAULT_LEASE_MS", "FINISHED_INDEX_MS"]
+           "DEFAULT_LEASE_MS", "FINISHED_INDEX_MS", "RECORD_ITEM_MAX"]
 
 DEFAULT_LEASE_MS = 30_000
 FINISHED_INDEX_MS = 7 * 24 * 3600 * 1000  # how long the finished-id index remembers a job
@@ -75,6 +79,8 @@ class Claim:
     cancel_count: int
     token: str
     attempts: int
+    #: the broker's clock (ms) when it was claimed (0 where unknown)
+    claimed_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,8 @@ class PutRequest:
     #: True when ``id`` was just made by ``new_id()`` (so no earlier run can own it): lets a
     #: job to run now take the batched ``job_put_fresh`` path.
     fresh: bool = False
+    #: flow control (numeric priority, rate/concurrency groups, dedup): ``job_put_flow``
+    flow: PutFlow | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,12 @@ class FinishRequest:
     result_ttl_ms: int = 0
     failed: bool = False
     keep_query: bool = False  # keep the item beside a stored result (feed.query:<f>:<id>)
+    #: job record (docs/history.md): '' keeps none; 'succeeded', 'failed' or 'timeout' keeps one with
+    #: the job's payload, counts, worker and times, for ``result_ttl_ms``
+    outcome: str = ""
+    label: str = ""        # what the record is indexed by (the task name)
+    code: str = ""         # an error code kept in the record
+    runtime_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -115,7 +129,7 @@ class Reaped:
 
 
 @maps_broker_errors  # no redis-py exception type leaves a public method
-class JobChannel(JobReads, JobCleaning, JobBrowsing):
+class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, AbortOps):
     """A Thoonk job channel. Open one with ``Thoonk.job(name)``."""
 
     def __init__(self, thoonk: Thoonk, name: str) -> None:
@@ -162,6 +176,8 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing):
     def put_request(self, req: PutRequest) -> bool:
         """Publish one prepared request (its ``id`` set); True if it was created."""
         assert req.id is not None
+        if req.flow is not None:
+            return put_flow(self, req).code == 1
         if req.fresh and _runs_now(req):
             flags = self.scripts["job_put_fresh"](self.client, self._fresh_keys,
                                                   ["1" if req.priority else "0", req.id, req.item])
@@ -193,6 +209,13 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing):
         for req in requests:
             item = req.item if type(req.item) is bytes else _b(req.item)
             job_id = _check_id(req.id) or new_id()
+            if req.flow is not None:  # one job_put_flow call each, in order
+                if ids:
+                    pending.append((kind, ids, args))
+                ids, kind = [], ""
+                pending.append(("X", [job_id], list(put_flow_args(self, replace(
+                    req, item=item, id=job_id)))))
+                continue
             fresh = (req.fresh or req.id is None) and _runs_now(req)
             this = ("F1" if req.priority else "F0") if fresh else "P"
             if this != kind or len(ids) >= batch:
@@ -207,7 +230,10 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing):
                          max(0, req.eta_ms))
         if ids:
             pending.append((kind, ids, args))
-        for (_, ids, _), flags in zip(pending, self._run_puts(pending)):
+        for (kind, ids, _), flags in zip(pending, self._run_puts(pending)):
+            if kind == "X":  # job_put_flow: {code, id}
+                out.append((ids[0], int(flags[0]) == 1))
+                continue
             out += [(i, bool(int(f))) for i, f in zip(ids, flags)]
         return out
 
@@ -219,13 +245,16 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing):
         pipe = self.client.pipeline(transaction=False)
         put, put_fresh = self.scripts["job_put"], self.scripts["job_put_fresh"]
         for kind, ids, args in pending:
-            if kind == "P":
+            if kind == "X":
+                self.scripts["job_put_flow"].queue(pipe, args[0], args[1])
+            elif kind == "P":
                 put.queue(pipe, self._put_keys_for(ids), [len(ids), *args])
             else:
                 put_fresh.queue(pipe, self._fresh_keys, args)
         with broker_errors("put_many"):
             self.scripts.ensure_loaded(self.client, *sorted(
-                {"job_put" if kind == "P" else "job_put_fresh" for kind, _, _ in pending}))
+                {{"P": "job_put", "X": "job_put_flow"}.get(kind, "job_put_fresh")
+                 for kind, _, _ in pending}))
             return list(pipe.execute())
 
     def put_fresh_many(self, items: Sequence[bytes], priority: bool = False,
@@ -290,7 +319,9 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing):
         """Finish several claimed jobs in one script call; returns a code per job.
 
         Codes: 1 finished, 0 not claimed, -1 lease lost. ``followup`` = ``(channel, id, item)``
-        publishes one more job in the same atomic step (only with one request).
+        publishes one more job in the same atomic step (only with one request). A job that
+        other jobs wait for (``depends_on``) is finished on its own, with its dependants
+        released in the same step (``taskpipe.thoonk.workflow``).
         """
         if not requests:
             return []
@@ -298,6 +329,28 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing):
             raise ValueError("a follow-up job can only ride on a single finish")
         if len(requests) > 1000:
             raise ValueError("finish_many takes at most 1000 jobs per call")
+        keys, args = self._finish_parts(requests, followup)
+        codes = [int(c) for c in self._finish_call(requests, keys, args,
+                                                   self.workflow_section(None))]
+        if len(requests) == 1:
+            for _ in range(100):  # -2: it has dependants (or more than were read): pass them
+                if codes[0] != -2:
+                    break
+                section = self.workflow_section(requests[0].id)
+                codes = [int(c) for c in self._finish_call(requests, keys, args, section)]
+            return codes
+        todo = [i for i in range(len(requests)) if codes[i] == -2]
+        if todo:  # in a batch: finished one by one, their dependants read in one round trip
+            sections = self.workflow_sections([requests[i].id for i in todo])
+            for i, section in zip(todo, sections):
+                one_keys, one_args = self._finish_parts([requests[i]], None)
+                code = int(self._finish_call([requests[i]], one_keys, one_args, section)[0])
+                codes[i] = code if code != -2 else self.finish_many([requests[i]])[0]
+        return codes
+
+    def _finish_parts(self, requests: Sequence[FinishRequest],
+                      followup: tuple[JobChannel, str, bytes] | None) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of one ``job_finish`` call, before its workflow section."""
         keys = [*self._finish_keys, *(self.keys.result(r.id) for r in requests),
                 *(self.keys.query(r.id) for r in requests if r.keep_query and r.result is not None)]
         args: list[Any] = [self.keys.ch_finish, FINISHED_INDEX_MS, len(requests)]
@@ -311,8 +364,29 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing):
             t = target.keys
             keys += [*(getattr(t, role) for role in FINISH_FOLLOWUP_ROLES), t.result(fid)]
             args += [_check_id(fid), fitem]
-        codes = self.scripts["job_finish"](self.client, keys, args)
-        return [int(c) for c in codes]
+        return keys, args
+
+    def _finish_call(self, requests: Sequence[FinishRequest], keys: list[str], args: list[Any],
+                     section: tuple[list[str], list[Any]]) -> list[Any]:
+        """One ``job_finish`` call: its main part, then the workflow section, then (when a
+        request carries an outcome to record) the record section."""
+        wf_keys, wf_args = section
+        keys, args = [*keys, *wf_keys], [*args, *wf_args]
+        if any(r.outcome for r in requests):
+            self._record_section(requests, keys, args)
+        return list(self.scripts["job_finish"](self.client, keys, args))
+
+    def _record_section(self, requests: Sequence[FinishRequest], keys: list[str],
+                        args: list[Any]) -> None:
+        """Append the record section of ``job_finish`` (see ``lua/_record.lua``)."""
+        k = self.keys
+        keys += [k.failed_index, k.label_stats]
+        args += [RECORD_ITEM_MAX, FINISHED_INDEX_MS]
+        for r in requests:
+            keys += [k.record(r.id), k.label_index(r.label)]
+            args += [r.outcome, r.label, r.code,
+                     "" if r.runtime_ms is None else int(r.runtime_ms)]
+        args.append("\0record")
 
     def cancel(self, id: str, token: str = "", not_before_ms: int = 0) -> int:
         """Send a claimed job back to the queue; returns its new cancel count.
@@ -341,10 +415,17 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing):
             codes += [int(c) for c in self.scripts["job_release"](self.client, keys, args)]
         return codes
 
-    def stall(self, id: str, reason: str = "", token: str = "") -> None:
-        """Park a claimed job with a reason; it is not dispatched until ``retry``."""
-        code = self.scripts["job_stall"](self.client, contract("job_stall").build(self.keys),
-                                         [id, token, reason])
+    def stall(self, id: str, reason: str = "", token: str = "",
+              record: tuple[str, int] | None = None) -> None:
+        """Park a claimed job with a reason; it is not dispatched until ``retry``.
+        ``record`` = ``(label, ttl_ms)`` keeps its record (worker, claim time: docs/history.md)."""
+        args: list[Any] = [id, token, reason]
+        given: dict[str, str] = {}
+        if record is not None:
+            given["record"] = self.keys.record(id)
+            args += [int(record[1]), record[0]]
+        code = self.scripts["job_stall"](self.client, contract("job_stall").build(self.keys, **given),
+                                         args)
         self._raise_for(int(code), id, "claimed", token)
 
     def retry(self, id: str, reset_counts: bool = True) -> None:
@@ -362,15 +443,25 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing):
         self._raise_for(int(code), id, "claimed", token)
         return int(attempts)
 
+    def drop_result(self, id: str) -> bool:
+        """Delete a finished job's stored result (and the item kept beside it); True if there
+        was one. One DEL: the job's state and indexes are not touched."""
+        return bool(self.client.delete(self.keys.result(id), self.keys.query(id)))
+
     def retract_keys(self, id: str) -> list[str]:
         """KEYS of the ``job_retract`` script for one job, in the order of its header."""
         k = self.keys
-        return contract("job_retract").build(k, result=k.result(id), log=k.log(id))
+        return contract("job_retract").build(k, result=k.result(id), log=k.log(id),
+                                             prio=k.prio, flow=k.flow, waiting=k.waiting,
+                                             record=k.record(id), failed_index=k.failed_index)
 
-    def retract(self, id: str) -> None:
-        """Remove a job from every state, its stored result and log included."""
+    def retract(self, id: str, record_ttl_ms: int = 0) -> None:
+        """Remove a job from every state, its stored result, record and log included.
+        ``record_ttl_ms`` > 0: a job retracted before it ended keeps a record (outcome
+        ``retracted``, its payload) that long (docs/history.md)."""
         if not self.scripts["job_retract"](self.client, self.retract_keys(id),
-                                           [id, self.thoonk.keys.feed(self.name).ch_retract, ""]):
+                                           [id, self.thoonk.keys.feed(self.name).ch_retract, "",
+                                            max(0, int(record_ttl_ms))]):
             raise JobNotFound(f"no job {id!r} in channel {self.name!r}")
 
     def retract_stalled_before(self, ids: Sequence[str], stalled_before_ms: int) -> list[str]:

@@ -38,12 +38,20 @@ class JobBrowsing:
 
     def page_available(self, offset: int, limit: int) -> tuple[int, list[tuple[str, Any]]]:
         """``(total, [(id, publish ms or None)])``: available jobs, next to run first, from
-        position ``offset``."""
+        position ``offset``: the list (``feed.ids``), then numbered jobs (``feed.prio``) by
+        priority and publish order (docs/flow-control.md)."""
         k = self.keys
-        total = int(self.client.llen(k.ids))
-        if offset >= total:
+        in_list = int(self.client.llen(k.ids))
+        ids = [_s(i) for i in self.client.lrange(k.ids, -(offset + limit), -(offset + 1))][::-1] \
+            if offset < in_list else []
+        # then the numbered jobs (priority=0..9, feed.prio), claimed after the list
+        numbered = int(self.client.zcard(k.prio))
+        start = max(0, offset - in_list)
+        if len(ids) < limit and start < numbered:
+            ids += [_s(i) for i in self.client.zrange(k.prio, start, start + limit - len(ids) - 1)]
+        total = in_list + numbered
+        if not ids:
             return total, []
-        ids = [_s(i) for i in self.client.lrange(k.ids, -(offset + limit), -(offset + 1))][::-1]
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
             pipe.zscore(k.published, job_id)
@@ -68,7 +76,8 @@ class JobBrowsing:
     def row_fields(self, state: str, ids: Sequence[str]) -> dict[str, list[Any]]:
         """Per-job fields of a page, in one round trip, each a list in the order of ``ids``:
         ``cancelled``, ``attempts``, ``items``; for ``claimed`` also ``workers``, ``progress``,
-        ``leases`` (deadline ms); for ``stalled`` ``reasons``; for ``finished`` ``results``."""
+        ``leases`` (deadline ms); for ``stalled`` ``reasons``; for ``finished`` ``results`` and
+        ``records`` (label, runs, cancels, worker, outcome, item of each job's record)."""
         if not ids:
             return {}
         k, ids = self.keys, list(ids)
@@ -83,6 +92,8 @@ class JobBrowsing:
         elif state == "finished":
             for job_id in ids:
                 pipe.get(k.result(job_id))
+            for job_id in ids:  # the record (docs/history.md): label, runs, cancels, worker,
+                pipe.hmget(k.record(job_id), "l", "a", "c", "w", "o", "i")  # outcome, item
         r = pipe.execute()
         out = {"cancelled": r[0], "attempts": r[1], "items": r[2]}
         if state == "claimed":
@@ -90,7 +101,8 @@ class JobBrowsing:
         elif state == "stalled":
             out["reasons"] = r[3]
         elif state == "finished":
-            out["results"] = r[3:]
+            out["results"] = r[3:3 + len(ids)]
+            out["records"] = r[3 + len(ids):]
         return out
 
     def detail_fields(self, id: str, log_lines: int) -> tuple[Any, Any, Any, int, list[bytes]]:

@@ -24,7 +24,20 @@ if TYPE_CHECKING:
     from taskpipe.thoonk.scripts import ScriptRegistry
     from taskpipe.thoonk.thoonk import Thoonk
 
-__all__ = ["JobReads", "JobInfo"]
+__all__ = ["JobReads", "JobInfo", "RECORD_FIELDS", "record_fields"]
+
+#: the fields of a job record as stored (one letter each: see ``lua/_record.lua``)...
+RECORD_FIELDS = ("o", "l", "i", "n", "a", "c", "w", "p", "s", "f", "r", "x", "q", "v", "u", "e")
+#: ... and their names
+RECORD_NAMES = ("outcome", "label", "item", "item_size", "attempts", "cancels", "worker",
+                "published", "started", "finished", "runtime_ms", "code", "requeues", "previous",
+                "requeued", "last_error")
+
+
+def record_fields(values: Sequence[Any]) -> dict[str, bytes]:
+    """An ``HMGET record *RECORD_FIELDS`` reply as name -> value (absent fields left out; an
+    empty dict when there is no record)."""
+    return {f: v for f, v in zip(RECORD_NAMES, values) if v is not None}
 
 
 def _s(value: Any) -> str:
@@ -161,7 +174,8 @@ class JobReads:
     # reads ----------------------------------------------------------------------------------
     def state_keys(self, id: str) -> list[str]:
         """KEYS of the ``job_state`` script for one job (also run by ``thoonk/job_async.py``)."""
-        return contract("job_state").build(self.keys, result=self.keys.result(id))
+        return contract("job_state").build(self.keys, result=self.keys.result(id),
+                                           waiting=self.keys.waiting)
 
     def info(self, id: str) -> JobInfo:
         """A job's state and bookkeeping, read in one atomic step."""
@@ -200,9 +214,10 @@ class JobReads:
         k = self.keys
         pipe = self.client.pipeline(transaction=False)
         pipe.llen(k.ids).zcard(k.delayed).zcard(k.claimed).scard(k.stalled).zcard(k.finished)
-        pipe.get(k.publishes).get(k.finishes).get(k.failures)
+        pipe.get(k.publishes).get(k.finishes).get(k.failures).zcard(k.prio).hlen(k.waiting)
         r = pipe.execute()
-        return {"available": int(r[0]), "delayed": int(r[1]), "claimed": int(r[2]),
+        return {"available": int(r[0]) + int(r[8]), "delayed": int(r[1]), "waiting": int(r[9]),
+                "claimed": int(r[2]),
                 "stalled": int(r[3]), "finished": int(r[4]), "published_total": int(r[5] or 0),
                 "finished_total": int(r[6] or 0), "failed_total": int(r[7] or 0)}
 
@@ -213,6 +228,11 @@ class JobReads:
     def stall_reason(self, id: str) -> str:
         """Why a job was stalled ('' if none recorded)."""
         return _s(self.client.hget(self.keys.reasons, id) or b"")
+
+    def record(self, id: str) -> dict[str, bytes] | None:
+        """An ended job's record (``lua/_record.lua``): field -> bytes, or None if it has none."""
+        raw = record_fields(self.client.hmget(self.keys.record(id), RECORD_FIELDS))
+        return raw or None
 
     # logs -----------------------------------------------------------------------------------
     def logs(self, id: str, start: int = 0, end: int = -1) -> list[bytes]:

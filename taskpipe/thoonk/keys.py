@@ -93,12 +93,39 @@ class JobKeys:
     finished: str     # ZSET  id -> finish ms (index of finished jobs, trimmed by age)
     failures: str     # counter: jobs finished as failed
     wake: str         # LIST  wake-up markers for blocked workers
+    waiting: str      # HASH  id -> parents not yet finished (a dependant in state 'waiting')
+    dependents: str   # HASH  parent id -> n dependants; "<parent id>\0<k>" -> "<channel>\0<id>"
     ch_finish: str    # pub/sub: job.finish:<f>  id\0result
     ch_events: str    # pub/sub: feed.jobevent:<f>  (taskpipe: progress/log/state events)
     result_prefix: str  # STRING per job: <result_prefix><id>, with TTL
     log_prefix: str     # LIST per job: <log_prefix><id>, capped, with TTL
     query_prefix: str   # STRING per job: <query_prefix><id>, the job's item kept with its
                         # result (thoonk.py ``get_result`` returns both), same TTL as the result
+    # flow control (taskpipe extensions, docs/flow-control.md)
+    prio: str         # ZSET  available ids with a numeric priority, score prio*2^48 + seq
+    flow: str         # HASH  id -> the job's flow spec (priority score, rate and cap groups)
+    rate: str         # HASH  rate bucket -> theoretical arrival time ms (GCRA state)
+    slots: str        # HASH  id -> concurrency group of a claimed, capped job
+    unique_prefix: str  # STRING per dedup key: <unique_prefix><key> -> id of the job holding it
+    # workflows (docs/workflows.md)
+    aborted_prefix: str  # STRING per job: "<who>\0<ms>" of a job aborted while it ran (7 d TTL)
+    # job records (docs/history.md): kept when a job ends, with the TTL of its result
+    record_prefix: str = ""      # HASH per job: <record_prefix><id> (outcome, label, item, ...)
+    failed_index: str = ""       # ZSET  id -> finish ms of failed and timed-out jobs
+    label_stats: str = ""        # HASH  "<label>\0<outcome>" -> jobs finished so (lifetime)
+    label_index_prefix: str = ""  # ZSET per label (task name): id -> finish ms
+
+    def unique(self, key: str) -> str:
+        """The key holding which job owns one deduplication key (``unique=`` / ``debounce=``)."""
+        return self.unique_prefix + key
+
+    def record(self, job_id: str) -> str:
+        """The key holding one ended job's record."""
+        return self.record_prefix + job_id
+
+    def label_index(self, label: str) -> str:
+        """The index of the records of one label (task name): id -> finish ms."""
+        return self.label_index_prefix + label
 
     def result(self, job_id: str) -> str:
         """The key holding one job's stored result."""
@@ -111,6 +138,10 @@ class JobKeys:
     def query(self, job_id: str) -> str:
         """The key holding one finished job's item beside its stored result."""
         return self.query_prefix + job_id
+
+    def aborted(self, job_id: str) -> str:
+        """The key recording who aborted one job, and when."""
+        return self.aborted_prefix + job_id
 
 
 class Keyspace:
@@ -230,11 +261,23 @@ class Keyspace:
             finished=k("feed.finished:" + name),
             failures=k("feed.failures:" + name),
             wake=k("feed.wake:" + name),
+            waiting=k("feed.waiting:" + name),
+            dependents=k("feed.dependents:" + name),
             ch_finish=self.ch_event("finish", name),
             ch_events=k("feed.jobevent:" + name),
             result_prefix=k("feed.result:" + name + ":"),
             log_prefix=k("feed.log:" + name + ":"),
             query_prefix=k("feed.query:" + name + ":"),
+            prio=k("feed.prio:" + name),
+            flow=k("feed.flow:" + name),
+            rate=k("feed.rate:" + name),
+            slots=k("feed.slots:" + name),
+            unique_prefix=k("feed.unique:" + name + ":"),
+            aborted_prefix=k("feed.aborted:" + name + ":"),
+            record_prefix=k("feed.record:" + name + ":"),
+            failed_index=k("feed.failedidx:" + name),
+            label_stats=k("feed.labelstats:" + name),
+            label_index_prefix=k("feed.labelidx:" + name + ":"),
         )
 
     def job_object_keys(self, name: str) -> list[str]:
@@ -243,7 +286,8 @@ class Keyspace:
         return [j.config, j.ids, j.items, j.publishes, j.finishes, j.published, j.claimed,
                 j.stalled, j.cancelled, j.delayed, j.urgent, j.leases, j.tokens, j.workers,
                 j.fence, j.attempts, j.reasons, j.stalled_at, j.progress, j.finished, j.failures,
-                j.wake]
+                j.wake, j.prio, j.flow, j.rate, j.slots, j.waiting, j.dependents,
+                j.failed_index, j.label_stats]
 
     def feed_object_keys(self, name: str) -> list[str]:
         """Every key of a feed, sorted feed or queue (for delete)."""

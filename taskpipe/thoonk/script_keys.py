@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["ScriptKeys", "CONTRACTS", "FINISH_FOLLOWUP_ROLES", "contract"]
+__all__ = ["ScriptKeys", "CONTRACTS", "FINISH_FOLLOWUP_ROLES", "WORKFLOW_RELEASE_ROLES",
+           "WORKFLOW_PARENT_ROLES", "contract"]
 
 
 @dataclass(frozen=True)
@@ -90,23 +91,41 @@ _ALL = (
                            "finished"), tail="feed.result:<f>:<id> per job"),
     ScriptKeys("job_put_fresh", ("ids", "items", "published", "publishes", "wake")),
     ScriptKeys("job_claim", ("ids", "items", "claimed", "leases", "delayed", "urgent",
-                             "cancelled", "config", "tokens", "workers", "fence", "attempts"),
+                             "cancelled", "config", "tokens", "workers", "fence", "attempts",
+                             "prio", "flow", "rate", "slots"),  # flow control: _flow.lua
                per_channel=True),
+    ScriptKeys("job_put_flow", ("ids", "items", "published", "publishes", "delayed", "urgent",
+                                "wake", "finished", "result", "prio", "flow"),
+               optional=("unique",)),
     ScriptKeys("job_finish", (*_OWNER, "items", "cancelled", "attempts", "published",
                               "finishes", "finished", "failures", "progress", "reasons"),
                tail="feed.result per job, feed.query per kept query, then the follow-up put's "
-                    "keys (FINISH_FOLLOWUP_ROLES, then its feed.result)"),
+                    "keys (FINISH_FOLLOWUP_ROLES, then its feed.result), then the workflow "
+                    "section (feed.dependents, WORKFLOW_RELEASE_ROLES per dependant), then the "
+                    "job-record section (lua/_record.lua: failed_index, label_stats, then record "
+                    "and label_index per job)"),
+    ScriptKeys("job_abort", (*_OWNER, "items", "cancelled", "attempts", "published", "finishes",
+                             "finished", "failures", "progress", "reasons", "aborted", "result"),
+               tail="the workflow section (feed.dependents, WORKFLOW_RELEASE_ROLES per dependant)"),
+    ScriptKeys("job_put_waiting", ("items", "waiting", "ids", "published", "publishes", "wake"),
+               tail="per parent: its channel's WORKFLOW_PARENT_ROLES (feed.result of the parent)"),
     ScriptKeys("job_cancel", (*_OWNER, "cancelled", "ids", "wake"), optional=("delayed",)),
     ScriptKeys("job_release", (*_OWNER, "ids", "wake")),
-    ScriptKeys("job_stall", (*_OWNER, "stalled", "reasons", "published", "stalled_at")),
+    ScriptKeys("job_stall", (*_OWNER, "stalled", "reasons", "published", "stalled_at"),
+               optional=("record",)),
     ScriptKeys("job_retry", ("stalled", "reasons", "ids", "published", "wake", "cancelled",
                              "attempts", "items", "stalled_at")),
     ScriptKeys("job_defer", (*_OWNER, "attempts", "delayed", "ids", "wake", "items")),
     ScriptKeys("job_retract", ("items", "ids", *_OWNER, "stalled", "reasons", "cancelled",
                                "attempts", "published", "delayed", "urgent", "progress",
-                               "finished", "result", "log", "stalled_at")),
+                               "finished", "result", "log", "stalled_at"),
+               optional=("prio", "flow", "waiting", "record", "failed_index")),
     ScriptKeys("job_clean_finished", ("finished", "items"),
                tail="feed.result:<f>:<id> and feed.log:<f>:<id> per id"),
+    ScriptKeys("job_requeue", ("items", "ids", "published", "publishes", "wake", "finished",
+                               "result", "record", "failed_index", "attempts", "cancelled"),
+               tail="feed.labelidx:<f>:<label> of the record's label"),
+    ScriptKeys("job_edit", ("items", "claimed")),
     ScriptKeys("job_extend", ("claimed", "leases", "tokens")),
     ScriptKeys("job_reap", (*_OWNER, "cancelled", "ids", "wake", "stalled", "reasons",
                             "published", "stalled_at"), optional=("presence",)),
@@ -115,7 +134,7 @@ _ALL = (
     ScriptKeys("job_log", ("log",)),
     ScriptKeys("job_state", ("items", "claimed", "stalled", "delayed", "finished", "result",
                              "cancelled", "attempts", "reasons", "workers", "progress", "leases",
-                             "published")),
+                             "published"), optional=("waiting",)),
     # workers and cron --------------------------------------------------------------------------
     ScriptKeys("worker_beat", ("workers_registry",)),
     ScriptKeys("worker_live", ("workers_registry",)),
@@ -129,6 +148,14 @@ CONTRACTS = MappingProxyType({c.script: c for c in _ALL})
 #: The keys of the follow-up job that ``job_finish`` can put on another channel, in order,
 #: after which comes that job's ``feed.result`` key.
 FINISH_FOLLOWUP_ROLES = ("ids", "items", "published", "publishes", "wake", "finished")
+
+#: The keys of one dependant's channel in the workflow section of ``job_finish`` / ``job_abort``
+#: (``_workflow.lua``), after that section's ``feed.dependents`` of the finishing job's channel.
+WORKFLOW_RELEASE_ROLES = ("waiting", "items", "ids", "wake")
+
+#: The keys of one parent's channel that ``job_put_waiting`` takes (its ``feed.result`` of the
+#: parent is the ``result`` role).
+WORKFLOW_PARENT_ROLES = ("items", "finished", "result", "dependents")
 
 
 def contract(script: str) -> ScriptKeys:

@@ -209,6 +209,11 @@ class Thoonk:
         type_ = self.get_type(name)
         keys = (self.keys.job_object_keys(name) if type_ == "job"
                 else self.keys.feed_object_keys(name))
+        if type_ == "job":  # the per-task indexes of job records (no TTL): named by label_stats
+            jk = self.keys.job(name)
+            labels = {(f.decode() if isinstance(f, bytes) else str(f)).partition("\0")[0]
+                      for f, _ in self.client.hscan_iter(jk.label_stats, count=500)}
+            keys += [jk.label_index(label) for label in sorted(labels)]
         if self.connection.is_cluster:  # unregister first, then DEL every key (one slot)
             removed = self.scripts["registry_remove"](self.client,
                                                       contract("registry_remove").build(self.keys),

@@ -7,15 +7,16 @@ entry in the worker registry.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from taskpipe.errors import BrokerUnavailable
-from taskpipe.worker.runner import reap_limit
+from taskpipe.worker.runner import Outcome, reap_limit
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -23,10 +24,14 @@ if TYPE_CHECKING:
     from taskpipe.thoonk.workers import Presence
     from taskpipe.worker.outcomes import OutcomeWriter
     from taskpipe.worker.registry import WorkerRegistry
+    from taskpipe.worker.runner import Prepared
 
 __all__ = ["KeeperMixin", "BROKER_ERRORS"]
 
 log = logging.getLogger("taskpipe.worker")
+
+#: seconds between the keeper's checks for aborted jobs of a process pool
+ABORT_CHECK_EVERY = 0.25
 
 #: The errors that mean "Redis is unreachable right now" (retried, not fatal).
 #: transient errors: the worker waits and tries again. A raw ``OSError`` is a socket-level
@@ -53,6 +58,8 @@ class KeeperMixin:
     _running_lock: threading.Lock
     _stopping: threading.Event
     _lost_logged: set[tuple[str, str, str]]
+    _pool: Any
+    _buffer: collections.deque[Prepared]
 
     if TYPE_CHECKING:
         @property
@@ -61,7 +68,7 @@ class KeeperMixin:
     def _keeper(self) -> None:
         lease_ms = int(self.lease_s * 1000)
         renew_every = max(0.02, self.lease_s / 3)
-        next_renew = next_reap = next_beat = 0.0
+        next_renew = next_reap = next_beat = next_abort_check = 0.0
         last_log = -1e9
         while not (self._stopping.is_set() and not self.running):
             now = time.monotonic()
@@ -73,6 +80,9 @@ class KeeperMixin:
                     self._hold_presence()  # first: never judge others while our own is down
                     self._reap()
                     next_reap = now + self.reaper_interval
+                if now >= next_abort_check:  # process pool: terminate aborted jobs' children
+                    self._check_aborts()
+                    next_abort_check = now + ABORT_CHECK_EVERY
                 if now >= next_beat:
                     self.registry.beat(self)
                     self._hold_presence(rejoin=True)
@@ -82,6 +92,30 @@ class KeeperMixin:
                     log.warning("keeper: %s (retrying; logged at most every 30 s)", exc)
                     last_log = now
             time.sleep(min(renew_every, self.reaper_interval, 0.25))
+
+    def _check_aborts(self) -> None:
+        """Act on aborted jobs this worker holds: a prefetched one that has not started is not
+        started (its outcome is ``aborted``); a process pool is told, to terminate a child that
+        does not stop by itself. (A running thread or async task sees the abort itself through
+        ``current_job().aborted``.)"""
+        by_channel: dict[str, list[str]] = {}
+        for claim in self.running:
+            by_channel.setdefault(claim.channel, []).append(claim.id)
+        aborted: set[tuple[str, str]] = set()
+        for name, ids in by_channel.items():
+            aborted.update((name, i) for i in self.app.channel(name).aborted_among(ids))
+        if not aborted:
+            return
+        for prepared in list(self._buffer):  # not started yet: never start them
+            claim = prepared.claim
+            if (claim.channel, claim.id) in aborted and prepared.early is None:
+                prepared.early = Outcome("aborted", claim, exc_type="JobAborted",
+                                         exc_message="aborted before it started",
+                                         envelope=prepared.envelope, task=prepared.task)
+        abort = getattr(self._pool, "abort", None)
+        if abort is not None:
+            for name, job_id in aborted:
+                abort(name, job_id)
 
     def _hold_presence(self, rejoin: bool = False) -> None:
         try:

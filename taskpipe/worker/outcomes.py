@@ -54,6 +54,31 @@ class _FollowupError(Exception):
 OutcomeListener = Callable[[str, WorkerEvent, "Outcome | None", int], None]
 
 
+def log_outcome(outcome: Outcome, req: FinishRequest, tracebacks: bool = False) -> None:
+    """One log line per finished job: a success at INFO with its run time, a final failure at
+    ERROR and a timeout at WARNING with type, message and job id (the traceback at DEBUG, or on
+    the same line with ``tracebacks``)."""
+    claim = outcome.claim
+    task = req.label or "?"
+    runtime = "" if outcome.duration is None else f" in {outcome.duration:.3f}s"
+    if not req.failed:
+        if log.isEnabledFor(logging.INFO):
+            log.info("job %s/%s %s succeeded%s", claim.channel, claim.id, task, runtime)
+        return
+    level = logging.WARNING if req.outcome == "timeout" else logging.ERROR
+    what = "timed out" if req.outcome == "timeout" else "failed"
+    message = (outcome.exc_message or "").splitlines()[0][:500] if outcome.exc_message else ""
+    code = f" [code {outcome.code}]" if outcome.code else ""
+    if tracebacks and outcome.traceback:
+        log.log(level, "job %s/%s %s %s%s: %s: %s%s\n%s", claim.channel, claim.id, task, what,
+                runtime, outcome.exc_type, message, code, outcome.traceback.rstrip())
+        return
+    log.log(level, "job %s/%s %s %s%s: %s: %s%s", claim.channel, claim.id, task, what, runtime,
+            outcome.exc_type, message, code)
+    if outcome.traceback and log.isEnabledFor(logging.DEBUG):
+        log.debug("job %s/%s traceback:\n%s", claim.channel, claim.id, outcome.traceback.rstrip())
+
+
 class OutcomeWriter:
     """Applies outcomes for one worker; counts what it did (``stats``) and tells ``listeners``."""
 
@@ -64,6 +89,8 @@ class OutcomeWriter:
         self._ttl_ms_of: dict[Any, int] = {}  # result_ttl option value -> milliseconds
         self._none_result: tuple[Any, bytes] | None = None  # (serializer, encoded None result)
         self.eviction = EvictionWatch(app)
+        #: log a final failure's traceback at ERROR (``--log-tracebacks``); else at DEBUG
+        self.log_tracebacks = False
 
     def _bump(self, channel: str, event: WorkerEvent, outcome: Outcome | None, n: int = 1) -> None:
         self.stats[event] += n
@@ -85,8 +112,11 @@ class OutcomeWriter:
             self._bump(channel, "lease_expired_stalled", None, stalled)
 
     def _ttl_ms(self, outcome: Outcome, failed: bool = False) -> int:
+        """How long the job's result and record are kept: ``failure_ttl`` for a failure or a
+        timeout, ``result_ttl`` for a success (call option, else task option, else app)."""
         try:
-            value = option_of(outcome.envelope, outcome.task, self.app, "result_ttl")
+            value = option_of(outcome.envelope, outcome.task, self.app,
+                              "failure_ttl" if failed else "result_ttl")
             try:
                 return self._ttl_ms_of[value]
             except (KeyError, TypeError):  # not seen yet (or unhashable: parsed each time)
@@ -97,12 +127,23 @@ class OutcomeWriter:
         except (TaskpipeError, TypeError, ValueError):
             if not failed:
                 raise
-            return int(self.app.result_ttl * 1000)  # a failure is stored even so (its reason)
+            return int(self.app.failure_ttl * 1000)  # a failure is stored even so (its reason)
         try:
             self._ttl_ms_of[value] = ms
         except TypeError:
             pass
         return ms
+
+    def _record_fields(self, outcome: Outcome, failed: bool) -> dict[str, Any]:
+        """The job-record fields of a ``FinishRequest`` (docs/history.md); a success keeps no
+        record with ``app.record_successes`` off."""
+        kind = "succeeded" if not failed else ("timeout" if outcome.exc_type == "JobTimeout" else "failed")
+        if not failed and not getattr(self.app, "record_successes", True):
+            kind = ""
+        task = outcome.task.name if outcome.task is not None else (
+            outcome.envelope.task if outcome.envelope is not None else "")
+        runtime = None if outcome.duration is None else int(outcome.duration * 1000)
+        return {"outcome": kind, "label": task, "code": outcome.code, "runtime_ms": runtime}
 
     def _result_bytes(self, outcome: Outcome) -> tuple[bytes, bool]:
         ser = self.app.serializer
@@ -135,11 +176,12 @@ class OutcomeWriter:
             if outcome.written:  # applied before a broker error interrupted this batch
                 continue
             try:
-                if outcome.kind in ("success", "failure"):
+                if outcome.kind in ("success", "failure", "expired"):
                     result, failed = self._result_bytes(outcome)
                     req = FinishRequest(outcome.claim.id, outcome.claim.token, result,
                                         self._ttl_ms(outcome, failed), failed,
-                                        keep_query=bool(outcome.task and outcome.task.raw))
+                                        keep_query=bool(outcome.task and outcome.task.raw),
+                                        **self._record_fields(outcome, failed))
                     try:
                         followup = self._followup(outcome, failed)
                     except BROKER_ERRORS:
@@ -212,7 +254,8 @@ class OutcomeWriter:
         self.stats["outcome_errors"] += 1  # not an outcome of its own: listeners see "failed"
         try:
             data = encode_failure(name, message, outcome.traceback, serializer=self.app.serializer)
-            req = FinishRequest(claim.id, claim.token, data, self._ttl_ms(outcome, True), True)
+            req = FinishRequest(claim.id, claim.token, data, self._ttl_ms(outcome, True), True,
+                                **self._record_fields(outcome, True))
             code = channel.finish_many([req])[0]
         except BROKER_ERRORS:
             raise
@@ -234,7 +277,11 @@ class OutcomeWriter:
 
     def _count(self, outcome: Outcome, req: FinishRequest, code: int) -> None:
         if code == 1:
-            self._bump(outcome.claim.channel, "failed" if req.failed else "finished", outcome)
+            event: WorkerEvent = ("expired" if outcome.kind == "expired"
+                                  else ("timeout" if req.outcome == "timeout" else "failed")
+                                  if req.failed else "finished")
+            self._bump(outcome.claim.channel, event, outcome)
+            log_outcome(outcome, req, self.log_tracebacks)
         elif code == 0 and self.eviction.finish_missed(outcome.claim.channel, outcome.claim.id):
             self._bump(outcome.claim.channel, "evicted", outcome)
         else:
@@ -245,16 +292,20 @@ class OutcomeWriter:
 
     def _followup(self, outcome: Outcome, failed: bool) -> tuple[Any, str, bytes] | None:
         env = outcome.envelope
-        if failed or env is None or not env.options.get("on_finish"):
+        key = "on_failure" if failed else "on_finish"
+        if env is None or not env.options.get(key):
             return None
+        from taskpipe.callbacks import failure_info
         from taskpipe.task import Signature
 
-        sig = Signature.from_dict(env.options["on_finish"], self.app)
+        sig = Signature.from_dict(env.options[key], self.app)
         target = self.app.channel(sig.options.get("channel") or (
             self.app.tasks[sig.task].channel if sig.task in self.app.tasks else None))
-        item = encode_envelope(sig.task, (outcome.value, *sig.args), sig.kwargs, {},
+        first = failure_info(outcome.claim.id, outcome.claim.channel, env.task, outcome.exc_type,
+                             outcome.exc_message) if failed else outcome.value
+        item = encode_envelope(sig.task, (first, *sig.args), sig.kwargs, {},
                                serializer=self.app.serializer, max_size=self.app.max_payload)
-        return target, f"{outcome.claim.id}.on_finish", item
+        return target, f"{outcome.claim.id}.{key}", item
 
     def _apply_other(self, outcome: Outcome) -> None:
         claim = outcome.claim
@@ -262,15 +313,28 @@ class OutcomeWriter:
         if outcome.kind == "retry":
             channel.defer(claim.id, claim.token, int(outcome.delay * 1000), count_attempt=True)
             self._bump(claim.channel, "retried", outcome)
+            first = (outcome.exc_message or "").splitlines()[0] if outcome.exc_message else ""
+            try:  # shown while it waits out its backoff (docs/history.md); informational only
+                channel.note_error(claim.id, f"{outcome.exc_type}: {first}",
+                                   int(self.app.failure_ttl * 1000))
+            except BROKER_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - never fail a retry over its note
+                log.debug("could not note the error of %s/%s: %s", claim.channel, claim.id, exc)
             log.info("job %s/%s raised %s; retry in %.2fs", claim.channel, claim.id,
                      outcome.exc_type, outcome.delay)
         elif outcome.kind == "stall":
-            channel.stall(claim.id, outcome.reason, token=claim.token)
+            label = self._record_fields(outcome, True)["label"]
+            channel.stall(claim.id, outcome.reason, token=claim.token,
+                          record=(label, int(self.app.failure_ttl * 1000)))
             self._bump(claim.channel, "stalled", outcome)
             log.warning("job %s/%s stalled: %s", claim.channel, claim.id, outcome.reason)
         elif outcome.kind == "cancel":
             channel.cancel(claim.id, token=claim.token)
             self._bump(claim.channel, "cancelled", outcome)
+        elif outcome.kind == "aborted":  # the abort already ended the job (job_abort.lua)
+            self._bump(claim.channel, "aborted", outcome)
+            log.info("job %s/%s was aborted; its task stopped", claim.channel, claim.id)
         elif outcome.kind == "release":  # never started (process pool at shutdown)
             channel.release([(claim.id, claim.token)])
             self._bump(claim.channel, "released", outcome)

@@ -16,8 +16,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.context import JobContext, _set_current
-from taskpipe.errors import JobTimeout
-from taskpipe.worker.runner import Outcome, Prepared, decide_failure, run_prepared, timeout_of
+from taskpipe.errors import JobAborted, JobTimeout
+from taskpipe.worker.runner import (
+    Outcome,
+    Prepared,
+    cancel_on_abort,
+    decide_failure,
+    run_prepared,
+    timeout_of,
+)
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -137,15 +144,26 @@ class AsyncPool:
         except Exception as bad:  # noqa: BLE001 - checked on claim (``prepare``); never a cancel
             done(_worker_error(prepared, bad))
             return
+        main = asyncio.ensure_future(task.fn(*env.args, **env.kwargs))
+        watch = asyncio.ensure_future(cancel_on_abort(ctx, main))  # an abort cancels it
         try:
-            coro = task.fn(*env.args, **env.kwargs)
-            value = await (asyncio.wait_for(coro, seconds) if seconds else coro)
+            value = await (asyncio.wait_for(main, seconds) if seconds else main)
             outcome = Outcome("success", claim, value=value, envelope=env, task=task)
+        except asyncio.CancelledError:
+            if not (main.cancelled() and ctx.aborted):
+                raise
+            outcome = Outcome("aborted", claim, exc_type="JobAborted", envelope=env, task=task,
+                              exc_message=f"job {claim.id} was aborted (its coroutine was cancelled)")
+        except JobAborted as aborted:  # check_abort() inside the coroutine
+            outcome = Outcome("aborted", claim, exc_type="JobAborted", exc_message=str(aborted),
+                              envelope=env, task=task)
         except asyncio.TimeoutError:
             exc = JobTimeout(f"task {task.name} ran past its time limit of {seconds} s")
             outcome = decide_failure(self.app, prepared, exc, "")
         except Exception as exc:  # noqa: BLE001 - the task's error is the job's outcome
             outcome = decide_failure(self.app, prepared, exc, traceback.format_exc())
+        finally:
+            watch.cancel()
         if ctx.pending:  # log lines / progress a broker outage held back
             await asyncio.to_thread(ctx.flush)
         outcome.duration = time.perf_counter() - started

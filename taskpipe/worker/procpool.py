@@ -74,6 +74,8 @@ Done = Callable[[Outcome], None]
 SLOW = 0.005
 _START_TIMEOUT = 60.0  # seconds a new child may take to import the app
 _KILL_MARGIN = 0.25  # seconds before the grace ends at which still-running children are killed
+#: seconds an aborted job's task has to stop by itself before its child is terminated
+ABORT_GRACE = 1.0
 
 
 def hard_timeout_of(prepared: Prepared, app: TaskPipe) -> float | None:
@@ -227,6 +229,7 @@ class ProcessPool:
         self._closing = False
         self._draining = False
         self._kill_at: float | None = None  # drain: kill children still running a job then
+        self._abort_at: dict[tuple[str, str], float] = {}  # aborted jobs: kill their child then
         self.restarts = 0
         self._children: list[_Child | None] = [None] * size
         children = [_Child(app_path) for _ in range(size)]
@@ -242,6 +245,12 @@ class ProcessPool:
                                           name=f"taskpipe-proc-{i}") for i in range(size)]
         for t in self._threads:
             t.start()
+
+    def abort(self, channel: str, job_id: str, grace: float = ABORT_GRACE) -> None:
+        """The job was aborted: if its task has not stopped by itself ``grace`` seconds from now
+        (``current_job().check_abort()``), its child is terminated (and replaced)."""
+        with self._cond:
+            self._abort_at.setdefault((channel, job_id), time.monotonic() + grace)
 
     @property
     def pids(self) -> list[int]:
@@ -362,6 +371,9 @@ class ProcessPool:
                 wait = min(wait, started + head.limit - now)
             if self._kill_at is not None:
                 wait = min(wait, self._kill_at - now)
+            abort_at = self._abort_at.get((head.prepared.claim.channel, head.prepared.claim.id))
+            if abort_at is not None:
+                wait = min(wait, abort_at - now)
             try:
                 message = child.conn.recv() if child.conn.poll(max(0.0, wait)) else None
             except (EOFError, OSError):  # the pipe closed: the child is gone
@@ -380,10 +392,14 @@ class ProcessPool:
                 elif self._kill_at is not None and now >= self._kill_at:
                     self._on_grace_over(index, child, inflight)
                     started = None
+                elif abort_at is not None and now >= abort_at:
+                    self._on_aborted(index, child, inflight)
+                    started = None
                 continue
             if message[0] == "done":
                 for data in message[1]:
                     held = inflight.popleft()
+                    self._abort_at.pop((held.prepared.claim.channel, held.prepared.claim.id), None)
                     outcome = self._rebuild(held.prepared, data)
                     if outcome.duration is not None:
                         slow = 0.7 * slow + 0.3 * outcome.duration
@@ -488,6 +504,22 @@ class ProcessPool:
         head.done(Outcome("cancel", claim, reason="still running at shutdown",
                           envelope=head.prepared.envelope, task=head.prepared.task))
         self._give_back(rest, closing=True)
+
+    def _on_aborted(self, index: int, child: _Child, inflight: collections.deque[_Held]) -> None:
+        """An aborted job's task did not stop within the grace: terminate its child."""
+        head = inflight.popleft()
+        claim = head.prepared.claim
+        with self._cond:
+            self._abort_at.pop((claim.channel, claim.id), None)
+        child.kill()
+        log.warning("job %s/%s was aborted and did not stop within %.1f s: child %s terminated",
+                    claim.channel, claim.id, ABORT_GRACE, child.pid)
+        rest = collections.deque(inflight)
+        inflight.clear()
+        head.done(Outcome("aborted", claim, exc_type="JobAborted", exc_message="child terminated",
+                          envelope=head.prepared.envelope, task=head.prepared.task))
+        self._give_back(rest)
+        self._replace(index)
 
     def _rebuild(self, prepared: Prepared, data: tuple[Any, ...]) -> Outcome:
         kind, value, exc_type, exc_message, tb, delay, reason, duration = data

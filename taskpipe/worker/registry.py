@@ -33,6 +33,9 @@ class WorkerRegistry:
             "channels": ",".join(worker.channel_names), "pool": worker.pool_kind,
             "concurrency": str(worker.concurrency),
             "jobs": json.dumps([f"{c.channel}/{c.id}" for c in worker.running][:100]),
+            # held jobs split: running now, and prefetched (claimed ahead, waiting to start)
+            "running": str(getattr(worker, "executing_count", 0)),
+            "prefetched": str(getattr(worker, "prefetched_count", 0)),
             "stats": json.dumps(dict(worker.writer.stats)),
             "stopping": "1" if worker._stopping.is_set() else "0",
         }, ttl_ms)

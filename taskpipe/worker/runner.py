@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.context import JobContext, _reset_current, _set_current
 from taskpipe.durations import parse_duration
-from taskpipe.errors import JobTimeout, Retry, SerializationError, TaskpipeError, UnknownTask
+from taskpipe.errors import (
+    JobAborted,
+    JobTimeout,
+    Retry,
+    SerializationError,
+    TaskpipeError,
+    UnknownTask,
+)
 from taskpipe.limits import COUNT_OPTIONS, count_problem
 from taskpipe.serialization import Envelope, decode_envelope
 from taskpipe.states import OutcomeKind
@@ -27,12 +34,13 @@ if TYPE_CHECKING:
     from taskpipe.thoonk.job import Claim
 
 __all__ = ["Outcome", "prepare", "run_prepared", "backoff_delay", "decide_failure", "option_of",
-           "reap_limit", "option_problem"]
+           "reap_limit", "option_problem", "cancel_on_abort"]
 
 log = logging.getLogger("taskpipe.worker")
 
 #: call options holding a duration, and those holding a count, as a producer may write them
-_DURATION_OPTIONS = ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl")
+_DURATION_OPTIONS = ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl",
+                     "failure_ttl")
 #: bytes over ``max_payload`` still decoded (the producer's limit counts the whole envelope;
 #: this only keeps a producer with a slightly different framing from being stalled)
 _ENVELOPE_SLACK = 1024
@@ -44,7 +52,9 @@ class Outcome:
 
     ``kind``: ``success`` (finish with ``value``), ``failure`` (finish as failed), ``retry``
     (run again after ``delay`` seconds), ``stall`` (park with ``reason``), ``cancel`` (send back),
-    ``release`` (never started: back to the head of the queue, cancel count unchanged).
+    ``release`` (never started: back to the head of the queue, cancel count unchanged),
+    ``aborted`` (the task stopped after an abort, which already ended the job: nothing to write),
+    ``expired`` (claimed after its ``expires`` deadline: finished as failed ``JobExpired``, not run).
     ``duration`` is how long the task ran, in seconds (None when it never started).
     """
 
@@ -61,6 +71,8 @@ class Outcome:
     duration: float | None = None
     #: set by ``OutcomeWriter`` once applied (a write retried after a broker error skips it)
     written: bool = False
+    #: an error code the task's exception carried (its ``code`` attribute), kept in the record
+    code: str = ""
 
 
 @dataclass
@@ -105,7 +117,27 @@ def prepare(app: TaskPipe, claim: Claim) -> Prepared:
         return Prepared(claim, env, task, early=Outcome(
             "failure", claim, exc_type="ConfigError", envelope=env, task=task,
             exc_message=f"job {claim.id} has a bad call option and was not run: {problem}"))
-    return _within_max_cancels(app, Prepared(claim, env, task))
+    prepared = _within_max_cancels(app, Prepared(claim, env, task))
+    if "expires_ms" in env.options and prepared.early is None:
+        prepared.early = _expired(claim, env, task)
+    if "parents" in env.options:  # a dependant: its parents' results (depends_on, chain, chord)
+        from taskpipe.worker.dependencies import with_parents
+
+        prepared = with_parents(app, prepared)
+    return prepared
+
+
+def _expired(claim: Claim, env: Envelope, task: Task[Any]) -> Outcome | None:
+    """An ``expired`` outcome for a job claimed (broker clock) or about to start (this host's
+    clock) after its ``expires`` deadline; None while it may still run."""
+    deadline = env.options["expires_ms"]
+    now = max(claim.claimed_ms, int(time.time() * 1000))
+    if now <= deadline:
+        return None
+    late = (now - deadline) / 1000.0
+    return Outcome("expired", claim, exc_type="JobExpired", envelope=env, task=task,
+                   exc_message=f"job {claim.id} expired {late:.3f} s before it could start "
+                               "(expires=); it was not run")
 
 
 def option_problem(options: dict[str, Any]) -> str | None:
@@ -121,23 +153,34 @@ def option_problem(options: dict[str, Any]) -> str | None:
                 parse_duration(value)
             except (TaskpipeError, TypeError, ValueError) as exc:
                 return f"{key}={_short(value)}: {str(exc)[:200]}"
+    expires = options.get("expires_ms")
+    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float))):
+        return f"expires_ms={_short(expires)}: not a unix time in ms"
     for key in COUNT_OPTIONS:
         value = options.get(key)
         problem = None if value is None else count_problem(value)
         if problem is not None:
             return f"{key}={_short(value)}: {problem}"
-    sig = options.get("on_finish")
+    for name in ("on_finish", "on_failure"):
+        problem = _signature_problem(name, options.get(name))
+        if problem is not None:
+            return problem
+    return None
+
+
+def _signature_problem(name: str, sig: Any) -> str | None:
+    """What is wrong with a durable callback signature's data (``on_finish``/``on_failure``)."""
     if sig is not None:
         if not isinstance(sig, dict) or not isinstance(sig.get("task"), str) or not sig["task"]:
-            return f"on_finish={_short(sig)}: not a task signature (a map with a task name)"
+            return f"{name}={_short(sig)}: not a task signature (a map with a task name)"
         for key, kind in (("args", (list, tuple)), ("kwargs", dict), ("options", dict)):
             if sig.get(key) is not None and not isinstance(sig[key], kind):
-                return f"on_finish {key}={_short(sig[key])}: wrong type"
+                return f"{name} {key}={_short(sig[key])}: wrong type"
         if sig.get("kwargs") and not all(isinstance(k, str) for k in sig["kwargs"]):
-            return "on_finish kwargs: keys must be strings"
+            return f"{name} kwargs: keys must be strings"
         channel = (sig.get("options") or {}).get("channel")
         if channel is not None and (not isinstance(channel, str) or not channel):
-            return f"on_finish channel={_short(channel)}: not a channel name"
+            return f"{name} channel={_short(channel)}: not a channel name"
     return None
 
 
@@ -220,7 +263,16 @@ def decide_failure(app: TaskPipe, prepared: Prepared, exc: BaseException, tb: st
         # there would read as success, so a raw task out of retries is stalled, never failed
         return Outcome("stall", claim, reason=f"failed: {name}: {message}", envelope=env, task=task)
     return Outcome("failure", claim, exc_type=name, exc_message=message, traceback=tb,
-                   envelope=env, task=task)
+                   envelope=env, task=task, code=error_code(exc))
+
+
+def error_code(exc: BaseException) -> str:
+    """The ``code`` attribute of a task's exception (a str or int, as Kinetik's ``done(err)``
+    carries ``err.code``), as text cut to 200 characters; '' if it has none."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, bool) or not isinstance(code, (str, int)):
+        return ""
+    return str(code)[:200]
 
 
 class _SoftTimer:
@@ -304,6 +356,9 @@ def _run_prepared(app: TaskPipe, prepared: Prepared, channel: Any,
         else:  # no soft time limit: no timer to set up
             value = task.fn(*env.args, **env.kwargs)
         return Outcome("success", claim, value=value, envelope=env, task=task)
+    except JobAborted as aborted:
+        return Outcome("aborted", claim, exc_type="JobAborted", exc_message=str(aborted),
+                       envelope=env, task=task)
     except JobTimeout:
         exc = JobTimeout(f"task {task.name} ran past its time limit of {seconds} s")
         return decide_failure(app, prepared, exc, traceback.format_exc())
@@ -321,12 +376,32 @@ def _run_async(task: Task[Any], env: Envelope, ctx: JobContext, seconds: float |
                loop: asyncio.AbstractEventLoop | None) -> Any:
     async def call() -> Any:
         _set_current(ctx)
-        coro = task.fn(*env.args, **env.kwargs)
+        main = asyncio.ensure_future(task.fn(*env.args, **env.kwargs))
+        watch = asyncio.ensure_future(cancel_on_abort(ctx, main))
         try:
-            return await asyncio.wait_for(coro, timeout=seconds) if seconds else await coro
+            return await asyncio.wait_for(main, timeout=seconds) if seconds else await main
         except asyncio.TimeoutError:
             raise JobTimeout() from None
+        except asyncio.CancelledError:
+            if main.cancelled() and ctx.aborted:
+                raise JobAborted(f"job {ctx.id} was aborted (its coroutine was cancelled)") from None
+            raise
+        finally:
+            watch.cancel()
 
     if loop is not None:
         return asyncio.run_coroutine_threadsafe(call(), loop).result()
     return asyncio.run(call())
+
+
+#: seconds between an async task's checks for an abort (its coroutine is then cancelled)
+ASYNC_ABORT_POLL = 0.25
+
+
+async def cancel_on_abort(ctx: JobContext, main: asyncio.Future[Any]) -> None:
+    """Cancel ``main`` (an async task's coroutine) once its job is aborted."""
+    while not main.done():
+        await asyncio.sleep(ASYNC_ABORT_POLL)
+        if ctx.aborted:
+            main.cancel()
+            return

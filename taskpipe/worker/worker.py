@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from taskpipe.context import JobLogHandler
 from taskpipe.durations import parse_duration
 from taskpipe.errors import ConfigError
-from taskpipe.thoonk.claiming import HELD_BACK, claim_from, wait_then_claim
+from taskpipe.thoonk.claiming import HELD_BACK, PRECISE_WAIT, claim_from, wait_then_claim
 from taskpipe.thoonk.job import Claim, JobChannel
 from taskpipe.thoonk.workers import Presence
 from taskpipe.worker.keeper import BROKER_ERRORS as _BROKER_ERRORS
@@ -184,9 +184,19 @@ class Worker(KeeperMixin, ShutdownMixin):
 
     @property
     def running(self) -> list[Claim]:
-        """Claims currently held by this worker."""
+        """Claims currently held by this worker (running and prefetched)."""
         with self._running_lock:
             return list(self._running.values())
+
+    @property
+    def executing_count(self) -> int:
+        """Jobs whose task is running now (handed to the pool, not returned yet)."""
+        return self._executing
+
+    @property
+    def prefetched_count(self) -> int:
+        """Jobs claimed ahead of free slots, waiting in this worker's buffer."""
+        return len(self._buffer)
 
     # main loop ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -309,6 +319,12 @@ class Worker(KeeperMixin, ShutdownMixin):
             wait = self.max_block
             if next_due is not None:
                 wait = min(wait, max(0.001, (next_due - now) / 1000.0))
+                if wait < PRECISE_WAIT:
+                    # a due job or a rate-limit slot this close: Redis times a BLPOP out on its
+                    # own clock tick (100 ms steps at hz 10), so wait here instead, then claim
+                    drained = None
+                    self._stopping.wait(wait)
+                    continue
             try:
                 wake = [c.keys.wake for c in self.channels]
                 if waiter is None or waiter.keys != wake:

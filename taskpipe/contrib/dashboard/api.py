@@ -11,7 +11,8 @@ Routes (``<ch>`` and ``<id>`` are URL-encoded path segments):
 - ``GET  /api/find?id=``: channels that know a job id
 - ``GET  /api/workers``, ``GET /api/crons``
 - ``POST /api/channels/<ch>/pause`` / ``resume``
-- ``POST /api/channels/<ch>/jobs/<id>/retry`` / ``retract``
+- ``POST /api/channels/<ch>/jobs/<id>/retry`` / ``retract`` / ``abort`` (a running job)
+- job history (records, filters, requeue, edit): see ``history_api.py``
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from taskpipe.errors import ConfigError, FeedDoesNotExist, JobNotFound, WrongFeedType, WrongJobState
+from taskpipe.contrib.dashboard.history_api import route_history
+from taskpipe.errors import (
+    ConfigError,
+    FeedDoesNotExist,
+    JobNotFound,
+    TaskpipeError,
+    WrongFeedType,
+    WrongJobState,
+)
 from taskpipe.inspection import LIST_STATES, Inspector, jsonable
 from taskpipe.states import JobState
 from taskpipe.thoonk.cron_store import CronStore
@@ -133,12 +142,17 @@ class DashboardAPI:
             return 409, {"error": str(exc)}
         except ConfigError as exc:
             return 400, {"error": str(exc)}
+        except TaskpipeError as exc:  # e.g. a requeue whose payload was not kept
+            return 409, {"error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - Redis down or a bug: say so, keep serving
             log.warning("dashboard API %s /%s: %r", method, "/".join(parts), exc)
             return 503, {"error": f"{type(exc).__name__}: {exc}"}
 
     def _route(self, method: str, parts: list[str], query: dict[str, str]) -> Any:
         n = len(parts)
+        history = route_history(self.app, self.inspector, method, parts, query)  # history_api.py
+        if history is not NotImplemented:
+            return history
         if method == "GET":
             if parts == ["overview"]:
                 return self.overview(_int_param(query, "history", 120, 0, self.sampler.size))
@@ -163,16 +177,26 @@ class DashboardAPI:
                 getattr(self.inspector, parts[2])(parts[1])
                 return self.inspector.channel_counts(parts[1])
             if n == 5 and parts[0] == "channels" and parts[2] == "jobs" \
-                    and parts[4] in ("retry", "retract"):
-                channel = self.inspector.channel(parts[1])
-                if parts[4] == "retry":
-                    channel.retry(parts[3])
-                else:
-                    channel.retract(parts[3])
-                return {"ok": True, "id": parts[3], "state": channel.info(parts[3]).state}
+                    and parts[4] in ("retry", "retract", "abort"):
+                return self.job_action(parts[1], parts[3], parts[4])
         else:
             raise ApiError(405, f"method {method} not allowed")
         raise ApiError(404, "no such API endpoint: /api/" + "/".join(parts))
+
+    def job_action(self, channel_name: str, job_id: str, action: str) -> dict[str, Any]:
+        """``POST /api/channels/<ch>/jobs/<id>/retry|retract|abort``."""
+        channel = self.inspector.channel(channel_name)
+        if action == "abort":  # ends 'aborted'; its worker stops the task
+            from taskpipe.results import AsyncResult
+
+            job = AsyncResult(self.inspector.app, job_id, channel.name)
+            job.abort(by="dashboard")
+            return {"ok": True, "id": job_id, "state": job.state}
+        if action == "retry":
+            channel.retry(job_id)
+        else:
+            channel.retract(job_id, int(self.app.failure_ttl * 1000))
+        return {"ok": True, "id": job_id, "state": channel.info(job_id).state}
 
     def overview(self, history: int) -> dict[str, Any]:
         """Counts of every channel, live workers, and the last ``history`` throughput samples."""

@@ -1,8 +1,9 @@
 -- job_claim: claim up to N available jobs, walking channels in strict order.
--- For each channel c, 12 keys: the key +n below is KEYS[12*(c-1) + n]:
+-- For each channel c, 16 keys: the key +n below is KEYS[16*(c-1) + n]:
 --   +1 feed.ids:<f>  +2 feed.items:<f>  +3 feed.claimed:<f>  +4 feed.leases:<f>
 --   +5 feed.delayed:<f>  +6 feed.urgent:<f>  +7 feed.cancelled:<f>  +8 feed.config:<f>
 --   +9 feed.tokens:<f>  +10 feed.workers:<f>  +11 feed.fence:<f>  +12 feed.attempts:<f>
+--   +13 feed.prio:<f>  +14 feed.flow:<f>  +15 feed.rate:<f>  +16 feed.slots:<f>  (flow control)
 -- ARGV[1] max jobs to claim (<= 1000)  ARGV[2] lease ms  ARGV[3] worker name
 -- ARGV[4] promote limit per channel (due delayed jobs moved to available first; capped at 1000
 --         as in job_promote, so one claim stays well under a few ms)
@@ -16,11 +17,16 @@
 --   (claim ms), ZADD leases (deadline), a new fencing token (fence counter) in tokens, the worker
 --   name in workers. Ids with no item (retracted) or already claimed are dropped. The commands
 --   run once per channel batch (RPOP count, HMGET, ZMSCORE, multi-member ZADD/HSET): Redis >= 6.2.
+-- Flow control (see _flow.lua): a channel with a rate limit or concurrency cap in its config,
+--   or jobs with flow specs (numeric priority, per-task/per-key limits), is claimed by
+--   flow_claim: the list first, then numbered jobs (feed.prio, lowest score first); a job over
+--   a limit stays queued in its place and next_due becomes the ms its rate slot opens.
 -- Returns: {now_ms, next_due_ms or -1 (-2: a job was held back for a free slot, see ARGV[5]),
 --          {channel_index, id, item, cancel_count, token, attempts}...}
 -- Events: none.
 --@include _now.lua
 --@include _promote.lua
+--@include _flow.lua
 local want = math.min(tonumber(ARGV[1]), 1000)
 local lease = tonumber(ARGV[2])
 local worker = ARGV[3]
@@ -31,24 +37,39 @@ local now_s = math.floor(now / 1000)
 local out = {now, -1}
 local got = 0
 local pops_left = want * 4 + 64
-local nch = #KEYS / 12
+local nch = #KEYS / 16
 local next_due = -1
 local stop = false  -- a job that may not be prefetched ended this claim
 for c = 1, nch do
-  local b = 12 * (c - 1)
+  local b = 16 * (c - 1)
   local k_ids, k_items, k_claimed, k_leases = KEYS[b + 1], KEYS[b + 2], KEYS[b + 3], KEYS[b + 4]
   local k_delayed, k_urgent = KEYS[b + 5], KEYS[b + 6]
-  if redis.call('HGET', KEYS[b + 8], 'paused') ~= '1' then
+  local cfg = redis.call('HMGET', KEYS[b + 8], 'paused', 'flow.rate', 'flow.cap')
+  if cfg[1] ~= '1' then
     -- the first delayed job: promote only when it is due, and it gives next_due at the end
     local first = redis.call('ZRANGE', k_delayed, 0, 0, 'WITHSCORES')
     if plimit > 0 and first[2] and tonumber(first[2]) <= now then
       promote(k_delayed, k_urgent, k_items, k_ids, now, plimit)
       first = redis.call('ZRANGE', k_delayed, 0, 0, 'WITHSCORES')
     end
-    -- pop in bulk (RPOP count), keep ids that have an item and are not claimed yet
     local ids, items = {}, {}
+    local ccs = {}
+    local k = 0
+    local flowing = cfg[2] or cfg[3] or redis.call('EXISTS', KEYS[b + 14]) == 1
+    if flowing and got < want then  -- flow control: see _flow.lua
+      local st = flow_open(cfg, k_ids, k_items, k_claimed, KEYS[b + 7], KEYS[b + 13],
+                           KEYS[b + 14], KEYS[b + 15], KEYS[b + 16])
+      local used, held_stop, wait_until
+      ids, items, ccs, used, held_stop, wait_until = flow_claim(st, want - got, got, run_now,
+                                                               pops_left, now)
+      pops_left = pops_left - used
+      k = #ids
+      if held_stop then stop = true end
+      if wait_until and (next_due < 0 or wait_until < next_due) then next_due = wait_until end
+    end
+    -- pop in bulk (RPOP count), keep ids that have an item and are not claimed yet
     local seen = {}
-    local more = true
+    local more = not flowing
     while more and got + #ids < want and pops_left > 0 do
       local asked = math.min(want - got - #ids, pops_left)
       local popped = redis.call('RPOP', k_ids, asked)
@@ -65,9 +86,8 @@ for c = 1, nch do
         end
       end
     end
-    local k = #ids
-    local ccs = {}
-    if k > 0 then
+    if not flowing then k = #ids end
+    if k > 0 and not flowing then
       ccs = redis.call('HMGET', KEYS[b + 7], unpack(ids))
       for j = 1, k do  -- bounded: k <= want
         if got + j > run_now and tonumber(ccs[j] or '0') > 0 then  -- never prefetched: back

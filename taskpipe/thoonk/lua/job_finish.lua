@@ -9,6 +9,8 @@
 -- f = 14+n+q: KEYS[f] feed.ids:<t>  KEYS[f+1] feed.items:<t>  KEYS[f+2] feed.published:<t>
 -- KEYS[f+3] feed.publishes:<t>  KEYS[f+4] feed.wake:<t>  KEYS[f+5] feed.finished:<t>
 -- KEYS[f+6] feed.result:<t>:<follow-up id>
+-- Then, always, the workflow section (_workflow.lua): 1 + 4w KEYS and 1 + w ARGV, last but for
+-- the optional record section after it.
 -- ARGV[1] job.finish:<f> channel  ARGV[2] keep finished-index entries this many ms
 -- ARGV[3] n (<= 1000)
 -- ARGV[4 + 6*(i-1) ...] per job: id, token ('' = no fencing check), result,
@@ -18,20 +20,28 @@
 --                       beside it in feed.query:<f>:<id> for the same ttl (thoonk.py get_result)
 -- ARGV[4 + 6n], ARGV[5 + 6n]: follow-up id, follow-up item (when follow-up keys are given)
 -- Returns: a list of n codes: 1 finished, 0 not claimed (nothing changed), -1 lease lost
---          (claimed under another token: refused, nothing changed); then the follow-up flag
+--          (claimed under another token: refused, nothing changed), -2 the job has
+--          dependants not passed in the workflow section (nothing changed: retry with them); then the follow-up flag
 --          (1 put, 0 an item with that id existed, absent when no follow-up).
 -- Events: job.finish:<f> "<id>\0<result>" for each finished job that has a result, an empty
 --   one included ("<id>\0", as thoonk.py and thoonk.js publish whenever a result is given).
 -- Owner checks first; then the bookkeeping of all finished jobs (unclaim, HDEL of their
 -- fields, counters, finished index) with one command per key for the whole batch; then each
 -- finished job's result and event, in order (all inside this one atomic call).
+-- Optional record section (job records and their indexes, after everything above): see
+-- _record.lua; the record of a job expires with its result.
 --@include _now.lua
 --@include _owner.lua
 --@include _wake.lua
 --@include _put.lua
+--@include _workflow.lua
+--@include _record.lua
 local n = tonumber(ARGV[3])
 if n > 1000 then return redis.error_reply('ERR job_finish: at most 1000 jobs per call') end
+local rec = record_section(n, KEYS, ARGV)  -- job records (b-history)
 local now = now_ms()
+-- the workflow section (_workflow.lua) comes before the record section (_record.lua)
+local wf = wf_section(KEYS, ARGV, rec and rec.k - 1 or #KEYS, rec and rec.a - 1 or #ARGV)
 local out = {}
 local done, seen, scored, finished = {}, {}, {}, {}
 local failures = 0
@@ -47,6 +57,7 @@ for i = 1, n do
   local id, token = ARGV[b], ARGV[b + 1]
   local code = 0  -- an id twice in one call: the second is "not claimed", as if run in turn
   if not seen[id] then code = check_owner(KEYS[1], KEYS[3], id, token) end
+  if code == 1 then code = wf_check(wf, KEYS, id, n) end  -- workflow: dependants passed?
   if code == 1 then
     seen[id] = true
     done[#done + 1] = id
@@ -61,6 +72,8 @@ if #done > 0 then
   -- the bookkeeping of every finished job, one command per key for the whole batch. The
   -- deletes come first: over maxmemory (noeviction) Redis refuses a script whose first write
   -- may grow memory, and a worker must still be able to finish jobs then.
+  local snaps = {}  -- job records: what each job is about to lose (b-history)
+  if rec then snaps = record_read_all(done, finished, KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[1], KEYS[4]) end
   redis.call('ZREM', KEYS[1], unpack(done))   -- claimed
   redis.call('ZREM', KEYS[2], unpack(done))   -- leases
   redis.call('HDEL', KEYS[3], unpack(done))   -- tokens
@@ -96,9 +109,12 @@ if #done > 0 then
       end
       redis.call('PUBLISH', ARGV[1], id .. '\0' .. result)
     end
+    if rec then record_write(rec, i, id, snaps[i], now, ttl) end  -- job records (b-history)
   end
+  if rec then record_trim(rec, now) end
 end
-if #KEYS >= 14 + n + q and n == 1 and out[1] == 1 then
+if n == 1 and out[1] == 1 then wf_release(wf, KEYS, ARGV[4]) end  -- workflow: queue dependants
+if wf.base - 1 >= 14 + n + q and n == 1 and out[1] == 1 then
   local f = 14 + n + q
   local fid, fitem = ARGV[4 + 6 * n], ARGV[5 + 6 * n]
   if put_job_record(KEYS[f + 1], KEYS[f + 2], KEYS[f + 3], KEYS[f + 5], KEYS[f + 6], now, fid,

@@ -4,7 +4,7 @@
 
 (function () {
   const POLL_MS = 1000;
-  const STATES = ["available", "delayed", "claimed", "stalled", "finished", "failed"];
+  const STATES = ["available", "delayed", "waiting", "claimed", "stalled", "finished", "failed", "timeout"];
   const params = new URLSearchParams(window.location.search);
   if (params.get("token")) sessionStorage.setItem("taskpipe-token", params.get("token"));
   const token = sessionStorage.getItem("taskpipe-token") || "";
@@ -57,10 +57,20 @@
   }
   function setLive(ok, why) {
     const live = document.getElementById("live");
-    live.className = ok ? "live" : "live off";
-    live.textContent = ok ? "live" : "offline";
-    live.title = ok ? "live updates" : (why || "cannot reach the dashboard API");
+    live.className = livePaused ? "live paused" : ok ? "live" : "live off";
+    live.textContent = livePaused ? "paused" : ok ? "live" : "offline";
+    live.title = livePaused ? "live updates paused: click to resume" : ok ? "live updates: click to pause" : (why || "cannot reach the dashboard API");
+    let banner = document.getElementById("offline-banner");
+    if (!ok && !banner) {
+      banner = el("div", { id: "offline-banner", role: "alert" });
+      document.body.insertBefore(banner, document.getElementById("main"));
+    }
+    if (banner) {
+      banner.hidden = ok;
+      banner.textContent = ok ? "" : "Offline: " + (why || "cannot reach the broker or the dashboard API") + " (retrying every second)";
+    }
   }
+  let livePaused = false;  // live updates paused by the user (the toggle in the header)
   async function api(path, method) {
     const headers = { "X-Taskpipe": "1", "Accept": "application/json" };
     if (token) headers["X-Taskpipe-Token"] = token;
@@ -139,11 +149,17 @@
       box.appendChild(svg("polyline", { points: pts.join(" "), class: name }));
     });
     const last = r.length ? r[r.length - 1] : [0, 0, 0, 0];
+    const clock = (ms) => { const d = new Date(ms); const p = (n) => String(n).padStart(2, "0"); return `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`; };
+    const yAxis = el("div", { className: "y-axis", "aria-label": "jobs per second" },
+      [peak, peak / 2, 0].map((v) => el("span", { text: `${fmtRate(v)}/s` })));
+    const xAxis = el("div", { className: "x-axis", id: "chart-times" },
+      r.length >= 2 ? [r[0][0], r[Math.floor((r.length - 1) / 2)][0], r[r.length - 1][0]].map((t) => el("span", { text: clock(t) })) : el("span", { text: "" }));
+    const plot = el("div", { className: "plot" }, yAxis, el("div", { className: "plot-area" }, box, xAxis));
     const legend = el("div", { className: "legend" },
       ["published", "finished", "failed"].map((n, k) =>
         el("span", {}, el("span", { className: "k " + n }), `${n} ${fmtRate(last[k + 1])}/s`)),
       el("span", { text: `scale ${fmtRate(peak)}/s · ${samples.length} sample(s)` }));
-    return el("div", { className: "card" }, box, legend);
+    return el("div", { className: "card" }, plot, legend);
   }
 
   // --- views ---------------------------------------------------------------------------------
@@ -157,7 +173,7 @@
       el("table", { id: "channels" },
         el("thead", {}, el("tr", {}, el("th", { text: "channel" }), cols.map((c) => el("th", { className: "num", text: c })),
           totals.map(([, label]) => el("th", { className: "num", text: label })),
-          el("th", { className: "num", text: "finished/s" }), el("th", { text: "status" }), el("th", {}))),
+          el("th", { className: "num", text: "finished/s" }), el("th", { text: "oldest waiting" }), el("th", { text: "status" }), el("th", {}))),
         body));
     return {
       async refresh() {
@@ -169,9 +185,9 @@
           const r = rates(data.history[c.channel] || []);
           lastRates[c.channel] = r.length ? r[r.length - 1][2] : 0;
         }
-        if (same(body, [data.channels, lastRates])) return;
+        if (same(body, [data.channels, lastRates, tick5()])) return;
         if (!data.channels.length) {
-          replace(body, el("tr", {}, el("td", { colspan: 12, className: "empty", text: "No job channels yet." })));
+          replace(body, el("tr", {}, el("td", { colspan: 13, className: "empty", text: "No job channels yet." })));
           return;
         }
         replace(body, data.channels.map((c) => {
@@ -181,7 +197,10 @@
             cols.map((k) => el("td", { className: "num", "data-col": k, text: c[k] })),
             totals.map(([k]) => el("td", { className: "num", "data-col": k, text: c[k] })),
             el("td", { className: "num", text: fmtRate(rate) }),
-            el("td", { "data-col": "status" }, c.paused ? badge("paused") : badge("active")),
+            el("td", { "data-col": "oldest_waiting", title: c.oldest_waiting_ms ? fmtTime(c.oldest_waiting_ms) : "",
+                       text: c.oldest_waiting_ms ? fmtRel(c.oldest_waiting_ms, data.server_time_ms).replace(" ago", "") : "-" }),
+            el("td", { "data-col": "status" }, c.paused ? badge("paused") : badge("active"),
+              c.limits ? el("div", { className: "limits", "data-col": "limits", text: c.limits }) : null),
             el("td", {}, pauseButton(c.channel, c.paused)));
         }));
       },
@@ -193,6 +212,7 @@
       className: paused ? "primary" : "", "data-action": paused ? "resume" : "pause",
       text: paused ? "Resume" : "Pause",
       onclick: async (ev) => {
+        if (!paused && !window.confirm(`Pause ${channel}? Workers stop claiming its jobs until it is resumed.`)) return;
         ev.target.disabled = true;
         try {
           await api(`channels/${enc(channel)}/${paused ? "resume" : "pause"}`, "POST");
@@ -223,9 +243,10 @@
     const body = el("tbody", { id: "job-rows" });
     const pager = el("div", { className: "pager" });
     replace(main, title, chartBox, tabs, search, el("table", { id: "jobs" }, head, body), pager);
-    const extraCols = { available: ["published"], delayed: ["due"], claimed: ["claimed", "worker", "progress", "lease ends"],
-                        stalled: ["reason"], finished: ["finished", "outcome", "error"], failed: ["finished", "error"] };
-    replace(head, el("tr", {}, ["id", "task", "attempts", "cancels", ...extraCols[state]].map((c) => el("th", { text: c }))));
+    const extraCols = { available: ["published"], delayed: ["due"], waiting: ["parents left"], claimed: ["claimed", "worker", "progress", "lease ends"],
+                        stalled: ["reason"], finished: ["finished", "outcome", "error"], failed: ["finished", "error"],
+                        timeout: ["finished", "error"] };
+    replace(head, el("tr", {}, ["id", "task", "args", "attempts", "cancels", ...extraCols[state]].map((c) => el("th", { text: c }))));
     const go = (delta) => { page += delta; tick(true); };
     return {
       async refresh() {
@@ -242,24 +263,26 @@
         if (!same(tabs, c)) {
           replace(tabs, STATES.map((s) => el("a", {
             href: `#/channel/${enc(channel)}?state=${s}`, "data-state": s, className: s === state ? "active" : "",
-            text: s === "failed" ? "failed" : `${s} (${c[s]})`,
-          })));
+            text: s === "failed" || s === "timeout" ? s : `${s} (${c[s]})`,
+          })), el("a", { href: `#/history/${enc(channel)}`, id: "history-tab", text: "history / search" }));
         }
         replace(chartBox, chart(ov.history[channel] || []));
         const now = ov.server_time_ms;
         if (same(body, [data.rows, data.next_cursor, page, tick5()])) return;
         if (!data.rows.length) {
-          replace(body, el("tr", {}, el("td", { colspan: 8, className: "empty", text: `No ${state} jobs.` })));
+          replace(body, el("tr", {}, el("td", { colspan: 9, className: "empty", text: `No ${state} jobs.` })));
         } else {
           replace(body, data.rows.map((r) => {
             const cells = [el("td", { className: "id" }, jobLink(channel, r.id)), el("td", { text: r.task || "" }),
+              el("td", { className: "args", "data-col": "args", text: r.args || "" }),
               el("td", { className: "num", text: r.attempts }), el("td", { className: "num", text: r.cancels })];
             if (state === "available" || state === "delayed") cells.push(timeCell(r.when_ms, now));
             if (state === "claimed") cells.push(timeCell(r.when_ms, now), el("td", { text: r.worker }),
               el("td", { text: r.progress }), timeCell(r.lease_deadline_ms, now));
             if (state === "stalled") cells.push(el("td", { className: "reason", text: r.reason }));
-            if (state === "finished") cells.push(timeCell(r.when_ms, now), el("td", {}, badge(r.outcome, r.outcome === "failed" ? "failed" : "finished")), el("td", { text: r.error }));
-            if (state === "failed") cells.push(timeCell(r.when_ms, now), el("td", { text: r.error }));
+            if (state === "waiting") cells.push(el("td", { className: "num", text: r.parents_left }));
+            if (state === "finished") cells.push(timeCell(r.when_ms, now), el("td", {}, badge(r.outcome, ["failed", "timeout", "aborted", "job_expired"].includes(r.outcome) ? "failed" : "finished")), el("td", { text: r.error }));
+            if (state === "failed" || state === "timeout") cells.push(timeCell(r.when_ms, now), el("td", { text: r.error }));
             return el("tr", { "data-job": r.id }, cells);
           }));
         }
@@ -274,7 +297,11 @@
 
   function jobView(channel, id) {
     const box = el("div", { id: "job" });
-    replace(main, el("h1", {}, "Job ", el("span", { className: "id", text: id })), box);
+    const editBox = el("div", { id: "edit-box" });   // kept across refreshes while editing
+    const argsIn = el("textarea", { id: "edit-args", rows: 3 });
+    const kwargsIn = el("textarea", { id: "edit-kwargs", rows: 3 });
+    let editing = false;
+    replace(main, el("h1", {}, "Job ", el("span", { className: "id", text: id })), editBox, box);
     return {
       async refresh() {
         let j;
@@ -298,9 +325,13 @@
           rows.push(["progress", el("span", {}, el("progress", { max: tot || 100, value: cur || 0 }), " " + j.progress)]);
         }
         if (j.reason) rows.push(["reason", el("span", { className: "reason", id: "job-reason", text: j.reason })]);
+        if (j.last_error) rows.push(["last error", el("span", { className: "reason", id: "job-last-error", text: j.last_error + " (will retry)" })]);
         for (const [k, v] of Object.entries(j.timestamps)) {
           if (v) rows.push([k.replace(/_ms$/, "").replace("_", " "), el("span", { title: fmtTime(v), text: `${fmtTime(v)} (${fmtRel(v, now)})` })]);
         }
+        if (j.runtime_ms !== null && j.runtime_ms !== undefined) rows.push(["run time", `${(j.runtime_ms / 1000).toFixed(3)} s`]);
+        if (j.code) rows.push(["error code", j.code]);
+        if (j.requeues) rows.push(["requeued", `${j.requeues} time(s), last ended ${j.previous || "?"}`]);
         if (j.result_ttl_ms) rows.push(["result expires", fmtRel(now + j.result_ttl_ms, now)]);
         const actions = el("div", { className: "toolbar", id: "job-actions" });
         if (j.state === "stalled") {
@@ -309,7 +340,40 @@
             await tick(true);
           } }));
         }
-        if (!["finished", "failed", "unknown"].includes(j.state)) {
+        if (j.state === "claimed") {
+          actions.append(el("button", { id: "abort-btn", className: "danger", text: "Abort", onclick: async () => {
+            if (!window.confirm(`Abort running job ${id} in ${channel}? Its task is stopped.`)) return;
+            try { await api(`channels/${enc(channel)}/jobs/${enc(id)}/abort`, "POST"); toast("job aborted"); } catch (e) { toast(e.message, true); }
+            await tick(true);
+          } }));
+        }
+        if (["failed", "timeout"].includes(j.state)) {
+          actions.append(el("button", { id: "requeue-btn", className: "primary", text: "Requeue", onclick: async () => {
+            try { await api(`channels/${enc(channel)}/jobs/${enc(id)}/requeue`, "POST"); toast("job requeued with its arguments"); } catch (e) { toast(e.message, true); }
+            await tick(true);
+          } }));
+        }
+        if (["available", "delayed", "stalled"].includes(j.state) && j.payload && !j.payload.truncated) {
+          actions.append(el("button", { id: "edit-btn", text: "Edit arguments", onclick: () => {
+            editing = true;
+            replace(editBox, el("form", { id: "edit-form", className: "card", onsubmit: async (ev) => {
+              ev.preventDefault();
+              const q = `args=${enc(argsIn.value)}&kwargs=${enc(kwargsIn.value)}`;
+              try {
+                await api(`channels/${enc(channel)}/jobs/${enc(id)}/edit?${q}`, "POST");
+                toast("arguments saved"); editing = false; replace(editBox);
+              } catch (e) { toast(e.message, true); }
+              await tick(true);
+            } },
+            el("label", { text: "args (JSON array)" }), argsIn,
+            el("label", { text: "kwargs (JSON object)" }), kwargsIn,
+            el("div", { className: "toolbar" }, el("button", { type: "submit", id: "edit-save", className: "primary", text: "Save" }),
+              el("button", { type: "button", text: "Cancel", onclick: () => { editing = false; replace(editBox); } }))));
+            argsIn.value = JSON.stringify(j.payload.args);
+            kwargsIn.value = JSON.stringify(j.payload.kwargs);
+          } }));
+        }
+        if (!["finished", "failed", "timeout", "retracted", "aborted", "expired", "unknown"].includes(j.state)) {
           actions.append(el("button", { id: "retract-btn", className: "danger", text: "Retract", onclick: async () => {
             if (!window.confirm(`Remove job ${id} from ${channel}? This cannot be undone.`)) return;
             try { await api(`channels/${enc(channel)}/jobs/${enc(id)}/retract`, "POST"); toast("job retracted"); } catch (e) { toast(e.message, true); }
@@ -348,9 +412,123 @@
               el("h2", { text: "Traceback" }), el("pre", { className: "error", id: "job-traceback", text: j.result.traceback || "(none)" }));
           }
         }
+        // the log keeps its scroll position while it refreshes, or follows the tail when the
+        // reader is at the bottom
+        const old = document.getElementById("job-logs");
+        const atBottom = old && old.scrollTop + old.clientHeight >= old.scrollHeight - 4;
+        const scrollTop = old ? old.scrollTop : 0;
         parts.push(el("h2", { text: `Log (${j.log_total} line${j.log_total === 1 ? "" : "s"})` }),
-          j.logs.length ? el("pre", { id: "job-logs", text: j.logs.join("\n") }) : el("p", { className: "muted", text: "No log lines." }));
+          j.logs.length ? el("pre", { id: "job-logs", className: "log", text: j.logs.join("\n") }) : el("p", { className: "muted", text: "No log lines." }));
         replace(box, parts);
+        const fresh = document.getElementById("job-logs");
+        if (fresh && old) fresh.scrollTop = atBottom ? fresh.scrollHeight : scrollTop;
+        if (!editing && editBox.firstChild) replace(editBox);
+      },
+    };
+  }
+
+  // ended jobs of a channel: search by state, task, error text and time; per-task breakdown;
+  // bulk requeue (with a count preview and a confirmation)
+  function historyView(channel, query) {
+    const f = { state: query.get("state") || "", task: query.get("task") || "", error: query.get("error") || "",
+                since: query.get("since") || "" };
+    const stateIn = el("select", { id: "hist-state" }, ["", "succeeded", "failed", "timeout"].map((s) =>
+      el("option", { value: s, text: s || "any state", selected: s === f.state })));
+    const taskIn = el("input", { id: "hist-task", type: "search", placeholder: "task name", value: f.task });
+    const errorIn = el("input", { id: "hist-error", type: "search", placeholder: "error text", value: f.error });
+    const sinceIn = el("select", { id: "hist-since" }, [["", "any time"], ["3600", "last hour"], ["86400", "last day"], ["604800", "last week"]]
+      .map(([v, t]) => el("option", { value: v, text: t, selected: v === f.since })));
+    const form = el("form", { className: "toolbar", id: "hist-form", onsubmit: (ev) => {
+      ev.preventDefault();
+      const q = new URLSearchParams();
+      if (stateIn.value) q.set("state", stateIn.value);
+      if (taskIn.value.trim()) q.set("task", taskIn.value.trim());
+      if (errorIn.value.trim()) q.set("error", errorIn.value.trim());
+      if (sinceIn.value) q.set("since", sinceIn.value);
+      window.location.hash = `#/history/${enc(channel)}?${q.toString()}`;
+    } }, stateIn, taskIn, errorIn, sinceIn, el("button", { type: "submit", id: "hist-go", text: "Search" }));
+    const bulk = el("button", { id: "bulk-requeue", className: "primary", text: "Requeue all failed" + (f.task ? ` of ${f.task}` : ""),
+      onclick: async () => {
+        const q = `state=failed,timeout${f.task ? "&task=" + enc(f.task) : ""}`;
+        try {
+          const preview = await api(`channels/${enc(channel)}/requeue?${q}`);
+          if (!preview.count) { toast("no failed or timed-out jobs to requeue"); return; }
+          if (!window.confirm(`Requeue ${preview.count} failed or timed-out job(s) of ${channel}${f.task ? " (task " + f.task + ")" : ""}?`)) return;
+          bulk.disabled = true;
+          bulk.textContent = `Requeuing ${preview.count} job(s)…`;
+          const out = await api(`channels/${enc(channel)}/requeue?${q}`, "POST");
+          toast(`requeued ${out.requeued} job(s)` + (out.skipped ? `, ${out.skipped} skipped` : ""));
+        } catch (e) { toast(e.message, true); }
+        bulk.disabled = false;
+        bulk.textContent = "Requeue all failed" + (f.task ? ` of ${f.task}` : "");
+        await tick(true);
+      } });
+    const breakdown = el("tbody", { id: "task-rows" });
+    const body = el("tbody", { id: "hist-rows" });
+    const bulkAction = (id, label, cls, path, ask, done) => el("button", { id, className: cls, text: label, onclick: async (ev) => {
+      const btn = ev.target;
+      try {
+        const preview = await api(path);
+        if (!preview.count) { toast("nothing to do: 0 job(s)"); return; }
+        if (!window.confirm(ask(preview.count))) return;
+        btn.disabled = true;
+        btn.textContent = `${label}: ${preview.count} job(s)…`;
+        toast(done(await api(path, "POST")));
+      } catch (e) { toast(e.message, true); }
+      btn.disabled = false;
+      btn.textContent = label;
+      await tick(true);
+    } });
+    const cleanAge = el("select", { id: "clean-age" }, [["7d", "older than 7 days"], ["1d", "older than 1 day"], ["1h", "older than 1 hour"], ["0", "all"]]
+      .map(([v, t]) => el("option", { value: v, text: t })));
+    const cleanState = el("select", { id: "clean-state" }, ["finished", "failed", "timeout", "stalled"].map((s) => el("option", { value: s, text: s === "finished" ? "succeeded" : s })));
+    const cleanBtn = el("button", { id: "clean-btn", text: "Clean", onclick: async (ev) => {
+      const path = `channels/${enc(channel)}/clean?state=${cleanState.value}&older_than=${cleanAge.value}`;
+      const btn = ev.target;
+      try {
+        const preview = await api(path);
+        if (!preview.count) { toast("nothing to clean"); return; }
+        if (!window.confirm(`Clean up to ${preview.count} ${cleanState.value} job(s) of ${channel} (${cleanAge.selectedOptions[0].text})?`)) return;
+        btn.disabled = true;
+        const out = await api(path, "POST");
+        toast(`removed ${out.removed} job(s)` + (out.kept ? `, kept ${out.kept} of another outcome` : ""));
+      } catch (e) { toast(e.message, true); }
+      btn.disabled = false;
+      await tick(true);
+    } });
+    const empty = bulkAction("empty-btn", "Empty channel", "danger", `channels/${enc(channel)}/empty`,
+      (n) => `Retract all ${n} waiting job(s) of ${channel}? Claimed jobs run on. This cannot be undone.`,
+      (out) => `retracted ${out.retracted} job(s)`);
+    replace(main, el("h1", {}, "History of ", chanLink(channel)), form,
+      el("div", { className: "toolbar" }, bulk, " ", cleanState, cleanAge, cleanBtn, " ", empty),
+      el("h2", { text: "Per task" }),
+      el("table", { id: "task-breakdown" }, el("thead", {}, el("tr", {}, ["task", "succeeded", "failed", "timeout"].map((c) => el("th", { text: c })))), breakdown),
+      el("h2", { text: "Ended jobs (newest first)" }),
+      el("table", { id: "history" }, el("thead", {}, el("tr", {},
+        ["id", "task", "state", "finished", "attempts", "worker", "args", "error"].map((c) => el("th", { text: c })))), body));
+    return {
+      async refresh() {
+        const q = new URLSearchParams({ limit: "100" });
+        if (f.state) q.set("state", f.state);
+        if (f.task) q.set("task", f.task);
+        if (f.error) q.set("error", f.error);
+        if (f.since) q.set("since", String(Date.now() / 1000 - Number(f.since)));
+        const data = await api(`channels/${enc(channel)}/history?${q.toString()}`);
+        if (!same(breakdown, data.tasks)) {
+          const names = Object.keys(data.tasks);
+          replace(breakdown, names.length ? names.map((t) => el("tr", { "data-task": t },
+            el("td", {}, el("a", { href: `#/history/${enc(channel)}?task=${enc(t)}`, text: t })),
+            ["succeeded", "failed", "timeout"].map((k) => el("td", { className: "num", "data-col": k, text: data.tasks[t][k] }))))
+            : el("tr", {}, el("td", { colspan: 4, className: "empty", text: "No ended jobs recorded." })));
+        }
+        if (same(body, [data.jobs, tick5()])) return;
+        const now = Date.now();
+        replace(body, data.jobs.length ? data.jobs.map((r) => el("tr", { "data-job": r.id },
+          el("td", { className: "id" }, jobLink(channel, r.id)), el("td", { text: r.task }),
+          el("td", {}, badge(r.outcome, r.outcome === "succeeded" ? "finished" : "failed")),
+          timeCell(r.finished_ms, now), el("td", { className: "num", text: r.attempts }), el("td", { text: r.worker }),
+          el("td", { className: "args", text: r.args_display }), el("td", { className: "reason", text: r.error })))
+          : el("tr", {}, el("td", { colspan: 8, className: "empty", text: "No matching jobs." })));
       },
     };
   }
@@ -358,15 +536,17 @@
   function workersView() {
     const body = el("tbody", { id: "worker-rows" });
     replace(main, el("h1", { text: "Workers" }), el("table", { id: "workers" }, el("thead", {}, el("tr", {},
-      ["name", "host", "pid", "channels", "pool", "concurrency", "running", "stats", "heartbeat", "status"].map((c) => el("th", { text: c })))), body));
+      ["name", "host", "pid", "channels", "pool", "concurrency", "running", "prefetched", "jobs held", "stats", "heartbeat", "status"].map((c) => el("th", { text: c })))), body));
     return {
       async refresh() {
         const data = await api("workers");
-        if (!data.workers.length) { replace(body, el("tr", {}, el("td", { colspan: 10, className: "empty", text: "No live workers." }))); return; }
+        if (!data.workers.length) { replace(body, el("tr", {}, el("td", { colspan: 12, className: "empty", text: "No live workers." }))); return; }
         replace(body, data.workers.map((w) => el("tr", { "data-worker": w.name },
           el("td", { className: "id", text: w.name }), el("td", { text: w.host }), el("td", { text: w.pid }),
           el("td", {}, (w.channels || "").split(",").filter((c) => c).map((c) => [chanLink(c), " "])),
           el("td", { text: w.pool }), el("td", { className: "num", text: w.concurrency }),
+          el("td", { className: "num", "data-col": "running", text: w.running ?? "" }),
+          el("td", { className: "num", "data-col": "prefetched", text: w.prefetched ?? "" }),
           el("td", {}, (w.jobs || []).slice(0, 10).map((j) => { const i = j.indexOf("/"); return [jobLink(j.slice(0, i), j.slice(i + 1)), " "]; })),
           el("td", { text: Object.entries(w.stats || {}).map(([k, v]) => `${k} ${v}`).join(", ") }),
           el("td", { title: fmtTime(Number(w.heartbeat) * 1000), text: fmtRel(Number(w.heartbeat) * 1000, Date.now()) }),
@@ -424,6 +604,7 @@
     const nav = (id) => document.getElementById(id).classList.add("active");
     if (parts[0] === "channel" && parts.length === 2) { nav("nav-channels"); return channelView(parts[1], query); }
     if (parts[0] === "job" && parts.length === 3) { nav("nav-channels"); return jobView(parts[1], parts[2]); }
+    if (parts[0] === "history" && parts.length === 2) { nav("nav-channels"); return historyView(parts[1], query); }
     if (parts[0] === "workers") { nav("nav-workers"); return workersView(); }
     if (parts[0] === "crons") { nav("nav-crons"); return cronsView(); }
     if (parts[0] === "find" && parts.length === 2) return findView(parts[1]);
@@ -432,7 +613,7 @@
   }
 
   async function tick(force) {
-    if (!view || view.done || (busy && !force) || (!force && document.hidden)) return;
+    if (!view || view.done || (busy && !force) || (!force && (document.hidden || livePaused))) return;
     busy = true;
     const current = view;
     try {
@@ -457,6 +638,11 @@
     if (id) window.location.hash = `#/find/${enc(id)}`;
   });
   window.addEventListener("hashchange", start);
+  document.getElementById("live").addEventListener("click", () => {  // pause / resume live updates
+    livePaused = !livePaused;
+    setLive(true);
+    if (!livePaused) tick(true);
+  });
   timer = setInterval(() => tick(false), POLL_MS);
   start();
   window.taskpipeDashboard = { tick, stop: () => clearInterval(timer) };

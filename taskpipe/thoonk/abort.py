@@ -1,0 +1,64 @@
+"""Abort a running job (``job_abort.lua``) and read which running jobs were aborted.
+
+``AbortOps`` holds these calls; ``JobChannel`` inherits it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from taskpipe.thoonk.keys import JobKeys
+    from taskpipe.thoonk.scripts import ScriptRegistry
+
+__all__ = ["AbortOps"]
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+class AbortOps:
+    """``abort`` a claimed job; ``aborted_among`` / ``abort_info`` read the record."""
+
+    name: str
+    keys: JobKeys
+    client: Any
+    scripts: ScriptRegistry
+
+    def workflow_section(self, id: str | None) -> tuple[list[str], list[Any]]:  # WorkflowOps
+        raise NotImplementedError
+
+    def abort(self, id: str, record: bytes, result_ttl_ms: int, who: str) -> int:
+        """End claimed job ``id`` as aborted by ``who`` with result ``record``; returns 1, or 0
+        when it is not claimed (nothing changed)."""
+        from taskpipe.thoonk.job import FINISHED_INDEX_MS
+        from taskpipe.thoonk.script_keys import contract
+
+        k = self.keys
+        keys = contract("job_abort").build(k, aborted=k.aborted(id), result=k.result(id))
+        args: list[Any] = [id, record, max(0, int(result_ttl_ms)), k.ch_finish, who,
+                           FINISHED_INDEX_MS]
+        code = -2
+        for attempt in range(100):  # -2: it has dependants (or more than were read)
+            wf_keys, wf_args = self.workflow_section(id if attempt else None)
+            code = int(self.scripts["job_abort"](self.client, [*keys, *wf_keys], [*args, *wf_args]))
+            if code != -2:
+                break
+        return code
+
+    def aborted_among(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` were aborted (one MGET)."""
+        if not ids:
+            return set()
+        flags = self.client.mget([self.keys.aborted(i) for i in ids])
+        return {i for i, f in zip(ids, flags) if f is not None}
+
+    def abort_info(self, id: str) -> tuple[str, int] | None:
+        """``(who, server ms)`` of an aborted job, or None."""
+        raw = self.client.get(self.keys.aborted(id))
+        if raw is None:
+            return None
+        who, _, ms = _text(raw).partition("\0")
+        return who, int(ms or 0)

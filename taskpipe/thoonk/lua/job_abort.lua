@@ -1,0 +1,43 @@
+-- job_abort: end a running (claimed) job as aborted, at once: its claim and lease are
+-- released, its item removed (so it never runs again by itself), its result set to the
+-- caller's "aborted" record and announced on job.finish, who and when kept in
+-- feed.aborted:<f>:<id>,
+-- and its dependants (depends_on, chain, chord) released as by job_finish (_workflow.lua).
+-- The worker running it sees the abort (feed.aborted:<f>:<id>) and stops the task.
+-- KEYS[1] feed.claimed:<f>  KEYS[2] feed.leases:<f>  KEYS[3] feed.tokens:<f>
+-- KEYS[4] feed.workers:<f>  KEYS[5] feed.items:<f>  KEYS[6] feed.cancelled:<f>
+-- KEYS[7] feed.attempts:<f>  KEYS[8] feed.published:<f>  KEYS[9] feed.finishes:<f>
+-- KEYS[10] feed.finished:<f>  KEYS[11] feed.failures:<f>  KEYS[12] feed.progress:<f>
+-- KEYS[13] feed.reasons:<f>  KEYS[14] feed.aborted:<f>:<id>  KEYS[15] feed.result:<f>:<id>
+-- KEYS[16 ..] the workflow section of _workflow.lua (the last 1 + 4w KEYS, last 1 + w ARGV)
+-- ARGV[1] id  ARGV[2] result record  ARGV[3] result ttl ms  ARGV[4] job.finish:<f> channel
+-- ARGV[5] who  ARGV[6] keep the feed.aborted:<f>:<id> record this many ms
+-- Returns: 1 aborted; 0 the job is not claimed (nothing changed); -2 it has dependants not
+--          passed in the workflow section (nothing changed: retry with them).
+-- Events: job.finish:<f> "<id>\0<record>".
+--@include _now.lua
+--@include _owner.lua
+--@include _wake.lua
+--@include _workflow.lua
+local id = ARGV[1]
+if check_owner(KEYS[1], KEYS[3], id, '') ~= 1 then return 0 end
+local wf = wf_section(KEYS, ARGV)
+local code = wf_check(wf, KEYS, id, 1)
+if code ~= 1 then return code end
+local now = now_ms()
+unclaim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], id)
+redis.call('HDEL', KEYS[5], id)
+redis.call('HDEL', KEYS[6], id)
+redis.call('HDEL', KEYS[7], id)
+redis.call('ZREM', KEYS[8], id)
+redis.call('HDEL', KEYS[12], id)
+redis.call('HDEL', KEYS[13], id)
+redis.call('INCR', KEYS[9])
+redis.call('INCR', KEYS[11])
+redis.call('ZADD', KEYS[10], now, id)
+redis.call('SET', KEYS[14], ARGV[5] .. '\0' .. now, 'PX', tonumber(ARGV[6]))
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then redis.call('SET', KEYS[15], ARGV[2], 'PX', ttl) end
+redis.call('PUBLISH', ARGV[4], id .. '\0' .. ARGV[2])
+wf_release(wf, KEYS, id)
+return 1

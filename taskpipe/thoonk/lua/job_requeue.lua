@@ -1,0 +1,38 @@
+-- job_requeue: publish an ended job again from its record (same id, its payload as published,
+-- attempts and cancels reset); the record is kept (history), with requeues (q) + 1.
+-- KEYS[1] feed.items:<f>  KEYS[2] feed.ids:<f>  KEYS[3] feed.published:<f>  KEYS[4] feed.publishes:<f>
+-- KEYS[5] feed.wake:<f>  KEYS[6] feed.finished:<f>  KEYS[7] feed.result:<f>:<id>
+-- KEYS[8] feed.record:<f>:<id>  KEYS[9] feed.failedidx:<f>  KEYS[10] feed.attempts:<f>
+-- KEYS[11] feed.cancelled:<f>
+-- KEYS[last] feed.labelidx:<f>:<label> (the index of the label the caller read: KEYS[#KEYS])
+-- ARGV[1] id  ARGV[2] outcomes allowed, comma-separated (e.g. 'failed,timeout')
+-- ARGV[3] the label the caller read from the record
+-- Returns: {code, outcome}: 1 requeued; 0 no record; -1 the job exists (not ended);
+--          -2 its outcome is not allowed (nothing changed); -3 the record kept no payload (it was
+--          over the size cap); -4 the record's label changed since the caller read it.
+-- Events: none (a requeued job is put like a new one: wake-up markers for blocked workers).
+--@include _now.lua
+--@include _wake.lua
+local id = ARGV[1]
+if redis.call('HEXISTS', KEYS[1], id) == 1 then return {-1, ''} end
+local r = redis.call('HMGET', KEYS[8], 'o', 'i', 'l')  -- fields: see _record.lua
+local outcome, item, label = r[1], r[2], r[3]
+if not outcome then return {0, ''} end
+if not string.find(',' .. ARGV[2] .. ',', ',' .. outcome .. ',', 1, true) then return {-2, outcome} end
+if not item then return {-3, outcome} end
+if (label or '') ~= ARGV[3] then return {-4, outcome} end
+local now = now_ms()
+redis.call('HSET', KEYS[1], id, item)
+redis.call('LPUSH', KEYS[2], id)
+redis.call('ZADD', KEYS[3], now, id)
+redis.call('INCR', KEYS[4])
+redis.call('ZREM', KEYS[6], id)
+redis.call('DEL', KEYS[7])
+redis.call('ZREM', KEYS[9], id)
+redis.call('HDEL', KEYS[10], id)
+redis.call('HDEL', KEYS[11], id)
+if ARGV[3] ~= '' then redis.call('ZREM', KEYS[#KEYS], id) end
+redis.call('HINCRBY', KEYS[8], 'q', 1)  -- requeues
+redis.call('HSET', KEYS[8], 'u', now, 'v', outcome)  -- requeued at, previous outcome
+push_wake_markers(KEYS[5], 1)
+return {1, outcome}
