@@ -159,7 +159,7 @@ class Task(Generic[R, P]):
         Options: ``channel``, ``priority``, ``delay``, ``eta``, ``id``, ``on_finish``,
         ``result_ttl``, ``retries``, ``timeout``.
         """
-        return self.app.send(self.name, args=tuple(args), kwargs=kwargs or {}, _task=self, **options)
+        return self.app.send(self.name, args=args, kwargs=kwargs or {}, _task=self, **options)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature of this task with these arguments."""
