@@ -108,6 +108,15 @@ def test_bad_broker_url_options_are_a_typed_error(redis_server: RedisServer, que
     assert "Traceback" not in err and re.search(match, err) and "s3cretpw" not in err
 
 
+@pytest.mark.parametrize("path", [":app", "", ".tasks:app", "..x"])
+def test_an_app_path_without_a_module_is_a_typed_error(path: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # ":app" died with importlib's ValueError traceback ("Empty module name"), ".x" with a TypeError
+    assert _main("worker", "-A", path, "--burst") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "module" in err and len(err.splitlines()) <= 3
+
+
 def test_known_broker_url_options_still_work(redis_server: RedisServer) -> None:
     url = (f"redis://127.0.0.1:{redis_server.port}/0?socket_timeout=5&health_check_interval=10"
            "&client_name=probe&db=0&max_connections=20&protocol=2")
