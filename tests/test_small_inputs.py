@@ -117,6 +117,27 @@ def test_an_app_path_without_a_module_is_a_typed_error(path: str,
     assert "Traceback" not in err and "module" in err and len(err.splitlines()) <= 3
 
 
+def test_worker_refused_by_the_broker_is_one_error_line(module_dir: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # a worker whose broker refuses it (bad credentials) printed a two-part traceback (redis-py's
+    # AuthenticationError, then BrokerError) where every other command prints "Error: ...".
+    # (A broker that is down at start is waited for: the worker backs off until it is back.)
+    locked = RedisServer().start()
+    try:
+        locked.client().config_set("requirepass", "right7x")
+        url = f"redis://:nopass7x@127.0.0.1:{locked.port}/0"
+        (module_dir / "authapp.py").write_text(textwrap.dedent(f"""
+            from taskpipe import TaskPipe
+            app = TaskPipe(broker={url!r}, publish_retry="0.2s")
+        """))
+        assert _main("worker", "-A", "authapp:app", "--burst") == 1
+    finally:
+        locked.cleanup()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Error: " in err and "broker error" in err
+    assert "nopass7x" not in err
+
+
 def test_known_broker_url_options_still_work(redis_server: RedisServer) -> None:
     url = (f"redis://127.0.0.1:{redis_server.port}/0?socket_timeout=5&health_check_interval=10"
            "&client_name=probe&db=0&max_connections=20&protocol=2")
