@@ -34,6 +34,7 @@ from taskpipe.errors import (
     ResultUnknown,
     Retry,
     SerializationError,
+    ShardCountChanged,
     TaskFailed,
     TaskpipeError,
     UnknownParent,
@@ -41,6 +42,7 @@ from taskpipe.errors import (
     WorkflowError,
     WrongJobState,
 )
+from taskpipe.middleware import Middleware
 from taskpipe.results import AsyncResult
 from taskpipe.states import JobState
 from taskpipe.task import Signature, Task
@@ -55,6 +57,7 @@ __all__ = [
     "JobState", "WorkerSettings",
     # errors: the root, then configuration
     "TaskpipeError", "ConfigError", "BrokerURLError", "DurationError", "CronError",
+    "ShardCountChanged",
     # errors: the broker
     "BrokerUnavailable", "BrokerError",
     # errors: payloads and tasks
@@ -65,5 +68,8 @@ __all__ = [
     # workflows and control (docs/workflows.md)
     "chain", "group", "chord", "GroupResult", "WorkflowError", "UnknownParent", "DependencyCycle",
     "EmptyChord", "JobAborted",
+    # extending (docs/extending.md; Message, RunningJob in taskpipe.middleware, JobEvent in
+    # taskpipe.events, LifecycleLog in taskpipe.lifecycle)
+    "Middleware",
     "__version__",
 ]

@@ -14,10 +14,14 @@ from taskpipe.broker_retry import BrokerRetry
 from taskpipe.connection import DEFAULT_URL, Connection, parse_url, redact_url
 from taskpipe.durations import DurationLike, parse_duration, parse_optional_duration
 from taskpipe.errors import ConfigError, UnknownTask
+from taskpipe.events import AppEvents
+from taskpipe.extensions import ExtensionsMixin
 from taskpipe.flow import check_task_flow
 from taskpipe.limits import COUNT_OPTIONS, check_count, check_lease
+from taskpipe.middleware import MiddlewareChain
 from taskpipe.publishing import Publishing
 from taskpipe.serialization import DEFAULT_MAX_PAYLOAD, get_serializer
+from taskpipe.sharding import Sharding
 from taskpipe.task import AsyncTask, Signature, Task, TaskDecorator, TaskOptions
 from taskpipe.thoonk.broker_check import eviction_policy, eviction_warning
 from taskpipe.thoonk.job import JobChannel
@@ -36,7 +40,7 @@ __all__ = ["TaskPipe"]
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
-class TaskPipe:
+class TaskPipe(ExtensionsMixin):
     """A taskpipe application.
 
     ``TaskPipe(broker="redis://127.0.0.1:6379/0")``. The broker URL comes from the argument, else
@@ -49,6 +53,8 @@ class TaskPipe:
     (connection refused or reset, LOADING, READONLY, TRYAGAIN, MASTERDOWN, timeouts) before
     they raise ``BrokerUnavailable``; a retried publish never creates a second job.
     ``eager=True`` (tests) runs every call inline instead of publishing it (``docs/testing.md``).
+    ``shards={"emails": 8}`` spreads a channel over 8 physical channels, on different Redis
+    Cluster masters (``docs/sharding.md``); every other channel keeps one (the Thoonk layout).
     """
 
     #: the classes ``@app.task`` makes (framework integrations add methods in subclasses)
@@ -63,7 +69,7 @@ class TaskPipe:
                  timeout: DurationLike | None = None, lease: DurationLike = "20s", max_cancels: int = 3,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, connection: Connection | None = None,
                  client: Any = None, publish_retry: DurationLike = "5s", eager: bool = False,
-                 record_successes: bool = True) -> None:
+                 record_successes: bool = True, shards: dict[str, int] | None = None) -> None:
         self.name = name or "taskpipe"
         if connection is None:
             if client is not None:
@@ -104,8 +110,15 @@ class TaskPipe:
         #: finish then costs what it did before records, for high-throughput channels)
         self.record_successes = bool(record_successes)
         self._eager: Any = None
+        #: middlewares (``app.use``) and in-process events (``app.on``, ``task.on``)
+        self.middleware = MiddlewareChain()
+        self.events = AppEvents(self)
+        #: workers announce written outcomes on the job event stream (``docs/extending.md``)
+        self.job_events = True
         #: redis.asyncio clients by event loop (taskpipe.aio), dropped with their loop
         self._async_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        #: the shard layout of the channels (taskpipe.sharding)
+        self.sharding = Sharding(self, shards)
         #: envelope building, send, publish_many and the encoder cache (taskpipe.publishing)
         self.publishing = Publishing(self)
 
@@ -175,16 +188,23 @@ class TaskPipe:
         return Signature(name, tuple(args), dict(kwargs), {}, self)
 
     # channels -------------------------------------------------------------------------------
-    def channel(self, name: str | None = None) -> JobChannel:
+    def channel(self, name: str | None = None, *, deadline: float | None = None) -> JobChannel:
         """The Thoonk job channel of that name (created on first use).
+
+        Opening it retries a broker outage for ``publish_retry``, or until ``deadline`` (a
+        ``time.monotonic()`` value: a caller's own timeout) if that comes first.
 
         On a Redis Cluster the name gets a hash tag (``emails`` -> channel ``{emails}``, a name
         that already has one is kept) so every key of the channel lives in one slot; both
-        spellings then return the same channel.
+        spellings then return the same channel. A sharded channel's logical name is refused
+        (``ConfigError``): its shards are ``app.sharding.channels(name)``.
         """
         name = name or self.default_channel
         ch = self._channels.get(name)
         if ch is None:
+            if self.sharding.count(name) > 1:
+                raise ConfigError(f"channel {name!r} is sharded: its shards are "
+                                  f"app.sharding.channels({name!r})")
             self.check_eviction_policy()  # once per app: a producer's first publish, a worker's start
             with self._lock:
                 ch = self._channels.get(name)
@@ -196,9 +216,15 @@ class TaskPipe:
                                               "hash tag: channel keys would span cluster slots")
                         real = cluster_name(name)
                     ch = self._channels.get(real) or self.broker_retry.call(
-                        f"open channel {real!r}", lambda _attempt: self.thoonk.job_channel(real))
+                        f"open channel {real!r}", lambda _attempt: self.thoonk.job_channel(real),
+                        deadline=deadline)
                     self._channels[name] = self._channels[real] = ch
         return ch
+
+    def channel_name(self, name: str | None = None) -> str:
+        """The physical name ``channel(name)`` opens (``{emails}`` on a cluster), opening nothing."""
+        name = name or self.default_channel
+        return cluster_name(name) if self.connection.is_cluster else name
 
     def set_limits(self, channel: str | None = None, *, rate_limit: str | None = None,
                    concurrency: int | None = None) -> None:
@@ -278,7 +304,7 @@ class TaskPipe:
 
         if self.eager:
             return self.eager_runner.lookup(id)  # type: ignore[no-any-return]
-        return AsyncResult(self, id, channel or self.default_channel)
+        return AsyncResult(self, id, self.sharding.result_channel(channel or self.default_channel, id))
 
     @property
     def eager_runner(self) -> Any:
@@ -332,6 +358,7 @@ class TaskPipe:
     # lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
         """Stop background helpers and close connections."""
+        self.events.stop()
         if self._watcher is not None:
             self._watcher.stop()
         for channel in list(self._channels.values()):

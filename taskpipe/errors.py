@@ -12,6 +12,7 @@ __all__ = [
     "TaskpipeError",
     "ConfigError",
     "BrokerURLError",
+    "ShardCountChanged",
     "BrokerUnavailable",
     "BrokerError",
     "DurationError",
@@ -50,6 +51,11 @@ class TaskpipeError(Exception):
 
 class ConfigError(TaskpipeError):
     """A setting or option has a value taskpipe cannot use."""
+
+
+class ShardCountChanged(ConfigError):
+    """A channel's configured shard count differs from the one its jobs were published with,
+    and the channel still holds jobs (``docs/sharding.md``: drain it with the old count first)."""
 
 
 class BrokerURLError(ConfigError):

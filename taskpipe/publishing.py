@@ -26,6 +26,7 @@ from taskpipe.durations import eta_to_delay, expires_at, parse_duration, to_ms
 from taskpipe.errors import ConfigError, SerializationError
 from taskpipe.flow import FLOW_SEND_OPTIONS, build_flow, check_priority
 from taskpipe.limits import check_count
+from taskpipe.middleware import HEADERS_OPTION, Message, before_publish, publish_options
 from taskpipe.serialization import args_encoder, encode_envelope
 from taskpipe.task import Signature, TaskOptions
 from taskpipe.thoonk.flow import DEBOUNCED, DEDUPLICATED, put_flow
@@ -67,6 +68,13 @@ class Publisher(Protocol):
         ...
 
 
+def _headers(value: Any) -> dict[str, str]:
+    """Middleware headers (a trace context...): a ``str -> str`` map carried to the worker."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"headers must be a dict of str to str, got {value!r}")
+    return {str(k): str(v) for k, v in value.items()}
+
+
 #: publishing options written into the envelope's ``options`` (read by the worker): name -> the
 #: converter from what the caller passed to the wire value (raises ``ConfigError`` on bad input)
 ENVELOPE_OPTIONS: Mapping[str, Callable[[Any], Any]] = MappingProxyType({
@@ -76,6 +84,7 @@ ENVELOPE_OPTIONS: Mapping[str, Callable[[Any], Any]] = MappingProxyType({
     "retry_backoff": parse_duration,
     "result_ttl": parse_duration,
     "failure_ttl": parse_duration,  # how long a failed / timed-out job's record is kept
+    HEADERS_OPTION: _headers,  # read by the run-side middleware hooks (``RunningJob.headers``)
 })
 
 #: publishing options that shape the put itself (where, when, which id, what runs after), or
@@ -83,7 +92,8 @@ ENVELOPE_OPTIONS: Mapping[str, Callable[[Any], Any]] = MappingProxyType({
 PUT_OPTIONS = frozenset({"channel", "priority", "delay", "eta", "id", "on_finish", "on_failure",
                          "expires",  # -> envelope expires_ms (checked at claim)
                          # workflows (taskpipe.workflows): wait for parents
-                         "depends_on", "allow_failure", "pass_results"}) \
+                         "depends_on", "allow_failure", "pass_results",
+                         "shard_key"}) \
     | FLOW_SEND_OPTIONS  # flow control: unique, unique_for, unique_key, debounce (taskpipe.flow)
 
 #: every publishing option ``apply_async`` / ``app.send`` accept (eager mode checks the same set)
@@ -112,6 +122,8 @@ class SendPlan:
     eta_ms: int = 0
     #: the caller's job id (``None``: make a fresh one)
     job_id: str | None = None
+    #: a sharded channel's shard key (``None``: by the custom id, else round robin)
+    shard_key: str | bytes | None = None
 
 
 def plan_send(options: Mapping[str, Any], now: float | None = None) -> SendPlan:
@@ -142,8 +154,11 @@ def plan_send(options: Mapping[str, Any], now: float | None = None) -> SendPlan:
     if job_id is not None and (not isinstance(job_id, str) or not job_id or "\0" in job_id):
         # id="" is an error, not "make one"
         raise ConfigError(f"a job id must be a non-empty string without NUL, got {job_id!r}")
+    shard_key = options.get("shard_key")
+    if shard_key is not None and not isinstance(shard_key, (str, bytes)):
+        raise ConfigError(f"shard_key must be a str or bytes, got {type(shard_key).__name__}")
     return SendPlan(envelope, callback, options.get("channel") or None, priority, delay_ms, 0,
-                    job_id)
+                    job_id, shard_key)
 
 
 def _dedups(options: Mapping[str, Any], topts: TaskOptions) -> bool:
@@ -202,7 +217,7 @@ class Publishing:
                        if task is not None and not kwargs else
                        encode_envelope(name, tuple(args), dict(kwargs or {}), {},
                                        serializer=app.serializer, max_size=app.max_payload))
-            channel = app.channel(topts.channel)
+            channel = app.sharding.pick(topts.channel or app.default_channel, None)
             return channel, PutRequest(payload, new_id(), topts.priority is True, fresh=True), None
         plan = plan_send(options)
         head, flow = build_flow(name, topts, tuple(args), kwargs or {}, options)
@@ -215,7 +230,8 @@ class Publishing:
                                   serializer=app.serializer, max_size=app.max_payload)
         fresh = plan.job_id is None
         job_id = new_id() if plan.job_id is None else plan.job_id
-        channel = app.channel(plan.channel or topts.channel)  # after every check
+        channel = app.sharding.pick(  # after every check; a custom id maps to one shard
+            plan.channel or topts.channel or app.default_channel, plan.job_id, plan.shard_key)
         return (channel, PutRequest(payload, job_id, head, plan.delay_ms, plan.eta_ms, fresh, flow),
                 plan.callback)
 
@@ -232,6 +248,10 @@ class Publishing:
             kwargs = call_kwargs(name, kwargs)
         if app.eager:
             return app.eager_runner.send(name, args, kwargs, options)  # type: ignore[no-any-return]
+        message = None
+        if app.middleware:  # before_publish may add headers (carried in the envelope)
+            message = before_publish(app, name, args, kwargs, options)
+            args, kwargs, options = message.args, message.kwargs, publish_options(message)
         channel, req, callback = self.build(name, args, kwargs, task, options)
         assert req.id is not None
         result: AsyncResult[Any] = AsyncResult(app, req.id, channel.name)
@@ -255,6 +275,9 @@ class Publishing:
                     result.dedup = "deduplicated" if outcome.code == DEDUPLICATED else "debounced"
 
         app.broker_retry.call(f"publish to channel {channel.name!r}", put)
+        if message is not None:
+            message.id, message.channel = result.id, result.channel
+            app.middleware.call("after_publish", message, result)
         return result
 
     def publish_many(self, signatures: Iterable[Signature], batch: int = 500) -> list[AsyncResult[Any]]:
@@ -266,6 +289,7 @@ class Publishing:
             return [app.send(sig.task, sig.args, sig.kwargs, **sig.options) for sig in signatures]
         by_channel: dict[str, tuple[JobChannel, list[PutRequest]]] = {}
         order: list[tuple[str, str]] = []
+        messages: list[tuple[int, Message]] = []  # (index in order, message): the publish hooks
         singles: list[tuple[int, Signature]] = []  # dedup: one publish each, to see the outcome
         for sig in signatures:
             options = translate_options(dict(sig.options))
@@ -273,7 +297,12 @@ class Publishing:
                 singles.append((len(order), sig))
                 order.append(("", ""))
                 continue
-            channel, req, callback = self.build(sig.task, sig.args, sig.kwargs,
+            args, kwargs = sig.args, sig.kwargs
+            if app.middleware:  # each message through the publish hooks (singles: in send)
+                message = before_publish(app, sig.task, args, kwargs, options)
+                args, kwargs, options = message.args, message.kwargs, publish_options(message)
+                messages.append((len(order), message))
+            channel, req, callback = self.build(sig.task, args, kwargs,
                                                 app.tasks.get(sig.task), options)
             if callback is not None:
                 raise ConfigError("publish_many takes task signatures for on_finish, not callables")
@@ -291,6 +320,10 @@ class Publishing:
 
             app.broker_retry.call(f"publish to channel {channel.name!r}", put)
         results: list[AsyncResult[Any]] = [AsyncResult(app, job_id, ch) for ch, job_id in order]
+        for index, message in messages:
+            result = results[index]
+            message.id, message.channel = result.id, result.channel
+            app.middleware.call("after_publish", message, result)
         for index, sig in singles:
             results[index] = app.send(sig.task, sig.args, sig.kwargs, **sig.options)
         return results
@@ -306,26 +339,34 @@ class Publishing:
         app = self.app
         if app.eager:
             return [app.send(task.name, c if isinstance(c, tuple) else (c,)) for c in calls]
-        if task.options.flowing:  # flow control: each job through build (job_put_flow)
+        if app.middleware or task.options.flowing:  # each call through the publish hooks /
+            # flow control: each job through build (job_put_flow)
             return self.publish_many(task.s(*(c if isinstance(c, tuple) else (c,))) for c in calls)
         encode = self.encoder_for(task)
         items = [encode(c if isinstance(c, tuple) else (c,)) for c in calls]
-        channel = app.channel(task.options.channel)
-        name = channel.name
+        logical = task.options.channel or app.default_channel
         ids = [new_id() for _ in items]
-        todo_ids, todo_items = ids, items
+        picked = [app.sharding.pick(logical, None) for _ in ids]  # one channel unless sharded
+        by_shard: dict[str, tuple[JobChannel, list[str], list[bytes]]] = {}
+        for channel, job_id, item in zip(picked, ids, items):
+            entry = by_shard.setdefault(channel.name, (channel, [], []))
+            entry[1].append(job_id)
+            entry[2].append(item)
         since_ms = int(time.time() * 1000)
+        for channel, shard_ids, shard_items in by_shard.values():
+            todo_ids, todo_items = shard_ids, shard_items
 
-        def put(attempt: int) -> None:
-            nonlocal todo_ids, todo_items
-            if attempt:  # a batch that failed may have landed in part: publish the rest
-                done = channel.landed([PutRequest(b"", i, fresh=True) for i in todo_ids], since_ms)
-                rest = [(i, item) for i, item in zip(todo_ids, todo_items) if i not in done]
-                todo_ids, todo_items = [i for i, _ in rest], [item for _, item in rest]
-            channel.put_fresh_many(todo_items, task.options.priority is True, batch, ids=todo_ids)
+            def put(attempt: int, channel: JobChannel = channel) -> None:
+                nonlocal todo_ids, todo_items
+                if attempt:  # a batch that failed may have landed in part: publish the rest
+                    done = channel.landed([PutRequest(b"", i, fresh=True) for i in todo_ids],
+                                          since_ms)
+                    rest = [(i, item) for i, item in zip(todo_ids, todo_items) if i not in done]
+                    todo_ids, todo_items = [i for i, _ in rest], [item for _, item in rest]
+                channel.put_fresh_many(todo_items, task.options.priority is True, batch, ids=todo_ids)
 
-        app.broker_retry.call(f"publish to channel {name!r}", put)
-        return [AsyncResult(app, job_id, name) for job_id in ids]
+            app.broker_retry.call(f"publish to channel {channel.name!r}", put)
+        return [AsyncResult(app, job_id, channel.name) for job_id, channel in zip(ids, picked)]
 
 
 def call_args(name: str, args: object) -> tuple[Any, ...]:

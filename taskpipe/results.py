@@ -253,7 +253,7 @@ class AsyncResult(Generic[R]):
         """One try at waiting for the result (broker errors propagate; ``get`` retries)."""
         if self._record is not None:
             return self._record
-        ch = self._ch
+        ch = self.app.channel(self.channel, deadline=deadline)  # within get()'s timeout
         raw = ch.stored_result(self.id)
         if raw is not None:
             self._accept(raw)

@@ -241,7 +241,8 @@ class Scheduler:
                 log.warning("cron %s: another scheduler took over our fires", entry.name)
                 return
             job_id = entry.job_id(_ms_to_dt(fire_ms))
-            if check and self.app.channel(channel).info(job_id).state != "unknown":
+            shard = self.app.sharding.pick(channel, job_id, entry.options.get("shard_key"))
+            if check and shard.info(job_id).state != "unknown":
                 continue
             self.app.send(entry.task, entry.args, entry.kwargs, id=job_id, channel=channel,
                           **entry.options)

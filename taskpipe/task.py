@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
 
 from taskpipe.durations import DurationLike
+from taskpipe.errors import ConfigError
 
 if TYPE_CHECKING:
     from typing_extensions import ParamSpec
@@ -131,8 +132,32 @@ class Task(Generic[R, P]):
         self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
 
+    #: a short description (``app.define(...).desc(...)``); empty by default
+    description: str = ""
+
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
+
+    def on(self, event: str, fn: Callable[..., Any] | None = None) -> Any:
+        """Call ``fn`` on an event of this task's jobs: ``complete(job)``, ``fail(err, job)``,
+        ``timeout(job)``, ``retry(err, job)``, ``stall(job)``, ``log(job, line)``,
+        ``progress(job, current, total)``; also a decorator. Events arrive while
+        ``app.listen()`` runs (``docs/extending.md``)."""
+        emitter = self._events().task(self.name)
+        if fn is None:
+            return lambda f: emitter.on(event, f)
+        return emitter.on(event, fn)
+
+    def off(self, event: str, fn: Callable[..., Any]) -> None:
+        """Stop calling ``fn`` on ``event``."""
+        self._events().task(self.name).off(event, fn)
+
+    def _events(self) -> Any:
+        """The app's events (``TaskPipe.events``); the ``Publisher`` protocol does not carry them."""
+        events = getattr(self.app, "events", None)
+        if events is None:
+            raise ConfigError(f"the app of task {self.name!r} has no events (not a TaskPipe)")
+        return events
 
     @property
     def raw(self) -> bool:
@@ -157,7 +182,8 @@ class Task(Generic[R, P]):
         """Publish a call with options.
 
         Options: ``channel``, ``priority``, ``delay``, ``eta``, ``id``, ``on_finish``,
-        ``result_ttl``, ``retries``, ``timeout``.
+        ``result_ttl``, ``retries``, ``timeout``, ``shard_key`` (a sharded channel: jobs of one
+        key go to one shard, in order; ``docs/sharding.md``).
         """
         return self.app.send(self.name, args=args, kwargs=kwargs or {}, _task=self, **options)
 

@@ -548,12 +548,24 @@ def test_progress_after_a_lost_lease_raises_and_leaves_nothing_pending(add_app: 
     assert ctx.pending == 0 and ctx.flush(timeout=1)
 
 
-def test_get_raises_broker_unavailable_when_the_broker_is_still_away_at_its_timeout(prefix: str) -> None:
-    with TaskPipe("down", broker=f"redis://127.0.0.1:{free_port()}/0", prefix=prefix,
-                  publish_retry="0.3s") as app:
+def test_get_raises_broker_unavailable_when_the_broker_is_still_away_at_its_timeout(
+        prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the default 5 s ``publish_retry``: opening the channel inside ``get()`` retries only
+    until get's own deadline (it used to retry for the whole 5 s past a 0.2 s timeout)."""
+    with TaskPipe("down", broker=f"redis://127.0.0.1:{free_port()}/0", prefix=prefix) as app:
+        retry_call = app.broker_retry.call
+        deadlines: list[tuple[str, float | None]] = []
+
+        def spy(what: str, fn: Any, *, deadline: float | None = None) -> Any:
+            deadlines.append((what, deadline))
+            return retry_call(what, fn, deadline=deadline)
+
+        monkeypatch.setattr(app.broker_retry, "call", spy)
         with pytest.raises(BrokerUnavailable, match="until the timeout") as info:
             app.AsyncResult("some-job", channel="ch").get(timeout=0.2)
         assert isinstance(info.value.__cause__, (redis.exceptions.RedisError, BrokerUnavailable))
+        opens = [d for what, d in deadlines if what.startswith("open channel")]
+        assert opens and all(d is not None for d in opens), deadlines
 
 
 def test_publish_retry_zero_tries_once(monkeypatch: pytest.MonkeyPatch, prefix: str,

@@ -465,6 +465,36 @@ def test_doctor_checks_every_primary_and_the_cluster_state(cluster: RedisCluster
     assert {f.node for f in findings if f.check == "persistence" and f.level == "unsafe"} == nodes
 
 
+@pytest.mark.timeout(60)
+def test_job_events_reach_a_listener(app: TaskPipe, three_names: list[str]) -> None:
+    """Outcome and log events are published on a cluster too (job_announce.lua, no keys: a
+    PUBLISH reaches every node) and followed by ``app.listen()``."""
+    from taskpipe import current_job
+    from taskpipe.testing import running_worker
+
+    got: list[tuple[str, str]] = []
+
+    @app.task(name="noted")
+    def noted(x: int) -> int:
+        ctx = current_job()
+        assert ctx is not None
+        ctx.log(f"x={x}")
+        return x
+
+    noted.on("complete", lambda job: got.append(("complete", job.channel)))
+    app.on("log", lambda job, line: got.append(("log", job.channel)))
+    app.listen()
+    try:
+        with running_worker(app, three_names, concurrency=2):
+            for name in three_names:
+                assert noted.apply_async((1,), channel=name).get(timeout=20) == 1
+            wait_for(lambda: sum(k == "complete" for k, _ in got) == 3, 20, "3 complete events")
+    finally:
+        app.events.stop()
+    channels = {app.channel(n).name for n in three_names}
+    assert {c for k, c in got if k == "complete"} == channels
+
+
 def test_flow_control_on_a_cluster(app: TaskPipe, cluster: RedisCluster) -> None:
     """Numbered priorities, a dedup key and a rate limit: every flow key of a channel (the dedup
     key included) lands in the channel's slot, so the put and claim scripts run there."""

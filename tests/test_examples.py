@@ -41,6 +41,23 @@ EXPECTED: dict[str, list[str]] = {
         r"^'500ms' ran after (\d+\.\d\d)s$",
         r"^eta \+1s ran after (\d+\.\d\d)s$",
     ],
+    "kinetik": [
+        r"^task 'send email' on tag 'notifications': Sends one transactional email\.$",
+        r"^sent 'Hello Universe' to ford@example\.com$",
+        r"^events: progress 1/2, progress 2/2, complete, progress 1/2, fail: ValueError$",
+        r"^log: taskpipe: created \(task send email, channel notifications\)$",
+        r"^log: taskpipe: started \(attempt 1\)$",
+        r"^log: Email sent \{\"receipt\": \"r-42\"\}$",
+        r"^log: taskpipe: completed in \d+\.\d{3}s$",
+        r"^failed job's last line: taskpipe: failed: ValueError: not an address: nobody$",
+    ],
+    "middleware": [
+        r"^divide\(1, 4\) -> success \(header seen: yes\)$",
+        r"^divide\(1, 0\) -> failure \(header seen: yes\)$",
+        r"^1/4 = 0\.25$",
+        r"^1/0 failed: ZeroDivisionError$",
+        r"^reported to the error tracker: ZeroDivisionError in task divide$",
+    ],
     "workflows": [
         r"^chain \(1 \+ 2\) \+ 10 \+ 100 = 113$",
         r"^group: \[0, 2, 4, 6, 8\] completed: 5$",
@@ -60,6 +77,14 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "priorities": [
         r"^ran in order: high-1, default-priority, default-1, default-2$",
+    ],
+    "sharding": [
+        r"^events has 4 shards; round robin used 4$",
+        r"^status: events available=23 over 4 shards$",
+        r"^ann: ran in order \[0, 1, 2, 3, 4\]$",
+        r"^bob: ran in order \[0, 1, 2, 3, 4\]$",
+        r"^cyd: ran in order \[0, 1, 2, 3, 4\]$",
+        r"^keyed jobs used 3 shard\(s\)$",
     ],
     "flow_control": [
         r"^priorities ran in order: urgent, normal, nightly$",

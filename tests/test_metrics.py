@@ -109,8 +109,8 @@ def test_counters_depths_and_histogram_move_after_jobs_run(app: TaskPipe) -> Non
     assert val(after, "taskpipe_worker_concurrency") == 2
     # the writer's own counters agree with what was exported
     assert w.writer.stats["finished"] == 6 and w.writer.stats["stalled"] == 1
-    # closed: the listener is detached
-    assert w.writer.listeners == []
+    # closed: the metrics listener is detached (the worker's own job event announcer stays)
+    assert w.writer.listeners == [w.announcer]
 
 
 def test_lease_expirations_paused_and_worker_count(app: TaskPipe) -> None:

@@ -60,4 +60,6 @@ def test_all_is_small_and_grouped() -> None:
     source = (ROOT / "taskpipe" / "__init__.py").read_text()
     block = source[source.index("__all__ = ["):]
     assert block.count("    # ") >= 4  # comment groups
-    assert len(taskpipe.__all__) <= 40
+    # small: the errors a user catches and the objects they build; helpers stay in their modules
+    # (41 after issues 14-16 and 21: the workflow errors and ShardCountChanged)
+    assert len(taskpipe.__all__) <= 45

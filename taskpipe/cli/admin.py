@@ -112,7 +112,7 @@ def _stamp(ms: int | None, now_ms: int) -> str:
 def _resolve(insp: Inspector, job_id: str, channel: str | None) -> str:
     """The channel of a job: ``--channel``, else the one channel that knows the id."""
     if channel:
-        return channel
+        return insp.shard_of(channel, job_id)  # a sharded channel: the shard that has the id
     found = insp.find_job(job_id)
     if len(found) > 1:
         raise click.ClickException(f"job {job_id!r} exists in channels {', '.join(found)}; "
@@ -173,7 +173,8 @@ def _status_once(insp: Inspector, as_json: bool) -> None:
             ["CHANNEL", "AVAILABLE", "DELAYED", "CLAIMED", "STALLED", "FINISHED", "FAILED(total)",
              "PAUSED"],
             [[c["channel"], c["available"], c["delayed"], c["claimed"], c["stalled"], c["finished"],
-              c["failed_total"], "yes" if c["paused"] else ""] for c in channels]))
+              c["failed_total"], "yes" if c["paused"] else ""]
+             for row in channels for c in [row, *row.get("shards", [])]]))
         limited = [(c["channel"], c["limits"]) for c in channels if c.get("limits")]
         if limited:  # flow control (docs/flow-control.md)
             click.echo("\nflow control")
@@ -452,7 +453,8 @@ def _pause_command(name: str, paused: bool) -> click.Command:
                 channels: tuple[str, ...]) -> None:
         insp = _inspector(app_path, broker, prefix)
         for ch_name in channels:
-            insp.channel(ch_name)  # every name must exist before anything changes
+            for shard in insp.shards(ch_name):
+                insp.channel(shard)  # every name must exist before anything changes
         for ch_name in channels:
             (insp.pause if paused else insp.resume)(ch_name)
         if as_json:

@@ -28,7 +28,8 @@ def cli() -> None:
 
 def _register() -> None:
     # each module adds its commands to ``cli``; imported here so ``cli`` is complete
-    for name in ("worker_cmd", "admin", "history_cmd", "cron_cmd", "dashboard_cmd", "doctor_cmd"):
+    for name in ("worker_cmd", "admin", "history_cmd", "cron_cmd", "dashboard_cmd", "doctor_cmd",
+                 "events_cmd"):
         try:
             importlib.import_module(f"taskpipe.cli.{name}")
         except ModuleNotFoundError as exc:

@@ -30,6 +30,7 @@ def unknown_channels(app: Any, channels: list[str]) -> list[str]:
     known = {app.default_channel, *app.raw_channels}
     known |= {t.channel for t in app.tasks.values()}
     known |= {e.channel for e in app.crons if getattr(e, "channel", None)}
+    known |= set(app.sharding.counts)  # a sharded name is never in Redis: its shards are
     suspects = [c for c in channels if c not in known]
     if not suspects:
         return []

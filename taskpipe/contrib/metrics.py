@@ -127,6 +127,9 @@ class TaskpipeCollector:
                       labels=["channel", "state"])
         paused = gauge("taskpipe_channel_paused", "1 while the channel is paused.",
                        labels=["channel"])
+        shard_depth = gauge("taskpipe_shard_depth",
+                            "Jobs by state in each shard of a sharded channel.",
+                            labels=["channel", "shard", "state"])
         oldest = gauge("taskpipe_oldest_waiting_seconds", "Age of the oldest available job "
                        "(since it was published; 0 when none waits).", labels=["channel"])
         for name in sorted(names):
@@ -140,6 +143,9 @@ class TaskpipeCollector:
             for state in DEPTH_STATES:
                 depth.add_metric([name, state], counts[state])
             paused.add_metric([name], 1 if counts["paused"] else 0)
+            for shard in counts.get("shards", []):
+                for state in DEPTH_STATES:
+                    shard_depth.add_metric([name, shard["channel"], state], shard[state])
             oldest.add_metric([name], _oldest_waiting_s(inspector, name))
         live = inspector.workers()
         workers = gauge("taskpipe_workers", "Live workers (heartbeating).")
@@ -153,13 +159,14 @@ class TaskpipeCollector:
                     consumers[name] = consumers.get(name, 0) + 1
         for name, n in sorted(consumers.items()):
             per_channel.add_metric([name], n)
-        yield from (published, finished, failed, depth, paused, oldest, workers, per_channel)
+        yield from (published, finished, failed, depth, paused, shard_depth, oldest, workers, per_channel)
 
 
 def _oldest_waiting_s(inspector: Any, name: str) -> float:
     """Seconds since the oldest available job of ``name`` was published (the next one to run
     is at the right end of ``feed.ids``), by the server clock; 0 when none waits."""
-    published = inspector.channel(name).oldest_waiting_ms()
+    times = [inspector.channel(s).oldest_waiting_ms() for s in inspector.shards(name)]
+    published = min((t for t in times if t is not None), default=None)  # a sharded: every shard
     if published is None:
         return 0.0
     return max(0.0, (int(inspector.server_time_ms()) - float(published)) / 1000.0)

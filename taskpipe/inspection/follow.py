@@ -115,7 +115,7 @@ def _parse(job_id: str, event: tuple[str, bytes], overlap: _Overlap) -> list[Job
         return [JobEvent("end", job_id, "failed" if outcome_of(result)[0] == "failed" else "finished")]
     kind, _, rest = data.partition(b"\0")
     eid, _, payload = rest.partition(b"\0")
-    if _s(eid) != job_id:
+    if _s(eid) != job_id or kind not in (b"log", b"progress"):  # outcome events: the end is read
         return []
     if kind == b"log":
         return [JobEvent("log", job_id, safe_text(line)) for line in overlap.feed(_s(payload))]

@@ -34,9 +34,11 @@ from taskpipe.inspection.views import (
     worker_view,
 )
 from taskpipe.serialization import decode_envelope
+from taskpipe.sharding import shard_index
 from taskpipe.states import DONE_STATES, LISTABLE_STATES, OUTCOME_STATES, JobState
 from taskpipe.thoonk.flow import flow_state, limits_summary
 from taskpipe.thoonk.job import JobChannel
+from taskpipe.thoonk.shards import parse_shard, shard_names, stored_count
 from taskpipe.thoonk.workers import WorkerRegistry
 
 if TYPE_CHECKING:
@@ -71,11 +73,30 @@ class Inspector:
 
     # channels -------------------------------------------------------------------------------
     def channels(self) -> list[str]:
+        """Names of every job channel, sorted: a sharded channel once, by its logical name (its
+        shards: ``shards(name)``)."""
+        return sorted({sharded[0] if (sharded := parse_shard(n)) else n
+                       for n in self.physical_channels()})
+
+    def shards(self, name: str) -> list[str]:
+        """The physical channels of ``name``: its shards if it is sharded (by the shard count
+        recorded in Redis), else ``[name]``."""
+        if parse_shard(name) is not None or "{" in name or "}" in name:
+            return [name]
+        count = stored_count(self.app.thoonk, name)
+        return shard_names(name, count) if count > 1 else [name]
+
+    def physical_channels(self) -> list[str]:
         """Names of every job channel (``feeds`` members of type ``job``), sorted; SSCAN-paged."""
         return self.app.thoonk.scan_names("job")
 
     def channel(self, name: str) -> JobChannel:
-        """The existing job channel ``name`` (never creates one)."""
+        """The existing job channel ``name`` (never creates one). A sharded channel's logical
+        name is refused (``ConfigError`` naming its shards): name one shard."""
+        shards = self.shards(name)
+        if len(shards) > 1:
+            raise ConfigError(f"channel {name!r} is sharded over {len(shards)} channels; name one "
+                              f"of them: {', '.join(shards)}")
         if self.app.connection.is_cluster:
             from taskpipe.thoonk.keys import cluster_name
 
@@ -95,6 +116,16 @@ class Inspector:
         ``finished`` counts the finished-job index (jobs finished within its retention, 7 days by
         default, or until cleaned); their results may have expired earlier.
         """
+        shards = self.shards(name)
+        if len(shards) > 1:  # the sum, paused if any shard is, and each shard's own counts
+            rows = [self.channel_counts(s) for s in shards]
+            total: dict[str, Any] = {"channel": name}
+            for key in rows[0]:  # counters: summed; the rest (flow, limits...) is per shard
+                if all(type(r.get(key)) is int for r in rows):
+                    total[key] = sum(int(r[key]) for r in rows)
+            total["paused"] = any(r["paused"] for r in rows)
+            total["shards"] = rows
+            return total
         ch = self.channel(name)
         counts: dict[str, Any] = dict(ch.counts())
         counts["paused"] = ch.paused
@@ -118,12 +149,14 @@ class Inspector:
         return out
 
     def pause(self, name: str) -> None:
-        """Pause an existing channel (workers stop claiming from it)."""
-        self.channel(name).pause()
+        """Pause an existing channel (workers stop claiming from it); every shard of a sharded one."""
+        for shard in self.shards(name):
+            self.channel(shard).pause()
 
     def resume(self, name: str) -> None:
-        """Resume an existing paused channel."""
-        self.channel(name).resume()
+        """Resume an existing paused channel (every shard of a sharded one)."""
+        for shard in self.shards(name):
+            self.channel(shard).resume()
 
     def workers(self) -> list[dict[str, Any]]:
         """Live workers: name, host, pid, channels, pool, concurrency, jobs ("channel/id"), stats."""
@@ -142,8 +175,12 @@ class Inspector:
         Order: available = next to run first; delayed = soonest due first; claimed = oldest claim
         first; finished/failed = newest first; stalled = set order. ``cursor`` is the
         ``next_cursor`` of the previous page (an opaque string; a position, so a page may skip or
-        repeat jobs that changed state meanwhile). ``limit`` is 1..1000.
+        repeat jobs that changed state meanwhile). ``limit`` is 1..1000. A sharded channel is
+        listed shard after shard (cursor ``<shard>:<cursor in it>``; ``total`` is the sum).
         """
+        shards = self.shards(channel)
+        if len(shards) > 1:
+            return self._list_sharded(shards, state, cursor, limit)
         ch = self.channel(channel)
         if state not in LIST_STATES:
             raise ConfigError(f"unknown state {str(state)!r}; expected one of "
@@ -165,6 +202,33 @@ class Inspector:
         rows = self._rows(ch, state, [(i, _opt(sc)) for i, sc in scored])
         nxt = off + len(rows)
         return Page(rows, str(nxt) if rows and nxt < total else None, total)
+
+    def _list_sharded(self, shards: list[str], state: str, cursor: str | int | None,
+                      limit: int) -> Page:
+        index, inner = 0, ""
+        if cursor not in (None, ""):
+            head, _, inner = str(cursor).partition(":")
+            if not head.isdigit() or int(head) >= len(shards):
+                raise ConfigError(f"bad cursor {cursor!r} for a sharded channel")
+            index = int(head)
+        rows: list[JobRow] = []
+        nxt: str | None = None
+        inner_cursor: str | None = inner or None
+        while True:  # fill the page from this shard on, shard after shard
+            page = self.list_jobs(shards[index], state, inner_cursor, limit - len(rows))
+            rows += page.rows
+            if page.next_cursor is not None:
+                nxt = f"{index}:{page.next_cursor}"
+                break
+            index, inner_cursor = index + 1, None
+            if index >= len(shards):
+                break
+            if len(rows) >= limit:
+                nxt = f"{index}:"
+                break
+        totals = [self.list_jobs(s, state, None, 1).total for s in shards]
+        total = None if any(t is None for t in totals) else sum(int(t or 0) for t in totals)
+        return Page(rows, nxt, total)
 
     def _list_stalled(self, ch: JobChannel, cursor: str | int | None, limit: int) -> Page:
         scan, skip = 0, 0
@@ -261,14 +325,16 @@ class Inspector:
     def find_job(self, job_id: str) -> list[str]:
         """Channels that know a job with this id (in any state, finished included)."""
         out = []
-        for name in self.channels():
+        for name in self.physical_channels():
             ch = JobChannel(self.app.thoonk, name)
             if ch.info(job_id).state != "unknown" or ch.has_record(job_id):
                 out.append(name)  # a record: a job retracted before it ended, and the like
         return out
 
     def job_detail(self, channel: str, job_id: str, log_lines: int = 200) -> JobDetail:
-        """Everything about one job; ``JobNotFound`` if the channel has no such job."""
+        """Everything about one job; ``JobNotFound`` if the channel has no such job (a sharded
+        channel's logical name finds the shard that has it)."""
+        channel = self.shard_of(channel, job_id)
         ch = self.channel(channel)
         info = ch.info(job_id)
         item, claimed_ms, result_raw, log_total, logs = ch.detail_fields(job_id, log_lines)
@@ -321,7 +387,7 @@ class Inspector:
     def logs(self, channel: str, job_id: str, tail: int | None = None,
              chunk: int = 1000) -> Iterator[str]:
         """A job's log lines, oldest first (the last ``tail`` only), read in bounded chunks."""
-        ch = self.channel(channel)
+        ch = self.channel(self.shard_of(channel, job_id))
         total = ch.log_length(job_id)
         start = max(0, total - tail) if tail is not None else 0
         while start < total:
@@ -336,7 +402,19 @@ class Inspector:
         """Yield a job's log (the last ``backlog`` lines), then its live log and progress events
         until it ends (an ``end`` event) or ``timeout`` seconds pass (a ``timeout`` event).
         See ``taskpipe.inspection.follow``."""
-        return follow(self.app, self.channel(channel), job_id, timeout, backlog, poll)
+        return follow(self.app, self.channel(self.shard_of(channel, job_id)), job_id, timeout,
+                      backlog, poll)
+
+    def shard_of(self, channel: str, job_id: str) -> str:
+        """``channel``, or for a sharded channel the shard that knows ``job_id`` (else the shard
+        a custom id maps to)."""
+        shards = self.shards(channel)
+        if len(shards) == 1:
+            return channel
+        for shard in shards:
+            if JobChannel(self.app.thoonk, shard).info(job_id).state != "unknown":
+                return shard
+        return shards[shard_index(job_id, len(shards))]
 
     # cleaning -------------------------------------------------------------------------------
     def clean(self, channel: str, state: str, older_than_s: float, *, batch: int = 500,
@@ -349,17 +427,19 @@ class Inspector:
         ``finished``: succeeded jobs of the finished index older than ``older_than_s`` (failed
         and timed-out ones are kept: clean them with ``failed`` / ``timeout``).
         ``stalled``: jobs stalled longer ago than ``older_than_s`` (by their stall time); a job is
-        retracted only if it is still stalled.
+        retracted only if it is still stalled. A sharded channel is cleaned shard after shard
+        (one report).
         """
-        ch = self.channel(channel)
+        chans = [self.channel(s) for s in self.shards(channel)]
         self.check_clean(state, older_than_s, batch)
         now = self.server_time_ms() if now_ms is None else now_ms
         report = CleanReport(channel, state, now - int(older_than_s * 1000), dry_run=dry_run)
-        if state == "stalled":
-            clean_stalled(ch, report, batch, on_progress)
-        else:
-            clean_finished(ch, report, batch, on_progress,
-                           ("succeeded",) if state == "finished" else (state,))
+        for ch in chans:
+            if state == "stalled":
+                clean_stalled(ch, report, batch, on_progress)
+            else:
+                clean_finished(ch, report, batch, on_progress,
+                               ("succeeded",) if state == "finished" else (state,))
         return report
 
     @staticmethod
@@ -375,12 +455,11 @@ class Inspector:
     def count_cleanable(self, channel: str, state: str, older_than_s: float,
                         now_ms: int | None = None) -> int:
         """How many jobs ``clean`` would examine (for a progress bar), in O(log n)."""
-        ch = self.channel(channel)
+        chans = [self.channel(s) for s in self.shards(channel)]
         now = self.server_time_ms() if now_ms is None else now_ms
         cutoff = now - int(older_than_s * 1000)
-        if state == "stalled":
-            return ch.count_stalled_before(cutoff)
-        return ch.count_finished_before(cutoff)
+        return sum(ch.count_stalled_before(cutoff) if state == "stalled" else
+                   ch.count_finished_before(cutoff) for ch in chans)
 
 
 def _args_of(item: bytes | None) -> str:

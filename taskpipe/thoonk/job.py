@@ -561,6 +561,26 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
                                     [id, max_lines, ttl_ms, k.ch_events, *lines[:1000]])
         return int(n)
 
+    def announce(self, events: Sequence[tuple[str, str, bytes]]) -> None:
+        """Publish job events on ``feed.jobevent:<f>`` as ``kind\\0id\\0data``, 1000 per script
+        call (the worker announces outcomes this way once they are written; taskpipe.events)."""
+        messages = [b"%s\0%s\0%s" % (kind.encode(), job_id.encode(), data)
+                    for kind, job_id, data in events]
+        keys = contract("job_announce").build(self.keys)
+        for start in range(0, len(messages), 1000):
+            self.scripts["job_announce"](self.client, keys,
+                                        [self.keys.ch_events, *messages[start:start + 1000]])
+
+    def event_followers(self) -> int:
+        """How many subscriptions may receive this channel's job events: direct subscribers of
+        ``feed.jobevent:<f>`` plus every pattern subscription of the server (``PUBSUB NUMPAT``
+        cannot tell patterns apart, so any pattern counts)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.pubsub_numsub(self.keys.ch_events)
+        pipe.pubsub_numpat()
+        numsub, numpat = pipe.execute()
+        return sum(int(n) for _, n in numsub) + int(numpat)
+
     # pause ----------------------------------------------------------------------------------
     def pause(self) -> None:
         """Stop workers from claiming from this channel (persistent, cluster-wide)."""

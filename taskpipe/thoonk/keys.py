@@ -14,7 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Keyspace", "FeedKeys", "JobKeys", "SCHEMA_VERSION", "EVENT_STEMS", "NOTICE_CHANNELS",
+__all__ = ["Keyspace", "FeedKeys", "JobKeys", "SCHEMA_VERSION", "EVENT_STEMS", "JOB_EVENT_STEMS",
+           "NOTICE_CHANNELS",
            "has_hash_tag", "cluster_name"]
 
 SCHEMA_VERSION = "1"
@@ -24,6 +25,10 @@ SCHEMA_VERSION = "1"
 EVENT_STEMS: dict[str, str] = {"publish": "feed.publish:", "edit": "feed.edit:",
                                "retract": "feed.retract:", "position": "feed.position:",
                                "finish": "job.finish:"}
+#: taskpipe's own per-channel event stream (log, progress and outcome events of jobs; legacy
+#: clients ignore it): event -> stem, like ``EVENT_STEMS``
+JOB_EVENT_STEMS: dict[str, str] = {"jobevent": "feed.jobevent:"}
+_ALL_STEMS: dict[str, str] = {**EVENT_STEMS, **JOB_EVENT_STEMS}
 #: Pub/sub channels of registry notices (``<f>\0<instance>``): event -> channel name.
 NOTICE_CHANNELS: dict[str, str] = {"create": "newfeed", "delete": "delfeed", "config": "conffeed"}
 
@@ -177,17 +182,17 @@ class Keyspace:
 
     def ch_event(self, event: str, name: str) -> str:
         """The pub/sub channel of one object's ``event`` (a key of ``EVENT_STEMS``)."""
-        return self.k(EVENT_STEMS[event] + name)
+        return self.k(_ALL_STEMS[event] + name)
 
     def ch_event_pattern(self, event: str) -> str:
         """A ``PSUBSCRIBE`` pattern matching ``event``'s channel of every object under this prefix
         (glob characters in the prefix are escaped)."""
-        return _GLOB_SPECIAL.sub(r"\\\1", self.prefix) + EVENT_STEMS[event] + "*"
+        return _GLOB_SPECIAL.sub(r"\\\1", self.prefix) + _ALL_STEMS[event] + "*"
 
     def object_of(self, event: str, channel: str | bytes) -> str | None:
         """The object name in ``event``'s channel ``channel`` (None if it is not one)."""
         text = channel.decode("utf-8", "replace") if isinstance(channel, bytes) else channel
-        start = self.k(EVENT_STEMS[event])
+        start = self.k(_ALL_STEMS[event])
         return text[len(start):] if text.startswith(start) else None
 
     def workers_registry(self) -> str:
@@ -214,6 +219,11 @@ class Keyspace:
     def cron_entries(self) -> str:
         """SET of cron entry names known to schedulers."""
         return self.k("taskpipe.crons")
+
+    def shard_counts(self) -> str:
+        """HASH logical channel name -> shard count, for sharded channels only (a channel absent
+        from it has one shard: the plain Thoonk layout; see ``thoonk/shards.py``)."""
+        return self.k("taskpipe.shards")
 
     # per object ---------------------------------------------------------------------------
     def feed(self, name: str) -> FeedKeys:
@@ -264,7 +274,7 @@ class Keyspace:
             waiting=k("feed.waiting:" + name),
             dependents=k("feed.dependents:" + name),
             ch_finish=self.ch_event("finish", name),
-            ch_events=k("feed.jobevent:" + name),
+            ch_events=self.ch_event("jobevent", name),
             result_prefix=k("feed.result:" + name + ":"),
             log_prefix=k("feed.log:" + name + ":"),
             query_prefix=k("feed.query:" + name + ":"),

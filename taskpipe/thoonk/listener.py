@@ -14,6 +14,7 @@ event          channel                     arguments
 ``retract``    ``feed.retract:<f>``        ``(f, id, None)``
 ``position``   ``feed.position:<f>``       ``(f, id, relpos)`` (e.g. ``b':end'``)
 ``finish``     ``job.finish:<f>``          ``(f, id, result)`` (``None`` if no result)
+``jobevent``   ``feed.jobevent:<f>``       ``(f, kind, id\\0data)`` (taskpipe's job events)
 ``create``     ``newfeed``                 ``(f, instance_id, None)``
 ``delete``     ``delfeed``                 ``(f, instance_id, None)``
 ``config``     ``conffeed``                ``(f, instance_id, None)``
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.connection import close_quietly
 from taskpipe.errors import BrokerUnavailable
-from taskpipe.thoonk.keys import EVENT_STEMS, NOTICE_CHANNELS
+from taskpipe.thoonk.keys import EVENT_STEMS, JOB_EVENT_STEMS, NOTICE_CHANNELS
 
 if TYPE_CHECKING:
     from taskpipe.thoonk.thoonk import Thoonk
@@ -46,7 +47,8 @@ log = logging.getLogger(__name__)
 #: A listener callback: ``(feed_name, id_or_instance, payload)``.
 Callback = Callable[[str, str, bytes | None], Any]
 
-EVENTS = ("publish", "edit", "retract", "position", "finish", "create", "delete", "config")
+EVENTS = ("publish", "edit", "retract", "position", "finish", "create", "delete", "config",
+          "jobevent")
 
 #: Seconds ``get_message`` waits before looking at the stop flag again.
 POLL_INTERVAL = 0.2
@@ -81,7 +83,7 @@ class Listener:
         self._patterns: dict[bytes, tuple[str, int]] = {
             keys.ch_event_pattern(event).encode("utf-8"):
                 (event, len(keys.ch_event(event, "").encode("utf-8")))
-            for event in EVENT_STEMS}
+            for event in (*EVENT_STEMS, *JOB_EVENT_STEMS)}
 
     # callbacks ------------------------------------------------------------------------------
     def on(self, event: str, callback: Callback) -> Callback:

@@ -132,6 +132,7 @@ _ALL = (
     ScriptKeys("job_promote", ("delayed", "urgent", "items", "ids", "wake")),
     ScriptKeys("job_progress", ("claimed", "tokens", "progress")),
     ScriptKeys("job_log", ("log",)),
+    ScriptKeys("job_announce", ()),
     ScriptKeys("job_state", ("items", "claimed", "stalled", "delayed", "finished", "result",
                              "cancelled", "attempts", "reasons", "workers", "progress", "leases",
                              "published"), optional=("waiting",)),

@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any, NoReturn
 
 import redis
+from redis.cluster import ClusterPipeline
 
 from taskpipe.errors import BrokerUnavailable
 
@@ -44,6 +45,11 @@ def as_broker_error(what: str, exc: redis.exceptions.RedisError) -> Exception:
     read-only replica, still loading, persistence or replica errors); else ``exc`` itself."""
     if isinstance(exc, _UNAVAILABLE):
         return BrokerUnavailable(f"{what}: broker unavailable: {exc}")
+    if isinstance(exc, redis.exceptions.NoScriptError):
+        # a pipeline's EVALSHA reached a server that lost the script after we loaded it (on a
+        # cluster: a replica promoted meanwhile; SCRIPT LOAD is not replicated): transient, a
+        # retry loads it again (publishing retries check what landed first)
+        return BrokerUnavailable(f"{what}: broker unavailable (script not loaded): {exc}")
     # redis-py turns an "OOM ..." reply into OutOfMemoryError and drops the "OOM" prefix
     # NOREPLICAS: min-replicas-to-write not met (e.g. a master cut off by a failover)
     if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith(
@@ -70,6 +76,18 @@ def broker_errors(what: str) -> Iterator[None]:
         raise_as_broker_error(what, exc)
 
 
+def load_script(client: Any, source: str) -> None:
+    """``SCRIPT LOAD`` on ``client``'s server; on a Redis Cluster on every node, replicas
+    included (redis-py's default is the primaries it knows): ``SCRIPT LOAD`` is not replicated,
+    so a replica promoted by a failover would answer the next ``EVALSHA`` with ``NOSCRIPT``
+    (and a pipeline cannot load and retry one call)."""
+    all_nodes = getattr(client, "ALL_NODES", None)
+    if all_nodes is not None and hasattr(client, "get_nodes"):
+        client.execute_command("SCRIPT LOAD", source, target_nodes=all_nodes)
+    else:
+        client.script_load(source)
+
+
 class Script:
     """One Lua operation: its text, its SHA1, and a NOSCRIPT-safe ``__call__``."""
 
@@ -91,7 +109,7 @@ class Script:
             try:
                 return client.evalsha(self.sha, len(keys), *keys, *args)
             except redis.exceptions.NoScriptError:
-                client.script_load(self.source)
+                load_script(client, self.source)
                 return client.evalsha(self.sha, len(keys), *keys, *args)
         except redis.exceptions.RedisError as exc:  # inline, not broker_errors: the hot path
             raise_as_broker_error(self.name, exc)
@@ -100,6 +118,13 @@ class Script:
         """Add a call to a pipeline (the caller loads scripts first with ``ScriptRegistry.load_all``)."""
         # execute_command, not pipe.evalsha: redis-py's ClusterPipeline blocks the evalsha method
         # but routes a queued EVALSHA by its keys' slot like any keyed command
+        on_cluster = isinstance(pipe, ClusterPipeline)  # (a flag: pipe stays Any for mypy)
+        if on_cluster:
+            # on a cluster, the script's text: a replica promoted since the scripts were loaded
+            # (SCRIPT LOAD is not replicated) would refuse EVALSHA, and a pipeline cannot load
+            # and retry one call; a batch's text costs little beside its jobs
+            pipe.execute_command("EVAL", self.source, len(keys), *keys, *args)
+            return
         pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
@@ -125,4 +150,4 @@ class ScriptRegistry:
     def ensure_loaded(self, client: Any, *names: str) -> None:
         """Load the named scripts on the server (before pipelining EVALSHA calls)."""
         for name in names:
-            client.script_load(self[name].source)
+            load_script(client, self[name].source)

@@ -299,8 +299,9 @@ class OutcomeWriter:
         from taskpipe.task import Signature
 
         sig = Signature.from_dict(env.options[key], self.app)
-        target = self.app.channel(sig.options.get("channel") or (
-            self.app.tasks[sig.task].channel if sig.task in self.app.tasks else None))
+        target = self.app.sharding.pick(sig.options.get("channel") or (
+            self.app.tasks[sig.task].channel if sig.task in self.app.tasks else None)
+            or self.app.default_channel, f"{outcome.claim.id}.{key}")  # custom id: one shard
         first = failure_info(outcome.claim.id, outcome.claim.channel, env.task, outcome.exc_type,
                              outcome.exc_message) if failed else outcome.value
         item = encode_envelope(sig.task, (first, *sig.args), sig.kwargs, {},

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.context import JobContext, _set_current
 from taskpipe.errors import JobAborted, JobTimeout
+from taskpipe.worker.hooks import after_run, before_run
 from taskpipe.worker.runner import (
     Outcome,
     Prepared,
@@ -144,6 +145,11 @@ class AsyncPool:
         except Exception as bad:  # noqa: BLE001 - checked on claim (``prepare``); never a cancel
             done(_worker_error(prepared, bad))
             return
+        job = None
+        if self.app.middleware:
+            job = before_run(self.app, prepared, ctx)
+            started = time.perf_counter()  # the run time is the task's, not its hooks'
+        error: BaseException | None = None
         main = asyncio.ensure_future(task.fn(*env.args, **env.kwargs))
         watch = asyncio.ensure_future(cancel_on_abort(ctx, main))  # an abort cancels it
         try:
@@ -158,15 +164,18 @@ class AsyncPool:
             outcome = Outcome("aborted", claim, exc_type="JobAborted", exc_message=str(aborted),
                               envelope=env, task=task)
         except asyncio.TimeoutError:
-            exc = JobTimeout(f"task {task.name} ran past its time limit of {seconds} s")
-            outcome = decide_failure(self.app, prepared, exc, "")
+            error = JobTimeout(f"task {task.name} ran past its time limit of {seconds} s")
+            outcome = decide_failure(self.app, prepared, error, "")
         except Exception as exc:  # noqa: BLE001 - the task's error is the job's outcome
+            error = exc
             outcome = decide_failure(self.app, prepared, exc, traceback.format_exc())
         finally:
             watch.cancel()
+        outcome.duration = time.perf_counter() - started
+        if job is not None:
+            after_run(self.app, job, outcome, error)
         if ctx.pending:  # log lines / progress a broker outage held back
             await asyncio.to_thread(ctx.flush)
-        outcome.duration = time.perf_counter() - started
         done(outcome)
 
     def shutdown(self) -> None:

@@ -27,6 +27,7 @@ from taskpipe.errors import (
 from taskpipe.limits import COUNT_OPTIONS, count_problem
 from taskpipe.serialization import Envelope, decode_envelope
 from taskpipe.states import OutcomeKind
+from taskpipe.worker.hooks import after_run, before_run
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -331,22 +332,42 @@ class _SoftTimer:
 
 def run_prepared(app: TaskPipe, prepared: Prepared, channel: Any,
                  loop: asyncio.AbstractEventLoop | None = None) -> Outcome:
-    """Run a prepared job in this thread (async tasks on ``loop`` or a private loop)."""
+    """Run a prepared job in this thread (async tasks on ``loop`` or a private loop), with the
+    app's run-side middleware hooks around it (``taskpipe.middleware``)."""
     if prepared.early is not None:
         return prepared.early
-    started = time.perf_counter()
-    outcome = _run_prepared(app, prepared, channel, loop)
-    outcome.duration = time.perf_counter() - started
-    return outcome
+    return _run_prepared(app, prepared, channel, loop)
 
 
 def _run_prepared(app: TaskPipe, prepared: Prepared, channel: Any,
                   loop: asyncio.AbstractEventLoop | None) -> Outcome:
     env, task, claim = prepared.envelope, prepared.task, prepared.claim
     assert env is not None and task is not None
+    started = time.perf_counter()
     ctx = JobContext(channel, claim, task.name)
     seconds = timeout_of(env, task, app)
     token = _set_current(ctx)
+    try:
+        job = None
+        if app.middleware:
+            job = before_run(app, prepared, ctx)
+            started = time.perf_counter()  # the run time is the task's, not its hooks'
+        outcome, error = _call(app, prepared, ctx, seconds, loop)
+        outcome.duration = time.perf_counter() - started
+        if job is not None:
+            after_run(app, job, outcome, error)
+        return outcome
+    finally:
+        if ctx.pending:  # log lines / progress a broker outage held back
+            ctx.flush()
+        _reset_current(token)
+
+
+def _call(app: TaskPipe, prepared: Prepared, ctx: JobContext, seconds: float | None,
+          loop: asyncio.AbstractEventLoop | None) -> tuple[Outcome, BaseException | None]:
+    """Run the task once: its outcome, and the exception it raised (None on success)."""
+    env, task, claim = prepared.envelope, prepared.task, prepared.claim
+    assert env is not None and task is not None
     try:
         if task.is_async:
             value = _run_async(task, env, ctx, seconds, loop)
@@ -355,21 +376,17 @@ def _run_prepared(app: TaskPipe, prepared: Prepared, channel: Any,
                 value = task.fn(*env.args, **env.kwargs)
         else:  # no soft time limit: no timer to set up
             value = task.fn(*env.args, **env.kwargs)
-        return Outcome("success", claim, value=value, envelope=env, task=task)
+        return Outcome("success", claim, value=value, envelope=env, task=task), None
     except JobAborted as aborted:
         return Outcome("aborted", claim, exc_type="JobAborted", exc_message=str(aborted),
-                       envelope=env, task=task)
+                       envelope=env, task=task), None
     except JobTimeout:
         exc = JobTimeout(f"task {task.name} ran past its time limit of {seconds} s")
-        return decide_failure(app, prepared, exc, traceback.format_exc())
+        return decide_failure(app, prepared, exc, traceback.format_exc()), exc
     except BaseException as exc:  # the task's error is the job's outcome
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        return decide_failure(app, prepared, exc, traceback.format_exc())
-    finally:
-        if ctx.pending:  # log lines / progress a broker outage held back
-            ctx.flush()
-        _reset_current(token)
+        return decide_failure(app, prepared, exc, traceback.format_exc()), exc
 
 
 def _run_async(task: Task[Any], env: Envelope, ctx: JobContext, seconds: float | None,

@@ -36,6 +36,7 @@ from taskpipe.errors import ConfigError
 from taskpipe.thoonk.claiming import HELD_BACK, PRECISE_WAIT, claim_from, wait_then_claim
 from taskpipe.thoonk.job import Claim, JobChannel
 from taskpipe.thoonk.workers import Presence
+from taskpipe.worker.announce import Announcer
 from taskpipe.worker.keeper import BROKER_ERRORS as _BROKER_ERRORS
 from taskpipe.worker.keeper import KeeperMixin
 from taskpipe.worker.outcomes import OutcomeWriter
@@ -103,12 +104,16 @@ class Worker(KeeperMixin, ShutdownMixin):
         self.max_block = s.max_block
         self.heartbeat_interval = s.heartbeat_interval
         self.capture_logs = s.capture_logs
-        self.channels: list[JobChannel] = []
+        self.channels: list[JobChannel] = []  # every physical channel (a sharded one's shards)
+        self._groups: list[list[JobChannel]] = []  # the shards of each channel, in -Q order
+        self._rotation = 0  # the shard each sharded channel's claim starts at (rotates)
         try:
-            self.channels = [app.channel(c) for c in self.channel_names]
+            self._set_channels(app.sharding.expand(self.channel_names))
         except _BROKER_ERRORS:
             pass  # Redis is down at start: run() opens them once it is reachable
         self.writer = OutcomeWriter(app)
+        self.announcer = Announcer(app)  # job events of written outcomes (taskpipe.events)
+        self.writer.listeners.append(self.announcer)
         self.registry = WorkerRegistry(app)
         self.presence = Presence(app.thoonk, self.name)
         self.presence.enabled = self.presence.enabled and self.dead_after_ms > 0
@@ -230,6 +235,7 @@ class Worker(KeeperMixin, ShutdownMixin):
             self._scheduler.start()
         log.info("worker %s consuming %s (%s pool, concurrency %d)", self.name,
                  ",".join(self.channel_names), self.pool_kind, self.concurrency)
+        self.app.middleware.call("worker_start", self)
         try:
             self._loop()
             self._drain()
@@ -242,6 +248,7 @@ class Worker(KeeperMixin, ShutdownMixin):
                 t.join(timeout=5)
             self.registry.remove(self.name)
             self.presence.leave()
+            self.app.middleware.call("worker_stop", self)
             if handler is not None:
                 logging.getLogger().removeHandler(handler)
             for sig, old in previous.items():
@@ -249,15 +256,26 @@ class Worker(KeeperMixin, ShutdownMixin):
         log.info("worker %s stopped: %s", self.name, dict(self.writer.stats))
         return 0
 
+    def _set_channels(self, groups: list[list[JobChannel]]) -> None:
+        self._groups = groups
+        self.channels = [ch for group in groups for ch in group]
+
     def _ordered_channels(self) -> list[JobChannel]:
+        """The channels of the next claim: in ``-Q`` order (or weighted), each sharded channel's
+        shards starting at a rotating shard so that none starves."""
+        if len(self.channels) == len(self._groups):  # no sharded channel
+            groups = self._groups
+        else:
+            self._rotation += 1
+            groups = [g[self._rotation % len(g):] + g[:self._rotation % len(g)] for g in self._groups]
         if not self.weighted:
-            return self.channels
-        weights = self.weights or [float(len(self.channels) - i) for i in range(len(self.channels))]
+            return [ch for group in groups for ch in group]
+        weights = self.weights or [float(len(groups) - i) for i in range(len(groups))]
         order: list[JobChannel] = []
-        pool = list(zip(self.channels, weights))
+        pool = list(zip(groups, weights))
         while pool:
             pick = random.choices(range(len(pool)), [w for _, w in pool])[0]
-            order.append(pool.pop(pick)[0])
+            order.extend(pool.pop(pick)[0])
         return order
 
     def _loop(self) -> None:  # noqa: C901 - hot spot: split once issue 15/16 land
@@ -385,7 +403,7 @@ class Worker(KeeperMixin, ShutdownMixin):
     def _open_channels(self) -> bool:
         """Open (create if needed) the channels; False (after a backoff) while Redis is down."""
         try:
-            self.channels = [self.app.channel(c) for c in self.channel_names]
+            self._set_channels(self.app.sharding.expand(self.channel_names))
         except _BROKER_ERRORS as exc:
             self._broker_down(exc)
             return False
@@ -394,7 +412,7 @@ class Worker(KeeperMixin, ShutdownMixin):
     def _reregister_channels(self) -> None:
         """After an outage, re-create the channels' registration (``feeds``, config) in case
         Redis came back empty (restarted without persistence), so tools still list them."""
-        for name in self.channel_names:
+        for name in [ch.name for ch in self.channels]:
             try:
                 self.app.thoonk.job_channel(name)
             except Exception as exc:  # noqa: BLE001 - best effort; claiming works without it
@@ -530,6 +548,7 @@ class Worker(KeeperMixin, ShutdownMixin):
                 live = [o for o in batch
                         if self._running.get((o.claim.channel, o.claim.id)) == o.claim]
             self._write_with_retry(live)
+            self.announcer.flush()
             with self._slot:
                 for o in batch:
                     key = (o.claim.channel, o.claim.id)

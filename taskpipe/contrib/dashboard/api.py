@@ -185,7 +185,7 @@ class DashboardAPI:
 
     def job_action(self, channel_name: str, job_id: str, action: str) -> dict[str, Any]:
         """``POST /api/channels/<ch>/jobs/<id>/retry|retract|abort``."""
-        channel = self.inspector.channel(channel_name)
+        channel = self.inspector.channel(self.inspector.shard_of(channel_name, job_id))
         if action == "abort":  # ends 'aborted'; its worker stops the task
             from taskpipe.results import AsyncResult
 

@@ -17,6 +17,8 @@
 --   (claim ms), ZADD leases (deadline), a new fencing token (fence counter) in tokens, the worker
 --   name in workers. Ids with no item (retracted) or already claimed are dropped. The commands
 --   run once per channel batch (RPOP count, HMGET, ZMSCORE, multi-member ZADD/HSET): Redis >= 6.2.
+-- Once the batch is full the walk stops (later channels are not looked at, their due delayed jobs
+--   wait for a claim that reaches them; next_due then covers the channels looked at only).
 -- Flow control (see _flow.lua): a channel with a rate limit or concurrency cap in its config,
 --   or jobs with flow specs (numeric priority, per-task/per-key limits), is claimed by
 --   flow_claim: the list first, then numbered jobs (feed.prio, lowest score first); a job over
@@ -128,7 +130,9 @@ for c = 1, nch do
       if next_due < 0 or due < next_due then next_due = due end
     end
   end
-  if stop then break end
+  -- a full batch ends the walk: later channels (a sharded channel's other shards) cost nothing
+  -- then, and next_due is only read when a claim came back short
+  if stop or got >= want then break end
 end
 out[2] = next_due
 if stop then out[2] = -2 end
