@@ -35,8 +35,13 @@ def job(thoonk: Thoonk) -> JobChannel:
 def _lose(job: JobChannel, worker: str, **reap: object) -> tuple[list[str], list[str]]:
     """Claim the one available job under a short lease and reap it once the lease expired."""
     assert len(job.claim(1, lease_ms=SHORT, worker=worker)) == 1
-    return wait_for(lambda: (lambda r: r if r[0] or r[1] else None)(job.reap(**reap)),  # type: ignore[arg-type]
-                    what="the expired lease reaped")
+
+    def reaped() -> tuple[list[str], list[str]] | None:
+        r = job.reap(**reap)  # type: ignore[arg-type]
+        return r if r[0] or r[1] else None
+
+    out: tuple[list[str], list[str]] = wait_for(reaped, what="the expired lease reaped")
+    return out
 
 
 # the claim's publish time ------------------------------------------------------------------------
@@ -116,7 +121,12 @@ def test_the_worker_reaper_keeps_the_record_for_every_view(app: TaskPipe, prefix
 
     def lose(worker: str) -> None:
         assert len(ch.claim(1, lease_ms=SHORT, worker=worker)) == 1
-        wait_for(lambda: ch.info(r.id).state != "claimed" or w._reap(), what="the reap")
+
+        def reaped() -> bool:
+            w._reap()
+            return ch.info(r.id).state != "claimed"
+
+        wait_for(reaped, what="the reap")
 
     lose("host-a")
     assert r.state == "available" and r.record() is None
