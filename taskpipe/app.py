@@ -17,7 +17,7 @@ from taskpipe.errors import ConfigError, UnknownTask
 from taskpipe.events import AppEvents
 from taskpipe.extensions import ExtensionsMixin
 from taskpipe.flow import check_task_flow
-from taskpipe.limits import COUNT_OPTIONS, check_count
+from taskpipe.limits import COUNT_OPTIONS, check_count, check_lease
 from taskpipe.middleware import MiddlewareChain
 from taskpipe.publishing import Publishing
 from taskpipe.serialization import DEFAULT_MAX_PAYLOAD, get_serializer
@@ -92,9 +92,7 @@ class TaskPipe(ExtensionsMixin):
         self.retry_backoff = parse_duration(retry_backoff)
         self.retry_backoff_max = parse_duration(retry_backoff_max)
         self.timeout = parse_optional_duration(timeout)
-        self.lease = parse_duration(lease)
-        if self.lease < 0.05:
-            raise ConfigError("lease must be at least 50ms")
+        self.lease = check_lease(parse_duration(lease))
         self.max_cancels = check_count("max_cancels", max_cancels)
         self.max_payload = max_payload
         #: the retry policy for transient broker errors of publishes and reads (``publish_retry``)

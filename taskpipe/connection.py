@@ -17,6 +17,7 @@ A ``Connection`` is owned by its app (or ``Thoonk`` object); nothing here is glo
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import threading
@@ -139,7 +140,26 @@ def _parse_url(url: str) -> dict[str, Any]:
     if not str(db).isdigit():
         raise BrokerURLError(f"database in broker URL {url!r} must be a number, got {db!r}")
     info["db"] = int(db)
+    if parts.query and scheme in ("redis", "rediss", "unix"):
+        _check_options(url)
     return info
+
+
+def _check_options(url: str) -> None:
+    """redis-py parses a URL's options lazily: a bad value raised its ``ValueError`` and an
+    unknown name a ``TypeError`` at the first command. Refuse both here, naming the option."""
+    try:
+        kwargs = redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise BrokerURLError(f"bad option in broker URL {url!r}: {exc}") from None
+    known = set(redis.connection.URL_QUERY_ARGUMENT_PARSERS)
+    for klass in kwargs.pop("connection_class", redis.Connection).__mro__:
+        if "__init__" in vars(klass):
+            known.update(inspect.signature(vars(klass)["__init__"]).parameters)
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise BrokerURLError(f"unknown option(s) {', '.join(map(repr, unknown))} in broker URL "
+                             f"{url!r} (rediss:// takes the ssl_* options)")
 
 
 def _parse_multi_host(url: str, parts: SplitResult, scheme: str, query: dict[str, list[str]],

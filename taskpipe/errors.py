@@ -171,7 +171,7 @@ class ResultStalled(TaskpipeError, LookupError):
 
     def __init__(self, job_id: str, reason: str) -> None:
         super().__init__(f"job {job_id!r} is stalled ({reason or 'no reason recorded'}); "
-                         "retry it (taskpipe retry) and call get() again")
+                         f"retry it (taskpipe jobs retry {job_id}) and call get() again")
         self.job_id = job_id
         self.reason = reason
 

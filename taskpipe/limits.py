@@ -1,4 +1,4 @@
-"""The one check of counted limits: ``retries`` and ``max_cancels``.
+"""The one check of counted limits: ``retries`` and ``max_cancels``; and of the lease's minimum.
 
 Used wherever such a count comes in: ``TaskPipe(retries=, max_cancels=)``, ``@app.task(...)``,
 ``apply_async(retries=)`` (and eager mode), and the worker's check of a job's envelope options.
@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from taskpipe.errors import ConfigError
 
-__all__ = ["COUNT_OPTIONS", "count_problem", "check_count"]
+__all__ = ["COUNT_OPTIONS", "MIN_LEASE_S", "count_problem", "check_count", "check_lease"]
+
+#: the shortest lease, in seconds: ``TaskPipe(lease=)`` and a worker's own ``lease`` alike (a
+#: shorter one expires before the keeper can renew it, so running jobs would be requeued)
+MIN_LEASE_S = 0.05
 
 #: the options that are counts
 COUNT_OPTIONS = ("retries", "max_cancels")
@@ -32,3 +36,10 @@ def check_count(name: str, value: object) -> int:
         raise ConfigError(f"{name} must be a non-negative int, got {value!r}")
     assert isinstance(value, int)
     return value
+
+
+def check_lease(seconds: float) -> float:
+    """``seconds`` (a parsed lease) if at least :data:`MIN_LEASE_S`, else ``ConfigError``."""
+    if seconds < MIN_LEASE_S:
+        raise ConfigError(f"lease must be at least 50ms, got {seconds:g}s")
+    return seconds

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from taskpipe.aliases import translate_options
 from taskpipe.callbacks import callbacks_of
 from taskpipe.durations import eta_to_delay, expires_at, parse_duration, to_ms
-from taskpipe.errors import ConfigError
+from taskpipe.errors import ConfigError, SerializationError
 from taskpipe.flow import FLOW_SEND_OPTIONS, build_flow, check_priority
 from taskpipe.limits import check_count
 from taskpipe.middleware import HEADERS_OPTION, Message, before_publish, publish_options
@@ -206,6 +206,10 @@ class Publishing:
               task: Task[Any] | None, options: Mapping[str, Any]
               ) -> tuple[JobChannel, PutRequest, Callable[..., Any] | None]:
         """Check and encode one call: its channel, its put, and its ``on_finish`` callable."""
+        if type(args) is not tuple:
+            args = call_args(name, args)
+        if kwargs is not None and type(kwargs) is not dict:
+            kwargs = call_kwargs(name, kwargs)
         app = self.app
         topts = self.task_options(name, task)
         if not options and not topts.flowing:  # the common case (``delay()``, ``map()``)
@@ -238,6 +242,10 @@ class Publishing:
 
         app = self.app
         options = translate_options(options)  # Celery's option names (taskpipe.aliases)
+        if type(args) is not tuple:
+            args = call_args(name, args)
+        if kwargs is not None and type(kwargs) is not dict:
+            kwargs = call_kwargs(name, kwargs)
         if app.eager:
             return app.eager_runner.send(name, args, kwargs, options)  # type: ignore[no-any-return]
         message = None
@@ -359,3 +367,20 @@ class Publishing:
 
             app.broker_retry.call(f"publish to channel {channel.name!r}", put)
         return [AsyncResult(app, job_id, channel.name) for job_id, channel in zip(ids, picked)]
+
+
+def call_args(name: str, args: object) -> tuple[Any, ...]:
+    """A call's positional arguments as a tuple: any iterable but a string, bytes or a mapping
+    (``send("t", "abc")`` would be three arguments), else ``SerializationError``."""
+    if isinstance(args, (str, bytes, bytearray, Mapping)) or not isinstance(args, Iterable):
+        raise SerializationError(f"args of a call of {name!r} must be a list or tuple of "
+                                 f"arguments, got {type(args).__name__}")
+    return tuple(args)
+
+
+def call_kwargs(name: str, kwargs: object) -> dict[str, Any]:
+    """A call's keyword arguments as a dict, else ``SerializationError``."""
+    if not isinstance(kwargs, Mapping):
+        raise SerializationError(f"kwargs of a call of {name!r} must be a dict of keyword "
+                                 f"arguments, got {type(kwargs).__name__}")
+    return dict(kwargs)

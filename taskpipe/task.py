@@ -185,7 +185,7 @@ class Task(Generic[R, P]):
         ``result_ttl``, ``retries``, ``timeout``, ``shard_key`` (a sharded channel: jobs of one
         key go to one shard, in order; ``docs/sharding.md``).
         """
-        return self.app.send(self.name, args=tuple(args), kwargs=kwargs or {}, _task=self, **options)
+        return self.app.send(self.name, args=args, kwargs=kwargs or {}, _task=self, **options)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature of this task with these arguments."""

@@ -24,7 +24,7 @@ from click.testing import CliRunner, Result
 import taskpipe.cli.admin  # noqa: F401  (registers the commands)
 from taskpipe.cli import cli
 from taskpipe.errors import FeedDoesNotExist
-from taskpipe.inspection import Inspector
+from taskpipe.inspection import LIST_STATES, Inspector
 from taskpipe.inspection.follow import _Overlap
 from taskpipe.serialization import encode_envelope
 from taskpipe.thoonk.job import FinishRequest, PutRequest
@@ -191,6 +191,18 @@ def test_list_each_state(env: dict[str, Any], jobs: dict[str, str]) -> None:
     text = run(env, "jobs", "list").stdout
     assert "(not an envelope)" in text and "t.add" in text
     assert "\x1b" not in run(env, "jobs", "list", "-s", "stalled").stdout
+
+
+@pytest.mark.parametrize("state", [s.value for s in LIST_STATES])
+def test_list_prints_a_table_for_every_state(env: dict[str, Any], jobs: dict[str, str],
+                                             state: str) -> None:
+    # the table had headers for the first six states only: `jobs list -s waiting` (and aborted,
+    # expired) died with a KeyError traceback once those states were added
+    out = run(env, "jobs", "list", "-s", state)
+    assert "Traceback" not in out.output and f"{state} job(s) in 'default'" in out.output
+    rows = run_json(env, "jobs", "list", "-s", state)["rows"]
+    first_line = out.stdout.splitlines()[0]
+    assert first_line.startswith("ID ") if rows else first_line == f"no {state} jobs in 'default'"
 
 
 def test_list_pages_cover_everything_once(env: dict[str, Any]) -> None:

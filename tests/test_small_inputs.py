@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import textwrap
 import urllib.request
@@ -87,6 +88,64 @@ def test_database_beyond_the_server_is_a_typed_error(redis_server: RedisServer, 
     assert _main("worker", "-A", path, "--burst") == 2
     err = capsys.readouterr().err
     assert "database 99" in err and "Traceback" not in err and len(err.splitlines()) <= 3
+
+
+@pytest.mark.parametrize(("query", "match"), [
+    ("foo=bar", "unknown option.*'foo'"),                     # was a TypeError at the first command
+    ("socket_timeout=abc", "socket_timeout"),                 # was redis-py's ValueError
+    ("ssl_cert_reqs=required", "unknown option.*'ssl_cert_reqs'"),  # TLS option on redis://
+    ("password=s3cretpw&sockettimeout=5", "unknown option.*'sockettimeout'"),
+])
+def test_bad_broker_url_options_are_a_typed_error(redis_server: RedisServer, query: str,
+                                                 match: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"redis://127.0.0.1:{redis_server.port}/0?{query}"
+    with pytest.raises(BrokerURLError, match=match) as caught:
+        TaskPipe(broker=url)
+    assert "s3cretpw" not in str(caught.value)
+    assert _main("status", "--broker", url) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and re.search(match, err) and "s3cretpw" not in err
+
+
+@pytest.mark.parametrize("path", [":app", "", ".tasks:app", "..x"])
+def test_an_app_path_without_a_module_is_a_typed_error(path: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # ":app" died with importlib's ValueError traceback ("Empty module name"), ".x" with a TypeError
+    assert _main("worker", "-A", path, "--burst") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "module" in err and len(err.splitlines()) <= 3
+
+
+def test_worker_refused_by_the_broker_is_one_error_line(module_dir: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # a worker whose broker refuses it (bad credentials) printed a two-part traceback (redis-py's
+    # AuthenticationError, then BrokerError) where every other command prints "Error: ...".
+    # (A broker that is down at start is waited for: the worker backs off until it is back.)
+    locked = RedisServer().start()
+    try:
+        locked.client().config_set("requirepass", "right7x")
+        url = f"redis://:nopass7x@127.0.0.1:{locked.port}/0"
+        (module_dir / "authapp.py").write_text(textwrap.dedent(f"""
+            from taskpipe import TaskPipe
+            app = TaskPipe(broker={url!r}, publish_retry="0.2s")
+        """))
+        assert _main("worker", "-A", "authapp:app", "--burst") == 1
+    finally:
+        locked.cleanup()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Error: " in err and "broker error" in err
+    assert "nopass7x" not in err
+
+
+def test_known_broker_url_options_still_work(redis_server: RedisServer) -> None:
+    url = (f"redis://127.0.0.1:{redis_server.port}/0?socket_timeout=5&health_check_interval=10"
+           "&client_name=probe&db=0&max_connections=20&protocol=2")
+    app = TaskPipe(broker=url)
+    try:
+        assert app.thoonk.client.ping()
+    finally:
+        app.close()
 
 
 def test_worker_warns_about_a_channel_nobody_uses(redis_server: RedisServer, prefix: str,

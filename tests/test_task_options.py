@@ -382,8 +382,14 @@ def test_stall_on_failure(app: TaskPipe) -> None:
     assert burst(app) == {"retried": 1, "stalled": 1}
     assert r.state == "stalled"
     assert app.channel().stall_reason(r.id) == "failed: ValueError: bad 7"
-    with pytest.raises(ResultStalled, match="bad 7"):  # fails fast: no result will come
+    with pytest.raises(ResultStalled, match="bad 7") as stalled:  # fails fast: no result comes
         r.get(timeout=60)
+    # the message names a command that exists (it said "taskpipe retry", which is no command)
+    assert f"taskpipe jobs retry {r.id}" in str(stalled.value)
+    from taskpipe.cli.admin import jobs
+    from taskpipe.cli.main import cli
+    assert cli.commands["jobs"] is jobs and "retry" in jobs.commands
+    assert "retry" not in cli.commands
     with pytest.raises(ConfigError):
         park.apply_async([1], retries="2")
 

@@ -23,6 +23,7 @@ from taskpipe import (
     AsyncResult,
     BrokerURLError,
     ConfigError,
+    SerializationError,
     Signature,
     Task,
     TaskFailed,
@@ -488,6 +489,36 @@ def test_raw_channel_interoperates_with_plain_thoonk(app: TaskPipe, prefix: str)
     assert seen == [b"resize:cat.png"]
     assert plain.get_result(job_id) == (b"resize:cat.png", b"RESIZE:CAT.PNG\0tail")
     assert app.AsyncResult(job_id, channel="legacy").get(timeout=1) == b"RESIZE:CAT.PNG\0tail"
+
+
+@pytest.mark.parametrize(("args", "kwargs"), [
+    (5, None),            # was a bare TypeError: 'int' object is not iterable
+    ("abc", None),        # was published as three arguments 'a', 'b', 'c'
+    (b"ab", None),
+    ({"a": 1}, None),     # a dict's keys became the arguments
+    ((), 5),              # was a bare TypeError from dict(5)
+    ((), [("a", 1)]),
+])
+def test_send_refuses_args_and_kwargs_of_the_wrong_shape(app: TaskPipe, args: Any,
+                                                         kwargs: Any) -> None:
+    @app.task(name="shape.t")
+    def t(*a: Any, **k: Any) -> None:
+        return None
+
+    for publish in (lambda: app.send("shape.t", args, kwargs),
+                    lambda: t.apply_async(args, kwargs)):
+        with pytest.raises(SerializationError, match="must be a"):
+            publish()
+    assert app.thoonk.client.hlen(app.channel().keys.items) == 0  # nothing was published
+    assert app.send("shape.t", iter([1, 2]), {"k": 3}).id  # other iterables still work
+    assert t.apply_async([1, 2]).id
+    app.eager = True  # test mode checks the same way
+    try:
+        with pytest.raises(SerializationError, match="must be a"):
+            t.apply_async(args, kwargs)
+        assert t.apply_async(iter([1])).get(timeout=1) is None
+    finally:
+        app.eager = False
 
 
 # bad input to the worker -----------------------------------------------------------------------

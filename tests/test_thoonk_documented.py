@@ -22,6 +22,7 @@ from taskpipe.connection import Connection
 from taskpipe.errors import (
     BrokerUnavailable,
     ConfigError,
+    DurationError,
     Empty,
     FeedDoesNotExist,
     FeedExists,
@@ -504,6 +505,40 @@ def test_bad_input_to_the_documented_calls(thoonk: Thoonk) -> None:
         thoonk.set_config("nope", '{"max_length": 1}')
     with pytest.raises(ItemNotFound):
         thoonk.feed("a_feed").retract("missing id")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), "soon", True, float("inf"), -1])
+def test_bad_wait_timeouts_are_typed_errors(thoonk: Thoonk, bad: object) -> None:
+    # get(timeout=nan) blocked forever; "soon" raised a bare TypeError from a comparison
+    job, queue = thoonk.job("job_feed"), thoonk.queue("q")
+    for call in (lambda: job.get(timeout=bad), lambda: queue.get(timeout=bad),  # type: ignore[arg-type]
+                 lambda: job.get_result("some id", timeout=bad)):  # type: ignore[arg-type]
+        with pytest.raises(DurationError):  # a ConfigError and a ValueError
+            call()
+
+
+def test_wait_timeouts_take_durations(thoonk: Thoonk) -> None:
+    job, queue = thoonk.job("job_feed"), thoonk.queue("q")
+    with pytest.raises(Empty):
+        job.get(timeout="10ms")
+    with pytest.raises(Empty):
+        queue.get(timeout=0.01)
+    jid = job.put("q")
+    assert job.get(timeout="1s")[0] == jid
+
+
+def test_job_items_of_a_wrong_type_are_serialization_errors(thoonk: Thoonk) -> None:
+    # the job layer raised a plain TypeError (not a TaskpipeError) where feeds and queues raise
+    # SerializationError, which is still a TypeError
+    job = thoonk.job("job_feed")
+    for bad in (None, {"a": 1}, 5):
+        with pytest.raises(SerializationError, match="bytes or str"):
+            job.put(bad)  # type: ignore[arg-type]
+    jid = job.put("q")
+    job.get(timeout=5)
+    with pytest.raises(SerializationError):
+        job.finish(jid, 5, result=True)  # type: ignore[arg-type]
+    assert job.info(jid).state == "claimed"
 
 
 def test_documented_calls_raise_broker_unavailable_when_redis_is_down() -> None:

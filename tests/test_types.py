@@ -212,6 +212,10 @@ def test_worker_refuses_an_unknown_keyword_by_name(mem: TaskPipe) -> None:
     ({"prefetch": 1.5}, ConfigError, "prefetch"),
     ({"pool": "fork"}, ConfigError, "unknown pool 'fork'"),
     ({"lease": "soon"}, DurationError, "invalid duration 'soon'"),
+    # the app refuses a lease under 50ms; a worker's own lease must too (with lease 0 every
+    # claim expired at once: the reaper requeued running jobs until they stalled worker_lost)
+    ({"lease": 0}, ConfigError, "lease must be at least 50ms"),
+    ({"lease": "10ms"}, ConfigError, "lease must be at least 50ms"),
     ({"grace": -1}, DurationError, "negative"),
     ({"dead_after": "1m1m"}, DurationError, "1m1m"),
 ])

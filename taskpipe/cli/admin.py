@@ -197,9 +197,9 @@ def jobs() -> None:
 
 
 def _row_cells(state: JobState, page: Page, now: int) -> tuple[list[str], list[list[Any]]]:
+    # every listable state has a column here (the done ones a FINISHED time, waiting none)
     when = {JobState.AVAILABLE: "PUBLISHED", JobState.DELAYED: "DUE", JobState.CLAIMED: "CLAIMED",
-            JobState.STALLED: "STALLED", JobState.FINISHED: "FINISHED",
-            JobState.FAILED: "FINISHED", JobState.TIMEOUT: "FINISHED"}[state]
+            JobState.STALLED: "STALLED", JobState.WAITING: "WAITING"}.get(state, "FINISHED")
     headers = ["ID", "TASK", when, "CANCELS", "ATTEMPTS"]
     extra: dict[JobState, tuple[list[str], Callable[[Any], list[Any]]]] = {
         JobState.CLAIMED: (["WORKER", "PROGRESS", "LEASE"],
@@ -208,6 +208,8 @@ def _row_cells(state: JobState, page: Page, now: int) -> tuple[list[str], list[l
         JobState.FINISHED: (["OUTCOME", "ERROR"], lambda r: [r.outcome, r.error or "-"]),
         JobState.FAILED: (["ERROR"], lambda r: [r.error]),
         JobState.TIMEOUT: (["ERROR"], lambda r: [r.error]),
+        JobState.ABORTED: (["ERROR"], lambda r: [r.error]),
+        JobState.EXPIRED: (["ERROR"], lambda r: [r.error]),
     }
     more_h, more = extra.get(state, ([], lambda r: []))
     rows = [[r.id, r.task or ("-" if state in DONE_STATES else "(not an envelope)"),

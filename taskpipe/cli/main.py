@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from taskpipe.errors import ConfigError
+from taskpipe.errors import BrokerError, BrokerUnavailable, ConfigError
 from taskpipe.loading import load_app
 
 __all__ = ["cli", "main", "load_app", "app_option"]
@@ -54,3 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         click.echo(f"Error: {exc}", err=True)
         return 2
+    except (BrokerUnavailable, BrokerError) as exc:  # e.g. a worker starting with Redis away
+        click.echo(f"Error: {exc}", err=True)
+        return 1

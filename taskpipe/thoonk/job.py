@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.broker_retry import maps_broker_errors
 from taskpipe.connection import close_quietly
-from taskpipe.errors import JobNotFound, LeaseLost, WrongJobState
+from taskpipe.errors import JobNotFound, LeaseLost, SerializationError, WrongJobState
 from taskpipe.thoonk.abort import AbortOps
 from taskpipe.thoonk.flow import PutFlow, put_flow, put_flow_args
 from taskpipe.thoonk.job_browse import JobBrowsing
@@ -56,7 +56,8 @@ def _b(value: Any) -> bytes:
         return bytes(value)
     if isinstance(value, str):
         return value.encode("utf-8")
-    raise TypeError(f"job items and results must be bytes or str, not {type(value).__name__}")
+    raise SerializationError(  # a TypeError too
+        f"job items and results must be bytes or str, not {type(value).__name__}")
 
 
 def _runs_now(req: PutRequest) -> bool:

@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from taskpipe.durations import DurationLike, parse_duration
 from taskpipe.errors import Empty, ResultTimeout
 from taskpipe.thoonk.job import DEFAULT_LEASE_MS, Claim, FinishRequest, JobChannel, _b, new_id
 from taskpipe.thoonk.scripts import broker_errors
@@ -149,13 +150,13 @@ class Job(JobChannel):
         return callbacks
 
     # claiming ---------------------------------------------------------------------------------
-    def get(self, timeout: float | None = None, lease_ms: int = DEFAULT_LEASE_MS,
+    def get(self, timeout: DurationLike | None = None, lease_ms: int = DEFAULT_LEASE_MS,
             worker: str = "") -> JobClaim:
         """Claim the next job: ``get()`` and ``get(0)`` block until there is one, ``get(timeout=5)``
         waits 5 s and then raises ``Empty``. Returns a ``JobClaim``: ``id, item, cancel_count =
         job.get()``. The claim is atomic and leased (``lease_ms``; see docs/thoonk.md)."""
-        if timeout is not None and timeout < 0:
-            raise ValueError("timeout must be >= 0 or None")
+        if timeout is not None:  # seconds or a duration; DurationError (a ValueError) if bad
+            timeout = parse_duration(timeout)
         claim = self.get_claim(timeout or 0, lease_ms, worker)
         if claim is None:
             raise Empty(f"no job in channel {self.name!r} within {timeout} s")
@@ -199,7 +200,7 @@ class Job(JobChannel):
 
     # results ----------------------------------------------------------------------------------
     def get_result(self, id: str,  # type: ignore[override]
-                   timeout: float | None = None) -> tuple[bytes | None, bytes]:
+                   timeout: DurationLike | None = None) -> tuple[bytes | None, bytes]:
         """``query, result = job.get_result(id, timeout=5)``: the job's original item and its
         result, waiting up to ``timeout`` seconds for the job to finish (no polling).
 
@@ -207,6 +208,8 @@ class Job(JobChannel):
         result was not kept with its item (a finish with a result TTL of 0, or by a legacy
         client, publishes the result only).
         """
+        if timeout is not None:
+            timeout = parse_duration(timeout)
         result = super().get_result(id, timeout)
         if result is None:
             raise ResultTimeout(f"no result for job {id!r} in channel {self.name!r}"

@@ -24,6 +24,7 @@ import redis
 
 from taskpipe.broker_retry import maps_broker_errors
 from taskpipe.connection import close_quietly
+from taskpipe.durations import DurationLike, parse_duration
 from taskpipe.errors import Empty, FeedDoesNotExist
 from taskpipe.thoonk.feed import encode_item, to_str
 from taskpipe.thoonk.script_keys import contract
@@ -81,7 +82,7 @@ class Queue:
             raise FeedDoesNotExist(f"queue {self.name!r} does not exist (deleted, or another type)")
         return item_id
 
-    def get(self, timeout: float | None = 0) -> bytes:
+    def get(self, timeout: DurationLike | None = 0) -> bytes:
         """Take the next item off the queue and return it.
 
         ``timeout`` is how long to wait for one, in seconds: ``0`` (the default, as in Thoonk)
@@ -93,10 +94,10 @@ class Queue:
             raise Empty(f"no item in queue {self.name!r} within {timeout} s")
         return got[1]
 
-    def get_with_id(self, timeout: float | None = 0) -> tuple[str, bytes] | None:
+    def get_with_id(self, timeout: DurationLike | None = 0) -> tuple[str, bytes] | None:
         """Like ``get`` but return ``(id, item)``, or ``None`` when no item came in time."""
-        if timeout is not None and timeout < 0:
-            raise ValueError("timeout must be >= 0 or None")
+        if timeout is not None:  # seconds or a duration; DurationError (a ValueError) if bad
+            timeout = parse_duration(timeout)
         deadline = None if not timeout else time.monotonic() + timeout
         while True:
             got = self._take()

@@ -15,6 +15,7 @@ from typing import Any, Literal, TypedDict
 
 from taskpipe.durations import DurationLike, parse_duration
 from taskpipe.errors import ConfigError
+from taskpipe.limits import check_lease
 
 __all__ = ["WorkerSettings", "WorkerOptions", "PoolKind"]
 
@@ -82,6 +83,8 @@ class WorkerSettings:
             value = getattr(self, key)
             if value is not None:
                 parse_duration(value)  # DurationError naming the value
+        if self.lease is not None:
+            check_lease(parse_duration(self.lease))  # as TaskPipe(lease=): at least 50ms
 
     @classmethod
     def merge(cls, settings: WorkerSettings | None, options: Mapping[str, Any]) -> WorkerSettings:
