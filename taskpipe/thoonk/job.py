@@ -121,10 +121,6 @@ class FinishRequest:
     runtime_ms: int | None = None
 
 
-def _bytes(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode("utf-8")
-
-
 @dataclass(frozen=True)
 class Reaped:
     """What one reaper pass did: ids requeued and stalled (either cause), the workers found dead
@@ -551,7 +547,7 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
         lists = [[_s(x) for x in part] for part in reply[:4]] + [[], []]
         flat = list(reply[4]) if len(reply) > 4 else []
         detail = [(sid, _s(flat[5 * i]), _s(flat[5 * i + 1]), _s(flat[5 * i + 2]),
-                   _s(flat[5 * i + 3]), _bytes(flat[5 * i + 4]))
+                   _s(flat[5 * i + 3]), _b(flat[5 * i + 4]))
                   for i, sid in enumerate(lists[1]) if 5 * i + 4 < len(flat)]
         if record is not None and record[0] > 0 and detail:
             self.keep_reaped_records(detail, record[0], [record[1](d[5]) for d in detail])
