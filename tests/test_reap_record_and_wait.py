@@ -143,6 +143,7 @@ def test_the_worker_reaper_keeps_the_record_for_every_view(app: TaskPipe, prefix
     detail = Inspector(app).job_detail("default", r.id)  # `jobs show` and the dashboard page
     assert detail.state == "stalled" and detail.task == "t.lost" and detail.worker == "host-b"
     assert detail.timestamps["claimed_ms"] == rec.started_ms
+    assert detail.timestamps["published_ms"] == rec.published_ms
     assert detail.reason.startswith("worker_lost: lease expired 2 times")
 
     if broker_url.startswith("memory://"):
