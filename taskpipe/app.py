@@ -302,6 +302,8 @@ class TaskPipe(ExtensionsMixin):
         """A handle on a job published elsewhere (by id and channel)."""
         from taskpipe.results import AsyncResult
 
+        if type(id) is not str or not id or "\0" in id:
+            raise ConfigError(f"a job id is a non-empty str without NUL, got {id!r}")
         if self.eager:
             return self.eager_runner.lookup(id)  # type: ignore[no-any-return]
         return AsyncResult(self, id, self.sharding.result_channel(channel or self.default_channel, id))

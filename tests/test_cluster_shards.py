@@ -204,6 +204,12 @@ def test_six_shards_three_workers_sigkill_and_failover(cluster: ReplicatedCluste
         wait_for(victim_busy, 60, "the worker to be killed to run jobs", interval=0.01)
         workers[0].send(signal.SIGKILL)  # mid-run: its claimed jobs come back by lease
         workers[0].wait(10)
+        # what it held when it died (still recorded as its claims until the reaper acts; its
+        # name starts with host.pid.): with no-op jobs it may have been between two batches
+        victim = f".{workers[0].pid}."
+        held = sum(1 for ch in shards
+                   for who in app.thoonk.client.hvals(ch.keys.workers)
+                   if victim in (who.decode() if isinstance(who, bytes) else who))
         start_worker()
         # fail over the master that serves shard 0 (coordinated: the replica catches up first)
         old_master = cluster.owner(key_slot(shards[0].keys.ids))
@@ -241,7 +247,9 @@ def test_six_shards_three_workers_sigkill_and_failover(cluster: ReplicatedCluste
         assert sum(1 for r in job_runs if r[5] == 0) <= 1, job_runs
     duplicates = sum(len(r) - 1 for r in by_id.values())
     redelivered = sum(1 for r in runs if r[5] > 0)
-    assert redelivered > 0  # the killed worker held claims: they came back by lease and ran
+    # the killed worker's claims came back (by lease or presence) and ran again; if it died
+    # between two batches it held none, and a duplicate-free run is just as right
+    assert redelivered >= (1 if held else 0), (held, redelivered)
     killed = run_dir / f"runs-{workers[0].pid}.log"
     assert killed.exists() and killed.read_text()  # it was killed mid-run, not before it began
     # per-key order: a key's jobs live on one shard, and their first deliveries were claimed in

@@ -35,6 +35,13 @@ def test_empty_job_id_is_a_config_error(app: TaskPipe) -> None:
     assert noop.apply_async(id="mine").id == "mine"
 
 
+@pytest.mark.parametrize("bad", [None, "", 5, b"abc", "a\0b"])
+def test_a_result_handle_with_a_bad_id_is_a_config_error(app: TaskPipe, bad: object) -> None:
+    with pytest.raises(ConfigError, match="non-empty str"):
+        app.AsyncResult(bad)  # type: ignore[arg-type]
+    assert app.AsyncResult("fine").id == "fine"
+
+
 @pytest.mark.parametrize("expr", ["*/61 * * * *", "*/60 * * * *", "0 */24 * * *", "* * */32 * *",
                                   "* * * */13 *", "* * * * */8", "*/0 * * * *", "0/61 * * * *",
                                   "*/61 * * * * *", "1,*/90 * * * *"])
