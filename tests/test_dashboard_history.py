@@ -296,3 +296,34 @@ def test_every_list_shows_task_and_args(browser: Any, app: TaskPipe, board: Dash
     assert "pay.charge" in text_of(browser, f'tr[data-job="{failed.id}"]')
     browser.get(board.url + "#/channel/default?state=delayed")
     assert text_of(browser, f'tr[data-job="{waiting.id}"] td[data-col="args"]') == "6"
+
+
+def test_a_job_the_reaper_stalled_shows_its_record_on_its_page(
+        browser: Any, app: TaskPipe, board: DashboardServer) -> None:
+    from polling import wait_for
+
+    app.max_cancels = 1
+
+    @app.task(name="t.lost")
+    def lost(x: int) -> int:
+        return x
+
+    r = lost.delay(3)
+    ch = app.channel("default")
+    w = Worker(app, ["default"], concurrency=1, heartbeat_interval=60)
+    for host in ("host-a", "host-b"):  # two real lease expiries: requeued, then stalled
+        assert len(ch.claim(1, lease_ms=30, worker=host)) == 1
+
+        def reaped() -> bool:
+            w._reap()
+            return ch.info(r.id).state != "claimed"
+
+        wait_for(reaped, what="the expired lease reaped")
+    assert r.state == "stalled" and r.record().worker == "host-b"
+    browser.get(board.url + f"#/job/default/{r.id}")
+    assert text_of(browser, "#job-state") == "stalled"
+    assert text_of(browser, '[data-field="task"]') == "t.lost"
+    assert text_of(browser, '[data-field="worker"]') == "host-b"
+    for field in ("published", "claimed"):
+        assert text_of(browser, f'[data-field="{field}"]'), field
+    shot(browser, "history-job-reaper-stalled")

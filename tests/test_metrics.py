@@ -279,3 +279,28 @@ def test_running_prefetched_oldest_waiting_task_outcomes_and_no_created(app: Tas
     assert val(after, "taskpipe_worker_jobs_total", channel="default", outcome="timeout") == 1
     assert val(after, "taskpipe_oldest_waiting_seconds", channel="default") == 0
     assert "_created" not in text
+
+
+def test_wait_time_histogram_per_channel(app: TaskPipe) -> None:
+    @app.task(name="w.noop")
+    def noop() -> None:
+        return None
+
+    for _ in range(3):
+        noop.delay()
+    noop.apply_async(channel="other")
+    w = Worker(app, ["default", "other"], concurrency=1, burst=True, heartbeat_interval=60)
+    with serve_metrics(app, 0, worker=w) as m:
+        before = scrape(m.url)
+        assert val(before, "taskpipe_job_wait_seconds_count", channel="default") == 0
+        # the jobs have waited a while (broker clock) before the worker claims them
+        oldest = wait_for(lambda: val(scrape(m.url), "taskpipe_oldest_waiting_seconds",
+                                      channel="default"), what="the oldest job's age")
+        w.run()
+        after = scrape(m.url)
+    assert val(after, "taskpipe_job_wait_seconds_count", channel="default") == 3
+    assert val(after, "taskpipe_job_wait_seconds_count", channel="other") == 1
+    assert val(after, "taskpipe_job_wait_seconds_bucket", channel="default", le="+Inf") == 3
+    # each wait is publish to claim: claimed after the scrape that saw the first one waiting
+    assert (val(after, "taskpipe_job_wait_seconds_sum", channel="default") or 0) >= oldest
+    assert w.claim_listeners == []  # closed: detached

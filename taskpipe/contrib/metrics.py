@@ -39,16 +39,20 @@ if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
     from taskpipe.app import TaskPipe
+    from taskpipe.thoonk.job import Claim
     from taskpipe.worker.runner import Outcome
 
 __all__ = ["serve_metrics", "build_registry", "render", "TaskpipeCollector", "WorkerMetrics",
-           "MetricsServer", "DURATION_BUCKETS", "DEPTH_STATES"]
+           "MetricsServer", "DURATION_BUCKETS", "WAIT_BUCKETS", "DEPTH_STATES"]
 
 log = logging.getLogger("taskpipe.metrics")
 
 #: Buckets of ``taskpipe_task_duration_seconds`` (seconds).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                     120.0, 300.0, 600.0, float("inf"))
+#: Buckets of ``taskpipe_job_wait_seconds`` (seconds, publish to claim).
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                300.0, 900.0, 3600.0, float("inf"))
 #: The states ``taskpipe_queue_depth`` reports.
 DEPTH_STATES = QUEUED_STATES
 
@@ -188,7 +192,11 @@ class WorkerMetrics:
                                      registry=registry)
         self.duration = Histogram("taskpipe_task_duration_seconds", "How long tasks ran.",
                                   ["task"], buckets=DURATION_BUCKETS, registry=registry)
+        self.wait = Histogram("taskpipe_job_wait_seconds", "How long jobs waited from publish "
+                              "to claim (broker clock), per channel.", ["channel"],
+                              buckets=WAIT_BUCKETS, registry=registry)
         for name in worker.channel_names:  # show zeros before the first job
+            self.wait.labels(name)
             for event in _JOB_EVENTS:
                 self.jobs.labels(name, event)
             for action in _REAP_EVENTS.values():
@@ -210,13 +218,26 @@ class WorkerMetrics:
         if outcome.duration is not None:
             self.duration.labels(name).observe(outcome.duration)
 
+    def on_claims(self, claims: list[Claim]) -> None:
+        """The worker's claim listener: each job's wait, publish to claim (both broker clock:
+        no clock skew between hosts). A job with no publish time (``published_ms`` 0: put by an
+        original Thoonk client) is not observed. The label is the claim's channel, as for
+        ``taskpipe_worker_jobs`` (a sharded channel's shards each have their own)."""
+        for claim in claims:
+            if 0 < claim.published_ms <= claim.claimed_ms:
+                wait_s = (claim.claimed_ms - claim.published_ms) / 1000.0
+                self.wait.labels(claim.channel).observe(wait_s)
+
     def attach(self) -> None:
-        """Start listening to the worker's outcome writer."""
+        """Start listening to the worker's outcome writer (and its claims)."""
         listeners = getattr(self.worker.writer, "listeners", None)
         if listeners is None:
             raise ConfigError("this worker's outcome writer has no listeners hook")
         if not self._attached:
             listeners.append(self.on_event)
+            claim_listeners = getattr(self.worker, "claim_listeners", None)
+            if claim_listeners is not None:
+                claim_listeners.append(self.on_claims)
             self._attached = True
 
     def detach(self) -> None:
@@ -224,6 +245,10 @@ class WorkerMetrics:
         if self._attached:
             try:
                 self.worker.writer.listeners.remove(self.on_event)
+            except ValueError:
+                pass
+            try:
+                getattr(self.worker, "claim_listeners", []).remove(self.on_claims)
             except ValueError:
                 pass
             self._attached = False

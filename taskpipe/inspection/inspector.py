@@ -371,6 +371,7 @@ class Inspector:
         elif state == "stalled" and rec:  # the stall kept who ran it last, and when
             worker = worker or _s(rec.get("worker", b""))
             ts["claimed_ms"] = ts["claimed_ms"] or _opt(rec.get("started"))
+            ts["published_ms"] = ts["published_ms"] or _opt(rec.get("published"))  # ZREM'd at stall
         return JobDetail(
             id=job_id, channel=channel, state=state, task=task, payload=payload,
             raw_payload=raw_payload, payload_error=payload_error, cancels=cancels,

@@ -85,7 +85,7 @@ def _claimed(channels: Sequence[JobChannel], r: Any) -> tuple[list[Claim], int |
     """``job_claim``'s reply as ``(claims, next_due or None or HELD_BACK, now)``."""
     now, nxt = int(r[0]), int(r[1])
     claims = [Claim(channels[int(c[0]) - 1].name, _s(c[1]), bytes(c[2]), int(c[3]), _s(c[4]),
-                    int(c[5]), now) for c in r[2:]]
+                    int(c[5]), now, int(c[6]) if len(c) > 6 else 0) for c in r[2:]]
     return claims, (nxt if nxt >= 0 or nxt == HELD_BACK else None), now
 
 

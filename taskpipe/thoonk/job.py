@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.broker_retry import maps_broker_errors
@@ -82,6 +82,9 @@ class Claim:
     attempts: int
     #: the broker's clock (ms) when it was claimed (0 where unknown)
     claimed_ms: int = 0
+    #: the broker's clock (ms) when it was published (0 where unknown): with ``claimed_ms``,
+    #: the time it waited (``taskpipe_job_wait_seconds``)
+    published_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,9 @@ class Reaped:
     stalled: list[str]
     dead_workers: list[str]
     dead_ids: list[str]
+    #: per stalled id, what its record needs (read before its claim was dropped):
+    #: ``(id, worker, claim ms, publish ms, cancel count, item)``, '' where unknown
+    stalled_detail: list[tuple[str, str, str, str, str, bytes]] = field(default_factory=list)
 
 
 @maps_broker_errors  # no redis-py exception type leaves a public method
@@ -515,17 +521,21 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
         return [_s(x) for x in lost]
 
     def reap(self, max_cancels: int = 0, limit: int = 1000, *,
-             presence: tuple[str, str, int] | None = None) -> tuple[list[str], list[str]]:
+             presence: tuple[str, str, int] | None = None,
+             record: tuple[int, Callable[[bytes], str]] | None = None) -> tuple[list[str], list[str]]:
         """Requeue (or stall, past ``max_cancels``) claims whose lease expired, and with
         ``presence`` = ``(presence set key, alive channel prefix, grace ms)`` also the claims of
         joined workers whose alive channel has had no subscriber for the grace (their process
         died: see ``thoonk/workers.py``). Returns ``(requeued_ids, stalled_ids)``.
+        ``record`` = ``(ttl_ms, label_of)``: a stalled job keeps its record that long (outcome
+        ``stalled``, the worker that lost it, times; ``label_of(payload)`` names its task).
         """
-        reaped = self.reap_detail(max_cancels, limit, presence=presence)
+        reaped = self.reap_detail(max_cancels, limit, presence=presence, record=record)
         return reaped.requeued, reaped.stalled
 
     def reap_detail(self, max_cancels: int = 0, limit: int = 1000, *,
-                    presence: tuple[str, str, int] | None = None) -> Reaped:
+                    presence: tuple[str, str, int] | None = None,
+                    record: tuple[int, Callable[[bytes], str]] | None = None) -> Reaped:
         """``reap``, saying which workers were found dead and which of the ids were theirs."""
         args: list[Any] = [limit, max_cancels]
         if presence is not None:
@@ -534,8 +544,14 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
         else:
             keys = contract("job_reap").build(self.keys)
         reply = self.scripts["job_reap"](self.client, keys, args)
-        lists = [[_s(x) for x in part] for part in reply] + [[], []]
-        return Reaped(lists[0], lists[1], lists[2], lists[3])
+        lists = [[_s(x) for x in part] for part in reply[:4]] + [[], []]
+        flat = list(reply[4]) if len(reply) > 4 else []
+        detail = [(sid, _s(flat[5 * i]), _s(flat[5 * i + 1]), _s(flat[5 * i + 2]),
+                   _s(flat[5 * i + 3]), _b(flat[5 * i + 4]))
+                  for i, sid in enumerate(lists[1]) if 5 * i + 4 < len(flat)]
+        if record is not None and record[0] > 0 and detail:
+            self.keep_reaped_records(detail, record[0], [record[1](d[5]) for d in detail])
+        return Reaped(lists[0], lists[1], lists[2], lists[3], detail)
 
     def promote(self, limit: int = 1000) -> tuple[int, int | None]:
         """Move due delayed jobs to available; returns ``(moved, next_due_ms or None)``."""

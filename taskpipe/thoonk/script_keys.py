@@ -92,7 +92,8 @@ _ALL = (
     ScriptKeys("job_put_fresh", ("ids", "items", "published", "publishes", "wake")),
     ScriptKeys("job_claim", ("ids", "items", "claimed", "leases", "delayed", "urgent",
                              "cancelled", "config", "tokens", "workers", "fence", "attempts",
-                             "prio", "flow", "rate", "slots"),  # flow control: _flow.lua
+                             "prio", "flow", "rate", "slots",  # flow control: _flow.lua
+                             "published"),  # read only: the claimed jobs' wait times
                per_channel=True),
     ScriptKeys("job_put_flow", ("ids", "items", "published", "publishes", "delayed", "urgent",
                                 "wake", "finished", "result", "prio", "flow"),
@@ -128,7 +129,9 @@ _ALL = (
     ScriptKeys("job_edit", ("items", "claimed")),
     ScriptKeys("job_extend", ("claimed", "leases", "tokens")),
     ScriptKeys("job_reap", (*_OWNER, "cancelled", "ids", "wake", "stalled", "reasons",
-                            "published", "stalled_at"), optional=("presence",)),
+                            "published", "stalled_at", "items"), optional=("presence",)),
+    ScriptKeys("job_reap_record", ("stalled", "stalled_at"),
+               tail="feed.record:<f>:<id> per job"),
     ScriptKeys("job_promote", ("delayed", "urgent", "items", "ids", "wake")),
     ScriptKeys("job_progress", ("claimed", "tokens", "progress")),
     ScriptKeys("job_log", ("log",)),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from taskpipe.errors import BrokerUnavailable
+from taskpipe.serialization import decode_envelope
 from taskpipe.worker.runner import Outcome, reap_limit
 
 if TYPE_CHECKING:
@@ -29,6 +30,15 @@ if TYPE_CHECKING:
 __all__ = ["KeeperMixin", "BROKER_ERRORS"]
 
 log = logging.getLogger("taskpipe.worker")
+
+
+def task_label(item: bytes) -> str:
+    """The task name of a job's payload, for its record ('' for a payload that is not a
+    taskpipe envelope: a raw Thoonk job, or bad bytes)."""
+    try:
+        return str(decode_envelope(item).task or "")
+    except Exception:  # noqa: BLE001 - a record label is informational; never fail the reaper
+        return ""
 
 #: seconds between the keeper's checks for aborted jobs of a process pool
 ABORT_CHECK_EVERY = 0.25
@@ -131,8 +141,9 @@ class KeeperMixin:
     def _reap(self) -> None:
         limit = reap_limit(self.app)
         presence = self.presence.reap_args(self.dead_after_ms)
+        record = (int(self.app.failure_ttl * 1000), task_label)  # a stalled job keeps its record
         for ch in self.channels:
-            reaped = ch.reap_detail(limit, presence=presence)
+            reaped = ch.reap_detail(limit, presence=presence, record=record)
             self.writer.reaped(ch.name, len(reaped.requeued), len(reaped.stalled))
             for worker in reaped.dead_workers:
                 log.warning("worker %s is gone (its connections to Redis closed): its jobs on %s "

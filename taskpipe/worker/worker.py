@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.context import JobLogHandler
@@ -118,6 +118,9 @@ class Worker(KeeperMixin, ShutdownMixin):
         self.presence = Presence(app.thoonk, self.name)
         self.presence.enabled = self.presence.enabled and self.dead_after_ms > 0
         self.claimed_total = 0
+        #: called with each batch of claims the worker takes to run (not those given back at
+        #: stop): ``taskpipe.contrib.metrics`` observes their wait times. Must not raise.
+        self.claim_listeners: list[Callable[[list[Claim]], None]] = []
         self.started_at = time.time()
         self._running: dict[tuple[str, str], Claim] = {}  # every claim held, outcome written or not
         self._executing = 0  # claims handed to the pool whose task has not returned yet
@@ -464,6 +467,11 @@ class Worker(KeeperMixin, ShutdownMixin):
             self._release(claims, "claimed after the stop signal")
             return None
         self.claimed_total += len(claims)
+        for listener in self.claim_listeners:
+            try:
+                listener(claims)
+            except Exception:  # a metrics hook must never break the worker
+                log.exception("claim listener %r failed", listener)
         prepared = [prepare(self.app, c) for c in claims]
         with self._running_lock:
             for c in claims:

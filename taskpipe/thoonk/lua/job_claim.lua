@@ -1,9 +1,10 @@
 -- job_claim: claim up to N available jobs, walking channels in strict order.
--- For each channel c, 16 keys: the key +n below is KEYS[16*(c-1) + n]:
+-- For each channel c, 17 keys: the key +n below is KEYS[17*(c-1) + n]:
 --   +1 feed.ids:<f>  +2 feed.items:<f>  +3 feed.claimed:<f>  +4 feed.leases:<f>
 --   +5 feed.delayed:<f>  +6 feed.urgent:<f>  +7 feed.cancelled:<f>  +8 feed.config:<f>
 --   +9 feed.tokens:<f>  +10 feed.workers:<f>  +11 feed.fence:<f>  +12 feed.attempts:<f>
 --   +13 feed.prio:<f>  +14 feed.flow:<f>  +15 feed.rate:<f>  +16 feed.slots:<f>  (flow control)
+--   +17 feed.published:<f>  (read only: each claimed job's publish ms, for the wait time)
 -- ARGV[1] max jobs to claim (<= 1000)  ARGV[2] lease ms  ARGV[3] worker name
 -- ARGV[4] promote limit per channel (due delayed jobs moved to available first; capped at 1000
 --         as in job_promote, so one claim stays well under a few ms)
@@ -24,7 +25,9 @@
 --   flow_claim: the list first, then numbered jobs (feed.prio, lowest score first); a job over
 --   a limit stays queued in its place and next_due becomes the ms its rate slot opens.
 -- Returns: {now_ms, next_due_ms or -1 (-2: a job was held back for a free slot, see ARGV[5]),
---          {channel_index, id, item, cancel_count, token, attempts}...}
+--          {channel_index, id, item, cancel_count, token, attempts, published_ms or 0}...}
+--   (published_ms: one ZMSCORE per channel batch; 0 for a job with no publish time, e.g. one
+--   put by an original Thoonk client)
 -- Events: none.
 --@include _now.lua
 --@include _promote.lua
@@ -39,11 +42,11 @@ local now_s = math.floor(now / 1000)
 local out = {now, -1}
 local got = 0
 local pops_left = want * 4 + 64
-local nch = #KEYS / 16
+local nch = #KEYS / 17
 local next_due = -1
 local stop = false  -- a job that may not be prefetched ended this claim
 for c = 1, nch do
-  local b = 16 * (c - 1)
+  local b = 17 * (c - 1)
   local k_ids, k_items, k_claimed, k_leases = KEYS[b + 1], KEYS[b + 2], KEYS[b + 3], KEYS[b + 4]
   local k_delayed, k_urgent = KEYS[b + 5], KEYS[b + 6]
   local cfg = redis.call('HMGET', KEYS[b + 8], 'paused', 'flow.rate', 'flow.cap')
@@ -120,9 +123,11 @@ for c = 1, nch do
       redis.call('HSET', KEYS[b + 9], unpack(tokens))
       redis.call('HSET', KEYS[b + 10], unpack(workers))
       local atts = redis.call('HMGET', KEYS[b + 12], unpack(ids, 1, k))
+      local pubs = redis.call('ZMSCORE', KEYS[b + 17], unpack(ids, 1, k))  -- the wait time
       for j = 1, k do
         got = got + 1
-        out[got + 2] = {c, ids[j], items[j], tonumber(ccs[j] or '0'), toks[j], tonumber(atts[j] or '0')}
+        out[got + 2] = {c, ids[j], items[j], tonumber(ccs[j] or '0'), toks[j], tonumber(atts[j] or '0'),
+                        pubs[j] and tonumber(pubs[j]) or 0}
       end
     end
     if first[2] then

@@ -4,11 +4,12 @@
 -- KEYS[5] feed.cancelled:<f>  KEYS[6] feed.ids:<f>  KEYS[7] feed.wake:<f>
 -- KEYS[8] feed.stalled:<f>  KEYS[9] feed.reasons:<f>  KEYS[10] feed.published:<f>
 -- KEYS[11] feed.stalledat:<f>
--- KEYS[12] taskpipe.presence (optional)  ZSET worker -> 0 while seen alive, else ms first seen gone
+-- KEYS[12] feed.items:<f> (read only: a stalled job's payload, for its record)
+-- KEYS[13] taskpipe.presence (optional)  ZSET worker -> 0 while seen alive, else ms first seen gone
 -- ARGV[1] limit (<= 1000 per call)  ARGV[2] max cancels (a job cancelled more than this many
 --         times is stalled with reason 'worker_lost'; '0' = never stall)
--- ARGV[3] (with KEYS[12]) prefix of the workers' alive channels ('<prefix>taskpipe.alive:')
--- ARGV[4] (with KEYS[12]) grace ms: a joined worker with no subscriber on its alive channel
+-- ARGV[3] (with KEYS[13]) prefix of the workers' alive channels ('<prefix>taskpipe.alive:')
+-- ARGV[4] (with KEYS[13]) grace ms: a joined worker with no subscriber on its alive channel
 --         (PUBSUB NUMSUB = 0: every connection of its process is closed) for this long is dead
 -- Leases whose deadline (server time) has passed are reaped; a valid lease only when its
 -- worker joined the presence set and has been gone for the grace. Workers that never joined
@@ -18,7 +19,9 @@
 -- Cost per pass: one PUBSUB NUMSUB per joined worker; O(claims) only inside a dead window, and
 -- at most DEAD_CAP (100) claims of dead workers sent back per call (the next pass does more).
 -- Returns: {{requeued ids...}, {stalled ids...}, {dead workers whose claims were sent back},
---          {those ids}}
+--          {those ids}, {per stalled id, in order, what its record needs, read before its claim
+--          is dropped: worker or '', claim ms or '', publish ms or '', cancel count, item or ''}}
+--          (the caller keeps the record with job_reap_record.lua: docs/history.md)
 -- Events: none.
 --@include _now.lua
 --@include _owner.lua
@@ -26,14 +29,23 @@
 local now = now_ms()
 local limit = math.min(tonumber(ARGV[1]), 1000)
 local max_cancels = tonumber(ARGV[2])
-local requeued, stalled, dead_workers, dead_ids = {}, {}, {}, {}
+local requeued, stalled, dead_workers, dead_ids, details = {}, {}, {}, {}, {}
 local DEAD_WINDOW_MS = 5000
 local DEAD_CAP = math.min(limit, 100)  -- claims of dead workers sent back per call
 
 local function send_back(id, why)
-  unclaim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], id)
   local count = redis.call('HINCRBY', KEYS[5], id, 1)
-  if max_cancels > 0 and count > max_cancels then
+  local stalling = max_cancels > 0 and count > max_cancels
+  if stalling then  -- the record's facts, read before unclaim drops them (5 reads, rare)
+    local d = #details
+    details[d + 1] = redis.call('HGET', KEYS[4], id) or ''
+    details[d + 2] = redis.call('ZSCORE', KEYS[1], id) or ''
+    details[d + 3] = redis.call('ZSCORE', KEYS[10], id) or ''
+    details[d + 4] = count
+    details[d + 5] = redis.call('HGET', KEYS[12], id) or ''
+  end
+  unclaim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], id)
+  if stalling then
     redis.call('SADD', KEYS[8], id)
     redis.call('ZADD', KEYS[11], now, id)
     redis.call('HSET', KEYS[9], id, 'worker_lost: ' .. why .. ' ' .. count .. ' times')
@@ -54,20 +66,20 @@ for _, id in ipairs(expired) do
   end
 end
 
-if KEYS[12] and #requeued + #stalled < limit then
+if KEYS[13] and #requeued + #stalled < limit then
   -- O(joined workers) per pass; the claim owners are read only while some worker is dead
   local grace = tonumber(ARGV[4])
   local dead, any = {}, false
-  local joined = redis.call('ZRANGE', KEYS[12], 0, -1, 'WITHSCORES')
+  local joined = redis.call('ZRANGE', KEYS[13], 0, -1, 'WITHSCORES')
   for i = 1, #joined, 2 do
     local worker, since = joined[i], tonumber(joined[i + 1])
     local subscribers = tonumber(redis.call('PUBSUB', 'NUMSUB', ARGV[3] .. worker)[2])
     if subscribers > 0 then
-      if since ~= 0 then redis.call('ZADD', KEYS[12], 0, worker) end
+      if since ~= 0 then redis.call('ZADD', KEYS[13], 0, worker) end
     elseif since == 0 then
-      redis.call('ZADD', KEYS[12], now, worker)  -- first seen gone: wait out the grace
+      redis.call('ZADD', KEYS[13], now, worker)  -- first seen gone: wait out the grace
     elseif now - since >= grace + DEAD_WINDOW_MS then
-      redis.call('ZREM', KEYS[12], worker)  -- every channel had its window: lease from now on
+      redis.call('ZREM', KEYS[13], worker)  -- every channel had its window: lease from now on
     elseif now - since >= grace then
       dead[worker], any = true, true
     end
@@ -90,4 +102,4 @@ if KEYS[12] and #requeued + #stalled < limit then
   end
 end
 push_wake_markers(KEYS[7], #requeued)
-return {requeued, stalled, dead_workers, dead_ids}
+return {requeued, stalled, dead_workers, dead_ids, details}
