@@ -67,16 +67,27 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     app = build_app(os.environ["TASKPIPE_BROKER_URL"], os.environ["TASKPIPE_BENCH_PREFIX"])
     app.connection.client.ping()
-    worker = Worker(app, [opts.channel], concurrency=opts.concurrency, burst=opts.burst,
-                    prefetch=opts.prefetch)
+    worker = Worker(
+        app, [opts.channel], concurrency=opts.concurrency, burst=opts.burst, prefetch=opts.prefetch
+    )
     print("ready", flush=True)
     sys.stdin.readline()
     started, cpu0 = time.time(), os.times()
     worker.run()
     ended, cpu1 = time.time(), os.times()
-    print(json.dumps({"started": started, "ended": ended, "claimed": worker.claimed_total,
-                      "cpu_user": cpu1.user - cpu0.user, "cpu_system": cpu1.system - cpu0.system,
-                      "stats": dict(worker.writer.stats)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "started": started,
+                "ended": ended,
+                "claimed": worker.claimed_total,
+                "cpu_user": cpu1.user - cpu0.user,
+                "cpu_system": cpu1.system - cpu0.system,
+                "stats": dict(worker.writer.stats),
+            }
+        ),
+        flush=True,
+    )
     app.close()
     return 0
 

@@ -46,17 +46,18 @@ from taskpipe.thoonk.job import FinishRequest  # noqa: E402
 from taskpipe.worker.worker import Worker  # noqa: E402
 
 #: planning assumptions (printed with the table)
-REDIS_BUDGET = 0.7      # fraction of one Redis core a primary may use (headroom for spikes,
-                        # persistence, replication, clients' other commands)
-WORKER_BUDGET = 0.8     # fraction of one core a worker process may use
+REDIS_BUDGET = 0.7  # fraction of one Redis core a primary may use (headroom for spikes,
+# persistence, replication, clients' other commands)
+WORKER_BUDGET = 0.8  # fraction of one core a worker process may use
 RATES = (1_000, 10_000, 100_000, 1_000_000)
 SHARD_COUNTS = (1, 3, 6)
 
 
 def _load_redis_server() -> Any:
     """``tests/redis_server.py``'s RedisServer, loaded by path (the tests are not a package)."""
-    spec = importlib.util.spec_from_file_location("_cap_redis_server",
-                                                  ROOT / "tests" / "redis_server.py")
+    spec = importlib.util.spec_from_file_location(
+        "_cap_redis_server", ROOT / "tests" / "redis_server.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -71,10 +72,12 @@ class Probe:
 
     def snap(self) -> dict[str, float]:
         info: dict[str, Any] = self.client.info()
-        return {"cpu": float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
-                "mem": float(info["used_memory"]),
-                "net": float(info["total_net_input_bytes"]) + float(info["total_net_output_bytes"]),
-                "proc": time.process_time()}
+        return {
+            "cpu": float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
+            "mem": float(info["used_memory"]),
+            "net": float(info["total_net_input_bytes"]) + float(info["total_net_output_bytes"]),
+            "proc": time.process_time(),
+        }
 
     @staticmethod
     def delta(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
@@ -82,8 +85,12 @@ class Probe:
 
 
 def _app(url: str, shards: int = 1) -> TaskPipe:
-    app = TaskPipe(broker=url, prefix=f"cap{uuid.uuid4().hex[:6]}:",
-                   shards={"cap": shards} if shards > 1 else None, result_ttl="1h")
+    app = TaskPipe(
+        broker=url,
+        prefix=f"cap{uuid.uuid4().hex[:6]}:",
+        shards={"cap": shards} if shards > 1 else None,
+        result_ttl="1h",
+    )
 
     @app.task(name="cap.echo", channel="cap")
     def echo(n: int) -> int:
@@ -93,8 +100,15 @@ def _app(url: str, shards: int = 1) -> TaskPipe:
 
 
 def _drain(app: TaskPipe) -> int:
-    worker = Worker(app, ["cap"], concurrency=4, burst=True, heartbeat_interval=60.0,
-                    capture_logs=False, max_block=0.05)
+    worker = Worker(
+        app,
+        ["cap"],
+        concurrency=4,
+        burst=True,
+        heartbeat_interval=60.0,
+        capture_logs=False,
+        max_block=0.05,
+    )
     worker.run()
     return int(worker.writer.stats.get("finished", 0))
 
@@ -133,7 +147,7 @@ def measure(url: str, jobs: int, rounds: int = 3) -> dict[str, float]:
     out["net_claim_B"] = d["net"]
     result = encode_result(12345, serializer=app.serializer)  # what a worker stores
     for start in range(0, len(claims), 100):
-        chunk = claims[start:start + 100]
+        chunk = claims[start : start + 100]
         ch.finish_many([FinishRequest(c.id, c.token, result, 3_600_000) for c in chunk])
     s4 = probe.snap()
     d = Probe.delta(s3, s4, max(1, len(claims)))
@@ -189,28 +203,53 @@ def plan(f: dict[str, float]) -> dict[str, Any]:
     per_worker = WORKER_BUDGET * 1e6 / f["worker_cpu_us"]
     rows = []
     for rate in RATES:
-        rows.append({"rate": rate, "primaries": math.ceil(rate / per_primary),
-                     "workers": math.ceil(rate / per_worker),
-                     "shards": max(1, math.ceil(rate / per_primary)),
-                     "backlog_1min_MB": rate * 60 * f["mem_queued_B"] / 1e6,
-                     "results_10min_MB": rate * 600 * f["mem_finished_B"] / 1e6,
-                     "network_MB_s": rate * (f["net_publish_B"] + f["net_claim_B"]
-                                             + f["net_finish_B"]) / 1e6})
-    return {"redis_cpu_per_job_us": per_job, "jobs_per_s_per_primary": per_primary,
-            "jobs_per_s_per_worker": per_worker, "rows": rows}
+        rows.append(
+            {
+                "rate": rate,
+                "primaries": math.ceil(rate / per_primary),
+                "workers": math.ceil(rate / per_worker),
+                "shards": max(1, math.ceil(rate / per_primary)),
+                "backlog_1min_MB": rate * 60 * f["mem_queued_B"] / 1e6,
+                "results_10min_MB": rate * 600 * f["mem_finished_B"] / 1e6,
+                "network_MB_s": rate
+                * (f["net_publish_B"] + f["net_claim_B"] + f["net_finish_B"])
+                / 1e6,
+            }
+        )
+    return {
+        "redis_cpu_per_job_us": per_job,
+        "jobs_per_s_per_primary": per_primary,
+        "jobs_per_s_per_worker": per_worker,
+        "rows": rows,
+    }
 
 
 def report(f: dict[str, float], p: dict[str, Any], url: str) -> None:
-    print(f"machine: nproc: {os.cpu_count()}  python: {platform.python_version()}  "
-          f"redis: {url}  (2 shared cores are noisy: compare figures within one run)")
+    print(
+        f"machine: nproc: {os.cpu_count()}  python: {platform.python_version()}  "
+        f"redis: {url}  (2 shared cores are noisy: compare figures within one run)"
+    )
     print("per job (small int argument and result):")
     lines = [
-        ("Redis CPU, publish (delay(), one call)", f["redis_cpu_publish_us"], "us", "redis_cpu_publish"),
-        ("Redis CPU, publish (Task.map, bulk)", f["redis_cpu_bulk_publish_us"], "us",
-         "redis_cpu_bulk_publish"),
+        (
+            "Redis CPU, publish (delay(), one call)",
+            f["redis_cpu_publish_us"],
+            "us",
+            "redis_cpu_publish",
+        ),
+        (
+            "Redis CPU, publish (Task.map, bulk)",
+            f["redis_cpu_bulk_publish_us"],
+            "us",
+            "redis_cpu_bulk_publish",
+        ),
         ("Redis CPU, claim (batches of 100)", f["redis_cpu_claim_us"], "us", "redis_cpu_claim"),
-        ("Redis CPU, finish with result (batches of 100)", f["redis_cpu_finish_us"], "us",
-         "redis_cpu_finish"),
+        (
+            "Redis CPU, finish with result (batches of 100)",
+            f["redis_cpu_finish_us"],
+            "us",
+            "redis_cpu_finish",
+        ),
         ("Redis CPU, worker claim+run+finish", f["redis_cpu_worker_us"], "us", "redis_cpu_worker"),
         ("memory per queued job", f["mem_queued_B"], "B", "mem_queued"),
         ("memory per finished job (result kept)", f["mem_finished_B"], "B", "mem_finished"),
@@ -219,40 +258,61 @@ def report(f: dict[str, float], p: dict[str, Any], url: str) -> None:
         ("network bytes, finish", f["net_finish_B"], "B", "net_finish"),
         ("network bytes, worker claim+finish", f["net_worker_B"], "B", "net_worker"),
         ("worker CPU (one process, thread pool)", f["worker_cpu_us"], "us", "worker_cpu"),
-        ("worker drain rate (one process, loaded machine)", f["worker_jobs_per_s"], "/s",
-         "worker_rate"),
+        (
+            "worker drain rate (one process, loaded machine)",
+            f["worker_jobs_per_s"],
+            "/s",
+            "worker_rate",
+        ),
     ]
     for label, value, unit, key in lines:
         print(f"  {label:<50} {value:>12,.1f} {unit}  [{key}]")
     base = f["redis_cpu_1_shards_us"]
-    print("Redis CPU per job (publish + worker drain) by shard count, one Redis "
-          "(median of the rounds):")
+    print(
+        "Redis CPU per job (publish + worker drain) by shard count, one Redis "
+        "(median of the rounds):"
+    )
     for shards in SHARD_COUNTS:
         v = f[f"redis_cpu_{shards}_shards_us"]
-        print(f"  {shards} shard(s) {v:>10,.1f} us  {v / base:.2f}x 1 shard  [redis_cpu_{shards}_shards]")
-    print(f"Redis CPU per job, publish + claim + finish: {p['redis_cpu_per_job_us']:,.1f} us"
-          f"  [redis_cpu_per_job]")
-    print(f"jobs/s per primary at {REDIS_BUDGET:.0%} of one core: "
-          f"{p['jobs_per_s_per_primary']:,.0f} /s  [jobs_per_primary]")
-    print(f"jobs/s per worker process at {WORKER_BUDGET:.0%} of one core (no-op task): "
-          f"{p['jobs_per_s_per_worker']:,.0f} /s  [jobs_per_worker]")
-    print("planning (assumptions: small jobs as above, publish one call per job, claims and "
-          "finishes in batches, one shard per primary, no-op tasks: add your task's own CPU "
-          f"to the worker figure; primaries at {REDIS_BUDGET:.0%}, workers at "
-          f"{WORKER_BUDGET:.0%} of a core; replicas not counted):")
-    print(f"  {'jobs/s':>10} {'primaries':>10} {'shards':>7} {'workers':>8} {'backlog 1 min':>14} "
-          f"{'results 10 min':>15} {'network':>12}")
+        print(
+            f"  {shards} shard(s) {v:>10,.1f} us  {v / base:.2f}x 1 shard  [redis_cpu_{shards}_shards]"
+        )
+    print(
+        f"Redis CPU per job, publish + claim + finish: {p['redis_cpu_per_job_us']:,.1f} us"
+        f"  [redis_cpu_per_job]"
+    )
+    print(
+        f"jobs/s per primary at {REDIS_BUDGET:.0%} of one core: "
+        f"{p['jobs_per_s_per_primary']:,.0f} /s  [jobs_per_primary]"
+    )
+    print(
+        f"jobs/s per worker process at {WORKER_BUDGET:.0%} of one core (no-op task): "
+        f"{p['jobs_per_s_per_worker']:,.0f} /s  [jobs_per_worker]"
+    )
+    print(
+        "planning (assumptions: small jobs as above, publish one call per job, claims and "
+        "finishes in batches, one shard per primary, no-op tasks: add your task's own CPU "
+        f"to the worker figure; primaries at {REDIS_BUDGET:.0%}, workers at "
+        f"{WORKER_BUDGET:.0%} of a core; replicas not counted):"
+    )
+    print(
+        f"  {'jobs/s':>10} {'primaries':>10} {'shards':>7} {'workers':>8} {'backlog 1 min':>14} "
+        f"{'results 10 min':>15} {'network':>12}"
+    )
     for r in p["rows"]:
-        print(f"  {r['rate']:>10,} {r['primaries']:>10,} {r['shards']:>7,} {r['workers']:>8,} "
-              f"{r['backlog_1min_MB']:>11,.0f} MB {r['results_10min_MB']:>12,.0f} MB "
-              f"{r['network_MB_s']:>7,.1f} MB/s  [plan_{r['rate']}]")
+        print(
+            f"  {r['rate']:>10,} {r['primaries']:>10,} {r['shards']:>7,} {r['workers']:>8,} "
+            f"{r['backlog_1min_MB']:>11,.0f} MB {r['results_10min_MB']:>12,.0f} MB "
+            f"{r['network_MB_s']:>7,.1f} MB/s  [plan_{r['rate']}]"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20_000, help="jobs per measurement")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds of the 1/3/6-shard comparison (median kept)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of the 1/3/6-shard comparison (median kept)"
+    )
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
     server = _load_redis_server()().start()

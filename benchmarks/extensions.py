@@ -75,8 +75,9 @@ def drain(url: str, mode: str, jobs: int, concurrency: int) -> float:
         app.on("complete", lambda job: seen.__setitem__(0, seen[0] + 1))
         app.listen(["default"])
     if mode == "followed_elsewhere":
-        follower = subprocess.Popen([sys.executable, "-c", FOLLOWER, url, prefix],
-                                    stdout=subprocess.PIPE, text=True)
+        follower = subprocess.Popen(
+            [sys.executable, "-c", FOLLOWER, url, prefix], stdout=subprocess.PIPE, text=True
+        )
         assert follower.stdout is not None and follower.stdout.readline().strip() == "ready"
     worker = Worker(app, ["default"], concurrency=concurrency, burst=True, heartbeat_interval=60)
     started = time.perf_counter()
@@ -106,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     server = _load_redis_server()().start()
     rates: dict[str, list[float]] = {m: [] for m in MODES}
     try:
-        print(f"redis-server 127.0.0.1:{server.port}, {args.jobs} jobs a drain, "
-              f"{args.rounds} rounds, concurrency {args.concurrency}")
+        print(
+            f"redis-server 127.0.0.1:{server.port}, {args.jobs} jobs a drain, "
+            f"{args.rounds} rounds, concurrency {args.concurrency}"
+        )
         for _ in range(args.rounds):
             for mode in MODES:
                 rates[mode].append(drain(server.url, mode, args.jobs, args.concurrency))
@@ -115,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         server.cleanup()
     for mode in MODES:
         ratios = [r / p for r, p in zip(rates[mode], rates["plain"])]
-        print(f"{mode:<18} {statistics.median(rates[mode]):>9,.0f} /s  "
-              f"{statistics.median(ratios):.2f}x plain (rounds {min(ratios):.2f}-{max(ratios):.2f})"
-              f"  [{mode}]")
+        print(
+            f"{mode:<18} {statistics.median(rates[mode]):>9,.0f} /s  "
+            f"{statistics.median(ratios):.2f}x plain (rounds {min(ratios):.2f}-{max(ratios):.2f})"
+            f"  [{mode}]"
+        )
     return 0
 
 

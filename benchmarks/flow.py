@@ -94,14 +94,20 @@ def main(argv: list[str] | None = None) -> int:
             cost = got[True][1] / got[False][1]
             ratios.append(ratio)
             costs.append(cost)
-            print(f"round {r + 1}: plain {got[False][0]:8.0f} jobs/s   flow {got[True][0]:8.0f} "
-                  f"jobs/s   flow/plain {ratio:.3f}   CPU ms/1000 jobs plain "
-                  f"{got[False][1]:.0f} flow {got[True][1]:.0f} ({cost:.3f}x)")
-        print(f"flow/plain drain ratio, median of {opts.rounds}: {statistics.median(ratios):.3f} "
-              f"(min {min(ratios):.3f}, max {max(ratios):.3f})  [flow_drain_ratio]")
-        print(f"flow/plain CPU cost per job, median of {opts.rounds}: "
-              f"{statistics.median(costs):.3f} (min {min(costs):.3f}, max {max(costs):.3f})  "
-              f"[flow_cpu_ratio]")
+            print(
+                f"round {r + 1}: plain {got[False][0]:8.0f} jobs/s   flow {got[True][0]:8.0f} "
+                f"jobs/s   flow/plain {ratio:.3f}   CPU ms/1000 jobs plain "
+                f"{got[False][1]:.0f} flow {got[True][1]:.0f} ({cost:.3f}x)"
+            )
+        print(
+            f"flow/plain drain ratio, median of {opts.rounds}: {statistics.median(ratios):.3f} "
+            f"(min {min(ratios):.3f}, max {max(ratios):.3f})  [flow_drain_ratio]"
+        )
+        print(
+            f"flow/plain CPU cost per job, median of {opts.rounds}: "
+            f"{statistics.median(costs):.3f} (min {min(costs):.3f}, max {max(costs):.3f})  "
+            f"[flow_cpu_ratio]"
+        )
     finally:
         server.stop()
     return 0

@@ -36,21 +36,33 @@ from taskpipe.history import find_jobs, task_breakdown  # noqa: E402
 from taskpipe.serialization import encode_envelope, encode_failure, encode_result  # noqa: E402
 from taskpipe.thoonk.job import FinishRequest, PutRequest  # noqa: E402
 
-TRACEBACK = ("Traceback (most recent call last):\n  File \"app/tasks.py\", line 42, in charge\n"
-             "    raise ValueError(f\"card declined: {order}\")\nValueError: card declined\n")
+TRACEBACK = (
+    'Traceback (most recent call last):\n  File "app/tasks.py", line 42, in charge\n'
+    '    raise ValueError(f"card declined: {order}")\nValueError: card declined\n'
+)
 DAY_MS = 86_400_000
 
 
 def _redis_server() -> Any:
-    spec = importlib.util.spec_from_file_location("_hist_redis_server", ROOT / "tests" / "redis_server.py")
+    spec = importlib.util.spec_from_file_location(
+        "_hist_redis_server", ROOT / "tests" / "redis_server.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.RedisServer
 
 
-def fill(app: TaskPipe, channel: str, n: int, kind: str, *, tasks: int = 1, fail_every: int = 0,
-         needle_every: int = 0) -> None:
+def fill(
+    app: TaskPipe,
+    channel: str,
+    n: int,
+    kind: str,
+    *,
+    tasks: int = 1,
+    fail_every: int = 0,
+    needle_every: int = 0,
+) -> None:
     """Put, claim and finish ``n`` jobs on ``channel``. ``kind``: plain (no record) or record;
     ``fail_every``: every k-th job fails (k=1: all); ``needle_every``: every k-th failure's
     message holds the word ``needle``."""
@@ -58,20 +70,36 @@ def fill(app: TaskPipe, channel: str, n: int, kind: str, *, tasks: int = 1, fail
     ok = encode_result(None)
     for start in range(0, n, 1000):
         size = min(1000, n - start)
-        reqs = [PutRequest(encode_envelope(f"bench.task{(start + i) % tasks}", (start + i, "x" * 8), {},
-                                           {}), fresh=True) for i in range(size)]
+        reqs = [
+            PutRequest(
+                encode_envelope(f"bench.task{(start + i) % tasks}", (start + i, "x" * 8), {}, {}),
+                fresh=True,
+            )
+            for i in range(size)
+        ]
         ch.put_many(reqs)
         claims = ch.claim(count=size, worker="bench-worker")
         fins = []
         for c in claims:
             num = len(fins) + start
             failed = bool(fail_every) and num % fail_every == 0
-            msg = "card declined" + (" needle" if needle_every and num % (fail_every * needle_every) == 0 else "")
+            msg = "card declined" + (
+                " needle" if needle_every and num % (fail_every * needle_every) == 0 else ""
+            )
             result = encode_failure("ValueError", msg, TRACEBACK) if failed else ok
             label = f"bench.task{num % tasks}"
-            fins.append(FinishRequest(c.id, c.token, result, 7 * DAY_MS if failed else DAY_MS, failed,
-                                      outcome="" if kind == "plain" else ("failed" if failed else "succeeded"),
-                                      label=label, runtime_ms=3))
+            fins.append(
+                FinishRequest(
+                    c.id,
+                    c.token,
+                    result,
+                    7 * DAY_MS if failed else DAY_MS,
+                    failed,
+                    outcome="" if kind == "plain" else ("failed" if failed else "succeeded"),
+                    label=label,
+                    runtime_ms=3,
+                )
+            )
         ch.finish_many(fins)
 
 
@@ -109,26 +137,42 @@ def main(argv: list[str] | None = None) -> int:
         url = server.url
     app = TaskPipe(broker=url, prefix=f"hb{uuid.uuid4().hex[:6]}:")
     try:
-        print(f"redis {url.rsplit('@', 1)[-1]}  jobs {args.jobs}  mem-jobs {args.mem_jobs}  "
-              f"(figures on a shared, loaded machine: compare them within one run)")
+        print(
+            f"redis {url.rsplit('@', 1)[-1]}  jobs {args.jobs}  mem-jobs {args.mem_jobs}  "
+            f"(figures on a shared, loaded machine: compare them within one run)"
+        )
         plain = per_job_memory(app, args.mem_jobs, "plain", 0)
         rec = per_job_memory(app, args.mem_jobs, "record", 0)
         failed = per_job_memory(app, args.mem_jobs, "record", 1)
         print(f"memory per finished job, no record: {plain:,.0f} B  [mem_finished_plain]")
-        print(f"memory per finished job with its record: {rec:,.0f} B "
-              f"(+{rec - plain:,.0f} B)  [mem_finished_record]")
+        print(
+            f"memory per finished job with its record: {rec:,.0f} B "
+            f"(+{rec - plain:,.0f} B)  [mem_finished_record]"
+        )
         print(f"memory per failed job with its record: {failed:,.0f} B  [mem_failed_record]")
 
         t0 = time.perf_counter()
         fill(app, "hist", args.jobs, "record", tasks=5, fail_every=10, needle_every=100)
         print(f"filled {args.jobs:,} finished jobs in {time.perf_counter() - t0:.1f} s")
         for name, label, fn in (
-                ("list_newest", "newest 50", lambda: find_jobs(app, "hist", limit=50)),
-                ("list_failed", "newest 50 failed", lambda: find_jobs(app, "hist", state="failed", limit=50)),
-                ("list_task", "50 of one task", lambda: find_jobs(app, "hist", task="bench.task3", limit=50)),
-                ("list_error", "error text (1 in 1000 jobs)",
-                 lambda: find_jobs(app, "hist", state="failed", error="needle", limit=50)),
-                ("breakdown", "per-task breakdown", lambda: task_breakdown(app, "hist"))):
+            ("list_newest", "newest 50", lambda: find_jobs(app, "hist", limit=50)),
+            (
+                "list_failed",
+                "newest 50 failed",
+                lambda: find_jobs(app, "hist", state="failed", limit=50),
+            ),
+            (
+                "list_task",
+                "50 of one task",
+                lambda: find_jobs(app, "hist", task="bench.task3", limit=50),
+            ),
+            (
+                "list_error",
+                "error text (1 in 1000 jobs)",
+                lambda: find_jobs(app, "hist", state="failed", error="needle", limit=50),
+            ),
+            ("breakdown", "per-task breakdown", lambda: task_breakdown(app, "hist")),
+        ):
             ms, out = timed(fn)
             print(f"{label} among {args.jobs:,}: {ms:,.1f} ms ({len(out)} found)  [{name}]")
     finally:

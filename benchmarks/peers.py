@@ -48,7 +48,7 @@ ROOT = HERE.parent
 #: Pinned peer versions, installed into the peers' venv.
 PEERS = {"huey": "3.5.4", "dramatiq[redis]": "2.2.1", "redis": "8.1.0"}
 
-_TASKPIPE_APP = '''
+_TASKPIPE_APP = """
 import os
 from taskpipe import TaskPipe
 app = TaskPipe("bench", broker=os.environ["BENCH_URL"], default_channel="bench")
@@ -56,8 +56,8 @@ app = TaskPipe("bench", broker=os.environ["BENCH_URL"], default_channel="bench")
 @app.task(name="bench.noop")
 def noop():
     return None
-'''
-_HUEY_APP = '''
+"""
+_HUEY_APP = """
 import os
 from huey import RedisHuey
 huey = RedisHuey("bench", host="127.0.0.1", port=int(os.environ["BENCH_PORT"]), results=True,
@@ -66,8 +66,8 @@ huey = RedisHuey("bench", host="127.0.0.1", port=int(os.environ["BENCH_PORT"]), 
 @huey.task()
 def noop():
     return None
-'''
-_DRAMATIQ_APP = '''
+"""
+_DRAMATIQ_APP = """
 import os
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
@@ -81,8 +81,8 @@ dramatiq.set_broker(broker)
 @dramatiq.actor(store_results=True, queue_name="bench")
 def noop():
     return None
-'''
-_PUBLISH = '''
+"""
+_PUBLISH = """
 import sys
 kind, n = sys.argv[1], int(sys.argv[2])
 if kind == "huey":
@@ -93,29 +93,72 @@ else:
     from dramatiq_app import noop
     for _ in range(n):
         noop.send()
-'''
+"""
 
 #: (key, label, system, argv after the interpreter; {py} = the peers' venv bin dir)
 WORKERS: tuple[tuple[str, str, str, list[str]], ...] = (
-    ("taskpipe_thread_c8", "taskpipe thread pool -c 8", "taskpipe",
-     ["-m", "taskpipe", "worker", "-A", "tp_app:app", "-Q", "bench", "-c", "8", "-l", "warning"]),
-    ("taskpipe_process_c2", "taskpipe process pool -c 2", "taskpipe",
-     ["-m", "taskpipe", "worker", "-A", "tp_app:app", "-Q", "bench", "--pool", "process",
-      "-c", "2", "-l", "warning"]),
-    ("taskpipe_thread_c1", "taskpipe thread pool -c 1", "taskpipe",
-     ["-m", "taskpipe", "worker", "-A", "tp_app:app", "-Q", "bench", "-c", "1", "-l", "warning"]),
-    ("huey_2proc", "huey, 2 processes", "huey",
-     ["{bin}/huey_consumer", "huey_app.huey", "-w", "2", "-k", "process", "-q"]),
-    ("huey_1thread", "huey, 1 thread", "huey", ["{bin}/huey_consumer", "huey_app.huey", "-w", "1", "-q"]),
-    ("dramatiq_2x8", "dramatiq, 2 processes x 8 threads", "dramatiq",
-     ["{bin}/dramatiq", "dramatiq_app", "-p", "2", "-t", "8", "-Q", "bench"]),
+    (
+        "taskpipe_thread_c8",
+        "taskpipe thread pool -c 8",
+        "taskpipe",
+        ["-m", "taskpipe", "worker", "-A", "tp_app:app", "-Q", "bench", "-c", "8", "-l", "warning"],
+    ),
+    (
+        "taskpipe_process_c2",
+        "taskpipe process pool -c 2",
+        "taskpipe",
+        [
+            "-m",
+            "taskpipe",
+            "worker",
+            "-A",
+            "tp_app:app",
+            "-Q",
+            "bench",
+            "--pool",
+            "process",
+            "-c",
+            "2",
+            "-l",
+            "warning",
+        ],
+    ),
+    (
+        "taskpipe_thread_c1",
+        "taskpipe thread pool -c 1",
+        "taskpipe",
+        ["-m", "taskpipe", "worker", "-A", "tp_app:app", "-Q", "bench", "-c", "1", "-l", "warning"],
+    ),
+    (
+        "huey_2proc",
+        "huey, 2 processes",
+        "huey",
+        ["{bin}/huey_consumer", "huey_app.huey", "-w", "2", "-k", "process", "-q"],
+    ),
+    (
+        "huey_1thread",
+        "huey, 1 thread",
+        "huey",
+        ["{bin}/huey_consumer", "huey_app.huey", "-w", "1", "-q"],
+    ),
+    (
+        "dramatiq_2x8",
+        "dramatiq, 2 processes x 8 threads",
+        "dramatiq",
+        ["{bin}/dramatiq", "dramatiq_app", "-p", "2", "-t", "8", "-Q", "bench"],
+    ),
 )
 PEER_KEYS = ("huey_2proc", "huey_1thread", "dramatiq_2x8")
 #: (key, label, numerator, denominator or "best" (the fastest peer of the round), target)
 RATIOS = (
     ("thread_vs_best_peer", "thread pool -c 8 / best peer", "taskpipe_thread_c8", "best", 5.0),
-    ("process_vs_huey_2proc", "process pool -c 2 / huey 2 processes", "taskpipe_process_c2",
-     "huey_2proc", 3.0),
+    (
+        "process_vs_huey_2proc",
+        "process pool -c 2 / huey 2 processes",
+        "taskpipe_process_c2",
+        "huey_2proc",
+        3.0,
+    ),
     ("c1_vs_huey_1thread", "-c 1 / huey 1 thread", "taskpipe_thread_c1", "huey_1thread", 2.0),
 )
 
@@ -131,7 +174,11 @@ def _load_redis_server() -> Any:
 def default_venv() -> Path:
     """Where the peers' venv lives unless ``--venv`` says otherwise."""
     tag = "-".join(f"{name.split('[')[0]}{v}" for name, v in sorted(PEERS.items()))
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "taskpipe-bench" / f"peers-{tag}"
+    return (
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        / "taskpipe-bench"
+        / f"peers-{tag}"
+    )
 
 
 def ensure_venv(path: Path, out: Callable[[str], None]) -> Path:
@@ -143,8 +190,18 @@ def ensure_venv(path: Path, out: Callable[[str], None]) -> Path:
         return bindir
     out(f"installing {', '.join(f'{k}=={v}' for k, v in PEERS.items())} into {path} ...")
     venv.EnvBuilder(with_pip=True, clear=True).create(path)
-    subprocess.run([str(bindir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                    *(f"{k}=={v}" for k, v in PEERS.items())], check=True)
+    subprocess.run(
+        [
+            str(bindir / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            *(f"{k}=={v}" for k, v in PEERS.items()),
+        ],
+        check=True,
+    )
     marker.write_text(want)
     return bindir
 
@@ -160,7 +217,7 @@ def _tree_cpu(root: int) -> float:
             raw = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = raw[raw.rindex(")") + 2:].split()
+        fields = raw[raw.rindex(")") + 2 :].split()
         parent[int(entry)] = int(fields[1])
         ticks[int(entry)] = int(fields[11]) + int(fields[12])
     tree, frontier = {root}, [root]
@@ -184,11 +241,19 @@ class PeerBench:
         self.jobs = jobs
         self.r = redis.Redis(host="127.0.0.1", port=port)
         self.r1 = redis.Redis(host="127.0.0.1", port=port, db=1)
-        for name, text in (("tp_app.py", _TASKPIPE_APP), ("huey_app.py", _HUEY_APP),
-                           ("dramatiq_app.py", _DRAMATIQ_APP), ("publish.py", _PUBLISH)):
+        for name, text in (
+            ("tp_app.py", _TASKPIPE_APP),
+            ("huey_app.py", _HUEY_APP),
+            ("dramatiq_app.py", _DRAMATIQ_APP),
+            ("publish.py", _PUBLISH),
+        ):
             (workdir / name).write_text(text)
-        self.env = dict(os.environ, BENCH_URL=self.url, BENCH_PORT=str(port),
-                        PYTHONPATH=os.pathsep.join([str(workdir), str(ROOT)]))
+        self.env = dict(
+            os.environ,
+            BENCH_URL=self.url,
+            BENCH_PORT=str(port),
+            PYTHONPATH=os.pathsep.join([str(workdir), str(ROOT)]),
+        )
         self.env.pop("TASKPIPE_BROKER_URL", None)
         sys.path.insert(0, str(workdir))
         os.environ["BENCH_URL"] = self.url
@@ -204,8 +269,12 @@ class PeerBench:
             for start in range(0, self.jobs, 5000):
                 noop.map([()] * min(5000, self.jobs - start))
             return
-        subprocess.run([str(self.bindir / "python"), "publish.py", system, str(self.jobs)],
-                       cwd=self.workdir, env=self.env, check=True)
+        subprocess.run(
+            [str(self.bindir / "python"), "publish.py", system, str(self.jobs)],
+            cwd=self.workdir,
+            env=self.env,
+            check=True,
+        )
 
     def finished(self, system: str) -> int:
         """Results stored so far."""
@@ -224,9 +293,15 @@ class PeerBench:
         exe = [a.replace("{bin}", str(self.bindir)) for a in argv]
         if system == "taskpipe":
             exe = [sys.executable, *exe]
-        proc = subprocess.Popen(exe, cwd=self.workdir, env=self.env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            exe,
+            cwd=self.workdir,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         lo, hi = self.jobs // 10, self.jobs - self.jobs // 10
         t0 = c0 = n0 = None
         deadline = time.monotonic() + timeout
@@ -240,8 +315,10 @@ class PeerBench:
                     break
                 if proc.poll() is not None or time.monotonic() > deadline:
                     err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-                    raise RuntimeError(f"{' '.join(exe)}: {done}/{self.jobs} jobs done "
-                                       f"(exit code {proc.returncode}) {err}")
+                    raise RuntimeError(
+                        f"{' '.join(exe)}: {done}/{self.jobs} jobs done "
+                        f"(exit code {proc.returncode}) {err}"
+                    )
                 time.sleep(0.002)
             while self.finished(system) < self.jobs and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -267,12 +344,21 @@ def _fmt(values: list[float], unit: str, fmt: str = ",.0f") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, make the peers' venv, start redis-server, run the rounds, print."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=None, help="jobs per worker and round (default 10000, quick 1000)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="jobs per worker and round (default 10000, quick 1000)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     parser.add_argument("--quick", action="store_true", help="1000 jobs per worker and round")
     parser.add_argument("--venv", type=Path, default=None, help="the peers' venv (made if missing)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write the figures to this file"
+    )
     opts = parser.parse_args(argv)
     jobs = opts.jobs or (1000 if opts.quick else 10000)
     if jobs < 100 or opts.rounds < 1:
@@ -282,9 +368,16 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"cannot install the peers ({exc}); nothing measured", file=sys.stderr)
         return 3
-    versions = subprocess.run([str(bindir / "python"), "-c",
-                               "import huey, dramatiq; print(huey.__version__, dramatiq.__version__)"],
-                              capture_output=True, text=True, check=True).stdout.split()
+    versions = subprocess.run(
+        [
+            str(bindir / "python"),
+            "-c",
+            "import huey, dramatiq; print(huey.__version__, dramatiq.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     server = _load_redis_server()().start()
     rates: dict[str, list[float]] = {key: [] for key, *_ in WORKERS}
     cpus: dict[str, list[float]] = {key: [] for key, *_ in WORKERS}
@@ -292,10 +385,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         print("taskpipe vs peers: the same no-op task, results stored, one worker command each")
-        print(f"  python {sys.version.split()[0]}  nproc {os.cpu_count()}  huey {versions[0]}  "
-              f"dramatiq {versions[1]}  loadavg {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        print(f"  {jobs} jobs per worker and round, {opts.rounds} rounds, redis-server on "
-              f"127.0.0.1:{server.port}", flush=True)
+        print(
+            f"  python {sys.version.split()[0]}  nproc {os.cpu_count()}  huey {versions[0]}  "
+            f"dramatiq {versions[1]}  loadavg {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+        )
+        print(
+            f"  {jobs} jobs per worker and round, {opts.rounds} rounds, redis-server on "
+            f"127.0.0.1:{server.port}",
+            flush=True,
+        )
         with tempfile.TemporaryDirectory(prefix="taskpipe-peers-") as tmp:
             bench = PeerBench(server.port, bindir, Path(tmp), jobs)
             for rnd in range(opts.rounds):
@@ -305,31 +403,50 @@ def main(argv: list[str] | None = None) -> int:
                     rates[key].append(rate)
                     cpus[key].append(cpu)
                     this[key] = rate
-                    print(f"  round {rnd + 1}: {label:<36} {rate:>9,.0f} /s  {cpu:>6.0f} us CPU/job",
-                          flush=True)
+                    print(
+                        f"  round {rnd + 1}: {label:<36} {rate:>9,.0f} /s  {cpu:>6.0f} us CPU/job",
+                        flush=True,
+                    )
                 best = max(this[k] for k in PEER_KEYS)
                 for key, _label, num, den, _target in RATIOS:
                     ratios[key].append(this[num] / (best if den == "best" else this[den]))
             bench.tp_app.close()
     finally:
         server.cleanup()
-    print(f"\nmedians of {opts.rounds} rounds (min-max), ran {time.time() - started:.0f} s, loadavg "
-          f"after {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"\nmedians of {opts.rounds} rounds (min-max), ran {time.time() - started:.0f} s, loadavg "
+        f"after {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
     for key, label, *_ in WORKERS:
-        print(f"  {label:<36} {_fmt(rates[key], ' /s'):>28}   worker CPU {_fmt(cpus[key], ' us/job')}"
-              f"  [{key}]")
+        print(
+            f"  {label:<36} {_fmt(rates[key], ' /s'):>28}   worker CPU {_fmt(cpus[key], ' us/job')}"
+            f"  [{key}]"
+        )
     print("\nratios, taken within each round (target):")
     verdicts = []
     for key, label, _num, _den, target in RATIOS:
         med = statistics.median(ratios[key])
         ok = med >= target
         verdicts.append({"ratio": key, "median": med, "target": target, "pass": ok})
-        print(f"  {'PASS' if ok else 'MISS'}  {label:<38} {_fmt(ratios[key], 'x', '.2f'):>22}  "
-              f"(>= {target:g}x)  [{key}]")
+        print(
+            f"  {'PASS' if ok else 'MISS'}  {label:<38} {_fmt(ratios[key], 'x', '.2f'):>22}  "
+            f"(>= {target:g}x)  [{key}]"
+        )
     if opts.json is not None:
-        opts.json.write_text(json.dumps({"jobs": jobs, "rounds": opts.rounds, "rates": rates,
-                                         "cpu_us_per_job": cpus, "ratios": ratios,
-                                         "verdicts": verdicts, "peers": PEERS}, indent=2))
+        opts.json.write_text(
+            json.dumps(
+                {
+                    "jobs": jobs,
+                    "rounds": opts.rounds,
+                    "rates": rates,
+                    "cpu_us_per_job": cpus,
+                    "ratios": ratios,
+                    "verdicts": verdicts,
+                    "peers": PEERS,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

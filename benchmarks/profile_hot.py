@@ -112,6 +112,7 @@ def time_budget(url: str, what: str, jobs: int) -> None:
 
     app = build_app(url, f"prof{uuid.uuid4().hex[:6]}:")
     noop, r = app.tasks[NOOP], app.connection.client
+
     def publish() -> None:
         if what == "delay":
             for _ in range(jobs):
@@ -171,12 +172,16 @@ def profile_publish(url: str, what: str, jobs: int) -> None:
         noop.map([()] * jobs)
         prof.disable()
     elapsed = time.perf_counter() - t0
-    print(f"{what}: {jobs} jobs, {jobs / elapsed:,.0f}/s under cProfile ({elapsed / jobs * 1e6:.1f} us/job; "
-          "cProfile inflates many small Python calls, so read the shares, not the totals)")
+    print(
+        f"{what}: {jobs} jobs, {jobs / elapsed:,.0f}/s under cProfile ({elapsed / jobs * 1e6:.1f} us/job; "
+        "cProfile inflates many small Python calls, so read the shares, not the totals)"
+    )
     stats = pstats.Stats(prof)
     by_area: dict[str, float] = collections.defaultdict(float)
     total = 0.0
-    raw: dict[tuple[str, int, str], tuple[int, int, float, float, dict[object, object]]] = stats.stats  # type: ignore[attr-defined]
+    raw: dict[tuple[str, int, str], tuple[int, int, float, float, dict[object, object]]] = (
+        stats.stats
+    )  # type: ignore[attr-defined]
     for (filename, _, func), (_, _, tottime, _, _) in raw.items():
         where = func if filename == "~" else filename
         by_area[area(where)] += tottime
@@ -189,8 +194,9 @@ def profile_publish(url: str, what: str, jobs: int) -> None:
     app.close()
 
 
-def _parse_pyspy(path: Path) -> tuple[int, collections.Counter[str], collections.Counter[str],
-                                      collections.Counter[str]]:
+def _parse_pyspy(
+    path: Path,
+) -> tuple[int, collections.Counter[str], collections.Counter[str], collections.Counter[str]]:
     self_fn: collections.Counter[str] = collections.Counter()
     incl_fn: collections.Counter[str] = collections.Counter()
     by_area: collections.Counter[str] = collections.Counter()
@@ -211,7 +217,9 @@ def _parse_pyspy(path: Path) -> tuple[int, collections.Counter[str], collections
             fn, loc = (m.group(1), m.group(2)) if m else (f, f)
             short = loc.split("site-packages/")[-1].split("/python3.")[-1]
             short = short.replace(str(HERE.parent) + "/", "")
-            names.append((f"{fn} ({short.split('/', 1)[-1] if short.startswith('1') else short})", loc))
+            names.append(
+                (f"{fn} ({short.split('/', 1)[-1] if short.startswith('1') else short})", loc)
+            )
         self_fn[names[-1][0]] += n
         by_area[area(names[-1][1])] += n
         for name in {x[0] for x in names}:
@@ -227,12 +235,37 @@ def profile_drain(url: str, jobs: int) -> None:
     app = build_app(url, prefix)
     app.tasks[NOOP].map([()] * jobs)
     out = Path(tempfile.mkdtemp(prefix="taskpipe-prof-")) / "drain.txt"
-    env = dict(os.environ, TASKPIPE_BROKER_URL=url, TASKPIPE_BENCH_PREFIX=prefix,
-               PYTHONPATH=str(HERE.parent))
-    args = [spy, "record", "--gil", "--nonblocking", "-r", "1000", "--format", "raw", "-o", str(out),
-            "--", sys.executable, str(HERE / "bench_app.py"), CHANNEL, "--burst"]
-    proc = subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    env = dict(
+        os.environ,
+        TASKPIPE_BROKER_URL=url,
+        TASKPIPE_BENCH_PREFIX=prefix,
+        PYTHONPATH=str(HERE.parent),
+    )
+    args = [
+        spy,
+        "record",
+        "--gil",
+        "--nonblocking",
+        "-r",
+        "1000",
+        "--format",
+        "raw",
+        "-o",
+        str(out),
+        "--",
+        sys.executable,
+        str(HERE / "bench_app.py"),
+        CHANNEL,
+        "--burst",
+    ]
+    proc = subprocess.Popen(
+        args,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     assert proc.stdin is not None and proc.stdout is not None
     while proc.stdout.readline().strip() not in ("ready", ""):
         pass
@@ -241,13 +274,19 @@ def profile_drain(url: str, jobs: int) -> None:
     proc.stdin.flush()
     report = [ln for ln in proc.communicate(timeout=300)[0].splitlines() if ln.startswith("{")]
     elapsed = time.perf_counter() - t0
-    print(f"drain: {jobs} jobs in {elapsed:.2f} s under py-spy ({jobs / elapsed:,.0f}/s); "
-          f"worker says {report[-1] if report else '?'}")
-    print("(a C call such as SimpleQueue.put, which wakes a sleeping thread, counts as the self "
-          "time of the Python function that made it)")
+    print(
+        f"drain: {jobs} jobs in {elapsed:.2f} s under py-spy ({jobs / elapsed:,.0f}/s); "
+        f"worker says {report[-1] if report else '?'}"
+    )
+    print(
+        "(a C call such as SimpleQueue.put, which wakes a sleeping thread, counts as the self "
+        "time of the Python function that made it)"
+    )
     total, by_area, self_fn, incl_fn = _parse_pyspy(out)
-    print(f"\n{total} samples of the GIL-holding thread ({total / elapsed / 10:.0f}% of wall time at "
-          "1000 Hz)\n\nGIL time by area (self):")
+    print(
+        f"\n{total} samples of the GIL-holding thread ({total / elapsed / 10:.0f}% of wall time at "
+        "1000 Hz)\n\nGIL time by area (self):"
+    )
     for name, n in by_area.most_common():
         print(f"  {100 * n / total:5.1f}%  {name}")
     print("\ntop functions, self:")
@@ -261,9 +300,13 @@ def profile_drain(url: str, jobs: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Start redis-server, profile the chosen path, print the breakdown."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("what", choices=["delay", "bulk", "drain"])
-    parser.add_argument("--jobs", type=int, default=None, help="jobs to publish or drain (default 10000)")
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="jobs to publish or drain (default 10000)"
+    )
     opts = parser.parse_args(argv)
     jobs = opts.jobs or 10000
     server = _load_redis_server()().start()

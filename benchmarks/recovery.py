@@ -32,7 +32,7 @@ import redis  # noqa: E402
 
 from taskpipe import TaskPipe  # noqa: E402
 
-APP = textwrap.dedent('''
+APP = textwrap.dedent("""
     import os, time
     from taskpipe import TaskPipe, current_job
     app = TaskPipe(broker=os.environ["REC_BROKER"], prefix=os.environ["REC_PREFIX"])
@@ -44,7 +44,7 @@ APP = textwrap.dedent('''
         if job.cancel_count == 0:
             time.sleep(300)
         return os.getpid()
-''')
+""")
 
 
 def _redis_server() -> Any:
@@ -56,9 +56,12 @@ def _redis_server() -> Any:
 
 
 def _worker(env: dict[str, str], name: str, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "taskpipe", "worker", "-A", "recapp:app",
-                             "-c", "1", "--name", name], env=env, stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "taskpipe", "worker", "-A", "recapp:app", "-c", "1", "--name", name],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _wait(cond: Any, timeout: float, what: str) -> Any:
@@ -80,8 +83,12 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="taskpipe-recovery-"))
     (tmp / "recapp.py").write_text(APP)
     prefix = f"rec{uuid.uuid4().hex[:6]}:"
-    env = {**os.environ, "REC_BROKER": server.url, "REC_PREFIX": prefix,
-           "PYTHONPATH": os.pathsep.join([str(tmp), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "REC_BROKER": server.url,
+        "REC_PREFIX": prefix,
+        "PYTHONPATH": os.pathsep.join([str(tmp), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     app = TaskPipe(broker=server.url, prefix=prefix)
     r = redis.Redis.from_url(server.url)
     print(f"defaults: lease {app.lease:g} s; signal {'SIGSTOP' if opts.sigstop else 'SIGKILL'}")
@@ -98,8 +105,11 @@ def main() -> None:
             rescuer = _worker(env, f"rescuer{run}", tmp / f"rescuer{run}.log")
             procs.append(rescuer)
             name = f"rescuer{run}"
-            _wait(lambda n=name: r.zscore(app.thoonk.keys.presence(), n) is not None, 60,
-                  "the rescuer to start")
+            _wait(
+                lambda n=name: r.zscore(app.thoonk.keys.presence(), n) is not None,
+                60,
+                "the rescuer to start",
+            )
             started = time.monotonic()
             victim.send_signal(signal.SIGSTOP if opts.sigstop else signal.SIGKILL)
             value = result.get(timeout=120)
@@ -117,8 +127,10 @@ def main() -> None:
                 p.wait()
         app.close()
         server.cleanup()
-    print(f"median of {len(times)}: {statistics.median(times):.2f} s "
-          f"(min {min(times):.2f}, max {max(times):.2f})")
+    print(
+        f"median of {len(times)}: {statistics.median(times):.2f} s "
+        f"(min {min(times):.2f}, max {max(times):.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -51,25 +51,49 @@ __all__ = ["main", "FIGURES", "TARGETS", "Bench"]
 
 #: Every figure this script prints, by key (the smoke test checks they are all there).
 FIGURES = (
-    "raw_single", "raw_pipelined", "delay", "bulk", "drain_1proc", "drain_2proc",
-    "publish_start_p50", "publish_start_p99", "raw_wake_p50", "raw_wake_p99", "get_p50", "get_p99",
-    "mem_queued", "mem_result",
+    "raw_single",
+    "raw_pipelined",
+    "delay",
+    "bulk",
+    "drain_1proc",
+    "drain_2proc",
+    "publish_start_p50",
+    "publish_start_p99",
+    "raw_wake_p50",
+    "raw_wake_p99",
+    "get_p50",
+    "get_p99",
+    "mem_queued",
+    "mem_result",
 )
 #: (label, figure, comparison, threshold, unit) of each target; the value compared is the ratio.
 TARGETS: tuple[tuple[str, str, str, float, str], ...] = (
     ("delay() >= 0.7x raw single round trips/s", "delay", ">=", 0.7, "x single"),
     ("bulk >= 0.5x raw pipelined/s", "bulk", ">=", 0.5, "x pipelined"),
-    ("drain, 1 worker process >= 1.5x raw single round trips/s", "drain_1proc", ">=", 1.5, "x single"),
+    (
+        "drain, 1 worker process >= 1.5x raw single round trips/s",
+        "drain_1proc",
+        ">=",
+        1.5,
+        "x single",
+    ),
     ("publish->start p99 <= 5 RTT", "publish_start_p99", "<=", 5.0, "RTT"),
     ("memory per small queued job <= 400 bytes", "mem_queued", "<=", 400.0, "bytes"),
 )
 #: figure -> the raw ceiling its ratio is taken against
-REFERENCE = {"delay": "single", "bulk": "pipelined", "drain_1proc": "single", "drain_2proc": "single"}
+REFERENCE = {
+    "delay": "single",
+    "bulk": "pipelined",
+    "drain_1proc": "single",
+    "drain_2proc": "single",
+}
 
 
 def _load_redis_server() -> Any:
     """``tests/redis_server.py``'s RedisServer, loaded by path (the tests are not a package)."""
-    spec = importlib.util.spec_from_file_location("_bench_redis_server", ROOT / "tests" / "redis_server.py")
+    spec = importlib.util.spec_from_file_location(
+        "_bench_redis_server", ROOT / "tests" / "redis_server.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -84,9 +108,17 @@ def _pct(values: list[float], q: float) -> float:
 class Bench:
     """One benchmark run against one redis-server; results land in ``figures`` / ``ratios``."""
 
-    def __init__(self, url: str, jobs: int, samples: int, rounds: int, raw_seconds: float,
-                 concurrency: int | None, log: Callable[[str], None],
-                 prefetch: int | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        jobs: int,
+        samples: int,
+        rounds: int,
+        raw_seconds: float,
+        concurrency: int | None,
+        log: Callable[[str], None],
+        prefetch: int | None = None,
+    ) -> None:
         self.url = url
         self.jobs = jobs
         self.samples = samples
@@ -154,8 +186,12 @@ class Bench:
 
     def spawn_worker(self, burst: bool) -> subprocess.Popen[str]:
         """A worker process, imported and connected, waiting for ``go`` on stdin."""
-        env = dict(os.environ, TASKPIPE_BROKER_URL=self.url, TASKPIPE_BENCH_PREFIX=self.prefix,
-                   PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        env = dict(
+            os.environ,
+            TASKPIPE_BROKER_URL=self.url,
+            TASKPIPE_BENCH_PREFIX=self.prefix,
+            PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        )
         args = [sys.executable, str(HERE / "bench_app.py"), CHANNEL]
         if burst:
             args.append("--burst")
@@ -163,7 +199,9 @@ class Bench:
             args += ["--concurrency", str(self.concurrency)]
         if self.prefetch is not None:
             args += ["--prefetch", str(self.prefetch)]
-        proc = subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
         if line != "ready":
@@ -296,10 +334,13 @@ class Bench:
             proc.terminate()
             self.collect([proc])
         rtt = statistics.median(incr_times)
-        self.extra.update(rtt_us=rtt * 1e6, rtt_p99_us=_pct(incr_times, 0.99) * 1e6,
-                          rtt_mean_us=statistics.fmean(incr_times) * 1e6,
-                          publish_start_mean_us=statistics.fmean(lat) * 1e6,
-                          latency_samples=len(lat))
+        self.extra.update(
+            rtt_us=rtt * 1e6,
+            rtt_p99_us=_pct(incr_times, 0.99) * 1e6,
+            rtt_mean_us=statistics.fmean(incr_times) * 1e6,
+            publish_start_mean_us=statistics.fmean(lat) * 1e6,
+            latency_samples=len(lat),
+        )
         for name, values in (("publish_start", lat), ("get", rtts), ("raw_wake", raw_wake)):
             for q in (50, 99):
                 value = _pct(values, q / 100)
@@ -311,13 +352,16 @@ class Bench:
         notes ``time.time()`` as soon as this process's ``LPUSH`` wakes it; same pacing as the
         publish -> start samples. Returns the latencies in seconds."""
         key, woke = self.prefix + "rawwake", self.prefix + "rawwoke"
-        child = ("import redis, sys, time\n"
-                 "r = redis.Redis.from_url(sys.argv[1])\n"
-                 "print('ready', flush=True)\n"
-                 "while r.blpop([sys.argv[2]], timeout=0)[1] != b'stop':\n"
-                 "    r.rpush(sys.argv[3], repr(time.time()))\n")
-        proc = subprocess.Popen([sys.executable, "-c", child, self.url, key, woke],
-                                stdout=subprocess.PIPE, text=True)
+        child = (
+            "import redis, sys, time\n"
+            "r = redis.Redis.from_url(sys.argv[1])\n"
+            "print('ready', flush=True)\n"
+            "while r.blpop([sys.argv[2]], timeout=0)[1] != b'stop':\n"
+            "    r.rpush(sys.argv[3], repr(time.time()))\n"
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", child, self.url, key, woke], stdout=subprocess.PIPE, text=True
+        )
         assert proc.stdout is not None
         try:
             if proc.stdout.readline().strip() != "ready":
@@ -349,15 +393,20 @@ class Bench:
         self.extra["payload_bytes"] = len(self.channel.get_item(job_id) or b"")
         self.extra["mem_queued_by_key"] = {
             name: int(self.r.memory_usage(key, samples=0) or 0) / total
-            for name, key in (("ids LIST", k.ids), ("items HASH", k.items),
-                              ("published ZSET", k.published))}
+            for name, key in (
+                ("ids LIST", k.ids),
+                ("items HASH", k.items),
+                ("published ZSET", k.published),
+            )
+        }
 
     def memory_breakdown_finished(self, job_id: str) -> None:
         k = self.channel.keys
         finished = int(self.r.zcard(k.finished)) or 1
         self.extra["mem_result_by_key"] = {
             "result STRING+TTL": int(self.r.memory_usage(k.result(job_id), samples=0) or 0),
-            "finished-index ZSET": int(self.r.memory_usage(k.finished, samples=0) or 0) / finished}
+            "finished-index ZSET": int(self.r.memory_usage(k.finished, samples=0) or 0) / finished,
+        }
 
     # the whole run ----------------------------------------------------------------------------
     def run(self) -> None:
@@ -412,10 +461,15 @@ def machine() -> dict[str, str]:
         parser = f"hiredis {hiredis.__version__}"
     except ImportError:
         parser = "pure-Python parser"
-    return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "nproc": str(os.cpu_count()), "cpu": cpu, "python": platform.python_version(),
-            "redis-server": version, "redis-py": f"{redis.__version__} ({parser})",
-            "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "redis-server": version,
+        "redis-py": f"{redis.__version__} ({parser})",
+        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
 
 
 LABELS = {
@@ -451,17 +505,26 @@ def report(bench: Bench, out: Callable[[str], None]) -> list[tuple[str, bool, fl
         lo, hi = bench.spread.get(key, (None, None))
         spread = f"{lo:.2f}-{hi:.2f}" if lo is not None and not key.startswith("raw_") else ""
         out(f"{LABELS[key]:<42}{value:>14}   {rtext:<26}{spread:<16}[{key}]")
-    out(f"raw pipelined = {ratio['raw_pipelined'] * f['raw_pipelined'] / f['raw_single']:.1f}x raw "
-        f"single; bulk = {f['bulk'] / f['raw_single']:.2f}x raw single")
-    out(f"RTT = median INCR round trip, timed between the latency samples = {x['rtt_us']:.0f} us "
+    out(
+        f"raw pipelined = {ratio['raw_pipelined'] * f['raw_pipelined'] / f['raw_single']:.1f}x raw "
+        f"single; bulk = {f['bulk'] / f['raw_single']:.2f}x raw single"
+    )
+    out(
+        f"RTT = median INCR round trip, timed between the latency samples = {x['rtt_us']:.0f} us "
         f"(mean {x['rtt_mean_us']:.0f} us, p99 {x['rtt_p99_us']:.0f} us); publish->start mean "
-        f"{x['publish_start_mean_us']:,.0f} us")
+        f"{x['publish_start_mean_us']:,.0f} us"
+    )
     cpu1, cpu2 = x.get("worker_cpu_us_per_job_1proc"), x.get("worker_cpu_us_per_job_2proc")
     if cpu1 is not None and cpu2 is not None:
         out(f"worker CPU (user+sys) per job: {cpu1:.0f} us with 1 process, {cpu2:.0f} us with 2")
-    out(f"queued job payload {x['payload_bytes']} B; per queued job by key: " + ", ".join(
-        f"{k} {v:.0f} B" for k, v in x["mem_queued_by_key"].items()))
-    out("per finished job by key: " + ", ".join(f"{k} {v:.0f} B" for k, v in x["mem_result_by_key"].items()))
+    out(
+        f"queued job payload {x['payload_bytes']} B; per queued job by key: "
+        + ", ".join(f"{k} {v:.0f} B" for k, v in x["mem_queued_by_key"].items())
+    )
+    out(
+        "per finished job by key: "
+        + ", ".join(f"{k} {v:.0f} B" for k, v in x["mem_result_by_key"].items())
+    )
     out("")
     out("targets")
     results = []
@@ -475,17 +538,37 @@ def report(bench: Bench, out: Callable[[str], None]) -> list[tuple[str, bool, fl
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, start redis-server, run every measurement, print the report."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=None,
-                        help="jobs published and drained in all per phase (default 24000, quick 4000)")
-    parser.add_argument("--samples", type=int, default=None, help="latency samples (default 1000, quick 200)")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds per figure (default 3, quick 2)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="jobs published and drained in all per phase (default 24000, quick 4000)",
+    )
+    parser.add_argument(
+        "--samples", type=int, default=None, help="latency samples (default 1000, quick 200)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="rounds per figure (default 3, quick 2)"
+    )
     parser.add_argument("--quick", action="store_true", help="a smaller run (well under a minute)")
-    parser.add_argument("--concurrency", type=int, default=None,
-                        help="threads per worker process (default: the Worker default)")
-    parser.add_argument("--prefetch", type=int, default=None,
-                        help="jobs a worker claims ahead of free slots (default: the Worker default)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="threads per worker process (default: the Worker default)",
+    )
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=None,
+        help="jobs a worker claims ahead of free slots (default: the Worker default)",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write the figures to this file"
+    )
     opts = parser.parse_args(argv)
     jobs = opts.jobs or (4000 if opts.quick else 24000)
     samples = opts.samples or (200 if opts.quick else 1000)
@@ -497,26 +580,50 @@ def main(argv: list[str] | None = None) -> int:
         info = machine()
         print("taskpipe benchmark")
         print("  " + "  ".join(f"{k}: {v}" for k, v in info.items()))
-        print(f"  jobs {jobs} per phase in {rounds} rounds, {samples} latency samples, "
-              f"redis-server on 127.0.0.1:{server.port}", flush=True)
-        bench = Bench(server.url, jobs, samples, rounds, 0.25 if opts.quick else 0.5,
-                      opts.concurrency, print, opts.prefetch)
+        print(
+            f"  jobs {jobs} per phase in {rounds} rounds, {samples} latency samples, "
+            f"redis-server on 127.0.0.1:{server.port}",
+            flush=True,
+        )
+        bench = Bench(
+            server.url,
+            jobs,
+            samples,
+            rounds,
+            0.25 if opts.quick else 0.5,
+            opts.concurrency,
+            print,
+            opts.prefetch,
+        )
         bench.run()
         info["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         print(f"  ran {bench.extra['seconds']:.1f} s; loadavg after: {info['loadavg_after']}")
         busiest = max(float(info["loadavg"].split()[0]), float(info["loadavg_after"].split()[0]))
         if busiest > (os.cpu_count() or 1):
-            print(f"  note: the machine was busy (load average {busiest:.1f} on "
-                  f"{os.cpu_count()} cores): the figures are rough")
+            print(
+                f"  note: the machine was busy (load average {busiest:.1f} on "
+                f"{os.cpu_count()} cores): the figures are rough"
+            )
         print()
         targets = report(bench, print)
         sys.stdout.flush()
         if opts.json is not None:
-            opts.json.write_text(json.dumps(
-                {"machine": info, "jobs": jobs, "samples": samples, "rounds": rounds,
-                 "figures": bench.figures, "ratios": bench.ratios, "spread": bench.spread,
-                 "extra": bench.extra,
-                 "targets": [{"target": t, "pass": p, "ratio": v} for t, p, v in targets]}, indent=2))
+            opts.json.write_text(
+                json.dumps(
+                    {
+                        "machine": info,
+                        "jobs": jobs,
+                        "samples": samples,
+                        "rounds": rounds,
+                        "figures": bench.figures,
+                        "ratios": bench.ratios,
+                        "spread": bench.spread,
+                        "extra": bench.extra,
+                        "targets": [{"target": t, "pass": p, "ratio": v} for t, p, v in targets],
+                    },
+                    indent=2,
+                )
+            )
         bench.app.close()
     finally:
         server.cleanup()

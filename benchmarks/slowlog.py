@@ -43,7 +43,7 @@ from taskpipe import TaskPipe, Worker  # noqa: E402
 from taskpipe.serialization import encode_envelope  # noqa: E402
 from taskpipe.thoonk.job import PutRequest  # noqa: E402
 
-TASK_MODULE = '''
+TASK_MODULE = """
 import os
 from taskpipe import TaskPipe
 app = TaskPipe("slowlog", broker=os.environ["SLOWLOG_BROKER"], prefix="slowlog:")
@@ -51,7 +51,7 @@ app = TaskPipe("slowlog", broker=os.environ["SLOWLOG_BROKER"], prefix="slowlog:"
 @app.task(name="noop")
 def noop():
     return None
-'''
+"""
 
 
 def _free_port() -> int:
@@ -63,11 +63,16 @@ def _free_port() -> int:
 def _report(label: str, client: redis.Redis, started: float) -> None:
     entries: list[Any] = client.slowlog_get(1024)  # type: ignore[assignment]
     over50 = [e for e in entries if e["duration"] > 50_000]
-    print(f"{label}: {time.monotonic() - started:.1f} s; Redis calls over 10 ms: {len(entries)}, "
-          f"over 50 ms: {len(over50)}")
+    print(
+        f"{label}: {time.monotonic() - started:.1f} s; Redis calls over 10 ms: {len(entries)}, "
+        f"over 50 ms: {len(over50)}"
+    )
     for e in sorted(entries, key=lambda e: -e["duration"])[:3]:
-        command = e["command"][:70].decode("utf-8", "replace") if isinstance(
-            e["command"], bytes) else str(e["command"])[:70]
+        command = (
+            e["command"][:70].decode("utf-8", "replace")
+            if isinstance(e["command"], bytes)
+            else str(e["command"])[:70]
+        )
         print(f"    {e['duration'] / 1000:7.1f} ms  {command}")
     client.slowlog_reset()
 
@@ -80,15 +85,34 @@ def drain_phase(url: str, client: redis.Redis, tmp: Path, jobs: int, workers: in
     client.slowlog_reset()
     started = time.monotonic()
     app.publish_many((app.signature("noop") for _ in range(jobs)), batch=1000)
-    procs = [subprocess.Popen([sys.executable, "-m", "taskpipe", "worker", "-A",
-                               "slowlog_tasks:app", "--burst", "-c", "16"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for _ in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "taskpipe",
+                "worker",
+                "-A",
+                "slowlog_tasks:app",
+                "--burst",
+                "-c",
+                "16",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(workers)
+    ]
     for p in procs:
         p.wait()
     counts = app.channel().counts()
-    _report(f"{jobs:,} jobs published and drained by {workers} worker processes "
-            f"(finished {counts['finished']:,})", client, started)
+    _report(
+        f"{jobs:,} jobs published and drained by {workers} worker processes "
+        f"(finished {counts['finished']:,})",
+        client,
+        started,
+    )
     app.close()
 
 
@@ -111,8 +135,10 @@ def delayed_phase(url: str, client: redis.Redis, n: int) -> None:
         time.sleep(0.05)
     client.slowlog_reset()
     started = time.monotonic()
-    runners = [Worker(app, concurrency=8, burst=True, heartbeat_interval=60, capture_logs=False)
-               for _ in range(2)]
+    runners = [
+        Worker(app, concurrency=8, burst=True, heartbeat_interval=60, capture_logs=False)
+        for _ in range(2)
+    ]
     threads = [threading.Thread(target=w.run) for w in runners]
 
     def promoter() -> None:
@@ -143,10 +169,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="taskpipe-slowlog-"))
     port = _free_port()
-    server = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(tmp),
-                               "--save", "", "--appendonly", "no",
-                               "--slowlog-log-slower-than", "10000", "--slowlog-max-len", "1024"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            exe,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(tmp),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--slowlog-log-slower-than",
+            "10000",
+            "--slowlog-max-len",
+            "1024",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis(port=port)
     try:
@@ -156,8 +199,10 @@ def main(argv: list[str] | None = None) -> int:
                 break
             except redis.exceptions.ConnectionError:
                 time.sleep(0.05)
-        print(f"redis-server on 127.0.0.1:{port}; nproc {os.cpu_count()}; "
-              f"load average {os.getloadavg()[0]:.2f}")
+        print(
+            f"redis-server on 127.0.0.1:{port}; nproc {os.cpu_count()}; "
+            f"load average {os.getloadavg()[0]:.2f}"
+        )
         drain_phase(url, client, tmp, args.jobs, args.workers)
         delayed_phase(url, client, args.delayed)
     finally:

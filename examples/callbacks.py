@@ -1,6 +1,6 @@
 """on_finish: a callable runs in the publishing process; a task signature is enqueued atomically.
 
-    python examples/callbacks.py
+python examples/callbacks.py
 """
 
 import os
@@ -8,8 +8,9 @@ import threading
 
 from taskpipe import TaskPipe, Worker
 
-app = TaskPipe("callbacks", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"),
-               prefix="callbacks:")
+app = TaskPipe(
+    "callbacks", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"), prefix="callbacks:"
+)
 
 
 @app.task

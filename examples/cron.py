@@ -14,8 +14,9 @@ import time
 from taskpipe import TaskPipe, Worker, current_job
 from taskpipe.cli.cron_cmd import entry_status
 
-app = TaskPipe("cron-demo", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"),
-               prefix="cron-demo:")
+app = TaskPipe(
+    "cron-demo", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"), prefix="cron-demo:"
+)
 
 
 # six fields: seconds first. This one fires every second.
@@ -51,8 +52,10 @@ def main() -> None:
     thread.join(15)
     for row in entry_status(app):
         last = row.last_fire.isoformat() if row.last_fire else "-"
-        print(f"{row.name:15} {row.expr:14} next {row.next_fire.isoformat()}  last {last}  "
-              f"({row.last_outcome})")
+        print(
+            f"{row.name:15} {row.expr:14} next {row.next_fire.isoformat()}  last {last}  "
+            f"({row.last_outcome})"
+        )
     app.close()
 
 

@@ -1,6 +1,6 @@
 """Delays and ETAs: the job waits in Redis and becomes available when due by Redis server time.
 
-    python examples/delays.py
+python examples/delays.py
 """
 
 import os
@@ -10,7 +10,9 @@ from datetime import datetime, timedelta, timezone
 
 from taskpipe import TaskPipe, Worker
 
-app = TaskPipe("delays", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"), prefix="delays:")
+app = TaskPipe(
+    "delays", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"), prefix="delays:"
+)
 
 
 @app.task

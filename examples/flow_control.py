@@ -10,8 +10,7 @@ import time
 from taskpipe import TaskPipe
 from taskpipe.testing import run_until_idle
 
-app = TaskPipe("flow", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"),
-               prefix="flow:")
+app = TaskPipe("flow", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"), prefix="flow:")
 order: list[str] = []
 running: dict[str, int] = {}
 peak: dict[str, int] = {}
@@ -61,8 +60,9 @@ def main() -> None:
     run_until_idle(app, concurrency=8)
     last = max(r.get(timeout=5) for r in results)
     # 20/s with a burst of 2: slots at 0, 0, 50, 100 and 150 ms
-    print("last of 5 rate-limited calls started >= 150 ms after publishing:",
-          last - published >= 0.15)
+    print(
+        "last of 5 rate-limited calls started >= 150 ms after publishing:", last - published >= 0.15
+    )
 
     first = rebuild_index.delay(3)
     again = rebuild_index.delay(3)

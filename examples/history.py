@@ -11,8 +11,9 @@ from taskpipe.history import task_breakdown
 from taskpipe.serialization import decode_envelope
 from taskpipe.testing import run_until_idle
 
-app = TaskPipe("history", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"),
-               prefix="history:")
+app = TaskPipe(
+    "history", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"), prefix="history:"
+)
 declined = {"4242": True}
 
 
@@ -35,8 +36,10 @@ def main() -> None:
     run_until_idle(app)
 
     rec = bad.record()
-    print(f"state: {bad.state} | task {rec.task} | args {rec.args_display} | "
-          f"attempts {rec.attempts} | code {rec.code}")
+    print(
+        f"state: {bad.state} | task {rec.task} | args {rec.args_display} | "
+        f"attempts {rec.attempts} | code {rec.code}"
+    )
     print("error:", rec.error)
     found = app.jobs(state="failed", task=charge.name, error="declined")
     print("found by task and error:", [j.id == bad.id for j in found])

@@ -10,8 +10,9 @@ import threading
 from taskpipe import TaskPipe, current_job
 from taskpipe.testing import running_worker
 
-queue = TaskPipe("kinetik", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"),
-                 prefix="kinetik-example:")
+queue = TaskPipe(
+    "kinetik", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"), prefix="kinetik-example:"
+)
 
 # only when TASKPIPE_ENV=development (this script sets nothing, so it stays quiet)
 queue.configure("development", lambda q: q.on("log", lambda job, line: print("debug:", line)))
@@ -28,8 +29,13 @@ def send_email(email: str, subject: str) -> str:
     return f"sent {subject!r} to {email}"
 
 
-send = (queue.define("send email").tag("notifications").desc("Sends one transactional email.")
-        .timeout("1m").action(send_email))
+send = (
+    queue.define("send email")
+    .tag("notifications")
+    .desc("Sends one transactional email.")
+    .timeout("1m")
+    .action(send_email)
+)
 
 
 def main() -> None:

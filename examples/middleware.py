@@ -13,8 +13,11 @@ from taskpipe.contrib.errors_reporting import ErrorReporter
 from taskpipe.middleware import Message, RunningJob
 from taskpipe.testing import run_until_idle
 
-app = TaskPipe("middleware", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"),
-               prefix="middleware-example:")
+app = TaskPipe(
+    "middleware",
+    broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"),
+    prefix="middleware-example:",
+)
 
 
 class Timing(Middleware):
@@ -29,7 +32,9 @@ class Timing(Middleware):
     def after_run(self, job: RunningJob, outcome: Any) -> None:
         job.state["took"] = time.perf_counter() - job.state["t0"]  # e.g. for a metrics system
         seen = "yes" if "published_at" in job.headers else "no"
-        print(f"{job.name}({', '.join(map(repr, job.args))}) -> {outcome.kind} (header seen: {seen})")
+        print(
+            f"{job.name}({', '.join(map(repr, job.args))}) -> {outcome.kind} (header seen: {seen})"
+        )
 
 
 class Broken(Middleware):

@@ -1,6 +1,6 @@
 """Priorities: strict channel order (-Q high,default) and priority jobs at the head of a channel.
 
-    python examples/priorities.py
+python examples/priorities.py
 """
 
 import os
@@ -8,8 +8,9 @@ import os
 from taskpipe import TaskPipe
 from taskpipe.testing import run_until_idle
 
-app = TaskPipe("priorities", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"),
-               prefix="priorities:")
+app = TaskPipe(
+    "priorities", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"), prefix="priorities:"
+)
 order: list[str] = []
 
 
@@ -29,8 +30,8 @@ def main() -> None:
     work.delay("default-1")
     work.delay("default-2")
     work.apply_async(["default-priority"], priority=True)  # jumps to the head of "default"
-    urgent.delay("high-1")                                  # "high" is served first
-    run_until_idle(app, ["high", "default"])                # one worker, channels in strict order
+    urgent.delay("high-1")  # "high" is served first
+    run_until_idle(app, ["high", "default"])  # one worker, channels in strict order
     print("ran in order:", ", ".join(order))
     app.close()
 

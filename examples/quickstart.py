@@ -12,8 +12,9 @@ import threading
 
 from taskpipe import TaskFailed, TaskPipe, Worker, current_job
 
-app = TaskPipe("quickstart", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"),
-               prefix="quickstart:")
+app = TaskPipe(
+    "quickstart", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"), prefix="quickstart:"
+)
 
 
 @app.task

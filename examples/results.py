@@ -1,6 +1,6 @@
 """Results: TTLs, states, errors with remote tracebacks, expired vs unknown, handles by id.
 
-    python examples/results.py
+python examples/results.py
 """
 
 import os
@@ -9,8 +9,12 @@ import time
 from taskpipe import ResultExpired, ResultTimeout, ResultUnknown, TaskFailed, TaskPipe
 from taskpipe.testing import run_until_idle
 
-app = TaskPipe("results", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"),
-               prefix="results:", result_ttl="1h")
+app = TaskPipe(
+    "results",
+    broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"),
+    prefix="results:",
+    result_ttl="1h",
+)
 
 
 @app.task
@@ -37,8 +41,13 @@ def main() -> None:
     print("square(7) =", again.get(timeout=5), "state:", again.state)
     err = broken.get(timeout=5, propagate=False)
     assert isinstance(err, TaskFailed)
-    print("fail() ->", err.exc_type, err.exc_message, "| traceback lines:",
-          len(err.remote_traceback.splitlines()))
+    print(
+        "fail() ->",
+        err.exc_type,
+        err.exc_message,
+        "| traceback lines:",
+        len(err.remote_traceback.splitlines()),
+    )
     time.sleep(0.3)
     try:
         app.AsyncResult(short.id).get(timeout=1)

@@ -10,8 +10,12 @@ from taskpipe import TaskPipe
 from taskpipe.inspection import Inspector
 from taskpipe.testing import run_until_idle
 
-app = TaskPipe("sharding", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"),
-               prefix="sharding:", shards={"events": 4})
+app = TaskPipe(
+    "sharding",
+    broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"),
+    prefix="sharding:",
+    shards={"events": 4},
+)
 seen: dict[str, list[int]] = {}
 
 
@@ -22,8 +26,11 @@ def record(user: str, n: int) -> int:
 
 
 def main() -> None:
-    shards = {record.apply_async((user, n), shard_key=user).channel
-              for n in range(5) for user in ("ann", "bob", "cyd")}  # one user, one shard
+    shards = {
+        record.apply_async((user, n), shard_key=user).channel
+        for n in range(5)
+        for user in ("ann", "bob", "cyd")
+    }  # one user, one shard
     spread = {record.delay("anon", n).channel for n in range(8)}  # round robin
     print(f"events has {len(app.sharding.names('events'))} shards; round robin used {len(spread)}")
     row = next(c for c in Inspector(app).overview() if c["channel"] == "events")

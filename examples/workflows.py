@@ -1,6 +1,6 @@
 """Workflows: a chain, a group, a chord, depends_on with allow_failure, on_failure, and abort.
 
-    python examples/workflows.py
+python examples/workflows.py
 """
 
 import os
@@ -9,8 +9,9 @@ import time
 
 from taskpipe import TaskFailed, TaskPipe, Worker, chain, chord, current_job, group
 
-app = TaskPipe("workflows", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"),
-               prefix="workflows:")
+app = TaskPipe(
+    "workflows", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"), prefix="workflows:"
+)
 
 
 @app.task

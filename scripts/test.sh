@@ -21,6 +21,7 @@ python -m pip install -q --upgrade pip
 python -m pip install -q -e '.[test]'
 bash scripts/install-thoonk-py2.sh || echo "original thoonk.py not installed: its interop tests skip" >&2
 python -m ruff check taskpipe tests examples benchmarks
+python -m ruff format --check taskpipe tests examples benchmarks
 python -m mypy
 # in parallel: pytest-xdist, each xdist worker with its own redis-server (docs/development.md).
 # The suite mostly waits (subprocesses, leases, signals), so 4 workers beat 2 on 2 cores.

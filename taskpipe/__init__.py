@@ -1,15 +1,15 @@
 """taskpipe: a Python task queue on Thoonk job channels in Redis.
 
-    from taskpipe import TaskPipe
+from taskpipe import TaskPipe
 
-    app = TaskPipe(broker="redis://127.0.0.1:6379/0")
+app = TaskPipe(broker="redis://127.0.0.1:6379/0")
 
-    @app.task
-    def add(a, b):
-        return a + b
+@app.task
+def add(a, b):
+    return a + b
 
-    result = add.delay(2, 3)      # run `taskpipe worker -A mymodule:app`
-    result.get(timeout=10)        # -> 5
+result = add.delay(2, 3)      # run `taskpipe worker -A mymodule:app`
+result.get(timeout=10)        # -> 5
 """
 
 from taskpipe.app import TaskPipe
@@ -53,21 +53,50 @@ __version__ = "0.1.0"  # the one place the version is written (pyproject reads i
 
 __all__ = [
     # the app, its tasks and their results
-    "TaskPipe", "Task", "Signature", "AsyncResult", "Worker", "current_job", "JobContext",
-    "JobState", "WorkerSettings",
+    "TaskPipe",
+    "Task",
+    "Signature",
+    "AsyncResult",
+    "Worker",
+    "current_job",
+    "JobContext",
+    "JobState",
+    "WorkerSettings",
     # errors: the root, then configuration
-    "TaskpipeError", "ConfigError", "BrokerURLError", "DurationError", "CronError",
+    "TaskpipeError",
+    "ConfigError",
+    "BrokerURLError",
+    "DurationError",
+    "CronError",
     "ShardCountChanged",
     # errors: the broker
-    "BrokerUnavailable", "BrokerError",
+    "BrokerUnavailable",
+    "BrokerError",
     # errors: payloads and tasks
-    "SerializationError", "PayloadTooLarge", "UnknownTask", "TaskFailed", "JobTimeout", "Retry",
+    "SerializationError",
+    "PayloadTooLarge",
+    "UnknownTask",
+    "TaskFailed",
+    "JobTimeout",
+    "Retry",
     # errors: jobs and results
-    "JobNotFound", "WrongJobState", "LeaseLost", "ResultTimeout", "ResultExpired",
-    "ResultUnknown", "ResultStalled",
+    "JobNotFound",
+    "WrongJobState",
+    "LeaseLost",
+    "ResultTimeout",
+    "ResultExpired",
+    "ResultUnknown",
+    "ResultStalled",
     # workflows and control (docs/workflows.md)
-    "chain", "group", "chord", "GroupResult", "WorkflowError", "UnknownParent", "DependencyCycle",
-    "EmptyChord", "JobAborted",
+    "chain",
+    "group",
+    "chord",
+    "GroupResult",
+    "WorkflowError",
+    "UnknownParent",
+    "DependencyCycle",
+    "EmptyChord",
+    "JobAborted",
     # extending (docs/extending.md; Message, RunningJob in taskpipe.middleware, JobEvent in
     # taskpipe.events, LifecycleLog in taskpipe.lifecycle)
     "Middleware",

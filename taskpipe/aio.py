@@ -38,17 +38,24 @@ def async_client(app: TaskPipe) -> Any:
     if client is not None:
         return client
     if conn.scheme in ("redis", "rediss", "unix"):
-        client = redis.asyncio.Redis.from_url(conn.url, socket_connect_timeout=5,
-                                              socket_timeout=30)
+        client = redis.asyncio.Redis.from_url(conn.url, socket_connect_timeout=5, socket_timeout=30)
     elif conn.scheme == "redis+sentinel":
         from redis.asyncio.sentinel import Sentinel
 
         info = conn.info
-        sentinel = Sentinel(info["hosts"], socket_timeout=5,  # type: ignore[no-untyped-call]
-                            sentinel_kwargs={"socket_timeout": 5, **info["sentinel_auth"]})
-        client = sentinel.master_for(info["master"], db=info["db"], password=info["password"],
-                                     username=info["username"], socket_timeout=30,
-                                     socket_connect_timeout=5)
+        sentinel = Sentinel(
+            info["hosts"],
+            socket_timeout=5,  # type: ignore[no-untyped-call]
+            sentinel_kwargs={"socket_timeout": 5, **info["sentinel_auth"]},
+        )
+        client = sentinel.master_for(
+            info["master"],
+            db=info["db"],
+            password=info["password"],
+            username=info["username"],
+            socket_timeout=30,
+            socket_connect_timeout=5,
+        )
         client.taskpipe_sentinels = list(sentinel.sentinels)  # closed by app.aclose()
     elif conn.scheme == "memory":
         import fakeredis

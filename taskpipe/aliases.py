@@ -58,8 +58,9 @@ def translate_options(options: dict[str, Any]) -> dict[str, Any]:
 
     Raises ``ConfigError`` when an alias and its taskpipe name are both given, or for a Celery
     option taskpipe has no same-meaning name for (naming the equivalent)."""
-    if not options or not any(k in CELERY_ALIASES or k in CELERY_HINTS or k == "ignore_result"
-                              for k in options):
+    if not options or not any(
+        k in CELERY_ALIASES or k in CELERY_HINTS or k == "ignore_result" for k in options
+    ):
         return options
     out = dict(options)
     for celery, ours in CELERY_ALIASES.items():

@@ -40,6 +40,7 @@ __all__ = ["TaskPipe"]
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
+
 class TaskPipe(ExtensionsMixin):
     """A taskpipe application.
 
@@ -61,22 +62,40 @@ class TaskPipe(ExtensionsMixin):
     task_class: type[Task[Any]] = Task
     async_task_class: type[Task[Any]] = AsyncTask
 
-    def __init__(self, name: str | None = None, broker: str | None = None, *, prefix: str = "",
-                 serializer: str = "msgpack", result_ttl: DurationLike = "1d",
-                 failure_ttl: DurationLike = "7d",
-                 default_channel: str = "default", retries: int = 0,
-                 retry_backoff: DurationLike = "1s", retry_backoff_max: DurationLike = "10m",
-                 timeout: DurationLike | None = None, lease: DurationLike = "20s", max_cancels: int = 3,
-                 max_payload: int = DEFAULT_MAX_PAYLOAD, connection: Connection | None = None,
-                 client: Any = None, publish_retry: DurationLike = "5s", eager: bool = False,
-                 record_successes: bool = True, shards: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        broker: str | None = None,
+        *,
+        prefix: str = "",
+        serializer: str = "msgpack",
+        result_ttl: DurationLike = "1d",
+        failure_ttl: DurationLike = "7d",
+        default_channel: str = "default",
+        retries: int = 0,
+        retry_backoff: DurationLike = "1s",
+        retry_backoff_max: DurationLike = "10m",
+        timeout: DurationLike | None = None,
+        lease: DurationLike = "20s",
+        max_cancels: int = 3,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        connection: Connection | None = None,
+        client: Any = None,
+        publish_retry: DurationLike = "5s",
+        eager: bool = False,
+        record_successes: bool = True,
+        shards: dict[str, int] | None = None,
+    ) -> None:
         self.name = name or "taskpipe"
         if connection is None:
             if client is not None:
                 connection = Connection(client=client)
             else:
-                url = broker if broker is not None else (
-                    os.environ.get("TASKPIPE_BROKER_URL") or DEFAULT_URL)
+                url = (
+                    broker
+                    if broker is not None
+                    else (os.environ.get("TASKPIPE_BROKER_URL") or DEFAULT_URL)
+                )
                 parse_url(url)  # an explicit "" is an error, not "use the default"
                 connection = Connection(url)
         self.connection = connection
@@ -133,7 +152,9 @@ class TaskPipe(ExtensionsMixin):
     def task(self, fn: Callable[P, T]) -> Task[T, P]: ...
 
     @overload
-    def task(self, fn: None = None, *, name: str | None = None, **options: Any) -> TaskDecorator: ...
+    def task(
+        self, fn: None = None, *, name: str | None = None, **options: Any
+    ) -> TaskDecorator: ...
 
     def task(self, fn: Any = None, *, name: str | None = None, **options: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(channel='high', retries=3)``.
@@ -146,13 +167,20 @@ class TaskPipe(ExtensionsMixin):
         that channel as the opaque bytes a thoonk.py / thoonk.js producer put, and the bytes it
         returns are what their ``job.finish`` listeners receive.
         """
+
         def register(func: Callable[..., Any]) -> Task[Any]:
             try:
                 opts = TaskOptions(**options)
             except TypeError as exc:
                 raise ConfigError(f"bad task option: {exc}") from None
-            for key in ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl",
-                        "failure_ttl"):
+            for key in (
+                "timeout",
+                "hard_timeout",
+                "retry_backoff",
+                "retry_backoff_max",
+                "result_ttl",
+                "failure_ttl",
+            ):
                 parse_optional_duration(getattr(opts, key))
             for key in COUNT_OPTIONS:
                 if getattr(opts, key) is not None:
@@ -166,7 +194,10 @@ class TaskPipe(ExtensionsMixin):
             if opts.raw:
                 if not opts.channel:
                     raise ConfigError("a raw (Thoonk-native) task needs channel=")
-                if opts.channel in self.raw_channels and self.raw_channels[opts.channel].fn is not func:
+                if (
+                    opts.channel in self.raw_channels
+                    and self.raw_channels[opts.channel].fn is not func
+                ):
                     raise ConfigError(f"channel {opts.channel!r} already has a raw handler")
                 self.raw_channels[opts.channel] = task
             self.tasks[task_name] = task
@@ -203,8 +234,9 @@ class TaskPipe(ExtensionsMixin):
         ch = self._channels.get(name)
         if ch is None:
             if self.sharding.count(name) > 1:
-                raise ConfigError(f"channel {name!r} is sharded: its shards are "
-                                  f"app.sharding.channels({name!r})")
+                raise ConfigError(
+                    f"channel {name!r} is sharded: its shards are app.sharding.channels({name!r})"
+                )
             self.check_eviction_policy()  # once per app: a producer's first publish, a worker's start
             with self._lock:
                 ch = self._channels.get(name)
@@ -212,12 +244,16 @@ class TaskPipe(ExtensionsMixin):
                     real = name
                     if self.connection.is_cluster:
                         if "{" in self.prefix and not has_hash_tag(self.prefix):
-                            raise ConfigError(f"prefix {self.prefix!r} has a '{{' but no complete "
-                                              "hash tag: channel keys would span cluster slots")
+                            raise ConfigError(
+                                f"prefix {self.prefix!r} has a '{{' but no complete "
+                                "hash tag: channel keys would span cluster slots"
+                            )
                         real = cluster_name(name)
                     ch = self._channels.get(real) or self.broker_retry.call(
-                        f"open channel {real!r}", lambda _attempt: self.thoonk.job_channel(real),
-                        deadline=deadline)
+                        f"open channel {real!r}",
+                        lambda _attempt: self.thoonk.job_channel(real),
+                        deadline=deadline,
+                    )
                     self._channels[name] = self._channels[real] = ch
         return ch
 
@@ -226,8 +262,13 @@ class TaskPipe(ExtensionsMixin):
         name = name or self.default_channel
         return cluster_name(name) if self.connection.is_cluster else name
 
-    def set_limits(self, channel: str | None = None, *, rate_limit: str | None = None,
-                   concurrency: int | None = None) -> None:
+    def set_limits(
+        self,
+        channel: str | None = None,
+        *,
+        rate_limit: str | None = None,
+        concurrency: int | None = None,
+    ) -> None:
         """Set a channel's own flow limits, shared by every worker (None clears one).
 
         ``rate_limit="100/s"`` (``"10/m"``, ``"1000/h"``): jobs of the channel start at most
@@ -241,8 +282,10 @@ class TaskPipe(ExtensionsMixin):
         if concurrency is not None and (type(concurrency) is not int or concurrency < 1):
             raise ConfigError(f"concurrency must be a positive int, got {concurrency!r}")
         ch = self.channel(channel)
-        self.broker_retry.call(f"set limits of channel {ch.name!r}",
-                               lambda _attempt: set_channel_limits(ch, rate, concurrency))
+        self.broker_retry.call(
+            f"set limits of channel {ch.name!r}",
+            lambda _attempt: set_channel_limits(ch, rate, concurrency),
+        )
 
     def check_eviction_policy(self) -> bool:
         """Warn once (logger ``taskpipe``) if the broker may evict keys: a ``maxmemory-policy``
@@ -265,8 +308,15 @@ class TaskPipe(ExtensionsMixin):
         return True
 
     # publishing (taskpipe.publishing) --------------------------------------------------------
-    def send(self, name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
-             *, _task: Task[Any] | None = None, **options: Any) -> AsyncResult:
+    def send(
+        self,
+        name: str,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        _task: Task[Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
         """Publish a call of task ``name`` (registered here or not) and return its ``AsyncResult``.
 
         Options as for ``Task.apply_async``. Publishing an ``id`` that is already waiting,
@@ -278,7 +328,9 @@ class TaskPipe(ExtensionsMixin):
         """Publish many signatures, pipelined in bounded batches; returns their results in order."""
         return self.publishing.publish_many(signatures, batch)
 
-    def publish_calls(self, task: Task[Any], calls: Iterable[Any], batch: int = 500) -> list[AsyncResult]:
+    def publish_calls(
+        self, task: Task[Any], calls: Iterable[Any], batch: int = 500
+    ) -> list[AsyncResult]:
         """Publish one job of ``task`` per item of ``calls`` (a tuple is spread as arguments),
         with the task's own options; pipelined in bounded batches (``Task.map`` without options).
 
@@ -286,17 +338,33 @@ class TaskPipe(ExtensionsMixin):
         """
         return self.publishing.publish_calls(task, calls, batch)
 
-    def jobs(self, channel: str | None = None, *, state: str | None = None, task: str | None = None,
-             since: Any = None, until: Any = None, error: str | None = None,
-             limit: int = 50) -> list[Any]:
+    def jobs(
+        self,
+        channel: str | None = None,
+        *,
+        state: str | None = None,
+        task: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        error: str | None = None,
+        limit: int = 50,
+    ) -> list[Any]:
         """Ended jobs (their ``JobRecord``), newest first, filtered by ``state`` (succeeded,
         failed, timeout), ``task``, finish time (``since`` / ``until``: epoch seconds or
         datetimes) and ``error`` text. Reads indexes kept by the finish script, not a scan.
         See ``taskpipe.history.find_jobs`` and ``docs/history.md``."""
         from taskpipe.history import find_jobs
 
-        return find_jobs(self, channel, state=state, task=task, since=since, until=until,
-                         error=error, limit=limit)
+        return find_jobs(
+            self,
+            channel,
+            state=state,
+            task=task,
+            since=since,
+            until=until,
+            error=error,
+            limit=limit,
+        )
 
     def AsyncResult(self, id: str, channel: str | None = None) -> AsyncResult:  # noqa: N802
         """A handle on a job published elsewhere (by id and channel)."""
@@ -306,7 +374,9 @@ class TaskPipe(ExtensionsMixin):
             raise ConfigError(f"a job id is a non-empty str without NUL, got {id!r}")
         if self.eager:
             return self.eager_runner.lookup(id)  # type: ignore[no-any-return]
-        return AsyncResult(self, id, self.sharding.result_channel(channel or self.default_channel, id))
+        return AsyncResult(
+            self, id, self.sharding.result_channel(channel or self.default_channel, id)
+        )
 
     @property
     def eager_runner(self) -> Any:
@@ -353,7 +423,9 @@ class TaskPipe(ExtensionsMixin):
         """Add a cron entry for a task (or task name); returns the entry."""
         from taskpipe.cron import CronEntry
 
-        entry = CronEntry.create(self, task if isinstance(task, str) else task.name, expr, **options)
+        entry = CronEntry.create(
+            self, task if isinstance(task, str) else task.name, expr, **options
+        )
         self.crons.append(entry)
         return entry
 

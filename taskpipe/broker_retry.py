@@ -29,8 +29,13 @@ from redis.backoff import ExponentialWithJitterBackoff
 
 from taskpipe.errors import BrokerError, BrokerUnavailable, TaskpipeError
 
-__all__ = ["BrokerRetry", "is_transient", "as_taskpipe_error", "maps_broker_errors",
-           "DEFAULT_PUBLISH_RETRY"]
+__all__ = [
+    "BrokerRetry",
+    "is_transient",
+    "as_taskpipe_error",
+    "maps_broker_errors",
+    "DEFAULT_PUBLISH_RETRY",
+]
 
 T = TypeVar("T")
 C = TypeVar("C", bound=type)
@@ -38,13 +43,20 @@ C = TypeVar("C", bound=type)
 DEFAULT_PUBLISH_RETRY = 5.0  # seconds a publish keeps trying through a broker outage
 
 # replies (by their first word) that a restarting, loading or failing-over broker gives
-_TRANSIENT_REPLIES = ("LOADING", "READONLY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN",
-                      "UNBLOCKED")
-_TRANSIENT_TYPES = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                    redis.exceptions.BusyLoadingError, redis.exceptions.ReadOnlyError,
-                    redis.exceptions.TryAgainError, redis.exceptions.MasterDownError,
-                    redis.exceptions.ClusterDownError, ConnectionResetError,
-                    ConnectionRefusedError, BrokenPipeError, TimeoutError)
+_TRANSIENT_REPLIES = ("LOADING", "READONLY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "UNBLOCKED")
+_TRANSIENT_TYPES = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.ClusterDownError,
+    ConnectionResetError,
+    ConnectionRefusedError,
+    BrokenPipeError,
+    TimeoutError,
+)
 # ConnectionError subclasses that a retry does not cure
 _PERMANENT_TYPES = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
 
@@ -58,12 +70,14 @@ def is_transient(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and seen < 4:
         if isinstance(current, _PERMANENT_TYPES) or (
-                isinstance(current, TaskpipeError) and not isinstance(current, BrokerUnavailable)):
+            isinstance(current, TaskpipeError) and not isinstance(current, BrokerUnavailable)
+        ):
             return False  # ResultTimeout is a TimeoutError too, but not the broker's
         if isinstance(current, _TRANSIENT_TYPES):
             return True
         if isinstance(current, redis.exceptions.ResponseError) and str(current).startswith(
-                _TRANSIENT_REPLIES):
+            _TRANSIENT_REPLIES
+        ):
             return True
         if not isinstance(current, BrokerUnavailable):
             return False
@@ -81,9 +95,12 @@ def as_taskpipe_error(what: str, exc: BaseException) -> TaskpipeError:
     if is_transient(exc):
         return BrokerUnavailable(f"{what}: broker unavailable: {text}")
     if isinstance(exc, redis.exceptions.OutOfMemoryError) or text.startswith(
-            ("OOM", "MISCONF", "NOREPLICAS")):
-        return BrokerUnavailable(f"{what}: broker refused the write "
-                                 f"(out of memory, persistence or replica error): {text}")
+        ("OOM", "MISCONF", "NOREPLICAS")
+    ):
+        return BrokerUnavailable(
+            f"{what}: broker refused the write "
+            f"(out of memory, persistence or replica error): {text}"
+        )
     return BrokerError(f"{what}: broker error: {type(exc).__name__}: {text}")
 
 
@@ -94,8 +111,9 @@ class BrokerRetry:
     (full jitter), so a crowd of clients does not reconnect in lock step.
     """
 
-    def __init__(self, budget: float = DEFAULT_PUBLISH_RETRY, *, base: float = 0.05,
-                 cap: float = 1.0) -> None:
+    def __init__(
+        self, budget: float = DEFAULT_PUBLISH_RETRY, *, base: float = 0.05, cap: float = 1.0
+    ) -> None:
         self.budget = max(0.0, float(budget))
         self._backoff = ExponentialWithJitterBackoff(cap=cap, base=base)
 
@@ -146,7 +164,8 @@ class BrokerRetry:
                 if not self.pause(attempt, end):
                     raise BrokerUnavailable(
                         f"{what}: broker unavailable for {time.monotonic() - start:.1f} s "
-                        f"({attempt} tries): {exc}") from exc
+                        f"({attempt} tries): {exc}"
+                    ) from exc
 
 
 def _mapped(what: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -177,10 +196,16 @@ def maps_broker_errors(cls: C) -> C:
             continue
         what = f"{cls.__name__}.{name}"
         if isinstance(value, property):
-            setattr(cls, name, property(
-                _mapped(what, value.fget) if value.fget else None,
-                _mapped(what, value.fset) if value.fset else None,
-                value.fdel, value.__doc__))
+            setattr(
+                cls,
+                name,
+                property(
+                    _mapped(what, value.fget) if value.fget else None,
+                    _mapped(what, value.fset) if value.fset else None,
+                    value.fdel,
+                    value.__doc__,
+                ),
+            )
         elif callable(value) and not isinstance(value, (staticmethod, classmethod, type)):
             setattr(cls, name, _mapped(what, value))
     return cls

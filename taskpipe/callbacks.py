@@ -56,10 +56,17 @@ def callbacks_of(options: Mapping[str, Any], env_opts: dict[str, Any]) -> Callab
     return callback
 
 
-def failure_info(job_id: str, channel: str, task: str, exc_type: str, exc_message: str) -> dict[str, str]:
+def failure_info(
+    job_id: str, channel: str, task: str, exc_type: str, exc_message: str
+) -> dict[str, str]:
     """What a durable ``on_failure`` signature receives as its first argument."""
-    return {"id": job_id, "channel": channel, "task": task, "exc_type": exc_type,
-            "exc_message": exc_message}
+    return {
+        "id": job_id,
+        "channel": channel,
+        "task": task,
+        "exc_type": exc_type,
+        "exc_message": exc_message,
+    }
 
 
 class FinishWatcher:
@@ -81,14 +88,16 @@ class FinishWatcher:
             entry = self._pending.setdefault((result.channel, result.id), (result, []))
             entry[1].append(callback)
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="taskpipe-on-finish",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, name="taskpipe-on-finish", daemon=True
+                )
                 self._thread.start()
         self._changed.set()
         channel = self.app.channel(result.channel).name  # the real name (hash-tagged on Cluster)
         with self._subscribed:  # so a job published after add() returns can't be missed
-            self._subscribed.wait_for(lambda: channel in self._confirmed or self._stop.is_set(),
-                                      timeout=5.0)
+            self._subscribed.wait_for(
+                lambda: channel in self._confirmed or self._stop.is_set(), timeout=5.0
+            )
 
     def pending(self) -> int:
         """How many jobs still wait for their callbacks."""

@@ -32,8 +32,15 @@ from redis.crc import key_slot as _crc_key_slot
 
 from taskpipe.errors import BrokerUnavailable, BrokerURLError
 
-__all__ = ["Connection", "CommandLane", "ListWaiter", "parse_url", "key_slot", "redact_url",
-           "DEFAULT_URL"]
+__all__ = [
+    "Connection",
+    "CommandLane",
+    "ListWaiter",
+    "parse_url",
+    "key_slot",
+    "redact_url",
+    "DEFAULT_URL",
+]
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 SUPPORTED_SCHEMES = ("redis", "rediss", "unix", "memory", "redis+sentinel", "redis+cluster")
@@ -46,8 +53,9 @@ def key_slot(key: str | bytes) -> int:
 
 
 # a query option whose value is a secret: password=, sentinel_password=, any *password / *token
-_SECRET_OPTION = re.compile(r"([?&;](?:[^=&;#]*password|[^=&;#]*token|[^=&;#]*secret)=)[^&;#]*",
-                            re.IGNORECASE)
+_SECRET_OPTION = re.compile(
+    r"([?&;](?:[^=&;#]*password|[^=&;#]*token|[^=&;#]*secret)=)[^&;#]*", re.IGNORECASE
+)
 
 
 def redact_url(url: Any) -> str:
@@ -91,10 +99,11 @@ def _secrets_of(url: str) -> list[str]:
     head = re.split(r"[?#]", rest, maxsplit=1)[0]
     found = []
     if "@" in head:
-        found.append(head[:head.rfind("@")].partition(":")[2] or head[:head.rfind("@")])
+        found.append(head[: head.rfind("@")].partition(":")[2] or head[: head.rfind("@")])
     found += [m.group(0).partition("=")[2] for m in _SECRET_OPTION.finditer(rest)]
-    pieces = [p for s in found for sep in (r"/", r"[/@:?#&]") for p in re.split(sep, s)
-              if len(p) >= 3]
+    pieces = [
+        p for s in found for sep in (r"/", r"[/@:?#&]") for p in re.split(sep, s) if len(p) >= 3
+    ]
     return sorted({s for s in found + pieces if s}, key=len, reverse=True)
 
 
@@ -110,13 +119,17 @@ def _parse_url(url: str) -> dict[str, Any]:
     if not isinstance(url, str) or not url.strip():
         raise BrokerURLError(f"broker URL must be a non-empty string, got {url!r}")
     if "://" not in url:
-        raise BrokerURLError(f"broker URL {url!r} has no scheme; expected one of "
-                             + ", ".join(s + "://" for s in SUPPORTED_SCHEMES))
+        raise BrokerURLError(
+            f"broker URL {url!r} has no scheme; expected one of "
+            + ", ".join(s + "://" for s in SUPPORTED_SCHEMES)
+        )
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in SUPPORTED_SCHEMES:
-        raise BrokerURLError(f"unsupported broker URL scheme {scheme!r} in {url!r}; expected one of "
-                             + ", ".join(s + "://" for s in SUPPORTED_SCHEMES))
+        raise BrokerURLError(
+            f"unsupported broker URL scheme {scheme!r} in {url!r}; expected one of "
+            + ", ".join(s + "://" for s in SUPPORTED_SCHEMES)
+        )
     info: dict[str, Any] = {"scheme": scheme, "url": url}
     if scheme == "memory":
         info["name"] = (parts.netloc + parts.path).strip("/") or "default"
@@ -158,12 +171,15 @@ def _check_options(url: str) -> None:
             known.update(inspect.signature(vars(klass)["__init__"]).parameters)
     unknown = sorted(set(kwargs) - known)
     if unknown:
-        raise BrokerURLError(f"unknown option(s) {', '.join(map(repr, unknown))} in broker URL "
-                             f"{url!r} (rediss:// takes the ssl_* options)")
+        raise BrokerURLError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} in broker URL "
+            f"{url!r} (rediss:// takes the ssl_* options)"
+        )
 
 
-def _parse_multi_host(url: str, parts: SplitResult, scheme: str, query: dict[str, list[str]],
-                      info: dict[str, Any]) -> str:
+def _parse_multi_host(
+    url: str, parts: SplitResult, scheme: str, query: dict[str, list[str]], info: dict[str, Any]
+) -> str:
     """The hosts, credentials and options of a ``redis+sentinel://`` or ``redis+cluster://`` URL
     (into ``info``); returns the database as written."""
     hosts = []
@@ -179,19 +195,24 @@ def _parse_multi_host(url: str, parts: SplitResult, scheme: str, query: dict[str
     allowed = {"sentinel_password", "sentinel_username"} if scheme == "redis+sentinel" else set()
     unknown = sorted(set(query) - allowed)
     if unknown:
-        raise BrokerURLError(f"unknown option(s) {', '.join(unknown)} in broker URL {url!r}"
-                             + (f"; expected {', '.join(sorted(allowed))}" if allowed else ""))
+        raise BrokerURLError(
+            f"unknown option(s) {', '.join(unknown)} in broker URL {url!r}"
+            + (f"; expected {', '.join(sorted(allowed))}" if allowed else "")
+        )
     if scheme == "redis+cluster":
         if path and path != ["0"]:
             raise BrokerURLError(f"Redis Cluster has only database 0, got {url!r}")
         return "0"
     if not path:
-        raise BrokerURLError(f"sentinel broker URL {url!r} needs a master name: "
-                             "redis+sentinel://host:port/mymaster[/db]")
+        raise BrokerURLError(
+            f"sentinel broker URL {url!r} needs a master name: "
+            "redis+sentinel://host:port/mymaster[/db]"
+        )
     info["master"] = path[0]
     # AUTH for the sentinels themselves (sentinel requirepass / ACL), apart from the master's
-    info["sentinel_auth"] = {k.removeprefix("sentinel_"): v[-1]
-                             for k, v in query.items() if k in allowed}
+    info["sentinel_auth"] = {
+        k.removeprefix("sentinel_"): v[-1] for k, v in query.items() if k in allowed
+    }
     return path[1] if len(path) > 1 else "0"
 
 
@@ -208,7 +229,8 @@ def _on_connect(conn: Any) -> None:
         raise BrokerURLError(
             f"database {conn.db} in the broker URL does not exist on the Redis server at "
             f"{conn.host if hasattr(conn, 'host') else 'its socket'} (it has fewer 'databases'; "
-            "the default is 16: 0-15)") from None
+            "the default is 16: 0-15)"
+        ) from None
 
 
 def close_quietly(closable: Any) -> None:
@@ -230,8 +252,9 @@ class Connection:
     ``BrokerUnavailable`` instead of a hang; taskpipe's own blocking waits are at most ~1 s.
     """
 
-    def __init__(self, url: str | None = None, *, client: Any = None,
-                 socket_timeout: float | None = 30.0) -> None:
+    def __init__(
+        self, url: str | None = None, *, client: Any = None, socket_timeout: float | None = 30.0
+    ) -> None:
         self._lock = threading.Lock()
         self._fake_server: Any = None
         self._socket_timeout = socket_timeout
@@ -256,13 +279,15 @@ class Connection:
     def is_cluster(self) -> bool:
         """True for ``redis+cluster://`` (keys of one channel must share a hash tag)."""
         return self.scheme == "redis+cluster" or (
-            self.scheme == "client" and type(self.client).__name__ == "RedisCluster")
+            self.scheme == "client" and type(self.client).__name__ == "RedisCluster"
+        )
 
     @property
     def is_memory(self) -> bool:
         """True for the embedded ``memory://`` broker."""
         return self.scheme == "memory" or (
-            self.scheme == "client" and type(self.client).__module__.startswith("fakeredis"))
+            self.scheme == "client" and type(self.client).__module__.startswith("fakeredis")
+        )
 
     def new_client(self) -> Any:
         """A new client on the same broker (its own connection pool)."""
@@ -270,8 +295,11 @@ class Connection:
             if self.is_memory:
                 return self.client  # fakeredis clients share state; no sockets to separate
             pool = self.client.connection_pool
-            return redis.Redis(connection_pool=pool.__class__(
-                connection_class=pool.connection_class, **pool.connection_kwargs))
+            return redis.Redis(
+                connection_pool=pool.__class__(
+                    connection_class=pool.connection_class, **pool.connection_kwargs
+                )
+            )
         if self.scheme == "memory":
             import fakeredis
 
@@ -284,23 +312,40 @@ class Connection:
 
             auth = {"password": self.info["password"], "username": self.info["username"]}
             sentinel = Sentinel(  # type: ignore[no-untyped-call]
-                self.info["hosts"], socket_timeout=self._socket_timeout or 5,
-                sentinel_kwargs={"socket_timeout": 5, **self.info["sentinel_auth"]})
+                self.info["hosts"],
+                socket_timeout=self._socket_timeout or 5,
+                sentinel_kwargs={"socket_timeout": 5, **self.info["sentinel_auth"]},
+            )
             client = sentinel.master_for(  # type: ignore[no-untyped-call]
-                self.info["master"], db=self.info["db"], socket_timeout=self._socket_timeout,
-                socket_connect_timeout=5, redis_connect_func=_on_connect, **auth)
+                self.info["master"],
+                db=self.info["db"],
+                socket_timeout=self._socket_timeout,
+                socket_connect_timeout=5,
+                redis_connect_func=_on_connect,
+                **auth,
+            )
             self._follow(client.connection_pool)
             return client
         if self.scheme == "redis+cluster":
             from redis.cluster import ClusterNode, RedisCluster
 
-            return RedisCluster(startup_nodes=[ClusterNode(h, p)  # type: ignore[no-untyped-call]
-                                               for h, p in self.info["hosts"]],
-                                password=self.info["password"], username=self.info["username"],
-                                socket_timeout=self._socket_timeout, socket_connect_timeout=5)
-        return redis.Redis.from_url(self.url, socket_timeout=self._socket_timeout,
-                                    socket_connect_timeout=5, health_check_interval=30,
-                                    redis_connect_func=_on_connect)
+            return RedisCluster(
+                startup_nodes=[
+                    ClusterNode(h, p)  # type: ignore[no-untyped-call]
+                    for h, p in self.info["hosts"]
+                ],
+                password=self.info["password"],
+                username=self.info["username"],
+                socket_timeout=self._socket_timeout,
+                socket_connect_timeout=5,
+            )
+        return redis.Redis.from_url(
+            self.url,
+            socket_timeout=self._socket_timeout,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+            redis_connect_func=_on_connect,
+        )
 
     # Sentinel: follow a switch at once ------------------------------------------------------
     # redis-py's Sentinel pools ask the sentinels for the master only when they open a
@@ -315,7 +360,8 @@ class Connection:
             self._sentinel_pools.add(pool)
             if self._switch_follower is None or not self._switch_follower.is_alive():
                 self._switch_follower = threading.Thread(
-                    target=self._follow_switches, name="taskpipe-sentinel-follow", daemon=True)
+                    target=self._follow_switches, name="taskpipe-sentinel-follow", daemon=True
+                )
                 self._switch_follower.start()
 
     def _refresh_masters(self) -> None:
@@ -331,9 +377,13 @@ class Connection:
             for host, port in self.info["hosts"]:
                 pubsub: Any = None
                 try:
-                    pubsub = redis.Redis(host=host, port=port, socket_timeout=5,  # type: ignore[no-untyped-call]
-                                         socket_connect_timeout=2,
-                                         **self.info["sentinel_auth"]).pubsub()
+                    pubsub = redis.Redis(
+                        host=host,
+                        port=port,
+                        socket_timeout=5,  # type: ignore[no-untyped-call]
+                        socket_connect_timeout=2,
+                        **self.info["sentinel_auth"],
+                    ).pubsub()
                     pubsub.subscribe("+switch-master")
                     self._refresh_masters()  # a switch missed while we were not subscribed
                     while not self._closed.is_set():
@@ -349,8 +399,9 @@ class Connection:
                     return
             self._closed.wait(1.0)
 
-    def list_waiter(self, keys: Sequence[str], *, client: Any = None,
-                    max_block: float = 1.0) -> ListWaiter:
+    def list_waiter(
+        self, keys: Sequence[str], *, client: Any = None, max_block: float = 1.0
+    ) -> ListWaiter:
         """A ``ListWaiter`` over ``keys`` (blocks on ``client``, or on a client of its own)."""
         return ListWaiter(self, keys, client=client, max_block=max_block)
 
@@ -468,7 +519,8 @@ def _blpop_refused(exc: redis.exceptions.ResponseError) -> bool:
     # BLPOP is a write: a server refusing writes (no good replica under
     # min-replicas-to-write, a read-only replica, a failed save) is unavailable
     if isinstance(exc, redis.exceptions.ReadOnlyError) or str(exc).startswith(
-            ("NOREPLICAS", "READONLY", "MISCONF")):
+        ("NOREPLICAS", "READONLY", "MISCONF")
+    ):
         raise BrokerUnavailable(f"blocking wait: broker refused it: {exc}") from exc
     raise exc
 
@@ -493,8 +545,14 @@ class ListWaiter:
     demand.
     """
 
-    def __init__(self, connection: Connection, keys: Sequence[str], *, client: Any = None,
-                 max_block: float = 1.0) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        keys: Sequence[str],
+        *,
+        client: Any = None,
+        max_block: float = 1.0,
+    ) -> None:
         self.connection = connection
         self.keys = list(keys)
         self.max_block = max(0.01, max_block)
@@ -507,8 +565,8 @@ class ListWaiter:
         self.groups: list[list[str]] = list(groups.values()) if len(groups) > 1 else [list(keys)]
         self._lock = threading.Lock()
         self._threads: list[threading.Thread | None] = [None] * len(self.groups)
-        self._wanted = threading.Event()   # a wait() is in progress
-        self._woke = threading.Event()     # a thread popped a marker
+        self._wanted = threading.Event()  # a wait() is in progress
+        self._woke = threading.Event()  # a thread popped a marker
         self._closed = threading.Event()
 
     @property
@@ -530,8 +588,9 @@ class ListWaiter:
             client = self.client
             for i, thread in enumerate(self._threads):
                 if thread is None:
-                    thread = threading.Thread(target=self._watch, args=(i, client), daemon=True,
-                                              name=f"taskpipe-wake-{i}")
+                    thread = threading.Thread(
+                        target=self._watch, args=(i, client), daemon=True, name=f"taskpipe-wake-{i}"
+                    )
                     self._threads[i] = thread
                     thread.start()
             self._wanted.set()
@@ -560,8 +619,9 @@ class ListWaiter:
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
-            conn.send_packed_command(conn.pack_commands(
-                [("BLPOP", *self.keys, max(timeout, 0.001)), *commands]))
+            conn.send_packed_command(
+                conn.pack_commands([("BLPOP", *self.keys, max(timeout, 0.001)), *commands])
+            )
             replies: list[Any] = []
             for _ in range(1 + len(commands)):
                 try:
@@ -584,7 +644,10 @@ class ListWaiter:
         while not self._closed.is_set():
             if not self._wanted.wait(self.max_block):
                 with self._lock:  # decide to exit under the lock wait() starts threads with
-                    if not self._wanted.is_set() and time.monotonic() - idle_since >= WAITER_IDLE_EXIT:
+                    if (
+                        not self._wanted.is_set()
+                        and time.monotonic() - idle_since >= WAITER_IDLE_EXIT
+                    ):
                         self._threads[index] = None
                         return
                 continue

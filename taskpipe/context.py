@@ -23,7 +23,9 @@ ABORT_CHECK_EVERY = 0.1  # seconds: ``aborted`` asks the broker at most this oft
 FLUSH_RETRY_EVERY = 0.5  # seconds between tries to write what an outage held back
 log = logging.getLogger("taskpipe.context")
 
-_current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("taskpipe_job", default=None)
+_current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(
+    "taskpipe_job", default=None
+)
 
 
 class JobContext:
@@ -35,8 +37,14 @@ class JobContext:
     written by a later call once the broker answers, or by the worker when the task ends.
     """
 
-    def __init__(self, channel: JobChannel, claim: Claim, task: str, log_max_lines: int = 1000,
-                 log_ttl_ms: int = 7 * 24 * 3600 * 1000) -> None:
+    def __init__(
+        self,
+        channel: JobChannel,
+        claim: Claim,
+        task: str,
+        log_max_lines: int = 1000,
+        log_ttl_ms: int = 7 * 24 * 3600 * 1000,
+    ) -> None:
         self.channel = channel
         self.claim = claim
         self.task = task
@@ -121,8 +129,14 @@ class JobContext:
                         self._progress = progress  # kept for a later try
                     raise
             while self._lines:
-                note = [f"{time.strftime('%Y-%m-%dT%H:%M:%S')} taskpipe: {self._dropped} log "
-                        "lines dropped during a broker outage"] if self._dropped else []
+                note = (
+                    [
+                        f"{time.strftime('%Y-%m-%dT%H:%M:%S')} taskpipe: {self._dropped} log "
+                        "lines dropped during a broker outage"
+                    ]
+                    if self._dropped
+                    else []
+                )
                 taken = min(len(self._lines), 1000 - len(note))  # job_log takes 1000 a call
                 lines = note + [self._lines[i] for i in range(taken)]
                 self.channel.log(self.id, lines, max_lines=self._log_max, ttl_ms=self._log_ttl)
@@ -144,8 +158,13 @@ class JobContext:
                 try:
                     self._write(force=True)
                 except Exception as exc:  # noqa: BLE001 - not an outage (e.g. the lease was lost)
-                    log.warning("job %s/%s: %d log lines and progress not written: %s",
-                                self.channel.name, self.id, len(self._lines), exc)
+                    log.warning(
+                        "job %s/%s: %d log lines and progress not written: %s",
+                        self.channel.name,
+                        self.id,
+                        len(self._lines),
+                        exc,
+                    )
                     self._lines.clear()
                     self._progress = None
                     return False
@@ -153,8 +172,12 @@ class JobContext:
                     break
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    log.warning("job %s/%s: %d log lines and progress not written: broker "
-                                "unavailable", self.channel.name, self.id, len(self._lines))
+                    log.warning(
+                        "job %s/%s: %d log lines and progress not written: broker unavailable",
+                        self.channel.name,
+                        self.id,
+                        len(self._lines),
+                    )
                     return False
                 time.sleep(min(FLUSH_RETRY_EVERY, left))
         return True

@@ -21,14 +21,29 @@ from taskpipe.errors import CronError
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
 
-__all__ = ["CronEntry", "FirePlan", "MISFIRE_POLICIES", "ALL_MISFIRES_CAP", "DEFAULT_GRACE",
-           "next_fire", "latest_fire", "plan_fires", "due_fires"]
+__all__ = [
+    "CronEntry",
+    "FirePlan",
+    "MISFIRE_POLICIES",
+    "ALL_MISFIRES_CAP",
+    "DEFAULT_GRACE",
+    "next_fire",
+    "latest_fire",
+    "plan_fires",
+    "due_fires",
+]
 MISFIRE_POLICIES = ("skip", "once", "all")
-ALL_MISFIRES_CAP = 100      # misfire="all" runs at most this many missed fires (the latest ones)
-DEFAULT_GRACE = 2.0         # seconds a fire may be late and still count as on time (misfire="skip")
-_ALIASES = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
-            "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
-            "@hourly": "0 * * * *"}
+ALL_MISFIRES_CAP = 100  # misfire="all" runs at most this many missed fires (the latest ones)
+DEFAULT_GRACE = 2.0  # seconds a fire may be late and still count as on time (misfire="skip")
+_ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
 _SEND_OPTIONS = ("priority", "result_ttl", "retries", "timeout", "hard_timeout")
 _OPTIONS = {"tz", "channel", "args", "kwargs", "misfire", "name", "grace", *_SEND_OPTIONS}
 _UTC = timezone.utc
@@ -44,8 +59,9 @@ def _zone(tz: Any) -> tuple[str, tzinfo]:
     try:
         return tz, ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise CronError(f"unknown cron time zone {tz!r}: expected an IANA name such as "
-                        "'Europe/Paris'") from None
+        raise CronError(
+            f"unknown cron time zone {tz!r}: expected an IANA name such as 'Europe/Paris'"
+        ) from None
 
 
 def _normalize(expr: Any) -> str:
@@ -54,15 +70,22 @@ def _normalize(expr: Any) -> str:
     text = " ".join(expr.split())
     text = _ALIASES.get(text.lower(), text)
     if len(text.split()) not in (5, 6):
-        raise CronError(f"bad cron expression {expr!r}: expected 5 fields (minute hour day month "
-                        "weekday) or 6 with seconds first (second minute hour day month weekday)")
+        raise CronError(
+            f"bad cron expression {expr!r}: expected 5 fields (minute hour day month "
+            "weekday) or 6 with seconds first (second minute hour day month weekday)"
+        )
     _check_steps(expr, text)
     return text
 
 
 # (field name, lowest, highest) in the five-field order; six fields put seconds first
-_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day-of-month", 1, 31), ("month", 1, 12),
-           ("weekday", 0, 6))
+_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+    ("weekday", 0, 6),
+)
 
 
 def _check_steps(expr: Any, text: str) -> None:
@@ -74,8 +97,10 @@ def _check_steps(expr: Any, text: str) -> None:
         for part in value.split(","):
             _, slash, step = part.partition("/")
             if slash and step.isdigit() and not 1 <= int(step) <= high - low:
-                raise CronError(f"bad cron expression {expr!r}: step {step} in the {name} field is "
-                                f"outside 1-{high - low} (the field runs {low}-{high})")
+                raise CronError(
+                    f"bad cron expression {expr!r}: step {step} in the {name} field is "
+                    f"outside 1-{high - low} (the field runs {low}-{high})"
+                )
 
 
 @dataclass(frozen=True)
@@ -106,8 +131,12 @@ class CronEntry:
         text = _normalize(expr)
         _, zone = _zone(tz)
         try:
-            it = croniter(text, datetime(2000, 1, 1, tzinfo=zone), ret_type=datetime,
-                          second_at_beginning=len(text.split()) == 6)
+            it = croniter(
+                text,
+                datetime(2000, 1, 1, tzinfo=zone),
+                ret_type=datetime,
+                second_at_beginning=len(text.split()) == 6,
+            )
             it.get_next(datetime)
         except Exception as exc:  # noqa: BLE001 - croniter raises many types (and plain ones)
             raise CronError(f"bad cron expression {expr!r}: {exc}") from None
@@ -117,8 +146,10 @@ class CronEntry:
         """Build and check an entry (no app needed). Options as for ``TaskPipe.cron``."""
         unknown = set(options) - _OPTIONS
         if unknown:
-            raise CronError(f"unknown cron option(s): {', '.join(sorted(unknown))}; "
-                            f"expected some of {', '.join(sorted(_OPTIONS))}")
+            raise CronError(
+                f"unknown cron option(s): {', '.join(sorted(unknown))}; "
+                f"expected some of {', '.join(sorted(_OPTIONS))}"
+            )
         cls.validate(expr, options.get("tz"))
         if not isinstance(task, str) or not task:
             raise CronError(f"a cron entry needs a task name, got {task!r}")
@@ -137,19 +168,30 @@ class CronEntry:
         channel = options.get("channel")
         if channel is not None and (not isinstance(channel, str) or not channel):
             raise CronError(f"bad cron channel {channel!r}")
-        grace = parse_duration(options["grace"]) if options.get("grace") is not None \
-            else DEFAULT_GRACE
+        grace = (
+            parse_duration(options["grace"]) if options.get("grace") is not None else DEFAULT_GRACE
+        )
         send = {k: options[k] for k in _SEND_OPTIONS if options.get(k) is not None}
         for key in ("result_ttl", "timeout", "hard_timeout"):
             if key in send:
                 parse_duration(send[key])
         retries = send.get("retries")
-        if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool)
-                                    or retries < 0):
+        if retries is not None and (
+            not isinstance(retries, int) or isinstance(retries, bool) or retries < 0
+        ):
             raise CronError(f"cron retries must be a non-negative int, got {retries!r}")
-        return cls(name=name, task=task, expr=_normalize(expr), tz=_zone(options.get("tz"))[0],
-                   channel=channel, args=tuple(args), kwargs=dict(kwargs), misfire=misfire,
-                   grace=grace, options=send)
+        return cls(
+            name=name,
+            task=task,
+            expr=_normalize(expr),
+            tz=_zone(options.get("tz"))[0],
+            channel=channel,
+            args=tuple(args),
+            kwargs=dict(kwargs),
+            misfire=misfire,
+            grace=grace,
+            options=send,
+        )
 
     @classmethod
     def create(cls, app: TaskPipe, task_name: str, expr: str, **options: Any) -> CronEntry:
@@ -163,8 +205,14 @@ class CronEntry:
         entry = cls.new(task_name, expr, **options)
         if any(e.name == entry.name for e in app.crons):
             raise CronError(f"a cron entry named {entry.name!r} already exists; pass name=")
-        encode_envelope(entry.task, entry.args, entry.kwargs, {}, serializer=app.serializer,
-                        max_size=app.max_payload)
+        encode_envelope(
+            entry.task,
+            entry.args,
+            entry.kwargs,
+            {},
+            serializer=app.serializer,
+            max_size=app.max_payload,
+        )
         return entry
 
     # pure schedule logic ----------------------------------------------------------------------
@@ -174,8 +222,12 @@ class CronEntry:
         return _zone(self.tz)[1]
 
     def _iter(self, start: datetime) -> Any:
-        return croniter(self.expr, start.astimezone(self.zone), ret_type=datetime,
-                        second_at_beginning=len(self.expr.split()) == 6)
+        return croniter(
+            self.expr,
+            start.astimezone(self.zone),
+            ret_type=datetime,
+            second_at_beginning=len(self.expr.split()) == 6,
+        )
 
     def _repeat(self, fire: datetime) -> bool:
         """A second occurrence of a wall-clock time (DST fall-back) of a fixed-hour entry."""

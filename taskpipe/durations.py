@@ -87,8 +87,9 @@ def _parse_string(value: str) -> float:
         factor, rank = _UNITS[unit]
         if rank >= last_rank:
             raise _error(
-                value, "in a compound duration units must go from largest to smallest, "
-                "each at most once (e.g. '1h30m')"
+                value,
+                "in a compound duration units must go from largest to smallest, "
+                "each at most once (e.g. '1h30m')",
             )
         last_rank = rank
         total += float(number) * factor
@@ -153,8 +154,14 @@ def format_duration(seconds: object) -> str:
     if remaining == 0:
         return "0s"
     parts: list[str] = []
-    for unit, unit_ms in (("w", 604_800_000), ("d", 86_400_000), ("h", 3_600_000),
-                          ("m", 60_000), ("s", 1000), ("ms", 1)):
+    for unit, unit_ms in (
+        ("w", 604_800_000),
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ):
         count, remaining = divmod(remaining, unit_ms)
         if count:
             parts.append(f"{count}{unit}")

@@ -54,7 +54,6 @@ __all__ = ["EagerClock", "EagerResult", "EagerRunner"]
 log = logging.getLogger("taskpipe.eager")
 
 
-
 class EagerResult(AsyncResult[Any]):
     """The handle of an eagerly run call: its outcome is kept here, not in Redis."""
 
@@ -66,9 +65,20 @@ class EagerResult(AsyncResult[Any]):
     def info(self) -> JobInfo:
         from taskpipe.thoonk.job import JobInfo
 
-        return JobInfo(id=self.id, state=self.state, cancel_count=0, attempts=0, reason="",
-                       worker="eager", progress="", lease_deadline_ms=None, due_ms=None,
-                       finished_ms=None, published_ms=None, result_ttl_ms=None)
+        return JobInfo(
+            id=self.id,
+            state=self.state,
+            cancel_count=0,
+            attempts=0,
+            reason="",
+            worker="eager",
+            progress="",
+            lease_deadline_ms=None,
+            due_ms=None,
+            finished_ms=None,
+            published_ms=None,
+            result_ttl_ms=None,
+        )
 
     @property
     def state(self) -> JobState:
@@ -85,8 +95,10 @@ class EagerResult(AsyncResult[Any]):
         if self._record is None and self._forgotten:
             raise ResultExpired(f"job {self.id!r} finished but its result was forgotten")
         if self._record is None:
-            raise ResultTimeout(f"job {self.id!r} is still {self._eager_state} (eager mode: "
-                                "advance the app's test clock to run it)")
+            raise ResultTimeout(
+                f"job {self.id!r} is still {self._eager_state} (eager mode: "
+                "advance the app's test clock to run it)"
+            )
         return self._outcome(self._record, propagate)
 
     async def aget(self, timeout: float | None = None, propagate: bool = True) -> Any:
@@ -162,15 +174,18 @@ class EagerRunner:
         self._results: dict[str, EagerResult] = {}  # by id, for app.AsyncResult(id)
 
     # publishing ----------------------------------------------------------------------------
-    def send(self, name: str, args: Any, kwargs: dict[str, Any] | None,
-             options: dict[str, Any]) -> EagerResult:
+    def send(
+        self, name: str, args: Any, kwargs: dict[str, Any] | None, options: dict[str, Any]
+    ) -> EagerResult:
         """Encode the call as production would, then run it now (or when the clock says)."""
         from taskpipe.thoonk.job import new_id
 
         plan = plan_send(options, now=self.clock.now())  # the checks production makes
         if name not in self.app.tasks:
-            raise UnknownTask(f"no task registered as {name!r} in app {self.app.name!r} "
-                              "(eager mode runs only this app's tasks)")
+            raise UnknownTask(
+                f"no task registered as {name!r} in app {self.app.name!r} "
+                "(eager mode runs only this app's tasks)"
+            )
         task = self.app.tasks[name]
         if options.get("depends_on") is not None:  # parents ran already: their outcomes
             args, failure = self._after_parents(options, tuple(args))
@@ -178,8 +193,14 @@ class EagerRunner:
                 options = {**options, "_eager_failure": failure}
         elif options.get("allow_failure") is not None or options.get("pass_results") is not None:
             raise ConfigError("allow_failure / pass_results are only meaningful with depends_on=")
-        payload = encode_envelope(name, tuple(args), dict(kwargs or {}), plan.envelope,
-                                  serializer=self.app.serializer, max_size=self.app.max_payload)
+        payload = encode_envelope(
+            name,
+            tuple(args),
+            dict(kwargs or {}),
+            plan.envelope,
+            serializer=self.app.serializer,
+            max_size=self.app.max_payload,
+        )
         job_id = plan.job_id or new_id()
         result = EagerResult(self.app, job_id, plan.channel or task.channel)
         with self._lock:
@@ -211,8 +232,9 @@ class EagerRunner:
             raise ConfigError("depends_on is empty: give at least one parent (or leave it out)")
         return parents
 
-    def _after_parents(self, options: dict[str, Any], args: tuple[Any, ...]
-                       ) -> tuple[tuple[Any, ...], str]:
+    def _after_parents(
+        self, options: dict[str, Any], args: tuple[Any, ...]
+    ) -> tuple[tuple[Any, ...], str]:
         """``depends_on`` in eager mode: the parents ran already (or wait for the test clock:
         ``WorkflowError``). Returns the call's arguments with the parents' values in front
         (``pass_results``) and, if a parent failed (without ``allow_failure``), the reason the
@@ -259,12 +281,17 @@ class EagerRunner:
         expires = env.options.get("expires_ms")
         not_run = expires is not None and self.clock.now() * 1000 > expires
         if not_run:  # as a worker does: not run, finished as JobExpired
-            raw = encode_failure("JobExpired", f"job {pending.result.id} expired before it could "
-                                 "start (expires=); it was not run", "", serializer=ser)
+            raw = encode_failure(
+                "JobExpired",
+                f"job {pending.result.id} expired before it could start (expires=); it was not run",
+                "",
+                serializer=ser,
+            )
         elif pending.options.get("_eager_failure"):  # a parent failed: not run
             not_run = True
-            raw = encode_failure("DependencyFailed", pending.options["_eager_failure"], "",
-                                 serializer=ser)
+            raw = encode_failure(
+                "DependencyFailed", pending.options["_eager_failure"], "", serializer=ser
+            )
         for attempt in range(0 if not_run else int(retries) + 1):
             try:
                 value = task.fn(*env.args, **env.kwargs)
@@ -275,16 +302,18 @@ class EagerRunner:
             except Exception as exc:  # noqa: BLE001 - the task's failure is its outcome
                 if attempt < retries:  # a retry runs at once: eager mode does not wait
                     continue
-                raw = encode_failure(type(exc).__name__, str(exc), traceback.format_exc(),
-                                     serializer=ser)
+                raw = encode_failure(
+                    type(exc).__name__, str(exc), traceback.format_exc(), serializer=ser
+                )
         record: ResultRecord = decode_result(raw)
         pending.result._record = record
         pending.result._eager_state = final_state(record)
         on_finish = pending.options.get("on_finish")
         if isinstance(on_finish, Signature):
             if record.ok:  # as the worker does: the follow-up gets the value first
-                self.app.send(on_finish.task, args=(record.value, *on_finish.args),
-                              kwargs=on_finish.kwargs)
+                self.app.send(
+                    on_finish.task, args=(record.value, *on_finish.args), kwargs=on_finish.kwargs
+                )
         elif on_finish is not None:
             value = pending.result.get(propagate=False)
             try:
@@ -294,10 +323,16 @@ class EagerRunner:
         on_failure = pending.options.get("on_failure")
         if on_failure is not None and not record.ok:
             if isinstance(on_failure, Signature):  # as the worker does: the failure info first
-                info = failure_info(pending.result.id, pending.result.channel, env.task,
-                                    record.exc_type or "", record.exc_message or "")
-                self.app.send(on_failure.task, args=(info, *on_failure.args),
-                              kwargs=on_failure.kwargs)
+                info = failure_info(
+                    pending.result.id,
+                    pending.result.channel,
+                    env.task,
+                    record.exc_type or "",
+                    record.exc_message or "",
+                )
+                self.app.send(
+                    on_failure.task, args=(info, *on_failure.args), kwargs=on_failure.kwargs
+                )
             else:
                 try:
                     on_failure(pending.result.get(propagate=False), pending.result)
@@ -323,10 +358,14 @@ class EagerRunner:
                     self.clock._now = target
                     return ran
             if entry is not None:
-                self.app.send(entry.task, args=entry.args, kwargs=entry.kwargs,
-                              id=f"cron:{entry.name}:{int(at)}",
-                              **{k: v for k, v in entry.options.items() if k != "delay"},
-                              **({"channel": entry.channel} if entry.channel else {}))
+                self.app.send(
+                    entry.task,
+                    args=entry.args,
+                    kwargs=entry.kwargs,
+                    id=f"cron:{entry.name}:{int(at)}",
+                    **{k: v for k, v in entry.options.items() if k != "delay"},
+                    **({"channel": entry.channel} if entry.channel else {}),
+                )
             else:
                 assert nxt is not None
                 self._run(nxt)
@@ -350,18 +389,23 @@ def _parent_value(parent: EagerResult, needs_value: bool) -> tuple[Any, str]:
     if state == JobState.UNKNOWN:
         raise UnknownParent(f"depends_on: no eager call with id {parent.id!r}")
     if parent._forgotten:  # ran, its result dropped (as an expired stored result)
-        return None, (f"the result of parent job {parent.channel}/{parent.id} is not stored "
-                      "(forgotten), so it cannot be passed on; not run") if needs_value else ""
+        return None, (
+            f"the result of parent job {parent.channel}/{parent.id} is not stored "
+            "(forgotten), so it cannot be passed on; not run"
+        ) if needs_value else ""
     if state not in DONE_STATES:
-        raise WorkflowError(f"depends_on: parent {parent.id!r} is still {state} (eager mode: "
-                            "advance the test clock to run it first)")
+        raise WorkflowError(
+            f"depends_on: parent {parent.id!r} is still {state} (eager mode: "
+            "advance the test clock to run it first)"
+        )
     outcome = parent.get(propagate=False)
     if not isinstance(outcome, TaskFailed):
         return outcome, ""
     if outcome.exc_type == "DependencyFailed":  # keep the first failure's story
         return None, outcome.exc_message
-    return None, (f"parent job {parent.channel}/{parent.id} failed: {outcome.exc_type}: "
-                  f"{outcome.exc_message}")
+    return None, (
+        f"parent job {parent.channel}/{parent.id} failed: {outcome.exc_type}: {outcome.exc_message}"
+    )
 
 
 def _run_coroutine(coro: Any) -> Any:

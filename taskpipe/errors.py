@@ -170,8 +170,10 @@ class ResultStalled(TaskpipeError, LookupError):
     """
 
     def __init__(self, job_id: str, reason: str) -> None:
-        super().__init__(f"job {job_id!r} is stalled ({reason or 'no reason recorded'}); "
-                         f"retry it (taskpipe jobs retry {job_id}) and call get() again")
+        super().__init__(
+            f"job {job_id!r} is stalled ({reason or 'no reason recorded'}); "
+            f"retry it (taskpipe jobs retry {job_id}) and call get() again"
+        )
         self.job_id = job_id
         self.reason = reason
 
@@ -182,7 +184,9 @@ class TaskFailed(TaskpipeError):
     Attributes: ``job_id``, ``exc_type``, ``exc_message``, ``remote_traceback``.
     """
 
-    def __init__(self, job_id: str, exc_type: str, exc_message: str, remote_traceback: str = "") -> None:
+    def __init__(
+        self, job_id: str, exc_type: str, exc_message: str, remote_traceback: str = ""
+    ) -> None:
         super().__init__(f"{exc_type}: {exc_message}")
         self.job_id = job_id
         self.exc_type = exc_type

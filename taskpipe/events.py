@@ -39,8 +39,15 @@ if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
     from taskpipe.thoonk.listener import Listener
 
-__all__ = ["TASK_EVENTS", "APP_EVENTS", "OUTCOME_EVENTS", "JobEvent", "Emitter", "AppEvents",
-           "parse_event"]
+__all__ = [
+    "TASK_EVENTS",
+    "APP_EVENTS",
+    "OUTCOME_EVENTS",
+    "JobEvent",
+    "Emitter",
+    "AppEvents",
+    "parse_event",
+]
 
 log = logging.getLogger("taskpipe.events")
 
@@ -90,8 +97,13 @@ class JobEvent:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form (what ``taskpipe events --json`` prints)."""
-        return {"event": self.kind, "channel": self.channel, "id": self.id, "task": self.task,
-                "data": self.data}
+        return {
+            "event": self.kind,
+            "channel": self.channel,
+            "id": self.id,
+            "task": self.task,
+            "data": self.data,
+        }
 
 
 def parse_event(channel: str, kind: str, rest: bytes | None) -> JobEvent | None:
@@ -343,8 +355,9 @@ class AppEvents:
         listener.on("jobevent", self._on_message)
         listener.start(timeout)
         self._listener = listener
-        self._checker = threading.Thread(target=self._check_loop, name="taskpipe-events",
-                                         daemon=True)
+        self._checker = threading.Thread(
+            target=self._check_loop, name="taskpipe-events", daemon=True
+        )
         self._checker.start()
         return self
 

@@ -49,8 +49,9 @@ class ExtensionsMixin:
         if callable(plugin) and not isinstance(plugin, type):
             plugin(self)
             return plugin
-        raise ConfigError(f"app.use() takes a middleware instance or a function of the app, "
-                          f"got {plugin!r}")
+        raise ConfigError(
+            f"app.use() takes a middleware instance or a function of the app, got {plugin!r}"
+        )
 
     def on(self, event: str, fn: Callable[..., Any] | None = None) -> Any:
         """Call ``fn`` on an app event (``complete``, ``fail``, ``timeout``, ``retry``,
@@ -83,8 +84,9 @@ class ExtensionsMixin:
         ``app.define("send email").tag("mail").desc("...").timeout("1m").action(fn)``."""
         return TaskDefinition(self, name)  # type: ignore[arg-type]
 
-    def create(self, task: str, data: dict[str, Any] | None = None, delay: Any = None,
-               **options: Any) -> AsyncResult[Any]:
+    def create(
+        self, task: str, data: dict[str, Any] | None = None, delay: Any = None, **options: Any
+    ) -> AsyncResult[Any]:
         """Kinetik's ``create(task, data, delay)``: publish a job of ``task`` whose keyword
         arguments are ``data`` (the publisher needs no code of the task)."""
         if data is not None and not isinstance(data, dict):
@@ -93,8 +95,9 @@ class ExtensionsMixin:
             options["delay"] = delay
         return self.send(task, (), dict(data or {}), **options)  # type: ignore[attr-defined, no-any-return]
 
-    def configure(self, env: str | Callable[..., Any] | None = None,
-                  fn: Callable[..., Any] | None = None) -> Any:
+    def configure(
+        self, env: str | Callable[..., Any] | None = None, fn: Callable[..., Any] | None = None
+    ) -> Any:
         """Run ``fn(app)`` (or ``fn()``) only when ``TASKPIPE_ENV`` equals ``env``;
         ``configure(fn)`` always runs it. Returns the app (chainable); ``configure("prod")``
         with no function is a decorator."""
@@ -103,9 +106,11 @@ class ExtensionsMixin:
         if env is not None and not isinstance(env, str):
             raise ConfigError(f"configure() takes an environment name, got {env!r}")
         if fn is None:
+
             def deco(f: Callable[..., Any]) -> Callable[..., Any]:
                 self.configure(env, f)
                 return f
+
             return deco
         if env is None or os.environ.get(ENV_VAR, "") == env:
             if _takes_no_argument(fn):

@@ -19,16 +19,28 @@ from taskpipe.durations import parse_duration, to_ms
 from taskpipe.errors import ConfigError
 from taskpipe.thoonk.flow import PutFlow
 
-__all__ = ["parse_rate_limit", "check_priority", "check_task_flow", "build_flow",
-           "FLOW_SEND_OPTIONS", "UNIQUE_DEFAULT_MS"]
+__all__ = [
+    "parse_rate_limit",
+    "check_priority",
+    "check_task_flow",
+    "build_flow",
+    "FLOW_SEND_OPTIONS",
+    "UNIQUE_DEFAULT_MS",
+]
 
 #: publishing options handled here (beside ``priority``)
 FLOW_SEND_OPTIONS = frozenset({"unique", "unique_for", "unique_key", "debounce"})
 #: how long ``unique=True`` can hold its key at most (a job pending longer stops blocking)
 UNIQUE_DEFAULT_MS = 7 * 24 * 3600 * 1000
 
-_UNITS = {"s": 1000.0, "sec": 1000.0, "m": 60_000.0, "min": 60_000.0, "h": 3_600_000.0,
-          "d": 86_400_000.0}
+_UNITS = {
+    "s": 1000.0,
+    "sec": 1000.0,
+    "m": 60_000.0,
+    "min": 60_000.0,
+    "h": 3_600_000.0,
+    "d": 86_400_000.0,
+}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*([0-9.]*)\s*([a-z]+)\s*$")
 
 
@@ -57,8 +69,9 @@ def check_priority(value: object) -> bool | int | None:
         return value
     if isinstance(value, int) and 0 <= value <= 9:
         return value
-    raise ConfigError(f"priority must be True/False or an int from 0 (first) to 9 (last), "
-                      f"got {value!r}")
+    raise ConfigError(
+        f"priority must be True/False or an int from 0 (first) to 9 (last), got {value!r}"
+    )
 
 
 def _positive_int(name: str, value: object) -> int | None:
@@ -84,8 +97,11 @@ def check_task_flow(options: Any) -> None:
 
 
 def _dedup(unique: object, unique_for: object, debounce: object) -> tuple[str, int]:
-    chosen = [n for n, v in (("unique", unique), ("unique_for", unique_for),
-                             ("debounce", debounce)) if v not in (None, False)]
+    chosen = [
+        n
+        for n, v in (("unique", unique), ("unique_for", unique_for), ("debounce", debounce))
+        if v not in (None, False)
+    ]
     if len(chosen) > 1:
         raise ConfigError(f"choose one of unique, unique_for, debounce, not {' and '.join(chosen)}")
     if unique not in (None, False, True):
@@ -96,15 +112,21 @@ def _dedup(unique: object, unique_for: object, debounce: object) -> tuple[str, i
         if value is not None:
             ms = to_ms(parse_duration(value))
             if ms <= 0:
-                raise ConfigError(f"{'unique_for' if mode == 'window' else 'debounce'} "
-                                  f"must be a positive duration, got {value!r}")
+                raise ConfigError(
+                    f"{'unique_for' if mode == 'window' else 'debounce'} "
+                    f"must be a positive duration, got {value!r}"
+                )
             return mode, ms
     return "", 0
 
 
 def _args_key(task: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str:
-    text = json.dumps([task, list(args), dict(sorted(kwargs.items()))], default=repr,
-                      sort_keys=True, separators=(",", ":"))
+    text = json.dumps(
+        [task, list(args), dict(sorted(kwargs.items()))],
+        default=repr,
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     return task + ":" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
@@ -115,18 +137,27 @@ def _group_key(value: object) -> str:
     return key
 
 
-def build_flow(task_name: str, topts: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any],
-               options: Mapping[str, Any]) -> tuple[bool, PutFlow | None]:
+def build_flow(
+    task_name: str,
+    topts: Any,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    options: Mapping[str, Any],
+) -> tuple[bool, PutFlow | None]:
     """``(thoonk_priority, flow)`` for one publish: ``flow`` is None when no flow option is in
     play (the plain, fastest put path). ``topts`` are the task's options, ``options`` the call's."""
-    prio = check_priority(options["priority"]) if options.get("priority") is not None \
+    prio = (
+        check_priority(options["priority"])
+        if options.get("priority") is not None
         else check_priority(topts.priority)
+    )
     numbered = prio if type(prio) is int else None
     head = prio is True
     rate = parse_rate_limit(topts.rate_limit) if topts.rate_limit is not None else None
     cap = topts.concurrency
-    mode, ms = _dedup(*(options.get(k, getattr(topts, k)) for k in ("unique", "unique_for",
-                                                                    "debounce")))
+    mode, ms = _dedup(
+        *(options.get(k, getattr(topts, k)) for k in ("unique", "unique_for", "debounce"))
+    )
     if numbered is None and rate is None and cap is None and not mode:
         return head, None
     cap_group = ""
@@ -149,9 +180,14 @@ def build_flow(task_name: str, topts: Any, args: tuple[Any, ...], kwargs: Mappin
             dedup_key = task_name
         else:
             dedup_key = _args_key(task_name, args, kwargs)
-    return head, PutFlow(priority=numbered,
-                         rate_group=("t:" + task_name) if rate else "",
-                         rate_interval_ms=rate[0] if rate else 0.0,
-                         rate_burst=rate[1] if rate else 1,
-                         cap_group=cap_group, cap=cap or 0,
-                         dedup=mode, dedup_key=dedup_key, dedup_ms=ms)
+    return head, PutFlow(
+        priority=numbered,
+        rate_group=("t:" + task_name) if rate else "",
+        rate_interval_ms=rate[0] if rate else 0.0,
+        rate_burst=rate[1] if rate else 1,
+        cap_group=cap_group,
+        cap=cap or 0,
+        dedup=mode,
+        dedup_key=dedup_key,
+        dedup_ms=ms,
+    )

@@ -30,9 +30,23 @@ if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
     from taskpipe.thoonk.job import JobChannel
 
-__all__ = ["JobRecord", "find_jobs", "read_record", "requeue", "requeue_many", "edit_args",
-           "task_breakdown", "count_matching", "count_waiting", "empty_channel", "display_args",
-           "ENDED_STATES", "REQUEUE_STATES", "ARGS_DISPLAY_MAX", "SCAN_BUDGET"]
+__all__ = [
+    "JobRecord",
+    "find_jobs",
+    "read_record",
+    "requeue",
+    "requeue_many",
+    "edit_args",
+    "task_breakdown",
+    "count_matching",
+    "count_waiting",
+    "empty_channel",
+    "display_args",
+    "ENDED_STATES",
+    "REQUEUE_STATES",
+    "ARGS_DISPLAY_MAX",
+    "SCAN_BUDGET",
+]
 
 #: the outcomes a record can have (``app.jobs(state=...)`` takes these, or None for all)
 ENDED_STATES = ("succeeded", "failed", "timeout")
@@ -129,18 +143,37 @@ def _record_of(channel: str, job_id: str, raw: dict[str, bytes], result: bytes |
         try:
             rec = decode_result(result)
             if not rec.ok:
-                exc_type, exc_message, tb = rec.exc_type or "", rec.exc_message or "", rec.traceback or ""
+                exc_type, exc_message, tb = (
+                    rec.exc_type or "",
+                    rec.exc_message or "",
+                    rec.traceback or "",
+                )
         except SerializationError:
             pass
     return JobRecord(
-        id=job_id, channel=channel, outcome=_s(raw.get("outcome", b"")), task=_s(raw.get("label", b"")),
-        args=args, kwargs=kwargs, args_display=display, payload_size=size, payload_kept=item is not None,
-        attempts=_opt_int(raw.get("attempts")) or 0, cancels=_opt_int(raw.get("cancels")) or 0,
-        worker=_s(raw.get("worker", b"")), published_ms=_opt_int(raw.get("published")),
-        started_ms=_opt_int(raw.get("started")), finished_ms=_opt_int(raw.get("finished")),
-        runtime_ms=_opt_int(raw.get("runtime_ms")), code=_s(raw.get("code", b"")),
-        requeues=_opt_int(raw.get("requeues")) or 0, previous=_s(raw.get("previous", b"")),
-        exc_type=exc_type, exc_message=exc_message, traceback=tb)
+        id=job_id,
+        channel=channel,
+        outcome=_s(raw.get("outcome", b"")),
+        task=_s(raw.get("label", b"")),
+        args=args,
+        kwargs=kwargs,
+        args_display=display,
+        payload_size=size,
+        payload_kept=item is not None,
+        attempts=_opt_int(raw.get("attempts")) or 0,
+        cancels=_opt_int(raw.get("cancels")) or 0,
+        worker=_s(raw.get("worker", b"")),
+        published_ms=_opt_int(raw.get("published")),
+        started_ms=_opt_int(raw.get("started")),
+        finished_ms=_opt_int(raw.get("finished")),
+        runtime_ms=_opt_int(raw.get("runtime_ms")),
+        code=_s(raw.get("code", b"")),
+        requeues=_opt_int(raw.get("requeues")) or 0,
+        previous=_s(raw.get("previous", b"")),
+        exc_type=exc_type,
+        exc_message=exc_message,
+        traceback=tb,
+    )
 
 
 def read_record(app: TaskPipe, channel: str, job_id: str) -> JobRecord | None:
@@ -165,9 +198,17 @@ def _ms(value: Any, what: str) -> int | None:
     raise ConfigError(f"{what} must be epoch seconds or a datetime, got {value!r}")
 
 
-def find_jobs(app: TaskPipe, channel: str | None = None, *, state: str | None = None,
-              task: str | None = None, since: Any = None, until: Any = None,
-              error: str | None = None, limit: int = 50) -> list[JobRecord]:
+def find_jobs(
+    app: TaskPipe,
+    channel: str | None = None,
+    *,
+    state: str | None = None,
+    task: str | None = None,
+    since: Any = None,
+    until: Any = None,
+    error: str | None = None,
+    limit: int = 50,
+) -> list[JobRecord]:
     """Ended jobs of ``channel`` (default: the app's default channel), newest first.
 
     ``state``: succeeded, failed, timeout (None: all); ``task``: a task name; ``since`` /
@@ -231,12 +272,15 @@ def _check_states(states: Iterable[str]) -> tuple[str, ...]:
     chosen = tuple(states)
     bad = [s for s in chosen if s not in ENDED_STATES]
     if bad or not chosen:
-        raise ConfigError(f"can requeue jobs that ended {', '.join(ENDED_STATES)}, not {bad or 'nothing'}")
+        raise ConfigError(
+            f"can requeue jobs that ended {', '.join(ENDED_STATES)}, not {bad or 'nothing'}"
+        )
     return chosen
 
 
-def requeue(app: TaskPipe, channel: str | None, job_id: str,
-            states: Iterable[str] = REQUEUE_STATES) -> str:
+def requeue(
+    app: TaskPipe, channel: str | None, job_id: str, states: Iterable[str] = REQUEUE_STATES
+) -> str:
     """Publish an ended job again with its original arguments (same id, attempts reset, its
     record kept with ``requeues`` + 1). Only a job whose outcome is in ``states`` (failed or
     timed out by default). Returns the outcome it had.
@@ -247,9 +291,15 @@ def requeue(app: TaskPipe, channel: str | None, job_id: str,
     return app.channel(channel).requeue(job_id, _check_states(states))
 
 
-def requeue_many(app: TaskPipe, channel: str | None, states: Iterable[str] = REQUEUE_STATES,
-                 task: str | None = None, *, limit: int = 1_000_000,
-                 on_progress: Callable[[int], None] | None = None) -> tuple[int, int]:
+def requeue_many(
+    app: TaskPipe,
+    channel: str | None,
+    states: Iterable[str] = REQUEUE_STATES,
+    task: str | None = None,
+    *,
+    limit: int = 1_000_000,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[int, int]:
     """Requeue every ended job of ``channel`` in ``states`` (optionally of one ``task``), each
     atomically; returns ``(requeued, skipped)`` (skipped: changed meanwhile, or no payload kept).
     ``on_progress(n)`` is called after each batch of ``n`` jobs."""
@@ -258,8 +308,11 @@ def requeue_many(app: TaskPipe, channel: str | None, states: Iterable[str] = REQ
     seen: set[str] = set()
     for state in chosen:
         while done + skipped < limit:
-            batch = [r for r in find_jobs(app, channel, state=state, task=task, limit=500)
-                     if r.id not in seen]
+            batch = [
+                r
+                for r in find_jobs(app, channel, state=state, task=task, limit=500)
+                if r.id not in seen
+            ]
             if not batch:
                 break
             for rec in batch:
@@ -274,8 +327,9 @@ def requeue_many(app: TaskPipe, channel: str | None, states: Iterable[str] = REQ
     return done, skipped
 
 
-def count_matching(app: TaskPipe, channel: str | None, states: Iterable[str],
-                   task: str | None = None) -> int:
+def count_matching(
+    app: TaskPipe, channel: str | None, states: Iterable[str], task: str | None = None
+) -> int:
     """How many ended jobs ``requeue_many`` would look at (a preview), counted from the records."""
     total = 0
     for state in _check_states(states):
@@ -289,8 +343,9 @@ def count_waiting(app: TaskPipe, channel: str | None) -> int:
     return int(counts["available"] + counts["delayed"] + counts["stalled"])
 
 
-def empty_channel(app: TaskPipe, channel: str | None,
-                  on_progress: Callable[[int], None] | None = None) -> int:
+def empty_channel(
+    app: TaskPipe, channel: str | None, on_progress: Callable[[int], None] | None = None
+) -> int:
     """Retract every waiting job of ``channel`` (available, delayed, stalled), each atomically
     and only if still unclaimed: claimed jobs run on. No record is kept (this is cleaning).
     Pages through ``feed.items`` with ``HSCAN``; returns how many were retracted."""
@@ -305,14 +360,21 @@ def empty_channel(app: TaskPipe, channel: str | None,
             return done
 
 
-def edit_args(app: TaskPipe, channel: str | None, job_id: str, args: Sequence[Any] | None = None,
-              kwargs: dict[str, Any] | None = None) -> None:
+def edit_args(
+    app: TaskPipe,
+    channel: str | None,
+    job_id: str,
+    args: Sequence[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> None:
     """Replace the arguments of a job still waiting (available, delayed or stalled), keeping its
     task and options; atomic (a job claimed meanwhile is left alone: ``WrongJobState``).
     ``None`` keeps that part as it is."""
     if args is not None and not isinstance(args, (list, tuple)):
         raise ConfigError(f"args must be a list, got {type(args).__name__}")
-    if kwargs is not None and (not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs)):
+    if kwargs is not None and (
+        not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs)
+    ):
         raise ConfigError("kwargs must be a dict with str keys")
     ch: JobChannel = app.channel(channel)
     item = ch.get_item(job_id)
@@ -324,10 +386,15 @@ def edit_args(app: TaskPipe, channel: str | None, job_id: str, args: Sequence[An
     try:
         env = decode_envelope(item)
     except SerializationError as exc:
-        raise SerializationError(f"job {job_id!r} is not a taskpipe job, its arguments cannot "
-                                 f"be edited: {exc}") from None
-    new = encode_envelope(env.task, tuple(env.args if args is None else args),
-                          dict(env.kwargs if kwargs is None else kwargs), env.options,
-                          serializer=env.serializer, max_size=app.max_payload)
+        raise SerializationError(
+            f"job {job_id!r} is not a taskpipe job, its arguments cannot be edited: {exc}"
+        ) from None
+    new = encode_envelope(
+        env.task,
+        tuple(env.args if args is None else args),
+        dict(env.kwargs if kwargs is None else kwargs),
+        env.options,
+        serializer=env.serializer,
+        max_size=app.max_payload,
+    )
     ch.edit(job_id, new)
-

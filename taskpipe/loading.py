@@ -31,8 +31,10 @@ def load_app(path: str) -> TaskPipe:
         sys.path.insert(0, os.getcwd())
     module_name, _, attr = path.partition(":")
     if not module_name or module_name.startswith("."):  # importlib's ValueError / TypeError
-        raise ConfigError(f"-A {path!r} names no module: expected module:attribute, e.g. "
-                          "myproject.tasks:app (an absolute module path)")
+        raise ConfigError(
+            f"-A {path!r} names no module: expected module:attribute, e.g. "
+            "myproject.tasks:app (an absolute module path)"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

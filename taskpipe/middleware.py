@@ -46,8 +46,17 @@ __all__ = ["Middleware", "Message", "RunningJob", "MiddlewareChain", "HOOKS", "H
 log = logging.getLogger("taskpipe.middleware")
 
 #: every hook a middleware may have
-HOOKS = ("before_publish", "after_publish", "before_run", "after_run", "on_failure", "on_retry",
-         "on_timeout", "worker_start", "worker_stop")
+HOOKS = (
+    "before_publish",
+    "after_publish",
+    "before_run",
+    "after_run",
+    "on_failure",
+    "on_retry",
+    "on_timeout",
+    "worker_start",
+    "worker_stop",
+)
 
 #: the envelope option that carries ``Message.headers`` to the worker (``RunningJob.headers``)
 HEADERS_OPTION = "headers"
@@ -138,7 +147,9 @@ class MiddlewareChain:
         if isinstance(middleware, type):
             from taskpipe.errors import ConfigError
 
-            raise ConfigError(f"app.use() takes a middleware instance, not the class {middleware.__name__}")
+            raise ConfigError(
+                f"app.use() takes a middleware instance, not the class {middleware.__name__}"
+            )
         hooks = [h for h in HOOKS if callable(getattr(middleware, h, None))]
         if not hooks:
             from taskpipe.errors import ConfigError
@@ -181,8 +192,9 @@ class MiddlewareChain:
                 log.exception("middleware %r failed in %s", middleware, hook)
 
 
-def before_publish(app: TaskPipe, task: str, args: Any, kwargs: dict[str, Any] | None,
-                   options: dict[str, Any]) -> Message:
+def before_publish(
+    app: TaskPipe, task: str, args: Any, kwargs: dict[str, Any] | None, options: dict[str, Any]
+) -> Message:
     """Run ``before_publish`` on a call about to be published; returns the message, whose
     ``args``, ``kwargs`` and ``publish_options()`` are what to publish."""
     message = Message(app, task, tuple(args), dict(kwargs or {}), dict(options))

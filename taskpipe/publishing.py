@@ -39,8 +39,16 @@ if TYPE_CHECKING:
     from taskpipe.serialization import Serializer
     from taskpipe.task import Task
 
-__all__ = ["Publisher", "Publishing", "SendPlan", "plan_send", "check_send_options",
-           "SEND_OPTIONS", "ENVELOPE_OPTIONS", "PUT_OPTIONS"]
+__all__ = [
+    "Publisher",
+    "Publishing",
+    "SendPlan",
+    "plan_send",
+    "check_send_options",
+    "SEND_OPTIONS",
+    "ENVELOPE_OPTIONS",
+    "PUT_OPTIONS",
+]
 
 
 class Publisher(Protocol):
@@ -49,17 +57,27 @@ class Publisher(Protocol):
     #: the channel of a task that names none
     default_channel: str
 
-    def send(self, name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
-             *, _task: Any = None, **options: Any) -> AsyncResult[Any]:
+    def send(
+        self,
+        name: str,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        _task: Any = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
         """Publish one call of task ``name`` with publishing options."""
         ...
 
-    def publish_many(self, signatures: Iterable[Signature], batch: int = 500) -> list[AsyncResult[Any]]:
+    def publish_many(
+        self, signatures: Iterable[Signature], batch: int = 500
+    ) -> list[AsyncResult[Any]]:
         """Publish many signatures, pipelined."""
         ...
 
-    def publish_calls(self, task: Task[Any], calls: Iterable[Any],
-                      batch: int = 500) -> list[AsyncResult[Any]]:
+    def publish_calls(
+        self, task: Task[Any], calls: Iterable[Any], batch: int = 500
+    ) -> list[AsyncResult[Any]]:
         """Publish one job of ``task`` per call, with the task's own options."""
         ...
 
@@ -77,24 +95,40 @@ def _headers(value: Any) -> dict[str, str]:
 
 #: publishing options written into the envelope's ``options`` (read by the worker): name -> the
 #: converter from what the caller passed to the wire value (raises ``ConfigError`` on bad input)
-ENVELOPE_OPTIONS: Mapping[str, Callable[[Any], Any]] = MappingProxyType({
-    "retries": partial(check_count, "retries"),
-    "timeout": parse_duration,
-    "hard_timeout": parse_duration,
-    "retry_backoff": parse_duration,
-    "result_ttl": parse_duration,
-    "failure_ttl": parse_duration,  # how long a failed / timed-out job's record is kept
-    HEADERS_OPTION: _headers,  # read by the run-side middleware hooks (``RunningJob.headers``)
-})
+ENVELOPE_OPTIONS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
+    {
+        "retries": partial(check_count, "retries"),
+        "timeout": parse_duration,
+        "hard_timeout": parse_duration,
+        "retry_backoff": parse_duration,
+        "result_ttl": parse_duration,
+        "failure_ttl": parse_duration,  # how long a failed / timed-out job's record is kept
+        HEADERS_OPTION: _headers,  # read by the run-side middleware hooks (``RunningJob.headers``)
+    }
+)
 
 #: publishing options that shape the put itself (where, when, which id, what runs after), or
 #: that ``plan_send`` / ``Publishing.build`` turn into envelope fields themselves
-PUT_OPTIONS = frozenset({"channel", "priority", "delay", "eta", "id", "on_finish", "on_failure",
-                         "expires",  # -> envelope expires_ms (checked at claim)
-                         # workflows (taskpipe.workflows): wait for parents
-                         "depends_on", "allow_failure", "pass_results",
-                         "shard_key"}) \
-    | FLOW_SEND_OPTIONS  # flow control: unique, unique_for, unique_key, debounce (taskpipe.flow)
+PUT_OPTIONS = (
+    frozenset(
+        {
+            "channel",
+            "priority",
+            "delay",
+            "eta",
+            "id",
+            "on_finish",
+            "on_failure",
+            "expires",  # -> envelope expires_ms (checked at claim)
+            # workflows (taskpipe.workflows): wait for parents
+            "depends_on",
+            "allow_failure",
+            "pass_results",
+            "shard_key",
+        }
+    )
+    | FLOW_SEND_OPTIONS
+)  # flow control: unique, unique_for, unique_key, debounce (taskpipe.flow)
 
 #: every publishing option ``apply_async`` / ``app.send`` accept (eager mode checks the same set)
 SEND_OPTIONS = frozenset(ENVELOPE_OPTIONS) | PUT_OPTIONS
@@ -140,15 +174,19 @@ def plan_send(options: Mapping[str, Any], now: float | None = None) -> SendPlan:
             envelope[key] = convert(value)
     callback = callbacks_of(options, envelope)  # on_finish / on_failure (taskpipe.callbacks)
     if options.get("expires") is not None:  # checked by the worker that claims it
-        envelope["expires_ms"] = int(expires_at(options["expires"],
-                                                time.time() if now is None else now) * 1000)
+        envelope["expires_ms"] = int(
+            expires_at(options["expires"], time.time() if now is None else now) * 1000
+        )
     delay_ms = 0
     if options.get("delay") is not None:
         delay_ms = to_ms(options["delay"])
     if options.get("eta") is not None:
         eta = options["eta"]
-        delay_ms = to_ms(eta_to_delay(eta, time.time() if now is None else now)) \
-            if isinstance(eta, (datetime, int, float)) else to_ms(eta)
+        delay_ms = (
+            to_ms(eta_to_delay(eta, time.time() if now is None else now))
+            if isinstance(eta, (datetime, int, float))
+            else to_ms(eta)
+        )
     priority = check_priority(options.get("priority"))  # never coerced (taskpipe.flow)
     job_id = options.get("id")
     if job_id is not None and (not isinstance(job_id, str) or not job_id or "\0" in job_id):
@@ -157,14 +195,17 @@ def plan_send(options: Mapping[str, Any], now: float | None = None) -> SendPlan:
     shard_key = options.get("shard_key")
     if shard_key is not None and not isinstance(shard_key, (str, bytes)):
         raise ConfigError(f"shard_key must be a str or bytes, got {type(shard_key).__name__}")
-    return SendPlan(envelope, callback, options.get("channel") or None, priority, delay_ms, 0,
-                    job_id, shard_key)
+    return SendPlan(
+        envelope, callback, options.get("channel") or None, priority, delay_ms, 0, job_id, shard_key
+    )
 
 
 def _dedups(options: Mapping[str, Any], topts: TaskOptions) -> bool:
     """True when a publish with these options may be deduplicated (its outcome needs a reply)."""
-    return any(options.get(k, getattr(topts, k)) not in (None, False)
-               for k in ("unique", "unique_for", "debounce"))
+    return any(
+        options.get(k, getattr(topts, k)) not in (None, False)
+        for k in ("unique", "unique_for", "debounce")
+    )
 
 
 _NO_OPTIONS = TaskOptions()  # frozen: the options of a task name this app does not know
@@ -190,8 +231,11 @@ class Publishing:
         app = self.app
         cached = self._encoders.get(task.name)
         if cached is None or cached[0] != app.max_payload or cached[1] is not app.serializer:
-            cached = (app.max_payload, app.serializer,
-                      args_encoder(task.name, serializer=app.serializer, max_size=app.max_payload))
+            cached = (
+                app.max_payload,
+                app.serializer,
+                args_encoder(task.name, serializer=app.serializer, max_size=app.max_payload),
+            )
             self._encoders[task.name] = cached
         return cached[2]
 
@@ -202,9 +246,14 @@ class Publishing:
         known = self.app.tasks.get(name)
         return known.options if known is not None else _NO_OPTIONS
 
-    def build(self, name: str, args: Iterable[Any], kwargs: dict[str, Any] | None,
-              task: Task[Any] | None, options: Mapping[str, Any]
-              ) -> tuple[JobChannel, PutRequest, Callable[..., Any] | None]:
+    def build(
+        self,
+        name: str,
+        args: Iterable[Any],
+        kwargs: dict[str, Any] | None,
+        task: Task[Any] | None,
+        options: Mapping[str, Any],
+    ) -> tuple[JobChannel, PutRequest, Callable[..., Any] | None]:
         """Check and encode one call: its channel, its put, and its ``on_finish`` callable."""
         if type(args) is not tuple:
             args = call_args(name, args)
@@ -213,30 +262,56 @@ class Publishing:
         app = self.app
         topts = self.task_options(name, task)
         if not options and not topts.flowing:  # the common case (``delay()``, ``map()``)
-            payload = (self.encoder_for(task)(args if type(args) is tuple else tuple(args))
-                       if task is not None and not kwargs else
-                       encode_envelope(name, tuple(args), dict(kwargs or {}), {},
-                                       serializer=app.serializer, max_size=app.max_payload))
+            payload = (
+                self.encoder_for(task)(args if type(args) is tuple else tuple(args))
+                if task is not None and not kwargs
+                else encode_envelope(
+                    name,
+                    tuple(args),
+                    dict(kwargs or {}),
+                    {},
+                    serializer=app.serializer,
+                    max_size=app.max_payload,
+                )
+            )
             channel = app.sharding.pick(topts.channel or app.default_channel, None)
             return channel, PutRequest(payload, new_id(), topts.priority is True, fresh=True), None
         plan = plan_send(options)
         head, flow = build_flow(name, topts, tuple(args), kwargs or {}, options)
         plan.envelope.update(dependency_options(app, options))  # depends_on (taskpipe.workflows)
         if flow is not None and plan.envelope.get("parents"):
-            raise ConfigError(f"task {name!r}: depends_on cannot be combined with flow control "
-                              "(numeric priority, rate_limit, concurrency, unique, debounce) yet: "
-                              "a dependant is released straight to its channel's queue")
-        payload = encode_envelope(name, tuple(args), dict(kwargs or {}), plan.envelope,
-                                  serializer=app.serializer, max_size=app.max_payload)
+            raise ConfigError(
+                f"task {name!r}: depends_on cannot be combined with flow control "
+                "(numeric priority, rate_limit, concurrency, unique, debounce) yet: "
+                "a dependant is released straight to its channel's queue"
+            )
+        payload = encode_envelope(
+            name,
+            tuple(args),
+            dict(kwargs or {}),
+            plan.envelope,
+            serializer=app.serializer,
+            max_size=app.max_payload,
+        )
         fresh = plan.job_id is None
         job_id = new_id() if plan.job_id is None else plan.job_id
         channel = app.sharding.pick(  # after every check; a custom id maps to one shard
-            plan.channel or topts.channel or app.default_channel, plan.job_id, plan.shard_key)
-        return (channel, PutRequest(payload, job_id, head, plan.delay_ms, plan.eta_ms, fresh, flow),
-                plan.callback)
+            plan.channel or topts.channel or app.default_channel, plan.job_id, plan.shard_key
+        )
+        return (
+            channel,
+            PutRequest(payload, job_id, head, plan.delay_ms, plan.eta_ms, fresh, flow),
+            plan.callback,
+        )
 
-    def send(self, name: str, args: Iterable[Any], kwargs: dict[str, Any] | None,
-             task: Task[Any] | None, options: dict[str, Any]) -> AsyncResult[Any]:
+    def send(
+        self,
+        name: str,
+        args: Iterable[Any],
+        kwargs: dict[str, Any] | None,
+        task: Task[Any] | None,
+        options: dict[str, Any],
+    ) -> AsyncResult[Any]:
         """``TaskPipe.send``: publish one call and return its ``AsyncResult``."""
         from taskpipe.results import AsyncResult
 
@@ -280,7 +355,9 @@ class Publishing:
             app.middleware.call("after_publish", message, result)
         return result
 
-    def publish_many(self, signatures: Iterable[Signature], batch: int = 500) -> list[AsyncResult[Any]]:
+    def publish_many(
+        self, signatures: Iterable[Signature], batch: int = 500
+    ) -> list[AsyncResult[Any]]:
         """``TaskPipe.publish_many``: publish signatures, pipelined per channel in batches."""
         from taskpipe.results import AsyncResult
 
@@ -302,8 +379,9 @@ class Publishing:
                 message = before_publish(app, sig.task, args, kwargs, options)
                 args, kwargs, options = message.args, message.kwargs, publish_options(message)
                 messages.append((len(order), message))
-            channel, req, callback = self.build(sig.task, args, kwargs,
-                                                app.tasks.get(sig.task), options)
+            channel, req, callback = self.build(
+                sig.task, args, kwargs, app.tasks.get(sig.task), options
+            )
             if callback is not None:
                 raise ConfigError("publish_many takes task signatures for on_finish, not callables")
             if options.get("depends_on") is not None:
@@ -312,7 +390,10 @@ class Publishing:
             order.append((channel.name, req.id or ""))
         since_ms = int(time.time() * 1000)
         for channel, reqs in by_channel.values():
-            def put(attempt: int, channel: JobChannel = channel, reqs: list[PutRequest] = reqs) -> None:
+
+            def put(
+                attempt: int, channel: JobChannel = channel, reqs: list[PutRequest] = reqs
+            ) -> None:
                 if attempt:  # a batch that failed may have landed in part: publish the rest
                     done = channel.landed(reqs, since_ms)
                     reqs[:] = [r for r in reqs if r.id not in done]
@@ -328,8 +409,9 @@ class Publishing:
             results[index] = app.send(sig.task, sig.args, sig.kwargs, **sig.options)
         return results
 
-    def publish_calls(self, task: Task[Any], calls: Iterable[Any],
-                      batch: int = 500) -> list[AsyncResult[Any]]:
+    def publish_calls(
+        self, task: Task[Any], calls: Iterable[Any], batch: int = 500
+    ) -> list[AsyncResult[Any]]:
         """``TaskPipe.publish_calls``: one job of ``task`` per call, with its own options.
 
         Every call is encoded (and checked) before anything is written.
@@ -359,11 +441,14 @@ class Publishing:
             def put(attempt: int, channel: JobChannel = channel) -> None:
                 nonlocal todo_ids, todo_items
                 if attempt:  # a batch that failed may have landed in part: publish the rest
-                    done = channel.landed([PutRequest(b"", i, fresh=True) for i in todo_ids],
-                                          since_ms)
+                    done = channel.landed(
+                        [PutRequest(b"", i, fresh=True) for i in todo_ids], since_ms
+                    )
                     rest = [(i, item) for i, item in zip(todo_ids, todo_items) if i not in done]
                     todo_ids, todo_items = [i for i, _ in rest], [item for _, item in rest]
-                channel.put_fresh_many(todo_items, task.options.priority is True, batch, ids=todo_ids)
+                channel.put_fresh_many(
+                    todo_items, task.options.priority is True, batch, ids=todo_ids
+                )
 
             app.broker_retry.call(f"publish to channel {channel.name!r}", put)
         return [AsyncResult(app, job_id, channel.name) for job_id, channel in zip(ids, picked)]
@@ -373,14 +458,18 @@ def call_args(name: str, args: object) -> tuple[Any, ...]:
     """A call's positional arguments as a tuple: any iterable but a string, bytes or a mapping
     (``send("t", "abc")`` would be three arguments), else ``SerializationError``."""
     if isinstance(args, (str, bytes, bytearray, Mapping)) or not isinstance(args, Iterable):
-        raise SerializationError(f"args of a call of {name!r} must be a list or tuple of "
-                                 f"arguments, got {type(args).__name__}")
+        raise SerializationError(
+            f"args of a call of {name!r} must be a list or tuple of "
+            f"arguments, got {type(args).__name__}"
+        )
     return tuple(args)
 
 
 def call_kwargs(name: str, kwargs: object) -> dict[str, Any]:
     """A call's keyword arguments as a dict, else ``SerializationError``."""
     if not isinstance(kwargs, Mapping):
-        raise SerializationError(f"kwargs of a call of {name!r} must be a dict of keyword "
-                                 f"arguments, got {type(kwargs).__name__}")
+        raise SerializationError(
+            f"kwargs of a call of {name!r} must be a dict of keyword "
+            f"arguments, got {type(kwargs).__name__}"
+        )
     return dict(kwargs)

@@ -33,10 +33,14 @@ __all__ = ["taskpipe_app", "taskpipe_worker", "taskpipe_eager"]
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("taskpipe")
-    group.addoption("--taskpipe-app", default=None,
-                    help="module:attribute of the TaskPipe app the taskpipe_app fixture gives")
-    parser.addini("taskpipe_app", "module:attribute of the app the taskpipe_app fixture gives",
-                  default="")
+    group.addoption(
+        "--taskpipe-app",
+        default=None,
+        help="module:attribute of the TaskPipe app the taskpipe_app fixture gives",
+    )
+    parser.addini(
+        "taskpipe_app", "module:attribute of the app the taskpipe_app fixture gives", default=""
+    )
 
 
 def _load(path: str) -> TaskPipe:

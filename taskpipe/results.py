@@ -81,7 +81,10 @@ class AsyncResult(Generic[R]):
         return self.dedup is not None
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, AsyncResult) and (self.id, self.channel) == (other.id, other.channel)
+        return isinstance(other, AsyncResult) and (self.id, self.channel) == (
+            other.id,
+            other.channel,
+        )
 
     def __hash__(self) -> int:
         return hash((self.id, self.channel))
@@ -116,7 +119,9 @@ class AsyncResult(Generic[R]):
             self._record = decode_result(raw)
         except SerializationError:
             # a raw (Thoonk-native) result: bytes as the legacy clients published them
-            self._record = ResultRecord(ok=True, value=raw, exc_type="", exc_message="", traceback="")
+            self._record = ResultRecord(
+                ok=True, value=raw, exc_type="", exc_message="", traceback=""
+            )
 
     @property
     def state(self) -> JobState:
@@ -140,8 +145,9 @@ class AsyncResult(Generic[R]):
         use ``retract()``), ``JobNotFound`` if there is no such job."""
         who = by or f"{socket.gethostname()}:{os.getpid()}"
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        record = encode_failure("JobAborted", f"aborted by {who} at {when}", "",
-                                serializer=self.app.serializer)
+        record = encode_failure(
+            "JobAborted", f"aborted by {who} at {when}", "", serializer=self.app.serializer
+        )
         ttl_ms = int(self.app.result_ttl * 1000)
         code = self._call("abort", lambda: self._ch.abort(self.id, record, ttl_ms, who))
         if code == 1:
@@ -205,8 +211,9 @@ class AsyncResult(Generic[R]):
                 time.sleep(self._retry_delay(exc, failures, deadline, timeout))
         return self._outcome(record, propagate)
 
-    def _retry_delay(self, exc: BaseException, failures: int, deadline: float,
-                     timeout: float | None) -> float:
+    def _retry_delay(
+        self, exc: BaseException, failures: int, deadline: float, timeout: float | None
+    ) -> float:
         """How long a result wait sleeps after a broker error before it tries again; raises
         the error (as a ``TaskpipeError``) if it is not transient or the time is up."""
         if not is_transient(exc):
@@ -218,14 +225,16 @@ class AsyncResult(Generic[R]):
         if delay is None:
             raise BrokerUnavailable(
                 f"result of job {self.id!r}: broker unavailable until the timeout "
-                f"({timeout} s) passed: {exc}") from exc
+                f"({timeout} s) passed: {exc}"
+            ) from exc
         return delay
 
     def _outcome(self, record: ResultRecord, propagate: bool) -> R | TaskFailed:
         if record.ok:
             return record.value  # type: ignore[no-any-return]
-        error = TaskFailed(self.id, record.exc_type or "", record.exc_message or "",
-                           record.traceback or "")
+        error = TaskFailed(
+            self.id, record.exc_type or "", record.exc_message or "", record.traceback or ""
+        )
         if propagate:
             raise error
         return error  # propagate=False: the failure is the value
@@ -235,8 +244,10 @@ class AsyncResult(Generic[R]):
         if info.state == JobState.FINISHED:
             record = self._fetch()
             if record is None:
-                raise ResultExpired(f"job {self.id!r} finished but its result is not stored "
-                                    "(expired, or result_ttl=0)")
+                raise ResultExpired(
+                    f"job {self.id!r} finished but its result is not stored "
+                    "(expired, or result_ttl=0)"
+                )
             return record
         self._fail_fast(info.state, info.reason)
         return None
@@ -244,8 +255,9 @@ class AsyncResult(Generic[R]):
     def _fail_fast(self, state: JobState, reason: str) -> None:
         """Raise for a job that will never have a result (unknown or stalled)."""
         if state == JobState.UNKNOWN:
-            raise ResultUnknown(f"no job {self.id!r} in channel {self.channel!r} "
-                                "(never published, or retracted)")
+            raise ResultUnknown(
+                f"no job {self.id!r} in channel {self.channel!r} (never published, or retracted)"
+            )
         if state == JobState.STALLED:
             raise ResultStalled(self.id, reason)
 
@@ -289,12 +301,14 @@ class AsyncResult(Generic[R]):
                     continue
                 kind, data = event
                 if kind == "finish" and data.startswith(prefix):
-                    self._accept(data[len(prefix):])
+                    self._accept(data[len(prefix) :])
                     assert self._record is not None
                     return self._record
                 if kind == "retract" and data == own_id:
-                    raise ResultUnknown(f"job {self.id!r} in channel {self.channel!r} was "
-                                        "retracted while waiting for its result")
+                    raise ResultUnknown(
+                        f"job {self.id!r} in channel {self.channel!r} was "
+                        "retracted while waiting for its result"
+                    )
 
     @overload
     async def aget(self, timeout: float | None = None, propagate: Literal[True] = True) -> R: ...
@@ -329,8 +343,10 @@ class AsyncResult(Generic[R]):
                 # deadline (the state read is on the failure path only)
                 state, reason = await job_state(self)
                 if state == JobState.FINISHED:  # wait_result found no stored result
-                    raise ResultExpired(f"job {self.id!r} finished but its result is not stored "
-                                        "(expired, or result_ttl=0)")
+                    raise ResultExpired(
+                        f"job {self.id!r} finished but its result is not stored "
+                        "(expired, or result_ttl=0)"
+                    )
                 self._fail_fast(state, reason)
                 if deadline <= time.monotonic():
                     raise ResultTimeout(f"job {self.id!r} is still {state} after {timeout} s")
@@ -370,6 +386,7 @@ class AsyncResult(Generic[R]):
 
     def retract(self) -> None:
         """Remove the job from its channel, whatever its state."""
+
         def retract(attempt: int) -> None:
             try:
                 self._ch.retract(self.id, int(self.app.failure_ttl * 1000))

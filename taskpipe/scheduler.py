@@ -43,9 +43,18 @@ if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
 
 # the pure cron names are defined in taskpipe.cron and re-exported here (their historic home)
-__all__ = ["CronEntry", "FirePlan", "Scheduler", "MISFIRE_POLICIES",
-           "ALL_MISFIRES_CAP", "DEFAULT_GRACE", "next_fire", "latest_fire", "plan_fires",
-           "due_fires"]
+__all__ = [
+    "CronEntry",
+    "FirePlan",
+    "Scheduler",
+    "MISFIRE_POLICIES",
+    "ALL_MISFIRES_CAP",
+    "DEFAULT_GRACE",
+    "next_fire",
+    "latest_fire",
+    "plan_fires",
+    "due_fires",
+]
 
 log = logging.getLogger("taskpipe.scheduler")
 
@@ -96,8 +105,15 @@ class Scheduler:
     by another scheduler may stay unconfirmed before this one assumes it died and sends it.
     """
 
-    def __init__(self, app: TaskPipe, entries: list[CronEntry] | None = None, *,
-                 name: str | None = None, takeover: Any = "1s", max_sleep: float = 1.0) -> None:
+    def __init__(
+        self,
+        app: TaskPipe,
+        entries: list[CronEntry] | None = None,
+        *,
+        name: str | None = None,
+        takeover: Any = "1s",
+        max_sleep: float = 1.0,
+    ) -> None:
         self.app = app
         self.entries = list(app.crons if entries is None else entries)
         host = socket.gethostname().replace("|", "_")
@@ -131,9 +147,13 @@ class Scheduler:
         if not self.entries:
             log.warning("scheduler %s: the app has no cron entries", self.name)
         else:
-            log.info("scheduler %s: %d cron entr%s: %s", self.name, len(self.entries),
-                     "y" if len(self.entries) == 1 else "ies",
-                     ", ".join(f"{e.name} [{e.expr}]" for e in self.entries))
+            log.info(
+                "scheduler %s: %d cron entr%s: %s",
+                self.name,
+                len(self.entries),
+                "y" if len(self.entries) == 1 else "ies",
+                ", ".join(f"{e.name} [{e.expr}]" for e in self.entries),
+            )
         registered = False
         failures = 0
         while not self._stop.is_set():
@@ -161,9 +181,18 @@ class Scheduler:
 
     def register(self) -> None:
         """Record the entries' definitions in their state hashes (for ``cron list`` and tools)."""
-        self.store.register({e.name: {
-            "task": e.task, "expr": e.expr, "tz": e.tz, "misfire": e.misfire,
-            "channel": e.channel or self.channel_for(e)} for e in self.entries})
+        self.store.register(
+            {
+                e.name: {
+                    "task": e.task,
+                    "expr": e.expr,
+                    "tz": e.tz,
+                    "misfire": e.misfire,
+                    "channel": e.channel or self.channel_for(e),
+                }
+                for e in self.entries
+            }
+        )
 
     # one pass -------------------------------------------------------------------------------
     def server_ms(self) -> int:
@@ -204,8 +233,9 @@ class Scheduler:
                 return max(now + 1, min(cur.since + self.takeover_ms, nxt))
             mine = _Cursor(cur.ms, now, self.name, cur.fires).encode()
             if cur.owner != self.name:
-                log.warning("cron %s: taking over fire(s) left unconfirmed by %s",
-                            entry.name, cur.owner)
+                log.warning(
+                    "cron %s: taking over fire(s) left unconfirmed by %s", entry.name, cur.owner
+                )
             if not self.store.advance(name, raw, mine):
                 return now
             self._enqueue(entry, cur.ms, cur.fires, mine, now, check=True)
@@ -215,8 +245,11 @@ class Scheduler:
             return _dt_to_ms(next_fire(entry, _ms_to_dt(max(cur.ms, now))))
         new_ms = _dt_to_ms(plan.cursor)
         if not plan.run:
-            log.info("cron %s: skipped missed fire(s) up to %s (misfire=skip)",
-                     entry.name, plan.cursor.isoformat())
+            log.info(
+                "cron %s: skipped missed fire(s) up to %s (misfire=skip)",
+                entry.name,
+                plan.cursor.isoformat(),
+            )
             following = str(_dt_to_ms(next_fire(entry, plan.cursor)))
             self.store.advance(name, raw, str(new_ms), {"next_fire": following})
             return now
@@ -231,8 +264,15 @@ class Scheduler:
         task = self.app.tasks.get(entry.task)
         return entry.channel or (task.channel if task is not None else self.app.default_channel)
 
-    def _enqueue(self, entry: CronEntry, cursor_ms: int, fires: tuple[int, ...], mine: str,
-                 now: int, check: bool) -> None:
+    def _enqueue(
+        self,
+        entry: CronEntry,
+        cursor_ms: int,
+        fires: tuple[int, ...],
+        mine: str,
+        now: int,
+        check: bool,
+    ) -> None:
         """Send the fires we hold (oldest first), then confirm the cursor."""
         channel = self.channel_for(entry)
         job_id = ""
@@ -244,15 +284,30 @@ class Scheduler:
             shard = self.app.sharding.pick(channel, job_id, entry.options.get("shard_key"))
             if check and shard.info(job_id).state != "unknown":
                 continue
-            self.app.send(entry.task, entry.args, entry.kwargs, id=job_id, channel=channel,
-                          **entry.options)
+            self.app.send(
+                entry.task, entry.args, entry.kwargs, id=job_id, channel=channel, **entry.options
+            )
             self.fired += 1
-            log.info("cron %s: fire %s enqueued as job %s", entry.name,
-                     _ms_to_dt(fire_ms).astimezone(entry.zone).isoformat(), job_id)
+            log.info(
+                "cron %s: fire %s enqueued as job %s",
+                entry.name,
+                _ms_to_dt(fire_ms).astimezone(entry.zone).isoformat(),
+                job_id,
+            )
         nxt = _dt_to_ms(next_fire(entry, _ms_to_dt(cursor_ms)))
-        self.store.advance(entry.name, mine, str(cursor_ms), {
-            "last_fire": str(fires[-1]), "last_job": job_id, "last_sent_ms": str(now),
-            "last_by": self.name, "next_fire": str(nxt), "last_error": ""})
+        self.store.advance(
+            entry.name,
+            mine,
+            str(cursor_ms),
+            {
+                "last_fire": str(fires[-1]),
+                "last_job": job_id,
+                "last_sent_ms": str(now),
+                "last_by": self.name,
+                "next_fire": str(nxt),
+                "last_error": "",
+            },
+        )
 
     def _note_error(self, entry: CronEntry, exc: BaseException) -> None:
         try:

@@ -29,10 +29,23 @@ import msgpack
 from .errors import ConfigError, PayloadTooLarge, SerializationError
 
 __all__ = [
-    "DEFAULT_MAX_PAYLOAD", "ENVELOPE_MAGIC", "RESULT_MAGIC", "FORMAT_VERSION", "SERIALIZER_IDS",
-    "Serializer", "MsgpackSerializer", "JsonSerializer", "get_serializer",
-    "Envelope", "encode_envelope", "args_encoder", "decode_envelope",
-    "ResultRecord", "encode_result", "encode_failure", "decode_result",
+    "DEFAULT_MAX_PAYLOAD",
+    "ENVELOPE_MAGIC",
+    "RESULT_MAGIC",
+    "FORMAT_VERSION",
+    "SERIALIZER_IDS",
+    "Serializer",
+    "MsgpackSerializer",
+    "JsonSerializer",
+    "get_serializer",
+    "Envelope",
+    "encode_envelope",
+    "args_encoder",
+    "decode_envelope",
+    "ResultRecord",
+    "encode_result",
+    "encode_failure",
+    "decode_result",
 ]
 
 #: Default limit, in bytes, for an encoded job envelope or result (header included).
@@ -56,8 +69,18 @@ _COLLECTIONS: dict[str, Callable[[Any], Any]] = {"tuple": tuple, "set": set, "fr
 _TIMEDELTA = struct.Struct(">iii")  # days, seconds, microseconds
 # msgpack extension type codes (application range 0..127); never renumber. "tuple", "set"
 # and "frozenset" are empty markers written as the first item of an array: [marker, *items].
-_EXT_CODES = {"datetime": 1, "date": 2, "time": 3, "timedelta": 4, "uuid": 5, "decimal": 6,
-              "tuple": 7, "set": 8, "frozenset": 9, "int": 10}
+_EXT_CODES = {
+    "datetime": 1,
+    "date": 2,
+    "time": 3,
+    "timedelta": 4,
+    "uuid": 5,
+    "decimal": 6,
+    "tuple": 7,
+    "set": 8,
+    "frozenset": 9,
+    "int": 10,
+}
 _EXT_TAGS = {code: tag for tag, code in _EXT_CODES.items()}
 _MARKS = {tag: msgpack.ExtType(_EXT_CODES[tag], b"") for tag in _COLLECTIONS}
 _MARKERS = {_EXT_CODES[tag]: make for tag, make in _COLLECTIONS.items()}  # decoded marker
@@ -78,8 +101,9 @@ _TEXT_CODECS: dict[type, tuple[str, Callable[[Any], str], Callable[[str], Any]]]
     Decimal: ("decimal", str, Decimal),
 }
 _FROM_TEXT = {tag: parse for tag, _, parse in _TEXT_CODECS.values()}
-_LEAVES = frozenset({type(None), bool, int, float, str, bytes, bytearray, memoryview,
-                     timedelta, *_TEXT_CODECS})
+_LEAVES = frozenset(
+    {type(None), bool, int, float, str, bytes, bytearray, memoryview, timedelta, *_TEXT_CODECS}
+)
 
 
 @runtime_checkable
@@ -205,12 +229,19 @@ class MsgpackSerializer(_Codec):
     max_depth = _MSGPACK_MAX_DEPTH
 
     def _encode(self, obj: Any) -> bytes:
-        data: bytes = msgpack.packb(obj, default=self._default, use_bin_type=True, strict_types=True)
+        data: bytes = msgpack.packb(
+            obj, default=self._default, use_bin_type=True, strict_types=True
+        )
         return data
 
     def _decode(self, data: bytes) -> Any:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=self._ext_hook,
-                               list_hook=self._list_hook)
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=False,
+            ext_hook=self._ext_hook,
+            list_hook=self._list_hook,
+        )
 
     def _default(self, obj: Any) -> Any:
         t = type(obj)
@@ -302,8 +333,9 @@ class JsonSerializer(_Codec):
     max_depth = _JSON_MAX_DEPTH
 
     def _encode(self, obj: Any) -> bytes:
-        text = json.dumps(_to_json(obj, 0), ensure_ascii=False, allow_nan=False,
-                          separators=(",", ":"))
+        text = json.dumps(
+            _to_json(obj, 0), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+        )
         return text.encode("utf-8")
 
     def _decode(self, data: bytes) -> Any:
@@ -343,7 +375,9 @@ def _frame(magic: bytes, sid: int, body: bytes, max_size: int | None, what: str)
     return magic + bytes((FORMAT_VERSION, sid)) + body
 
 
-def _open(data: bytes | bytearray | memoryview, magic: bytes, kind: str) -> tuple[str, dict[Any, Any]]:
+def _open(
+    data: bytes | bytearray | memoryview, magic: bytes, kind: str
+) -> tuple[str, dict[Any, Any]]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SerializationError(f"a {kind} must be bytes, got {_type_name(data)}")
     data = bytes(data)
@@ -353,12 +387,14 @@ def _open(data: bytes | bytearray | memoryview, magic: bytes, kind: str) -> tupl
             raise SerializationError(f"expected a {kind} but got a taskpipe {other[1]}")
         raise SerializationError(
             f"not a taskpipe {kind}: missing magic prefix {magic!r} (data starts {data[:8]!r});"
-            " was it written by a legacy or non-taskpipe producer?")
+            " was it written by a legacy or non-taskpipe producer?"
+        )
     if len(data) < 4:
         raise SerializationError(f"truncated {kind}: {len(data)} bytes, the header alone is 4")
     if data[2] != FORMAT_VERSION:
         raise SerializationError(
-            f"unsupported {kind} version {data[2]} (this taskpipe reads version {FORMAT_VERSION})")
+            f"unsupported {kind} version {data[2]} (this taskpipe reads version {FORMAT_VERSION})"
+        )
     name = _NAMES_BY_ID.get(data[3])
     if name is None:
         raise SerializationError(f"{kind} has unknown serializer id {data[3]}")
@@ -376,8 +412,13 @@ def _str_keyed(value: Any) -> bool:
 
 
 def _job_problems(task: Any, args: Any, kwargs: Any, options: Any) -> str:
-    if (type(task) is str and task and (type(args) is list or type(args) is tuple)
-            and _str_keyed(kwargs) and _str_keyed(options)):
+    if (
+        type(task) is str
+        and task
+        and (type(args) is list or type(args) is tuple)
+        and _str_keyed(kwargs)
+        and _str_keyed(options)
+    ):
         return ""  # the common case, checked without building anything
     problems = []
     if type(task) is not str or not task:
@@ -403,9 +444,15 @@ class Envelope:
     serializer: str
 
 
-def encode_envelope(task: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any],
-                    options: dict[str, Any], *, serializer: Serializer | str = "msgpack",
-                    max_size: int | None = DEFAULT_MAX_PAYLOAD) -> bytes:
+def encode_envelope(
+    task: str,
+    args: tuple[Any, ...] | list[Any],
+    kwargs: dict[str, Any],
+    options: dict[str, Any],
+    *,
+    serializer: Serializer | str = "msgpack",
+    max_size: int | None = DEFAULT_MAX_PAYLOAD,
+) -> bytes:
     """Encode a job as ``b"TP" + version + serializer id + body`` (see ``docs/serialization.md``).
 
     Raises :class:`SerializationError` if the task name, arguments or options cannot be encoded
@@ -428,8 +475,12 @@ def encode_envelope(task: str, args: tuple[Any, ...] | list[Any], kwargs: dict[s
     return _frame(ENVELOPE_MAGIC, sid, body, max_size, f"job payload for task {task!r}")
 
 
-def args_encoder(task: str, *, serializer: Serializer | str = "msgpack",
-                 max_size: int | None = DEFAULT_MAX_PAYLOAD) -> Callable[[tuple[Any, ...]], bytes]:
+def args_encoder(
+    task: str,
+    *,
+    serializer: Serializer | str = "msgpack",
+    max_size: int | None = DEFAULT_MAX_PAYLOAD,
+) -> Callable[[tuple[Any, ...]], bytes]:
     """A function ``encode(args)`` that gives exactly ``encode_envelope(task, args, {}, {})``.
 
     For publishing many calls of one task with positional arguments only (``Task.map``): with
@@ -490,8 +541,12 @@ class ResultRecord:
     traceback: str | None = None
 
 
-def encode_result(value: Any, *, serializer: Serializer | str = "msgpack",
-                  max_size: int | None = DEFAULT_MAX_PAYLOAD) -> bytes:
+def encode_result(
+    value: Any,
+    *,
+    serializer: Serializer | str = "msgpack",
+    max_size: int | None = DEFAULT_MAX_PAYLOAD,
+) -> bytes:
     """Encode a task's return value as a result record (``b"TR"`` header).
 
     Raises :class:`SerializationError` if ``value`` cannot be encoded and
@@ -515,20 +570,23 @@ def _clean_text(text: object, limit: int, keep_tail: bool) -> str:
     return cut + "\n" + value[-limit:] if keep_tail else value[:limit] + "\n" + cut
 
 
-def encode_failure(exc_type: str, message: str, traceback: str, *,
-                   serializer: Serializer | str = "msgpack") -> bytes:
+def encode_failure(
+    exc_type: str, message: str, traceback: str, *, serializer: Serializer | str = "msgpack"
+) -> bytes:
     """Encode a task failure as a result record. Never fails for size or content.
 
     Lone surrogates are backslash-escaped; the message keeps its first and the traceback its
     last 32 KiB characters, so a failure record always fits in :data:`DEFAULT_MAX_PAYLOAD`.
     """
     ser, sid = _resolve(serializer)
-    body = ser.dumps({
-        "ok": False,
-        "e": _clean_text(exc_type, 1024, keep_tail=False),
-        "m": _clean_text(message, _FAILURE_TEXT_LIMIT, keep_tail=False),
-        "tb": _clean_text(traceback, _FAILURE_TEXT_LIMIT, keep_tail=True),
-    })
+    body = ser.dumps(
+        {
+            "ok": False,
+            "e": _clean_text(exc_type, 1024, keep_tail=False),
+            "m": _clean_text(message, _FAILURE_TEXT_LIMIT, keep_tail=False),
+            "tb": _clean_text(traceback, _FAILURE_TEXT_LIMIT, keep_tail=True),
+        }
+    )
     return _frame(RESULT_MAGIC, sid, body, None, "task failure")
 
 

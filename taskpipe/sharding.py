@@ -89,10 +89,13 @@ class Sharding:
                 plain = self._plain[name] = [self.app.channel(name)]
             return plain
         if count > 1 and name in self.app.raw_channels:
-            raise ConfigError(f"channel {name!r} has a raw (Thoonk-native) task: legacy Thoonk "
-                              "clients know one channel per name, so it cannot be sharded")
-        self.app.broker_retry.call(f"check the shards of {name!r}",
-                                   lambda _attempt: self._check_record(name, count))
+            raise ConfigError(
+                f"channel {name!r} has a raw (Thoonk-native) task: legacy Thoonk "
+                "clients know one channel per name, so it cannot be sharded"
+            )
+        self.app.broker_retry.call(
+            f"check the shards of {name!r}", lambda _attempt: self._check_record(name, count)
+        )
         opened = [self.app.channel(n) for n in shard_names(name, count)]
         if count > 1:
             self._check_spread(name, opened)
@@ -112,22 +115,30 @@ class Sharding:
         if per_master and len(set(per_master.values())) > 1:
             logging.getLogger("taskpipe").warning(
                 "channel %r: %d shards are spread unevenly over %d masters (%s); use a multiple "
-                "of the master count", name, len(opened), len(per_master),
-                ", ".join(f"{m}: {n}" for m, n in sorted(per_master.items())))
+                "of the master count",
+                name,
+                len(opened),
+                len(per_master),
+                ", ".join(f"{m}: {n}" for m, n in sorted(per_master.items())),
+            )
 
     def _check_record(self, name: str, count: int) -> None:
         thoonk = self.app.thoonk
         stored = stored_count(thoonk, name)
         if stored == count:
             return
-        old = [self.app.channel_name(n) for n in shard_names(name, stored)] if stored > 1 \
+        old = (
+            [self.app.channel_name(n) for n in shard_names(name, stored)]
+            if stored > 1
             else [self.app.channel_name(name)]
+        )
         waiting = holds_jobs(thoonk, old)
         if waiting:
             raise ShardCountChanged(
                 f"channel {name!r} was published with {stored} shard(s) and still holds "
                 f"{waiting} job(s); this app is configured with {count}. Run the old layout's "
-                "workers until it is empty, then change the shard count (docs/sharding.md)")
+                "workers until it is empty, then change the shard count (docs/sharding.md)"
+            )
         record_count(thoonk, name, count)
 
     def pick(self, name: str, job_id: str | None, shard_key: Any = None) -> JobChannel:

@@ -14,9 +14,19 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal
 
-__all__ = ["JobState", "CHANNEL_STATES", "QUEUED_STATES", "LISTABLE_STATES", "DONE_STATES",
-           "FAILED_STATES", "ERROR_STATES", "OUTCOME_STATES",
-           "OutcomeKind", "ResultOutcome", "WorkerEvent"]
+__all__ = [
+    "JobState",
+    "CHANNEL_STATES",
+    "QUEUED_STATES",
+    "LISTABLE_STATES",
+    "DONE_STATES",
+    "FAILED_STATES",
+    "ERROR_STATES",
+    "OUTCOME_STATES",
+    "OutcomeKind",
+    "ResultOutcome",
+    "WorkerEvent",
+]
 
 
 class JobState(str, Enum):
@@ -55,32 +65,59 @@ class JobState(str, Enum):
 #: the states the Thoonk layer reports for a job (``JobChannel.info``); ``FAILED``, ``TIMEOUT``,
 #: ``ABORTED`` and ``EXPIRED`` are read from the stored result by the task layer, ``RETRACTED``
 #: from a record
-CHANNEL_STATES = (JobState.DELAYED, JobState.WAITING, JobState.AVAILABLE, JobState.CLAIMED,
-                  JobState.STALLED, JobState.FINISHED, JobState.UNKNOWN)
+CHANNEL_STATES = (
+    JobState.DELAYED,
+    JobState.WAITING,
+    JobState.AVAILABLE,
+    JobState.CLAIMED,
+    JobState.STALLED,
+    JobState.FINISHED,
+    JobState.UNKNOWN,
+)
 #: the states of a job still on its channel (its depth: metrics, ``taskpipe status``)
-QUEUED_STATES = (JobState.AVAILABLE, JobState.DELAYED, JobState.WAITING, JobState.CLAIMED,
-                 JobState.STALLED)
+QUEUED_STATES = (
+    JobState.AVAILABLE,
+    JobState.DELAYED,
+    JobState.WAITING,
+    JobState.CLAIMED,
+    JobState.STALLED,
+)
 #: the states ``taskpipe jobs list`` and the dashboard list jobs by
-LISTABLE_STATES = (*QUEUED_STATES, JobState.FINISHED, JobState.FAILED, JobState.TIMEOUT,
-                   JobState.ABORTED, JobState.EXPIRED)
+LISTABLE_STATES = (
+    *QUEUED_STATES,
+    JobState.FINISHED,
+    JobState.FAILED,
+    JobState.TIMEOUT,
+    JobState.ABORTED,
+    JobState.EXPIRED,
+)
 #: the states a job's result will not change from (``ready()``): timed-out, aborted and expired
 #: jobs are finished jobs whose stored failure says so
-DONE_STATES = (JobState.FINISHED, JobState.FAILED, JobState.TIMEOUT, JobState.ABORTED,
-               JobState.EXPIRED)
+DONE_STATES = (
+    JobState.FINISHED,
+    JobState.FAILED,
+    JobState.TIMEOUT,
+    JobState.ABORTED,
+    JobState.EXPIRED,
+)
 #: the states of a job that finished with an error (``failed()``)
 FAILED_STATES = (JobState.FAILED, JobState.TIMEOUT, JobState.ABORTED, JobState.EXPIRED)
 #: the same (the name the history code uses)
 ERROR_STATES = FAILED_STATES
 #: the ``exc_type`` of the stored failure of a job that ended timed out / aborted / expired ->
 #: its state
-OUTCOME_STATES = {"JobTimeout": JobState.TIMEOUT, "JobAborted": JobState.ABORTED,
-                  "JobExpired": JobState.EXPIRED}
+OUTCOME_STATES = {
+    "JobTimeout": JobState.TIMEOUT,
+    "JobAborted": JobState.ABORTED,
+    "JobExpired": JobState.EXPIRED,
+}
 
 #: what the worker does with a claimed job after running it (``worker.runner.Outcome.kind``):
 #: finish it, finish it as failed, run it again later, park it, send it back (cancel count + 1),
 #: or give it back unstarted (count unchanged)
-OutcomeKind = Literal["success", "failure", "retry", "stall", "cancel", "release", "aborted",
-                      "expired"]
+OutcomeKind = Literal[
+    "success", "failure", "retry", "stall", "cancel", "release", "aborted", "expired"
+]
 
 #: a stored result as the operators' views read it (``taskpipe.inspection.views.outcome_of``):
 #: a value, a failure, a Thoonk-native (raw) result, or none left (expired / ``result_ttl=0``)
@@ -88,6 +125,19 @@ ResultOutcome = Literal["ok", "failed", "timeout", "raw", "expired", "aborted", 
 
 #: the counters a worker's outcome writer moves (``OutcomeWriter.stats`` and its listeners, the
 #: metrics' ``outcome`` label)
-WorkerEvent = Literal["finished", "failed", "timeout", "retried", "stalled", "cancelled", "released",
-                      "evicted", "lease_lost", "lease_expired", "lease_expired_stalled",
-                      "outcome_errors", "aborted", "expired"]
+WorkerEvent = Literal[
+    "finished",
+    "failed",
+    "timeout",
+    "retried",
+    "stalled",
+    "cancelled",
+    "released",
+    "evicted",
+    "lease_lost",
+    "lease_expired",
+    "lease_expired_stalled",
+    "outcome_errors",
+    "aborted",
+    "expired",
+]

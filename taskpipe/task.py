@@ -35,37 +35,45 @@ __all__ = ["Task", "AsyncTask", "TaskOptions", "Signature", "TaskDecorator"]
 R = TypeVar("R")
 T = TypeVar("T")
 
+
 @dataclass(frozen=True)
 class TaskOptions:
     """Per-task defaults; ``None`` means "use the app's default"."""
 
     channel: str | None = None
     priority: bool | int | None = False  # True: head of the queue; 0 (first) .. 9 (last)
-    timeout: DurationLike | None = None       # soft time limit; raises JobTimeout inside the task
+    timeout: DurationLike | None = None  # soft time limit; raises JobTimeout inside the task
     hard_timeout: DurationLike | None = None  # hard limit: the process-pool child is killed
     retries: int | None = None
     retry_backoff: DurationLike | None = None  # base delay of the exponential backoff
     retry_backoff_max: DurationLike | None = None
     result_ttl: DurationLike | None = None
-    failure_ttl: DurationLike | None = None  # how long a failed or timed-out job's record and error are kept
+    failure_ttl: DurationLike | None = (
+        None  # how long a failed or timed-out job's record and error are kept
+    )
     max_cancels: int | None = None
     stall_on_failure: bool = False  # after the last retry, stall instead of finishing as failed
     raw: bool = False  # a Thoonk-native handler: gets the channel's opaque bytes, returns bytes
     # flow control (docs/flow-control.md)
-    rate_limit: str | None = None    # "100/s", "10/m", "1000/h": across all workers
-    concurrency: int | None = None   # at most this many running at once (per key with the next)
+    rate_limit: str | None = None  # "100/s", "10/m", "1000/h": across all workers
+    concurrency: int | None = None  # at most this many running at once (per key with the next)
     concurrency_key: Callable[..., Any] | None = None  # the task's arguments -> a key
-    unique: bool = False             # no second job while one with the same key is unfinished
-    unique_for: Any = None           # ... or for this long after the first publish (duration)
-    unique_key: Any = None           # the dedup key (default: task name + arguments)
-    debounce: Any = None             # the latest publish within this window wins (duration)
+    unique: bool = False  # no second job while one with the same key is unfinished
+    unique_for: Any = None  # ... or for this long after the first publish (duration)
+    unique_key: Any = None  # the dedup key (default: task name + arguments)
+    debounce: Any = None  # the latest publish within this window wins (duration)
 
     @property
     def flowing(self) -> bool:
         """True when a publish of this task needs the flow-control put (``taskpipe.flow``)."""
-        return (self.rate_limit is not None or self.concurrency is not None or self.unique
-                or self.unique_for is not None or self.debounce is not None
-                or (type(self.priority) is int))
+        return (
+            self.rate_limit is not None
+            or self.concurrency is not None
+            or self.unique
+            or self.unique_for is not None
+            or self.debounce is not None
+            or (type(self.priority) is int)
+        )
 
 
 @dataclass(frozen=True)
@@ -91,13 +99,18 @@ class Signature:
         """Publish the signature (extra args are appended, kwargs merged)."""
         return self.apply_async(args=args, kwargs=kwargs)
 
-    def apply_async(self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
-                    **options: Any) -> AsyncResult:
+    def apply_async(
+        self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> AsyncResult:
         """Publish the signature with extra arguments and options."""
         if self.app is None:
             raise RuntimeError("this signature is not bound to an app")
-        return self.app.send(self.task, args=(*self.args, *args),
-                             kwargs={**self.kwargs, **(kwargs or {})}, **{**self.options, **options})
+        return self.app.send(
+            self.task,
+            args=(*self.args, *args),
+            kwargs={**self.kwargs, **(kwargs or {})},
+            **{**self.options, **options},
+        )
 
     def set(self, **options: Any) -> Signature:
         """A copy with more publishing options (channel, priority, delay, ...)."""
@@ -105,15 +118,25 @@ class Signature:
 
     def to_dict(self) -> dict[str, Any]:
         """The plain-data form stored inside a job envelope."""
-        return {"task": self.task, "args": list(self.args), "kwargs": dict(self.kwargs),
-                "options": {k: v for k, v in self.options.items()
-                            if k not in ("on_finish", "on_failure")}}
+        return {
+            "task": self.task,
+            "args": list(self.args),
+            "kwargs": dict(self.kwargs),
+            "options": {
+                k: v for k, v in self.options.items() if k not in ("on_finish", "on_failure")
+            },
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], app: Publisher | None = None) -> Signature:
         """Rebuild a signature from ``to_dict`` data."""
-        return cls(str(data["task"]), tuple(data.get("args") or ()), dict(data.get("kwargs") or {}),
-                   dict(data.get("options") or {}), app)
+        return cls(
+            str(data["task"]),
+            tuple(data.get("args") or ()),
+            dict(data.get("kwargs") or {}),
+            dict(data.get("options") or {}),
+            app,
+        )
 
 
 class Task(Generic[R, P]):
@@ -124,7 +147,9 @@ class Task(Generic[R, P]):
     ``add(a: int, b: int) -> int``, and ``add.delay(1, 2).get()`` is an ``int``.
     """
 
-    def __init__(self, app: Publisher, fn: Callable[P, Any], name: str, options: TaskOptions) -> None:
+    def __init__(
+        self, app: Publisher, fn: Callable[P, Any], name: str, options: TaskOptions
+    ) -> None:
         self.app = app
         self.fn = fn
         self.name = name
@@ -177,8 +202,9 @@ class Task(Generic[R, P]):
         """Publish a call with the task's default options; returns its ``AsyncResult``."""
         return self.app.send(self.name, args=args, kwargs=kwargs, _task=self)
 
-    def apply_async(self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
-                    **options: Any) -> AsyncResult[R]:
+    def apply_async(
+        self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> AsyncResult[R]:
         """Publish a call with options.
 
         Options: ``channel``, ``priority``, ``delay``, ``eta``, ``id``, ``on_finish``,
@@ -204,8 +230,9 @@ class Task(Generic[R, P]):
         """Publish one job per item (a tuple is spread as arguments), pipelined in batches."""
         if not options:  # the common case: one task, positional arguments, its own options
             return self.app.publish_calls(self, iterable)
-        return self.app.publish_many(self.s(*(a if isinstance(a, tuple) else (a,))).set(**options)
-                                     for a in iterable)
+        return self.app.publish_many(
+            self.s(*(a if isinstance(a, tuple) else (a,))).set(**options) for a in iterable
+        )
 
     def AsyncResult(self, id: str) -> AsyncResult[R]:  # noqa: N802 - mirrors Celery's API
         """A handle on a job of this task published elsewhere."""
@@ -217,7 +244,8 @@ class AsyncTask(Task[R, P]):
     awaited value, so ``delay(...).get()`` is typed as what the coroutine returns."""
 
     def __call__(  # type: ignore[override]
-            self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        self, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, R]:
         """Make the coroutine of one run, here (await it to run it)."""
         return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
 

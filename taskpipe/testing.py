@@ -42,8 +42,13 @@ def memory_app(name: str | None = None, **options: Any) -> TaskPipe:
     return TaskPipe(name, broker=f"memory://{uuid.uuid4().hex}", **options)
 
 
-def run_until_idle(app: TaskPipe, channels: Sequence[str] | None = None, *,
-                   concurrency: int = 1, max_jobs: int | None = None) -> dict[str, int]:
+def run_until_idle(
+    app: TaskPipe,
+    channels: Sequence[str] | None = None,
+    *,
+    concurrency: int = 1,
+    max_jobs: int | None = None,
+) -> dict[str, int]:
     """Run a worker in this process until the channels are empty (retries due soon included).
 
     ``channels`` defaults to every channel the app's tasks use. Returns the worker's counts
@@ -51,8 +56,15 @@ def run_until_idle(app: TaskPipe, channels: Sequence[str] | None = None, *,
     """
     if channels is None:
         channels = app_channels(app)
-    worker = Worker(app, list(channels), concurrency=concurrency, burst=True, max_jobs=max_jobs,
-                    heartbeat_interval=60.0, capture_logs=True)
+    worker = Worker(
+        app,
+        list(channels),
+        concurrency=concurrency,
+        burst=True,
+        max_jobs=max_jobs,
+        heartbeat_interval=60.0,
+        capture_logs=True,
+    )
     worker.run()
     return dict(worker.writer.stats)
 
@@ -75,12 +87,18 @@ def eager(app: TaskPipe) -> Iterator[Any]:
 
 
 @contextmanager
-def running_worker(app: TaskPipe, channels: Sequence[str] | None = None, *,
-                   concurrency: int = 2, **options: Any) -> Iterator[Worker]:
+def running_worker(
+    app: TaskPipe, channels: Sequence[str] | None = None, *, concurrency: int = 2, **options: Any
+) -> Iterator[Worker]:
     """A worker for ``app`` in a thread of this process while the ``with`` runs (stopped and
     joined at the end). Options as for ``Worker``."""
-    worker = Worker(app, list(channels or app_channels(app)), concurrency=concurrency,
-                    heartbeat_interval=options.pop("heartbeat_interval", 60.0), **options)
+    worker = Worker(
+        app,
+        list(channels or app_channels(app)),
+        concurrency=concurrency,
+        heartbeat_interval=options.pop("heartbeat_interval", 60.0),
+        **options,
+    )
     thread = threading.Thread(target=worker.run, name="taskpipe-test-worker", daemon=True)
     thread.start()
     try:

@@ -34,11 +34,19 @@ if TYPE_CHECKING:
     from taskpipe.results import AsyncResult
     from taskpipe.thoonk.job import JobChannel, PutRequest
 
-__all__ = ["chain", "group", "chord", "GroupResult", "dependency_options", "publish_waiting",
-           "PASS_MODES"]
+__all__ = [
+    "chain",
+    "group",
+    "chord",
+    "GroupResult",
+    "dependency_options",
+    "publish_waiting",
+    "PASS_MODES",
+]
 
 #: ``pass_results`` values: the single parent's value, or the list of every parent's value
 PASS_MODES = ("one", "all")
+
 
 def _parent_refs(app: TaskPipe, depends_on: Any) -> list[tuple[str, str]]:
     """``(channel, id)`` of each parent named by ``depends_on`` (results, group results,
@@ -50,7 +58,9 @@ def _parent_refs(app: TaskPipe, depends_on: Any) -> list[tuple[str, str]]:
     try:
         items = list(depends_on)
     except TypeError:
-        raise ConfigError(f"depends_on must be a list of results or job ids, got {depends_on!r}") from None
+        raise ConfigError(
+            f"depends_on must be a list of results or job ids, got {depends_on!r}"
+        ) from None
     refs: list[tuple[str, str]] = []
     for item in items:
         if isinstance(item, GroupResult):
@@ -59,11 +69,16 @@ def _parent_refs(app: TaskPipe, depends_on: Any) -> list[tuple[str, str]]:
             refs.append((item.channel, item.id))
         elif isinstance(item, str) and item:
             refs.append((app.channel().name, item))
-        elif (isinstance(item, tuple) and len(item) == 2 and all(isinstance(x, str) and x for x in item)):
+        elif (
+            isinstance(item, tuple)
+            and len(item) == 2
+            and all(isinstance(x, str) and x for x in item)
+        ):
             refs.append((app.channel(item[0]).name, item[1]))
         else:
-            raise ConfigError(f"depends_on: {item!r} is not an AsyncResult, a job id or a "
-                              "(channel, id) pair")
+            raise ConfigError(
+                f"depends_on: {item!r} is not an AsyncResult, a job id or a (channel, id) pair"
+            )
     seen: set[tuple[str, str]] = set()
     unique = [r for r in refs if not (r in seen or seen.add(r))]  # type: ignore[func-returns-value]
     if not unique:
@@ -83,8 +98,10 @@ def dependency_options(app: TaskPipe, options: Mapping[str, Any]) -> dict[str, A
                 raise ConfigError(f"{key} is only meaningful with depends_on=")
         return {}
     if options.get("delay") is not None or options.get("eta") is not None:
-        raise ConfigError("depends_on cannot be combined with delay/eta/countdown: a dependant "
-                          "runs as soon as its parents finish")
+        raise ConfigError(
+            "depends_on cannot be combined with delay/eta/countdown: a dependant "
+            "runs as soon as its parents finish"
+        )
     mode = options.get("pass_results")
     if mode is not None and mode not in PASS_MODES:
         raise ConfigError(f"pass_results must be one of {PASS_MODES} or None, got {mode!r}")
@@ -111,20 +128,26 @@ def publish_waiting(channel: JobChannel, req: PutRequest, parents: Sequence[Sequ
         slot = key_slot(channel.keys.ids)
         for ch, pid in refs:
             if key_slot(channel.thoonk.keys.job(ch).ids) != slot:
-                raise WorkflowError(f"depends_on: on a Redis Cluster a job and its parents must be "
-                                    f"on channels in one hash slot; {ch!r} (parent {pid!r}) and "
-                                    f"{channel.name!r} are not (give them one hash tag, e.g. "
-                                    "'{jobs}.a' and '{jobs}.b'); nothing was published")
+                raise WorkflowError(
+                    f"depends_on: on a Redis Cluster a job and its parents must be "
+                    f"on channels in one hash slot; {ch!r} (parent {pid!r}) and "
+                    f"{channel.name!r} are not (give them one hash tag, e.g. "
+                    "'{jobs}.a' and '{jobs}.b'); nothing was published"
+                )
     code, detail = channel.put_waiting(req.id, req.item, refs)
     if code == -1:
         ch, pid = refs[detail - 1]
-        raise UnknownParent(f"depends_on: no job {pid!r} in channel {ch!r} (never published, "
-                            "retracted, or finished so long ago that it is forgotten); nothing "
-                            "was published")
+        raise UnknownParent(
+            f"depends_on: no job {pid!r} in channel {ch!r} (never published, "
+            "retracted, or finished so long ago that it is forgotten); nothing "
+            "was published"
+        )
     if code == -3:
         ch, pid = refs[detail - 1]
-        raise WorkflowError(f"depends_on: job {ch}/{pid} has {MAX_DEPENDANTS} dependants already "
-                            "(the most one parent may have); nothing was published")
+        raise WorkflowError(
+            f"depends_on: job {ch}/{pid} has {MAX_DEPENDANTS} dependants already "
+            "(the most one parent may have); nothing was published"
+        )
     return code == 1
 
 
@@ -197,8 +220,9 @@ def _app_of(steps: Iterable[Any]) -> Publisher:
         app = step.app if isinstance(step, Signature) else _app_of(_members(step))
         if app is not None:
             return app
-    raise ConfigError("a workflow needs a signature bound to an app (task.s(...), not "
-                      "Signature(...) by hand)")
+    raise ConfigError(
+        "a workflow needs a signature bound to an app (task.s(...), not Signature(...) by hand)"
+    )
 
 
 def _members(step: Any) -> list[Any]:
@@ -213,12 +237,19 @@ def _members(step: Any) -> list[Any]:
 
 def _check_step(step: Any) -> None:
     if not isinstance(step, (Signature, group, chord, chain)):
-        raise ConfigError(f"a workflow step must be a task signature (task.s(...)), a group, "
-                          f"a chord or a chain, got {step!r}")
+        raise ConfigError(
+            f"a workflow step must be a task signature (task.s(...)), a group, "
+            f"a chord or a chain, got {step!r}"
+        )
 
 
-def _send(sig: Signature, after: list[AsyncResult] | None, from_group: bool,
-          args: tuple[Any, ...] = (), options: dict[str, Any] | None = None) -> AsyncResult:
+def _send(
+    sig: Signature,
+    after: list[AsyncResult] | None,
+    from_group: bool,
+    args: tuple[Any, ...] = (),
+    options: dict[str, Any] | None = None,
+) -> AsyncResult:
     app = sig.app
     if app is None:
         raise ConfigError(f"signature {sig!r} is not bound to an app")
@@ -230,9 +261,13 @@ def _send(sig: Signature, after: list[AsyncResult] | None, from_group: bool,
     return app.send(sig.task, args=(*sig.args, *args), kwargs=dict(sig.kwargs), **opts)
 
 
-def _run(step: Any, after: list[AsyncResult] | None, from_group: bool,
-         args: tuple[Any, ...] = (), options: dict[str, Any] | None = None
-         ) -> tuple[list[AsyncResult], bool, Any]:
+def _run(
+    step: Any,
+    after: list[AsyncResult] | None,
+    from_group: bool,
+    args: tuple[Any, ...] = (),
+    options: dict[str, Any] | None = None,
+) -> tuple[list[AsyncResult], bool, Any]:
     """Publish one step after ``after``; returns (its results, whether it is a group, handle)."""
     if isinstance(step, Signature):
         result = _send(step, after, from_group, args, options)
@@ -244,8 +279,9 @@ def _run(step: Any, after: list[AsyncResult] | None, from_group: bool,
         return _run(chain(step.header, step.body), after, from_group, args, options)
     prev, prev_group, handle = after, from_group, None
     for i, sub in enumerate(step.tasks):
-        prev, prev_group, handle = _run(sub, prev, prev_group, args if i == 0 else (),
-                                        options if i == 0 else None)
+        prev, prev_group, handle = _run(
+            sub, prev, prev_group, args if i == 0 else (), options if i == 0 else None
+        )
     return prev or [], prev_group, handle
 
 
@@ -270,17 +306,27 @@ class group:  # noqa: N801 - Celery's name
             return chord(self, other)
         return chain(self, other)
 
-    def _publish(self, after: list[AsyncResult] | None, from_group: bool,
-                 args: tuple[Any, ...] = (), options: dict[str, Any] | None = None) -> GroupResult:
+    def _publish(
+        self,
+        after: list[AsyncResult] | None,
+        from_group: bool,
+        args: tuple[Any, ...] = (),
+        options: dict[str, Any] | None = None,
+    ) -> GroupResult:
         if not self.tasks:
-            raise EmptyChord("a group after another step needs at least one member") \
-                if after is not None else ConfigError("an empty group publishes nothing")
+            raise (
+                EmptyChord("a group after another step needs at least one member")
+                if after is not None
+                else ConfigError("an empty group publishes nothing")
+            )
         app = _app_of(self.tasks)
         if after is None:
             sigs = [s.set(**(options or {})) if options else s for s in self.tasks]
             if args:
-                sigs = [Signature(s.task, (*s.args, *args), s.kwargs, s.options, s.app, s.immutable)
-                        for s in sigs]
+                sigs = [
+                    Signature(s.task, (*s.args, *args), s.kwargs, s.options, s.app, s.immutable)
+                    for s in sigs
+                ]
             return GroupResult(app, app.publish_many(sigs))
         return GroupResult(app, [_send(s, after, from_group, args, options) for s in self.tasks])
 
@@ -363,8 +409,9 @@ class chain:  # noqa: N801 - Celery's name
         if not self.tasks:
             raise ConfigError("an empty chain publishes nothing")
         for step in self.tasks:
-            if isinstance(step, (group, chord)) and not (step.tasks if isinstance(step, group)
-                                                         else step.header.tasks):
+            if isinstance(step, (group, chord)) and not (
+                step.tasks if isinstance(step, group) else step.header.tasks
+            ):
                 raise EmptyChord("a group or chord in a chain needs at least one member")
         _, _, handle = _run(self, None, False, tuple(args), options)
         return handle

@@ -34,8 +34,11 @@ from taskpipe.connection import Connection
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """``task_layer`` modules: ``broker_url`` is ``memory://`` unless the test is ``redis_smoke``."""
     node = metafunc.definition
-    if ("broker_url" in metafunc.fixturenames and node.get_closest_marker("task_layer")
-            and not node.get_closest_marker("redis_smoke")):
+    if (
+        "broker_url" in metafunc.fixturenames
+        and node.get_closest_marker("task_layer")
+        and not node.get_closest_marker("redis_smoke")
+    ):
         # a parametrize mark (not metafunc.parametrize) so the fixture's own params step aside
         node.add_marker(pytest.mark.parametrize("broker_url", ["memory"], indirect=True))
 
@@ -110,8 +113,9 @@ def real_conn(redis_server: RedisServer) -> Iterator[Connection]:
 
 
 @pytest.fixture
-def harness(tmp_path: Path, redis_server: RedisServer, prefix: str,
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def harness(
+    tmp_path: Path, redis_server: RedisServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
     """Real ``taskpipe worker`` processes on the real Redis (``test_worker_process.Harness``);
     a module may define its own ``harness``."""
     from test_worker_process import Harness

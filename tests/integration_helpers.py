@@ -27,34 +27,47 @@ class Procs:
 
     def __init__(self, env: Mapping[str, str], cwd: Path) -> None:
         self.env = {**os.environ, **env}
-        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(cwd),
-                                                               os.environ.get("PYTHONPATH")]))
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(ROOT), str(cwd), os.environ.get("PYTHONPATH")])
+        )
         self.env.pop("TASKPIPE_APP", None)
         self.cwd = cwd
         self.dir = tempfile.mkdtemp(prefix="taskpipe-it-")
         self.procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
 
-    def start(self, name: str, argv: Sequence[str],
-              env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = Path(self.dir) / f"{name}.log"
         with open(log, "wb") as out:
-            proc = subprocess.Popen([sys.executable, *argv], cwd=self.cwd,
-                                    env={**self.env, **(env or {})},
-                                    stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, *argv],
+                cwd=self.cwd,
+                env={**self.env, **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         self.procs[name] = (proc, log)
         return proc
 
     def run(self, argv: Sequence[str], timeout: float = 120) -> str:
         """Run a command to the end (it must succeed); returns its output."""
-        done = subprocess.run([sys.executable, *argv], cwd=self.cwd, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            [sys.executable, *argv],
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         assert done.returncode == 0, f"{argv} failed:\n{done.stdout}\n{done.stderr}"
         return done.stdout
 
     def output(self) -> str:
-        return "\n".join(f"--- {name} (exit {proc.poll()}) ---\n"
-                         + log.read_text(errors="replace")[-4000:]
-                         for name, (proc, log) in self.procs.items())
+        return "\n".join(
+            f"--- {name} (exit {proc.poll()}) ---\n" + log.read_text(errors="replace")[-4000:]
+            for name, (proc, log) in self.procs.items()
+        )
 
     def stop(self) -> None:
         for proc, _ in self.procs.values():
@@ -80,9 +93,14 @@ def processes(env: Mapping[str, str], cwd: Path) -> Iterator[Procs]:
     procs.stop()
 
 
-def http(method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None,
-         opener: urllib.request.OpenerDirector | None = None,
-         form: Mapping[str, str] | None = None) -> tuple[int, Any, Any]:
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: Mapping[str, str] | None = None,
+    opener: urllib.request.OpenerDirector | None = None,
+    form: Mapping[str, str] | None = None,
+) -> tuple[int, Any, Any]:
     """One request; returns (status, decoded JSON or text, the response). Never raises for a
     status. ``form`` sends a urlencoded body; ``opener`` keeps cookies between requests."""
     if form is not None:
@@ -91,8 +109,9 @@ def http(method: str, url: str, body: Any = None, headers: Mapping[str, str] | N
     else:
         data = json.dumps(body).encode() if body is not None else None
         ctype = "application/json"
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": ctype, **(headers or {})})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": ctype, **(headers or {})}
+    )
     try:
         with (opener or urllib.request.build_opener()).open(req, timeout=30) as resp:
             status, raw, head = resp.status, resp.read(), resp
@@ -107,6 +126,7 @@ def http(method: str, url: str, body: Any = None, headers: Mapping[str, str] | N
 
 def wait_http(url: str, procs: Procs, timeout: float = 60.0) -> None:
     """Wait until ``url`` answers (any status), failing early if a process died."""
+
     def up() -> bool:
         for name, (proc, _) in procs.procs.items():
             if proc.poll() is not None:

@@ -9,8 +9,13 @@ from typing import Any
 __all__ = ["wait_for"]
 
 
-def wait_for(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condition",
-             interval: float = 0.02, ignore: tuple[type[BaseException], ...] = ()) -> Any:
+def wait_for(
+    pred: Callable[[], Any],
+    timeout: float = 20.0,
+    what: str = "condition",
+    interval: float = 0.02,
+    ignore: tuple[type[BaseException], ...] = (),
+) -> Any:
     """Poll ``pred`` until it returns something truthy, and return that.
 
     An exception of a type in ``ignore`` (e.g. a server still starting) counts as "not yet".

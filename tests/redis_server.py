@@ -24,8 +24,9 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process on 127.0.0.1, started by the tests."""
 
-    def __init__(self, port: int | None = None, *, appendonly: bool = False,
-                 extra: list[str] | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, *, appendonly: bool = False, extra: list[str] | None = None
+    ) -> None:
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="taskpipe-redis-")
         self.appendonly = appendonly
@@ -40,16 +41,32 @@ class RedisServer:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        args = [exe, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.dir,
-                "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-                "--appendfsync", "always", "--protected-mode", "no", *self.extra]
+        args = [
+            exe,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            self.dir,
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
+            "--protected-mode",
+            "no",
+            *self.extra,
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
                 # one try per loop: redis-py's own retries back off up to 1 s per try
-                if redis.Redis(port=self.port, socket_connect_timeout=0.2,
-                               retry=Retry(NoBackoff(), 0)).ping():
+                if redis.Redis(
+                    port=self.port, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+                ).ping():
                     return self
             except redis.exceptions.ConnectionError:
                 time.sleep(0.05)

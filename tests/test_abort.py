@@ -28,7 +28,7 @@ from taskpipe.loading import load_app
 
 pytestmark = pytest.mark.timeout(90)
 
-APP_SOURCE = '''
+APP_SOURCE = """
 import asyncio
 import os
 import time
@@ -79,7 +79,7 @@ async def coro():
         r.set(PREFIX + "stopped:" + job.id, 1)
         raise
     r.set(PREFIX + "after:" + job.id, 1)
-'''
+"""
 
 
 class Env:
@@ -98,8 +98,9 @@ class Env:
     def worker(self, *args: str) -> WorkerProcess:
         env = dict(os.environ, TP_TEST_BROKER=self.url, TP_TEST_PREFIX=self.prefix)
         env["PYTHONPATH"] = os.pathsep.join([str(self.tmp), env.get("PYTHONPATH", "")])
-        w = WorkerProcess(["worker", "-A", self.app_path, *args], env,
-                          self.tmp / f"worker{len(self.workers)}.log")
+        w = WorkerProcess(
+            ["worker", "-A", self.app_path, *args], env, self.tmp / f"worker{len(self.workers)}.log"
+        )
         self.workers.append(w)
         return w
 
@@ -115,8 +116,9 @@ class Env:
 
 
 @pytest.fixture
-def env(tmp_path: Path, redis_server: RedisServer, prefix: str,
-        monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+def env(
+    tmp_path: Path, redis_server: RedisServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Env]:
     e = Env(tmp_path, redis_server.url, prefix, monkeypatch)
     yield e
     e.close()
@@ -180,16 +182,23 @@ def test_cli_abort_and_bad_input(env: Env) -> None:
     job = env.app.send("coop")
     w = env.worker("-c", "1")
     wait_for(lambda: env.get("pid", job.id) is not None, what="the task to start")
-    run = CliRunner().invoke(cli, ["jobs", "abort", job.id, "--json", "--by", "ops"], env={
-        "TASKPIPE_BROKER_URL": env.url, "TASKPIPE_PREFIX": env.prefix}, catch_exceptions=False)
+    run = CliRunner().invoke(
+        cli,
+        ["jobs", "abort", job.id, "--json", "--by", "ops"],
+        env={"TASKPIPE_BROKER_URL": env.url, "TASKPIPE_PREFIX": env.prefix},
+        catch_exceptions=False,
+    )
     assert run.exit_code == 0, run.output
     assert json.loads(run.stdout)["state"] == "aborted"
     assert job.aborted_by()[0] == "ops"  # type: ignore[index]
     wait_for(lambda: env.get("stopped", job.id) == 1, what="the task to stop")
     with pytest.raises(WrongJobState, match="aborted"):
         job.abort()  # finished (aborted) already
-    again = CliRunner().invoke(cli, ["jobs", "abort", job.id], env={
-        "TASKPIPE_BROKER_URL": env.url, "TASKPIPE_PREFIX": env.prefix})
+    again = CliRunner().invoke(
+        cli,
+        ["jobs", "abort", job.id],
+        env={"TASKPIPE_BROKER_URL": env.url, "TASKPIPE_PREFIX": env.prefix},
+    )
     assert again.exit_code != 0
     w.send(signal.SIGTERM)
     assert w.wait(30) == 0
@@ -280,8 +289,10 @@ def test_aborted_prefetched_job_never_starts(app: TaskPipe) -> None:
         wait_for(lambda: b.state == "claimed", what="b to be prefetched")
         b.abort()
         # the keeper (every 0.25 s) marks the buffered job; only then let the slot free up
-        wait_for(lambda: any(p.early is not None for p in list(w._buffer)),
-                 what="the keeper to see the abort of the buffered job")
+        wait_for(
+            lambda: any(p.early is not None for p in list(w._buffer)),
+            what="the keeper to see the abort of the buffered job",
+        )
         a.abort()
         wait_for(lambda: w.writer.stats.get("aborted") == 2, what="both counted aborted")
     assert started == ["a"]  # b was aborted while buffered: it never started

@@ -88,6 +88,7 @@ def test_loops_get_their_own_client(app: TaskPipe) -> None:
 
     r = one.delay()
     run_until_idle(app)
+
     async def read(handle: AsyncResult[int]) -> int:
         try:
             return await handle.aget(timeout=5)

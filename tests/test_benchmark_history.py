@@ -11,16 +11,35 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ("mem_finished_plain", "mem_finished_record", "mem_failed_record", "list_newest",
-           "list_failed", "list_task", "list_error", "breakdown")
+FIGURES = (
+    "mem_finished_plain",
+    "mem_finished_record",
+    "mem_failed_record",
+    "list_newest",
+    "list_failed",
+    "list_task",
+    "list_error",
+    "breakdown",
+)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_history_benchmark_prints_every_figure(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "history.py"), "--jobs", "2000",
-                           "--mem-jobs", "500"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=170)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "history.py"),
+            "--jobs",
+            "2000",
+            "--mem-jobs",
+            "500",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for key in FIGURES:
         lines = [ln for ln in proc.stdout.splitlines() if ln.rstrip().endswith(f"[{key}]")]

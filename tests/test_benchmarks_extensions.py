@@ -18,9 +18,21 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(180)
 def test_extensions_benchmark_prints_every_mode(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TASKPIPE_BROKER_URL"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "extensions.py"),
-                           "--jobs", "200", "--rounds", "1"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=170)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "extensions.py"),
+            "--jobs",
+            "200",
+            "--rounds",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for mode in ("plain", "followed_elsewhere", "followed_here", "middleware"):
         lines = [ln for ln in proc.stdout.splitlines() if ln.rstrip().endswith(f"[{mode}]")]

@@ -18,13 +18,21 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(120)
 def test_flow_benchmark_prints_its_ratio(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TASKPIPE_BROKER_URL"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "flow.py"), "--jobs", "100",
-                           "--rounds", "2"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=110)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "flow.py"), "--jobs", "100", "--rounds", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rounds = re.findall(r"^round \d: plain +(\d+) jobs/s +flow +(\d+) jobs/s +flow/plain ([\d.]+) "
-                        r"+CPU ms/1000 jobs plain \d+ flow \d+ \([\d.]+x\)$",
-                        proc.stdout, re.MULTILINE)
+    rounds = re.findall(
+        r"^round \d: plain +(\d+) jobs/s +flow +(\d+) jobs/s +flow/plain ([\d.]+) "
+        r"+CPU ms/1000 jobs plain \d+ flow \d+ \([\d.]+x\)$",
+        proc.stdout,
+        re.MULTILINE,
+    )
     assert len(rounds) == 2, proc.stdout
     assert all(float(p) > 0 and float(f) > 0 for p, f, _ in rounds)
     line = [ln for ln in proc.stdout.splitlines() if ln.endswith("[flow_drain_ratio]")]

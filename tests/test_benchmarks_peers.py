@@ -30,20 +30,39 @@ import peers  # noqa: E402  (benchmarks/peers.py)
 def test_peer_benchmark_prints_every_figure(tmp_path: Path) -> None:
     out_json = tmp_path / "peers.json"
     env = {k: v for k, v in os.environ.items() if k != "TASKPIPE_BROKER_URL"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--jobs", "400",
-                           "--rounds", "2", "--json", str(out_json)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=580)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "peers.py"),
+            "--jobs",
+            "400",
+            "--rounds",
+            "2",
+            "--json",
+            str(out_json),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=580,
+    )
     if proc.returncode == 3 and "cannot install the peers" in proc.stderr:
         pytest.skip(proc.stderr.strip()[-300:])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "127.0.0.1:" in out and "127.0.0.1:6379 " not in out
-    for name, version in (("huey", peers.PEERS["huey"]), ("dramatiq", peers.PEERS["dramatiq[redis]"])):
+    for name, version in (
+        ("huey", peers.PEERS["huey"]),
+        ("dramatiq", peers.PEERS["dramatiq[redis]"]),
+    ):
         assert f"{name} {version}" in out, name
 
     # every worker: one line per round, and one median line with its rate and CPU per job
     for key, label, _system, _argv in peers.WORKERS:
-        assert len([ln for ln in out.splitlines() if ln.startswith("  round ") and label in ln]) == 2
+        assert (
+            len([ln for ln in out.splitlines() if ln.startswith("  round ") and label in ln]) == 2
+        )
         lines = [ln for ln in out.splitlines() if ln.rstrip().endswith(f"[{key}]")]
         assert len(lines) == 1, (key, out)
         assert re.search(r"\d[\d,]* /s \(\d[\d,]*-\d[\d,]*\)", lines[0]), lines[0]

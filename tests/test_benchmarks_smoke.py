@@ -19,12 +19,29 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-FIGURES = ("raw_single", "raw_pipelined", "delay", "bulk", "drain_1proc", "drain_2proc",
-           "publish_start_p50", "publish_start_p99", "raw_wake_p50", "raw_wake_p99", "get_p50",
-           "get_p99", "mem_queued", "mem_result")
-TARGETS = ("delay() >= 0.7x raw single round trips/s", "bulk >= 0.5x raw pipelined/s",
-           "drain, 1 worker process >= 1.5x raw single round trips/s", "publish->start p99 <= 5 RTT",
-           "memory per small queued job <= 400 bytes")
+FIGURES = (
+    "raw_single",
+    "raw_pipelined",
+    "delay",
+    "bulk",
+    "drain_1proc",
+    "drain_2proc",
+    "publish_start_p50",
+    "publish_start_p99",
+    "raw_wake_p50",
+    "raw_wake_p99",
+    "get_p50",
+    "get_p99",
+    "mem_queued",
+    "mem_result",
+)
+TARGETS = (
+    "delay() >= 0.7x raw single round trips/s",
+    "bulk >= 0.5x raw pipelined/s",
+    "drain, 1 worker process >= 1.5x raw single round trips/s",
+    "publish->start p99 <= 5 RTT",
+    "memory per small queued job <= 400 bytes",
+)
 
 
 @pytest.mark.slow
@@ -33,10 +50,26 @@ def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:
     out_json = tmp_path / "figures.json"
     env = {k: v for k, v in os.environ.items() if k != "TASKPIPE_BROKER_URL"}
     # the smallest run that still measures every figure: this checks the script, not the speed
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick",
-                           "--jobs", "200", "--samples", "10", "--rounds", "1",
-                           "--json", str(out_json)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=220)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run.py"),
+            "--quick",
+            "--jobs",
+            "200",
+            "--samples",
+            "10",
+            "--rounds",
+            "1",
+            "--json",
+            str(out_json),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
 
@@ -53,16 +86,28 @@ def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:
     for key in ("delay", "drain_1proc", "drain_2proc"):
         line = next(ln for ln in out.splitlines() if ln.rstrip().endswith(f"[{key}]"))
         assert re.search(r"\d+\.\d\dx single", line), line
-    assert re.search(r"\d+\.\d\dx pipelined", next(ln for ln in out.splitlines()
-                                                   if ln.rstrip().endswith("[bulk]")))
-    for key in ("publish_start_p50", "publish_start_p99", "raw_wake_p50", "raw_wake_p99",
-                "get_p50", "get_p99"):
+    assert re.search(
+        r"\d+\.\d\dx pipelined",
+        next(ln for ln in out.splitlines() if ln.rstrip().endswith("[bulk]")),
+    )
+    for key in (
+        "publish_start_p50",
+        "publish_start_p99",
+        "raw_wake_p50",
+        "raw_wake_p99",
+        "get_p50",
+        "get_p99",
+    ):
         line = next(ln for ln in out.splitlines() if ln.rstrip().endswith(f"[{key}]"))
         assert re.search(r"\d+\.\d RTT", line), line
 
     # one PASS/MISS verdict per target
     for target in TARGETS:
-        verdicts = [ln for ln in out.splitlines() if re.match(rf"\s+(PASS|MISS)\s+{re.escape(target)}\s", ln)]
+        verdicts = [
+            ln
+            for ln in out.splitlines()
+            if re.match(rf"\s+(PASS|MISS)\s+{re.escape(target)}\s", ln)
+        ]
         assert len(verdicts) == 1, (target, out)
 
     data = json.loads(out_json.read_text())

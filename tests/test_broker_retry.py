@@ -42,16 +42,19 @@ pytestmark = pytest.mark.timeout(60)
 
 
 # --- the policy --------------------------------------------------------------------------------
-@pytest.mark.parametrize("exc", [
-    redis.exceptions.ConnectionError("Connection refused"),
-    redis.exceptions.TimeoutError("Timeout reading from socket"),
-    redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"),
-    redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
-    redis.exceptions.TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
-    redis.exceptions.MasterDownError("MASTERDOWN Link with MASTER is down"),
-    redis.exceptions.ResponseError("LOADING Redis is loading the dataset in memory"),
-    ConnectionResetError(104, "Connection reset by peer"),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        redis.exceptions.ConnectionError("Connection refused"),
+        redis.exceptions.TimeoutError("Timeout reading from socket"),
+        redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"),
+        redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+        redis.exceptions.TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
+        redis.exceptions.MasterDownError("MASTERDOWN Link with MASTER is down"),
+        redis.exceptions.ResponseError("LOADING Redis is loading the dataset in memory"),
+        ConnectionResetError(104, "Connection reset by peer"),
+    ],
+)
 def test_transient_errors(exc: BaseException) -> None:
     assert is_transient(exc)
     wrapped = BrokerUnavailable("x")
@@ -60,13 +63,16 @@ def test_transient_errors(exc: BaseException) -> None:
     assert isinstance(as_taskpipe_error("op", exc), BrokerUnavailable)
 
 
-@pytest.mark.parametrize("exc", [
-    redis.exceptions.AuthenticationError("invalid username-password pair"),
-    redis.exceptions.ResponseError("WRONGTYPE Operation against a key holding the wrong kind"),
-    redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'"),
-    ResultTimeout("a TimeoutError, but not the broker's"),
-    BrokerUnavailable("no cause: not known to be transient"),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        redis.exceptions.AuthenticationError("invalid username-password pair"),
+        redis.exceptions.ResponseError("WRONGTYPE Operation against a key holding the wrong kind"),
+        redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'"),
+        ResultTimeout("a TimeoutError, but not the broker's"),
+        BrokerUnavailable("no cause: not known to be transient"),
+    ],
+)
 def test_errors_that_are_not_retried(exc: BaseException) -> None:
     assert not is_transient(exc)
     mapped = as_taskpipe_error("op", exc)
@@ -117,8 +123,9 @@ class _LostReply:
         if self.calls <= self.n:
             if self.land:
                 self.fn(*args, **kwargs)
-            raise BrokerUnavailable("put: broker unavailable") from redis.exceptions.ConnectionError(
-                "Connection reset by peer")
+            raise BrokerUnavailable(
+                "put: broker unavailable"
+            ) from redis.exceptions.ConnectionError("Connection reset by peer")
         return self.fn(*args, **kwargs)
 
 
@@ -132,8 +139,9 @@ def add_app(app: TaskPipe) -> TaskPipe:
 
 
 @pytest.mark.parametrize("land", [True, False], ids=["landed", "not-landed"])
-def test_delay_retried_after_a_lost_reply_publishes_once(add_app: TaskPipe, monkeypatch: pytest.MonkeyPatch,
-                                                         land: bool) -> None:
+def test_delay_retried_after_a_lost_reply_publishes_once(
+    add_app: TaskPipe, monkeypatch: pytest.MonkeyPatch, land: bool
+) -> None:
     ch = add_app.channel()
     wrapper = _LostReply(ch.put_request, land=land)
     monkeypatch.setattr(ch, "put_request", wrapper)
@@ -143,8 +151,9 @@ def test_delay_retried_after_a_lost_reply_publishes_once(add_app: TaskPipe, monk
     assert ch.info(r.id).state == "available"
 
 
-def test_apply_async_with_own_id_retried_publishes_once(add_app: TaskPipe,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_apply_async_with_own_id_retried_publishes_once(
+    add_app: TaskPipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ch = add_app.channel()
     monkeypatch.setattr(ch, "put_request", _LostReply(ch.put_request))
     add_app.tasks["add"].apply_async((1,), id="mine", delay=60)
@@ -152,7 +161,8 @@ def test_apply_async_with_own_id_retried_publishes_once(add_app: TaskPipe,
 
 
 def test_map_and_publish_many_retried_after_a_partial_batch_publish_each_job_once(
-        add_app: TaskPipe, monkeypatch: pytest.MonkeyPatch) -> None:
+    add_app: TaskPipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ch, task = add_app.channel(), add_app.tasks["add"]
     real_fresh, real_many = ch.put_fresh_many, ch.put_many
 
@@ -185,6 +195,7 @@ def test_map_and_publish_many_retried_after_a_partial_batch_publish_each_job_onc
 def test_publish_gives_up_after_publish_retry(prefix: str) -> None:
     down = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     with TaskPipe("down", broker=down, prefix=prefix, publish_retry="0.2s") as app:
+
         @app.task(name="add")
         def add(a: int) -> int:
             return a
@@ -230,12 +241,15 @@ def _subscribed(client: Any, channel: str) -> bool:
 
 
 def test_get_fails_fast_when_the_job_is_retracted_or_stalled_while_waiting(
-        add_app: TaskPipe, redis_server: RedisServer, broker_url: str) -> None:
+    add_app: TaskPipe, redis_server: RedisServer, broker_url: str
+) -> None:
     ch = add_app.channel()
     first, second = add_app.tasks["add"].delay(1), add_app.tasks["add"].delay(2)
     thread, out = _waiter(first)
     if broker_url.startswith("redis"):
-        wait_for(lambda: _subscribed(redis_server.client(), ch.keys.ch_finish), what="get() waiting")
+        wait_for(
+            lambda: _subscribed(redis_server.client(), ch.keys.ch_finish), what="get() waiting"
+        )
     first.retract()
     thread.join(30)
     assert len(out) == 1 and isinstance(out[0], ResultUnknown), out
@@ -261,8 +275,11 @@ def own_server() -> Iterator[RedisServer]:
     server.cleanup()
 
 
-def test_get_waits_through_a_redis_restart_and_resubscribes(own_server: RedisServer, prefix: str) -> None:
+def test_get_waits_through_a_redis_restart_and_resubscribes(
+    own_server: RedisServer, prefix: str
+) -> None:
     with TaskPipe("restart", broker=own_server.url, prefix=prefix) as app:
+
         @app.task(name="add")
         def add(a: int) -> int:
             return a
@@ -273,8 +290,12 @@ def test_get_waits_through_a_redis_restart_and_resubscribes(own_server: RedisSer
         wait_for(lambda: _subscribed(own_server.client(), ch.keys.ch_finish), what="get() waiting")
         own_server.stop()  # graceful: AOF keeps the job
         own_server.start()
-        wait_for(lambda: _subscribed(own_server.client(), ch.keys.ch_finish), timeout=30,
-                 what="get() to subscribe again", ignore=(redis.exceptions.RedisError,))
+        wait_for(
+            lambda: _subscribed(own_server.client(), ch.keys.ch_finish),
+            timeout=30,
+            what="get() to subscribe again",
+            ignore=(redis.exceptions.RedisError,),
+        )
         claim = ch.get_claim(timeout=None)
         assert claim is not None and claim.id == r.id
         # a raw (Thoonk-native) result: the handle gets the bytes
@@ -283,9 +304,11 @@ def test_get_waits_through_a_redis_restart_and_resubscribes(own_server: RedisSer
         assert out == [b"raw-41"], out
 
 
-def test_delay_rides_out_a_real_restart_and_publishes_once(own_server: RedisServer, prefix: str,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_delay_rides_out_a_real_restart_and_publishes_once(
+    own_server: RedisServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with TaskPipe("pub", broker=own_server.url, prefix=prefix, publish_retry="60s") as app:
+
         @app.task(name="add")
         def add(a: int) -> int:
             return a
@@ -314,7 +337,8 @@ def test_delay_rides_out_a_real_restart_and_publishes_once(own_server: RedisServ
 
 # --- log() and progress() through an outage ------------------------------------------------------
 def test_log_and_progress_buffer_through_an_outage_and_flush_in_order(
-        add_app: TaskPipe, monkeypatch: pytest.MonkeyPatch) -> None:
+    add_app: TaskPipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
     r = add_app.tasks["add"].delay(1)
     ch = add_app.channel()
     claim = ch.get_claim(timeout=None)
@@ -328,9 +352,11 @@ def test_log_and_progress_buffer_through_an_outage_and_flush_in_order(
     def broken(real: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
             if outage.is_set():
-                raise BrokerUnavailable("job_log: broker unavailable") from \
-                    redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory")
+                raise BrokerUnavailable(
+                    "job_log: broker unavailable"
+                ) from redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory")
             return real(*args, **kwargs)
+
         return call
 
     monkeypatch.setattr(ch, "log", broken(real_log))
@@ -345,7 +371,8 @@ def test_log_and_progress_buffer_through_an_outage_and_flush_in_order(
     assert lines[0].endswith("before")
     assert "5 log lines dropped during a broker outage" in lines[1]
     assert [line.split(" ", 1)[1] for line in lines[2:]] == [
-        f"during {i}" for i in range(5, LOG_BUFFER_LINES + 5)]
+        f"during {i}" for i in range(5, LOG_BUFFER_LINES + 5)
+    ]
     assert r.progress == (7.0, 10.0)
     ctx.log("after")
     assert r.logs()[-1].endswith("after") and ctx.pending == 0
@@ -410,11 +437,11 @@ def _parse_command(buf: bytes) -> tuple[bytes, bytes] | None:
         end = buf.find(b"\r\n", pos)
         if end < 0:
             return None
-        size = int(buf[pos + 1:end])
+        size = int(buf[pos + 1 : end])
         if len(buf) < end + 2 + size + 2:
             return None
         if i == 0:
-            name = buf[end + 2:end + 2 + size]
+            name = buf[end + 2 : end + 2 + size]
         pos = end + 2 + size + 2
     return name, buf[pos:]
 
@@ -450,26 +477,41 @@ def _thoonk_calls(app: TaskPipe) -> dict[str, Callable[[], Any]]:
     t = app.thoonk
     feed, sfeed, q, job = Feed(t, "f"), SortedFeed(t, "s"), Queue(t, "q"), JobChannel(t, "j")
     return {
-        "Thoonk.create": lambda: t.create("x", "feed"), "Thoonk.exists": lambda: t.exists("x"),
-        "Thoonk.names": t.names, "Thoonk.get_config": lambda: t.get_config("x"),
-        "Thoonk.set_config": lambda: t.set_config("x", a="1"), "Thoonk.delete": lambda: t.delete("x"),
-        "Thoonk.feed": lambda: t.feed("f"), "Thoonk.queue": lambda: t.queue("q"),
-        "Thoonk.job": lambda: t.job("j"), "Thoonk.sorted_feed": lambda: t.sorted_feed("s"),
-        "Feed.publish": lambda: feed.publish(b"x"), "Feed.get_ids": feed.get_ids,
-        "Feed.get_item": lambda: feed.get_item("1"), "Feed.get_all": feed.get_all,
-        "Feed.retract": lambda: feed.retract("1"), "Feed.max_length": lambda: feed.max_length,
-        "SortedFeed.append": lambda: sfeed.append(b"x"), "SortedFeed.get_ids": sfeed.get_ids,
+        "Thoonk.create": lambda: t.create("x", "feed"),
+        "Thoonk.exists": lambda: t.exists("x"),
+        "Thoonk.names": t.names,
+        "Thoonk.get_config": lambda: t.get_config("x"),
+        "Thoonk.set_config": lambda: t.set_config("x", a="1"),
+        "Thoonk.delete": lambda: t.delete("x"),
+        "Thoonk.feed": lambda: t.feed("f"),
+        "Thoonk.queue": lambda: t.queue("q"),
+        "Thoonk.job": lambda: t.job("j"),
+        "Thoonk.sorted_feed": lambda: t.sorted_feed("s"),
+        "Feed.publish": lambda: feed.publish(b"x"),
+        "Feed.get_ids": feed.get_ids,
+        "Feed.get_item": lambda: feed.get_item("1"),
+        "Feed.get_all": feed.get_all,
+        "Feed.retract": lambda: feed.retract("1"),
+        "Feed.max_length": lambda: feed.max_length,
+        "SortedFeed.append": lambda: sfeed.append(b"x"),
+        "SortedFeed.get_ids": sfeed.get_ids,
         "SortedFeed.move_first": lambda: sfeed.move_first("1"),
-        "Queue.put": lambda: q.put(b"x"), "Queue.get": lambda: q.get(timeout=None),
+        "Queue.put": lambda: q.put(b"x"),
+        "Queue.get": lambda: q.get(timeout=None),
         "Queue.get_ids": q.get_ids,
-        "JobChannel.put": lambda: job.put(b"x"), "JobChannel.claim": job.claim,
+        "JobChannel.put": lambda: job.put(b"x"),
+        "JobChannel.claim": job.claim,
         "JobChannel.get": lambda: job.get(timeout=None),
         "JobChannel.finish": lambda: job.finish("1", b"r", token="t"),
         "JobChannel.get_result": lambda: job.get_result("1", timeout=0.1),
-        "JobChannel.info": lambda: job.info("1"), "JobChannel.counts": job.counts,
-        "JobChannel.logs": lambda: job.logs("1"), "JobChannel.stalled_ids": job.stalled_ids,
-        "JobChannel.get_ids": job.get_ids, "JobChannel.paused": lambda: job.paused,
-        "JobChannel.reap": job.reap, "JobChannel.promote": job.promote,
+        "JobChannel.info": lambda: job.info("1"),
+        "JobChannel.counts": job.counts,
+        "JobChannel.logs": lambda: job.logs("1"),
+        "JobChannel.stalled_ids": job.stalled_ids,
+        "JobChannel.get_ids": job.get_ids,
+        "JobChannel.paused": lambda: job.paused,
+        "JobChannel.reap": job.reap,
+        "JobChannel.promote": job.promote,
     }
 
 
@@ -486,22 +528,28 @@ def _assert_no_raw_errors(app: TaskPipe) -> None:
 
 
 def test_no_redis_exception_escapes_a_public_call_with_the_broker_down(prefix: str) -> None:
-    with TaskPipe("down", broker=f"redis://127.0.0.1:{free_port()}/0", prefix=prefix,
-                  publish_retry="0.1s") as app:
+    with TaskPipe(
+        "down", broker=f"redis://127.0.0.1:{free_port()}/0", prefix=prefix, publish_retry="0.1s"
+    ) as app:
         app.task(name="add")(lambda a: a)
         _assert_no_raw_errors(app)
 
 
-@pytest.mark.parametrize("reply", [
-    b"-LOADING Redis is loading the dataset in memory\r\n",
-    b"-READONLY You can't write against a read only replica.\r\n",
-    b"-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n",
-    b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
-    b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
-    b"-ERR unknown command\r\n",
-], ids=["LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "WRONGTYPE", "ERR"])
-def test_no_redis_exception_escapes_a_public_call_on_a_refusing_broker(reply: bytes,
-                                                                       prefix: str) -> None:
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"-LOADING Redis is loading the dataset in memory\r\n",
+        b"-READONLY You can't write against a read only replica.\r\n",
+        b"-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n",
+        b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+        b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+        b"-ERR unknown command\r\n",
+    ],
+    ids=["LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "WRONGTYPE", "ERR"],
+)
+def test_no_redis_exception_escapes_a_public_call_on_a_refusing_broker(
+    reply: bytes, prefix: str
+) -> None:
     broker = ErrorBroker(reply)
     try:
         with TaskPipe("refusing", broker=broker.url, prefix=prefix, publish_retry="0.05s") as app:
@@ -513,16 +561,19 @@ def test_no_redis_exception_escapes_a_public_call_on_a_refusing_broker(reply: by
 
 
 # --- on_finish callables through a restart -------------------------------------------------------
-def test_on_finish_callable_runs_after_a_redis_outage(own_server: RedisServer, prefix: str,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_on_finish_callable_runs_after_a_redis_outage(
+    own_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The watcher thread meets the outage (its pub/sub and its subscribe fail) and keeps going."""
     with TaskPipe("watch", broker=own_server.url, prefix=prefix) as app:
+
         @app.task(name="inc")
         def inc(a: int) -> int:
             return a + 1
 
         got: list[Any] = []
         done = threading.Event()
+
         def on_finish(value: Any, _result: Any) -> None:
             got.append(value)
             done.set()
@@ -549,7 +600,8 @@ def test_progress_after_a_lost_lease_raises_and_leaves_nothing_pending(add_app: 
 
 
 def test_get_raises_broker_unavailable_when_the_broker_is_still_away_at_its_timeout(
-        prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With the default 5 s ``publish_retry``: opening the channel inside ``get()`` retries only
     until get's own deadline (it used to retry for the whole 5 s past a 0.2 s timeout)."""
     with TaskPipe("down", broker=f"redis://127.0.0.1:{free_port()}/0", prefix=prefix) as app:
@@ -568,8 +620,9 @@ def test_get_raises_broker_unavailable_when_the_broker_is_still_away_at_its_time
         assert opens and all(d is not None for d in opens), deadlines
 
 
-def test_publish_retry_zero_tries_once(monkeypatch: pytest.MonkeyPatch, prefix: str,
-                                       broker_url: str) -> None:
+def test_publish_retry_zero_tries_once(
+    monkeypatch: pytest.MonkeyPatch, prefix: str, broker_url: str
+) -> None:
     with TaskPipe("once", broker=broker_url, prefix=prefix, publish_retry=0) as app:
         app.task(name="add")(lambda a: a)
         ch = app.channel()
@@ -581,17 +634,20 @@ def test_publish_retry_zero_tries_once(monkeypatch: pytest.MonkeyPatch, prefix: 
 
 
 @pytest.mark.parametrize("pool", ["thread", "async"])
-def test_a_task_whose_logs_meet_an_outage_finishes_with_every_line(app: TaskPipe, pool: str,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_task_whose_logs_meet_an_outage_finishes_with_every_line(
+    app: TaskPipe, pool: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """In a real worker (thread pool, asyncio pool): the broker refuses the task's log writes
     while it runs; the task succeeds and the worker writes the lines when it returns."""
     if pool == "async":
+
         @app.task(name="chat")
         async def chat(n: int) -> int:
             for i in range(n):
                 current_job().log(f"line {i}")  # type: ignore[union-attr]
             return n
     else:
+
         @app.task(name="chat")
         def chat(n: int) -> int:
             for i in range(n):
@@ -605,8 +661,9 @@ def test_a_task_whose_logs_meet_an_outage_finishes_with_every_line(app: TaskPipe
 
     def log(*args: Any, **kwargs: Any) -> Any:
         if outage.is_set():
-            raise BrokerUnavailable("job_log: broker unavailable") from \
-                redis.exceptions.ConnectionError("Connection refused")
+            raise BrokerUnavailable(
+                "job_log: broker unavailable"
+            ) from redis.exceptions.ConnectionError("Connection refused")
         return real_log(*args, **kwargs)
 
     real_flush = JobContext.flush

@@ -21,10 +21,26 @@ from taskpipe.serialization import args_encoder, decode_envelope, encode_envelop
 
 
 def _random_args(rng: random.Random) -> tuple[Any, ...]:
-    pool: list[Any] = [1, -7, 2**70, 1.5, "x", "ü" * 40, b"\x00bin", None, True, [1, [2, (3,)]],
-                       {"a": {"b": (1, 2)}}, {1, 2}, frozenset({"f"}), (),
-                       datetime.datetime(2026, 11, 23, 13, 0), datetime.timedelta(seconds=3),
-                       decimal.Decimal("1.25"), "y" * 300]
+    pool: list[Any] = [
+        1,
+        -7,
+        2**70,
+        1.5,
+        "x",
+        "ü" * 40,
+        b"\x00bin",
+        None,
+        True,
+        [1, [2, (3,)]],
+        {"a": {"b": (1, 2)}},
+        {1, 2},
+        frozenset({"f"}),
+        (),
+        datetime.datetime(2026, 11, 23, 13, 0),
+        datetime.timedelta(seconds=3),
+        decimal.Decimal("1.25"),
+        "y" * 300,
+    ]
     return tuple(rng.choice(pool) for _ in range(rng.randrange(0, 5)))
 
 
@@ -36,7 +52,9 @@ def test_args_encoder_writes_exactly_what_encode_envelope_writes(task: str) -> N
         for _ in range(300):
             args = _random_args(rng)
             if serializer == "json":
-                args = tuple(a for a in args if isinstance(a, (int, str, list, dict)) and a != 2**70)
+                args = tuple(
+                    a for a in args if isinstance(a, (int, str, list, dict)) and a != 2**70
+                )
             try:
                 expected = encode_envelope(task, args, {}, {}, serializer=serializer, max_size=None)
             except SerializationError:
@@ -122,6 +140,7 @@ def test_map_with_options_and_publish_many_still_work(app: TaskPipe) -> None:
 def test_map_on_a_json_app(broker_url: str, prefix: str) -> None:
     app = TaskPipe(broker=broker_url, prefix=prefix, serializer="json")
     try:
+
         @app.task(channel="js")
         def t(x: Any) -> Any:
             return x
@@ -141,6 +160,7 @@ def test_map_on_a_full_redis_is_broker_unavailable(prefix: str) -> None:
     server = RedisServer().start()
     app = TaskPipe(broker=server.url, prefix=prefix)
     try:
+
         @app.task(channel="full")
         def t(x: int) -> int:
             return x
@@ -163,9 +183,11 @@ def test_publishing_to_a_broker_that_is_down_is_broker_unavailable(prefix: str) 
 
     from taskpipe.errors import BrokerUnavailable
 
-    app = TaskPipe(broker=f"redis://127.0.0.1:{free_port()}/0", prefix=prefix,
-                  publish_retry="0.3s")  # retries briefly, then refuses
+    app = TaskPipe(
+        broker=f"redis://127.0.0.1:{free_port()}/0", prefix=prefix, publish_retry="0.3s"
+    )  # retries briefly, then refuses
     try:
+
         @app.task(channel="down")
         def t(x: int) -> int:
             return x

@@ -30,7 +30,7 @@ from taskpipe.serialization import encode_envelope
 from taskpipe.thoonk.job import FinishRequest, PutRequest
 from taskpipe.worker import Worker
 
-APP_SOURCE = '''
+APP_SOURCE = """
 import os, threading
 from taskpipe import TaskPipe, current_job
 
@@ -59,14 +59,15 @@ def gated(n):
 @app.task(name="t.report", channel="reports", retries=2, result_ttl="1h")
 def report(x):
     return x
-'''
+"""
 
 HOUR_MS = 3_600_000
 
 
 @pytest.fixture
-def env(redis_server: Any, prefix: str, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+def env(
+    redis_server: Any, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, Any]]:
     """A fresh app module (unique name) on the test's prefix, importable by -A and subprocesses."""
     modname = f"cliapp_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{modname}.py").write_text(APP_SOURCE)
@@ -75,11 +76,23 @@ def env(redis_server: Any, prefix: str, tmp_path: Path,
     monkeypatch.setenv("CLITEST_PREFIX", prefix)
     monkeypatch.delenv("TASKPIPE_APP", raising=False)
     mod = importlib.import_module(modname)
-    proc_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()]),
-                "TASKPIPE_BROKER_URL": redis_server.url, "TASKPIPE_PREFIX": prefix}
+    proc_env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()]),
+        "TASKPIPE_BROKER_URL": redis_server.url,
+        "TASKPIPE_PREFIX": prefix,
+    }
     procs: list[subprocess.Popen[str]] = []  # started by cli_proc; reaped and closed here
-    yield {"mod": mod, "app": mod.app, "modname": modname, "url": redis_server.url,
-           "prefix": prefix, "proc_env": proc_env, "path": f"{modname}:app", "procs": procs}
+    yield {
+        "mod": mod,
+        "app": mod.app,
+        "modname": modname,
+        "url": redis_server.url,
+        "prefix": prefix,
+        "proc_env": proc_env,
+        "path": f"{modname}:app",
+        "procs": procs,
+    }
     for proc in procs:
         if proc.poll() is None:
             proc.kill()
@@ -90,8 +103,12 @@ def env(redis_server: Any, prefix: str, tmp_path: Path,
 
 
 def run(env: dict[str, Any], *args: str, code: int = 0) -> Result:
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False, env={
-        "TASKPIPE_BROKER_URL": env["url"], "TASKPIPE_PREFIX": env["prefix"]})
+    result = CliRunner().invoke(
+        cli,
+        list(args),
+        catch_exceptions=False,
+        env={"TASKPIPE_BROKER_URL": env["url"], "TASKPIPE_PREFIX": env["prefix"]},
+    )
     assert result.exit_code == code, (args, result.output)
     return result
 
@@ -101,8 +118,14 @@ def run_json(env: dict[str, Any], *args: str) -> Any:
 
 
 def cli_proc(env: dict[str, Any], *args: str, **kw: Any) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "taskpipe", *args], env=env["proc_env"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "taskpipe", *args],
+        env=env["proc_env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
     env["procs"].append(proc)
     return proc
 
@@ -123,9 +146,18 @@ def jobs(env: dict[str, Any]) -> dict[str, str]:
     raw = ch.put(b"\xff\x00raw-bytes")
     delayed = mod.add.apply_async((5, 5), delay="1h", kwargs={})
     report = mod.report.delay({"k": b"\x00bin"})
-    return {"ok": ok.id, "failed": bad.id, "claimed": claimed.id, "stalled": stalled.id,
-            "a0": avail[0], "a1": avail[1], "a2": avail[2], "raw": raw, "delayed": delayed.id,
-            "report": report.id}
+    return {
+        "ok": ok.id,
+        "failed": bad.id,
+        "claimed": claimed.id,
+        "stalled": stalled.id,
+        "a0": avail[0],
+        "a1": avail[1],
+        "a2": avail[2],
+        "raw": raw,
+        "delayed": delayed.id,
+        "report": report.id,
+    }
 
 
 # status -----------------------------------------------------------------------------------------
@@ -134,7 +166,13 @@ def test_status_counts_every_state(env: dict[str, Any], jobs: dict[str, str]) ->
     by = {c["channel"]: c for c in data["channels"]}
     assert set(by) == {"default", "reports"}
     d = by["default"]
-    assert (d["available"], d["delayed"], d["claimed"], d["stalled"], d["finished"]) == (4, 1, 1, 1, 2)
+    assert (d["available"], d["delayed"], d["claimed"], d["stalled"], d["finished"]) == (
+        4,
+        1,
+        1,
+        1,
+        2,
+    )
     assert d["failed_total"] == 1 and d["paused"] is False
     assert by["reports"]["available"] == 1
     table = run(env, "status").stdout
@@ -172,7 +210,12 @@ def test_list_each_state(env: dict[str, Any], jobs: dict[str, str]) -> None:
         page = run_json(env, "jobs", "list", "-c", channel, "--state", state)
         return [r["id"] for r in page["rows"]]
 
-    assert ids("available") == [jobs["a0"], jobs["a1"], jobs["a2"], jobs["raw"]]  # next to run first
+    assert ids("available") == [
+        jobs["a0"],
+        jobs["a1"],
+        jobs["a2"],
+        jobs["raw"],
+    ]  # next to run first
     assert ids("delayed") == [jobs["delayed"]]
     assert ids("claimed") == [jobs["claimed"]]
     assert ids("stalled") == [jobs["stalled"]]
@@ -194,8 +237,9 @@ def test_list_each_state(env: dict[str, Any], jobs: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("state", [s.value for s in LIST_STATES])
-def test_list_prints_a_table_for_every_state(env: dict[str, Any], jobs: dict[str, str],
-                                             state: str) -> None:
+def test_list_prints_a_table_for_every_state(
+    env: dict[str, Any], jobs: dict[str, str], state: str
+) -> None:
     # the table had headers for the first six states only: `jobs list -s waiting` (and aborted,
     # expired) died with a KeyError traceback once those states were added
     out = run(env, "jobs", "list", "-s", state)
@@ -218,7 +262,9 @@ def test_list_pages_cover_everything_once(env: dict[str, Any]) -> None:
         seen: list[str] = []
         cursor: str | None = None
         while True:
-            args = ["jobs", "list", "-s", state, "--limit", "37"] + (["--cursor", cursor] if cursor else [])
+            args = ["jobs", "list", "-s", state, "--limit", "37"] + (
+                ["--cursor", cursor] if cursor else []
+            )
             page = run_json(env, *args)
             assert len(page["rows"]) <= 37
             seen += [r["id"] for r in page["rows"]]
@@ -233,11 +279,16 @@ def test_list_pages_cover_everything_once(env: dict[str, Any]) -> None:
 def test_show_every_state(env: dict[str, Any], jobs: dict[str, str]) -> None:
     ok = run_json(env, "jobs", "show", jobs["ok"])  # channel found without --channel
     assert ok["state"] == "finished" and ok["result"] == {"ok": True, "value": 3}
-    assert ok["logs"] == [line for line in ok["logs"] if "adding 1+2" in line] and ok["log_total"] == 1
+    assert (
+        ok["logs"] == [line for line in ok["logs"] if "adding 1+2" in line] and ok["log_total"] == 1
+    )
     assert ok["timestamps"]["finished_ms"] and 0 < ok["result_ttl_ms"] <= 24 * HOUR_MS
     failed = run_json(env, "jobs", "show", jobs["failed"], "-c", "default")
     assert failed["state"] == "failed" and failed["result"]["exc_type"] == "ValueError"
-    assert failed["result"]["exc_message"] == "kaput" and "raise ValueError" in failed["result"]["traceback"]
+    assert (
+        failed["result"]["exc_message"] == "kaput"
+        and "raise ValueError" in failed["result"]["traceback"]
+    )
     text = run(env, "jobs", "show", jobs["failed"]).stdout
     assert "ValueError: kaput" in text and "traceback:" in text
     claimed = run_json(env, "jobs", "show", jobs["claimed"])
@@ -245,24 +296,37 @@ def test_show_every_state(env: dict[str, Any], jobs: dict[str, str]) -> None:
     assert claimed["payload"]["args"] == [10, 10] and claimed["task"] == "t.add"
     assert claimed["timestamps"]["claimed_ms"] and claimed["timestamps"]["lease_deadline_ms"]
     stalled = run_json(env, "jobs", "show", jobs["stalled"])
-    assert stalled["state"] == "stalled" and stalled["reason"].startswith("bad_payload: operator test")
+    assert stalled["state"] == "stalled" and stalled["reason"].startswith(
+        "bad_payload: operator test"
+    )
     delayed = run_json(env, "jobs", "show", jobs["delayed"])
     assert delayed["state"] == "delayed"
     assert delayed["timestamps"]["due_ms"] - delayed["server_time_ms"] > HOUR_MS - 60_000
     raw = run_json(env, "jobs", "show", jobs["raw"])
     assert raw["payload"] is None and "not a taskpipe job envelope" in raw["payload_error"]
-    assert raw["raw_payload"] == {"size": 11, "truncated": False, "text": None,
-                                  "base64": "/wByYXctYnl0ZXM="}
+    assert raw["raw_payload"] == {
+        "size": 11,
+        "truncated": False,
+        "text": None,
+        "base64": "/wByYXctYnl0ZXM=",
+    }
     report = run_json(env, "jobs", "show", jobs["report"])
-    assert report["channel"] == "reports" and report["payload"]["args"] == [{"k": {"$bytes": "AGJpbg=="}}]
+    assert report["channel"] == "reports" and report["payload"]["args"] == [
+        {"k": {"$bytes": "AGJpbg=="}}
+    ]
     assert "base64" in run(env, "jobs", "show", jobs["raw"]).stdout
 
 
 def test_unknown_ids_and_channels_fail_cleanly(env: dict[str, Any], jobs: dict[str, str]) -> None:
     before = run_json(env, "status")["channels"]
-    for args in (("jobs", "show", "nope"), ("jobs", "retry", "nope"), ("jobs", "cancel", "nope"),
-                 ("jobs", "retract", "nope"), ("jobs", "logs", "nope"),
-                 ("jobs", "show", jobs["ok"], "-c", "reports")):
+    for args in (
+        ("jobs", "show", "nope"),
+        ("jobs", "retry", "nope"),
+        ("jobs", "cancel", "nope"),
+        ("jobs", "retract", "nope"),
+        ("jobs", "logs", "nope"),
+        ("jobs", "show", jobs["ok"], "-c", "reports"),
+    ):
         assert "no job 'nope'" in run(env, *args, code=1).output or "reports" in args
     assert "no job channel named 'ghost'" in run(env, "jobs", "list", "-c", "ghost", code=1).output
     assert "ghost" not in {c["channel"] for c in run_json(env, "status")["channels"]}  # not created
@@ -272,10 +336,12 @@ def test_unknown_ids_and_channels_fail_cleanly(env: dict[str, Any], jobs: dict[s
 # actions ----------------------------------------------------------------------------------------
 def test_wrong_state_actions_change_nothing(env: dict[str, Any], jobs: dict[str, str]) -> None:
     before = run_json(env, "status")["channels"]
-    cases = [("retry", "a0", "is available, expected stalled"),
-             ("cancel", "stalled", "is stalled, expected claimed"),
-             ("stall", "delayed", "is delayed, expected claimed"),
-             ("retry", "ok", "is finished, expected stalled")]
+    cases = [
+        ("retry", "a0", "is available, expected stalled"),
+        ("cancel", "stalled", "is stalled, expected claimed"),
+        ("stall", "delayed", "is delayed, expected claimed"),
+        ("retry", "ok", "is finished, expected stalled"),
+    ]
     for action, key, message in cases:
         assert message in run(env, "jobs", action, jobs[key], code=1).output
     assert run_json(env, "status")["channels"] == before
@@ -283,8 +349,13 @@ def test_wrong_state_actions_change_nothing(env: dict[str, Any], jobs: dict[str,
 
 def test_cancel_stall_retry_retract(env: dict[str, Any], jobs: dict[str, str]) -> None:
     out = run_json(env, "jobs", "cancel", jobs["claimed"])
-    assert out == {"ok": True, "action": "cancel", "id": jobs["claimed"], "channel": "default",
-                   "state": "available"}
+    assert out == {
+        "ok": True,
+        "action": "cancel",
+        "id": jobs["claimed"],
+        "channel": "default",
+        "state": "available",
+    }
     assert run_json(env, "jobs", "show", jobs["claimed"])["cancels"] == 1
     ch = env["app"].channel("default")
     assert ch.get_claim(timeout=None).id == jobs["a0"]
@@ -302,7 +373,10 @@ def test_pause_and_resume(env: dict[str, Any], jobs: dict[str, str]) -> None:
     assert "no job channel named 'ghost'" in run(env, "pause", "default", "ghost", code=1).output
     assert not env["app"].channel("default").paused  # nothing changed
     assert run_json(env, "pause", "default", "reports") == {
-        "ok": True, "paused": True, "channels": ["default", "reports"]}
+        "ok": True,
+        "paused": True,
+        "channels": ["default", "reports"],
+    }
     assert all(c["paused"] for c in run_json(env, "status")["channels"])
     assert "yes" in run(env, "status").stdout
     run(env, "resume", "reports")
@@ -318,7 +392,9 @@ def _finish(env: dict[str, Any], n: int, tag: str) -> list[str]:
     while len(claims) < n:
         claims += ch.claim(count=min(500, n - len(claims)))
     for start in range(0, n, 500):
-        ch.finish_many([FinishRequest(c.id, c.token, b"r", HOUR_MS) for c in claims[start:start + 500]])
+        ch.finish_many(
+            [FinishRequest(c.id, c.token, b"r", HOUR_MS) for c in claims[start : start + 500]]
+        )
     for i in ids:
         ch.log(i, ["a line"])
     return ids
@@ -345,8 +421,10 @@ def test_clean_finished_by_age(env: dict[str, Any]) -> None:
     assert ch.info(live).state == "available" and ch.logs(live) == [b"live line"]
     assert [ch.info(i).state for i in recent] == ["finished", "finished"]
     assert client.zcard(ch.keys.finished) == 2
-    assert "removed 0 finished job(s)" in run(env, "jobs", "clean", "-s", "finished",
-                                                "--older-than", "7d").stdout
+    assert (
+        "removed 0 finished job(s)"
+        in run(env, "jobs", "clean", "-s", "finished", "--older-than", "7d").stdout
+    )
 
 
 def test_clean_large_run_in_batches(env: dict[str, Any]) -> None:
@@ -371,11 +449,15 @@ def test_clean_stalled(env: dict[str, Any], jobs: dict[str, str]) -> None:
     assert ch.counts()["available"] == 3 and ch.counts()["claimed"] == 1
 
 
-def test_guarded_retract_skips_jobs_that_left_stalled(env: dict[str, Any], jobs: dict[str, str]) -> None:
+def test_guarded_retract_skips_jobs_that_left_stalled(
+    env: dict[str, Any], jobs: dict[str, str]
+) -> None:
     ch = env["app"].channel("default")
     ch.retry(jobs["stalled"])  # an operator retried it after the scan saw it
     assert ch.retract_stalled_before([jobs["stalled"], jobs["a0"]], 2**62) == []
-    assert ch.info(jobs["stalled"]).state == "available" and ch.info(jobs["a0"]).state == "available"
+    assert (
+        ch.info(jobs["stalled"]).state == "available" and ch.info(jobs["a0"]).state == "available"
+    )
 
 
 # logs -------------------------------------------------------------------------------------------
@@ -421,9 +503,16 @@ def test_follow_subprocess_until_the_job_finishes(env: dict[str, Any]) -> None:
         while (line := q.get(timeout=30)) is not None:
             out.append(line)
         assert proc.wait(30) == 0
-        assert [x.split(" ", 1)[1] for x in out if not x.startswith("[")] == ["line 0", "line 1", "line 2"]
+        assert [x.split(" ", 1)[1] for x in out if not x.startswith("[")] == [
+            "line 0",
+            "line 1",
+            "line 2",
+        ]
         assert [x for x in out if x.startswith("[progress]")] == [
-            "[progress] 1/3", "[progress] 2/3", "[progress] 3/3"]
+            "[progress] 1/3",
+            "[progress] 2/3",
+            "[progress] 3/3",
+        ]
         assert proc.stderr is not None and "finished" in proc.stderr.read()
     finally:
         mod.gate.set()
@@ -432,12 +521,15 @@ def test_follow_subprocess_until_the_job_finishes(env: dict[str, Any]) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_follow_ends_on_stall_times_out_and_stops_on_sigint(env: dict[str, Any],
-                                                           jobs: dict[str, str]) -> None:
+def test_follow_ends_on_stall_times_out_and_stops_on_sigint(
+    env: dict[str, Any], jobs: dict[str, str]
+) -> None:
     events = run(env, "jobs", "logs", jobs["stalled"], "--follow", "--json").stdout.splitlines()
     assert json.loads(events[-1]) == {"event": "end", "id": jobs["stalled"], "data": "stalled"}
-    assert "still available" in run(env, "jobs", "logs", jobs["a0"], "-f", "--timeout", "0.5s",
-                                    code=124).output
+    assert (
+        "still available"
+        in run(env, "jobs", "logs", jobs["a0"], "-f", "--timeout", "0.5s", code=124).output
+    )
     client = env["app"].connection.client
     events_channel = env["app"].channel("default").keys.ch_events
     proc = cli_proc(env, "jobs", "logs", jobs["a1"], "--follow")
@@ -468,7 +560,9 @@ def test_tasks_lists_registered_tasks(env: dict[str, Any]) -> None:
     assert data["t.report"]["set"] == {"channel": "reports", "retries": 2, "result_ttl": "1h"}
     assert "retries=2" in run(env, "tasks", "-A", env["path"]).stdout
     assert "Missing option" in run(env, "tasks", code=2).output
-    assert "not both" in run(env, "status", "-A", env["path"], "--broker", env["url"], code=2).output
+    assert (
+        "not both" in run(env, "status", "-A", env["path"], "--broker", env["url"], code=2).output
+    )
 
 
 def test_publish_from_a_shell(env: dict[str, Any]) -> None:
@@ -478,8 +572,18 @@ def test_publish_from_a_shell(env: dict[str, Any]) -> None:
     job_id = out.strip()
     detail = run_json(env, "jobs", "show", job_id)
     assert detail["state"] == "available" and detail["payload"]["args"] == [2, 3]
-    prio = run_json(env, "publish", "t.add", "--args", "[0, 0]", "--priority", "--id", "p1",
-                    "--result-ttl", "5m")
+    prio = run_json(
+        env,
+        "publish",
+        "t.add",
+        "--args",
+        "[0, 0]",
+        "--priority",
+        "--id",
+        "p1",
+        "--result-ttl",
+        "5m",
+    )
     assert prio == {"id": "p1", "channel": "default", "task": "t.add"}
     assert run_json(env, "jobs", "list")["rows"][0]["id"] == "p1"  # head of the queue
     assert run_json(env, "jobs", "show", "p1")["payload"]["options"] == {"result_ttl": 300.0}
@@ -497,8 +601,9 @@ def test_publish_from_a_shell(env: dict[str, Any]) -> None:
 
 # the CLI reads in pages -------------------------------------------------------------------------
 @pytest.mark.timeout(60)
-def test_commands_never_read_unbounded(env: dict[str, Any], jobs: dict[str, str],
-                                       redis_server: Any) -> None:
+def test_commands_never_read_unbounded(
+    env: dict[str, Any], jobs: dict[str, str], redis_server: Any
+) -> None:
     ch = env["app"].channel("default")
     item = encode_envelope("t.add", (1, 2), {}, {})
     ch.put_many([PutRequest(item) for _ in range(3000)])
@@ -517,10 +622,16 @@ def test_commands_never_read_unbounded(env: dict[str, Any], jobs: dict[str, str]
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     started.wait(10)
-    for args in (("status",), ("jobs", "list", "--limit", "25"), ("jobs", "list", "-s", "stalled"),
-                 ("jobs", "list", "-s", "finished"), ("jobs", "list", "-s", "failed"),
-                 ("jobs", "show", jobs["claimed"]), ("jobs", "logs", jobs["ok"]),
-                 ("jobs", "clean", "-s", "finished", "--older-than", "0", "--dry-run")):
+    for args in (
+        ("status",),
+        ("jobs", "list", "--limit", "25"),
+        ("jobs", "list", "-s", "stalled"),
+        ("jobs", "list", "-s", "finished"),
+        ("jobs", "list", "-s", "failed"),
+        ("jobs", "show", jobs["claimed"]),
+        ("jobs", "logs", jobs["ok"]),
+        ("jobs", "clean", "-s", "finished", "--older-than", "0", "--dry-run"),
+    ):
         run(env, *args, "--json")
     redis_server.client().echo(marker)
     t.join(20)
@@ -557,11 +668,18 @@ def test_inspector_api_on_real_redis_and_memory(broker_url: str, prefix: str) ->
         assert insp.channel_counts("default")["available"] == 3
         page = insp.list_jobs("default", "available", limit=2)
         assert [r.id for r in page.rows] == ids[1:3] and page.next_cursor == "2" and page.total == 3
-        assert [r.id for r in insp.list_jobs("default", "available", page.next_cursor).rows] == [ids[3]]
+        assert [r.id for r in insp.list_jobs("default", "available", page.next_cursor).rows] == [
+            ids[3]
+        ]
         assert insp.list_jobs("default", "stalled").rows[0].reason == "why"
         detail = insp.job_detail("default", ids[1])
-        assert detail.payload == {"task": "t.x", "args": [1], "kwargs": {"k": "v"}, "options": {},
-                                  "serializer": "msgpack"}
+        assert detail.payload == {
+            "task": "t.x",
+            "args": [1],
+            "kwargs": {"k": "v"},
+            "options": {},
+            "serializer": "msgpack",
+        }
         assert detail.logs == ["hello"] and insp.find_job(ids[1]) == ["default"]
         events = list(insp.follow("default", c.id, timeout=5))
         assert events[-1].kind == "end" and events[-1].data == "stalled"

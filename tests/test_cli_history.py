@@ -21,8 +21,13 @@ from taskpipe.worker import Worker
 
 
 def run(env: dict[str, Any], *args: str, code: int = 0, stdin: str | None = None) -> Result:
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False, input=stdin, env={
-        "TASKPIPE_BROKER_URL": env["url"], "TASKPIPE_PREFIX": env["prefix"]})
+    result = CliRunner().invoke(
+        cli,
+        list(args),
+        catch_exceptions=False,
+        input=stdin,
+        env={"TASKPIPE_BROKER_URL": env["url"], "TASKPIPE_PREFIX": env["prefix"]},
+    )
     assert result.exit_code == code, (args, result.output)
     return result
 
@@ -47,18 +52,24 @@ def test_find_filters_and_breakdown(env: dict[str, Any], ended: dict[str, Any]) 
     row = next(j for j in out["jobs"] if j["id"] == ended["bads"][2].id)
     assert row["task"] == "t.fail" and row["args"] == ["kaput 2"] and row["attempts"] == 1
     assert row["error"] == "ValueError: kaput 2" and row["worker"]
-    assert [j["id"] for j in run_json(env, "jobs", "find", "--error", "KAPUT 3")["jobs"]] == \
-        [ended["bads"][3].id]
-    assert {j["id"] for j in run_json(env, "jobs", "find", "--task", "t.add")["jobs"]} == \
-        {r.id for r in ended["oks"]}
+    assert [j["id"] for j in run_json(env, "jobs", "find", "--error", "KAPUT 3")["jobs"]] == [
+        ended["bads"][3].id
+    ]
+    assert {j["id"] for j in run_json(env, "jobs", "find", "--task", "t.add")["jobs"]} == {
+        r.id for r in ended["oks"]
+    }
     assert run_json(env, "jobs", "find", "--since", "1h")["jobs"]
     assert run_json(env, "jobs", "find", "--until", "1h")["jobs"] == []
     text = run(env, "jobs", "find", "--task", "t.fail").stdout
     assert "t.fail" in text and "'kaput 0'" in text and "ValueError: kaput 0" in text
-    assert "expected a duration ago" in run(env, "jobs", "find", "--since", "someday", code=2).output
+    assert (
+        "expected a duration ago" in run(env, "jobs", "find", "--since", "someday", code=2).output
+    )
     breakdown = run_json(env, "jobs", "tasks")["tasks"]
-    assert breakdown == {"t.add": {"succeeded": 3, "failed": 0, "timeout": 0},
-                         "t.fail": {"succeeded": 0, "failed": 4, "timeout": 0}}
+    assert breakdown == {
+        "t.add": {"succeeded": 3, "failed": 0, "timeout": 0},
+        "t.fail": {"succeeded": 0, "failed": 4, "timeout": 0},
+    }
     text = run(env, "jobs", "tasks").stdout
     assert "TASK" in text and "SUCCEEDED" in text and "t.fail" in text
 
@@ -116,7 +127,9 @@ def test_empty_and_clean_by_outcome(env: dict[str, Any], ended: dict[str, Any]) 
     assert app.channel().get_claim(timeout=None, worker="w").id == claimed.id
     waiting = [mod.add.delay(i, i) for i in range(3)] + [mod.add.apply_async((0, 0), delay="1h")]
     res = run(env, "jobs", "empty", "default", stdin="n\n")
-    assert "4 job(s)" in res.output and all(app.AsyncResult(w.id).state != "unknown" for w in waiting)
+    assert "4 job(s)" in res.output and all(
+        app.AsyncResult(w.id).state != "unknown" for w in waiting
+    )
     assert run_json(env, "jobs", "empty", "default", "--yes")["retracted"] == 4
     assert all(app.AsyncResult(w.id).state == "unknown" for w in waiting)
     assert app.AsyncResult(claimed.id).state == "claimed"
@@ -139,6 +152,7 @@ def test_list_show_and_find_a_timed_out_job(env: dict[str, Any]) -> None:
     @app.task(name="t.slow", timeout=0.05)
     def slow() -> None:
         import time as _time
+
         end = _time.monotonic() + 5
         while _time.monotonic() < end:  # busy: the soft time limit interrupts it
             pass

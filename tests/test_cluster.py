@@ -39,8 +39,10 @@ def _missing_tools() -> bool:
     return shutil.which("redis-server") is None or shutil.which("redis-cli") is None
 
 
-pytestmark = pytest.mark.skipif(_missing_tools() and not os.environ.get("CI"),
-                                reason="redis-server / redis-cli not installed (required in CI)")
+pytestmark = pytest.mark.skipif(
+    _missing_tools() and not os.environ.get("CI"),
+    reason="redis-server / redis-cli not installed (required in CI)",
+)
 
 
 def _cluster_port() -> int:
@@ -81,21 +83,55 @@ class RedisCluster:
 
     def start(self) -> RedisCluster:
         for port in self.ports:
-            self.procs.append(subprocess.Popen(
-                ["redis-server", "--cluster-enabled", "yes",
-                 "--cluster-config-file", os.path.join(self.dir, f"nodes-{port}.conf"),
-                 "--port", str(port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
-                 "--appendonly", "no", "--protected-mode", "no"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        "redis-server",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        os.path.join(self.dir, f"nodes-{port}.conf"),
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--dir",
+                        self.dir,
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--protected-mode",
+                        "no",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         for port in self.ports:
             self._wait(lambda p=port: bool(self.node(p).ping()), f"node {port} to start")
-        subprocess.run(["redis-cli", "--cluster", "create",
-                        *(f"127.0.0.1:{p}" for p in self.ports),
-                        "--cluster-replicas", "0", "--cluster-yes"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
         for port in self.ports:
-            self._wait(lambda p=port: b"cluster_state:ok" in self.node(p).execute_command(
-                "CLUSTER", "INFO"), f"node {port}: cluster_state:ok")
+            self._wait(
+                lambda p=port: (
+                    b"cluster_state:ok" in self.node(p).execute_command("CLUSTER", "INFO")
+                ),
+                f"node {port}: cluster_state:ok",
+            )
         return self
 
     @staticmethod
@@ -239,9 +275,15 @@ def test_registry_create_config_delete(cluster: RedisCluster, prefix: str) -> No
         tag = b"{reg}\0" + th.instance.encode()
         # events published on different masters (feeds' slot vs the channel's slot) travel over
         # the cluster bus and may arrive in another order; each one arrives exactly once
-        assert sorted(got) == sorted([(k.ch_newfeed, tag), (k.ch_conffeed, tag),
-                                      (k.ch_conffeed, tag), (k.ch_conffeed, tag),
-                                      (k.ch_delfeed, tag)])
+        assert sorted(got) == sorted(
+            [
+                (k.ch_newfeed, tag),
+                (k.ch_conffeed, tag),
+                (k.ch_conffeed, tag),
+                (k.ch_conffeed, tag),
+                (k.ch_delfeed, tag),
+            ]
+        )
     finally:
         pubsub.close()
         th.close()
@@ -268,8 +310,9 @@ def test_registry_repairs_a_half_done_create_or_delete(cluster: RedisCluster, pr
 # --- scripts ----------------------------------------------------------------------------------
 
 
-def test_noscript_is_handled_on_every_node(app: TaskPipe, cluster: RedisCluster,
-                                           three_names: list[str]) -> None:
+def test_noscript_is_handled_on_every_node(
+    app: TaskPipe, cluster: RedisCluster, three_names: list[str]
+) -> None:
     channels = [app.channel(n) for n in three_names]
     for ch in channels:
         ch.put(b"warm")
@@ -335,8 +378,9 @@ def test_get_result_wakes_on_the_finish_message(app: TaskPipe, cluster: RedisClu
     claim = ch.claim(lease_ms=LONG)[0]
 
     def subscribers() -> int:
-        return sum(int(cluster.node(p).pubsub_numsub(ch.keys.ch_finish)[0][1])
-                   for p in cluster.ports)
+        return sum(
+            int(cluster.node(p).pubsub_numsub(ch.keys.ch_finish)[0][1]) for p in cluster.ports
+        )
 
     def finish_once_subscribed() -> None:
         deadline = time.monotonic() + 30
@@ -355,8 +399,9 @@ def test_get_result_wakes_on_the_finish_message(app: TaskPipe, cluster: RedisClu
 # --- across slots -----------------------------------------------------------------------------
 
 
-def test_claim_from_keeps_strict_order_across_slots(app: TaskPipe, cluster: RedisCluster,
-                                                    three_names: list[str]) -> None:
+def test_claim_from_keeps_strict_order_across_slots(
+    app: TaskPipe, cluster: RedisCluster, three_names: list[str]
+) -> None:
     chans = [app.channel(n) for n in three_names]
     assert len({cluster.owner(cluster.keyslot(c.keys.ids)) for c in chans}) == 3
     for ch in chans:
@@ -373,8 +418,7 @@ def test_claim_from_keeps_strict_order_across_slots(app: TaskPipe, cluster: Redi
     assert next_due is not None and LONG - 5000 < next_due - now <= LONG
 
 
-def test_a_put_into_any_slot_wakes_a_blocked_waiter(app: TaskPipe,
-                                                    three_names: list[str]) -> None:
+def test_a_put_into_any_slot_wakes_a_blocked_waiter(app: TaskPipe, three_names: list[str]) -> None:
     chans = [app.channel(n) for n in three_names]
     for target in chans:
         waiter = app.connection.list_waiter([c.keys.wake for c in chans])
@@ -391,12 +435,14 @@ def test_a_put_into_any_slot_wakes_a_blocked_waiter(app: TaskPipe,
             waiter.close()
 
 
-def test_wait_and_claim_blocks_then_claims_from_any_slot(app: TaskPipe,
-                                                         three_names: list[str]) -> None:
+def test_wait_and_claim_blocks_then_claims_from_any_slot(
+    app: TaskPipe, three_names: list[str]
+) -> None:
     chans = [app.channel(n) for n in three_names]
     out: list[Any] = []
-    t = threading.Thread(target=lambda: out.append(
-        wait_and_claim(app.thoonk, chans, 5, LONG, "w", timeout=60)))
+    t = threading.Thread(
+        target=lambda: out.append(wait_and_claim(app.thoonk, chans, 5, LONG, "w", timeout=60))
+    )
     t.start()
     time.sleep(0.2)
     job_id = chans[2].put(b"third")
@@ -436,8 +482,7 @@ def test_worker_end_to_end(app: TaskPipe, three_names: list[str]) -> None:
     runner = threading.Thread(target=worker.run)
     runner.start()
     try:
-        results = [add.apply_async((i, 1), channel=name)
-                   for i, name in enumerate(three_names * 3)]
+        results = [add.apply_async((i, 1), channel=name) for i, name in enumerate(three_names * 3)]
         assert [r.get(timeout=30) for r in results] == [i + 1 for i in range(9)]
         assert {r.channel for r in results} == {"{" + n + "}" for n in three_names}
         assert add.delay(2, 3).get(timeout=30) == 5
@@ -498,6 +543,7 @@ def test_job_events_reach_a_listener(app: TaskPipe, three_names: list[str]) -> N
 def test_flow_control_on_a_cluster(app: TaskPipe, cluster: RedisCluster) -> None:
     """Numbered priorities, a dedup key and a rate limit: every flow key of a channel (the dedup
     key included) lands in the channel's slot, so the put and claim scripts run there."""
+
     @app.task(name="flow.c", channel="emails", rate_limit="1/h")
     def limited(x: int) -> int:
         return x

@@ -36,16 +36,18 @@ from taskpipe.loading import load_app
 from taskpipe.task import Signature
 
 pytestmark = [
-    pytest.mark.skipif((shutil.which("redis-server") is None or shutil.which("redis-cli") is None)
-                       and not os.environ.get("CI"),
-                       reason="redis-server / redis-cli not installed (required in CI)"),
+    pytest.mark.skipif(
+        (shutil.which("redis-server") is None or shutil.which("redis-cli") is None)
+        and not os.environ.get("CI"),
+        reason="redis-server / redis-cli not installed (required in CI)",
+    ),
 ]
 
 JOBS = 10_000
 KEYS = 50
 SHARDS = 6
 
-APP_SOURCE = '''
+APP_SOURCE = """
 import os
 from taskpipe import TaskPipe, current_job
 
@@ -61,7 +63,7 @@ def rec(key, n):
     os.write(_fd, ("%s %d %s %s %s %d\\n" % (key, n, ctx.id, ctx.channel.name,
                                              ctx.claim.token, ctx.cancel_count)).encode())
     return n
-'''.replace("__SHARDS__", str(SHARDS))
+""".replace("__SHARDS__", str(SHARDS))
 
 
 class ReplicatedCluster:
@@ -85,25 +87,62 @@ class ReplicatedCluster:
 
     def start(self) -> ReplicatedCluster:
         for port in self.ports:
-            self.procs.append(subprocess.Popen(
-                ["redis-server", "--cluster-enabled", "yes",
-                 "--cluster-config-file", os.path.join(self.dir, f"nodes-{port}.conf"),
-                 "--cluster-node-timeout", "5000",
-                 "--port", str(port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
-                 "--appendonly", "no", "--protected-mode", "no"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        "redis-server",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        os.path.join(self.dir, f"nodes-{port}.conf"),
+                        "--cluster-node-timeout",
+                        "5000",
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--dir",
+                        self.dir,
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--protected-mode",
+                        "no",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         for port in self.ports:
             self._wait(lambda p=port: bool(self.node(p).ping()), f"node {port} to start")
-        subprocess.run(["redis-cli", "--cluster", "create",
-                        *(f"127.0.0.1:{p}" for p in self.ports),
-                        "--cluster-replicas", "1", "--cluster-yes"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
         for port in self.ports:
-            self._wait(lambda p=port: b"cluster_state:ok" in self.node(p).execute_command(
-                "CLUSTER", "INFO"), f"node {port}: cluster_state:ok")
+            self._wait(
+                lambda p=port: (
+                    b"cluster_state:ok" in self.node(p).execute_command("CLUSTER", "INFO")
+                ),
+                f"node {port}: cluster_state:ok",
+            )
         for port in self.replicas():
-            self._wait(lambda p=port: self.node(p).info("replication").get(
-                "master_link_status") == "up", f"replica {port} in sync")
+            self._wait(
+                lambda p=port: self.node(p).info("replication").get("master_link_status") == "up",
+                f"replica {port} in sync",
+            )
         return self
 
     @staticmethod
@@ -155,27 +194,35 @@ def _runs(run_dir: Path) -> list[tuple[str, int, str, str, int, int]]:
 
 
 @pytest.mark.slow
-def test_six_shards_three_workers_sigkill_and_failover(cluster: ReplicatedCluster, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_six_shards_three_workers_sigkill_and_failover(
+    cluster: ReplicatedCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     prefix = f"sh{uuid.uuid4().hex[:6]}:"
     run_dir = tmp_path / "runs"
     run_dir.mkdir()
     modname = f"shardapp_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{modname}.py").write_text(APP_SOURCE)
-    env_vars = {"SHARDTEST_BROKER": cluster.url, "SHARDTEST_PREFIX": prefix,
-                "SHARDTEST_DIR": str(run_dir)}
+    env_vars = {
+        "SHARDTEST_BROKER": cluster.url,
+        "SHARDTEST_PREFIX": prefix,
+        "SHARDTEST_DIR": str(run_dir),
+    }
     for k, v in env_vars.items():
         monkeypatch.setenv(k, v)
     monkeypatch.syspath_prepend(str(tmp_path))
     app: TaskPipe = load_app(f"{modname}:app")
-    env = {k: v for k, v in os.environ.items() if k not in ("QUEUE", "TASKPIPE_QUEUES",
-                                                            "TASKPIPE_APP")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("QUEUE", "TASKPIPE_QUEUES", "TASKPIPE_APP")
+    }
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), os.getcwd(), env.get("PYTHONPATH", "")])
     workers: list[WorkerProcess] = []
 
     def start_worker() -> WorkerProcess:
-        w = WorkerProcess(["worker", "-A", f"{modname}:app", "-Q", "work", "-c", "4",
-                           "--loglevel", "WARNING"], env, tmp_path / f"worker{len(workers)}.log")
+        w = WorkerProcess(
+            ["worker", "-A", f"{modname}:app", "-Q", "work", "-c", "4", "--loglevel", "WARNING"],
+            env,
+            tmp_path / f"worker{len(workers)}.log",
+        )
         workers.append(w)
         return w
 
@@ -186,8 +233,10 @@ def test_six_shards_three_workers_sigkill_and_failover(cluster: ReplicatedCluste
     assert len(owners) == 3  # the shards' hash tags spread them over every master
 
     def publish(lo: int, hi: int) -> list[str]:
-        sigs = [Signature("t.rec", (f"k{n % KEYS}", n // KEYS), {}, {"shard_key": f"k{n % KEYS}"},
-                          app) for n in range(lo, hi)]
+        sigs = [
+            Signature("t.rec", (f"k{n % KEYS}", n // KEYS), {}, {"shard_key": f"k{n % KEYS}"}, app)
+            for n in range(lo, hi)
+        ]
         return [r.id for r in app.publish_many(sigs)]
 
     inspector = Inspector(app)
@@ -207,27 +256,41 @@ def test_six_shards_three_workers_sigkill_and_failover(cluster: ReplicatedCluste
         # what it held when it died (still recorded as its claims until the reaper acts; its
         # name starts with host.pid.): with no-op jobs it may have been between two batches
         victim = f".{workers[0].pid}."
-        held = sum(1 for ch in shards
-                   for who in app.thoonk.client.hvals(ch.keys.workers)
-                   if victim in (who.decode() if isinstance(who, bytes) else who))
+        held = sum(
+            1
+            for ch in shards
+            for who in app.thoonk.client.hvals(ch.keys.workers)
+            if victim in (who.decode() if isinstance(who, bytes) else who)
+        )
         start_worker()
         # fail over the master that serves shard 0 (coordinated: the replica catches up first)
         old_master = cluster.owner(key_slot(shards[0].keys.ids))
         replica = cluster.replica_of(old_master)
         cluster.node(replica).execute_command("CLUSTER", "FAILOVER")
         ids += publish(JOBS // 2, JOBS)  # published through the failover
-        wait_for(lambda: cluster.node(replica).info("replication")["role"] == "master", 60,
-                 "the replica promoted")
-        wait_for(lambda: cluster.owner(key_slot(shards[0].keys.ids)) == replica, 60,
-                 "the slot map to show the new master")
+        wait_for(
+            lambda: cluster.node(replica).info("replication")["role"] == "master",
+            60,
+            "the replica promoted",
+        )
+        wait_for(
+            lambda: cluster.owner(key_slot(shards[0].keys.ids)) == replica,
+            60,
+            "the slot map to show the new master",
+        )
 
         def done() -> bool:
             counts = inspector.channel_counts("work")
-            return bool(counts["finished"] >= JOBS and counts["available"] == 0
-                        and counts["claimed"] == 0 and counts["delayed"] == 0)
+            return bool(
+                counts["finished"] >= JOBS
+                and counts["available"] == 0
+                and counts["claimed"] == 0
+                and counts["delayed"] == 0
+            )
 
-        wait_for(done, 240, "every job finished", interval=0.5,
-                 ignore=(redis.exceptions.RedisError,))
+        wait_for(
+            done, 240, "every job finished", interval=0.5, ignore=(redis.exceptions.RedisError,)
+        )
         counts = inspector.channel_counts("work")
         assert counts["finished"] == JOBS and counts["stalled"] == 0
         assert counts["published_total"] == JOBS
@@ -259,16 +322,18 @@ def test_six_shards_three_workers_sigkill_and_failover(cluster: ReplicatedCluste
         if cancels == 0:
             firsts[key].append((token, n))
     for key, seq in firsts.items():
-        assert {r[3] for r in runs if r[0] == key} == {
-            app.sharding.pick("work", None, key).name}
+        assert {r[3] for r in runs if r[0] == key} == {app.sharding.pick("work", None, key).name}
         ordered = [n for _, n in sorted(seq)]
         assert ordered == sorted(ordered), key
-    print(f"\n{len(runs)} runs of {JOBS} jobs, {redelivered} redelivered, {duplicates} ran twice",
-          file=sys.stderr)
+    print(
+        f"\n{len(runs)} runs of {JOBS} jobs, {redelivered} redelivered, {duplicates} ran twice",
+        file=sys.stderr,
+    )
 
 
-def test_shards_not_a_multiple_of_the_masters_warn(cluster: ReplicatedCluster,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_shards_not_a_multiple_of_the_masters_warn(
+    cluster: ReplicatedCluster, caplog: pytest.LogCaptureFixture
+) -> None:
     prefix = f"sw{uuid.uuid4().hex[:6]}:"
     with TaskPipe(broker=cluster.url, prefix=prefix, shards={"even": 3, "uneven": 4}) as app:
         with caplog.at_level("WARNING", logger="taskpipe"):

@@ -73,9 +73,12 @@ def option(argv: list[str], name: str) -> str:
 def test_parse_command_refuses_bad_command_lines() -> None:
     ctx = parse_command(["taskpipe", "worker", "-A", "m:app", "-c", "4", "--grace", "30s"])
     assert ctx.params["concurrency"] == 4 and ctx.params["app_path"] == "m:app"
-    for bad in (["taskpipe", "wroker", "-A", "m:app"], ["taskpipe", "worker", "-A", "m:app", "--nope"],
-                ["taskpipe", "worker", "-A", "m:app", "-c", "0"],
-                ["taskpipe", "dashboard", "--port", "99999"]):
+    for bad in (
+        ["taskpipe", "wroker", "-A", "m:app"],
+        ["taskpipe", "worker", "-A", "m:app", "--nope"],
+        ["taskpipe", "worker", "-A", "m:app", "-c", "0"],
+        ["taskpipe", "dashboard", "--port", "99999"],
+    ):
         with pytest.raises(click.UsageError):
             parse_command(bad)
 
@@ -111,7 +114,9 @@ def test_dockerfile_copies_paths_that_exist_and_runs_a_valid_command() -> None:
     assert "TASKPIPE_APP=demo_tasks:app" in app_env
 
 
-def test_the_demo_task_module_loads_and_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_demo_task_module_loads_and_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TASKPIPE_BROKER_URL", "memory://")
     monkeypatch.syspath_prepend(str(CONTRIB / "docker"))
     demo_tasks: Any = importlib.import_module("demo_tasks")  # contrib/docker/demo_tasks.py
@@ -166,8 +171,12 @@ def test_docker_compose_config_accepts_the_file() -> None:
     probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip("docker has no compose plugin here")
-    proc = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -176,12 +185,18 @@ def test_supervisor_programs_run_valid_commands_and_stop_after_the_grace() -> No
     conf = configparser.ConfigParser(interpolation=None)
     conf.read(SUPERVISOR, encoding="utf-8")
     programs = [s for s in conf.sections() if s.startswith("program:")]
-    assert {"program:taskpipe-worker", "program:taskpipe-scheduler",
-            "program:taskpipe-dashboard"} <= set(programs)
+    assert {
+        "program:taskpipe-worker",
+        "program:taskpipe-scheduler",
+        "program:taskpipe-dashboard",
+    } <= set(programs)
     for section in programs:
         # supervisor's own %(name)s expansions, filled in as supervisor would
-        command = conf[section]["command"].replace("%(host_node_name)s", "host").replace(
-            "%(process_num)02d", "01")
+        command = (
+            conf[section]["command"]
+            .replace("%(host_node_name)s", "host")
+            .replace("%(process_num)02d", "01")
+        )
         argv = shlex.split(command)
         parse_command(argv)
         assert conf[section]["stopsignal"] == "TERM"
@@ -222,8 +237,9 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     text = text.replace("WorkingDirectory=/srv/myproject", f"WorkingDirectory={tmp_path}")
     unit = tmp_path / UNIT.name
     unit.write_text(text, encoding="utf-8")
-    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert UNIT.name not in proc.stderr, proc.stderr  # no warning about the unit itself
 
@@ -260,10 +276,10 @@ def exported_names() -> set[str]:
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split()
             base = name.removesuffix("_total")
-            names |= {"counter": {base + "_total", base + "_created"},
-                      "histogram": {name + "_bucket", name + "_sum", name + "_count",
-                                    name + "_created"},
-                      }.get(kind, {name})
+            names |= {
+                "counter": {base + "_total", base + "_created"},
+                "histogram": {name + "_bucket", name + "_sum", name + "_count", name + "_created"},
+            }.get(kind, {name})
         elif line and not line.startswith("#"):
             names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
     assert "taskpipe_queue_depth" in names and "taskpipe_task_duration_seconds_bucket" in names
@@ -326,8 +342,12 @@ def test_alert_rules_use_only_exported_metrics() -> None:
     titles = {a["alert"] for a in alerts}
     assert len(titles) == len(alerts)
     # queue backlog growing, no workers, failure rate, broker down (brief of issue 19)
-    assert {"TaskpipeBacklogGrowing", "TaskpipeNoWorkers", "TaskpipeHighFailureRate",
-            "TaskpipeBrokerDown"} <= titles
+    assert {
+        "TaskpipeBacklogGrowing",
+        "TaskpipeNoWorkers",
+        "TaskpipeHighFailureRate",
+        "TaskpipeBrokerDown",
+    } <= titles
     for a in alerts:
         used = set(_METRIC.findall(a["expr"]))
         assert used and used <= names, (a["alert"], sorted(used - names))
@@ -339,8 +359,9 @@ def test_alert_rules_use_only_exported_metrics() -> None:
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="no promtool")
 def test_promtool_accepts_the_rules() -> None:
-    proc = subprocess.run(["promtool", "check", "rules", str(ALERTS)], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        ["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -348,7 +369,9 @@ def test_prometheus_and_grafana_configs_parse_and_point_at_the_files() -> None:
     scrape: dict[str, Any] = yaml.safe_load(SCRAPE.read_text(encoding="utf-8"))
     assert [Path(f).name for f in scrape["rule_files"]] == [ALERTS.name]
     job = scrape["scrape_configs"][0]
-    assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"] == ["dashboard:8000"]
+    assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"] == [
+        "dashboard:8000"
+    ]
     # the dashboard's token guards /metrics: Prometheus sends the compose file's token
     compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
     token = compose["services"]["dashboard"]["environment"]["TASKPIPE_DASHBOARD_TOKEN"]

@@ -45,8 +45,11 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[st
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
         try:
-            yield {"EXAMPLE_DB": "postgresql", "EXAMPLE_DB_NAME": name,
-                   "EXAMPLE_DB_APP": f"web-{name}"}
+            yield {
+                "EXAMPLE_DB": "postgresql",
+                "EXAMPLE_DB_NAME": name,
+                "EXAMPLE_DB_APP": f"web-{name}",
+            }
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -55,23 +58,32 @@ def _pg_sessions(db: str, app_name: str) -> int:
     import psycopg
 
     with psycopg.connect(PG, autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND "
-                           "application_name = %s", (db, app_name)).fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = %s",
+            (db, app_name),
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
 def test_example_project(database: dict[str, str], redis_server: RedisServer) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**database, "TASKPIPE_BROKER_URL": redis_server.url,
-           "TASKPIPE_PREFIX": f"dj{uuid.uuid4().hex[:8]}:", "DJANGO_SETTINGS_MODULE": "proj.settings",
-           "DJANGO_SUPERUSER_PASSWORD": "s3cret-pass", "DJANGO_SUPERUSER_USERNAME": "admin",
-           "DJANGO_SUPERUSER_EMAIL": "admin@example.com"}
+    env = {
+        **database,
+        "TASKPIPE_BROKER_URL": redis_server.url,
+        "TASKPIPE_PREFIX": f"dj{uuid.uuid4().hex[:8]}:",
+        "DJANGO_SETTINGS_MODULE": "proj.settings",
+        "DJANGO_SUPERUSER_PASSWORD": "s3cret-pass",
+        "DJANGO_SUPERUSER_USERNAME": "admin",
+        "DJANGO_SUPERUSER_EMAIL": "admin@example.com",
+    }
     worker_app = f"worker-{uuid.uuid4().hex[:8]}"
     with processes(env, PROJECT) as procs:
         procs.run(["manage.py", "migrate", "--noinput"])
         procs.run(["manage.py", "createsuperuser", "--noinput"])
-        assert "shop.tasks.fulfil" in procs.run(["manage.py", "taskpipe", "tasks"])  # autodiscovered
+        assert "shop.tasks.fulfil" in procs.run(
+            ["manage.py", "taskpipe", "tasks"]
+        )  # autodiscovered
         procs.start("web", ["manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"])
         wait_http(base + "/orders/1", procs)
 
@@ -83,13 +95,19 @@ def test_example_project(database: dict[str, str], redis_server: RedisServer) ->
         status, rolled, _ = http("POST", base + "/orders", {"item": "x", "quantity": 1, "fail": 1})
         assert status == 409 and rolled["state_inside_transaction"] == "unknown", rolled
 
-        procs.start("worker", ["manage.py", "taskpipe", "worker", "-c", "1"],
-                    env={"EXAMPLE_DB_APP": worker_app})
+        procs.start(
+            "worker",
+            ["manage.py", "taskpipe", "worker", "-c", "1"],
+            env={"EXAMPLE_DB_APP": worker_app},
+        )
         _, done, _ = http("GET", f"{base}/jobs/{first['job']}?wait=60")
         assert done["state"] == "finished", done
         assert done["value"]["item"] == "book" and done["value"]["db"] == database["EXAMPLE_DB"]
         assert http("GET", f"{base}/orders/{first['order']}")[1] == {
-            "item": "book", "status": "fulfilled", "fulfilled_by": "taskpipe"}
+            "item": "book",
+            "status": "fulfilled",
+            "fulfilled_by": "taskpipe",
+        }
         _, second, _ = http("POST", base + "/orders", {"item": "pen", "quantity": 1})
         _, done2, _ = http("GET", f"{base}/jobs/{second['job']}?wait=60")
         assert done2["state"] == "finished", done2
@@ -100,8 +118,10 @@ def test_example_project(database: dict[str, str], redis_server: RedisServer) ->
         if database["EXAMPLE_DB"] == "postgresql":
             # one database session per task, closed when the task ends (as after a request)
             assert done["value"]["session"] != done2["value"]["session"]
-            wait_for(lambda: _pg_sessions(database["EXAMPLE_DB_NAME"], worker_app) == 0,
-                     what="the worker's database sessions to close")
+            wait_for(
+                lambda: _pg_sessions(database["EXAMPLE_DB_NAME"], worker_app) == 0,
+                what="the worker's database sessions to close",
+            )
 
         # the dashboard: staff only, linked from the admin index
         status, _, resp = http("GET", base + "/taskpipe/api/overview")
@@ -111,9 +131,17 @@ def test_example_project(database: dict[str, str], redis_server: RedisServer) ->
         found = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
         assert found is not None, "no CSRF token on the login page"
         token = found.group(1)
-        status, _, resp = http("POST", base + "/admin/login/?next=/admin/", opener=opener,
-                               form={"username": "admin", "password": "s3cret-pass",
-                                     "csrfmiddlewaretoken": token, "next": "/admin/"})
+        status, _, resp = http(
+            "POST",
+            base + "/admin/login/?next=/admin/",
+            opener=opener,
+            form={
+                "username": "admin",
+                "password": "s3cret-pass",
+                "csrfmiddlewaretoken": token,
+                "next": "/admin/",
+            },
+        )
         assert resp.geturl().endswith("/admin/"), resp.geturl()
         _, index, _ = http("GET", base + "/admin/", opener=opener)
         assert 'href="/admin/taskpipe/dashboard/"' in index
@@ -122,7 +150,5 @@ def test_example_project(database: dict[str, str], redis_server: RedisServer) ->
         assert "static/app.js" in shell
         status, overview, _ = http("GET", base + "/taskpipe/api/overview", opener=opener)
         assert status == 200 and overview["workers"] == 1, overview
-        status, _, _ = http("POST", base + "/taskpipe/api/channels/default/pause",
-                            opener=opener)
+        status, _, _ = http("POST", base + "/taskpipe/api/channels/default/pause", opener=opener)
         assert status == 403  # actions need the X-Taskpipe header
-

@@ -29,12 +29,20 @@ def dj() -> Iterator[DjangoTaskPipe]:
     if not settings.configured:
         db = Path(tempfile.mkdtemp(prefix="taskpipe-dj-")) / "unit.sqlite3"
         settings.configure(
-            INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth",
-                            "taskpipe.contrib.django"],
+            INSTALLED_APPS=[
+                "django.contrib.contenttypes",
+                "django.contrib.auth",
+                "taskpipe.contrib.django",
+            ],
             DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(db)}},
-            TASKPIPE={"broker": f"memory://{uuid.uuid4().hex}", "name": "unit",
-                      "autodiscover": False, "result_ttl": "1h"},
-            USE_TZ=True)
+            TASKPIPE={
+                "broker": f"memory://{uuid.uuid4().hex}",
+                "name": "unit",
+                "autodiscover": False,
+                "result_ttl": "1h",
+            },
+            USE_TZ=True,
+        )
         django.setup()
     from django.db import connection
 

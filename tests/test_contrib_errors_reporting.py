@@ -42,8 +42,11 @@ def test_final_failures_are_reported_with_context(app: TaskPipe) -> None:
     error, scope = capture.calls[0]
     assert isinstance(error, ValueError) and str(error) == "bad amount -1"
     assert error.__traceback__ is not None  # the real exception, traceback included
-    assert scope["tags"] == {"taskpipe.task": "charge", "taskpipe.channel": "default",
-                             "taskpipe.final": "yes"}
+    assert scope["tags"] == {
+        "taskpipe.task": "charge",
+        "taskpipe.channel": "default",
+        "taskpipe.final": "yes",
+    }
     assert scope["extras"]["job_id"] == bad.id and scope["extras"]["attempt"] == 2
 
 

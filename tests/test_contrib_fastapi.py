@@ -77,8 +77,9 @@ def test_example_end_to_end(redis_server: RedisServer) -> None:
     env = {"TASKPIPE_BROKER_URL": redis_server.url, "TASKPIPE_PREFIX": f"fa{uuid.uuid4().hex[:8]}:"}
     base = f"http://127.0.0.1:{port}"
     with processes(env, ROOT / "examples" / "fastapi_app") as procs:
-        procs.start("web", ["-m", "uvicorn", "main:api", "--port", str(port),
-                            "--log-level", "warning"])
+        procs.start(
+            "web", ["-m", "uvicorn", "main:api", "--port", str(port), "--log-level", "warning"]
+        )
         wait_http(base + "/taskpipe/healthz", procs)
         status, body, _ = http("POST", base + "/add", {"a": 20, "b": 22})
         assert status == 202, body

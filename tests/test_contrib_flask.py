@@ -60,8 +60,10 @@ def test_bad_setting_is_a_config_error() -> None:
 
 
 def test_dashboard_blueprint(ext: FlaskTaskPipe) -> None:
-    ext.flask_app.register_blueprint(ext.dashboard_blueprint(token="tok"),  # type: ignore[union-attr]
-                                     url_prefix="/ops")
+    ext.flask_app.register_blueprint(  # type: ignore[union-attr]
+        ext.dashboard_blueprint(token="tok"),
+        url_prefix="/ops",
+    )
     client = ext.flask_app.test_client()  # type: ignore[union-attr]
     assert client.get("/ops").status_code == 308
     page = client.get("/ops/")
@@ -70,8 +72,12 @@ def test_dashboard_blueprint(ext: FlaskTaskPipe) -> None:
     assert client.get("/ops/api/overview").status_code == 401
     ok = client.get("/ops/api/overview", headers={"Authorization": "Bearer tok"})
     assert ok.status_code == 200 and "channels" in ok.get_json()
-    assert client.post("/ops/api/channels/default/pause",
-                       headers={"Authorization": "Bearer tok"}).status_code == 403
+    assert (
+        client.post(
+            "/ops/api/channels/default/pause", headers={"Authorization": "Bearer tok"}
+        ).status_code
+        == 403
+    )
 
 
 def test_example_end_to_end(redis_server: RedisServer) -> None:
@@ -86,8 +92,10 @@ def test_example_end_to_end(redis_server: RedisServer) -> None:
         assert status == 202, body
         status, body, _ = http("GET", f"{base}/result/{body['id']}?wait=30")
         assert status == 200, body
-        assert body == {"state": "finished", "value": {
-            "sum": 42, "app": "flask_example", "greeting": "hello from the Flask config"}}
+        assert body == {
+            "state": "finished",
+            "value": {"sum": 42, "app": "flask_example", "greeting": "hello from the Flask config"},
+        }
         _, failed, _ = http("POST", base + "/divide", {"a": 1, "b": 0})
         _, body, _ = http("GET", f"{base}/result/{failed['id']}?wait=30")
         assert body == {"state": "failed", "error": "ZeroDivisionError: division by zero"}

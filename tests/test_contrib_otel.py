@@ -137,8 +137,9 @@ def traced(x):
 
 
 @pytest.mark.parametrize("pool", ["thread", "process"])
-def test_spans_link_across_real_worker_processes(tmp_path: Any, redis_server: Any, prefix: str,
-                                                 monkeypatch: pytest.MonkeyPatch, pool: str) -> None:
+def test_spans_link_across_real_worker_processes(
+    tmp_path: Any, redis_server: Any, prefix: str, monkeypatch: pytest.MonkeyPatch, pool: str
+) -> None:
     import json
     import os
     import uuid
@@ -151,17 +152,23 @@ def test_spans_link_across_real_worker_processes(tmp_path: Any, redis_server: An
     (tmp_path / f"{module}.py").write_text(OTEL_APP)
     spans_dir = tmp_path / "spans"
     spans_dir.mkdir()
-    extra = {"TP_TEST_BROKER": redis_server.url, "TP_TEST_PREFIX": prefix,
-             "TP_SPANS_DIR": str(spans_dir)}
+    extra = {
+        "TP_TEST_BROKER": redis_server.url,
+        "TP_TEST_PREFIX": prefix,
+        "TP_SPANS_DIR": str(spans_dir),
+    }
     for k, v in extra.items():
         monkeypatch.setenv(k, v)
     monkeypatch.syspath_prepend(str(tmp_path))
     app: TaskPipe = load_app(f"{module}:app")
     env = {**os.environ, **extra}
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep
+    )
     env.pop("TASKPIPE_APP", None)
-    worker = WorkerProcess(["worker", "-A", f"{module}:app", "--pool", pool, "-c", "2"], env,
-                           tmp_path / "worker.log")
+    worker = WorkerProcess(
+        ["worker", "-A", f"{module}:app", "--pool", pool, "-c", "2"], env, tmp_path / "worker.log"
+    )
     try:
         results = [app.send("traced", (i,)) for i in range(3)]
         assert [r.get(timeout=60) for r in results] == [1, 2, 3]
@@ -169,8 +176,9 @@ def test_spans_link_across_real_worker_processes(tmp_path: Any, redis_server: An
     finally:
         worker.kill()
         app.close()
-    spans = [json.loads(line) for path in spans_dir.iterdir()
-             for line in path.read_text().splitlines()]
+    spans = [
+        json.loads(line) for path in spans_dir.iterdir() for line in path.read_text().splitlines()
+    ]
     publishes = {s["job"]: s for s in spans if s["name"] == "publish traced"}
     runs = {s["job"]: s for s in spans if s["name"] == "run traced"}
     assert set(publishes) == set(runs) == {r.id for r in results}

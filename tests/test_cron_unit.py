@@ -42,16 +42,43 @@ def app() -> TaskPipe:
 
 
 # expressions and zones -------------------------------------------------------------------------
-@pytest.mark.parametrize("expr", ["*/5 * * * *", "0 9 * * 1-5", "* * * * * *", "*/10 * * * * *",
-                                  "@hourly", "@daily", "@weekly", "@monthly", "@yearly",
-                                  "  0   12 * * *  "])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "*/5 * * * *",
+        "0 9 * * 1-5",
+        "* * * * * *",
+        "*/10 * * * * *",
+        "@hourly",
+        "@daily",
+        "@weekly",
+        "@monthly",
+        "@yearly",
+        "  0   12 * * *  ",
+    ],
+)
 def test_valid_expressions(expr: str) -> None:
     CronEntry.validate(expr, None)
     assert entry(expr).expr == entry(expr).expr.strip()
 
 
-@pytest.mark.parametrize("expr", ["", "   ", "a b c", "* * * *", "* * * * * * *", "61 * * * *",
-                                  "* 25 * * *", "0 0 30 2 *", "@reboot", "@sometimes", None, 5])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "",
+        "   ",
+        "a b c",
+        "* * * *",
+        "* * * * * * *",
+        "61 * * * *",
+        "* 25 * * *",
+        "0 0 30 2 *",
+        "@reboot",
+        "@sometimes",
+        None,
+        5,
+    ],
+)
 def test_bad_expressions_raise_cron_error(expr: object) -> None:
     with pytest.raises(CronError):
         CronEntry.validate(expr, None)  # type: ignore[arg-type]
@@ -69,30 +96,44 @@ def test_decorator_validates_at_definition_time(app: TaskPipe) -> None:
     with pytest.raises(CronError):
         app.cron("*/5 * * * *", tz="Nowhere/Land")
     with pytest.raises(CronError):
+
         @app.cron("* * * * *", misfire="sometimes")
         @app.task
         def bad_policy() -> None: ...
+
     with pytest.raises(CronError):
+
         @app.cron("* * * * *", colour="blue")
         @app.task
         def bad_option() -> None: ...
+
     with pytest.raises(SerializationError):
+
         @app.cron("* * * * *", args=[object()])
         @app.task
         def bad_args(x: object) -> None: ...
+
     assert app.crons == []
 
 
 def test_decorator_goes_above_task(app: TaskPipe) -> None:
     with pytest.raises(ConfigError, match="above @app.task"):
+
         @app.task
         @app.cron("* * * * *")
         def wrong_order() -> None: ...
 
 
 def test_decorator_and_add_cron_register_entries(app: TaskPipe) -> None:
-    @app.cron("*/5 * * * *", tz="Europe/Paris", channel="cron", args=(1,), kwargs={"k": 2},
-              misfire="all", name="five")
+    @app.cron(
+        "*/5 * * * *",
+        tz="Europe/Paris",
+        channel="cron",
+        args=(1,),
+        kwargs={"k": 2},
+        misfire="all",
+        name="five",
+    )
     @app.task
     def job(a: int, k: int = 0) -> int:
         return a + k
@@ -101,8 +142,15 @@ def test_decorator_and_add_cron_register_entries(app: TaskPipe) -> None:
     by_name = app.add_cron("some.other.task", "@daily")
     assert [e.name for e in app.crons] == ["five", "minutely", "some.other.task"]
     five = app.crons[0]
-    assert (five.task, five.expr, five.tz, five.channel, five.args, five.kwargs, five.misfire) == \
-        (job.name, "*/5 * * * *", "Europe/Paris", "cron", (1,), {"k": 2}, "all")
+    assert (five.task, five.expr, five.tz, five.channel, five.args, five.kwargs, five.misfire) == (
+        job.name,
+        "*/5 * * * *",
+        "Europe/Paris",
+        "cron",
+        (1,),
+        {"k": 2},
+        "all",
+    )
     assert extra.misfire == "skip" and extra.grace == 0.5
     assert by_name.expr == "0 0 * * *" and by_name.misfire == "once"  # once is the default
     with pytest.raises(CronError, match="already exists"):
@@ -244,8 +292,7 @@ def test_schedulers_share_fires_without_duplicates(app: TaskPipe) -> None:
 
 def test_downtime_policies_with_the_scheduler(app: TaskPipe) -> None:
     for policy in ("skip", "once", "all"):
-        app.add_cron("tasks.tick", "*/10 * * * * *", name=policy, misfire=policy,
-                     channel=policy)
+        app.add_cron("tasks.tick", "*/10 * * * * *", name=policy, misfire=policy, channel=policy)
     s = Scheduler(app, name="s")
     s.tick(ms(LAST + timedelta(seconds=1)))
     s.tick(ms(LAST + timedelta(seconds=10, milliseconds=5)))  # on time: all three fire
@@ -276,7 +323,10 @@ def test_dead_schedulers_pending_fire_is_taken_over(app: TaskPipe) -> None:
     assert _ids(app) == [] and s.fired == 0  # the owner may still be alive
     s.tick(ms(fire) + 1100)
     s.tick(ms(fire) + 1100)
-    assert _ids(app) == [f"cron:tick:{int(fire.timestamp())}", f"cron:tick:{int(fire.timestamp()) + 1}"]
+    assert _ids(app) == [
+        f"cron:tick:{int(fire.timestamp())}",
+        f"cron:tick:{int(fire.timestamp()) + 1}",
+    ]
     state = app.thoonk.client.hgetall(key)
     assert state[b"cursor"] == str(ms(fire) + 1000).encode()
     assert state[b"last_job"] == f"cron:tick:{int(fire.timestamp()) + 1}".encode()
@@ -291,8 +341,9 @@ def test_takeover_never_resends_a_job_that_exists_or_finished(app: TaskPipe) -> 
     app.send("tasks.tick", id=job_id)  # the dead scheduler did send it ...
     claim = ch.claim(1)[0]
     ch.finish(claim.id, token=claim.token)  # ... and a worker already ran it
-    app.thoonk.client.hset(key, "cursor",
-                           _Cursor(ms(fire), ms(fire), "dead.1.x", (ms(fire),)).encode())
+    app.thoonk.client.hset(
+        key, "cursor", _Cursor(ms(fire), ms(fire), "dead.1.x", (ms(fire),)).encode()
+    )
     s = Scheduler(app, name="alive", takeover="1s")
     s.tick(ms(fire) + 1500)
     assert s.fired == 0

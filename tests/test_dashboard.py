@@ -30,15 +30,26 @@ from taskpipe.errors import ConfigError
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 SHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
-CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1280,900"]
+CHROME_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,900",
+]
 
 
 # --- helpers ---------------------------------------------------------------------------------
-def call(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
-    req = urllib.request.Request(url, method=method, headers=headers or {},
-                                 data=b"" if method == "POST" else None)
+def call(
+    url: str, method: str = "GET", headers: dict[str, str] | None = None
+) -> tuple[int, Any, Any]:
+    req = urllib.request.Request(
+        url, method=method, headers=headers or {}, data=b"" if method == "POST" else None
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             body = resp.read()
@@ -166,8 +177,7 @@ def test_auth_token_and_basic(app: TaskPipe) -> None:
 
 def test_loopback_without_auth_rejects_foreign_host_headers(board: DashboardServer) -> None:
     assert call(board.url + "api/overview", headers={"Host": "evil.example:80"})[0] == 421
-    assert call(board.url + "api/overview",
-                headers={"Host": f"localhost:{board.port}"})[0] == 200
+    assert call(board.url + "api/overview", headers={"Host": f"localhost:{board.port}"})[0] == 200
 
 
 def test_dashboard_metrics_page(app: TaskPipe, board: DashboardServer) -> None:
@@ -181,9 +191,25 @@ def test_dashboard_metrics_page(app: TaskPipe, board: DashboardServer) -> None:
 def test_cli_dashboard_with_broker_and_token(redis_server: RedisServer, prefix: str) -> None:
     app = TaskPipe(broker=redis_server.url, prefix=prefix)
     app.send("x", channel="emails")
-    proc = subprocess.Popen([sys.executable, "-m", "taskpipe", "dashboard", "--broker", redis_server.url,
-                             "--prefix", prefix, "--port", "0", "--token", "t0k"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "taskpipe",
+            "dashboard",
+            "--broker",
+            redis_server.url,
+            "--prefix",
+            prefix,
+            "--port",
+            "0",
+            "--token",
+            "t0k",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -199,8 +225,21 @@ def test_cli_dashboard_with_broker_and_token(redis_server: RedisServer, prefix: 
         code = proc.returncode
         app.close()
     assert code == 0
-    bad = subprocess.run([sys.executable, "-m", "taskpipe", "dashboard", "-A", "x:app", "--broker",
-                          redis_server.url], capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "taskpipe",
+            "dashboard",
+            "-A",
+            "x:app",
+            "--broker",
+            redis_server.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode != 0 and "not both" in bad.stderr
 
 
@@ -215,8 +254,10 @@ def browser() -> Iterator[Any]:
         missing.append("selenium (pip install -e '.[test]')")
     if missing:
         if os.environ.get("CI"):
-            pytest.fail(f"browser tests must run in CI; missing: {', '.join(missing)} "
-                        "(apt-get install chromium chromium-driver)")
+            pytest.fail(
+                f"browser tests must run in CI; missing: {', '.join(missing)} "
+                "(apt-get install chromium chromium-driver)"
+            )
         pytest.skip(f"no headless browser here: missing {', '.join(missing)}")
     profile = tempfile.mkdtemp(prefix="taskpipe-chromium-")
     opts = webdriver.ChromeOptions()
@@ -236,9 +277,12 @@ def wait(driver: Any, check: Callable[[Any], Any], timeout: float = 20) -> Any:
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1,
-                         ignored_exceptions=(NoSuchElementException,
-                                             StaleElementReferenceException)).until(check)
+    return WebDriverWait(
+        driver,
+        timeout,
+        poll_frequency=0.1,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    ).until(check)
 
 
 def css(driver: Any, selector: str) -> Any:
@@ -263,7 +307,9 @@ def shot(driver: Any, name: str) -> None:
     assert driver.save_screenshot(str(path)) and path.stat().st_size > 0
 
 
-def test_overview_shows_published_jobs_live(browser: Any, app: TaskPipe, board: DashboardServer) -> None:
+def test_overview_shows_published_jobs_live(
+    browser: Any, app: TaskPipe, board: DashboardServer
+) -> None:
     app.send("report", channel="emails")
     browser.get(board.url)
     wait(browser, lambda d: cell(d, "emails", "available") == "1")
@@ -277,7 +323,8 @@ def test_overview_shows_published_jobs_live(browser: Any, app: TaskPipe, board: 
 
 
 def test_stalled_job_page_shows_reason_and_retry_makes_it_available(
-        browser: Any, app: TaskPipe, board: DashboardServer) -> None:
+    browser: Any, app: TaskPipe, board: DashboardServer
+) -> None:
     job_id = stall_one(app)
     browser.get(board.url + "#/channel/default?state=stalled")
     assert "unknown_task: no.such.task" in text_of(browser, f'tr[data-job="{job_id}"]')
@@ -311,8 +358,9 @@ def test_pause_shows_as_paused(browser: Any, app: TaskPipe, board: DashboardServ
     assert not app.channel("emails").paused
 
 
-def test_failed_job_shows_error_and_traceback_as_text(browser: Any, app: TaskPipe,
-                                                      board: DashboardServer) -> None:
+def test_failed_job_shows_error_and_traceback_as_text(
+    browser: Any, app: TaskPipe, board: DashboardServer
+) -> None:
     @app.task(name="boom")
     def boom() -> None:
         raise ValueError('<img src=x onerror="window.__xss=1">')

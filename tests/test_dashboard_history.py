@@ -41,7 +41,8 @@ def _failing(app: TaskPipe) -> Any:
 
 
 def test_failed_job_page_shows_the_record_and_requeue_runs_it_again(
-        browser: Any, app: TaskPipe, board: DashboardServer) -> None:
+    browser: Any, app: TaskPipe, board: DashboardServer
+) -> None:
     charge = _failing(app)
     r = charge.delay(42, card="amex")
     run_burst(app)
@@ -65,7 +66,8 @@ def test_failed_job_page_shows_the_record_and_requeue_runs_it_again(
 
 
 def test_edit_a_waiting_jobs_arguments_from_its_page(
-        browser: Any, app: TaskPipe, board: DashboardServer) -> None:
+    browser: Any, app: TaskPipe, board: DashboardServer
+) -> None:
     r = app.send("pay.charge", (1,), {"card": "visa"}, delay="1h")
     browser.get(board.url + f"#/job/default/{r.id}")
     assert text_of(browser, "#job-state") == "delayed"
@@ -93,7 +95,8 @@ def test_edit_a_waiting_jobs_arguments_from_its_page(
 
 
 def test_history_filters_by_task_and_error_and_bulk_requeue(
-        browser: Any, app: TaskPipe, board: DashboardServer) -> None:
+    browser: Any, app: TaskPipe, board: DashboardServer
+) -> None:
     charge = _failing(app)
 
     @app.task(name="mail.send")
@@ -115,18 +118,36 @@ def test_history_filters_by_task_and_error_and_bulk_requeue(
     # filter by task
     css(browser, "#hist-task").send_keys("mail.send")
     click(browser, "#hist-go")
-    wait(browser, lambda d: {e.get_attribute("data-job") for e in d.find_elements(
-        "css selector", "#hist-rows tr[data-job]")} == {m.id for m in mails})
+    wait(
+        browser,
+        lambda d: (
+            {
+                e.get_attribute("data-job")
+                for e in d.find_elements("css selector", "#hist-rows tr[data-job]")
+            }
+            == {m.id for m in mails}
+        ),
+    )
     assert "'user0@example.com'" in text_of(browser, f'tr[data-job="{mails[0].id}"]')
     # filter by error text
     browser.get(board.url + "#/history/default?error=" + urllib.parse.quote("order 1"))
-    wait(browser, lambda d: [e.get_attribute("data-job") for e in d.find_elements(
-        "css selector", "#hist-rows tr[data-job]")] == [charges[1].id])
+    wait(
+        browser,
+        lambda d: (
+            [
+                e.get_attribute("data-job")
+                for e in d.find_elements("css selector", "#hist-rows tr[data-job]")
+            ]
+            == [charges[1].id]
+        ),
+    )
     shot(browser, "history-filtered")
     # bulk requeue of one task's failures, after a count preview and a confirmation
     browser.get(board.url + "#/history/default?task=pay.charge")
     wait(browser, lambda d: len(d.find_elements("css selector", "#hist-rows tr[data-job]")) == 3)
-    browser.execute_script("window.__asked = []; window.confirm = (m) => { window.__asked.push(m); return true; }")
+    browser.execute_script(
+        "window.__asked = []; window.confirm = (m) => { window.__asked.push(m); return true; }"
+    )
     click(browser, "#bulk-requeue")
     wait(browser, lambda d: "requeued 3 job(s)" in css(d, "#toast").text)
     assert "Requeue 3 failed" in browser.execute_script("return window.__asked[0]")
@@ -135,8 +156,9 @@ def test_history_filters_by_task_and_error_and_bulk_requeue(
     assert all(app.AsyncResult(o.id).state == "finished" for o in oks)
 
 
-def test_log_view_keeps_its_scroll_position(browser: Any, app: TaskPipe,
-                                            board: DashboardServer) -> None:
+def test_log_view_keeps_its_scroll_position(
+    browser: Any, app: TaskPipe, board: DashboardServer
+) -> None:
     r = app.send("long.job", (), delay="1h")
     ch = app.channel()
     ch.log(r.id, [f"line {i}" for i in range(300)])
@@ -149,25 +171,33 @@ def test_log_view_keeps_its_scroll_position(browser: Any, app: TaskPipe,
     wait(browser, lambda d: "line 300" in css(d, "#job-logs").text)
     assert browser.execute_script("return document.getElementById('job-logs').scrollTop") == top
     # at the bottom: it follows the tail
-    browser.execute_script("const p = document.getElementById('job-logs'); p.scrollTop = p.scrollHeight")
+    browser.execute_script(
+        "const p = document.getElementById('job-logs'); p.scrollTop = p.scrollHeight"
+    )
     ch.log(r.id, ["line 301"])
     wait(browser, lambda d: "line 301" in css(d, "#job-logs").text)
     assert browser.execute_script(
-        "const p = document.getElementById('job-logs'); return p.scrollTop + p.clientHeight >= p.scrollHeight - 4")
+        "const p = document.getElementById('job-logs'); return p.scrollTop + p.clientHeight >= p.scrollHeight - 4"
+    )
 
 
-def test_pause_live_updates_and_offline_banner(browser: Any, app: TaskPipe,
-                                               board: DashboardServer) -> None:
+def test_pause_live_updates_and_offline_banner(
+    browser: Any, app: TaskPipe, board: DashboardServer
+) -> None:
     app.send("report", channel="emails")
     browser.get(board.url)
-    wait(browser, lambda d: css(d, 'tr[data-channel="emails"] td[data-col="available"]').text == "1")
+    wait(
+        browser, lambda d: css(d, 'tr[data-channel="emails"] td[data-col="available"]').text == "1"
+    )
     click(browser, "#live")
     wait(browser, lambda d: css(d, "#live").text == "paused")
     app.send("report", channel="emails")
     browser.execute_script("window.taskpipeDashboard.tick(false)")  # a poll while paused: nothing
     assert css(browser, 'tr[data-channel="emails"] td[data-col="available"]').text == "1"
     click(browser, "#live")
-    wait(browser, lambda d: css(d, 'tr[data-channel="emails"] td[data-col="available"]').text == "2")
+    wait(
+        browser, lambda d: css(d, 'tr[data-channel="emails"] td[data-col="available"]').text == "2"
+    )
     assert not browser.find_elements("css selector", "#offline-banner:not([hidden])")
 
 
@@ -190,6 +220,7 @@ def test_offline_banner_when_the_broker_is_down(browser: Any) -> None:
     finally:
         server.close()
         down.close()
+
 
 def test_history_routes_answer_clear_errors(app: TaskPipe, board: DashboardServer) -> None:
     @app.task(name="t.ok")
@@ -214,7 +245,8 @@ def test_history_routes_answer_clear_errors(app: TaskPipe, board: DashboardServe
 
 
 def test_overview_oldest_waiting_chart_axes_and_worker_running_vs_prefetched(
-        browser: Any, app: TaskPipe, board: DashboardServer) -> None:
+    browser: Any, app: TaskPipe, board: DashboardServer
+) -> None:
     import threading
 
     gate = threading.Event()
@@ -228,8 +260,12 @@ def test_overview_oldest_waiting_chart_axes_and_worker_running_vs_prefetched(
     emails = next(c for c in ov["channels"] if c["channel"] == "emails")
     assert emails["oldest_waiting_ms"] is not None
     browser.get(board.url)
-    wait(browser, lambda d: css(d, 'tr[data-channel="emails"] td[data-col="oldest_waiting"]').text
-         not in ("", "-"))
+    wait(
+        browser,
+        lambda d: (
+            css(d, 'tr[data-channel="emails"] td[data-col="oldest_waiting"]').text not in ("", "-")
+        ),
+    )
     wait(browser, lambda d: len(d.find_elements("css selector", "#chart-times span")) == 3)
     assert all(":" in e.text for e in browser.find_elements("css selector", "#chart-times span"))
     assert browser.find_elements("css selector", ".y-axis span")[0].text.endswith("/s")
@@ -241,8 +277,13 @@ def test_overview_oldest_waiting_chart_axes_and_worker_running_vs_prefetched(
     t.start()
     try:
         browser.get(board.url + "#/workers")
-        wait(browser, lambda d: css(d, f'tr[data-worker="{w.name}"] td[data-col="running"]').text == "1"
-             and css(d, f'tr[data-worker="{w.name}"] td[data-col="prefetched"]').text == "2")
+        wait(
+            browser,
+            lambda d: (
+                css(d, f'tr[data-worker="{w.name}"] td[data-col="running"]').text == "1"
+                and css(d, f'tr[data-worker="{w.name}"] td[data-col="prefetched"]').text == "2"
+            ),
+        )
         shot(browser, "workers-running-prefetched")
     finally:
         gate.set()
@@ -250,8 +291,9 @@ def test_overview_oldest_waiting_chart_axes_and_worker_running_vs_prefetched(
         t.join(20)
 
 
-def test_bulk_clean_and_empty_from_the_history_tab(browser: Any, app: TaskPipe,
-                                                   board: DashboardServer) -> None:
+def test_bulk_clean_and_empty_from_the_history_tab(
+    browser: Any, app: TaskPipe, board: DashboardServer
+) -> None:
     @app.task(name="t.ok")
     def ok() -> int:
         return 1
@@ -270,7 +312,9 @@ def test_bulk_clean_and_empty_from_the_history_tab(browser: Any, app: TaskPipe,
     assert call(base + "clean?state=bogus")[0] == 400
     browser.get(board.url + "#/history/default")
     wait(browser, lambda d: len(d.find_elements("css selector", "#hist-rows tr[data-job]")) == 4)
-    browser.execute_script("window.__asked = []; window.confirm = (m) => { window.__asked.push(m); return true; }")
+    browser.execute_script(
+        "window.__asked = []; window.confirm = (m) => { window.__asked.push(m); return true; }"
+    )
     css(browser, "#clean-age").send_keys("all")
     click(browser, "#clean-btn")
     wait(browser, lambda d: "removed 3 job(s), kept 1" in css(d, "#toast").text)
@@ -283,7 +327,9 @@ def test_bulk_clean_and_empty_from_the_history_tab(browser: Any, app: TaskPipe,
     assert all(app.AsyncResult(w.id).state == "unknown" for w in waiting)
 
 
-def test_every_list_shows_task_and_args(browser: Any, app: TaskPipe, board: DashboardServer) -> None:
+def test_every_list_shows_task_and_args(
+    browser: Any, app: TaskPipe, board: DashboardServer
+) -> None:
     charge = _failing(app)
     failed = charge.apply_async((5,), {"card": "amex"}, retries=0)
     run_burst(app)
@@ -299,7 +345,8 @@ def test_every_list_shows_task_and_args(browser: Any, app: TaskPipe, board: Dash
 
 
 def test_a_job_the_reaper_stalled_shows_its_record_on_its_page(
-        browser: Any, app: TaskPipe, board: DashboardServer) -> None:
+    browser: Any, app: TaskPipe, board: DashboardServer
+) -> None:
     from polling import wait_for
 
     app.max_cancels = 1

@@ -61,7 +61,8 @@ def test_wsgi_mount(served: tuple[str, TaskPipe]) -> None:
     emails = next(c for c in overview["channels"] if c["channel"] == "emails")
     assert status == 200 and emails["available"] == 1
     assert http("POST", base + "/ops/api/channels/emails/pause", headers=auth)[0] == 403
-    status, _, _ = http("POST", base + "/ops/api/channels/emails/pause",
-                        headers={**auth, "X-Taskpipe": "1"})
+    status, _, _ = http(
+        "POST", base + "/ops/api/channels/emails/pause", headers={**auth, "X-Taskpipe": "1"}
+    )
     assert status == 200 and app.channel("emails").paused
     assert http("GET", base + "/elsewhere")[1] == "host app"

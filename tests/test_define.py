@@ -27,15 +27,23 @@ def test_define_builds_the_same_task_as_the_decorator(app: TaskPipe) -> None:
     def send(email: str, subject: str = "hi") -> str:
         return f"{email}:{subject}"
 
-    task = (app.define("send email").tag("notifications").desc("Sends one email.")
-            .timeout("1m").retries(2).option(retry_backoff="5s").action(send))
+    task = (
+        app.define("send email")
+        .tag("notifications")
+        .desc("Sends one email.")
+        .timeout("1m")
+        .retries(2)
+        .option(retry_backoff="5s")
+        .action(send)
+    )
     assert isinstance(task, Task) and app.get_task("send email") is task
     assert task.name == "send email" and task.channel == "notifications"
     assert task.description == "Sends one email."
     other = TaskPipe(broker="memory://define-twin")
     try:
-        twin = other.task(name="send email", channel="notifications", timeout="1m", retries=2,
-                          retry_backoff="5s")(send)
+        twin = other.task(
+            name="send email", channel="notifications", timeout="1m", retries=2, retry_backoff="5s"
+        )(send)
         assert twin.options == task.options and type(twin) is type(task)
     finally:
         other.close()
@@ -134,8 +142,9 @@ def test_create_takes_data_and_a_delay(app: TaskPipe) -> None:
         app.create("record", [1, 2])  # type: ignore[arg-type]
 
 
-def test_configure_runs_only_in_its_environment(app: TaskPipe,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_configure_runs_only_in_its_environment(
+    app: TaskPipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ran: list[str] = []
     monkeypatch.setenv("TASKPIPE_ENV", "production")
     assert app.configure("production", lambda a: ran.append(f"prod {a is app}")) is app
@@ -143,7 +152,8 @@ def test_configure_runs_only_in_its_environment(app: TaskPipe,
     app.configure(lambda: ran.append("always"))
 
     only_in_production: Callable[[Callable[[TaskPipe], None]], Callable[[TaskPipe], None]] = (
-        app.configure("production"))
+        app.configure("production")
+    )
 
     @only_in_production
     def setup(a: TaskPipe) -> None:

@@ -70,12 +70,17 @@ def test_evicting_policy_and_no_persistence_are_unsafe(servers: Callable[..., Re
     assert levels(js)["eviction"] == levels(js)["persistence"] == "unsafe"
 
 
-def test_rdb_only_is_unsafe_and_unlimited_lru_a_warning(servers: Callable[..., RedisServer]) -> None:
+def test_rdb_only_is_unsafe_and_unlimited_lru_a_warning(
+    servers: Callable[..., RedisServer],
+) -> None:
     server = servers("rdb", extra=["--save", "3600 1", "--maxmemory-policy", "volatile-lru"])
     js = doctor(server.url, "--json")
     assert js.exit_code == 1
     found = {f["check"]: f for f in json.loads(js.output)["findings"]}
-    assert found["persistence"]["level"] == "unsafe" and "RDB snapshots only" in found["persistence"]["message"]
+    assert (
+        found["persistence"]["level"] == "unsafe"
+        and "RDB snapshots only" in found["persistence"]["message"]
+    )
     assert found["eviction"]["level"] == "warn" and "maxmemory is 0" in found["eviction"]["message"]
 
 
@@ -90,7 +95,9 @@ def test_config_disabled_is_a_warning_not_a_guess(servers: Callable[..., RedisSe
 
 def test_a_replica_is_unsafe(servers: Callable[..., RedisServer]) -> None:
     primary = servers("aof", appendonly=True)
-    replica = servers("replica", appendonly=True, extra=["--replicaof", "127.0.0.1", str(primary.port)])
+    replica = servers(
+        "replica", appendonly=True, extra=["--replicaof", "127.0.0.1", str(primary.port)]
+    )
     result = doctor(replica.url)
     assert result.exit_code == 1 and "UNSAFE  role: this server is a replica" in result.output
 
@@ -102,9 +109,9 @@ def test_unreachable_and_memory_brokers() -> None:
     assert result.exit_code == 0 and "WARN    broker: memory://" in result.output
 
 
-def test_producer_and_status_warn_under_an_evicting_policy(servers: Callable[..., RedisServer],
-                                                          prefix: str,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_producer_and_status_warn_under_an_evicting_policy(
+    servers: Callable[..., RedisServer], prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
     server = servers("lru-only", extra=["--maxmemory-policy", "allkeys-lfu"])
     caplog.set_level(logging.WARNING, logger="taskpipe")
     app = TaskPipe(broker=server.url, prefix=prefix)
@@ -118,8 +125,13 @@ def test_producer_and_status_warn_under_an_evicting_policy(servers: Callable[...
         app.close()
     _register()
     result = CliRunner().invoke(cli, ["status", "--broker", server.url, "--prefix", prefix])
-    assert result.exit_code == 0 and "WARNING: Redis maxmemory-policy is 'allkeys-lfu'" in result.output
-    result = CliRunner().invoke(cli, ["status", "--broker", server.url, "--prefix", prefix, "--json"])
+    assert (
+        result.exit_code == 0
+        and "WARNING: Redis maxmemory-policy is 'allkeys-lfu'" in result.output
+    )
+    result = CliRunner().invoke(
+        cli, ["status", "--broker", server.url, "--prefix", prefix, "--json"]
+    )
     assert "allkeys-lfu" in json.loads(result.output)["warnings"][0]
     safe = servers("aof", appendonly=True)
     result = CliRunner().invoke(cli, ["status", "--broker", safe.url, "--prefix", prefix, "--json"])

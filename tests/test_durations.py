@@ -330,8 +330,7 @@ def test_format_then_parse_round_trips_at_ms_resolution() -> None:
 
 def test_random_compounds_parse_to_their_sum() -> None:
     rng = random.Random(7)
-    units = [("w", 604800.0), ("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0),
-             ("ms", 0.001)]
+    units = [("w", 604800.0), ("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 0.001)]
     for _ in range(3000):
         chosen = [u for u in units if rng.random() < 0.5] or [rng.choice(units)]
         parts = []
@@ -427,8 +426,18 @@ def test_eta_to_delay_property_loop() -> None:
 
 @pytest.mark.parametrize(
     "eta",
-    ["2024-01-01", "30s", None, True, float("nan"), float("inf"), [], timedelta(seconds=5),
-     10**400, date(2030, 1, 1)],
+    [
+        "2024-01-01",
+        "30s",
+        None,
+        True,
+        float("nan"),
+        float("inf"),
+        [],
+        timedelta(seconds=5),
+        10**400,
+        date(2030, 1, 1),
+    ],
 )
 def test_eta_to_delay_rejects_bad_eta(eta: object) -> None:
     with pytest.raises(DurationError) as info:
@@ -437,8 +446,9 @@ def test_eta_to_delay_rejects_bad_eta(eta: object) -> None:
     assert repr(eta)[:50] in str(info.value)
 
 
-@pytest.mark.parametrize("now", [None, True, float("nan"), float("inf"), "now",
-                                 datetime(2024, 1, 1)])
+@pytest.mark.parametrize(
+    "now", [None, True, float("nan"), float("inf"), "now", datetime(2024, 1, 1)]
+)
 def test_eta_to_delay_rejects_bad_now(now: object) -> None:
     with pytest.raises(DurationError) as info:
         eta_to_delay(NOW, now)  # type: ignore[arg-type]

@@ -124,8 +124,9 @@ def test_clock_runs_delays_and_cron_in_order(eapp: TaskPipe) -> None:
 
     clock = eapp.clock
     now = clock.as_datetime()
-    start = (now.replace(second=30, microsecond=0) + dt.timedelta(minutes=5 - now.minute % 5)
-             ).timestamp()  # hh:m5:30, so the cron fires at +4.5 and +9.5 minutes
+    start = (
+        now.replace(second=30, microsecond=0) + dt.timedelta(minutes=5 - now.minute % 5)
+    ).timestamp()  # hh:m5:30, so the cron fires at +4.5 and +9.5 minutes
     clock.set(start)  # fires the cron entry's hh:m5:00 on the way
     assert [o.split("@")[0] for o in order] == ["cron"]
     order.clear()

@@ -46,6 +46,7 @@ def test_task_and_app_events_follow_the_jobs(listening: TaskPipe) -> None:
     @app.task(channel="ev", timeout="0.2s")
     def sleepy() -> None:
         import time
+
         for _ in range(200):
             time.sleep(0.05)
 
@@ -75,13 +76,18 @@ def test_task_and_app_events_follow_the_jobs(listening: TaskPipe) -> None:
         wait_for(lambda: any(g[0] == "timeout" for g in got), 10, "the timeout event")
         wait_for(lambda: drained, 10, "a drain event")
     mine = [g for g in got if g[0] != "log" and g[0] != "progress"]
-    assert mine == [("complete", work.name, ok.id), ("retry", "KeyError", again.id),
-                    ("complete", work.name, again.id),
-                    ("retry", "ValueError", bad.id),  # retries=1: one retry, then the failure
-                    ("fail", "ValueError", "unlucky", bad.id), ("timeout", sleepy.name, slow.id)]
+    assert mine == [
+        ("complete", work.name, ok.id),
+        ("retry", "KeyError", again.id),
+        ("complete", work.name, again.id),
+        ("retry", "ValueError", bad.id),  # retries=1: one retry, then the failure
+        ("fail", "ValueError", "unlucky", bad.id),
+        ("timeout", sleepy.name, slow.id),
+    ]
     assert ("log", ok.id, "working on 1") in got and ("progress", ok.id, 1.0, 2.0) in got
     assert [g for g in got if g[0] == "log" and g[1] == again.id] == [
-        ("log", again.id, "working on -1")] * 2  # one per run
+        ("log", again.id, "working on -1")
+    ] * 2  # one per run
     assert every == [work.name, work.name]
     assert drained and set(drained) == {"ev"}  # (drained between two of the calls, too)
 
@@ -165,8 +171,12 @@ def test_parse_event_rejects_malformed_messages() -> None:
     assert fail is not None and fail.error is not None
     assert (fail.error.exc_type, fail.error.exc_message) == ("KeyError", "boom: x")
     assert parse_event("ch", "log", b"id3\0a line").data == "a line"  # type: ignore[union-attr]
-    for kind, rest in (("complete", b"id\0not json"), ("complete", b"id\0[1]"),
-                       ("complete", None), ("nonsense", b"id\0{}")):
+    for kind, rest in (
+        ("complete", b"id\0not json"),
+        ("complete", b"id\0[1]"),
+        ("complete", None),
+        ("nonsense", b"id\0{}"),
+    ):
         assert parse_event("ch", kind, rest) is None
 
 
@@ -184,9 +194,27 @@ def test_taskpipe_events_prints_the_stream_live(redis_server: Any, prefix: str) 
 
     env = {**os.environ, "TASKPIPE_BROKER_URL": redis_server.url, "TASKPIPE_PREFIX": prefix}
     env.pop("TASKPIPE_APP", None)
-    proc = subprocess.Popen([sys.executable, "-m", "taskpipe", "events", "-Q", "cli", "--json",
-                             "-e", "log,complete,fail", "--count", "4", "--timeout", "60s"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "taskpipe",
+            "events",
+            "-Q",
+            "cli",
+            "--json",
+            "-e",
+            "log,complete,fail",
+            "--count",
+            "4",
+            "--timeout",
+            "60s",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stderr is not None
         assert "following job events of cli" in proc.stderr.readline()
@@ -243,16 +271,30 @@ def test_outcomes_are_announced_only_while_someone_follows(monkeypatch: pytest.M
 def test_taskpipe_events_text_lines() -> None:
     from taskpipe.cli.events_cmd import _text
 
-    line = _text(JobEvent("complete", "mail", "j1", "send email", {"task": "send email",
-                                                                   "attempt": 1, "duration": 0.5}))
-    assert line.split(" ", 1)[1].split() == ["complete", "mail/j1", "send", "email", "attempt=1",
-                                             "duration=0.5"]
+    line = _text(
+        JobEvent(
+            "complete",
+            "mail",
+            "j1",
+            "send email",
+            {"task": "send email", "attempt": 1, "duration": 0.5},
+        )
+    )
+    assert line.split(" ", 1)[1].split() == [
+        "complete",
+        "mail/j1",
+        "send",
+        "email",
+        "attempt=1",
+        "duration=0.5",
+    ]
     log = _text(JobEvent("log", "mail", "j2", None, "2026-12-03T10:00:00 hello"))
     assert log.endswith(" log      mail/j2 - 2026-12-03T10:00:00 hello")
 
 
-def test_announcing_through_an_outage_is_quiet(monkeypatch: pytest.MonkeyPatch,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_announcing_through_an_outage_is_quiet(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     from taskpipe.errors import BrokerUnavailable
     from taskpipe.worker import announce
 

@@ -105,9 +105,17 @@ EXPECTED: dict[str, list[str]] = {
 def outputs() -> Iterator[dict[str, subprocess.CompletedProcess[str]]]:
     env = {k: v for k, v in os.environ.items() if k != "TASKPIPE_BROKER_URL"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    procs = {path.stem: subprocess.Popen([sys.executable, str(path)], cwd=ROOT, env=env,
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         text=True) for path in EXAMPLES}
+    procs = {
+        path.stem: subprocess.Popen(
+            [sys.executable, str(path)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for path in EXAMPLES
+    }
     done: dict[str, subprocess.CompletedProcess[str]] = {}
     try:
         for name, proc in procs.items():
@@ -140,8 +148,9 @@ def test_example_runs(name: str, outputs: dict[str, subprocess.CompletedProcess[
                 position = index + 1
                 break
         else:
-            pytest.fail(f"{name}: no line after line {position} matches {pattern!r}:\n"
-                        + proc.stdout)
+            pytest.fail(
+                f"{name}: no line after line {position} matches {pattern!r}:\n" + proc.stdout
+            )
 
 
 def test_delays_example_waits(outputs: dict[str, subprocess.CompletedProcess[str]]) -> None:
@@ -154,14 +163,19 @@ def test_delays_example_waits(outputs: dict[str, subprocess.CompletedProcess[str
 
 
 def test_cron_example_fires_every_second_once(
-        outputs: dict[str, subprocess.CompletedProcess[str]]) -> None:
+    outputs: dict[str, subprocess.CompletedProcess[str]],
+) -> None:
     """The cron example's heartbeat: one job per second, no second twice, no gap (this check
     was a second run of the example in test_scheduler.py)."""
     out = outputs["cron"].stdout
-    beats = [line.rsplit(":", 1)[1] for line in out.splitlines()
-             if line.startswith("heartbeat from cron: job cron:heartbeat:")]
+    beats = [
+        line.rsplit(":", 1)[1]
+        for line in out.splitlines()
+        if line.startswith("heartbeat from cron: job cron:heartbeat:")
+    ]
     assert len(beats) >= 2 and len(beats) == len(set(beats)), out
     seconds = sorted(int(b) for b in beats)
     assert seconds == list(range(seconds[0], seconds[-1] + 1)), out
-    assert any(line.startswith("weekday-report") and "(never)" in line
-               for line in out.splitlines()), out
+    assert any(
+        line.startswith("weekday-report") and "(never)" in line for line in out.splitlines()
+    ), out

@@ -42,8 +42,9 @@ def test_expired_job_is_not_run(app: TaskPipe, ran: list[Any]) -> None:
     assert fine.get(timeout=5) == "on time" and later.get(timeout=5) == "datetime"
 
 
-def test_expired_parent_fails_its_dependants_and_fires_on_failure(app: TaskPipe,
-                                                                 ran: list[Any]) -> None:
+def test_expired_parent_fails_its_dependants_and_fires_on_failure(
+    app: TaskPipe, ran: list[Any]
+) -> None:
     past = datetime.now(timezone.utc) - timedelta(seconds=1)
     parent = app.send("work", ("p",), expires=past, on_failure=app.signature("work"))
     kid = app.send("work", ("k",), depends_on=[parent])
@@ -91,7 +92,8 @@ def test_expired_jobs_are_listed(app: TaskPipe, ran: list[Any]) -> None:
     insp = Inspector(app)
     name = app.channel().name
     assert [r.id for r in insp.list_jobs(name, "expired").rows] == [gone.id]
-    assert [(r.id, r.state, r.outcome) for r in insp.list_jobs(name, "failed").rows] == \
-        [(gone.id, "failed", "job_expired")]
+    assert [(r.id, r.state, r.outcome) for r in insp.list_jobs(name, "failed").rows] == [
+        (gone.id, "failed", "job_expired")
+    ]
     assert insp.list_jobs(name, "aborted").rows == []
     assert ok.get(timeout=5) == "fine"

@@ -243,12 +243,14 @@ def test_flow_options_are_checked(app: TaskPipe) -> None:
     def f(user: str) -> None:
         return None
 
-    for bad, match in ((dict(concurrency_key=lambda user: user), "concurrency="),
-                       (dict(concurrency=0), "concurrency"),
-                       (dict(concurrency=2, concurrency_key="user"), "callable"),
-                       (dict(rate_limit="lots"), "rate_limit"),
-                       (dict(unique=True, debounce="1s"), "one of"),
-                       (dict(unique_for="0s"), "positive")):
+    for bad, match in (
+        (dict(concurrency_key=lambda user: user), "concurrency="),
+        (dict(concurrency=0), "concurrency"),
+        (dict(concurrency=2, concurrency_key="user"), "callable"),
+        (dict(rate_limit="lots"), "rate_limit"),
+        (dict(unique=True, debounce="1s"), "one of"),
+        (dict(unique_for="0s"), "positive"),
+    ):
         with pytest.raises(ConfigError, match=match):
             app.task(name="bad", **bad)(f)
 
@@ -291,9 +293,10 @@ def test_unique_key_and_window(app: TaskPipe) -> None:
     assert c.deduplicated  # the window holds even after the job finished
     first = w.apply_async((4,), unique_for="50ms", unique_key="short")
     assert not first.deduplicated
-    wait_for(lambda: not w.apply_async((5,), unique_for="50ms",
-                                       unique_key="short").deduplicated,
-             what="the window to end")
+    wait_for(
+        lambda: not w.apply_async((5,), unique_for="50ms", unique_key="short").deduplicated,
+        what="the window to end",
+    )
 
 
 def test_debounce_latest_wins(app: TaskPipe) -> None:

@@ -20,8 +20,7 @@ def _limited(app: TaskPipe) -> tuple[list[str], str]:  # noqa: F811 - app is the
     def api(i: int) -> None:
         return None
 
-    @app.task(name="sync", channel="emails", concurrency=1,
-              concurrency_key=lambda user: user)
+    @app.task(name="sync", channel="emails", concurrency=1, concurrency_key=lambda user: user)
     def sync(user: str) -> None:
         return None
 
@@ -35,8 +34,9 @@ def _limited(app: TaskPipe) -> tuple[list[str], str]:  # noqa: F811 - app is the
 
 
 def _run(app: TaskPipe, *args: str) -> str:  # noqa: F811
-    result = CliRunner().invoke(cli, [*args, "--broker", app.broker_url, "--prefix", app.prefix],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli, [*args, "--broker", app.broker_url, "--prefix", app.prefix], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -60,8 +60,11 @@ def test_status_and_jobs_list_show_flow_control(app: TaskPipe) -> None:  # noqa:
     assert listed["total"] == 3
 
 
-def test_dashboard_shows_limits(browser: Any, app: TaskPipe,  # noqa: F811
-                                board: DashboardServer) -> None:  # noqa: F811
+def test_dashboard_shows_limits(
+    browser: Any,  # noqa: F811
+    app: TaskPipe,  # noqa: F811
+    board: DashboardServer,  # noqa: F811
+) -> None:
     _limited(app)
     browser.get(board.url)
     limits = 'tr[data-channel="emails"] td[data-col="status"] div[data-col="limits"]'

@@ -24,7 +24,7 @@ from taskpipe.loading import load_app
 
 pytestmark = pytest.mark.timeout(120)
 
-MODULE_SOURCE = '''
+MODULE_SOURCE = """
 import os
 import time
 
@@ -55,7 +55,7 @@ def capped(user, i, pause=0.05):
     time.sleep(pause if job.cancel_count == 0 else 0.05)  # a rerun after a crash is quick
     r.decr(PREFIX + "running:" + user)
     r.sadd(PREFIX + "done", job.id)
-'''
+"""
 
 
 class Flow:
@@ -74,8 +74,11 @@ class Flow:
     def worker(self, *args: str) -> WorkerProcess:
         env = {k: v for k, v in os.environ.items() if k not in ("QUEUE", "TASKPIPE_QUEUES")}
         env["PYTHONPATH"] = os.pathsep.join([str(self.tmp), env.get("PYTHONPATH", "")])
-        w = WorkerProcess(["worker", "-A", self.app_path, "--dead-after", "5s", *args], env,
-                          self.tmp / f"worker{len(self.workers)}.log")
+        w = WorkerProcess(
+            ["worker", "-A", self.app_path, "--dead-after", "5s", *args],
+            env,
+            self.tmp / f"worker{len(self.workers)}.log",
+        )
         self.workers.append(w)
         return w
 
@@ -87,8 +90,9 @@ class Flow:
 
 
 @pytest.fixture
-def flow(tmp_path: Path, redis_server: RedisServer, prefix: str,
-         monkeypatch: pytest.MonkeyPatch) -> Iterator[Flow]:
+def flow(
+    tmp_path: Path, redis_server: RedisServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Flow]:
     f = Flow(tmp_path, redis_server.url, prefix, monkeypatch)
     yield f
     f.close()
@@ -126,8 +130,11 @@ def test_per_key_cap_holds_and_survives_sigkill(flow: Flow) -> None:
     jobs: list[Any] = long_jobs + [task.delay(u, i) for i in range(20) for u in users]
     victim = flow.worker("-c", "6", "--name", "victim")
     started = [flow.prefix + "user:" + j.id for j in long_jobs]
-    wait_for(lambda: all(flow.r.exists(k) for k in started), timeout=60,
-             what="the victim to start both long ann jobs")
+    wait_for(
+        lambda: all(flow.r.exists(k) for k in started),
+        timeout=60,
+        what="the victim to start both long ann jobs",
+    )
     helpers = [flow.worker("-c", "6") for _ in range(2)]
     done_key = flow.prefix + "done"
     wait_for(lambda: flow.r.scard(done_key) >= 12, timeout=60, what="the workers to share the work")
@@ -154,6 +161,7 @@ def test_per_key_cap_holds_and_survives_sigkill(flow: Flow) -> None:
         assert j.info().state == "finished", j.id
     # no slot is left over: the claim counts only live claims (the killed ones were reaped)
     from taskpipe.thoonk.flow import flow_state
+
     assert flow_state(flow.app.channel(), 0)["running_by_group"] == {}
     for w in helpers:
         w.send(signal.SIGKILL)

@@ -107,6 +107,7 @@ def test_failure_ttl_is_separate_from_result_ttl(app: TaskPipe) -> None:
 def test_failure_ttl_per_task_and_app(broker_url: str, prefix: str) -> None:
     app = TaskPipe("t", broker=broker_url, prefix=prefix, failure_ttl="2h")
     try:
+
         @app.task(name="f.app")
         def f1() -> None:
             raise ValueError("x")
@@ -239,7 +240,8 @@ def test_find_jobs_by_state_task_error_and_time(app: TaskPipe) -> None:
     assert task_breakdown(app) == {
         "h.coded": {"succeeded": 0, "failed": 1, "timeout": 0},
         "h.flaky": {"succeeded": 0, "failed": 4, "timeout": 0},
-        "h.ok": {"succeeded": 3, "failed": 0, "timeout": 0}}
+        "h.ok": {"succeeded": 3, "failed": 0, "timeout": 0},
+    }
 
 
 def test_requeue_many_by_task(app: TaskPipe) -> None:
@@ -276,10 +278,14 @@ def test_worker_logs_each_outcome(app: TaskPipe, caplog: pytest.LogCaptureFixtur
         burst(app)
     lines = {(r.levelno, r.getMessage()) for r in caplog.records if r.name == "taskpipe.worker"}
     assert any(lvl == logging.INFO and ok.id in m and "h.ok succeeded in" in m for lvl, m in lines)
-    assert any(lvl == logging.ERROR and bad.id in m and "ValueError: kaput 3" in m
-               and "Traceback" not in m for lvl, m in lines)
-    assert any(lvl == logging.WARNING and slow.id in m and "timed out" in m and "JobTimeout" in m
-               for lvl, m in lines)
+    assert any(
+        lvl == logging.ERROR and bad.id in m and "ValueError: kaput 3" in m and "Traceback" not in m
+        for lvl, m in lines
+    )
+    assert any(
+        lvl == logging.WARNING and slow.id in m and "timed out" in m and "JobTimeout" in m
+        for lvl, m in lines
+    )
 
 
 def test_clean_finished_keeps_failed_and_timeout_until_asked(app: TaskPipe) -> None:
@@ -292,6 +298,7 @@ def test_clean_finished_keeps_failed_and_timeout_until_asked(app: TaskPipe) -> N
     ch = app.channel()
     rep = insp.clean("default", "finished", 0)
     assert (rep.removed, rep.kept) == (1, 2)
+
     def state(r: Any) -> str:  # a fresh handle: no cached result
         return str(app.AsyncResult(r.id).state)
 
@@ -325,8 +332,10 @@ def test_retract_and_delete_remove_records_and_indexes(app: TaskPipe) -> None:
     burst(app)
     assert ch.client.exists(ch.keys.label_index("h.flaky")) == 1
     app.thoonk.delete(ch.name)
-    assert ch.client.exists(ch.keys.label_index("h.flaky"), ch.keys.failed_index,
-                            ch.keys.label_stats) == 0
+    assert (
+        ch.client.exists(ch.keys.label_index("h.flaky"), ch.keys.failed_index, ch.keys.label_stats)
+        == 0
+    )
     assert again.id
 
 

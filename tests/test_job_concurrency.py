@@ -67,9 +67,14 @@ def thoonk(real_conn: Connection, prefix: str) -> Thoonk:
 def test_threads_and_processes_claim_each_job_exactly_once(thoonk: Thoonk, prefix: str) -> None:
     channel = thoonk.job("crowd")
     url = thoonk.connection.url
-    procs = [subprocess.Popen([sys.executable, "-c", PROCESS_MAIN, url, prefix, "crowd", f"p{i}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PROCESS_MAIN, url, prefix, "crowd", f"p{i}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(2)
+    ]
     results: dict[str, list[str]] = {}
     errors: list[BaseException] = []
 
@@ -91,8 +96,9 @@ def test_threads_and_processes_claim_each_job_exactly_once(thoonk: Thoonk, prefi
             t.start()
         put: list[str] = []
         for start in range(0, TOTAL, 250):  # published while the workers are claiming
-            out = channel.put_many([PutRequest(f"job {i}".encode())
-                                    for i in range(start, start + 250)])
+            out = channel.put_many(
+                [PutRequest(f"job {i}".encode()) for i in range(start, start + 250)]
+            )
             assert all(created for _, created in out)
             put += [jid for jid, _ in out]
         thoonk.client.set(prefix + "test.done", "1")
@@ -118,10 +124,17 @@ def test_threads_and_processes_claim_each_job_exactly_once(thoonk: Thoonk, prefi
     assert set(everything) == set(put)
     assert from_threads and from_procs  # both kinds of worker took part
     counts = channel.counts()
-    assert (counts["available"], counts["claimed"], counts["delayed"], counts["stalled"]) == \
-        (0, 0, 0, 0)
-    assert (counts["finished"], counts["finished_total"], counts["published_total"]) == \
-        (TOTAL, TOTAL, TOTAL)
+    assert (counts["available"], counts["claimed"], counts["delayed"], counts["stalled"]) == (
+        0,
+        0,
+        0,
+        0,
+    )
+    assert (counts["finished"], counts["finished_total"], counts["published_total"]) == (
+        TOTAL,
+        TOTAL,
+        TOTAL,
+    )
     assert channel.get_ids() == []
 
 

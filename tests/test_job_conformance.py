@@ -130,8 +130,17 @@ def test_put_claim_finish_round_trip(thoonk: Thoonk, job: JobChannel) -> None:
     assert job.get_item(jid) is None
     assert job.get_ids() == []
     counts = job.counts()
-    assert counts == {"available": 0, "delayed": 0, "waiting": 0, "claimed": 0, "stalled": 0,
-                      "finished": 1, "published_total": 1, "finished_total": 1, "failed_total": 0}
+    assert counts == {
+        "available": 0,
+        "delayed": 0,
+        "waiting": 0,
+        "claimed": 0,
+        "stalled": 0,
+        "finished": 1,
+        "published_total": 1,
+        "finished_total": 1,
+        "failed_total": 0,
+    }
 
 
 def test_get_returns_the_thoonk_triple(job: JobChannel) -> None:
@@ -201,9 +210,16 @@ def test_batch_claim_keeps_order(job: JobChannel) -> None:
 
 
 def test_put_many(job: JobChannel) -> None:
-    out = job.put_many([PutRequest(b"a", id="a"), PutRequest(b"b", id="b"),
-                        PutRequest(b"dup", id="a"), PutRequest(b"p", id="p", priority=True),
-                        PutRequest(b"d", id="d", delay_ms=60_000)], batch=2)
+    out = job.put_many(
+        [
+            PutRequest(b"a", id="a"),
+            PutRequest(b"b", id="b"),
+            PutRequest(b"dup", id="a"),
+            PutRequest(b"p", id="p", priority=True),
+            PutRequest(b"d", id="d", delay_ms=60_000),
+        ],
+        batch=2,
+    )
     assert out == [("a", True), ("b", True), ("a", False), ("p", True), ("d", True)]
     assert job.get_item("a") == b"a"
     assert job.info("d").state == "delayed"
@@ -216,9 +232,15 @@ def test_put_many(job: JobChannel) -> None:
 
 def test_put_many_fresh_batches_keep_order_and_priority(thoonk: Thoonk, job: JobChannel) -> None:
     # runs of fresh ids go through job_put_fresh, the rest through job_put: order is kept across
-    reqs = [PutRequest(b"f1"), PutRequest(b"f2"), PutRequest(b"c1", id="c1"),
-            PutRequest(b"f3", fresh=True, id="0" * 32), PutRequest(b"h1", priority=True),
-            PutRequest(b"h2", priority=True), PutRequest(b"late", delay_ms=60_000)]
+    reqs = [
+        PutRequest(b"f1"),
+        PutRequest(b"f2"),
+        PutRequest(b"c1", id="c1"),
+        PutRequest(b"f3", fresh=True, id="0" * 32),
+        PutRequest(b"h1", priority=True),
+        PutRequest(b"h2", priority=True),
+        PutRequest(b"late", delay_ms=60_000),
+    ]
     out = job.put_many(reqs, batch=2)
     assert all(created for _, created in out) and out[2][0] == "c1" and out[3][0] == "0" * 32
     ids = [i for i, _ in out]
@@ -236,7 +258,9 @@ def test_fresh_put_never_overwrites_an_existing_item(thoonk: Thoonk, job: JobCha
     req = PutRequest(b"other", id="taken", fresh=True)
     assert job.put_request(req) is False
     assert job.put_many([req, PutRequest(b"new", id="n1", fresh=True)]) == [
-        ("taken", False), ("n1", True)]
+        ("taken", False),
+        ("n1", True),
+    ]
     assert job.get_item("taken") == b"orig"
     assert claimed_ids(job, 2) == ["taken", "n1"]
     assert job.claim(1) == []
@@ -266,8 +290,7 @@ def _into_state(job: JobChannel, state: str, jid: str) -> None:
 
 
 @pytest.mark.parametrize("state", ["available", "delayed", "claimed", "stalled"])
-def test_custom_id_is_not_doubled(thoonk: Thoonk, job: JobChannel, prefix: str,
-                                  state: str) -> None:
+def test_custom_id_is_not_doubled(thoonk: Thoonk, job: JobChannel, prefix: str, state: str) -> None:
     _into_state(job, state, "order-42")
     assert job.info("order-42").state == state
     before = snapshot(thoonk.client, prefix)
@@ -364,8 +387,9 @@ def test_blocking_get_picks_up_a_delayed_job_when_due(job: JobChannel) -> None:
     assert info.state == "claimed" and info.due_ms is None
 
 
-def test_promote_moves_due_jobs_in_due_order_up_to_the_limit(thoonk: Thoonk,
-                                                             job: JobChannel) -> None:
+def test_promote_moves_due_jobs_in_due_order_up_to_the_limit(
+    thoonk: Thoonk, job: JobChannel
+) -> None:
     now = server_ms(thoonk.client)
     third = job.put(b"3", eta_ms=now + 300)
     first = job.put(b"1", eta_ms=now + 100)
@@ -378,8 +402,7 @@ def test_promote_moves_due_jobs_in_due_order_up_to_the_limit(thoonk: Thoonk,
     assert job.info(later).state == "delayed"
 
 
-def test_claim_caps_its_promote_limit_at_1000_like_promote(thoonk: Thoonk,
-                                                           job: JobChannel) -> None:
+def test_claim_caps_its_promote_limit_at_1000_like_promote(thoonk: Thoonk, job: JobChannel) -> None:
     now = server_ms(thoonk.client)
     ids = [i for i, _ in job.put_many([PutRequest(b"x", eta_ms=now + 60_000) for _ in range(1005)])]
     thoonk.client.zadd(job.keys.delayed, dict.fromkeys(ids, now - 1), xx=True)  # all due now
@@ -461,15 +484,15 @@ def test_cancel_sends_the_job_to_the_back(job: JobChannel) -> None:
 def test_batched_claim_drops_stale_and_doubled_ids(thoonk: Thoonk, job: JobChannel) -> None:
     a, b, c = job.put(b"a"), job.put(b"b"), job.put(b"c")
     k = job.keys
-    thoonk.client.lpush(k.ids, a)          # a second copy of a waiting id (a legacy requeue)
-    thoonk.client.lpush(k.ids, "ghost")    # an id with no item (retracted by a legacy client)
+    thoonk.client.lpush(k.ids, a)  # a second copy of a waiting id (a legacy requeue)
+    thoonk.client.lpush(k.ids, "ghost")  # an id with no item (retracted by a legacy client)
     claims = job.claim(10, lease_ms=LONG)
     assert [x.id for x in claims] == [a, b, c]
     tokens = [x.token for x in claims]
     counters = sorted(int(t.split(":")[0]) for t in tokens)
     assert counters == list(range(counters[0], counters[0] + 3))  # one fence number each
     assert thoonk.client.llen(k.ids) == 0 and job.claim(1) == []
-    thoonk.client.lpush(k.ids, b)          # an id that is claimed already is not claimed twice
+    thoonk.client.lpush(k.ids, b)  # an id that is claimed already is not claimed twice
     assert job.claim(5) == [] and job.info(b).state == "claimed"
 
 
@@ -501,8 +524,9 @@ def test_release_gives_unstarted_claims_back_to_the_head_in_order(job: JobChanne
     first = job.claim(3, lease_ms=LONG)
     assert [c.id for c in first] == ids[:3]
     other = job.put(b"e")
-    assert job.release([(c.id, c.token) for c in first[:2]] + [(first[2].id, "9:9"), ("nope", "")]) \
-        == [1, 1, -1, 0]
+    assert job.release(
+        [(c.id, c.token) for c in first[:2]] + [(first[2].id, "9:9"), ("nope", "")]
+    ) == [1, 1, -1, 0]
     info = job.info(ids[0])
     assert info.state == "available" and info.cancel_count == 0 and info.worker == ""
     assert job.info(ids[2]).state == "claimed"  # wrong token: left alone
@@ -634,8 +658,9 @@ CLAIMED_OPS: dict[str, Callable[[JobChannel, str], Any]] = {
 
 
 @pytest.mark.parametrize("op", sorted(CLAIMED_OPS))
-def test_claimed_only_ops_refuse_other_states(thoonk: Thoonk, job: JobChannel, prefix: str,
-                                              op: str) -> None:
+def test_claimed_only_ops_refuse_other_states(
+    thoonk: Thoonk, job: JobChannel, prefix: str, op: str
+) -> None:
     ids = _all_states(job)
     fn = CLAIMED_OPS[op]
     for state in ("available", "delayed", "stalled", "finished", "unknown"):
@@ -653,8 +678,9 @@ def test_claimed_only_ops_refuse_other_states(thoonk: Thoonk, job: JobChannel, p
         assert snapshot(thoonk.client, prefix) == before, (op, state)
 
 
-def test_retry_refuses_jobs_that_are_not_stalled(thoonk: Thoonk, job: JobChannel,
-                                                 prefix: str) -> None:
+def test_retry_refuses_jobs_that_are_not_stalled(
+    thoonk: Thoonk, job: JobChannel, prefix: str
+) -> None:
     ids = _all_states(job)
     for state in ("available", "delayed", "claimed", "finished", "unknown"):
         before = snapshot(thoonk.client, prefix)
@@ -670,8 +696,9 @@ def test_retry_refuses_jobs_that_are_not_stalled(thoonk: Thoonk, job: JobChannel
     assert [c.id for c in job.claim(10)] == [ids["available"]]
 
 
-def test_retract_unknown_raises_and_changes_nothing(thoonk: Thoonk, job: JobChannel,
-                                                    prefix: str) -> None:
+def test_retract_unknown_raises_and_changes_nothing(
+    thoonk: Thoonk, job: JobChannel, prefix: str
+) -> None:
     _all_states(job)
     before = snapshot(thoonk.client, prefix)
     with pytest.raises(JobNotFound):
@@ -745,11 +772,13 @@ def test_fencing_refuses_the_old_owner(thoonk: Thoonk, job: JobChannel, prefix: 
     assert new.id == jid and new.token != old.token and new.cancel_count == 1
 
     before = snapshot(thoonk.client, prefix)
-    for call in (lambda: job.finish(jid, b"stale", result_ttl_ms=60_000, token=old.token),
-                 lambda: job.cancel(jid, token=old.token),
-                 lambda: job.stall(jid, "stale", token=old.token),
-                 lambda: job.defer(jid, token=old.token),
-                 lambda: job.set_progress(jid, "9/9", token=old.token)):
+    for call in (
+        lambda: job.finish(jid, b"stale", result_ttl_ms=60_000, token=old.token),
+        lambda: job.cancel(jid, token=old.token),
+        lambda: job.stall(jid, "stale", token=old.token),
+        lambda: job.defer(jid, token=old.token),
+        lambda: job.set_progress(jid, "9/9", token=old.token),
+    ):
         with pytest.raises(LeaseLost):
             call()
         assert snapshot(thoonk.client, prefix) == before
@@ -762,8 +791,9 @@ def test_fencing_refuses_the_old_owner(thoonk: Thoonk, job: JobChannel, prefix: 
     assert job.get_result(jid) == b"fresh"
 
 
-def test_stale_token_after_reap_is_refused_before_reclaim(thoonk: Thoonk, job: JobChannel,
-                                                          prefix: str) -> None:
+def test_stale_token_after_reap_is_refused_before_reclaim(
+    thoonk: Thoonk, job: JobChannel, prefix: str
+) -> None:
     jid = job.put(b"x")
     old = claim_one(job, lease_ms=30)
     assert eventually(lambda: job.reap()[0]) == [jid]
@@ -789,8 +819,15 @@ def test_get_result_wakes_when_another_thread_finishes(thoonk: Thoonk, job: JobC
     def finisher() -> None:
         # finish once the waiter listens; result_ttl_ms=0 stores nothing, so the waiter can
         # only get it from the job.finish message
-        eventually(lambda: dict(thoonk.client.pubsub_numsub(job.keys.ch_finish)).get(
-            job.keys.ch_finish.encode(), 0) > 0, timeout=10)
+        eventually(
+            lambda: (
+                dict(thoonk.client.pubsub_numsub(job.keys.ch_finish)).get(
+                    job.keys.ch_finish.encode(), 0
+                )
+                > 0
+            ),
+            timeout=10,
+        )
         job.finish(jid, b"published only", result_ttl_ms=0, token=c.token)
 
     t = threading.Thread(target=finisher)
@@ -806,8 +843,9 @@ def test_get_result_wakes_when_another_thread_finishes(thoonk: Thoonk, job: JobC
 def test_get_result_with_stored_result_from_thread(job: JobChannel) -> None:
     jid = job.put(b"x")
     c = claim_one(job)
-    t = threading.Timer(0.2, lambda: job.finish(jid, b"stored", result_ttl_ms=60_000,
-                                                token=c.token))
+    t = threading.Timer(
+        0.2, lambda: job.finish(jid, b"stored", result_ttl_ms=60_000, token=c.token)
+    )
     t.start()
     try:
         assert job.get_result(jid, timeout=15) == b"stored"
@@ -860,12 +898,14 @@ def test_finish_without_result(job: JobChannel) -> None:
 def test_finish_many_codes(job: JobChannel) -> None:
     ids = [job.put(b"x") for _ in range(4)]
     claims = job.claim(3)
-    codes = job.finish_many([
-        FinishRequest(ids[0], claims[0].token, b"r0", 60_000),
-        FinishRequest(ids[1], "999999", b"r1", 60_000),  # wrong token
-        FinishRequest(ids[3], "", b"r3", 60_000),  # not claimed
-        FinishRequest(ids[2], claims[2].token, b"", 0, failed=True),
-    ])
+    codes = job.finish_many(
+        [
+            FinishRequest(ids[0], claims[0].token, b"r0", 60_000),
+            FinishRequest(ids[1], "999999", b"r1", 60_000),  # wrong token
+            FinishRequest(ids[3], "", b"r3", 60_000),  # not claimed
+            FinishRequest(ids[2], claims[2].token, b"", 0, failed=True),
+        ]
+    )
     assert codes == [1, -1, 0, 1]
     assert [job.info(i).state for i in ids] == ["finished", "claimed", "finished", "available"]
     assert job.get_result(ids[0]) == b"r0"
@@ -877,8 +917,9 @@ def test_finish_many_with_a_follow_up_job(thoonk: Thoonk, job: JobChannel, prefi
     nxt = thoonk.job_channel("next")
     jid = job.put(b"x")
     c = claim_one(job)
-    codes = job.finish_many([FinishRequest(jid, c.token, b"r", 60_000)],
-                            followup=(nxt, "follow-1", b"next item"))
+    codes = job.finish_many(
+        [FinishRequest(jid, c.token, b"r", 60_000)], followup=(nxt, "follow-1", b"next item")
+    )
     assert codes == [1, 1]
     assert job.info(jid).state == "finished"
     assert nxt.info("follow-1").state == "available"
@@ -890,15 +931,18 @@ def test_finish_many_with_a_follow_up_job(thoonk: Thoonk, job: JobChannel, prefi
     jid2 = job.put(b"y")
     c2 = claim_one(job)
     before = snapshot(thoonk.client, prefix)
-    assert job.finish_many([FinishRequest(jid2, "bad-token", b"r")],
-                           followup=(nxt, "follow-2", b"never")) == [-1]
+    assert job.finish_many(
+        [FinishRequest(jid2, "bad-token", b"r")], followup=(nxt, "follow-2", b"never")
+    ) == [-1]
     assert snapshot(thoonk.client, prefix) == before
     assert nxt.info("follow-2").state == "unknown"
 
     # a follow-up id that already exists is not doubled
     nxt.put(b"already", id="follow-3")
-    assert job.finish_many([FinishRequest(jid2, c2.token)],
-                           followup=(nxt, "follow-3", b"dup")) == [1, 0]
+    assert job.finish_many([FinishRequest(jid2, c2.token)], followup=(nxt, "follow-3", b"dup")) == [
+        1,
+        0,
+    ]
     assert nxt.get_item("follow-3") == b"already"
     assert nxt.counts()["available"] == 1
 
@@ -908,8 +952,9 @@ def test_finish_many_with_a_follow_up_job(thoonk: Thoonk, job: JobChannel, prefi
 
 # non-bytes items -----------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", [5, {"a": 1}, None, 1.5, ["x"]])
-def test_non_bytes_items_raise_before_anything_is_written(thoonk: Thoonk, job: JobChannel,
-                                                          prefix: str, bad: Any) -> None:
+def test_non_bytes_items_raise_before_anything_is_written(
+    thoonk: Thoonk, job: JobChannel, prefix: str, bad: Any
+) -> None:
     jid = job.put(b"x")
     c = claim_one(job)
     before = snapshot(thoonk.client, prefix)
@@ -918,8 +963,10 @@ def test_non_bytes_items_raise_before_anything_is_written(thoonk: Thoonk, job: J
     with pytest.raises(TypeError):
         job.put_new(bad, id="custom")
     with pytest.raises(TypeError):  # a bad item mid-batch: nothing of the batch is written
-        job.put_many([PutRequest(b"ok", id="ok1"), PutRequest(bad, id="bad"),
-                      PutRequest(b"ok", id="ok2")], batch=1)
+        job.put_many(
+            [PutRequest(b"ok", id="ok1"), PutRequest(bad, id="bad"), PutRequest(b"ok", id="ok2")],
+            batch=1,
+        )
     if bad is not None:  # finish(result=None) means "no result"
         with pytest.raises(TypeError):
             job.finish(jid, bad, result_ttl_ms=60_000, token=c.token)
@@ -927,8 +974,9 @@ def test_non_bytes_items_raise_before_anything_is_written(thoonk: Thoonk, job: J
     assert job.info(jid).state == "claimed"
 
 
-def test_finish_many_rejects_non_bytes_results(thoonk: Thoonk, job: JobChannel,
-                                               prefix: str) -> None:
+def test_finish_many_rejects_non_bytes_results(
+    thoonk: Thoonk, job: JobChannel, prefix: str
+) -> None:
     jid = job.put(b"x")
     c = claim_one(job)
     before = snapshot(thoonk.client, prefix)
@@ -937,15 +985,15 @@ def test_finish_many_rejects_non_bytes_results(thoonk: Thoonk, job: JobChannel,
     assert snapshot(thoonk.client, prefix) == before
 
 
-def test_finish_many_rejects_a_non_bytes_follow_up_item(thoonk: Thoonk, job: JobChannel,
-                                                        prefix: str) -> None:
+def test_finish_many_rejects_a_non_bytes_follow_up_item(
+    thoonk: Thoonk, job: JobChannel, prefix: str
+) -> None:
     nxt = thoonk.job_channel("next")
     jid = job.put(b"x")
     c = claim_one(job)
     before = snapshot(thoonk.client, prefix)
     with pytest.raises(TypeError):
-        job.finish_many([FinishRequest(jid, c.token, b"r", 60_000)],
-                        followup=(nxt, "f", 7))  # type: ignore[arg-type]
+        job.finish_many([FinishRequest(jid, c.token, b"r", 60_000)], followup=(nxt, "f", 7))  # type: ignore[arg-type]
     assert snapshot(thoonk.client, prefix) == before
 
 
@@ -980,17 +1028,30 @@ def test_logs(thoonk: Thoonk, job: JobChannel) -> None:
 
 def test_reads_cover_every_state(job: JobChannel) -> None:
     ids = _all_states(job)
-    assert sorted(job.get_ids()) == sorted(ids[s] for s in ("available", "delayed", "claimed",
-                                                             "stalled"))
+    assert sorted(job.get_ids()) == sorted(
+        ids[s] for s in ("available", "delayed", "claimed", "stalled")
+    )
     counts = job.counts()
-    assert {k: counts[k] for k in ("available", "delayed", "claimed", "stalled", "finished")} == \
-        {"available": 1, "delayed": 1, "claimed": 1, "stalled": 1, "finished": 1}
+    assert {k: counts[k] for k in ("available", "delayed", "claimed", "stalled", "finished")} == {
+        "available": 1,
+        "delayed": 1,
+        "claimed": 1,
+        "stalled": 1,
+        "finished": 1,
+    }
     assert counts["published_total"] == 5 and counts["finished_total"] == 1
     assert job.get_failure_count(ids["available"]) == 1
     assert job.get_failure_count("never-seen") == 0
     assert job.stalled_ids() == [ids["stalled"]]
     assert job.stall_reason(ids["available"]) == ""
     unknown = job.info("never-seen")
-    assert (unknown.state, unknown.cancel_count, unknown.attempts, unknown.lease_deadline_ms,
-            unknown.due_ms, unknown.finished_ms, unknown.published_ms,
-            unknown.result_ttl_ms) == ("unknown", 0, 0, None, None, None, None, None)
+    assert (
+        unknown.state,
+        unknown.cancel_count,
+        unknown.attempts,
+        unknown.lease_deadline_ms,
+        unknown.due_ms,
+        unknown.finished_ms,
+        unknown.published_ms,
+        unknown.result_ttl_ms,
+    ) == ("unknown", 0, 0, None, None, None, None, None)

@@ -122,6 +122,7 @@ def legacy_finish(r: redis.Redis, k: JobKeys, jid: str, result: bytes | None = N
             pipe.publish(k.ch_finish, jid.encode() + b"\0" + result)
         pipe.hdel(k.items, jid)
         pipe.zrem(k.published, jid)
+
     return _watched(r, k, jid, queue)
 
 
@@ -130,6 +131,7 @@ def legacy_cancel(r: redis.Redis, k: JobKeys, jid: str) -> bool:
         pipe.hincrby(k.cancelled, jid, 1)
         pipe.lpush(k.ids, jid)
         pipe.zrem(k.claimed, jid)
+
     return _watched(r, k, jid, queue)
 
 
@@ -142,8 +144,9 @@ def legacy_retry(r: redis.Redis, k: JobKeys, jid: str) -> None:
 
 
 # layout ----------------------------------------------------------------------------------------
-def test_registry_and_config(thoonk: Thoonk, job: JobChannel, r: redis.Redis, prefix: str,
-                             k: JobKeys) -> None:
+def test_registry_and_config(
+    thoonk: Thoonk, job: JobChannel, r: redis.Redis, prefix: str, k: JobKeys
+) -> None:
     assert k.ids == prefix + "feed.ids:wire"
     assert k.ch_finish == prefix + "job.finish:wire"
     assert ktype(r, prefix + "feeds") == "set"
@@ -276,8 +279,7 @@ def test_reap_layout(job: JobChannel, r: redis.Redis, k: JobKeys) -> None:
     assert r.zscore(k.claimed, jid) is None and r.zscore(k.leases, jid) is None
 
 
-def test_retract_layout_and_event(job: JobChannel, r: redis.Redis, k: JobKeys,
-                                  prefix: str) -> None:
+def test_retract_layout_and_event(job: JobChannel, r: redis.Redis, k: JobKeys, prefix: str) -> None:
     sub = Sub(r, prefix + "feed.retract:wire")
     try:
         jid = job.put(b"x")
@@ -293,8 +295,9 @@ def test_retract_layout_and_event(job: JobChannel, r: redis.Redis, k: JobKeys,
     assert not r.exists(k.log(jid))
 
 
-def test_delete_removes_every_channel_key(thoonk: Thoonk, job: JobChannel, r: redis.Redis,
-                                          prefix: str) -> None:
+def test_delete_removes_every_channel_key(
+    thoonk: Thoonk, job: JobChannel, r: redis.Redis, prefix: str
+) -> None:
     a = job.put(b"a")
     job.put(b"d", delay_ms=60_000, priority=True)
     job.stall(a, "x", token=job.claim(1)[0].token)
@@ -306,8 +309,7 @@ def test_delete_removes_every_channel_key(thoonk: Thoonk, job: JobChannel, r: re
 
 
 # payload framing -------------------------------------------------------------------------------
-def test_job_finish_payload_is_id_nul_result(job: JobChannel, r: redis.Redis,
-                                             k: JobKeys) -> None:
+def test_job_finish_payload_is_id_nul_result(job: JobChannel, r: redis.Redis, k: JobKeys) -> None:
     sub = Sub(r, k.ch_finish)
     try:
         a, b, c, d = (job.put(b"x") for _ in range(4))
@@ -317,9 +319,11 @@ def test_job_finish_payload_is_id_nul_result(job: JobChannel, r: redis.Redis,
         job.finish(c, token=claims[c].token)  # no result: nothing is published
         job.finish(d, b"not stored", result_ttl_ms=0, token=claims[d].token)
         got = sub.take(3)
-        assert got == [(k.ch_finish, a.encode() + b"\0plain"),
-                       (k.ch_finish, b.encode() + b"\0with\0nul\0bytes"),
-                       (k.ch_finish, d.encode() + b"\0not stored")]
+        assert got == [
+            (k.ch_finish, a.encode() + b"\0plain"),
+            (k.ch_finish, b.encode() + b"\0with\0nul\0bytes"),
+            (k.ch_finish, d.encode() + b"\0not stored"),
+        ]
         assert sub.take(1, timeout=0.3) == []
     finally:
         sub.close()
@@ -328,8 +332,7 @@ def test_job_finish_payload_is_id_nul_result(job: JobChannel, r: redis.Redis,
     assert job.get_result(b) == b"with\0nul\0bytes"
 
 
-def test_progress_and_log_events(job: JobChannel, r: redis.Redis, k: JobKeys,
-                                 prefix: str) -> None:
+def test_progress_and_log_events(job: JobChannel, r: redis.Redis, k: JobKeys, prefix: str) -> None:
     assert k.ch_events == prefix + "feed.jobevent:wire"
     sub = Sub(r, k.ch_events)
     try:
@@ -337,9 +340,11 @@ def test_progress_and_log_events(job: JobChannel, r: redis.Redis, k: JobKeys,
         c = job.claim(1)[0]
         job.set_progress(jid, "2/5", token=c.token)
         job.log(jid, ["first", "sec\0ond"])
-        assert sub.take(3) == [(k.ch_events, b"progress\0" + jid.encode() + b"\x002/5"),
-                               (k.ch_events, b"log\0" + jid.encode() + b"\0first"),
-                               (k.ch_events, b"log\0" + jid.encode() + b"\0sec\0ond")]
+        assert sub.take(3) == [
+            (k.ch_events, b"progress\0" + jid.encode() + b"\x002/5"),
+            (k.ch_events, b"log\0" + jid.encode() + b"\0first"),
+            (k.ch_events, b"log\0" + jid.encode() + b"\0sec\0ond"),
+        ]
     finally:
         sub.close()
     assert r.hget(k.progress, jid) == b"2/5"
@@ -350,7 +355,9 @@ def test_progress_and_log_events(job: JobChannel, r: redis.Redis, k: JobKeys,
 # interoperability --------------------------------------------------------------------------------
 def test_legacy_producer_taskpipe_consumer(thoonk: Thoonk, r: redis.Redis, prefix: str) -> None:
     legacy_create(r, prefix, "legacy")
-    job = thoonk.job_channel("legacy")  # opens the legacy-created channel (type job, no schema field)
+    job = thoonk.job_channel(
+        "legacy"
+    )  # opens the legacy-created channel (type job, no schema field)
     k = job.keys
     a = legacy_put(r, k, b"first")
     b = legacy_put(r, k, b"second")
@@ -365,8 +372,10 @@ def test_legacy_producer_taskpipe_consumer(thoonk: Thoonk, r: redis.Redis, prefi
     try:
         job.finish(a, b"res\0ult", result_ttl_ms=60_000, token=c.token)
         job.finish(p, b"p-result")
-        assert sub.take(2) == [(k.ch_finish, a.encode() + b"\0res\0ult"),
-                               (k.ch_finish, p.encode() + b"\0p-result")]
+        assert sub.take(2) == [
+            (k.ch_finish, a.encode() + b"\0res\0ult"),
+            (k.ch_finish, p.encode() + b"\0p-result"),
+        ]
     finally:
         sub.close()
     # the legacy view after taskpipe's finish is what a legacy finish leaves
@@ -427,16 +436,18 @@ def test_legacy_claims_have_no_lease(job: JobChannel, r: redis.Redis, k: JobKeys
     assert job.get_result(jid) == b"r"
 
 
-def test_legacy_finish_refuses_unclaimed_taskpipe_jobs(job: JobChannel, r: redis.Redis,
-                                                       k: JobKeys) -> None:
+def test_legacy_finish_refuses_unclaimed_taskpipe_jobs(
+    job: JobChannel, r: redis.Redis, k: JobKeys
+) -> None:
     jid = job.put(b"x")
     job.stall(jid, token=job.claim(1)[0].token)
     assert not legacy_finish(r, k, jid, b"r")
     assert job.info(jid).state == "stalled"
 
 
-def test_legacy_orphan_sweep_would_see_delayed_jobs_as_orphans(job: JobChannel, r: redis.Redis,
-                                                               k: JobKeys) -> None:
+def test_legacy_orphan_sweep_would_see_delayed_jobs_as_orphans(
+    job: JobChannel, r: redis.Redis, k: JobKeys
+) -> None:
     """Why legacy maintenance must not run beside taskpipe: its snapshot (items minus ids,
     claimed and stalled) counts delayed jobs as orphans and would LPUSH them before they are due.
     Claimed, stalled and available taskpipe jobs are all visible to it."""
@@ -459,13 +470,15 @@ def test_legacy_orphan_sweep_would_see_delayed_jobs_as_orphans(job: JobChannel, 
 
 
 # flow control beside legacy clients (docs/flow-control.md) -------------------------------------
-def test_legacy_client_beside_numbered_priorities(job: JobChannel, r: redis.Redis,
-                                                  k: JobKeys) -> None:
+def test_legacy_client_beside_numbered_priorities(
+    job: JobChannel, r: redis.Redis, k: JobKeys
+) -> None:
     from taskpipe.thoonk.flow import PutFlow
     from taskpipe.thoonk.job import PutRequest
 
-    numbered = [job.put_request(PutRequest(b"n%d" % p, f"num{p}", flow=PutFlow(priority=p)))
-                for p in (7, 2)]
+    numbered = [
+        job.put_request(PutRequest(b"n%d" % p, f"num{p}", flow=PutFlow(priority=p))) for p in (7, 2)
+    ]
     assert numbered == [True, True]
     mine_normal = job.put(b"mine-normal")
     mine_head = job.put(b"mine-head", priority=True)

@@ -30,21 +30,42 @@ import taskpipe
 PKG = Path(taskpipe.__file__).parent
 
 LAYERS: list[tuple[int, str]] = [  # (layer, module prefix); the longest matching prefix wins
-    (0, "taskpipe.errors"), (0, "taskpipe.durations"), (0, "taskpipe.limits"), (0, "taskpipe.states"),
-    (1, "taskpipe.connection"), (1, "taskpipe.broker_retry"),
+    (0, "taskpipe.errors"),
+    (0, "taskpipe.durations"),
+    (0, "taskpipe.limits"),
+    (0, "taskpipe.states"),
+    (1, "taskpipe.connection"),
+    (1, "taskpipe.broker_retry"),
     (2, "taskpipe.thoonk"),
-    (3, "taskpipe.app"), (3, "taskpipe.task"), (3, "taskpipe.results"),
-    (3, "taskpipe.serialization"), (3, "taskpipe.context"), (3, "taskpipe.callbacks"),
-    (3, "taskpipe.loading"), (3, "taskpipe.sharding"), (3, "taskpipe.aio"), (3, "taskpipe.eager"),
-    (3, "taskpipe.cron"), (3, "taskpipe.publishing"), (3, "taskpipe.flow"),
-    (3, "taskpipe.workflows"), (3, "taskpipe.aliases"),
+    (3, "taskpipe.app"),
+    (3, "taskpipe.task"),
+    (3, "taskpipe.results"),
+    (3, "taskpipe.serialization"),
+    (3, "taskpipe.context"),
+    (3, "taskpipe.callbacks"),
+    (3, "taskpipe.loading"),
+    (3, "taskpipe.sharding"),
+    (3, "taskpipe.aio"),
+    (3, "taskpipe.eager"),
+    (3, "taskpipe.cron"),
+    (3, "taskpipe.publishing"),
+    (3, "taskpipe.flow"),
+    (3, "taskpipe.workflows"),
+    (3, "taskpipe.aliases"),
     (3, "taskpipe.history"),
-    (3, "taskpipe.middleware"), (3, "taskpipe.events"), (3, "taskpipe.extensions"),
-    (3, "taskpipe.definition"), (3, "taskpipe.lifecycle"),
-    (4, "taskpipe.worker"), (4, "taskpipe.scheduler"),
+    (3, "taskpipe.middleware"),
+    (3, "taskpipe.events"),
+    (3, "taskpipe.extensions"),
+    (3, "taskpipe.definition"),
+    (3, "taskpipe.lifecycle"),
+    (4, "taskpipe.worker"),
+    (4, "taskpipe.scheduler"),
     (5, "taskpipe.inspection"),
-    (6, "taskpipe.cli"), (6, "taskpipe.contrib"), (6, "taskpipe.testing"),
-    (6, "taskpipe.__main__"), (6, "taskpipe"),
+    (6, "taskpipe.cli"),
+    (6, "taskpipe.contrib"),
+    (6, "taskpipe.testing"),
+    (6, "taskpipe.__main__"),
+    (6, "taskpipe"),
 ]
 
 # Upward imports that remain, each with the issue that removes it. Keep this list shrinking.
@@ -83,7 +104,8 @@ def _path_of(module: str) -> Path:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _runtime_imports(module: str, *, module_level_only: bool) -> set[str]:
@@ -100,7 +122,8 @@ def _runtime_imports(module: str, *, module_level_only: bool) -> set[str]:
                     visit_stmt(sub)
                 continue
             if module_level_only and isinstance(
-                    child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+            ):
                 continue
             visit_stmt(child)
 
@@ -164,8 +187,11 @@ def test_no_private_names_imported_across_packages() -> None:
                 src_pkg = module.split(".")[:2]
                 dst_pkg = (node.module or "").split(".")[:2]
                 for alias in node.names:
-                    if alias.name.startswith("_") and src_pkg != dst_pkg and (
-                            node.module, alias.name) not in ALLOWED_PRIVATE:
+                    if (
+                        alias.name.startswith("_")
+                        and src_pkg != dst_pkg
+                        and (node.module, alias.name) not in ALLOWED_PRIVATE
+                    ):
                         crossing.append(f"{module} imports {node.module}.{alias.name}")
     assert crossing == []
 
@@ -180,7 +206,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                found.append(stack[stack.index(nxt):] + [nxt])
+                found.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 dfs(nxt)
         stack.pop()
@@ -196,9 +222,14 @@ def test_no_module_level_import_cycle() -> None:
     graph = {}
     for module in MODULES:
         # edges into a package's own __init__ are how Python imports submodules, not a cycle
-        graph[module] = {t for t in _runtime_imports(module, module_level_only=True)
-                         if t in MODULES and t != module and not module.startswith(t + ".")
-                         and not t.startswith(module + ".")}
+        graph[module] = {
+            t
+            for t in _runtime_imports(module, module_level_only=True)
+            if t in MODULES
+            and t != module
+            and not module.startswith(t + ".")
+            and not t.startswith(module + ".")
+        }
     assert _cycles(graph) == []
 
 
@@ -246,16 +277,22 @@ def test_every_module_imports_on_its_own() -> None:
     the same state a fresh interpreter would be in, for one interpreter start instead of fifty.
     """
     modules = [m for m in MODULES if m != "taskpipe.__main__"]  # that one runs the CLI
-    proc = subprocess.run([sys.executable, "-c", _IMPORT_EACH, *modules],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _IMPORT_EACH, *modules], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_the_import_check_sees_a_broken_module(tmp_path: Path) -> None:
     (tmp_path / "tp_broken_probe.py").write_text("import taskpipe\nraise ImportError('boom')\n")
-    proc = subprocess.run([sys.executable, "-c", _IMPORT_EACH, "taskpipe.loading",
-                           "tp_broken_probe"], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    proc = subprocess.run(
+        [sys.executable, "-c", _IMPORT_EACH, "taskpipe.loading", "tp_broken_probe"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
     assert proc.returncode == 1 and "tp_broken_probe: " in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -358,8 +395,9 @@ def test_every_module_imports_in_a_fresh_interpreter() -> None:
     only shows when a module is imported first, and a module that needs another imported
     before it."""
     modules = [m for m in MODULES if m != "taskpipe.__main__"]  # that one runs the CLI
-    proc = subprocess.run([sys.executable, "-c", _FORK_EACH, *modules],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _FORK_EACH, *modules], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("failed:")
 
@@ -367,7 +405,12 @@ def test_every_module_imports_in_a_fresh_interpreter() -> None:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_the_fresh_import_check_sees_a_broken_module(tmp_path: Path) -> None:
     (tmp_path / "tp_broken_probe.py").write_text("import taskpipe\nraise ImportError('boom')\n")
-    proc = subprocess.run([sys.executable, "-c", _FORK_EACH, "taskpipe.loading",
-                           "tp_broken_probe"], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    proc = subprocess.run(
+        [sys.executable, "-c", _FORK_EACH, "taskpipe.loading", "tp_broken_probe"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
     assert proc.returncode == 1 and "failed: tp_broken_probe" in proc.stdout, proc.stdout

@@ -94,7 +94,7 @@ def test_counters_depths_and_histogram_move_after_jobs_run(app: TaskPipe) -> Non
     def job(outcome: str) -> float | None:
         return val(after, "taskpipe_worker_jobs_total", channel="default", outcome=outcome)
 
-    assert job("finished") == 6      # 5 x add + flaky on its second run
+    assert job("finished") == 6  # 5 x add + flaky on its second run
     assert job("failed") == 1
     assert job("retried") == 1
     assert job("stalled") == 1
@@ -105,7 +105,7 @@ def test_counters_depths_and_histogram_move_after_jobs_run(app: TaskPipe) -> Non
     assert val(after, "taskpipe_task_duration_seconds_count", task="add") == 5
     assert val(after, "taskpipe_task_duration_seconds_count", task="flaky") == 2
     assert val(after, "taskpipe_task_duration_seconds_count", task="boom") == 1
-    assert (val(after, "taskpipe_task_duration_seconds_bucket", task="add", le="+Inf") == 5)
+    assert val(after, "taskpipe_task_duration_seconds_bucket", task="add", le="+Inf") == 5
     assert val(after, "taskpipe_worker_concurrency") == 2
     # the writer's own counters agree with what was exported
     assert w.writer.stats["finished"] == 6 and w.writer.stats["stalled"] == 1
@@ -123,15 +123,25 @@ def test_lease_expirations_paused_and_worker_count(app: TaskPipe) -> None:
     mark.delay()
     ghost = app.channel().claim(1, lease_ms=50, worker="ghost")  # a worker that dies at once
     assert len(ghost) == 1
-    w = Worker(app, ["default"], concurrency=1, lease="1s", reaper_interval=0.05,
-               heartbeat_interval=0.2)
+    w = Worker(
+        app, ["default"], concurrency=1, lease="1s", reaper_interval=0.05, heartbeat_interval=0.2
+    )
     m = serve_metrics(app, 0, worker=w)
     t = threading.Thread(target=w.run, daemon=True)
     t.start()
     try:
         assert done.wait(20)
-        wait_for(lambda: val(scrape(m.url), "taskpipe_lease_expired_total", channel="default",
-                             action="requeued") == 1)
+        wait_for(
+            lambda: (
+                val(
+                    scrape(m.url),
+                    "taskpipe_lease_expired_total",
+                    channel="default",
+                    action="requeued",
+                )
+                == 1
+            )
+        )
         wait_for(lambda: val(scrape(m.url), "taskpipe_workers") == 1)
         s = scrape(m.url)
         assert val(s, "taskpipe_channel_workers", channel="default") == 1
@@ -189,7 +199,8 @@ def test_bad_ports_are_config_errors(app: TaskPipe) -> None:
 
 @pytest.mark.timeout(60)
 def test_worker_cli_metrics_port(redis_server: RedisServer, prefix: str, tmp_path: Path) -> None:
-    (tmp_path / "metricsapp.py").write_text(textwrap.dedent("""
+    (tmp_path / "metricsapp.py").write_text(
+        textwrap.dedent("""
         import os
         from taskpipe import TaskPipe
         app = TaskPipe(broker=os.environ["TP_URL"], prefix=os.environ["TP_PREFIX"])
@@ -197,13 +208,33 @@ def test_worker_cli_metrics_port(redis_server: RedisServer, prefix: str, tmp_pat
         @app.task(name="double")
         def double(x):
             return 2 * x
-    """))
+    """)
+    )
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "TP_URL": redis_server.url, "TP_PREFIX": prefix}
-    proc = subprocess.Popen([sys.executable, "-m", "taskpipe", "worker", "-A", "metricsapp:app",
-                             "-c", "2", "--metrics-port", str(port), "-l", "WARNING"],
-                            env=env, cwd=tmp_path)
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "TP_URL": redis_server.url,
+        "TP_PREFIX": prefix,
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "taskpipe",
+            "worker",
+            "-A",
+            "metricsapp:app",
+            "-c",
+            "2",
+            "--metrics-port",
+            str(port),
+            "-l",
+            "WARNING",
+        ],
+        env=env,
+        cwd=tmp_path,
+    )
     url = f"http://127.0.0.1:{port}/metrics"
     app = TaskPipe(broker=redis_server.url, prefix=prefix)
     try:
@@ -249,23 +280,31 @@ def test_running_prefetched_oldest_waiting_task_outcomes_and_no_created(app: Tas
         hold.delay()
     w = Worker(app, ["default"], concurrency=1, prefetch=2, heartbeat_interval=60)
     with serve_metrics(app, 0, worker=w) as m:
-        wait_for(lambda: (val(scrape(m.url), "taskpipe_oldest_waiting_seconds",
-                              channel="default") or 0) > 0, what="the oldest job's age")
+        wait_for(
+            lambda: (
+                (val(scrape(m.url), "taskpipe_oldest_waiting_seconds", channel="default") or 0) > 0
+            ),
+            what="the oldest job's age",
+        )
         waiting = scrape(m.url)
         assert val(waiting, "taskpipe_worker_running_jobs") == 0
         thread = threading.Thread(target=w.run, daemon=True)
         thread.start()
         try:
-            wait_for(lambda: w.executing_count == 1 and w.prefetched_count == 2,
-                     what="one job running, two prefetched")
+            wait_for(
+                lambda: w.executing_count == 1 and w.prefetched_count == 2,
+                what="one job running, two prefetched",
+            )
             busy = scrape(m.url)
             assert val(busy, "taskpipe_worker_running_jobs") == 1
             assert val(busy, "taskpipe_worker_prefetched_jobs") == 2
             bad.delay()
             slowpoke.delay()
             gate.set()
-            wait_for(lambda: w.writer.stats["failed"] == 1 and w.writer.stats["timeout"] == 1,
-                     what="the failure and the timeout written")
+            wait_for(
+                lambda: w.writer.stats["failed"] == 1 and w.writer.stats["timeout"] == 1,
+                what="the failure and the timeout written",
+            )
             after = scrape(m.url)
             with urllib.request.urlopen(m.url, timeout=10) as resp:
                 text = resp.read().decode()
@@ -294,8 +333,10 @@ def test_wait_time_histogram_per_channel(app: TaskPipe) -> None:
         before = scrape(m.url)
         assert val(before, "taskpipe_job_wait_seconds_count", channel="default") == 0
         # the jobs have waited a while (broker clock) before the worker claims them
-        oldest = wait_for(lambda: val(scrape(m.url), "taskpipe_oldest_waiting_seconds",
-                                      channel="default"), what="the oldest job's age")
+        oldest = wait_for(
+            lambda: val(scrape(m.url), "taskpipe_oldest_waiting_seconds", channel="default"),
+            what="the oldest job's age",
+        )
         w.run()
         after = scrape(m.url)
     assert val(after, "taskpipe_job_wait_seconds_count", channel="default") == 3

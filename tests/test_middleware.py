@@ -105,8 +105,17 @@ def slow():
         time.sleep(0.05)
 '''
 
-RUN_HOOKS = ("before_run", "after_run", "on_failure", "on_retry", "on_timeout", "headers",
-             "after_run:success", "after_run:retry", "after_run:failure")
+RUN_HOOKS = (
+    "before_run",
+    "after_run",
+    "on_failure",
+    "on_retry",
+    "on_timeout",
+    "headers",
+    "after_run:success",
+    "after_run:retry",
+    "after_run:failure",
+)
 
 
 class HookApp:
@@ -128,9 +137,14 @@ class HookApp:
     def worker(self, *args: str) -> WorkerProcess:
         env = {k: v for k, v in os.environ.items() if k not in ("TASKPIPE_APP", "TASKPIPE_QUEUES")}
         env.update(self.env_extra)
-        env["PYTHONPATH"] = os.pathsep.join([str(self.tmp), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        w = WorkerProcess(["worker", "-A", self.app_path, "--dead-after", "0", *args], env,
-                          self.tmp / f"worker{len(self.workers)}.log")
+        env["PYTHONPATH"] = os.pathsep.join([str(self.tmp), env.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        )
+        w = WorkerProcess(
+            ["worker", "-A", self.app_path, "--dead-after", "0", *args],
+            env,
+            self.tmp / f"worker{len(self.workers)}.log",
+        )
         self.workers.append(w)
         return w
 
@@ -146,8 +160,9 @@ class HookApp:
 
 
 @pytest.fixture
-def hook_app(tmp_path: Path, redis_server: Any, prefix: str,
-             monkeypatch: pytest.MonkeyPatch) -> Iterator[HookApp]:
+def hook_app(
+    tmp_path: Path, redis_server: Any, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[HookApp]:
     h = HookApp(tmp_path, redis_server.url, prefix, monkeypatch)
     yield h
     h.close()
@@ -174,18 +189,49 @@ def test_every_run_hook_fires_once_per_event_in_real_workers(hook_app: HookApp, 
     counts = {hook: hook_app.hooks(hook) for hook in RUN_HOOKS}
     for r in oks:
         assert {h: c.get(r.id, 0) for h, c in counts.items()} == {
-            "before_run": 1, "after_run": 1, "headers": 1, "after_run:success": 1,
-            "on_failure": 0, "on_retry": 0, "on_timeout": 0, "after_run:retry": 0,
-            "after_run:failure": 0}
+            "before_run": 1,
+            "after_run": 1,
+            "headers": 1,
+            "after_run:success": 1,
+            "on_failure": 0,
+            "on_retry": 0,
+            "on_timeout": 0,
+            "after_run:retry": 0,
+            "after_run:failure": 0,
+        }
     assert {h: c.get(flaky.id, 0) for h, c in counts.items()} == {
-        "before_run": 2, "after_run": 2, "headers": 2, "after_run:success": 1, "on_retry": 1,
-        "after_run:retry": 1, "on_failure": 0, "on_timeout": 0, "after_run:failure": 0}
+        "before_run": 2,
+        "after_run": 2,
+        "headers": 2,
+        "after_run:success": 1,
+        "on_retry": 1,
+        "after_run:retry": 1,
+        "on_failure": 0,
+        "on_timeout": 0,
+        "after_run:failure": 0,
+    }
     assert {h: c.get(bad.id, 0) for h, c in counts.items()} == {
-        "before_run": 1, "after_run": 1, "headers": 1, "on_failure": 1, "after_run:failure": 1,
-        "on_retry": 0, "on_timeout": 0, "after_run:success": 0, "after_run:retry": 0}
+        "before_run": 1,
+        "after_run": 1,
+        "headers": 1,
+        "on_failure": 1,
+        "after_run:failure": 1,
+        "on_retry": 0,
+        "on_timeout": 0,
+        "after_run:success": 0,
+        "after_run:retry": 0,
+    }
     assert {h: c.get(slow.id, 0) for h, c in counts.items()} == {
-        "before_run": 1, "after_run": 1, "headers": 1, "on_timeout": 1, "on_failure": 1,
-        "after_run:failure": 1, "on_retry": 0, "after_run:success": 0, "after_run:retry": 0}
+        "before_run": 1,
+        "after_run": 1,
+        "headers": 1,
+        "on_timeout": 1,
+        "on_failure": 1,
+        "after_run:failure": 1,
+        "on_retry": 0,
+        "after_run:success": 0,
+        "after_run:retry": 0,
+    }
     # nothing left behind: every job finished once, none stalled or pending
     counts_now = app.channel().counts()
     assert counts_now["available"] == counts_now["claimed"] == counts_now["stalled"] == 0
@@ -282,8 +328,13 @@ def test_async_pool_fires_the_same_hooks(app: TaskPipe) -> None:
         assert co.delay(3).get(timeout=10) == 3
         with pytest.raises(TaskFailed):
             co.delay(-1).get(timeout=10)
-    assert seen == ["before:co", "after:success", "before:co", "failure:ValueError",
-                    "after:failure"]
+    assert seen == [
+        "before:co",
+        "after:success",
+        "before:co",
+        "failure:ValueError",
+        "after:failure",
+    ]
 
 
 def test_chain_rules(caplog: pytest.LogCaptureFixture) -> None:
@@ -325,6 +376,7 @@ def test_use_takes_middleware_or_a_plugin_function(app: TaskPipe) -> None:
     got: list[Any] = []
     assert app.use(lambda a: got.append(a)) is not None
     assert got == [app]
+
     class Plugin:  # Kinetik's plugin object: handle(app)
         def handle(self, a: TaskPipe) -> None:
             got.append(("handled", a))

@@ -91,8 +91,9 @@ def _nothing_claimed(app: TaskPipe, *channels: str) -> None:
         assert counts.get("claimed", 0) == 0 and counts.get("stalled", 0) == 0, counts
 
 
-def test_follow_up_over_max_payload_fails_the_parent_once(app: TaskPipe, tasks: dict[str, Any],
-                                                          ledger: Ledger) -> None:
+def test_follow_up_over_max_payload_fails_the_parent_once(
+    app: TaskPipe, tasks: dict[str, Any], ledger: Ledger
+) -> None:
     before = _neighbours(tasks, 3)
     parent = tasks["big"].apply_async((300_000,), on_finish=tasks["pad"].s("y" * 300_000))
     after = _neighbours(tasks, 3, first=3)
@@ -106,8 +107,9 @@ def test_follow_up_over_max_payload_fails_the_parent_once(app: TaskPipe, tasks: 
     _nothing_claimed(app)
 
 
-def test_unserializable_result_fails_the_job_once(app: TaskPipe, tasks: dict[str, Any],
-                                                  ledger: Ledger) -> None:
+def test_unserializable_result_fails_the_job_once(
+    app: TaskPipe, tasks: dict[str, Any], ledger: Ledger
+) -> None:
     neighbours = _neighbours(tasks)
     job = tasks["opaque"].delay()
     burst(app, concurrency=8)
@@ -123,18 +125,26 @@ def _put_raw(app: TaskPipe, job_id: str, options: dict[str, Any], task: str = "r
     app.channel(app.default_channel).put(item, id=job_id)
 
 
-@pytest.mark.parametrize("options, named", [
-    ({"result_ttl": "banana"}, "result_ttl='banana'"),
-    ({"on_finish": "x"}, "on_finish='x'"),
-    ({"on_finish": {"task": "pad", "args": "nope"}}, "on_finish args"),
-    ({"retries": "abc"}, "retries='abc'"),
-    ({"retries": -1}, "retries=-1"),
-    ({"timeout": "zzz"}, "timeout='zzz'"),
-    ({"max_cancels": 1.5}, "max_cancels=1.5"),
-])
+@pytest.mark.parametrize(
+    "options, named",
+    [
+        ({"result_ttl": "banana"}, "result_ttl='banana'"),
+        ({"on_finish": "x"}, "on_finish='x'"),
+        ({"on_finish": {"task": "pad", "args": "nope"}}, "on_finish args"),
+        ({"retries": "abc"}, "retries='abc'"),
+        ({"retries": -1}, "retries=-1"),
+        ({"timeout": "zzz"}, "timeout='zzz'"),
+        ({"max_cancels": 1.5}, "max_cancels=1.5"),
+    ],
+)
 def test_raw_envelope_with_a_bad_option_fails_before_running(
-        app: TaskPipe, tasks: dict[str, Any], ledger: Ledger, options: dict[str, Any],
-        named: str, caplog: pytest.LogCaptureFixture) -> None:
+    app: TaskPipe,
+    tasks: dict[str, Any],
+    ledger: Ledger,
+    options: dict[str, Any],
+    named: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     before = _neighbours(tasks, 3)
     _put_raw(app, "poison-1", options)
     after = _neighbours(tasks, 3, first=3)
@@ -149,8 +159,9 @@ def test_raw_envelope_with_a_bad_option_fails_before_running(
     _nothing_claimed(app)
 
 
-def test_huge_result_ttl_is_capped_not_a_broken_batch(app: TaskPipe, tasks: dict[str, Any],
-                                                      ledger: Ledger) -> None:
+def test_huge_result_ttl_is_capped_not_a_broken_batch(
+    app: TaskPipe, tasks: dict[str, Any], ledger: Ledger
+) -> None:
     neighbours = _neighbours(tasks)
     _put_raw(app, "forever", {"result_ttl": 1e300})
     burst(app, concurrency=8)
@@ -160,9 +171,9 @@ def test_huge_result_ttl_is_capped_not_a_broken_batch(app: TaskPipe, tasks: dict
     _nothing_claimed(app)
 
 
-def test_a_batched_finish_refused_is_written_job_by_job(app: TaskPipe, tasks: dict[str, Any],
-                                                        ledger: Ledger,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_batched_finish_refused_is_written_job_by_job(
+    app: TaskPipe, tasks: dict[str, Any], ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A finish Redis refuses for one job (here injected: a script error whenever a batch holds
     the poison job's result) must not sink its batch: the batch is written one by one."""
     real = JobChannel.finish_many
@@ -186,15 +197,19 @@ def test_a_batched_finish_refused_is_written_job_by_job(app: TaskPipe, tasks: di
 
 
 def test_a_write_retried_after_a_broker_error_applies_each_outcome_once(
-        app: TaskPipe, monkeypatch: pytest.MonkeyPatch) -> None:
+    app: TaskPipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The finisher retries a batch after a broker error: what was applied before the error
     (here a stall) is not applied again (which would be refused and miscounted as lease_lost)."""
     ch = app.channel(app.default_channel)
     for i in range(3):
         ch.put(encode_envelope("record", (f"n{i}",), {}, {}, serializer=app.serializer), id=f"j{i}")
     claims = ch.claim(3, 60_000, "w")
-    outcomes = [Outcome("stall", claims[0], reason="by test"),
-                Outcome("success", claims[1], value=1), Outcome("success", claims[2], value=2)]
+    outcomes = [
+        Outcome("stall", claims[0], reason="by test"),
+        Outcome("success", claims[1], value=1),
+        Outcome("success", claims[2], value=2),
+    ]
     writer = OutcomeWriter(app)
     real = JobChannel.finish_many
     blips = [BrokerUnavailable("blip")]
@@ -213,8 +228,8 @@ def test_a_write_retried_after_a_broker_error_applies_each_outcome_once(
 
 
 def test_a_job_whose_failure_cannot_be_stored_either_is_stalled(
-        app: TaskPipe, tasks: dict[str, Any], ledger: Ledger,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    app: TaskPipe, tasks: dict[str, Any], ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Last resort: every finish of the poison job is refused (injected), so it is stalled with
     the reason; never left to its lease, never re-run; its neighbours finish."""
     results = [tasks["record"].delay(t) for t in ("n0", "poison", "n1")]
@@ -238,7 +253,8 @@ def test_a_job_whose_failure_cannot_be_stored_either_is_stalled(
 
 
 def test_a_socket_fault_while_sending_a_job_back_is_retried_not_a_failure(
-        app: TaskPipe, monkeypatch: pytest.MonkeyPatch) -> None:
+    app: TaskPipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A raw ``OSError`` from the socket (redis-py leaves e.g. EBADF on a closed descriptor
     unwrapped) is a connection fault, not the outcome's: the write is retried and the job is
     sent back, never failed with "outcome could not be written" (seen in CI at shutdown)."""

@@ -27,7 +27,7 @@ from taskpipe.worker.runner import Outcome, prepare
 pytestmark = pytest.mark.timeout(90)
 
 #: One more task in the harness's task module: runs until the test opens its gate.
-GATE_TASK = '''
+GATE_TASK = """
 
 @app.task(name="gate")
 def gate(tag="gate"):
@@ -39,12 +39,13 @@ def gate(tag="gate"):
 @app.task(name="nop")
 def nop(i):
     return i
-'''
+"""
 
 
 @pytest.fixture
-def harness(tmp_path: Path, redis_server: Any, prefix: str,
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
+def harness(
+    tmp_path: Path, redis_server: Any, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Harness]:
     h = Harness(tmp_path, redis_server.url, prefix, monkeypatch)
     with open(tmp_path / f"{h.module}.py", "a") as f:
         f.write(GATE_TASK)
@@ -66,8 +67,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def test_many_short_jobs_are_handed_over_in_batches(harness: Harness,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_many_short_jobs_are_handed_over_in_batches(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sizes: list[int] = []
     original = procpool._Child.hand
 
@@ -77,8 +79,15 @@ def test_many_short_jobs_are_handed_over_in_batches(harness: Harness,
 
     monkeypatch.setattr(procpool._Child, "hand", counting_hand)
     results = [harness.send("record", f"j{i}") for i in range(120)]
-    w = Worker(harness.app, ["default"], concurrency=2, pool="process",
-               app_path=harness.app_path, burst=True, heartbeat_interval=60)
+    w = Worker(
+        harness.app,
+        ["default"],
+        concurrency=2,
+        pool="process",
+        app_path=harness.app_path,
+        burst=True,
+        heartbeat_interval=60,
+    )
     assert w.run() == 0
     assert [r.get(timeout=10) for r in results] == [f"j{i}" for i in range(120)]
     assert sum(sizes) == 120 and max(sizes) > 1, sizes  # each job sent once, many per message
@@ -89,7 +98,9 @@ def test_many_short_jobs_are_handed_over_in_batches(harness: Harness,
     harness.check_ledger()
 
 
-def test_unstarted_jobs_held_by_a_child_are_released_without_a_cancel_count(harness: Harness) -> None:
+def test_unstarted_jobs_held_by_a_child_are_released_without_a_cancel_count(
+    harness: Harness,
+) -> None:
     """Drive the pool directly: six claims reach the child in one message; the first runs
     (until the gate opens) while ``unstarted`` asks for the rest back: ``release`` outcomes."""
     first = harness.send("gate", "first")
@@ -136,8 +147,9 @@ def test_unstarted_jobs_held_by_a_child_are_released_without_a_cancel_count(harn
     harness.check_ledger()
 
 
-def test_sigterm_drain_gives_back_claimed_jobs_unstarted(harness: Harness,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sigterm_drain_gives_back_claimed_jobs_unstarted(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The user's view: a process-pool worker stopped while a long job runs lets that job
     finish (within the grace) and gives every other job it claimed back, cancel count 0."""
     first = harness.send("gate", "first")
@@ -150,8 +162,15 @@ def test_sigterm_drain_gives_back_claimed_jobs_unstarted(harness: Harness,
         return out
 
     monkeypatch.setattr(ProcessPool, "unstarted", unstarted_then_open)
-    w = Worker(harness.app, ["default"], concurrency=1, pool="process",
-               app_path=harness.app_path, grace="30s", heartbeat_interval=60)
+    w = Worker(
+        harness.app,
+        ["default"],
+        concurrency=1,
+        pool="process",
+        app_path=harness.app_path,
+        grace="30s",
+        heartbeat_interval=60,
+    )
     t = run_worker_in_thread(w)
     wait_for(lambda: harness.flag("started", first.id), what="the gate job to start")
     w.stop()
@@ -169,10 +188,18 @@ def test_sigterm_drain_gives_back_claimed_jobs_unstarted(harness: Harness,
 
 
 def test_child_still_running_when_the_grace_ends_is_killed_before_the_job_goes_back(
-        harness: Harness) -> None:
+    harness: Harness,
+) -> None:
     job = harness.send("slow", 60.0, "long", max_runs=2)
-    w = Worker(harness.app, ["default"], concurrency=1, pool="process",
-               app_path=harness.app_path, grace="0.5s", heartbeat_interval=60)
+    w = Worker(
+        harness.app,
+        ["default"],
+        concurrency=1,
+        pool="process",
+        app_path=harness.app_path,
+        grace="0.5s",
+        heartbeat_interval=60,
+    )
     t = run_worker_in_thread(w)
     child = wait_for(lambda: harness.flag("started", job.id), what="the long job to start")
     w.stop()
@@ -217,7 +244,8 @@ def test_an_outcome_does_not_wait_behind_a_long_job_in_the_same_child(harness: H
     try:
         # the gate job is still running (its gate is closed): the fast jobs' outcomes came anyway
         assert [(o.claim.id, o.kind, o.value) for o in outcomes] == [
-            (f.id, "success", i) for i, f in enumerate(fast)]
+            (f.id, "success", i) for i, f in enumerate(fast)
+        ]
         wait_for(lambda: harness.flag("started", gate.id), what="the gate job to start")
         assert len(outcomes) == 4  # its gate is still closed
         _open_gate(harness)

@@ -48,17 +48,27 @@ def test_changelog_names_the_current_version() -> None:
 def test_names_the_docs_import_from_taskpipe_are_exported() -> None:
     import re
 
-    texts = [p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md"),
-                                     *(ROOT / "examples").rglob("*.py")]]
-    names = {n.strip() for text in texts
-             for group in re.findall(r"from taskpipe import ([A-Za-z_, ]+)", text)
-             for n in group.split(",") if n.strip()}
+    texts = [
+        p.read_text()
+        for p in [
+            ROOT / "README.md",
+            *(ROOT / "docs").glob("*.md"),
+            *(ROOT / "examples").rglob("*.py"),
+        ]
+    ]
+    names = {
+        n.strip()
+        for text in texts
+        for group in re.findall(r"from taskpipe import ([A-Za-z_, ]+)", text)
+        for n in group.split(",")
+        if n.strip()
+    }
     assert names and names <= set(taskpipe.__all__), names - set(taskpipe.__all__)
 
 
 def test_all_is_small_and_grouped() -> None:
     source = (ROOT / "taskpipe" / "__init__.py").read_text()
-    block = source[source.index("__all__ = ["):]
+    block = source[source.index("__all__ = [") :]
     assert block.count("    # ") >= 4  # comment groups
     # small: the errors a user catches and the objects they build; helpers stay in their modules
     # (41 after issues 14-16 and 21: the workflow errors and ShardCountChanged)

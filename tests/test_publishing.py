@@ -78,21 +78,39 @@ def test_options_become_envelope_fields_and_put_parameters(mem: TaskPipe) -> Non
         return None
 
     after = Signature("t.after", (1,), {}, {"channel": "x"})
-    result = opt.apply_async(retries=2, timeout="1m", hard_timeout=90, retry_backoff="2s",
-                             result_ttl="1h", on_finish=after, id="job-1", channel="high",
-                             priority=True)
+    result = opt.apply_async(
+        retries=2,
+        timeout="1m",
+        hard_timeout=90,
+        retry_backoff="2s",
+        result_ttl="1h",
+        on_finish=after,
+        id="job-1",
+        channel="high",
+        priority=True,
+    )
     assert (result.id, result.channel) == ("job-1", "high")
     env = _envelope(mem, "high", "job-1")
-    assert env.options == {"retries": 2, "timeout": 60.0, "hard_timeout": 90.0,
-                           "retry_backoff": 2.0, "result_ttl": 3600.0,
-                           "on_finish": after.to_dict()}
+    assert env.options == {
+        "retries": 2,
+        "timeout": 60.0,
+        "hard_timeout": 90.0,
+        "retry_backoff": 2.0,
+        "result_ttl": 3600.0,
+        "on_finish": after.to_dict(),
+    }
 
 
 def test_plan_send_checks_every_option() -> None:
     assert SEND_OPTIONS == frozenset(ENVELOPE_OPTIONS) | PUT_OPTIONS
     plan = plan_send({})
     assert (plan.envelope, plan.callback, plan.job_id, plan.delay_ms, plan.priority) == (
-        {}, None, None, 0, None)
+        {},
+        None,
+        None,
+        0,
+        None,
+    )
     assert plan_send({"delay": "2s"}).delay_ms == 2000
     now = 1_000_000.0
     eta = datetime.fromtimestamp(now + 5, tz=timezone.utc)
@@ -124,8 +142,15 @@ class FakePublisher:
     def __init__(self) -> None:
         self.sent: list[tuple[str, tuple[Any, ...], dict[str, Any], dict[str, Any]]] = []
 
-    def send(self, name: str, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
-             *, _task: Any = None, **options: Any) -> Any:
+    def send(
+        self,
+        name: str,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        _task: Any = None,
+        **options: Any,
+    ) -> Any:
         self.sent.append((name, tuple(args), dict(kwargs or {}), options))
         return name
 
@@ -142,6 +167,7 @@ class FakePublisher:
 def test_task_and_signature_need_only_the_protocol() -> None:
     pub = FakePublisher()
     publisher: Publisher = pub
+
     def ident(x: Any) -> Any:
         return x
 
@@ -154,5 +180,10 @@ def test_task_and_signature_need_only_the_protocol() -> None:
     task.s(6).delay(7)
     assert task.AsyncResult("j") == ("j", "fake")
     assert [(n, a, o) for n, a, _, o in pub.sent] == [
-        ("f.t", (1,), {}), ("f.t", (2,), {"priority": True}), ("f.t", (3,), {}),
-        ("f.t", (4,), {}), ("f.t", (5,), {"channel": "c"}), ("f.t", (6, 7), {})]
+        ("f.t", (1,), {}),
+        ("f.t", (2,), {"priority": True}),
+        ("f.t", (3,), {}),
+        ("f.t", (4,), {}),
+        ("f.t", (5,), {"channel": "c"}),
+        ("f.t", (6, 7), {}),
+    ]

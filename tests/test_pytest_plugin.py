@@ -15,7 +15,8 @@ def _use_plugin(pytester: pytest.Pytester) -> None:
     if not any(ep.value == "taskpipe.pytest_plugin" for ep in entry_points(group="pytest11")):
         pytester.makeconftest('pytest_plugins = ["taskpipe.pytest_plugin"]\n')
 
-USER_TESTS = '''
+
+USER_TESTS = """
 from taskpipe import TaskPipe
 
 
@@ -42,9 +43,9 @@ def test_eager_and_clock(taskpipe_app, taskpipe_eager):
 
 def test_each_test_gets_a_fresh_app(taskpipe_app):
     assert not taskpipe_app.tasks and not taskpipe_app.eager
-'''
+"""
 
-USER_APP = '''
+USER_APP = """
 from taskpipe import TaskPipe
 
 app = TaskPipe("mine", broker="memory://user-app")
@@ -53,7 +54,7 @@ app = TaskPipe("mine", broker="memory://user-app")
 @app.task
 def hello(name: str) -> str:
     return "hello " + name
-'''
+"""
 
 
 def test_fixtures_in_a_user_suite(pytester: pytest.Pytester) -> None:
@@ -65,12 +66,15 @@ def test_fixtures_in_a_user_suite(pytester: pytest.Pytester) -> None:
 
 def test_the_app_named_in_the_ini_file(pytester: pytest.Pytester) -> None:
     _use_plugin(pytester)
-    pytester.makepyfile(userapp=USER_APP, test_named='''
+    pytester.makepyfile(
+        userapp=USER_APP,
+        test_named="""
 def test_named(taskpipe_app, taskpipe_worker):
     assert taskpipe_app.name == "mine"
     from userapp import hello
     assert hello.delay("you").get(timeout=20) == "hello you"
-''')
+""",
+    )
     pytester.makeini("[pytest]\ntaskpipe_app = userapp:app\n")
     pytester.syspathinsert()
     result = pytester.runpytest_inprocess("-p", "no:randomly", "-q")

@@ -49,8 +49,9 @@ def test_a_claim_carries_each_jobs_publish_time(thoonk: Thoonk, job: JobChannel)
     other = thoonk.job_channel("other")
     first, second = job.put(b"a"), job.put(b"b")
     third = other.put(b"c")
-    published = {jid: ch.info(jid).published_ms for ch, jid in
-                  ((job, first), (job, second), (other, third))}
+    published = {
+        jid: ch.info(jid).published_ms for ch, jid in ((job, first), (job, second), (other, third))
+    }
     assert all(isinstance(p, int) and p > 0 for p in published.values())
     claims, _, now = claim_from(thoonk, [job, other], 3, LONG, "w")
     assert {c.id: c.published_ms for c in claims} == published
@@ -98,8 +99,9 @@ def test_a_job_retried_before_its_record_is_written_gets_none(job: JobChannel) -
     jid = job.put(b"p")
     _lose(job, "w", max_cancels=1)
     job.claim(1, lease_ms=SHORT, worker="w")
-    reaped = wait_for(lambda: (lambda r: r if r.stalled else None)(job.reap_detail(1)),
-                      what="the stall")
+    reaped = wait_for(
+        lambda: (lambda r: r if r.stalled else None)(job.reap_detail(1)), what="the stall"
+    )
     assert [d[0] for d in reaped.stalled_detail] == [jid]
     assert reaped.stalled_detail[0][1] == "w" and reaped.stalled_detail[0][5] == b"p"
     job.retry(jid)
@@ -107,8 +109,9 @@ def test_a_job_retried_before_its_record_is_written_gets_none(job: JobChannel) -
     assert job.record(jid) is None
 
 
-def test_the_worker_reaper_keeps_the_record_for_every_view(app: TaskPipe, prefix: str,
-                                                           broker_url: str) -> None:
+def test_the_worker_reaper_keeps_the_record_for_every_view(
+    app: TaskPipe, prefix: str, broker_url: str
+) -> None:
     app.max_cancels = 1
 
     @app.task(name="t.lost")
@@ -151,8 +154,12 @@ def test_the_worker_reaper_keeps_the_record_for_every_view(app: TaskPipe, prefix
     import taskpipe.cli.admin  # noqa: F401 - registers the `jobs` commands
     from taskpipe.cli import cli
 
-    out = CliRunner().invoke(cli, ["jobs", "show", r.id], catch_exceptions=False, env={
-        "TASKPIPE_BROKER_URL": broker_url, "TASKPIPE_PREFIX": prefix})
+    out = CliRunner().invoke(
+        cli,
+        ["jobs", "show", r.id],
+        catch_exceptions=False,
+        env={"TASKPIPE_BROKER_URL": broker_url, "TASKPIPE_PREFIX": prefix},
+    )
     assert out.exit_code == 0, out.output
     assert "host-b" in out.output and "t.lost" in out.output and "worker_lost" in out.output
 

@@ -30,12 +30,22 @@ PKG = Path(taskpipe.__file__).parent
 #: retrying, with no key names)
 LAYER_ONE = {"connection.py", "broker_retry.py"}
 
-_CLASSES = (redis.Redis, redis.client.Pipeline, redis.client.PubSub, redis.asyncio.Redis,
-            redis.asyncio.client.Pipeline, redis.asyncio.client.PubSub, redis.cluster.RedisCluster,
-            redis.cluster.ClusterPipeline)
+_CLASSES = (
+    redis.Redis,
+    redis.client.Pipeline,
+    redis.client.PubSub,
+    redis.asyncio.Redis,
+    redis.asyncio.client.Pipeline,
+    redis.asyncio.client.PubSub,
+    redis.cluster.RedisCluster,
+    redis.cluster.ClusterPipeline,
+)
 COMMANDS = frozenset(
-    name for cls in _CLASSES for name in dir(cls)
-    if not name.startswith("_") and callable(getattr(cls, name, None))) - {"close", "aclose"}
+    name
+    for cls in _CLASSES
+    for name in dir(cls)
+    if not name.startswith("_") and callable(getattr(cls, name, None))
+) - {"close", "aclose"}
 
 _CLIENT_NAME = re.compile(r"(^|_)(client|redis|pipe|pipeline|pubsub)$")
 _CLIENT_FACTORIES = {"new_client", "pipeline", "pubsub"}
@@ -61,9 +71,12 @@ def _aliases(tree: ast.AST) -> frozenset[str]:
     names: set[str] = set()
     for _ in range(3):  # an alias of an alias
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                    and isinstance(node.targets[0], ast.Name)
-                    and _is_client(node.value, frozenset(names))):
+            if (
+                isinstance(node, ast.Assign)
+                and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+                and _is_client(node.value, frozenset(names))
+            ):
                 names.add(node.targets[0].id)
     return frozenset(names)
 
@@ -74,33 +87,57 @@ def redis_calls(source: str) -> list[tuple[int, str]]:
     aliases = _aliases(tree)
     found = []
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and node.func.attr in COMMANDS and _is_client(node.func.value, aliases)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in COMMANDS
+            and _is_client(node.func.value, aliases)
+        ):
             found.append((node.lineno, ast.unparse(node.func)))
     return found
 
 
 def _outside_thoonk() -> list[Path]:
-    return [p for p in sorted(PKG.rglob("*.py"))
-            if "thoonk" not in p.relative_to(PKG).parts[:1]
-            and not (p.parent == PKG and p.name in LAYER_ONE)]
+    return [
+        p
+        for p in sorted(PKG.rglob("*.py"))
+        if "thoonk" not in p.relative_to(PKG).parts[:1]
+        and not (p.parent == PKG and p.name in LAYER_ONE)
+    ]
 
 
 def test_the_command_list_comes_from_redis_py() -> None:
-    for name in ("hset", "get", "eval", "evalsha", "pipeline", "pubsub", "execute_command",
-                 "publish", "zadd", "time", "script_load", "config_get", "subscribe", "watch"):
+    for name in (
+        "hset",
+        "get",
+        "eval",
+        "evalsha",
+        "pipeline",
+        "pubsub",
+        "execute_command",
+        "publish",
+        "zadd",
+        "time",
+        "script_load",
+        "config_get",
+        "subscribe",
+        "watch",
+    ):
         assert name in COMMANDS, name
     assert len(COMMANDS) > 300
 
 
 def test_no_redis_command_above_the_thoonk_layer() -> None:
-    offenders = [f"{path.relative_to(PKG.parent)}:{line}: {call}"
-                 for path in _outside_thoonk()
-                 for line, call in redis_calls(path.read_text())]
+    offenders = [
+        f"{path.relative_to(PKG.parent)}:{line}: {call}"
+        for path in _outside_thoonk()
+        for line, call in redis_calls(path.read_text())
+    ]
     assert offenders == [], (
         "Redis commands above the Thoonk layer: give each a home in taskpipe/thoonk/ (a method "
         "on JobChannel / Thoonk, or a store like CronStore; see docs/architecture.md) and call "
-        "that instead:\n" + "\n".join(offenders))
+        "that instead:\n" + "\n".join(offenders)
+    )
 
 
 def test_the_scan_finds_direct_calls() -> None:
@@ -117,14 +154,29 @@ def f(app, ch, self):
     options.get("x")                  # a dict
 """
     calls = sorted(call for _, call in redis_calls(source))
-    assert calls == sorted(["app.thoonk.client.hset", "app.connection.client.pipeline",
-                            "pipe.hget('k', 'a').zscore", "pipe.hget",
-                            "app.connection.new_client().pubsub", "self._client.evalsha",
-                            "c.zadd"])
+    assert calls == sorted(
+        [
+            "app.thoonk.client.hset",
+            "app.connection.client.pipeline",
+            "pipe.hget('k', 'a').zscore",
+            "pipe.hget",
+            "app.connection.new_client().pubsub",
+            "self._client.evalsha",
+            "c.zadd",
+        ]
+    )
 
 
 def test_the_scan_covers_the_package() -> None:
     scanned = {p.relative_to(PKG).as_posix() for p in _outside_thoonk()}
-    assert {"scheduler.py", "results.py", "callbacks.py", "aio.py", "worker/registry.py",
-            "inspection/clean.py", "cli/cron_cmd.py", "contrib/dashboard/api.py"} <= scanned
+    assert {
+        "scheduler.py",
+        "results.py",
+        "callbacks.py",
+        "aio.py",
+        "worker/registry.py",
+        "inspection/clean.py",
+        "cli/cron_cmd.py",
+        "contrib/dashboard/api.py",
+    } <= scanned
     assert not any(p.startswith("thoonk/") for p in scanned)

@@ -59,9 +59,20 @@ def test_states_over_a_jobs_life(app: TaskPipe) -> None:
             raise ValueError("bad step")
         return "ok"
 
-    assert set(STATES) == {"delayed", "available", "claimed", "stalled", "finished", "failed",
-                           "unknown", "waiting", "aborted", "expired",  # these 3: issue 15
-                           "timeout", "retracted"}  # these 2: issue 14
+    assert set(STATES) == {
+        "delayed",
+        "available",
+        "claimed",
+        "stalled",
+        "finished",
+        "failed",
+        "unknown",
+        "waiting",
+        "aborted",
+        "expired",  # these 3: issue 15
+        "timeout",
+        "retracted",
+    }  # these 2: issue 14
     r = step.apply_async([False], delay="100ms")
     assert r.state == "delayed" and not r.ready()
     wait_for(lambda: app.channel().promote()[0] or r.state == "available", what="the job due")
@@ -205,9 +216,12 @@ def test_result_ttl_per_app_task_and_call(broker_url: str, prefix: str) -> None:
     def by_task() -> int:
         return 2
 
-    rs = {"app": by_app.delay(), "task": by_task.delay(),
-          "call": by_task.apply_async(result_ttl=timedelta(minutes=5)),
-          "call-over-app": by_app.apply_async(result_ttl=45)}
+    rs = {
+        "app": by_app.delay(),
+        "task": by_task.delay(),
+        "call": by_task.apply_async(result_ttl=timedelta(minutes=5)),
+        "call-over-app": by_app.apply_async(result_ttl=45),
+    }
     burst(app)
     expected = {"app": 7_200_000, "task": 1_800_000, "call": 300_000, "call-over-app": 45_000}
     for key, r in rs.items():
@@ -269,8 +283,9 @@ def test_expired_vs_unknown(app: TaskPipe) -> None:
     with pytest.raises(ResultUnknown) as unknown:
         app.AsyncResult("never-published").get(timeout=1)
     assert isinstance(unknown.value, LookupError)
-    assert not issubclass(ResultExpired, ResultUnknown) and not issubclass(ResultUnknown,
-                                                                          ResultExpired)
+    assert not issubclass(ResultExpired, ResultUnknown) and not issubclass(
+        ResultUnknown, ResultExpired
+    )
     r.retract()  # retracted: gone from every index, so unknown
     assert app.AsyncResult(r.id).state == "unknown"
 
@@ -304,8 +319,9 @@ def test_progress_and_logs(app: TaskPipe) -> None:
         go_on.set()
         assert r.get(timeout=5) == 4
     lines = r.logs()
-    assert [line.split(" ", 1)[1] for line in lines[:4]] == \
-        [f'step {i} {{"step": {i}}}' for i in range(1, 5)]
+    assert [line.split(" ", 1)[1] for line in lines[:4]] == [
+        f'step {i} {{"step": {i}}}' for i in range(1, 5)
+    ]
     assert lines[4] == "WARNING myapp: all 4 done"
     assert current_job() is None  # outside a task
 

@@ -69,15 +69,25 @@ APP_MODULE = textwrap.dedent("""
 @pytest.fixture
 def appdir(tmp_path: Path, redis_server: RedisServer, prefix: str) -> Iterator[dict[str, str]]:
     (tmp_path / "cronmod.py").write_text(APP_MODULE)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]),
-               TASKPIPE_BROKER_URL=redis_server.url, TP_PREFIX=prefix, PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]),
+        TASKPIPE_BROKER_URL=redis_server.url,
+        TP_PREFIX=prefix,
+        PYTHONUNBUFFERED="1",
+    )
     yield env
 
 
 def spawn(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:  # the child writes to its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", "taskpipe", *args], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, cwd=str(log.parent))
+        return subprocess.Popen(
+            [sys.executable, "-m", "taskpipe", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=str(log.parent),
+        )
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
@@ -102,12 +112,24 @@ def server_now(client: redis.Redis) -> float:
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_three_schedulers_fire_exactly_once_and_survive_sigkill(
-        appdir: dict[str, str], redis_server: RedisServer, prefix: str, tmp_path: Path) -> None:
+    appdir: dict[str, str], redis_server: RedisServer, prefix: str, tmp_path: Path
+) -> None:
     client = redis_server.client()
-    worker = spawn(appdir, "worker", "-A", "cronmod:app", "-c", "4", "--grace", "5s",
-                   log=tmp_path / "worker.log")
-    scheds = [spawn(appdir, "scheduler", "-A", "cronmod:app", log=tmp_path / f"sched{i}.log")
-              for i in range(3)]
+    worker = spawn(
+        appdir,
+        "worker",
+        "-A",
+        "cronmod:app",
+        "-c",
+        "4",
+        "--grace",
+        "5s",
+        log=tmp_path / "worker.log",
+    )
+    scheds = [
+        spawn(appdir, "scheduler", "-A", "cronmod:app", log=tmp_path / f"sched{i}.log")
+        for i in range(3)
+    ]
     ran_key = prefix + "ran"
 
     def fired(entry: str) -> list[int]:
@@ -115,22 +137,32 @@ def test_three_schedulers_fire_exactly_once_and_survive_sigkill(
 
     try:
         # three contiguous fires of each entry while all three schedulers run (no fixed sleeps)
-        wait_for(lambda: len(fired("every")) >= 3 and len(fired("every_once")) >= 3, 30,
-                 "three fires of each entry with three schedulers")
+        wait_for(
+            lambda: len(fired("every")) >= 3 and len(fired("every_once")) >= 3,
+            30,
+            "three fires of each entry with three schedulers",
+        )
         scheds[1].send_signal(signal.SIGKILL)
         killed_at = server_now(client)
         # the two survivors keep firing: each entry fires over two seconds after the kill
-        wait_for(lambda: all(f and f[-1] > killed_at + 2 for f in
-                             (fired("every"), fired("every_once"))), 30,
-                 "fires after the SIGKILL")
+        wait_for(
+            lambda: all(f and f[-1] > killed_at + 2 for f in (fired("every"), fired("every_once"))),
+            30,
+            "fires after the SIGKILL",
+        )
         codes = [stop(p) for p in scheds]
     finally:
         for p in scheds:
             stop(p, signal.SIGKILL)
     try:
         app = TaskPipe("check", broker=redis_server.url, prefix=prefix)
-        wait_for(lambda: app.channel().counts()["available"] == 0
-                 and app.channel().counts()["claimed"] == 0, 30, "the worker to drain")
+        wait_for(
+            lambda: (
+                app.channel().counts()["available"] == 0 and app.channel().counts()["claimed"] == 0
+            ),
+            30,
+            "the worker to drain",
+        )
     finally:
         assert stop(worker) == 0
     assert codes[1] == -signal.SIGKILL and codes[0] == 0 and codes[2] == 0
@@ -159,8 +191,14 @@ def test_misfire_policies_after_downtime(redis_server: RedisServer, prefix: str)
     """
     app = TaskPipe("misfire", broker=redis_server.url, prefix=prefix)
     for policy in ("skip", "once", "all"):
-        app.add_cron("misfire.tick", "* * * * * *", name=policy, misfire=policy, channel=policy,
-                     grace="500ms")
+        app.add_cron(
+            "misfire.tick",
+            "* * * * * *",
+            name=policy,
+            misfire=policy,
+            channel=policy,
+            grace="500ms",
+        )
     first = Scheduler(app)
     t0 = (first.server_ms() // 1000 + 1) * 1000  # a whole second
     first.tick(t0 + 5)  # initialises the cursors: only later fires run
@@ -183,16 +221,22 @@ def test_misfire_policies_after_downtime(redis_server: RedisServer, prefix: str)
 
 
 @pytest.mark.timeout(60)
-def test_worker_beat_and_cron_list(appdir: dict[str, str], redis_server: RedisServer,
-                                   prefix: str, tmp_path: Path) -> None:
+def test_worker_beat_and_cron_list(
+    appdir: dict[str, str], redis_server: RedisServer, prefix: str, tmp_path: Path
+) -> None:
     worker = spawn(appdir, "worker", "-A", "cronmod:app", "--beat", log=tmp_path / "beat.log")
     app = TaskPipe("check", broker=redis_server.url, prefix=prefix)
     try:
         wait_for(lambda: app.channel().counts()["finished"] >= 2, 20, "two cron jobs to run")
     finally:
         assert stop(worker) == 0
-    out = subprocess.run([sys.executable, "-m", "taskpipe", "cron", "list", "-A", "cronmod:app",
-                          "--json"], env=appdir, capture_output=True, timeout=30, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "taskpipe", "cron", "list", "-A", "cronmod:app", "--json"],
+        env=appdir,
+        capture_output=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     rows = {r["name"]: r for r in json.loads(out.stdout)}
     assert set(rows) == {"every", "every_once", "new_year"}
@@ -203,30 +247,55 @@ def test_worker_beat_and_cron_list(appdir: dict[str, str], redis_server: RedisSe
     assert rows["new_year"]["last_fire"] is None and rows["new_year"]["last_outcome"] == "never"
     assert rows["new_year"]["next_fire"].endswith("+01:00")  # Europe/Paris in January
     assert rows["new_year"]["next_fire"][5:19] == "01-01T00:00:00"
-    table = subprocess.run([sys.executable, "-m", "taskpipe", "cron", "list", "-A",
-                            "cronmod:app"], env=appdir, capture_output=True, text=True,
-                           timeout=30, cwd=tmp_path)
+    table = subprocess.run(
+        [sys.executable, "-m", "taskpipe", "cron", "list", "-A", "cronmod:app"],
+        env=appdir,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "TASK", "SCHEDULE", "NEXT", "FIRE", "LAST", "FIRE",
-                                "LAST", "OUTCOME"]
-    assert any(line.startswith("new_year") and "(Europe/Paris)" in line and "never" in line
-               for line in lines)
+    assert lines[0].split() == [
+        "NAME",
+        "TASK",
+        "SCHEDULE",
+        "NEXT",
+        "FIRE",
+        "LAST",
+        "FIRE",
+        "LAST",
+        "OUTCOME",
+    ]
+    assert any(
+        line.startswith("new_year") and "(Europe/Paris)" in line and "never" in line
+        for line in lines
+    )
 
 
-def test_bad_cron_expression_fails_at_load(tmp_path: Path, redis_server: RedisServer,
-                                           prefix: str) -> None:
-    (tmp_path / "badcron.py").write_text(textwrap.dedent("""
+def test_bad_cron_expression_fails_at_load(
+    tmp_path: Path, redis_server: RedisServer, prefix: str
+) -> None:
+    (tmp_path / "badcron.py").write_text(
+        textwrap.dedent("""
         from taskpipe import TaskPipe
         app = TaskPipe("bad", broker="memory://")
 
         @app.cron("*/5 * * *")
         @app.task
         def t(): pass
-    """))
+    """)
+    )
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    out = subprocess.run([sys.executable, "-m", "taskpipe", "scheduler", "-A", "badcron:app"],
-                         env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "taskpipe", "scheduler", "-A", "badcron:app"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
     assert out.returncode == 2
     assert "bad cron expression" in out.stderr
 
@@ -265,8 +334,10 @@ def test_ten_thousand_delayed_jobs_due_at_once(slow_redis: RedisServer, prefix: 
     assert ch.counts()["delayed"] == n and ch.counts()["available"] == 0
     time.sleep(max(0.0, due_ms / 1000 - server_now(client)) + 0.05)
     started = time.monotonic()
-    workers = [Worker(app, concurrency=8, burst=True, heartbeat_interval=60, capture_logs=False)
-               for _ in range(2)]
+    workers = [
+        Worker(app, concurrency=8, burst=True, heartbeat_interval=60, capture_logs=False)
+        for _ in range(2)
+    ]
     promoted: list[int] = []
 
     def promoter() -> None:  # the explicit promote op races the workers' claim-time promotion
@@ -290,5 +361,7 @@ def test_ten_thousand_delayed_jobs_due_at_once(slow_redis: RedisServer, prefix: 
     assert sum(w.claimed_total for w in workers) == n
     assert max(promoted) <= 1000  # bounded batches
     slow = client.slowlog_get(1024)  # a figure, not an assertion (benchmarks/slowlog.py)
-    print(f"\n10,000 delayed jobs due at once: all ran in {elapsed:.2f}s with 2 workers "
-          f"(+{sum(promoted)} promoted by JobChannel.promote); Redis calls over 50 ms: {len(slow)}")
+    print(
+        f"\n10,000 delayed jobs due at once: all ran in {elapsed:.2f}s with 2 workers "
+        f"(+{sum(promoted)} promoted by JobChannel.promote); Redis calls over 50 ms: {len(slow)}"
+    )

@@ -19,9 +19,12 @@ from taskpipe.thoonk.script_keys import CONTRACTS, FINISH_FOLLOWUP_ROLES, Script
 from taskpipe.thoonk.scripts import _expand
 
 LUA = resources.files("taskpipe.thoonk").joinpath("lua")
-SCRIPTS = sorted(p.name[:-4] for p in LUA.iterdir()
-                 if p.name.endswith(".lua") and not p.name.startswith("_"))
-INCLUDES = sorted(p.name for p in LUA.iterdir() if p.name.startswith("_") and p.name.endswith(".lua"))
+SCRIPTS = sorted(
+    p.name[:-4] for p in LUA.iterdir() if p.name.endswith(".lua") and not p.name.startswith("_")
+)
+INCLUDES = sorted(
+    p.name for p in LUA.iterdir() if p.name.startswith("_") and p.name.endswith(".lua")
+)
 
 #: roles that name no key of the keyspace: how the header spells them
 SPECIAL = {"cursor_hash": "<cursor-hash>"}
@@ -85,8 +88,9 @@ def test_header_keys_match_the_contract(name: str) -> None:
     assert [key for _, key, _ in decls] == expected, f"{name}: header and contract differ"
     optional = [key for _, key, opt in decls if opt]
     assert optional == [_spelling(r) for r in c.optional], f"{name}: optional keys differ"
-    assert bool(_VARIABLE.search(header)) == bool(c.tail), \
+    assert bool(_VARIABLE.search(header)) == bool(c.tail), (
         f"{name}: a variable KEYS tail in the header iff the contract has one"
+    )
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

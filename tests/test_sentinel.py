@@ -43,8 +43,10 @@ def _sentinel_command() -> list[str] | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_sentinel_command() is None and not os.environ.get("CI"),
-                                reason="redis-server / redis-sentinel not installed (required in CI)")
+pytestmark = pytest.mark.skipif(
+    _sentinel_command() is None and not os.environ.get("CI"),
+    reason="redis-server / redis-sentinel not installed (required in CI)",
+)
 
 MASTER = "mymaster"
 
@@ -79,40 +81,69 @@ class SentinelSetup:
 
     def _server(self, name: str, extra: list[str]) -> None:
         port = self.ports[name]
-        conf = self._conf(name, [f"port {port}", "bind 127.0.0.1", f"dir {self.dir}",
-                                 f"dbfilename {name}.rdb", 'save ""', "appendonly no",
-                                 "protected-mode no", *extra,
-                                 *([f'requirepass "{self.password}"', f'masterauth "{self.password}"']
-                                   if self.password else [])])
-        self.procs.append(subprocess.Popen(["redis-server", conf], stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.DEVNULL))
+        conf = self._conf(
+            name,
+            [
+                f"port {port}",
+                "bind 127.0.0.1",
+                f"dir {self.dir}",
+                f"dbfilename {name}.rdb",
+                'save ""',
+                "appendonly no",
+                "protected-mode no",
+                *extra,
+                *(
+                    [f'requirepass "{self.password}"', f'masterauth "{self.password}"']
+                    if self.password
+                    else []
+                ),
+            ],
+        )
+        self.procs.append(
+            subprocess.Popen(
+                ["redis-server", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        )
         _wait(lambda: self.client(port).ping(), f"redis-server {name} on {port}")
 
     def start(self) -> SentinelSetup:
         self._server("a", [])
         self._server("b", [f"replicaof 127.0.0.1 {self.ports['a']}"])
-        _wait(lambda: self.client(self.ports["b"]).info("replication")["master_link_status"] == "up",
-              "the replica to sync")
-        conf = self._conf("sentinel", [
-            f"port {self.sentinel_port}", "bind 127.0.0.1", f"dir {self.dir}",
-            "protected-mode no",
-            f"sentinel monitor {MASTER} 127.0.0.1 {self.ports['a']} 1",
-            f"sentinel down-after-milliseconds {MASTER} 1000",
-            f"sentinel failover-timeout {MASTER} 3000",
-            *([f'sentinel auth-pass {MASTER} "{self.password}"'] if self.password else []),
-            *([f'requirepass "{self.sentinel_password}"'] if self.sentinel_password else [])])
+        _wait(
+            lambda: self.client(self.ports["b"]).info("replication")["master_link_status"] == "up",
+            "the replica to sync",
+        )
+        conf = self._conf(
+            "sentinel",
+            [
+                f"port {self.sentinel_port}",
+                "bind 127.0.0.1",
+                f"dir {self.dir}",
+                "protected-mode no",
+                f"sentinel monitor {MASTER} 127.0.0.1 {self.ports['a']} 1",
+                f"sentinel down-after-milliseconds {MASTER} 1000",
+                f"sentinel failover-timeout {MASTER} 3000",
+                *([f'sentinel auth-pass {MASTER} "{self.password}"'] if self.password else []),
+                *([f'requirepass "{self.sentinel_password}"'] if self.sentinel_password else []),
+            ],
+        )
         cmd = _sentinel_command()
         assert cmd is not None
         args = [*cmd, conf] + (["--sentinel"] if cmd == ["redis-server"] else [])
-        self.procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.DEVNULL))
+        self.procs.append(
+            subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
         self.wait_replica_known()
         return self
 
     @property
     def sentinel(self) -> Any:  # redis.Redis (execute_command is untyped)
-        return redis.Redis(port=self.sentinel_port, socket_timeout=5, decode_responses=True,
-                           password=self.sentinel_password)
+        return redis.Redis(
+            port=self.sentinel_port,
+            socket_timeout=5,
+            decode_responses=True,
+            password=self.sentinel_password,
+        )
 
     def master_port(self) -> int:
         return int(self.sentinel.sentinel_get_master_addr_by_name(MASTER)[1])
@@ -122,6 +153,7 @@ class SentinelSetup:
 
     def wait_replica_known(self) -> None:
         """Until sentinel sees a healthy replica (else SENTINEL FAILOVER says NOGOODSLAVE)."""
+
         def healthy() -> bool:
             replicas = self.sentinel.execute_command("SENTINEL", "REPLICAS", MASTER)
             for r in replicas:
@@ -129,6 +161,7 @@ class SentinelSetup:
                 if info.get("flags") == "slave" and info.get("master-link-status") == "ok":
                     return True
             return False
+
         _wait(healthy, "sentinel to see a healthy replica")
 
     def failover(self, on_switch: Callable[[int, int], None] | None = None) -> tuple[int, int]:
@@ -138,8 +171,10 @@ class SentinelSetup:
         demoted (sentinel does that at its next check of it, seconds later)."""
         old = self.master_port()
         new = next(p for p in self.ports.values() if p != old)
-        _wait(lambda: self.sentinel.execute_command("SENTINEL", "FAILOVER", MASTER),
-              "SENTINEL FAILOVER to be accepted")
+        _wait(
+            lambda: self.sentinel.execute_command("SENTINEL", "FAILOVER", MASTER),
+            "SENTINEL FAILOVER to be accepted",
+        )
         _wait(lambda: self.master_port() == new, "sentinel to name the new master")
         _wait(lambda: self.client(new).info("replication")["role"] == "master", "promotion")
         if on_switch is not None:
@@ -164,6 +199,7 @@ def sentinel_setup() -> Iterator[SentinelSetup]:
 
 def test_jobs_and_results_through_sentinel(sentinel_setup: SentinelSetup, prefix: str) -> None:
     with TaskPipe(broker=sentinel_setup.url, prefix=prefix) as app:
+
         @app.task(name="mul")
         def mul(x: int, y: int) -> int:
             return x * y
@@ -187,7 +223,9 @@ def test_jobs_and_results_through_sentinel(sentinel_setup: SentinelSetup, prefix
             worker.stop()
             runner.join(30)
         direct = sentinel_setup.client(sentinel_setup.master_port())
-        assert int(direct.get(app.channel().keys.finishes) or 0) == 6  # on the master sentinel names
+        assert (
+            int(direct.get(app.channel().keys.finishes) or 0) == 6
+        )  # on the master sentinel names
 
 
 def test_password_protected_master_and_sentinel(prefix: str) -> None:
@@ -199,6 +237,7 @@ def test_password_protected_master_and_sentinel(prefix: str) -> None:
     try:
         base = f"redis+sentinel://:m%20p%2Fw@127.0.0.1:{setup.sentinel_port}/{MASTER}"
         with TaskPipe(broker=base + "?sentinel_password=s%26pw", prefix=prefix) as app:
+
             @app.task(name="add1")
             def add1(x: int) -> int:
                 return x + 1
@@ -206,8 +245,10 @@ def test_password_protected_master_and_sentinel(prefix: str) -> None:
             results = add1.map(range(3))
             burst(app, ["default"])
             assert [r.get(timeout=10) for r in results] == [1, 2, 3]
-            _wait(lambda: any(c.get("cmd") == "subscribe" for c in setup.sentinel.client_list()),
-                  "the switch follower to subscribe (logged in to the sentinel)")
+            _wait(
+                lambda: any(c.get("cmd") == "subscribe" for c in setup.sentinel.client_list()),
+                "the switch follower to subscribe (logged in to the sentinel)",
+            )
         with TaskPipe(broker=base, prefix=prefix, publish_retry="0.3s") as bad:  # fail fast
             with pytest.raises(BrokerUnavailable):
                 bad.send("add1", [1])
@@ -216,8 +257,10 @@ def test_password_protected_master_and_sentinel(prefix: str) -> None:
 
 
 def test_sentinel_url_options() -> None:
-    info = parse_url("redis+sentinel://u:p%40ss@h1:26379,h2:26380/mymaster/2"
-                     "?sentinel_password=x&sentinel_username=y")
+    info = parse_url(
+        "redis+sentinel://u:p%40ss@h1:26379,h2:26380/mymaster/2"
+        "?sentinel_password=x&sentinel_username=y"
+    )
     assert info["password"] == "p@ss" and info["username"] == "u" and info["db"] == 2
     assert info["sentinel_auth"] == {"password": "x", "username": "y"}
     assert parse_url("redis+sentinel://h:1/m")["sentinel_auth"] == {}
@@ -227,15 +270,21 @@ def test_sentinel_url_options() -> None:
         parse_url("redis+cluster://h:1?foo=1")
 
 
-_PUT_ERRORS = (BrokerUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-               redis.exceptions.ReadOnlyError)
+_PUT_ERRORS = (
+    BrokerUnavailable,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+)
 
 
-def _switch_probe(app: TaskPipe, sentinel_setup: SentinelSetup, min_replicas: int,
-                  roles: list[str]) -> Callable[[int, int], None]:
+def _switch_probe(
+    app: TaskPipe, sentinel_setup: SentinelSetup, min_replicas: int, roles: list[str]
+) -> Callable[[int, int], None]:
     """What the failover runs once sentinel switched: the old master still takes writes here;
     ours must already go to the new one (Connection follows +switch-master instead of waiting
     for the demotion). Appends the old master's role then to ``roles``."""
+
     def probe_lands_on_new_master(old: int, new: int) -> None:
         if min_replicas:
             return  # the new master refuses writes until it has a replica again
@@ -247,8 +296,10 @@ def _switch_probe(app: TaskPipe, sentinel_setup: SentinelSetup, min_replicas: in
             except _PUT_ERRORS:
                 return False
             direct = sentinel_setup.client(new)
-            return bool(direct.hexists(ch.keys.items, "switch-probe")
-                        or direct.zscore(ch.keys.finished, "switch-probe") is not None)
+            return bool(
+                direct.hexists(ch.keys.items, "switch-probe")
+                or direct.zscore(ch.keys.finished, "switch-probe") is not None
+            )
 
         _wait(landed, "a put to land on the new master")
         roles.append(sentinel_setup.client(old).info("replication")["role"])
@@ -279,8 +330,9 @@ def _check_early_pubsub_follows(app: TaskPipe, early_pubsub: Any, new_client: An
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("min_replicas", [0, 1], ids=["async", "min-replicas-to-write"])
-def test_worker_follows_a_failover(sentinel_setup: SentinelSetup, prefix: str,
-                                   min_replicas: int) -> None:
+def test_worker_follows_a_failover(
+    sentinel_setup: SentinelSetup, prefix: str, min_replicas: int
+) -> None:
     """``async``: plain asynchronous replication. ``min-replicas-to-write``: the masters refuse
     writes (NOREPLICAS) without a replica acking within 1 s, so the old master stops taking
     writes soon after the switch, and the new one until the old one has resynced under it."""
@@ -317,8 +369,9 @@ def test_worker_follows_a_failover(sentinel_setup: SentinelSetup, prefix: str,
             i += 1
             time.sleep(0.003)
 
-    worker = Worker(app, ["default"], concurrency=4, max_block=0.5, lease="2s",
-                    reaper_interval="0.5s")
+    worker = Worker(
+        app, ["default"], concurrency=4, max_block=0.5, lease="2s", reaper_interval="0.5s"
+    )
     runner = threading.Thread(target=worker.run, name="worker")
     producer = threading.Thread(target=produce, name="producer")
     # an idle worker, blocked in BLPOP when its master is demoted ("UNBLOCKED" reply, then killed)
@@ -333,14 +386,20 @@ def test_worker_follows_a_failover(sentinel_setup: SentinelSetup, prefix: str,
     try:
         _wait(lambda: len(acked) >= 150 and len(executed) >= 50, "jobs before the failover")
         old_client = sentinel_setup.client(sentinel_setup.master_port())
-        _wait(lambda: any("b" in c.get("flags", "") and c.get("cmd") == "blpop"
-                          for c in old_client.client_list()), "the idle worker to block")
+        _wait(
+            lambda: any(
+                "b" in c.get("flags", "") and c.get("cmd") == "blpop"
+                for c in old_client.client_list()
+            ),
+            "the idle worker to block",
+        )
         phase[0] = "during"
         old_client.set(prefix + "replication-mark", 1)  # WAIT counts this client's writes:
         assert old_client.wait(1, 10_000) == 1  # every put acked "before" is on the replica
         switch_probe: list[str] = []
         old, new = sentinel_setup.failover(
-            _switch_probe(app, sentinel_setup, min_replicas, switch_probe))
+            _switch_probe(app, sentinel_setup, min_replicas, switch_probe)
+        )
         assert switch_probe == ([] if min_replicas else ["master"])
         phase[0] = "after"
         first_after = len(acked)
@@ -361,13 +420,19 @@ def test_worker_follows_a_failover(sentinel_setup: SentinelSetup, prefix: str,
         except RuntimeError:
             missing = [i for i in before + after if executed[i] == 0]
             states = {i: app.AsyncResult(f"job-{i}").info() for i in missing[:5]}
-            raise AssertionError(f"{len(missing)} jobs never ran, e.g. {states}; worker alive: "
-                                 f"{runner.is_alive()}") from None
-        _wait(lambda: all(app.AsyncResult(f"job-{i}").state == "finished" for i in before + after),
-              "their outcomes to be written", timeout=30)
+            raise AssertionError(
+                f"{len(missing)} jobs never ran, e.g. {states}; worker alive: {runner.is_alive()}"
+            ) from None
+        _wait(
+            lambda: all(app.AsyncResult(f"job-{i}").state == "finished" for i in before + after),
+            "their outcomes to be written",
+            timeout=30,
+        )
         # the workers' blocking clients and the pub/sub clients follow the new master
-        _wait(lambda: any(c.get("cmd") == "blpop" for c in new_client.client_list()),
-              "a worker to block on the new master")
+        _wait(
+            lambda: any(c.get("cmd") == "blpop" for c in new_client.client_list()),
+            "a worker to block on the new master",
+        )
         assert not any(c.get("cmd") == "blpop" for c in sentinel_setup.client(old).client_list())
         assert app.send("work", [-1], channel="idle").get(timeout=30) == -1
         _check_early_pubsub_follows(app, early_pubsub, new_client)
@@ -376,10 +441,12 @@ def test_worker_follows_a_failover(sentinel_setup: SentinelSetup, prefix: str,
         lost = [i for i in during if app.AsyncResult(f"job-{i}").info().state == "unknown"]
         never_ran = [i for i in lost if executed[i] == 0]
         doubled = sum(1 for n in executed.values() if n > 1)
-        print(f"\nsentinel failover ({'min-replicas-to-write 1' if min_replicas else 'async'}): "
-              f"acked before={len(before)} during={len(during)} "
-              f"after={len(after)}; lost records={len(lost)} (of which never ran: "
-              f"{len(never_ran)}); ran twice={doubled}; put errors={dict(put_errors)}")
+        print(
+            f"\nsentinel failover ({'min-replicas-to-write 1' if min_replicas else 'async'}): "
+            f"acked before={len(before)} during={len(during)} "
+            f"after={len(after)}; lost records={len(lost)} (of which never ran: "
+            f"{len(never_ran)}); ran twice={doubled}; put errors={dict(put_errors)}"
+        )
         assert runner.is_alive() and idle_runner.is_alive()  # the same workers went on
         if min_replicas:  # publishing was refused (BrokerUnavailable), not silently lost
             assert put_errors["BrokerUnavailable"] > 0
@@ -416,8 +483,10 @@ def test_a_waiter_blocked_on_a_demoted_master_wakes_instead_of_failing() -> None
 
         t = threading.Thread(target=wait)
         t.start()
-        _wait(lambda: any(c.get("cmd") == "blpop" for c in a.client().client_list()),
-              "the waiter to block")
+        _wait(
+            lambda: any(c.get("cmd") == "blpop" for c in a.client().client_list()),
+            "the waiter to block",
+        )
         a.client().replicaof("127.0.0.1", b.port)
         t.join(60)
         assert out == [True]

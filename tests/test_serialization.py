@@ -46,11 +46,15 @@ def same(a: Any, b: Any) -> bool:
     if type(a) is not type(b):
         return False
     if type(a) is float:
-        return (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b))
+        return (math.isnan(a) and math.isnan(b)) or (
+            a == b and math.copysign(1, a) == math.copysign(1, b)
+        )
     if type(a) is Decimal:
         return str(a) == str(b)
     if type(a) in (datetime, time):
-        return a == b and a.utcoffset() == b.utcoffset() and (a.tzinfo is None) == (b.tzinfo is None)
+        return (
+            a == b and a.utcoffset() == b.utcoffset() and (a.tzinfo is None) == (b.tzinfo is None)
+        )
     if type(a) in (list, tuple):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if type(a) is dict:
@@ -245,15 +249,26 @@ def test_deep_nesting_within_limit(ser: Serializer) -> None:
 
 def _random_value(rng: random.Random, depth: int = 0, hashable: bool = False) -> Any:
     leaves: list[Callable[[], Any]] = [
-        lambda: None, lambda: rng.random() < 0.5, lambda: rng.randrange(-(2**70), 2**70),
-        lambda: rng.randrange(-1000, 1000), lambda: rng.uniform(-1e9, 1e9),
-        lambda: "".join(chr(rng.choice([rng.randrange(32, 127), rng.randrange(0xA0, 0xD7FF)]))
-                        for _ in range(rng.randrange(0, 12))),
+        lambda: None,
+        lambda: rng.random() < 0.5,
+        lambda: rng.randrange(-(2**70), 2**70),
+        lambda: rng.randrange(-1000, 1000),
+        lambda: rng.uniform(-1e9, 1e9),
+        lambda: "".join(
+            chr(rng.choice([rng.randrange(32, 127), rng.randrange(0xA0, 0xD7FF)]))
+            for _ in range(rng.randrange(0, 12))
+        ),
         lambda: rng.randbytes(rng.randrange(0, 12)),
-        lambda: datetime(rng.randrange(1, 9999), rng.randrange(1, 13), rng.randrange(1, 29),
-                         rng.randrange(24), rng.randrange(60), rng.randrange(60),
-                         rng.randrange(10**6),
-                         tzinfo=rng.choice([None, timezone.utc, TZ_PLUS, TZ_MINUS])),
+        lambda: datetime(
+            rng.randrange(1, 9999),
+            rng.randrange(1, 13),
+            rng.randrange(1, 29),
+            rng.randrange(24),
+            rng.randrange(60),
+            rng.randrange(60),
+            rng.randrange(10**6),
+            tzinfo=rng.choice([None, timezone.utc, TZ_PLUS, TZ_MINUS]),
+        ),
         lambda: date(rng.randrange(1, 9999), rng.randrange(1, 13), rng.randrange(1, 29)),
         lambda: time(rng.randrange(24), rng.randrange(60), rng.randrange(60), rng.randrange(10**6)),
         lambda: timedelta(microseconds=rng.randrange(-(10**15), 10**15)),
@@ -265,16 +280,18 @@ def _random_value(rng: random.Random, depth: int = 0, hashable: bool = False) ->
         if hashable and type(value) is float and math.isnan(value):
             return 0.0
         return value
-    kind = rng.choice(["tuple", "frozenset"] if hashable else
-                      ["list", "tuple", "dict", "set", "frozenset"])
+    kind = rng.choice(
+        ["tuple", "frozenset"] if hashable else ["list", "tuple", "dict", "set", "frozenset"]
+    )
     size = rng.randrange(0, 5)
     if kind == "list":
         return [_random_value(rng, depth + 1) for _ in range(size)]
     if kind == "tuple":
         return tuple(_random_value(rng, depth + 1, hashable) for _ in range(size))
     if kind == "dict":
-        return {_random_value(rng, depth + 1, True): _random_value(rng, depth + 1)
-                for _ in range(size)}
+        return {
+            _random_value(rng, depth + 1, True): _random_value(rng, depth + 1) for _ in range(size)
+        }
     items = [_random_value(rng, depth + 1, True) for _ in range(size)]
     return set(items) if kind == "set" else frozenset(items)
 
@@ -306,16 +323,22 @@ def test_both_serializers_agree() -> None:
         ((1, 2), b"\x93\xc7\x00\x07\x01\x02", b'{"__tp__":"tuple","v":[1,2]}'),
         ({3}, b"\x92\xc7\x00\x08\x03", b'{"__tp__":"set","v":[3]}'),
         (frozenset({3}), b"\x92\xc7\x00\x09\x03", b'{"__tp__":"frozenset","v":[3]}'),
-        (UID, b"\xc7\x24\x05" + str(UID).encode(), b'{"__tp__":"uuid","v":"' + str(UID).encode() + b'"}'),
+        (
+            UID,
+            b"\xc7\x24\x05" + str(UID).encode(),
+            b'{"__tp__":"uuid","v":"' + str(UID).encode() + b'"}',
+        ),
         (Decimal("1.5"), b"\xc7\x03\x061.5", b'{"__tp__":"decimal","v":"1.5"}'),
         ({"a": 1}, b"\x81\xa1a\x01", b'{"a":1}'),
         (date(2024, 1, 2), b"\xc7\x0a\x022024-01-02", b'{"__tp__":"date","v":"2024-01-02"}'),
         (b"\x01", b"\xc4\x01\x01", b'{"__tp__":"bytes","v":"AQ=="}'),
         (2**64, b"\xc7\x09\x0a\x01" + b"\x00" * 8, b'{"__tp__":"int","v":"0x10000000000000000"}'),
         (float("nan"), b"\xcb\x7f\xf8" + b"\x00" * 6, b'{"__tp__":"float","v":"nan"}'),
-        (timedelta(days=1, seconds=2, microseconds=3),
-         b"\xc7\x0c\x04\x00\x00\x00\x01\x00\x00\x00\x02\x00\x00\x00\x03",
-         b'{"__tp__":"timedelta","v":[1,2,3]}'),
+        (
+            timedelta(days=1, seconds=2, microseconds=3),
+            b"\xc7\x0c\x04\x00\x00\x00\x01\x00\x00\x00\x02\x00\x00\x00\x03",
+            b'{"__tp__":"timedelta","v":[1,2,3]}',
+        ),
         ({1: 2}, b"\x81\x01\x02", b'{"__tp__":"dict","v":[[1,2]]}'),
         ("é", b"\xa2\xc3\xa9", '"é"'.encode()),
     ],
@@ -413,8 +436,9 @@ def test_circular_reference(ser: Serializer) -> None:
 
 
 @pytest.mark.parametrize("kind", [list, tuple, "dict", frozenset])
-@pytest.mark.parametrize(("name", "ok_depth", "bad_depth"), [("json", 199, 201),
-                                                              ("msgpack", 1000, 1100)])
+@pytest.mark.parametrize(
+    ("name", "ok_depth", "bad_depth"), [("json", 199, 201), ("msgpack", 1000, 1100)]
+)
 def test_nesting_limits(kind: Any, name: str, ok_depth: int, bad_depth: int) -> None:
     def nest(depth: int) -> Any:
         value: Any = 1
@@ -521,8 +545,12 @@ def test_loads_accepts_bytearray_and_memoryview(ser: Serializer) -> None:
 
 @pytest.mark.parametrize(
     ("name", "cls"),
-    [("msgpack", MsgpackSerializer), ("json", JsonSerializer), ("JSON", JsonSerializer),
-     (" MsgPack ", MsgpackSerializer)],
+    [
+        ("msgpack", MsgpackSerializer),
+        ("json", JsonSerializer),
+        ("JSON", JsonSerializer),
+        (" MsgPack ", MsgpackSerializer),
+    ],
 )
 def test_get_serializer(name: str, cls: type) -> None:
     s = get_serializer(name)
@@ -550,14 +578,26 @@ def test_never_pickle() -> None:
 @pytest.mark.parametrize(("name", "sid"), [("msgpack", 1), ("json", 2)])
 def test_envelope_round_trip(name: str, sid: int) -> None:
     when = datetime(2024, 1, 1, tzinfo=timezone.utc)
-    data = encode_envelope("app.tasks.add", (1, (2, 3), {"x": when}), {"k": Decimal("1.5")},
-                           {"retries": 3, "queue": "default"}, serializer=name, max_size=None)
+    data = encode_envelope(
+        "app.tasks.add",
+        (1, (2, 3), {"x": when}),
+        {"k": Decimal("1.5")},
+        {"retries": 3, "queue": "default"},
+        serializer=name,
+        max_size=None,
+    )
     assert data[:2] == b"TP"
     assert data[2] == 1
     assert data[3] == sid
     env = decode_envelope(data)
-    assert env == Envelope(1, "app.tasks.add", (1, (2, 3), {"x": when}), {"k": Decimal("1.5")},
-                           {"retries": 3, "queue": "default"}, name)
+    assert env == Envelope(
+        1,
+        "app.tasks.add",
+        (1, (2, 3), {"x": when}),
+        {"k": Decimal("1.5")},
+        {"retries": 3, "queue": "default"},
+        name,
+    )
     assert type(env.args) is tuple
     assert type(env.args[1]) is tuple
 
@@ -570,7 +610,9 @@ def test_envelope_list_args_become_a_tuple() -> None:
 
 
 def test_envelope_golden_bytes() -> None:
-    assert encode_envelope("t", (), {}, {}) == b"TP\x01\x01\x84\xa1t\xa1t\xa1a\x90\xa1k\x80\xa1o\x80"
+    assert (
+        encode_envelope("t", (), {}, {}) == b"TP\x01\x01\x84\xa1t\xa1t\xa1a\x90\xa1k\x80\xa1o\x80"
+    )
     assert encode_envelope("t", (1,), {}, {}, serializer="json") == (
         b'TP\x01\x02{"t":"t","a":[1],"k":{},"o":{}}'
     )
@@ -595,8 +637,9 @@ def test_envelope_random_round_trips() -> None:
         args = tuple(_random_value(rng) for _ in range(rng.randrange(0, 4)))
         kwargs = {f"k{j}": _random_value(rng) for j in range(rng.randrange(0, 4))}
         options = {"n": i, "eta": rng.uniform(0, 1e9)}
-        env = decode_envelope(encode_envelope(f"task.{i}", args, kwargs, options,
-                                              serializer=name, max_size=None))
+        env = decode_envelope(
+            encode_envelope(f"task.{i}", args, kwargs, options, serializer=name, max_size=None)
+        )
         assert env.task == f"task.{i}"
         assert same(env.args, args)
         assert same(env.kwargs, kwargs)
@@ -615,8 +658,9 @@ def test_envelope_random_round_trips() -> None:
         ((), {}, {"callback": len}, "options['callback']"),
     ],
 )
-def test_envelope_unserializable_arguments(name: str, args: Any, kwargs: Any, options: Any,
-                                           path: str) -> None:
+def test_envelope_unserializable_arguments(
+    name: str, args: Any, kwargs: Any, options: Any, path: str
+) -> None:
     with pytest.raises(SerializationError) as info:
         encode_envelope("app.t", args, kwargs, options, serializer=name)
     assert not isinstance(info.value, PayloadTooLarge)
@@ -640,8 +684,7 @@ def test_envelope_unserializable_arguments(name: str, args: Any, kwargs: Any, op
         ("t", (), {}, None, "options"),
     ],
 )
-def test_envelope_invalid_job(task: Any, args: Any, kwargs: Any, options: Any,
-                              reason: str) -> None:
+def test_envelope_invalid_job(task: Any, args: Any, kwargs: Any, options: Any, reason: str) -> None:
     with pytest.raises(SerializationError, match=reason):
         encode_envelope(task, args, kwargs, options)
 
@@ -758,8 +801,10 @@ def test_decode_envelope_accepts_hand_built_msgpack() -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("value", [None, 0, "done", (1, 2), {"a": {1, 2}}, UID, 2**100,
-                                   [datetime(2024, 1, 1, tzinfo=TZ_MINUS)]])
+@pytest.mark.parametrize(
+    "value",
+    [None, 0, "done", (1, 2), {"a": {1, 2}}, UID, 2**100, [datetime(2024, 1, 1, tzinfo=TZ_MINUS)]],
+)
 def test_result_round_trip(name: str, value: Any) -> None:
     data = encode_result(value, serializer=name, max_size=DEFAULT_MAX_PAYLOAD)
     assert data[:2] == b"TR"
@@ -773,11 +818,13 @@ def test_result_round_trip(name: str, value: Any) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_failure_round_trip(name: str) -> None:
-    data = encode_failure("ValueError", "bad input: 'x'", "Traceback (most recent call last):\n",
-                          serializer=name)
+    data = encode_failure(
+        "ValueError", "bad input: 'x'", "Traceback (most recent call last):\n", serializer=name
+    )
     assert data[:4] == b"TR\x01" + bytes([{"msgpack": 1, "json": 2}[name]])
-    assert decode_result(data) == ResultRecord(False, None, "ValueError", "bad input: 'x'",
-                                               "Traceback (most recent call last):\n")
+    assert decode_result(data) == ResultRecord(
+        False, None, "ValueError", "bad input: 'x'", "Traceback (most recent call last):\n"
+    )
 
 
 def test_result_is_frozen() -> None:
@@ -798,7 +845,9 @@ def test_result_unserializable(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_result_too_large(name: str) -> None:
     size = len(encode_result("y" * 1000, serializer=name, max_size=None))
-    assert decode_result(encode_result("y" * 1000, serializer=name, max_size=size)).value == "y" * 1000
+    assert (
+        decode_result(encode_result("y" * 1000, serializer=name, max_size=size)).value == "y" * 1000
+    )
     with pytest.raises(PayloadTooLarge) as info:
         encode_result("y" * 1000, serializer=name, max_size=size - 1)
     assert str(size) in str(info.value) and str(size - 1) in str(info.value)

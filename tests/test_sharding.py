@@ -55,7 +55,9 @@ def test_shard_names_spread_over_the_slot_range(count: int) -> None:
         # the whole name is the hash tag, in the i-th of `count` equal slot windows
         assert name.startswith("{") and name.endswith("}")
         assert i * SLOTS // count <= key_slot(name) < (i + 1) * SLOTS // count
-        assert key_slot("feed.ids:" + name) == key_slot("feed.result:" + name + ":x") == key_slot(name)
+        assert (
+            key_slot("feed.ids:" + name) == key_slot("feed.result:" + name + ":x") == key_slot(name)
+        )
         assert parse_shard(name) == ("emails", i)
     assert shard_names("emails", count) == names  # deterministic: every process agrees
     assert shard_names("emails", 1) == ["emails"]  # one shard: the plain Thoonk channel
@@ -121,8 +123,11 @@ def test_custom_id_always_maps_to_one_shard(sharded: TaskPipe) -> None:
     note = _register(sharded, seen)
     first = note.apply_async(("a", 1), id="order-42")
     again = note.apply_async(("a", 2), id="order-42")  # idempotent: the first job stands
-    assert first.channel == again.channel == sharded.sharding.names("emails")[
-        shard_index("order-42", 3)]
+    assert (
+        first.channel
+        == again.channel
+        == sharded.sharding.names("emails")[shard_index("order-42", 3)]
+    )
     assert sharded.AsyncResult("order-42", "emails").channel == first.channel
     other = sharded.send("t.note", ("b", 3), id="order-43", channel="emails", delay=0.01)
     assert other.channel == sharded.AsyncResult("order-43", "emails").channel
@@ -134,8 +139,9 @@ def test_custom_id_always_maps_to_one_shard(sharded: TaskPipe) -> None:
 # --- the shard-count record ------------------------------------------------------------------
 
 
-def test_changing_the_shard_count_of_a_channel_with_jobs_is_refused(broker_url: str,
-                                                                    prefix: str) -> None:
+def test_changing_the_shard_count_of_a_channel_with_jobs_is_refused(
+    broker_url: str, prefix: str
+) -> None:
     if broker_url.startswith("memory"):
         pytest.skip("two apps must share one broker: real Redis only")
     with TaskPipe(broker=broker_url, prefix=prefix, shards={"emails": 3}) as three:
@@ -187,7 +193,8 @@ def test_worker_claims_every_shard_with_a_rotating_start(sharded: TaskPipe) -> N
     assert set(starts) == set(shards)  # every shard gets to go first: none starves
     # the wait blocks on every shard's wake-up list at once (no polling shard after shard)
     assert {ch.keys.wake for ch in worker.channels} >= {
-        sharded.thoonk.keys.job(s).wake for s in shards}
+        sharded.thoonk.keys.job(s).wake for s in shards
+    }
 
 
 def test_pause_delay_and_priority_on_a_sharded_channel(sharded: TaskPipe) -> None:
@@ -211,8 +218,9 @@ def test_pause_delay_and_priority_on_a_sharded_channel(sharded: TaskPipe) -> Non
 # --- the operators' view ---------------------------------------------------------------------
 
 
-def test_inspector_cli_and_metrics_show_one_channel_with_shards(sharded: TaskPipe,
-                                                                broker_url: str) -> None:
+def test_inspector_cli_and_metrics_show_one_channel_with_shards(
+    sharded: TaskPipe, broker_url: str
+) -> None:
     seen: list[Any] = []
     note = _register(sharded, seen)
     results = [note.delay("v", i) for i in range(7)]
@@ -280,7 +288,9 @@ def test_dashboard_api_shows_one_channel_and_acts_on_its_shards(sharded: TaskPip
     status, done = api.handle("POST", ["channels", "emails", "jobs", results[1].id, "retract"], {})
     assert status == 200 and done["state"] == "unknown"
     status, _ = api.handle("POST", ["channels", "emails", "pause"], {})
-    assert status == 200 and all(sharded.channel(s).paused for s in sharded.sharding.names("emails"))
+    assert status == 200 and all(
+        sharded.channel(s).paused for s in sharded.sharding.names("emails")
+    )
 
 
 def test_an_idle_worker_wakes_on_a_publish_to_any_shard(sharded: TaskPipe) -> None:

@@ -37,8 +37,9 @@ def server_ms(app: TaskPipe) -> int:
     return int(sec) * 1000 + int(usec) // 1000
 
 
-def retry_window(app: TaskPipe, due_ms: int | None, before: int, after: int,
-                 low_ms: int, high_ms: int) -> None:
+def retry_window(
+    app: TaskPipe, due_ms: int | None, before: int, after: int, low_ms: int, high_ms: int
+) -> None:
     """The retry was deferred between ``before`` and ``after`` (server ms) to ``due_ms``: check
     that its delay can lie in ``[low_ms, high_ms]``, whatever the time the worker took."""
     assert due_ms is not None
@@ -54,11 +55,22 @@ def delay_ms_of(app: TaskPipe, result: Any) -> int:
 
 
 # durations -------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("value", "ms"), [
-    ("10ms", 10), ("30s", 30_000), ("45m", 2_700_000), ("2h", 7_200_000), ("6d", 518_400_000),
-    ("1h30m", 5_400_000), (timedelta(minutes=5), 300_000), (timedelta(milliseconds=1500), 1500),
-    (90, 90_000), (0.25, 250), ("2.5", 2500),
-])
+@pytest.mark.parametrize(
+    ("value", "ms"),
+    [
+        ("10ms", 10),
+        ("30s", 30_000),
+        ("45m", 2_700_000),
+        ("2h", 7_200_000),
+        ("6d", 518_400_000),
+        ("1h30m", 5_400_000),
+        (timedelta(minutes=5), 300_000),
+        (timedelta(milliseconds=1500), 1500),
+        (90, 90_000),
+        (0.25, 250),
+        ("2.5", 2500),
+    ],
+)
 def test_duration_forms_as_delay(app: TaskPipe, value: Any, ms: int) -> None:
     @app.task(name="dur.noop")
     def noop() -> None: ...
@@ -73,7 +85,9 @@ def test_bad_durations_name_the_value(app: TaskPipe, bad: Any) -> None:
     def noop() -> None: ...
 
     for option in ("delay", "result_ttl", "timeout", "retry_backoff"):
-        with pytest.raises(DurationError, match="invalid duration " + repr(bad).replace("[", r"\[")):
+        with pytest.raises(
+            DurationError, match="invalid duration " + repr(bad).replace("[", r"\[")
+        ):
             noop.apply_async(**{option: bad})
     for option in ("timeout", "retry_backoff", "retry_backoff_max", "result_ttl", "hard_timeout"):
         with pytest.raises(DurationError) as info:
@@ -104,8 +118,8 @@ def test_priority_jobs_go_to_the_head(app: TaskPipe) -> None:
     work.delay("n1")
     work.delay("n2")
     work.apply_async(["p1"], priority=True)
-    urgent.delay("p2")                            # task-level priority
-    urgent.apply_async(["n3"], priority=False)    # a call option overrides the task's
+    urgent.delay("p2")  # task-level priority
+    urgent.apply_async(["n3"], priority=False)  # a call option overrides the task's
     work.delay("n4")
     burst(app, concurrency=1)
     # priority jobs jump the queue; among themselves the newest runs first (Thoonk v1: RPUSH)
@@ -343,9 +357,9 @@ def test_retries_call_option_and_app_default(broker_url: str, prefix: str) -> No
         runs.append(label)
         raise OSError(label)
 
-    count.delay("app-default")                   # 1 retry: 2 runs
-    count.apply_async(["none"], retries=0)       # 1 run
-    count.apply_async(["three"], retries=3)      # 4 runs
+    count.delay("app-default")  # 1 retry: 2 runs
+    count.apply_async(["none"], retries=0)  # 1 run
+    count.apply_async(["three"], retries=3)  # 4 runs
     burst(app)
     assert sorted(runs) == sorted(["app-default"] * 2 + ["none"] + ["three"] * 4)
     app.close()
@@ -388,6 +402,7 @@ def test_stall_on_failure(app: TaskPipe) -> None:
     assert f"taskpipe jobs retry {r.id}" in str(stalled.value)
     from taskpipe.cli.admin import jobs
     from taskpipe.cli.main import cli
+
     assert cli.commands["jobs"] is jobs and "retry" in jobs.commands
     assert "retry" not in cli.commands
     with pytest.raises(ConfigError):
@@ -427,7 +442,8 @@ def test_a_task_max_cancels_below_the_apps_stalls_on_the_next_claim(app: TaskPip
 
 @pytest.mark.redis_smoke
 def test_the_reaper_spares_a_task_whose_max_cancels_is_above_the_apps(
-        broker_url: str, prefix: str) -> None:
+    broker_url: str, prefix: str
+) -> None:
     app = TaskPipe(broker=broker_url, prefix=prefix, max_cancels=1)
     try:
         ran: list[int] = []

@@ -58,8 +58,9 @@ def test_broker_from_argument(broker_url: str, prefix: str) -> None:
     app.close()
 
 
-def test_broker_from_env_var(monkeypatch: pytest.MonkeyPatch, redis_server: Any,
-                             prefix: str) -> None:
+def test_broker_from_env_var(
+    monkeypatch: pytest.MonkeyPatch, redis_server: Any, prefix: str
+) -> None:
     monkeypatch.setenv("TASKPIPE_BROKER_URL", redis_server.url)
     app = TaskPipe(prefix=prefix)
     assert app.broker_url == redis_server.url
@@ -79,9 +80,19 @@ def test_broker_default_url(monkeypatch: pytest.MonkeyPatch) -> None:
     app.close()
 
 
-@pytest.mark.parametrize("url", ["", "   ", "localhost:6379", "http://127.0.0.1:6379",
-                                 "redis://127.0.0.1:notaport/0", "redis://127.0.0.1:6379/db",
-                                 "redis://:6379/0", "unix://"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        "   ",
+        "localhost:6379",
+        "http://127.0.0.1:6379",
+        "redis://127.0.0.1:notaport/0",
+        "redis://127.0.0.1:6379/db",
+        "redis://:6379/0",
+        "unix://",
+    ],
+)
 def test_bad_broker_url(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(BrokerURLError):
         TaskPipe(broker=url)
@@ -139,15 +150,28 @@ def test_task_decorator_bare_and_local_call(app: TaskPipe) -> None:
 
 
 def test_task_decorator_options(app: TaskPipe) -> None:
-    @app.task(name="opts.send_mail", channel="mail", priority=True, timeout="30s", retries=3,
-              retry_backoff="2s", result_ttl="1h")
+    @app.task(
+        name="opts.send_mail",
+        channel="mail",
+        priority=True,
+        timeout="30s",
+        retries=3,
+        retry_backoff="2s",
+        result_ttl="1h",
+    )
     def send_mail(to: str) -> str:
         return f"sent to {to}"
 
     assert send_mail.name == "opts.send_mail" and app.tasks["opts.send_mail"] is send_mail
     o = send_mail.options
-    assert (o.channel, o.priority, o.timeout, o.retries, o.retry_backoff, o.result_ttl) == \
-        ("mail", True, "30s", 3, "2s", "1h")
+    assert (o.channel, o.priority, o.timeout, o.retries, o.retry_backoff, o.result_ttl) == (
+        "mail",
+        True,
+        "30s",
+        3,
+        "2s",
+        "1h",
+    )
     assert send_mail.channel == "mail"
     r = send_mail.delay("ann@example.org")
     assert r.channel == "mail"
@@ -243,15 +267,18 @@ def test_send_from_producer_without_the_tasks(app: TaskPipe, prefix: str) -> Non
     assert r2.channel == "billing"
     burst(app, ["default", "billing"])
     assert r.get(timeout=5) == {"customer": "c-1", "cents": 250}
-    assert producer.AsyncResult(r2.id, channel="billing").get(timeout=5) == \
-        {"customer": "c-2", "cents": 10}
+    assert producer.AsyncResult(r2.id, channel="billing").get(timeout=5) == {
+        "customer": "c-2",
+        "cents": 10,
+    }
 
 
 @pytest.mark.timeout(60)
 def test_send_to_a_worker_process(redis_server: Any, prefix: str, tmp_path: Path) -> None:
     """The producer has none of the worker's code; the worker is another process; the
     on_finish callable runs here, in the publishing process."""
-    (tmp_path / "remote_tasks.py").write_text(textwrap.dedent("""
+    (tmp_path / "remote_tasks.py").write_text(
+        textwrap.dedent("""
         import os
         from taskpipe import TaskPipe
 
@@ -264,7 +291,8 @@ def test_send_to_a_worker_process(redis_server: Any, prefix: str, tmp_path: Path
         @app.task(name="remote.boom")
         def boom():
             raise KeyError("nope")
-    """))
+    """)
+    )
     producer = TaskPipe(broker=redis_server.url, prefix=prefix)
     done = threading.Event()
     got: list[Any] = []
@@ -276,11 +304,32 @@ def test_send_to_a_worker_process(redis_server: Any, prefix: str, tmp_path: Path
 
     r = producer.send("remote.mul", (6, 7), on_finish=on_finish)
     bad = producer.send("remote.boom", on_finish=on_finish)
-    env = {**os.environ, "TASKPIPE_BROKER_URL": redis_server.url, "TP_PREFIX": prefix,
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
-    proc = subprocess.run([sys.executable, "-m", "taskpipe", "worker", "-A", "remote_tasks:app",
-                           "--burst", "-c", "2", "-l", "WARNING"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=45)
+    env = {
+        **os.environ,
+        "TASKPIPE_BROKER_URL": redis_server.url,
+        "TP_PREFIX": prefix,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "taskpipe",
+            "worker",
+            "-A",
+            "remote_tasks:app",
+            "--burst",
+            "-c",
+            "2",
+            "-l",
+            "WARNING",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=45,
+    )
     assert proc.returncode == 0, proc.stderr
     value = r.get(timeout=10)
     assert value["product"] == 42 and value["pid"] != os.getpid()
@@ -491,22 +540,25 @@ def test_raw_channel_interoperates_with_plain_thoonk(app: TaskPipe, prefix: str)
     assert app.AsyncResult(job_id, channel="legacy").get(timeout=1) == b"RESIZE:CAT.PNG\0tail"
 
 
-@pytest.mark.parametrize(("args", "kwargs"), [
-    (5, None),            # was a bare TypeError: 'int' object is not iterable
-    ("abc", None),        # was published as three arguments 'a', 'b', 'c'
-    (b"ab", None),
-    ({"a": 1}, None),     # a dict's keys became the arguments
-    ((), 5),              # was a bare TypeError from dict(5)
-    ((), [("a", 1)]),
-])
-def test_send_refuses_args_and_kwargs_of_the_wrong_shape(app: TaskPipe, args: Any,
-                                                         kwargs: Any) -> None:
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        (5, None),  # was a bare TypeError: 'int' object is not iterable
+        ("abc", None),  # was published as three arguments 'a', 'b', 'c'
+        (b"ab", None),
+        ({"a": 1}, None),  # a dict's keys became the arguments
+        ((), 5),  # was a bare TypeError from dict(5)
+        ((), [("a", 1)]),
+    ],
+)
+def test_send_refuses_args_and_kwargs_of_the_wrong_shape(
+    app: TaskPipe, args: Any, kwargs: Any
+) -> None:
     @app.task(name="shape.t")
     def t(*a: Any, **k: Any) -> None:
         return None
 
-    for publish in (lambda: app.send("shape.t", args, kwargs),
-                    lambda: t.apply_async(args, kwargs)):
+    for publish in (lambda: app.send("shape.t", args, kwargs), lambda: t.apply_async(args, kwargs)):
         with pytest.raises(SerializationError, match="must be a"):
             publish()
     assert app.thoonk.client.hlen(app.channel().keys.items) == 0  # nothing was published

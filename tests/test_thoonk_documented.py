@@ -123,7 +123,10 @@ def test_creating_a_feed(thoonk: Thoonk) -> None:
     test_sorted = thoonk.sorted_feed("sorted name")
     assert isinstance(test_job, Job)
     assert {thoonk.get_type(n) for n in ("queue name", "job channel name", "sorted name")} == {
-        "queue", "job", "sorted_feed"}
+        "queue",
+        "job",
+        "sorted_feed",
+    }
     assert test_queue.name == "queue name" and test_sorted.name == "sorted name"
 
 
@@ -134,7 +137,11 @@ def test_configuring_a_feed(thoonk: Thoonk) -> None:
     assert thoonk.get_config("feed_name")["max_length"] == "3"
     thoonk.set_config("feed_name", {"max_length": 4, "type": "queue"})  # type stays what it is
     assert thoonk.get_config("feed_name") | {"schema": ""} == {
-        "type": "feed", "max_length": "4", "title": "news", "schema": ""}
+        "type": "feed",
+        "max_length": "4",
+        "title": "news",
+        "schema": "",
+    }
     with pytest.raises(ConfigError):
         thoonk.set_config("feed_name", "{not json")
     with pytest.raises(ConfigError):
@@ -157,26 +164,34 @@ def test_feed_registry(thoonk: Thoonk) -> None:
 # Subscribing to a feed -------------------------------------------------------------------------
 def test_subscribing_to_a_feed(thoonk: Thoonk) -> None:
     calls = Calls()
-    for notice in ("create_notice", "delete_notice", "publish_notice", "retract_notice",
-                   "edit_notice", "position_notice", "finish_notice", "config_notice"):
+    for notice in (
+        "create_notice",
+        "delete_notice",
+        "publish_notice",
+        "retract_notice",
+        "edit_notice",
+        "position_notice",
+        "finish_notice",
+        "config_notice",
+    ):
         thoonk.register_handler(notice, calls.handler(notice))
     thoonk.start_listener()
     feed = thoonk.feed("test_feed")
-    calls.expect("create_notice", "test_feed")                        # args: feedname
+    calls.expect("create_notice", "test_feed")  # args: feedname
     calls.expect("config_notice", "test_feed")
     feed.publish("item contents", id="x")
     calls.expect("publish_notice", "test_feed", b"item contents", "x")  # feedname, item, id
     feed.publish("edited", id="x")
     calls.expect("edit_notice", "test_feed", b"edited", "x")
     feed.retract("x")
-    calls.expect("retract_notice", "test_feed", "x")                  # feedname, id
+    calls.expect("retract_notice", "test_feed", "x")  # feedname, id
     job = thoonk.job("jobs")
     jid = job.put("work")
     job.get(timeout=5)
     job.finish(jid, "done", result=True)
-    calls.expect("finish_notice", "jobs", jid, b"done")               # feedname, id, result
+    calls.expect("finish_notice", "jobs", jid, b"done")  # feedname, id, result
     thoonk.delete_feed("jobs")
-    calls.expect("delete_notice", "jobs")                             # args: feedname
+    calls.expect("delete_notice", "jobs")  # args: feedname
     removed = Calls()
     handler = removed.handler("removed")
     thoonk.register_handler("publish_notice", handler)
@@ -201,8 +216,10 @@ def test_position_notice(thoonk: Thoonk) -> None:
     deck.append("b")
     deck.move(":1", "2")
     assert [calls.next() for _ in range(3)] == [
-        ("position", "deck", "1", ":end"), ("position", "deck", "2", ":end"),
-        ("position", "deck", "2", ":1")]                              # feedname, id, relpos
+        ("position", "deck", "1", ":end"),
+        ("position", "deck", "2", ":end"),
+        ("position", "deck", "2", ":1"),
+    ]  # feedname, id, relpos
 
 
 # Using a feed ----------------------------------------------------------------------------------
@@ -234,15 +251,19 @@ def test_using_a_feed(thoonk: Thoonk) -> None:
 # Using a sorted feed ---------------------------------------------------------------------------
 def test_inserting_in_a_sorted_feed(thoonk: Thoonk) -> None:
     sorted_feed = thoonk.sorted_feed("sortedfeed_name")
-    sorted_feed.append("new last item")                    # 1
-    sorted_feed.prepend("new first item")                  # 2
-    sorted_feed.publish("another new last item")           # 3
-    sorted_feed.publish_before("3", "new item")            # 4
-    sorted_feed.publish_after("1", "new item after 1")     # 5
+    sorted_feed.append("new last item")  # 1
+    sorted_feed.prepend("new first item")  # 2
+    sorted_feed.publish("another new last item")  # 3
+    sorted_feed.publish_before("3", "new item")  # 4
+    sorted_feed.publish_after("1", "new item after 1")  # 5
     assert sorted_feed.get_ids() == ["2", "1", "5", "4", "3"]
     assert list(sorted_feed.get_all().items()) == [
-        ("2", b"new first item"), ("1", b"new last item"), ("5", b"new item after 1"),
-        ("4", b"new item"), ("3", b"another new last item")]
+        ("2", b"new first item"),
+        ("1", b"new last item"),
+        ("5", b"new item after 1"),
+        ("4", b"new item"),
+        ("3", b"another new last item"),
+    ]
     with pytest.raises(ItemNotFound):
         sorted_feed.publish_before("99", "x")
     with pytest.raises(ItemNotFound):
@@ -252,18 +273,18 @@ def test_inserting_in_a_sorted_feed(thoonk: Thoonk) -> None:
 def test_moving_an_item_in_a_sorted_feed(thoonk: Thoonk) -> None:
     sorted_feed = thoonk.sorted_feed("sortedfeed_name")
     for item in "abcd":
-        sorted_feed.append(item)                             # ids 1..4
+        sorted_feed.append(item)  # ids 1..4
     sorted_feed.move_first("3")
     assert sorted_feed.get_ids() == ["3", "1", "2", "4"]
     sorted_feed.move_last("3")
     assert sorted_feed.get_ids() == ["1", "2", "4", "3"]
-    sorted_feed.move_before("1", "4")                        # ('existing id', 'item id')
+    sorted_feed.move_before("1", "4")  # ('existing id', 'item id')
     assert sorted_feed.get_ids() == ["4", "1", "2", "3"]
     sorted_feed.move_after("2", "4")
     assert sorted_feed.get_ids() == ["1", "2", "4", "3"]
-    sorted_feed.move(":2", "3")                              # before existing item 2
+    sorted_feed.move(":2", "3")  # before existing item 2
     assert sorted_feed.get_ids() == ["1", "3", "2", "4"]
-    sorted_feed.move("4:", "1")                              # after existing item 4
+    sorted_feed.move("4:", "1")  # after existing item 4
     assert sorted_feed.get_ids() == ["3", "2", "4", "1"]
     sorted_feed.move("begin:", "1")
     assert sorted_feed.get_ids() == ["1", "3", "2", "4"]
@@ -284,18 +305,21 @@ def test_sorted_feed_old_move_order_warns(thoonk: Thoonk) -> None:
     assert sorted_feed.get_ids() == ["1", "2", "3"]
 
 
-@pytest.mark.parametrize("call,error", [
-    (lambda sf: sf.move("middle", "1"), InvalidPosition),      # unknown relpos
-    (lambda sf: sf.move("1:2", "1"), InvalidPosition),
-    (lambda sf: sf.move(":1", "1"), InvalidPosition),          # relative to itself
-    (lambda sf: sf.move(":99", "1"), ItemNotFound),            # missing pivot
-    (lambda sf: sf.move(":end", "99"), ItemNotFound),          # missing item
-    (lambda sf: sf.move_before("99", "1"), ItemNotFound),
-    (lambda sf: sf.move_after("1", "99"), ItemNotFound),
-    (lambda sf: sf.move_first("99"), ItemNotFound),
-    (lambda sf: sf.move_last(None), TypeError),                # wrong object type
-    (lambda sf: sf.move(None, "1"), InvalidPosition),
-])
+@pytest.mark.parametrize(
+    "call,error",
+    [
+        (lambda sf: sf.move("middle", "1"), InvalidPosition),  # unknown relpos
+        (lambda sf: sf.move("1:2", "1"), InvalidPosition),
+        (lambda sf: sf.move(":1", "1"), InvalidPosition),  # relative to itself
+        (lambda sf: sf.move(":99", "1"), ItemNotFound),  # missing pivot
+        (lambda sf: sf.move(":end", "99"), ItemNotFound),  # missing item
+        (lambda sf: sf.move_before("99", "1"), ItemNotFound),
+        (lambda sf: sf.move_after("1", "99"), ItemNotFound),
+        (lambda sf: sf.move_first("99"), ItemNotFound),
+        (lambda sf: sf.move_last(None), TypeError),  # wrong object type
+        (lambda sf: sf.move(None, "1"), InvalidPosition),
+    ],
+)
 def test_sorted_feed_bad_input(thoonk: Thoonk, call: Any, error: type[Exception]) -> None:
     sorted_feed = thoonk.sorted_feed("deck")
     sorted_feed.append("a")
@@ -350,7 +374,7 @@ def test_publishing_and_claiming_jobs(thoonk: Thoonk) -> None:
     job.put("priority job", priority=job.HIGH)
     data = job.get()
     assert isinstance(data, JobClaim)
-    id, item, cancel_count = data          # thoonk.py 1.0.1's triple
+    id, item, cancel_count = data  # thoonk.py 1.0.1's triple
     assert (item, cancel_count) == (b"priority job", 0)
     assert data.id == id and data.item == item and data.cancel_count == 0 and data.token
     timed_data = job.get(timeout=5)
@@ -382,12 +406,12 @@ def test_cancel_stall_retry_retract(thoonk: Thoonk) -> None:
     job = thoonk.job("job_feed")
     jid = job.put("job contents")
     job.get(timeout=5)
-    job.cancel(jid)                        # back in the queue, count +1
+    job.cancel(jid)  # back in the queue, count +1
     again_id, _, cancel_count = job.get(timeout=5)
     assert (again_id, cancel_count) == (jid, 1)
     job.stall(jid)
     with pytest.raises(Empty):
-        job.get(timeout=0.05)              # a stalled job is not dispatched
+        job.get(timeout=0.05)  # a stalled job is not dispatched
     job.retry(jid)
     assert job.get(timeout=5).id == jid
     job.retract(jid)
@@ -397,7 +421,7 @@ def test_cancel_stall_retry_retract(thoonk: Thoonk) -> None:
             call(jid)
     other = job.put("x")
     with pytest.raises(WrongJobState):
-        job.finish(other)                  # not claimed
+        job.finish(other)  # not claimed
 
 
 def test_finishing_a_job(thoonk: Thoonk, prefix: str) -> None:
@@ -405,19 +429,19 @@ def test_finishing_a_job(thoonk: Thoonk, prefix: str) -> None:
     ids = [job.put(f"query {i}") for i in range(4)]
     for _ in ids:
         job.get(timeout=5)
-    job.finish(ids[0])                                               # a plain acknowledgement
-    job.finish(ids[1], "result contents", result=True)              # a result for the owner
-    job.finish(ids[2], "result contents", result=True, timeout=5)   # kept 5 s
-    job.finish(ids[3], "taskpipe form")                              # a result, taskpipe's form
+    job.finish(ids[0])  # a plain acknowledgement
+    job.finish(ids[1], "result contents", result=True)  # a result for the owner
+    job.finish(ids[2], "result contents", result=True, timeout=5)  # kept 5 s
+    job.finish(ids[3], "taskpipe form")  # a result, taskpipe's form
     pttl = thoonk.client.pttl(job.keys.result(ids[2]))
     assert 0 < pttl <= 5000
     assert 0 < thoonk.client.pttl(job.keys.query(ids[2])) <= 5000
-    assert thoonk.client.pttl(job.keys.result(ids[1])) > 5000     # the default: one day
+    assert thoonk.client.pttl(job.keys.result(ids[1])) > 5000  # the default: one day
     query, result = job.get_result(ids[1], timeout=5)
     assert (query, result) == (b"query 1", b"result contents")
     assert job.get_result(ids[2], timeout=5) == (b"query 2", b"result contents")
     assert job.get_result(ids[3], timeout=5) == (b"query 3", b"taskpipe form")
-    assert thoonk.client.get(job.keys.result(ids[0])) is None     # nothing kept for a plain ack
+    assert thoonk.client.get(job.keys.result(ids[0])) is None  # nothing kept for a plain ack
     assert all(job.info(i).state == "finished" for i in ids)
 
 
@@ -426,7 +450,7 @@ def test_finish_result_false_and_old_keyword(thoonk: Thoonk) -> None:
     a, b = job.put("qa"), job.put("qb")
     job.get(timeout=5)
     job.get(timeout=5)
-    job.finish(a, "dropped", result=False)         # thoonk.py: no result without result=True
+    job.finish(a, "dropped", result=False)  # thoonk.py: no result without result=True
     assert thoonk.client.get(job.keys.result(a)) is None
     with pytest.warns(DeprecationWarning, match="result=True"):
         job.finish(b, result=b"old form")
@@ -459,8 +483,7 @@ def test_thoonk_jobs_publish_with_on_finish(thoonk: Thoonk) -> None:
     job_publisher = thoonk.job("coolJobChannel")
     finished: stdlib_queue.Queue[bytes | None] = stdlib_queue.Queue()
     jid = job_publisher.publish(b'{"whatever": "you need as json"}', on_finish=finished.put)
-    custom = job_publisher.publish(b"custom", id="customId", priority=True,
-                                   on_finish=finished.put)
+    custom = job_publisher.publish(b"custom", id="customId", priority=True, on_finish=finished.put)
     plain = job_publisher.publish(b"no callback")
     assert custom == "customId" and len(jid) == 32 and plain
     job_worker = thoonk.job("coolJobChannel")
@@ -481,7 +504,7 @@ def test_thoonk_jobs_publish_with_on_finish(thoonk: Thoonk) -> None:
 def test_bad_input_to_the_documented_calls(thoonk: Thoonk) -> None:
     thoonk.create_feed("a_feed")
     with pytest.raises(WrongFeedType):
-        thoonk.job("a_feed")                       # wrong object type
+        thoonk.job("a_feed")  # wrong object type
     with pytest.raises(WrongFeedType):
         thoonk.create_feed("x", {"type": "list"})
     with pytest.raises(ConfigError):
@@ -497,7 +520,7 @@ def test_bad_input_to_the_documented_calls(thoonk: Thoonk) -> None:
         job.get(timeout=-1)
     with pytest.raises(JobNotFound):
         job.finish("missing id", "r", result=True)
-    assert job.info(jid).state == "claimed"        # none of the refused calls changed it
+    assert job.info(jid).state == "claimed"  # none of the refused calls changed it
     queue = thoonk.queue("q")
     with pytest.raises(SerializationError):
         queue.put(None)  # type: ignore[arg-type]
@@ -511,8 +534,11 @@ def test_bad_input_to_the_documented_calls(thoonk: Thoonk) -> None:
 def test_bad_wait_timeouts_are_typed_errors(thoonk: Thoonk, bad: object) -> None:
     # get(timeout=nan) blocked forever; "soon" raised a bare TypeError from a comparison
     job, queue = thoonk.job("job_feed"), thoonk.queue("q")
-    for call in (lambda: job.get(timeout=bad), lambda: queue.get(timeout=bad),  # type: ignore[arg-type]
-                 lambda: job.get_result("some id", timeout=bad)):  # type: ignore[arg-type]
+    for call in (
+        lambda: job.get(timeout=bad),  # type: ignore[arg-type]
+        lambda: queue.get(timeout=bad),  # type: ignore[arg-type]
+        lambda: job.get_result("some id", timeout=bad),  # type: ignore[arg-type]
+    ):
         with pytest.raises(DurationError):  # a ConfigError and a ValueError
             call()
 
@@ -549,9 +575,14 @@ def test_documented_calls_raise_broker_unavailable_when_redis_is_down() -> None:
         port = s.getsockname()[1]
     down = Thoonk("127.0.0.1", port, 0)
     try:
-        for call in (lambda: down.feed_exists("f"), down.get_feed_names,
-                     lambda: down.create_feed("f"), lambda: down.delete_feed("f"),
-                     lambda: down.feed("f"), lambda: down.job("j")):
+        for call in (
+            lambda: down.feed_exists("f"),
+            down.get_feed_names,
+            lambda: down.create_feed("f"),
+            lambda: down.delete_feed("f"),
+            lambda: down.feed("f"),
+            lambda: down.job("j"),
+        ):
             with pytest.raises(BrokerUnavailable):
                 call()
     finally:

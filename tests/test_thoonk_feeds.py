@@ -140,8 +140,10 @@ def test_events_nul_framing(feed: Feed, sub: Any) -> None:
     s = sub(k.ch_publish, k.ch_edit)
     item_id = feed.publish(b"a\0b")
     feed.publish(b"c\0d", id=item_id)
-    assert s.take(2) == [(k.ch_publish, item_id.encode() + b"\0a\0b"),
-                         (k.ch_edit, item_id.encode() + b"\0c\0d")]
+    assert s.take(2) == [
+        (k.ch_publish, item_id.encode() + b"\0a\0b"),
+        (k.ch_edit, item_id.encode() + b"\0c\0d"),
+    ]
 
 
 def test_legacy_written_items_are_readable(feed: Feed, thoonk: Thoonk) -> None:
@@ -224,8 +226,9 @@ def test_eviction_is_bounded_per_call(thoonk: Thoonk, monkeypatch: pytest.Monkey
 
 
 # refused calls -----------------------------------------------------------------------------
-def test_retract_unknown_id_changes_nothing(feed: Feed, thoonk: Thoonk, prefix: str,
-                                            sub: Any) -> None:
+def test_retract_unknown_id_changes_nothing(
+    feed: Feed, thoonk: Thoonk, prefix: str, sub: Any
+) -> None:
     feed.publish(b"x")
     s = sub(feed.keys.ch_retract)
     before = snapshot(thoonk.client, prefix)

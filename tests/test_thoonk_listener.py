@@ -26,8 +26,10 @@ def recorder(listener: Listener, events: tuple[str, ...] = EVENTS) -> queue.Queu
     """Register a callback on each event that records ``(event, feed, id, payload)``."""
     seen: queue.Queue[Event] = queue.Queue()
     for event in events:
+
         def callback(feed: str, item_id: str, payload: bytes | None, event: str = event) -> None:
             seen.put((event, feed, item_id, payload))
+
         listener.on(event, callback)
     return seen
 
@@ -50,7 +52,9 @@ def take(seen: queue.Queue[Event], n: int, timeout: float = 5.0) -> list[Event]:
 def listening(thoonk: Thoonk) -> Iterator[Callable[..., tuple[Listener, queue.Queue[Event]]]]:
     started: list[Listener] = []
 
-    def make(t: Thoonk = thoonk, events: tuple[str, ...] = EVENTS) -> tuple[Listener, queue.Queue[Event]]:
+    def make(
+        t: Thoonk = thoonk, events: tuple[str, ...] = EVENTS
+    ) -> tuple[Listener, queue.Queue[Event]]:
         listener = t.listener()
         seen = recorder(listener, events)
         listener.start()
@@ -94,8 +98,9 @@ def test_sorted_feed_and_registry_events(thoonk: Thoonk, listening: Any) -> None
     ]
 
 
-def test_finish_payload_with_and_without_result(thoonk: Thoonk, listening: Any,
-                                                prefix: str) -> None:
+def test_finish_payload_with_and_without_result(
+    thoonk: Thoonk, listening: Any, prefix: str
+) -> None:
     _, seen = listening(events=("finish",))
     thoonk.client.publish(prefix + "job.finish:jobs", b"j1\0result\0with nul")
     thoonk.client.publish(prefix + "job.finish:jobs", b"j2")
@@ -107,8 +112,9 @@ def test_finish_payload_with_and_without_result(thoonk: Thoonk, listening: Any,
     ]
 
 
-def test_other_prefixes_are_not_heard(thoonk: Thoonk, conn: Connection, listening: Any,
-                                      prefix: str) -> None:
+def test_other_prefixes_are_not_heard(
+    thoonk: Thoonk, conn: Connection, listening: Any, prefix: str
+) -> None:
     _, seen = listening()
     other = Thoonk(connection=conn, prefix="other" + prefix)
     other.feed("news").publish(b"elsewhere")
@@ -117,8 +123,9 @@ def test_other_prefixes_are_not_heard(thoonk: Thoonk, conn: Connection, listenin
     assert take(seen, 1) == [("publish", "news", "2", b"mine")]
 
 
-def test_glob_characters_in_prefix_are_literal(conn: Connection, prefix: str,
-                                               listening: Any) -> None:
+def test_glob_characters_in_prefix_are_literal(
+    conn: Connection, prefix: str, listening: Any
+) -> None:
     odd = Thoonk(connection=conn, prefix="[ab]*?" + prefix)
     _, seen = listening(odd, ("publish",))
     odd.client.publish("a" + prefix + "feed.publish:f", b"1\0would match the glob")
@@ -143,9 +150,14 @@ def test_callback_error_is_logged_and_thread_lives(thoonk: Thoonk, caplog: Any) 
         assert [e[2] for e in take(seen, 2)] == [first, second]
         assert listener.running
     assert not listener.running
-    assert sum("callback bug" in (r.exc_text or "") or
-               (r.exc_info is not None and "callback bug" in str(r.exc_info[1]))
-               for r in caplog.records) == 2
+    assert (
+        sum(
+            "callback bug" in (r.exc_text or "")
+            or (r.exc_info is not None and "callback bug" in str(r.exc_info[1]))
+            for r in caplog.records
+        )
+        == 2
+    )
 
 
 def test_on_off_and_bad_event(thoonk: Thoonk, listening: Any) -> None:

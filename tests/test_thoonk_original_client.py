@@ -35,12 +35,23 @@ def _find_python2() -> tuple[str, dict[str, str]] | None:
     site = os.environ.get("TASKPIPE_THOONK_PY2_PATH") or str(ROOT / ".thoonk-py2")
     env = {**os.environ, "PYTHONPATH": site}
     env.pop("PYTHONHOME", None)
-    candidates = [os.environ.get("TASKPIPE_PYTHON2", ""), shutil.which("python2.7") or "",
-                  *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/2.7*/bin/python2.7")))]
+    candidates = [
+        os.environ.get("TASKPIPE_PYTHON2", ""),
+        shutil.which("python2.7") or "",
+        *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/2.7*/bin/python2.7"))),
+    ]
     for py in filter(None, candidates):
         try:
-            ok = subprocess.run([py, "-c", "import thoonk, redis"], env=env, cwd="/",
-                                capture_output=True, timeout=30).returncode == 0
+            ok = (
+                subprocess.run(
+                    [py, "-c", "import thoonk, redis"],
+                    env=env,
+                    cwd="/",
+                    capture_output=True,
+                    timeout=30,
+                ).returncode
+                == 0
+            )
         except (OSError, subprocess.TimeoutExpired):
             continue
         if ok:
@@ -49,8 +60,10 @@ def _find_python2() -> tuple[str, dict[str, str]] | None:
 
 
 PY2 = _find_python2()
-pytestmark = pytest.mark.skipif(PY2 is None, reason="no Python 2.7 with the original thoonk.py "
-                                                    "(run scripts/install-thoonk-py2.sh)")
+pytestmark = pytest.mark.skipif(
+    PY2 is None,
+    reason="no Python 2.7 with the original thoonk.py (run scripts/install-thoonk-py2.sh)",
+)
 
 PRELUDE = textwrap.dedent("""
     import sys, thoonk
@@ -85,9 +98,20 @@ class Original:
         url = urlparse(server.url)
         py, env = PY2
         self.proc = subprocess.Popen(
-            [py, "-c", PRELUDE + textwrap.dedent(body), url.hostname or "127.0.0.1",
-             str(url.port), name], env=env, cwd="/", stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
+            [
+                py,
+                "-c",
+                PRELUDE + textwrap.dedent(body),
+                url.hostname or "127.0.0.1",
+                str(url.port),
+                name,
+            ],
+            env=env,
+            cwd="/",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def line(self) -> str:
         """The script's next printed line (a repr); the watchdog kills a script that hangs."""
@@ -97,7 +121,9 @@ class Original:
             text = self.proc.stdout.readline()
         finally:
             timer.cancel()
-        assert text, f"the thoonk.py script ended: {self.proc.stderr.read() if self.proc.stderr else ''}"
+        assert text, (
+            f"the thoonk.py script ended: {self.proc.stderr.read() if self.proc.stderr else ''}"
+        )
         return text.rstrip("\n")
 
     def done(self) -> None:
@@ -134,36 +160,46 @@ def app(redis_server: RedisServer) -> Iterator[TaskPipe]:  # thoonk.py knows no 
 
 
 def test_original_producer_gets_the_empty_result_of_a_raw_task(
-        app: TaskPipe, redis_server: RedisServer, name: str) -> None:
+    app: TaskPipe, redis_server: RedisServer, name: str
+) -> None:
     @app.task(raw=True, channel=name)
     def handle(item: bytes) -> bytes:
         assert item == b"resize cat.png"
         return b""
 
-    original = Original(redis_server, name, """
+    original = Original(
+        redis_server,
+        name,
+        """
         j = t.job(name)
         ps = finish_listener()
         say(j.put('resize cat.png'))
         say(first_finish(ps))
-    """)
+    """,
+    )
     jid = eval(original.line())  # noqa: S307 - the repr of a str printed by our own script
     assert burst(app, [name]) == {"finished": 1}
     assert original.line() == repr(jid + "\0")  # before issue 13: nothing, the producer waited
     original.done()
 
 
-def test_original_producer_never_sees_an_error_blob(app: TaskPipe, redis_server: RedisServer,
-                                                     name: str) -> None:
+def test_original_producer_never_sees_an_error_blob(
+    app: TaskPipe, redis_server: RedisServer, name: str
+) -> None:
     @app.task(raw=True, channel=name)
     def handle(item: bytes) -> bytes:
         raise ValueError("cannot resize")
 
-    original = Original(redis_server, name, """
+    original = Original(
+        redis_server,
+        name,
+        """
         j = t.job(name)
         ps = finish_listener()
         say(j.put('resize cat.png'))
         say(first_finish(ps))
-    """)
+    """,
+    )
     jid = eval(original.line())  # noqa: S307
     assert burst(app, [name]) == {"stalled": 1}
     assert app.channel(name).info(jid).reason == "failed: ValueError: cannot resize"
@@ -179,18 +215,24 @@ def test_original_worker_fires_on_finish(redis_server: RedisServer, name: str) -
         finished: stdlib_queue.Queue[tuple[str, bytes | None]] = stdlib_queue.Queue()
         a = publisher.publish(b"first", on_finish=lambda r: finished.put(("a", r)))
         b = publisher.publish(b"second", on_finish=lambda r: finished.put(("b", r)))
-        original = Original(redis_server, name, """
+        original = Original(
+            redis_server,
+            name,
+            """
             j = t.job(name)
             for result in ('', 'the results'):
                 id, item, cancelled = j.get(timeout=20)
                 say((id, item, cancelled))
                 j.finish(id, result)
-        """)
+        """,
+        )
         assert original.line() == repr((a, "first", 0))
         assert original.line() == repr((b, "second", 0))
         original.done()
         assert sorted([finished.get(timeout=WATCHDOG), finished.get(timeout=WATCHDOG)]) == [
-            ("a", b""), ("b", b"the results")]
+            ("a", b""),
+            ("b", b"the results"),
+        ]
         # a legacy finish keeps nothing: get_result has no result to return (the job is gone)
         assert publisher.info(a).state == "unknown"
     finally:
@@ -203,7 +245,10 @@ def test_original_listener_reads_taskpipe_events(redis_server: RedisServer, name
         feed = thoonk.feed(name)
         deck = thoonk.sorted_feed(name + "-deck")
         job = thoonk.job_channel(name + "-jobs")
-        original = Original(redis_server, name, """
+        original = Original(
+            redis_server,
+            name,
+            """
             import threading
             seen = []
             done = threading.Event()
@@ -222,33 +267,42 @@ def test_original_listener_reads_taskpipe_events(redis_server: RedisServer, name
             for event in seen:
                 say(event)
             say(t.feed(name).get_ids())
-        """)
+        """,
+        )
         assert original.line() == repr("ready")
         feed.publish(b"a", id="a")
         feed.publish(b"b", id="b")
         feed.publish(b"a edited", id="a")  # an edit: the original sees feed.edit, a moves last
         feed.retract("b")
-        deck.append(b"card")               # a publish and a position event
+        deck.append(b"card")  # a publish and a position event
         jid = job.put(b"x")
         claim = job.claim(1)[0]
         job.finish(jid, b"", token=claim.token)
         events = [eval(original.line()) for _ in range(7)]  # noqa: S307
         # its feed list comes in arbitrary order; only the ids and payloads matter
-        assert sorted(events) == sorted([
-            ("publish", name, "a", "a"), ("publish", name, "b", "b"),
-            ("edit", name, "a edited", "a"), ("retract", name, "b"),
-            ("publish", name + "-deck", "card", "1"), ("position", name + "-deck", "1", ":end"),
-            ("finish", name + "-jobs", jid, "")])
+        assert sorted(events) == sorted(
+            [
+                ("publish", name, "a", "a"),
+                ("publish", name, "b", "b"),
+                ("edit", name, "a edited", "a"),
+                ("retract", name, "b"),
+                ("publish", name + "-deck", "card", "1"),
+                ("position", name + "-deck", "1", ":end"),
+                ("finish", name + "-jobs", jid, ""),
+            ]
+        )
         assert original.line() == repr(["a"])
         original.done()
     finally:
         thoonk.close()
 
 
-def test_original_worker_beside_numbered_priorities(app: TaskPipe, redis_server: RedisServer,
-                                                    name: str) -> None:
+def test_original_worker_beside_numbered_priorities(
+    app: TaskPipe, redis_server: RedisServer, name: str
+) -> None:
     """thoonk.py claims taskpipe's normal and True-priority jobs as ever; numbered jobs
     (``priority=0..9``, in ``feed.prio``) are left to taskpipe, which claims them in order."""
+
     @app.task(name="flow.job", channel=name)
     def job(x: str) -> str:
         return x
@@ -257,7 +311,10 @@ def test_original_worker_beside_numbered_priorities(app: TaskPipe, redis_server:
     high = job.apply_async(("high",), priority=0).id
     normal = job.delay("normal").id
     head = job.apply_async(("head",), priority=True).id
-    original = Original(redis_server, name, """
+    original = Original(
+        redis_server,
+        name,
+        """
         j = t.job(name)
         for _ in range(2):
             id, item, cancelled = j.get(timeout=20)
@@ -268,7 +325,8 @@ def test_original_worker_beside_numbered_priorities(app: TaskPipe, redis_server:
             say('got one')
         except thoonk.exceptions.Empty:
             say('empty')
-    """)
+    """,
+    )
     assert original.line() == repr(head)
     assert original.line() == repr(normal)
     assert original.line() == repr("empty")  # the numbered jobs wait for taskpipe

@@ -52,8 +52,11 @@ def test_wire_layout(q: Queue, thoonk: Thoonk, prefix: str) -> None:
     assert c.lindex(ids_key, -1) == p.encode()
     assert c.lrange(ids_key, 0, -1) == [b.encode(), a.encode(), p.encode()]
     assert q.get_ids() == [b, a, p]
-    assert c.hgetall(prefix + "feed.items:work") == {a.encode(): b"a", b.encode(): b"b",
-                                                      p.encode(): b"p"}
+    assert c.hgetall(prefix + "feed.items:work") == {
+        a.encode(): b"a",
+        b.encode(): b"b",
+        p.encode(): b"p",
+    }
     assert c.get(prefix + "feed.publishes:work") == b"3"
     assert c.hget(prefix + "feed.config:work", "type") == b"queue"
     wake = prefix + "feed.wake:work"

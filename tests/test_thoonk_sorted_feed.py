@@ -37,8 +37,11 @@ def events(conn: Connection, sf: SortedFeed) -> Iterator[Any]:
         msg = pubsub.get_message(timeout=0.5)
         seen += bool(msg and msg["type"] == "subscribe")
     assert seen == 3
-    names = {k.ch_publish.encode(): "publish", k.ch_position.encode(): "position",
-             k.ch_retract.encode(): "retract"}
+    names = {
+        k.ch_publish.encode(): "publish",
+        k.ch_position.encode(): "position",
+        k.ch_retract.encode(): "retract",
+    }
 
     def take(n: int, timeout: float = 5.0) -> list[tuple[str, bytes]]:
         out: list[tuple[str, bytes]] = []
@@ -104,10 +107,14 @@ def test_insert_events(sf: SortedFeed, events: Any) -> None:
     sf.publish_before("1", b"c")
     sf.publish_after("1", b"d")
     assert events(8) == [
-        ("publish", b"1\0a\0x"), ("position", b"1\0:end"),
-        ("publish", b"2\0b"), ("position", b"2\0begin:"),
-        ("publish", b"3\0c"), ("position", b"3\0:1"),
-        ("publish", b"4\0d"), ("position", b"4\x001:"),
+        ("publish", b"1\0a\0x"),
+        ("position", b"1\0:end"),
+        ("publish", b"2\0b"),
+        ("position", b"2\0begin:"),
+        ("publish", b"3\0c"),
+        ("position", b"3\0:1"),
+        ("publish", b"4\0d"),
+        ("position", b"4\x001:"),
     ]
 
 
@@ -122,14 +129,17 @@ def test_edit(sf: SortedFeed, thoonk: Thoonk, events: Any) -> None:
     assert events(5)[4:] == [("publish", b"1\0A")]
 
 
-@pytest.mark.parametrize("relpos,expected", [
-    ("begin:", ["3", "1", "2", "4"]),
-    (":end", ["1", "2", "4", "3"]),
-    (":1", ["3", "1", "2", "4"]),
-    ("1:", ["1", "3", "2", "4"]),
-    (":4", ["1", "2", "3", "4"]),
-    ("4:", ["1", "2", "4", "3"]),
-])
+@pytest.mark.parametrize(
+    "relpos,expected",
+    [
+        ("begin:", ["3", "1", "2", "4"]),
+        (":end", ["1", "2", "4", "3"]),
+        (":1", ["3", "1", "2", "4"]),
+        ("1:", ["1", "3", "2", "4"]),
+        (":4", ["1", "2", "3", "4"]),
+        ("4:", ["1", "2", "4", "3"]),
+    ],
+)
 def test_move(sf: SortedFeed, events: Any, relpos: str, expected: list[str]) -> None:
     for item in "abcd":
         sf.append(item)
@@ -201,25 +211,29 @@ def test_move_puts_back_an_item_dropped_from_the_ordering(sf: SortedFeed, thoonk
 
 
 # refused calls -----------------------------------------------------------------------------
-@pytest.mark.parametrize("call,error", [
-    (lambda sf: sf.move(":2", "2"), InvalidPosition),
-    (lambda sf: sf.move("2:", "2"), InvalidPosition),
-    (lambda sf: sf.move_before("2", "2"), InvalidPosition),
-    (lambda sf: sf.move("1:2", "2"), InvalidPosition),
-    (lambda sf: sf.move("middle", "2"), InvalidPosition),
-    (lambda sf: sf.move(":", "2"), InvalidPosition),
-    (lambda sf: sf.move(":99", "2"), ItemNotFound),
-    (lambda sf: sf.move("99:", "2"), ItemNotFound),
-    (lambda sf: sf.move(":end", "99"), ItemNotFound),
-    (lambda sf: sf.move("begin:", "99"), ItemNotFound),
-    (lambda sf: sf.publish_before("99", b"x"), ItemNotFound),
-    (lambda sf: sf.publish_after("99", b"x"), ItemNotFound),
-    (lambda sf: sf.edit("99", b"x"), ItemNotFound),
-    (lambda sf: sf.retract("99"), ItemNotFound),
-    (lambda sf: sf.move(5, "2"), InvalidPosition),
-])
-def test_refused_calls_change_nothing(sf: SortedFeed, thoonk: Thoonk, prefix: str,
-                                      events: Any, call: Any, error: type[Exception]) -> None:
+@pytest.mark.parametrize(
+    "call,error",
+    [
+        (lambda sf: sf.move(":2", "2"), InvalidPosition),
+        (lambda sf: sf.move("2:", "2"), InvalidPosition),
+        (lambda sf: sf.move_before("2", "2"), InvalidPosition),
+        (lambda sf: sf.move("1:2", "2"), InvalidPosition),
+        (lambda sf: sf.move("middle", "2"), InvalidPosition),
+        (lambda sf: sf.move(":", "2"), InvalidPosition),
+        (lambda sf: sf.move(":99", "2"), ItemNotFound),
+        (lambda sf: sf.move("99:", "2"), ItemNotFound),
+        (lambda sf: sf.move(":end", "99"), ItemNotFound),
+        (lambda sf: sf.move("begin:", "99"), ItemNotFound),
+        (lambda sf: sf.publish_before("99", b"x"), ItemNotFound),
+        (lambda sf: sf.publish_after("99", b"x"), ItemNotFound),
+        (lambda sf: sf.edit("99", b"x"), ItemNotFound),
+        (lambda sf: sf.retract("99"), ItemNotFound),
+        (lambda sf: sf.move(5, "2"), InvalidPosition),
+    ],
+)
+def test_refused_calls_change_nothing(
+    sf: SortedFeed, thoonk: Thoonk, prefix: str, events: Any, call: Any, error: type[Exception]
+) -> None:
     for item in "abc":
         sf.append(item)
     assert len(events(6)) == 6
@@ -232,8 +246,9 @@ def test_refused_calls_change_nothing(sf: SortedFeed, thoonk: Thoonk, prefix: st
     assert events(1) == [("retract", b"marker")]
 
 
-def test_pivot_in_items_but_not_in_ordering_is_missing(sf: SortedFeed, thoonk: Thoonk,
-                                                       prefix: str) -> None:
+def test_pivot_in_items_but_not_in_ordering_is_missing(
+    sf: SortedFeed, thoonk: Thoonk, prefix: str
+) -> None:
     sf.append(b"a")
     sf.append(b"b")
     thoonk.client.lrem(sf.keys.ids, 0, "1")

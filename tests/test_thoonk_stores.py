@@ -73,8 +73,11 @@ def test_cron_store_registers_and_reads(thoonk: Thoonk) -> None:
     store.register({"a": {"task": "t.a", "expr": "* * * * *"}, "b": {"task": "t.b"}})
     assert store.names() == {"a", "b"}
     assert store.state("a") == {"task": "t.a", "expr": "* * * * *"}
-    assert store.states(["a", "b", "c"]) == {"a": {"task": "t.a", "expr": "* * * * *"},
-                                             "b": {"task": "t.b"}, "c": {}}
+    assert store.states(["a", "b", "c"]) == {
+        "a": {"task": "t.a", "expr": "* * * * *"},
+        "b": {"task": "t.b"},
+        "c": {},
+    }
     store.note("b", {"last_error": "CronError: boom"})
     assert store.state("b")["last_error"] == "CronError: boom"
     assert thoonk.client.exists(thoonk.keys.cron_state("a"))  # the documented key
@@ -169,7 +172,9 @@ def test_paged_reads(ch: JobChannel) -> None:
     for i in range(4):
         ch.put(b"x", id=f"a{i}")
     total, page = ch.page_available(1, 2)
-    assert total == 4 and [i for i, _ in page] == ["a1", "a2"] and all(s is not None for _, s in page)
+    assert (
+        total == 4 and [i for i, _ in page] == ["a1", "a2"] and all(s is not None for _, s in page)
+    )
     assert ch.page_available(10, 2) == (4, [])
     claims = ch.claim(1, lease_ms=LONG_LEASE, worker="w1")
     ch.set_progress(claims[0].id, "1/2", token=claims[0].token)
@@ -219,7 +224,11 @@ def test_finish_subscription_confirms_and_reports(thoonk: Thoonk) -> None:
         _finish(ch, "f1", b"out")
         notice = wait_for(lambda: sub.next(0.5), what="finish")
         assert (notice.kind, notice.channel, notice.job_id, notice.result) == (
-            "finish", "subbed", "f1", b"out")
+            "finish",
+            "subbed",
+            "f1",
+            b"out",
+        )
         sub.reset()
         assert sub.channels == set() and sub.next(0.01) is None
     finally:
@@ -239,7 +248,9 @@ def test_registry_stamps_started_with_server_time(thoonk: Thoonk) -> None:
 def test_event_channel_names_come_from_keys() -> None:
     keys = Keyspace("app*1:")
     assert keys.ch_event("finish", "emails") == "app*1:job.finish:emails"
-    assert keys.job("emails").ch_finish == keys.feed("emails").ch_finish == "app*1:job.finish:emails"
+    assert (
+        keys.job("emails").ch_finish == keys.feed("emails").ch_finish == "app*1:job.finish:emails"
+    )
     assert keys.ch_event_pattern("publish") == "app\\*1:feed.publish:*"
     assert keys.object_of("finish", b"app*1:job.finish:{e}") == "{e}"
     assert keys.object_of("finish", "app*1:feed.publish:e") is None

@@ -107,14 +107,17 @@ def test_empty_result_publishes_id_nul(thoonk: Thoonk, r: Any) -> None:
         empty, ack, stored = job.put(b"a"), job.put(b"b"), job.put(b"c")
         claims = {c.id: c for c in job.claim(3)}
         job.finish(empty, b"", token=claims[empty].token)
-        job.finish(ack, token=claims[ack].token)           # a plain acknowledgement: silent
+        job.finish(ack, token=claims[ack].token)  # a plain acknowledgement: silent
         job.finish(stored, b"", result_ttl_ms=60_000, token=claims[stored].token)
         r.publish(k.ch_finish, b"marker")
-        assert [d for _, d in sub.take(3)] == [empty.encode() + b"\0", stored.encode() + b"\0",
-                                               b"marker"]
+        assert [d for _, d in sub.take(3)] == [
+            empty.encode() + b"\0",
+            stored.encode() + b"\0",
+            b"marker",
+        ]
     finally:
         sub.close()
-    assert job.get_result(stored) == b""                   # stored, and not "no result"
+    assert job.get_result(stored) == b""  # stored, and not "no result"
     assert job.get_result(ack) is None
 
 
@@ -140,15 +143,16 @@ def test_on_finish_fires_for_a_v1_worker(thoonk: Thoonk, r: Any) -> None:
     publisher = thoonk.job("jobs")
     finished: stdlib_queue.Queue[bytes | None] = stdlib_queue.Queue()
     jid = publisher.publish(b"work", on_finish=finished.put)
-    got_id, item = v1_get(r, publisher.keys)               # a legacy worker claims it ...
+    got_id, item = v1_get(r, publisher.keys)  # a legacy worker claims it ...
     assert (got_id, item) == (jid, b"work")
-    v1_finish(r, publisher.keys, jid, b"")                 # ... and finishes with an empty result
+    v1_finish(r, publisher.keys, jid, b"")  # ... and finishes with an empty result
     assert finished.get(timeout=WATCHDOG) == b""
 
 
 # 2. a raw task that raises -------------------------------------------------------------------------
-def test_failing_raw_task_is_stalled_never_finished_with_an_error_blob(app: TaskPipe,
-                                                                      prefix: str) -> None:
+def test_failing_raw_task_is_stalled_never_finished_with_an_error_blob(
+    app: TaskPipe, prefix: str
+) -> None:
     calls: list[bytes] = []
 
     @app.task(raw=True, channel="legacy")
@@ -170,7 +174,7 @@ def test_failing_raw_task_is_stalled_never_finished_with_an_error_blob(app: Task
         assert info.state == "stalled"
         assert info.reason == "failed: ValueError: cannot resize"
         assert ch.stalled_ids() == [jid] and r.hget(k.items, jid) == b"cat.png"
-        ch.retry(jid)                                      # what the CLI / dashboard retry does
+        ch.retry(jid)  # what the CLI / dashboard retry does
         assert burst(app, ["legacy"]) == {"finished": 1}
         # the only thing a v1 producer ever saw on job.finish is the real result
         assert sub.take(1) == [(k.ch_finish, jid.encode() + b"\0CAT.PNG")]
@@ -212,9 +216,9 @@ def test_feed_edit_order_agrees_with_a_v1_client(thoonk: Thoonk, r: Any) -> None
         return time.time() * 1000 > newest + 1
 
     wait_for(after_newest, what="the client clock to pass the newest score")
-    v1_feed_publish(r, k, "a", b"a edited by v1")     # a legacy edit: a moves to the end
+    v1_feed_publish(r, k, "a", b"a edited by v1")  # a legacy edit: a moves to the end
     assert feed.get_ids() == ["b", "c", "a"]
-    feed.publish(b"b edited by taskpipe", id="b")     # a taskpipe edit: the same rule
+    feed.publish(b"b edited by taskpipe", id="b")  # a taskpipe edit: the same rule
     assert feed.get_ids() == ["c", "a", "b"]
     # the order a v1 reader sees (ZRANGE) and get_all's dict agree
     assert [i.decode() for i in r.zrange(k.ids, 0, -1)] == list(feed.get_all()) == ["c", "a", "b"]
@@ -226,7 +230,8 @@ def test_worker_poll_interval_option(tmp_path: Path, monkeypatch: pytest.MonkeyP
     from taskpipe.cli import cli
 
     (tmp_path / "pollapp.py").write_text(
-        "from taskpipe import TaskPipe\napp = TaskPipe(broker='memory://pollapp')\n")
+        "from taskpipe import TaskPipe\napp = TaskPipe(broker='memory://pollapp')\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     seen: dict[str, Any] = {}
 

@@ -95,9 +95,20 @@ def test_worker_refuses_a_bool_count_from_any_producer() -> None:
 
 # JobState and the outcome kinds ----------------------------------------------------------------
 def test_job_state_is_its_wire_string() -> None:
-    assert [s.value for s in JobState] == ["delayed", "waiting", "available", "claimed", "stalled",
-                                           "finished", "failed", "aborted", "expired", "timeout",
-                                           "retracted", "unknown"]
+    assert [s.value for s in JobState] == [
+        "delayed",
+        "waiting",
+        "available",
+        "claimed",
+        "stalled",
+        "finished",
+        "failed",
+        "aborted",
+        "expired",
+        "timeout",
+        "retracted",
+        "unknown",
+    ]
     wire: str = "finished"  # (a str typed as str: mypy rejects comparing two literals)
     assert JobState.FINISHED == wire and isinstance(JobState.FINISHED, str)
     assert JobState("stalled") is JobState.STALLED
@@ -107,9 +118,13 @@ def test_job_state_is_its_wire_string() -> None:
     assert STATES == tuple(JobState)
     # failed, timeout, aborted and expired are read from a finished job's stored result,
     # retracted from a record (task layer)
-    assert set(CHANNEL_STATES) == set(JobState) - {JobState.FAILED, JobState.TIMEOUT,
-                                                   JobState.ABORTED, JobState.EXPIRED,
-                                                   JobState.RETRACTED}
+    assert set(CHANNEL_STATES) == set(JobState) - {
+        JobState.FAILED,
+        JobState.TIMEOUT,
+        JobState.ABORTED,
+        JobState.EXPIRED,
+        JobState.RETRACTED,
+    }
     assert set(LISTABLE_STATES) == set(QUEUED_STATES) | set(DONE_STATES)
     assert LIST_STATES == LISTABLE_STATES
 
@@ -167,16 +182,27 @@ def test_inspection_rows_and_outcomes_are_typed(mem: TaskPipe) -> None:
 
 def test_worker_outcome_kinds_and_events() -> None:
     kinds = set(get_args(OutcomeKind))
-    assert kinds == {"success", "failure", "retry", "stall", "cancel", "release", "aborted",
-                     "expired"}
+    assert kinds == {
+        "success",
+        "failure",
+        "retry",
+        "stall",
+        "cancel",
+        "release",
+        "aborted",
+        "expired",
+    }
     events = set(get_args(WorkerEvent))
     assert {"finished", "failed", "retried", "stalled", "cancelled", "lease_lost"} <= events
 
 
 # WorkerSettings --------------------------------------------------------------------------------
 def test_worker_settings_and_keywords_are_the_same(mem: TaskPipe) -> None:
-    by_settings = Worker(mem, ["a"], settings=WorkerSettings(concurrency=3, lease="40s",
-                                                             grace=5, prefetch=0, name="w1"))
+    by_settings = Worker(
+        mem,
+        ["a"],
+        settings=WorkerSettings(concurrency=3, lease="40s", grace=5, prefetch=0, name="w1"),
+    )
     by_keywords = Worker(mem, ["a"], concurrency=3, lease="40s", grace=5, prefetch=0, name="w1")
     for w in (by_settings, by_keywords):
         assert (w.concurrency, w.lease_s, w.grace, w.prefetch, w.name) == (3, 40.0, 5.0, 0, "w1")
@@ -205,22 +231,26 @@ def test_worker_refuses_an_unknown_keyword_by_name(mem: TaskPipe) -> None:
         Worker(mem, **options)
 
 
-@pytest.mark.parametrize(("options", "error", "match"), [
-    ({"concurrency": -1}, ConfigError, "concurrency"),
-    ({"concurrency": True}, ConfigError, "concurrency"),
-    ({"prefetch": -1}, ConfigError, "prefetch"),
-    ({"prefetch": 1.5}, ConfigError, "prefetch"),
-    ({"pool": "fork"}, ConfigError, "unknown pool 'fork'"),
-    ({"lease": "soon"}, DurationError, "invalid duration 'soon'"),
-    # the app refuses a lease under 50ms; a worker's own lease must too (with lease 0 every
-    # claim expired at once: the reaper requeued running jobs until they stalled worker_lost)
-    ({"lease": 0}, ConfigError, "lease must be at least 50ms"),
-    ({"lease": "10ms"}, ConfigError, "lease must be at least 50ms"),
-    ({"grace": -1}, DurationError, "negative"),
-    ({"dead_after": "1m1m"}, DurationError, "1m1m"),
-])
-def test_bad_settings_are_refused_when_made(mem: TaskPipe, options: dict[str, Any],
-                                            error: type[Exception], match: str) -> None:
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"concurrency": -1}, ConfigError, "concurrency"),
+        ({"concurrency": True}, ConfigError, "concurrency"),
+        ({"prefetch": -1}, ConfigError, "prefetch"),
+        ({"prefetch": 1.5}, ConfigError, "prefetch"),
+        ({"pool": "fork"}, ConfigError, "unknown pool 'fork'"),
+        ({"lease": "soon"}, DurationError, "invalid duration 'soon'"),
+        # the app refuses a lease under 50ms; a worker's own lease must too (with lease 0 every
+        # claim expired at once: the reaper requeued running jobs until they stalled worker_lost)
+        ({"lease": 0}, ConfigError, "lease must be at least 50ms"),
+        ({"lease": "10ms"}, ConfigError, "lease must be at least 50ms"),
+        ({"grace": -1}, DurationError, "negative"),
+        ({"dead_after": "1m1m"}, DurationError, "1m1m"),
+    ],
+)
+def test_bad_settings_are_refused_when_made(
+    mem: TaskPipe, options: dict[str, Any], error: type[Exception], match: str
+) -> None:
     with pytest.raises(error, match=match):
         WorkerSettings(**options)
     with pytest.raises(error, match=match):

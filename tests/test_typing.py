@@ -17,9 +17,17 @@ ROOT = HERE.parent.parent
 
 @pytest.fixture(scope="module")
 def report() -> dict[str, set[tuple[int, str]]]:
-    out, err, _ = mypy_api.run(["--strict", "--show-error-codes", "--no-error-summary",
-                                "--config-file", str(ROOT / "pyproject.toml"),
-                                str(HERE / "typed_ok.py"), str(HERE / "typed_errors.py")])
+    out, err, _ = mypy_api.run(
+        [
+            "--strict",
+            "--show-error-codes",
+            "--no-error-summary",
+            "--config-file",
+            str(ROOT / "pyproject.toml"),
+            str(HERE / "typed_ok.py"),
+            str(HERE / "typed_errors.py"),
+        ]
+    )
     found: dict[str, set[tuple[int, str]]] = {"typed_ok.py": set(), "typed_errors.py": set()}
     for line in out.splitlines():
         m = re.match(r"^(.*?):(\d+): error: .*\[([a-z-]+)\]$", line)
@@ -35,8 +43,10 @@ def test_correct_calls_pass(report: dict[str, set[tuple[int, str]]]) -> None:
 
 
 def test_wrong_calls_are_type_errors(report: dict[str, set[tuple[int, str]]]) -> None:
-    expected = {(n, m.group(1)) for n, line in
-                enumerate((HERE / "typed_errors.py").read_text().splitlines(), 1)
-                if (m := re.search(r"# E: ([a-z-]+)$", line))}
+    expected = {
+        (n, m.group(1))
+        for n, line in enumerate((HERE / "typed_errors.py").read_text().splitlines(), 1)
+        if (m := re.search(r"# E: ([a-z-]+)$", line))
+    }
     assert len(expected) >= 10
     assert report["typed_errors.py"] == expected

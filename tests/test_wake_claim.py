@@ -79,7 +79,8 @@ def test_commands_run_after_a_timeout_too(plain: Connection, prefix: str) -> Non
 
 
 def test_a_refused_command_is_returned_and_the_connection_stays_in_step(
-        plain: Connection, prefix: str) -> None:
+    plain: Connection, prefix: str
+) -> None:
     waiter = plain.list_waiter([prefix + "wake"])
     woke, replies = waiter.wait_then(0.01, ("EVALSHA", "0" * 40, 0), ("PING",))
     assert not woke
@@ -105,7 +106,9 @@ def test_memory_broker_has_no_pipelined_wait() -> None:
         c.close()
 
 
-def test_a_job_put_while_blocked_is_claimed_by_the_same_call(plain: Connection, prefix: str) -> None:
+def test_a_job_put_while_blocked_is_claimed_by_the_same_call(
+    plain: Connection, prefix: str
+) -> None:
     th = Thoonk(connection=plain, prefix=prefix)
     job = th.job("wakeclaim")
     job.claim(1)  # loads the claim script
@@ -160,11 +163,19 @@ print("returned", flush=True)
 """
 
 
-def test_a_process_killed_while_blocked_never_claims(redis_server: RedisServer, prefix: str) -> None:
+def test_a_process_killed_while_blocked_never_claims(
+    redis_server: RedisServer, prefix: str
+) -> None:
     r = redis.Redis(port=redis_server.port)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-c", _BLOCKER, redis_server.url, prefix],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _BLOCKER, redis_server.url, prefix],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "blocking"
         wait_for(lambda: _blocked_clients(r) >= 1, what="the child's BLPOP to block")
@@ -193,7 +204,8 @@ def app(redis_server: RedisServer, prefix: str) -> Iterator[TaskPipe]:
 
 
 def test_idle_worker_runs_the_job_on_the_pool_thread_that_claimed_it(
-        app: TaskPipe, monkeypatch: pytest.MonkeyPatch) -> None:
+    app: TaskPipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import taskpipe.worker.worker as worker_module
 
     claimed_on: list[tuple[str, int]] = []

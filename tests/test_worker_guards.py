@@ -23,8 +23,9 @@ from taskpipe.thoonk.job import JobChannel
 pytestmark = pytest.mark.timeout(60)
 
 
-def test_an_envelope_over_max_payload_is_stalled_undecoded(app: TaskPipe,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_envelope_over_max_payload_is_stalled_undecoded(
+    app: TaskPipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
     runs: list[str] = []
 
     @app.task(name="record")
@@ -33,8 +34,9 @@ def test_an_envelope_over_max_payload_is_stalled_undecoded(app: TaskPipe,
         return tag
 
     app.max_payload = 16_384
-    huge = encode_envelope("record", ("x" * 200_000,), {}, {}, serializer=app.serializer,
-                           max_size=None)
+    huge = encode_envelope(
+        "record", ("x" * 200_000,), {}, {}, serializer=app.serializer, max_size=None
+    )
     app.channel(app.default_channel).put(huge, id="huge")
     neighbours = [record.delay(f"n{i}") for i in range(4)]
     decoded: list[int] = []
@@ -63,8 +65,9 @@ def _held_claim(app: TaskPipe, worker: Worker) -> Any:
     return claim
 
 
-def test_lease_renewal_failure_is_logged_as_what_is_known(app: TaskPipe,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_lease_renewal_failure_is_logged_as_what_is_known(
+    app: TaskPipe, caplog: pytest.LogCaptureFixture
+) -> None:
     w = Worker(app, heartbeat_interval=60.0)
     claim = _held_claim(app, w)
     app.channel(app.default_channel).retract(claim.id)  # gone while this worker still holds it
@@ -77,7 +80,8 @@ def test_lease_renewal_failure_is_logged_as_what_is_known(app: TaskPipe,
 
 
 def test_no_lease_warning_for_a_job_this_worker_just_finished(
-        app: TaskPipe, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    app: TaskPipe, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The finisher wrote the outcome between the keeper's snapshot and its renewal."""
     w = Worker(app, heartbeat_interval=60.0)
     claim = _held_claim(app, w)
@@ -101,8 +105,9 @@ def lru_redis() -> Iterator[RedisServer]:
     server.cleanup()
 
 
-def test_a_finish_that_finds_its_job_evicted_is_a_warning(lru_redis: RedisServer, prefix: str,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_a_finish_that_finds_its_job_evicted_is_a_warning(
+    lru_redis: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Redis evicts whole keys; deleting the channel's ``claimed`` set stands in for that."""
     app = TaskPipe(broker=lru_redis.url, prefix=prefix)
     release = threading.Event()
@@ -114,8 +119,10 @@ def test_a_finish_that_finds_its_job_evicted_is_a_warning(lru_redis: RedisServer
 
     try:
         job = hold.delay()
-        with caplog.at_level(logging.WARNING, logger="taskpipe.worker"), \
-                worker_running(app, concurrency=1) as w:
+        with (
+            caplog.at_level(logging.WARNING, logger="taskpipe.worker"),
+            worker_running(app, concurrency=1) as w,
+        ):
             ch = app.channel(app.default_channel)
             wait_for(lambda: ch.info(job.id).state == "claimed", what="the claim")
             lru_redis.client().delete(ch.keys.claimed)  # evicted under memory pressure
@@ -130,7 +137,8 @@ def test_a_finish_that_finds_its_job_evicted_is_a_warning(lru_redis: RedisServer
 
 
 def test_a_job_sent_back_before_starts_only_once_held_outcomes_are_written(
-        app: TaskPipe, monkeypatch: pytest.MonkeyPatch) -> None:
+    app: TaskPipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A job with a cancel count may be what killed a worker: before it starts, the worker
     writes the outcomes it holds, so a crash it causes cannot take a finished job's outcome
     with it (the innocent job would run again, and be stalled after ``max_cancels``)."""

@@ -67,7 +67,9 @@ def test_shutdown_gives_prefetched_jobs_back_to_the_head_unstarted(app: TaskPipe
     t = threading.Thread(target=w.run, daemon=True)
     t.start()
     ch = app.channel("held")
-    wait_for(lambda: started == [0] and len(w.running) == 4, what="one running job and 3 prefetched")
+    wait_for(
+        lambda: started == [0] and len(w.running) == 4, what="one running job and 3 prefetched"
+    )
     assert ch.counts()["claimed"] == 4 and ch.counts()["available"] == 2
     w.stop()
     wait_for(lambda: ch.counts()["available"] == 5, what="the prefetched jobs to be given back")

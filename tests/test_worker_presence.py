@@ -37,8 +37,10 @@ def test_sigkill_mid_task_is_recovered_through_presence(harness: Harness, pool: 
     assert victim.wait() == -signal.SIGKILL
     # a rerun returns at once (the rescuer's pid): it is back long before the 60 s lease
     assert job.get(timeout=45) == rescuer.pid
-    print(f"\nSIGKILL -> finished elsewhere ({pool} pool, lease 60 s): "
-          f"{time.monotonic() - killed_at:.2f} s")
+    print(
+        f"\nSIGKILL -> finished elsewhere ({pool} pool, lease 60 s): "
+        f"{time.monotonic() - killed_at:.2f} s"
+    )
     assert h.runs(job.id) == 2
     out = rescuer.output()
     assert "worker victim is gone" in out and f"job default/{job.id} of a dead worker" in out, out
@@ -71,8 +73,9 @@ def test_sigstop_is_reaped_only_after_the_lease(harness: Harness) -> None:
     h.check_ledger()
 
 
-def test_a_redis_restart_is_not_taken_for_a_death(tmp_path: Path, prefix: str,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_redis_restart_is_not_taken_for_a_death(
+    tmp_path: Path, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Redis restarts (AOF): every subscription is gone at once, the presence set is not. The
     running worker subscribes again within the grace, so the other worker's reaper never takes
     its job: it finishes once, in the worker that had it, with no cancel."""
@@ -87,13 +90,18 @@ def test_a_redis_restart_is_not_taken_for_a_death(tmp_path: Path, prefix: str,
         other = h.worker("-c", "1", "--name", "other", TP_TEST_LEASE="60s")
         wait_for(lambda: "other" in h.registered(), what="the other worker to register")
         server.restart()
-        wait_for(lambda: "presence subscription re-made" in runner.output(),
-                 what="the runner to subscribe again")
+        wait_for(
+            lambda: "presence subscription re-made" in runner.output(),
+            what="the runner to subscribe again",
+        )
         # two heartbeats of the other worker after that: its reaper (every 0.5 s) ran since
         key = h.app.thoonk.keys.worker_info("other")
         beat0 = int(h.r.hget(key, "heartbeat") or 0)
-        wait_for(lambda: int(h.r.hget(key, "heartbeat") or 0) >= beat0 + 3, timeout=30,
-                 what="the other worker's keeper to run on")
+        wait_for(
+            lambda: int(h.r.hget(key, "heartbeat") or 0) >= beat0 + 3,
+            timeout=30,
+            what="the other worker's keeper to run on",
+        )
         assert job.get(timeout=30) == runner.pid
         assert h.runs(job.id) == 1
         assert "is gone" not in other.output() and "expired" not in other.output(), other.output()

@@ -196,16 +196,21 @@ if os.environ.get("TP_TEST_HOLD_FINISH"):
 class Harness:
     """One test's task module, its app (loaded in the test process too), Redis and workers."""
 
-    def __init__(self, tmp_path: Path, redis_url: str, prefix: str,
-                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(
+        self, tmp_path: Path, redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         self.tmp = tmp_path
         self.url = redis_url
         self.prefix = prefix
         self.module = f"tpw_{uuid.uuid4().hex[:10]}"
         (tmp_path / f"{self.module}.py").write_text(APP_SOURCE)
         self.app_path = f"{self.module}:app"
-        self.base_env = {"TP_TEST_BROKER": redis_url, "TP_TEST_PREFIX": prefix,
-                         "TP_TEST_LEASE": "1s", "TP_TEST_MAX_CANCELS": "3"}
+        self.base_env = {
+            "TP_TEST_BROKER": redis_url,
+            "TP_TEST_PREFIX": prefix,
+            "TP_TEST_LEASE": "1s",
+            "TP_TEST_MAX_CANCELS": "3",
+        }
         for key, value in self.base_env.items():
             monkeypatch.setenv(key, value)
         monkeypatch.syspath_prepend(str(tmp_path))
@@ -215,20 +220,33 @@ class Harness:
         self.jobs: dict[str, tuple[str, int]] = {}  # id -> (channel, max runs allowed)
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("QUEUE", "TASKPIPE_QUEUES",
-                                                                "TASKPIPE_APP")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("QUEUE", "TASKPIPE_QUEUES", "TASKPIPE_APP")
+        }
         env.update(self.base_env)
-        env["PYTHONPATH"] = os.pathsep.join([str(self.tmp), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env["PYTHONPATH"] = os.pathsep.join([str(self.tmp), env.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        )
         env.update(extra)
         return env
 
-    def worker(self, *args: str, env: dict[str, str] | None = None, new_session: bool = False,
-               **extra_env: str) -> WorkerProcess:
+    def worker(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        new_session: bool = False,
+        **extra_env: str,
+    ) -> WorkerProcess:
         """Start ``taskpipe worker -A <module>:app <args>``."""
         n = len(self.workers)
-        w = WorkerProcess(["worker", "-A", self.app_path, *args],
-                          env if env is not None else self.env(**extra_env),
-                          self.tmp / f"worker{n}.log", new_session=new_session)
+        w = WorkerProcess(
+            ["worker", "-A", self.app_path, *args],
+            env if env is not None else self.env(**extra_env),
+            self.tmp / f"worker{n}.log",
+            new_session=new_session,
+        )
         self.workers.append(w)
         return w
 
@@ -320,8 +338,9 @@ def test_thread_pool_runs_jobs_with_progress_and_logs(harness: Harness) -> None:
 def test_async_pool_runs_coroutines_concurrently_and_times_them_out(harness: Harness) -> None:
     results = [harness.send("async_record", f"a{i}") for i in range(6)]
     stuck = harness.send("async_stuck")
-    w = Worker(harness.app, ["default"], concurrency=8, pool="async", burst=True,
-               heartbeat_interval=60)
+    w = Worker(
+        harness.app, ["default"], concurrency=8, pool="async", burst=True, heartbeat_interval=60
+    )
     assert w.run() == 0
     assert sorted(r.get(timeout=5) for r in results) == sorted(f"a{i}" for i in range(6))
     # the coroutines overlapped on the one event loop
@@ -335,8 +354,15 @@ def test_async_pool_runs_coroutines_concurrently_and_times_them_out(harness: Har
 def test_process_pool_runs_jobs_in_children(harness: Harness) -> None:
     results = [harness.send("slow", 0.0, f"p{i}") for i in range(6)]
     rep = harness.send("report", 5)
-    w = Worker(harness.app, ["default"], concurrency=2, pool="process",
-               app_path=harness.app_path, burst=True, heartbeat_interval=60)
+    w = Worker(
+        harness.app,
+        ["default"],
+        concurrency=2,
+        pool="process",
+        app_path=harness.app_path,
+        burst=True,
+        heartbeat_interval=60,
+    )
     assert w.run() == 0
     pids = {r.get(timeout=5) for r in results}
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
@@ -350,12 +376,19 @@ def test_process_pool_runs_jobs_in_children(harness: Harness) -> None:
 
 def test_process_pool_timeouts_and_child_death(harness: Harness) -> None:
     harness.app.max_cancels = 2
-    spin = harness.send("spin")                      # CPU-bound, past its hard timeout
-    soft = harness.send("soft")                      # soft timeout raises inside the child
-    dead = harness.send("exit3", max_runs=3)          # kills its child every time
+    spin = harness.send("spin")  # CPU-bound, past its hard timeout
+    soft = harness.send("soft")  # soft timeout raises inside the child
+    dead = harness.send("exit3", max_runs=3)  # kills its child every time
     after = [harness.send("record", f"after{i}") for i in range(3)]
-    w = Worker(harness.app, ["default"], concurrency=1, pool="process",
-               app_path=harness.app_path, burst=True, heartbeat_interval=60)
+    w = Worker(
+        harness.app,
+        ["default"],
+        concurrency=1,
+        pool="process",
+        app_path=harness.app_path,
+        burst=True,
+        heartbeat_interval=60,
+    )
     assert w.run() == 0
     with pytest.raises(TaskFailed) as err:
         spin.get(timeout=5)
@@ -375,8 +408,15 @@ def test_process_pool_timeouts_and_child_death(harness: Harness) -> None:
 def test_process_pool_hard_timeout_retries_by_policy(harness: Harness) -> None:
     spin = harness.send("spin", max_runs=2, retries=1, retry_backoff=0.05)
     ok = harness.send("record", "next")
-    w = Worker(harness.app, ["default"], concurrency=1, pool="process",
-               app_path=harness.app_path, burst=True, heartbeat_interval=60)
+    w = Worker(
+        harness.app,
+        ["default"],
+        concurrency=1,
+        pool="process",
+        app_path=harness.app_path,
+        burst=True,
+        heartbeat_interval=60,
+    )
     assert w.run() == 0
     with pytest.raises(TaskFailed) as err:
         spin.get(timeout=5)
@@ -388,8 +428,14 @@ def test_process_pool_hard_timeout_retries_by_policy(harness: Harness) -> None:
 
 def test_process_pool_replaces_a_child_killed_by_a_signal(harness: Harness) -> None:
     job = harness.send("slow", 30.0, max_runs=2)
-    w = Worker(harness.app, ["default"], concurrency=1, pool="process",
-               app_path=harness.app_path, heartbeat_interval=60)
+    w = Worker(
+        harness.app,
+        ["default"],
+        concurrency=1,
+        pool="process",
+        app_path=harness.app_path,
+        heartbeat_interval=60,
+    )
     t = run_worker_in_thread(w)
     try:
         child = wait_for(lambda: harness.flag("started", job.id), what="the job to start")
@@ -488,8 +534,13 @@ def test_channels_from_the_environment(harness: Harness, var: str) -> None:
 def test_worker_help_lists_every_option(harness: Harness) -> None:
     from taskpipe.cli.worker_cmd import worker
 
-    out = subprocess.run([sys.executable, "-m", "taskpipe", "worker", "--help"], env=harness.env(),
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "taskpipe", "worker", "--help"],
+        env=harness.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     for param in worker.params:
         for opt in param.opts:

@@ -20,8 +20,9 @@ POOLS = [("thread", "guarded"), ("process", "guarded"), ("async", "aguarded")]
 
 
 @pytest.mark.parametrize("pool, task", POOLS)
-def test_a_job_published_after_the_signal_runs_elsewhere_at_once(harness: Harness, pool: str,
-                                                                 task: str) -> None:
+def test_a_job_published_after_the_signal_runs_elsewhere_at_once(
+    harness: Harness, pool: str, task: str
+) -> None:
     h = harness
     long = h.send(task, 60.0, max_runs=2)
     # -c 2: one slot runs the long job, the other waits for work (the wait-then-claim path)
@@ -44,8 +45,9 @@ def test_a_job_published_after_the_signal_runs_elsewhere_at_once(harness: Harnes
 
 
 @pytest.mark.parametrize("pool, task", POOLS)
-def test_a_job_sent_back_after_a_short_grace_never_runs_twice_at_once(harness: Harness, pool: str,
-                                                                       task: str) -> None:
+def test_a_job_sent_back_after_a_short_grace_never_runs_twice_at_once(
+    harness: Harness, pool: str, task: str
+) -> None:
     h = harness
     job = h.send(task, 60.0, max_runs=2)
     a = h.worker("-c", "1", "--grace", "0.3s", "--pool", pool, "--name", "old")

@@ -34,8 +34,9 @@ def tasks(app: TaskPipe) -> dict[str, Any]:
     return {"add": add, "boom": boom, "note": note, "seen": seen}
 
 
-def test_on_failure_callable_gets_the_error_only_on_failure(app: TaskPipe,
-                                                            tasks: dict[str, Any]) -> None:
+def test_on_failure_callable_gets_the_error_only_on_failure(
+    app: TaskPipe, tasks: dict[str, Any]
+) -> None:
     got: list[tuple[Any, Any]] = []
     done = threading.Event()
 
@@ -56,15 +57,19 @@ def test_on_failure_callable_gets_the_error_only_on_failure(app: TaskPipe,
 
 def test_on_finish_and_on_failure_callables_together(app: TaskPipe, tasks: dict[str, Any]) -> None:
     calls: list[str] = []
-    bad = tasks["boom"].apply_async((1,), on_finish=lambda v, r: calls.append("finish"),
-                                    on_failure=lambda v, r: calls.append("failure"))
+    bad = tasks["boom"].apply_async(
+        (1,),
+        on_finish=lambda v, r: calls.append("finish"),
+        on_failure=lambda v, r: calls.append("failure"),
+    )
     burst(app)
     wait_for(lambda: len(calls) == 2, what="both callbacks")
     assert calls == ["finish", "failure"] and bad.failed()
 
 
-def test_on_failure_signature_is_published_with_the_failure(app: TaskPipe,
-                                                            tasks: dict[str, Any]) -> None:
+def test_on_failure_signature_is_published_with_the_failure(
+    app: TaskPipe, tasks: dict[str, Any]
+) -> None:
     bad = tasks["boom"].apply_async((3,), on_failure=tasks["note"].s("extra"))
     good = tasks["add"].apply_async((3,), on_failure=tasks["note"].s("never"))
     burst(app)
@@ -72,8 +77,13 @@ def test_on_failure_signature_is_published_with_the_failure(app: TaskPipe,
     follow = app.AsyncResult(f"{bad.id}.on_failure")
     info, extra = follow.get(timeout=10)
     assert extra == "extra"
-    assert info == {"id": bad.id, "channel": bad.channel, "task": "boom", "exc_type": "ValueError",
-                    "exc_message": "boom 3"}
+    assert info == {
+        "id": bad.id,
+        "channel": bad.channel,
+        "task": "boom",
+        "exc_type": "ValueError",
+        "exc_message": "boom 3",
+    }
     assert app.AsyncResult(f"{good.id}.on_failure").state == "unknown"
 
 
@@ -108,8 +118,9 @@ def test_celery_aliases(app: TaskPipe, tasks: dict[str, Any]) -> None:
     assert routed.get(timeout=5) == 1
 
 
-def test_celery_aliases_through_signatures_and_publish_many(app: TaskPipe,
-                                                            tasks: dict[str, Any]) -> None:
+def test_celery_aliases_through_signatures_and_publish_many(
+    app: TaskPipe, tasks: dict[str, Any]
+) -> None:
     sig = tasks["add"].s(1).set(queue="other", task_id="from-sig")
     [res] = app.publish_many([sig])
     assert (res.channel, res.id) == (app.channel("other").name, "from-sig")
@@ -117,19 +128,23 @@ def test_celery_aliases_through_signatures_and_publish_many(app: TaskPipe,
     assert res.get(timeout=5) == 1
 
 
-@pytest.mark.parametrize(("options", "match"), [
-    ({"countdown": 1, "delay": 2}, "use delay="),
-    ({"queue": "a", "channel": "b"}, "use channel="),
-    ({"ignore_result": True, "result_ttl": "1h"}, "result_ttl=0"),
-    ({"soft_time_limit": 5}, "timeout="),
-    ({"time_limit": 5}, "hard_timeout="),
-    ({"routing_key": "x"}, "channel="),
-    ({"serializer": "json"}, "TaskPipe\\(serializer"),
-    ({"shadow": "x"}, "name="),
-    ({"bogus_option": 1}, "unknown publishing option"),
-])
-def test_other_celery_options_name_the_equivalent(app: TaskPipe, tasks: dict[str, Any],
-                                                  options: dict[str, Any], match: str) -> None:
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"countdown": 1, "delay": 2}, "use delay="),
+        ({"queue": "a", "channel": "b"}, "use channel="),
+        ({"ignore_result": True, "result_ttl": "1h"}, "result_ttl=0"),
+        ({"soft_time_limit": 5}, "timeout="),
+        ({"time_limit": 5}, "hard_timeout="),
+        ({"routing_key": "x"}, "channel="),
+        ({"serializer": "json"}, "TaskPipe\\(serializer"),
+        ({"shadow": "x"}, "name="),
+        ({"bogus_option": 1}, "unknown publishing option"),
+    ],
+)
+def test_other_celery_options_name_the_equivalent(
+    app: TaskPipe, tasks: dict[str, Any], options: dict[str, Any], match: str
+) -> None:
     before = app.channel().counts()["published_total"]
     with pytest.raises(ConfigError, match=match):
         tasks["add"].apply_async((1,), **options)
@@ -202,7 +217,8 @@ def test_eager_mode_runs_chains_and_chords() -> None:
 
 
 def test_depends_on_with_flow_control_is_refused_with_nothing_written(
-        app: TaskPipe, tasks: dict[str, Any]) -> None:
+    app: TaskPipe, tasks: dict[str, Any]
+) -> None:
     """A dependant is released straight to its channel's queue, so flow options (a numeric
     priority, unique, a rate limit or a cap on the task) cannot apply to it: refused, typed,
     nothing published."""
@@ -214,9 +230,11 @@ def test_depends_on_with_flow_control_is_refused_with_nothing_written(
 
     ch = app.channel(app.default_channel)
     before = ch.counts()
-    for call in (lambda: tasks["add"].apply_async((1,), depends_on=[parent], priority=3),
-                 lambda: tasks["add"].apply_async((1,), depends_on=[parent], unique=True),
-                 lambda: capped.apply_async(depends_on=[parent])):
+    for call in (
+        lambda: tasks["add"].apply_async((1,), depends_on=[parent], priority=3),
+        lambda: tasks["add"].apply_async((1,), depends_on=[parent], unique=True),
+        lambda: capped.apply_async(depends_on=[parent]),
+    ):
         with pytest.raises(ConfigError, match="depends_on cannot be combined with flow control"):
             call()
     assert ch.counts() == before

@@ -126,8 +126,12 @@ def test_diamond_of_depends_on(app: TaskPipe, tasks: dict[str, Any]) -> None:
     left = add.apply_async((10,), depends_on=[top], pass_results="one")
     right = add.apply_async((100,), depends_on=top, pass_results="one")
     bottom = tag.apply_async(depends_on=[left, right], pass_results="all")
-    assert [r.state for r in (top, left, right, bottom)] == ["available", "waiting", "waiting",
-                                                              "waiting"]
+    assert [r.state for r in (top, left, right, bottom)] == [
+        "available",
+        "waiting",
+        "waiting",
+        "waiting",
+    ]
     burst(app)
     assert bottom.get(timeout=10) == [[11, 101]]
 
@@ -154,8 +158,9 @@ def test_allow_failure_runs_the_dependant(app: TaskPipe, tasks: dict[str, Any]) 
     bad = tasks["boom"].delay(1)
     good = tasks["add"].delay(2)
     plain = tasks["tag"].apply_async(("ran",), depends_on=[bad, good], allow_failure=True)
-    passed = tasks["tag"].apply_async(depends_on=[bad, good], pass_results="all",
-                                      allow_failure=True)
+    passed = tasks["tag"].apply_async(
+        depends_on=[bad, good], pass_results="all", allow_failure=True
+    )
     failing = tasks["tag"].apply_async(depends_on=[bad, good])
     burst(app)
     assert plain.get(timeout=10) == ["ran"]
@@ -243,8 +248,9 @@ def test_existing_id_is_not_published_twice(app: TaskPipe, tasks: dict[str, Any]
     assert first.get(timeout=10) == 2
 
 
-def test_waiting_jobs_are_listed_and_finished_outcomes_named(app: TaskPipe,
-                                                           tasks: dict[str, Any]) -> None:
+def test_waiting_jobs_are_listed_and_finished_outcomes_named(
+    app: TaskPipe, tasks: dict[str, Any]
+) -> None:
     from taskpipe.inspection import Inspector
 
     parent = tasks["add"].delay(1)
@@ -259,8 +265,9 @@ def test_waiting_jobs_are_listed_and_finished_outcomes_named(app: TaskPipe,
     assert insp.list_jobs(app.channel().name, "waiting").total == 0
 
 
-def test_a_parent_with_too_many_dependants(app: TaskPipe, tasks: dict[str, Any],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_parent_with_too_many_dependants(
+    app: TaskPipe, tasks: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import taskpipe.thoonk.workflow as wf
     from taskpipe import WorkflowError
 

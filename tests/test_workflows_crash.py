@@ -25,7 +25,7 @@ from taskpipe.loading import load_app
 
 pytestmark = pytest.mark.timeout(120)
 
-APP_SOURCE = '''
+APP_SOURCE = """
 import os
 import time
 
@@ -55,7 +55,7 @@ def callback(values):
 def step(x):
     r.incr(PREFIX + "steps")
     return x + 1
-'''
+"""
 
 
 class Procs:
@@ -76,8 +76,9 @@ class Procs:
 
         env = dict(os.environ, TP_TEST_BROKER=self.url, TP_TEST_PREFIX=self.prefix)
         env["PYTHONPATH"] = os.pathsep.join([str(self.tmp), env.get("PYTHONPATH", "")])
-        w = WorkerProcess(["worker", "-A", self.app_path, *args], env,
-                          self.tmp / f"worker{len(self.workers)}.log")
+        w = WorkerProcess(
+            ["worker", "-A", self.app_path, *args], env, self.tmp / f"worker{len(self.workers)}.log"
+        )
         self.workers.append(w)
         return w
 
@@ -89,8 +90,9 @@ class Procs:
 
 
 @pytest.fixture
-def procs(tmp_path: Path, redis_server: RedisServer, prefix: str,
-          monkeypatch: pytest.MonkeyPatch) -> Iterator[Procs]:
+def procs(
+    tmp_path: Path, redis_server: RedisServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Procs]:
     p = Procs(tmp_path, redis_server.url, prefix, monkeypatch)
     yield p
     p.close()
@@ -112,8 +114,10 @@ def test_chord_of_1000_callback_once_with_a_worker_killed(procs: Procs) -> None:
     killed_at, at_kill = time.monotonic(), finished()
     assert victim.wait() == -signal.SIGKILL
     assert result.get(timeout=90) == [1000, sum(range(1000))]
-    print(f"\nchord of 1000 over 2 workers, one SIGKILLed after {at_kill} finishes: callback "
-          f"{time.monotonic() - killed_at:.2f} s after the kill")
+    print(
+        f"\nchord of 1000 over 2 workers, one SIGKILLed after {at_kill} finishes: callback "
+        f"{time.monotonic() - killed_at:.2f} s after the kill"
+    )
     survivor.send(signal.SIGTERM)
     assert survivor.wait() == 0, survivor.output()
     assert int(procs.r.get(procs.prefix + "callback_runs") or 0) == 1

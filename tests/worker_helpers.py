@@ -20,8 +20,9 @@ def burst(app: TaskPipe, channels: list[str] | None = None, **options: Any) -> d
 
 
 @contextmanager
-def worker_running(app: TaskPipe, channels: list[str] | None = None,
-                   **options: Any) -> Iterator[Worker]:
+def worker_running(
+    app: TaskPipe, channels: list[str] | None = None, **options: Any
+) -> Iterator[Worker]:
     """A worker consuming in a background thread for the duration of the block."""
     options.setdefault("concurrency", 4)
     options.setdefault("max_block", 0.2)

@@ -18,13 +18,20 @@ __all__ = ["WorkerProcess"]
 class WorkerProcess:
     """``python -m taskpipe <args>`` (``args[0]`` is the command: worker, scheduler, ...)."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, *,
-                 new_session: bool = False) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], log_path: Path, *, new_session: bool = False
+    ) -> None:
         self.args = [sys.executable, "-m", "taskpipe", *args]
         self.log_path = log_path
         with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.args, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=new_session)
+            self.proc = subprocess.Popen(
+                self.args,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=new_session,
+            )
         self.pid = self.proc.pid
 
     def send(self, sig: int) -> None:

@@ -23,9 +23,11 @@ from pydantic import BaseModel
 from taskpipe import ResultTimeout, ResultUnknown, TaskFailed, TaskPipe
 from taskpipe.contrib.fastapi import TaskPipeDep, dashboard_app, lifespan
 
-tasks = TaskPipe("fastapi-example",
-                 broker=os.environ.get("TASKPIPE_BROKER_URL", "redis://127.0.0.1:6379/0"),
-                 prefix=os.environ.get("TASKPIPE_PREFIX", ""))
+tasks = TaskPipe(
+    "fastapi-example",
+    broker=os.environ.get("TASKPIPE_BROKER_URL", "redis://127.0.0.1:6379/0"),
+    prefix=os.environ.get("TASKPIPE_PREFIX", ""),
+)
 
 
 @tasks.task

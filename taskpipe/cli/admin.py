@@ -41,6 +41,7 @@ __all__ = ["status", "jobs", "pause", "resume", "tasks", "publish"]
 # plumbing ---------------------------------------------------------------------------------------
 def _common(app_required: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add ``-A``, ``--broker``, ``--prefix`` and ``--json`` and turn errors into clean exits."""
+
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -52,13 +53,25 @@ def _common(app_required: bool = False) -> Callable[[Callable[..., Any]], Callab
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 raise click.ClickException(f"cannot reach the broker: {exc}") from None
 
-        wrapper = click.option("--json", "as_json", is_flag=True,
-                               help="Print JSON (for scripts) instead of tables.")(wrapper)
-        wrapper = click.option("--prefix", envvar="TASKPIPE_PREFIX", default=None, metavar="P",
-                               help="Key prefix of the app (env TASKPIPE_PREFIX).")(wrapper)
-        wrapper = click.option("--broker", envvar="TASKPIPE_BROKER_URL", default=None, metavar="URL",
-                               help="Broker URL when no -A is given (env TASKPIPE_BROKER_URL).")(wrapper)
+        wrapper = click.option(
+            "--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of tables."
+        )(wrapper)
+        wrapper = click.option(
+            "--prefix",
+            envvar="TASKPIPE_PREFIX",
+            default=None,
+            metavar="P",
+            help="Key prefix of the app (env TASKPIPE_PREFIX).",
+        )(wrapper)
+        wrapper = click.option(
+            "--broker",
+            envvar="TASKPIPE_BROKER_URL",
+            default=None,
+            metavar="URL",
+            help="Broker URL when no -A is given (env TASKPIPE_BROKER_URL).",
+        )(wrapper)
         return app_option(required=app_required)(wrapper)  # type: ignore[no-any-return]
+
     return deco
 
 
@@ -66,8 +79,11 @@ def _app(app_path: str | None, broker: str | None, prefix: str | None) -> Any:
     """The app from ``-A``, else one built from ``--broker``/``--prefix`` (closed on exit)."""
     ctx = click.get_current_context()
     if app_path:
-        explicit = [f"--{n}" for n in ("broker", "prefix")
-                    if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
+        explicit = [
+            f"--{n}"
+            for n in ("broker", "prefix")
+            if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE
+        ]
         if explicit:
             raise click.UsageError(f"give either -A or {' / '.join(explicit)}, not both")
         return load_app(app_path)
@@ -115,8 +131,9 @@ def _resolve(insp: Inspector, job_id: str, channel: str | None) -> str:
         return insp.shard_of(channel, job_id)  # a sharded channel: the shard that has the id
     found = insp.find_job(job_id)
     if len(found) > 1:
-        raise click.ClickException(f"job {job_id!r} exists in channels {', '.join(found)}; "
-                                   "pass --channel")
+        raise click.ClickException(
+            f"job {job_id!r} exists in channels {', '.join(found)}; pass --channel"
+        )
     if not found:
         raise JobNotFound(f"no job {job_id!r} in any channel")
     return found[0]
@@ -124,18 +141,31 @@ def _resolve(insp: Inspector, job_id: str, channel: str | None) -> str:
 
 def _channel_option(by_id: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     help_text = "The job channel. Default: " + (
-        "the one channel that has the id." if by_id else "the app's default channel.")
+        "the one channel that has the id." if by_id else "the app's default channel."
+    )
     return click.option("-c", "--channel", default=None, help=help_text)
 
 
 # status -----------------------------------------------------------------------------------------
 @cli.command()
 @_common()
-@click.option("--watch", "watch", type=click.FloatRange(min=0.2), default=None, metavar="SECONDS",
-              help="Redraw every SECONDS until Ctrl-C.")
+@click.option(
+    "--watch",
+    "watch",
+    type=click.FloatRange(min=0.2),
+    default=None,
+    metavar="SECONDS",
+    help="Redraw every SECONDS until Ctrl-C.",
+)
 @click.option("--iterations", type=click.IntRange(min=1), default=None, hidden=True)
-def status(app_path: str | None, broker: str | None, prefix: str | None, as_json: bool,
-           watch: float | None = None, iterations: int | None = None) -> None:
+def status(
+    app_path: str | None,
+    broker: str | None,
+    prefix: str | None,
+    as_json: bool,
+    watch: float | None = None,
+    iterations: int | None = None,
+) -> None:
     """Channels with jobs per state, paused flags, and live workers with their current jobs."""
     insp = _inspector(app_path, broker, prefix)
     if watch is None:
@@ -158,23 +188,55 @@ def status(app_path: str | None, broker: str | None, prefix: str | None, as_json
 
 def _status_once(insp: Inspector, as_json: bool) -> None:
     channels, workers, now = insp.overview(), insp.workers(), insp.server_time_ms()
-    warning = None if insp.app.connection.is_memory or insp.app.connection.is_cluster else (
-        eviction_warning(eviction_policy(insp.app.connection.client)))
+    warning = (
+        None
+        if insp.app.connection.is_memory or insp.app.connection.is_cluster
+        else (eviction_warning(eviction_policy(insp.app.connection.client)))
+    )
     if as_json:
-        _emit_json({"broker": _redact(insp.app.broker_url), "prefix": insp.app.prefix,
-                    "server_time_ms": now, "channels": channels, "workers": workers,
-                    "warnings": [warning] if warning else []})
+        _emit_json(
+            {
+                "broker": _redact(insp.app.broker_url),
+                "prefix": insp.app.prefix,
+                "server_time_ms": now,
+                "channels": channels,
+                "workers": workers,
+                "warnings": [warning] if warning else [],
+            }
+        )
         return
     click.echo(f"broker {_redact(insp.app.broker_url)}  prefix {insp.app.prefix!r}")
     if warning:
         click.echo(f"WARNING: {warning}", err=True)
     if channels:
-        click.echo(_table(
-            ["CHANNEL", "AVAILABLE", "DELAYED", "CLAIMED", "STALLED", "FINISHED", "FAILED(total)",
-             "PAUSED"],
-            [[c["channel"], c["available"], c["delayed"], c["claimed"], c["stalled"], c["finished"],
-              c["failed_total"], "yes" if c["paused"] else ""]
-             for row in channels for c in [row, *row.get("shards", [])]]))
+        click.echo(
+            _table(
+                [
+                    "CHANNEL",
+                    "AVAILABLE",
+                    "DELAYED",
+                    "CLAIMED",
+                    "STALLED",
+                    "FINISHED",
+                    "FAILED(total)",
+                    "PAUSED",
+                ],
+                [
+                    [
+                        c["channel"],
+                        c["available"],
+                        c["delayed"],
+                        c["claimed"],
+                        c["stalled"],
+                        c["finished"],
+                        c["failed_total"],
+                        "yes" if c["paused"] else "",
+                    ]
+                    for row in channels
+                    for c in [row, *row.get("shards", [])]
+                ],
+            )
+        )
         limited = [(c["channel"], c["limits"]) for c in channels if c.get("limits")]
         if limited:  # flow control (docs/flow-control.md)
             click.echo("\nflow control")
@@ -183,11 +245,25 @@ def _status_once(insp: Inspector, as_json: bool) -> None:
         click.echo("no job channels")
     click.echo(f"\n{len(workers)} live worker(s)")
     if workers:
-        click.echo(_table(
-            ["WORKER", "HOST", "PID", "CHANNELS", "POOL", "CONC", "HEARTBEAT", "RUNNING"],
-            [[w.get("name"), w.get("host"), w.get("pid"), w.get("channels"), w.get("pool"),
-              w.get("concurrency"), _ago(int(w.get("heartbeat") or 0) * 1000, now),
-              ", ".join(w.get("jobs") or []) or "-"] for w in workers], width=120))
+        click.echo(
+            _table(
+                ["WORKER", "HOST", "PID", "CHANNELS", "POOL", "CONC", "HEARTBEAT", "RUNNING"],
+                [
+                    [
+                        w.get("name"),
+                        w.get("host"),
+                        w.get("pid"),
+                        w.get("channels"),
+                        w.get("pool"),
+                        w.get("concurrency"),
+                        _ago(int(w.get("heartbeat") or 0) * 1000, now),
+                        ", ".join(w.get("jobs") or []) or "-",
+                    ]
+                    for w in workers
+                ],
+                width=120,
+            )
+        )
 
 
 # jobs -------------------------------------------------------------------------------------------
@@ -198,12 +274,19 @@ def jobs() -> None:
 
 def _row_cells(state: JobState, page: Page, now: int) -> tuple[list[str], list[list[Any]]]:
     # every listable state has a column here (the done ones a FINISHED time, waiting none)
-    when = {JobState.AVAILABLE: "PUBLISHED", JobState.DELAYED: "DUE", JobState.CLAIMED: "CLAIMED",
-            JobState.STALLED: "STALLED", JobState.WAITING: "WAITING"}.get(state, "FINISHED")
+    when = {
+        JobState.AVAILABLE: "PUBLISHED",
+        JobState.DELAYED: "DUE",
+        JobState.CLAIMED: "CLAIMED",
+        JobState.STALLED: "STALLED",
+        JobState.WAITING: "WAITING",
+    }.get(state, "FINISHED")
     headers = ["ID", "TASK", when, "CANCELS", "ATTEMPTS"]
     extra: dict[JobState, tuple[list[str], Callable[[Any], list[Any]]]] = {
-        JobState.CLAIMED: (["WORKER", "PROGRESS", "LEASE"],
-                           lambda r: [r.worker, r.progress or "-", _ago(r.lease_deadline_ms, now)]),
+        JobState.CLAIMED: (
+            ["WORKER", "PROGRESS", "LEASE"],
+            lambda r: [r.worker, r.progress or "-", _ago(r.lease_deadline_ms, now)],
+        ),
         JobState.STALLED: (["REASON"], lambda r: [r.reason or "-"]),
         JobState.FINISHED: (["OUTCOME", "ERROR"], lambda r: [r.outcome, r.error or "-"]),
         JobState.FAILED: (["ERROR"], lambda r: [r.error]),
@@ -212,20 +295,42 @@ def _row_cells(state: JobState, page: Page, now: int) -> tuple[list[str], list[l
         JobState.EXPIRED: (["ERROR"], lambda r: [r.error]),
     }
     more_h, more = extra.get(state, ([], lambda r: []))
-    rows = [[r.id, r.task or ("-" if state in DONE_STATES else "(not an envelope)"),
-             _ago(r.when_ms, now), r.cancels, r.attempts, *more(r)] for r in page.rows]
+    rows = [
+        [
+            r.id,
+            r.task or ("-" if state in DONE_STATES else "(not an envelope)"),
+            _ago(r.when_ms, now),
+            r.cancels,
+            r.attempts,
+            *more(r),
+        ]
+        for r in page.rows
+    ]
     return headers + more_h, rows
 
 
 @jobs.command("list")
 @_common()
 @_channel_option(by_id=False)
-@click.option("-s", "--state", type=click.Choice([s.value for s in LIST_STATES]),
-              default=JobState.AVAILABLE.value, show_default=True)
+@click.option(
+    "-s",
+    "--state",
+    type=click.Choice([s.value for s in LIST_STATES]),
+    default=JobState.AVAILABLE.value,
+    show_default=True,
+)
 @click.option("--limit", type=click.IntRange(1, MAX_PAGE), default=50, show_default=True)
 @click.option("--cursor", default=None, help="The next-page cursor printed by the previous page.")
-def list_jobs(app_path: str | None, broker: str | None, prefix: str | None, as_json: bool,
-              channel: str | None, state: str, limit: int, cursor: str | None) -> None:
+def list_jobs(
+    app_path: str | None,
+    broker: str | None,
+    prefix: str | None,
+    as_json: bool,
+    channel: str | None,
+    state: str,
+    limit: int,
+    cursor: str | None,
+) -> None:
     """One page of the jobs of a channel in one state."""
     insp = _inspector(app_path, broker, prefix)
     name = channel or insp.app.default_channel
@@ -265,10 +370,21 @@ def _show_text(d: JobDetail) -> None:
     elif d.raw_payload is not None:
         fields.append(("payload", f"not a taskpipe envelope ({d.payload_error})"))
         raw = d.raw_payload
-        fields.append(("raw", f"{raw['size']} bytes: " + (
-            repr(raw["text"]) if raw["text"] is not None else f"base64 {raw['base64']}")))
-    fields += [("attempts", d.attempts), ("cancels", d.cancels), ("worker", d.worker or "-"),
-               ("progress", d.progress or "-"), ("reason", d.reason or "-"), *_record_lines(d)]
+        fields.append(
+            (
+                "raw",
+                f"{raw['size']} bytes: "
+                + (repr(raw["text"]) if raw["text"] is not None else f"base64 {raw['base64']}"),
+            )
+        )
+    fields += [
+        ("attempts", d.attempts),
+        ("cancels", d.cancels),
+        ("worker", d.worker or "-"),
+        ("progress", d.progress or "-"),
+        ("reason", d.reason or "-"),
+        *_record_lines(d),
+    ]
     for key, ms in d.timestamps.items():
         if ms is not None:
             fields.append((key.removesuffix("_ms").replace("_", " "), _stamp(ms, now)))
@@ -298,10 +414,22 @@ def _show_text(d: JobDetail) -> None:
 @_common()
 @click.argument("job_id")
 @_channel_option()
-@click.option("--log-lines", type=click.IntRange(0, 10000), default=20, show_default=True,
-              help="How many of the last log lines to include.")
-def show_job(app_path: str | None, broker: str | None, prefix: str | None, as_json: bool,
-             job_id: str, channel: str | None, log_lines: int) -> None:
+@click.option(
+    "--log-lines",
+    type=click.IntRange(0, 10000),
+    default=20,
+    show_default=True,
+    help="How many of the last log lines to include.",
+)
+def show_job(
+    app_path: str | None,
+    broker: str | None,
+    prefix: str | None,
+    as_json: bool,
+    job_id: str,
+    channel: str | None,
+    log_lines: int,
+) -> None:
     """One job: payload, state, attempts, cancels, timestamps, worker, progress, result or error."""
     insp = _inspector(app_path, broker, prefix)
     detail = insp.job_detail(_resolve(insp, job_id, channel), job_id, log_lines=log_lines)
@@ -317,11 +445,22 @@ def show_job(app_path: str | None, broker: str | None, prefix: str | None, as_js
 @_channel_option()
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the job ends.")
 @click.option("--tail", type=click.IntRange(min=0), default=None, help="Only the last N lines.")
-@click.option("--timeout", default=None, help="With --follow: give up after this long (e.g. 30s); "
-                                              "exit status 124.")
-def job_logs(app_path: str | None, broker: str | None, prefix: str | None, as_json: bool,
-             job_id: str, channel: str | None, follow: bool, tail: int | None,
-             timeout: str | None) -> None:
+@click.option(
+    "--timeout",
+    default=None,
+    help="With --follow: give up after this long (e.g. 30s); exit status 124.",
+)
+def job_logs(
+    app_path: str | None,
+    broker: str | None,
+    prefix: str | None,
+    as_json: bool,
+    job_id: str,
+    channel: str | None,
+    follow: bool,
+    tail: int | None,
+    timeout: str | None,
+) -> None:
     """A job's log lines; with --follow, live lines and progress until the job ends (or Ctrl-C)."""
     insp = _inspector(app_path, broker, prefix)
     name = _resolve(insp, job_id, channel)
@@ -338,7 +477,9 @@ def job_logs(app_path: str | None, broker: str | None, prefix: str | None, as_js
     seconds = parse_duration(timeout) if timeout is not None else None
     end = ("", "")
     try:
-        for ev in insp.follow(name, job_id, timeout=seconds, backlog=1000 if tail is None else tail):
+        for ev in insp.follow(
+            name, job_id, timeout=seconds, backlog=1000 if tail is None else tail
+        ):
             if ev.kind in ("end", "timeout"):
                 end = (ev.kind, ev.data)
             elif as_json:
@@ -357,10 +498,21 @@ def job_logs(app_path: str | None, broker: str | None, prefix: str | None, as_js
         sys.exit(124)
 
 
-def _action(name: str, doc: str, act: Callable[[Any, str, dict[str, Any]], None],
-            params: list[Callable[[Callable[..., Any]], Callable[..., Any]]] | None = None) -> None:
-    def command(app_path: str | None, broker: str | None, prefix: str | None, as_json: bool,
-                job_id: str, channel: str | None, **extra: Any) -> None:
+def _action(
+    name: str,
+    doc: str,
+    act: Callable[[Any, str, dict[str, Any]], None],
+    params: list[Callable[[Callable[..., Any]], Callable[..., Any]]] | None = None,
+) -> None:
+    def command(
+        app_path: str | None,
+        broker: str | None,
+        prefix: str | None,
+        as_json: bool,
+        job_id: str,
+        channel: str | None,
+        **extra: Any,
+    ) -> None:
         insp = _inspector(app_path, broker, prefix)
         ch_name = _resolve(insp, job_id, channel)
         ch = insp.channel(ch_name)
@@ -369,10 +521,14 @@ def _action(name: str, doc: str, act: Callable[[Any, str, dict[str, Any]], None]
         if state == JobState.FINISHED and name == "abort":
             state = JobState.ABORTED
         if as_json:
-            _emit_json({"ok": True, "action": name, "id": job_id, "channel": ch_name, "state": state})
+            _emit_json(
+                {"ok": True, "action": name, "id": job_id, "channel": ch_name, "state": state}
+            )
         else:
-            click.echo(f"{name}: job {job_id} in {ch_name!r} is now "
-                       f"{'gone' if state == JobState.UNKNOWN else state}")
+            click.echo(
+                f"{name}: job {job_id} in {ch_name!r} is now "
+                f"{'gone' if state == JobState.UNKNOWN else state}"
+            )
 
     command.__doc__ = doc
     fn: Any = command
@@ -383,19 +539,31 @@ def _action(name: str, doc: str, act: Callable[[Any, str, dict[str, Any]], None]
     jobs.command(name)(_common()(fn))
 
 
-_action("cancel", "Send a claimed job back to the queue (Thoonk cancel; its cancel count +1).\n\n"
-        "The worker running it loses its lease: its outcome is refused. To remove a job, use retract.",
-        lambda ch, i, x: ch.cancel(i))
-_action("stall", "Park a claimed job (with --reason); it is not run again until retried.",
-        lambda ch, i, x: ch.stall(i, reason=x["reason"]),
-        [click.option("--reason", default="stalled by operator", show_default=True)])
-_action("retract", "Remove a job from every state, its result and log included (a job that had "
-        "not ended keeps a 'retracted' record with its payload for 7 days: docs/history.md).",
-        lambda ch, i, x: ch.retract(i, 7 * 86_400_000))
-_action("abort", "Abort a running job: it ends 'aborted' at once (lease released, never run "
-        "again by itself) and its worker stops the task (docs/workflows.md).",
-        lambda ch, i, x: _abort(x["inspector"], ch, i, x["by"]),
-        [click.option("--by", default="cli", show_default=True, help="Who aborts (recorded).")])
+_action(
+    "cancel",
+    "Send a claimed job back to the queue (Thoonk cancel; its cancel count +1).\n\n"
+    "The worker running it loses its lease: its outcome is refused. To remove a job, use retract.",
+    lambda ch, i, x: ch.cancel(i),
+)
+_action(
+    "stall",
+    "Park a claimed job (with --reason); it is not run again until retried.",
+    lambda ch, i, x: ch.stall(i, reason=x["reason"]),
+    [click.option("--reason", default="stalled by operator", show_default=True)],
+)
+_action(
+    "retract",
+    "Remove a job from every state, its result and log included (a job that had "
+    "not ended keeps a 'retracted' record with its payload for 7 days: docs/history.md).",
+    lambda ch, i, x: ch.retract(i, 7 * 86_400_000),
+)
+_action(
+    "abort",
+    "Abort a running job: it ends 'aborted' at once (lease released, never run "
+    "again by itself) and its worker stops the task (docs/workflows.md).",
+    lambda ch, i, x: _abort(x["inspector"], ch, i, x["by"]),
+    [click.option("--by", default="cli", show_default=True, help="Who aborts (recorded).")],
+)
 
 
 def _abort(insp: Any, ch: Any, job_id: str, by: str) -> None:
@@ -404,24 +572,52 @@ def _abort(insp: Any, ch: Any, job_id: str, by: str) -> None:
     AsyncResult(insp.app, job_id, ch.name).abort(by=by)
 
 
-_action("retry", "Make a stalled job available again (fresh attempt and cancel counts).",
-        lambda ch, i, x: ch.retry(i, reset_counts=not x["keep_counts"]),
-        [click.option("--keep-counts", is_flag=True, help="Keep the attempt and cancel counts.")])
+_action(
+    "retry",
+    "Make a stalled job available again (fresh attempt and cancel counts).",
+    lambda ch, i, x: ch.retry(i, reset_counts=not x["keep_counts"]),
+    [click.option("--keep-counts", is_flag=True, help="Keep the attempt and cancel counts.")],
+)
 
 
 @jobs.command("clean")
 @_common()
 @_channel_option(by_id=False)
-@click.option("-s", "--state", type=click.Choice([JobState.FINISHED.value, JobState.FAILED.value,
-                                                   JobState.TIMEOUT.value, JobState.STALLED.value]),
-              required=True, help="finished = succeeded jobs; failed and timed-out jobs stay "
-                                  "unless cleaned by name (-s failed / -s timeout).")
-@click.option("--older-than", "older_than", required=True, metavar="DURATION",
-              help="e.g. 7d. Stalled jobs carry no stall time: use 0 (every job stalled now).")
+@click.option(
+    "-s",
+    "--state",
+    type=click.Choice(
+        [
+            JobState.FINISHED.value,
+            JobState.FAILED.value,
+            JobState.TIMEOUT.value,
+            JobState.STALLED.value,
+        ]
+    ),
+    required=True,
+    help="finished = succeeded jobs; failed and timed-out jobs stay "
+    "unless cleaned by name (-s failed / -s timeout).",
+)
+@click.option(
+    "--older-than",
+    "older_than",
+    required=True,
+    metavar="DURATION",
+    help="e.g. 7d. Stalled jobs carry no stall time: use 0 (every job stalled now).",
+)
 @click.option("--batch", type=click.IntRange(1, 1000), default=500, show_default=True)
 @click.option("--dry-run", is_flag=True, help="Count what would be removed; change nothing.")
-def clean_jobs(app_path: str | None, broker: str | None, prefix: str | None, as_json: bool,
-               channel: str | None, state: str, older_than: str, batch: int, dry_run: bool) -> None:
+def clean_jobs(
+    app_path: str | None,
+    broker: str | None,
+    prefix: str | None,
+    as_json: bool,
+    channel: str | None,
+    state: str,
+    older_than: str,
+    batch: int,
+    dry_run: bool,
+) -> None:
     """Remove old finished jobs (index entry, result, log) or retract stalled jobs, in batches."""
     insp = _inspector(app_path, broker, prefix)
     name = channel or insp.app.default_channel
@@ -432,25 +628,36 @@ def clean_jobs(app_path: str | None, broker: str | None, prefix: str | None, as_
     if as_json or total <= batch:
         report = insp.clean(name, state, age, batch=batch, now_ms=now, dry_run=dry_run)
     else:
-        with click.progressbar(length=total, label=f"cleaning {state} jobs of {name!r}",
-                               file=sys.stderr) as bar:
-            report = insp.clean(name, state, age, batch=batch, now_ms=now, dry_run=dry_run,
-                                on_progress=bar.update)
+        with click.progressbar(
+            length=total, label=f"cleaning {state} jobs of {name!r}", file=sys.stderr
+        ) as bar:
+            report = insp.clean(
+                name, state, age, batch=batch, now_ms=now, dry_run=dry_run, on_progress=bar.update
+            )
     if as_json:
         _emit_json(report.to_dict())
         return
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb} {report.removed} {state} job(s) from {name!r} "
-               f"({report.examined} examined, {report.skipped} skipped: changed state meanwhile)")
+    click.echo(
+        f"{verb} {report.removed} {state} job(s) from {name!r} "
+        f"({report.examined} examined, {report.skipped} skipped: changed state meanwhile)"
+    )
     if report.kept:
-        click.echo(f"kept {report.kept} job(s) of another outcome (failed or timed-out jobs stay "
-                   "until cleaned with -s failed / -s timeout)")
+        click.echo(
+            f"kept {report.kept} job(s) of another outcome (failed or timed-out jobs stay "
+            "until cleaned with -s failed / -s timeout)"
+        )
 
 
 # channels ---------------------------------------------------------------------------------------
 def _pause_command(name: str, paused: bool) -> click.Command:
-    def command(app_path: str | None, broker: str | None, prefix: str | None, as_json: bool,
-                channels: tuple[str, ...]) -> None:
+    def command(
+        app_path: str | None,
+        broker: str | None,
+        prefix: str | None,
+        as_json: bool,
+        channels: tuple[str, ...],
+    ) -> None:
         insp = _inspector(app_path, broker, prefix)
         for ch_name in channels:
             for shard in insp.shards(ch_name):
@@ -462,9 +669,14 @@ def _pause_command(name: str, paused: bool) -> click.Command:
         else:
             click.echo(f"{'paused' if paused else 'resumed'}: {', '.join(channels)}")
 
-    command.__doc__ = ("Pause channels: workers claim nothing from them until resumed (running "
-                       "jobs finish)." if paused else "Resume paused channels.")
-    return cli.command(name)(_common()(click.argument("channels", nargs=-1, required=True)(command)))
+    command.__doc__ = (
+        "Pause channels: workers claim nothing from them until resumed (running jobs finish)."
+        if paused
+        else "Resume paused channels."
+    )
+    return cli.command(name)(
+        _common()(click.argument("channels", nargs=-1, required=True)(command))
+    )
 
 
 pause = _pause_command("pause", True)
@@ -486,19 +698,33 @@ def tasks(app_path: str, broker: str | None, prefix: str | None, as_json: bool) 
     for name in sorted(app.tasks):
         task = app.tasks[name]
         opts = asdict(task.options)
-        out.append({"name": name, "channel": task.channel, "raw": task.raw, "async": task.is_async,
-                    "function": f"{task.fn.__module__}.{task.fn.__qualname__}", "options": opts,
-                    "set": {k: v for k, v in opts.items() if v != defaults.get(k)}})
+        out.append(
+            {
+                "name": name,
+                "channel": task.channel,
+                "raw": task.raw,
+                "async": task.is_async,
+                "function": f"{task.fn.__module__}.{task.fn.__qualname__}",
+                "options": opts,
+                "set": {k: v for k, v in opts.items() if v != defaults.get(k)},
+            }
+        )
     if as_json:
         _emit_json(out)
         return
     if not out:
         click.echo("no tasks registered")
         return
-    click.echo(_table(["TASK", "CHANNEL", "OPTIONS"],
-                      [[t["name"], t["channel"],
-                        " ".join(f"{k}={v}" for k, v in t["set"].items()) or "-"] for t in out],
-                      width=100))
+    click.echo(
+        _table(
+            ["TASK", "CHANNEL", "OPTIONS"],
+            [
+                [t["name"], t["channel"], " ".join(f"{k}={v}" for k, v in t["set"].items()) or "-"]
+                for t in out
+            ],
+            width=100,
+        )
+    )
 
 
 def _json_arg(value: str | None, kind: type, what: str) -> Any:
@@ -509,8 +735,9 @@ def _json_arg(value: str | None, kind: type, what: str) -> Any:
     except ValueError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint=what) from None
     if not isinstance(data, kind):
-        raise click.BadParameter(f"must be a JSON {'array' if kind is list else 'object'}",
-                                 param_hint=what)
+        raise click.BadParameter(
+            f"must be a JSON {'array' if kind is list else 'object'}", param_hint=what
+        )
     return data
 
 
@@ -524,33 +751,56 @@ def _eta(value: str | None) -> Any:
     try:
         return datetime.fromisoformat(value)
     except ValueError:
-        raise click.BadParameter("expected an ISO 8601 datetime (UTC if no offset) or a unix "
-                                 "timestamp", param_hint="--eta") from None
+        raise click.BadParameter(
+            "expected an ISO 8601 datetime (UTC if no offset) or a unix timestamp",
+            param_hint="--eta",
+        ) from None
 
 
 @cli.command()
 @_common()
 @click.argument("task")
-@click.option("--args", "args_json", default=None, metavar="JSON", help='Positional args: \'[1, 2]\'.')
-@click.option("--kwargs", "kwargs_json", default=None, metavar="JSON", help='Keyword args: \'{"a": 1}\'.')
+@click.option(
+    "--args", "args_json", default=None, metavar="JSON", help="Positional args: '[1, 2]'."
+)
+@click.option(
+    "--kwargs", "kwargs_json", default=None, metavar="JSON", help="Keyword args: '{\"a\": 1}'."
+)
 @click.option("-c", "--channel", default=None, help="Default: the task's channel, else the app's.")
 @click.option("--priority", is_flag=True, default=None, help="Put at the head of the queue.")
 @click.option("--delay", default=None, metavar="DURATION", help="Run after this long, e.g. 10m.")
 @click.option("--eta", default=None, metavar="WHEN", help="Run at this time (ISO 8601 or unix ts).")
 @click.option("--id", "job_id", default=None, help="Job id (an id already queued is not doubled).")
 @click.option("--result-ttl", default=None, metavar="DURATION", help="Keep the result this long.")
-def publish(app_path: str | None, broker: str | None, prefix: str | None, as_json: bool, task: str,
-            args_json: str | None, kwargs_json: str | None, channel: str | None,
-            priority: bool | None, delay: str | None, eta: str | None, job_id: str | None,
-            result_ttl: str | None) -> None:
+def publish(
+    app_path: str | None,
+    broker: str | None,
+    prefix: str | None,
+    as_json: bool,
+    task: str,
+    args_json: str | None,
+    kwargs_json: str | None,
+    channel: str | None,
+    priority: bool | None,
+    delay: str | None,
+    eta: str | None,
+    job_id: str | None,
+    result_ttl: str | None,
+) -> None:
     """Enqueue a call of TASK (by name; -A not needed) and print its id."""
     if delay is not None and eta is not None:
         raise click.UsageError("give --delay or --eta, not both")
     args = _json_arg(args_json, list, "--args")
     kwargs = _json_arg(kwargs_json, dict, "--kwargs")
     app = _app(app_path, broker, prefix)
-    options = {"channel": channel, "priority": priority, "delay": delay, "eta": _eta(eta),
-               "id": job_id, "result_ttl": result_ttl}
+    options = {
+        "channel": channel,
+        "priority": priority,
+        "delay": delay,
+        "eta": _eta(eta),
+        "id": job_id,
+        "result_ttl": result_ttl,
+    }
     result = app.send(task, args, kwargs, **{k: v for k, v in options.items() if v is not None})
     if as_json:
         _emit_json({"id": result.id, "channel": result.channel, "task": task})

@@ -37,11 +37,18 @@ class EntryStatus:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (times as ISO 8601 in the entry's zone)."""
-        return {"name": self.name, "task": self.task, "expr": self.expr, "tz": self.tz,
-                "channel": self.channel, "misfire": self.misfire,
-                "next_fire": self.next_fire.isoformat(),
-                "last_fire": self.last_fire.isoformat() if self.last_fire else None,
-                "last_job": self.last_job or None, "last_outcome": self.last_outcome}
+        return {
+            "name": self.name,
+            "task": self.task,
+            "expr": self.expr,
+            "tz": self.tz,
+            "channel": self.channel,
+            "misfire": self.misfire,
+            "next_fire": self.next_fire.isoformat(),
+            "last_fire": self.last_fire.isoformat() if self.last_fire else None,
+            "last_job": self.last_job or None,
+            "last_outcome": self.last_outcome,
+        }
 
 
 def entry_status(app: TaskPipe, now: datetime | None = None) -> list[EntryStatus]:
@@ -67,18 +74,39 @@ def entry_status(app: TaskPipe, now: datetime | None = None) -> list[EntryStatus
             outcome = "error: " + state["last_error"]
         elif job:
             outcome = AsyncResult(app, job, channel).state
-        out.append(EntryStatus(e.name, e.task, e.expr, e.tz, channel, e.misfire,
-                               next_fire(e, now).astimezone(e.zone), last, job, outcome))
+        out.append(
+            EntryStatus(
+                e.name,
+                e.task,
+                e.expr,
+                e.tz,
+                channel,
+                e.misfire,
+                next_fire(e, now).astimezone(e.zone),
+                last,
+                job,
+                outcome,
+            )
+        )
     return out
 
 
 @cli.command()
 @app_option()
-@click.option("--loglevel", "-l", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-@click.option("--takeover", default="1s", show_default=True,
-              help="How long a fire taken by another scheduler may stay unconfirmed before this "
-                   "one assumes that scheduler died and sends it.")
+@click.option(
+    "--loglevel",
+    "-l",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+@click.option(
+    "--takeover",
+    default="1s",
+    show_default=True,
+    help="How long a fire taken by another scheduler may stay unconfirmed before this "
+    "one assumes that scheduler died and sends it.",
+)
 def scheduler(app_path: str, loglevel: str, takeover: str) -> None:
     """Run the cron scheduler: enqueue the app's cron entries when due.
 
@@ -86,8 +114,9 @@ def scheduler(app_path: str, loglevel: str, takeover: str) -> None:
     """
     from taskpipe.scheduler import Scheduler
 
-    logging.basicConfig(level=loglevel.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     app = load_app(app_path)
     sched = Scheduler(app, takeover=takeover)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -118,8 +147,16 @@ def cron_list(app_path: str, as_json: bool) -> None:
     for r in rows:
         schedule = r.expr if r.tz == "UTC" else f"{r.expr} ({r.tz})"
         last = r.last_fire.isoformat(timespec="seconds") if r.last_fire else "-"
-        table.append((r.name, r.task, schedule, r.next_fire.isoformat(timespec="seconds"), last,
-                      r.last_outcome))
+        table.append(
+            (
+                r.name,
+                r.task,
+                schedule,
+                r.next_fire.isoformat(timespec="seconds"),
+                last,
+                r.last_outcome,
+            )
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

@@ -19,8 +19,13 @@ _LABEL = {"ok": "ok    ", "warn": "WARN  ", "unsafe": "UNSAFE"}
 
 @cli.command()
 @app_option(required=False)
-@click.option("--broker", envvar="TASKPIPE_BROKER_URL", default=None, metavar="URL",
-              help="Broker URL when no -A is given (env TASKPIPE_BROKER_URL).")
+@click.option(
+    "--broker",
+    envvar="TASKPIPE_BROKER_URL",
+    default=None,
+    metavar="URL",
+    help="Broker URL when no -A is given (env TASKPIPE_BROKER_URL).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
 def doctor(app_path: str | None, broker: str | None, as_json: bool) -> None:
     """Check the broker's data-safety settings: eviction policy, persistence, Redis version,
@@ -33,8 +38,18 @@ def doctor(app_path: str | None, broker: str | None, as_json: bool) -> None:
         findings = diagnose(app.connection)
     except (redis.exceptions.RedisError, TaskpipeError, OSError) as exc:
         if as_json:
-            click.echo(json.dumps({"broker": url, "unsafe": True, "findings": [
-                {"level": "unsafe", "check": "reach", "message": str(exc), "node": ""}]}, indent=2))
+            click.echo(
+                json.dumps(
+                    {
+                        "broker": url,
+                        "unsafe": True,
+                        "findings": [
+                            {"level": "unsafe", "check": "reach", "message": str(exc), "node": ""}
+                        ],
+                    },
+                    indent=2,
+                )
+            )
         else:
             click.echo(f"UNSAFE  cannot reach the broker {url}: {exc}")
         raise click.exceptions.Exit(1) from None
@@ -42,8 +57,12 @@ def doctor(app_path: str | None, broker: str | None, as_json: bool) -> None:
         app.close()
     unsafe = any(f.level == "unsafe" for f in findings)
     if as_json:
-        click.echo(json.dumps({"broker": url, "unsafe": unsafe,
-                               "findings": [f.to_dict() for f in findings]}, indent=2))
+        click.echo(
+            json.dumps(
+                {"broker": url, "unsafe": unsafe, "findings": [f.to_dict() for f in findings]},
+                indent=2,
+            )
+        )
     else:
         click.echo(f"broker {url}")
         for f in findings:
@@ -51,8 +70,13 @@ def doctor(app_path: str | None, broker: str | None, as_json: bool) -> None:
             click.echo(f"{_LABEL[f.level]}  {f.check}{node}: {f.message}")
         bad = sum(f.level == "unsafe" for f in findings)
         warned = sum(f.level == "warn" for f in findings)
-        click.echo(f"\n{bad} unsafe, {warned} warning(s): "
-                   + ("jobs or results can be lost with these settings" if bad else
-                      "no setting here loses jobs" + (" (read the warnings)" if warned else "")))
+        click.echo(
+            f"\n{bad} unsafe, {warned} warning(s): "
+            + (
+                "jobs or results can be lost with these settings"
+                if bad
+                else "no setting here loses jobs" + (" (read the warnings)" if warned else "")
+            )
+        )
     if unsafe:
         raise click.exceptions.Exit(1)

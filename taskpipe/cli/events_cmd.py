@@ -34,15 +34,38 @@ def _text(ev: JobEvent) -> str:
 
 @cli.command()
 @_common()
-@click.option("-Q", "--queues", default=None, metavar="A,B",
-              help="Only these channels (comma-separated). Default: every channel.")
-@click.option("-e", "--events", "only", default=None, metavar="KIND,KIND",
-              help="Only these kinds of event (e.g. fail,timeout). Default: all.")
-@click.option("--count", type=click.IntRange(min=1), default=None,
-              help="Exit after printing this many events.")
+@click.option(
+    "-Q",
+    "--queues",
+    default=None,
+    metavar="A,B",
+    help="Only these channels (comma-separated). Default: every channel.",
+)
+@click.option(
+    "-e",
+    "--events",
+    "only",
+    default=None,
+    metavar="KIND,KIND",
+    help="Only these kinds of event (e.g. fail,timeout). Default: all.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Exit after printing this many events.",
+)
 @click.option("--timeout", default=None, help="Exit after this long (e.g. 30s).")
-def events(app_path: str | None, broker: str | None, prefix: str | None, as_json: bool,
-           queues: str | None, only: str | None, count: int | None, timeout: str | None) -> None:
+def events(
+    app_path: str | None,
+    broker: str | None,
+    prefix: str | None,
+    as_json: bool,
+    queues: str | None,
+    only: str | None,
+    count: int | None,
+    timeout: str | None,
+) -> None:
     """Print job events live: complete, fail, timeout, retry, stall, log, progress, and
     empty / drain of a channel; one line each (JSON lines with --json), until Ctrl-C."""
     app = _app(app_path, broker, prefix)
@@ -51,18 +74,26 @@ def events(app_path: str | None, broker: str | None, prefix: str | None, as_json
     kinds = [k.strip() for k in only.split(",") if k.strip()] if only else list(APP_EVENTS)
     unknown = set(kinds) - set(APP_EVENTS)
     if unknown:
-        raise click.UsageError(f"unknown event kind(s) {', '.join(sorted(unknown))}; "
-                               f"expected {', '.join(APP_EVENTS)}")
+        raise click.UsageError(
+            f"unknown event kind(s) {', '.join(sorted(unknown))}; expected {', '.join(APP_EVENTS)}"
+        )
     inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
     for name in kinds:
         if name in ("empty", "drain"):
             app.on(name, lambda channel, _n=name: inbox.put((_n, channel)))
         else:
-            app.on(name, lambda *args, _n=name: inbox.put((_n, next(
-                a for a in args if isinstance(a, JobEvent)))))
+            app.on(
+                name,
+                lambda *args, _n=name: inbox.put(
+                    (_n, next(a for a in args if isinstance(a, JobEvent)))
+                ),
+            )
     app.listen(channels)
-    click.echo(f"following job events of {', '.join(channels) if channels else 'every channel'}"
-               " (Ctrl-C to stop)", err=True)
+    click.echo(
+        f"following job events of {', '.join(channels) if channels else 'every channel'}"
+        " (Ctrl-C to stop)",
+        err=True,
+    )
     printed = 0
     try:
         while count is None or printed < count:

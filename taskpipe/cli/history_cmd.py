@@ -58,46 +58,92 @@ def _when(value: str | None, what: str) -> float | None:
     try:
         return datetime.fromisoformat(value).timestamp()
     except ValueError:
-        raise click.BadParameter("expected a duration ago (e.g. 2h), an ISO 8601 datetime or a "
-                                 "unix timestamp", param_hint=what) from None
+        raise click.BadParameter(
+            "expected a duration ago (e.g. 2h), an ISO 8601 datetime or a unix timestamp",
+            param_hint=what,
+        ) from None
 
 
 @jobs.command("find")
 @_common()
 @_channel_option(by_id=False)
-@click.option("-s", "--state", type=click.Choice(ENDED_STATES), default=None,
-              help="Only jobs that ended so (default: all ended jobs).")
+@click.option(
+    "-s",
+    "--state",
+    type=click.Choice(ENDED_STATES),
+    default=None,
+    help="Only jobs that ended so (default: all ended jobs).",
+)
 @click.option("--task", default=None, help="Only jobs of this task.")
 @click.option("--error", default=None, help="Only jobs whose error type or message contains this.")
-@click.option("--since", default=None, help="Finished since: 2h (ago), an ISO datetime or a unix ts.")
+@click.option(
+    "--since", default=None, help="Finished since: 2h (ago), an ISO datetime or a unix ts."
+)
 @click.option("--until", default=None, help="Finished until (same forms as --since).")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
-def find(app_path: str | None, broker: str | None, prefix: str | None, as_json: bool,
-         channel: str | None, state: str | None, task: str | None, error: str | None,
-         since: str | None, until: str | None, limit: int) -> None:
+def find(
+    app_path: str | None,
+    broker: str | None,
+    prefix: str | None,
+    as_json: bool,
+    channel: str | None,
+    state: str | None,
+    task: str | None,
+    error: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+) -> None:
     """Ended jobs, newest first, filtered by state, task, error text and finish time."""
     insp = _inspector(app_path, broker, prefix)
     app = insp.app
     name = channel or app.default_channel
     insp.channel(name)  # it must exist
-    found = find_jobs(app, name, state=state, task=task, error=error,
-                      since=_when(since, "--since"), until=_when(until, "--until"), limit=limit)
+    found = find_jobs(
+        app,
+        name,
+        state=state,
+        task=task,
+        error=error,
+        since=_when(since, "--since"),
+        until=_when(until, "--until"),
+        limit=limit,
+    )
     if as_json:
         _emit_json({"channel": name, "jobs": [r.to_dict() for r in found]})
         return
     now = int(time.time() * 1000)
-    rows = [[r.id, r.task or "-", r.outcome, _stamp(r.finished_ms, now), r.attempts,
-             r.worker or "-", r.args_display, r.error or "-"] for r in found]
-    click.echo(_table(["ID", "TASK", "STATE", "FINISHED", "ATTEMPTS", "WORKER", "ARGS", "ERROR"],
-                      rows, width=60) if rows else f"no matching jobs in {name!r}")
+    rows = [
+        [
+            r.id,
+            r.task or "-",
+            r.outcome,
+            _stamp(r.finished_ms, now),
+            r.attempts,
+            r.worker or "-",
+            r.args_display,
+            r.error or "-",
+        ]
+        for r in found
+    ]
+    click.echo(
+        _table(
+            ["ID", "TASK", "STATE", "FINISHED", "ATTEMPTS", "WORKER", "ARGS", "ERROR"],
+            rows,
+            width=60,
+        )
+        if rows
+        else f"no matching jobs in {name!r}"
+    )
     click.echo(f"-- {len(rows)} job(s) in {name!r}", err=True)
 
 
 @jobs.command("tasks")
 @_common()
 @_channel_option(by_id=False)
-def tasks_breakdown(app_path: str | None, broker: str | None, prefix: str | None, as_json: bool,
-                    channel: str | None) -> None:
+def tasks_breakdown(
+    app_path: str | None, broker: str | None, prefix: str | None, as_json: bool, channel: str | None
+) -> None:
     """Jobs ended per task and outcome (succeeded, failed, timeout) on a channel."""
     insp = _inspector(app_path, broker, prefix)
     app = insp.app
@@ -110,8 +156,12 @@ def tasks_breakdown(app_path: str | None, broker: str | None, prefix: str | None
     if not counts:
         click.echo(f"no ended jobs recorded in {name!r}")
         return
-    click.echo(_table(["TASK", *(s.upper() for s in ENDED_STATES)],
-                      [[task, *(c[s] for s in ENDED_STATES)] for task, c in counts.items()]))
+    click.echo(
+        _table(
+            ["TASK", *(s.upper() for s in ENDED_STATES)],
+            [[task, *(c[s] for s in ENDED_STATES)] for task, c in counts.items()],
+        )
+    )
 
 
 def _confirm(what: str, count: int, yes: bool, as_json: bool) -> bool:
@@ -129,14 +179,31 @@ def _confirm(what: str, count: int, yes: bool, as_json: bool) -> bool:
 @_common()
 @click.argument("job_id", required=False)
 @_channel_option()
-@click.option("--all", "all_", is_flag=True, help="Requeue every matching ended job of the channel.")
-@click.option("-s", "--state", "states", type=click.Choice(ENDED_STATES), multiple=True,
-              help="Outcomes to requeue (repeatable; default: failed and timeout).")
+@click.option(
+    "--all", "all_", is_flag=True, help="Requeue every matching ended job of the channel."
+)
+@click.option(
+    "-s",
+    "--state",
+    "states",
+    type=click.Choice(ENDED_STATES),
+    multiple=True,
+    help="Outcomes to requeue (repeatable; default: failed and timeout).",
+)
 @click.option("--task", default=None, help="With --all: only jobs of this task.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def requeue_cmd(app_path: str | None, broker: str | None, prefix: str | None, as_json: bool,
-                job_id: str | None, channel: str | None, all_: bool, states: tuple[str, ...],
-                task: str | None, yes: bool) -> None:
+def requeue_cmd(
+    app_path: str | None,
+    broker: str | None,
+    prefix: str | None,
+    as_json: bool,
+    job_id: str | None,
+    channel: str | None,
+    all_: bool,
+    states: tuple[str, ...],
+    task: str | None,
+    yes: bool,
+) -> None:
     """Run a failed or timed-out job again with its original arguments (same id, attempts
     reset, history kept); with --all, every such job of the channel (optionally of one task)."""
     chosen = states or REQUEUE_STATES
@@ -148,8 +215,16 @@ def requeue_cmd(app_path: str | None, broker: str | None, prefix: str | None, as
         name = _resolve(insp, job_id, channel)
         was = requeue(app, name, job_id, chosen)
         if as_json:
-            _emit_json({"ok": True, "action": "requeue", "id": job_id, "channel": name, "was": was,
-                        "state": insp.channel(name).info(job_id).state})
+            _emit_json(
+                {
+                    "ok": True,
+                    "action": "requeue",
+                    "id": job_id,
+                    "channel": name,
+                    "was": was,
+                    "state": insp.channel(name).info(job_id).state,
+                }
+            )
         else:
             click.echo(f"requeue: job {job_id} in {name!r} ({was}) is now available")
         return
@@ -159,7 +234,9 @@ def requeue_cmd(app_path: str | None, broker: str | None, prefix: str | None, as
     what = f"requeue {'/'.join(chosen)} jobs{f' of task {task}' if task else ''} in {name!r}"
     if not _confirm(what, total, yes, as_json):
         if as_json:
-            _emit_json({"ok": True, "action": "requeue", "channel": name, "requeued": 0, "skipped": 0})
+            _emit_json(
+                {"ok": True, "action": "requeue", "channel": name, "requeued": 0, "skipped": 0}
+            )
         else:
             click.echo(f"nothing requeued ({total} matching job(s))")
         return
@@ -169,22 +246,36 @@ def requeue_cmd(app_path: str | None, broker: str | None, prefix: str | None, as
         with click.progressbar(length=total, label=what, file=sys.stderr) as bar:
             done, skipped = requeue_many(app, name, chosen, task, on_progress=bar.update)
     if as_json:
-        _emit_json({"ok": True, "action": "requeue", "channel": name, "requeued": done,
-                    "skipped": skipped})
+        _emit_json(
+            {"ok": True, "action": "requeue", "channel": name, "requeued": done, "skipped": skipped}
+        )
     else:
-        click.echo(f"requeued {done} job(s) in {name!r}" + (
-            f" ({skipped} skipped: changed meanwhile, or payload not kept)" if skipped else ""))
+        click.echo(
+            f"requeued {done} job(s) in {name!r}"
+            + (f" ({skipped} skipped: changed meanwhile, or payload not kept)" if skipped else "")
+        )
 
 
 @jobs.command("edit")
 @_common()
 @click.argument("job_id")
 @_channel_option()
-@click.option("--args", "args_json", default=None, metavar="JSON", help="New positional args: '[1, 2]'.")
-@click.option("--kwargs", "kwargs_json", default=None, metavar="JSON", help='New keyword args: \'{"a": 1}\'.')
-def edit_cmd(app_path: str | None, broker: str | None, prefix: str | None, as_json: bool,
-             job_id: str, channel: str | None, args_json: str | None,
-             kwargs_json: str | None) -> None:
+@click.option(
+    "--args", "args_json", default=None, metavar="JSON", help="New positional args: '[1, 2]'."
+)
+@click.option(
+    "--kwargs", "kwargs_json", default=None, metavar="JSON", help="New keyword args: '{\"a\": 1}'."
+)
+def edit_cmd(
+    app_path: str | None,
+    broker: str | None,
+    prefix: str | None,
+    as_json: bool,
+    job_id: str,
+    channel: str | None,
+    args_json: str | None,
+    kwargs_json: str | None,
+) -> None:
     """Replace the arguments of a job still waiting (available, delayed or stalled); its task
     and options stay. Refused, with nothing changed, once a worker holds it or it ended."""
     if args_json is None and kwargs_json is None:
@@ -205,8 +296,14 @@ def edit_cmd(app_path: str | None, broker: str | None, prefix: str | None, as_js
 @_common()
 @click.argument("channel")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def empty_cmd(app_path: str | None, broker: str | None, prefix: str | None, as_json: bool,
-              channel: str, yes: bool) -> None:
+def empty_cmd(
+    app_path: str | None,
+    broker: str | None,
+    prefix: str | None,
+    as_json: bool,
+    channel: str,
+    yes: bool,
+) -> None:
     """Retract every waiting job of CHANNEL (available, delayed, stalled); claimed jobs run on."""
     insp = _inspector(app_path, broker, prefix)
     insp.channel(channel)  # it must exist

@@ -15,9 +15,15 @@ __all__ = ["cli", "main", "load_app", "app_option"]
 
 def app_option(required: bool = True) -> Any:
     """The ``-A/--app module:app`` option shared by commands (env ``TASKPIPE_APP``)."""
-    return click.option("-A", "--app", "app_path", envvar="TASKPIPE_APP", required=required,
-                        metavar="MODULE:APP", help="The app to load, e.g. myproject.tasks:app "
-                        "(env TASKPIPE_APP).")
+    return click.option(
+        "-A",
+        "--app",
+        "app_path",
+        envvar="TASKPIPE_APP",
+        required=required,
+        metavar="MODULE:APP",
+        help="The app to load, e.g. myproject.tasks:app (env TASKPIPE_APP).",
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,8 +34,15 @@ def cli() -> None:
 
 def _register() -> None:
     # each module adds its commands to ``cli``; imported here so ``cli`` is complete
-    for name in ("worker_cmd", "admin", "history_cmd", "cron_cmd", "dashboard_cmd", "doctor_cmd",
-                 "events_cmd"):
+    for name in (
+        "worker_cmd",
+        "admin",
+        "history_cmd",
+        "cron_cmd",
+        "dashboard_cmd",
+        "doctor_cmd",
+        "events_cmd",
+    ):
         try:
             importlib.import_module(f"taskpipe.cli.{name}")
         except ModuleNotFoundError as exc:

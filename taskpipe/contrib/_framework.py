@@ -41,6 +41,7 @@ class FrameworkTaskPipe(TaskPipe):
             setattr(self, key, value)
 
     if not TYPE_CHECKING:  # type checkers see TaskPipe.task's typed overloads
+
         def task(self, fn=None, *, name=None, **options):
             def register(func):
                 task_name = name or f"{func.__module__}.{func.__qualname__}"
@@ -53,6 +54,7 @@ class FrameworkTaskPipe(TaskPipe):
 
     def _in_context(self, func: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.iscoroutinefunction(func):
+
             @functools.wraps(func)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
                 with self.task_context():

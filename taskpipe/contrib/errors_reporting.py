@@ -28,8 +28,9 @@ __all__ = ["ErrorReporter"]
 class ErrorReporter(Middleware):
     """Reports failures through ``capture`` (see the module docstring)."""
 
-    def __init__(self, capture: Callable[..., Any], *, retries: bool = False,
-                 with_context: bool = True) -> None:
+    def __init__(
+        self, capture: Callable[..., Any], *, retries: bool = False, with_context: bool = True
+    ) -> None:
         if not callable(capture):
             raise ConfigError(f"ErrorReporter needs a capture function, got {capture!r}")
         self.capture = capture
@@ -40,10 +41,17 @@ class ErrorReporter(Middleware):
         if not self.with_context:
             self.capture(exc)
             return
-        tags = {"taskpipe.task": job.name, "taskpipe.channel": job.channel,
-                "taskpipe.final": "yes" if final else "no"}
-        extras = {"job_id": job.id, "attempt": job.attempt, "args": repr(job.args)[:1000],
-                  "kwargs": repr(job.kwargs)[:1000]}
+        tags = {
+            "taskpipe.task": job.name,
+            "taskpipe.channel": job.channel,
+            "taskpipe.final": "yes" if final else "no",
+        }
+        extras = {
+            "job_id": job.id,
+            "attempt": job.attempt,
+            "args": repr(job.args)[:1000],
+            "kwargs": repr(job.kwargs)[:1000],
+        }
         self.capture(exc, tags=tags, extras=extras)
 
     def on_failure(self, job: RunningJob, exc: BaseException) -> None:

@@ -38,9 +38,12 @@ __all__ = ["lifespan", "get_taskpipe", "TaskPipeDep", "dashboard_app"]
 STATE_KEY = "taskpipe"
 
 
-def lifespan(app: TaskPipe, *, check_broker: bool = True,
-             inner: Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]] | None = None,
-             ) -> Callable[[Any], AbstractAsyncContextManager[dict[str, Any]]]:
+def lifespan(
+    app: TaskPipe,
+    *,
+    check_broker: bool = True,
+    inner: Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]] | None = None,
+) -> Callable[[Any], AbstractAsyncContextManager[dict[str, Any]]]:
     """A lifespan for ``FastAPI(lifespan=...)`` / ``Starlette(lifespan=...)``.
 
     At startup it pings the broker over ``redis.asyncio`` (``check_broker``: a wrong URL fails
@@ -75,7 +78,9 @@ async def _ping(app: TaskPipe) -> None:
     try:
         await broker_ping(client)
     except Exception as exc:  # any connection failure means the same thing here
-        raise BrokerUnavailable(f"taskpipe broker {app.broker_url} is not reachable: {exc}") from exc
+        raise BrokerUnavailable(
+            f"taskpipe broker {app.broker_url} is not reachable: {exc}"
+        ) from exc
 
 
 def _loop() -> Any:
@@ -98,8 +103,9 @@ def get_taskpipe(conn: HTTPConnection) -> TaskPipe:
 TaskPipeDep = Annotated[TaskPipe, Depends(get_taskpipe)]
 
 
-def dashboard_app(app: TaskPipe, *, token: str | None = None,
-                  basic: tuple[str, str] | None = None) -> Callable[..., Any]:
+def dashboard_app(
+    app: TaskPipe, *, token: str | None = None, basic: tuple[str, str] | None = None
+) -> Callable[..., Any]:
     """The dashboard as an ASGI app: ``api.mount("/taskpipe", dashboard_app(tasks))``.
 
     Guard it with your own middleware or ``token``/``basic`` (see ``docs/fastapi.md``)."""

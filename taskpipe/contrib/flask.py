@@ -40,8 +40,9 @@ class FlaskTaskPipe(FrameworkTaskPipe):
     """A ``TaskPipe`` bound to a Flask app: configured from ``app.config``, each task run inside
     ``app.app_context()``, reachable as ``current_app.extensions["taskpipe"]``."""
 
-    def __init__(self, flask_app: Flask | None = None, name: str | None = None,
-                 **options: Any) -> None:
+    def __init__(
+        self, flask_app: Flask | None = None, name: str | None = None, **options: Any
+    ) -> None:
         super().__init__(name, **options)
         self.flask_app: Flask | None = None
         if flask_app is not None:
@@ -66,8 +67,13 @@ class FlaskTaskPipe(FrameworkTaskPipe):
             return nullcontext()
         return self.flask_app.app_context()
 
-    def dashboard_blueprint(self, name: str = "taskpipe_dashboard", *, token: str | None = None,
-                            basic: tuple[str, str] | None = None) -> Blueprint:
+    def dashboard_blueprint(
+        self,
+        name: str = "taskpipe_dashboard",
+        *,
+        token: str | None = None,
+        basic: tuple[str, str] | None = None,
+    ) -> Blueprint:
         """The dashboard as a blueprint: ``register_blueprint(bp, url_prefix="/taskpipe")``.
 
         Guard it with your own auth (e.g. ``bp.before_request``) or ``token``/``basic``."""
@@ -78,8 +84,13 @@ class FlaskTaskPipe(FrameworkTaskPipe):
             if not path and not request.path.endswith("/"):
                 return Response(status=308, headers={"Location": request.path + "/"})
             request.get_data()  # actions carry no body that matters; read and drop it
-            reply = route(dashboard, request.method, "/" + path, request.headers,
-                          request.query_string.decode("latin-1"))
+            reply = route(
+                dashboard,
+                request.method,
+                "/" + path,
+                request.headers,
+                request.query_string.decode("latin-1"),
+            )
             return Response(reply.body, status=reply.status, headers=reply.headers)
 
         methods = ["GET", "HEAD", "POST", "PUT", "DELETE"]

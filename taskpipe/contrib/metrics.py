@@ -42,34 +42,96 @@ if TYPE_CHECKING:
     from taskpipe.thoonk.job import Claim
     from taskpipe.worker.runner import Outcome
 
-__all__ = ["serve_metrics", "build_registry", "render", "TaskpipeCollector", "WorkerMetrics",
-           "MetricsServer", "DURATION_BUCKETS", "WAIT_BUCKETS", "DEPTH_STATES"]
+__all__ = [
+    "serve_metrics",
+    "build_registry",
+    "render",
+    "TaskpipeCollector",
+    "WorkerMetrics",
+    "MetricsServer",
+    "DURATION_BUCKETS",
+    "WAIT_BUCKETS",
+    "DEPTH_STATES",
+]
 
 log = logging.getLogger("taskpipe.metrics")
 
 #: Buckets of ``taskpipe_task_duration_seconds`` (seconds).
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                    120.0, 300.0, 600.0, float("inf"))
+DURATION_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    float("inf"),
+)
 #: Buckets of ``taskpipe_job_wait_seconds`` (seconds, publish to claim).
-WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                300.0, 900.0, 3600.0, float("inf"))
+WAIT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    float("inf"),
+)
 #: The states ``taskpipe_queue_depth`` reports.
 DEPTH_STATES = QUEUED_STATES
 
-_JOB_EVENTS: tuple[WorkerEvent, ...] = ("finished", "failed", "timeout", "retried", "stalled",
-                                        "cancelled", "lease_lost", "aborted", "expired")
+_JOB_EVENTS: tuple[WorkerEvent, ...] = (
+    "finished",
+    "failed",
+    "timeout",
+    "retried",
+    "stalled",
+    "cancelled",
+    "lease_lost",
+    "aborted",
+    "expired",
+)
 #: final outcomes counted per task by ``taskpipe_task_outcomes``
-_TASK_OUTCOMES = {"finished": "succeeded", "failed": "failed", "timeout": "timeout",
-                  "aborted": "aborted", "expired": "expired"}
-_REAP_EVENTS: dict[WorkerEvent, str] = {"lease_expired": "requeued", "lease_expired_stalled": "stalled"}
+_TASK_OUTCOMES = {
+    "finished": "succeeded",
+    "failed": "failed",
+    "timeout": "timeout",
+    "aborted": "aborted",
+    "expired": "expired",
+}
+_REAP_EVENTS: dict[WorkerEvent, str] = {
+    "lease_expired": "requeued",
+    "lease_expired_stalled": "stalled",
+}
 
 
 def _require_prometheus() -> None:
     try:
         import prometheus_client  # noqa: F401
     except ImportError:
-        raise ConfigError("Prometheus metrics need the prometheus-client package: "
-                          "pip install 'taskpipe[metrics]'") from None
+        raise ConfigError(
+            "Prometheus metrics need the prometheus-client package: pip install 'taskpipe[metrics]'"
+        ) from None
 
 
 class TaskpipeCollector:
@@ -99,17 +161,21 @@ class TaskpipeCollector:
         yield up
         yield from families
         if self.worker is not None:
-            running = GaugeMetricFamily("taskpipe_worker_running_jobs",
-                                        "Jobs this worker is running now (prefetched ones not "
-                                        "included).")
+            running = GaugeMetricFamily(
+                "taskpipe_worker_running_jobs",
+                "Jobs this worker is running now (prefetched ones not included).",
+            )
             held = len(self.worker.running)
             running.add_metric([], getattr(self.worker, "executing_count", held))
-            prefetched = GaugeMetricFamily("taskpipe_worker_prefetched_jobs",
-                                           "Jobs this worker claimed ahead, waiting to start.")
+            prefetched = GaugeMetricFamily(
+                "taskpipe_worker_prefetched_jobs",
+                "Jobs this worker claimed ahead, waiting to start.",
+            )
             prefetched.add_metric([], getattr(self.worker, "prefetched_count", 0))
             yield prefetched
-            conc = GaugeMetricFamily("taskpipe_worker_concurrency",
-                                     "How many jobs this worker runs at once.")
+            conc = GaugeMetricFamily(
+                "taskpipe_worker_concurrency", "How many jobs this worker runs at once."
+            )
             conc.add_metric([], self.worker.concurrency)
             yield running
             yield conc
@@ -122,20 +188,29 @@ class TaskpipeCollector:
         names = set(inspector.channels())
         if self.worker is not None:
             names.update(self.worker.channel_names)
-        published = counter("taskpipe_jobs_published", "Jobs published to the channel.",
-                            labels=["channel"])
-        finished = counter("taskpipe_jobs_finished", "Jobs finished (succeeded or failed).",
-                           labels=["channel"])
+        published = counter(
+            "taskpipe_jobs_published", "Jobs published to the channel.", labels=["channel"]
+        )
+        finished = counter(
+            "taskpipe_jobs_finished", "Jobs finished (succeeded or failed).", labels=["channel"]
+        )
         failed = counter("taskpipe_jobs_failed", "Jobs finished as failed.", labels=["channel"])
-        depth = gauge("taskpipe_queue_depth", "Jobs in the channel by state.",
-                      labels=["channel", "state"])
-        paused = gauge("taskpipe_channel_paused", "1 while the channel is paused.",
-                       labels=["channel"])
-        shard_depth = gauge("taskpipe_shard_depth",
-                            "Jobs by state in each shard of a sharded channel.",
-                            labels=["channel", "shard", "state"])
-        oldest = gauge("taskpipe_oldest_waiting_seconds", "Age of the oldest available job "
-                       "(since it was published; 0 when none waits).", labels=["channel"])
+        depth = gauge(
+            "taskpipe_queue_depth", "Jobs in the channel by state.", labels=["channel", "state"]
+        )
+        paused = gauge(
+            "taskpipe_channel_paused", "1 while the channel is paused.", labels=["channel"]
+        )
+        shard_depth = gauge(
+            "taskpipe_shard_depth",
+            "Jobs by state in each shard of a sharded channel.",
+            labels=["channel", "shard", "state"],
+        )
+        oldest = gauge(
+            "taskpipe_oldest_waiting_seconds",
+            "Age of the oldest available job (since it was published; 0 when none waits).",
+            labels=["channel"],
+        )
         for name in sorted(names):
             try:
                 counts = inspector.channel_counts(name)
@@ -154,8 +229,9 @@ class TaskpipeCollector:
         live = inspector.workers()
         workers = gauge("taskpipe_workers", "Live workers (heartbeating).")
         workers.add_metric([], len(live))
-        per_channel = gauge("taskpipe_channel_workers", "Live workers consuming the channel.",
-                            labels=["channel"])
+        per_channel = gauge(
+            "taskpipe_channel_workers", "Live workers consuming the channel.", labels=["channel"]
+        )
         consumers: dict[str, int] = {name: 0 for name in names}
         for info in live:
             for name in str(info.get("channels", "")).split(","):
@@ -163,7 +239,17 @@ class TaskpipeCollector:
                     consumers[name] = consumers.get(name, 0) + 1
         for name, n in sorted(consumers.items()):
             per_channel.add_metric([name], n)
-        yield from (published, finished, failed, depth, paused, shard_depth, oldest, workers, per_channel)
+        yield from (
+            published,
+            finished,
+            failed,
+            depth,
+            paused,
+            shard_depth,
+            oldest,
+            workers,
+            per_channel,
+        )
 
 
 def _oldest_waiting_s(inspector: Any, name: str) -> float:
@@ -183,18 +269,38 @@ class WorkerMetrics:
         from prometheus_client import Counter, Histogram
 
         self.worker = worker
-        self.jobs = Counter("taskpipe_worker_jobs", "Job outcomes this worker wrote.",
-                            ["channel", "outcome"], registry=registry)
-        self.expired = Counter("taskpipe_lease_expired", "Expired leases this worker's reaper "
-                               "requeued or stalled.", ["channel", "action"], registry=registry)
-        self.task_outcomes = Counter("taskpipe_task_outcomes", "Final job outcomes per task "
-                                     "(succeeded, failed, timeout).", ["task", "outcome"],
-                                     registry=registry)
-        self.duration = Histogram("taskpipe_task_duration_seconds", "How long tasks ran.",
-                                  ["task"], buckets=DURATION_BUCKETS, registry=registry)
-        self.wait = Histogram("taskpipe_job_wait_seconds", "How long jobs waited from publish "
-                              "to claim (broker clock), per channel.", ["channel"],
-                              buckets=WAIT_BUCKETS, registry=registry)
+        self.jobs = Counter(
+            "taskpipe_worker_jobs",
+            "Job outcomes this worker wrote.",
+            ["channel", "outcome"],
+            registry=registry,
+        )
+        self.expired = Counter(
+            "taskpipe_lease_expired",
+            "Expired leases this worker's reaper requeued or stalled.",
+            ["channel", "action"],
+            registry=registry,
+        )
+        self.task_outcomes = Counter(
+            "taskpipe_task_outcomes",
+            "Final job outcomes per task (succeeded, failed, timeout).",
+            ["task", "outcome"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "taskpipe_task_duration_seconds",
+            "How long tasks ran.",
+            ["task"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.wait = Histogram(
+            "taskpipe_job_wait_seconds",
+            "How long jobs waited from publish to claim (broker clock), per channel.",
+            ["channel"],
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
         for name in worker.channel_names:  # show zeros before the first job
             self.wait.labels(name)
             for event in _JOB_EVENTS:
@@ -211,8 +317,11 @@ class WorkerMetrics:
         self.jobs.labels(channel, event).inc(n)
         if outcome is None:
             return
-        name = outcome.task.name if outcome.task is not None else (
-            outcome.envelope.task if outcome.envelope is not None else "")
+        name = (
+            outcome.task.name
+            if outcome.task is not None
+            else (outcome.envelope.task if outcome.envelope is not None else "")
+        )
         if event in _TASK_OUTCOMES:
             self.task_outcomes.labels(name, _TASK_OUTCOMES[event]).inc(n)
         if outcome.duration is not None:
@@ -254,7 +363,9 @@ class WorkerMetrics:
             self._attached = False
 
 
-def build_registry(app: TaskPipe, worker: Any = None) -> tuple[CollectorRegistry, WorkerMetrics | None]:
+def build_registry(
+    app: TaskPipe, worker: Any = None
+) -> tuple[CollectorRegistry, WorkerMetrics | None]:
     """A fresh registry with the app's collector (and the worker's metrics, attached)."""
     _require_prometheus()
     from prometheus_client import CollectorRegistry
@@ -301,8 +412,13 @@ def render(registry: CollectorRegistry) -> tuple[bytes, str]:
 class MetricsServer:
     """A running metrics endpoint; ``close()`` stops it and detaches from the worker."""
 
-    def __init__(self, registry: CollectorRegistry, server: Any, thread: threading.Thread,
-                 worker_metrics: WorkerMetrics | None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        server: Any,
+        thread: threading.Thread,
+        worker_metrics: WorkerMetrics | None,
+    ) -> None:
         self.registry = registry
         self.worker_metrics = worker_metrics
         self._server = server
@@ -331,8 +447,9 @@ class MetricsServer:
         self.close()
 
 
-def serve_metrics(app: TaskPipe, port: int, worker: Any = None,
-                  host: str = "127.0.0.1") -> MetricsServer:
+def serve_metrics(
+    app: TaskPipe, port: int, worker: Any = None, host: str = "127.0.0.1"
+) -> MetricsServer:
     """Serve Prometheus metrics for ``app`` (and ``worker``) on ``http://host:port/metrics``.
 
     ``port=0`` picks a free port (read it from the returned server's ``port``). The server runs

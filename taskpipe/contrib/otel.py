@@ -46,9 +46,11 @@ class OpenTelemetryMiddleware(Middleware):
 
     def before_publish(self, message: Message) -> None:
         """Start the publish span and put its context in the job's headers."""
-        span = self.tracer.start_span(f"publish {message.task}", kind=SpanKind.PRODUCER,
-                                      attributes={"taskpipe.task": message.task,
-                                                  "messaging.system": "taskpipe"})
+        span = self.tracer.start_span(
+            f"publish {message.task}",
+            kind=SpanKind.PRODUCER,
+            attributes={"taskpipe.task": message.task, "messaging.system": "taskpipe"},
+        )
         message.state[_SPAN] = span
         self.propagator.inject(message.headers, context=trace.set_span_in_context(span))
 
@@ -66,10 +68,18 @@ class OpenTelemetryMiddleware(Middleware):
         publish = trace.get_current_span(parent).get_span_context()
         links = [Link(publish)] if publish.is_valid else []
         span = self.tracer.start_span(
-            f"run {job.name}", context=parent, kind=SpanKind.CONSUMER, links=links,
-            attributes={"taskpipe.task": job.name, "taskpipe.job_id": job.id,
-                        "messaging.destination.name": job.channel,
-                        "taskpipe.attempt": job.attempt, "messaging.system": "taskpipe"})
+            f"run {job.name}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes={
+                "taskpipe.task": job.name,
+                "taskpipe.job_id": job.id,
+                "messaging.destination.name": job.channel,
+                "taskpipe.attempt": job.attempt,
+                "messaging.system": "taskpipe",
+            },
+        )
         job.state[_SPAN] = span
 
     def on_timeout(self, job: RunningJob, exc: BaseException) -> None:

@@ -26,5 +26,17 @@ from taskpipe.inspection.views import (
     safe_text,
 )
 
-__all__ = ["Inspector", "LIST_STATES", "MAX_PAGE", "JobRow", "Page", "JobDetail", "CleanReport",
-           "JobEvent", "jsonable", "safe_text", "raw_view", "record_view"]
+__all__ = [
+    "Inspector",
+    "LIST_STATES",
+    "MAX_PAGE",
+    "JobRow",
+    "Page",
+    "JobDetail",
+    "CleanReport",
+    "JobEvent",
+    "jsonable",
+    "safe_text",
+    "raw_view",
+    "record_view",
+]

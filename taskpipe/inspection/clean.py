@@ -30,7 +30,7 @@ Progress = Callable[[int], None] | None
 
 
 def _note(report: CleanReport, removed: list[str], progress: Progress, examined: int) -> None:
-    report.ids += removed[:max(0, 100 - len(report.ids))]
+    report.ids += removed[: max(0, 100 - len(report.ids))]
     if progress is not None:
         progress(examined)
 
@@ -46,8 +46,13 @@ def _outcomes(ch: JobChannel, ids: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def clean_finished(ch: JobChannel, report: CleanReport, batch: int, progress: Progress,
-                   outcomes: tuple[str, ...] = ("succeeded",)) -> None:
+def clean_finished(
+    ch: JobChannel,
+    report: CleanReport,
+    batch: int,
+    progress: Progress,
+    outcomes: tuple[str, ...] = ("succeeded",),
+) -> None:
     """Remove ended jobs older than ``report.cutoff_ms`` whose outcome is in ``outcomes``,
     ``batch`` at a time; the others are kept (counted in ``report.kept``)."""
     offset = 0

@@ -41,7 +41,7 @@ class _Overlap:
             return [line]
         self.buf.append(line)
         b, m = self.backlog, len(self.buf)
-        if any(b[j:j + m] == self.buf for j in range(len(b) - m)):
+        if any(b[j : j + m] == self.buf for j in range(len(b) - m)):
             return []  # could still be the start of the overlap: wait for more
         return self.flush()
 
@@ -51,13 +51,21 @@ class _Overlap:
             return []
         self.done = True
         b, buf = self.backlog, self.buf
-        k = max((m for m in range(len(buf) + 1) if m <= len(b) and b[len(b) - m:] == buf[:m]), default=0)
+        k = max(
+            (m for m in range(len(buf) + 1) if m <= len(b) and b[len(b) - m :] == buf[:m]),
+            default=0,
+        )
         return buf[k:]
 
 
-
-def follow(app: TaskPipe, ch: JobChannel, job_id: str, timeout: float | None = None,
-           backlog: int = 1000, poll: float = 1.0) -> Iterator[JobEvent]:
+def follow(
+    app: TaskPipe,
+    ch: JobChannel,
+    job_id: str,
+    timeout: float | None = None,
+    backlog: int = 1000,
+    poll: float = 1.0,
+) -> Iterator[JobEvent]:
     """Yield a job's log lines (the last ``backlog`` first), then its live log and progress
     events, until it ends (one ``end`` event: finished, failed, stalled or unknown) or
     ``timeout`` seconds pass (one ``timeout`` event carrying the state it is still in)."""
@@ -70,8 +78,14 @@ def follow(app: TaskPipe, ch: JobChannel, job_id: str, timeout: float | None = N
         yield from _live(ch, job_id, watch, _Overlap(lines), timeout, poll)
 
 
-def _live(ch: JobChannel, job_id: str, watch: JobWatch, overlap: _Overlap,
-          timeout: float | None, poll: float) -> Iterator[JobEvent]:
+def _live(
+    ch: JobChannel,
+    job_id: str,
+    watch: JobWatch,
+    overlap: _Overlap,
+    timeout: float | None,
+    poll: float,
+) -> Iterator[JobEvent]:
     deadline = None if timeout is None else time.monotonic() + timeout
     next_check, end = 0.0, ""
     while not end:
@@ -112,7 +126,9 @@ def _parse(job_id: str, event: tuple[str, bytes], overlap: _Overlap) -> list[Job
         fid, _, result = data.partition(b"\0")
         if _s(fid) != job_id:
             return []
-        return [JobEvent("end", job_id, "failed" if outcome_of(result)[0] == "failed" else "finished")]
+        return [
+            JobEvent("end", job_id, "failed" if outcome_of(result)[0] == "failed" else "finished")
+        ]
     kind, _, rest = data.partition(b"\0")
     eid, _, payload = rest.partition(b"\0")
     if _s(eid) != job_id or kind not in (b"log", b"progress"):  # outcome events: the end is read

@@ -75,8 +75,9 @@ class Inspector:
     def channels(self) -> list[str]:
         """Names of every job channel, sorted: a sharded channel once, by its logical name (its
         shards: ``shards(name)``)."""
-        return sorted({sharded[0] if (sharded := parse_shard(n)) else n
-                       for n in self.physical_channels()})
+        return sorted(
+            {sharded[0] if (sharded := parse_shard(n)) else n for n in self.physical_channels()}
+        )
 
     def shards(self, name: str) -> list[str]:
         """The physical channels of ``name``: its shards if it is sharded (by the shard count
@@ -95,8 +96,10 @@ class Inspector:
         name is refused (``ConfigError`` naming its shards): name one shard."""
         shards = self.shards(name)
         if len(shards) > 1:
-            raise ConfigError(f"channel {name!r} is sharded over {len(shards)} channels; name one "
-                              f"of them: {', '.join(shards)}")
+            raise ConfigError(
+                f"channel {name!r} is sharded over {len(shards)} channels; name one "
+                f"of them: {', '.join(shards)}"
+            )
         if self.app.connection.is_cluster:
             from taskpipe.thoonk.keys import cluster_name
 
@@ -168,8 +171,9 @@ class Inspector:
         return self.app.thoonk.server_ms()
 
     # listing --------------------------------------------------------------------------------
-    def list_jobs(self, channel: str, state: JobState | str, cursor: str | int | None = None,
-                  limit: int = 50) -> Page:
+    def list_jobs(
+        self, channel: str, state: JobState | str, cursor: str | int | None = None, limit: int = 50
+    ) -> Page:
         """One page of the jobs in ``state`` (one of ``LIST_STATES``).
 
         Order: available = next to run first; delayed = soonest due first; claimed = oldest claim
@@ -183,8 +187,9 @@ class Inspector:
             return self._list_sharded(shards, state, cursor, limit)
         ch = self.channel(channel)
         if state not in LIST_STATES:
-            raise ConfigError(f"unknown state {str(state)!r}; expected one of "
-                              f"{', '.join(LIST_STATES)}")
+            raise ConfigError(
+                f"unknown state {str(state)!r}; expected one of {', '.join(LIST_STATES)}"
+            )
         state = JobState(state)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
             raise ConfigError(f"limit must be an int from 1 to {MAX_PAGE}, got {limit!r}")
@@ -203,8 +208,9 @@ class Inspector:
         nxt = off + len(rows)
         return Page(rows, str(nxt) if rows and nxt < total else None, total)
 
-    def _list_sharded(self, shards: list[str], state: str, cursor: str | int | None,
-                      limit: int) -> Page:
+    def _list_sharded(
+        self, shards: list[str], state: str, cursor: str | int | None, limit: int
+    ) -> Page:
         index, inner = 0, ""
         if cursor not in (None, ""):
             head, _, inner = str(cursor).partition(":")
@@ -270,12 +276,15 @@ class Inspector:
             left.update(batch)
             if scan == 0:
                 break
-        rows = [replace(row, parents_left=left[row.id])
-                for row in self._rows(ch, JobState.WAITING, [(i, None) for i in left])]
+        rows = [
+            replace(row, parents_left=left[row.id])
+            for row in self._rows(ch, JobState.WAITING, [(i, None) for i in left])
+        ]
         return Page(rows, str(scan) if scan != 0 else None, ch.waiting_count())
 
-    def _list_failed(self, ch: JobChannel, off: int, limit: int,
-                     state: JobState = JobState.FAILED) -> Page:
+    def _list_failed(
+        self, ch: JobChannel, off: int, limit: int, state: JobState = JobState.FAILED
+    ) -> Page:
         rows: list[JobRow] = []
         pos, budget, chunk = off, max(limit * 10, 1000), 200
         total, scored = ch.page_sorted("finished", pos, chunk)
@@ -292,7 +301,9 @@ class Inspector:
                 total, scored = ch.page_sorted("finished", pos, chunk)
         return Page(rows, str(pos) if pos < total else None, None)
 
-    def _rows(self, ch: JobChannel, state: JobState, scored: list[tuple[str, int | None]]) -> list[JobRow]:
+    def _rows(
+        self, ch: JobChannel, state: JobState, scored: list[tuple[str, int | None]]
+    ) -> list[JobRow]:
         if not scored:
             return []
         f = ch.row_fields(state, [i for i, _ in scored])
@@ -300,8 +311,11 @@ class Inspector:
         for n, (job_id, when) in enumerate(scored):
             extra: dict[str, Any] = {}
             if state == "claimed":
-                extra = {"worker": _s(f["workers"][n] or b""), "progress": _s(f["progress"][n] or b""),
-                         "lease_deadline_ms": _opt(f["leases"][n])}
+                extra = {
+                    "worker": _s(f["workers"][n] or b""),
+                    "progress": _s(f["progress"][n] or b""),
+                    "lease_deadline_ms": _opt(f["leases"][n]),
+                }
             elif state == "stalled":
                 extra = {"reason": safe_text(_s(f["reasons"][n] or b""), 500)}
             counts = (_int(f["cancelled"][n]), _int(f["attempts"][n]))
@@ -348,8 +362,13 @@ class Inspector:
             try:
                 env = decode_envelope(item)
                 task = env.task
-                payload = {"task": env.task, "args": list(env.args), "kwargs": env.kwargs,
-                           "options": env.options, "serializer": env.serializer}
+                payload = {
+                    "task": env.task,
+                    "args": list(env.args),
+                    "kwargs": env.kwargs,
+                    "options": env.options,
+                    "serializer": env.serializer,
+                }
             except SerializationError as exc:
                 payload_error, raw_payload = str(exc), raw_view(item)
         state = info.state
@@ -360,12 +379,20 @@ class Inspector:
         if state == JobState.UNKNOWN and ended:
             kept = _s(rec.get("outcome", b""))
             state = JobState.FINISHED if kept == "succeeded" else JobState(kept)
-        ts = {"published_ms": info.published_ms, "due_ms": info.due_ms, "claimed_ms": _opt(claimed_ms),
-              "lease_deadline_ms": info.lease_deadline_ms, "finished_ms": info.finished_ms}
+        ts = {
+            "published_ms": info.published_ms,
+            "due_ms": info.due_ms,
+            "claimed_ms": _opt(claimed_ms),
+            "lease_deadline_ms": info.lease_deadline_ms,
+            "finished_ms": info.finished_ms,
+        }
         cancels, attempts, worker = info.cancel_count, info.attempts, info.worker
         if ended:  # the bookkeeping went at finish: the record kept it
-            ts.update(published_ms=_opt(rec.get("published")), claimed_ms=_opt(rec.get("started")),
-                      finished_ms=_opt(rec.get("finished")) or info.finished_ms)
+            ts.update(
+                published_ms=_opt(rec.get("published")),
+                claimed_ms=_opt(rec.get("started")),
+                finished_ms=_opt(rec.get("finished")) or info.finished_ms,
+            )
             cancels, attempts = _int(rec.get("cancels")), _int(rec.get("attempts"))
             worker = _s(rec.get("worker", b""))
         elif state == "stalled" and rec:  # the stall kept who ran it last, and when
@@ -373,20 +400,34 @@ class Inspector:
             ts["claimed_ms"] = ts["claimed_ms"] or _opt(rec.get("started"))
             ts["published_ms"] = ts["published_ms"] or _opt(rec.get("published"))  # ZREM'd at stall
         return JobDetail(
-            id=job_id, channel=channel, state=state, task=task, payload=payload,
-            raw_payload=raw_payload, payload_error=payload_error, cancels=cancels,
-            attempts=attempts, worker=worker, progress=info.progress,
-            reason=safe_text(info.reason), timestamps=ts,
-            result_ttl_ms=info.result_ttl_ms if result_raw is not None else None, result=result,
-            logs=[safe_text(_s(x)) for x in (logs if log_lines > 0 else [])], log_total=int(log_total),
+            id=job_id,
+            channel=channel,
+            state=state,
+            task=task,
+            payload=payload,
+            raw_payload=raw_payload,
+            payload_error=payload_error,
+            cancels=cancels,
+            attempts=attempts,
+            worker=worker,
+            progress=info.progress,
+            reason=safe_text(info.reason),
+            timestamps=ts,
+            result_ttl_ms=info.result_ttl_ms if result_raw is not None else None,
+            result=result,
+            logs=[safe_text(_s(x)) for x in (logs if log_lines > 0 else [])],
+            log_total=int(log_total),
             server_time_ms=self.server_time_ms(),
             runtime_ms=_opt(rec.get("runtime_ms")) if ended else None,
             code=_s(rec.get("code", b"")) if ended else "",
-            requeues=_int(rec.get("requeues")), previous=_s(rec.get("previous", b"")),
-            last_error=safe_text(_s(rec.get("last_error", b"")), 2000) if not ended else "")
+            requeues=_int(rec.get("requeues")),
+            previous=_s(rec.get("previous", b"")),
+            last_error=safe_text(_s(rec.get("last_error", b"")), 2000) if not ended else "",
+        )
 
-    def logs(self, channel: str, job_id: str, tail: int | None = None,
-             chunk: int = 1000) -> Iterator[str]:
+    def logs(
+        self, channel: str, job_id: str, tail: int | None = None, chunk: int = 1000
+    ) -> Iterator[str]:
         """A job's log lines, oldest first (the last ``tail`` only), read in bounded chunks."""
         ch = self.channel(self.shard_of(channel, job_id))
         total = ch.log_length(job_id)
@@ -398,13 +439,20 @@ class Inspector:
             yield from (safe_text(_s(x)) for x in lines)
             start += len(lines)
 
-    def follow(self, channel: str, job_id: str, timeout: float | None = None,
-               backlog: int = 1000, poll: float = 1.0) -> Iterator[JobEvent]:
+    def follow(
+        self,
+        channel: str,
+        job_id: str,
+        timeout: float | None = None,
+        backlog: int = 1000,
+        poll: float = 1.0,
+    ) -> Iterator[JobEvent]:
         """Yield a job's log (the last ``backlog`` lines), then its live log and progress events
         until it ends (an ``end`` event) or ``timeout`` seconds pass (a ``timeout`` event).
         See ``taskpipe.inspection.follow``."""
-        return follow(self.app, self.channel(self.shard_of(channel, job_id)), job_id, timeout,
-                      backlog, poll)
+        return follow(
+            self.app, self.channel(self.shard_of(channel, job_id)), job_id, timeout, backlog, poll
+        )
 
     def shard_of(self, channel: str, job_id: str) -> str:
         """``channel``, or for a sharded channel the shard that knows ``job_id`` (else the shard
@@ -418,9 +466,17 @@ class Inspector:
         return shards[shard_index(job_id, len(shards))]
 
     # cleaning -------------------------------------------------------------------------------
-    def clean(self, channel: str, state: str, older_than_s: float, *, batch: int = 500,
-              now_ms: int | None = None, dry_run: bool = False,
-              on_progress: Callable[[int], None] | None = None) -> CleanReport:
+    def clean(
+        self,
+        channel: str,
+        state: str,
+        older_than_s: float,
+        *,
+        batch: int = 500,
+        now_ms: int | None = None,
+        dry_run: bool = False,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> CleanReport:
         """Remove old ``finished`` jobs (index entry, stored result and log) or ``stalled`` jobs
         (retracted), ``batch`` (1..1000) at a time. ``now_ms`` defaults to the server clock;
         ``on_progress(n)`` is called after each batch with the number of ids examined.
@@ -439,8 +495,13 @@ class Inspector:
             if state == "stalled":
                 clean_stalled(ch, report, batch, on_progress)
             else:
-                clean_finished(ch, report, batch, on_progress,
-                               ("succeeded",) if state == "finished" else (state,))
+                clean_finished(
+                    ch,
+                    report,
+                    batch,
+                    on_progress,
+                    ("succeeded",) if state == "finished" else (state,),
+                )
         return report
 
     @staticmethod
@@ -453,14 +514,19 @@ class Inspector:
         if state not in CLEAN_STATES:
             raise ConfigError(f"can only clean {', '.join(CLEAN_STATES)} jobs, not {state!r}")
 
-    def count_cleanable(self, channel: str, state: str, older_than_s: float,
-                        now_ms: int | None = None) -> int:
+    def count_cleanable(
+        self, channel: str, state: str, older_than_s: float, now_ms: int | None = None
+    ) -> int:
         """How many jobs ``clean`` would examine (for a progress bar), in O(log n)."""
         chans = [self.channel(s) for s in self.shards(channel)]
         now = self.server_time_ms() if now_ms is None else now_ms
         cutoff = now - int(older_than_s * 1000)
-        return sum(ch.count_stalled_before(cutoff) if state == "stalled" else
-                   ch.count_finished_before(cutoff) for ch in chans)
+        return sum(
+            ch.count_stalled_before(cutoff)
+            if state == "stalled"
+            else ch.count_finished_before(cutoff)
+            for ch in chans
+        )
 
 
 def _args_of(item: bytes | None) -> str:

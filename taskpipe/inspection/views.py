@@ -21,8 +21,20 @@ from taskpipe.errors import SerializationError
 from taskpipe.serialization import ResultRecord, decode_envelope, decode_result
 from taskpipe.states import JobState, ResultOutcome
 
-__all__ = ["JobRow", "Page", "JobDetail", "CleanReport", "JobEvent", "jsonable", "safe_text",
-           "raw_view", "record_view", "outcome_of", "task_name_of", "worker_view"]
+__all__ = [
+    "JobRow",
+    "Page",
+    "JobDetail",
+    "CleanReport",
+    "JobEvent",
+    "jsonable",
+    "safe_text",
+    "raw_view",
+    "record_view",
+    "outcome_of",
+    "task_name_of",
+    "worker_view",
+]
 
 
 def _s(value: Any) -> str:
@@ -63,7 +75,10 @@ def jsonable(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, (uuid.UUID, Decimal)):
         return str(value)
     if isinstance(value, dict):
-        return {(k if isinstance(k, str) else repr(k)): jsonable(v, _depth + 1) for k, v in value.items()}
+        return {
+            (k if isinstance(k, str) else repr(k)): jsonable(v, _depth + 1)
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple, set, frozenset)):
         return [jsonable(v, _depth + 1) for v in value]
     return repr(value)
@@ -76,9 +91,12 @@ def raw_view(data: bytes, limit: int = 2048) -> dict[str, Any]:
         text: str | None = head.decode("utf-8")
     except UnicodeDecodeError:
         text = None
-    return {"size": len(data), "truncated": len(data) > limit,
-            "text": safe_text(text, newlines=True) if text is not None else None,
-            "base64": None if text is not None else base64.b64encode(head).decode("ascii")}
+    return {
+        "size": len(data),
+        "truncated": len(data) > limit,
+        "text": safe_text(text, newlines=True) if text is not None else None,
+        "base64": None if text is not None else base64.b64encode(head).decode("ascii"),
+    }
 
 
 @dataclass(frozen=True)
@@ -99,9 +117,9 @@ class JobRow:
     lease_deadline_ms: int | None = None
     reason: str = ""
     outcome: ResultOutcome | Literal[""] = ""  # finished rows: ok, failed, expired, raw
-    error: str = ""     # failed rows: "ExcType: message" (first line)
+    error: str = ""  # failed rows: "ExcType: message" (first line)
     parents_left: int | None = None  # waiting rows: parents not finished yet (depends_on)
-    args: str = ""      # the call's args and kwargs for display, cut with a marker (any state)
+    args: str = ""  # the call's args and kwargs for display, cut with a marker (any state)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
@@ -119,8 +137,11 @@ class Page:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
-        return {"rows": [r.to_dict() for r in self.rows], "next_cursor": self.next_cursor,
-                "total": self.total}
+        return {
+            "rows": [r.to_dict() for r in self.rows],
+            "next_cursor": self.next_cursor,
+            "total": self.total,
+        }
 
 
 @dataclass(frozen=True)
@@ -202,8 +223,12 @@ def record_view(raw: bytes) -> dict[str, Any]:
         return {"ok": True, "raw": raw_view(raw)}
     if rec.ok:
         return {"ok": True, "value": rec.value}
-    return {"ok": False, "exc_type": rec.exc_type, "exc_message": rec.exc_message,
-            "traceback": rec.traceback}
+    return {
+        "ok": False,
+        "exc_type": rec.exc_type,
+        "exc_message": rec.exc_message,
+        "traceback": rec.traceback,
+    }
 
 
 def outcome_of(raw: bytes | None) -> tuple[ResultOutcome, str]:

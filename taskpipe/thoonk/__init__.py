@@ -8,5 +8,13 @@ from taskpipe.thoonk.job import Claim, FinishRequest, JobChannel, JobInfo, PutRe
 from taskpipe.thoonk.job_api import Job, JobClaim
 from taskpipe.thoonk.thoonk import Thoonk
 
-__all__ = ["Thoonk", "JobChannel", "Job", "JobClaim", "Claim", "JobInfo", "PutRequest",
-           "FinishRequest"]
+__all__ = [
+    "Thoonk",
+    "JobChannel",
+    "Job",
+    "JobClaim",
+    "Claim",
+    "JobInfo",
+    "PutRequest",
+    "FinishRequest",
+]

@@ -38,8 +38,14 @@ class AbortOps:
 
         k = self.keys
         keys = contract("job_abort").build(k, aborted=k.aborted(id), result=k.result(id))
-        args: list[Any] = [id, record, max(0, int(result_ttl_ms)), k.ch_finish, who,
-                           FINISHED_INDEX_MS]
+        args: list[Any] = [
+            id,
+            record,
+            max(0, int(result_ttl_ms)),
+            k.ch_finish,
+            who,
+            FINISHED_INDEX_MS,
+        ]
         code = -2
         for attempt in range(100):  # -2: it has dependants (or more than were read)
             wf_keys, wf_args = self.workflow_section(id if attempt else None)

@@ -29,9 +29,15 @@ HELD_BACK = -2
 PRECISE_WAIT = 0.2
 
 
-def claim_from(thoonk: Thoonk, channels: Sequence[JobChannel], count: int, lease_ms: int,
-               worker: str, promote_limit: int = 100,
-               run_now: int | None = None) -> tuple[list[Claim], int | None, int]:
+def claim_from(
+    thoonk: Thoonk,
+    channels: Sequence[JobChannel],
+    count: int,
+    lease_ms: int,
+    worker: str,
+    promote_limit: int = 100,
+    run_now: int | None = None,
+) -> tuple[list[Claim], int | None, int]:
     """Claim up to ``count`` jobs from ``channels`` in strict order, in one script call.
 
     ``run_now`` (default: all): how many of them go to free slots at once; the others are
@@ -49,10 +55,17 @@ def claim_from(thoonk: Thoonk, channels: Sequence[JobChannel], count: int, lease
     return _claimed(channels, thoonk.scripts["job_claim"](thoonk.client, keys, args))
 
 
-def wait_then_claim(thoonk: Thoonk, waiter: ListWaiter, channels: Sequence[JobChannel],
-                    timeout: float, count: int, lease_ms: int, worker: str,
-                    promote_limit: int = 100,
-                    run_now: int | None = None) -> tuple[list[Claim], int | None, int] | None:
+def wait_then_claim(
+    thoonk: Thoonk,
+    waiter: ListWaiter,
+    channels: Sequence[JobChannel],
+    timeout: float,
+    count: int,
+    lease_ms: int,
+    worker: str,
+    promote_limit: int = 100,
+    run_now: int | None = None,
+) -> tuple[list[Claim], int | None, int] | None:
     """Block on the wake-up lists up to ``timeout`` seconds, then claim as ``claim_from`` does,
     both in one pipeline: Redis runs the claim the moment the ``BLPOP`` returns (a wake-up or
     the timeout), so a job published to an idle worker is claimed without another round trip.
@@ -71,8 +84,14 @@ def wait_then_claim(thoonk: Thoonk, waiter: ListWaiter, channels: Sequence[JobCh
     return _claimed(channels, reply)
 
 
-def _claim_call(channels: Sequence[JobChannel], count: int, lease_ms: int, worker: str,
-                promote_limit: int, run_now: int | None) -> tuple[list[str], list[Any]]:
+def _claim_call(
+    channels: Sequence[JobChannel],
+    count: int,
+    lease_ms: int,
+    worker: str,
+    promote_limit: int,
+    run_now: int | None,
+) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of one ``job_claim`` call over ``channels`` (``run_now`` None: all)."""
     keys: list[str] = []
     for ch in channels:
@@ -84,8 +103,19 @@ def _claim_call(channels: Sequence[JobChannel], count: int, lease_ms: int, worke
 def _claimed(channels: Sequence[JobChannel], r: Any) -> tuple[list[Claim], int | None, int]:
     """``job_claim``'s reply as ``(claims, next_due or None or HELD_BACK, now)``."""
     now, nxt = int(r[0]), int(r[1])
-    claims = [Claim(channels[int(c[0]) - 1].name, _s(c[1]), bytes(c[2]), int(c[3]), _s(c[4]),
-                    int(c[5]), now, int(c[6]) if len(c) > 6 else 0) for c in r[2:]]
+    claims = [
+        Claim(
+            channels[int(c[0]) - 1].name,
+            _s(c[1]),
+            bytes(c[2]),
+            int(c[3]),
+            _s(c[4]),
+            int(c[5]),
+            now,
+            int(c[6]) if len(c) > 6 else 0,
+        )
+        for c in r[2:]
+    ]
     return claims, (nxt if nxt >= 0 or nxt == HELD_BACK else None), now
 
 
@@ -107,9 +137,15 @@ def _slot_runs(channels: Sequence[JobChannel]) -> list[list[JobChannel]]:
     return runs
 
 
-def _claim_by_slot(thoonk: Thoonk, runs: list[list[JobChannel]], count: int, lease_ms: int,
-                   worker: str, promote_limit: int,
-                   run_now: int) -> tuple[list[Claim], int | None, int]:
+def _claim_by_slot(
+    thoonk: Thoonk,
+    runs: list[list[JobChannel]],
+    count: int,
+    lease_ms: int,
+    worker: str,
+    promote_limit: int,
+    run_now: int,
+) -> tuple[list[Claim], int | None, int]:
     """Redis Cluster: one claim script call per slot run, in order, until ``count`` jobs are held.
 
     Each call is atomic and strict within its run; across runs, order is strict as of the moment
@@ -121,8 +157,9 @@ def _claim_by_slot(thoonk: Thoonk, runs: list[list[JobChannel]], count: int, lea
     best: tuple[int, int, int] | None = None  # (due - now, due, now)
     now = 0
     for run in runs:
-        got, nxt, now = claim_from(thoonk, run, count - len(claims), lease_ms, worker, promote_limit,
-                                   run_now - len(claims))
+        got, nxt, now = claim_from(
+            thoonk, run, count - len(claims), lease_ms, worker, promote_limit, run_now - len(claims)
+        )
         claims += got
         if nxt == HELD_BACK:  # strict order: nothing from later slots past a held-back job
             return claims, HELD_BACK, now
@@ -133,9 +170,16 @@ def _claim_by_slot(thoonk: Thoonk, runs: list[list[JobChannel]], count: int, lea
     return (claims, best[1], best[2]) if best is not None else (claims, None, now)
 
 
-def wait_and_claim(thoonk: Thoonk, channels: Sequence[JobChannel], count: int, lease_ms: int,
-                   worker: str, timeout: float | None, block_client: Any = None,
-                   max_block: float = 1.0) -> list[Claim]:
+def wait_and_claim(
+    thoonk: Thoonk,
+    channels: Sequence[JobChannel],
+    count: int,
+    lease_ms: int,
+    worker: str,
+    timeout: float | None,
+    block_client: Any = None,
+    max_block: float = 1.0,
+) -> list[Claim]:
     """Claim jobs, blocking up to ``timeout`` seconds (0 = forever, None = no wait) while empty.
 
     Blocks on the channels' wake-up lists (one ``BLPOP`` with the claim behind it, see
@@ -168,8 +212,9 @@ def wait_and_claim(thoonk: Thoonk, channels: Sequence[JobChannel], count: int, l
                 time.sleep(wait)
                 continue
             if waiter is None:
-                waiter = thoonk.connection.list_waiter([ch.keys.wake for ch in channels],
-                                                       client=block_client, max_block=max_block)
+                waiter = thoonk.connection.list_waiter(
+                    [ch.keys.wake for ch in channels], client=block_client, max_block=max_block
+                )
             if waiter.pipelines:
                 woken = wait_then_claim(thoonk, waiter, channels, wait, count, lease_ms, worker)
             else:

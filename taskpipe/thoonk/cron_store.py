@@ -68,8 +68,9 @@ class CronStore:
             raw = self.thoonk.client.hget(self.keys.cron_state(name), "cursor")
         return _s(raw) if raw is not None else ""
 
-    def advance(self, name: str, expected: str, new: str,
-                fields: Mapping[str, str] | None = None) -> bool:
+    def advance(
+        self, name: str, expected: str, new: str, fields: Mapping[str, str] | None = None
+    ) -> bool:
         """Set the cursor of ``name`` to ``new`` only if it holds ``expected`` (``""``: absent),
         writing ``fields`` in the same atomic step. True if this call advanced it."""
         extra: list[str] = []

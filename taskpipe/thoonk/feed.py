@@ -109,8 +109,10 @@ class Feed:
         item_id = uuid.uuid4().hex if id is None else check_id(id)
         k = self.keys
         reply = self.thoonk.scripts["feed_publish"](
-            self.thoonk.client, contract("feed_publish").build(k),
-            [item_id, data, k.ch_publish, k.ch_edit, k.ch_retract, self.TYPE, MAX_EVICTIONS])
+            self.thoonk.client,
+            contract("feed_publish").build(k),
+            [item_id, data, k.ch_publish, k.ch_edit, k.ch_retract, self.TYPE, MAX_EVICTIONS],
+        )
         if int(reply[0]) == 0:
             raise FeedDoesNotExist(f"feed {self.name!r} does not exist (deleted, or another type)")
         return item_id
@@ -119,8 +121,10 @@ class Feed:
         """Remove an item; raise ``ItemNotFound`` if the feed has no such id."""
         item_id = check_id(id)
         reply = self.thoonk.scripts["feed_retract"](
-            self.thoonk.client, contract("feed_retract").build(self.keys),
-            [item_id, self.keys.ch_retract])
+            self.thoonk.client,
+            contract("feed_retract").build(self.keys),
+            [item_id, self.keys.ch_retract],
+        )
         if int(reply[0]) != 1:
             raise ItemNotFound(item_id)
 

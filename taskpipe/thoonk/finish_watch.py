@@ -69,8 +69,9 @@ class FinishSubscription:
         if msg["type"] == "subscribe":
             return FinishNotice("subscribed", channel)
         job_id, sep, published = msg["data"].partition(b"\0")
-        return FinishNotice("finish", channel, job_id.decode("utf-8", "replace"),
-                            published if sep else None)
+        return FinishNotice(
+            "finish", channel, job_id.decode("utf-8", "replace"), published if sep else None
+        )
 
     def reset(self) -> None:
         """Drop the connection and every subscription (``channels`` becomes empty)."""

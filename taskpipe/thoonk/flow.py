@@ -17,9 +17,21 @@ from taskpipe.thoonk.script_keys import contract
 if TYPE_CHECKING:
     from taskpipe.thoonk.job import JobChannel, PutRequest
 
-__all__ = ["PutFlow", "PutOutcome", "put_flow_args", "put_flow", "set_channel_limits",
-           "channel_limits", "flow_state", "limits_summary", "PUBLISHED", "EXISTS",
-           "DEDUPLICATED", "DEBOUNCED", "STATE_SAMPLE"]
+__all__ = [
+    "PutFlow",
+    "PutOutcome",
+    "put_flow_args",
+    "put_flow",
+    "set_channel_limits",
+    "channel_limits",
+    "flow_state",
+    "limits_summary",
+    "PUBLISHED",
+    "EXISTS",
+    "DEDUPLICATED",
+    "DEBOUNCED",
+    "STATE_SAMPLE",
+]
 
 PUBLISHED, EXISTS, DEDUPLICATED, DEBOUNCED = 1, 0, 2, 3
 #: at most this many rate buckets and capped claims are read by ``flow_state``
@@ -30,13 +42,13 @@ STATE_SAMPLE = 1000
 class PutFlow:
     """The flow-control part of one publish (all optional)."""
 
-    priority: int | None = None        # 0 (first) .. 9 (last); None: the Thoonk list
-    rate_group: str = ""               # rate bucket shared by every job naming it
-    rate_interval_ms: float = 0.0      # one job per interval ...
-    rate_burst: int = 1                # ... with up to this many at once
-    cap_group: str = ""                # concurrency group
-    cap: int = 0                       # at most this many claimed at once
-    dedup: str = ""                    # '' | 'unique' | 'window' | 'debounce'
+    priority: int | None = None  # 0 (first) .. 9 (last); None: the Thoonk list
+    rate_group: str = ""  # rate bucket shared by every job naming it
+    rate_interval_ms: float = 0.0  # one job per interval ...
+    rate_burst: int = 1  # ... with up to this many at once
+    cap_group: str = ""  # concurrency group
+    cap: int = 0  # at most this many claimed at once
+    dedup: str = ""  # '' | 'unique' | 'window' | 'debounce'
     dedup_key: str = ""
     dedup_ms: int = 0
 
@@ -44,8 +56,11 @@ class PutFlow:
         """The flow spec's fields after the priority score (see ``_flow.lua``)."""
         if not self.rate_group and not self.cap_group:
             return ""
-        rate = (self.rate_group, repr(float(self.rate_interval_ms)), str(self.rate_burst)) \
-            if self.rate_group else ("", "", "")
+        rate = (
+            (self.rate_group, repr(float(self.rate_interval_ms)), str(self.rate_burst))
+            if self.rate_group
+            else ("", "", "")
+        )
         cap = (self.cap_group, str(self.cap)) if self.cap_group else ("", "")
         return "\0".join((*rate, *cap))
 
@@ -66,9 +81,17 @@ def put_flow_args(channel: JobChannel, req: PutRequest) -> tuple[list[str], list
     k = channel.keys
     given = {"unique": k.unique(flow.dedup_key)} if flow.dedup else {}
     keys = contract("job_put_flow").build(k, result=k.result(req.id), **given)
-    args: list[Any] = [req.id, req.item, "1" if req.priority else "0", max(0, req.delay_ms),
-                       max(0, req.eta_ms), "" if flow.priority is None else str(flow.priority),
-                       flow.spec_rest(), flow.dedup, int(flow.dedup_ms)]
+    args: list[Any] = [
+        req.id,
+        req.item,
+        "1" if req.priority else "0",
+        max(0, req.delay_ms),
+        max(0, req.eta_ms),
+        "" if flow.priority is None else str(flow.priority),
+        flow.spec_rest(),
+        flow.dedup,
+        int(flow.dedup_ms),
+    ]
     return keys, args
 
 
@@ -79,21 +102,25 @@ def put_flow(channel: JobChannel, req: PutRequest) -> PutOutcome:
     return PutOutcome(int(code), _s(job_id))
 
 
-def set_channel_limits(channel: JobChannel, rate: tuple[float, int, str] | None,
-                       cap: int | None) -> None:
+def set_channel_limits(
+    channel: JobChannel, rate: tuple[float, int, str] | None, cap: int | None
+) -> None:
     """Set (or with None clear) a channel's rate limit ``(interval_ms, burst, text)`` and
     concurrency cap, in its ``feed.config`` (read by every worker's claim)."""
-    channel.thoonk.set_config(channel.name, **{
-        "flow.rate": None if rate is None else f"{rate[0]!r}:{rate[1]}",
-        "flow.ratelimit": None if rate is None else rate[2],
-        "flow.cap": None if cap is None else str(cap)})
+    channel.thoonk.set_config(
+        channel.name,
+        **{
+            "flow.rate": None if rate is None else f"{rate[0]!r}:{rate[1]}",
+            "flow.ratelimit": None if rate is None else rate[2],
+            "flow.cap": None if cap is None else str(cap),
+        },
+    )
 
 
 def channel_limits(channel: JobChannel) -> dict[str, Any]:
     """The channel's own limits: ``{"rate_limit": "100/s" or None, "concurrency": int or None}``."""
     text, cap = channel.client.hmget(channel.keys.config, "flow.ratelimit", "flow.cap")
-    return {"rate_limit": _s(text) if text else None,
-            "concurrency": int(cap) if cap else None}
+    return {"rate_limit": _s(text) if text else None, "concurrency": int(cap) if cap else None}
 
 
 def flow_state(channel: JobChannel, now_ms: int) -> dict[str, Any]:
@@ -113,8 +140,7 @@ def flow_state(channel: JobChannel, now_ms: int) -> dict[str, Any]:
     rates = dict(zip((rate_flat or [])[::2], (rate_flat or [])[1::2]))
     slots = dict(zip((slot_flat or [])[::2], (slot_flat or [])[1::2]))
     limits = channel_limits(channel)
-    waiting = {_s(g): max(0, int(float(t) - now_ms)) for g, t in rates.items()
-               if float(t) > now_ms}
+    waiting = {_s(g): max(0, int(float(t) - now_ms)) for g, t in rates.items() if float(t) > now_ms}
     groups: dict[str, int] = {}
     if slots:
         ids = list(slots)
@@ -123,8 +149,12 @@ def flow_state(channel: JobChannel, now_ms: int) -> dict[str, Any]:
             group = _s(slots[job_id])
             if score is not None and group:  # '' = a claimed flow job with no cap
                 groups[group] = groups.get(group, 0) + 1
-    return {**limits, "rate_waiting_ms": waiting, "running_by_group": groups,
-            "numbered_waiting": int(numbered)}
+    return {
+        **limits,
+        "rate_waiting_ms": waiting,
+        "running_by_group": groups,
+        "numbered_waiting": int(numbered),
+    }
 
 
 def limits_summary(state: dict[str, Any]) -> str:
@@ -138,14 +168,18 @@ def limits_summary(state: dict[str, Any]) -> str:
     waiting = state.get("rate_waiting_ms") or {}
     if waiting:
         shown = sorted(waiting.items(), key=lambda kv: -kv[1])[:3]
-        parts.append("rate-limited: " + ", ".join(
-            f"{'channel' if g == '#channel' else g.split(':', 1)[-1]} {ms}ms" for g, ms in shown))
+        parts.append(
+            "rate-limited: "
+            + ", ".join(
+                f"{'channel' if g == '#channel' else g.split(':', 1)[-1]} {ms}ms" for g, ms in shown
+            )
+        )
     running = state.get("running_by_group") or {}
     if running:
         shown_r = sorted(running.items(), key=lambda kv: -kv[1])[:3]
-        parts.append("capped running: " + ", ".join(
-            f"{g.split(':', 1)[-1]}={n}" for g, n in shown_r))
+        parts.append(
+            "capped running: " + ", ".join(f"{g.split(':', 1)[-1]}={n}" for g, n in shown_r)
+        )
     if state.get("numbered_waiting"):
         parts.append(f"numbered waiting {state['numbered_waiting']}")
     return " · ".join(parts)
-

@@ -33,8 +33,18 @@ from taskpipe.thoonk.workflow import WorkflowOps
 if TYPE_CHECKING:
     from taskpipe.thoonk.thoonk import Thoonk
 
-__all__ = ["JobChannel", "Claim", "JobInfo", "FinishRequest", "PutRequest", "Reaped", "new_id",
-           "DEFAULT_LEASE_MS", "FINISHED_INDEX_MS", "RECORD_ITEM_MAX"]
+__all__ = [
+    "JobChannel",
+    "Claim",
+    "JobInfo",
+    "FinishRequest",
+    "PutRequest",
+    "Reaped",
+    "new_id",
+    "DEFAULT_LEASE_MS",
+    "FINISHED_INDEX_MS",
+    "RECORD_ITEM_MAX",
+]
 
 DEFAULT_LEASE_MS = 30_000
 FINISHED_INDEX_MS = 7 * 24 * 3600 * 1000  # how long the finished-id index remembers a job
@@ -57,7 +67,8 @@ def _b(value: Any) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8")
     raise SerializationError(  # a TypeError too
-        f"job items and results must be bytes or str, not {type(value).__name__}")
+        f"job items and results must be bytes or str, not {type(value).__name__}"
+    )
 
 
 def _runs_now(req: PutRequest) -> bool:
@@ -116,8 +127,8 @@ class FinishRequest:
     #: job record (docs/history.md): '' keeps none; 'succeeded', 'failed' or 'timeout' keeps one with
     #: the job's payload, counts, worker and times, for ``result_ttl_ms``
     outcome: str = ""
-    label: str = ""        # what the record is indexed by (the task name)
-    code: str = ""         # an error code kept in the record
+    label: str = ""  # what the record is indexed by (the task name)
+    code: str = ""  # an error code kept in the record
     runtime_ms: int | None = None
 
 
@@ -167,17 +178,30 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
         return f"<JobChannel {self.name!r}>"
 
     # publishing -----------------------------------------------------------------------------
-    def put(self, item: bytes | str, priority: bool = False, id: str | None = None,
-            delay_ms: int = 0, eta_ms: int = 0) -> str:
+    def put(
+        self,
+        item: bytes | str,
+        priority: bool = False,
+        id: str | None = None,
+        delay_ms: int = 0,
+        eta_ms: int = 0,
+    ) -> str:
         """Publish a job; returns its id. An id that already exists is not published twice."""
         return self.put_new(item, priority=priority, id=id, delay_ms=delay_ms, eta_ms=eta_ms)[0]
 
-    def put_new(self, item: bytes | str, priority: bool = False, id: str | None = None,
-                delay_ms: int = 0, eta_ms: int = 0) -> tuple[str, bool]:
+    def put_new(
+        self,
+        item: bytes | str,
+        priority: bool = False,
+        id: str | None = None,
+        delay_ms: int = 0,
+        eta_ms: int = 0,
+    ) -> tuple[str, bool]:
         """Publish a job; returns ``(id, created)`` where ``created`` is False for an existing id."""
         fresh = id is None
-        req = PutRequest(_b(item), _check_id(id) or new_id(), priority, int(delay_ms), int(eta_ms),
-                         fresh)
+        req = PutRequest(
+            _b(item), _check_id(id) or new_id(), priority, int(delay_ms), int(eta_ms), fresh
+        )
         return req.id or "", self.put_request(req)
 
     def put_request(self, req: PutRequest) -> bool:
@@ -186,19 +210,26 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
         if req.flow is not None:
             return put_flow(self, req).code == 1
         if req.fresh and _runs_now(req):
-            flags = self.scripts["job_put_fresh"](self.client, self._fresh_keys,
-                                                  ["1" if req.priority else "0", req.id, req.item])
+            flags = self.scripts["job_put_fresh"](
+                self.client, self._fresh_keys, ["1" if req.priority else "0", req.id, req.item]
+            )
         else:
-            flags = self.scripts["job_put"](self.client, self._put_keys_for([req.id]),
-                                            [1, *self._put_args(req.id, req)])
+            flags = self.scripts["job_put"](
+                self.client, self._put_keys_for([req.id]), [1, *self._put_args(req.id, req)]
+            )
         return bool(int(flags[0]))
 
     def _put_keys_for(self, ids: list[str]) -> list[str]:
         return [*self._put_keys, *(self.keys.result(i) for i in ids)]
 
     def _put_args(self, job_id: str, req: PutRequest) -> list[Any]:
-        return [job_id, req.item, "1" if req.priority else "0", max(0, req.delay_ms),
-                max(0, req.eta_ms)]
+        return [
+            job_id,
+            req.item,
+            "1" if req.priority else "0",
+            max(0, req.delay_ms),
+            max(0, req.eta_ms),
+        ]
 
     def put_many(self, requests: Iterable[PutRequest], batch: int = 500) -> list[tuple[str, bool]]:
         """Publish many jobs, ``batch`` per script call, all calls in one pipeline.
@@ -220,8 +251,9 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
                 if ids:
                     pending.append((kind, ids, args))
                 ids, kind = [], ""
-                pending.append(("X", [job_id], list(put_flow_args(self, replace(
-                    req, item=item, id=job_id)))))
+                pending.append(
+                    ("X", [job_id], list(put_flow_args(self, replace(req, item=item, id=job_id))))
+                )
                 continue
             fresh = (req.fresh or req.id is None) and _runs_now(req)
             this = ("F1" if req.priority else "F0") if fresh else "P"
@@ -233,8 +265,13 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
             if fresh:
                 args += (job_id, item)
             else:
-                args += (job_id, item, "1" if req.priority else "0", max(0, req.delay_ms),
-                         max(0, req.eta_ms))
+                args += (
+                    job_id,
+                    item,
+                    "1" if req.priority else "0",
+                    max(0, req.delay_ms),
+                    max(0, req.eta_ms),
+                )
         if ids:
             pending.append((kind, ids, args))
         for (kind, ids, _), flags in zip(pending, self._run_puts(pending)):
@@ -259,13 +296,24 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
             else:
                 put_fresh.queue(pipe, self._fresh_keys, args)
         with broker_errors("put_many"):
-            self.scripts.ensure_loaded(self.client, *sorted(
-                {{"P": "job_put", "X": "job_put_flow"}.get(kind, "job_put_fresh")
-                 for kind, _, _ in pending}))
+            self.scripts.ensure_loaded(
+                self.client,
+                *sorted(
+                    {
+                        {"P": "job_put", "X": "job_put_flow"}.get(kind, "job_put_fresh")
+                        for kind, _, _ in pending
+                    }
+                ),
+            )
             return list(pipe.execute())
 
-    def put_fresh_many(self, items: Sequence[bytes], priority: bool = False,
-                       batch: int = 500, ids: Sequence[str] | None = None) -> list[str]:
+    def put_fresh_many(
+        self,
+        items: Sequence[bytes],
+        priority: bool = False,
+        batch: int = 500,
+        ids: Sequence[str] | None = None,
+    ) -> list[str]:
         """Publish ``items`` as new jobs to run now, with new ids; returns the ids in order.
 
         The bulk fast path (``Task.map``): ``batch`` jobs per ``job_put_fresh`` call (one
@@ -277,25 +325,34 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
         flag = "1" if priority else "0"
         pending: list[tuple[str, list[str], list[Any]]] = []
         for start in range(0, len(ids), batch):
-            part_ids, part_items = ids[start:start + batch], items[start:start + batch]
+            part_ids, part_items = ids[start : start + batch], items[start : start + batch]
             args: list[Any] = [flag] + [b""] * (2 * len(part_ids))
             args[1::2] = part_ids
-            args[2::2] = [_b(i) for i in part_items] if any(type(i) is not bytes for i in part_items) \
+            args[2::2] = (
+                [_b(i) for i in part_items]
+                if any(type(i) is not bytes for i in part_items)
                 else part_items
+            )
             pending.append(("F" + flag, part_ids, args))
         self._run_puts(pending)
         return ids
 
     # claiming -------------------------------------------------------------------------------
-    def claim(self, count: int = 1, lease_ms: int = DEFAULT_LEASE_MS, worker: str = "",
-              promote_limit: int = 100) -> list[Claim]:
+    def claim(
+        self,
+        count: int = 1,
+        lease_ms: int = DEFAULT_LEASE_MS,
+        worker: str = "",
+        promote_limit: int = 100,
+    ) -> list[Claim]:
         """Claim up to ``count`` available jobs now (never blocks)."""
         from taskpipe.thoonk.claiming import claim_from  # claiming imports this module
 
         return claim_from(self.thoonk, [self], count, lease_ms, worker, promote_limit)[0]
 
-    def get(self, timeout: float | None = 0, lease_ms: int = DEFAULT_LEASE_MS,
-            worker: str = "") -> tuple[str, bytes, int] | None:
+    def get(
+        self, timeout: float | None = 0, lease_ms: int = DEFAULT_LEASE_MS, worker: str = ""
+    ) -> tuple[str, bytes, int] | None:
         """Thoonk get: wait up to ``timeout`` seconds (0 = forever, None = don't wait) for a job.
 
         Returns ``(id, item, cancel_count)`` or None on timeout. The claim is atomic and leased.
@@ -303,8 +360,9 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
         claim = self.get_claim(timeout, lease_ms, worker)
         return (claim.id, claim.item, claim.cancel_count) if claim else None
 
-    def get_claim(self, timeout: float | None = 0, lease_ms: int = DEFAULT_LEASE_MS,
-                  worker: str = "") -> Claim | None:
+    def get_claim(
+        self, timeout: float | None = 0, lease_ms: int = DEFAULT_LEASE_MS, worker: str = ""
+    ) -> Claim | None:
         """Like ``get`` but returns the whole ``Claim`` (with its fencing token)."""
         from taskpipe.thoonk.claiming import wait_and_claim  # claiming imports this module
 
@@ -312,17 +370,27 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
         return claims[0] if claims else None
 
     # outcomes -------------------------------------------------------------------------------
-    def finish(self, id: str, result: bytes | str | None = None, result_ttl_ms: int = 0,
-               token: str = "", failed: bool = False) -> None:
+    def finish(
+        self,
+        id: str,
+        result: bytes | str | None = None,
+        result_ttl_ms: int = 0,
+        token: str = "",
+        failed: bool = False,
+    ) -> None:
         """Finish a claimed job; store ``result`` for ``result_ttl_ms`` and publish job.finish
         (``result=None`` is a plain acknowledgement; any bytes, ``b""`` too, are a result)."""
-        req = FinishRequest(id, token, _b(result) if result is not None else None,
-                            int(result_ttl_ms), failed)
+        req = FinishRequest(
+            id, token, _b(result) if result is not None else None, int(result_ttl_ms), failed
+        )
         code = self.finish_many([req])[0]
         self._raise_for(code, id, "claimed", token)
 
-    def finish_many(self, requests: Sequence[FinishRequest],
-                    followup: tuple[JobChannel, str, bytes] | None = None) -> list[int]:
+    def finish_many(
+        self,
+        requests: Sequence[FinishRequest],
+        followup: tuple[JobChannel, str, bytes] | None = None,
+    ) -> list[int]:
         """Finish several claimed jobs in one script call; returns a code per job.
 
         Codes: 1 finished, 0 not claimed, -1 lease lost. ``followup`` = ``(channel, id, item)``
@@ -337,8 +405,9 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
         if len(requests) > 1000:
             raise ValueError("finish_many takes at most 1000 jobs per call")
         keys, args = self._finish_parts(requests, followup)
-        codes = [int(c) for c in self._finish_call(requests, keys, args,
-                                                   self.workflow_section(None))]
+        codes = [
+            int(c) for c in self._finish_call(requests, keys, args, self.workflow_section(None))
+        ]
         if len(requests) == 1:
             for _ in range(100):  # -2: it has dependants (or more than were read): pass them
                 if codes[0] != -2:
@@ -355,16 +424,25 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
                 codes[i] = code if code != -2 else self.finish_many([requests[i]])[0]
         return codes
 
-    def _finish_parts(self, requests: Sequence[FinishRequest],
-                      followup: tuple[JobChannel, str, bytes] | None) -> tuple[list[str], list[Any]]:
+    def _finish_parts(
+        self, requests: Sequence[FinishRequest], followup: tuple[JobChannel, str, bytes] | None
+    ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of one ``job_finish`` call, before its workflow section."""
-        keys = [*self._finish_keys, *(self.keys.result(r.id) for r in requests),
-                *(self.keys.query(r.id) for r in requests if r.keep_query and r.result is not None)]
+        keys = [
+            *self._finish_keys,
+            *(self.keys.result(r.id) for r in requests),
+            *(self.keys.query(r.id) for r in requests if r.keep_query and r.result is not None),
+        ]
         args: list[Any] = [self.keys.ch_finish, FINISHED_INDEX_MS, len(requests)]
         for r in requests:
-            args += [r.id, r.token, b"" if r.result is None else _b(r.result),
-                     max(0, r.result_ttl_ms), "1" if r.failed else "0",
-                     "0" if r.result is None else "2" if r.keep_query else "1"]
+            args += [
+                r.id,
+                r.token,
+                b"" if r.result is None else _b(r.result),
+                max(0, r.result_ttl_ms),
+                "1" if r.failed else "0",
+                "0" if r.result is None else "2" if r.keep_query else "1",
+            ]
         if followup is not None:
             target, fid, fitem = followup
             fitem = _b(fitem)
@@ -373,8 +451,13 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
             args += [_check_id(fid), fitem]
         return keys, args
 
-    def _finish_call(self, requests: Sequence[FinishRequest], keys: list[str], args: list[Any],
-                     section: tuple[list[str], list[Any]]) -> list[Any]:
+    def _finish_call(
+        self,
+        requests: Sequence[FinishRequest],
+        keys: list[str],
+        args: list[Any],
+        section: tuple[list[str], list[Any]],
+    ) -> list[Any]:
         """One ``job_finish`` call: its main part, then the workflow section, then (when a
         request carries an outcome to record) the record section."""
         wf_keys, wf_args = section
@@ -383,16 +466,16 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
             self._record_section(requests, keys, args)
         return list(self.scripts["job_finish"](self.client, keys, args))
 
-    def _record_section(self, requests: Sequence[FinishRequest], keys: list[str],
-                        args: list[Any]) -> None:
+    def _record_section(
+        self, requests: Sequence[FinishRequest], keys: list[str], args: list[Any]
+    ) -> None:
         """Append the record section of ``job_finish`` (see ``lua/_record.lua``)."""
         k = self.keys
         keys += [k.failed_index, k.label_stats]
         args += [RECORD_ITEM_MAX, FINISHED_INDEX_MS]
         for r in requests:
             keys += [k.record(r.id), k.label_index(r.label)]
-            args += [r.outcome, r.label, r.code,
-                     "" if r.runtime_ms is None else int(r.runtime_ms)]
+            args += [r.outcome, r.label, r.code, "" if r.runtime_ms is None else int(r.runtime_ms)]
         args.append("\0record")
 
     def cancel(self, id: str, token: str = "", not_before_ms: int = 0) -> int:
@@ -418,12 +501,13 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
         keys = contract("job_release").build(self.keys)
         codes: list[int] = []
         for start in range(0, len(claims), 1000):
-            args = [x for pair in claims[start:start + 1000] for x in pair]
+            args = [x for pair in claims[start : start + 1000] for x in pair]
             codes += [int(c) for c in self.scripts["job_release"](self.client, keys, args)]
         return codes
 
-    def stall(self, id: str, reason: str = "", token: str = "",
-              record: tuple[str, int] | None = None) -> None:
+    def stall(
+        self, id: str, reason: str = "", token: str = "", record: tuple[str, int] | None = None
+    ) -> None:
         """Park a claimed job with a reason; it is not dispatched until ``retry``.
         ``record`` = ``(label, ttl_ms)`` keeps its record (worker, claim time: docs/history.md)."""
         args: list[Any] = [id, token, reason]
@@ -431,22 +515,32 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
         if record is not None:
             given["record"] = self.keys.record(id)
             args += [int(record[1]), record[0]]
-        code = self.scripts["job_stall"](self.client, contract("job_stall").build(self.keys, **given),
-                                         args)
+        code = self.scripts["job_stall"](
+            self.client, contract("job_stall").build(self.keys, **given), args
+        )
         self._raise_for(int(code), id, "claimed", token)
 
     def retry(self, id: str, reset_counts: bool = True) -> None:
         """Make a stalled job available again (``reset_counts`` gives it a fresh budget)."""
-        code = self.scripts["job_retry"](self.client, contract("job_retry").build(self.keys),
-                                         [id, "1" if reset_counts else "0"])
+        code = self.scripts["job_retry"](
+            self.client, contract("job_retry").build(self.keys), [id, "1" if reset_counts else "0"]
+        )
         self._raise_for(int(code), id, "stalled")
 
-    def defer(self, id: str, token: str = "", delay_ms: int = 0, count_attempt: bool = True,
-              item: bytes | None = None) -> int:
+    def defer(
+        self,
+        id: str,
+        token: str = "",
+        delay_ms: int = 0,
+        count_attempt: bool = True,
+        item: bytes | None = None,
+    ) -> int:
         """Release a claimed job to run again after ``delay_ms``; returns its attempt count."""
         code, attempts = self.scripts["job_defer"](
-            self.client, contract("job_defer").build(self.keys),
-            [id, token, max(0, int(delay_ms)), "1" if count_attempt else "0", item or b""])
+            self.client,
+            contract("job_defer").build(self.keys),
+            [id, token, max(0, int(delay_ms)), "1" if count_attempt else "0", item or b""],
+        )
         self._raise_for(int(code), id, "claimed", token)
         return int(attempts)
 
@@ -458,17 +552,26 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
     def retract_keys(self, id: str) -> list[str]:
         """KEYS of the ``job_retract`` script for one job, in the order of its header."""
         k = self.keys
-        return contract("job_retract").build(k, result=k.result(id), log=k.log(id),
-                                             prio=k.prio, flow=k.flow, waiting=k.waiting,
-                                             record=k.record(id), failed_index=k.failed_index)
+        return contract("job_retract").build(
+            k,
+            result=k.result(id),
+            log=k.log(id),
+            prio=k.prio,
+            flow=k.flow,
+            waiting=k.waiting,
+            record=k.record(id),
+            failed_index=k.failed_index,
+        )
 
     def retract(self, id: str, record_ttl_ms: int = 0) -> None:
         """Remove a job from every state, its stored result, record and log included.
         ``record_ttl_ms`` > 0: a job retracted before it ended keeps a record (outcome
         ``retracted``, its payload) that long (docs/history.md)."""
-        if not self.scripts["job_retract"](self.client, self.retract_keys(id),
-                                           [id, self.thoonk.keys.feed(self.name).ch_retract, "",
-                                            max(0, int(record_ttl_ms))]):
+        if not self.scripts["job_retract"](
+            self.client,
+            self.retract_keys(id),
+            [id, self.thoonk.keys.feed(self.name).ch_retract, "", max(0, int(record_ttl_ms))],
+        ):
             raise JobNotFound(f"no job {id!r} in channel {self.name!r}")
 
     def retract_stalled_before(self, ids: Sequence[str], stalled_before_ms: int) -> list[str]:
@@ -480,8 +583,9 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
         self.scripts.ensure_loaded(self.client, "job_retract")
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
-            self.scripts["job_retract"].queue(pipe, self.retract_keys(job_id),
-                                              [job_id, channel, int(stalled_before_ms)])
+            self.scripts["job_retract"].queue(
+                pipe, self.retract_keys(job_id), [job_id, channel, int(stalled_before_ms)]
+            )
         return [job_id for job_id, ok in zip(ids, pipe.execute()) if int(ok)]
 
     def retract_stalled(self, ids: Sequence[str]) -> list[str]:
@@ -493,8 +597,9 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
         self.scripts.ensure_loaded(self.client, "job_retract")
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
-            self.scripts["job_retract"].queue(pipe, self.retract_keys(job_id),
-                                              [job_id, channel, "stalled"])
+            self.scripts["job_retract"].queue(
+                pipe, self.retract_keys(job_id), [job_id, channel, "stalled"]
+            )
         return [job_id for job_id, ok in zip(ids, pipe.execute()) if int(ok)]
 
     def _raise_for(self, code: int, id: str, expected: str, token: str = "") -> None:
@@ -510,19 +615,28 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
         raise WrongJobState(id, expected, actual)
 
     # leases ---------------------------------------------------------------------------------
-    def extend(self, claims: Iterable[tuple[str, str]], lease_ms: int = DEFAULT_LEASE_MS) -> list[str]:
+    def extend(
+        self, claims: Iterable[tuple[str, str]], lease_ms: int = DEFAULT_LEASE_MS
+    ) -> list[str]:
         """Renew leases for ``(id, token)`` pairs; returns the ids whose lease was lost."""
         args: list[Any] = [int(lease_ms)]
         for job_id, token in claims:
             args += [job_id, token]
         if len(args) == 1:
             return []
-        lost = self.scripts["job_extend"](self.client, contract("job_extend").build(self.keys), args)
+        lost = self.scripts["job_extend"](
+            self.client, contract("job_extend").build(self.keys), args
+        )
         return [_s(x) for x in lost]
 
-    def reap(self, max_cancels: int = 0, limit: int = 1000, *,
-             presence: tuple[str, str, int] | None = None,
-             record: tuple[int, Callable[[bytes], str]] | None = None) -> tuple[list[str], list[str]]:
+    def reap(
+        self,
+        max_cancels: int = 0,
+        limit: int = 1000,
+        *,
+        presence: tuple[str, str, int] | None = None,
+        record: tuple[int, Callable[[bytes], str]] | None = None,
+    ) -> tuple[list[str], list[str]]:
         """Requeue (or stall, past ``max_cancels``) claims whose lease expired, and with
         ``presence`` = ``(presence set key, alive channel prefix, grace ms)`` also the claims of
         joined workers whose alive channel has had no subscriber for the grace (their process
@@ -533,9 +647,14 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
         reaped = self.reap_detail(max_cancels, limit, presence=presence, record=record)
         return reaped.requeued, reaped.stalled
 
-    def reap_detail(self, max_cancels: int = 0, limit: int = 1000, *,
-                    presence: tuple[str, str, int] | None = None,
-                    record: tuple[int, Callable[[bytes], str]] | None = None) -> Reaped:
+    def reap_detail(
+        self,
+        max_cancels: int = 0,
+        limit: int = 1000,
+        *,
+        presence: tuple[str, str, int] | None = None,
+        record: tuple[int, Callable[[bytes], str]] | None = None,
+    ) -> Reaped:
         """``reap``, saying which workers were found dead and which of the ids were theirs."""
         args: list[Any] = [limit, max_cancels]
         if presence is not None:
@@ -546,9 +665,18 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
         reply = self.scripts["job_reap"](self.client, keys, args)
         lists = [[_s(x) for x in part] for part in reply[:4]] + [[], []]
         flat = list(reply[4]) if len(reply) > 4 else []
-        detail = [(sid, _s(flat[5 * i]), _s(flat[5 * i + 1]), _s(flat[5 * i + 2]),
-                   _s(flat[5 * i + 3]), _b(flat[5 * i + 4]))
-                  for i, sid in enumerate(lists[1]) if 5 * i + 4 < len(flat)]
+        detail = [
+            (
+                sid,
+                _s(flat[5 * i]),
+                _s(flat[5 * i + 1]),
+                _s(flat[5 * i + 2]),
+                _s(flat[5 * i + 3]),
+                _b(flat[5 * i + 4]),
+            )
+            for i, sid in enumerate(lists[1])
+            if 5 * i + 4 < len(flat)
+        ]
         if record is not None and record[0] > 0 and detail:
             self.keep_reaped_records(detail, record[0], [record[1](d[5]) for d in detail])
         return Reaped(lists[0], lists[1], lists[2], lists[3], detail)
@@ -556,36 +684,48 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
     def promote(self, limit: int = 1000) -> tuple[int, int | None]:
         """Move due delayed jobs to available; returns ``(moved, next_due_ms or None)``."""
         moved, nxt = self.scripts["job_promote"](
-            self.client, contract("job_promote").build(self.keys), [limit])
+            self.client, contract("job_promote").build(self.keys), [limit]
+        )
         return int(moved), (int(nxt) if int(nxt) >= 0 else None)
 
     # progress and logs ----------------------------------------------------------------------
     def set_progress(self, id: str, progress: str, token: str = "") -> None:
         """Record a claimed job's progress (free text, e.g. ``"3/10"``) and publish it."""
         k = self.keys
-        code = self.scripts["job_progress"](self.client, contract("job_progress").build(k),
-                                            [id, token, progress, k.ch_events])
+        code = self.scripts["job_progress"](
+            self.client, contract("job_progress").build(k), [id, token, progress, k.ch_events]
+        )
         self._raise_for(int(code), id, "claimed", token)
 
-    def log(self, id: str, lines: Sequence[str | bytes], max_lines: int = 1000,
-            ttl_ms: int = 7 * 24 * 3600 * 1000) -> int:
+    def log(
+        self,
+        id: str,
+        lines: Sequence[str | bytes],
+        max_lines: int = 1000,
+        ttl_ms: int = 7 * 24 * 3600 * 1000,
+    ) -> int:
         """Append lines to a job's log (capped at ``max_lines``, expiring after ``ttl_ms``)."""
         if not lines:
             return 0
         k = self.keys
-        n = self.scripts["job_log"](self.client, contract("job_log").build(k, log=k.log(id)),
-                                    [id, max_lines, ttl_ms, k.ch_events, *lines[:1000]])
+        n = self.scripts["job_log"](
+            self.client,
+            contract("job_log").build(k, log=k.log(id)),
+            [id, max_lines, ttl_ms, k.ch_events, *lines[:1000]],
+        )
         return int(n)
 
     def announce(self, events: Sequence[tuple[str, str, bytes]]) -> None:
         """Publish job events on ``feed.jobevent:<f>`` as ``kind\\0id\\0data``, 1000 per script
         call (the worker announces outcomes this way once they are written; taskpipe.events)."""
-        messages = [b"%s\0%s\0%s" % (kind.encode(), job_id.encode(), data)
-                    for kind, job_id, data in events]
+        messages = [
+            b"%s\0%s\0%s" % (kind.encode(), job_id.encode(), data) for kind, job_id, data in events
+        ]
         keys = contract("job_announce").build(self.keys)
         for start in range(0, len(messages), 1000):
-            self.scripts["job_announce"](self.client, keys,
-                                        [self.keys.ch_events, *messages[start:start + 1000]])
+            self.scripts["job_announce"](
+                self.client, keys, [self.keys.ch_events, *messages[start : start + 1000]]
+            )
 
     def event_followers(self) -> int:
         """How many subscriptions may receive this channel's job events: direct subscribers of

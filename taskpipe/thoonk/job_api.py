@@ -128,8 +128,13 @@ class Job(JobChannel):
         return f"<Job {self.name!r}>"
 
     # publishing (Thoonk Jobs) -----------------------------------------------------------------
-    def publish(self, item: bytes | str, id: str | None = None, priority: bool = False,
-                on_finish: Callable[[bytes | None], Any] | None = None) -> str:
+    def publish(
+        self,
+        item: bytes | str,
+        id: str | None = None,
+        priority: bool = False,
+        on_finish: Callable[[bytes | None], Any] | None = None,
+    ) -> str:
         """Put a job and return its id, as Thoonk Jobs' ``publish(item, {id, priority,
         onFinish})``. ``on_finish(result)`` runs (in this ``Thoonk``'s listener thread) when any
         worker, taskpipe or legacy, finishes the job with a result; a plain acknowledgement
@@ -150,8 +155,12 @@ class Job(JobChannel):
         return callbacks
 
     # claiming ---------------------------------------------------------------------------------
-    def get(self, timeout: DurationLike | None = None, lease_ms: int = DEFAULT_LEASE_MS,
-            worker: str = "") -> JobClaim:
+    def get(
+        self,
+        timeout: DurationLike | None = None,
+        lease_ms: int = DEFAULT_LEASE_MS,
+        worker: str = "",
+    ) -> JobClaim:
         """Claim the next job: ``get()`` and ``get(0)`` block until there is one, ``get(timeout=5)``
         waits 5 s and then raises ``Empty``. Returns a ``JobClaim``: ``id, item, cancel_count =
         job.get()``. The claim is atomic and leased (``lease_ms``; see docs/thoonk.md)."""
@@ -163,9 +172,17 @@ class Job(JobChannel):
         return JobClaim(claim)
 
     # outcomes ---------------------------------------------------------------------------------
-    def finish(self, id: str, item: bytes | str | None = None,  # type: ignore[override]
-               result: bool | bytes | str | None = None, timeout: float | None = None, *,
-               result_ttl_ms: int | None = None, token: str = "", failed: bool = False) -> None:
+    def finish(  # type: ignore[override]
+        self,
+        id: str,
+        item: bytes | str | None = None,
+        result: bool | bytes | str | None = None,
+        timeout: float | None = None,
+        *,
+        result_ttl_ms: int | None = None,
+        token: str = "",
+        failed: bool = False,
+    ) -> None:
         """Finish a claimed job, in thoonk.py's three ways:
 
         - ``finish(id)``: a plain acknowledgement (nothing published);
@@ -179,8 +196,12 @@ class Job(JobChannel):
         The old keyword form ``finish(id, result=b'contents')`` is deprecated and warns.
         """
         if isinstance(result, (bytes, bytearray, str)):
-            warnings.warn("Job.finish(id, result=<contents>) is deprecated: use finish(id, "
-                          "<contents>, result=True)", DeprecationWarning, stacklevel=2)
+            warnings.warn(
+                "Job.finish(id, result=<contents>) is deprecated: use finish(id, "
+                "<contents>, result=True)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
             item, result = result, True
         if result is False:
             contents: bytes | None = None
@@ -194,13 +215,22 @@ class Job(JobChannel):
             ttl = int(float(timeout) * 1000)
         else:
             ttl = RESULT_TTL_MS if result_ttl_ms is None else int(result_ttl_ms)
-        req = FinishRequest(id, token, contents, ttl if contents is not None else 0, failed,
-                            keep_query=contents is not None)
+        req = FinishRequest(
+            id,
+            token,
+            contents,
+            ttl if contents is not None else 0,
+            failed,
+            keep_query=contents is not None,
+        )
         self._raise_for(self.finish_many([req])[0], id, "claimed", token)
 
     # results ----------------------------------------------------------------------------------
-    def get_result(self, id: str,  # type: ignore[override]
-                   timeout: DurationLike | None = None) -> tuple[bytes | None, bytes]:
+    def get_result(  # type: ignore[override]
+        self,
+        id: str,
+        timeout: DurationLike | None = None,
+    ) -> tuple[bytes | None, bytes]:
         """``query, result = job.get_result(id, timeout=5)``: the job's original item and its
         result, waiting up to ``timeout`` seconds for the job to finish (no polling).
 
@@ -212,8 +242,10 @@ class Job(JobChannel):
             timeout = parse_duration(timeout)
         result = super().get_result(id, timeout)
         if result is None:
-            raise ResultTimeout(f"no result for job {id!r} in channel {self.name!r}"
-                                + (f" within {timeout} s" if timeout else ""))
+            raise ResultTimeout(
+                f"no result for job {id!r} in channel {self.name!r}"
+                + (f" within {timeout} s" if timeout else "")
+            )
         with broker_errors(f"get_result {id!r}"):
             query: bytes | None = self.client.get(self.keys.query(id))
         return query, result

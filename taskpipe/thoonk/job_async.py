@@ -67,11 +67,12 @@ async def wait_result(client: Any, ch: JobReads, id: str, wait: float) -> bytes 
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
-                msg = await pubsub.get_message(ignore_subscribe_messages=True,
-                                               timeout=min(remaining, 1.0))
+                msg = await pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=min(remaining, 1.0)
+                )
                 data = msg.get("data") if msg else None
                 if isinstance(data, bytes) and data.startswith(prefix):
-                    return data[len(prefix):]
+                    return data[len(prefix) :]
                 if msg is None:
                     state, _ = await _state_reason(client, ch, id)
                     if state == JobState.FINISHED:

@@ -42,8 +42,11 @@ class JobBrowsing:
         priority and publish order (docs/flow-control.md)."""
         k = self.keys
         in_list = int(self.client.llen(k.ids))
-        ids = [_s(i) for i in self.client.lrange(k.ids, -(offset + limit), -(offset + 1))][::-1] \
-            if offset < in_list else []
+        ids = (
+            [_s(i) for i in self.client.lrange(k.ids, -(offset + limit), -(offset + 1))][::-1]
+            if offset < in_list
+            else []
+        )
         # then the numbered jobs (priority=0..9, feed.prio), claimed after the list
         numbered = int(self.client.zcard(k.prio))
         start = max(0, offset - in_list)
@@ -62,12 +65,16 @@ class JobBrowsing:
         soonest due first, claimed oldest claim first, finished newest first."""
         if state not in SORTED_STATES:
             raise ValueError(f"state must be one of {SORTED_STATES}, got {state!r}")
-        key = {"delayed": self.keys.delayed, "claimed": self.keys.claimed,
-               "finished": self.keys.finished}[state]
+        key = {
+            "delayed": self.keys.delayed,
+            "claimed": self.keys.claimed,
+            "finished": self.keys.finished,
+        }[state]
         total = int(self.client.zcard(key))
         fetch = self.client.zrevrange if state == "finished" else self.client.zrange
-        return total, [(_s(i), sc) for i, sc in fetch(key, offset, offset + limit - 1,
-                                                      withscores=True)]
+        return total, [
+            (_s(i), sc) for i, sc in fetch(key, offset, offset + limit - 1, withscores=True)
+        ]
 
     def count_stalled(self) -> int:
         """How many jobs are stalled (``SCARD``)."""
@@ -101,8 +108,8 @@ class JobBrowsing:
         elif state == "stalled":
             out["reasons"] = r[3]
         elif state == "finished":
-            out["results"] = r[3:3 + len(ids)]
-            out["records"] = r[3 + len(ids):]
+            out["results"] = r[3 : 3 + len(ids)]
+            out["records"] = r[3 + len(ids) :]
         return out
 
     def detail_fields(self, id: str, log_lines: int) -> tuple[Any, Any, Any, int, list[bytes]]:

@@ -54,8 +54,12 @@ class JobCleaning:
     def finished_before(self, cutoff_ms: int, offset: int = 0, count: int = 500) -> list[str]:
         """Ids in the finished index finished at or before ``cutoff_ms`` (server time), oldest
         first, from position ``offset``, at most ``count``."""
-        return [_s(i) for i in self.client.zrangebyscore(
-            self.keys.finished, "-inf", int(cutoff_ms), start=int(offset), num=int(count))]
+        return [
+            _s(i)
+            for i in self.client.zrangebyscore(
+                self.keys.finished, "-inf", int(cutoff_ms), start=int(offset), num=int(count)
+            )
+        ]
 
     def count_finished_before(self, cutoff_ms: int) -> int:
         """How many entries of the finished index are at or before ``cutoff_ms`` (O(log n))."""
@@ -77,8 +81,12 @@ class JobCleaning:
     def stalled_before(self, cutoff_ms: int, offset: int = 0, count: int = 500) -> list[str]:
         """Ids of jobs stalled at or before ``cutoff_ms`` (server time, ``feed.stalledat:<f>``),
         oldest first, from position ``offset``, at most ``count``."""
-        return [_s(i) for i in self.client.zrangebyscore(
-            self.keys.stalled_at, "-inf", int(cutoff_ms), start=int(offset), num=int(count))]
+        return [
+            _s(i)
+            for i in self.client.zrangebyscore(
+                self.keys.stalled_at, "-inf", int(cutoff_ms), start=int(offset), num=int(count)
+            )
+        ]
 
     def count_stalled_before(self, cutoff_ms: int) -> int:
         """How many jobs have a stall time at or before ``cutoff_ms`` (O(log n))."""

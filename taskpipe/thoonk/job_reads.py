@@ -29,9 +29,24 @@ __all__ = ["JobReads", "JobInfo", "RECORD_FIELDS", "record_fields"]
 #: the fields of a job record as stored (one letter each: see ``lua/_record.lua``)...
 RECORD_FIELDS = ("o", "l", "i", "n", "a", "c", "w", "p", "s", "f", "r", "x", "q", "v", "u", "e")
 #: ... and their names
-RECORD_NAMES = ("outcome", "label", "item", "item_size", "attempts", "cancels", "worker",
-                "published", "started", "finished", "runtime_ms", "code", "requeues", "previous",
-                "requeued", "last_error")
+RECORD_NAMES = (
+    "outcome",
+    "label",
+    "item",
+    "item_size",
+    "attempts",
+    "cancels",
+    "worker",
+    "published",
+    "started",
+    "finished",
+    "runtime_ms",
+    "code",
+    "requeues",
+    "previous",
+    "requeued",
+    "last_error",
+)
 
 
 def record_fields(values: Sequence[Any]) -> dict[str, bytes]:
@@ -105,7 +120,7 @@ class JobReads:
                     return None
                 msg = pubsub.get_message(timeout=min(remaining, 1.0))
                 if msg and isinstance(msg.get("data"), bytes) and msg["data"].startswith(prefix):
-                    found: bytes = msg["data"][len(prefix):]
+                    found: bytes = msg["data"][len(prefix) :]
                     return found
                 if msg is None and self.info(id).state == JobState.FINISHED:
                     late: bytes | None = self.client.get(key)
@@ -122,8 +137,13 @@ class JobReads:
         value: bytes | None = self.client.get(self.keys.result(id))
         return value
 
-    def watch(self, events: Sequence[str] = ("finish",), *, shared: bool = True,
-              keep_on: tuple[type[BaseException], ...] = ()) -> JobWatch:
+    def watch(
+        self,
+        events: Sequence[str] = ("finish",),
+        *,
+        shared: bool = True,
+        keep_on: tuple[type[BaseException], ...] = (),
+    ) -> JobWatch:
         """A subscription to this channel's ``finish`` / ``retract`` / ``events`` pub/sub
         channels, as a context manager (see ``taskpipe.thoonk.job_watch``)."""
         return JobWatch(self, events, shared=shared, keep_on=keep_on)
@@ -174,17 +194,27 @@ class JobReads:
     # reads ----------------------------------------------------------------------------------
     def state_keys(self, id: str) -> list[str]:
         """KEYS of the ``job_state`` script for one job (also run by ``thoonk/job_async.py``)."""
-        return contract("job_state").build(self.keys, result=self.keys.result(id),
-                                           waiting=self.keys.waiting)
+        return contract("job_state").build(
+            self.keys, result=self.keys.result(id), waiting=self.keys.waiting
+        )
 
     def info(self, id: str) -> JobInfo:
         """A job's state and bookkeeping, read in one atomic step."""
         r = self.scripts["job_state"](self.client, self.state_keys(id), [id])
-        return JobInfo(id=id, state=JobState(_s(r[0])), cancel_count=int(_s(r[1]) or 0),
-                       attempts=int(_s(r[2]) or 0), reason=_s(r[3]), worker=_s(r[4]),
-                       progress=_s(r[5]), lease_deadline_ms=_opt_int(r[6]), due_ms=_opt_int(r[7]),
-                       finished_ms=_opt_int(r[8]), published_ms=_opt_int(r[9]),
-                       result_ttl_ms=_opt_int(r[10]))
+        return JobInfo(
+            id=id,
+            state=JobState(_s(r[0])),
+            cancel_count=int(_s(r[1]) or 0),
+            attempts=int(_s(r[2]) or 0),
+            reason=_s(r[3]),
+            worker=_s(r[4]),
+            progress=_s(r[5]),
+            lease_deadline_ms=_opt_int(r[6]),
+            due_ms=_opt_int(r[7]),
+            finished_ms=_opt_int(r[8]),
+            published_ms=_opt_int(r[9]),
+            result_ttl_ms=_opt_int(r[10]),
+        )
 
     def landed(self, requests: Sequence[PutRequest], since_ms: int) -> set[str]:
         """Ids of ``requests`` a failed publish may have written after all (a retry skips them):
@@ -194,8 +224,11 @@ class JobReads:
         for req in requests:
             pipe.hexists(self.keys.items, req.id or "").zscore(self.keys.finished, req.id or "")
         r = pipe.execute() if requests else []
-        return {req.id or "" for req, exists, fin in zip(requests, r[::2], r[1::2])
-                if exists or (fin is not None and (req.fresh or fin >= since_ms - 2000))}
+        return {
+            req.id or ""
+            for req, exists, fin in zip(requests, r[::2], r[1::2])
+            if exists or (fin is not None and (req.fresh or fin >= since_ms - 2000))
+        }
 
     def get_item(self, id: str) -> bytes | None:
         """A job's payload (None once finished or retracted)."""
@@ -216,10 +249,17 @@ class JobReads:
         pipe.llen(k.ids).zcard(k.delayed).zcard(k.claimed).scard(k.stalled).zcard(k.finished)
         pipe.get(k.publishes).get(k.finishes).get(k.failures).zcard(k.prio).hlen(k.waiting)
         r = pipe.execute()
-        return {"available": int(r[0]) + int(r[8]), "delayed": int(r[1]), "waiting": int(r[9]),
-                "claimed": int(r[2]),
-                "stalled": int(r[3]), "finished": int(r[4]), "published_total": int(r[5] or 0),
-                "finished_total": int(r[6] or 0), "failed_total": int(r[7] or 0)}
+        return {
+            "available": int(r[0]) + int(r[8]),
+            "delayed": int(r[1]),
+            "waiting": int(r[9]),
+            "claimed": int(r[2]),
+            "stalled": int(r[3]),
+            "finished": int(r[4]),
+            "published_total": int(r[5] or 0),
+            "finished_total": int(r[6] or 0),
+            "failed_total": int(r[7] or 0),
+        }
 
     def stalled_ids(self) -> list[str]:
         """Ids of stalled jobs."""

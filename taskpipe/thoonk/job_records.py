@@ -45,12 +45,17 @@ class JobRecords:
     scripts: ScriptRegistry
 
     if TYPE_CHECKING:  # provided by JobReads and JobChannel
+
         def info(self, id: str) -> JobInfo: ...
 
         def retract_keys(self, id: str) -> list[str]: ...
 
-    def keep_reaped_records(self, detail: Sequence[tuple[str, str, str, str, str, bytes]],
-                            ttl_ms: int, labels: Sequence[str] = ()) -> int:
+    def keep_reaped_records(
+        self,
+        detail: Sequence[tuple[str, str, str, str, str, bytes]],
+        ttl_ms: int,
+        labels: Sequence[str] = (),
+    ) -> int:
         """Keep the records of jobs the reaper stalled (``Reaped.stalled_detail``; ``labels``:
         their task names, in order): outcome ``stalled``, the worker that lost them, claim,
         publish and stall times, the cancel count, for ``ttl_ms`` (``lua/job_reap_record.lua``).
@@ -61,8 +66,10 @@ class JobRecords:
         and no record."""
         written = 0
         for start in range(0, len(detail), 1000):
-            part = detail[start:start + 1000]
-            keys = contract("job_reap_record").build(self.keys, *[self.keys.record(d[0]) for d in part])
+            part = detail[start : start + 1000]
+            keys = contract("job_reap_record").build(
+                self.keys, *[self.keys.record(d[0]) for d in part]
+            )
             args: list[Any] = [int(ttl_ms)]
             for i, (job_id, worker, claimed, published, cancels, _item) in enumerate(part, start):
                 label = labels[i] if i < len(labels) else ""
@@ -82,23 +89,29 @@ class JobRecords:
         k = self.keys
         for _ in range(5):
             label = _s(self.client.hget(k.record(id), "l") or b"")
-            keys = contract("job_requeue").build(k, k.label_index(label), result=k.result(id),
-                                                 record=k.record(id))
-            code, outcome = self.scripts["job_requeue"](self.client, keys,
-                                                        [id, ",".join(outcomes), label])
+            keys = contract("job_requeue").build(
+                k, k.label_index(label), result=k.result(id), record=k.record(id)
+            )
+            code, outcome = self.scripts["job_requeue"](
+                self.client, keys, [id, ",".join(outcomes), label]
+            )
             code, outcome = int(code), _s(outcome)
             if code == 1:
                 return outcome
             if code == 0:
-                raise JobNotFound(f"no record of job {id!r} in channel {self.name!r} (it never "
-                                  "ended here, or its record expired)")
+                raise JobNotFound(
+                    f"no record of job {id!r} in channel {self.name!r} (it never "
+                    "ended here, or its record expired)"
+                )
             if code == -1:
                 raise WrongJobState(id, "/".join(outcomes), self.info(id).state)
             if code == -2:
                 raise WrongJobState(id, "/".join(outcomes), outcome)
             if code == -3:
-                raise ThoonkError(f"job {id!r} cannot be requeued: its payload was over "
-                                  f"{RECORD_ITEM_MAX} bytes and was not kept in its record")
+                raise ThoonkError(
+                    f"job {id!r} cannot be requeued: its payload was over "
+                    f"{RECORD_ITEM_MAX} bytes and was not kept in its record"
+                )
         raise ThoonkError(f"the record of job {id!r} kept changing; nothing was requeued")
 
     def note_error(self, id: str, text: str, ttl_ms: int) -> None:
@@ -113,8 +126,11 @@ class JobRecords:
         """Replace the payload of a job still waiting (available, delayed or stalled),
         atomically. ``WrongJobState`` if a worker holds it, ``JobNotFound`` if it is not
         waiting (finished, retracted, unknown); nothing changes then."""
-        code = int(self.scripts["job_edit"](self.client, contract("job_edit").build(self.keys),
-                                            [id, _b(item)]))
+        code = int(
+            self.scripts["job_edit"](
+                self.client, contract("job_edit").build(self.keys), [id, _b(item)]
+            )
+        )
         if code == 1:
             return
         if code == -1:
@@ -133,12 +149,15 @@ class JobRecords:
         self.scripts.ensure_loaded(self.client, "job_retract")
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
-            self.scripts["job_retract"].queue(pipe, self.retract_keys(job_id),
-                                              [job_id, channel, "waiting", 0])
+            self.scripts["job_retract"].queue(
+                pipe, self.retract_keys(job_id), [job_id, channel, "waiting", 0]
+            )
         return [job_id for job_id, ok in zip(ids, pipe.execute()) if int(ok)]
 
     # reading records (find_jobs, read_record) -------------------------------------------------
-    def records_with_results(self, ids: Sequence[str]) -> list[tuple[dict[str, bytes], bytes | None]]:
+    def records_with_results(
+        self, ids: Sequence[str]
+    ) -> list[tuple[dict[str, bytes], bytes | None]]:
         """For each of ``ids``, in one round trip: its record (name -> value, ``record_fields``;
         empty when it has none) and its stored result (None when there is none)."""
         if not ids:
@@ -157,12 +176,20 @@ class JobRecords:
             return self.keys.label_index(label) if label else self.keys.failed_index
         return self.keys.finished
 
-    def record_index_page(self, index: str, until_ms: int | None, since_ms: int | None,
-                          start: int, count: int) -> list[str]:
+    def record_index_page(
+        self, index: str, until_ms: int | None, since_ms: int | None, start: int, count: int
+    ) -> list[str]:
         """Ids of ``index`` (``record_index``) finished within the bounds, newest first."""
-        return [_s(i) for i in self.client.zrevrangebyscore(
-            index, "+inf" if until_ms is None else until_ms, "-inf" if since_ms is None else since_ms,
-            start=start, num=count)]
+        return [
+            _s(i)
+            for i in self.client.zrevrangebyscore(
+                index,
+                "+inf" if until_ms is None else until_ms,
+                "-inf" if since_ms is None else since_ms,
+                start=start,
+                num=count,
+            )
+        ]
 
     def drop_from_record_index(self, index: str, ids: Sequence[str]) -> None:
         """Remove ``ids`` (whose records expired) from a record index (never the finished one)."""
@@ -198,8 +225,14 @@ class JobRecords:
             pipe.hmget(self.keys.record(job_id), "o", "l")  # outcome, label (lua/_record.lua)
             pipe.get(self.keys.result(job_id))
         r = pipe.execute()
-        return [(_s(r[2 * n][0]) if r[2 * n][0] is not None else None, _s(r[2 * n][1] or b""),
-                 r[2 * n + 1]) for n in range(len(ids))]
+        return [
+            (
+                _s(r[2 * n][0]) if r[2 * n][0] is not None else None,
+                _s(r[2 * n][1] or b""),
+                r[2 * n + 1],
+            )
+            for n in range(len(ids))
+        ]
 
     def forget_records(self, jobs: Sequence[tuple[str, str]]) -> None:
         """Remove the records of cleaned jobs ``(id, label)`` and their failed-index and

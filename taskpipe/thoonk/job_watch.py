@@ -35,16 +35,25 @@ WATCH_EVENTS = ("finish", "retract", "events")
 class JobWatch:
     """One subscription to some of a job channel's event channels (see the module docstring)."""
 
-    def __init__(self, channel: JobReads, events: Sequence[str], *, shared: bool = True,
-                 keep_on: tuple[type[BaseException], ...] = (),
-                 confirm_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        channel: JobReads,
+        events: Sequence[str],
+        *,
+        shared: bool = True,
+        keep_on: tuple[type[BaseException], ...] = (),
+        confirm_timeout: float = 10.0,
+    ) -> None:
         unknown = set(events) - set(WATCH_EVENTS)
         if unknown or not events:
             raise ValueError(f"watch events must be some of {WATCH_EVENTS}, got {list(events)}")
         self.channel = channel
         k = channel.keys
-        names = {"finish": k.ch_finish, "events": k.ch_events,
-                 "retract": channel.thoonk.keys.feed(k.name).ch_retract}
+        names = {
+            "finish": k.ch_finish,
+            "events": k.ch_events,
+            "retract": channel.thoonk.keys.feed(k.name).ch_retract,
+        }
         self._names = {names[e].encode("utf-8"): e for e in events}
         self.shared = shared
         self.keep_on = keep_on
@@ -84,8 +93,12 @@ class JobWatch:
         event = self._names.get(channel if isinstance(channel, bytes) else str(channel).encode())
         return None if event is None else (event, msg["data"])
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self._release(keep=exc is None or isinstance(exc, self.keep_on))
 
     def _release(self, keep: bool) -> None:

@@ -14,17 +14,29 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Keyspace", "FeedKeys", "JobKeys", "SCHEMA_VERSION", "EVENT_STEMS", "JOB_EVENT_STEMS",
-           "NOTICE_CHANNELS",
-           "has_hash_tag", "cluster_name"]
+__all__ = [
+    "Keyspace",
+    "FeedKeys",
+    "JobKeys",
+    "SCHEMA_VERSION",
+    "EVENT_STEMS",
+    "JOB_EVENT_STEMS",
+    "NOTICE_CHANNELS",
+    "has_hash_tag",
+    "cluster_name",
+]
 
 SCHEMA_VERSION = "1"
 
 #: Pub/sub channels of per-object events: event -> the stem before the object name ``<f>``
 #: (Thoonk v1 names; the payloads are in ``docs/contract.md``).
-EVENT_STEMS: dict[str, str] = {"publish": "feed.publish:", "edit": "feed.edit:",
-                               "retract": "feed.retract:", "position": "feed.position:",
-                               "finish": "job.finish:"}
+EVENT_STEMS: dict[str, str] = {
+    "publish": "feed.publish:",
+    "edit": "feed.edit:",
+    "retract": "feed.retract:",
+    "position": "feed.position:",
+    "finish": "job.finish:",
+}
 #: taskpipe's own per-channel event stream (log, progress and outcome events of jobs; legacy
 #: clients ignore it): event -> stem, like ``EVENT_STEMS``
 JOB_EVENT_STEMS: dict[str, str] = {"jobevent": "feed.jobevent:"}
@@ -61,7 +73,7 @@ class FeedKeys:
     items: str
     publishes: str
     idincr: str
-    wake: str         # LIST  wake-up markers for blocked queue consumers (taskpipe extension)
+    wake: str  # LIST  wake-up markers for blocked queue consumers (taskpipe extension)
     # pub/sub channels
     ch_publish: str
     ch_edit: str
@@ -76,48 +88,48 @@ class JobKeys:
 
     name: str
     config: str
-    ids: str          # LIST  available ids (LPUSH normal, RPUSH priority, pop right)
-    items: str        # HASH  id -> payload (source of truth that a job exists)
-    publishes: str    # counter
-    finishes: str     # counter
-    published: str    # ZSET  id -> publish ms
-    claimed: str      # ZSET  id -> claim ms
-    stalled: str      # SET   parked ids
-    cancelled: str    # HASH  id -> times sent back to the queue
+    ids: str  # LIST  available ids (LPUSH normal, RPUSH priority, pop right)
+    items: str  # HASH  id -> payload (source of truth that a job exists)
+    publishes: str  # counter
+    finishes: str  # counter
+    published: str  # ZSET  id -> publish ms
+    claimed: str  # ZSET  id -> claim ms
+    stalled: str  # SET   parked ids
+    cancelled: str  # HASH  id -> times sent back to the queue
     # taskpipe extensions
-    delayed: str      # ZSET  id -> due ms (server time)
-    urgent: str       # SET   delayed ids that go to the head (priority) when due
-    leases: str       # ZSET  id -> lease deadline ms (server time)
-    tokens: str       # HASH  id -> fencing token of the current claim
-    workers: str      # HASH  id -> name of the worker holding the claim
-    fence: str        # counter: source of fencing tokens
-    attempts: str     # HASH  id -> failed runs (task raised), apart from cancels
-    reasons: str      # HASH  id -> why a job was stalled
-    stalled_at: str   # ZSET  id -> stall ms (server time), for age-based cleaning
-    progress: str     # HASH  id -> progress "current/total"
-    finished: str     # ZSET  id -> finish ms (index of finished jobs, trimmed by age)
-    failures: str     # counter: jobs finished as failed
-    wake: str         # LIST  wake-up markers for blocked workers
-    waiting: str      # HASH  id -> parents not yet finished (a dependant in state 'waiting')
-    dependents: str   # HASH  parent id -> n dependants; "<parent id>\0<k>" -> "<channel>\0<id>"
-    ch_finish: str    # pub/sub: job.finish:<f>  id\0result
-    ch_events: str    # pub/sub: feed.jobevent:<f>  (taskpipe: progress/log/state events)
+    delayed: str  # ZSET  id -> due ms (server time)
+    urgent: str  # SET   delayed ids that go to the head (priority) when due
+    leases: str  # ZSET  id -> lease deadline ms (server time)
+    tokens: str  # HASH  id -> fencing token of the current claim
+    workers: str  # HASH  id -> name of the worker holding the claim
+    fence: str  # counter: source of fencing tokens
+    attempts: str  # HASH  id -> failed runs (task raised), apart from cancels
+    reasons: str  # HASH  id -> why a job was stalled
+    stalled_at: str  # ZSET  id -> stall ms (server time), for age-based cleaning
+    progress: str  # HASH  id -> progress "current/total"
+    finished: str  # ZSET  id -> finish ms (index of finished jobs, trimmed by age)
+    failures: str  # counter: jobs finished as failed
+    wake: str  # LIST  wake-up markers for blocked workers
+    waiting: str  # HASH  id -> parents not yet finished (a dependant in state 'waiting')
+    dependents: str  # HASH  parent id -> n dependants; "<parent id>\0<k>" -> "<channel>\0<id>"
+    ch_finish: str  # pub/sub: job.finish:<f>  id\0result
+    ch_events: str  # pub/sub: feed.jobevent:<f>  (taskpipe: progress/log/state events)
     result_prefix: str  # STRING per job: <result_prefix><id>, with TTL
-    log_prefix: str     # LIST per job: <log_prefix><id>, capped, with TTL
-    query_prefix: str   # STRING per job: <query_prefix><id>, the job's item kept with its
-                        # result (thoonk.py ``get_result`` returns both), same TTL as the result
+    log_prefix: str  # LIST per job: <log_prefix><id>, capped, with TTL
+    query_prefix: str  # STRING per job: <query_prefix><id>, the job's item kept with its
+    # result (thoonk.py ``get_result`` returns both), same TTL as the result
     # flow control (taskpipe extensions, docs/flow-control.md)
-    prio: str         # ZSET  available ids with a numeric priority, score prio*2^48 + seq
-    flow: str         # HASH  id -> the job's flow spec (priority score, rate and cap groups)
-    rate: str         # HASH  rate bucket -> theoretical arrival time ms (GCRA state)
-    slots: str        # HASH  id -> concurrency group of a claimed, capped job
+    prio: str  # ZSET  available ids with a numeric priority, score prio*2^48 + seq
+    flow: str  # HASH  id -> the job's flow spec (priority score, rate and cap groups)
+    rate: str  # HASH  rate bucket -> theoretical arrival time ms (GCRA state)
+    slots: str  # HASH  id -> concurrency group of a claimed, capped job
     unique_prefix: str  # STRING per dedup key: <unique_prefix><key> -> id of the job holding it
     # workflows (docs/workflows.md)
     aborted_prefix: str  # STRING per job: "<who>\0<ms>" of a job aborted while it ran (7 d TTL)
     # job records (docs/history.md): kept when a job ends, with the TTL of its result
-    record_prefix: str = ""      # HASH per job: <record_prefix><id> (outcome, label, item, ...)
-    failed_index: str = ""       # ZSET  id -> finish ms of failed and timed-out jobs
-    label_stats: str = ""        # HASH  "<label>\0<outcome>" -> jobs finished so (lifetime)
+    record_prefix: str = ""  # HASH per job: <record_prefix><id> (outcome, label, item, ...)
+    failed_index: str = ""  # ZSET  id -> finish ms of failed and timed-out jobs
+    label_stats: str = ""  # HASH  "<label>\0<outcome>" -> jobs finished so (lifetime)
     label_index_prefix: str = ""  # ZSET per label (task name): id -> finish ms
 
     def unique(self, key: str) -> str:
@@ -193,7 +205,7 @@ class Keyspace:
         """The object name in ``event``'s channel ``channel`` (None if it is not one)."""
         text = channel.decode("utf-8", "replace") if isinstance(channel, bytes) else channel
         start = self.k(_ALL_STEMS[event])
-        return text[len(start):] if text.startswith(start) else None
+        return text[len(start) :] if text.startswith(start) else None
 
     def workers_registry(self) -> str:
         """ZSET worker name -> heartbeat deadline ms."""
@@ -293,11 +305,38 @@ class Keyspace:
     def job_object_keys(self, name: str) -> list[str]:
         """Every per-channel key of a job channel (for delete); per-job keys expire on their own."""
         j = self.job(name)
-        return [j.config, j.ids, j.items, j.publishes, j.finishes, j.published, j.claimed,
-                j.stalled, j.cancelled, j.delayed, j.urgent, j.leases, j.tokens, j.workers,
-                j.fence, j.attempts, j.reasons, j.stalled_at, j.progress, j.finished, j.failures,
-                j.wake, j.prio, j.flow, j.rate, j.slots, j.waiting, j.dependents,
-                j.failed_index, j.label_stats]
+        return [
+            j.config,
+            j.ids,
+            j.items,
+            j.publishes,
+            j.finishes,
+            j.published,
+            j.claimed,
+            j.stalled,
+            j.cancelled,
+            j.delayed,
+            j.urgent,
+            j.leases,
+            j.tokens,
+            j.workers,
+            j.fence,
+            j.attempts,
+            j.reasons,
+            j.stalled_at,
+            j.progress,
+            j.finished,
+            j.failures,
+            j.wake,
+            j.prio,
+            j.flow,
+            j.rate,
+            j.slots,
+            j.waiting,
+            j.dependents,
+            j.failed_index,
+            j.label_stats,
+        ]
 
     def feed_object_keys(self, name: str) -> list[str]:
         """Every key of a feed, sorted feed or queue (for delete)."""

@@ -47,8 +47,17 @@ log = logging.getLogger(__name__)
 #: A listener callback: ``(feed_name, id_or_instance, payload)``.
 Callback = Callable[[str, str, bytes | None], Any]
 
-EVENTS = ("publish", "edit", "retract", "position", "finish", "create", "delete", "config",
-          "jobevent")
+EVENTS = (
+    "publish",
+    "edit",
+    "retract",
+    "position",
+    "finish",
+    "create",
+    "delete",
+    "config",
+    "jobevent",
+)
 
 #: Seconds ``get_message`` waits before looking at the stop flag again.
 POLL_INTERVAL = 0.2
@@ -79,11 +88,15 @@ class Listener:
         self.connects = 0
         keys = thoonk.keys
         self._channels: dict[bytes, str] = {
-            keys.k(name).encode("utf-8"): event for event, name in NOTICE_CHANNELS.items()}
+            keys.k(name).encode("utf-8"): event for event, name in NOTICE_CHANNELS.items()
+        }
         self._patterns: dict[bytes, tuple[str, int]] = {
-            keys.ch_event_pattern(event).encode("utf-8"):
-                (event, len(keys.ch_event(event, "").encode("utf-8")))
-            for event in (*EVENT_STEMS, *JOB_EVENT_STEMS)}
+            keys.ch_event_pattern(event).encode("utf-8"): (
+                event,
+                len(keys.ch_event(event, "").encode("utf-8")),
+            )
+            for event in (*EVENT_STEMS, *JOB_EVENT_STEMS)
+        }
 
     # callbacks ------------------------------------------------------------------------------
     def on(self, event: str, callback: Callback) -> Callback:
@@ -175,8 +188,9 @@ class Listener:
                 if self._stop.is_set():
                     break
                 self._ready.clear()
-                log.warning("Thoonk listener lost its connection (%s); reconnecting in %.2fs",
-                            exc, backoff)
+                log.warning(
+                    "Thoonk listener lost its connection (%s); reconnecting in %.2fs", exc, backoff
+                )
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
             finally:
@@ -192,7 +206,10 @@ class Listener:
             if not event:
                 return
             args: tuple[str, str, bytes | None] = (
-                _decode(channel[skip:]), _decode(head), rest if sep else None)
+                _decode(channel[skip:]),
+                _decode(head),
+                rest if sep else None,
+            )
         else:
             event = self._channels.get(channel, "")
             if not event:
@@ -204,5 +221,9 @@ class Listener:
             try:
                 callback(*args)
             except Exception:
-                log.exception("Thoonk listener callback %r failed on %s event for %r",
-                              callback, event, args[0])
+                log.exception(
+                    "Thoonk listener callback %r failed on %s event for %r",
+                    callback,
+                    event,
+                    args[0],
+                )

@@ -76,8 +76,10 @@ class Queue:
         item_id = uuid.uuid4().hex
         k = self.keys
         reply = self.thoonk.scripts["queue_put"](
-            self.thoonk.client, contract("queue_put").build(k),
-            [item_id, data, "1" if priority else "0", self.TYPE, WAKE_TTL])
+            self.thoonk.client,
+            contract("queue_put").build(k),
+            [item_id, data, "1" if priority else "0", self.TYPE, WAKE_TTL],
+        )
         if int(reply[0]) != 1:
             raise FeedDoesNotExist(f"queue {self.name!r} does not exist (deleted, or another type)")
         return item_id

@@ -27,7 +27,12 @@ _INCLUDE = re.compile(r"^--@include\s+(\S+)\s*$", re.MULTILINE)
 
 
 def _read(name: str) -> str:
-    return resources.files("taskpipe.thoonk").joinpath("lua").joinpath(name).read_text(encoding="utf-8")
+    return (
+        resources.files("taskpipe.thoonk")
+        .joinpath("lua")
+        .joinpath(name)
+        .read_text(encoding="utf-8")
+    )
 
 
 def _expand(name: str, depth: int = 0) -> str:
@@ -36,8 +41,12 @@ def _expand(name: str, depth: int = 0) -> str:
     return _INCLUDE.sub(lambda m: _expand(m.group(1), depth + 1), _read(name))
 
 
-_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                redis.exceptions.BusyLoadingError, redis.exceptions.ReadOnlyError)
+_UNAVAILABLE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+)
 
 
 def as_broker_error(what: str, exc: redis.exceptions.RedisError) -> Exception:
@@ -53,9 +62,11 @@ def as_broker_error(what: str, exc: redis.exceptions.RedisError) -> Exception:
     # redis-py turns an "OOM ..." reply into OutOfMemoryError and drops the "OOM" prefix
     # NOREPLICAS: min-replicas-to-write not met (e.g. a master cut off by a failover)
     if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith(
-            ("OOM", "MISCONF", "NOREPLICAS")):
-        return BrokerUnavailable(f"{what}: broker refused the write "
-                                 f"(out of memory, persistence or replica error): {exc}")
+        ("OOM", "MISCONF", "NOREPLICAS")
+    ):
+        return BrokerUnavailable(
+            f"{what}: broker refused the write (out of memory, persistence or replica error): {exc}"
+        )
     return exc
 
 

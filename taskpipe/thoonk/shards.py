@@ -24,8 +24,18 @@ from taskpipe.errors import ConfigError
 if TYPE_CHECKING:
     from taskpipe.thoonk.thoonk import Thoonk
 
-__all__ = ["MAX_SHARDS", "SLOTS", "check_shard_count", "check_shardable", "shard_names",
-           "parse_shard", "stored_count", "record_count", "holds_jobs", "masters_of"]
+__all__ = [
+    "MAX_SHARDS",
+    "SLOTS",
+    "check_shard_count",
+    "check_shardable",
+    "shard_names",
+    "parse_shard",
+    "stored_count",
+    "record_count",
+    "holds_jobs",
+    "masters_of",
+]
 
 #: Redis Cluster hash slots.
 SLOTS = 16384
@@ -39,8 +49,9 @@ _SHARD = re.compile(r"^\{(?P<name>.+)~(?P<index>\d+)\.(?P<k>\d+)\}$")
 def check_shard_count(name: str, count: Any) -> int:
     """``count`` as a shard count, or ``ConfigError``: an int from 1 to ``MAX_SHARDS``."""
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SHARDS:
-        raise ConfigError(f"shards for channel {name!r} must be an int from 1 to {MAX_SHARDS}, "
-                          f"got {count!r}")
+        raise ConfigError(
+            f"shards for channel {name!r} must be an int from 1 to {MAX_SHARDS}, got {count!r}"
+        )
     return count
 
 
@@ -50,8 +61,10 @@ def check_shardable(name: str) -> None:
     if not isinstance(name, str) or not name:
         raise ConfigError(f"a sharded channel needs a non-empty name, got {name!r}")
     if "{" in name or "}" in name:
-        raise ConfigError(f"channel {name!r} has a brace: a sharded channel's shards carry their "
-                          "own hash tags, so its name may not")
+        raise ConfigError(
+            f"channel {name!r} has a brace: a sharded channel's shards carry their "
+            "own hash tags, so its name may not"
+        )
 
 
 def _shard_name(name: str, index: int, count: int) -> str:

@@ -46,8 +46,9 @@ def parse_relpos(relpos: str) -> tuple[str, str]:
     elif relpos.endswith(":") and not relpos.startswith(":"):
         where, pivot = "after", relpos[:-1]
     else:
-        raise InvalidPosition(f"malformed relative position {relpos!r}; "
-                              "expected ':X', 'X:', 'begin:' or ':end'")
+        raise InvalidPosition(
+            f"malformed relative position {relpos!r}; expected ':X', 'X:', 'begin:' or ':end'"
+        )
     if not pivot or ":" in pivot or "\0" in pivot:
         raise InvalidPosition(f"malformed relative position {relpos!r}")
     return where, pivot
@@ -83,13 +84,17 @@ class SortedFeed:
         data = encode_item(item)
         k = self.keys
         reply = self.thoonk.scripts["sorted_feed_insert"](
-            self.thoonk.client, contract("sorted_feed_insert").build(k),
-            [where, pivot, data, k.ch_publish, k.ch_position, self.TYPE])
+            self.thoonk.client,
+            contract("sorted_feed_insert").build(k),
+            [where, pivot, data, k.ch_publish, k.ch_position, self.TYPE],
+        )
         if int(reply[0]) == 1:
             return to_str(reply[1])
         if to_str(reply[1]) == "missing":
             raise ItemNotFound(pivot)
-        raise FeedDoesNotExist(f"sorted feed {self.name!r} does not exist (deleted, or another type)")
+        raise FeedDoesNotExist(
+            f"sorted feed {self.name!r} does not exist (deleted, or another type)"
+        )
 
     def append(self, item: bytes | str) -> str:
         """Add an item at the end; return its id (position event ``:end``)."""
@@ -118,8 +123,10 @@ class SortedFeed:
         item_id = check_id(id)
         data = encode_item(item)
         reply = self.thoonk.scripts["sorted_feed_edit"](
-            self.thoonk.client, contract("sorted_feed_edit").build(self.keys),
-            [item_id, data, self.keys.ch_publish])
+            self.thoonk.client,
+            contract("sorted_feed_edit").build(self.keys),
+            [item_id, data, self.keys.ch_publish],
+        )
         if int(reply[0]) != 1:
             raise ItemNotFound(item_id)
 
@@ -133,8 +140,12 @@ class SortedFeed:
         integers, never a relpos) but is deprecated and warns.
         """
         if _is_relpos(id) and not _is_relpos(relpos):
-            warnings.warn("SortedFeed.move(id, relpos) is deprecated: use move(relpos, id), the "
-                          "thoonk.py order", DeprecationWarning, stacklevel=2)
+            warnings.warn(
+                "SortedFeed.move(id, relpos) is deprecated: use move(relpos, id), the "
+                "thoonk.py order",
+                DeprecationWarning,
+                stacklevel=2,
+            )
             relpos, id = id, relpos
         self._move(id, relpos)
 
@@ -144,8 +155,10 @@ class SortedFeed:
         if pivot == item_id:
             raise InvalidPosition(f"cannot move item {item_id!r} relative to itself")
         reply = self.thoonk.scripts["sorted_feed_move"](
-            self.thoonk.client, contract("sorted_feed_move").build(self.keys),
-            [item_id, where, pivot, relpos, self.keys.ch_position])
+            self.thoonk.client,
+            contract("sorted_feed_move").build(self.keys),
+            [item_id, where, pivot, relpos, self.keys.ch_position],
+        )
         if int(reply[0]) == 1:
             return
         reason = to_str(reply[1])
@@ -175,8 +188,10 @@ class SortedFeed:
         """Remove an item; raise ``ItemNotFound`` if the feed has no such id."""
         item_id = check_id(id)
         reply = self.thoonk.scripts["sorted_feed_retract"](
-            self.thoonk.client, contract("sorted_feed_retract").build(self.keys),
-            [item_id, self.keys.ch_retract])
+            self.thoonk.client,
+            contract("sorted_feed_retract").build(self.keys),
+            [item_id, self.keys.ch_retract],
+        )
         if int(reply[0]) != 1:
             raise ItemNotFound(item_id)
 

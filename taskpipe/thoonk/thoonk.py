@@ -36,8 +36,10 @@ NOTICES: dict[str, tuple[str, Callable[[str, str, bytes | None], tuple[Any, ...]
     "publish_notice": ("publish", lambda f, i, p: (f, p, i)),
     "edit_notice": ("edit", lambda f, i, p: (f, p, i)),
     "retract_notice": ("retract", lambda f, i, p: (f, i)),
-    "position_notice": ("position", lambda f, i, p: (f, i, p.decode("utf-8", "replace")
-                                                          if p is not None else None)),
+    "position_notice": (
+        "position",
+        lambda f, i, p: (f, i, p.decode("utf-8", "replace") if p is not None else None),
+    ),
     "finish_notice": ("finish", lambda f, i, p: (f, i, p)),
 }
 
@@ -56,7 +58,9 @@ def _config_dict(config: dict[str, Any] | str | bytes | None) -> dict[str, Any]:
         except ValueError as exc:
             raise ConfigError(f"a Thoonk config string must be a JSON object: {exc}") from None
     if not isinstance(config, dict):
-        raise ConfigError(f"a Thoonk config must be a dict or a JSON object, got {type(config).__name__}")
+        raise ConfigError(
+            f"a Thoonk config must be a dict or a JSON object, got {type(config).__name__}"
+        )
     return config
 
 
@@ -72,9 +76,16 @@ class Thoonk:
     belongs to an object of another type.
     """
 
-    def __init__(self, host: Any = None, port: int | None = None, db: int | None = None,
-                 listen: bool = False, *, prefix: str = "",
-                 connection: Connection | None = None) -> None:
+    def __init__(
+        self,
+        host: Any = None,
+        port: int | None = None,
+        db: int | None = None,
+        listen: bool = False,
+        *,
+        prefix: str = "",
+        connection: Connection | None = None,
+    ) -> None:
         if connection is not None:
             self.connection = connection
         elif host is None and port is None and db is None:
@@ -108,7 +119,9 @@ class Thoonk:
 
     def _create(self, name: str, type: str, config: dict[str, Any] | None) -> bool:
         if type not in OBJECT_TYPES:
-            raise WrongFeedType(f"unknown Thoonk object type {type!r}; expected one of {OBJECT_TYPES}")
+            raise WrongFeedType(
+                f"unknown Thoonk object type {type!r}; expected one of {OBJECT_TYPES}"
+            )
         if not isinstance(name, str) or not name:
             raise ValueError("a Thoonk object name must be a non-empty string")
         fields: dict[str, Any] = {"type": type, "schema": SCHEMA_VERSION}
@@ -119,7 +132,8 @@ class Thoonk:
         if self.connection.is_cluster:
             return self._cluster_create(name, args)
         created = self.scripts["create"](
-            self.client, contract("create").build(self.keys.feed(name), feeds=self.keys.feeds), args)
+            self.client, contract("create").build(self.keys.feed(name), feeds=self.keys.feeds), args
+        )
         return bool(created)
 
     # Redis Cluster: the global `feeds` SET and `feed.config:<f>` live in different slots and a
@@ -130,13 +144,17 @@ class Thoonk:
     # create, or delete) completes. See docs/topologies.md.
     def _cluster_create(self, name: str, args: list[Any]) -> bool:
         created = self.scripts["config_create"](
-            self.client, contract("config_create").build(self.keys.feed(name)), args[4:])
+            self.client, contract("config_create").build(self.keys.feed(name)), args[4:]
+        )
         self._register(name)
         return bool(created)
 
     def _register(self, name: str) -> None:
-        self.scripts["registry_add"](self.client, contract("registry_add").build(self.keys),
-                                     [name, self.instance, self.keys.ch_newfeed, self.keys.ch_conffeed])
+        self.scripts["registry_add"](
+            self.client,
+            contract("registry_add").build(self.keys),
+            [name, self.instance, self.keys.ch_newfeed, self.keys.ch_conffeed],
+        )
 
     def exists(self, name: str) -> bool:
         """True if an object with that name is registered."""
@@ -165,7 +183,9 @@ class Thoonk:
                 pipe = self.client.pipeline(transaction=False)
                 for name in found:
                     pipe.hget(self.keys.feed(name).config, "type")
-                found = [n for n, t in zip(found, pipe.execute()) if t is not None and _s(t) == type]
+                found = [
+                    n for n, t in zip(found, pipe.execute()) if t is not None and _s(t) == type
+                ]
             names.update(found)
             if int(cursor) == 0:
                 return sorted(names)
@@ -182,8 +202,9 @@ class Thoonk:
         raw = self.client.hgetall(self.keys.feed(name).config)
         return {_s(k): _s(v) for k, v in raw.items()}
 
-    def set_config(self, name: str, config: dict[str, Any] | str | None = None,
-                   **fields: Any) -> None:
+    def set_config(
+        self, name: str, config: dict[str, Any] | str | None = None, **fields: Any
+    ) -> None:
         """Change config fields (``None`` deletes one); publishes ``conffeed``.
 
         As thoonk.py: ``set_config(name, {"max_length": 50})`` or with the config as a JSON
@@ -197,31 +218,41 @@ class Thoonk:
         fk = self.keys.feed(name)
         if self.connection.is_cluster:  # one slot: existence = the config has a type
             ok = self.scripts["config_update_cluster"](
-                self.client, contract("config_update_cluster").build(fk), args)
+                self.client, contract("config_update_cluster").build(fk), args
+            )
         else:
             ok = self.scripts["config_update"](
-                self.client, contract("config_update").build(fk, feeds=self.keys.feeds), args)
+                self.client, contract("config_update").build(fk, feeds=self.keys.feeds), args
+            )
         if not ok:
             raise FeedDoesNotExist(f"no Thoonk object named {name!r}")
 
     def delete(self, name: str) -> None:
         """Delete an object and all its keys; publishes ``delfeed``."""
         type_ = self.get_type(name)
-        keys = (self.keys.job_object_keys(name) if type_ == "job"
-                else self.keys.feed_object_keys(name))
+        keys = (
+            self.keys.job_object_keys(name) if type_ == "job" else self.keys.feed_object_keys(name)
+        )
         if type_ == "job":  # the per-task indexes of job records (no TTL): named by label_stats
             jk = self.keys.job(name)
-            labels = {(f.decode() if isinstance(f, bytes) else str(f)).partition("\0")[0]
-                      for f, _ in self.client.hscan_iter(jk.label_stats, count=500)}
+            labels = {
+                (f.decode() if isinstance(f, bytes) else str(f)).partition("\0")[0]
+                for f, _ in self.client.hscan_iter(jk.label_stats, count=500)
+            }
             keys += [jk.label_index(label) for label in sorted(labels)]
         if self.connection.is_cluster:  # unregister first, then DEL every key (one slot)
-            removed = self.scripts["registry_remove"](self.client,
-                                                      contract("registry_remove").build(self.keys),
-                                                      [name, self.instance, self.keys.ch_delfeed])
+            removed = self.scripts["registry_remove"](
+                self.client,
+                contract("registry_remove").build(self.keys),
+                [name, self.instance, self.keys.ch_delfeed],
+            )
             ok = self.client.delete(*keys) > 0 or bool(removed)
         else:
-            ok = self.scripts["delete"](self.client, contract("delete").build(self.keys, *keys),
-                                        [name, self.instance, self.keys.ch_delfeed])
+            ok = self.scripts["delete"](
+                self.client,
+                contract("delete").build(self.keys, *keys),
+                [name, self.instance, self.keys.ch_delfeed],
+            )
         if not ok:
             raise FeedDoesNotExist(f"no Thoonk object named {name!r}")
 

@@ -63,8 +63,11 @@ class WorkerRegistry:
 
         The store adds two fields in server seconds: ``heartbeat`` (this beat) and ``started``
         (the first beat of this entry; kept by later beats)."""
-        now_ms = int(self.thoonk.scripts["worker_beat"](
-            self.thoonk.client, contract("worker_beat").build(self.keys), [name, ttl_ms]))
+        now_ms = int(
+            self.thoonk.scripts["worker_beat"](
+                self.thoonk.client, contract("worker_beat").build(self.keys), [name, ttl_ms]
+            )
+        )
         key = self.keys.worker_info(name)
         fields = {k: v for k, v in fields.items() if k not in ("heartbeat", "started")}
         with broker_errors("worker registry beat"):
@@ -89,7 +92,8 @@ class WorkerRegistry:
         """The fields of every live worker (entries past their deadline are skipped)."""
         client = self.thoonk.client
         _now, names = self.thoonk.scripts["worker_live"](
-            client, contract("worker_live").build(self.keys), [])
+            client, contract("worker_live").build(self.keys), []
+        )
         out = []
         with broker_errors("worker registry"):
             for name in names:
@@ -153,8 +157,10 @@ class Presence:
                 resubscribed = True
             if resubscribed or rejoin:
                 self.thoonk.scripts["presence_join"](
-                    self.thoonk.client, contract("presence_join").build(self.thoonk.keys),
-                    [self.name, PRESENCE_TTL_MS])
+                    self.thoonk.client,
+                    contract("presence_join").build(self.thoonk.keys),
+                    [self.name, PRESENCE_TTL_MS],
+                )
             return resubscribed
 
     def _named_client(self) -> Any:

@@ -44,7 +44,9 @@ class WorkflowOps:
     scripts: ScriptRegistry
     thoonk: Thoonk
 
-    def put_waiting(self, id: str, item: bytes, parents: Sequence[tuple[str, str]]) -> tuple[int, int]:
+    def put_waiting(
+        self, id: str, item: bytes, parents: Sequence[tuple[str, str]]
+    ) -> tuple[int, int]:
         """Publish job ``id`` to run once every ``(channel, parent id)`` has finished.
 
         Returns ``(code, unfinished)``: code 1 published (``unfinished`` parents left; 0 means
@@ -57,11 +59,19 @@ class WorkflowOps:
         tail: list[str] = []
         for channel, pid in parents:
             pk = self.thoonk.keys.job(channel)
-            tail += [pk.result(pid) if role == "result" else getattr(pk, role)
-                     for role in WORKFLOW_PARENT_ROLES]
+            tail += [
+                pk.result(pid) if role == "result" else getattr(pk, role)
+                for role in WORKFLOW_PARENT_ROLES
+            ]
         keys = contract("job_put_waiting").build(self.keys, *tail)
-        args: list[Any] = [id, item, f"{self.name}\0{id}", len(parents), *(p for _, p in parents),
-                           MAX_DEPENDANTS]
+        args: list[Any] = [
+            id,
+            item,
+            f"{self.name}\0{id}",
+            len(parents),
+            *(p for _, p in parents),
+            MAX_DEPENDANTS,
+        ]
         r = self.scripts["job_put_waiting"](self.client, keys, args)
         return int(r[0]), int(r[1]) if len(r) > 1 else 0
 
@@ -107,7 +117,7 @@ class WorkflowOps:
         out = []
         for c in counts:
             deps = []
-            for entry in (next(entries) if c else []):
+            for entry in next(entries) if c else []:
                 channel, _, did = _text(entry or b"").partition("\0")
                 deps.append((channel, did))
             out.append(self._section_of(deps))

@@ -30,8 +30,13 @@ __all__ = ["Announcer"]
 log = logging.getLogger("taskpipe.worker")
 
 #: writer counter -> event kind (``failed`` by a soft time limit is ``timeout``)
-_KINDS = {"finished": "complete", "failed": "fail", "timeout": "timeout", "retried": "retry",
-          "stalled": "stall"}
+_KINDS = {
+    "finished": "complete",
+    "failed": "fail",
+    "timeout": "timeout",
+    "retried": "retry",
+    "stalled": "stall",
+}
 
 
 def event_of(event: str, outcome: Outcome) -> tuple[str, bytes] | None:
@@ -39,9 +44,12 @@ def event_of(event: str, outcome: Outcome) -> tuple[str, bytes] | None:
     kind = _KINDS.get(event)
     if kind is None:
         return None
-    data: dict[str, Any] = {"task": outcome.task.name if outcome.task is not None else (
-        outcome.envelope.task if outcome.envelope is not None else None),
-        "attempt": outcome.claim.attempts + 1}
+    data: dict[str, Any] = {
+        "task": outcome.task.name
+        if outcome.task is not None
+        else (outcome.envelope.task if outcome.envelope is not None else None),
+        "attempt": outcome.claim.attempts + 1,
+    }
     if outcome.duration is not None:
         data["duration"] = round(outcome.duration, 6)
     if kind == "fail" and outcome.exc_type == "JobTimeout":
@@ -111,5 +119,10 @@ class Announcer:
                 now = time.monotonic()
                 if now - self._last_warning >= WARN_EVERY:  # not one line per batch in an outage
                     self._last_warning = now
-                    log.warning("could not announce %d job event(s) of %s: %s (logged at most "
-                                "every %d s)", len(events), channel, exc, WARN_EVERY)
+                    log.warning(
+                        "could not announce %d job event(s) of %s: %s (logged at most every %d s)",
+                        len(events),
+                        channel,
+                        exc,
+                        WARN_EVERY,
+                    )

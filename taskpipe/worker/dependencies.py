@@ -32,7 +32,9 @@ def _parents_of(options: dict[str, Any]) -> list[tuple[str, str]] | None:
         return None
     out = []
     for p in parents:
-        if not (isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, str) for x in p)):
+        if not (
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, str) for x in p)
+        ):
             return None
         out.append((p[0], p[1]))
     return out
@@ -67,8 +69,14 @@ def with_parents(app: TaskPipe, prepared: Prepared) -> Prepared:
     claim = prepared.claim
 
     def fail(message: str) -> Prepared:
-        prepared.early = Outcome("failure", claim, exc_type=DEPENDENCY_FAILED, exc_message=message,
-                                 envelope=env, task=prepared.task)
+        prepared.early = Outcome(
+            "failure",
+            claim,
+            exc_type=DEPENDENCY_FAILED,
+            exc_message=message,
+            envelope=env,
+            task=prepared.task,
+        )
         return prepared
 
     parents = _parents_of(env.options)
@@ -81,15 +89,18 @@ def with_parents(app: TaskPipe, prepared: Prepared) -> Prepared:
     for (channel, pid), record in zip(parents, records):
         if record is None:
             if mode is not None and not allow:
-                return fail(f"the result of parent job {channel}/{pid} is not stored (expired, "
-                            "or result_ttl=0), so it cannot be passed on; not run")
+                return fail(
+                    f"the result of parent job {channel}/{pid} is not stored (expired, "
+                    "or result_ttl=0), so it cannot be passed on; not run"
+                )
             values.append(None)
         elif not record.ok:
             if not allow:
                 if record.exc_type == DEPENDENCY_FAILED:  # keep the first failure's story
                     return fail(record.exc_message or "")
-                return fail(f"parent job {channel}/{pid} failed: {record.exc_type}: "
-                            f"{record.exc_message}")
+                return fail(
+                    f"parent job {channel}/{pid} failed: {record.exc_type}: {record.exc_message}"
+                )
             values.append(None)
         else:
             values.append(record.value)

@@ -76,8 +76,15 @@ class EvictionWatch:
             evicted = evicted_keys(self.app.connection.client)
         except Exception:  # noqa: BLE001 - only for the message
             pass
-        log.warning("%d outcome write(s) found the job no longer claimed (latest: %s/%s) under "
-                    "maxmemory-policy %r (evicted_keys=%s): Redis most likely evicted the "
-                    "channel's keys and these outcomes are lost. Set maxmemory-policy "
-                    "noeviction.", missed, channel, job_id, self.policy, evicted)
+        log.warning(
+            "%d outcome write(s) found the job no longer claimed (latest: %s/%s) under "
+            "maxmemory-policy %r (evicted_keys=%s): Redis most likely evicted the "
+            "channel's keys and these outcomes are lost. Set maxmemory-policy "
+            "noeviction.",
+            missed,
+            channel,
+            job_id,
+            self.policy,
+            evicted,
+        )
         return True

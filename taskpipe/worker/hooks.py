@@ -26,13 +26,25 @@ def before_run(app: TaskPipe, prepared: Prepared, ctx: JobContext | None) -> Run
     headers: Any = env.options.get(HEADERS_OPTION)
     if not isinstance(headers, dict):  # a producer wrote something else: hooks see none
         headers = {}
-    job = RunningJob(app, task, task.name, claim.id, claim.channel, env.args, env.kwargs,
-                     {str(k): str(v) for k, v in headers.items()}, claim.attempts + 1, ctx)
+    job = RunningJob(
+        app,
+        task,
+        task.name,
+        claim.id,
+        claim.channel,
+        env.args,
+        env.kwargs,
+        {str(k): str(v) for k, v in headers.items()},
+        claim.attempts + 1,
+        ctx,
+    )
     app.middleware.call("before_run", job)
     return job
 
 
-def after_run(app: TaskPipe, job: RunningJob, outcome: Outcome, error: BaseException | None) -> None:
+def after_run(
+    app: TaskPipe, job: RunningJob, outcome: Outcome, error: BaseException | None
+) -> None:
     """Call ``on_timeout`` / ``on_retry`` / ``on_failure`` as the outcome says, then ``after_run``."""
     chain = app.middleware
     if error is not None:

@@ -40,6 +40,7 @@ def task_label(item: bytes) -> str:
     except Exception:  # noqa: BLE001 - a record label is informational; never fail the reaper
         return ""
 
+
 #: seconds between the keeper's checks for aborted jobs of a process pool
 ABORT_CHECK_EVERY = 0.25
 
@@ -47,8 +48,13 @@ ABORT_CHECK_EVERY = 0.25
 #: transient errors: the worker waits and tries again. A raw ``OSError`` is a socket-level
 #: fault that redis-py did not wrap (a closed descriptor, say): never a property of a job or
 #: an outcome, so it must not fail one.
-BROKER_ERRORS = (BrokerUnavailable, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                 redis.exceptions.BusyLoadingError, OSError)
+BROKER_ERRORS = (
+    BrokerUnavailable,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    OSError,
+)
 
 
 class KeeperMixin:
@@ -72,6 +78,7 @@ class KeeperMixin:
     _buffer: collections.deque[Prepared]
 
     if TYPE_CHECKING:
+
         @property
         def running(self) -> list[Claim]: ...
 
@@ -119,9 +126,14 @@ class KeeperMixin:
         for prepared in list(self._buffer):  # not started yet: never start them
             claim = prepared.claim
             if (claim.channel, claim.id) in aborted and prepared.early is None:
-                prepared.early = Outcome("aborted", claim, exc_type="JobAborted",
-                                         exc_message="aborted before it started",
-                                         envelope=prepared.envelope, task=prepared.task)
+                prepared.early = Outcome(
+                    "aborted",
+                    claim,
+                    exc_type="JobAborted",
+                    exc_message="aborted before it started",
+                    envelope=prepared.envelope,
+                    task=prepared.task,
+                )
         abort = getattr(self._pool, "abort", None)
         if abort is not None:
             for name, job_id in aborted:
@@ -134,8 +146,9 @@ class KeeperMixin:
         except BROKER_ERRORS as exc:
             log.debug("presence: broker unavailable (%s); retrying", exc)
         except Exception as exc:  # noqa: BLE001 - e.g. PUBSUB refused by an ACL: lease only
-            log.warning("presence: %s; this worker's jobs are recovered by lease only if it dies",
-                        exc)
+            log.warning(
+                "presence: %s; this worker's jobs are recovered by lease only if it dies", exc
+            )
             self.presence.enabled = False
 
     def _reap(self) -> None:
@@ -146,8 +159,12 @@ class KeeperMixin:
             reaped = ch.reap_detail(limit, presence=presence, record=record)
             self.writer.reaped(ch.name, len(reaped.requeued), len(reaped.stalled))
             for worker in reaped.dead_workers:
-                log.warning("worker %s is gone (its connections to Redis closed): its jobs on %s "
-                            "go back to the queue", worker, ch.name)
+                log.warning(
+                    "worker %s is gone (its connections to Redis closed): its jobs on %s "
+                    "go back to the queue",
+                    worker,
+                    ch.name,
+                )
             dead = set(reaped.dead_ids)
             for job_id in reaped.requeued:
                 if job_id in dead:
@@ -173,7 +190,11 @@ class KeeperMixin:
                 lost.add(key)
                 if key not in self._lost_logged:  # once per claim, not on every renewal
                     # said by what is known: the finish decides (and logs) whether it is refused
-                    log.warning("lease renewal of job %s/%s failed: it is no longer claimed "
-                                "under this worker's token (its lease expired and it was "
-                                "reaped, or it was retracted)", name, job_id)
+                    log.warning(
+                        "lease renewal of job %s/%s failed: it is no longer claimed "
+                        "under this worker's token (its lease expired and it was "
+                        "reaped, or it was retracted)",
+                        name,
+                        job_id,
+                    )
         self._lost_logged = lost

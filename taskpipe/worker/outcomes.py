@@ -47,6 +47,7 @@ _MAX_TTL_MS = 100 * 365 * 86_400_000
 class _FollowupError(Exception):
     """Wraps an error met while building or publishing a job's ``on_finish`` follow-up."""
 
+
 #: ``listener(channel, event, outcome, n)``: called (on the finisher or keeper thread) each time
 #: a counter in ``OutcomeWriter.stats`` moves by ``n``; ``event`` is the counter's name,
 #: ``outcome`` the job's outcome (None for ``lease_expired`` / ``lease_expired_stalled``, which
@@ -70,11 +71,32 @@ def log_outcome(outcome: Outcome, req: FinishRequest, tracebacks: bool = False) 
     message = (outcome.exc_message or "").splitlines()[0][:500] if outcome.exc_message else ""
     code = f" [code {outcome.code}]" if outcome.code else ""
     if tracebacks and outcome.traceback:
-        log.log(level, "job %s/%s %s %s%s: %s: %s%s\n%s", claim.channel, claim.id, task, what,
-                runtime, outcome.exc_type, message, code, outcome.traceback.rstrip())
+        log.log(
+            level,
+            "job %s/%s %s %s%s: %s: %s%s\n%s",
+            claim.channel,
+            claim.id,
+            task,
+            what,
+            runtime,
+            outcome.exc_type,
+            message,
+            code,
+            outcome.traceback.rstrip(),
+        )
         return
-    log.log(level, "job %s/%s %s %s%s: %s: %s%s", claim.channel, claim.id, task, what, runtime,
-            outcome.exc_type, message, code)
+    log.log(
+        level,
+        "job %s/%s %s %s%s: %s: %s%s",
+        claim.channel,
+        claim.id,
+        task,
+        what,
+        runtime,
+        outcome.exc_type,
+        message,
+        code,
+    )
     if outcome.traceback and log.isEnabledFor(logging.DEBUG):
         log.debug("job %s/%s traceback:\n%s", claim.channel, claim.id, outcome.traceback.rstrip())
 
@@ -115,8 +137,9 @@ class OutcomeWriter:
         """How long the job's result and record are kept: ``failure_ttl`` for a failure or a
         timeout, ``result_ttl`` for a success (call option, else task option, else app)."""
         try:
-            value = option_of(outcome.envelope, outcome.task, self.app,
-                              "failure_ttl" if failed else "result_ttl")
+            value = option_of(
+                outcome.envelope, outcome.task, self.app, "failure_ttl" if failed else "result_ttl"
+            )
             try:
                 return self._ttl_ms_of[value]
             except (KeyError, TypeError):  # not seen yet (or unhashable: parsed each time)
@@ -137,11 +160,18 @@ class OutcomeWriter:
     def _record_fields(self, outcome: Outcome, failed: bool) -> dict[str, Any]:
         """The job-record fields of a ``FinishRequest`` (docs/history.md); a success keeps no
         record with ``app.record_successes`` off."""
-        kind = "succeeded" if not failed else ("timeout" if outcome.exc_type == "JobTimeout" else "failed")
+        kind = (
+            "succeeded"
+            if not failed
+            else ("timeout" if outcome.exc_type == "JobTimeout" else "failed")
+        )
         if not failed and not getattr(self.app, "record_successes", True):
             kind = ""
-        task = outcome.task.name if outcome.task is not None else (
-            outcome.envelope.task if outcome.envelope is not None else "")
+        task = (
+            outcome.task.name
+            if outcome.task is not None
+            else (outcome.envelope.task if outcome.envelope is not None else "")
+        )
         runtime = None if outcome.duration is None else int(outcome.duration * 1000)
         return {"outcome": kind, "label": task, "code": outcome.code, "runtime_ms": runtime}
 
@@ -157,11 +187,14 @@ class OutcomeWriter:
                     cached = self._none_result = (ser, encode_result(None, serializer=ser))
                 return cached[1], False
             try:
-                return encode_result(outcome.value, serializer=ser, max_size=self.app.max_payload), False
+                return encode_result(
+                    outcome.value, serializer=ser, max_size=self.app.max_payload
+                ), False
             except SerializationError as exc:
                 outcome.exc_type, outcome.exc_message = type(exc).__name__, str(exc)
-        return encode_failure(outcome.exc_type, outcome.exc_message, outcome.traceback,
-                              serializer=ser), True
+        return encode_failure(
+            outcome.exc_type, outcome.exc_message, outcome.traceback, serializer=ser
+        ), True
 
     def write(self, outcomes: list[Outcome]) -> None:
         """Apply a batch of outcomes, finishing plain successes/failures per channel in one call.
@@ -186,8 +219,9 @@ class OutcomeWriter:
         for channel_name, items in batches.items():
             self._finish_batched(channel_name, items)
 
-    def _route(self, outcome: Outcome,
-               batches: dict[str, list[tuple[Outcome, FinishRequest]]]) -> None:
+    def _route(
+        self, outcome: Outcome, batches: dict[str, list[tuple[Outcome, FinishRequest]]]
+    ) -> None:
         """Apply one outcome, or queue it in ``batches`` for its channel's batched finish.
 
         A success/failure/expiry with a follow-up (``on_finish``/``on_failure``) is finished at
@@ -197,10 +231,15 @@ class OutcomeWriter:
             self._apply_other(outcome)
             return
         result, failed = self._result_bytes(outcome)
-        req = FinishRequest(outcome.claim.id, outcome.claim.token, result,
-                            self._ttl_ms(outcome, failed), failed,
-                            keep_query=bool(outcome.task and outcome.task.raw),
-                            **self._record_fields(outcome, failed))
+        req = FinishRequest(
+            outcome.claim.id,
+            outcome.claim.token,
+            result,
+            self._ttl_ms(outcome, failed),
+            failed,
+            keep_query=bool(outcome.task and outcome.task.raw),
+            **self._record_fields(outcome, failed),
+        )
         try:
             followup = self._followup(outcome, failed)
         except BROKER_ERRORS:
@@ -212,28 +251,35 @@ class OutcomeWriter:
         else:
             batches[outcome.claim.channel].append((outcome, req))
 
-    def _finish_batched(self, channel_name: str,
-                        items: list[tuple[Outcome, FinishRequest]]) -> None:
+    def _finish_batched(
+        self, channel_name: str, items: list[tuple[Outcome, FinishRequest]]
+    ) -> None:
         """Finish one channel's queued outcomes, 500 per call; a call that fails for any reason
         but a transient broker error is written again job by job (``_finish_one``)."""
         channel = self.app.channel(channel_name)
         for start in range(0, len(items), 500):
-            chunk = items[start:start + 500]
+            chunk = items[start : start + 500]
             try:
                 codes = channel.finish_many([req for _, req in chunk])
             except BROKER_ERRORS:
                 raise
             except Exception as exc:  # noqa: BLE001 - one poison finish must not sink the rest
-                log.warning("batched finish of %d job(s) of %s failed (%s: %s); writing them "
-                            "one by one", len(chunk), channel_name, type(exc).__name__, exc)
+                log.warning(
+                    "batched finish of %d job(s) of %s failed (%s: %s); writing them one by one",
+                    len(chunk),
+                    channel_name,
+                    type(exc).__name__,
+                    exc,
+                )
                 for outcome, req in chunk:
                     self._finish_one(outcome, req)
                 continue
             for (outcome, req), code in zip(chunk, codes):
                 self._count(outcome, req, code)
 
-    def _finish_one(self, outcome: Outcome, req: FinishRequest,
-                    followup: tuple[Any, str, bytes] | None = None) -> None:
+    def _finish_one(
+        self, outcome: Outcome, req: FinishRequest, followup: tuple[Any, str, bytes] | None = None
+    ) -> None:
         """Finish one job (with its follow-up, if any); a write that fails for any reason but a
         transient broker error finishes it as failed with that reason instead."""
         try:
@@ -251,7 +297,9 @@ class OutcomeWriter:
             self._bump(claim.channel, "evicted", outcome)
             return
         self._bump(outcome.claim.channel, "lease_lost", outcome)
-        log.warning("outcome of job %s/%s refused: %s", outcome.claim.channel, outcome.claim.id, exc)
+        log.warning(
+            "outcome of job %s/%s refused: %s", outcome.claim.channel, outcome.claim.id, exc
+        )
 
     def _unwritable(self, outcome: Outcome, exc: Exception) -> None:
         """The job's outcome cannot be written: finish the job once, as failed, with the reason
@@ -262,21 +310,35 @@ class OutcomeWriter:
         cause = exc.__cause__ if isinstance(exc, _FollowupError) and exc.__cause__ else exc
         name = type(cause).__name__
         if isinstance(exc, _FollowupError):
-            message = f"the task returned, but its on_finish follow-up could not be published: {cause}"
+            message = (
+                f"the task returned, but its on_finish follow-up could not be published: {cause}"
+            )
         else:
             message = f"the job's {outcome.kind} outcome could not be written: {cause}"
-        log.error("job %s/%s: %s: %s; finishing it as failed", claim.channel, claim.id, name, message)
+        log.error(
+            "job %s/%s: %s: %s; finishing it as failed", claim.channel, claim.id, name, message
+        )
         self.stats["outcome_errors"] += 1  # not an outcome of its own: listeners see "failed"
         try:
             data = encode_failure(name, message, outcome.traceback, serializer=self.app.serializer)
-            req = FinishRequest(claim.id, claim.token, data, self._ttl_ms(outcome, True), True,
-                                **self._record_fields(outcome, True))
+            req = FinishRequest(
+                claim.id,
+                claim.token,
+                data,
+                self._ttl_ms(outcome, True),
+                True,
+                **self._record_fields(outcome, True),
+            )
             code = channel.finish_many([req])[0]
         except BROKER_ERRORS:
             raise
         except Exception as exc2:  # noqa: BLE001 - last resort: park it with the reason
-            log.error("job %s/%s: could not store its failure either (%s); stalling it",
-                      claim.channel, claim.id, exc2)
+            log.error(
+                "job %s/%s: could not store its failure either (%s); stalling it",
+                claim.channel,
+                claim.id,
+                exc2,
+            )
             try:
                 channel.stall(claim.id, f"outcome_error: {name}: {cause}"[:2000], token=claim.token)
                 self._bump(claim.channel, "stalled", outcome)
@@ -285,25 +347,37 @@ class OutcomeWriter:
             except (LeaseLost, WrongJobState, JobNotFound) as exc3:
                 self._refused(outcome, exc3)
             except Exception as exc3:  # noqa: BLE001 - never let one job sink the batch
-                log.error("job %s/%s: could not stall it either (%s); its lease will expire",
-                          claim.channel, claim.id, exc3)
+                log.error(
+                    "job %s/%s: could not stall it either (%s); its lease will expire",
+                    claim.channel,
+                    claim.id,
+                    exc3,
+                )
             return
         self._count(outcome, req, code)
 
     def _count(self, outcome: Outcome, req: FinishRequest, code: int) -> None:
         if code == 1:
-            event: WorkerEvent = ("expired" if outcome.kind == "expired"
-                                  else ("timeout" if req.outcome == "timeout" else "failed")
-                                  if req.failed else "finished")
+            event: WorkerEvent = (
+                "expired"
+                if outcome.kind == "expired"
+                else ("timeout" if req.outcome == "timeout" else "failed")
+                if req.failed
+                else "finished"
+            )
             self._bump(outcome.claim.channel, event, outcome)
             log_outcome(outcome, req, self.log_tracebacks)
         elif code == 0 and self.eviction.finish_missed(outcome.claim.channel, outcome.claim.id):
             self._bump(outcome.claim.channel, "evicted", outcome)
         else:
             self._bump(outcome.claim.channel, "lease_lost", outcome)
-            log.warning("finish of job %s/%s refused (%s): the lease was lost; the new owner's "
-                        "outcome stands", outcome.claim.channel, outcome.claim.id,
-                        "not claimed" if code == 0 else "claimed under another token")
+            log.warning(
+                "finish of job %s/%s refused (%s): the lease was lost; the new owner's "
+                "outcome stands",
+                outcome.claim.channel,
+                outcome.claim.id,
+                "not claimed" if code == 0 else "claimed under another token",
+            )
 
     def _followup(self, outcome: Outcome, failed: bool) -> tuple[Any, str, bytes] | None:
         env = outcome.envelope
@@ -314,13 +388,31 @@ class OutcomeWriter:
         from taskpipe.task import Signature
 
         sig = Signature.from_dict(env.options[key], self.app)
-        target = self.app.sharding.pick(sig.options.get("channel") or (
-            self.app.tasks[sig.task].channel if sig.task in self.app.tasks else None)
-            or self.app.default_channel, f"{outcome.claim.id}.{key}")  # custom id: one shard
-        first = failure_info(outcome.claim.id, outcome.claim.channel, env.task, outcome.exc_type,
-                             outcome.exc_message) if failed else outcome.value
-        item = encode_envelope(sig.task, (first, *sig.args), sig.kwargs, {},
-                               serializer=self.app.serializer, max_size=self.app.max_payload)
+        target = self.app.sharding.pick(
+            sig.options.get("channel")
+            or (self.app.tasks[sig.task].channel if sig.task in self.app.tasks else None)
+            or self.app.default_channel,
+            f"{outcome.claim.id}.{key}",
+        )  # custom id: one shard
+        first = (
+            failure_info(
+                outcome.claim.id,
+                outcome.claim.channel,
+                env.task,
+                outcome.exc_type,
+                outcome.exc_message,
+            )
+            if failed
+            else outcome.value
+        )
+        item = encode_envelope(
+            sig.task,
+            (first, *sig.args),
+            sig.kwargs,
+            {},
+            serializer=self.app.serializer,
+            max_size=self.app.max_payload,
+        )
         return target, f"{outcome.claim.id}.{key}", item
 
     def _apply_other(self, outcome: Outcome) -> None:
@@ -331,18 +423,28 @@ class OutcomeWriter:
             self._bump(claim.channel, "retried", outcome)
             first = (outcome.exc_message or "").splitlines()[0] if outcome.exc_message else ""
             try:  # shown while it waits out its backoff (docs/history.md); informational only
-                channel.note_error(claim.id, f"{outcome.exc_type}: {first}",
-                                   int(self.app.failure_ttl * 1000))
+                channel.note_error(
+                    claim.id, f"{outcome.exc_type}: {first}", int(self.app.failure_ttl * 1000)
+                )
             except BROKER_ERRORS:
                 raise
             except Exception as exc:  # noqa: BLE001 - never fail a retry over its note
                 log.debug("could not note the error of %s/%s: %s", claim.channel, claim.id, exc)
-            log.info("job %s/%s raised %s; retry in %.2fs", claim.channel, claim.id,
-                     outcome.exc_type, outcome.delay)
+            log.info(
+                "job %s/%s raised %s; retry in %.2fs",
+                claim.channel,
+                claim.id,
+                outcome.exc_type,
+                outcome.delay,
+            )
         elif outcome.kind == "stall":
             label = self._record_fields(outcome, True)["label"]
-            channel.stall(claim.id, outcome.reason, token=claim.token,
-                          record=(label, int(self.app.failure_ttl * 1000)))
+            channel.stall(
+                claim.id,
+                outcome.reason,
+                token=claim.token,
+                record=(label, int(self.app.failure_ttl * 1000)),
+            )
             self._bump(claim.channel, "stalled", outcome)
             log.warning("job %s/%s stalled: %s", claim.channel, claim.id, outcome.reason)
         elif outcome.kind == "cancel":

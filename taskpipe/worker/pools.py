@@ -43,9 +43,15 @@ Wait = Callable[[], "tuple[Prepared, DoneNext] | None"]
 def _worker_error(prepared: Prepared, exc: Exception) -> Outcome:
     """The outcome of a job that could not be run for a reason outside its task: a failure
     naming the error (stored once), never a cancel that would run it again and again."""
-    return Outcome("failure", prepared.claim, exc_type=type(exc).__name__,
-                   exc_message=f"worker error before or after the task ran: {exc}",
-                   traceback=traceback.format_exc(), envelope=prepared.envelope, task=prepared.task)
+    return Outcome(
+        "failure",
+        prepared.claim,
+        exc_type=type(exc).__name__,
+        exc_message=f"worker error before or after the task ran: {exc}",
+        traceback=traceback.format_exc(),
+        envelope=prepared.envelope,
+        task=prepared.task,
+    )
 
 
 class ThreadPool:
@@ -56,13 +62,17 @@ class ThreadPool:
     def __init__(self, app: TaskPipe, size: int) -> None:
         self.app = app
         self.size = size
-        self._queue: queue.SimpleQueue[tuple[Prepared, DoneNext] | Wait | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Prepared, DoneNext] | Wait | None] = (
+            queue.SimpleQueue()
+        )
         #: called before a job that was sent back before (cancel count > 0) starts: the worker
         #: writes the outcomes it holds first, so that a job which kills its process takes no
         #: finished neighbour's outcome with it
         self.before_suspect: Callable[[], None] | None = None
-        self._threads = [threading.Thread(target=self._loop, name=f"taskpipe-job-{i}", daemon=True)
-                         for i in range(size)]
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"taskpipe-job-{i}", daemon=True)
+            for i in range(size)
+        ]
         for t in self._threads:
             t.start()
 
@@ -158,11 +168,23 @@ class AsyncPool:
         except asyncio.CancelledError:
             if not (main.cancelled() and ctx.aborted):
                 raise
-            outcome = Outcome("aborted", claim, exc_type="JobAborted", envelope=env, task=task,
-                              exc_message=f"job {claim.id} was aborted (its coroutine was cancelled)")
+            outcome = Outcome(
+                "aborted",
+                claim,
+                exc_type="JobAborted",
+                envelope=env,
+                task=task,
+                exc_message=f"job {claim.id} was aborted (its coroutine was cancelled)",
+            )
         except JobAborted as aborted:  # check_abort() inside the coroutine
-            outcome = Outcome("aborted", claim, exc_type="JobAborted", exc_message=str(aborted),
-                              envelope=env, task=task)
+            outcome = Outcome(
+                "aborted",
+                claim,
+                exc_type="JobAborted",
+                exc_message=str(aborted),
+                envelope=env,
+                task=task,
+            )
         except asyncio.TimeoutError:
             error = JobTimeout(f"task {task.name} ran past its time limit of {seconds} s")
             outcome = decide_failure(self.app, prepared, error, "")

@@ -28,8 +28,16 @@ __all__ = ["CHILD_CODE", "DEPTH"]
 #: Jobs a child may hold at once (running + waiting in the child) while its jobs are short.
 DEPTH = 16
 _FLUSH = 0.002  # seconds a child may keep finished outcomes before sending them
-_SLIM_FIELDS = ("kind", "value", "exc_type", "exc_message", "traceback", "delay", "reason",
-                "duration")
+_SLIM_FIELDS = (
+    "kind",
+    "value",
+    "exc_type",
+    "exc_message",
+    "traceback",
+    "delay",
+    "reason",
+    "duration",
+)
 
 
 # --- the child process ------------------------------------------------------------------------------
@@ -48,9 +56,16 @@ def _slim(outcome: Outcome) -> tuple[Any, ...]:
     try:
         pickle.dumps(data[1])
     except Exception as exc:  # noqa: BLE001 - any unpicklable value becomes a failure
-        return ("failure", None, "SerializationError",
-                f"the result of the task cannot leave the child process: {exc}", "", 0.0, "",
-                outcome.duration)
+        return (
+            "failure",
+            None,
+            "SerializationError",
+            f"the result of the task cannot leave the child process: {exc}",
+            "",
+            0.0,
+            "",
+            outcome.duration,
+        )
     return data
 
 
@@ -163,4 +178,6 @@ def _child_loop(app: TaskPipe, conn: Pipe) -> None:
 
 
 #: What a pool child runs (``python -c CHILD_CODE FD``).
-CHILD_CODE = "import sys; from taskpipe.worker.procchild import _child_main; _child_main(int(sys.argv[1]))"
+CHILD_CODE = (
+    "import sys; from taskpipe.worker.procchild import _child_main; _child_main(int(sys.argv[1]))"
+)

@@ -92,8 +92,11 @@ class _Child:
     def __init__(self, app_path: str) -> None:
         mine, theirs = socket.socketpair()
         try:
-            self.proc = subprocess.Popen([sys.executable, "-c", CHILD_CODE, str(theirs.fileno())],
-                                         pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", CHILD_CODE, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
         finally:
             theirs.close()
         self.conn = Pipe(mine.detach())
@@ -144,8 +147,9 @@ class _Child:
             kind, detail = self.conn.recv()
         except (EOFError, OSError):
             self.kill()
-            raise ConfigError(f"a process-pool child died while starting (exit code "
-                              f"{self.exit_code()})") from None
+            raise ConfigError(
+                f"a process-pool child died while starting (exit code {self.exit_code()})"
+            ) from None
         if kind != "ready":
             self.kill()
             raise ConfigError(f"a process-pool child could not load the app: {detail}")
@@ -210,12 +214,16 @@ class ProcessPool:
 
     def __init__(self, app: TaskPipe, size: int, app_path: str | None, depth: int = DEPTH) -> None:
         if not app_path:
-            raise ConfigError("the process pool needs the app as 'module:app' (taskpipe worker "
-                              "-A module:app, or Worker(..., app_path='module:app')) so its "
-                              "child processes can import it")
+            raise ConfigError(
+                "the process pool needs the app as 'module:app' (taskpipe worker "
+                "-A module:app, or Worker(..., app_path='module:app')) so its "
+                "child processes can import it"
+            )
         if getattr(app.connection, "scheme", "") == "memory":
-            raise ConfigError("the process pool needs a broker its child processes can reach; "
-                              f"{app.broker_url!r} lives inside this process (use the thread pool)")
+            raise ConfigError(
+                "the process pool needs a broker its child processes can reach; "
+                f"{app.broker_url!r} lives inside this process (use the thread pool)"
+            )
         if size < 1:
             raise ConfigError("the process pool needs at least one process")
         self.app = app
@@ -241,8 +249,10 @@ class ProcessPool:
                 child.kill()
             raise
         self._children = list(children)
-        self._threads = [threading.Thread(target=self._slot, args=(i,), daemon=True,
-                                          name=f"taskpipe-proc-{i}") for i in range(size)]
+        self._threads = [
+            threading.Thread(target=self._slot, args=(i,), daemon=True, name=f"taskpipe-proc-{i}")
+            for i in range(size)
+        ]
         for t in self._threads:
             t.start()
 
@@ -361,8 +371,11 @@ class ProcessPool:
                 started = self._on_silence(index, child, inflight, started, abort_at)
             elif message[0] == "done":
                 slow = self._on_done(message[1], inflight, slow)
-                started = message[2] if message[2] is not None else (
-                    time.monotonic() if inflight else None)
+                started = (
+                    message[2]
+                    if message[2] is not None
+                    else (time.monotonic() if inflight else None)
+                )
             elif message[0] == "returned":
                 back = [inflight.pop() for _ in range(min(message[1], len(inflight)))]
                 self._give_back(collections.deque(reversed(back)), closing=True)
@@ -382,8 +395,14 @@ class ProcessPool:
                     batch.append(self._queue.popleft())
         return batch
 
-    def _hand(self, index: int, child: _Child, batch: list[_Held],
-              inflight: collections.deque[_Held], started: float | None) -> float | None:
+    def _hand(
+        self,
+        index: int,
+        child: _Child,
+        batch: list[_Held],
+        inflight: collections.deque[_Held],
+        started: float | None,
+    ) -> float | None:
         """Send ``batch`` to the child, behind ``inflight``; returns when the child started
         ``inflight[0]`` (``started``). Jobs a stopped or dead child never started go back (a
         child that died running ``inflight[0]`` loses that job: ``_on_lost``)."""
@@ -406,8 +425,14 @@ class ProcessPool:
             return None
         return started
 
-    def _on_silence(self, index: int, child: _Child, inflight: collections.deque[_Held],
-                    started: float | None, abort_at: float | None) -> float | None:
+    def _on_silence(
+        self,
+        index: int,
+        child: _Child,
+        inflight: collections.deque[_Held],
+        started: float | None,
+        abort_at: float | None,
+    ) -> float | None:
         """No message from the child within the wait: act if it died, ran ``inflight[0]`` past
         its hard time limit, outlived the shutdown grace or the job's abort grace. Returns
         ``started`` (None once acted: the child's jobs are settled)."""
@@ -425,8 +450,9 @@ class ProcessPool:
             return started
         return None
 
-    def _on_done(self, results: list[tuple[Any, ...]], inflight: collections.deque[_Held],
-                 slow: float) -> float:
+    def _on_done(
+        self, results: list[tuple[Any, ...]], inflight: collections.deque[_Held], slow: float
+    ) -> float:
         """The child finished the first ``len(results)`` in-flight jobs: hand on their outcomes;
         returns the moving average of the child's job durations (``slow``), updated."""
         for data in results:
@@ -497,16 +523,24 @@ class ProcessPool:
         self._give_back(rest)
         self._replace(index)
 
-    def _on_hard_timeout(self, index: int, child: _Child,
-                         inflight: collections.deque[_Held]) -> None:
+    def _on_hard_timeout(
+        self, index: int, child: _Child, inflight: collections.deque[_Held]
+    ) -> None:
         head = inflight.popleft()
         claim = head.prepared.claim
         child.kill()
-        log.warning("job %s/%s ran past its hard time limit of %s s: child %s killed",
-                    claim.channel, claim.id, head.limit, child.pid)
+        log.warning(
+            "job %s/%s ran past its hard time limit of %s s: child %s killed",
+            claim.channel,
+            claim.id,
+            head.limit,
+            child.pid,
+        )
         env = head.prepared.envelope
-        exc = JobTimeout(f"task {env.task if env else '?'} ran past its hard time limit of "
-                         f"{head.limit} s (process killed)")
+        exc = JobTimeout(
+            f"task {env.task if env else '?'} ran past its hard time limit of "
+            f"{head.limit} s (process killed)"
+        )
         outcome = decide_failure(self.app, head.prepared, exc, "")
         outcome.duration = head.limit
         rest = collections.deque(inflight)
@@ -515,8 +549,7 @@ class ProcessPool:
         self._give_back(rest)
         self._replace(index)
 
-    def _on_grace_over(self, index: int, child: _Child,
-                       inflight: collections.deque[_Held]) -> None:
+    def _on_grace_over(self, index: int, child: _Child, inflight: collections.deque[_Held]) -> None:
         """Shutdown: the grace is nearly over and the child still runs a job. Kill it first, so
         the job (sent back to the queue: cancel) cannot start elsewhere while it still runs."""
         head = inflight.popleft()
@@ -525,12 +558,23 @@ class ProcessPool:
         with self._cond:
             if self._children[index] is child:
                 self._children[index] = None
-        log.warning("job %s/%s still running at shutdown: child %s killed, job sent back to "
-                    "the queue", claim.channel, claim.id, child.pid)
+        log.warning(
+            "job %s/%s still running at shutdown: child %s killed, job sent back to the queue",
+            claim.channel,
+            claim.id,
+            child.pid,
+        )
         rest = collections.deque(inflight)
         inflight.clear()
-        head.done(Outcome("cancel", claim, reason="still running at shutdown",
-                          envelope=head.prepared.envelope, task=head.prepared.task))
+        head.done(
+            Outcome(
+                "cancel",
+                claim,
+                reason="still running at shutdown",
+                envelope=head.prepared.envelope,
+                task=head.prepared.task,
+            )
+        )
         self._give_back(rest, closing=True)
 
     def _on_aborted(self, index: int, child: _Child, inflight: collections.deque[_Held]) -> None:
@@ -540,20 +584,43 @@ class ProcessPool:
         with self._cond:
             self._abort_at.pop((claim.channel, claim.id), None)
         child.kill()
-        log.warning("job %s/%s was aborted and did not stop within %.1f s: child %s terminated",
-                    claim.channel, claim.id, ABORT_GRACE, child.pid)
+        log.warning(
+            "job %s/%s was aborted and did not stop within %.1f s: child %s terminated",
+            claim.channel,
+            claim.id,
+            ABORT_GRACE,
+            child.pid,
+        )
         rest = collections.deque(inflight)
         inflight.clear()
-        head.done(Outcome("aborted", claim, exc_type="JobAborted", exc_message="child terminated",
-                          envelope=head.prepared.envelope, task=head.prepared.task))
+        head.done(
+            Outcome(
+                "aborted",
+                claim,
+                exc_type="JobAborted",
+                exc_message="child terminated",
+                envelope=head.prepared.envelope,
+                task=head.prepared.task,
+            )
+        )
         self._give_back(rest)
         self._replace(index)
 
     def _rebuild(self, prepared: Prepared, data: tuple[Any, ...]) -> Outcome:
         kind, value, exc_type, exc_message, tb, delay, reason, duration = data
-        return Outcome(kind, prepared.claim, value=value, exc_type=exc_type,
-                       exc_message=exc_message, traceback=tb, delay=delay, reason=reason,
-                       envelope=prepared.envelope, task=prepared.task, duration=duration)
+        return Outcome(
+            kind,
+            prepared.claim,
+            value=value,
+            exc_type=exc_type,
+            exc_message=exc_message,
+            traceback=tb,
+            delay=delay,
+            reason=reason,
+            envelope=prepared.envelope,
+            task=prepared.task,
+            duration=duration,
+        )
 
     def _lost(self, prepared: Prepared, child: _Child) -> Outcome:
         """The child died while running the job: send it back, or stall it past max_cancels."""
@@ -564,10 +631,20 @@ class ProcessPool:
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         log.error("child %s died (%s) running job %s/%s", child.pid, how, claim.channel, claim.id)
         if max_cancels and count > max_cancels:
-            return Outcome("stall", claim, reason=f"worker_lost: the child process died ({how}) "
-                           f"{count} times", envelope=prepared.envelope, task=prepared.task)
-        return Outcome("cancel", claim, reason=f"worker_lost: the child process died ({how})",
-                       envelope=prepared.envelope, task=prepared.task)
+            return Outcome(
+                "stall",
+                claim,
+                reason=f"worker_lost: the child process died ({how}) {count} times",
+                envelope=prepared.envelope,
+                task=prepared.task,
+            )
+        return Outcome(
+            "cancel",
+            claim,
+            reason=f"worker_lost: the child process died ({how})",
+            envelope=prepared.envelope,
+            task=prepared.task,
+        )
 
 
 def _release(held: _Held) -> Outcome:

@@ -28,17 +28,24 @@ class WorkerRegistry:
     def beat(self, worker: Any) -> None:
         """Refresh one worker's entry (called by the worker's keeper thread)."""
         ttl_ms = int(max(worker.heartbeat_interval * 3, 1.0) * 1000)
-        self.store.beat(worker.name, {
-            "name": worker.name, "host": socket.gethostname(), "pid": str(os.getpid()),
-            "channels": ",".join(worker.channel_names), "pool": worker.pool_kind,
-            "concurrency": str(worker.concurrency),
-            "jobs": json.dumps([f"{c.channel}/{c.id}" for c in worker.running][:100]),
-            # held jobs split: running now, and prefetched (claimed ahead, waiting to start)
-            "running": str(getattr(worker, "executing_count", 0)),
-            "prefetched": str(getattr(worker, "prefetched_count", 0)),
-            "stats": json.dumps(dict(worker.writer.stats)),
-            "stopping": "1" if worker._stopping.is_set() else "0",
-        }, ttl_ms)
+        self.store.beat(
+            worker.name,
+            {
+                "name": worker.name,
+                "host": socket.gethostname(),
+                "pid": str(os.getpid()),
+                "channels": ",".join(worker.channel_names),
+                "pool": worker.pool_kind,
+                "concurrency": str(worker.concurrency),
+                "jobs": json.dumps([f"{c.channel}/{c.id}" for c in worker.running][:100]),
+                # held jobs split: running now, and prefetched (claimed ahead, waiting to start)
+                "running": str(getattr(worker, "executing_count", 0)),
+                "prefetched": str(getattr(worker, "prefetched_count", 0)),
+                "stats": json.dumps(dict(worker.writer.stats)),
+                "stopping": "1" if worker._stopping.is_set() else "0",
+            },
+            ttl_ms,
+        )
 
     def remove(self, name: str) -> None:
         """Drop a worker's entry (on clean shutdown)."""

@@ -34,14 +34,29 @@ if TYPE_CHECKING:
     from taskpipe.task import Task
     from taskpipe.thoonk.job import Claim
 
-__all__ = ["Outcome", "prepare", "run_prepared", "backoff_delay", "decide_failure", "option_of",
-           "reap_limit", "option_problem", "cancel_on_abort"]
+__all__ = [
+    "Outcome",
+    "prepare",
+    "run_prepared",
+    "backoff_delay",
+    "decide_failure",
+    "option_of",
+    "reap_limit",
+    "option_problem",
+    "cancel_on_abort",
+]
 
 log = logging.getLogger("taskpipe.worker")
 
 #: call options holding a duration, and those holding a count, as a producer may write them
-_DURATION_OPTIONS = ("timeout", "hard_timeout", "retry_backoff", "retry_backoff_max", "result_ttl",
-                     "failure_ttl")
+_DURATION_OPTIONS = (
+    "timeout",
+    "hard_timeout",
+    "retry_backoff",
+    "retry_backoff_max",
+    "result_ttl",
+    "failure_ttl",
+)
 #: bytes over ``max_payload`` still decoded (the producer's limit counts the whole envelope;
 #: this only keeps a producer with a slightly different framing from being stalled)
 _ENVELOPE_SLACK = 1024
@@ -91,17 +106,27 @@ def prepare(app: TaskPipe, claim: Claim) -> Prepared:
     raw_task = app.raw_channels.get(claim.channel)
     if raw_task is None and app.raw_channels and app.connection.is_cluster:
         # on a cluster the wire name carries a hash tag: "{legacy}" for "legacy"
-        raw_task = next((t for n, t in app.raw_channels.items()
-                         if app.channel(n).name == claim.channel), None)
+        raw_task = next(
+            (t for n, t in app.raw_channels.items() if app.channel(n).name == claim.channel), None
+        )
     if raw_task is not None:
-        return _within_max_cancels(app, Prepared(
-            claim, Envelope(1, raw_task.name, (claim.item,), {}, {}, "raw"), raw_task))
+        return _within_max_cancels(
+            app, Prepared(claim, Envelope(1, raw_task.name, (claim.item,), {}, {}, "raw"), raw_task)
+        )
     limit = app.max_payload
     if limit is not None and len(claim.item) > limit + _ENVELOPE_SLACK:
         # never decode a payload no producer of this app could have written (a 50 MB entry
         # written raw): park it with the reason; raise max_payload and retry it if it is wanted
-        return Prepared(claim, early=Outcome("stall", claim, reason=(
-            f"payload_too_large: {len(claim.item)} bytes, over max_payload={limit}; not decoded")))
+        return Prepared(
+            claim,
+            early=Outcome(
+                "stall",
+                claim,
+                reason=(
+                    f"payload_too_large: {len(claim.item)} bytes, over max_payload={limit}; not decoded"
+                ),
+            ),
+        )
     try:
         env = decode_envelope(claim.item)
     except SerializationError as exc:
@@ -109,15 +134,32 @@ def prepare(app: TaskPipe, claim: Claim) -> Prepared:
     try:
         task = app.get_task(env.task)
     except UnknownTask:
-        return Prepared(claim, env, early=Outcome("stall", claim, reason=f"unknown_task: {env.task}",
-                                                  envelope=env))
+        return Prepared(
+            claim,
+            env,
+            early=Outcome("stall", claim, reason=f"unknown_task: {env.task}", envelope=env),
+        )
     problem = option_problem(env.options)
     if problem is not None:  # fails the job once, before it runs: never a silent cancel
-        log.error("job %s/%s has a bad call option (%s): failing it without running it",
-                  claim.channel, claim.id, problem)
-        return Prepared(claim, env, task, early=Outcome(
-            "failure", claim, exc_type="ConfigError", envelope=env, task=task,
-            exc_message=f"job {claim.id} has a bad call option and was not run: {problem}"))
+        log.error(
+            "job %s/%s has a bad call option (%s): failing it without running it",
+            claim.channel,
+            claim.id,
+            problem,
+        )
+        return Prepared(
+            claim,
+            env,
+            task,
+            early=Outcome(
+                "failure",
+                claim,
+                exc_type="ConfigError",
+                envelope=env,
+                task=task,
+                exc_message=f"job {claim.id} has a bad call option and was not run: {problem}",
+            ),
+        )
     prepared = _within_max_cancels(app, Prepared(claim, env, task))
     if "expires_ms" in env.options and prepared.early is None:
         prepared.early = _expired(claim, env, task)
@@ -136,9 +178,15 @@ def _expired(claim: Claim, env: Envelope, task: Task[Any]) -> Outcome | None:
     if now <= deadline:
         return None
     late = (now - deadline) / 1000.0
-    return Outcome("expired", claim, exc_type="JobExpired", envelope=env, task=task,
-                   exc_message=f"job {claim.id} expired {late:.3f} s before it could start "
-                               "(expires=); it was not run")
+    return Outcome(
+        "expired",
+        claim,
+        exc_type="JobExpired",
+        envelope=env,
+        task=task,
+        exc_message=f"job {claim.id} expired {late:.3f} s before it could start "
+        "(expires=); it was not run",
+    )
 
 
 def option_problem(options: dict[str, Any]) -> str | None:
@@ -201,9 +249,13 @@ def _within_max_cancels(app: TaskPipe, prepared: Prepared) -> Prepared:
     if not limit or claim.cancel_count <= int(limit):
         return prepared
     prepared.early = Outcome(
-        "stall", claim, envelope=prepared.envelope, task=prepared.task,
+        "stall",
+        claim,
+        envelope=prepared.envelope,
+        task=prepared.task,
         reason=f"worker_lost: sent back {claim.cancel_count} times (lease expired or worker "
-               f"stopped), more than max_cancels={limit}")
+        f"stopped), more than max_cancels={limit}",
+    )
     return prepared
 
 
@@ -211,8 +263,9 @@ def reap_limit(app: TaskPipe) -> int:
     """The ``max_cancels`` the reaper applies: the highest limit of the app and its tasks, or 0
     (no limit) if any of them has none. A job past its own task's lower limit is stalled when it
     is next claimed (``prepare``)."""
-    limits = [app.max_cancels] + [t.options.max_cancels for t in list(app.tasks.values())
-                                  if t.options.max_cancels is not None]
+    limits = [app.max_cancels] + [
+        t.options.max_cancels for t in list(app.tasks.values()) if t.options.max_cancels is not None
+    ]
     return 0 if 0 in limits else max(limits)
 
 
@@ -253,8 +306,16 @@ def decide_failure(app: TaskPipe, prepared: Prepared, exc: BaseException, tb: st
             base = parse_duration(option_of(env, task, app, "retry_backoff") or 0)
             cap = parse_duration(option_of(env, task, app, "retry_backoff_max") or base)
             delay = backoff_delay(attempt, base, cap)  # retry_backoff_max may be below the base
-        return Outcome("retry", claim, exc_type=name, exc_message=str(exc), traceback=tb,
-                       delay=delay, envelope=env, task=task)
+        return Outcome(
+            "retry",
+            claim,
+            exc_type=name,
+            exc_message=str(exc),
+            traceback=tb,
+            delay=delay,
+            envelope=env,
+            task=task,
+        )
     if isinstance(exc, Retry):
         name, message = "MaxRetriesExceeded", f"gave up after {attempt} attempts: {exc}"
     else:
@@ -263,8 +324,16 @@ def decide_failure(app: TaskPipe, prepared: Prepared, exc: BaseException, tb: st
         # a raw (Thoonk-native) job's result goes to legacy listeners as is: an error envelope
         # there would read as success, so a raw task out of retries is stalled, never failed
         return Outcome("stall", claim, reason=f"failed: {name}: {message}", envelope=env, task=task)
-    return Outcome("failure", claim, exc_type=name, exc_message=message, traceback=tb,
-                   envelope=env, task=task, code=error_code(exc))
+    return Outcome(
+        "failure",
+        claim,
+        exc_type=name,
+        exc_message=message,
+        traceback=tb,
+        envelope=env,
+        task=task,
+        code=error_code(exc),
+    )
 
 
 def error_code(exc: BaseException) -> str:
@@ -292,8 +361,11 @@ class _SoftTimer:
         self._old_handler: Any = None
         self._old_timer: tuple[float, float] = (0.0, 0.0)
         self._armed_at = 0.0
-        self._alarm = bool(seconds) and hasattr(signal, "setitimer") and (
-            threading.current_thread() is threading.main_thread())
+        self._alarm = (
+            bool(seconds)
+            and hasattr(signal, "setitimer")
+            and (threading.current_thread() is threading.main_thread())
+        )
 
     def __enter__(self) -> _SoftTimer:
         if self._alarm and self.seconds:
@@ -316,7 +388,9 @@ class _SoftTimer:
 
     def _fire(self) -> None:
         self.fired = True
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._ident), ctypes.py_object(JobTimeout))
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(self._ident), ctypes.py_object(JobTimeout)
+        )
 
     def __exit__(self, *exc: object) -> None:
         if self._alarm:
@@ -330,8 +404,9 @@ class _SoftTimer:
             self._timer.cancel()
 
 
-def run_prepared(app: TaskPipe, prepared: Prepared, channel: Any,
-                 loop: asyncio.AbstractEventLoop | None = None) -> Outcome:
+def run_prepared(
+    app: TaskPipe, prepared: Prepared, channel: Any, loop: asyncio.AbstractEventLoop | None = None
+) -> Outcome:
     """Run a prepared job in this thread (async tasks on ``loop`` or a private loop), with the
     app's run-side middleware hooks around it (``taskpipe.middleware``)."""
     if prepared.early is not None:
@@ -339,8 +414,9 @@ def run_prepared(app: TaskPipe, prepared: Prepared, channel: Any,
     return _run_prepared(app, prepared, channel, loop)
 
 
-def _run_prepared(app: TaskPipe, prepared: Prepared, channel: Any,
-                  loop: asyncio.AbstractEventLoop | None) -> Outcome:
+def _run_prepared(
+    app: TaskPipe, prepared: Prepared, channel: Any, loop: asyncio.AbstractEventLoop | None
+) -> Outcome:
     env, task, claim = prepared.envelope, prepared.task, prepared.claim
     assert env is not None and task is not None
     started = time.perf_counter()
@@ -363,8 +439,13 @@ def _run_prepared(app: TaskPipe, prepared: Prepared, channel: Any,
         _reset_current(token)
 
 
-def _call(app: TaskPipe, prepared: Prepared, ctx: JobContext, seconds: float | None,
-          loop: asyncio.AbstractEventLoop | None) -> tuple[Outcome, BaseException | None]:
+def _call(
+    app: TaskPipe,
+    prepared: Prepared,
+    ctx: JobContext,
+    seconds: float | None,
+    loop: asyncio.AbstractEventLoop | None,
+) -> tuple[Outcome, BaseException | None]:
     """Run the task once: its outcome, and the exception it raised (None on success)."""
     env, task, claim = prepared.envelope, prepared.task, prepared.claim
     assert env is not None and task is not None
@@ -378,8 +459,14 @@ def _call(app: TaskPipe, prepared: Prepared, ctx: JobContext, seconds: float | N
             value = task.fn(*env.args, **env.kwargs)
         return Outcome("success", claim, value=value, envelope=env, task=task), None
     except JobAborted as aborted:
-        return Outcome("aborted", claim, exc_type="JobAborted", exc_message=str(aborted),
-                       envelope=env, task=task), None
+        return Outcome(
+            "aborted",
+            claim,
+            exc_type="JobAborted",
+            exc_message=str(aborted),
+            envelope=env,
+            task=task,
+        ), None
     except JobTimeout:
         exc = JobTimeout(f"task {task.name} ran past its time limit of {seconds} s")
         return decide_failure(app, prepared, exc, traceback.format_exc()), exc
@@ -389,8 +476,13 @@ def _call(app: TaskPipe, prepared: Prepared, ctx: JobContext, seconds: float | N
         return decide_failure(app, prepared, exc, traceback.format_exc()), exc
 
 
-def _run_async(task: Task[Any], env: Envelope, ctx: JobContext, seconds: float | None,
-               loop: asyncio.AbstractEventLoop | None) -> Any:
+def _run_async(
+    task: Task[Any],
+    env: Envelope,
+    ctx: JobContext,
+    seconds: float | None,
+    loop: asyncio.AbstractEventLoop | None,
+) -> Any:
     async def call() -> Any:
         _set_current(ctx)
         main = asyncio.ensure_future(task.fn(*env.args, **env.kwargs))
@@ -401,7 +493,9 @@ def _run_async(task: Task[Any], env: Envelope, ctx: JobContext, seconds: float |
             raise JobTimeout() from None
         except asyncio.CancelledError:
             if main.cancelled() and ctx.aborted:
-                raise JobAborted(f"job {ctx.id} was aborted (its coroutine was cancelled)") from None
+                raise JobAborted(
+                    f"job {ctx.id} was aborted (its coroutine was cancelled)"
+                ) from None
             raise
         finally:
             watch.cancel()

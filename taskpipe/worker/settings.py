@@ -70,14 +70,18 @@ class WorkerSettings:
 
     def __post_init__(self) -> None:
         if self.concurrency is not None and (
-                isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int)
-                or self.concurrency < 0):
+            isinstance(self.concurrency, bool)
+            or not isinstance(self.concurrency, int)
+            or self.concurrency < 0
+        ):
             raise ConfigError(f"concurrency must be at least 1, got {self.concurrency!r}")
         if self.pool not in ("thread", "async", "process"):
             raise ConfigError(f"unknown pool {self.pool!r}; expected thread, async or process")
         if self.prefetch is not None and (
-                isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int)
-                or self.prefetch < 0):
+            isinstance(self.prefetch, bool)
+            or not isinstance(self.prefetch, int)
+            or self.prefetch < 0
+        ):
             raise ConfigError(f"prefetch must be an int >= 0, got {self.prefetch!r}")
         for key in ("lease", "grace", "reaper_interval", "fence", "dead_after"):
             value = getattr(self, key)
@@ -92,8 +96,10 @@ class WorkerSettings:
         ``TypeError`` naming any option that is not a setting."""
         unknown = sorted(set(options) - FIELDS)
         if unknown:
-            raise TypeError(f"Worker() got unexpected keyword argument(s): {', '.join(unknown)} "
-                            f"(settings: {', '.join(sorted(FIELDS))})")
+            raise TypeError(
+                f"Worker() got unexpected keyword argument(s): {', '.join(unknown)} "
+                f"(settings: {', '.join(sorted(FIELDS))})"
+            )
         base = cls() if settings is None else settings
         return dataclasses.replace(base, **options) if options else base
 

@@ -83,15 +83,24 @@ class ShutdownMixin:
         delay = int(self.fence * 1000) if self.pool_kind != "process" else 0
         for claim in leftovers:
             try:
-                self.app.channel(claim.channel).cancel(claim.id, token=claim.token,
-                                                       not_before_ms=delay)
+                self.app.channel(claim.channel).cancel(
+                    claim.id, token=claim.token, not_before_ms=delay
+                )
                 if delay:
-                    log.warning("job %s/%s still running at shutdown: sent back to the queue, "
-                                "available again in %.1fs (its thread may run until this "
-                                "process exits)", claim.channel, claim.id, self.fence)
+                    log.warning(
+                        "job %s/%s still running at shutdown: sent back to the queue, "
+                        "available again in %.1fs (its thread may run until this "
+                        "process exits)",
+                        claim.channel,
+                        claim.id,
+                        self.fence,
+                    )
                 else:
-                    log.warning("job %s/%s unfinished at shutdown: sent back to the queue",
-                                claim.channel, claim.id)
+                    log.warning(
+                        "job %s/%s unfinished at shutdown: sent back to the queue",
+                        claim.channel,
+                        claim.id,
+                    )
             except Exception as exc:  # noqa: BLE001 - lease may be gone already
                 log.warning("could not send job %s back: %s", claim.id, exc)
 
@@ -125,5 +134,6 @@ class ShutdownMixin:
                 self.app.channel(name).release([(c.id, c.token) for c in group])
                 log.info("%d job(s) of %s given back unstarted (%s)", len(group), name, why)
             except Exception as exc:  # noqa: BLE001 - their leases expire: the reaper requeues them
-                log.warning("could not give back %d job(s) of %s (%s): %s", len(group), name,
-                            why, exc)
+                log.warning(
+                    "could not give back %d job(s) of %s (%s): %s", len(group), name, why, exc
+                )

@@ -69,8 +69,14 @@ class Worker(KeeperMixin, ShutdownMixin):
     has an available job). ``run()`` returns when stopped, or when empty in ``burst`` mode.
     """
 
-    def __init__(self, app: TaskPipe, channels: Sequence[str] | None = None, *,
-                 settings: WorkerSettings | None = None, **options: Unpack[WorkerOptions]) -> None:
+    def __init__(
+        self,
+        app: TaskPipe,
+        channels: Sequence[str] | None = None,
+        *,
+        settings: WorkerSettings | None = None,
+        **options: Unpack[WorkerOptions],
+    ) -> None:
         """``settings`` (a ``WorkerSettings``) and/or its fields as keyword arguments (which win
         over ``settings``); ``TypeError`` naming a keyword that is not a setting."""
         self.app = app
@@ -78,7 +84,9 @@ class Worker(KeeperMixin, ShutdownMixin):
         self.channel_names = list(channels or [app.default_channel])
         if not self.channel_names or any(not c for c in self.channel_names):
             raise ConfigError(f"bad channel list {channels!r}")
-        self.concurrency = s.concurrency or (os.cpu_count() or 2) * (1 if s.pool == "process" else 4)
+        self.concurrency = s.concurrency or (os.cpu_count() or 2) * (
+            1 if s.pool == "process" else 4
+        )
         # prefetch: jobs claimed ahead of free slots (default: two more rounds of concurrency)
         self.prefetch = 2 * self.concurrency if s.prefetch is None else s.prefetch
         self.pool_kind = s.pool
@@ -95,8 +103,11 @@ class Worker(KeeperMixin, ShutdownMixin):
         # off, its claims wait for their leases); checked by the reaper, every 0.5 s by default
         dead_after_s = parse_duration(s.dead_after) if s.dead_after is not None else 0.0
         self.dead_after_ms = int(dead_after_s * 1000)
-        self.reaper_interval = (parse_duration(s.reaper_interval) if s.reaper_interval is not None
-                                else min(0.5 if dead_after_s else 5.0, max(0.05, self.lease_s / 2)))
+        self.reaper_interval = (
+            parse_duration(s.reaper_interval)
+            if s.reaper_interval is not None
+            else min(0.5 if dead_after_s else 5.0, max(0.05, self.lease_s / 2))
+        )
         self.weighted = s.weighted
         self.weights = list(s.weights or [])
         self.beat = s.beat
@@ -132,9 +143,11 @@ class Worker(KeeperMixin, ShutdownMixin):
         # the default prefetch grows to SHORT_PREFETCH while jobs are short (moving average under
         # SHORT_JOB seconds) and the worker has one channel (no priority order to keep), so that
         # low concurrency still claims in batches; an explicit prefetch is kept as given
-        self._prefetch_short = (max(self.prefetch, SHORT_PREFETCH)
-                                if s.prefetch is None and len(self.channel_names) == 1
-                                else self.prefetch)
+        self._prefetch_short = (
+            max(self.prefetch, SHORT_PREFETCH)
+            if s.prefetch is None and len(self.channel_names) == 1
+            else self.prefetch
+        )
         self._avg_duration = 1.0  # moving average of task durations (s): starts "long"
         # claims whose outcome is still being written do not take an execution slot, so the next
         # claim overlaps the previous finish; this bounds how many such claims can pile up
@@ -185,8 +198,11 @@ class Worker(KeeperMixin, ShutdownMixin):
             self._stop_now.set()
         self._stopping.set()
         if graceful:
-            log.info("signal %s: claiming no more; finishing running jobs (grace %.1fs)",
-                     signum, self.grace)
+            log.info(
+                "signal %s: claiming no more; finishing running jobs (grace %.1fs)",
+                signum,
+                self.grace,
+            )
         else:
             log.warning("second signal: stopping at once")
         threading.Thread(target=self._wake_all, name="taskpipe-stop", daemon=True).start()
@@ -228,7 +244,10 @@ class Worker(KeeperMixin, ShutdownMixin):
         self._min_claim = max(1, (self._capacity + self.prefetch) // 4)
         self._block_client = self.app.connection.new_client()
         self._hold_presence(rejoin=True)  # before the first claim (the keeper retries on failure)
-        for target, tname in ((self._finisher, "taskpipe-finisher"), (self._keeper, "taskpipe-keeper")):
+        for target, tname in (
+            (self._finisher, "taskpipe-finisher"),
+            (self._keeper, "taskpipe-keeper"),
+        ):
             t = threading.Thread(target=target, name=tname, daemon=True)
             t.start()
             self._threads.append(t)
@@ -237,8 +256,13 @@ class Worker(KeeperMixin, ShutdownMixin):
 
             self._scheduler = Scheduler(self.app)
             self._scheduler.start()
-        log.info("worker %s consuming %s (%s pool, concurrency %d)", self.name,
-                 ",".join(self.channel_names), self.pool_kind, self.concurrency)
+        log.info(
+            "worker %s consuming %s (%s pool, concurrency %d)",
+            self.name,
+            ",".join(self.channel_names),
+            self.pool_kind,
+            self.concurrency,
+        )
         self.app.middleware.call("worker_start", self)
         try:
             self._loop()
@@ -271,7 +295,9 @@ class Worker(KeeperMixin, ShutdownMixin):
             groups = self._groups
         else:
             self._rotation += 1
-            groups = [g[self._rotation % len(g):] + g[:self._rotation % len(g)] for g in self._groups]
+            groups = [
+                g[self._rotation % len(g) :] + g[: self._rotation % len(g)] for g in self._groups
+            ]
         if not self.weighted:
             return [ch for group in groups for ch in group]
         weights = self.weights or [float(len(groups) - i) for i in range(len(groups))]
@@ -336,8 +362,14 @@ class Worker(KeeperMixin, ShutdownMixin):
     def _claim_now(self, count: int, lease_ms: int) -> tuple[list[Claim], int | None, int] | None:
         """Claim up to ``count`` jobs now: ``(claims, next_due, now)``; None if Redis is down."""
         try:
-            got = claim_from(self.app.thoonk, self._ordered_channels(), count, lease_ms,
-                             self.name, run_now=self.concurrency - self._executing)
+            got = claim_from(
+                self.app.thoonk,
+                self._ordered_channels(),
+                count,
+                lease_ms,
+                self.name,
+                run_now=self.concurrency - self._executing,
+            )
         except _BROKER_ERRORS as exc:
             self._broker_down(exc)
             return None
@@ -371,7 +403,8 @@ class Worker(KeeperMixin, ShutdownMixin):
             waiter = self._waiter  # one BLPOP (one per slot on a Redis Cluster), kept
             if waiter is None or waiter.keys != wake:
                 waiter = self._waiter = self.app.connection.list_waiter(
-                    wake, client=self._block_client, max_block=self.max_block)
+                    wake, client=self._block_client, max_block=self.max_block
+                )
             if not waiter.pipelines:
                 waiter.wait(wait)
                 return None
@@ -383,8 +416,9 @@ class Worker(KeeperMixin, ShutdownMixin):
             return (got[1], got[2])
         return None
 
-    def _wait_then_claim(self, waiter: Any, wait: float, count: int,
-                         lease_ms: int) -> tuple[list[Claim], int | None, int] | None:
+    def _wait_then_claim(
+        self, waiter: Any, wait: float, count: int, lease_ms: int
+    ) -> tuple[list[Claim], int | None, int] | None:
         """Block for work and claim on waking (``wait_then_claim``), and start what was claimed.
 
         With a free thread in a thread pool, the wait runs on that pool thread, which then runs
@@ -393,8 +427,16 @@ class Worker(KeeperMixin, ShutdownMixin):
         channels = self._ordered_channels()
 
         def wait_and_claim() -> tuple[list[Claim], int | None, int] | None:
-            return wait_then_claim(self.app.thoonk, waiter, channels, wait, count, lease_ms,
-                                   self.name, run_now=self.concurrency - self._executing)
+            return wait_then_claim(
+                self.app.thoonk,
+                waiter,
+                channels,
+                wait,
+                count,
+                lease_ms,
+                self.name,
+                run_now=self.concurrency - self._executing,
+            )
 
         if self.pool_kind != "thread" or self._executing >= self._capacity:
             got = wait_and_claim()
@@ -479,7 +521,7 @@ class Worker(KeeperMixin, ShutdownMixin):
             self._buffer.extend(prepared)  # behind any still buffered: they start first
             start = self._take_startable()
         first = start[0] if keep_first and start else None
-        for p in start[1 if first is not None else 0:]:
+        for p in start[1 if first is not None else 0 :]:
             self._pool.submit(p, self._done_callback)
         return first
 
@@ -549,8 +591,10 @@ class Worker(KeeperMixin, ShutdownMixin):
             low_water = prefetch // 2
         if len(self._buffer) > low_water:
             return 0
-        free = min(self._capacity + prefetch - self._executing - len(self._buffer),
-                   self._max_held - len(self._running))
+        free = min(
+            self._capacity + prefetch - self._executing - len(self._buffer),
+            self._max_held - len(self._running),
+        )
         want = 1 if self._executing < self.concurrency else self._min_claim
         return free if free >= want else 0
 
@@ -574,8 +618,9 @@ class Worker(KeeperMixin, ShutdownMixin):
             with self._running_lock:
                 # match the claim itself (token included): the same job id may already be
                 # claimed again by this worker (a retry due at once) under a new token
-                live = [o for o in batch
-                        if self._running.get((o.claim.channel, o.claim.id)) == o.claim]
+                live = [
+                    o for o in batch if self._running.get((o.claim.channel, o.claim.id)) == o.claim
+                ]
             self._write_with_retry(live)
             self.announcer.flush()
             with self._slot:
@@ -598,14 +643,21 @@ class Worker(KeeperMixin, ShutdownMixin):
                 return
             except _BROKER_ERRORS as exc:
                 if time.monotonic() >= give_up or self._stop_now.is_set():
-                    log.error("could not write %d outcomes (%s); their leases will expire and "
-                              "the jobs will run again", len(outcomes), exc)
+                    log.error(
+                        "could not write %d outcomes (%s); their leases will expire and "
+                        "the jobs will run again",
+                        len(outcomes),
+                        exc,
+                    )
                     return
                 # the first failure of a batch is a warning; its retries are quiet (no flood)
                 (log.warning if delay == 0.05 else log.debug)(
-                    "writing outcomes failed (%s); retrying", exc)
+                    "writing outcomes failed (%s); retrying", exc
+                )
                 self._stop_now.wait(delay)
                 delay = min(delay * 2, 2.0)
             except Exception:  # never let the finisher die
-                log.exception("could not write %d outcomes; their leases will expire", len(outcomes))
+                log.exception(
+                    "could not write %d outcomes; their leases will expire", len(outcomes)
+                )
                 return

@@ -46,8 +46,9 @@ def own_redis() -> Iterator[Callable[..., RedisServer]]:
 
 
 @pytest.fixture
-def make_fault(tmp_path: Path, ledger_server: RedisServer,
-               prefix: str) -> Iterator[Callable[..., Fault]]:
+def make_fault(
+    tmp_path: Path, ledger_server: RedisServer, prefix: str
+) -> Iterator[Callable[..., Fault]]:
     """Build the harness on a broker URL (each call gets its own temp dir and module)."""
     made: list[Fault] = []
 

@@ -36,8 +36,17 @@ from taskpipe.app import TaskPipe
 from taskpipe.loading import load_app
 from taskpipe.results import AsyncResult
 
-__all__ = ["RedisServer", "free_port", "FAULT_APP", "SITECUSTOMIZE", "WorkerProc", "Fault", "run_worker_subprocess", "wait_for",
-           "LEASE_LOST_PATTERNS"]
+__all__ = [
+    "RedisServer",
+    "free_port",
+    "FAULT_APP",
+    "SITECUSTOMIZE",
+    "WorkerProc",
+    "Fault",
+    "run_worker_subprocess",
+    "wait_for",
+    "LEASE_LOST_PATTERNS",
+]
 
 FAULT_APP = '''
 """Task module of the fault tests (written by the harness to a temp dir)."""
@@ -235,8 +244,9 @@ LEASE_LOST_PATTERNS = (
 )
 
 
-def run_worker_subprocess(app_path: str, env: dict[str, str], log_path: Path, *args: str,
-                          command: str = "worker") -> WorkerProc:
+def run_worker_subprocess(
+    app_path: str, env: dict[str, str], log_path: Path, *args: str, command: str = "worker"
+) -> WorkerProc:
     """Start ``python -m taskpipe <command> -A <app_path> <args>`` (worker or scheduler)."""
     return WorkerProc([command, "-A", app_path, *args], env, log_path)
 
@@ -248,8 +258,9 @@ class Fault:
     ``ledger_url`` is a second Redis holding the execution ledger.
     """
 
-    def __init__(self, tmp: Path, broker_url: str, ledger_url: str, prefix: str,
-                 **base_env: str) -> None:
+    def __init__(
+        self, tmp: Path, broker_url: str, ledger_url: str, prefix: str, **base_env: str
+    ) -> None:
         self.tmp = tmp
         self.broker_url = broker_url
         self.prefix = prefix
@@ -258,9 +269,14 @@ class Fault:
         (tmp / "skew").mkdir(exist_ok=True)
         (tmp / "skew" / "sitecustomize.py").write_text(SITECUSTOMIZE)
         self.app_path = f"{self.module}:app"
-        self.base_env = {"TP_FAULT_BROKER": broker_url, "TP_FAULT_PREFIX": prefix,
-                         "TP_FAULT_LEDGER": ledger_url, "TP_FAULT_LEASE": "1s",
-                         "TP_FAULT_MAX_CANCELS": "3", **base_env}
+        self.base_env = {
+            "TP_FAULT_BROKER": broker_url,
+            "TP_FAULT_PREFIX": prefix,
+            "TP_FAULT_LEDGER": ledger_url,
+            "TP_FAULT_LEASE": "1s",
+            "TP_FAULT_MAX_CANCELS": "3",
+            **base_env,
+        }
         saved = {k: os.environ.get(k) for k in self.base_env}
         os.environ.update(self.base_env)
         sys.path.insert(0, str(tmp))
@@ -273,7 +289,7 @@ class Fault:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        self.r: Any = redis.Redis.from_url(broker_url)       # plain client on the broker
+        self.r: Any = redis.Redis.from_url(broker_url)  # plain client on the broker
         self.ledger: Any = redis.Redis.from_url(ledger_url)  # plain client on the ledger Redis
         self.procs: list[WorkerProc] = []
         self.jobs: dict[str, tuple[str, int, int]] = {}  # id -> (channel, min runs, max runs)
@@ -281,8 +297,11 @@ class Fault:
     # processes ---------------------------------------------------------------------------------
     def env(self, *, skew: float = 0.0, **extra: str) -> dict[str, str]:
         """The environment of a subprocess (``skew``: its wall clock offset in seconds)."""
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("QUEUE", "TASKPIPE_QUEUES", "TASKPIPE_APP", "PYTEST_CURRENT_TEST")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("QUEUE", "TASKPIPE_QUEUES", "TASKPIPE_APP", "PYTEST_CURRENT_TEST")
+        }
         env.update(self.base_env)
         paths = [str(self.tmp)]
         if skew:
@@ -292,12 +311,14 @@ class Fault:
         env.update(extra)
         return env
 
-    def worker(self, *args: str, skew: float = 0.0, command: str = "worker",
-               **extra_env: str) -> WorkerProc:
+    def worker(
+        self, *args: str, skew: float = 0.0, command: str = "worker", **extra_env: str
+    ) -> WorkerProc:
         """Start a worker (or another taskpipe command) subprocess on this test's app."""
         log_path = self.tmp / f"{command}{len(self.procs)}.log"
-        p = run_worker_subprocess(self.app_path, self.env(skew=skew, **extra_env), log_path, *args,
-                                  command=command)
+        p = run_worker_subprocess(
+            self.app_path, self.env(skew=skew, **extra_env), log_path, *args, command=command
+        )
         self.procs.append(p)
         return p
 
@@ -306,7 +327,9 @@ class Fault:
         from taskpipe.worker.registry import WorkerRegistry
 
         reg = WorkerRegistry(self.app)
-        wait_for(lambda: name in {w["name"] for w in reg.live()}, timeout, f"worker {name} to register")
+        wait_for(
+            lambda: name in {w["name"] for w in reg.live()}, timeout, f"worker {name} to register"
+        )
 
     def lease_lost_ids(self) -> set[str]:
         """Ids of jobs whose lease some worker reported lost (reaped, refused, lost while running)."""
@@ -318,8 +341,9 @@ class Fault:
         return ids
 
     # publishing and the ledger --------------------------------------------------------------------
-    def send(self, task: str, *args: Any, max_runs: int = 1, min_runs: int = 1,
-             **options: Any) -> AsyncResult:
+    def send(
+        self, task: str, *args: Any, max_runs: int = 1, min_runs: int = 1, **options: Any
+    ) -> AsyncResult:
         """Publish a job and remember how often it may run."""
         result = self.app.send(task, args, **options)
         self.jobs[result.id] = (result.channel, min_runs, max_runs)
@@ -338,7 +362,7 @@ class Fault:
         """The ledger count of many jobs (MGET in chunks)."""
         out: dict[str, int] = {}
         for i in range(0, len(ids), 5000):
-            chunk = ids[i:i + 5000]
+            chunk = ids[i : i + 5000]
             values = self.ledger.mget([f"{self.prefix}ledger:{j}" for j in chunk])
             out.update({j: int(v or 0) for j, v in zip(chunk, values)})
         return out
@@ -375,11 +399,29 @@ class Fault:
         out: list[str] = []
         for i in range(0, len(ids), 1000):
             pipe = self.r.pipeline(transaction=False)
-            for job_id in ids[i:i + 1000]:
-                script.queue(pipe, [k.items, k.claimed, k.stalled, k.delayed, k.finished,
-                                    k.result(job_id), k.cancelled, k.attempts, k.reasons, k.workers,
-                                    k.progress, k.leases, k.published], [job_id])
-            out += [(r[0].decode() if isinstance(r[0], bytes) else str(r[0])) for r in pipe.execute()]
+            for job_id in ids[i : i + 1000]:
+                script.queue(
+                    pipe,
+                    [
+                        k.items,
+                        k.claimed,
+                        k.stalled,
+                        k.delayed,
+                        k.finished,
+                        k.result(job_id),
+                        k.cancelled,
+                        k.attempts,
+                        k.reasons,
+                        k.workers,
+                        k.progress,
+                        k.leases,
+                        k.published,
+                    ],
+                    [job_id],
+                )
+            out += [
+                (r[0].decode() if isinstance(r[0], bytes) else str(r[0])) for r in pipe.execute()
+            ]
         return out
 
     def places(self, channel: str, ids: list[str]) -> list[list[str]]:
@@ -387,7 +429,7 @@ class Fault:
         k = self.app.channel(channel).keys
         out: list[list[str]] = []
         for i in range(0, len(ids), 1000):
-            chunk = ids[i:i + 1000]
+            chunk = ids[i : i + 1000]
             pipe = self.r.pipeline(transaction=False)
             for job_id in chunk:
                 pipe.zscore(k.finished, job_id).sismember(k.stalled, job_id)
@@ -395,11 +437,18 @@ class Fault:
                 pipe.hexists(k.items, job_id)
             r = pipe.execute()
             for j in range(len(chunk)):
-                fin, stl, clm, dly, pos, item = r[6 * j:6 * j + 6]
-                where = [name for name, hit in (("finished", fin is not None), ("stalled", bool(stl)),
-                                                ("claimed", clm is not None),
-                                                ("delayed", dly is not None),
-                                                ("available", pos is not None)) if hit]
+                fin, stl, clm, dly, pos, item = r[6 * j : 6 * j + 6]
+                where = [
+                    name
+                    for name, hit in (
+                        ("finished", fin is not None),
+                        ("stalled", bool(stl)),
+                        ("claimed", clm is not None),
+                        ("delayed", dly is not None),
+                        ("available", pos is not None),
+                    )
+                    if hit
+                ]
                 if where == ["finished"] and item:
                     where.append("item-left")  # a finished job must have no payload left
                 out.append(where)
@@ -424,7 +473,9 @@ class Fault:
             counts = self.app.channel(channel).counts()
             assert counts["available"] == counts["claimed"] == counts["delayed"] == 0, counts
         for job_id, (_channel, lo, hi) in self.jobs.items():
-            assert lo <= runs[job_id] <= hi, f"job {job_id} ran {runs[job_id]} times (allowed {lo}..{hi})"
+            assert lo <= runs[job_id] <= hi, (
+                f"job {job_id} ran {runs[job_id]} times (allowed {lo}..{hi})"
+            )
         for job_id, label in (expect or {}).items():
             state = AsyncResult(self.app, job_id, self.jobs[job_id][0]).state
             assert state == label, f"job {job_id} is {state}, expected {label}"
@@ -435,7 +486,9 @@ class Fault:
         """No taskpipe key without a TTL outside the channel structures (SCAN this prefix)."""
         keys = self.app.thoonk.keys
         allowed = {keys.feeds, keys.workers_registry(), keys.cron_entries()}
-        channels = {c.decode() for c in self.r.smembers(keys.feeds)} | {c for c, _, _ in self.jobs.values()}
+        channels = {c.decode() for c in self.r.smembers(keys.feeds)} | {
+            c for c, _, _ in self.jobs.values()
+        }
         for name in channels:
             allowed.update(keys.job_object_keys(name))
         cron_prefix = keys.cron_state("")

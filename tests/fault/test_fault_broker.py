@@ -39,8 +39,11 @@ def _finished(h: Fault) -> int:
 
 def _noise(w: WorkerProc) -> list[str]:
     """Warning/error lines that are not about one job (outage noise)."""
-    return [line for line in w.lines() if (" WARNING " in line or " ERROR " in line)
-            and not _PER_JOB.search(line)]
+    return [
+        line
+        for line in w.lines()
+        if (" WARNING " in line or " ERROR " in line) and not _PER_JOB.search(line)
+    ]
 
 
 def _duplicates(h: Fault, ids: list[str]) -> tuple[dict[str, int], set[str]]:
@@ -51,9 +54,9 @@ def _duplicates(h: Fault, ids: list[str]) -> tuple[dict[str, int], set[str]]:
 
 # --- Redis restarted with AOF during a 2,000-job run --------------------------------------------------
 @pytest.mark.slow
-def test_redis_restart_with_aof_during_a_2000_job_run(own_redis: Callable[..., RedisServer],
-                                                      make_fault: Callable[..., Fault],
-                                                      figure: Figure) -> None:
+def test_redis_restart_with_aof_during_a_2000_job_run(
+    own_redis: Callable[..., RedisServer], make_fault: Callable[..., Fault], figure: Figure
+) -> None:
     """All 2,000 jobs finish; a job runs twice only if its lease was lost; each worker logs a
     handful of lines about the outage, not one per try."""
     server = own_redis(appendonly=True)
@@ -77,10 +80,12 @@ def test_redis_restart_with_aof_during_a_2000_job_run(own_redis: Callable[..., R
     dups, lost = _duplicates(h, [r.id for r in results])
     assert set(dups) <= lost, f"jobs run twice without a lost lease: {set(dups) - lost}"
     noise = [len(_noise(w)) for w in workers]
-    figure("Redis restart with AOF (2,000 jobs, 4 workers, 2 s down at 30 %)",
-           f"all finished; first finish {resumed:.2f} s after Redis was back (no finish for "
-           f"{gap:.2f} s in all); duplicates "
-           f"{len(dups)} (all with a lost lease); outage log lines per worker {noise}")
+    figure(
+        "Redis restart with AOF (2,000 jobs, 4 workers, 2 s down at 30 %)",
+        f"all finished; first finish {resumed:.2f} s after Redis was back (no finish for "
+        f"{gap:.2f} s in all); duplicates "
+        f"{len(dups)} (all with a lost lease); outage log lines per worker {noise}",
+    )
     assert max(noise) <= 10, [_noise(w) for w in workers]
     for w in workers:
         assert w.stop() == 0, w.output()
@@ -88,8 +93,9 @@ def test_redis_restart_with_aof_during_a_2000_job_run(own_redis: Callable[..., R
 
 
 # --- Redis restarted empty -------------------------------------------------------------------------
-def test_redis_restarted_empty(own_redis: Callable[..., RedisServer],
-                               make_fault: Callable[..., Fault], figure: Figure) -> None:
+def test_redis_restarted_empty(
+    own_redis: Callable[..., RedisServer], make_fault: Callable[..., Fault], figure: Figure
+) -> None:
     """Redis comes back with no data while jobs run: the workers survive, the lost jobs' finishes
     are refused (logged, nothing written), new jobs run, the channel is registered again and no
     key of a lost job is recreated."""
@@ -108,6 +114,7 @@ def test_redis_restarted_empty(own_redis: Callable[..., RedisServer],
     fresh = [h.send("record", f"new{i}") for i in range(20)]
     assert [r.get(timeout=30) for r in fresh] == [f"new{i}" for i in range(20)]
     served = time.monotonic() - restarted
+
     def refused(job_id: str) -> bool:
         return any(w.lines("refused", job_id) for w in workers)
 
@@ -115,13 +122,18 @@ def test_redis_restarted_empty(own_redis: Callable[..., RedisServer],
         wait_for(partial(refused, r.id), what=f"the lost job {r.id}'s finish to be refused")
         assert r.info().state == "unknown"
     assert all(w.alive() for w in workers)
-    wait_for(lambda: h.r.sismember(h.app.thoonk.keys.feeds, "default"),
-             what="the channel to be registered again")
+    wait_for(
+        lambda: h.r.sismember(h.app.thoonk.keys.feeds, "default"),
+        what="the channel to be registered again",
+    )
     keys = [k.decode() for k in h.r.scan_iter(match=h.prefix + "*", count=1000)]
     orphans = [k for k in keys for r in lost if r.id in k]
     assert not orphans, orphans
-    figure("Redis restarted empty", f"new jobs served {served:.2f} s after the restart; "
-           f"{len(lost)} lost in-flight jobs refused at finish; workers alive; no orphan keys")
+    figure(
+        "Redis restarted empty",
+        f"new jobs served {served:.2f} s after the restart; "
+        f"{len(lost)} lost in-flight jobs refused at finish; workers alive; no orphan keys",
+    )
     for w in workers:
         assert w.stop() == 0, w.output()
     h.check_invariants()
@@ -129,9 +141,12 @@ def test_redis_restarted_empty(own_redis: Callable[..., RedisServer],
 
 # --- Redis frozen for three leases -----------------------------------------------------------------
 @pytest.mark.parametrize("how", ["sigstop", "client_pause", "debug_sleep"])
-def test_redis_frozen_for_three_leases(own_redis: Callable[..., RedisServer],
-                                       make_fault: Callable[..., Fault], figure: Figure,
-                                       how: str) -> None:
+def test_redis_frozen_for_three_leases(
+    own_redis: Callable[..., RedisServer],
+    make_fault: Callable[..., Fault],
+    figure: Figure,
+    how: str,
+) -> None:
     """Redis does not answer for 3 s (lease 1 s) while jobs run. Every job finishes afterwards.
     Redis's clock ran on, so leases expired meanwhile: a job may run twice, but only one whose
     lease was reaped (the old owner's finish is then refused), never more than twice."""
@@ -159,8 +174,11 @@ def test_redis_frozen_for_three_leases(own_redis: Callable[..., RedisServer],
     dups, lost = _duplicates(h, [r.id for r in results])
     assert set(dups) <= lost, f"jobs run twice without a lost lease: {set(dups) - lost}"
     expired = sum(len(w.lines("expired: back to the queue")) for w in workers)
-    figure(f"Redis frozen 3 s ({how}), lease 1 s", f"all {n} finished {drained:.2f} s after; "
-           f"{expired} lease(s) reaped, {len(dups)} job(s) ran twice (each with a reaped lease)")
+    figure(
+        f"Redis frozen 3 s ({how}), lease 1 s",
+        f"all {n} finished {drained:.2f} s after; "
+        f"{expired} lease(s) reaped, {len(dups)} job(s) ran twice (each with a reaped lease)",
+    )
     for w in workers:
         assert w.stop() == 0, w.output()
     h.check_invariants()
@@ -168,13 +186,19 @@ def test_redis_frozen_for_three_leases(own_redis: Callable[..., RedisServer],
 
 # --- eviction policy --------------------------------------------------------------------------------
 @pytest.mark.parametrize("setup", ["allkeys-lru", "noeviction", "config_disabled"])
-def test_eviction_policy_checked_at_worker_start(own_redis: Callable[..., RedisServer],
-                                                 make_fault: Callable[..., Fault], figure: Figure,
-                                                 setup: str) -> None:
+def test_eviction_policy_checked_at_worker_start(
+    own_redis: Callable[..., RedisServer],
+    make_fault: Callable[..., Fault],
+    figure: Figure,
+    setup: str,
+) -> None:
     """A warning when maxmemory-policy is not noeviction; none otherwise; and a Redis with CONFIG
     disabled (managed Redis) is tolerated."""
-    extra = (["--rename-command", "CONFIG", ""] if setup == "config_disabled"
-             else ["--maxmemory-policy", setup])
+    extra = (
+        ["--rename-command", "CONFIG", ""]
+        if setup == "config_disabled"
+        else ["--maxmemory-policy", setup]
+    )
     h = make_fault(own_redis(extra=extra).url)
     w = h.worker("-c", "1")
     job = h.send("record", "ok")
@@ -190,8 +214,9 @@ def test_eviction_policy_checked_at_worker_start(own_redis: Callable[..., RedisS
 
 
 # --- out of memory on publish --------------------------------------------------------------------------
-def test_out_of_memory_on_publish(own_redis: Callable[..., RedisServer],
-                                  make_fault: Callable[..., Fault], figure: Figure) -> None:
+def test_out_of_memory_on_publish(
+    own_redis: Callable[..., RedisServer], make_fault: Callable[..., Fault], figure: Figure
+) -> None:
     """maxmemory reached with noeviction: ``.delay()`` raises BrokerUnavailable and writes
     nothing; workers still finish the jobs already queued; publishing works again once memory
     is available."""
@@ -219,8 +244,11 @@ def test_out_of_memory_on_publish(own_redis: Callable[..., RedisServer],
     h.r.config_set("maxmemory", 0)
     after = h.send("record", "after")
     assert after.get(timeout=30) == "after"
-    figure("out of memory on publish", f"maxmemory = used + 1 MiB: {accepted} x 100 kB jobs "
-           "accepted, then BrokerUnavailable (OOM); 20 queued jobs still finished")
+    figure(
+        "out of memory on publish",
+        f"maxmemory = used + 1 MiB: {accepted} x 100 kB jobs "
+        "accepted, then BrokerUnavailable (OOM); 20 queued jobs still finished",
+    )
     assert w.stop() == 0, w.output()
     h.check_invariants()
 
@@ -228,8 +256,9 @@ def test_out_of_memory_on_publish(own_redis: Callable[..., RedisServer],
 # --- 100,000 queued jobs ---------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_100k_queued_jobs(own_redis: Callable[..., RedisServer], make_fault: Callable[..., Fault],
-                          figure: Figure) -> None:
+def test_100k_queued_jobs(
+    own_redis: Callable[..., RedisServer], make_fault: Callable[..., Fault], figure: Figure
+) -> None:
     """Publish 100,000 jobs with ``publish_many``, measure memory per queued job, drain them with
     4 workers, each job exactly once. How long the slowest Redis calls took (SLOWLOG over 50 ms)
     is printed as a figure, never asserted: a loaded machine fails any time limit, so the
@@ -252,9 +281,12 @@ def test_100k_queued_jobs(own_redis: Callable[..., RedisServer], make_fault: Cal
     wait_for(lambda: _finished(h) == n, timeout=180, interval=0.2, what="100k jobs to drain")
     drain_s = time.monotonic() - t1
     slow: list[Any] = h.r.slowlog_get(128)
-    figure("100,000 queued jobs", f"publish {publish_s:.1f} s ({n / publish_s:,.0f}/s); "
-           f"{per_job:.0f} B per queued job; drained by 4 workers in {drain_s:.1f} s "
-           f"({n / drain_s:,.0f}/s, worker start-up included); SLOWLOG > 50 ms: {len(slow)} entries")
+    figure(
+        "100,000 queued jobs",
+        f"publish {publish_s:.1f} s ({n / publish_s:,.0f}/s); "
+        f"{per_job:.0f} B per queued job; drained by 4 workers in {drain_s:.1f} s "
+        f"({n / drain_s:,.0f}/s, worker start-up included); SLOWLOG > 50 ms: {len(slow)} entries",
+    )
     assert per_job <= 1024
     for w in workers:
         assert w.stop() == 0, w.output()

@@ -56,8 +56,11 @@ def _finished(h: Fault) -> int:
 def _pong(server: RedisServer) -> bool:
     try:
         # one try: redis-py's default retries a refused or LOADING reply ten times (seconds)
-        return bool(server.client(socket_connect_timeout=0.2, socket_timeout=0.5,
-                                  retry=Retry(NoBackoff(), 0)).ping())
+        return bool(
+            server.client(
+                socket_connect_timeout=0.2, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+            ).ping()
+        )
     except redis.exceptions.RedisError:  # refused, LOADING (a ConnectionError in redis-py), timeout
         return False
 
@@ -67,20 +70,24 @@ class Run:
 
     def __init__(self, h: Fault, server: RedisServer) -> None:
         self.h, self.server = h, server
-        self.producer = TaskPipe("producer", broker=server.url, prefix=h.prefix, publish_retry="60s")
-        self.readers = [TaskPipe(f"reader{i}", broker=server.url, prefix=h.prefix)
-                        for i in range(READERS)]
+        self.producer = TaskPipe(
+            "producer", broker=server.url, prefix=h.prefix, publish_retry="60s"
+        )
+        self.readers = [
+            TaskPipe(f"reader{i}", broker=server.url, prefix=h.prefix) for i in range(READERS)
+        ]
         self.handles: queue.Queue[tuple[int, AsyncResult] | None] = queue.Queue()
         self.results: list[AsyncResult] = []
         self.errors: list[BaseException] = []  # anything a client raised
         self.wrong: list[tuple[int, Any]] = []  # get() returned another value
         self.got = 0
-        self.half = threading.Event()       # the producer published the first half
-        self.fault_on = threading.Event()   # the broker is going away now
-        self.during: list[float] = []       # publish times of the second half (monotonic)
+        self.half = threading.Event()  # the producer published the first half
+        self.fault_on = threading.Event()  # the broker is going away now
+        self.during: list[float] = []  # publish times of the second half (monotonic)
         self._lock = threading.Lock()
         self.threads = [threading.Thread(target=self._produce, daemon=True)] + [
-            threading.Thread(target=self._read, args=(app,), daemon=True) for app in self.readers]
+            threading.Thread(target=self._read, args=(app,), daemon=True) for app in self.readers
+        ]
 
     def start(self) -> None:
         for t in self.threads:
@@ -136,14 +143,20 @@ class Run:
         runs = self.h.check_invariants()  # 0 lost: every job finished, none left anywhere
         doubled = {j for j in (r.id for r in self.results) if runs[j] > 1}
         lost_leases = self.h.lease_lost_ids()
-        assert doubled <= lost_leases, f"jobs run twice without a lost lease: {doubled - lost_leases}"
-        figure(label, f"{N} published ({N // 2} of them from the moment the broker went away), "
-                      f"{self.got} get(timeout=60) returned their values, 0 lost, 0 client errors; "
-                      f"broker away {outage:.1f} s; {len(doubled)} run twice after a lost lease")
+        assert doubled <= lost_leases, (
+            f"jobs run twice without a lost lease: {doubled - lost_leases}"
+        )
+        figure(
+            label,
+            f"{N} published ({N // 2} of them from the moment the broker went away), "
+            f"{self.got} get(timeout=60) returned their values, 0 lost, 0 client errors; "
+            f"broker away {outage:.1f} s; {len(doubled)} run twice after a lost lease",
+        )
 
 
-def _one_run(h: Fault, server: RedisServer, figure: Figure, label: str,
-             fault: Callable[[Run], float]) -> None:
+def _one_run(
+    h: Fault, server: RedisServer, figure: Figure, label: str, fault: Callable[[Run], float]
+) -> None:
     """Workers, producer and readers running; ``fault(run)`` takes the broker away, sets
     ``run.fault_on`` (the producer publishes its second half into the outage) and brings the
     broker back; it returns how long the broker was away. Then check everything."""
@@ -171,24 +184,37 @@ def _down_then_up(server: RedisServer, run: Run, how: str) -> float:
 
 
 @pytest.mark.slow
-def test_1000_jobs_across_a_graceful_restart(own_redis: Callable[..., RedisServer],
-                                             make_fault: Callable[..., Fault], figure: Figure) -> None:
+def test_1000_jobs_across_a_graceful_restart(
+    own_redis: Callable[..., RedisServer], make_fault: Callable[..., Fault], figure: Figure
+) -> None:
     server = own_redis(appendonly=True)
-    _one_run(make_fault(server.url), server, figure, "1,000 jobs across a graceful Redis restart (AOF)",
-             lambda run: _down_then_up(server, run, "term"))
+    _one_run(
+        make_fault(server.url),
+        server,
+        figure,
+        "1,000 jobs across a graceful Redis restart (AOF)",
+        lambda run: _down_then_up(server, run, "term"),
+    )
 
 
 @pytest.mark.slow
-def test_1000_jobs_across_a_sigkill_of_redis(own_redis: Callable[..., RedisServer],
-                                             make_fault: Callable[..., Fault], figure: Figure) -> None:
+def test_1000_jobs_across_a_sigkill_of_redis(
+    own_redis: Callable[..., RedisServer], make_fault: Callable[..., Fault], figure: Figure
+) -> None:
     server = own_redis(appendonly=True)  # appendfsync always: nothing acknowledged is lost
-    _one_run(make_fault(server.url), server, figure, "1,000 jobs across a SIGKILL of Redis (AOF)",
-             lambda run: _down_then_up(server, run, "kill"))
+    _one_run(
+        make_fault(server.url),
+        server,
+        figure,
+        "1,000 jobs across a SIGKILL of Redis (AOF)",
+        lambda run: _down_then_up(server, run, "kill"),
+    )
 
 
 @pytest.mark.slow
-def test_1000_jobs_across_a_loading_phase(own_redis: Callable[..., RedisServer],
-                                          make_fault: Callable[..., Fault], figure: Figure) -> None:
+def test_1000_jobs_across_a_loading_phase(
+    own_redis: Callable[..., RedisServer], make_fault: Callable[..., Fault], figure: Figure
+) -> None:
     """A graceful shutdown that saves an RDB, then a start that loads it slowly: 8,000 filler
     keys at 500 us each (``key-load-delay``), so clients meet LOADING (and unanswered calls)
     for several seconds; the time until the first PONG is reported."""
@@ -210,25 +236,42 @@ def test_1000_jobs_across_a_loading_phase(own_redis: Callable[..., RedisServer],
             pass
         server.proc.wait(30)
         run.fault_on.set()
-        args = [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1",
-                "--port", str(server.port), "--dir", server.dir, "--save", "",
-                "--appendonly", "no", "--protected-mode", "no",
-                "--key-load-delay", "500", "--loading-process-events-interval-bytes", "1024"]
+        args = [
+            shutil.which("redis-server") or "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(server.port),
+            "--dir",
+            server.dir,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--key-load-delay",
+            "500",
+            "--loading-process-events-interval-bytes",
+            "1024",
+        ]
         server.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         began = time.monotonic()
         wait_for(lambda: _pong(server), timeout=90, interval=0.05, what="Redis to finish loading")
         loading.append(time.monotonic() - began)
         return time.monotonic() - start
 
-    _one_run(h, server, figure, "1,000 jobs across a LOADING phase (RDB with key-load-delay)", fault)
+    _one_run(
+        h, server, figure, "1,000 jobs across a LOADING phase (RDB with key-load-delay)", fault
+    )
     figure("LOADING phase", f"{loading[0]:.1f} s from start to the first PONG")
     assert filler.dbsize() >= 8000  # the data set came back
 
 
 @pytest.mark.slow
-def test_a_task_logging_through_an_8s_outage_finishes(own_redis: Callable[..., RedisServer],
-                                                      make_fault: Callable[..., Fault],
-                                                      figure: Figure) -> None:
+def test_a_task_logging_through_an_8s_outage_finishes(
+    own_redis: Callable[..., RedisServer], make_fault: Callable[..., Fault], figure: Figure
+) -> None:
     """log() and progress() every 50 ms while Redis is away 8 s: the task keeps running, finishes
     successfully, once, and its log has every line in order."""
     server = own_redis(appendonly=True)
@@ -244,8 +287,12 @@ def test_a_task_logging_through_an_8s_outage_finishes(own_redis: Callable[..., R
     server.stop()
     before = logged()
     # the outage: at least 8 s, and the task kept logging through it
-    wait_for(lambda: time.monotonic() - down_at >= 8.0 and logged() >= before + 100, timeout=60,
-             interval=0.1, what="8 s of outage with the task logging")
+    wait_for(
+        lambda: time.monotonic() - down_at >= 8.0 and logged() >= before + 100,
+        timeout=60,
+        interval=0.1,
+        what="8 s of outage with the task logging",
+    )
     during = logged() - before
     server.start()
     outage = time.monotonic() - down_at
@@ -262,6 +309,8 @@ def test_a_task_logging_through_an_8s_outage_finishes(own_redis: Callable[..., R
     assert h.runs(r.id) == 1
     h.expect([r])
     h.check_invariants({r.id: "finished"})
-    figure("task logging through an outage",
-           f"Redis away {outage:.1f} s; {during} log lines + progress buffered during it, all "
-           f"{total} lines in the job's log in order; finished once")
+    figure(
+        "task logging through an outage",
+        f"Redis away {outage:.1f} s; {during} log lines + progress buffered during it, all "
+        f"{total} lines in the job's log in order; finished once",
+    )

@@ -117,8 +117,11 @@ def test_malformed_entries_written_into_a_channel(fault: Fault, figure: Figure) 
     assert ch.info("ghost").state == "unknown" and h.r.llen(k.ids) == 0
     errors = w.lines("stalled: bad_payload")
     assert len(errors) == len(bad), w.output()  # one line per bad entry, no error loop
-    figure("malformed entries", f"{len(bad)} bad entries stalled with bad_payload (raw bytes kept), "
-           f"1 id without payload dropped, {len(good)} valid jobs run; e.g. {errors[0].split(': ', 2)[-1][:100]}")
+    figure(
+        "malformed entries",
+        f"{len(bad)} bad entries stalled with bad_payload (raw bytes kept), "
+        f"1 id without payload dropped, {len(good)} valid jobs run; e.g. {errors[0].split(': ', 2)[-1][:100]}",
+    )
     h.check_invariants(expect={j: "stalled" for j in bad})
 
 
@@ -201,8 +204,11 @@ def test_result_expiry(fault: Fault, figure: Figure) -> None:
     waited = time.monotonic() - t0
     idle.retract()
     assert not [k for k in h.r.scan_iter(match=h.prefix + "feed.result:*")]
-    figure("result expiry", f"result_ttl 2 s: gone {gone:.2f} s after it was read; "
-           f"get(timeout=0.5) on an idle job raised after {waited:.2f} s")
+    figure(
+        "result expiry",
+        f"result_ttl 2 s: gone {gone:.2f} s after it was read; "
+        f"get(timeout=0.5) on an idle job raised after {waited:.2f} s",
+    )
     h.check_invariants(expect={job.id: "finished"})
 
 
@@ -213,7 +219,9 @@ def test_several_schedulers_at_once(fault: Fault, figure: Figure) -> None:
     SIGKILLed midway. Every fire is enqueued and run exactly once, with no gap."""
     h = fault
     worker = h.worker("-c", "4", TP_FAULT_CRON="1")
-    scheds = [h.worker("--takeover", "1s", command="scheduler", TP_FAULT_CRON="1") for _ in range(3)]
+    scheds = [
+        h.worker("--takeover", "1s", command="scheduler", TP_FAULT_CRON="1") for _ in range(3)
+    ]
     state_key = h.app.thoonk.keys.cron_state("tick")
     ch = h.app.channel()
     # three fires with all three schedulers up, then SIGKILL the one that fired last, then two
@@ -223,16 +231,19 @@ def test_several_schedulers_at_once(fault: Fault, figure: Figure) -> None:
     victim = next(s for s in scheds if f".{s.pid}." in leader)
     victim.send(signal.SIGKILL)
     killed_ms = h.server_ms()
-    wait_for(lambda: int(h.r.hget(state_key, "last_fire") or 0) >= killed_ms + 2000,
-             what="the survivors' fires two seconds after the SIGKILL")
+    wait_for(
+        lambda: int(h.r.hget(state_key, "last_fire") or 0) >= killed_ms + 2000,
+        what="the survivors' fires two seconds after the SIGKILL",
+    )
     for s in scheds:
         if s is not victim:
             assert s.stop() == 0, s.output()
     victim.wait()
-    wait_for(lambda: ch.counts()["available"] == ch.counts()["claimed"] == 0, what="the fires to run")
+    wait_for(
+        lambda: ch.counts()["available"] == ch.counts()["claimed"] == 0, what="the fires to run"
+    )
     assert worker.stop() == 0, worker.output()
-    ids = sorted({*(x.decode() for x in h.r.zrange(ch.keys.finished, 0, -1)),
-                  *ch.get_ids()})
+    ids = sorted({*(x.decode() for x in h.r.zrange(ch.keys.finished, 0, -1)), *ch.get_ids()})
     fires = sorted(int(i.rsplit(":", 1)[1]) for i in ids if i.startswith("cron:tick:"))
     assert len(fires) >= 5, ids
     gaps = [b - a for a, b in zip(fires, fires[1:])]
@@ -242,7 +253,10 @@ def test_several_schedulers_at_once(fault: Fault, figure: Figure) -> None:
         h.jobs[i] = ("default", 1, 1)
     after_kill = [f for f in fires if f * 1000 > killed_ms]
     late = [int(h.ledger.get(f"{h.prefix}stamp:cron:tick:{f}")) - f * 1000 for f in fires]
-    figure("three schedulers, leader SIGKILLed", f"{len(fires)} consecutive fires, each run once; "
-           f"{len(after_kill)} fired after the kill, no gap; fire-to-run delay max {max(late)} ms "
-           "(takeover 1 s)")
+    figure(
+        "three schedulers, leader SIGKILLed",
+        f"{len(fires)} consecutive fires, each run once; "
+        f"{len(after_kill)} fired after the kill, no gap; fire-to-run delay max {max(late)} ms "
+        "(takeover 1 s)",
+    )
     h.check_invariants()

@@ -24,7 +24,9 @@ Figure = Callable[[str, str], None]
 
 
 # --- SIGKILL at three points ---------------------------------------------------------------------
-@pytest.mark.parametrize("point", ["after_claim_before_run", "mid_task", "after_return_before_finish"])
+@pytest.mark.parametrize(
+    "point", ["after_claim_before_run", "mid_task", "after_return_before_finish"]
+)
 def test_sigkill_at_three_points(fault: Fault, figure: Figure, point: str) -> None:
     """The killed worker's job is finished by a rescuer after lease + reaper: once if it had not
     started in the victim, exactly twice if it had (mid-task, or returned but not finished).
@@ -59,8 +61,10 @@ def test_sigkill_at_three_points(fault: Fault, figure: Figure, point: str) -> No
     assert pids[-1] == rescuer.pid
     assert runs == (1 if point == "after_claim_before_run" else 2), runs
     assert [r.get(timeout=20) for r in others] == [f"o{i}" for i in range(len(others))]
-    figure(f"SIGKILL {point.replace('_', ' ')}",
-           f"recovered in {recovery:.2f} s (lease 1 s, reaper 0.5 s), runs {runs}")
+    figure(
+        f"SIGKILL {point.replace('_', ' ')}",
+        f"recovered in {recovery:.2f} s (lease 1 s, reaper 0.5 s), runs {runs}",
+    )
     assert rescuer.stop() == 0, rescuer.output()
     h.check_invariants(expect={job.id: "finished"})
 
@@ -79,8 +83,11 @@ def test_sigterm_with_short_and_long_grace(fault: Fault, figure: Figure, grace: 
         signalled = time.monotonic()
         a.send(signal.SIGTERM)
         assert a.wait() == 0, a.output()
-        figure("SIGTERM long grace", f"worker exited {time.monotonic() - signalled:.2f} s after "
-               "SIGTERM with its 1 s job finished")
+        figure(
+            "SIGTERM long grace",
+            f"worker exited {time.monotonic() - signalled:.2f} s after "
+            "SIGTERM with its 1 s job finished",
+        )
         assert job.get(timeout=1) == a.pid
         assert h.runs(queued.id) == 0 and queued.info().state == "available"
     else:
@@ -95,8 +102,11 @@ def test_sigterm_with_short_and_long_grace(fault: Fault, figure: Figure, grace: 
         info = job.info()
         # still running in its thread: sent back behind the shutdown fence (docs/worker.md)
         assert info.state == "delayed" and info.cancel_count == 1, info
-        figure("SIGTERM short grace", f"60 s job sent back {released:.2f} s after SIGTERM "
-               "(grace 0.3 s; available again after the 2 s fence; no lease wait)")
+        figure(
+            "SIGTERM short grace",
+            f"60 s job sent back {released:.2f} s after SIGTERM "
+            "(grace 0.3 s; available again after the 2 s fence; no lease wait)",
+        )
     b = h.worker("--burst") if queued is not None else h.worker("-c", "1")
     if queued is not None:
         assert b.wait() == 0, b.output()
@@ -135,7 +145,9 @@ def test_poison_job_kills_its_worker_every_time(fault: Fault, figure: Figure) ->
     sup.start()
     try:
         assert [r.get(timeout=60) for r in others] == [f"ok{i}" for i in range(8)]
-        wait_for(lambda: poison.info().state == "stalled", timeout=60, what="the poison job to stall")
+        wait_for(
+            lambda: poison.info().state == "stalled", timeout=60, what="the poison job to stall"
+        )
     finally:
         stop.set()
         sup.join(30)
@@ -143,8 +155,11 @@ def test_poison_job_kills_its_worker_every_time(fault: Fault, figure: Figure) ->
     assert reason.startswith("worker_lost"), reason
     assert h.runs(poison.id) == max_cancels + 1
     assert deaths == [-signal.SIGKILL] * (max_cancels + 1)
-    figure("poison job", f"{len(deaths)} worker deaths, stalled after "
-           f"{time.monotonic() - started:.1f} s with {reason!r}")
+    figure(
+        "poison job",
+        f"{len(deaths)} worker deaths, stalled after "
+        f"{time.monotonic() - started:.1f} s with {reason!r}",
+    )
     h.check_invariants(expect={poison.id: "stalled"})
 
 
@@ -166,30 +181,45 @@ def test_lease_lost_while_the_task_still_runs(fault: Fault, figure: Figure) -> N
     first, second = h.who_ran(job.id)
     assert first[1] != second[1]  # a new fencing token
     a.send(signal.SIGCONT)
-    wait_for(lambda: a.lines("lease renewal of job", job.id, "failed"), what="A to notice its lease is gone")
+    wait_for(
+        lambda: a.lines("lease renewal of job", job.id, "failed"),
+        what="A to notice its lease is gone",
+    )
     time.sleep(1.0)  # A's task still runs: about three more renewals
-    assert len(a.lines("lease renewal of job", job.id, "failed")) == 1, a.output()  # logged once, no flood
+    assert len(a.lines("lease renewal of job", job.id, "failed")) == 1, (
+        a.output()
+    )  # logged once, no flood
     h.open_gate(f"{job.id}:1")  # A's task returns now, while B still runs the job
-    wait_for(lambda: a.lines("finish of job", job.id, "refused"), what="A's refused finish in its log")
+    wait_for(
+        lambda: a.lines("finish of job", job.id, "refused"), what="A's refused finish in its log"
+    )
     assert a.lines("claimed under another token")
     assert job.info().state == "claimed" and job.info().worker == "new-owner"
     h.open_gate(f"{job.id}:2")
     assert job.get(timeout=30) == b.pid  # the new owner's outcome stands
-    figure("lease lost while running", f"taken over {taken_over:.2f} s after the owner froze "
-           "(lease 1 s); the old owner's finish was refused")
+    figure(
+        "lease lost while running",
+        f"taken over {taken_over:.2f} s after the owner froze "
+        "(lease 1 s); the old owner's finish was refused",
+    )
     assert a.stop() == 0 and b.stop() == 0
     h.check_invariants(expect={job.id: "finished"})
 
 
 # --- the connection killed at finish time ----------------------------------------------------------
 def _worker_client_ids(server: RedisServer, pid: int) -> list[int]:
-    return [int(c["id"]) for c in server.client().client_list() if c.get("name") == f"tp-worker-{pid}"]
+    return [
+        int(c["id"]) for c in server.client().client_list() if c.get("name") == f"tp-worker-{pid}"
+    ]
 
 
 @pytest.mark.parametrize("when", ["before_the_finish", "finish_in_flight"])
-def test_connection_killed_at_finish_time(own_redis: Callable[..., RedisServer],
-                                          make_fault: Callable[..., Fault], figure: Figure,
-                                          when: str) -> None:
+def test_connection_killed_at_finish_time(
+    own_redis: Callable[..., RedisServer],
+    make_fault: Callable[..., Fault],
+    figure: Figure,
+    when: str,
+) -> None:
     """CLIENT KILL of every connection of the worker just as it writes a finish: the job ends
     finished exactly once (or is re-run once), never lost, and the worker goes on."""
     server = own_redis()
@@ -207,10 +237,16 @@ def test_connection_killed_at_finish_time(own_redis: Callable[..., RedisServer],
         admin.execute_command("CLIENT", "PAUSE", "10000", "WRITE")
         try:
             h.open_gate("finish")
-            sending = wait_for(lambda: [int(c["id"]) for c in admin.client_list()
-                                        if c.get("name") == f"tp-worker-{w.pid}"
-                                        and c.get("cmd") == "evalsha" and "b" in c.get("flags", "")],
-                               what="the finish to be sent (and held by the pause)")
+            sending = wait_for(
+                lambda: [
+                    int(c["id"])
+                    for c in admin.client_list()
+                    if c.get("name") == f"tp-worker-{w.pid}"
+                    and c.get("cmd") == "evalsha"
+                    and "b" in c.get("flags", "")
+                ],
+                what="the finish to be sent (and held by the pause)",
+            )
             for cid in sending:
                 killed += admin.client_kill_filter(_id=cid)
         finally:
@@ -224,8 +260,11 @@ def test_connection_killed_at_finish_time(own_redis: Callable[..., RedisServer],
     h.open_gate("finish")
     assert later.get(timeout=30) == "later"  # the worker goes on
     assert w.alive()
-    figure(f"CLIENT KILL {when.replace('_', ' ')}", f"{killed} connection(s) killed; job finished, "
-           f"runs {runs}; worker log: {len(w.lines('WARNING')) + len(w.lines('ERROR'))} warning/error lines")
+    figure(
+        f"CLIENT KILL {when.replace('_', ' ')}",
+        f"{killed} connection(s) killed; job finished, "
+        f"runs {runs}; worker log: {len(w.lines('WARNING')) + len(w.lines('ERROR'))} warning/error lines",
+    )
     assert w.stop() == 0, w.output()
     h.check_invariants(expect={job.id: "finished", later.id: "finished"})
 
@@ -240,8 +279,10 @@ def test_worker_clock_five_minutes_off(fault: Fault, figure: Figure) -> None:
     long_job = h.send("nap", 3.0, "long")
     wait_for(lambda: long_job.info().worker == "behind", what="the long job on the -300 s worker")
     fast_clock = h.worker("-c", "2", "--name", "ahead", skew=300)
-    wait_for(lambda: b"ahead" in h.r.zrange(h.app.thoonk.keys.workers_registry(), 0, -1),
-             what="the +300 s worker to start")
+    wait_for(
+        lambda: b"ahead" in h.r.zrange(h.app.thoonk.keys.workers_registry(), 0, -1),
+        what="the +300 s worker to start",
+    )
     delayed = h.send("stamp", delay=2)
     info = delayed.info()
     assert info.state == "delayed" and info.due_ms is not None and info.published_ms is not None
@@ -256,15 +297,19 @@ def test_worker_clock_five_minutes_off(fault: Fault, figure: Figure) -> None:
         assert not w.lines("expired"), w.output()
     h.wait_registered("ahead")
     h.wait_registered("behind")
-    figure("worker clock +-300 s", f"delayed job (2 s) started {late} ms after its due time; "
-           "a 3 s job under a 1 s lease was never reaped")
+    figure(
+        "worker clock +-300 s",
+        f"delayed job (2 s) started {late} ms after its due time; "
+        "a 3 s job under a 1 s lease was never reaped",
+    )
     assert slow_clock.stop() == 0 and fast_clock.stop() == 0
     h.check_invariants()
 
 
 # --- Redis down when a worker starts ----------------------------------------------------------------
-def test_redis_down_when_the_worker_starts(make_fault: Callable[..., Fault], figure: Figure,
-                                           own_redis: Callable[..., RedisServer]) -> None:
+def test_redis_down_when_the_worker_starts(
+    make_fault: Callable[..., Fault], figure: Figure, own_redis: Callable[..., RedisServer]
+) -> None:
     """The worker keeps retrying with a capped backoff, logs a few lines (not one per try), and
     drains as soon as Redis is up."""
     port = free_port()
@@ -277,8 +322,11 @@ def test_redis_down_when_the_worker_starts(make_fault: Callable[..., Fault], fig
     up = time.monotonic()
     job = h.send("record", "after the outage")
     assert job.get(timeout=30) == "after the outage"
-    figure("Redis down at worker start", f"{outage_lines} log lines in 5 s of outage; first job "
-           f"done {time.monotonic() - up:.2f} s after Redis came up (backoff cap 5 s)")
+    figure(
+        "Redis down at worker start",
+        f"{outage_lines} log lines in 5 s of outage; first job "
+        f"done {time.monotonic() - up:.2f} s after Redis came up (backoff cap 5 s)",
+    )
     assert outage_lines <= 5, w.output()
     assert w.stop() == 0, w.output()
     h.check_invariants()

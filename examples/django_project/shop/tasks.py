@@ -17,8 +17,12 @@ def fulfil(order_id: int) -> dict[str, Any]:
     order.status = "fulfilled"
     order.fulfilled_by = "taskpipe"
     order.save()
-    return {"order": order.pk, "item": order.item, "db": connection.vendor,
-            "session": _session_id()}
+    return {
+        "order": order.pk,
+        "item": order.item,
+        "db": connection.vendor,
+        "session": _session_id(),
+    }
 
 
 def _session_id() -> str:

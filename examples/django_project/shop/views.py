@@ -25,8 +25,11 @@ def create_order(request: HttpRequest) -> JsonResponse:
             order = Order.objects.create(item=body["item"], quantity=int(body["quantity"]))
             result = fulfil.delay_on_commit(order.pk)
             # not published yet: the job appears only once this transaction commits
-            outcome = {"order": order.pk, "job": result.id,
-                       "state_inside_transaction": result.state}
+            outcome = {
+                "order": order.pk,
+                "job": result.id,
+                "state_inside_transaction": result.state,
+            }
             if body.get("fail"):
                 raise Rollback()
     except Rollback:

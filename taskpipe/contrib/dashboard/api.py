@@ -98,8 +98,9 @@ class ThroughputSampler:
     def start(self) -> None:
         """Start the sampling thread."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="taskpipe-dashboard-sampler",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="taskpipe-dashboard-sampler", daemon=True
+            )
             self._thread.start()
 
     def stop(self) -> None:
@@ -176,8 +177,12 @@ class DashboardAPI:
             if n == 3 and parts[0] == "channels" and parts[2] in ("pause", "resume"):
                 getattr(self.inspector, parts[2])(parts[1])
                 return self.inspector.channel_counts(parts[1])
-            if n == 5 and parts[0] == "channels" and parts[2] == "jobs" \
-                    and parts[4] in ("retry", "retract", "abort"):
+            if (
+                n == 5
+                and parts[0] == "channels"
+                and parts[2] == "jobs"
+                and parts[4] in ("retry", "retract", "abort")
+            ):
                 return self.job_action(parts[1], parts[3], parts[4])
         else:
             raise ApiError(405, f"method {method} not allowed")
@@ -200,21 +205,29 @@ class DashboardAPI:
 
     def overview(self, history: int) -> dict[str, Any]:
         """Counts of every channel, live workers, and the last ``history`` throughput samples."""
-        return {"server_time_ms": self.inspector.server_time_ms(),
-                "channels": self.inspector.overview(),
-                "workers": len(self.inspector.workers()),
-                "sample_interval": self.sampler.interval,
-                "history": self.sampler.history(history)}
+        return {
+            "server_time_ms": self.inspector.server_time_ms(),
+            "channels": self.inspector.overview(),
+            "workers": len(self.inspector.workers()),
+            "sample_interval": self.sampler.interval,
+            "history": self.sampler.history(history),
+        }
 
     def jobs(self, channel: str, query: dict[str, str]) -> dict[str, Any]:
         """One page of jobs of ``channel`` in ``state`` (default available)."""
         state = query.get("state") or JobState.AVAILABLE.value
         if state not in LIST_STATES:
-            raise ApiError(400, f"unknown state {state!r}; expected one of {', '.join(LIST_STATES)}")
+            raise ApiError(
+                400, f"unknown state {state!r}; expected one of {', '.join(LIST_STATES)}"
+            )
         limit = _int_param(query, "limit", 25, 1, 500)
         page = self.inspector.list_jobs(channel, state, query.get("cursor") or None, limit)
-        return {"channel": channel, "state": state, "counts": self.inspector.channel_counts(channel),
-                **page.to_dict()}
+        return {
+            "channel": channel,
+            "state": state,
+            "counts": self.inspector.channel_counts(channel),
+            **page.to_dict(),
+        }
 
     def crons(self) -> list[dict[str, Any]]:
         """Cron entries of the app (``app.crons``) and those schedulers recorded in Redis."""
@@ -246,9 +259,13 @@ def _capped(detail: dict[str, Any], parts: list[str]) -> dict[str, Any]:
             continue
         text = json.dumps(value, default=str)
         if len(text) > MAX_FIELD_BYTES:
-            detail[key] = {"truncated": True, "bytes": len(text), "preview": text[:PREVIEW_CHARS],
-                           "full": f"/api/channels/{quote(parts[1], safe='')}/jobs/"
-                                   f"{quote(parts[3], safe='')}?full=1"}
+            detail[key] = {
+                "truncated": True,
+                "bytes": len(text),
+                "preview": text[:PREVIEW_CHARS],
+                "full": f"/api/channels/{quote(parts[1], safe='')}/jobs/"
+                f"{quote(parts[3], safe='')}?full=1",
+            }
     return detail
 
 

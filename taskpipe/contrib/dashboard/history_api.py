@@ -70,8 +70,9 @@ def _states(query: dict[str, str]) -> tuple[str, ...]:
     return tuple(s for s in raw.split(",") if s) or REQUEUE_STATES
 
 
-def route_history(app: TaskPipe, inspector: Inspector, method: str, parts: list[str],
-                  query: dict[str, str]) -> Any:
+def route_history(
+    app: TaskPipe, inspector: Inspector, method: str, parts: list[str], query: dict[str, str]
+) -> Any:
     """Answer a history route, or return ``NotImplemented`` if ``parts`` is not one."""
     n = len(parts)
     if n < 3 or parts[0] != "channels":
@@ -80,12 +81,21 @@ def route_history(app: TaskPipe, inspector: Inspector, method: str, parts: list[
     if n == 3 and parts[2] == "history" and method == "GET":
         inspector.channel(channel)
         limit = int(query.get("limit") or 50)
-        jobs = find_jobs(app, channel, state=query.get("state") or None,
-                         task=query.get("task") or None, error=query.get("error") or None,
-                         since=_float(query, "since"), until=_float(query, "until"),
-                         limit=max(1, min(limit, 500)))
-        return {"channel": channel, "jobs": [jsonable(r.to_dict()) for r in jobs],
-                "tasks": task_breakdown(app, channel)}
+        jobs = find_jobs(
+            app,
+            channel,
+            state=query.get("state") or None,
+            task=query.get("task") or None,
+            error=query.get("error") or None,
+            since=_float(query, "since"),
+            until=_float(query, "until"),
+            limit=max(1, min(limit, 500)),
+        )
+        return {
+            "channel": channel,
+            "jobs": [jsonable(r.to_dict()) for r in jobs],
+            "tasks": task_breakdown(app, channel),
+        }
     if n == 3 and parts[2] == "requeue":
         inspector.channel(channel)
         task = query.get("task") or None
@@ -104,16 +114,23 @@ def route_history(app: TaskPipe, inspector: Inspector, method: str, parts: list[
         age = parse_duration(query.get("older_than") or "0")
         inspector.check_clean(state, age)
         if method == "GET":
-            return {"channel": channel, "state": state,
-                    "count": inspector.count_cleanable(channel, state, age)}
+            return {
+                "channel": channel,
+                "state": state,
+                "count": inspector.count_cleanable(channel, state, age),
+            }
         return {"ok": True, **inspector.clean(channel, state, age).to_dict()}
     if n == 5 and parts[2] == "jobs" and method == "POST" and parts[4] in ("requeue", "edit"):
         inspector.channel(channel)
         job_id = parts[3]
         if parts[4] == "requeue":
             was = requeue(app, channel, job_id, _states(query))
-            return {"ok": True, "id": job_id, "was": was,
-                    "state": app.channel(channel).info(job_id).state}
+            return {
+                "ok": True,
+                "id": job_id,
+                "was": was,
+                "state": app.channel(channel).info(job_id).state,
+            }
         args, kwargs = _json(query, "args", list), _json(query, "kwargs", dict)
         if args is None and kwargs is None:
             raise ConfigError("give args and/or kwargs")

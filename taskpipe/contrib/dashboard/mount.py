@@ -40,9 +40,15 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def make(cls, status: int, body: bytes, ctype: str, extra: Mapping[str, str] | None = None) -> Reply:
-        headers = {"Content-Type": ctype, "Cache-Control": "no-store", **_SECURITY_HEADERS,
-                   **(extra or {})}
+    def make(
+        cls, status: int, body: bytes, ctype: str, extra: Mapping[str, str] | None = None
+    ) -> Reply:
+        headers = {
+            "Content-Type": ctype,
+            "Cache-Control": "no-store",
+            **_SECURITY_HEADERS,
+            **(extra or {}),
+        }
         return cls(status, body, headers)
 
     @classmethod
@@ -51,8 +57,9 @@ class Reply:
         return cls.make(status, body, "application/json", extra)
 
 
-def route(dashboard: Dashboard, method: str, path: str, headers: Any,
-          query_string: str = "") -> Reply:
+def route(
+    dashboard: Dashboard, method: str, path: str, headers: Any, query_string: str = ""
+) -> Reply:
     """Answer one request for ``path`` (relative to the mount point, starting with ``/``);
     ``headers`` has a case-insensitive ``get``."""
     _start_sampler(dashboard)
@@ -69,8 +76,11 @@ def route(dashboard: Dashboard, method: str, path: str, headers: Any,
     if method in ("GET", "HEAD") and parts in ([""], ["index.html"]) and dashboard.basic is None:
         return Reply.make(200, dashboard.static("index.html") or b"", _STATIC["index.html"])
     if not dashboard.check_auth(headers, query):
-        extra = {"WWW-Authenticate": 'Basic realm="taskpipe", charset="UTF-8"'} \
-            if dashboard.basic is not None else {"WWW-Authenticate": 'Bearer realm="taskpipe"'}
+        extra = (
+            {"WWW-Authenticate": 'Basic realm="taskpipe", charset="UTF-8"'}
+            if dashboard.basic is not None
+            else {"WWW-Authenticate": 'Bearer realm="taskpipe"'}
+        )
         return Reply.json(401, {"error": "authentication required (token or basic auth)"}, extra)
     if parts and parts[0] == "api":
         if method == "POST" and headers.get("X-Taskpipe") != "1":
@@ -112,7 +122,9 @@ def _redirect(location: str) -> Reply:
     return Reply(308, b"", {"Location": location, "Content-Length": "0"})
 
 
-def wsgi_app(dashboard: Dashboard) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
+def wsgi_app(
+    dashboard: Dashboard,
+) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
     """The dashboard as a WSGI application (``PATH_INFO`` is the path below the mount point)."""
 
     def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -120,20 +132,33 @@ def wsgi_app(dashboard: Dashboard) -> Callable[[dict[str, Any], Callable[..., An
         if path == "":
             reply = _redirect(environ.get("SCRIPT_NAME", "") + "/")
         else:
-            headers = _Headers({k[5:].replace("_", "-").lower(): v for k, v in environ.items()
-                                if k.startswith("HTTP_")})
+            headers = _Headers(
+                {
+                    k[5:].replace("_", "-").lower(): v
+                    for k, v in environ.items()
+                    if k.startswith("HTTP_")
+                }
+            )
             try:
                 length = int(environ.get("CONTENT_LENGTH") or 0)
             except ValueError:
                 length = 0
             if 0 < length <= _MAX_BODY:
                 environ["wsgi.input"].read(length)
-            reply = route(dashboard, environ.get("REQUEST_METHOD", "GET"), path, headers,
-                          environ.get("QUERY_STRING", ""))
+            reply = route(
+                dashboard,
+                environ.get("REQUEST_METHOD", "GET"),
+                path,
+                headers,
+                environ.get("QUERY_STRING", ""),
+            )
         head = environ.get("REQUEST_METHOD") == "HEAD"
-        start_response(f"{reply.status} {_reason(reply.status)}",
-                       [*reply.headers.items(), ("Content-Length", str(len(reply.body)))]
-                       if "Content-Length" not in reply.headers else list(reply.headers.items()))
+        start_response(
+            f"{reply.status} {_reason(reply.status)}",
+            [*reply.headers.items(), ("Content-Length", str(len(reply.body)))]
+            if "Content-Length" not in reply.headers
+            else list(reply.headers.items()),
+        )
         return [b"" if head else reply.body]
 
     return application
@@ -145,8 +170,9 @@ def asgi_app(dashboard: Dashboard) -> Callable[..., Any]:
     The API reads Redis with the blocking client, so each request runs in a worker thread of
     the event loop's default executor (dashboard traffic, not the task hot path)."""
 
-    async def application(scope: dict[str, Any], receive: Callable[..., Any],
-                          send: Callable[..., Any]) -> None:
+    async def application(
+        scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
+    ) -> None:
         if scope["type"] == "lifespan":  # mounted apps get none; standalone: accept and idle
             while True:
                 message = await receive()
@@ -161,7 +187,7 @@ def asgi_app(dashboard: Dashboard) -> Callable[..., Any]:
         root = scope.get("root_path", "")
         path: str = scope.get("path", "")
         if root and path.startswith(root):  # Starlette keeps the full path and sets root_path
-            path = path[len(root):]
+            path = path[len(root) :]
         more = True
         size = 0
         while more:  # drain the body (actions carry none that matters)
@@ -171,15 +197,23 @@ def asgi_app(dashboard: Dashboard) -> Callable[..., Any]:
         if path == "":
             reply = _redirect(root + "/")
         else:
-            headers = _Headers({k.decode("latin-1").lower(): v.decode("latin-1")
-                                for k, v in scope.get("headers", [])})
+            headers = _Headers(
+                {
+                    k.decode("latin-1").lower(): v.decode("latin-1")
+                    for k, v in scope.get("headers", [])
+                }
+            )
             query = scope.get("query_string", b"").decode("latin-1")
             loop = asyncio.get_running_loop()
-            reply = await loop.run_in_executor(None, route, dashboard, scope["method"], path,
-                                               headers, query)
+            reply = await loop.run_in_executor(
+                None, route, dashboard, scope["method"], path, headers, query
+            )
         body = b"" if scope["method"] == "HEAD" else reply.body
-        headers_out = [(k.lower().encode("latin-1"), v.encode("latin-1"))
-                       for k, v in reply.headers.items() if k.lower() != "content-length"]
+        headers_out = [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in reply.headers.items()
+            if k.lower() != "content-length"
+        ]
         headers_out.append((b"content-length", str(len(reply.body)).encode()))
         await send({"type": "http.response.start", "status": reply.status, "headers": headers_out})
         await send({"type": "http.response.body", "body": body})

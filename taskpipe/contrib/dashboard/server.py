@@ -36,12 +36,15 @@ __all__ = ["Dashboard", "DashboardServer", "parse_basic", "is_loopback"]
 
 log = logging.getLogger("taskpipe.dashboard")
 
-_STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
-           "index.html": "text/html; charset=utf-8"}
+_STATIC = {
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+    "index.html": "text/html; charset=utf-8",
+}
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
-                               "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; "
-                               "base-uri 'none'; form-action 'self'",
+    "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
@@ -73,8 +76,14 @@ class Dashboard:
     adds HTTP basic auth. ``sampler_interval`` is how often throughput is sampled (seconds).
     """
 
-    def __init__(self, app: TaskPipe, *, token: str | None = None,
-                 basic: tuple[str, str] | None = None, sampler_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        app: TaskPipe,
+        *,
+        token: str | None = None,
+        basic: tuple[str, str] | None = None,
+        sampler_interval: float = 1.0,
+    ) -> None:
         if token is not None and not token:
             raise ConfigError("the dashboard token must not be empty")
         self.app = app
@@ -102,7 +111,9 @@ class Dashboard:
                 return True
         if self.basic is not None and scheme.lower() == "basic":
             try:
-                user, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+                user, _, password = (
+                    base64.b64decode(value.strip(), validate=True).decode().partition(":")
+                )
             except (ValueError, UnicodeDecodeError):
                 return False
             ok_user = hmac.compare_digest(user.encode(), self.basic[0].encode())
@@ -114,7 +125,12 @@ class Dashboard:
         """The bytes of a packaged static file, or None."""
         if name not in _STATIC:
             return None
-        return resources.files("taskpipe.contrib.dashboard").joinpath("static").joinpath(name).read_bytes()
+        return (
+            resources.files("taskpipe.contrib.dashboard")
+            .joinpath("static")
+            .joinpath(name)
+            .read_bytes()
+        )
 
     def serve(self, host: str = "127.0.0.1", port: int = 8000) -> DashboardServer:
         """Start serving on a daemon thread; ``port=0`` picks a free port."""
@@ -142,8 +158,12 @@ class DashboardServer:
         self.port: int = int(httpd.server_address[1])
         self.allowed_hosts = {f"{h}:{self.port}" for h in ("127.0.0.1", "localhost", "[::1]")}
         setattr(httpd, "taskpipe_server", self)  # noqa: B010 - read back by the handler
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="taskpipe-dashboard", daemon=True)
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="taskpipe-dashboard",
+            daemon=True,
+        )
 
     @property
     def url(self) -> str:
@@ -184,7 +204,9 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s - %s", self.address_string(), format % args)
 
-    def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -222,15 +244,21 @@ class _Handler(BaseHTTPRequestHandler):
         if parts == ["healthz"]:
             self._json(200, {"ok": True})
             return
-        if method in ("GET", "HEAD") and parts in ([""], ["index.html"]) \
-                and self.dashboard.basic is None:
+        if (
+            method in ("GET", "HEAD")
+            and parts in ([""], ["index.html"])
+            and self.dashboard.basic is None
+        ):
             # the page shell holds no data: with token auth it loads and asks for the token;
             # with basic auth it is protected so the browser prompts for credentials
             self._send(200, self.dashboard.static("index.html") or b"", _STATIC["index.html"])
             return
         if not self.dashboard.check_auth(self.headers, query):
-            extra = {"WWW-Authenticate": 'Basic realm="taskpipe", charset="UTF-8"'} \
-                if self.dashboard.basic is not None else {"WWW-Authenticate": 'Bearer realm="taskpipe"'}
+            extra = (
+                {"WWW-Authenticate": 'Basic realm="taskpipe", charset="UTF-8"'}
+                if self.dashboard.basic is not None
+                else {"WWW-Authenticate": 'Bearer realm="taskpipe"'}
+            )
             self._json(401, {"error": "authentication required (token or basic auth)"}, extra)
             return
         if parts and parts[0] == "api":
@@ -253,6 +281,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _metrics(self) -> None:
         try:
             from taskpipe.contrib.metrics import build_registry, render
+
             registry, _ = build_registry(self.dashboard.app)
             body, ctype = render(registry)
         except ConfigError as exc:

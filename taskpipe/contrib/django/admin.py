@@ -39,5 +39,8 @@ class DashboardAdmin(admin.ModelAdmin):  # type: ignore[misc]
             return HttpResponse(
                 "The taskpipe dashboard is not mounted: add path('taskpipe/', "
                 "include('taskpipe.contrib.django.urls')) to your URLs, or set "
-                "TASKPIPE['dashboard_url'].", content_type="text/plain", status=404)
+                "TASKPIPE['dashboard_url'].",
+                content_type="text/plain",
+                status=404,
+            )
         return HttpResponseRedirect(url)

@@ -64,6 +64,7 @@ class DjangoTaskPipe(FrameworkTaskPipe):
     async_task_class = DjangoAsyncTask
 
     if TYPE_CHECKING:  # what @app.task makes here: tasks with delay_on_commit, still typed
+
         @overload
         def task(self, fn: Callable[Q, Coroutine[Any, Any, T]]) -> DjangoAsyncTask[T, Q]: ...
 
@@ -71,8 +72,9 @@ class DjangoTaskPipe(FrameworkTaskPipe):
         def task(self, fn: Callable[Q, T]) -> DjangoTask[T, Q]: ...
 
         @overload
-        def task(self, fn: None = None, *, name: str | None = None,
-                 **options: Any) -> DjangoTaskDecorator: ...
+        def task(
+            self, fn: None = None, *, name: str | None = None, **options: Any
+        ) -> DjangoTaskDecorator: ...
 
         def task(self, fn: Any = None, *, name: str | None = None, **options: Any) -> Any: ...
 
@@ -88,8 +90,15 @@ class DjangoTaskPipe(FrameworkTaskPipe):
         conf.setdefault("name", "django")
         self.reconfigure(**{**conf, **options})
 
-    def send(self, name: str, args: Any = (), kwargs: dict[str, Any] | None = None,
-             *, _task: Any = None, **options: Any) -> AsyncResult[Any]:
+    def send(
+        self,
+        name: str,
+        args: Any = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        _task: Any = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
         """``TaskPipe.send``; ``on_commit=True`` (or ``on_commit="alias"``) publishes only when
         the surrounding transaction of that database commits."""
         on_commit = options.pop("on_commit", None)
@@ -100,12 +109,24 @@ class DjangoTaskPipe(FrameworkTaskPipe):
         if not isinstance(options["id"], str) or not options["id"]:
             raise ConfigError(f"a job id must be a non-empty string, got {options['id']!r}")
         self.publishing.build(name, args, kwargs, _task, options)  # every check now, not at commit
-        publish = functools.partial(super().send, name, tuple(args), dict(kwargs or {}),
-                                    _task=_task, **options)
+        publish = functools.partial(
+            super().send, name, tuple(args), dict(kwargs or {}), _task=_task, **options
+        )
         transaction.on_commit(publish, using=using)
-        return AsyncResult(self, options["id"], (options.get("channel") or (
-            _task.channel if _task is not None else self.tasks[name].channel
-            if name in self.tasks else self.default_channel)))
+        return AsyncResult(
+            self,
+            options["id"],
+            (
+                options.get("channel")
+                or (
+                    _task.channel
+                    if _task is not None
+                    else self.tasks[name].channel
+                    if name in self.tasks
+                    else self.default_channel
+                )
+            ),
+        )
 
     def task_context(self) -> AbstractContextManager[Any]:
         """What Django does around a request: reset the query log, close stale connections."""

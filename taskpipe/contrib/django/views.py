@@ -31,8 +31,13 @@ def dashboard(request: HttpRequest, path: str = "") -> Any:
     """Serve the dashboard page, its static files and its API below the mount point."""
     if not path and not request.path.endswith("/"):
         return HttpResponse(status=308, headers={"Location": request.path + "/"})
-    reply = route(_dashboard(), request.method or "GET", "/" + path, request.headers,
-                  request.META.get("QUERY_STRING", ""))
+    reply = route(
+        _dashboard(),
+        request.method or "GET",
+        "/" + path,
+        request.headers,
+        request.META.get("QUERY_STRING", ""),
+    )
     response = HttpResponse(reply.body, status=reply.status)
     for key, value in reply.headers.items():
         response[key] = value

@@ -14,8 +14,10 @@ APP_PATH = "taskpipe.contrib.django:app"
 
 
 class Command(BaseCommand):  # type: ignore[misc]
-    help = ("Run a taskpipe command for this project: worker, cron, dashboard, status, ... "
-            "(the same options as the taskpipe CLI; -A is set for you).")
+    help = (
+        "Run a taskpipe command for this project: worker, cron, dashboard, status, ... "
+        "(the same options as the taskpipe CLI; -A is set for you)."
+    )
 
     def run_from_argv(self, argv: list[str]) -> None:
         """Hand everything after ``taskpipe`` to the taskpipe CLI (Django's parser is skipped)."""
@@ -35,8 +37,11 @@ class Command(BaseCommand):  # type: ignore[misc]
             sys.exit(code)
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("args", nargs=argparse.REMAINDER,
-                            help="a taskpipe command and its options, e.g. worker -c 8")
+        parser.add_argument(
+            "args",
+            nargs=argparse.REMAINDER,
+            help="a taskpipe command and its options, e.g. worker -c 8",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:  # call_command(): same thing
         self.run_from_argv(["manage.py", "taskpipe", *args])
