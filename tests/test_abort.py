@@ -8,23 +8,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from click.testing import CliRunner
 from polling import wait_for
 from redis_server import RedisServer
 from worker_helpers import burst
-from worker_proc import WorkerProcess
+from worker_proc import AppProcesses, WorkerProcess
 
 import taskpipe.cli.admin  # noqa: F401 - registers the jobs commands
 from taskpipe import JobNotFound, TaskFailed, TaskPipe, WrongJobState
 from taskpipe.cli import cli
-from taskpipe.loading import load_app
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -82,37 +79,11 @@ async def coro():
 """
 
 
-class Env:
+class Env(AppProcesses):
+    """The module above, loaded here and run by real worker processes."""
+
     def __init__(self, tmp: Path, url: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.tmp, self.url, self.prefix = tmp, url, prefix
-        module = f"tpab_{uuid.uuid4().hex[:10]}"
-        (tmp / f"{module}.py").write_text(APP_SOURCE)
-        self.app_path = f"{module}:app"
-        monkeypatch.setenv("TP_TEST_BROKER", url)
-        monkeypatch.setenv("TP_TEST_PREFIX", prefix)
-        monkeypatch.syspath_prepend(str(tmp))
-        self.app: TaskPipe = load_app(self.app_path)
-        self.r = redis.Redis.from_url(url)
-        self.workers: list[WorkerProcess] = []
-
-    def worker(self, *args: str) -> WorkerProcess:
-        env = dict(os.environ, TP_TEST_BROKER=self.url, TP_TEST_PREFIX=self.prefix)
-        env["PYTHONPATH"] = os.pathsep.join([str(self.tmp), env.get("PYTHONPATH", "")])
-        w = WorkerProcess(
-            ["worker", "-A", self.app_path, *args], env, self.tmp / f"worker{len(self.workers)}.log"
-        )
-        self.workers.append(w)
-        return w
-
-    def get(self, what: str, job_id: str) -> int | None:
-        value = self.r.get(f"{self.prefix}{what}:{job_id}")
-        return None if value is None else int(value)
-
-    def close(self) -> None:
-        for w in self.workers:
-            w.kill()
-        self.app.close()
-        self.r.close()
+        super().__init__(APP_SOURCE, tmp, url, prefix, monkeypatch, tag="tpab")
 
 
 @pytest.fixture

@@ -7,20 +7,15 @@ is what the feature promises (a measurement against the limit is the feature her
 
 from __future__ import annotations
 
-import os
 import signal
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from polling import wait_for
 from redis_server import RedisServer
-from worker_proc import WorkerProcess
-
-from taskpipe.loading import load_app
+from worker_proc import AppProcesses
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -58,35 +53,19 @@ def capped(user, i, pause=0.05):
 """
 
 
-class Flow:
+class Flow(AppProcesses):
+    """The module above, loaded here and run by real worker processes."""
+
     def __init__(self, tmp: Path, url: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.tmp, self.url, self.prefix = tmp, url, prefix
-        module = f"tpflow_{uuid.uuid4().hex[:10]}"
-        (tmp / f"{module}.py").write_text(MODULE_SOURCE)
-        self.app_path = f"{module}:app"
-        monkeypatch.setenv("TP_TEST_BROKER", url)
-        monkeypatch.setenv("TP_TEST_PREFIX", prefix)
-        monkeypatch.syspath_prepend(str(tmp))
-        self.app = load_app(self.app_path)
-        self.r = redis.Redis.from_url(url)
-        self.workers: list[WorkerProcess] = []
-
-    def worker(self, *args: str) -> WorkerProcess:
-        env = {k: v for k, v in os.environ.items() if k not in ("QUEUE", "TASKPIPE_QUEUES")}
-        env["PYTHONPATH"] = os.pathsep.join([str(self.tmp), env.get("PYTHONPATH", "")])
-        w = WorkerProcess(
-            ["worker", "-A", self.app_path, "--dead-after", "5s", *args],
-            env,
-            self.tmp / f"worker{len(self.workers)}.log",
+        super().__init__(
+            MODULE_SOURCE,
+            tmp,
+            url,
+            prefix,
+            monkeypatch,
+            tag="tpflow",
+            worker_args=("--dead-after", "5s"),
         )
-        self.workers.append(w)
-        return w
-
-    def close(self) -> None:
-        for w in self.workers:
-            w.kill()
-        self.app.close()
-        self.r.close()
 
 
 @pytest.fixture

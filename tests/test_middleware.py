@@ -8,20 +8,16 @@ second middleware raises in every hook.
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from polling import wait_for
-from worker_proc import WorkerProcess
+from worker_proc import AppProcesses
 
 from taskpipe import Middleware, TaskFailed, TaskPipe
 from taskpipe.errors import ConfigError
-from taskpipe.loading import load_app
 from taskpipe.middleware import MiddlewareChain
 from taskpipe.testing import run_until_idle, running_worker
 
@@ -118,45 +114,23 @@ RUN_HOOKS = (
 )
 
 
-class HookApp:
+class HookApp(AppProcesses):
     """The module above, loaded here (to publish) and by real worker processes."""
 
     def __init__(self, tmp_path: Path, url: str, prefix: str, monkeypatch: pytest.MonkeyPatch):
-        self.tmp, self.url, self.prefix = tmp_path, url, prefix
-        module = f"tpmw_{uuid.uuid4().hex[:10]}"
-        (tmp_path / f"{module}.py").write_text(APP_SOURCE)
-        self.app_path = f"{module}:app"
-        self.env_extra = {"TP_TEST_BROKER": url, "TP_TEST_PREFIX": prefix}
-        for k, v in self.env_extra.items():
-            monkeypatch.setenv(k, v)
-        monkeypatch.syspath_prepend(str(tmp_path))
-        self.app: TaskPipe = load_app(self.app_path)
-        self.r = redis.Redis.from_url(url)
-        self.workers: list[WorkerProcess] = []
-
-    def worker(self, *args: str) -> WorkerProcess:
-        env = {k: v for k, v in os.environ.items() if k not in ("TASKPIPE_APP", "TASKPIPE_QUEUES")}
-        env.update(self.env_extra)
-        env["PYTHONPATH"] = os.pathsep.join([str(self.tmp), env.get("PYTHONPATH", "")]).rstrip(
-            os.pathsep
+        super().__init__(
+            APP_SOURCE,
+            tmp_path,
+            url,
+            prefix,
+            monkeypatch,
+            tag="tpmw",
+            worker_args=("--dead-after", "0"),
         )
-        w = WorkerProcess(
-            ["worker", "-A", self.app_path, "--dead-after", "0", *args],
-            env,
-            self.tmp / f"worker{len(self.workers)}.log",
-        )
-        self.workers.append(w)
-        return w
 
     def hooks(self, hook: str) -> dict[str, int]:
         raw: dict[bytes, bytes] = self.r.hgetall(f"{self.prefix}hooks:{hook}")  # type: ignore[assignment]
         return {k.decode(): int(v) for k, v in raw.items()}
-
-    def close(self) -> None:
-        for w in self.workers:
-            w.kill()
-        self.app.close()
-        self.r.close()
 
 
 @pytest.fixture

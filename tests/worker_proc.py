@@ -7,12 +7,22 @@ keeps no handle on it (the child writes through its own copy of the descriptor).
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["WorkerProcess"]
+import redis
+
+if TYPE_CHECKING:
+    import pytest
+
+    from taskpipe import TaskPipe
+
+__all__ = ["WorkerProcess", "AppProcesses"]
 
 
 class WorkerProcess:
@@ -66,3 +76,62 @@ class WorkerProcess:
     def lines(self, *needles: str) -> list[str]:
         """Output lines containing every one of ``needles``."""
         return [line for line in self.output().splitlines() if all(n in line for n in needles)]
+
+
+class AppProcesses:
+    """An app module written from ``source`` into ``tmp``, loaded here (to publish and read) and
+    run by real ``taskpipe worker`` processes. The module reads its broker URL and key prefix
+    from ``TP_TEST_BROKER`` / ``TP_TEST_PREFIX``; ``r`` is a plain client of that broker."""
+
+    def __init__(
+        self,
+        source: str,
+        tmp: Path,
+        url: str,
+        prefix: str,
+        monkeypatch: pytest.MonkeyPatch,
+        *,
+        tag: str = "tpapp",
+        worker_args: tuple[str, ...] = (),
+    ) -> None:
+        from taskpipe.loading import load_app
+
+        self.tmp, self.url, self.prefix = tmp, url, prefix
+        module = f"{tag}_{uuid.uuid4().hex[:10]}"
+        (tmp / f"{module}.py").write_text(source)
+        self.module = module
+        self.app_path = f"{module}:app"
+        self.worker_args = worker_args
+        monkeypatch.setenv("TP_TEST_BROKER", url)
+        monkeypatch.setenv("TP_TEST_PREFIX", prefix)
+        monkeypatch.syspath_prepend(str(tmp))
+        self.app: TaskPipe = load_app(self.app_path)
+        self.r = redis.Redis.from_url(url)
+        self.workers: list[WorkerProcess] = []
+
+    def worker(self, *args: str) -> WorkerProcess:
+        """Start ``taskpipe worker -A <module>:app <worker_args> <args>`` (logged to ``tmp``)."""
+        drop = ("QUEUE", "TASKPIPE_QUEUES", "TASKPIPE_APP")
+        env = {k: v for k, v in os.environ.items() if k not in drop}
+        env.update(TP_TEST_BROKER=self.url, TP_TEST_PREFIX=self.prefix)
+        path = os.pathsep.join([str(self.tmp), env.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = path.rstrip(os.pathsep)
+        w = WorkerProcess(
+            ["worker", "-A", self.app_path, *self.worker_args, *args],
+            env,
+            self.tmp / f"worker{len(self.workers)}.log",
+        )
+        self.workers.append(w)
+        return w
+
+    def get(self, what: str, job_id: str) -> int | None:
+        """The int the task module stored at ``<prefix><what>:<job id>``, or None."""
+        value = self.r.get(f"{self.prefix}{what}:{job_id}")
+        return None if value is None else int(value)
+
+    def close(self) -> None:
+        """Kill every worker started here, close the app and the client."""
+        for w in self.workers:
+            w.kill()
+        self.app.close()
+        self.r.close()
