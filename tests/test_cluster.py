@@ -63,12 +63,14 @@ def _cluster_port() -> int:
 
 
 class RedisCluster:
-    """Three masters, no replicas, on 127.0.0.1, started and stopped by the tests."""
+    """``masters`` masters with ``replicas`` replicas each on 127.0.0.1 (the cluster and shard
+    tests' one cluster helper), started and stopped by the tests."""
 
-    def __init__(self, masters: int = 3) -> None:
+    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
         self.dir = tempfile.mkdtemp(prefix="taskpipe-cluster-")
+        self.replicas_each = replicas
         self.ports: list[int] = []
-        while len(self.ports) < masters:
+        while len(self.ports) < masters * (1 + replicas):
             port = _cluster_port()
             if port not in self.ports:
                 self.ports.append(port)
@@ -91,6 +93,8 @@ class RedisCluster:
                         "yes",
                         "--cluster-config-file",
                         os.path.join(self.dir, f"nodes-{port}.conf"),
+                        # with replicas: a failover test wants failure detection in seconds
+                        *(("--cluster-node-timeout", "5000") if self.replicas_each else ()),
                         "--port",
                         str(port),
                         "--bind",
@@ -117,7 +121,7 @@ class RedisCluster:
                 "create",
                 *(f"127.0.0.1:{p}" for p in self.ports),
                 "--cluster-replicas",
-                "0",
+                str(self.replicas_each),
                 "--cluster-yes",
             ],
             check=True,
@@ -132,11 +136,34 @@ class RedisCluster:
                 ),
                 f"node {port}: cluster_state:ok",
             )
+        if self.replicas_each:
+            for port in self.replicas():
+                self._wait(
+                    lambda p=port: (
+                        self.node(p).info("replication").get("master_link_status") == "up"
+                    ),
+                    f"replica {port} in sync",
+                )
         return self
 
     @staticmethod
-    def _wait(check: Any, what: str, timeout: float = 30) -> None:
+    def _wait(check: Any, what: str, timeout: float = 60) -> None:
         wait_for(check, timeout, what, interval=0.05, ignore=(redis.exceptions.RedisError,))
+
+    def masters(self) -> list[int]:
+        """The ports of the nodes that are masters now."""
+        return [p for p in self.ports if self.node(p).info("replication")["role"] == "master"]
+
+    def replicas(self) -> list[int]:
+        """The ports of the nodes that are replicas now."""
+        return [p for p in self.ports if p not in self.masters()]
+
+    def replica_of(self, master: int) -> int:
+        """The port of a replica of the master at ``master``."""
+        for port in self.replicas():
+            if int(self.node(port).info("replication")["master_port"]) == master:
+                return port
+        raise LookupError(master)
 
     def owner(self, slot: int) -> int:
         """The port of the master that serves ``slot``."""

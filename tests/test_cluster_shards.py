@@ -14,19 +14,16 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 from polling import wait_for
-from test_cluster import _cluster_port
+from test_cluster import RedisCluster
 from worker_proc import WorkerProcess
 
 from taskpipe import TaskPipe
@@ -66,120 +63,9 @@ def rec(key, n):
 """.replace("__SHARDS__", str(SHARDS))
 
 
-class ReplicatedCluster:
-    """``masters`` masters with one replica each on 127.0.0.1 (``2 * masters`` processes)."""
-
-    def __init__(self, masters: int = 3) -> None:
-        self.dir = tempfile.mkdtemp(prefix="taskpipe-shards-")
-        self.ports: list[int] = []
-        while len(self.ports) < 2 * masters:
-            port = _cluster_port()
-            if port not in self.ports:
-                self.ports.append(port)
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    @property
-    def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
-
-    def node(self, port: int) -> Any:  # redis.Redis (execute_command is untyped)
-        return redis.Redis(port=port, socket_timeout=5)
-
-    def start(self) -> ReplicatedCluster:
-        for port in self.ports:
-            self.procs.append(
-                subprocess.Popen(
-                    [
-                        "redis-server",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        os.path.join(self.dir, f"nodes-{port}.conf"),
-                        "--cluster-node-timeout",
-                        "5000",
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--dir",
-                        self.dir,
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--protected-mode",
-                        "no",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        for port in self.ports:
-            self._wait(lambda p=port: bool(self.node(p).ping()), f"node {port} to start")
-        subprocess.run(
-            [
-                "redis-cli",
-                "--cluster",
-                "create",
-                *(f"127.0.0.1:{p}" for p in self.ports),
-                "--cluster-replicas",
-                "1",
-                "--cluster-yes",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=60,
-        )
-        for port in self.ports:
-            self._wait(
-                lambda p=port: (
-                    b"cluster_state:ok" in self.node(p).execute_command("CLUSTER", "INFO")
-                ),
-                f"node {port}: cluster_state:ok",
-            )
-        for port in self.replicas():
-            self._wait(
-                lambda p=port: self.node(p).info("replication").get("master_link_status") == "up",
-                f"replica {port} in sync",
-            )
-        return self
-
-    @staticmethod
-    def _wait(check: Any, what: str, timeout: float = 60) -> None:
-        wait_for(check, timeout, what, interval=0.05, ignore=(redis.exceptions.RedisError,))
-
-    def masters(self) -> list[int]:
-        return [p for p in self.ports if self.node(p).info("replication")["role"] == "master"]
-
-    def replicas(self) -> list[int]:
-        return [p for p in self.ports if p not in self.masters()]
-
-    def owner(self, slot: int) -> int:
-        """The port of the master that serves ``slot`` (as node ``ports[0]`` sees it)."""
-        for start, end, master, *_ in self.node(self.ports[0]).execute_command("CLUSTER", "SLOTS"):
-            if int(start) <= slot <= int(end):
-                return int(master[1])
-        raise LookupError(slot)
-
-    def replica_of(self, master: int) -> int:
-        for port in self.replicas():
-            info = self.node(port).info("replication")
-            if int(info["master_port"]) == master:
-                return port
-        raise LookupError(master)
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            proc.kill()
-            proc.wait(10)
-        self.procs = []
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[ReplicatedCluster]:
-    c = ReplicatedCluster().start()
+def cluster() -> Iterator[RedisCluster]:
+    c = RedisCluster(masters=3, replicas=1).start()
     yield c
     c.stop()
 
@@ -195,7 +81,7 @@ def _runs(run_dir: Path) -> list[tuple[str, int, str, str, int, int]]:
 
 @pytest.mark.slow
 def test_six_shards_three_workers_sigkill_and_failover(
-    cluster: ReplicatedCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cluster: RedisCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     prefix = f"sh{uuid.uuid4().hex[:6]}:"
     run_dir = tmp_path / "runs"
@@ -332,7 +218,7 @@ def test_six_shards_three_workers_sigkill_and_failover(
 
 
 def test_shards_not_a_multiple_of_the_masters_warn(
-    cluster: ReplicatedCluster, caplog: pytest.LogCaptureFixture
+    cluster: RedisCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     prefix = f"sw{uuid.uuid4().hex[:6]}:"
     with TaskPipe(broker=cluster.url, prefix=prefix, shards={"even": 3, "uneven": 4}) as app:
