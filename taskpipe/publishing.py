@@ -279,7 +279,8 @@ class Publishing:
         plan = plan_send(options)
         head, flow = build_flow(name, topts, tuple(args), kwargs or {}, options)
         plan.envelope.update(dependency_options(app, options))  # depends_on (taskpipe.workflows)
-        if flow is not None and plan.envelope.get("parents"):
+        parents = tuple((str(c), str(i)) for c, i in plan.envelope.get("parents", ()))
+        if flow is not None and parents:
             raise ConfigError(
                 f"task {name!r}: depends_on cannot be combined with flow control "
                 "(numeric priority, rate_limit, concurrency, unique, debounce) yet: "
@@ -300,7 +301,7 @@ class Publishing:
         )
         return (
             channel,
-            PutRequest(payload, job_id, head, plan.delay_ms, plan.eta_ms, fresh, flow),
+            PutRequest(payload, job_id, head, plan.delay_ms, plan.eta_ms, fresh, flow, parents),
             plan.callback,
         )
 
@@ -333,13 +334,12 @@ class Publishing:
         if callback is not None:  # watch first, so even an instant finish is heard
             app.finish_watcher.add(result, callback)
         since_ms = int(time.time() * 1000)
-        parents = dependency_options(app, options).get("parents") if options else None
 
         def put(attempt: int) -> None:
             # a try that failed may still have landed: never publish the same job twice
             if not attempt or not channel.landed([req], since_ms):
-                if parents:  # waits for its parents (taskpipe.workflows)
-                    publish_waiting(channel, req, parents)
+                if req.parents:  # waits for its parents (taskpipe.workflows)
+                    publish_waiting(channel, req, req.parents)
                     return
                 if req.flow is None:
                     channel.put_request(req)

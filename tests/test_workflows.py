@@ -136,6 +136,17 @@ def test_diamond_of_depends_on(app: TaskPipe, tasks: dict[str, Any]) -> None:
     assert bottom.get(timeout=10) == [[11, 101]]
 
 
+def test_depends_on_an_iterator_is_read_once(app: TaskPipe, tasks: dict[str, Any]) -> None:
+    """A generator of parents is consumed once: the job still waits for every parent (it
+    used to be read twice, the second time empty, and the job was queued at once)."""
+    add = tasks["add"]
+    parents = [add.delay(i) for i in range(3)]
+    child = add.apply_async((0,), depends_on=(p for p in parents))
+    assert child.state == "waiting"
+    burst(app)
+    assert child.get(timeout=10) == 0 and all(p.ready() for p in parents)
+
+
 def test_depends_on_across_channels(app: TaskPipe, tasks: dict[str, Any]) -> None:
     parent = tasks["add"].apply_async((1, 2), channel="other")
     child = tasks["add"].apply_async((3,), depends_on=[parent], pass_results="one")

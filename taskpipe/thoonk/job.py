@@ -112,6 +112,8 @@ class PutRequest:
     fresh: bool = False
     #: flow control (numeric priority, rate/concurrency groups, dedup): ``job_put_flow``
     flow: PutFlow | None = None
+    #: ``(channel, id)`` of the jobs this one waits for (``depends_on``): ``job_put_waiting``
+    parents: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
