@@ -19,7 +19,7 @@ from taskpipe.extensions import ExtensionsMixin
 from taskpipe.flow import check_task_flow
 from taskpipe.limits import COUNT_OPTIONS, check_count, check_lease
 from taskpipe.middleware import MiddlewareChain
-from taskpipe.publishing import Publishing
+from taskpipe.publishing import Publishing, check_job_id
 from taskpipe.serialization import DEFAULT_MAX_PAYLOAD, get_serializer
 from taskpipe.sharding import Sharding
 from taskpipe.task import AsyncTask, Signature, Task, TaskDecorator, TaskOptions
@@ -370,8 +370,7 @@ class TaskPipe(ExtensionsMixin):
         """A handle on a job published elsewhere (by id and channel)."""
         from taskpipe.results import AsyncResult
 
-        if type(id) is not str or not id or "\0" in id:
-            raise ConfigError(f"a job id is a non-empty str without NUL, got {id!r}")
+        check_job_id(id)
         if self.eager:
             return self.eager_runner.lookup(id)  # type: ignore[no-any-return]
         return AsyncResult(

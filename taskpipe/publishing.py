@@ -44,6 +44,7 @@ __all__ = [
     "Publishing",
     "SendPlan",
     "plan_send",
+    "check_job_id",
     "check_send_options",
     "SEND_OPTIONS",
     "ENVELOPE_OPTIONS",
@@ -160,6 +161,14 @@ class SendPlan:
     shard_key: str | bytes | None = None
 
 
+def check_job_id(job_id: Any) -> str:
+    """``job_id`` if it is a caller's valid job id (a non-empty str without NUL), else
+    ``ConfigError`` naming the value."""
+    if not isinstance(job_id, str) or not job_id or "\0" in job_id:
+        raise ConfigError(f"a job id must be a non-empty string without NUL, got {job_id!r}")
+    return job_id
+
+
 def plan_send(options: Mapping[str, Any], now: float | None = None) -> SendPlan:
     """Check publishing options and turn them into envelope fields and put parameters.
 
@@ -189,9 +198,8 @@ def plan_send(options: Mapping[str, Any], now: float | None = None) -> SendPlan:
         )
     priority = check_priority(options.get("priority"))  # never coerced (taskpipe.flow)
     job_id = options.get("id")
-    if job_id is not None and (not isinstance(job_id, str) or not job_id or "\0" in job_id):
-        # id="" is an error, not "make one"
-        raise ConfigError(f"a job id must be a non-empty string without NUL, got {job_id!r}")
+    if job_id is not None:  # id="" is an error, not "make one"
+        check_job_id(job_id)
     shard_key = options.get("shard_key")
     if shard_key is not None and not isinstance(shard_key, (str, bytes)):
         raise ConfigError(f"shard_key must be a str or bytes, got {type(shard_key).__name__}")
