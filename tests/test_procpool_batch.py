@@ -79,15 +79,7 @@ def test_many_short_jobs_are_handed_over_in_batches(
 
     monkeypatch.setattr(procpool._Child, "hand", counting_hand)
     results = [harness.send("record", f"j{i}") for i in range(120)]
-    w = Worker(
-        harness.app,
-        ["default"],
-        concurrency=2,
-        pool="process",
-        app_path=harness.app_path,
-        burst=True,
-        heartbeat_interval=60,
-    )
+    w = harness.process_worker(2, burst=True)
     assert w.run() == 0
     assert [r.get(timeout=10) for r in results] == [f"j{i}" for i in range(120)]
     assert sum(sizes) == 120 and max(sizes) > 1, sizes  # each job sent once, many per message
@@ -162,15 +154,7 @@ def test_sigterm_drain_gives_back_claimed_jobs_unstarted(
         return out
 
     monkeypatch.setattr(ProcessPool, "unstarted", unstarted_then_open)
-    w = Worker(
-        harness.app,
-        ["default"],
-        concurrency=1,
-        pool="process",
-        app_path=harness.app_path,
-        grace="30s",
-        heartbeat_interval=60,
-    )
+    w = harness.process_worker(1, grace="30s")
     t = run_worker_in_thread(w)
     wait_for(lambda: harness.flag("started", first.id), what="the gate job to start")
     w.stop()
@@ -191,15 +175,7 @@ def test_child_still_running_when_the_grace_ends_is_killed_before_the_job_goes_b
     harness: Harness,
 ) -> None:
     job = harness.send("slow", 60.0, "long", max_runs=2)
-    w = Worker(
-        harness.app,
-        ["default"],
-        concurrency=1,
-        pool="process",
-        app_path=harness.app_path,
-        grace="0.5s",
-        heartbeat_interval=60,
-    )
+    w = harness.process_worker(1, grace="0.5s")
     t = run_worker_in_thread(w)
     child = wait_for(lambda: harness.flag("started", job.id), what="the long job to start")
     w.stop()

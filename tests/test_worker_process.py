@@ -250,6 +250,19 @@ class Harness:
         self.workers.append(w)
         return w
 
+    def process_worker(self, concurrency: int, **settings: Any) -> Worker:
+        """An in-process ``Worker`` with a process pool on ``default`` (children load this
+        test's module), its heartbeat out of the way."""
+        return Worker(
+            self.app,
+            ["default"],
+            concurrency=concurrency,
+            pool="process",
+            app_path=self.app_path,
+            heartbeat_interval=60,
+            **settings,
+        )
+
     def send(self, task: str, *args: Any, max_runs: int = 1, **options: Any) -> Any:
         """Publish a job and remember how often it may run."""
         result = self.app.send(task, args, **options)
@@ -354,15 +367,7 @@ def test_async_pool_runs_coroutines_concurrently_and_times_them_out(harness: Har
 def test_process_pool_runs_jobs_in_children(harness: Harness) -> None:
     results = [harness.send("slow", 0.0, f"p{i}") for i in range(6)]
     rep = harness.send("report", 5)
-    w = Worker(
-        harness.app,
-        ["default"],
-        concurrency=2,
-        pool="process",
-        app_path=harness.app_path,
-        burst=True,
-        heartbeat_interval=60,
-    )
+    w = harness.process_worker(2, burst=True)
     assert w.run() == 0
     pids = {r.get(timeout=5) for r in results}
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
@@ -380,15 +385,7 @@ def test_process_pool_timeouts_and_child_death(harness: Harness) -> None:
     soft = harness.send("soft")  # soft timeout raises inside the child
     dead = harness.send("exit3", max_runs=3)  # kills its child every time
     after = [harness.send("record", f"after{i}") for i in range(3)]
-    w = Worker(
-        harness.app,
-        ["default"],
-        concurrency=1,
-        pool="process",
-        app_path=harness.app_path,
-        burst=True,
-        heartbeat_interval=60,
-    )
+    w = harness.process_worker(1, burst=True)
     assert w.run() == 0
     with pytest.raises(TaskFailed) as err:
         spin.get(timeout=5)
@@ -408,15 +405,7 @@ def test_process_pool_timeouts_and_child_death(harness: Harness) -> None:
 def test_process_pool_hard_timeout_retries_by_policy(harness: Harness) -> None:
     spin = harness.send("spin", max_runs=2, retries=1, retry_backoff=0.05)
     ok = harness.send("record", "next")
-    w = Worker(
-        harness.app,
-        ["default"],
-        concurrency=1,
-        pool="process",
-        app_path=harness.app_path,
-        burst=True,
-        heartbeat_interval=60,
-    )
+    w = harness.process_worker(1, burst=True)
     assert w.run() == 0
     with pytest.raises(TaskFailed) as err:
         spin.get(timeout=5)
@@ -428,14 +417,7 @@ def test_process_pool_hard_timeout_retries_by_policy(harness: Harness) -> None:
 
 def test_process_pool_replaces_a_child_killed_by_a_signal(harness: Harness) -> None:
     job = harness.send("slow", 30.0, max_runs=2)
-    w = Worker(
-        harness.app,
-        ["default"],
-        concurrency=1,
-        pool="process",
-        app_path=harness.app_path,
-        heartbeat_interval=60,
-    )
+    w = harness.process_worker(1)
     t = run_worker_in_thread(w)
     try:
         child = wait_for(lambda: harness.flag("started", job.id), what="the job to start")
