@@ -41,7 +41,7 @@ _UNITS = {
     "h": 3_600_000.0,
     "d": 86_400_000.0,
 }
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*([0-9.]*)\s*([a-z]+)\s*$")
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d*)?|\.\d+)?\s*([a-z]+)\s*$")
 
 
 def parse_rate_limit(value: object) -> tuple[float, int, str]:

@@ -158,6 +158,13 @@ def test_parse_rate_limit() -> None:
             parse_rate_limit(bad)
 
 
+def test_rate_limit_with_a_period_that_is_not_a_number_is_a_config_error() -> None:
+    # the period's digits and dots were matched, then float() raised a bare ValueError
+    for bad in ("5/1.2.3s", "5/.s", "5/..m"):
+        with pytest.raises(ConfigError, match="rate_limit"):
+            parse_rate_limit(bad)
+
+
 def test_rate_limit_stops_the_claim_and_reports_the_next_slot(app: TaskPipe) -> None:
     @app.task(name="r", rate_limit="10/s")  # one per 100 ms, burst 1
     def r(x: Any) -> Any:
