@@ -12,6 +12,7 @@ without scanning every job. See ``docs/history.md``.
 
 from __future__ import annotations
 
+import math
 import reprlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -193,9 +194,9 @@ def _ms(value: Any, what: str) -> int | None:
 
     if isinstance(value, datetime):
         return int(value.timestamp() * 1000)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return int(value * 1000)
-    raise ConfigError(f"{what} must be epoch seconds or a datetime, got {value!r}")
+    raise ConfigError(f"{what} must be epoch seconds (finite) or a datetime, got {value!r}")
 
 
 def find_jobs(
@@ -222,6 +223,9 @@ def find_jobs(
         raise ConfigError(f"unknown state {state!r}; expected one of {', '.join(ENDED_STATES)}")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
         raise ConfigError(f"limit must be an int from 1 to 10000, got {limit!r}")
+    for name, text in (("task", task), ("error", error)):
+        if text is not None and not isinstance(text, str):
+            raise ConfigError(f"{name} must be a str, got {text!r}")
     lo, hi = _ms(since, "since"), _ms(until, "until")
     ch = app.channel(channel)
     # the task's failures, else every failure; otherwise every finished job (records filtered)

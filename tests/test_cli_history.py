@@ -65,6 +65,10 @@ def test_find_filters_and_breakdown(env: dict[str, Any], ended: dict[str, Any]) 
     assert (
         "expected a duration ago" in run(env, "jobs", "find", "--since", "someday", code=2).output
     )
+    for endless in ("nan", "inf", "-1e400"):  # was a traceback (ValueError / OverflowError)
+        assert (
+            "expected a duration ago" in run(env, "jobs", "find", "--since", endless, code=2).output
+        )
     breakdown = run_json(env, "jobs", "tasks")["tasks"]
     assert breakdown == {
         "t.add": {"succeeded": 3, "failed": 0, "timeout": 0},

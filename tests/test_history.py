@@ -244,6 +244,21 @@ def test_find_jobs_by_state_task_error_and_time(app: TaskPipe) -> None:
     }
 
 
+def test_find_jobs_refuses_bounds_and_filters_of_the_wrong_kind(app: TaskPipe) -> None:
+    # NaN and infinite bounds raised a bare ValueError / OverflowError from int(); a non-str
+    # error filter an AttributeError
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ConfigError, match="since"):
+            app.jobs(since=bad)
+        with pytest.raises(ConfigError, match="until"):
+            app.jobs(until=bad)
+    with pytest.raises(ConfigError, match="error"):
+        app.jobs(error=5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="task"):
+        app.jobs(task=5)  # type: ignore[arg-type]
+    assert app.jobs(since=10**30) == []  # finite but far: no job, no error
+
+
 def test_requeue_many_by_task(app: TaskPipe) -> None:
     from taskpipe.history import requeue_many
 

@@ -8,6 +8,7 @@ progress bar on long work. A wrong-state action changes nothing and exits with s
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from datetime import datetime
@@ -48,9 +49,17 @@ def _when(value: str | None, what: str) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         pass
+    else:
+        if math.isfinite(number):
+            return number
+        raise click.BadParameter(
+            "expected a duration ago (e.g. 2h), an ISO 8601 datetime or a unix timestamp "
+            f"(a finite number, not {value!r})",
+            param_hint=what,
+        )
     try:
         return time.time() - parse_duration(value)
     except (DurationError, ConfigError, ValueError, TypeError):
