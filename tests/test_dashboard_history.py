@@ -238,6 +238,10 @@ def test_history_routes_answer_clear_errors(app: TaskPipe, board: DashboardServe
     assert call(base + f"jobs/{waiting.id}/edit", "POST", ACT)[0] == 400
     assert call(base + f"jobs/{done.id}/edit?args=%5B1%5D", "POST", ACT)[0] == 409
     assert call(base + "history?state=bogus")[0] == 400
+    for bad in ("abc", "1e3", ""):  # 'abc' and '1e3' answered 503 (a bare ValueError)
+        status, _, out = call(base + f"history?limit={bad}")
+        assert (status == 400 and "limit" in out["error"]) if bad else status == 200, (bad, out)
+    assert call(base + "history?since=nan")[0] == 400
     status, _, hist = call(base + "history?task=t.ok")
     assert status == 200 and [j["id"] for j in hist["jobs"]] == [done.id]
     assert hist["tasks"]["t.ok"]["succeeded"] == 1

@@ -52,6 +52,16 @@ def _float(query: dict[str, str], name: str) -> float | None:
         raise ConfigError(f"{name} must be epoch seconds, got {raw!r}") from None
 
 
+def _int(query: dict[str, str], name: str, default: int) -> int:
+    raw = query.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(str(raw))
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
 def _json(query: dict[str, str], name: str, kind: type) -> Any:
     raw = query.get(name)
     if raw in (None, ""):
@@ -80,7 +90,7 @@ def route_history(
     channel = parts[1]
     if n == 3 and parts[2] == "history" and method == "GET":
         inspector.channel(channel)
-        limit = int(query.get("limit") or 50)
+        limit = _int(query, "limit", 50)
         jobs = find_jobs(
             app,
             channel,
