@@ -233,6 +233,8 @@ class TaskPipe(ExtensionsMixin):
         name = name or self.default_channel
         ch = self._channels.get(name)
         if ch is None:
+            if not isinstance(name, str) or "\0" in name:
+                raise ConfigError(f"a channel name must be a str without NUL, got {name!r}")
             if self.sharding.count(name) > 1:
                 raise ConfigError(
                     f"channel {name!r} is sharded: its shards are app.sharding.channels({name!r})"

@@ -221,6 +221,23 @@ def test_apply_async_args_kwargs_and_channel(app: TaskPipe) -> None:
     assert [r.get(timeout=5) for r in (r1, r2, r3)] == ["hello ann!", "hello bob.", "hello cy?"]
 
 
+def test_a_channel_name_must_be_a_str_without_nul(app: TaskPipe) -> None:
+    # a NUL in a channel name was accepted, and the dependants' index (which separates channel
+    # and id with NUL) then never released a dependant on it; a non-str name was a TypeError
+    @app.task
+    def one() -> int:
+        return 1
+
+    for bad in ("a\0b", 5, b"bytes"):
+        with pytest.raises(ConfigError, match="channel"):
+            one.apply_async(channel=bad)
+        with pytest.raises(ConfigError, match="channel"):
+            app.channel(bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="channel"):
+        app.jobs(channel=5)  # type: ignore[arg-type]
+    assert one.apply_async(channel="é☃").channel == "é☃"  # unicode is fine
+
+
 def test_apply_async_option_errors_write_nothing(app: TaskPipe) -> None:
     @app.task
     def noop() -> None: ...
