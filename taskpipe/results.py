@@ -14,6 +14,7 @@ import redis
 from taskpipe.broker_retry import as_taskpipe_error, is_transient
 from taskpipe.errors import (
     BrokerUnavailable,
+    ConfigError,
     JobNotFound,
     ResultExpired,
     ResultStalled,
@@ -142,7 +143,10 @@ class AsyncResult(Generic[R]):
         again by itself, and the worker running it stops the task (``docs/workflows.md``).
 
         Raises ``WrongJobState`` if the job is not running (finished, or not started yet:
-        use ``retract()``), ``JobNotFound`` if there is no such job."""
+        use ``retract()``), ``JobNotFound`` if there is no such job; ``ConfigError`` if ``by``
+        is not a str without NUL."""
+        if by is not None and (not isinstance(by, str) or "\0" in by):
+            raise ConfigError(f"abort(by=) must be a str without NUL, got {by!r}")
         who = by or f"{socket.gethostname()}:{os.getpid()}"
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         record = encode_failure(

@@ -20,7 +20,7 @@ from worker_helpers import burst
 from worker_proc import AppProcesses, WorkerProcess
 
 import taskpipe.cli.admin  # noqa: F401 - registers the jobs commands
-from taskpipe import JobNotFound, TaskFailed, TaskPipe, WrongJobState
+from taskpipe import ConfigError, JobNotFound, TaskFailed, TaskPipe, WrongJobState
 from taskpipe.cli import cli
 
 pytestmark = pytest.mark.timeout(90)
@@ -193,6 +193,25 @@ def test_abort_bad_input_is_typed_and_changes_nothing(app: TaskPipe) -> None:
         app.AsyncResult("no-such-job").abort()
     assert app.channel().counts() == before
     assert done.get(timeout=5) == 1 and pending.state == "available"
+
+
+@pytest.mark.parametrize("broker_url", ["redis", "memory"], indirect=True)
+def test_abort_by_must_be_a_str_without_nul(app: TaskPipe) -> None:
+    # by="a\0b" aborted the job, then aborted_by() raised a bare ValueError (who and when are
+    # stored NUL-separated); by=<not a str> was a BrokerError wrapping redis-py's DataError
+    @app.task(name="add")
+    def add(a: int) -> int:
+        return a
+
+    job = add.delay(1)
+    claimed = app.channel().get(timeout=5)  # claimed as a worker would, never finished
+    assert claimed is not None and claimed[0] == job.id and job.state == "claimed"
+    for bad in ("ops\0team", 5, b"ops"):
+        with pytest.raises(ConfigError, match="by"):
+            job.abort(by=bad)  # type: ignore[arg-type]
+    assert job.state == "claimed" and job.aborted_by() is None  # nothing changed
+    job.abort(by="ops")
+    assert job.aborted_by()[0] == "ops"  # type: ignore[index]
 
 
 @pytest.mark.parametrize("broker_url", ["redis", "memory"], indirect=True)

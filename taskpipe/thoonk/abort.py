@@ -66,5 +66,5 @@ class AbortOps:
         raw = self.client.get(self.keys.aborted(id))
         if raw is None:
             return None
-        who, _, ms = _text(raw).partition("\0")
+        who, _, ms = _text(raw).rpartition("\0")  # the time is last: who may hold a NUL
         return who, int(ms or 0)
