@@ -234,6 +234,24 @@ def test_soft_timeouts(app: TaskPipe) -> None:
     assert override.get(timeout=5) == 20
 
 
+def test_a_time_limit_too_long_for_the_platform_timer_is_no_limit(app: TaskPipe) -> None:
+    # timeout=1e10 (317 years, past threading.TIMEOUT_MAX): setitimer raised OverflowError, so
+    # a job run on the main thread failed with it, and a thread pool's Timer thread died with it
+    @app.task(name="to.endless", timeout=1e10)
+    def endless(x: int) -> int:
+        return x
+
+    main_thread = endless.delay(1)
+    burst(app, concurrency=1, prefetch=0)
+    assert main_thread.get(timeout=5) == 1
+    in_pool = [endless.delay(i) for i in range(2)]
+    with worker_running(app):
+        assert [r.get(timeout=10) for r in in_pool] == [0, 1]
+    called = endless.apply_async([3], timeout=10**12)  # a call option too
+    burst(app)
+    assert called.get(timeout=5) == 3
+
+
 def test_app_default_timeout(broker_url: str, prefix: str) -> None:
     app = TaskPipe(broker=broker_url, prefix=prefix, timeout="100ms")
 

@@ -287,9 +287,15 @@ def option_of(env: Envelope | None, task: Task[Any] | None, app: TaskPipe, key: 
 
 
 def timeout_of(env: Envelope, task: Task[Any], app: TaskPipe) -> float | None:
-    """The soft time limit for this call (call option, else task option, else app default)."""
+    """The soft time limit for this call (call option, else task option, else app default).
+
+    A limit longer than the platform's timers can count (``threading.TIMEOUT_MAX``, about 292
+    years: ``setitimer`` and ``threading.Timer`` raise ``OverflowError`` past it) is no limit."""
     value = option_of(env, task, app, "timeout")
-    return parse_duration(value) if value is not None else None
+    if value is None:
+        return None
+    seconds = parse_duration(value)
+    return seconds if seconds < threading.TIMEOUT_MAX else None
 
 
 def decide_failure(app: TaskPipe, prepared: Prepared, exc: BaseException, tb: str) -> Outcome:
