@@ -26,12 +26,16 @@ __all__ = [
     "build_flow",
     "FLOW_SEND_OPTIONS",
     "UNIQUE_DEFAULT_MS",
+    "DEDUP_MAX_MS",
 ]
 
 #: publishing options handled here (beside ``priority``)
 FLOW_SEND_OPTIONS = frozenset({"unique", "unique_for", "unique_key", "debounce"})
 #: how long ``unique=True`` can hold its key at most (a job pending longer stops blocking)
 UNIQUE_DEFAULT_MS = 7 * 24 * 3600 * 1000
+#: the longest ``unique_for`` / ``debounce`` window (100 years; far past it Redis refuses the
+#: key's expiry, which surfaced as a broker error at the first publish)
+DEDUP_MAX_MS = 100 * 365 * 24 * 3600 * 1000
 
 _UNITS = {
     "s": 1000.0,
@@ -111,11 +115,11 @@ def _dedup(unique: object, unique_for: object, debounce: object) -> tuple[str, i
     for mode, value in (("window", unique_for), ("debounce", debounce)):
         if value is not None:
             ms = to_ms(parse_duration(value))
+            name = "unique_for" if mode == "window" else "debounce"
             if ms <= 0:
-                raise ConfigError(
-                    f"{'unique_for' if mode == 'window' else 'debounce'} "
-                    f"must be a positive duration, got {value!r}"
-                )
+                raise ConfigError(f"{name} must be a positive duration, got {value!r}")
+            if ms > DEDUP_MAX_MS:
+                raise ConfigError(f"{name} must be at most 100 years, got {value!r}")
             return mode, ms
     return "", 0
 

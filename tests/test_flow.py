@@ -257,6 +257,9 @@ def test_flow_options_are_checked(app: TaskPipe) -> None:
         (dict(rate_limit="lots"), "rate_limit"),
         (dict(unique=True, debounce="1s"), "one of"),
         (dict(unique_for="0s"), "positive"),
+        # past Redis's expiry range: was a BrokerError (ResponseError) at the first publish
+        (dict(unique_for=1e16), "at most"),
+        (dict(debounce=1e16), "at most"),
     ):
         with pytest.raises(ConfigError, match=match):
             app.task(name="bad", **bad)(f)
@@ -267,6 +270,16 @@ def test_flow_options_are_checked(app: TaskPipe) -> None:
 
     with pytest.raises(ConfigError, match="concurrency_key"):
         k.delay("x")
+
+    @app.task(name="plain")
+    def plain(x: int) -> None:
+        return None
+
+    for option in ("unique_for", "debounce"):
+        with pytest.raises(ConfigError, match="at most"):
+            plain.apply_async((1,), **{option: 1e16})
+    assert app.channel().counts()["available"] + app.channel().counts()["delayed"] == 0
+    assert not plain.apply_async((1,), unique_for="36500d").deduplicated  # 100 years is fine
 
 
 # deduplication ---------------------------------------------------------------------------------
