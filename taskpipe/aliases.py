@@ -2,7 +2,8 @@
 
 ``apply_async(countdown=5, queue='emails', task_id='x', max_retries=3, ignore_result=True,
 link=sig, link_error=sig)`` means ``delay=5, channel='emails', id='x', retries=3,
-result_ttl=0, on_finish=sig, on_failure=sig``. The other Celery options raise a
+result_ttl=0, on_finish=sig, on_failure=sig``; ``headers=`` has the same name and meaning
+(a ``str -> str`` map the worker's middleware reads as ``job.headers``). The other Celery options raise a
 ``ConfigError`` that names taskpipe's equivalent (or says there is none), instead of a bare
 "unknown option".
 """
@@ -35,7 +36,6 @@ CELERY_HINTS: dict[str, str] = {
     "compression": "nothing (payloads are msgpack; keep them small or pass references)",
     "retry": "TaskPipe(publish_retry=...) (how long a publish rides out a broker outage)",
     "retry_policy": "TaskPipe(publish_retry=...)",
-    "headers": "kwargs or middleware; taskpipe has no message headers",
     "shadow": "@app.task(name=...)",
     "chord": "taskpipe.chord(group, callback)",
     "group_id": "taskpipe.group(...), which returns a GroupResult",

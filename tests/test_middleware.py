@@ -277,6 +277,28 @@ def test_publish_hooks_fire_once_per_message_and_headers_reach_the_run(app: Task
     assert [app.AsyncResult(i, "mw").get(timeout=5) for i in ids] == list(range(1, 8))
 
 
+def test_headers_set_by_hand_reach_the_run(app: TaskPipe) -> None:
+    # docs/extending.md: apply_async(headers={...}) sets them by hand; the Celery-alias table
+    # refused headers= as "a Celery option taskpipe does not take"
+    ran: list[dict[str, str]] = []
+
+    class Read(Middleware):
+        def before_run(self, job: Any) -> None:
+            ran.append(dict(job.headers))
+
+    app.use(Read())
+
+    @app.task(channel="mw")
+    def echo(x: int) -> int:
+        return x
+
+    by_hand = echo.apply_async((1,), headers={"traceparent": "00-abc-def-01"})
+    via_send = app.send(echo.name, (2,), headers={"tenant": "t1"})
+    run_until_idle(app, ["mw"])
+    assert sorted(ran, key=str) == [{"tenant": "t1"}, {"traceparent": "00-abc-def-01"}]
+    assert by_hand.get(timeout=5) == 1 and via_send.get(timeout=5) == 2
+
+
 def test_async_pool_fires_the_same_hooks(app: TaskPipe) -> None:
     seen: list[str] = []
 
