@@ -512,7 +512,46 @@ def _thoonk_calls(app: TaskPipe) -> dict[str, Callable[[], Any]]:
         "JobChannel.paused": lambda: job.paused,
         "JobChannel.reap": job.reap,
         "JobChannel.promote": job.promote,
+        # the abort and workflow mixins (AbortOps, WorkflowOps) let raw errors out
+        "JobChannel.abort": lambda: job.abort("1", b"r", 1000, "ops"),
+        "JobChannel.aborted_among": lambda: job.aborted_among(["1"]),
+        "JobChannel.abort_info": lambda: job.abort_info("1"),
+        "JobChannel.put_waiting": lambda: job.put_waiting("2", b"x", [("j", "1")]),
+        "JobChannel.waiting_parents": lambda: job.waiting_parents("1"),
+        "JobChannel.dependants": lambda: job.dependants("1"),
+        "JobChannel.stored_results": lambda: job.stored_results(["1"]),
     }
+
+
+def test_every_public_method_of_a_job_channel_maps_broker_errors() -> None:
+    """Each mixin ``JobChannel`` is made of (``JobReads``, ``AbortOps``...) has its public methods
+    wrapped by ``maps_broker_errors`` (they set ``_broker_errors_mapped_by_subclass``): a mixin
+    without the flag let redis-py's errors out, e.g. ``current_job().aborted`` raised a raw
+    ``ConnectionError`` inside a task while the broker restarted."""
+    unmapped = [
+        f"{base.__name__}.{name}"
+        for base in JobChannel.__mro__[1:-1]
+        for name, value in vars(base).items()
+        if not name.startswith("_")
+        and callable(value)
+        and not hasattr(getattr(JobChannel, name), "__wrapped__")
+    ]
+    assert unmapped == []
+
+
+def test_the_abort_check_reads_an_outage_as_not_aborted(add_app: TaskPipe) -> None:
+    # the docs promise it ("a broker outage reads as 'not aborted'"); the check raised
+    # redis-py's ConnectionError instead, failing the task that called check_abort()
+    add_app.tasks["add"].delay(1)
+    ch = add_app.channel()
+    claim = ch.get_claim(timeout=None)
+    assert claim is not None
+    with TaskPipe(
+        "down", broker=f"redis://127.0.0.1:{free_port()}/0", prefix="x:", publish_retry="0.1s"
+    ) as down:
+        ctx = JobContext(JobChannel(down.thoonk, ch.name), claim, "add")
+        assert ctx.aborted is False
+        ctx.check_abort()  # does not raise
 
 
 def _assert_no_raw_errors(app: TaskPipe) -> None:

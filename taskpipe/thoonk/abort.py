@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from taskpipe.thoonk.keys import JobKeys
@@ -21,6 +21,9 @@ def _text(value: Any) -> str:
 
 class AbortOps:
     """``abort`` a claimed job; ``aborted_among`` / ``abort_info`` read the record."""
+
+    #: ``maps_broker_errors`` on ``JobChannel`` maps these methods' errors too, as its own
+    _broker_errors_mapped_by_subclass: ClassVar[bool] = True
 
     name: str
     keys: JobKeys

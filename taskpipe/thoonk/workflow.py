@@ -14,7 +14,7 @@ reaches zero: a dependant is released exactly once, whatever crashes around it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from taskpipe.thoonk.script_keys import WORKFLOW_PARENT_ROLES, WORKFLOW_RELEASE_ROLES, contract
 
@@ -37,6 +37,9 @@ def _text(value: Any) -> str:
 
 class WorkflowOps:
     """Put a job that waits for parents; build the workflow section of a finish."""
+
+    #: ``maps_broker_errors`` on ``JobChannel`` maps these methods' errors too, as its own
+    _broker_errors_mapped_by_subclass: ClassVar[bool] = True
 
     name: str
     keys: JobKeys
