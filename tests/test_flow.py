@@ -277,7 +277,8 @@ def test_flow_options_are_checked(app: TaskPipe) -> None:
 
     for option in ("unique_for", "debounce"):
         with pytest.raises(ConfigError, match="at most"):
-            plain.apply_async((1,), **{option: 1e16})
+            options: dict[str, Any] = {option: 1e16}
+            plain.apply_async((1,), **options)
     assert app.channel().counts()["available"] + app.channel().counts()["delayed"] == 0
     assert not plain.apply_async((1,), unique_for="36500d").deduplicated  # 100 years is fine
 
