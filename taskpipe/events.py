@@ -343,13 +343,18 @@ class AppEvents:
         return self._listener is not None and self._listener.running
 
     def start(self, channels: Iterable[str] | None = None, timeout: float = 10.0) -> AppEvents:
-        """Follow the job events of ``channels`` (default: every channel) in a background
+        """Follow the job events of ``channels`` (default: every channel; a sharded channel's
+        name means every shard, and its events carry the shard's name) in a background
         thread; returns once subscribed. Raises ``BrokerUnavailable`` if that takes longer
         than ``timeout``."""
         if self.running:
             return self
         names = None if channels is None else [c for c in channels]
-        self._channels = None if names is None else {self.app.channel(c).name for c in names}
+        self._channels = (  # a sharded channel: every shard (docs/sharding.md)
+            None
+            if names is None
+            else {self.app.channel(n).name for c in names for n in self.app.sharding.names(c)}
+        )
         self._stopping.clear()
         listener = self.app.thoonk.listener()
         listener.on("jobevent", self._on_message)

@@ -322,3 +322,23 @@ def test_clean_a_sharded_channel(sharded: TaskPipe) -> None:
     assert inspector.count_cleanable("emails", "finished", 0, now_ms=2**62) == 7
     report = inspector.clean("emails", "finished", 0, now_ms=2**62)  # every shard, one report
     assert report.removed == 7 and inspector.channel_counts("emails")["finished"] == 0
+
+
+def test_events_follow_every_shard_of_a_sharded_channel(sharded: TaskPipe) -> None:
+    # app.listen(["emails"]) (and so `taskpipe events -A app -Q emails`) refused the logical
+    # name with "channel 'emails' is sharded", though a worker's -Q takes it
+    from polling import wait_for
+
+    seen: list[Any] = []
+    note = _register(sharded, seen)
+    done: list[str] = []
+    sharded.on("complete", lambda job: done.append(job.channel))
+    sharded.listen(["emails"])
+    try:
+        for key in ("k1", "k2", "k3"):  # one job on each shard
+            note.apply_async((key, 1), shard_key=key)
+        run_until_idle(sharded, ["emails"])
+        wait_for(lambda: len(done) == 3, 10, "a complete event from every shard")
+        assert sorted(done) == sorted(sharded.sharding.names("emails"))
+    finally:
+        sharded.events.stop()
