@@ -250,4 +250,7 @@ def test_worker_poll_interval_option(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert seen["max_block"] == 1.0
     result = CliRunner().invoke(cli, ["worker", "-A", "pollapp:app", "--poll-interval", "0"])
     assert result.exit_code == 2 and "poll-interval" in result.output
+    # NaN passed the range check and crashed the worker with a raw ResponseError from BLPOP
+    result = CliRunner().invoke(cli, ["worker", "-A", "pollapp:app", "--poll-interval", "nan"])
+    assert result.exit_code == 2 and "poll-interval" in result.output
     sys.modules.pop("pollapp").app.close()

@@ -246,6 +246,25 @@ def test_worker_refuses_an_unknown_keyword_by_name(mem: TaskPipe) -> None:
         ({"lease": "10ms"}, ConfigError, "lease must be at least 50ms"),
         ({"grace": -1}, DurationError, "negative"),
         ({"dead_after": "1m1m"}, DurationError, "1m1m"),
+        # these ran and failed later with raw errors: max_block NaN a ResponseError from BLPOP
+        # ('taskpipe worker --poll-interval nan' printed its traceback), inf an OverflowError,
+        # '1s' a TypeError; max_jobs=1.5 a ResponseError; batch='x' / name=5 a TypeError;
+        # weights an unchecked ValueError from random.choices
+        ({"max_block": float("nan")}, ConfigError, "max_block"),
+        ({"max_block": float("inf")}, ConfigError, "max_block"),
+        ({"max_block": 0}, ConfigError, "max_block"),
+        ({"max_block": -1}, ConfigError, "max_block"),
+        ({"max_block": "1s"}, ConfigError, "max_block"),
+        ({"heartbeat_interval": float("nan")}, ConfigError, "heartbeat_interval"),
+        ({"heartbeat_interval": 0}, ConfigError, "heartbeat_interval"),
+        ({"max_jobs": 1.5}, ConfigError, "max_jobs"),
+        ({"max_jobs": 0}, ConfigError, "max_jobs"),
+        ({"batch": "x"}, ConfigError, "batch"),
+        ({"name": 5}, ConfigError, "name"),
+        ({"name": "a\0b"}, ConfigError, "name"),
+        ({"weights": [float("nan")]}, ConfigError, "weights"),
+        ({"weights": [-1, 2]}, ConfigError, "weights"),
+        ({"weights": [0, 0]}, ConfigError, "weights"),
     ],
 )
 def test_bad_settings_are_refused_when_made(

@@ -18,6 +18,13 @@ if TYPE_CHECKING:
 __all__ = ["worker"]
 
 
+def _finite(param: click.Parameter, value: float) -> float:
+    """A float option's value, refusing NaN (``FloatRange`` lets it through: it compares false)."""
+    if value != value:
+        raise click.BadParameter(f"{value} is not a number", param=param)
+    return value
+
+
 def channels_from_env() -> list[str] | None:
     """Channels from ``TASKPIPE_QUEUES`` or Kinetik's ``QUEUE`` (comma-separated), if set."""
     value = os.environ.get("TASKPIPE_QUEUES") or os.environ.get("QUEUE")
@@ -123,6 +130,7 @@ def unknown_channels(app: Any, channels: list[str]) -> list[str]:
 @click.option(
     "--poll-interval",
     type=click.FloatRange(min=0.01, max=60),
+    callback=lambda _ctx, param, value: _finite(param, value),
     default=1.0,
     show_default=True,
     metavar="SECONDS",

@@ -9,6 +9,7 @@ A name that is not a setting raises ``TypeError`` naming it, as a misspelt argum
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
@@ -83,12 +84,33 @@ class WorkerSettings:
             or self.prefetch < 0
         ):
             raise ConfigError(f"prefetch must be an int >= 0, got {self.prefetch!r}")
+        self._check_numbers()
+        if self.name is not None and (not isinstance(self.name, str) or "\0" in self.name):
+            raise ConfigError(f"name must be a str without NUL, got {self.name!r}")
         for key in ("lease", "grace", "reaper_interval", "fence", "dead_after"):
             value = getattr(self, key)
             if value is not None:
                 parse_duration(value)  # DurationError naming the value
         if self.lease is not None:
             check_lease(parse_duration(self.lease))  # as TaskPipe(lease=): at least 50ms
+
+    def _check_numbers(self) -> None:
+        """``max_block``, ``heartbeat_interval``: finite seconds > 0; ``max_jobs``: an int >= 1;
+        ``batch``: an int; ``weights``: finite numbers >= 0, not all 0."""
+        for key in ("max_block", "heartbeat_interval"):
+            value = getattr(self, key)
+            if not _number(value) or not 0 < value < math.inf:
+                raise ConfigError(f"{key} must be a finite number of seconds > 0, got {value!r}")
+        if self.max_jobs is not None and (not _int(self.max_jobs) or self.max_jobs < 1):
+            raise ConfigError(f"max_jobs must be an int >= 1, got {self.max_jobs!r}")
+        if not _int(self.batch):
+            raise ConfigError(f"batch must be an int, got {self.batch!r}")
+        if self.weights is not None:
+            weights = list(self.weights)
+            if not all(_number(w) and 0 <= w < math.inf for w in weights) or not any(weights):
+                raise ConfigError(
+                    f"weights must be finite numbers >= 0, not all 0, got {self.weights!r}"
+                )
 
     @classmethod
     def merge(cls, settings: WorkerSettings | None, options: Mapping[str, Any]) -> WorkerSettings:
@@ -102,6 +124,14 @@ class WorkerSettings:
             )
         base = cls() if settings is None else settings
         return dataclasses.replace(base, **options) if options else base
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 #: the names of every worker setting
