@@ -148,6 +148,8 @@ def test_status_watch_redraws(env: dict[str, Any], ended: dict[str, Any]) -> Non
     out = run(env, "status", "--watch", "0.2", "--iterations", "2").stdout
     assert out.count("CHANNEL") == 2 and "default" in out
     run(env, "status", "--watch", "0", code=2)
+    for endless in ("nan", "inf"):  # were tracebacks from time.sleep
+        run(env, "status", "--watch", endless, "--iterations", "2", code=2)
 
 
 def test_list_show_and_find_a_timed_out_job(env: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ import click
 import redis
 from click.core import ParameterSource
 
-from taskpipe.cli.main import app_option, cli, load_app
+from taskpipe.cli.main import app_option, cli, finite_float, load_app
 from taskpipe.connection import redact_url as _redact
 from taskpipe.durations import format_duration, parse_duration
 from taskpipe.errors import JobNotFound, TaskpipeError
@@ -153,6 +153,7 @@ def _channel_option(by_id: bool = True) -> Callable[[Callable[..., Any]], Callab
     "--watch",
     "watch",
     type=click.FloatRange(min=0.2),
+    callback=finite_float,
     default=None,
     metavar="SECONDS",
     help="Redraw every SECONDS until Ctrl-C.",

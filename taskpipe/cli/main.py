@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any
 
 import click
@@ -10,7 +11,15 @@ import click
 from taskpipe.errors import BrokerError, BrokerUnavailable, ConfigError
 from taskpipe.loading import load_app
 
-__all__ = ["cli", "main", "load_app", "app_option"]
+__all__ = ["cli", "main", "load_app", "app_option", "finite_float"]
+
+
+def finite_float(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Option callback: refuse NaN and infinities (``click.FloatRange`` lets NaN through, as it
+    compares false with every bound, and an unbounded range takes ``inf``)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", param=param)
+    return value
 
 
 def app_option(required: bool = True) -> Any:

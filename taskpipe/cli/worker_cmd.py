@@ -9,20 +9,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from taskpipe.cli.main import app_option, cli, load_app
+from taskpipe.cli.main import app_option, cli, finite_float, load_app
 from taskpipe.thoonk.keys import cluster_name
 
 if TYPE_CHECKING:
     from taskpipe.worker.settings import PoolKind
 
 __all__ = ["worker"]
-
-
-def _finite(param: click.Parameter, value: float) -> float:
-    """A float option's value, refusing NaN (``FloatRange`` lets it through: it compares false)."""
-    if value != value:
-        raise click.BadParameter(f"{value} is not a number", param=param)
-    return value
 
 
 def channels_from_env() -> list[str] | None:
@@ -130,7 +123,7 @@ def unknown_channels(app: Any, channels: list[str]) -> list[str]:
 @click.option(
     "--poll-interval",
     type=click.FloatRange(min=0.01, max=60),
-    callback=lambda _ctx, param, value: _finite(param, value),
+    callback=finite_float,
     default=1.0,
     show_default=True,
     metavar="SECONDS",
