@@ -41,6 +41,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
 
+def check_channel_name(name: object) -> str:
+    """``name`` if it is a valid channel name (a non-empty str without NUL: the workflow indexes
+    separate channel and id with NUL), else ``ConfigError`` naming the value."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise ConfigError(f"a channel name must be a non-empty str without NUL, got {name!r}")
+    return name
+
+
 class TaskPipe(ExtensionsMixin):
     """A taskpipe application.
 
@@ -86,6 +94,9 @@ class TaskPipe(ExtensionsMixin):
         record_successes: bool = True,
         shards: dict[str, int] | None = None,
     ) -> None:
+        if not isinstance(prefix, str):
+            raise ConfigError(f"prefix must be a str, got {prefix!r}")
+        check_channel_name(default_channel)
         self.name = name or "taskpipe"
         if connection is None:
             if client is not None:
@@ -233,8 +244,7 @@ class TaskPipe(ExtensionsMixin):
         name = name or self.default_channel
         ch = self._channels.get(name)
         if ch is None:
-            if not isinstance(name, str) or "\0" in name:
-                raise ConfigError(f"a channel name must be a str without NUL, got {name!r}")
+            check_channel_name(name)
             if self.sharding.count(name) > 1:
                 raise ConfigError(
                     f"channel {name!r} is sharded: its shards are app.sharding.channels({name!r})"

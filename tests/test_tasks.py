@@ -236,6 +236,13 @@ def test_a_channel_name_must_be_a_str_without_nul(app: TaskPipe) -> None:
     with pytest.raises(ConfigError, match="channel"):
         app.jobs(channel=5)  # type: ignore[arg-type]
     assert one.apply_async(channel="é☃").channel == "é☃"  # unicode is fine
+    # an empty default channel was a bare ValueError at the first publish, a non-str prefix a
+    # TypeError
+    for bad in ("", "a\0b", 5):
+        with pytest.raises(ConfigError, match="channel"):
+            TaskPipe(broker="memory://", default_channel=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="prefix"):
+        TaskPipe(broker="memory://", prefix=5)  # type: ignore[arg-type]
 
 
 def test_apply_async_option_errors_write_nothing(app: TaskPipe) -> None:
