@@ -198,6 +198,10 @@ class TaskPipe(ExtensionsMixin):
                     check_count(key, getattr(opts, key))
             check_task_flow(opts)
             task_name = name or f"{func.__module__}.{func.__qualname__}"
+            if not isinstance(task_name, str) or "\0" in task_name:
+                raise ConfigError(f"a task name must be a str without NUL, got {task_name!r}")
+            if opts.channel:
+                check_channel_name(opts.channel)
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ConfigError(f"a different task is already registered as {task_name!r}")
             cls = self.async_task_class if inspect.iscoroutinefunction(func) else self.task_class

@@ -411,6 +411,13 @@ def _str_keyed(value: Any) -> bool:
     return type(value) is dict and (not value or all(type(key) is str for key in value))
 
 
+def _nul_in_name(task: Any) -> str:
+    """A task name with a NUL cannot be published: the per-task counters are kept as
+    ``<task>\0<outcome>`` (``feed.labelstats``). Decoding does not check it (a job put by
+    another client still runs)."""
+    return "task name must not contain NUL" if type(task) is str and "\0" in task else ""
+
+
 def _job_problems(task: Any, args: Any, kwargs: Any, options: Any) -> str:
     if (
         type(task) is str
@@ -460,7 +467,7 @@ def encode_envelope(
     is larger than ``max_size`` bytes (``None``: no limit).
     """
     ser, sid = _resolve(serializer)
-    problems = _job_problems(task, args, kwargs, options)
+    problems = _job_problems(task, args, kwargs, options) or _nul_in_name(task)
     if problems:
         raise SerializationError(f"invalid job for task {_short(task)}: {problems}")
     try:
@@ -489,7 +496,11 @@ def args_encoder(
     Raises what ``encode_envelope`` raises.
     """
     ser, sid = _resolve(serializer)
-    if not isinstance(ser, MsgpackSerializer) or _job_problems(task, (), {}, {}):
+    if (
+        not isinstance(ser, MsgpackSerializer)
+        or _job_problems(task, (), {}, {})
+        or _nul_in_name(task)
+    ):
         return lambda args: encode_envelope(task, args, {}, {}, serializer=ser, max_size=max_size)
     _frame(ENVELOPE_MAGIC, sid, b"", max_size, "")  # checks max_size once
     # a 4-entry map in insertion order: "t" task, "a" args, "k" {}, "o" {} = head + args + tail

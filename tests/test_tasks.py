@@ -245,6 +245,23 @@ def test_a_channel_name_must_be_a_str_without_nul(app: TaskPipe) -> None:
         TaskPipe(broker="memory://", prefix=5)  # type: ignore[arg-type]
 
 
+def test_a_task_name_with_nul_is_refused(app: TaskPipe) -> None:
+    # it was registered and published; the per-task counters (``<task>\0<outcome>``) then
+    # split it wrongly in task_breakdown / `taskpipe jobs tasks`
+    def f() -> int:
+        return 1
+
+    with pytest.raises(ConfigError, match="task name"):
+        app.task(name="a\0b")(f)
+    with pytest.raises(ConfigError, match="channel"):
+        app.task(name="t.f", channel="a\0b")(f)  # at registration, not at the first publish
+    with pytest.raises(SerializationError, match="NUL"):
+        app.send("a\0b")
+    with pytest.raises(SerializationError, match="NUL"):
+        app.send("a\0b", (1,), delay=1)
+    assert app.channel().counts()["available"] + app.channel().counts()["delayed"] == 0
+
+
 def test_apply_async_option_errors_write_nothing(app: TaskPipe) -> None:
     @app.task
     def noop() -> None: ...
