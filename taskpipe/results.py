@@ -31,7 +31,7 @@ from taskpipe.thoonk.job import JobInfo
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
 
-__all__ = ["AsyncResult", "STATES", "final_state"]
+__all__ = ["AsyncResult", "STATES", "final_state", "wait_seconds"]
 
 if TYPE_CHECKING:
     from typing_extensions import TypeVar as DefaultTypeVar
@@ -45,6 +45,16 @@ STATE_CHECK_EVERY = 1.0  # seconds between state checks of a result wait (stalle
 _FOREVER = 365 * 24 * 3600.0
 T = TypeVar("T")
 _BROKER_FAULTS = (redis.exceptions.RedisError, OSError, BrokerUnavailable)
+
+
+def wait_seconds(timeout: object) -> float:
+    """How long a ``get(timeout=)`` waits: ``None`` is (almost) forever, a number of seconds is
+    taken as given (below 0: do not wait); anything else is a ``ConfigError``."""
+    if timeout is None:
+        return _FOREVER
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ConfigError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    return max(0.0, float(timeout))
 
 
 def final_state(record: ResultRecord) -> JobState:
@@ -203,7 +213,7 @@ class AsyncResult(Generic[R]):
         reconnects and subscribes again; ``BrokerUnavailable`` only if the broker is still
         away when the time is up.
         """
-        wait = _FOREVER if timeout is None else max(0.0, float(timeout))
+        wait = wait_seconds(timeout)
         deadline = time.monotonic() + wait
         failures = 0
         while True:
@@ -334,7 +344,7 @@ class AsyncResult(Generic[R]):
         """
         from taskpipe.aio import job_state, wait_result
 
-        wait = _FOREVER if timeout is None else max(0.0, float(timeout))
+        wait = wait_seconds(timeout)
         deadline = time.monotonic() + wait
         failures = 0
         while self._record is None:

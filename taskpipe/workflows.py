@@ -198,7 +198,9 @@ class GroupResult:
         Raises the first member's ``TaskFailed`` (unless ``propagate=False``: failures are
         returned in their places), ``ResultTimeout`` when the time is up.
         """
-        deadline = None if timeout is None else time.monotonic() + float(timeout)
+        from taskpipe.results import wait_seconds
+
+        deadline = None if timeout is None else time.monotonic() + wait_seconds(timeout)
         values = []
         for r in self.results:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -20,6 +20,7 @@ from polling import wait_for
 from worker_helpers import burst, worker_running
 
 from taskpipe import (
+    ConfigError,
     PayloadTooLarge,
     ResultExpired,
     ResultTimeout,
@@ -163,6 +164,25 @@ def test_result_timeout_is_a_timeout_error(app: TaskPipe) -> None:
     with pytest.raises(ResultTimeout):
         r.get(timeout=0)
     assert r.state == "available"  # still there, untouched
+
+
+def test_get_refuses_a_timeout_that_is_not_a_number(app: TaskPipe) -> None:
+    # get(timeout="1s") raised a bare ValueError from float(), aget and GroupResult.get too
+    import asyncio
+
+    from taskpipe import group
+
+    @app.task(name="t.never2")
+    def never() -> None: ...
+
+    r = never.delay()
+    for bad in ("1s", True, [1]):
+        with pytest.raises(ConfigError, match="timeout"):
+            r.get(timeout=bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="timeout"):
+            asyncio.run(r.aget(timeout=bad))  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="timeout"):
+            group([never.s()]).apply_async().get(timeout=bad)  # type: ignore[arg-type]
 
 
 def test_aget_from_asyncio(app: TaskPipe) -> None:
