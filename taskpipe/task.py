@@ -223,8 +223,11 @@ class Task(Generic[R, P]):
 
     def starmap(self, iterable: Iterable[Iterable[Any]], **options: Any) -> list[AsyncResult[R]]:
         """Publish one job per item, each item spread as the arguments (``add.starmap([(1, 2),
-        (3, 4)])``), pipelined in batches; ``map`` spreads only tuples."""
-        return self.map((tuple(a) for a in iterable), **options)
+        (3, 4)])``), pipelined in batches; ``map`` spreads only tuples. An item that is not a
+        list or tuple of arguments (an int, a str) is a ``SerializationError``."""
+        from taskpipe.publishing import call_args
+
+        return self.map((call_args(self.name, a) for a in iterable), **options)
 
     def map(self, iterable: Iterable[Any], **options: Any) -> list[AsyncResult[R]]:
         """Publish one job per item (a tuple is spread as arguments), pipelined in batches."""

@@ -17,6 +17,7 @@ from taskpipe import (
     DependencyCycle,
     EmptyChord,
     GroupResult,
+    SerializationError,
     TaskFailed,
     TaskPipe,
     UnknownParent,
@@ -194,6 +195,12 @@ def test_starmap_and_map(app: TaskPipe, tasks: dict[str, Any]) -> None:
     burst(app)
     assert [r.get(timeout=10) for r in star] == [3, 7]
     assert [r.get(timeout=10) for r in mapped] == [5, 13]
+    # an item that is not a list of arguments: a bare TypeError ('int' object is not
+    # iterable), and a str was spread into characters
+    for bad in ([1, 2], ["ab"], [{"a": 1}]):
+        with pytest.raises(SerializationError, match="must be a list or tuple"):
+            add.starmap(bad)
+    assert app.channel().counts()["available"] == 0
 
 
 def test_dependants_of_jobs_finished_in_one_batch(app: TaskPipe, tasks: dict[str, Any]) -> None:
