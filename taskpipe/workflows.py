@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.connection import key_slot
@@ -287,6 +288,23 @@ def _run(
     return prev or [], prev_group, handle
 
 
+def _with_kwargs(step: Any, kwargs: Mapping[str, Any] | None) -> Any:
+    """``step`` with ``kwargs`` merged into the keyword arguments of its first signatures (the
+    first step of a chain, every member of a group or of a chord's header), as Celery's
+    ``apply_async(args, kwargs)`` gives them; ``step`` itself when there are none."""
+    if not kwargs:
+        return step
+    if not isinstance(kwargs, Mapping):
+        raise ConfigError(f"kwargs must be a dict of keyword arguments, got {kwargs!r}")
+    if isinstance(step, Signature):
+        return replace(step, kwargs={**step.kwargs, **kwargs})
+    if isinstance(step, group):
+        return group([_with_kwargs(s, kwargs) for s in step.tasks])
+    if isinstance(step, chord):
+        return chord(_with_kwargs(step.header, kwargs), step.body)
+    return chain(_with_kwargs(step.tasks[0], kwargs), *step.tasks[1:]) if step.tasks else step
+
+
 class group:  # noqa: N801 - Celery's name
     """Signatures run in parallel: ``group(add.s(i, i) for i in range(10)).apply_async()``
     returns a ``GroupResult``. Without parents the members are published in one pipelined
@@ -332,13 +350,17 @@ class group:  # noqa: N801 - Celery's name
             return GroupResult(app, app.publish_many(sigs))
         return GroupResult(app, [_send(s, after, from_group, args, options) for s in self.tasks])
 
-    def apply_async(self, args: Iterable[Any] = (), **options: Any) -> GroupResult:
-        """Publish every member (``args`` appended to each, ``options`` set on each)."""
-        return self._publish(None, False, tuple(args), options)
+    def apply_async(
+        self, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> GroupResult:
+        """Publish every member (``args`` appended to each, ``kwargs`` merged into each,
+        ``options`` set on each)."""
+        target: group = _with_kwargs(self, kwargs)
+        return target._publish(None, False, tuple(args), options)
 
-    def delay(self, *args: Any) -> GroupResult:
-        """Publish every member with ``args`` appended."""
-        return self.apply_async(args)
+    def delay(self, *args: Any, **kwargs: Any) -> GroupResult:
+        """Publish every member with ``args`` appended and ``kwargs`` merged."""
+        return self.apply_async(args, kwargs)
 
     def __call__(self, *args: Any) -> GroupResult:
         return self.apply_async(args)
@@ -366,19 +388,23 @@ class chord:  # noqa: N801 - Celery's name
             self.body = body
         return self.apply_async(**options)
 
-    def apply_async(self, args: Iterable[Any] = (), **options: Any) -> AsyncResult:
-        """Publish the members, then the callback (waiting for them); returns the callback's
-        ``AsyncResult``. Raises ``EmptyChord`` for a chord without members (nothing published)."""
+    def apply_async(
+        self, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> AsyncResult:
+        """Publish the members (``args`` appended to each, ``kwargs`` merged into each), then
+        the callback (waiting for them); returns the callback's ``AsyncResult``. Raises
+        ``EmptyChord`` for a chord without members (nothing published)."""
         if not isinstance(self.body, Signature):
             raise ConfigError("a chord needs a callback signature: chord(group, callback.s())")
         if not self.header.tasks:
             raise EmptyChord("a chord needs at least one member: its callback would never run")
-        members, _, _ = _run(self.header, None, False, tuple(args), options)
+        header = _with_kwargs(self.header, kwargs)
+        members, _, _ = _run(header, None, False, tuple(args), options)
         return _send(self.body, members, True)
 
-    def delay(self, *args: Any) -> AsyncResult:
-        """Publish it, ``args`` appended to each member."""
-        return self.apply_async(args)
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Publish it, ``args`` appended to each member and ``kwargs`` merged."""
+        return self.apply_async(args, kwargs)
 
 
 class chain:  # noqa: N801 - Celery's name
@@ -405,9 +431,11 @@ class chain:  # noqa: N801 - Celery's name
     def __or__(self, other: Any) -> chain:
         return chain(*self.tasks, other)
 
-    def apply_async(self, args: Iterable[Any] = (), **options: Any) -> Any:
-        """Publish the chain (``args`` / ``options`` go to the first step); returns the last
-        step's ``AsyncResult`` (or ``GroupResult``)."""
+    def apply_async(
+        self, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> Any:
+        """Publish the chain (``args`` / ``kwargs`` / ``options`` go to the first step); returns
+        the last step's ``AsyncResult`` (or ``GroupResult``)."""
         if not self.tasks:
             raise ConfigError("an empty chain publishes nothing")
         for step in self.tasks:
@@ -415,12 +443,12 @@ class chain:  # noqa: N801 - Celery's name
                 step.tasks if isinstance(step, group) else step.header.tasks
             ):
                 raise EmptyChord("a group or chord in a chain needs at least one member")
-        _, _, handle = _run(self, None, False, tuple(args), options)
+        _, _, handle = _run(_with_kwargs(self, kwargs), None, False, tuple(args), options)
         return handle
 
-    def delay(self, *args: Any) -> Any:
-        """Publish the chain with ``args`` appended to the first step's."""
-        return self.apply_async(args)
+    def delay(self, *args: Any, **kwargs: Any) -> Any:
+        """Publish the chain with ``args`` appended to the first step's, ``kwargs`` merged."""
+        return self.apply_async(args, kwargs)
 
     def __call__(self, *args: Any) -> Any:
         return self.apply_async(args)

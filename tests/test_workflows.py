@@ -203,6 +203,23 @@ def test_starmap_and_map(app: TaskPipe, tasks: dict[str, Any]) -> None:
     assert app.channel().counts()["available"] == 0
 
 
+def test_canvas_apply_async_takes_kwargs_for_the_first_step(
+    app: TaskPipe, tasks: dict[str, Any]
+) -> None:
+    # Celery's apply_async(args, kwargs, **options): kwargs= was taken for a publishing option
+    # and sent twice (a bare TypeError "got multiple values for keyword argument 'kwargs'")
+    add, total = tasks["add"], tasks["total"]
+    chained = chain(add.s(1), add.s(10)).apply_async(kwargs={"b": 5})  # add(1, b=5) -> +10
+    grouped = group(add.s(1), add.s(2)).apply_async(kwargs={"b": 100})
+    chorded = chord([add.s(1), add.s(2)], total.s(extra=1)).apply_async(kwargs={"b": 3})
+    delayed = chain(add.s(), add.s(10)).delay(2, b=3)
+    burst(app)
+    assert chained.get(timeout=10) == 16
+    assert grouped.get(timeout=10) == [101, 102]
+    assert chorded.get(timeout=10) == 4 + 5 + 1
+    assert delayed.get(timeout=10) == 15
+
+
 def test_dependants_of_jobs_finished_in_one_batch(app: TaskPipe, tasks: dict[str, Any]) -> None:
     """Parents finished together in a batched finish still release their dependants."""
     add = tasks["add"]
