@@ -288,6 +288,18 @@ def _run(
     return prev or [], prev_group, handle
 
 
+def _steps(value: Any) -> tuple[Any, ...]:
+    """The steps of ``group(iterable)`` / ``chain(iterable)``; ``ConfigError`` for a value that
+    is neither a signature nor an iterable of them."""
+    try:
+        return tuple(value)
+    except TypeError:
+        raise ConfigError(
+            f"a workflow step must be a task signature (task.s(...)) or a list of them, "
+            f"got {value!r}"
+        ) from None
+
+
 def _with_kwargs(step: Any, kwargs: Mapping[str, Any] | None) -> Any:
     """``step`` with ``kwargs`` merged into the keyword arguments of its first signatures (the
     first step of a chain, every member of a group or of a chord's header), as Celery's
@@ -312,7 +324,7 @@ class group:  # noqa: N801 - Celery's name
 
     def __init__(self, *tasks: Any) -> None:
         if len(tasks) == 1 and not isinstance(tasks[0], (Signature, group, chord, chain)):
-            tasks = tuple(tasks[0])
+            tasks = _steps(tasks[0])
         for t in tasks:
             if not isinstance(t, Signature):
                 raise ConfigError(f"a group's members must be task signatures, got {t!r}")
@@ -418,7 +430,7 @@ class chain:  # noqa: N801 - Celery's name
 
     def __init__(self, *tasks: Any) -> None:
         if len(tasks) == 1 and not isinstance(tasks[0], (Signature, group, chord, chain)):
-            tasks = tuple(tasks[0])
+            tasks = _steps(tasks[0])
         steps: list[Any] = []
         for t in tasks:
             _check_step(t)

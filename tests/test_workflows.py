@@ -269,6 +269,11 @@ def test_empty_chord_and_bad_options(app: TaskPipe, tasks: dict[str, Any]) -> No
         tasks["add"].apply_async((1,), depends_on=["x"], delay=5)
     with pytest.raises(ConfigError):
         chain(tasks["add"].s(1), 42)
+    for build in (chain, group):  # one argument that is not a list of steps: a bare TypeError
+        with pytest.raises(ConfigError, match="signature"):
+            build(42)
+    with pytest.raises(ConfigError, match="signature"):
+        chord(42, tasks["total"].s())
     assert _snapshot(app) == before
 
 
