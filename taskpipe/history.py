@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import math
 import reprlib
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.errors import (
@@ -292,7 +294,29 @@ def requeue(
     Raises ``JobNotFound`` (no record), ``WrongJobState`` (not ended, or another outcome) or
     ``ThoonkError`` (its payload was too large to keep); nothing changes then.
     """
-    return app.channel(channel).requeue(job_id, _check_states(states))
+    chosen = _check_states(states)
+    return app.channel(channel).requeue(job_id, chosen, partial(_without_past_deadline, app))
+
+
+def _without_past_deadline(app: TaskPipe, item: bytes) -> bytes | None:
+    """The payload of a job to requeue without its ``expires=`` deadline when that has passed
+    (else it would expire again at once and never run); None to requeue it as it is."""
+    try:
+        env = decode_envelope(item)
+    except SerializationError:
+        return None  # a raw (Thoonk-native) payload: nothing to rewrite
+    deadline = env.options.get("expires_ms")
+    if not isinstance(deadline, (int, float)) or deadline > time.time() * 1000:
+        return None
+    options = {k: v for k, v in env.options.items() if k != "expires_ms"}
+    return encode_envelope(
+        env.task,
+        tuple(env.args),
+        dict(env.kwargs),
+        options,
+        serializer=env.serializer,
+        max_size=app.max_payload,
+    )
 
 
 def requeue_many(

@@ -16,6 +16,7 @@ from worker_helpers import burst
 
 from taskpipe import ConfigError, JobNotFound, TaskPipe, WrongJobState
 from taskpipe.history import display_args, task_breakdown
+from taskpipe.serialization import decode_envelope
 
 pytestmark = pytest.mark.task_layer
 
@@ -163,6 +164,34 @@ def test_requeue_runs_a_failed_job_again_with_its_arguments(app: TaskPipe) -> No
     rec = r.record()
     assert rec is not None and rec.outcome == "succeeded" and rec.requeues == 1
     assert rec.previous == "failed" and rec.attempts == 1  # attempts reset by the requeue
+
+
+@pytest.mark.redis_smoke
+def test_requeue_of_an_expired_job_runs_it(app: TaskPipe) -> None:
+    # the payload kept its expires= deadline, so a requeued expired job (outcome failed,
+    # JobExpired; `jobs requeue --all` picks it up) expired again at once and never ran
+    from datetime import datetime, timezone
+
+    calls: list[int] = []
+
+    @app.task(name="h.late")
+    def late(x: int) -> int:
+        calls.append(x)
+        return x * 10
+
+    r = late.apply_async((4,), expires=datetime(2000, 1, 1, tzinfo=timezone.utc))
+    kept = late.apply_async((5,), expires="1h")  # a deadline still ahead is kept as it is
+    burst(app)
+    assert r.state == "expired" and calls == [5]
+    r.requeue()
+    assert r.state == "available"
+    burst(app)
+    assert r.get(timeout=5) == 40 and calls == [5, 4]
+    rec = r.record()
+    assert rec is not None and rec.outcome == "succeeded" and rec.previous == "failed"
+    kept.requeue(states=("succeeded",))
+    env = decode_envelope(app.channel().get_item(kept.id) or b"")
+    assert "expires_ms" in env.options  # not expired: requeued exactly as published
 
 
 def test_requeue_refuses_what_it_must_not_touch(app: TaskPipe) -> None:

@@ -8,7 +8,7 @@ by ``job_finish`` / ``job_stall`` / ``job_retract`` (``lua/_record.lua``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from taskpipe.errors import JobNotFound, ThoonkError, WrongJobState
@@ -77,10 +77,16 @@ class JobRecords:
             written += int(self.scripts["job_reap_record"](self.client, keys, args))
         return written
 
-    def requeue(self, id: str, outcomes: Sequence[str] = ("failed", "timeout")) -> str:
+    def requeue(
+        self,
+        id: str,
+        outcomes: Sequence[str] = ("failed", "timeout"),
+        rewrite: Callable[[bytes], bytes | None] | None = None,
+    ) -> str:
         """Publish an ended job again from its record: same id, its payload as published,
         attempts and cancels reset, the record kept (``requeues`` + 1). Only a job whose
-        recorded outcome is one of ``outcomes``; returns that outcome.
+        recorded outcome is one of ``outcomes``; returns that outcome. ``rewrite(payload)``
+        may return the payload to publish instead (None: the record's, unchanged).
 
         Raises ``JobNotFound`` (no record: never ended here, or it expired), ``WrongJobState``
         (the job is not ended, or its outcome is not allowed; nothing changed) or
@@ -88,12 +94,18 @@ class JobRecords:
         """
         k = self.keys
         for _ in range(5):
-            label = _s(self.client.hget(k.record(id), "l") or b"")
+            new = None
+            if rewrite is None:
+                label = _s(self.client.hget(k.record(id), "l") or b"")
+            else:  # read the payload too (up to RECORD_ITEM_MAX) for the caller to rewrite
+                raw_label, item = self.client.hmget(k.record(id), "l", "i")
+                label = _s(raw_label or b"")
+                new = rewrite(bytes(item)) if item is not None else None
             keys = contract("job_requeue").build(
                 k, k.label_index(label), result=k.result(id), record=k.record(id)
             )
             code, outcome = self.scripts["job_requeue"](
-                self.client, keys, [id, ",".join(outcomes), label]
+                self.client, keys, [id, ",".join(outcomes), label, new or b""]
             )
             code, outcome = int(code), _s(outcome)
             if code == 1:

@@ -7,6 +7,8 @@
 -- KEYS[last] feed.labelidx:<f>:<label> (the index of the label the caller read: KEYS[#KEYS])
 -- ARGV[1] id  ARGV[2] outcomes allowed, comma-separated (e.g. 'failed,timeout')
 -- ARGV[3] the label the caller read from the record
+-- ARGV[4] (optional) the payload to publish instead of the record's ('' or absent: the record's;
+--         the caller's rewrite of the payload it read, e.g. without a deadline that has passed)
 -- Returns: {code, outcome}: 1 requeued; 0 no record; -1 the job exists (not ended);
 --          -2 its outcome is not allowed (nothing changed); -3 the record kept no payload (it was
 --          over the size cap); -4 the record's label changed since the caller read it.
@@ -21,6 +23,7 @@ if not outcome then return {0, ''} end
 if not string.find(',' .. ARGV[2] .. ',', ',' .. outcome .. ',', 1, true) then return {-2, outcome} end
 if not item then return {-3, outcome} end
 if (label or '') ~= ARGV[3] then return {-4, outcome} end
+if ARGV[4] and ARGV[4] ~= '' then item = ARGV[4] end
 local now = now_ms()
 redis.call('HSET', KEYS[1], id, item)
 redis.call('LPUSH', KEYS[2], id)
