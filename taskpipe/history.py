@@ -27,10 +27,12 @@ from taskpipe.errors import (
     TaskpipeError,
     WrongJobState,
 )
+from taskpipe.flow import build_flow
 from taskpipe.serialization import decode_envelope, decode_result, encode_envelope
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
+    from taskpipe.thoonk.flow import PutFlow
     from taskpipe.thoonk.job import JobChannel
 
 __all__ = [
@@ -295,21 +297,32 @@ def requeue(
     ``ThoonkError`` (its payload was too large to keep); nothing changes then.
     """
     chosen = _check_states(states)
-    return app.channel(channel).requeue(job_id, chosen, partial(_without_past_deadline, app))
+    return app.channel(channel).requeue(job_id, chosen, partial(_prepare_requeue, app))
 
 
-def _without_past_deadline(app: TaskPipe, item: bytes) -> bytes | None:
-    """The payload of a job to requeue without its ``expires=`` deadline when that has passed
-    (else it would expire again at once and never run); None to requeue it as it is."""
+def _prepare_requeue(app: TaskPipe, item: bytes) -> tuple[bytes | None, PutFlow | None]:
+    """What a job is requeued with, from its payload as published: the payload without its
+    ``expires=`` deadline when that has passed (else it would expire again at once and never
+    run; None: as it is), and its task's flow control (numeric priority, rate limit,
+    concurrency cap, as a publish computes them from the task's options: a job's own flow spec
+    is dropped when it ends). Per-call flow options (``priority=`` on one call) are not kept in
+    the payload; the task's apply."""
     try:
         env = decode_envelope(item)
     except SerializationError:
-        return None  # a raw (Thoonk-native) payload: nothing to rewrite
+        return None, None  # a raw (Thoonk-native) payload: requeued as it is
+    known = app.tasks.get(env.task)
+    flow = None
+    if known is not None and known.options.flowing:
+        try:
+            _, flow = build_flow(env.task, known.options, tuple(env.args), env.kwargs, {})
+        except ConfigError:  # e.g. its concurrency_key fails on these arguments now
+            flow = None
     deadline = env.options.get("expires_ms")
     if not isinstance(deadline, (int, float)) or deadline > time.time() * 1000:
-        return None
+        return None, flow
     options = {k: v for k, v in env.options.items() if k != "expires_ms"}
-    return encode_envelope(
+    new = encode_envelope(
         env.task,
         tuple(env.args),
         dict(env.kwargs),
@@ -317,6 +330,7 @@ def _without_past_deadline(app: TaskPipe, item: bytes) -> bytes | None:
         serializer=env.serializer,
         max_size=app.max_payload,
     )
+    return new, flow
 
 
 def requeue_many(

@@ -413,3 +413,36 @@ def test_rate_limited_worker_sleeps_instead_of_polling(app: TaskPipe) -> None:
     # a claim per slot, a finish per job, and a few wake-ups: a busy-polling worker would make
     # thousands of script calls in that half second
     assert calls < 12 * 8, calls
+
+
+# requeue (docs/history.md) ---------------------------------------------------------------------
+def test_a_requeued_job_keeps_its_tasks_flow_control(app: TaskPipe) -> None:
+    # a job's flow spec is dropped once it finishes, and job_requeue put it back in the plain
+    # list: `jobs requeue --all` of a capped (or rate-limited, or numbered) task's failures ran
+    # them all at once, past the cap, and a numbered job lost its place
+    @app.task(name="capped", concurrency=1, retries=0)
+    def capped(i: int) -> None:
+        raise ValueError("down")
+
+    @app.task(name="late", priority=9)
+    def late(i: int) -> None:
+        raise ValueError("down")
+
+    @app.task(name="plain")
+    def plain(i: int) -> None:
+        raise ValueError("down")
+
+    jobs = [capped.delay(i) for i in range(3)] + [late.delay(0), plain.delay(0)]
+    burst(app, concurrency=1, prefetch=0)
+    assert all(j.state == "failed" for j in jobs)
+    ch = app.channel()
+    assert ch.counts()["available"] == 0
+    for j in jobs:
+        j.requeue()
+    got = ch.claim(10, lease_ms=30_000)
+    # the unnumbered jobs first (the cap lets one capped job through), the numbered one last
+    assert [g.id for g in got] == [jobs[0].id, jobs[4].id, jobs[3].id]
+    assert flow_state(ch, 0)["running_by_group"] == {"t:capped": 1}
+    assert _claim_ids(app) == []  # the other two capped jobs wait for the slot
+    ch.finish(got[0].id, token=got[0].token)
+    assert _claim_ids(app) == [jobs[1].id]

@@ -16,6 +16,7 @@ from taskpipe.thoonk.job_reads import RECORD_FIELDS, _s, record_fields
 from taskpipe.thoonk.script_keys import contract
 
 if TYPE_CHECKING:
+    from taskpipe.thoonk.flow import PutFlow
     from taskpipe.thoonk.job_reads import JobInfo
     from taskpipe.thoonk.keys import JobKeys
     from taskpipe.thoonk.scripts import ScriptRegistry
@@ -81,12 +82,14 @@ class JobRecords:
         self,
         id: str,
         outcomes: Sequence[str] = ("failed", "timeout"),
-        rewrite: Callable[[bytes], bytes | None] | None = None,
+        prepare: Callable[[bytes], tuple[bytes | None, PutFlow | None]] | None = None,
     ) -> str:
         """Publish an ended job again from its record: same id, its payload as published,
         attempts and cancels reset, the record kept (``requeues`` + 1). Only a job whose
-        recorded outcome is one of ``outcomes``; returns that outcome. ``rewrite(payload)``
-        may return the payload to publish instead (None: the record's, unchanged).
+        recorded outcome is one of ``outcomes``; returns that outcome. ``prepare(payload)``
+        returns the payload to publish instead (None: the record's) and the job's flow control
+        (numeric priority, rate and concurrency groups; its dedup part is not used), which the
+        job lost when it ended.
 
         Raises ``JobNotFound`` (no record: never ended here, or it expired), ``WrongJobState``
         (the job is not ended, or its outcome is not allowed; nothing changed) or
@@ -94,19 +97,21 @@ class JobRecords:
         """
         k = self.keys
         for _ in range(5):
-            new = None
-            if rewrite is None:
+            new, flow = None, None
+            if prepare is None:
                 label = _s(self.client.hget(k.record(id), "l") or b"")
-            else:  # read the payload too (up to RECORD_ITEM_MAX) for the caller to rewrite
+            else:  # read the payload too (up to RECORD_ITEM_MAX) for the caller to look at
                 raw_label, item = self.client.hmget(k.record(id), "l", "i")
                 label = _s(raw_label or b"")
-                new = rewrite(bytes(item)) if item is not None else None
+                if item is not None:
+                    new, flow = prepare(bytes(item))
             keys = contract("job_requeue").build(
                 k, k.label_index(label), result=k.result(id), record=k.record(id)
             )
-            code, outcome = self.scripts["job_requeue"](
-                self.client, keys, [id, ",".join(outcomes), label, new or b""]
-            )
+            args: list[Any] = [id, ",".join(outcomes), label, new or b""]
+            if flow is not None:
+                args += ["" if flow.priority is None else str(flow.priority), flow.spec_rest()]
+            code, outcome = self.scripts["job_requeue"](self.client, keys, args)
             code, outcome = int(code), _s(outcome)
             if code == 1:
                 return outcome

@@ -244,6 +244,8 @@ _ALL = (
             "failed_index",
             "attempts",
             "cancelled",
+            "prio",
+            "flow",
         ),
         tail="feed.labelidx:<f>:<label> of the record's label",
     ),

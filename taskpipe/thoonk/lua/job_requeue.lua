@@ -3,12 +3,15 @@
 -- KEYS[1] feed.items:<f>  KEYS[2] feed.ids:<f>  KEYS[3] feed.published:<f>  KEYS[4] feed.publishes:<f>
 -- KEYS[5] feed.wake:<f>  KEYS[6] feed.finished:<f>  KEYS[7] feed.result:<f>:<id>
 -- KEYS[8] feed.record:<f>:<id>  KEYS[9] feed.failedidx:<f>  KEYS[10] feed.attempts:<f>
--- KEYS[11] feed.cancelled:<f>
+-- KEYS[11] feed.cancelled:<f>  KEYS[12] feed.prio:<f>  KEYS[13] feed.flow:<f>
 -- KEYS[last] feed.labelidx:<f>:<label> (the index of the label the caller read: KEYS[#KEYS])
 -- ARGV[1] id  ARGV[2] outcomes allowed, comma-separated (e.g. 'failed,timeout')
 -- ARGV[3] the label the caller read from the record
 -- ARGV[4] (optional) the payload to publish instead of the record's ('' or absent: the record's;
 --         the caller's rewrite of the payload it read, e.g. without a deadline that has passed)
+-- ARGV[5] (optional) numeric priority 0..9 ('' = none)  ARGV[6] (optional) the flow spec's fields
+--         after the score ('' = none), as job_put_flow's ARGV[6] / ARGV[7]: a job's flow spec is
+--         dropped once it ends, so the caller gives its task's again (caps, rate limits, order)
 -- Returns: {code, outcome}: 1 requeued; 0 no record; -1 the job exists (not ended);
 --          -2 its outcome is not allowed (nothing changed); -3 the record kept no payload (it was
 --          over the size cap); -4 the record's label changed since the caller read it.
@@ -26,9 +29,17 @@ if (label or '') ~= ARGV[3] then return {-4, outcome} end
 if ARGV[4] and ARGV[4] ~= '' then item = ARGV[4] end
 local now = now_ms()
 redis.call('HSET', KEYS[1], id, item)
-redis.call('LPUSH', KEYS[2], id)
 redis.call('ZADD', KEYS[3], now, id)
-redis.call('INCR', KEYS[4])
+local seq = redis.call('INCR', KEYS[4])  -- this put's publish sequence
+local nprio, rest = ARGV[5] or '', ARGV[6] or ''
+local score = ''
+if nprio ~= '' then score = string.format('%.0f', tonumber(nprio) * 281474976710656 + seq) end
+if score ~= '' or rest ~= '' then
+  redis.call('HSET', KEYS[13], id, score .. '\0' .. rest)
+else
+  redis.call('HDEL', KEYS[13], id)
+end
+if score ~= '' then redis.call('ZADD', KEYS[12], score, id) else redis.call('LPUSH', KEYS[2], id) end
 redis.call('ZREM', KEYS[6], id)
 redis.call('DEL', KEYS[7])
 redis.call('ZREM', KEYS[9], id)
