@@ -59,6 +59,8 @@ ENDED_STATES = ("succeeded", "failed", "timeout")
 REQUEUE_STATES = ("failed", "timeout")
 #: arguments shown for display are cut at this many characters, with a marker
 ARGS_DISPLAY_MAX = 1000
+#: ``requeue_many`` reads the jobs to requeue in pages of this many
+REQUEUE_BATCH = 500
 #: ``find_jobs`` examines at most this many index entries per call (a filter that matches few
 #: jobs stops there and says so with ``truncated``)
 SCAN_BUDGET = 200_000
@@ -349,14 +351,22 @@ def requeue_many(
     done = skipped = 0
     seen: set[str] = set()
     for state in chosen:
+        # pages back by finish time: a job that could not be requeued stays in the index, so
+        # each page ends at the oldest finish of the one before (ties included), and a page of
+        # jobs all seen already (more of them than a page, finished in that ms) is read again
+        # larger, until it brings a new job or holds every job left
+        until: float | None = None
+        size = REQUEUE_BATCH
         while done + skipped < limit:
-            batch = [
-                r
-                for r in find_jobs(app, channel, state=state, task=task, limit=500)
-                if r.id not in seen
-            ]
+            found = find_jobs(app, channel, state=state, task=task, until=until, limit=size)
+            batch = [r for r in found if r.id not in seen]
             if not batch:
-                break
+                if len(found) < size or size + REQUEUE_BATCH > 10_000:
+                    break
+                size += REQUEUE_BATCH
+                continue
+            until = (min(r.finished_ms or 0 for r in found) + 0.5) / 1000
+            size = REQUEUE_BATCH
             for rec in batch:
                 seen.add(rec.id)
                 try:

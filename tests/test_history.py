@@ -302,6 +302,28 @@ def test_requeue_many_by_task(app: TaskPipe) -> None:
     assert coded.state == "failed"
 
 
+def test_requeue_many_looks_past_a_batch_of_jobs_it_cannot_requeue(
+    app: TaskPipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # each batch re-read the newest failures; jobs it could not requeue (payload not kept) stay
+    # failed, so past one batch of them every read was the same batch, all seen: it stopped
+    # and the older failures were never looked at
+    import taskpipe.history
+    import taskpipe.thoonk.job
+
+    t = _tasks(app)
+    monkeypatch.setattr(taskpipe.thoonk.job, "RECORD_ITEM_MAX", 1)  # keep no payload
+    big = [t["flaky"].apply_async([i], retries=0) for i in range(5)]
+    burst(app)
+    monkeypatch.undo()
+    small = [t["flaky"].apply_async([i], retries=0) for i in range(3)]
+    burst(app)
+    monkeypatch.setattr(taskpipe.history, "REQUEUE_BATCH", 2)
+    done, skipped = taskpipe.history.requeue_many(app, None)
+    assert (done, skipped) == (3, 5)
+    assert all(r.state == "available" for r in small) and all(r.state == "failed" for r in big)
+
+
 def test_expired_records_leave_the_indexes(app: TaskPipe) -> None:
     t = _tasks(app)
     r = t["flaky"].apply_async([1], retries=0)
