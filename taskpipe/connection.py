@@ -62,13 +62,14 @@ class TLSConnection(redis.SSLConnection):
     """
 
     def _wrap_socket_with_ssl(self, sock: Any) -> Any:
-        sock.settimeout(self.socket_connect_timeout)
+        limit = self.socket_connect_timeout or self.socket_timeout
+        sock.settimeout(limit)
         try:
             wrapped = super()._wrap_socket_with_ssl(sock)  # type: ignore[no-untyped-call]
         except (TimeoutError, ssl.SSLError) as exc:
             sock.close()
             why = (
-                f"no TLS answer within {self.socket_connect_timeout} s"
+                f"no TLS answer within {limit} s"
                 if isinstance(exc, TimeoutError)
                 else f"{exc.reason or exc}"
             )

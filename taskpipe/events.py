@@ -353,8 +353,9 @@ class AppEvents:
 
     def start(self, channels: Iterable[str] | None = None, timeout: float = 10.0) -> AppEvents:
         """Follow the job events of ``channels`` (default: every channel) in a background
-        thread; returns once subscribed. Raises ``BrokerUnavailable`` if that takes longer
-        than ``timeout``."""
+        thread; returns once subscribed. Raises the first attempt's error at once if it fails
+        (``BrokerUnavailable`` for a broker that is down), ``BrokerUnavailable`` if subscribing
+        takes longer than ``timeout``."""
         if self.running:
             return self
         names = None if channels is None else [c for c in channels]

@@ -191,6 +191,31 @@ def test_aborted_and_expired_jobs_are_announced(listening: TaskPipe) -> None:
     assert every == ["expired", "aborted"]
 
 
+def test_an_abort_is_announced_unless_the_aborting_app_turned_events_off(
+    listening: TaskPipe,
+) -> None:
+    """The abort publishes its event itself, with the job's task, whatever worker holds the
+    job (here none: the jobs are claimed by hand); ``job_events = False`` leaves it out."""
+    app = listening
+
+    @app.task(channel="byhand")
+    def held() -> None:
+        return None
+
+    seen: list[tuple[str, str | None, str]] = []
+    app.on("aborted", lambda job: seen.append((job.id, job.task, job.data["by"])))
+    app.listen(["byhand"])
+    quiet, loud = held.delay(), held.delay()
+    assert len(app.channel("byhand").claim(2)) == 2
+    app.job_events = False
+    quiet.abort(by="silent")
+    app.job_events = True
+    loud.abort(by="loud")  # published after the quiet one's would have been: seen after it
+    wait_for(lambda: seen, 10, "the aborted event")
+    assert seen == [(loud.id, held.name, "loud")]
+    assert quiet.state == loud.state == "aborted"
+
+
 def test_emitter_rules(caplog: pytest.LogCaptureFixture) -> None:
     em = Emitter(("complete",))
     with pytest.raises(ConfigError, match="unknown event"):
