@@ -690,3 +690,43 @@ def test_inspector_api_on_real_redis_and_memory(broker_url: str, prefix: str) ->
         assert not app.thoonk.exists("nope")
     finally:
         app.close()
+
+
+def test_follow_names_how_an_ended_job_ended() -> None:
+    # a timed-out, aborted or expired job was followed to "-- job <id> finished" (only a plain
+    # failure was told apart), from the live finish message and from the state read alike
+    from datetime import datetime, timezone
+
+    from taskpipe import TaskPipe
+    from taskpipe.inspection.follow import _parse, follow
+    from taskpipe.serialization import encode_failure
+
+    with TaskPipe(broker="memory://", prefix="follow-end:") as app:
+
+        @app.task(name="f.busy", timeout="50ms")
+        def busy() -> None:
+            while True:
+                pass
+
+        @app.task(name="f.ok")
+        def ok() -> int:
+            return 1
+
+        timed_out = busy.delay()
+        expired = ok.apply_async(expires=datetime(2000, 1, 1, tzinfo=timezone.utc))
+        done = ok.delay()
+        Worker(app, ["default"], burst=True, concurrency=1, heartbeat_interval=60).run()
+        aborted = ok.delay()
+        ch = app.channel()
+        assert ch.get(timeout=5) is not None  # claimed, as by a worker
+        aborted.abort(by="test")
+        ids = {"timeout": timed_out.id, "expired": expired.id, "aborted": aborted.id}
+        ids["finished"] = done.id
+        ends = {
+            name: [ev.data for ev in follow(app, ch, job_id, backlog=0) if ev.kind == "end"]
+            for name, job_id in ids.items()
+        }
+        assert ends == {k: [k] for k in ends}
+        for exc_type, state in (("JobTimeout", "timeout"), ("JobAborted", "aborted")):
+            message = b"j\0" + encode_failure(exc_type, "x", "", serializer=app.serializer)
+            assert [ev.data for ev in _parse("j", ("finish", message), _Overlap([]))] == [state]

@@ -126,9 +126,7 @@ def _parse(job_id: str, event: tuple[str, bytes], overlap: _Overlap) -> list[Job
         fid, _, result = data.partition(b"\0")
         if _s(fid) != job_id:
             return []
-        return [
-            JobEvent("end", job_id, "failed" if outcome_of(result)[0] == "failed" else "finished")
-        ]
+        return [JobEvent("end", job_id, _ended_as(result))]
     kind, _, rest = data.partition(b"\0")
     eid, _, payload = rest.partition(b"\0")
     if _s(eid) != job_id or kind not in (b"log", b"progress"):  # outcome events: the end is read
@@ -138,7 +136,21 @@ def _parse(job_id: str, event: tuple[str, bytes], overlap: _Overlap) -> list[Job
     return [JobEvent(_s(kind), job_id, safe_text(_s(payload)))]
 
 
+#: the state a finished job's stored outcome means (``outcome_of``); a success, a raw result or
+#: no stored result is "finished"
+_ENDED_AS = {
+    "failed": JobState.FAILED,
+    "timeout": JobState.TIMEOUT,
+    "aborted": JobState.ABORTED,
+    "job_expired": JobState.EXPIRED,
+}
+
+
+def _ended_as(result: bytes | None) -> str:
+    """How a job whose Thoonk state is finished ended: finished, failed, timeout, aborted or
+    expired (the states ``AsyncResult.state`` gives)."""
+    return _ENDED_AS.get(outcome_of(result)[0], JobState.FINISHED).value
+
+
 def _final(ch: JobChannel, job_id: str, state: str) -> str:
-    if state == "finished" and outcome_of(ch.stored_result(job_id))[0] == "failed":
-        return "failed"
-    return state
+    return _ended_as(ch.stored_result(job_id)) if state == "finished" else str(state)
