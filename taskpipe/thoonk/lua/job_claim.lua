@@ -107,13 +107,16 @@ for c = 1, nch do
       -- each claim, one command per key for the batch: claimed (claim ms), leases (deadline),
       -- a new fencing token (the fence counter, + the server second: unique even if Redis lost
       -- the counter), the worker name
+      -- (the claim ms and the deadline go as strings made once: Redis formats every number
+      -- argument of redis.call with snprintf, which cost more than the ZADD itself)
       local last = redis.call('INCRBY', KEYS[b + 11], k)
       local claimed_at, deadlines, tokens, workers = {}, {}, {}, {}
       local toks = {}
+      local now_str, deadline_str = tostring(now), tostring(now + lease)
       for j = 1, k do
         local id = ids[j]
-        claimed_at[2 * j - 1], claimed_at[2 * j] = now, id
-        deadlines[2 * j - 1], deadlines[2 * j] = now + lease, id
+        claimed_at[2 * j - 1], claimed_at[2 * j] = now_str, id
+        deadlines[2 * j - 1], deadlines[2 * j] = deadline_str, id
         toks[j] = (last - k + j) .. ':' .. now_s
         tokens[2 * j - 1], tokens[2 * j] = id, toks[j]
         workers[2 * j - 1], workers[2 * j] = id, worker
