@@ -141,7 +141,7 @@ class FinishOps:
                 r.id,
                 r.token,
                 b"" if r.result is None else _b(r.result),
-                max(0, r.result_ttl_ms),
+                max(0, int(r.result_ttl_ms)),  # an integer string: job_finish passes it on as PX
                 "1" if r.failed else "0",
                 "0" if r.result is None else "2" if r.keep_query else "1",
             ]

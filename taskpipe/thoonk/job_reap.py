@@ -95,7 +95,7 @@ class ReapOps:
     ) -> list[str]:
         """Stall the jobs ``job_reap`` found past ``max_cancels`` (``detail``: per id its token,
         why and payload), with their records when ``record`` asks for them."""
-        ttl_ms = record[0] if record is not None else 0
+        ttl_ms = int(record[0]) if record is not None else 0
         args: list[Any] = [ttl_ms]
         for n, job_id in enumerate(ids):
             token, why, item = detail[3 * n], detail[3 * n + 1], detail[3 * n + 2]
