@@ -179,7 +179,7 @@ _ALL = (
     ),
     ScriptKeys(
         "job_put_waiting",
-        ("items", "waiting", "ids", "published", "publishes", "wake"),
+        ("items", "waiting", "ids", "published", "publishes", "wake", "flow"),
         tail="per parent: its channel's WORKFLOW_PARENT_ROLES (feed.result of the parent)",
     ),
     ScriptKeys("job_cancel", (*_OWNER, "cancelled", "ids", "wake"), optional=("delayed",)),
