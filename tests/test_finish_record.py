@@ -131,3 +131,16 @@ def test_a_batch_without_fencing_tokens_and_without_records(job: JobChannel) -> 
     assert job.finish_many([FinishRequest(i, "", b"r", LONG) for i in ids]) == [1, 1, 1]
     assert all(job.info(i).state == "finished" and job.record(i) is None for i in ids)
     assert [job.get_result(i) for i in ids] == [b"r", b"r", b"r"]
+
+
+def test_a_requeued_job_a_worker_stalls_keeps_its_requeue_history(job: JobChannel) -> None:
+    jid = job.put(b"p")
+    (c,) = _claim(job, 1).values()
+    assert job.finish_many([_fail(c)]) == [1]
+    assert job.requeue(jid) == "failed"
+    (c,) = _claim(job, 1, worker="w-two").values()
+    job.stall(jid, "bad input", token=c.token, record=("t.bad", LONG))
+    rec = job.record(jid)
+    assert rec is not None and rec["outcome"] == b"stalled" and rec["worker"] == b"w-two"
+    assert rec["requeues"] == b"1" and rec["previous"] == b"failed" and "requeued" in rec
+    assert "code" not in rec and "runtime_ms" not in rec
