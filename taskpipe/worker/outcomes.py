@@ -59,12 +59,13 @@ def log_outcome(outcome: Outcome, req: FinishRequest, tracebacks: bool = False) 
     """One log line per finished job: a success at INFO with its run time, a final failure at
     ERROR and a timeout at WARNING with type, message and job id (the traceback at DEBUG, or on
     the same line with ``tracebacks``)."""
+    if not req.failed and not log.isEnabledFor(logging.INFO):
+        return  # the common case: nothing to format
     claim = outcome.claim
     task = req.label or "?"
     runtime = "" if outcome.duration is None else f" in {outcome.duration:.3f}s"
     if not req.failed:
-        if log.isEnabledFor(logging.INFO):
-            log.info("job %s/%s %s succeeded%s", claim.channel, claim.id, task, runtime)
+        log.info("job %s/%s %s succeeded%s", claim.channel, claim.id, task, runtime)
         return
     level = logging.WARNING if req.outcome == "timeout" else logging.ERROR
     what = "timed out" if req.outcome == "timeout" else "failed"

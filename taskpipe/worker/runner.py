@@ -139,7 +139,10 @@ def prepare(app: TaskPipe, claim: Claim) -> Prepared:
             env,
             early=Outcome("stall", claim, reason=f"unknown_task: {env.task}", envelope=env),
         )
-    problem = option_problem(env.options)
+    options = env.options
+    if not options and claim.cancel_count == 0:  # the common case: nothing to check
+        return Prepared(claim, env, task)
+    problem = option_problem(options)
     if problem is not None:  # fails the job once, before it runs: never a silent cancel
         log.error(
             "job %s/%s has a bad call option (%s): failing it without running it",

@@ -615,19 +615,21 @@ class Worker(KeeperMixin, ShutdownMixin):
                     batch.append(self._done.get_nowait())
                 except queue.Empty:
                     break
+            running = self._running
             with self._running_lock:
                 # match the claim itself (token included): the same job id may already be
-                # claimed again by this worker (a retry due at once) under a new token
-                live = [
-                    o for o in batch if self._running.get((o.claim.channel, o.claim.id)) == o.claim
-                ]
+                # claimed again by this worker (a retry due at once) under a new token; the
+                # held claim is most often the very object (``is``: no field-by-field compare)
+                keys = [(o.claim.channel, o.claim.id) for o in batch]
+                held = [running.get(key) for key in keys]
+                live = [o for o, c in zip(batch, held) if c is o.claim or c == o.claim]
             self._write_with_retry(live)
             self.announcer.flush()
             with self._slot:
-                for o in batch:
-                    key = (o.claim.channel, o.claim.id)
-                    if self._running.get(key) == o.claim:
-                        del self._running[key]
+                for o, key in zip(batch, keys):
+                    c = running.get(key)
+                    if c is o.claim or (c is not None and c == o.claim):
+                        del running[key]
                 self._settled += len(batch)
                 self._slot.notify_all()
 
