@@ -179,7 +179,7 @@ class OutcomeWriter:
     def _result_bytes(self, outcome: Outcome) -> tuple[bytes, bool]:
         ser = self.app.serializer
         if outcome.kind == "success":
-            if outcome.task is not None and getattr(outcome.task, "raw", False):
+            if outcome.task is not None and outcome.task.options.raw:
                 value = outcome.value
                 return (value if isinstance(value, bytes) else str(value).encode()), False
             if outcome.value is None:  # the most common result: encoded once per serializer
@@ -238,15 +238,17 @@ class OutcomeWriter:
             result,
             self._ttl_ms(outcome, failed),
             failed,
-            keep_query=bool(outcome.task and outcome.task.raw),
+            keep_query=outcome.task is not None and outcome.task.options.raw,
             **self._record_fields(outcome, failed),
         )
-        try:
-            followup = self._followup(outcome, failed)
-        except BROKER_ERRORS:
-            raise
-        except Exception as exc:  # surfaces on the parent's result
-            raise _FollowupError(exc) from exc
+        followup = None
+        if outcome.envelope is not None and outcome.envelope.options:  # else: no follow-up
+            try:
+                followup = self._followup(outcome, failed)
+            except BROKER_ERRORS:
+                raise
+            except Exception as exc:  # surfaces on the parent's result
+                raise _FollowupError(exc) from exc
         if followup is not None:
             self._finish_one(outcome, req, followup)
         else:

@@ -414,12 +414,6 @@ def run_prepared(
     app's run-side middleware hooks around it (``taskpipe.middleware``)."""
     if prepared.early is not None:
         return prepared.early
-    return _run_prepared(app, prepared, channel, loop)
-
-
-def _run_prepared(
-    app: TaskPipe, prepared: Prepared, channel: Any, loop: asyncio.AbstractEventLoop | None
-) -> Outcome:
     env, task, claim = prepared.envelope, prepared.task, prepared.claim
     assert env is not None and task is not None
     started = time.perf_counter()

@@ -135,7 +135,9 @@ class Worker(KeeperMixin, ShutdownMixin):
         self.started_at = time.time()
         self._running: dict[tuple[str, str], Claim] = {}  # every claim held, outcome written or not
         self._executing = 0  # claims handed to the pool whose task has not returned yet
-        self._in_task: set[Claim] = set()  # those claims (the job may still be running)
+        # those claims (the job may still be running), by ``id()``: a dataclass hash per job
+        # would cost more than the rest of this bookkeeping
+        self._in_task: dict[int, Claim] = {}
         self._pool_down = False
         self._buffer: collections.deque[Prepared] = collections.deque()  # prefetched, not started
         # claim again once the buffer is down to this (prefetch 0: whenever a slot is free)
@@ -157,6 +159,7 @@ class Worker(KeeperMixin, ShutdownMixin):
         self._capacity = self.concurrency
         self._min_claim = 1
         self._done_callback: Any = self._job_done
+        self._loop_waiting = False  # (``_slot`` held) the main loop waits for room to claim
         self._settled = 0  # outcomes written so far (burst mode: did one land during a claim?)
         self._queued = 0  # outcomes handed to the finisher so far
         self._running_lock = threading.Lock()
@@ -324,7 +327,9 @@ class Worker(KeeperMixin, ShutdownMixin):
                 free = self._claim_room()
                 if free <= 0:
                     drained = None
+                    self._loop_waiting = True
                     self._slot.wait(0.5)
+                    self._loop_waiting = False
                     continue
             if self.max_jobs is not None:
                 free = min(free, self.max_jobs - self.claimed_total)
@@ -385,7 +390,9 @@ class Worker(KeeperMixin, ShutdownMixin):
         """The next job is held back for a free execution slot: wait for one to free up."""
         with self._slot:
             if self._executing >= self.concurrency and not self._stopping.is_set():
+                self._loop_waiting = True
                 self._slot.wait(self.max_block)
+                self._loop_waiting = False
 
     def _burst_done(self, settled: int, next_due: int | None, now: int) -> bool:
         """Burst mode: nothing runs or waits to be written, no job is due within ``max_block``."""
@@ -527,15 +534,22 @@ class Worker(KeeperMixin, ShutdownMixin):
 
     def _take_startable(self) -> list[Prepared]:
         """(lock held) Take buffered jobs for the free execution slots, counted as executing."""
-        now = max(0, min(len(self._buffer), self._capacity - self._executing))
-        if self._avg_duration < TRIVIAL_JOB and self.pool_kind == "thread":
-            # jobs this short gain nothing from more threads: the running ones take the
-            # buffered jobs one after another, and no other thread is woken for them
-            now = min(now, max(0, TRIVIAL_THREADS - self._executing))
+        now = max(0, min(len(self._buffer), self._start_limit() - self._executing))
         self._executing += now
         start = [self._buffer.popleft() for _ in range(now)]
-        self._in_task.update(p.claim for p in start)
+        for p in start:
+            self._in_task[id(p.claim)] = p.claim
         return start
+
+    def _trivial(self) -> bool:
+        """Whether a thread pool's jobs are trivial: they then run on at most
+        ``TRIVIAL_THREADS`` threads (they gain nothing from more: the running threads take the
+        buffered jobs one after another, and no other thread is woken)."""
+        return self._avg_duration < TRIVIAL_JOB and self.pool_kind == "thread"
+
+    def _start_limit(self) -> int:
+        """How many jobs may execute at once now (``_trivial``: at most ``TRIVIAL_THREADS``)."""
+        return min(self._capacity, TRIVIAL_THREADS) if self._trivial() else self._capacity
 
     def _job_done(self, outcome: Outcome) -> None:
         """Called by the pool when a task returned: queue its outcome, start the next prefetched
@@ -549,20 +563,36 @@ class Worker(KeeperMixin, ShutdownMixin):
         pool thread to run itself (no queue put that wakes another thread)."""
         nxt: Prepared | None = None
         more: list[Prepared] = []
-        with self._slot:
+        buffer = self._buffer
+        with self._running_lock:  # ``_slot``'s lock (the plain lock: no Python-level wrapper)
             self._queued += 1
             self._done.put(outcome)
             if outcome.duration is not None:
                 self._avg_duration += 0.2 * (outcome.duration - self._avg_duration)
             self._executing -= 1
-            self._in_task.discard(outcome.claim)
-            if self._buffer and not self._stopping.is_set():
-                nxt = self._buffer.popleft()
+            self._in_task.pop(id(outcome.claim), None)
+            if buffer and not self._stopping.is_set():
+                nxt = buffer.popleft()
                 self._executing += 1
-                self._in_task.add(nxt.claim)
-                if self._buffer and self._executing < self._capacity:
+                self._in_task[id(nxt.claim)] = nxt.claim
+                if (
+                    buffer
+                    and self._executing < self._capacity
+                    and (
+                        self._executing < TRIVIAL_THREADS
+                        or self._avg_duration >= TRIVIAL_JOB  # (``_trivial``, inline)
+                        or self.pool_kind != "thread"
+                    )
+                ):
                     more = self._take_startable()  # jobs no longer trivial: use more threads
-            if self._claim_room() > 0:
+            # the main loop is woken when it waits for room to claim (while it claims, it
+            # looks again afterwards); a buffer above the highest low water mark needs no claim
+            if (
+                self._loop_waiting
+                and len(buffer) <= self._prefetch_short // 2
+                and self._claim_room() > 0
+            ):
+                self._loop_waiting = False  # woken once: no second notify before it runs
                 self._slot.notify_all()
         for p in more:
             self._pool.submit(p, self._done_callback)
