@@ -12,7 +12,9 @@ Threads of one worker process:
   (``KeeperMixin``, in ``worker/keeper.py``).
 
 Shutdown (prefetched jobs given back, the grace, sending back what is still held) is
-``ShutdownMixin``, in ``worker/shutdown.py``.
+``ShutdownMixin``, in ``worker/shutdown.py``; the finisher thread ``FinisherMixin``, in
+``worker/finisher.py``; the claim order of the channels and reopening them after a broker
+outage ``ChannelsMixin``, in ``worker/channels.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import collections
 import logging
 import os
 import queue
-import random
 import signal
 import socket
 import threading
@@ -37,6 +38,8 @@ from taskpipe.thoonk.claiming import HELD_BACK, PRECISE_WAIT, claim_from, wait_t
 from taskpipe.thoonk.job import Claim, JobChannel
 from taskpipe.thoonk.workers import Presence
 from taskpipe.worker.announce import Announcer
+from taskpipe.worker.channels import ChannelsMixin
+from taskpipe.worker.finisher import FinisherMixin
 from taskpipe.worker.keeper import BROKER_ERRORS as _BROKER_ERRORS
 from taskpipe.worker.keeper import KeeperMixin
 from taskpipe.worker.outcomes import OutcomeWriter
@@ -64,7 +67,7 @@ TRIVIAL_JOB = 0.00005
 TRIVIAL_THREADS = 2
 
 
-class Worker(KeeperMixin, ShutdownMixin):
+class Worker(KeeperMixin, ShutdownMixin, ChannelsMixin, FinisherMixin):
     """Consumes channels in strict order (``['high', 'default']``: nothing from default while high
     has an available job). ``run()`` returns when stopped, or when empty in ``burst`` mode.
     """
@@ -287,30 +290,6 @@ class Worker(KeeperMixin, ShutdownMixin):
         log.info("worker %s stopped: %s", self.name, dict(self.writer.stats))
         return 0
 
-    def _set_channels(self, groups: list[list[JobChannel]]) -> None:
-        self._groups = groups
-        self.channels = [ch for group in groups for ch in group]
-
-    def _ordered_channels(self) -> list[JobChannel]:
-        """The channels of the next claim: in ``-Q`` order (or weighted), each sharded channel's
-        shards starting at a rotating shard so that none starves."""
-        if len(self.channels) == len(self._groups):  # no sharded channel
-            groups = self._groups
-        else:
-            self._rotation += 1
-            groups = [
-                g[self._rotation % len(g) :] + g[: self._rotation % len(g)] for g in self._groups
-            ]
-        if not self.weighted:
-            return [ch for group in groups for ch in group]
-        weights = self.weights or [float(len(groups) - i) for i in range(len(groups))]
-        order: list[JobChannel] = []
-        pool = list(zip(groups, weights))
-        while pool:
-            pick = random.choices(range(len(pool)), [w for _, w in pool])[0]
-            order.extend(pool.pop(pick)[0])
-        return order
-
     def _loop(self) -> None:
         """Claim up to the free slots and start the claims; with none, wait for work (or a due
         job) and claim on waking. Returns on stop, at ``max_jobs`` or (``burst``) once idle."""
@@ -473,33 +452,6 @@ class Worker(KeeperMixin, ShutdownMixin):
             raise box["error"]
         return box.get("got")
 
-    def _open_channels(self) -> bool:
-        """Open (create if needed) the channels; False (after a backoff) while Redis is down."""
-        try:
-            self._set_channels(self.app.sharding.expand(self.channel_names))
-        except _BROKER_ERRORS as exc:
-            self._broker_down(exc)
-            return False
-        return True
-
-    def _reregister_channels(self) -> None:
-        """After an outage, re-create the channels' registration (``feeds``, config) in case
-        Redis came back empty (restarted without persistence), so tools still list them."""
-        for name in [ch.name for ch in self.channels]:
-            try:
-                self.app.thoonk.job_channel(name)
-            except Exception as exc:  # noqa: BLE001 - best effort; claiming works without it
-                log.warning("could not re-register channel %s: %s", name, exc)
-
-    def _broker_down(self, exc: BaseException) -> None:
-        """Back off (capped at 5 s) while Redis is unreachable; log rarely, not once per try."""
-        self._broker_failures += 1
-        now = time.monotonic()
-        if self._broker_failures == 1 or now - self._last_broker_log >= 30:
-            log.warning("broker unavailable (%s); retrying with backoff", exc)
-            self._last_broker_log = now
-        self._stopping.wait(min(5.0, 0.1 * 2 ** min(self._broker_failures, 6)))
-
     def _wait_idle(self) -> None:
         with self._slot:
             while self._running and not self._stop_now.is_set():
@@ -598,19 +550,6 @@ class Worker(KeeperMixin, ShutdownMixin):
             self._pool.submit(p, self._done_callback)
         return nxt
 
-    def _settle_outcomes(self, timeout: float = 5.0) -> None:
-        """Wait (bounded) until the finisher has written every outcome handed to it so far.
-        Run before a job that was sent back before starts (it may be what killed a worker):
-        a finished job's outcome is then never lost with the process it kills."""
-        deadline = time.monotonic() + timeout
-        with self._slot:
-            target = self._queued
-            while self._settled < target and not self._stop_now.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self._slot.wait(min(remaining, 0.2))
-
     def _claim_room(self) -> int:
         """(``_slot`` held) How many jobs the main loop should claim now; 0: not yet. It claims
         once the prefetch buffer is down to its low water mark, and, while no slot is idle, only
@@ -627,69 +566,3 @@ class Worker(KeeperMixin, ShutdownMixin):
         )
         want = 1 if self._executing < self.concurrency else self._min_claim
         return free if free >= want else 0
-
-    # background threads ---------------------------------------------------------------------
-    def _finisher(self) -> None:
-        while True:
-            try:
-                first = self._done.get(timeout=0.2)
-            except queue.Empty:
-                if self._stopping.is_set():
-                    with self._running_lock:
-                        if not self._running:
-                            return
-                continue
-            batch = [first]
-            while len(batch) < 1000:
-                try:
-                    batch.append(self._done.get_nowait())
-                except queue.Empty:
-                    break
-            running = self._running
-            with self._running_lock:
-                # match the claim itself (token included): the same job id may already be
-                # claimed again by this worker (a retry due at once) under a new token; the
-                # held claim is most often the very object (``is``: no field-by-field compare)
-                keys = [(o.claim.channel, o.claim.id) for o in batch]
-                held = [running.get(key) for key in keys]
-                live = [o for o, c in zip(batch, held) if c is o.claim or c == o.claim]
-            self._write_with_retry(live)
-            self.announcer.flush()
-            with self._slot:
-                for o, key in zip(batch, keys):
-                    c = running.get(key)
-                    if c is o.claim or (c is not None and c == o.claim):
-                        del running[key]
-                self._settled += len(batch)
-                self._slot.notify_all()
-
-    def _write_with_retry(self, outcomes: list[Outcome]) -> None:
-        """Write outcomes; while Redis is down keep trying for up to two leases (the jobs stay
-        'running', so their leases keep being renewed once Redis is back), then give up: the
-        leases expire and the jobs run again elsewhere (at least once)."""
-        give_up = time.monotonic() + 2 * self.lease_s
-        delay = 0.05
-        while True:
-            try:
-                self.writer.write(outcomes)
-                return
-            except _BROKER_ERRORS as exc:
-                if time.monotonic() >= give_up or self._stop_now.is_set():
-                    log.error(
-                        "could not write %d outcomes (%s); their leases will expire and "
-                        "the jobs will run again",
-                        len(outcomes),
-                        exc,
-                    )
-                    return
-                # the first failure of a batch is a warning; its retries are quiet (no flood)
-                (log.warning if delay == 0.05 else log.debug)(
-                    "writing outcomes failed (%s); retrying", exc
-                )
-                self._stop_now.wait(delay)
-                delay = min(delay * 2, 2.0)
-            except Exception:  # never let the finisher die
-                log.exception(
-                    "could not write %d outcomes; their leases will expire", len(outcomes)
-                )
-                return
