@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.durations import parse_duration
 from taskpipe.errors import ConfigError, JobTimeout
-from taskpipe.worker.procchild import CHILD_CODE, DEPTH
+from taskpipe.worker.procchild import CHILD_CODE, DEPTH, claim_fields
 from taskpipe.worker.runner import Outcome, Prepared, decide_failure, option_of
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ class _Child:
             with self._send_lock:
                 if self.stopped:
                     return "stopped"
-                self.conn.send(claims)
+                self.conn.send([claim_fields(c) for c in claims])
         except (OSError, ValueError):
             return "dead"
         return "sent"
