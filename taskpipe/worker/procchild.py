@@ -10,6 +10,7 @@ import collections
 import ctypes
 import logging
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -165,9 +166,18 @@ def _child_loop(app: TaskPipe, conn: Pipe) -> None:
     monotonic = time.monotonic
     out = _Outbox(conn)
     threading.Thread(target=out.flusher, name="taskpipe-child-flusher", daemon=True).start()
+    poller: Any = None
+    if hasattr(select, "poll"):  # one poll object: ``Connection.poll`` builds a selector per call
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+
+    def waiting() -> bool:
+        """Whether a message from the worker is waiting (or the pipe closed)."""
+        return bool(poller.poll(0)) if poller is not None else conn.poll(0)
+
     while True:
         # messages are read before each job starts: a "stop" is answered before any more start
-        while not pending or conn.poll(0):
+        while not pending or waiting():
             if not pending:
                 with out.cond:
                     out.flush(None)
