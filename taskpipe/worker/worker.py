@@ -59,7 +59,7 @@ __all__ = ["Worker"]
 log = logging.getLogger("taskpipe.worker")
 
 #: Default prefetch while jobs are short (see ``Worker._claim_room``), and what "short" is.
-SHORT_PREFETCH = 32
+SHORT_PREFETCH = 64
 SHORT_JOB = 0.002
 #: A thread pool whose jobs take under TRIVIAL_JOB seconds (moving average) runs them on at most
 #: TRIVIAL_THREADS threads at a time (waking a thread costs more than such a job).
