@@ -58,6 +58,8 @@ RESULT_MAGIC = b"TR"
 FORMAT_VERSION = 1
 #: Serializer name -> the id byte written in the header.
 SERIALIZER_IDS: dict[str, int] = {"msgpack": 1, "json": 2}
+#: The first four bytes of a msgpack job envelope of this version (``decode_envelope``'s fast path).
+_MSGPACK_ENVELOPE_HEAD = ENVELOPE_MAGIC + bytes((FORMAT_VERSION, SERIALIZER_IDS["msgpack"]))
 
 _JSON_MAX_DEPTH = 200  # JSON refuses deeper nesting (msgpack's own limit is 1024)
 _MSGPACK_MAX_DEPTH = 1024
@@ -342,7 +344,8 @@ class JsonSerializer(_Codec):
         return json.loads(data.decode("utf-8"), object_hook=_from_json_object)
 
 
-_SERIALIZERS: dict[str, Serializer] = {"msgpack": MsgpackSerializer(), "json": JsonSerializer()}
+_MSGPACK = MsgpackSerializer()
+_SERIALIZERS: dict[str, Serializer] = {"msgpack": _MSGPACK, "json": JsonSerializer()}
 _NAMES_BY_ID = {sid: name for name, sid in SERIALIZER_IDS.items()}
 
 
@@ -529,6 +532,23 @@ def decode_envelope(data: bytes | bytearray | memoryview) -> Envelope:
     Raises :class:`SerializationError` saying why: missing magic (e.g. raw bytes from a legacy
     producer), unknown version or serializer id, undecodable body, or wrong field types.
     """
+    if type(data) is bytes and data[:4] == _MSGPACK_ENVELOPE_HEAD:
+        # the common case (a msgpack envelope of this version, well formed) checked inline;
+        # anything else takes the path below, which names what is wrong
+        try:
+            body = _MSGPACK._decode(data[4:])
+            task, args, kwargs, options = body["t"], body["a"], body["k"], body["o"]
+        except Exception:  # noqa: BLE001 - reported by the checked path below
+            pass
+        else:
+            if (
+                type(task) is str
+                and task
+                and (type(args) is list or type(args) is tuple)
+                and (kwargs == {} or _str_keyed(kwargs))
+                and (options == {} or _str_keyed(options))
+            ):
+                return Envelope(FORMAT_VERSION, task, tuple(args), kwargs, options, "msgpack")
     name, body = _open(data, ENVELOPE_MAGIC, "job envelope")
     missing = [key for key in ("t", "a", "k", "o") if key not in body]
     if missing:

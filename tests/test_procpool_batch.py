@@ -244,3 +244,19 @@ def test_a_hard_time_limit_counts_for_the_job_running_from_its_own_start(harness
     assert by_id[after.id].kind == "success" and by_id[after.id].value == "after"  # new child
     assert pool.restarts == 1
     assert all(harness.runs(j.id) == 1 for j in [*fast, spin, after])
+
+
+def test_claims_cross_to_the_child_whole() -> None:
+    """A claim goes to a child as ``claim_fields`` (a tuple, much cheaper to pickle than the
+    dataclass) and comes back as the same claim: every field, in ``Claim``'s own order, so a
+    field added to ``Claim`` cannot be dropped on the way."""
+    import dataclasses
+    import pickle
+
+    from taskpipe.thoonk.job import Claim
+    from taskpipe.worker.procchild import claim_fields
+
+    claim = Claim("ch", "id1", b"TP\x01\x01item", 2, "tok", 3, 1_700_000_000_123, 1_700_000_000_001)
+    fields = claim_fields(claim)
+    assert fields == tuple(getattr(claim, f.name) for f in dataclasses.fields(Claim))
+    assert Claim(*pickle.loads(pickle.dumps(fields))) == claim

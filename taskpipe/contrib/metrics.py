@@ -301,6 +301,9 @@ class WorkerMetrics:
             buckets=WAIT_BUCKETS,
             registry=registry,
         )
+        # each labelled child, fetched once: ``labels()`` costs several times the ``inc`` or
+        # ``observe`` it precedes, and these run for every job
+        self._children: dict[tuple[Any, ...], Any] = {}
         for name in worker.channel_names:  # show zeros before the first job
             self.wait.labels(name)
             for event in _JOB_EVENTS:
@@ -314,7 +317,7 @@ class WorkerMetrics:
         if event in _REAP_EVENTS:
             self.expired.labels(channel, _REAP_EVENTS[event]).inc(n)
             return
-        self.jobs.labels(channel, event).inc(n)
+        self._child(self.jobs, channel, event).inc(n)
         if outcome is None:
             return
         name = (
@@ -323,9 +326,17 @@ class WorkerMetrics:
             else (outcome.envelope.task if outcome.envelope is not None else "")
         )
         if event in _TASK_OUTCOMES:
-            self.task_outcomes.labels(name, _TASK_OUTCOMES[event]).inc(n)
+            self._child(self.task_outcomes, name, _TASK_OUTCOMES[event]).inc(n)
         if outcome.duration is not None:
-            self.duration.labels(name).observe(outcome.duration)
+            self._child(self.duration, name).observe(outcome.duration)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, kept for the next job with the same labels."""
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def on_claims(self, claims: list[Claim]) -> None:
         """The worker's claim listener: each job's wait, publish to claim (both broker clock:
@@ -335,7 +346,7 @@ class WorkerMetrics:
         for claim in claims:
             if 0 < claim.published_ms <= claim.claimed_ms:
                 wait_s = (claim.claimed_ms - claim.published_ms) / 1000.0
-                self.wait.labels(claim.channel).observe(wait_s)
+                self._child(self.wait, claim.channel).observe(wait_s)
 
     def attach(self) -> None:
         """Start listening to the worker's outcome writer (and its claims)."""

@@ -103,19 +103,21 @@ def _claim_call(
 def _claimed(channels: Sequence[JobChannel], r: Any) -> tuple[list[Claim], int | None, int]:
     """``job_claim``'s reply as ``(claims, next_due or None or HELD_BACK, now)``."""
     now, nxt = int(r[0]), int(r[1])
-    claims = [
-        Claim(
-            channels[int(c[0]) - 1].name,
-            _s(c[1]),
-            bytes(c[2]),
-            int(c[3]),
-            _s(c[4]),
-            int(c[5]),
-            now,
-            int(c[6]) if len(c) > 6 else 0,
+    claims = []
+    for c in r[2:]:
+        id_, token, item = c[1], c[4], c[2]
+        claims.append(
+            Claim(
+                channels[int(c[0]) - 1].name,
+                id_.decode("utf-8", "replace") if type(id_) is bytes else _s(id_),
+                item if type(item) is bytes else bytes(item),
+                int(c[3]),
+                token.decode("utf-8", "replace") if type(token) is bytes else _s(token),
+                int(c[5]),
+                now,
+                int(c[6]) if len(c) > 6 else 0,
+            )
         )
-        for c in r[2:]
-    ]
     return claims, (nxt if nxt >= 0 or nxt == HELD_BACK else None), now
 
 

@@ -59,12 +59,13 @@ def log_outcome(outcome: Outcome, req: FinishRequest, tracebacks: bool = False) 
     """One log line per finished job: a success at INFO with its run time, a final failure at
     ERROR and a timeout at WARNING with type, message and job id (the traceback at DEBUG, or on
     the same line with ``tracebacks``)."""
+    if not req.failed and not log.isEnabledFor(logging.INFO):
+        return  # the common case: nothing to format
     claim = outcome.claim
     task = req.label or "?"
     runtime = "" if outcome.duration is None else f" in {outcome.duration:.3f}s"
     if not req.failed:
-        if log.isEnabledFor(logging.INFO):
-            log.info("job %s/%s %s succeeded%s", claim.channel, claim.id, task, runtime)
+        log.info("job %s/%s %s succeeded%s", claim.channel, claim.id, task, runtime)
         return
     level = logging.WARNING if req.outcome == "timeout" else logging.ERROR
     what = "timed out" if req.outcome == "timeout" else "failed"
@@ -178,7 +179,7 @@ class OutcomeWriter:
     def _result_bytes(self, outcome: Outcome) -> tuple[bytes, bool]:
         ser = self.app.serializer
         if outcome.kind == "success":
-            if outcome.task is not None and getattr(outcome.task, "raw", False):
+            if outcome.task is not None and outcome.task.options.raw:
                 value = outcome.value
                 return (value if isinstance(value, bytes) else str(value).encode()), False
             if outcome.value is None:  # the most common result: encoded once per serializer
@@ -237,15 +238,17 @@ class OutcomeWriter:
             result,
             self._ttl_ms(outcome, failed),
             failed,
-            keep_query=bool(outcome.task and outcome.task.raw),
+            keep_query=outcome.task is not None and outcome.task.options.raw,
             **self._record_fields(outcome, failed),
         )
-        try:
-            followup = self._followup(outcome, failed)
-        except BROKER_ERRORS:
-            raise
-        except Exception as exc:  # surfaces on the parent's result
-            raise _FollowupError(exc) from exc
+        followup = None
+        if outcome.envelope is not None and outcome.envelope.options:  # else: no follow-up
+            try:
+                followup = self._followup(outcome, failed)
+            except BROKER_ERRORS:
+                raise
+            except Exception as exc:  # surfaces on the parent's result
+                raise _FollowupError(exc) from exc
         if followup is not None:
             self._finish_one(outcome, req, followup)
         else:

@@ -77,6 +77,7 @@ class ThreadPool:
             t.start()
 
     def _loop(self) -> None:
+        channels: dict[str, Any] = {}  # the channels of the jobs run, by name
         while True:
             item = self._queue.get()
             if item is None:
@@ -88,9 +89,12 @@ class ThreadPool:
             prepared, done = item
             nxt: Prepared | None = prepared
             while nxt is not None:  # ``done`` may hand back the next job for this thread
-                if nxt.claim.cancel_count and self.before_suspect is not None:
+                claim = nxt.claim
+                if claim.cancel_count and self.before_suspect is not None:
                     self.before_suspect()
-                channel = self.app.channel(nxt.claim.channel)
+                channel = channels.get(claim.channel)
+                if channel is None:
+                    channel = channels[claim.channel] = self.app.channel(claim.channel)
                 try:
                     outcome = run_prepared(self.app, nxt, channel)
                 except Exception as exc:  # noqa: BLE001 - an error outside the task: fail this job once

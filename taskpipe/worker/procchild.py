@@ -10,6 +10,7 @@ import collections
 import ctypes
 import logging
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -17,13 +18,13 @@ import time
 from multiprocessing.connection import Connection as Pipe
 from typing import TYPE_CHECKING, Any
 
+from taskpipe.thoonk.job import Claim
 from taskpipe.worker.runner import Outcome, prepare, run_prepared
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
-    from taskpipe.thoonk.job import Claim
 
-__all__ = ["CHILD_CODE", "DEPTH"]
+__all__ = ["CHILD_CODE", "DEPTH", "claim_fields"]
 
 #: Jobs a child may hold at once (running + waiting in the child) while its jobs are short.
 DEPTH = 16
@@ -49,8 +50,32 @@ def _die_with_parent() -> None:
         pass
 
 
+def claim_fields(claim: Claim) -> tuple[Any, ...]:
+    """A claim as the tuple its child receives (``Claim(*fields)``): pickling the dataclass
+    itself costs several times more (its class and field names go with every instance)."""
+    return (
+        claim.channel,
+        claim.id,
+        claim.item,
+        claim.cancel_count,
+        claim.token,
+        claim.attempts,
+        claim.claimed_ms,
+        claim.published_ms,
+    )
+
+
 def _slim(outcome: Outcome) -> tuple[Any, ...]:
-    data = tuple(getattr(outcome, name) for name in _SLIM_FIELDS)
+    data = (
+        outcome.kind,
+        outcome.value,
+        outcome.exc_type,
+        outcome.exc_message,
+        outcome.traceback,
+        outcome.delay,
+        outcome.reason,
+        outcome.duration,
+    )  # the fields ``_SLIM_FIELDS`` names, in that order
     if data[1] is None or type(data[1]) in (int, float, str, bytes, bool):
         return data
     try:
@@ -72,7 +97,7 @@ def _slim(outcome: Outcome) -> tuple[Any, ...]:
 def _child_main(fd: int) -> None:
     """Entry point of a pool child: load the app, then run the claims it is sent until EOF.
 
-    Messages in: a list of claims (run them in order), ``"stop"`` (give back the claims not
+    Messages in: a list of claims (``claim_fields`` tuples; run them in order), ``"stop"`` (give back the claims not
     started), ``None`` (exit). Messages out: ``("done", [slim outcome, ...], started)`` where
     ``started`` is the ``time.monotonic()`` at which it started its next job (None when it has
     none), and ``("returned", n)``: the last ``n`` claims it was sent were not started."""
@@ -104,7 +129,8 @@ class _Outbox:
 
     def __init__(self, conn: Pipe) -> None:
         self.conn = conn
-        self.cond = threading.Condition()
+        self.lock = threading.Lock()  # taken directly on the hot path (no Python-level wrapper)
+        self.cond = threading.Condition(self.lock)
         self.finished: list[tuple[Any, ...]] = []
         self.running_since: float | None = None  # monotonic start of the job running now
         self.started = 0  # jobs started so far
@@ -140,9 +166,18 @@ def _child_loop(app: TaskPipe, conn: Pipe) -> None:
     monotonic = time.monotonic
     out = _Outbox(conn)
     threading.Thread(target=out.flusher, name="taskpipe-child-flusher", daemon=True).start()
+    poller: Any = None
+    if hasattr(select, "poll"):  # one poll object: ``Connection.poll`` builds a selector per call
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+
+    def waiting() -> bool:
+        """Whether a message from the worker is waiting (or the pipe closed)."""
+        return bool(poller.poll(0)) if poller is not None else conn.poll(0)
+
     while True:
         # messages are read before each job starts: a "stop" is answered before any more start
-        while not pending or conn.poll(0):
+        while not pending or waiting():
             if not pending:
                 with out.cond:
                     out.flush(None)
@@ -158,16 +193,16 @@ def _child_loop(app: TaskPipe, conn: Pipe) -> None:
                     out.send(("returned", len(pending)))
                 pending.clear()
             else:
-                pending.extend(message)
+                pending.extend(Claim(*fields) for fields in message)
         claim = pending.popleft()
         channel = channels.get(claim.channel)
         if channel is None:
             channel = channels[claim.channel] = app.channel(claim.channel)
-        with out.cond:
+        with out.lock:
             out.running_since = monotonic()
             out.started += 1
         slim = _slim(run_prepared(app, prepare(app, claim), channel))
-        with out.cond:
+        with out.lock:  # ``out.cond``'s lock
             out.running_since = None
             out.finished.append(slim)
             now = monotonic()

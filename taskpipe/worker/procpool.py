@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
+import select
 import socket
 import subprocess
 import sys
@@ -58,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.durations import parse_duration
 from taskpipe.errors import ConfigError, JobTimeout
-from taskpipe.worker.procchild import CHILD_CODE, DEPTH
+from taskpipe.worker.procchild import CHILD_CODE, DEPTH, claim_fields
 from taskpipe.worker.runner import Outcome, Prepared, decide_failure, option_of
 
 if TYPE_CHECKING:
@@ -100,11 +102,23 @@ class _Child:
         finally:
             theirs.close()
         self.conn = Pipe(mine.detach())
+        # one poll object for the pipe's life: ``Connection.poll`` builds a selector per call
+        self._poller: Any = None
+        if hasattr(select, "poll"):
+            self._poller = select.poll()
+            self._poller.register(self.conn.fileno(), select.POLLIN)
         self.pid = self.proc.pid
         self.ready = False
         self.stopped = False  # sent "stop": hand it nothing more
         self._send_lock = threading.Lock()  # serialises writes to the pipe and its close
         self.send((list(sys.path), app_path, logging.getLogger().getEffectiveLevel()))
+
+    def readable(self, timeout: float) -> bool:
+        """Whether a message (or the end of the pipe) can be read within ``timeout`` seconds;
+        raises ``OSError`` once this end is closed."""
+        if self._poller is None or self.conn.closed:
+            return self.conn.poll(timeout)
+        return bool(self._poller.poll(max(0, math.ceil(timeout * 1000))))
 
     def send(self, message: Any) -> bool:
         """Send a message to the child; False if its pipe is closed."""
@@ -121,7 +135,7 @@ class _Child:
             with self._send_lock:
                 if self.stopped:
                     return "stopped"
-                self.conn.send(claims)
+                self.conn.send([claim_fields(c) for c in claims])
         except (OSError, ValueError):
             return "dead"
         return "sent"
@@ -233,7 +247,8 @@ class ProcessPool:
         #: jobs the worker may hand the pool at once (``depth`` per child)
         self.capacity = size * self.depth
         self._queue: collections.deque[_Held] = collections.deque()  # not yet sent to a child
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()  # ``_cond``'s lock, taken directly on the hot path
+        self._cond = threading.Condition(self._lock)
         self._closing = False
         self._draining = False
         self._kill_at: float | None = None  # drain: kill children still running a job then
@@ -274,7 +289,7 @@ class ProcessPool:
             done(prepared.early)
             return
         held = _Held(prepared, done, hard_timeout_of(prepared, self.app))
-        with self._cond:
+        with self._lock:
             if not self._draining:
                 self._queue.append(held)
                 self._cond.notify()
@@ -362,7 +377,7 @@ class ProcessPool:
             if abort_at is not None:
                 wait = min(wait, abort_at - now)
             try:
-                message = child.conn.recv() if child.conn.poll(max(0.0, wait)) else None
+                message = child.conn.recv() if child.readable(max(0.0, wait)) else None
             except (EOFError, OSError):  # the pipe closed: the child is gone
                 self._on_lost(index, child, inflight)
                 started = None

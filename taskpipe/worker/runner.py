@@ -139,7 +139,10 @@ def prepare(app: TaskPipe, claim: Claim) -> Prepared:
             env,
             early=Outcome("stall", claim, reason=f"unknown_task: {env.task}", envelope=env),
         )
-    problem = option_problem(env.options)
+    options = env.options
+    if not options and claim.cancel_count == 0:  # the common case: nothing to check
+        return Prepared(claim, env, task)
+    problem = option_problem(options)
     if problem is not None:  # fails the job once, before it runs: never a silent cancel
         log.error(
             "job %s/%s has a bad call option (%s): failing it without running it",
@@ -417,12 +420,6 @@ def run_prepared(
     app's run-side middleware hooks around it (``taskpipe.middleware``)."""
     if prepared.early is not None:
         return prepared.early
-    return _run_prepared(app, prepared, channel, loop)
-
-
-def _run_prepared(
-    app: TaskPipe, prepared: Prepared, channel: Any, loop: asyncio.AbstractEventLoop | None
-) -> Outcome:
     env, task, claim = prepared.envelope, prepared.task, prepared.claim
     assert env is not None and task is not None
     started = time.perf_counter()

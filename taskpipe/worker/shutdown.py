@@ -34,7 +34,7 @@ class ShutdownMixin:
     _pool_down: bool
     _buffer: collections.deque[Prepared]
     _running: dict[tuple[str, str], Claim]
-    _in_task: set[Claim]
+    _in_task: dict[int, Claim]
     _running_lock: threading.Lock
     _slot: threading.Condition
     _stop_now: threading.Event
@@ -77,7 +77,7 @@ class ShutdownMixin:
         with self._running_lock:
             # a job whose task has returned is left to the finisher (its outcome is written,
             # not thrown away); run() joins the finisher before it returns
-            leftovers = [c for c in self._running.values() if c in self._in_task]
+            leftovers = [c for c in self._running.values() if self._in_task.get(id(c)) is c]
             for claim in leftovers:
                 self._running.pop((claim.channel, claim.id), None)
         delay = int(self.fence * 1000) if self.pool_kind != "process" else 0

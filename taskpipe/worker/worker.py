@@ -12,7 +12,9 @@ Threads of one worker process:
   (``KeeperMixin``, in ``worker/keeper.py``).
 
 Shutdown (prefetched jobs given back, the grace, sending back what is still held) is
-``ShutdownMixin``, in ``worker/shutdown.py``.
+``ShutdownMixin``, in ``worker/shutdown.py``; the finisher thread ``FinisherMixin``, in
+``worker/finisher.py``; the claim order of the channels and reopening them after a broker
+outage ``ChannelsMixin``, in ``worker/channels.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import collections
 import logging
 import os
 import queue
-import random
 import signal
 import socket
 import threading
@@ -37,6 +38,8 @@ from taskpipe.thoonk.claiming import HELD_BACK, PRECISE_WAIT, claim_from, wait_t
 from taskpipe.thoonk.job import Claim, JobChannel
 from taskpipe.thoonk.workers import Presence
 from taskpipe.worker.announce import Announcer
+from taskpipe.worker.channels import ChannelsMixin
+from taskpipe.worker.finisher import FinisherMixin
 from taskpipe.worker.keeper import BROKER_ERRORS as _BROKER_ERRORS
 from taskpipe.worker.keeper import KeeperMixin
 from taskpipe.worker.outcomes import OutcomeWriter
@@ -56,7 +59,7 @@ __all__ = ["Worker"]
 log = logging.getLogger("taskpipe.worker")
 
 #: Default prefetch while jobs are short (see ``Worker._claim_room``), and what "short" is.
-SHORT_PREFETCH = 32
+SHORT_PREFETCH = 64
 SHORT_JOB = 0.002
 #: A thread pool whose jobs take under TRIVIAL_JOB seconds (moving average) runs them on at most
 #: TRIVIAL_THREADS threads at a time (waking a thread costs more than such a job).
@@ -64,7 +67,7 @@ TRIVIAL_JOB = 0.00005
 TRIVIAL_THREADS = 2
 
 
-class Worker(KeeperMixin, ShutdownMixin):
+class Worker(KeeperMixin, ShutdownMixin, ChannelsMixin, FinisherMixin):
     """Consumes channels in strict order (``['high', 'default']``: nothing from default while high
     has an available job). ``run()`` returns when stopped, or when empty in ``burst`` mode.
     """
@@ -135,7 +138,9 @@ class Worker(KeeperMixin, ShutdownMixin):
         self.started_at = time.time()
         self._running: dict[tuple[str, str], Claim] = {}  # every claim held, outcome written or not
         self._executing = 0  # claims handed to the pool whose task has not returned yet
-        self._in_task: set[Claim] = set()  # those claims (the job may still be running)
+        # those claims (the job may still be running), by ``id()``: a dataclass hash per job
+        # would cost more than the rest of this bookkeeping
+        self._in_task: dict[int, Claim] = {}
         self._pool_down = False
         self._buffer: collections.deque[Prepared] = collections.deque()  # prefetched, not started
         # claim again once the buffer is down to this (prefetch 0: whenever a slot is free)
@@ -157,6 +162,7 @@ class Worker(KeeperMixin, ShutdownMixin):
         self._capacity = self.concurrency
         self._min_claim = 1
         self._done_callback: Any = self._job_done
+        self._loop_waiting = False  # (``_slot`` held) the main loop waits for room to claim
         self._settled = 0  # outcomes written so far (burst mode: did one land during a claim?)
         self._queued = 0  # outcomes handed to the finisher so far
         self._running_lock = threading.Lock()
@@ -284,30 +290,6 @@ class Worker(KeeperMixin, ShutdownMixin):
         log.info("worker %s stopped: %s", self.name, dict(self.writer.stats))
         return 0
 
-    def _set_channels(self, groups: list[list[JobChannel]]) -> None:
-        self._groups = groups
-        self.channels = [ch for group in groups for ch in group]
-
-    def _ordered_channels(self) -> list[JobChannel]:
-        """The channels of the next claim: in ``-Q`` order (or weighted), each sharded channel's
-        shards starting at a rotating shard so that none starves."""
-        if len(self.channels) == len(self._groups):  # no sharded channel
-            groups = self._groups
-        else:
-            self._rotation += 1
-            groups = [
-                g[self._rotation % len(g) :] + g[: self._rotation % len(g)] for g in self._groups
-            ]
-        if not self.weighted:
-            return [ch for group in groups for ch in group]
-        weights = self.weights or [float(len(groups) - i) for i in range(len(groups))]
-        order: list[JobChannel] = []
-        pool = list(zip(groups, weights))
-        while pool:
-            pick = random.choices(range(len(pool)), [w for _, w in pool])[0]
-            order.extend(pool.pop(pick)[0])
-        return order
-
     def _loop(self) -> None:
         """Claim up to the free slots and start the claims; with none, wait for work (or a due
         job) and claim on waking. Returns on stop, at ``max_jobs`` or (``burst``) once idle."""
@@ -324,7 +306,9 @@ class Worker(KeeperMixin, ShutdownMixin):
                 free = self._claim_room()
                 if free <= 0:
                     drained = None
+                    self._loop_waiting = True
                     self._slot.wait(0.5)
+                    self._loop_waiting = False
                     continue
             if self.max_jobs is not None:
                 free = min(free, self.max_jobs - self.claimed_total)
@@ -385,7 +369,9 @@ class Worker(KeeperMixin, ShutdownMixin):
         """The next job is held back for a free execution slot: wait for one to free up."""
         with self._slot:
             if self._executing >= self.concurrency and not self._stopping.is_set():
+                self._loop_waiting = True
                 self._slot.wait(self.max_block)
+                self._loop_waiting = False
 
     def _burst_done(self, settled: int, next_due: int | None, now: int) -> bool:
         """Burst mode: nothing runs or waits to be written, no job is due within ``max_block``."""
@@ -466,33 +452,6 @@ class Worker(KeeperMixin, ShutdownMixin):
             raise box["error"]
         return box.get("got")
 
-    def _open_channels(self) -> bool:
-        """Open (create if needed) the channels; False (after a backoff) while Redis is down."""
-        try:
-            self._set_channels(self.app.sharding.expand(self.channel_names))
-        except _BROKER_ERRORS as exc:
-            self._broker_down(exc)
-            return False
-        return True
-
-    def _reregister_channels(self) -> None:
-        """After an outage, re-create the channels' registration (``feeds``, config) in case
-        Redis came back empty (restarted without persistence), so tools still list them."""
-        for name in [ch.name for ch in self.channels]:
-            try:
-                self.app.thoonk.job_channel(name)
-            except Exception as exc:  # noqa: BLE001 - best effort; claiming works without it
-                log.warning("could not re-register channel %s: %s", name, exc)
-
-    def _broker_down(self, exc: BaseException) -> None:
-        """Back off (capped at 5 s) while Redis is unreachable; log rarely, not once per try."""
-        self._broker_failures += 1
-        now = time.monotonic()
-        if self._broker_failures == 1 or now - self._last_broker_log >= 30:
-            log.warning("broker unavailable (%s); retrying with backoff", exc)
-            self._last_broker_log = now
-        self._stopping.wait(min(5.0, 0.1 * 2 ** min(self._broker_failures, 6)))
-
     def _wait_idle(self) -> None:
         with self._slot:
             while self._running and not self._stop_now.is_set():
@@ -527,15 +486,22 @@ class Worker(KeeperMixin, ShutdownMixin):
 
     def _take_startable(self) -> list[Prepared]:
         """(lock held) Take buffered jobs for the free execution slots, counted as executing."""
-        now = max(0, min(len(self._buffer), self._capacity - self._executing))
-        if self._avg_duration < TRIVIAL_JOB and self.pool_kind == "thread":
-            # jobs this short gain nothing from more threads: the running ones take the
-            # buffered jobs one after another, and no other thread is woken for them
-            now = min(now, max(0, TRIVIAL_THREADS - self._executing))
+        now = max(0, min(len(self._buffer), self._start_limit() - self._executing))
         self._executing += now
         start = [self._buffer.popleft() for _ in range(now)]
-        self._in_task.update(p.claim for p in start)
+        for p in start:
+            self._in_task[id(p.claim)] = p.claim
         return start
+
+    def _trivial(self) -> bool:
+        """Whether a thread pool's jobs are trivial: they then run on at most
+        ``TRIVIAL_THREADS`` threads (they gain nothing from more: the running threads take the
+        buffered jobs one after another, and no other thread is woken)."""
+        return self._avg_duration < TRIVIAL_JOB and self.pool_kind == "thread"
+
+    def _start_limit(self) -> int:
+        """How many jobs may execute at once now (``_trivial``: at most ``TRIVIAL_THREADS``)."""
+        return min(self._capacity, TRIVIAL_THREADS) if self._trivial() else self._capacity
 
     def _job_done(self, outcome: Outcome) -> None:
         """Called by the pool when a task returned: queue its outcome, start the next prefetched
@@ -549,37 +515,40 @@ class Worker(KeeperMixin, ShutdownMixin):
         pool thread to run itself (no queue put that wakes another thread)."""
         nxt: Prepared | None = None
         more: list[Prepared] = []
-        with self._slot:
+        buffer = self._buffer
+        with self._running_lock:  # ``_slot``'s lock (the plain lock: no Python-level wrapper)
             self._queued += 1
             self._done.put(outcome)
             if outcome.duration is not None:
                 self._avg_duration += 0.2 * (outcome.duration - self._avg_duration)
             self._executing -= 1
-            self._in_task.discard(outcome.claim)
-            if self._buffer and not self._stopping.is_set():
-                nxt = self._buffer.popleft()
+            self._in_task.pop(id(outcome.claim), None)
+            if buffer and not self._stopping.is_set():
+                nxt = buffer.popleft()
                 self._executing += 1
-                self._in_task.add(nxt.claim)
-                if self._buffer and self._executing < self._capacity:
+                self._in_task[id(nxt.claim)] = nxt.claim
+                if (
+                    buffer
+                    and self._executing < self._capacity
+                    and (
+                        self._executing < TRIVIAL_THREADS
+                        or self._avg_duration >= TRIVIAL_JOB  # (``_trivial``, inline)
+                        or self.pool_kind != "thread"
+                    )
+                ):
                     more = self._take_startable()  # jobs no longer trivial: use more threads
-            if self._claim_room() > 0:
+            # the main loop is woken when it waits for room to claim (while it claims, it
+            # looks again afterwards); a buffer above the highest low water mark needs no claim
+            if (
+                self._loop_waiting
+                and len(buffer) <= self._prefetch_short // 2
+                and self._claim_room() > 0
+            ):
+                self._loop_waiting = False  # woken once: no second notify before it runs
                 self._slot.notify_all()
         for p in more:
             self._pool.submit(p, self._done_callback)
         return nxt
-
-    def _settle_outcomes(self, timeout: float = 5.0) -> None:
-        """Wait (bounded) until the finisher has written every outcome handed to it so far.
-        Run before a job that was sent back before starts (it may be what killed a worker):
-        a finished job's outcome is then never lost with the process it kills."""
-        deadline = time.monotonic() + timeout
-        with self._slot:
-            target = self._queued
-            while self._settled < target and not self._stop_now.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self._slot.wait(min(remaining, 0.2))
 
     def _claim_room(self) -> int:
         """(``_slot`` held) How many jobs the main loop should claim now; 0: not yet. It claims
@@ -597,67 +566,3 @@ class Worker(KeeperMixin, ShutdownMixin):
         )
         want = 1 if self._executing < self.concurrency else self._min_claim
         return free if free >= want else 0
-
-    # background threads ---------------------------------------------------------------------
-    def _finisher(self) -> None:
-        while True:
-            try:
-                first = self._done.get(timeout=0.2)
-            except queue.Empty:
-                if self._stopping.is_set():
-                    with self._running_lock:
-                        if not self._running:
-                            return
-                continue
-            batch = [first]
-            while len(batch) < 1000:
-                try:
-                    batch.append(self._done.get_nowait())
-                except queue.Empty:
-                    break
-            with self._running_lock:
-                # match the claim itself (token included): the same job id may already be
-                # claimed again by this worker (a retry due at once) under a new token
-                live = [
-                    o for o in batch if self._running.get((o.claim.channel, o.claim.id)) == o.claim
-                ]
-            self._write_with_retry(live)
-            self.announcer.flush()
-            with self._slot:
-                for o in batch:
-                    key = (o.claim.channel, o.claim.id)
-                    if self._running.get(key) == o.claim:
-                        del self._running[key]
-                self._settled += len(batch)
-                self._slot.notify_all()
-
-    def _write_with_retry(self, outcomes: list[Outcome]) -> None:
-        """Write outcomes; while Redis is down keep trying for up to two leases (the jobs stay
-        'running', so their leases keep being renewed once Redis is back), then give up: the
-        leases expire and the jobs run again elsewhere (at least once)."""
-        give_up = time.monotonic() + 2 * self.lease_s
-        delay = 0.05
-        while True:
-            try:
-                self.writer.write(outcomes)
-                return
-            except _BROKER_ERRORS as exc:
-                if time.monotonic() >= give_up or self._stop_now.is_set():
-                    log.error(
-                        "could not write %d outcomes (%s); their leases will expire and "
-                        "the jobs will run again",
-                        len(outcomes),
-                        exc,
-                    )
-                    return
-                # the first failure of a batch is a warning; its retries are quiet (no flood)
-                (log.warning if delay == 0.05 else log.debug)(
-                    "writing outcomes failed (%s); retrying", exc
-                )
-                self._stop_now.wait(delay)
-                delay = min(delay * 2, 2.0)
-            except Exception:  # never let the finisher die
-                log.exception(
-                    "could not write %d outcomes; their leases will expire", len(outcomes)
-                )
-                return
