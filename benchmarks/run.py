@@ -229,6 +229,7 @@ class Bench:
         """Start ``nprocs`` burst workers on ``n`` queued jobs; jobs per second until all finished."""
         target = self.finished_total() + n
         procs = [self.spawn_worker(burst=True) for _ in range(nprocs)]
+        server_cpu = self.server_cpu_seconds()
         t0 = time.perf_counter()
         self.go(procs)
         while self.finished_total() < target:
@@ -236,10 +237,18 @@ class Bench:
             if all(p.poll() is not None for p in procs) and self.finished_total() < target:
                 raise RuntimeError("worker processes exited before the channel was drained")
         rate = n / (time.perf_counter() - t0)
+        server_cpu = self.server_cpu_seconds() - server_cpu
         reports = self.collect(procs)
         cpu = sum(rep.get("cpu_user", 0) + rep.get("cpu_system", 0) for rep in reports)
         self.extra.setdefault(f"worker_cpu_us_per_job_{nprocs}proc", []).append(cpu / n * 1e6)
+        self.extra.setdefault(f"redis_cpu_us_per_job_{nprocs}proc", []).append(server_cpu / n * 1e6)
         return rate
+
+    def server_cpu_seconds(self) -> float:
+        """The redis-server's CPU time so far (user + sys, ``INFO cpu``): around a drain, the
+        server time the claims and finishes cost (plus this script's polling, a GET per 2 ms)."""
+        cpu = self.r.info("cpu")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
     # phases -----------------------------------------------------------------------------------
     def warm_up(self) -> None:
@@ -436,7 +445,12 @@ class Bench:
                 ratios = [v / ref for v, ref in pairs]
             self.ratios[figure] = statistics.median(ratios)
             self.spread[figure] = (min(ratios), max(ratios))
-        for figure in ("worker_cpu_us_per_job_1proc", "worker_cpu_us_per_job_2proc"):
+        for figure in (
+            "worker_cpu_us_per_job_1proc",
+            "worker_cpu_us_per_job_2proc",
+            "redis_cpu_us_per_job_1proc",
+            "redis_cpu_us_per_job_2proc",
+        ):
             if figure in self.extra:
                 self.extra[figure] = statistics.median(self.extra[figure])
 
@@ -517,6 +531,12 @@ def report(bench: Bench, out: Callable[[str], None]) -> list[tuple[str, bool, fl
     cpu1, cpu2 = x.get("worker_cpu_us_per_job_1proc"), x.get("worker_cpu_us_per_job_2proc")
     if cpu1 is not None and cpu2 is not None:
         out(f"worker CPU (user+sys) per job: {cpu1:.0f} us with 1 process, {cpu2:.0f} us with 2")
+    rcpu1, rcpu2 = x.get("redis_cpu_us_per_job_1proc"), x.get("redis_cpu_us_per_job_2proc")
+    if rcpu1 is not None and rcpu2 is not None:
+        out(
+            f"redis-server CPU (user+sys, INFO cpu) per drained job: {rcpu1:.1f} us with 1 "
+            f"process, {rcpu2:.1f} us with 2"
+        )
     out(
         f"queued job payload {x['payload_bytes']} B; per queued job by key: "
         + ", ".join(f"{k} {v:.0f} B" for k, v in x["mem_queued_by_key"].items())

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from taskpipe.broker_retry import BrokerRetry
 from taskpipe.connection import DEFAULT_URL, Connection, parse_url, redact_url
 from taskpipe.durations import DurationLike, parse_duration, parse_optional_duration
-from taskpipe.errors import ConfigError, UnknownTask
+from taskpipe.errors import ConfigError, TaskpipeError, UnknownTask
 from taskpipe.events import AppEvents
 from taskpipe.extensions import ExtensionsMixin
 from taskpipe.flow import check_task_flow
@@ -299,6 +299,8 @@ class TaskPipe(ExtensionsMixin):
             return True
         try:
             policy = eviction_policy(self.connection.client)
+        except TaskpipeError:  # a setting to fix (TLS handshake, database number): say it now
+            raise
         except Exception:  # noqa: BLE001 - broker down: the caller's own command reports it
             return False
         self._eviction_checked = True

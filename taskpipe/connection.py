@@ -12,24 +12,25 @@ Supported schemes:
 - ``memory://[name]``: an embedded in-process Redis (fakeredis with Lua). It runs the very
   same Lua scripts; every client made by one ``Connection`` shares one in-memory server.
 
-A ``Connection`` is owned by its app (or ``Thoonk`` object); nothing here is global.
+A ``Connection`` is owned by its app (or ``Thoonk`` object); nothing here is global. The URL
+is checked by ``taskpipe.broker_url.parse_url`` (re-exported here with ``redact_url``).
 """
 
 from __future__ import annotations
 
-import inspect
 import os
-import re
+import ssl
 import threading
 import time
 import weakref
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 import redis
 from redis.crc import key_slot as _crc_key_slot
+from redis.sentinel import MasterNotFoundError, Sentinel
 
+from taskpipe.broker_url import DEFAULT_URL, parse_url, redact_url
 from taskpipe.errors import BrokerUnavailable, BrokerURLError
 
 __all__ = [
@@ -42,8 +43,6 @@ __all__ = [
     "DEFAULT_URL",
 ]
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
-SUPPORTED_SCHEMES = ("redis", "rediss", "unix", "memory", "redis+sentinel", "redis+cluster")
 WAITER_IDLE_EXIT = 5.0  # seconds a cluster wake-up thread lingers with nobody waiting
 
 
@@ -52,168 +51,66 @@ def key_slot(key: str | bytes) -> int:
     return int(_crc_key_slot(key.encode("utf-8") if isinstance(key, str) else key))
 
 
-# a query option whose value is a secret: password=, sentinel_password=, any *password / *token
-_SECRET_OPTION = re.compile(
-    r"([?&;](?:[^=&;#]*password|[^=&;#]*token|[^=&;#]*secret)=)[^&;#]*", re.IGNORECASE
-)
+class TLSConnection(redis.SSLConnection):
+    """redis-py's TLS connection, with the handshake bounded by the connect timeout.
 
+    redis-py runs the handshake under the socket (command) timeout, 30 s by default, and
+    retries it: a ``rediss://`` URL pointing at a plain Redis port (which waits for a newline
+    that never comes) took a minute to fail. Here the handshake gets ``socket_connect_timeout``,
+    and a failed handshake raises ``BrokerUnavailable`` at once, saying so: it is a setting to
+    fix, not an outage to wait out, so nothing retries it.
+    """
 
-def redact_url(url: Any) -> str:
-    """A broker URL fit to show: the password of its userinfo and the values of its
-    ``password=`` / ``sentinel_password=`` (any ``*password``, ``*token``, ``*secret``) query
-    options replaced by ``***``. Never raises, whatever the input (a malformed URL is redacted
-    from ``://`` to its last ``@`` before the path). Used wherever taskpipe shows a URL:
-    errors, ``repr(app)``, the CLI, the dashboard, logs."""
-    text = url if isinstance(url, str) else str(url)
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        scheme, rest = "", text
-    # userinfo: everything up to the last "@" before the query/fragment (a password may hold
-    # "/", "@" or ":" unescaped, which would fool urlsplit)
-    head = re.split(r"[?#]", rest, maxsplit=1)[0]
-    at = head.rfind("@")
-    if at >= 0:
-        user, colon, _password = head[:at].partition(":")
-        userinfo = f"{user}:***" if colon or not user else "***"
-        if colon and not user:
-            userinfo = ":***"
-        rest = userinfo + rest[at:]
-    rest = _SECRET_OPTION.sub(r"\1***", rest)
-    return f"{scheme}{sep}{rest}"
-
-
-def parse_url(url: str) -> dict[str, Any]:
-    """Check a broker URL and return its parts; raise ``BrokerURLError`` naming the problem.
-    Error messages show the URL with its secrets redacted (``redact_url``)."""
-    try:
-        return _parse_url(url)
-    except BrokerURLError as exc:
-        if isinstance(url, str) and url != redact_url(url):
-            exc.args = tuple(_redact_text(a, url) if isinstance(a, str) else a for a in exc.args)
-        raise
-
-
-def _secrets_of(url: str) -> list[str]:
-    """The secret strings in a URL (and the pieces of them a parser may have split off)."""
-    rest = url.partition("://")[2] or url
-    head = re.split(r"[?#]", rest, maxsplit=1)[0]
-    found = []
-    if "@" in head:
-        found.append(head[: head.rfind("@")].partition(":")[2] or head[: head.rfind("@")])
-    found += [m.group(0).partition("=")[2] for m in _SECRET_OPTION.finditer(rest)]
-    pieces = [
-        p for s in found for sep in (r"/", r"[/@:?#&]") for p in re.split(sep, s) if len(p) >= 3
-    ]
-    return sorted({s for s in found + pieces if s}, key=len, reverse=True)
-
-
-def _redact_text(text: str, url: str) -> str:
-    """``text`` with ``url`` (and any secret of it) redacted."""
-    text = text.replace(url, redact_url(url))
-    for secret in _secrets_of(url):
-        text = text.replace(secret, "***")
-    return text
-
-
-def _parse_url(url: str) -> dict[str, Any]:
-    if not isinstance(url, str) or not url.strip():
-        raise BrokerURLError(f"broker URL must be a non-empty string, got {url!r}")
-    if "://" not in url:
-        raise BrokerURLError(
-            f"broker URL {url!r} has no scheme; expected one of "
-            + ", ".join(s + "://" for s in SUPPORTED_SCHEMES)
-        )
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in SUPPORTED_SCHEMES:
-        raise BrokerURLError(
-            f"unsupported broker URL scheme {scheme!r} in {url!r}; expected one of "
-            + ", ".join(s + "://" for s in SUPPORTED_SCHEMES)
-        )
-    info: dict[str, Any] = {"scheme": scheme, "url": url}
-    if scheme == "memory":
-        info["name"] = (parts.netloc + parts.path).strip("/") or "default"
-        return info
-    query = parse_qs(parts.query)
-    if scheme in ("redis+sentinel", "redis+cluster"):
-        db = _parse_multi_host(url, parts, scheme, query, info)
-    elif scheme == "unix":
-        if not parts.path:
-            raise BrokerURLError(f"unix broker URL {url!r} needs a socket path")
-        db = query.get("db", ["0"])[0]
-    else:
+    def _wrap_socket_with_ssl(self, sock: Any) -> Any:
+        limit = self.socket_connect_timeout or self.socket_timeout
+        sock.settimeout(limit)
         try:
-            hostname, port_number = parts.hostname, parts.port
-        except ValueError as exc:
-            raise BrokerURLError(f"bad port in broker URL {url!r}: {exc}") from None
-        if not hostname:
-            raise BrokerURLError(f"broker URL {url!r} has no host")
-        info["host"], info["port"] = hostname, port_number or 6379
-        db = parts.path.strip("/") or query.get("db", ["0"])[0]
-    if not str(db).isdigit():
-        raise BrokerURLError(f"database in broker URL {url!r} must be a number, got {db!r}")
-    info["db"] = int(db)
-    if parts.query and scheme in ("redis", "rediss", "unix"):
-        _check_options(url)
-    return info
+            wrapped = super()._wrap_socket_with_ssl(sock)  # type: ignore[no-untyped-call]
+        except (TimeoutError, ssl.SSLError) as exc:
+            sock.close()
+            why = (
+                f"no TLS answer within {limit} s"
+                if isinstance(exc, TimeoutError)
+                else f"{exc.reason or exc}"
+            )
+            raise BrokerUnavailable(
+                f"TLS handshake with {self.host}:{self.port} failed ({why}): is it a TLS port? "
+                "rediss:// needs Redis's tls-port; a plain port takes redis://"
+            ) from None
+        wrapped.settimeout(self.socket_timeout)
+        return wrapped
 
 
-def _check_options(url: str) -> None:
-    """redis-py parses a URL's options lazily: a bad value raised its ``ValueError`` and an
-    unknown name a ``TypeError`` at the first command. Refuse both here, naming the option."""
-    try:
-        kwargs = redis.connection.parse_url(url)  # type: ignore[no-untyped-call]
-    except ValueError as exc:
-        raise BrokerURLError(f"bad option in broker URL {url!r}: {exc}") from None
-    known = set(redis.connection.URL_QUERY_ARGUMENT_PARSERS)
-    for klass in kwargs.pop("connection_class", redis.Connection).__mro__:
-        if "__init__" in vars(klass):
-            known.update(inspect.signature(vars(klass)["__init__"]).parameters)
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise BrokerURLError(
-            f"unknown option(s) {', '.join(map(repr, unknown))} in broker URL "
-            f"{url!r} (rediss:// takes the ssl_* options)"
+def _address(client: Any) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
+class _Sentinel(Sentinel):
+    """redis-py's ``Sentinel`` with a one-line error when no master is found: the service and
+    what each sentinel tried said (redis-py's names the service alone, or appends the repr of
+    each unreachable sentinel's client). Still a ``MasterNotFoundError`` (a ``ConnectionError``:
+    a failover in progress has no master for a moment, so callers retry it)."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        notes = []
+        for number, sentinel in enumerate(self.sentinels):
+            try:
+                masters: dict[str, Any] = sentinel.sentinel_masters()  # type: ignore[assignment]
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                notes.append(f"{_address(sentinel)} unreachable ({exc})")
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):  # type: ignore[no-untyped-call]
+                # as redis-py does: the sentinel that answered is asked first next time
+                self.sentinels[0], self.sentinels[number] = sentinel, self.sentinels[0]
+                return state["ip"], state["port"]
+            notes.append(
+                f"{_address(sentinel)} " + ("reports it down" if state else "does not monitor it")
+            )
+        raise MasterNotFoundError(
+            f"Redis Sentinel has no master for service {service_name!r}: {'; '.join(notes)}"
         )
-
-
-def _parse_multi_host(
-    url: str, parts: SplitResult, scheme: str, query: dict[str, list[str]], info: dict[str, Any]
-) -> str:
-    """The hosts, credentials and options of a ``redis+sentinel://`` or ``redis+cluster://`` URL
-    (into ``info``); returns the database as written."""
-    hosts = []
-    for hostport in parts.netloc.rpartition("@")[2].split(","):
-        host, _, port = hostport.strip().rpartition(":")
-        if not host or not port.isdigit():
-            raise BrokerURLError(f"bad host:port {hostport!r} in broker URL {url!r}")
-        hosts.append((host.strip("[]"), int(port)))
-    info["hosts"] = hosts
-    info["password"] = unquote(parts.password) if parts.password else None
-    info["username"] = unquote(parts.username) if parts.username else None
-    path = [p for p in parts.path.split("/") if p]
-    allowed = {"sentinel_password", "sentinel_username"} if scheme == "redis+sentinel" else set()
-    unknown = sorted(set(query) - allowed)
-    if unknown:
-        raise BrokerURLError(
-            f"unknown option(s) {', '.join(unknown)} in broker URL {url!r}"
-            + (f"; expected {', '.join(sorted(allowed))}" if allowed else "")
-        )
-    if scheme == "redis+cluster":
-        if path and path != ["0"]:
-            raise BrokerURLError(f"Redis Cluster has only database 0, got {url!r}")
-        return "0"
-    if not path:
-        raise BrokerURLError(
-            f"sentinel broker URL {url!r} needs a master name: "
-            "redis+sentinel://host:port/mymaster[/db]"
-        )
-    info["master"] = path[0]
-    # AUTH for the sentinels themselves (sentinel requirepass / ACL), apart from the master's
-    info["sentinel_auth"] = {
-        k.removeprefix("sentinel_"): v[-1] for k, v in query.items() if k in allowed
-    }
-    return path[1] if len(path) > 1 else "0"
 
 
 def _on_connect(conn: Any) -> None:
@@ -308,10 +205,8 @@ class Connection:
                     self._fake_server = fakeredis.FakeServer(version=(7,))
             return fakeredis.FakeRedis(server=self._fake_server)
         if self.scheme == "redis+sentinel":
-            from redis.sentinel import Sentinel
-
             auth = {"password": self.info["password"], "username": self.info["username"]}
-            sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            sentinel = _Sentinel(  # type: ignore[no-untyped-call]
                 self.info["hosts"],
                 socket_timeout=self._socket_timeout or 5,
                 sentinel_kwargs={"socket_timeout": 5, **self.info["sentinel_auth"]},
@@ -339,12 +234,14 @@ class Connection:
                 socket_timeout=self._socket_timeout,
                 socket_connect_timeout=5,
             )
+        tls = {"connection_class": TLSConnection} if self.scheme == "rediss" else {}
         return redis.Redis.from_url(
             self.url,
             socket_timeout=self._socket_timeout,
             socket_connect_timeout=5,
             health_check_interval=30,
             redis_connect_func=_on_connect,
+            **tls,
         )
 
     # Sentinel: follow a switch at once ------------------------------------------------------

@@ -9,13 +9,17 @@ each job channel, one message per event, ``<kind>\\0<job id>\\0<data>``:
 
 - ``log`` / ``progress`` (data: the line / ``current/total``), published by the scripts that
   write them (``job_log.lua``, ``job_progress.lua``);
-- ``complete``, ``fail``, ``timeout``, ``retry``, ``stall`` (data: a JSON object with ``task``,
-  ``attempt``, ``duration``, and ``error`` for the last four), published by the worker once
-  the outcome is written (``taskpipe.worker.announce``; off with ``app.job_events = False``).
+- ``complete``, ``fail``, ``timeout``, ``retry``, ``stall``, ``expired`` (data: a JSON object
+  with ``task``, ``attempt``, ``duration``, and ``error`` for all but ``complete``), published by
+  the worker once the outcome is written (``taskpipe.worker.announce``; off with
+  ``app.job_events = False``);
+- ``aborted`` (data: JSON with ``task``, ``error`` and ``by``), published by ``job_abort.lua``
+  in the step that ends the job (``AsyncResult.abort``; off with the aborting app's
+  ``job_events = False``).
 
 Callback arguments (Kinetik's): ``complete(job)``, ``fail(err, job)``, ``timeout(job)``,
-``retry(err, job)``, ``stall(job)``, ``log(job, line)``, ``progress(job, current, total)``
-(task and app), and, on the app only, ``empty(channel)`` (no job waiting) and ``drain(channel)``
+``retry(err, job)``, ``stall(job)``, ``aborted(job)``, ``expired(job)``, ``log(job, line)``,
+``progress(job, current, total)`` (task and app), and, on the app only, ``empty(channel)`` (no job waiting) and ``drain(channel)``
 (none waiting, delayed or running). ``job`` is a :class:`JobEvent`; ``err`` a ``TaskFailed``.
 A callback that raises is logged (logger ``taskpipe.events``) and never stops the stream.
 Pub/sub has no replay: events published while no listener runs are not seen.
@@ -30,7 +34,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from taskpipe.errors import ConfigError, TaskFailed
 from taskpipe.serialization import decode_envelope
@@ -40,6 +44,7 @@ if TYPE_CHECKING:
     from taskpipe.thoonk.listener import Listener
 
 __all__ = [
+    "OutcomeEvent",
     "TASK_EVENTS",
     "APP_EVENTS",
     "OUTCOME_EVENTS",
@@ -51,8 +56,11 @@ __all__ = [
 
 log = logging.getLogger("taskpipe.events")
 
-#: events of one job, announced by the worker once its outcome is written
-OUTCOME_EVENTS = ("complete", "fail", "timeout", "retry", "stall")
+#: the kind of a job's outcome event: announced by the worker once the outcome is written
+#: (``aborted`` by ``AsyncResult.abort``, in the step that ends the job)
+OutcomeEvent = Literal["complete", "fail", "timeout", "retry", "stall", "aborted", "expired"]
+#: events of one job's outcome, in the order of ``OutcomeEvent``
+OUTCOME_EVENTS: tuple[OutcomeEvent, ...] = get_args(OutcomeEvent)
 #: events a task emits (``task.on``); the app emits them too, for every task
 TASK_EVENTS = (*OUTCOME_EVENTS, "log", "progress")
 #: events the app emits (``app.on``)
@@ -83,7 +91,8 @@ class JobEvent:
 
     @property
     def error(self) -> TaskFailed | None:
-        """The error of a ``fail`` / ``timeout`` / ``retry`` event (None for the others)."""
+        """The error of a ``fail`` / ``timeout`` / ``retry`` / ``stall`` / ``aborted`` /
+        ``expired`` event (None for the others)."""
         if not isinstance(self.data, dict) or "error" not in self.data:
             return None
         kind, _, message = str(self.data["error"]).partition(": ")
@@ -344,8 +353,9 @@ class AppEvents:
 
     def start(self, channels: Iterable[str] | None = None, timeout: float = 10.0) -> AppEvents:
         """Follow the job events of ``channels`` (default: every channel) in a background
-        thread; returns once subscribed. Raises ``BrokerUnavailable`` if that takes longer
-        than ``timeout``."""
+        thread; returns once subscribed. Raises the first attempt's error at once if it fails
+        (``BrokerUnavailable`` for a broker that is down), ``BrokerUnavailable`` if subscribing
+        takes longer than ``timeout``."""
         if self.running:
             return self
         names = None if channels is None else [c for c in channels]

@@ -288,11 +288,11 @@ class Publishing:
         head, flow = build_flow(name, topts, tuple(args), kwargs or {}, options)
         plan.envelope.update(dependency_options(app, options))  # depends_on (taskpipe.workflows)
         parents = tuple((str(c), str(i)) for c, i in plan.envelope.get("parents", ()))
-        if flow is not None and parents:
+        if flow is not None and flow.dedup and parents:
             raise ConfigError(
-                f"task {name!r}: depends_on cannot be combined with flow control "
-                "(numeric priority, rate_limit, concurrency, unique, debounce) yet: "
-                "a dependant is released straight to its channel's queue"
+                f"task {name!r}: depends_on cannot be combined with unique, unique_for or "
+                "debounce: deduplication is decided at publish, a dependant runs when its "
+                "parents finish"
             )
         payload = encode_envelope(
             name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import time
@@ -23,7 +24,7 @@ from taskpipe.errors import (
     TaskFailed,
     WrongJobState,
 )
-from taskpipe.serialization import ResultRecord, decode_result, encode_failure
+from taskpipe.serialization import ResultRecord, decode_envelope, decode_result, encode_failure
 from taskpipe.states import DONE_STATES, FAILED_STATES, OUTCOME_STATES, JobState
 from taskpipe.thoonk.job import JobInfo
 
@@ -145,11 +146,11 @@ class AsyncResult(Generic[R]):
         use ``retract()``), ``JobNotFound`` if there is no such job."""
         who = by or f"{socket.gethostname()}:{os.getpid()}"
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        record = encode_failure(
-            "JobAborted", f"aborted by {who} at {when}", "", serializer=self.app.serializer
-        )
+        message = f"aborted by {who} at {when}"
+        record = encode_failure("JobAborted", message, "", serializer=self.app.serializer)
         ttl_ms = int(self.app.result_ttl * 1000)
-        code = self._call("abort", lambda: self._ch.abort(self.id, record, ttl_ms, who))
+        event = self._abort_event(who, message) if self.app.job_events else None
+        code = self._call("abort", lambda: self._ch.abort(self.id, record, ttl_ms, who, event))
         if code == 1:
             self._record = None
             return
@@ -157,6 +158,19 @@ class AsyncResult(Generic[R]):
         if state == JobState.UNKNOWN:
             raise JobNotFound(f"no job {self.id!r} in channel {self.channel!r}")
         raise WrongJobState(self.id, "claimed (running)", state)
+
+    def _abort_event(self, who: str, message: str) -> bytes:
+        """The JSON data of the job's ``aborted`` event (docs/extending.md#events): its task
+        (read from the job's envelope, None for a raw job), the error and who aborted it."""
+        item = self._call("read", lambda: self._ch.get_item(self.id))
+        task = None
+        if item is not None:
+            try:
+                task = decode_envelope(item).task
+            except SerializationError:  # a raw (Thoonk-native) job: no task name
+                task = None
+        data = {"task": task, "error": f"JobAborted: {message}", "by": who}
+        return json.dumps(data).encode()
 
     def aborted_by(self) -> tuple[str, float] | None:
         """``(who, unix time)`` of an abort of this job, or None."""

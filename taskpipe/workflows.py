@@ -134,7 +134,7 @@ def publish_waiting(channel: JobChannel, req: PutRequest, parents: Sequence[Sequ
                     f"{channel.name!r} are not (give them one hash tag, e.g. "
                     "'{jobs}.a' and '{jobs}.b'); nothing was published"
                 )
-    code, detail = channel.put_waiting(req.id, req.item, refs)
+    code, detail = channel.put_waiting(req.id, req.item, refs, req.flow)
     if code == -1:
         ch, pid = refs[detail - 1]
         raise UnknownParent(

@@ -101,6 +101,14 @@ def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:
         line = next(ln for ln in out.splitlines() if ln.rstrip().endswith(f"[{key}]"))
         assert re.search(r"\d+\.\d RTT", line), line
 
+    # worker and redis-server CPU per drained job, side by side
+    assert re.search(r"worker CPU \(user\+sys\) per job: \d+ us with 1 process", out), out
+    assert re.search(
+        r"redis-server CPU \(user\+sys, INFO cpu\) per drained job: \d+\.\d us with 1 process, "
+        r"\d+\.\d us with 2",
+        out,
+    ), out
+
     # one PASS/MISS verdict per target
     for target in TARGETS:
         verdicts = [
@@ -118,5 +126,33 @@ def test_quick_benchmark_prints_every_figure(tmp_path: Path) -> None:
     assert [t["target"] for t in data["targets"]] == list(TARGETS)
     assert all(isinstance(t["pass"], bool) for t in data["targets"])
     assert data["machine"]["nproc"] == str(os.cpu_count())
+    for key in ("redis_cpu_us_per_job_1proc", "redis_cpu_us_per_job_2proc"):
+        assert math.isfinite(data["extra"][key]) and data["extra"][key] >= 0, key
     # the memory breakdown covers the three keys a queued job lives in
     assert set(data["extra"]["mem_queued_by_key"]) == {"ids LIST", "items HASH", "published ZSET"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_server_cost_prints_the_servers_time_per_job_with_records_on_and_off(
+    tmp_path: Path,
+) -> None:
+    """``benchmarks/server_cost.py`` (its own redis-server) prints, for records of successes on
+    and off, the server's CPU, ``evalsha`` and nested command time per drained job."""
+    env = {k: v for k, v in os.environ.items() if k != "TASKPIPE_BROKER_URL"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "server_cost.py"), "--jobs", "200"]
+        + ["--rounds", "1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for mode in ("on ", "off"):
+        line = next(
+            ln for ln in proc.stdout.splitlines() if ln.startswith(f"records of successes {mode}")
+        )
+        assert re.search(r"redis-server CPU \d+\.\d us/job, evalsha \d+\.\d us/job", line), line
+    assert proc.stdout.count("nested commands, us/job: ") == 2, proc.stdout

@@ -144,6 +144,78 @@ def test_outcome_events_can_be_turned_off(listening: TaskPipe) -> None:
     assert got == ["log", "log"]
 
 
+def test_aborted_and_expired_jobs_are_announced(listening: TaskPipe) -> None:
+    """An aborted job is announced by the abort (``job_abort.lua``), an expired one by the worker
+    that found it past its deadline; both reach ``task.on``, ``app.on`` and carry the error."""
+    from datetime import datetime, timedelta, timezone
+
+    app = listening
+    started = threading.Event()
+    got: list[tuple[Any, ...]] = []
+
+    @app.task(channel="ends")
+    def spin() -> None:
+        job = current_job()
+        assert job is not None
+        started.set()
+        for _ in range(3000):
+            job.check_abort()
+            threading.Event().wait(0.01)
+
+    @app.task(channel="ends")
+    def late() -> None:
+        got.append(("ran",))
+
+    spin.on("aborted", lambda job: got.append(("aborted", job.id, job.task, job.error)))
+    late.on("expired", lambda job: got.append(("expired", job.id, job.task, job.error)))
+    every: list[str] = []
+    app.on("aborted", lambda job: every.append(job.kind))
+    app.on("expired", lambda job: every.append(job.kind))
+    app.listen(["ends"])
+    gone = late.apply_async(expires=datetime.now(timezone.utc) - timedelta(seconds=1))
+    with running_worker(app, ["ends"], concurrency=1) as worker:
+        wait_for(lambda: any(g[0] == "expired" for g in got), 10, "the expired event")
+        running = spin.delay()
+        assert started.wait(10)
+        running.abort(by="the test")
+        wait_for(lambda: any(g[0] == "aborted" for g in got), 10, "the aborted event")
+        wait_for(lambda: worker.writer.stats.get("aborted") == 1, 10, "the task to stop")
+    assert [g[:3] for g in got] == [
+        ("expired", gone.id, late.name),
+        ("aborted", running.id, spin.name),
+    ]  # each announced once: the worker's own "aborted" count announces nothing
+    expired_error, aborted_error = got[0][3], got[1][3]
+    assert isinstance(expired_error, TaskFailed) and expired_error.exc_type == "JobExpired"
+    assert isinstance(aborted_error, TaskFailed) and aborted_error.exc_type == "JobAborted"
+    assert aborted_error.exc_message.startswith("aborted by the test at ")
+    assert every == ["expired", "aborted"]
+
+
+def test_an_abort_is_announced_unless_the_aborting_app_turned_events_off(
+    listening: TaskPipe,
+) -> None:
+    """The abort publishes its event itself, with the job's task, whatever worker holds the
+    job (here none: the jobs are claimed by hand); ``job_events = False`` leaves it out."""
+    app = listening
+
+    @app.task(channel="byhand")
+    def held() -> None:
+        return None
+
+    seen: list[tuple[str, str | None, str]] = []
+    app.on("aborted", lambda job: seen.append((job.id, job.task, job.data["by"])))
+    app.listen(["byhand"])
+    quiet, loud = held.delay(), held.delay()
+    assert len(app.channel("byhand").claim(2)) == 2
+    app.job_events = False
+    quiet.abort(by="silent")
+    app.job_events = True
+    loud.abort(by="loud")  # published after the quiet one's would have been: seen after it
+    wait_for(lambda: seen, 10, "the aborted event")
+    assert seen == [(loud.id, held.name, "loud")]
+    assert quiet.state == loud.state == "aborted"
+
+
 def test_emitter_rules(caplog: pytest.LogCaptureFixture) -> None:
     em = Emitter(("complete",))
     with pytest.raises(ConfigError, match="unknown event"):
@@ -171,6 +243,9 @@ def test_parse_event_rejects_malformed_messages() -> None:
     assert fail is not None and fail.error is not None
     assert (fail.error.exc_type, fail.error.exc_message) == ("KeyError", "boom: x")
     assert parse_event("ch", "log", b"id3\0a line").data == "a line"  # type: ignore[union-attr]
+    aborted = parse_event("ch", "aborted", b'id4\0{"task": "t", "error": "JobAborted: by x"}')
+    assert aborted is not None and aborted.task == "t" and aborted.error is not None
+    assert aborted.error.exc_type == "JobAborted"
     for kind, rest in (
         ("complete", b"id\0not json"),
         ("complete", b"id\0[1]"),

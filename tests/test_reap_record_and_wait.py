@@ -1,10 +1,13 @@
-"""Issue 14 gaps: a job the reaper stalls keeps its record (``job_reap`` + ``job_reap_record``),
+"""Issue 14 gaps: a job the reaper stalls keeps its record (``job_reap`` finds it,
+``job_reap_stall`` stalls it with its record in one step),
 and the claim returns each job's publish time (``Claim.published_ms``, the wait-time histogram).
 
 Real lease expiry (short leases, ``reap`` called directly), on real Redis and ``memory://``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -14,6 +17,8 @@ from taskpipe import TaskPipe
 from taskpipe.connection import Connection
 from taskpipe.inspection import Inspector
 from taskpipe.thoonk.job import JobChannel, claim_from
+from taskpipe.thoonk.job_reads import _s
+from taskpipe.thoonk.script_keys import contract
 from taskpipe.thoonk.thoonk import Thoonk
 from taskpipe.worker import Worker
 from taskpipe.worker.keeper import task_label
@@ -95,18 +100,55 @@ def test_without_a_record_argument_the_reaper_keeps_none(job: JobChannel) -> Non
     assert job.record(jid) is None and job.info(jid).state == "stalled"
 
 
-def test_a_job_retried_before_its_record_is_written_gets_none(job: JobChannel) -> None:
-    jid = job.put(b"p")
+def _find_to_stall(job: JobChannel) -> list[Any]:
+    """Run only the reaper's first script (``job_reap``, max cancels 1) until it finds the
+    claimed job to stall; returns its reply (nothing is stalled by it)."""
+
+    def found() -> list[Any] | None:
+        reply = job.scripts["job_reap"](job.client, contract("job_reap").build(job.keys), [10, 1])
+        return list(reply) if reply[1] else None
+
+    out: list[Any] = wait_for(found, what="the job to stall")
+    return out
+
+
+def test_a_reaper_stopped_between_its_two_calls_leaves_the_job_for_the_next_pass(
+    job: JobChannel,
+) -> None:
+    jid = job.put(b"payload")
     _lose(job, "w", max_cancels=1)
     job.claim(1, lease_ms=SHORT, worker="w")
-    reaped = wait_for(
-        lambda: (lambda r: r if r.stalled else None)(job.reap_detail(1)), what="the stall"
-    )
-    assert [d[0] for d in reaped.stalled_detail] == [jid]
-    assert reaped.stalled_detail[0][1] == "w" and reaped.stalled_detail[0][5] == b"p"
-    job.retry(jid)
-    assert job.keep_reaped_records(reaped.stalled_detail, LONG, ["t"]) == 0
+    reply = _find_to_stall(job)  # the reaper "dies" here: job_reap_stall never runs
+    assert [_s(i) for i in reply[1]] == [jid] and reply[4][2] == b"payload"
+    assert _s(reply[4][1]) == "lease expired"
+    info = job.info(jid)
+    assert info.state == "claimed" and info.cancel_count == 1  # untouched: no stall, no record
     assert job.record(jid) is None
+    record = (LONG, lambda item: "t.lost")
+    assert job.reap(max_cancels=1, record=record) == ([], [jid])  # the next pass
+    info = job.info(jid)
+    assert info.state == "stalled" and info.reason == "worker_lost: lease expired 2 times"
+    rec = job.record(jid)
+    assert rec is not None and rec["outcome"] == b"stalled" and rec["label"] == b"t.lost"
+    assert rec["cancels"] == b"2" and rec["worker"] == b"w"
+
+
+def test_a_job_finished_or_renewed_between_the_two_calls_is_not_stalled(
+    job: JobChannel,
+) -> None:
+    finished, renewed = job.put(b"f"), job.put(b"r")
+    for jid in (finished, renewed):  # each lost once already
+        job.client.hset(job.keys.cancelled, jid, 1)
+    claims = {c.id: c for c in job.claim(2, lease_ms=SHORT, worker="w")}  # one deadline
+    reply = _find_to_stall(job)
+    found = [_s(i) for i in reply[1]]
+    assert sorted(found) == sorted([finished, renewed])
+    job.finish(finished, b"done", LONG, token=claims[finished].token)  # the worker was late
+    assert job.extend([(renewed, claims[renewed].token)], LONG) == []  # and renewed its lease
+    assert job._stall_reaped(found, list(reply[4]), (LONG, lambda item: "t")) == []
+    assert job.info(finished).state == "finished" and job.info(renewed).state == "claimed"
+    assert job.record(renewed) is None
+    assert job.info(renewed).cancel_count == 1
 
 
 def test_the_worker_reaper_keeps_the_record_for_every_view(

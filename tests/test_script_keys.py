@@ -121,7 +121,7 @@ def test_build_takes_roles_from_the_keys_object_given_keys_and_a_tail() -> None:
     k = space.job("emails")
     assert contract("job_extend").build(k) == [k.claimed, k.leases, k.tokens]
     # optional keys only when given; given keys override the source
-    assert contract("job_reap").build(k)[-2:] == [k.stalled_at, k.items]
+    assert contract("job_reap").build(k)[-2:] == [k.wake, k.items]
     assert contract("job_reap").build(k, presence=space.presence())[-1] == "p:taskpipe.presence"
     assert contract("job_state").build(k, result=k.result("x"))[5] == "p:feed.result:emails:x"
     assert contract("delete").build(space, "a", "b") == ["p:feeds", "a", "b"]

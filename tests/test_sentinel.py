@@ -257,6 +257,37 @@ def test_password_protected_master_and_sentinel(prefix: str) -> None:
         setup.stop()
 
 
+def test_no_master_is_one_line_naming_the_service_and_the_sentinels(prefix: str) -> None:
+    """A sentinel that monitors no such master, and one that does not answer: the error is one
+    line naming the service and what each sentinel said (redis-py's appended the repr of each
+    unreachable sentinel's client), without the password."""
+    cmd = _sentinel_command()
+    assert cmd is not None
+    port, down = free_port(), free_port()
+    folder = tempfile.mkdtemp(prefix="taskpipe-sentinel-")
+    conf = os.path.join(folder, "sentinel.conf")
+    with open(conf, "w") as f:
+        f.write(f"port {port}\nbind 127.0.0.1\ndir {folder}\nprotected-mode no\n")
+    args = [*cmd, conf] + (["--sentinel"] if cmd == ["redis-server"] else [])
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(lambda: redis.Redis(port=port).ping(), "the sentinel to start")
+        url = f"redis+sentinel://:s3cret-pw@127.0.0.1:{port},127.0.0.1:{down}/{MASTER}"
+        with TaskPipe(broker=url, prefix=prefix, publish_retry=0) as app:
+            with pytest.raises(BrokerUnavailable) as info:
+                app.send("add1", [1])
+        message = str(info.value)
+        assert "\n" not in message and "s3cret" not in message and "redis.client" not in message
+        assert (
+            f"Redis Sentinel has no master for service '{MASTER}': "
+            f"127.0.0.1:{port} does not monitor it; 127.0.0.1:{down} unreachable (" in message
+        )
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_sentinel_url_options() -> None:
     info = parse_url(
         "redis+sentinel://u:p%40ss@h1:26379,h2:26380/mymaster/2"

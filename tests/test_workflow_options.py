@@ -216,25 +216,51 @@ def test_eager_mode_runs_chains_and_chords() -> None:
         add.apply_async((1,), depends_on=["nope"])
 
 
-def test_depends_on_with_flow_control_is_refused_with_nothing_written(
+def test_depends_on_with_deduplication_is_refused_with_nothing_written(
     app: TaskPipe, tasks: dict[str, Any]
 ) -> None:
-    """A dependant is released straight to its channel's queue, so flow options (a numeric
-    priority, unique, a rate limit or a cap on the task) cannot apply to it: refused, typed,
-    nothing published."""
+    """Deduplication is decided at publish, a dependant runs when its parents finish: ``unique``
+    / ``unique_for`` / ``debounce`` with ``depends_on`` are refused, typed, nothing published."""
     parent = tasks["add"].delay(1, 2)
+    ch = app.channel(app.default_channel)
+    before = ch.counts()
+    for dedup in ({"unique": True}, {"unique_for": "1m"}, {"debounce": "1s"}):
+        with pytest.raises(ConfigError, match="depends_on cannot be combined with unique"):
+            tasks["add"].apply_async((1,), depends_on=[parent], **dedup)
+    assert ch.counts() == before
+
+
+def test_released_dependants_honour_flow_control(app: TaskPipe, tasks: dict[str, Any]) -> None:
+    """A dependant's concurrency cap, rate limit and numeric priority apply once its parent's
+    finish releases it (its flow spec is written when it is published to wait), as for a job
+    published with them; and to one whose parent had finished already (queued at once)."""
 
     @app.task(name="capped", concurrency=1)
     def capped() -> None:
         return None
 
+    @app.task(name="rated", rate_limit="1/m")
+    def rated() -> None:
+        return None
+
+    parent = tasks["add"].delay(1, 2)
     ch = app.channel(app.default_channel)
-    before = ch.counts()
-    for call in (
-        lambda: tasks["add"].apply_async((1,), depends_on=[parent], priority=3),
-        lambda: tasks["add"].apply_async((1,), depends_on=[parent], unique=True),
-        lambda: capped.apply_async(depends_on=[parent]),
-    ):
-        with pytest.raises(ConfigError, match="depends_on cannot be combined with flow control"):
-            call()
-    assert ch.counts() == before
+    [claim] = ch.claim(10)
+    assert claim.id == parent.id
+    caps = [capped.apply_async(depends_on=[parent]) for _ in range(2)]
+    rates = [rated.apply_async(depends_on=[parent]) for _ in range(2)]
+    nine = tasks["add"].apply_async((9,), depends_on=[parent], priority=9)
+    zero = tasks["add"].apply_async((0,), depends_on=[parent], priority=0)
+    assert {r.state for r in (*caps, *rates, nine, zero)} == {"waiting"}
+    ch.finish(parent.id, token=claim.token)  # releases all six to the queue
+    # the cap and the rate let one each through; the numbered jobs come in priority order
+    got = ch.claim(10)
+    assert [c.id for c in got] == [caps[0].id, rates[0].id, zero.id, nine.id]
+    assert ch.claim(10) == []  # the second capped and the second rated job are held
+    assert ch.counts()["available"] == 2
+    ch.finish(caps[0].id, token=got[0].token)  # frees the cap's slot
+    assert [c.id for c in ch.claim(10)] == [caps[1].id]
+    # a parent that finished already: queued at once, still numbered
+    done = tasks["add"].apply_async((5,), depends_on=[parent], priority=5)
+    first = tasks["add"].apply_async((1,), depends_on=[parent], priority=1)
+    assert [c.id for c in ch.claim(10)] == [first.id, done.id]

@@ -66,8 +66,8 @@ def events(
     count: int | None,
     timeout: str | None,
 ) -> None:
-    """Print job events live: complete, fail, timeout, retry, stall, log, progress, and
-    empty / drain of a channel; one line each (JSON lines with --json), until Ctrl-C."""
+    """Print job events live: complete, fail, timeout, retry, stall, aborted, expired, log,
+    progress, and empty / drain of a channel; one line each (JSON lines with --json), until Ctrl-C."""
     app = _app(app_path, broker, prefix)
     channels = [c.strip() for c in queues.split(",") if c.strip()] if queues else None
     deadline = None if timeout is None else time.monotonic() + parse_duration(timeout)

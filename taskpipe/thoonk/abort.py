@@ -30,9 +30,12 @@ class AbortOps:
     def workflow_section(self, id: str | None) -> tuple[list[str], list[Any]]:  # WorkflowOps
         raise NotImplementedError
 
-    def abort(self, id: str, record: bytes, result_ttl_ms: int, who: str) -> int:
+    def abort(
+        self, id: str, record: bytes, result_ttl_ms: int, who: str, event: bytes | None = None
+    ) -> int:
         """End claimed job ``id`` as aborted by ``who`` with result ``record``; returns 1, or 0
-        when it is not claimed (nothing changed)."""
+        when it is not claimed (nothing changed). ``event`` (JSON) is published as the job's
+        ``aborted`` event on ``feed.jobevent:<f>`` in the same step; None publishes none."""
         from taskpipe.thoonk.job import FINISHED_INDEX_MS
         from taskpipe.thoonk.script_keys import contract
 
@@ -45,6 +48,8 @@ class AbortOps:
             k.ch_finish,
             who,
             FINISHED_INDEX_MS,
+            k.ch_events if event is not None else "",
+            event or b"",
         ]
         code = -2
         for attempt in range(100):  # -2: it has dependants (or more than were read)

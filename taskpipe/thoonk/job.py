@@ -4,29 +4,32 @@ The v1 keys and list directions are kept exactly (see ``docs/contract.md``); eve
 operation is one Lua script. taskpipe adds delayed puts, leases with fencing tokens, a reaper,
 durable results with a TTL and per-job progress and logs. The read-side calls (results, info,
 counts, ids, logs) are in ``job_reads.py`` (``JobReads``), the cleaning calls in
-``job_clean.py`` (``JobCleaning``) and the operators' paged reads in ``job_browse.py``
-(``JobBrowsing``); ``JobChannel`` inherits all three.
+``job_clean.py`` (``JobCleaning``), the operators' paged reads in ``job_browse.py``
+(``JobBrowsing``), finishing in ``job_finish.py`` (``FinishOps``) and the reaper in
+``job_reap.py`` (``ReapOps``); ``JobChannel`` inherits them.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.broker_retry import maps_broker_errors
 from taskpipe.connection import close_quietly
-from taskpipe.errors import JobNotFound, LeaseLost, SerializationError, WrongJobState
+from taskpipe.errors import JobNotFound, LeaseLost, WrongJobState
 from taskpipe.thoonk.abort import AbortOps
 from taskpipe.thoonk.flow import PutFlow, put_flow, put_flow_args
 from taskpipe.thoonk.job_browse import JobBrowsing
 from taskpipe.thoonk.job_clean import JobCleaning
-from taskpipe.thoonk.job_reads import JobInfo, JobReads, _s
+from taskpipe.thoonk.job_finish import FINISHED_INDEX_MS, FinishOps, FinishRequest
+from taskpipe.thoonk.job_reads import JobInfo, JobReads, _b, _check_id, _s
+from taskpipe.thoonk.job_reap import Reaped, ReapOps
 from taskpipe.thoonk.job_records import RECORD_ITEM_MAX, JobRecords
 from taskpipe.thoonk.keys import JobKeys
-from taskpipe.thoonk.script_keys import FINISH_FOLLOWUP_ROLES, contract
+from taskpipe.thoonk.script_keys import contract
 from taskpipe.thoonk.scripts import broker_errors
 from taskpipe.thoonk.workflow import WorkflowOps
 
@@ -47,7 +50,6 @@ __all__ = [
 ]
 
 DEFAULT_LEASE_MS = 30_000
-FINISHED_INDEX_MS = 7 * 24 * 3600 * 1000  # how long the finished-id index remembers a job
 
 
 def new_id() -> str:
@@ -59,26 +61,8 @@ def new_id() -> str:
     return raw.hex()
 
 
-def _b(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    raise SerializationError(  # a TypeError too
-        f"job items and results must be bytes or str, not {type(value).__name__}"
-    )
-
-
 def _runs_now(req: PutRequest) -> bool:
     return req.delay_ms <= 0 and req.eta_ms <= 0
-
-
-def _check_id(value: Any) -> Any:
-    if value is not None and (not isinstance(value, str) or not value or "\0" in value):
-        raise TypeError(f"a job id must be a non-empty str without NUL, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -116,40 +100,10 @@ class PutRequest:
     parents: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True)
-class FinishRequest:
-    """One job to finish with ``finish_many``."""
-
-    id: str
-    token: str = ""
-    result: bytes | None = None  # None: plain acknowledgement; bytes (even b""): a result
-    result_ttl_ms: int = 0
-    failed: bool = False
-    keep_query: bool = False  # keep the item beside a stored result (feed.query:<f>:<id>)
-    #: job record (docs/history.md): '' keeps none; 'succeeded', 'failed' or 'timeout' keeps one with
-    #: the job's payload, counts, worker and times, for ``result_ttl_ms``
-    outcome: str = ""
-    label: str = ""  # what the record is indexed by (the task name)
-    code: str = ""  # an error code kept in the record
-    runtime_ms: int | None = None
-
-
-@dataclass(frozen=True)
-class Reaped:
-    """What one reaper pass did: ids requeued and stalled (either cause), the workers found dead
-    (their alive channel empty past the grace) and which of the ids were theirs."""
-
-    requeued: list[str]
-    stalled: list[str]
-    dead_workers: list[str]
-    dead_ids: list[str]
-    #: per stalled id, what its record needs (read before its claim was dropped):
-    #: ``(id, worker, claim ms, publish ms, cancel count, item)``, '' where unknown
-    stalled_detail: list[tuple[str, str, str, str, str, bytes]] = field(default_factory=list)
-
-
 @maps_broker_errors  # no redis-py exception type leaves a public method
-class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, AbortOps):
+class JobChannel(
+    JobReads, JobCleaning, JobBrowsing, JobRecords, FinishOps, ReapOps, WorkflowOps, AbortOps
+):
     """A Thoonk job channel. Open one with ``Thoonk.job(name)``."""
 
     def __init__(self, thoonk: Thoonk, name: str) -> None:
@@ -372,114 +326,6 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
         return claims[0] if claims else None
 
     # outcomes -------------------------------------------------------------------------------
-    def finish(
-        self,
-        id: str,
-        result: bytes | str | None = None,
-        result_ttl_ms: int = 0,
-        token: str = "",
-        failed: bool = False,
-    ) -> None:
-        """Finish a claimed job; store ``result`` for ``result_ttl_ms`` and publish job.finish
-        (``result=None`` is a plain acknowledgement; any bytes, ``b""`` too, are a result)."""
-        req = FinishRequest(
-            id, token, _b(result) if result is not None else None, int(result_ttl_ms), failed
-        )
-        code = self.finish_many([req])[0]
-        self._raise_for(code, id, "claimed", token)
-
-    def finish_many(
-        self,
-        requests: Sequence[FinishRequest],
-        followup: tuple[JobChannel, str, bytes] | None = None,
-    ) -> list[int]:
-        """Finish several claimed jobs in one script call; returns a code per job.
-
-        Codes: 1 finished, 0 not claimed, -1 lease lost. ``followup`` = ``(channel, id, item)``
-        publishes one more job in the same atomic step (only with one request). A job that
-        other jobs wait for (``depends_on``) is finished on its own, with its dependants
-        released in the same step (``taskpipe.thoonk.workflow``).
-        """
-        if not requests:
-            return []
-        if followup is not None and len(requests) != 1:
-            raise ValueError("a follow-up job can only ride on a single finish")
-        if len(requests) > 1000:
-            raise ValueError("finish_many takes at most 1000 jobs per call")
-        keys, args = self._finish_parts(requests, followup)
-        codes = [
-            int(c) for c in self._finish_call(requests, keys, args, self.workflow_section(None))
-        ]
-        if len(requests) == 1:
-            for _ in range(100):  # -2: it has dependants (or more than were read): pass them
-                if codes[0] != -2:
-                    break
-                section = self.workflow_section(requests[0].id)
-                codes = [int(c) for c in self._finish_call(requests, keys, args, section)]
-            return codes
-        todo = [i for i in range(len(requests)) if codes[i] == -2]
-        if todo:  # in a batch: finished one by one, their dependants read in one round trip
-            sections = self.workflow_sections([requests[i].id for i in todo])
-            for i, section in zip(todo, sections):
-                one_keys, one_args = self._finish_parts([requests[i]], None)
-                code = int(self._finish_call([requests[i]], one_keys, one_args, section)[0])
-                codes[i] = code if code != -2 else self.finish_many([requests[i]])[0]
-        return codes
-
-    def _finish_parts(
-        self, requests: Sequence[FinishRequest], followup: tuple[JobChannel, str, bytes] | None
-    ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of one ``job_finish`` call, before its workflow section."""
-        keys = [
-            *self._finish_keys,
-            *(self.keys.result(r.id) for r in requests),
-            *(self.keys.query(r.id) for r in requests if r.keep_query and r.result is not None),
-        ]
-        args: list[Any] = [self.keys.ch_finish, FINISHED_INDEX_MS, len(requests)]
-        for r in requests:
-            args += [
-                r.id,
-                r.token,
-                b"" if r.result is None else _b(r.result),
-                max(0, r.result_ttl_ms),
-                "1" if r.failed else "0",
-                "0" if r.result is None else "2" if r.keep_query else "1",
-            ]
-        if followup is not None:
-            target, fid, fitem = followup
-            fitem = _b(fitem)
-            t = target.keys
-            keys += [*(getattr(t, role) for role in FINISH_FOLLOWUP_ROLES), t.result(fid)]
-            args += [_check_id(fid), fitem]
-        return keys, args
-
-    def _finish_call(
-        self,
-        requests: Sequence[FinishRequest],
-        keys: list[str],
-        args: list[Any],
-        section: tuple[list[str], list[Any]],
-    ) -> list[Any]:
-        """One ``job_finish`` call: its main part, then the workflow section, then (when a
-        request carries an outcome to record) the record section."""
-        wf_keys, wf_args = section
-        keys, args = [*keys, *wf_keys], [*args, *wf_args]
-        if any(r.outcome for r in requests):
-            self._record_section(requests, keys, args)
-        return list(self.scripts["job_finish"](self.client, keys, args))
-
-    def _record_section(
-        self, requests: Sequence[FinishRequest], keys: list[str], args: list[Any]
-    ) -> None:
-        """Append the record section of ``job_finish`` (see ``lua/_record.lua``)."""
-        k = self.keys
-        keys += [k.failed_index, k.label_stats]
-        args += [RECORD_ITEM_MAX, FINISHED_INDEX_MS]
-        for r in requests:
-            keys += [k.record(r.id), k.label_index(r.label)]
-            args += [r.outcome, r.label, r.code, "" if r.runtime_ms is None else int(r.runtime_ms)]
-        args.append("\0record")
-
     def cancel(self, id: str, token: str = "", not_before_ms: int = 0) -> int:
         """Send a claimed job back to the queue; returns its new cancel count.
 
@@ -630,58 +476,6 @@ class JobChannel(JobReads, JobCleaning, JobBrowsing, JobRecords, WorkflowOps, Ab
             self.client, contract("job_extend").build(self.keys), args
         )
         return [_s(x) for x in lost]
-
-    def reap(
-        self,
-        max_cancels: int = 0,
-        limit: int = 1000,
-        *,
-        presence: tuple[str, str, int] | None = None,
-        record: tuple[int, Callable[[bytes], str]] | None = None,
-    ) -> tuple[list[str], list[str]]:
-        """Requeue (or stall, past ``max_cancels``) claims whose lease expired, and with
-        ``presence`` = ``(presence set key, alive channel prefix, grace ms)`` also the claims of
-        joined workers whose alive channel has had no subscriber for the grace (their process
-        died: see ``thoonk/workers.py``). Returns ``(requeued_ids, stalled_ids)``.
-        ``record`` = ``(ttl_ms, label_of)``: a stalled job keeps its record that long (outcome
-        ``stalled``, the worker that lost it, times; ``label_of(payload)`` names its task).
-        """
-        reaped = self.reap_detail(max_cancels, limit, presence=presence, record=record)
-        return reaped.requeued, reaped.stalled
-
-    def reap_detail(
-        self,
-        max_cancels: int = 0,
-        limit: int = 1000,
-        *,
-        presence: tuple[str, str, int] | None = None,
-        record: tuple[int, Callable[[bytes], str]] | None = None,
-    ) -> Reaped:
-        """``reap``, saying which workers were found dead and which of the ids were theirs."""
-        args: list[Any] = [limit, max_cancels]
-        if presence is not None:
-            keys = contract("job_reap").build(self.keys, presence=presence[0])
-            args += [presence[1], presence[2]]
-        else:
-            keys = contract("job_reap").build(self.keys)
-        reply = self.scripts["job_reap"](self.client, keys, args)
-        lists = [[_s(x) for x in part] for part in reply[:4]] + [[], []]
-        flat = list(reply[4]) if len(reply) > 4 else []
-        detail = [
-            (
-                sid,
-                _s(flat[5 * i]),
-                _s(flat[5 * i + 1]),
-                _s(flat[5 * i + 2]),
-                _s(flat[5 * i + 3]),
-                _b(flat[5 * i + 4]),
-            )
-            for i, sid in enumerate(lists[1])
-            if 5 * i + 4 < len(flat)
-        ]
-        if record is not None and record[0] > 0 and detail:
-            self.keep_reaped_records(detail, record[0], [record[1](d[5]) for d in detail])
-        return Reaped(lists[0], lists[1], lists[2], lists[3], detail)
 
     def promote(self, limit: int = 1000) -> tuple[int, int | None]:
         """Move due delayed jobs to available; returns ``(moved, next_due_ms or None)``."""

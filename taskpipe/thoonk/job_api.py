@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.durations import DurationLike, parse_duration
 from taskpipe.errors import Empty, ResultTimeout
-from taskpipe.thoonk.job import DEFAULT_LEASE_MS, Claim, FinishRequest, JobChannel, _b, new_id
+from taskpipe.thoonk.job import DEFAULT_LEASE_MS, Claim, FinishRequest, JobChannel, new_id
+from taskpipe.thoonk.job_reads import _b
 from taskpipe.thoonk.scripts import broker_errors
 
 if TYPE_CHECKING:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from taskpipe.connection import close_quietly
+from taskpipe.errors import SerializationError
 from taskpipe.states import JobState
 from taskpipe.thoonk.job_watch import JobWatch
 from taskpipe.thoonk.script_keys import contract
@@ -57,6 +58,24 @@ def record_fields(values: Sequence[Any]) -> dict[str, bytes]:
 
 def _s(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _b(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise SerializationError(  # a TypeError too
+        f"job items and results must be bytes or str, not {type(value).__name__}"
+    )
+
+
+def _check_id(value: Any) -> Any:
+    if value is not None and (not isinstance(value, str) or not value or "\0" in value):
+        raise TypeError(f"a job id must be a non-empty str without NUL, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)

@@ -50,33 +50,6 @@ class JobRecords:
 
         def retract_keys(self, id: str) -> list[str]: ...
 
-    def keep_reaped_records(
-        self,
-        detail: Sequence[tuple[str, str, str, str, str, bytes]],
-        ttl_ms: int,
-        labels: Sequence[str] = (),
-    ) -> int:
-        """Keep the records of jobs the reaper stalled (``Reaped.stalled_detail``; ``labels``:
-        their task names, in order): outcome ``stalled``, the worker that lost them, claim,
-        publish and stall times, the cancel count, for ``ttl_ms`` (``lua/job_reap_record.lua``).
-        A job retried or retracted since the reap is skipped. Returns the records written.
-
-        Written right after the reap, not in its script (which cannot name a key per job it
-        finds): a reaper stopped between the two calls leaves the job stalled, with its reason,
-        and no record."""
-        written = 0
-        for start in range(0, len(detail), 1000):
-            part = detail[start : start + 1000]
-            keys = contract("job_reap_record").build(
-                self.keys, *[self.keys.record(d[0]) for d in part]
-            )
-            args: list[Any] = [int(ttl_ms)]
-            for i, (job_id, worker, claimed, published, cancels, _item) in enumerate(part, start):
-                label = labels[i] if i < len(labels) else ""
-                args += [job_id, label, worker, claimed, published, cancels]
-            written += int(self.scripts["job_reap_record"](self.client, keys, args))
-        return written
-
     def requeue(self, id: str, outcomes: Sequence[str] = ("failed", "timeout")) -> str:
         """Publish an ended job again from its record: same id, its payload as published,
         attempts and cancels reset, the record kept (``requeues`` + 1). Only a job whose

@@ -33,6 +33,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from taskpipe.broker_retry import as_taskpipe_error
 from taskpipe.connection import close_quietly
 from taskpipe.errors import BrokerUnavailable
 from taskpipe.thoonk.keys import EVENT_STEMS, JOB_EVENT_STEMS, NOTICE_CHANNELS
@@ -82,6 +83,9 @@ class Listener:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ready = threading.Event()
+        #: set once the first attempt of a ``start`` subscribed or failed (``_start_error``)
+        self._settled = threading.Event()
+        self._start_error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._client: Any = None
         #: How many times the subscriptions were (re)established.
@@ -125,20 +129,29 @@ class Listener:
     def start(self, timeout: float = 10.0) -> Listener:
         """Start the thread and wait until it is subscribed.
 
-        Raise ``BrokerUnavailable`` (and stop the thread) if that takes longer than ``timeout``.
+        If its first attempt fails (the broker is down, refuses the password...), stop the
+        thread and raise that error as a plain call would (``BrokerUnavailable``,
+        ``BrokerError``), at once; raise ``BrokerUnavailable`` too if subscribing takes longer
+        than ``timeout``. Once started, the thread reconnects by itself after a lost connection.
         """
         if self.running:
             return self
         self._stop.clear()
         self._ready.clear()
+        self._settled.clear()
+        self._start_error = None
         if self._client is None:
             self._client = self.thoonk.connection.new_client()
         self._thread = threading.Thread(target=self._run, name="thoonk-listener", daemon=True)
         self._thread.start()
-        if not self._ready.wait(timeout):
-            self.stop()
-            raise BrokerUnavailable(f"the Thoonk listener could not subscribe within {timeout}s")
-        return self
+        self._settled.wait(timeout)
+        if self._ready.is_set():
+            return self
+        error = self._start_error
+        self.stop()
+        if error is not None:
+            raise as_taskpipe_error("the Thoonk listener could not subscribe", error) from error
+        raise BrokerUnavailable(f"the Thoonk listener could not subscribe within {timeout}s")
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait until the listener is subscribed; False if ``timeout`` passed first."""
@@ -182,10 +195,15 @@ class Listener:
                             self.connects += 1
                             backoff = 0.05
                             self._ready.set()
+                            self._settled.set()
                     elif kind in ("message", "pmessage"):
                         self._dispatch(message)
             except Exception as exc:  # noqa: BLE001 - the thread must survive anything
                 if self._stop.is_set():
+                    break
+                if not self._settled.is_set():  # the first attempt: start() raises it
+                    self._start_error = exc
+                    self._settled.set()
                     break
                 self._ready.clear()
                 log.warning(

@@ -109,7 +109,12 @@ class Thoonk:
         self._handlers: dict[tuple[str, Any], Callable[..., Any]] = {}
         self._finish_callbacks: FinishCallbacks | None = None  # Job.publish(on_finish=)
         if listen:
-            self.start_listener()
+            try:
+                self.start_listener()  # a broker that is down raises at once, as a call does
+            except BaseException:
+                if connection is None:  # ours: nobody else can close it
+                    self.connection.close()
+                raise
 
     # registry -------------------------------------------------------------------------------
     def create(self, name: str, type: str = "feed", config: dict[str, Any] | None = None) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from taskpipe.thoonk.script_keys import WORKFLOW_PARENT_ROLES, WORKFLOW_RELEASE_ROLES, contract
 
 if TYPE_CHECKING:
+    from taskpipe.thoonk.flow import PutFlow
     from taskpipe.thoonk.keys import JobKeys
     from taskpipe.thoonk.scripts import ScriptRegistry
     from taskpipe.thoonk.thoonk import Thoonk
@@ -45,9 +46,15 @@ class WorkflowOps:
     thoonk: Thoonk
 
     def put_waiting(
-        self, id: str, item: bytes, parents: Sequence[tuple[str, str]]
+        self,
+        id: str,
+        item: bytes,
+        parents: Sequence[tuple[str, str]],
+        flow: PutFlow | None = None,
     ) -> tuple[int, int]:
         """Publish job ``id`` to run once every ``(channel, parent id)`` has finished.
+        ``flow``: its numeric priority, rate-limit and concurrency groups, honoured by the
+        claim once it is released (its dedup fields are not read: refused with parents).
 
         Returns ``(code, unfinished)``: code 1 published (``unfinished`` parents left; 0 means
         it was queued at once), 0 an item with that id exists (nothing written), -1 parent
@@ -71,6 +78,8 @@ class WorkflowOps:
             len(parents),
             *(p for _, p in parents),
             MAX_DEPENDANTS,
+            "" if flow is None or flow.priority is None else str(flow.priority),
+            "" if flow is None else flow.spec_rest(),
         ]
         r = self.scripts["job_put_waiting"](self.client, keys, args)
         return int(r[0]), int(r[1]) if len(r) > 1 else 0

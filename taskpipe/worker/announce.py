@@ -1,9 +1,10 @@
 """Announces written outcomes on the channels' job event stream (``taskpipe.events``).
 
 An ``OutcomeWriter`` listener: each outcome the writer applied (finished, failed, retried,
-stalled) becomes one ``feed.jobevent:<f>`` message, ``<kind>\\0<id>\\0<json>``; the messages
+stalled, expired) becomes one ``feed.jobevent:<f>`` message, ``<kind>\\0<id>\\0<json>``; the messages
 of a batch are published in one script call (``job_announce.lua``) after the batch is written (the
 finisher thread calls ``flush``), so an event never runs ahead of the state it reports.
+An aborted job is announced by the abort itself (``job_abort.lua``), not here.
 Best effort: an announcement that fails is logged and dropped; the jobs are not affected.
 
 Nobody following, nothing published: whether a channel's stream has subscribers (a direct one,
@@ -23,23 +24,27 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
+    from taskpipe.events import OutcomeEvent
+    from taskpipe.states import WorkerEvent
     from taskpipe.worker.runner import Outcome
 
 __all__ = ["Announcer"]
 
 log = logging.getLogger("taskpipe.worker")
 
-#: writer counter -> event kind (``failed`` by a soft time limit is ``timeout``)
-_KINDS = {
+#: writer counter -> event kind (``failed`` by a soft time limit is ``timeout``; ``aborted`` is
+#: announced by ``job_abort.lua``)
+_KINDS: dict[WorkerEvent, OutcomeEvent] = {
     "finished": "complete",
     "failed": "fail",
     "timeout": "timeout",
     "retried": "retry",
     "stalled": "stall",
+    "expired": "expired",
 }
 
 
-def event_of(event: str, outcome: Outcome) -> tuple[str, bytes] | None:
+def event_of(event: WorkerEvent, outcome: Outcome) -> tuple[OutcomeEvent, bytes] | None:
     """The (kind, JSON data) announced for one applied outcome, or None (not announced)."""
     kind = _KINDS.get(event)
     if kind is None:
@@ -95,7 +100,7 @@ class Announcer:
         self._followed[channel] = (now, followed)
         return followed
 
-    def __call__(self, channel: str, event: str, outcome: Outcome | None, n: int) -> None:
+    def __call__(self, channel: str, event: WorkerEvent, outcome: Outcome | None, n: int) -> None:
         if outcome is None or not getattr(self.app, "job_events", True):
             return
         checked = self._followed.get(channel)

@@ -11,6 +11,8 @@
 -- wf_check(wf, keys, id, count): 1 if the job may finish now; -2 if it has dependants the
 --   caller did not pass (or passed in a batch of count > 1): nothing is changed for it, the
 --   caller reads them and retries.
+-- wf_counts(wf, keys, ids) / wf_code(wf, c, count): the same check for a batch: one HMGET of
+--   every id's dependant count, then wf_code per job with its count (job_finish).
 -- wf_release(wf, keys, id): decrement each dependant's counter of unfinished parents; the one
 --   that reaches zero is queued (an item retracted meanwhile is dropped from waiting, not
 --   queued). Bounded: w <= the most dependants a parent may have (job_put_waiting).
@@ -21,11 +23,16 @@ local function wf_section(keys, argv, kend, aend)
   for k = 1, w do ids[k] = argv[aend - w - 1 + k] end
   return {base = kend - 4 * w, w = w, ids = ids}
 end
-local function wf_check(wf, keys, id, count)
-  local c = redis.call('HGET', keys[wf.base], id)
+local function wf_code(wf, c, count)
   if not c then return 1 end
   if count ~= 1 or tonumber(c) ~= wf.w then return -2 end
   return 1
+end
+local function wf_check(wf, keys, id, count)
+  return wf_code(wf, redis.call('HGET', keys[wf.base], id), count)
+end
+local function wf_counts(wf, keys, ids)
+  return redis.call('HMGET', keys[wf.base], unpack(ids))
 end
 local function wf_release(wf, keys, id)
   if wf.w == 0 then return end

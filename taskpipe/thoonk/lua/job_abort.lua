@@ -2,6 +2,7 @@
 -- released, its item removed (so it never runs again by itself), its result set to the
 -- caller's "aborted" record and announced on job.finish, who and when kept in
 -- feed.aborted:<f>:<id>,
+-- its "aborted" event published on the job event stream (unless ARGV[7] is empty),
 -- and its dependants (depends_on, chain, chord) released as by job_finish (_workflow.lua).
 -- The worker running it sees the abort (feed.aborted:<f>:<id>) and stops the task.
 -- KEYS[1] feed.claimed:<f>  KEYS[2] feed.leases:<f>  KEYS[3] feed.tokens:<f>
@@ -12,9 +13,10 @@
 -- KEYS[16 ..] the workflow section of _workflow.lua (the last 1 + 4w KEYS, last 1 + w ARGV)
 -- ARGV[1] id  ARGV[2] result record  ARGV[3] result ttl ms  ARGV[4] job.finish:<f> channel
 -- ARGV[5] who  ARGV[6] keep the feed.aborted:<f>:<id> record this many ms
+-- ARGV[7] the feed.jobevent:<f> channel ('' = announce nothing)  ARGV[8] the event's JSON data
 -- Returns: 1 aborted; 0 the job is not claimed (nothing changed); -2 it has dependants not
 --          passed in the workflow section (nothing changed: retry with them).
--- Events: job.finish:<f> "<id>\0<record>".
+-- Events: job.finish:<f> "<id>\0<record>"; feed.jobevent:<f> "aborted\0<id>\0<data>".
 --@include _now.lua
 --@include _owner.lua
 --@include _wake.lua
@@ -39,5 +41,6 @@ redis.call('SET', KEYS[14], ARGV[5] .. '\0' .. now, 'PX', tonumber(ARGV[6]))
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then redis.call('SET', KEYS[15], ARGV[2], 'PX', ttl) end
 redis.call('PUBLISH', ARGV[4], id .. '\0' .. ARGV[2])
+if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[7], 'aborted\0' .. id .. '\0' .. ARGV[8]) end
 wf_release(wf, KEYS, id)
 return 1

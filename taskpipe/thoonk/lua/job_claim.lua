@@ -95,7 +95,7 @@ for c = 1, nch do
     if k > 0 and not flowing then
       ccs = redis.call('HMGET', KEYS[b + 7], unpack(ids))
       for j = 1, k do  -- bounded: k <= want
-        if got + j > run_now and tonumber(ccs[j] or '0') > 0 then  -- never prefetched: back
+        if got + j > run_now and ccs[j] and tonumber(ccs[j]) > 0 then  -- never prefetched: back
           for back = k, j, -1 do redis.call('RPUSH', k_ids, ids[back]) end
           k = j - 1
           stop = true
@@ -107,14 +107,18 @@ for c = 1, nch do
       -- each claim, one command per key for the batch: claimed (claim ms), leases (deadline),
       -- a new fencing token (the fence counter, + the server second: unique even if Redis lost
       -- the counter), the worker name
+      -- (the claim ms and the deadline go as strings made once: Redis formats every number
+      -- argument of redis.call with snprintf, which cost more than the ZADD itself)
       local last = redis.call('INCRBY', KEYS[b + 11], k)
       local claimed_at, deadlines, tokens, workers = {}, {}, {}, {}
       local toks = {}
+      local now_str, deadline_str = tostring(now), tostring(now + lease)
+      local tok_suffix = ':' .. now_s
       for j = 1, k do
         local id = ids[j]
-        claimed_at[2 * j - 1], claimed_at[2 * j] = now, id
-        deadlines[2 * j - 1], deadlines[2 * j] = now + lease, id
-        toks[j] = (last - k + j) .. ':' .. now_s
+        claimed_at[2 * j - 1], claimed_at[2 * j] = now_str, id
+        deadlines[2 * j - 1], deadlines[2 * j] = deadline_str, id
+        toks[j] = (last - k + j) .. tok_suffix
         tokens[2 * j - 1], tokens[2 * j] = id, toks[j]
         workers[2 * j - 1], workers[2 * j] = id, worker
       end
@@ -126,8 +130,8 @@ for c = 1, nch do
       local pubs = redis.call('ZMSCORE', KEYS[b + 17], unpack(ids, 1, k))  -- the wait time
       for j = 1, k do
         got = got + 1
-        out[got + 2] = {c, ids[j], items[j], tonumber(ccs[j] or '0'), toks[j], tonumber(atts[j] or '0'),
-                        pubs[j] and tonumber(pubs[j]) or 0}
+        out[got + 2] = {c, ids[j], items[j], ccs[j] and tonumber(ccs[j]) or 0, toks[j],
+                        atts[j] and tonumber(atts[j]) or 0, pubs[j] and tonumber(pubs[j]) or 0}
       end
     end
     if first[2] then

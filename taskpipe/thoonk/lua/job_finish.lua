@@ -38,31 +38,49 @@
 --@include _record.lua
 local n = tonumber(ARGV[3])
 if n > 1000 then return redis.error_reply('ERR job_finish: at most 1000 jobs per call') end
+if n < 1 then return {} end
 local rec = record_section(n, KEYS, ARGV)  -- job records (b-history)
 local now = now_ms()
+-- numbers go to redis.call as strings made once: Redis formats each number argument with
+-- snprintf("%.17g"), which cost more than the command itself (callgrind, docs/performance.md)
+local now_str = tostring(now)
 -- the workflow section (_workflow.lua) comes before the record section (_record.lua)
 local wf = wf_section(KEYS, ARGV, rec and rec.k - 1 or #KEYS, rec and rec.a - 1 or #ARGV)
 local out = {}
-local done, seen, scored, finished = {}, {}, {}, {}
+local done, seen, scored, finished, started = {}, {}, {}, {}, {}
 local failures = 0
+local ids, fenced = {}, false
 local qkey, q = {}, 0  -- job index -> KEYS index of its feed.query key (mode '2' jobs only)
 for i = 1, n do
-  if ARGV[4 + 6 * (i - 1) + 5] == '2' then
+  local b = 4 + 6 * (i - 1)
+  ids[i] = ARGV[b]
+  if ARGV[b + 1] ~= '' then fenced = true end
+  if ARGV[b + 5] == '2' then
     q = q + 1
     qkey[i] = 13 + n + q
   end
 end
+-- the owner and workflow checks of the whole batch: one command per key (_owner.lua's
+-- check_owner and _workflow.lua's wf_check, read for every job at once); nothing is written
+-- before every job is checked, so reading first is the same as checking each in turn
+local claimed_at = redis.call('ZMSCORE', KEYS[1], unpack(ids))
+local holders = fenced and redis.call('HMGET', KEYS[3], unpack(ids)) or {}
+local parents_of = wf_counts(wf, KEYS, ids)
 for i = 1, n do
   local b = 4 + 6 * (i - 1)
-  local id, token = ARGV[b], ARGV[b + 1]
+  local id, token = ids[i], ARGV[b + 1]
   local code = 0  -- an id twice in one call: the second is "not claimed", as if run in turn
-  if not seen[id] then code = check_owner(KEYS[1], KEYS[3], id, token) end
-  if code == 1 then code = wf_check(wf, KEYS, id, n) end  -- workflow: dependants passed?
+  if not seen[id] and claimed_at[i] then
+    code = 1
+    if token ~= '' and holders[i] ~= token then code = -1 end  -- lease lost
+  end
+  if code == 1 then code = wf_code(wf, parents_of[i], n) end  -- workflow: dependants passed?
   if code == 1 then
     seen[id] = true
     done[#done + 1] = id
     finished[#finished + 1] = i
-    scored[#scored + 1] = now
+    started[#started + 1] = claimed_at[i]
+    scored[#scored + 1] = now_str
     scored[#scored + 1] = id
     if ARGV[b + 4] == '1' then failures = failures + 1 end
   end
@@ -72,17 +90,18 @@ if #done > 0 then
   -- the bookkeeping of every finished job, one command per key for the whole batch. The
   -- deletes come first: over maxmemory (noeviction) Redis refuses a script whose first write
   -- may grow memory, and a worker must still be able to finish jobs then.
-  local snaps = {}  -- job records: what each job is about to lose (b-history)
-  if rec then snaps = record_read_all(done, finished, KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[1], KEYS[4]) end
+  if rec then  -- job records: what each job is about to lose (b-history)
+    record_read_all(rec, done, finished, started, KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[4])
+  end
   redis.call('ZREM', KEYS[1], unpack(done))   -- claimed
   redis.call('ZREM', KEYS[2], unpack(done))   -- leases
   redis.call('HDEL', KEYS[3], unpack(done))   -- tokens
   redis.call('HDEL', KEYS[4], unpack(done))   -- workers
   local queries = {}  -- the items to keep beside their results (mode '2'), read before the HDEL
-  for _, i in ipairs(finished) do
+  for j, i in ipairs(finished) do
     local b = 4 + 6 * (i - 1)
     if qkey[i] and tonumber(ARGV[b + 3]) > 0 then
-      queries[i] = redis.call('HGET', KEYS[5], ARGV[b])
+      if rec then queries[i] = rec.items[j] else queries[i] = redis.call('HGET', KEYS[5], ARGV[b]) end
     end
   end
   redis.call('HDEL', KEYS[5], unpack(done))   -- items
@@ -97,19 +116,20 @@ if #done > 0 then
   local old = redis.call('ZRANGEBYSCORE', KEYS[10], '-inf', now - tonumber(ARGV[2]), 'LIMIT', 0, 100)
   if #old > 0 then redis.call('ZREM', KEYS[10], unpack(old)) end
   -- then each finished job's result and event, in order
-  for _, i in ipairs(finished) do
+  for j, i in ipairs(finished) do
     local b = 4 + 6 * (i - 1)
-    local id, result, ttl, mode = ARGV[b], ARGV[b + 2], tonumber(ARGV[b + 3]), ARGV[b + 5]
+    local id, result, ttl_str, mode = ARGV[b], ARGV[b + 2], ARGV[b + 3], ARGV[b + 5]
+    local ttl = tonumber(ttl_str)
     if mode ~= '0' then
       if ttl > 0 then
-        redis.call('SET', KEYS[13 + i], result, 'PX', ttl)
+        redis.call('SET', KEYS[13 + i], result, 'PX', ttl_str)
         if queries[i] then
-          redis.call('SET', KEYS[qkey[i]], queries[i], 'PX', ttl)
+          redis.call('SET', KEYS[qkey[i]], queries[i], 'PX', ttl_str)
         end
       end
       redis.call('PUBLISH', ARGV[1], id .. '\0' .. result)
     end
-    if rec then record_write(rec, i, id, snaps[i], now, ttl) end  -- job records (b-history)
+    if rec and ttl > 0 then record_write(rec, j, i, id, now_str, ttl_str) end  -- job records (b-history)
   end
   if rec then record_trim(rec, now) end
 end

@@ -34,6 +34,7 @@ local ids = {}
 for i = 1, n do ids[i] = ARGV[2 * i] end
 local existing = redis.call('HMGET', KEYS[2], unpack(ids))
 local out, fields, scored, fresh = {}, {}, {}, {}
+local now_str = tostring(now)  -- one string, not a number redis.call formats once per job
 for i = 1, n do
   if existing[i] then
     out[i] = 0
@@ -42,7 +43,7 @@ for i = 1, n do
     local id = ids[i]
     fields[#fields + 1] = id
     fields[#fields + 1] = ARGV[2 * i + 1]
-    scored[#scored + 1] = now
+    scored[#scored + 1] = now_str
     scored[#scored + 1] = id
     fresh[#fresh + 1] = id
   end
