@@ -11,7 +11,7 @@ __all__ = ["wait_for"]
 
 def wait_for(
     pred: Callable[[], Any],
-    timeout: float = 20.0,
+    timeout: float = 60.0,
     what: str = "condition",
     interval: float = 0.02,
     ignore: tuple[type[BaseException], ...] = (),
@@ -19,7 +19,9 @@ def wait_for(
     """Poll ``pred`` until it returns something truthy, and return that.
 
     An exception of a type in ``ignore`` (e.g. a server still starting) counts as "not yet".
-    After ``timeout`` seconds: ``AssertionError`` naming ``what``.
+    After ``timeout`` seconds: ``AssertionError`` naming ``what``. The default is generous on
+    purpose: it only matters when something is wrong, and on a loaded 2-core machine a worker
+    process with a process pool can take 20 s to start its first job.
     """
     deadline = time.monotonic() + timeout
     while True:

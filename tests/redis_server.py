@@ -57,6 +57,9 @@ class RedisServer:
             "always",
             "--protected-mode",
             "no",
+            # a replica of this server syncs at once (the default waits 5 s for more replicas)
+            "--repl-diskless-sync-delay",
+            "0",
             *self.extra,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

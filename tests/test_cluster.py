@@ -107,6 +107,9 @@ class RedisCluster:
                         "no",
                         "--protected-mode",
                         "no",
+                        # a replica syncs at once (the default waits 5 s for more replicas)
+                        "--repl-diskless-sync-delay",
+                        "0",
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,

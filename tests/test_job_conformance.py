@@ -71,7 +71,7 @@ def server_ms(client: Any) -> int:
     return int(secs) * 1000 + int(micros) // 1000
 
 
-def eventually(fn: Callable[[], T], timeout: float = 5.0, interval: float = 0.02) -> T:
+def eventually(fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.02) -> T:
     """Call ``fn`` until it returns something truthy (or fail after ``timeout`` seconds)."""
     deadline = time.monotonic() + timeout
     while True:

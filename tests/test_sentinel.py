@@ -91,6 +91,7 @@ class SentinelSetup:
                 'save ""',
                 "appendonly no",
                 "protected-mode no",
+                "repl-diskless-sync-delay 0",  # a replica syncs at once (the default waits 5 s)
                 *extra,
                 *(
                     [f'requirepass "{self.password}"', f'masterauth "{self.password}"']

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,10 +59,32 @@ class WorkerProcess:
         return self.proc.wait(timeout)
 
     def stop(self, timeout: float = 30.0) -> int:
-        """SIGCONT (in case it is frozen), SIGTERM, then wait for the exit code."""
+        """SIGCONT (in case it is frozen), SIGTERM, then wait for the exit code.
+
+        A ``worker`` is first given up to ``timeout`` to finish starting: a SIGTERM that lands
+        before it installed its handlers kills it (-15) instead of stopping it gracefully, which
+        a loaded machine makes likely for a worker that got no job in the test."""
         self.send(signal.SIGCONT)
+        if self._logs_its_start():
+            deadline = time.monotonic() + timeout
+            while self.alive() and time.monotonic() < deadline and not self.started():
+                time.sleep(0.02)
         self.send(signal.SIGTERM)
         return self.wait(timeout)
+
+    def started(self) -> bool:
+        """A worker logged that it is consuming (its signal handlers are installed by then)."""
+        return " pool, concurrency " in self.output()  # "worker <name> consuming <channels> (...)"
+
+    def _logs_its_start(self) -> bool:
+        """A ``worker`` command at the default log level (it logs "... consuming ...")."""
+        if self.args[3] != "worker":
+            return False
+        quiet = ("warning", "error", "critical")
+        return not any(
+            flag in ("-l", "--loglevel") and level.lower() in quiet
+            for flag, level in zip(self.args, self.args[1:])
+        )
 
     def kill(self) -> None:
         """SIGKILL (if still running) and reap."""
