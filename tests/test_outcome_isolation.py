@@ -120,13 +120,6 @@ def test_unserializable_result_fails_the_job_once(
     _nothing_claimed(app)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="thread pool (worker/pools.py) and runner send a job whose task raised SystemExit "
-    "back to the queue ('cancel', as for a worker error), so it runs max_cancels + 1 times and "
-    "ends stalled 'worker_lost: ... (lease expired or worker stopped)', neither of which "
-    "happened; expected: the job fails once with exc_type SystemExit",
-)
 def test_a_task_that_calls_sys_exit_fails_once(app: TaskPipe, ledger: Ledger) -> None:
     @app.task(name="quits")
     def quits() -> None:

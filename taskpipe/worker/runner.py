@@ -474,7 +474,10 @@ def _call(
         exc = JobTimeout(f"task {task.name} ran past its time limit of {seconds} s")
         return decide_failure(app, prepared, exc, traceback.format_exc()), exc
     except BaseException as exc:  # the task's error is the job's outcome
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        # sys.exit() in a task (a script turned into a task) is that task's failure, not the
+        # worker's: it fails the job like any exception. Ctrl-C reaches the main thread only,
+        # and stops the worker.
+        if isinstance(exc, KeyboardInterrupt):
             raise
         return decide_failure(app, prepared, exc, traceback.format_exc()), exc
 
