@@ -19,6 +19,7 @@ import click
 import redis
 from click.core import ParameterSource
 
+from taskpipe.cli.interrupt import exit_on_interrupt
 from taskpipe.cli.main import app_option, cli, finite_float, load_app
 from taskpipe.connection import redact_url as _redact
 from taskpipe.durations import format_duration, parse_duration
@@ -477,7 +478,7 @@ def job_logs(
         return
     seconds = parse_duration(timeout) if timeout is not None else None
     end = ("", "")
-    try:
+    with exit_on_interrupt():  # Ctrl-C: status 130 at once, wherever it lands
         for ev in insp.follow(
             name, job_id, timeout=seconds, backlog=1000 if tail is None else tail
         ):
@@ -488,8 +489,6 @@ def job_logs(
             else:
                 click.echo(ev.data if ev.kind == "log" else f"[{ev.kind}] {ev.data}")
             sys.stdout.flush()
-    except KeyboardInterrupt:
-        sys.exit(130)  # not click.exceptions.Exit: main() (standalone_mode=False) drops its code
     kind, state = end
     if as_json:
         click.echo(json.dumps({"event": kind, "id": job_id, "data": state}))
