@@ -98,6 +98,52 @@ def test_no_lease_warning_for_a_job_this_worker_just_finished(
     assert not caplog.records, [r.getMessage() for r in caplog.records]
 
 
+class _SeenWaiting(threading.Condition):
+    """The worker's ``_slot`` (same lock), telling when someone waits on it."""
+
+    def __init__(self, lock: Any) -> None:
+        super().__init__(lock)
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)
+
+
+def test_no_lease_warning_for_a_job_whose_outcome_is_being_settled(
+    app: TaskPipe, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The finisher wrote the outcome (the job is finished in Redis) but has not dropped the
+    claim from ``_running`` yet when the renewal fails: the keeper waits for the finisher to
+    settle what was handed to it, then finds the claim gone and says nothing."""
+    w = Worker(app, heartbeat_interval=60.0)
+    claim = _held_claim(app, w)
+    slot = w._slot = _SeenWaiting(w._running_lock)
+    real_extend = JobChannel.extend
+
+    def written_not_settled(self: JobChannel, claims: Any, lease_ms: int = 0) -> list[str]:
+        with w._running_lock:
+            w._queued += 1  # handed to the finisher ...
+        self.finish(claim.id, b"done", 60_000, token=claim.token)  # ... which wrote it
+        return real_extend(self, claims, lease_ms)
+
+    def finisher_tail() -> None:  # what the finisher does after its write, held back
+        if slot.waiting.wait(30):  # until the keeper waits for it (the interleaving)
+            with slot:
+                del w._running[(claim.channel, claim.id)]
+                w._settled += 1
+                slot.notify_all()
+
+    monkeypatch.setattr(JobChannel, "extend", written_not_settled)
+    tail = threading.Thread(target=finisher_tail)
+    tail.start()
+    with caplog.at_level(logging.WARNING, logger="taskpipe.worker"):
+        w._renew(60_000)
+    tail.join(40)
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    assert slot.waiting.is_set() and (claim.channel, claim.id) not in w._running
+
+
 @pytest.fixture
 def lru_redis() -> Iterator[RedisServer]:
     server = RedisServer(extra=["--maxmemory-policy", "allkeys-lru"]).start()

@@ -72,7 +72,11 @@ class KeeperMixin:
     writer: OutcomeWriter
     _running: dict[tuple[str, str], Claim]
     _running_lock: threading.Lock
+    _slot: threading.Condition
+    _queued: int
+    _settled: int
     _stopping: threading.Event
+    _stop_now: threading.Event
     _lost_logged: set[tuple[str, str, str]]
     _pool: Any
     _buffer: collections.deque[Prepared]
@@ -183,9 +187,7 @@ class KeeperMixin:
             tokens = dict(pairs)
             for job_id in self.app.channel(name).extend(pairs, lease_ms):
                 key = (name, job_id, tokens.get(job_id, ""))
-                with self._running_lock:
-                    held = self._running.get((name, job_id))
-                if held is None or held.token != key[2]:
+                if not self._lost_under(name, job_id, key[2]):
                     continue  # its outcome was written meanwhile (by this worker): not lost
                 lost.add(key)
                 if key not in self._lost_logged:  # once per claim, not on every renewal
@@ -198,3 +200,24 @@ class KeeperMixin:
                         job_id,
                     )
         self._lost_logged = lost
+
+    def _lost_under(self, name: str, job_id: str, token: str) -> bool:
+        """Whether a claim whose renewal failed is really lost: this worker still holds it
+        under ``token`` once the finisher has written every outcome handed to it before now.
+
+        The finisher writes a batch of outcomes and only then drops their claims from
+        ``_running``; a renewal between the two finds a job this worker just finished. Its
+        outcome was handed over before the renewal ran, so it is settled (and its claim
+        dropped) once ``_settled`` reaches the ``_queued`` read here. The wait is bounded (a
+        sixth of a lease); a claim still undecided then is not reported now (False): the next
+        renewal asks again."""
+        deadline = time.monotonic() + self.lease_s / 6
+        with self._slot:
+            target = self._queued
+            while self._settled < target and not self._stop_now.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._slot.wait(remaining)
+            held = self._running.get((name, job_id))
+        return held is not None and held.token == token
