@@ -27,7 +27,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
 from redis.crc import key_slot as _crc_key_slot
+from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
 
 from taskpipe.broker_url import DEFAULT_URL, parse_url, redact_url
@@ -209,7 +211,13 @@ class Connection:
             sentinel = _Sentinel(  # type: ignore[no-untyped-call]
                 self.info["hosts"],
                 socket_timeout=self._socket_timeout or 5,
-                sentinel_kwargs={"socket_timeout": 5, **self.info["sentinel_auth"]},
+                # one try per sentinel query: redis-py's default retries (3, backing off up
+                # to seconds) would outlast the app's ``publish_retry``, which does the retrying
+                sentinel_kwargs={
+                    "socket_timeout": 5,
+                    "retry": Retry(NoBackoff(), 0),
+                    **self.info["sentinel_auth"],
+                },
             )
             client = sentinel.master_for(  # type: ignore[no-untyped-call]
                 self.info["master"],

@@ -253,6 +253,10 @@ def test_password_protected_master_and_sentinel(prefix: str) -> None:
         with TaskPipe(broker=base, prefix=prefix, publish_retry="0.3s") as bad:  # fail fast
             with pytest.raises(BrokerUnavailable):
                 bad.send("add1", [1])
+            # the app's publish_retry is the only retrying: each sentinel query is one try
+            # (redis-py's default, 3 retries backing off, made this raise after ~7 s)
+            sentinels = bad.connection.client.connection_pool.sentinel_manager.sentinels
+            assert sentinels and all(s.get_retry().get_retries() == 0 for s in sentinels)
     finally:
         setup.stop()
 
