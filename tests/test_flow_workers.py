@@ -1,12 +1,14 @@
 """Flow control across real worker processes (docs/flow-control.md): a global rate limit held
 by 3 workers, and a per-key concurrency cap that holds and survives a SIGKILL.
 
-The rate is measured from server-side timestamps (Redis ``TIME`` read inside each task), which
-is what the feature promises (a measurement against the limit is the feature here).
+The rate is checked on server-side timestamps (Redis ``TIME`` read inside each task) as an upper
+bound only, which is what the feature promises: no window holds more starts than the limit
+allows. How many ran in a window is never asserted (that measures the machine's load).
 """
 
 from __future__ import annotations
 
+import bisect
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,16 +80,26 @@ def flow(
 
 
 def test_rate_limit_holds_across_three_workers(flow: Flow) -> None:
+    """The limit is an upper bound: checked on every job's own start time, never on how many
+    ran (a loaded machine runs fewer, which the limit allows)."""
+    jobs, per_second, burst = 640, 50, 5  # rate_limit="50/s": a burst of max(1, 50 // 10)
     task = flow.app.tasks["rated"]
-    task.map(range(640))
+    task.map(range(jobs))
     for _ in range(3):
         flow.worker("-c", "4")
     key = flow.prefix + "rated"
-    wait_for(lambda: flow.r.llen(key) >= 560, timeout=60, what="11 s of rated jobs")
+    wait_for(lambda: flow.r.llen(key) >= jobs, timeout=100, what="every rated job to start")
     stamps = sorted(int(x) for x in flow.r.lrange(key, 0, -1))
-    start = stamps[0] + 500  # past the first burst
-    in_window = sum(1 for t in stamps if start <= t < start + 10_000)
-    assert 450 <= in_window <= 550, f"{in_window} jobs started in 10 s at a 50/s limit"
+    assert len(stamps) == jobs
+    # no 10 s window (one at every start) holds more than the limit allows, +10 % for the
+    # spread between a claim (what the limit counts) and the task's own TIME read
+    window_ms = 10_000
+    allowed = int((burst + window_ms * per_second / 1000) * 1.1)
+    most = max(bisect.bisect_left(stamps, t + window_ms) - i for i, t in enumerate(stamps))
+    assert most <= allowed, f"{most} jobs started within 10 s at a 50/s limit"
+    # and all of them together took at least as long as the limit's spacing requires
+    least_ms = (jobs - burst - 1) * 1000 / per_second * 0.9
+    assert stamps[-1] - stamps[0] >= least_ms, (stamps[0], stamps[-1])
     for w in flow.workers:
         assert w.stop() == 0, w.output()
 
