@@ -273,6 +273,22 @@ class TaskPipe(ExtensionsMixin):
                     self._channels[name] = self._channels[real] = ch
         return ch
 
+    def existing_channel(self, name: str | None = None) -> JobChannel | None:
+        """The channel ``channel(name)`` opens if it exists on the broker, else None: what the
+        read-only APIs (``jobs``, ``history.read_record``, ``task_breakdown``) use, so reading
+        a channel never creates it (``app.jobs("typo")`` is an empty answer, not a new empty
+        channel named "typo"). An invalid or sharded name is refused as by ``channel``."""
+        name = name or self.default_channel
+        if name in self._channels:
+            return self._channels[name]
+        check_channel_name(name)
+        real = self.channel_name(name)
+        if self.sharding.count(name) == 1 and not self.broker_retry.call(
+            f"look up channel {real!r}", lambda _attempt: self.thoonk.feed_exists(real)
+        ):
+            return None
+        return self.channel(name)
+
     def channel_name(self, name: str | None = None) -> str:
         """The physical name ``channel(name)`` opens (``{emails}`` on a cluster), opening nothing."""
         name = name or self.default_channel

@@ -185,7 +185,9 @@ def _record_of(channel: str, job_id: str, raw: dict[str, bytes], result: bytes |
 
 def read_record(app: TaskPipe, channel: str, job_id: str) -> JobRecord | None:
     """The record of an ended job, or None (it has not ended, or its record expired)."""
-    ch = app.channel(channel)
+    ch = app.existing_channel(channel)
+    if ch is None:  # reading never creates a channel
+        return None
     fields, result = ch.records_with_results([job_id])[0]
     if "outcome" not in fields:  # none, or only the last error of a run that will be retried
         return None
@@ -233,7 +235,9 @@ def find_jobs(
         if text is not None and not isinstance(text, str):
             raise ConfigError(f"{name} must be a str, got {text!r}")
     lo, hi = _ms(since, "since"), _ms(until, "until")
-    ch = app.channel(channel)
+    ch = app.existing_channel(channel)
+    if ch is None:  # a channel that does not exist has ended no job (and is not created)
+        return []
     # the task's failures, else every failure; otherwise every finished job (records filtered)
     index = ch.record_index(state in ("failed", "timeout"), task)
     needle = error.lower() if error else None
@@ -270,7 +274,9 @@ def find_jobs(
 def task_breakdown(app: TaskPipe, channel: str | None = None) -> dict[str, dict[str, int]]:
     """Jobs ended per task per outcome on ``channel`` (lifetime counters kept by the finish
     script): ``{task: {"succeeded": n, "failed": n, "timeout": n}}``."""
-    ch = app.channel(channel)
+    ch = app.existing_channel(channel)
+    if ch is None:
+        return {}
     out: dict[str, dict[str, int]] = {}
     for field, count in ch.label_counts().items():
         task, _, outcome = field.partition("\0")

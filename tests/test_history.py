@@ -488,3 +488,20 @@ def test_record_successes_off_keeps_failure_records_only(broker_url: str, prefix
         assert rec is not None and rec.outcome == "failed"
     finally:
         app.close()
+
+
+def test_reading_history_never_creates_a_channel(app: TaskPipe) -> None:
+    """``app.jobs("typo")`` is an empty answer, not a new empty channel named "typo"; so are
+    the other history reads. A channel that exists is read as before."""
+    assert not app.thoonk.feed_exists("typo")
+    assert app.jobs("typo") == []
+    assert app.jobs("typo", state="failed") == []
+    assert task_breakdown(app, "typo") == {}
+    assert app.AsyncResult("nope", channel="typo").record() is None
+    assert not app.thoonk.feed_exists("typo") and "typo" not in app.thoonk.names()
+    with pytest.raises(ConfigError):
+        app.jobs("bad\0name")
+    t = _tasks(app)
+    r = t["slow"].delay()
+    burst(app)
+    assert [j.id for j in app.jobs(app.default_channel)] == [r.id]
