@@ -26,7 +26,7 @@ from taskpipe.errors import (
     WrongJobState,
 )
 from taskpipe.serialization import ResultRecord, decode_envelope, decode_result, encode_failure
-from taskpipe.states import DONE_STATES, FAILED_STATES, OUTCOME_STATES, JobState
+from taskpipe.states import DONE_STATES, FAILED_STATES, OUTCOME_STATES, QUEUED_STATES, JobState
 from taskpipe.thoonk.job import JobInfo
 
 if TYPE_CHECKING:
@@ -78,6 +78,7 @@ class AsyncResult(Generic[R]):
         self.id = id
         self.channel = channel
         self._record: ResultRecord | None = None
+        self._finished_ms: int | None = None  # the finish ``_record`` is of (see ``_current``)
         #: flow control: ``"deduplicated"`` (an unfinished job with the same ``unique`` key, or
         #: one inside its ``unique_for`` window, already stood for this publish: ``id`` is that
         #: job's) or ``"debounced"`` (the waiting job ``id`` took this publish's arguments and
@@ -123,6 +124,26 @@ class AsyncResult(Generic[R]):
                 self._accept(raw)
         return self._record
 
+    def _current(self) -> ResultRecord | None:
+        """The cached result if it is still the job's, else None (and the cache is dropped).
+
+        Another process may have run the job again since this handle read its result (the
+        CLI's ``jobs requeue``, the dashboard, ``history.requeue``): it is then queued or
+        running (a ``QUEUED_STATES`` state) or has finished again (another finish time). One
+        state read; a job gone since (its record expired, cleaned) keeps the result seen."""
+        if self._record is None:
+            return None
+        info = self.info()
+        if info.state in QUEUED_STATES or (
+            info.state == JobState.FINISHED
+            and self._finished_ms is not None
+            and info.finished_ms != self._finished_ms
+        ):
+            self._record = self._finished_ms = None
+        elif info.state == JobState.FINISHED:
+            self._finished_ms = info.finished_ms
+        return self._record
+
     def _accept(self, raw: bytes) -> None:
         """Take the job's result as published on ``job.finish`` (kept even when not stored)."""
         if self._record is not None:
@@ -139,14 +160,16 @@ class AsyncResult(Generic[R]):
     def state(self) -> JobState:
         """A ``JobState`` (a ``str``): delayed, waiting (for parents: ``depends_on``),
         available, claimed, stalled, finished, failed, timeout, aborted, expired, unknown."""
-        if self._record is not None:
+        if self._current() is not None:
+            assert self._record is not None
             return final_state(self._record)
-        state = self.info().state
-        if state == JobState.FINISHED:
+        info = self.info()
+        if info.state == JobState.FINISHED:
             record = self._fetch()
             if record is not None:
+                self._finished_ms = info.finished_ms
                 return final_state(record)
-        return state
+        return info.state
 
     def abort(self, by: str | None = None) -> None:
         """Abort the job while it runs: it ends ``aborted`` at once (result: a ``TaskFailed``
@@ -276,6 +299,7 @@ class AsyncResult(Generic[R]):
                     f"job {self.id!r} finished but its result is not stored "
                     "(expired, or result_ttl=0)"
                 )
+            self._finished_ms = info.finished_ms
             return record
         self._fail_fast(info.state, info.reason)
         return None
@@ -291,8 +315,9 @@ class AsyncResult(Generic[R]):
 
     def _wait(self, deadline: float, timeout: float | None) -> ResultRecord:
         """One try at waiting for the result (broker errors propagate; ``get`` retries)."""
-        if self._record is not None:
-            return self._record
+        record = self._current()
+        if record is not None:
+            return record
         ch = self.app.channel(self.channel, deadline=deadline)  # within get()'s timeout
         raw = ch.stored_result(self.id)
         if raw is not None:
@@ -361,6 +386,7 @@ class AsyncResult(Generic[R]):
         wait = wait_seconds(timeout)
         deadline = time.monotonic() + wait
         failures = 0
+        self._current()  # a cached result the job no longer has (run again) is dropped
         while self._record is None:
             try:
                 found = await wait_result(self, max(0.0, deadline - time.monotonic()))

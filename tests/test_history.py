@@ -505,3 +505,40 @@ def test_reading_history_never_creates_a_channel(app: TaskPipe) -> None:
     r = t["slow"].delay()
     burst(app)
     assert [j.id for j in app.jobs(app.default_channel)] == [r.id]
+
+
+def test_a_handle_sees_its_job_run_again_after_a_requeue_elsewhere(
+    redis_server: Any, prefix: str
+) -> None:
+    """An ``AsyncResult`` that read a failure does not keep it once another process (another
+    app here, as the CLI or the dashboard would) requeued the job: it reads the job as queued
+    again, then the new outcome; also when the job ran again before the handle looked."""
+    tries: list[int] = []
+    with (
+        TaskPipe("mine", broker=redis_server.url, prefix=prefix) as mine,
+        TaskPipe("theirs", broker=redis_server.url, prefix=prefix) as theirs,
+    ):
+
+        @mine.task(name="h.second_time_lucky")
+        def lucky() -> str:
+            tries.append(1)
+            if len(tries) % 2:
+                raise ValueError("unlucky")
+            return "ok"
+
+        handle = lucky.delay()
+        burst(mine)
+        failure = handle.get(timeout=10, propagate=False)
+        assert isinstance(failure, Exception) and handle.state == "failed"
+        theirs.AsyncResult(handle.id).requeue()  # another process's handle
+        assert handle.state == "available" and not handle.ready()
+        burst(mine)
+        assert handle.get(timeout=10) == "ok" and handle.state == "finished"
+
+        # failed again, then requeued and run again before this handle looked: the new finish
+        other = lucky.delay()
+        burst(mine)
+        assert other.state == "failed"
+        theirs.AsyncResult(other.id).requeue()
+        burst(mine)
+        assert other.state == "finished" and other.get(timeout=10) == "ok"
