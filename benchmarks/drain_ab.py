@@ -33,7 +33,10 @@ for item in sys.argv[1].split(","):
     if item:
         name, value = item.split("=", 1)
         module, attr = name.rsplit(".", 1)
-        setattr(importlib.import_module(module), attr, ast.literal_eval(value))
+        mod = importlib.import_module(module)
+        if not hasattr(mod, attr):
+            raise SystemExit(f"drain_ab: {module} has no {attr} to override")
+        setattr(mod, attr, ast.literal_eval(value))
 from taskpipe.cli import main
 sys.exit(main(sys.argv[2:]))
 """
