@@ -23,7 +23,6 @@ Figures vary with the machine and its load; compare them within one run.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -39,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
+from run import _load_redis_server  # noqa: E402
 
 from taskpipe import TaskPipe  # noqa: E402
 from taskpipe.serialization import encode_result  # noqa: E402
@@ -51,17 +51,6 @@ REDIS_BUDGET = 0.7  # fraction of one Redis core a primary may use (headroom for
 WORKER_BUDGET = 0.8  # fraction of one core a worker process may use
 RATES = (1_000, 10_000, 100_000, 1_000_000)
 SHARD_COUNTS = (1, 3, 6)
-
-
-def _load_redis_server() -> Any:
-    """``tests/redis_server.py``'s RedisServer, loaded by path (the tests are not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "_cap_redis_server", ROOT / "tests" / "redis_server.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.RedisServer
 
 
 class Probe:

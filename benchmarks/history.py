@@ -20,7 +20,6 @@ Figures are printed one per line, ending with ``[name]``. Nothing here is a pass
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import time
@@ -30,6 +29,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from run import _load_redis_server as _redis_server  # noqa: E402
 
 from taskpipe import TaskPipe  # noqa: E402
 from taskpipe.history import find_jobs, task_breakdown  # noqa: E402
@@ -41,16 +42,6 @@ TRACEBACK = (
     '    raise ValueError(f"card declined: {order}")\nValueError: card declined\n'
 )
 DAY_MS = 86_400_000
-
-
-def _redis_server() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "_hist_redis_server", ROOT / "tests" / "redis_server.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.RedisServer
 
 
 def fill(

@@ -3,6 +3,7 @@
     python benchmarks/peers.py              # 10000 jobs per worker and round, 3 rounds (~3-5 min)
     python benchmarks/peers.py --quick      # 1000 jobs, 3 rounds (what the smoke test runs)
     python benchmarks/peers.py --jobs 20000 --json peers.json
+    python benchmarks/peers.py --only taskpipe   # taskpipe's three workers only (no peers' venv)
 
 Optional and self-contained: it installs the peers, at pinned versions (``PEERS``), into a venv
 of their own (``--venv``, default ``~/.cache/taskpipe-bench/peers-<versions>``; made once, then
@@ -359,29 +360,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--json", type=Path, default=None, help="also write the figures to this file"
     )
+    parser.add_argument(
+        "--only",
+        choices=("taskpipe",),
+        default=None,
+        help="run only these workers (taskpipe: its three workers, no peers, no ratios)",
+    )
     opts = parser.parse_args(argv)
     jobs = opts.jobs or (1000 if opts.quick else 10000)
     if jobs < 100 or opts.rounds < 1:
         parser.error("--jobs must be >= 100 and --rounds >= 1")
-    try:
-        bindir = ensure_venv(opts.venv or default_venv(), print)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        print(f"cannot install the peers ({exc}); nothing measured", file=sys.stderr)
-        return 3
-    versions = subprocess.run(
-        [
-            str(bindir / "python"),
-            "-c",
-            "import huey, dramatiq; print(huey.__version__, dramatiq.__version__)",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    workers = [w for w in WORKERS if opts.only is None or w[2] == opts.only]
+    ratio_rows = RATIOS if opts.only is None else ()
+    if opts.only is None:
+        try:
+            bindir = ensure_venv(opts.venv or default_venv(), print)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            print(f"cannot install the peers ({exc}); nothing measured", file=sys.stderr)
+            return 3
+        versions = subprocess.run(
+            [
+                str(bindir / "python"),
+                "-c",
+                "import huey, dramatiq; print(huey.__version__, dramatiq.__version__)",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    else:
+        bindir, versions = Path(sys.executable).parent, ["-", "-"]
     server = _load_redis_server()().start()
-    rates: dict[str, list[float]] = {key: [] for key, *_ in WORKERS}
-    cpus: dict[str, list[float]] = {key: [] for key, *_ in WORKERS}
-    ratios: dict[str, list[float]] = {key: [] for key, *_ in RATIOS}
+    rates: dict[str, list[float]] = {key: [] for key, *_ in workers}
+    cpus: dict[str, list[float]] = {key: [] for key, *_ in workers}
+    ratios: dict[str, list[float]] = {key: [] for key, *_ in ratio_rows}
     started = time.time()
     try:
         print("taskpipe vs peers: the same no-op task, results stored, one worker command each")
@@ -398,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             bench = PeerBench(server.port, bindir, Path(tmp), jobs)
             for rnd in range(opts.rounds):
                 this: dict[str, float] = {}
-                for key, label, system, args in WORKERS:
+                for key, label, system, args in workers:
                     rate, cpu = bench.measure(system, args, timeout=max(120.0, jobs / 50))
                     rates[key].append(rate)
                     cpus[key].append(cpu)
@@ -407,8 +419,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"  round {rnd + 1}: {label:<36} {rate:>9,.0f} /s  {cpu:>6.0f} us CPU/job",
                         flush=True,
                     )
-                best = max(this[k] for k in PEER_KEYS)
-                for key, _label, num, den, _target in RATIOS:
+                best = max((this[k] for k in PEER_KEYS if k in this), default=0.0)
+                for key, _label, num, den, _target in ratio_rows:
                     ratios[key].append(this[num] / (best if den == "best" else this[den]))
             bench.tp_app.close()
     finally:
@@ -417,14 +429,15 @@ def main(argv: list[str] | None = None) -> int:
         f"\nmedians of {opts.rounds} rounds (min-max), ran {time.time() - started:.0f} s, loadavg "
         f"after {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
-    for key, label, *_ in WORKERS:
+    for key, label, *_ in workers:
         print(
             f"  {label:<36} {_fmt(rates[key], ' /s'):>28}   worker CPU {_fmt(cpus[key], ' us/job')}"
             f"  [{key}]"
         )
-    print("\nratios, taken within each round (target):")
+    if ratio_rows:
+        print("\nratios, taken within each round (target):")
     verdicts = []
-    for key, label, _num, _den, target in RATIOS:
+    for key, label, _num, _den, target in ratio_rows:
         med = statistics.median(ratios[key])
         ok = med >= target
         verdicts.append({"ratio": key, "median": med, "target": target, "pass": ok})

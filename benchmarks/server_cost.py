@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import importlib.util
 import os
 import re
 import resource
@@ -42,19 +41,10 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from run import _load_redis_server  # noqa: E402
+
 from taskpipe import TaskPipe  # noqa: E402
 from taskpipe.worker import Worker  # noqa: E402
-
-
-def _load_redis_server() -> Any:
-    """``tests/redis_server.py``'s RedisServer, loaded by path (the tests are not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "_bench_redis_server", ROOT / "tests" / "redis_server.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.RedisServer
 
 
 def _queue(url: str, jobs: int, records: bool) -> TaskPipe:

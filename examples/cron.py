@@ -1,7 +1,8 @@
 """Cron: run a task on a schedule. A worker started with ``beat=True`` (``taskpipe worker --beat``)
 also runs the scheduler; ``taskpipe scheduler -A examples.cron:app`` runs it on its own.
 
-Runs a ~3 second demo on the embedded broker (memory://) unless TASKPIPE_BROKER_URL is set:
+Runs a short demo (until three heartbeats have run, ~3 seconds) on the embedded broker
+(memory://) unless TASKPIPE_BROKER_URL is set:
 
     python examples/cron.py
     TASKPIPE_BROKER_URL=redis://127.0.0.1:6379/0 python examples/cron.py
@@ -9,10 +10,12 @@ Runs a ~3 second demo on the embedded broker (memory://) unless TASKPIPE_BROKER_
 
 import os
 import threading
-import time
 
 from taskpipe import TaskPipe, Worker, current_job
 from taskpipe.cli.cron_cmd import entry_status
+
+#: released by each heartbeat this process runs: the demo stops after three
+beats = threading.Semaphore(0)
 
 app = TaskPipe(
     "cron-demo", broker=os.environ.get("TASKPIPE_BROKER_URL", "memory://"), prefix="cron-demo:"
@@ -26,6 +29,7 @@ def heartbeat(source: str) -> str:
     job = current_job()
     assert job is not None
     print(f"heartbeat from {source}: job {job.id}", flush=True)
+    beats.release()
     return job.id
 
 
@@ -47,7 +51,9 @@ def main() -> None:
     worker = Worker(app, concurrency=2, beat=True)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
-    time.sleep(3.2)
+    for _ in range(3):  # three heartbeats, however long a busy machine takes to start
+        if not beats.acquire(timeout=60):
+            break
     worker.stop()
     thread.join(15)
     for row in entry_status(app):

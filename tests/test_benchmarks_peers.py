@@ -83,3 +83,52 @@ def test_peer_benchmark_prints_every_figure(tmp_path: Path) -> None:
         assert all(math.isfinite(v) and v > 0 for v in data["ratios"][key]), key
     assert [v["ratio"] for v in data["verdicts"]] == [key for key, *_ in peers.RATIOS]
     assert data["peers"] == peers.PEERS
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_only_taskpipe_runs_its_three_workers_without_the_peers(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TASKPIPE_BROKER_URL"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--only", "taskpipe"]
+        + ["--jobs", "300", "--rounds", "1", "--venv", str(tmp_path / "never-made")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert not (tmp_path / "never-made").exists()  # no peers' venv made
+    for key, label, system, _argv in peers.WORKERS:
+        lines = [ln for ln in out.splitlines() if ln.rstrip().endswith(f"[{key}]")]
+        if system != "taskpipe":
+            assert lines == [] and label not in out, key
+            continue
+        assert len(lines) == 1, (key, out)
+        assert re.search(r"\d[\d,]* /s \(\d[\d,]*-\d[\d,]*\)", lines[0]), lines[0]
+    assert "ratios" not in out and "PASS" not in out and "MISS" not in out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_drain_ab_prints_each_variant(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TASKPIPE_BROKER_URL"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "drain_ab.py"), "--jobs", "300"]
+        + ["--rounds", "2", "--variant", "c2:-c 2"]
+        + ["--variant", "c2-t1:-c 2:taskpipe.worker.worker.TRIVIAL_THREADS=1"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout.splitlines()
+    for label in ("c2", "c2-t1"):
+        assert len([ln for ln in out if re.match(rf"\s+round \d: {label}\s", ln)]) == 2, label
+        (median,) = [ln for ln in out if re.match(rf"\s+{label}\s", ln)]
+        assert re.search(r"\d[\d,]* /s \(\d[\d,]*-\d[\d,]*\)", median), median
+        assert re.search(r"worker CPU \d+\.\d us/job", median), median

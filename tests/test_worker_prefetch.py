@@ -17,6 +17,7 @@ from polling import wait_for
 from worker_helpers import burst, worker_running
 
 from taskpipe import ConfigError, TaskPipe, Worker
+from taskpipe.worker.worker import HELD_BUFFERS, SHORT_PREFETCH
 
 
 def test_prefetch_never_runs_more_than_concurrency_at_once(app: TaskPipe) -> None:
@@ -138,3 +139,40 @@ def test_a_job_with_a_cancel_count_waits_for_a_free_slot(app: TaskPipe) -> None:
             assert again.info().cancel_count == 0  # finished: its bookkeeping is gone
     finally:
         gate.set()
+
+
+def test_claims_held_while_outcomes_are_written_are_capped(app: TaskPipe) -> None:
+    """Finished jobs whose outcomes are not written yet stay held; the worker claims on while they
+    are written (the next claim overlaps the write), up to two rounds of the pool plus
+    ``HELD_BUFFERS`` short-job buffers, and no further until outcomes land."""
+
+    @app.task(channel="cap")
+    def noop(i: int) -> int:
+        return i
+
+    results = noop.map(range(400))
+    gate = threading.Event()
+    w = Worker(app, ["cap"], concurrency=1, heartbeat_interval=60, max_block=0.1)
+    real_write = w.writer.write
+
+    def write_when_let(outcomes: Any) -> None:
+        gate.wait(30)
+        real_write(outcomes)
+
+    w.writer.write = write_when_let  # type: ignore[method-assign]
+    cap = 2 * 1 + HELD_BUFFERS * SHORT_PREFETCH
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        wait_for(
+            lambda: w.claimed_total >= cap and w.executing_count == 0 and w.prefetched_count == 0,
+            what=f"{cap} jobs claimed and run, none written",
+        )
+        assert w.claimed_total == cap == len(w.running)
+        assert app.channel("cap").counts()["claimed"] == cap
+    finally:
+        gate.set()
+    assert [r.get(timeout=30) for r in results] == list(range(400))
+    w.stop()
+    t.join(10)
+    assert not t.is_alive()

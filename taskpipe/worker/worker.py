@@ -65,6 +65,11 @@ SHORT_JOB = 0.002
 #: TRIVIAL_THREADS threads at a time (waking a thread costs more than such a job).
 TRIVIAL_JOB = 0.00005
 TRIVIAL_THREADS = 2
+#: Claims held (``Worker._running``) are capped at two rounds of the pool plus this many buffers
+#: of short-job prefetch: finished jobs whose outcome is still being written stay held, and a
+#: claim waits for that room. With one buffer (the cap until round four) a drain of no-op jobs
+#: alternated claim, run, write: every claim waited for the previous write to land.
+HELD_BUFFERS = 3
 
 
 class Worker(KeeperMixin, ShutdownMixin, ChannelsMixin, FinisherMixin):
@@ -156,7 +161,7 @@ class Worker(KeeperMixin, ShutdownMixin, ChannelsMixin, FinisherMixin):
         self._avg_duration = 1.0  # moving average of task durations (s): starts "long"
         # claims whose outcome is still being written do not take an execution slot, so the next
         # claim overlaps the previous finish; this bounds how many such claims can pile up
-        self._max_held = 2 * self.concurrency + self.prefetch
+        self._max_held = 2 * self.concurrency + HELD_BUFFERS * self._prefetch_short
         # jobs the pool takes at once (a process pool holds several per child) and the smallest
         # claim worth a round trip while no slot is idle; both set again once the pool exists
         self._capacity = self.concurrency
@@ -246,7 +251,7 @@ class Worker(KeeperMixin, ShutdownMixin, ChannelsMixin, FinisherMixin):
             if target_pool is not None and hasattr(target_pool, "before_suspect"):
                 target_pool.before_suspect = self._settle_outcomes
         self._done_callback = self._job_finished if self.pool_kind == "thread" else self._job_done
-        self._max_held = 2 * self._capacity + self._prefetch_short
+        self._max_held = 2 * self._capacity + HELD_BUFFERS * self._prefetch_short
         self._min_claim = max(1, (self._capacity + self.prefetch) // 4)
         self._block_client = self.app.connection.new_client()
         self._hold_presence(rejoin=True)  # before the first claim (the keeper retries on failure)
