@@ -425,20 +425,17 @@ class JobChannel(
     def retract_stalled_before(self, ids: Sequence[str], stalled_before_ms: int) -> list[str]:
         """Retract those of ``ids`` still stalled since at or before ``stalled_before_ms``
         (server time), each atomically; returns the ids retracted."""
-        if not ids:
-            return []
-        channel = self.thoonk.keys.feed(self.name).ch_retract
-        self.scripts.ensure_loaded(self.client, "job_retract")
-        pipe = self.client.pipeline(transaction=False)
-        for job_id in ids:
-            self.scripts["job_retract"].queue(
-                pipe, self.retract_keys(job_id), [job_id, channel, int(stalled_before_ms)]
-            )
-        return [job_id for job_id, ok in zip(ids, pipe.execute()) if int(ok)]
+        return self.retract_each(ids, [int(stalled_before_ms)])
 
     def retract_stalled(self, ids: Sequence[str]) -> list[str]:
         """Retract those of ``ids`` still stalled (whatever their stall time), each atomically;
         returns the ids retracted. A job retried meanwhile is left alone."""
+        return self.retract_each(ids, ["stalled"])
+
+    def retract_each(self, ids: Sequence[str], guard: Sequence[str | int]) -> list[str]:
+        """``job_retract`` for each of ``ids`` with the same guard ARGV (after the id and the
+        event channel: see the script's header), one script call per job in one pipeline;
+        returns the ids retracted."""
         if not ids:
             return []
         channel = self.thoonk.keys.feed(self.name).ch_retract
@@ -446,7 +443,7 @@ class JobChannel(
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
             self.scripts["job_retract"].queue(
-                pipe, self.retract_keys(job_id), [job_id, channel, "stalled"]
+                pipe, self.retract_keys(job_id), [job_id, channel, *guard]
             )
         return [job_id for job_id, ok in zip(ids, pipe.execute()) if int(ok)]
 

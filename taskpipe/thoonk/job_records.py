@@ -49,7 +49,7 @@ class JobRecords:
 
         def info(self, id: str) -> JobInfo: ...
 
-        def retract_keys(self, id: str) -> list[str]: ...
+        def retract_each(self, ids: Sequence[str], guard: Sequence[str | int]) -> list[str]: ...
 
     def requeue(
         self,
@@ -133,16 +133,7 @@ class JobRecords:
     def retract_waiting(self, ids: Sequence[str]) -> list[str]:
         """Retract those of ``ids`` that are still waiting (available, delayed or stalled: not
         claimed), each atomically; returns the ids retracted. Claimed jobs run on."""
-        if not ids:
-            return []
-        channel = self.thoonk.keys.feed(self.name).ch_retract
-        self.scripts.ensure_loaded(self.client, "job_retract")
-        pipe = self.client.pipeline(transaction=False)
-        for job_id in ids:
-            self.scripts["job_retract"].queue(
-                pipe, self.retract_keys(job_id), [job_id, channel, "waiting", 0]
-            )
-        return [job_id for job_id, ok in zip(ids, pipe.execute()) if int(ok)]
+        return self.retract_each(ids, ["waiting", 0])
 
     # reading records (find_jobs, read_record) -------------------------------------------------
     def records_with_results(
