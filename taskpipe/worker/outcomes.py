@@ -71,33 +71,12 @@ def log_outcome(outcome: Outcome, req: FinishRequest, tracebacks: bool = False) 
     what = "timed out" if req.outcome == "timeout" else "failed"
     message = (outcome.exc_message or "").splitlines()[0][:500] if outcome.exc_message else ""
     code = f" [code {outcome.code}]" if outcome.code else ""
-    if tracebacks and outcome.traceback:
-        log.log(
-            level,
-            "job %s/%s %s %s%s: %s: %s%s\n%s",
-            claim.channel,
-            claim.id,
-            task,
-            what,
-            runtime,
-            outcome.exc_type,
-            message,
-            code,
-            outcome.traceback.rstrip(),
-        )
+    fmt = "job %s/%s %s %s%s: %s: %s%s"
+    args = [claim.channel, claim.id, task, what, runtime, outcome.exc_type, message, code]
+    if tracebacks and outcome.traceback:  # on the same line; else at DEBUG on its own
+        log.log(level, fmt + "\n%s", *args, outcome.traceback.rstrip())
         return
-    log.log(
-        level,
-        "job %s/%s %s %s%s: %s: %s%s",
-        claim.channel,
-        claim.id,
-        task,
-        what,
-        runtime,
-        outcome.exc_type,
-        message,
-        code,
-    )
+    log.log(level, fmt, *args)
     if outcome.traceback and log.isEnabledFor(logging.DEBUG):
         log.debug("job %s/%s traceback:\n%s", claim.channel, claim.id, outcome.traceback.rstrip())
 
