@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from taskpipe.cli.main import app_option, cli, load_app
+from taskpipe.cli.main import app_option, cli, load_app, loglevel_option
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -93,13 +93,7 @@ def entry_status(app: TaskPipe, now: datetime | None = None) -> list[EntryStatus
 
 @cli.command()
 @app_option()
-@click.option(
-    "--loglevel",
-    "-l",
-    default="INFO",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-)
+@loglevel_option()
 @click.option(
     "--takeover",
     default="1s",

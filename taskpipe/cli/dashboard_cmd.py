@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from taskpipe.cli.main import app_option, cli, load_app
+from taskpipe.cli.main import app_option, cli, load_app, loglevel_option
 from taskpipe.connection import redact_url as _redact
 from taskpipe.errors import ConfigError
 
@@ -54,13 +54,7 @@ __all__ = ["dashboard"]
     metavar="USER:PASS",
     help="Require HTTP basic auth (env TASKPIPE_DASHBOARD_BASIC).",
 )
-@click.option(
-    "--loglevel",
-    "-l",
-    default="WARNING",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-)
+@loglevel_option("WARNING")
 def dashboard(
     app_path: str | None,
     broker: str | None,

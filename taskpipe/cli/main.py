@@ -11,7 +11,7 @@ import click
 from taskpipe.errors import BrokerError, BrokerUnavailable, ConfigError
 from taskpipe.loading import load_app
 
-__all__ = ["cli", "main", "load_app", "app_option", "finite_float"]
+__all__ = ["cli", "main", "load_app", "app_option", "finite_float", "loglevel_option"]
 
 
 def finite_float(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -32,6 +32,17 @@ def app_option(required: bool = True) -> Any:
         required=required,
         metavar="MODULE:APP",
         help="The app to load, e.g. myproject.tasks:app (env TASKPIPE_APP).",
+    )
+
+
+def loglevel_option(default: str = "INFO") -> Any:
+    """The ``-l/--loglevel`` option of the long-running commands (worker, scheduler, dashboard)."""
+    return click.option(
+        "--loglevel",
+        "-l",
+        default=default,
+        show_default=True,
+        type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     )
 
 

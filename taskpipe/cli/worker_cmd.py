@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from taskpipe.cli.main import app_option, cli, finite_float, load_app
+from taskpipe.cli.main import app_option, cli, finite_float, load_app, loglevel_option
 from taskpipe.thoonk.keys import cluster_name
 
 if TYPE_CHECKING:
@@ -81,13 +81,7 @@ def unknown_channels(app: Any, channels: list[str]) -> list[str]:
     default=None,
     help="Exit after claiming this many jobs.",
 )
-@click.option(
-    "--loglevel",
-    "-l",
-    default="INFO",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-)
+@loglevel_option()
 @click.option(
     "--log-tracebacks",
     is_flag=True,
