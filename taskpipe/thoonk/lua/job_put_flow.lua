@@ -24,6 +24,7 @@
 --@include _now.lua
 --@include _put.lua
 --@include _wake.lua
+--@include _flow_spec.lua
 local id, item, prio = ARGV[1], ARGV[2], ARGV[3]
 local delay, eta = tonumber(ARGV[4]), tonumber(ARGV[5])
 local nprio, rest = ARGV[6], ARGV[7]
@@ -56,13 +57,7 @@ local seq = tonumber(redis.call('GET', KEYS[4]))  -- this publish's sequence (IN
 if mode == 'debounce' and delay < window then delay = window end
 local due = 0
 if eta > 0 then due = eta elseif delay > 0 then due = now + delay end
-local score = ''
-if nprio ~= '' then score = string.format('%.0f', tonumber(nprio) * 281474976710656 + seq) end
-if score ~= '' or rest ~= '' then
-  redis.call('HSET', KEYS[11], id, score .. '\0' .. rest)
-else
-  redis.call('HDEL', KEYS[11], id)
-end
+local score = put_flow_spec(KEYS[11], id, nprio, rest, seq)
 if due > now then
   redis.call('ZADD', KEYS[5], due, id)
   if prio == '1' then redis.call('SADD', KEYS[6], id) end

@@ -25,6 +25,7 @@
 -- Events: none (as job_put).
 --@include _now.lua
 --@include _wake.lua
+--@include _flow_spec.lua
 local id, item, entry, m = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 if m < 1 or m > 1000 then return redis.error_reply('ERR job_put_waiting: 1 to 1000 parents') end
 if redis.call('HEXISTS', KEYS[1], id) == 1 then return {0} end
@@ -45,11 +46,7 @@ redis.call('HSET', KEYS[1], id, item)
 redis.call('ZADD', KEYS[4], now, id)
 local seq = redis.call('INCR', KEYS[5])  -- this publish's sequence
 local nprio, rest = ARGV[6 + m] or '', ARGV[7 + m] or ''
-if nprio ~= '' or rest ~= '' then
-  local score = ''
-  if nprio ~= '' then score = string.format('%.0f', tonumber(nprio) * 281474976710656 + seq) end
-  redis.call('HSET', KEYS[7], id, score .. '\0' .. rest)
-end
+if nprio ~= '' or rest ~= '' then put_flow_spec(KEYS[7], id, nprio, rest, seq) end
 if #pending == 0 then
   redis.call('LPUSH', KEYS[3], id)
   push_wake_markers(KEYS[6], 1)

@@ -18,6 +18,7 @@
 -- Events: none (a requeued job is put like a new one: wake-up markers for blocked workers).
 --@include _now.lua
 --@include _wake.lua
+--@include _flow_spec.lua
 local id = ARGV[1]
 if redis.call('HEXISTS', KEYS[1], id) == 1 then return {-1, ''} end
 local r = redis.call('HMGET', KEYS[8], 'o', 'i', 'l')  -- fields: see _record.lua
@@ -32,13 +33,7 @@ redis.call('HSET', KEYS[1], id, item)
 redis.call('ZADD', KEYS[3], now, id)
 local seq = redis.call('INCR', KEYS[4])  -- this put's publish sequence
 local nprio, rest = ARGV[5] or '', ARGV[6] or ''
-local score = ''
-if nprio ~= '' then score = string.format('%.0f', tonumber(nprio) * 281474976710656 + seq) end
-if score ~= '' or rest ~= '' then
-  redis.call('HSET', KEYS[13], id, score .. '\0' .. rest)
-else
-  redis.call('HDEL', KEYS[13], id)
-end
+local score = put_flow_spec(KEYS[13], id, nprio, rest, seq)
 if score ~= '' then redis.call('ZADD', KEYS[12], score, id) else redis.call('LPUSH', KEYS[2], id) end
 redis.call('ZREM', KEYS[6], id)
 redis.call('DEL', KEYS[7])
