@@ -22,7 +22,14 @@ from taskpipe.middleware import MiddlewareChain
 from taskpipe.publishing import Publishing, check_job_id
 from taskpipe.serialization import DEFAULT_MAX_PAYLOAD, get_serializer
 from taskpipe.sharding import Sharding
-from taskpipe.task import AsyncTask, Signature, Task, TaskDecorator, TaskOptions
+from taskpipe.task import (
+    DURATION_OPTIONS,
+    AsyncTask,
+    Signature,
+    Task,
+    TaskDecorator,
+    TaskOptions,
+)
 from taskpipe.thoonk.broker_check import eviction_policy, eviction_warning
 from taskpipe.thoonk.job import JobChannel
 from taskpipe.thoonk.keys import cluster_name, has_hash_tag
@@ -184,14 +191,7 @@ class TaskPipe(ExtensionsMixin):
                 opts = TaskOptions(**options)
             except TypeError as exc:
                 raise ConfigError(f"bad task option: {exc}") from None
-            for key in (
-                "timeout",
-                "hard_timeout",
-                "retry_backoff",
-                "retry_backoff_max",
-                "result_ttl",
-                "failure_ttl",
-            ):
+            for key in DURATION_OPTIONS:
                 parse_optional_duration(getattr(opts, key))
             for key in COUNT_OPTIONS:
                 if getattr(opts, key) is not None:

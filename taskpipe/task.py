@@ -30,10 +30,21 @@ else:
         P = ParamSpec("P")
 Q = ParamSpec("Q")
 
-__all__ = ["Task", "AsyncTask", "TaskOptions", "Signature", "TaskDecorator"]
+__all__ = ["Task", "AsyncTask", "TaskOptions", "Signature", "TaskDecorator", "DURATION_OPTIONS"]
 
 R = TypeVar("R")
 T = TypeVar("T")
+
+
+#: the options (task and per call) that hold a duration, checked with the duration grammar
+DURATION_OPTIONS = (
+    "timeout",
+    "hard_timeout",
+    "retry_backoff",
+    "retry_backoff_max",
+    "result_ttl",
+    "failure_ttl",
+)
 
 
 @dataclass(frozen=True)

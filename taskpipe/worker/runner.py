@@ -27,6 +27,7 @@ from taskpipe.errors import (
 from taskpipe.limits import COUNT_OPTIONS, count_problem
 from taskpipe.serialization import Envelope, decode_envelope
 from taskpipe.states import OutcomeKind
+from taskpipe.task import DURATION_OPTIONS
 from taskpipe.worker.hooks import after_run, before_run
 
 if TYPE_CHECKING:
@@ -48,15 +49,6 @@ __all__ = [
 
 log = logging.getLogger("taskpipe.worker")
 
-#: call options holding a duration, and those holding a count, as a producer may write them
-_DURATION_OPTIONS = (
-    "timeout",
-    "hard_timeout",
-    "retry_backoff",
-    "retry_backoff_max",
-    "result_ttl",
-    "failure_ttl",
-)
 #: bytes over ``max_payload`` still decoded (the producer's limit counts the whole envelope;
 #: this only keeps a producer with a slightly different framing from being stalled)
 _ENVELOPE_SLACK = 1024
@@ -198,7 +190,7 @@ def option_problem(options: dict[str, Any]) -> str | None:
     Checked when a job is claimed, before it runs, so that a malformed ``retries``, ``timeout``,
     ``result_ttl`` or ``on_finish`` fails that one job with the reason instead of breaking its
     run or its outcome write."""
-    for key in _DURATION_OPTIONS:
+    for key in DURATION_OPTIONS:  # as a producer may write them
         value = options.get(key)
         if value is not None:
             try:
