@@ -21,6 +21,7 @@ from taskpipe.worker.hooks import after_run, before_run
 from taskpipe.worker.runner import (
     Outcome,
     Prepared,
+    aborted_outcome,
     cancel_on_abort,
     decide_failure,
     run_prepared,
@@ -172,23 +173,10 @@ class AsyncPool:
         except asyncio.CancelledError:
             if not (main.cancelled() and ctx.aborted):
                 raise
-            outcome = Outcome(
-                "aborted",
-                claim,
-                exc_type="JobAborted",
-                envelope=env,
-                task=task,
-                exc_message=f"job {claim.id} was aborted (its coroutine was cancelled)",
-            )
+            message = f"job {claim.id} was aborted (its coroutine was cancelled)"
+            outcome = aborted_outcome(prepared, message)
         except JobAborted as aborted:  # check_abort() inside the coroutine
-            outcome = Outcome(
-                "aborted",
-                claim,
-                exc_type="JobAborted",
-                exc_message=str(aborted),
-                envelope=env,
-                task=task,
-            )
+            outcome = aborted_outcome(prepared, str(aborted))
         except asyncio.TimeoutError:
             error = JobTimeout(f"task {task.name} ran past its time limit of {seconds} s")
             outcome = decide_failure(self.app, prepared, error, "")

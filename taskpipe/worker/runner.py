@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Outcome",
+    "aborted_outcome",
     "prepare",
     "run_prepared",
     "backoff_delay",
@@ -434,6 +435,18 @@ def run_prepared(
         _reset_current(token)
 
 
+def aborted_outcome(prepared: Prepared, message: str) -> Outcome:
+    """The outcome of a job whose task stopped because the job was aborted."""
+    return Outcome(
+        "aborted",
+        prepared.claim,
+        exc_type="JobAborted",
+        exc_message=message,
+        envelope=prepared.envelope,
+        task=prepared.task,
+    )
+
+
 def _call(
     app: TaskPipe,
     prepared: Prepared,
@@ -454,14 +467,7 @@ def _call(
             value = task.fn(*env.args, **env.kwargs)
         return Outcome("success", claim, value=value, envelope=env, task=task), None
     except JobAborted as aborted:
-        return Outcome(
-            "aborted",
-            claim,
-            exc_type="JobAborted",
-            exc_message=str(aborted),
-            envelope=env,
-            task=task,
-        ), None
+        return aborted_outcome(prepared, str(aborted)), None
     except JobTimeout:
         exc = JobTimeout(f"task {task.name} ran past its time limit of {seconds} s")
         return decide_failure(app, prepared, exc, traceback.format_exc()), exc
