@@ -74,7 +74,8 @@ def cluster() -> Iterator[RedisCluster]:
 def _runs(run_dir: Path) -> list[tuple[str, int, str, str, int, int]]:
     out = []
     for path in run_dir.glob("runs-*.log"):
-        for line in path.read_text().splitlines():
+        # a worker may be writing its last line right now: a line counts once it ends in "\n"
+        for line in path.read_text().split("\n")[:-1]:
             key, n, job_id, channel, token, cancels = line.split(" ")
             out.append((key, int(n), job_id, channel, int(token.split(":")[0]), int(cancels)))
     return out
