@@ -2,12 +2,12 @@
 
 When a worker finishes a job, ``job_finish`` keeps its record (``lua/_record.lua``): the payload
 as published, attempts (runs), cancels, worker, published / started / finished times, run time,
-outcome (``succeeded``, ``failed``, ``timeout``) and an optional error ``code``; the result or
-error itself is the job's stored result. A record lives as long as its result: ``result_ttl``
-for a success, ``failure_ttl`` for a failure or timeout. Indexes kept by the same script
-(``feed.failedidx:<f>`` and one ``feed.labelidx:<f>:<task>`` per task for the jobs that failed
-or timed out, id -> finish ms; ``feed.finished:<f>`` for all) let ``find_jobs`` list and filter
-without scanning every job. See ``docs/history.md``.
+outcome (``succeeded``, ``failed``, ``timeout``; ``aborted``, kept by ``job_abort``) and an
+optional error ``code``; the result or error itself is the job's stored result. A record lives as
+long as its result: ``result_ttl`` for a success, ``failure_ttl`` for a failure, timeout or abort.
+Indexes kept by the same scripts (``feed.failedidx:<f>`` and one ``feed.labelidx:<f>:<task>`` per
+task for the jobs that did not succeed, id -> finish ms; ``feed.finished:<f>`` for all) let
+``find_jobs`` list and filter without scanning every job. See ``docs/history.md``.
 """
 
 from __future__ import annotations
@@ -49,14 +49,18 @@ __all__ = [
     "display_args",
     "ENDED_STATES",
     "REQUEUE_STATES",
+    "FAILURE_STATES",
     "ARGS_DISPLAY_MAX",
     "SCAN_BUDGET",
 ]
 
 #: the outcomes a record can have (``app.jobs(state=...)`` takes these, or None for all)
-ENDED_STATES = ("succeeded", "failed", "timeout")
-#: what ``requeue`` accepts by default
+ENDED_STATES = ("succeeded", "failed", "timeout", "aborted")
+#: what ``requeue`` accepts by default (an aborted job was stopped by an operator: it is
+#: requeued only when asked for by name, as a succeeded one)
 REQUEUE_STATES = ("failed", "timeout")
+#: the outcomes kept in the failure indexes (``feed.failedidx``, ``feed.labelidx``)
+FAILURE_STATES = ("failed", "timeout", "aborted")
 #: arguments shown for display are cut at this many characters, with a marker
 ARGS_DISPLAY_MAX = 1000
 #: ``requeue_many`` reads the jobs to requeue in pages of this many
@@ -220,10 +224,10 @@ def find_jobs(
 ) -> list[JobRecord]:
     """Ended jobs of ``channel`` (default: the app's default channel), newest first.
 
-    ``state``: succeeded, failed, timeout (None: all); ``task``: a task name; ``since`` /
+    ``state``: succeeded, failed, timeout, aborted (None: all); ``task``: a task name; ``since`` /
     ``until``: finish time bounds (epoch seconds or datetimes); ``error``: text the error type or
     message contains (case-insensitive). Reads an index kept by the finish script newest first,
-    in pages (failed / timeout: the task's failures, else every failure; otherwise every
+    in pages (failed / timeout / aborted: the task's failures, else every failure; otherwise every
     finished job, records filtered), so the cost is the jobs examined, not the jobs stored; at
     most ``SCAN_BUDGET`` entries are examined.
     """
@@ -239,7 +243,7 @@ def find_jobs(
     if ch is None:  # a channel that does not exist has ended no job (and is not created)
         return []
     # the task's failures, else every failure; otherwise every finished job (records filtered)
-    index = ch.record_index(state in ("failed", "timeout"), task)
+    index = ch.record_index(state in FAILURE_STATES, task)
     needle = error.lower() if error else None
     out: list[JobRecord] = []
     start, examined, page = 0, 0, max(100, min(limit * 4, 1000))
@@ -273,7 +277,7 @@ def find_jobs(
 
 def task_breakdown(app: TaskPipe, channel: str | None = None) -> dict[str, dict[str, int]]:
     """Jobs ended per task per outcome on ``channel`` (lifetime counters kept by the finish
-    script): ``{task: {"succeeded": n, "failed": n, "timeout": n}}``."""
+    and abort scripts): ``{task: {"succeeded": n, "failed": n, "timeout": n, "aborted": n}}``."""
     ch = app.existing_channel(channel)
     if ch is None:
         return {}
@@ -299,7 +303,8 @@ def requeue(
 ) -> str:
     """Publish an ended job again with its original arguments (same id, attempts reset, its
     record kept with ``requeues`` + 1). Only a job whose outcome is in ``states`` (failed or
-    timed out by default). Returns the outcome it had.
+    timed out by default; an aborted or succeeded job only when asked for). Returns the outcome
+    it had.
 
     Raises ``JobNotFound`` (no record), ``WrongJobState`` (not ended, or another outcome) or
     ``ThoonkError`` (its payload was too large to keep); nothing changes then.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 import redis
 
 from taskpipe.broker_retry import as_taskpipe_error, is_transient
+from taskpipe.durations import parse_duration
 from taskpipe.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -23,9 +24,16 @@ from taskpipe.errors import (
     ResultUnknown,
     SerializationError,
     TaskFailed,
+    TaskpipeError,
     WrongJobState,
 )
-from taskpipe.serialization import ResultRecord, decode_envelope, decode_result, encode_failure
+from taskpipe.serialization import (
+    Envelope,
+    ResultRecord,
+    decode_envelope,
+    decode_result,
+    encode_failure,
+)
 from taskpipe.states import DONE_STATES, FAILED_STATES, OUTCOME_STATES, QUEUED_STATES, JobState
 from taskpipe.thoonk.job import JobInfo
 
@@ -44,6 +52,7 @@ else:
 STATES = tuple(JobState)  # every state a job can be in (taskpipe.states)
 STATE_CHECK_EVERY = 1.0  # seconds between state checks of a result wait (stalled is not an event)
 _FOREVER = 365 * 24 * 3600.0
+_MAX_TTL_S = 100 * 365 * 86_400.0  # s: Redis refuses an expiry past its clock's range
 T = TypeVar("T")
 _BROKER_FAULTS = (redis.exceptions.RedisError, OSError, BrokerUnavailable)
 
@@ -173,8 +182,9 @@ class AsyncResult(Generic[R]):
 
     def abort(self, by: str | None = None) -> None:
         """Abort the job while it runs: it ends ``aborted`` at once (result: a ``TaskFailed``
-        of type ``JobAborted`` naming ``by`` and when), its lease is released, it never runs
-        again by itself, and the worker running it stops the task (``docs/workflows.md``).
+        of type ``JobAborted`` naming ``by`` and when, and its record: both kept for
+        ``failure_ttl``, as a failure's), its lease is released, it never runs again by itself,
+        and the worker running it stops the task (``docs/workflows.md``).
 
         Raises ``WrongJobState`` if the job is not running (finished, or not started yet:
         use ``retract()``), ``JobNotFound`` if there is no such job; ``ConfigError`` if ``by``
@@ -185,9 +195,24 @@ class AsyncResult(Generic[R]):
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         message = f"aborted by {who} at {when}"
         record = encode_failure("JobAborted", message, "", serializer=self.app.serializer)
-        ttl_ms = int(self.app.result_ttl * 1000)
-        event = self._abort_event(who, message) if self.app.job_events else None
-        code = self._call("abort", lambda: self._ch.abort(self.id, record, ttl_ms, who, event))
+        item = self._call("read", lambda: self._ch.get_item(self.id))
+        env = None
+        if item is not None:
+            try:
+                env = decode_envelope(item)
+            except SerializationError:  # a raw (Thoonk-native) job: no task name
+                env = None
+        task = env.task if env is not None else None
+        ttl_ms = self._failure_ttl_ms(env)
+        event = None
+        if self.app.job_events:  # the job's aborted event (docs/extending.md#events)
+            event = json.dumps({"task": task, "error": f"JobAborted: {message}", "by": who})
+        code = self._call(
+            "abort",
+            lambda: self._ch.abort(
+                self.id, record, ttl_ms, who, event and event.encode(), label=task or ""
+            ),
+        )
         if code == 1:
             self._record = None
             return
@@ -196,18 +221,20 @@ class AsyncResult(Generic[R]):
             raise JobNotFound(f"no job {self.id!r} in channel {self.channel!r}")
         raise WrongJobState(self.id, "claimed (running)", state)
 
-    def _abort_event(self, who: str, message: str) -> bytes:
-        """The JSON data of the job's ``aborted`` event (docs/extending.md#events): its task
-        (read from the job's envelope, None for a raw job), the error and who aborted it."""
-        item = self._call("read", lambda: self._ch.get_item(self.id))
-        task = None
-        if item is not None:
-            try:
-                task = decode_envelope(item).task
-            except SerializationError:  # a raw (Thoonk-native) job: no task name
-                task = None
-        data = {"task": task, "error": f"JobAborted: {message}", "by": who}
-        return json.dumps(data).encode()
+    def _failure_ttl_ms(self, env: Envelope | None) -> int:
+        """How long an aborted job's result and record are kept: its ``failure_ttl`` (the
+        call's, else its task's, else the app's), as the worker keeps a failure's."""
+        task = self.app.tasks.get(env.task) if env is not None else None
+        for value in (
+            env.options.get("failure_ttl") if env is not None else None,
+            getattr(task.options, "failure_ttl", None) if task is not None else None,
+        ):
+            if value is not None:
+                try:
+                    return int(min(parse_duration(value), _MAX_TTL_S) * 1000)
+                except (TaskpipeError, TypeError, ValueError):
+                    break  # a bad value: the app's (a failure is kept even so)
+        return int(min(self.app.failure_ttl, _MAX_TTL_S) * 1000)
 
     def aborted_by(self) -> tuple[str, float] | None:
         """``(who, unix time)`` of an abort of this job, or None."""

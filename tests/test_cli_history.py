@@ -71,8 +71,8 @@ def test_find_filters_and_breakdown(env: dict[str, Any], ended: dict[str, Any]) 
         )
     breakdown = run_json(env, "jobs", "tasks")["tasks"]
     assert breakdown == {
-        "t.add": {"succeeded": 3, "failed": 0, "timeout": 0},
-        "t.fail": {"succeeded": 0, "failed": 4, "timeout": 0},
+        "t.add": {"succeeded": 3, "failed": 0, "timeout": 0, "aborted": 0},
+        "t.fail": {"succeeded": 0, "failed": 4, "timeout": 0, "aborted": 0},
     }
     text = run(env, "jobs", "tasks").stdout
     assert "TASK" in text and "SUCCEEDED" in text and "t.fail" in text
@@ -173,3 +173,33 @@ def test_list_show_and_find_a_timed_out_job(env: dict[str, Any]) -> None:
     shown = run_json(env, "jobs", "show", r.id)
     assert shown["state"] == "timeout" and shown["task"] == "t.slow" and shown["attempts"] == 1
     assert [j["id"] for j in run_json(env, "jobs", "find", "-s", "timeout")["jobs"]] == [r.id]
+
+
+def test_an_aborted_job_is_listed_shown_found_requeued_and_cleaned(env: dict[str, Any]) -> None:
+    app: TaskPipe = env["app"]
+    r = env["mod"].add.delay(2, 3)
+    assert [c.id for c in app.channel().claim(1, worker="w-9")] == [r.id]
+    r.abort(by="ops")
+    row = run_json(env, "jobs", "list", "-s", "aborted")["rows"][0]
+    assert row["id"] == r.id and row["task"] == "t.add" and row["attempts"] == 1  # its record
+    shown = run_json(env, "jobs", "show", r.id)
+    assert shown["state"] == "aborted" and shown["task"] == "t.add" and shown["worker"] == "w-9"
+    assert [j["id"] for j in run_json(env, "jobs", "find", "-s", "aborted")["jobs"]] == [r.id]
+    assert run_json(env, "jobs", "tasks")["tasks"]["t.add"]["aborted"] == 1
+    assert "ABORTED" in run(env, "jobs", "tasks").stdout
+    # requeued only when asked for by outcome (an abort is an operator's decision)
+    res = run(env, "jobs", "requeue", r.id, code=1)
+    assert "is aborted, expected failed/timeout" in res.output
+    assert "nothing requeued (0 matching" in run(env, "jobs", "requeue", "--all", "--yes").output
+    out = run_json(env, "jobs", "requeue", r.id, "-s", "aborted")
+    assert out["was"] == "aborted" and out["state"] == "available"
+    Worker(app, ["default"], concurrency=1, burst=True).run()
+    assert r.get(timeout=5) == 5
+    # clean: an aborted job stays with -s finished, goes with -s aborted
+    again = env["mod"].add.delay(1, 1)
+    assert [c.id for c in app.channel().claim(1, worker="w")] == [again.id]
+    again.abort()
+    res = run(env, "jobs", "clean", "-s", "finished", "--older-than", "0")
+    assert "removed 1 finished" in res.stdout and "kept 1" in res.stdout
+    res = run(env, "jobs", "clean", "-s", "aborted", "--older-than", "0")
+    assert "removed 1 aborted" in res.stdout and again.record() is None

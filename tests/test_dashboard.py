@@ -434,4 +434,10 @@ def test_abort_button_and_waiting_tab(browser: Any, app: TaskPipe, board: Dashbo
     assert running.state == "aborted" and running.aborted_by()[0] == "dashboard"  # type: ignore[index]
     assert not browser.find_elements("css selector", "#abort-btn")
     assert kid.state == "available"  # released (and failed when run: its parent was aborted)
+    assert text_of(browser, '[data-field="task"]') == "report"  # from its record
+    assert text_of(browser, '[data-field="worker"]') == "test"
     shot(browser, "job-aborted")
+    click(browser, "#requeue-btn")  # its page asks for this aborted job by name
+    wait(browser, lambda d: css(d, "#job-state").text == "available")
+    assert running.state == "available" and running.aborted_by() is None
+    assert text_of(browser, '[data-field="requeued"]') == "1 time(s), last ended aborted"

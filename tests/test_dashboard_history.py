@@ -115,6 +115,11 @@ def test_history_filters_by_task_and_error_and_bulk_requeue(
     wait(browser, lambda d: len(d.find_elements("css selector", "#hist-rows tr[data-job]")) == 7)
     assert text_of(browser, 'tr[data-task="pay.charge"] td[data-col="failed"]') == "3"
     assert text_of(browser, 'tr[data-task="ok.task"] td[data-col="succeeded"]') == "2"
+    assert text_of(browser, 'tr[data-task="pay.charge"] td[data-col="aborted"]') == "0"
+    assert "aborted" in [
+        o.get_attribute("value")
+        for o in css(browser, "#hist-state").find_elements("css selector", "option")
+    ]
     # filter by task
     css(browser, "#hist-task").send_keys("mail.send")
     click(browser, "#hist-go")
@@ -246,6 +251,33 @@ def test_history_routes_answer_clear_errors(app: TaskPipe, board: DashboardServe
     assert status == 200 and [j["id"] for j in hist["jobs"]] == [done.id]
     assert hist["tasks"]["t.ok"]["succeeded"] == 1
     assert call(base + "requeue?state=failed")[2]["count"] == 0
+
+
+def test_history_routes_find_requeue_and_clean_aborted_jobs(
+    app: TaskPipe, board: DashboardServer
+) -> None:
+    """An aborted job is in the history (by state, in the breakdown); requeued only when the
+    call names its outcome; cleaned by name."""
+    held = app.send("t.held")
+    assert [c.id for c in app.channel().claim(1, worker="w")] == [held.id]
+    held.abort(by="ops")
+    base = board.url + "api/channels/default/"
+    status, _, hist = call(base + "history?state=aborted")
+    assert status == 200 and [j["id"] for j in hist["jobs"]] == [held.id]
+    assert hist["jobs"][0]["outcome"] == "aborted" and hist["jobs"][0]["task"] == "t.held"
+    assert hist["tasks"]["t.held"]["aborted"] == 1
+    assert call(base + "requeue")[2]["count"] == 0  # not in the default bulk requeue
+    assert call(base + "requeue?state=aborted")[2]["count"] == 1
+    status, _, out = call(base + f"jobs/{held.id}/requeue", "POST", ACT)
+    assert status == 409 and "aborted" in out["error"]
+    status, _, out = call(base + f"jobs/{held.id}/requeue?state=aborted", "POST", ACT)
+    assert status == 200 and out["was"] == "aborted" and held.state == "available"
+    again = app.send("t.held")
+    assert {c.id for c in app.channel().claim(2, worker="w")} == {held.id, again.id}
+    again.abort()
+    assert call(base + "clean?state=aborted&older_than=0")[2]["count"] >= 1
+    status, _, out = call(base + "clean?state=aborted&older_than=0", "POST", ACT)
+    assert status == 200 and out["removed"] == 1 and again.record() is None
 
 
 def test_overview_oldest_waiting_chart_axes_and_worker_running_vs_prefetched(

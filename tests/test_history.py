@@ -267,9 +267,9 @@ def test_find_jobs_by_state_task_error_and_time(app: TaskPipe) -> None:
     with pytest.raises(ConfigError):
         app.jobs(since="yesterday")
     assert task_breakdown(app) == {
-        "h.coded": {"succeeded": 0, "failed": 1, "timeout": 0},
-        "h.flaky": {"succeeded": 0, "failed": 4, "timeout": 0},
-        "h.ok": {"succeeded": 3, "failed": 0, "timeout": 0},
+        "h.coded": {"succeeded": 0, "failed": 1, "timeout": 0, "aborted": 0},
+        "h.flaky": {"succeeded": 0, "failed": 4, "timeout": 0, "aborted": 0},
+        "h.ok": {"succeeded": 3, "failed": 0, "timeout": 0, "aborted": 0},
     }
 
 

@@ -591,12 +591,13 @@ _action(
             JobState.FINISHED.value,
             JobState.FAILED.value,
             JobState.TIMEOUT.value,
+            JobState.ABORTED.value,
             JobState.STALLED.value,
         ]
     ),
     required=True,
-    help="finished = succeeded jobs; failed and timed-out jobs stay "
-    "unless cleaned by name (-s failed / -s timeout).",
+    help="finished = succeeded jobs; failed, timed-out and aborted jobs stay "
+    "unless cleaned by name (-s failed / -s timeout / -s aborted).",
 )
 @click.option(
     "--older-than",
@@ -644,8 +645,8 @@ def clean_jobs(
     )
     if report.kept:
         click.echo(
-            f"kept {report.kept} job(s) of another outcome (failed or timed-out jobs stay "
-            "until cleaned with -s failed / -s timeout)"
+            f"kept {report.kept} job(s) of another outcome (failed, timed-out and aborted jobs "
+            "stay until cleaned with -s failed / -s timeout / -s aborted)"
         )
 
 

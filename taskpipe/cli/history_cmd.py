@@ -197,7 +197,7 @@ def _confirm(what: str, count: int, yes: bool, as_json: bool) -> bool:
     "states",
     type=click.Choice(ENDED_STATES),
     multiple=True,
-    help="Outcomes to requeue (repeatable; default: failed and timeout).",
+    help="Outcomes to requeue (repeatable; default: failed and timeout; aborted only when named).",
 )
 @click.option("--task", default=None, help="With --all: only jobs of this task.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")

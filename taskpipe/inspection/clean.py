@@ -4,13 +4,14 @@ jobs.
 The Redis side is ``JobChannel``'s cleaning calls (``taskpipe/thoonk/job_clean.py``); this module
 pages through them and fills the ``CleanReport``.
 
-``finished`` / ``failed`` / ``timeout``: the ``feed.finished:<f>`` index (ZSET id -> finish ms)
-is read oldest first; each job is classified by its record (or, without one, by its stored
-result) and only the asked outcome is removed: ``finished`` removes succeeded jobs and leaves
-failed and timed-out ones (as Kinetik's ``clean`` does), which go only when asked for with
-``failed`` / ``timeout``. Each batch is forgotten atomically by ``JobChannel.forget_finished``
-(the index entries and, for ids not published again since, the stored results and logs), then
-their records and record-index entries go (``JobChannel.forget_records``).
+``finished`` / ``failed`` / ``timeout`` / ``aborted``: the ``feed.finished:<f>`` index (ZSET
+id -> finish ms) is read oldest first; each job is classified by its record (or, without one, by
+its stored result) and only the asked outcome is removed: ``finished`` removes succeeded jobs and
+leaves failed, timed-out and aborted ones (as Kinetik's ``clean`` does), which go only when asked
+for with ``failed`` / ``timeout`` / ``aborted``. Each batch is forgotten atomically by
+``JobChannel.forget_finished`` (the index entries and, for ids not published again since, the
+stored results and logs), then their records and record-index entries go
+(``JobChannel.forget_records``).
 
 ``stalled``: ids come from ``feed.stalledat:<f>`` (id -> stall ms), oldest first; each is
 retracted by ``job_retract`` with a guard "still stalled, stalled at or before the cutoff", so a
@@ -36,8 +37,9 @@ def _note(report: CleanReport, removed: list[str], progress: Progress, examined:
 
 
 def _outcomes(ch: JobChannel, ids: list[str]) -> list[tuple[str, str]]:
-    """``(outcome, label)`` of ended jobs: succeeded, failed or timeout, from each record, else
-    from the stored result (an expired or non-taskpipe result counts as succeeded)."""
+    """``(outcome, label)`` of ended jobs: succeeded, failed, timeout or aborted, from each
+    record, else from the stored result (an expired or non-taskpipe result counts as
+    succeeded)."""
     out = []
     for outcome, label, result in ch.record_outcomes(ids):
         if outcome is None:

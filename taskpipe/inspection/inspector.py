@@ -46,9 +46,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Inspector", "LIST_STATES", "MAX_PAGE", "CLEAN_STATES"]
 
-#: What ``clean`` removes: ``finished`` = succeeded jobs (failed and timed-out ones are kept
-#: unless asked for by name), ``failed``, ``timeout``, ``stalled``.
-CLEAN_STATES = ("finished", "failed", "timeout", "stalled")
+#: What ``clean`` removes: ``finished`` = succeeded jobs (failed, timed-out and aborted ones are
+#: kept unless asked for by name), ``failed``, ``timeout``, ``aborted``, ``stalled``.
+CLEAN_STATES = ("finished", "failed", "timeout", "aborted", "stalled")
 
 #: States ``list_jobs`` pages through (``failed`` = finished jobs whose result is an error,
 #: ``timeout`` = those that failed by running past their time limit).
@@ -481,8 +481,9 @@ class Inspector:
         (retracted), ``batch`` (1..1000) at a time. ``now_ms`` defaults to the server clock;
         ``on_progress(n)`` is called after each batch with the number of ids examined.
 
-        ``finished``: succeeded jobs of the finished index older than ``older_than_s`` (failed
-        and timed-out ones are kept: clean them with ``failed`` / ``timeout``).
+        ``finished``: succeeded jobs of the finished index older than ``older_than_s`` (failed,
+        timed-out and aborted ones are kept: clean them with ``failed`` / ``timeout`` /
+        ``aborted``).
         ``stalled``: jobs stalled longer ago than ``older_than_s`` (by their stall time); a job is
         retracted only if it is still stalled. A sharded channel is cleaned shard after shard
         (one report).

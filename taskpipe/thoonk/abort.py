@@ -34,12 +34,22 @@ class AbortOps:
         raise NotImplementedError
 
     def abort(
-        self, id: str, record: bytes, result_ttl_ms: int, who: str, event: bytes | None = None
+        self,
+        id: str,
+        record: bytes,
+        result_ttl_ms: int,
+        who: str,
+        event: bytes | None = None,
+        label: str | None = None,
     ) -> int:
-        """End claimed job ``id`` as aborted by ``who`` with result ``record``; returns 1, or 0
-        when it is not claimed (nothing changed). ``event`` (JSON) is published as the job's
-        ``aborted`` event on ``feed.jobevent:<f>`` in the same step; None publishes none."""
+        """End claimed job ``id`` as aborted by ``who`` with result ``record``, kept for
+        ``result_ttl_ms``; returns 1, or 0 when it is not claimed (nothing changed). ``event``
+        (JSON) is published as the job's ``aborted`` event on ``feed.jobevent:<f>`` in the same
+        step; None publishes none.
+        ``label`` (the task name, '' for none) keeps the job's record (outcome ``aborted``, for
+        ``result_ttl_ms``: docs/history.md) in the same step; None keeps none."""
         from taskpipe.thoonk.job import FINISHED_INDEX_MS
+        from taskpipe.thoonk.job_records import RECORD_ITEM_MAX
         from taskpipe.thoonk.script_keys import contract
 
         k = self.keys
@@ -54,10 +64,19 @@ class AbortOps:
             k.ch_events if event is not None else "",
             event or b"",
         ]
+        rec_keys: list[str] = []
+        rec_args: list[Any] = []
+        if label is not None:  # the record section of lua/_record.lua, for this one job
+            rec_keys = [k.failed_index, k.label_stats, k.record(id), k.label_index(label)]
+            rec_args = [RECORD_ITEM_MAX, FINISHED_INDEX_MS, "aborted", label, "", "", "\0record"]
         code = -2
         for attempt in range(100):  # -2: it has dependants (or more than were read)
             wf_keys, wf_args = self.workflow_section(id if attempt else None)
-            code = int(self.scripts["job_abort"](self.client, [*keys, *wf_keys], [*args, *wf_args]))
+            code = int(
+                self.scripts["job_abort"](
+                    self.client, [*keys, *wf_keys, *rec_keys], [*args, *wf_args, *rec_args]
+                )
+            )
             if code != -2:
                 break
         return code

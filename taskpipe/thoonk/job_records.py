@@ -79,7 +79,11 @@ class JobRecords:
                 if item is not None:
                     new, flow = prepare(bytes(item))
             keys = contract("job_requeue").build(
-                k, k.label_index(label), result=k.result(id), record=k.record(id)
+                k,
+                k.label_index(label),
+                result=k.result(id),
+                record=k.record(id),
+                aborted=k.aborted(id),
             )
             args: list[Any] = [id, ",".join(outcomes), label, new or b""]
             if flow is not None:

@@ -175,7 +175,9 @@ _ALL = (
             "aborted",
             "result",
         ),
-        tail="the workflow section (feed.dependents, WORKFLOW_RELEASE_ROLES per dependant)",
+        tail="the workflow section (feed.dependents, WORKFLOW_RELEASE_ROLES per dependant), "
+        "then the optional job-record section (lua/_record.lua: failed_index, label_stats, "
+        "record, label_index)",
     ),
     ScriptKeys(
         "job_put_waiting",
@@ -246,6 +248,7 @@ _ALL = (
             "cancelled",
             "prio",
             "flow",
+            "aborted",
         ),
         tail="feed.labelidx:<f>:<label> of the record's label",
     ),

@@ -5,13 +5,14 @@
   breakdown; ``since`` / ``until`` are epoch seconds
 - ``GET  /api/channels/<ch>/requeue?state=&task=``: how many jobs a bulk requeue would touch
 - ``POST /api/channels/<ch>/requeue?state=&task=``: requeue them all (``state`` comma-separated,
-  default failed,timeout)
-- ``POST /api/channels/<ch>/jobs/<id>/requeue``: requeue one failed or timed-out job
+  default failed,timeout; ``aborted`` and ``succeeded`` only when named)
+- ``POST /api/channels/<ch>/jobs/<id>/requeue?state=``: requeue one failed or timed-out job (an
+  aborted one with ``state=aborted``)
 - ``POST /api/channels/<ch>/jobs/<id>/edit?args=<JSON array>&kwargs=<JSON object>``: new
   arguments for a job still waiting (409 once claimed or ended, 400 for malformed JSON)
 - ``GET  /api/channels/<ch>/empty``: how many waiting jobs an empty would retract;
   ``POST``: retract them (claimed jobs run on)
-- ``GET  /api/channels/<ch>/clean?state=finished|failed|timeout|stalled&older_than=7d``: how many
+- ``GET  /api/channels/<ch>/clean?state=finished|failed|timeout|aborted|stalled&older_than=7d``: how many
   jobs a clean would examine; ``POST``: clean them (the ``jobs clean`` report)
 """
 

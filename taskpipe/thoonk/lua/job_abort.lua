@@ -1,17 +1,21 @@
 -- job_abort: end a running (claimed) job as aborted, at once: its claim and lease are
 -- released, its item removed (so it never runs again by itself), its result set to the
 -- caller's "aborted" record and announced on job.finish, who and when kept in
--- feed.aborted:<f>:<id>,
--- its "aborted" event published on the job event stream (unless ARGV[7] is empty),
--- and its dependants (depends_on, chain, chord) released as by job_finish (_workflow.lua).
--- The worker running it sees the abort (feed.aborted:<f>:<id>) and stops the task.
+-- feed.aborted:<f>:<id>, its job record kept (outcome 'aborted', _record.lua) when the call
+-- has a record section, its "aborted" event published on the job event stream (unless ARGV[7]
+-- is empty), and its dependants (depends_on, chain, chord) released as by job_finish
+-- (_workflow.lua). The worker running it sees the abort (feed.aborted:<f>:<id>) and stops
+-- the task.
 -- KEYS[1] feed.claimed:<f>  KEYS[2] feed.leases:<f>  KEYS[3] feed.tokens:<f>
 -- KEYS[4] feed.workers:<f>  KEYS[5] feed.items:<f>  KEYS[6] feed.cancelled:<f>
 -- KEYS[7] feed.attempts:<f>  KEYS[8] feed.published:<f>  KEYS[9] feed.finishes:<f>
 -- KEYS[10] feed.finished:<f>  KEYS[11] feed.failures:<f>  KEYS[12] feed.progress:<f>
 -- KEYS[13] feed.reasons:<f>  KEYS[14] feed.aborted:<f>:<id>  KEYS[15] feed.result:<f>:<id>
--- KEYS[16 ..] the workflow section of _workflow.lua (the last 1 + 4w KEYS, last 1 + w ARGV)
--- ARGV[1] id  ARGV[2] result record  ARGV[3] result ttl ms  ARGV[4] job.finish:<f> channel
+-- KEYS[16 ..] the workflow section of _workflow.lua (1 + 4w KEYS, last 1 + w ARGV), then the
+--          optional record section of _record.lua for one job (4 KEYS: feed.failedidx:<f>,
+--          feed.labelstats:<f>, feed.record:<f>:<id>, feed.labelidx:<f>:<label>; 7 ARGV: item
+--          cap, index keep ms, 'aborted', label, '', '', '\0record'), as job_finish takes it
+-- ARGV[1] id  ARGV[2] result record  ARGV[3] result (and record) ttl ms  ARGV[4] job.finish:<f>
 -- ARGV[5] who  ARGV[6] keep the feed.aborted:<f>:<id> record this many ms
 -- ARGV[7] the feed.jobevent:<f> channel ('' = announce nothing)  ARGV[8] the event's JSON data
 -- Returns: 1 aborted; 0 the job is not claimed (nothing changed); -2 it has dependants not
@@ -21,12 +25,19 @@
 --@include _owner.lua
 --@include _wake.lua
 --@include _workflow.lua
+--@include _record.lua
 local id = ARGV[1]
 if check_owner(KEYS[1], KEYS[3], id, '') ~= 1 then return 0 end
-local wf = wf_section(KEYS, ARGV)
+local rec = record_section(1, KEYS, ARGV)  -- the job's record (docs/history.md)
+local wf = wf_section(KEYS, ARGV, rec and rec.k - 1 or #KEYS, rec and rec.a - 1 or #ARGV)
 local code = wf_check(wf, KEYS, id, 1)
 if code ~= 1 then return code end
 local now = now_ms()
+local now_str = tostring(now)
+if rec then  -- what the job is about to lose, for its record
+  record_read_all(rec, {id}, {1}, {redis.call('ZSCORE', KEYS[1], id)}, KEYS[5], KEYS[6], KEYS[7],
+                  KEYS[8], KEYS[4])
+end
 unclaim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], id)
 redis.call('HDEL', KEYS[5], id)
 redis.call('HDEL', KEYS[6], id)
@@ -39,7 +50,13 @@ redis.call('INCR', KEYS[11])
 redis.call('ZADD', KEYS[10], now, id)
 redis.call('SET', KEYS[14], ARGV[5] .. '\0' .. now, 'PX', tonumber(ARGV[6]))
 local ttl = tonumber(ARGV[3])
-if ttl > 0 then redis.call('SET', KEYS[15], ARGV[2], 'PX', ttl) end
+if ttl > 0 then
+  redis.call('SET', KEYS[15], ARGV[2], 'PX', ttl)
+  if rec then
+    record_write(rec, 1, 1, id, now_str, ARGV[3])
+    record_trim(rec, now)
+  end
+end
 redis.call('PUBLISH', ARGV[4], id .. '\0' .. ARGV[2])
 if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[7], 'aborted\0' .. id .. '\0' .. ARGV[8]) end
 wf_release(wf, KEYS, id)

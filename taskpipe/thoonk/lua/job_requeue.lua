@@ -4,6 +4,8 @@
 -- KEYS[5] feed.wake:<f>  KEYS[6] feed.finished:<f>  KEYS[7] feed.result:<f>:<id>
 -- KEYS[8] feed.record:<f>:<id>  KEYS[9] feed.failedidx:<f>  KEYS[10] feed.attempts:<f>
 -- KEYS[11] feed.cancelled:<f>  KEYS[12] feed.prio:<f>  KEYS[13] feed.flow:<f>
+-- KEYS[14] feed.aborted:<f>:<id> (the abort of an aborted job goes: else its next run would be
+--          stopped at once by the worker that sees it)
 -- KEYS[last] feed.labelidx:<f>:<label> (the index of the label the caller read: KEYS[#KEYS])
 -- ARGV[1] id  ARGV[2] outcomes allowed, comma-separated (e.g. 'failed,timeout')
 -- ARGV[3] the label the caller read from the record
@@ -40,6 +42,7 @@ redis.call('DEL', KEYS[7])
 redis.call('ZREM', KEYS[9], id)
 redis.call('HDEL', KEYS[10], id)
 redis.call('HDEL', KEYS[11], id)
+redis.call('DEL', KEYS[14])
 if ARGV[3] ~= '' then redis.call('ZREM', KEYS[#KEYS], id) end
 redis.call('HINCRBY', KEYS[8], 'q', 1)  -- requeues
 redis.call('HSET', KEYS[8], 'u', now, 'v', outcome)  -- requeued at, previous outcome

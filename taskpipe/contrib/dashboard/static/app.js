@@ -347,9 +347,12 @@
             await tick(true);
           } }));
         }
-        if (["failed", "timeout"].includes(j.state)) {
+        if (["failed", "timeout", "aborted"].includes(j.state)) {
           actions.append(el("button", { id: "requeue-btn", className: "primary", text: "Requeue", onclick: async () => {
-            try { await api(`channels/${enc(channel)}/jobs/${enc(id)}/requeue`, "POST"); toast("job requeued with its arguments"); } catch (e) { toast(e.message, true); }
+            // an aborted job was stopped by an operator: requeued only when asked for by name
+            if (j.state === "aborted" && !window.confirm(`Job ${id} was aborted. Run it again with its arguments?`)) return;
+            const q = j.state === "aborted" ? "?state=aborted" : "";
+            try { await api(`channels/${enc(channel)}/jobs/${enc(id)}/requeue${q}`, "POST"); toast("job requeued with its arguments"); } catch (e) { toast(e.message, true); }
             await tick(true);
           } }));
         }
@@ -432,7 +435,7 @@
   function historyView(channel, query) {
     const f = { state: query.get("state") || "", task: query.get("task") || "", error: query.get("error") || "",
                 since: query.get("since") || "" };
-    const stateIn = el("select", { id: "hist-state" }, ["", "succeeded", "failed", "timeout"].map((s) =>
+    const stateIn = el("select", { id: "hist-state" }, ["", "succeeded", "failed", "timeout", "aborted"].map((s) =>
       el("option", { value: s, text: s || "any state", selected: s === f.state })));
     const taskIn = el("input", { id: "hist-task", type: "search", placeholder: "task name", value: f.task });
     const errorIn = el("input", { id: "hist-error", type: "search", placeholder: "error text", value: f.error });
@@ -481,7 +484,7 @@
     } });
     const cleanAge = el("select", { id: "clean-age" }, [["7d", "older than 7 days"], ["1d", "older than 1 day"], ["1h", "older than 1 hour"], ["0", "all"]]
       .map(([v, t]) => el("option", { value: v, text: t })));
-    const cleanState = el("select", { id: "clean-state" }, ["finished", "failed", "timeout", "stalled"].map((s) => el("option", { value: s, text: s === "finished" ? "succeeded" : s })));
+    const cleanState = el("select", { id: "clean-state" }, ["finished", "failed", "timeout", "aborted", "stalled"].map((s) => el("option", { value: s, text: s === "finished" ? "succeeded" : s })));
     const cleanBtn = el("button", { id: "clean-btn", text: "Clean", onclick: async (ev) => {
       const path = `channels/${enc(channel)}/clean?state=${cleanState.value}&older_than=${cleanAge.value}`;
       const btn = ev.target;
@@ -502,7 +505,7 @@
     replace(main, el("h1", {}, "History of ", chanLink(channel)), form,
       el("div", { className: "toolbar" }, bulk, " ", cleanState, cleanAge, cleanBtn, " ", empty),
       el("h2", { text: "Per task" }),
-      el("table", { id: "task-breakdown" }, el("thead", {}, el("tr", {}, ["task", "succeeded", "failed", "timeout"].map((c) => el("th", { text: c })))), breakdown),
+      el("table", { id: "task-breakdown" }, el("thead", {}, el("tr", {}, ["task", "succeeded", "failed", "timeout", "aborted"].map((c) => el("th", { text: c })))), breakdown),
       el("h2", { text: "Ended jobs (newest first)" }),
       el("table", { id: "history" }, el("thead", {}, el("tr", {},
         ["id", "task", "state", "finished", "attempts", "worker", "args", "error"].map((c) => el("th", { text: c })))), body));
@@ -518,8 +521,8 @@
           const names = Object.keys(data.tasks);
           replace(breakdown, names.length ? names.map((t) => el("tr", { "data-task": t },
             el("td", {}, el("a", { href: `#/history/${enc(channel)}?task=${enc(t)}`, text: t })),
-            ["succeeded", "failed", "timeout"].map((k) => el("td", { className: "num", "data-col": k, text: data.tasks[t][k] }))))
-            : el("tr", {}, el("td", { colspan: 4, className: "empty", text: "No ended jobs recorded." })));
+            ["succeeded", "failed", "timeout", "aborted"].map((k) => el("td", { className: "num", "data-col": k, text: data.tasks[t][k] }))))
+            : el("tr", {}, el("td", { colspan: 5, className: "empty", text: "No ended jobs recorded." })));
         }
         if (same(body, [data.jobs, tick5()])) return;
         const now = Date.now();
