@@ -216,6 +216,30 @@ def test_an_abort_is_announced_unless_the_aborting_app_turned_events_off(
     assert quiet.state == loud.state == "aborted"
 
 
+def test_an_aborted_event_carries_the_attempt_it_ended(listening: TaskPipe) -> None:
+    """Like the other outcome events, ``aborted`` says which run it ended (1 for the first),
+    counted by ``job_abort.lua`` in the step that ends the job: the same as the record's."""
+    app = listening
+
+    @app.task(channel="runs")
+    def held() -> None:
+        return None
+
+    seen: list[tuple[str, Any]] = []
+    app.on("aborted", lambda job: seen.append((job.id, job.data.get("attempt"))))
+    app.listen(["runs"])
+    first, second = held.delay(), held.delay()
+    ch = app.channel("runs")
+    claims = {c.id: c.token for c in ch.claim(2)}
+    ch.defer(second.id, claims[second.id], 0)  # its first run will be retried: attempt 2 next
+    assert [c.id for c in ch.claim(1)] == [second.id]
+    first.abort(by="ops")
+    second.abort(by="ops")
+    wait_for(lambda: len(seen) == 2, 10, "the aborted events")
+    assert seen == [(first.id, 1), (second.id, 2)]
+    assert [r.record().attempts for r in (first, second)] == [1, 2]
+
+
 def test_emitter_rules(caplog: pytest.LogCaptureFixture) -> None:
     em = Emitter(("complete",))
     with pytest.raises(ConfigError, match="unknown event"):

@@ -44,8 +44,8 @@ class AbortOps:
     ) -> int:
         """End claimed job ``id`` as aborted by ``who`` with result ``record``, kept for
         ``result_ttl_ms``; returns 1, or 0 when it is not claimed (nothing changed). ``event``
-        (JSON) is published as the job's ``aborted`` event on ``feed.jobevent:<f>`` in the same
-        step; None publishes none.
+        (a JSON object) is published as the job's ``aborted`` event on ``feed.jobevent:<f>`` in
+        the same step, with ``attempt`` added (the run it ended); None publishes none.
         ``label`` (the task name, '' for none) keeps the job's record (outcome ``aborted``, for
         ``result_ttl_ms``: docs/history.md) in the same step; None keeps none."""
         from taskpipe.thoonk.job import FINISHED_INDEX_MS

@@ -17,7 +17,8 @@
 --          cap, index keep ms, 'aborted', label, '', '', '\0record'), as job_finish takes it
 -- ARGV[1] id  ARGV[2] result record  ARGV[3] result (and record) ttl ms  ARGV[4] job.finish:<f>
 -- ARGV[5] who  ARGV[6] keep the feed.aborted:<f>:<id> record this many ms
--- ARGV[7] the feed.jobevent:<f> channel ('' = announce nothing)  ARGV[8] the event's JSON data
+-- ARGV[7] the feed.jobevent:<f> channel ('' = announce nothing)  ARGV[8] the event's data: a
+--         JSON object, to which this script adds "attempt" (the run it ended: 1 for the first)
 -- Returns: 1 aborted; 0 the job is not claimed (nothing changed); -2 it has dependants not
 --          passed in the workflow section (nothing changed: retry with them).
 -- Events: job.finish:<f> "<id>\0<record>"; feed.jobevent:<f> "aborted\0<id>\0<data>".
@@ -34,6 +35,7 @@ local code = wf_check(wf, KEYS, id, 1)
 if code ~= 1 then return code end
 local now = now_ms()
 local now_str = tostring(now)
+local attempt = tonumber(redis.call('HGET', KEYS[7], id) or '0') + 1  -- the run it ends
 if rec then  -- what the job is about to lose, for its record
   record_read_all(rec, {id}, {1}, {redis.call('ZSCORE', KEYS[1], id)}, KEYS[5], KEYS[6], KEYS[7],
                   KEYS[8], KEYS[4])
@@ -58,6 +60,10 @@ if ttl > 0 then
   end
 end
 redis.call('PUBLISH', ARGV[4], id .. '\0' .. ARGV[2])
-if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[7], 'aborted\0' .. id .. '\0' .. ARGV[8]) end
+if ARGV[7] ~= '' then
+  local rest = string.sub(ARGV[8], 2)  -- the caller's JSON object after its '{'
+  if rest ~= '}' then rest = ',' .. rest end
+  redis.call('PUBLISH', ARGV[7], 'aborted\0' .. id .. '\0{"attempt":' .. attempt .. rest)
+end
 wf_release(wf, KEYS, id)
 return 1
