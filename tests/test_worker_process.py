@@ -90,8 +90,9 @@ def soft():
     time.sleep(30)
 
 
-@app.task(name="spin", hard_timeout="1s")
+@app.task(name="spin", hard_timeout="0.5s")
 def spin():
+    """CPU-bound past its hard time limit (it burns a core until killed: a short limit)."""
     _mark("spin")
     while True:
         pass
