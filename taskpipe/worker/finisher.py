@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from taskpipe.worker.keeper import BROKER_ERRORS as _BROKER_ERRORS
 
@@ -31,6 +31,8 @@ class FinisherMixin:
 
     # set by Worker.__init__
     lease_s: float
+    burst: bool
+    _waiter: Any
     writer: OutcomeWriter
     announcer: Announcer
     _running: dict[tuple[str, str], Claim]
@@ -75,6 +77,17 @@ class FinisherMixin:
                         del running[key]
                 self._settled += len(batch)
                 self._slot.notify_all()
+                idle = not running
+            if idle and self.burst:  # the loop may be blocked only because these were running
+                self._interrupt_wait()
+
+    def _interrupt_wait(self) -> None:
+        """End the claim loop's blocking wait on the wake keys now (``ListWaiter.interrupt``):
+        it claims again at once, so a stop, or a burst whose last job just finished, does not
+        wait for the block timeout (``max_block``, the CLI's ``--poll-interval``)."""
+        waiter = self._waiter
+        if waiter is not None:
+            waiter.interrupt()
 
     def _write_with_retry(self, outcomes: list[Outcome]) -> None:
         """Write outcomes; while Redis is down keep trying for up to two leases (the jobs stay

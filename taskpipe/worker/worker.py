@@ -199,6 +199,7 @@ class Worker(KeeperMixin, ShutdownMixin, ChannelsMixin, FinisherMixin):
             self._scheduler.stop(timeout=0)
         with self._slot:
             self._slot.notify_all()
+        self._interrupt_wait()  # a loop blocked on the wake keys looks at once
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # the handler runs in the main thread, which may hold ``_slot``: it only sets events
