@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -468,9 +467,21 @@ def test_pause_and_resume_across_two_worker_processes(harness: Harness) -> None:
     ch = harness.app.channel("default")
     ch.pause()
     results = [harness.send("record", f"j{i}") for i in range(6)]
-    workers = [harness.worker("-Q", "default", "-c", "2", "--name", f"pw{i}") for i in range(2)]
+    workers = [
+        harness.worker("-Q", "default,probe", "-c", "2", "--name", f"pw{i}") for i in range(2)
+    ]
     wait_for(lambda: {"pw0", "pw1"} <= harness.registered(), what="both workers to register")
-    time.sleep(1.2)  # longer than a worker's block timeout: both loops have looked again
+    # both loops have claimed with the paused jobs available: each ran a job of "probe", which
+    # a claim looks at after "default" (strict order)
+    probed: set[int] = set()
+
+    def probe_both() -> bool:
+        probe = harness.send("record", "probe", channel="probe")
+        assert probe.get(timeout=20) == "probe"
+        probed.add(harness.flag("started", probe.id) or 0)
+        return probed == {w.pid for w in workers}
+
+    wait_for(probe_both, what="each worker to claim past the paused channel")
     assert ch.paused and ch.counts()["available"] == 6
     assert all(harness.runs(r.id) == 0 for r in results)
     ch.resume()
