@@ -322,3 +322,34 @@ def test_a_burst_worker_exits_once_its_last_job_finished(app: TaskPipe) -> None:
     t.join(30)
     assert not t.is_alive() and box["value"] == 0, "the burst waited for the 60 s block"
     assert job.get(timeout=5) == "done"
+
+
+def test_a_stopped_worker_ends_its_threads_with_it(
+    app: TaskPipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The finisher and the keeper are told when ``run`` ends: it returns with both threads
+    ended, not after their polls (60 s here; ``run`` joins each for at most 5 s)."""
+    import taskpipe.worker.finisher as finisher_module
+    import taskpipe.worker.keeper as keeper_module
+
+    monkeypatch.setattr(finisher_module, "FINISHER_POLL", 60.0)
+    monkeypatch.setattr(keeper_module, "KEEPER_TICK", 60.0)
+
+    @app.task(channel="ends")
+    def one() -> int:
+        return 1
+
+    job = one.delay()
+    w = Worker(
+        app,
+        ["ends"],
+        concurrency=1,
+        burst=True,
+        max_block=0.1,
+        heartbeat_interval=60.0,
+        lease="180s",
+        reaper_interval="60s",
+    )
+    assert w.run() == 0
+    assert job.get(timeout=5) == 1
+    assert [t.name for t in w._threads if t.is_alive()] == []

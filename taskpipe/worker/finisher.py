@@ -25,6 +25,9 @@ __all__ = ["FinisherMixin"]
 
 log = logging.getLogger("taskpipe.worker")
 
+#: how long the finisher waits for an outcome before it looks whether the worker stopped
+FINISHER_POLL = 0.2
+
 
 class FinisherMixin:
     """The finisher thread and its helpers (see ``Worker``)."""
@@ -38,7 +41,7 @@ class FinisherMixin:
     _running: dict[tuple[str, str], Claim]
     _running_lock: threading.Lock
     _slot: threading.Condition
-    _done: queue.SimpleQueue[Outcome]
+    _done: queue.SimpleQueue[Outcome | None]
     _stopping: threading.Event
     _stop_now: threading.Event
     _settled: int
@@ -47,8 +50,10 @@ class FinisherMixin:
     def _finisher(self) -> None:
         while True:
             try:
-                first = self._done.get(timeout=0.2)
+                first = self._done.get(timeout=FINISHER_POLL)
             except queue.Empty:
+                first = None
+            if first is None:  # None: put by ``run`` once stopped, to end this thread now
                 if self._stopping.is_set():
                     with self._running_lock:
                         if not self._running:
@@ -57,9 +62,13 @@ class FinisherMixin:
             batch = [first]
             while len(batch) < 1000:
                 try:
-                    batch.append(self._done.get_nowait())
+                    nxt = self._done.get_nowait()
                 except queue.Empty:
                     break
+                if nxt is None:
+                    self._done.put(None)  # for the next round, once this batch is written
+                    break
+                batch.append(nxt)
             running = self._running
             with self._running_lock:
                 # match the claim itself (token included): the same job id may already be

@@ -172,7 +172,8 @@ class Worker(KeeperMixin, ShutdownMixin, ChannelsMixin, FinisherMixin):
         self._queued = 0  # outcomes handed to the finisher so far
         self._running_lock = threading.Lock()
         self._slot = threading.Condition(self._running_lock)
-        self._done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
+        self._keeper_wake = threading.Event()
         self._stopping = threading.Event()
         self._stop_now = threading.Event()
         self._block_client: Any = None
@@ -284,6 +285,8 @@ class Worker(KeeperMixin, ShutdownMixin, ChannelsMixin, FinisherMixin):
                 self._scheduler.stop()
             self._stopping.set()
             self._shutdown_pool()
+            self._done.put(None)  # the finisher and the keeper look now, not after their poll
+            self._keeper_wake.set()
             for t in self._threads:
                 t.join(timeout=5)
             self.registry.remove(self.name)
