@@ -473,6 +473,12 @@ class ListWaiter:
         self._wanted = threading.Event()  # a wait() is in progress
         self._woke = threading.Event()  # a thread popped a marker
         self._closed = threading.Event()
+        # ``interrupt``: the CLIENT ID of each connection (learnt on its first ``wait_then``,
+        # forgotten when it reconnects) and of the one blocked in a ``wait_then`` now
+        self._ids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._blocked: int | None = None
+        self._interrupted = False  # an interrupt the next (or current) wait_then has to see
+        self._interruptible = True  # False once Redis refused CLIENT ID/UNBLOCK (ACL)
 
     @property
     def client(self) -> Any:
@@ -523,10 +529,19 @@ class ListWaiter:
         """
         pool = self.client.connection_pool
         conn = pool.get_connection()
+        ask_id = self._interruptible and conn not in self._ids
+        if self._interrupted:  # interrupted while no wait was in progress: do not block
+            self._interrupted, timeout = False, 0.0
         try:
-            conn.send_packed_command(
-                conn.pack_commands([("BLPOP", *self.keys, max(timeout, 0.001)), *commands])
-            )
+            blpop = ("BLPOP", *self.keys, max(timeout, 0.001))
+            head = [("CLIENT", "ID")] if ask_id else []
+            conn.send_packed_command(conn.pack_commands([*head, blpop, *commands]))
+            if ask_id:
+                self._learn_id(conn)
+            self._blocked = blocked = self._ids.get(conn)
+            if self._interrupted and blocked is not None:  # interrupted while sending
+                self._interrupted = False
+                self._unblock(blocked)
             replies: list[Any] = []
             for _ in range(1 + len(commands)):
                 try:
@@ -537,11 +552,45 @@ class ListWaiter:
             conn.disconnect()  # mid-exchange: never reuse a connection out of step
             raise
         finally:
+            self._blocked = None
             pool.release(conn)
         popped = replies[0]
         if isinstance(popped, redis.exceptions.ResponseError):
             return _blpop_refused(popped), replies[1:]
         return popped is not None, replies[1:]
+
+    def _learn_id(self, conn: Any) -> None:
+        """Read the reply of the ``CLIENT ID`` sent ahead of a ``wait_then``'s ``BLPOP``."""
+        try:
+            self._ids[conn] = int(conn.read_response())
+            conn.register_connect_callback(self._forget_id)  # a reconnect is a new client
+        except redis.exceptions.ResponseError:  # refused (ACL): waits end at their timeout
+            self._interruptible = False
+
+    def _forget_id(self, conn: Any) -> None:
+        self._ids.pop(conn, None)
+
+    def interrupt(self) -> None:
+        """End the ``wait_then`` in progress at once, as if it timed out (the commands behind
+        its ``BLPOP`` still run), with ``CLIENT UNBLOCK`` from another connection; with none in
+        progress, the next ``wait_then`` does not block. Best effort: a plain ``wait`` (a
+        cluster's, ``memory://``) or a Redis that refuses the command (ACL) ends at its timeout
+        as it always did."""
+        self._interrupted = True
+        blocked = self._blocked
+        if blocked is not None:
+            self._interrupted = False
+            self._unblock(blocked)
+
+    def _unblock(self, client_id: int) -> None:
+        if not self._interruptible:
+            return
+        try:
+            self.client.execute_command("CLIENT", "UNBLOCK", client_id)
+        except redis.exceptions.ResponseError:
+            self._interruptible = False
+        except redis.exceptions.RedisError:
+            pass  # the broker is away: the wait fails on its own
 
     def _watch(self, index: int, client: Any) -> None:
         keys = self.groups[index]

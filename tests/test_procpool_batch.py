@@ -234,7 +234,7 @@ def test_an_outcome_does_not_wait_behind_a_long_job_in_the_same_child(harness: H
 
 def test_a_hard_time_limit_counts_for_the_job_running_from_its_own_start(harness: Harness) -> None:
     fast = [harness.send("record", f"f{i}") for i in range(3)]
-    spin = harness.send("spin")  # hard_timeout 1 s, CPU-bound: the child is killed
+    spin = harness.send("spin")  # hard_timeout 0.5 s, CPU-bound: the child is killed
     after = harness.send("record", "after")
     pool, outcomes = _pool_run(harness, [*fast, spin, after], lambda out: len(out) == 5)
     pool.shutdown()

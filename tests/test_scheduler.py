@@ -14,15 +14,20 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from click.testing import CliRunner
 from polling import wait_for
 from redis_server import RedisServer
 
+import taskpipe.cli.cron_cmd  # noqa: F401  (registers the commands)
 from taskpipe import TaskPipe, Worker, current_job
+from taskpipe.cli.main import cli, main
+from taskpipe.loading import load_app
 from taskpipe.scheduler import Scheduler
 from taskpipe.serialization import encode_envelope
 from taskpipe.thoonk.job import PutRequest
@@ -67,15 +72,24 @@ APP_MODULE = textwrap.dedent("""
 
 
 @pytest.fixture
-def appdir(tmp_path: Path, redis_server: RedisServer, prefix: str) -> Iterator[dict[str, str]]:
-    (tmp_path / "cronmod.py").write_text(APP_MODULE)
+def appdir(
+    tmp_path: Path, redis_server: RedisServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, str]]:
+    """The environment of processes that load the cron module above (its ``-A`` path is
+    ``TP_CRON_APP``: a module name of its own, as the test process may load it too)."""
+    module = f"cronmod_{uuid.uuid4().hex[:10]}"
+    (tmp_path / f"{module}.py").write_text(APP_MODULE)
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]),
         TASKPIPE_BROKER_URL=redis_server.url,
         TP_PREFIX=prefix,
         PYTHONUNBUFFERED="1",
+        TP_CRON_APP=f"{module}:app",
     )
+    monkeypatch.setenv("TASKPIPE_BROKER_URL", redis_server.url)
+    monkeypatch.setenv("TP_PREFIX", prefix)
+    monkeypatch.syspath_prepend(str(tmp_path))
     yield env
 
 
@@ -115,19 +129,14 @@ def test_three_schedulers_fire_exactly_once_and_survive_sigkill(
     appdir: dict[str, str], redis_server: RedisServer, prefix: str, tmp_path: Path
 ) -> None:
     client = redis_server.client()
-    worker = spawn(
-        appdir,
-        "worker",
-        "-A",
-        "cronmod:app",
-        "-c",
-        "4",
-        "--grace",
-        "5s",
-        log=tmp_path / "worker.log",
-    )
+    # the schedulers are real processes (one is SIGKILLed); the worker that runs the fires is
+    # not what is tested: it runs here, on the same module
+    cron_app = load_app(appdir["TP_CRON_APP"])
+    worker = Worker(cron_app, concurrency=4, grace="5s", heartbeat_interval=60)
+    worker_thread = threading.Thread(target=worker.run, daemon=True)
+    worker_thread.start()
     scheds = [
-        spawn(appdir, "scheduler", "-A", "cronmod:app", log=tmp_path / f"sched{i}.log")
+        spawn(appdir, "scheduler", "-A", appdir["TP_CRON_APP"], log=tmp_path / f"sched{i}.log")
         for i in range(3)
     ]
     ran_key = prefix + "ran"
@@ -164,7 +173,10 @@ def test_three_schedulers_fire_exactly_once_and_survive_sigkill(
             "the worker to drain",
         )
     finally:
-        assert stop(worker) == 0
+        worker.stop()
+        worker_thread.join(20)
+        cron_app.close()
+    assert not worker_thread.is_alive(), "the worker did not stop"
     assert codes[1] == -signal.SIGKILL and codes[0] == 0 and codes[2] == 0
     ran = [_text(x) for x in client.lrange(ran_key, 0, -1)]
     assert len(ran) == len(set(ran)), "a fire ran twice"
@@ -224,20 +236,17 @@ def test_misfire_policies_after_downtime(redis_server: RedisServer, prefix: str)
 def test_worker_beat_and_cron_list(
     appdir: dict[str, str], redis_server: RedisServer, prefix: str, tmp_path: Path
 ) -> None:
-    worker = spawn(appdir, "worker", "-A", "cronmod:app", "--beat", log=tmp_path / "beat.log")
+    cron_app = appdir["TP_CRON_APP"]
+    worker = spawn(appdir, "worker", "-A", cron_app, "--beat", log=tmp_path / "beat.log")
     app = TaskPipe("check", broker=redis_server.url, prefix=prefix)
     try:
         wait_for(lambda: app.channel().counts()["finished"] >= 2, 20, "two cron jobs to run")
     finally:
         assert stop(worker) == 0
-    out = subprocess.run(
-        [sys.executable, "-m", "taskpipe", "cron", "list", "-A", "cronmod:app", "--json"],
-        env=appdir,
-        capture_output=True,
-        timeout=30,
-        cwd=tmp_path,
-    )
-    assert out.returncode == 0, out.stderr
+        app.close()
+    # ``cron list`` runs here (CliRunner); the command line itself is the worker's above
+    out = CliRunner().invoke(cli, ["cron", "list", "-A", cron_app, "--json"])
+    assert out.exit_code == 0, out.output
     rows = {r["name"]: r for r in json.loads(out.stdout)}
     assert set(rows) == {"every", "every_once", "new_year"}
     assert rows["every"]["expr"] == "* * * * * *" and rows["every"]["misfire"] == "all"
@@ -247,15 +256,8 @@ def test_worker_beat_and_cron_list(
     assert rows["new_year"]["last_fire"] is None and rows["new_year"]["last_outcome"] == "never"
     assert rows["new_year"]["next_fire"].endswith("+01:00")  # Europe/Paris in January
     assert rows["new_year"]["next_fire"][5:19] == "01-01T00:00:00"
-    table = subprocess.run(
-        [sys.executable, "-m", "taskpipe", "cron", "list", "-A", "cronmod:app"],
-        env=appdir,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=tmp_path,
-    )
-    assert table.returncode == 0, table.stderr
+    table = CliRunner().invoke(cli, ["cron", "list", "-A", cron_app])
+    assert table.exit_code == 0, table.output
     lines = table.stdout.splitlines()
     assert lines[0].split() == [
         "NAME",
@@ -275,7 +277,7 @@ def test_worker_beat_and_cron_list(
 
 
 def test_bad_cron_expression_fails_at_load(
-    tmp_path: Path, redis_server: RedisServer, prefix: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "badcron.py").write_text(
         textwrap.dedent("""
@@ -287,17 +289,11 @@ def test_bad_cron_expression_fails_at_load(
         def t(): pass
     """)
     )
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    out = subprocess.run(
-        [sys.executable, "-m", "taskpipe", "scheduler", "-A", "badcron:app"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=tmp_path,
-    )
-    assert out.returncode == 2
-    assert "bad cron expression" in out.stderr
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # ``python -m taskpipe`` is ``main``: run here, the load fails before the scheduler starts
+    assert main(["scheduler", "-A", "badcron:app"]) == 2
+    assert "bad cron expression" in capsys.readouterr().err
+    assert "badcron" not in sys.modules
 
 
 # delayed jobs --------------------------------------------------------------------------------

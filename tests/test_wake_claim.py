@@ -28,7 +28,7 @@ from polling import wait_for
 from redis_server import RedisServer
 from worker_helpers import worker_running
 
-from taskpipe import TaskPipe
+from taskpipe import TaskPipe, Worker
 from taskpipe.connection import Connection
 from taskpipe.thoonk.claiming import claim_from, wait_then_claim
 from taskpipe.thoonk.thoonk import Thoonk
@@ -255,3 +255,101 @@ def test_a_job_published_while_another_runs(app: TaskPipe, concurrency: int) -> 
             assert started == [0]  # one slot, busy
         release.set()
         assert [first.get(timeout=10), second.get(timeout=10)] == [0, 1]
+
+
+# interrupt: a stop (or a burst's last outcome) ends the claim loop's wait at once ------------
+# Every wait below is 60 s and every watchdog 30 s: a wait that ran to its timeout fails the
+# test (no timing is measured).
+def test_interrupt_ends_a_wait_then_as_a_timeout(plain: Connection, prefix: str) -> None:
+    r, n = plain.client, prefix + "n"
+    waiter = plain.list_waiter([prefix + "wake"])
+
+    def interrupted_wait() -> Any:
+        t, box = _in_thread(lambda: _raised(lambda: waiter.wait_then(60.0, ("INCR", n))))
+        wait_for(lambda: _blocked_clients(r) >= 1, what="the BLPOP to block")
+        waiter.interrupt()
+        t.join(30)
+        assert not t.is_alive(), "the interrupt did not end the wait"
+        return box["value"]
+
+    assert interrupted_wait() == (False, [1])  # not woken by a marker; the command ran
+    assert interrupted_wait() == (False, [2])  # the same connection: still in step
+    waiter.interrupt()  # with no wait in progress: the next one does not block
+    assert waiter.wait_then(60.0, ("INCR", n)) == (False, [3])
+    # a connection that reconnects is a new client with a new id, which is learnt again
+    t, box = _in_thread(lambda: _raised(lambda: waiter.wait_then(60.0, ("INCR", n))))
+    wait_for(lambda: _blocked_clients(r) >= 1, what="the BLPOP to block")
+    [blocked] = [c for c in r.client_list() if c["cmd"] == "blpop"]
+    r.client_kill_filter(_id=blocked["id"])
+    t.join(30)
+    assert isinstance(box["value"], redis.exceptions.ConnectionError)
+    assert interrupted_wait() == (False, [4])  # the killed wait's INCR never ran
+
+
+def _raised(fn: Any) -> Any:
+    """``fn()``, or the exception it raised (returned, not raised in a thread)."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - the test looks at it
+        return exc
+
+
+def test_a_stop_ends_the_idle_worker_wait_at_once(app: TaskPipe) -> None:
+    w = Worker(app, ["idle"], concurrency=1, max_block=60.0, heartbeat_interval=60.0)
+    t, box = _in_thread(w.run)
+    wait_for(lambda: _blocked_clients(app.connection.client) >= 1, what="the worker to block")
+    w.stop()
+    t.join(30)
+    assert not t.is_alive() and box["value"] == 0, "the stop waited for the 60 s block"
+
+
+def test_a_burst_worker_exits_once_its_last_job_finished(app: TaskPipe) -> None:
+    """The loop blocks on the wake keys while the last job runs (burst mode exits only once it
+    is written); its outcome ends the block, not the block timeout."""
+    release = threading.Event()
+
+    @app.task(channel="last")
+    def last() -> str:
+        assert release.wait(20)
+        return "done"
+
+    job = last.delay()
+    w = Worker(app, ["last"], concurrency=1, burst=True, max_block=60.0, heartbeat_interval=60.0)
+    t, box = _in_thread(w.run)
+    wait_for(lambda: job.info().state == "claimed", what="the job to start")
+    wait_for(lambda: _blocked_clients(app.connection.client) >= 1, what="the loop to block")
+    release.set()
+    t.join(30)
+    assert not t.is_alive() and box["value"] == 0, "the burst waited for the 60 s block"
+    assert job.get(timeout=5) == "done"
+
+
+def test_a_stopped_worker_ends_its_threads_with_it(
+    app: TaskPipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The finisher and the keeper are told when ``run`` ends: it returns with both threads
+    ended, not after their polls (60 s here; ``run`` joins each for at most 5 s)."""
+    import taskpipe.worker.finisher as finisher_module
+    import taskpipe.worker.keeper as keeper_module
+
+    monkeypatch.setattr(finisher_module, "FINISHER_POLL", 60.0)
+    monkeypatch.setattr(keeper_module, "KEEPER_TICK", 60.0)
+
+    @app.task(channel="ends")
+    def one() -> int:
+        return 1
+
+    job = one.delay()
+    w = Worker(
+        app,
+        ["ends"],
+        concurrency=1,
+        burst=True,
+        max_block=0.1,
+        heartbeat_interval=60.0,
+        lease="180s",
+        reaper_interval="60s",
+    )
+    assert w.run() == 0
+    assert job.get(timeout=5) == 1
+    assert [t.name for t in w._threads if t.is_alive()] == []

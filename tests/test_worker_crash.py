@@ -15,6 +15,7 @@ import time
 import pytest
 from polling import wait_for
 from test_worker_process import Harness
+from worker_helpers import burst, worker_running
 from worker_proc import WorkerProcess
 
 from taskpipe import TaskFailed
@@ -72,10 +73,8 @@ def test_sigterm_short_grace_sends_the_job_back(harness: Harness, pool: str) -> 
     expected = "delayed" if pool == "thread" else "available"
     assert info.state == expected and info.cancel_count == 1, info
     assert h.runs(job.id) == 1
-    b = h.worker("-c", "1")
-    assert job.get(timeout=20) == b.pid
-    b.send(signal.SIGTERM)
-    assert b.wait() == 0, b.output()
+    with worker_running(h.app, ["default"], concurrency=1):  # the other worker: in-process
+        assert job.get(timeout=20) == os.getpid()
     h.check_ledger()
 
 
@@ -91,8 +90,7 @@ def test_sigterm_long_grace_lets_the_job_finish(harness: Harness) -> None:
     info = job.info()
     assert info.state == "finished" and info.cancel_count == 0
     assert h.runs(queued.id) == 0 and queued.info().state == "available"
-    b = h.worker("--burst")
-    assert b.wait() == 0, b.output()
+    assert burst(h.app, ["default"])["finished"] == 1  # the other worker: in-process
     assert queued.get(timeout=5) == "queued"
     h.check_ledger()
 
@@ -123,10 +121,8 @@ def test_second_sigterm_stops_at_once(harness: Harness) -> None:
     assert a.wait(timeout=30) == 0, a.output()  # long before the 60 s job or grace could end
     info = job.info()
     assert info.state == "delayed" and info.cancel_count == 1, info  # behind the fence
-    b = h.worker("-c", "1")
-    assert job.get(timeout=20) == b.pid
-    b.send(signal.SIGTERM)
-    assert b.wait() == 0, b.output()
+    with worker_running(h.app, ["default"], concurrency=1):  # the other worker: in-process
+        assert job.get(timeout=20) == os.getpid()
     h.check_ledger()
 
 
@@ -141,14 +137,15 @@ def test_sigkill_of_a_process_pool_worker_takes_its_children(harness: Harness) -
     a = h.worker("--pool", "process", "-c", "1", "--name", "victim")
     child = wait_for(lambda: h.flag("started", job.id), what="the job to start in a child")
     assert child != a.pid
-    rescuer = _start_rescuer(h, "rescuer")
-    killed_at = time.monotonic()
-    a.send(signal.SIGKILL)
-    assert a.wait() == -signal.SIGKILL
-    wait_for(lambda: not _pid_alive(child), timeout=10, what="the orphaned child to die")
-    _recovered(h, job, killed_at, "SIGKILL of a process-pool worker")
-    rescuer.send(signal.SIGTERM)
-    assert rescuer.wait() == 0, rescuer.output()
+    # the rescuer runs in this process (what is tested is the victim and its children)
+    with worker_running(h.app, ["default"], concurrency=2, name="rescuer"):
+        wait_for(lambda: "rescuer" in h.registered(), what="the rescuer to register")
+        killed_at = time.monotonic()
+        a.send(signal.SIGKILL)
+        assert a.wait() == -signal.SIGKILL
+        wait_for(lambda: not _pid_alive(child), timeout=10, what="the orphaned child to die")
+        _recovered(h, job, killed_at, "SIGKILL of a process-pool worker")
+        assert job.get(timeout=1) == os.getpid()  # rerun by the rescuer
     h.check_ledger()
 
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,10 +20,12 @@ from typing import Any
 import pytest
 import redis
 from polling import wait_for
+from worker_helpers import burst
 from worker_proc import WorkerProcess
 
 from taskpipe import TaskFailed, Worker
 from taskpipe.app import TaskPipe
+from taskpipe.cli import main
 from taskpipe.errors import ConfigError
 from taskpipe.loading import load_app
 from taskpipe.worker.procpool import ProcessPool
@@ -90,8 +89,9 @@ def soft():
     time.sleep(30)
 
 
-@app.task(name="spin", hard_timeout="1s")
+@app.task(name="spin", hard_timeout="0.5s")
 def spin():
+    """CPU-bound past its hard time limit (it burns a core until killed: a short limit)."""
     _mark("spin")
     while True:
         pass
@@ -467,9 +467,21 @@ def test_pause_and_resume_across_two_worker_processes(harness: Harness) -> None:
     ch = harness.app.channel("default")
     ch.pause()
     results = [harness.send("record", f"j{i}") for i in range(6)]
-    workers = [harness.worker("-Q", "default", "-c", "2", "--name", f"pw{i}") for i in range(2)]
+    workers = [
+        harness.worker("-Q", "default,probe", "-c", "2", "--name", f"pw{i}") for i in range(2)
+    ]
     wait_for(lambda: {"pw0", "pw1"} <= harness.registered(), what="both workers to register")
-    time.sleep(1.2)  # longer than a worker's block timeout: both loops have looked again
+    # both loops have claimed with the paused jobs available: each ran a job of "probe", which
+    # a claim looks at after "default" (strict order)
+    probed: set[int] = set()
+
+    def probe_both() -> bool:
+        probe = harness.send("record", "probe", channel="probe")
+        assert probe.get(timeout=20) == "probe"
+        probed.add(harness.flag("started", probe.id) or 0)
+        return probed == {w.pid for w in workers}
+
+    wait_for(probe_both, what="each worker to claim past the paused channel")
     assert ch.paused and ch.counts()["available"] == 6
     assert all(harness.runs(r.id) == 0 for r in results)
     ch.resume()
@@ -495,36 +507,37 @@ def test_max_jobs_exits_after_that_many(harness: Harness) -> None:
     assert w.wait() == 0, w.output()
     assert sum(harness.runs(r.id) for r in results) == 2
     assert harness.app.channel().counts()["available"] == 3
-    w2 = harness.worker("--burst")
-    assert w2.wait() == 0, w2.output()
+    assert burst(harness.app, ["default"])["finished"] == 3  # the rest, run here
     harness.check_ledger()
 
 
 @pytest.mark.parametrize("var", ["QUEUE", "TASKPIPE_QUEUES"])
-def test_channels_from_the_environment(harness: Harness, var: str) -> None:
+def test_channels_from_the_environment(
+    harness: Harness, var: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     a = harness.send("record", "on-a", channel="env-a")
     b = harness.send("record", "on-b", channel="env-b")
     other = harness.app.send("record", ("not-mine",))  # default channel: not consumed
-    w = harness.worker("--burst", env=harness.env(**{var: "env-a,env-b"}))
-    assert w.wait() == 0, w.output()
+    for name in ("QUEUE", "TASKPIPE_QUEUES", "TASKPIPE_APP"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(var, "env-a,env-b")
+    # the command line as ``python -m taskpipe`` runs it (``main``), in this process: what is
+    # tested is how the command reads the environment
+    with pytest.raises(SystemExit) as exited:
+        main(["worker", "-A", harness.app_path, "--burst"])
+    assert exited.value.code == 0
     assert (a.get(timeout=1), b.get(timeout=1)) == ("on-a", "on-b")
     assert harness.runs(other.id) == 0 and other.info().state == "available"
     other.retract()
     harness.check_ledger()
 
 
-def test_worker_help_lists_every_option(harness: Harness) -> None:
+def test_worker_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     from taskpipe.cli.worker_cmd import worker
 
-    out = subprocess.run(
-        [sys.executable, "-m", "taskpipe", "worker", "--help"],
-        env=harness.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
+    assert main(["worker", "--help"]) == 0  # what ``python -m taskpipe worker --help`` runs
+    out = capsys.readouterr().out
     for param in worker.params:
         for opt in param.opts:
-            assert opt in out.stdout, f"{opt} missing from --help"
-    assert "--pool" in out.stdout and "--grace" in out.stdout
+            assert opt in out, f"{opt} missing from --help"
+    assert "--pool" in out and "--grace" in out

@@ -5,11 +5,13 @@ elsewhere while its own process may still run it. Real worker processes and sign
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
 from polling import wait_for
 from test_worker_process import Harness
+from worker_helpers import worker_running
 
 from taskpipe import TaskPipe
 
@@ -31,16 +33,15 @@ def test_a_job_published_after_the_signal_runs_elsewhere_at_once(
     a.send(signal.SIGTERM)
     wait_for(lambda: "claiming no more" in a.output(), what="the signal to be handled")
     late = h.send("guarded", 0.0)  # the stopping worker may claim it: it must give it back
-    b = h.worker("-c", "2", "--name", "fresh")
-    assert late.get(timeout=20) == b.pid
-    assert a.alive()  # still in its 60 s grace: the job did not wait for it
-    assert h.flag("cancels", late.id) == 0 and h.runs(late.id) == 1
-    a.send(signal.SIGTERM)  # second signal: stop at once, the long job is sent back
-    assert a.wait() == 0, a.output()
-    assert long.get(timeout=20) == b.pid
+    # the fresh worker runs in this process (what is tested is the stopping one)
+    with worker_running(h.app, ["default"], concurrency=2, name="fresh"):
+        assert late.get(timeout=20) == os.getpid()
+        assert a.alive()  # still in its 60 s grace: the job did not wait for it
+        assert h.flag("cancels", late.id) == 0 and h.runs(late.id) == 1
+        a.send(signal.SIGTERM)  # second signal: stop at once, the long job is sent back
+        assert a.wait() == 0, a.output()
+        assert long.get(timeout=20) == os.getpid()
     assert not h.flag("overlap", long.id), "the two runs of the long job overlapped"
-    b.send(signal.SIGTERM)
-    assert b.wait() == 0, b.output()
     h.check_ledger()
 
 
@@ -53,15 +54,14 @@ def test_a_job_sent_back_after_a_short_grace_never_runs_twice_at_once(
     a = h.worker("-c", "1", "--grace", "0.3s", "--pool", pool, "--name", "old")
     first = wait_for(lambda: h.flag("started", job.id), what="the job to start")
     assert h.runs(job.id) == 1 and (first == a.pid) == (pool != "process")
-    b = h.worker("-c", "2", "--name", "rescuer")
-    wait_for(lambda: "rescuer" in h.registered(), what="the rescuer to register")
-    a.send(signal.SIGTERM)
-    assert job.get(timeout=30) == b.pid
-    assert a.wait() == 0, a.output()
+    # the rescuer runs in this process (what is tested is the old worker)
+    with worker_running(h.app, ["default"], concurrency=2, name="rescuer"):
+        wait_for(lambda: "rescuer" in h.registered(), what="the rescuer to register")
+        a.send(signal.SIGTERM)
+        assert job.get(timeout=30) == os.getpid()
+        assert a.wait() == 0, a.output()
     assert not h.flag("overlap", job.id), "the job started again while the old process ran"
     assert h.flag("cancels", job.id) == 1 and h.runs(job.id) == 2
-    b.send(signal.SIGTERM)
-    assert b.wait() == 0, b.output()
     h.check_ledger()
 
 

@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from taskpipe.worker.keeper import BROKER_ERRORS as _BROKER_ERRORS
 
@@ -25,18 +25,23 @@ __all__ = ["FinisherMixin"]
 
 log = logging.getLogger("taskpipe.worker")
 
+#: how long the finisher waits for an outcome before it looks whether the worker stopped
+FINISHER_POLL = 0.2
+
 
 class FinisherMixin:
     """The finisher thread and its helpers (see ``Worker``)."""
 
     # set by Worker.__init__
     lease_s: float
+    burst: bool
+    _waiter: Any
     writer: OutcomeWriter
     announcer: Announcer
     _running: dict[tuple[str, str], Claim]
     _running_lock: threading.Lock
     _slot: threading.Condition
-    _done: queue.SimpleQueue[Outcome]
+    _done: queue.SimpleQueue[Outcome | None]
     _stopping: threading.Event
     _stop_now: threading.Event
     _settled: int
@@ -45,8 +50,10 @@ class FinisherMixin:
     def _finisher(self) -> None:
         while True:
             try:
-                first = self._done.get(timeout=0.2)
+                first = self._done.get(timeout=FINISHER_POLL)
             except queue.Empty:
+                first = None
+            if first is None:  # None: put by ``run`` once stopped, to end this thread now
                 if self._stopping.is_set():
                     with self._running_lock:
                         if not self._running:
@@ -55,9 +62,13 @@ class FinisherMixin:
             batch = [first]
             while len(batch) < 1000:
                 try:
-                    batch.append(self._done.get_nowait())
+                    nxt = self._done.get_nowait()
                 except queue.Empty:
                     break
+                if nxt is None:
+                    self._done.put(None)  # for the next round, once this batch is written
+                    break
+                batch.append(nxt)
             running = self._running
             with self._running_lock:
                 # match the claim itself (token included): the same job id may already be
@@ -75,6 +86,17 @@ class FinisherMixin:
                         del running[key]
                 self._settled += len(batch)
                 self._slot.notify_all()
+                idle = not running
+            if idle and self.burst:  # the loop may be blocked only because these were running
+                self._interrupt_wait()
+
+    def _interrupt_wait(self) -> None:
+        """End the claim loop's blocking wait on the wake keys now (``ListWaiter.interrupt``):
+        it claims again at once, so a stop, or a burst whose last job just finished, does not
+        wait for the block timeout (``max_block``, the CLI's ``--poll-interval``)."""
+        waiter = self._waiter
+        if waiter is not None:
+            waiter.interrupt()
 
     def _write_with_retry(self, outcomes: list[Outcome]) -> None:
         """Write outcomes; while Redis is down keep trying for up to two leases (the jobs stay

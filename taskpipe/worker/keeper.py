@@ -43,6 +43,8 @@ def task_label(item: bytes) -> str:
 
 #: seconds between the keeper's checks for aborted jobs of a process pool
 ABORT_CHECK_EVERY = 0.25
+#: the keeper's longest sleep between two rounds
+KEEPER_TICK = 0.25
 
 #: The errors that mean "Redis is unreachable right now" (retried, not fatal).
 #: transient errors: the worker waits and tries again. A raw ``OSError`` is a socket-level
@@ -77,6 +79,7 @@ class KeeperMixin:
     _settled: int
     _stopping: threading.Event
     _stop_now: threading.Event
+    _keeper_wake: threading.Event
     _lost_logged: set[tuple[str, str, str]]
     _pool: Any
     _buffer: collections.deque[Prepared]
@@ -112,7 +115,8 @@ class KeeperMixin:
                 if now - last_log >= 30:
                     log.warning("keeper: %s (retrying; logged at most every 30 s)", exc)
                     last_log = now
-            time.sleep(min(renew_every, self.reaper_interval, 0.25))
+            if self._keeper_wake.wait(min(renew_every, self.reaper_interval, KEEPER_TICK)):
+                self._keeper_wake.clear()  # set by ``run`` once stopped: look at once
 
     def _check_aborts(self) -> None:
         """Act on aborted jobs this worker holds: a prefetched one that has not started is not

@@ -172,7 +172,8 @@ class Worker(KeeperMixin, ShutdownMixin, ChannelsMixin, FinisherMixin):
         self._queued = 0  # outcomes handed to the finisher so far
         self._running_lock = threading.Lock()
         self._slot = threading.Condition(self._running_lock)
-        self._done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
+        self._keeper_wake = threading.Event()
         self._stopping = threading.Event()
         self._stop_now = threading.Event()
         self._block_client: Any = None
@@ -199,6 +200,7 @@ class Worker(KeeperMixin, ShutdownMixin, ChannelsMixin, FinisherMixin):
             self._scheduler.stop(timeout=0)
         with self._slot:
             self._slot.notify_all()
+        self._interrupt_wait()  # a loop blocked on the wake keys looks at once
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # the handler runs in the main thread, which may hold ``_slot``: it only sets events
@@ -283,6 +285,8 @@ class Worker(KeeperMixin, ShutdownMixin, ChannelsMixin, FinisherMixin):
                 self._scheduler.stop()
             self._stopping.set()
             self._shutdown_pool()
+            self._done.put(None)  # the finisher and the keeper look now, not after their poll
+            self._keeper_wake.set()
             for t in self._threads:
                 t.join(timeout=5)
             self.registry.remove(self.name)
