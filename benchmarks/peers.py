@@ -320,7 +320,7 @@ class PeerBench:
         return self._publisher
 
     def close(self) -> None:
-        """Stop the peers' publisher and close the taskpipe app."""
+        """Stop the peers' publisher; close the taskpipe app and the Redis clients."""
         if self._publisher is not None:
             assert self._publisher.stdin is not None and self._publisher.stdout is not None
             self._publisher.stdin.close()
@@ -328,6 +328,8 @@ class PeerBench:
             self._publisher.stdout.close()
             self._publisher = None
         self.tp_app.close()
+        self.r.close()
+        self.r1.close()
 
     def publish(self, system: str) -> None:
         """Queue ``jobs`` no-op jobs for ``system`` (not timed)."""
