@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"  round {rnd + 1}: {label:<16} {rate:>9,.0f} /s  {cpu:>6.1f} us CPU/job",
                         flush=True,
                     )
-            bench.tp_app.close()
+            bench.close()
     finally:
         server.cleanup()
     print(

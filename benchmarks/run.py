@@ -1,6 +1,6 @@
 """taskpipe benchmark: one command, its own redis-server, figures as ratios to the raw ceiling.
 
-    python benchmarks/run.py [--jobs N] [--quick] [--rounds R] [--concurrency C] [--prefetch P] [--json FILE]
+    python benchmarks/run.py [--jobs N] [--quick | --smoke] [--rounds R] [--concurrency C] [--prefetch P] [--json FILE]
 
 Starts ``redis-server`` on a free loopback port (never 6379) and measures, for a no-op task:
 
@@ -186,6 +186,10 @@ class Bench:
 
     def spawn_worker(self, burst: bool) -> subprocess.Popen[str]:
         """A worker process, imported and connected, waiting for ``go`` on stdin."""
+        return self.await_ready([self.start_worker(burst)])[0]
+
+    def start_worker(self, burst: bool) -> subprocess.Popen[str]:
+        """A worker process, started (``await_ready`` waits until it has imported and connected)."""
         env = dict(
             os.environ,
             TASKPIPE_BROKER_URL=self.url,
@@ -199,15 +203,22 @@ class Bench:
             args += ["--concurrency", str(self.concurrency)]
         if self.prefetch is not None:
             args += ["--prefetch", str(self.prefetch)]
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        if line != "ready":
-            proc.kill()
-            raise RuntimeError(f"worker process did not start (said {line!r})")
-        return proc
+
+    @staticmethod
+    def await_ready(procs: list[subprocess.Popen[str]]) -> list[subprocess.Popen[str]]:
+        """Wait until each of these worker processes says ``ready`` (they start side by side)."""
+        for proc in procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline().strip()
+            if line != "ready":
+                for p in procs:
+                    p.kill()
+                    p.communicate()
+                raise RuntimeError(f"worker process did not start (said {line!r})")
+        return procs
 
     @staticmethod
     def go(procs: list[subprocess.Popen[str]]) -> None:
@@ -228,7 +239,7 @@ class Bench:
     def drain(self, nprocs: int, n: int) -> float:
         """Start ``nprocs`` burst workers on ``n`` queued jobs; jobs per second until all finished."""
         target = self.finished_total() + n
-        procs = [self.spawn_worker(burst=True) for _ in range(nprocs)]
+        procs = self.await_ready([self.start_worker(burst=True) for _ in range(nprocs)])
         server_cpu = self.server_cpu_seconds()
         t0 = time.perf_counter()
         self.go(procs)
@@ -253,7 +264,7 @@ class Bench:
     # phases -----------------------------------------------------------------------------------
     def warm_up(self) -> None:
         """Scripts loaded, every per-channel key created, a worker process run once."""
-        self.raw_single(0.1)
+        self.raw_single(min(0.1, self.raw_seconds))
         self._per_round.clear()
         self.app.tasks[NOOP].map([()] * 20)
         self.app.tasks[NOOP].delay()
@@ -302,8 +313,13 @@ class Bench:
         One timed ``INCR`` goes before each sample, so the RTT they are divided by (the median
         INCR round trip) is measured under the very same conditions.
         """
-        raw_wake = self.raw_wake_latency()
-        proc = self.spawn_worker(burst=False)
+        proc = self.start_worker(burst=False)  # it starts while the raw wake-up child does
+        try:
+            raw_wake = self.raw_wake_latency(before=lambda: self.await_ready([proc]))
+        except BaseException:
+            proc.kill()
+            proc.communicate()
+            raise
         clock, incr, raw_key = time.perf_counter, self.r.incr, self.raw_key
         incr_times: list[float] = []
 
@@ -340,7 +356,7 @@ class Bench:
                 noop.delay().get(timeout=30)
                 rtts.append(clock() - t0)
         finally:
-            proc.terminate()
+            proc.kill()  # its report is not needed: no graceful stop to wait for
             self.collect([proc])
         rtt = statistics.median(incr_times)
         self.extra.update(
@@ -356,10 +372,11 @@ class Bench:
                 self.figures[f"{name}_p{q}"] = value * 1e6
                 self.ratios[f"{name}_p{q}"] = value / rtt
 
-    def raw_wake_latency(self) -> list[float]:
+    def raw_wake_latency(self, before: Callable[[], object] = lambda: None) -> list[float]:
         """The floor under publish -> start: another process blocked in a redis-py ``BLPOP``
         notes ``time.time()`` as soon as this process's ``LPUSH`` wakes it; same pacing as the
-        publish -> start samples. Returns the latencies in seconds."""
+        publish -> start samples. ``before`` is called once that process is blocked, before the
+        samples. Returns the latencies in seconds."""
         key, woke = self.prefix + "rawwake", self.prefix + "rawwoke"
         child = (
             "import redis, sys, time\n"
@@ -375,7 +392,12 @@ class Bench:
         try:
             if proc.stdout.readline().strip() != "ready":
                 raise RuntimeError("the raw wake-up process did not start")
-            time.sleep(0.2)
+            before()
+            deadline = time.monotonic() + 30
+            while not any(c.get("cmd") == "blpop" for c in self.r.client_list()):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the raw wake-up process did not block in BLPOP")
+                time.sleep(0.001)
             published: list[float] = []
             for _ in range(self.samples):
                 time.sleep(0.001)
@@ -575,6 +597,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="a smaller run (well under a minute)")
     parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest run that prints every figure (200 jobs, 10 samples, 1 round, raw "
+        "ceilings timed 0.02 s): checks the script runs; its figures mean little",
+    )
+    parser.add_argument(
         "--concurrency",
         type=int,
         default=None,
@@ -590,9 +618,9 @@ def main(argv: list[str] | None = None) -> int:
         "--json", type=Path, default=None, help="also write the figures to this file"
     )
     opts = parser.parse_args(argv)
-    jobs = opts.jobs or (4000 if opts.quick else 24000)
-    samples = opts.samples or (200 if opts.quick else 1000)
-    rounds = opts.rounds or (2 if opts.quick else 3)
+    jobs = opts.jobs or (200 if opts.smoke else 4000 if opts.quick else 24000)
+    samples = opts.samples or (10 if opts.smoke else 200 if opts.quick else 1000)
+    rounds = opts.rounds or (1 if opts.smoke else 2 if opts.quick else 3)
     if jobs < 200 or samples < 10 or rounds < 1:
         parser.error("--jobs must be >= 200, --samples >= 10, --rounds >= 1")
     server = _load_redis_server()().start()
@@ -610,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs,
             samples,
             rounds,
-            0.25 if opts.quick else 0.5,
+            0.02 if opts.smoke else 0.25 if opts.quick else 0.5,
             opts.concurrency,
             print,
             opts.prefetch,
