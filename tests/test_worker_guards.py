@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -219,3 +220,68 @@ def test_a_job_sent_back_before_starts_only_once_held_outcomes_are_written(
     burst(app, concurrency=1)
     assert s.get(timeout=5) == "ok"
     assert seen["first"] == "finished"
+
+
+def test_a_renewal_waits_for_the_finisher_once_per_pass(
+    app: TaskPipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Renewal finds several claims lost while the finisher has not settled what it was handed
+    (after an outage it sleeps in its retry backoff): the keeper waits for it once per pass,
+    a sixth of a lease in all, not a sixth of a lease per lost claim (six lost claims held the
+    keeper a whole lease: no renewal, no presence check meanwhile). Clock: a fake one that
+    moves only when the keeper waits."""
+    w = Worker(app, heartbeat_interval=60.0, lease="6s")
+    ch = app.channel(app.default_channel)
+    for i in range(6):
+        ch.put(encode_envelope("t", (), {}, {}, serializer=app.serializer), id=f"j{i}")
+    for claim in ch.claim(6, 60_000, w.name):
+        w._running[(claim.channel, claim.id)] = claim
+        ch.retract(claim.id)  # lost while this worker still holds it
+    w._queued += 1  # handed to the finisher, which never settles it here
+    clock = [1000.0]
+    waited: list[float] = []
+
+    class Waits(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            waited.append(timeout or 0.0)
+            clock[0] += timeout or 0.0  # the wait runs out
+            return False
+
+    w._slot = Waits(w._running_lock)
+    monkeypatch.setattr(
+        "taskpipe.worker.keeper.time", types.SimpleNamespace(monotonic=lambda: clock[0])
+    )
+    w._renew(6_000)
+    assert sum(waited) == pytest.approx(1.0), waited  # lease / 6, once
+
+
+def test_the_keeper_holds_its_presence_before_it_renews(
+    app: TaskPipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keeper tick re-makes the worker's presence subscription before renewing leases: after
+    a broker restart every subscription is gone, and a renewal can wait (for the finisher, for
+    a slow Redis); a live worker not subscribed again within ``dead_after`` is judged dead by
+    its peers and its claims are sent back (they run twice)."""
+    w = Worker(app, heartbeat_interval=60.0)
+    renewing, release = threading.Event(), threading.Event()
+    held_before_renewal: list[bool] = []
+
+    def stuck_renew(lease_ms: int) -> None:
+        renewing.set()
+        release.wait(30)
+
+    monkeypatch.setattr(w, "_renew", stuck_renew)
+    monkeypatch.setattr(
+        w, "_hold_presence", lambda rejoin=False: held_before_renewal.append(not renewing.is_set())
+    )
+    monkeypatch.setattr(w, "_reap", lambda: None)
+    keeper = threading.Thread(target=w._keeper)
+    keeper.start()
+    try:
+        assert renewing.wait(30)
+        assert held_before_renewal[:1] == [True], held_before_renewal
+    finally:
+        w._stopping.set()
+        release.set()
+        keeper.join(30)
+    assert not keeper.is_alive()
