@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from polling import wait_for
 from redis_server import RedisServer
 from worker_helpers import burst, worker_running
@@ -285,3 +286,60 @@ def test_the_keeper_holds_its_presence_before_it_renews(
         release.set()
         keeper.join(30)
     assert not keeper.is_alive()
+
+
+class _WokenEvent(threading.Event):
+    """An Event recording each wait: its timeout, and whether a ``set()`` cut it short."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[tuple[float, bool]] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        woken = super().wait(timeout)
+        self.waits.append((timeout or 0.0, woken))
+        return woken
+
+
+def test_a_claim_backoff_ends_when_the_keeper_reaches_the_broker(app: TaskPipe) -> None:
+    """After failed claims the claim loop backs off (up to 5 s); the keeper, which tries Redis
+    every tick, cuts the backoff short once Redis answers it: the worker claims again within a
+    reaper tick of Redis coming back, not up to 5 s later."""
+    w = Worker(app, heartbeat_interval=60.0, reaper_interval=0.05)
+    w._broker_back = back = _WokenEvent()
+    w._broker_failures = 9  # the claim loop has failed for a while: its next backoff is 5 s
+    keeper = threading.Thread(target=w._keeper)
+    keeper.start()
+    try:
+        w._broker_down(redis.exceptions.ConnectionError("refused"))  # the last failed claim
+    finally:
+        w._stopping.set()
+        keeper.join(30)
+    assert back.waits == [(5.0, True)]
+
+
+def test_a_write_backoff_ends_when_the_keeper_reaches_the_broker(
+    app: TaskPipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The finisher retries a write with a backoff (up to 2 s); the keeper cuts each long one
+    short when Redis answers it, so outcomes are written a reaper tick after Redis is back."""
+    w = Worker(app, heartbeat_interval=60.0, reaper_interval=0.05)
+    w._broker_back = back = _WokenEvent()
+    failures = [6]  # waits of 0.05, 0.1, 0.2, 0.4, 0.8 and 1.6 s, then the write goes through
+
+    def write(outcomes: Any) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise redis.exceptions.ConnectionError("refused")
+
+    monkeypatch.setattr(w.writer, "write", write)
+    keeper = threading.Thread(target=w._keeper)
+    keeper.start()
+    try:
+        w._write_with_retry([])
+    finally:
+        w._stopping.set()
+        keeper.join(30)
+    assert failures == [0] and not w._writes_failing
+    long_waits = [woken for timeout, woken in back.waits if timeout >= 0.4]
+    assert long_waits and all(long_waits), back.waits

@@ -77,6 +77,9 @@ class KeeperMixin:
     _settled: int
     _stopping: threading.Event
     _stop_now: threading.Event
+    _broker_back: threading.Event
+    _broker_failures: int
+    _writes_failing: bool
     _lost_logged: set[tuple[str, str, str]]
     _pool: Any
     _buffer: collections.deque[Prepared]
@@ -105,6 +108,8 @@ class KeeperMixin:
                 if now >= next_reap:
                     self._reap()
                     next_reap = now + self.reaper_interval
+                    if self._broker_failures or self._writes_failing:
+                        self._broker_back.set()  # Redis answered: the claim loop, finisher retry
                 if now >= next_abort_check:  # process pool: terminate aborted jobs' children
                     self._check_aborts()
                     next_abort_check = now + ABORT_CHECK_EVERY
