@@ -134,6 +134,17 @@ class SentinelSetup:
         self.procs.append(
             subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         )
+        _wait(lambda: self.sentinel.ping(), "the sentinel to start")
+        # Sentinel's timers (its own test suite shortens them the same way): INFO of each
+        # instance every 0.5 s instead of 10 s, and hello messages every 1 s instead of 2 s; a
+        # master seen reporting that role while sentinel holds it for a replica (the old master
+        # after a failover) is demoted 4 publish periods after it reported it: 4 s, not 8 s
+        try:
+            self.sentinel.execute_command(
+                "SENTINEL", "DEBUG", "info-period", 500, "publish-period", 1000
+            )
+        except redis.exceptions.ResponseError:
+            pass  # Redis < 7.0 has no SENTINEL DEBUG: the default timers (a slower failover)
         self.wait_replica_known()
         return self
 
@@ -491,6 +502,10 @@ def test_worker_follows_a_failover(
         stop_producing.set()
         worker.stop()
         idle.stop()
+        try:  # end the idle worker's 5 s BLPOP now: it sees the stop when it wakes
+            app.connection.client.lpush(app.channel("idle").keys.wake, "1")
+        except _PUT_ERRORS:
+            pass  # (the test failed mid-failover) it stops within max_block anyway
         runner.join(30)
         idle_runner.join(30)
         producer.join(30)

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import types
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from polling import wait_for
 from redis_server import RedisServer
 from worker_helpers import burst, worker_running
@@ -219,3 +221,125 @@ def test_a_job_sent_back_before_starts_only_once_held_outcomes_are_written(
     burst(app, concurrency=1)
     assert s.get(timeout=5) == "ok"
     assert seen["first"] == "finished"
+
+
+def test_a_renewal_waits_for_the_finisher_once_per_pass(
+    app: TaskPipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Renewal finds several claims lost while the finisher has not settled what it was handed
+    (after an outage it sleeps in its retry backoff): the keeper waits for it once per pass,
+    a sixth of a lease in all, not a sixth of a lease per lost claim (six lost claims held the
+    keeper a whole lease: no renewal, no presence check meanwhile). Clock: a fake one that
+    moves only when the keeper waits."""
+    w = Worker(app, heartbeat_interval=60.0, lease="6s")
+    ch = app.channel(app.default_channel)
+    for i in range(6):
+        ch.put(encode_envelope("t", (), {}, {}, serializer=app.serializer), id=f"j{i}")
+    for claim in ch.claim(6, 60_000, w.name):
+        w._running[(claim.channel, claim.id)] = claim
+        ch.retract(claim.id)  # lost while this worker still holds it
+    w._queued += 1  # handed to the finisher, which never settles it here
+    clock = [1000.0]
+    waited: list[float] = []
+
+    class Waits(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            waited.append(timeout or 0.0)
+            clock[0] += timeout or 0.0  # the wait runs out
+            return False
+
+    w._slot = Waits(w._running_lock)
+    monkeypatch.setattr(
+        "taskpipe.worker.keeper.time", types.SimpleNamespace(monotonic=lambda: clock[0])
+    )
+    w._renew(6_000)
+    assert sum(waited) == pytest.approx(1.0), waited  # lease / 6, once
+
+
+def test_the_keeper_holds_its_presence_before_it_renews(
+    app: TaskPipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keeper tick re-makes the worker's presence subscription before renewing leases: after
+    a broker restart every subscription is gone, and a renewal can wait (for the finisher, for
+    a slow Redis); a live worker not subscribed again within ``dead_after`` is judged dead by
+    its peers and its claims are sent back (they run twice)."""
+    w = Worker(app, heartbeat_interval=60.0)
+    renewing, release = threading.Event(), threading.Event()
+    held_before_renewal: list[bool] = []
+
+    def stuck_renew(lease_ms: int) -> None:
+        renewing.set()
+        release.wait(30)
+
+    monkeypatch.setattr(w, "_renew", stuck_renew)
+    monkeypatch.setattr(
+        w, "_hold_presence", lambda rejoin=False: held_before_renewal.append(not renewing.is_set())
+    )
+    monkeypatch.setattr(w, "_reap", lambda: None)
+    keeper = threading.Thread(target=w._keeper)
+    keeper.start()
+    try:
+        assert renewing.wait(30)
+        assert held_before_renewal[:1] == [True], held_before_renewal
+    finally:
+        w._stopping.set()
+        release.set()
+        keeper.join(30)
+    assert not keeper.is_alive()
+
+
+class _WokenEvent(threading.Event):
+    """An Event recording each wait: its timeout, and whether a ``set()`` cut it short."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[tuple[float, bool]] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        woken = super().wait(timeout)
+        self.waits.append((timeout or 0.0, woken))
+        return woken
+
+
+def test_a_claim_backoff_ends_when_the_keeper_reaches_the_broker(app: TaskPipe) -> None:
+    """After failed claims the claim loop backs off (up to 5 s); the keeper, which tries Redis
+    every tick, cuts the backoff short once Redis answers it: the worker claims again within a
+    reaper tick of Redis coming back, not up to 5 s later."""
+    w = Worker(app, heartbeat_interval=60.0, reaper_interval=0.05)
+    w._broker_back = back = _WokenEvent()
+    w._broker_failures = 9  # the claim loop has failed for a while: its next backoff is 5 s
+    keeper = threading.Thread(target=w._keeper)
+    keeper.start()
+    try:
+        w._broker_down(redis.exceptions.ConnectionError("refused"))  # the last failed claim
+    finally:
+        w._stopping.set()
+        keeper.join(30)
+    assert back.waits == [(5.0, True)]
+
+
+def test_a_write_backoff_ends_when_the_keeper_reaches_the_broker(
+    app: TaskPipe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The finisher retries a write with a backoff (up to 2 s); the keeper cuts each long one
+    short when Redis answers it, so outcomes are written a reaper tick after Redis is back."""
+    w = Worker(app, heartbeat_interval=60.0, reaper_interval=0.05)
+    w._broker_back = back = _WokenEvent()
+    failures = [6]  # waits of 0.05, 0.1, 0.2, 0.4, 0.8 and 1.6 s, then the write goes through
+
+    def write(outcomes: Any) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise redis.exceptions.ConnectionError("refused")
+
+    monkeypatch.setattr(w.writer, "write", write)
+    keeper = threading.Thread(target=w._keeper)
+    keeper.start()
+    try:
+        w._write_with_retry([])
+    finally:
+        w._stopping.set()
+        keeper.join(30)
+    assert failures == [0] and not w._writes_failing
+    long_waits = [woken for timeout, woken in back.waits if timeout >= 0.4]
+    assert long_waits and all(long_waits), back.waits

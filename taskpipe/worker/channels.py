@@ -37,6 +37,7 @@ class ChannelsMixin:
     _broker_failures: int
     _last_broker_log: float
     _stopping: threading.Event
+    _broker_back: threading.Event
 
     def _set_channels(self, groups: list[list[JobChannel]]) -> None:
         self._groups = groups
@@ -81,10 +82,13 @@ class ChannelsMixin:
                 log.warning("could not re-register channel %s: %s", name, exc)
 
     def _broker_down(self, exc: BaseException) -> None:
-        """Back off (capped at 5 s) while Redis is unreachable; log rarely, not once per try."""
+        """Back off (capped at 5 s) while Redis is unreachable; log rarely, not once per try.
+        The keeper cuts a backoff short when it reaches Redis again (``_broker_back``)."""
         self._broker_failures += 1
         now = time.monotonic()
         if self._broker_failures == 1 or now - self._last_broker_log >= 30:
             log.warning("broker unavailable (%s); retrying with backoff", exc)
             self._last_broker_log = now
-        self._stopping.wait(min(5.0, 0.1 * 2 ** min(self._broker_failures, 6)))
+        self._broker_back.clear()
+        if not self._stopping.is_set():
+            self._broker_back.wait(min(5.0, 0.1 * 2 ** min(self._broker_failures, 6)))

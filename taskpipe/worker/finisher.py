@@ -44,6 +44,8 @@ class FinisherMixin:
     _done: queue.SimpleQueue[Outcome | None]
     _stopping: threading.Event
     _stop_now: threading.Event
+    _broker_back: threading.Event
+    _writes_failing: bool
     _settled: int
     _queued: int
 
@@ -104,6 +106,12 @@ class FinisherMixin:
         leases expire and the jobs run again elsewhere (at least once)."""
         give_up = time.monotonic() + 2 * self.lease_s
         delay = 0.05
+        try:
+            self._retry_write(outcomes, give_up, delay)
+        finally:
+            self._writes_failing = False
+
+    def _retry_write(self, outcomes: list[Outcome], give_up: float, delay: float) -> None:
         while True:
             try:
                 self.writer.write(outcomes)
@@ -121,7 +129,11 @@ class FinisherMixin:
                 (log.warning if delay == 0.05 else log.debug)(
                     "writing outcomes failed (%s); retrying", exc
                 )
-                self._stop_now.wait(delay)
+                # the backoff ends early when the keeper reaches Redis again (or on stop)
+                self._writes_failing = True
+                self._broker_back.clear()
+                if not self._stop_now.is_set():
+                    self._broker_back.wait(delay)
                 delay = min(delay * 2, 2.0)
             except Exception:  # never let the finisher die
                 log.exception(

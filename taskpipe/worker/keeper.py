@@ -80,6 +80,9 @@ class KeeperMixin:
     _stopping: threading.Event
     _stop_now: threading.Event
     _keeper_wake: threading.Event
+    _broker_back: threading.Event
+    _broker_failures: int
+    _writes_failing: bool
     _lost_logged: set[tuple[str, str, str]]
     _pool: Any
     _buffer: collections.deque[Prepared]
@@ -97,13 +100,19 @@ class KeeperMixin:
         while not (self._stopping.is_set() and not self.running):
             now = time.monotonic()
             try:
+                if now >= next_reap:
+                    # first: never judge others while our own is down; and before renewing,
+                    # which can wait (for the finisher): after a broker restart a live worker
+                    # not subscribed again within dead_after is judged dead by its peers
+                    self._hold_presence()
                 if now >= next_renew:
                     self._renew(lease_ms)
                     next_renew = now + renew_every
                 if now >= next_reap:
-                    self._hold_presence()  # first: never judge others while our own is down
                     self._reap()
                     next_reap = now + self.reaper_interval
+                    if self._broker_failures or self._writes_failing:
+                        self._broker_back.set()  # Redis answered: the claim loop, finisher retry
                 if now >= next_abort_check:  # process pool: terminate aborted jobs' children
                     self._check_aborts()
                     next_abort_check = now + ABORT_CHECK_EVERY
@@ -187,11 +196,13 @@ class KeeperMixin:
         for claim in self.running:
             by_channel.setdefault(claim.channel, []).append((claim.id, claim.token))
         lost: set[tuple[str, str, str]] = set()
+        settle_by = 0.0  # one bounded wait for the finisher per pass, not one per lost claim
         for name, pairs in by_channel.items():
             tokens = dict(pairs)
             for job_id in self.app.channel(name).extend(pairs, lease_ms):
                 key = (name, job_id, tokens.get(job_id, ""))
-                if not self._lost_under(name, job_id, key[2]):
+                settle_by = settle_by or time.monotonic() + self.lease_s / 6
+                if not self._lost_under(name, job_id, key[2], settle_by):
                     continue  # its outcome was written meanwhile (by this worker): not lost
                 lost.add(key)
                 if key not in self._lost_logged:  # once per claim, not on every renewal
@@ -205,17 +216,17 @@ class KeeperMixin:
                     )
         self._lost_logged = lost
 
-    def _lost_under(self, name: str, job_id: str, token: str) -> bool:
+    def _lost_under(self, name: str, job_id: str, token: str, deadline: float) -> bool:
         """Whether a claim whose renewal failed is really lost: this worker still holds it
         under ``token`` once the finisher has written every outcome handed to it before now.
 
         The finisher writes a batch of outcomes and only then drops their claims from
         ``_running``; a renewal between the two finds a job this worker just finished. Its
         outcome was handed over before the renewal ran, so it is settled (and its claim
-        dropped) once ``_settled`` reaches the ``_queued`` read here. The wait is bounded (a
-        sixth of a lease); a claim still undecided then is not reported now (False): the next
-        renewal asks again."""
-        deadline = time.monotonic() + self.lease_s / 6
+        dropped) once ``_settled`` reaches the ``_queued`` read here. The wait is bounded by
+        ``deadline`` (a sixth of a lease after the pass's first lost claim, shared by the
+        pass); a claim still undecided then is not reported now (False): the next renewal asks
+        again."""
         with self._slot:
             target = self._queued
             while self._settled < target and not self._stop_now.is_set():

@@ -181,6 +181,10 @@ class Worker(KeeperMixin, ShutdownMixin, ChannelsMixin, FinisherMixin):
         self._threads: list[threading.Thread] = []
         self._scheduler: Any = None
         self._broker_failures = 0
+        # set by the keeper when it reaches Redis while the claim loop or the finisher is
+        # backing off from an outage (and on stop): they retry at once, not at their backoff's end
+        self._broker_back = threading.Event()
+        self._writes_failing = False  # the finisher is retrying a write (broker unavailable)
         self._waiter: Any = None  # the claim loop's blocking wait on the wake keys (``_block``)
         self._last_broker_log = 0.0
         self._lost_logged: set[tuple[str, str, str]] = set()  # claims reported lost (keeper)
@@ -193,6 +197,7 @@ class Worker(KeeperMixin, ShutdownMixin, ChannelsMixin, FinisherMixin):
         if not graceful or self._stopping.is_set():
             self._stop_now.set()
         self._stopping.set()
+        self._broker_back.set()
         self._wake_all()
 
     def _wake_all(self) -> None:
@@ -210,6 +215,7 @@ class Worker(KeeperMixin, ShutdownMixin, ChannelsMixin, FinisherMixin):
         if not graceful:
             self._stop_now.set()
         self._stopping.set()
+        self._broker_back.set()
         if graceful:
             log.info(
                 "signal %s: claiming no more; finishing running jobs (grace %.1fs)",

@@ -20,8 +20,10 @@ import os
 import re
 import signal
 import sys
+import time
 import uuid
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ __all__ = [
     "WorkerProc",
     "Fault",
     "run_worker_subprocess",
+    "stop_all",
     "wait_for",
     "LEASE_LOST_PATTERNS",
 ]
@@ -252,6 +255,26 @@ for _, key in ipairs(KEYS) do
 end
 return out
 """
+
+
+def _up(p: WorkerProc) -> bool:
+    return not p.alive() or p.started()
+
+
+def stop_all(procs: Iterable[WorkerProc], timeout: float = 30.0) -> list[int]:
+    """``WorkerProc.stop`` of several processes at once: every one is told to stop (SIGCONT,
+    then SIGTERM once a worker has logged its start, as ``stop`` does) before any is waited
+    for, so their wind-downs overlap instead of adding up (a worker's last blocking claim
+    alone lasts up to ``max_block``, 1 s). Returns their exit codes, in order."""
+    procs = list(procs)
+    for p in procs:
+        p.send(signal.SIGCONT)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        if p._logs_its_start():
+            wait_for(partial(_up, p), max(0.1, deadline - time.monotonic()), "a worker to start")
+        p.send(signal.SIGTERM)
+    return [p.wait(max(0.1, deadline - time.monotonic())) for p in procs]
 
 
 def run_worker_subprocess(

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import redis
-from fault.harness import Fault, RedisServer, WorkerProc
+from fault.harness import Fault, RedisServer, WorkerProc, stop_all
 from polling import wait_for
 
 from taskpipe.errors import BrokerUnavailable
@@ -87,8 +87,8 @@ def test_redis_restart_with_aof_during_a_2000_job_run(
         f"{len(dups)} (all with a lost lease); outage log lines per worker {noise}",
     )
     assert max(noise) <= 10, [_noise(w) for w in workers]
-    for w in workers:
-        assert w.stop() == 0, w.output()
+    for w, code in zip(workers, stop_all(workers)):
+        assert code == 0, w.output()
     h.check_invariants()
 
 
@@ -134,8 +134,8 @@ def test_redis_restarted_empty(
         f"new jobs served {served:.2f} s after the restart; "
         f"{len(lost)} lost in-flight jobs refused at finish; workers alive; no orphan keys",
     )
-    for w in workers:
-        assert w.stop() == 0, w.output()
+    for w, code in zip(workers, stop_all(workers)):
+        assert code == 0, w.output()
     h.check_invariants()
 
 
@@ -179,8 +179,8 @@ def test_redis_frozen_for_three_leases(
         f"all {n} finished {drained:.2f} s after; "
         f"{expired} lease(s) reaped, {len(dups)} job(s) ran twice (each with a reaped lease)",
     )
-    for w in workers:
-        assert w.stop() == 0, w.output()
+    for w, code in zip(workers, stop_all(workers)):
+        assert code == 0, w.output()
     h.check_invariants()
 
 

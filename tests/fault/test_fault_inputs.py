@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import msgpack
 import pytest
-from fault.harness import Fault
+from fault.harness import Fault, stop_all
 from polling import wait_for
 
 from taskpipe.errors import (
@@ -235,9 +235,9 @@ def test_several_schedulers_at_once(fault: Fault, figure: Figure) -> None:
         lambda: int(h.r.hget(state_key, "last_fire") or 0) >= killed_ms + 2000,
         what="the survivors' fires two seconds after the SIGKILL",
     )
-    for s in scheds:
-        if s is not victim:
-            assert s.stop() == 0, s.output()
+    survivors = [s for s in scheds if s is not victim]
+    for s, code in zip(survivors, stop_all(survivors)):
+        assert code == 0, s.output()
     victim.wait()
     wait_for(
         lambda: ch.counts()["available"] == ch.counts()["claimed"] == 0, what="the fires to run"

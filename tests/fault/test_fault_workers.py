@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fault.harness import Fault, RedisServer, free_port
+from fault.harness import Fault, RedisServer, free_port, stop_all
 from polling import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -202,7 +202,7 @@ def test_lease_lost_while_the_task_still_runs(fault: Fault, figure: Figure) -> N
         f"taken over {taken_over:.2f} s after the owner froze "
         "(lease 1 s); the old owner's finish was refused",
     )
-    assert a.stop() == 0 and b.stop() == 0
+    assert stop_all([a, b]) == [0, 0], (a.output(), b.output())
     h.check_invariants(expect={job.id: "finished"})
 
 
@@ -307,7 +307,7 @@ def test_worker_clock_five_minutes_off(fault: Fault, figure: Figure) -> None:
         f"delayed job (2 s) started {late} ms after its due time; "
         "a 3 s job under a 1 s lease was never reaped",
     )
-    assert slow_clock.stop() == 0 and fast_clock.stop() == 0
+    assert stop_all([slow_clock, fast_clock]) == [0, 0], (slow_clock.output(), fast_clock.output())
     h.check_invariants()
 
 
