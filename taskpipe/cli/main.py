@@ -46,23 +46,27 @@ def loglevel_option(default: str = "INFO") -> Any:
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="taskpipe")
-def cli() -> None:
-    """taskpipe: a task queue on Thoonk job channels in Redis."""
+# command -> the modules that define it (and its subcommands), imported when it is used: a
+# worker does not import the admin, history, dashboard... commands (tests/test_cli_lazy.py
+# checks this table against what the modules define)
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "worker": ("worker_cmd",),
+    "status": ("admin",),
+    "jobs": ("admin", "history_cmd"),
+    "tasks": ("admin",),
+    "pause": ("admin",),
+    "resume": ("admin",),
+    "publish": ("admin",),
+    "scheduler": ("cron_cmd",),
+    "cron": ("cron_cmd",),
+    "dashboard": ("dashboard_cmd",),
+    "doctor": ("doctor_cmd",),
+    "events": ("events_cmd",),
+}
 
 
-def _register() -> None:
-    # each module adds its commands to ``cli``; imported here so ``cli`` is complete
-    for name in (
-        "worker_cmd",
-        "admin",
-        "history_cmd",
-        "cron_cmd",
-        "dashboard_cmd",
-        "doctor_cmd",
-        "events_cmd",
-    ):
+def _import_command_modules(names: tuple[str, ...]) -> None:
+    for name in names:
         try:
             importlib.import_module(f"taskpipe.cli.{name}")
         except ModuleNotFoundError as exc:
@@ -70,9 +74,35 @@ def _register() -> None:
                 raise
 
 
+class _LazyGroup(click.Group):
+    """A group whose commands are imported when one is looked up by name (the one command a
+    process runs), or all of them when they are listed (``taskpipe --help``)."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            _import_command_modules(COMMAND_MODULES.get(cmd_name, ()))
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        _register()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="taskpipe")
+def cli() -> None:
+    """taskpipe: a task queue on Thoonk job channels in Redis."""
+
+
+def _register() -> None:
+    """Import every command module, so that ``cli.commands`` is complete."""
+    _import_command_modules(
+        tuple(dict.fromkeys(m for names in COMMAND_MODULES.values() for m in names))
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``taskpipe`` script and ``python -m taskpipe``."""
-    _register()
     try:
         rv = cli.main(args=argv, prog_name="taskpipe", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
