@@ -100,7 +100,7 @@ class JobContext:
             return False
         self._abort_next = now + ABORT_CHECK_EVERY
         try:
-            self._aborted = bool(self.channel.aborted_among([self.id]))
+            self._aborted = bool(self.channel.aborted_among([(self.id, self.claim.token)]))
         except BrokerUnavailable:
             return False
         return self._aborted

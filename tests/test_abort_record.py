@@ -138,3 +138,35 @@ def test_clean_aborted_jobs_by_name_only(app: TaskPipe) -> None:
         insp.clean("default", "bogus", 0)
     gone = insp.clean("default", "aborted", 0)
     assert gone.removed == 1 and r.record() is None and app.jobs() == []
+
+
+def test_clean_classifies_a_job_without_a_record_by_its_stored_result(app: TaskPipe) -> None:
+    """An ended job whose record is gone (older data, or a record that expired before its
+    finished-index entry) is classified by its stored result: a timed-out, aborted or expired
+    job is not a success that ``clean finished`` removes (it was, for all but a plain failure)."""
+    from taskpipe.serialization import encode_failure, encode_result
+
+    ch = app.channel()
+    ends = {
+        "ok": encode_result(1, serializer=app.serializer),
+        "failed": encode_failure("ValueError", "bad", "", serializer=app.serializer),
+        "timeout": encode_failure("JobTimeout", "slow", "", serializer=app.serializer),
+        "aborted": encode_failure("JobAborted", "by ops", "", serializer=app.serializer),
+        "expired": encode_failure("JobExpired", "late", "", serializer=app.serializer),
+    }
+    for name, result in ends.items():
+        ch.put(b"x", id=name)
+        [claim] = ch.claim(1, worker="w")
+        ch.finish(name, result, HOUR_MS, token=claim.token, failed=name != "ok")
+        assert ch.client.exists(ch.keys.record(name)) == 0  # a finish with no record
+    insp = Inspector(app)
+    gone = {}
+    for state in ("finished", "timeout", "aborted", "failed"):
+        report = insp.clean("default", state, 0)
+        gone[state] = sorted(report.ids)
+    assert gone == {
+        "finished": ["ok"],
+        "timeout": ["timeout"],
+        "aborted": ["aborted"],
+        "failed": ["expired", "failed"],  # an expired job is a failure (its record says so)
+    }

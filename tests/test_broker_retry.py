@@ -514,7 +514,7 @@ def _thoonk_calls(app: TaskPipe) -> dict[str, Callable[[], Any]]:
         "JobChannel.promote": job.promote,
         # the abort and workflow mixins (AbortOps, WorkflowOps) let raw errors out
         "JobChannel.abort": lambda: job.abort("1", b"r", 1000, "ops"),
-        "JobChannel.aborted_among": lambda: job.aborted_among(["1"]),
+        "JobChannel.aborted_among": lambda: job.aborted_among([("1", "1:1")]),
         "JobChannel.abort_info": lambda: job.abort_info("1"),
         "JobChannel.put_waiting": lambda: job.put_waiting("2", b"x", [("j", "1")]),
         "JobChannel.waiting_parents": lambda: job.waiting_parents("1"),

@@ -36,14 +36,24 @@ def _note(report: CleanReport, removed: list[str], progress: Progress, examined:
         progress(examined)
 
 
+#: a stored result's outcome (``outcome_of``) -> the job's, for a job with no record: a job that
+#: expired before it ran is a failure (as its record says); a success, a raw (non-taskpipe) result
+#: and no result (expired) count as succeeded
+_BY_RESULT = {
+    "failed": "failed",
+    "job_expired": "failed",
+    "timeout": "timeout",
+    "aborted": "aborted",
+}
+
+
 def _outcomes(ch: JobChannel, ids: list[str]) -> list[tuple[str, str]]:
     """``(outcome, label)`` of ended jobs: succeeded, failed, timeout or aborted, from each
-    record, else from the stored result (an expired or non-taskpipe result counts as
-    succeeded)."""
+    record, else from the stored result (``_BY_RESULT``)."""
     out = []
     for outcome, label, result in ch.record_outcomes(ids):
         if outcome is None:
-            outcome = "failed" if outcome_of(result)[0] == "failed" else "succeeded"
+            outcome = _BY_RESULT.get(outcome_of(result)[0], "succeeded")
         out.append((outcome, label))
     return out
 

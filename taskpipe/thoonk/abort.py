@@ -19,8 +19,19 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def _parse(raw: Any) -> tuple[str, str, int]:
+    """``(who, token, server ms)`` of a ``feed.aborted:<f>:<id>`` value: ``<who>\0<token>\0<ms>``
+    (the token of the claim the abort ended), or ``<who>\0<ms>`` as written before the token was
+    kept (token ''): the time is last, then the token; ``who`` has no NUL."""
+    head, _, ms = _text(raw).rpartition("\0")
+    who, sep, token = head.rpartition("\0")
+    if not sep:  # no token: an abort of whichever run held the job
+        who, token = head, ""
+    return who, token, int(ms or 0)
+
+
 class AbortOps:
-    """``abort`` a claimed job; ``aborted_among`` / ``abort_info`` read the record."""
+    """``abort`` a claimed job; ``aborted_among`` / ``abort_info`` read the abort."""
 
     #: ``maps_broker_errors`` on ``JobChannel`` maps these methods' errors too, as its own
     _broker_errors_mapped_by_subclass: ClassVar[bool] = True
@@ -81,17 +92,36 @@ class AbortOps:
                 break
         return code
 
-    def aborted_among(self, ids: Sequence[str]) -> set[str]:
-        """Which of ``ids`` were aborted (one MGET)."""
-        if not ids:
+    def aborted_among(self, runs: Sequence[tuple[str, str]]) -> set[str]:
+        """Which of ``runs`` (``(id, claim token)`` of claimed jobs) were aborted (one MGET).
+
+        An abort names the claim it ended: a later run of the same id (published again, or
+        requeued) holds another token and is not stopped by it. An abort that names no claim
+        (written before the token was kept, or of a job claimed without one) stops any run."""
+        if not runs:
             return set()
-        flags = self.client.mget([self.keys.aborted(i) for i in ids])
-        return {i for i, f in zip(ids, flags) if f is not None}
+        flags = self.client.mget([self.keys.aborted(i) for i, _ in runs])
+        out: set[str] = set()
+        for (i, token), flag in zip(runs, flags):
+            if flag is not None:  # rare: parse only an abort
+                mark = _parse(flag)[1]
+                if not mark or mark == token:
+                    out.add(i)
+        return out
 
     def abort_info(self, id: str) -> tuple[str, int] | None:
-        """``(who, server ms)`` of an aborted job, or None."""
-        raw = self.client.get(self.keys.aborted(id))
+        """``(who, server ms)`` of the abort that ended job ``id``, or None: never aborted, or
+        it ran again since (published again, or requeued) or was forgotten (``clean``). The
+        abort and the job's ``feed.finished:<f>`` entry are written with the same time: a job
+        that was published again since has left that index, and one that ended again has
+        another time there."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.keys.aborted(id))
+        pipe.zscore(self.keys.finished, id)
+        raw, finished = pipe.execute()
         if raw is None:
             return None
-        who, _, ms = _text(raw).rpartition("\0")  # the time is last: who may hold a NUL
-        return who, int(ms or 0)
+        who, _, ms = _parse(raw)
+        if finished is None or int(finished) != ms:
+            return None  # an abort of an earlier run
+        return who, ms

@@ -83,7 +83,6 @@ class JobRecords:
                 k.label_index(label),
                 result=k.result(id),
                 record=k.record(id),
-                aborted=k.aborted(id),
             )
             args: list[Any] = [id, ",".join(outcomes), label, new or b""]
             if flow is not None:

@@ -248,7 +248,6 @@ _ALL = (
             "cancelled",
             "prio",
             "flow",
-            "aborted",
         ),
         tail="feed.labelidx:<f>:<label> of the record's label",
     ),

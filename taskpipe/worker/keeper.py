@@ -132,12 +132,12 @@ class KeeperMixin:
         started (its outcome is ``aborted``); a process pool is told, to terminate a child that
         does not stop by itself. (A running thread or async task sees the abort itself through
         ``current_job().aborted``.)"""
-        by_channel: dict[str, list[str]] = {}
+        by_channel: dict[str, list[tuple[str, str]]] = {}
         for claim in self.running:
-            by_channel.setdefault(claim.channel, []).append(claim.id)
+            by_channel.setdefault(claim.channel, []).append((claim.id, claim.token))
         aborted: set[tuple[str, str]] = set()
-        for name, ids in by_channel.items():
-            aborted.update((name, i) for i in self.app.channel(name).aborted_among(ids))
+        for name, runs in by_channel.items():
+            aborted.update((name, i) for i in self.app.channel(name).aborted_among(runs))
         if not aborted:
             return
         for prepared in list(self._buffer):  # not started yet: never start them

@@ -4,8 +4,6 @@
 -- KEYS[5] feed.wake:<f>  KEYS[6] feed.finished:<f>  KEYS[7] feed.result:<f>:<id>
 -- KEYS[8] feed.record:<f>:<id>  KEYS[9] feed.failedidx:<f>  KEYS[10] feed.attempts:<f>
 -- KEYS[11] feed.cancelled:<f>  KEYS[12] feed.prio:<f>  KEYS[13] feed.flow:<f>
--- KEYS[14] feed.aborted:<f>:<id> (the abort of an aborted job goes: else its next run would be
---          stopped at once by the worker that sees it)
 -- KEYS[last] feed.labelidx:<f>:<label> (the index of the label the caller read: KEYS[#KEYS])
 -- ARGV[1] id  ARGV[2] outcomes allowed, comma-separated (e.g. 'failed,timeout')
 -- ARGV[3] the label the caller read from the record
@@ -17,6 +15,8 @@
 -- Returns: {code, outcome}: 1 requeued; 0 no record; -1 the job exists (not ended);
 --          -2 its outcome is not allowed (nothing changed); -3 the record kept no payload (it was
 --          over the size cap); -4 the record's label changed since the caller read it.
+-- The abort of an aborted job (feed.aborted:<f>:<id>) stays: it names the claim it ended, so it
+-- still stops that run's task if it has not looked yet, and not the requeued run.
 -- Events: none (a requeued job is put like a new one: wake-up markers for blocked workers).
 --@include _now.lua
 --@include _wake.lua
@@ -42,7 +42,6 @@ redis.call('DEL', KEYS[7])
 redis.call('ZREM', KEYS[9], id)
 redis.call('HDEL', KEYS[10], id)
 redis.call('HDEL', KEYS[11], id)
-redis.call('DEL', KEYS[14])
 if ARGV[3] ~= '' then redis.call('ZREM', KEYS[#KEYS], id) end
 redis.call('HINCRBY', KEYS[8], 'q', 1)  -- requeues
 redis.call('HSET', KEYS[8], 'u', now, 'v', outcome)  -- requeued at, previous outcome
