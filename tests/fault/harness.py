@@ -6,6 +6,7 @@ kept in a second redis-server, and the end-of-test invariant check.
   ledger URL from env vars. Each execution of a task INCRs ``<prefix>ledger:<job id>`` and
   RPUSHes ``<pid>:<fencing token>`` to ``<prefix>runs:<job id>`` in the **ledger** Redis, which
   the fault tests never restart, freeze or fill up, so the ledger survives every broker fault.
+  (``noop`` pipelines its INCRs, 500 at a time and the rest at exit: see the task.)
 - ``run_worker_subprocess`` starts one worker (or ``scheduler``) process, output in a log file
   (``WorkerProc`` is ``tests/worker_proc.py``'s ``WorkerProcess``, shared with the crash tests).
 - ``Fault.check_invariants`` runs at the end of every test: each published job is in exactly
@@ -50,7 +51,9 @@ __all__ = [
 
 FAULT_APP = '''
 """Task module of the fault tests (written by the harness to a temp dir)."""
+import atexit
 import os
+import threading
 import time
 
 import redis
@@ -85,9 +88,40 @@ def record(tag):
     return tag
 
 
+_counted = []  # ``noop``'s ledger counts not written yet (job ids)
+_counted_lock = threading.Lock()
+
+
+def _write_counts(ids):
+    pipe = L.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.incr(PREFIX + "ledger:" + job_id)
+    pipe.execute()
+
+
+@atexit.register
+def _flush_counts():
+    with _counted_lock:
+        ids = _counted[:]
+        _counted.clear()
+    if ids:
+        _write_counts(ids)
+
+
 @app.task(name="noop")
 def noop():
-    L.incr(PREFIX + "ledger:" + current_job().id)
+    """Counts its run in the ledger like the others (INCR ledger:<id>), but pipelined: 500 at a
+    time, the rest when the worker exits (the 100,000-job test stops its workers gracefully
+    before it reads the ledger). One INCR round trip per job cost that test more CPU than the
+    worker's own claim, run and finish of the job."""
+    job_id = current_job().id
+    with _counted_lock:
+        _counted.append(job_id)
+        if len(_counted) < 500:
+            return
+        ids = _counted[:]
+        _counted.clear()
+    _write_counts(ids)
 
 
 @app.task(name="nap")
