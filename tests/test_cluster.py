@@ -1,10 +1,11 @@
 """taskpipe on a real 3-master Redis Cluster (``redis+cluster://``).
 
 A session fixture starts three ``redis-server --cluster-enabled yes`` processes on free loopback
-ports, joins them with ``redis-cli --cluster create`` and waits for ``cluster_state:ok``. The
-tests check that every key of a channel lands in one slot (hash tag added by the app), that the
-registry is updated in its own idempotent step, that scripts survive ``NOSCRIPT`` on every node,
-the job-channel essentials, claims and blocking waits across slots, and a worker end to end.
+ports, joins them as ``redis-cli --cluster create`` would (``RedisCluster._create``) and waits
+for ``cluster_state:ok``. The tests check that every key of a channel lands in one slot (hash tag
+added by the app), that the registry is updated in its own idempotent step, that scripts survive
+``NOSCRIPT`` on every node, the job-channel essentials, claims and blocking waits across slots,
+and a worker end to end.
 """
 
 from __future__ import annotations
@@ -117,21 +118,7 @@ class RedisCluster:
             )
         for port in self.ports:
             self._wait(lambda p=port: bool(self.node(p).ping()), f"node {port} to start")
-        subprocess.run(
-            [
-                "redis-cli",
-                "--cluster",
-                "create",
-                *(f"127.0.0.1:{p}" for p in self.ports),
-                "--cluster-replicas",
-                str(self.replicas_each),
-                "--cluster-yes",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=60,
-        )
+        self._create()
         for port in self.ports:
             self._wait(
                 lambda p=port: (
@@ -148,6 +135,36 @@ class RedisCluster:
                     f"replica {port} in sync",
                 )
         return self
+
+    def _create(self) -> None:
+        """Join the nodes as ``redis-cli --cluster create`` does (slots in equal ranges, one
+        config epoch per node, MEET, then each replica REPLICATEs a master), with two
+        differences that save seconds: every node MEETs every other (no waiting for gossip to
+        spread who is who), and the waits poll every 50 ms where redis-cli sleeps 1 s."""
+        n_masters = len(self.ports) // (1 + self.replicas_each)
+        masters, replicas = self.ports[:n_masters], self.ports[n_masters:]
+        for i, port in enumerate(masters):
+            lo, hi = i * 16384 // n_masters, (i + 1) * 16384 // n_masters
+            self.node(port).execute_command("CLUSTER", "ADDSLOTS", *range(lo, hi))
+        for epoch, port in enumerate(self.ports, 1):  # distinct epochs: no collision to resolve
+            self.node(port).execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
+        for port in self.ports:
+            for other in self.ports:
+                if other != port:
+                    self.node(port).execute_command("CLUSTER", "MEET", "127.0.0.1", other)
+        ids = {p: self.node(p).execute_command("CLUSTER", "MYID").decode() for p in self.ports}
+
+        def met(port: int) -> bool:  # knows every node, by id, no handshake left
+            text = self.node(port).execute_command("CLUSTER", "NODES")
+            nodes = [line.split() for line in text.decode().splitlines() if line]
+            return {x[0] for x in nodes} == set(ids.values()) and not any(
+                "handshake" in x[2] or "noaddr" in x[2] for x in nodes
+            )
+
+        for port in self.ports:
+            self._wait(lambda p=port: met(p), f"node {port} to meet the others")
+        for j, port in enumerate(replicas):
+            self.node(port).execute_command("CLUSTER", "REPLICATE", ids[masters[j % n_masters]])
 
     @staticmethod
     def _wait(check: Any, what: str, timeout: float = 60) -> None:
