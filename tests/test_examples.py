@@ -75,7 +75,7 @@ EXPECTED: dict[str, list[str]] = {
         r"^state: failed \| task __main__\.charge \| args 1, card='4242' \| attempts 3 \| code E_DECLINED$",
         r"^error: CardDeclined: card 4242 declined$",
         r"^found by task and error: \[True\]$",
-        r"^breakdown: \{'succeeded': 1, 'failed': 1, 'timeout': 0\}$",
+        r"^breakdown: \{'succeeded': 1, 'failed': 1, 'timeout': 0, 'aborted': 0\}$",
         r"^after requeue: order 1 charged \| requeues: 1$",
         r"^edited waiting job: \(3,\) \{'card': '5555'\} state: delayed$",
     ],
