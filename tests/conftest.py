@@ -24,6 +24,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from browser_helpers import (  # noqa: F401 - the shared headless Chromium: fixture and hook
+    _chromium_session,
+    browser,
+    group_browser_tests,
+    pytest_runtest_teardown,
+)
 from redis_server import RedisServer
 
 from taskpipe import TaskPipe
@@ -44,14 +50,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under xdist, every worker starts with its share of the ``slow`` tests.
+    """The browser tests side by side (they share one Chromium: ``browser_helpers``); and
+    under xdist, every worker starts with its share of the ``slow`` tests.
 
     ``--dist worksteal`` hands each of the n workers a contiguous share of the collection and
     idle workers then steal from the end of the others' queues. The slow tests (10-40 s each)
     are put at the head of each share, one in n per worker, so they start at once instead of
     queueing behind each other at the end of one worker's share. Deterministic, so every worker
-    collects the same order; without xdist nothing changes.
+    collects the same order; without xdist only the browser tests move.
     """
+    group_browser_tests(items)
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None:
         return

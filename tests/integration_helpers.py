@@ -23,12 +23,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class Procs:
     """Processes of one test: ``start(name, argv)``; all stopped (SIGTERM, then SIGKILL) at
-    the end, and their output shown when the test failed."""
+    the end, and their output shown when the test failed. They import from the repository,
+    ``cwd`` and ``path``."""
 
-    def __init__(self, env: Mapping[str, str], cwd: Path) -> None:
+    def __init__(self, env: Mapping[str, str], cwd: Path, path: Sequence[Path] = ()) -> None:
         self.env = {**os.environ, **env}
         self.env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(ROOT), str(cwd), os.environ.get("PYTHONPATH")])
+            filter(None, [str(ROOT), str(cwd), *map(str, path), os.environ.get("PYTHONPATH")])
         )
         self.env.pop("TASKPIPE_APP", None)
         self.cwd = cwd
@@ -82,8 +83,8 @@ class Procs:
 
 
 @contextmanager
-def processes(env: Mapping[str, str], cwd: Path) -> Iterator[Procs]:
-    procs = Procs(env, cwd)
+def processes(env: Mapping[str, str], cwd: Path, path: Sequence[Path] = ()) -> Iterator[Procs]:
+    procs = Procs(env, cwd, path)
     try:
         yield procs
     except BaseException:

@@ -27,6 +27,26 @@ from redis_server import RedisServer, free_port
 
 PROJECT = ROOT / "examples" / "django_project"
 PG = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
+TASKS_OUTPUT = "--- manage.py taskpipe tasks ---"
+# migrate, createsuperuser and ``taskpipe tasks`` as manage.py runs them (the same
+# execute_from_command_line), one after the other in one process: one Django start, not three
+SETUP = f"""
+import contextlib, io
+from django.core.management import execute_from_command_line as manage
+manage(["manage.py", "migrate", "--noinput"])
+manage(["manage.py", "createsuperuser", "--noinput"])
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    manage(["manage.py", "taskpipe", "tasks"])
+print({TASKS_OUTPUT!r})
+print(out.getvalue())
+"""
+# the example's settings, with Django's fast password hasher for tests (the default PBKDF2 costs
+# ~0.5 s of CPU per hash: createsuperuser and the admin login each hash the password once)
+TEST_SETTINGS = """
+from proj.settings import *  # noqa: F403
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+"""
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -65,25 +85,25 @@ def _pg_sessions(db: str, app_name: str) -> int:
     return int(row[0]) if row else 0
 
 
-def test_example_project(database: dict[str, str], redis_server: RedisServer) -> None:
+def test_example_project(
+    database: dict[str, str], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    (tmp_path / "example_test_settings.py").write_text(TEST_SETTINGS)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {
         **database,
         "TASKPIPE_BROKER_URL": redis_server.url,
         "TASKPIPE_PREFIX": f"dj{uuid.uuid4().hex[:8]}:",
-        "DJANGO_SETTINGS_MODULE": "proj.settings",
+        "DJANGO_SETTINGS_MODULE": "example_test_settings",
         "DJANGO_SUPERUSER_PASSWORD": "s3cret-pass",
         "DJANGO_SUPERUSER_USERNAME": "admin",
         "DJANGO_SUPERUSER_EMAIL": "admin@example.com",
     }
     worker_app = f"worker-{uuid.uuid4().hex[:8]}"
-    with processes(env, PROJECT) as procs:
-        procs.run(["manage.py", "migrate", "--noinput"])
-        procs.run(["manage.py", "createsuperuser", "--noinput"])
-        assert "shop.tasks.fulfil" in procs.run(
-            ["manage.py", "taskpipe", "tasks"]
-        )  # autodiscovered
+    with processes(env, PROJECT, path=[tmp_path]) as procs:
+        tasks = procs.run(["-c", SETUP]).split(TASKS_OUTPUT, 1)[1]
+        assert "shop.tasks.fulfil" in tasks  # autodiscovered
         procs.start("web", ["manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"])
         wait_http(base + "/orders/1", procs)
 

@@ -5,42 +5,24 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from browser_helpers import cell, click, css, shot, text_of, wait
 from redis_server import RedisServer
 
 from taskpipe import TaskPipe, Worker
 from taskpipe.contrib.dashboard import Dashboard, DashboardServer, parse_basic
 from taskpipe.errors import ConfigError
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-SHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
-CHROME_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1280,900",
-]
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -243,70 +225,7 @@ def test_cli_dashboard_with_broker_and_token(redis_server: RedisServer, prefix: 
     assert bad.returncode != 0 and "not both" in bad.stderr
 
 
-# --- the pages in a real browser -------------------------------------------------------------
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        missing.append("selenium (pip install -e '.[test]')")
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(
-                f"browser tests must run in CI; missing: {', '.join(missing)} "
-                "(apt-get install chromium chromium-driver)"
-            )
-        pytest.skip(f"no headless browser here: missing {', '.join(missing)}")
-    profile = tempfile.mkdtemp(prefix="taskpipe-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in [*CHROME_FLAGS, f"--user-data-dir={profile}"]:
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def wait(driver: Any, check: Callable[[Any], Any], timeout: float = 20) -> Any:
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(
-        driver,
-        timeout,
-        poll_frequency=0.1,
-        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
-    ).until(check)
-
-
-def css(driver: Any, selector: str) -> Any:
-    return driver.find_element("css selector", selector)
-
-
-def click(driver: Any, selector: str) -> None:
-    """Click what ``selector`` finds, again if the live page re-rendered it meanwhile."""
-    wait(driver, lambda d: css(d, selector).click() or True)
-
-
-def text_of(driver: Any, selector: str) -> str:
-    return str(wait(driver, lambda d: css(d, selector).text or " ")).strip()
-
-
-def cell(driver: Any, channel: str, col: str) -> str:
-    return text_of(driver, f'tr[data-channel="{channel}"] td[data-col="{col}"]')
-
-
-def shot(driver: Any, name: str) -> None:
-    path = SHOTS / f"{name}.png"
-    assert driver.save_screenshot(str(path)) and path.stat().st_size > 0
-
-
+# --- the pages in a real browser (the shared Chromium: browser_helpers) -------------------
 def test_overview_shows_published_jobs_live(
     browser: Any, app: TaskPipe, board: DashboardServer
 ) -> None:

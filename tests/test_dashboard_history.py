@@ -10,18 +10,8 @@ import json
 import urllib.parse
 from typing import Any
 
-from test_dashboard import (  # noqa: F401 - fixtures and helpers
-    ACT,
-    app,
-    board,
-    browser,
-    call,
-    click,
-    css,
-    shot,
-    text_of,
-    wait,
-)
+from browser_helpers import click, css, shot, text_of, wait
+from test_dashboard import ACT, app, board, call  # noqa: F401 - the app and board fixtures
 
 from taskpipe import TaskPipe, Worker
 from taskpipe.contrib.dashboard import DashboardServer

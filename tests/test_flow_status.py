@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from browser_helpers import shot, text_of, wait
 from click.testing import CliRunner
-from test_dashboard import app, board, browser, shot, text_of, wait  # noqa: F401 - fixtures
+from test_dashboard import app, board  # noqa: F401 - fixtures
 
 import taskpipe.cli.admin  # noqa: F401  (registers the commands)
 from taskpipe import TaskPipe
@@ -61,7 +62,7 @@ def test_status_and_jobs_list_show_flow_control(app: TaskPipe) -> None:  # noqa:
 
 
 def test_dashboard_shows_limits(
-    browser: Any,  # noqa: F811
+    browser: Any,
     app: TaskPipe,  # noqa: F811
     board: DashboardServer,  # noqa: F811
 ) -> None:
