@@ -113,8 +113,7 @@ def test_a_redis_restart_is_not_taken_for_a_death(
         assert h.runs(job.id) == 1
         assert "is gone" not in other.output() and "expired" not in other.output(), other.output()
         for w in (runner, other):
-            w.send(signal.SIGTERM)
-            assert w.wait() == 0, w.output()
+            assert w.stop() == 0, w.output()
         h.check_ledger()
     finally:
         h.close()
