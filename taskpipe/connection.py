@@ -326,10 +326,17 @@ class Connection:
             self._closed.wait(1.0)
 
     def list_waiter(
-        self, keys: Sequence[str], *, client: Any = None, max_block: float = 1.0
+        self,
+        keys: Sequence[str],
+        *,
+        client: Any = None,
+        max_block: float = 1.0,
+        interruptible: bool = False,
     ) -> ListWaiter:
         """A ``ListWaiter`` over ``keys`` (blocks on ``client``, or on a client of its own)."""
-        return ListWaiter(self, keys, client=client, max_block=max_block)
+        return ListWaiter(
+            self, keys, client=client, max_block=max_block, interruptible=interruptible
+        )
 
     def close(self) -> None:
         """Close the shared client's connections (and stop following Sentinel switches)."""
@@ -454,8 +461,8 @@ def _blpop_refused(exc: redis.exceptions.ResponseError) -> bool:
 class ListWaiter:
     """Blocks until one of several lists (wake-up markers) gets an element, or a timeout passes.
 
-    One Redis, Sentinel, ``memory://``, or a cluster where every key shares one slot: ``wait``
-    is exactly one ``BLPOP`` over every key on the blocking client, as it always was.
+    One Redis, Sentinel, or a cluster where every key shares one slot: ``wait`` is exactly one
+    ``BLPOP`` over every key on the blocking client, as it always was.
 
     Redis Cluster with keys in several slots: one ``BLPOP`` may only name keys of one slot, so
     the keys are grouped by slot and each group is watched by a daemon thread that ``BLPOP``s it
@@ -468,7 +475,10 @@ class ListWaiter:
     (a crash between the pop and the push), the job is found at the next claim, at most
     ``max_block`` (1 s by default) later: callers never block longer than that. Threads exit
     after ``WAITER_IDLE_EXIT`` seconds with nobody waiting (or on ``close``) and restart on
-    demand.
+    demand. An ``interruptible`` waiter on ``memory://`` (a worker's) waits the same way, on one
+    thread: ``interrupt`` then ends a wait by setting the event it waits on (a burst worker
+    exits once its last outcome is written, a stop ends its wait, instead of either waiting out
+    ``max_block``).
     """
 
     def __init__(
@@ -478,10 +488,13 @@ class ListWaiter:
         *,
         client: Any = None,
         max_block: float = 1.0,
+        interruptible: bool = False,
     ) -> None:
         self.connection = connection
         self.keys = list(keys)
         self.max_block = max(0.01, max_block)
+        # ``memory://``: wait on a thread so ``interrupt`` can end it (one caller at a time)
+        self._memory_thread = interruptible and connection.is_memory
         self._client = client
         self._own_client = client is None
         groups: dict[int, list[str]] = {}
@@ -511,12 +524,16 @@ class ListWaiter:
     def wait(self, timeout: float) -> bool:
         """Block up to ``timeout`` seconds; True if a marker was popped (a job may be available)."""
         timeout = max(timeout, 0.001)
-        if len(self.groups) == 1:
+        if not self._threaded:
             try:
                 return self.client.blpop(self.groups[0], timeout=timeout) is not None
             except redis.exceptions.ResponseError as exc:
                 return _blpop_refused(exc)
         with self._lock:
+            if self._interrupted:  # interrupted while no wait was in progress: do not block
+                self._interrupted = False
+                self._woke.clear()
+                return False
             client = self.client
             for i, thread in enumerate(self._threads):
                 if thread is None:
@@ -530,8 +547,19 @@ class ListWaiter:
             woke = self._woke.wait(timeout)
         finally:
             self._wanted.clear()
-        self._woke.clear()  # the caller claims next: whatever woke us is seen by that claim
+        with self._lock:
+            self._woke.clear()  # the caller claims next: whatever woke us is seen by that claim
+            if self._interrupted:  # ended by ``interrupt``: as if it timed out
+                self._interrupted = woke = False
         return woke
+
+    @property
+    def _threaded(self) -> bool:
+        """``wait`` waits on ``_woke``, set by wake-up threads (or ``interrupt``): a cluster's
+        keys in several slots, and an ``interruptible`` waiter on ``memory://``, whose BLPOP
+        ``CLIENT UNBLOCK`` cannot end without a race (the in-process server runs it on the
+        waiting thread itself). One ``wait`` at a time there (a worker's claim loop)."""
+        return len(self.groups) > 1 or self._memory_thread
 
     @property
     def pipelines(self) -> bool:
@@ -594,9 +622,16 @@ class ListWaiter:
     def interrupt(self) -> None:
         """End the ``wait_then`` in progress at once, as if it timed out (the commands behind
         its ``BLPOP`` still run), with ``CLIENT UNBLOCK`` from another connection; with none in
-        progress, the next ``wait_then`` does not block. Best effort: a plain ``wait`` (a
-        cluster's, ``memory://``) or a Redis that refuses the command (ACL) ends at its timeout
-        as it always did."""
+        progress, the next ``wait_then`` does not block. Where ``wait`` runs on wake-up threads (a
+        cluster's keys in several slots, an ``interruptible`` one on ``memory://``) it ends that
+        ``wait`` the same way (no
+        Redis command: it sets the event the wait is on). Best effort: a plain ``wait`` on one
+        Redis, or a Redis that refuses the command (ACL), ends at its timeout as it always did."""
+        if self._threaded:
+            with self._lock:  # ends a wait in progress, or the next one at once
+                self._interrupted = True
+                self._woke.set()
+            return
         self._interrupted = True
         blocked = self._blocked
         if blocked is not None:

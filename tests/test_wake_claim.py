@@ -353,3 +353,65 @@ def test_a_stopped_worker_ends_its_threads_with_it(
     assert w.run() == 0
     assert job.get(timeout=5) == 1
     assert [t.name for t in w._threads if t.is_alive()] == []
+
+
+# memory:// (and a cluster's wake-up threads): the same interrupt, without CLIENT UNBLOCK ------
+def test_interrupt_ends_a_memory_wait_at_once() -> None:
+    """A plain ``wait`` on ``memory://`` ends on ``interrupt`` as if it timed out; with no wait
+    in progress, the next one does not block; a marker still wakes it."""
+    conn = Connection(f"memory://{os.urandom(4).hex()}")
+    waiter = conn.list_waiter(["wake"], interruptible=True)  # as a worker's claim loop asks
+    try:
+        t, box = _in_thread(lambda: waiter.wait(60.0))
+        wait_for(waiter._wanted.is_set, what="the wait to start")
+        waiter.interrupt()
+        t.join(30)
+        assert not t.is_alive() and box["value"] is False, "the interrupt did not end the wait"
+        waiter.interrupt()  # with no wait in progress: the next one does not block
+        assert waiter.wait(60.0) is False
+        conn.client.rpush("wake", "1")
+        assert waiter.wait(60.0) is True  # a marker: woken, not interrupted
+    finally:
+        waiter.close()
+        conn.close()
+
+
+@pytest.fixture
+def memory_app(prefix: str) -> Iterator[TaskPipe]:
+    a = TaskPipe(broker=f"memory://{os.urandom(4).hex()}", prefix=prefix)
+    yield a
+    a.close()
+
+
+def test_a_memory_burst_worker_exits_once_its_last_job_finished(memory_app: TaskPipe) -> None:
+    """``run_until_idle`` on ``memory://``: the last outcome ends the loop's wait (60 s here)."""
+    app, release = memory_app, threading.Event()
+
+    @app.task(channel="last")
+    def last() -> str:
+        assert release.wait(20)
+        return "done"
+
+    job = last.delay()
+    w = Worker(app, ["last"], concurrency=1, burst=True, max_block=60.0, heartbeat_interval=60.0)
+    t, box = _in_thread(w.run)
+    wait_for(lambda: job.info().state == "claimed", what="the job to start")
+    release.set()
+    t.join(30)
+    assert not t.is_alive() and box["value"] == 0, "the burst waited for the 60 s block"
+    assert job.get(timeout=5) == "done"
+
+
+def test_a_stop_ends_the_idle_memory_worker_wait_at_once(memory_app: TaskPipe) -> None:
+    app = memory_app
+
+    @app.task(channel="idle")
+    def one() -> int:
+        return 1
+
+    w = Worker(app, ["idle"], concurrency=1, max_block=60.0, heartbeat_interval=60.0)
+    t, box = _in_thread(w.run)
+    assert one.delay().get(timeout=10) == 1  # the worker ran it: now it waits for the next
+    w.stop()
+    t.join(30)
+    assert not t.is_alive() and box["value"] == 0, "the stop waited for the 60 s block"

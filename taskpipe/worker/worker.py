@@ -295,6 +295,8 @@ class Worker(KeeperMixin, ShutdownMixin, ChannelsMixin, FinisherMixin):
             self._keeper_wake.set()
             for t in self._threads:
                 t.join(timeout=5)
+            if self._waiter is not None:
+                self._waiter.close()  # its wake-up thread (if any) ends with the worker
             self.registry.remove(self.name)
             self.presence.leave()
             self.app.middleware.call("worker_stop", self)
@@ -403,8 +405,10 @@ class Worker(KeeperMixin, ShutdownMixin, ChannelsMixin, FinisherMixin):
             wake = [c.keys.wake for c in self.channels]
             waiter = self._waiter  # one BLPOP (one per slot on a Redis Cluster), kept
             if waiter is None or waiter.keys != wake:
+                if waiter is not None:
+                    waiter.close()
                 waiter = self._waiter = self.app.connection.list_waiter(
-                    wake, client=self._block_client, max_block=self.max_block
+                    wake, client=self._block_client, max_block=self.max_block, interruptible=True
                 )
             if not waiter.pipelines:
                 waiter.wait(wait)
