@@ -163,6 +163,8 @@ def test_log_view_keeps_its_scroll_position(
     top = browser.execute_script("return document.getElementById('job-logs').scrollTop")
     assert top > 0
     ch.log(r.id, ["line 300"])  # the page refreshes with the new line
+    refresh = "window.taskpipeDashboard.tick(false)"  # the poll, now (not a second later)
+    browser.execute_script(refresh)
     wait(browser, lambda d: "line 300" in css(d, "#job-logs").text)
     assert browser.execute_script("return document.getElementById('job-logs').scrollTop") == top
     # at the bottom: it follows the tail
@@ -170,6 +172,7 @@ def test_log_view_keeps_its_scroll_position(
         "const p = document.getElementById('job-logs'); p.scrollTop = p.scrollHeight"
     )
     ch.log(r.id, ["line 301"])
+    browser.execute_script(refresh)
     wait(browser, lambda d: "line 301" in css(d, "#job-logs").text)
     assert browser.execute_script(
         "const p = document.getElementById('job-logs'); return p.scrollTop + p.clientHeight >= p.scrollHeight - 4"
