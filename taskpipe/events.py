@@ -296,14 +296,29 @@ class AppEvents:
             item = self.app.channel(channel).get_item(job_id)
         except Exception:  # noqa: BLE001 - the broker away: the outcome event may name it
             return None
-        if item is None:  # finished already: the outcome event names the task
-            return None
+        if item is None:  # finished already: its record names the task (or the outcome event)
+            return self._task_of_record(channel, job_id)
         try:
             task: str | None = decode_envelope(item).task
         except Exception:  # noqa: BLE001 - a raw (Thoonk-native) job: no task name
             task = None
         self._remember(channel, job_id, task)
         return task
+
+    def _task_of_record(self, channel: str, job_id: str) -> str | None:
+        """The task of an ended job, from its record: with outcome events off (or the outcome
+        event yet to come) its log lines need not wait ``ORPHAN_WAIT`` to go out. None if it
+        has no record (successes not recorded, or expired): the outcome event may name it."""
+        from taskpipe.history import read_record
+
+        try:
+            record = read_record(self.app, channel, job_id)
+        except Exception:  # noqa: BLE001 - the broker away: the outcome event may name it
+            return None
+        if record is None:
+            return None
+        self._remember(channel, job_id, record.task)
+        return record.task
 
     def _on_message(self, channel: str, kind: str, rest: bytes | None) -> None:
         if self._channels is not None and channel not in self._channels:

@@ -144,6 +144,30 @@ def test_outcome_events_can_be_turned_off(listening: TaskPipe) -> None:
     assert got == ["log", "log"]
 
 
+def test_a_log_line_of_a_finished_job_is_named_by_its_record_at_once(listening: TaskPipe) -> None:
+    """A log line seen after its job ended (the envelope is gone): with outcome events off no
+    outcome event will name the task, so it waited ``ORPHAN_WAIT`` (2 s) and went out on the
+    app only. The job's record names the task: the line goes out at once, on the task too."""
+    from taskpipe.testing import run_until_idle
+
+    app = listening
+    app.job_events = False
+
+    @app.task(channel="quiet")
+    def speak() -> None:
+        return None
+
+    r = speak.delay()
+    run_until_idle(app, ["quiet"])
+    r.get(timeout=10)
+    assert app.channel("quiet").get_item(r.id) is None  # ended: only its record is left
+    got: list[tuple[str, Any, Any]] = []
+    speak.on("log", lambda job, line: got.append(("task", job.task, line)))
+    app.on("log", lambda job, line: got.append(("app", job.task, line)))
+    app.events.dispatch(JobEvent("log", "quiet", r.id, data="late line"))
+    assert got == [("task", speak.name, "late line"), ("app", speak.name, "late line")]
+
+
 def test_aborted_and_expired_jobs_are_announced(listening: TaskPipe) -> None:
     """An aborted job is announced by the abort (``job_abort.lua``), an expired one by the worker
     that found it past its deadline; both reach ``task.on``, ``app.on`` and carry the error."""
