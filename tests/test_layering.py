@@ -36,6 +36,7 @@ LAYERS: list[tuple[int, str]] = [  # (layer, module prefix); the longest matchin
     (0, "taskpipe.states"),
     (1, "taskpipe.connection"),
     (1, "taskpipe.broker_url"),
+    (1, "taskpipe.list_waiter"),
     (1, "taskpipe.broker_retry"),
     (2, "taskpipe.thoonk"),
     (3, "taskpipe.app"),

@@ -12,7 +12,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from taskpipe.connection import ListWaiter, key_slot
+from taskpipe.connection import key_slot
+from taskpipe.list_waiter import ListWaiter
 from taskpipe.thoonk.job import Claim, JobChannel
 from taskpipe.thoonk.job_reads import _s
 
@@ -185,7 +186,7 @@ def wait_and_claim(
     """Claim jobs, blocking up to ``timeout`` seconds (0 = forever, None = no wait) while empty.
 
     Blocks on the channels' wake-up lists (one ``BLPOP`` with the claim behind it, see
-    ``wait_then_claim``; per slot on a Redis Cluster, see ``taskpipe.connection.ListWaiter``),
+    ``wait_then_claim``; per slot on a Redis Cluster, see ``taskpipe.list_waiter.ListWaiter``),
     never busy-polls. A wake-up marker that was lost costs
     at most ``max_block`` seconds; a delayed job is claimed when due.
     """
