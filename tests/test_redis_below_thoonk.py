@@ -28,7 +28,7 @@ PKG = Path(taskpipe.__file__).parent
 
 #: modules allowed to talk to Redis directly, besides taskpipe/thoonk/ (layer 1: connecting and
 #: retrying, with no key names)
-LAYER_ONE = {"connection.py", "broker_retry.py"}
+LAYER_ONE = {"connection.py", "list_waiter.py", "broker_retry.py"}
 
 _CLASSES = (
     redis.Redis,
