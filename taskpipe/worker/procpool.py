@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.durations import parse_duration
 from taskpipe.errors import ConfigError, JobTimeout
+from taskpipe.worker.forkserver import Forked, ForkServer, available
 from taskpipe.worker.procchild import CHILD_CODE, DEPTH, claim_fields
 from taskpipe.worker.runner import Outcome, Prepared, decide_failure, option_of
 
@@ -91,14 +92,21 @@ def hard_timeout_of(prepared: Prepared, app: TaskPipe) -> float | None:
 class _Child:
     """One child process and the parent's end of its socket pair."""
 
-    def __init__(self, app_path: str) -> None:
+    def __init__(self, app_path: str, server: ForkServer | None) -> None:
         mine, theirs = socket.socketpair()
+        self.proc: subprocess.Popen[bytes] | Forked
         try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", CHILD_CODE, str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-            )
+            if server is not None:  # a fork of the pre-imported server
+                self.proc = server.start(theirs.fileno())
+            else:  # a fresh interpreter
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-c", CHILD_CODE, str(theirs.fileno())],
+                    pass_fds=(theirs.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                )
+        except OSError as exc:
+            mine.close()
+            raise ConfigError(f"a process-pool child could not be started: {exc}") from None
         finally:
             theirs.close()
         self.conn = Pipe(mine.detach())
@@ -198,6 +206,8 @@ class _Child:
         self.join(5)
         with self._send_lock:  # one close, never in the middle of another thread's write
             self.conn.close()
+        if isinstance(self.proc, Forked):
+            self.proc.close()
 
     def exit_code(self) -> int | None:
         """The child's exit code once it has ended (negative = killed by that signal)."""
@@ -255,13 +265,19 @@ class ProcessPool:
         self._abort_at: dict[tuple[str, str], float] = {}  # aborted jobs: kill their child then
         self.restarts = 0
         self._children: list[_Child | None] = [None] * size
-        children = [_Child(app_path) for _ in range(size)]
+        #: forks the children (None: each is a fresh interpreter)
+        self._server = ForkServer() if available() else None
+        children: list[_Child] = []
         try:
+            for _ in range(size):
+                children.append(_Child(app_path, self._server))
             for child in children:
                 child.wait_ready(_START_TIMEOUT)
-        except ConfigError:
+        except BaseException:
             for child in children:
                 child.kill()
+            if self._server is not None:
+                self._server.close()
             raise
         self._children = list(children)
         self._threads = [
@@ -339,6 +355,8 @@ class ProcessPool:
         if not any(t.is_alive() for t in self._threads):
             for child in children:  # no thread reads the pipes any more: close them
                 child.kill()
+        if self._server is not None:
+            self._server.close()  # once the children are stopped: they die with it
 
     # slots ----------------------------------------------------------------------------------
     def _slot(self, index: int) -> None:
@@ -499,7 +517,7 @@ class ProcessPool:
         delay = 0.5
         while not self._closing and not self._draining:
             try:
-                child = _Child(self.app_path)
+                child = _Child(self.app_path, self._server)
                 child.wait_ready(_START_TIMEOUT)
             except ConfigError as exc:
                 log.error("process pool: %s; retrying in %.1fs", exc, delay)
