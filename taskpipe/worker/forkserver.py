@@ -141,9 +141,11 @@ class Forked:
                     data = os.read(self._status, _INT.size)
                 except BlockingIOError:
                     return None
-                # end of file without a code: the server is gone, and (PR_SET_PDEATHSIG) the
-                # child with it
-                self.returncode = _INT.unpack(data)[0] if data else -signal.SIGKILL
+                if data:
+                    self.returncode = _INT.unpack(data)[0]
+                else:  # end of file, no code: the server is gone; so is the child, from now
+                    _kill(self.pid)  # (on Linux its PR_SET_PDEATHSIG is on the way too)
+                    self.returncode = -signal.SIGKILL
             return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
@@ -163,10 +165,7 @@ class Forked:
     def kill(self) -> None:
         """SIGKILL the child, unless it has already ended."""
         if self.poll() is None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _kill(self.pid)
 
     def close(self) -> None:
         """Close the status pipe (the child has been killed and waited for)."""
@@ -252,6 +251,13 @@ class ForkServer:
         """The server's process id while it runs."""
         proc = self._proc
         return proc.pid if proc is not None and proc.poll() is None else None
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _read_exactly(fd: int, size: int) -> bytes:

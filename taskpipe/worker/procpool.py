@@ -1,9 +1,12 @@
 """The process pool: N child processes run jobs, so CPU-bound tasks run in parallel and a task
 can be killed at its hard time limit.
 
-Each child is a fresh interpreter (``python -c``, started with ``subprocess``: no fork of a
-threaded worker, and no re-import of the caller's ``__main__``; its code is in ``procchild``) that imports the app from the
-worker's ``-A module:app`` and gets claims over a socket pair (pickled messages). It runs a job
+Each child is a fork of the pool's *fork server* (``forkserver``: a fresh, single-threaded
+interpreter that has imported taskpipe and redis-py, never the app or the caller's
+``__main__``; so no fork of the threaded worker, and a child costs ~0.05 s of CPU instead of the
+~0.4 s of a fresh interpreter), or, where it cannot fork, a fresh interpreter (``python -c``,
+started with ``subprocess``). Its code is in ``procchild``: it imports the app from the worker's
+``-A module:app`` and gets claims over a socket pair (pickled messages). It runs a job
 with ``run_prepared`` (so the soft timeout, ``current_job()``, progress and logs work as in the
 thread pool, through the child's own broker connection) and sends back a slim, picklable
 outcome. Leases are renewed and outcomes written by the parent worker, never by the child.
@@ -36,9 +39,12 @@ back, cancel count +1) *before* the worker sends leftovers back, and the worker 
 child that did not get there in time), so a job never starts elsewhere while a child may still
 run it.
 
-Children ignore SIGINT and SIGTERM (a signal to the whole process group is for the worker, which
-drains, then stops them with SIGKILL) and, on Linux, die with the worker
-(``PR_SET_PDEATHSIG``); elsewhere a child exits when its pipe to the worker closes. They are
+Children (and the fork server) ignore SIGINT and SIGTERM (a signal to the whole process group
+is for the worker, which drains, then stops them with SIGKILL) and, on Linux, die with the
+worker (``PR_SET_PDEATHSIG`` on their parent: the fork server, which exits when its socket to
+the worker closes; the pool closes it last, in ``shutdown()``); elsewhere a child exits when its
+pipe to the worker closes. A fork server that died takes its children with it (they are lost
+as any dead child: cancel or stall) and the next child start starts a new one. Children are
 ordinary processes, so a task may start processes of its own.
 """
 
@@ -292,6 +298,11 @@ class ProcessPool:
         (``current_job().check_abort()``), its child is terminated (and replaced)."""
         with self._cond:
             self._abort_at.setdefault((channel, job_id), time.monotonic() + grace)
+
+    @property
+    def server_pid(self) -> int | None:
+        """Process id of the fork server the children are forked from (None: none runs)."""
+        return self._server.pid if self._server is not None else None
 
     @property
     def pids(self) -> list[int]:
