@@ -152,11 +152,8 @@ class Forked:
         """Wait up to ``timeout`` seconds for the child to end; ``subprocess.TimeoutExpired``
         if it has not."""
         code = self.poll()
-        if code is None:
-            try:
-                select.select([self._status], [], [], timeout)
-            except (OSError, ValueError):  # closed meanwhile by another thread
-                pass
+        if code is None and self._status >= 0:
+            _readable(self._status, timeout)  # (an error if closed meanwhile: poll() answers)
             code = self.poll()
         if code is None:
             raise subprocess.TimeoutExpired(f"child {self.pid}", timeout or 0.0)
@@ -185,9 +182,10 @@ class ForkServer:
         self._control: socket.socket | None = None
         self._closed = False
 
-    def start(self, child_fd: int) -> Forked:
+    def start(self, child_fd: int, timeout: float) -> Forked:
         """Fork a child that runs the pool's child code on ``child_fd`` (its end of its socket
-        pair to the worker; the caller closes its copy). ``OSError`` if the server is gone."""
+        pair to the worker; the caller closes its copy). ``OSError`` if the server is gone or
+        does not answer within ``timeout`` seconds (it may have to start first)."""
         status_r, status_w = os.pipe()
         try:
             with self._lock:
@@ -200,7 +198,7 @@ class ForkServer:
         finally:
             os.close(status_w)
         try:
-            data = _read_exactly(status_r, _INT.size)  # the server answers with the pid at once
+            data = _read_pid(status_r, timeout)  # the server answers with the pid at once
         except BaseException:
             os.close(status_r)
             raise
@@ -260,11 +258,24 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _read_exactly(fd: int, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = os.read(fd, size - len(data))
-        if not chunk:
-            raise OSError("the fork server died before it forked the child")
-        data += chunk
+def _readable(fd: int, timeout: float | None) -> bool:
+    """Whether ``fd`` is readable within ``timeout`` seconds (``poll``: no limit on the
+    descriptor's number, unlike ``select``); False on any error (a closed descriptor)."""
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+        return bool(select.select([fd], [], [], timeout)[0])
+    except (OSError, ValueError):
+        return False
+
+
+def _read_pid(fd: int, timeout: float) -> bytes:
+    """The pid the server writes to a new child's status pipe (8 bytes, one atomic write)."""
+    if not _readable(fd, timeout):
+        raise OSError(f"the fork server did not fork a child within {timeout:.0f} s")
+    data = os.read(fd, _INT.size)
+    if len(data) != _INT.size:
+        raise OSError("the fork server died before it forked the child")
     return data

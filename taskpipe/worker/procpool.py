@@ -103,7 +103,7 @@ class _Child:
         self.proc: subprocess.Popen[bytes] | Forked
         try:
             if server is not None:  # a fork of the pre-imported server
-                self.proc = server.start(theirs.fileno())
+                self.proc = server.start(theirs.fileno(), _START_TIMEOUT)
             else:  # a fresh interpreter
                 self.proc = subprocess.Popen(
                     [sys.executable, "-c", CHILD_CODE, str(theirs.fileno())],
