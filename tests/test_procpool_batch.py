@@ -20,7 +20,7 @@ from test_worker_process import Harness, run_worker_in_thread
 
 from taskpipe import Worker
 from taskpipe.thoonk.claiming import claim_from
-from taskpipe.worker import procpool
+from taskpipe.worker import prochandle
 from taskpipe.worker.procpool import ProcessPool
 from taskpipe.worker.runner import Outcome, prepare
 
@@ -71,13 +71,13 @@ def test_many_short_jobs_are_handed_over_in_batches(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sizes: list[int] = []
-    original = procpool._Child.hand
+    original = prochandle.ChildHandle.hand
 
     def counting_hand(self: Any, claims: list[Any]) -> str:
         sizes.append(len(claims))
         return original(self, claims)
 
-    monkeypatch.setattr(procpool._Child, "hand", counting_hand)
+    monkeypatch.setattr(prochandle.ChildHandle, "hand", counting_hand)
     results = [harness.send("record", f"j{i}") for i in range(120)]
     w = harness.process_worker(2, burst=True)
     assert w.run() == 0

@@ -1,9 +1,12 @@
 """The process pool: N child processes run jobs, so CPU-bound tasks run in parallel and a task
 can be killed at its hard time limit.
 
-Each child is a fresh interpreter (``python -c``, started with ``subprocess``: no fork of a
-threaded worker, and no re-import of the caller's ``__main__``; its code is in ``procchild``) that imports the app from the
-worker's ``-A module:app`` and gets claims over a socket pair (pickled messages). It runs a job
+Each child is a fork of the pool's *fork server* (``forkserver``: a fresh, single-threaded
+interpreter that has imported taskpipe and redis-py, never the app or the caller's
+``__main__``; so no fork of the threaded worker, and a child costs ~0.05 s of CPU instead of the
+~0.4 s of a fresh interpreter), or, where it cannot fork, a fresh interpreter (``python -c``,
+started with ``subprocess``). Its code is in ``procchild``: it imports the app from the worker's
+``-A module:app`` and gets claims over a socket pair (pickled messages). It runs a job
 with ``run_prepared`` (so the soft timeout, ``current_job()``, progress and logs work as in the
 thread pool, through the child's own broker connection) and sends back a slim, picklable
 outcome. Leases are renewed and outcomes written by the parent worker, never by the child.
@@ -36,9 +39,12 @@ back, cancel count +1) *before* the worker sends leftovers back, and the worker 
 child that did not get there in time), so a job never starts elsewhere while a child may still
 run it.
 
-Children ignore SIGINT and SIGTERM (a signal to the whole process group is for the worker, which
-drains, then stops them with SIGKILL) and, on Linux, die with the worker
-(``PR_SET_PDEATHSIG``); elsewhere a child exits when its pipe to the worker closes. They are
+Children (and the fork server) ignore SIGINT and SIGTERM (a signal to the whole process group
+is for the worker, which drains, then stops them with SIGKILL) and, on Linux, die with the
+worker (``PR_SET_PDEATHSIG`` on their parent: the fork server, which exits when its socket to
+the worker closes; the pool closes it last, in ``shutdown()``); elsewhere a child exits when its
+pipe to the worker closes. A fork server that died takes its children with it (they are lost
+as any dead child: cancel or stall) and the next child start starts a new one. Children are
 ordinary processes, so a task may start processes of its own.
 """
 
@@ -46,21 +52,18 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
-import select
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection as Pipe
 from typing import TYPE_CHECKING, Any
 
 from taskpipe.durations import parse_duration
 from taskpipe.errors import ConfigError, JobTimeout
-from taskpipe.worker.procchild import CHILD_CODE, DEPTH, claim_fields
+from taskpipe.worker.forkserver import ForkServer, available
+from taskpipe.worker.procchild import DEPTH
+from taskpipe.worker.prochandle import START_TIMEOUT
+from taskpipe.worker.prochandle import ChildHandle as _Child
 from taskpipe.worker.runner import Outcome, Prepared, decide_failure, option_of
 
 if TYPE_CHECKING:
@@ -74,7 +77,6 @@ Done = Callable[[Outcome], None]
 
 #: A child whose jobs take longer than this (seconds, moving average) gets one job at a time.
 SLOW = 0.005
-_START_TIMEOUT = 60.0  # seconds a new child may take to import the app
 _KILL_MARGIN = 0.25  # seconds before the grace ends at which still-running children are killed
 #: seconds an aborted job's task has to stop by itself before its child is terminated
 ABORT_GRACE = 1.0
@@ -85,124 +87,6 @@ def hard_timeout_of(prepared: Prepared, app: TaskPipe) -> float | None:
     value = option_of(prepared.envelope, prepared.task, app, "hard_timeout")
     seconds = parse_duration(value) if value is not None else 0.0
     return seconds or None
-
-
-# --- the parent -----------------------------------------------------------------------------
-class _Child:
-    """One child process and the parent's end of its socket pair."""
-
-    def __init__(self, app_path: str) -> None:
-        mine, theirs = socket.socketpair()
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", CHILD_CODE, str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-            )
-        finally:
-            theirs.close()
-        self.conn = Pipe(mine.detach())
-        # one poll object for the pipe's life: ``Connection.poll`` builds a selector per call
-        self._poller: Any = None
-        if hasattr(select, "poll"):
-            self._poller = select.poll()
-            self._poller.register(self.conn.fileno(), select.POLLIN)
-        self.pid = self.proc.pid
-        self.ready = False
-        self.stopped = False  # sent "stop": hand it nothing more
-        self._send_lock = threading.Lock()  # serialises writes to the pipe and its close
-        self.send((list(sys.path), app_path, logging.getLogger().getEffectiveLevel()))
-
-    def readable(self, timeout: float) -> bool:
-        """Whether a message (or the end of the pipe) can be read within ``timeout`` seconds;
-        raises ``OSError`` once this end is closed."""
-        if self._poller is None or self.conn.closed:
-            return self.conn.poll(timeout)
-        return bool(self._poller.poll(max(0, math.ceil(timeout * 1000))))
-
-    def send(self, message: Any) -> bool:
-        """Send a message to the child; False if its pipe is closed."""
-        try:
-            with self._send_lock:
-                self.conn.send(message)
-        except (OSError, ValueError):
-            return False
-        return True
-
-    def hand(self, claims: list[Claim]) -> str:
-        """Send claims to run: ``sent``, ``stopped`` (asked to stop: not sent) or ``dead``."""
-        try:
-            with self._send_lock:
-                if self.stopped:
-                    return "stopped"
-                self.conn.send([claim_fields(c) for c in claims])
-        except (OSError, ValueError):
-            return "dead"
-        return "sent"
-
-    def stop(self) -> None:
-        """Ask the child to give back the claims it has not started; it is handed no more."""
-        try:
-            with self._send_lock:
-                if not self.stopped:
-                    self.stopped = True
-                    self.conn.send("stop")
-        except (OSError, ValueError):
-            pass
-
-    def wait_ready(self, timeout: float) -> None:
-        """Wait for the child's hello; ``ConfigError`` if it could not load the app."""
-        if self.ready:
-            return
-        if not self.conn.poll(timeout):
-            self.kill()
-            raise ConfigError(f"a process-pool child did not start within {timeout:.0f} s")
-        try:
-            kind, detail = self.conn.recv()
-        except (EOFError, OSError):
-            self.kill()
-            raise ConfigError(
-                f"a process-pool child died while starting (exit code {self.exit_code()})"
-            ) from None
-        if kind != "ready":
-            self.kill()
-            raise ConfigError(f"a process-pool child could not load the app: {detail}")
-        self.ready = True
-
-    def alive(self) -> bool:
-        """True while the child process runs."""
-        return self.proc.poll() is None
-
-    def join(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the child to exit."""
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-
-    def terminate(self) -> None:
-        """Kill the child process at once, leaving its pipe open. Safe from any thread: the
-        slot thread reading the pipe sees end-of-file and closes it itself (``kill``)."""
-        if self.alive():
-            try:
-                self.proc.kill()
-            except OSError:
-                pass
-
-    def kill(self) -> None:
-        """Kill the child at once, reap it and close the parent's end of its pipe. Only the
-        slot thread that reads the pipe (or anyone once that thread has ended) may call this:
-        closing a descriptor another thread still polls would let that thread read from
-        whatever socket reuses the number next (a Redis connection, say)."""
-        self.terminate()
-        self.join(5)
-        with self._send_lock:  # one close, never in the middle of another thread's write
-            self.conn.close()
-
-    def exit_code(self) -> int | None:
-        """The child's exit code once it has ended (negative = killed by that signal)."""
-        self.join(1)
-        return self.proc.returncode
 
 
 @dataclass
@@ -255,13 +139,19 @@ class ProcessPool:
         self._abort_at: dict[tuple[str, str], float] = {}  # aborted jobs: kill their child then
         self.restarts = 0
         self._children: list[_Child | None] = [None] * size
-        children = [_Child(app_path) for _ in range(size)]
+        #: forks the children (None: each is a fresh interpreter)
+        self._server = ForkServer() if available() else None
+        children: list[_Child] = []
         try:
+            for _ in range(size):
+                children.append(_Child(app_path, self._server))
             for child in children:
-                child.wait_ready(_START_TIMEOUT)
-        except ConfigError:
+                child.wait_ready(START_TIMEOUT)
+        except BaseException:
             for child in children:
                 child.kill()
+            if self._server is not None:
+                self._server.close()
             raise
         self._children = list(children)
         self._threads = [
@@ -276,6 +166,11 @@ class ProcessPool:
         (``current_job().check_abort()``), its child is terminated (and replaced)."""
         with self._cond:
             self._abort_at.setdefault((channel, job_id), time.monotonic() + grace)
+
+    @property
+    def server_pid(self) -> int | None:
+        """Process id of the fork server the children are forked from (None: none runs)."""
+        return self._server.pid if self._server is not None else None
 
     @property
     def pids(self) -> list[int]:
@@ -339,6 +234,8 @@ class ProcessPool:
         if not any(t.is_alive() for t in self._threads):
             for child in children:  # no thread reads the pipes any more: close them
                 child.kill()
+        if self._server is not None:
+            self._server.close()  # once the children are stopped: they die with it
 
     # slots ----------------------------------------------------------------------------------
     def _slot(self, index: int) -> None:
@@ -499,8 +396,8 @@ class ProcessPool:
         delay = 0.5
         while not self._closing and not self._draining:
             try:
-                child = _Child(self.app_path)
-                child.wait_ready(_START_TIMEOUT)
+                child = _Child(self.app_path, self._server)
+                child.wait_ready(START_TIMEOUT)
             except ConfigError as exc:
                 log.error("process pool: %s; retrying in %.1fs", exc, delay)
                 time.sleep(delay)
