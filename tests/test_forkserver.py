@@ -6,7 +6,6 @@ children are fresh interpreters, as before. Real Redis, real processes and signa
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import sys
@@ -46,10 +45,7 @@ def harness(
     tmp_path: Path, redis_server: Any, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Harness]:
     h = Harness(tmp_path, redis_server.url, prefix, monkeypatch)
-    with open(tmp_path / f"{h.module}.py", "a") as f:
-        f.write(EXTRA)
-    h.app.close()  # the pool prepares jobs in this process: reload the module with the extras
-    h.app = importlib.reload(sys.modules[h.module]).app
+    h.add_source(EXTRA)
     yield h
     h.close()
 

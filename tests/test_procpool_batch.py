@@ -6,9 +6,7 @@ killed before its job is sent back). Real Redis, real child processes.
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,10 +45,7 @@ def harness(
     tmp_path: Path, redis_server: Any, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Harness]:
     h = Harness(tmp_path, redis_server.url, prefix, monkeypatch)
-    with open(tmp_path / f"{h.module}.py", "a") as f:
-        f.write(GATE_TASK)
-    h.app.close()  # the worker prepares jobs in this process: reload the module with the gate
-    h.app = importlib.reload(sys.modules[h.module]).app
+    h.add_source(GATE_TASK)
     yield h
     h.close()
 

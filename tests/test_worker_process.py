@@ -11,8 +11,10 @@ The helpers here are shared with ``test_worker_crash.py``.
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -218,6 +220,14 @@ class Harness:
         self.r = redis.Redis.from_url(redis_url)
         self.workers: list[WorkerProcess] = []
         self.jobs: dict[str, tuple[str, int]] = {}  # id -> (channel, max runs allowed)
+
+    def add_source(self, source: str) -> None:
+        """Append ``source`` (more tasks) to the task module and reload it here (jobs are
+        prepared in this process too); workers started after this import the whole module."""
+        with open(self.tmp / f"{self.module}.py", "a") as f:
+            f.write(source)
+        self.app.close()
+        self.app = importlib.reload(sys.modules[self.module]).app
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {
