@@ -27,6 +27,9 @@ python -m mypy
 # PYTHONDONTWRITEBYTECODE set, each one compiles taskpipe from source again, and every xdist
 # worker rewrites every test module again. Let them write __pycache__ (git ignores it).
 unset PYTHONDONTWRITEBYTECODE
+# compile once, on both cores, before six xdist workers (and their worker processes) would each
+# compile the same modules at the same moment in a fresh checkout
+python -m compileall -q -j 0 taskpipe tests examples benchmarks >/dev/null
 # in parallel: pytest-xdist, each xdist worker with its own redis-server (docs/development.md).
 # The suite mostly waits (subprocesses, leases, signals): 6 workers beat 4 and 2 on 2 cores
 # (8 loaded the machine enough to break timing-bound guarantees; docs/development.md).
