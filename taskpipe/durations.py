@@ -28,6 +28,8 @@ __all__ = [
     "parse_duration",
     "parse_optional_duration",
     "to_ms",
+    "ttl_ms",
+    "MAX_TTL_MS",
     "format_duration",
     "eta_to_delay",
 ]
@@ -208,3 +210,13 @@ def expires_at(expires: object, now: float) -> float:
         aware = expires if expires.utcoffset() is not None else expires.replace(tzinfo=timezone.utc)
         return aware.timestamp()
     return _timestamp(now, "now") + parse_duration(expires)
+
+
+#: the longest TTL stored for a result or record (100 years; Redis refuses expiries that
+#: overflow its clock, and a script would fail half-way through a batch)
+MAX_TTL_MS = 100 * 365 * 86_400_000
+
+
+def ttl_ms(value: object) -> int:
+    """A result or record TTL in ms: ``value`` parsed as a duration, capped at ``MAX_TTL_MS``."""
+    return int(min(parse_duration(value) * 1000, MAX_TTL_MS))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 import redis
 
 from taskpipe.broker_retry import as_taskpipe_error, is_transient
-from taskpipe.durations import parse_duration
+from taskpipe.durations import ttl_ms
 from taskpipe.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -35,6 +35,7 @@ from taskpipe.serialization import (
     encode_failure,
 )
 from taskpipe.states import DONE_STATES, FAILED_STATES, OUTCOME_STATES, QUEUED_STATES, JobState
+from taskpipe.task import option_of
 from taskpipe.thoonk.job import JobInfo
 
 if TYPE_CHECKING:
@@ -52,7 +53,6 @@ else:
 STATES = tuple(JobState)  # every state a job can be in (taskpipe.states)
 STATE_CHECK_EVERY = 1.0  # seconds between state checks of a result wait (stalled is not an event)
 _FOREVER = 365 * 24 * 3600.0
-_MAX_TTL_S = 100 * 365 * 86_400.0  # s: Redis refuses an expiry past its clock's range
 T = TypeVar("T")
 _BROKER_FAULTS = (redis.exceptions.RedisError, OSError, BrokerUnavailable)
 
@@ -225,16 +225,10 @@ class AsyncResult(Generic[R]):
         """How long an aborted job's result and record are kept: its ``failure_ttl`` (the
         call's, else its task's, else the app's), as the worker keeps a failure's."""
         task = self.app.tasks.get(env.task) if env is not None else None
-        for value in (
-            env.options.get("failure_ttl") if env is not None else None,
-            getattr(task.options, "failure_ttl", None) if task is not None else None,
-        ):
-            if value is not None:
-                try:
-                    return int(min(parse_duration(value), _MAX_TTL_S) * 1000)
-                except (TaskpipeError, TypeError, ValueError):
-                    break  # a bad value: the app's (a failure is kept even so)
-        return int(min(self.app.failure_ttl, _MAX_TTL_S) * 1000)
+        try:
+            return ttl_ms(option_of(env, task, self.app, "failure_ttl"))
+        except (TaskpipeError, TypeError, ValueError):  # a bad value: the app's (kept even so)
+            return ttl_ms(self.app.failure_ttl)
 
     def aborted_by(self) -> tuple[str, float] | None:
         """``(who, unix time)`` of an abort of this job, or None."""

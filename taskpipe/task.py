@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from taskpipe.publishing import Publisher
     from taskpipe.results import AsyncResult
+    from taskpipe.serialization import Envelope
 
     # ``Task[int]`` (any arguments) stays valid: the parameters default to ``...`` (PEP 696)
     P = ParamSpec("P", default=...)
@@ -30,7 +31,15 @@ else:
         P = ParamSpec("P")
 Q = ParamSpec("Q")
 
-__all__ = ["Task", "AsyncTask", "TaskOptions", "Signature", "TaskDecorator", "DURATION_OPTIONS"]
+__all__ = [
+    "Task",
+    "AsyncTask",
+    "TaskOptions",
+    "Signature",
+    "TaskDecorator",
+    "DURATION_OPTIONS",
+    "option_of",
+]
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -272,3 +281,13 @@ class TaskDecorator(Protocol):
 
     @overload
     def __call__(self, fn: Callable[Q, T]) -> Task[T, Q]: ...
+
+
+def option_of(env: Envelope | None, task: Task[Any] | None, app: Any, key: str) -> Any:
+    """An option for one call: the call's own value, else the task's, else the app's default."""
+    if env is not None and env.options.get(key) is not None:
+        return env.options[key]
+    value = getattr(task.options, key, None) if task is not None else None
+    if value is not None:
+        return value
+    return getattr(app, key, None)

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from taskpipe.durations import parse_duration
+from taskpipe.durations import ttl_ms
 from taskpipe.errors import (
     JobNotFound,
     LeaseLost,
@@ -24,10 +24,11 @@ from taskpipe.errors import (
 )
 from taskpipe.serialization import encode_envelope, encode_failure, encode_result
 from taskpipe.states import WorkerEvent
+from taskpipe.task import option_of
 from taskpipe.thoonk.job import FinishRequest
 from taskpipe.worker.eviction import EvictionWatch
 from taskpipe.worker.keeper import BROKER_ERRORS
-from taskpipe.worker.runner import Outcome, option_of
+from taskpipe.worker.runner import Outcome
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe
@@ -39,9 +40,6 @@ log = logging.getLogger("taskpipe.worker")
 # BROKER_ERRORS (transient broker failures): an outcome write that meets one is retried as a
 # whole (the jobs stay claimed, their leases renewed); any other error is the job's own
 # (``_unwritable``).
-
-#: the longest result TTL stored (100 years; Redis refuses expiries that overflow its clock)
-_MAX_TTL_MS = 100 * 365 * 86_400_000
 
 
 class _FollowupError(Exception):
@@ -124,9 +122,7 @@ class OutcomeWriter:
                 return self._ttl_ms_of[value]
             except (KeyError, TypeError):  # not seen yet (or unhashable: parsed each time)
                 pass
-            # capped: Redis refuses an expiry past its clock's range (and the script would fail
-            # half-way through a batch)
-            ms = int(min(parse_duration(value) * 1000, _MAX_TTL_MS))
+            ms = ttl_ms(value)  # capped: Redis refuses an expiry past its clock's range
         except (TaskpipeError, TypeError, ValueError):
             if not failed:
                 raise

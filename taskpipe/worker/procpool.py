@@ -60,11 +60,12 @@ from typing import TYPE_CHECKING, Any
 
 from taskpipe.durations import parse_duration
 from taskpipe.errors import ConfigError, JobTimeout
+from taskpipe.task import option_of
 from taskpipe.worker.forkserver import ForkServer, available
 from taskpipe.worker.procchild import DEPTH
 from taskpipe.worker.prochandle import START_TIMEOUT
 from taskpipe.worker.prochandle import ChildHandle as _Child
-from taskpipe.worker.runner import Outcome, Prepared, decide_failure, option_of
+from taskpipe.worker.runner import Outcome, Prepared, decide_failure
 
 if TYPE_CHECKING:
     from taskpipe.app import TaskPipe

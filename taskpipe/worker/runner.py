@@ -27,7 +27,7 @@ from taskpipe.errors import (
 from taskpipe.limits import COUNT_OPTIONS, count_problem
 from taskpipe.serialization import Envelope, decode_envelope
 from taskpipe.states import OutcomeKind
-from taskpipe.task import DURATION_OPTIONS
+from taskpipe.task import DURATION_OPTIONS, option_of
 from taskpipe.worker.hooks import after_run, before_run
 
 if TYPE_CHECKING:
@@ -270,16 +270,6 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | No
     rng = rng or random.Random()
     full = min(cap, base * (2.0 ** max(0, attempt - 1)))
     return float(full / 2 + rng.uniform(0, full / 2))
-
-
-def option_of(env: Envelope | None, task: Task[Any] | None, app: TaskPipe, key: str) -> Any:
-    """An option for one call: the call's own value, else the task's, else the app's default."""
-    if env is not None and env.options.get(key) is not None:
-        return env.options[key]
-    value = getattr(task.options, key, None) if task is not None else None
-    if value is not None:
-        return value
-    return getattr(app, key, None)
 
 
 def timeout_of(env: Envelope, task: Task[Any], app: TaskPipe) -> float | None:
