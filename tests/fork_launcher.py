@@ -85,20 +85,36 @@ def child(req):
     runpy.run_module("taskpipe", run_name="__main__", alter_sys=True)
 
 
+wake_r, wake_w = os.pipe()  # SIGCHLD wakes the select (no polling)
+os.set_blocking(wake_r, False)
+os.set_blocking(wake_w, False)
+signal.signal(signal.SIGCHLD, lambda *_: None)
+signal.set_wakeup_fd(wake_w)
 while True:
-    ready, _, _ = select.select([requests], [], [], 0.02)
-    if ready:
-        line = requests.readline()
-        if not line:
-            break
-        req = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            out = None  # fd 0 (the requests) is replaced by /dev/null in child()
-            child(req)
-            sys.exit(0)
-        running.add(pid)
-        report("started %d" % pid)
+    ready, _, _ = select.select([requests, wake_r], [], [])
+    if wake_r in ready:
+        try:
+            while os.read(wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+        reap()
+    if requests not in ready:
+        continue
+    line = requests.readline()
+    if not line:
+        break
+    req = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        signal.set_wakeup_fd(-1)
+        os.close(wake_r)
+        os.close(wake_w)
+        out = None  # fd 0 (the requests) is replaced by /dev/null in child()
+        child(req)
+        sys.exit(0)
+    running.add(pid)
+    report("started %d" % pid)
     reap()
 """
 
@@ -122,6 +138,7 @@ class Launcher:
         self._cond = threading.Condition()
         self._started: list[int] = []
         self.codes: dict[int, int] = {}
+        self.closed = False  # the launcher is gone (its output ended)
         self._reader = threading.Thread(target=self._read, name="fork-launcher", daemon=True)
         self._reader.start()
 
@@ -137,8 +154,6 @@ class Launcher:
         with self._cond:  # the launcher is gone: nothing more will be reported
             self.closed = True
             self._cond.notify_all()
-
-    closed = False
 
     def start(
         self, args: list[str], env: dict[str, str], log: str, cwd: str, new_session: bool
