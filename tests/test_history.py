@@ -309,10 +309,10 @@ def test_requeue_many_looks_past_a_batch_of_jobs_it_cannot_requeue(
     # failed, so past one batch of them every read was the same batch, all seen: it stopped
     # and the older failures were never looked at
     import taskpipe.history
-    import taskpipe.thoonk.job_finish
+    import taskpipe.thoonk.job_records
 
     t = _tasks(app)
-    monkeypatch.setattr(taskpipe.thoonk.job_finish, "RECORD_ITEM_MAX", 1)  # keep no payload
+    monkeypatch.setattr(taskpipe.thoonk.job_records, "RECORD_ITEM_MAX", 1)  # keep no payload
     big = [t["flaky"].apply_async([i], retries=0) for i in range(5)]
     burst(app)
     monkeypatch.undo()

@@ -60,7 +60,7 @@ class AbortOps:
         ``label`` (the task name, '' for none) keeps the job's record (outcome ``aborted``, for
         ``result_ttl_ms``: docs/history.md) in the same step; None keeps none."""
         from taskpipe.thoonk.job import FINISHED_INDEX_MS
-        from taskpipe.thoonk.job_records import RECORD_ITEM_MAX
+        from taskpipe.thoonk.job_records import record_section
         from taskpipe.thoonk.script_keys import contract
 
         k = self.keys
@@ -78,8 +78,9 @@ class AbortOps:
         rec_keys: list[str] = []
         rec_args: list[Any] = []
         if label is not None:  # the record section of lua/_record.lua, for this one job
-            rec_keys = [k.failed_index, k.label_stats, k.record(id), k.label_index(label)]
-            rec_args = [RECORD_ITEM_MAX, FINISHED_INDEX_MS, "aborted", label, "", "", "\0record"]
+            rec_keys, rec_args = record_section(
+                k, FINISHED_INDEX_MS, [(id, "aborted", label, "", None)]
+            )
         code = -2
         for attempt in range(100):  # -2: it has dependants (or more than were read)
             wf_keys, wf_args = self.workflow_section(id if attempt else None)

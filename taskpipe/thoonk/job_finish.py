@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from taskpipe.thoonk.job_reads import _b, _check_id
-from taskpipe.thoonk.job_records import RECORD_ITEM_MAX
+from taskpipe.thoonk.job_records import record_section
 from taskpipe.thoonk.script_keys import FINISH_FOLLOWUP_ROLES
 
 if TYPE_CHECKING:
@@ -172,10 +172,10 @@ class FinishOps:
         self, requests: Sequence[FinishRequest], keys: list[str], args: list[Any]
     ) -> None:
         """Append the record section of ``job_finish`` (see ``lua/_record.lua``)."""
-        k = self.keys
-        keys += [k.failed_index, k.label_stats]
-        args += [RECORD_ITEM_MAX, FINISHED_INDEX_MS]
-        for r in requests:
-            keys += [k.record(r.id), k.label_index(r.label)]
-            args += [r.outcome, r.label, r.code, "" if r.runtime_ms is None else int(r.runtime_ms)]
-        args.append("\0record")
+        tail_keys, tail_args = record_section(
+            self.keys,
+            FINISHED_INDEX_MS,
+            ((r.id, r.outcome, r.label, r.code, r.runtime_ms) for r in requests),
+        )
+        keys += tail_keys
+        args += tail_args

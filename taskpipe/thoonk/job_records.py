@@ -8,7 +8,7 @@ by ``job_finish`` / ``job_stall`` / ``job_retract`` (``lua/_record.lua``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from taskpipe.errors import JobNotFound, ThoonkError, WrongJobState
@@ -22,10 +22,25 @@ if TYPE_CHECKING:
     from taskpipe.thoonk.scripts import ScriptRegistry
     from taskpipe.thoonk.thoonk import Thoonk
 
-__all__ = ["JobRecords", "RECORD_ITEM_MAX"]
+__all__ = ["JobRecords", "RECORD_ITEM_MAX", "record_section"]
 
 #: a record keeps the payload up to this size (else its size only: such a job cannot be requeued)
 RECORD_ITEM_MAX = 64 * 1024
+
+
+def record_section(
+    keys: JobKeys, keep_ms: int, jobs: Iterable[tuple[str, str, str, str, int | None]]
+) -> tuple[list[str], list[Any]]:
+    """The KEYS and ARGV tails that make a script keep records (``lua/_record.lua``), for
+    ``jobs``: ``(id, outcome, label, error code, run time ms or None)`` each; ``keep_ms`` is how
+    long the failed indexes remember an entry."""
+    tail_keys = [keys.failed_index, keys.label_stats]
+    tail_args: list[Any] = [RECORD_ITEM_MAX, keep_ms]
+    for id, outcome, label, code, runtime_ms in jobs:
+        tail_keys += [keys.record(id), keys.label_index(label)]
+        tail_args += [outcome, label, code, "" if runtime_ms is None else int(runtime_ms)]
+    tail_args.append("\0record")
+    return tail_keys, tail_args
 
 
 def _b(value: Any) -> bytes:
